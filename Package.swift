@@ -1,0 +1,39 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Strict settings for every Swift target (shared/STYLE.md: no warnings, ExistentialAny).
+let strictSwift: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .unsafeFlags(["-warnings-as-errors"], .when(configuration: .debug)),
+]
+
+// C kernels are always built optimised: a debug test build must still run the model at a usable speed.
+let kernelCFlags: [CSetting] = [
+    .unsafeFlags(["-O3", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]),
+]
+
+let package = Package(
+    name: "dlora",
+    platforms: [.macOS(.v14)],
+    products: [
+
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // OpenBLAS from Debian's libopenblas-dev, found through pkg-config.
+        .systemLibrary(
+            name: "COpenBLAS",
+            path: "Sources/COpenBLAS",
+            pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]
+        ),
+        // SIMD kernels (AVX-512 with runtime dispatch and portable fallbacks) and the kernel thread pool.
+        .target(name: "CKernels", path: "Sources/CKernels", cSettings: kernelCFlags, linkerSettings: [.linkedLibrary("pthread")]),
+        .target(name: "Kernels", dependencies: ["CKernels", "COpenBLAS"], swiftSettings: strictSwift),
+        .target(name: "Models", dependencies: ["Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
+        .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
+    ]
+)

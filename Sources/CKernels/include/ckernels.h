@@ -1,0 +1,101 @@
+// dlora C kernels: the numeric hot loops, AVX-512 where the CPU has it (runtime dispatch), portable C otherwise.
+// Every kernel here has a plain Swift reference twin in Sources/Kernels/Reference*.swift and a parity test.
+// Threading: kernels that say so split their work over the kernel thread pool (dl_parallel_for); callers
+// never need to add threads of their own. All functions are safe to call from one thread at a time
+// (the engine's step loop owns them).
+#ifndef DLORA_CKERNELS_H
+#define DLORA_CKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---------------------------------------------------------------- thread pool (threadpool.c)
+// A persistent pool of worker threads that spin briefly, then sleep, between calls.
+// Default size: the number of online CPUs. dl_set_num_threads(n) resizes it (n >= 1).
+void dl_set_num_threads(int n);
+int dl_num_threads(void);
+typedef void (*dl_range_fn)(void *ctx, int64_t begin, int64_t end);
+// Splits [0, n) into contiguous chunks of at least `grain` items, runs fn on them over the pool and the
+// calling thread, and returns when all are done. Chunk boundaries depend only on (n, grain, threads).
+void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx);
+
+// ---------------------------------------------------------------- dtypes (ggml type ids)
+enum {
+    DL_F32 = 0,
+    DL_F16 = 1,
+    DL_Q4_0 = 2,
+    DL_Q4_1 = 3,
+    DL_Q8_0 = 8,
+    DL_BF16 = 30,
+};
+
+// Block layouts, bit-compatible with ggml/GGUF:
+//   Q4_0: { f16 d; u8 qs[16]; }            x = (nibble - 8) * d; element j<16 in low nibble of qs[j], j>=16 high nibble of qs[j-16]
+//   Q4_1: { f16 d; f16 m; u8 qs[16]; }     x = nibble * d + m;   same nibble order
+//   Q8_0: { f16 d; i8 qs[32]; }            x = q * d
+// Bytes of one row of n elements (n a multiple of the type's block size; 1 for float types).
+int64_t dl_row_bytes(int type, int64_t n);
+int dl_block_size(int type);
+
+// ---------------------------------------------------------------- conversions and (de)quantization (quant.c)
+void dl_f16_to_f32(const uint16_t *src, float *dst, int64_t n);
+void dl_bf16_to_f32(const uint16_t *src, float *dst, int64_t n);
+void dl_f32_to_f16(const float *src, uint16_t *dst, int64_t n);   // round to nearest even
+void dl_f32_to_bf16(const float *src, uint16_t *dst, int64_t n);  // round to nearest even
+// dst[0..n) = dequantized row of `type` (any type above).
+void dl_dequantize_row(int type, const void *src, float *dst, int64_t n);
+// Reference quantizers with ggml's rounding (used for tests, fixtures and re-quantizing merged weights).
+void dl_quantize_row(int type, const float *src, void *dst, int64_t n);
+
+// ---------------------------------------------------------------- matmul over quantized weights (matmul_q.c)
+// Activations are quantized per token into 32-element blocks { float d; float s; i8 qs[32]; } with
+// d = max|x|/127, q = round(x/d), s = d * sum(q) (the Q8_1 idea of ggml), then dotted against the weight
+// blocks with integer arithmetic (VNNI on AVX-512), block partial sums accumulated in f32 in a fixed order.
+// Scratch needed for the quantized activations:
+size_t dl_matmul_scratch_bytes(int wtype, int64_t cols, int64_t ntok);
+// Y[t*ldy + r] = sum_k W[r, k] * X[t*ldx + k] for r < rows, t < ntok. W: rows x cols of `wtype`, rows
+// contiguous (dl_row_bytes each). wtype in {Q4_0, Q4_1, Q8_0, F16, BF16, F32}. Multithreaded.
+// Determinism: the value of Y[t, r] depends only on row r of W and row t of X: bit-identical whatever
+// ntok, the other rows and the thread count.
+void dl_matmul(int wtype, const void *W, int64_t rows, int64_t cols,
+               const float *X, int64_t ldx, int64_t ntok,
+               float *Y, int64_t ldy, void *scratch);
+
+// ---------------------------------------------------------------- elementwise and normalisation (ops.c)
+// out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w[:], for t < ntok, rows of n floats.
+void dl_rmsnorm(const float *x, const float *w, float *out, int64_t n, int64_t ntok, float eps);
+// out[i] = silu(gate[i]) * up[i]; gate/up rows have stride ld, out rows n (packed).
+void dl_silu_mul(const float *gate, const float *up, int64_t ldgu, float *out, int64_t n, int64_t ntok);
+// y[i] += x[i]
+void dl_add_inplace(float *y, const float *x, int64_t n);
+// Rotary embedding tables: for token t and pair i < half: angle = positions[t] * inv_freq[i].
+void dl_rope_table(const int32_t *positions, int64_t ntok, const float *inv_freq, int64_t half,
+                   float *cos_out, float *sin_out);
+// Rotates x: [ntok][nheads][head_dim] (row stride ldx floats per token) in place.
+// neox = 0: pairs (x[2i], x[2i+1]) (GGUF llama layout); neox = 1: pairs (x[i], x[i+half]) (HF rotate-half).
+void dl_rope_apply(float *x, int64_t ldx, int64_t ntok, int64_t nheads, int64_t head_dim,
+                   const float *cos_t, const float *sin_t, int neox);
+
+// ---------------------------------------------------------------- attention over a paged KV cache (attention.c)
+// KV storage of one layer: K and V each [nblocks][block_size][n_kv][head_dim] f32.
+// For one sequence: its first n_ctx cached positions live in blocks block_table[p / block_size], slot
+// p % block_size. dl_kv_write stores k/v rows of ntok tokens at positions pos0 .. pos0+ntok-1.
+void dl_kv_write(float *kcache, float *vcache, const int32_t *block_table, int64_t block_size,
+                 int64_t n_kv, int64_t head_dim, int64_t pos0, int64_t ntok,
+                 const float *k, int64_t ldk, const float *v, int64_t ldv);
+// Causal attention of ntok query tokens at positions pos0.. (q: [ntok][n_head][head_dim], row stride ldq)
+// against positions 0 .. pos0+t of the cache. GQA: head h reads kv head h / (n_head / n_kv).
+// out: [ntok][n_head][head_dim], row stride ldo. scale = 1/sqrt(head_dim) usually. Multithreaded.
+void dl_attention(const float *q, int64_t ldq, int64_t ntok, int64_t pos0,
+                  const float *kcache, const float *vcache, const int32_t *block_table, int64_t block_size,
+                  int64_t n_head, int64_t n_kv, int64_t head_dim, float scale,
+                  float *out, int64_t ldo);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

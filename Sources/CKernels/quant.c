@@ -1,0 +1,184 @@
+// Float conversions and ggml-compatible block (de)quantization. Plain C: these run at load time and in
+// tests; the hot path (matmul_q.c) has its own fused loops.
+#include "ckernels.h"
+#include <math.h>
+#include <string.h>
+
+static inline float f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
+    uint32_t exp = (h >> 10) & 0x1f;
+    uint32_t mant = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (mant == 0) {
+            bits = sign;
+        } else { // subnormal: normalise
+            int e = -1;
+            do { e++; mant <<= 1; } while ((mant & 0x400) == 0);
+            mant &= 0x3ff;
+            bits = sign | ((uint32_t)(127 - 15 - e) << 23) | (mant << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (mant << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t absx = x & 0x7fffffffu;
+    if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00); // NaN
+    if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); // overflow (incl. rounding up) -> inf
+    if (absx < 0x38800000u) { // subnormal or zero in f16
+        if (absx < 0x33000000u) return (uint16_t)sign;
+        uint32_t mant = (absx & 0x7fffff) | 0x800000;
+        int shift = 113 - (int)(absx >> 23) + 13; // 126 - e + 13 - 14
+        uint32_t half = 1u << (shift - 1);
+        uint32_t rounded = mant >> shift;
+        uint32_t rem = mant & ((1u << shift) - 1);
+        if (rem > half || (rem == half && (rounded & 1))) rounded++;
+        return (uint16_t)(sign | rounded);
+    }
+    uint32_t mant = absx & 0x7fffff;
+    uint32_t exp = (absx >> 23) - 127 + 15;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    uint32_t rem = mant & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+void dl_f16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = f16_to_f32(src[i]);
+}
+
+void dl_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = f32_to_f16(src[i]);
+}
+
+void dl_bf16_to_f32(const uint16_t *src, float *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t bits = (uint32_t)src[i] << 16;
+        memcpy(&dst[i], &bits, 4);
+    }
+}
+
+void dl_f32_to_bf16(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t x;
+        memcpy(&x, &src[i], 4);
+        if ((x & 0x7fffffffu) > 0x7f800000u) { dst[i] = (uint16_t)((x >> 16) | 0x40); continue; }
+        uint32_t lsb = (x >> 16) & 1;
+        dst[i] = (uint16_t)((x + 0x7fff + lsb) >> 16);
+    }
+}
+
+int dl_block_size(int type) {
+    switch (type) {
+    case DL_Q4_0: case DL_Q4_1: case DL_Q8_0: return 32;
+    default: return 1;
+    }
+}
+
+int64_t dl_row_bytes(int type, int64_t n) {
+    switch (type) {
+    case DL_F32: return n * 4;
+    case DL_F16: case DL_BF16: return n * 2;
+    case DL_Q4_0: return n / 32 * 18;
+    case DL_Q4_1: return n / 32 * 20;
+    case DL_Q8_0: return n / 32 * 34;
+    default: return -1;
+    }
+}
+
+static inline uint16_t rd16(const uint8_t *p) { uint16_t v; memcpy(&v, p, 2); return v; }
+static inline void wr16(uint8_t *p, uint16_t v) { memcpy(p, &v, 2); }
+
+void dl_dequantize_row(int type, const void *src, float *dst, int64_t n) {
+    const uint8_t *p = (const uint8_t *)src;
+    switch (type) {
+    case DL_F32: memcpy(dst, src, (size_t)n * 4); return;
+    case DL_F16: dl_f16_to_f32((const uint16_t *)src, dst, n); return;
+    case DL_BF16: dl_bf16_to_f32((const uint16_t *)src, dst, n); return;
+    case DL_Q4_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 18) {
+            float d = f16_to_f32(rd16(p));
+            for (int j = 0; j < 16; j++) {
+                dst[b * 32 + j] = (float)((p[2 + j] & 0x0f) - 8) * d;
+                dst[b * 32 + j + 16] = (float)((p[2 + j] >> 4) - 8) * d;
+            }
+        }
+        return;
+    case DL_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20) {
+            float d = f16_to_f32(rd16(p)), m = f16_to_f32(rd16(p + 2));
+            for (int j = 0; j < 16; j++) {
+                dst[b * 32 + j] = (float)(p[4 + j] & 0x0f) * d + m;
+                dst[b * 32 + j + 16] = (float)(p[4 + j] >> 4) * d + m;
+            }
+        }
+        return;
+    case DL_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34) {
+            float d = f16_to_f32(rd16(p));
+            for (int j = 0; j < 32; j++) dst[b * 32 + j] = (float)(int8_t)p[2 + j] * d;
+        }
+        return;
+    default: return;
+    }
+}
+
+// ggml's reference quantizers (quantize_row_*_ref): same scale choice and rounding.
+void dl_quantize_row(int type, const float *src, void *dst, int64_t n) {
+    uint8_t *p = (uint8_t *)dst;
+    switch (type) {
+    case DL_F32: memcpy(dst, src, (size_t)n * 4); return;
+    case DL_F16: dl_f32_to_f16(src, (uint16_t *)dst, n); return;
+    case DL_BF16: dl_f32_to_bf16(src, (uint16_t *)dst, n); return;
+    case DL_Q4_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 18) {
+            const float *x = src + b * 32;
+            float amax = 0, max = 0;
+            for (int j = 0; j < 32; j++) if (fabsf(x[j]) > amax) { amax = fabsf(x[j]); max = x[j]; }
+            float d = max / -8, id = d ? 1.0f / d : 0.0f;
+            wr16(p, f32_to_f16(d));
+            for (int j = 0; j < 16; j++) {
+                int a = (int)(x[j] * id + 8.5f), c = (int)(x[j + 16] * id + 8.5f);
+                a = a > 15 ? 15 : a; c = c > 15 ? 15 : c;
+                p[2 + j] = (uint8_t)(a | (c << 4));
+            }
+        }
+        return;
+    case DL_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20) {
+            const float *x = src + b * 32;
+            float mn = INFINITY, mx = -INFINITY;
+            for (int j = 0; j < 32; j++) { if (x[j] < mn) mn = x[j]; if (x[j] > mx) mx = x[j]; }
+            float d = (mx - mn) / 15, id = d ? 1.0f / d : 0.0f;
+            wr16(p, f32_to_f16(d));
+            wr16(p + 2, f32_to_f16(mn));
+            for (int j = 0; j < 16; j++) {
+                int a = (int)((x[j] - mn) * id + 0.5f), c = (int)((x[j + 16] - mn) * id + 0.5f);
+                a = a > 15 ? 15 : a; c = c > 15 ? 15 : c;
+                p[4 + j] = (uint8_t)(a | (c << 4));
+            }
+        }
+        return;
+    case DL_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34) {
+            const float *x = src + b * 32;
+            float amax = 0;
+            for (int j = 0; j < 32; j++) if (fabsf(x[j]) > amax) amax = fabsf(x[j]);
+            float d = amax / 127, id = d ? 1.0f / d : 0.0f;
+            wr16(p, f32_to_f16(d));
+            for (int j = 0; j < 32; j++) p[2 + j] = (uint8_t)(int8_t)roundf(x[j] * id);
+        }
+        return;
+    default: return;
+    }
+}

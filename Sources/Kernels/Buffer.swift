@@ -1,0 +1,71 @@
+import Foundation
+
+/// A block of raw memory that a tensor views: either owned (allocated here, 64-byte aligned) or borrowed
+/// from an owner that keeps it alive (a memory-mapped checkpoint file).
+public final class Buffer: @unchecked Sendable {
+    public let base: UnsafeMutableRawPointer
+    public let byteCount: Int
+    private let owner: AnyObject?
+    private let owned: Bool
+
+    /// Allocates `byteCount` zeroed bytes, 64-byte aligned.
+    public init(byteCount: Int) {
+        let size = max(byteCount, 1)
+        base = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+        base.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        self.byteCount = byteCount
+        owner = nil
+        owned = true
+    }
+
+    /// Views memory owned by `owner` (kept alive as long as this buffer).
+    public init(borrowing base: UnsafeRawPointer, byteCount: Int, owner: AnyObject) {
+        self.base = UnsafeMutableRawPointer(mutating: base)
+        self.byteCount = byteCount
+        self.owner = owner
+        owned = false
+    }
+
+    /// A buffer of `count` floats.
+    public convenience init(floats count: Int) {
+        self.init(byteCount: count * MemoryLayout<Float>.stride)
+    }
+
+    public var floats: UnsafeMutablePointer<Float> { base.assumingMemoryBound(to: Float.self) }
+
+    deinit {
+        if owned { base.deallocate() }
+    }
+}
+
+/// A 2-D weight matrix of `rows` x `cols` (cols contiguous), stored in `dtype` blocks.
+/// Shapes follow the math, y = W x: rows = output features, cols = input features.
+public struct WeightMatrix: @unchecked Sendable {
+    public let dtype: DType
+    public let rows: Int
+    public let cols: Int
+    public let storage: Buffer
+    public let offset: Int
+
+    public init(dtype: DType, rows: Int, cols: Int, storage: Buffer, offset: Int = 0) {
+        precondition(rows >= 0 && cols >= 0 && cols % dtype.blockSize == 0, "invalid matrix shape")
+        precondition(offset + rows * (dtype.byteCount(elements: cols) ?? 0) <= storage.byteCount, "matrix exceeds its buffer")
+        self.dtype = dtype
+        self.rows = rows
+        self.cols = cols
+        self.storage = storage
+        self.offset = offset
+    }
+
+    public var rowBytes: Int { dtype.byteCount(elements: cols)! }
+    public var byteCount: Int { rowBytes * rows }
+    public var data: UnsafeRawPointer { UnsafeRawPointer(storage.base + offset) }
+
+    /// A dense f32 matrix from values (row-major), for tests and small parameters.
+    public static func f32(rows: Int, cols: Int, values: [Float]) -> WeightMatrix {
+        precondition(values.count == rows * cols)
+        let buf = Buffer(floats: values.count)
+        values.withUnsafeBufferPointer { buf.floats.update(from: $0.baseAddress!, count: values.count) }
+        return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: buf)
+    }
+}
