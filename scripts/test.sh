@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The whole test suite: set up what is missing (OpenBLAS, Python test deps, the default model), build, test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --test
+swift build --build-tests
+swift test --skip-build
