@@ -9,18 +9,15 @@ let strictSwift: [SwiftSetting] = [
 
 // C kernels are always built optimised: a debug test build must still run the model at a usable speed.
 let kernelCFlags: [CSetting] = [
-    .unsafeFlags(["-O3", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]),
+    .unsafeFlags(["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wall", "-Wextra", "-Wno-unused-parameter"]),
 ]
 
 let package = Package(
     name: "dlora",
     platforms: [.macOS(.v14)],
     products: [
-
     ],
-    dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-    ],
+    dependencies: [],
     targets: [
         // OpenBLAS from Debian's libopenblas-dev, found through pkg-config.
         .systemLibrary(
@@ -32,8 +29,11 @@ let package = Package(
         // SIMD kernels (AVX-512 with runtime dispatch and portable fallbacks) and the kernel thread pool.
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: kernelCFlags, linkerSettings: [.linkedLibrary("pthread")]),
         .target(name: "Kernels", dependencies: ["CKernels", "COpenBLAS"], swiftSettings: strictSwift),
-        .target(name: "Models", dependencies: ["Kernels"], swiftSettings: strictSwift),
+        .target(name: "Models", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
+        // Pure request/batch bookkeeping: no tensors, no clock, no I/O (shared/DESIGN.md).
+        .target(name: "Scheduling", swiftSettings: strictSwift),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
+        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
     ]
 )

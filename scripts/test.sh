@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
+tools/update_fixture_manifest.sh --check
 swift build --build-tests
 swift test --skip-build

@@ -51,19 +51,16 @@ void dl_dequantize_row(int type, const void *src, float *dst, int64_t n);
 // Reference quantizers with ggml's rounding (used for tests, fixtures and re-quantizing merged weights).
 void dl_quantize_row(int type, const float *src, void *dst, int64_t n);
 
-// ---------------------------------------------------------------- matmul over quantized weights (matmul_q.c)
-// Activations are quantized per token into 32-element blocks { float d; float s; i8 qs[32]; } with
-// d = max|x|/127, q = round(x/d), s = d * sum(q) (the Q8_1 idea of ggml), then dotted against the weight
-// blocks with integer arithmetic (VNNI on AVX-512), block partial sums accumulated in f32 in a fixed order.
-// Scratch needed for the quantized activations:
-size_t dl_matmul_scratch_bytes(int wtype, int64_t cols, int64_t ntok);
-// Y[t*ldy + r] = sum_k W[r, k] * X[t*ldx + k] for r < rows, t < ntok. W: rows x cols of `wtype`, rows
-// contiguous (dl_row_bytes each). wtype in {Q4_0, Q4_1, Q8_0, F16, BF16, F32}. Multithreaded.
-// Determinism: the value of Y[t, r] depends only on row r of W and row t of X: bit-identical whatever
-// ntok, the other rows and the thread count.
-void dl_matmul(int wtype, const void *W, int64_t rows, int64_t cols,
-               const float *X, int64_t ldx, int64_t ntok,
-               float *Y, int64_t ldy, void *scratch);
+// ---------------------------------------------------------------- matmul with f32 activations (matmul_dq.c)
+// The default, exact path: weights are dequantized on the fly (a few rows at a time, into per-thread
+// scratch) and multiplied with f32 activations using f32 FMAs. Each output Y[t, r] accumulates
+// W[r, k] * X[t, k] over k in 16 interleaved lanes (k mod 16) in increasing k, then sums the lanes in a
+// fixed tree: bit-identical whatever ntok, tile shape or thread count. Dequantization is d * q (+ m) as
+// the reference implementations compute it. wtype: any type above. cols must be a multiple of 16.
+// Y[t*ldy + r] = sum_k W[r, k] * X[t*ldx + k]. Multithreaded.
+void dl_matmul_dq(int wtype, const void *W, int64_t rows, int64_t cols,
+                  const float *X, int64_t ldx, int64_t ntok,
+                  float *Y, int64_t ldy);
 
 // ---------------------------------------------------------------- elementwise and normalisation (ops.c)
 // out[t, :] = x[t, :] / sqrt(mean(x[t, :]^2) + eps) * w[:], for t < ntok, rows of n floats.
@@ -72,6 +69,9 @@ void dl_rmsnorm(const float *x, const float *w, float *out, int64_t n, int64_t n
 void dl_silu_mul(const float *gate, const float *up, int64_t ldgu, float *out, int64_t n, int64_t ntok);
 // y[i] += x[i]
 void dl_add_inplace(float *y, const float *x, int64_t n);
+// Reads n floats and returns their sum, streaming over the pool's threads: measures memory read
+// bandwidth for the benchmarks' roofline.
+double dl_stream_sum(const float *x, int64_t n);
 // Rotary embedding tables: for token t and pair i < half: angle = positions[t] * inv_freq[i].
 void dl_rope_table(const int32_t *positions, int64_t ntok, const float *inv_freq, int64_t half,
                    float *cos_out, float *sin_out);
@@ -81,17 +81,20 @@ void dl_rope_apply(float *x, int64_t ldx, int64_t ntok, int64_t nheads, int64_t 
                    const float *cos_t, const float *sin_t, int neox);
 
 // ---------------------------------------------------------------- attention over a paged KV cache (attention.c)
-// KV storage of one layer: K and V each [nblocks][block_size][n_kv][head_dim] f32.
-// For one sequence: its first n_ctx cached positions live in blocks block_table[p / block_size], slot
-// p % block_size. dl_kv_write stores k/v rows of ntok tokens at positions pos0 .. pos0+ntok-1.
-void dl_kv_write(float *kcache, float *vcache, const int32_t *block_table, int64_t block_size,
-                 int64_t n_kv, int64_t head_dim, int64_t pos0, int64_t ntok,
+// KV storage of one layer: K and V each [nblocks][block_size][n_kv][head_dim] f32; a cache *slot* is
+// block * block_size + offset. As vLLM's slot mapping: token t of the flat batch writes its K/V row to
+// slots[t] and, as a query at absolute position positions[t], attends to its sequence's positions
+// 0 ... positions[t], found through the block table that starts at block_tables + table_offsets[t]
+// (position p lives in slot table[p / block_size] * block_size + p % block_size).
+// row = n_kv * head_dim floats.
+void dl_kv_write(float *kcache, float *vcache, const int64_t *slots, int64_t ntok, int64_t row,
                  const float *k, int64_t ldk, const float *v, int64_t ldv);
-// Causal attention of ntok query tokens at positions pos0.. (q: [ntok][n_head][head_dim], row stride ldq)
-// against positions 0 .. pos0+t of the cache. GQA: head h reads kv head h / (n_head / n_kv).
-// out: [ntok][n_head][head_dim], row stride ldo. scale = 1/sqrt(head_dim) usually. Multithreaded.
-void dl_attention(const float *q, int64_t ldq, int64_t ntok, int64_t pos0,
-                  const float *kcache, const float *vcache, const int32_t *block_table, int64_t block_size,
+// Causal attention for every (token, head) of a flat batch mixing sequences, prefill chunks and decodes.
+// q: [ntok][n_head][head_dim] with row stride ldq; out likewise with ldo. GQA: head h reads kv head
+// h / (n_head / n_kv). The K/V of all ntok tokens must be written first. Multithreaded.
+void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *positions,
+                  const int32_t *block_tables, const int64_t *table_offsets, int64_t block_size,
+                  const float *kcache, const float *vcache,
                   int64_t n_head, int64_t n_kv, int64_t head_dim, float scale,
                   float *out, int64_t ldo);
 

@@ -1,0 +1,130 @@
+// Causal multi-head attention reading K/V straight from the paged cache (block tables, as vLLM's
+// PagedAttention). One task = one (query token, head): scores over the visible positions, a max-shifted
+// softmax, and the weighted sum of V rows. Each task's arithmetic order is fixed, so a token's output does
+// not depend on the batch it is computed in.
+#include "ckernels.h"
+#include "simd.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+void dl_kv_write(float *kcache, float *vcache, const int64_t *slots, int64_t ntok, int64_t row,
+                 const float *k, int64_t ldk, const float *v, int64_t ldv) {
+    for (int64_t t = 0; t < ntok; t++) {
+        memcpy(kcache + slots[t] * row, k + t * ldk, (size_t)row * sizeof(float));
+        memcpy(vcache + slots[t] * row, v + t * ldv, (size_t)row * sizeof(float));
+    }
+}
+
+static float dot_scalar(const float *a, const float *b, int64_t n) {
+    float acc[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+static void axpy_scalar(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += a * x[i];
+}
+
+#if defined(__x86_64__)
+DL_AVX512 static float dot_avx512(const float *a, const float *b, int64_t n) {
+    __m512 acc = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+    float s = _mm512_reduce_add_ps(acc);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+DL_AVX512 static void axpy_avx512(float *y, float a, const float *x, int64_t n) {
+    __m512 va = _mm512_set1_ps(a);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+    for (; i < n; i++) y[i] += a * x[i];
+}
+#endif
+
+typedef struct {
+    const float *q; int64_t ldq;
+    const int32_t *positions; const int32_t *block_tables; const int64_t *table_offsets; int64_t block_size;
+    const float *kcache, *vcache;
+    int64_t n_head, n_kv, head_dim; float scale;
+    float *out; int64_t ldo;
+    int64_t ntok;
+} attn_ctx;
+
+// Per-thread score buffer, grown on demand: no allocation once warm.
+static __thread float *tl_scores;
+static __thread int64_t tl_capacity;
+
+static float *score_buffer(int64_t n) {
+    if (n > tl_capacity) {
+        int64_t cap = n < 4096 ? 4096 : n * 2;
+        float *p = (float *)realloc(tl_scores, (size_t)cap * sizeof(float));
+        if (!p) return NULL;
+        tl_scores = p;
+        tl_capacity = cap;
+    }
+    return tl_scores;
+}
+
+static void attention_range(void *vctx, int64_t begin, int64_t end) {
+    const attn_ctx *c = (const attn_ctx *)vctx;
+    int use512 = dl_has_avx512();
+    int64_t group = c->n_head / c->n_kv, row = c->n_kv * c->head_dim;
+    for (int64_t task = begin; task < end; task++) {
+        // Zig-zag token order (0, n-1, 1, n-2, ...): a contiguous range of tasks pairs short and long
+        // prefixes, so the pool's equal-count chunks carry about equal work.
+        int64_t j = task / c->n_head, h = task % c->n_head, kvh = h / group;
+        int64_t t = (j % 2 == 0) ? j / 2 : c->ntok - 1 - j / 2;
+        const float *qv = c->q + t * c->ldq + h * c->head_dim;
+        float *o = c->out + t * c->ldo + h * c->head_dim;
+        const int32_t *table = c->block_tables + c->table_offsets[t];
+        int64_t n = (int64_t)c->positions[t] + 1; // visible positions 0 ..< n
+        float *scores = score_buffer(n);
+        if (!scores) { memset(o, 0, (size_t)c->head_dim * sizeof(float)); continue; }
+        float mx = -INFINITY;
+        for (int64_t p = 0; p < n; p++) {
+            int64_t slot = (int64_t)table[p / c->block_size] * c->block_size + p % c->block_size;
+            const float *kr = c->kcache + slot * row + kvh * c->head_dim;
+#if defined(__x86_64__)
+            float s = (use512 ? dot_avx512(qv, kr, c->head_dim) : dot_scalar(qv, kr, c->head_dim)) * c->scale;
+#else
+            float s = dot_scalar(qv, kr, c->head_dim) * c->scale;
+#endif
+            scores[p] = s;
+            if (s > mx) mx = s;
+        }
+        double sum = 0;
+        for (int64_t p = 0; p < n; p++) { scores[p] = expf(scores[p] - mx); sum += scores[p]; }
+        float inv = (float)(1.0 / sum);
+        memset(o, 0, (size_t)c->head_dim * sizeof(float));
+        for (int64_t p = 0; p < n; p++) {
+            int64_t slot = (int64_t)table[p / c->block_size] * c->block_size + p % c->block_size;
+            const float *vr = c->vcache + slot * row + kvh * c->head_dim;
+#if defined(__x86_64__)
+            if (use512) axpy_avx512(o, scores[p] * inv, vr, c->head_dim); else axpy_scalar(o, scores[p] * inv, vr, c->head_dim);
+#else
+            axpy_scalar(o, scores[p] * inv, vr, c->head_dim);
+#endif
+        }
+    }
+}
+
+void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *positions,
+                  const int32_t *block_tables, const int64_t *table_offsets, int64_t block_size,
+                  const float *kcache, const float *vcache,
+                  int64_t n_head, int64_t n_kv, int64_t head_dim, float scale,
+                  float *out, int64_t ldo) {
+    attn_ctx c = { q, ldq, positions, block_tables, table_offsets, block_size, kcache, vcache,
+                   n_head, n_kv, head_dim, scale, out, ldo, ntok };
+    int64_t tasks = ntok * n_head, work = 0;
+    for (int64_t t = 0; t < ntok; t++) work += (int64_t)positions[t] + 1;
+    // Little work is cheaper done serially than handed to the pool.
+    if (work * n_head * head_dim < 65536) attention_range(&c, 0, tasks);
+    else dl_parallel_for(tasks, 1, attention_range, &c);
+}

@@ -1,0 +1,273 @@
+// Matmul over quantized (or half-precision) weights with f32 activations: dequantize a group of 4 weight
+// rows into per-thread scratch (it stays in L1), then run register-tiled FMA micro-kernels over it.
+//
+//   for each token block TB (X block stays in L2):
+//     for each group of 4 rows (this thread's share):
+//       Wf[4][K] = dequantize(W[rows])                  // d*q (+m), exactly as the reference does
+//       for tokens t in TB, 4 at a time:                // 4x4 tile: 16 accumulators of 16 lanes
+//         acc[r][t] += Wf[r][k:k+16] * X[t][k:k+16]     // k = 0, 16, 32, ...
+//       Y[t][r] = reduce(acc[r][t])                     // fixed tree over the 16 lanes
+//
+// Every (r, t) pair owns one accumulator and sees the same operations in the same order in every tile
+// shape (4x4, 4x1, 1x1), so results do not depend on the batch or the thread split.
+#include "ckernels.h"
+#include "simd.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { ROWS_PER_GROUP = 4, TOKEN_BLOCK = 64 };
+
+// ------------------------------------------------------------------ dequantization of one row
+
+static inline float half_to_float(uint16_t h) {
+    float f;
+    dl_f16_to_f32(&h, &f, 1);
+    return f;
+}
+
+static void dequant_row_scalar(int type, const uint8_t *p, float *dst, int64_t n) {
+    switch (type) {
+    case DL_Q4_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 18) {
+            float d = half_to_float((uint16_t)(p[0] | p[1] << 8));
+            for (int j = 0; j < 16; j++) {
+                dst[b * 32 + j] = d * (float)((p[2 + j] & 0x0f) - 8);
+                dst[b * 32 + j + 16] = d * (float)((p[2 + j] >> 4) - 8);
+            }
+        }
+        return;
+    case DL_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20) {
+            float d = half_to_float((uint16_t)(p[0] | p[1] << 8)), m = half_to_float((uint16_t)(p[2] | p[3] << 8));
+            for (int j = 0; j < 16; j++) {
+                float lo = d * (float)(p[4 + j] & 0x0f), hi = d * (float)(p[4 + j] >> 4);
+                dst[b * 32 + j] = lo + m;
+                dst[b * 32 + j + 16] = hi + m;
+            }
+        }
+        return;
+    case DL_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34) {
+            float d = half_to_float((uint16_t)(p[0] | p[1] << 8));
+            for (int j = 0; j < 32; j++) dst[b * 32 + j] = d * (float)(int8_t)p[2 + j];
+        }
+        return;
+    default:
+        dl_dequantize_row(type, p, dst, n);
+        return;
+    }
+}
+
+#if defined(__x86_64__)
+#define DL_AVX512_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+
+DL_AVX512_F16 static void dequant_row_avx512(int type, const uint8_t *p, float *dst, int64_t n) {
+    const __m128i low4 = _mm_set1_epi8(0x0f);
+    switch (type) {
+    case DL_Q4_0: {
+        const __m512 eight = _mm512_set1_ps(8.0f);
+        for (int64_t b = 0; b < n / 32; b++, p += 18) {
+            __m512 d = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
+            __m128i q = _mm_loadu_si128((const __m128i *)(p + 2));
+            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, low4)));
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), low4)));
+            // (q - 8) is exact in f32, so this equals the reference d * (q - 8).
+            _mm512_storeu_ps(dst + b * 32, _mm512_mul_ps(d, _mm512_sub_ps(lo, eight)));
+            _mm512_storeu_ps(dst + b * 32 + 16, _mm512_mul_ps(d, _mm512_sub_ps(hi, eight)));
+        }
+        return;
+    }
+    case DL_Q4_1:
+        for (int64_t b = 0; b < n / 32; b++, p += 20) {
+            __m512 d = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
+            __m512 m = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[2] | p[3] << 8)));
+            __m128i q = _mm_loadu_si128((const __m128i *)(p + 4));
+            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, low4)));
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), low4)));
+            _mm512_storeu_ps(dst + b * 32, _mm512_add_ps(_mm512_mul_ps(d, lo), m));
+            _mm512_storeu_ps(dst + b * 32 + 16, _mm512_add_ps(_mm512_mul_ps(d, hi), m));
+        }
+        return;
+    case DL_Q8_0:
+        for (int64_t b = 0; b < n / 32; b++, p += 34) {
+            __m512 d = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
+            __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
+            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
+            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
+            _mm512_storeu_ps(dst + b * 32, _mm512_mul_ps(d, lo));
+            _mm512_storeu_ps(dst + b * 32 + 16, _mm512_mul_ps(d, hi));
+        }
+        return;
+    case DL_F16: {
+        const uint16_t *h = (const uint16_t *)p;
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16) _mm512_storeu_ps(dst + i, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + i))));
+        if (i < n) dl_f16_to_f32(h + i, dst + i, n - i);
+        return;
+    }
+    default:
+        dl_dequantize_row(type, p, dst, n);
+        return;
+    }
+}
+
+// ------------------------------------------------------------------ AVX-512 micro-kernels
+
+// Fixed lane-sum order shared by every kernel: pairwise halves 16 -> 8 -> 4 -> 2 -> 1.
+DL_AVX512 static inline float lane_sum(__m512 v) {
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    __m128 e = _mm_add_ss(c, _mm_movehdup_ps(c));
+    return _mm_cvtss_f32(e);
+}
+
+// 4 rows x 4 tokens.
+DL_AVX512 static void tile_4x4(const float *w, int64_t K, const float *x, int64_t ldx, float *y, int64_t ldy) {
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00;
+    __m512 a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
+    __m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * ldx, *x3 = x + 3 * ldx;
+    const float *w0 = w, *w1 = w + K, *w2 = w + 2 * K, *w3 = w + 3 * K;
+    for (int64_t k = 0; k < K; k += 16) {
+        __m512 v0 = _mm512_loadu_ps(w0 + k), v1 = _mm512_loadu_ps(w1 + k);
+        __m512 v2 = _mm512_loadu_ps(w2 + k), v3 = _mm512_loadu_ps(w3 + k);
+        __m512 t = _mm512_loadu_ps(x0 + k);
+        a00 = _mm512_fmadd_ps(v0, t, a00); a10 = _mm512_fmadd_ps(v1, t, a10);
+        a20 = _mm512_fmadd_ps(v2, t, a20); a30 = _mm512_fmadd_ps(v3, t, a30);
+        t = _mm512_loadu_ps(x1 + k);
+        a01 = _mm512_fmadd_ps(v0, t, a01); a11 = _mm512_fmadd_ps(v1, t, a11);
+        a21 = _mm512_fmadd_ps(v2, t, a21); a31 = _mm512_fmadd_ps(v3, t, a31);
+        t = _mm512_loadu_ps(x2 + k);
+        a02 = _mm512_fmadd_ps(v0, t, a02); a12 = _mm512_fmadd_ps(v1, t, a12);
+        a22 = _mm512_fmadd_ps(v2, t, a22); a32 = _mm512_fmadd_ps(v3, t, a32);
+        t = _mm512_loadu_ps(x3 + k);
+        a03 = _mm512_fmadd_ps(v0, t, a03); a13 = _mm512_fmadd_ps(v1, t, a13);
+        a23 = _mm512_fmadd_ps(v2, t, a23); a33 = _mm512_fmadd_ps(v3, t, a33);
+    }
+    y[0] = lane_sum(a00); y[1] = lane_sum(a10); y[2] = lane_sum(a20); y[3] = lane_sum(a30);
+    y += ldy;
+    y[0] = lane_sum(a01); y[1] = lane_sum(a11); y[2] = lane_sum(a21); y[3] = lane_sum(a31);
+    y += ldy;
+    y[0] = lane_sum(a02); y[1] = lane_sum(a12); y[2] = lane_sum(a22); y[3] = lane_sum(a32);
+    y += ldy;
+    y[0] = lane_sum(a03); y[1] = lane_sum(a13); y[2] = lane_sum(a23); y[3] = lane_sum(a33);
+}
+
+// 4 rows x 1 token.
+DL_AVX512 static void tile_4x1(const float *w, int64_t K, const float *x, float *y) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t k = 0; k < K; k += 16) {
+        __m512 t = _mm512_loadu_ps(x + k);
+        a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), t, a0);
+        a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + K + k), t, a1);
+        a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 2 * K + k), t, a2);
+        a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 3 * K + k), t, a3);
+    }
+    y[0] = lane_sum(a0); y[1] = lane_sum(a1); y[2] = lane_sum(a2); y[3] = lane_sum(a3);
+}
+
+// 1 row x 1 token.
+DL_AVX512 static float tile_1x1(const float *w, int64_t K, const float *x) {
+    __m512 a = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a);
+    return lane_sum(a);
+}
+#endif
+
+// ------------------------------------------------------------------ portable fallback (same lane order)
+
+static float dot_lanes_scalar(const float *w, int64_t K, const float *x) {
+    float lanes[16] = {0};
+    for (int64_t k = 0; k < K; k += 16)
+        for (int j = 0; j < 16; j++) lanes[j] = fmaf(w[k + j], x[k + j], lanes[j]);
+    float a[8], b[4], c[2];
+    for (int j = 0; j < 8; j++) a[j] = lanes[j] + lanes[j + 8];
+    for (int j = 0; j < 4; j++) b[j] = a[j] + a[j + 4];
+    c[0] = b[0] + b[2];
+    c[1] = b[1] + b[3];
+    return c[0] + c[1];
+}
+
+// ------------------------------------------------------------------ driver
+
+typedef struct {
+    int wtype;
+    const uint8_t *W;
+    int64_t rows, cols, row_bytes;
+    const float *X;
+    int64_t ldx, ntok;
+    float *Y;
+    int64_t ldy;
+} dq_ctx;
+
+static __thread float *tl_panel;
+static __thread int64_t tl_panel_floats;
+
+static float *panel_buffer(int64_t floats) {
+    if (floats > tl_panel_floats) {
+        free(tl_panel);
+        tl_panel = (float *)aligned_alloc(64, (size_t)((floats * 4 + 63) / 64 * 64));
+        tl_panel_floats = tl_panel ? floats : 0;
+    }
+    return tl_panel;
+}
+
+static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
+    const dq_ctx *c = (const dq_ctx *)vctx;
+    const int64_t K = c->cols;
+    int use512 = dl_has_avx512();
+    float *panel = NULL;
+    if (c->wtype != DL_F32) {
+        panel = panel_buffer(ROWS_PER_GROUP * K);
+        if (!panel) return;
+    }
+    for (int64_t t0 = 0; t0 < c->ntok; t0 += TOKEN_BLOCK) {
+        int64_t t1 = t0 + TOKEN_BLOCK < c->ntok ? t0 + TOKEN_BLOCK : c->ntok;
+        for (int64_t g = g0; g < g1; g++) {
+            int64_t r0 = g * ROWS_PER_GROUP;
+            int64_t nr = c->rows - r0 < ROWS_PER_GROUP ? c->rows - r0 : ROWS_PER_GROUP;
+            const float *wf;
+            if (c->wtype == DL_F32) {
+                wf = (const float *)(c->W + r0 * c->row_bytes);
+            } else {
+                for (int64_t r = 0; r < nr; r++) {
+#if defined(__x86_64__)
+                    if (use512) dequant_row_avx512(c->wtype, c->W + (r0 + r) * c->row_bytes, panel + r * K, K);
+                    else
+#endif
+                    dequant_row_scalar(c->wtype, c->W + (r0 + r) * c->row_bytes, panel + r * K, K);
+                }
+                wf = panel;
+            }
+            int64_t t = t0;
+#if defined(__x86_64__)
+            if (use512) {
+                if (nr == ROWS_PER_GROUP) {
+                    for (; t + 4 <= t1; t += 4) tile_4x4(wf, K, c->X + t * c->ldx, c->ldx, c->Y + t * c->ldy + r0, c->ldy);
+                    for (; t < t1; t++) tile_4x1(wf, K, c->X + t * c->ldx, c->Y + t * c->ldy + r0);
+                } else {
+                    for (; t < t1; t++)
+                        for (int64_t r = 0; r < nr; r++) c->Y[t * c->ldy + r0 + r] = tile_1x1(wf + r * K, K, c->X + t * c->ldx);
+                }
+                continue;
+            }
+#endif
+            for (; t < t1; t++)
+                for (int64_t r = 0; r < nr; r++) c->Y[t * c->ldy + r0 + r] = dot_lanes_scalar(wf + r * K, K, c->X + t * c->ldx);
+        }
+    }
+}
+
+void dl_matmul_dq(int wtype, const void *W, int64_t rows, int64_t cols,
+                  const float *X, int64_t ldx, int64_t ntok,
+                  float *Y, int64_t ldy) {
+    if (rows <= 0 || ntok <= 0) return;
+    dq_ctx c = { wtype, (const uint8_t *)W, rows, cols, dl_row_bytes(wtype, cols), X, ldx, ntok, Y, ldy };
+    int64_t groups = (rows + ROWS_PER_GROUP - 1) / ROWS_PER_GROUP;
+    // Small products are cheaper on the calling thread than handed to the pool.
+    if (rows * cols * ntok < (1 << 16)) dq_groups(&c, 0, groups);
+    else dl_parallel_for(groups, 4, dq_groups, &c);
+}

@@ -1,0 +1,102 @@
+// Elementwise kernels, RMSNorm and rotary embeddings. Small next to the matmuls; written for clarity with
+// a fixed summation order (results never depend on the batch around a token).
+#include "ckernels.h"
+#include "simd.h"
+#include <math.h>
+
+// out = x / sqrt(mean(x^2) + eps) * w. The sum of squares runs in double: n <= 16k, and it keeps the
+// result close to PyTorch's float32 reduction whatever its internal order.
+void dl_rmsnorm(const float *x, const float *w, float *out, int64_t n, int64_t ntok, float eps) {
+    for (int64_t t = 0; t < ntok; t++) {
+        const float *xr = x + t * n;
+        float *o = out + t * n;
+        double ss = 0;
+        for (int64_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
+        float inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+        for (int64_t i = 0; i < n; i++) o[i] = (xr[i] * inv) * w[i];
+    }
+}
+
+void dl_silu_mul(const float *gate, const float *up, int64_t ldgu, float *out, int64_t n, int64_t ntok) {
+    for (int64_t t = 0; t < ntok; t++) {
+        const float *g = gate + t * ldgu, *u = up + t * ldgu;
+        float *o = out + t * n;
+        for (int64_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+void dl_add_inplace(float *y, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+void dl_rope_table(const int32_t *positions, int64_t ntok, const float *inv_freq, int64_t half,
+                   float *cos_out, float *sin_out) {
+    for (int64_t t = 0; t < ntok; t++) {
+        for (int64_t i = 0; i < half; i++) {
+            // float32 product as the reference implementations compute it, then the angle in double.
+            float angle = (float)positions[t] * inv_freq[i];
+            cos_out[t * half + i] = (float)cos((double)angle);
+            sin_out[t * half + i] = (float)sin((double)angle);
+        }
+    }
+}
+
+void dl_rope_apply(float *x, int64_t ldx, int64_t ntok, int64_t nheads, int64_t head_dim,
+                   const float *cos_t, const float *sin_t, int neox) {
+    int64_t half = head_dim / 2;
+    for (int64_t t = 0; t < ntok; t++) {
+        const float *c = cos_t + t * half, *s = sin_t + t * half;
+        for (int64_t h = 0; h < nheads; h++) {
+            float *v = x + t * ldx + h * head_dim;
+            for (int64_t i = 0; i < half; i++) {
+                int64_t a = neox ? i : 2 * i, b = neox ? i + half : 2 * i + 1;
+                float x0 = v[a], x1 = v[b];
+                v[a] = x0 * c[i] - x1 * s[i];
+                v[b] = x1 * c[i] + x0 * s[i];
+            }
+        }
+    }
+}
+
+typedef struct { const float *x; double partial[64]; int64_t chunk; } stream_ctx;
+
+#if defined(__x86_64__)
+DL_AVX512 static double sum_avx512(const float *x, int64_t n) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(x + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(x + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(x + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(x + i + 48));
+    }
+    double s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < n; i++) s += x[i];
+    return s;
+}
+#endif
+
+static void stream_range(void *vctx, int64_t begin, int64_t end) {
+    stream_ctx *c = (stream_ctx *)vctx;
+    for (int64_t part = begin; part < end; part++) {
+        const float *p = c->x + part * c->chunk;
+#if defined(__x86_64__)
+        if (dl_has_avx512()) { c->partial[part] = sum_avx512(p, c->chunk); continue; }
+#endif
+        double s = 0;
+        for (int64_t i = 0; i < c->chunk; i++) s += p[i];
+        c->partial[part] = s;
+    }
+}
+
+double dl_stream_sum(const float *x, int64_t n) {
+    stream_ctx c;
+    c.x = x;
+    int64_t parts = 64;
+    c.chunk = n / parts;
+    dl_parallel_for(parts, 1, stream_range, &c);
+    double s = 0;
+    for (int64_t i = 0; i < parts; i++) s += c.partial[i];
+    for (int64_t i = parts * c.chunk; i < n; i++) s += x[i];
+    return s;
+}

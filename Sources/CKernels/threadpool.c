@@ -1,0 +1,122 @@
+// The kernel thread pool: persistent workers that spin briefly on a generation counter, then sleep on a
+// condition variable. dl_parallel_for splits [0, n) into one contiguous chunk per thread (the caller
+// takes chunk 0) so chunk boundaries depend only on (n, grain, threads).
+#include "ckernels.h"
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#define MAX_THREADS 64
+#define SPIN_ITERATIONS 20000
+
+typedef struct {
+    dl_range_fn fn;
+    void *ctx;
+    int64_t n, chunk;
+} job_t;
+
+static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER; // guards (re)configuration and sleeping
+static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER;
+static pthread_t workers[MAX_THREADS];
+static int n_threads = 0;          // including the caller
+static int n_started = 0;          // worker threads alive
+static _Atomic uint64_t generation = 0;
+static _Atomic int pending = 0;
+static _Atomic int stop_workers = 0;
+static job_t current;
+static _Thread_local int inside_task = 0;
+
+static void run_chunk(int index) {
+    int64_t begin = (int64_t)index * current.chunk;
+    int64_t end = begin + current.chunk;
+    if (end > current.n) end = current.n;
+    if (begin < end) {
+        inside_task = 1;
+        current.fn(current.ctx, begin, end);
+        inside_task = 0;
+    }
+}
+
+static void *worker_main(void *arg) {
+    int index = (int)(intptr_t)arg;
+    uint64_t seen = atomic_load(&generation);
+    for (;;) {
+        int spins = 0;
+        while (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
+            if (atomic_load(&stop_workers)) return NULL;
+            if (++spins > SPIN_ITERATIONS) {
+                pthread_mutex_lock(&pool_lock);
+                while (atomic_load(&generation) == seen && !atomic_load(&stop_workers)) pthread_cond_wait(&pool_wake, &pool_lock);
+                pthread_mutex_unlock(&pool_lock);
+                spins = 0;
+            }
+        }
+        if (atomic_load(&stop_workers)) return NULL;
+        seen = atomic_load(&generation);
+        run_chunk(index);
+        atomic_fetch_sub_explicit(&pending, 1, memory_order_release);
+    }
+}
+
+static void stop_pool(void) {
+    atomic_store(&stop_workers, 1);
+    pthread_mutex_lock(&pool_lock);
+    pthread_cond_broadcast(&pool_wake);
+    pthread_mutex_unlock(&pool_lock);
+    for (int i = 0; i < n_started; i++) pthread_join(workers[i], NULL);
+    n_started = 0;
+    atomic_store(&stop_workers, 0);
+}
+
+static void start_pool(int n) {
+    if (n < 1) n = 1;
+    if (n > MAX_THREADS) n = MAX_THREADS;
+    n_threads = n;
+    for (int i = 1; i < n; i++) {
+        if (pthread_create(&workers[n_started], NULL, worker_main, (void *)(intptr_t)i) != 0) break;
+        n_started++;
+    }
+    n_threads = n_started + 1;
+}
+
+static void ensure_pool(void) {
+    if (n_threads == 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        start_pool(cpus > 0 ? (int)cpus : 1);
+    }
+}
+
+void dl_set_num_threads(int n) {
+    if (n < 1) n = 1;
+    if (n_threads == n) return;
+    if (n_started > 0) stop_pool();
+    start_pool(n);
+}
+
+int dl_num_threads(void) {
+    ensure_pool();
+    return n_threads;
+}
+
+void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx) {
+    if (n <= 0) return;
+    if (grain < 1) grain = 1;
+    ensure_pool();
+    int64_t parts = (n + grain - 1) / grain;
+    if (parts > n_threads) parts = n_threads;
+    if (parts <= 1 || inside_task || n_started == 0) { // nested calls run serially
+        fn(ctx, 0, n);
+        return;
+    }
+    int64_t chunk = (n + n_threads - 1) / n_threads;
+    if (chunk < grain) chunk = grain;
+    current = (job_t){ fn, ctx, n, chunk };
+    atomic_store(&pending, n_started);
+    pthread_mutex_lock(&pool_lock);
+    atomic_fetch_add_explicit(&generation, 1, memory_order_release);
+    pthread_cond_broadcast(&pool_wake);
+    pthread_mutex_unlock(&pool_lock);
+    run_chunk(0);
+    while (atomic_load_explicit(&pending, memory_order_acquire) > 0) { }
+}

@@ -1,0 +1,53 @@
+import CKernels
+import COpenBLAS
+
+/// Entry points of the numeric kernels used by the model code.
+public enum Kernels {
+    /// Y[t, r] = Σ_k W[r, k] · X[t, k] for t < ntok, r < W.rows (rows of X and Y strided by ldx / ldy).
+    /// Dense f32 weights go to OpenBLAS sgemm; quantized and half-precision weights to the
+    /// dequantize-on-the-fly kernel with f32 activations (bit-identical whatever the batch).
+    public static func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
+                              _ y: UnsafeMutablePointer<Float>, ldy: Int, scratch: ScratchArena) {
+        guard ntok > 0, w.rows > 0 else { return }
+        configureBLASThreads()
+        if w.dtype == .f32 {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(ntok), blasint(w.rows), blasint(w.cols),
+                        1, x, blasint(ldx), w.data.assumingMemoryBound(to: Float.self), blasint(w.cols),
+                        0, y, blasint(ldy))
+        } else {
+            dl_matmul_dq(Int32(w.dtype.rawValue), w.data, Int64(w.rows), Int64(w.cols), x, Int64(ldx), Int64(ntok), y, Int64(ldy))
+        }
+    }
+
+    nonisolated(unsafe) private static var blasThreads: Int32 = 0
+
+    /// OpenBLAS runs with as many threads as our pool, so the two never oversubscribe the cores.
+    private static func configureBLASThreads() {
+        let n = dl_num_threads()
+        if blasThreads != n {
+            openblas_set_num_threads(n)
+            blasThreads = n
+        }
+    }
+
+    /// Sets the thread count of the kernels (our pool and OpenBLAS).
+    public static func setThreads(_ n: Int) {
+        dl_set_num_threads(Int32(max(1, n)))
+        configureBLASThreads()
+    }
+}
+
+/// A reusable, growable, 64-byte-aligned scratch buffer: it reallocates only when asked for more than
+/// it has, so the step loop does not allocate once warm.
+public final class ScratchArena: @unchecked Sendable {
+    private var buffer: Buffer?
+
+    public init() {}
+
+    public func bytes(_ n: Int) -> UnsafeMutableRawPointer {
+        if let buffer, buffer.byteCount >= n { return buffer.base }
+        let grown = Buffer(byteCount: max(n, (buffer?.byteCount ?? 0) * 3 / 2))
+        buffer = grown
+        return grown.base
+    }
+}

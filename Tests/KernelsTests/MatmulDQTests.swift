@@ -1,0 +1,80 @@
+import CKernels
+import Testing
+@testable import Kernels
+
+/// dl_matmul_dq (dequantize-on-the-fly weights, f32 activations) against a float64 reference over the
+/// same dequantized weights, and its batch invariance.
+@Suite struct MatmulDQTests {
+    typealias Rng = OpsParityTests.Rng
+
+    static func randomMatrix(_ type: DType, rows: Int, cols: Int, rng: inout Rng) -> [UInt8] {
+        let values = rng.floats(rows * cols)
+        var bytes = [UInt8](repeating: 0, count: rows * type.byteCount(elements: cols)!)
+        bytes.withUnsafeMutableBytes { dst in
+            for r in 0..<rows {
+                values.withUnsafeBufferPointer { src in
+                    dl_quantize_row(Int32(type.rawValue), src.baseAddress! + r * cols,
+                                    dst.baseAddress! + r * type.byteCount(elements: cols)!, Int64(cols))
+                }
+            }
+        }
+        return bytes
+    }
+
+    static func dequantized(_ type: DType, _ bytes: [UInt8], rows: Int, cols: Int) -> [Float] {
+        var out = [Float](repeating: 0, count: rows * cols)
+        bytes.withUnsafeBytes { src in
+            for r in 0..<rows {
+                dl_dequantize_row(Int32(type.rawValue), src.baseAddress! + r * type.byteCount(elements: cols)!, &out[r * cols], Int64(cols))
+            }
+        }
+        return out
+    }
+
+    @Test(arguments: [DType.q4_0, .q4_1, .q8_0, .f16, .bf16, .f32])
+    func matchesFloat64ReferenceAndIsBatchInvariant(type: DType) {
+        var rng = Rng(state: UInt64(type.rawValue) + 77)
+        for (rows, cols, ntok) in [(1, 32, 1), (7, 64, 3), (36, 576, 5), (130, 1536, 9), (64, 96, 37)] {
+            let w = Self.randomMatrix(type, rows: rows, cols: cols, rng: &rng)
+            let wf = Self.dequantized(type, w, rows: rows, cols: cols)
+            let ldx = cols + 16, ldy = rows + 3
+            let x = rng.floats(ntok * ldx)
+            var y = [Float](repeating: .nan, count: ntok * ldy)
+            dl_matmul_dq(Int32(type.rawValue), w, Int64(rows), Int64(cols), x, Int64(ldx), Int64(ntok), &y, Int64(ldy))
+            for t in 0..<ntok {
+                for r in 0..<rows {
+                    var exact = 0.0, magnitude = 0.0
+                    for k in 0..<cols {
+                        exact += Double(wf[r * cols + k]) * Double(x[t * ldx + k])
+                        magnitude += abs(Double(wf[r * cols + k]) * Double(x[t * ldx + k]))
+                    }
+                    let err = abs(Double(y[t * ldy + r]) - exact)
+                    #expect(err <= 2e-6 * magnitude + 1e-30, "\(type) \(rows)x\(cols) t=\(t) r=\(r): \(y[t * ldy + r]) vs \(exact)")
+                }
+            }
+            // Each token alone gives bit-identical rows.
+            for t in 0..<ntok {
+                var single = [Float](repeating: 0, count: rows)
+                x.withUnsafeBufferPointer { xp in
+                    dl_matmul_dq(Int32(type.rawValue), w, Int64(rows), Int64(cols), xp.baseAddress! + t * ldx, Int64(ldx), 1, &single, Int64(rows))
+                }
+                #expect(Array(y[(t * ldy)..<(t * ldy + rows)]) == single, "\(type) \(rows)x\(cols) token \(t): batched != single")
+            }
+        }
+    }
+
+    @Test func threadCountDoesNotChangeResults() {
+        var rng = Rng(state: 99)
+        let rows = 256, cols = 512, ntok = 6
+        let w = Self.randomMatrix(.q4_1, rows: rows, cols: cols, rng: &rng)
+        let x = rng.floats(ntok * cols)
+        var a = [Float](repeating: 0, count: ntok * rows), b = a
+        let before = dl_num_threads()
+        dl_set_num_threads(1)
+        dl_matmul_dq(Int32(DType.q4_1.rawValue), w, Int64(rows), Int64(cols), x, Int64(cols), Int64(ntok), &a, Int64(rows))
+        dl_set_num_threads(2)
+        dl_matmul_dq(Int32(DType.q4_1.rawValue), w, Int64(rows), Int64(cols), x, Int64(cols), Int64(ntok), &b, Int64(rows))
+        dl_set_num_threads(before)
+        #expect(a == b)
+    }
+}

@@ -1,3 +1,0 @@
-// Removed once the checkpoint and tokenizer tests land.
-import Testing
-@Test func modelsTargetBuilds() { #expect(Bool(true)) }

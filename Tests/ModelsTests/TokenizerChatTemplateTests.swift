@@ -1,0 +1,105 @@
+import Foundation
+import Testing
+@testable import Models
+
+@Suite struct TokenizerChatTemplateTests {
+    /// Each published template family renders exactly as transformers' `apply_chat_template`.
+    @Test func rendersLikeTransformers() throws {
+        let goldens = try TokenizerFixtures.chatTemplates()
+        #expect(goldens.templates.count >= 7)
+        for entry in goldens.templates {
+            let template = ChatTemplate(template: entry.template, bosToken: entry.bosToken, eosToken: entry.eosToken)
+            #expect(template.kind.rawValue == entry.kind, "\(entry.name) kind")
+            for c in entry.cases {
+                let context = "\(entry.name) \(c.messages.map(\.role)) gen=\(c.addGenerationPrompt)"
+                if let rendered = c.rendered {
+                    #expect(try template.render(messages: c.messages, addGenerationPrompt: c.addGenerationPrompt) == rendered,
+                            "\(context)")
+                } else {
+                    #expect(throws: TokenizerError.self, "\(context) should fail: \(c.error ?? "")") {
+                        try template.render(messages: c.messages, addGenerationPrompt: c.addGenerationPrompt)
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func defaultSystemPromptIsReadFromTheTemplate() throws {
+        let goldens = try TokenizerFixtures.chatTemplates()
+        let byName = Dictionary(uniqueKeysWithValues: goldens.templates.map { ($0.name, $0) })
+        let smol = try #require(byName["smollm2"])
+        let qwen = try #require(byName["qwen2"])
+        let plain = try #require(byName["chatml"])
+        #expect(ChatTemplate(template: smol.template).defaultSystemPrompt
+                == "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+        // Qwen2's template spells the newline as a Jinja escape (`\n` inside the literal).
+        #expect(ChatTemplate(template: qwen.template).defaultSystemPrompt == "You are a helpful assistant.")
+        #expect(ChatTemplate(template: plain.template).defaultSystemPrompt == nil)
+    }
+
+    @Test func missingAndUnknownTemplatesFallBackToChatML() throws {
+        let none = ChatTemplate(template: nil)
+        #expect(none.kind == .defaultChatML)
+        let unknown = ChatTemplate(template: "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+        #expect(unknown.kind == .unrecognizedChatML)
+        let messages = [ChatMessage(role: "user", content: "Hi")]
+        let expected = "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        #expect(try none.render(messages: messages, addGenerationPrompt: true) == expected)
+        #expect(try unknown.render(messages: messages, addGenerationPrompt: true) == expected)
+        #expect(none.endOfTurnTokens == ["<|im_end|>"])
+    }
+
+    @Test func unknownRolesAndEmptyConversationsAreErrors() {
+        for template in [ChatTemplate(template: nil), ChatTemplate(template: "<|start_header_id|>"),
+                         ChatTemplate(template: "[INST]"), ChatTemplate(template: "<|user|>")] {
+            #expect(throws: TokenizerError.unknownRole("tool")) {
+                try template.render(messages: [ChatMessage(role: "user", content: "x"), ChatMessage(role: "tool", content: "y")],
+                                    addGenerationPrompt: true)
+            }
+            #expect(throws: TokenizerError.invalidConversation("no messages")) {
+                try template.render(messages: [], addGenerationPrompt: true)
+            }
+        }
+        // Llama 2 folds only a *leading* system message into the first turn.
+        #expect(throws: TokenizerError.self) {
+            try ChatTemplate(template: "[INST]").render(
+                messages: [ChatMessage(role: "user", content: "a"), ChatMessage(role: "system", content: "b")],
+                addGenerationPrompt: false)
+        }
+    }
+
+    @Test func jinjaTrimMatchesPythonStrip() {
+        #expect(ChatTemplate.strip(" \t\n x y \u{3000}\u{1F}") == "x y")
+        #expect(ChatTemplate.strip("   ") == "")
+        #expect(ChatTemplate.strip("\u{200B}x\u{200B}") == "\u{200B}x\u{200B}")  // not whitespace in Python
+    }
+
+    @Test(.enabled(if: TokenizerFixtures.hasSmolLM2, "SmolLM2 GGUF not in ~/.cache/dlora (scripts/fetch-model.sh)"))
+    func smolLM2TemplateFromGGUF() throws {
+        let tokenizer = try Tokenizer(metadata: TokenizerFixtures.smolLM2Metadata.get())
+        let goldens = try TokenizerFixtures.goldens("smollm2-135m-instruct")
+        #expect(tokenizer.chatTemplate.kind == .chatML)
+        let chats = try #require(goldens.chat)
+        #expect(chats.count == 6)
+        for chat in chats {
+            let rendered = try tokenizer.chatTemplate.render(messages: chat.messages, addGenerationPrompt: chat.addGenerationPrompt)
+            #expect(rendered == chat.rendered)
+            #expect(tokenizer.encode(rendered, addSpecial: false) == chat.ids)
+        }
+    }
+
+    @Test func templatesFromTokenizerConfig() throws {
+        let llama3 = try Tokenizer(directory: TokenizerFixtures.directory("tiny-llama3"))
+        let rendered = try llama3.chatTemplate.render(messages: [ChatMessage(role: "user", content: " Hi ")],
+                                                      addGenerationPrompt: true)
+        #expect(rendered == "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                + "<|start_header_id|>assistant<|end_header_id|>\n\n")
+        // The rendered prompt carries its BOS; encoding it without special additions gives exactly one BOS.
+        let ids = llama3.encode(rendered, addSpecial: false)
+        #expect(ids.first == llama3.bosTokenID && ids.filter { $0 == llama3.bosTokenID }.count == 1)
+        let zephyr = try Tokenizer(directory: TokenizerFixtures.directory("tiny-spm"))
+        #expect(zephyr.chatTemplate.kind == .zephyr && zephyr.chatTemplate.eosToken == "</s>")
+        #expect(try zephyr.chatTemplate.render(messages: [ChatMessage(role: "user", content: "Hi")], addGenerationPrompt: true)
+                == "<|user|>\nHi</s>\n<|assistant|>\n")
+    }
+}
