@@ -1,8 +1,12 @@
 // The kernel thread pool: persistent workers that spin briefly on a generation counter, then sleep on a
 // condition variable. dl_parallel_for splits [0, n) into one contiguous chunk per thread (the caller
-// takes chunk 0) so chunk boundaries depend only on (n, grain, threads).
+// takes chunk 0) so chunk boundaries depend only on (n, grain, threads). One caller owns the pool at a
+// time; a concurrent caller (another Swift thread, a nested call) runs its loop serially on its own
+// thread instead, which gives the same results because every kernel's arithmetic is independent of how
+// its range is split.
 #include "ckernels.h"
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -25,7 +29,20 @@ static _Atomic uint64_t generation = 0;
 static _Atomic int pending = 0;
 static _Atomic int stop_workers = 0;
 static job_t current;
+static uint64_t created_generation;  // the generation workers start from (set before they are created)
+static _Atomic int busy = 0;       // 1 while a caller owns the pool (a job or a reconfiguration)
 static _Thread_local int inside_task = 0;
+
+static int try_acquire(void) {
+    int expected = 0;
+    return atomic_compare_exchange_strong(&busy, &expected, 1);
+}
+
+static void acquire(void) {
+    while (!try_acquire()) sched_yield();
+}
+
+static void release(void) { atomic_store_explicit(&busy, 0, memory_order_release); }
 
 static void run_chunk(int index) {
     int64_t begin = (int64_t)index * current.chunk;
@@ -40,7 +57,8 @@ static void run_chunk(int index) {
 
 static void *worker_main(void *arg) {
     int index = (int)(intptr_t)arg;
-    uint64_t seen = atomic_load(&generation);
+    // Not atomic_load(&generation): a worker that starts late must still see the first job as new.
+    uint64_t seen = created_generation;
     for (;;) {
         int spins = 0;
         while (atomic_load_explicit(&generation, memory_order_acquire) == seen) {
@@ -73,6 +91,7 @@ static void start_pool(int n) {
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
     n_threads = n;
+    created_generation = atomic_load(&generation);
     for (int i = 1; i < n; i++) {
         if (pthread_create(&workers[n_started], NULL, worker_main, (void *)(intptr_t)i) != 0) break;
         n_started++;
@@ -89,24 +108,36 @@ static void ensure_pool(void) {
 
 void dl_set_num_threads(int n) {
     if (n < 1) n = 1;
-    if (n_threads == n) return;
-    if (n_started > 0) stop_pool();
-    start_pool(n);
+    acquire();
+    if (n_threads != n) {
+        if (n_started > 0) stop_pool();
+        start_pool(n);
+    }
+    release();
 }
 
 int dl_num_threads(void) {
-    ensure_pool();
+    if (n_threads == 0) {
+        acquire();
+        ensure_pool();
+        release();
+    }
     return n_threads;
 }
 
 void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx) {
     if (n <= 0) return;
     if (grain < 1) grain = 1;
+    if (inside_task || !try_acquire()) { // nested or concurrent calls run serially
+        fn(ctx, 0, n);
+        return;
+    }
     ensure_pool();
     int64_t parts = (n + grain - 1) / grain;
     if (parts > n_threads) parts = n_threads;
-    if (parts <= 1 || inside_task || n_started == 0) { // nested calls run serially
+    if (parts <= 1 || n_started == 0) {
         fn(ctx, 0, n);
+        release();
         return;
     }
     int64_t chunk = (n + n_threads - 1) / n_threads;
@@ -119,4 +150,5 @@ void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx) {
     pthread_mutex_unlock(&pool_lock);
     run_chunk(0);
     while (atomic_load_explicit(&pending, memory_order_acquire) > 0) { }
+    release();
 }
