@@ -16,8 +16,11 @@ let package = Package(
     name: "dlora",
     platforms: [.macOS(.v14)],
     products: [
+        .executable(name: "dlora", targets: ["dlora"]),
     ],
-    dependencies: [],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
     targets: [
         // OpenBLAS from Debian's libopenblas-dev, found through pkg-config.
         .systemLibrary(
@@ -32,8 +35,16 @@ let package = Package(
         .target(name: "Models", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
         // Pure request/batch bookkeeping: no tensors, no clock, no I/O (shared/DESIGN.md).
         .target(name: "Scheduling", swiftSettings: strictSwift),
+        // The continuous-batching engine of one replica: sequences, sampling, the step loop.
+        .target(name: "Engine", dependencies: ["Scheduling", "Models", "Kernels", "CKernels"], swiftSettings: strictSwift),
+        .executableTarget(
+            name: "dlora",
+            dependencies: ["Engine", "Models", "Kernels", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strictSwift
+        ),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Kernels"], swiftSettings: strictSwift),
     ]
 )

@@ -33,7 +33,7 @@ if [ -n "${LLAMA_CPP_BIN:-}" ] && [ -x "$LLAMA_CPP_BIN/llama-batched-bench" ]; t
     echo "bench: llama.cpp llama-batched-bench" >&2
     ctx=$(( (PROMPT + GEN) * 32 + 256 ))
     "$LLAMA_CPP_BIN/llama-batched-bench" -m "$MODEL" -c "$ctx" -b 512 -ub 512 -npp "$PROMPT" -ntg "$GEN" \
-        -npl "$BATCHES" -t "$THREADS" -tb "$THREADS" --no-mmap > "$tmp/llama.txt" 2> "$tmp/llama.err" || true
+        -npl "$BATCHES" -t "$THREADS" -tb "$THREADS" > "$tmp/llama.txt" 2> "$tmp/llama.err" || true
     llama_section=$(python3 - "$tmp/llama.txt" "$tmp/dlora.md" <<'PY'
 import re, sys
 rows = {}

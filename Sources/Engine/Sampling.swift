@@ -1,0 +1,240 @@
+import Foundation
+
+/// How a request's next tokens are chosen (OpenAI's parameter names and meanings).
+public struct SamplingParams: Sendable, Equatable {
+    /// 0 means greedy (argmax).
+    public var temperature: Double = 1.0
+    /// Nucleus: sample from the smallest set of most likely tokens whose probability reaches `topP`.
+    public var topP: Double = 1.0
+    /// Keep only the `topK` most likely tokens; 0 = no limit.
+    public var topK: Int = 0
+    public var seed: UInt64?
+    /// Generated tokens at most; nil = until end of sequence or the context is full.
+    public var maxTokens: Int? = nil
+    /// Generation stops before the first occurrence of any of these strings (not included in the output).
+    public var stop: [String] = []
+    /// Keep generating past the end-of-sequence token.
+    public var ignoreEOS = false
+
+    public init(temperature: Double = 1.0, topP: Double = 1.0, topK: Int = 0, seed: UInt64? = nil,
+                maxTokens: Int? = nil, stop: [String] = [], ignoreEOS: Bool = false) {
+        self.temperature = temperature
+        self.topP = topP
+        self.topK = topK
+        self.seed = seed
+        self.maxTokens = maxTokens
+        self.stop = stop
+        self.ignoreEOS = ignoreEOS
+    }
+
+    public static let greedy = SamplingParams(temperature: 0)
+
+    public var isGreedy: Bool { temperature == 0 || topK == 1 }
+
+    /// Checks the ranges; the message names the parameter as the API and CLI spell it.
+    public func validate() throws {
+        guard temperature.isFinite, temperature >= 0, temperature <= 100 else {
+            throw SamplingError("temperature must be between 0 and 100, got \(temperature)")
+        }
+        guard topP.isFinite, topP > 0, topP <= 1 else { throw SamplingError("top_p must be in (0, 1], got \(topP)") }
+        guard topK >= 0 else { throw SamplingError("top_k must be >= 0, got \(topK)") }
+        if let maxTokens, maxTokens < 1 { throw SamplingError("max_tokens must be >= 1, got \(maxTokens)") }
+        guard stop.count <= 16 else { throw SamplingError("at most 16 stop strings, got \(stop.count)") }
+        for s in stop where s.isEmpty || s.utf8.count > 256 {
+            throw SamplingError("stop strings must be 1 to 256 bytes long")
+        }
+    }
+}
+
+public struct SamplingError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
+
+/// xoshiro256** seeded through splitmix64: small, fast, and its whole state can be saved and restored
+/// (a migrated request continues the same random stream).
+public struct SamplerRNG: RandomNumberGenerator, Sendable, Equatable {
+    public private(set) var state: (UInt64, UInt64, UInt64, UInt64)
+
+    public init(seed: UInt64) {
+        var z = seed
+        func splitmix() -> UInt64 {
+            z &+= 0x9E37_79B9_7F4A_7C15
+            var r = z
+            r = (r ^ (r >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            r = (r ^ (r >> 27)) &* 0x94D0_49BB_1331_11EB
+            return r ^ (r >> 31)
+        }
+        state = (splitmix(), splitmix(), splitmix(), splitmix())
+    }
+
+    public init(state: (UInt64, UInt64, UInt64, UInt64)) { self.state = state }
+
+    public mutating func next() -> UInt64 {
+        let result = ((state.1 &* 5) << 7 | (state.1 &* 5) >> 57) &* 9
+        let t = state.1 << 17
+        state.2 ^= state.0
+        state.3 ^= state.1
+        state.1 ^= state.2
+        state.0 ^= state.3
+        state.2 ^= t
+        state.3 = state.3 << 45 | state.3 >> 19
+        return result
+    }
+
+    /// A uniform double in [0, 1).
+    public mutating func nextUnit() -> Double { Double(next() >> 11) * 0x1.0p-53 }
+
+    public static func == (a: SamplerRNG, b: SamplerRNG) -> Bool { a.state == b.state }
+}
+
+/// Chooses a token from a row of logits. Keeps its candidate buffers between calls, so sampling does not
+/// allocate once warm; top-p sorts only the candidates that can be in the nucleus.
+public struct Sampler: Sendable {
+    public let params: SamplingParams
+    public private(set) var rng: SamplerRNG
+    private var candidates: [Int32] = []
+    private var probs: [Float] = []
+
+    public init(params: SamplingParams, rng: SamplerRNG? = nil) {
+        self.params = params
+        self.rng = rng ?? SamplerRNG(seed: params.seed ?? UInt64.random(in: .min ... .max))
+    }
+
+    /// Index of the largest logit (the lowest index among ties).
+    public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        var best = 0
+        var bestValue = -Float.infinity
+        for i in 0..<logits.count where logits[i] > bestValue {
+            bestValue = logits[i]
+            best = i
+        }
+        return best
+    }
+
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
+        if params.isGreedy { return Self.argmax(logits) }
+        let invT = Float(1 / params.temperature)
+        let maxLogit = logits[Self.argmax(logits)]
+        let vocab = logits.count
+        if probs.count < vocab { probs = [Float](repeating: 0, count: vocab) }
+        candidates.reserveCapacity(vocab)
+
+        // Unnormalised probabilities.
+        var total: Double = 0
+        probs.withUnsafeMutableBufferPointer { p in
+            for i in 0..<vocab {
+                let e = expf((logits[i] - maxLogit) * invT)
+                p[i] = e
+                total += Double(e)
+            }
+        }
+
+        let k = params.topK > 0 ? min(params.topK, vocab) : vocab
+        if k == vocab && params.topP >= 1 {
+            // Plain temperature sampling: draw over the whole vocabulary, no sorting.
+            let u = rng.nextUnit() * total
+            var cumulative: Double = 0
+            for i in 0..<vocab {
+                cumulative += Double(probs[i])
+                if u < cumulative { return i }
+            }
+            return Self.argmax(logits)
+        }
+
+        // Candidates: a prefix of the descending order that holds the top k (with top-k) or at least topP
+        // of the mass (top-p alone). Any set {p > τ} is such a prefix; lower τ until it is big enough.
+        let needMass = params.topP * total
+        var tau: Float = 1e-4
+        while true {
+            candidates.removeAll(keepingCapacity: true)
+            var mass: Double = 0
+            probs.withUnsafeBufferPointer { p in
+                for i in 0..<vocab where p[i] > tau {
+                    candidates.append(Int32(i))
+                    mass += Double(p[i])
+                }
+            }
+            let enough = k < vocab ? candidates.count >= k : mass >= needMass
+            if tau < 0 || enough { break }
+            tau = tau > 1e-30 ? tau * 1e-3 : -1
+        }
+        candidates.withUnsafeMutableBufferPointer { c in
+            probs.withUnsafeBufferPointer { p in
+                c.sort { p[Int($0)] > p[Int($1)] || (p[Int($0)] == p[Int($1)] && $0 < $1) }
+            }
+        }
+
+        // Apply top-k, then top-p, over the sorted candidates; then draw.
+        var keep = min(k, candidates.count)
+        var kept: Double = 0
+        for i in 0..<keep { kept += Double(probs[Int(candidates[i])]) }
+        if params.topP < 1 {
+            let target = params.topP * kept
+            var cumulative: Double = 0
+            for i in 0..<keep {
+                cumulative += Double(probs[Int(candidates[i])])
+                if cumulative >= target {
+                    keep = i + 1
+                    kept = cumulative
+                    break
+                }
+            }
+        }
+        let u = rng.nextUnit() * kept
+        var cumulative: Double = 0
+        for i in 0..<keep {
+            cumulative += Double(probs[Int(candidates[i])])
+            if u < cumulative { return Int(candidates[i]) }
+        }
+        return Int(candidates[keep - 1])
+    }
+}
+
+/// Finds stop strings in streamed text and holds back the tail that could still become one.
+public struct StopMatcher: Sendable {
+    public let stops: [String]
+    private var pending = ""
+    private let longest: Int
+
+    public init(stops: [String]) {
+        self.stops = stops
+        longest = stops.map(\.count).max() ?? 0
+    }
+
+    /// Adds generated text; returns the text that is safe to emit and whether a stop string was hit (then
+    /// the returned text ends just before it and generation must end).
+    public mutating func append(_ text: String) -> (emit: String, stopped: Bool) {
+        guard !stops.isEmpty else { return (text, false) }
+        pending += text
+        var first: String.Index?
+        for s in stops {
+            if let r = pending.range(of: s), first.map({ r.lowerBound < $0 }) ?? true { first = r.lowerBound }
+        }
+        if let first {
+            let out = String(pending[..<first])
+            pending = ""
+            return (out, true)
+        }
+        // Hold back the longest suffix that is a prefix of some stop string.
+        var hold = 0
+        let tail = pending.suffix(longest - 1)
+        for start in tail.indices {
+            let suffix = tail[start...]
+            if stops.contains(where: { $0.hasPrefix(suffix) }) {
+                hold = suffix.count
+                break
+            }
+        }
+        let cut = pending.index(pending.endIndex, offsetBy: -hold)
+        let out = String(pending[..<cut])
+        pending = String(pending[cut...])
+        return (out, false)
+    }
+
+    /// The text held back, released when generation ends for another reason.
+    public mutating func finish() -> String {
+        defer { pending = "" }
+        return pending
+    }
+}

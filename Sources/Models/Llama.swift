@@ -1,0 +1,291 @@
+import CKernels
+import Foundation
+import Kernels
+
+/// Scratch memory of one forward pass, sized for up to `capacity` tokens and grown on demand, so the
+/// step loop does not allocate once warm.
+public final class ForwardWorkspace: @unchecked Sendable {
+    private let config: ModelConfig
+    public private(set) var capacity = 0
+    private(set) var x = Buffer(floats: 0)        // [T][hidden] residual stream
+    private(set) var xn = Buffer(floats: 0)       // [T][hidden] normalised
+    private(set) var qkv = Buffer(floats: 0)      // [T][q + 2 kv]
+    private(set) var attn = Buffer(floats: 0)     // [T][q]
+    private(set) var gateUp = Buffer(floats: 0)   // [T][2 ffn]
+    private(set) var act = Buffer(floats: 0)      // [T][ffn]
+    private(set) var cos = Buffer(floats: 0)      // [T][headDim / 2]
+    private(set) var sin = Buffer(floats: 0)
+    private(set) var positions = Buffer(byteCount: 0)
+    private(set) var slots = Buffer(byteCount: 0)
+    private(set) var tableOffsets = Buffer(byteCount: 0)
+    private(set) var blockTables = Buffer(byteCount: 0)
+    private(set) var blockTableCapacity = 0
+
+    public init(config: ModelConfig, capacity: Int = 64) {
+        self.config = config
+        reserve(tokens: capacity)
+    }
+
+    /// Makes room for `tokens` tokens (a no-op when there already is).
+    public func reserve(tokens: Int) {
+        guard tokens > capacity else { return }
+        let c = config
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        x = Buffer(floats: tokens * c.hiddenSize)
+        xn = Buffer(floats: tokens * c.hiddenSize)
+        qkv = Buffer(floats: tokens * (qDim + 2 * kvDim))
+        attn = Buffer(floats: tokens * qDim)
+        gateUp = Buffer(floats: tokens * 2 * c.intermediateSize)
+        act = Buffer(floats: tokens * c.intermediateSize)
+        cos = Buffer(floats: tokens * c.headDim / 2)
+        sin = Buffer(floats: tokens * c.headDim / 2)
+        positions = Buffer(byteCount: tokens * 4)
+        slots = Buffer(byteCount: tokens * 8)
+        tableOffsets = Buffer(byteCount: tokens * 8)
+        capacity = tokens
+    }
+
+    func reserve(blockTableEntries n: Int) {
+        guard n > blockTableCapacity else { return }
+        blockTableCapacity = max(n, blockTableCapacity * 2)
+        blockTables = Buffer(byteCount: blockTableCapacity * 4)
+    }
+}
+
+/// A Llama-family decoder (Llama 2/3, SmolLM, TinyLlama, Mistral, Qwen2) over weights as a checkpoint
+/// stores them: quantized and half-precision matrices stay in their format and are dequantized on the fly;
+/// f32 matrices go to BLAS. Q/K rows keep the checkpoint's layout and RoPE rotates accordingly
+/// (`ModelConfig.ropeStyle`).
+public final class LlamaModel: @unchecked Sendable {
+    public let config: ModelConfig
+    public let checkpointPath: String
+
+    struct Layer {
+        let attnNorm: Buffer
+        let ffnNorm: Buffer
+        /// Q, K and V stacked row-wise when they share a dtype, else nil (and q/k/v run separately).
+        let qkv: WeightMatrix?
+        let q: WeightMatrix, k: WeightMatrix, v: WeightMatrix
+        let qkvBias: Buffer?
+        let o: WeightMatrix
+        let gateUp: WeightMatrix?
+        let gate: WeightMatrix, up: WeightMatrix
+        let down: WeightMatrix
+    }
+
+    let layers: [Layer]
+    let embedding: WeightMatrix
+    let output: WeightMatrix
+    let outputNorm: Buffer
+    /// RoPE inverse frequencies (headDim / 2), scaling applied.
+    public let inverseFrequencies: [Float]
+    /// Keeps the memory-mapped checkpoint alive while its tensors are borrowed.
+    private let checkpoint: any ModelCheckpoint
+
+    public init(checkpoint: any ModelCheckpoint) throws {
+        let c = checkpoint.config
+        self.config = c
+        self.checkpoint = checkpoint
+        checkpointPath = checkpoint.path
+
+        func required(_ t: LlamaTensor) throws -> WeightMatrix {
+            guard let m = try checkpoint.matrix(t) else {
+                throw CheckpointError(file: checkpoint.path, tensor: t.description, problem: "required tensor is missing")
+            }
+            return m
+        }
+        func vector(_ t: LlamaTensor, count: Int) throws -> Buffer {
+            guard let v = try checkpoint.vector(t) else {
+                throw CheckpointError(file: checkpoint.path, tensor: t.description, problem: "required tensor is missing")
+            }
+            guard v.count == count else {
+                throw CheckpointError(file: checkpoint.path, tensor: t.description, problem: "has \(v.count) values, expected \(count)")
+            }
+            return Self.buffer(v)
+        }
+
+        var layers: [Layer] = []
+        layers.reserveCapacity(c.numLayers)
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        for i in 0..<c.numLayers {
+            let q = try required(.q(i)), k = try required(.k(i)), v = try required(.v(i))
+            let gate = try required(.gate(i)), up = try required(.up(i))
+            var bias: Buffer?
+            if c.attentionBias {
+                let parts = try [(LlamaTensor.qBias(i), qDim), (.kBias(i), kvDim), (.vBias(i), kvDim)].map { t, n -> [Float] in
+                    guard let b = try checkpoint.vector(t) else {
+                        throw CheckpointError(file: checkpoint.path, tensor: t.description, problem: "required tensor is missing")
+                    }
+                    guard b.count == n else {
+                        throw CheckpointError(file: checkpoint.path, tensor: t.description, problem: "has \(b.count) values, expected \(n)")
+                    }
+                    return b
+                }
+                bias = Self.buffer(parts.flatMap { $0 })
+            }
+            layers.append(Layer(
+                attnNorm: try vector(.attnNorm(i), count: c.hiddenSize),
+                ffnNorm: try vector(.ffnNorm(i), count: c.hiddenSize),
+                qkv: Self.stack([q, k, v]), q: q, k: k, v: v, qkvBias: bias,
+                o: try required(.o(i)),
+                gateUp: Self.stack([gate, up]), gate: gate, up: up,
+                down: try required(.down(i))))
+        }
+        self.layers = layers
+        embedding = try required(.tokenEmbedding)
+        output = try checkpoint.matrix(.output) ?? embedding
+        outputNorm = try vector(.outputNorm, count: c.hiddenSize)
+        inverseFrequencies = Self.inverseFrequencies(config: c, ggufFactors: try checkpoint.ropeFrequencyFactors())
+        for m in [embedding, output] where m.rows != c.vocabSize || m.cols != c.hiddenSize {
+            throw CheckpointError(file: checkpoint.path, tensor: nil,
+                                  problem: "embedding/output matrix is \(m.rows)x\(m.cols), expected \(c.vocabSize)x\(c.hiddenSize)")
+        }
+    }
+
+    private static func buffer(_ values: [Float]) -> Buffer {
+        let b = Buffer(floats: values.count)
+        values.withUnsafeBufferPointer { b.floats.update(from: $0.baseAddress!, count: values.count) }
+        return b
+    }
+
+    /// Stacks matrices of one dtype and width row-wise: zero-copy when they already lie back to back in
+    /// one buffer (as GGUF files store them), else copied once into an owned buffer.
+    static func stack(_ parts: [WeightMatrix]) -> WeightMatrix? {
+        guard let first = parts.first,
+              parts.allSatisfy({ $0.dtype == first.dtype && $0.cols == first.cols }) else { return nil }
+        let rows = parts.reduce(0) { $0 + $1.rows }
+        var contiguous = true
+        for (a, b) in zip(parts, parts.dropFirst()) where !(a.storage === b.storage && a.offset + a.byteCount == b.offset) {
+            contiguous = false
+        }
+        if contiguous {
+            return WeightMatrix(dtype: first.dtype, rows: rows, cols: first.cols, storage: first.storage, offset: first.offset)
+        }
+        let buffer = Buffer(byteCount: parts.reduce(0) { $0 + $1.byteCount })
+        var at = 0
+        for p in parts {
+            (buffer.base + at).copyMemory(from: p.data, byteCount: p.byteCount)
+            at += p.byteCount
+        }
+        return WeightMatrix(dtype: first.dtype, rows: rows, cols: first.cols, storage: buffer)
+    }
+
+    /// RoPE inverse frequencies θ_i = base^(-2i/d), with linear or Llama 3 scaling, or llama.cpp's
+    /// per-frequency divisors (`rope_freqs.weight`) when the GGUF carries them.
+    static func inverseFrequencies(config c: ModelConfig, ggufFactors: [Float]?) -> [Float] {
+        let half = c.headDim / 2
+        var inv = (0..<half).map { i in Float(1.0 / pow(c.ropeTheta, Double(2 * i) / Double(c.headDim))) }
+        if let ggufFactors, ggufFactors.count == half {
+            for i in 0..<half { inv[i] /= ggufFactors[i] }
+            return inv
+        }
+        switch c.ropeScaling {
+        case .none:
+            break
+        case .linear(let factor):
+            for i in 0..<half { inv[i] /= Float(factor) }
+        case .llama3(let factor, let low, let high, let original):
+            let lowWavelen = Double(original) / low
+            let highWavelen = Double(original) / high
+            for i in 0..<half {
+                let f = Double(inv[i])
+                let wavelen = 2 * Double.pi / f
+                if wavelen > lowWavelen {
+                    inv[i] = Float(f / factor)
+                } else if wavelen >= highWavelen {
+                    let smooth = (Double(original) / wavelen - low) / (high - low)
+                    inv[i] = Float((1 - smooth) * f / factor + smooth * f)
+                }
+            }
+        }
+        return inv
+    }
+
+    /// Bytes of weights one decode step reads (every matrix once): the numerator of the memory-bandwidth
+    /// bound for batch-1 decode.
+    public var weightBytesPerToken: Int {
+        var n = output.byteCount + config.hiddenSize * 4 * (2 * config.numLayers + 1)
+        for l in layers { n += l.q.byteCount + l.k.byteCount + l.v.byteCount + l.o.byteCount + l.gate.byteCount + l.up.byteCount + l.down.byteCount }
+        return n
+    }
+
+    /// Runs the batch's tokens through the model: writes their K/V into `kv` (at the batch's slots) and the
+    /// logits of `batch.logitRows` into `logits` ([logitRows.count][vocabSize]).
+    public func forward(_ batch: ForwardBatch, kv: PagedKVStorage, workspace ws: ForwardWorkspace,
+                        scratch: ScratchArena, logits: UnsafeMutablePointer<Float>) {
+        let n = batch.count
+        guard n > 0 else { return }
+        let c = config
+        precondition(kv.numLayers == c.numLayers && kv.numKVHeads == c.numKVHeads && kv.headDim == c.headDim, "KV cache does not fit the model")
+        ws.reserve(tokens: n)
+        ws.reserve(blockTableEntries: batch.blockTables.count)
+        let h = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let qkvDim = qDim + 2 * kvDim, ffn = c.intermediateSize, half = c.headDim / 2
+        let x = ws.x.floats, xn = ws.xn.floats, qkv = ws.qkv.floats, attn = ws.attn.floats
+        let gateUp = ws.gateUp.floats, act = ws.act.floats
+        let positions = ws.positions.base.assumingMemoryBound(to: Int32.self)
+        let slots = ws.slots.base.assumingMemoryBound(to: Int64.self)
+        let tableOffsets = ws.tableOffsets.base.assumingMemoryBound(to: Int64.self)
+        let tables = ws.blockTables.base.assumingMemoryBound(to: Int32.self)
+        batch.positions.withUnsafeBufferPointer { positions.update(from: $0.baseAddress!, count: n) }
+        batch.slots.withUnsafeBufferPointer { slots.update(from: $0.baseAddress!, count: n) }
+        batch.tableOffsets.withUnsafeBufferPointer { tableOffsets.update(from: $0.baseAddress!, count: n) }
+        batch.blockTables.withUnsafeBufferPointer { tables.update(from: $0.baseAddress!, count: $0.count) }
+
+        // Embedding rows.
+        let embRow = embedding.rowBytes
+        for t in 0..<n {
+            let id = Int(batch.tokens[t])
+            precondition(id >= 0 && id < c.vocabSize, "token id out of range")
+            dl_dequantize_row(Int32(embedding.dtype.rawValue), embedding.data + id * embRow, x + t * h, Int64(h))
+        }
+        inverseFrequencies.withUnsafeBufferPointer {
+            dl_rope_table(positions, Int64(n), $0.baseAddress!, Int64(half), ws.cos.floats, ws.sin.floats)
+        }
+        let neox: Int32 = c.ropeStyle == .halves ? 1 : 0
+        let scale = 1 / Float(c.headDim).squareRoot()
+
+        for (li, layer) in layers.enumerated() {
+            // Attention block.
+            dl_rmsnorm(x, layer.attnNorm.floats, xn, Int64(h), Int64(n), c.rmsNormEps)
+            if let fused = layer.qkv {
+                Kernels.matmul(fused, xn, ldx: h, ntok: n, qkv, ldy: qkvDim, scratch: scratch)
+            } else {
+                Kernels.matmul(layer.q, xn, ldx: h, ntok: n, qkv, ldy: qkvDim, scratch: scratch)
+                Kernels.matmul(layer.k, xn, ldx: h, ntok: n, qkv + qDim, ldy: qkvDim, scratch: scratch)
+                Kernels.matmul(layer.v, xn, ldx: h, ntok: n, qkv + qDim + kvDim, ldy: qkvDim, scratch: scratch)
+            }
+            if let bias = layer.qkvBias {
+                for t in 0..<n { dl_add_inplace(qkv + t * qkvDim, bias.floats, Int64(qkvDim)) }
+            }
+            dl_rope_apply(qkv, Int64(qkvDim), Int64(n), Int64(c.numHeads), Int64(c.headDim), ws.cos.floats, ws.sin.floats, neox)
+            dl_rope_apply(qkv + qDim, Int64(qkvDim), Int64(n), Int64(c.numKVHeads), Int64(c.headDim), ws.cos.floats, ws.sin.floats, neox)
+            let kCache = kv.keys(layer: li), vCache = kv.values(layer: li)
+            dl_kv_write(kCache, vCache, slots, Int64(n), Int64(kvDim), qkv + qDim, Int64(qkvDim), qkv + qDim + kvDim, Int64(qkvDim))
+            dl_attention(qkv, Int64(qkvDim), Int64(n), positions, tables, tableOffsets, Int64(kv.blockSize),
+                         kCache, vCache, Int64(c.numHeads), Int64(c.numKVHeads), Int64(c.headDim), scale, attn, Int64(qDim))
+            Kernels.matmul(layer.o, attn, ldx: qDim, ntok: n, xn, ldy: h, scratch: scratch)
+            dl_add_inplace(x, xn, Int64(n * h))
+
+            // Feed-forward block.
+            dl_rmsnorm(x, layer.ffnNorm.floats, xn, Int64(h), Int64(n), c.rmsNormEps)
+            if let fused = layer.gateUp {
+                Kernels.matmul(fused, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch)
+            } else {
+                Kernels.matmul(layer.gate, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch)
+                Kernels.matmul(layer.up, xn, ldx: h, ntok: n, gateUp + ffn, ldy: 2 * ffn, scratch: scratch)
+            }
+            dl_silu_mul(gateUp, gateUp + ffn, Int64(2 * ffn), act, Int64(ffn), Int64(n))
+            Kernels.matmul(layer.down, act, ldx: ffn, ntok: n, xn, ldy: h, scratch: scratch)
+            dl_add_inplace(x, xn, Int64(n * h))
+        }
+
+        // Final norm and logits, only for the rows asked for.
+        let rows = batch.logitRows.count
+        guard rows > 0 else { return }
+        for (r, t) in batch.logitRows.enumerated() {
+            dl_rmsnorm(x + t * h, outputNorm.floats, xn + r * h, Int64(h), 1, c.rmsNormEps)
+        }
+        Kernels.matmul(output, xn, ldx: h, ntok: rows, logits, ldy: c.vocabSize, scratch: scratch)
+    }
+}

@@ -1,0 +1,143 @@
+import ArgumentParser
+import CKernels
+import Engine
+import Foundation
+import Kernels
+import Models
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks (bench/*.sh run them and write bench/results/).",
+        subcommands: [BenchCore.self]
+    )
+}
+
+/// Prefill and decode throughput of the forward pass at several batch sizes, on llama-batched-bench's
+/// schedule (B sequences × P prompt tokens prefilled in ubatches of up to 512 tokens, then G greedy decode
+/// steps of B tokens), plus the batch-1 memory-bandwidth bound. Prints a markdown section.
+struct BenchCore: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "core", abstract: "Forward-pass throughput (prefill, decode).")
+
+    @Option(help: "GGUF file or Hugging Face directory (default: the default model).")
+    var model: String?
+    @Option(help: "Comma-separated batch sizes.")
+    var batches: String = "1,8,32"
+    @Option(help: "Prompt tokens per sequence.")
+    var prompt: Int = 128
+    @Option(help: "Generated tokens per sequence.")
+    var gen: Int = 64
+    @Option(help: "Kernel threads (default: all cores).")
+    var threads: Int?
+    @Option(help: "Tokens per forward pass during prefill (llama.cpp's -ub).")
+    var ubatch: Int = 512
+
+    func validate() throws {
+        guard prompt >= 1, gen >= 1, ubatch >= 1 else { throw ValidationError("--prompt, --gen and --ubatch must be >= 1") }
+        guard !batchSizes.isEmpty, batchSizes.allSatisfy({ $0 >= 1 && $0 <= 1024 }) else {
+            throw ValidationError("--batches must be a comma-separated list of sizes in 1...1024")
+        }
+    }
+
+    var batchSizes: [Int] { batches.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func run() throws {
+        if let threads { Kernels.setThreads(threads) }
+        let path = try DefaultModel.resolve(model)
+        let loaded = try LoadedModel(path: path)
+        let m = loaded.model
+        let c = m.config
+        guard prompt + gen <= c.maxPositionEmbeddings else { throw CLIError("--prompt + --gen exceed the model's context") }
+
+        // Bandwidth: stream a buffer much larger than the caches, best of 5.
+        let floats = 256 << 20 / 4
+        let big = Buffer(floats: floats)
+        for i in stride(from: 0, to: floats, by: 1024) { big.floats[i] = 1 }
+        var bestGBs = 0.0
+        for _ in 0..<5 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let sum = dl_stream_sum(big.floats, Int64(floats))
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            precondition(sum > 0)
+            bestGBs = max(bestGBs, Double(floats * 4) / dt / 1e9)
+        }
+        let weightBytes = m.weightBytesPerToken
+
+        var rows: [String] = []
+        for b in batchSizes {
+            let r = run(model: m, batch: b)
+            rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
+            FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
+        }
+        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(dl_num_threads()).")
+        print()
+        print("| batch | prompt | gen | prefill tok/s | decode tok/s | decode ms/step |")
+        print("|---:|---:|---:|---:|---:|---:|")
+        rows.forEach { print($0) }
+        print()
+        print(String(format: "Memory-bandwidth bound for batch-1 decode: %.1f GB/s streamed (best of 5, %d threads) / %.1f MB of weights read per token = **%.1f tok/s**.",
+                     bestGBs, dl_num_threads(), Double(weightBytes) / 1e6, bestGBs * 1e9 / Double(weightBytes)))
+    }
+
+    struct Result { var prefill: Double; var decode: Double; var msPerStep: Double }
+
+    func run(model m: LlamaModel, batch b: Int) -> Result {
+        let c = m.config
+        let blockSize = 16
+        let blocksPerSeq = (prompt + gen + blockSize - 1) / blockSize
+        let kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: b * blocksPerSeq, blockSize: blockSize,
+                                numKVHeads: c.numKVHeads, headDim: c.headDim)
+        let tables = (0..<b).map { s in (0..<blocksPerSeq).map { Int32(s * blocksPerSeq + $0) } }
+        let ws = ForwardWorkspace(config: c, capacity: min(ubatch, b * prompt))
+        let scratch = ScratchArena()
+        let logits = Buffer(floats: b * c.vocabSize)
+        var batch = ForwardBatch()
+        // Deterministic pseudo-random prompts (as llama-batched-bench, content does not matter for speed).
+        var state: UInt64 = 0x2545_F491_4F6C_DD1D
+        let prompts = (0..<b).map { _ in
+            (0..<prompt).map { _ -> Int in
+                state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                return Int((state >> 33) % UInt64(c.vocabSize))
+            }
+        }
+        var last = [Int](repeating: 0, count: b)
+
+        // Warm-up: one small forward pass (page in the weights, start the pool).
+        batch.append(sequence: prompts[0].prefix(8), start: 0, blockTable: tables[0], blockSize: blockSize)
+        m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+
+        // Prefill: the B prompts back to back, cut into ubatches.
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        var s = 0, done = 0
+        while s < b {
+            batch.reset()
+            var room = ubatch
+            while s < b && room > 0 {
+                let n = min(prompt - done, room)
+                batch.append(sequence: prompts[s][done..<(done + n)], start: done, blockTable: tables[s], blockSize: blockSize,
+                             logits: done + n == prompt ? .last : .none)
+                room -= n
+                done += n
+                if done == prompt { s += 1; done = 0 }
+            }
+            m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+        }
+        let prefillSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        for i in 0..<b { last[i] = prompts[i][prompt - 1] }
+
+        // Decode: G steps of one token per sequence, greedy.
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        for step in 0..<gen {
+            batch.reset()
+            for i in 0..<b {
+                batch.append(sequence: CollectionOfOne(last[i]), start: prompt + step, blockTable: tables[i], blockSize: blockSize)
+            }
+            m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+            for i in 0..<b {
+                last[i] = Sampler.argmax(UnsafeBufferPointer(start: logits.floats + i * c.vocabSize, count: c.vocabSize))
+            }
+        }
+        let decodeSeconds = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e9
+        return Result(prefill: Double(b * prompt) / prefillSeconds, decode: Double(b * gen) / decodeSeconds,
+                      msPerStep: decodeSeconds * 1000 / Double(gen))
+    }
+}

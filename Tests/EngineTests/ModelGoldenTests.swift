@@ -1,0 +1,111 @@
+import Foundation
+import Kernels
+import Models
+import Testing
+
+@testable import Engine
+
+/// The forward pass against transformers' float32 logits and greedy continuations (Tests/Fixtures/models).
+/// Quantized variants are compared with goldens computed from their own dequantized weights, so every
+/// variant is held to the f32 tolerance: the engine dequantizes exactly and keeps activations in f32.
+@Suite struct ModelGoldenTests {
+    /// Logit tolerance for f32 activations (the fixture README measures f64-vs-f32 differences ≤ 5e-5).
+    static let tolerance: Float = 1e-3
+
+    @Test(arguments: ModelFixtures.variants.map { "\($0.0)/\($0.1)" })
+    func tinyModelLogitsAndGreedy(_ name: String) throws {
+        let parts = name.split(separator: "/").map(String.init)
+        let (modelName, variant) = (parts[0], parts[1])
+        let goldens = try ModelFixtures.goldens(model: modelName, variant: variant)
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: modelName, variant: variant)))
+        #expect(model.config.vocabSize == goldens.vocabSize)
+
+        var comparedGreedy = 0
+        for (ci, c) in goldens.cases.enumerated() {
+            // Teacher-forced: the prompt in one pass, then the reference's greedy tokens one by one.
+            let runner = ModelRunner(model: model, sequences: 1, maxTokens: c.promptIds.count + 40)
+            var logits = runner.forward([(0, c.promptIds, 0, .last)])[0]
+            for (si, step) in c.steps.enumerated() {
+                if si > 0 {
+                    let fed = c.greedyIds[si - 1]
+                    logits = runner.forward([(0, [fed], c.promptIds.count + si - 1, .last)])[0]
+                }
+                let err = maxAbsDiff(logits, step.logits)
+                #expect(err <= Self.tolerance, "\(name) case \(ci) step \(si): max |Δlogit| = \(err)")
+            }
+
+            // Free-running greedy continuation.
+            let greedy = ModelRunner(model: model, sequences: 1, maxTokens: c.promptIds.count + 40)
+            var ids: [Int] = []
+            var next = argmax(greedy.forward([(0, c.promptIds, 0, .last)])[0])
+            for i in 0..<c.greedyIds.count {
+                ids.append(next)
+                if i + 1 < c.greedyIds.count {
+                    next = argmax(greedy.forward([(0, [next], c.promptIds.count + i, .last)])[0])
+                }
+            }
+            let n = comparableGreedyPrefix(c.greedyMargins)
+            comparedGreedy += n
+            #expect(Array(ids.prefix(n)) == Array(c.greedyIds.prefix(n)), "\(name) case \(ci): greedy ids differ within the first \(n)")
+        }
+        // Most steps are comparable (a near-tie cuts a case short, but not most of them).
+        #expect(comparedGreedy >= 32, "\(name): only \(comparedGreedy) greedy steps comparable")
+    }
+
+    /// Chunked prefill: every position's logits of a 23-token prompt, computed in chunks of 5 (hf goldens).
+    @Test(arguments: ["tiny-llama", "tiny-qwen2", "tiny-llama3"])
+    func chunkedPrefillAllPositions(_ modelName: String) throws {
+        let goldens = try ModelFixtures.goldens(model: modelName, variant: "hf")
+        let all = try #require(goldens.prefillAllPositions)
+        let prompt = goldens.cases[all.promptIndex].promptIds
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: modelName, variant: "hf")))
+        let runner = ModelRunner(model: model, sequences: 1, maxTokens: prompt.count)
+        var rows: [[Float]] = []
+        for start in stride(from: 0, to: prompt.count, by: 5) {
+            let chunk = Array(prompt[start..<min(start + 5, prompt.count)])
+            rows += runner.forward([(0, chunk, start, .all)])
+        }
+        #expect(rows.count == all.logits.count)
+        for (p, (got, want)) in zip(rows, all.logits).enumerated() {
+            let err = maxAbsDiff(got, want)
+            #expect(err <= Self.tolerance, "\(modelName) position \(p): max |Δlogit| = \(err)")
+        }
+    }
+
+    /// The default model against transformers on its own GGUF: top-50 and spread logits of the prompt step
+    /// and three greedy steps, and the 32-token greedy continuation through the engine's Generator.
+    @Test func smolLM2AgainstTransformers() throws {
+        let path = ModelFixtures.smolPath
+        try #require(FileManager.default.fileExists(atPath: path), "default model missing: run scripts/fetch-model.sh")
+        let goldens = try ModelFixtures.smolGoldens()
+        let checkpoint = try openCheckpoint(path: path)
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+
+        for (ci, c) in goldens.cases.enumerated() {
+            let runner = ModelRunner(model: model, sequences: 1, maxTokens: c.promptIds.count + 8, blockSize: 16)
+            var logits = runner.forward([(0, c.promptIds, 0, .last)])[0]
+            for (si, step) in c.steps.enumerated() {
+                if si > 0 { logits = runner.forward([(0, [c.greedyIds[si - 1]], c.promptIds.count + si - 1, .last)])[0] }
+                let top = step.top50Ids.map { logits[$0] }
+                let spread = goldens.spreadIds.map { logits[$0] }
+                let err = max(maxAbsDiff(top, step.top50Logits), maxAbsDiff(spread, step.spreadLogits))
+                #expect(err <= Self.tolerance, "SmolLM2 case \(ci) step \(si): max |Δlogit| = \(err)")
+                #expect(argmax(logits) == step.argmax || step.margin < 1e-2)
+            }
+
+            // Greedy through the Generator: the whole batching/sampling path, no EOS stop.
+            let generator = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16)
+            let id = try generator.submit(prompt: c.promptIds, params: SamplingParams(temperature: 0, maxTokens: 32, ignoreEOS: true))
+            let events = generator.runToCompletion().filter { $0.requestID == id }
+            let ids = events.compactMap(\.token)
+            let n = comparableGreedyPrefix(c.greedyMargins)
+            #expect(ids.count == 32)
+            #expect(Array(ids.prefix(n)) == Array(c.greedyIds.prefix(n)), "SmolLM2 case \(ci): greedy ids differ within the first \(n)")
+            if n == 32 {
+                #expect(events.last?.finish == .length)
+                #expect(tokenizer.decode(ids, skipSpecial: false) == c.continuationText)
+            }
+        }
+    }
+}

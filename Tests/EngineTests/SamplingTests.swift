@@ -1,0 +1,132 @@
+import Foundation
+import Testing
+
+@testable import Engine
+
+@Suite struct SamplingTests {
+    static func draw(_ logits: [Float], _ params: SamplingParams, count: Int) -> [Int: Int] {
+        var sampler = Sampler(params: params)
+        var hist: [Int: Int] = [:]
+        logits.withUnsafeBufferPointer { p in
+            for _ in 0..<count { hist[sampler.sample(p), default: 0] += 1 }
+        }
+        return hist
+    }
+
+    /// Probabilities softmax(logits / T) restricted to `allowed` and renormalised.
+    static func expected(_ logits: [Float], temperature: Double, allowed: Set<Int>) -> [Int: Double] {
+        let m = logits.max()!
+        var p: [Int: Double] = [:]
+        for i in allowed { p[i] = exp(Double(logits[i] - m) / temperature) }
+        let z = p.values.reduce(0, +)
+        return p.mapValues { $0 / z }
+    }
+
+    /// Every sampled frequency within 5 standard deviations of its probability, and nothing outside `allowed`.
+    static func check(_ hist: [Int: Int], _ want: [Int: Double], count: Int) {
+        for i in hist.keys { #expect(want[i] != nil, "token \(i) sampled but not allowed") }
+        for (i, p) in want {
+            let sd = (Double(count) * p * (1 - p)).squareRoot()
+            let got = Double(hist[i] ?? 0)
+            #expect(abs(got - Double(count) * p) <= 5 * sd + 1, "token \(i): \(got) draws, expected \(Double(count) * p)")
+        }
+    }
+
+    let logits: [Float] = [2.0, 1.0, 0.5, 0.0, -1.0, 3.0, -5.0, 1.5]
+
+    @Test func greedyIsArgmaxWithLowestIndexOnTies() {
+        var s = Sampler(params: .greedy)
+        let x: [Float] = [0, 3, 1, 3, -2]
+        #expect(x.withUnsafeBufferPointer { s.sample($0) } == 1)
+        var k1 = Sampler(params: SamplingParams(temperature: 0.7, topK: 1, seed: 3))
+        #expect(logits.withUnsafeBufferPointer { k1.sample($0) } == 5)
+    }
+
+    @Test func temperatureMatchesSoftmax() {
+        let n = 40000
+        for t in [0.5, 1.0, 2.0] {
+            let hist = Self.draw(logits, SamplingParams(temperature: t, seed: 7), count: n)
+            Self.check(hist, Self.expected(logits, temperature: t, allowed: Set(logits.indices)), count: n)
+        }
+    }
+
+    @Test func topKKeepsTheKMostLikely() {
+        let n = 30000
+        let hist = Self.draw(logits, SamplingParams(temperature: 1, topK: 3, seed: 11), count: n)
+        Self.check(hist, Self.expected(logits, temperature: 1, allowed: [5, 0, 7]), count: n)
+    }
+
+    @Test func topPKeepsTheNucleus() {
+        // softmax at T=1: index 5 ≈ 0.50, 0 ≈ 0.18, 7 ≈ 0.11, 1 ≈ 0.07 … ; top-p 0.75 needs 5, 0, 7.
+        let n = 30000
+        let hist = Self.draw(logits, SamplingParams(temperature: 1, topP: 0.75, seed: 5), count: n)
+        Self.check(hist, Self.expected(logits, temperature: 1, allowed: [5, 0, 7]), count: n)
+        // top-k then top-p (over the renormalised top-k), as transformers applies them.
+        let both = Self.draw(logits, SamplingParams(temperature: 1, topP: 0.8, topK: 2, seed: 5), count: n)
+        Self.check(both, Self.expected(logits, temperature: 1, allowed: [5, 0]), count: n)
+    }
+
+    /// On a large vocabulary with a long flat tail, the nucleus found from the thresholded candidate set
+    /// equals the brute-force nucleus (all sorted).
+    @Test func topPOnLargeVocabularyMatchesBruteForce() {
+        var rng = SamplerRNG(seed: 99)
+        let vocab = 20000
+        var x = (0..<vocab).map { _ in Float(rng.nextUnit() - 0.5) }
+        x[123] = 10  // one token ~20000x likelier than any other, the tail still ~half the mass
+        let p = 0.9
+        let m = x.max()!
+        let e = x.map { exp(Double($0 - m)) }
+        let z = e.reduce(0, +)
+        let order = x.indices.sorted { e[$0] > e[$1] || (e[$0] == e[$1] && $0 < $1) }
+        var nucleus = Set<Int>(), cum = 0.0
+        for i in order {
+            nucleus.insert(i)
+            cum += e[i] / z
+            if cum >= p { break }
+        }
+        let hist = Self.draw(x, SamplingParams(temperature: 1, topP: p, seed: 1), count: 200)
+        #expect(Set(hist.keys).isSubset(of: nucleus))
+        #expect(nucleus.count > 1000)  // the tail matters: the threshold had to be lowered
+        #expect(hist.count > 50)
+    }
+
+    @Test func seedsAreReproducibleAndStateRestores() {
+        let a = Self.draw(logits, SamplingParams(temperature: 1, seed: 42), count: 200)
+        let b = Self.draw(logits, SamplingParams(temperature: 1, seed: 42), count: 200)
+        #expect(a == b)
+        var r1 = SamplerRNG(seed: 1)
+        _ = r1.next()
+        var r2 = SamplerRNG(state: r1.state)
+        #expect((0..<10).map { _ in r1.next() } == (0..<10).map { _ in r2.next() })
+        #expect(SamplerRNG(seed: 1) != SamplerRNG(seed: 2))
+    }
+
+    @Test func validationNamesTheParameter() {
+        let bad: [(SamplingParams, String)] = [
+            (SamplingParams(temperature: -1), "temperature"), (SamplingParams(temperature: .nan), "temperature"),
+            (SamplingParams(topP: 0), "top_p"), (SamplingParams(topP: 1.5), "top_p"), (SamplingParams(topK: -1), "top_k"),
+            (SamplingParams(maxTokens: 0), "max_tokens"), (SamplingParams(stop: [""]), "stop"),
+        ]
+        for (params, name) in bad {
+            #expect(throws: SamplingError.self) { try params.validate() }
+            do { try params.validate() } catch { #expect("\(error)".contains(name)) }
+        }
+        #expect(throws: Never.self) { try SamplingParams(temperature: 0, topP: 1, topK: 0, maxTokens: 1, stop: ["\n"]).validate() }
+    }
+
+    @Test func stopMatcherHoldsBackPartialMatches() {
+        var m = StopMatcher(stops: ["END", "\n\n"])
+        #expect(m.append("Hello E") == ("Hello ", false))
+        #expect(m.append("N") == ("", false))
+        #expect(m.append("x") == ("ENx", false))
+        #expect(m.append(" world\n") == (" world", false))
+        #expect(m.append("\nmore") == ("", true))
+        var n = StopMatcher(stops: ["stop"])
+        #expect(n.append("a st") == ("a ", false))
+        #expect(n.finish() == "st")
+        var none = StopMatcher(stops: [])
+        #expect(none.append("anything") == ("anything", false))
+        var inside = StopMatcher(stops: ["lo w"])
+        #expect(inside.append("hello world") == ("hel", true))
+    }
+}
