@@ -13,6 +13,7 @@ GEN=${GEN:-64}
 BATCHES=${BATCHES:-1,8,32}
 THREADS=${THREADS:-$(nproc)}
 OUT=bench/results/core.md
+mkdir -p bench/results
 
 scripts/setup.sh
 MODEL=$(scripts/fetch-model.sh)
