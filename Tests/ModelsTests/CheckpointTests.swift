@@ -126,4 +126,16 @@ enum CheckpointFixtures {
         #expect(try ckpt.matrix(.tokenEmbedding)?.dtype == .q8_0)
         #expect(try ckpt.matrix(.q(29))?.dtype == .q4_1)
     }
+
+    /// Mistral-style sliding windows cap the served context (attention beyond the window would differ).
+    @Test func slidingWindowCapsTheContext() throws {
+        let src = URL(fileURLWithPath: CheckpointFixtures.hf("tiny-llama"))
+        var json = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: src.appendingPathComponent("config.json"))) as? [String: Any])
+        json["model_type"] = "mistral"
+        json["sliding_window"] = 100
+        let c = try HFCheckpoint.parseConfig(JSONSerialization.data(withJSONObject: json), file: "config.json")
+        #expect(c.architecture == .mistral && c.maxPositionEmbeddings == 100)
+        json["sliding_window"] = NSNull()
+        #expect(try HFCheckpoint.parseConfig(JSONSerialization.data(withJSONObject: json), file: "config.json").maxPositionEmbeddings == 256)
+    }
 }

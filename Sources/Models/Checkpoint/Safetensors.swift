@@ -220,6 +220,12 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
                 throw fail("unsupported rope_scaling type '\(type)' (supported: linear, llama3)")
             }
         }
+        // Mistral's sliding-window attention equals full attention up to the window: serve contexts up to
+        // there, so results are never silently wrong beyond it.
+        var maxPositions = try int("max_position_embeddings") ?? 2048
+        if let window = try int("sliding_window"), window > 0, (json["use_sliding_window"] as? Bool) ?? true {
+            maxPositions = min(maxPositions, window)
+        }
         var eos: [Int] = []
         if let e = json["eos_token_id"] {
             if let i = SafetensorsFile.integer(e) { eos = [i] } else if let a = e as? [Any] { eos = a.compactMap(SafetensorsFile.integer) }
@@ -237,7 +243,7 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
             ropeTheta: try double("rope_theta") ?? double("rope_theta", in: ropeParams ?? [:]) ?? 10000,
             ropeScaling: scaling,
             ropeStyle: .halves,
-            maxPositionEmbeddings: try int("max_position_embeddings") ?? 2048,
+            maxPositionEmbeddings: maxPositions,
             tieWordEmbeddings: (json["tie_word_embeddings"] as? Bool) ?? false,
             attentionBias: arch == .qwen2 || ((json["attention_bias"] as? Bool) ?? false),
             bosTokenID: try int("bos_token_id"),
