@@ -33,18 +33,21 @@ let package = Package(
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: kernelCFlags, linkerSettings: [.linkedLibrary("pthread")]),
         .target(name: "Kernels", dependencies: ["CKernels", "COpenBLAS"], swiftSettings: strictSwift),
         .target(name: "Models", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
+        // LoRA adapter formats (PEFT, GGUF LoRA), validation against the base, the adapter registry.
+        .target(name: "Adapters", dependencies: ["Models", "Kernels", "CKernels"], swiftSettings: strictSwift),
         // Pure request/batch bookkeeping: no tensors, no clock, no I/O (shared/DESIGN.md).
         .target(name: "Scheduling", swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
-        .target(name: "Engine", dependencies: ["Scheduling", "Models", "Kernels", "CKernels"], swiftSettings: strictSwift),
+        .target(name: "Engine", dependencies: ["Scheduling", "Models", "Adapters", "Kernels", "CKernels"], swiftSettings: strictSwift),
         .executableTarget(
             name: "dlora",
-            dependencies: ["Engine", "Models", "Kernels", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Engine", "Models", "Adapters", "Kernels", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Adapters", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Engine", "Models", "Kernels", "CKernels"], swiftSettings: strictSwift),
     ]
 )

@@ -29,6 +29,14 @@ void dl_add_inplace(float *y, const float *x, int64_t n) {
     for (int64_t i = 0; i < n; i++) y[i] += x[i];
 }
 
+void dl_add_scaled(float *y, int64_t ldy, const float *x, int64_t ldx, float s, int64_t n, int64_t ntok) {
+    for (int64_t t = 0; t < ntok; t++) {
+        float *yt = y + t * ldy;
+        const float *xt = x + t * ldx;
+        for (int64_t i = 0; i < n; i++) yt[i] += s * xt[i];
+    }
+}
+
 void dl_rope_table(const int32_t *positions, int64_t ntok, const float *inv_freq, int64_t half,
                    float *cos_out, float *sin_out) {
     for (int64_t t = 0; t < ntok; t++) {

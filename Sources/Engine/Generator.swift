@@ -70,8 +70,15 @@ public final class Generator {
         var stopMatcher: StopMatcher
         let params: SamplingParams
         let maxLength: Int
+        let adapter: LoRAWeights?
+        let adapterScale: Float
+        /// The LoRA slot while running (-1: base model only, or not admitted yet).
+        var slot: Int32 = -1
 
-        init(id: Int, prompt: [Int], params: SamplingParams, tokenizer: Tokenizer, maxLength: Int) {
+        init(id: Int, prompt: [Int], params: SamplingParams, tokenizer: Tokenizer, maxLength: Int,
+             adapter: LoRAWeights?, adapterScale: Float) {
+            self.adapter = adapter
+            self.adapterScale = adapterScale
             self.id = id
             tokens = prompt
             promptCount = prompt.count
@@ -85,14 +92,18 @@ public final class Generator {
         var generated: Int { tokens.count - promptCount }
     }
 
+    /// Adapters resident for unmerged execution, and how many running sequences use each slot.
+    public let lora: LoRASlots
+    private var slotUsers: [Int]
     private var waiting: [Sequence] = []
     private var running: [Sequence] = []
     private var nextID = 0
 
     /// - Parameters:
     ///   - kvBlocks: blocks of `blockSize` tokens in the KV cache (all sequences share them).
+    ///   - adapterSlots: how many distinct adapters can run in one batch (unmerged).
     public init(model: LlamaModel, tokenizer: Tokenizer, kvBlocks: Int, blockSize: Int = 16,
-                maxBatchTokens: Int = 512, maxSequences: Int = 256) {
+                maxBatchTokens: Int = 512, maxSequences: Int = 256, adapterSlots: Int = 32) {
         precondition(kvBlocks > 0 && blockSize > 0 && maxBatchTokens > 0 && maxSequences > 0)
         self.model = model
         self.tokenizer = tokenizer
@@ -103,6 +114,8 @@ public final class Generator {
                             numKVHeads: c.numKVHeads, headDim: c.headDim)
         pool = BlockPool(numBlocks: kvBlocks, blockSize: blockSize)
         workspace = ForwardWorkspace(config: c, capacity: min(maxBatchTokens, 64))
+        lora = LoRASlots(capacity: max(1, adapterSlots))
+        slotUsers = Array(repeating: 0, count: max(1, adapterSlots))
         logitsCapacity = 8
         logits = Buffer(floats: logitsCapacity * c.vocabSize)
         var ends = Set(tokenizer.eosTokenIDs)
@@ -120,9 +133,15 @@ public final class Generator {
 
     /// Queues a request. Throws when the prompt is empty, holds an unknown token id, or does not fit the
     /// context or the KV cache.
+    /// `adapter` runs the request through a LoRA adapter (unmerged, batched with other adapters' requests)
+    /// with its scaling multiplied by `adapterScale`.
     @discardableResult
-    public func submit(prompt: [Int], params: SamplingParams) throws -> Int {
+    public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil, adapterScale: Float = 1) throws -> Int {
         try params.validate()
+        guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw GeneratorError("adapter scale must be a finite number within ±100") }
+        if let adapter, adapter.modules.count != model.config.numLayers {
+            throw GeneratorError("adapter '\(adapter.name)' was loaded for a model with \(adapter.modules.count) layers")
+        }
         let c = model.config
         guard !prompt.isEmpty else { throw GeneratorError("the prompt is empty") }
         if let bad = prompt.first(where: { $0 < 0 || $0 >= c.vocabSize }) {
@@ -135,7 +154,8 @@ public final class Generator {
         let maxLength = min(context, prompt.count + (params.maxTokens ?? context))
         let id = nextID
         nextID += 1
-        waiting.append(Sequence(id: id, prompt: prompt, params: params, tokenizer: tokenizer, maxLength: maxLength))
+        waiting.append(Sequence(id: id, prompt: prompt, params: params, tokenizer: tokenizer, maxLength: maxLength,
+                                adapter: adapter, adapterScale: adapterScale))
         return id
     }
 
@@ -143,6 +163,7 @@ public final class Generator {
     public func cancel(_ id: Int) {
         if let i = running.firstIndex(where: { $0.id == id }) {
             pool.release(running[i].blockTable)
+            releaseSlot(running[i])
             running.remove(at: i)
         }
         waiting.removeAll { $0.id == id }
@@ -172,7 +193,11 @@ public final class Generator {
         // Then prompts, first come first served, in chunks.
         while budget > 0, let s = waiting.first, running.count < maxSequences {
             let n = min(s.tokens.count - s.computed, budget)
-            guard pool.ensureCapacity(&s.blockTable, tokens: s.computed + n) else { break }
+            guard acquireSlot(s) else { break }
+            guard pool.ensureCapacity(&s.blockTable, tokens: s.computed + n) else {
+                releaseSlot(s)
+                break
+            }
             waiting.removeFirst()
             running.append(s)
             scheduled.append((s, n))
@@ -180,13 +205,15 @@ public final class Generator {
         }
         guard !scheduled.isEmpty else { return [] }
 
+        // Tokens of one adapter side by side (as SGMV groups them): one LoRA segment per adapter.
+        scheduled.sort { $0.0.slot < $1.0.slot }
         batch.reset()
         var prefillTokens = 0
         for (s, n) in scheduled {
             let completes = s.computed + n == s.tokens.count
             if s.computed < s.promptCount { prefillTokens += min(n, s.promptCount - s.computed) }
             batch.append(sequence: s.tokens[s.computed..<(s.computed + n)], start: s.computed, blockTable: s.blockTable,
-                         blockSize: kv.blockSize, logits: completes ? .last : .none)
+                         blockSize: kv.blockSize, logits: completes ? .last : .none, adapterSlot: s.slot, adapterScale: s.adapterScale)
         }
         let rows = batch.logitRows.count
         if rows > logitsCapacity {
@@ -194,7 +221,7 @@ public final class Generator {
             logits = Buffer(floats: logitsCapacity * model.config.vocabSize)
         }
         let start = DispatchTime.now().uptimeNanoseconds
-        model.forward(batch, kv: kv, workspace: workspace, scratch: scratch, logits: logits.floats)
+        model.forward(batch, kv: kv, workspace: workspace, scratch: scratch, logits: logits.floats, lora: lora)
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         stats.steps += 1
         if prefillTokens > 0 {
@@ -222,6 +249,7 @@ public final class Generator {
         running.removeAll { s in
             guard let last = events.last(where: { $0.requestID == s.id }), last.finish != nil else { return false }
             pool.release(s.blockTable)
+            releaseSlot(s)
             return true
         }
         return events
@@ -254,10 +282,32 @@ public final class Generator {
     /// generated) are recomputed when it is rescheduled.
     private func preempt(_ s: Sequence) {
         pool.release(s.blockTable)
+        releaseSlot(s)
         s.blockTable.removeAll()
         s.computed = 0
         running.removeAll { $0 === s }
         waiting.insert(s, at: 0)
         stats.preemptions += 1
+    }
+
+    /// Gives a sequence's adapter a LoRA slot: the one already holding it, else a slot no running sequence
+    /// uses. False when every slot is busy with other adapters (the sequence waits).
+    private func acquireSlot(_ s: Sequence) -> Bool {
+        guard let adapter = s.adapter else { return true }
+        if s.slot >= 0 { return true }
+        let slot = lora.slots.firstIndex { $0 === adapter }
+            ?? lora.slots.indices.first { lora[$0] == nil }
+            ?? slotUsers.indices.first { slotUsers[$0] == 0 }
+        guard let slot else { return false }
+        lora[slot] = adapter
+        slotUsers[slot] += 1
+        s.slot = Int32(slot)
+        return true
+    }
+
+    private func releaseSlot(_ s: Sequence) {
+        guard s.slot >= 0 else { return }
+        slotUsers[Int(s.slot)] -= 1
+        s.slot = -1
     }
 }

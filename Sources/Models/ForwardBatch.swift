@@ -14,6 +14,8 @@ public struct ForwardBatch: Sendable {
     public private(set) var logitRows: [Int] = []
     /// Per token: the adapter slot whose LoRA path applies (-1 = base only).
     public private(set) var adapterSlots: [Int32] = []
+    /// Per token: the request's multiplier on its adapter's scaling (1 = as trained).
+    public private(set) var adapterScales: [Float] = []
 
     public init() {}
 
@@ -27,6 +29,7 @@ public struct ForwardBatch: Sendable {
         blockTables.removeAll(keepingCapacity: true)
         logitRows.removeAll(keepingCapacity: true)
         adapterSlots.removeAll(keepingCapacity: true)
+        adapterScales.removeAll(keepingCapacity: true)
     }
 
     public enum Logits: Sendable { case none, last, all }
@@ -34,7 +37,7 @@ public struct ForwardBatch: Sendable {
     /// Appends `tokens` of one sequence, starting at absolute position `start`; `blockTable` must already
     /// cover positions 0 ..< start + tokens.count.
     public mutating func append<T: Collection<Int>>(sequence newTokens: T, start: Int, blockTable: [Int32], blockSize: Int,
-                                                    logits: Logits = .last, adapterSlot: Int32 = -1) {
+                                                    logits: Logits = .last, adapterSlot: Int32 = -1, adapterScale: Float = 1) {
         precondition(blockTable.count * blockSize >= start + newTokens.count, "block table too short")
         let offset = Int64(blockTables.count)
         blockTables.append(contentsOf: blockTable)
@@ -46,6 +49,7 @@ public struct ForwardBatch: Sendable {
             slots.append(Int64(blockTable[p / blockSize]) * Int64(blockSize) + Int64(p % blockSize))
             tableOffsets.append(offset)
             adapterSlots.append(adapterSlot)
+            adapterScales.append(adapterScale)
             p += 1
         }
         if logits == .last && !newTokens.isEmpty { logitRows.append(tokens.count - 1) }

@@ -20,6 +20,15 @@ public final class ForwardWorkspace: @unchecked Sendable {
     private(set) var tableOffsets = Buffer(byteCount: 0)
     private(set) var blockTables = Buffer(byteCount: 0)
     private(set) var blockTableCapacity = 0
+    /// LoRA: runs of tokens sharing an adapter slot and scale, and the shrink/expand intermediates.
+    var segments: [LoRASegment] = []
+    private(set) var loraTmp = Buffer(floats: 0)
+    private(set) var loraOut = Buffer(floats: 0)
+
+    func reserveLoRA(tokens: Int, paddedRank: Int, maxOut: Int) {
+        if loraTmp.byteCount < tokens * paddedRank * 4 { loraTmp = Buffer(floats: tokens * paddedRank) }
+        if loraOut.byteCount < tokens * maxOut * 4 { loraOut = Buffer(floats: tokens * maxOut) }
+    }
 
     public init(config: ModelConfig, capacity: Int = 64) {
         self.config = config
@@ -52,6 +61,14 @@ public final class ForwardWorkspace: @unchecked Sendable {
     }
 }
 
+/// A run of consecutive batch tokens that use one adapter slot at one scale multiplier.
+struct LoRASegment {
+    var start: Int
+    var count: Int
+    var slot: Int
+    var scale: Float
+}
+
 /// A Llama-family decoder (Llama 2/3, SmolLM, TinyLlama, Mistral, Qwen2) over weights as a checkpoint
 /// stores them: quantized and half-precision matrices stay in their format and are dequantized on the fly;
 /// f32 matrices go to BLAS. Q/K rows keep the checkpoint's layout and RoPE rotates accordingly
@@ -64,16 +81,46 @@ public final class LlamaModel: @unchecked Sendable {
         let attnNorm: Buffer
         let ffnNorm: Buffer
         /// Q, K and V stacked row-wise when they share a dtype, else nil (and q/k/v run separately).
-        let qkv: WeightMatrix?
-        let q: WeightMatrix, k: WeightMatrix, v: WeightMatrix
+        var qkv: WeightMatrix?
+        var q: WeightMatrix, k: WeightMatrix, v: WeightMatrix
         let qkvBias: Buffer?
-        let o: WeightMatrix
-        let gateUp: WeightMatrix?
-        let gate: WeightMatrix, up: WeightMatrix
-        let down: WeightMatrix
+        var o: WeightMatrix
+        var gateUp: WeightMatrix?
+        var gate: WeightMatrix, up: WeightMatrix
+        var down: WeightMatrix
+
+        func matrix(_ t: LoRATarget) -> WeightMatrix {
+            switch t {
+            case .q: q
+            case .k: k
+            case .v: v
+            case .o: o
+            case .gate: gate
+            case .up: up
+            case .down: down
+            }
+        }
+
+        mutating func replace(_ t: LoRATarget, with m: WeightMatrix) {
+            switch t {
+            case .q: q = m
+            case .k: k = m
+            case .v: v = m
+            case .o: o = m
+            case .gate: gate = m
+            case .up: up = m
+            case .down: down = m
+            }
+            qkv = LlamaModel.stack([q, k, v])
+            gateUp = LlamaModel.stack([gate, up])
+        }
     }
 
-    let layers: [Layer]
+    private(set) var layers: [Layer]
+    /// The layers as loaded: unmerging restores these (the very same buffers, so bit-exactly).
+    private let pristineLayers: [Layer]
+    /// The adapter folded into the weights, if any, with its scale multiplier.
+    public private(set) var merged: (name: String, scale: Float)?
     let embedding: WeightMatrix
     let output: WeightMatrix
     let outputNorm: Buffer
@@ -132,6 +179,7 @@ public final class LlamaModel: @unchecked Sendable {
                 down: try required(.down(i))))
         }
         self.layers = layers
+        pristineLayers = layers
         embedding = try required(.tokenEmbedding)
         output = try checkpoint.matrix(.output) ?? embedding
         outputNorm = try vector(.outputNorm, count: c.hiddenSize)
@@ -212,7 +260,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// Runs the batch's tokens through the model: writes their K/V into `kv` (at the batch's slots) and the
     /// logits of `batch.logitRows` into `logits` ([logitRows.count][vocabSize]).
     public func forward(_ batch: ForwardBatch, kv: PagedKVStorage, workspace ws: ForwardWorkspace,
-                        scratch: ScratchArena, logits: UnsafeMutablePointer<Float>) {
+                        scratch: ScratchArena, logits: UnsafeMutablePointer<Float>, lora: LoRASlots? = nil) {
         let n = batch.count
         guard n > 0 else { return }
         let c = config
@@ -243,6 +291,7 @@ public final class LlamaModel: @unchecked Sendable {
             dl_rope_table(positions, Int64(n), $0.baseAddress!, Int64(half), ws.cos.floats, ws.sin.floats)
         }
         let neox: Int32 = c.ropeStyle == .halves ? 1 : 0
+        let lora = lora.flatMap { prepareLoRA(batch, $0, ws) }
         let scale = 1 / Float(c.headDim).squareRoot()
 
         for (li, layer) in layers.enumerated() {
@@ -255,6 +304,11 @@ public final class LlamaModel: @unchecked Sendable {
                 Kernels.matmul(layer.k, xn, ldx: h, ntok: n, qkv + qDim, ldy: qkvDim, scratch: scratch)
                 Kernels.matmul(layer.v, xn, ldx: h, ntok: n, qkv + qDim + kvDim, ldy: qkvDim, scratch: scratch)
             }
+            if let lora {
+                applyLoRA(.q, layer: li, xn, ldx: h, qkv, ldy: qkvDim, ws, lora)
+                applyLoRA(.k, layer: li, xn, ldx: h, qkv + qDim, ldy: qkvDim, ws, lora)
+                applyLoRA(.v, layer: li, xn, ldx: h, qkv + qDim + kvDim, ldy: qkvDim, ws, lora)
+            }
             if let bias = layer.qkvBias {
                 for t in 0..<n { dl_add_inplace(qkv + t * qkvDim, bias.floats, Int64(qkvDim)) }
             }
@@ -265,6 +319,7 @@ public final class LlamaModel: @unchecked Sendable {
             dl_attention(qkv, Int64(qkvDim), Int64(n), positions, tables, tableOffsets, Int64(kv.blockSize),
                          kCache, vCache, Int64(c.numHeads), Int64(c.numKVHeads), Int64(c.headDim), scale, attn, Int64(qDim))
             Kernels.matmul(layer.o, attn, ldx: qDim, ntok: n, xn, ldy: h, scratch: scratch)
+            if let lora { applyLoRA(.o, layer: li, attn, ldx: qDim, xn, ldy: h, ws, lora) }
             dl_add_inplace(x, xn, Int64(n * h))
 
             // Feed-forward block.
@@ -275,8 +330,13 @@ public final class LlamaModel: @unchecked Sendable {
                 Kernels.matmul(layer.gate, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch)
                 Kernels.matmul(layer.up, xn, ldx: h, ntok: n, gateUp + ffn, ldy: 2 * ffn, scratch: scratch)
             }
+            if let lora {
+                applyLoRA(.gate, layer: li, xn, ldx: h, gateUp, ldy: 2 * ffn, ws, lora)
+                applyLoRA(.up, layer: li, xn, ldx: h, gateUp + ffn, ldy: 2 * ffn, ws, lora)
+            }
             dl_silu_mul(gateUp, gateUp + ffn, Int64(2 * ffn), act, Int64(ffn), Int64(n))
             Kernels.matmul(layer.down, act, ldx: ffn, ntok: n, xn, ldy: h, scratch: scratch)
+            if let lora { applyLoRA(.down, layer: li, act, ldx: ffn, xn, ldy: h, ws, lora) }
             dl_add_inplace(x, xn, Int64(n * h))
         }
 
@@ -287,5 +347,79 @@ public final class LlamaModel: @unchecked Sendable {
             dl_rmsnorm(x + t * h, outputNorm.floats, xn + r * h, Int64(h), 1, c.rmsNormEps)
         }
         Kernels.matmul(output, xn, ldx: h, ntok: rows, logits, ldy: c.vocabSize, scratch: scratch)
+    }
+
+    // MARK: LoRA
+
+    /// Finds the runs of tokens that use an adapter and sizes the intermediates; nil when no token does.
+    private func prepareLoRA(_ batch: ForwardBatch, _ lora: LoRASlots, _ ws: ForwardWorkspace) -> LoRASlots? {
+        ws.segments.removeAll(keepingCapacity: true)
+        let n = batch.count
+        var maxRank = 0
+        var i = 0
+        while i < n {
+            let slot = Int(batch.adapterSlots[i]), scale = batch.adapterScales[i]
+            var j = i + 1
+            while j < n && Int(batch.adapterSlots[j]) == slot && batch.adapterScales[j] == scale { j += 1 }
+            if slot >= 0 {
+                precondition(slot < lora.capacity, "adapter slot out of range")
+                guard let w = lora[slot] else { preconditionFailure("adapter slot \(slot) is empty") }
+                maxRank = max(maxRank, w.maxPaddedRank)
+                ws.segments.append(LoRASegment(start: i, count: j - i, slot: slot, scale: scale))
+            }
+            i = j
+        }
+        guard !ws.segments.isEmpty else { return nil }
+        let c = config
+        ws.reserveLoRA(tokens: n, paddedRank: maxRank,
+                       maxOut: max(c.numHeads * c.headDim, c.hiddenSize, c.intermediateSize))
+        return lora
+    }
+
+    /// y[t] += scale · B · (A · x[t]) for every token of every segment whose adapter targets this matrix.
+    /// Both products run on the batch-invariant kernel, so a token's result does not depend on its batch.
+    private func applyLoRA(_ target: LoRATarget, layer: Int, _ x: UnsafePointer<Float>, ldx: Int,
+                           _ y: UnsafeMutablePointer<Float>, ldy: Int, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
+        let f32 = Int32(DType.f32.rawValue)
+        for seg in ws.segments {
+            guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
+            let tmp = ws.loraTmp.floats, out = ws.loraOut.floats
+            dl_matmul_dq(f32, m.a.data, Int64(m.paddedRank), Int64(m.inFeatures), x + seg.start * ldx, Int64(ldx),
+                         Int64(seg.count), tmp, Int64(m.paddedRank))
+            dl_matmul_dq(f32, m.b.data, Int64(m.outFeatures), Int64(m.paddedRank), tmp, Int64(m.paddedRank),
+                         Int64(seg.count), out, Int64(m.outFeatures))
+            dl_add_scaled(y + seg.start * ldy, Int64(ldy), out, Int64(m.outFeatures), w.scale * seg.scale,
+                          Int64(m.outFeatures), Int64(seg.count))
+        }
+    }
+
+    /// Folds an adapter into the weights: every matrix it targets becomes a dense f32 W + s·B·A (W dequantized
+    /// exactly from its stored form), so requests of that adapter run with no LoRA work. Only one adapter
+    /// can be merged at a time.
+    public func merge(_ adapter: LoRAWeights, scale: Float = 1) {
+        precondition(merged == nil, "unmerge the current adapter first")
+        let s = adapter.scale * scale
+        for li in layers.indices {
+            for t in LoRATarget.allCases {
+                guard let m = adapter.module(layer: li, target: t) else { continue }
+                let w = layers[li].matrix(t)
+                precondition(w.rows == m.outFeatures && w.cols == m.inFeatures, "adapter does not fit the model")
+                let dense = Buffer(floats: w.rows * w.cols)
+                for r in 0..<w.rows {
+                    dl_dequantize_row(Int32(w.dtype.rawValue), w.data + r * w.rowBytes, dense.floats + r * w.cols, Int64(w.cols))
+                }
+                let delta = Buffer(floats: w.rows * w.cols)
+                m.denseDelta(into: delta.floats)
+                dl_add_scaled(dense.floats, 0, delta.floats, 0, s, Int64(w.rows * w.cols), 1)
+                layers[li].replace(t, with: WeightMatrix(dtype: .f32, rows: w.rows, cols: w.cols, storage: dense))
+            }
+        }
+        merged = (adapter.name, scale)
+    }
+
+    /// Restores the weights as loaded (the original buffers: bit-exact).
+    public func unmerge() {
+        layers = pristineLayers
+        merged = nil
     }
 }

@@ -1,3 +1,4 @@
+import Adapters
 import ArgumentParser
 import Engine
 import Foundation
@@ -103,9 +104,20 @@ struct Generate: ParsableCommand {
     var stop: [String] = []
     @Option(help: "Kernel threads (default: all cores).")
     var threads: Int?
+    @Option(help: "A LoRA adapter: a PEFT directory or GGUF LoRA file, or a name under --adapter-root.")
+    var adapter: String?
+    @Option(name: .customLong("adapter-scale"), help: "Multiplier on the adapter's scaling.")
+    var adapterScale: Float = 1
+    @Option(name: .customLong("adapter-root"), help: "Directory that adapter names are found in (default: $DLORA_ADAPTER_ROOT, else the current directory).")
+    var adapterRoot: String?
+    @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
+    var loraMode: String = "unmerged"
 
     func validate() throws {
         if (prompt == nil) == (chat == nil) { throw ValidationError("give exactly one of --prompt and --chat") }
+        guard ["merged", "unmerged"].contains(loraMode) else { throw ValidationError("--lora-mode must be merged or unmerged") }
+        guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw ValidationError("--adapter-scale must be a finite number within ±100") }
+        if adapter == nil && (adapterScale != 1 || adapterRoot != nil) { throw ValidationError("--adapter-scale and --adapter-root need --adapter") }
         if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
         let params = samplingParams
         do { try params.validate() } catch let e as SamplingError {
@@ -133,7 +145,23 @@ struct Generate: ParsableCommand {
         let config = loaded.model.config
         let need = min(ids.count + maxTokens, config.maxPositionEmbeddings)
         let generator = Generator(model: loaded.model, tokenizer: tokenizer, kvBlocks: Generator.kvBlocks(tokens: need))
-        try generator.submit(prompt: ids, params: samplingParams)
+        var lora: LoRAWeights?
+        if let adapter {
+            let path: String
+            if FileManager.default.fileExists(atPath: adapter) {
+                path = adapter
+            } else {
+                let root = adapterRoot ?? ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"] ?? FileManager.default.currentDirectoryPath
+                path = try AdapterRegistry(root: root, base: config).path(for: adapter)
+            }
+            let weights = try AdapterLoader.load(path: path, base: config)
+            if loraMode == "merged" {
+                loaded.model.merge(weights, scale: adapterScale)
+            } else {
+                lora = weights
+            }
+        }
+        try generator.submit(prompt: ids, params: samplingParams, adapter: lora, adapterScale: adapterScale)
         let out = FileHandle.standardOutput
         while generator.hasWork {
             for event in generator.step() where !event.text.isEmpty {

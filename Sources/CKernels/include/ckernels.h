@@ -69,6 +69,8 @@ void dl_rmsnorm(const float *x, const float *w, float *out, int64_t n, int64_t n
 void dl_silu_mul(const float *gate, const float *up, int64_t ldgu, float *out, int64_t n, int64_t ntok);
 // y[i] += x[i]
 void dl_add_inplace(float *y, const float *x, int64_t n);
+// y[t*ldy + i] += s * x[t*ldx + i] for i < n, t < ntok (the LoRA expand's scaled accumulate).
+void dl_add_scaled(float *y, int64_t ldy, const float *x, int64_t ldx, float s, int64_t n, int64_t ntok);
 // Reads n floats and returns their sum, streaming over the pool's threads: measures memory read
 // bandwidth for the benchmarks' roofline.
 double dl_stream_sum(const float *x, int64_t n);

@@ -1,0 +1,153 @@
+import Foundation
+import Models
+import Testing
+
+@testable import Adapters
+
+/// Bad adapters are refused with an error that names the adapter, the tensor (when there is one) and the
+/// problem.
+@Suite struct AdapterErrorTests {
+    static let config = try! openCheckpoint(path: Fixtures.model("tiny-llama", "hf")).config
+
+    static func error(_ write: (String) throws -> Void) throws -> AdapterError? {
+        let dir = try TempDir()
+        let path = dir.path("bad")
+        try write(path)
+        do {
+            _ = try AdapterLoader.load(path: path, base: config)
+            return nil
+        } catch let e as AdapterError {
+            return e
+        }
+    }
+
+    static let good = TestAdapter(config: config, rank: 4, alpha: 8, targets: [.q, .v], seed: 9)
+
+    @Test func theGoodOneLoads() throws {
+        #expect(try Self.error { try Self.good.writePEFT(to: $0, config: Self.config) } == nil)
+    }
+
+    @Test func peftProblems() throws {
+        let c = Self.config
+        var tensors = Self.good.peftTensors(c)
+        // Rank mismatch between A and B.
+        let bIndex = tensors.firstIndex { $0.0.hasSuffix("layers.0.self_attn.q_proj.lora_B.weight") }!
+        tensors[bIndex] = (tensors[bIndex].0, [64, 3], Array(repeating: 0.1, count: 64 * 3))
+        var e = try Self.error { try Self.good.writePEFT(to: $0, config: c, tensors: tensors) }
+        #expect(e?.tensor == "base_model.model.model.layers.0.self_attn.q_proj" && e?.problem.contains("lora_B is [64, 3]") == true, "\(String(describing: e))")
+
+        // Shape mismatch with the base (in features).
+        tensors = Self.good.peftTensors(c)
+        let aIndex = tensors.firstIndex { $0.0.hasSuffix("layers.1.self_attn.v_proj.lora_A.weight") }!
+        tensors[aIndex] = (tensors[aIndex].0, [4, 32], Array(repeating: 0.1, count: 4 * 32))
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, tensors: tensors) }
+        #expect(e?.problem.contains("expected [4, 64]") == true, "\(String(describing: e))")
+
+        // Missing half of a pair.
+        tensors = Self.good.peftTensors(c).filter { !$0.0.hasSuffix("layers.1.self_attn.q_proj.lora_B.weight") }
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, tensors: tensors) }
+        #expect(e?.tensor == "base_model.model.model.layers.1.self_attn.q_proj" && e?.problem.contains("not the other") == true)
+
+        // A layer the base does not have.
+        tensors = Self.good.peftTensors(c).map { ($0.0.replacingOccurrences(of: "layers.1.", with: "layers.7."), $0.1, $0.2) }
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, tensors: tensors) }
+        #expect(e?.problem.contains("layer 7 does not exist (the base model has 2 layers)") == true)
+
+        // Embedding targets, DoRA, modules_to_save, pickles, corrupted headers, unknown formats.
+        tensors = Self.good.peftTensors(c) + [("base_model.model.model.embed_tokens.lora_embedding_A", [4, 320], Array(repeating: 0, count: 1280))]
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, tensors: tensors) }
+        #expect(e?.problem.contains("embedding") == true)
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.good.peftConfig.replacingOccurrences(of: "\"bias\"", with: "\"use_dora\": true, \"bias\"")) }
+        #expect(e?.problem.contains("DoRA") == true)
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.good.peftConfig.replacingOccurrences(of: "\"modules_to_save\": null", with: "\"modules_to_save\": [\"lm_head\"]")) }
+        #expect(e?.problem.contains("modules_to_save") == true)
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, header: "{ broken") }
+        #expect(e?.problem.contains("adapter_model.safetensors: header is not a JSON object") == true, "\(String(describing: e))")
+        e = try Self.error { dir in
+            try Self.good.writePEFT(to: dir, config: c)
+            try FileManager.default.moveItem(atPath: dir + "/adapter_model.safetensors", toPath: dir + "/adapter_model.bin")
+        }
+        #expect(e?.problem.contains("convert it to safetensors") == true)
+        e = try Self.error { try Data("hello".utf8).write(to: URL(fileURLWithPath: $0 + ".txt")); try Data().write(to: URL(fileURLWithPath: $0)) }
+        #expect(e?.problem.contains("unknown adapter format") == true)
+        e = try Self.error { try Self.good.writePEFT(to: $0, config: c, adapterConfig: #"{"peft_type": "LORA", "r": 0}"#) }
+        #expect(e?.problem.contains("r must be") == true)
+    }
+
+    @Test func ggufLoRAProblems() throws {
+        let c = Self.config
+        // A base GGUF is not an adapter.
+        let dir = try TempDir()
+        try FileManager.default.copyItem(atPath: Fixtures.model("tiny-llama", "F32"), toPath: dir.path("base.gguf"))
+        #expect(throws: AdapterError.self) { try AdapterLoader.load(path: dir.path("base.gguf"), base: c) }
+        do { _ = try AdapterLoader.load(path: dir.path("base.gguf"), base: c) } catch let e as AdapterError {
+            #expect(e.problem.contains("not a GGUF LoRA adapter"))
+        }
+        // An adapter for a model with other shapes.
+        let qwen = try openCheckpoint(path: Fixtures.model("tiny-qwen2", "hf")).config
+        let other = TestAdapter(config: qwen, rank: 2, alpha: 2, targets: [.gate], seed: 5)
+        try other.writeGGUF(to: dir.path("qwen.gguf"), config: qwen)
+        do {
+            _ = try AdapterLoader.load(path: dir.path("qwen.gguf"), base: c)
+            Issue.record("a qwen2 adapter loaded onto a llama base")
+        } catch let e as AdapterError {
+            #expect(e.problem.contains("architecture 'qwen2'"))
+        }
+        // Truncated GGUF LoRA.
+        try Self.good.writeGGUF(to: dir.path("ok.gguf"), config: c)
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.path("ok.gguf")))
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: dir.path("cut.gguf")))
+        do {
+            _ = try AdapterLoader.load(path: dir.path("cut.gguf"), base: c)
+            Issue.record("a truncated adapter loaded")
+        } catch let e as AdapterError {
+            #expect(e.problem.contains("cut.gguf"))
+        }
+    }
+
+    @Test func registryNamesAndBackgroundLoads() throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("alpha"), config: Self.config)
+        try Self.good.writeGGUF(to: dir.path("beta.gguf"), config: Self.config)
+        try Self.good.writePEFT(to: dir.path("broken"), config: Self.config, header: "nope")
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        #expect(registry.available() == ["alpha", "beta", "broken"])
+        for bad in ["../alpha", "a/b", ".hidden", ""] {
+            #expect(throws: AdapterError.self) { try registry.path(for: bad) }
+        }
+        #expect(throws: AdapterError.self) { try registry.path(for: "missing") }
+        #expect(try registry.path(for: "beta").hasSuffix("beta.gguf"))
+
+        #expect(registry.prefetch("alpha") == .loading)
+        var status = registry.prefetch("alpha")
+        for _ in 0..<500 where status == .loading {
+            Thread.sleep(forTimeInterval: 0.01)
+            status = registry.prefetch("alpha")
+        }
+        guard case .ready(let w) = status else { Issue.record("alpha did not load: \(status)"); return }
+        #expect(w.name == "alpha" && registry.cached("alpha") === w)
+        _ = registry.prefetch("broken")
+        status = registry.prefetch("broken")
+        for _ in 0..<500 where status == .loading {
+            Thread.sleep(forTimeInterval: 0.01)
+            status = registry.prefetch("broken")
+        }
+        guard case .failed(let e) = status else { Issue.record("broken did not fail: \(status)"); return }
+        #expect(e.adapter == "broken")
+        // The good adapters keep working.
+        #expect(try registry.load("beta").byteCount > 0)
+    }
+
+    @Test func hostCacheIsBoundedInBytes() throws {
+        let dir = try TempDir()
+        for name in ["a", "b", "c"] { try Self.good.writePEFT(to: dir.path(name), config: Self.config) }
+        let one = try AdapterLoader.load(path: dir.path("a"), base: Self.config).byteCount
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config, hostBudgetBytes: 2 * one)
+        _ = try registry.load("a")
+        _ = try registry.load("b")
+        _ = registry.cached("a")  // a is now more recent than b
+        _ = try registry.load("c")
+        #expect(registry.cached("b") == nil && registry.cached("a") != nil && registry.cached("c") != nil)
+        #expect(registry.hostBytes <= 2 * one)
+    }
+}

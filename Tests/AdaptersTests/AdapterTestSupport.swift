@@ -1,0 +1,167 @@
+import Foundation
+import Kernels
+import Models
+
+@testable import Adapters
+
+enum Fixtures {
+    static let root = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("Fixtures")
+    static func model(_ name: String, _ variant: String) -> String {
+        variant == "hf" ? root.appendingPathComponent("models/\(name)/hf").path
+            : root.appendingPathComponent("models/\(name)/\(name).\(variant).gguf").path
+    }
+    static var smolPath: String {
+        let env = ProcessInfo.processInfo.environment
+        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? (NSHomeDirectory() + "/.cache")
+        return cache + "/dlora/SmolLM2-135M-Instruct.Q4_1.gguf"
+    }
+}
+
+/// A scratch directory removed when released.
+final class TempDir {
+    let url: URL
+    init() throws {
+        url = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-adapters-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    }
+    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+    deinit { try? FileManager.default.removeItem(at: url) }
+}
+
+/// Random LoRA weights in Hugging Face layout, written as a PEFT directory or a llama.cpp GGUF LoRA.
+struct TestAdapter {
+    var rank: Int
+    var alpha: Double
+    var rslora = false
+    var targets: [LoRATarget]
+    /// [layer][target] → (A: rank × in, B: out × rank), HF layout.
+    var weights: [[LoRATarget: (a: [Float], b: [Float])]]
+
+    init(config: ModelConfig, rank: Int, alpha: Double, rslora: Bool = false, targets: [LoRATarget], seed: UInt64) {
+        self.rank = rank
+        self.alpha = alpha
+        self.rslora = rslora
+        self.targets = targets
+        var state = seed &+ 0x9E37_79B9_7F4A_7C15
+        func uniform() -> Float {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(state >> 40) / Float(1 << 24) * 2 - 1
+        }
+        weights = (0..<config.numLayers).map { _ in
+            var layer: [LoRATarget: (a: [Float], b: [Float])] = [:]
+            for t in targets {
+                let (rows, cols) = t.shape(config)
+                layer[t] = ((0..<(rank * cols)).map { _ in uniform() * 0.5 / Float(cols).squareRoot() },
+                            (0..<(rows * rank)).map { _ in uniform() * 0.5 })
+            }
+            return layer
+        }
+    }
+
+    static func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
+    static func floats(_ a: [Float]) -> [UInt8] { a.flatMap { le($0.bitPattern) } }
+
+    func safetensors(_ tensors: [(String, [Int], [Float])], header override: String? = nil) -> [UInt8] {
+        var entries: [String] = []
+        var data: [UInt8] = []
+        for (name, shape, values) in tensors {
+            let bytes = Self.floats(values)
+            entries.append("\"\(name)\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(data.count),\(data.count + bytes.count)]}")
+            data += bytes
+        }
+        let header = override ?? "{" + entries.joined(separator: ",") + "}"
+        return Self.le(UInt64(header.utf8.count)) + Array(header.utf8) + data
+    }
+
+    func peftTensors(_ config: ModelConfig) -> [(String, [Int], [Float])] {
+        var out: [(String, [Int], [Float])] = []
+        for (li, layer) in weights.enumerated() {
+            for t in targets {
+                guard let w = layer[t] else { continue }
+                let block = t == .gate || t == .up || t == .down ? "mlp" : "self_attn"
+                let stem = "base_model.model.model.layers.\(li).\(block).\(t.peftName)"
+                let (rows, cols) = t.shape(config)
+                out.append((stem + ".lora_A.weight", [rank, cols], w.a))
+                out.append((stem + ".lora_B.weight", [rows, rank], w.b))
+            }
+        }
+        return out
+    }
+
+    var peftConfig: String {
+        """
+        {"peft_type": "LORA", "r": \(rank), "lora_alpha": \(alpha), "use_rslora": \(rslora), "lora_dropout": 0.0,
+         "target_modules": [\(targets.map { "\"\($0.peftName)\"" }.joined(separator: ", "))], "bias": "none",
+         "modules_to_save": null, "task_type": "CAUSAL_LM", "fan_in_fan_out": false}
+        """
+    }
+
+    /// Writes a PEFT directory; `tensors` and `config` can be replaced to make broken adapters.
+    func writePEFT(to dir: String, config: ModelConfig, tensors: [(String, [Int], [Float])]? = nil,
+                   adapterConfig: String? = nil, header: String? = nil) throws {
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data((adapterConfig ?? peftConfig).utf8).write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
+        try Data(safetensors(tensors ?? peftTensors(config), header: header)).write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))
+    }
+
+    /// Writes a llama.cpp GGUF LoRA: Q/K B rows permuted to the adjacent-pair layout (for arch llama), alpha
+    /// folded for rsLoRA so that alpha'/r = alpha/√r.
+    func writeGGUF(to path: String, config: ModelConfig) throws {
+        var tensors: [(String, [UInt64], [Float])] = []
+        for (li, layer) in weights.enumerated() {
+            for t in targets {
+                guard let w = layer[t] else { continue }
+                let (rows, cols) = t.shape(config)
+                var b = w.b
+                if config.architecture != .qwen2 && (t == .q || t == .k) {
+                    b = AdapterLoader.permuteRows(b, rowLength: rank, heads: t == .q ? config.numHeads : config.numKVHeads,
+                                                  headDim: config.headDim, inverse: false)
+                }
+                tensors.append(("blk.\(li).\(t.ggufName).weight.lora_a", [UInt64(cols), UInt64(rank)], w.a))
+                tensors.append(("blk.\(li).\(t.ggufName).weight.lora_b", [UInt64(rank), UInt64(rows)], b))
+            }
+        }
+        let effectiveAlpha = rslora ? alpha * Double(rank).squareRoot() : alpha
+        func str(_ s: String) -> [UInt8] { Self.le(UInt64(s.utf8.count)) + Array(s.utf8) }
+        var out = Array("GGUF".utf8) + Self.le(UInt32(3)) + Self.le(UInt64(tensors.count)) + Self.le(UInt64(4))
+        out += str("general.architecture") + Self.le(UInt32(8)) + str(config.architecture.rawValue)
+        out += str("general.type") + Self.le(UInt32(8)) + str("adapter")
+        out += str("adapter.type") + Self.le(UInt32(8)) + str("lora")
+        out += str("adapter.lora.alpha") + Self.le(UInt32(6)) + Self.le(Float(effectiveAlpha).bitPattern)
+        var offset = 0
+        for (name, dims, values) in tensors {
+            out += str(name) + Self.le(UInt32(2)) + dims.flatMap(Self.le) + Self.le(UInt32(0)) + Self.le(UInt64(offset))
+            offset += (values.count * 4 + 31) / 32 * 32
+        }
+        while out.count % 32 != 0 { out.append(0) }
+        for (_, _, values) in tensors {
+            out += Self.floats(values)
+            while out.count % 32 != 0 { out.append(0) }
+        }
+        try Data(out).write(to: URL(fileURLWithPath: path))
+    }
+}
+
+/// Logits of a prompt through a model (with optional adapter slot) using a private KV cache.
+func promptLogits(_ model: LlamaModel, _ tokens: [Int], lora: LoRASlots? = nil, slot: Int32 = -1, scale: Float = 1) -> [[Float]] {
+    let c = model.config
+    let blockSize = 16
+    let blocks = (tokens.count + blockSize - 1) / blockSize
+    let kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: blocks, blockSize: blockSize, numKVHeads: c.numKVHeads, headDim: c.headDim)
+    var batch = ForwardBatch()
+    batch.append(sequence: tokens, start: 0, blockTable: (0..<blocks).map(Int32.init), blockSize: blockSize, logits: .all,
+                 adapterSlot: slot, adapterScale: scale)
+    var out = [Float](repeating: .nan, count: tokens.count * c.vocabSize)
+    out.withUnsafeMutableBufferPointer {
+        model.forward(batch, kv: kv, workspace: ForwardWorkspace(config: c), scratch: ScratchArena(), logits: $0.baseAddress!, lora: lora)
+    }
+    return (0..<tokens.count).map { Array(out[($0 * c.vocabSize)..<(($0 + 1) * c.vocabSize)]) }
+}
+
+func maxAbsDiff(_ a: [[Float]], _ b: [[Float]]) -> Float {
+    var m: Float = 0
+    for (x, y) in zip(a, b) { for (p, q) in zip(x, y) { m = max(m, abs(p - q)) } }
+    return a.joined().contains(where: \.isNaN) ? .infinity : m
+}
