@@ -4,13 +4,15 @@ import COpenBLAS
 /// Entry points of the numeric kernels used by the model code.
 public enum Kernels {
     /// Y[t, r] = Σ_k W[r, k] · X[t, k] for t < ntok, r < W.rows (rows of X and Y strided by ldx / ldy).
-    /// Dense f32 weights go to OpenBLAS sgemm; quantized and half-precision weights to the
-    /// dequantize-on-the-fly kernel with f32 activations (bit-identical whatever the batch).
+    /// Quantized and half-precision weights go to the dequantize-on-the-fly kernel with f32 activations
+    /// (bit-identical whatever the batch). Dense f32 weights go to OpenBLAS sgemm for prefill-sized batches
+    /// and to the same register-tiled kernel for decode-sized ones (≤ `smallBatch` tokens), where it is
+    /// faster than sgemm's packing (bench/results/lora.md, merged rows).
     public static func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
                               _ y: UnsafeMutablePointer<Float>, ldy: Int, scratch: ScratchArena) {
         guard ntok > 0, w.rows > 0 else { return }
         configureBLASThreads()
-        if w.dtype == .f32 {
+        if w.dtype == .f32 && (ntok > smallBatch || w.cols % 16 != 0) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(ntok), blasint(w.rows), blasint(w.cols),
                         1, x, blasint(ldx), w.data.assumingMemoryBound(to: Float.self), blasint(w.cols),
                         0, y, blasint(ldy))
@@ -18,6 +20,9 @@ public enum Kernels {
             dl_matmul_dq(Int32(w.dtype.rawValue), w.data, Int64(w.rows), Int64(w.cols), x, Int64(ldx), Int64(ntok), y, Int64(ldy))
         }
     }
+
+    /// Up to this many tokens, f32 matrices use the register-tiled kernel instead of sgemm.
+    public static let smallBatch = 32
 
     nonisolated(unsafe) private static var blasThreads: Int32 = 0
 

@@ -22,13 +22,7 @@ public final class ForwardWorkspace: @unchecked Sendable {
     private(set) var blockTableCapacity = 0
     /// LoRA: runs of tokens sharing an adapter slot and scale, and the shrink/expand intermediates.
     var segments: [LoRASegment] = []
-    private(set) var loraTmp = Buffer(floats: 0)
-    private(set) var loraOut = Buffer(floats: 0)
-
-    func reserveLoRA(tokens: Int, paddedRank: Int, maxOut: Int) {
-        if loraTmp.byteCount < tokens * paddedRank * 4 { loraTmp = Buffer(floats: tokens * paddedRank) }
-        if loraOut.byteCount < tokens * maxOut * 4 { loraOut = Buffer(floats: tokens * maxOut) }
-    }
+    var loraCalls: [dl_lora_seg] = []
 
     public init(config: ModelConfig, capacity: Int = 64) {
         self.config = config
@@ -355,7 +349,6 @@ public final class LlamaModel: @unchecked Sendable {
     private func prepareLoRA(_ batch: ForwardBatch, _ lora: LoRASlots, _ ws: ForwardWorkspace) -> LoRASlots? {
         ws.segments.removeAll(keepingCapacity: true)
         let n = batch.count
-        var maxRank = 0
         var i = 0
         while i < n {
             let slot = Int(batch.adapterSlots[i]), scale = batch.adapterScales[i]
@@ -363,33 +356,31 @@ public final class LlamaModel: @unchecked Sendable {
             while j < n && Int(batch.adapterSlots[j]) == slot && batch.adapterScales[j] == scale { j += 1 }
             if slot >= 0 {
                 precondition(slot < lora.capacity, "adapter slot out of range")
-                guard let w = lora[slot] else { preconditionFailure("adapter slot \(slot) is empty") }
-                maxRank = max(maxRank, w.maxPaddedRank)
+                precondition(lora[slot] != nil, "adapter slot \(slot) is empty")
                 ws.segments.append(LoRASegment(start: i, count: j - i, slot: slot, scale: scale))
             }
             i = j
         }
-        guard !ws.segments.isEmpty else { return nil }
-        let c = config
-        ws.reserveLoRA(tokens: n, paddedRank: maxRank,
-                       maxOut: max(c.numHeads * c.headDim, c.hiddenSize, c.intermediateSize))
-        return lora
+        return ws.segments.isEmpty ? nil : lora
     }
 
     /// y[t] += scale · B · (A · x[t]) for every token of every segment whose adapter targets this matrix.
     /// Both products run on the batch-invariant kernel, so a token's result does not depend on its batch.
     private func applyLoRA(_ target: LoRATarget, layer: Int, _ x: UnsafePointer<Float>, ldx: Int,
                            _ y: UnsafeMutablePointer<Float>, ldy: Int, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
-        let f32 = Int32(DType.f32.rawValue)
+        ws.loraCalls.removeAll(keepingCapacity: true)
+        var inFeatures = 0, outFeatures = 0
         for seg in ws.segments {
             guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
-            let tmp = ws.loraTmp.floats, out = ws.loraOut.floats
-            dl_matmul_dq(f32, m.a.data, Int64(m.paddedRank), Int64(m.inFeatures), x + seg.start * ldx, Int64(ldx),
-                         Int64(seg.count), tmp, Int64(m.paddedRank))
-            dl_matmul_dq(f32, m.b.data, Int64(m.outFeatures), Int64(m.paddedRank), tmp, Int64(m.paddedRank),
-                         Int64(seg.count), out, Int64(m.outFeatures))
-            dl_add_scaled(y + seg.start * ldy, Int64(ldy), out, Int64(m.outFeatures), w.scale * seg.scale,
-                          Int64(m.outFeatures), Int64(seg.count))
+            inFeatures = m.inFeatures
+            outFeatures = m.outFeatures
+            ws.loraCalls.append(dl_lora_seg(a: m.a.data.assumingMemoryBound(to: Float.self), b: m.b.data.assumingMemoryBound(to: Float.self),
+                                            prank: Int64(m.paddedRank), start: Int64(seg.start), count: Int64(seg.count),
+                                            scale: w.scale * seg.scale))
+        }
+        guard !ws.loraCalls.isEmpty else { return }
+        ws.loraCalls.withUnsafeBufferPointer {
+            dl_lora_apply($0.baseAddress!, Int64($0.count), Int64(inFeatures), Int64(outFeatures), x, Int64(ldx), y, Int64(ldy))
         }
     }
 

@@ -83,3 +83,70 @@ import Testing
         #expect(r.stdout == "At sea level, the boiling \n")
     }
 }
+
+/// `dlora generate --adapter`: a PEFT adapter by path and by name under --adapter-root, merged and
+/// unmerged giving the same greedy text, and bad adapters as one-line errors.
+@Suite struct CLIAdapterTests {
+    static let tinyGGUF = ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q8_0")
+
+    /// A PEFT adapter for tiny-llama with random weights (q and v), written into `dir/name`.
+    static func writeAdapter(_ dir: URL, name: String) throws {
+        let path = dir.appendingPathComponent(name)
+        try FileManager.default.createDirectory(at: path, withIntermediateDirectories: true)
+        var entries: [String] = []
+        var data: [UInt8] = []
+        var state: UInt64 = 77
+        for layer in 0..<2 {
+            for (module, rows) in [("q_proj", 64), ("v_proj", 32)] {
+                for (suffix, shape) in [("lora_A", [4, 64]), ("lora_B", [rows, 4])] {
+                    let n = shape[0] * shape[1]
+                    let values: [Float] = (0..<n).map { _ in
+                        state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+                        return Float(state >> 40) / Float(1 << 24) - 0.5
+                    }
+                    entries.append("\"base_model.model.model.layers.\(layer).self_attn.\(module).\(suffix).weight\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(data.count),\(data.count + n * 4)]}")
+                    data += values.flatMap { withUnsafeBytes(of: $0.bitPattern.littleEndian, Array.init) }
+                }
+            }
+        }
+        let header = Array(("{" + entries.joined(separator: ",") + "}").utf8)
+        let file = withUnsafeBytes(of: UInt64(header.count).littleEndian, Array.init) + header + data
+        try Data(file).write(to: path.appendingPathComponent("adapter_model.safetensors"))
+        try Data(#"{"peft_type": "LORA", "r": 4, "lora_alpha": 16, "target_modules": ["q_proj", "v_proj"]}"#.utf8)
+            .write(to: path.appendingPathComponent("adapter_config.json"))
+    }
+
+    @Test func adapterByPathAndByNameMergedAndUnmerged() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Self.writeAdapter(dir, name: "tuned")
+        let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0"]
+        let base = try CLITests.dlora(common)
+        let byPath = try CLITests.dlora(common + ["--adapter", dir.appendingPathComponent("tuned").path])
+        let byName = try CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path])
+        let merged = try CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path, "--lora-mode", "merged"])
+        let zero = try CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path, "--adapter-scale", "0"])
+        for r in [base, byPath, byName, merged, zero] { #expect(r.status == 0, "stderr: \(r.stderr)") }
+        #expect(byPath.stdout != base.stdout)
+        #expect(byName.stdout == byPath.stdout)
+        #expect(merged.stdout == byPath.stdout)
+        #expect(zero.stdout == base.stdout)
+    }
+
+    @Test func badAdaptersAreOneLineErrors() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try Data(#"{"peft_type": "LORA", "r": 4}"#.utf8).write(to: dir.appendingPathComponent("adapter_config.json"))
+        let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hi"]
+        for (args, mention) in [(["--adapter", dir.path], "adapter_model.safetensors"),
+                                (["--adapter", "nope", "--adapter-root", dir.path], "not found"),
+                                (["--adapter", "../x", "--adapter-root", dir.path], "invalid adapter name"),
+                                (["--adapter-scale", "2"], "--adapter"),
+                                (["--adapter", dir.path, "--lora-mode", "fused"], "--lora-mode")] {
+            let r = try CLITests.dlora(common + args)
+            #expect(r.status != 0)
+            #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains(mention), "stderr: \(r.stderr)")
+        }
+    }
+}

@@ -100,6 +100,23 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
                   int64_t n_head, int64_t n_kv, int64_t head_dim, float scale,
                   float *out, int64_t ldo);
 
+// ---------------------------------------------------------------- LoRA over adapter segments (lora.c)
+// One segment: batch tokens [start, start + count) use A (prank x in, f32, rank zero-padded to prank, a
+// multiple of 16) and B (out x prank) with scaling `scale`.
+typedef struct {
+    const float *a;
+    const float *b;
+    int64_t prank;
+    int64_t start;
+    int64_t count;
+    float scale;
+} dl_lora_seg;
+// y[t*ldy + o] += scale * sum_j B[o, j] * sum_k A[j, k] * x[t*ldx + k] for every token t of every segment.
+// Segments must not overlap. Multithreaded (over segments when there are many, else inside the matmuls);
+// results are independent of that choice.
+void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
+                   const float *x, int64_t ldx, float *y, int64_t ldy);
+
 #ifdef __cplusplus
 }
 #endif

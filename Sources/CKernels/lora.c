@@ -1,0 +1,52 @@
+// LoRA over adapter segments: for each segment (a run of batch tokens that share one adapter and scale),
+// y[t] += scale * B * (A * x[t]). Many small segments (one token each, 32 adapters in a batch of 32) are
+// spread over the pool one segment per task, so a step pays one thread hand-off per matrix instead of two
+// per segment; few large segments parallelise inside the matmuls instead. Either way each output element
+// is computed by the same kernel in the same order: results do not depend on the split.
+#include "ckernels.h"
+#include <stdlib.h>
+
+static _Thread_local float *tl_buf;
+static _Thread_local int64_t tl_buf_floats;
+
+static float *lora_scratch(int64_t floats) {
+    if (floats > tl_buf_floats) {
+        free(tl_buf);
+        tl_buf = (float *)aligned_alloc(64, (size_t)((floats + 15) / 16 * 16) * sizeof(float));
+        tl_buf_floats = tl_buf ? floats : 0;
+    }
+    return tl_buf;
+}
+
+typedef struct {
+    const dl_lora_seg *segs;
+    int64_t in, out;
+    const float *x;
+    int64_t ldx;
+    float *y;
+    int64_t ldy;
+} lora_ctx;
+
+static void one_segment(const lora_ctx *c, const dl_lora_seg *s) {
+    float *tmp = lora_scratch(s->count * (s->prank + c->out));
+    if (!tmp) return;
+    float *prod = tmp + s->count * s->prank;
+    dl_matmul_dq(DL_F32, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
+    dl_matmul_dq(DL_F32, s->b, c->out, s->prank, tmp, s->prank, s->count, prod, c->out);
+    dl_add_scaled(c->y + s->start * c->ldy, c->ldy, prod, c->out, s->scale, c->out, s->count);
+}
+
+static void segment_range(void *ctx, int64_t begin, int64_t end) {
+    const lora_ctx *c = (const lora_ctx *)ctx;
+    for (int64_t i = begin; i < end; i++) one_segment(c, &c->segs[i]);
+}
+
+void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
+                   const float *x, int64_t ldx, float *y, int64_t ldy) {
+    lora_ctx c = { segs, in, out, x, ldx, y, ldy };
+    if (nseg >= 2 * dl_num_threads()) {
+        dl_parallel_for(nseg, 1, segment_range, &c);
+    } else {
+        for (int64_t i = 0; i < nseg; i++) one_segment(&c, &segs[i]);
+    }
+}

@@ -1,0 +1,217 @@
+import Adapters
+import CKernels
+import ArgumentParser
+import Foundation
+import Kernels
+import Models
+
+/// The cost model of multi-LoRA execution: per-iteration (decode step) time of base-only, unmerged and
+/// merged execution over batch sizes, numbers of distinct adapters and ranks; merge/unmerge time; adapter
+/// load time from disk. Prints a markdown section (bench/lora.sh writes it to bench/results/lora.md).
+struct BenchLoRA: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "lora", abstract: "Multi-LoRA execution costs.")
+
+    @Option(help: "GGUF file or Hugging Face directory (default: the default model).")
+    var model: String?
+    @Option(help: "Comma-separated batch sizes.")
+    var batches: String = "1,8,32"
+    @Option(help: "Comma-separated numbers of distinct adapters per batch.")
+    var adapters: String = "1,4,32"
+    @Option(help: "Comma-separated LoRA ranks.")
+    var ranks: String = "8,16,64"
+    @Option(help: "Target modules: qv (PEFT's default for Llama) or all (all seven linear layers).")
+    var targets: String = "qv"
+    @Option(help: "Tokens of context each sequence holds during the timed decode steps.")
+    var context: Int = 128
+    @Option(help: "Timed decode steps per configuration and round.")
+    var steps: Int = 8
+    @Option(help: "Interleaved rounds per configuration (the best round counts).")
+    var rounds: Int = 3
+    @Option(help: "Kernel threads (default: all cores).")
+    var threads: Int?
+
+    static func list(_ s: String) -> [Int] { s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func validate() throws {
+        for (name, l) in [("--batches", batches), ("--adapters", adapters), ("--ranks", ranks)] where Self.list(l).isEmpty || Self.list(l).contains(where: { $0 < 1 || $0 > 1024 }) {
+            throw ValidationError("\(name) must be a comma-separated list of numbers in 1...1024")
+        }
+        guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
+        guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
+    }
+
+    func run() throws {
+        if let threads { Kernels.setThreads(threads) }
+        let path = try DefaultModel.resolve(model)
+        let m = try LoadedModel(path: path).model
+        let c = m.config
+        let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
+        let maxBatch = Self.list(batches).max()!
+        let maxAdapters = Self.list(adapters).max()!
+
+        print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
+              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(dl_num_threads()). "
+              + "Adapter sizes count the rank padded to a multiple of 16.")
+        print()
+        print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged ms/step | merged overhead |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        var loadRows: [String] = []
+        for rank in Self.list(ranks) {
+            let pool = (0..<maxAdapters).map { Self.randomAdapter(config: c, rank: rank, targets: targetSet, seed: UInt64(rank * 1000 + $0)) }
+            let slots = LoRASlots(capacity: maxAdapters)
+            for (i, a) in pool.enumerated() { slots[i] = a }
+            for b in Self.list(batches) where b <= maxBatch {
+                let runner = StepRunner(model: m, batch: b, context: context)
+                // Base, unmerged with k distinct adapters, merged: measured in interleaved rounds (best of
+                // `rounds`), so slow drifts of the machine hit every column alike.
+                let ks = Self.list(adapters).filter { $0 <= b }
+                var base = Double.infinity, merged = Double.infinity
+                var unmerged = [Double](repeating: .infinity, count: ks.count)
+                for _ in 0..<rounds {
+                    base = min(base, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
+                    for (i, k) in ks.enumerated() {
+                        unmerged[i] = min(unmerged[i], runner.time(steps: steps, lora: slots, assign: { Int32($0 % k) }))
+                    }
+                    m.merge(pool[0])
+                    merged = min(merged, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
+                    m.unmerge()
+                }
+                for (i, k) in ks.enumerated() {
+                    let mergedCells = k == 1 ? String(format: "%.2f | %+.1f %%", merged * 1000, (merged / base - 1) * 100) : "— | —"
+                    print(String(format: "| %d | %d | %d | %.2f | %.2f | %+.1f %% | %@ |", b, k, rank, base * 1000, unmerged[i] * 1000,
+                                 (unmerged[i] / base - 1) * 100, mergedCells))
+                }
+                FileHandle.standardError.write(Data("bench lora: rank \(rank) batch \(b) done\n".utf8))
+            }
+            // Merge/unmerge cost and load time from disk.
+            var mergeSeconds = 0.0, unmergeSeconds = 0.0
+            for _ in 0..<3 {
+                var t = DispatchTime.now().uptimeNanoseconds
+                m.merge(pool[0])
+                mergeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3
+                t = DispatchTime.now().uptimeNanoseconds
+                m.unmerge()
+                unmergeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3
+            }
+            let load = try Self.loadTime(config: c, rank: rank, targets: targetSet)
+            loadRows.append(String(format: "| %d | %.1f | %.2f | %.3f | %.2f |", rank, Double(pool[0].byteCount) / 1e6, mergeSeconds * 1000,
+                                   unmergeSeconds * 1000, load * 1000))
+        }
+        print()
+        print("| rank | adapter size MB (f32, resident) | merge ms | unmerge ms | load from disk ms (PEFT safetensors) |")
+        print("|---:|---:|---:|---:|---:|")
+        loadRows.forEach { print($0) }
+    }
+
+    static func randomAdapter(config c: ModelConfig, rank: Int, targets: [LoRATarget], seed: UInt64) -> LoRAWeights {
+        var state = seed &+ 0x9E37_79B9_7F4A_7C15
+        func uniform() -> Float {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(state >> 40) / Float(1 << 24) * 2 - 1
+        }
+        let modules: [[LoRAModule?]] = (0..<c.numLayers).map { _ in
+            LoRATarget.allCases.map { t -> LoRAModule? in
+                guard targets.contains(t) else { return nil }
+                let (rows, cols) = t.shape(c)
+                let a = (0..<(rank * cols)).map { _ in uniform() * 0.1 }
+                let b = (0..<(rows * rank)).map { _ in uniform() * 0.1 }
+                return LoRAModule(rank: rank, inFeatures: cols, outFeatures: rows, a: a, b: b)
+            }
+        }
+        return LoRAWeights(name: "bench-\(seed)", scale: 2, modules: modules)
+    }
+
+    /// Writes one PEFT adapter (f32 safetensors) to a temporary directory and times loading it (best of 3).
+    static func loadTime(config c: ModelConfig, rank: Int, targets: [LoRATarget]) throws -> Double {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-bench-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var entries: [String] = []
+        var data = Data()
+        for layer in 0..<c.numLayers {
+            for t in targets {
+                let (rows, cols) = t.shape(c)
+                let block = t == .gate || t == .up || t == .down ? "mlp" : "self_attn"
+                for (suffix, shape) in [("lora_A", [rank, cols]), ("lora_B", [rows, rank])] {
+                    let n = shape[0] * shape[1]
+                    entries.append("\"base_model.model.model.layers.\(layer).\(block).\(t.peftName).\(suffix).weight\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(data.count),\(data.count + n * 4)]}")
+                    data.append(Data(repeating: 0, count: n * 4))
+                }
+            }
+        }
+        let header = Data(("{" + entries.joined(separator: ",") + "}").utf8)
+        var file = Data(withUnsafeBytes(of: UInt64(header.count).littleEndian, Array.init))
+        file.append(header)
+        file.append(data)
+        try file.write(to: dir.appendingPathComponent("adapter_model.safetensors"))
+        let config = "{\"peft_type\": \"LORA\", \"r\": \(rank), \"lora_alpha\": \(2 * rank), \"target_modules\": [\(targets.map { "\"\($0.peftName)\"" }.joined(separator: ","))]}"
+        try Data(config.utf8).write(to: dir.appendingPathComponent("adapter_config.json"))
+        var best = Double.infinity
+        for _ in 0..<3 {
+            let t = DispatchTime.now().uptimeNanoseconds
+            _ = try AdapterLoader.load(path: dir.path, base: c)
+            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9)
+        }
+        return best
+    }
+}
+
+extension LoRAModule {
+    init(rank: Int, inFeatures: Int, outFeatures: Int, a: [Float], b: [Float]) {
+        self = a.withUnsafeBufferPointer { ap in
+            b.withUnsafeBufferPointer { bp in
+                LoRAModule(rank: rank, inFeatures: inFeatures, outFeatures: outFeatures, a: ap.baseAddress!, b: bp.baseAddress!)
+            }
+        }
+    }
+}
+
+/// B sequences holding `context` tokens; times decode steps (one token per sequence, at a fixed position,
+/// so every step does the same work).
+final class StepRunner {
+    let model: LlamaModel
+    let b: Int
+    let context: Int
+    let kv: PagedKVStorage
+    let tables: [[Int32]]
+    let ws: ForwardWorkspace
+    let scratch = ScratchArena()
+    let logits: Buffer
+    var batch = ForwardBatch()
+
+    init(model m: LlamaModel, batch b: Int, context: Int) {
+        model = m
+        self.b = b
+        self.context = context
+        let c = m.config, blockSize = 16
+        let per = (context + 1 + blockSize - 1) / blockSize
+        kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: b * per, blockSize: blockSize, numKVHeads: c.numKVHeads, headDim: c.headDim)
+        tables = (0..<b).map { s in (0..<per).map { Int32(s * per + $0) } }
+        ws = ForwardWorkspace(config: c, capacity: max(b, 64))
+        logits = Buffer(floats: max(b, context) * c.vocabSize)
+        // Fill the context (content does not matter for timing).
+        for s in 0..<b {
+            batch.reset()
+            batch.append(sequence: (0..<context).map { ($0 * 7 + s) % c.vocabSize }, start: 0, blockTable: tables[s], blockSize: blockSize)
+            m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+        }
+    }
+
+    /// Mean seconds per decode step; `assign` gives each sequence's adapter slot (sequences of one slot kept
+    /// together, as the engine groups them).
+    func time(steps: Int, lora: LoRASlots?, assign: (Int) -> Int32) -> Double {
+        let order = (0..<b).sorted { assign($0) < assign($1) }
+        func step() {
+            batch.reset()
+            for s in order {
+                batch.append(sequence: CollectionOfOne(1), start: context, blockTable: tables[s], blockSize: kv.blockSize,
+                             adapterSlot: lora == nil ? -1 : assign(s))
+            }
+            model.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats, lora: lora)
+        }
+        step()  // warm-up
+        let t = DispatchTime.now().uptimeNanoseconds
+        for _ in 0..<steps { step() }
+        return Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / Double(steps)
+    }
+}
