@@ -203,9 +203,11 @@ public enum AdapterLoader {
         if permute && (target == .q || target == .k) {
             bf = permuteRows(bf, rowLength: r, heads: target == .q ? base.numHeads : base.numKVHeads, headDim: base.headDim, inverse: inverse)
         }
+        // Half-precision adapters stay half precision (exact: the values came from that format).
+        let storage: DType = a.dtype == b.dtype && (a.dtype == .f16 || a.dtype == .bf16) ? a.dtype : .f32
         return af.withUnsafeBufferPointer { ap in
             bf.withUnsafeBufferPointer { bp in
-                LoRAModule(rank: r, inFeatures: cols, outFeatures: rows, a: ap.baseAddress!, b: bp.baseAddress!)
+                LoRAModule(rank: r, inFeatures: cols, outFeatures: rows, a: ap.baseAddress!, b: bp.baseAddress!, dtype: storage)
             }
         }
     }

@@ -31,8 +31,8 @@ static void one_segment(const lora_ctx *c, const dl_lora_seg *s) {
     float *tmp = lora_scratch(s->count * (s->prank + c->out));
     if (!tmp) return;
     float *prod = tmp + s->count * s->prank;
-    dl_matmul_dq(DL_F32, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
-    dl_matmul_dq(DL_F32, s->b, c->out, s->prank, tmp, s->prank, s->count, prod, c->out);
+    dl_matmul_dq(s->wtype, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
+    dl_matmul_dq(s->wtype, s->b, c->out, s->prank, tmp, s->prank, s->count, prod, c->out);
     dl_add_scaled(c->y + s->start * c->ldy, c->ldy, prod, c->out, s->scale, c->out, s->count);
 }
 

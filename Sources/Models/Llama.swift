@@ -374,8 +374,7 @@ public final class LlamaModel: @unchecked Sendable {
             guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
             inFeatures = m.inFeatures
             outFeatures = m.outFeatures
-            ws.loraCalls.append(dl_lora_seg(a: m.a.data.assumingMemoryBound(to: Float.self), b: m.b.data.assumingMemoryBound(to: Float.self),
-                                            prank: Int64(m.paddedRank), start: Int64(seg.start), count: Int64(seg.count),
+            ws.loraCalls.append(dl_lora_seg(a: m.a.data, b: m.b.data, wtype: Int32(m.dtype.rawValue), prank: Int64(m.paddedRank), start: Int64(seg.start), count: Int64(seg.count),
                                             scale: w.scale * seg.scale))
         }
         guard !ws.loraCalls.isEmpty else { return }

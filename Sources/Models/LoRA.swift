@@ -58,9 +58,10 @@ public enum LoRATarget: Int, CaseIterable, Sendable, CustomStringConvertible {
     }
 }
 
-/// One adapted matrix, compute-ready: ΔW = scale · B · A with A (rank × in) and B (out × rank), stored f32
-/// with the rank padded to a multiple of 16 (zero rows of A, zero columns of B), so both products run on
-/// the batch-invariant matmul kernel.
+/// One adapted matrix, compute-ready: ΔW = scale · B · A with A (rank × in) and B (out × rank), the rank
+/// padded to a multiple of 16 (zero rows of A, zero columns of B) so both products run on the
+/// batch-invariant matmul kernel. Stored in f32, or in F16/BF16 when the adapter file holds them so (the
+/// kernel upcasts exactly; half the bytes to read per step).
 public struct LoRAModule: @unchecked Sendable {
     public let rank: Int
     public let paddedRank: Int
@@ -71,37 +72,54 @@ public struct LoRAModule: @unchecked Sendable {
     /// outFeatures × paddedRank
     public let b: WeightMatrix
 
-    /// - Parameters: a: rank × in values (row-major), b: out × rank values (row-major).
-    public init(rank: Int, inFeatures: Int, outFeatures: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>) {
+    /// - Parameters: a: rank × in values (row-major), b: out × rank values (row-major); `dtype` (F32, F16
+    ///   or BF16) is how they are stored (values must be exactly representable for F16/BF16 to be exact).
+    public init(rank: Int, inFeatures: Int, outFeatures: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, dtype: DType = .f32) {
         precondition(rank > 0 && inFeatures > 0 && outFeatures > 0 && inFeatures % 16 == 0)
+        precondition(dtype == .f32 || dtype == .f16 || dtype == .bf16)
         self.rank = rank
         paddedRank = (rank + 15) / 16 * 16
         self.inFeatures = inFeatures
         self.outFeatures = outFeatures
-        let aBuf = Buffer(floats: paddedRank * inFeatures)
-        aBuf.floats.update(from: a, count: rank * inFeatures)
-        let bBuf = Buffer(floats: outFeatures * paddedRank)
+        let aF = Buffer(floats: paddedRank * inFeatures)
+        aF.floats.update(from: a, count: rank * inFeatures)
+        let bF = Buffer(floats: outFeatures * paddedRank)
         for o in 0..<outFeatures {
-            (bBuf.floats + o * paddedRank).update(from: b + o * rank, count: rank)
+            (bF.floats + o * paddedRank).update(from: b + o * rank, count: rank)
         }
-        self.a = WeightMatrix(dtype: .f32, rows: paddedRank, cols: inFeatures, storage: aBuf)
-        self.b = WeightMatrix(dtype: .f32, rows: outFeatures, cols: paddedRank, storage: bBuf)
+        self.a = Self.store(aF, rows: paddedRank, cols: inFeatures, dtype: dtype)
+        self.b = Self.store(bF, rows: outFeatures, cols: paddedRank, dtype: dtype)
     }
 
+    private static func store(_ f: Buffer, rows: Int, cols: Int, dtype: DType) -> WeightMatrix {
+        let n = rows * cols
+        switch dtype {
+        case .f16, .bf16:
+            let h = Buffer(byteCount: n * 2)
+            let dst = h.base.assumingMemoryBound(to: UInt16.self)
+            if dtype == .f16 { dl_f32_to_f16(f.floats, dst, Int64(n)) } else { dl_f32_to_bf16(f.floats, dst, Int64(n)) }
+            return WeightMatrix(dtype: dtype, rows: rows, cols: cols, storage: h)
+        default:
+            return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: f)
+        }
+    }
+
+    public var dtype: DType { a.dtype }
     public var byteCount: Int { a.byteCount + b.byteCount }
 
     /// B·A as a dense out × in matrix (for merging), into `out` (row-major).
     public func denseDelta(into out: UnsafeMutablePointer<Float>) {
         // (B·A)[o, i] = Σ_j B[o, j] A[j, i]: the matmul kernel computes Y[t, r] = Σ_k W[r, k] X[t, k], so take
-        // W = Aᵀ (in × paddedRank) and X = B (tokens = out rows).
+        // W = Aᵀ (in × paddedRank) and X = B (tokens = out rows), both as f32.
+        let af = Buffer(floats: paddedRank * inFeatures), bf = Buffer(floats: outFeatures * paddedRank)
+        dl_dequantize_row(Int32(a.dtype.rawValue), a.data, af.floats, Int64(paddedRank * inFeatures))
+        dl_dequantize_row(Int32(b.dtype.rawValue), b.data, bf.floats, Int64(outFeatures * paddedRank))
         let at = Buffer(floats: inFeatures * paddedRank)
-        let af = a.data.assumingMemoryBound(to: Float.self)
         for j in 0..<paddedRank {
-            for i in 0..<inFeatures { at.floats[i * paddedRank + j] = af[j * inFeatures + i] }
+            for i in 0..<inFeatures { at.floats[i * paddedRank + j] = af.floats[j * inFeatures + i] }
         }
-        let w = WeightMatrix(dtype: .f32, rows: inFeatures, cols: paddedRank, storage: at)
-        dl_matmul_dq(Int32(DType.f32.rawValue), w.data, Int64(inFeatures), Int64(paddedRank),
-                     b.data.assumingMemoryBound(to: Float.self), Int64(paddedRank), Int64(outFeatures), out, Int64(inFeatures))
+        dl_matmul_dq(Int32(DType.f32.rawValue), at.base, Int64(inFeatures), Int64(paddedRank),
+                     bf.floats, Int64(paddedRank), Int64(outFeatures), out, Int64(inFeatures))
     }
 }
 

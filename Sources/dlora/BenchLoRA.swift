@@ -29,6 +29,8 @@ struct BenchLoRA: ParsableCommand {
     var rounds: Int = 3
     @Option(help: "Kernel threads (default: all cores).")
     var threads: Int?
+    @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them) or f32.")
+    var adapterDtype: String = "bf16"
 
     static func list(_ s: String) -> [Int] { s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
@@ -37,6 +39,7 @@ struct BenchLoRA: ParsableCommand {
             throw ValidationError("\(name) must be a comma-separated list of numbers in 1...1024")
         }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
+        guard ["bf16", "f32"].contains(adapterDtype) else { throw ValidationError("--adapter-dtype must be bf16 or f32") }
         guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
     }
 
@@ -51,13 +54,14 @@ struct BenchLoRA: ParsableCommand {
 
         print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
               + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(dl_num_threads()). "
-              + "Adapter sizes count the rank padded to a multiple of 16.")
+              + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
         print()
         print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged ms/step | merged overhead |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|")
         var loadRows: [String] = []
         for rank in Self.list(ranks) {
-            let pool = (0..<maxAdapters).map { Self.randomAdapter(config: c, rank: rank, targets: targetSet, seed: UInt64(rank * 1000 + $0)) }
+            let dtype: DType = adapterDtype == "bf16" ? .bf16 : .f32
+            let pool = (0..<maxAdapters).map { Self.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: dtype, seed: UInt64(rank * 1000 + $0)) }
             let slots = LoRASlots(capacity: maxAdapters)
             for (i, a) in pool.enumerated() { slots[i] = a }
             for b in Self.list(batches) where b <= maxBatch {
@@ -98,12 +102,12 @@ struct BenchLoRA: ParsableCommand {
                                    unmergeSeconds * 1000, load * 1000))
         }
         print()
-        print("| rank | adapter size MB (f32, resident) | merge ms | unmerge ms | load from disk ms (PEFT safetensors) |")
+        print("| rank | adapter size MB (resident) | merge ms | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
         print("|---:|---:|---:|---:|---:|")
         loadRows.forEach { print($0) }
     }
 
-    static func randomAdapter(config c: ModelConfig, rank: Int, targets: [LoRATarget], seed: UInt64) -> LoRAWeights {
+    static func randomAdapter(config c: ModelConfig, rank: Int, targets: [LoRATarget], dtype: DType, seed: UInt64) -> LoRAWeights {
         var state = seed &+ 0x9E37_79B9_7F4A_7C15
         func uniform() -> Float {
             state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
@@ -115,7 +119,7 @@ struct BenchLoRA: ParsableCommand {
                 let (rows, cols) = t.shape(c)
                 let a = (0..<(rank * cols)).map { _ in uniform() * 0.1 }
                 let b = (0..<(rows * rank)).map { _ in uniform() * 0.1 }
-                return LoRAModule(rank: rank, inFeatures: cols, outFeatures: rows, a: a, b: b)
+                return LoRAModule(rank: rank, inFeatures: cols, outFeatures: rows, a: a, b: b, dtype: dtype)
             }
         }
         return LoRAWeights(name: "bench-\(seed)", scale: 2, modules: modules)
@@ -157,10 +161,10 @@ struct BenchLoRA: ParsableCommand {
 }
 
 extension LoRAModule {
-    init(rank: Int, inFeatures: Int, outFeatures: Int, a: [Float], b: [Float]) {
+    init(rank: Int, inFeatures: Int, outFeatures: Int, a: [Float], b: [Float], dtype: DType) {
         self = a.withUnsafeBufferPointer { ap in
             b.withUnsafeBufferPointer { bp in
-                LoRAModule(rank: rank, inFeatures: inFeatures, outFeatures: outFeatures, a: ap.baseAddress!, b: bp.baseAddress!)
+                LoRAModule(rank: rank, inFeatures: inFeatures, outFeatures: outFeatures, a: ap.baseAddress!, b: bp.baseAddress!, dtype: dtype)
             }
         }
     }

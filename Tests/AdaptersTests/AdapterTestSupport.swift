@@ -63,12 +63,21 @@ struct TestAdapter {
     static func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] { withUnsafeBytes(of: v.littleEndian, Array.init) }
     static func floats(_ a: [Float]) -> [UInt8] { a.flatMap { le($0.bitPattern) } }
 
-    func safetensors(_ tensors: [(String, [Int], [Float])], header override: String? = nil) -> [UInt8] {
+    /// bf16 bits of x, rounded to nearest even.
+    static func bf16(_ x: Float) -> UInt16 {
+        let bits = x.bitPattern
+        return UInt16(truncatingIfNeeded: (bits &+ 0x7FFF &+ ((bits >> 16) & 1)) >> 16)
+    }
+
+    /// x rounded to bf16, as f32.
+    static func roundedBF16(_ x: Float) -> Float { Float(bitPattern: UInt32(bf16(x)) << 16) }
+
+    func safetensors(_ tensors: [(String, [Int], [Float])], header override: String? = nil, dtype: String = "F32") -> [UInt8] {
         var entries: [String] = []
         var data: [UInt8] = []
         for (name, shape, values) in tensors {
-            let bytes = Self.floats(values)
-            entries.append("\"\(name)\":{\"dtype\":\"F32\",\"shape\":\(shape),\"data_offsets\":[\(data.count),\(data.count + bytes.count)]}")
+            let bytes = dtype == "BF16" ? values.flatMap { Self.le(Self.bf16($0)) } : Self.floats(values)
+            entries.append("\"\(name)\":{\"dtype\":\"\(dtype)\",\"shape\":\(shape),\"data_offsets\":[\(data.count),\(data.count + bytes.count)]}")
             data += bytes
         }
         let header = override ?? "{" + entries.joined(separator: ",") + "}"
@@ -100,10 +109,11 @@ struct TestAdapter {
 
     /// Writes a PEFT directory; `tensors` and `config` can be replaced to make broken adapters.
     func writePEFT(to dir: String, config: ModelConfig, tensors: [(String, [Int], [Float])]? = nil,
-                   adapterConfig: String? = nil, header: String? = nil) throws {
+                   adapterConfig: String? = nil, header: String? = nil, dtype: String = "F32") throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try Data((adapterConfig ?? peftConfig).utf8).write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
-        try Data(safetensors(tensors ?? peftTensors(config), header: header)).write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))
+        try Data(safetensors(tensors ?? peftTensors(config), header: header, dtype: dtype))
+            .write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))
     }
 
     /// Writes a llama.cpp GGUF LoRA: Q/K B rows permuted to the adjacent-pair layout (for arch llama), alpha

@@ -90,4 +90,20 @@ import Testing
         #expect(maxAbsDiff(promptLogits(model, Self.prompt, lora: Self.slots(a), slot: 1, scale: 2),
                            promptLogits(model, Self.prompt, lora: Self.slots(b), slot: 1)) <= 1e-5)
     }
+
+    /// A BF16 adapter file stays BF16 in memory (half the bytes per step) and computes exactly what the same
+    /// values in f32 compute.
+    @Test func halfPrecisionAdaptersStayHalfAndExact() throws {
+        let dir = try TempDir()
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1")))
+        var adapter = TestAdapter(config: model.config, rank: 8, alpha: 16, targets: LoRATarget.allCases, seed: 6)
+        try adapter.writePEFT(to: dir.path("bf16"), config: model.config, dtype: "BF16")
+        adapter.weights = adapter.weights.map { $0.mapValues { (a: $0.a.map(TestAdapter.roundedBF16), b: $0.b.map(TestAdapter.roundedBF16)) } }
+        try adapter.writePEFT(to: dir.path("f32"), config: model.config)
+        let half = try AdapterLoader.load(path: dir.path("bf16"), base: model.config)
+        let full = try AdapterLoader.load(path: dir.path("f32"), base: model.config)
+        #expect(half.module(layer: 0, target: .q)?.dtype == .bf16 && full.module(layer: 0, target: .q)?.dtype == .f32)
+        #expect(half.byteCount * 2 == full.byteCount)
+        #expect(promptLogits(model, Self.prompt, lora: Self.slots(half), slot: 1) == promptLogits(model, Self.prompt, lora: Self.slots(full), slot: 1))
+    }
 }

@@ -101,11 +101,12 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
                   float *out, int64_t ldo);
 
 // ---------------------------------------------------------------- LoRA over adapter segments (lora.c)
-// One segment: batch tokens [start, start + count) use A (prank x in, f32, rank zero-padded to prank, a
-// multiple of 16) and B (out x prank) with scaling `scale`.
+// One segment: batch tokens [start, start + count) use A (prank x in, rank zero-padded to prank, a
+// multiple of 16) and B (out x prank), both of type `wtype` (F32, F16 or BF16), with scaling `scale`.
 typedef struct {
-    const float *a;
-    const float *b;
+    const void *a;
+    const void *b;
+    int32_t wtype;
     int64_t prank;
     int64_t start;
     int64_t count;
