@@ -71,6 +71,10 @@ public enum AdapterLoader {
             if let p = config[key] as? [String: Any], !p.isEmpty { throw fail("\(key) (per-module ranks or alphas) is not supported") }
         }
         if (config["fan_in_fan_out"] as? Bool) == true { throw fail("fan_in_fan_out (Conv1D-style weights) is not supported") }
+        if (config["lora_bias"] as? Bool) == true { throw fail("lora_bias (a bias on lora_B) is not supported") }
+        for key in ["layer_replication", "trainable_token_indices", "target_parameters"] {
+            if let v = config[key], !(v is NSNull) { throw fail("\(key) is not supported") }
+        }
         guard let r = config["r"] as? Int, r > 0, r <= maxRank else { throw fail("r must be an integer in 1...\(maxRank)") }
         let alpha = (config["lora_alpha"] as? NSNumber)?.doubleValue ?? Double(r)
         let rslora = (config["use_rslora"] as? Bool) ?? false

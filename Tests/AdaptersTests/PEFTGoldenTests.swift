@@ -1,0 +1,135 @@
+import Foundation
+import Kernels
+import Models
+import Testing
+
+@testable import Adapters
+
+/// Adapters against Hugging Face PEFT (Tests/Fixtures/lora, written by tools/gen_lora_goldens.py): the
+/// unmerged and the merged paths, on the base layout the adapter was made for and on the other one, and
+/// the same adapters as llama.cpp GGUF LoRA files.
+@Suite struct PEFTGoldenTests {
+    /// Logit tolerance: f32 activations throughout (the references' merged-vs-unmerged spread is ≤ 6e-5).
+    static let tolerance: Float = 1e-3
+
+    struct Step: Decodable {
+        let argmax: Int
+        let margin: Float
+        let logits: [Float]?
+        let top50Ids: [Int]?
+        let top50Logits: [Float]?
+        let spreadLogits: [Float]?
+    }
+
+    struct Case: Decodable {
+        let promptIds: [Int]
+        let steps: [Step]
+        let greedyIds: [Int]
+        let greedyMargins: [Float]
+    }
+
+    struct Golden: Decodable {
+        let base: String
+        let adapter: String
+        let scale: Float
+        let baseMaxAbsDiff: Float
+        let cases: [Case]
+        let spreadIds: [Int]?
+    }
+
+    static func golden(_ name: String) throws -> Golden {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(Golden.self, from: Data(contentsOf: Fixtures.root.appendingPathComponent("lora/goldens/\(name).json")))
+    }
+
+    /// Runs every case of `g` through `model` with the adapter (unmerged in slot 0, or merged) and compares
+    /// logits of each step and the greedy ids up to the first near-tie.
+    static func check(_ g: Golden, model: LlamaModel, adapter: LoRAWeights, merged: Bool, label: String) {
+        let lora = LoRASlots(capacity: 1)
+        lora[0] = adapter
+        if merged { model.merge(adapter, scale: g.scale) }
+        defer { if merged { model.unmerge() } }
+        let c = model.config
+        for (ci, kase) in g.cases.enumerated() {
+            let blockSize = 16
+            let blocks = (kase.promptIds.count + kase.greedyIds.count + blockSize) / blockSize
+            let kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: blocks, blockSize: blockSize, numKVHeads: c.numKVHeads, headDim: c.headDim)
+            let table = (0..<blocks).map(Int32.init)
+            let ws = ForwardWorkspace(config: c)
+            let scratch = ScratchArena()
+            var logits = [Float](repeating: .nan, count: c.vocabSize)
+            func run(_ tokens: [Int], at start: Int) {
+                var batch = ForwardBatch()
+                batch.append(sequence: tokens, start: start, blockTable: table, blockSize: blockSize, logits: .last,
+                             adapterSlot: merged ? -1 : 0, adapterScale: merged ? 1 : g.scale)
+                logits.withUnsafeMutableBufferPointer {
+                    model.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: $0.baseAddress!, lora: merged ? nil : lora)
+                }
+            }
+            // Greedy with our own argmax; logits compared on the steps the golden records while the paths agree.
+            run(kase.promptIds, at: 0)
+            let comparable = kase.greedyMargins.firstIndex { $0 < 1e-2 } ?? kase.greedyIds.count
+            var ids: [Int] = []
+            for step in 0..<kase.greedyIds.count {
+                if step < kase.steps.count && step <= comparable {
+                    let want = kase.steps[step]
+                    var err: Float = 0
+                    if let full = want.logits {
+                        for i in full.indices { err = max(err, abs(full[i] - logits[i])) }
+                    } else if let ids50 = want.top50Ids, let v50 = want.top50Logits, let spread = want.spreadLogits, let sids = g.spreadIds {
+                        for (i, v) in zip(ids50, v50) { err = max(err, abs(logits[i] - v)) }
+                        for (i, v) in zip(sids, spread) { err = max(err, abs(logits[i] - v)) }
+                    }
+                    #expect(err <= tolerance, "\(label) case \(ci) step \(step): max |Δlogit| = \(err)")
+                }
+                let next = logits.indices.max { logits[$0] < logits[$1] || (logits[$0] == logits[$1] && $0 > $1) }!
+                ids.append(next)
+                if step + 1 < kase.greedyIds.count { run([next], at: kase.promptIds.count + step) }
+            }
+            #expect(Array(ids.prefix(comparable)) == Array(kase.greedyIds.prefix(comparable)), "\(label) case \(ci): greedy ids (first \(comparable))")
+        }
+    }
+
+    static let tinyCases: [(golden: String, base: String, adapter: String)] = [
+        // PEFT adapters on the Hugging Face base they were made on…
+        ("tiny-llama__a-qv-r4", "tiny-llama/hf", "tiny-llama/a-qv-r4"),
+        ("tiny-llama__b-all-r8-rslora", "tiny-llama/hf", "tiny-llama/b-all-r8-rslora"),
+        ("tiny-llama__c-kod-r2", "tiny-llama/hf", "tiny-llama/c-kod-r2"),
+        ("tiny-llama__a-qv-r4__scale0.5", "tiny-llama/hf", "tiny-llama/a-qv-r4"),
+        ("tiny-qwen2__d-all-r4", "tiny-qwen2/hf", "tiny-qwen2/d-all-r4"),
+        // …on the GGUF base (permuted Q/K rows for llama; qwen2 is not permuted)…
+        ("tiny-llama__a-qv-r4", "tiny-llama/F32", "tiny-llama/a-qv-r4"),
+        ("tiny-llama__b-all-r8-rslora", "tiny-llama/F32", "tiny-llama/b-all-r8-rslora"),
+        ("tiny-qwen2__d-all-r4", "tiny-qwen2/F32", "tiny-qwen2/d-all-r4"),
+        // …and as llama.cpp GGUF LoRA files on both bases.
+        ("tiny-llama__a-qv-r4", "tiny-llama/F32", "tiny-llama/a-qv-r4.gguf"),
+        ("tiny-llama__b-all-r8-rslora", "tiny-llama/F32", "tiny-llama/b-all-r8-rslora.gguf"),
+        ("tiny-llama__b-all-r8-rslora", "tiny-llama/hf", "tiny-llama/b-all-r8-rslora.gguf"),
+    ]
+
+    @Test(arguments: tinyCases.indices)
+    func tinyModels(_ index: Int) throws {
+        let (goldenName, basePath, adapterPath) = Self.tinyCases[index]
+        let g = try Self.golden(goldenName)
+        #expect(g.baseMaxAbsDiff > 0.5, "the adapter must matter")
+        let parts = basePath.split(separator: "/").map(String.init)
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.model(parts[0], parts[1])))
+        let adapter = try AdapterLoader.load(path: Fixtures.root.appendingPathComponent("lora/\(adapterPath)").path, base: model.config)
+        let label = "\(goldenName) on \(basePath) via \(adapterPath)"
+        Self.check(g, model: model, adapter: adapter, merged: false, label: label + " (unmerged)")
+        Self.check(g, model: model, adapter: adapter, merged: true, label: label + " (merged)")
+    }
+
+    /// The default model (Q4_1 GGUF, permuted Q/K) with two F16 PEFT adapters made on transformers' HF-layout load of it.
+    @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
+    func smolLM2(_ name: String) throws {
+        try #require(FileManager.default.fileExists(atPath: Fixtures.smolPath), "default model missing: run scripts/fetch-model.sh")
+        let g = try Self.golden("smollm2__\(name)")
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.smolPath))
+        let adapter = try AdapterLoader.load(path: Fixtures.root.appendingPathComponent("lora/smollm2/\(name)").path, base: model.config)
+        #expect(adapter.module(layer: 0, target: name.hasPrefix("s1") ? .q : .k)?.dtype == .f16)
+        Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged)")
+        Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged)")
+    }
+}
