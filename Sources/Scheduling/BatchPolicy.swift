@@ -1,0 +1,312 @@
+/// dLoRA's intra-replica batching policy and its baselines, as pure bookkeeping: given the live requests in
+/// FCFS order and what the last iterations cost, decide the next iteration's execution mode and which
+/// requests run with how many tokens. No tensors, no clock (time comes in as numbers), no I/O — the
+/// simulator runs this very code. docs/design/scheduler.md describes the algorithm in the paper's terms.
+
+/// How an iteration executes.
+public enum ExecutionMode: Equatable, Hashable, Sendable, CustomStringConvertible {
+    /// Base weights shared by a mixed batch; each adapter's low-rank path added per segment.
+    case unmerged
+    /// One adapter folded into the weights; only its requests run.
+    case merged(adapter: Int)
+
+    public var description: String {
+        switch self {
+        case .unmerged: "unmerged"
+        case .merged(let a): "merged(\(a))"
+        }
+    }
+}
+
+/// The batching policies behind one interface.
+public enum BatchingPolicyKind: String, CaseIterable, Sendable {
+    /// dLoRA: dynamic merged/unmerged switching with adaptive thresholds, switch-cost amortization, credits.
+    case dlora
+    /// S-LoRA/Punica style: always unmerged, strict FCFS.
+    case unmergedOnly = "unmerged-only"
+    /// One adapter at a time, merged: the oldest request's adapter with all its queued requests.
+    case mergedOnly = "merged-only"
+    /// HF PEFT style: static batches of one adapter's requests, run to completion before the next batch.
+    case peftLike = "peft-like"
+}
+
+/// What the policy sees of one live request.
+public struct QueuedRequest: Equatable, Sendable {
+    public let id: Int
+    /// Adapter id; `QueuedRequest.base` for requests of the base model.
+    public let adapter: Int
+    /// Tokens still to compute before it can sample (its prompt remainder; 1 when decoding).
+    public let pendingTokens: Int
+    public static let base = -1
+
+    public init(id: Int, adapter: Int, pendingTokens: Int) {
+        precondition(pendingTokens >= 1)
+        self.id = id
+        self.adapter = adapter
+        self.pendingTokens = pendingTokens
+    }
+}
+
+/// The policy's answer for one iteration.
+public struct BatchDecision: Equatable, Sendable {
+    public var mode: ExecutionMode
+    /// (request id, tokens to compute) in execution order.
+    public var runs: [(id: Int, tokens: Int)]
+
+    public static func == (a: BatchDecision, b: BatchDecision) -> Bool {
+        a.mode == b.mode && a.runs.map(\.id) == b.runs.map(\.id) && a.runs.map(\.tokens) == b.runs.map(\.tokens)
+    }
+}
+
+/// Predicted seconds per iteration, from measured figures (bench/results/lora.md) and refreshed online.
+/// step(merged, b) = fixed + perToken·b; step(unmerged, b, d) = fixed + (perToken + perLoRAToken)·b +
+/// perAdapter·d, each multiplied by a correction that tracks the ratio of observed to predicted times (EWMA).
+public struct StepCostModel: Equatable, Sendable {
+    public var fixedSeconds: Double
+    public var perTokenSeconds: Double
+    /// The LoRA path's cost per token in unmerged mode.
+    public var perLoRATokenSeconds: Double
+    public var perAdapterSeconds: Double
+    /// Seconds to merge one adapter plus unmerging it later.
+    public var switchSeconds: Double
+    public private(set) var mergedCorrection = 1.0
+    public private(set) var unmergedCorrection = 1.0
+
+    public init(fixedSeconds: Double, perTokenSeconds: Double, perLoRATokenSeconds: Double, perAdapterSeconds: Double,
+                switchSeconds: Double) {
+        self.fixedSeconds = fixedSeconds
+        self.perTokenSeconds = perTokenSeconds
+        self.perLoRATokenSeconds = perLoRATokenSeconds
+        self.perAdapterSeconds = perAdapterSeconds
+        self.switchSeconds = switchSeconds
+    }
+
+    /// SmolLM2-135M Q4_1 on the 2-core reference machine (bench/results/core.md and lora.md, rank 16, q/v):
+    /// ≈ 7 ms + 2 ms per token; the LoRA path ≈ 0.1 ms per token and ≈ 0.3 ms per distinct adapter;
+    /// merge + unmerge ≈ 32 ms.
+    public static let smolLM2Reference = StepCostModel(fixedSeconds: 0.007, perTokenSeconds: 0.002, perLoRATokenSeconds: 0.0001,
+                                                       perAdapterSeconds: 0.0003, switchSeconds: 0.032)
+
+    public func merged(tokens b: Int) -> Double { (fixedSeconds + perTokenSeconds * Double(b)) * mergedCorrection }
+
+    public func unmerged(tokens b: Int, adapters d: Int) -> Double {
+        (fixedSeconds + (perTokenSeconds + perLoRATokenSeconds) * Double(b) + perAdapterSeconds * Double(d)) * unmergedCorrection
+    }
+
+    /// The same tokens served merged, one adapter after another: one merged step per adapter, each after a
+    /// switch.
+    public func mergedOneAtATime(tokens b: Int, adapters d: Int) -> Double {
+        merged(tokens: b) + Double(d - 1) * (fixedSeconds * mergedCorrection + switchSeconds)
+    }
+
+    /// Folds in a measured iteration.
+    public mutating func observe(mode: ExecutionMode, tokens: Int, adapters: Int, seconds: Double) {
+        guard seconds.isFinite, seconds > 0, tokens > 0 else { return }
+        let alpha = 0.1
+        switch mode {
+        case .merged:
+            let predicted = merged(tokens: tokens) / mergedCorrection
+            mergedCorrection = (1 - alpha) * mergedCorrection + alpha * seconds / predicted
+        case .unmerged:
+            let predicted = unmerged(tokens: tokens, adapters: adapters) / unmergedCorrection
+            unmergedCorrection = (1 - alpha) * unmergedCorrection + alpha * seconds / predicted
+        }
+    }
+}
+
+public struct BatchPolicyConfig: Equatable, Sendable {
+    public var kind: BatchingPolicyKind = .dlora
+    /// Tokens per iteration (decodes count one each; prompt chunks fill the rest).
+    public var maxBatchTokens = 512
+    /// Sequences per iteration (the paper's batch size B).
+    public var maxBatchSequences = 32
+    /// Distinct adapters an unmerged iteration may hold (resident LoRA slots).
+    public var maxAdapters = 32
+    /// Iterations an adapter with queued requests may be passed over before its requests go first.
+    public var creditBound = 8
+    /// Iterations over which a switch to merged mode must pay for itself.
+    public var amortizationHorizon = 16
+    public var costs = StepCostModel.smolLM2Reference
+
+    public init(kind: BatchingPolicyKind = .dlora) { self.kind = kind }
+}
+
+/// The policy state machine. Call `schedule` once per iteration, then `observe` with what it cost.
+public struct BatchPolicy: Sendable {
+    public private(set) var config: BatchPolicyConfig
+    public private(set) var mode: ExecutionMode = .unmerged
+    /// dLoRA's adaptive thresholds on the dominant adapter's share of the FCFS window: switch to merged when
+    /// its share ≥ mergeRight, stay merged while ≥ mergeLeft. Tuned online (AIMD).
+    public private(set) var mergeRight = 1.0
+    public private(set) var mergeLeft = 0.5
+    /// Per adapter: consecutive iterations it had queued requests but none ran.
+    public private(set) var credits: [Int: Int] = [:]
+    /// Counters for tests and metrics.
+    public private(set) var switches = 0
+    /// The current static batch (peft-like).
+    private var staticBatch: Set<Int> = []
+    /// The stretch since the last switch: tokens served and seconds spent, for the AIMD comparison.
+    private var stretchTokens = 0
+    private var stretchSeconds = 0.0
+    private var stretchAlternativeSeconds = 0.0
+
+    public init(config: BatchPolicyConfig) {
+        precondition(config.maxBatchTokens >= 1 && config.maxBatchSequences >= 1 && config.maxAdapters >= 1)
+        self.config = config
+        mergeLeft = min(1, config.costs.merged(tokens: config.maxBatchSequences)
+            / config.costs.unmerged(tokens: config.maxBatchSequences, adapters: 1))
+    }
+
+    /// Decides the next iteration. `queue` holds every live request (running and waiting) in FCFS order.
+    public mutating func schedule(_ queue: [QueuedRequest]) -> BatchDecision {
+        guard !queue.isEmpty else { return BatchDecision(mode: mode, runs: []) }
+        let window = Array(queue.prefix(config.maxBatchSequences))
+        var counts: [Int: Int] = [:]
+        for r in queue { counts[r.adapter, default: 0] += 1 }
+
+        let next: ExecutionMode
+        var pool = queue
+        switch config.kind {
+        case .unmergedOnly:
+            next = .unmerged
+        case .mergedOnly:
+            next = window[0].adapter == QueuedRequest.base ? .unmerged : .merged(adapter: window[0].adapter)
+            pool = queue.filter { $0.adapter == window[0].adapter }
+        case .peftLike:
+            let live = Set(queue.map(\.id))
+            staticBatch.formIntersection(live)
+            if staticBatch.isEmpty {
+                let a = window[0].adapter
+                staticBatch = Set(queue.filter { $0.adapter == a }.prefix(config.maxBatchSequences).map(\.id))
+            }
+            pool = queue.filter { staticBatch.contains($0.id) }
+            next = pool[0].adapter == QueuedRequest.base ? .unmerged : .merged(adapter: pool[0].adapter)
+        case .dlora:
+            next = dloraMode(window: window, counts: counts)
+            if case .merged(let a) = next { pool = queue.filter { $0.adapter == a } }
+        }
+        if next != mode {
+            adapt(leaving: mode)
+            switches += 1
+            mode = next
+        }
+        let runs = fill(pool, starving: next == .unmerged ? starvingAdapters(queue) : [])
+        updateCredits(queue: queue, runs: runs)
+        return BatchDecision(mode: next, runs: runs)
+    }
+
+    /// Records what the iteration cost (seconds measured by the engine, or simulated).
+    public mutating func observe(_ decision: BatchDecision, adapters: Int, seconds: Double) {
+        let tokens = decision.runs.reduce(0) { $0 + $1.tokens }
+        config.costs.observe(mode: decision.mode, tokens: tokens, adapters: adapters, seconds: seconds)
+        stretchTokens += tokens
+        stretchSeconds += seconds
+        // What the same tokens would have cost in the other mode (merged serves one adapter per step).
+        switch decision.mode {
+        case .merged: stretchAlternativeSeconds += config.costs.unmerged(tokens: tokens, adapters: 1)
+        case .unmerged: stretchAlternativeSeconds += config.costs.mergedOneAtATime(tokens: tokens, adapters: max(1, adapters))
+        }
+    }
+
+    // MARK: dLoRA
+
+    private func dloraMode(window: [QueuedRequest], counts: [Int: Int]) -> ExecutionMode {
+        let c = config
+        // Starving adapters go first: only an unmerged batch can hold them beside the others, unless the
+        // current merged adapter is the only one starving.
+        let starving = starvingAdapters(window)
+        if !starving.isEmpty {
+            if case .merged(let a) = mode, starving == [a] { return mode }
+            return .unmerged
+        }
+        let windowSize = Double(window.count)
+        if case .merged(let a) = mode {
+            let share = Double(counts[a] ?? 0) / windowSize
+            return share >= mergeLeft && (counts[a] ?? 0) > 0 ? mode : .unmerged
+        }
+        // The dominant adapter (ties: the one whose first request is oldest).
+        var best: (adapter: Int, count: Int)?
+        for r in window where r.adapter != QueuedRequest.base {
+            let n = counts[r.adapter] ?? 0
+            if best == nil || n > best!.count { best = (r.adapter, n) }
+        }
+        guard let (m, nm) = best else { return .unmerged }
+        guard Double(nm) / windowSize >= mergeRight else { return .unmerged }
+        // Amortization: over the horizon, merged must serve the dominant adapter's tokens faster than the
+        // unmerged window serves tokens, after paying the switch.
+        let h = Double(c.amortizationHorizon)
+        let merged = Double(min(nm, c.maxBatchSequences)) * h / (c.costs.switchSeconds + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
+        let distinct = Set(window.map(\.adapter)).filter { $0 != QueuedRequest.base }.count
+        let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinct)
+        return merged > unmerged ? .merged(adapter: m) : .unmerged
+    }
+
+    /// AIMD on the threshold of the mode being left: if the stretch beat its alternative, make that mode
+    /// easier to enter/keep (−0.05), else harder (×1.1).
+    private mutating func adapt(leaving old: ExecutionMode) {
+        guard config.kind == .dlora, stretchTokens > 0 else { return resetStretch() }
+        let won = stretchSeconds + config.costs.switchSeconds <= stretchAlternativeSeconds
+        switch old {
+        case .merged:
+            if won { mergeLeft = max(0.05, mergeLeft - 0.05) } else { mergeLeft = min(1, mergeLeft * 1.1) }
+        case .unmerged:
+            if won { mergeRight = min(1.5, mergeRight * 1.1) } else { mergeRight = max(0.1, mergeRight - 0.05) }
+        }
+        resetStretch()
+    }
+
+    private mutating func resetStretch() {
+        stretchTokens = 0
+        stretchSeconds = 0
+        stretchAlternativeSeconds = 0
+    }
+
+    // MARK: Filling a batch
+
+    private func starvingAdapters(_ queue: [QueuedRequest]) -> Set<Int> {
+        Set(queue.map(\.adapter).filter { (credits[$0] ?? 0) >= config.creditBound })
+    }
+
+    /// Decodes and prompt chunks within the token and sequence budgets and the adapter-slot limit. Starving
+    /// adapters first — the oldest request of each, the longest-waiting adapter first, each with a fair share
+    /// of the token budget so one long prompt cannot shut the others out — then everything else FCFS.
+    private func fill(_ pool: [QueuedRequest], starving: Set<Int>) -> [(id: Int, tokens: Int)] {
+        let c = config
+        var runs: [(id: Int, tokens: Int)] = []
+        var taken = Set<Int>()
+        var budget = c.maxBatchTokens
+        var adapters = Set<Int>()
+        func take(_ r: QueuedRequest, limit: Int) -> Bool {
+            guard budget > 0, runs.count < c.maxBatchSequences, !taken.contains(r.id) else { return false }
+            if r.adapter != QueuedRequest.base && !adapters.contains(r.adapter) {
+                guard adapters.count < c.maxAdapters else { return false }
+                adapters.insert(r.adapter)
+            }
+            let n = min(r.pendingTokens, budget, limit)
+            runs.append((r.id, n))
+            taken.insert(r.id)
+            budget -= n
+            return true
+        }
+        if !starving.isEmpty {
+            let order = starving.sorted { (credits[$0] ?? 0, -$0) > (credits[$1] ?? 0, -$1) }
+            for (i, a) in order.enumerated() {
+                guard let oldest = pool.first(where: { $0.adapter == a }) else { continue }
+                _ = take(oldest, limit: max(1, budget / (order.count - i)))
+            }
+        }
+        for r in pool { _ = take(r, limit: .max) }
+        return runs
+    }
+
+    private mutating func updateCredits(queue: [QueuedRequest], runs: [(id: Int, tokens: Int)]) {
+        let ran = Set(runs.map(\.id))
+        var served = Set<Int>(), waiting = Set<Int>()
+        for r in queue {
+            if ran.contains(r.id) { served.insert(r.adapter) } else { waiting.insert(r.adapter) }
+        }
+        for a in served { credits[a] = 0 }
+        for a in waiting.subtracting(served) { credits[a, default: 0] += 1 }
+        for a in Array(credits.keys) where !served.contains(a) && !waiting.contains(a) { credits[a] = nil }
+    }
+}
