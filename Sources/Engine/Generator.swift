@@ -37,16 +37,21 @@ public struct GenerationStats: Sendable, Equatable {
     public var preemptions = 0
 }
 
-/// Continuous batching over one model: every step runs the decode tokens of all running sequences plus
-/// prompt chunks of waiting ones (up to `maxBatchTokens`) in one forward pass, samples, and streams text.
-/// KV memory is a paged cache of `kvBlocks` blocks; when it runs out, the newest running sequence is
-/// preempted (its blocks freed, to be recomputed later), so older requests always make progress.
+/// Continuous batching over one model and many LoRA adapters. Every step asks the batching policy
+/// (`Scheduling.BatchPolicy`: dLoRA or a baseline) for the iteration's mode and requests, merges or unmerges
+/// the model's weights when the mode changes, runs the chosen decode tokens and prompt chunks in one forward
+/// pass (each adapter's tokens one LoRA segment in unmerged mode), samples, and streams text. KV memory is a
+/// paged cache of `kvBlocks` blocks; when it runs out, the newest sequence holding blocks is preempted (its
+/// blocks freed, recomputed later), so older requests always make progress.
 public final class Generator {
     public let model: LlamaModel
     public let tokenizer: Tokenizer
     public let maxBatchTokens: Int
     public let maxSequences: Int
     public private(set) var stats = GenerationStats()
+    /// The clock the step timings (and so the policy's cost model) use, in nanoseconds; tests pass a scripted
+    /// one to make mode decisions reproducible.
+    public var clock: @Sendable () -> UInt64 = { DispatchTime.now().uptimeNanoseconds }
     /// Called with every row of logits a request samples from (tests compare them with goldens).
     public var logitsObserver: ((_ requestID: Int, _ logits: UnsafeBufferPointer<Float>) -> Void)?
 
@@ -66,14 +71,14 @@ public final class Generator {
         var computed = 0
         var blockTable: [Int32] = []
         var sampler: Sampler
+        /// The policy's adapter id (QueuedRequest.base without an adapter).
+        var adapterID = QueuedRequest.base
         var detokenizer: StreamingDetokenizer
         var stopMatcher: StopMatcher
         let params: SamplingParams
         let maxLength: Int
         let adapter: LoRAWeights?
         let adapterScale: Float
-        /// The LoRA slot while running (-1: base model only, or not admitted yet).
-        var slot: Int32 = -1
 
         init(id: Int, prompt: [Int], params: SamplingParams, tokenizer: Tokenizer, maxLength: Int,
              adapter: LoRAWeights?, adapterScale: Float) {
@@ -92,18 +97,31 @@ public final class Generator {
         var generated: Int { tokens.count - promptCount }
     }
 
-    /// Adapters resident for unmerged execution, and how many running sequences use each slot.
+    /// The LoRA slot table of the current unmerged step (rebuilt every step from the batch's adapters).
     public let lora: LoRASlots
-    private var slotUsers: [Int]
-    private var waiting: [Sequence] = []
-    private var running: [Sequence] = []
+    /// The batching policy (mode decisions, credits, thresholds).
+    public private(set) var policy: BatchPolicy
+    /// Live sequences in arrival order (queued, running and preempted alike).
+    private var live: [Sequence] = []
     private var nextID = 0
+    /// Adapter ids for the policy: one per (adapter, scale) pair, since a merge folds in one scale.
+    private var adapterIDs: [AdapterKey: Int] = [:]
+    private var adapterByID: [Int: (weights: LoRAWeights, scale: Float)] = [:]
+    /// The adapter this Generator folded into the model, if any.
+    private var mergedAdapter: Int?
+
+    private struct AdapterKey: Hashable {
+        let object: ObjectIdentifier
+        let scale: Float
+    }
 
     /// - Parameters:
     ///   - kvBlocks: blocks of `blockSize` tokens in the KV cache (all sequences share them).
     ///   - adapterSlots: how many distinct adapters can run in one batch (unmerged).
+    ///   - policy: the batching policy; its budgets are set from maxBatchTokens, maxSequences and adapterSlots.
     public init(model: LlamaModel, tokenizer: Tokenizer, kvBlocks: Int, blockSize: Int = 16,
-                maxBatchTokens: Int = 512, maxSequences: Int = 256, adapterSlots: Int = 32) {
+                maxBatchTokens: Int = 512, maxSequences: Int = 256, adapterSlots: Int = 32,
+                policy: BatchPolicyConfig = BatchPolicyConfig()) {
         precondition(kvBlocks > 0 && blockSize > 0 && maxBatchTokens > 0 && maxSequences > 0)
         self.model = model
         self.tokenizer = tokenizer
@@ -115,7 +133,11 @@ public final class Generator {
         pool = BlockPool(numBlocks: kvBlocks, blockSize: blockSize)
         workspace = ForwardWorkspace(config: c, capacity: min(maxBatchTokens, 64))
         lora = LoRASlots(capacity: max(1, adapterSlots))
-        slotUsers = Array(repeating: 0, count: max(1, adapterSlots))
+        var pc = policy
+        pc.maxBatchTokens = maxBatchTokens
+        pc.maxBatchSequences = maxSequences
+        pc.maxAdapters = max(1, adapterSlots)
+        self.policy = BatchPolicy(config: pc)
         logitsCapacity = 8
         logits = Buffer(floats: logitsCapacity * c.vocabSize)
         var ends = Set(tokenizer.eosTokenIDs)
@@ -128,7 +150,10 @@ public final class Generator {
     /// KV-cache blocks needed to hold `tokens` tokens.
     public static func kvBlocks(tokens: Int, blockSize: Int = 16) -> Int { (tokens + blockSize - 1) / blockSize }
 
-    public var hasWork: Bool { !waiting.isEmpty || !running.isEmpty }
+    public var hasWork: Bool { !live.isEmpty }
+    /// KV blocks not held by any sequence.
+    public var freeKVBlocks: Int { pool.freeCount }
+    public var totalKVBlocks: Int { pool.numBlocks }
     public var kvBlockSize: Int { kv.blockSize }
 
     /// Queues a request. Throws when the prompt is empty, holds an unknown token id, or does not fit the
@@ -154,75 +179,104 @@ public final class Generator {
         let maxLength = min(context, prompt.count + (params.maxTokens ?? context))
         let id = nextID
         nextID += 1
-        waiting.append(Sequence(id: id, prompt: prompt, params: params, tokenizer: tokenizer, maxLength: maxLength,
-                                adapter: adapter, adapterScale: adapterScale))
+        let s = Sequence(id: id, prompt: prompt, params: params, tokenizer: tokenizer, maxLength: maxLength,
+                         adapter: adapter, adapterScale: adapterScale)
+        if let adapter {
+            let key = AdapterKey(object: ObjectIdentifier(adapter), scale: adapterScale)
+            if let known = adapterIDs[key] {
+                s.adapterID = known
+            } else {
+                s.adapterID = adapterIDs.count
+                adapterIDs[key] = s.adapterID
+                adapterByID[s.adapterID] = (adapter, adapterScale)
+            }
+        }
+        live.append(s)
         return id
     }
 
     /// Drops a request, queued or running, and frees its KV blocks.
     public func cancel(_ id: Int) {
-        if let i = running.firstIndex(where: { $0.id == id }) {
-            pool.release(running[i].blockTable)
-            releaseSlot(running[i])
-            running.remove(at: i)
+        if let i = live.firstIndex(where: { $0.id == id }) {
+            pool.release(live[i].blockTable)
+            live.remove(at: i)
         }
-        waiting.removeAll { $0.id == id }
+        if live.isEmpty && mergedAdapter != nil {
+            model.unmerge()
+            mergedAdapter = nil
+        }
     }
 
     /// Runs one iteration; returns the events of every request that sampled a token or finished.
     public func step() -> [GenerationEvent] {
-        var scheduled: [(Sequence, Int)] = []
-        var budget = maxBatchTokens
+        guard !live.isEmpty else { return [] }
+        let queue = live.map { QueuedRequest(id: $0.id, adapter: $0.adapterID, pendingTokens: $0.tokens.count - $0.computed) }
+        var decision = policy.schedule(queue)
+        let byID = Dictionary(uniqueKeysWithValues: live.map { ($0.id, $0) })
 
-        // Decodes first (one token each), oldest first; preempt the newest when blocks run out.
-        var i = 0
-        while i < running.count {
-            let s = running[i]
-            let n = min(s.tokens.count - s.computed, budget)
-            if n == 0 { i += 1; continue }
-            if pool.ensureCapacity(&s.blockTable, tokens: s.computed + n) {
-                scheduled.append((s, n))
-                budget -= n
-                i += 1
-            } else if let victim = running.last, victim !== s {
+        // KV blocks for the chosen runs; when they run out, preempt the newest sequence that holds blocks and
+        // is not part of this step, else drop the run (it waits).
+        var scheduled: [(Sequence, Int)] = []
+        var chosen = Set<Int>()
+        for run in decision.runs {
+            guard let s = byID[run.id] else { continue }
+            var ok = pool.ensureCapacity(&s.blockTable, tokens: s.computed + run.tokens)
+            while !ok, let victim = live.last(where: { !$0.blockTable.isEmpty && !chosen.contains($0.id) && $0 !== s }) {
                 preempt(victim)
-            } else {
-                preempt(s)
+                ok = pool.ensureCapacity(&s.blockTable, tokens: s.computed + run.tokens)
             }
+            guard ok, s.computed + run.tokens <= s.tokens.count else { continue }
+            scheduled.append((s, run.tokens))
+            chosen.insert(s.id)
         }
-        // Then prompts, first come first served, in chunks.
-        while budget > 0, let s = waiting.first, running.count < maxSequences {
-            let n = min(s.tokens.count - s.computed, budget)
-            guard acquireSlot(s) else { break }
-            guard pool.ensureCapacity(&s.blockTable, tokens: s.computed + n) else {
-                releaseSlot(s)
-                break
-            }
-            waiting.removeFirst()
-            running.append(s)
-            scheduled.append((s, n))
-            budget -= n
-        }
+        // A preempted sequence recomputes from zero: drop runs whose start no longer matches.
+        scheduled.removeAll { s, _ in s.blockTable.isEmpty }
+        decision.runs = scheduled.map { ($0.0.id, $0.1) }
         guard !scheduled.isEmpty else { return [] }
 
+        // Mode: fold the adapter in (merged) or take it out (unmerged) when the policy switched. A model that
+        // was merged before it reached the Generator (dlora generate --lora-mode merged) is left alone.
+        var slots: [Int: Int32] = [:]
+        var mergedNow = false
+        if case .merged(let a) = decision.mode, let (weights, scale) = adapterByID[a], model.merged == nil || mergedAdapter != nil {
+            if mergedAdapter != a {
+                if mergedAdapter != nil { model.unmerge() }
+                model.merge(weights, scale: scale)
+                mergedAdapter = a
+            }
+            mergedNow = true
+        } else if mergedAdapter != nil {
+            model.unmerge()
+            mergedAdapter = nil
+        }
+        if !mergedNow {
+            for (s, _) in scheduled where s.adapter != nil && slots[s.adapterID] == nil {
+                let slot = slots.count
+                lora[slot] = s.adapter
+                slots[s.adapterID] = Int32(slot)
+            }
+        }
+
         // Tokens of one adapter side by side (as SGMV groups them): one LoRA segment per adapter.
-        scheduled.sort { $0.0.slot < $1.0.slot }
+        scheduled.sort { (slots[$0.0.adapterID] ?? -1, $0.0.id) < (slots[$1.0.adapterID] ?? -1, $1.0.id) }
         batch.reset()
         var prefillTokens = 0
         for (s, n) in scheduled {
             let completes = s.computed + n == s.tokens.count
             if s.computed < s.promptCount { prefillTokens += min(n, s.promptCount - s.computed) }
             batch.append(sequence: s.tokens[s.computed..<(s.computed + n)], start: s.computed, blockTable: s.blockTable,
-                         blockSize: kv.blockSize, logits: completes ? .last : .none, adapterSlot: s.slot, adapterScale: s.adapterScale)
+                         blockSize: kv.blockSize, logits: completes ? .last : .none,
+                         adapterSlot: slots[s.adapterID] ?? -1, adapterScale: s.adapterScale)
         }
         let rows = batch.logitRows.count
         if rows > logitsCapacity {
             logitsCapacity = max(rows, logitsCapacity * 2)
             logits = Buffer(floats: logitsCapacity * model.config.vocabSize)
         }
-        let start = DispatchTime.now().uptimeNanoseconds
+        let start = clock()
         model.forward(batch, kv: kv, workspace: workspace, scratch: scratch, logits: logits.floats, lora: lora)
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        let seconds = Double(clock() &- start) / 1e9
+        policy.observe(decision, adapters: slots.count, seconds: seconds)
         stats.steps += 1
         if prefillTokens > 0 {
             stats.promptTokens += prefillTokens
@@ -246,11 +300,16 @@ public final class Generator {
             stats.generatedTokens += 1
             events.append(emit(s, token: token))
         }
-        running.removeAll { s in
-            guard let last = events.last(where: { $0.requestID == s.id }), last.finish != nil else { return false }
+        let finished = Set(events.filter { $0.finish != nil }.map(\.requestID))
+        live.removeAll { s in
+            guard finished.contains(s.id) else { return false }
             pool.release(s.blockTable)
-            releaseSlot(s)
             return true
+        }
+        if live.isEmpty && mergedAdapter != nil {
+            // Idle: leave the model as it was given (other users may share it).
+            model.unmerge()
+            mergedAdapter = nil
         }
         return events
     }
@@ -278,36 +337,12 @@ public final class Generator {
         return GenerationEvent(requestID: s.id, token: token, text: text, finish: nil)
     }
 
-    /// Frees a running sequence's KV blocks and queues it again at the front; its tokens so far (prompt and
-    /// generated) are recomputed when it is rescheduled.
+    /// Frees a sequence's KV blocks; its tokens so far (prompt and generated) are recomputed when the policy
+    /// schedules it again (it keeps its place in arrival order).
     private func preempt(_ s: Sequence) {
         pool.release(s.blockTable)
-        releaseSlot(s)
         s.blockTable.removeAll()
         s.computed = 0
-        running.removeAll { $0 === s }
-        waiting.insert(s, at: 0)
         stats.preemptions += 1
-    }
-
-    /// Gives a sequence's adapter a LoRA slot: the one already holding it, else a slot no running sequence
-    /// uses. False when every slot is busy with other adapters (the sequence waits).
-    private func acquireSlot(_ s: Sequence) -> Bool {
-        guard let adapter = s.adapter else { return true }
-        if s.slot >= 0 { return true }
-        let slot = lora.slots.firstIndex { $0 === adapter }
-            ?? lora.slots.indices.first { lora[$0] == nil }
-            ?? slotUsers.indices.first { slotUsers[$0] == 0 }
-        guard let slot else { return false }
-        lora[slot] = adapter
-        slotUsers[slot] += 1
-        s.slot = Int32(slot)
-        return true
-    }
-
-    private func releaseSlot(_ s: Sequence) {
-        guard s.slot >= 0 else { return }
-        slotUsers[Int(s.slot)] -= 1
-        s.slot = -1
     }
 }

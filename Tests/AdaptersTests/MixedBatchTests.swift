@@ -1,13 +1,14 @@
 import Engine
 import Foundation
 import Models
+import Scheduling
 import Testing
 
 @testable import Adapters
 
 /// One batch across many adapters: requests for 4 different adapters (mixed ranks and targets, one with a
 /// per-request scale) plus base-model requests, all submitted together, give per request exactly the tokens
-/// of that request run alone.
+/// of that request run alone. Unmerged execution (the policy never merges here) is bit-exact.
 @Suite struct MixedBatchTests {
     @Test(arguments: ["tiny", "smollm2"])
     func mixedBatchEqualsEachAlone(_ which: String) throws {
@@ -32,14 +33,15 @@ import Testing
 
         var alone: [[Int]] = []
         for (text, a, scale) in requests {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 8)
+            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 8, policy: BatchPolicyConfig(kind: .unmergedOnly))
             let id = try g.submit(prompt: tokenizer.encode(text, addSpecial: true), params: params, adapter: a.map { adapters[$0] }, adapterScale: scale)
             alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
         // The adapters must matter: at least the requests that share a prompt with a base request differ from it.
         #expect(alone[0] != alone[6] || alone[1] != alone[7] || which == "tiny")
 
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 64, maxBatchTokens: 40, adapterSlots: 4)
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 64, maxBatchTokens: 40, adapterSlots: 4,
+                          policy: BatchPolicyConfig(kind: .unmergedOnly))
         let ids = try requests.map { text, a, scale in
             try g.submit(prompt: tokenizer.encode(text, addSpecial: true), params: params, adapter: a.map { adapters[$0] }, adapterScale: scale)
         }
@@ -47,5 +49,72 @@ import Testing
         for (i, id) in ids.enumerated() {
             #expect(events.filter { $0.requestID == id }.compactMap(\.token) == alone[i], "request \(i)")
         }
+    }
+
+    /// The dLoRA policy on the engine: 100 requests over 10 adapters with a skewed popularity (one hot
+    /// adapter), a cost profile under which merging pays (GPU-like) and a scripted clock so that mode
+    /// decisions are reproducible. The engine switches modes, every request finishes, each with the tokens
+    /// of its solo run, and the model is left unmerged.
+    @Test func dloraPolicyOnTheEngine() throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let c = model.config
+        let dir = try TempDir()
+        var adapters: [LoRAWeights] = []
+        for i in 0..<10 {
+            try TestAdapter(config: c, rank: 4 + 2 * (i % 3), alpha: 8, targets: i % 2 == 0 ? [.q, .v] : [.o, .down], seed: UInt64(40 + i))
+                .writePEFT(to: dir.path("a\(i)"), config: c)
+            adapters.append(try AdapterLoader.load(path: dir.path("a\(i)"), base: c))
+        }
+        var state: UInt64 = 99
+        func rand(_ n: Int) -> Int {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Int((state >> 33) % UInt64(n))
+        }
+        let requests: [(prompt: [Int], adapter: Int?)] = (0..<100).map { _ in
+            let prompt = (0..<(1 + rand(12))).map { _ in rand(c.vocabSize) }
+            let a = rand(10) < 6 ? 0 : rand(11) - 1  // adapter 0 hot; -1 = base model
+            return (prompt, a < 0 ? nil : a)
+        }
+        let params = SamplingParams(temperature: 0, maxTokens: 6, ignoreEOS: true)
+        var gpuLike = BatchPolicyConfig(kind: .dlora)
+        gpuLike.costs = StepCostModel(fixedSeconds: 0.010, perTokenSeconds: 0.0006, perLoRATokenSeconds: 0.0012,
+                                      perAdapterSeconds: 0.0005, switchSeconds: 0.020)
+
+        var alone: [[Int]] = []
+        for r in requests {
+            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 2, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let id = try g.submit(prompt: r.prompt, params: params, adapter: r.adapter.map { adapters[$0] })
+            alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
+        }
+
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 200, maxBatchTokens: 64, maxSequences: 16, adapterSlots: 4,
+                          policy: gpuLike)
+        let ticks = ManagedAtomicCounter()
+        g.clock = { ticks.next() }
+        let ids = try requests.map { try g.submit(prompt: $0.prompt, params: params, adapter: $0.adapter.map { adapters[$0] }) }
+        let events = g.runToCompletion()
+        #expect(g.policy.switches > 0, "the hot adapter should be merged at times")
+        #expect(model.merged == nil)
+        var mismatches = 0
+        for (i, id) in ids.enumerated() {
+            let got = events.filter { $0.requestID == id }
+            #expect(got.last?.finish == .length)
+            if got.compactMap(\.token) != alone[i] { mismatches += 1 }
+        }
+        #expect(mismatches == 0, "\(mismatches) of 100 requests differ from their solo runs")
+    }
+}
+
+/// A scripted clock: every reading advances 5 ms.
+final class ManagedAtomicCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: UInt64 = 0
+    func next() -> UInt64 {
+        lock.lock()
+        defer { lock.unlock() }
+        value += 5_000_000
+        return value
     }
 }

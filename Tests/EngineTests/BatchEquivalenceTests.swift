@@ -103,4 +103,21 @@ import Testing
         }
         if kvBlocks < 16 { #expect(g.stats.preemptions > 0) }
     }
+
+    /// Cancelling requests mid-stream frees their KV blocks (and the rest keep going).
+    @Test func cancellationFreesEverything() throws {
+        let checkpoint = try openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 32, blockSize: 4)
+        let params = SamplingParams(temperature: 0, maxTokens: 20, ignoreEOS: true)
+        let ids = try (0..<6).map { try g.submit(prompt: Array(repeating: 5 + $0, count: 3 + $0), params: params) }
+        for _ in 0..<4 { _ = g.step() }
+        #expect(g.freeKVBlocks < g.totalKVBlocks)
+        for id in ids.prefix(3) { g.cancel(id) }
+        let rest = g.runToCompletion()
+        #expect(Set(rest.map(\.requestID)).isSubset(of: Set(ids.suffix(3))))
+        #expect(rest.filter { $0.finish != nil }.count == 3)
+        #expect(!g.hasWork && g.freeKVBlocks == g.totalKVBlocks)
+    }
 }
