@@ -131,6 +131,7 @@ public final class Generator {
         kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: kvBlocks, blockSize: blockSize,
                             numKVHeads: c.numKVHeads, headDim: c.headDim)
         pool = BlockPool(numBlocks: kvBlocks, blockSize: blockSize)
+        contextLimit = min(c.maxPositionEmbeddings, kvBlocks * blockSize)
         workspace = ForwardWorkspace(config: c, capacity: min(maxBatchTokens, 64))
         lora = LoRASlots(capacity: max(1, adapterSlots))
         var pc = policy
@@ -145,6 +146,26 @@ public final class Generator {
             if let id = tokenizer.id(for: t) { ends.insert(id) }
         }
         endTokens = ends
+    }
+
+    /// The longest sequence (prompt + generated) one request may reach: the model's context, or the KV cache.
+    public let contextLimit: Int
+
+    /// Checks a request without queueing it; reads only immutable state, so any thread may call it.
+    public func validate(prompt: [Int], params: SamplingParams, adapter: LoRAWeights?, adapterScale: Float) throws {
+        try params.validate()
+        guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw GeneratorError("adapter scale must be a finite number within ±100") }
+        if let adapter, adapter.modules.count != model.config.numLayers {
+            throw GeneratorError("adapter '\(adapter.name)' was loaded for a model with \(adapter.modules.count) layers")
+        }
+        guard !prompt.isEmpty else { throw GeneratorError("the prompt is empty") }
+        let vocab = model.config.vocabSize
+        if let bad = prompt.first(where: { $0 < 0 || $0 >= vocab }) {
+            throw GeneratorError("token id \(bad) is outside the vocabulary (0..<\(vocab))")
+        }
+        guard prompt.count < contextLimit else {
+            throw GeneratorError("the prompt has \(prompt.count) tokens; the context holds \(contextLimit)")
+        }
     }
 
     /// KV-cache blocks needed to hold `tokens` tokens.
@@ -162,20 +183,8 @@ public final class Generator {
     /// with its scaling multiplied by `adapterScale`.
     @discardableResult
     public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil, adapterScale: Float = 1) throws -> Int {
-        try params.validate()
-        guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw GeneratorError("adapter scale must be a finite number within ±100") }
-        if let adapter, adapter.modules.count != model.config.numLayers {
-            throw GeneratorError("adapter '\(adapter.name)' was loaded for a model with \(adapter.modules.count) layers")
-        }
-        let c = model.config
-        guard !prompt.isEmpty else { throw GeneratorError("the prompt is empty") }
-        if let bad = prompt.first(where: { $0 < 0 || $0 >= c.vocabSize }) {
-            throw GeneratorError("token id \(bad) is outside the vocabulary (0..<\(c.vocabSize))")
-        }
-        let context = min(c.maxPositionEmbeddings, pool.numBlocks * pool.blockSize)
-        guard prompt.count < context else {
-            throw GeneratorError("the prompt has \(prompt.count) tokens; the context holds \(context)")
-        }
+        try validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
+        let context = contextLimit
         let maxLength = min(context, prompt.count + (params.maxTokens ?? context))
         let id = nextID
         nextID += 1

@@ -91,6 +91,18 @@ import Testing
         try Self.expectError(with({ $0.name = "blk.0.attn_q.weight" }, at: 3), tensor: "blk.0.attn_q.weight", mentions: "duplicate tensor name")
         // Wrong sizes for the model: shape × dtype is consistent but not what the config implies.
         try Self.expectError(with { $0.dims = [32, 16]; $0.data = Array($0.data[..<(32 * 16 * 4)]) }, tensor: "blk.0.attn_q.weight", mentions: "expected [32, 32]")
+        // Tensors the config does not need are still shape-checked when present: the lm_head of a tied model,
+        // biases the model does not declare.
+        var strayOutput = GGUFWriter.tinyLlama()
+        strayOutput.tensors.append(.init(name: "output.weight", type: 0, dims: [32, 63], data: Array(repeating: 0, count: 32 * 63 * 4)))
+        // (In GGUF an output tensor unties the model, so its shape is checked as a required tensor's.)
+        try Self.expectError(strayOutput, tensor: "output.weight", mentions: "expected [32, 64]")
+        var strayBias = GGUFWriter.tinyLlama()
+        strayBias.tensors.append(.init(name: "blk.0.attn_k.bias", type: 0, dims: [17], data: Array(repeating: 0, count: 17 * 4)))
+        try Self.expectError(strayBias, tensor: "blk.0.attn_k.bias", mentions: "expected [16]")
+        var goodBias = GGUFWriter.tinyLlama()
+        goodBias.tensors.append(.init(name: "blk.0.attn_k.bias", type: 0, dims: [16], data: Array(repeating: 0, count: 16 * 4)))
+        #expect(Self.openError(goodBias.bytes(), in: try TemporaryDirectory()) == nil)
         var missing = GGUFWriter.tinyLlama()
         missing.tensors.removeAll { $0.name == "blk.0.ffn_down.weight" }
         try Self.expectError(missing, tensor: "blk.0.ffn_down.weight", mentions: "required tensor is missing")
@@ -193,11 +205,12 @@ import Testing
         let src = URL(fileURLWithPath: CheckpointFixtures.hf("tiny-llama"))
         let model = try Data(contentsOf: src.appendingPathComponent("model.safetensors"))
         let config = try String(contentsOf: src.appendingPathComponent("config.json"), encoding: .utf8)
-        func open(config text: String?, index: String? = nil) -> CheckpointError? {
+        func open(config text: String?, index: String? = nil, extra: [String: [UInt8]] = [:]) -> CheckpointError? {
             let fm = FileManager.default
             try? fm.removeItem(at: dir.url)
             try? fm.createDirectory(at: dir.url, withIntermediateDirectories: true)
             try? model.write(to: dir.file("model.safetensors"))
+            for (name, bytes) in extra { try? Data(bytes).write(to: dir.file(name)) }
             if let text { try? Data(text.utf8).write(to: dir.file("config.json")) }
             if let index { try? Data(index.utf8).write(to: dir.file("model.safetensors.index.json")) }
             do { _ = try openCheckpoint(path: dir.url.path); return nil } catch let e as CheckpointError { return e } catch { return nil }
@@ -212,5 +225,17 @@ import Testing
         let traversal = open(config: config, index: #"{"weight_map": {"model.norm.weight": "../../etc/passwd"}}"#)
         #expect(traversal?.problem.contains("plain file name") == true)
         #expect(open(config: config, index: #"{"weight_map": {"model.norm.weight": "model.safetensors"}}"#) == nil)
+        #expect(open(config: config, index: #"{"weight_map": {"model.norm.weight": "/etc/passwd"}}"#)?.problem.contains("plain file name") == true)
+        // A second shard: an lm_head in a tied model is still shape-checked; a tensor in two shards is refused.
+        let index = #"{"weight_map": {"model.norm.weight": "model.safetensors", "lm_head.weight": "extra.safetensors"}}"#
+        func shard(_ name: String, _ shape: [Int]) -> [UInt8] {
+            SafetensorsWriter(tensors: [.init(name: name, dtype: "F32", shape: shape, data: Array(repeating: 0, count: shape.reduce(4, *)))]).bytes()
+        }
+        let badHead = open(config: config, index: index, extra: ["extra.safetensors": shard("lm_head.weight", [320, 32])])
+        #expect(badHead?.tensor == "lm_head.weight" && badHead?.problem.contains("expected [320, 64]") == true, "got \(String(describing: badHead))")
+        #expect(open(config: config, index: index, extra: ["extra.safetensors": shard("lm_head.weight", [320, 64])]) == nil)
+        let twice = open(config: config, index: index, extra: ["extra.safetensors": shard("model.norm.weight", [64])])
+        #expect(twice?.tensor == "model.norm.weight" && twice?.problem.contains("another shard") == true)
+        #expect(open(config: config, index: index)?.problem.contains("cannot open") == true, "a shard named by the index is missing")
     }
 }

@@ -336,6 +336,12 @@ public final class GGUFCheckpoint: ModelCheckpoint, @unchecked Sendable {
             guard info.shape == want else { throw fail("shape \(info.shape), expected \(want)", tensor: t.ggufName) }
             if shape.count == 1 && info.dtype.isQuantized { throw fail("1-D tensor must be F32, F16 or BF16, not \(info.dtype)", tensor: t.ggufName) }
         }
+        for (t, shape) in LlamaTensor.optional(config) {
+            guard let info = gguf.tensorInfo(named: t.ggufName) else { continue }
+            let want = shape.count == 2 ? [shape[1], shape[0]] : shape
+            guard info.shape == want else { throw fail("shape \(info.shape), expected \(want)", tensor: t.ggufName) }
+            if shape.count == 1 && info.dtype.isQuantized { throw fail("1-D tensor must be F32, F16 or BF16, not \(info.dtype)", tensor: t.ggufName) }
+        }
         if let f = gguf.tensorInfo(named: "rope_freqs.weight") {
             guard f.shape == [config.headDim / 2], !f.dtype.isQuantized else {
                 throw fail("shape \(f.shape) \(f.dtype), expected [\(config.headDim / 2)] floats", tensor: "rope_freqs.weight")

@@ -134,6 +134,19 @@ public enum LlamaTensor: Hashable, Sendable, CustomStringConvertible {
         }
         return out
     }
+
+    /// Tensors a model with `config` may carry without using them (the lm_head of a tied model, Q/K/V biases
+    /// the config does not declare), with the shape they must have if present, so a caller that reads them
+    /// anyway never sees an unchecked shape.
+    static func optional(_ c: ModelConfig) -> [(LlamaTensor, [Int])] {
+        let q = c.numHeads * c.headDim, kv = c.numKVHeads * c.headDim
+        var out: [(LlamaTensor, [Int])] = []
+        if c.tieWordEmbeddings { out.append((.output, [c.vocabSize, c.hiddenSize])) }
+        if !c.attentionBias {
+            for i in 0..<c.numLayers { out += [(.qBias(i), [q]), (.kBias(i), [kv]), (.vBias(i), [kv])] }
+        }
+        return out
+    }
 }
 
 /// A loaded, validated checkpoint of a Llama-family model.

@@ -143,6 +143,12 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
                 throw CheckpointError(file: files[fi].file.path, tensor: t.hfName, problem: "shape \(info.shape), expected \(shape)")
             }
         }
+        for (t, shape) in LlamaTensor.optional(config) {
+            guard let (fi, info) = location[t.hfName] else { continue }
+            guard info.shape == shape else {
+                throw CheckpointError(file: files[fi].file.path, tensor: t.hfName, problem: "shape \(info.shape), expected \(shape)")
+            }
+        }
     }
 
     public func matrix(_ tensor: LlamaTensor) throws -> WeightMatrix? {
