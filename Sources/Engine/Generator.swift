@@ -56,6 +56,7 @@ public final class Generator {
     public var logitsObserver: ((_ requestID: Int, _ logits: UnsafeBufferPointer<Float>) -> Void)?
 
     private let kv: PagedKVStorage
+    var kvStorage: PagedKVStorage { kv }
     private var pool: BlockPool
     private let workspace: ForwardWorkspace
     private let scratch = ScratchArena()
@@ -64,19 +65,19 @@ public final class Generator {
     private var logitsCapacity: Int
     private let endTokens: Set<Int>
 
-    private final class Sequence {
+    final class Sequence {
         let id: Int
         var tokens: [Int]
         let promptCount: Int
         var computed = 0
         var blockTable: [Int32] = []
-        var sampler: Sampler
+        private(set) var sampler: Sampler
         /// The policy's adapter id (QueuedRequest.base without an adapter).
         var adapterID = QueuedRequest.base
         var detokenizer: StreamingDetokenizer
         var stopMatcher: StopMatcher
         let params: SamplingParams
-        let maxLength: Int
+        private(set) var maxLength: Int
         let adapter: LoRAWeights?
         let adapterScale: Float
 
@@ -95,6 +96,20 @@ public final class Generator {
         }
 
         var generated: Int { tokens.count - promptCount }
+
+
+        /// Puts back the state of an exported request: its generated tokens (replayed through the
+        /// detokenizer and stop matcher, so streaming resumes where it stopped) and its random stream.
+        func restore(tokens all: [Int], rng: SamplerRNG, maxLength limit: Int) throws {
+            for t in all.dropFirst(promptCount) {
+                _ = stopMatcher.append(detokenizer.append(t))
+            }
+            tokens = all
+            sampler = Sampler(params: params, rng: rng)
+            maxLength = max(limit, all.count + 1)
+        }
+
+        func sample(_ logits: UnsafeBufferPointer<Float>) -> Int { sampler.sample(logits) }
     }
 
     /// The LoRA slot table of the current unmerged step (rebuilt every step from the batch's adapters).
@@ -304,7 +319,7 @@ public final class Generator {
             let rowLogits = UnsafeBufferPointer(start: logits.floats + row * vocab, count: vocab)
             row += 1
             logitsObserver?(s.id, rowLogits)
-            let token = s.sampler.sample(rowLogits)
+            let token = s.sample(rowLogits)
             s.tokens.append(token)
             stats.generatedTokens += 1
             events.append(emit(s, token: token))
@@ -322,6 +337,11 @@ public final class Generator {
         }
         return events
     }
+
+    func sequence(_ id: Int) -> Sequence? { live.first { $0.id == id } }
+
+    /// Gives a sequence KV blocks for `tokens` positions (false: not enough free blocks).
+    func allocateBlocks(for s: Sequence, tokens: Int) -> Bool { pool.ensureCapacity(&s.blockTable, tokens: tokens) }
 
     /// Runs steps until every queued request has finished; returns all events in order.
     public func runToCompletion() -> [GenerationEvent] {

@@ -1,7 +1,7 @@
 import Foundation
 
 /// How a request's next tokens are chosen (OpenAI's parameter names and meanings).
-public struct SamplingParams: Sendable, Equatable {
+public struct SamplingParams: Sendable, Equatable, Codable {
     /// 0 means greedy (argmax).
     public var temperature: Double = 1.0
     /// Nucleus: sample from the smallest set of most likely tokens whose probability reaches `topP`.

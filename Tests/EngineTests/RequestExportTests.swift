@@ -1,0 +1,58 @@
+import Foundation
+import Models
+import Testing
+
+@testable import Engine
+
+/// Export a running request from one engine, import it into another: the continuation is identical —
+/// greedy and seeded sampling, with and without the KV cache, through a JSON round trip.
+@Suite struct RequestExportTests {
+    @Test(arguments: [(0.0, true), (0.9, true), (0.9, false)])
+    func exportImportContinuesIdentically(temperature: Double, includeKV: Bool) throws {
+        let checkpoint = try openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let params = SamplingParams(temperature: temperature, topP: 0.95, seed: 1234, maxTokens: 24, ignoreEOS: true)
+        let prompt = [5, 17, 200, 3, 9, 44, 61, 12, 13, 99, 101]
+
+        let solo = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4)
+        let soloID = try solo.submit(prompt: prompt, params: params)
+        let soloEvents = solo.runToCompletion().filter { $0.requestID == soloID }
+
+        // Run 7 steps on engine A (with a neighbour request), export, resume on engine B (other cache size).
+        let a = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4, maxBatchTokens: 5)
+        let id = try a.submit(prompt: prompt, params: params)
+        try a.submit(prompt: [7, 8, 9], params: params)
+        var before: [GenerationEvent] = []
+        for _ in 0..<7 { before += a.step().filter { $0.requestID == id } }
+        let exported = try a.export(id, includeKV: includeKV)
+        #expect((exported.kv != nil) == includeKV && (exported.computed > 0) == includeKV)
+        let wire = try JSONDecoder().decode(ExportedRequest.self, from: JSONEncoder().encode(exported))
+        #expect(wire == exported)
+        #expect(a.runToCompletion().allSatisfy { $0.requestID != id })
+
+        let b = Generator(model: model, tokenizer: tokenizer, kvBlocks: 12, blockSize: 4)
+        let newID = try b.importRequest(wire, adapter: nil)
+        let after = b.runToCompletion().filter { $0.requestID == newID }
+        #expect((before + after).compactMap(\.token) == soloEvents.compactMap(\.token))
+        #expect((before + after).map(\.text).joined() == soloEvents.map(\.text).joined())
+        #expect(after.last?.finish == .length)
+        #expect(b.freeKVBlocks == b.totalKVBlocks)
+    }
+
+    @Test func importChecksTheAdapterAndTheState() throws {
+        let checkpoint = try openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 8)
+        let id = try g.submit(prompt: [1, 2, 3], params: .greedy)
+        _ = g.step()
+        var e = try g.export(id)
+        e.adapterName = "sql"
+        #expect(throws: GeneratorError.self) { try g.importRequest(e, adapter: nil) }
+        e.adapterName = nil
+        e.rngState = [1]
+        #expect(throws: GeneratorError.self) { try g.importRequest(e, adapter: nil) }
+        #expect(throws: GeneratorError.self) { try g.export(12345) }
+    }
+}
