@@ -35,6 +35,11 @@ public struct GenerationStats: Sendable, Equatable {
     public var decodeSeconds = 0.0
     public var steps = 0
     public var preemptions = 0
+    /// Preempted sequences whose KV went to host memory, and back.
+    public var swapOuts = 0
+    public var swapIns = 0
+    /// Resident adapters evicted to make room (KV and adapters share one budget).
+    public var adapterEvictions = 0
 }
 
 /// Continuous batching over one model and many LoRA adapters. Every step asks the batching policy
@@ -78,6 +83,9 @@ public final class Generator {
         var stopMatcher: StopMatcher
         let params: SamplingParams
         private(set) var maxLength: Int
+        /// The K/V of positions 0..<computed in host memory while the sequence is swapped out (its block
+        /// table is then empty).
+        var swapped: [Float]?
         let adapter: LoRAWeights?
         let adapterScale: Float
 
@@ -124,6 +132,11 @@ public final class Generator {
     private var adapterByID: [Int: (weights: LoRAWeights, scale: Float)] = [:]
     /// The adapter this Generator folded into the model, if any.
     private var mergedAdapter: Int?
+    /// Adapters resident for execution, each holding KV-cache blocks' worth of the shared budget.
+    private var resident: [Int: (blocks: [Int32], lastUse: Int)] = [:]
+    /// Host memory for swapped-out KV, and its limit (beyond it, preempted sequences recompute instead).
+    public let hostSwapLimitBytes: Int
+    public private(set) var hostSwapBytes = 0
 
     private struct AdapterKey: Hashable {
         let object: ObjectIdentifier
@@ -136,7 +149,8 @@ public final class Generator {
     ///   - policy: the batching policy; its budgets are set from maxBatchTokens, maxSequences and adapterSlots.
     public init(model: LlamaModel, tokenizer: Tokenizer, kvBlocks: Int, blockSize: Int = 16,
                 maxBatchTokens: Int = 512, maxSequences: Int = 256, adapterSlots: Int = 32,
-                policy: BatchPolicyConfig = BatchPolicyConfig()) {
+                policy: BatchPolicyConfig = BatchPolicyConfig(), hostSwapLimitBytes: Int = 1 << 30) {
+        self.hostSwapLimitBytes = hostSwapLimitBytes
         precondition(kvBlocks > 0 && blockSize > 0 && maxBatchTokens > 0 && maxSequences > 0)
         self.model = model
         self.tokenizer = tokenizer
@@ -200,7 +214,15 @@ public final class Generator {
     public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil, adapterScale: Float = 1) throws -> Int {
         try validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
         let context = contextLimit
-        let maxLength = min(context, prompt.count + (params.maxTokens ?? context))
+        // The adapter's residency comes out of the same budget as the KV blocks: it must fit beside this
+        // request's prompt, and the request's length is capped to what is left.
+        let adapterBlocks = adapter.map { max(1, ($0.byteCount + kv.bytesPerBlock - 1) / kv.bytesPerBlock) } ?? 0
+        let room = (pool.numBlocks - adapterBlocks) * pool.blockSize
+        guard prompt.count < room else {
+            throw GeneratorError("adapter '\(adapter?.name ?? "")' takes \(adapterBlocks) of the \(pool.numBlocks) KV blocks; "
+                                 + "the \(prompt.count)-token prompt does not fit beside it")
+        }
+        let maxLength = min(context, room, prompt.count + (params.maxTokens ?? context))
         let id = nextID
         nextID += 1
         let s = Sequence(id: id, prompt: prompt, params: params, tokenizer: tokenizer, maxLength: maxLength,
@@ -222,7 +244,7 @@ public final class Generator {
     /// Drops a request, queued or running, and frees its KV blocks.
     public func cancel(_ id: Int) {
         if let i = live.firstIndex(where: { $0.id == id }) {
-            pool.release(live[i].blockTable)
+            release(live[i])
             live.remove(at: i)
         }
         if live.isEmpty && mergedAdapter != nil {
@@ -238,25 +260,48 @@ public final class Generator {
         var decision = policy.schedule(queue)
         let byID = Dictionary(uniqueKeysWithValues: live.map { ($0.id, $0) })
 
-        // KV blocks for the chosen runs; when they run out, preempt the newest sequence that holds blocks and
-        // is not part of this step, else drop the run (it waits).
+        // One budget: resident adapters and KV blocks draw from the same block pool. First make this step's
+        // adapters resident (evicting idle adapters, then preempting the newest sequences, to make room)…
+        let wanted = Set(decision.runs.map(\.id))
+        var unavailable = Set<Int>()
+        for run in decision.runs {
+            guard let s = byID[run.id], s.adapter != nil, resident[s.adapterID] == nil, !unavailable.contains(s.adapterID) else { continue }
+            if !makeResident(s.adapterID, keep: wanted) { unavailable.insert(s.adapterID) }
+        }
+        for a in Set(decision.runs.compactMap { byID[$0.id]?.adapterID }) where resident[a] != nil {
+            resident[a]!.lastUse = stats.steps
+        }
+
+        // …then KV blocks for the chosen runs; when they run out, preempt the newest sequence that holds
+        // blocks and is not part of this step (swapping its KV to host memory), else the run waits.
         var scheduled: [(Sequence, Int)] = []
         var chosen = Set<Int>()
         for run in decision.runs {
-            guard let s = byID[run.id] else { continue }
+            guard let s = byID[run.id], !unavailable.contains(s.adapterID) else { continue }
             var ok = pool.ensureCapacity(&s.blockTable, tokens: s.computed + run.tokens)
             while !ok, let victim = live.last(where: { !$0.blockTable.isEmpty && !chosen.contains($0.id) && $0 !== s }) {
                 preempt(victim)
                 ok = pool.ensureCapacity(&s.blockTable, tokens: s.computed + run.tokens)
             }
             guard ok, s.computed + run.tokens <= s.tokens.count else { continue }
+            if let host = s.swapped { swapIn(s, host) }
             scheduled.append((s, run.tokens))
             chosen.insert(s.id)
         }
-        // A preempted sequence recomputes from zero: drop runs whose start no longer matches.
+        // A sequence preempted after it was chosen lost its blocks: drop its run (it waits).
         scheduled.removeAll { s, _ in s.blockTable.isEmpty }
         decision.runs = scheduled.map { ($0.0.id, $0.1) }
-        guard !scheduled.isEmpty else { return [] }
+        guard !scheduled.isEmpty else {
+            // Nothing fit (this step's adapters and KV could not share the budget): free everything that is
+            // not running so the oldest request can make progress next step. Submit checked it fits alone.
+            for s in live where !s.blockTable.isEmpty { preempt(s) }
+            for (a, r) in resident {
+                pool.release(r.blocks)
+                resident[a] = nil
+                stats.adapterEvictions += 1
+            }
+            return []
+        }
 
         // Mode: fold the adapter in (merged) or take it out (unmerged) when the policy switched. A model that
         // was merged before it reached the Generator (dlora generate --lora-mode merged) is left alone.
@@ -327,7 +372,7 @@ public final class Generator {
         let finished = Set(events.filter { $0.finish != nil }.map(\.requestID))
         live.removeAll { s in
             guard finished.contains(s.id) else { return false }
-            pool.release(s.blockTable)
+            release(s)
             return true
         }
         if live.isEmpty && mergedAdapter != nil {
@@ -366,12 +411,78 @@ public final class Generator {
         return GenerationEvent(requestID: s.id, token: token, text: text, finish: nil)
     }
 
-    /// Frees a sequence's KV blocks; its tokens so far (prompt and generated) are recomputed when the policy
-    /// schedules it again (it keeps its place in arrival order).
+    /// Frees a sequence's KV blocks. Its K/V go to host memory while the swap space holds them (copying
+    /// ~46 KB per SmolLM2 token costs microseconds; recomputing costs ~1.4 ms per token here, so swapping
+    /// always wins while there is room); beyond that it recomputes from zero when rescheduled. Either way
+    /// it keeps its place in arrival order, so swapped sequences come back FCFS.
     private func preempt(_ s: Sequence) {
+        let used = (s.computed + kv.blockSize - 1) / kv.blockSize
+        let bytes = used * kv.blockFloats * 2 * kv.numLayers * MemoryLayout<Float>.stride
+        if s.computed > 0 && s.swapped == nil && hostSwapBytes + bytes <= hostSwapLimitBytes {
+            let per = kv.blockFloats * 2 * kv.numLayers
+            var host = [Float](repeating: 0, count: used * per)
+            host.withUnsafeMutableBufferPointer { buf in
+                for (i, block) in s.blockTable.prefix(used).enumerated() { kv.copyOut(block: Int(block), to: buf.baseAddress! + i * per) }
+            }
+            s.swapped = host
+            hostSwapBytes += bytes
+            stats.swapOuts += 1
+        } else {
+            s.computed = 0
+        }
         pool.release(s.blockTable)
         s.blockTable.removeAll()
-        s.computed = 0
         stats.preemptions += 1
     }
+
+    /// Copies a swapped sequence's K/V back into its (newly allocated) blocks.
+    private func swapIn(_ s: Sequence, _ host: [Float]) {
+        let per = kv.blockFloats * 2 * kv.numLayers
+        host.withUnsafeBufferPointer { buf in
+            for i in 0..<(host.count / per) { kv.copyIn(block: Int(s.blockTable[i]), from: buf.baseAddress! + i * per) }
+        }
+        hostSwapBytes -= host.count * MemoryLayout<Float>.stride
+        s.swapped = nil
+        stats.swapIns += 1
+    }
+
+    /// Frees everything a finished or cancelled sequence holds.
+    private func release(_ s: Sequence) {
+        pool.release(s.blockTable)
+        s.blockTable.removeAll()
+        if let host = s.swapped {
+            hostSwapBytes -= host.count * MemoryLayout<Float>.stride
+            s.swapped = nil
+        }
+    }
+
+    /// Blocks' worth of the budget an adapter takes while resident.
+    private func blocksFor(adapter a: Int) -> Int {
+        guard let w = adapterByID[a]?.weights else { return 0 }
+        return max(1, (w.byteCount + kv.bytesPerBlock - 1) / kv.bytesPerBlock)
+    }
+
+    /// Makes an adapter resident: takes its share of the budget, evicting idle adapters (least recently
+    /// used; never one a sequence holding KV needs) and then preempting the newest sequences not in `keep`.
+    private func makeResident(_ a: Int, keep: Set<Int>) -> Bool {
+        let need = blocksFor(adapter: a)
+        guard need <= pool.numBlocks else { return false }
+        while pool.freeCount < need {
+            let needed = Set(live.filter { !$0.blockTable.isEmpty || keep.contains($0.id) }.map(\.adapterID))
+            if let victim = resident.filter({ !needed.contains($0.key) }).min(by: { $0.value.lastUse < $1.value.lastUse }) {
+                pool.release(victim.value.blocks)
+                resident[victim.key] = nil
+                stats.adapterEvictions += 1
+            } else if let seq = live.last(where: { !$0.blockTable.isEmpty && !keep.contains($0.id) }) {
+                preempt(seq)
+            } else {
+                return false
+            }
+        }
+        resident[a] = (pool.allocate(need)!, stats.steps)
+        return true
+    }
+
+    /// Adapters resident now, and the KV blocks they take from the shared budget.
+    public var residentAdapterBlocks: Int { resident.values.reduce(0) { $0 + $1.blocks.count } }
 }

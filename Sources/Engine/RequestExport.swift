@@ -37,10 +37,15 @@ extension Generator {
         if includeKV && s.computed > 0 {
             let perBlock = kvStorage.blockFloats * 2 * kvStorage.numLayers
             let used = (s.computed + kvStorage.blockSize - 1) / kvStorage.blockSize
-            let blocks = s.blockTable.prefix(used).map { block -> [Float] in
-                [Float](unsafeUninitializedCapacity: perBlock) { buf, n in
-                    kvStorage.copyOut(block: Int(block), to: buf.baseAddress!)
-                    n = perBlock
+            let blocks: [[Float]]
+            if let host = s.swapped {  // swapped out: the host copy is the KV
+                blocks = (0..<used).map { Array(host[($0 * perBlock)..<(($0 + 1) * perBlock)]) }
+            } else {
+                blocks = s.blockTable.prefix(used).map { block -> [Float] in
+                    [Float](unsafeUninitializedCapacity: perBlock) { buf, n in
+                        kvStorage.copyOut(block: Int(block), to: buf.baseAddress!)
+                        n = perBlock
+                    }
                 }
             }
             snapshot = .init(numLayers: kvStorage.numLayers, numKVHeads: kvStorage.numKVHeads, headDim: kvStorage.headDim,

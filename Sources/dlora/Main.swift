@@ -143,8 +143,6 @@ struct Generate: ParsableCommand {
             ids = tokenizer.encode(prompt ?? "", addSpecial: true)
         }
         let config = loaded.model.config
-        let need = min(ids.count + maxTokens, config.maxPositionEmbeddings)
-        let generator = Generator(model: loaded.model, tokenizer: tokenizer, kvBlocks: Generator.kvBlocks(tokens: need))
         var lora: LoRAWeights?
         if let adapter {
             let path: String
@@ -161,6 +159,11 @@ struct Generate: ParsableCommand {
                 lora = weights
             }
         }
+        // KV blocks for the whole request, plus the adapter's share of the same budget (unmerged).
+        let need = min(ids.count + maxTokens, config.maxPositionEmbeddings)
+        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: 16, numKVHeads: config.numKVHeads, headDim: config.headDim)
+        let adapterBlocks = lora.map { ($0.byteCount + blockBytes - 1) / blockBytes } ?? 0
+        let generator = Generator(model: loaded.model, tokenizer: tokenizer, kvBlocks: Generator.kvBlocks(tokens: need) + adapterBlocks)
         try generator.submit(prompt: ids, params: samplingParams, adapter: lora, adapterScale: adapterScale)
         let out = FileHandle.standardOutput
         while generator.hasWork {

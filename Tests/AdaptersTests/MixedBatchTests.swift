@@ -33,7 +33,7 @@ import Testing
 
         var alone: [[Int]] = []
         for (text, a, scale) in requests {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 8, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 64, policy: BatchPolicyConfig(kind: .unmergedOnly))
             let id = try g.submit(prompt: tokenizer.encode(text, addSpecial: true), params: params, adapter: a.map { adapters[$0] }, adapterScale: scale)
             alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
@@ -84,7 +84,7 @@ import Testing
 
         var alone: [[Int]] = []
         for r in requests {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 2, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16, policy: BatchPolicyConfig(kind: .unmergedOnly))
             let id = try g.submit(prompt: r.prompt, params: params, adapter: r.adapter.map { adapters[$0] })
             alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
@@ -116,5 +116,62 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         defer { lock.unlock() }
         value += 5_000_000
         return value
+    }
+}
+
+/// One memory budget for KV blocks and resident adapters: with room for only a few adapters and a few
+/// sequences at once, idle adapters are evicted and sequences swapped to host memory and back — and every
+/// request still produces the tokens of its solo run.
+@Suite struct MemoryBudgetTests {
+    @Test(arguments: [1 << 30, 0])
+    func pressureEvictsAdaptersAndSwapsKV(hostSwapLimit: Int) throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let c = model.config
+        let dir = try TempDir()
+        var adapters: [LoRAWeights] = []
+        for i in 0..<6 {
+            try TestAdapter(config: c, rank: 8, alpha: 8, targets: LoRATarget.allCases, seed: UInt64(60 + i)).writePEFT(to: dir.path("a\(i)"), config: c)
+            adapters.append(try AdapterLoader.load(path: dir.path("a\(i)"), base: c))
+        }
+        let params = SamplingParams(temperature: 0, maxTokens: 12, ignoreEOS: true)
+        let requests: [([Int], Int?)] = (0..<30).map { i in ((0..<(4 + i % 9)).map { (i * 13 + $0 * 5) % 300 }, i % 7 == 6 ? nil : i % 6) }
+        var solo: [[Int]] = []
+        for (p, a) in requests {
+            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let id = try g.submit(prompt: p, params: params, adapter: a.map { adapters[$0] })
+            solo.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
+        }
+        // Block = 2 KB here; an adapter takes ~56 blocks: 240 blocks hold ~3 adapters plus a few sequences.
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 240, blockSize: 4, maxBatchTokens: 48, maxSequences: 12,
+                          adapterSlots: 6, policy: BatchPolicyConfig(kind: .unmergedOnly), hostSwapLimitBytes: hostSwapLimit)
+        let ids = try requests.map { try g.submit(prompt: $0.0, params: params, adapter: $0.1.map { adapters[$0] }) }
+        var events: [GenerationEvent] = []
+        while g.hasWork {
+            events += g.step()
+            #expect(g.freeKVBlocks + g.residentAdapterBlocks <= g.totalKVBlocks)
+        }
+        for (i, id) in ids.enumerated() {
+            #expect(events.filter { $0.requestID == id }.compactMap(\.token) == solo[i], "request \(i)")
+        }
+        #expect(g.stats.adapterEvictions > 0)
+        #expect(g.stats.preemptions > 0)
+        #expect(hostSwapLimit == 0 ? g.stats.swapOuts == 0 : g.stats.swapOuts > 0 && g.stats.swapIns == g.stats.swapOuts)
+        #expect(g.hostSwapBytes == 0)
+        #expect(g.freeKVBlocks + g.residentAdapterBlocks == g.totalKVBlocks)
+    }
+
+    /// A request whose adapter cannot fit beside its prompt in the budget is refused at submit, not stuck.
+    @Test func adapterTooLargeForTheBudgetIsRefused() throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let dir = try TempDir()
+        try TestAdapter(config: model.config, rank: 8, alpha: 8, targets: LoRATarget.allCases, seed: 1).writePEFT(to: dir.path("big"), config: model.config)
+        let big = try AdapterLoader.load(path: dir.path("big"), base: model.config)
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 40, blockSize: 4)
+        #expect(throws: GeneratorError.self) { try g.submit(prompt: [1, 2, 3], params: .greedy, adapter: big) }
+        #expect(!g.hasWork)
     }
 }
