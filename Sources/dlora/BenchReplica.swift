@@ -1,0 +1,180 @@
+import Adapters
+import ArgumentParser
+import Engine
+import Foundation
+import Kernels
+import Models
+import Scheduling
+
+/// dLoRA's replica-level experiment on the real engine: many adapters with power-law popularity, arrivals
+/// from a trace, prompt/response lengths from a conversation dataset; each batching policy serves the same
+/// request stream in real time. Prints one markdown table (bench/replica.sh assembles bench/results/).
+struct BenchReplica: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "replica", abstract: "Batching policies on a trace-driven multi-adapter workload.")
+
+    @Option(help: "GGUF file (default: the default model).")
+    var model: String?
+    @Option(help: "JSONL of {\"prompt\": …, \"response\": …} conversations (bench/replica.sh extracts it from ShareGPT).")
+    var workload: String
+    @Option(help: "Azure LLM inference trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens): arrival times.")
+    var trace: String
+    @Option(help: "Number of adapters.")
+    var adapters: Int = 8
+    @Option(help: "Power-law skew of adapter popularity (P(k) ∝ k^-alpha).")
+    var alpha: Double = 1.0
+    @Option(help: "Requests per run.")
+    var requests: Int = 40
+    @Option(help: "Mean arrival rate in requests/s (the trace's gaps are scaled to it).")
+    var rate: Double = 2.0
+    @Option(help: "Comma-separated policies: dlora, unmerged-only, merged-only, peft-like.")
+    var policies: String = "dlora,unmerged-only,merged-only,peft-like"
+    @Option(help: "Prompt tokens at most (longer prompts are cut).")
+    var maxPrompt: Int = 256
+    @Option(help: "Generated tokens at most per request.")
+    var maxOutput: Int = 48
+    @Option(help: "SLO on a request's latency per generated token, seconds.")
+    var slo: Double = 0.5
+    @Option(help: "Seed for adapter popularity and weights.")
+    var seed: UInt64 = 1
+    @Option(help: "Kernel threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        guard adapters >= 1, adapters <= 1024, requests >= 1, rate > 0, maxPrompt >= 1, maxOutput >= 1, slo > 0, alpha >= 0 else {
+            throw ValidationError("--adapters, --requests, --rate, --max-prompt, --max-output, --slo must be positive")
+        }
+        for p in policies.split(separator: ",") where BatchingPolicyKind(rawValue: String(p)) == nil {
+            throw ValidationError("unknown policy '\(p)' (dlora, unmerged-only, merged-only, peft-like)")
+        }
+    }
+
+    struct Request {
+        let arrival: Double
+        let adapter: Int
+        let prompt: [Int]
+        let output: Int
+    }
+
+    func run() throws {
+        if let threads { Kernels.setThreads(threads) }
+        let loaded = try LoadedModel(path: DefaultModel.resolve(model))
+        let m = loaded.model, c = m.config
+        var rng = SamplerRNG(seed: seed)
+
+        // Adapters: ranks 8–64, q/v targets, bf16, random.
+        let ranks = [8, 16, 32, 64]
+        let weights = (0..<adapters).map { i in
+            BenchLoRA.randomAdapter(config: c, rank: ranks[i % ranks.count], targets: [.q, .v], dtype: .bf16, seed: seed &* 7919 &+ UInt64(i))
+        }
+        // Popularity: P(k) ∝ (k+1)^-alpha.
+        let weightsK = (0..<adapters).map { pow(Double($0 + 1), -alpha) }
+        let total = weightsK.reduce(0, +)
+        func drawAdapter() -> Int {
+            var u = rng.nextUnit() * total
+            for (k, w) in weightsK.enumerated() {
+                u -= w
+                if u < 0 { return k }
+            }
+            return adapters - 1
+        }
+
+        // Arrivals: the trace's inter-arrival gaps, scaled to the requested mean rate.
+        let stamps = try Self.traceTimes(trace)
+        guard stamps.count > requests else { throw CLIError("\(trace): needs more than \(requests) rows") }
+        let gaps = zip(stamps.dropFirst(), stamps).map { max(0, $0 - $1) }.prefix(requests)
+        let meanGap = gaps.reduce(0, +) / Double(gaps.count)
+        let scale = meanGap > 0 ? (1 / rate) / meanGap : 1
+        var t = 0.0
+        let conversations = try Self.conversations(workload, tokenizer: loaded.tokenizer, maxPrompt: maxPrompt, maxOutput: maxOutput)
+        guard conversations.count >= requests else { throw CLIError("\(workload): needs at least \(requests) conversations") }
+        var reqs: [Request] = []
+        for (i, g) in gaps.enumerated() {
+            reqs.append(Request(arrival: t, adapter: drawAdapter(), prompt: conversations[i].0, output: conversations[i].1))
+            t += g * scale
+        }
+
+        print("| policy | throughput tok/s | avg latency per token s | P90 latency s | SLO attainment | mode switches |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name in policies.split(separator: ",") {
+            let kind = BatchingPolicyKind(rawValue: String(name))!
+            let r = try serve(reqs, model: m, tokenizer: loaded.tokenizer, weights: weights, policy: kind)
+            print(String(format: "| %@ | %.1f | %.3f | %.2f | %.0f %% | %d |", kind.rawValue, r.throughput, r.latencyPerToken, r.p90, r.slo * 100, r.switches))
+            FileHandle.standardError.write(Data("bench replica: \(kind.rawValue) done (\(adapters) adapters, alpha \(alpha))\n".utf8))
+        }
+    }
+
+    struct Outcome { var throughput: Double; var latencyPerToken: Double; var p90: Double; var slo: Double; var switches: Int }
+
+    /// Serves the request stream in real time with one policy.
+    func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
+        var config = BatchPolicyConfig(kind: policy)
+        config.costs = .smolLM2Reference
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 1024, maxBatchTokens: 256, maxSequences: 32,
+                          adapterSlots: 32, policy: config)
+        let start = DispatchTime.now().uptimeNanoseconds
+        func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
+        var next = 0
+        var idOf: [Int: Int] = [:]  // generator id → request index
+        var finish = [Double](repeating: .nan, count: reqs.count)
+        var produced = [Int](repeating: 0, count: reqs.count)
+        while next < reqs.count || g.hasWork {
+            while next < reqs.count && reqs[next].arrival <= now() {
+                let r = reqs[next]
+                let id = try g.submit(prompt: r.prompt, params: SamplingParams(temperature: 0, maxTokens: r.output, ignoreEOS: true),
+                                      adapter: weights[r.adapter])
+                idOf[id] = next
+                next += 1
+            }
+            if g.hasWork {
+                for e in g.step() {
+                    guard let i = idOf[e.requestID] else { continue }
+                    if e.token != nil { produced[i] += 1 }
+                    if e.finish != nil { finish[i] = now() }
+                }
+            } else if next < reqs.count {
+                Thread.sleep(forTimeInterval: max(0, reqs[next].arrival - now()))
+            }
+        }
+        let makespan = now()
+        let latencies = reqs.indices.map { finish[$0] - reqs[$0].arrival }
+        let tokens = produced.reduce(0, +)
+        let sorted = latencies.sorted()
+        let met = reqs.indices.filter { latencies[$0] / Double(max(1, produced[$0])) <= slo }.count
+        return Outcome(throughput: Double(tokens) / makespan, latencyPerToken: latencies.reduce(0, +) / Double(max(1, tokens)),
+                       p90: sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.9))], slo: Double(met) / Double(reqs.count),
+                       switches: g.policy.switches)
+    }
+
+    /// Arrival times (seconds) from the Azure trace CSV.
+    static func traceTimes(_ path: String) throws -> [Double] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("\(path): cannot read the trace") }
+        let formatter = DateFormatter()
+        formatter.locale = Locale(identifier: "en_US_POSIX")
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        formatter.dateFormat = "yyyy-MM-dd HH:mm:ss"
+        var out: [Double] = []
+        for line in text.split(whereSeparator: \.isNewline).dropFirst().prefix(100_000) {
+            guard let stamp = line.split(separator: ",").first else { continue }
+            let parts = stamp.split(separator: ".")
+            guard let date = formatter.date(from: String(parts[0])) else { continue }
+            let frac = parts.count > 1 ? Double("0." + parts[1]) ?? 0 : 0
+            out.append(date.timeIntervalSince1970 + frac)
+        }
+        return out
+    }
+
+    /// (prompt ids, output length) pairs from the JSONL workload, cut to the limits; drops prompts < 4 tokens.
+    static func conversations(_ path: String, tokenizer: Tokenizer, maxPrompt: Int, maxOutput: Int) throws -> [([Int], Int)] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("\(path): cannot read the workload") }
+        var out: [([Int], Int)] = []
+        for line in text.split(whereSeparator: \.isNewline) {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String],
+                  let p = obj["prompt"], let r = obj["response"] else { continue }
+            let ids = tokenizer.encode(p, addSpecial: true)
+            guard ids.count >= 4 else { continue }
+            let outLen = max(1, min(maxOutput, tokenizer.encode(r, addSpecial: false).count))
+            out.append((Array(ids.prefix(maxPrompt)), outLen))
+        }
+        return out
+    }
+}
