@@ -40,6 +40,15 @@ public struct GenerationStats: Sendable, Equatable {
     public var swapIns = 0
     /// Resident adapters evicted to make room (KV and adapters share one budget).
     public var adapterEvictions = 0
+    /// Adapters made resident (loaded into the shared budget) for execution.
+    public var adapterLoads = 0
+    /// Iterations run with one adapter merged into the base weights, and with the unmerged (mixed) batch.
+    public var mergedSteps = 0
+    public var unmergedSteps = 0
+    /// Mode switches the batching policy made.
+    public var modeSwitches = 0
+
+    public init() {}
 }
 
 /// Continuous batching over one model and many LoRA adapters. Every step asks the batching policy
@@ -195,12 +204,28 @@ public final class Generator {
         guard prompt.count < contextLimit else {
             throw GeneratorError("the prompt has \(prompt.count) tokens; the context holds \(contextLimit)")
         }
+        // The adapter's residency comes out of the same budget as the KV blocks: it must fit beside the prompt.
+        let adapterBlocks = self.adapterBlocks(adapter)
+        guard prompt.count < (kv.numBlocks - adapterBlocks) * kv.blockSize else {
+            throw GeneratorError("adapter '\(adapter?.name ?? "")' takes \(adapterBlocks) of the \(kv.numBlocks) KV blocks; "
+                                 + "the \(prompt.count)-token prompt does not fit beside it")
+        }
+    }
+
+    /// KV blocks' worth of the shared budget an adapter occupies while resident.
+    private func adapterBlocks(_ adapter: LoRAWeights?) -> Int {
+        adapter.map { max(1, ($0.byteCount + kv.bytesPerBlock - 1) / kv.bytesPerBlock) } ?? 0
     }
 
     /// KV-cache blocks needed to hold `tokens` tokens.
     public static func kvBlocks(tokens: Int, blockSize: Int = 16) -> Int { (tokens + blockSize - 1) / blockSize }
 
     public var hasWork: Bool { !live.isEmpty }
+    /// Requests admitted and not finished: those holding KV blocks (running) and the rest (waiting, preempted).
+    public var liveCount: Int { live.count }
+    public var runningCount: Int { live.reduce(0) { $0 + ($1.blockTable.isEmpty ? 0 : 1) } }
+    /// Adapters resident in the shared budget.
+    public var residentAdapterCount: Int { resident.count }
     /// KV blocks not held by any sequence.
     public var freeKVBlocks: Int { pool.freeCount }
     public var totalKVBlocks: Int { pool.numBlocks }
@@ -214,14 +239,8 @@ public final class Generator {
     public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil, adapterScale: Float = 1) throws -> Int {
         try validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
         let context = contextLimit
-        // The adapter's residency comes out of the same budget as the KV blocks: it must fit beside this
-        // request's prompt, and the request's length is capped to what is left.
-        let adapterBlocks = adapter.map { max(1, ($0.byteCount + kv.bytesPerBlock - 1) / kv.bytesPerBlock) } ?? 0
-        let room = (pool.numBlocks - adapterBlocks) * pool.blockSize
-        guard prompt.count < room else {
-            throw GeneratorError("adapter '\(adapter?.name ?? "")' takes \(adapterBlocks) of the \(pool.numBlocks) KV blocks; "
-                                 + "the \(prompt.count)-token prompt does not fit beside it")
-        }
+        // The request's length is capped to what the budget leaves beside its adapter (validate checked the prompt fits).
+        let room = (kv.numBlocks - adapterBlocks(adapter)) * kv.blockSize
         let maxLength = min(context, room, prompt.count + (params.maxTokens ?? context))
         let id = nextID
         nextID += 1
@@ -347,6 +366,8 @@ public final class Generator {
         let seconds = Double(clock() &- start) / 1e9
         policy.observe(decision, adapters: slots.count, seconds: seconds)
         stats.steps += 1
+        if mergedNow { stats.mergedSteps += 1 } else { stats.unmergedSteps += 1 }
+        stats.modeSwitches = policy.switches
         if prefillTokens > 0 {
             stats.promptTokens += prefillTokens
             stats.promptSeconds += seconds
@@ -457,10 +478,7 @@ public final class Generator {
     }
 
     /// Blocks' worth of the budget an adapter takes while resident.
-    private func blocksFor(adapter a: Int) -> Int {
-        guard let w = adapterByID[a]?.weights else { return 0 }
-        return max(1, (w.byteCount + kv.bytesPerBlock - 1) / kv.bytesPerBlock)
-    }
+    private func blocksFor(adapter a: Int) -> Int { adapterBlocks(adapterByID[a]?.weights) }
 
     /// Makes an adapter resident: takes its share of the budget, evicting idle adapters (least recently
     /// used; never one a sequence holding KV needs) and then preempting the newest sequences not in `keep`.
@@ -480,6 +498,7 @@ public final class Generator {
             }
         }
         resident[a] = (pool.allocate(need)!, stats.steps)
+        stats.adapterLoads += 1
         return true
     }
 
