@@ -14,6 +14,9 @@ public final class AdapterRegistry: @unchecked Sendable {
     private var loaded: [String: (weights: LoRAWeights, lastUse: UInt64)] = [:]
     private var loading: Set<String> = []
     private var failures: [String: AdapterError] = [:]
+    /// Names registered with `register` (name → path under the root), and names taken out with `unregister`.
+    private var aliases: [String: String] = [:]
+    private var removed: Set<String> = []
     private var clock: UInt64 = 0
     private let queue = DispatchQueue(label: "dlora.adapter-loader", qos: .utility)
 
@@ -27,33 +30,112 @@ public final class AdapterRegistry: @unchecked Sendable {
         self.hostBudgetBytes = hostBudgetBytes
     }
 
-    /// Checks that `name` is a plain name (no path separators, no leading dot) and finds its files.
+    /// Checks that `name` is a plain name (no path separators, no leading dot) and finds its files: a name
+    /// registered with `register`, else `<root>/<name>/` or `<root>/<name>.gguf`. The files must lie under the
+    /// root once symbolic links are resolved.
     public func path(for name: String) throws -> String {
-        guard !name.isEmpty, name.count <= 255, !name.contains("/"), !name.contains("\\"), !name.hasPrefix("."),
-              !name.contains("\0") else {
-            throw AdapterError(adapter: name, problem: "invalid adapter name (a plain file or directory name under the adapter root)")
+        try Self.checkName(name)
+        lock.lock()
+        let registered = aliases[name], gone = removed.contains(name)
+        lock.unlock()
+        guard !gone else { throw AdapterError(adapter: name, problem: "not found under the adapter root") }
+        if let registered {
+            try confine(registered, adapter: name)
+            return registered
         }
         let fm = FileManager.default
         let dir = root.appendingPathComponent(name)
         var isDirectory: ObjCBool = false
         if fm.fileExists(atPath: dir.path, isDirectory: &isDirectory) {
-            if isDirectory.boolValue || name.hasSuffix(".gguf") { return dir.path }
+            if isDirectory.boolValue || name.hasSuffix(".gguf") {
+                try confine(dir.path, adapter: name)
+                return dir.path
+            }
         }
         let gguf = root.appendingPathComponent(name + ".gguf")
-        if fm.fileExists(atPath: gguf.path) { return gguf.path }
-        throw AdapterError(adapter: name, problem: "not found under \(root.path)")
+        if fm.fileExists(atPath: gguf.path) {
+            try confine(gguf.path, adapter: name)
+            return gguf.path
+        }
+        throw AdapterError(adapter: name, problem: "not found under the adapter root")
     }
 
-    /// Names of the adapters under the root.
+    /// An adapter name is one plain path component: no separators, no leading dot, no NUL, at most 255 bytes.
+    public static func checkName(_ name: String) throws {
+        guard !name.isEmpty, name.utf8.count <= 255, !name.contains("/"), !name.contains("\\"), !name.hasPrefix("."),
+              !name.contains("\0"), !name.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            throw AdapterError(adapter: String(name.prefix(64)), problem: "invalid adapter name (a plain file or directory name under the adapter root)")
+        }
+    }
+
+    /// Serves the adapter at `relativePath` (relative to the root, no `..`, no absolute path, no symbolic link
+    /// leading out of the root) under `name`, replacing an earlier registration of that name.
+    public func register(name: String, relativePath: String) throws {
+        try Self.checkName(name)
+        let parts = relativePath.split(separator: "/", omittingEmptySubsequences: true)
+        guard !relativePath.isEmpty, !relativePath.hasPrefix("/"), !relativePath.contains("\0"), !relativePath.contains("\\"),
+              !parts.isEmpty, !parts.contains(".."), relativePath.utf8.count <= 4096 else {
+            throw AdapterError(adapter: name, problem: "adapter path must be relative to the adapter root, without '..'")
+        }
+        let path = parts.reduce(root) { $0.appendingPathComponent(String($1)) }.path
+        guard FileManager.default.fileExists(atPath: path) else {
+            throw AdapterError(adapter: name, problem: "path '\(relativePath)' not found under the adapter root")
+        }
+        try confine(path, adapter: name)
+        lock.lock()
+        aliases[name] = path
+        removed.remove(name)
+        loaded[name] = nil
+        failures[name] = nil
+        lock.unlock()
+    }
+
+    /// Stops serving `name` (in-flight requests keep their reference); false when it was not known.
+    @discardableResult
+    public func unregister(_ name: String) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        let known = aliases.removeValue(forKey: name) != nil || loaded[name] != nil
+        loaded[name] = nil
+        failures[name] = nil
+        removed.insert(name)
+        return known
+    }
+
+    /// Throws unless `path` (and, for a PEFT directory, the files the loader reads) resolve inside the root.
+    private func confine(_ path: String, adapter: String) throws {
+        let rootReal = root.resolvingSymlinksInPath().path
+        var candidates = [path]
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            candidates += (try? FileManager.default.contentsOfDirectory(atPath: path))?.map { path + "/" + $0 } ?? []
+        }
+        for p in candidates {
+            let real = URL(fileURLWithPath: p).resolvingSymlinksInPath().path
+            guard real.hasPrefix(rootReal + "/") else {
+                throw AdapterError(adapter: adapter, problem: "resolves outside the adapter root")
+            }
+        }
+    }
+
+    /// Names of the adapters served: those registered, and those under the root (less any unregistered).
     public func available() -> [String] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
-        return entries.filter { !$0.hasPrefix(".") }.compactMap { entry -> String? in
+        let found = entries.filter { !$0.hasPrefix(".") }.compactMap { entry -> String? in
             var isDirectory: ObjCBool = false
             let p = root.appendingPathComponent(entry).path
             guard FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) else { return nil }
             if isDirectory.boolValue { return FileManager.default.fileExists(atPath: p + "/adapter_config.json") ? entry : nil }
             return entry.hasSuffix(".gguf") ? String(entry.dropLast(5)) : nil
-        }.sorted()
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        return Set(found.filter { !removed.contains($0) } + aliases.keys).sorted()
+    }
+
+    /// Whether `name` is served (registered, or found under the root and not unregistered).
+    public func serves(_ name: String) -> Bool {
+        (try? path(for: name)) != nil
     }
 
     /// The adapter if it is in host memory (marks it recently used); nil otherwise.
@@ -72,6 +154,16 @@ public final class AdapterRegistry: @unchecked Sendable {
         let weights = try AdapterLoader.load(path: path(for: name), name: name, base: base)
         insert(name, weights)
         return weights
+    }
+
+    /// Loads on the registry's loader queue (or returns the cached copy) without blocking the caller's thread.
+    public func loadAsync(_ name: String) async throws -> LoRAWeights {
+        if let w = cached(name) { return w }
+        return try await withCheckedThrowingContinuation { continuation in
+            queue.async { [self] in
+                continuation.resume(with: Result { try load(name) })
+            }
+        }
     }
 
     /// The state of a background load started with `prefetch`.
@@ -145,6 +237,7 @@ public final class AdapterRegistry: @unchecked Sendable {
     private func insert(_ name: String, _ weights: LoRAWeights) {
         lock.lock()
         defer { lock.unlock() }
+        guard !removed.contains(name) else { return }  // unregistered while it loaded
         clock += 1
         loaded[name] = (weights, clock)
         var total = loaded.values.reduce(0) { $0 + $1.weights.byteCount }
