@@ -3,7 +3,7 @@
 /// Foundation's `JSONSerialization` (and `JSONDecoder`) build Swift dictionaries, whose `String` keys compare by
 /// canonical equivalence: a vocabulary holding both "é" (U+00E9) and "e\u{301}" would silently lose one of them.
 /// SentencePiece vocabularies can hold both, so tokenizer files are parsed here, objects as ordered key/value lists.
-enum ExactJSON {
+public enum ExactJSON: Sendable, Equatable {
     case null
     case bool(Bool)
     case int(Int)
@@ -12,7 +12,7 @@ enum ExactJSON {
     case array([ExactJSON])
     case object([(key: String, value: ExactJSON)])
 
-    static func parse(_ bytes: UnsafeRawBufferPointer, name: String) throws -> ExactJSON {
+    public static func parse(_ bytes: UnsafeRawBufferPointer, name: String) throws -> ExactJSON {
         var parser = Parser(bytes: bytes, name: name)
         parser.skipWhitespace()
         let value = try parser.value(depth: 0)
@@ -204,5 +204,21 @@ struct ExactString: Hashable, Sendable {
             for b in value.utf8 { hasher.combine(b) }
         }
         hasher.combine(0xFF as UInt8)  // terminator: no UTF-8 string contains 0xFF
+    }
+}
+
+extension ExactJSON {
+    /// Strings compare by their exact bytes, objects by their ordered members.
+    public static func == (a: ExactJSON, b: ExactJSON) -> Bool {
+        switch (a, b) {
+        case (.null, .null): true
+        case (.bool(let x), .bool(let y)): x == y
+        case (.int(let x), .int(let y)): x == y
+        case (.double(let x), .double(let y)): x == y
+        case (.string(let x), .string(let y)): x.utf8.elementsEqual(y.utf8)
+        case (.array(let x), .array(let y)): x == y
+        case (.object(let x), .object(let y)): x.count == y.count && zip(x, y).allSatisfy { $0.key == $1.key && $0.value == $1.value }
+        default: false
+        }
     }
 }
