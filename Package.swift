@@ -20,6 +20,11 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.0"),
     ],
     targets: [
         // OpenBLAS from Debian's libopenblas-dev, found through pkg-config.
@@ -39,15 +44,30 @@ let package = Package(
         .target(name: "Scheduling", swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
         .target(name: "Engine", dependencies: ["Scheduling", "Models", "Adapters", "Kernels", "CKernels"], swiftSettings: strictSwift),
+        // The OpenAI-compatible HTTP server (Hummingbird), its metrics and the adapter catalog it serves.
+        .target(
+            name: "Server",
+            dependencies: [
+                "Engine", "Models", "Adapters",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ],
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "dlora",
-            dependencies: ["Engine", "Models", "Adapters", "Kernels", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Server", "Engine", "Models", "Adapters", "Kernels", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Adapters", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Models", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
+                    swiftSettings: strictSwift),
         .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Engine", "Models", "Kernels", "CKernels"], swiftSettings: strictSwift),
     ]
 )

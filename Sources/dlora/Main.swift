@@ -6,18 +6,22 @@ import Kernels
 import Models
 
 @main
-struct Dlora: ParsableCommand {
+struct Dlora: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dlora",
         abstract: "Serve one base LLM with many LoRA adapters.",
-        subcommands: [Generate.self, Bench.self]
+        subcommands: [Serve.self, Generate.self, Bench.self]
     )
 
     /// Parses and runs; any failure is one line on stderr and a non-zero exit status.
-    static func main() {
+    static func main() async {
         do {
             var command = try parseAsRoot()
-            try command.run()
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
         } catch {
             let code = exitCode(for: error)
             if code == .success {

@@ -1,0 +1,79 @@
+import Foundation
+import Hummingbird
+
+/// An error the API reports in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with its
+/// HTTP status. Thrown anywhere in a handler; Hummingbird renders it through `response(from:context:)`.
+public struct APIError: Error, HTTPResponseError, Equatable, CustomStringConvertible {
+    public let status: HTTPResponse.Status
+    public let message: String
+    public let type: String
+    public let param: String?
+    public let code: String?
+    /// Seconds a client should wait before retrying (429/503).
+    public var retryAfter: Int?
+
+    public init(_ status: HTTPResponse.Status, _ message: String, type: String? = nil, param: String? = nil, code: String? = nil) {
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type ?? Self.defaultType(status)
+    }
+
+    public var description: String { "\(status.code) \(type): \(message)" }
+
+    static func defaultType(_ status: HTTPResponse.Status) -> String {
+        switch status.code {
+        case 401: "authentication_error"
+        case 404: "not_found_error"
+        case 429: "rate_limit_error"
+        case 500...: status.code == 503 ? "service_unavailable_error" : "server_error"
+        default: "invalid_request_error"
+        }
+    }
+
+    /// A 400 about one request parameter.
+    static func invalid(_ param: String?, _ message: String, code: String? = nil) -> APIError {
+        APIError(.badRequest, message, param: param, code: code)
+    }
+
+    /// The JSON body (also sent as an SSE event when a stream fails after it started).
+    var json: String {
+        func quote(_ s: String?) -> String { s.map(JSONText.quote) ?? "null" }
+        return "{\"error\":{\"message\":\(quote(message)),\"type\":\(quote(type)),\"param\":\(quote(param)),\"code\":\(quote(code))}}"
+    }
+
+    public func response(from request: Request, context: some RequestContext) throws -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retryAfter { headers[.retryAfter] = String(retryAfter) }
+        if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: json)))
+    }
+}
+
+/// JSON text helpers for the hand-written response bodies (field order as OpenAI's, no Foundation encoder).
+enum JSONText {
+    /// `s` as a JSON string literal.
+    static func quote(_ s: String) -> String {
+        var out = "\""
+        out.reserveCapacity(s.utf8.count + 2)
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            default:
+                if u.value < 0x20 || u.value == 0x2028 || u.value == 0x2029 {
+                    out += String(format: "\\u%04x", u.value)
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+}

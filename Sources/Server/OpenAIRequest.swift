@@ -1,0 +1,296 @@
+import Hummingbird
+import Engine
+import Foundation
+import Models
+
+/// A parsed `/v1/completions` or `/v1/chat/completions` body. Parsing is strict: every key is known, every
+/// value has the type and range OpenAI documents, and a parameter this server does not implement is a 400
+/// that names it (accepted only at its no-op default).
+struct GenerationRequest: Equatable {
+    enum Input: Equatable {
+        case text(String)
+        case tokens([Int])
+        case messages([ChatMessage])
+    }
+
+    var model: String
+    var input: Input
+    /// Sampling parameters; `maxTokens` is nil when the client gave none (the server picks the default).
+    var params: SamplingParams
+    var stream = false
+    var includeUsage = false
+    var user: String?
+
+    var isChat: Bool {
+        if case .messages = input { return true }
+        return false
+    }
+
+    /// Keys accepted in both endpoints, and the per-endpoint ones.
+    private static let commonKeys: Set<String> = [
+        "model", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n", "user", "stream", "stream_options",
+        "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos",
+    ]
+    private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
+    private static let chatKeys: Set<String> = [
+        "messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+        "parallel_tool_calls", "store", "metadata",
+    ]
+
+    /// Parses a body. `chat` selects the endpoint's shape.
+    static func parse(_ body: ByteBuffer, chat: Bool) throws -> GenerationRequest {
+        let bytes = body.readableBytesView
+        guard !bytes.isEmpty else { throw APIError.invalid(nil, "the request body is empty; expected a JSON object") }
+        // JSON text is UTF-8 (RFC 8259): anything else is refused rather than repaired.
+        guard String(validating: bytes, as: UTF8.self) != nil else {
+            throw APIError.invalid(nil, "the request body is not valid UTF-8")
+        }
+        let root: ExactJSON
+        do {
+            root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body") }
+        } catch {
+            throw APIError.invalid(nil, "invalid JSON: \(error)")
+        }
+        guard case .object(let members) = root else { throw APIError.invalid(nil, "the request body must be a JSON object") }
+        var fields: [String: ExactJSON] = [:]
+        for (key, value) in members {
+            guard fields.updateValue(value, forKey: key) == nil else { throw APIError.invalid(key, "duplicate key '\(key)'") }
+        }
+        let allowed = commonKeys.union(chat ? chatKeys : completionKeys)
+        for key in members.map(\.key) where !allowed.contains(key) {
+            throw APIError.invalid(key, "unrecognized request argument '\(JSONFields.printable(key))'")
+        }
+        let f = JSONFields(fields)
+
+        guard let model = try f.string("model") else { throw APIError.invalid("model", "'model' is required") }
+        guard !model.isEmpty, model.utf8.count <= 256 else { throw APIError.invalid("model", "'model' must be 1 to 256 bytes") }
+
+        let input: Input
+        if chat {
+            input = .messages(try messages(f))
+        } else {
+            input = try prompt(f)
+        }
+
+        var params = SamplingParams()
+        params.maxTokens = try f.int("max_tokens", in: 1...Int(Int32.max))
+        if chat, let m = try f.int("max_completion_tokens", in: 1...Int(Int32.max)) {
+            guard params.maxTokens == nil || params.maxTokens == m else {
+                throw APIError.invalid("max_completion_tokens", "max_tokens and max_completion_tokens disagree")
+            }
+            params.maxTokens = m
+        }
+        params.temperature = try f.number("temperature", in: 0...2) ?? 1
+        params.topP = try f.number("top_p", in: 0...1) ?? 1
+        guard params.topP > 0 else { throw APIError.invalid("top_p", "top_p must be greater than 0") }
+        // vLLM spells "no top-k" as -1 (and 0).
+        let topK = try f.int("top_k", in: -1...Int(Int32.max)) ?? 0
+        params.topK = max(0, topK)
+        if let seed = try f.int("seed", in: Int.min...Int.max) { params.seed = UInt64(bitPattern: Int64(seed)) }
+        params.stop = try stops(f)
+        if let n = try f.int("n", in: Int.min...Int.max), n != 1 {
+            throw APIError.invalid("n", "only n = 1 is supported")
+        }
+        let user = try f.string("user")
+        if let user, user.utf8.count > 256 { throw APIError.invalid("user", "'user' must be at most 256 bytes") }
+        params.ignoreEOS = try f.bool("ignore_eos") ?? false  // vLLM's extension: generate past end-of-sequence
+        let stream = try f.bool("stream") ?? false
+        var includeUsage = false
+        if let options = f.fields["stream_options"], options != .null {
+            guard case .object(let o) = options else { throw APIError.invalid("stream_options", "stream_options must be an object") }
+            for (key, value) in o {
+                guard key == "include_usage" else {
+                    throw APIError.invalid("stream_options", "unrecognized stream option '\(JSONFields.printable(key))'")
+                }
+                guard case .bool(let b) = value else { throw APIError.invalid("stream_options", "include_usage must be a boolean") }
+                includeUsage = b
+            }
+            guard stream else { throw APIError.invalid("stream_options", "stream_options is only allowed with stream = true") }
+        }
+
+        // Accepted only at their defaults: what the engine does not implement is refused, never ignored.
+        try f.noOp("presence_penalty") { $0 == .int(0) || $0 == .double(0) }
+        try f.noOp("frequency_penalty") { $0 == .int(0) || $0 == .double(0) }
+        try f.noOp("logit_bias") { if case .object(let o) = $0 { return o.isEmpty } else { return false } }
+        try f.noOp("logprobs") { $0 == .bool(false) }
+        try f.noOp("echo") { $0 == .bool(false) }
+        try f.noOp("best_of") { $0 == .int(1) }
+        try f.noOp("suffix") { $0 == .string("") }
+        try f.noOp("top_logprobs") { $0 == .int(0) }
+        try f.noOp("response_format") { $0 == .object([("type", .string("text"))]) }
+        try f.noOp("tools") { if case .array(let a) = $0 { return a.isEmpty } else { return false } }
+        try f.noOp("tool_choice") { $0 == .string("none") }
+        try f.noOp("parallel_tool_calls") { if case .bool = $0 { return true } else { return false } }
+        try f.noOp("store") { $0 == .bool(false) }
+        try f.noOp("metadata") { if case .object = $0 { return true } else { return false } }
+
+        return GenerationRequest(model: model, input: input, params: params, stream: stream, includeUsage: includeUsage, user: user)
+    }
+
+    private static func prompt(_ f: JSONFields) throws -> Input {
+        guard let value = f.fields["prompt"], value != .null else { throw APIError.invalid("prompt", "'prompt' is required") }
+        switch value {
+        case .string(let s):
+            return .text(s)
+        case .array(let items):
+            if items.count == 1, case .string(let s) = items[0] { return .text(s) }
+            if items.count == 1, case .array(let inner) = items[0] { return .tokens(try tokenIDs(inner)) }
+            if items.allSatisfy({ if case .string = $0 { return true } else { return false } }) || items.contains(where: {
+                if case .array = $0 { return true } else { return false }
+            }) {
+                throw APIError.invalid("prompt", "a batch of prompts is not supported: send one prompt per request")
+            }
+            return .tokens(try tokenIDs(items))
+        default:
+            throw APIError.invalid("prompt", "'prompt' must be a string, or an array of token ids")
+        }
+    }
+
+    private static func tokenIDs(_ items: [ExactJSON]) throws -> [Int] {
+        try items.map { item in
+            guard case .int(let id) = item, id >= 0, id <= Int(Int32.max) else {
+                throw APIError.invalid("prompt", "token ids must be non-negative integers")
+            }
+            return id
+        }
+    }
+
+    private static func messages(_ f: JSONFields) throws -> [ChatMessage] {
+        guard let value = f.fields["messages"], value != .null else { throw APIError.invalid("messages", "'messages' is required") }
+        guard case .array(let items) = value, !items.isEmpty else {
+            throw APIError.invalid("messages", "'messages' must be a non-empty array")
+        }
+        return try items.enumerated().map { i, item in
+            let param = "messages[\(i)]"
+            guard case .object(let members) = item else { throw APIError.invalid(param, "\(param) must be an object") }
+            var role: String?
+            var content: String?
+            for (key, v) in members {
+                switch key {
+                case "role":
+                    guard case .string(let r) = v else { throw APIError.invalid("\(param).role", "\(param).role must be a string") }
+                    role = r
+                case "content":
+                    content = try messageContent(v, param: "\(param).content")
+                case "name":
+                    guard case .string = v else { throw APIError.invalid("\(param).name", "\(param).name must be a string") }
+                default:
+                    throw APIError.invalid("\(param).\(JSONFields.printable(key))", "unsupported message field '\(JSONFields.printable(key))'")
+                }
+            }
+            guard var r = role else { throw APIError.invalid("\(param).role", "\(param).role is required") }
+            if r == "developer" { r = "system" }  // OpenAI's newer name for the system role
+            guard ChatTemplate.roles.contains(r) else {
+                throw APIError.invalid("\(param).role", "role must be system, developer, user or assistant")
+            }
+            guard let c = content else { throw APIError.invalid("\(param).content", "\(param).content is required") }
+            return ChatMessage(role: r, content: c)
+        }
+    }
+
+    /// A message's content: a string, or an array of `{"type": "text", "text": …}` parts (joined).
+    private static func messageContent(_ v: ExactJSON, param: String) throws -> String {
+        switch v {
+        case .string(let s):
+            return s
+        case .array(let parts):
+            return try parts.map { part -> String in
+                guard case .object(let m) = part else { throw APIError.invalid(param, "content parts must be objects") }
+                var type: String?
+                var text: String?
+                for (key, value) in m {
+                    switch (key, value) {
+                    case ("type", .string(let t)): type = t
+                    case ("text", .string(let t)): text = t
+                    default: throw APIError.invalid(param, "unsupported content part field '\(JSONFields.printable(key))'")
+                    }
+                }
+                guard type == "text", let text else { throw APIError.invalid(param, "only text content parts are supported") }
+                return text
+            }.joined()
+        default:
+            throw APIError.invalid(param, "content must be a string or an array of text parts")
+        }
+    }
+
+    private static func stops(_ f: JSONFields) throws -> [String] {
+        let stops: [String]
+        switch f.fields["stop"] {
+        case nil, .null?: return []
+        case .string(let s)?: stops = [s]
+        case .array(let items)?:
+            stops = try items.map {
+                guard case .string(let s) = $0 else { throw APIError.invalid("stop", "'stop' must be a string or an array of strings") }
+                return s
+            }
+        default: throw APIError.invalid("stop", "'stop' must be a string or an array of strings")
+        }
+        guard stops.count <= 16 else { throw APIError.invalid("stop", "at most 16 stop sequences") }
+        guard stops.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 256 }) else {
+            throw APIError.invalid("stop", "stop sequences must be 1 to 256 bytes long")
+        }
+        return stops
+    }
+}
+
+/// Typed access to a JSON object's fields; every mistake is a 400 naming the field.
+struct JSONFields {
+    let fields: [String: ExactJSON]
+
+    init(_ fields: [String: ExactJSON]) { self.fields = fields }
+
+    /// A key as it may appear in an error message (bounded, control characters escaped).
+    static func printable(_ key: String) -> String {
+        String(String(key.unicodeScalars.map { $0.value < 0x20 ? "?" : Character($0) }).prefix(64))
+    }
+
+    func string(_ key: String) throws -> String? {
+        switch fields[key] {
+        case nil, .null?: return nil
+        case .string(let s)?: return s
+        default: throw APIError.invalid(key, "'\(key)' must be a string")
+        }
+    }
+
+    func bool(_ key: String) throws -> Bool? {
+        switch fields[key] {
+        case nil, .null?: return nil
+        case .bool(let b)?: return b
+        default: throw APIError.invalid(key, "'\(key)' must be a boolean")
+        }
+    }
+
+    func int(_ key: String, in range: ClosedRange<Int>) throws -> Int? {
+        let value: Int
+        switch fields[key] {
+        case nil, .null?: return nil
+        case .int(let i)?: value = i
+        case .double(let d)? where d.rounded() == d && abs(d) < 9e15: value = Int(d)
+        default: throw APIError.invalid(key, "'\(key)' must be an integer")
+        }
+        guard range.contains(value) else {
+            throw APIError.invalid(key, "'\(key)' must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+        }
+        return value
+    }
+
+    func number(_ key: String, in range: ClosedRange<Double>) throws -> Double? {
+        let value: Double
+        switch fields[key] {
+        case nil, .null?: return nil
+        case .int(let i)?: value = Double(i)
+        case .double(let d)?: value = d
+        default: throw APIError.invalid(key, "'\(key)' must be a number")
+        }
+        guard range.contains(value) else {
+            throw APIError.invalid(key, "'\(key)' must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+        }
+        return value
+    }
+
+    /// A parameter accepted only at its no-op value (or null).
+    func noOp(_ key: String, _ isDefault: (ExactJSON) -> Bool) throws {
+        guard let v = fields[key], v != .null else { return }
+        guard isDefault(v) else { throw APIError.invalid(key, "'\(key)' is not supported by this server") }
+    }
+}

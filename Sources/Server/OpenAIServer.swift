@@ -1,0 +1,394 @@
+import Adapters
+import Engine
+import Foundation
+import Hummingbird
+import Models
+import ServiceLifecycle
+
+/// Limits and keys of a server.
+public struct ServerOptions: Sendable {
+    /// The name the base model is served under (`model` in requests, `id` in /v1/models).
+    public var modelName: String
+    /// Bearer key required on /v1/* (none: open).
+    public var apiKey: String?
+    /// Bearer key for loading and unloading adapters (none: those endpoints are disabled).
+    public var adminKey: String?
+    /// Request bodies larger than this are refused with 413.
+    public var maxBodyBytes = 1 << 20
+    /// Requests admitted (queued or running) at most; more are refused with 429.
+    public var maxQueue = 256
+    /// Prompt tokens at most (nil: the context less one).
+    public var maxPromptTokens: Int?
+    /// `max_tokens` at most (nil: the context).
+    public var maxTokensLimit: Int?
+    /// `max_tokens` of a completion that names none (OpenAI's default); chat defaults to what the context leaves.
+    public var defaultCompletionTokens = 16
+    /// On shutdown, running requests get this long to finish before they are cancelled.
+    public var shutdownDeadline: Duration = .seconds(30)
+
+    public init(modelName: String) { self.modelName = modelName }
+}
+
+/// The OpenAI-compatible API over one engine loop: completions and chat (streamed or not), models, adapter
+/// loading and unloading, health and Prometheus metrics. Every failure is an OpenAI-style JSON error.
+public final class OpenAIServer: Sendable {
+    public let engine: EngineLoop
+    public let tokenizer: Tokenizer
+    public let adapters: AdapterRegistry?
+    public let options: ServerOptions
+    public let metrics = ServerMetrics()
+    /// Sequence length one request may reach (prompt + generated).
+    public let contextLimit: Int
+    private let created = Int(Date().timeIntervalSince1970)
+    private let state = Locked(State())
+
+    private struct State {
+        var inFlight = 0
+        var draining = false
+        var nextID: UInt64 = 0
+    }
+
+    public init(engine: EngineLoop, tokenizer: Tokenizer, adapters: AdapterRegistry?, options: ServerOptions) {
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.adapters = adapters
+        self.options = options
+        contextLimit = engine.inspect { $0.contextLimit }
+    }
+
+    /// Requests admitted and not yet finished.
+    public var inFlight: Int { state.withLock { $0.inFlight } }
+
+    /// The router with every endpoint.
+    public func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: ErrorMiddleware())
+        router.get("/health") { _, _ in try self.health() }
+        router.get("/metrics") { _, _ in self.renderMetrics() }
+        router.get("/v1/models") { request, _ in
+            try self.authorize(request, key: self.options.apiKey)
+            return self.models()
+        }
+        router.post("/v1/completions") { request, _ in try await self.generate(request, chat: false) }
+        router.post("/v1/chat/completions") { request, _ in try await self.generate(request, chat: true) }
+        router.post("/v1/load_lora_adapter") { request, _ in try await self.loadAdapter(request) }
+        router.post("/v1/unload_lora_adapter") { request, _ in try await self.unloadAdapter(request) }
+        return router
+    }
+
+    // MARK: Shutdown
+
+    /// Stops admitting requests (503), lets running ones finish for up to `options.shutdownDeadline`, then
+    /// cancels the rest (their clients get an error, their KV blocks and adapter references are freed).
+    public func drain() async {
+        state.withLock { $0.draining = true }
+        let clock = ContinuousClock()
+        let end = clock.now.advanced(by: options.shutdownDeadline)
+        while inFlight > 0 && clock.now < end {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        guard inFlight > 0 else { return }
+        engine.cancelAll()
+        // Handlers see their streams end and answer; give them a moment.
+        let grace = clock.now.advanced(by: .seconds(5))
+        while inFlight > 0 && clock.now < grace {
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+    }
+
+    public var isDraining: Bool { state.withLock { $0.draining } }
+
+    // MARK: Endpoints
+
+    private func health() throws -> Response {
+        guard !isDraining else { throw APIError(.serviceUnavailable, "the server is shutting down") }
+        return json(.ok, "{\"status\":\"ok\"}")
+    }
+
+    private func renderMetrics() -> Response {
+        let text = metrics.render(engine.snapshot, inFlight: inFlight)
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    private func models() -> Response {
+        func entry(_ id: String, root: String, parent: String?) -> String {
+            "{\"id\":\(JSONText.quote(id)),\"object\":\"model\",\"created\":\(created),\"owned_by\":\"dlora\","
+                + "\"root\":\(JSONText.quote(root)),\"parent\":\(parent.map(JSONText.quote) ?? "null"),"
+                + "\"max_model_len\":\(contextLimit)}"
+        }
+        var data = [entry(options.modelName, root: options.modelName, parent: nil)]
+        for name in adapters?.available() ?? [] where name != options.modelName {
+            data.append(entry(name, root: name, parent: options.modelName))
+        }
+        return json(.ok, "{\"object\":\"list\",\"data\":[\(data.joined(separator: ","))]}")
+    }
+
+    private func loadAdapter(_ request: Request) async throws -> Response {
+        let (registry, fields) = try await adminRequest(request)
+        guard let name = try fields.string("lora_name") else { throw APIError.invalid("lora_name", "'lora_name' is required") }
+        guard let path = try fields.string("lora_path") else { throw APIError.invalid("lora_path", "'lora_path' is required") }
+        for key in fields.fields.keys where !["lora_name", "lora_path", "lora_int_id", "load_inplace"].contains(key) {
+            throw APIError.invalid(key, "unrecognized request argument '\(JSONFields.printable(key))'")
+        }
+        guard name != options.modelName else { throw APIError.invalid("lora_name", "'\(name)' is the base model's name") }
+        let replace = try fields.bool("load_inplace") ?? false
+        if !replace, registry.serves(name) {
+            throw APIError.invalid("lora_name", "the adapter '\(name)' is already loaded", code: "adapter_exists")
+        }
+        do {
+            try registry.register(name: name, relativePath: path)
+        } catch let e as AdapterError {
+            throw APIError.invalid("lora_path", e.description)
+        }
+        do {
+            _ = try await registry.loadAsync(name)
+        } catch {
+            registry.unregister(name)
+            throw APIError.invalid("lora_path", "\(error)")
+        }
+        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' added successfully.")))
+    }
+
+    private func unloadAdapter(_ request: Request) async throws -> Response {
+        let (registry, fields) = try await adminRequest(request)
+        guard let name = try fields.string("lora_name") else { throw APIError.invalid("lora_name", "'lora_name' is required") }
+        for key in fields.fields.keys where !["lora_name", "lora_int_id"].contains(key) {
+            throw APIError.invalid(key, "unrecognized request argument '\(JSONFields.printable(key))'")
+        }
+        guard registry.serves(name) else {
+            throw APIError(.notFound, "the adapter '\(JSONFields.printable(name))' is not loaded", param: "lora_name", code: "model_not_found")
+        }
+        registry.unregister(name)
+        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
+                        body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' removed successfully.")))
+    }
+
+    /// Checks the admin key and parses an adapter-management body.
+    private func adminRequest(_ request: Request) async throws -> (AdapterRegistry, JSONFields) {
+        guard let adminKey = options.adminKey, let registry = adapters else {
+            throw APIError(.notFound, "adapter loading is disabled on this server (start it with --adapters and --admin-key)")
+        }
+        try authorize(request, key: adminKey)
+        var request = request
+        let body = try await collect(&request)
+        guard String(validating: body.readableBytesView, as: UTF8.self) != nil else {
+            throw APIError.invalid(nil, "the request body is not valid UTF-8")
+        }
+        let root: ExactJSON
+        do {
+            root = try Array(body.readableBytesView).withUnsafeBytes { try ExactJSON.parse($0, name: "request body") }
+        } catch {
+            throw APIError.invalid(nil, "invalid JSON: \(error)")
+        }
+        guard case .object(let members) = root else { throw APIError.invalid(nil, "the request body must be a JSON object") }
+        return (registry, JSONFields(Dictionary(members, uniquingKeysWith: { _, last in last })))
+    }
+
+    // MARK: Generation
+
+    /// One admitted request: holds its place in the queue until it is released (explicitly or when dropped,
+    /// e.g. when a response body is never written because the client left first).
+    private final class Admission: Sendable {
+        let server: OpenAIServer
+        init(_ server: OpenAIServer) { self.server = server }
+        deinit { server.state.withLock { $0.inFlight -= 1 } }
+    }
+
+    private func admit() throws -> Admission {
+        try state.withLock { s in
+            guard !s.draining else {
+                var e = APIError(.serviceUnavailable, "the server is shutting down")
+                e.retryAfter = 5
+                throw e
+            }
+            guard s.inFlight < options.maxQueue else {
+                var e = APIError(.tooManyRequests, "the server's queue is full (\(options.maxQueue) requests); retry later", code: "queue_full")
+                e.retryAfter = 1
+                throw e
+            }
+            s.inFlight += 1
+        }
+        return Admission(self)
+    }
+
+    private func newID(_ prefix: String) -> String {
+        let n = state.withLock { s -> UInt64 in
+            s.nextID += 1
+            return s.nextID
+        }
+        return prefix + String(UInt64(created) << 20 ^ n, radix: 16)
+    }
+
+    private func generate(_ request: Request, chat: Bool) async throws -> Response {
+        try authorize(request, key: options.apiKey)
+        var request = request
+        let body = try await collect(&request)
+        let arrival = DispatchTime.now().uptimeNanoseconds
+        let parsed = try GenerationRequest.parse(body, chat: chat)
+
+        // The model: the base, or an adapter (loaded from disk on first use, off the engine thread).
+        var adapter: LoRAWeights?
+        if parsed.model != options.modelName {
+            guard let registry = adapters, registry.serves(parsed.model) else {
+                metrics.request(model: "_unknown", status: "404")
+                throw APIError(.notFound, "the model '\(JSONFields.printable(parsed.model))' does not exist", param: "model", code: "model_not_found")
+            }
+            do {
+                adapter = try await registry.loadAsync(parsed.model)
+            } catch {
+                metrics.request(model: parsed.model, status: "400")
+                throw APIError.invalid("model", "the adapter '\(parsed.model)' failed to load: \(error)", code: "adapter_load_failed")
+            }
+        }
+        let model = parsed.model
+        do {
+            return try await run(parsed, adapter: adapter, request: request, arrival: arrival)
+        } catch let e as APIError {
+            metrics.request(model: model, status: String(e.status.code))
+            throw e
+        }
+    }
+
+    private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64) async throws -> Response {
+        // Tokens.
+        let prompt: [Int]
+        let promptParam = parsed.isChat ? "messages" : "prompt"
+        switch parsed.input {
+        case .text(let text):
+            guard !text.isEmpty else { throw APIError.invalid("prompt", "the prompt is empty") }
+            guard text.utf8.count <= options.maxBodyBytes else { throw APIError.invalid("prompt", "the prompt is too long") }
+            prompt = tokenizer.encode(text, addSpecial: true)
+        case .tokens(let ids):
+            prompt = ids
+        case .messages(let messages):
+            let text: String
+            do {
+                text = try tokenizer.chatTemplate.render(messages: messages, addGenerationPrompt: true)
+            } catch {
+                throw APIError.invalid("messages", "\(error)")
+            }
+            prompt = tokenizer.encode(text, addSpecial: false)
+        }
+        guard !prompt.isEmpty else { throw APIError.invalid(promptParam, "the prompt is empty") }
+        let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
+        guard prompt.count <= maxPrompt else {
+            throw APIError.invalid(promptParam, "the prompt has \(prompt.count) tokens; this server takes at most \(maxPrompt)",
+                                   code: "context_length_exceeded")
+        }
+        let tokenLimit = min(options.maxTokensLimit ?? contextLimit, contextLimit)
+        var params = parsed.params
+        if let m = params.maxTokens {
+            guard m <= tokenLimit else {
+                throw APIError.invalid("max_tokens", "max_tokens is \(m); this server allows at most \(tokenLimit)")
+            }
+            guard prompt.count + m <= contextLimit else {
+                throw APIError.invalid("max_tokens", "this model's maximum context length is \(contextLimit) tokens; the request asks for "
+                                       + "\(prompt.count + m) (\(prompt.count) in the prompt, \(m) to generate)", code: "context_length_exceeded")
+            }
+        } else {
+            let left = contextLimit - prompt.count
+            params.maxTokens = min(parsed.isChat ? left : options.defaultCompletionTokens, left, tokenLimit)
+        }
+
+        let admission = try admit()
+        let ticket: Int
+        let events: AsyncStream<GenerationEvent>
+        do {
+            (ticket, events) = try engine.submit(prompt: prompt, params: params, adapter: adapter)
+        } catch {
+            throw APIError.invalid(error is SamplingError ? nil : promptParam, "\(error)")
+        }
+        let call = Call(server: self, model: parsed.model, chat: parsed.isChat, id: newID(parsed.isChat ? "chatcmpl-" : "cmpl-"),
+                        promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission)
+        // Watching the connection for a disconnect consumes its inbound stream, so it cannot carry another
+        // request: say so, and clients open a new connection rather than race the close.
+        if parsed.stream {
+            let includeUsage = parsed.includeUsage
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .connection: "close"],
+                            body: .init { writer in
+                                try await request.body.consumeWithCancellationOnInboundClose { _ in
+                                    try await call.stream(events, includeUsage: includeUsage, writer: &writer)
+                                }
+                                try await writer.finish(nil)
+                            })
+        }
+        let result = try await request.body.consumeWithCancellationOnInboundClose { _ in await call.collect(events) }
+        var response = json(.ok, try call.completion(result))
+        response.headers[.connection] = "close"
+        return response
+    }
+
+    // MARK: Helpers
+
+    private func authorize(_ request: Request, key: String?) throws {
+        guard let key else { return }
+        let header = request.headers[.authorization] ?? ""
+        let prefix = "Bearer "
+        let given = header.hasPrefix(prefix) ? String(header.dropFirst(prefix.count)) : ""
+        // Constant time in the key's length: no early exit on the first differing byte.
+        let a = Array(given.utf8), b = Array(key.utf8)
+        var diff = a.count == b.count ? 0 : 1
+        for i in 0..<b.count { diff |= Int((i < a.count ? a[i] : 0) ^ b[i]) }
+        guard diff == 0 else {
+            throw APIError(.unauthorized, header.isEmpty ? "missing API key (Authorization: Bearer …)" : "invalid API key",
+                           code: "invalid_api_key")
+        }
+    }
+
+    private func collect(_ request: inout Request) async throws -> ByteBuffer {
+        do {
+            return try await request.collectBody(upTo: options.maxBodyBytes)
+        } catch let e as any HTTPResponseError where e.status == .contentTooLarge {
+            throw APIError(.contentTooLarge, "the request body is larger than \(options.maxBodyBytes) bytes")
+        }
+    }
+
+    func json(_ status: HTTPResponse.Status, _ text: String) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+}
+
+/// Renders every error as OpenAI's JSON: the API's own, Hummingbird's (404 for unknown routes, 413…), and
+/// anything unexpected as a 500 that does not leak internals.
+struct ErrorMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let e as APIError {
+            throw e
+        } catch let e as any HTTPResponseError {
+            let message = switch e.status.code {
+            case 404: "no route for \(request.method) \(String(request.uri.path.prefix(128)))"
+            case 413: "the request body is too large"
+            default: e.status.reasonPhrase
+            }
+            throw APIError(e.status, message)
+        } catch is CancellationError {
+            throw APIError(.serviceUnavailable, "the request was cancelled")
+        } catch {
+            throw APIError(.internalServerError, "internal error")
+        }
+    }
+}
+
+/// Drains the server when a graceful shutdown starts (SIGTERM/SIGINT through swift-service-lifecycle).
+/// Listed after the HTTP application in the service group, it is shut down first: it stops admitting work
+/// and waits for running requests (up to the deadline) before the application stops listening.
+public struct DrainService: Service {
+    let server: OpenAIServer
+
+    public init(server: OpenAIServer) { self.server = server }
+
+    public func run() async throws {
+        do {
+            try await gracefulShutdown()
+        } catch {
+            return  // cancelled, not shut down gracefully
+        }
+        await server.drain()
+    }
+}

@@ -1,0 +1,160 @@
+import Engine
+import Foundation
+import Hummingbird
+
+/// One generation request on its way through the engine: reads the engine's events, measures time to first
+/// token, inter-token and end-to-end latency, and renders OpenAI's response or SSE chunks. Dropping it
+/// (client gone, handler cancelled) cancels the engine request and gives back its queue place.
+final class Call: Sendable {
+    let server: OpenAIServer
+    let model: String
+    let chat: Bool
+    let id: String
+    let promptTokens: Int
+    let arrival: UInt64
+    let ticket: Int
+    private let admission: any AnyObject & Sendable
+    private let created = Int(Date().timeIntervalSince1970)
+
+    struct Outcome {
+        var text = ""
+        var completionTokens = 0
+        /// nil: the stream ended without finishing (cancelled by shutdown or by the client leaving).
+        var finish: FinishReason?
+    }
+
+    init(server: OpenAIServer, model: String, chat: Bool, id: String, promptTokens: Int, arrival: UInt64, ticket: Int,
+         admission: any AnyObject & Sendable) {
+        self.server = server
+        self.model = model
+        self.chat = chat
+        self.id = id
+        self.promptTokens = promptTokens
+        self.arrival = arrival
+        self.ticket = ticket
+        self.admission = admission
+    }
+
+    deinit {
+        // A no-op when the request finished; frees KV and adapter references when it did not.
+        server.engine.cancel(ticket)
+    }
+
+    /// Latency bookkeeping shared by both response styles.
+    private struct Clock {
+        let call: Call
+        var last: UInt64?
+
+        mutating func token() {
+            let now = DispatchTime.now().uptimeNanoseconds
+            if let last {
+                call.server.metrics.interToken(model: call.model, nanoseconds: now &- last)
+            } else {
+                call.server.metrics.timeToFirstToken(model: call.model, nanoseconds: now &- call.arrival)
+            }
+            last = now
+        }
+
+        func end(_ o: Outcome) {
+            let m = call.server.metrics
+            m.tokens(model: call.model, prompt: call.promptTokens, generated: o.completionTokens)
+            if o.finish != nil {
+                m.endToEnd(model: call.model, nanoseconds: DispatchTime.now().uptimeNanoseconds &- call.arrival)
+                m.request(model: call.model, status: "ok")
+            } else {
+                m.request(model: call.model, status: "cancelled")
+            }
+        }
+    }
+
+    /// Waits for the whole completion.
+    func collect(_ events: AsyncStream<GenerationEvent>) async -> Outcome {
+        var o = Outcome()
+        var clock = Clock(call: self)
+        for await e in events {
+            if e.token != nil {
+                o.completionTokens += 1
+                clock.token()
+            }
+            o.text += e.text
+            if let f = e.finish { o.finish = f }
+        }
+        clock.end(o)
+        return o
+    }
+
+    /// The non-streamed response body; a request cut short by shutdown is a 503.
+    func completion(_ o: Outcome) throws -> String {
+        guard let finish = o.finish else {
+            throw APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)")
+        }
+        let usage = usageJSON(o)
+        if chat {
+            return "{\"id\":\"\(id)\",\"object\":\"chat.completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
+                + "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\(JSONText.quote(o.text))},"
+                + "\"logprobs\":null,\"finish_reason\":\"\(finish.rawValue)\"}],\"usage\":\(usage)}"
+        }
+        return "{\"id\":\"\(id)\",\"object\":\"text_completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
+            + "\"choices\":[{\"index\":0,\"text\":\(JSONText.quote(o.text)),\"logprobs\":null,\"finish_reason\":\"\(finish.rawValue)\"}],"
+            + "\"usage\":\(usage)}"
+    }
+
+    /// Streams server-sent events: one chunk per piece of text, a final chunk with the finish reason, the
+    /// usage chunk when asked for, then `data: [DONE]`.
+    func stream(_ events: AsyncStream<GenerationEvent>, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+        var o = Outcome()
+        var clock = Clock(call: self)
+        defer { clock.end(o) }
+        if chat {
+            try await send(chunk(delta: "{\"role\":\"assistant\",\"content\":\"\"}", finish: nil), &writer)
+        }
+        for await e in events {
+            if e.token != nil {
+                o.completionTokens += 1
+                clock.token()
+            }
+            if let f = e.finish { o.finish = f }
+            if !e.text.isEmpty {
+                try await send(chunk(text: e.text, finish: nil), &writer)
+            }
+        }
+        guard let finish = o.finish else {
+            // Cancelled by shutdown (a client that left is not written to: the task was cancelled).
+            if !Task.isCancelled {
+                try await send(APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)").json, &writer)
+                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            }
+            return
+        }
+        try await send(chunk(text: nil, finish: finish), &writer)
+        if includeUsage {
+            let object = chat ? "chat.completion.chunk" : "text_completion"
+            try await send("{\"id\":\"\(id)\",\"object\":\"\(object)\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
+                           + "\"choices\":[],\"usage\":\(usageJSON(o))}", &writer)
+        }
+        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+    }
+
+    private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {
+        try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
+    }
+
+    private func chunk(text: String?, finish: FinishReason?) -> String {
+        if chat {
+            return chunk(delta: text.map { "{\"content\":\(JSONText.quote($0))}" } ?? "{}", finish: finish)
+        }
+        return "{\"id\":\"\(id)\",\"object\":\"text_completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
+            + "\"choices\":[{\"index\":0,\"text\":\(JSONText.quote(text ?? "")),\"logprobs\":null,"
+            + "\"finish_reason\":\(finish.map { "\"\($0.rawValue)\"" } ?? "null")}]}"
+    }
+
+    private func chunk(delta: String, finish: FinishReason?) -> String {
+        "{\"id\":\"\(id)\",\"object\":\"chat.completion.chunk\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
+            + "\"choices\":[{\"index\":0,\"delta\":\(delta),\"logprobs\":null,"
+            + "\"finish_reason\":\(finish.map { "\"\($0.rawValue)\"" } ?? "null")}]}"
+    }
+
+    private func usageJSON(_ o: Outcome) -> String {
+        "{\"prompt_tokens\":\(promptTokens),\"completion_tokens\":\(o.completionTokens),\"total_tokens\":\(promptTokens + o.completionTokens)}"
+    }
+}

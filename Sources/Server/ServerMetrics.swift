@@ -1,0 +1,128 @@
+import CoreMetrics
+import Engine
+import Foundation
+import Prometheus
+
+/// The server's metrics, through swift-metrics into one Prometheus registry of its own (so tests can run
+/// several servers in one process). Per-request series carry the served model (base or adapter) as `model`;
+/// engine-wide series are refreshed from the engine loop's snapshot at every scrape.
+public final class ServerMetrics: Sendable {
+    public let registry: PrometheusCollectorRegistry
+    private let factory: PrometheusMetricsFactory
+
+    // Engine-wide gauges.
+    private let waiting: CoreMetrics.Gauge
+    private let running: CoreMetrics.Gauge
+    private let kvUsage: CoreMetrics.Gauge
+    private let kvBlocks: CoreMetrics.Gauge
+    private let adapterBlocks: CoreMetrics.Gauge
+    private let residentAdapters: CoreMetrics.Gauge
+    private let hostSwapBytes: CoreMetrics.Gauge
+    private let inFlight: CoreMetrics.Gauge
+    // Engine-wide counters, advanced by the difference since the last scrape.
+    private let mergedIterations: CoreMetrics.Counter
+    private let unmergedIterations: CoreMetrics.Counter
+    private let modeSwitches: CoreMetrics.Counter
+    private let swapOuts: CoreMetrics.Counter
+    private let swapIns: CoreMetrics.Counter
+    private let preemptions: CoreMetrics.Counter
+    private let adapterLoads: CoreMetrics.Counter
+    private let adapterEvictions: CoreMetrics.Counter
+    private let last = Locked(GenerationStats())
+
+    public init() {
+        registry = PrometheusCollectorRegistry()
+        var factory = PrometheusMetricsFactory(registry: registry)
+        let latency: [Duration] = [.milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100), .milliseconds(250),
+                                   .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10), .seconds(30),
+                                   .seconds(60), .seconds(120)]
+        let token: [Duration] = [.milliseconds(5), .milliseconds(10), .milliseconds(20), .milliseconds(40), .milliseconds(80),
+                                 .milliseconds(160), .milliseconds(320), .milliseconds(640), .milliseconds(1280), .milliseconds(2560)]
+        factory.durationHistogramBuckets = [
+            "dlora_time_to_first_token_seconds": latency,
+            "dlora_e2e_request_latency_seconds": latency,
+            "dlora_inter_token_latency_seconds": token,
+        ]
+        self.factory = factory
+        func gauge(_ name: String) -> CoreMetrics.Gauge { CoreMetrics.Gauge(label: name, factory: factory) }
+        func counter(_ name: String, _ dims: [(String, String)] = []) -> CoreMetrics.Counter { CoreMetrics.Counter(label: name, dimensions: dims, factory: factory) }
+        waiting = gauge("dlora_requests_waiting")
+        running = gauge("dlora_requests_running")
+        kvUsage = gauge("dlora_kv_cache_usage_ratio")
+        kvBlocks = gauge("dlora_kv_cache_blocks")
+        adapterBlocks = gauge("dlora_adapter_pool_blocks")
+        residentAdapters = gauge("dlora_adapters_resident")
+        hostSwapBytes = gauge("dlora_host_swap_bytes")
+        inFlight = gauge("dlora_requests_in_flight")
+        mergedIterations = counter("dlora_iterations_total", [("mode", "merged")])
+        unmergedIterations = counter("dlora_iterations_total", [("mode", "unmerged")])
+        modeSwitches = counter("dlora_mode_switches_total")
+        swapOuts = counter("dlora_swaps_total", [("direction", "out")])
+        swapIns = counter("dlora_swaps_total", [("direction", "in")])
+        preemptions = counter("dlora_preemptions_total")
+        adapterLoads = counter("dlora_adapter_loads_total")
+        adapterEvictions = counter("dlora_adapter_evictions_total")
+    }
+
+    /// One request's outcome: `status` is "ok", or the error's HTTP status.
+    func request(model: String, status: String) {
+        CoreMetrics.Counter(label: "dlora_requests_total", dimensions: [("model", model), ("status", status)], factory: factory).increment()
+    }
+
+    func tokens(model: String, prompt: Int, generated: Int) {
+        CoreMetrics.Counter(label: "dlora_prompt_tokens_total", dimensions: [("model", model)], factory: factory).increment(by: prompt)
+        CoreMetrics.Counter(label: "dlora_generation_tokens_total", dimensions: [("model", model)], factory: factory).increment(by: generated)
+    }
+
+    func timeToFirstToken(model: String, nanoseconds: UInt64) {
+        CoreMetrics.Timer(label: "dlora_time_to_first_token_seconds", dimensions: [("model", model)], factory: factory).recordNanoseconds(nanoseconds)
+    }
+
+    func interToken(model: String, nanoseconds: UInt64) {
+        CoreMetrics.Timer(label: "dlora_inter_token_latency_seconds", dimensions: [("model", model)], factory: factory).recordNanoseconds(nanoseconds)
+    }
+
+    func endToEnd(model: String, nanoseconds: UInt64) {
+        CoreMetrics.Timer(label: "dlora_e2e_request_latency_seconds", dimensions: [("model", model)], factory: factory).recordNanoseconds(nanoseconds)
+    }
+
+    /// Refreshes the engine-wide series and renders the registry in Prometheus text format.
+    func render(_ s: EngineSnapshot, inFlight active: Int) -> String {
+        waiting.record(s.waiting)
+        running.record(s.running)
+        kvBlocks.record(s.kvBlocksTotal)
+        kvUsage.record(s.kvBlocksTotal > 0 ? Double(s.kvBlocksTotal - s.kvBlocksFree) / Double(s.kvBlocksTotal) : 0)
+        adapterBlocks.record(s.adapterBlocks)
+        residentAdapters.record(s.residentAdapters)
+        hostSwapBytes.record(s.hostSwapBytes)
+        inFlight.record(active)
+        last.withLock { prev in
+            let now = s.stats
+            func advance(_ c: CoreMetrics.Counter, _ new: Int, _ old: Int) { if new > old { c.increment(by: new - old) } }
+            advance(mergedIterations, now.mergedSteps, prev.mergedSteps)
+            advance(unmergedIterations, now.unmergedSteps, prev.unmergedSteps)
+            advance(modeSwitches, now.modeSwitches, prev.modeSwitches)
+            advance(swapOuts, now.swapOuts, prev.swapOuts)
+            advance(swapIns, now.swapIns, prev.swapIns)
+            advance(preemptions, now.preemptions, prev.preemptions)
+            advance(adapterLoads, now.adapterLoads, prev.adapterLoads)
+            advance(adapterEvictions, now.adapterEvictions, prev.adapterEvictions)
+            prev = now
+        }
+        return registry.emitToString()
+    }
+}
+
+/// A value behind a lock.
+final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}

@@ -1,0 +1,119 @@
+import Adapters
+import ArgumentParser
+import Engine
+import Foundation
+import Hummingbird
+import Kernels
+import Logging
+import Models
+import Scheduling
+import Server
+import ServiceLifecycle
+
+/// `dlora serve`: the OpenAI-compatible server over one replica engine.
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the base model and its LoRA adapters over an OpenAI-compatible HTTP API.")
+
+    @Option(help: "A GGUF file or a Hugging Face model directory (default: the SmolLM2-135M-Instruct Q4_1 in the user cache).")
+    var model: String?
+    @Option(help: "Adapter root: every PEFT directory or GGUF LoRA under it is served by its name; load_lora_adapter paths are confined to it.")
+    var adapters: String?
+    @Option(help: "Address to bind (default: loopback only).")
+    var host: String = "127.0.0.1"
+    @Option(help: "Port (0: any free port, printed at start).")
+    var port: Int = 8000
+    @Option(name: .customLong("api-key"), help: "Bearer key required on /v1/* (default: env DLORA_API_KEY, else none).")
+    var apiKey: String?
+    @Option(name: .customLong("admin-key"), help: "Bearer key for /v1/load_lora_adapter and /v1/unload_lora_adapter (default: env DLORA_ADMIN_KEY; none disables them).")
+    var adminKey: String?
+    @Option(help: "Name the base model is served under (default: the model file's name).")
+    var servedModelName: String?
+    @Option(help: "Largest request body, bytes.")
+    var maxBodyBytes: Int = 1 << 20
+    @Option(help: "Requests admitted at once (queued or running); more get 429.")
+    var maxQueue: Int = 256
+    @Option(help: "Prompt tokens at most (default: the context less one).")
+    var maxPromptTokens: Int?
+    @Option(help: "max_tokens at most (default: the context).")
+    var maxTokensLimit: Int?
+    @Option(help: "KV cache and resident adapters: one budget, MiB.")
+    var kvCacheMb: Int = 1024
+    @Option(help: "Tokens per iteration at most (prompt chunks and decode tokens).")
+    var maxBatchTokens: Int = 256
+    @Option(help: "Sequences per iteration at most.")
+    var maxBatchSequences: Int = 64
+    @Option(help: "Batching policy: dlora, unmerged-only, merged-only, peft-like.")
+    var policy: String = "dlora"
+    @Option(help: "Seconds running requests get to finish on SIGTERM/SIGINT before they are cancelled.")
+    var shutdownDeadline: Double = 30
+    @Option(help: "Kernel threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
+        guard maxBodyBytes >= 1024, maxQueue >= 1, kvCacheMb >= 1, maxBatchTokens >= 1, maxBatchSequences >= 1,
+              shutdownDeadline >= 0, shutdownDeadline.isFinite else {
+            throw ValidationError("--max-body-bytes (≥ 1024), --max-queue, --kv-cache-mb, --max-batch-tokens, --max-batch-sequences must be positive")
+        }
+        if let maxPromptTokens, maxPromptTokens < 1 { throw ValidationError("--max-prompt-tokens must be positive") }
+        if let maxTokensLimit, maxTokensLimit < 1 { throw ValidationError("--max-tokens-limit must be positive") }
+        guard BatchingPolicyKind(rawValue: policy) != nil else {
+            throw ValidationError("unknown --policy '\(policy)' (dlora, unmerged-only, merged-only, peft-like)")
+        }
+        if let threads, threads < 1 { throw ValidationError("--threads must be positive") }
+    }
+
+    func run() async throws {
+        if let threads { Kernels.setThreads(threads) }
+        let path = try DefaultModel.resolve(model)
+        let loaded = try LoadedModel(path: path)
+        let config = loaded.model.config
+        let env = ProcessInfo.processInfo.environment
+        let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
+
+        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: 16, numKVHeads: config.numKVHeads,
+                                                      headDim: config.headDim)
+        let blocks = max(4, kvCacheMb << 20 / blockBytes)
+        let generator = Generator(model: loaded.model, tokenizer: loaded.tokenizer, kvBlocks: blocks, maxBatchTokens: maxBatchTokens,
+                                  maxSequences: maxBatchSequences, policy: BatchPolicyConfig(kind: BatchingPolicyKind(rawValue: policy)!))
+        let engine = EngineLoop(generator: generator)
+        defer { engine.shutdown() }
+
+        var options = ServerOptions(modelName: servedModelName ?? Self.modelName(path))
+        options.apiKey = apiKey ?? env["DLORA_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        options.adminKey = adminKey ?? env["DLORA_ADMIN_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        options.maxBodyBytes = maxBodyBytes
+        options.maxQueue = maxQueue
+        options.maxPromptTokens = maxPromptTokens
+        options.maxTokensLimit = maxTokensLimit
+        options.shutdownDeadline = .milliseconds(Int64(shutdownDeadline * 1000))
+        let server = OpenAIServer(engine: engine, tokenizer: loaded.tokenizer, adapters: registry, options: options)
+
+        var logger = Logger(label: "dlora")
+        logger.logLevel = .info
+        let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
+        let app = Application(
+            router: server.makeRouter(),
+            configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),
+            onServerRunning: { channel in
+                let bound = channel.localAddress?.port ?? 0
+                FileHandle.standardError.write(Data(
+                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks\n".utf8))
+            },
+            logger: logger
+        )
+        let group = ServiceGroup(configuration: .init(
+            services: [.init(service: app), .init(service: DrainService(server: server))],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
+        ))
+        try await group.run()
+    }
+
+    /// The served name of a model path: its file (or directory) name without the extension.
+    static func modelName(_ path: String) -> String {
+        let last = URL(fileURLWithPath: path).lastPathComponent
+        return last.hasSuffix(".gguf") ? String(last.dropLast(5)) : last
+    }
+}

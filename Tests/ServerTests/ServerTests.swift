@@ -1,0 +1,381 @@
+import Engine
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Models
+import Testing
+
+@testable import Server
+
+/// The OpenAI-compatible API over HTTP on loopback, every endpoint streamed and not, and its errors.
+@Suite struct ServerTests {
+    /// An adapter request through the API generates what PEFT generates (the committed goldens), and a base
+    /// request what transformers generates; streamed and non-streamed responses carry the same text.
+    @Test func completionsMatchReferenceGoldens() async throws {
+        let server = try ServerFixtures.server()
+        let golden = try ServerFixtures.loraGolden("tiny-llama__a-qv-r4")
+        // A case whose greedy margins are all far from a tie.
+        let c = try #require(golden.cases.first { $0.greedyMargins.allSatisfy { $0 > 0.1 } })
+        let expected = server.tokenizer.decode(c.greedyIds, skipSpecial: false)
+        let base = try ModelGolden.load()
+        let b = try #require(base.cases.first { $0.greedyMargins.prefix(8).allSatisfy { $0 > 0.05 } })
+        let expectedBase = server.tokenizer.decode(Array(b.greedyIds.prefix(8)), skipSpecial: false)
+        try await ServerFixtures.withServer(server) { client in
+            let ids = c.promptIds.map(String.init).joined(separator: ",")
+            let body = "{\"model\":\"a-qv-r4\",\"prompt\":[\(ids)],\"max_tokens\":\(c.greedyIds.count),\"temperature\":0,\"ignore_eos\":true}"
+            let r = try await client.post("/v1/completions", body)
+            #expect(r.0 == 200, "\(r.1)")
+            let o = try jsonObject(r.1)
+            #expect(o["object"] as? String == "text_completion")
+            #expect(o["model"] as? String == "a-qv-r4")
+            let choice = try #require((o["choices"] as? [[String: Any]])?.first)
+            #expect(choice["text"] as? String == expected)
+            #expect(choice["finish_reason"] as? String == "length")
+            let usage = try #require(o["usage"] as? [String: Any])
+            #expect(usage["prompt_tokens"] as? Int == c.promptIds.count)
+            #expect(usage["completion_tokens"] as? Int == c.greedyIds.count)
+            #expect(usage["total_tokens"] as? Int == c.promptIds.count + c.greedyIds.count)
+
+            // Streamed: the same text in pieces, a finish chunk, the usage chunk, [DONE].
+            let streamBody = String(body.dropLast()) + ",\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
+            let s = try await client.post("/v1/completions", streamBody)
+            #expect(s.0 == 200)
+            #expect(s.2[.contentType] == "text/event-stream")
+            let events = sseEvents(s.1)
+            #expect(events.last == "[DONE]")
+            let chunks = try events.dropLast().map(jsonObject)
+            let texts = chunks.compactMap { ($0["choices"] as? [[String: Any]])?.first?["text"] as? String }
+            #expect(texts.joined() == expected)
+            #expect(chunks.allSatisfy { $0["object"] as? String == "text_completion" && $0["id"] as? String == chunks[0]["id"] as? String })
+            let finishes = chunks.compactMap { ($0["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String }
+            #expect(finishes == ["length"])
+            let usageChunk = try #require(chunks.last)
+            #expect((usageChunk["choices"] as? [Any])?.isEmpty == true)
+            #expect((usageChunk["usage"] as? [String: Any])?["completion_tokens"] as? Int == c.greedyIds.count)
+
+            // The base model (transformers' greedy continuation).
+            let bids = b.promptIds.map(String.init).joined(separator: ",")
+            let rb = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[\(bids)],\"max_tokens\":8,\"temperature\":0,\"ignore_eos\":true}")
+            #expect(rb.0 == 200)
+            #expect(((try jsonObject(rb.1))["choices"] as? [[String: Any]])?.first?["text"] as? String == expectedBase)
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
+    /// Chat completions render the template, stream role/content/finish chunks, and agree with a completion
+    /// of the same rendered prompt.
+    @Test func chatCompletions() async throws {
+        let server = try ServerFixtures.server()
+        let rendered = try server.tokenizer.chatTemplate.render(messages: [ChatMessage(role: "system", content: "Be brief."),
+                                                                          ChatMessage(role: "user", content: "hello there")],
+                                                                addGenerationPrompt: true)
+        let promptIDs = server.tokenizer.encode(rendered, addSpecial: false)
+        try await ServerFixtures.withServer(server) { client in
+            let messages = "[{\"role\":\"developer\",\"content\":\"Be brief.\"},{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"hello \"},{\"type\":\"text\",\"text\":\"there\"}]}]"
+            let body = "{\"model\":\"b-all-r8-rslora\",\"messages\":\(messages),\"max_completion_tokens\":12,\"temperature\":0,\"ignore_eos\":true,\"user\":\"u1\"}"
+            let r = try await client.post("/v1/chat/completions", body)
+            #expect(r.0 == 200, "\(r.1)")
+            let o = try jsonObject(r.1)
+            #expect(o["object"] as? String == "chat.completion")
+            let choice = try #require((o["choices"] as? [[String: Any]])?.first)
+            let message = try #require(choice["message"] as? [String: Any])
+            #expect(message["role"] as? String == "assistant")
+            let content = try #require(message["content"] as? String)
+            #expect((o["usage"] as? [String: Any])?["prompt_tokens"] as? Int == promptIDs.count)
+
+            let ids = promptIDs.map(String.init).joined(separator: ",")
+            let same = try await client.post("/v1/completions", "{\"model\":\"b-all-r8-rslora\",\"prompt\":[\(ids)],\"max_tokens\":12,\"temperature\":0,\"ignore_eos\":true}")
+            #expect(((try jsonObject(same.1))["choices"] as? [[String: Any]])?.first?["text"] as? String == content)
+
+            let s = try await client.post("/v1/chat/completions", String(body.dropLast()) + ",\"stream\":true}")
+            let events = sseEvents(s.1)
+            #expect(events.last == "[DONE]")
+            let chunks = try events.dropLast().map(jsonObject)
+            #expect(chunks.allSatisfy { $0["object"] as? String == "chat.completion.chunk" })
+            let deltas = chunks.compactMap { ($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any] }
+            #expect(deltas.first?["role"] as? String == "assistant")
+            #expect(deltas.compactMap { $0["content"] as? String }.joined() == content)
+            #expect((chunks.last?["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String == "length")
+        }
+    }
+
+    /// /v1/models lists the base and every adapter with its parent; /health answers.
+    @Test func modelsAndHealth() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let r = try await client.send("/v1/models", .get)
+            #expect(r.0 == 200)
+            let data = try #require((try jsonObject(r.1))["data"] as? [[String: Any]])
+            let ids = data.compactMap { $0["id"] as? String }
+            #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2"])
+            #expect(data[0]["parent"] is NSNull)
+            #expect(data.dropFirst().allSatisfy { $0["parent"] as? String == "tiny-llama" && $0["object"] as? String == "model" })
+            let h = try await client.send("/health", .get)
+            #expect(h.0 == 200)
+        }
+    }
+
+    /// Bearer keys: /v1/* needs the API key, adapter management the admin key; health and metrics are open.
+    @Test func authentication() async throws {
+        let server = try ServerFixtures.server { $0.apiKey = "sk-test"; $0.adminKey = "admin" }
+        try await ServerFixtures.withServer(server) { client in
+            let missing = try await client.send("/v1/models", .get)
+            try expectError(missing, status: 401, code: "invalid_api_key")
+            #expect(missing.2[.wwwAuthenticate] == "Bearer")
+            try expectError(try await client.send("/v1/models", .get, key: "sk-wrong"), status: 401)
+            try expectError(try await client.send("/v1/models", .get, key: "sk-test-longer"), status: 401)
+            #expect(try await client.send("/v1/models", .get, key: "sk-test").0 == 200)
+            try expectError(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\"}"), status: 401)
+            #expect(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":2}", key: "sk-test").0 == 200)
+            // The API key is not the admin key.
+            try expectError(try await client.post("/v1/load_lora_adapter", "{\"lora_name\":\"x\",\"lora_path\":\"a-qv-r4\"}", key: "sk-test"), status: 401)
+            #expect(try await client.send("/health", .get).0 == 200)
+            #expect(try await client.send("/metrics", .get).0 == 200)
+        }
+    }
+
+    /// vLLM's load/unload endpoints: admin key, paths confined to the adapter root, names served at once.
+    @Test func loadAndUnloadAdapters() async throws {
+        // A root with one adapter and a symlink that leads out of it.
+        let root = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-server-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: root, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: root) }
+        try FileManager.default.createDirectory(at: root.appendingPathComponent("sub"), withIntermediateDirectories: true)
+        try FileManager.default.copyItem(atPath: ServerFixtures.adapterRoot + "/a-qv-r4", toPath: root.appendingPathComponent("sub/qv").path)
+        try FileManager.default.createSymbolicLink(atPath: root.appendingPathComponent("escape").path,
+                                                   withDestinationPath: ServerFixtures.adapterRoot + "/c-kod-r2")
+        let server = try ServerFixtures.server(adapterRoot: root.path) { $0.adminKey = "admin" }
+        try await ServerFixtures.withServer(server) { client in
+            let load = "{\"lora_name\":\"mine\",\"lora_path\":\"sub/qv\"}"
+            try expectError(try await client.post("/v1/load_lora_adapter", load), status: 401)
+            try expectError(try await client.post("/v1/load_lora_adapter", load, key: "nope"), status: 401)
+            let ok = try await client.post("/v1/load_lora_adapter", load, key: "admin")
+            #expect(ok.0 == 200, "\(ok.1)")
+            let models = try await client.send("/v1/models", .get)
+            #expect(models.1.contains("\"id\":\"mine\""))
+            let ask = "{\"model\":\"mine\",\"prompt\":[1,2,3],\"max_tokens\":6,\"temperature\":0,\"ignore_eos\":true}"
+            let viaLoaded = try await client.post("/v1/completions", ask)
+            #expect(viaLoaded.0 == 200)
+            try expectError(try await client.post("/v1/load_lora_adapter", load, key: "admin"), status: 400, param: "lora_name")
+
+            // Traversal, absolute paths, symlink escapes, bad names.
+            for (body, param) in [
+                ("{\"lora_name\":\"t1\",\"lora_path\":\"../tiny-llama/a-qv-r4\"}", "lora_path"),
+                ("{\"lora_name\":\"t2\",\"lora_path\":\"sub/../../x\"}", "lora_path"),
+                ("{\"lora_name\":\"t3\",\"lora_path\":\"\(ServerFixtures.adapterRoot)/a-qv-r4\"}", "lora_path"),
+                ("{\"lora_name\":\"t4\",\"lora_path\":\"escape\"}", "lora_path"),
+                ("{\"lora_name\":\"t5\",\"lora_path\":\"missing\"}", "lora_path"),
+                ("{\"lora_name\":\"../t6\",\"lora_path\":\"sub/qv\"}", "lora_path"),
+                ("{\"lora_name\":\"t7\"}", "lora_path"),
+                ("{\"lora_path\":\"sub/qv\"}", "lora_name"),
+                ("{\"lora_name\":\"tiny-llama\",\"lora_path\":\"sub/qv\"}", "lora_name"),
+                ("{\"lora_name\":\"t8\",\"lora_path\":\"sub/qv\",\"extra\":1}", "extra"),
+            ] {
+                try expectError(try await client.post("/v1/load_lora_adapter", body, key: "admin"), status: 400, param: param)
+            }
+            // The symlinked directory under the root is not served by its name either.
+            try expectError(try await client.post("/v1/completions", "{\"model\":\"escape\",\"prompt\":\"hi\"}"), status: 404, code: "model_not_found")
+
+            #expect(try await client.post("/v1/unload_lora_adapter", "{\"lora_name\":\"mine\"}", key: "admin").0 == 200)
+            try expectError(try await client.post("/v1/completions", ask), status: 404, code: "model_not_found")
+            try expectError(try await client.post("/v1/unload_lora_adapter", "{\"lora_name\":\"mine\"}", key: "admin"), status: 404)
+            #expect(!(try await client.send("/v1/models", .get)).1.contains("\"id\":\"mine\""))
+        }
+        // No admin key: the endpoints are disabled.
+        let closed = try ServerFixtures.server()
+        try await ServerFixtures.withServer(closed) { client in
+            try expectError(try await client.post("/v1/load_lora_adapter", "{\"lora_name\":\"x\",\"lora_path\":\"a-qv-r4\"}"), status: 404)
+            try expectError(try await client.post("/v1/unload_lora_adapter", "{\"lora_name\":\"a-qv-r4\"}"), status: 404)
+        }
+    }
+
+    /// Every malformed request is a 4xx in OpenAI's shape; the server stays healthy and idle afterwards.
+    @Test func malformedInputSweep() async throws {
+        let server = try ServerFixtures.server { $0.maxBodyBytes = 64 << 10 }
+        let long = String(repeating: "many words make a long prompt ", count: 200)
+        let deep = String(repeating: "[", count: 10_000)
+        let cases: [(String, String, Int, String?)] = [
+            ("/v1/completions", "", 400, nil),
+            ("/v1/completions", "{", 400, nil),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\"", 400, nil),
+            ("/v1/completions", "[]", 400, nil),
+            ("/v1/completions", "null", 400, nil),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\"} trailing", 400, nil),
+            ("/v1/completions", deep, 400, nil),
+            ("/v1/completions", "{\"model\":5,\"prompt\":\"hi\"}", 400, "model"),
+            ("/v1/completions", "{\"prompt\":\"hi\"}", 400, "model"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\"}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"\"}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[\"a\",\"b\"]}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[1,-3]}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[1,99999]}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[]}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":{\"a\":1}}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"\(long)\"}", 400, "prompt"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":255}", 400, "max_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":\"10\"}", 400, "max_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":1e400}", 400, nil),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":99999999999999999999}", 400, "max_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":-1}", 400, "max_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":0}", 400, "max_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":2.5}", 400, "max_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"temperature\":\"hot\"}", 400, "temperature"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"temperature\":5}", 400, "temperature"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"top_p\":0}", 400, "top_p"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"top_k\":-5}", 400, "top_k"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"n\":2}", 400, "n"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stop\":5}", 400, "stop"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stop\":[\"\"]}", 400, "stop"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"seed\":\"x\"}", 400, "seed"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stream\":\"yes\"}", 400, "stream"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stream_options\":{\"include_usage\":true}}", 400, "stream_options"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logprobs\":5}", 400, "logprobs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"presence_penalty\":0.5}", 400, "presence_penalty"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"echo\":true}", 400, "echo"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"foo\":1}", 400, "foo"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"model\":\"tiny-llama\",\"prompt\":\"hi\"}", 400, "model"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"messages\":[]}", 400, "messages"),
+            ("/v1/completions", "{\"model\":\"nope\",\"prompt\":\"hi\"}", 404, "model"),
+            ("/v1/completions", "{\"model\":\"../../etc/passwd\",\"prompt\":\"hi\"}", 404, "model"),
+            ("/v1/completions", "{\"model\":\"/etc/passwd\",\"prompt\":\"hi\"}", 404, "model"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\"}", 400, "messages"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[]}", 400, "messages"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":\"hi\"}", 400, "messages"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"wizard\",\"content\":\"x\"}]}", 400, "messages[0].role"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":5}]}", 400, "messages[0].content"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\"}]}", 400, "messages[0].content"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{}}]}]}", 400, "messages[0].content"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_calls\":[]}]}", 400, "messages[0].tool_calls"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"prompt\":\"x\"}", 400, "prompt"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}", 400, "tools"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":3,\"max_completion_tokens\":4}", 400, "max_completion_tokens"),
+        ]
+        try await ServerFixtures.withServer(server) { client in
+            for (uri, body, status, param) in cases {
+                let r = try await client.post(uri, body)
+                try expectError(r, status: status, param: param)
+            }
+            // Invalid UTF-8, inside a string and outside.
+            for bytes: [UInt8] in [[0x7B, 0xFF, 0xFE, 0x7D], Array("{\"model\":\"tiny-llama\",\"prompt\":\"".utf8) + [0xC3, 0x28] + Array("\"}".utf8)] {
+                try expectError(try await client.send("/v1/completions", .post, body: ByteBuffer(bytes: bytes)), status: 400)
+            }
+            // Too large a body; unknown routes and methods.
+            let big = "{\"model\":\"tiny-llama\",\"prompt\":\"" + String(repeating: "x", count: 70 << 10) + "\"}"
+            try expectError(try await client.post("/v1/completions", big), status: 413)
+            try expectError(try await client.send("/v1/nothing", .get), status: 404)
+            try expectError(try await client.send("/v1/completions", .get), status: 404)
+            try expectError(try await client.send("/v1/models", .delete), status: 404)
+            // Still healthy, and still serving.
+            #expect(try await client.send("/health", .get).0 == 200)
+            #expect(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":3}").0 == 200)
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
+    /// A full queue answers 429 with Retry-After; a shutdown stops admitting (503), lets the running request
+    /// go on until the deadline, then cancels it cleanly and frees everything.
+    @Test func queueLimitAndDrain() async throws {
+        let server = try ServerFixtures.server(slow: true) { $0.maxQueue = 1; $0.shutdownDeadline = .milliseconds(300) }
+        try await ServerFixtures.withServer(server) { client in
+            async let running = client.post("/v1/completions", "{\"model\":\"a-qv-r4\",\"prompt\":\"hi\",\"max_tokens\":200,\"ignore_eos\":true,\"stream\":true}")
+            for _ in 0..<200 where server.engine.snapshot.running == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(server.inFlight == 1)
+            let full = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\"}")
+            try expectError(full, status: 429, code: "queue_full")
+            #expect(full.2[.retryAfter] != nil)
+
+            let started = ContinuousClock.now
+            async let drained: Void = server.drain()
+            try await Task.sleep(for: .milliseconds(50))
+            try expectError(try await client.send("/health", .get), status: 503)
+            try expectError(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\"}"), status: 503)
+            await drained
+            #expect(ContinuousClock.now - started < .seconds(3))
+            let r = try await running
+            let events = sseEvents(r.1)
+            #expect(events.last == "[DONE]")
+            #expect(events.dropLast().last?.contains("\"error\"") == true, "\(events.suffix(2))")
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
+    /// A client that leaves mid-request (streamed or not) cancels it at once: KV blocks, adapter references
+    /// and its queue place are freed long before the generation would have ended.
+    @Test func disconnectCancels() async throws {
+        let server = try ServerFixtures.server(slow: true)
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            for stream in [false, true] {
+                let body = "{\"model\":\"a-qv-r4\",\"prompt\":\"hi\",\"max_tokens\":200,\"ignore_eos\":true,\"stream\":\(stream)}"
+                let conn = try RawConnection(port: port)
+                conn.send(RawConnection.post("/v1/completions", body))
+                if stream {
+                    #expect(conn.read(until: "data: ").contains("200 OK"))
+                }
+                for _ in 0..<200 where server.engine.snapshot.running == 0 { try await Task.sleep(for: .milliseconds(10)) }
+                #expect(server.engine.snapshot.running == 1)
+                let left = ContinuousClock.now
+                conn.closeNow()
+                #expect(try await ServerFixtures.waitIdle(server))
+                // 200 tokens at ≥ 20 ms each would take ≥ 4 s.
+                #expect(ContinuousClock.now - left < .seconds(2), "stream: \(stream)")
+            }
+            let m = try await client.send("/metrics", .get)
+            #expect(m.1.contains("dlora_requests_total{model=\"a-qv-r4\",status=\"cancelled\"} 2"), "\(m.1)")
+        }
+    }
+
+    /// /metrics: per-adapter request counts and latency histograms, engine occupancy and batching counters.
+    @Test func prometheusMetrics() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            #expect(try await client.post("/v1/completions", "{\"model\":\"a-qv-r4\",\"prompt\":[5,6,7],\"max_tokens\":16,\"ignore_eos\":true}").0 == 200)
+            #expect(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[5,6,7],\"max_tokens\":4,\"ignore_eos\":true}").0 == 200)
+            #expect(try await client.post("/v1/completions", "{\"model\":\"nope\",\"prompt\":\"x\"}").0 == 404)
+            let r = try await client.send("/metrics", .get)
+            #expect(r.0 == 200)
+            #expect(r.2[.contentType]?.hasPrefix("text/plain") == true)
+            let text = r.1
+            for line in [
+                "dlora_requests_total{model=\"a-qv-r4\",status=\"ok\"} 1",
+                "dlora_requests_total{model=\"tiny-llama\",status=\"ok\"} 1",
+                "dlora_requests_total{model=\"_unknown\",status=\"404\"} 1",
+                "dlora_generation_tokens_total{model=\"a-qv-r4\"} 16",
+                "dlora_prompt_tokens_total{model=\"tiny-llama\"} 3",
+                "dlora_time_to_first_token_seconds_count{model=\"a-qv-r4\"} 1",
+                "dlora_inter_token_latency_seconds_count{model=\"a-qv-r4\"} 15",
+                "dlora_e2e_request_latency_seconds_count{model=\"tiny-llama\"} 1",
+                "dlora_requests_running 0",
+                "dlora_requests_waiting 0",
+                "dlora_requests_in_flight 0",
+                "dlora_adapters_resident 1",
+                "dlora_adapter_loads_total 1",
+                "dlora_swaps_total{direction=\"out\"} 0",
+                "dlora_mode_switches_total",
+                "dlora_iterations_total{mode=\"unmerged\"}",
+                "dlora_iterations_total{mode=\"merged\"}",
+                "dlora_kv_cache_usage_ratio",
+                "dlora_adapter_pool_blocks",
+            ] {
+                #expect(text.contains(line), "missing: \(line)")
+            }
+            #expect(text.contains("# TYPE dlora_time_to_first_token_seconds histogram"))
+        }
+    }
+}
+
+/// The tiny Llama's transformers goldens (Tests/Fixtures/models).
+enum ModelGolden {
+    struct Case: Decodable {
+        let promptIds: [Int]
+        let greedyIds: [Int]
+        let greedyMargins: [Float]
+    }
+    struct File: Decodable { let cases: [Case] }
+
+    static func load() throws -> File {
+        let decoder = JSONDecoder()
+        decoder.keyDecodingStrategy = .convertFromSnakeCase
+        return try decoder.decode(File.self, from: Data(contentsOf: ServerFixtures.fixtures.appendingPathComponent("models/tiny-llama/goldens/F32.json")))
+    }
+}

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""The official `openai` Python client drives a running `dlora serve` process on loopback.
+
+Usage: test_openai_client.py DLORA_BINARY
+Starts the server on the tiny test model with its adapters (port 0, an API key), checks completions, chat,
+streaming, the models list, an adapter request, an unknown model and a bad key, then stops it with SIGTERM
+and checks that it exits cleanly. Exits non-zero on the first failure.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import openai
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MODEL = os.path.join(ROOT, "Tests/Fixtures/models/tiny-llama/tiny-llama.F32.gguf")
+ADAPTERS = os.path.join(ROOT, "Tests/Fixtures/lora/tiny-llama")
+KEY = "sk-dlora-test"
+
+
+def start(binary):
+    proc = subprocess.Popen(
+        [binary, "serve", "--model", MODEL, "--adapters", ADAPTERS, "--port", "0", "--api-key", KEY,
+         "--kv-cache-mb", "64", "--shutdown-deadline", "5", "--served-model-name", "tiny-llama"],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    port = None
+    deadline = time.time() + 60
+    lines = []
+    while time.time() < deadline:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"serving .* on http://127\.0\.0\.1:(\d+)", line)
+        if m:
+            port = int(m.group(1))
+            break
+    if port is None:
+        proc.kill()
+        sys.exit("dlora serve did not start:\n" + "".join(lines))
+    # Keep draining stderr so the server never blocks on a full pipe.
+    threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+    return proc, port
+
+
+def main():
+    binary = sys.argv[1]
+    proc, port = start(binary)
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+        ids = sorted(m.id for m in client.models.list().data)
+        assert ids == ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "tiny-llama"], ids
+        parents = {m.id: getattr(m, "parent", None) for m in client.models.list().data}
+        assert parents["a-qv-r4"] == "tiny-llama" and parents["tiny-llama"] is None, parents
+
+        c = client.completions.create(model="tiny-llama", prompt="hello world", max_tokens=8, temperature=0,
+                                      extra_body={"ignore_eos": True})
+        assert c.object == "text_completion" and isinstance(c.choices[0].text, str), c
+        assert c.usage.completion_tokens == 8 and c.choices[0].finish_reason == "length", c
+
+        streamed = "".join(ch.choices[0].text for ch in client.completions.create(
+            model="tiny-llama", prompt="hello world", max_tokens=8, temperature=0, stream=True,
+            extra_body={"ignore_eos": True}) if ch.choices)
+        assert streamed == c.choices[0].text, (streamed, c.choices[0].text)
+
+        # An adapter changes the continuation (the PEFT goldens check its numbers; here: it is applied).
+        a = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=8, temperature=0,
+                                      extra_body={"ignore_eos": True})
+        assert a.model == "a-qv-r4" and a.choices[0].text != c.choices[0].text, (a, c)
+
+        chat = client.chat.completions.create(model="b-all-r8-rslora", messages=[{"role": "user", "content": "hi"}],
+                                              max_tokens=6, temperature=0, seed=7)
+        assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant", chat
+        assert chat.usage.prompt_tokens > 0, chat
+
+        chunks = list(client.chat.completions.create(
+            model="b-all-r8-rslora", messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0,
+            seed=7, stream=True, stream_options={"include_usage": True}))
+        text = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+        assert text == chat.choices[0].message.content, (text, chat.choices[0].message.content)
+        assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
+
+        try:
+            client.completions.create(model="no-such-model", prompt="x", max_tokens=2)
+            raise AssertionError("unknown model accepted")
+        except openai.NotFoundError as e:
+            assert e.status_code == 404 and e.body["code"] == "model_not_found", e.body
+
+        try:
+            client.completions.create(model="tiny-llama", prompt="x", max_tokens=2, extra_body={"best_of": 3})
+            raise AssertionError("unsupported parameter accepted")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "best_of", e.body
+
+        bad = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="sk-wrong", max_retries=0)
+        try:
+            bad.models.list()
+            raise AssertionError("bad key accepted")
+        except openai.AuthenticationError as e:
+            assert e.status_code == 401
+
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=30)
+        assert rc == 0, f"dlora serve exited with {rc} after SIGTERM"
+        print("openai client: all checks passed")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+if __name__ == "__main__":
+    main()
