@@ -39,29 +39,12 @@ struct GenerationRequest: Equatable {
 
     /// Parses a body. `chat` selects the endpoint's shape.
     static func parse(_ body: ByteBuffer, chat: Bool) throws -> GenerationRequest {
-        let bytes = body.readableBytesView
-        guard !bytes.isEmpty else { throw APIError.invalid(nil, "the request body is empty; expected a JSON object") }
-        // JSON text is UTF-8 (RFC 8259): anything else is refused rather than repaired.
-        guard String(validating: bytes, as: UTF8.self) != nil else {
-            throw APIError.invalid(nil, "the request body is not valid UTF-8")
-        }
-        let root: ExactJSON
-        do {
-            root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body") }
-        } catch {
-            throw APIError.invalid(nil, "invalid JSON: \(error)")
-        }
-        guard case .object(let members) = root else { throw APIError.invalid(nil, "the request body must be a JSON object") }
-        var fields: [String: ExactJSON] = [:]
-        for (key, value) in members {
-            guard fields.updateValue(value, forKey: key) == nil else { throw APIError.invalid(key, "duplicate key '\(key)'") }
-        }
+        let members = try JSONFields.parseObject(body)
+        let f = try JSONFields(members: members)
         let allowed = commonKeys.union(chat ? chatKeys : completionKeys)
         for key in members.map(\.key) where !allowed.contains(key) {
             throw APIError.invalid(key, "unrecognized request argument '\(JSONFields.printable(key))'")
         }
-        let f = JSONFields(fields)
-
         guard let model = try f.string("model") else { throw APIError.invalid("model", "'model' is required") }
         guard !model.isEmpty, model.utf8.count <= 256 else { throw APIError.invalid("model", "'model' must be 1 to 256 bytes") }
 
@@ -237,7 +220,34 @@ struct GenerationRequest: Equatable {
 struct JSONFields {
     let fields: [String: ExactJSON]
 
-    init(_ fields: [String: ExactJSON]) { self.fields = fields }
+    /// The fields of an object; a key given twice is a 400.
+    init(members: [(key: String, value: ExactJSON)]) throws {
+        var fields: [String: ExactJSON] = [:]
+        for (key, value) in members {
+            guard fields.updateValue(value, forKey: key) == nil else {
+                throw APIError.invalid(Self.printable(key), "duplicate key '\(Self.printable(key))'")
+            }
+        }
+        self.fields = fields
+    }
+
+    /// Parses a request body that must be one JSON object. JSON text is UTF-8 (RFC 8259): anything else is
+    /// refused rather than repaired.
+    static func parseObject(_ body: ByteBuffer) throws -> [(key: String, value: ExactJSON)] {
+        let bytes = body.readableBytesView
+        guard !bytes.isEmpty else { throw APIError.invalid(nil, "the request body is empty; expected a JSON object") }
+        guard String(validating: bytes, as: UTF8.self) != nil else {
+            throw APIError.invalid(nil, "the request body is not valid UTF-8")
+        }
+        let root: ExactJSON
+        do {
+            root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body") }
+        } catch {
+            throw APIError.invalid(nil, "invalid JSON: \(error)")
+        }
+        guard case .object(let members) = root else { throw APIError.invalid(nil, "the request body must be a JSON object") }
+        return members
+    }
 
     /// A key as it may appear in an error message (bounded, control characters escaped).
     static func printable(_ key: String) -> String {

@@ -173,17 +173,7 @@ public final class OpenAIServer: Sendable {
         try authorize(request, key: adminKey)
         var request = request
         let body = try await collect(&request)
-        guard String(validating: body.readableBytesView, as: UTF8.self) != nil else {
-            throw APIError.invalid(nil, "the request body is not valid UTF-8")
-        }
-        let root: ExactJSON
-        do {
-            root = try Array(body.readableBytesView).withUnsafeBytes { try ExactJSON.parse($0, name: "request body") }
-        } catch {
-            throw APIError.invalid(nil, "invalid JSON: \(error)")
-        }
-        guard case .object(let members) = root else { throw APIError.invalid(nil, "the request body must be a JSON object") }
-        return (registry, JSONFields(Dictionary(members, uniquingKeysWith: { _, last in last })))
+        return (registry, try JSONFields(members: JSONFields.parseObject(body)))
     }
 
     // MARK: Generation
@@ -258,7 +248,6 @@ public final class OpenAIServer: Sendable {
         switch parsed.input {
         case .text(let text):
             guard !text.isEmpty else { throw APIError.invalid("prompt", "the prompt is empty") }
-            guard text.utf8.count <= options.maxBodyBytes else { throw APIError.invalid("prompt", "the prompt is too long") }
             prompt = tokenizer.encode(text, addSpecial: true)
         case .tokens(let ids):
             prompt = ids
