@@ -34,6 +34,8 @@ struct BenchReplica: ParsableCommand {
     var maxOutput: Int = 48
     @Option(help: "SLO on a request's latency per generated token, seconds.")
     var slo: Double = 0.5
+    @Option(help: "Adapter target modules: qv (q_proj, v_proj) or all (the seven linear layers).")
+    var targets: String = "qv"
     @Option(help: "Seed for adapter popularity and weights.")
     var seed: UInt64 = 1
     @Option(help: "Kernel threads (default: all cores).")
@@ -43,6 +45,7 @@ struct BenchReplica: ParsableCommand {
         guard adapters >= 1, adapters <= 1024, requests >= 1, rate > 0, maxPrompt >= 1, maxOutput >= 1, slo > 0, alpha >= 0 else {
             throw ValidationError("--adapters, --requests, --rate, --max-prompt, --max-output, --slo must be positive")
         }
+        guard targets == "qv" || targets == "all" else { throw ValidationError("--targets must be qv or all") }
         for p in policies.split(separator: ",") where BatchingPolicyKind(rawValue: String(p)) == nil {
             throw ValidationError("unknown policy '\(p)' (dlora, unmerged-only, merged-only, peft-like)")
         }
@@ -61,10 +64,11 @@ struct BenchReplica: ParsableCommand {
         let m = loaded.model, c = m.config
         var rng = SamplerRNG(seed: seed)
 
-        // Adapters: ranks 8–64, q/v targets, bf16, random.
+        // Adapters: ranks 8–64, bf16, random.
         let ranks = [8, 16, 32, 64]
+        let modules: [LoRATarget] = targets == "all" ? LoRATarget.allCases : [.q, .v]
         let weights = (0..<adapters).map { i in
-            BenchLoRA.randomAdapter(config: c, rank: ranks[i % ranks.count], targets: [.q, .v], dtype: .bf16, seed: seed &* 7919 &+ UInt64(i))
+            BenchLoRA.randomAdapter(config: c, rank: ranks[i % ranks.count], targets: modules, dtype: .bf16, seed: seed &* 7919 &+ UInt64(i))
         }
         // Popularity: P(k) ∝ (k+1)^-alpha.
         let weightsK = (0..<adapters).map { pow(Double($0 + 1), -alpha) }
