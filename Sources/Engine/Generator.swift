@@ -141,6 +141,10 @@ public final class Generator {
     private var adapterByID: [Int: (weights: LoRAWeights, scale: Float)] = [:]
     /// The adapter this Generator folded into the model, if any.
     private var mergedAdapter: Int?
+    /// Measured merge cost per targeted base-matrix element (prior: SmolLM2 Q4_1 q/v, bench/results/lora.md:
+    /// ~25 ms for 13.3 M elements), and the last unmerge's seconds: the policy's switch-cost estimates.
+    private var mergeSecondsPerElement = 2e-9
+    private var lastUnmergeSeconds = 0.002
     /// Adapters resident for execution, each holding KV-cache blocks' worth of the shared budget.
     private var resident: [Int: (blocks: [Int32], lastUse: Int)] = [:]
     /// Host memory for swapped-out KV, and its limit (beyond it, preempted sequences recompute instead).
@@ -254,6 +258,9 @@ public final class Generator {
                 s.adapterID = adapterIDs.count
                 adapterIDs[key] = s.adapterID
                 adapterByID[s.adapterID] = (adapter, adapterScale)
+                // Merging costs in proportion to the base matrices the adapter targets (dequantize, add B·A).
+                let elements = adapter.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures } ?? 0) }
+                policy.estimateSwitch(adapter: s.adapterID, seconds: Double(elements) * mergeSecondsPerElement + lastUnmergeSeconds)
             }
         }
         live.append(s)
@@ -267,7 +274,7 @@ public final class Generator {
             live.remove(at: i)
         }
         if live.isEmpty && mergedAdapter != nil {
-            model.unmerge()
+            unmergeTimed()
             mergedAdapter = nil
         }
     }
@@ -328,13 +335,18 @@ public final class Generator {
         var mergedNow = false
         if case .merged(let a) = decision.mode, let (weights, scale) = adapterByID[a], model.merged == nil || mergedAdapter != nil {
             if mergedAdapter != a {
-                if mergedAdapter != nil { model.unmerge() }
+                if mergedAdapter != nil { unmergeTimed() }
+                let t0 = clock()
                 model.merge(weights, scale: scale)
+                let seconds = Double(clock() &- t0) / 1e9
+                let elements = weights.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures } ?? 0) }
+                if elements > 0 { mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * seconds / Double(elements) }
+                policy.observeSwitch(adapter: a, seconds: seconds + lastUnmergeSeconds)
                 mergedAdapter = a
             }
             mergedNow = true
         } else if mergedAdapter != nil {
-            model.unmerge()
+            unmergeTimed()
             mergedAdapter = nil
         }
         if !mergedNow {
@@ -398,7 +410,7 @@ public final class Generator {
         }
         if live.isEmpty && mergedAdapter != nil {
             // Idle: leave the model as it was given (other users may share it).
-            model.unmerge()
+            unmergeTimed()
             mergedAdapter = nil
         }
         return events
@@ -500,6 +512,12 @@ public final class Generator {
         resident[a] = (pool.allocate(need)!, stats.steps)
         stats.adapterLoads += 1
         return true
+    }
+
+    private func unmergeTimed() {
+        let t0 = clock()
+        model.unmerge()
+        lastUnmergeSeconds = Double(clock() &- t0) / 1e9
     }
 
     /// Adapters resident now, and the KV blocks they take from the shared budget.

@@ -71,6 +71,10 @@ public struct StepCostModel: Equatable, Sendable {
     public var switchSeconds: Double
     public private(set) var mergedCorrection = 1.0
     public private(set) var unmergedCorrection = 1.0
+    /// Iterations observed per mode: the corrections average the first observations (weight 1/n) before
+    /// settling into an EWMA, so a profile that is far off is corrected after one iteration, not twenty.
+    public private(set) var mergedObservations = 0
+    public private(set) var unmergedObservations = 0
 
     public init(fixedSeconds: Double, perTokenSeconds: Double, perLoRATokenSeconds: Double, perAdapterSeconds: Double,
                 switchSeconds: Double) {
@@ -102,13 +106,16 @@ public struct StepCostModel: Equatable, Sendable {
     /// Folds in a measured iteration.
     public mutating func observe(mode: ExecutionMode, tokens: Int, adapters: Int, seconds: Double) {
         guard seconds.isFinite, seconds > 0, tokens > 0 else { return }
-        let alpha = 0.1
         switch mode {
         case .merged:
             let predicted = merged(tokens: tokens) / mergedCorrection
+            mergedObservations += 1
+            let alpha = max(0.1, 1 / Double(mergedObservations))
             mergedCorrection = (1 - alpha) * mergedCorrection + alpha * seconds / predicted
         case .unmerged:
             let predicted = unmerged(tokens: tokens, adapters: adapters) / unmergedCorrection
+            unmergedObservations += 1
+            let alpha = max(0.1, 1 / Double(unmergedObservations))
             unmergedCorrection = (1 - alpha) * unmergedCorrection + alpha * seconds / predicted
         }
     }
@@ -145,6 +152,10 @@ public struct BatchPolicy: Sendable {
     public private(set) var switches = 0
     /// The current static batch (peft-like).
     private var staticBatch: Set<Int> = []
+    /// Merge + unmerge seconds per adapter: an estimate given by the engine (the merge cost grows with the
+    /// base matrices an adapter targets), replaced by measurements. Adapters without one cost
+    /// `config.costs.switchSeconds`.
+    public private(set) var switchCosts: [Int: Double] = [:]
     /// The stretch since the last switch: tokens served and seconds spent, for the AIMD comparison.
     private var stretchTokens = 0
     private var stretchSeconds = 0.0
@@ -186,7 +197,7 @@ public struct BatchPolicy: Sendable {
             if case .merged(let a) = next { pool = queue.filter { $0.adapter == a } }
         }
         if next != mode {
-            adapt(leaving: mode)
+            adapt(leaving: mode, entering: next)
             switches += 1
             mode = next
         }
@@ -206,6 +217,23 @@ public struct BatchPolicy: Sendable {
         case .merged: stretchAlternativeSeconds += config.costs.unmerged(tokens: tokens, adapters: 1)
         case .unmerged: stretchAlternativeSeconds += config.costs.mergedOneAtATime(tokens: tokens, adapters: max(1, adapters))
         }
+    }
+
+    /// An a-priori merge + unmerge cost for an adapter (kept until a measurement replaces it).
+    public mutating func estimateSwitch(adapter: Int, seconds: Double) {
+        guard seconds.isFinite, seconds >= 0, switchCosts[adapter] == nil else { return }
+        switchCosts[adapter] = seconds
+    }
+
+    /// A measured merge + unmerge of an adapter.
+    public mutating func observeSwitch(adapter: Int, seconds: Double) {
+        guard seconds.isFinite, seconds >= 0 else { return }
+        switchCosts[adapter] = seconds
+    }
+
+    private func switchCost(_ mode: ExecutionMode) -> Double {
+        if case .merged(let a) = mode, let s = switchCosts[a] { return s }
+        return config.costs.switchSeconds
     }
 
     // MARK: dLoRA
@@ -235,7 +263,8 @@ public struct BatchPolicy: Sendable {
         // Amortization: over the horizon, merged must serve the dominant adapter's tokens faster than the
         // unmerged window serves tokens, after paying the switch.
         let h = Double(c.amortizationHorizon)
-        let merged = Double(min(nm, c.maxBatchSequences)) * h / (c.costs.switchSeconds + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
+        let merged = Double(min(nm, c.maxBatchSequences)) * h
+            / (switchCost(.merged(adapter: m)) + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
         let distinct = Set(window.map(\.adapter)).filter { $0 != QueuedRequest.base }.count
         let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinct)
         return merged > unmerged ? .merged(adapter: m) : .unmerged
@@ -243,9 +272,9 @@ public struct BatchPolicy: Sendable {
 
     /// AIMD on the threshold of the mode being left: if the stretch beat its alternative, make that mode
     /// easier to enter/keep (−0.05), else harder (×1.1).
-    private mutating func adapt(leaving old: ExecutionMode) {
+    private mutating func adapt(leaving old: ExecutionMode, entering new: ExecutionMode) {
         guard config.kind == .dlora, stretchTokens > 0 else { return resetStretch() }
-        let won = stretchSeconds + config.costs.switchSeconds <= stretchAlternativeSeconds
+        let won = stretchSeconds + switchCost(old == .unmerged ? new : old) <= stretchAlternativeSeconds
         switch old {
         case .merged:
             if won { mergeLeft = max(0.05, mergeLeft - 0.05) } else { mergeLeft = min(1, mergeLeft * 1.1) }
