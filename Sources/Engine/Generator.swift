@@ -259,8 +259,7 @@ public final class Generator {
                 adapterIDs[key] = s.adapterID
                 adapterByID[s.adapterID] = (adapter, adapterScale)
                 // Merging costs in proportion to the base matrices the adapter targets (dequantize, add B·A).
-                let elements = adapter.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures } ?? 0) }
-                policy.estimateSwitch(adapter: s.adapterID, seconds: Double(elements) * mergeSecondsPerElement + lastUnmergeSeconds)
+                policy.estimateSwitch(adapter: s.adapterID, seconds: Double(Self.mergeElements(adapter)) * mergeSecondsPerElement + lastUnmergeSeconds)
             }
         }
         live.append(s)
@@ -339,7 +338,7 @@ public final class Generator {
                 let t0 = clock()
                 model.merge(weights, scale: scale)
                 let seconds = Double(clock() &- t0) / 1e9
-                let elements = weights.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures } ?? 0) }
+                let elements = Self.mergeElements(weights)
                 if elements > 0 { mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * seconds / Double(elements) }
                 policy.observeSwitch(adapter: a, seconds: seconds + lastUnmergeSeconds)
                 mergedAdapter = a
@@ -512,6 +511,11 @@ public final class Generator {
         resident[a] = (pool.allocate(need)!, stats.steps)
         stats.adapterLoads += 1
         return true
+    }
+
+    /// Elements of the base matrices an adapter targets: what a merge rewrites.
+    private static func mergeElements(_ w: LoRAWeights) -> Int {
+        w.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures } ?? 0) }
     }
 
     private func unmergeTimed() {

@@ -35,9 +35,12 @@ final class Call: Sendable {
         self.admission = admission
     }
 
+    /// Set once the engine reported the request's finish: then there is nothing to cancel.
+    private let finished = Locked(false)
+
     deinit {
-        // A no-op when the request finished; frees KV and adapter references when it did not.
-        server.engine.cancel(ticket)
+        // A request dropped before it finished (client gone, handler cancelled) frees its KV and adapter now.
+        if !finished.withLock({ $0 }) { server.engine.cancel(ticket) }
     }
 
     /// Latency bookkeeping shared by both response styles.
@@ -79,6 +82,7 @@ final class Call: Sendable {
             o.text += e.text
             if let f = e.finish { o.finish = f }
         }
+        if o.finish != nil { finished.withLock { $0 = true } }
         clock.end(o)
         return o
     }
@@ -118,6 +122,7 @@ final class Call: Sendable {
                 try await send(chunk(text: e.text, finish: nil), &writer)
             }
         }
+        if o.finish != nil { finished.withLock { $0 = true } }
         guard let finish = o.finish else {
             // Cancelled by shutdown (a client that left is not written to: the task was cancelled).
             if !Task.isCancelled {
