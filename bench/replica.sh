@@ -37,8 +37,9 @@ SLO=${SLO:-0.1}
     echo "The policies' cost model starts from the measured CPU profile (bench/results/lora.md) and refreshes online."
     echo
     echo "Sections: (1) q/v adapters, $REQUESTS requests at $RATE req/s, N × α; (2) adapters on all seven linear layers (the LoRA"
-    echo "path costs more, so the mode choice matters more), 32 adapters at ${RATE_ALL:-6} req/s; (3) rate sweep for the highest"
-    echo "rate that meets the SLO."
+    echo "path costs more, so the mode choice matters more), 32 adapters at ${RATE_ALL:-6} req/s; (3) limited LoRA slots: 128"
+    echo "adapters, at most 8 distinct adapters per unmerged batch (like vLLM's max_loras) and 64 sequences, 48 requests at"
+    echo "6 req/s; (4) rate sweep for the highest rate that meets the SLO."
 } > "$OUT"
 run() {  # heading, then arguments for dlora bench replica
     local heading=$1
@@ -59,6 +60,10 @@ for n in $ADAPTERS; do
 done
 for a in ${ALPHAS_ALL:-$ALPHAS}; do
     run "## all seven targets: 32 adapters, α = $a" --adapters 32 --alpha "$a" --requests "$REQUESTS" --rate "${RATE_ALL:-6}" --targets all
+done
+for a in ${ALPHAS_SLOTS:-$ALPHAS}; do
+    run "## limited LoRA slots: 128 adapters, 8 per batch, α = $a" --adapters 128 --alpha "$a" --requests 48 --rate 6 \
+        --max-sequences 64 --adapter-slots 8
 done
 # Rate sweep: the highest request rate at which each policy still meets the SLO (≥ 90 % of requests).
 SWEEP_N=${SWEEP_N:-32}

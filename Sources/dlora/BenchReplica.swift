@@ -34,6 +34,10 @@ struct BenchReplica: ParsableCommand {
     var maxOutput: Int = 48
     @Option(help: "SLO on a request's latency per generated token, seconds.")
     var slo: Double = 0.5
+    @Option(help: "Sequences per iteration at most.")
+    var maxSequences: Int = 32
+    @Option(help: "Distinct adapters per unmerged iteration at most (LoRA slots).")
+    var adapterSlots: Int = 32
     @Option(help: "Adapter target modules: qv (q_proj, v_proj) or all (the seven linear layers).")
     var targets: String = "qv"
     @Option(help: "Seed for adapter popularity and weights.")
@@ -45,6 +49,7 @@ struct BenchReplica: ParsableCommand {
         guard adapters >= 1, adapters <= 1024, requests >= 1, rate > 0, maxPrompt >= 1, maxOutput >= 1, slo > 0, alpha >= 0 else {
             throw ValidationError("--adapters, --requests, --rate, --max-prompt, --max-output, --slo must be positive")
         }
+        guard maxSequences >= 1, adapterSlots >= 1 else { throw ValidationError("--max-sequences and --adapter-slots must be positive") }
         guard targets == "qv" || targets == "all" else { throw ValidationError("--targets must be qv or all") }
         for p in policies.split(separator: ",") where BatchingPolicyKind(rawValue: String(p)) == nil {
             throw ValidationError("unknown policy '\(p)' (dlora, unmerged-only, merged-only, peft-like)")
@@ -113,8 +118,8 @@ struct BenchReplica: ParsableCommand {
     func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
         var config = BatchPolicyConfig(kind: policy)
         config.costs = .smolLM2Reference
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 1024, maxBatchTokens: 256, maxSequences: 32,
-                          adapterSlots: 32, policy: config)
+        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 1024, maxBatchTokens: 256, maxSequences: maxSequences,
+                          adapterSlots: adapterSlots, policy: config)
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var next = 0
