@@ -150,13 +150,18 @@ final class Call: Sendable {
         }
         return "{\"id\":\"\(id)\",\"object\":\"text_completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
             + "\"choices\":[{\"index\":0,\"text\":\(JSONText.quote(text ?? "")),\"logprobs\":null,"
-            + "\"finish_reason\":\(finish.map { "\"\($0.rawValue)\"" } ?? "null")}]}"
+            + "\"finish_reason\":\(Self.finishJSON(finish))}]}"
     }
 
     private func chunk(delta: String, finish: FinishReason?) -> String {
         "{\"id\":\"\(id)\",\"object\":\"chat.completion.chunk\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
             + "\"choices\":[{\"index\":0,\"delta\":\(delta),\"logprobs\":null,"
-            + "\"finish_reason\":\(finish.map { "\"\($0.rawValue)\"" } ?? "null")}]}"
+            + "\"finish_reason\":\(Self.finishJSON(finish))}]}"
+    }
+
+    /// OpenAI's `finish_reason`: the reason as a string, or null while the request runs.
+    private static func finishJSON(_ finish: FinishReason?) -> String {
+        finish.map { "\"\($0.rawValue)\"" } ?? "null"
     }
 
     private func usageJSON(_ o: Outcome) -> String {
