@@ -182,3 +182,21 @@ void dl_quantize_row(int type, const float *src, void *dst, int64_t n) {
     default: return;
     }
 }
+
+typedef struct {
+    int type;
+    const uint8_t *src;
+    int64_t row_bytes, cols;
+    float *dst;
+} dequant_ctx;
+
+static void dequant_range(void *vctx, int64_t begin, int64_t end) {
+    const dequant_ctx *c = (const dequant_ctx *)vctx;
+    for (int64_t r = begin; r < end; r++) dl_dequantize_row(c->type, c->src + r * c->row_bytes, c->dst + r * c->cols, c->cols);
+}
+
+void dl_dequantize_rows(int type, const void *src, int64_t row_bytes, float *dst, int64_t rows, int64_t cols) {
+    dequant_ctx c = { type, (const uint8_t *)src, row_bytes, cols, dst };
+    if (rows * cols < 65536) dequant_range(&c, 0, rows);
+    else dl_parallel_for(rows, 16, dequant_range, &c);
+}

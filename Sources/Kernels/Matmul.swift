@@ -21,6 +21,21 @@ public enum Kernels {
         }
     }
 
+    /// W[r, c] += scale · Σ_j B[r, j] · A[j, c] on OpenBLAS: W (rows × cols), B (rows × rank) and A (rank × cols)
+    /// dense row-major f32. Folding a LoRA adapter into its base matrices is one such rank-k update each.
+    public static func addLowRankProduct(_ w: UnsafeMutablePointer<Float>, rows: Int, cols: Int, b: UnsafePointer<Float>,
+                                         a: UnsafePointer<Float>, rank: Int, scale: Float) {
+        guard rows > 0, cols > 0, rank > 0 else { return }
+        configureBLASThreads()
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(cols), blasint(rank),
+                    scale, b, blasint(rank), a, blasint(cols), 1, w, blasint(cols))
+    }
+
+    /// A matrix dequantized into dense row-major floats (rows × cols), split by rows over the kernel threads.
+    public static func dequantize(_ w: WeightMatrix, into dst: UnsafeMutablePointer<Float>) {
+        dl_dequantize_rows(Int32(w.dtype.rawValue), w.data, Int64(w.rowBytes), dst, Int64(w.rows), Int64(w.cols))
+    }
+
     /// Up to this many tokens, f32 matrices use the register-tiled kernel instead of sgemm.
     public static let smallBatch = 32
 

@@ -107,19 +107,14 @@ public struct LoRAModule: @unchecked Sendable {
     public var dtype: DType { a.dtype }
     public var byteCount: Int { a.byteCount + b.byteCount }
 
-    /// B·A as a dense out × in matrix (for merging), into `out` (row-major).
-    public func denseDelta(into out: UnsafeMutablePointer<Float>) {
-        // (B·A)[o, i] = Σ_j B[o, j] A[j, i]: the matmul kernel computes Y[t, r] = Σ_k W[r, k] X[t, k], so take
-        // W = Aᵀ (in × paddedRank) and X = B (tokens = out rows), both as f32.
-        let af = Buffer(floats: paddedRank * inFeatures), bf = Buffer(floats: outFeatures * paddedRank)
-        dl_dequantize_row(Int32(a.dtype.rawValue), a.data, af.floats, Int64(paddedRank * inFeatures))
-        dl_dequantize_row(Int32(b.dtype.rawValue), b.data, bf.floats, Int64(outFeatures * paddedRank))
-        let at = Buffer(floats: inFeatures * paddedRank)
-        for j in 0..<paddedRank {
-            for i in 0..<inFeatures { at.floats[i * paddedRank + j] = af.floats[j * inFeatures + i] }
-        }
-        dl_matmul_dq(Int32(DType.f32.rawValue), at.base, Int64(inFeatures), Int64(paddedRank),
-                     bf.floats, Int64(paddedRank), Int64(outFeatures), out, Int64(inFeatures))
+    /// W += scale · B·A on a dense out × in f32 matrix (merging); A and B are widened to f32 in `scratch`.
+    public func addDelta(scale: Float, into w: UnsafeMutablePointer<Float>, scratch: ScratchArena) {
+        let na = paddedRank * inFeatures, nb = outFeatures * paddedRank
+        let af = scratch.bytes((na + nb) * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
+        let bf = af + na
+        dl_dequantize_row(Int32(a.dtype.rawValue), a.data, af, Int64(na))
+        dl_dequantize_row(Int32(b.dtype.rawValue), b.data, bf, Int64(nb))
+        Kernels.addLowRankProduct(w, rows: outFeatures, cols: inFeatures, b: bf, a: af, rank: paddedRank, scale: scale)
     }
 }
 

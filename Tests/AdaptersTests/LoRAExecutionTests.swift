@@ -75,6 +75,37 @@ import Testing
         #expect(promptLogits(model, Self.prompt) == base)
     }
 
+    /// Merges write into a workspace kept across merges: merging an adapter after another one (with other
+    /// targets) gives exactly what merging it into a fresh model gives, and the workspace does not grow.
+    @Test func mergeWorkspaceIsReusedWithoutResidue() throws {
+        let dir = try TempDir()
+        let path = Fixtures.model("tiny-llama", "Q4_1")
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: path))
+        let fresh = try LlamaModel(checkpoint: openCheckpoint(path: path))
+        try TestAdapter(config: model.config, rank: 8, alpha: 16, targets: LoRATarget.allCases, seed: 5)
+            .writePEFT(to: dir.path("all"), config: model.config)
+        try TestAdapter(config: model.config, rank: 4, alpha: 8, targets: [.q, .v, .down], seed: 6)
+            .writePEFT(to: dir.path("qvd"), config: model.config)
+        let all = try AdapterLoader.load(path: dir.path("all"), base: model.config)
+        let qvd = try AdapterLoader.load(path: dir.path("qvd"), base: model.config)
+        #expect(model.mergeWorkspaceBytes == 0)
+        model.merge(all)
+        let bytes = model.mergeWorkspaceBytes
+        #expect(bytes > 0)
+        model.unmerge()
+        model.merge(qvd)
+        let reused = promptLogits(model, Self.prompt)
+        model.unmerge()
+        fresh.merge(qvd)
+        #expect(reused == promptLogits(fresh, Self.prompt))
+        #expect(fresh.mergeWorkspaceBytes < bytes)
+        model.merge(all)
+        model.unmerge()
+        #expect(model.mergeWorkspaceBytes == bytes)
+        model.releaseMergeWorkspace()
+        #expect(model.mergeWorkspaceBytes == 0)
+    }
+
     /// The per-request scale multiplies the adapter's scaling: scale 0 is the base model, 2 equals an
     /// adapter with twice the alpha.
     @Test func perRequestScale() throws {

@@ -48,6 +48,9 @@ void dl_f32_to_f16(const float *src, uint16_t *dst, int64_t n);   // round to ne
 void dl_f32_to_bf16(const float *src, uint16_t *dst, int64_t n);  // round to nearest even
 // dst[0..n) = dequantized row of `type` (any type above).
 void dl_dequantize_row(int type, const void *src, float *dst, int64_t n);
+// Dequantizes a rows x cols matrix (rows of row_bytes) into dense row-major floats, split by rows over the
+// pool (merging an adapter rewrites whole matrices).
+void dl_dequantize_rows(int type, const void *src, int64_t row_bytes, float *dst, int64_t rows, int64_t cols);
 // Reference quantizers with ggml's rounding (used for tests, fixtures and re-quantizing merged weights).
 void dl_quantize_row(int type, const float *src, void *dst, int64_t n);
 
