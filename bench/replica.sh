@@ -65,6 +65,17 @@ for a in ${ALPHAS_SLOTS:-$ALPHAS}; do
     run "## limited LoRA slots: 128 adapters, 8 per batch, α = $a" --adapters 128 --alpha "$a" --requests 48 --rate 6 \
         --max-sequences 64 --adapter-slots 8
 done
+# Full-precision base: merging costs no bandwidth there (the merged matrices are F32 like the rest), so a merged
+# step runs at base speed while an unmerged one pays the LoRA path — the trade-off dLoRA's paper measures on GPUs.
+F32_MODEL="$CACHE/SmolLM2-135M-Instruct.F32.gguf"
+if [ ! -s "$F32_MODEL" ]; then
+    python3 -m pip install -q --disable-pip-version-check -r tools/requirements-bench.txt >&2
+    python3 tools/gguf_to_f32.py "$MODEL" "$F32_MODEL.tmp" >&2 && mv "$F32_MODEL.tmp" "$F32_MODEL"
+fi
+for a in ${ALPHAS_F32:-$ALPHAS}; do
+    MODEL="$F32_MODEL" run "## F32 base, all seven targets: 32 adapters, α = $a" --adapters 32 --alpha "$a" \
+        --requests "${REQUESTS_F32:-96}" --rate "${RATE_F32:-16}" --targets all --repeats "${REPEATS:-3}"
+done
 # Rate sweep: the highest request rate at which each policy still meets the SLO (≥ 90 % of requests).
 SWEEP_N=${SWEEP_N:-32}
 SWEEP_ALPHA=${SWEEP_ALPHA:-1}
@@ -88,7 +99,7 @@ for block in re.split(r"\n### rate ", sweep)[1:]:
     rate = float(block.split()[0])
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] in ("dlora", "unmerged-only", "merged-only", "peft-like"):
+        if len(cells) >= 6 and cells[0] in ("dlora", "unmerged-only", "merged-only", "peft-like"):
             slo = float(cells[4].rstrip(" %"))
             if slo >= 90 and rate >= best.get(cells[0], (0, 0))[0]:
                 best[cells[0]] = (rate, float(cells[1]))
@@ -105,7 +116,7 @@ for block in re.split(r"\n### rate ", sweep)[1:]:
     rate = float(block.split()[0])
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] in ("dlora", "unmerged-only", "merged-only", "peft-like"):
+        if len(cells) >= 6 and cells[0] in ("dlora", "unmerged-only", "merged-only", "peft-like"):
             series.setdefault(cells[0], []).append((rate, float(cells[4].rstrip(" %")), float(cells[1])))
 colors = {"dlora": "#d62728", "unmerged-only": "#1f77b4", "merged-only": "#2ca02c", "peft-like": "#7f7f7f"}
 W, H, pad = 320, 220, 45
@@ -141,7 +152,7 @@ for block in re.split(r"\n## ", md)[1:]:
     key = (int(m.group(1)), float(m.group(2)))
     for line in block.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 6 and cells[0] in ("dlora", "unmerged-only", "merged-only", "peft-like"):
+        if len(cells) >= 6 and cells[0] in ("dlora", "unmerged-only", "merged-only", "peft-like"):
             data.setdefault(key, {})[cells[0]] = float(cells[2])
 ns = sorted({k[0] for k in data}); alphas = sorted({k[1] for k in data})
 colors = {"dlora": "#d62728", "unmerged-only": "#1f77b4", "merged-only": "#2ca02c", "peft-like": "#7f7f7f"}

@@ -141,10 +141,11 @@ public final class Generator {
     private var adapterByID: [Int: (weights: LoRAWeights, scale: Float)] = [:]
     /// The adapter this Generator folded into the model, if any.
     private var mergedAdapter: Int?
-    /// Measured merge cost per targeted base-matrix element (prior: SmolLM2 Q4_1 q/v, bench/results/lora.md:
-    /// ~25 ms for 13.3 M elements), and the last unmerge's seconds: the policy's switch-cost estimates.
-    private var mergeSecondsPerElement = 2e-9
-    private var lastUnmergeSeconds = 0.002
+    /// Measured merge cost per targeted base-matrix element (prior: SmolLM2 Q4_1, bench/results/lora.md: ~11 ms
+    /// for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M, rank 16), and the last unmerge's seconds:
+    /// the policy's switch-cost estimates.
+    private var mergeSecondsPerElement = 0.7e-9
+    private var lastUnmergeSeconds = 0.0001
     /// Adapters resident for execution, each holding KV-cache blocks' worth of the shared budget.
     private var resident: [Int: (blocks: [Int32], lastUse: Int)] = [:]
     /// Host memory for swapped-out KV, and its limit (beyond it, preempted sequences recompute instead).
@@ -335,12 +336,16 @@ public final class Generator {
         if case .merged(let a) = decision.mode, let (weights, scale) = adapterByID[a], model.merged == nil || mergedAdapter != nil {
             if mergedAdapter != a {
                 if mergedAdapter != nil { unmergeTimed() }
-                let t0 = clock()
+                let t0 = clock(), workspace = model.mergeWorkspaceBytes
                 model.merge(weights, scale: scale)
                 let seconds = Double(clock() &- t0) / 1e9
-                let elements = Self.mergeElements(weights)
-                if elements > 0 { mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * seconds / Double(elements) }
-                policy.observeSwitch(adapter: a, seconds: seconds + lastUnmergeSeconds)
+                // A merge that first allocated (part of) the model's merge workspace paid a one-time cost (page
+                // faults over hundreds of MB): it says nothing about the next switch, so it is not learned from.
+                if model.mergeWorkspaceBytes == workspace {
+                    let elements = Self.mergeElements(weights)
+                    if elements > 0 { mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * seconds / Double(elements) }
+                    policy.observeSwitch(adapter: a, seconds: seconds + lastUnmergeSeconds)
+                }
                 mergedAdapter = a
             }
             mergedNow = true

@@ -59,8 +59,13 @@ public struct BatchDecision: Equatable, Sendable {
 }
 
 /// Predicted seconds per iteration, from measured figures (bench/results/lora.md) and refreshed online.
-/// step(merged, b) = fixed + perToken·b; step(unmerged, b, d) = fixed + (perToken + perLoRAToken)·b +
-/// perAdapter·d, each multiplied by a correction that tracks the ratio of observed to predicted times (EWMA).
+/// The profile: step(merged, b) = fixed + perToken·b; step(unmerged, b, d) = fixed + (perToken + perLoRAToken)·b
+/// + perAdapter·d. Online, two corrections track observed/predicted: one per batch-size bucket (powers of two),
+/// learned from unmerged iterations — how this machine and model differ from the profile at that size (a
+/// full-precision base, say, has a much larger fixed cost) — and one ratio for merged iterations on top of it
+/// (how merged execution differs from the profile relative to unmerged: dense f32 copies of a quantized base
+/// cost more, a full-precision base costs nothing extra). One global factor cannot do this: it would carry a
+/// merged step observed at batch 1 over to batch 32.
 public struct StepCostModel: Equatable, Sendable {
     public var fixedSeconds: Double
     public var perTokenSeconds: Double
@@ -69,12 +74,13 @@ public struct StepCostModel: Equatable, Sendable {
     public var perAdapterSeconds: Double
     /// Seconds to merge one adapter plus unmerging it later.
     public var switchSeconds: Double
-    public private(set) var mergedCorrection = 1.0
-    public private(set) var unmergedCorrection = 1.0
-    /// Iterations observed per mode: the corrections average the first observations (weight 1/n) before
-    /// settling into an EWMA, so a profile that is far off is corrected after one iteration, not twenty.
+    /// observed / profile for unmerged iterations, per bucket of tokens (1, 2–3, 4–7, …, ≥ 2^(buckets-1)).
+    public private(set) var bucketCorrection = [Double](repeating: 1, count: StepCostModel.buckets)
+    public private(set) var bucketObservations = [Int](repeating: 0, count: StepCostModel.buckets)
+    /// observed / predicted-unmerged-corrected for merged iterations.
+    public private(set) var mergedRatio = 1.0
     public private(set) var mergedObservations = 0
-    public private(set) var unmergedObservations = 0
+    public static let buckets = 10
 
     public init(fixedSeconds: Double, perTokenSeconds: Double, perLoRATokenSeconds: Double, perAdapterSeconds: Double,
                 switchSeconds: Double) {
@@ -87,36 +93,48 @@ public struct StepCostModel: Equatable, Sendable {
 
     /// SmolLM2-135M Q4_1 on the 2-core reference machine (bench/results/core.md and lora.md, rank 16, q/v):
     /// ≈ 7 ms + 2 ms per token; the LoRA path ≈ 0.1 ms per token and ≈ 0.3 ms per distinct adapter;
-    /// merge + unmerge ≈ 32 ms.
+    /// merge + unmerge ≈ 11 ms.
     public static let smolLM2Reference = StepCostModel(fixedSeconds: 0.007, perTokenSeconds: 0.002, perLoRATokenSeconds: 0.0001,
-                                                       perAdapterSeconds: 0.0003, switchSeconds: 0.032)
+                                                       perAdapterSeconds: 0.0003, switchSeconds: 0.011)
 
-    public func merged(tokens b: Int) -> Double { (fixedSeconds + perTokenSeconds * Double(b)) * mergedCorrection }
+    static func bucket(_ tokens: Int) -> Int { min(buckets - 1, Int.bitWidth - 1 - max(1, tokens).leadingZeroBitCount) }
 
-    public func unmerged(tokens b: Int, adapters d: Int) -> Double {
-        (fixedSeconds + (perTokenSeconds + perLoRATokenSeconds) * Double(b) + perAdapterSeconds * Double(d)) * unmergedCorrection
+    /// The correction at a batch size: its bucket's, else the nearest observed bucket's (the smaller on a tie),
+    /// else 1.
+    public func correction(tokens b: Int) -> Double {
+        let k = Self.bucket(b)
+        for distance in 0..<Self.buckets {
+            for j in [k - distance, k + distance] where j >= 0 && j < Self.buckets && bucketObservations[j] > 0 {
+                return bucketCorrection[j]
+            }
+        }
+        return 1
     }
 
-    /// The same tokens served merged, one adapter after another: one merged step per adapter, each after a
-    /// switch.
-    public func mergedOneAtATime(tokens b: Int, adapters d: Int) -> Double {
-        merged(tokens: b) + Double(d - 1) * (fixedSeconds * mergedCorrection + switchSeconds)
+    private func profileMerged(_ b: Int) -> Double { fixedSeconds + perTokenSeconds * Double(b) }
+    private func profileUnmerged(_ b: Int, _ d: Int) -> Double {
+        fixedSeconds + (perTokenSeconds + perLoRATokenSeconds) * Double(b) + perAdapterSeconds * Double(d)
     }
 
-    /// Folds in a measured iteration.
+    public func merged(tokens b: Int) -> Double { profileMerged(b) * correction(tokens: b) * mergedRatio }
+
+    public func unmerged(tokens b: Int, adapters d: Int) -> Double { profileUnmerged(b, d) * correction(tokens: b) }
+
+    /// Folds in a measured iteration: the plain average of the first observations (weight 1/n), then an EWMA
+    /// (0.1), so a profile far from the machine is corrected after one iteration.
     public mutating func observe(mode: ExecutionMode, tokens: Int, adapters: Int, seconds: Double) {
         guard seconds.isFinite, seconds > 0, tokens > 0 else { return }
         switch mode {
         case .merged:
-            let predicted = merged(tokens: tokens) / mergedCorrection
+            let predicted = merged(tokens: tokens) / mergedRatio
             mergedObservations += 1
             let alpha = max(0.1, 1 / Double(mergedObservations))
-            mergedCorrection = (1 - alpha) * mergedCorrection + alpha * seconds / predicted
+            mergedRatio = (1 - alpha) * mergedRatio + alpha * seconds / predicted
         case .unmerged:
-            let predicted = unmerged(tokens: tokens, adapters: adapters) / unmergedCorrection
-            unmergedObservations += 1
-            let alpha = max(0.1, 1 / Double(unmergedObservations))
-            unmergedCorrection = (1 - alpha) * unmergedCorrection + alpha * seconds / predicted
+            let k = Self.bucket(tokens)
+            bucketObservations[k] += 1
+            let alpha = max(0.1, 1 / Double(bucketObservations[k]))
+            bucketCorrection[k] = (1 - alpha) * bucketCorrection[k] + alpha * seconds / profileUnmerged(tokens, adapters)
         }
     }
 }
@@ -159,7 +177,10 @@ public struct BatchPolicy: Sendable {
     /// The stretch since the last switch: tokens served and seconds spent, for the AIMD comparison.
     private var stretchTokens = 0
     private var stretchSeconds = 0.0
+    private var stretchAlternativeTokens = 0
     private var stretchAlternativeSeconds = 0.0
+    /// The other mode's predicted (tokens, seconds) for the iteration just scheduled, added when it is observed.
+    private var pendingAlternative: (tokens: Int, seconds: Double)?
 
     public init(config: BatchPolicyConfig) {
         precondition(config.maxBatchTokens >= 1 && config.maxBatchSequences >= 1 && config.maxAdapters >= 1)
@@ -193,7 +214,7 @@ public struct BatchPolicy: Sendable {
             pool = queue.filter { staticBatch.contains($0.id) }
             next = pool[0].adapter == QueuedRequest.base ? .unmerged : .merged(adapter: pool[0].adapter)
         case .dlora:
-            next = dloraMode(window: window, counts: counts)
+            next = dloraMode(queue: queue, window: window, counts: counts)
             if case .merged(let a) = next { pool = queue.filter { $0.adapter == a } }
         }
         if next != mode {
@@ -203,6 +224,7 @@ public struct BatchPolicy: Sendable {
         }
         let runs = fill(pool, starving: next == .unmerged ? starvingAdapters(queue) : [])
         updateCredits(queue: queue, runs: runs)
+        if config.kind == .dlora { pendingAlternative = alternative(of: next, runs: runs, queue: queue, window: window) }
         return BatchDecision(mode: next, runs: runs)
     }
 
@@ -212,10 +234,30 @@ public struct BatchPolicy: Sendable {
         config.costs.observe(mode: decision.mode, tokens: tokens, adapters: adapters, seconds: seconds)
         stretchTokens += tokens
         stretchSeconds += seconds
-        // What the same tokens would have cost in the other mode (merged serves one adapter per step).
-        switch decision.mode {
-        case .merged: stretchAlternativeSeconds += config.costs.unmerged(tokens: tokens, adapters: 1)
-        case .unmerged: stretchAlternativeSeconds += config.costs.mergedOneAtATime(tokens: tokens, adapters: max(1, adapters))
+        if let alt = pendingAlternative {
+            stretchAlternativeTokens += alt.tokens
+            stretchAlternativeSeconds += alt.seconds
+            pendingAlternative = nil
+        }
+    }
+
+    /// What the other mode would have done with this iteration, by the cost model: while unmerged, a merged
+    /// step on the batch's dominant adapter serves only that adapter's tokens; while merged, an unmerged step
+    /// serves the FCFS window (its tokens within the token budget, its distinct adapters).
+    private func alternative(of mode: ExecutionMode, runs: [(id: Int, tokens: Int)], queue: [QueuedRequest],
+                             window: [QueuedRequest]) -> (tokens: Int, seconds: Double)? {
+        guard !runs.isEmpty else { return nil }
+        switch mode {
+        case .unmerged:
+            let adapterOf = Dictionary(queue.map { ($0.id, $0.adapter) }, uniquingKeysWith: { a, _ in a })
+            var perAdapter: [Int: Int] = [:]
+            for r in runs { if let a = adapterOf[r.id], a != QueuedRequest.base { perAdapter[a, default: 0] += r.tokens } }
+            guard let dominant = perAdapter.values.max() else { return nil }
+            return (dominant, config.costs.merged(tokens: dominant))
+        case .merged:
+            let tokens = min(config.maxBatchTokens, window.reduce(0) { $0 + $1.pendingTokens })
+            let distinct = Set(window.map(\.adapter).filter { $0 != QueuedRequest.base }).count
+            return (tokens, config.costs.unmerged(tokens: tokens, adapters: distinct))
         }
     }
 
@@ -238,11 +280,12 @@ public struct BatchPolicy: Sendable {
 
     // MARK: dLoRA
 
-    private func dloraMode(window: [QueuedRequest], counts: [Int: Int]) -> ExecutionMode {
+    private func dloraMode(queue: [QueuedRequest], window: [QueuedRequest], counts: [Int: Int]) -> ExecutionMode {
         let c = config
         // Starving adapters go first: only an unmerged batch can hold them beside the others, unless the
-        // current merged adapter is the only one starving.
-        let starving = starvingAdapters(window)
+        // current merged adapter is the only one starving. The whole queue counts, not just the FCFS window:
+        // a starving adapter's requests may all sit behind it.
+        let starving = starvingAdapters(queue)
         if !starving.isEmpty {
             if case .merged(let a) = mode, starving == [a] { return mode }
             return .unmerged
@@ -261,8 +304,10 @@ public struct BatchPolicy: Sendable {
         guard let (m, nm) = best else { return .unmerged }
         guard Double(nm) / windowSize >= mergeRight else { return .unmerged }
         // Amortization: over the horizon, merged must serve the dominant adapter's tokens faster than the
-        // unmerged window serves tokens, after paying the switch.
-        let h = Double(c.amortizationHorizon)
+        // unmerged window serves tokens, after paying the switch. While other adapters wait, their credits end
+        // a merged stretch after `creditBound` iterations, so the switch must pay for itself within that.
+        let othersWait = counts.contains { $0.key != m && $0.value > 0 }
+        let h = Double(othersWait ? min(c.amortizationHorizon, c.creditBound) : c.amortizationHorizon)
         let merged = Double(min(nm, c.maxBatchSequences)) * h
             / (switchCost(.merged(adapter: m)) + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
         let distinct = Set(window.map(\.adapter)).filter { $0 != QueuedRequest.base }.count
@@ -270,15 +315,21 @@ public struct BatchPolicy: Sendable {
         return merged > unmerged ? .merged(adapter: m) : .unmerged
     }
 
-    /// AIMD on the threshold of the mode being left: if the stretch beat its alternative, make that mode
-    /// easier to enter/keep (−0.05), else harder (×1.1).
+    /// AIMD on the threshold of the mode being left: compare the stretch's throughput with what the other mode
+    /// would have served per second over the same iterations (by the cost model), charging the switch to
+    /// whichever side pays it — a merged stretch paid its merge and unmerge, an unmerged stretch's alternative
+    /// would have. If the mode being left won, make it easier to enter/keep (mergeLeft −0.05, or mergeRight
+    /// ×1.1 so merging is less eager); if it lost, harder (mergeLeft ×1.1, or mergeRight −0.05).
     private mutating func adapt(leaving old: ExecutionMode, entering new: ExecutionMode) {
-        guard config.kind == .dlora, stretchTokens > 0 else { return resetStretch() }
-        let won = stretchSeconds + switchCost(old == .unmerged ? new : old) <= stretchAlternativeSeconds
-        switch old {
-        case .merged:
+        guard config.kind == .dlora, stretchTokens > 0, stretchAlternativeTokens > 0 else { return resetStretch() }
+        let sw = switchCost(old == .unmerged ? new : old)
+        let wasMerged = old != .unmerged
+        let actual = Double(stretchTokens) / (stretchSeconds + (wasMerged ? sw : 0))
+        let alternative = Double(stretchAlternativeTokens) / (stretchAlternativeSeconds + (wasMerged ? 0 : sw))
+        let won = actual >= alternative
+        if wasMerged {
             if won { mergeLeft = max(0.05, mergeLeft - 0.05) } else { mergeLeft = min(1, mergeLeft * 1.1) }
-        case .unmerged:
+        } else {
             if won { mergeRight = min(1.5, mergeRight * 1.1) } else { mergeRight = max(0.1, mergeRight - 0.05) }
         }
         resetStretch()
@@ -287,6 +338,7 @@ public struct BatchPolicy: Sendable {
     private mutating func resetStretch() {
         stretchTokens = 0
         stretchSeconds = 0
+        stretchAlternativeTokens = 0
         stretchAlternativeSeconds = 0
     }
 

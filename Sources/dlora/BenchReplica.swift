@@ -44,11 +44,19 @@ struct BenchReplica: ParsableCommand {
     var seed: UInt64 = 1
     @Option(help: "Kernel threads (default: all cores).")
     var threads: Int?
+    @Option(help: "dLoRA's credit bound: iterations an adapter with queued requests may be passed over (default: the policy's).")
+    var creditBound: Int?
+    @Option(help: "dLoRA's amortization horizon in iterations (default: the policy's).")
+    var horizon: Int?
+    @Option(help: "Runs per policy, in rotated policy order (round i starts with the i-th policy); the table gives means and the throughput range.")
+    var repeats: Int = 1
 
     func validate() throws {
         guard adapters >= 1, adapters <= 1024, requests >= 1, rate > 0, maxPrompt >= 1, maxOutput >= 1, slo > 0, alpha >= 0 else {
             throw ValidationError("--adapters, --requests, --rate, --max-prompt, --max-output, --slo must be positive")
         }
+        guard (creditBound ?? 1) >= 1, (horizon ?? 1) >= 1 else { throw ValidationError("--credit-bound and --horizon must be positive") }
+        guard repeats >= 1, repeats <= 100 else { throw ValidationError("--repeats must be in 1...100") }
         guard maxSequences >= 1, adapterSlots >= 1 else { throw ValidationError("--max-sequences and --adapter-slots must be positive") }
         guard targets == "qv" || targets == "all" else { throw ValidationError("--targets must be qv or all") }
         for p in policies.split(separator: ",") where BatchingPolicyKind(rawValue: String(p)) == nil {
@@ -102,13 +110,28 @@ struct BenchReplica: ParsableCommand {
             t += g * scale
         }
 
-        print("| policy | throughput tok/s | avg latency per token s | P90 latency s | SLO attainment | mode switches |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for name in policies.split(separator: ",") {
-            let kind = BatchingPolicyKind(rawValue: String(name))!
-            let r = try serve(reqs, model: m, tokenizer: loaded.tokenizer, weights: weights, policy: kind)
-            print(String(format: "| %@ | %.1f | %.3f | %.2f | %.0f %% | %d |", kind.rawValue, r.throughput, r.latencyPerToken, r.p90, r.slo * 100, r.switches))
-            FileHandle.standardError.write(Data("bench replica: \(kind.rawValue) done (\(adapters) adapters, alpha \(alpha))\n".utf8))
+        // Every policy serves the same stream `repeats` times; the order rotates so that no policy always runs
+        // first (cold caches) or right after a particular other one.
+        let kinds = policies.split(separator: ",").map { BatchingPolicyKind(rawValue: String($0))! }
+        var outcomes: [BatchingPolicyKind: [Outcome]] = [:]
+        for round in 0..<repeats {
+            for i in kinds.indices {
+                let kind = kinds[(i + round) % kinds.count]
+                outcomes[kind, default: []].append(try serve(reqs, model: m, tokenizer: loaded.tokenizer, weights: weights, policy: kind))
+                FileHandle.standardError.write(Data("bench replica: \(kind.rawValue) done (\(adapters) adapters, alpha \(alpha), round \(round + 1))\n".utf8))
+            }
+        }
+        print("| policy | throughput tok/s | avg latency per token s | P90 latency s | SLO attainment | mode switches | throughput min–max |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for kind in kinds {
+            let runs = outcomes[kind]!
+            func mean(_ f: (Outcome) -> Double) -> Double { runs.map(f).reduce(0, +) / Double(runs.count) }
+            let tput = runs.map(\.throughput)
+            // Only ASCII in String(format:): a non-ASCII format string corrupts the heap on Linux Foundation.
+            let cells = String(format: "%.1f | %.3f | %.2f | %.0f %% | %.1f", mean(\.throughput), mean(\.latencyPerToken),
+                               mean(\.p90), mean(\.slo) * 100, mean { Double($0.switches) })
+            let range = String(format: "%.1f", tput.min()!) + "–" + String(format: "%.1f", tput.max()!)
+            print("| \(kind.rawValue) | \(cells) | \(range) |")
         }
     }
 
@@ -118,6 +141,8 @@ struct BenchReplica: ParsableCommand {
     func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
         var config = BatchPolicyConfig(kind: policy)
         config.costs = .smolLM2Reference
+        if let creditBound { config.creditBound = creditBound }
+        if let horizon { config.amortizationHorizon = horizon }
         let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 1024, maxBatchTokens: 256, maxSequences: maxSequences,
                           adapterSlots: adapterSlots, policy: config)
         let start = DispatchTime.now().uptimeNanoseconds
