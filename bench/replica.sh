@@ -25,6 +25,7 @@ swift build -c release --product dlora >&2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 SLO=${SLO:-0.1}
+REPEATS=${REPEATS:-2}
 {
     echo "# Replica: batching policies on a trace-driven multi-adapter workload"
     echo
@@ -39,7 +40,10 @@ SLO=${SLO:-0.1}
     echo "Sections: (1) q/v adapters, $REQUESTS requests at $RATE req/s, N × α; (2) adapters on all seven linear layers (the LoRA"
     echo "path costs more, so the mode choice matters more), 32 adapters at ${RATE_ALL:-6} req/s; (3) limited LoRA slots: 128"
     echo "adapters, at most 8 distinct adapters per unmerged batch (like vLLM's max_loras) and 64 sequences, 48 requests at"
-    echo "6 req/s; (4) rate sweep for the highest rate that meets the SLO."
+    echo "6 req/s; (4) adapters on all seven layers over an F32 copy of the base (tools/gguf_to_f32.py), where a merged step"
+    echo "costs no more than a base step; (5) rate sweep for the highest rate that meets the SLO."
+    echo "Sections 1–4 run every policy $REPEATS times in rotated order (each round starts with the next policy) and give the"
+    echo "means with the range of throughput; the sweep runs once per rate."
 } > "$OUT"
 run() {  # heading, then arguments for dlora bench replica
     local heading=$1
@@ -55,15 +59,15 @@ run() {  # heading, then arguments for dlora bench replica
 }
 for n in $ADAPTERS; do
     for a in $ALPHAS; do
-        run "## $n adapters, α = $a" --adapters "$n" --alpha "$a" --requests "$REQUESTS" --rate "$RATE"
+        run "## $n adapters, α = $a" --adapters "$n" --alpha "$a" --requests "$REQUESTS" --rate "$RATE" --repeats "$REPEATS"
     done
 done
 for a in ${ALPHAS_ALL:-$ALPHAS}; do
-    run "## all seven targets: 32 adapters, α = $a" --adapters 32 --alpha "$a" --requests "$REQUESTS" --rate "${RATE_ALL:-6}" --targets all
+    run "## all seven targets: 32 adapters, α = $a" --adapters 32 --alpha "$a" --requests "$REQUESTS" --rate "${RATE_ALL:-6}" --targets all --repeats "$REPEATS"
 done
 for a in ${ALPHAS_SLOTS:-$ALPHAS}; do
     run "## limited LoRA slots: 128 adapters, 8 per batch, α = $a" --adapters 128 --alpha "$a" --requests 48 --rate 6 \
-        --max-sequences 64 --adapter-slots 8
+        --max-sequences 64 --adapter-slots 8 --repeats "$REPEATS"
 done
 # Full-precision base: merging costs no bandwidth there (the merged matrices are F32 like the rest), so a merged
 # step runs at base speed while an unmerged one pays the LoRA path — the trade-off dLoRA's paper measures on GPUs.
@@ -74,7 +78,7 @@ if [ ! -s "$F32_MODEL" ]; then
 fi
 for a in ${ALPHAS_F32:-$ALPHAS}; do
     MODEL="$F32_MODEL" run "## F32 base, all seven targets: 32 adapters, α = $a" --adapters 32 --alpha "$a" \
-        --requests "${REQUESTS_F32:-96}" --rate "${RATE_F32:-16}" --targets all --repeats "${REPEATS:-3}"
+        --requests "${REQUESTS_F32:-64}" --rate "${RATE_F32:-12}" --targets all --repeats "$REPEATS"
 done
 # Rate sweep: the highest request rate at which each policy still meets the SLO (≥ 90 % of requests).
 SWEEP_N=${SWEEP_N:-32}

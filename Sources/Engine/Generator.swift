@@ -261,6 +261,9 @@ public final class Generator {
                 adapterByID[s.adapterID] = (adapter, adapterScale)
                 // Merging costs in proportion to the base matrices the adapter targets (dequantize, add B·A).
                 policy.estimateSwitch(adapter: s.adapterID, seconds: Double(Self.mergeElements(adapter)) * mergeSecondsPerElement + lastUnmergeSeconds)
+                // Its LoRA path costs in proportion to its multiply-adds per token: its (padded) parameters.
+                policy.estimateLoRACost(adapter: s.adapterID,
+                                        relative: Double(Self.loraParameters(adapter)) / policy.config.costs.referenceLoRAParameters)
             }
         }
         live.append(s)
@@ -516,6 +519,11 @@ public final class Generator {
         resident[a] = (pool.allocate(need)!, stats.steps)
         stats.adapterLoads += 1
         return true
+    }
+
+    /// Parameters of an adapter as the kernels run it (padded rank × (in + out) per module).
+    private static func loraParameters(_ w: LoRAWeights) -> Int {
+        w.modules.joined().reduce(0) { $0 + ($1.map { $0.paddedRank * ($0.inFeatures + $0.outFeatures) } ?? 0) }
     }
 
     /// Elements of the base matrices an adapter targets: what a merge rewrites.

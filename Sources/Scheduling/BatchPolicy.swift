@@ -69,8 +69,12 @@ public struct BatchDecision: Equatable, Sendable {
 public struct StepCostModel: Equatable, Sendable {
     public var fixedSeconds: Double
     public var perTokenSeconds: Double
-    /// The LoRA path's cost per token in unmerged mode.
+    /// The LoRA path's cost per token in unmerged mode, for an adapter of `referenceLoRAParameters`
+    /// parameters; other adapters cost in proportion to their parameters (their multiply-adds per token).
     public var perLoRATokenSeconds: Double
+    /// The adapter size `perLoRATokenSeconds` was measured with (q/v, rank 16 on SmolLM2: 30 layers ×
+    /// 16 × (576 + 576 + 576 + 192)).
+    public var referenceLoRAParameters = 921_600.0
     public var perAdapterSeconds: Double
     /// Seconds to merge one adapter plus unmerging it later.
     public var switchSeconds: Double
@@ -112,17 +116,21 @@ public struct StepCostModel: Equatable, Sendable {
     }
 
     private func profileMerged(_ b: Int) -> Double { fixedSeconds + perTokenSeconds * Double(b) }
-    private func profileUnmerged(_ b: Int, _ d: Int) -> Double {
-        fixedSeconds + (perTokenSeconds + perLoRATokenSeconds) * Double(b) + perAdapterSeconds * Double(d)
+    /// `w`: the batch's LoRA work in reference-adapter tokens (Σ tokens × the adapter's relative size).
+    private func profileUnmerged(_ b: Int, _ d: Int, _ w: Double) -> Double {
+        fixedSeconds + perTokenSeconds * Double(b) + perLoRATokenSeconds * w + perAdapterSeconds * Double(d)
     }
 
     public func merged(tokens b: Int) -> Double { profileMerged(b) * correction(tokens: b) * mergedRatio }
 
-    public func unmerged(tokens b: Int, adapters d: Int) -> Double { profileUnmerged(b, d) * correction(tokens: b) }
+    /// `loraTokens`: Σ tokens × each adapter's size relative to the reference (default: b reference-size tokens).
+    public func unmerged(tokens b: Int, adapters d: Int, loraTokens: Double? = nil) -> Double {
+        profileUnmerged(b, d, loraTokens ?? Double(b)) * correction(tokens: b)
+    }
 
     /// Folds in a measured iteration: the plain average of the first observations (weight 1/n), then an EWMA
     /// (0.1), so a profile far from the machine is corrected after one iteration.
-    public mutating func observe(mode: ExecutionMode, tokens: Int, adapters: Int, seconds: Double) {
+    public mutating func observe(mode: ExecutionMode, tokens: Int, adapters: Int, loraTokens: Double? = nil, seconds: Double) {
         guard seconds.isFinite, seconds > 0, tokens > 0 else { return }
         switch mode {
         case .merged:
@@ -134,7 +142,7 @@ public struct StepCostModel: Equatable, Sendable {
             let k = Self.bucket(tokens)
             bucketObservations[k] += 1
             let alpha = max(0.1, 1 / Double(bucketObservations[k]))
-            bucketCorrection[k] = (1 - alpha) * bucketCorrection[k] + alpha * seconds / profileUnmerged(tokens, adapters)
+            bucketCorrection[k] = (1 - alpha) * bucketCorrection[k] + alpha * seconds / profileUnmerged(tokens, adapters, loraTokens ?? Double(tokens))
         }
     }
 }
@@ -174,6 +182,11 @@ public struct BatchPolicy: Sendable {
     /// base matrices an adapter targets), replaced by measurements. Adapters without one cost
     /// `config.costs.switchSeconds`.
     public private(set) var switchCosts: [Int: Double] = [:]
+    /// Per adapter: its LoRA path's cost per token relative to the cost model's reference adapter (its
+    /// parameters over the reference's), given by the engine. Adapters without one count as 1.
+    public private(set) var loraWeights: [Int: Double] = [:]
+    /// The LoRA work of the iteration just scheduled, in reference-adapter tokens, for `observe`.
+    private var pendingLoRATokens: Double?
     /// The stretch since the last switch: tokens served and seconds spent, for the AIMD comparison.
     private var stretchTokens = 0
     private var stretchSeconds = 0.0
@@ -225,13 +238,19 @@ public struct BatchPolicy: Sendable {
         let runs = fill(pool, starving: next == .unmerged ? starvingAdapters(queue) : [])
         updateCredits(queue: queue, runs: runs)
         if config.kind == .dlora { pendingAlternative = alternative(of: next, runs: runs, queue: queue, window: window) }
+        if next == .unmerged {
+            let adapterOf = Dictionary(queue.map { ($0.id, $0.adapter) }, uniquingKeysWith: { a, _ in a })
+            pendingLoRATokens = runs.reduce(0) { $0 + Double($1.tokens) * loraWeight(adapterOf[$1.id] ?? QueuedRequest.base) }
+        }
         return BatchDecision(mode: next, runs: runs)
     }
 
     /// Records what the iteration cost (seconds measured by the engine, or simulated).
     public mutating func observe(_ decision: BatchDecision, adapters: Int, seconds: Double) {
         let tokens = decision.runs.reduce(0) { $0 + $1.tokens }
-        config.costs.observe(mode: decision.mode, tokens: tokens, adapters: adapters, seconds: seconds)
+        config.costs.observe(mode: decision.mode, tokens: tokens, adapters: adapters,
+                             loraTokens: decision.mode == .unmerged ? pendingLoRATokens : nil, seconds: seconds)
+        pendingLoRATokens = nil
         stretchTokens += tokens
         stretchSeconds += seconds
         if let alt = pendingAlternative {
@@ -257,8 +276,30 @@ public struct BatchPolicy: Sendable {
         case .merged:
             let tokens = min(config.maxBatchTokens, window.reduce(0) { $0 + $1.pendingTokens })
             let distinct = Set(window.map(\.adapter).filter { $0 != QueuedRequest.base }).count
-            return (tokens, config.costs.unmerged(tokens: tokens, adapters: distinct))
+            return (tokens, config.costs.unmerged(tokens: tokens, adapters: distinct, loraTokens: loraTokens(window, limit: tokens)))
         }
+    }
+
+    /// An adapter's LoRA path cost per token relative to the cost model's reference adapter (the engine
+    /// gives its parameter count over `referenceLoRAParameters`).
+    public mutating func estimateLoRACost(adapter: Int, relative: Double) {
+        guard relative.isFinite, relative >= 0 else { return }
+        loraWeights[adapter] = relative
+    }
+
+    private func loraWeight(_ adapter: Int) -> Double {
+        adapter == QueuedRequest.base ? 0 : loraWeights[adapter] ?? 1
+    }
+
+    /// The window's LoRA work in reference-adapter tokens, its tokens capped at `limit` in FCFS order.
+    private func loraTokens(_ window: [QueuedRequest], limit: Int) -> Double {
+        var left = limit, w = 0.0
+        for r in window where left > 0 {
+            let n = min(left, r.pendingTokens)
+            w += Double(n) * loraWeight(r.adapter)
+            left -= n
+        }
+        return w
     }
 
     /// An a-priori merge + unmerge cost for an adapter (kept until a measurement replaces it).
@@ -311,7 +352,8 @@ public struct BatchPolicy: Sendable {
         let merged = Double(min(nm, c.maxBatchSequences)) * h
             / (switchCost(.merged(adapter: m)) + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
         let distinct = Set(window.map(\.adapter)).filter { $0 != QueuedRequest.base }.count
-        let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinct)
+        let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinct,
+                                                     loraTokens: window.reduce(0) { $0 + loraWeight($1.adapter) })
         return merged > unmerged ? .merged(adapter: m) : .unmerged
     }
 

@@ -67,8 +67,8 @@ import Testing
 
     /// The switch must pay for itself over the horizon, at the adapter's own switch cost. On the measured CPU
     /// profile (SmolLM2, q/v adapters: the LoRA path costs ≈ 0.1 ms per token) sixteen merged steps of eight
-    /// tokens save ≈ 13 ms: a q/v adapter's merge (≈ 11 ms) just pays, an all-layer adapter's (≈ 60 ms) does
-    /// not; on the GPU-like profile even that one does.
+    /// tokens save ≈ 13 ms: a q/v adapter's merge (≈ 11 ms) just pays, a 60 ms one does not — unless the
+    /// adapter's LoRA path is as costly as an all-layer adapter's; on the GPU-like profile it pays regardless.
     @Test func theCostModelDecides() {
         var c = Self.config(.dlora)
         c.costs = .smolLM2Reference
@@ -77,6 +77,12 @@ import Testing
         var cpu = BatchPolicy(config: c)
         cpu.estimateSwitch(adapter: 4, seconds: 0.06)
         #expect(cpu.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .unmerged)
+        // An adapter on all seven linear layers (≈ 7× the reference's parameters) pays ≈ 7× the LoRA path per
+        // token unmerged: then the same switch pays for itself.
+        var large = BatchPolicy(config: c)
+        large.estimateSwitch(adapter: 4, seconds: 0.06)
+        large.estimateLoRACost(adapter: 4, relative: 7)
+        #expect(large.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .merged(adapter: 4))
         var gpu = BatchPolicy(config: Self.config(.dlora))
         gpu.estimateSwitch(adapter: 4, seconds: 0.06)
         #expect(gpu.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .merged(adapter: 4))
