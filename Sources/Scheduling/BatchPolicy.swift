@@ -235,13 +235,10 @@ public struct BatchPolicy: Sendable {
             switches += 1
             mode = next
         }
-        let runs = fill(pool, starving: next == .unmerged ? starvingAdapters(queue) : [])
+        let (runs, perAdapter) = fill(pool, starving: next == .unmerged ? starvingAdapters(queue) : [])
         updateCredits(queue: queue, runs: runs)
-        if config.kind == .dlora { pendingAlternative = alternative(of: next, runs: runs, queue: queue, window: window) }
-        if next == .unmerged {
-            let adapterOf = Dictionary(queue.map { ($0.id, $0.adapter) }, uniquingKeysWith: { a, _ in a })
-            pendingLoRATokens = runs.reduce(0) { $0 + Double($1.tokens) * loraWeight(adapterOf[$1.id] ?? QueuedRequest.base) }
-        }
+        if config.kind == .dlora { pendingAlternative = alternative(of: next, perAdapter: perAdapter, window: window) }
+        if next == .unmerged { pendingLoRATokens = perAdapter.reduce(0) { $0 + Double($1.value) * loraWeight($1.key) } }
         return BatchDecision(mode: next, runs: runs)
     }
 
@@ -263,15 +260,12 @@ public struct BatchPolicy: Sendable {
     /// What the other mode would have done with this iteration, by the cost model: while unmerged, a merged
     /// step on the batch's dominant adapter serves only that adapter's tokens; while merged, an unmerged step
     /// serves the FCFS window (its tokens within the token budget, its distinct adapters).
-    private func alternative(of mode: ExecutionMode, runs: [(id: Int, tokens: Int)], queue: [QueuedRequest],
-                             window: [QueuedRequest]) -> (tokens: Int, seconds: Double)? {
-        guard !runs.isEmpty else { return nil }
+    /// `perAdapter`: the iteration's tokens per adapter.
+    private func alternative(of mode: ExecutionMode, perAdapter: [Int: Int], window: [QueuedRequest]) -> (tokens: Int, seconds: Double)? {
+        guard !perAdapter.isEmpty else { return nil }
         switch mode {
         case .unmerged:
-            let adapterOf = Dictionary(queue.map { ($0.id, $0.adapter) }, uniquingKeysWith: { a, _ in a })
-            var perAdapter: [Int: Int] = [:]
-            for r in runs { if let a = adapterOf[r.id], a != QueuedRequest.base { perAdapter[a, default: 0] += r.tokens } }
-            guard let dominant = perAdapter.values.max() else { return nil }
+            guard let dominant = perAdapter.filter({ $0.key != QueuedRequest.base }).values.max() else { return nil }
             return (dominant, config.costs.merged(tokens: dominant))
         case .merged:
             let tokens = min(config.maxBatchTokens, window.reduce(0) { $0 + $1.pendingTokens })
@@ -393,9 +387,11 @@ public struct BatchPolicy: Sendable {
     /// Decodes and prompt chunks within the token and sequence budgets and the adapter-slot limit. Starving
     /// adapters first — the oldest request of each, the longest-waiting adapter first, each with a fair share
     /// of the token budget so one long prompt cannot shut the others out — then everything else FCFS.
-    private func fill(_ pool: [QueuedRequest], starving: Set<Int>) -> [(id: Int, tokens: Int)] {
+    /// Returns the runs and the tokens each adapter got.
+    private func fill(_ pool: [QueuedRequest], starving: Set<Int>) -> ([(id: Int, tokens: Int)], [Int: Int]) {
         let c = config
         var runs: [(id: Int, tokens: Int)] = []
+        var perAdapter: [Int: Int] = [:]
         var taken = Set<Int>()
         var budget = c.maxBatchTokens
         var adapters = Set<Int>()
@@ -407,6 +403,7 @@ public struct BatchPolicy: Sendable {
             }
             let n = min(r.pendingTokens, budget, limit)
             runs.append((r.id, n))
+            perAdapter[r.adapter, default: 0] += n
             taken.insert(r.id)
             budget -= n
             return true
@@ -419,7 +416,7 @@ public struct BatchPolicy: Sendable {
             }
         }
         for r in pool { _ = take(r, limit: .max) }
-        return runs
+        return (runs, perAdapter)
     }
 
     private mutating func updateCredits(queue: [QueuedRequest], runs: [(id: Int, tokens: Int)]) {
