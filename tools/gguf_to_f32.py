@@ -2,9 +2,9 @@
 """Rewrites a GGUF model with every tensor dequantized to F32 (same metadata and tokenizer).
 
 Usage: gguf_to_f32.py IN.gguf OUT.gguf
-The replica benchmark's third section serves an F32 base: there, merging an adapter costs no precision
+The replica benchmark's F32-base section serves an F32 base: there, merging an adapter costs no precision
 or bandwidth (the merged matrices are F32 like the rest), so the merged mode is as fast as the base while
-the unmerged mode pays the LoRA path — the trade-off dLoRA's paper measures on GPUs. Needs `pip install gguf`.
+the unmerged mode pays the LoRA path — the trade-off dLoRA's paper measures on GPUs. Needs tools/requirements-bench.txt (gguf, numpy).
 """
 import sys
 
