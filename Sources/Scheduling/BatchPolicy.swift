@@ -108,9 +108,9 @@ public struct StepCostModel: Equatable, Sendable {
     public func correction(tokens b: Int) -> Double {
         let k = Self.bucket(b)
         for distance in 0..<Self.buckets {
-            for j in [k - distance, k + distance] where j >= 0 && j < Self.buckets && bucketObservations[j] > 0 {
-                return bucketCorrection[j]
-            }
+            let lower = k - distance, upper = k + distance
+            if lower >= 0 && bucketObservations[lower] > 0 { return bucketCorrection[lower] }
+            if upper < Self.buckets && bucketObservations[upper] > 0 { return bucketCorrection[upper] }
         }
         return 1
     }
@@ -269,8 +269,7 @@ public struct BatchPolicy: Sendable {
             return (dominant, config.costs.merged(tokens: dominant))
         case .merged:
             let tokens = min(config.maxBatchTokens, window.reduce(0) { $0 + $1.pendingTokens })
-            let distinct = Set(window.map(\.adapter).filter { $0 != QueuedRequest.base }).count
-            return (tokens, config.costs.unmerged(tokens: tokens, adapters: distinct, loraTokens: loraTokens(window, limit: tokens)))
+            return (tokens, config.costs.unmerged(tokens: tokens, adapters: distinctAdapters(window), loraTokens: loraTokens(window, limit: tokens)))
         }
     }
 
@@ -279,6 +278,11 @@ public struct BatchPolicy: Sendable {
     public mutating func estimateLoRACost(adapter: Int, relative: Double) {
         guard relative.isFinite, relative >= 0 else { return }
         loraWeights[adapter] = relative
+    }
+
+    /// Distinct adapters (not counting the base model) among the requests.
+    private func distinctAdapters(_ requests: [QueuedRequest]) -> Int {
+        Set(requests.map(\.adapter)).subtracting([QueuedRequest.base]).count
     }
 
     private func loraWeight(_ adapter: Int) -> Double {
@@ -345,8 +349,7 @@ public struct BatchPolicy: Sendable {
         let h = Double(othersWait ? min(c.amortizationHorizon, c.creditBound) : c.amortizationHorizon)
         let merged = Double(min(nm, c.maxBatchSequences)) * h
             / (switchCost(.merged(adapter: m)) + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
-        let distinct = Set(window.map(\.adapter)).filter { $0 != QueuedRequest.base }.count
-        let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinct,
+        let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinctAdapters(window),
                                                      loraTokens: window.reduce(0) { $0 + loraWeight($1.adapter) })
         return merged > unmerged ? .merged(adapter: m) : .unmerged
     }
