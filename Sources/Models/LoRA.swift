@@ -1,5 +1,6 @@
 import CKernels
 import Kernels
+import Synchronization
 
 /// The linear layers a LoRA adapter may target.
 public enum LoRATarget: Int, CaseIterable, Sendable, CustomStringConvertible {
@@ -118,9 +119,27 @@ public struct LoRAModule: @unchecked Sendable {
     }
 }
 
+/// One adapter's identity for the lifetime of its registration: the registry assigns it when a name is
+/// registered (or first found under the root) and keeps it across host-cache reloads; loading new files
+/// under a name (an in-place reload) gives a new one. Engines key their per-adapter state by it.
+public struct AdapterID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: Int
+    public init(rawValue: Int) { self.rawValue = rawValue }
+
+    private static let counter = Mutex(0)
+    /// A process-wide fresh id (for adapters loaded without a registry, e.g. `dlora generate --adapter`).
+    public static func next() -> AdapterID {
+        AdapterID(rawValue: counter.withLock { n in n += 1; return n })
+    }
+
+    public static func < (a: AdapterID, b: AdapterID) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { "adapter#\(rawValue)" }
+}
+
 /// A LoRA adapter in compute-ready form: per layer and target, an optional module, and the adapter's
 /// scaling (alpha / r, or alpha / √r for rsLoRA).
 public final class LoRAWeights: @unchecked Sendable {
+    public let id: AdapterID
     public let name: String
     public let scale: Float
     /// modules[layer][target.rawValue]
@@ -128,7 +147,8 @@ public final class LoRAWeights: @unchecked Sendable {
     public let maxPaddedRank: Int
     public let byteCount: Int
 
-    public init(name: String, scale: Float, modules: [[LoRAModule?]]) {
+    public init(name: String, scale: Float, modules: [[LoRAModule?]], id: AdapterID = .next()) {
+        self.id = id
         self.name = name
         self.scale = scale
         self.modules = modules
