@@ -48,7 +48,7 @@ let package = Package(
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "Models", "Adapters",
+                "Engine", "Scheduling", "Models", "Adapters",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),

@@ -1,21 +1,30 @@
 import Foundation
 import Models
+import Scheduling
 
-/// The replica's step loop on one dedicated thread — the single owner of the Generator (and so of the
-/// model, KV cache and adapters) — with `submit` and `cancel` callable from any task. Each request streams
-/// its events through an AsyncStream; dropping the stream (or cancelling the consuming task) cancels the
-/// request and frees its KV blocks. Call `shutdown()` when done: the loop thread keeps the engine alive.
+/// The replica's step loop on one dedicated thread — the single owner of the `EngineCore` (and so of the
+/// scheduler, model, KV cache and adapters) — with `submit`, `cancel` and `retire` callable from any task.
+/// Request ids are assigned at submit. Each request's token events reach its `RequestStream`, which turns
+/// them into text on the consumer's side (detokenizing and stop strings never run on the engine thread);
+/// dropping the stream (or cancelling the consuming task) cancels the request and frees its KV blocks. Call
+/// `shutdown()` when done: the loop thread keeps the engine alive.
 public final class EngineLoop: @unchecked Sendable {
-    private let generator: Generator
+    private let engine: EngineCore
+    private let tokenizer: Tokenizer
     private let lock = NSCondition()
-    private var pending: [(prompt: [Int], params: SamplingParams, adapter: LoRAWeights?, scale: Float,
-                           continuation: AsyncStream<GenerationEvent>.Continuation, ticket: Int)] = []
-    private var cancels: [Int] = []
-    /// ticket (our id, known at submit time) ↔ generator request id (known once the loop queued it).
-    private var requestOfTicket: [Int: Int] = [:]
-    private var ticketOfRequest: [Int: Int] = [:]
-    private var streams: [Int: AsyncStream<GenerationEvent>.Continuation] = [:]
-    private var nextTicket = 0
+    private struct Pending {
+        let id: RequestID
+        let prompt: [Int]
+        let params: SamplingParams
+        let adapter: LoRAWeights?
+        let scale: Float
+        let continuation: AsyncStream<EngineEvent>.Continuation
+    }
+    private var pending: [Pending] = []
+    private var cancels: [(RequestID, FinishReason)] = []
+    private var retires: [AdapterID] = []
+    private var streams: [RequestID: AsyncStream<EngineEvent>.Continuation] = [:]
+    private var nextID = 0
     private var stopping = false
     private var cancelEverything = false
     private let stepLock = NSLock()
@@ -26,9 +35,10 @@ public final class EngineLoop: @unchecked Sendable {
     private let snapshotLock = NSLock()
     private var lastSnapshot: EngineSnapshot
 
-    public init(generator: Generator) {
-        self.generator = generator
-        lastSnapshot = EngineSnapshot(generator, pending: 0)
+    public init(engine: EngineCore) {
+        self.engine = engine
+        tokenizer = engine.tokenizer
+        lastSnapshot = EngineSnapshot(engine, pending: 0)
         let t = Thread { [weak self] in self?.run() }
         t.name = "dlora.engine"
         t.qualityOfService = .userInitiated
@@ -36,28 +46,43 @@ public final class EngineLoop: @unchecked Sendable {
         t.start()
     }
 
-    /// Validates and queues a request; its events arrive on the returned stream, which finishes after the
-    /// event that carries a finish reason (or when the request is cancelled).
+    /// The longest sequence one request may reach.
+    public var contextLimit: Int { engine.contextLimit }
+
+    /// Validates and queues a request; its events arrive on the returned stream, which ends after the event
+    /// that carries a finish reason (or when the request is cancelled).
     public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil,
-                       adapterScale: Float = 1) throws -> (ticket: Int, events: AsyncStream<GenerationEvent>) {
-        try generator.validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
-        let (stream, continuation) = AsyncStream<GenerationEvent>.makeStream(bufferingPolicy: .unbounded)
+                       adapterScale: Float = 1) throws -> (id: RequestID, events: RequestStream) {
+        try engine.validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
+        let (stream, continuation) = AsyncStream<EngineEvent>.makeStream(bufferingPolicy: .unbounded)
         lock.lock()
-        let ticket = nextTicket
-        nextTicket += 1
-        pending.append((prompt, params, adapter, adapterScale, continuation, ticket))
+        let id = RequestID(nextID)
+        nextID += 1
+        pending.append(Pending(id: id, prompt: prompt, params: params, adapter: adapter, scale: adapterScale, continuation: continuation))
         lock.signal()
         lock.unlock()
         continuation.onTermination = { [weak self] reason in
-            if case .cancelled = reason { self?.cancel(ticket) }
+            if case .cancelled = reason { self?.cancel(id) }
         }
-        return (ticket, stream)
+        return (id, RequestStream(id: id, raw: stream, processor: OutputProcessor(tokenizer: tokenizer, stop: params.stop),
+                                  onStop: { [weak self] in self?.finish(id, reason: .stop) }))
     }
 
     /// Cancels a request (queued or running); its stream finishes.
-    public func cancel(_ ticket: Int) {
+    public func cancel(_ id: RequestID) { finish(id, reason: .cancelled) }
+
+    /// Ends a request with `reason` (a stop string seen by its consumer, or a cancellation).
+    public func finish(_ id: RequestID, reason: FinishReason) {
         lock.lock()
-        cancels.append(ticket)
+        cancels.append((id, reason))
+        lock.signal()
+        lock.unlock()
+    }
+
+    /// The adapter was unloaded: the engine drops its weights once no request needs them.
+    public func retire(adapter: AdapterID) {
+        lock.lock()
+        retires.append(adapter)
         lock.signal()
         lock.unlock()
     }
@@ -85,34 +110,35 @@ public final class EngineLoop: @unchecked Sendable {
         lock.unlock()
     }
 
-    /// Runs `body` on the loop's state between steps (e.g. to read stats) — blocking the caller until then.
-    public func inspect<T>(_ body: (Generator) -> T) -> T {
+    /// Runs `body` on the engine between steps (e.g. to read stats) — blocking the caller until then.
+    public func inspect<T>(_ body: (EngineCore) -> T) -> T {
         stepLock.lock()
         defer { stepLock.unlock() }
-        return body(generator)
+        return body(engine)
     }
 
-    // Locking: `lock` guards only the hand-over queues (pending, cancels, flags) and is held for moments;
-    // `stepLock` is held by the loop while it touches the Generator (and by `inspect`). Streams are yielded
-    // to and finished with neither held: resuming a consumer task takes that task's own runtime lock, and a
-    // consumer being cancelled calls `cancel` (and so `lock`) while holding it — yielding under `lock` would
-    // deadlock against that.
+    // Locking: `lock` guards only the hand-over queues (pending, cancels, retires, flags) and is held for
+    // moments; `stepLock` is held by the loop while it touches the engine (and by `inspect`). Streams are
+    // yielded to and finished with neither held: resuming a consumer task takes that task's own runtime lock,
+    // and a consumer being cancelled calls `cancel` (and so `lock`) while holding it — yielding under `lock`
+    // would deadlock against that.
     private func run() {
         while true {
             lock.lock()
-            while pending.isEmpty && cancels.isEmpty && !cancelEverything && !generator.hasWork && !stopping { lock.wait() }
-            let newRequests = pending, newCancels = cancels, stop = stopping, all = cancelEverything
+            while pending.isEmpty && cancels.isEmpty && retires.isEmpty && !cancelEverything && !engine.hasWork && !stopping { lock.wait() }
+            let newRequests = pending, newCancels = cancels, newRetires = retires, stop = stopping, all = cancelEverything
             pending.removeAll()
             cancels.removeAll()
+            retires.removeAll()
             cancelEverything = false
             lock.unlock()
 
-            var yields: [(AsyncStream<GenerationEvent>.Continuation, GenerationEvent)] = []
-            var finished: [AsyncStream<GenerationEvent>.Continuation] = []
+            var yields: [(AsyncStream<EngineEvent>.Continuation, EngineEvent)] = []
+            var finished: [AsyncStream<EngineEvent>.Continuation] = []
             stepLock.lock()
             if stop {
                 finished = Array(streams.values) + newRequests.map(\.continuation)
-                for id in streams.keys { generator.cancel(id) }
+                for id in streams.keys { engine.cancel(id) }
                 streams.removeAll()
                 publishSnapshot(pending: 0)
                 stepLock.unlock()
@@ -125,31 +151,26 @@ public final class EngineLoop: @unchecked Sendable {
                 return
             }
             for p in newRequests {
-                // Validated at submit; a failure here would be a bug, reported by finishing the stream empty.
-                if let id = try? generator.submit(prompt: p.prompt, params: p.params, adapter: p.adapter, adapterScale: p.scale) {
-                    requestOfTicket[p.ticket] = id
-                    ticketOfRequest[id] = p.ticket
-                    streams[id] = p.continuation
-                } else {
+                // Validated at submit; a failure here (the budget changed meanwhile) ends the stream with an error.
+                do {
+                    try engine.submit(prompt: p.prompt, params: p.params, adapter: p.adapter, adapterScale: p.scale, id: p.id)
+                    streams[p.id] = p.continuation
+                } catch {
+                    yields.append((p.continuation, EngineEvent(requestID: p.id, token: nil, finish: .error, message: "\(error)")))
                     finished.append(p.continuation)
                 }
             }
-            for ticket in all ? Array(requestOfTicket.keys) : newCancels {
-                if let id = requestOfTicket.removeValue(forKey: ticket) {
-                    ticketOfRequest[id] = nil
-                    generator.cancel(id)
-                    if let c = streams.removeValue(forKey: id) { finished.append(c) }
-                }
+            for (id, reason) in all ? streams.keys.map({ ($0, FinishReason.cancelled) }) : newCancels {
+                engine.finish(id, reason: reason)
+                if let c = streams.removeValue(forKey: id) { finished.append(c) }
             }
-            if generator.hasWork {
-                let events = generator.step()
+            for a in newRetires { engine.retire(adapter: a) }
+            if engine.hasWork {
+                let events = engine.step()
                 steps += 1
                 for e in events {
                     if let c = streams[e.requestID] { yields.append((c, e)) }
-                    if e.finish != nil, let c = streams.removeValue(forKey: e.requestID) {
-                        finished.append(c)
-                        if let t = ticketOfRequest.removeValue(forKey: e.requestID) { requestOfTicket[t] = nil }
-                    }
+                    if e.finish != nil, let c = streams.removeValue(forKey: e.requestID) { finished.append(c) }
                 }
             }
             lock.lock()
@@ -163,10 +184,38 @@ public final class EngineLoop: @unchecked Sendable {
     }
 
     private func publishSnapshot(pending: Int) {
-        let snap = EngineSnapshot(generator, pending: pending)
+        let snap = EngineSnapshot(engine, pending: pending)
         snapshotLock.lock()
         lastSnapshot = snap
         snapshotLock.unlock()
+    }
+}
+
+/// A request's output as text events: the engine's token events, detokenized and matched against the
+/// request's stop strings as they are read. A stop string ends the stream and finishes the request in the
+/// engine; dropping the stream before its end cancels the request.
+public struct RequestStream: AsyncSequence, Sendable {
+    public typealias Element = GenerationEvent
+    public let id: RequestID
+    let raw: AsyncStream<EngineEvent>
+    let processor: OutputProcessor
+    let onStop: @Sendable () -> Void
+
+    public struct AsyncIterator: AsyncIteratorProtocol {
+        var raw: AsyncStream<EngineEvent>.AsyncIterator
+        var processor: OutputProcessor
+        let onStop: @Sendable () -> Void
+
+        public mutating func next() async -> GenerationEvent? {
+            guard !processor.done, let e = await raw.next() else { return nil }
+            let g = processor.process(e)
+            if g.finish != nil && e.finish == nil { onStop() }
+            return g
+        }
+    }
+
+    public func makeAsyncIterator() -> AsyncIterator {
+        AsyncIterator(raw: raw.makeAsyncIterator(), processor: processor, onStop: onStop)
     }
 }
 
@@ -176,22 +225,29 @@ public struct EngineSnapshot: Sendable, Equatable {
     /// Requests queued or preempted (holding no KV blocks), and those holding KV blocks.
     public var waiting: Int
     public var running: Int
+    /// Preempted requests whose KV is in host memory.
+    public var swapped: Int
     public var kvBlocksTotal: Int
     public var kvBlocksFree: Int
     /// Blocks of the shared budget held by resident adapters, and how many adapters are resident.
     public var adapterBlocks: Int
     public var residentAdapters: Int
+    /// Adapters whose weights the engine holds (needed by a request, or resident).
+    public var heldAdapters: Int
     /// Host memory holding swapped-out KV.
     public var hostSwapBytes: Int
 
-    init(_ g: Generator, pending: Int) {
-        stats = g.stats
-        running = g.runningCount
-        waiting = g.liveCount - running + pending
-        kvBlocksTotal = g.totalKVBlocks
-        kvBlocksFree = g.freeKVBlocks
-        adapterBlocks = g.residentAdapterBlocks
-        residentAdapters = g.residentAdapterCount
-        hostSwapBytes = g.hostSwapBytes
+    init(_ e: EngineCore, pending: Int) {
+        let s = e.scheduler
+        stats = e.stats
+        running = s.runningCount
+        swapped = s.swappedCount
+        waiting = s.liveCount - running + pending
+        kvBlocksTotal = s.pool.numBlocks
+        kvBlocksFree = s.pool.freeCount
+        adapterBlocks = s.residentAdapterBlocks
+        residentAdapters = s.residentAdapters.count
+        heldAdapters = e.heldAdapterCount
+        hostSwapBytes = s.hostSwapBytes
     }
 }

@@ -2,6 +2,7 @@ import Adapters
 import Engine
 import Foundation
 import Hummingbird
+import Scheduling
 import Models
 import ServiceLifecycle
 
@@ -53,7 +54,7 @@ public final class OpenAIServer: Sendable {
         self.tokenizer = tokenizer
         self.adapters = adapters
         self.options = options
-        contextLimit = engine.inspect { $0.contextLimit }
+        contextLimit = engine.contextLimit
     }
 
     /// Requests admitted and not yet finished.
@@ -136,6 +137,7 @@ public final class OpenAIServer: Sendable {
         if !replace, registry.serves(name) {
             throw APIError.invalid("lora_name", "the adapter '\(name)' is already loaded", code: "adapter_exists")
         }
+        let previous = registry.cached(name)?.id
         do {
             try registry.register(name: name, relativePath: path)
         } catch let e as AdapterError {
@@ -147,6 +149,8 @@ public final class OpenAIServer: Sendable {
             registry.unregister(name)
             throw APIError.invalid("lora_path", "\(error)")
         }
+        // Requests of the old version finish on it; the engine drops it after them.
+        if let previous { engine.retire(adapter: previous) }
         return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' added successfully.")))
     }
@@ -160,7 +164,10 @@ public final class OpenAIServer: Sendable {
         guard registry.serves(name) else {
             throw APIError(.notFound, "the adapter '\(JSONFields.printable(name))' is not loaded", param: "lora_name", code: "model_not_found")
         }
+        let previous = registry.cached(name)?.id
         registry.unregister(name)
+        // In-flight requests keep it until they finish; then the engine drops its weights and residency.
+        if let previous { engine.retire(adapter: previous) }
         return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' removed successfully.")))
     }
@@ -282,8 +289,8 @@ public final class OpenAIServer: Sendable {
         }
 
         let admission = try admit()
-        let ticket: Int
-        let events: AsyncStream<GenerationEvent>
+        let ticket: Scheduling.RequestID
+        let events: RequestStream
         do {
             (ticket, events) = try engine.submit(prompt: prompt, params: params, adapter: adapter)
         } catch {

@@ -1,6 +1,7 @@
 import Engine
 import Foundation
 import Hummingbird
+import Scheduling
 
 /// One generation request on its way through the engine: reads the engine's events, measures time to first
 /// token, inter-token and end-to-end latency, and renders OpenAI's response or SSE chunks. Dropping it
@@ -12,7 +13,7 @@ final class Call: Sendable {
     let id: String
     let promptTokens: Int
     let arrival: UInt64
-    let ticket: Int
+    let ticket: Scheduling.RequestID
     private let admission: any AnyObject & Sendable
     private let created = Int(Date().timeIntervalSince1970)
 
@@ -23,7 +24,7 @@ final class Call: Sendable {
         var finish: FinishReason?
     }
 
-    init(server: OpenAIServer, model: String, chat: Bool, id: String, promptTokens: Int, arrival: UInt64, ticket: Int,
+    init(server: OpenAIServer, model: String, chat: Bool, id: String, promptTokens: Int, arrival: UInt64, ticket: Scheduling.RequestID,
          admission: any AnyObject & Sendable) {
         self.server = server
         self.model = model
@@ -71,7 +72,7 @@ final class Call: Sendable {
     }
 
     /// Waits for the whole completion.
-    func collect(_ events: AsyncStream<GenerationEvent>) async -> Outcome {
+    func collect(_ events: RequestStream) async -> Outcome {
         var o = Outcome()
         var clock = Clock(call: self)
         for await e in events {
@@ -105,7 +106,7 @@ final class Call: Sendable {
 
     /// Streams server-sent events: one chunk per piece of text, a final chunk with the finish reason, the
     /// usage chunk when asked for, then `data: [DONE]`.
-    func stream(_ events: AsyncStream<GenerationEvent>, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+    func stream(_ events: RequestStream, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
         var o = Outcome()
         var clock = Clock(call: self)
         defer { clock.end(o) }

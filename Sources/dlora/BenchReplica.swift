@@ -143,12 +143,12 @@ struct BenchReplica: ParsableCommand {
         config.costs = .smolLM2Reference
         if let creditBound { config.creditBound = creditBound }
         if let horizon { config.amortizationHorizon = horizon }
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 1024, maxBatchTokens: 256, maxSequences: maxSequences,
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 1024, maxBatchTokens: 256, maxSequences: maxSequences,
                           adapterSlots: adapterSlots, policy: config)
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var next = 0
-        var idOf: [Int: Int] = [:]  // generator id → request index
+        var idOf: [RequestID: Int] = [:]  // engine id → request index
         var finish = [Double](repeating: .nan, count: reqs.count)
         var produced = [Int](repeating: 0, count: reqs.count)
         while next < reqs.count || g.hasWork {
@@ -176,7 +176,7 @@ struct BenchReplica: ParsableCommand {
         let met = reqs.indices.filter { latencies[$0] / Double(max(1, produced[$0])) <= slo }.count
         return Outcome(throughput: Double(tokens) / makespan, latencyPerToken: latencies.reduce(0, +) / Double(max(1, tokens)),
                        p90: sorted[min(sorted.count - 1, Int(Double(sorted.count) * 0.9))], slo: Double(met) / Double(reqs.count),
-                       switches: g.policy.switches)
+                       switches: g.stats.modeSwitches)
     }
 
     /// Arrival times (seconds) from the Azure trace CSV.

@@ -167,16 +167,17 @@ struct Generate: ParsableCommand {
         let need = min(ids.count + maxTokens, config.maxPositionEmbeddings)
         let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: 16, numKVHeads: config.numKVHeads, headDim: config.headDim)
         let adapterBlocks = lora.map { ($0.byteCount + blockBytes - 1) / blockBytes } ?? 0
-        let generator = Generator(model: loaded.model, tokenizer: tokenizer, kvBlocks: Generator.kvBlocks(tokens: need) + adapterBlocks)
-        try generator.submit(prompt: ids, params: samplingParams, adapter: lora, adapterScale: adapterScale)
+        let engine = EngineCore(model: loaded.model, tokenizer: tokenizer, kvBlocks: EngineConfiguration.kvBlocks(tokens: need) + adapterBlocks)
+        try engine.submit(prompt: ids, params: samplingParams, adapter: lora, adapterScale: adapterScale)
         let out = FileHandle.standardOutput
-        while generator.hasWork {
-            for event in generator.step() where !event.text.isEmpty {
-                out.write(Data(event.text.utf8))
-            }
+        let results = engine.runToCompletion { event in
+            if !event.text.isEmpty { out.write(Data(event.text.utf8)) }
         }
         out.write(Data("\n".utf8))
-        let s = generator.stats
+        if let failed = results.last, failed.finish == .error {
+            throw CLIError("generation failed after \(results.count - 1) tokens: \(failed.message ?? "the engine could not continue")")
+        }
+        let s = engine.stats
         let promptRate = s.promptSeconds > 0 ? Double(s.promptTokens) / s.promptSeconds : 0
         let genRate = s.decodeSeconds > 0 ? Double(s.decodeTokens) / s.decodeSeconds : 0
         FileHandle.standardError.write(Data(String(

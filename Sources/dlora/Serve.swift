@@ -75,9 +75,11 @@ struct Serve: AsyncParsableCommand {
         let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: 16, numKVHeads: config.numKVHeads,
                                                       headDim: config.headDim)
         let blocks = max(4, kvCacheMb << 20 / blockBytes)
-        let generator = Generator(model: loaded.model, tokenizer: loaded.tokenizer, kvBlocks: blocks, maxBatchTokens: maxBatchTokens,
-                                  maxSequences: maxBatchSequences, policy: BatchPolicyConfig(kind: BatchingPolicyKind(rawValue: policy)!))
-        let engine = EngineLoop(generator: generator)
+        var engineConfig = EngineConfiguration(kvBlocks: blocks)
+        engineConfig.maxBatchTokens = maxBatchTokens
+        engineConfig.maxBatchSequences = maxBatchSequences
+        engineConfig.policy = BatchPolicyConfig(kind: BatchingPolicyKind(rawValue: policy)!)
+        let engine = EngineLoop(engine: EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig))
         defer { engine.shutdown() }
 
         var options = ServerOptions(modelName: servedModelName ?? Self.modelName(path))

@@ -33,14 +33,14 @@ import Testing
 
         var alone: [[Int]] = []
         for (text, a, scale) in requests {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 64, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 64, policy: BatchPolicyConfig(kind: .unmergedOnly))
             let id = try g.submit(prompt: tokenizer.encode(text, addSpecial: true), params: params, adapter: a.map { adapters[$0] }, adapterScale: scale)
             alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
         // The adapters must matter: at least the requests that share a prompt with a base request differ from it.
         #expect(alone[0] != alone[6] || alone[1] != alone[7] || which == "tiny")
 
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 64, maxBatchTokens: 40, adapterSlots: 4,
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 64, maxBatchTokens: 40, adapterSlots: 4,
                           policy: BatchPolicyConfig(kind: .unmergedOnly))
         let ids = try requests.map { text, a, scale in
             try g.submit(prompt: tokenizer.encode(text, addSpecial: true), params: params, adapter: a.map { adapters[$0] }, adapterScale: scale)
@@ -84,18 +84,18 @@ import Testing
 
         var alone: [[Int]] = []
         for r in requests {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16, policy: BatchPolicyConfig(kind: .unmergedOnly))
             let id = try g.submit(prompt: r.prompt, params: params, adapter: r.adapter.map { adapters[$0] })
             alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
 
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 200, maxBatchTokens: 64, maxSequences: 16, adapterSlots: 4,
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 200, maxBatchTokens: 64, maxSequences: 16, adapterSlots: 4,
                           policy: gpuLike)
         let ticks = ManagedAtomicCounter()
         g.clock = { ticks.next() }
         let ids = try requests.map { try g.submit(prompt: $0.prompt, params: params, adapter: $0.adapter.map { adapters[$0] }) }
         let events = g.runToCompletion()
-        #expect(g.policy.switches > 0, "the hot adapter should be merged at times")
+        #expect(g.stats.modeSwitches > 0, "the hot adapter should be merged at times")
         #expect(model.merged == nil)
         var mismatches = 0
         for (i, id) in ids.enumerated() {
@@ -139,15 +139,15 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         let requests: [([Int], Int?)] = (0..<30).map { i in ((0..<(4 + i % 9)).map { (i * 13 + $0 * 5) % 300 }, i % 7 == 6 ? nil : i % 6) }
         var solo: [[Int]] = []
         for (p, a) in requests {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
             let id = try g.submit(prompt: p, params: params, adapter: a.map { adapters[$0] })
             solo.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
         // Block = 2 KB here; an adapter takes ~56 blocks: 240 blocks hold ~3 adapters plus a few sequences.
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 240, blockSize: 4, maxBatchTokens: 48, maxSequences: 12,
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 240, blockSize: 4, maxBatchTokens: 48, maxSequences: 12,
                           adapterSlots: 6, policy: BatchPolicyConfig(kind: .unmergedOnly), hostSwapLimitBytes: hostSwapLimit)
         let ids = try requests.map { try g.submit(prompt: $0.0, params: params, adapter: $0.1.map { adapters[$0] }) }
-        var events: [GenerationEvent] = []
+        var events: [EngineEvent] = []
         while g.hasWork {
             events += g.step()
             #expect(g.freeKVBlocks + g.residentAdapterBlocks <= g.totalKVBlocks)
@@ -170,8 +170,8 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         let dir = try TempDir()
         try TestAdapter(config: model.config, rank: 8, alpha: 8, targets: LoRATarget.allCases, seed: 1).writePEFT(to: dir.path("big"), config: model.config)
         let big = try AdapterLoader.load(path: dir.path("big"), base: model.config)
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 40, blockSize: 4)
-        #expect(throws: GeneratorError.self) { try g.submit(prompt: [1, 2, 3], params: .greedy, adapter: big) }
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 40, blockSize: 4)
+        #expect(throws: EngineError.self) { try g.submit(prompt: [1, 2, 3], params: .greedy, adapter: big) }
         #expect(!g.hasWork)
     }
 }

@@ -90,12 +90,12 @@ import Testing
 
         var alone: [[Int]] = []
         for t in texts {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 4)
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 4)
             let id = try g.submit(prompt: tokenizer.encode(t, addSpecial: true), params: params)
             alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
 
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64)
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64)
         let ids = try texts.map { try g.submit(prompt: tokenizer.encode($0, addSpecial: true), params: params) }
         let events = g.runToCompletion()
         for (i, id) in ids.enumerated() {
@@ -109,7 +109,7 @@ import Testing
         let checkpoint = try openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_1"))
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 32, blockSize: 4)
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 32, blockSize: 4)
         let params = SamplingParams(temperature: 0, maxTokens: 20, ignoreEOS: true)
         let ids = try (0..<6).map { try g.submit(prompt: Array(repeating: 5 + $0, count: 3 + $0), params: params) }
         for _ in 0..<4 { _ = g.step() }

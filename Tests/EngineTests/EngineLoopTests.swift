@@ -20,11 +20,11 @@ import Testing
         let prompts = (0..<100).map { i in (0..<(1 + i % 9)).map { (i * 31 + $0 * 7) % 300 } }
         var solo: [[Int]] = []
         for p in prompts {
-            let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 2)
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 2)
             let id = try g.submit(prompt: p, params: params)
             solo.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
-        let loop = EngineLoop(generator: Generator(model: model, tokenizer: tokenizer, kvBlocks: 400, maxBatchTokens: 128,
+        let loop = EngineLoop(engine: EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, maxBatchTokens: 128,
                                                    maxSequences: 32, policy: BatchPolicyConfig(kind: .unmergedOnly)))
         defer { loop.shutdown() }
         let results = try await withThrowingTaskGroup(of: (Int, [Int], FinishReason?).self) { group in
@@ -56,7 +56,7 @@ import Testing
     /// requests are refused at submit.
     @Test func cancellationAndValidation() async throws {
         let (model, tokenizer) = try Self.tiny()
-        let loop = EngineLoop(generator: Generator(model: model, tokenizer: tokenizer, kvBlocks: 64))
+        let loop = EngineLoop(engine: EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 64))
         defer { loop.shutdown() }
         let long = SamplingParams(temperature: 0, maxTokens: 200, ignoreEOS: true)
         do {
@@ -79,8 +79,8 @@ import Testing
             idle = loop.inspect { !$0.hasWork && $0.freeKVBlocks == $0.totalKVBlocks }
         }
         #expect(idle)
-        #expect(throws: GeneratorError.self) { try loop.submit(prompt: [], params: long) }
+        #expect(throws: EngineError.self) { try loop.submit(prompt: [], params: long) }
         #expect(throws: SamplingError.self) { try loop.submit(prompt: [1], params: SamplingParams(topP: 2)) }
-        #expect(throws: GeneratorError.self) { try loop.submit(prompt: [100_000], params: long) }
+        #expect(throws: EngineError.self) { try loop.submit(prompt: [100_000], params: long) }
     }
 }

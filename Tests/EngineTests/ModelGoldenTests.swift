@@ -95,7 +95,7 @@ import Testing
             }
 
             // Greedy through the Generator: the whole batching/sampling path, no EOS stop.
-            let generator = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16)
+            let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16)
             let id = try generator.submit(prompt: c.promptIds, params: SamplingParams(temperature: 0, maxTokens: 32, ignoreEOS: true))
             let events = generator.runToCompletion().filter { $0.requestID == id }
             let ids = events.compactMap(\.token)

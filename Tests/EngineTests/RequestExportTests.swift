@@ -15,23 +15,25 @@ import Testing
         let params = SamplingParams(temperature: temperature, topP: 0.95, seed: 1234, maxTokens: 24, ignoreEOS: true)
         let prompt = [5, 17, 200, 3, 9, 44, 61, 12, 13, 99, 101]
 
-        let solo = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4)
+        let solo = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4)
         let soloID = try solo.submit(prompt: prompt, params: params)
         let soloEvents = solo.runToCompletion().filter { $0.requestID == soloID }
 
         // Run 7 steps on engine A (with a neighbour request), export, resume on engine B (other cache size).
-        let a = Generator(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4, maxBatchTokens: 5)
+        let a = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4, maxBatchTokens: 5)
         let id = try a.submit(prompt: prompt, params: params)
         try a.submit(prompt: [7, 8, 9], params: params)
+        // The consumer's side: text from the token events as they come.
+        var processor = OutputProcessor(tokenizer: tokenizer, stop: params.stop)
         var before: [GenerationEvent] = []
-        for _ in 0..<7 { before += a.step().filter { $0.requestID == id } }
+        for _ in 0..<7 { before += a.step().filter { $0.requestID == id }.map { processor.process($0) } }
         let exported = try a.export(id, includeKV: includeKV)
         #expect((exported.kv != nil) == includeKV && (exported.computed > 0) == includeKV)
         let wire = try JSONDecoder().decode(ExportedRequest.self, from: JSONEncoder().encode(exported))
         #expect(wire == exported)
         #expect(a.runToCompletion().allSatisfy { $0.requestID != id })
 
-        let b = Generator(model: model, tokenizer: tokenizer, kvBlocks: 12, blockSize: 4)
+        let b = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 12, blockSize: 4)
         let newID = try b.importRequest(wire, adapter: nil)
         let after = b.runToCompletion().filter { $0.requestID == newID }
         #expect((before + after).compactMap(\.token) == soloEvents.compactMap(\.token))
@@ -44,15 +46,15 @@ import Testing
         let checkpoint = try openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_1"))
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
-        let g = Generator(model: model, tokenizer: tokenizer, kvBlocks: 8)
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 8)
         let id = try g.submit(prompt: [1, 2, 3], params: .greedy)
         _ = g.step()
         var e = try g.export(id)
         e.adapterName = "sql"
-        #expect(throws: GeneratorError.self) { try g.importRequest(e, adapter: nil) }
+        #expect(throws: EngineError.self) { try g.importRequest(e, adapter: nil) }
         e.adapterName = nil
         e.rngState = [1]
-        #expect(throws: GeneratorError.self) { try g.importRequest(e, adapter: nil) }
-        #expect(throws: GeneratorError.self) { try g.export(12345) }
+        #expect(throws: EngineError.self) { try g.importRequest(e, adapter: nil) }
+        #expect(throws: EngineError.self) { try g.export(RequestID(12345)) }
     }
 }

@@ -22,7 +22,7 @@ import Testing
     }
 
     @Test func unmergedOnlyIsFCFSWithinBudgets() {
-        var p = BatchPolicy(config: Self.config(.unmergedOnly, batch: 4, tokens: 10))
+        var p = makeBatchingPolicy(Self.config(.unmergedOnly, batch: 4, tokens: 10))
         let q = [QueuedRequest(id: 0, adapter: 1, pendingTokens: 1), QueuedRequest(id: 1, adapter: 2, pendingTokens: 6),
                  QueuedRequest(id: 2, adapter: 1, pendingTokens: 5), QueuedRequest(id: 3, adapter: 3, pendingTokens: 1)]
         let d = p.schedule(q)
@@ -31,12 +31,12 @@ import Testing
         #expect(d.runs.map(\.tokens) == [1, 6, 3])  // the last prompt is chunked to the token budget
         var slots = Self.config(.unmergedOnly, batch: 8, tokens: 64)
         slots.maxAdapters = 2
-        var limited = BatchPolicy(config: slots)
+        var limited = makeBatchingPolicy(slots)
         #expect(limited.schedule(Self.queue([1, 2, 3, 1, -1])).runs.map(\.id) == [0, 1, 3, 4])  // adapter 3 has no slot
     }
 
     @Test func mergedOnlyRunsTheOldestRequestsAdapter() {
-        var p = BatchPolicy(config: Self.config(.mergedOnly))
+        var p = makeBatchingPolicy(Self.config(.mergedOnly))
         let d = p.schedule(Self.queue([5, 2, 5, 2, 2, 5]))
         #expect(d.mode == .merged(adapter: 5))
         #expect(d.runs.map(\.id) == [0, 2, 5])
@@ -44,7 +44,7 @@ import Testing
     }
 
     @Test func peftLikeRunsStaticBatchesToCompletion() {
-        var p = BatchPolicy(config: Self.config(.peftLike, batch: 2))
+        var p = makeBatchingPolicy(Self.config(.peftLike, batch: 2))
         #expect(p.schedule(Self.queue([7, 7, 7, 3])).runs.map(\.id) == [0, 1])
         // Request 0 finished; 2 is waiting for the same adapter but the static batch does not take it in.
         #expect(p.schedule([QueuedRequest(id: 1, adapter: 7, pendingTokens: 1), QueuedRequest(id: 2, adapter: 7, pendingTokens: 1),
@@ -55,13 +55,13 @@ import Testing
     }
 
     @Test func dloraMergesASkewedQueueAndStaysUnmergedOnADiverseOne() {
-        var skewed = BatchPolicy(config: Self.config(.dlora))
+        var skewed = DLoRAPolicy(config: Self.config(.dlora))
         let d = skewed.schedule(Self.queue(Array(repeating: 4, count: 8)))
         #expect(d.mode == .merged(adapter: 4) && d.runs.count == 8)
-        var diverse = BatchPolicy(config: Self.config(.dlora))
+        var diverse = DLoRAPolicy(config: Self.config(.dlora))
         #expect(diverse.schedule(Self.queue([1, 2, 3, 4, 5, 6, 7, 8])).mode == .unmerged)
         // Base-model requests never run merged.
-        var base = BatchPolicy(config: Self.config(.dlora))
+        var base = DLoRAPolicy(config: Self.config(.dlora))
         #expect(base.schedule(Self.queue(Array(repeating: -1, count: 8))).mode == .unmerged)
     }
 
@@ -72,18 +72,18 @@ import Testing
     @Test func theCostModelDecides() {
         var c = Self.config(.dlora)
         c.costs = .smolLM2Reference
-        var cheap = BatchPolicy(config: c)
+        var cheap = DLoRAPolicy(config: c)
         #expect(cheap.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .merged(adapter: 4))
-        var cpu = BatchPolicy(config: c)
+        var cpu = DLoRAPolicy(config: c)
         cpu.estimateSwitch(adapter: 4, seconds: 0.06)
         #expect(cpu.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .unmerged)
         // An adapter on all seven linear layers (≈ 7× the reference's parameters) pays ≈ 7× the LoRA path per
         // token unmerged: then the same switch pays for itself.
-        var large = BatchPolicy(config: c)
+        var large = DLoRAPolicy(config: c)
         large.estimateSwitch(adapter: 4, seconds: 0.06)
         large.estimateLoRACost(adapter: 4, relative: 7)
         #expect(large.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .merged(adapter: 4))
-        var gpu = BatchPolicy(config: Self.config(.dlora))
+        var gpu = DLoRAPolicy(config: Self.config(.dlora))
         gpu.estimateSwitch(adapter: 4, seconds: 0.06)
         #expect(gpu.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .merged(adapter: 4))
     }
@@ -91,11 +91,11 @@ import Testing
     @Test func switchesOnlyWhenAmortized() {
         var c = Self.config(.dlora)
         c.costs.switchSeconds = 100
-        var p = BatchPolicy(config: c)
+        var p = DLoRAPolicy(config: c)
         #expect(p.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .unmerged)
         #expect(p.switches == 0)
         c.costs.switchSeconds = 0
-        var q = BatchPolicy(config: c)
+        var q = DLoRAPolicy(config: c)
         #expect(q.schedule(Self.queue(Array(repeating: 4, count: 8))).mode == .merged(adapter: 4))
     }
 
@@ -103,7 +103,7 @@ import Testing
     /// that lost makes it harder.
     @Test func thresholdsAdaptToObservedThroughput() {
         for (mergedSeconds, expectLower) in [(0.001, true), (10.0, false)] {
-            var p = BatchPolicy(config: Self.config(.dlora))
+            var p = DLoRAPolicy(config: Self.config(.dlora))
             let before = p.mergeLeft
             for _ in 0..<5 {
                 let d = p.schedule(Self.queue(Array(repeating: 4, count: 8)))
@@ -129,8 +129,8 @@ import Testing
         var c = Self.config(kind, batch: 6, tokens: 24)
         c.maxAdapters = 4
         c.creditBound = 5
-        var p = BatchPolicy(config: c)
-        var live: [(id: Int, adapter: Int, pending: Int, remaining: Int)] = []
+        var p = makeBatchingPolicy(c)
+        var live: [(id: RequestID, adapter: Int, pending: Int, remaining: Int)] = []
         var nextID = 0
         var passedOver: [Int: Int] = [:]
         var maxPassedOver = 0
@@ -138,7 +138,7 @@ import Testing
             for _ in 0..<rand(3) {
                 // Skewed popularity: adapter 0 is hot, 1...9 cold, -1 base.
                 let adapter = rand(3) == 0 ? 0 : rand(11) - 1
-                live.append((nextID, adapter, 1 + rand(30), 1 + rand(12)))
+                live.append((RequestID(nextID), adapter, 1 + rand(30), 1 + rand(12)))
                 nextID += 1
             }
             let q = live.map { QueuedRequest(id: $0.id, adapter: $0.adapter, pendingTokens: $0.pending) }

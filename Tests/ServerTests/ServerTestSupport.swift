@@ -43,12 +43,12 @@ enum ServerFixtures {
         let checkpoint = try openCheckpoint(path: modelPath)
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
-        let generator = Generator(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: 16)
+        let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: 16)
         if slow { generator.logitsObserver = { _, _ in usleep(20_000) } }
         var options = ServerOptions(modelName: "tiny-llama")
         configure(&options)
         let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: model.config) }
-        return OpenAIServer(engine: EngineLoop(generator: generator), tokenizer: tokenizer, adapters: registry, options: options)
+        return OpenAIServer(engine: EngineLoop(engine: generator), tokenizer: tokenizer, adapters: registry, options: options)
     }
 
     /// Runs `body` against the server on a loopback port (AsyncHTTPClient: a new connection when the server

@@ -1,0 +1,41 @@
+import Scheduling
+
+/// Everything that sizes and steers one replica's engine, with its defaults in one place. `dlora serve`,
+/// `generate` and `bench` fill it from their shared options; tests set the fields they care about.
+public struct EngineConfiguration: Sendable, Equatable {
+    /// KV-cache blocks: the one budget that KV and resident adapters share. `serve` derives it from
+    /// `--kv-cache-mb` (default 1024 MiB ≈ 11,000 blocks of 16 tokens on SmolLM2).
+    public var kvBlocks: Int
+    /// Tokens per KV block.
+    public var blockSize = 16
+    /// Tokens per iteration: every decode counts one, prompt chunks fill the rest.
+    public var maxBatchTokens = 512
+    /// Sequences per iteration (the paper's batch size B).
+    public var maxBatchSequences = 256
+    /// Distinct adapters one unmerged iteration may hold (LoRA slots).
+    public var adapterSlots = 32
+    /// Host memory for swapped-out KV; beyond it, preempted requests recompute.
+    public var hostSwapBytes = 1 << 30
+    /// The batching policy and its tuning (credits, amortization horizon, cost profile).
+    public var policy = BatchPolicyConfig(kind: .dlora)
+
+    public init(kvBlocks: Int) { self.kvBlocks = kvBlocks }
+
+    /// KV blocks that `megabytes` of KV cache hold for a model (at least 4).
+    public static func kvBlocks(megabytes: Int, bytesPerBlock: Int) -> Int { max(4, (megabytes << 20) / bytesPerBlock) }
+
+    /// KV blocks that hold `tokens` positions.
+    public static func kvBlocks(tokens: Int, blockSize: Int = 16) -> Int { (tokens + blockSize - 1) / blockSize }
+
+    /// The scheduler's view of this configuration for a model with `bytesPerBlock` and `contextLimit`.
+    func scheduler(bytesPerBlock: Int, contextLimit: Int) -> SchedulerConfig {
+        var p = policy
+        p.maxBatchTokens = maxBatchTokens
+        p.maxBatchSequences = maxBatchSequences
+        p.maxAdapters = max(1, adapterSlots)
+        var c = SchedulerConfig(numBlocks: kvBlocks, blockSize: blockSize, bytesPerBlock: bytesPerBlock,
+                                contextLimit: min(contextLimit, kvBlocks * blockSize), policy: p)
+        c.hostSwapLimitBytes = hostSwapBytes
+        return c
+    }
+}

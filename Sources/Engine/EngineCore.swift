@@ -1,0 +1,353 @@
+import Foundation
+import Kernels
+import Models
+@_exported import Scheduling
+
+
+public struct EngineError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
+
+/// Throughput counters. A step that runs any prompt tokens counts as prefill time, the others as decode.
+public struct GenerationStats: Sendable, Equatable {
+    public var promptTokens = 0
+    public var promptSeconds = 0.0
+    public var generatedTokens = 0
+    public var decodeTokens = 0
+    public var decodeSeconds = 0.0
+    public var steps = 0
+    public var preemptions = 0
+    /// Preempted sequences whose KV went to host memory, and back.
+    public var swapOuts = 0
+    public var swapIns = 0
+    /// Resident adapters evicted to make room (KV and adapters share one budget).
+    public var adapterEvictions = 0
+    /// Adapters made resident (loaded into the shared budget) for execution.
+    public var adapterLoads = 0
+    /// Iterations run with one adapter merged into the base weights, and with the unmerged (mixed) batch.
+    public var mergedSteps = 0
+    public var unmergedSteps = 0
+    /// Mode switches the batching policy made.
+    public var modeSwitches = 0
+
+    public init() {}
+}
+
+/// One replica's engine: `step()` is `Scheduler.schedule` → `ModelRunner` (actions, forward) → sample →
+/// `Scheduler.update`, and nothing else. The scheduler owns every request, block, resident adapter and swap
+/// decision; the runner owns the tensors; this type owns what neither should: token ids, samplers, and the
+/// adapters' weights — held only while the scheduler knows the adapter (a request needs it or it is
+/// resident). Detokenizing and stop strings happen on the consumer's side (`OutputProcessor`).
+public final class EngineCore {
+    public let model: LlamaModel
+    public let tokenizer: Tokenizer
+    public let configuration: EngineConfiguration
+    public let runner: ModelRunner
+    public private(set) var scheduler: Scheduler
+    /// The scheduler's configuration, readable from any thread.
+    public let schedulerConfig: SchedulerConfig
+    /// The longest sequence (prompt + generated) one request may reach: the model's context, or the KV cache.
+    public let contextLimit: Int
+    /// Called with every row of logits a request samples from (tests compare them with goldens).
+    public var logitsObserver: ((_ request: RequestID, _ logits: UnsafeBufferPointer<Float>) -> Void)?
+    public private(set) var timing = GenerationStats()
+    /// The clock merge, unmerge and forward timings (and so the cost model) use, in nanoseconds; tests pass a
+    /// scripted one to make mode decisions reproducible.
+    public var clock: @Sendable () -> UInt64 {
+        get { runner.clock }
+        set { runner.clock = newValue }
+    }
+    public let endTokens: Set<Int>
+
+    struct Sequence {
+        var tokens: [Int]
+        let promptCount: Int
+        var sampler: Sampler
+        let params: SamplingParams
+        let adapter: Int
+    }
+    private var sequences: [RequestID: Sequence] = [:]
+    private var nextRequest = 0
+
+    /// An adapter as the scheduler keys it: one per (adapter, scale) pair, since a merge folds in one scale.
+    private struct AdapterKey: Hashable {
+        let id: AdapterID
+        let scale: UInt32
+    }
+    private var keyOf: [AdapterKey: Int] = [:]
+    private var adapterWeights: [Int: (weights: LoRAWeights, scale: Float, key: AdapterKey)] = [:]
+    private var nextAdapterKey = 0
+
+    public init(model: LlamaModel, tokenizer: Tokenizer, configuration: EngineConfiguration) {
+        precondition(configuration.kvBlocks > 0 && configuration.blockSize > 0 && configuration.maxBatchTokens > 0
+                     && configuration.maxBatchSequences > 0)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.configuration = configuration
+        runner = ModelRunner(model: model, numBlocks: configuration.kvBlocks, blockSize: configuration.blockSize,
+                             maxBatchTokens: configuration.maxBatchTokens, adapterSlots: configuration.adapterSlots)
+        let sc = configuration.scheduler(bytesPerBlock: runner.kv.bytesPerBlock, contextLimit: model.config.maxPositionEmbeddings)
+        scheduler = Scheduler(config: sc)
+        schedulerConfig = sc
+        contextLimit = sc.contextLimit
+        var ends = Set(tokenizer.eosTokenIDs)
+        for t in tokenizer.chatTemplate.endOfTurnTokens {
+            if let id = tokenizer.id(for: t) { ends.insert(id) }
+        }
+        endTokens = ends
+    }
+
+    /// Convenience for tests and tools: the defaults with `kvBlocks`.
+    public convenience init(model: LlamaModel, tokenizer: Tokenizer, kvBlocks: Int, blockSize: Int = 16, maxBatchTokens: Int = 512,
+                            maxSequences: Int = 256, adapterSlots: Int = 32, policy: BatchPolicyConfig = BatchPolicyConfig(),
+                            hostSwapLimitBytes: Int = 1 << 30) {
+        var c = EngineConfiguration(kvBlocks: kvBlocks)
+        c.blockSize = blockSize
+        c.maxBatchTokens = maxBatchTokens
+        c.maxBatchSequences = maxSequences
+        c.adapterSlots = adapterSlots
+        c.policy = policy
+        c.hostSwapBytes = hostSwapLimitBytes
+        self.init(model: model, tokenizer: tokenizer, configuration: c)
+    }
+
+    /// Checks a request without queueing it; reads only immutable state, so any thread may call it.
+    public func validate(prompt: [Int], params: SamplingParams, adapter: LoRAWeights?, adapterScale: Float) throws {
+        try params.validate()
+        guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw EngineError("adapter scale must be a finite number within ±100") }
+        if let adapter, adapter.modules.count != model.config.numLayers {
+            throw EngineError("adapter '\(adapter.name)' was loaded for a model with \(adapter.modules.count) layers")
+        }
+        guard !prompt.isEmpty else { throw EngineError("the prompt is empty") }
+        let vocab = model.config.vocabSize
+        if let bad = prompt.first(where: { $0 < 0 || $0 >= vocab }) {
+            throw EngineError("token id \(bad) is outside the vocabulary (0..<\(vocab))")
+        }
+        if let problem = schedulerConfig.admissionProblem(promptTokens: prompt.count, adapterBytes: adapter?.byteCount ?? 0) {
+            throw EngineError(adapter.map { problem.replacingOccurrences(of: "the adapter", with: "adapter '\($0.name)'") } ?? problem)
+        }
+    }
+
+    // MARK: Requests
+
+    public var hasWork: Bool { scheduler.hasWork }
+    public var liveCount: Int { scheduler.liveCount }
+    public var runningCount: Int { scheduler.runningCount }
+
+    /// Queues a request and returns its id (`id` when the caller assigned one, e.g. the engine loop at submit).
+    @discardableResult
+    public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil, adapterScale: Float = 1,
+                       id: RequestID? = nil) throws -> RequestID {
+        try validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
+        return try enqueue(tokens: prompt, promptCount: prompt.count, params: params, remaining: params.maxTokens,
+                           sampler: Sampler(params: params), adapter: adapter, adapterScale: adapterScale, id: id)
+    }
+
+    /// `remaining`: tokens it may still generate (nil: up to its length limit).
+    private func enqueue(tokens: [Int], promptCount: Int, params: SamplingParams, remaining: Int?, sampler: Sampler, adapter: LoRAWeights?,
+                         adapterScale: Float, id: RequestID?) throws -> RequestID {
+        let rid = id ?? RequestID(nextRequest)
+        nextRequest = max(nextRequest, rid.rawValue + 1)
+        guard sequences[rid] == nil else { throw EngineError("request \(rid) is already live") }
+        let key = adapter.map { adapterKey($0, scale: adapterScale) } ?? Request.base
+        do {
+            try scheduler.add(rid, adapter: key, promptCount: promptCount, tokenCount: tokens.count,
+                              maxNewTokens: remaining)
+        } catch {
+            performPending()
+            throw EngineError("\(error)")
+        }
+        sequences[rid] = Sequence(tokens: tokens, promptCount: promptCount, sampler: sampler, params: params, adapter: key)
+        return rid
+    }
+
+    /// The scheduler's key for an adapter at a scale, registering it on first use. Weights with an id the engine
+    /// already holds are the same adapter (the registry keeps an id across host-cache reloads and gives new
+    /// files a new one): the copy held here serves, so a reload never duplicates it.
+    private func adapterKey(_ w: LoRAWeights, scale: Float) -> Int {
+        let k = AdapterKey(id: w.id, scale: scale.bitPattern)
+        if let known = keyOf[k] { return known }
+        let key = nextAdapterKey
+        nextAdapterKey += 1
+        keyOf[k] = key
+        adapterWeights[key] = (w, scale, k)
+        scheduler.addAdapter(AdapterProfile(key: key, bytes: w.byteCount, loraParameters: Self.loraParameters(w),
+                                            mergeElements: Self.mergeElements(w)))
+        return key
+    }
+
+    /// Ends a live request (cancelled, or stopped by a stop string on the consumer's side).
+    public func finish(_ id: RequestID, reason: FinishReason = .cancelled) {
+        scheduler.finish(id, reason: reason)
+        performPending()
+    }
+
+    public func cancel(_ id: RequestID) { finish(id, reason: .cancelled) }
+
+    /// The adapter is no longer served (unloaded): its weights are dropped once no request needs them.
+    public func retire(adapter id: AdapterID) {
+        for (k, key) in keyOf where k.id == id { scheduler.retire(adapter: key) }
+        performPending()
+    }
+
+    /// Adapters the engine holds weights for (each also known to the scheduler).
+    public var heldAdapterCount: Int { adapterWeights.count }
+
+    // MARK: One iteration
+
+    /// Runs one iteration; returns an event for every request that sampled a token or failed.
+    public func step() -> [EngineEvent] {
+        guard scheduler.hasWork else {
+            performPending()
+            return []
+        }
+        let output = scheduler.schedule()
+        let times = runner.perform(output.actions, weights: weights(of:))
+        handleDrops(output.actions)
+        guard !output.runs.isEmpty else { return [] }
+        let seconds = runner.forward(output, tokens: { run in self.sequences[run.request]!.tokens[run.start..<(run.start + run.tokens)] },
+                                     weights: weights(of:))
+        var sampled: [SampledToken] = []
+        var events: [EngineEvent] = []
+        var row = 0
+        var prefill = 0
+        for run in output.runs {
+            let promptLeft = sequences[run.request]!.promptCount - run.start
+            if promptLeft > 0 { prefill += min(run.tokens, promptLeft) }
+            guard run.samples else { continue }
+            let logits = runner.logitsRow(row)
+            row += 1
+            logitsObserver?(run.request, logits)
+            let token = sequences[run.request]!.sampler.sample(logits)
+            sequences[run.request]!.tokens.append(token)
+            let s = sequences[run.request]!
+            sampled.append(SampledToken(request: run.request, endsSequence: endTokens.contains(token) && !s.params.ignoreEOS))
+            events.append(EngineEvent(requestID: run.request, token: token, finish: nil, message: nil))
+        }
+        let outputs = scheduler.update(output, sampled: sampled,
+                                       report: ExecutionReport(forwardSeconds: seconds, mergeSeconds: times.mergeSeconds,
+                                                               unmergeSeconds: times.unmergeSeconds))
+        var finishOf: [RequestID: FinishReason] = [:]
+        for o in outputs { if let f = o.finish { finishOf[o.request] = f } }
+        events = events.map { e in
+            guard let f = finishOf[e.requestID] else { return e }
+            return EngineEvent(requestID: e.requestID, token: f == .error ? nil : e.token, finish: f,
+                               message: f == .error ? "the model produced non-finite logits" : nil)
+        }
+        if prefill > 0 {
+            timing.promptTokens += prefill
+            timing.promptSeconds += seconds
+        } else {
+            timing.decodeTokens += output.tokens
+            timing.decodeSeconds += seconds
+        }
+        performPending()
+        return events
+    }
+
+    /// Counters: the scheduler's, with this engine's timings.
+    public var stats: GenerationStats {
+        let s = scheduler.stats
+        var g = timing
+        g.generatedTokens = s.generatedTokens
+        g.steps = s.steps
+        g.preemptions = s.preemptions
+        g.swapOuts = s.swapOuts
+        g.swapIns = s.swapIns
+        g.adapterEvictions = s.adapterEvictions
+        g.adapterLoads = s.adapterLoads
+        g.mergedSteps = s.mergedSteps
+        g.unmergedSteps = s.unmergedSteps
+        g.modeSwitches = s.modeSwitches
+        return g
+    }
+
+    private func weights(of key: Int) -> (LoRAWeights, Float)? {
+        adapterWeights[key].map { ($0.weights, $0.scale) }
+    }
+
+    /// Carries out what the scheduler decided between iterations (frees, retirements, an idle unmerge).
+    private func performPending() {
+        let actions = scheduler.takeActions()
+        guard !actions.isEmpty else { return }
+        _ = runner.perform(actions, weights: weights(of:))
+        handleDrops(actions)
+    }
+
+    private func handleDrops(_ actions: [SchedulerAction]) {
+        for a in actions {
+            switch a {
+            case .dropAdapter(let key):
+                if let entry = adapterWeights.removeValue(forKey: key), keyOf[entry.key] == key { keyOf[entry.key] = nil }
+            case .free(let id, _):
+                sequences[id] = nil
+            default:
+                continue
+            }
+        }
+    }
+
+    // MARK: Synchronous use (CLI, benchmarks, tests)
+
+    /// Runs until every live request has finished, detokenizing and applying stop strings as a server's
+    /// consumer would (a stop string finishes the request in the engine). Returns the text events in order;
+    /// `onEvent` sees each as it happens.
+    @discardableResult
+    public func runToCompletion(onEvent: ((GenerationEvent) -> Void)? = nil) -> [GenerationEvent] {
+        var processors: [RequestID: OutputProcessor] = [:]
+        var out: [GenerationEvent] = []
+        while hasWork {
+            for (id, s) in sequences where processors[id] == nil {
+                var p = OutputProcessor(tokenizer: tokenizer, stop: s.params.stop)
+                p.prime(s.tokens[s.promptCount...])
+                processors[id] = p
+            }
+            for e in step() {
+                guard processors[e.requestID]?.done == false else { continue }
+                let g = processors[e.requestID]!.process(e)
+                onEvent?(g)
+                out.append(g)
+                if g.finish != nil && e.finish == nil { finish(e.requestID, reason: .stop) }
+            }
+        }
+        return out
+    }
+
+    /// KV blocks not held by any request or resident adapter, and all of them.
+    public var freeKVBlocks: Int { scheduler.pool.freeCount }
+    public var totalKVBlocks: Int { scheduler.pool.numBlocks }
+    /// Blocks of the budget held by resident adapters.
+    public var residentAdapterBlocks: Int { scheduler.residentAdapterBlocks }
+    /// Host memory holding swapped-out KV, by the scheduler's account and by the runner's (they agree).
+    public var hostSwapBytes: Int { scheduler.hostSwapBytes }
+
+    // MARK: Helpers
+
+    /// Parameters of an adapter as the kernels run it (padded rank × (in + out) per module).
+    static func loraParameters(_ w: LoRAWeights) -> Int {
+        w.modules.joined().reduce(0) { $0 + ($1.map { $0.paddedRank * ($0.inFeatures + $0.outFeatures) } ?? 0) }
+    }
+
+    /// Elements of the base matrices an adapter targets: what a merge rewrites.
+    static func mergeElements(_ w: LoRAWeights) -> Int {
+        w.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures } ?? 0) }
+    }
+
+    func sequence(_ id: RequestID) -> Sequence? { sequences[id] }
+
+    func adapterName(_ key: Int) -> (String, Float)? { adapterWeights[key].map { ($0.weights.name, $0.scale) } }
+
+    func enqueueImported(tokens: [Int], promptCount: Int, params: SamplingParams, remaining: Int, rng: SamplerRNG, adapter: LoRAWeights?,
+                         adapterScale: Float) throws -> RequestID {
+        try enqueue(tokens: tokens, promptCount: promptCount, params: params, remaining: remaining, sampler: Sampler(params: params, rng: rng),
+                    adapter: adapter, adapterScale: adapterScale, id: nil)
+    }
+
+    func adoptKV(_ id: RequestID, computed: Int, blocks data: [[Float]]) -> Bool {
+        guard let blocks = scheduler.adoptKV(id, computed: computed) else { return false }
+        runner.importKV(data, into: blocks)
+        return true
+    }
+}
+

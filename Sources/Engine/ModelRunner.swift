@@ -1,0 +1,143 @@
+import Foundation
+import Kernels
+import Models
+import Scheduling
+
+/// Carries out a `SchedulerOutput` on tensors: owns the paged KV storage, the forward workspace and logits,
+/// the LoRA slots and the host copies of swapped-out KV, and merges or unmerges the model's weights when the
+/// scheduler says so. It decides nothing: which blocks, adapters and modes are used comes from the
+/// scheduler.
+public final class ModelRunner {
+    public let model: LlamaModel
+    public let kv: PagedKVStorage
+    public let lora: LoRASlots
+    /// The clock merge, unmerge and forward timings use, in nanoseconds (tests pass a scripted one).
+    public var clock: @Sendable () -> UInt64 = { DispatchTime.now().uptimeNanoseconds }
+    private let workspace: ForwardWorkspace
+    private let scratch = ScratchArena()
+    private var batch = ForwardBatch()
+    private var logits: Buffer
+    private var logitsCapacity = 8
+    /// K/V of swapped-out requests (positions 0 ..< computed, block by block in `copyOut` order).
+    private var host: [RequestID: [Float]] = [:]
+    /// The scheduler's adapter key merged into the weights by this runner.
+    public private(set) var mergedAdapter: Int?
+
+    public init(model: LlamaModel, numBlocks: Int, blockSize: Int, maxBatchTokens: Int, adapterSlots: Int) {
+        self.model = model
+        let c = model.config
+        kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: numBlocks, blockSize: blockSize, numKVHeads: c.numKVHeads, headDim: c.headDim)
+        workspace = ForwardWorkspace(config: c, capacity: min(maxBatchTokens, 64))
+        lora = LoRASlots(capacity: max(1, adapterSlots))
+        logits = Buffer(floats: logitsCapacity * c.vocabSize)
+    }
+
+    /// Floats of one block over all layers, K and V.
+    public var floatsPerBlock: Int { kv.blockFloats * 2 * kv.numLayers }
+    /// Host memory holding swapped-out K/V.
+    public var hostSwapBytes: Int { host.values.reduce(0) { $0 + $1.count * MemoryLayout<Float>.stride } }
+    public var hostSwapCount: Int { host.count }
+
+    /// What carrying out the actions measured.
+    public struct ActionTimes {
+        public var mergeSeconds: Double?
+        public var unmergeSeconds: Double?
+    }
+
+    /// Carries out the scheduler's actions in order. `weights` gives a merge its adapter and scale.
+    public func perform(_ actions: [SchedulerAction], weights: (Int) -> (LoRAWeights, Float)?) -> ActionTimes {
+        var times = ActionTimes()
+        for action in actions {
+            switch action {
+            case .swapOut(let id, let blocks):
+                let per = floatsPerBlock
+                host[id] = [Float](unsafeUninitializedCapacity: blocks.count * per) { buf, n in
+                    for (i, b) in blocks.enumerated() { kv.copyOut(block: Int(b), to: buf.baseAddress! + i * per) }
+                    n = blocks.count * per
+                }
+            case .swapIn(let id, let blocks):
+                guard let data = host.removeValue(forKey: id) else { preconditionFailure("swap-in of \(id) without a host copy") }
+                precondition(data.count == blocks.count * floatsPerBlock, "swap-in of \(id): \(blocks.count) blocks for \(data.count) floats")
+                data.withUnsafeBufferPointer { buf in
+                    for (i, b) in blocks.enumerated() { kv.copyIn(block: Int(b), from: buf.baseAddress! + i * floatsPerBlock) }
+                }
+            case .dropSwap(let id):
+                host[id] = nil
+            case .merge(let a):
+                guard let (w, scale) = weights(a) else { preconditionFailure("merge of unknown adapter \(a)") }
+                precondition(mergedAdapter == nil && model.merged == nil, "merge over a merged model")
+                let t0 = clock(), before = model.mergeWorkspaceBytes
+                model.merge(w, scale: scale)
+                // A merge that first allocated (part of) the merge workspace paid a one-time cost (page faults
+                // over hundreds of MB): it says nothing about the next switch.
+                if model.mergeWorkspaceBytes == before { times.mergeSeconds = Double(clock() &- t0) / 1e9 }
+                mergedAdapter = a
+            case .unmerge:
+                guard mergedAdapter != nil else { continue }
+                let t0 = clock()
+                model.unmerge()
+                times.unmergeSeconds = Double(clock() &- t0) / 1e9
+                mergedAdapter = nil
+            case .loadAdapter, .evictAdapter, .dropAdapter, .free:
+                // Adapters live in host memory here (no device copy to make); the engine drops weights on
+                // `.dropAdapter`. A freed request's blocks are bookkeeping only.
+                continue
+            }
+        }
+        return times
+    }
+
+    /// Runs the iteration's forward pass; returns its seconds. Logit rows, one per run that samples in run
+    /// order, are then read with `logitsRow`. `tokens(run)` gives the run's token ids; `weights(slot adapter)`
+    /// the adapter and the request's scale.
+    public func forward(_ output: SchedulerOutput, tokens: (ScheduledRun) -> ArraySlice<Int>, weights: (Int) -> (LoRAWeights, Float)?) -> Double {
+        for (slot, a) in output.loraSlots.enumerated() { lora[slot] = weights(a)?.0 }
+        batch.reset()
+        for run in output.runs {
+            let scale = run.loraSlot >= 0 ? weights(run.adapter)?.1 ?? 1 : 1
+            batch.append(sequence: tokens(run), start: run.start, blockTable: run.blockTable, blockSize: kv.blockSize,
+                         logits: run.samples ? .last : .none, adapterSlot: run.loraSlot, adapterScale: scale)
+        }
+        let rows = batch.logitRows.count
+        if rows > logitsCapacity {
+            logitsCapacity = max(rows, logitsCapacity * 2)
+            logits = Buffer(floats: logitsCapacity * model.config.vocabSize)
+        }
+        let start = clock()
+        model.forward(batch, kv: kv, workspace: workspace, scratch: scratch, logits: logits.floats, lora: lora)
+        let seconds = Double(clock() &- start) / 1e9
+        // The slots hold no adapter between iterations: an adapter the scheduler dropped is freed.
+        for slot in 0..<output.loraSlots.count { lora[slot] = nil }
+        return seconds
+    }
+
+    /// The logits of the `row`-th sampling run of the last forward pass.
+    public func logitsRow(_ row: Int) -> UnsafeBufferPointer<Float> {
+        let vocab = model.config.vocabSize
+        return UnsafeBufferPointer(start: logits.floats + row * vocab, count: vocab)
+    }
+
+    /// The K/V of a request's first `computed` tokens, block by block (from its blocks, or its host copy).
+    public func exportKV(_ r: Request) -> [[Float]] {
+        let per = floatsPerBlock
+        let used = (r.computed + kv.blockSize - 1) / kv.blockSize
+        if let h = host[r.id] {
+            return (0..<used).map { Array(h[($0 * per)..<(($0 + 1) * per)]) }
+        }
+        return r.blockTable.prefix(used).map { block in
+            [Float](unsafeUninitializedCapacity: per) { buf, n in
+                kv.copyOut(block: Int(block), to: buf.baseAddress!)
+                n = per
+            }
+        }
+    }
+
+    /// Writes exported K/V blocks into `blocks`.
+    public func importKV(_ data: [[Float]], into blocks: [Int32]) {
+        precondition(data.count == blocks.count)
+        for (d, b) in zip(data, blocks) {
+            precondition(d.count == floatsPerBlock)
+            d.withUnsafeBufferPointer { kv.copyIn(block: Int(b), from: $0.baseAddress!) }
+        }
+    }
+}

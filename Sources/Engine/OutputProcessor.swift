@@ -1,0 +1,72 @@
+import Models
+import Scheduling
+
+/// What the engine emits for a request per iteration: token ids only. Text is made on the consumer's side.
+public struct EngineEvent: Sendable, Equatable {
+    public let requestID: RequestID
+    /// The sampled token (nil when the request failed).
+    public let token: Int?
+    /// Set on the request's last event: `.stop` (end-of-sequence token), `.length`, or `.error`.
+    public let finish: FinishReason?
+    /// Why it failed, with `.error`.
+    public let message: String?
+}
+
+/// One piece of a request's output as a client sees it.
+public struct GenerationEvent: Sendable, Equatable {
+    public let requestID: RequestID
+    /// The sampled token (nil on a failure).
+    public let token: Int?
+    /// Text that is now safe to show (may be empty: a partial UTF-8 character or a possible stop string).
+    public let text: String
+    public let finish: FinishReason?
+    /// Why the request failed, with `.error`.
+    public var message: String? = nil
+}
+
+/// Turns a request's token events into text, per request and off the engine thread: streaming
+/// detokenization and stop strings. A stop string ends the output here; the caller then finishes the
+/// request in the engine.
+public struct OutputProcessor: Sendable {
+    private var detokenizer: StreamingDetokenizer
+    private var stopMatcher: StopMatcher
+    public private(set) var done = false
+
+    public init(tokenizer: Tokenizer, stop: [String]) {
+        detokenizer = StreamingDetokenizer(tokenizer: tokenizer, skipSpecial: true, startsSequence: false)
+        stopMatcher = StopMatcher(stops: stop)
+    }
+
+    /// Replays tokens generated before (an imported request), so streaming resumes where it stopped; the
+    /// text they make is not emitted again.
+    public mutating func prime(_ generated: some Sequence<Int>) {
+        for t in generated { _ = stopMatcher.append(detokenizer.append(t)) }
+    }
+
+    /// The text event for an engine event. After a finishing event, `done` is true.
+    public mutating func process(_ e: EngineEvent) -> GenerationEvent {
+        precondition(!done, "event after the request finished")
+        guard let token = e.token else {
+            done = true
+            return GenerationEvent(requestID: e.requestID, token: nil, text: "", finish: e.finish ?? .error, message: e.message)
+        }
+        if e.finish == .stop {
+            // The end-of-sequence token itself is not text.
+            done = true
+            return GenerationEvent(requestID: e.requestID, token: token, text: detokenizer.finish() + stopMatcher.finish(), finish: .stop)
+        }
+        let (text, stopped) = stopMatcher.append(detokenizer.append(token))
+        if stopped {
+            done = true
+            return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: .stop)
+        }
+        if let f = e.finish {
+            done = true
+            let rest = stopMatcher.append(detokenizer.finish())
+            let tail = rest.stopped ? rest.emit : rest.emit + stopMatcher.finish()
+            return GenerationEvent(requestID: e.requestID, token: token, text: text + tail, finish: rest.stopped ? .stop : f,
+                                   message: e.message)
+        }
+        return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: nil)
+    }
+}

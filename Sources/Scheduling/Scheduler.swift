@@ -1,0 +1,634 @@
+/// The replica's scheduler, pure and complete (vLLM v1's shape: schedule → execute → update). It owns the
+/// request table, the KV `BlockPool`, which adapters are resident (their weights take blocks' worth of the
+/// same budget, least recently used evicted first), host-swap accounting, the preemption rule (swap the
+/// newest sequence's KV to host memory while the swap space holds it, else recompute it later), the batching
+/// policy and its cost model, and which adapter is merged. `schedule` returns the iteration as values; the
+/// engine carries out its actions and forward pass and closes the iteration with `update`. No tensors, no
+/// clock (time comes in as numbers), no I/O, deterministic: the simulator runs this very code.
+
+public struct SchedulerConfig: Equatable, Sendable {
+    /// KV-cache blocks in the one budget (shared with resident adapters).
+    public var numBlocks: Int
+    /// Tokens per block.
+    public var blockSize = 16
+    /// Bytes of one block (K and V, every layer): the unit adapters are charged in and swaps are counted in.
+    public var bytesPerBlock: Int
+    /// Host memory for swapped-out KV; beyond it, preempted requests recompute.
+    public var hostSwapLimitBytes = 1 << 30
+    /// The model's context (positions).
+    public var contextLimit: Int
+    /// The batching policy and its budgets (tokens, sequences, LoRA slots per iteration).
+    public var policy = BatchPolicyConfig()
+
+    public init(numBlocks: Int, blockSize: Int = 16, bytesPerBlock: Int, contextLimit: Int, policy: BatchPolicyConfig = BatchPolicyConfig()) {
+        self.numBlocks = numBlocks
+        self.blockSize = blockSize
+        self.bytesPerBlock = bytesPerBlock
+        self.contextLimit = contextLimit
+        self.policy = policy
+    }
+
+    /// Blocks' worth of the budget an adapter of `bytes` takes while resident (0 for the base model).
+    public func adapterBlocks(bytes: Int) -> Int {
+        bytes <= 0 ? 0 : max(1, (bytes + bytesPerBlock - 1) / bytesPerBlock)
+    }
+
+    /// Why a request of `promptTokens` cannot be admitted beside its adapter, or nil when it can.
+    public func admissionProblem(promptTokens: Int, adapterBytes: Int) -> String? {
+        guard promptTokens >= 1 else { return "the prompt is empty" }
+        guard promptTokens < contextLimit else {
+            return "the prompt has \(promptTokens) tokens; the context holds \(contextLimit)"
+        }
+        let blocks = adapterBlocks(bytes: adapterBytes)
+        guard promptTokens < lengthLimit(adapterBytes: adapterBytes) else {
+            return "the adapter takes \(blocks) of the \(numBlocks) KV blocks; the \(promptTokens)-token prompt does not fit beside it"
+        }
+        return nil
+    }
+
+    /// The longest a request may grow beside an adapter of `adapterBytes`: the context, and what the budget
+    /// leaves once the adapter is resident.
+    public func lengthLimit(adapterBytes: Int) -> Int {
+        min(contextLimit, max(0, numBlocks - adapterBlocks(bytes: adapterBytes)) * blockSize)
+    }
+}
+
+/// What the engine must do before (or instead of) the iteration's forward pass, in order.
+public enum SchedulerAction: Equatable, Sendable {
+    /// The adapter became resident (its blocks came out of the budget).
+    case loadAdapter(Int)
+    /// The adapter is resident no more.
+    case evictAdapter(Int)
+    /// The scheduler forgot the adapter (no requests, not resident): its weights may be dropped.
+    case dropAdapter(Int)
+    /// Copy these blocks' K/V (positions 0 ..< computed of the request) to host memory; the blocks are reused
+    /// after this action.
+    case swapOut(RequestID, blocks: [Int32])
+    /// Copy the request's host K/V into these blocks and drop the host copy.
+    case swapIn(RequestID, blocks: [Int32])
+    /// Drop the request's host K/V without copying it back (it finished or was cancelled while swapped).
+    case dropSwap(RequestID)
+    /// Fold the adapter into the base weights.
+    case merge(Int)
+    /// Restore the base weights.
+    case unmerge
+    /// The request left the scheduler (finished or cancelled); everything it held is free.
+    case free(RequestID, FinishReason)
+}
+
+/// One request's part of an iteration.
+public struct ScheduledRun: Equatable, Sendable {
+    public let request: RequestID
+    public let adapter: Int
+    /// The first position computed (tokens before it are in the KV cache).
+    public let start: Int
+    public let tokens: Int
+    /// Covers positions 0 ..< start + tokens.
+    public let blockTable: [Int32]
+    /// The run completes the request's pending tokens: the engine samples its next token.
+    public let samples: Bool
+    /// The LoRA slot of its adapter in an unmerged iteration; -1 for the base model or a merged iteration.
+    public let loraSlot: Int32
+}
+
+/// One iteration, as values.
+public struct SchedulerOutput: Equatable, Sendable {
+    public let step: Int
+    public let mode: ExecutionMode
+    /// In execution order: one LoRA segment per adapter (runs of a slot side by side).
+    public let runs: [ScheduledRun]
+    /// To carry out before the forward pass, in order.
+    public let actions: [SchedulerAction]
+    /// Adapter key per LoRA slot of an unmerged iteration.
+    public let loraSlots: [Int]
+    /// Requests the policy proposed that memory could not hold this iteration (they wait, and their adapters'
+    /// credits grow: only executed runs count as served).
+    public var deferred: [RequestID] = []
+    public var tokens: Int { runs.reduce(0) { $0 + $1.tokens } }
+}
+
+/// What the engine sampled for a run that sampled.
+public struct SampledToken: Equatable, Sendable {
+    public let request: RequestID
+    /// The token ends the sequence (end-of-sequence, or a stop condition the engine saw).
+    public let endsSequence: Bool
+    /// Sampling failed (non-finite logits): the request ends with `.error` and no token was appended.
+    public let failed: Bool
+
+    public init(request: RequestID, endsSequence: Bool = false, failed: Bool = false) {
+        self.request = request
+        self.endsSequence = endsSequence
+        self.failed = failed
+    }
+}
+
+/// What the engine measured while executing an iteration.
+public struct ExecutionReport: Equatable, Sendable {
+    public var forwardSeconds: Double
+    /// Seconds of the merge this iteration asked for; nil when there was none, or when it paid a one-time
+    /// cost (first allocation of the merge workspace) that says nothing about the next switch.
+    public var mergeSeconds: Double?
+    public var unmergeSeconds: Double?
+
+    public init(forwardSeconds: Double, mergeSeconds: Double? = nil, unmergeSeconds: Double? = nil) {
+        self.forwardSeconds = forwardSeconds
+        self.mergeSeconds = mergeSeconds
+        self.unmergeSeconds = unmergeSeconds
+    }
+}
+
+/// A request's progress after an iteration: it sampled a token (or failed), and maybe finished.
+public struct RequestOutput: Equatable, Sendable {
+    public let request: RequestID
+    public let finish: FinishReason?
+}
+
+/// Cumulative counters.
+public struct SchedulerStats: Equatable, Sendable {
+    public var steps = 0
+    public var mergedSteps = 0
+    public var unmergedSteps = 0
+    public var modeSwitches = 0
+    public var preemptions = 0
+    public var swapOuts = 0
+    public var swapIns = 0
+    public var recomputes = 0
+    public var adapterLoads = 0
+    public var adapterEvictions = 0
+    public var promptTokens = 0
+    public var generatedTokens = 0
+    public init() {}
+}
+
+/// What the scheduler needs to know about an adapter to budget and cost it.
+public struct AdapterProfile: Equatable, Sendable {
+    public let key: Int
+    /// Bytes of its weights (charged against the budget while resident).
+    public let bytes: Int
+    /// Its LoRA path's multiply-adds per token (padded rank × (in + out), summed over modules).
+    public let loraParameters: Int
+    /// Elements of the base matrices it targets: what a merge rewrites.
+    public let mergeElements: Int
+
+    public init(key: Int, bytes: Int, loraParameters: Int, mergeElements: Int) {
+        precondition(key != Request.base)
+        self.key = key
+        self.bytes = bytes
+        self.loraParameters = loraParameters
+        self.mergeElements = mergeElements
+    }
+}
+
+public struct SchedulerError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let description: String
+    public init(_ message: String) { description = message }
+}
+
+public struct Scheduler: Sendable {
+    public let config: SchedulerConfig
+    public private(set) var pool: BlockPool
+    public private(set) var policy: any BatchingPolicy
+    public private(set) var stats = SchedulerStats()
+    /// Host bytes holding swapped-out KV.
+    public private(set) var hostSwapBytes = 0
+    /// The adapter merged into the weights, if any.
+    public private(set) var merged: Int?
+    /// Measured merge seconds per targeted base-matrix element (prior: SmolLM2 Q4_1, bench/results/lora.md:
+    /// ~11 ms for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M) and the last unmerge's seconds:
+    /// the policy's switch-cost estimates.
+    public private(set) var mergeSecondsPerElement = 0.7e-9
+    public private(set) var lastUnmergeSeconds = 0.0001
+
+    private var requests: [RequestID: Request] = [:]
+    /// Live request ids in arrival order (FCFS).
+    private var order: [RequestID] = []
+    private var nextArrival = 0
+
+    struct AdapterState: Equatable, Sendable {
+        let profile: AdapterProfile
+        let blocks: Int
+        var resident: [Int32]?
+        var lastUse = 0
+        /// Live requests that need it.
+        var refs = 0
+        /// Unregistered: forget it as soon as no request needs it.
+        var retired = false
+    }
+    private var adapters: [Int: AdapterState] = [:]
+    /// Actions produced between iterations (cancel, retire, idle unmerge), delivered with the next output
+    /// or by `takeActions`.
+    private var pendingActions: [SchedulerAction] = []
+
+    public init(config: SchedulerConfig) {
+        precondition(config.numBlocks > 0 && config.blockSize > 0 && config.bytesPerBlock > 0 && config.contextLimit > 0)
+        self.config = config
+        pool = BlockPool(numBlocks: config.numBlocks, blockSize: config.blockSize)
+        policy = makeBatchingPolicy(config.policy)
+    }
+
+    // MARK: Queries
+
+    public var hasWork: Bool { !order.isEmpty }
+    public var liveCount: Int { order.count }
+    public func request(_ id: RequestID) -> Request? { requests[id] }
+    /// Live requests in FCFS order.
+    public var liveRequests: [Request] { order.map { requests[$0]! } }
+    public var runningCount: Int { order.reduce(0) { $0 + (requests[$1]!.status == .running ? 1 : 0) } }
+    public var swappedCount: Int { order.reduce(0) { $0 + (requests[$1]!.status == .swapped ? 1 : 0) } }
+    public var waitingCount: Int { liveCount - runningCount }
+    public func knows(adapter: Int) -> Bool { adapters[adapter] != nil }
+    public var knownAdapters: [Int] { adapters.keys.sorted() }
+    public var residentAdapters: [Int] { adapters.filter { $0.value.resident != nil }.map(\.key).sorted() }
+    public var residentAdapterBlocks: Int { adapters.values.reduce(0) { $0 + ($1.resident?.count ?? 0) } }
+    /// Blocks held by requests.
+    public var requestBlocks: Int { order.reduce(0) { $0 + requests[$1]!.blockTable.count } }
+
+    // MARK: Admission
+
+    /// Tells the scheduler about an adapter before its first request (no-op when known).
+    public mutating func addAdapter(_ profile: AdapterProfile) {
+        guard adapters[profile.key] == nil else { return }
+        adapters[profile.key] = AdapterState(profile: profile, blocks: config.adapterBlocks(bytes: profile.bytes))
+        // Merging costs in proportion to the base matrices the adapter targets; its LoRA path in proportion
+        // to its multiply-adds per token.
+        policy.estimateSwitch(adapter: profile.key, seconds: Double(profile.mergeElements) * mergeSecondsPerElement + lastUnmergeSeconds)
+        policy.estimateLoRACost(adapter: profile.key, relative: Double(profile.loraParameters) / config.policy.costs.referenceLoRAParameters)
+    }
+
+    public func admissionProblem(promptTokens: Int, adapterBytes: Int) -> String? {
+        config.admissionProblem(promptTokens: promptTokens, adapterBytes: adapterBytes)
+    }
+
+    /// Queues a request. `tokenCount` > `promptCount` for an imported request that already generated
+    /// tokens; `maxNewTokens`: how many it may still generate (nil: up to the length limit).
+    @discardableResult
+    public mutating func add(_ id: RequestID, adapter: Int, promptCount: Int, tokenCount: Int? = nil, maxNewTokens: Int?) throws -> Request {
+        guard requests[id] == nil else { throw SchedulerError("request \(id) is already queued") }
+        let bytes: Int
+        if adapter == Request.base {
+            bytes = 0
+        } else {
+            guard let a = adapters[adapter], !a.retired else { throw SchedulerError("adapter \(adapter) is not known (addAdapter first)") }
+            bytes = a.profile.bytes
+        }
+        let count = tokenCount ?? promptCount
+        if let problem = admissionProblem(promptTokens: count, adapterBytes: bytes) { throw SchedulerError(problem) }
+        let limit = config.lengthLimit(adapterBytes: bytes)
+        let maxLength = min(limit, count + (maxNewTokens ?? limit))
+        let r = Request(id: id, adapter: adapter, promptCount: promptCount, tokenCount: count, maxLength: max(maxLength, count + 1),
+                        arrival: nextArrival)
+        nextArrival += 1
+        requests[id] = r
+        order.append(id)
+        if adapter != Request.base { adapters[adapter]!.refs += 1 }
+        return r
+    }
+
+    /// Gives a queued request blocks for K/V it already has (an import that carries its KV): its first
+    /// `computed` tokens are then computed. Returns the blocks to copy the K/V into, or nil when the pool
+    /// cannot hold them now (the request then recomputes).
+    public mutating func adoptKV(_ id: RequestID, computed: Int) -> [Int32]? {
+        guard var r = requests[id], r.status == .waiting, r.blockTable.isEmpty, computed > 0, computed <= r.tokenCount else { return nil }
+        guard pool.ensureCapacity(&r.blockTable, tokens: computed) else { return nil }
+        r.computed = computed
+        r.status = .running
+        requests[id] = r
+        return r.blockTable
+    }
+
+    /// Takes a live request out (cancelled, migrated, or finished by a stop string the engine saw);
+    /// what it held is freed. Returns false when it is not live.
+    @discardableResult
+    public mutating func finish(_ id: RequestID, reason: FinishReason) -> Bool {
+        guard requests[id] != nil else { return false }
+        var actions: [SchedulerAction] = []
+        release(id, reason: reason, into: &actions)
+        idleCheck(into: &actions)
+        pendingActions += actions
+        return true
+    }
+
+    /// The adapter is no longer served: forget it once no request needs it (evicting it now if idle).
+    public mutating func retire(adapter: Int) {
+        guard adapters[adapter] != nil else { return }
+        adapters[adapter]!.retired = true
+        var actions: [SchedulerAction] = []
+        dropIfUnused(adapter, into: &actions)
+        pendingActions += actions
+    }
+
+    /// Actions produced outside an iteration (by `finish`, `retire`, or the iteration that emptied the
+    /// queue), for the engine to carry out now.
+    public mutating func takeActions() -> [SchedulerAction] {
+        defer { pendingActions.removeAll() }
+        return pendingActions
+    }
+
+    // MARK: One iteration
+
+    /// Decides the next iteration: the policy proposes, then each proposed run gets its adapter resident and
+    /// its KV blocks — evicting idle adapters, then preempting the newest requests not in this iteration —
+    /// or is left out. The policy is told what runs. `now` (seconds, any origin) is the caller's clock.
+    public mutating func schedule(now: Double = 0) -> SchedulerOutput {
+        var actions = pendingActions
+        pendingActions.removeAll()
+        stats.steps += 1
+        let step = stats.steps
+        let queue = order.map { QueuedRequest(id: $0, adapter: requests[$0]!.adapter, pendingTokens: requests[$0]!.pendingTokens) }
+        guard !queue.isEmpty else { return SchedulerOutput(step: step, mode: policy.mode, runs: [], actions: actions, loraSlots: []) }
+        let decision = policy.decide(queue)
+        var proposed = Set<RequestID>()
+        for r in decision.runs { proposed.insert(r.id) }
+        var mode = decision.mode
+        var mergedTarget: Int? = if case .merged(let a) = mode { a } else { nil }
+
+        var executed: [PolicyRun] = []
+        var chosen = Set<RequestID>()
+        var unavailable = Set<Int>()
+        /// Gives one run its adapter and KV blocks, or leaves it out.
+        func tryRun(_ run: PolicyRun, backfill: Bool = false) {
+            guard var r = requests[run.id], !backfill || r.status == .running else { return }
+            let a = r.adapter
+            if a != Request.base {
+                if unavailable.contains(a) { return }
+                if adapters[a]!.resident == nil && !makeResident(a, for: r.id, proposed: proposed, chosen: chosen, keepMerged: mergedTarget, into: &actions) {
+                    unavailable.insert(a)
+                    return
+                }
+                adapters[a]!.lastUse = step
+            }
+            // Making the adapter resident may have preempted others, never this request: read it again.
+            r = requests[run.id]!
+            let missing = pool.blocksNeeded(tokens: r.computed + run.tokens) - r.blockTable.count
+            guard missing <= 0 || makeRoom(missing, for: r.id, proposed: proposed, chosen: chosen, keep: mergedTarget, into: &actions) else {
+                return
+            }
+            r = requests[run.id]!
+            guard pool.ensureCapacity(&r.blockTable, tokens: r.computed + run.tokens) else { preconditionFailure("room was made") }
+            if r.status == .swapped {
+                actions.append(.swapIn(r.id, blocks: Array(r.blockTable.prefix(r.swappedBlocks))))
+                hostSwapBytes -= r.swappedBlocks * config.bytesPerBlock
+                r.swappedBlocks = 0
+                stats.swapIns += 1
+            }
+            r.status = .running
+            requests[run.id] = r
+            chosen.insert(r.id)
+            executed.append(run)
+        }
+        for run in decision.runs { tryRun(run) }
+        if executed.isEmpty {
+            // None of the proposal fits beside the work in progress (new work never pushes it out): continue the
+            // requests that hold KV instead, FCFS within the budgets — in the proposed mode if any of them is
+            // the merged adapter's, else unmerged — so memory frees up as they finish.
+            let running = queue.filter { requests[$0.id]!.status == .running }
+            var pool = running.filter { mergedTarget == nil || $0.adapter == mergedTarget }
+            if pool.isEmpty && !running.isEmpty {
+                mode = .unmerged
+                mergedTarget = nil
+                pool = running
+            }
+            // (A backfilled request preempted by an earlier one in this pass is skipped: it holds nothing now.)
+            for run in fillBatch(pool, starving: [], credits: Credits(), config: config.policy).runs { tryRun(run, backfill: true) }
+        }
+
+        let deferred = decision.runs.map(\.id).filter { !chosen.contains($0) }
+        guard !executed.isEmpty else {
+            // Nothing fit at all (this iteration's adapters and KV could not share the budget): free everything so
+            // the oldest request can make progress next iteration. Admission checked each request fits alone.
+            for id in order where requests[id]!.status == .running { preempt(id, into: &actions) }
+            if merged != nil {
+                actions.append(.unmerge)
+                merged = nil
+            }
+            for (a, s) in adapters where s.resident != nil { evict(a, into: &actions) }
+            for a in Array(adapters.keys) { dropIfUnused(a, into: &actions) }
+            policy.executed(BatchDecision(mode: policy.mode, runs: []), queue: queue)
+            return SchedulerOutput(step: step, mode: policy.mode, runs: [], actions: actions, loraSlots: [], deferred: deferred)
+        }
+
+        // The weights: fold the adapter in, or take it out.
+        if let a = mergedTarget {
+            if merged != a {
+                if merged != nil { actions.append(.unmerge) }
+                actions.append(.merge(a))
+                merged = a
+            }
+        } else if merged != nil {
+            actions.append(.unmerge)
+            merged = nil
+        }
+
+        // LoRA slots: one per distinct adapter of an unmerged iteration, in order of first appearance; runs of
+        // one slot side by side (one segment each, as SGMV groups them), requests FCFS within a slot.
+        var slotOf: [Int: Int32] = [:]
+        var slots: [Int] = []
+        if mergedTarget == nil {
+            for run in executed {
+                let a = requests[run.id]!.adapter
+                if a != Request.base && slotOf[a] == nil {
+                    slotOf[a] = Int32(slots.count)
+                    slots.append(a)
+                }
+            }
+        }
+        var runs = executed.map { run -> ScheduledRun in
+            let r = requests[run.id]!
+            return ScheduledRun(request: r.id, adapter: r.adapter, start: r.computed, tokens: run.tokens, blockTable: r.blockTable,
+                                samples: r.computed + run.tokens == r.tokenCount, loraSlot: slotOf[r.adapter] ?? -1)
+        }
+        runs.sort { ($0.loraSlot, requests[$0.request]!.arrival) < ($1.loraSlot, requests[$1.request]!.arrival) }
+        let ran = BatchDecision(mode: mode, runs: executed)
+        let switchesBefore = policy.switches
+        policy.executed(ran, queue: queue)
+        stats.modeSwitches += policy.switches - switchesBefore
+        return SchedulerOutput(step: step, mode: mode, runs: runs, actions: actions, loraSlots: slots, deferred: deferred)
+    }
+
+    /// Closes an iteration: advances the runs, appends the sampled tokens, finishes requests (end of
+    /// sequence, failure, or the length limit), feeds the measured seconds to the cost model and the
+    /// switch-cost estimates. `sampled` holds one entry per run with `samples`.
+    public mutating func update(_ output: SchedulerOutput, sampled: [SampledToken], report: ExecutionReport) -> [RequestOutput] {
+        guard !output.runs.isEmpty else { return [] }
+        if output.mode == .unmerged { stats.unmergedSteps += 1 } else { stats.mergedSteps += 1 }
+        if let u = report.unmergeSeconds, u.isFinite, u >= 0 { lastUnmergeSeconds = u }
+        for case .merge(let a) in output.actions {
+            if let s = report.mergeSeconds, s.isFinite, s >= 0, let elements = adapters[a]?.profile.mergeElements, elements > 0 {
+                mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * s / Double(elements)
+                policy.observeSwitch(adapter: a, seconds: s + lastUnmergeSeconds)
+            }
+        }
+        policy.observe(BatchDecision(mode: output.mode, runs: output.runs.map { PolicyRun(id: $0.request, tokens: $0.tokens) }),
+                       adapters: output.loraSlots.count, seconds: report.forwardSeconds)
+
+        var sampledBy: [RequestID: SampledToken] = [:]
+        for s in sampled { sampledBy[s.request] = s }
+        var outputs: [RequestOutput] = []
+        var finished: [(RequestID, FinishReason)] = []
+        for run in output.runs {
+            guard var r = requests[run.request], r.status == .running else { continue }
+            if r.computed < r.promptCount { stats.promptTokens += min(run.tokens, r.promptCount - r.computed) }
+            r.computed += run.tokens
+            guard run.samples, let s = sampledBy[run.request] else {
+                requests[run.request] = r
+                continue
+            }
+            var finish: FinishReason?
+            if s.failed {
+                finish = .error
+            } else {
+                r.tokenCount += 1
+                stats.generatedTokens += 1
+                if s.endsSequence { finish = .stop } else if r.tokenCount >= r.maxLength { finish = .length }
+            }
+            requests[run.request] = r
+            outputs.append(RequestOutput(request: run.request, finish: finish))
+            if let finish { finished.append((run.request, finish)) }
+        }
+        var actions: [SchedulerAction] = []
+        for (id, reason) in finished { release(id, reason: reason, into: &actions) }
+        idleCheck(into: &actions)
+        pendingActions += actions
+        return outputs
+    }
+
+    // MARK: Memory
+
+    /// Frees `blocks` blocks for `owner`'s run (its KV or its adapter), if it can be done at all: first idle
+    /// resident adapters (least recently used; never one a request holding KV, this iteration, or the merge
+    /// target needs), then requests holding blocks outside this iteration, newest first (those the policy did
+    /// not propose before those it did). Who may give way:
+    /// - to a running owner (growing its KV), a request that arrived after it, swapped to host memory while the
+    ///   swap space holds it, else recomputed later (vLLM's rule: work is only lost from newer to older, so the
+    ///   oldest request always progresses and no two requests can undo each other's work in turn);
+    /// - to an owner whose adapter is starving (credits), a request of an adapter that is not, of any age, but
+    ///   only by swapping it (it loses no work), so memory does not hold a starving adapter up for long.
+    /// A waiting owner otherwise takes only free blocks and idle adapters' blocks: new work never pushes out
+    /// work in progress. Nothing is evicted or preempted when even all of that would not be enough.
+    private mutating func makeRoom(_ blocks: Int, for owner: RequestID, proposed: Set<RequestID>, chosen: Set<RequestID>, keep: Int?,
+                                   into actions: inout [SchedulerAction]) -> Bool {
+        guard pool.freeCount < blocks else { return true }
+        var needed = Set<Int>()
+        for id in order {
+            let r = requests[id]!
+            if !r.blockTable.isEmpty || proposed.contains(id) { needed.insert(r.adapter) }
+        }
+        if let keep { needed.insert(keep) }
+        if let m = merged { needed.insert(m) }
+        needed.insert(requests[owner]!.adapter)
+        let idle = adapters.filter { $0.value.resident != nil && !needed.contains($0.key) }
+            .sorted { ($0.value.lastUse, $0.key) < ($1.value.lastUse, $1.key) }.map(\.key)
+
+        let me = requests[owner]!
+        let credits = policy.credits
+        func starving(_ adapter: Int) -> Bool { (credits[adapter] ?? 0) >= config.policy.creditBound }
+        let ownerStarving = starving(me.adapter)
+        let ownerRunning = !me.blockTable.isEmpty
+        let holders = order.filter { $0 != owner && !chosen.contains($0) && !requests[$0]!.blockTable.isEmpty }
+        let candidates = holders.filter { !proposed.contains($0) }.reversed() + holders.filter { proposed.contains($0) }.reversed()
+        var free = pool.freeCount + idle.reduce(0) { $0 + adapters[$1]!.blocks }
+        var swapBytes = hostSwapBytes
+        var victims: [RequestID] = []
+        for v in candidates where free < blocks {
+            let r = requests[v]!
+            let bytes = pool.blocksNeeded(tokens: r.computed) * config.bytesPerBlock
+            let swaps = r.computed > 0 && swapBytes + bytes <= config.hostSwapLimitBytes
+            let mayRecompute = ownerRunning && r.arrival > me.arrival
+            guard mayRecompute || (ownerStarving && !starving(r.adapter) && (swaps || r.computed == 0)) else { continue }
+            if swaps { swapBytes += bytes }
+            free += r.blockTable.count
+            victims.append(v)
+        }
+        guard free >= blocks else { return false }
+        for a in idle where pool.freeCount < blocks {
+            evict(a, into: &actions)
+            dropIfUnused(a, into: &actions)
+        }
+        for v in victims where pool.freeCount < blocks { preempt(v, into: &actions) }
+        precondition(pool.freeCount >= blocks)
+        return true
+    }
+
+    /// Frees a request's blocks. Its K/V go to host memory while the swap space holds them (copying ~46 KB per
+    /// SmolLM2 token costs microseconds; recomputing costs ~1.4 ms per token here, so swapping wins while there
+    /// is room); beyond that it recomputes from zero when rescheduled. Either way it keeps its place in
+    /// arrival order, so preempted requests come back FCFS.
+    private mutating func preempt(_ id: RequestID, into actions: inout [SchedulerAction]) {
+        var r = requests[id]!
+        let used = pool.blocksNeeded(tokens: r.computed)
+        let bytes = used * config.bytesPerBlock
+        if r.computed > 0 && hostSwapBytes + bytes <= config.hostSwapLimitBytes {
+            actions.append(.swapOut(id, blocks: Array(r.blockTable.prefix(used))))
+            hostSwapBytes += bytes
+            r.swappedBlocks = used
+            r.status = .swapped
+            stats.swapOuts += 1
+        } else {
+            if r.computed > 0 { stats.recomputes += 1 }
+            r.computed = 0
+            r.status = .waiting
+        }
+        pool.release(r.blockTable)
+        r.blockTable.removeAll()
+        requests[id] = r
+        stats.preemptions += 1
+    }
+
+    /// Makes an adapter resident: takes its share of the budget, making room as `makeRoom` does.
+    private mutating func makeResident(_ a: Int, for owner: RequestID, proposed: Set<RequestID>, chosen: Set<RequestID>, keepMerged: Int?,
+                                       into actions: inout [SchedulerAction]) -> Bool {
+        let need = adapters[a]!.blocks
+        guard need < pool.numBlocks, makeRoom(need, for: owner, proposed: proposed, chosen: chosen, keep: keepMerged, into: &actions) else {
+            return false
+        }
+        adapters[a]!.resident = pool.allocate(need)!
+        stats.adapterLoads += 1
+        actions.append(.loadAdapter(a))
+        return true
+    }
+
+    private mutating func evict(_ a: Int, into actions: inout [SchedulerAction]) {
+        guard let blocks = adapters[a]?.resident else { return }
+        pool.release(blocks)
+        adapters[a]!.resident = nil
+        stats.adapterEvictions += 1
+        actions.append(.evictAdapter(a))
+    }
+
+    /// Forgets an adapter no request needs when it is not resident, or when it was retired (evicting it).
+    private mutating func dropIfUnused(_ a: Int, into actions: inout [SchedulerAction]) {
+        guard let s = adapters[a], s.refs == 0 else { return }
+        if s.resident != nil {
+            guard s.retired, merged != a else { return }
+            evict(a, into: &actions)
+        }
+        guard merged != a else { return }
+        adapters[a] = nil
+        policy.forget(adapter: a)
+        actions.append(.dropAdapter(a))
+    }
+
+    private mutating func release(_ id: RequestID, reason: FinishReason, into actions: inout [SchedulerAction]) {
+        guard let r = requests.removeValue(forKey: id) else { return }
+        order.removeAll { $0 == id }
+        pool.release(r.blockTable)
+        if r.status == .swapped {
+            hostSwapBytes -= r.swappedBlocks * config.bytesPerBlock
+            actions.append(.dropSwap(id))
+        }
+        actions.append(.free(id, reason))
+        if r.adapter != Request.base, adapters[r.adapter] != nil {
+            adapters[r.adapter]!.refs -= 1
+            dropIfUnused(r.adapter, into: &actions)
+        }
+    }
+
+    /// Idle: leave the weights as they were given (other users may share the model), and forget retired
+    /// adapters the merge kept.
+    private mutating func idleCheck(into actions: inout [SchedulerAction]) {
+        guard order.isEmpty, let m = merged else { return }
+        actions.append(.unmerge)
+        merged = nil
+        dropIfUnused(m, into: &actions)
+    }
+}
