@@ -1,4 +1,3 @@
-import CKernels
 import Foundation
 import Kernels
 
@@ -22,7 +21,7 @@ public final class ForwardWorkspace: @unchecked Sendable {
     private(set) var blockTableCapacity = 0
     /// LoRA: runs of tokens sharing an adapter slot and scale, and the shrink/expand intermediates.
     var segments: [LoRASegment] = []
-    var loraCalls: [dl_lora_seg] = []
+    let loraBatch = Kernels.LoRABatch()
 
     public init(config: ModelConfig, capacity: Int = 64) {
         self.config = config
@@ -262,7 +261,7 @@ public final class LlamaModel: @unchecked Sendable {
         ws.reserve(tokens: n)
         ws.reserve(blockTableEntries: batch.blockTables.count)
         let h = c.hiddenSize, qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
-        let qkvDim = qDim + 2 * kvDim, ffn = c.intermediateSize, half = c.headDim / 2
+        let qkvDim = qDim + 2 * kvDim, ffn = c.intermediateSize
         let x = ws.x.floats, xn = ws.xn.floats, qkv = ws.qkv.floats, attn = ws.attn.floats
         let gateUp = ws.gateUp.floats, act = ws.act.floats
         let positions = ws.positions.base.assumingMemoryBound(to: Int32.self)
@@ -275,22 +274,26 @@ public final class LlamaModel: @unchecked Sendable {
         batch.blockTables.withUnsafeBufferPointer { tables.update(from: $0.baseAddress!, count: $0.count) }
 
         // Embedding rows.
-        let embRow = embedding.rowBytes
         for t in 0..<n {
             let id = Int(batch.tokens[t])
             precondition(id >= 0 && id < c.vocabSize, "token id out of range")
-            dl_dequantize_row(Int32(embedding.dtype.rawValue), embedding.data + id * embRow, x + t * h, Int64(h))
+            Kernels.dequantizeRow(embedding, row: id, into: x + t * h)
         }
         inverseFrequencies.withUnsafeBufferPointer {
-            dl_rope_table(positions, Int64(n), $0.baseAddress!, Int64(half), ws.cos.floats, ws.sin.floats)
+            Kernels.ropeTables(positions: UnsafeBufferPointer(start: positions, count: n), inverseFrequencies: $0,
+                               cos: ws.cos.floats, sin: ws.sin.floats)
         }
-        let neox: Int32 = c.ropeStyle == .halves ? 1 : 0
+        let pairing: RopePairing = c.ropeStyle == .halves ? .halves : .adjacent
+        let layout = PagedBatchLayout(positions: UnsafeBufferPointer(start: positions, count: n),
+                                      slots: UnsafeBufferPointer(start: slots, count: n),
+                                      tableOffsets: UnsafeBufferPointer(start: tableOffsets, count: n),
+                                      blockTables: UnsafeBufferPointer(start: tables, count: batch.blockTables.count))
         let lora = lora.flatMap { prepareLoRA(batch, $0, ws) }
         let scale = 1 / Float(c.headDim).squareRoot()
 
         for (li, layer) in layers.enumerated() {
             // Attention block.
-            dl_rmsnorm(x, layer.attnNorm.floats, xn, Int64(h), Int64(n), c.rmsNormEps)
+            Kernels.rmsNorm(x, weight: layer.attnNorm.floats, into: xn, width: h, tokens: n, eps: c.rmsNormEps)
             if let fused = layer.qkv {
                 Kernels.matmul(fused, xn, ldx: h, ntok: n, qkv, ldy: qkvDim, scratch: scratch)
             } else {
@@ -304,20 +307,21 @@ public final class LlamaModel: @unchecked Sendable {
                 applyLoRA(.v, layer: li, xn, ldx: h, qkv + qDim + kvDim, ldy: qkvDim, ws, lora)
             }
             if let bias = layer.qkvBias {
-                for t in 0..<n { dl_add_inplace(qkv + t * qkvDim, bias.floats, Int64(qkvDim)) }
+                for t in 0..<n { Kernels.add(bias.floats, into: qkv + t * qkvDim, count: qkvDim) }
             }
-            dl_rope_apply(qkv, Int64(qkvDim), Int64(n), Int64(c.numHeads), Int64(c.headDim), ws.cos.floats, ws.sin.floats, neox)
-            dl_rope_apply(qkv + qDim, Int64(qkvDim), Int64(n), Int64(c.numKVHeads), Int64(c.headDim), ws.cos.floats, ws.sin.floats, neox)
-            let kCache = kv.keys(layer: li), vCache = kv.values(layer: li)
-            dl_kv_write(kCache, vCache, slots, Int64(n), Int64(kvDim), qkv + qDim, Int64(qkvDim), qkv + qDim + kvDim, Int64(qkvDim))
-            dl_attention(qkv, Int64(qkvDim), Int64(n), positions, tables, tableOffsets, Int64(kv.blockSize),
-                         kCache, vCache, Int64(c.numHeads), Int64(c.numKVHeads), Int64(c.headDim), scale, attn, Int64(qDim))
+            Kernels.applyRope(qkv, ldx: qkvDim, tokens: n, heads: c.numHeads, headDim: c.headDim,
+                              cos: ws.cos.floats, sin: ws.sin.floats, pairing: pairing)
+            Kernels.applyRope(qkv + qDim, ldx: qkvDim, tokens: n, heads: c.numKVHeads, headDim: c.headDim,
+                              cos: ws.cos.floats, sin: ws.sin.floats, pairing: pairing)
+            Kernels.writeKV(kv, layer: li, slots: layout.slots, keys: qkv + qDim, ldk: qkvDim, values: qkv + qDim + kvDim, ldv: qkvDim)
+            Kernels.pagedAttention(query: qkv, ldq: qkvDim, heads: c.numHeads, layout: layout, kv: kv, layer: li,
+                                   scale: scale, into: attn, ldo: qDim)
             Kernels.matmul(layer.o, attn, ldx: qDim, ntok: n, xn, ldy: h, scratch: scratch)
             if let lora { applyLoRA(.o, layer: li, attn, ldx: qDim, xn, ldy: h, ws, lora) }
-            dl_add_inplace(x, xn, Int64(n * h))
+            Kernels.add(xn, into: x, count: n * h)
 
             // Feed-forward block.
-            dl_rmsnorm(x, layer.ffnNorm.floats, xn, Int64(h), Int64(n), c.rmsNormEps)
+            Kernels.rmsNorm(x, weight: layer.ffnNorm.floats, into: xn, width: h, tokens: n, eps: c.rmsNormEps)
             if let fused = layer.gateUp {
                 Kernels.matmul(fused, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch)
             } else {
@@ -328,17 +332,17 @@ public final class LlamaModel: @unchecked Sendable {
                 applyLoRA(.gate, layer: li, xn, ldx: h, gateUp, ldy: 2 * ffn, ws, lora)
                 applyLoRA(.up, layer: li, xn, ldx: h, gateUp + ffn, ldy: 2 * ffn, ws, lora)
             }
-            dl_silu_mul(gateUp, gateUp + ffn, Int64(2 * ffn), act, Int64(ffn), Int64(n))
+            Kernels.siluMul(gate: gateUp, up: gateUp + ffn, gateUpStride: 2 * ffn, into: act, width: ffn, tokens: n)
             Kernels.matmul(layer.down, act, ldx: ffn, ntok: n, xn, ldy: h, scratch: scratch)
             if let lora { applyLoRA(.down, layer: li, act, ldx: ffn, xn, ldy: h, ws, lora) }
-            dl_add_inplace(x, xn, Int64(n * h))
+            Kernels.add(xn, into: x, count: n * h)
         }
 
         // Final norm and logits, only for the rows asked for.
         let rows = batch.logitRows.count
         guard rows > 0 else { return }
         for (r, t) in batch.logitRows.enumerated() {
-            dl_rmsnorm(x + t * h, outputNorm.floats, xn + r * h, Int64(h), 1, c.rmsNormEps)
+            Kernels.rmsNorm(x + t * h, weight: outputNorm.floats, into: xn + r * h, width: h, tokens: 1, eps: c.rmsNormEps)
         }
         Kernels.matmul(output, xn, ldx: h, ntok: rows, logits, ldy: c.vocabSize, scratch: scratch)
     }
@@ -368,19 +372,14 @@ public final class LlamaModel: @unchecked Sendable {
     /// Both products run on the batch-invariant kernel, so a token's result does not depend on its batch.
     private func applyLoRA(_ target: LoRATarget, layer: Int, _ x: UnsafePointer<Float>, ldx: Int,
                            _ y: UnsafeMutablePointer<Float>, ldy: Int, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
-        ws.loraCalls.removeAll(keepingCapacity: true)
-        var inFeatures = 0, outFeatures = 0
+        let (outFeatures, inFeatures) = target.shape(config)
+        let batch = ws.loraBatch
+        batch.reset(inFeatures: inFeatures, outFeatures: outFeatures)
         for seg in ws.segments {
             guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
-            inFeatures = m.inFeatures
-            outFeatures = m.outFeatures
-            ws.loraCalls.append(dl_lora_seg(a: m.a.data, b: m.b.data, wtype: Int32(m.dtype.rawValue), prank: Int64(m.paddedRank), start: Int64(seg.start), count: Int64(seg.count),
-                                            scale: w.scale * seg.scale))
+            batch.append(a: m.a, b: m.b, tokens: seg.start..<(seg.start + seg.count), scale: w.scale * seg.scale)
         }
-        guard !ws.loraCalls.isEmpty else { return }
-        ws.loraCalls.withUnsafeBufferPointer {
-            dl_lora_apply($0.baseAddress!, Int64($0.count), Int64(inFeatures), Int64(outFeatures), x, Int64(ldx), y, Int64(ldy))
-        }
+        batch.apply(x, ldx: ldx, into: y, ldy: ldy)
     }
 
     /// Folds an adapter into the weights: every matrix it targets becomes a dense f32 W + s·B·A (W dequantized

@@ -1,4 +1,3 @@
-import CKernels
 import Foundation
 import Kernels
 
@@ -178,7 +177,7 @@ public func openCheckpoint(path: String) throws -> any ModelCheckpoint {
 /// Converts a 1-D tensor's raw values (F32, F16 or BF16) to f32.
 func floatValues(_ data: UnsafeRawPointer, dtype: DType, count: Int) -> [Float] {
     [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
-        if count > 0 { dl_dequantize_row(Int32(dtype.rawValue), data, buffer.baseAddress!, Int64(count)) }
+        if count > 0 { Kernels.dequantize(dtype, data, count: count, into: buffer.baseAddress!) }
         initialized = count
     }
 }

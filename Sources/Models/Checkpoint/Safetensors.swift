@@ -1,4 +1,3 @@
-import CKernels
 import Foundation
 import Kernels
 
@@ -161,7 +160,7 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
                                 storage: Buffer(borrowing: file.base, byteCount: file.count, owner: file), offset: info.offset)
         }
         let buffer = Buffer(floats: rows * cols)
-        dl_dequantize_row(Int32(info.dtype.rawValue), file.base + info.offset, buffer.floats, Int64(rows * cols))
+        Kernels.dequantize(info.dtype, file.base + info.offset, count: rows * cols, into: buffer.floats)
         return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: buffer)
     }
 
