@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Models
 import Scheduling
+import Tokenizers
 
 /// Why a sequence stopped generating (OpenAI's `finish_reason`).
 public enum FinishReason: String, Sendable, Equatable {

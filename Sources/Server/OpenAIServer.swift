@@ -4,6 +4,7 @@ import Foundation
 import Hummingbird
 import Models
 import ServiceLifecycle
+import Tokenizers
 
 /// Limits and keys of a server.
 public struct ServerOptions: Sendable {

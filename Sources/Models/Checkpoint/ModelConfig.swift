@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Tokenizers
 
 /// How RoPE pairs the dimensions of a head.
 public enum RopeStyle: Sendable, Equatable {

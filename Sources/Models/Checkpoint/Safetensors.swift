@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Tokenizers
 
 /// One tensor of a safetensors file.
 public struct SafetensorsTensorInfo: Sendable, Equatable {
