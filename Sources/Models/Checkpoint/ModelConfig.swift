@@ -43,7 +43,16 @@ public struct ModelConfig: Sendable, Equatable {
 
     /// Checks that the numbers are usable together; the error names `file` and the offending value.
     public func validate(file: String) throws {
-        func fail(_ problem: String) -> CheckpointError { CheckpointError(file: file, problem: problem) }
+        do {
+            try validateValues()
+        } catch let e as ModelConfigProblem {
+            throw CheckpointError(file: file, problem: e.problem)
+        }
+    }
+
+    /// `validate` without a file name (config.json decoding calls it from `init(from:)`).
+    func validateValues() throws {
+        func fail(_ problem: String) -> ModelConfigProblem { ModelConfigProblem(problem) }
         let limits: [(String, Int, Int)] = [
             ("hidden size", hiddenSize, 1 << 17), ("intermediate size", intermediateSize, 1 << 19),
             ("layer count", numLayers, 4096), ("attention head count", numHeads, 4096),
