@@ -1,6 +1,7 @@
 import Kernels
 
-// Shapes: T tokens in the flat batch, H = hiddenSize.
+// Shapes: T tokens in the flat batch, H = hiddenSize, nH = numHeads, nKV = numKVHeads, D = headDim,
+// F = intermediateSize.
 
 /// What every block of one forward pass reads and writes: the step's token count, the workspace's
 /// buffers, where the tokens live in the paged KV cache, and the LoRA adapters in use (nil: base only).

@@ -73,7 +73,7 @@ struct BenchCore: ParsableCommand {
         print("|---:|---:|---:|---:|---:|---:|")
         rows.forEach { print($0) }
         print()
-        print(String(format: "Memory-bandwidth bound for batch-1 decode: %.1f GB/s streamed (best of 5, %d threads) / %.1f MB of weights read per token = **%.1f tok/s**.",
+        print(String(format: "Memory-bandwidth bound for batch-1 decode: %.1f GB/s streamed (best of 5, %ld threads) / %.1f MB of weights read per token = **%.1f tok/s**.",
                      bestGBs, Kernels.threadCount, Double(weightBytes) / 1e6, bestGBs * 1e9 / Double(weightBytes)))
     }
 
