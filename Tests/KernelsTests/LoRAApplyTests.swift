@@ -9,10 +9,12 @@ import Testing
 /// thread count, on the same inputs, and the two must agree bit for bit (the engine's batch invariance rests
 /// on it). The weights are F32, F16 or BF16: each takes a different dequantization path in matmul_dq.c.
 ///
-/// Tolerance: |y − ref| ≤ 1e-5 · (|y₀| + |s| · Σ_j |B_oj| · Σ_k |A_jk · x_k|). Both products sum in f32
-/// over 16 lanes (≤ 100 additions per lane for in ≤ 1536, unit roundoff 6e-8, so ≲ 6e-6 relative to the
-/// sum of magnitudes), the shrunk vector is rounded to f32 once before the expand, and the scaled add
-/// rounds once more; the bound is on magnitudes because cancellation can make the result tiny.
+/// Tolerance: |y − ref| ≤ 1e-6 · (|y₀| + |s| · Σ_j |B_oj| · Σ_k |A_jk · x_k|), relative to magnitudes
+/// because cancellation can make the result itself tiny. Both products sum in f32 over 16 lanes (≤ 36
+/// additions per lane here, then a 4-level tree; unit roundoff 6e-8, so a worst case near 2.4e-6), the
+/// shrunk vector is rounded to f32 once before the expand, and the scaled add rounds once more. Rounding
+/// errors of random data mostly cancel: the largest seen on these seeds is 7e-8, so 1e-6 leaves 14× room
+/// while still catching a scale off by 1e-5.
 @Suite(.serialized) struct LoRAApplyTests {
     typealias Rng = OpsParityTests.Rng
 
@@ -108,7 +110,7 @@ import Testing
             // The gap after each row of y is untouched.
             #expect(serial[(t * ldy + outFeatures)..<((t + 1) * ldy)] == y[(t * ldy + outFeatures)..<((t + 1) * ldy)])
         }
-        #expect(worst <= 1e-5, "worst error \(worst) of the magnitude")
+        #expect(worst <= 1e-6, "worst error \(worst) of the magnitude")
     }
 
     /// Many small segments: 10 one- and two-token runs over 5 adapters of different ranks, some tokens with
