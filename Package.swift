@@ -35,20 +35,25 @@ let package = Package(
             providers: [.apt(["libopenblas-dev"])]
         ),
         // SIMD kernels (AVX-512 with runtime dispatch and portable fallbacks) and the kernel thread pool.
+        // Only `Kernels` (and its tests) import them: everything else calls the typed Swift face.
         .target(name: "CKernels", path: "Sources/CKernels", cSettings: kernelCFlags, linkerSettings: [.linkedLibrary("pthread")]),
         .target(name: "Kernels", dependencies: ["CKernels", "COpenBLAS"], swiftSettings: strictSwift),
-        .target(name: "Models", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
+        // Byte-level BPE and SentencePiece tokenizers, chat templates, the streaming detokenizer; the GGUF
+        // metadata they read comes in through the small `MetadataSource` protocol defined here.
+        .target(name: "Tokenizers", swiftSettings: strictSwift),
+        // Models imports Tokenizers only for `MetadataSource`, which its GGUF reader implements.
+        .target(name: "Models", dependencies: ["Kernels", "Tokenizers"], swiftSettings: strictSwift),
         // LoRA adapter formats (PEFT, GGUF LoRA), validation against the base, the adapter registry.
-        .target(name: "Adapters", dependencies: ["Models", "Kernels", "CKernels"], swiftSettings: strictSwift),
+        .target(name: "Adapters", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
         // Pure request/batch bookkeeping: no tensors, no clock, no I/O (shared/DESIGN.md).
         .target(name: "Scheduling", swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
-        .target(name: "Engine", dependencies: ["Scheduling", "Models", "Adapters", "Kernels", "CKernels"], swiftSettings: strictSwift),
+        .target(name: "Engine", dependencies: ["Scheduling", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
         // The OpenAI-compatible HTTP server (Hummingbird), its metrics and the adapter catalog it serves.
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "Scheduling", "Models", "Adapters",
+                "Engine", "Scheduling", "Models", "Tokenizers", "Adapters",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -59,15 +64,16 @@ let package = Package(
         ),
         .executableTarget(
             name: "dlora",
-            dependencies: ["Server", "Engine", "Models", "Adapters", "Kernels", "CKernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", "Kernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift
         ),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Adapters", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Models", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], swiftSettings: strictSwift),
+        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: strictSwift),
-        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Engine", "Models", "Kernels", "CKernels"], swiftSettings: strictSwift),
+        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
     ]
 )

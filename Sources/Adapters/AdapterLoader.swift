@@ -1,4 +1,3 @@
-import CKernels
 import Foundation
 import Kernels
 import Models
@@ -194,13 +193,13 @@ public enum AdapterLoader {
         var af = [Float](repeating: 0, count: r * cols)
         af.withUnsafeMutableBufferPointer { p in
             for i in 0..<r {
-                dl_dequantize_row(Int32(a.dtype.rawValue), a.data + i * a.dtype.byteCount(elements: cols)!, p.baseAddress! + i * cols, Int64(cols))
+                Kernels.dequantize(a.dtype, a.data + i * a.dtype.byteCount(elements: cols)!, count: cols, into: p.baseAddress! + i * cols)
             }
         }
         var bf = [Float](repeating: 0, count: rows * r)
         bf.withUnsafeMutableBufferPointer { p in
             for o in 0..<rows {
-                dl_dequantize_row(Int32(b.dtype.rawValue), b.data + o * b.dtype.byteCount(elements: r)!, p.baseAddress! + o * r, Int64(r))
+                Kernels.dequantize(b.dtype, b.data + o * b.dtype.byteCount(elements: r)!, count: r, into: p.baseAddress! + o * r)
             }
         }
         guard !af.contains(where: { !$0.isFinite }), !bf.contains(where: { !$0.isFinite }) else { throw fail("holds non-finite values") }

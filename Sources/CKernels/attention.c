@@ -4,6 +4,7 @@
 // not depend on the batch it is computed in.
 #include "ckernels.h"
 #include "simd.h"
+#include "fatal.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,7 +66,7 @@ static float *score_buffer(int64_t n) {
     if (n > tl_capacity) {
         int64_t cap = n < 4096 ? 4096 : n * 2;
         float *p = (float *)realloc(tl_scores, (size_t)cap * sizeof(float));
-        if (!p) return NULL;
+        if (!p) dl_fatal_alloc("the attention score buffer", (size_t)cap * sizeof(float));
         tl_scores = p;
         tl_capacity = cap;
     }
@@ -86,7 +87,6 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
         const int32_t *table = c->block_tables + c->table_offsets[t];
         int64_t n = (int64_t)c->positions[t] + 1; // visible positions 0 ..< n
         float *scores = score_buffer(n);
-        if (!scores) { memset(o, 0, (size_t)c->head_dim * sizeof(float)); continue; }
         float mx = -INFINITY;
         for (int64_t p = 0; p < n; p++) {
             int64_t slot = (int64_t)table[p / c->block_size] * c->block_size + p % c->block_size;

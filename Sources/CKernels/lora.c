@@ -4,6 +4,7 @@
 // per segment; few large segments parallelise inside the matmuls instead. Either way each output element
 // is computed by the same kernel in the same order: results do not depend on the split.
 #include "ckernels.h"
+#include "fatal.h"
 #include <stdlib.h>
 
 static _Thread_local float *tl_buf;
@@ -11,9 +12,11 @@ static _Thread_local int64_t tl_buf_floats;
 
 static float *lora_scratch(int64_t floats) {
     if (floats > tl_buf_floats) {
+        size_t bytes = (size_t)((floats + 15) / 16 * 16) * sizeof(float);
         free(tl_buf);
-        tl_buf = (float *)aligned_alloc(64, (size_t)((floats + 15) / 16 * 16) * sizeof(float));
-        tl_buf_floats = tl_buf ? floats : 0;
+        tl_buf = (float *)aligned_alloc(64, bytes);
+        if (!tl_buf) dl_fatal_alloc("the LoRA shrink/expand scratch", bytes);
+        tl_buf_floats = floats;
     }
     return tl_buf;
 }
@@ -29,7 +32,6 @@ typedef struct {
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s) {
     float *tmp = lora_scratch(s->count * (s->prank + c->out));
-    if (!tmp) return;
     float *prod = tmp + s->count * s->prank;
     dl_matmul_dq(s->wtype, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
     dl_matmul_dq(s->wtype, s->b, c->out, s->prank, tmp, s->prank, s->count, prod, c->out);

@@ -12,6 +12,7 @@
 // shape (4x4, 4x1, 1x1), so results do not depend on the batch or the thread split.
 #include "ckernels.h"
 #include "simd.h"
+#include "fatal.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,9 +209,11 @@ static __thread int64_t tl_panel_floats;
 
 static float *panel_buffer(int64_t floats) {
     if (floats > tl_panel_floats) {
+        size_t bytes = (size_t)((floats * 4 + 63) / 64 * 64);
         free(tl_panel);
-        tl_panel = (float *)aligned_alloc(64, (size_t)((floats * 4 + 63) / 64 * 64));
-        tl_panel_floats = tl_panel ? floats : 0;
+        tl_panel = (float *)aligned_alloc(64, bytes);
+        if (!tl_panel) dl_fatal_alloc("the dequantized weight panel", bytes);
+        tl_panel_floats = floats;
     }
     return tl_panel;
 }
@@ -222,7 +225,6 @@ static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
     float *panel = NULL;
     if (c->wtype != DL_F32) {
         panel = panel_buffer(ROWS_PER_GROUP * K);
-        if (!panel) return;
     }
     for (int64_t t0 = 0; t0 < c->ntok; t0 += TOKEN_BLOCK) {
         int64_t t1 = t0 + TOKEN_BLOCK < c->ntok ? t0 + TOKEN_BLOCK : c->ntok;

@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import Models
+import Tokenizers
 @_exported import Scheduling
 
 

@@ -1,5 +1,6 @@
 import Foundation
 import Models
+import Tokenizers
 import Scheduling
 
 /// The replica's step loop on one dedicated thread — the single owner of the `EngineCore` (and so of the

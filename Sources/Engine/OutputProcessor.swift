@@ -1,4 +1,5 @@
 import Models
+import Tokenizers
 import Scheduling
 
 /// What the engine emits for a request per iteration: token ids only. Text is made on the consumer's side.

@@ -8,10 +8,16 @@ public final class Buffer: @unchecked Sendable {
     private let owner: AnyObject?
     private let owned: Bool
 
-    /// Allocates `byteCount` zeroed bytes, 64-byte aligned.
+    /// Allocates `byteCount` zeroed bytes, 64-byte aligned. Running out of memory stops the process with a
+    /// message naming the size (a tensor that silently did not exist would only fail later, elsewhere).
     public init(byteCount: Int) {
+        precondition(byteCount >= 0, "Buffer: negative size \(byteCount)")
         let size = max(byteCount, 1)
-        base = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 64)
+        var memory: UnsafeMutableRawPointer?
+        guard posix_memalign(&memory, 64, size) == 0, let memory else {
+            fatalError("dlora: cannot allocate \(size) bytes for a tensor or scratch buffer (out of memory)")
+        }
+        base = memory
         base.initializeMemory(as: UInt8.self, repeating: 0, count: size)
         self.byteCount = byteCount
         owner = nil
@@ -34,7 +40,7 @@ public final class Buffer: @unchecked Sendable {
     public var floats: UnsafeMutablePointer<Float> { base.assumingMemoryBound(to: Float.self) }
 
     deinit {
-        if owned { base.deallocate() }
+        if owned { free(base) }
     }
 }
 

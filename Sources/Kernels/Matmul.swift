@@ -11,6 +11,7 @@ public enum Kernels {
     public static func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
                               _ y: UnsafeMutablePointer<Float>, ldy: Int, scratch: ScratchArena) {
         guard ntok > 0, w.rows > 0 else { return }
+        precondition(ldx >= w.cols && ldy >= w.rows, "matmul: strides \(ldx)/\(ldy) below the \(w.rows)×\(w.cols) matrix")
         configureBLASThreads()
         if w.dtype == .f32 && (ntok > smallBatch || w.cols % 16 != 0) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(ntok), blasint(w.rows), blasint(w.cols),
@@ -58,13 +59,15 @@ public enum Kernels {
 }
 
 /// A reusable, growable, 64-byte-aligned scratch buffer: it reallocates only when asked for more than
-/// it has, so the step loop does not allocate once warm.
+/// it has, so the step loop does not allocate once warm. Growing goes through `Buffer`, which stops the
+/// process with a message when memory runs out: a caller never gets a pointer to less than it asked for.
 public final class ScratchArena: @unchecked Sendable {
     private var buffer: Buffer?
 
     public init() {}
 
     public func bytes(_ n: Int) -> UnsafeMutableRawPointer {
+        precondition(n >= 0, "ScratchArena: negative size \(n)")
         if let buffer, buffer.byteCount >= n { return buffer.base }
         let grown = Buffer(byteCount: max(n, (buffer?.byteCount ?? 0) * 3 / 2))
         buffer = grown

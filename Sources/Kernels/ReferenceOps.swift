@@ -1,7 +1,8 @@
 import Foundation
 
-/// Plain, obviously-correct Swift twins of the C kernels in ops.c and attention.c (STYLE.md: every fast
-/// kernel has a reference twin). Double accumulation, no blocking, no paging. Used only by parity tests.
+/// Plain, obviously-correct Swift twins of the C kernels (STYLE.md: every fast kernel has a reference twin):
+/// ops.c, attention.c, matmul_dq.c and lora.c here, quant.c in ReferenceConversions.swift. Double
+/// accumulation, no blocking, no threads, no paging. Used only by parity tests (Tests/KernelsTests).
 public enum ReferenceOps {
     /// x / sqrt(mean(x^2) + eps) * w over one row.
     public static func rmsnorm(_ x: [Float], weight: [Float], eps: Float) -> [Float] {
@@ -50,6 +51,71 @@ public enum ReferenceOps {
                 var acc = 0.0
                 for p in 0...position { acc += exps[p] / sum * Double(values[p][kvh * headDim + d]) }
                 out[h * headDim + d] = Float(acc)
+            }
+        }
+        return out
+    }
+
+    /// y[i] + x[i] (the residual add; one f32 addition per element, as the kernel).
+    public static func add(_ y: [Float], _ x: [Float]) -> [Float] { zip(y, x).map { $0 + $1 } }
+
+    /// y[t][i] + scale · x[t][i] (one f32 product and one f32 sum per element, as the kernel).
+    public static func addScaled(_ y: [Float], _ x: [Float], scale: Float) -> [Float] { zip(y, x).map { $0 + scale * $1 } }
+
+    /// cos and sin of position · invFreq[i]: the angle as a float32 product (as the reference implementations
+    /// compute it), its cosine and sine in double.
+    public static func ropeTable(position: Int, invFreq: [Float]) -> (cos: [Float], sin: [Float]) {
+        let angles = invFreq.map { Double(Float(position) * $0) }
+        return (angles.map { Float(Foundation.cos($0)) }, angles.map { Float(Foundation.sin($0)) })
+    }
+
+    /// Σ x in double: the value the bandwidth probe's chunked sums approximate.
+    public static func sum(_ x: [Float]) -> Double { x.reduce(0.0) { $0 + Double($1) } }
+
+    /// Y[t][r] = Σ_k W[r][k] · X[t][k] in double (W rows × cols row-major, X tokens × cols).
+    public static func matmul(_ w: [Float], rows: Int, cols: Int, _ x: [Float], tokens: Int) -> [Double] {
+        precondition(w.count == rows * cols && x.count == tokens * cols)
+        var y = [Double](repeating: 0, count: tokens * rows)
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                var acc = 0.0
+                for k in 0..<cols { acc += Double(w[r * cols + k]) * Double(x[t * cols + k]) }
+                y[t * rows + r] = acc
+            }
+        }
+        return y
+    }
+
+    /// One adapter run for `loraApply`: A (rank × in) and B (out × rank) row-major, applied to `tokens`.
+    public struct LoRARun {
+        public var a: [Float]
+        public var b: [Float]
+        public var rank: Int
+        public var tokens: Range<Int>
+        public var scale: Float
+        public init(a: [Float], b: [Float], rank: Int, tokens: Range<Int>, scale: Float) {
+            self.a = a
+            self.b = b
+            self.rank = rank
+            self.tokens = tokens
+            self.scale = scale
+        }
+    }
+
+    /// y[t][o] + scale · Σ_j B[o][j] · Σ_k A[j][k] · x[t][k] for every token of every run (x: tokens × in,
+    /// y: tokens × out, packed), in double; tokens of no run keep y.
+    public static func loraApply(x: [Float], inFeatures: Int, outFeatures: Int, runs: [LoRARun], y: [Float]) -> [Float] {
+        var out = y
+        for run in runs {
+            precondition(run.a.count == run.rank * inFeatures && run.b.count == outFeatures * run.rank)
+            for t in run.tokens {
+                let shrunk = (0..<run.rank).map { j in
+                    (0..<inFeatures).reduce(0.0) { $0 + Double(run.a[j * inFeatures + $1]) * Double(x[t * inFeatures + $1]) }
+                }
+                for o in 0..<outFeatures {
+                    let delta = (0..<run.rank).reduce(0.0) { $0 + Double(run.b[o * run.rank + $1]) * shrunk[$1] }
+                    out[t * outFeatures + o] = Float(Double(y[t * outFeatures + o]) + Double(run.scale) * delta)
+                }
             }
         }
         return out

@@ -1,4 +1,3 @@
-import CKernels
 import Kernels
 import Synchronization
 
@@ -98,7 +97,7 @@ public struct LoRAModule: @unchecked Sendable {
         case .f16, .bf16:
             let h = Buffer(byteCount: n * 2)
             let dst = h.base.assumingMemoryBound(to: UInt16.self)
-            if dtype == .f16 { dl_f32_to_f16(f.floats, dst, Int64(n)) } else { dl_f32_to_bf16(f.floats, dst, Int64(n)) }
+            if dtype == .f16 { Kernels.f32ToF16(f.floats, into: dst, count: n) } else { Kernels.f32ToBF16(f.floats, into: dst, count: n) }
             return WeightMatrix(dtype: dtype, rows: rows, cols: cols, storage: h)
         default:
             return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: f)
@@ -113,8 +112,8 @@ public struct LoRAModule: @unchecked Sendable {
         let na = paddedRank * inFeatures, nb = outFeatures * paddedRank
         let af = scratch.bytes((na + nb) * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
         let bf = af + na
-        dl_dequantize_row(Int32(a.dtype.rawValue), a.data, af, Int64(na))
-        dl_dequantize_row(Int32(b.dtype.rawValue), b.data, bf, Int64(nb))
+        Kernels.dequantize(a.dtype, a.data, count: na, into: af)
+        Kernels.dequantize(b.dtype, b.data, count: nb, into: bf)
         Kernels.addLowRankProduct(w, rows: outFeatures, cols: inFeatures, b: bf, a: af, rank: paddedRank, scale: scale)
     }
 }

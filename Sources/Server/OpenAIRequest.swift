@@ -2,6 +2,7 @@ import Hummingbird
 import Engine
 import Foundation
 import Models
+import Tokenizers
 
 /// A parsed `/v1/completions` or `/v1/chat/completions` body. Parsing is strict: every key is known, every
 /// value has the type and range OpenAI documents, and a parameter this server does not implement is a 400

@@ -5,6 +5,7 @@ import Hummingbird
 import Scheduling
 import Models
 import ServiceLifecycle
+import Tokenizers
 
 /// Limits and keys of a server.
 public struct ServerOptions: Sendable {

@@ -1,5 +1,4 @@
 import ArgumentParser
-import CKernels
 import Engine
 import Foundation
 import Kernels
@@ -55,7 +54,7 @@ struct BenchCore: ParsableCommand {
         var bestGBs = 0.0
         for _ in 0..<5 {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            let sum = dl_stream_sum(big.floats, Int64(floats))
+            let sum = Kernels.streamSum(big.floats, count: floats)
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             precondition(sum > 0)
             bestGBs = max(bestGBs, Double(floats * 4) / dt / 1e9)
@@ -68,14 +67,14 @@ struct BenchCore: ParsableCommand {
             rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
             FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
         }
-        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(dl_num_threads()).")
+        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount).")
         print()
         print("| batch | prompt | gen | prefill tok/s | decode tok/s | decode ms/step |")
         print("|---:|---:|---:|---:|---:|---:|")
         rows.forEach { print($0) }
         print()
-        print(String(format: "Memory-bandwidth bound for batch-1 decode: %.1f GB/s streamed (best of 5, %d threads) / %.1f MB of weights read per token = **%.1f tok/s**.",
-                     bestGBs, dl_num_threads(), Double(weightBytes) / 1e6, bestGBs * 1e9 / Double(weightBytes)))
+        print(String(format: "Memory-bandwidth bound for batch-1 decode: %.1f GB/s streamed (best of 5, %ld threads) / %.1f MB of weights read per token = **%.1f tok/s**.",
+                     bestGBs, Kernels.threadCount, Double(weightBytes) / 1e6, bestGBs * 1e9 / Double(weightBytes)))
     }
 
     struct Result { var prefill: Double; var decode: Double; var msPerStep: Double }

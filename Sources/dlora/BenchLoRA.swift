@@ -1,5 +1,4 @@
 import Adapters
-import CKernels
 import ArgumentParser
 import Foundation
 import Kernels
@@ -53,7 +52,7 @@ struct BenchLoRA: ParsableCommand {
         let maxAdapters = Self.list(adapters).max()!
 
         print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
-              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(dl_num_threads()). "
+              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount). "
               + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
         print()
         print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged ms/step | merged overhead |")

@@ -5,6 +5,7 @@ import Foundation
 import Kernels
 import Models
 import Scheduling
+import Tokenizers
 
 /// dLoRA's replica-level experiment on the real engine: many adapters with power-law popularity, arrivals
 /// from a trace, prompt/response lengths from a conversation dataset; each batching policy serves the same

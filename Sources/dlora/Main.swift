@@ -4,6 +4,7 @@ import Engine
 import Foundation
 import Kernels
 import Models
+import Tokenizers
 
 @main
 struct Dlora: AsyncParsableCommand {

@@ -3,6 +3,7 @@ import Foundation
 import Models
 import Scheduling
 import Testing
+import Tokenizers
 
 @testable import Adapters
 

@@ -2,6 +2,7 @@ import Foundation
 import Models
 import Scheduling
 import Testing
+import Tokenizers
 
 @testable import Engine
 

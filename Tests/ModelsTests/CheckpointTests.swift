@@ -1,4 +1,3 @@
-import CKernels
 import Foundation
 import Kernels
 import Testing
@@ -18,7 +17,7 @@ enum CheckpointFixtures {
         var out = [Float](repeating: 0, count: m.rows * m.cols)
         out.withUnsafeMutableBufferPointer { p in
             for r in 0..<m.rows {
-                dl_dequantize_row(Int32(m.dtype.rawValue), m.data + r * m.rowBytes, p.baseAddress! + r * m.cols, Int64(m.cols))
+                Kernels.dequantizeRow(m, row: r, into: p.baseAddress! + r * m.cols)
             }
         }
         return out

@@ -11,6 +11,7 @@ import Testing
 
 #if canImport(Glibc)
 import Glibc
+import Tokenizers
 #endif
 
 /// Fixtures: the tiny Llama (F32 GGUF, the base of the PEFT goldens) and its adapters.

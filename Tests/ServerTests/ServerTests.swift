@@ -4,6 +4,7 @@ import Hummingbird
 import HummingbirdTesting
 import Models
 import Testing
+import Tokenizers
 
 @testable import Server
 

@@ -1,5 +1,9 @@
 // dlora C kernels: the numeric hot loops, AVX-512 where the CPU has it (runtime dispatch), portable C otherwise.
-// Every kernel here has a plain Swift reference twin in Sources/Kernels/Reference*.swift and a parity test.
+// Every kernel here has a plain Swift reference twin in Sources/Kernels/Reference*.swift and a parity test
+// (Tests/KernelsTests). Only the Kernels target calls these functions: the rest of the code uses their typed
+// Swift faces (Kernels.matmul, rmsNorm, applyRope, writeKV, pagedAttention, LoRABatch, dequantize, ...),
+// which check shapes before handing raw pointers over. A kernel that cannot get scratch memory aborts with a
+// message (fatal.h) rather than skipping its work.
 // Threading: kernels that say so split their work over the kernel thread pool (dl_parallel_for); callers
 // never need to add threads of their own. All functions are safe to call from one thread at a time
 // (the engine's step loop owns them).

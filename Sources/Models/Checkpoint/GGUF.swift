@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Tokenizers
 
 /// A GGUF metadata value.
 public enum GGUFValue: Sendable, Equatable {

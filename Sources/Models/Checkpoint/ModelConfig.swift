@@ -1,6 +1,6 @@
-import CKernels
 import Foundation
 import Kernels
+import Tokenizers
 
 /// How RoPE pairs the dimensions of a head.
 public enum RopeStyle: Sendable, Equatable {
@@ -43,7 +43,16 @@ public struct ModelConfig: Sendable, Equatable {
 
     /// Checks that the numbers are usable together; the error names `file` and the offending value.
     public func validate(file: String) throws {
-        func fail(_ problem: String) -> CheckpointError { CheckpointError(file: file, problem: problem) }
+        do {
+            try validateValues()
+        } catch let e as ModelConfigProblem {
+            throw CheckpointError(file: file, problem: e.problem)
+        }
+    }
+
+    /// `validate` without a file name (config.json decoding calls it from `init(from:)`).
+    func validateValues() throws {
+        func fail(_ problem: String) -> ModelConfigProblem { ModelConfigProblem(problem) }
         let limits: [(String, Int, Int)] = [
             ("hidden size", hiddenSize, 1 << 17), ("intermediate size", intermediateSize, 1 << 19),
             ("layer count", numLayers, 4096), ("attention head count", numHeads, 4096),
@@ -178,7 +187,7 @@ public func openCheckpoint(path: String) throws -> any ModelCheckpoint {
 /// Converts a 1-D tensor's raw values (F32, F16 or BF16) to f32.
 func floatValues(_ data: UnsafeRawPointer, dtype: DType, count: Int) -> [Float] {
     [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
-        if count > 0 { dl_dequantize_row(Int32(dtype.rawValue), data, buffer.baseAddress!, Int64(count)) }
+        if count > 0 { Kernels.dequantize(dtype, data, count: count, into: buffer.baseAddress!) }
         initialized = count
     }
 }

@@ -1,6 +1,6 @@
-import CKernels
 import Foundation
 import Kernels
+import Tokenizers
 
 /// One tensor of a safetensors file.
 public struct SafetensorsTensorInfo: Sendable, Equatable {
@@ -161,7 +161,7 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
                                 storage: Buffer(borrowing: file.base, byteCount: file.count, owner: file), offset: info.offset)
         }
         let buffer = Buffer(floats: rows * cols)
-        dl_dequantize_row(Int32(info.dtype.rawValue), file.base + info.offset, buffer.floats, Int64(rows * cols))
+        Kernels.dequantize(info.dtype, file.base + info.offset, count: rows * cols, into: buffer.floats)
         return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: buffer)
     }
 
@@ -174,87 +174,15 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
 
     public func ropeFrequencyFactors() throws -> [Float]? { nil }
 
-    /// Reads config.json (transformers 4.x form, or 5.x with `rope_parameters`).
+    /// Reads config.json (transformers 4.x form, or 5.x with `rope_parameters`): `ModelConfig`'s Decodable
+    /// conformance (ModelConfigJSON.swift), with its problems reported against `file`.
     static func parseConfig(_ data: Data, file: String) throws -> ModelConfig {
-        func fail(_ problem: String) -> CheckpointError { CheckpointError(file: file, problem: problem) }
-        guard let json = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { throw fail("not a JSON object") }
-        func int(_ key: String, in dict: [String: Any]? = nil) throws -> Int? {
-            guard let v = (dict ?? json)[key], !(v is NSNull) else { return nil }
-            guard let i = SafetensorsFile.integer(v) else { throw fail("\(key) must be an integer, got \(v)") }
-            return i
+        do {
+            return try JSONDecoder().decode(ModelConfig.self, from: data)
+        } catch let e as ModelConfigProblem {
+            throw CheckpointError(file: file, problem: e.problem)
+        } catch {
+            throw CheckpointError(file: file, problem: "not a JSON object")
         }
-        func double(_ key: String, in dict: [String: Any]? = nil) throws -> Double? {
-            guard let v = (dict ?? json)[key], !(v is NSNull) else { return nil }
-            guard let n = v as? NSNumber, !SafetensorsFile.isJSONBool(n) else { throw fail("\(key) must be a number, got \(v)") }
-            return n.doubleValue
-        }
-        func required(_ key: String) throws -> Int {
-            guard let v = try int(key) else { throw fail("missing \(key)") }
-            return v
-        }
-        let typeName = (json["model_type"] as? String)
-            ?? ((json["architectures"] as? [String])?.first.map { $0.replacingOccurrences(of: "ForCausalLM", with: "").lowercased() })
-        guard let typeName else { throw fail("missing model_type") }
-        guard let arch = Architecture(rawValue: typeName) else {
-            throw fail("unsupported architecture '\(typeName)' (supported: llama, mistral, qwen2)")
-        }
-        let hidden = try required("hidden_size")
-        let heads = try required("num_attention_heads")
-        guard heads > 0 else { throw fail("num_attention_heads is \(heads)") }
-        let headDim = try int("head_dim") ?? hidden / heads
-        if try int("head_dim") == nil && hidden % heads != 0 {
-            throw fail("hidden_size \(hidden) is not a multiple of num_attention_heads \(heads)")
-        }
-        let ropeParams = json["rope_parameters"] as? [String: Any]
-        let scalingDict = (json["rope_scaling"] as? [String: Any]) ?? ropeParams
-        var scaling = RopeScaling.none
-        if let s = scalingDict {
-            let type = (s["rope_type"] as? String) ?? (s["type"] as? String) ?? "default"
-            switch type {
-            case "default": break
-            case "linear":
-                guard let f = try double("factor", in: s) else { throw fail("rope_scaling linear needs factor") }
-                scaling = .linear(factor: f)
-            case "llama3":
-                guard let f = try double("factor", in: s), let low = try double("low_freq_factor", in: s),
-                      let high = try double("high_freq_factor", in: s),
-                      let original = try int("original_max_position_embeddings", in: s) else {
-                    throw fail("rope_scaling llama3 needs factor, low_freq_factor, high_freq_factor, original_max_position_embeddings")
-                }
-                scaling = .llama3(factor: f, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: original)
-            default:
-                throw fail("unsupported rope_scaling type '\(type)' (supported: linear, llama3)")
-            }
-        }
-        // Mistral's sliding-window attention equals full attention up to the window: serve contexts up to
-        // there, so results are never silently wrong beyond it.
-        var maxPositions = try int("max_position_embeddings") ?? 2048
-        if let window = try int("sliding_window"), window > 0, (json["use_sliding_window"] as? Bool) ?? true {
-            maxPositions = min(maxPositions, window)
-        }
-        var eos: [Int] = []
-        if let e = json["eos_token_id"] {
-            if let i = SafetensorsFile.integer(e) { eos = [i] } else if let a = e as? [Any] { eos = a.compactMap(SafetensorsFile.integer) }
-        }
-        let config = ModelConfig(
-            architecture: arch,
-            hiddenSize: hidden,
-            intermediateSize: try required("intermediate_size"),
-            numLayers: try required("num_hidden_layers"),
-            numHeads: heads,
-            numKVHeads: try int("num_key_value_heads") ?? heads,
-            headDim: headDim,
-            vocabSize: try required("vocab_size"),
-            rmsNormEps: Float(try double("rms_norm_eps") ?? 1e-6),
-            ropeTheta: try double("rope_theta") ?? double("rope_theta", in: ropeParams ?? [:]) ?? 10000,
-            ropeScaling: scaling,
-            ropeStyle: .halves,
-            maxPositionEmbeddings: maxPositions,
-            tieWordEmbeddings: (json["tie_word_embeddings"] as? Bool) ?? false,
-            attentionBias: arch == .qwen2 || ((json["attention_bias"] as? Bool) ?? false),
-            bosTokenID: try int("bos_token_id"),
-            eosTokenIDs: eos)
-        try config.validate(file: file)
-        return config
     }
 }

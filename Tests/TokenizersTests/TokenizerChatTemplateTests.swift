@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Models
+@testable import Tokenizers
 
 @Suite struct TokenizerChatTemplateTests {
     /// Each published template family renders exactly as transformers' `apply_chat_template`.

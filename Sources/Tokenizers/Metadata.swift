@@ -1,5 +1,6 @@
 /// Typed key/value metadata, as GGUF files carry it (and as tokenizers and configs read it).
-/// The GGUF reader conforms; tokenizer and model-config builders read through this protocol only.
+/// Tokenizers reads GGUF metadata through this protocol only, so it needs no checkpoint code: Models' GGUF
+/// reader conforms (and its model-config builder reads through it too); tests use plain values.
 public protocol MetadataSource {
     func string(_ key: String) -> String?
     func int(_ key: String) -> Int?

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Models
+@testable import Tokenizers
 
 /// Fixtures from `tools/gen_tokenizer_goldens.py` (see Tests/Fixtures/tokenizers/README.md).
 enum TokenizerFixtures {

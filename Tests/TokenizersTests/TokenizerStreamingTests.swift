@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Models
+@testable import Tokenizers
 
 @Suite struct TokenizerStreamingTests {
     /// Ids spelling `text` byte by byte (byte-level: each byte's character token; SentencePiece: `<0xXX>`).

@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Models
+@testable import Tokenizers
 
 /// Encoding speed, printed and not asserted (debug builds are several times slower than release).
 @Suite struct TokenizerThroughputTests {

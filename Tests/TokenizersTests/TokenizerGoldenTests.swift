@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Models
+@testable import Tokenizers
 
 /// Every golden string against HF `tokenizers` / sentencepiece ids, decoding, round trips and streaming.
 @Suite struct TokenizerGoldenTests {

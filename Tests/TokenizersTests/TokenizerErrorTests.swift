@@ -1,6 +1,6 @@
 import Foundation
 import Testing
-@testable import Models
+@testable import Tokenizers
 
 /// Malformed tokenizer.json / GGUF metadata must give one-line `TokenizerError`s, never a crash.
 @Suite struct TokenizerErrorTests {

@@ -1,0 +1,60 @@
+import CKernels
+
+extension Kernels {
+    /// One step's LoRA work on one base matrix, as runs of batch tokens ("segments") that share an adapter
+    /// and scale (Punica's segmented gather, S-LoRA's unmerged path):
+    ///
+    ///     for each segment s, token t in s.tokens:
+    ///         y[t] += s.scale · B_s · (A_s · x[t])        // A: paddedRank × in, B: out × paddedRank
+    ///
+    /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16, so both
+    /// products run on the batch-invariant matmul kernel: a token's result never depends on its batch.
+    /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
+    /// Reference twin: `ReferenceOps.loraApply`.
+    public final class LoRABatch: @unchecked Sendable {
+        private var segments: [dl_lora_seg] = []
+        public private(set) var inFeatures = 0
+        public private(set) var outFeatures = 0
+        private var end = 0
+
+        public init() {}
+
+        public var isEmpty: Bool { segments.isEmpty }
+        public var count: Int { segments.count }
+
+        /// Starts a new matrix: every segment appended next must map `inFeatures` → `outFeatures`.
+        public func reset(inFeatures: Int, outFeatures: Int) {
+            precondition(inFeatures > 0 && inFeatures % 16 == 0 && outFeatures > 0,
+                         "LoRA: in \(inFeatures) (a positive multiple of 16), out \(outFeatures)")
+            segments.removeAll(keepingCapacity: true)
+            self.inFeatures = inFeatures
+            self.outFeatures = outFeatures
+            end = 0
+        }
+
+        /// Adds tokens `tokens` (after every earlier segment's) with A (paddedRank × in) and B (out × paddedRank).
+        public func append(a: WeightMatrix, b: WeightMatrix, tokens: Range<Int>, scale: Float) {
+            precondition(a.dtype == b.dtype && (a.dtype == .f32 || a.dtype == .f16 || a.dtype == .bf16),
+                         "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16 or BF16)")
+            precondition(a.rows > 0 && a.rows % 16 == 0 && b.cols == a.rows,
+                         "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16)")
+            precondition(a.cols == inFeatures && b.rows == outFeatures,
+                         "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols), the matrix maps \(inFeatures) → \(outFeatures)")
+            precondition(tokens.lowerBound >= end, "LoRA: segment \(tokens) overlaps or precedes the previous one (ends at \(end))")
+            guard !tokens.isEmpty else { return }
+            segments.append(dl_lora_seg(a: a.data, b: b.data, wtype: Int32(a.dtype.rawValue), prank: Int64(a.rows),
+                                        start: Int64(tokens.lowerBound), count: Int64(tokens.count), scale: scale))
+            end = tokens.upperBound
+        }
+
+        /// Applies every segment: x rows (in floats, stride ldx) and y rows (out floats, stride ldy) must
+        /// cover the last segment's tokens.
+        public func apply(_ x: UnsafePointer<Float>, ldx: Int, into y: UnsafeMutablePointer<Float>, ldy: Int) {
+            guard !segments.isEmpty else { return }
+            precondition(ldx >= inFeatures && ldy >= outFeatures, "LoRA: strides \(ldx)/\(ldy) below \(inFeatures)/\(outFeatures)")
+            segments.withUnsafeBufferPointer {
+                dl_lora_apply($0.baseAddress!, Int64($0.count), Int64(inFeatures), Int64(outFeatures), x, Int64(ldx), y, Int64(ldy))
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+import Kernels
+
+// Shapes: T tokens in the flat batch, H = hiddenSize, nH = numHeads, nKV = numKVHeads, D = headDim,
+// F = intermediateSize.
+
+/// What every block of one forward pass reads and writes: the step's token count, the workspace's
+/// buffers, where the tokens live in the paged KV cache, and the LoRA adapters in use (nil: base only).
+struct ForwardPass {
+    let tokens: Int                                // T
+    let x: UnsafeMutablePointer<Float>             // (T, H) the residual stream
+    let xn: UnsafeMutablePointer<Float>            // (T, H) normalised input of a sub-block, then its output
+    let qkv: UnsafeMutablePointer<Float>           // (T, nH·D + 2·nKV·D)
+    let attn: UnsafeMutablePointer<Float>          // (T, nH·D)
+    let gateUp: UnsafeMutablePointer<Float>        // (T, 2·F)
+    let act: UnsafeMutablePointer<Float>           // (T, F)
+    let cos: UnsafeMutablePointer<Float>           // (T, D/2) rotary tables of the tokens' positions
+    let sin: UnsafeMutablePointer<Float>           // (T, D/2)
+    let layout: PagedBatchLayout                   // positions, KV slots, block tables
+    let kv: PagedKVStorage
+    let scratch: ScratchArena
+    let workspace: ForwardWorkspace
+    let lora: LoRASlots?
+}
+
+extension LlamaModel {
+    /// The weights of one decoder block.
+    struct Layer {
+        let attnNorm: Buffer
+        let ffnNorm: Buffer
+        /// Q, K and V stacked row-wise when they share a dtype, else nil (and q/k/v run separately).
+        var qkv: WeightMatrix?
+        var q: WeightMatrix, k: WeightMatrix, v: WeightMatrix
+        let qkvBias: Buffer?
+        var o: WeightMatrix
+        var gateUp: WeightMatrix?
+        var gate: WeightMatrix, up: WeightMatrix
+        var down: WeightMatrix
+
+        func matrix(_ t: LoRATarget) -> WeightMatrix {
+            switch t {
+            case .q: q
+            case .k: k
+            case .v: v
+            case .o: o
+            case .gate: gate
+            case .up: up
+            case .down: down
+            }
+        }
+
+        mutating func replace(_ t: LoRATarget, with m: WeightMatrix) {
+            switch t {
+            case .q: q = m
+            case .k: k = m
+            case .v: v = m
+            case .o: o = m
+            case .gate: gate = m
+            case .up: up = m
+            case .down: down = m
+            }
+            qkv = LlamaModel.stack([q, k, v])
+            gateUp = LlamaModel.stack([gate, up])
+        }
+    }
+
+    /// One pre-norm decoder block, as the paper writes it:
+    ///
+    ///     h   = x + attention(rmsNorm₁(x))
+    ///     out = h + mlp(rmsNorm₂(h))
+    ///
+    /// on the residual stream `p.x` (T, H), in place.
+    func block(_ li: Int, _ p: ForwardPass) {
+        let c = config, layer = layers[li], n = p.tokens, h = c.hiddenSize
+        Kernels.rmsNorm(p.x, weight: layer.attnNorm.floats, into: p.xn, width: h, tokens: n, eps: c.rmsNormEps)
+        attention(li, p)
+        Kernels.add(p.xn, into: p.x, count: n * h)
+        Kernels.rmsNorm(p.x, weight: layer.ffnNorm.floats, into: p.xn, width: h, tokens: n, eps: c.rmsNormEps)
+        mlp(li, p)
+        Kernels.add(p.xn, into: p.x, count: n * h)
+    }
+}

@@ -1,0 +1,147 @@
+import Testing
+@testable import Kernels
+
+/// dl_lora_apply through `Kernels.LoRABatch` against `ReferenceOps.loraApply` (double precision).
+///
+/// lora.c has two schedules: with at least 2 × threads segments it runs one segment per task over the pool
+/// (many small segments: 32 adapters in a batch of 32), otherwise it runs the segments one after another
+/// and lets the two matmuls of each split over the pool (few large segments). Each is driven here by the
+/// thread count, on the same inputs, and the two must agree bit for bit (the engine's batch invariance rests
+/// on it). The weights are F32, F16 or BF16: each takes a different dequantization path in matmul_dq.c.
+///
+/// Tolerance: |y − ref| ≤ 1e-6 · (|y₀| + |s| · Σ_j |B_oj| · Σ_k |A_jk · x_k|), relative to magnitudes
+/// because cancellation can make the result itself tiny. Both products sum in f32 over 16 lanes (≤ 36
+/// additions per lane here, then a 4-level tree; unit roundoff 6e-8, so a worst case near 2.4e-6), the
+/// shrunk vector is rounded to f32 once before the expand, and the scaled add rounds once more. Rounding
+/// errors of random data mostly cancel: the largest seen on these seeds is 7e-8, so 1e-6 leaves 14× room
+/// while still catching a scale off by 1e-5.
+@Suite(.serialized) struct LoRAApplyTests {
+    typealias Rng = OpsParityTests.Rng
+
+    struct Adapter {
+        var a: [Float], b: [Float], rank: Int, paddedRank: Int
+        var aMatrix: WeightMatrix, bMatrix: WeightMatrix
+    }
+
+    /// Random A (rank × in) and B (out × rank) stored as `dtype`, rank zero-padded to a multiple of 16; the
+    /// float values returned are the stored ones (rounded to the dtype), which the reference uses.
+    static func adapter(rank: Int, inFeatures: Int, outFeatures: Int, dtype: DType, rng: inout Rng) -> Adapter {
+        let padded = (rank + 15) / 16 * 16
+        func stored(_ v: [Float]) -> [Float] {
+            switch dtype {
+            case .f16: v.map { ReferenceOps.f16ToFloat(ReferenceOps.floatToF16($0)) }
+            case .bf16: v.map { ReferenceOps.bf16ToFloat(ReferenceOps.floatToBF16($0)) }
+            default: v
+            }
+        }
+        let a = stored(rng.floats(rank * inFeatures).map { $0 * 0.1 })
+        let b = stored(rng.floats(outFeatures * rank))
+        var aPadded = [Float](repeating: 0, count: padded * inFeatures)
+        aPadded.replaceSubrange(0..<a.count, with: a)
+        var bPadded = [Float](repeating: 0, count: outFeatures * padded)
+        for o in 0..<outFeatures { bPadded.replaceSubrange((o * padded)..<(o * padded + rank), with: b[(o * rank)..<((o + 1) * rank)]) }
+        func matrix(_ v: [Float], rows: Int, cols: Int) -> WeightMatrix {
+            let bytes = ReferenceOps.quantize(v, to: dtype)
+            let buffer = Buffer(byteCount: bytes.count)
+            bytes.withUnsafeBytes { buffer.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+            return WeightMatrix(dtype: dtype, rows: rows, cols: cols, storage: buffer)
+        }
+        return Adapter(a: a, b: b, rank: rank, paddedRank: padded,
+                       aMatrix: matrix(aPadded, rows: padded, cols: inFeatures), bMatrix: matrix(bPadded, rows: outFeatures, cols: padded))
+    }
+
+    /// Applies `segments` (adapter index, tokens, scale) with `threads` kernel threads; y rows have a gap
+    /// (ldy > out) that must stay untouched, x rows likewise (ldx > in).
+    static func run(_ adapters: [Adapter], _ segments: [(Int, Range<Int>, Float)], x: [Float], ldx: Int, y: [Float], ldy: Int,
+                    inFeatures: Int, outFeatures: Int, threads: Int) -> [Float] {
+        let before = Kernels.threadCount
+        Kernels.setThreads(threads)
+        defer { Kernels.setThreads(before) }
+        let batch = Kernels.LoRABatch()
+        batch.reset(inFeatures: inFeatures, outFeatures: outFeatures)
+        for (i, tokens, scale) in segments {
+            batch.append(a: adapters[i].aMatrix, b: adapters[i].bMatrix, tokens: tokens, scale: scale)
+        }
+        var out = y
+        batch.apply(x, ldx: ldx, into: &out, ldy: ldy)
+        return out
+    }
+
+    static func check(_ adapters: [Adapter], _ segments: [(Int, Range<Int>, Float)], tokens: Int, inFeatures: Int, outFeatures: Int,
+                      rng: inout Rng) {
+        let ldx = inFeatures + 16, ldy = outFeatures + 5
+        let x = rng.floats(tokens * ldx), y = rng.floats(tokens * ldy)
+        // Few segments on many threads: serial over segments, threaded matmuls. Many segments on 2 threads
+        // (≥ 2 × 2): one segment per task.
+        let serial = run(adapters, segments, x: x, ldx: ldx, y: y, ldy: ldy, inFeatures: inFeatures, outFeatures: outFeatures,
+                         threads: 2 * segments.count + 1)
+        let perSegment = run(adapters, segments, x: x, ldx: ldx, y: y, ldy: ldy, inFeatures: inFeatures, outFeatures: outFeatures,
+                             threads: max(1, segments.count / 2))
+        #expect(serial.map(\.bitPattern) == perSegment.map(\.bitPattern), "the two schedules differ")
+
+        let packedX = (0..<tokens).flatMap { x[($0 * ldx)..<($0 * ldx + inFeatures)] }
+        let packedY = (0..<tokens).flatMap { y[($0 * ldy)..<($0 * ldy + outFeatures)] }
+        let runs = segments.map { i, tokens, scale in
+            ReferenceOps.LoRARun(a: adapters[i].a, b: adapters[i].b, rank: adapters[i].rank, tokens: tokens, scale: scale)
+        }
+        let ref = ReferenceOps.loraApply(x: packedX, inFeatures: inFeatures, outFeatures: outFeatures, runs: runs, y: packedY)
+        var worst = 0.0
+        for t in 0..<tokens {
+            let seg = segments.first { $0.1.contains(t) }
+            // Σ_k |A_jk · x_k| per rank j (independent of the output row).
+            var inner: [Double] = []
+            if case let (i, _, _)? = seg {
+                let ad = adapters[i]
+                inner = (0..<ad.rank).map { j in
+                    var sum = 0.0
+                    for k in 0..<inFeatures { sum += abs(Double(ad.a[j * inFeatures + k]) * Double(packedX[t * inFeatures + k])) }
+                    return sum
+                }
+            }
+            for o in 0..<outFeatures {
+                var magnitude = Double(abs(packedY[t * outFeatures + o]))
+                if case let (i, _, scale)? = seg {
+                    let ad = adapters[i]
+                    for j in 0..<ad.rank { magnitude += abs(Double(scale)) * abs(Double(ad.b[o * ad.rank + j])) * inner[j] }
+                }
+                let err = abs(Double(serial[t * ldy + o]) - Double(ref[t * outFeatures + o]))
+                worst = max(worst, err / max(magnitude, 1e-30))
+            }
+            // The gap after each row of y is untouched.
+            #expect(serial[(t * ldy + outFeatures)..<((t + 1) * ldy)] == y[(t * ldy + outFeatures)..<((t + 1) * ldy)])
+        }
+        #expect(worst <= 1e-6, "worst error \(worst) of the magnitude")
+    }
+
+    /// Many small segments: 10 one- and two-token runs over 5 adapters of different ranks, some tokens with
+    /// no adapter, one negative scale (as in an unmerged decode batch of many adapters).
+    @Test(arguments: [DType.f32, .f16, .bf16]) func manySmallSegments(dtype: DType) {
+        var rng = Rng(state: 900 + UInt64(dtype.rawValue))
+        let inFeatures = 64, outFeatures = 48
+        let adapters = [1, 8, 16, 17, 32].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
+        let segments: [(Int, Range<Int>, Float)] = [
+            (0, 0..<1, 1), (1, 1..<3, 0.5), (2, 3..<4, 2), (3, 5..<6, 1), (4, 6..<8, -0.75),
+            (0, 8..<9, 1), (2, 10..<11, 1), (1, 11..<12, 3), (3, 12..<14, 1), (4, 14..<15, 0.25),
+        ]
+        Self.check(adapters, segments, tokens: 16, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng)
+    }
+
+    /// Few large segments: two prefill-sized runs on SmolLM2-sized projections (576 → 1536), big enough for
+    /// the matmuls themselves to split over the pool.
+    @Test(arguments: [DType.f32, .f16, .bf16]) func fewLargeSegments(dtype: DType) {
+        var rng = Rng(state: 950 + UInt64(dtype.rawValue))
+        let inFeatures = 576, outFeatures = 1536
+        let adapters = [8, 16].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
+        let segments: [(Int, Range<Int>, Float)] = [(0, 0..<37, 1), (1, 40..<75, 0.5)]
+        Self.check(adapters, segments, tokens: 75, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng)
+    }
+
+    /// An empty batch is a no-op.
+    @Test func emptyBatchLeavesYUnchanged() {
+        let batch = Kernels.LoRABatch()
+        batch.reset(inFeatures: 16, outFeatures: 4)
+        var y: [Float] = [1, 2, 3, 4]
+        batch.apply([Float](repeating: 1, count: 16), ldx: 16, into: &y, ldy: 4)
+        #expect(batch.isEmpty && y == [1, 2, 3, 4])
+    }
+}
