@@ -9,6 +9,9 @@ public enum FinishReason: String, Sendable, Equatable {
     case stop
     /// `maxTokens` reached or the context is full.
     case length
+    /// The logits could not be sampled (NaN or +∞: the forward pass overflowed); the request ends with no
+    /// further text and its client gets an error.
+    case error
 }
 
 /// What one step produced for one request.
@@ -126,7 +129,7 @@ public final class Generator {
             maxLength = max(limit, all.count + 1)
         }
 
-        func sample(_ logits: UnsafeBufferPointer<Float>) -> Int { sampler.sample(logits) }
+        func sample(_ logits: UnsafeBufferPointer<Float>) -> Int? { sampler.sample(logits) }
     }
 
     /// The LoRA slot table of the current unmerged step (rebuilt every step from the batch's adapters).
@@ -404,7 +407,10 @@ public final class Generator {
             let rowLogits = UnsafeBufferPointer(start: logits.floats + row * vocab, count: vocab)
             row += 1
             logitsObserver?(s.id, rowLogits)
-            let token = s.sample(rowLogits)
+            guard let token = s.sample(rowLogits) else {
+                events.append(GenerationEvent(requestID: s.id, token: nil, text: "", finish: .error))
+                continue
+            }
             s.tokens.append(token)
             stats.generatedTokens += 1
             events.append(emit(s, token: token))
