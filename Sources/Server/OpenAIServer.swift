@@ -304,7 +304,18 @@ public final class OpenAIServer: Sendable {
                             })
         }
         let result = try await request.body.consumeWithCancellationOnInboundClose { _ in await call.collect(events) }
-        var response = json(.ok, try call.completion(result))
+        let body: String
+        do {
+            body = try call.completion(result)
+        } catch let e as APIError {
+            // A request that ended in an error (non-finite logits, shutdown) still consumed the connection's
+            // inbound stream: its error response must close the connection too.
+            metrics.request(model: parsed.model, status: String(e.status.code))
+            var response = json(e.status, e.json)
+            response.headers[.connection] = "close"
+            return response
+        }
+        var response = json(.ok, body)
         response.headers[.connection] = "close"
         return response
     }
