@@ -252,13 +252,14 @@ public final class OpenAIServer: Sendable {
         case .tokens(let ids):
             prompt = ids
         case .messages(let messages):
-            let text: String
+            let rendered: RenderedChat
             do {
-                text = try tokenizer.chatTemplate.render(messages: messages, addGenerationPrompt: true)
+                rendered = try tokenizer.chatTemplate.renderMarked(messages: messages, addGenerationPrompt: true)
             } catch {
                 throw APIError.invalid("messages", "\(error)")
             }
-            prompt = tokenizer.encode(text, addSpecial: false)
+            // Control tokens written in a message are text: a user cannot forge a turn of another role.
+            prompt = tokenizer.encode(rendered)
         }
         guard !prompt.isEmpty else { throw APIError.invalid(promptParam, "the prompt is empty") }
         let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
