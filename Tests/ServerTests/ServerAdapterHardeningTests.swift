@@ -12,10 +12,73 @@ import Testing
 /// in-place reload keeps the old version; broken adapters are not re-read per request; non-finite logits end
 /// one request with an error.
 @Suite struct ServerAdapterHardeningTests {
+    /// A scratch adapter root: a copy of fixture adapters, removed at the end.
+    final class Root: @unchecked Sendable {
+        let url: URL
+        init() throws {
+            url = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-server-hardening-\(UUID().uuidString)")
+            try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        }
+        func path(_ name: String) -> String { url.appendingPathComponent(name).path }
+        func copy(_ fixture: String, to name: String) throws {
+            try FileManager.default.copyItem(atPath: ServerFixtures.adapterRoot + "/" + fixture, toPath: path(name))
+        }
+        /// A copy of a-qv-r4 with `lora_alpha` replaced.
+        func withAlpha(_ alpha: String, name: String) throws {
+            try copy("a-qv-r4", to: name)
+            let config = try String(contentsOfFile: path(name) + "/adapter_config.json", encoding: .utf8)
+            try config.replacingOccurrences(of: "\"lora_alpha\": 8,", with: "\"lora_alpha\": \(alpha),")
+                .write(toFile: path(name) + "/adapter_config.json", atomically: false, encoding: .utf8)
+        }
+        /// A copy of a-qv-r4 with every weight set to `value` (the fixture's tensors are F32).
+        func withWeights(_ value: Float, name: String) throws {
+            try copy("a-qv-r4", to: name)
+            let file = path(name) + "/adapter_model.safetensors"
+            var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+            let headerLength = bytes[0..<8].enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+            let bits = withUnsafeBytes(of: value.bitPattern.littleEndian, Array.init)
+            for i in stride(from: 8 + headerLength, to: bytes.count, by: 4) { bytes.replaceSubrange(i..<(i + 4), with: bits) }
+            try Data(bytes).write(to: URL(fileURLWithPath: file))
+        }
+        deinit { try? FileManager.default.removeItem(at: url) }
+    }
+
     static let ask = "\"prompt\":[1,2,3],\"max_tokens\":5,\"temperature\":0,\"ignore_eos\":true}"
 
     static func text(_ r: (Int, String, HTTPFields)) throws -> String? {
         try (jsonObject(r.1)["choices"] as? [[String: Any]])?.first?["text"] as? String
+    }
+
+    /// lora_alpha 1e300 or weights of 1e30 (which made every logit NaN and crashed the process on a sampled
+    /// request) are refused with 400 — by load_lora_adapter and when found under the root — and the server
+    /// keeps serving everyone else.
+    @Test func overflowingAdaptersAreRefused() async throws {
+        let root = try Root()
+        try root.copy("a-qv-r4", to: "good")
+        try root.withAlpha("1e300", name: "alpha-huge")
+        try root.withWeights(1e30, name: "weights-huge")
+        try root.withWeights(.nan, name: "weights-nan")
+        let server = try ServerFixtures.server(adapterRoot: root.url.path) { $0.adminKey = "admin" }
+        try await ServerFixtures.withServer(server) { client in
+            for bad in ["alpha-huge", "weights-huge", "weights-nan"] {
+                let r = try await client.post("/v1/load_lora_adapter", "{\"lora_name\":\"x-\(bad)\",\"lora_path\":\"\(bad)\"}", key: "admin")
+                try expectError(r, status: 400, param: "lora_path")
+                #expect(r.1.contains(bad == "alpha-huge" ? "scaling" : bad == "weights-nan" ? "non-finite" : "magnitude"), "\(r.1)")
+                // Requested by its name under the root, sampled as in the issue: a 400, twice, no crash.
+                for _ in 0..<2 {
+                    let s = try await client.post("/v1/completions", "{\"model\":\"\(bad)\",\"prompt\":\"Hello\",\"max_tokens\":3,\"temperature\":1,\"top_p\":0.9}")
+                    try expectError(s, status: 400, param: "model", code: "adapter_load_failed")
+                }
+                try expectError(try await client.post("/v1/completions", "{\"model\":\"x-\(bad)\",\(Self.ask)"), status: 404)
+            }
+            // Everyone else is served.
+            let base = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"Hello\",\"max_tokens\":3,\"temperature\":1,\"top_p\":0.9}")
+            #expect(base.0 == 200, "\(base.1)")
+            let good = try await client.post("/v1/completions", "{\"model\":\"good\",\(Self.ask)")
+            #expect(good.0 == 200, "\(good.1)")
+            #expect(try await client.send("/health", .get).0 == 200)
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
     }
 
     /// A row of NaN logits (what an overflowing adapter produced) ends that request with a 500 (an error
