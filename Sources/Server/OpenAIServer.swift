@@ -133,18 +133,13 @@ public final class OpenAIServer: Sendable {
         }
         guard name != options.modelName else { throw APIError.invalid("lora_name", "'\(name)' is the base model's name") }
         let replace = try fields.bool("load_inplace") ?? false
-        if !replace, registry.serves(name) {
-            throw APIError.invalid("lora_name", "the adapter '\(name)' is already loaded", code: "adapter_exists")
-        }
+        // The registry loads and validates the files before it serves them under the name; on any failure
+        // nothing changes (with load_inplace, the earlier version keeps serving).
         do {
-            try registry.register(name: name, relativePath: path)
-        } catch let e as AdapterError {
-            throw APIError.invalid("lora_path", e.description)
-        }
-        do {
-            _ = try await registry.loadAsync(name)
+            try await registry.registerAsync(name: name, relativePath: path, replace: replace)
+        } catch let e as AdapterRegistry.NameTaken {
+            throw APIError.invalid("lora_name", e.description, code: "adapter_exists")
         } catch {
-            registry.unregister(name)
             throw APIError.invalid("lora_path", "\(error)")
         }
         return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],

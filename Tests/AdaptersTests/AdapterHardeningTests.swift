@@ -118,3 +118,173 @@ import Testing
         #expect(try AdapterLoader.load(path: dir.path("ok.gguf"), base: c).scale == 2)
     }
 }
+
+/// The registry: identities, confinement at every (re)load, failures remembered until the files change,
+/// in-place reloads that keep the old version on failure, NFC names.
+@Suite struct AdapterRegistryTests {
+    static let config = AdapterErrorTests.config
+    static let good = AdapterErrorTests.good
+
+    @Test func idsAreStableAcrossHostCacheReloads() throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("a"), config: Self.config)
+        try Self.good.writePEFT(to: dir.path("src"), config: Self.config)
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        #expect(registry.id(for: "a") == nil)
+        let first = try registry.load("a")
+        let id = try #require(registry.id(for: "a"))
+        #expect(first.id == id)
+        // Evicted from host memory and read again: new weights, same identity.
+        registry.evict("a")
+        let again = try registry.load("a")
+        #expect(again !== first && again.id == id && registry.id(for: "a") == id)
+        // The files changed on disk: the next read is a new identity.
+        registry.evict("a")
+        try TestAdapter(config: Self.config, rank: 4, alpha: 8, targets: [.k], seed: 4).writePEFT(to: dir.path("a"), config: Self.config)
+        let changed = try registry.load("a")
+        #expect(changed.id != id && registry.id(for: "a") == changed.id)
+        // A registration, an in-place reload, and unregister + register each give a new identity.
+        let b1 = try registry.register(name: "b", relativePath: "src")
+        #expect(registry.id(for: "b") == b1.id && b1.id != changed.id)
+        #expect(throws: AdapterRegistry.NameTaken.self) { try registry.register(name: "b", relativePath: "src") }
+        let b2 = try registry.register(name: "b", relativePath: "src", replace: true)
+        #expect(b2.id != b1.id && registry.id(for: "b") == b2.id)
+        #expect(registry.unregister("b") && registry.id(for: "b") == nil && !registry.serves("b"))
+        let b3 = try registry.register(name: "b", relativePath: "src")
+        #expect(b3.id != b2.id && b3.id != b1.id)
+        #expect(try registry.load("b") === b3)
+    }
+
+    /// A name's path is resolved once; every (re)load re-checks what it opened against the root, so a file
+    /// swapped for a symbolic link out of the root after registration is refused.
+    @Test func swappedSymlinkIsRefusedAtReload() throws {
+        let dir = try TempDir(), outside = try TempDir()
+        try Self.good.writePEFT(to: dir.path("a"), config: Self.config)
+        try Self.good.writePEFT(to: dir.path("sub"), config: Self.config)
+        try Self.good.writeGGUF(to: dir.path("g.gguf"), config: Self.config)
+        try Self.good.writePEFT(to: outside.path("evil"), config: Self.config)
+        try Self.good.writeGGUF(to: outside.path("evil.gguf"), config: Self.config)
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        _ = try registry.load("a")
+        _ = try registry.register(name: "reg", relativePath: "sub")
+        _ = try registry.load("g")
+        for name in ["a", "reg", "g"] { registry.evict(name) }
+        let fm = FileManager.default
+        // The weights file of `a`, the config of `reg`, and the GGUF file `g` each become a link out of the root.
+        try fm.removeItem(atPath: dir.path("a/adapter_model.safetensors"))
+        try fm.createSymbolicLink(atPath: dir.path("a/adapter_model.safetensors"), withDestinationPath: outside.path("evil/adapter_model.safetensors"))
+        try fm.removeItem(atPath: dir.path("sub/adapter_config.json"))
+        try fm.createSymbolicLink(atPath: dir.path("sub/adapter_config.json"), withDestinationPath: outside.path("evil/adapter_config.json"))
+        try fm.removeItem(atPath: dir.path("g.gguf"))
+        try fm.createSymbolicLink(atPath: dir.path("g.gguf"), withDestinationPath: outside.path("evil.gguf"))
+        for (name, file) in [("a", "adapter_model.safetensors"), ("reg", "adapter_config.json"), ("g", "g.gguf")] {
+            do {
+                _ = try registry.load(name)
+                Issue.record("\(name): loaded through a link out of the root")
+            } catch let e as AdapterError {
+                #expect(e.description == "adapter '\(name)': \(file) resolves outside the adapter root", "\(e)")
+            }
+        }
+        // The same with the whole directory swapped for a link.
+        try Self.good.writePEFT(to: dir.path("d"), config: Self.config)
+        _ = try registry.load("d")
+        registry.evict("d")
+        try fm.removeItem(atPath: dir.path("d"))
+        try fm.createSymbolicLink(atPath: dir.path("d"), withDestinationPath: outside.path("evil"))
+        #expect(throws: AdapterError.self) { try registry.load("d") }
+    }
+
+    /// A broken adapter is parsed once, then answered from memory until one of its files changes.
+    @Test func failuresAreRememberedUntilTheFilesChange() throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("big"), config: Self.config)
+        // A 2 MB adapter_config.json (refused by size before it is read) and a corrupt safetensors header.
+        try Data((Self.good.peftConfig + String(repeating: " ", count: 2 << 20)).utf8).write(to: URL(fileURLWithPath: dir.path("big/adapter_config.json")))
+        // A 1 MB safetensors header that is broken at its end: each read parses it all.
+        try Self.good.writePEFT(to: dir.path("corrupt"), config: Self.config,
+                                header: "{\"__metadata__\": {\"pad\": \"" + String(repeating: "x", count: 1 << 20) + "\"}, nope")
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        for name in ["big", "corrupt"] {
+            let before = registry.loadAttempts
+            var first: AdapterError?
+            let clock = ContinuousClock()
+            let start = clock.now
+            for _ in 0..<20 {
+                do {
+                    _ = try registry.load(name)
+                    Issue.record("\(name) loaded")
+                } catch let e as AdapterError {
+                    if first == nil { first = e }
+                    #expect(e == first)
+                }
+            }
+            let remembered = clock.now - start
+            if case .failed(let e) = registry.prefetch(name) { #expect(e == first) } else { Issue.record("prefetch did not report the failure") }
+            #expect(registry.loadAttempts == before + 1, "\(name) was read \(registry.loadAttempts - before) times")
+            // Forgetting the failure each time measures what every request cost before.
+            let start2 = clock.now
+            for _ in 0..<20 {
+                registry.clearFailure(name)
+                _ = try? registry.load(name)
+            }
+            print("failed adapter '\(name)': 20 requests remembered \(remembered), 20 re-parsed \(clock.now - start2)")
+            #expect(registry.loadAttempts == before + 21)
+        }
+        // Fixing the files makes them load.
+        try Self.good.writePEFT(to: dir.path("big"), config: Self.config)
+        try Self.good.writePEFT(to: dir.path("corrupt"), config: Self.config)
+        #expect(try registry.load("big").byteCount > 0)
+        #expect(try registry.load("corrupt").byteCount > 0)
+        // An adapter whose files vanish is no longer served (rather than a remembered error).
+        registry.evict("big")
+        try FileManager.default.removeItem(atPath: dir.path("big"))
+        #expect(throws: AdapterError.self) { try registry.load("big") }
+        #expect(!registry.serves("big"))
+    }
+
+    /// A failed in-place reload leaves the earlier version serving, with its identity.
+    @Test func failedInPlaceReloadKeepsTheOldVersion() throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("v1"), config: Self.config)
+        try Self.good.writePEFT(to: dir.path("broken"), config: Self.config, header: "{ nope")
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        let v1 = try registry.register(name: "hs", relativePath: "v1")
+        for path in ["broken", "missing", "../v1", "v1/../../x"] {
+            #expect(throws: (any Error).self) { try registry.register(name: "hs", relativePath: path, replace: true) }
+            #expect(registry.serves("hs") && registry.id(for: "hs") == v1.id && registry.cached("hs") === v1)
+        }
+        registry.evict("hs")
+        #expect(try registry.load("hs").id == v1.id)
+        // A failed first registration leaves nothing.
+        #expect(throws: AdapterError.self) { try registry.register(name: "new", relativePath: "broken") }
+        #expect(!registry.serves("new") && registry.id(for: "new") == nil)
+    }
+
+    /// A registered, loaded adapter is served from memory: its files can even disappear.
+    @Test func loadedAdaptersNeedNoFiles() throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("a"), config: Self.config)
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        let w = try registry.register(name: "mine", relativePath: "a")
+        try FileManager.default.moveItem(atPath: dir.path("a"), toPath: dir.path("moved"))
+        #expect(registry.serves("mine") && registry.cached("mine") === w)
+        #expect(try registry.path(for: "mine").hasSuffix("/a"))
+    }
+
+    /// Names are compared byte for byte and must be NFC.
+    @Test func namesMustBeNFC() throws {
+        #expect(throws: Never.self) { try AdapterRegistry.checkName("caf\u{E9}") }
+        do {
+            try AdapterRegistry.checkName("cafe\u{301}")
+            Issue.record("an NFD name was accepted")
+        } catch let e as AdapterError {
+            #expect(e.problem.contains("NFC"))
+        }
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("caf\u{E9}"), config: Self.config)
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        #expect(registry.available() == ["caf\u{E9}"])
+        #expect(registry.serves("caf\u{E9}") && !registry.serves("cafe\u{301}"))
+        #expect(throws: AdapterError.self) { try registry.register(name: "cafe\u{301}", relativePath: "caf\u{E9}") }
+    }
+}

@@ -81,6 +81,71 @@ import Testing
         #expect(try await ServerFixtures.waitIdle(server))
     }
 
+    /// vLLM's `load_inplace`: a corrupt replacement is a 400 and the working version keeps serving the same
+    /// text; a good replacement serves the new adapter.
+    @Test func failedInPlaceReloadKeepsTheOldVersion() async throws {
+        let root = try Root()
+        try root.copy("a-qv-r4", to: "v1")
+        try root.copy("b-all-r8-rslora", to: "v2")
+        try root.copy("a-qv-r4", to: "corrupt")
+        try Data("{\"r\": 4, \"lora_alpha\": ".utf8).write(to: URL(fileURLWithPath: root.path("corrupt") + "/adapter_config.json"))
+        let server = try ServerFixtures.server(adapterRoot: root.url.path) { $0.adminKey = "admin" }
+        try await ServerFixtures.withServer(server) { client in
+            #expect(try await client.post("/v1/load_lora_adapter", "{\"lora_name\":\"hs\",\"lora_path\":\"v1\"}", key: "admin").0 == 200)
+            let before = try await client.post("/v1/completions", "{\"model\":\"hs\",\(Self.ask)")
+            #expect(before.0 == 200)
+            let v1 = try #require(try Self.text(before))
+            let id = try #require(server.adapters?.id(for: "hs"))
+            for path in ["corrupt", "missing", "../v1"] {
+                let r = try await client.post("/v1/load_lora_adapter", "{\"lora_name\":\"hs\",\"lora_path\":\"\(path)\",\"load_inplace\":true}", key: "admin")
+                try expectError(r, status: 400, param: "lora_path")
+                let after = try await client.post("/v1/completions", "{\"model\":\"hs\",\(Self.ask)")
+                #expect(after.0 == 200, "\(after.1)")
+                #expect(try Self.text(after) == v1, "\(after.1)")
+                #expect(server.adapters?.id(for: "hs") == id)
+            }
+            // The base's own text differs from the adapter's (so the comparisons above can fail).
+            let base = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\(Self.ask)")
+            #expect(try Self.text(base) != v1)
+            // A good replacement is served at once, under a new identity.
+            #expect(try await client.post("/v1/load_lora_adapter", "{\"lora_name\":\"hs\",\"lora_path\":\"v2\",\"load_inplace\":true}", key: "admin").0 == 200)
+            let v2 = try await client.post("/v1/completions", "{\"model\":\"hs\",\(Self.ask)")
+            let direct = try await client.post("/v1/completions", "{\"model\":\"v2\",\(Self.ask)")
+            #expect(v2.0 == 200)
+            let v2Text = try Self.text(v2), directText = try Self.text(direct)
+            #expect(v2Text != nil && v2Text == directText && v2Text != v1)
+            #expect(server.adapters?.id(for: "hs") != id)
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
+    /// An adapter with a 2 MB adapter_config.json is refused without being read, and not read again per
+    /// request; once fixed it loads.
+    @Test func failedAdaptersAreNotReReadPerRequest() async throws {
+        let root = try Root()
+        try root.copy("a-qv-r4", to: "huge")
+        let configPath = root.path("huge") + "/adapter_config.json"
+        let good = try Data(contentsOf: URL(fileURLWithPath: configPath))
+        try (good + Data(repeating: 0x20, count: 2 << 20)).write(to: URL(fileURLWithPath: configPath))
+        let server = try ServerFixtures.server(adapterRoot: root.url.path)
+        let registry = try #require(server.adapters)
+        try await ServerFixtures.withServer(server) { client in
+            let clock = ContinuousClock()
+            let start = clock.now
+            for _ in 0..<20 {
+                let r = try await client.post("/v1/completions", "{\"model\":\"huge\",\(Self.ask)")
+                try expectError(r, status: 400, param: "model", code: "adapter_load_failed")
+                #expect(r.1.contains("more than the 1048576 allowed"), "\(r.1)")
+            }
+            print("20 requests to a failed adapter: \(clock.now - start)")
+            #expect(registry.loadAttempts == 1)
+            try good.write(to: URL(fileURLWithPath: configPath))
+            let fixed = try await client.post("/v1/completions", "{\"model\":\"huge\",\(Self.ask)")
+            #expect(fixed.0 == 200, "\(fixed.1)")
+            #expect(registry.loadAttempts == 2)
+        }
+    }
+
     /// A row of NaN logits (what an overflowing adapter produced) ends that request with a 500 (an error
     /// event when streamed), and the next request is served normally.
     @Test func nonFiniteLogitsEndTheRequestWithAnError() async throws {
