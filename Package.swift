@@ -44,7 +44,7 @@ let package = Package(
         // Models imports Tokenizers only for `MetadataSource`, which its GGUF reader implements.
         .target(name: "Models", dependencies: ["Kernels", "Tokenizers"], swiftSettings: strictSwift),
         // LoRA adapter formats (PEFT, GGUF LoRA), validation against the base, the adapter registry.
-        .target(name: "Adapters", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
+        .target(name: "Adapters", dependencies: ["Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
         // Pure request/batch bookkeeping: no tensors, no clock, no I/O (shared/DESIGN.md).
         .target(name: "Scheduling", swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.

@@ -1,6 +1,7 @@
 import Foundation
 import Kernels
 import Models
+import Tokenizers
 
 /// A problem with a LoRA adapter, naming the adapter, the tensor (when it is about one) and what is wrong.
 public struct AdapterError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -22,20 +23,47 @@ public struct AdapterError: Error, CustomStringConvertible, Equatable, Sendable 
 
 /// Reads LoRA adapters — PEFT directories (adapter_config.json + adapter_model.safetensors) and llama.cpp
 /// GGUF LoRA files — validates them against the base model and returns them compute-ready.
+///
+/// Everything in an adapter file is untrusted. Besides the shapes, the loader refuses what would make the
+/// base's outputs non-finite (an adapter with 1e30 weights or `lora_alpha` 1e300 turns every logit into NaN):
+/// - every A/B value finite and within ±`maxAbsWeight`;
+/// - a finite scaling (alpha / r, or alpha / √r for rsLoRA) within ±`maxScale`;
+/// - for each adapted matrix, |scale| · r · max|A| · max|B| — a bound on every entry of ΔW = scale·B·A —
+///   at most `maxDeltaBound`. Trained adapters are far below these (scales 0.25–16, ΔW entries below 1; the
+///   base's own weights are below ~10): the bounds only keep f32 activations far from overflow.
 public enum AdapterLoader {
     /// Largest rank we accept (PEFT adapters in the wild use ≤ 256).
     public static let maxRank = 1024
+    /// Largest |value| of an A or B entry.
+    public static let maxAbsWeight: Float = 1e4
+    /// Largest |scaling| (alpha / r, alpha / √r).
+    public static let maxScale = 1024.0
+    /// Largest |scale| · r · max|A| · max|B| of one adapted matrix.
+    public static let maxDeltaBound = 1e4
+    /// adapter_config.json larger than this is refused before it is read.
+    public static let maxConfigBytes = 1 << 20
+    /// Adapter weight files larger than this are refused before they are read (unless the caller passes
+    /// another limit; the registry passes its host-memory budget).
+    public static let defaultMaxFileBytes = 16 << 30
+    /// PEFT's default `lora_alpha` (peft.LoraConfig), used when adapter_config.json has none.
+    public static let peftDefaultAlpha = 8.0
+    /// The files of a PEFT directory the loader looks at.
+    static let peftFiles = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
 
-    /// Loads the adapter at `path` for `base`. `name` is how errors and the registry call it.
-    public static func load(path: String, name: String? = nil, base: ModelConfig) throws -> LoRAWeights {
+    /// Loads the adapter at `path` for `base`. `name` is how errors and the registry call it; `id` the
+    /// identity the weights carry. With `confinedTo` (the adapter root's real path) every file must resolve
+    /// under it when it is opened.
+    public static func load(path: String, name: String? = nil, base: ModelConfig, id: AdapterID = .next(),
+                            confinedTo root: String? = nil, maxFileBytes: Int = defaultMaxFileBytes) throws -> LoRAWeights {
         let name = name ?? URL(fileURLWithPath: path).lastPathComponent
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else {
             throw AdapterError(adapter: name, problem: "no such file or directory: \(path)")
         }
+        let files = AdapterFiles(path: path, name: name, rootRealPath: root)
         do {
-            if isDirectory.boolValue { return try loadPEFT(directory: path, name: name, base: base) }
-            if path.hasSuffix(".gguf") { return try loadGGUF(path: path, name: name, base: base) }
+            if isDirectory.boolValue { return try loadPEFT(files, base: base, id: id, maxFileBytes: maxFileBytes) }
+            if path.hasSuffix(".gguf") { return try loadGGUF(files, base: base, id: id, maxFileBytes: maxFileBytes) }
             throw AdapterError(adapter: name, problem: "unknown adapter format (expected a PEFT directory or a .gguf LoRA file)")
         } catch let e as CheckpointError {
             throw AdapterError(adapter: name, tensor: e.tensor, problem: "\((e.file as NSString).lastPathComponent): \(e.problem)")
@@ -44,42 +72,24 @@ public enum AdapterLoader {
 
     // MARK: PEFT
 
-    static func loadPEFT(directory: String, name: String, base: ModelConfig) throws -> LoRAWeights {
+    static func loadPEFT(_ files: AdapterFiles, base: ModelConfig, id: AdapterID, maxFileBytes: Int) throws -> LoRAWeights {
+        let name = files.name
         func fail(_ problem: String, tensor: String? = nil) -> AdapterError { AdapterError(adapter: name, tensor: tensor, problem: problem) }
-        let dir = URL(fileURLWithPath: directory)
-        let fm = FileManager.default
-        guard let configData = fm.contents(atPath: dir.appendingPathComponent("adapter_config.json").path) else {
+        guard let configFile = try files.open("adapter_config.json", maxBytes: maxConfigBytes) else {
             throw fail("missing adapter_config.json (not a PEFT adapter directory)")
         }
-        let weightsPath = dir.appendingPathComponent("adapter_model.safetensors").path
-        guard fm.fileExists(atPath: weightsPath) else {
-            if fm.fileExists(atPath: dir.appendingPathComponent("adapter_model.bin").path) {
+        let config = try peftConfig(configFile, name: name)
+        guard let weightsFile = try files.open("adapter_model.safetensors", maxBytes: maxFileBytes) else {
+            if files.exists("adapter_model.bin") {
                 throw fail("adapter_model.bin is a pickle; convert it to safetensors (e.g. with peft: model.save_pretrained(dir, safe_serialization=True))")
             }
             throw fail("missing adapter_model.safetensors")
         }
-        guard let config = try? JSONSerialization.jsonObject(with: configData) as? [String: Any] else {
-            throw fail("adapter_config.json is not a JSON object")
-        }
-        if let type = config["peft_type"] as? String, type != "LORA" { throw fail("peft_type \(type) is not supported (only LORA)") }
-        if (config["use_dora"] as? Bool) == true { throw fail("DoRA adapters (use_dora) are not supported") }
-        if let m = config["modules_to_save"], !(m is NSNull), !((m as? [Any])?.isEmpty ?? false) {
-            throw fail("modules_to_save is not supported (the adapter replaces whole modules)")
-        }
-        for key in ["rank_pattern", "alpha_pattern"] {
-            if let p = config[key] as? [String: Any], !p.isEmpty { throw fail("\(key) (per-module ranks or alphas) is not supported") }
-        }
-        if (config["fan_in_fan_out"] as? Bool) == true { throw fail("fan_in_fan_out (Conv1D-style weights) is not supported") }
-        if (config["lora_bias"] as? Bool) == true { throw fail("lora_bias (a bias on lora_B) is not supported") }
-        for key in ["layer_replication", "trainable_token_indices", "target_parameters"] {
-            if let v = config[key], !(v is NSNull) { throw fail("\(key) is not supported") }
-        }
-        guard let r = config["r"] as? Int, r > 0, r <= maxRank else { throw fail("r must be an integer in 1...\(maxRank)") }
-        let alpha = (config["lora_alpha"] as? NSNumber)?.doubleValue ?? Double(r)
-        let rslora = (config["use_rslora"] as? Bool) ?? false
-        guard alpha.isFinite else { throw fail("lora_alpha is not a finite number") }
+        let r = config.rank
+        let scale = config.rslora ? config.alpha / Double(r).squareRoot() : config.alpha / Double(r)
+        try checkScale(scale, name: name)
 
-        let file = try SafetensorsFile(path: weightsPath)
+        let file = try SafetensorsFile(file: weightsFile)
         var modules = Array(repeating: [LoRAModule?](repeating: nil, count: LoRATarget.allCases.count), count: base.numLayers)
         var pairs: [String: (a: SafetensorsTensorInfo?, b: SafetensorsTensorInfo?)] = [:]
         for (tensorName, info) in file.tensors {
@@ -108,22 +118,106 @@ public enum AdapterLoader {
                 throw fail("layer \(layer) does not exist (the base model has \(base.numLayers) layers)", tensor: stem)
             }
             guard let a = pair.a, let b = pair.b else { throw fail("has lora_\(pair.a == nil ? "A" : "B") but not the other", tensor: stem) }
-            modules[layer][target.rawValue] = try module(a: (a.shape, file.file.base + a.offset, a.dtype), b: (b.shape, file.file.base + b.offset, b.dtype),
-                                                         rank: r, target: target, layer: layer, base: base, permute: base.ropeStyle == .adjacentPairs,
-                                                         name: name, tensor: stem)
+            guard a.shape.count == 2, a.shape[0] == r else {
+                throw fail("lora_A is \(a.shape): its rank does not match r = \(r) in adapter_config.json", tensor: stem)
+            }
+            let (m, bound) = try module(a: (a.shape, file.file.base + a.offset, a.dtype), b: (b.shape, file.file.base + b.offset, b.dtype),
+                                        target: target, layer: layer, base: base, permute: base.ropeStyle == .adjacentPairs,
+                                        name: name, tensor: stem)
+            try checkDelta(scale: scale, bound: bound, name: name, tensor: stem)
+            modules[layer][target.rawValue] = m
         }
-        let scale = rslora ? alpha / Double(r).squareRoot() : alpha / Double(r)
-        return LoRAWeights(name: name, scale: Float(scale), modules: modules)
+        return LoRAWeights(name: name, scale: Float(scale), modules: modules, id: id)
+    }
+
+    struct PEFTConfig {
+        var rank: Int
+        var alpha: Double
+        var rslora: Bool
+    }
+
+    /// adapter_config.json, parsed strictly (the project's exact JSON parser: duplicate keys refused, integers
+    /// kept apart from doubles); every key that changes the computation is checked for type and support.
+    static func peftConfig(_ file: MappedFile, name: String) throws -> PEFTConfig {
+        func fail(_ problem: String) -> AdapterError { AdapterError(adapter: name, problem: "adapter_config.json: " + problem) }
+        let json: ExactJSON
+        do {
+            json = try ExactJSON.parse(UnsafeRawBufferPointer(start: file.base, count: file.count), name: "adapter_config.json")
+        } catch {
+            throw fail("not valid JSON (\(error))")
+        }
+        guard case .object(let members) = json else { throw fail("not a JSON object") }
+        var config: [String: ExactJSON] = [:]
+        for (key, value) in members {
+            guard config.updateValue(value, forKey: key) == nil else { throw fail("duplicate key '\(key.prefix(64))'") }
+        }
+        func bool(_ key: String) throws -> Bool {
+            switch config[key] {
+            case nil, .null?: return false
+            case .bool(let b)?: return b
+            default: throw fail("\(key) must be true or false")
+            }
+        }
+        if let type = config["peft_type"] {
+            guard case .string(let t) = type else { throw fail("peft_type must be a string") }
+            guard t == "LORA" else { throw fail("peft_type \(t.prefix(64)) is not supported (only LORA)") }
+        }
+        if try bool("use_dora") { throw fail("DoRA adapters (use_dora) are not supported") }
+        switch config["modules_to_save"] {
+        case nil, .null?: break
+        case .array(let a)? where a.isEmpty: break
+        default: throw fail("modules_to_save is not supported (the adapter replaces whole modules)")
+        }
+        for key in ["rank_pattern", "alpha_pattern"] {
+            switch config[key] {
+            case nil, .null?: break
+            case .object(let o)? where o.isEmpty: break
+            default: throw fail("\(key) (per-module ranks or alphas) is not supported")
+            }
+        }
+        if try bool("fan_in_fan_out") { throw fail("fan_in_fan_out (Conv1D-style weights) is not supported") }
+        if try bool("lora_bias") { throw fail("lora_bias (a bias on lora_B) is not supported") }
+        for key in ["layer_replication", "trainable_token_indices", "target_parameters"] {
+            if let v = config[key], v != .null { throw fail("\(key) is not supported") }
+        }
+        guard case .int(let r)? = config["r"], r > 0, r <= maxRank else { throw fail("r must be an integer in 1...\(maxRank)") }
+        let alpha: Double
+        switch config["lora_alpha"] {
+        case nil: alpha = peftDefaultAlpha
+        case .int(let a)?: alpha = Double(a)
+        case .double(let a)?: alpha = a
+        default: throw fail("lora_alpha must be a number")
+        }
+        guard alpha.isFinite else { throw fail("lora_alpha is not a finite number") }
+        return PEFTConfig(rank: r, alpha: alpha, rslora: try bool("use_rslora"))
+    }
+
+    /// The adapter's scaling must be finite and within ±`maxScale`.
+    static func checkScale(_ scale: Double, name: String) throws {
+        guard scale.isFinite, abs(scale) <= maxScale else {
+            throw AdapterError(adapter: name, problem: "the scaling (alpha / r, or alpha / √r with rsLoRA) is \(scale); at most ±\(Int(maxScale)) is accepted")
+        }
+    }
+
+    /// |scale| · r · max|A| · max|B| of one matrix within `maxDeltaBound`.
+    static func checkDelta(scale: Double, bound: Double, name: String, tensor: String) throws {
+        guard abs(scale) * bound <= maxDeltaBound else {
+            throw AdapterError(adapter: name, tensor: tensor, problem: "weights too large: |scale| · r · max|A| · max|B| = \(abs(scale) * bound) exceeds \(Int(maxDeltaBound)) (its outputs would overflow)")
+        }
     }
 
     // MARK: GGUF LoRA (llama.cpp)
 
-    static func loadGGUF(path: String, name: String, base: ModelConfig) throws -> LoRAWeights {
+    static func loadGGUF(_ files: AdapterFiles, base: ModelConfig, id: AdapterID, maxFileBytes: Int) throws -> LoRAWeights {
+        let name = files.name
         func fail(_ problem: String, tensor: String? = nil) -> AdapterError { AdapterError(adapter: name, tensor: tensor, problem: problem) }
-        let gguf = try GGUFFile(path: path)
+        guard let file = try files.open(nil, maxBytes: maxFileBytes) else { throw fail("no such file: \(files.path)") }
+        let gguf = try GGUFFile(file: file)
         guard gguf.string("general.type") == "adapter", gguf.string("adapter.type") == "lora" else {
             throw fail("not a GGUF LoRA adapter (general.type must be 'adapter' and adapter.type 'lora')")
         }
+        guard let alpha = gguf.float("adapter.lora.alpha") else { throw fail("adapter.lora.alpha is missing or not a number") }
+        guard alpha.isFinite else { throw fail("adapter.lora.alpha is not a finite number") }
         if let arch = gguf.string("general.architecture"), let a = Architecture(rawValue: arch), a != base.architecture,
            !(Set([a, base.architecture]).isSubset(of: [.llama, .mistral])) {
             throw fail("made for architecture '\(arch)', the base is '\(base.architecture.rawValue)'")
@@ -135,6 +229,7 @@ public enum AdapterLoader {
         var modules = Array(repeating: [LoRAModule?](repeating: nil, count: LoRATarget.allCases.count), count: base.numLayers)
         var rank = 0
         var found = Set<String>()
+        var bounds: [(tensor: String, bound: Double)] = []
         for info in gguf.tensors {
             let n = info.name
             guard n.hasSuffix(".weight.lora_a") || n.hasSuffix(".weight.lora_b") else {
@@ -155,30 +250,38 @@ public enum AdapterLoader {
             found.insert(bName)
             // ggml shapes list the contiguous dimension first: lora_a [in, r] is A (r × in); lora_b [r, out] is B (out × r).
             guard info.shape.count == 2, b.shape.count == 2 else { throw fail("LoRA tensors must be 2-D", tensor: n) }
+            // llama.cpp scales each matrix by alpha / (its own rank); one scale per adapter here, so one rank.
             let r = info.shape[1]
-            rank = max(rank, r)
-            let m = try module(a: ([info.shape[1], info.shape[0]], gguf.file.base + info.offset, info.dtype),
-                               b: ([b.shape[1], b.shape[0]], gguf.file.base + b.offset, b.dtype),
-                               rank: r, target: target, layer: layer, base: base, permute: adapterPermuted != basePermuted,
-                               name: name, tensor: stem, inverse: adapterPermuted)
+            guard rank == 0 || r == rank else {
+                throw fail("rank \(r) differs from the adapter's other tensors (rank \(rank)); mixed ranks are not supported", tensor: n)
+            }
+            rank = r
+            let (m, bound) = try module(a: ([info.shape[1], info.shape[0]], gguf.file.base + info.offset, info.dtype),
+                                        b: ([b.shape[1], b.shape[0]], gguf.file.base + b.offset, b.dtype),
+                                        target: target, layer: layer, base: base, permute: adapterPermuted != basePermuted,
+                                        name: name, tensor: stem, inverse: adapterPermuted)
             modules[layer][target.rawValue] = m
+            bounds.append((stem, bound))
         }
         for info in gguf.tensors where info.name.hasSuffix(".lora_b") && !found.contains(info.name) {
             throw fail("has lora_b but no lora_a", tensor: info.name)
         }
         guard rank > 0 else { throw fail("holds no LoRA tensors") }
-        guard let alpha = gguf.float("adapter.lora.alpha"), alpha.isFinite else { throw fail("missing adapter.lora.alpha") }
-        // llama.cpp scales by alpha / r (with r the tensor's rank).
-        return LoRAWeights(name: name, scale: Float(alpha / Double(rank)), modules: modules)
+        // llama.cpp: alpha / r, and an alpha of 0 means no scaling (1).
+        let scale = alpha == 0 ? 1 : alpha / Double(rank)
+        try checkScale(scale, name: name)
+        for (tensor, bound) in bounds { try checkDelta(scale: scale, bound: bound, name: name, tensor: tensor) }
+        return LoRAWeights(name: name, scale: Float(scale), modules: modules, id: id)
     }
 
     // MARK: Shared
 
     /// Validates one A/B pair against the base matrix it adapts and converts it to f32, permuting B's rows
     /// between the Hugging Face (rotate-half) and llama.cpp (adjacent-pair) layouts of Q and K when needed.
+    /// Returns the module and r · max|A| · max|B| (times the scale, a bound on the entries of ΔW).
     static func module(a: (shape: [Int], data: UnsafeRawPointer, dtype: DType), b: (shape: [Int], data: UnsafeRawPointer, dtype: DType),
-                       rank: Int, target: LoRATarget, layer: Int, base: ModelConfig, permute: Bool,
-                       name: String, tensor: String, inverse: Bool = false) throws -> LoRAModule {
+                       target: LoRATarget, layer: Int, base: ModelConfig, permute: Bool,
+                       name: String, tensor: String, inverse: Bool = false) throws -> (LoRAModule, bound: Double) {
         func fail(_ problem: String) -> AdapterError { AdapterError(adapter: name, tensor: tensor, problem: problem) }
         let (rows, cols) = target.shape(base)
         guard a.shape.count == 2, b.shape.count == 2 else { throw fail("LoRA tensors must be 2-D") }
@@ -202,17 +305,28 @@ public enum AdapterLoader {
                 Kernels.dequantize(b.dtype, b.data + o * b.dtype.byteCount(elements: r)!, count: r, into: p.baseAddress! + o * r)
             }
         }
-        guard !af.contains(where: { !$0.isFinite }), !bf.contains(where: { !$0.isFinite }) else { throw fail("holds non-finite values") }
+        func largest(_ v: [Float], _ which: String) throws -> Float {
+            var m: Float = 0
+            for x in v {
+                guard x.isFinite else { throw fail("\(which) holds non-finite values (NaN or infinity)") }
+                m = max(m, abs(x))
+            }
+            guard m <= maxAbsWeight else { throw fail("\(which) holds a value of magnitude \(m); at most \(Int(maxAbsWeight)) is accepted") }
+            return m
+        }
+        let maxA = try largest(af, "lora_A"), maxB = try largest(bf, "lora_B")
+        let bound = Double(r) * Double(maxA) * Double(maxB)
         if permute && (target == .q || target == .k) {
             bf = permuteRows(bf, rowLength: r, heads: target == .q ? base.numHeads : base.numKVHeads, headDim: base.headDim, inverse: inverse)
         }
         // Half-precision adapters stay half precision (exact: the values came from that format).
         let storage: DType = a.dtype == b.dtype && (a.dtype == .f16 || a.dtype == .bf16) ? a.dtype : .f32
-        return af.withUnsafeBufferPointer { ap in
+        let m = af.withUnsafeBufferPointer { ap in
             bf.withUnsafeBufferPointer { bp in
                 LoRAModule(rank: r, inFeatures: cols, outFeatures: rows, a: ap.baseAddress!, b: bp.baseAddress!, dtype: storage)
             }
         }
+        return (m, bound)
     }
 
     /// llama.cpp's Q/K permutation: within each head, row j·(d/2) + i (rotate-half) moves to row 2i + j

@@ -1,159 +1,292 @@
 import Foundation
 import Models
 
-/// Adapters by name under one root directory: `<root>/<name>/` (PEFT) or `<root>/<name>.gguf` (GGUF LoRA).
-/// Loaded on demand into host memory — in the background, so the step loop never waits on the disk —
-/// and kept in a host cache bounded in bytes (least recently used evicted first).
+/// Adapters by name under one root directory: `<root>/<name>/` (PEFT) or `<root>/<name>.gguf` (GGUF LoRA),
+/// and names registered with `register` for a path under the root.
+///
+/// - **Identity.** Each name gets one `AdapterID` when it is registered or first found under the root. The
+///   weights carry it, and a reload after a host-cache eviction keeps it as long as the files are the same
+///   ones; a registration (an in-place reload too), an unregister followed by a new registration, or files
+///   changed on disk give a new one.
+/// - **Paths.** A name's path is resolved (symbolic links followed) and confined to the root once, when it
+///   is registered or found; a request for a loaded adapter touches no file. Every (re)load opens the files
+///   again and checks that what it opened lies under the root's real path, so a file swapped for a symbolic
+///   link leading out of the root after registration is still refused.
+/// - **Memory.** Loaded adapters stay in a host cache bounded in bytes (least recently used evicted first);
+///   loads run on a background queue, so the step loop never waits on the disk.
+/// - **Failures.** A failed load is remembered with the identity (device, inode, size, times) of the files it
+///   read, and answered from memory until one of them changes: a broken adapter costs a few stat calls per
+///   request, not a parse.
+/// - **Names** are one plain path component (no separators, no leading dot, no control characters, at most
+///   255 bytes) in Unicode NFC: they are compared byte for byte, and a name in another normalization form
+///   (`e` + U+0301 for `é`) is refused rather than silently matched to, or kept apart from, its NFC twin.
 public final class AdapterRegistry: @unchecked Sendable {
     public let root: URL
+    /// The root with symbolic links resolved (once, at init): every adapter file must lie under it.
+    public let rootRealPath: String
     public let base: ModelConfig
-    /// Host-memory budget for loaded adapters.
+    /// Host-memory budget for loaded adapters; also the largest adapter file the loader reads.
     public let hostBudgetBytes: Int
 
+    private struct Entry {
+        let id: AdapterID
+        /// Resolved at registration or discovery: a real path under the root.
+        let path: String
+        /// Registered with `register` (else found under the root by its name).
+        let registered: Bool
+        var weights: LoRAWeights?
+        var lastUse: UInt64 = 0
+        /// The identity of the files the weights (of this id) were loaded from.
+        var loadedFrom: [FileStamp]?
+        /// The last failed load and the identity of the files it read.
+        var failure: (error: AdapterError, files: [FileStamp])?
+        var loading = false
+    }
+
+    /// A name compared and hashed by its exact UTF-8 bytes (`String` compares by canonical equivalence).
+    private struct Key: Hashable {
+        let bytes: [UInt8]
+        init(_ name: String) { bytes = Array(name.utf8) }
+    }
+
     private let lock = NSLock()
-    private var loaded: [String: (weights: LoRAWeights, lastUse: UInt64)] = [:]
-    private var loading: Set<String> = []
-    private var failures: [String: AdapterError] = [:]
-    /// Names registered with `register` (name → path under the root), and names taken out with `unregister`.
-    private var aliases: [String: String] = [:]
-    private var removed: Set<String> = []
+    private var entries: [Key: Entry] = [:]
+    /// Names under the root taken out with `unregister` (not found again until registered).
+    private var removed: Set<Key> = []
     private var clock: UInt64 = 0
+    private var attempts = 0
     private let queue = DispatchQueue(label: "dlora.adapter-loader", qos: .utility)
 
     public init(root: String, base: ModelConfig, hostBudgetBytes: Int = 4 << 30) throws {
         var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue else {
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue,
+              let real = AdapterFiles.realPath(root) else {
             throw AdapterError(adapter: root, problem: "adapter root is not a directory")
         }
         self.root = URL(fileURLWithPath: root)
+        rootRealPath = real
         self.base = base
         self.hostBudgetBytes = hostBudgetBytes
     }
 
-    /// Checks that `name` is a plain name (no path separators, no leading dot) and finds its files: a name
-    /// registered with `register`, else `<root>/<name>/` or `<root>/<name>.gguf`. The files must lie under the
-    /// root once symbolic links are resolved.
-    public func path(for name: String) throws -> String {
-        try Self.checkName(name)
+    /// Loads started (each reads and parses the adapter's files), failed ones included.
+    public var loadAttempts: Int {
         lock.lock()
-        let registered = aliases[name], gone = removed.contains(name)
-        lock.unlock()
-        guard !gone else { throw AdapterError(adapter: name, problem: "not found under the adapter root") }
-        if let registered {
-            try confine(registered, adapter: name)
-            return registered
-        }
-        let fm = FileManager.default
-        let dir = root.appendingPathComponent(name)
-        var isDirectory: ObjCBool = false
-        if fm.fileExists(atPath: dir.path, isDirectory: &isDirectory) {
-            if isDirectory.boolValue || name.hasSuffix(".gguf") {
-                try confine(dir.path, adapter: name)
-                return dir.path
-            }
-        }
-        let gguf = root.appendingPathComponent(name + ".gguf")
-        if fm.fileExists(atPath: gguf.path) {
-            try confine(gguf.path, adapter: name)
-            return gguf.path
-        }
-        throw AdapterError(adapter: name, problem: "not found under the adapter root")
+        defer { lock.unlock() }
+        return attempts
     }
 
-    /// An adapter name is one plain path component: no separators, no leading dot, no NUL, at most 255 bytes.
+    // MARK: Names and paths
+
+    /// An adapter name is one plain path component: no separators, no leading dot, no control characters, at
+    /// most 255 bytes, in Unicode NFC.
     public static func checkName(_ name: String) throws {
         guard !name.isEmpty, name.utf8.count <= 255, !name.contains("/"), !name.contains("\\"), !name.hasPrefix("."),
-              !name.contains("\0"), !name.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+              !name.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
             throw AdapterError(adapter: String(name.prefix(64)), problem: "invalid adapter name (a plain file or directory name under the adapter root)")
+        }
+        guard name.unicodeScalars.elementsEqual(name.precomposedStringWithCanonicalMapping.unicodeScalars) else {
+            throw AdapterError(adapter: String(name.prefix(64)),
+                               problem: "invalid adapter name: not in Unicode NFC (names are compared byte for byte; write composed characters, e.g. U+00E9 for é)")
         }
     }
 
-    /// Serves the adapter at `relativePath` (relative to the root, no `..`, no absolute path, no symbolic link
-    /// leading out of the root) under `name`, replacing an earlier registration of that name.
-    public func register(name: String, relativePath: String) throws {
+    /// The resolved path of `name`'s files: registered, or found under the root as `<name>/` or `<name>.gguf`
+    /// (and then remembered). Throws for an invalid name, one not found, or one that resolves outside the root.
+    public func path(for name: String) throws -> String {
+        try entry(name).path
+    }
+
+    /// The identity of `name` (nil when it is neither registered nor found under the root yet).
+    public func id(for name: String) -> AdapterID? {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries[Key(name)]?.id
+    }
+
+    /// Whether `name` is served (registered, or found under the root and not unregistered). For a name
+    /// already known this touches no file.
+    public func serves(_ name: String) -> Bool {
+        (try? entry(name)) != nil
+    }
+
+    /// The entry of `name`, found under the root on first use.
+    private func entry(_ name: String) throws -> Entry {
+        lock.lock()
+        if let e = entries[Key(name)] {
+            lock.unlock()
+            return e
+        }
+        let gone = removed.contains(Key(name))
+        lock.unlock()
+        try Self.checkName(name)
+        guard !gone, let path = discover(name) else {
+            throw AdapterError(adapter: name, problem: "not found under the adapter root")
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        if let e = entries[Key(name)] { return e }  // found meanwhile (or registered)
+        guard !removed.contains(Key(name)) else { throw AdapterError(adapter: name, problem: "not found under the adapter root") }
+        let e = Entry(id: .next(), path: path, registered: false)
+        entries[Key(name)] = e
+        return e
+    }
+
+    /// `<root>/<name>/` (or a `<root>/<name>` that is a file named *.gguf), else `<root>/<name>.gguf`, resolved
+    /// and confined; nil when neither exists or it resolves outside the root.
+    private func discover(_ name: String) -> String? {
+        let fm = FileManager.default
+        let dir = root.appendingPathComponent(name).path
+        var isDirectory: ObjCBool = false
+        if fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue || name.hasSuffix(".gguf") {
+            return confined(dir)
+        }
+        let gguf = dir + ".gguf"
+        return fm.fileExists(atPath: gguf) ? confined(gguf) : nil
+    }
+
+    /// `path` with symbolic links resolved, if that lies under the root.
+    private func confined(_ path: String) -> String? {
+        guard let real = AdapterFiles.realPath(path), real.hasPrefix(rootRealPath + "/") else { return nil }
+        return real
+    }
+
+    /// Names of the adapters served: those registered, and those under the root (less any unregistered).
+    /// Entries whose names could not be requested (not NFC, invalid) are not listed.
+    public func available() -> [String] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
+        let found = entries.compactMap { entry -> String? in
+            var isDirectory: ObjCBool = false
+            let p = root.appendingPathComponent(entry).path
+            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) else { return nil }
+            let name: String
+            if isDirectory.boolValue {
+                guard FileManager.default.fileExists(atPath: p + "/adapter_config.json") else { return nil }
+                name = entry
+            } else {
+                guard entry.hasSuffix(".gguf") else { return nil }
+                name = String(entry.dropLast(5))
+            }
+            return (try? Self.checkName(name)) != nil ? name : nil
+        }
+        lock.lock()
+        defer { lock.unlock() }
+        let registered = self.entries.filter(\.value.registered).keys.map { String(decoding: $0.bytes, as: UTF8.self) }
+        return Set(found.filter { !removed.contains(Key($0)) } + registered).sorted()
+    }
+
+    // MARK: Registration
+
+    /// `register` refused a name that is served already (pass `replace: true` to reload in place).
+    public struct NameTaken: Error, CustomStringConvertible, Sendable {
+        public let name: String
+        public var description: String { "the adapter '\(name)' is already loaded" }
+    }
+
+    /// Loads the adapter at `relativePath` (relative to the root: no `..`, no absolute path, nothing that
+    /// resolves outside the root) and serves it under `name` with a new `AdapterID`. With `replace`, an earlier
+    /// version of `name` is replaced — but only once the new files have loaded: on any failure nothing
+    /// changes, and the earlier version keeps serving.
+    @discardableResult
+    public func register(name: String, relativePath: String, replace: Bool = false) throws -> LoRAWeights {
         try Self.checkName(name)
         let parts = relativePath.split(separator: "/", omittingEmptySubsequences: true)
         guard !relativePath.isEmpty, !relativePath.hasPrefix("/"), !relativePath.contains("\0"), !relativePath.contains("\\"),
               !parts.isEmpty, !parts.contains(".."), relativePath.utf8.count <= 4096 else {
             throw AdapterError(adapter: name, problem: "adapter path must be relative to the adapter root, without '..'")
         }
+        if !replace, serves(name) { throw NameTaken(name: name) }
         let path = parts.reduce(root) { $0.appendingPathComponent(String($1)) }.path
         guard FileManager.default.fileExists(atPath: path) else {
             throw AdapterError(adapter: name, problem: "path '\(relativePath)' not found under the adapter root")
         }
-        try confine(path, adapter: name)
+        guard let real = confined(path) else { throw AdapterError(adapter: name, problem: "resolves outside the adapter root") }
+        let id = AdapterID.next()
+        let files = AdapterFiles.identity(of: real)
+        let weights = try read(path: real, name: name, id: id)
         lock.lock()
-        aliases[name] = path
-        removed.remove(name)
-        loaded[name] = nil
-        failures[name] = nil
-        lock.unlock()
+        defer { lock.unlock() }
+        if !replace, entries[Key(name)] != nil { throw NameTaken(name: name) }
+        clock += 1
+        entries[Key(name)] = Entry(id: id, path: real, registered: true, weights: weights, lastUse: clock, loadedFrom: files)
+        removed.remove(Key(name))
+        trimCache(keeping: name)
+        return weights
+    }
+
+    /// `register` on the loader queue.
+    @discardableResult
+    public func registerAsync(name: String, relativePath: String, replace: Bool = false) async throws -> LoRAWeights {
+        try await withCheckedThrowingContinuation { continuation in
+            queue.async { [self] in
+                continuation.resume(with: Result { try register(name: name, relativePath: relativePath, replace: replace) })
+            }
+        }
     }
 
     /// Stops serving `name` (in-flight requests keep their reference); false when it was not known.
     @discardableResult
     public func unregister(_ name: String) -> Bool {
+        let known = serves(name)
         lock.lock()
         defer { lock.unlock() }
-        let known = aliases.removeValue(forKey: name) != nil || loaded[name] != nil
-        loaded[name] = nil
-        failures[name] = nil
-        removed.insert(name)
+        entries[Key(name)] = nil
+        removed.insert(Key(name))
         return known
     }
 
-    /// Throws unless `path` (and, for a PEFT directory, the files the loader reads) resolve inside the root.
-    private func confine(_ path: String, adapter: String) throws {
-        let rootReal = root.resolvingSymlinksInPath().path
-        var candidates = [path]
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
-            candidates += (try? FileManager.default.contentsOfDirectory(atPath: path))?.map { path + "/" + $0 } ?? []
-        }
-        for p in candidates {
-            let real = URL(fileURLWithPath: p).resolvingSymlinksInPath().path
-            guard real.hasPrefix(rootReal + "/") else {
-                throw AdapterError(adapter: adapter, problem: "resolves outside the adapter root")
-            }
-        }
-    }
-
-    /// Names of the adapters served: those registered, and those under the root (less any unregistered).
-    public func available() -> [String] {
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
-        let found = entries.filter { !$0.hasPrefix(".") }.compactMap { entry -> String? in
-            var isDirectory: ObjCBool = false
-            let p = root.appendingPathComponent(entry).path
-            guard FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) else { return nil }
-            if isDirectory.boolValue { return FileManager.default.fileExists(atPath: p + "/adapter_config.json") ? entry : nil }
-            return entry.hasSuffix(".gguf") ? String(entry.dropLast(5)) : nil
-        }
-        lock.lock()
-        defer { lock.unlock() }
-        return Set(found.filter { !removed.contains($0) } + aliases.keys).sorted()
-    }
-
-    /// Whether `name` is served (registered, or found under the root and not unregistered).
-    public func serves(_ name: String) -> Bool {
-        (try? path(for: name)) != nil
-    }
+    // MARK: Loading
 
     /// The adapter if it is in host memory (marks it recently used); nil otherwise.
     public func cached(_ name: String) -> LoRAWeights? {
         lock.lock()
         defer { lock.unlock() }
-        guard let entry = loaded[name] else { return nil }
+        guard let weights = entries[Key(name)]?.weights else { return nil }
         clock += 1
-        loaded[name] = (entry.weights, clock)
-        return entry.weights
+        entries[Key(name)]?.lastUse = clock
+        return weights
     }
 
-    /// Loads synchronously (or returns the cached copy).
+    /// Loads synchronously (or returns the cached copy, or the remembered failure while the files are unchanged).
     public func load(_ name: String) throws -> LoRAWeights {
         if let w = cached(name) { return w }
-        let weights = try AdapterLoader.load(path: path(for: name), name: name, base: base)
-        insert(name, weights)
-        return weights
+        let e = try entry(name)
+        let files = AdapterFiles.identity(of: e.path)
+        if let f = e.failure, f.files == files { throw f.error }
+        // Same files as the weights this id was loaded from (or the first load): same id. Changed: a new one.
+        let id = e.loadedFrom.map { $0 == files } ?? true ? e.id : AdapterID.next()
+        do {
+            let weights = try read(path: e.path, name: name, id: id)
+            lock.lock()
+            defer { lock.unlock() }
+            // Unregistered or replaced while it loaded: hand the weights to this caller, keep nothing.
+            guard entries[Key(name)]?.id == e.id else { return weights }
+            clock += 1
+            entries[Key(name)] = Entry(id: id, path: e.path, registered: e.registered, weights: weights, lastUse: clock, loadedFrom: files)
+            trimCache(keeping: name)
+            return weights
+        } catch {
+            let failure = error as? AdapterError ?? AdapterError(adapter: name, problem: "\(error)")
+            lock.lock()
+            defer { lock.unlock() }
+            if entries[Key(name)]?.id == e.id {
+                // A name found under the root whose files are gone is no longer served (404, not a load error).
+                if !e.registered, files.first?.errno == ENOENT {
+                    entries[Key(name)] = nil
+                } else {
+                    entries[Key(name)]?.failure = (failure, files)
+                }
+            }
+            throw failure
+        }
+    }
+
+    private func read(path: String, name: String, id: AdapterID) throws -> LoRAWeights {
+        lock.lock()
+        attempts += 1
+        lock.unlock()
+        return try AdapterLoader.load(path: path, name: name, base: base, id: id, confinedTo: rootRealPath,
+                                      maxFileBytes: max(hostBudgetBytes, 1 << 20))
     }
 
     /// Loads on the registry's loader queue (or returns the cached copy) without blocking the caller's thread.
@@ -183,68 +316,57 @@ public final class AdapterRegistry: @unchecked Sendable {
     }
 
     /// Starts loading `name` in the background if needed and says where it stands; the step loop polls this
-    /// and schedules the adapter's requests once it is `.ready`.
+    /// and schedules the adapter's requests once it is `.ready`. A failure stands until the files change.
     public func prefetch(_ name: String) -> Status {
         if let w = cached(name) { return .ready(w) }
+        let e: Entry
+        do { e = try entry(name) } catch { return .failed(error as? AdapterError ?? AdapterError(adapter: name, problem: "\(error)")) }
+        if let f = e.failure, f.files == AdapterFiles.identity(of: e.path) { return .failed(f.error) }
         lock.lock()
-        if let e = failures[name] {
-            lock.unlock()
-            return .failed(e)
-        }
-        if loading.contains(name) {
+        if entries[Key(name)]?.loading == true {
             lock.unlock()
             return .loading
         }
-        loading.insert(name)
+        entries[Key(name)]?.loading = true
         lock.unlock()
         queue.async { [self] in
-            do {
-                let weights = try AdapterLoader.load(path: path(for: name), name: name, base: base)
-                insert(name, weights)
-            } catch {
-                let e = error as? AdapterError ?? AdapterError(adapter: name, problem: "\(error)")
-                lock.lock()
-                failures[name] = e
-                lock.unlock()
-            }
+            _ = try? load(name)
             lock.lock()
-            loading.remove(name)
+            entries[Key(name)]?.loading = false
             lock.unlock()
         }
         return .loading
     }
 
-    /// Forgets a failed load so that a fixed adapter can be tried again.
+    /// Forgets a failed load so that the adapter is read again on the next request even if its files did
+    /// not change.
     public func clearFailure(_ name: String) {
         lock.lock()
-        failures[name] = nil
+        entries[Key(name)]?.failure = nil
         lock.unlock()
     }
 
-    /// Drops an adapter from host memory (in-flight users keep their reference).
+    /// Drops an adapter from host memory (in-flight users keep their reference); it keeps its id, and the next
+    /// request reads it again.
     public func evict(_ name: String) {
         lock.lock()
-        loaded[name] = nil
+        entries[Key(name)]?.weights = nil
         lock.unlock()
     }
 
     public var hostBytes: Int {
         lock.lock()
         defer { lock.unlock() }
-        return loaded.values.reduce(0) { $0 + $1.weights.byteCount }
+        return entries.values.reduce(0) { $0 + ($1.weights?.byteCount ?? 0) }
     }
 
-    private func insert(_ name: String, _ weights: LoRAWeights) {
-        lock.lock()
-        defer { lock.unlock() }
-        guard !removed.contains(name) else { return }  // unregistered while it loaded
-        clock += 1
-        loaded[name] = (weights, clock)
-        var total = loaded.values.reduce(0) { $0 + $1.weights.byteCount }
-        while total > hostBudgetBytes, loaded.count > 1,
-              let victim = loaded.filter({ $0.key != name }).min(by: { $0.value.lastUse < $1.value.lastUse }) {
-            total -= victim.value.weights.byteCount
-            loaded[victim.key] = nil
+    /// Evicts the least recently used adapters (never `name`) until the cache fits the budget. Lock held.
+    private func trimCache(keeping name: String) {
+        var total = entries.values.reduce(0) { $0 + ($1.weights?.byteCount ?? 0) }
+        while total > hostBudgetBytes,
+              let victim = entries.filter({ $0.key != Key(name) && $0.value.weights != nil }).min(by: { $0.value.lastUse < $1.value.lastUse }) {
+            total -= victim.value.weights?.byteCount ?? 0
+            entries[victim.key]?.weights = nil
         }
     }
 }

@@ -220,7 +220,12 @@ public final class EngineCore {
             let logits = runner.logitsRow(row)
             row += 1
             logitsObserver?(run.request, logits)
-            let token = sequences[run.request]!.sampler.sample(logits)
+            // Non-finite logits (an adapter or model that overflowed) end this one request with an error.
+            guard let token = sequences[run.request]!.sampler.sample(logits) else {
+                sampled.append(SampledToken(request: run.request, failed: true))
+                events.append(EngineEvent(requestID: run.request, token: nil, finish: .error, message: nil))
+                continue
+            }
             sequences[run.request]!.tokens.append(token)
             let s = sequences[run.request]!
             sampled.append(SampledToken(request: run.request, endsSequence: endTokens.contains(token) && !s.params.ignoreEOS))

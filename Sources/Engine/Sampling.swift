@@ -101,7 +101,13 @@ public struct Sampler: Sendable {
         self.rng = rng ?? SamplerRNG(seed: params.seed ?? UInt64.random(in: .min ... .max))
     }
 
-    /// Index of the largest logit (the lowest index among ties).
+    /// Below this temperature a request is sampled greedily. exp(−Δ/T) drops under f32's smallest normal
+    /// (≈ e^−87) once Δ > 87·T, so at T < 1e-4 only tokens within ~0.009 of the largest logit — ties within the
+    /// numerical noise of the forward pass — could still be drawn; and far below it 1/T overflows (1/1e-39 is
+    /// already beyond Float.greatestFiniteMagnitude), which would turn the largest token's weight into NaN.
+    public static let greedyBelowTemperature = 1e-4
+
+    /// Index of the largest logit (the lowest index among ties; 0 for a row without one).
     public static func argmax(_ logits: UnsafeBufferPointer<Float>) -> Int {
         var best = 0
         var bestValue = -Float.infinity
@@ -112,10 +118,33 @@ public struct Sampler: Sendable {
         return best
     }
 
-    public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int {
-        if params.isGreedy { return Self.argmax(logits) }
+    /// `argmax`, or nil when no token can be chosen by the rule of `sample`.
+    static func definedArgmax(_ logits: UnsafeBufferPointer<Float>) -> Int? {
+        var best = -1
+        var bestValue = -Float.infinity
+        for i in 0..<logits.count {
+            let x = logits[i]
+            // −∞ (a masked token) never wins the comparison below; NaN or +∞ leave the row undefined.
+            if x.isNaN || x == .infinity { return nil }
+            if x > bestValue {
+                bestValue = x
+                best = i
+            }
+        }
+        return best >= 0 ? best : nil
+    }
+
+    /// The next token, or nil when the row makes sampling undefined: any NaN or +∞ logit (the forward pass
+    /// overflowed — e.g. an adapter with absurd weights — so no probability in the row means anything), or no
+    /// finite logit at all (every token masked with −∞, or an empty row). −∞ logits are allowed and get
+    /// probability 0. The same rule holds for greedy requests, so a broken row never yields a token.
+    /// Temperatures below `greedyBelowTemperature` sample greedily.
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int? {
+        guard let best = Self.definedArgmax(logits) else { return nil }
+        // `!(T >= threshold)` also sends a NaN temperature (never valid, but the sampler must stay total) to greedy.
+        if params.isGreedy || !(params.temperature >= Self.greedyBelowTemperature) { return best }
         let invT = Float(1 / params.temperature)
-        let maxLogit = logits[Self.argmax(logits)]
+        let maxLogit = logits[best]
         let vocab = logits.count
         if probs.count < vocab { probs = [Float](repeating: 0, count: vocab) }
         candidates.reserveCapacity(vocab)
@@ -124,7 +153,8 @@ public struct Sampler: Sendable {
         var total: Double = 0
         probs.withUnsafeMutableBufferPointer { p in
             for i in 0..<vocab {
-                let e = expf((logits[i] - maxLogit) * invT)
+                let d = logits[i] - maxLogit
+                let e = d == -.infinity ? 0 : expf(d * invT)  // the largest logit gets exactly 1, so total ≥ 1
                 p[i] = e
                 total += Double(e)
             }
@@ -139,7 +169,7 @@ public struct Sampler: Sendable {
                 cumulative += Double(probs[i])
                 if u < cumulative { return i }
             }
-            return Self.argmax(logits)
+            return best
         }
 
         // Candidates: a prefix of the descending order that holds the top k (with top-k) or at least topP
@@ -187,7 +217,7 @@ public struct Sampler: Sendable {
             cumulative += Double(probs[Int(candidates[i])])
             if u < cumulative { return Int(candidates[i]) }
         }
-        return Int(candidates[keep - 1])
+        return keep > 0 ? Int(candidates[keep - 1]) : best
     }
 }
 

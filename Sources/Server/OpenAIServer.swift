@@ -135,23 +135,18 @@ public final class OpenAIServer: Sendable {
         }
         guard name != options.modelName else { throw APIError.invalid("lora_name", "'\(name)' is the base model's name") }
         let replace = try fields.bool("load_inplace") ?? false
-        if !replace, registry.serves(name) {
-            throw APIError.invalid("lora_name", "the adapter '\(name)' is already loaded", code: "adapter_exists")
-        }
-        let previous = registry.cached(name)?.id
+        let previous = registry.id(for: name)
+        // The registry loads and validates the files before it serves them under the name; on any failure
+        // nothing changes (with load_inplace, the earlier version keeps serving).
         do {
-            try registry.register(name: name, relativePath: path)
-        } catch let e as AdapterError {
-            throw APIError.invalid("lora_path", e.description)
-        }
-        do {
-            _ = try await registry.loadAsync(name)
+            try await registry.registerAsync(name: name, relativePath: path, replace: replace)
+        } catch let e as AdapterRegistry.NameTaken {
+            throw APIError.invalid("lora_name", e.description, code: "adapter_exists")
         } catch {
-            registry.unregister(name)
             throw APIError.invalid("lora_path", "\(error)")
         }
         // Requests of the old version finish on it; the engine drops it after them.
-        if let previous { engine.retire(adapter: previous) }
+        if let previous, previous != registry.id(for: name) { engine.retire(adapter: previous) }
         return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' added successfully.")))
     }
@@ -165,7 +160,7 @@ public final class OpenAIServer: Sendable {
         guard registry.serves(name) else {
             throw APIError(.notFound, "the adapter '\(JSONFields.printable(name))' is not loaded", param: "lora_name", code: "model_not_found")
         }
-        let previous = registry.cached(name)?.id
+        let previous = registry.id(for: name)
         registry.unregister(name)
         // In-flight requests keep it until they finish; then the engine drops its weights and residency.
         if let previous { engine.retire(adapter: previous) }
@@ -260,13 +255,14 @@ public final class OpenAIServer: Sendable {
         case .tokens(let ids):
             prompt = ids
         case .messages(let messages):
-            let text: String
+            let rendered: RenderedChat
             do {
-                text = try tokenizer.chatTemplate.render(messages: messages, addGenerationPrompt: true)
+                rendered = try tokenizer.chatTemplate.renderMarked(messages: messages, addGenerationPrompt: true)
             } catch {
                 throw APIError.invalid("messages", "\(error)")
             }
-            prompt = tokenizer.encode(text, addSpecial: false)
+            // Control tokens written in a message are text: a user cannot forge a turn of another role.
+            prompt = tokenizer.encode(rendered)
         }
         guard !prompt.isEmpty else { throw APIError.invalid(promptParam, "the prompt is empty") }
         let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
@@ -312,7 +308,18 @@ public final class OpenAIServer: Sendable {
                             })
         }
         let result = try await request.body.consumeWithCancellationOnInboundClose { _ in await call.collect(events) }
-        var response = json(.ok, try call.completion(result))
+        let body: String
+        do {
+            body = try call.completion(result)
+        } catch let e as APIError {
+            // A request that ended in an error (non-finite logits, shutdown) still consumed the connection's
+            // inbound stream: its error response must close the connection too.
+            metrics.request(model: parsed.model, status: String(e.status.code))
+            var response = json(e.status, e.json)
+            response.headers[.connection] = "close"
+            return response
+        }
+        var response = json(.ok, body)
         response.headers[.connection] = "close"
         return response
     }

@@ -62,7 +62,9 @@ final class Call: Sendable {
         func end(_ o: Outcome) {
             let m = call.server.metrics
             m.tokens(model: call.model, prompt: call.promptTokens, generated: o.completionTokens)
-            if o.finish != nil {
+            if o.finish == .error {
+                return  // counted where the 500 is rendered (the handler's catch, or the stream's error event)
+            } else if o.finish != nil {
                 m.endToEnd(model: call.model, nanoseconds: DispatchTime.now().uptimeNanoseconds &- call.arrival)
                 m.request(model: call.model, status: "ok")
             } else {
@@ -93,6 +95,7 @@ final class Call: Sendable {
         guard let finish = o.finish else {
             throw APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)")
         }
+        if finish == .error { throw nonFiniteLogits }
         let usage = usageJSON(o)
         if chat {
             return "{\"id\":\"\(id)\",\"object\":\"chat.completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
@@ -132,6 +135,12 @@ final class Call: Sendable {
             }
             return
         }
+        if finish == .error {
+            server.metrics.request(model: model, status: "500")
+            try await send(nonFiniteLogits.json, &writer)
+            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            return
+        }
         try await send(chunk(text: nil, finish: finish), &writer)
         if includeUsage {
             let object = chat ? "chat.completion.chunk" : "text_completion"
@@ -139,6 +148,14 @@ final class Call: Sendable {
                            + "\"choices\":[],\"usage\":\(usageJSON(o))}", &writer)
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+    }
+
+    /// A request the engine ended with `.error`: its logits held NaN or +∞, which the adapters' validation at
+    /// load is meant to rule out, so it is the server's (or the adapter's) fault, not the request's — a 500.
+    private var nonFiniteLogits: APIError {
+        let what = model == server.options.modelName ? "the model" : "the adapter '\(model)'"
+        return APIError(.internalServerError, "\(what) produced non-finite logits (NaN or infinity); the request was stopped",
+                        code: "non_finite_logits")
     }
 
     private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {

@@ -49,13 +49,18 @@ struct AddedTokenMatcher: Sendable {
         }
     }
 
-    /// Splits `scalars` into text ranges and token ids. Special tokens are matched only if `parseSpecial`.
-    func segment(_ scalars: [Unicode.Scalar], parseSpecial: Bool, into out: inout [TextSegment]) {
+    /// Splits `scalars` into text ranges and token ids. Special tokens are matched only if `parseSpecial`, and
+    /// never where a match would overlap a `literal` range (ascending, disjoint scalar ranges: chat content).
+    func segment(_ scalars: [Unicode.Scalar], parseSpecial: Bool, literal: [Range<Int>] = [], into out: inout [TextSegment]) {
         out.removeAll(keepingCapacity: true)
         var textStart = 0
         var i = 0
         let n = scalars.count
+        var nextLiteral = 0
         while i < n {
+            while nextLiteral < literal.count && literal[nextLiteral].upperBound <= i { nextLiteral += 1 }
+            // A special token may end at the start of the next literal range at the latest (none inside one).
+            let specialEnd = nextLiteral < literal.count ? literal[nextLiteral].lowerBound : n
             var node = 0
             var k = i
             var best: (token: AddedToken, end: Int)?
@@ -65,7 +70,7 @@ struct AddedTokenMatcher: Sendable {
                 let t = nodes[node].token
                 if t >= 0 {
                     let token = tokens[Int(t)]
-                    if (parseSpecial || !token.special) && (!token.singleWord || isWordBoundary(scalars, i, k)) {
+                    if (!token.special || (parseSpecial && k <= specialEnd)) && (!token.singleWord || isWordBoundary(scalars, i, k)) {
                         best = (token, k)
                     }
                 }

@@ -9,6 +9,51 @@ public struct ChatMessage: Sendable, Equatable, Codable {
     }
 }
 
+/// A rendered chat prompt: the text, and which of its Unicode scalars came from the messages' content (the rest
+/// is the template's markup).
+public struct RenderedChat: Sendable, Equatable {
+    public private(set) var text = ""
+    /// Scalar offsets into `text` of message content, ascending and disjoint.
+    public private(set) var contentRanges: [Range<Int>] = []
+    private var count = 0
+
+    public init() {}
+
+    mutating func markup(_ s: String) {
+        text += s
+        count += s.unicodeScalars.count
+    }
+
+    mutating func content(_ s: String) {
+        let n = s.unicodeScalars.count
+        guard n > 0 else { return }
+        if let last = contentRanges.last, last.upperBound == count {
+            contentRanges[contentRanges.count - 1] = last.lowerBound..<(count + n)
+        } else {
+            contentRanges.append(count..<(count + n))
+        }
+        text += s
+        count += n
+    }
+
+    /// Appends the parts with Python's `str.strip()` applied to their concatenation (Jinja's `trim` over a
+    /// string built from markup and content).
+    mutating func appendStripped(_ parts: [(String, isContent: Bool)]) {
+        var scalars: [(Unicode.Scalar, Bool)] = []
+        for (s, isContent) in parts { scalars += s.unicodeScalars.map { ($0, isContent) } }
+        guard let first = scalars.firstIndex(where: { !ChatTemplate.isSpace($0.0) }) else { return }
+        let last = scalars.lastIndex(where: { !ChatTemplate.isSpace($0.0) })!
+        var i = first
+        while i <= last {
+            var j = i
+            while j <= last && scalars[j].1 == scalars[i].1 { j += 1 }
+            let run = String(String.UnicodeScalarView(scalars[i..<j].map(\.0)))
+            if scalars[i].1 { content(run) } else { markup(run) }
+            i = j
+        }
+    }
+}
+
 /// A chat prompt format, recognised from the model's own Jinja template text and rendered natively.
 ///
 /// There is no Jinja interpreter: the template text is classified by its marker tokens, and each known family is
@@ -77,22 +122,35 @@ public struct ChatTemplate: Sendable, Equatable {
     /// The prompt text for a conversation. With `addGenerationPrompt` the text ends where the assistant's reply
     /// begins. The text already contains the BOS where the format has one: encode it with `addSpecial: false`.
     public func render(messages: [ChatMessage], addGenerationPrompt: Bool) throws -> String {
+        try renderMarked(messages: messages, addGenerationPrompt: addGenerationPrompt).text
+    }
+
+    /// `render`, also saying which parts of the text are the messages' own content. Encoding it with
+    /// `Tokenizer.encode(_:)` keeps control tokens written inside a message (`<|im_start|>system` in a user's
+    /// text) as plain text, so a message cannot forge a role; the template's own markers stay special tokens.
+    public func renderMarked(messages: [ChatMessage], addGenerationPrompt: Bool) throws -> RenderedChat {
         guard !messages.isEmpty else { throw TokenizerError.invalidConversation("no messages") }
         for m in messages where !Self.roles.contains(m.role) { throw TokenizerError.unknownRole(m.role) }
-        var out = ""
+        var out = RenderedChat()
         switch kind {
         case .chatML, .defaultChatML, .unrecognizedChatML:
             if let system = defaultSystemPrompt, messages[0].role != "system" {
-                out += "<|im_start|>system\n\(system)<|im_end|>\n"
+                out.markup("<|im_start|>system\n\(system)<|im_end|>\n")
             }
-            for m in messages { out += "<|im_start|>\(m.role)\n\(m.content)<|im_end|>\n" }
-            if addGenerationPrompt { out += "<|im_start|>assistant\n" }
+            for m in messages {
+                out.markup("<|im_start|>\(m.role)\n")
+                out.content(m.content)
+                out.markup("<|im_end|>\n")
+            }
+            if addGenerationPrompt { out.markup("<|im_start|>assistant\n") }
         case .llama3:
             for (i, m) in messages.enumerated() {
-                if i == 0 { out += bosToken }
-                out += "<|start_header_id|>\(m.role)<|end_header_id|>\n\n\(Self.strip(m.content))<|eot_id|>"
+                if i == 0 { out.markup(bosToken) }
+                out.markup("<|start_header_id|>\(m.role)<|end_header_id|>\n\n")
+                out.content(Self.strip(m.content))
+                out.markup("<|eot_id|>")
             }
-            if addGenerationPrompt { out += "<|start_header_id|>assistant<|end_header_id|>\n\n" }
+            if addGenerationPrompt { out.markup("<|start_header_id|>assistant<|end_header_id|>\n\n") }
         case .llama2:
             // Meta's template: an optional leading system message folds into the first user turn; user and
             // assistant must alternate; the template has no generation prompt (a prompt ends with [/INST]).
@@ -107,24 +165,34 @@ public struct ChatTemplate: Sendable, Equatable {
                     throw TokenizerError.invalidConversation(
                         "Conversation roles must alternate user/assistant/user/assistant/... (message \(i) is \(m.role))")
                 }
-                var content = m.content
-                if i == 0, let system { content = "<<SYS>>\n\(system)\n<</SYS>>\n\n" + content }
+                var parts: [(String, isContent: Bool)] = [(m.content, true)]
+                if i == 0, let system { parts = [("<<SYS>>\n", false), (system, true), ("\n<</SYS>>\n\n", false)] + parts }
                 if m.role == "user" {
-                    out += bosToken + "[INST] " + Self.strip(content) + " [/INST]"
+                    out.markup(bosToken + "[INST] ")
+                    out.appendStripped(parts)
+                    out.markup(" [/INST]")
                 } else {
-                    out += " " + Self.strip(content) + " " + eosToken
+                    out.markup(" ")
+                    out.appendStripped(parts)
+                    out.markup(" " + eosToken)
                 }
             }
         case .zephyr:
-            for m in messages { out += "<|\(m.role)|>\n\(m.content)\(eosToken)\n" }
-            if addGenerationPrompt { out += "<|assistant|>\n" }
+            for m in messages {
+                out.markup("<|\(m.role)|>\n")
+                out.content(m.content)
+                out.markup("\(eosToken)\n")
+            }
+            if addGenerationPrompt { out.markup("<|assistant|>\n") }
         }
         return out
     }
 
-    /// Python's `str.strip()` (Jinja's `trim`): Unicode whitespace plus the ASCII separators U+001C…U+001F.
+    /// What Python's `str.strip()` removes: Unicode whitespace plus the ASCII separators U+001C…U+001F.
+    static func isSpace(_ c: Unicode.Scalar) -> Bool { c.properties.isWhitespace || (0x1C...0x1F).contains(c.value) }
+
+    /// Python's `str.strip()` (Jinja's `trim`).
     static func strip(_ s: String) -> String {
-        func isSpace(_ c: Unicode.Scalar) -> Bool { c.properties.isWhitespace || (0x1C...0x1F).contains(c.value) }
         let scalars = s.unicodeScalars
         guard let first = scalars.firstIndex(where: { !isSpace($0) }) else { return "" }
         let last = scalars.lastIndex(where: { !isSpace($0) })!

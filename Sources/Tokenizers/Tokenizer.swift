@@ -182,6 +182,18 @@ public final class Tokenizer: Sendable {
     /// does by default. A chat prompt from `ChatTemplate.render` already contains its BOS: encode it with
     /// `addSpecial: false`.
     public func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool = true) -> [Int] {
+        encode(text, addSpecial: addSpecial, parseSpecial: parseSpecial, literal: [])
+    }
+
+    /// Token ids for a rendered chat prompt (no BOS/EOS added: the template wrote its own). Special tokens are
+    /// recognised only in the template's markup: written inside a message's content they are plain text, as
+    /// HF `tokenizers` encodes them with `split_special_tokens=True`. Content without special tokens encodes
+    /// exactly as `encode(chat.text, addSpecial: false)`.
+    public func encode(_ chat: RenderedChat) -> [Int] {
+        encode(chat.text, addSpecial: false, parseSpecial: true, literal: chat.contentRanges)
+    }
+
+    private func encode(_ text: String, addSpecial: Bool, parseSpecial: Bool, literal: [Range<Int>]) -> [Int] {
         var ids: [Int] = []
         ids.reserveCapacity(text.utf8.count / 3 + 4)
         if addSpecial { ids.append(contentsOf: prefixTokenIDs) }
@@ -190,7 +202,7 @@ public final class Tokenizer: Sendable {
         if matcher.isEmpty {
             if !scalars.isEmpty { segments.append(.text(0..<scalars.count)) }
         } else {
-            matcher.segment(scalars, parseSpecial: parseSpecial, into: &segments)
+            matcher.segment(scalars, parseSpecial: parseSpecial, literal: literal, into: &segments)
         }
         var work = EncodeScratch()
         for segment in segments {

@@ -117,6 +117,8 @@ struct Generate: ParsableCommand {
     var adapterRoot: String?
     @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
     var loraMode: String = "unmerged"
+    @Flag(name: .customLong("no-mmap"), help: "Copy the model into memory at load instead of mapping it.")
+    var noMmap = false
 
     func validate() throws {
         if (prompt == nil) == (chat == nil) { throw ValidationError("give exactly one of --prompt and --chat") }
@@ -138,6 +140,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         if let threads { Kernels.setThreads(threads) }
+        if noMmap { MappedFile.defaultLoading = .copy }
         let loaded = try LoadedModel(path: DefaultModel.resolve(model))
         let tokenizer = loaded.tokenizer
         let ids: [Int]

@@ -49,6 +49,8 @@ struct Serve: AsyncParsableCommand {
     var shutdownDeadline: Double = 30
     @Option(help: "Kernel threads (default: all cores).")
     var threads: Int?
+    @Flag(name: .customLong("no-mmap"), help: "Copy the model into memory at load instead of mapping it (with a mapping, truncating or rewriting the model file in place while serving kills the process with SIGBUS).")
+    var noMmap = false
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
@@ -66,6 +68,7 @@ struct Serve: AsyncParsableCommand {
 
     func run() async throws {
         if let threads { Kernels.setThreads(threads) }
+        if noMmap { MappedFile.defaultLoading = .copy }
         let path = try DefaultModel.resolve(model)
         let loaded = try LoadedModel(path: path)
         let config = loaded.model.config

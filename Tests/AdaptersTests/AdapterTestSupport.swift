@@ -116,9 +116,8 @@ struct TestAdapter {
             .write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))
     }
 
-    /// Writes a llama.cpp GGUF LoRA: Q/K B rows permuted to the adjacent-pair layout (for arch llama), alpha
-    /// folded for rsLoRA so that alpha'/r = alpha/√r.
-    func writeGGUF(to path: String, config: ModelConfig) throws {
+    /// llama.cpp GGUF LoRA tensors: Q/K B rows permuted to the adjacent-pair layout (for arch llama).
+    func ggufTensors(_ config: ModelConfig) -> [(String, [UInt64], [Float])] {
         var tensors: [(String, [UInt64], [Float])] = []
         for (li, layer) in weights.enumerated() {
             for t in targets {
@@ -133,13 +132,22 @@ struct TestAdapter {
                 tensors.append(("blk.\(li).\(t.ggufName).weight.lora_b", [UInt64(rank), UInt64(rows)], b))
             }
         }
+        return tensors
+    }
+
+    /// Writes a llama.cpp GGUF LoRA, alpha folded for rsLoRA so that alpha'/r = alpha/√r. `tensors` and
+    /// `alpha` (GGUF value type and its bytes) can be replaced to make broken adapters.
+    func writeGGUF(to path: String, config: ModelConfig, tensors override: [(String, [UInt64], [Float])]? = nil,
+                   alpha alphaOverride: (type: UInt32, bytes: [UInt8])? = nil) throws {
+        let tensors = override ?? ggufTensors(config)
         let effectiveAlpha = rslora ? alpha * Double(rank).squareRoot() : alpha
         func str(_ s: String) -> [UInt8] { Self.le(UInt64(s.utf8.count)) + Array(s.utf8) }
         var out = Array("GGUF".utf8) + Self.le(UInt32(3)) + Self.le(UInt64(tensors.count)) + Self.le(UInt64(4))
         out += str("general.architecture") + Self.le(UInt32(8)) + str(config.architecture.rawValue)
         out += str("general.type") + Self.le(UInt32(8)) + str("adapter")
         out += str("adapter.type") + Self.le(UInt32(8)) + str("lora")
-        out += str("adapter.lora.alpha") + Self.le(UInt32(6)) + Self.le(Float(effectiveAlpha).bitPattern)
+        let (alphaType, alphaBytes) = alphaOverride ?? (6, Self.le(Float(effectiveAlpha).bitPattern))
+        out += str("adapter.lora.alpha") + Self.le(alphaType) + alphaBytes
         var offset = 0
         for (name, dims, values) in tensors {
             out += str(name) + Self.le(UInt32(2)) + dims.flatMap(Self.le) + Self.le(UInt32(0)) + Self.le(UInt64(offset))

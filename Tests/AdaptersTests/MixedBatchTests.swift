@@ -144,8 +144,8 @@ final class ManagedAtomicCounter: @unchecked Sendable {
             let id = try g.submit(prompt: p, params: params, adapter: a.map { adapters[$0] })
             solo.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
-        // Block = 2 KB here; an adapter takes ~56 blocks: 240 blocks hold ~3 adapters plus a few sequences.
-        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 240, blockSize: 4, maxBatchTokens: 48, maxSequences: 12,
+        // Block = 2 KB here; an adapter takes ~56 blocks: 150 blocks hold 2 adapters plus a few sequences.
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 150, blockSize: 4, maxBatchTokens: 48, maxSequences: 12,
                           adapterSlots: 6, policy: BatchPolicyConfig(kind: .unmergedOnly), hostSwapLimitBytes: hostSwapLimit)
         let ids = try requests.map { try g.submit(prompt: $0.0, params: params, adapter: $0.1.map { adapters[$0] }) }
         var events: [EngineEvent] = []
@@ -161,6 +161,53 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         #expect(hostSwapLimit == 0 ? g.stats.swapOuts == 0 : g.stats.swapOuts > 0 && g.stats.swapIns == g.stats.swapOuts)
         #expect(g.hostSwapBytes == 0)
         #expect(g.freeKVBlocks + g.residentAdapterBlocks == g.totalKVBlocks)
+    }
+
+    /// 60 requests over 12 adapters with room for about 3 adapters at once (the scheduler's whole memory path:
+    /// residency, eviction, preemption with swap or recompute): every request equals its solo run, and
+    /// afterwards the engine holds nothing but the idle adapters it keeps resident.
+    @Test(arguments: [1 << 30, 0])
+    func sixtyRequestsOverTwelveAdapters(hostSwapLimit: Int) throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let c = model.config
+        let dir = try TempDir()
+        var adapters: [LoRAWeights] = []
+        for i in 0..<12 {
+            try TestAdapter(config: c, rank: 8, alpha: 8, targets: LoRATarget.allCases, seed: UInt64(300 + i)).writePEFT(to: dir.path("a\(i)"), config: c)
+            adapters.append(try AdapterLoader.load(path: dir.path("a\(i)"), base: c))
+        }
+        let params = SamplingParams(temperature: 0, maxTokens: 10, ignoreEOS: true)
+        let requests: [([Int], Int)] = (0..<60).map { i in ((0..<(3 + i % 11)).map { (i * 17 + $0 * 3) % 300 }, (i * 5) % 12) }
+        var solo: [[Int]] = []
+        for (p, a) in requests {
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let id = try g.submit(prompt: p, params: params, adapter: adapters[a])
+            solo.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
+        }
+        // Room for 3 adapters beside a few sequences (48 blocks of 2 KB each here).
+        let perAdapter = 2 * c.numLayers * 4 * c.numKVHeads * c.headDim * MemoryLayout<Float>.stride
+        let adapterBlocks = (adapters[0].byteCount + perAdapter - 1) / perAdapter
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 3 * adapterBlocks + 40, blockSize: 4, maxBatchTokens: 48,
+                           maxSequences: 16, adapterSlots: 4, policy: BatchPolicyConfig(kind: .unmergedOnly), hostSwapLimitBytes: hostSwapLimit)
+        let ids = try requests.map { try g.submit(prompt: $0.0, params: params, adapter: adapters[$0.1]) }
+        var events: [EngineEvent] = []
+        var steps = 0, mostResident = 0
+        while g.hasWork && steps < 5000 {
+            events += g.step()
+            steps += 1
+            mostResident = max(mostResident, g.scheduler.residentAdapters.count)
+        }
+        #expect(mostResident == 3, "the budget holds 3 adapters at most")
+        #expect(!g.hasWork)
+        for (i, id) in ids.enumerated() {
+            #expect(events.filter { $0.requestID == id }.compactMap(\.token) == solo[i], "request \(i)")
+        }
+        #expect(g.stats.adapterEvictions >= 9 && g.stats.adapterLoads >= 12)
+        #expect(g.hostSwapBytes == 0 && g.runner.hostSwapCount == 0)
+        #expect(g.freeKVBlocks + g.residentAdapterBlocks == g.totalKVBlocks)
+        #expect(g.heldAdapterCount == g.scheduler.residentAdapters.count, "weights held only for resident adapters once idle")
     }
 
     /// A request whose adapter cannot fit beside its prompt in the budget is refused at submit, not stuck.

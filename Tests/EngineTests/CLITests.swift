@@ -63,6 +63,15 @@ import Testing
                 "stderr: \(r.stderr)")
     }
 
+    /// `--no-mmap` copies the model at load: the same greedy text as with the mapping.
+    @Test func noMmapGeneratesTheSameText() throws {
+        let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "10", "--temperature", "0"]
+        let mapped = try Self.dlora(args)
+        let copied = try Self.dlora(args + ["--no-mmap"])
+        #expect(mapped.status == 0 && copied.status == 0, "stderr: \(copied.stderr)")
+        #expect(!copied.stdout.isEmpty && copied.stdout == mapped.stdout)
+    }
+
     /// The README's main job, shortened: a chat prompt on the default model, greedy, matches transformers'
     /// continuation (the chat case of the SmolLM2 goldens) and stops at the end-of-turn token.
     @Test func chatOnTheDefaultModelMatchesTheReference() throws {

@@ -8,7 +8,7 @@ import Testing
         var sampler = Sampler(params: params)
         var hist: [Int: Int] = [:]
         logits.withUnsafeBufferPointer { p in
-            for _ in 0..<count { hist[sampler.sample(p), default: 0] += 1 }
+            for _ in 0..<count { hist[sampler.sample(p) ?? -1, default: 0] += 1 }
         }
         return hist
     }
@@ -88,6 +88,82 @@ import Testing
         #expect(Set(hist.keys).isSubset(of: nucleus))
         #expect(nucleus.count > 1000)  // the tail matters: the threshold had to be lowered
         #expect(hist.count > 50)
+    }
+
+    /// Every parameter combination the API allows, plus a NaN temperature the API would refuse.
+    static let allParams: [SamplingParams] = [
+        .greedy, SamplingParams(temperature: 1, seed: 1), SamplingParams(temperature: 0.7, topP: 0.5, seed: 2),
+        SamplingParams(temperature: 1.3, topK: 3, seed: 3), SamplingParams(temperature: 1, topP: 0.9, topK: 2, seed: 4),
+        SamplingParams(temperature: .nan, topP: 0.5, seed: 5),
+    ]
+
+    static func sampleOnce(_ logits: [Float], _ params: SamplingParams) -> Int? {
+        var s = Sampler(params: params)
+        return logits.withUnsafeBufferPointer { s.sample($0) }
+    }
+
+    /// A row with a NaN or +∞ anywhere, or without any finite logit, has no token: nil, whatever the
+    /// parameters (a crash before: the nucleus was empty and `candidates[-1]` was read).
+    @Test func undefinedRowsGiveNil() {
+        let vocab = 1000
+        var someNaN = (0..<vocab).map { Float($0 % 17) * 0.1 }
+        someNaN[500] = .nan
+        var plusInf = (0..<vocab).map { Float($0 % 7) }
+        plusInf[3] = .infinity
+        var twoPlusInf = plusInf
+        twoPlusInf[9] = .infinity
+        let rows: [(String, [Float])] = [
+            ("all NaN", Array(repeating: .nan, count: vocab)), ("some NaN", someNaN), ("one +Inf", plusInf),
+            ("two +Inf", twoPlusInf), ("-Inf only", Array(repeating: -.infinity, count: vocab)), ("empty", []),
+        ]
+        for (what, row) in rows {
+            for params in Self.allParams {
+                #expect(Self.sampleOnce(row, params) == nil, "\(what), \(params)")
+            }
+        }
+    }
+
+    /// −∞ marks a token impossible: the others are still sampled, and the masked ones never are.
+    @Test func minusInfinityIsProbabilityZero() {
+        var row = [Float](repeating: -.infinity, count: 64)
+        row[10] = 0.5
+        row[20] = 0.4
+        row[30] = -2
+        for params in Self.allParams {
+            var s = Sampler(params: params)
+            for _ in 0..<200 {
+                let t = row.withUnsafeBufferPointer { s.sample($0) }
+                #expect(t == 10 || t == 20 || t == 30, "\(params): \(String(describing: t))")
+            }
+        }
+        let hist = Self.draw(row, SamplingParams(temperature: 1, seed: 8), count: 20000)
+        Self.check(hist, Self.expected(row, temperature: 1, allowed: [10, 20, 30]), count: 20000)
+    }
+
+    /// Temperatures so small that 1/T overflows (or the softmax underflows to a single 1) are greedy with
+    /// every filter: before, `1e-300` with top-p and `1e-39` with top-k kept only zero-probability tokens.
+    @Test func tinyTemperaturesAreGreedy() {
+        var rng = SamplerRNG(seed: 17)
+        let row = (0..<5000).map { _ in Float(rng.nextUnit() * 8 - 4) }
+        let best = Sampler.argmax(row.withUnsafeBufferPointer { $0 })
+        for t in [1e-300, 1e-39, 1e-20, 1e-5, Sampler.greedyBelowTemperature / 2] {
+            for (p, k) in [(1.0, 0), (0.5, 0), (1.0, 5), (0.9, 40), (0.01, 1000)] {
+                let params = SamplingParams(temperature: t, topP: p, topK: k, seed: 3)
+                #expect(throws: Never.self) { try params.validate() }
+                for _ in 0..<5 { #expect(Self.sampleOnce(row, params) == best, "T=\(t) top_p=\(p) top_k=\(k)") }
+            }
+        }
+        // At the threshold the sampler samples again; the largest logit still dominates a clear gap.
+        var gap = row
+        gap[42] = 100
+        #expect(Self.sampleOnce(gap, SamplingParams(temperature: Sampler.greedyBelowTemperature, topP: 0.5, seed: 1)) == 42)
+        #expect(Self.sampleOnce(gap, SamplingParams(temperature: Sampler.greedyBelowTemperature, topK: 5, seed: 1)) == 42)
+    }
+
+    /// Huge finite logits (a difference overflows to −∞) still sample the largest; nothing is NaN.
+    @Test func extremeFiniteLogits() {
+        let row: [Float] = [-Float.greatestFiniteMagnitude, Float.greatestFiniteMagnitude, 0, -1]
+        for params in Self.allParams { #expect(Self.sampleOnce(row, params) == 1, "\(params)") }
     }
 
     @Test func seedsAreReproducibleAndStateRestores() {

@@ -39,13 +39,16 @@ enum ServerFixtures {
     /// A server over a fresh engine on the tiny model.
     /// `slow`: every sampled token takes 20 ms more, so that requests stay in flight long enough to be
     /// cancelled, to fill the queue, or to be cut off by a shutdown.
+    /// `logitsObserver`: sees (and may overwrite) every row of logits before it is sampled.
     static func server(adapterRoot: String? = ServerFixtures.adapterRoot, kvBlocks: Int = 256, slow: Bool = false,
-                       configure: (inout ServerOptions) -> Void = { _ in }) throws -> OpenAIServer {
+                       configure: (inout ServerOptions) -> Void = { _ in },
+                       logitsObserver: ((Scheduling.RequestID, UnsafeBufferPointer<Float>) -> Void)? = nil) throws -> OpenAIServer {
         let checkpoint = try openCheckpoint(path: modelPath)
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
         let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: 16)
         if slow { generator.logitsObserver = { _, _ in usleep(20_000) } }
+        if let logitsObserver { generator.logitsObserver = logitsObserver }
         var options = ServerOptions(modelName: "tiny-llama")
         configure(&options)
         let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: model.config) }

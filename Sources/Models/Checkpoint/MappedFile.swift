@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,34 +23,86 @@ public struct CheckpointError: Error, CustomStringConvertible, Equatable, Sendab
     }
 }
 
-/// A whole file mapped read-only into memory. Tensors borrow from it (see `Buffer(borrowing:)`), which
-/// keeps the mapping alive.
+/// A whole file in memory, read-only: mapped (the default) or copied. Tensors borrow from it (see
+/// `Buffer(borrowing:)`), which keeps it alive.
+///
+/// A mapping borrows the file's pages: if the file is truncated or rewritten in place while it is mapped,
+/// reading the lost pages raises SIGBUS and the process dies (replacing the file by a rename is safe — the
+/// mapping keeps the old inode). `Loading.copy` (`dlora serve --no-mmap`) reads the file into private memory
+/// at open instead: the process then never depends on the file again, for the price of the file's size in
+/// resident memory and the read at start-up.
 public final class MappedFile: @unchecked Sendable {
+    public enum Loading: Sendable, Equatable {
+        /// mmap(2) the file (pages are read on first use and shared with the page cache).
+        case map
+        /// read(2) the whole file into an allocation at open.
+        case copy
+    }
+
+    /// How `init(path:)` loads files when not told otherwise; the CLI sets it once at start-up (`--no-mmap`).
+    public static var defaultLoading: Loading {
+        get { defaultLoadingStore.withLock { $0 } }
+        set { defaultLoadingStore.withLock { $0 = newValue } }
+    }
+    private static let defaultLoadingStore = Mutex(Loading.map)
+
     public let path: String
     public let base: UnsafeRawPointer
     public let count: Int
     private let mapped: Bool
 
-    public init(path: String) throws {
-        self.path = path
+    public convenience init(path: String) throws {
+        try self.init(path: path, loading: Self.defaultLoading)
+    }
+
+    public convenience init(path: String, loading: Loading) throws {
         // O_NONBLOCK: opening a FIFO must not hang; it is refused below as not a regular file.
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else { throw CheckpointError(file: path, problem: "cannot open: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
+        try self.init(descriptor: fd, path: path, loading: loading)
+    }
+
+    /// Loads the file open on `fd` (which stays the caller's to close); `path` names it in errors.
+    /// `maxBytes`: a larger file is refused before anything is read or mapped.
+    public init(descriptor fd: Int32, path: String, loading: Loading, maxBytes: Int = .max) throws {
+        self.path = path
         var st = stat()
         guard fstat(fd, &st) == 0 else { throw CheckpointError(file: path, problem: "cannot stat: \(String(cString: strerror(errno)))") }
         guard (st.st_mode & S_IFMT) == S_IFREG else { throw CheckpointError(file: path, problem: "not a regular file") }
-        count = Int(st.st_size)
+        let size = Int(st.st_size)
+        guard size <= maxBytes else {
+            throw CheckpointError(file: path, problem: "the file has \(size) bytes, more than the \(maxBytes) allowed")
+        }
+        count = size
         if count == 0 {
             base = UnsafeRawPointer(UnsafeMutableRawPointer.allocate(byteCount: 1, alignment: 64))
             mapped = false
             return
         }
-        guard let p = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
-            throw CheckpointError(file: path, problem: "cannot memory-map: \(String(cString: strerror(errno)))")
+        switch loading {
+        case .map:
+            guard let p = mmap(nil, count, PROT_READ, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+                throw CheckpointError(file: path, problem: "cannot memory-map: \(String(cString: strerror(errno)))")
+            }
+            base = UnsafeRawPointer(p)
+            mapped = true
+        case .copy:
+            let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
+            var done = 0
+            while done < count {
+                let n = pread(fd, memory + done, count - done, off_t(done))
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else {
+                    let why = n < 0 ? String(cString: strerror(errno)) : "the file ended at byte \(done) of \(count) (truncated while reading?)"
+                    memory.deallocate()
+                    throw CheckpointError(file: path, problem: "cannot read: \(why)")
+                }
+                done += n
+            }
+            base = UnsafeRawPointer(memory)
+            mapped = false
         }
-        base = UnsafeRawPointer(p)
-        mapped = true
     }
 
     deinit {
