@@ -108,7 +108,7 @@ public final class OpenAIServer: Sendable {
     }
 
     private func renderMetrics() -> Response {
-        let text = metrics.render(engine.snapshot, inFlight: inFlight)
+        let text = metrics.render(engine.snapshot, inFlight: inFlight, hostCache: adapters?.hostBytes ?? 0)
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: text)))
     }
@@ -164,6 +164,7 @@ public final class OpenAIServer: Sendable {
         registry.unregister(name)
         // In-flight requests keep it until they finish; then the engine drops its weights and residency.
         if let previous { engine.retire(adapter: previous) }
+        metrics.forget(model: name)
         return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' removed successfully.")))
     }

@@ -17,6 +17,8 @@ public final class ServerMetrics: Sendable {
     private let kvBlocks: CoreMetrics.Gauge
     private let adapterBlocks: CoreMetrics.Gauge
     private let residentAdapters: CoreMetrics.Gauge
+    private let heldAdapters: CoreMetrics.Gauge
+    private let hostCacheBytes: CoreMetrics.Gauge
     private let hostSwapBytes: CoreMetrics.Gauge
     private let inFlight: CoreMetrics.Gauge
     // Engine-wide counters, advanced by the difference since the last scrape.
@@ -52,6 +54,8 @@ public final class ServerMetrics: Sendable {
         kvBlocks = gauge("dlora_kv_cache_blocks")
         adapterBlocks = gauge("dlora_adapter_pool_blocks")
         residentAdapters = gauge("dlora_adapters_resident")
+        heldAdapters = gauge("dlora_adapters_held")
+        hostCacheBytes = gauge("dlora_adapter_host_cache_bytes")
         hostSwapBytes = gauge("dlora_host_swap_bytes")
         inFlight = gauge("dlora_requests_in_flight")
         mergedIterations = counter("dlora_iterations_total", [("mode", "merged")])
@@ -82,18 +86,38 @@ public final class ServerMetrics: Sendable {
         CoreMetrics.Timer(label: "dlora_inter_token_latency_seconds", dimensions: [("model", model)], factory: factory).recordNanoseconds(nanoseconds)
     }
 
+    /// Removes an unloaded adapter's per-model series, so a server that loads and unloads adapters for months
+    /// does not keep a histogram family for every name it ever served (its counts restart if it comes back).
+    func forget(model: String) {
+        let dims = [("model", model)]
+        for label in ["dlora_time_to_first_token_seconds", "dlora_inter_token_latency_seconds", "dlora_e2e_request_latency_seconds"] {
+            CoreMetrics.Timer(label: label, dimensions: dims, factory: factory).destroy()
+        }
+        for label in ["dlora_prompt_tokens_total", "dlora_generation_tokens_total"] {
+            CoreMetrics.Counter(label: label, dimensions: dims, factory: factory).destroy()
+        }
+        // Every status a request can end with (ok, cancelled, and the HTTP codes of errors).
+        for status in ["ok", "cancelled"] + (400...599).map(String.init) {
+            let c = CoreMetrics.Counter(label: "dlora_requests_total", dimensions: [("model", model), ("status", status)], factory: factory)
+            c.destroy()
+        }
+    }
+
     func endToEnd(model: String, nanoseconds: UInt64) {
         CoreMetrics.Timer(label: "dlora_e2e_request_latency_seconds", dimensions: [("model", model)], factory: factory).recordNanoseconds(nanoseconds)
     }
 
     /// Refreshes the engine-wide series and renders the registry in Prometheus text format.
-    func render(_ s: EngineSnapshot, inFlight active: Int) -> String {
+    /// `hostCache`: bytes of adapters the registry keeps in host memory.
+    func render(_ s: EngineSnapshot, inFlight active: Int, hostCache: Int = 0) -> String {
         waiting.record(s.waiting)
         running.record(s.running)
         kvBlocks.record(s.kvBlocksTotal)
         kvUsage.record(s.kvBlocksTotal > 0 ? Double(s.kvBlocksTotal - s.kvBlocksFree) / Double(s.kvBlocksTotal) : 0)
         adapterBlocks.record(s.adapterBlocks)
         residentAdapters.record(s.residentAdapters)
+        heldAdapters.record(s.heldAdapters)
+        hostCacheBytes.record(hostCache)
         hostSwapBytes.record(s.hostSwapBytes)
         inFlight.record(active)
         last.withLock { prev in
