@@ -1,0 +1,341 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Models
+import Testing
+
+@testable import Server
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs blocking socket work on a dispatch thread, so that a test waiting on a socket never holds one of
+/// the few cooperative threads the server's own handlers need.
+func blocking<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { c in DispatchQueue.global().async { c.resume(returning: body()) } }
+}
+
+extension RawHTTPClient: @unchecked Sendable {}
+
+/// The HTTP layer against hostile and unusual clients (issue 16, items 4 and 5), over real loopback sockets.
+/// After each test the server answers /health and a normal completion, and the engine is idle.
+@Suite(.serialized) struct HTTPHardeningTests {
+    static let ask = "{\"model\":\"tiny-llama\",\"prompt\":[5,6,7],\"max_tokens\":3,\"temperature\":0,\"ignore_eos\":true}"
+
+    static func expectHealthy(_ server: OpenAIServer, port: Int, sourceLocation: SourceLocation = #_sourceLocation) async throws {
+        let c = try RawHTTPClient(port: port)
+        let (h, r) = await blocking {
+            c.send(RawHTTPClient.request("GET", "/health"))
+            let h = c.readResponse()
+            c.send(RawHTTPClient.request("POST", "/v1/completions", body: ask))
+            return (h, c.readResponse())
+        }
+        #expect(h?.status == 200 && h?.body == "{\"status\":\"ok\"}", sourceLocation: sourceLocation)
+        let response = try #require(r, sourceLocation: sourceLocation)
+        #expect(response.status == 200, "\(response.body)", sourceLocation: sourceLocation)
+        let usage = (try jsonObject(response.body))["usage"] as? [String: Any]
+        #expect(usage?["completion_tokens"] as? Int == 3, sourceLocation: sourceLocation)
+        #expect(try await ServerFixtures.waitIdle(server), sourceLocation: sourceLocation)
+    }
+
+    /// A head trickled at 5 bytes/s, a silent connection, and an idle keep-alive connection are closed within
+    /// their timeouts (1 s here), however long the trickle could go on.
+    @Test func headerAndIdleTimeouts() async throws {
+        let server = try ServerFixtures.server {
+            $0.http.headerTimeout = .seconds(1)
+            $0.http.idleTimeout = .milliseconds(800)
+        }
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let trickle = try RawHTTPClient(port: port)
+            let silent = try RawHTTPClient(port: port)
+            let started = ContinuousClock.now
+            let head = Array(RawHTTPClient.request("POST", "/v1/completions", body: Self.ask).utf8)
+            // 5 bytes/s for up to 4 s (the whole head would take 30 s): the server must cut it off first.
+            let trickledFor = await blocking { () -> Duration? in
+                for byte in head.prefix(20) {
+                    guard trickle.send([byte]) else { break }
+                    if let closed = trickle.waitForClose(timeout: .milliseconds(200)) { _ = closed; break }
+                }
+                return trickle.sawEOF ? ContinuousClock.now - started : nil
+            }
+            let closedAfter = try #require(trickledFor, "a trickling head was not closed within 4 s")
+            #expect(closedAfter < .milliseconds(1800), "trickle closed after \(closedAfter)")
+            #expect(closedAfter > .milliseconds(700))
+            let silentClosed = await blocking { silent.waitForClose(timeout: .seconds(3)) }
+            #expect(silentClosed != nil)
+            #expect(ContinuousClock.now - started < .seconds(2))
+
+            // Keep-alive: a connection that answered a request is closed after the idle timeout.
+            let kept = try RawHTTPClient(port: port)
+            let (r, idleClosed) = await blocking {
+                kept.send(RawHTTPClient.request("GET", "/health"))
+                let r = kept.readResponse()
+                return (r, kept.waitForClose(timeout: .seconds(3)))
+            }
+            #expect(r?.status == 200)
+            let idle = try #require(idleClosed, "an idle keep-alive connection was not closed")
+            #expect(idle > .milliseconds(600) && idle < .milliseconds(1800), "idle close after \(idle)")
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
+
+    /// A declared Content-Length above the body limit is a 413 at once (no body sent, no timeout waited for);
+    /// a chunked body that stops arriving is a 408 after the body timeout; both connections then close.
+    @Test func declaredHugeBodyAndTruncatedChunkedBody() async throws {
+        let server = try ServerFixtures.server {
+            $0.maxBodyBytes = 64 << 10
+            $0.http.bodyTimeout = .seconds(1)
+        }
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let huge = try RawHTTPClient(port: port)
+            let started = ContinuousClock.now
+            let (r, closed) = await blocking {
+                huge.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 10000000000\r\n\r\n")
+                return (huge.readResponse(timeout: .seconds(5)), huge.waitForClose(timeout: .seconds(5)))
+            }
+            #expect(ContinuousClock.now - started < .milliseconds(500), "413 after \(ContinuousClock.now - started)")
+            try expectRawError(r, status: 413)
+            #expect(r?.headers["connection"] == "close")
+            #expect(closed != nil)
+
+            let truncated = try RawHTTPClient(port: port)
+            let t0 = ContinuousClock.now
+            let (t, tClosed) = await blocking {
+                truncated.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"mod")
+                return (truncated.readResponse(timeout: .seconds(5)), truncated.waitForClose(timeout: .seconds(5)))
+            }
+            let took = ContinuousClock.now - t0
+            try expectRawError(t, status: 408)
+            #expect(tClosed != nil)
+            #expect(took > .milliseconds(800) && took < .seconds(3), "408 after \(took)")
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
+
+    /// Broken chunked framing and unsupported transfer codings are client errors (400/501) in OpenAI's JSON,
+    /// never a 500, and the connection closes after the answer.
+    @Test func malformedFramingIsAClientError() async throws {
+        let server = try ServerFixtures.server()
+        let head = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        let body = Self.ask
+        let cases: [(String, String, Int)] = [
+            ("non-hex size", head + "Transfer-Encoding: chunked\r\n\r\nzz\r\n\(body)\r\n0\r\n\r\n", 400),
+            ("overflowing size", head + "Transfer-Encoding: chunked\r\n\r\nfffffffffffffffffffff\r\n\(body)\r\n0\r\n\r\n", 400),
+            ("negative size", head + "Transfer-Encoding: chunked\r\n\r\n-5\r\nhello\r\n0\r\n\r\n", 400),
+            ("missing CRLF after data", head + "Transfer-Encoding: chunked\r\n\r\n3\r\nabcXY\r\n0\r\n\r\n", 400),
+            ("identity beside a length", head + "Transfer-Encoding: identity\r\nContent-Length: \(body.utf8.count)\r\n\r\n\(body)", 400),
+            ("identity alone", head + "Transfer-Encoding: identity\r\n\r\n\(body)", 501),
+            ("gzip, chunked", head + "Transfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+            ("chunked twice", head + "Transfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n", 400),
+            ("chunked and length", head + "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n", 400),
+            ("bad request line", "GARBAGE\r\n\r\n", 400),
+            ("bad header", "GET /health HTTP/1.1\r\nHo st: x\r\n\r\n", 400),
+        ]
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            for (name, bytes, status) in cases {
+                let c = try RawHTTPClient(port: port)
+                let (r, closed) = await blocking { () -> (RawHTTPClient.Response?, Duration?) in
+                    c.send(bytes)
+                    return (c.readResponse(timeout: .seconds(5)), c.waitForClose(timeout: .seconds(4)))
+                }
+                try expectRawError(r, status: status)
+                #expect(r?.status == status, "\(name)")
+                #expect(closed != nil, "\(name): connection left open")
+            }
+            // A valid chunked body still works.
+            let ok = try RawHTTPClient(port: port)
+            let chunked = head + "Transfer-Encoding: chunked\r\n\r\n" + String(body.utf8.count, radix: 16) + "\r\n\(body)\r\n0\r\n\r\n"
+            let r = await blocking { ok.send(chunked); return ok.readResponse() }
+            #expect(r?.status == 200, "\(r?.body ?? "")")
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
+
+    /// `POST, POST, GET` written at once on one connection: three answers, in order, and the connection
+    /// stays usable; streamed responses pipeline too. `Connection: close` closes after its response.
+    @Test func pipeliningAndConnectionClose() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let c = try RawHTTPClient(port: port)
+            let first = "{\"model\":\"tiny-llama\",\"prompt\":[5,6,7],\"max_tokens\":4,\"temperature\":0,\"ignore_eos\":true}"
+            let second = "{\"model\":\"a-qv-r4\",\"prompt\":[8,9],\"max_tokens\":2,\"temperature\":0,\"ignore_eos\":true}"
+            let streamed = "{\"model\":\"tiny-llama\",\"prompt\":[5],\"max_tokens\":3,\"ignore_eos\":true,\"stream\":true}"
+            let responses = await blocking { () -> [RawHTTPClient.Response?] in
+                c.send(RawHTTPClient.request("POST", "/v1/completions", body: first)
+                    + RawHTTPClient.request("POST", "/v1/completions", body: second)
+                    + RawHTTPClient.request("GET", "/health"))
+                var out = (0..<3).map { _ in c.readResponse() }
+                c.send(RawHTTPClient.request("POST", "/v1/completions", body: streamed) + RawHTTPClient.request("GET", "/health"))
+                out += (0..<2).map { _ in c.readResponse() }
+                return out
+            }
+            let r = try responses.map { try #require($0) }
+            #expect(r.map(\.status) == [200, 200, 200, 200, 200])
+            let o1 = try jsonObject(r[0].body), o2 = try jsonObject(r[1].body)
+            #expect(o1["model"] as? String == "tiny-llama" && (o1["usage"] as? [String: Any])?["completion_tokens"] as? Int == 4)
+            #expect(o2["model"] as? String == "a-qv-r4" && (o2["usage"] as? [String: Any])?["completion_tokens"] as? Int == 2)
+            #expect(r[2].body == "{\"status\":\"ok\"}")
+            #expect(r[0].headers["connection"] != "close" && r[1].headers["connection"] != "close")
+            #expect(sseEvents(r[3].body).last == "[DONE]" && r[3].complete)
+            #expect(r[4].body == "{\"status\":\"ok\"}")
+            #expect(!c.sawEOF)
+
+            // Connection: close — the answer, then EOF; a request pipelined after it is not read.
+            let closing = try RawHTTPClient(port: port)
+            let (a, b, closed) = await blocking {
+                closing.send(RawHTTPClient.request("POST", "/v1/completions", body: first, headers: ["Connection: close"])
+                    + RawHTTPClient.request("GET", "/health"))
+                let a = closing.readResponse()
+                return (a, closing.readResponse(timeout: .seconds(2)), closing.waitForClose(timeout: .seconds(3)))
+            }
+            #expect(a?.status == 200 && a?.headers["connection"] == "close")
+            #expect(b == nil)
+            #expect(closed != nil)
+            // HTTP/1.0 without keep-alive closes too.
+            let old = try RawHTTPClient(port: port)
+            let (h, oldClosed) = await blocking {
+                old.send("GET /health HTTP/1.0\r\n\r\n")
+                return (old.readResponse(), old.waitForClose(timeout: .seconds(3)))
+            }
+            #expect(h?.status == 200 && oldClosed != nil)
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
+
+    /// A client that half-closes after its request (`shutdown(SHUT_WR)`, `nc -N`) still gets its whole
+    /// response, streamed or not; one that closes completely is still cancelled (ServerTests.disconnectCancels).
+    @Test func halfCloseIsNotADisconnect() async throws {
+        let server = try ServerFixtures.server(slow: true)
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            for stream in [false, true] {
+                let c = try RawHTTPClient(port: port)
+                let body = "{\"model\":\"a-qv-r4\",\"prompt\":[5,6,7],\"max_tokens\":10,\"temperature\":0,\"ignore_eos\":true,\"stream\":\(stream)}"
+                let r = await blocking { () -> RawHTTPClient.Response? in
+                    c.send(RawHTTPClient.request("POST", "/v1/completions", body: body))
+                    c.halfClose()
+                    return c.readResponse(timeout: .seconds(20))
+                }
+                let response = try #require(r)
+                #expect(response.status == 200 && response.complete, "stream \(stream): \(response.body)")
+                if stream {
+                    let events = sseEvents(response.body)
+                    #expect(events.last == "[DONE]")
+                    #expect(events.count >= 3)
+                } else {
+                    let o = try jsonObject(response.body)
+                    #expect((o["usage"] as? [String: Any])?["completion_tokens"] as? Int == 10, "\(response.body)")
+                }
+                #expect(await blocking { c.waitForClose(timeout: .seconds(3)) } != nil)
+            }
+            // Pipelined requests then a half-close: every one answered, then the server closes.
+            let p = try RawHTTPClient(port: port)
+            let answers = await blocking { () -> [RawHTTPClient.Response?] in
+                p.send(RawHTTPClient.request("POST", "/v1/completions", body: Self.ask) + RawHTTPClient.request("GET", "/health"))
+                p.halfClose()
+                return [p.readResponse(timeout: .seconds(20)), p.readResponse()]
+            }
+            #expect(answers.map { $0?.status } == [200, 200])
+            // A half-closed client that then goes away is cancelled: the probe's write meets a reset.
+            let gone = try RawHTTPClient(port: port)
+            gone.send(RawHTTPClient.request("POST", "/v1/completions",
+                                            body: "{\"model\":\"a-qv-r4\",\"prompt\":\"hi\",\"max_tokens\":200,\"ignore_eos\":true}"))
+            for _ in 0..<200 where server.engine.snapshot.running == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(server.engine.snapshot.running == 1)
+            let left = ContinuousClock.now
+            gone.closeNow()
+            #expect(try await ServerFixtures.waitIdle(server))
+            #expect(ContinuousClock.now - left < .seconds(2))
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
+
+    /// The scheme of `Authorization: Bearer` is case-insensitive (RFC 9110); the key itself is not.
+    @Test func bearerSchemeIsCaseInsensitive() async throws {
+        let server = try ServerFixtures.server { $0.apiKey = "sk-test" }
+        try await ServerFixtures.withServer(server) { client in
+            for (header, status) in [("bearer sk-test", 200), ("BEARER  sk-test", 200), ("Bearer sk-test", 200), ("bEaReR sk-test", 200),
+                                     ("Bearer sk-tesT", 401), ("Bearer sk-test2", 401), ("Bearersk-test", 401), ("Basic sk-test", 401),
+                                     ("Bearer ", 401), ("sk-test", 401)] {
+                let r = try await client.execute(uri: "/v1/models", method: .get, headers: [.authorization: header]) { $0.status.code }
+                #expect(r == status, "\(header)")
+            }
+            #expect(BearerKey.matches(header: "bearer k", key: "k"))
+            #expect(!BearerKey.matches(header: "bearer k", key: "kk"))
+            #expect(!BearerKey.matches(header: "bearer kk", key: "k"))
+        }
+    }
+
+    /// At the connection cap a new connection replaces the oldest idle one (silent clients cannot lock out a
+    /// normal one); when every connection is busy it is closed at once.
+    @Test func connectionCap() async throws {
+        let server = try ServerFixtures.server(slow: true) { $0.http.maxConnections = 3 }
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            // Opened 50 ms apart: "oldest" is by the order connections were set up, which for connections opened
+            // within microseconds of each other on different event loops is not defined.
+            var silent: [RawHTTPClient] = []
+            for _ in 0..<3 {
+                silent.append(try RawHTTPClient(port: port))
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            let normal = try RawHTTPClient(port: port)
+            let h = await blocking { normal.send(RawHTTPClient.request("GET", "/health")); return normal.readResponse(timeout: .seconds(3)) }
+            #expect(h?.status == 200)
+            let opened = silent
+            let closedSilent = await blocking { opened.map { $0.waitForClose(timeout: .milliseconds(700)) != nil } }
+            #expect(closedSilent == [true, false, false], "the oldest idle connection was not the one closed")
+
+            // Three busy connections (slow streams): a fourth is refused promptly.
+            let busy = try (0..<3).map { _ in try RawHTTPClient(port: port) }
+            let body = "{\"model\":\"tiny-llama\",\"prompt\":[5],\"max_tokens\":60,\"ignore_eos\":true,\"stream\":true}"
+            for b in busy { b.send(RawHTTPClient.request("POST", "/v1/completions", body: body)) }
+            for _ in 0..<300 where server.engine.snapshot.running < 3 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(server.engine.snapshot.running == 3)
+            let extra = try RawHTTPClient(port: port)
+            let refused = await blocking { () -> Duration? in
+                extra.send(RawHTTPClient.request("GET", "/health"))
+                return extra.waitForClose(timeout: .seconds(2))
+            }
+            #expect(refused != nil && refused! < .seconds(1))
+            let streams = await blocking { busy.map { $0.readResponse(timeout: .seconds(20)) } }
+            #expect(streams.allSatisfy { $0?.status == 200 && sseEvents($0?.body ?? "").last == "[DONE]" })
+            for b in busy { b.closeNow() }
+            try await Task.sleep(for: .milliseconds(100))
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
+
+    /// A prompt whose byte length proves it has more tokens than allowed is refused without tokenizing it;
+    /// the bound never exceeds the real count.
+    @Test func promptRefusedByByteLength() async throws {
+        let server = try ServerFixtures.server()
+        let prompts = server.prompts
+        let perToken = try #require(prompts.maxBytesPerToken)
+        // Sound: over random texts (words, specials, non-ASCII), the bound is at most the true count.
+        var rng = SystemRandomNumberGenerator()
+        let pieces = ["forest", " tree", " town", "a", "  ", "\n", "<|eos|>", "é", "日本", "🙂", "x y z", "\u{301}"]
+        for _ in 0..<300 {
+            let text = (0..<Int.random(in: 1...60, using: &rng)).map { _ in pieces.randomElement(using: &rng)! }.joined()
+            let count = server.tokenizer.encode(text, addSpecial: true).count
+            #expect(prompts.minimumTokens(bytes: text.utf8.count) <= count, "\(text)")
+        }
+        let maxPrompt = server.contextLimit - 1
+        let word = String(repeating: "a", count: perToken * maxPrompt + 1)
+        try await ServerFixtures.withServer(server) { client in
+            let r = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"\(word)\"}")
+            try expectError(r, status: 400, param: "prompt", code: "context_length_exceeded")
+            #expect(r.1.contains("at least"), "\(r.1)")
+            let chat = try await client.post("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"\(word)\"}]}")
+            try expectError(chat, status: 400, param: "messages", code: "context_length_exceeded")
+            #expect(chat.1.contains("at least"))
+            let port = try #require(client.port)
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
+}
