@@ -11,7 +11,15 @@ struct PromptTokenizer: Sendable {
     /// Input bytes one token can stand for, at most (nil: no sound bound for this tokenizer).
     let maxBytesPerToken: Int?
 
-    private static let queue = DispatchQueue(label: "dlora.tokenize", qos: .userInitiated, attributes: .concurrent)
+    /// At most cores − 1 prompts are tokenized at once, so that a burst of long prompts leaves a core for the
+    /// event loops and the engine.
+    private static let queue: OperationQueue = {
+        let q = OperationQueue()
+        q.name = "dlora.tokenize"
+        q.qualityOfService = .userInitiated
+        q.maxConcurrentOperationCount = max(1, ProcessInfo.processInfo.activeProcessorCount - 1)
+        return q
+    }()
 
     init(_ tokenizer: Tokenizer) {
         self.tokenizer = tokenizer
@@ -29,7 +37,7 @@ struct PromptTokenizer: Sendable {
     func encode(_ text: String, addSpecial: Bool) async -> [Int] {
         let tokenizer = tokenizer
         return await withCheckedContinuation { c in
-            Self.queue.async { c.resume(returning: tokenizer.encode(text, addSpecial: addSpecial)) }
+            Self.queue.addOperation { c.resume(returning: tokenizer.encode(text, addSpecial: addSpecial)) }
         }
     }
 
@@ -39,8 +47,8 @@ struct PromptTokenizer: Sendable {
     ///   alphabet character per byte (added tokens: their UTF-8 text); for SentencePiece a token string's
     ///   UTF-8 length is at least the input it covers (`▁` is 3 bytes for a 1-byte space, `<0xXX>` 6 for 1).
     /// - Unknown characters could fuse into one `<unk>` of any length, or be dropped: the bound is only
-    ///   used when every byte has a token (byte-level alphabet complete, or SentencePiece byte fallback seen
-    ///   working on a private-use character).
+    ///   used when every byte costs at least one token (byte-level: see below; SentencePiece: byte fallback
+    ///   seen working on a private-use character).
     /// - Normalization can shrink text: NFC by up to 3× (Hangul jamo), NFKC/lowercase by up to 4×
     ///   (U+1D400 → "A"). If encoding shows any of them at work, the bound is multiplied by 4.
     static func bytesPerTokenBound(_ t: Tokenizer) -> Int? {
@@ -49,7 +57,19 @@ struct PromptTokenizer: Sendable {
         switch t.model {
         case .byteLevelBPE:
             let alphabet = byteLevelAlphabet()
-            guard alphabet.allSatisfy({ t.id(for: String(Character($0))) != nil }) else { return nil }
+            // Bytes without a token become `<unk>` (SmolLM2 lacks a few control bytes and rare lead bytes).
+            // Sound only if each such byte still costs a token: an unknown id exists, no missing byte is a
+            // continuation byte (lead bytes are never adjacent in UTF-8), and runs of missing ASCII bytes are
+            // not fused into one `<unk>` (probed).
+            let missing = (0..<256).filter { b in
+                !(b == 0xC0 || b == 0xC1 || b >= 0xF5) && t.id(for: String(Character(alphabet[b]))) == nil
+            }
+            if !missing.isEmpty {
+                guard t.unknownTokenID != nil, !missing.contains(where: { (0x80...0xBF).contains($0) }) else { return nil }
+                let ascii = missing.filter { $0 < 0x80 }.map { Character(Unicode.Scalar(UInt8($0))) }
+                let run = String(ascii + ascii + ascii)
+                if !run.isEmpty && t.encode(run, addSpecial: false, parseSpecial: false).count < run.utf8.count { return nil }
+            }
             let inAlphabet = Set(alphabet)
             for id in 0..<t.vocabSize {
                 guard let s = t.token(for: id) else { continue }

@@ -338,4 +338,29 @@ extension RawHTTPClient: @unchecked Sendable {}
             try await Self.expectHealthy(server, port: port)
         }
     }
+
+    /// The byte bound on the default model (SmolLM2: byte-level BPE with a few bytes missing from its
+    /// alphabet): defined, and never above the true count — over its longest token repeated (81 bytes:
+    /// newline + 80 spaces), its missing control bytes, unassigned-plane characters, and mixed text.
+    @Test func promptBoundIsSoundOnTheDefaultModel() throws {
+        let env = ProcessInfo.processInfo.environment
+        let path = (env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? (NSHomeDirectory() + "/.cache")) + "/dlora/SmolLM2-135M-Instruct.Q4_1.gguf"
+        try #require(FileManager.default.fileExists(atPath: path), "default model missing: run scripts/fetch-model.sh")
+        let tokenizer = try Tokenizer(metadata: #require(try openCheckpoint(path: path).metadata))
+        let prompts = PromptTokenizer(tokenizer)
+        let perToken = try #require(prompts.maxBytesPerToken)
+        #expect(perToken == 81)
+        let longest = "\n" + String(repeating: " ", count: 80)
+        let pieces = [longest, "\u{04}", "\u{06}\u{13}\u{14}", "\u{16}\u{1D}", "\u{40000}", "\u{80001}", "hello", " world", "aaaa",
+                      "<|im_start|>", "é", "日本語", "🙂", "\u{301}", "    ", "\n\n", "1234567890"]
+        var rng = SystemRandomNumberGenerator()
+        var texts = [String(repeating: longest, count: 50), String(repeating: "\u{04}", count: 64), String(repeating: "a", count: 5000)]
+        for _ in 0..<200 {
+            texts.append((0..<Int.random(in: 1...40, using: &rng)).map { _ in pieces.randomElement(using: &rng)! }.joined())
+        }
+        for text in texts {
+            let count = tokenizer.encode(text, addSpecial: true).count
+            #expect(prompts.minimumTokens(bytes: text.utf8.count) <= count, "\(text.debugDescription.prefix(200))")
+        }
+    }
 }
