@@ -101,6 +101,18 @@ extension RawHTTPClient: @unchecked Sendable {}
             #expect(r?.headers["connection"] == "close")
             #expect(closed != nil)
 
+            // A chunked body that grows past the limit: 413 once it does, then the connection closes
+            // (without reading the rest of the body).
+            let growing = try RawHTTPClient(port: port)
+            let chunk = String(repeating: "x", count: 16 << 10)
+            let (g, gClosed) = await blocking {
+                growing.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                for _ in 0..<5 { growing.send(String(chunk.utf8.count, radix: 16) + "\r\n" + chunk + "\r\n") }
+                return (growing.readResponse(timeout: .seconds(5)), growing.waitForClose(timeout: .seconds(4)))
+            }
+            try expectRawError(g, status: 413)
+            #expect(gClosed != nil)
+
             let truncated = try RawHTTPClient(port: port)
             let t0 = ContinuousClock.now
             let (t, tClosed) = await blocking {
@@ -361,6 +373,29 @@ extension RawHTTPClient: @unchecked Sendable {}
         for text in texts {
             let count = tokenizer.encode(text, addSpecial: true).count
             #expect(prompts.minimumTokens(bytes: text.utf8.count) <= count, "\(text.debugDescription.prefix(200))")
+        }
+    }
+
+    /// A half-closed non-streamed request whose head went out early (the probe) and which then fails — here
+    /// cut off by a shutdown — ends its chunked body without the last chunk: the client sees a failed
+    /// response carrying the error JSON, not a complete 200. The engine is left idle (the server drained).
+    @Test func halfClosedRequestThatFailsIsTruncated() async throws {
+        let server = try ServerFixtures.server(slow: true) { $0.shutdownDeadline = .milliseconds(200) }
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let c = try RawHTTPClient(port: port)
+            c.send(RawHTTPClient.request("POST", "/v1/completions",
+                                         body: "{\"model\":\"a-qv-r4\",\"prompt\":\"hi\",\"max_tokens\":200,\"ignore_eos\":true}"))
+            c.halfClose()
+            for _ in 0..<200 where server.engine.snapshot.running == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            #expect(server.engine.snapshot.running == 1)
+            await server.drain()
+            let r = try #require(await blocking { c.readResponse(timeout: .seconds(5)) })
+            #expect(r.status == 200 && r.headers["transfer-encoding"] == "chunked")
+            #expect(!r.complete, "a failed response must not end like a complete one")
+            #expect(r.body.contains("\"error\""), "\(r.body)")
+            #expect(await blocking { c.waitForClose(timeout: .seconds(2)) } != nil)
+            #expect(try await ServerFixtures.waitIdle(server))
         }
     }
 }

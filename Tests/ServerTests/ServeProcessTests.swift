@@ -84,8 +84,9 @@ import Glibc
     }
 
     /// Under `ulimit -n 64`, 80 silent connections exhaust the server's descriptors: accepting fails with
-    /// EMFILE. The accept loop must back off (not spin a core) and survive: once the clients go, /health and
-    /// a completion are answered again.
+    /// EMFILE. The accept loop must back off (not spin a core: 0.0 s of CPU in 2 s with the back-off, 0.95 s
+    /// without it on a loaded 2-core machine) and survive: once the clients go, /health and a completion are
+    /// answered again.
     @Test func fileDescriptorExhaustion() async throws {
         let binary = try #require(Self.binary, "the dlora executable is not built (swift build --build-tests)")
         let server = try await blocking { Result { try ServeProcess(binary: binary, fileLimit: 64, extra: []) } }.get()
@@ -108,7 +109,7 @@ import Glibc
             c?.send(RawHTTPClient.request("POST", "/v1/completions", body: HTTPHardeningTests.ask))
             return (cpu, health, c?.readResponse(timeout: .seconds(10)))
         }
-        #expect(cpu >= 0 && cpu < 0.5, "server CPU \(cpu) s in 2 s under EMFILE")
+        #expect(cpu >= 0 && cpu < 0.3, "server CPU \(cpu) s in 2 s under EMFILE")
         #expect(health?.status == 200, "no /health answer after the connections closed; log:\n\(server.log.suffix(2000))")
         #expect(completion?.status == 200)
         #expect(((try? jsonObject(completion?.body ?? "")) ?? [:]).keys.contains("choices"))
