@@ -17,7 +17,7 @@ import NIOHTTP1
 ///   `bodyTimeout` of the head (else 408); a kept-alive connection with nothing owed closes after
 ///   `idleTimeout`. While the application works on an earlier request the reading timers are paused and
 ///   restart when it catches up (a pipelining client gains one timeout per request it sent).
-/// - **Closing**: after the response to a `Connection: close` (or HTTP/1.0) request; after a response sent
+/// - **Closing**: after the response to a `Connection: close` or HTTP/1.0 request; after a response sent
 ///   before its request body was read (output shut first, input discarded for `lingerTimeout`, so that the
 ///   client reads the response instead of a reset); once the client has half-closed and nothing is owed.
 ///   A half-close alone is not a disconnect: owed responses are still written.
@@ -108,7 +108,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             }
             outstanding += 1
             readingRequest = true
-            if !head.isKeepAlive { closeWhenDone = true }
+            // HTTP/1.0 closes after its response even when it asks for keep-alive: its clients cannot read
+            // chunked bodies (streams) and expect an explicit `Connection: keep-alive` otherwise.
+            if !head.isKeepAlive || head.version == .http1_0 { closeWhenDone = true }
             phaseStart = .now()
             rearm(context)
             updateEvictable()

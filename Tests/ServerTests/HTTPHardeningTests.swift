@@ -398,4 +398,57 @@ extension RawHTTPClient: @unchecked Sendable {}
             #expect(try await ServerFixtures.waitIdle(server))
         }
     }
+
+    /// Random bytes, and valid requests cut or corrupted at random places, each on its own connection and
+    /// followed by a half-close: every answer is a 2xx or 4xx (or 501 for a mangled transfer coding, never
+    /// another 5xx), in OpenAI's JSON when an error,
+    /// and every connection ends; a valid request pipelined before garbage is answered first.
+    @Test func garbageNeverCrashesOrHangs() async throws {
+        let server = try ServerFixtures.server { $0.http.headerTimeout = .seconds(2) }
+        let valid = Array(RawHTTPClient.request("POST", "/v1/completions", body: Self.ask).utf8)
+        let chunked = Array(("POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + String(Self.ask.utf8.count, radix: 16) + "\r\n" + Self.ask + "\r\n0\r\n\r\n").utf8)
+        var rng = SystemRandomNumberGenerator()
+        var inputs: [[UInt8]] = []
+        for i in 0..<60 {
+            var bytes = i.isMultiple(of: 2) ? valid : chunked
+            switch i % 4 {
+            case 0: bytes = (0..<Int.random(in: 1...200, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) }
+            case 1: bytes = Array(bytes.prefix(Int.random(in: 1..<bytes.count, using: &rng)))
+            default:
+                for _ in 0..<Int.random(in: 1...3, using: &rng) {
+                    bytes[Int.random(in: 0..<bytes.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
+                }
+            }
+            inputs.append(bytes)
+        }
+        let sent = inputs
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let outcomes = await blocking { () -> [(Int?, Bool, Bool)] in
+                sent.map { bytes in
+                    guard let c = try? RawHTTPClient(port: port) else { return (nil, false, false) }
+                    c.send(bytes)
+                    c.halfClose()
+                    let r = c.readResponse(timeout: .seconds(5))
+                    let jsonError = r.map { $0.status < 400 || ((try? jsonObject($0.body))?["error"] != nil) } ?? true
+                    return (r?.status, c.waitForClose(timeout: .seconds(5)) != nil, jsonError)
+                }
+            }
+            for (i, (status, closed, json)) in outcomes.enumerated() {
+                // 501 is the one 5xx a client can cause: a transfer coding this server does not implement.
+                #expect(status.map { $0 < 500 || $0 == 501 } ?? true, "input \(i): status \(status ?? 0)")
+                #expect(closed, "input \(i): connection left open")
+                #expect(json, "input \(i): error without OpenAI JSON")
+            }
+            let c = try RawHTTPClient(port: port)
+            let (a, b) = await blocking {
+                c.send(valid + Array("GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: zz\r\n\r\n".utf8))
+                return (c.readResponse(), c.readResponse())
+            }
+            #expect(a?.status == 200)
+            try expectRawError(b, status: 400)
+            try await Self.expectHealthy(server, port: port)
+        }
+    }
 }
