@@ -17,9 +17,10 @@ import NIOHTTP1
 ///   `bodyTimeout` of the head (else 408); a kept-alive connection with nothing owed closes after
 ///   `idleTimeout`. While the application works on an earlier request the reading timers are paused and
 ///   restart when it catches up (a pipelining client gains one timeout per request it sent).
-/// - **Closing**: after the response to a `Connection: close` or HTTP/1.0 request; after a response sent
-///   before its request body was read (output shut first, input discarded for `lingerTimeout`, so that the
-///   client reads the response instead of a reset); once the client has half-closed and nothing is owed.
+/// - **Closing**: after the response to a `Connection: close` or HTTP/1.0 request, or to a body that grew
+///   past the limit (413; a body within it that was answered early, e.g. 401, is drained); the output is shut first and input discarded until the client closes
+///   or `lingerTimeout` passes, so that the client reads the response instead of a reset. At once when the
+///   client has half-closed and nothing is owed.
 ///   A half-close alone is not a disconnect: owed responses are still written.
 /// - **Disconnects**: `ClientConnection` learns when the channel closes (generation is then cancelled) and
 ///   can ask for a half-close probe (see `ClientConnection.armHalfCloseProbe`).
@@ -38,6 +39,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var outstanding = 0
     /// A request head was passed on and its end has not arrived yet.
     private var readingRequest = false
+    /// Body bytes of the request being read.
+    private var bodyBytes = 0
     /// Bytes of a request head may be waiting (also true on a fresh connection: its first head is due).
     private var awaitingHead = true
     /// When the current reading phase (head, body or idle) started, or restarted after the application caught up.
@@ -108,6 +111,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             }
             outstanding += 1
             readingRequest = true
+            bodyBytes = 0
             // HTTP/1.0 closes after its response even when it asks for keep-alive: its clients cannot read
             // chunked bodies (streams) and expect an explicit `Connection: keep-alive` otherwise.
             if !head.isKeepAlive || head.version == .http1_0 { closeWhenDone = true }
@@ -115,7 +119,13 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             rearm(context)
             updateEvictable()
             context.fireChannelRead(data)
-        case .body:
+        case .body(let chunk):
+            bodyBytes += chunk.readableBytes
+            if outstanding == 0 && bodyBytes > maxBodyBytes {
+                // Already answered (413) and still coming: stop reading it.
+                lingerClose(context)
+                return
+            }
             context.fireChannelRead(data)
         case .end:
             readingRequest = false
@@ -206,8 +216,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             probeSent = false
             droppedHeadStatus = nil
             if outstanding == 0 {
-                // Answered before its body was read (413, 401…): do not read an unbounded body for nothing.
-                if readingRequest { closeWhenDone = true }
+                // Answered before its body was read: a body within the limit is drained (the connection stays
+                // usable; the body timer bounds it), one past the limit (a 413) is not read further.
+                if readingRequest && bodyBytes > maxBodyBytes { closeWhenDone = true }
                 if pendingRefusal != nil || closeWhenDone || inputClosed {
                     context.flush()
                     finishIfDone(context)
@@ -302,12 +313,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         guard closeWhenDone || inputClosed else { return }
-        if readingRequest || (!inputClosed && !discarding) {
-            // Responded before the request (or what follows it) was read.
-            lingerClose(context)
-        } else {
-            context.close(promise: nil)
-        }
+        lingerClose(context)
     }
 
     /// Shuts the output (the client reads the response, then EOF) and discards input until the client closes

@@ -277,6 +277,18 @@ extension RawHTTPClient: @unchecked Sendable {}
                 let r = try await client.execute(uri: "/v1/models", method: .get, headers: [.authorization: header]) { $0.status.code }
                 #expect(r == status, "\(header)")
             }
+            // A 401 sent before the body arrived: the body is then drained and the connection stays usable.
+            let port = try #require(client.port)
+            let c = try RawHTTPClient(port: port)
+            let (early, next) = await blocking { () -> (RawHTTPClient.Response?, RawHTTPClient.Response?) in
+                c.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: \(Self.ask.utf8.count)\r\n\r\n")
+                let early = c.readResponse(timeout: .seconds(5))
+                c.send(Self.ask)
+                c.send(RawHTTPClient.request("POST", "/v1/completions", body: Self.ask, headers: ["Authorization: bearer sk-test"]))
+                return (early, c.readResponse(timeout: .seconds(5)))
+            }
+            try expectRawError(early, status: 401)
+            #expect(next?.status == 200, "\(next?.body ?? "no second response")")
             #expect(BearerKey.matches(header: "bearer k", key: "k"))
             #expect(!BearerKey.matches(header: "bearer k", key: "kk"))
             #expect(!BearerKey.matches(header: "bearer kk", key: "k"))
