@@ -2,8 +2,8 @@ import Adapters
 import Engine
 import Foundation
 import Hummingbird
-import NIOHTTP1
 import Models
+import NIOHTTP1
 import ServiceLifecycle
 
 /// Limits and keys of a server.
