@@ -58,6 +58,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     // The response being produced (the oldest owed).
     private var headWritten = false
     private var probeArmed = false
+    /// The response being written is a server-sent-event stream.
+    private var eventStream = false
     private var probeSent = false
     private var droppedHeadStatus: HTTPResponseStatus?
 
@@ -194,6 +196,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             headWritten = true
+            eventStream = head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") ?? false
             if outstanding <= 1 && (closeWhenDone || inputClosed || pendingRefusal != nil) {
                 head.headers.replaceOrAdd(name: "connection", value: "close")
             }
@@ -213,6 +216,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             outstanding -= 1
             headWritten = false
             probeArmed = false
+            eventStream = false
             probeSent = false
             droppedHeadStatus = nil
             if outstanding == 0 {
@@ -241,9 +245,15 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     /// A FIN cannot tell a client that only half-closed from one that is gone; a write can (a closed socket
-    /// answers data with a reset, which closes the channel and cancels the request). A streamed response
-    /// writes anyway; a non-streamed generation opts in to have its head (200, chunked) sent at once.
+    /// answers data with a reset, which closes the channel and cancels the request). A non-streamed
+    /// generation opts in to have its head (200, chunked) sent at once; an event stream whose head is out
+    /// gets an SSE comment line (`:`, ignored by SSE clients), so a client gone during a long prefill is
+    /// found before the first token.
     private func sendProbeIfArmed(_ context: ChannelHandlerContext) {
+        if eventStream && headWritten {
+            context.writeAndFlush(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: ":\n\n")))), promise: nil)
+            return
+        }
         guard probeArmed, !probeSent, !headWritten else { return }
         probeSent = true
         headWritten = true

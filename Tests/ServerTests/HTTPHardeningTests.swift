@@ -247,6 +247,16 @@ extension RawHTTPClient: @unchecked Sendable {}
                 }
                 #expect(await blocking { c.waitForClose(timeout: .seconds(3)) } != nil)
             }
+            // A half-close after a stream started: an SSE comment probes the connection, the stream goes on.
+            let late = try RawHTTPClient(port: port)
+            late.send(RawHTTPClient.request("POST", "/v1/completions",
+                                            body: "{\"model\":\"tiny-llama\",\"prompt\":[5],\"max_tokens\":20,\"ignore_eos\":true,\"stream\":true}"))
+            for _ in 0..<200 where server.engine.snapshot.running == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            try await Task.sleep(for: .milliseconds(60))
+            late.halfClose()
+            let lateResponse = try #require(await blocking { late.readResponse(timeout: .seconds(20)) })
+            #expect(lateResponse.status == 200 && lateResponse.complete && sseEvents(lateResponse.body).last == "[DONE]")
+            #expect(lateResponse.body.contains("\n\n:\n\n"), "no probe comment in \(lateResponse.body.prefix(300))")
             // Pipelined requests then a half-close: every one answered, then the server closes.
             let p = try RawHTTPClient(port: port)
             let answers = await blocking { () -> [RawHTTPClient.Response?] in
