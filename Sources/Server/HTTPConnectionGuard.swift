@@ -120,6 +120,12 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             phaseStart = .now()
             rearm(context)
             updateEvictable()
+            // `Expect: 100-continue` (curl sends it with bodies over 1 KiB and waits a second for it): the
+            // body is acceptable by its declared length, so ask for it, unless earlier responses are owed.
+            if outstanding == 1, head.version == .http1_1,
+               head.headers["expect"].contains(where: { $0.lowercased().contains("100-continue") }) {
+                context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .continue))), promise: nil)
+            }
             context.fireChannelRead(data)
         case .body(let chunk):
             bodyBytes += chunk.readableBytes

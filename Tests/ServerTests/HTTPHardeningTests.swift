@@ -210,6 +210,17 @@ extension RawHTTPClient: @unchecked Sendable {}
             #expect(a?.status == 200 && a?.headers["connection"] == "close")
             #expect(b == nil)
             #expect(closed != nil)
+            // Expect: 100-continue is answered with 100 before the body is sent (curl waits a second otherwise).
+            let expecting = try RawHTTPClient(port: port)
+            let (interim, final) = await blocking { () -> (RawHTTPClient.Response?, RawHTTPClient.Response?) in
+                expecting.send("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+                    + "Content-Length: \(Self.ask.utf8.count)\r\n\r\n")
+                let interim = expecting.readResponse(timeout: .milliseconds(800), interim: true)
+                expecting.send(Self.ask)
+                return (interim, expecting.readResponse())
+            }
+            #expect(interim?.status == 100)
+            #expect(final?.status == 200, "\(final?.body ?? "no final response")")
             // HTTP/1.0 without keep-alive closes too.
             let old = try RawHTTPClient(port: port)
             let (h, oldClosed) = await blocking {

@@ -94,7 +94,7 @@ final class RawHTTPClient {
     }
 
     /// Parses the next response (status line, headers, then a Content-Length, chunked or until-EOF body).
-    func readResponse(timeout: Duration = .seconds(10)) -> Response? {
+    func readResponse(timeout: Duration = .seconds(10), interim: Bool = false) -> Response? {
         let deadline = ContinuousClock.now + timeout
         func find(_ pattern: [UInt8], from: Int) -> Int? {
             guard buffer.count >= pattern.count + from else { return nil }
@@ -118,7 +118,10 @@ final class RawHTTPClient {
             guard let colon = line.firstIndex(of: ":") else { continue }
             headers[line[..<colon].lowercased()] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
-        if status / 100 == 1 { return readResponse(timeout: deadline - .now) }
+        if status / 100 == 1 {
+            if interim { return Response(status: status, headers: headers, body: "", complete: true) }
+            return readResponse(timeout: deadline - .now)
+        }
         var body: [UInt8] = []
         var complete = false
         if let lengthText = headers["content-length"], let length = Int(lengthText) {
