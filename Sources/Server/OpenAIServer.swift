@@ -4,6 +4,7 @@ import Foundation
 import Hummingbird
 import Scheduling
 import Models
+import NIOHTTP1
 import ServiceLifecycle
 import Tokenizers
 
@@ -27,6 +28,8 @@ public struct ServerOptions: Sendable {
     public var defaultCompletionTokens = 16
     /// On shutdown, running requests get this long to finish before they are cancelled.
     public var shutdownDeadline: Duration = .seconds(30)
+    /// Connection timeouts and the connection cap (`HTTPLimits`).
+    public var http = HTTPLimits()
 
     public init(modelName: String) { self.modelName = modelName }
 }
@@ -43,6 +46,7 @@ public final class OpenAIServer: Sendable {
     public let contextLimit: Int
     private let created = Int(Date().timeIntervalSince1970)
     private let state = Locked(State())
+    let prompts: PromptTokenizer
 
     private struct State {
         var inFlight = 0
@@ -56,6 +60,7 @@ public final class OpenAIServer: Sendable {
         self.adapters = adapters
         self.options = options
         contextLimit = engine.contextLimit
+        prompts = PromptTokenizer(tokenizer)
     }
 
     /// Requests admitted and not yet finished.
@@ -246,13 +251,25 @@ public final class OpenAIServer: Sendable {
     }
 
     private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64) async throws -> Response {
-        // Tokens.
+        // Tokens (text too long for the limit by its byte length alone is refused before tokenizing).
         let prompt: [Int]
         let promptParam = parsed.isChat ? "messages" : "prompt"
+        let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
+        func checkBytes(_ text: String) throws {
+            let atLeast = prompts.minimumTokens(bytes: text.utf8.count)
+            guard atLeast <= maxPrompt else {
+                throw APIError.invalid(promptParam, "the prompt has at least \(atLeast) tokens (\(text.utf8.count) bytes); this server takes at most \(maxPrompt)",
+                                       code: "context_length_exceeded")
+            }
+        }
+        func tokens(_ text: String, addSpecial: Bool) async throws -> [Int] {
+            try checkBytes(text)
+            return await prompts.encode(text, addSpecial: addSpecial)
+        }
         switch parsed.input {
         case .text(let text):
             guard !text.isEmpty else { throw APIError.invalid("prompt", "the prompt is empty") }
-            prompt = tokenizer.encode(text, addSpecial: true)
+            prompt = try await tokens(text, addSpecial: true)
         case .tokens(let ids):
             prompt = ids
         case .messages(let messages):
@@ -263,10 +280,10 @@ public final class OpenAIServer: Sendable {
                 throw APIError.invalid("messages", "\(error)")
             }
             // Control tokens written in a message are text: a user cannot forge a turn of another role.
-            prompt = tokenizer.encode(rendered)
+            try checkBytes(rendered.text)
+            prompt = await prompts.encode(rendered)
         }
         guard !prompt.isEmpty else { throw APIError.invalid(promptParam, "the prompt is empty") }
-        let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
         guard prompt.count <= maxPrompt else {
             throw APIError.invalid(promptParam, "the prompt has \(prompt.count) tokens; this server takes at most \(maxPrompt)",
                                    code: "context_length_exceeded")
@@ -296,33 +313,22 @@ public final class OpenAIServer: Sendable {
         }
         let call = Call(server: self, model: parsed.model, chat: parsed.isChat, id: newID(parsed.isChat ? "chatcmpl-" : "cmpl-"),
                         promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission)
-        // Watching the connection for a disconnect consumes its inbound stream, so it cannot carry another
-        // request: say so, and clients open a new connection rather than race the close.
+        // A client that leaves cancels the request: the connection's close is watched beside the request
+        // (ClientConnection), not by reading its inbound stream, so keep-alive, pipelining and a half-close
+        // still work (docs/design/server.md, "Disconnects").
         if parsed.stream {
             let includeUsage = parsed.includeUsage
-            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .connection: "close"],
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
                             body: .init { writer in
-                                try await request.body.consumeWithCancellationOnInboundClose { _ in
+                                try await ClientConnection.cancellingOnDisconnect {
                                     try await call.stream(events, includeUsage: includeUsage, writer: &writer)
                                 }
                                 try await writer.finish(nil)
                             })
         }
-        let result = try await request.body.consumeWithCancellationOnInboundClose { _ in await call.collect(events) }
-        let body: String
-        do {
-            body = try call.completion(result)
-        } catch let e as APIError {
-            // A request that ended in an error (non-finite logits, shutdown) still consumed the connection's
-            // inbound stream: its error response must close the connection too.
-            metrics.request(model: parsed.model, status: String(e.status.code))
-            var response = json(e.status, e.json)
-            response.headers[.connection] = "close"
-            return response
-        }
-        var response = json(.ok, body)
-        response.headers[.connection] = "close"
-        return response
+        ClientConnection.current?.armHalfCloseProbe()
+        let result = try await ClientConnection.cancellingOnDisconnect { await call.collect(events) }
+        return json(.ok, try call.completion(result))
     }
 
     // MARK: Helpers
@@ -330,13 +336,7 @@ public final class OpenAIServer: Sendable {
     private func authorize(_ request: Request, key: String?) throws {
         guard let key else { return }
         let header = request.headers[.authorization] ?? ""
-        let prefix = "Bearer "
-        let given = header.hasPrefix(prefix) ? String(header.dropFirst(prefix.count)) : ""
-        // Constant time in the key's length: no early exit on the first differing byte.
-        let a = Array(given.utf8), b = Array(key.utf8)
-        var diff = a.count == b.count ? 0 : 1
-        for i in 0..<b.count { diff |= Int((i < a.count ? a[i] : 0) ^ b[i]) }
-        guard diff == 0 else {
+        guard BearerKey.matches(header: header, key: key) else {
             throw APIError(.unauthorized, header.isEmpty ? "missing API key (Authorization: Bearer …)" : "invalid API key",
                            code: "invalid_api_key")
         }
@@ -374,6 +374,8 @@ struct ErrorMiddleware: RouterMiddleware {
             throw APIError(e.status, message)
         } catch is CancellationError {
             throw APIError(.serviceUnavailable, "the request was cancelled")
+        } catch let e as HTTPParserError {
+            throw APIError(.badRequest, "malformed HTTP request (\(e))")
         } catch {
             throw APIError(.internalServerError, "internal error")
         }

@@ -51,6 +51,14 @@ struct Serve: AsyncParsableCommand {
     var threads: Int?
     @Flag(name: .customLong("no-mmap"), help: "Copy the model into memory at load instead of mapping it (with a mapping, truncating or rewriting the model file in place while serving kills the process with SIGBUS).")
     var noMmap = false
+    @Option(help: "Seconds a client has to send a complete request head, from connecting or from its first byte.")
+    var headerTimeout: Double = 10
+    @Option(help: "Seconds a client has to send a request body, from its head (then 408).")
+    var bodyTimeout: Double = 60
+    @Option(help: "Seconds an idle keep-alive connection stays open.")
+    var idleTimeout: Double = 30
+    @Option(help: "Open connections at most; beyond, the oldest idle one is closed, or the new one if none is idle.")
+    var maxConnections: Int = 512
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
@@ -64,6 +72,10 @@ struct Serve: AsyncParsableCommand {
             throw ValidationError("unknown --policy '\(policy)' (dlora, unmerged-only, merged-only, peft-like)")
         }
         if let threads, threads < 1 { throw ValidationError("--threads must be positive") }
+        for (name, value) in [("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout), ("--idle-timeout", idleTimeout)] {
+            guard value > 0, value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
+        }
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be positive") }
     }
 
     func run() async throws {
@@ -93,20 +105,23 @@ struct Serve: AsyncParsableCommand {
         options.maxPromptTokens = maxPromptTokens
         options.maxTokensLimit = maxTokensLimit
         options.shutdownDeadline = .milliseconds(Int64(shutdownDeadline * 1000))
+        options.http.headerTimeout = .milliseconds(Int64(headerTimeout * 1000))
+        options.http.bodyTimeout = .milliseconds(Int64(bodyTimeout * 1000))
+        options.http.idleTimeout = .milliseconds(Int64(idleTimeout * 1000))
+        options.http.maxConnections = maxConnections
         let server = OpenAIServer(engine: engine, tokenizer: loaded.tokenizer, adapters: registry, options: options)
 
         var logger = Logger(label: "dlora")
         logger.logLevel = .info
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
-        let app = Application(
-            router: server.makeRouter(),
+        let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),
+            logger: logger,
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? 0
                 FileHandle.standardError.write(Data(
                     "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks\n".utf8))
-            },
-            logger: logger
+            }
         )
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: app), .init(service: DrainService(server: server))],

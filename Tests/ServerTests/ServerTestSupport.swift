@@ -59,7 +59,7 @@ enum ServerFixtures {
     /// closes one), then shuts the engine down.
     static func withServer<T: Sendable>(_ server: OpenAIServer, _ body: @Sendable (any TestClientProtocol) async throws -> T) async throws -> T {
         defer { server.engine.shutdown() }
-        let app = Application(router: server.makeRouter())
+        let app = server.makeApplication()
         return try await app.test(.ahc(.http), body)
     }
 
