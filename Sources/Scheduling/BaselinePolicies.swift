@@ -44,9 +44,7 @@ public struct MergedOnlyPolicy: BatchingPolicy {
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
         creditTable.charge(queue: queue, ran: ran.runs)
-        guard !ran.runs.isEmpty, ran.mode != mode else { return }
-        mode = ran.mode
-        switches += 1
+        countSwitch(ran, mode: &mode, switches: &switches)
     }
 
     public mutating func forget(adapter: Int) {}
@@ -77,10 +75,16 @@ public struct PEFTLikePolicy: BatchingPolicy {
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
         creditTable.charge(queue: queue, ran: ran.runs)
-        guard !ran.runs.isEmpty, ran.mode != mode else { return }
-        mode = ran.mode
-        switches += 1
+        countSwitch(ran, mode: &mode, switches: &switches)
     }
 
     public mutating func forget(adapter: Int) {}
+}
+
+/// The mode of an executed iteration becomes the policy's mode; a change counts as a switch (an iteration in
+/// which nothing ran changes nothing).
+func countSwitch(_ ran: BatchDecision, mode: inout ExecutionMode, switches: inout Int) {
+    guard !ran.runs.isEmpty, ran.mode != mode else { return }
+    mode = ran.mode
+    switches += 1
 }

@@ -124,6 +124,23 @@ final class ManagedAtomicCounter: @unchecked Sendable {
 /// sequences at once, idle adapters are evicted and sequences swapped to host memory and back — and every
 /// request still produces the tokens of its solo run.
 @Suite struct MemoryBudgetTests {
+    /// `count` all-layer rank-8 adapters on the tiny model (seeds from `seed`).
+    static func adapters(_ count: Int, seed: UInt64, config c: ModelConfig, in dir: TempDir) throws -> [LoRAWeights] {
+        try (0..<count).map { i in
+            try TestAdapter(config: c, rank: 8, alpha: 8, targets: LoRATarget.allCases, seed: seed + UInt64(i)).writePEFT(to: dir.path("a\(i)"), config: c)
+            return try AdapterLoader.load(path: dir.path("a\(i)"), base: c)
+        }
+    }
+
+    /// Each request's tokens run alone on an engine with room to spare.
+    static func soloRuns(_ requests: [([Int], LoRAWeights?)], model: LlamaModel, tokenizer: Tokenizer, params: SamplingParams) throws -> [[Int]] {
+        try requests.map { p, a in
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let id = try g.submit(prompt: p, params: params, adapter: a)
+            return g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token)
+        }
+    }
+
     @Test(arguments: [1 << 30, 0])
     func pressureEvictsAdaptersAndSwapsKV(hostSwapLimit: Int) throws {
         let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
@@ -131,19 +148,10 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
         let c = model.config
         let dir = try TempDir()
-        var adapters: [LoRAWeights] = []
-        for i in 0..<6 {
-            try TestAdapter(config: c, rank: 8, alpha: 8, targets: LoRATarget.allCases, seed: UInt64(60 + i)).writePEFT(to: dir.path("a\(i)"), config: c)
-            adapters.append(try AdapterLoader.load(path: dir.path("a\(i)"), base: c))
-        }
+        let adapters = try Self.adapters(6, seed: 60, config: c, in: dir)
         let params = SamplingParams(temperature: 0, maxTokens: 12, ignoreEOS: true)
         let requests: [([Int], Int?)] = (0..<30).map { i in ((0..<(4 + i % 9)).map { (i * 13 + $0 * 5) % 300 }, i % 7 == 6 ? nil : i % 6) }
-        var solo: [[Int]] = []
-        for (p, a) in requests {
-            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
-            let id = try g.submit(prompt: p, params: params, adapter: a.map { adapters[$0] })
-            solo.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
-        }
+        let solo = try Self.soloRuns(requests.map { ($0.0, $0.1.map { adapters[$0] }) }, model: model, tokenizer: tokenizer, params: params)
         // Block = 2 KB here; an adapter takes ~56 blocks: 150 blocks hold 2 adapters plus a few sequences.
         let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 150, blockSize: 4, maxBatchTokens: 48, maxSequences: 12,
                           adapterSlots: 6, policy: BatchPolicyConfig(kind: .unmergedOnly), hostSwapLimitBytes: hostSwapLimit)
@@ -173,19 +181,10 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
         let c = model.config
         let dir = try TempDir()
-        var adapters: [LoRAWeights] = []
-        for i in 0..<12 {
-            try TestAdapter(config: c, rank: 8, alpha: 8, targets: LoRATarget.allCases, seed: UInt64(300 + i)).writePEFT(to: dir.path("a\(i)"), config: c)
-            adapters.append(try AdapterLoader.load(path: dir.path("a\(i)"), base: c))
-        }
+        let adapters = try Self.adapters(12, seed: 300, config: c, in: dir)
         let params = SamplingParams(temperature: 0, maxTokens: 10, ignoreEOS: true)
         let requests: [([Int], Int)] = (0..<60).map { i in ((0..<(3 + i % 11)).map { (i * 17 + $0 * 3) % 300 }, (i * 5) % 12) }
-        var solo: [[Int]] = []
-        for (p, a) in requests {
-            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
-            let id = try g.submit(prompt: p, params: params, adapter: adapters[a])
-            solo.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
-        }
+        let solo = try Self.soloRuns(requests.map { ($0.0, adapters[$0.1]) }, model: model, tokenizer: tokenizer, params: params)
         // Room for 3 adapters beside a few sequences (48 blocks of 2 KB each here).
         let perAdapter = 2 * c.numLayers * 4 * c.numKVHeads * c.headDim * MemoryLayout<Float>.stride
         let adapterBlocks = (adapters[0].byteCount + perAdapter - 1) / perAdapter
