@@ -98,17 +98,23 @@ public final class ModelRunner {
             batch.append(sequence: tokens(run), start: run.start, blockTable: run.blockTable, blockSize: kv.blockSize,
                          logits: run.samples ? .last : .none, adapterSlot: run.loraSlot, adapterScale: scale)
         }
+        let seconds = forward(batch, lora: lora)
+        // The slots hold no adapter between iterations: an adapter the scheduler dropped is freed.
+        for slot in 0..<output.loraSlots.count { lora[slot] = nil }
+        return seconds
+    }
+
+    /// Runs a batch laid out by the caller (benchmarks and tests that place their own block tables in `kv`);
+    /// returns its seconds. Logit rows, one per entry of `batch.logitRows`, are then read with `logitsRow`.
+    public func forward(_ batch: ForwardBatch, lora slots: LoRASlots? = nil) -> Double {
         let rows = batch.logitRows.count
         if rows > logitsCapacity {
             logitsCapacity = max(rows, logitsCapacity * 2)
             logits = Buffer(floats: logitsCapacity * model.config.vocabSize)
         }
         let start = clock()
-        model.forward(batch, kv: kv, workspace: workspace, scratch: scratch, logits: logits.floats, lora: lora)
-        let seconds = Double(clock() &- start) / 1e9
-        // The slots hold no adapter between iterations: an adapter the scheduler dropped is freed.
-        for slot in 0..<output.loraSlots.count { lora[slot] = nil }
-        return seconds
+        model.forward(batch, kv: kv, workspace: workspace, scratch: scratch, logits: logits.floats, lora: slots)
+        return Double(clock() &- start) / 1e9
     }
 
     /// The logits of the `row`-th sampling run of the last forward pass.

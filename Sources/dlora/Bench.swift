@@ -83,12 +83,10 @@ struct BenchCore: ParsableCommand {
         let c = m.config
         let blockSize = 16
         let blocksPerSeq = (prompt + gen + blockSize - 1) / blockSize
-        let kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: b * blocksPerSeq, blockSize: blockSize,
-                                numKVHeads: c.numKVHeads, headDim: c.headDim)
+        // The engine's runner (KV storage, workspace, logits), driven with block tables laid out here.
+        let runner = ModelRunner(model: m, numBlocks: b * blocksPerSeq, blockSize: blockSize, maxBatchTokens: min(ubatch, b * prompt),
+                                 adapterSlots: 1)
         let tables = (0..<b).map { s in (0..<blocksPerSeq).map { Int32(s * blocksPerSeq + $0) } }
-        let ws = ForwardWorkspace(config: c, capacity: min(ubatch, b * prompt))
-        let scratch = ScratchArena()
-        let logits = Buffer(floats: b * c.vocabSize)
         var batch = ForwardBatch()
         // Deterministic pseudo-random prompts (as llama-batched-bench, content does not matter for speed).
         var state: UInt64 = 0x2545_F491_4F6C_DD1D
@@ -102,7 +100,7 @@ struct BenchCore: ParsableCommand {
 
         // Warm-up: one small forward pass (page in the weights, start the pool).
         batch.append(sequence: prompts[0].prefix(8), start: 0, blockTable: tables[0], blockSize: blockSize)
-        m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+        _ = runner.forward(batch)
 
         // Prefill: the B prompts back to back, cut into ubatches.
         let t0 = DispatchTime.now().uptimeNanoseconds
@@ -118,7 +116,7 @@ struct BenchCore: ParsableCommand {
                 done += n
                 if done == prompt { s += 1; done = 0 }
             }
-            m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+            _ = runner.forward(batch)
         }
         let prefillSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         for i in 0..<b { last[i] = prompts[i][prompt - 1] }
@@ -130,9 +128,9 @@ struct BenchCore: ParsableCommand {
             for i in 0..<b {
                 batch.append(sequence: CollectionOfOne(last[i]), start: prompt + step, blockTable: tables[i], blockSize: blockSize)
             }
-            m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+            _ = runner.forward(batch)
             for i in 0..<b {
-                last[i] = Sampler.argmax(UnsafeBufferPointer(start: logits.floats + i * c.vocabSize, count: c.vocabSize))
+                last[i] = Sampler.argmax(runner.logitsRow(i))
             }
         }
         let decodeSeconds = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e9

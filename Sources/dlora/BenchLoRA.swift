@@ -1,5 +1,6 @@
 import Adapters
 import ArgumentParser
+import Engine
 import Foundation
 import Kernels
 import Models
@@ -175,11 +176,9 @@ final class StepRunner {
     let model: LlamaModel
     let b: Int
     let context: Int
-    let kv: PagedKVStorage
+    /// The engine's runner (KV storage, workspace, logits), driven with block tables laid out here.
+    let runner: ModelRunner
     let tables: [[Int32]]
-    let ws: ForwardWorkspace
-    let scratch = ScratchArena()
-    let logits: Buffer
     var batch = ForwardBatch()
 
     init(model m: LlamaModel, batch b: Int, context: Int) {
@@ -188,15 +187,13 @@ final class StepRunner {
         self.context = context
         let c = m.config, blockSize = 16
         let per = (context + 1 + blockSize - 1) / blockSize
-        kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: b * per, blockSize: blockSize, numKVHeads: c.numKVHeads, headDim: c.headDim)
+        runner = ModelRunner(model: m, numBlocks: b * per, blockSize: blockSize, maxBatchTokens: max(b, 64), adapterSlots: 1)
         tables = (0..<b).map { s in (0..<per).map { Int32(s * per + $0) } }
-        ws = ForwardWorkspace(config: c, capacity: max(b, 64))
-        logits = Buffer(floats: max(b, context) * c.vocabSize)
         // Fill the context (content does not matter for timing).
         for s in 0..<b {
             batch.reset()
             batch.append(sequence: (0..<context).map { ($0 * 7 + s) % c.vocabSize }, start: 0, blockTable: tables[s], blockSize: blockSize)
-            m.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats)
+            _ = runner.forward(batch)
         }
     }
 
@@ -207,10 +204,10 @@ final class StepRunner {
         func step() {
             batch.reset()
             for s in order {
-                batch.append(sequence: CollectionOfOne(1), start: context, blockTable: tables[s], blockSize: kv.blockSize,
+                batch.append(sequence: CollectionOfOne(1), start: context, blockTable: tables[s], blockSize: runner.kv.blockSize,
                              adapterSlot: lora == nil ? -1 : assign(s))
             }
-            model.forward(batch, kv: kv, workspace: ws, scratch: scratch, logits: logits.floats, lora: lora)
+            _ = runner.forward(batch, lora: lora)
         }
         step()  // warm-up
         let t = DispatchTime.now().uptimeNanoseconds
