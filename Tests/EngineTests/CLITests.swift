@@ -44,6 +44,15 @@ import Testing
         (["generate", "--model", "/nonexistent/model.gguf", "--prompt", "a"], "/nonexistent/model.gguf"),
         (["generate", "--model", ModelFixtures.root.appendingPathComponent("summary.json").path, "--prompt", "a"], "summary.json"),
         (["frobnicate"], "frobnicate"),
+        (["generate", "--model", tiny, "--prompt", "a", "--threads", "0"], "--threads"),
+        (["serve", "--model", tiny, "--policy", "fcfs"], "unknown --policy 'fcfs' (dlora, unmerged-only, merged-only, peft-like)"),
+        (["serve", "--model", tiny, "--kv-cache-mb", "0"], "--kv-cache-mb"),
+        (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
+        (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--max-sequences", "0"], "--max-batch-sequences"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--horizon", "0"], "--horizon"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--policies", "dlora,fcfs"], "fcfs"),
+        (["bench", "core", "--model", tiny, "--threads", "2000"], "--threads"),
     ])
     func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) throws {
         let r = try Self.dlora(args)
@@ -52,6 +61,36 @@ import Testing
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 1, "stderr: \(r.stderr)")
         #expect(r.stderr.contains(mention), "stderr: \(r.stderr)")
+    }
+
+    /// The shared option groups: every command takes the model flags, the engine commands the engine flags,
+    /// each declared once (same help line, same default, taken from `EngineConfiguration`).
+    @Test func commandsShareTheirOptionGroups() throws {
+        let helps = try [["serve"], ["generate"], ["bench", "core"], ["bench", "lora"], ["bench", "replica"]].map { cmd in
+            let r = try Self.dlora(cmd + ["--help"])
+            #expect(r.status == 0)
+            return (cmd, r.stdout)
+        }
+        func line(_ help: String, _ flag: String) -> String? {
+            // The flag's entry: from its name to the next option (help text wraps over several lines).
+            guard let start = help.range(of: "  " + flag + " ") ?? help.range(of: "  " + flag + ",") else { return nil }
+            let rest = help[start.upperBound...]
+            let end = rest.range(of: "\n  --")?.lowerBound ?? rest.endIndex
+            return rest[..<end].split(whereSeparator: \.isWhitespace).joined(separator: " ")  // unwrapped
+        }
+        for flag in ["--model", "--no-mmap", "--threads"] {
+            let entries = helps.map { line($0.1, flag) }
+            #expect(entries.allSatisfy { $0 != nil } && Set(entries).count == 1, "\(flag): \(entries)")
+        }
+        let engine = helps.filter { $0.0 == ["serve"] || $0.0 == ["bench", "replica"] }
+        for (flag, defaultValue) in [("--kv-cache-mb", "1024"), ("--block-size", "16"), ("--max-batch-tokens", "512"),
+                                     ("--max-batch-sequences", "256"), ("--adapter-slots", "32"), ("--host-swap-mb", "1024"),
+                                     ("--credit-bound", "8"), ("--horizon", "16")] {
+            let entries = engine.map { line($0.1, flag) }
+            #expect(entries.allSatisfy { $0?.contains("(default: \(defaultValue))") == true } && Set(entries).count == 1,
+                    "\(flag): \(entries)")
+        }
+        #expect(line(helps[0].1, "--policy")?.contains("dlora, unmerged-only, merged-only, peft-like") == true)
     }
 
     @Test func generatesWithATinyModelAndReportsThroughput() throws {
