@@ -70,7 +70,8 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], swiftSettings: strictSwift),
+        // Models only for `DefaultModel`: the SmolLM2 goldens read the default model where the CLI finds it.
+        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "Models"], swiftSettings: strictSwift),
         .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
         .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: strictSwift),

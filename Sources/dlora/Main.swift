@@ -44,28 +44,6 @@ struct CLIError: Error, CustomStringConvertible {
     init(_ message: String) { description = message }
 }
 
-/// The default model: SmolLM2-135M-Instruct Q4_1, fetched by scripts/fetch-model.sh into the user cache.
-enum DefaultModel {
-    static let fileName = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-    static var path: String {
-        let env = ProcessInfo.processInfo.environment
-        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? (NSHomeDirectory() as NSString).appendingPathComponent(".cache")
-        return ((cache as NSString).appendingPathComponent("dlora") as NSString).appendingPathComponent(fileName)
-    }
-
-    /// Resolves `--model`: the given path, or the default model when it is present.
-    static func resolve(_ given: String?) throws -> String {
-        if let given { return given }
-        let p = path
-        guard FileManager.default.fileExists(atPath: p) else {
-            throw CLIError("no --model given and the default model is not at \(p) (run scripts/fetch-model.sh)")
-        }
-        return p
-    }
-}
-
 /// A loaded model with its tokenizer.
 struct LoadedModel {
     let model: LlamaModel

@@ -23,7 +23,14 @@ struct ModelOptions: ParsableArguments {
     }
 
     /// The checkpoint path: `--model`, else the default model (an error naming scripts/fetch-model.sh when absent).
-    func resolvedPath() throws -> String { try DefaultModel.resolve(model) }
+    func resolvedPath() throws -> String {
+        if let model { return model }
+        do {
+            return try DefaultModel.require()
+        } catch let missing as DefaultModel.Missing {
+            throw CLIError("no --model given and \(missing)")
+        }
+    }
 
     /// Sets the kernel threads and the loading mode, then loads the model and its tokenizer.
     func load() throws -> (path: String, loaded: LoadedModel) {

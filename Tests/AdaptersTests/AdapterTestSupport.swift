@@ -12,11 +12,8 @@ enum Fixtures {
         variant == "hf" ? root.appendingPathComponent("models/\(name)/hf").path
             : root.appendingPathComponent("models/\(name)/\(name).\(variant).gguf").path
     }
-    static var smolPath: String {
-        let env = ProcessInfo.processInfo.environment
-        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? (NSHomeDirectory() + "/.cache")
-        return cache + "/dlora/SmolLM2-135M-Instruct.Q4_1.gguf"
-    }
+    /// The default model, where the CLI finds it (`DefaultModel`).
+    static var smolPath: String { DefaultModel.path }
 }
 
 /// A scratch directory removed when released.

@@ -124,7 +124,7 @@ import Testing
     /// The default model (Q4_1 GGUF, permuted Q/K) with two F16 PEFT adapters made on transformers' HF-layout load of it.
     @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
     func smolLM2(_ name: String) throws {
-        try #require(FileManager.default.fileExists(atPath: Fixtures.smolPath), "default model missing: run scripts/fetch-model.sh")
+        _ = try DefaultModel.require()
         let g = try Self.golden("smollm2__\(name)")
         let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.smolPath))
         let adapter = try AdapterLoader.load(path: Fixtures.root.appendingPathComponent("lora/smollm2/\(name)").path, base: model.config)

@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Testing
 
 /// `dlora generate` as a user runs it: the executable built next to the test bundle.
@@ -18,10 +19,11 @@ import Testing
         return dir.appendingPathComponent("dlora")
     }
 
-    static func dlora(_ args: [String]) throws -> Run {
+    static func dlora(_ args: [String], environment: [String: String] = [:]) throws -> Run {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -93,6 +95,28 @@ import Testing
         #expect(line(helps[0].1, "--policy")?.contains("dlora, unmerged-only, merged-only, peft-like") == true)
     }
 
+    /// Without --model the CLI looks where `DefaultModel` (and every test) looks: under $XDG_CACHE_HOME when it
+    /// is set, and says where it looked and how to fetch the model.
+    @Test func missingDefaultModelNamesThePathAndTheFetchScript() throws {
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-xdg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: cache) }
+        let expected = cache.path + "/dlora/" + DefaultModel.fileName
+        #expect(DefaultModel.path(environment: ["XDG_CACHE_HOME": cache.path]) == expected)
+        for cmd in [["generate", "--prompt", "a"], ["bench", "core"]] {
+            let r = try Self.dlora(cmd, environment: ["XDG_CACHE_HOME": cache.path])
+            #expect(r.status != 0 && r.stdout.isEmpty)
+            #expect(r.stderr == "dlora: no --model given and the default model is not at \(expected) (run scripts/fetch-model.sh)\n",
+                    "stderr: \(r.stderr)")
+        }
+        // Found there once it is there (a link to the real one, when it is present).
+        let real = try DefaultModel.require()
+        try FileManager.default.createDirectory(at: cache.appendingPathComponent("dlora"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: expected, withDestinationPath: real)
+        let r = try Self.dlora(["generate", "--prompt", "a", "--max-tokens", "2", "--temperature", "0"], environment: ["XDG_CACHE_HOME": cache.path])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
+    }
+
     @Test func generatesWithATinyModelAndReportsThroughput() throws {
         let r = try Self.dlora(["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "12", "--temperature", "0"])
         #expect(r.status == 0, "stderr: \(r.stderr)")
@@ -114,7 +138,7 @@ import Testing
     /// The README's main job, shortened: a chat prompt on the default model, greedy, matches transformers'
     /// continuation (the chat case of the SmolLM2 goldens) and stops at the end-of-turn token.
     @Test func chatOnTheDefaultModelMatchesTheReference() throws {
-        try #require(FileManager.default.fileExists(atPath: ModelFixtures.smolPath), "default model missing: run scripts/fetch-model.sh")
+        _ = try DefaultModel.require()
         let golden = try #require(try ModelFixtures.smolGoldens().cases.first { $0.kind == "chat" })
         let r = try Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
                                 "--max-tokens", "40", "--temperature", "0"])
@@ -124,7 +148,7 @@ import Testing
     }
 
     @Test func stopStringsEndTheOutput() throws {
-        try #require(FileManager.default.fileExists(atPath: ModelFixtures.smolPath), "default model missing: run scripts/fetch-model.sh")
+        _ = try DefaultModel.require()
         let r = try Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
                                 "--max-tokens", "40", "--temperature", "0", "--stop", "point"])
         #expect(r.status == 0, "stderr: \(r.stderr)")

@@ -89,11 +89,6 @@ enum ModelFixtures {
         return try decoder.decode(SmolGoldens.self, from: Data(contentsOf: root.appendingPathComponent("smollm2-135m-instruct/goldens.json")))
     }
 
-    static var smolPath: String {
-        let env = ProcessInfo.processInfo.environment
-        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? (NSHomeDirectory() + "/.cache")
-        return cache + "/dlora/SmolLM2-135M-Instruct.Q4_1.gguf"
-    }
 }
 
 /// Runs a model over sequences with its own paged KV cache: the smallest driver of `LlamaModel.forward`.

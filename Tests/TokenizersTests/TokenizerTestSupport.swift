@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Testing
 @testable import Tokenizers
 
@@ -28,14 +29,11 @@ enum TokenizerFixtures {
         return try decoder.decode(ChatTemplateGoldens.self, from: data)
     }
 
-    /// The real SmolLM2 GGUF (not in the repository; `scripts/fetch-model.sh` puts it here).
-    static let smolLM2Path = FileManager.default.homeDirectoryForCurrentUser
-        .appendingPathComponent(".cache/dlora/SmolLM2-135M-Instruct.Q4_1.gguf").path
-    static var hasSmolLM2: Bool { FileManager.default.fileExists(atPath: smolLM2Path) }
-
-    /// SmolLM2's tokenizer metadata, read once (the file's metadata section is ~2 MB).
+    /// SmolLM2's tokenizer metadata from the default model (not in the repository: `scripts/fetch-model.sh`
+    /// puts it where `DefaultModel` finds it), read once (the file's metadata section is ~2 MB). Absent, `get()`
+    /// throws `DefaultModel.Missing`, which names the path and the script: the test fails, it is not skipped.
     static let smolLM2Metadata: Result<TokenizerTestMetadata, any Error> = Result {
-        try TokenizerTestGGUFReader.read(path: smolLM2Path)
+        try TokenizerTestGGUFReader.read(path: DefaultModel.require())
     }
 }
 
