@@ -67,14 +67,17 @@ let package = Package(
             dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", "Kernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift
         ),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
+        // Test-only scaffolding shared by the test targets: fixture paths, golden decoding, temporary
+        // directories, a seeded RNG, tolerance helpers. Foundation only; never part of a product.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strictSwift),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "ModelsTests", dependencies: ["TestSupport", "Models", "Kernels"], swiftSettings: strictSwift),
         // Models only for `DefaultModel`: the SmolLM2 goldens read the default model where the CLI finds it.
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers", "Models"], swiftSettings: strictSwift),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
+        .testTarget(name: "TokenizersTests", dependencies: ["TestSupport", "Tokenizers", "Models"], swiftSettings: strictSwift),
+        .testTarget(name: "EngineTests", dependencies: ["TestSupport", "Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "ServerTests", dependencies: ["TestSupport", "Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: strictSwift),
-        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "AdaptersTests", dependencies: ["TestSupport", "Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
     ]
 )

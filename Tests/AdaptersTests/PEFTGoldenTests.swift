@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Models
 import Testing
+import TestSupport
 
 @testable import Adapters
 
@@ -38,9 +39,7 @@ import Testing
     }
 
     static func golden(_ name: String) throws -> Golden {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(Golden.self, from: Data(contentsOf: Fixtures.root.appendingPathComponent("lora/goldens/\(name).json")))
+        try FixtureFiles.decodeGolden(Golden.self, at: FixtureFiles.lora.appendingPathComponent("goldens/\(name).json"))
     }
 
     /// Runs every case of `g` through `model` with the adapter (unmerged in slot 0, or merged) and compares

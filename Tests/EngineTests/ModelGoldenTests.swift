@@ -3,6 +3,7 @@ import Kernels
 import Models
 import Testing
 import Tokenizers
+import TestSupport
 
 @testable import Engine
 

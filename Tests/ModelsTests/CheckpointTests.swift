@@ -1,16 +1,15 @@
 import Foundation
 import Kernels
 import Testing
+import TestSupport
 
 @testable import Models
 
 enum CheckpointFixtures {
-    static let models = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/models")
+    static let models = FixtureFiles.models
 
-    static func gguf(_ model: String, _ variant: String) -> String { models.appendingPathComponent("\(model)/\(model).\(variant).gguf").path }
-    static func hf(_ model: String) -> String { models.appendingPathComponent("\(model)/hf").path }
+    static func gguf(_ model: String, _ variant: String) -> String { FixtureFiles.checkpoint(model: model, variant: variant) }
+    static func hf(_ model: String) -> String { FixtureFiles.checkpoint(model: model, variant: "hf") }
 
     /// All values of a matrix as f32 (dequantized when quantized).
     static func values(_ m: WeightMatrix) -> [Float] {

@@ -1,21 +1,17 @@
 import Foundation
 import Models
 import Testing
+import TestSupport
 @testable import Tokenizers
 
 /// Fixtures from `tools/gen_tokenizer_goldens.py` (see Tests/Fixtures/tokenizers/README.md).
 enum TokenizerFixtures {
-    static let root = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/tokenizers")
+    static let root = FixtureFiles.tokenizers
 
     static func directory(_ name: String) -> URL { root.appendingPathComponent(name) }
 
     static func goldens(_ name: String) throws -> TokenizerGoldens {
-        let data = try Data(contentsOf: directory(name).appendingPathComponent("goldens.json"))
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(TokenizerGoldens.self, from: data)
+        try FixtureFiles.decodeGolden(TokenizerGoldens.self, at: directory(name).appendingPathComponent("goldens.json"))
     }
 
     static func ggufMetadata(_ name: String) throws -> TokenizerTestMetadata {
@@ -23,10 +19,7 @@ enum TokenizerFixtures {
     }
 
     static func chatTemplates() throws -> ChatTemplateGoldens {
-        let data = try Data(contentsOf: root.appendingPathComponent("chat_templates.json"))
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(ChatTemplateGoldens.self, from: data)
+        try FixtureFiles.decodeGolden(ChatTemplateGoldens.self, at: root.appendingPathComponent("chat_templates.json"))
     }
 
     /// SmolLM2's tokenizer metadata from the default model (not in the repository: `scripts/fetch-model.sh`
