@@ -49,11 +49,13 @@ let package = Package(
         .target(name: "Scheduling", swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
         .target(name: "Engine", dependencies: ["Scheduling", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
+        // OpenAI's wire types (responses, chunks, errors) and their one JSON encoder: no logic, Foundation only.
+        .target(name: "ServingAPI", swiftSettings: strictSwift),
         // The OpenAI-compatible HTTP server (Hummingbird), its metrics and the adapter catalog it serves.
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "Scheduling", "Models", "Tokenizers", "Adapters",
+                "ServingAPI", "Engine", "Scheduling", "Models", "Tokenizers", "Adapters",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -76,7 +78,7 @@ let package = Package(
         // Models only for `DefaultModel`: the SmolLM2 goldens read the default model where the CLI finds it.
         .testTarget(name: "TokenizersTests", dependencies: ["TestSupport", "Tokenizers", "Models"], swiftSettings: strictSwift),
         .testTarget(name: "EngineTests", dependencies: ["TestSupport", "Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "ServerTests", dependencies: ["TestSupport", "Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
+        .testTarget(name: "ServerTests", dependencies: ["TestSupport", "ServingAPI", "Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: strictSwift),
         .testTarget(name: "AdaptersTests", dependencies: ["TestSupport", "Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
     ]

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import ServingAPI
 
 /// An error the API reports in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with its
 /// HTTP status. Thrown anywhere in a handler; Hummingbird renders it through `response(from:context:)`.

@@ -2,6 +2,7 @@ import Adapters
 import Engine
 import Foundation
 import Hummingbird
+import ServingAPI
 import Scheduling
 import Models
 import ServiceLifecycle

@@ -2,6 +2,7 @@ import Engine
 import Foundation
 import Hummingbird
 import Scheduling
+import ServingAPI
 
 /// One generation request on its way through the engine: reads the engine's events, measures time to first
 /// token, inter-token and end-to-end latency, and renders OpenAI's response or SSE chunks. Dropping it
@@ -99,11 +100,11 @@ final class Call: Sendable {
         let usage = Usage(prompt: promptTokens, completion: o.completionTokens)
         if chat {
             return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model,
-                                                    choices: [ChatChoice(message: AssistantMessage(content: o.text), finishReason: finish)],
+                                                    choices: [ChatChoice(message: AssistantMessage(content: o.text), finishReason: finish.rawValue)],
                                                     usage: usage))
         }
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: o.text, finishReason: finish)], usage: usage))
+                                                choices: [TextChoice(text: o.text, finishReason: finish.rawValue)], usage: usage))
     }
 
     /// Streams server-sent events: one chunk per piece of text, a final chunk with the finish reason, the
@@ -169,11 +170,11 @@ final class Call: Sendable {
             return chunk(delta: ChatDelta(content: text), finish: finish)
         }
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: text ?? "", finishReason: finish)]))
+                                                choices: [TextChoice(text: text ?? "", finishReason: finish?.rawValue)]))
     }
 
     private func chunk(delta: ChatDelta, finish: FinishReason?) -> String {
         OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
-                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish)]))
+                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish?.rawValue)]))
     }
 }

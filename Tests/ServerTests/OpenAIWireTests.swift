@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import ServingAPI
 import Testing
 
 @testable import Server
@@ -12,14 +13,14 @@ import Testing
                                                        choices: [TextChoice(text: "a\"b\\c\n/é\u{01}", finishReason: nil)]))
         #expect(running == #"{"choices":[{"finish_reason":null,"index":0,"logprobs":null,"text":"a\"b\\c\n/é\u0001"}],"created":7,"id":"cmpl-1","model":"m","object":"text_completion"}"#)
         let done = OpenAIWire.encode(TextCompletion(id: "cmpl-1", object: "text_completion", created: 7, model: "m",
-                                                    choices: [TextChoice(text: "x", finishReason: .length)],
+                                                    choices: [TextChoice(text: "x", finishReason: "length")],
                                                     usage: Usage(prompt: 3, completion: 1)))
         #expect(done == #"{"choices":[{"finish_reason":"length","index":0,"logprobs":null,"text":"x"}],"created":7,"id":"cmpl-1","model":"m","object":"text_completion","usage":{"completion_tokens":1,"prompt_tokens":3,"total_tokens":4}}"#)
     }
 
     @Test func chatCompletionAndChunks() {
         let whole = OpenAIWire.encode(ChatCompletion(id: "chatcmpl-1", object: "chat.completion", created: 7, model: "m",
-                                                     choices: [ChatChoice(message: AssistantMessage(content: "hi"), finishReason: .stop)],
+                                                     choices: [ChatChoice(message: AssistantMessage(content: "hi"), finishReason: "stop")],
                                                      usage: Usage(prompt: 2, completion: 5)))
         #expect(whole == #"{"choices":[{"finish_reason":"stop","index":0,"logprobs":null,"message":{"content":"hi","role":"assistant"}}],"created":7,"id":"chatcmpl-1","model":"m","object":"chat.completion","usage":{"completion_tokens":5,"prompt_tokens":2,"total_tokens":7}}"#)
         func chunk(_ choice: ChatChunkChoice) -> String {
@@ -28,7 +29,7 @@ import Testing
         #expect(chunk(ChatChunkChoice(delta: ChatDelta(role: "assistant", content: ""), finishReason: nil))
                 == #"{"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":1,"id":"c","model":"m","object":"chat.completion.chunk"}"#)
         #expect(chunk(ChatChunkChoice(delta: ChatDelta(content: "x"), finishReason: nil)).contains(#""delta":{"content":"x"},"finish_reason":null"#))
-        #expect(chunk(ChatChunkChoice(delta: ChatDelta(), finishReason: .stop)).contains(#""delta":{},"finish_reason":"stop""#))
+        #expect(chunk(ChatChunkChoice(delta: ChatDelta(), finishReason: "stop")).contains(#""delta":{},"finish_reason":"stop""#))
         let usage = OpenAIWire.encode(ChatCompletionChunk(id: "c", object: "chat.completion.chunk", created: 1, model: "m", choices: [],
                                                           usage: Usage(prompt: 1, completion: 2)))
         #expect(usage == #"{"choices":[],"created":1,"id":"c","model":"m","object":"chat.completion.chunk","usage":{"completion_tokens":2,"prompt_tokens":1,"total_tokens":3}}"#)

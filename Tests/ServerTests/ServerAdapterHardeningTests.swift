@@ -3,6 +3,7 @@ import Engine
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import ServingAPI
 import Models
 import Tokenizers
 import Testing
