@@ -49,11 +49,13 @@ let package = Package(
         .target(name: "Scheduling", swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
         .target(name: "Engine", dependencies: ["Scheduling", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
+        // OpenAI's wire types (responses, chunks, errors) and their one JSON encoder: no logic, Foundation only.
+        .target(name: "ServingAPI", swiftSettings: strictSwift),
         // The OpenAI-compatible HTTP server (Hummingbird), its metrics and the adapter catalog it serves.
         .target(
             name: "Server",
             dependencies: [
-                "Engine", "Scheduling", "Models", "Tokenizers", "Adapters",
+                "ServingAPI", "Engine", "Scheduling", "Models", "Tokenizers", "Adapters",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -67,13 +69,17 @@ let package = Package(
             dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", "Kernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strictSwift
         ),
-        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels"], swiftSettings: strictSwift),
+        // Test-only scaffolding shared by the test targets: fixture paths, golden decoding, temporary
+        // directories, a seeded RNG, tolerance helpers. Foundation only; never part of a product.
+        .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strictSwift),
+        .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
-        .testTarget(name: "ModelsTests", dependencies: ["Models", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "TokenizersTests", dependencies: ["Tokenizers"], swiftSettings: strictSwift),
-        .testTarget(name: "EngineTests", dependencies: ["Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "ServerTests", dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
+        .testTarget(name: "ModelsTests", dependencies: ["TestSupport", "Models", "Kernels"], swiftSettings: strictSwift),
+        // Models only for `DefaultModel`: the SmolLM2 goldens read the default model where the CLI finds it.
+        .testTarget(name: "TokenizersTests", dependencies: ["TestSupport", "Tokenizers", "Models"], swiftSettings: strictSwift),
+        .testTarget(name: "EngineTests", dependencies: ["TestSupport", "Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "ServerTests", dependencies: ["TestSupport", "ServingAPI", "Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: strictSwift),
-        .testTarget(name: "AdaptersTests", dependencies: ["Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
+        .testTarget(name: "AdaptersTests", dependencies: ["TestSupport", "Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
     ]
 )

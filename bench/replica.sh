@@ -53,8 +53,10 @@ run() {  # heading, then arguments for dlora bench replica
         echo
         echo "$heading"
         echo
+        # The engine this benchmark has always measured: 1,024 KV blocks (720 MiB on SmolLM2), 256 tokens and 32
+        # sequences per iteration (a section's own flags, after these, win).
         .build/release/dlora bench replica --model "$MODEL" --workload "$WORKLOAD" --trace "$TRACE" --max-prompt 128 \
-            --max-output 32 --threads "$THREADS" --slo "$SLO" "$@"
+            --max-output 32 --threads "$THREADS" --slo "$SLO" --kv-cache-mb 720 --max-batch-tokens 256 --max-batch-sequences 32 "$@"
     } >> "$OUT"
 }
 for n in $ADAPTERS; do

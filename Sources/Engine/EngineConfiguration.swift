@@ -21,6 +21,9 @@ public struct EngineConfiguration: Sendable, Equatable {
 
     public init(kvBlocks: Int) { self.kvBlocks = kvBlocks }
 
+    /// The KV budget `serve` and `bench replica` size `kvBlocks` from when `--kv-cache-mb` is not given.
+    public static let defaultKVCacheMegabytes = 1024
+
     /// KV blocks that `megabytes` of KV cache hold for a model (at least 4).
     public static func kvBlocks(megabytes: Int, bytesPerBlock: Int) -> Int { max(4, (megabytes << 20) / bytesPerBlock) }
 

@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import ServingAPI
 
 /// An error the API reports in OpenAI's shape, `{"error": {"message", "type", "param", "code"}}`, with its
 /// HTTP status. Thrown anywhere in a handler; Hummingbird renders it through `response(from:context:)`.
@@ -38,42 +39,12 @@ public struct APIError: Error, HTTPResponseError, Equatable, CustomStringConvert
     }
 
     /// The JSON body (also sent as an SSE event when a stream fails after it started).
-    var json: String {
-        func quote(_ s: String?) -> String { s.map(JSONText.quote) ?? "null" }
-        return "{\"error\":{\"message\":\(quote(message)),\"type\":\(quote(type)),\"param\":\(quote(param)),\"code\":\(quote(code))}}"
-    }
+    var json: String { OpenAIWire.encode(ErrorBody(error: .init(message: message, type: type, param: param, code: code))) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers: HTTPFields = [.contentType: "application/json"]
         if let retryAfter { headers[.retryAfter] = String(retryAfter) }
         if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: json)))
-    }
-}
-
-/// JSON text helpers for the hand-written response bodies (field order as OpenAI's, no Foundation encoder).
-enum JSONText {
-    /// `s` as a JSON string literal.
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        out.reserveCapacity(s.utf8.count + 2)
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "\u{08}": out += "\\b"
-            case "\u{0C}": out += "\\f"
-            default:
-                if u.value < 0x20 || u.value == 0x2028 || u.value == 0x2029 {
-                    out += String(format: "\\u%04x", u.value)
-                } else {
-                    out.unicodeScalars.append(u)
-                }
-            }
-        }
-        return out + "\""
     }
 }

@@ -2,6 +2,7 @@ import Adapters
 import Engine
 import Foundation
 import Hummingbird
+import ServingAPI
 import Scheduling
 import Models
 import NIOHTTP1
@@ -109,7 +110,7 @@ public final class OpenAIServer: Sendable {
 
     private func health() throws -> Response {
         guard !isDraining else { throw APIError(.serviceUnavailable, "the server is shutting down") }
-        return json(.ok, "{\"status\":\"ok\"}")
+        return json(.ok, OpenAIWire.encode(HealthStatus()))
     }
 
     private func renderMetrics() -> Response {
@@ -119,16 +120,14 @@ public final class OpenAIServer: Sendable {
     }
 
     private func models() -> Response {
-        func entry(_ id: String, root: String, parent: String?) -> String {
-            "{\"id\":\(JSONText.quote(id)),\"object\":\"model\",\"created\":\(created),\"owned_by\":\"dlora\","
-                + "\"root\":\(JSONText.quote(root)),\"parent\":\(parent.map(JSONText.quote) ?? "null"),"
-                + "\"max_model_len\":\(contextLimit)}"
+        func card(_ id: String, parent: String?) -> ModelCard {
+            ModelCard(id: id, created: created, root: id, parent: parent, maxModelLen: contextLimit)
         }
-        var data = [entry(options.modelName, root: options.modelName, parent: nil)]
+        var data = [card(options.modelName, parent: nil)]
         for name in adapters?.available() ?? [] where name != options.modelName {
-            data.append(entry(name, root: name, parent: options.modelName))
+            data.append(card(name, parent: options.modelName))
         }
-        return json(.ok, "{\"object\":\"list\",\"data\":[\(data.joined(separator: ","))]}")
+        return json(.ok, OpenAIWire.encode(ModelList(data: data)))
     }
 
     private func loadAdapter(_ request: Request) async throws -> Response {

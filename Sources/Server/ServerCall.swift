@@ -2,6 +2,7 @@ import Engine
 import Foundation
 import Hummingbird
 import Scheduling
+import ServingAPI
 
 /// One generation request on its way through the engine: reads the engine's events, measures time to first
 /// token, inter-token and end-to-end latency, and renders OpenAI's response or SSE chunks. Dropping it
@@ -96,15 +97,14 @@ final class Call: Sendable {
             throw APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)")
         }
         if finish == .error { throw nonFiniteLogits }
-        let usage = usageJSON(o)
+        let usage = Usage(prompt: promptTokens, completion: o.completionTokens)
         if chat {
-            return "{\"id\":\"\(id)\",\"object\":\"chat.completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
-                + "\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\(JSONText.quote(o.text))},"
-                + "\"logprobs\":null,\"finish_reason\":\"\(finish.rawValue)\"}],\"usage\":\(usage)}"
+            return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model,
+                                                    choices: [ChatChoice(message: AssistantMessage(content: o.text), finishReason: finish.rawValue)],
+                                                    usage: usage))
         }
-        return "{\"id\":\"\(id)\",\"object\":\"text_completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
-            + "\"choices\":[{\"index\":0,\"text\":\(JSONText.quote(o.text)),\"logprobs\":null,\"finish_reason\":\"\(finish.rawValue)\"}],"
-            + "\"usage\":\(usage)}"
+        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
+                                                choices: [TextChoice(text: o.text, finishReason: finish.rawValue)], usage: usage))
     }
 
     /// Streams server-sent events: one chunk per piece of text, a final chunk with the finish reason, the
@@ -114,7 +114,7 @@ final class Call: Sendable {
         var clock = Clock(call: self)
         defer { clock.end(o) }
         if chat {
-            try await send(chunk(delta: "{\"role\":\"assistant\",\"content\":\"\"}", finish: nil), &writer)
+            try await send(chunk(delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer)
         }
         for await e in events {
             if e.token != nil {
@@ -143,9 +143,11 @@ final class Call: Sendable {
         }
         try await send(chunk(text: nil, finish: finish), &writer)
         if includeUsage {
-            let object = chat ? "chat.completion.chunk" : "text_completion"
-            try await send("{\"id\":\"\(id)\",\"object\":\"\(object)\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
-                           + "\"choices\":[],\"usage\":\(usageJSON(o))}", &writer)
+            let usage = Usage(prompt: promptTokens, completion: o.completionTokens)
+            try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
+                                                                        choices: [], usage: usage))
+                                : OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
+                                                                   choices: [], usage: usage)), &writer)
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
     }
@@ -162,27 +164,17 @@ final class Call: Sendable {
         try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
     }
 
+    /// A chunk with a piece of text (nil: the final chunk, which carries only the finish reason).
     private func chunk(text: String?, finish: FinishReason?) -> String {
         if chat {
-            return chunk(delta: text.map { "{\"content\":\(JSONText.quote($0))}" } ?? "{}", finish: finish)
+            return chunk(delta: ChatDelta(content: text), finish: finish)
         }
-        return "{\"id\":\"\(id)\",\"object\":\"text_completion\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
-            + "\"choices\":[{\"index\":0,\"text\":\(JSONText.quote(text ?? "")),\"logprobs\":null,"
-            + "\"finish_reason\":\(Self.finishJSON(finish))}]}"
+        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
+                                                choices: [TextChoice(text: text ?? "", finishReason: finish?.rawValue)]))
     }
 
-    private func chunk(delta: String, finish: FinishReason?) -> String {
-        "{\"id\":\"\(id)\",\"object\":\"chat.completion.chunk\",\"created\":\(created),\"model\":\(JSONText.quote(model)),"
-            + "\"choices\":[{\"index\":0,\"delta\":\(delta),\"logprobs\":null,"
-            + "\"finish_reason\":\(Self.finishJSON(finish))}]}"
-    }
-
-    /// OpenAI's `finish_reason`: the reason as a string, or null while the request runs.
-    private static func finishJSON(_ finish: FinishReason?) -> String {
-        finish.map { "\"\($0.rawValue)\"" } ?? "null"
-    }
-
-    private func usageJSON(_ o: Outcome) -> String {
-        "{\"prompt_tokens\":\(promptTokens),\"completion_tokens\":\(o.completionTokens),\"total_tokens\":\(promptTokens + o.completionTokens)}"
+    private func chunk(delta: ChatDelta, finish: FinishReason?) -> String {
+        OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
+                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish?.rawValue)]))
     }
 }

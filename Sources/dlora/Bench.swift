@@ -17,16 +17,13 @@ struct Bench: ParsableCommand {
 struct BenchCore: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "core", abstract: "Forward-pass throughput (prefill, decode).")
 
-    @Option(help: "GGUF file or Hugging Face directory (default: the default model).")
-    var model: String?
+    @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Comma-separated batch sizes.")
     var batches: String = "1,8,32"
     @Option(help: "Prompt tokens per sequence.")
     var prompt: Int = 128
     @Option(help: "Generated tokens per sequence.")
     var gen: Int = 64
-    @Option(help: "Kernel threads (default: all cores).")
-    var threads: Int?
     @Option(help: "Tokens per forward pass during prefill (llama.cpp's -ub).")
     var ubatch: Int = 512
 
@@ -40,9 +37,7 @@ struct BenchCore: ParsableCommand {
     var batchSizes: [Int] { batches.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
     func run() throws {
-        if let threads { Kernels.setThreads(threads) }
-        let path = try DefaultModel.resolve(model)
-        let loaded = try LoadedModel(path: path)
+        let (path, loaded) = try modelOptions.load()
         let m = loaded.model
         let c = m.config
         guard prompt + gen <= c.maxPositionEmbeddings else { throw CLIError("--prompt + --gen exceed the model's context") }

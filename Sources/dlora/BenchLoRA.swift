@@ -11,8 +11,7 @@ import Models
 struct BenchLoRA: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "lora", abstract: "Multi-LoRA execution costs.")
 
-    @Option(help: "GGUF file or Hugging Face directory (default: the default model).")
-    var model: String?
+    @OptionGroup var modelOptions: ModelOptions
     @Option(help: "Comma-separated batch sizes.")
     var batches: String = "1,8,32"
     @Option(help: "Comma-separated numbers of distinct adapters per batch.")
@@ -27,8 +26,6 @@ struct BenchLoRA: ParsableCommand {
     var steps: Int = 8
     @Option(help: "Interleaved rounds per configuration (the best round counts).")
     var rounds: Int = 3
-    @Option(help: "Kernel threads (default: all cores).")
-    var threads: Int?
     @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them) or f32.")
     var adapterDtype: String = "bf16"
 
@@ -44,9 +41,8 @@ struct BenchLoRA: ParsableCommand {
     }
 
     func run() throws {
-        if let threads { Kernels.setThreads(threads) }
-        let path = try DefaultModel.resolve(model)
-        let m = try LoadedModel(path: path).model
+        let (path, loaded) = try modelOptions.load()
+        let m = loaded.model
         let c = m.config
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
         let maxBatch = Self.list(batches).max()!

@@ -13,8 +13,8 @@ import Tokenizers
 struct BenchReplica: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "replica", abstract: "Batching policies on a trace-driven multi-adapter workload.")
 
-    @Option(help: "GGUF file (default: the default model).")
-    var model: String?
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var engineOptions: EngineOptions
     @Option(help: "JSONL of {\"prompt\": …, \"response\": …} conversations (bench/replica.sh extracts it from ShareGPT).")
     var workload: String
     @Option(help: "Azure LLM inference trace CSV (TIMESTAMP,ContextTokens,GeneratedTokens): arrival times.")
@@ -27,7 +27,7 @@ struct BenchReplica: ParsableCommand {
     var requests: Int = 40
     @Option(help: "Mean arrival rate in requests/s (the trace's gaps are scaled to it).")
     var rate: Double = 2.0
-    @Option(help: "Comma-separated policies: dlora, unmerged-only, merged-only, peft-like.")
+    @Option(help: "Comma-separated policies: \(PolicyOption.names).")
     var policies: String = "dlora,unmerged-only,merged-only,peft-like"
     @Option(help: "Prompt tokens at most (longer prompts are cut).")
     var maxPrompt: Int = 256
@@ -35,20 +35,10 @@ struct BenchReplica: ParsableCommand {
     var maxOutput: Int = 48
     @Option(help: "SLO on a request's latency per generated token, seconds.")
     var slo: Double = 0.5
-    @Option(help: "Sequences per iteration at most.")
-    var maxSequences: Int = 32
-    @Option(help: "Distinct adapters per unmerged iteration at most (LoRA slots).")
-    var adapterSlots: Int = 32
     @Option(help: "Adapter target modules: qv (q_proj, v_proj) or all (the seven linear layers).")
     var targets: String = "qv"
     @Option(help: "Seed for adapter popularity and weights.")
     var seed: UInt64 = 1
-    @Option(help: "Kernel threads (default: all cores).")
-    var threads: Int?
-    @Option(help: "dLoRA's credit bound: iterations an adapter with queued requests may be passed over (default: the policy's).")
-    var creditBound: Int?
-    @Option(help: "dLoRA's amortization horizon in iterations (default: the policy's).")
-    var horizon: Int?
     @Option(help: "Runs per policy, in rotated policy order (round i starts with the i-th policy); the table gives means and the throughput range.")
     var repeats: Int = 1
 
@@ -56,13 +46,10 @@ struct BenchReplica: ParsableCommand {
         guard adapters >= 1, adapters <= 1024, requests >= 1, rate > 0, maxPrompt >= 1, maxOutput >= 1, slo > 0, alpha >= 0 else {
             throw ValidationError("--adapters, --requests, --rate, --max-prompt, --max-output, --slo must be positive")
         }
-        guard (creditBound ?? 1) >= 1, (horizon ?? 1) >= 1 else { throw ValidationError("--credit-bound and --horizon must be positive") }
         guard repeats >= 1, repeats <= 100 else { throw ValidationError("--repeats must be in 1...100") }
-        guard maxSequences >= 1, adapterSlots >= 1 else { throw ValidationError("--max-sequences and --adapter-slots must be positive") }
         guard targets == "qv" || targets == "all" else { throw ValidationError("--targets must be qv or all") }
-        for p in policies.split(separator: ",") where BatchingPolicyKind(rawValue: String(p)) == nil {
-            throw ValidationError("unknown policy '\(p)' (dlora, unmerged-only, merged-only, peft-like)")
-        }
+        guard !policies.isEmpty else { throw ValidationError("--policies must name at least one policy (\(PolicyOption.names))") }
+        for p in policies.split(separator: ",") { _ = try PolicyOption.parse(String(p), flag: "policy") }
     }
 
     struct Request {
@@ -73,8 +60,7 @@ struct BenchReplica: ParsableCommand {
     }
 
     func run() throws {
-        if let threads { Kernels.setThreads(threads) }
-        let loaded = try LoadedModel(path: DefaultModel.resolve(model))
+        let (_, loaded) = try modelOptions.load()
         let m = loaded.model, c = m.config
         var rng = SamplerRNG(seed: seed)
 
@@ -140,12 +126,7 @@ struct BenchReplica: ParsableCommand {
 
     /// Serves the request stream in real time with one policy.
     func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
-        var config = BatchPolicyConfig(kind: policy)
-        config.costs = .smolLM2Reference
-        if let creditBound { config.creditBound = creditBound }
-        if let horizon { config.amortizationHorizon = horizon }
-        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 1024, maxBatchTokens: 256, maxSequences: maxSequences,
-                          adapterSlots: adapterSlots, policy: config)
+        let g = EngineCore(model: model, tokenizer: tokenizer, configuration: engineOptions.configuration(for: model.config, policy: policy))
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var next = 0

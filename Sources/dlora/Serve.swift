@@ -15,8 +15,9 @@ struct Serve: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Serve the base model and its LoRA adapters over an OpenAI-compatible HTTP API.")
 
-    @Option(help: "A GGUF file or a Hugging Face model directory (default: the SmolLM2-135M-Instruct Q4_1 in the user cache).")
-    var model: String?
+    @OptionGroup var modelOptions: ModelOptions
+    @OptionGroup var engineOptions: EngineOptions
+    @OptionGroup var policyOption: PolicyOption
     @Option(help: "Adapter root: every PEFT directory or GGUF LoRA under it is served by its name; load_lora_adapter paths are confined to it.")
     var adapters: String?
     @Option(help: "Address to bind (default: loopback only).")
@@ -37,20 +38,8 @@ struct Serve: AsyncParsableCommand {
     var maxPromptTokens: Int?
     @Option(help: "max_tokens at most (default: the context).")
     var maxTokensLimit: Int?
-    @Option(help: "KV cache and resident adapters: one budget, MiB.")
-    var kvCacheMb: Int = 1024
-    @Option(help: "Tokens per iteration at most (prompt chunks and decode tokens).")
-    var maxBatchTokens: Int = 256
-    @Option(help: "Sequences per iteration at most.")
-    var maxBatchSequences: Int = 64
-    @Option(help: "Batching policy: dlora, unmerged-only, merged-only, peft-like.")
-    var policy: String = "dlora"
     @Option(help: "Seconds running requests get to finish on SIGTERM/SIGINT before they are cancelled.")
     var shutdownDeadline: Double = 30
-    @Option(help: "Kernel threads (default: all cores).")
-    var threads: Int?
-    @Flag(name: .customLong("no-mmap"), help: "Copy the model into memory at load instead of mapping it (with a mapping, truncating or rewriting the model file in place while serving kills the process with SIGBUS).")
-    var noMmap = false
     @Option(help: "Seconds a client has to send a complete request head, from connecting or from its first byte.")
     var headerTimeout: Double = 10
     @Option(help: "Seconds a client has to send a request body, from its head (then 408).")
@@ -62,16 +51,11 @@ struct Serve: AsyncParsableCommand {
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
-        guard maxBodyBytes >= 1024, maxQueue >= 1, kvCacheMb >= 1, maxBatchTokens >= 1, maxBatchSequences >= 1,
-              shutdownDeadline >= 0, shutdownDeadline.isFinite else {
-            throw ValidationError("--max-body-bytes (≥ 1024), --max-queue, --kv-cache-mb, --max-batch-tokens, --max-batch-sequences must be positive")
+        guard maxBodyBytes >= 1024, maxQueue >= 1, shutdownDeadline >= 0, shutdownDeadline.isFinite else {
+            throw ValidationError("--max-body-bytes (≥ 1024) and --max-queue must be positive, --shutdown-deadline a finite number ≥ 0")
         }
         if let maxPromptTokens, maxPromptTokens < 1 { throw ValidationError("--max-prompt-tokens must be positive") }
         if let maxTokensLimit, maxTokensLimit < 1 { throw ValidationError("--max-tokens-limit must be positive") }
-        guard BatchingPolicyKind(rawValue: policy) != nil else {
-            throw ValidationError("unknown --policy '\(policy)' (dlora, unmerged-only, merged-only, peft-like)")
-        }
-        if let threads, threads < 1 { throw ValidationError("--threads must be positive") }
         for (name, value) in [("--header-timeout", headerTimeout), ("--body-timeout", bodyTimeout), ("--idle-timeout", idleTimeout)] {
             guard value > 0, value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
         }
@@ -79,21 +63,13 @@ struct Serve: AsyncParsableCommand {
     }
 
     func run() async throws {
-        if let threads { Kernels.setThreads(threads) }
-        if noMmap { MappedFile.defaultLoading = .copy }
-        let path = try DefaultModel.resolve(model)
-        let loaded = try LoadedModel(path: path)
+        let (path, loaded) = try modelOptions.load()
         let config = loaded.model.config
         let env = ProcessInfo.processInfo.environment
         let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
 
-        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: 16, numKVHeads: config.numKVHeads,
-                                                      headDim: config.headDim)
-        let blocks = max(4, kvCacheMb << 20 / blockBytes)
-        var engineConfig = EngineConfiguration(kvBlocks: blocks)
-        engineConfig.maxBatchTokens = maxBatchTokens
-        engineConfig.maxBatchSequences = maxBatchSequences
-        engineConfig.policy = BatchPolicyConfig(kind: BatchingPolicyKind(rawValue: policy)!)
+        let engineConfig = engineOptions.configuration(for: config, policy: policyOption.kind)
+        let blocks = engineConfig.kvBlocks
         let engine = EngineLoop(engine: EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig))
         defer { engine.shutdown() }
 

@@ -1,6 +1,7 @@
 import Foundation
 import Models
 import Testing
+import TestSupport
 
 @testable import Adapters
 
@@ -9,9 +10,10 @@ import Testing
 @Suite struct AdapterErrorTests {
     static let config = try! openCheckpoint(path: Fixtures.model("tiny-llama", "hf")).config
 
-    static func error(_ write: (String) throws -> Void) throws -> AdapterError? {
+    /// Writes an adapter at a path named `file` in a fresh directory, loads it, and returns the refusal (nil: it loaded).
+    static func error(file: String = "bad", _ write: (String) throws -> Void) throws -> AdapterError? {
         let dir = try TempDir()
-        let path = dir.path("bad")
+        let path = dir.path(file)
         try write(path)
         do {
             _ = try AdapterLoader.load(path: path, base: config)

@@ -1,6 +1,7 @@
 import Foundation
 import Models
 import Testing
+import TestSupport
 
 @testable import Adapters
 
@@ -12,15 +13,7 @@ import Testing
 
     /// Writes an adapter at a path named `file` in a fresh directory, loads it, and returns the refusal.
     static func error(file: String, _ write: (String) throws -> Void) throws -> AdapterError? {
-        let dir = try TempDir()
-        let path = dir.path(file)
-        try write(path)
-        do {
-            _ = try AdapterLoader.load(path: path, base: config)
-            return nil
-        } catch let e as AdapterError {
-            return e
-        }
+        try AdapterErrorTests.error(file: file, write)
     }
 
     static func expectRefused(_ mention: String, tensor: String? = nil, file: String = "bad", sourceLocation: SourceLocation = #_sourceLocation,

@@ -1,34 +1,19 @@
 import Foundation
 import Kernels
 import Models
+import TestSupport
 
 @testable import Adapters
 
 enum Fixtures {
-    static let root = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures")
-    static func model(_ name: String, _ variant: String) -> String {
-        variant == "hf" ? root.appendingPathComponent("models/\(name)/hf").path
-            : root.appendingPathComponent("models/\(name)/\(name).\(variant).gguf").path
-    }
-    static var smolPath: String {
-        let env = ProcessInfo.processInfo.environment
-        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? (NSHomeDirectory() + "/.cache")
-        return cache + "/dlora/SmolLM2-135M-Instruct.Q4_1.gguf"
-    }
+    static let root = FixtureFiles.root
+    static func model(_ name: String, _ variant: String) -> String { FixtureFiles.checkpoint(model: name, variant: variant) }
+    /// The default model, where the CLI finds it (`DefaultModel`).
+    static var smolPath: String { DefaultModel.path }
 }
 
-/// A scratch directory removed when released.
-final class TempDir {
-    let url: URL
-    init() throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-adapters-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-    func path(_ name: String) -> String { url.appendingPathComponent(name).path }
-    deinit { try? FileManager.default.removeItem(at: url) }
-}
+/// A scratch directory for adapter files, removed when released.
+typealias TempDir = TemporaryDirectory
 
 /// Random LoRA weights in Hugging Face layout, written as a PEFT directory or a llama.cpp GGUF LoRA.
 struct TestAdapter {
@@ -178,8 +163,3 @@ func promptLogits(_ model: LlamaModel, _ tokens: [Int], lora: LoRASlots? = nil, 
     return (0..<tokens.count).map { Array(out[($0 * c.vocabSize)..<(($0 + 1) * c.vocabSize)]) }
 }
 
-func maxAbsDiff(_ a: [[Float]], _ b: [[Float]]) -> Float {
-    var m: Float = 0
-    for (x, y) in zip(a, b) { for (p, q) in zip(x, y) { m = max(m, abs(p - q)) } }
-    return a.joined().contains(where: \.isNaN) ? .infinity : m
-}

@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Models
 import Testing
+import TestSupport
 
 @testable import Adapters
 

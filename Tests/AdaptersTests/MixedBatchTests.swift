@@ -4,6 +4,7 @@ import Models
 import Scheduling
 import Testing
 import Tokenizers
+import TestSupport
 
 @testable import Adapters
 

@@ -2,6 +2,7 @@ import Foundation
 import Kernels
 import Models
 import Testing
+import TestSupport
 
 @testable import Adapters
 
@@ -38,9 +39,7 @@ import Testing
     }
 
     static func golden(_ name: String) throws -> Golden {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(Golden.self, from: Data(contentsOf: Fixtures.root.appendingPathComponent("lora/goldens/\(name).json")))
+        try FixtureFiles.decodeGolden(Golden.self, at: FixtureFiles.lora.appendingPathComponent("goldens/\(name).json"))
     }
 
     /// Runs every case of `g` through `model` with the adapter (unmerged in slot 0, or merged) and compares
@@ -124,7 +123,7 @@ import Testing
     /// The default model (Q4_1 GGUF, permuted Q/K) with two F16 PEFT adapters made on transformers' HF-layout load of it.
     @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
     func smolLM2(_ name: String) throws {
-        try #require(FileManager.default.fileExists(atPath: Fixtures.smolPath), "default model missing: run scripts/fetch-model.sh")
+        _ = try DefaultModel.require()
         let g = try Self.golden("smollm2__\(name)")
         let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.smolPath))
         let adapter = try AdapterLoader.load(path: Fixtures.root.appendingPathComponent("lora/smollm2/\(name)").path, base: model.config)

@@ -3,6 +3,7 @@ import Kernels
 import Models
 import Testing
 import Tokenizers
+import TestSupport
 
 @testable import Engine
 
@@ -80,8 +81,7 @@ import Tokenizers
     /// as each alone, including when the KV cache is too small for all of them (preemption + recompute).
     @Test(arguments: [64, 8])
     func generatorBatchOfEightMatchesSingles(kvBlocks: Int) throws {
-        let path = ModelFixtures.smolPath
-        try #require(FileManager.default.fileExists(atPath: path), "default model missing: run scripts/fetch-model.sh")
+        let path = try DefaultModel.require()
         let checkpoint = try openCheckpoint(path: path)
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))

@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Testing
 
 /// `dlora generate` as a user runs it: the executable built next to the test bundle.
@@ -18,10 +19,11 @@ import Testing
         return dir.appendingPathComponent("dlora")
     }
 
-    static func dlora(_ args: [String]) throws -> Run {
+    static func dlora(_ args: [String], environment: [String: String] = [:]) throws -> Run {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let out = Pipe(), err = Pipe()
         p.standardOutput = out
         p.standardError = err
@@ -44,6 +46,15 @@ import Testing
         (["generate", "--model", "/nonexistent/model.gguf", "--prompt", "a"], "/nonexistent/model.gguf"),
         (["generate", "--model", ModelFixtures.root.appendingPathComponent("summary.json").path, "--prompt", "a"], "summary.json"),
         (["frobnicate"], "frobnicate"),
+        (["generate", "--model", tiny, "--prompt", "a", "--threads", "0"], "--threads"),
+        (["serve", "--model", tiny, "--policy", "fcfs"], "unknown --policy 'fcfs' (dlora, unmerged-only, merged-only, peft-like)"),
+        (["serve", "--model", tiny, "--kv-cache-mb", "0"], "--kv-cache-mb"),
+        (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
+        (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--max-sequences", "0"], "--max-batch-sequences"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--horizon", "0"], "--horizon"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--policies", "dlora,fcfs"], "fcfs"),
+        (["bench", "core", "--model", tiny, "--threads", "2000"], "--threads"),
     ])
     func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) throws {
         let r = try Self.dlora(args)
@@ -52,6 +63,58 @@ import Testing
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 1, "stderr: \(r.stderr)")
         #expect(r.stderr.contains(mention), "stderr: \(r.stderr)")
+    }
+
+    /// The shared option groups: every command takes the model flags, the engine commands the engine flags,
+    /// each declared once (same help line, same default, taken from `EngineConfiguration`).
+    @Test func commandsShareTheirOptionGroups() throws {
+        let helps = try [["serve"], ["generate"], ["bench", "core"], ["bench", "lora"], ["bench", "replica"]].map { cmd in
+            let r = try Self.dlora(cmd + ["--help"])
+            #expect(r.status == 0)
+            return (cmd, r.stdout)
+        }
+        func line(_ help: String, _ flag: String) -> String? {
+            // The flag's entry: from its name to the next option (help text wraps over several lines).
+            guard let start = help.range(of: "  " + flag + " ") ?? help.range(of: "  " + flag + ",") else { return nil }
+            let rest = help[start.upperBound...]
+            let end = rest.range(of: "\n  --")?.lowerBound ?? rest.endIndex
+            return rest[..<end].split(whereSeparator: \.isWhitespace).joined(separator: " ")  // unwrapped
+        }
+        for flag in ["--model", "--no-mmap", "--threads"] {
+            let entries = helps.map { line($0.1, flag) }
+            #expect(entries.allSatisfy { $0 != nil } && Set(entries).count == 1, "\(flag): \(entries)")
+        }
+        let engine = helps.filter { $0.0 == ["serve"] || $0.0 == ["bench", "replica"] }
+        for (flag, defaultValue) in [("--kv-cache-mb", "1024"), ("--block-size", "16"), ("--max-batch-tokens", "512"),
+                                     ("--max-batch-sequences", "256"), ("--adapter-slots", "32"), ("--host-swap-mb", "1024"),
+                                     ("--credit-bound", "8"), ("--horizon", "16")] {
+            let entries = engine.map { line($0.1, flag) }
+            #expect(entries.allSatisfy { $0?.contains("(default: \(defaultValue))") == true } && Set(entries).count == 1,
+                    "\(flag): \(entries)")
+        }
+        #expect(line(helps[0].1, "--policy")?.contains("dlora, unmerged-only, merged-only, peft-like") == true)
+    }
+
+    /// Without --model the CLI looks where `DefaultModel` (and every test) looks: under $XDG_CACHE_HOME when it
+    /// is set, and says where it looked and how to fetch the model.
+    @Test func missingDefaultModelNamesThePathAndTheFetchScript() throws {
+        let cache = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-xdg-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: cache) }
+        let expected = cache.path + "/dlora/" + DefaultModel.fileName
+        #expect(DefaultModel.path(environment: ["XDG_CACHE_HOME": cache.path]) == expected)
+        for cmd in [["generate", "--prompt", "a"], ["bench", "core"]] {
+            let r = try Self.dlora(cmd, environment: ["XDG_CACHE_HOME": cache.path])
+            #expect(r.status != 0 && r.stdout.isEmpty)
+            #expect(r.stderr == "dlora: no --model given and the default model is not at \(expected) (run scripts/fetch-model.sh)\n",
+                    "stderr: \(r.stderr)")
+        }
+        // Found there once it is there (a link to the real one, when it is present).
+        let real = try DefaultModel.require()
+        try FileManager.default.createDirectory(at: cache.appendingPathComponent("dlora"), withIntermediateDirectories: true)
+        try FileManager.default.createSymbolicLink(atPath: expected, withDestinationPath: real)
+        let r = try Self.dlora(["generate", "--prompt", "a", "--max-tokens", "2", "--temperature", "0"], environment: ["XDG_CACHE_HOME": cache.path])
+        #expect(r.status == 0, "stderr: \(r.stderr)")
     }
 
     @Test func generatesWithATinyModelAndReportsThroughput() throws {
@@ -75,7 +138,7 @@ import Testing
     /// The README's main job, shortened: a chat prompt on the default model, greedy, matches transformers'
     /// continuation (the chat case of the SmolLM2 goldens) and stops at the end-of-turn token.
     @Test func chatOnTheDefaultModelMatchesTheReference() throws {
-        try #require(FileManager.default.fileExists(atPath: ModelFixtures.smolPath), "default model missing: run scripts/fetch-model.sh")
+        _ = try DefaultModel.require()
         let golden = try #require(try ModelFixtures.smolGoldens().cases.first { $0.kind == "chat" })
         let r = try Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
                                 "--max-tokens", "40", "--temperature", "0"])
@@ -85,7 +148,7 @@ import Testing
     }
 
     @Test func stopStringsEndTheOutput() throws {
-        try #require(FileManager.default.fileExists(atPath: ModelFixtures.smolPath), "default model missing: run scripts/fetch-model.sh")
+        _ = try DefaultModel.require()
         let r = try Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
                                 "--max-tokens", "40", "--temperature", "0", "--stop", "point"])
         #expect(r.status == 0, "stderr: \(r.stderr)")

@@ -3,6 +3,7 @@ import Kernels
 import Models
 import Testing
 import Tokenizers
+import TestSupport
 
 @testable import Engine
 
@@ -76,8 +77,7 @@ import Tokenizers
     /// The default model against transformers on its own GGUF: top-50 and spread logits of the prompt step
     /// and three greedy steps, and the 32-token greedy continuation through the engine's Generator.
     @Test func smolLM2AgainstTransformers() throws {
-        let path = ModelFixtures.smolPath
-        try #require(FileManager.default.fileExists(atPath: path), "default model missing: run scripts/fetch-model.sh")
+        let path = try DefaultModel.require()
         let goldens = try ModelFixtures.smolGoldens()
         let checkpoint = try openCheckpoint(path: path)
         let model = try LlamaModel(checkpoint: checkpoint)

@@ -2,12 +2,11 @@ import Foundation
 import Kernels
 import Models
 import Testing
+import TestSupport
 
 /// The reference goldens of Tests/Fixtures/models (written by tools/gen_model_goldens.py from transformers).
 enum ModelFixtures {
-    static let root = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/models")
+    static let root = FixtureFiles.models
 
     struct Step: Decodable {
         let position: Int
@@ -38,16 +37,12 @@ enum ModelFixtures {
     }
 
     static func goldens(model: String, variant: String) throws -> Goldens {
-        let url = root.appendingPathComponent("\(model)/goldens/\(variant).json")
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(Goldens.self, from: Data(contentsOf: url))
+        try FixtureFiles.decodeGolden(Goldens.self, at: root.appendingPathComponent("\(model)/goldens/\(variant).json"))
     }
 
     /// The checkpoint a golden file was computed from: the hf/ directory or the GGUF file.
     static func checkpointPath(model: String, variant: String) -> String {
-        variant == "hf" ? root.appendingPathComponent("\(model)/hf").path
-            : root.appendingPathComponent("\(model)/\(model).\(variant).gguf").path
+        FixtureFiles.checkpoint(model: model, variant: variant)
     }
 
     /// Every (model, variant) pair with goldens.
@@ -84,16 +79,9 @@ enum ModelFixtures {
     }
 
     static func smolGoldens() throws -> SmolGoldens {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(SmolGoldens.self, from: Data(contentsOf: root.appendingPathComponent("smollm2-135m-instruct/goldens.json")))
+        try FixtureFiles.decodeGolden(SmolGoldens.self, at: root.appendingPathComponent("smollm2-135m-instruct/goldens.json"))
     }
 
-    static var smolPath: String {
-        let env = ProcessInfo.processInfo.environment
-        let cache = env["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? (NSHomeDirectory() + "/.cache")
-        return cache + "/dlora/SmolLM2-135M-Instruct.Q4_1.gguf"
-    }
 }
 
 /// Runs a model over sequences with its own paged KV cache: the smallest driver of `LlamaModel.forward`.
@@ -134,13 +122,6 @@ final class ModelRunner {
         }
         return (0..<batch.logitRows.count).map { Array(out[($0 * vocab)..<(($0 + 1) * vocab)]) }
     }
-}
-
-func maxAbsDiff(_ a: [Float], _ b: [Float]) -> Float {
-    precondition(a.count == b.count)
-    var m: Float = 0
-    for i in a.indices { m = max(m, abs(a[i] - b[i])) }
-    return a.contains(where: \.isNaN) ? .infinity : m
 }
 
 func argmax(_ x: [Float]) -> Int {

@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import Kernels
 
 /// dl_lora_apply through `Kernels.LoRABatch` against `ReferenceOps.loraApply` (double precision).
@@ -116,7 +117,7 @@ import Testing
     /// Many small segments: 10 one- and two-token runs over 5 adapters of different ranks, some tokens with
     /// no adapter, one negative scale (as in an unmerged decode batch of many adapters).
     @Test(arguments: [DType.f32, .f16, .bf16]) func manySmallSegments(dtype: DType) {
-        var rng = Rng(state: 900 + UInt64(dtype.rawValue))
+        var rng = Rng(seed: 900 + UInt64(dtype.rawValue))
         let inFeatures = 64, outFeatures = 48
         let adapters = [1, 8, 16, 17, 32].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
         let segments: [(Int, Range<Int>, Float)] = [
@@ -129,7 +130,7 @@ import Testing
     /// Few large segments: two prefill-sized runs on SmolLM2-sized projections (576 → 1536), big enough for
     /// the matmuls themselves to split over the pool.
     @Test(arguments: [DType.f32, .f16, .bf16]) func fewLargeSegments(dtype: DType) {
-        var rng = Rng(state: 950 + UInt64(dtype.rawValue))
+        var rng = Rng(seed: 950 + UInt64(dtype.rawValue))
         let inFeatures = 576, outFeatures = 1536
         let adapters = [8, 16].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
         let segments: [(Int, Range<Int>, Float)] = [(0, 0..<37, 1), (1, 40..<75, 0.5)]

@@ -1,5 +1,6 @@
 import CKernels
 import Testing
+import TestSupport
 @testable import Kernels
 
 /// dl_matmul_dq (dequantize-on-the-fly weights, f32 activations) against a float64 reference over the
@@ -30,7 +31,7 @@ import Testing
 
     @Test(arguments: [DType.q4_0, .q4_1, .q8_0, .f16, .bf16, .f32])
     func matchesFloat64ReferenceAndIsBatchInvariant(type: DType) {
-        var rng = Rng(state: UInt64(type.rawValue) + 77)
+        var rng = Rng(seed: UInt64(type.rawValue) + 77)
         for (rows, cols, ntok) in [(1, 32, 1), (7, 64, 3), (36, 576, 5), (130, 1536, 9), (64, 96, 37)] {
             let w = Self.randomMatrix(type, rows: rows, cols: cols, rng: &rng)
             let wf = Self.dequantized(type, w, rows: rows, cols: cols)
@@ -61,7 +62,7 @@ import Testing
     }
 
     @Test func threadCountDoesNotChangeResults() {
-        var rng = Rng(state: 99)
+        var rng = Rng(seed: 99)
         let rows = 256, cols = 512, ntok = 6
         let w = Self.randomMatrix(.q4_1, rows: rows, cols: cols, rng: &rng)
         let x = rng.floats(ntok * cols)

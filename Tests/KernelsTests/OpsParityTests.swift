@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Kernels
 
 /// Parity of the C kernels in ops.c and attention.c, called through their typed faces in `Kernels`,
@@ -9,19 +10,7 @@ import Testing
 /// the adds, the KV write and the RoPE tables exactly (the same f32 operations, or copies, or the same libm
 /// calls in double).
 @Suite struct OpsParityTests {
-    struct Rng {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func float() -> Float { Float(next() >> 40) / Float(1 << 24) * 2 - 1 }
-        mutating func floats(_ n: Int) -> [Float] { (0..<n).map { _ in float() } }
-        mutating func int(_ range: Range<Int>) -> Int { range.lowerBound + Int(next() % UInt64(range.count)) }
-    }
+    typealias Rng = SplitMix64
 
     static func maxRelError(_ a: [Float], _ b: [Float]) -> Float {
         let scale = max(b.map { abs($0) }.max() ?? 1, 1e-6)
@@ -29,7 +18,7 @@ import Testing
     }
 
     @Test func rmsnormMatchesReference() {
-        var rng = Rng(state: 1)
+        var rng = Rng(seed: 1)
         for n in [1, 7, 64, 576, 1000] {
             let ntok = 3
             let x = rng.floats(n * ntok).map { $0 * 5 }
@@ -44,7 +33,7 @@ import Testing
     }
 
     @Test func siluMulMatchesReference() {
-        var rng = Rng(state: 2)
+        var rng = Rng(seed: 2)
         let n = 96, ntok = 4
         let gu = rng.floats(2 * n * ntok).map { $0 * 8 }
         var out = [Float](repeating: 0, count: n * ntok)
@@ -60,7 +49,7 @@ import Testing
     }
 
     @Test(arguments: [false, true]) func ropeMatchesReference(neox: Bool) {
-        var rng = Rng(state: neox ? 3 : 4)
+        var rng = Rng(seed: neox ? 3 : 4)
         let heads = 3, headDim = 16, half = headDim / 2, ntok = 5
         let invFreq = (0..<half).map { Float(1 / pow(10000.0, Double(2 * $0) / Double(headDim))) }
         let positions: [Int32] = [0, 1, 17, 255, 4000]
@@ -85,7 +74,7 @@ import Testing
 
     /// The two RoPE layouts are the same rotation up to llama.cpp's Q/K row permutation.
     @Test func ropeLayoutsAgreeUnderPermutation() {
-        var rng = Rng(state: 5)
+        var rng = Rng(seed: 5)
         let headDim = 8, half = 4
         let invFreq: [Float] = [1, 0.1, 0.01, 0.001]
         let halves = rng.floats(headDim) // HF (rotate-half) layout
@@ -104,7 +93,7 @@ import Testing
     @Test(arguments: [(4, 2, 16, 4), (9, 3, 64, 16), (4, 4, 32, 1)])
     func pagedAttentionMatchesReference(shape: (Int, Int, Int, Int)) {
         let (nHead, nKV, headDim, blockSize) = shape
-        var rng = Rng(state: UInt64(nHead * 100 + blockSize))
+        var rng = Rng(seed: UInt64(nHead * 100 + blockSize))
         let row = nKV * headDim
         let storage = PagedKVStorage(numLayers: 1, numBlocks: 64, blockSize: blockSize, numKVHeads: nKV, headDim: headDim)
         // Sequence A: 37 cached positions + 5 new tokens; sequence B: 20 cached + 1 new.
@@ -186,7 +175,7 @@ import Testing
     @Test(arguments: [(9, 3, 64, 16), (4, 1, 32, 4), (8, 8, 16, 1)])
     func pagedAttentionSeveralBlockTables(shape: (Int, Int, Int, Int)) {
         let (nHead, nKV, headDim, blockSize) = shape
-        var rng = Rng(state: UInt64(7000 + nHead * 10 + blockSize))
+        var rng = Rng(seed: UInt64(7000 + nHead * 10 + blockSize))
         let row = nKV * headDim, layer = 1
         let storage = PagedKVStorage(numLayers: 2, numBlocks: 160, blockSize: blockSize, numKVHeads: nKV, headDim: headDim)
         var free = Array(0..<storage.numBlocks).shuffledDeterministically(&rng)
@@ -249,7 +238,7 @@ import Testing
 
     /// The KV write copies each token's rows (strided sources) to exactly its slots.
     @Test func kvWriteMatchesReference() {
-        var rng = Rng(state: 8)
+        var rng = Rng(seed: 8)
         let storage = PagedKVStorage(numLayers: 1, numBlocks: 6, blockSize: 4, numKVHeads: 2, headDim: 8)
         let row = storage.rowFloats, ld = 3 * row
         let slots: [Int64] = [17, 2, 23, 0, 9]
@@ -267,7 +256,7 @@ import Testing
     }
 
     @Test func addAndAddScaledMatchReference() {
-        var rng = Rng(state: 9)
+        var rng = Rng(seed: 9)
         let n = 203
         let x = rng.floats(n).map { $0 * 3 }, y0 = rng.floats(n)
         var y = y0
@@ -289,7 +278,7 @@ import Testing
     /// The bandwidth probe's sum (64 chunks over the threads, AVX-512 f32 partial sums) against a double sum;
     /// tolerance 1e-5 of Σ|x|: each chunk accumulates in f32 over 16 lanes × 4 registers.
     @Test func streamSumMatchesReference() {
-        var rng = Rng(state: 10)
+        var rng = Rng(seed: 10)
         for n in [0, 5, 64, 1000, 300_001] {
             let x = rng.floats(n)
             let got = Kernels.streamSum(x, count: n)

@@ -1,4 +1,5 @@
 import Testing
+import TestSupport
 @testable import Kernels
 
 /// Dequantization and ggml's reference quantizers (quant.c) against the Swift twins in
@@ -22,7 +23,7 @@ import Testing
     }
 
     @Test(arguments: types) func quantizeMatchesReference(type: DType) {
-        var rng = Rng(state: 300 + UInt64(type.rawValue))
+        var rng = Rng(seed: 300 + UInt64(type.rawValue))
         for n in [32, 96, 576, 1536] {
             let x = Self.values(n, rng: &rng)
             var got = [UInt8](repeating: 0, count: type.byteCount(elements: n)!)
@@ -32,7 +33,7 @@ import Testing
     }
 
     @Test(arguments: types) func dequantizeMatchesReference(type: DType) {
-        var rng = Rng(state: 400 + UInt64(type.rawValue))
+        var rng = Rng(seed: 400 + UInt64(type.rawValue))
         for n in [32, 96, 576, 1536] {
             // Bytes from the quantizer, plus random bytes (any scale, any nibble) for the block formats.
             var encodings = [ReferenceOps.quantize(Self.values(n, rng: &rng), to: type)]
@@ -57,7 +58,7 @@ import Testing
     /// The whole-matrix dequantizer (split by rows over the kernel threads above 64k elements) equals the
     /// row twin, row by row, and so does dequantizeRow.
     @Test(arguments: types) func dequantizeMatrixMatchesReference(type: DType) {
-        var rng = Rng(state: 500 + UInt64(type.rawValue))
+        var rng = Rng(seed: 500 + UInt64(type.rawValue))
         for (rows, cols) in [(3, 64), (200, 576)] {
             let x = Self.values(rows * cols, rng: &rng)
             let rowBytes = type.byteCount(elements: cols)!

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 @testable import Models
 
@@ -109,16 +110,3 @@ struct SafetensorsWriter {
     func write(to url: URL) throws { try Data(bytes()).write(to: url) }
 }
 
-/// A scratch directory removed when the value is deinitialised.
-final class TemporaryDirectory {
-    let url: URL
-
-    init() throws {
-        url = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-test-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-    }
-
-    func file(_ name: String) -> URL { url.appendingPathComponent(name) }
-
-    deinit { try? FileManager.default.removeItem(at: url) }
-}

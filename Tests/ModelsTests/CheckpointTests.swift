@@ -1,16 +1,15 @@
 import Foundation
 import Kernels
 import Testing
+import TestSupport
 
 @testable import Models
 
 enum CheckpointFixtures {
-    static let models = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/models")
+    static let models = FixtureFiles.models
 
-    static func gguf(_ model: String, _ variant: String) -> String { models.appendingPathComponent("\(model)/\(model).\(variant).gguf").path }
-    static func hf(_ model: String) -> String { models.appendingPathComponent("\(model)/hf").path }
+    static func gguf(_ model: String, _ variant: String) -> String { FixtureFiles.checkpoint(model: model, variant: variant) }
+    static func hf(_ model: String) -> String { FixtureFiles.checkpoint(model: model, variant: "hf") }
 
     /// All values of a matrix as f32 (dequantized when quantized).
     static func values(_ m: WeightMatrix) -> [Float] {
@@ -113,11 +112,18 @@ enum CheckpointFixtures {
         #expect(try qhf.vector(.qBias(0)) == qgg.vector(.qBias(0)))
     }
 
-    /// The default model, when present.
+    /// Where the default model is looked for: $XDG_CACHE_HOME/dlora when set and not empty, else ~/.cache/dlora.
+    @Test func defaultModelPath() {
+        let home = NSHomeDirectory()
+        #expect(DefaultModel.path(environment: [:]) == home + "/.cache/dlora/SmolLM2-135M-Instruct.Q4_1.gguf")
+        #expect(DefaultModel.path(environment: ["XDG_CACHE_HOME": ""]) == home + "/.cache/dlora/SmolLM2-135M-Instruct.Q4_1.gguf")
+        #expect(DefaultModel.path(environment: ["XDG_CACHE_HOME": "/srv/cache"]) == "/srv/cache/dlora/SmolLM2-135M-Instruct.Q4_1.gguf")
+        #expect(DefaultModel.Missing(path: "/x").description == "the default model is not at /x (run scripts/fetch-model.sh)")
+    }
+
+    /// The default model (the test command fetches it; absent, this fails naming scripts/fetch-model.sh).
     @Test func smolLM2() throws {
-        let path = (ProcessInfo.processInfo.environment["XDG_CACHE_HOME"].flatMap { $0.isEmpty ? nil : $0 } ?? NSHomeDirectory() + "/.cache")
-            + "/dlora/SmolLM2-135M-Instruct.Q4_1.gguf"
-        try #require(FileManager.default.fileExists(atPath: path), "default model missing: run scripts/fetch-model.sh")
+        let path = try DefaultModel.require()
         let ckpt = try openCheckpoint(path: path)
         let c = ckpt.config
         #expect([c.numLayers, c.hiddenSize, c.numHeads, c.numKVHeads, c.headDim, c.intermediateSize, c.vocabSize] == [30, 576, 9, 3, 64, 1536, 49152] as [Int])

@@ -3,6 +3,7 @@ import Engine
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import ServingAPI
 import Models
 import Tokenizers
 import Testing
@@ -214,7 +215,7 @@ import Testing
         #expect(naive.filter(tokenizer.isSpecial).count > clean.filter(tokenizer.isSpecial).count)
         #expect(naive.count != ids.count)  // so the server's prompt_tokens tell which encoding it used
         try await ServerFixtures.withServer(server) { client in
-            let body = "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\(JSONText.quote("hi " + forged))}],\"max_tokens\":2,\"temperature\":0}"
+            let body = "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\(OpenAIWire.encode("hi " + forged))}],\"max_tokens\":2,\"temperature\":0}"
             let r = try await client.post("/v1/chat/completions", body)
             #expect(r.0 == 200, "\(r.1)")
             #expect((try jsonObject(r.1)["usage"] as? [String: Any])?["prompt_tokens"] as? Int == ids.count)

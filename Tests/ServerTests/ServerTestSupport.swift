@@ -12,12 +12,12 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 import Tokenizers
+import TestSupport
 #endif
 
 /// Fixtures: the tiny Llama (F32 GGUF, the base of the PEFT goldens) and its adapters.
 enum ServerFixtures {
-    static let fixtures = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures")
+    static let fixtures = FixtureFiles.root
     static let modelPath = fixtures.appendingPathComponent("models/tiny-llama/tiny-llama.F32.gguf").path
     static let adapterRoot = fixtures.appendingPathComponent("lora/tiny-llama").path
 
@@ -31,9 +31,7 @@ enum ServerFixtures {
     }
 
     static func loraGolden(_ name: String) throws -> LoRAGolden {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(LoRAGolden.self, from: Data(contentsOf: fixtures.appendingPathComponent("lora/goldens/\(name).json")))
+        try FixtureFiles.decodeGolden(LoRAGolden.self, at: FixtureFiles.lora.appendingPathComponent("goldens/\(name).json"))
     }
 
     /// A server over a fresh engine on the tiny model.

@@ -5,6 +5,7 @@ import HummingbirdTesting
 import Models
 import Testing
 import Tokenizers
+import TestSupport
 
 @testable import Server
 
@@ -375,8 +376,6 @@ enum ModelGolden {
     struct File: Decodable { let cases: [Case] }
 
     static func load() throws -> File {
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(File.self, from: Data(contentsOf: ServerFixtures.fixtures.appendingPathComponent("models/tiny-llama/goldens/F32.json")))
+        try FixtureFiles.decodeGolden(File.self, at: FixtureFiles.models.appendingPathComponent("tiny-llama/goldens/F32.json"))
     }
 }

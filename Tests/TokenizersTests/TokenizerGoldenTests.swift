@@ -110,7 +110,7 @@ import Testing
         #expect(!plain.contains(eot) && tokenizer.decode(plain, skipSpecial: true) == "a<|eot_id|>")
     }
 
-    @Test(.enabled(if: TokenizerFixtures.hasSmolLM2, "SmolLM2 GGUF not in ~/.cache/dlora (scripts/fetch-model.sh)"))
+    @Test
     func smolLM2FromGGUF() throws {
         let tokenizer = try Tokenizer(metadata: TokenizerFixtures.smolLM2Metadata.get())
         let goldens = try TokenizerFixtures.goldens("smollm2-135m-instruct")

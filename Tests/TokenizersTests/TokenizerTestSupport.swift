@@ -1,20 +1,17 @@
 import Foundation
+import Models
 import Testing
+import TestSupport
 @testable import Tokenizers
 
 /// Fixtures from `tools/gen_tokenizer_goldens.py` (see Tests/Fixtures/tokenizers/README.md).
 enum TokenizerFixtures {
-    static let root = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent()
-        .appendingPathComponent("Fixtures/tokenizers")
+    static let root = FixtureFiles.tokenizers
 
     static func directory(_ name: String) -> URL { root.appendingPathComponent(name) }
 
     static func goldens(_ name: String) throws -> TokenizerGoldens {
-        let data = try Data(contentsOf: directory(name).appendingPathComponent("goldens.json"))
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(TokenizerGoldens.self, from: data)
+        try FixtureFiles.decodeGolden(TokenizerGoldens.self, at: directory(name).appendingPathComponent("goldens.json"))
     }
 
     static func ggufMetadata(_ name: String) throws -> TokenizerTestMetadata {
@@ -22,20 +19,14 @@ enum TokenizerFixtures {
     }
 
     static func chatTemplates() throws -> ChatTemplateGoldens {
-        let data = try Data(contentsOf: root.appendingPathComponent("chat_templates.json"))
-        let decoder = JSONDecoder()
-        decoder.keyDecodingStrategy = .convertFromSnakeCase
-        return try decoder.decode(ChatTemplateGoldens.self, from: data)
+        try FixtureFiles.decodeGolden(ChatTemplateGoldens.self, at: root.appendingPathComponent("chat_templates.json"))
     }
 
-    /// The real SmolLM2 GGUF (not in the repository; `scripts/fetch-model.sh` puts it here).
-    static let smolLM2Path = FileManager.default.homeDirectoryForCurrentUser
-        .appendingPathComponent(".cache/dlora/SmolLM2-135M-Instruct.Q4_1.gguf").path
-    static var hasSmolLM2: Bool { FileManager.default.fileExists(atPath: smolLM2Path) }
-
-    /// SmolLM2's tokenizer metadata, read once (the file's metadata section is ~2 MB).
+    /// SmolLM2's tokenizer metadata from the default model (not in the repository: `scripts/fetch-model.sh`
+    /// puts it where `DefaultModel` finds it), read once (the file's metadata section is ~2 MB). Absent, `get()`
+    /// throws `DefaultModel.Missing`, which names the path and the script: the test fails, it is not skipped.
     static let smolLM2Metadata: Result<TokenizerTestMetadata, any Error> = Result {
-        try TokenizerTestGGUFReader.read(path: smolLM2Path)
+        try TokenizerTestGGUFReader.read(path: DefaultModel.require())
     }
 }
 

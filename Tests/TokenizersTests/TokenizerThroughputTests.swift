@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import TestSupport
 @testable import Tokenizers
 
 /// Encoding speed, printed and not asserted (debug builds are several times slower than release).
@@ -39,23 +40,6 @@ import Testing
         let text = Self.sampleText()
         measure("tiny-llama3", try Tokenizer(directory: TokenizerFixtures.directory("tiny-llama3")), text)
         measure("tiny-spm (gguf)", try Tokenizer(metadata: TokenizerFixtures.ggufMetadata("tiny-spm")), text)
-        if TokenizerFixtures.hasSmolLM2 {
-            measure("smollm2", try Tokenizer(metadata: TokenizerFixtures.smolLM2Metadata.get()), text)
-        }
-    }
-}
-
-extension TokenizerThroughputTests {
-    /// A small deterministic generator for test data.
-    struct SplitMix64: RandomNumberGenerator {
-        var state: UInt64
-        init(seed: UInt64) { state = seed }
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        measure("smollm2", try Tokenizer(metadata: TokenizerFixtures.smolLM2Metadata.get()), text)
     }
 }

@@ -1,0 +1,146 @@
+import ArgumentParser
+import Engine
+import Foundation
+import Kernels
+import Models
+import Scheduling
+
+// The option groups every command shares: one declaration of each flag (name, help, default, validation)
+// and one place that turns the flags into the value the engine takes. Engine defaults are
+// `EngineConfiguration`'s, so changing a default there changes `serve`, `bench replica` and their help.
+
+/// `--model`, `--no-mmap`, `--threads`: which checkpoint, how it is loaded, how many kernel threads.
+struct ModelOptions: ParsableArguments {
+    @Option(help: "A GGUF file or a Hugging Face model directory (default: the SmolLM2-135M-Instruct Q4_1 in the user cache).")
+    var model: String?
+    @Flag(name: .customLong("no-mmap"), help: "Copy the model into memory at load instead of mapping it (with a mapping, truncating or rewriting the model file in place while it is in use kills the process with SIGBUS).")
+    var noMmap = false
+    @Option(help: "Kernel threads (default: all cores).")
+    var threads: Int?
+
+    func validate() throws {
+        if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
+    }
+
+    /// The checkpoint path: `--model`, else the default model (an error naming scripts/fetch-model.sh when absent).
+    func resolvedPath() throws -> String {
+        if let model { return model }
+        do {
+            return try DefaultModel.require()
+        } catch let missing as DefaultModel.Missing {
+            throw CLIError("no --model given and \(missing)")
+        }
+    }
+
+    /// Sets the kernel threads and the loading mode, then loads the model and its tokenizer.
+    func load() throws -> (path: String, loaded: LoadedModel) {
+        if let threads { Kernels.setThreads(threads) }
+        if noMmap { MappedFile.defaultLoading = .copy }
+        let path = try resolvedPath()
+        return (path, try LoadedModel(path: path))
+    }
+}
+
+/// The engine's sizing and the batching policy's tuning, for the commands that run a replica engine
+/// (`serve`, `bench replica`). The batching policy itself is `PolicyOption` (`bench replica` takes a list).
+struct EngineOptions: ParsableArguments {
+    static let defaults = EngineConfiguration(kvBlocks: 1)
+
+    @Option(name: .customLong("kv-cache-mb"), help: "KV cache and resident adapters: one budget, MiB.")
+    var kvCacheMb: Int = EngineConfiguration.defaultKVCacheMegabytes
+    @Option(name: .customLong("block-size"), help: "Tokens per KV block.")
+    var blockSize: Int = Self.defaults.blockSize
+    @Option(name: .customLong("max-batch-tokens"), help: "Tokens per iteration at most (prompt chunks and decode tokens).")
+    var maxBatchTokens: Int = Self.defaults.maxBatchTokens
+    @Option(name: [.customLong("max-batch-sequences"), .customLong("max-sequences")], help: "Sequences per iteration at most (the paper's batch size B).")
+    var maxBatchSequences: Int = Self.defaults.maxBatchSequences
+    @Option(name: .customLong("adapter-slots"), help: "Distinct adapters per unmerged iteration at most (LoRA slots).")
+    var adapterSlots: Int = Self.defaults.adapterSlots
+    @Option(name: .customLong("host-swap-mb"), help: "Host memory for swapped-out KV, MiB; beyond it, preempted requests recompute.")
+    var hostSwapMb: Int = Self.defaults.hostSwapBytes >> 20
+    @Option(name: .customLong("credit-bound"), help: "dLoRA's credit bound: iterations an adapter with queued requests may be passed over.")
+    var creditBound: Int = Self.defaults.policy.creditBound
+    @Option(help: "dLoRA's amortization horizon: iterations over which a switch to merged mode must pay for itself.")
+    var horizon: Int = Self.defaults.policy.amortizationHorizon
+
+    func validate() throws {
+        guard kvCacheMb >= 1, maxBatchTokens >= 1, maxBatchSequences >= 1, adapterSlots >= 1 else {
+            throw ValidationError("--kv-cache-mb, --max-batch-tokens, --max-batch-sequences and --adapter-slots must be positive")
+        }
+        guard (1...256).contains(blockSize) else { throw ValidationError("--block-size must be between 1 and 256") }
+        guard hostSwapMb >= 0 else { throw ValidationError("--host-swap-mb must be >= 0") }
+        guard creditBound >= 1, horizon >= 1 else { throw ValidationError("--credit-bound and --horizon must be positive") }
+        // Shifted into bytes below: keep the products far from overflow.
+        guard kvCacheMb <= 1 << 30, hostSwapMb <= 1 << 30 else { throw ValidationError("--kv-cache-mb and --host-swap-mb must be at most 2^30") }
+    }
+
+    /// KV bytes per block of `blockSize` tokens for `model`.
+    func bytesPerBlock(_ model: ModelConfig) -> Int {
+        PagedKVStorage.bytesPerBlock(numLayers: model.numLayers, blockSize: blockSize, numKVHeads: model.numKVHeads, headDim: model.headDim)
+    }
+
+    /// The engine configuration these options describe for `model`, running `policy`.
+    func configuration(for model: ModelConfig, policy: BatchingPolicyKind) -> EngineConfiguration {
+        var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: bytesPerBlock(model)))
+        c.blockSize = blockSize
+        c.maxBatchTokens = maxBatchTokens
+        c.maxBatchSequences = maxBatchSequences
+        c.adapterSlots = adapterSlots
+        c.hostSwapBytes = hostSwapMb << 20
+        c.policy = Self.defaults.policy
+        c.policy.kind = policy
+        c.policy.creditBound = creditBound
+        c.policy.amortizationHorizon = horizon
+        return c
+    }
+}
+
+/// `--policy`: the batching policy of a replica.
+struct PolicyOption: ParsableArguments {
+    @Option(help: "Batching policy: \(PolicyOption.names).")
+    var policy: String = EngineOptions.defaults.policy.kind.rawValue
+
+    /// The policies' names as the flags spell them.
+    static var names: String { BatchingPolicyKind.allCases.map(\.rawValue).joined(separator: ", ") }
+
+    /// Parses one policy name; the error names `flag` and lists the choices.
+    static func parse(_ name: String, flag: String) throws -> BatchingPolicyKind {
+        guard let kind = BatchingPolicyKind(rawValue: name) else { throw ValidationError("unknown \(flag) '\(name)' (\(names))") }
+        return kind
+    }
+
+    func validate() throws { _ = try Self.parse(policy, flag: "--policy") }
+
+    var kind: BatchingPolicyKind { BatchingPolicyKind(rawValue: policy) ?? EngineOptions.defaults.policy.kind }
+}
+
+/// Sampling for `generate`, under OpenAI's names; defaults are `SamplingParams`' own.
+struct SamplingOptions: ParsableArguments {
+    static let defaults = SamplingParams()
+
+    @Option(name: .customLong("max-tokens"), help: "Tokens to generate at most (default: until end of sequence or 256).")
+    var maxTokens: Int = 256
+    @Option(help: "Sampling temperature; 0 is greedy.")
+    var temperature: Double = Self.defaults.temperature
+    @Option(name: .customLong("top-p"), help: "Nucleus sampling mass, in (0, 1].")
+    var topP: Double = Self.defaults.topP
+    @Option(name: .customLong("top-k"), help: "Sample among the k most likely tokens; 0 = all.")
+    var topK: Int = Self.defaults.topK
+    @Option(help: "Random seed (default: random).")
+    var seed: UInt64?
+    @Option(help: "Stop before this string (repeatable).")
+    var stop: [String] = []
+
+    var params: SamplingParams {
+        SamplingParams(temperature: temperature, topP: topP, topK: topK, seed: seed, maxTokens: maxTokens, stop: stop)
+    }
+
+    /// `SamplingParams.validate`, with the parameters named as the flags spell them.
+    func validate() throws {
+        do { try params.validate() } catch let e as SamplingError {
+            throw ValidationError(e.description.replacingOccurrences(of: "max_tokens", with: "--max-tokens")
+                .replacingOccurrences(of: "top_p", with: "--top-p").replacingOccurrences(of: "top_k", with: "--top-k")
+                .replacingOccurrences(of: "temperature", with: "--temperature"))
+        }
+    }
+}

@@ -1,0 +1,66 @@
+import Foundation
+import Hummingbird
+import ServingAPI
+import Testing
+
+@testable import Server
+
+/// The response types through the one encoder: OpenAI's snake_case names, explicit nulls where OpenAI sends
+/// null, sorted keys (the same bytes every time), text escaped as JSON needs and nothing more.
+@Suite struct OpenAIWireTests {
+    @Test func completionChunksCarryNullFinishReasonAndLogprobs() {
+        let running = OpenAIWire.encode(TextCompletion(id: "cmpl-1", object: "text_completion", created: 7, model: "m",
+                                                       choices: [TextChoice(text: "a\"b\\c\n/é\u{01}", finishReason: nil)]))
+        #expect(running == #"{"choices":[{"finish_reason":null,"index":0,"logprobs":null,"text":"a\"b\\c\n/é\u0001"}],"created":7,"id":"cmpl-1","model":"m","object":"text_completion"}"#)
+        let done = OpenAIWire.encode(TextCompletion(id: "cmpl-1", object: "text_completion", created: 7, model: "m",
+                                                    choices: [TextChoice(text: "x", finishReason: "length")],
+                                                    usage: Usage(prompt: 3, completion: 1)))
+        #expect(done == #"{"choices":[{"finish_reason":"length","index":0,"logprobs":null,"text":"x"}],"created":7,"id":"cmpl-1","model":"m","object":"text_completion","usage":{"completion_tokens":1,"prompt_tokens":3,"total_tokens":4}}"#)
+    }
+
+    @Test func chatCompletionAndChunks() {
+        let whole = OpenAIWire.encode(ChatCompletion(id: "chatcmpl-1", object: "chat.completion", created: 7, model: "m",
+                                                     choices: [ChatChoice(message: AssistantMessage(content: "hi"), finishReason: "stop")],
+                                                     usage: Usage(prompt: 2, completion: 5)))
+        #expect(whole == #"{"choices":[{"finish_reason":"stop","index":0,"logprobs":null,"message":{"content":"hi","role":"assistant"}}],"created":7,"id":"chatcmpl-1","model":"m","object":"chat.completion","usage":{"completion_tokens":5,"prompt_tokens":2,"total_tokens":7}}"#)
+        func chunk(_ choice: ChatChunkChoice) -> String {
+            OpenAIWire.encode(ChatCompletionChunk(id: "c", object: "chat.completion.chunk", created: 1, model: "m", choices: [choice]))
+        }
+        #expect(chunk(ChatChunkChoice(delta: ChatDelta(role: "assistant", content: ""), finishReason: nil))
+                == #"{"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0,"logprobs":null}],"created":1,"id":"c","model":"m","object":"chat.completion.chunk"}"#)
+        #expect(chunk(ChatChunkChoice(delta: ChatDelta(content: "x"), finishReason: nil)).contains(#""delta":{"content":"x"},"finish_reason":null"#))
+        #expect(chunk(ChatChunkChoice(delta: ChatDelta(), finishReason: "stop")).contains(#""delta":{},"finish_reason":"stop""#))
+        let usage = OpenAIWire.encode(ChatCompletionChunk(id: "c", object: "chat.completion.chunk", created: 1, model: "m", choices: [],
+                                                          usage: Usage(prompt: 1, completion: 2)))
+        #expect(usage == #"{"choices":[],"created":1,"id":"c","model":"m","object":"chat.completion.chunk","usage":{"completion_tokens":2,"prompt_tokens":1,"total_tokens":3}}"#)
+    }
+
+    @Test func modelsListAndErrors() {
+        let list = OpenAIWire.encode(ModelList(data: [
+            ModelCard(id: "base", created: 5, root: "base", parent: nil, maxModelLen: 64),
+            ModelCard(id: "a/b", created: 5, root: "a/b", parent: "base", maxModelLen: 64),
+        ]))
+        #expect(list == #"{"data":[{"created":5,"id":"base","max_model_len":64,"object":"model","owned_by":"dlora","parent":null,"root":"base"},{"created":5,"id":"a/b","max_model_len":64,"object":"model","owned_by":"dlora","parent":"base","root":"a/b"}],"object":"list"}"#)
+        #expect(APIError(.notFound, "no such \"model\"").json
+                == #"{"error":{"code":null,"message":"no such \"model\"","param":null,"type":"not_found_error"}}"#)
+        #expect(APIError.invalid("max_tokens", "too many", code: "context_length_exceeded").json
+                == #"{"error":{"code":"context_length_exceeded","message":"too many","param":"max_tokens","type":"invalid_request_error"}}"#)
+        #expect(OpenAIWire.encode(HealthStatus()) == #"{"status":"ok"}"#)
+    }
+
+    /// Every rendered string is JSON that decodes back to the text it was given (control characters, quotes,
+    /// backslashes, non-ASCII, U+2028), whatever the text.
+    @Test func textRoundTripsThroughJSON() throws {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet: [Unicode.Scalar] = ["\"", "\\", "/", "\n", "\r", "\t", "\u{0}", "\u{1F}", "\u{7F}", "é", "\u{2028}", "😀", "a", " "]
+        for _ in 0..<200 {
+            let text = String(String.UnicodeScalarView((0..<Int.random(in: 0..<24, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! }))
+            let json = OpenAIWire.encode(TextCompletion(id: "i", object: "text_completion", created: 0, model: text,
+                                                        choices: [TextChoice(text: text, finishReason: nil)]))
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+            let choice = try #require((object["choices"] as? [[String: Any]])?.first)
+            #expect(choice["text"] as? String == text && object["model"] as? String == text)
+            #expect(choice["finish_reason"] is NSNull && choice["logprobs"] is NSNull)
+        }
+    }
+}
