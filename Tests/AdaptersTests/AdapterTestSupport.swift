@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Engine
 import Models
 import TestSupport
 
@@ -149,17 +150,14 @@ struct TestAdapter {
 
 /// Logits of a prompt through a model (with optional adapter slot) using a private KV cache.
 func promptLogits(_ model: LlamaModel, _ tokens: [Int], lora: LoRASlots? = nil, slot: Int32 = -1, scale: Float = 1) -> [[Float]] {
-    let c = model.config
     let blockSize = 16
     let blocks = (tokens.count + blockSize - 1) / blockSize
-    let kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: blocks, blockSize: blockSize, numKVHeads: c.numKVHeads, headDim: c.headDim)
+    // The engine's runner (its KV storage, workspace and logits) over one sequence laid out here.
+    let runner = Engine.ModelRunner(model: model, numBlocks: blocks, blockSize: blockSize, maxBatchTokens: 64, adapterSlots: 1)
     var batch = ForwardBatch()
     batch.append(sequence: tokens, start: 0, blockTable: (0..<blocks).map(Int32.init), blockSize: blockSize, logits: .all,
                  adapterSlot: slot, adapterScale: scale)
-    var out = [Float](repeating: .nan, count: tokens.count * c.vocabSize)
-    out.withUnsafeMutableBufferPointer {
-        model.forward(batch, kv: kv, workspace: ForwardWorkspace(config: c), scratch: ScratchArena(), logits: $0.baseAddress!, lora: lora)
-    }
-    return (0..<tokens.count).map { Array(out[($0 * c.vocabSize)..<(($0 + 1) * c.vocabSize)]) }
+    _ = runner.forward(batch, lora: lora)
+    return (0..<tokens.count).map { Array(runner.logitsRow($0)) }
 }
 

@@ -12,7 +12,7 @@ import TestSupport
 @Suite struct BatchEquivalenceTests {
     /// Logits of every step of one sequence run alone: the prompt in one pass, then `decodes` fed tokens.
     static func single(_ model: LlamaModel, prompt: [Int], feed: [Int]) -> [[Float]] {
-        let runner = ModelRunner(model: model, sequences: 1, maxTokens: prompt.count + feed.count)
+        let runner = SequenceDriver(model: model, sequences: 1, maxTokens: prompt.count + feed.count)
         var rows = runner.forward([(0, prompt, 0, .all)])
         for (i, t) in feed.enumerated() {
             rows += runner.forward([(0, [t], prompt.count + i, .last)])
@@ -23,7 +23,7 @@ import TestSupport
     /// Runs the same sequences interleaved: sequence s starts at step s, prefills in chunks of 3 tokens,
     /// then decodes its `feed` tokens one per step; every step is one flat batch over all active sequences.
     static func batched(_ model: LlamaModel, prompts: [[Int]], feeds: [[Int]]) -> [[[Float]]] {
-        let runner = ModelRunner(model: model, sequences: prompts.count, maxTokens: prompts.map(\.count).max()! + feeds.map(\.count).max()!)
+        let runner = SequenceDriver(model: model, sequences: prompts.count, maxTokens: prompts.map(\.count).max()! + feeds.map(\.count).max()!)
         var out = prompts.map { _ in [[Float]]() }
         var done = prompts.map { _ in 0 }  // tokens computed per sequence
         var step = 0

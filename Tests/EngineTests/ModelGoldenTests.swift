@@ -25,7 +25,7 @@ import TestSupport
         var comparedGreedy = 0
         for (ci, c) in goldens.cases.enumerated() {
             // Teacher-forced: the prompt in one pass, then the reference's greedy tokens one by one.
-            let runner = ModelRunner(model: model, sequences: 1, maxTokens: c.promptIds.count + 40)
+            let runner = SequenceDriver(model: model, sequences: 1, maxTokens: c.promptIds.count + 40)
             var logits = runner.forward([(0, c.promptIds, 0, .last)])[0]
             for (si, step) in c.steps.enumerated() {
                 if si > 0 {
@@ -37,7 +37,7 @@ import TestSupport
             }
 
             // Free-running greedy continuation.
-            let greedy = ModelRunner(model: model, sequences: 1, maxTokens: c.promptIds.count + 40)
+            let greedy = SequenceDriver(model: model, sequences: 1, maxTokens: c.promptIds.count + 40)
             var ids: [Int] = []
             var next = argmax(greedy.forward([(0, c.promptIds, 0, .last)])[0])
             for i in 0..<c.greedyIds.count {
@@ -61,7 +61,7 @@ import TestSupport
         let all = try #require(goldens.prefillAllPositions)
         let prompt = goldens.cases[all.promptIndex].promptIds
         let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: modelName, variant: "hf")))
-        let runner = ModelRunner(model: model, sequences: 1, maxTokens: prompt.count)
+        let runner = SequenceDriver(model: model, sequences: 1, maxTokens: prompt.count)
         var rows: [[Float]] = []
         for start in stride(from: 0, to: prompt.count, by: 5) {
             let chunk = Array(prompt[start..<min(start + 5, prompt.count)])
@@ -84,7 +84,7 @@ import TestSupport
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
 
         for (ci, c) in goldens.cases.enumerated() {
-            let runner = ModelRunner(model: model, sequences: 1, maxTokens: c.promptIds.count + 8, blockSize: 16)
+            let runner = SequenceDriver(model: model, sequences: 1, maxTokens: c.promptIds.count + 8, blockSize: 16)
             var logits = runner.forward([(0, c.promptIds, 0, .last)])[0]
             for (si, step) in c.steps.enumerated() {
                 if si > 0 { logits = runner.forward([(0, [c.greedyIds[si - 1]], c.promptIds.count + si - 1, .last)])[0] }

@@ -1,5 +1,6 @@
 import Foundation
 import Kernels
+import Engine
 import Models
 import Testing
 import TestSupport
@@ -84,12 +85,11 @@ enum ModelFixtures {
 
 }
 
-/// Runs a model over sequences with its own paged KV cache: the smallest driver of `LlamaModel.forward`.
-final class ModelRunner {
+/// Runs a model over sequences with block tables laid out here, on the engine's own `ModelRunner` (its KV
+/// storage, workspace and logits): the smallest driver of a forward pass.
+final class SequenceDriver {
     let model: LlamaModel
-    let kv: PagedKVStorage
-    let workspace: ForwardWorkspace
-    let scratch = ScratchArena()
+    let runner: Engine.ModelRunner
     let blockSize: Int
     let blocksPerSequence: Int
 
@@ -97,13 +97,12 @@ final class ModelRunner {
         self.model = model
         self.blockSize = blockSize
         blocksPerSequence = (maxTokens + blockSize - 1) / blockSize
+        runner = Engine.ModelRunner(model: model, numBlocks: sequences * blocksPerSequence, blockSize: blockSize, maxBatchTokens: 8,
+                                    adapterSlots: 1)
         // Blocks of different sequences interleave (sequence s owns blocks s, s + sequences, ...), so a
         // paging bug that reads a neighbour's block cannot go unnoticed.
-        kv = PagedKVStorage(numLayers: model.config.numLayers, numBlocks: sequences * blocksPerSequence, blockSize: blockSize,
-                            numKVHeads: model.config.numKVHeads, headDim: model.config.headDim)
         let perSequence = blocksPerSequence
         tables = (0..<sequences).map { s in (0..<perSequence).map { Int32($0 * sequences + s) } }
-        workspace = ForwardWorkspace(config: model.config, capacity: 8)
     }
 
     let tables: [[Int32]]
@@ -115,12 +114,8 @@ final class ModelRunner {
         for p in parts {
             batch.append(sequence: p.tokens, start: p.start, blockTable: tables[p.seq], blockSize: blockSize, logits: p.logits)
         }
-        let vocab = model.config.vocabSize
-        var out = [Float](repeating: .nan, count: max(1, batch.logitRows.count) * vocab)
-        out.withUnsafeMutableBufferPointer {
-            model.forward(batch, kv: kv, workspace: workspace, scratch: scratch, logits: $0.baseAddress!)
-        }
-        return (0..<batch.logitRows.count).map { Array(out[($0 * vocab)..<(($0 + 1) * vocab)]) }
+        _ = runner.forward(batch)
+        return (0..<batch.logitRows.count).map { Array(runner.logitsRow($0)) }
     }
 }
 
