@@ -213,7 +213,9 @@ import Testing
         let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hi"]
         for (args, mention) in [(["--adapter", dir.path], "adapter_model.safetensors"),
                                 (["--adapter", "nope", "--adapter-root", dir.path], "not found"),
-                                (["--adapter", "../x", "--adapter-root", dir.path], "invalid adapter name"),
+                                // A name with a path component that is not an existing path (relative to the working
+                                // directory, `--adapter` would take it as a path): refused as a name.
+                                (["--adapter", "../dlora-no-such-\(UUID().uuidString)", "--adapter-root", dir.path], "invalid adapter name"),
                                 (["--adapter-scale", "2"], "--adapter"),
                                 (["--adapter", dir.path, "--lora-mode", "fused"], "--lora-mode")] {
             let r = try CLITests.dlora(common + args)
