@@ -325,7 +325,7 @@ public final class EngineCore {
     public var totalKVBlocks: Int { scheduler.pool.numBlocks }
     /// Blocks of the budget held by resident adapters.
     public var residentAdapterBlocks: Int { scheduler.residentAdapterBlocks }
-    /// Host memory holding swapped-out KV, by the scheduler's account and by the runner's (they agree).
+    /// Host memory holding swapped-out KV (the scheduler's account; the runner holds the copies).
     public var hostSwapBytes: Int { scheduler.hostSwapBytes }
 
     // MARK: Helpers

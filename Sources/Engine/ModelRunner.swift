@@ -34,8 +34,6 @@ public final class ModelRunner {
 
     /// Floats of one block over all layers, K and V.
     public var floatsPerBlock: Int { kv.blockFloats * 2 * kv.numLayers }
-    /// Host memory holding swapped-out K/V.
-    public var hostSwapBytes: Int { host.values.reduce(0) { $0 + $1.count * MemoryLayout<Float>.stride } }
     public var hostSwapCount: Int { host.count }
 
     /// What carrying out the actions measured.

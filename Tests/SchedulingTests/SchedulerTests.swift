@@ -238,6 +238,20 @@ import Testing
         #expect(s.request(RequestID(10)) == nil, "adapter 0's request finished")
     }
 
+    /// A request refused at admission leaves no adapter behind that was added only for it.
+    @Test func refusedRequestLeavesNoAdapterBehind() throws {
+        var s = Scheduler(config: Self.config(.dlora, hostSwapBlocks: 0))
+        s.addAdapter(AdapterProfile(key: 3, bytes: 5_000, loraParameters: 1, mergeElements: 1))
+        #expect(throws: SchedulerError.self) { try s.add(1, adapter: 3, promptCount: 500, maxNewTokens: 1) }
+        #expect(!s.knows(adapter: 3))
+        #expect(s.takeActions() == [.dropAdapter(3)])
+        // One that other requests use stays.
+        s.addAdapter(AdapterProfile(key: 4, bytes: 5_000, loraParameters: 1, mergeElements: 1))
+        try s.add(2, adapter: 4, promptCount: 3, maxNewTokens: 1)
+        #expect(throws: SchedulerError.self) { try s.add(3, adapter: 4, promptCount: 500, maxNewTokens: 1) }
+        #expect(s.knows(adapter: 4) && s.takeActions().isEmpty)
+    }
+
     /// An idle resident adapter stays cached until the budget needs it; a retired one leaves at once, or
     /// when its last request ends.
     @Test func retiredAdaptersLeaveWhenUnused() throws {
