@@ -130,6 +130,21 @@ public final class EngineCore {
         }
     }
 
+    /// Checks the tokens a resumed request already generated (see `submit`); any thread may call it.
+    public func validate(prompt: [Int], generated: [Int], params: SamplingParams) throws {
+        guard !generated.isEmpty else { return }
+        let vocab = model.config.vocabSize
+        if let bad = generated.first(where: { $0 < 0 || $0 >= vocab }) {
+            throw EngineError("generated token id \(bad) is outside the vocabulary (0..<\(vocab))")
+        }
+        guard prompt.count + generated.count < contextLimit else {
+            throw EngineError("the prompt and the tokens generated so far (\(prompt.count + generated.count)) fill the context (\(contextLimit))")
+        }
+        if let m = params.maxTokens, generated.count >= m {
+            throw EngineError("the request already generated its max_tokens (\(m))")
+        }
+    }
+
     // MARK: Requests
 
     public var hasWork: Bool { scheduler.hasWork }
@@ -137,12 +152,21 @@ public final class EngineCore {
     public var runningCount: Int { scheduler.runningCount }
 
     /// Queues a request and returns its id (`id` when the caller assigned one, e.g. the engine loop at submit).
+    /// `generated`: tokens this request already produced elsewhere (a request resumed after a migration or a
+    /// replica's death): they are appended to the prompt, count against `maxTokens`, and sampling continues at
+    /// the next position with the same seed, so the continuation is the one the request would have had.
+    /// `kv`: the K/V of the first positions of prompt + generated, computed elsewhere; adopted when it fits
+    /// (else recomputed).
     @discardableResult
     public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil, adapterScale: Float = 1,
-                       id: RequestID? = nil) throws -> RequestID {
+                       id: RequestID? = nil, generated: [Int] = [], kv: KVBlocks? = nil) throws -> RequestID {
         try validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
-        return try enqueue(tokens: prompt, promptCount: prompt.count, params: params, remaining: params.maxTokens,
-                           sampler: Sampler(params: params), adapter: adapter, adapterScale: adapterScale, id: id)
+        try validate(prompt: prompt, generated: generated, params: params)
+        let remaining = params.maxTokens.map { $0 - generated.count }
+        let rid = try enqueue(tokens: prompt + generated, promptCount: prompt.count, params: params, remaining: remaining,
+                              sampler: Sampler(params: params), adapter: adapter, adapterScale: adapterScale, id: id)
+        if let kv { _ = adoptKV(rid, kv) }
+        return rid
     }
 
     /// `remaining`: tokens it may still generate (nil: up to its length limit).
@@ -221,7 +245,9 @@ public final class EngineCore {
             row += 1
             logitsObserver?(run.request, logits)
             // Non-finite logits (an adapter or model that overflowed) end this one request with an error.
-            guard let token = sequences[run.request]!.sampler.sample(logits) else {
+            // Counter-based sampling: the draw depends on (seed, position of the new token) only.
+            let position = sequences[run.request]!.tokens.count
+            guard let token = sequences[run.request]!.sampler.sample(logits, position: position) else {
                 sampled.append(SampledToken(request: run.request, failed: true))
                 events.append(EngineEvent(requestID: run.request, token: nil, finish: .error, message: nil))
                 continue
@@ -342,12 +368,45 @@ public final class EngineCore {
 
     func sequence(_ id: RequestID) -> Sequence? { sequences[id] }
 
-    func adapterName(_ key: Int) -> (String, Float)? { adapterWeights[key].map { ($0.weights.name, $0.scale) } }
+    /// The name and scale of the adapter the scheduler knows as `key` (nil: none held under it).
+    public func adapterName(_ key: Int) -> (String, Float)? { adapterWeights[key].map { ($0.weights.name, $0.scale) } }
 
-    func enqueueImported(tokens: [Int], promptCount: Int, params: SamplingParams, remaining: Int, rng: SamplerRNG, adapter: LoRAWeights?,
+    func enqueueImported(tokens: [Int], promptCount: Int, params: SamplingParams, remaining: Int, adapter: LoRAWeights?,
                          adapterScale: Float) throws -> RequestID {
-        try enqueue(tokens: tokens, promptCount: promptCount, params: params, remaining: remaining, sampler: Sampler(params: params, rng: rng),
+        try enqueue(tokens: tokens, promptCount: promptCount, params: params, remaining: remaining, sampler: Sampler(params: params),
                     adapter: adapter, adapterScale: adapterScale, id: nil)
+    }
+
+    /// Adopts K/V computed elsewhere for a request just queued: at most the positions before its last token
+    /// (the last token's K/V is computed with the step that samples the next one), and only blocks that start at
+    /// block 0 and match this engine's geometry. Returns whether it was adopted.
+    @discardableResult
+    func adoptKV(_ id: RequestID, _ kv: KVBlocks) -> Bool {
+        guard let s = sequences[id], kv.firstBlock == 0, kv.floatsPerBlock == runner.floatsPerBlock, kv.blockSize == runner.kv.blockSize
+        else { return false }
+        let computed = min(kv.computed, s.tokens.count - 1, kv.blockCount * kv.blockSize)
+        guard computed > 0 else { return false }
+        let used = (computed + kv.blockSize - 1) / kv.blockSize
+        let per = kv.floatsPerBlock
+        let blocks = (0..<used).map { Array(kv.data[($0 * per)..<(($0 + 1) * per)]) }
+        return adoptKV(id, computed: computed, blocks: blocks)
+    }
+
+    /// K/V of a live request's blocks `first ..<` (only the full blocks when `fullOnly`: those no later step
+    /// will write), from the paged cache or its host copy; nil when it is not live.
+    public func kvBlocks(of id: RequestID, from first: Int, fullOnly: Bool) -> KVBlocks? {
+        guard let r = scheduler.request(id) else { return nil }
+        let bs = runner.kv.blockSize
+        let end = fullOnly ? r.computed / bs : (r.computed + bs - 1) / bs
+        let start = max(0, first)
+        let data = end > start ? runner.exportKV(r, blocks: start..<end) : []
+        return KVBlocks(firstBlock: start, blockSize: bs, floatsPerBlock: runner.floatsPerBlock, computed: r.computed,
+                        data: data)
+    }
+
+    /// Tokens (prompt + generated) and prompt length of a live request.
+    public func tokens(of id: RequestID) -> (tokens: [Int], promptCount: Int)? {
+        sequences[id].map { ($0.tokens, $0.promptCount) }
     }
 
     func adoptKV(_ id: RequestID, computed: Int, blocks data: [[Float]]) -> Bool {

@@ -19,14 +19,20 @@ public final class EngineLoop: @unchecked Sendable {
         let params: SamplingParams
         let adapter: LoRAWeights?
         let scale: Float
+        let generated: [Int]
+        let kv: KVBlocks?
         let continuation: AsyncStream<EngineEvent>.Continuation
     }
     private var pending: [Pending] = []
     private var cancels: [(RequestID, FinishReason)] = []
     private var retires: [AdapterID] = []
+    /// Work to run on the engine between steps; each returns the requests it ended (their streams finish).
+    private var operations: [(EngineCore) -> [RequestID]] = []
     private var streams: [RequestID: AsyncStream<EngineEvent>.Continuation] = [:]
     private var nextID = 0
     private var stopping = false
+    /// The loop thread has returned.
+    private var exited = false
     private var cancelEverything = false
     private let stepLock = NSLock()
     private var thread: Thread?
@@ -36,9 +42,15 @@ public final class EngineLoop: @unchecked Sendable {
     private let snapshotLock = NSLock()
     private var lastSnapshot: EngineSnapshot
 
+    /// Positions per KV block, and floats per block in a K/V frame (every layer's K and V rows).
+    public let blockSize: Int
+    public let floatsPerBlock: Int
+
     public init(engine: EngineCore) {
         self.engine = engine
         tokenizer = engine.tokenizer
+        blockSize = engine.runner.kv.blockSize
+        floatsPerBlock = engine.runner.floatsPerBlock
         lastSnapshot = EngineSnapshot(engine, pending: 0)
         let t = Thread { [weak self] in self?.run() }
         t.name = "dlora.engine"
@@ -52,21 +64,26 @@ public final class EngineLoop: @unchecked Sendable {
 
     /// Validates and queues a request; its events arrive on the returned stream, which ends after the event
     /// that carries a finish reason (or when the request is cancelled).
+    /// `generated` and `kv` resume a request that ran elsewhere (see `EngineCore.submit`); its stream then
+    /// carries only what follows `generated`, and its text continues where that text left off.
     public func submit(prompt: [Int], params: SamplingParams, adapter: LoRAWeights? = nil,
-                       adapterScale: Float = 1) throws -> (id: RequestID, events: RequestStream) {
+                       adapterScale: Float = 1, generated: [Int] = [], kv: KVBlocks? = nil) throws -> (id: RequestID, events: RequestStream) {
         try engine.validate(prompt: prompt, params: params, adapter: adapter, adapterScale: adapterScale)
+        try engine.validate(prompt: prompt, generated: generated, params: params)
         let (stream, continuation) = AsyncStream<EngineEvent>.makeStream(bufferingPolicy: .unbounded)
         lock.lock()
         let id = RequestID(nextID)
         nextID += 1
-        pending.append(Pending(id: id, prompt: prompt, params: params, adapter: adapter, scale: adapterScale, continuation: continuation))
+        pending.append(Pending(id: id, prompt: prompt, params: params, adapter: adapter, scale: adapterScale, generated: generated, kv: kv,
+                               continuation: continuation))
         lock.signal()
         lock.unlock()
         continuation.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id) }
         }
-        return (id, RequestStream(id: id, raw: stream, processor: OutputProcessor(tokenizer: tokenizer, stop: params.stop),
-                                  onStop: { [weak self] in self?.finish(id, reason: .stop) }))
+        var processor = OutputProcessor(tokenizer: tokenizer, stop: params.stop)
+        processor.prime(generated)
+        return (id, RequestStream(id: id, raw: stream, processor: processor, onStop: { [weak self] in self?.finish(id, reason: .stop) }))
     }
 
     /// Cancels a request (queued or running); its stream finishes.
@@ -92,6 +109,54 @@ public final class EngineLoop: @unchecked Sendable {
     public func cancelAll() {
         lock.lock()
         cancelEverything = true
+        lock.signal()
+        lock.unlock()
+    }
+
+    /// Runs `body` on the engine thread between steps and returns its result (waits at most one step).
+    public func perform<T: Sendable>(_ body: @escaping @Sendable (EngineCore) -> T) async -> T {
+        await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
+            enqueue { engine in
+                c.resume(returning: body(engine))
+                return []
+            }
+        }
+    }
+
+    /// The K/V of a live request's blocks from `first` on — only full blocks, which no later step writes — read
+    /// between steps while it keeps running (a stage of a live migration); nil when it is not live.
+    public func kvBlocks(of id: RequestID, from first: Int) async -> KVBlocks? {
+        await perform { $0.kvBlocks(of: id, from: first, fullOnly: true) }
+    }
+
+    /// Stops a live request for migration, atomically between steps: returns its tokens (prompt + generated),
+    /// prompt length, and — when `kvFrom` is given — the K/V of its blocks from `kvFrom` to the last computed
+    /// position; its stream then ends without a finish event. nil when it is not live (finished meanwhile).
+    public func stopForMigration(_ id: RequestID, kvFrom: Int?) async -> (tokens: [Int], promptCount: Int, kv: KVBlocks?)? {
+        await withCheckedContinuation { (c: CheckedContinuation<(tokens: [Int], promptCount: Int, kv: KVBlocks?)?, Never>) in
+            enqueue { engine in
+                guard let t = engine.tokens(of: id) else {
+                    c.resume(returning: nil)
+                    return []
+                }
+                let kv = kvFrom.flatMap { engine.kvBlocks(of: id, from: $0, fullOnly: false) }
+                engine.finish(id, reason: .cancelled)
+                c.resume(returning: (t.tokens, t.promptCount, kv))
+                return [id]
+            }
+        }
+    }
+
+    private func enqueue(_ op: @escaping (EngineCore) -> [RequestID]) {
+        lock.lock()
+        if exited {
+            lock.unlock()
+            stepLock.lock()
+            _ = op(engine)
+            stepLock.unlock()
+            return
+        }
+        operations.append(op)
         lock.signal()
         lock.unlock()
     }
@@ -126,8 +191,11 @@ public final class EngineLoop: @unchecked Sendable {
     private func run() {
         while true {
             lock.lock()
-            while pending.isEmpty && cancels.isEmpty && retires.isEmpty && !cancelEverything && !engine.hasWork && !stopping { lock.wait() }
+            while pending.isEmpty && cancels.isEmpty && retires.isEmpty && operations.isEmpty && !cancelEverything && !engine.hasWork
+                    && !stopping { lock.wait() }
             let newRequests = pending, newCancels = cancels, newRetires = retires, stop = stopping, all = cancelEverything
+            let newOperations = operations
+            operations.removeAll()
             pending.removeAll()
             cancels.removeAll()
             retires.removeAll()
@@ -147,14 +215,22 @@ public final class EngineLoop: @unchecked Sendable {
                 lock.lock()
                 let late = pending.map(\.continuation)
                 pending.removeAll()
+                let lateOperations = operations
+                operations.removeAll()
+                exited = true
                 lock.unlock()
                 late.forEach { $0.finish() }
+                // Nothing runs on the engine any more: operations run here, so no caller waits forever.
+                stepLock.lock()
+                for op in newOperations + lateOperations { _ = op(engine) }
+                stepLock.unlock()
                 return
             }
             for p in newRequests {
                 // Validated at submit; a failure here (the budget changed meanwhile) ends the stream with an error.
                 do {
-                    try engine.submit(prompt: p.prompt, params: p.params, adapter: p.adapter, adapterScale: p.scale, id: p.id)
+                    try engine.submit(prompt: p.prompt, params: p.params, adapter: p.adapter, adapterScale: p.scale, id: p.id,
+                                      generated: p.generated, kv: p.kv)
                     streams[p.id] = p.continuation
                 } catch {
                     yields.append((p.continuation, EngineEvent(requestID: p.id, token: nil, finish: .error, message: "\(error)")))
@@ -166,6 +242,11 @@ public final class EngineLoop: @unchecked Sendable {
                 if let c = streams.removeValue(forKey: id) { finished.append(c) }
             }
             for a in newRetires { engine.retire(adapter: a) }
+            for op in newOperations {
+                for id in op(engine) {
+                    if let c = streams.removeValue(forKey: id) { finished.append(c) }
+                }
+            }
             if engine.hasWork {
                 let events = engine.step()
                 steps += 1

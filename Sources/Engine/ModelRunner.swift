@@ -121,6 +121,20 @@ public final class ModelRunner {
         return UnsafeBufferPointer(start: logits.floats + row * vocab, count: vocab)
     }
 
+    /// The K/V of a request's blocks in `range` (clamped to the blocks it holds), flat in block order, from its
+    /// blocks or its host copy.
+    public func exportKV(_ r: Request, blocks range: Range<Int>) -> [Float] {
+        let per = floatsPerBlock
+        let held = host[r.id].map { $0.count / per } ?? r.blockTable.count
+        let lo = max(0, range.lowerBound), hi = min(range.upperBound, held)
+        guard hi > lo else { return [] }
+        if let h = host[r.id] { return Array(h[(lo * per)..<(hi * per)]) }
+        return [Float](unsafeUninitializedCapacity: (hi - lo) * per) { buf, n in
+            for b in lo..<hi { kv.copyOut(block: Int(r.blockTable[b]), to: buf.baseAddress! + (b - lo) * per) }
+            n = (hi - lo) * per
+        }
+    }
+
     /// The K/V of a request's first `computed` tokens, block by block (from its blocks, or its host copy).
     public func exportKV(_ r: Request) -> [[Float]] {
         let per = floatsPerBlock

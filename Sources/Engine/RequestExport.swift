@@ -4,14 +4,15 @@ import Models
 import Scheduling
 
 /// A running request taken out of one engine to resume in another (migration between replicas): its
-/// tokens, sampling parameters and random-generator state, the adapter it needs (by name), and the KV
-/// cache of the tokens computed so far. Resuming gives the continuation the request would have had.
+/// tokens, sampling parameters and seed (sampling is counter-based, so the seed and the position are the
+/// whole random state), the adapter it needs (by name), and the KV cache of the tokens computed so far.
+/// Resuming gives the continuation the request would have had.
 public struct ExportedRequest: Codable, Sendable, Equatable {
     public var tokens: [Int]
     public var promptCount: Int
     public var params: SamplingParams
-    /// xoshiro256** state of the request's sampler.
-    public var rngState: [UInt64]
+    /// The request's sampling seed.
+    public var seed: UInt64
     public var adapterName: String?
     public var adapterScale: Float
     public var maxLength: Int
@@ -40,9 +41,8 @@ extension EngineCore {
             snapshot = .init(numLayers: kv.numLayers, numKVHeads: kv.numKVHeads, headDim: kv.headDim, blockSize: kv.blockSize,
                              blocks: runner.exportKV(r))
         }
-        let rng = s.sampler.rng.state
         let adapter = s.adapter == Request.base ? nil : adapterName(s.adapter)
-        let exported = ExportedRequest(tokens: s.tokens, promptCount: s.promptCount, params: s.params, rngState: [rng.0, rng.1, rng.2, rng.3],
+        let exported = ExportedRequest(tokens: s.tokens, promptCount: s.promptCount, params: s.params, seed: s.sampler.seed,
                                        adapterName: adapter?.0, adapterScale: adapter?.1 ?? 1, maxLength: r.maxLength,
                                        computed: snapshot == nil ? 0 : r.computed, kv: snapshot)
         cancel(id)
@@ -57,15 +57,16 @@ extension EngineCore {
         guard e.adapterName == adapter?.name else {
             throw EngineError("the request needs adapter '\(e.adapterName ?? "none")', got '\(adapter?.name ?? "none")'")
         }
-        guard e.rngState.count == 4, e.promptCount >= 1, e.promptCount <= e.tokens.count, e.computed >= 0, e.computed <= e.tokens.count,
+        guard e.promptCount >= 1, e.promptCount <= e.tokens.count, e.computed >= 0, e.computed <= e.tokens.count,
               e.tokens.count < contextLimit else {
             throw EngineError("the exported request is inconsistent or does not fit this engine's context")
         }
         try validate(prompt: e.tokens, params: e.params, adapter: adapter, adapterScale: e.adapterScale)
         // The length limit travels with the request (the importer's own limits still apply).
-        let id = try enqueueImported(tokens: e.tokens, promptCount: e.promptCount, params: e.params,
+        var params = e.params
+        params.seed = e.seed
+        let id = try enqueueImported(tokens: e.tokens, promptCount: e.promptCount, params: params,
                                      remaining: max(1, e.maxLength - e.tokens.count),
-                                     rng: SamplerRNG(state: (e.rngState[0], e.rngState[1], e.rngState[2], e.rngState[3])),
                                      adapter: adapter, adapterScale: e.adapterScale)
         let kv = runner.kv
         if let snap = e.kv, e.computed > 0, snap.numLayers == kv.numLayers, snap.numKVHeads == kv.numKVHeads,

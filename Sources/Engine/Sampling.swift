@@ -70,6 +70,16 @@ public struct SamplerRNG: RandomNumberGenerator, Sendable, Equatable {
 
     public init(state: (UInt64, UInt64, UInt64, UInt64)) { self.state = state }
 
+    /// The generator of one draw of a counter-based stream: (seed, position) mixed through splitmix64 so that
+    /// neighbouring positions and seeds give unrelated states.
+    public init(seed: UInt64, position: Int) {
+        var z = seed ^ 0xD1B5_4A32_D192_ED03
+        z = (z ^ (z >> 33)) &* 0xFF51_AFD7_ED55_8CCD
+        z ^= UInt64(truncatingIfNeeded: position) &* 0x9E37_79B9_7F4A_7C15
+        z = (z ^ (z >> 29)) &* 0xC4CE_B9FE_1A85_EC53
+        self.init(seed: z ^ (z >> 32))
+    }
+
     public mutating func next() -> UInt64 {
         let result = ((state.1 &* 5) << 7 | (state.1 &* 5) >> 57) &* 9
         let t = state.1 << 17
@@ -90,15 +100,29 @@ public struct SamplerRNG: RandomNumberGenerator, Sendable, Equatable {
 
 /// Chooses a token from a row of logits. Keeps its candidate buffers between calls, so sampling does not
 /// allocate once warm; top-p sorts only the candidates that can be in the nucleus.
+///
+/// Counter-based: the random draw for the token at sequence position p depends only on (seed, p)
+/// (`SamplerRNG(seed: seed, position: p)`), never on what was drawn before. A request resumed anywhere —
+/// migrated, or re-dispatched after its replica died — with its seed and the tokens generated so far
+/// continues exactly as it would have; nothing else about the sampler needs to travel.
 public struct Sampler: Sendable {
     public let params: SamplingParams
-    public private(set) var rng: SamplerRNG
+    /// The request's seed (`params.seed`, or one drawn at random when it names none).
+    public let seed: UInt64
+    /// Position used by `sample(_:)` without one (tests and tools that draw repeatedly).
+    private var counter = 0
     private var candidates: [Int32] = []
     private var probs: [Float] = []
 
-    public init(params: SamplingParams, rng: SamplerRNG? = nil) {
+    public init(params: SamplingParams, seed: UInt64? = nil) {
         self.params = params
-        self.rng = rng ?? SamplerRNG(seed: params.seed ?? UInt64.random(in: .min ... .max))
+        self.seed = seed ?? params.seed ?? UInt64.random(in: .min ... .max)
+    }
+
+    /// The next token for the next position of an internal counter (0, 1, 2, …).
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int? {
+        defer { counter += 1 }
+        return sample(logits, position: counter)
     }
 
     /// Below this temperature a request is sampled greedily. exp(−Δ/T) drops under f32's smallest normal
@@ -139,10 +163,12 @@ public struct Sampler: Sendable {
     /// finite logit at all (every token masked with −∞, or an empty row). −∞ logits are allowed and get
     /// probability 0. The same rule holds for greedy requests, so a broken row never yields a token.
     /// Temperatures below `greedyBelowTemperature` sample greedily.
-    public mutating func sample(_ logits: UnsafeBufferPointer<Float>) -> Int? {
+    /// `position` keys the random draw (the index in the sequence of the token being chosen).
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, position: Int) -> Int? {
         guard let best = Self.definedArgmax(logits) else { return nil }
         // `!(T >= threshold)` also sends a NaN temperature (never valid, but the sampler must stay total) to greedy.
         if params.isGreedy || !(params.temperature >= Self.greedyBelowTemperature) { return best }
+        var rng = SamplerRNG(seed: seed, position: position)
         let invT = Float(1 / params.temperature)
         let maxLogit = logits[best]
         let vocab = logits.count

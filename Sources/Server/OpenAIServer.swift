@@ -47,6 +47,7 @@ public final class OpenAIServer: Sendable {
     public let contextLimit: Int
     private let created = Int(Date().timeIntervalSince1970)
     private let state = Locked(State())
+    let control = Locked(ReplicaControlState())
     let prompts: PromptTokenizer
 
     private struct State {
@@ -81,6 +82,7 @@ public final class OpenAIServer: Sendable {
         router.post("/v1/chat/completions") { request, _ in try await self.generate(request, chat: true) }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.loadAdapter(request) }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.unloadAdapter(request) }
+        addReplicaControl(to: router)
         return router
     }
 
@@ -188,13 +190,13 @@ public final class OpenAIServer: Sendable {
 
     /// One admitted request: holds its place in the queue until it is released (explicitly or when dropped,
     /// e.g. when a response body is never written because the client left first).
-    private final class Admission: Sendable {
+    final class Admission: Sendable {
         let server: OpenAIServer
         init(_ server: OpenAIServer) { self.server = server }
         deinit { server.state.withLock { $0.inFlight -= 1 } }
     }
 
-    private func admit() throws -> Admission {
+    func admit() throws -> Admission {
         try state.withLock { s in
             guard !s.draining else {
                 var e = APIError(.serviceUnavailable, "the server is shutting down")
@@ -225,21 +227,7 @@ public final class OpenAIServer: Sendable {
         let body = try await collect(&request)
         let arrival = DispatchTime.now().uptimeNanoseconds
         let parsed = try GenerationRequest.parse(body, chat: chat)
-
-        // The model: the base, or an adapter (loaded from disk on first use, off the engine thread).
-        var adapter: LoRAWeights?
-        if parsed.model != options.modelName {
-            guard let registry = adapters, registry.serves(parsed.model) else {
-                metrics.request(model: "_unknown", status: "404")
-                throw APIError(.notFound, "the model '\(JSONFields.printable(parsed.model))' does not exist", param: "model", code: "model_not_found")
-            }
-            do {
-                adapter = try await registry.loadAsync(parsed.model)
-            } catch {
-                metrics.request(model: parsed.model, status: "400")
-                throw APIError.invalid("model", "the adapter '\(parsed.model)' failed to load: \(error)", code: "adapter_load_failed")
-            }
-        }
+        let adapter = try await resolveModel(parsed.model)
         let model = parsed.model
         do {
             return try await run(parsed, adapter: adapter, request: request, arrival: arrival)
@@ -249,8 +237,24 @@ public final class OpenAIServer: Sendable {
         }
     }
 
-    private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64) async throws -> Response {
-        // Tokens (text too long for the limit by its byte length alone is refused before tokenizing).
+    /// The adapter a request names (nil: the base model), loaded from disk on first use, off the engine thread.
+    func resolveModel(_ name: String) async throws -> LoRAWeights? {
+        guard name != options.modelName else { return nil }
+        guard let registry = adapters, registry.serves(name) else {
+            metrics.request(model: "_unknown", status: "404")
+            throw APIError(.notFound, "the model '\(JSONFields.printable(name))' does not exist", param: "model", code: "model_not_found")
+        }
+        do {
+            return try await registry.loadAsync(name)
+        } catch {
+            metrics.request(model: name, status: "400")
+            throw APIError.invalid("model", "the adapter '\(name)' failed to load: \(error)", code: "adapter_load_failed")
+        }
+    }
+
+    /// The prompt's tokens and the sampling parameters of a parsed request, checked against this server's
+    /// limits (text too long by its byte length alone is refused before tokenizing); `max_tokens` filled in.
+    func prepare(_ parsed: GenerationRequest) async throws -> (prompt: [Int], params: SamplingParams) {
         let prompt: [Int]
         let promptParam = parsed.isChat ? "messages" : "prompt"
         let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
@@ -301,7 +305,12 @@ public final class OpenAIServer: Sendable {
             let left = contextLimit - prompt.count
             params.maxTokens = min(parsed.isChat ? left : options.defaultCompletionTokens, left, tokenLimit)
         }
+        return (prompt, params)
+    }
 
+    private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64) async throws -> Response {
+        let (prompt, params) = try await prepare(parsed)
+        let promptParam = parsed.isChat ? "messages" : "prompt"
         let admission = try admit()
         let ticket: Scheduling.RequestID
         let events: RequestStream
@@ -332,7 +341,7 @@ public final class OpenAIServer: Sendable {
 
     // MARK: Helpers
 
-    private func authorize(_ request: Request, key: String?) throws {
+    func authorize(_ request: Request, key: String?) throws {
         guard let key else { return }
         let header = request.headers[.authorization] ?? ""
         guard BearerKey.matches(header: header, key: key) else {
@@ -341,7 +350,7 @@ public final class OpenAIServer: Sendable {
         }
     }
 
-    private func collect(_ request: inout Request) async throws -> ByteBuffer {
+    func collect(_ request: inout Request) async throws -> ByteBuffer {
         do {
             return try await request.collectBody(upTo: options.maxBodyBytes)
         } catch let e as any HTTPResponseError where e.status == .contentTooLarge {

@@ -54,7 +54,7 @@ import Tokenizers
         e.adapterName = "sql"
         #expect(throws: EngineError.self) { try g.importRequest(e, adapter: nil) }
         e.adapterName = nil
-        e.rngState = [1]
+        e.promptCount = 0
         #expect(throws: EngineError.self) { try g.importRequest(e, adapter: nil) }
         #expect(throws: EngineError.self) { try g.export(RequestID(12345)) }
     }
