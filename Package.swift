@@ -54,11 +54,27 @@ let package = Package(
         .target(name: "Engine", dependencies: ["Scheduling", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
         // OpenAI's wire types (responses, chunks, errors) and their one JSON encoder: no logic, Foundation only.
         .target(name: "ServingAPI", swiftSettings: strictSwift),
+        // The hardened HTTP front both the replica server and the router stand behind: connection guard
+        // (timeouts, framing, limits), connection cap, OpenAI-shaped errors, bearer keys. No engine.
+        .target(
+            name: "HTTPFront",
+            dependencies: [
+                "ServingAPI",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
+                .product(name: "NIOHTTPTypesHTTP1", package: "swift-nio-extras"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSwift
+        ),
         // The OpenAI-compatible HTTP server (Hummingbird), its metrics and the adapter catalog it serves.
         .target(
             name: "Server",
             dependencies: [
-                "ServingAPI", "Engine", "Scheduling", "Models", "Tokenizers", "Adapters",
+                "ServingAPI", "HTTPFront", "Engine", "Scheduling", "Models", "Tokenizers", "Adapters",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -86,7 +102,7 @@ let package = Package(
         // Models only for `DefaultModel`: the SmolLM2 goldens read the default model where the CLI finds it.
         .testTarget(name: "TokenizersTests", dependencies: ["TestSupport", "Tokenizers", "Models"], swiftSettings: strictSwift),
         .testTarget(name: "EngineTests", dependencies: ["TestSupport", "Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
-        .testTarget(name: "ServerTests", dependencies: ["TestSupport", "ServingAPI", "Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
+        .testTarget(name: "ServerTests", dependencies: ["TestSupport", "ServingAPI", "HTTPFront", "Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
                     swiftSettings: strictSwift),
         .testTarget(name: "AdaptersTests", dependencies: ["TestSupport", "Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
     ]

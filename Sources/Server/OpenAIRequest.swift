@@ -1,3 +1,4 @@
+import HTTPFront
 import Hummingbird
 import Engine
 import Foundation

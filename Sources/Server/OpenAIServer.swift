@@ -2,6 +2,9 @@ import Adapters
 import Engine
 import Foundation
 import Hummingbird
+import HTTPFront
+import Logging
+import NIOCore
 import ServingAPI
 import Scheduling
 import Models
@@ -67,6 +70,14 @@ public final class OpenAIServer: Sendable {
 
     /// Requests admitted and not yet finished.
     public var inFlight: Int { state.withLock { $0.inFlight } }
+
+    /// The HTTP server for this API (`makeHardenedApplication`: timeouts, framing, limits, connection cap).
+    public func makeApplication(configuration: ApplicationConfiguration = .init(), logger: Logger? = nil,
+                                onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
+        -> some ApplicationProtocol {
+        makeHardenedApplication(router: makeRouter(), limits: options.http, maxBodyBytes: options.maxBodyBytes,
+                                configuration: configuration, logger: logger, onServerRunning: onServerRunning)
+    }
 
     /// The router with every endpoint.
     public func makeRouter() -> Router<BasicRequestContext> {
@@ -360,33 +371,6 @@ public final class OpenAIServer: Sendable {
 
     func json(_ status: HTTPResponse.Status, _ text: String) -> Response {
         Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: text)))
-    }
-}
-
-/// Renders every error as OpenAI's JSON: the API's own, Hummingbird's (404 for unknown routes, 413…), and
-/// anything unexpected as a 500 that does not leak internals.
-struct ErrorMiddleware: RouterMiddleware {
-    typealias Context = BasicRequestContext
-
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        do {
-            return try await next(request, context)
-        } catch let e as APIError {
-            throw e
-        } catch let e as any HTTPResponseError {
-            let message = switch e.status.code {
-            case 404: "no route for \(request.method) \(String(request.uri.path.prefix(128)))"
-            case 413: "the request body is too large"
-            default: e.status.reasonPhrase
-            }
-            throw APIError(e.status, message)
-        } catch is CancellationError {
-            throw APIError(.serviceUnavailable, "the request was cancelled")
-        } catch let e as HTTPParserError {
-            throw APIError(.badRequest, "malformed HTTP request (\(e))")
-        } catch {
-            throw APIError(.internalServerError, "internal error")
-        }
     }
 }
 

@@ -1,3 +1,4 @@
+import HTTPFront
 import Dispatch
 import Foundation
 import Tokenizers

@@ -1,3 +1,4 @@
+import HTTPFront
 import Engine
 import Foundation
 import Hummingbird
@@ -92,7 +93,7 @@ extension OpenAIServer {
         let snapshot = await engine.perform { e -> EngineView in EngineView(e, routerIDs: names) }
         let loadable = adapters?.available() ?? []
         return ReplicaStatus(
-            model: options.modelName, adapters: loadable, waiting: snapshot.waiting, running: snapshot.running, swapped: snapshot.swapped,
+            model: options.modelName, adapters: loadable, maxModelLen: contextLimit, waiting: snapshot.waiting, running: snapshot.running, swapped: snapshot.swapped,
             kvBlocksTotal: snapshot.kvBlocksTotal, kvBlocksFree: snapshot.kvBlocksFree, blockSize: engine.blockSize,
             adapterSlots: snapshot.adapterSlots, residentAdapters: snapshot.resident, perAdapter: snapshot.perAdapter,
             decodeStepSeconds: snapshot.decodeStepSeconds, prefillTokenSeconds: snapshot.prefillTokenSeconds,

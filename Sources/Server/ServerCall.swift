@@ -1,3 +1,4 @@
+import HTTPFront
 import Engine
 import Foundation
 import Hummingbird

@@ -1,3 +1,4 @@
+import HTTPFront
 import CoreMetrics
 import Engine
 import Foundation
@@ -137,16 +138,3 @@ public final class ServerMetrics: Sendable {
     }
 }
 
-/// A value behind a lock.
-final class Locked<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-}

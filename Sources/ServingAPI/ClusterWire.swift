@@ -45,6 +45,8 @@ public struct ReplicaStatus: Codable, Sendable, Equatable {
     /// The base model's served name, and the adapters this replica can serve (its catalog).
     public var model: String
     public var adapters: [String]
+    /// The longest sequence one request may reach here.
+    public var maxModelLen: Int
     public var waiting: Int
     public var running: Int
     public var swapped: Int
@@ -97,12 +99,13 @@ public struct ReplicaStatus: Codable, Sendable, Equatable {
         }
     }
 
-    public init(model: String, adapters: [String], waiting: Int, running: Int, swapped: Int, kvBlocksTotal: Int, kvBlocksFree: Int,
+    public init(model: String, adapters: [String], maxModelLen: Int, waiting: Int, running: Int, swapped: Int, kvBlocksTotal: Int, kvBlocksFree: Int,
                 blockSize: Int, adapterSlots: Int, residentAdapters: [String], perAdapter: [String: AdapterCounts],
                 decodeStepSeconds: Double, prefillTokenSeconds: Double, mergedFactor: Double, adapterLoadSeconds: Double,
                 maxBatch: Int, requests: [LiveRequest], draining: Bool) {
         self.model = model
         self.adapters = adapters
+        self.maxModelLen = maxModelLen
         self.waiting = waiting
         self.running = running
         self.swapped = swapped

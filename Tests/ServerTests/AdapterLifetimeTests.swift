@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 
+@testable import HTTPFront
 @testable import Server
 
 #if canImport(Glibc)

@@ -6,6 +6,7 @@ import HummingbirdTesting
 import Models
 import Testing
 
+@testable import HTTPFront
 @testable import Server
 
 #if canImport(Glibc)

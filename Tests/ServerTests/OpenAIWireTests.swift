@@ -3,6 +3,7 @@ import Hummingbird
 import ServingAPI
 import Testing
 
+@testable import HTTPFront
 @testable import Server
 
 /// The response types through the one encoder: OpenAI's snake_case names, explicit nulls where OpenAI sends

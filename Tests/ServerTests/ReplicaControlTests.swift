@@ -4,6 +4,7 @@ import HummingbirdTesting
 import ServingAPI
 import Testing
 
+@testable import HTTPFront
 @testable import Server
 
 /// The replica side of the router protocol: token-level generation, a live request stopped mid-stream on one

@@ -8,6 +8,7 @@ import Models
 import Tokenizers
 import Testing
 
+@testable import HTTPFront
 @testable import Server
 
 /// Hostile or broken adapters through the API: refused at load, never taking the server down; a failed

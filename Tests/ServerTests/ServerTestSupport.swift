@@ -7,6 +7,7 @@ import Models
 import Scheduling
 import Testing
 
+@testable import HTTPFront
 @testable import Server
 
 #if canImport(Glibc)

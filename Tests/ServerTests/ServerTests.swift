@@ -7,6 +7,7 @@ import Testing
 import Tokenizers
 import TestSupport
 
+@testable import HTTPFront
 @testable import Server
 
 /// The OpenAI-compatible API over HTTP on loopback, every endpoint streamed and not, and its errors.

@@ -1,9 +1,9 @@
 /// `Authorization: Bearer <key>` checking (RFC 9110 §11.4, RFC 6750 §2.1).
-enum BearerKey {
+public enum BearerKey {
     /// Whether `header` carries `key`: the scheme is matched case-insensitively (`bearer`, `BEARER`), one or
     /// more spaces may follow it, and the key is compared in time that depends only on the lengths (every
     /// byte is compared, no early exit), so a timing probe cannot find the key byte by byte.
-    static func matches(header: String, key: String) -> Bool {
+    public static func matches(header: String, key: String) -> Bool {
         let h = Array(header.utf8)
         let scheme = Array("bearer".utf8)
         guard h.count > scheme.count, h[scheme.count] == UInt8(ascii: " ") else { return false }

@@ -287,27 +287,25 @@ final class AcceptBackoffHandler: ChannelDuplexHandler, RemovableChannelHandler 
     }
 }
 
-extension OpenAIServer {
-    /// The HTTP server for this API: Hummingbird's HTTP/1.1 with the connection guard (timeouts, framing,
-    /// limits), the connection cap and accept back-off. `onServerRunning` gets the listening channel.
-    public func makeApplication(configuration: ApplicationConfiguration = .init(), logger: Logger? = nil,
-                                onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
-        -> some ApplicationProtocol {
-        let limits = options.http, maxBody = options.maxBodyBytes
-        let tracker = ConnectionTracker(maxConnections: limits.maxConnections)
-        let log = logger ?? Logger(label: "dlora.http")
-        let server = HTTPServerBuilder { responder in
-            HardenedHTTP1Channel(responder: responder, limits: limits, maxBodyBytes: maxBody, tracker: tracker)
-        }
-        return Application(
-            router: makeRouter(), server: server, configuration: configuration,
-            onServerRunning: { channel in
-                try? await channel.eventLoop.submit {
-                    try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(logger: log), position: .first)
-                }.get()
-                await onServerRunning(channel)
-            },
-            logger: log
-        )
+/// The HTTP server for an API: Hummingbird's HTTP/1.1 with the connection guard (timeouts, framing, limits),
+/// the connection cap and accept back-off. `onServerRunning` gets the listening channel.
+public func makeHardenedApplication(router: Router<BasicRequestContext>, limits: HTTPLimits, maxBodyBytes: Int,
+                                    configuration: ApplicationConfiguration = .init(), logger: Logger? = nil,
+                                    onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
+    -> some ApplicationProtocol {
+    let tracker = ConnectionTracker(maxConnections: limits.maxConnections)
+    let log = logger ?? Logger(label: "dlora.http")
+    let server = HTTPServerBuilder { responder in
+        HardenedHTTP1Channel(responder: responder, limits: limits, maxBodyBytes: maxBodyBytes, tracker: tracker)
     }
+    return Application(
+        router: router, server: server, configuration: configuration,
+        onServerRunning: { channel in
+            try? await channel.eventLoop.submit {
+                try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(logger: log), position: .first)
+            }.get()
+            await onServerRunning(channel)
+        },
+        logger: log
+    )
 }

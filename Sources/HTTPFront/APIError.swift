@@ -23,7 +23,7 @@ public struct APIError: Error, HTTPResponseError, Equatable, CustomStringConvert
 
     public var description: String { "\(status.code) \(type): \(message)" }
 
-    static func defaultType(_ status: HTTPResponse.Status) -> String {
+    public static func defaultType(_ status: HTTPResponse.Status) -> String {
         switch status.code {
         case 401: "authentication_error"
         case 404: "not_found_error"
@@ -34,12 +34,12 @@ public struct APIError: Error, HTTPResponseError, Equatable, CustomStringConvert
     }
 
     /// A 400 about one request parameter.
-    static func invalid(_ param: String?, _ message: String, code: String? = nil) -> APIError {
+    public static func invalid(_ param: String?, _ message: String, code: String? = nil) -> APIError {
         APIError(.badRequest, message, param: param, code: code)
     }
 
     /// The JSON body (also sent as an SSE event when a stream fails after it started).
-    var json: String { OpenAIWire.encode(ErrorBody(error: .init(message: message, type: type, param: param, code: code))) }
+    public var json: String { OpenAIWire.encode(ErrorBody(error: .init(message: message, type: type, param: param, code: code))) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers: HTTPFields = [.contentType: "application/json"]

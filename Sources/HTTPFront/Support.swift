@@ -1,0 +1,47 @@
+import Foundation
+import Hummingbird
+import NIOHTTP1
+
+/// Renders every error as OpenAI's JSON: the API's own, Hummingbird's (404 for unknown routes, 413…), and
+/// anything unexpected as a 500 that does not leak internals.
+public struct ErrorMiddleware: RouterMiddleware {
+    public typealias Context = BasicRequestContext
+
+    public init() {}
+
+    public func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let e as APIError {
+            throw e
+        } catch let e as any HTTPResponseError {
+            let message = switch e.status.code {
+            case 404: "no route for \(request.method) \(String(request.uri.path.prefix(128)))"
+            case 413: "the request body is too large"
+            default: e.status.reasonPhrase
+            }
+            throw APIError(e.status, message)
+        } catch is CancellationError {
+            throw APIError(.serviceUnavailable, "the request was cancelled")
+        } catch let e as HTTPParserError {
+            throw APIError(.badRequest, "malformed HTTP request (\(e))")
+        } catch {
+            throw APIError(.internalServerError, "internal error")
+        }
+    }
+}
+
+
+/// A value behind a lock.
+public final class Locked<Value>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: Value
+
+    public init(_ value: Value) { self.value = value }
+
+    public func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}
