@@ -233,11 +233,9 @@ extension OpenAIServer {
             metrics.request(model: model, status: "ok")
             return
         }
-        finished = true  // ended here: exported for migration, or cancelled
-        let exported = control.withLock { $0.live[id]?.exported ?? false }
-        if !exported && !Task.isCancelled {
-            try await writeLine(ReplicaEvent(error: "the request was cancelled before it finished (the server is shutting down)"), &writer)
-        }
+        // Ended here without a finish: exported for migration, or cancelled (shutdown). The stream just ends, with
+        // no error line: the router resumes the request elsewhere from the tokens it has.
+        finished = true
     }
 
     private func writeLine(_ e: ReplicaEvent, _ writer: inout any ResponseBodyWriter) async throws {

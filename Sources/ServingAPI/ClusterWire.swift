@@ -252,6 +252,26 @@ public enum KVFrame {
         public let description: String
     }
 
+    /// The head of a frame, checked against the frame's size, without decoding the payload.
+    public static func head(of data: Data) throws -> KVFrameHead {
+        guard data.count >= 4 else { throw Invalid(description: "K/V frame shorter than its length prefix") }
+        let n = data.prefix(4).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        guard n > 0, n <= maxHeadBytes, data.count >= 4 + n else { throw Invalid(description: "K/V frame head length \(n) is out of range") }
+        let start = data.startIndex
+        let head: KVFrameHead
+        do {
+            head = try ClusterWire.decode(KVFrameHead.self, from: data.subdata(in: (start + 4)..<(start + 4 + n)))
+        } catch {
+            throw Invalid(description: "K/V frame head is not valid JSON: \(error)")
+        }
+        guard head.firstBlock >= 0, head.blockCount >= 0, head.blockSize > 0, head.floatsPerBlock > 0, head.computed >= 0,
+              head.blockCount <= (Int.max / 8) / head.floatsPerBlock,
+              data.count - 4 - n == head.blockCount * head.floatsPerBlock * 4 else {
+            throw Invalid(description: "K/V frame head disagrees with the frame's size")
+        }
+        return head
+    }
+
     /// Parses and checks a frame: head size, sizes that agree, a payload of exactly the announced floats.
     public static func decode(_ data: Data, maxFloats: Int) throws -> (KVFrameHead, [Float]) {
         guard data.count >= 4 else { throw Invalid(description: "K/V frame shorter than its length prefix") }

@@ -1,0 +1,424 @@
+import AsyncHTTPClient
+import ClusterPolicy
+import Foundation
+import HTTPFront
+import Hummingbird
+import Logging
+import NIOCore
+import ServingAPI
+
+/// The router's settings.
+public struct RouterOptions: Sendable {
+    public var apiKey: String?
+    public var adminKey: String?
+    /// The key the replicas' control API wants (default: `adminKey`).
+    public var replicaAdminKey: String?
+    public var dispatch: DispatchKind = .dlora
+    /// nil: no reactive migration.
+    public var migration: MigrationMode? = nil
+    /// How often the replicas' status is read, and how often the migration trigger is checked.
+    public var pollInterval: Duration = .milliseconds(200)
+    public var migrationInterval: Duration = .seconds(10)
+    public var migrationConfig = MigrationConfiguration()
+    public var maxBodyBytes = 1 << 20
+    public var http = HTTPLimits()
+
+    public init() {}
+}
+
+public enum DispatchKind: String, Sendable, CaseIterable {
+    case roundRobin = "round-robin"
+    case leastLoaded = "least-loaded"
+    case loraAffinity = "lora-affinity"
+    case dlora
+}
+
+/// `dlora router`: the OpenAI API in front of several replicas, in the data path. It owns each client's
+/// stream: it dispatches by a pure policy over the replicas' status, relays tokens, moves running requests
+/// between replicas (K/V copied in stages, or recomputed) and, when a replica dies, resumes its requests
+/// elsewhere with the tokens generated so far. It holds no state a restart would need except the streams it
+/// carries (docs/design/cluster.md).
+public final class ClusterRouter: Sendable {
+    public let replicas: ReplicaSet
+    public let options: RouterOptions
+    let metrics = RouterMetrics()
+    let flights = Locked([String: Flight]())
+    private let policy: Locked<any DispatchPolicy>
+    private let serial = Locked(UInt64(0))
+    private let created = Int(Date().timeIntervalSince1970)
+
+    public init(replicas: ReplicaSet, options: RouterOptions) {
+        self.replicas = replicas
+        self.options = options
+        let p: any DispatchPolicy = switch options.dispatch {
+        case .roundRobin: RoundRobin()
+        case .leastLoaded: LeastLoaded()
+        case .loraAffinity: LoRAAffinity()
+        case .dlora: DLoRAProactive()
+        }
+        policy = Locked(p)
+    }
+
+    /// Background work: status polling, and the migration loop when migration is on. Runs until cancelled.
+    public func runBackground() async {
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await self.replicas.poll(every: self.options.pollInterval) }
+            if let mode = options.migration {
+                group.addTask { await self.migrationLoop(mode: mode) }
+            }
+        }
+    }
+
+    // MARK: Policies
+
+    /// What the policies see: the last status of each replica, with the requests dispatched since it.
+    func loads(includeRequests: Bool = false) -> [ReplicaLoad] {
+        replicas.snapshot.enumerated().compactMap { i, e -> ReplicaLoad? in
+            guard let s = e.status, !e.gone else { return nil }
+            var per: [String: ClusterPolicy.AdapterCounts] = [:]
+            for (name, c) in s.perAdapter { per[name] = .init(waiting: c.waiting, running: c.running) }
+            for (name, n) in e.dispatchedSinceStatus {
+                per[name == s.model ? "" : name, default: .init()].waiting += n
+            }
+            var running: [RequestInfo] = []
+            var pinned = 0.0
+            if includeRequests {
+                for r in s.requests {
+                    let remaining = max(0, r.maxTokens - r.generated)
+                    let seconds = Double(remaining) * s.decodeStepSeconds
+                    if let serial = flights.withLock({ $0[r.id]?.serial }), r.running {
+                        running.append(RequestInfo(id: serial, adapter: r.model, tokens: r.tokens,
+                                                   kvBlocks: (r.computed + s.blockSize - 1) / s.blockSize,
+                                                   remainingEstimate: remaining, remainingSeconds: seconds))
+                    } else {
+                        pinned += seconds
+                    }
+                }
+            }
+            return ReplicaLoad(id: i, healthy: e.healthy, draining: s.draining, kvBlocksTotal: s.kvBlocksTotal, kvBlocksFree: s.kvBlocksFree,
+                               blockSize: s.blockSize, adapterSlots: s.adapterSlots, residentAdapters: Set(s.residentAdapters),
+                               perAdapter: per, decodeStepSeconds: s.decodeStepSeconds, mergedCostFactor: s.mergedFactor,
+                               maxBatch: s.maxBatch, defaultAdapterLoadSeconds: s.adapterLoadSeconds, running: running,
+                               pinnedWorkSeconds: pinned)
+        }
+    }
+
+    /// The replica for a new request of `model`, among the healthy ones not excluded.
+    func dispatch(model: String, promptTokens: Int, excluding: Set<Int>) -> Int? {
+        let base = replicas.snapshot.compactMap(\.status).first?.model
+        let adapter = model == base ? "" : model
+        let candidates = loads().filter { !excluding.contains($0.id) && (adapter.isEmpty || replicas.snapshot[$0.id].status?.adapters.contains(adapter) == true) }
+        return policy.withLock { $0.choose(adapter: adapter, promptTokens: promptTokens, replicas: candidates) }
+    }
+
+    /// dLoRA's reactive migration: every interval, if the trigger fires, plan and carry out the moves.
+    func migrationLoop(mode: MigrationMode) async {
+        let trigger = MigrationTrigger(configuration: options.migrationConfig)
+        let planner = MigrationPlanner(configuration: options.migrationConfig)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: options.migrationInterval)
+            let current = loads(includeRequests: true)
+            guard trigger.check(current) != nil else { continue }
+            let plan = planner.plan(replicas: current)
+            let bySerial = flights.withLock { f in Dictionary(f.values.map { ($0.serial, $0.id) }, uniquingKeysWith: { a, _ in a }) }
+            await withTaskGroup(of: Void.self) { group in
+                for move in plan.moves {
+                    guard let id = bySerial[move.requestID] else { continue }
+                    group.addTask { _ = await self.migrate(requestID: id, to: move.to, mode: mode) }
+                }
+            }
+        }
+    }
+
+    // MARK: HTTP
+
+    public func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.add(middleware: ErrorMiddleware())
+        router.get("/health") { _, _ in
+            guard self.replicas.healthyCount > 0 else { throw APIError(.serviceUnavailable, "no replica is healthy") }
+            return Self.json(.ok, OpenAIWire.encode(HealthStatus()))
+        }
+        router.get("/metrics") { _, _ in
+            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                     body: .init(byteBuffer: ByteBuffer(string: self.metrics.render(replicas: self.replicas.snapshot))))
+        }
+        router.get("/v1/models") { request, _ in
+            try Self.authorize(request, key: self.options.apiKey)
+            return self.models()
+        }
+        router.post("/v1/completions") { request, _ in try await self.generate(request, endpoint: "completions") }
+        router.post("/v1/chat/completions") { request, _ in try await self.generate(request, endpoint: "chat") }
+        router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/load_lora_adapter") }
+        router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/unload_lora_adapter") }
+        router.post("/admin/migrate") { request, _ in try await self.adminMigrate(request) }
+        router.get("/admin/status") { request, _ in
+            try self.authorizeAdmin(request)
+            return self.clusterStatus()
+        }
+        return router
+    }
+
+    public func makeApplication(configuration: ApplicationConfiguration = .init(), logger: Logger? = nil,
+                                onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in }) -> some ApplicationProtocol {
+        makeHardenedApplication(router: makeRouter(), limits: options.http, maxBodyBytes: options.maxBodyBytes,
+                                configuration: configuration, logger: logger, onServerRunning: onServerRunning)
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ text: String) -> Response {
+        Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func authorize(_ request: Request, key: String?) throws {
+        guard let key else { return }
+        let header = request.headers[.authorization] ?? ""
+        guard BearerKey.matches(header: header, key: key) else {
+            throw APIError(.unauthorized, header.isEmpty ? "missing API key (Authorization: Bearer …)" : "invalid API key", code: "invalid_api_key")
+        }
+    }
+
+    private func authorizeAdmin(_ request: Request) throws {
+        guard let key = options.adminKey else { throw APIError(.notFound, "admin endpoints are disabled on this router (start it with --admin-key)") }
+        try Self.authorize(request, key: key)
+    }
+
+    private func collect(_ request: inout Request) async throws -> ByteBuffer {
+        do {
+            return try await request.collectBody(upTo: options.maxBodyBytes)
+        } catch let e as any HTTPResponseError where e.status == .contentTooLarge {
+            throw APIError(.contentTooLarge, "the request body is larger than \(options.maxBodyBytes) bytes")
+        }
+    }
+
+    /// The base model and every adapter some healthy replica serves.
+    private func models() -> Response {
+        let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
+        guard let first = statuses.first else {
+            return (try? APIError(.serviceUnavailable, "no replica is healthy").response(from: nil)) ?? Response(status: .serviceUnavailable)
+        }
+        var names = Set<String>()
+        for s in statuses { names.formUnion(s.adapters) }
+        names.remove(first.model)
+        let maxLen = statuses.map(\.maxModelLen).min() ?? first.maxModelLen
+        let cards = [ModelCard(id: first.model, created: created, root: first.model, parent: nil, maxModelLen: maxLen)]
+            + names.sorted().map { ModelCard(id: $0, created: created, root: $0, parent: first.model, maxModelLen: maxLen) }
+        return Self.json(.ok, OpenAIWire.encode(ModelList(data: cards)))
+    }
+
+    private func clusterStatus() -> Response {
+        struct Entry: Encodable {
+            let replica: Int
+            let url: String
+            let healthy: Bool
+            let status: ReplicaStatus?
+        }
+        let entries = replicas.snapshot.enumerated().filter { !$0.element.gone }.map {
+            Entry(replica: $0.offset, url: $0.element.url, healthy: $0.element.healthy, status: $0.element.status)
+        }
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: ClusterWire.encode(entries))))
+    }
+
+    /// Adapter loading and unloading reach every healthy replica; the first refusal is the answer.
+    private func fanOut(_ request: Request, path: String) async throws -> Response {
+        try authorizeAdmin(request)
+        var request = request
+        let body = Data(buffer: try await collect(&request))
+        let targets = replicas.snapshot.enumerated().filter { $0.element.healthy && !$0.element.gone }.map(\.offset)
+        guard !targets.isEmpty else { throw APIError(.serviceUnavailable, "no replica is healthy") }
+        var answer: (Int, Data)?
+        for i in targets {
+            do {
+                let data = try await replicas.client(i).call(path, method: .POST, body: body, timeout: .seconds(120))
+                if answer == nil { answer = (200, data) }
+            } catch let e as ReplicaClient.Rejected {
+                if answer?.0 ?? 200 == 200 { answer = (e.status, e.body) }
+            } catch {
+                replicas.markDown(i)
+            }
+        }
+        await replicas.pollOnce()
+        guard let (status, data) = answer else { throw APIError(.serviceUnavailable, "no replica answered") }
+        return Response(status: .init(code: status), headers: [.contentType: status == 200 ? "text/plain; charset=utf-8" : "application/json"],
+                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    private func adminMigrate(_ request: Request) async throws -> Response {
+        try authorizeAdmin(request)
+        var request = request
+        let body = try await collect(&request)
+        guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
+            throw APIError(.badRequest, "the body must be a JSON object {\"request\", \"to\", \"mode\"}")
+        }
+        guard let id = object["request"] as? String else { throw APIError.invalid("request", "'request' (the response id) is required") }
+        guard let to = object["to"] as? Int else { throw APIError.invalid("to", "'to' (a replica index) is required") }
+        let modeName = object["mode"] as? String ?? (options.migration ?? .kv).rawValue
+        guard let mode = MigrationMode(rawValue: modeName) else { throw APIError.invalid("mode", "mode must be 'kv' or 'recompute'") }
+        let result = await migrate(requestID: id, to: to, mode: mode)
+        switch result {
+        case .moved(let stall, let blocks):
+            return Self.json(.ok, "{\"moved\":true,\"stall_seconds\":\(stall),\"copied_blocks\":\(blocks)}")
+        case .notMoved(let why):
+            throw APIError(.conflict, "not moved: \(why)", code: "not_moved")
+        }
+    }
+
+    // MARK: Generation
+
+    private func newID(_ prefix: String) -> (String, UInt64) {
+        let n = serial.withLock { s -> UInt64 in
+            s += 1
+            return s
+        }
+        return (prefix + String(UInt64(created) << 20 ^ n, radix: 16), n)
+    }
+
+    private func generate(_ request: Request, endpoint: String) async throws -> Response {
+        try Self.authorize(request, key: options.apiKey)
+        var request = request
+        let body = try await collect(&request)
+        // The router reads only what it needs to carry the request; the replica parses and checks all of it.
+        guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
+            throw APIError(.badRequest, "the body must be a JSON object")
+        }
+        guard let model = object["model"] as? String else { throw APIError.invalid("model", "'model' is required") }
+        let stream = object["stream"] as? Bool ?? false
+        let includeUsage = ((object["stream_options"] as? [String: Any])?["include_usage"] as? Bool) ?? false
+        let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
+        guard !statuses.isEmpty else {
+            var e = APIError(.serviceUnavailable, "no replica is healthy")
+            e.retryAfter = 1
+            throw e
+        }
+        guard statuses.contains(where: { $0.model == model || $0.adapters.contains(model) }) else {
+            metrics.request(status: "404")
+            throw APIError(.notFound, "the model '\(String(model.prefix(256)))' does not exist", param: "model", code: "model_not_found")
+        }
+        let chat = endpoint == "chat"
+        let (id, number) = newID(chat ? "chatcmpl-" : "cmpl-")
+        let flight = Flight(id: id, serial: number, endpoint: endpoint, body: String(buffer: body), model: model)
+        let first: Attempt
+        do {
+            first = try await startAttempt(flight, preferred: nil, migration: nil, excluding: [])
+        } catch let e as ReplicaClient.Rejected {
+            metrics.request(status: String(e.status))
+            return Response(status: .init(code: e.status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
+        }
+        flights.withLock { $0[id] = flight }
+        let call = RouterCall(router: self, flight: flight, chat: chat, created: Int(Date().timeIntervalSince1970))
+        if stream {
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+                            body: .init { writer in
+                                defer { self.flights.withLock { $0[id] = nil } }
+                                try await ClientConnection.cancellingOnDisconnect {
+                                    try await call.stream(first: first, includeUsage: includeUsage, writer: &writer)
+                                }
+                                try await writer.finish(nil)
+                            })
+        }
+        defer { flights.withLock { $0[id] = nil } }
+        ClientConnection.current?.armHalfCloseProbe()
+        let text = try await ClientConnection.cancellingOnDisconnect { try await call.collect(first: first) }
+        return Self.json(.ok, text)
+    }
+}
+
+/// One client request's response, rendered by the router from the relay's output (OpenAI's shapes, as a
+/// replica renders them).
+struct RouterCall: Sendable {
+    let router: ClusterRouter
+    let flight: Flight
+    let chat: Bool
+    let created: Int
+
+    private var model: String { flight.model }
+
+    func collect(first: Attempt) async throws -> String {
+        var text = ""
+        var tokens = 0
+        var finish: String?
+        var failure: (Int, String)?
+        try await router.relay(flight, first: first) { out in
+            switch out {
+            case .token(_, let t):
+                tokens += 1
+                text += t
+            case .finish(let f): finish = f
+            case .failed(let status, let message): failure = (status, message)
+            }
+        }
+        if let (status, message) = failure {
+            router.metrics.request(status: String(status))
+            throw APIError(.init(code: status), message)
+        }
+        guard let finish else { throw CancellationError() }
+        router.metrics.request(status: "ok")
+        let usage = Usage(prompt: flight.promptTokens, completion: tokens)
+        if chat {
+            return OpenAIWire.encode(ChatCompletion(id: flight.id, object: "chat.completion", created: created, model: model,
+                                                    choices: [ChatChoice(message: AssistantMessage(content: text), finishReason: finish)], usage: usage))
+        }
+        return OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
+                                                choices: [TextChoice(text: text, finishReason: finish)], usage: usage))
+    }
+
+    func stream(first: Attempt, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+        var tokens = 0
+        var finish: String?
+        var failure: (Int, String)?
+        if chat { try await send(chunk(delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
+        // The writer is inout: relay's callback cannot capture it, so events pass through a local buffer per call.
+        let (events, continuation) = AsyncStream<RelayOutput>.makeStream()
+        let relay = Task {
+            do {
+                try await router.relay(flight, first: first) { continuation.yield($0) }
+            } catch {}
+            continuation.finish()
+        }
+        defer { relay.cancel() }
+        try await withTaskCancellationHandler {
+            for await out in events {
+                switch out {
+                case .token(_, let t):
+                    tokens += 1
+                    if !t.isEmpty { try await send(chunk(text: t, finish: nil), &writer) }
+                case .finish(let f): finish = f
+                case .failed(let status, let message): failure = (status, message)
+                }
+            }
+        } onCancel: {
+            relay.cancel()
+        }
+        if let (status, message) = failure {
+            router.metrics.request(status: String(status))
+            try await send(APIError(.init(code: status), message).json, &writer)
+            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            return
+        }
+        guard let finish else { return }
+        router.metrics.request(status: "ok")
+        try await send(chunk(text: nil, finish: finish), &writer)
+        if includeUsage {
+            let usage = Usage(prompt: flight.promptTokens, completion: tokens)
+            try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: flight.id, object: "chat.completion.chunk", created: created, model: model,
+                                                                        choices: [], usage: usage))
+                                : OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
+                                                                   choices: [], usage: usage)), &writer)
+        }
+        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+    }
+
+    private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {
+        try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
+    }
+
+    private func chunk(text: String?, finish: String?) -> String {
+        if chat { return chunk(delta: ChatDelta(content: text), finish: finish) }
+        return OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
+                                                choices: [TextChoice(text: text ?? "", finishReason: finish)]))
+    }
+
+    private func chunk(delta: ChatDelta, finish: String?) -> String {
+        OpenAIWire.encode(ChatCompletionChunk(id: flight.id, object: "chat.completion.chunk", created: created, model: model,
+                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish)]))
+    }
+}

@@ -1,0 +1,141 @@
+import AsyncHTTPClient
+import Foundation
+import NIOCore
+import ServingAPI
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The replicas behind the router and what the router last learned of each: health from polling their
+/// status (a failed poll or a broken stream takes one out; a successful poll puts it back, so a restarted
+/// replica rejoins), and the status values the policies read. Replicas are identified by their index, which
+/// never changes; a replica found through DNS keeps its index while its address stays.
+public final class ReplicaSet: @unchecked Sendable {
+    public struct Entry: Sendable {
+        public let url: String
+        public let client: ReplicaClient
+        public var status: ReplicaStatus?
+        public var healthy = false
+        /// Consecutive failed polls.
+        public var failures = 0
+        /// Requests dispatched here since the last status (per model), so that a burst between two polls
+        /// does not all go to the replica that looked idlest.
+        public var dispatchedSinceStatus: [String: Int] = [:]
+        /// Dropped from DNS: kept (for its index) but never chosen.
+        public var gone = false
+    }
+
+    private let lock = NSLock()
+    private var entries: [Entry] = []
+    let http: HTTPClient
+    let adminKey: String?
+    /// Polls that must fail in a row before a replica counts as down (a broken stream takes it out at once).
+    public var failuresToMarkDown = 2
+
+    public init(urls: [String], http: HTTPClient, adminKey: String?) {
+        self.http = http
+        self.adminKey = adminKey
+        entries = urls.map { Entry(url: $0, client: ReplicaClient(base: $0, http: http, adminKey: adminKey)) }
+    }
+
+    public var snapshot: [Entry] {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries
+    }
+
+    public func client(_ i: Int) -> ReplicaClient {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries[i].client
+    }
+
+    public var healthyCount: Int { snapshot.filter { $0.healthy && !$0.gone }.count }
+
+    /// A transport failure on a stream or call: out until a poll succeeds again.
+    public func markDown(_ i: Int) {
+        lock.lock()
+        entries[i].healthy = false
+        entries[i].failures = max(entries[i].failures, failuresToMarkDown)
+        lock.unlock()
+    }
+
+    func noteDispatch(_ i: Int, model: String) {
+        lock.lock()
+        entries[i].dispatchedSinceStatus[model, default: 0] += 1
+        lock.unlock()
+    }
+
+    /// Polls every replica once, concurrently.
+    public func pollOnce(timeout: TimeAmount = .seconds(2)) async {
+        let targets = snapshot.enumerated().filter { !$0.element.gone }.map { ($0.offset, $0.element.client) }
+        await withTaskGroup(of: (Int, ReplicaStatus?).self) { group in
+            for (i, c) in targets {
+                group.addTask { (i, try? await c.status(timeout: timeout)) }
+            }
+            for await (i, status) in group {
+                lock.lock()
+                if let status {
+                    entries[i].status = status
+                    entries[i].healthy = !status.draining
+                    entries[i].failures = 0
+                    entries[i].dispatchedSinceStatus = [:]
+                } else {
+                    entries[i].failures += 1
+                    if entries[i].failures >= failuresToMarkDown { entries[i].healthy = false }
+                }
+                lock.unlock()
+            }
+        }
+    }
+
+    /// Polls until cancelled.
+    public func poll(every interval: Duration) async {
+        while !Task.isCancelled {
+            await pollOnce()
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// Replaces the DNS-discovered set: new addresses are added, vanished ones marked gone, returning ones revived.
+    public func setDiscovered(_ urls: [String]) {
+        lock.lock()
+        defer { lock.unlock() }
+        let wanted = Set(urls)
+        for i in entries.indices { entries[i].gone = !wanted.contains(entries[i].url) }
+        for u in urls where !entries.contains(where: { $0.url == u }) {
+            entries.append(Entry(url: u, client: ReplicaClient(base: u, http: http, adminKey: adminKey)))
+        }
+    }
+
+    /// Resolves `host:port` (a headless Service's name) to one URL per address, every `interval`, until cancelled.
+    public func discover(dns: String, every interval: Duration) async {
+        while !Task.isCancelled {
+            if let urls = Self.resolve(dns) { setDiscovered(urls) }
+            try? await Task.sleep(for: interval)
+        }
+    }
+
+    /// `host:port` → ["http://a.b.c.d:port", …] (IPv4 and IPv6), sorted; nil when the name does not resolve.
+    public static func resolve(_ hostPort: String) -> [String]? {
+        guard let colon = hostPort.lastIndex(of: ":"), let port = Int(hostPort[hostPort.index(after: colon)...]) else { return nil }
+        let host = String(hostPort[..<colon])
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var result: UnsafeMutablePointer<addrinfo>?
+        guard getaddrinfo(host, String(port), &hints, &result) == 0, let first = result else { return nil }
+        defer { freeaddrinfo(result) }
+        var urls = Set<String>()
+        var p: UnsafeMutablePointer<addrinfo>? = first
+        while let a = p {
+            var buf = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+            if getnameinfo(a.pointee.ai_addr, a.pointee.ai_addrlen, &buf, socklen_t(buf.count), nil, 0, NI_NUMERICHOST) == 0 {
+                let ip = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+                urls.insert(a.pointee.ai_family == AF_INET6 ? "http://[\(ip)]:\(port)" : "http://\(ip):\(port)")
+            }
+            p = a.pointee.ai_next
+        }
+        return urls.sorted()
+    }
+}
