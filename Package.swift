@@ -50,6 +50,9 @@ let package = Package(
         .target(name: "Adapters", dependencies: ["Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
         // Pure request/batch bookkeeping: no tensors, no clock, no I/O (shared/DESIGN.md).
         .target(name: "Scheduling", swiftSettings: strictSwift),
+        // Pure cluster policies over replica status values: dispatch, adapter placement, migration planning.
+        // Shared by the router and the simulator; no clock, no I/O (shared/DESIGN.md).
+        .target(name: "ClusterPolicy", swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
         .target(name: "Engine", dependencies: ["Scheduling", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
         // OpenAI's wire types (responses, chunks, errors) and their one JSON encoder: no logic, Foundation only.
@@ -98,6 +101,7 @@ let package = Package(
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strictSwift),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
+        .testTarget(name: "ClusterPolicyTests", dependencies: ["ClusterPolicy"], swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["TestSupport", "Models", "Kernels"], swiftSettings: strictSwift),
         // Models only for `DefaultModel`: the SmolLM2 goldens read the default model where the CLI finds it.
         .testTarget(name: "TokenizersTests", dependencies: ["TestSupport", "Tokenizers", "Models"], swiftSettings: strictSwift),

@@ -1,0 +1,130 @@
+/// What the cluster policies see of the replicas: plain values the router builds from each replica's status
+/// report and the simulator builds from its own state. Nothing here reads a clock or the network
+/// (shared/DESIGN.md, "Modules": `ClusterPolicy` is pure).
+
+/// Waiting and running requests of one adapter on one replica.
+public struct AdapterCounts: Sendable, Equatable {
+    public var waiting: Int
+    public var running: Int
+
+    public init(waiting: Int = 0, running: Int = 0) {
+        self.waiting = waiting
+        self.running = running
+    }
+
+    /// Requests of the adapter the replica holds (queued or in the batch).
+    public var total: Int { waiting + running }
+}
+
+/// One running request as the migration planner sees it.
+public struct RequestInfo: Sendable, Equatable {
+    /// The router's stable id of the request.
+    public var id: UInt64
+    /// Adapter name; "" is the base model (needs no adapter slot and no load).
+    public var adapter: String
+    /// Prompt plus tokens generated so far.
+    public var tokens: Int
+    /// KV blocks the request holds now (what a destination must have free to take it).
+    public var kvBlocks: Int
+    /// Tokens the request is still expected to generate.
+    public var remainingEstimate: Int
+    /// Seconds of its replica's time the request is still expected to take (what the planner balances).
+    public var remainingSeconds: Double
+
+    public init(id: UInt64, adapter: String, tokens: Int, kvBlocks: Int, remainingEstimate: Int, remainingSeconds: Double) {
+        self.id = id
+        self.adapter = adapter
+        self.tokens = tokens
+        self.kvBlocks = kvBlocks
+        self.remainingEstimate = remainingEstimate
+        self.remainingSeconds = remainingSeconds
+    }
+}
+
+/// What a policy sees of one replica.
+public struct ReplicaLoad: Sendable, Equatable {
+    /// Index of the replica in the router's list; policies answer with it.
+    public var id: Int
+    public var healthy: Bool
+    /// Being emptied (Llumnix: "infinite" virtual usage): never chosen by dispatch, never a migration
+    /// destination, and the migration planner moves its requests away first.
+    public var draining: Bool
+    public var kvBlocksTotal: Int
+    public var kvBlocksFree: Int
+    public var blockSize: Int
+    /// Most adapters it can hold resident at once (GIE's `max_lora`).
+    public var adapterSlots: Int
+    /// Adapters resident (active) on it.
+    public var residentAdapters: Set<String>
+    /// Waiting and running requests per adapter name ("" = base model).
+    public var perAdapter: [String: AdapterCounts]
+    /// Estimated seconds of one decode step at its current batch (from its step-cost model).
+    public var decodeStepSeconds: Double
+    /// Merged step time over unmerged step time: the cost of a full same-adapter batch relative to a mixed
+    /// one (the dLoRA artifact's 0.6; profiled 15 ms / 27 ms on Llama-7B).
+    public var mergedCostFactor: Double
+    /// B, the batch size of the dLoRA dispatch formula.
+    public var maxBatch: Int
+    /// Estimated seconds to load an adapter that is not resident (bytes / bandwidth), per adapter name.
+    public var adapterLoadSeconds: [String: Double]
+    /// Load time of an adapter missing from `adapterLoadSeconds`.
+    public var defaultAdapterLoadSeconds: Double
+    /// Its running requests, for migration planning (may be empty for dispatch-only use).
+    public var running: [RequestInfo]
+    /// Work (seconds) that stays on the replica whatever the planner does, e.g. its waiting queue.
+    public var pinnedWorkSeconds: Double
+
+    public init(id: Int, healthy: Bool = true, draining: Bool = false, kvBlocksTotal: Int, kvBlocksFree: Int,
+                blockSize: Int = 16, adapterSlots: Int, residentAdapters: Set<String> = [],
+                perAdapter: [String: AdapterCounts] = [:], decodeStepSeconds: Double = 0.03,
+                mergedCostFactor: Double = 0.6, maxBatch: Int = 32, adapterLoadSeconds: [String: Double] = [:],
+                defaultAdapterLoadSeconds: Double = 0.05, running: [RequestInfo] = [], pinnedWorkSeconds: Double = 0) {
+        self.id = id
+        self.healthy = healthy
+        self.draining = draining
+        self.kvBlocksTotal = kvBlocksTotal
+        self.kvBlocksFree = kvBlocksFree
+        self.blockSize = blockSize
+        self.adapterSlots = adapterSlots
+        self.residentAdapters = residentAdapters
+        self.perAdapter = perAdapter
+        self.decodeStepSeconds = decodeStepSeconds
+        self.mergedCostFactor = mergedCostFactor
+        self.maxBatch = maxBatch
+        self.adapterLoadSeconds = adapterLoadSeconds
+        self.defaultAdapterLoadSeconds = defaultAdapterLoadSeconds
+        self.running = running
+        self.pinnedWorkSeconds = pinnedWorkSeconds
+    }
+
+    /// Dispatch may send it new requests.
+    public var usable: Bool { healthy && !draining }
+
+    /// Fraction of its KV blocks in use (0 when it reports no blocks).
+    public var kvUsage: Double {
+        kvBlocksTotal > 0 ? Double(kvBlocksTotal - kvBlocksFree) / Double(kvBlocksTotal) : 0
+    }
+
+    public var waitingRequests: Int { perAdapter.values.reduce(0) { $0 + $1.waiting } }
+    public var runningRequests: Int { perAdapter.values.reduce(0) { $0 + $1.running } }
+    /// Requests it holds, queued or running.
+    public var requests: Int { waitingRequests + runningRequests }
+
+    /// Seconds to load `adapter` here: 0 if resident or the base model.
+    public func loadSeconds(_ adapter: String) -> Double {
+        if adapter.isEmpty || residentAdapters.contains(adapter) { return 0 }
+        return adapterLoadSeconds[adapter] ?? defaultAdapterLoadSeconds
+    }
+
+    /// Adapters that cannot be evicted now: resident ones with requests queued or running.
+    var busyAdapters: Set<String> {
+        Set(residentAdapters.filter { name in (perAdapter[name]?.total ?? 0) > 0 })
+    }
+
+    /// The adapter could be made resident without waiting: it is resident, or a slot is free, or a resident
+    /// adapter is idle and can be evicted (the artifact's "swap in for an idle one").
+    public func canHost(_ adapter: String) -> Bool {
+        if adapter.isEmpty || residentAdapters.contains(adapter) { return true }
+        return adapterSlots > 0 && (residentAdapters.count < adapterSlots || busyAdapters.count < residentAdapters.count)
+    }
+}

@@ -1,0 +1,123 @@
+import Testing
+import ClusterPolicy
+
+@Suite struct ProactiveTests {
+    func proactiveReplica(_ id: Int, resident: Set<String>, counts: [String: Int], step: Double,
+                          slots: Int = 4, loadSeconds: Double = 0.1) -> ReplicaLoad {
+        var r = replica(id, slots: slots, resident: resident, running: counts)
+        r.maxBatch = 4
+        r.mergedCostFactor = 0.6
+        r.decodeStepSeconds = step
+        r.defaultAdapterLoadSeconds = loadSeconds
+        return r
+    }
+
+    /// Worked by hand, B = 4, f = 0.6, a new request for "x":
+    /// - A: x resident, counts x 5 + 1 new = 6, y 2 → ⌊6/4⌋·0.6 + ⌊(2 + 2)/4⌋ = 0.6 + 1 = 1.6 steps;
+    ///   at 0.05 s a step: 0.08 s, no load.
+    /// - B: x not resident, y 7, x 0 + 1 → ⌊7/4⌋·0.6 + ⌊(3 + 1)/4⌋ = 1.6 steps = 0.08 s, + 0.1 s load = 0.18 s.
+    /// - C: empty, x not resident → 0 steps + 0.1 s load = 0.1 s.
+    /// A is cheapest; with a 0.07 s step A costs 0.112 s and C (0.1 s) wins.
+    @Test func costFormulaWorkedExample() {
+        #expect(DLoRAProactive.queueUnits(counts: ["x": 6, "y": 2], batch: 4, mergedCostFactor: 0.6) == 1.6)
+        #expect(DLoRAProactive.queueUnits(counts: ["x": 1, "y": 7], batch: 4, mergedCostFactor: 0.6) == 1.6)
+        #expect(DLoRAProactive.queueUnits(counts: ["x": 3], batch: 4, mergedCostFactor: 0.6) == 0)
+        #expect(DLoRAProactive.queueUnits(counts: ["x": 8, "y": 8], batch: 4, mergedCostFactor: 0.6) == 2.4)
+
+        let a = proactiveReplica(0, resident: ["x", "y"], counts: ["x": 5, "y": 2], step: 0.05)
+        let b = proactiveReplica(1, resident: ["y"], counts: ["y": 7], step: 0.05)
+        let c = proactiveReplica(2, resident: [], counts: [:], step: 0.05)
+        #expect(abs(DLoRAProactive.costSeconds(adapter: "x", replica: a) - 0.08) < 1e-12)
+        #expect(abs(DLoRAProactive.costSeconds(adapter: "x", replica: b) - 0.18) < 1e-12)
+        #expect(abs(DLoRAProactive.costSeconds(adapter: "x", replica: c) - 0.1) < 1e-12)
+        let policy = DLoRAProactive()
+        #expect(policy.choose(adapter: "x", promptTokens: 20, replicas: [a, b, c]) == 0)
+        var slowA = a
+        slowA.decodeStepSeconds = 0.07
+        #expect(policy.choose(adapter: "x", promptTokens: 20, replicas: [slowA, b, c]) == 2)
+    }
+
+    @Test func replicasThatCannotTakeTheAdapterAreNotCandidates() {
+        // Replica 0 is idle but its only slot holds a busy adapter; replica 1 holds x with a backlog.
+        let busy = proactiveReplica(0, resident: ["y"], counts: ["y": 1], step: 0.05, slots: 1)
+        let loaded = proactiveReplica(1, resident: ["x"], counts: ["x": 9, "z": 3], step: 0.05)
+        #expect(!busy.canHost("x") && loaded.canHost("x"))
+        #expect(DLoRAProactive().choose(adapter: "x", promptTokens: 1, replicas: [busy, loaded]) == 1)
+        // An idle resident adapter can be evicted: then replica 0 is a candidate, and cheaper.
+        let idle = proactiveReplica(0, resident: ["y"], counts: [:], step: 0.05, slots: 1)
+        #expect(idle.canHost("x"))
+        #expect(DLoRAProactive().choose(adapter: "x", promptTokens: 1, replicas: [idle, loaded]) == 0)
+        // No replica can take it: every usable replica is a candidate, cheapest wins.
+        let busy2 = proactiveReplica(1, resident: ["z"], counts: ["z": 9], step: 0.05, slots: 1)
+        #expect(DLoRAProactive().choose(adapter: "x", promptTokens: 1, replicas: [busy, busy2]) == 0)
+    }
+
+    @Test func placementIsPreferredWithinTheSlack() {
+        // Both hold x; replica 1 costs 1 step more (two full x batches vs one: 1.2 vs 0.6 steps).
+        let cheap = proactiveReplica(0, resident: ["x"], counts: ["x": 3], step: 0.05)
+        let placed = proactiveReplica(1, resident: ["x"], counts: ["x": 7], step: 0.05)
+        var policy = DLoRAProactive()
+        #expect(policy.choose(adapter: "x", promptTokens: 1, replicas: [cheap, placed]) == 0)
+        policy.placement = ["x": [1]]
+        #expect(policy.choose(adapter: "x", promptTokens: 1, replicas: [cheap, placed]) == 1, "0.6 steps dearer: within 1 step")
+        // Far costlier (2.4 + 1 steps vs 0.6): fall back to the cheapest.
+        let swamped = proactiveReplica(1, resident: ["x"], counts: ["x": 15, "y": 2, "z": 2], step: 0.05)
+        #expect(policy.choose(adapter: "x", promptTokens: 1, replicas: [cheap, swamped]) == 0)
+        // Other adapters ignore x's placement.
+        #expect(policy.choose(adapter: "", promptTokens: 1, replicas: [cheap, placed]) == 0)
+    }
+
+    /// Rates 6 : 3 : 1 on 3 replicas × 2 slots. One copy each, then D'Hondt for the 3 other slots:
+    /// a (6/1) → 2 copies; a (6/2 = 3) ties b (3/1), a ranks first → 3 copies (= all replicas);
+    /// b (3/1) → 2 copies. Copies 3 : 2 : 1. Layout, largest per-copy load first: a's 2, 2, 2 on
+    /// replicas 0, 1, 2; b's 1.5, 1.5 on 0 and 1; c's 1 on 2 → expected loads 3.5, 3.5, 3.
+    @Test func placementFollowsShareAndSlots() {
+        let replicas = (0..<3).map { replica($0, slots: 2) }
+        let placement = DLoRAProactive().placeAdapters(rates: ["a": 6, "b": 3, "c": 1], replicas: replicas)
+        #expect(placement == ["a": [0, 1, 2], "b": [0, 1], "c": [2]])
+    }
+
+    @Test func placementBoundsAndCoverage() {
+        var rng = SeededGenerator(seed: 7)
+        for _ in 0..<200 {
+            let hosts = Int.random(in: 1...5, using: &rng)
+            let replicas = (0..<hosts).map { replica($0, slots: Int.random(in: 1...4, using: &rng)) }
+            let slots = replicas.reduce(0) { $0 + $1.adapterSlots }
+            var rates: [String: Double] = [:]
+            for k in 0..<Int.random(in: 1...12, using: &rng) { rates["a\(k)"] = Double(Int.random(in: 1...100, using: &rng)) }
+            let placement = DLoRAProactive().placeAdapters(rates: rates, replicas: replicas)
+            // No replica holds more adapters than it has slots.
+            for r in replicas {
+                #expect(placement.values.filter { $0.contains(r.id) }.count <= r.adapterSlots)
+            }
+            // Every adapter gets a replica when slots allow; else the most popular ones do.
+            #expect(placement.count == min(rates.count, slots))
+            let ranked = rates.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
+            for (name, _) in ranked.prefix(slots) { #expect(placement[name] != nil) }
+            // A more popular adapter never gets fewer replicas than a less popular one (up to a copy lost to
+            // fragmentation).
+            for x in ranked.indices.dropLast() {
+                let more = placement[ranked[x].key]?.count ?? 0, less = placement[ranked[x + 1].key]?.count ?? 0
+                #expect(more + 1 >= less)
+            }
+        }
+    }
+
+    @Test func placementKeepsResidentAdaptersOnTies() {
+        // "a" is laid out first (equal loads, name order) and both hosts are empty: it goes where it is resident.
+        let replicas = [replica(0, slots: 1), replica(1, slots: 1, resident: ["a"])]
+        let placement = DLoRAProactive().placeAdapters(rates: ["a": 1, "b": 1], replicas: replicas)
+        #expect(placement == ["a": [1], "b": [0]])
+        #expect(DLoRAProactive().placeAdapters(rates: ["a": 1], replicas: [replica(0, healthy: false)]).isEmpty)
+    }
+
+    @Test func placementThenDispatch() {
+        var policy = DLoRAProactive()
+        let replicas = (0..<3).map { replica($0, slots: 1) }
+        policy.updatePlacement(rates: ["a": 5, "b": 1, "c": 1], replicas: replicas)
+        let placed = policy.placement!
+        #expect(placed["a"]!.count == 1)
+        #expect(policy.choose(adapter: "b", promptTokens: 1, replicas: replicas) == placed["b"]!.first)
+        #expect(policy.choose(adapter: "c", promptTokens: 1, replicas: replicas) == placed["c"]!.first)
+    }
+}
