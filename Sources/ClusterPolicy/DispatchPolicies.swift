@@ -66,8 +66,9 @@ public struct LeastLoaded: DispatchPolicy {
 ///   else 0. The base model scores 1.0 everywhere.
 /// - Queue: (max − waiting) / (max − min) over the candidates' waiting counts; 1 for all when equal.
 /// - KV cache: 1 − KV usage.
-/// Weights default to 1 each, as GIE's default scheduling profile lists its scorers without weights
-/// (a plugin reference without a weight counts 1); docs/design/cluster-policy.md has the details.
+/// Weights default to 1 each, as in the EPP configuration of GIE's integration tests, whose default
+/// profile lists its scorers without weights (a plugin reference without a weight counts 1); published
+/// LoRA-heavy profiles weight the affinity higher (docs/design/cluster-policy.md).
 public struct LoRAAffinity: DispatchPolicy {
     public var loraWeight: Double
     public var queueWeight: Double

@@ -13,23 +13,25 @@
 ///    after taking it is least (its current replica on ties), within the limits; one that fits nowhere
 ///    stays where it is (if that breaks its replica's limits, start B falls back to start A).
 ///    Start C, the same rebuild with the largest KV holders first (first-fit decreasing on the scarce
-///    resource: it finds the exchanges that tight KV limits allow).
-/// 2. Descend from each start, at most `maxIterations` steps. A step looks at these moves out of a source:
-///    - one request to another replica,
-///    - all of the source's requests of one adapter to another replica (the adapter's load paid once:
-///      this is how an adapter "moves with its requests"; not for base-model requests, which need none),
-///    - a swap of one source request with one request of another replica,
-///    first with the replicas at the makespan and the draining ones still holding requests as sources; if
-///    none helps, with every replica as a source; if still none, out of the slowest replicas again with
-///    compound moves added (any two requests at once, and two-for-one swaps either way, which get past
-///    tight KV limits; only between replicas holding at most 16 movable requests each). It takes the move
-///    with the best (requests left on draining replicas, makespan, Σ time²) if strictly better than now;
-///    otherwise the descent ends. Σ time² lets a move off one of several equally slow replicas, or a move
-///    between two others that makes room, count as progress.
+///    resource: it finds the exchanges that tight KV limits allow). B and C only with at most 64 movable
+///    requests: they serve small tightly packed instances, and would churn large ones.
+/// 2. Descend from each start, at most `maxIterations` steps. A step tries, in this order until one helps:
+///    a. out of the sources — the replicas at the makespan and the draining ones still holding requests —
+///       one request to another replica, or all of the source's requests of one adapter to another
+///       replica (the adapter's load paid once: this is how an adapter "moves with its requests"; not for
+///       base-model requests, which need none);
+///    b. the same out of every replica slower than the mean (a move between two others can make room);
+///    c. out of the sources again, adding swaps of one source request with one request elsewhere;
+///    d. adding compound moves: any two source requests at once, and two-for-one swaps either way, which
+///       get past tight KV limits (only between replicas holding at most 16 movable requests each).
+///    Within a level it takes the move with the best (requests left on draining replicas, makespan,
+///    Σ time²) if strictly better than now; when no level has one, the descent ends. Σ time² lets a move
+///    off one of several equally slow replicas, or one that makes room, count as progress.
 /// 3. The best end point wins: fewer requests left on draining replicas, then the lower makespan, then
 ///    fewer moves (migration is not free), then Σ time².
-/// A step costs O(n·(R + N)) evaluations for n requests on the sources, R replicas, N requests (O(n²·N) in
-/// the compound fallback); every step strictly improves the ranking, so a descent never cycles.
+/// Each candidate is evaluated in O(1) (only two replicas change). A step costs O(n·R) evaluations for n
+/// requests on the sources and R replicas in level a, at most O(N·R) in b, O(n·N) in c, O(n²·N) in d (N requests);
+/// every step strictly improves the ranking, so a descent never cycles.
 public struct MigrationPlanner: Sendable {
     public var configuration: MigrationConfiguration
 
@@ -45,10 +47,15 @@ public struct MigrationPlanner: Sendable {
 
     enum Start { case current, longestFirst, largestKVFirst }
 
+    /// Starts B and C are tried only up to this many movable requests: they are for small, tightly packed
+    /// instances, and on large ones they would trade many moves for little.
+    static let rebuildLimit = 64
+
     /// The best assignment of the three descents (see the type's comment).
     static func search(_ problem: MigrationProblem, maxIterations: Int) -> [Int] {
         var best: (assignment: [Int], rank: PlanRank)?
-        for start in [Start.current, .longestFirst, .largestKVFirst] {
+        let starts: [Start] = problem.requests.count <= rebuildLimit ? [.current, .longestFirst, .largestKVFirst] : [.current]
+        for start in starts {
             var search = LocalSearch(problem: problem)
             switch start {
             case .current: search.drain()
@@ -56,7 +63,8 @@ public struct MigrationPlanner: Sendable {
             case .largestKVFirst: search.rebuild { $0.kvBlocks > $1.kvBlocks }
             }
             var steps = 0
-            while steps < maxIterations && (search.improve(.bottleneck) || search.improve(.everyReplica) || search.improve(.compound)) { steps += 1 }
+            while steps < maxIterations && (search.improve(.bottleneck) || search.improve(.everyReplica) || search.improve(.swaps)
+                                              || search.improve(.compound)) { steps += 1 }
             let rank = PlanRank(key: search.key, moves: search.moves)
             if best == nil || rank.better(than: best!.rank) { best = (search.assignment, rank) }
         }
@@ -188,35 +196,50 @@ struct LocalSearch {
         var back: [Int]
     }
 
+    /// What `evaluate` needs of the current state, computed once per step.
+    struct Snapshot {
+        var times: [Double]
+        /// The three slowest replicas (time, index), slowest first: the makespan without two given
+        /// replicas is the first of these that is neither.
+        var top: [(time: Double, node: Int)]
+        var sumOfSquares: Double
+        var leftOnDraining: Int
+    }
+
+    func snapshot() -> Snapshot {
+        let t = times
+        let top = t.indices.map { (time: t[$0], node: $0) }
+            .sorted { $0.time != $1.time ? $0.time > $1.time : $0.node < $1.node }.prefix(3)
+        return Snapshot(times: t, top: Array(top), sumOfSquares: t.reduce(0) { $0 + $1 * $1 },
+                        leftOnDraining: problem.leftOnDraining(assignment))
+    }
+
     /// The key after `step`, or nil if it breaks a limit.
-    func evaluate(_ step: Step, times: [Double]) -> PlanKey? {
-        var s = loads[step.source], t = loads[step.target]
-        for r in step.out {
-            problem.remove(r, from: &s, at: step.source)
-            problem.add(r, to: &t, at: step.target)
+    func evaluate(_ step: Step, _ now: Snapshot) -> PlanKey? {
+        let s = problem.whatIf(loads[step.source], at: step.source, removing: step.out, adding: step.back)
+        guard problem.feasible(s, at: step.source) else { return nil }
+        let t = problem.whatIf(loads[step.target], at: step.target, removing: step.back, adding: step.out)
+        guard problem.feasible(t, at: step.target) else { return nil }
+        let ts = problem.time(s, at: step.source), tt = problem.time(t, at: step.target)
+        var makespan = max(ts, tt)
+        if let other = now.top.first(where: { $0.node != step.source && $0.node != step.target }) {
+            makespan = max(makespan, other.time)
         }
-        for r in step.back {
-            problem.remove(r, from: &t, at: step.target)
-            problem.add(r, to: &s, at: step.source)
-        }
-        guard problem.feasible(s, at: step.source), problem.feasible(t, at: step.target) else { return nil }
-        var makespan = 0.0, squares = 0.0
-        for n in times.indices {
-            let time = n == step.source ? problem.time(s, at: n) : n == step.target ? problem.time(t, at: n) : times[n]
-            makespan = max(makespan, time)
-            squares += time * time
-        }
-        var left = problem.leftOnDraining(assignment)
+        let oldS = now.times[step.source], oldT = now.times[step.target]
+        let squares = now.sumOfSquares - oldS * oldS - oldT * oldT + ts * ts + tt * tt
+        var left = now.leftOnDraining
         if problem.nodes[step.source].draining { left -= step.out.count - step.back.count }
         return PlanKey(leftOnDraining: left, makespan: makespan, sumOfSquares: squares)
     }
 
     /// Which steps `improve` looks at (see `MigrationPlanner`).
     enum Neighbourhood {
-        /// Single moves, adapter-group moves and swaps out of the slowest (and draining) replicas.
+        /// Single and adapter-group moves out of the slowest (and draining) replicas.
         case bottleneck
-        /// The same out of every replica.
+        /// Single and adapter-group moves out of every replica slower than the mean.
         case everyReplica
+        /// Out of the slowest replicas: single and adapter-group moves, and swaps.
+        case swaps
         /// Out of the slowest replicas: also two requests at once, and two-for-one swaps either way.
         case compound
     }
@@ -233,16 +256,19 @@ struct LocalSearch {
 
     /// Takes the best strictly improving step; false when there is none.
     mutating func improve(_ neighbourhood: Neighbourhood) -> Bool {
-        let t = times
-        let current = key
+        let now = snapshot()
+        let t = now.times
+        let current = PlanKey(leftOnDraining: now.leftOnDraining, makespan: now.top.first?.time ?? 0,
+                              sumOfSquares: now.sumOfSquares)
         let eps = MigrationProblem.epsilon * max(1, current.makespan)
         let fromAll = neighbourhood == .everyReplica
+        let mean = t.reduce(0, +) / Double(max(1, t.count))
         let sources = problem.nodes.indices.filter { n in
-            !members[n].isEmpty && (fromAll || t[n] >= current.makespan - eps || problem.nodes[n].draining)
+            !members[n].isEmpty && (fromAll ? t[n] > mean + eps : t[n] >= current.makespan - eps) || problem.nodes[n].draining
         }
         var best: (step: Step, key: PlanKey)?
         func consider(_ step: Step) {
-            guard let k = evaluate(step, times: t), k.better(than: best?.key ?? current) else { return }
+            guard let k = evaluate(step, now), k.better(than: best?.key ?? current) else { return }
             best = (step, k)
         }
         for source in sources {
@@ -253,6 +279,7 @@ struct LocalSearch {
                 for adapter in adapters where !adapter.isEmpty && groups[adapter]!.count > 1 {
                     consider(Step(source: source, target: target, out: groups[adapter]!, back: []))
                 }
+                guard neighbourhood == .swaps || neighbourhood == .compound else { continue }
                 for r in members[source] {
                     for q in members[target] { consider(Step(source: source, target: target, out: [r], back: [q])) }
                 }

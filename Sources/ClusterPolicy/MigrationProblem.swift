@@ -61,7 +61,7 @@ struct MigrationProblem {
             let used = replica.kvBlocksTotal - replica.kvBlocksFree
             let pinned = Set(replica.perAdapter.filter { !$0.key.isEmpty && $0.value.waiting > 0 }.keys)
             nodes.append(Node(id: replica.id, draining: replica.draining, kvFixed: max(0, used - movable),
-                              kvLimit: Int((configuration.destinationKVLimit * Double(replica.kvBlocksTotal)).rounded(.down)),
+                              kvLimit: Int(max(0, configuration.destinationKVLimit * Double(replica.kvBlocksTotal))),  // truncation = floor here
                               slots: replica.adapterSlots, resident: replica.residentAdapters, pinnedAdapters: pinned,
                               pinnedWork: replica.pinnedWorkSeconds, loadSeconds: replica.adapterLoadSeconds,
                               defaultLoadSeconds: replica.defaultAdapterLoadSeconds))
@@ -111,6 +111,39 @@ struct MigrationProblem {
                 if !nodes[n].resident.contains(adapter) { load.nonResident -= 1 }
             }
         }
+    }
+
+    /// `load` after `removing` and `adding` requests, its adapter counts left as they were (only the
+    /// totals the limits and the time read are updated), so that trying a move copies no dictionary.
+    func whatIf(_ load: NodeLoad, at n: Int, removing: [Int], adding: [Int]) -> NodeLoad {
+        var result = load
+        var deltas: [(adapter: String, delta: Int)] = []
+        func note(_ adapter: String, _ delta: Int) {
+            if let i = deltas.firstIndex(where: { $0.adapter == adapter }) { deltas[i].delta += delta } else { deltas.append((adapter, delta)) }
+        }
+        for r in removing {
+            result.seconds -= requests[r].info.remainingSeconds
+            result.kv -= requests[r].info.kvBlocks
+            if requests[r].origin != n { result.received -= 1 }
+            note(requests[r].info.adapter, -1)
+        }
+        for r in adding {
+            result.seconds += requests[r].info.remainingSeconds
+            result.kv += requests[r].info.kvBlocks
+            if requests[r].origin != n { result.received += 1 }
+            note(requests[r].info.adapter, 1)
+        }
+        for (adapter, delta) in deltas where delta != 0 && !adapter.isEmpty {
+            let before = load.counts[adapter, default: 0], after = before + delta
+            let sign = before == 0 && after > 0 ? 1.0 : before > 0 && after == 0 ? -1.0 : 0
+            guard sign != 0 else { continue }
+            result.loadCost += sign * nodes[n].load(adapter)
+            if !nodes[n].pinnedAdapters.contains(adapter) {
+                result.required += Int(sign)
+                if !nodes[n].resident.contains(adapter) { result.nonResident += Int(sign) }
+            }
+        }
+        return result
     }
 
     func time(_ load: NodeLoad, at n: Int) -> Double { nodes[n].pinnedWork + load.seconds + max(0, load.loadCost) }

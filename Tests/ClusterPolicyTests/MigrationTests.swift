@@ -18,45 +18,55 @@ func request(_ id: UInt64, _ adapter: String, seconds: Double, kv: Int = 5) -> R
                 remainingSeconds: seconds)
 }
 
-/// Applies `plan` to `replicas` independently of the library's model, checks every limit, and returns the
-/// makespan it computes.
-func checkPlan(_ plan: MigrationPlan, _ replicas: [ReplicaLoad], destinationKVLimit: Double = 0.9,
-               sourceLocation: SourceLocation = #_sourceLocation) -> Double {
-    var where_: [UInt64: Int] = [:]
+/// Where `moves` leave `replicas`, computed independently of the library's model: whether every receiving
+/// replica keeps within its KV limit and adapter slots, and the makespan.
+func outcome(of moves: [MigrationMove], _ replicas: [ReplicaLoad], destinationKVLimit: Double = 0.9)
+    -> (feasible: Bool, makespan: Double) {
+    var place: [UInt64: Int] = [:]
     var info: [UInt64: RequestInfo] = [:]
-    for r in replicas where r.healthy { for q in r.running { where_[q.id] = r.id; info[q.id] = q } }
-    var received = Set<Int>()
-    var seen = Set<UInt64>()
-    let byID = Dictionary(uniqueKeysWithValues: replicas.map { ($0.id, $0) })
-    for move in plan.moves {
-        #expect(seen.insert(move.requestID).inserted, "moved once", sourceLocation: sourceLocation)
-        #expect(where_[move.requestID] == move.from && move.from != move.to, sourceLocation: sourceLocation)
-        let to = byID[move.to]!
-        #expect(to.healthy && !to.draining, "a usable destination", sourceLocation: sourceLocation)
-        #expect(move.needsAdapterLoad == (!move.adapter.isEmpty && !to.residentAdapters.contains(move.adapter)),
-                sourceLocation: sourceLocation)
-        where_[move.requestID] = move.to
-        received.insert(move.to)
-    }
+    for r in replicas where r.healthy { for q in r.running { place[q.id] = r.id; info[q.id] = q } }
+    for move in moves { place[move.requestID] = move.to }
+    let received = Set(moves.map(\.to))
+    var feasible = true
     var makespan = 0.0
     for r in replicas where r.healthy {
-        let mine = where_.filter { $0.value == r.id }.keys.map { info[$0]! }
+        let mine = place.filter { $0.value == r.id }.keys.map { info[$0]! }
         let original = r.running.reduce(0) { $0 + $1.kvBlocks }
         let used = r.kvBlocksTotal - r.kvBlocksFree - original + mine.reduce(0) { $0 + $1.kvBlocks }
         let adapters = Set(mine.map(\.adapter).filter { !$0.isEmpty })
         let required = adapters.union(r.perAdapter.filter { !$0.key.isEmpty && $0.value.waiting > 0 }.keys)
         if received.contains(r.id) {
-            #expect(Double(used) <= destinationKVLimit * Double(r.kvBlocksTotal), "KV limit on \(r.id)",
-                    sourceLocation: sourceLocation)
-            #expect(required.isSubset(of: r.residentAdapters) || required.count <= r.adapterSlots,
-                    "slots on \(r.id)", sourceLocation: sourceLocation)
+            if r.draining || Double(used) > destinationKVLimit * Double(r.kvBlocksTotal) { feasible = false }
+            if !required.isSubset(of: r.residentAdapters) && required.count > r.adapterSlots { feasible = false }
         }
         let time = r.pinnedWorkSeconds + mine.reduce(0) { $0 + $1.remainingSeconds }
             + adapters.subtracting(r.residentAdapters).reduce(0) { $0 + (r.adapterLoadSeconds[$1] ?? r.defaultAdapterLoadSeconds) }
         makespan = max(makespan, time)
     }
-    #expect(abs(makespan - plan.makespanAfter) < 1e-9, "the plan's makespan is what its moves give", sourceLocation: sourceLocation)
-    return makespan
+    return (feasible, makespan)
+}
+
+/// Checks `plan` against `replicas`: each request moves once, from where it runs, to a usable replica,
+/// flagged for an adapter load exactly when the adapter is not resident there; the limits hold; the
+/// plan's makespan is what its moves give. Returns that makespan.
+func checkPlan(_ plan: MigrationPlan, _ replicas: [ReplicaLoad], sourceLocation: SourceLocation = #_sourceLocation) -> Double {
+    var place: [UInt64: Int] = [:]
+    for r in replicas where r.healthy { for q in r.running { place[q.id] = r.id } }
+    var seen = Set<UInt64>()
+    let byID = Dictionary(uniqueKeysWithValues: replicas.map { ($0.id, $0) })
+    for move in plan.moves {
+        #expect(seen.insert(move.requestID).inserted, "moved once", sourceLocation: sourceLocation)
+        #expect(place[move.requestID] == move.from && move.from != move.to, sourceLocation: sourceLocation)
+        let to = byID[move.to]!
+        #expect(to.healthy && !to.draining, "a usable destination", sourceLocation: sourceLocation)
+        #expect(move.needsAdapterLoad == (!move.adapter.isEmpty && !to.residentAdapters.contains(move.adapter)),
+                sourceLocation: sourceLocation)
+    }
+    let result = outcome(of: plan.moves, replicas)
+    #expect(result.feasible, "KV and slot limits hold", sourceLocation: sourceLocation)
+    #expect(abs(result.makespan - plan.makespanAfter) < 1e-9, "the plan's makespan is what its moves give",
+            sourceLocation: sourceLocation)
+    return result.makespan
 }
 
 /// A small random instance: 2–3 replicas, 1–`maxRequests` requests, adapters "", a, b, c; integer seconds so

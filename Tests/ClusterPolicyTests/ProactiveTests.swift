@@ -53,7 +53,7 @@ import ClusterPolicy
     }
 
     @Test func placementIsPreferredWithinTheSlack() {
-        // Both hold x; replica 1 costs 1 step more (two full x batches vs one: 1.2 vs 0.6 steps).
+        // Both hold x; replica 1 costs 0.6 steps more (two full x batches vs one: 1.2 vs 0.6 steps).
         let cheap = proactiveReplica(0, resident: ["x"], counts: ["x": 3], step: 0.05)
         let placed = proactiveReplica(1, resident: ["x"], counts: ["x": 7], step: 0.05)
         var policy = DLoRAProactive()
