@@ -28,6 +28,8 @@ let package = Package(
         // Imported directly by the Server's HTTP guard (ConnectionGuard); already in the graph through Hummingbird.
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.80.0"),
         .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.25.0"),
+        // The router's client to its replicas (streams, connection pooling); HummingbirdTesting already pulls it in.
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
     ],
     targets: [
         // OpenBLAS from Debian's libopenblas-dev, found through pkg-config.
@@ -91,9 +93,26 @@ let package = Package(
             ],
             swiftSettings: strictSwift
         ),
+        // The router process: replica handles, health, stream relay, migration, failover. Never links the engine.
+        .target(
+            name: "Cluster",
+            dependencies: [
+                "ServingAPI", "HTTPFront", "ClusterPolicy",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strictSwift
+        ),
         .executableTarget(
             name: "dlora",
-            dependencies: ["Server", "Engine", "Models", "Tokenizers", "Adapters", "Kernels", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Server", "Cluster", "ClusterPolicy", "Engine", "Models", "Tokenizers", "Adapters", "Kernels",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                           .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strictSwift
         ),
         // Test-only scaffolding shared by the test targets: fixture paths, golden decoding, temporary

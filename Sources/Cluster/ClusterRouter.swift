@@ -8,7 +8,7 @@ import NIOCore
 import ServingAPI
 
 /// The router's settings.
-public struct RouterOptions: Sendable {
+public struct RoutingOptions: Sendable {
     public var apiKey: String?
     public var adminKey: String?
     /// The key the replicas' control API wants (default: `adminKey`).
@@ -40,14 +40,14 @@ public enum DispatchKind: String, Sendable, CaseIterable {
 /// carries (docs/design/cluster.md).
 public final class ClusterRouter: Sendable {
     public let replicas: ReplicaSet
-    public let options: RouterOptions
+    public let options: RoutingOptions
     let metrics = RouterMetrics()
     let flights = Locked([String: Flight]())
     private let policy: Locked<any DispatchPolicy>
     private let serial = Locked(UInt64(0))
     private let created = Int(Date().timeIntervalSince1970)
 
-    public init(replicas: ReplicaSet, options: RouterOptions) {
+    public init(replicas: ReplicaSet, options: RoutingOptions) {
         self.replicas = replicas
         self.options = options
         let p: any DispatchPolicy = switch options.dispatch {
@@ -145,7 +145,7 @@ public final class ClusterRouter: Sendable {
         }
         router.get("/v1/models") { request, _ in
             try Self.authorize(request, key: self.options.apiKey)
-            return self.models()
+            return try self.models()
         }
         router.post("/v1/completions") { request, _ in try await self.generate(request, endpoint: "completions") }
         router.post("/v1/chat/completions") { request, _ in try await self.generate(request, endpoint: "chat") }
@@ -191,11 +191,9 @@ public final class ClusterRouter: Sendable {
     }
 
     /// The base model and every adapter some healthy replica serves.
-    private func models() -> Response {
+    private func models() throws -> Response {
         let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
-        guard let first = statuses.first else {
-            return (try? APIError(.serviceUnavailable, "no replica is healthy").response(from: nil)) ?? Response(status: .serviceUnavailable)
-        }
+        guard let first = statuses.first else { throw APIError(.serviceUnavailable, "no replica is healthy") }
         var names = Set<String>()
         for s in statuses { names.formUnion(s.adapters) }
         names.remove(first.model)

@@ -119,7 +119,8 @@ extension ClusterRouter {
                     if let t = e.token {
                         if let ex = exported, f.generated.count >= ex.count { continue }
                         f.append(t)
-                        if let c = pendingCut, let t0 = stallSince {
+                        // The first token from the destination (not the source's last ones, still draining) ends the stall.
+                        if exported == nil, let c = pendingCut, let t0 = stallSince {
                             let stall = Double(DispatchTime.now().uptimeNanoseconds &- t0) / 1e9
                             metrics.migrated(mode: c.mode, stallSeconds: stall)
                             c.outcome.set(.moved(stallSeconds: stall, copiedBlocks: c.nextBlock))
@@ -150,6 +151,7 @@ extension ClusterRouter {
                         c.outcome.set(.notMoved("the request is no longer where the migration was planned"))
                         continue
                     }
+                    let stopped = DispatchTime.now().uptimeNanoseconds
                     do {
                         // Final stage: stop it on the source and take the rest of its K/V (kv mode).
                         let frame = try await replicas.client(c.from).export(id: f.id, kvFrom: c.mode == .kv ? c.nextBlock : nil)
@@ -158,7 +160,7 @@ extension ClusterRouter {
                             throw KVFrame.Invalid(description: "the export carries no tokens")
                         }
                         exported = Array(tokens[pc...])
-                        stallSince = DispatchTime.now().uptimeNanoseconds
+                        stallSince = stopped
                         pendingCut = c
                         resumeOn = c.to
                         if let mid = c.migration {

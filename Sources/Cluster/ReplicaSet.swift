@@ -74,7 +74,11 @@ public final class ReplicaSet: @unchecked Sendable {
             for (i, c) in targets {
                 group.addTask { (i, try? await c.status(timeout: timeout)) }
             }
-            for await (i, status) in group {
+            for await (i, status) in group { record(i, status) }
+        }
+    }
+
+    private func record(_ i: Int, _ status: ReplicaStatus?) {
                 lock.lock()
                 if let status {
                     entries[i].status = status
@@ -86,8 +90,6 @@ public final class ReplicaSet: @unchecked Sendable {
                     if entries[i].failures >= failuresToMarkDown { entries[i].healthy = false }
                 }
                 lock.unlock()
-            }
-        }
     }
 
     /// Polls until cancelled.

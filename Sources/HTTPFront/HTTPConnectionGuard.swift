@@ -32,6 +32,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     let limits: HTTPLimits
     let maxBodyBytes: Int
+    /// The body limit of the request being read (`maxBodyBytes`, or `limits.largeBodyBytes` on its paths).
+    private var bodyLimit: Int
     let connection: ClientConnection
     let tracker: ConnectionTracker?
 
@@ -66,6 +68,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     init(limits: HTTPLimits, maxBodyBytes: Int, connection: ClientConnection, tracker: ConnectionTracker?) {
         self.limits = limits
         self.maxBodyBytes = maxBodyBytes
+        bodyLimit = maxBodyBytes
         self.connection = connection
         self.tracker = tracker
     }
@@ -107,6 +110,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         switch part {
         case .head(let head):
             awaitingHead = false
+            bodyLimit = limits.largeBodyPaths.contains(where: { head.uri.hasPrefix($0) }) ? max(maxBodyBytes, limits.largeBodyBytes) : maxBodyBytes
             if let refusal = check(head) {
                 refuse(context, refusal)
                 return
@@ -129,7 +133,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             context.fireChannelRead(data)
         case .body(let chunk):
             bodyBytes += chunk.readableBytes
-            if outstanding == 0 && bodyBytes > maxBodyBytes {
+            if outstanding == 0 && bodyBytes > bodyLimit {
                 // Already answered (413) and still coming: stop reading it.
                 lingerClose(context)
                 return
@@ -228,7 +232,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             if outstanding == 0 {
                 // Answered before its body was read: a body within the limit is drained (the connection stays
                 // usable; the body timer bounds it), one past the limit (a 413) is not read further.
-                if readingRequest && bodyBytes > maxBodyBytes { closeWhenDone = true }
+                if readingRequest && bodyBytes > bodyLimit { closeWhenDone = true }
                 if pendingRefusal != nil || closeWhenDone || inputClosed {
                     context.flush()
                     finishIfDone(context)
@@ -292,8 +296,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             guard let n = UInt64(value.trimmingCharacters(in: .whitespaces)) else {
                 return APIError(.badRequest, "invalid Content-Length")
             }
-            if n > UInt64(maxBodyBytes) {
-                return APIError(.contentTooLarge, "the request body (\(n) bytes declared) is larger than \(maxBodyBytes) bytes")
+            if n > UInt64(bodyLimit) {
+                return APIError(.contentTooLarge, "the request body (\(n) bytes declared) is larger than \(bodyLimit) bytes")
             }
         }
         return nil

@@ -23,6 +23,11 @@ public struct HTTPLimits: Sendable {
     /// before the connection closes, so that the client reads the response rather than a reset.
     public var lingerTimeout: Duration = .seconds(2)
 
+    /// Path prefixes whose requests may carry up to `largeBodyBytes` (the replica's K/V staging endpoint,
+    /// behind the admin key: frames of many megabytes); every other request keeps the server's body limit.
+    public var largeBodyPaths: [String] = []
+    public var largeBodyBytes = 0
+
     public init() {}
 }
 

@@ -75,7 +75,11 @@ public final class OpenAIServer: Sendable {
     public func makeApplication(configuration: ApplicationConfiguration = .init(), logger: Logger? = nil,
                                 onServerRunning: @escaping @Sendable (any Channel) async -> Void = { _ in })
         -> some ApplicationProtocol {
-        makeHardenedApplication(router: makeRouter(), limits: options.http, maxBodyBytes: options.maxBodyBytes,
+        var limits = options.http
+        // K/V frames of a migration: at most the whole cache (plus the frame head), only on the staging path.
+        limits.largeBodyPaths = ["/internal/migrations/", "/internal/generate"]
+        limits.largeBodyBytes = engine.snapshot.kvBlocksTotal * engine.floatsPerBlock * 4 + KVFrame.maxHeadBytes + 4
+        return makeHardenedApplication(router: makeRouter(), limits: limits, maxBodyBytes: options.maxBodyBytes,
                                 configuration: configuration, logger: logger, onServerRunning: onServerRunning)
     }
 

@@ -250,6 +250,7 @@ public enum KVFrame {
 
     public struct Invalid: Error, CustomStringConvertible {
         public let description: String
+        public init(description: String) { self.description = description }
     }
 
     /// The head of a frame, checked against the frame's size, without decoding the payload.

@@ -1,0 +1,300 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Cluster
+import ClusterPolicy
+import Foundation
+import Hummingbird
+import Logging
+import ServiceLifecycle
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The router's flags, shared by `router` and `cluster`.
+struct RouterFlags: ParsableArguments {
+    @Option(help: "Dispatch policy: \(DispatchKind.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var dispatch: String = DispatchKind.dlora.rawValue
+    @Option(help: "Reactive migration of running requests: off, recompute (dLoRA's), kv (live, K/V copied in stages).")
+    var migration: String = "off"
+    @Option(help: "Seconds between checks of the migration trigger (dLoRA: 10).")
+    var migrationInterval: Double = 10
+    @Option(help: "KV use (0–1) of the fullest replica that triggers a migration (dLoRA: 0.9).")
+    var migrationKvThreshold: Double = 0.9
+    @Option(help: "Requests above the average that trigger a migration (dLoRA: 16).")
+    var migrationRequestExcess: Int = 16
+    @Option(help: "Milliseconds between reads of the replicas' status.")
+    var pollMs: Int = 200
+    @Option(name: .customLong("api-key"), help: "Bearer key required on /v1/* (default: env DLORA_API_KEY, else none).")
+    var apiKey: String?
+    @Option(name: .customLong("admin-key"), help: "Bearer key for adapter loading, /admin/* and the replicas' control API (default: env DLORA_ADMIN_KEY).")
+    var adminKey: String?
+    @Option(help: "Largest request body, bytes.")
+    var maxBodyBytes: Int = 1 << 20
+
+    func validate() throws {
+        guard DispatchKind(rawValue: dispatch) != nil else {
+            throw ValidationError("unknown --dispatch '\(dispatch)' (\(DispatchKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        guard ["off", "recompute", "kv"].contains(migration) else { throw ValidationError("--migration must be off, recompute or kv") }
+        guard migrationInterval > 0, migrationInterval <= 86_400 else { throw ValidationError("--migration-interval must be in (0, 86400] seconds") }
+        guard migrationKvThreshold > 0, migrationKvThreshold <= 1 else { throw ValidationError("--migration-kv-threshold must be in (0, 1]") }
+        guard migrationRequestExcess >= 1 else { throw ValidationError("--migration-request-excess must be positive") }
+        guard pollMs >= 10, pollMs <= 60_000 else { throw ValidationError("--poll-ms must be between 10 and 60000") }
+        guard maxBodyBytes >= 1024 else { throw ValidationError("--max-body-bytes must be at least 1024") }
+    }
+
+    func options(adminKey resolvedAdmin: String?) -> RoutingOptions {
+        let env = ProcessInfo.processInfo.environment
+        var o = RoutingOptions()
+        o.apiKey = apiKey ?? env["DLORA_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        o.adminKey = resolvedAdmin
+        o.dispatch = DispatchKind(rawValue: dispatch) ?? .dlora
+        o.migration = MigrationMode(rawValue: migration)
+        o.migrationInterval = .milliseconds(Int64(migrationInterval * 1000))
+        o.pollInterval = .milliseconds(Int64(pollMs))
+        o.migrationConfig = MigrationConfiguration(periodSeconds: migrationInterval, kvUsageThreshold: migrationKvThreshold,
+                                                   requestExcess: migrationRequestExcess)
+        o.maxBodyBytes = maxBodyBytes
+        return o
+    }
+
+    var resolvedAdminKey: String? {
+        adminKey ?? ProcessInfo.processInfo.environment["DLORA_ADMIN_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+/// Runs a router until SIGTERM/SIGINT.
+func runRouter(_ router: ClusterRouter, host: String, port: Int, label: String, onReady: @escaping @Sendable (Int) -> Void) async throws {
+    var logger = Logger(label: "dlora.router")
+    logger.logLevel = .info
+    let app = router.makeApplication(configuration: .init(address: .hostname(host, port: port), serverName: "dlora-router"), logger: logger,
+                                     onServerRunning: { channel in
+                                         let bound = channel.localAddress?.port ?? 0
+                                         FileHandle.standardError.write(Data("dlora: router on http://\(host):\(bound) — \(label)\n".utf8))
+                                         onReady(bound)
+                                     })
+    let background = Task { await router.replicas.pollOnce(); await router.runBackground() }
+    defer { background.cancel() }
+    let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    try await group.run()
+}
+
+/// `dlora router`: the OpenAI API in front of running replicas.
+struct RouterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "router",
+        abstract: "Route OpenAI requests across dlora replicas: dLoRA dispatch, live migration with K/V, failover.")
+
+    @Option(help: "Replica base URLs, comma-separated (e.g. http://127.0.0.1:8001,http://127.0.0.1:8002).")
+    var replicas: String?
+    @Option(help: "Discover replicas through DNS: HOST:PORT of a headless Service, re-resolved every 5 s.")
+    var replicasDns: String?
+    @Option(help: "Address to bind (default: loopback only).")
+    var host: String = "127.0.0.1"
+    @Option(help: "Port (0: any free port, printed at start).")
+    var port: Int = 8000
+    @OptionGroup var flags: RouterFlags
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
+        guard (replicas != nil) != (replicasDns != nil) else { throw ValidationError("give exactly one of --replicas and --replicas-dns") }
+        for u in urls { guard URL(string: u)?.host != nil, u.hasPrefix("http://") else { throw ValidationError("'\(u)' is not an http:// URL") } }
+        if let d = replicasDns, d.lastIndex(of: ":").flatMap({ Int(d[d.index(after: $0)...]) }) == nil {
+            throw ValidationError("--replicas-dns must be HOST:PORT")
+        }
+    }
+
+    var urls: [String] { (replicas ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
+
+    func run() async throws {
+        let admin = flags.resolvedAdminKey
+        let set = ReplicaSet(urls: urls, http: makeRouterHTTPClient(), adminKey: admin)
+        let router = ClusterRouter(replicas: set, options: flags.options(adminKey: admin))
+        let dnsTask = replicasDns.map { name in Task { await set.discover(dns: name, every: .seconds(5)) } }
+        defer { dnsTask?.cancel() }
+        try await runRouter(router, host: host, port: port, label: "\(urls.count) replicas, dispatch \(flags.dispatch), migration \(flags.migration)") { _ in }
+    }
+}
+
+/// One HTTP client for all replica calls: many concurrent streams per replica, no redirects.
+func makeRouterHTTPClient() -> HTTPClient {
+    var c = HTTPClient.Configuration()
+    c.connectionPool = .init(idleTimeout: .seconds(60), concurrentHTTP1ConnectionsPerHostSoftLimit: 1024)
+    c.redirectConfiguration = .disallow
+    c.timeout = .init(connect: .seconds(2), read: nil)
+    return HTTPClient(eventLoopGroupProvider: .singleton, configuration: c)
+}
+
+/// `dlora cluster`: N local replicas and a router in one command; a replica that dies is started again.
+struct ClusterCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "cluster",
+        abstract: "Start N local replicas (threads split between them) and a router; restart replicas that die.")
+
+    @Option(help: "Number of replicas.")
+    var replicas: Int = 2
+    @Option(help: "Adapter root served by every replica.")
+    var adapters: String?
+    @Option(help: "A GGUF file or a Hugging Face model directory (default: the SmolLM2-135M-Instruct Q4_1 in the user cache).")
+    var model: String?
+    @Option(help: "Kernel threads in all (split between the replicas; default: all cores).")
+    var threads: Int?
+    @Option(help: "Distinct adapters each replica may hold resident (its LoRA slots).")
+    var adapterSlots: Int?
+    @Option(name: .customLong("kv-cache-mb"), help: "Each replica's KV + adapter budget, MiB.")
+    var kvCacheMb: Int?
+    @Option(help: "Each replica's batching policy.")
+    var policy: String?
+    @Option(help: "Router address (default: loopback only).")
+    var host: String = "127.0.0.1"
+    @Option(help: "Router port (0: any free port).")
+    var port: Int = 8000
+    @OptionGroup var flags: RouterFlags
+
+    func validate() throws {
+        guard replicas >= 1, replicas <= 64 else { throw ValidationError("--replicas must be between 1 and 64") }
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
+        if let threads, threads < 1 { throw ValidationError("--threads must be positive") }
+    }
+
+    func run() async throws {
+        // The replicas' control API needs a key: the one given, else a random one only this process knows.
+        let admin = flags.resolvedAdminKey ?? (0..<4).map { _ in String(UInt64.random(in: .min ... .max), radix: 16) }.joined()
+        let total = threads ?? ProcessInfo.processInfo.activeProcessorCount
+        let perReplica = max(1, total / replicas)
+        var replicaArgs: [String] = ["serve", "--host", "127.0.0.1", "--threads", String(perReplica)]
+        if let model { replicaArgs += ["--model", model] }
+        if let adapters { replicaArgs += ["--adapters", adapters] }
+        if let adapterSlots { replicaArgs += ["--adapter-slots", String(adapterSlots)] }
+        if let kvCacheMb { replicaArgs += ["--kv-cache-mb", String(kvCacheMb)] }
+        if let policy { replicaArgs += ["--policy", policy] }
+        let ports = try (0..<replicas).map { _ in try freeLoopbackPort() }
+        let supervisor = ReplicaSupervisor(executable: try executablePath(), arguments: replicaArgs, ports: ports, adminKey: admin,
+                                           apiKey: flags.options(adminKey: admin).apiKey)
+        supervisor.startAll()
+        defer { supervisor.stopAll() }
+        let supervise = Task.detached { await supervisor.superviseUntilCancelled() }
+        defer { supervise.cancel() }
+        // Wait (bounded) for the replicas to come up before the router says it is ready.
+        let set = ReplicaSet(urls: ports.map { "http://127.0.0.1:\($0)" }, http: makeRouterHTTPClient(), adminKey: admin)
+        let deadline = Date().addingTimeInterval(300)
+        while Date() < deadline {
+            await set.pollOnce()
+            if set.healthyCount == replicas { break }
+            guard supervisor.anyAlive else { throw CLIError("the replicas exited at start (see their messages above)") }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        guard set.healthyCount > 0 else { throw CLIError("no replica came up within 300 s") }
+        let router = ClusterRouter(replicas: set, options: flags.options(adminKey: admin))
+        try await runRouter(router, host: host, port: port,
+                            label: "\(replicas) replicas × \(perReplica) threads, dispatch \(flags.dispatch), migration \(flags.migration)") { _ in }
+    }
+
+    private func executablePath() throws -> String {
+        if let p = Bundle.main.executablePath { return p }
+        throw CLIError("cannot find this executable's path to start replicas")
+    }
+}
+
+/// A free TCP port on loopback (bound and released; the replica binds it right after).
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw CLIError("socket() failed") }
+    defer { close(fd) }
+    var addr = sockaddr_in()
+    addr.sin_family = sa_family_t(AF_INET)
+    addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+    addr.sin_port = 0
+    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let ok = withUnsafeMutablePointer(to: &addr) { p in
+        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
+    }
+    guard ok else { throw CLIError("could not find a free loopback port") }
+    return Int(UInt16(bigEndian: addr.sin_port))
+}
+
+/// Child replica processes: started with the admin key in their environment (never on a command line),
+/// restarted with back-off when one exits, stopped by PID (SIGTERM, then SIGKILL) when the cluster stops.
+final class ReplicaSupervisor: @unchecked Sendable {
+    let executable: String
+    let arguments: [String]
+    let ports: [Int]
+    let environment: [String: String]
+    private let lock = NSLock()
+    private var processes: [Process?]
+    private var stopping = false
+    private var restarts: [Int]
+
+    init(executable: String, arguments: [String], ports: [Int], adminKey: String, apiKey: String?) {
+        self.executable = executable
+        self.arguments = arguments
+        self.ports = ports
+        var env = ProcessInfo.processInfo.environment
+        env["DLORA_ADMIN_KEY"] = adminKey
+        if let apiKey { env["DLORA_API_KEY"] = apiKey } else { env["DLORA_API_KEY"] = nil }
+        environment = env
+        processes = Array(repeating: nil, count: ports.count)
+        restarts = Array(repeating: 0, count: ports.count)
+    }
+
+    func start(_ i: Int) {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments + ["--port", String(ports[i])]
+        p.environment = environment
+        do {
+            try p.run()
+            FileHandle.standardError.write(Data("dlora: replica \(i) started (pid \(p.processIdentifier), port \(ports[i]))\n".utf8))
+        } catch {
+            FileHandle.standardError.write(Data("dlora: replica \(i) failed to start: \(error)\n".utf8))
+        }
+        lock.lock()
+        processes[i] = p
+        lock.unlock()
+    }
+
+    func startAll() { for i in ports.indices { start(i) } }
+
+    var anyAlive: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return processes.contains { $0?.isRunning == true }
+    }
+
+    /// Restarts replicas that exited (1 s, doubling to 30 s between restarts of the same replica).
+    func superviseUntilCancelled() async {
+        var nextTry = [Date](repeating: .distantPast, count: ports.count)
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(200))
+            for i in ports.indices {
+                let (dead, isStopping) = locked { (processes[i].map { !$0.isRunning } ?? true, stopping) }
+                guard dead, !isStopping, Date() >= nextTry[i] else { continue }
+                let n = locked { () -> Int in
+                    restarts[i] += 1
+                    return restarts[i]
+                }
+                FileHandle.standardError.write(Data("dlora: replica \(i) exited; restarting (restart \(n))\n".utf8))
+                start(i)
+                nextTry[i] = Date().addingTimeInterval(min(30, pow(2, Double(min(n, 5)) - 1)))
+            }
+        }
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return body()
+    }
+
+    /// SIGTERM to every replica, up to 10 s for them to drain, then SIGKILL.
+    func stopAll() {
+        let all = locked { () -> [Process] in
+            stopping = true
+            return processes.compactMap { $0 }
+        }
+        for p in all where p.isRunning { kill(p.processIdentifier, SIGTERM) }
+        let end = Date().addingTimeInterval(10)
+        while Date() < end && all.contains(where: \.isRunning) { usleep(50_000) }
+        for p in all where p.isRunning { kill(p.processIdentifier, SIGKILL) }
+        for p in all { p.waitUntilExit() }
+    }
+}
