@@ -121,6 +121,12 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ClusterPolicyTests", dependencies: ["ClusterPolicy"], swiftSettings: strictSwift),
+        // Multi-process: `dlora cluster` (router + replicas) on loopback, driven over HTTP.
+        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ServingAPI",
+                                                          .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                          .product(name: "NIOCore", package: "swift-nio"),
+                                                          .product(name: "NIOHTTP1", package: "swift-nio")],
+                    swiftSettings: strictSwift),
         .testTarget(name: "ModelsTests", dependencies: ["TestSupport", "Models", "Kernels"], swiftSettings: strictSwift),
         // Models only for `DefaultModel`: the SmolLM2 goldens read the default model where the CLI finds it.
         .testTarget(name: "TokenizersTests", dependencies: ["TestSupport", "Tokenizers", "Models"], swiftSettings: strictSwift),
