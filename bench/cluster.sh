@@ -35,6 +35,9 @@
 # then SIGKILL to the cluster's process group); an EXIT trap stops every process the script started.
 # Writes bench/results/cluster.md, cluster-goodput.svg and cluster-latency.svg (RESULTS=dir to write elsewhere);
 # `stall` mode writes bench/results/cluster-stall.md.
+# Knobs (environment): REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES BURST BURST_RATE REQUESTS MAX_PROMPT MAX_OUTPUT SLO
+# SEED REPEATS CONFIGS STARTUP_TIMEOUT RUN_TIMEOUT STALL_LENGTHS STALL_OUTPUT STALL_AFTER STALL_MIGRATION ADMIN TRACE
+# WORKLOAD RESULTS (defaults below). A run with the defaults takes about 20 minutes.
 # CLUSTER_FLAGS adds flags to every `dlora cluster` (e.g. "--kv-cache-mb 720").
 # DLORA="python3 tools/fake_openai_server.py" SKIP_BUILD=1 WORKLOAD=file.jsonl checks the script itself against
 # the fake server (its numbers mean nothing: write them elsewhere with RESULTS).
@@ -52,7 +55,7 @@ BURST_RATE=${BURST_RATE:-2}
 REQUESTS=${REQUESTS:-48}
 MAX_PROMPT=${MAX_PROMPT:-128}
 MAX_OUTPUT=${MAX_OUTPUT:-32}
-SLO=${SLO:-0.5}
+SLO=${SLO:-0.25}  # s per generated token: a choice, ≈ 5–10× an unloaded 1-thread replica's figure on SmolLM2
 SEED=${SEED:-1}
 REPEATS=${REPEATS:-1}
 CONFIGS=${CONFIGS:-"round-robin least-loaded lora-affinity dlora dlora+recompute dlora+kv"}
@@ -61,6 +64,7 @@ RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 STALL_LENGTHS=${STALL_LENGTHS:-"64,256,1024"}
 STALL_OUTPUT=${STALL_OUTPUT:-96}
 STALL_AFTER=${STALL_AFTER:-32}
+STALL_MIGRATION=${STALL_MIGRATION:-kv}  # the probe cluster's own --migration (the probe asks for each mode itself)
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
 RESULTS=${RESULTS:-bench/results}
 read -ra DLORA <<< "${DLORA:-.build/release/dlora}"
@@ -190,7 +194,7 @@ stall="$data/stall"
 mkdir -p "$stall"
 echo "bench: cluster, migration stall probe" >&2
 if DLORA_ADMIN_KEY=${ADMIN:-bench-admin} start_cluster "$stall/cluster.log" --replicas 2 --threads "$THREADS" \
-        --adapter-slots "$SLOTS" --dispatch round-robin --migration kv; then
+        --adapter-slots "$SLOTS" --dispatch round-robin --migration "$STALL_MIGRATION"; then
     python3 tools/cluster_load.py --url "$url" --stall-probe "$STALL_LENGTHS" --admin-key "${ADMIN:-bench-admin}" \
         --adapters 0 --base-model "$BASE_NAME" --max-output "$STALL_OUTPUT" --migrate-after "$STALL_AFTER" \
         --replicas 2 --timeout "$RUN_TIMEOUT" --out "$stall/probe.json" 2> "$stall/probe.log" || tail -5 "$stall/probe.log" >&2
@@ -309,6 +313,16 @@ if mode == "all":
             lines.append(f"| {c} | {label} | {f1(a['goodput_tok_s'])} | {a['slo_attainment'] * 100:.0f} % | {f1(a['throughput_tok_s'])} | "
                          f"{f3(a['avg_latency_per_token_s'])} | {f3(a['p90_latency_per_token_s'])} | {f3(a['ttft_p50_s'])} / {f3(a['ttft_p99_s'])} | "
                          f"{f3(a['queueing_delay_s'])} | {a['errors']} / {a['lost']} | {f1(a['migrations'])} | {stall} | {ms_(a['max_gap_max_s'])} | {a.get('split', '—')} |")
+    unloaded = []
+    for c in configs:
+        vals = []
+        for d in sorted(glob.glob(f"{data}/{c}/r*")):
+            try:
+                vals.append(json.load(open(f"{d}/unloaded.json")).get("ttft_p50_s"))
+            except (OSError, ValueError):
+                pass
+        unloaded.append(f"{c} {f3(mean(vals))}")
+    lines += ["", "Unloaded TTFT P50 (s), the base of the queueing delay: " + ", ".join(unloaded) + "."]
     lines += ["", "![throughput under SLO vs rate](cluster-goodput.svg)", "", "![avg latency per token vs rate](cluster-latency.svg)", ""]
 
     # Plots: one line per configuration over the steady rates.
@@ -318,7 +332,7 @@ if mode == "all":
         pts = {c: [(float(r), table[(c, r)][key]) for r in rates if (c, r) in table and table[(c, r)][key] is not None] for c in configs}
         xs = sorted({x for p in pts.values() for x, _ in p}) or [1.0]
         top = max([y for p in pts.values() for _, y in p] or [1.0]) * 1.1 or 1.0
-        px = lambda x: pad + (W - pad - 20) * (xs.index(x) / max(1, len(xs) - 1))  # rates evenly spaced
+        px = lambda x: pad + 15 + (W - pad - 40) * (xs.index(x) / max(1, len(xs) - 1))  # rates evenly spaced
         py = lambda y: H - (H - 35) * y / top
         s = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H + 30 + 18 * ((len(configs) + 2) // 3)}" font-family="sans-serif" font-size="11">',
              f'<text x="{W / 2}" y="15" text-anchor="middle">{title}</text>',
