@@ -19,6 +19,8 @@ public struct RoutingOptions: Sendable {
     /// How often the replicas' status is read, and how often the migration trigger is checked.
     public var pollInterval: Duration = .milliseconds(200)
     public var migrationInterval: Duration = .seconds(10)
+    /// How often dLoRA dispatch re-places adapters from their arrival rates.
+    public var placementInterval: Duration = .seconds(5)
     public var migrationConfig = MigrationConfiguration()
     public var maxBodyBytes = 1 << 20
     public var http = HTTPLimits()
@@ -45,6 +47,8 @@ public final class ClusterRouter: Sendable {
     let flights = Locked([String: Flight]())
     private let policy: Locked<any DispatchPolicy>
     private let serial = Locked(UInt64(0))
+    /// Requests per adapter since the last placement update, and the smoothed rates (requests/s).
+    private let arrivals = Locked((counts: [String: Int](), rates: [String: Double]()))
     private let created = Int(Date().timeIntervalSince1970)
 
     public init(replicas: ReplicaSet, options: RoutingOptions) {
@@ -65,6 +69,9 @@ public final class ClusterRouter: Sendable {
             group.addTask { await self.replicas.poll(every: self.options.pollInterval) }
             if let mode = options.migration {
                 group.addTask { await self.migrationLoop(mode: mode) }
+            }
+            if options.dispatch == .dlora {
+                group.addTask { await self.placementLoop() }
             }
         }
     }
@@ -107,8 +114,34 @@ public final class ClusterRouter: Sendable {
     func dispatch(model: String, promptTokens: Int, excluding: Set<Int>) -> Int? {
         let base = replicas.snapshot.compactMap(\.status).first?.model
         let adapter = model == base ? "" : model
+        if !adapter.isEmpty { arrivals.withLock { $0.counts[adapter, default: 0] += 1 } }
         let candidates = loads().filter { !excluding.contains($0.id) && (adapter.isEmpty || replicas.snapshot[$0.id].status?.adapters.contains(adapter) == true) }
         return policy.withLock { $0.choose(adapter: adapter, promptTokens: promptTokens, replicas: candidates) }
+    }
+
+    /// dLoRA's proactive placement: every `placementInterval`, the adapters' arrival rates (smoothed over
+    /// the last intervals) place each adapter on replicas in proportion to its share; dispatch prefers them.
+    func placementLoop() async {
+        let seconds = Double(options.placementInterval.components.seconds) + Double(options.placementInterval.components.attoseconds) / 1e18
+        while !Task.isCancelled {
+            try? await Task.sleep(for: options.placementInterval)
+            let rates = arrivals.withLock { a -> [String: Double] in
+                var rates: [String: Double] = [:]
+                for name in Set(a.counts.keys).union(a.rates.keys) {
+                    let r = 0.5 * (a.rates[name] ?? 0) + 0.5 * Double(a.counts[name] ?? 0) / max(seconds, 0.001)
+                    if r > 1e-3 { rates[name] = r }
+                }
+                a = ([:], rates)
+                return rates
+            }
+            let current = loads()
+            guard !rates.isEmpty, !current.isEmpty else { continue }
+            policy.withLock { p in
+                guard var d = p as? DLoRAProactive else { return }
+                d.updatePlacement(rates: rates, replicas: current)
+                p = d
+            }
+        }
     }
 
     /// dLoRA's reactive migration: every interval, if the trigger fires, plan and carry out the moves.
