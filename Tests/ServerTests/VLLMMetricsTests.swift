@@ -62,29 +62,34 @@ import TestSupport
     }
 
     /// One sequence per iteration: while a request on one adapter runs, a request on another waits, and
-    /// the second adapter is reported as waiting (the picker's 0.6 "adapter waiting there" score). Both are
-    /// sent over raw connections and cancelled by closing them once seen, so a loaded machine (tests share two
-    /// cooperative threads) only makes the test wait longer, never lets the first request end too soon.
+    /// the second adapter is reported as waiting (the picker's 0.6 "adapter waiting there" score). The first
+    /// request samples a token every 200 ms until the test has seen what it looks for (≥ 40 s for its 200
+    /// tokens), so a loaded machine (the suites share two cooperative threads and one tokenization queue)
+    /// only makes the test wait longer, never ends the first request before the second arrives. Both go
+    /// over raw connections and are cancelled by closing them.
     @Test func waitingAdapter() async throws {
-        let server = try ServerFixtures.server(maxSequences: 1, slow: true)
+        let holding = Locked(true)
+        let server = try ServerFixtures.server(maxSequences: 1, logitsObserver: { _, _ in usleep(holding.withLock { $0 } ? 200_000 : 1_000) })
         try await ServerFixtures.withServer(server) { client in
             let port = try #require(client.port)
             let first = try RawConnection(port: port)
             defer { first.closeNow() }
-            // 200 tokens at ≥ 20 ms each: ≥ 4 s of running.
             first.send(RawConnection.post("/v1/completions", "{\"model\":\"a-qv-r4\",\"prompt\":[5,6,7],\"max_tokens\":200,\"ignore_eos\":true}"))
-            let deadline = ContinuousClock.now + .seconds(30)
+            let deadline = ContinuousClock.now + .seconds(35)
             while server.engine.snapshot.running == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
             let second = try RawConnection(port: port)
             defer { second.closeNow() }
             second.send(RawConnection.post("/v1/completions", "{\"model\":\"b-all-r8-rslora\",\"prompt\":[5,6],\"max_tokens\":2,\"ignore_eos\":true}"))
             var seen: PrometheusText?
+            var last = ""
             while seen == nil && ContinuousClock.now < deadline {
-                let m = try PrometheusText(try await client.send("/metrics", .get).1)
+                last = try await client.send("/metrics", .get).1
+                let m = try PrometheusText(last)
                 if m.sample("vllm:lora_requests_info")?.labels["waiting_lora_adapters"] == "b-all-r8-rslora" { seen = m }
                 try await Task.sleep(for: .milliseconds(10))
             }
-            let m = try #require(seen, "the second adapter was never reported waiting")
+            holding.withLock { $0 = false }
+            let m = try #require(seen, "the second adapter was never reported waiting; last: \(last.split(separator: "\n").filter { $0.hasPrefix("vllm:") })")
             #expect(m.sample("vllm:num_requests_waiting")?.value == 1)
             #expect(m.sample("vllm:num_requests_running")?.value == 1)
             #expect(m.sample("vllm:lora_requests_info")?.labels["running_lora_adapters"]?.split(separator: ",").contains("a-qv-r4") == true)
