@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --test
 tools/update_fixture_manifest.sh --check
+python3 tools/validate_k8s.py --quiet   # deploy/k8s against Kubernetes 1.30 schemas (strict) + a self-test on broken manifests
 swift build --build-tests
 swift test --skip-build
 # A real client: the official openai package against a running `dlora serve` on loopback.

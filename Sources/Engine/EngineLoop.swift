@@ -256,17 +256,18 @@ public final class EngineLoop: @unchecked Sendable {
                 }
             }
             lock.lock()
-            let queued = pending.count
+            let queued = pending.count, queuedAdapters = pending.compactMap { $0.adapter?.name }
             lock.unlock()
-            publishSnapshot(pending: queued)
+            publishSnapshot(pending: queued, pendingAdapters: queuedAdapters)
             stepLock.unlock()
             for (c, e) in yields { c.yield(e) }
             finished.forEach { $0.finish() }
         }
     }
 
-    private func publishSnapshot(pending: Int) {
-        let snap = EngineSnapshot(engine, pending: pending)
+    private func publishSnapshot(pending: Int, pendingAdapters: [String] = []) {
+        // Only this thread writes `lastSnapshot`, so reading it here without the lock is safe.
+        let snap = EngineSnapshot(engine, pending: pending, pendingAdapters: pendingAdapters, previous: lastSnapshot)
         snapshotLock.lock()
         lastSnapshot = snap
         snapshotLock.unlock()
@@ -311,15 +312,33 @@ public struct EngineSnapshot: Sendable, Equatable {
     public var swapped: Int
     public var kvBlocksTotal: Int
     public var kvBlocksFree: Int
+    /// Tokens per KV block.
+    public var blockSize: Int
     /// Blocks of the shared budget held by resident adapters, and how many adapters are resident.
     public var adapterBlocks: Int
     public var residentAdapters: Int
+    /// Distinct adapters one unmerged iteration may hold (the scheduler's LoRA slots; vLLM's `max_lora`).
+    public var adapterSlots: Int
+    /// Names of the resident adapters, and of the adapters that requests holding no KV blocks wait for
+    /// (queued in the engine or not yet handed to it, preempted, swapped out); each sorted, without repeats.
+    public var residentAdapterNames: [String]
+    public var waitingAdapterNames: [String]
     /// Adapters whose weights the engine holds (needed by a request, or resident).
     public var heldAdapters: Int
     /// Host memory holding swapped-out KV.
     public var hostSwapBytes: Int
+    /// The scheduler keys the name lists were built from: a step that changes neither reuses the lists.
+    var residentKeys: [Int]
+    var waitingKeys: [Int]
 
-    init(_ e: EngineCore, pending: Int) {
+    /// Taken after every step on the engine thread. Cost: besides the counts (which walk the live requests
+    /// and the known adapters, as before), the waiting adapters' keys are one more walk of the live
+    /// requests into a small set and sorted array (no allocation when nothing waits for an adapter); names
+    /// are looked up (one dictionary read each, the `String`s shared, not copied) only when the key lists
+    /// differ from `previous`'s or requests not yet handed to the engine name adapters, so a steady batch
+    /// builds no name lists. Reusing them is sound because a scheduler key never changes its adapter (keys
+    /// are not reused).
+    init(_ e: EngineCore, pending: Int, pendingAdapters: [String] = [], previous: EngineSnapshot? = nil) {
         let s = e.scheduler
         stats = e.stats
         running = s.runningCount
@@ -327,9 +346,30 @@ public struct EngineSnapshot: Sendable, Equatable {
         waiting = s.liveCount - running + pending
         kvBlocksTotal = s.pool.numBlocks
         kvBlocksFree = s.pool.freeCount
+        blockSize = e.schedulerConfig.blockSize
         adapterBlocks = s.residentAdapterBlocks
-        residentAdapters = s.residentAdapters.count
+        residentKeys = s.residentAdapters
+        residentAdapters = residentKeys.count
+        adapterSlots = e.schedulerConfig.policy.maxAdapters
+        waitingKeys = s.waitingAdapters
         heldAdapters = e.heldAdapterCount
         hostSwapBytes = s.hostSwapBytes
+        func names(_ keys: [Int]) -> [String] { Array(Set(keys.compactMap { e.adapterName($0)?.0 })).sorted() }
+        if let previous, previous.residentKeys == residentKeys {
+            residentAdapterNames = previous.residentAdapterNames
+        } else {
+            residentAdapterNames = names(residentKeys)
+        }
+        if let previous, previous.waitingKeys == waitingKeys, pendingAdapters.isEmpty, previous.waitingFromPending == false {
+            waitingAdapterNames = previous.waitingAdapterNames
+        } else {
+            let engineNames = names(waitingKeys)
+            waitingAdapterNames = pendingAdapters.isEmpty ? engineNames : Array(Set(engineNames + pendingAdapters)).sorted()
+        }
+        waitingFromPending = !pendingAdapters.isEmpty
     }
+
+    /// Whether `waitingAdapterNames` includes names of requests not yet handed to the engine (then the next
+    /// snapshot rebuilds it even if the engine's keys are unchanged).
+    var waitingFromPending: Bool
 }

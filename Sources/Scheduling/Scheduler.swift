@@ -62,6 +62,16 @@ public struct Scheduler: Sendable {
     public var knownAdapters: [Int] { adapters.keys.sorted() }
     public var residentAdapters: [Int] { adapters.filter { $0.value.resident != nil }.map(\.key).sorted() }
     public var residentAdapterBlocks: Int { adapters.values.reduce(0) { $0 + ($1.resident?.count ?? 0) } }
+    /// Adapters (ascending, the base excluded) that live requests holding no KV blocks wait for: queued,
+    /// preempted or swapped out. Sorted so that callers can compare it with an earlier answer.
+    public var waitingAdapters: [Int] {
+        var keys: Set<Int> = []
+        for id in order {
+            let r = requests[id]!
+            if r.status != .running && r.adapter != Request.base { keys.insert(r.adapter) }
+        }
+        return keys.sorted()
+    }
     /// Blocks held by requests.
     public var requestBlocks: Int { order.reduce(0) { $0 + requests[$1]!.blockTable.count } }
 

@@ -108,7 +108,8 @@ public final class ServerMetrics: Sendable {
         CoreMetrics.Timer(label: "dlora_e2e_request_latency_seconds", dimensions: [("model", model)], factory: factory).recordNanoseconds(nanoseconds)
     }
 
-    /// Refreshes the engine-wide series and renders the registry in Prometheus text format.
+    /// Refreshes the engine-wide series and renders the registry in Prometheus text format, followed by the
+    /// vLLM-named series of the inference routers' model-server protocol (`VLLMMetrics`).
     /// `hostCache`: bytes of adapters the registry keeps in host memory.
     func render(_ s: EngineSnapshot, inFlight active: Int, hostCache: Int = 0) -> String {
         waiting.record(s.waiting)
@@ -134,7 +135,9 @@ public final class ServerMetrics: Sendable {
             advance(adapterEvictions, now.adapterEvictions, prev.adapterEvictions)
             prev = now
         }
-        return registry.emitToString()
+        var text = registry.emitToString()
+        if !text.isEmpty && !text.hasSuffix("\n") { text += "\n" }
+        return text + VLLMMetrics.render(s, now: Date().timeIntervalSince1970)
     }
 }
 

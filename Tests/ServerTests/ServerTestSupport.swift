@@ -39,13 +39,14 @@ enum ServerFixtures {
     /// `slow`: every sampled token takes 20 ms more, so that requests stay in flight long enough to be
     /// cancelled, to fill the queue, or to be cut off by a shutdown.
     /// `logitsObserver`: sees (and may overwrite) every row of logits before it is sampled.
-    static func server(adapterRoot: String? = ServerFixtures.adapterRoot, kvBlocks: Int = 256, slow: Bool = false,
+    /// `maxSequences`: sequences per iteration (1 makes a second request wait for the first).
+    static func server(adapterRoot: String? = ServerFixtures.adapterRoot, kvBlocks: Int = 256, maxSequences: Int = 16, slow: Bool = false,
                        configure: (inout ServerOptions) -> Void = { _ in },
                        logitsObserver: ((Scheduling.RequestID, UnsafeBufferPointer<Float>) -> Void)? = nil) throws -> OpenAIServer {
         let checkpoint = try openCheckpoint(path: modelPath)
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
-        let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: 16)
+        let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: maxSequences)
         if slow { generator.logitsObserver = { _, _ in usleep(20_000) } }
         if let logitsObserver { generator.logitsObserver = logitsObserver }
         var options = ServerOptions(modelName: "tiny-llama")

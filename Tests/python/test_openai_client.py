@@ -3,7 +3,8 @@
 
 Usage: test_openai_client.py DLORA_BINARY
 Starts the server on the tiny test model with its adapters (port 0, an API key), checks completions, chat,
-streaming, the models list, an adapter request, an unknown model and a bad key, then stops it with SIGTERM
+streaming, the models list, an adapter request, an unknown model and a bad key, reads /metrics with
+prometheus_client's parser (the vLLM-named series inference routers scrape), then stops it with SIGTERM
 and checks that it exits cleanly. Exits non-zero on the first failure.
 """
 import os
@@ -13,8 +14,10 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 
 import openai
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "Tests/Fixtures/models/tiny-llama/tiny-llama.F32.gguf")
@@ -45,6 +48,28 @@ def start(binary):
     # Keep draining stderr so the server never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     return proc, port
+
+
+def check_metrics(port):
+    """The model-server protocol's series, as the Prometheus project's own parser reads them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in ["vllm:num_requests_waiting", "vllm:num_requests_running", "vllm:kv_cache_usage_perc",
+                 "vllm:gpu_cache_usage_perc", "vllm:cache_config_info", "vllm:lora_requests_info"]:
+        assert name in families and families[name].type == "gauge" and len(families[name].samples) == 1, (name, families.get(name))
+    value = {name: families[name].samples[0] for name in families if name.startswith("vllm:")}
+    assert value["vllm:num_requests_running"].value == 0 and value["vllm:num_requests_waiting"].value == 0, value
+    usage = value["vllm:kv_cache_usage_perc"].value
+    assert 0 < usage <= 1 and value["vllm:gpu_cache_usage_perc"].value == usage, usage  # resident adapters hold blocks
+    cache = value["vllm:cache_config_info"]
+    assert cache.value == 1 and cache.labels["block_size"] == "16" and int(cache.labels["num_gpu_blocks"]) > 0, cache
+    lora = value["vllm:lora_requests_info"]
+    assert abs(lora.value - time.time()) < 10, lora
+    assert int(lora.labels["max_lora"]) >= 1, lora
+    # a-qv-r4 and b-all-r8-rslora ran above and stay resident (64 MiB holds both).
+    assert set(lora.labels["running_lora_adapters"].split(",")) == {"a-qv-r4", "b-all-r8-rslora"}, lora
+    assert lora.labels["waiting_lora_adapters"] == "", lora
 
 
 def main():
@@ -103,6 +128,8 @@ def main():
             raise AssertionError("bad key accepted")
         except openai.AuthenticationError as e:
             assert e.status_code == 401
+
+        check_metrics(port)
 
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)

@@ -1,0 +1,70 @@
+import Engine
+import Foundation
+
+/// The model-server protocol of Kubernetes inference routers (Gateway API Inference Extension, llm-d):
+/// their endpoint picker scrapes every pod's /metrics and, with its built-in vLLM mapping, reads these
+/// series by vLLM's names. Rendered by hand beside the registry's own series: two of them are info-style
+/// gauges whose information is in their labels (changing label values would leave a stale series behind in
+/// a registry), and the names carry a colon, which vLLM uses and our `dlora_` series do not.
+///
+/// | series | value |
+/// |---|---|
+/// | `vllm:num_requests_waiting` | requests holding no KV blocks (queued, preempted, swapped) |
+/// | `vllm:num_requests_running` | requests holding KV blocks |
+/// | `vllm:kv_cache_usage_perc`, `vllm:gpu_cache_usage_perc` | used ÷ total KV blocks, 0…1 (adapters' blocks count as used: one budget) |
+/// | `vllm:cache_config_info{block_size, num_gpu_blocks}` | 1 |
+/// | `vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}` | the current Unix time, s |
+///
+/// "running" LoRA adapters are the *resident* ones (what the protocol means: loaded and ready to serve);
+/// lists are comma-separated names. A name containing a comma is left out of them: the list has no
+/// escape for it, and it would read as two other adapters.
+enum VLLMMetrics {
+    static func render(_ s: EngineSnapshot, now: Double) -> String {
+        let used = s.kvBlocksTotal > 0 ? Double(s.kvBlocksTotal - s.kvBlocksFree) / Double(s.kvBlocksTotal) : 0
+        var out = ""
+        func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Double) {
+            out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n\(name)"
+            if !labels.isEmpty {
+                out += "{" + labels.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",") + "}"
+            }
+            out += " \(format(value))\n"
+        }
+        gauge("vllm:num_requests_waiting", "Requests waiting to be processed (queued, preempted or swapped out).", [], Double(s.waiting))
+        gauge("vllm:num_requests_running", "Requests holding KV-cache blocks (being processed).", [], Double(s.running))
+        gauge("vllm:kv_cache_usage_perc", "KV-cache usage: 1 means 100 percent of the blocks in use.", [], used)
+        gauge("vllm:gpu_cache_usage_perc", "KV-cache usage: 1 means 100 percent of the blocks in use (vLLM's older name for vllm:kv_cache_usage_perc).", [], used)
+        gauge("vllm:cache_config_info", "Information of the KV cache configuration.",
+              [("block_size", String(s.blockSize)), ("num_gpu_blocks", String(s.kvBlocksTotal))], 1)
+        gauge("vllm:lora_requests_info", "Running (resident) and waiting LoRA adapters; the value is the time of this report (Unix seconds).",
+              [("max_lora", String(s.adapterSlots)), ("running_lora_adapters", list(s.residentAdapterNames)),
+               ("waiting_lora_adapters", list(s.waitingAdapterNames))], now)
+        return out
+    }
+
+    /// Comma-separated, names with a comma left out.
+    static func list(_ names: [String]) -> String { names.filter { !$0.contains(",") }.joined(separator: ",") }
+
+    /// A label value in Prometheus text format: backslash, double quote and line feed escaped.
+    static func escape(_ value: String) -> String {
+        guard value.unicodeScalars.contains(where: { $0 == "\\" || $0 == "\"" || $0 == "\n" }) else { return value }
+        var out = String.UnicodeScalarView()
+        for c in value.unicodeScalars {
+            switch c {
+            case "\\": out.append(contentsOf: #"\\"#.unicodeScalars)
+            case "\"": out.append(contentsOf: #"\""#.unicodeScalars)
+            case "\n": out.append(contentsOf: #"\n"#.unicodeScalars)
+            default: out.append(c)
+            }
+        }
+        return String(out)
+    }
+
+    /// A sample value: integers without a fraction, others in Swift's shortest round-trip form (which Go's
+    /// ParseFloat and Python's float() read back exactly).
+    static func format(_ v: Double) -> String {
+        if v.isNaN { return "NaN" }
+        if v.isInfinite { return v > 0 ? "+Inf" : "-Inf" }
+        if v == v.rounded(), abs(v) < 1e15 { return String(Int64(v)) }
+        return "\(v)"
+    }
+}
