@@ -5,6 +5,7 @@ import HummingbirdTesting
 import Testing
 import TestSupport
 
+@testable import HTTPFront
 @testable import Server
 
 /// The vLLM-named series of the inference routers' model-server protocol on /metrics (PAPERS.md, "The
