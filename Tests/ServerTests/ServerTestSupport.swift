@@ -146,7 +146,15 @@ final class RawConnection {
         return String(decoding: out, as: UTF8.self)
     }
 
-    func closeNow() { close(fd) }
+    private var closed = false
+
+    /// Closes the socket, once: a second close could close a descriptor number the server in this process
+    /// has reused since.
+    func closeNow() {
+        guard !closed else { return }
+        closed = true
+        close(fd)
+    }
 
     static func post(_ uri: String, _ json: String) -> String {
         "POST \(uri) HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: \(json.utf8.count)\r\n\r\n\(json)"
