@@ -357,20 +357,27 @@ extension OpenAIServer {
         let now = DispatchTime.now().uptimeNanoseconds
         try control.withLock { s in
             s.expireStaged(now: now)
-            guard var staged = s.staged[mid] else {
+            // Taken out of the table while it grows, so the append extends its one buffer in place (a copy
+            // left in the table would make every stage copy all the blocks staged before it).
+            guard var staged = s.staged.removeValue(forKey: mid) else {
                 throw APIError(.notFound, "no migration '\(JSONFields.printable(String(mid.prefix(64))))' here (expired or claimed)",
                                code: "migration_not_found")
             }
-            let merged = staged.kv.map { $0.appending(blocks) } ?? (blocks.firstBlock == 0 ? blocks : nil)
-            guard let merged else {
+            defer { s.staged[mid] = staged }
+            let expected = staged.kv.map { $0.firstBlock + $0.blockCount } ?? 0
+            guard blocks.firstBlock == expected else {
                 throw APIError(.conflict, "blocks from \(head.firstBlock) do not continue the \(staged.kv?.blockCount ?? 0) staged",
                                code: "kv_out_of_order")
             }
-            guard s.stagedBytes + floats.count * 4 <= ReplicaControlState.stagedLimitBytes else {
+            guard s.stagedBytes + staged.bytes + floats.count * 4 <= ReplicaControlState.stagedLimitBytes else {
                 throw APIError(.init(code: 507, reasonPhrase: "Insufficient Storage"), "staged K/V would exceed this replica's limit", code: "kv_staging_full")
             }
-            staged.kv = merged
-            s.staged[mid] = staged
+            if staged.kv == nil {
+                staged.kv = blocks
+            } else {
+                staged.kv!.data.append(contentsOf: blocks.data)
+                staged.kv!.computed = max(staged.kv!.computed, blocks.computed)
+            }
         }
         return Response(status: .noContent)
     }
