@@ -275,24 +275,10 @@ public enum KVFrame {
 
     /// Parses and checks a frame: head size, sizes that agree, a payload of exactly the announced floats.
     public static func decode(_ data: Data, maxFloats: Int) throws -> (KVFrameHead, [Float]) {
-        guard data.count >= 4 else { throw Invalid(description: "K/V frame shorter than its length prefix") }
-        let n = data.prefix(4).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
-        guard n > 0, n <= maxHeadBytes, data.count >= 4 + n else { throw Invalid(description: "K/V frame head length \(n) is out of range") }
-        let start = data.startIndex
-        let head: KVFrameHead
-        do {
-            head = try ClusterWire.decode(KVFrameHead.self, from: data.subdata(in: (start + 4)..<(start + 4 + n)))
-        } catch {
-            throw Invalid(description: "K/V frame head is not valid JSON: \(error)")
-        }
-        guard head.firstBlock >= 0, head.blockCount >= 0, head.blockSize > 0, head.floatsPerBlock > 0, head.computed >= 0,
-              head.blockCount <= maxFloats / head.floatsPerBlock else {
-            throw Invalid(description: "K/V frame head has out-of-range sizes")
-        }
+        let head = try head(of: data)
+        guard head.blockCount <= maxFloats / head.floatsPerBlock else { throw Invalid(description: "K/V frame is larger than allowed") }
         let floats = head.blockCount * head.floatsPerBlock
-        guard data.count - 4 - n == floats * 4 else {
-            throw Invalid(description: "K/V frame carries \(data.count - 4 - n) payload bytes, its head announces \(floats * 4)")
-        }
+        let n = data.count - 4 - floats * 4
         let values = [Float](unsafeUninitializedCapacity: floats) { buf, count in
             data.withUnsafeBytes { all in
                 let raw = UnsafeRawBufferPointer(rebasing: all[(4 + n)...])

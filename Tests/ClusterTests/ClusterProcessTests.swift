@@ -234,15 +234,8 @@ final class ClusterProcess: @unchecked Sendable {
 
     var log: String { output.withLock { $0 } }
 
-    static var binary: URL? {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("dlora")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-            dir.deleteLastPathComponent()
-        }
-        return nil
-    }
+    /// The `dlora` executable `swift build --build-tests` puts beside the test bundle.
+    static var binary: URL? { BuiltExecutables.dlora }
 
     static func start(replicas: Int = 2, extra: [String]) throws -> ClusterProcess {
         guard let binary else { throw Failure(description: "no dlora executable beside the tests (swift build --build-tests builds it)") }

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 import Testing
 
 @testable import HTTPFront
@@ -11,15 +12,7 @@ import Glibc
 /// `dlora serve` as a process, where the operating system's limits apply.
 @Suite(.serialized) struct ServeProcessTests {
     /// The `dlora` executable `swift build --build-tests` puts beside the test bundle.
-    static var binary: URL? {
-        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        while dir.path != "/" {
-            let candidate = dir.appendingPathComponent("dlora")
-            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
-            dir.deleteLastPathComponent()
-        }
-        return nil
-    }
+    static var binary: URL? { BuiltExecutables.dlora }
 
     /// A running `dlora serve` on the tiny model under a file-descriptor limit; stopped (SIGTERM, then SIGKILL)
     /// by `stop`.

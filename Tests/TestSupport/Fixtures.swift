@@ -38,3 +38,17 @@ public final class TemporaryDirectory: @unchecked Sendable {
 
     deinit { try? FileManager.default.removeItem(at: url) }
 }
+
+/// The executables `swift build --build-tests` builds beside the test bundle.
+public enum BuiltExecutables {
+    /// The `dlora` executable, found by walking up from the test bundle's folder; nil when it is not built.
+    public static var dlora: URL? {
+        var dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        while dir.path != "/" {
+            let candidate = dir.appendingPathComponent("dlora")
+            if FileManager.default.isExecutableFile(atPath: candidate.path) { return candidate }
+            dir.deleteLastPathComponent()
+        }
+        return nil
+    }
+}
