@@ -96,12 +96,15 @@ public struct RooflineCostModel: ReplicaCostModel {
     public var name: String { "\(gpu.name)-\(model.name)" + (tensorParallel > 1 ? "-tp\(tensorParallel)" : "") }
 
     /// The named models of `dlora simulate --cost`: cpu, and a100/a800/h100/h200 × 7b/13b/70b (70B at TP 4).
-    public static func named(_ name: String) -> (any ReplicaCostModel)? {
-        if name == "cpu" { return CPUCostModel() }
+    /// `adapterSlots` and `maxBatchSequences` override the defaults (CPU: the engine's 32 and 256; GPU: 32 and
+    /// the paper's B = 32).
+    public static func named(_ name: String, adapterSlots: Int? = nil, maxBatchSequences: Int? = nil) -> (any ReplicaCostModel)? {
+        if name == "cpu" { return CPUCostModel(adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256) }
         let parts = name.split(separator: "-")
         guard parts.count == 2, let g = GPUSpec.all.first(where: { $0.name == parts[0] }),
               let m = LlamaSpec.all.first(where: { $0.name == parts[1] }) else { return nil }
-        return RooflineCostModel(gpu: g, model: m, tensorParallel: m.name == "70b" ? 4 : 1)
+        return RooflineCostModel(gpu: g, model: m, tensorParallel: m.name == "70b" ? 4 : 1, adapterSlots: adapterSlots ?? 32,
+                                 maxBatchSequences: maxBatchSequences ?? 32)
     }
 
     public static var names: [String] {

@@ -154,7 +154,7 @@ public enum Workload {
     public static func azureTrace(csv: String, limit: Int = .max) -> (times: [Double], lengths: [(prompt: Int, output: Int)]) {
         var times: [Double] = []
         var lengths: [(prompt: Int, output: Int)] = []
-        for line in csv.split(whereSeparator: { $0 == "\n" || $0 == "\r" }) {
+        for line in csv.split(whereSeparator: \.isNewline) {
             if times.count >= limit { break }
             let fields = line.split(separator: ",", omittingEmptySubsequences: false)
             guard fields.count >= 1, let t = parseTimestamp(fields[0]) else { continue }

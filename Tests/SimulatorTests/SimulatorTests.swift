@@ -56,6 +56,9 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(abs((times[1] - times[0]) - 4.314579) < 1e-6)
         #expect(abs((times[2] - times[0]) - (86_400 - (18 * 3600 + 15 * 60 + 46.68059))) < 1e-6)
         #expect(lengths.count == 3 && lengths[0].prompt == 374 && lengths[1].output == 109)
+        // The trace file ends its lines with CR LF (one Character in Swift).
+        let crlf = Workload.azureTrace(csv: "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.5,3,4\r\n2023-11-16 18:15:47,5,6\r\n")
+        #expect(crlf.times.count == 2 && crlf.lengths.count == 2 && abs(crlf.times[1] - crlf.times[0] - 0.5) < 1e-9)
         // 1970-01-01 is day 0.
         #expect(Workload.parseTimestamp("1970-01-02 00:00:01") == 86_401)
     }
