@@ -49,6 +49,8 @@ struct Simulate: ParsableCommand {
     var pollMs: Double = 200
     @Option(help: "Cost model: \(RooflineCostModel.names.joined(separator: ", ")).")
     var cost: String = "cpu"
+    @Option(name: .customLong("kv-cache-mb"), help: "KV cache of a cpu replica, MiB (GPU models size it from the GPU's memory).")
+    var kvCacheMb: Int?
     @Option(help: "Distinct adapters per unmerged iteration (LoRA slots).")
     var adapterSlots: Int?
     @Option(help: "Sequences per iteration at most (B).")
@@ -89,12 +91,19 @@ struct Simulate: ParsableCommand {
         guard RooflineCostModel.named(cost) != nil else {
             throw ValidationError("unknown cost model '\(cost)' (\(RooflineCostModel.names.joined(separator: ", ")))")
         }
+        if let kv = kvCacheMb {
+            guard cost == "cpu" else { throw ValidationError("--kv-cache-mb applies to --cost cpu only") }
+            guard kv >= 1, kv <= 1 << 20 else { throw ValidationError("--kv-cache-mb must be in 1...1048576") }
+        }
         guard !traceLengths || trace != nil else { throw ValidationError("--trace-lengths needs --trace") }
         guard !traceLengths || workload == nil else { throw ValidationError("give --trace-lengths or --workload, not both") }
     }
 
     func run() throws {
-        let model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
+        var model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
+        if let kvCacheMb {
+            model = CPUCostModel(kvCacheMegabytes: kvCacheMb, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256)
+        }
         var arrivals = ArrivalProcess.poisson
         var lengths = LengthSource.logNormal(promptMedian: promptMedian, outputMedian: outputMedian)
         if let trace {
