@@ -45,6 +45,10 @@ public struct SimulationSummary: Sendable, Equatable {
     public var preemptions: Int
     public var adapterLoads: Int
     public var migrations: Int
+    /// Migration-loop checks, and how many fired for KV pressure and for request imbalance.
+    public var migrationChecks: Int
+    public var kvPressureTriggers: Int
+    public var imbalanceTriggers: Int
     /// Mean seconds from a migrated request's stop on its source to its next token on the destination.
     public var meanMigrationStall: Double
     public var events: Int

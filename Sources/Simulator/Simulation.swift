@@ -150,6 +150,9 @@ struct SimulationRun {
     var stallSum = 0.0
     var stallCount = 0
     var migrationsDone = 0
+    var migrationChecks = 0
+    var kvPressureTriggers = 0
+    var imbalanceTriggers = 0
 
     init(config: SimulationConfig, workload: [SimRequest]) {
         self.config = config
@@ -317,7 +320,13 @@ struct SimulationRun {
     /// The migration loop (`ClusterRouter.migrationLoop`): if the trigger fires, plan and start the moves.
     mutating func migrate() {
         let loads = replicas.indices.map { load($0, includeRequests: true) }
-        guard MigrationTrigger(configuration: config.migrationConfig).check(loads) != nil else { return }
+        migrationChecks += 1
+        guard let reason = MigrationTrigger(configuration: config.migrationConfig).check(loads) else { return }
+        switch reason {
+        case .kvPressure: kvPressureTriggers += 1
+        case .requestImbalance: imbalanceTriggers += 1
+        case .draining: break
+        }
         let plan = MigrationPlanner(configuration: config.migrationConfig).plan(replicas: loads)
         for move in plan.moves {
             let i = Int(move.requestID)
@@ -587,7 +596,8 @@ struct SimulationRun {
             sloAttainment: workload.isEmpty ? 0 : Double(met) / Double(workload.count),
             steps: stats.reduce(0) { $0 + $1.mergedSteps + $1.unmergedSteps }, modeSwitches: stats.reduce(0) { $0 + $1.modeSwitches },
             preemptions: stats.reduce(0) { $0 + $1.preemptions }, adapterLoads: stats.reduce(0) { $0 + $1.adapterLoads },
-            migrations: migrationsDone, meanMigrationStall: stallCount > 0 ? stallSum / Double(stallCount) : 0,
+            migrations: migrationsDone, migrationChecks: migrationChecks, kvPressureTriggers: kvPressureTriggers,
+            imbalanceTriggers: imbalanceTriggers, meanMigrationStall: stallCount > 0 ? stallSum / Double(stallCount) : 0,
             events: events, eventLogHash: hash.value)
         return SimulationResult(records: records, summary: summary, replicaStats: stats, invariants: inv, steps: stepLog)
     }

@@ -143,7 +143,8 @@ struct Simulate: ParsableCommand {
             ("avg latency per token s", fmt(s.avgLatencyPerToken, 4)), ("P90 latency s", fmt(s.p90Latency, 3)),
             ("mean TTFT s", fmt(s.meanTTFT, 3)), ("P90 TTFT s", fmt(s.p90TTFT, 3)), ("SLO attainment", fmt(s.sloAttainment * 100, 1) + " %"),
             ("iterations", "\(s.steps)"), ("mode switches", "\(s.modeSwitches)"), ("preemptions", "\(s.preemptions)"),
-            ("adapter loads", "\(s.adapterLoads)"), ("migrations", "\(s.migrations)"), ("mean migration stall s", fmt(s.meanMigrationStall, 4)),
+            ("adapter loads", "\(s.adapterLoads)"), ("migrations", "\(s.migrations)"),
+            ("migration checks (fired: KV pressure / imbalance)", "\(s.migrationChecks) (\(s.kvPressureTriggers) / \(s.imbalanceTriggers))"), ("mean migration stall s", fmt(s.meanMigrationStall, 4)),
             ("events", "\(s.events)"), ("event log hash", String(s.eventLogHash, radix: 16)), ("wall s", fmt(wall, 2)),
             ("events/s (wall)", fmt(Double(s.events) / max(wall, 1e-9), 0)), ("simulated/wall", fmt(s.makespan / max(wall, 1e-9), 1)),
         ]
@@ -171,6 +172,9 @@ struct Simulate: ParsableCommand {
             object["preemptions"] = s.preemptions
             object["adapter_loads"] = s.adapterLoads
             object["migrations"] = s.migrations
+            object["migration_checks"] = s.migrationChecks
+            object["kv_pressure_triggers"] = s.kvPressureTriggers
+            object["imbalance_triggers"] = s.imbalanceTriggers
             object["mean_migration_stall_seconds"] = s.meanMigrationStall
             object["events"] = s.events
             object["event_log_hash"] = String(s.eventLogHash, radix: 16)

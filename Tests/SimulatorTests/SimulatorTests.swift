@@ -157,6 +157,8 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(kv.summary.migrations > 0)
         #expect(recompute.summary.migrations > 0)
         #expect(kv.records.contains { $0.migrations > 0 })
+        #expect(kv.summary.migrationChecks > 0 && kv.summary.kvPressureTriggers + kv.summary.imbalanceTriggers > 0)
+        #expect(pressured(seed: 5, dispatch: .roundRobin, migration: .off).summary.migrationChecks == 0)
     }
 
     /// docs/design/simulator.md, "A closed-form case": one replica, every iteration τ, Poisson arrivals at λ,
