@@ -6,7 +6,7 @@ import Testing
 
 /// A small cluster under memory pressure: 4 replicas of the CPU model with 24 MiB of KV each (34 blocks), 16
 /// adapters, prompts up to 256 tokens.
-private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: SimMigration = .kv, requests: Int = 240) -> SimulationResult {
+private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: SimMigration = .kv, requests: Int = 120) -> SimulationResult {
     var config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24), policy: .dlora, dispatch: dispatch, migration: migration)
     config.migrationConfig = MigrationConfiguration(periodSeconds: 2, requestExcess: 3)
     config.adapterRanks = [8, 16, 32, 64]
@@ -138,10 +138,10 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
     @Test(arguments: [SimMigration.off, .recompute, .kv])
     func invariantsHold(migration: SimMigration) {
         for dispatch in SimDispatch.allCases {
-            let r = pressured(seed: 5, dispatch: dispatch, migration: migration, requests: 160)
+            let r = pressured(seed: 5, dispatch: dispatch, migration: migration, requests: 100)
             #expect(r.invariants.holds, "\(dispatch) \(migration): \(r.invariants)")
-            #expect(r.summary.finished == 160)
-            let w = Workload.generate(WorkloadSpec(requests: 160, rate: 20, adapters: 16, alpha: 1,
+            #expect(r.summary.finished == 100)
+            let w = Workload.generate(WorkloadSpec(requests: 100, rate: 20, adapters: 16, alpha: 1,
                                                    lengths: .logNormal(promptMedian: 64, outputMedian: 24), maxPrompt: 256, maxOutput: 96, seed: 5))
             for (rec, req) in zip(r.records, w) where rec.finishReason != .length {
                 #expect(rec.tokens == req.outputTokens, "request \(rec.id)")
@@ -151,7 +151,7 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         }
     }
 
-    @Test func migrationMovesRequestsAndKVStallIsShort() {
+    @Test func migrationMovesRequestsAndCountsItsTriggers() {
         let kv = pressured(seed: 5, dispatch: .roundRobin, migration: .kv)
         let recompute = pressured(seed: 5, dispatch: .roundRobin, migration: .recompute)
         #expect(kv.summary.migrations > 0)
