@@ -363,7 +363,9 @@ if mode == "all":
 lines += ["## KV migration stall vs sequence length", "",
           "One request at a time on a fresh 2-replica cluster (round-robin dispatch), token-id prompts of each length; after the",
           "request has streamed some tokens the router is asked to move it to the other replica (`POST /admin/migrate`). Stall =",
-          "the request's largest inter-token gap − its median gap; the control run (no migration) shows the gap noise.", ""]
+          "the request's largest inter-token gap − its median gap; the control run (no migration) shows the gap noise. \"router\" is",
+          "the router's own measure of the last stage (source stopped → first token on the destination, the /admin/migrate answer's",
+          "stall_seconds): the gap measure also holds the pre-copy's cost to the source (its engine thread copies the blocks it sends).", ""]
 try:
     probe = json.load(open(f"{data}/stall/probe.json"))["stall_probe"]
 except (OSError, ValueError, KeyError):
@@ -385,7 +387,12 @@ else:
             return "n/a"
         if r["stall_ms"] is None:
             return r["result"]
-        return f"{r['stall_ms']:.0f} (max gap {r['max_gap_ms']:.0f}, median {r['median_gap_ms']:.0f})"
+        router = ""
+        try:
+            router = f"; router {json.loads(r.get('admin_answer') or '{}')['stall_seconds'] * 1000:.0f}"
+        except (ValueError, KeyError, TypeError):
+            pass
+        return f"{r['stall_ms']:.0f} (max gap {r['max_gap_ms']:.0f}, median {r['median_gap_ms']:.0f}{router})"
     lines += ["| prompt tokens | no migration: gaps ms | kv: stall ms | recompute: stall ms |", "|---:|---|---|---|"]
     for n in sorted(by):
         lines.append(f"| {n} | {cell(by[n].get('none'), True)} | {cell(by[n].get('kv'))} | {cell(by[n].get('recompute'))} |")

@@ -19,6 +19,8 @@ public struct RoutingOptions: Sendable {
     /// How often the replicas' status is read, and how often the migration trigger is checked.
     public var pollInterval: Duration = .milliseconds(200)
     public var migrationInterval: Duration = .seconds(10)
+    /// Requests with fewer tokens left than this are never moved.
+    public var migrationMinRemainingTokens = 16
     /// How often dLoRA dispatch re-places adapters from their arrival rates.
     public var placementInterval: Duration = .seconds(5)
     public var migrationConfig = MigrationConfiguration()
@@ -58,7 +60,7 @@ public final class ClusterRouter: Sendable {
         case .roundRobin: RoundRobin()
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
-        case .dlora: DLoRAProactive()
+        case .dlora: DLoRAProactive(fractionalLeftovers: true)
         }
         policy = Locked(p)
     }
@@ -93,7 +95,9 @@ public final class ClusterRouter: Sendable {
                 for r in s.requests {
                     let remaining = max(0, r.maxTokens - r.generated)
                     let seconds = Double(remaining) * s.decodeStepSeconds
-                    if let serial = flights.withLock({ $0[r.id]?.serial }), r.running {
+                    // Only running requests with enough left to repay a move are candidates (a move stalls a request
+                    // for about a decode step or more); the rest is work that stays.
+                    if let serial = flights.withLock({ $0[r.id]?.serial }), r.running, remaining >= options.migrationMinRemainingTokens {
                         running.append(RequestInfo(id: serial, adapter: r.model, tokens: r.tokens,
                                                    kvBlocks: (r.computed + s.blockSize - 1) / s.blockSize,
                                                    remainingEstimate: remaining, remainingSeconds: seconds))

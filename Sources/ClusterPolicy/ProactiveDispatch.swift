@@ -24,14 +24,22 @@ public struct DLoRAProactive: DispatchPolicy {
     public var placement: [String: Set<Int>]?
     /// How many decode steps a placed replica may cost above the cheapest before dispatch falls back.
     public var placementSlackSteps: Double
+    /// Count the leftover (mixed-batch) requests as a fraction of a batch step, Σ_k (cnt_k mod B) / B, instead
+    /// of the artifact's ⌊Σ_k (cnt_k mod B) / B⌋. With the floor, every replica holding fewer than B leftover
+    /// requests costs 0 steps: on a small cluster (B = 32, a few dozen requests in all) the formula cannot see
+    /// load at all and the adapter-load term alone decides, piling an adapter's requests on one replica. The
+    /// fraction equals the floor at multiples of B and grows by 1/B per request in between. The router uses
+    /// it (docs/design/cluster-policy.md); `false` is the artifact's formula.
+    public var fractionalLeftovers: Bool
 
-    public init(placement: [String: Set<Int>]? = nil, placementSlackSteps: Double = 1) {
+    public init(placement: [String: Set<Int>]? = nil, placementSlackSteps: Double = 1, fractionalLeftovers: Bool = false) {
         self.placement = placement
         self.placementSlackSteps = placementSlackSteps
+        self.fractionalLeftovers = fractionalLeftovers
     }
 
     /// The formula's batch-step units for per-adapter counts `counts` at batch size `batch`.
-    public static func queueUnits(counts: [String: Int], batch: Int, mergedCostFactor: Double) -> Double {
+    public static func queueUnits(counts: [String: Int], batch: Int, mergedCostFactor: Double, fractionalLeftovers: Bool = false) -> Double {
         let b = max(1, batch)
         var full = 0.0
         var leftovers = 0
@@ -39,14 +47,15 @@ public struct DLoRAProactive: DispatchPolicy {
             full += Double(count / b) * mergedCostFactor
             leftovers += count % b
         }
-        return full + Double(leftovers / b)
+        return full + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
     }
 
     /// Seconds a request for `adapter` would wait on `replica`: queueing cost plus adapter load time.
-    public static func costSeconds(adapter: String, replica: ReplicaLoad) -> Double {
+    public static func costSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool = false) -> Double {
         var counts = replica.perAdapter.mapValues(\.total)
         counts[adapter, default: 0] += 1
-        let units = queueUnits(counts: counts, batch: replica.maxBatch, mergedCostFactor: replica.mergedCostFactor)
+        let units = queueUnits(counts: counts, batch: replica.maxBatch, mergedCostFactor: replica.mergedCostFactor,
+                               fractionalLeftovers: fractionalLeftovers)
         return units * replica.decodeStepSeconds + replica.loadSeconds(adapter)
     }
 
@@ -54,7 +63,8 @@ public struct DLoRAProactive: DispatchPolicy {
         let usable = replicas.filter(\.usable)
         guard !usable.isEmpty else { return nil }
         let hosts = usable.filter { $0.canHost(adapter) }
-        let candidates = (hosts.isEmpty ? usable : hosts).map { (replica: $0, cost: Self.costSeconds(adapter: adapter, replica: $0)) }
+        let candidates = (hosts.isEmpty ? usable : hosts).map { (replica: $0, cost: Self.costSeconds(adapter: adapter, replica: $0,
+                                                                                                  fractionalLeftovers: fractionalLeftovers)) }
         func cheapest(_ list: [(replica: ReplicaLoad, cost: Double)]) -> (replica: ReplicaLoad, cost: Double)? {
             list.min { a, b in
                 if a.cost != b.cost { return a.cost < b.cost }

@@ -386,10 +386,9 @@ public final class EngineCore {
         else { return false }
         let computed = min(kv.computed, s.tokens.count - 1, kv.blockCount * kv.blockSize)
         guard computed > 0 else { return false }
-        let used = (computed + kv.blockSize - 1) / kv.blockSize
-        let per = kv.floatsPerBlock
-        let blocks = (0..<used).map { Array(kv.data[($0 * per)..<(($0 + 1) * per)]) }
-        return adoptKV(id, computed: computed, blocks: blocks)
+        guard let blocks = scheduler.adoptKV(id, computed: computed) else { return false }
+        runner.importKV(flat: kv.data, into: Array(blocks.prefix((computed + kv.blockSize - 1) / kv.blockSize)))
+        return true
     }
 
     /// K/V of a live request's blocks `first ..<` (only the full blocks when `fullOnly`: those no later step

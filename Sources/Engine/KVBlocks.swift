@@ -18,12 +18,4 @@ public struct KVBlocks: Sendable, Equatable {
     }
 
     public var blockCount: Int { floatsPerBlock > 0 ? data.count / floatsPerBlock : 0 }
-
-    /// These blocks followed by `next` when it starts where these end (same geometry); nil otherwise.
-    public func appending(_ next: KVBlocks) -> KVBlocks? {
-        guard next.floatsPerBlock == floatsPerBlock, next.blockSize == blockSize,
-              next.firstBlock == firstBlock + blockCount else { return nil }
-        return KVBlocks(firstBlock: firstBlock, blockSize: blockSize, floatsPerBlock: floatsPerBlock,
-                        computed: max(computed, next.computed), data: data + next.data)
-    }
 }

@@ -121,6 +121,15 @@ public final class ModelRunner {
         return UnsafeBufferPointer(start: logits.floats + row * vocab, count: vocab)
     }
 
+    /// Copies `blocks.count` blocks of K/V, flat in block order (as `exportKV(_:blocks:)` gives them), into `blocks`.
+    public func importKV(flat data: [Float], into blocks: [Int32]) {
+        let per = floatsPerBlock
+        precondition(data.count >= blocks.count * per)
+        data.withUnsafeBufferPointer { buf in
+            for (i, b) in blocks.enumerated() { kv.copyIn(block: Int(b), from: buf.baseAddress! + i * per) }
+        }
+    }
+
     /// The K/V of a request's blocks in `range` (clamped to the blocks it holds), flat in block order, from its
     /// blocks or its host copy.
     public func exportKV(_ r: Request, blocks range: Range<Int>) -> [Float] {

@@ -293,12 +293,16 @@ public enum KVFrame {
         guard data.count - 4 - n == floats * 4 else {
             throw Invalid(description: "K/V frame carries \(data.count - 4 - n) payload bytes, its head announces \(floats * 4)")
         }
-        let payload = data.subdata(in: (start + 4 + n)..<data.endIndex)
         let values = [Float](unsafeUninitializedCapacity: floats) { buf, count in
-            payload.withUnsafeBytes { raw in
+            data.withUnsafeBytes { all in
+                let raw = UnsafeRawBufferPointer(rebasing: all[(4 + n)...])
+                #if _endian(little)
+                UnsafeMutableRawBufferPointer(buf).copyMemory(from: raw)
+                #else
                 for i in 0..<floats {
                     buf[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self)))
                 }
+                #endif
             }
             count = floats
         }

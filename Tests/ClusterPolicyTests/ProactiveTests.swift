@@ -23,6 +23,11 @@ import ClusterPolicy
         #expect(DLoRAProactive.queueUnits(counts: ["x": 1, "y": 7], batch: 4, mergedCostFactor: 0.6) == 1.6)
         #expect(DLoRAProactive.queueUnits(counts: ["x": 3], batch: 4, mergedCostFactor: 0.6) == 0)
         #expect(DLoRAProactive.queueUnits(counts: ["x": 8, "y": 8], batch: 4, mergedCostFactor: 0.6) == 2.4)
+        // The router's variant counts leftovers as a fraction of a step: x 3 → 3/4; x 6, y 2 → 0.6 + (2 + 2)/4;
+        // equal to the floor at multiples of B.
+        #expect(DLoRAProactive.queueUnits(counts: ["x": 3], batch: 4, mergedCostFactor: 0.6, fractionalLeftovers: true) == 0.75)
+        #expect(DLoRAProactive.queueUnits(counts: ["x": 6, "y": 2], batch: 4, mergedCostFactor: 0.6, fractionalLeftovers: true) == 1.6)
+        #expect(DLoRAProactive.queueUnits(counts: ["x": 5, "y": 2], batch: 4, mergedCostFactor: 0.6, fractionalLeftovers: true) == 0.6 + 0.75)
 
         let a = proactiveReplica(0, resident: ["x", "y"], counts: ["x": 5, "y": 2], step: 0.05)
         let b = proactiveReplica(1, resident: ["y"], counts: ["y": 7], step: 0.05)
