@@ -28,6 +28,11 @@ public struct SimulationConfig: Sendable {
     public var pollInterval = 0.2
     /// How often dLoRA dispatch re-places adapters from their smoothed arrival rates (the router's 5 s).
     public var placementPeriod = 5.0
+    /// dLoRA dispatch counts leftover requests as a fraction of a batch step (the router's choice); false: the
+    /// artifact's floor (`DLoRAProactive.fractionalLeftovers`).
+    public var dloraFractionalLeftovers = true
+    /// Running requests with fewer tokens left are never moved (the router's `migrationMinRemainingTokens`).
+    public var migrationMinRemainingTokens = 16
     /// Adapter i has rank `adapterRanks[i % count]`.
     public var adapterRanks = [16]
     /// SLO on a request's latency per generated token, seconds.
@@ -170,7 +175,7 @@ struct SimulationRun {
         case .roundRobin: RoundRobin()
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
-        case .dlora: DLoRAProactive()
+        case .dlora: DLoRAProactive(fractionalLeftovers: config.dloraFractionalLeftovers)
         }
         records = workload.map {
             RequestRecord(id: $0.id, adapter: $0.adapter, arrival: $0.arrival, promptTokens: $0.promptTokens, firstToken: nil, finish: nil,
@@ -258,7 +263,8 @@ struct SimulationRun {
     /// A replica's status as `dlora serve` reports it (ReplicaControl's EngineView) and the router maps it
     /// (ClusterRouter.loads): per-adapter waiting/running counts, resident adapters, free blocks, the decode
     /// step its cost model predicts at the current batch, the merged/unmerged factor at a full batch; with
-    /// `includeRequests`, its running requests for the planner (the others' remaining work is pinned).
+    /// `includeRequests`, its running requests with at least `migrationMinRemainingTokens` left for the planner
+    /// (the others' remaining work is pinned).
     func load(_ r: Int, includeRequests: Bool) -> ReplicaLoad {
         let s = replicas[r].scheduler
         let costs = s.policy.config.costs
@@ -287,7 +293,7 @@ struct SimulationRun {
             for q in live {
                 let remaining = max(0, (q.maxLength - q.promptCount) - q.generated)
                 let seconds = Double(remaining) * decode
-                if q.status == .running && moving[q.id.rawValue] == nil {
+                if q.status == .running && moving[q.id.rawValue] == nil && remaining >= config.migrationMinRemainingTokens {
                     infos.append(RequestInfo(id: UInt64(q.id.rawValue), adapter: q.adapter == Request.base ? "" : names[q.adapter],
                                              tokens: q.tokenCount, kvBlocks: (q.computed + shape.blockSize - 1) / shape.blockSize,
                                              remainingEstimate: remaining, remainingSeconds: seconds))
