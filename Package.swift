@@ -55,6 +55,9 @@ let package = Package(
         // Pure cluster policies over replica status values: dispatch, adapter placement, migration planning.
         // Shared by the router and the simulator; no clock, no I/O (shared/DESIGN.md).
         .target(name: "ClusterPolicy", swiftSettings: strictSwift),
+        // Discrete-event simulation of replicas and the router over simulated time: the real `Scheduler` and
+        // `ClusterPolicy` code on modelled step, merge, load, swap and transfer times. Pure: no clock, no I/O.
+        .target(name: "Simulator", dependencies: ["Scheduling", "ClusterPolicy"], swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
         .target(name: "Engine", dependencies: ["Scheduling", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
         // OpenAI's wire types (responses, chunks, errors) and their one JSON encoder: no logic, Foundation only.
@@ -108,7 +111,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "dlora",
-            dependencies: ["Server", "Cluster", "ClusterPolicy", "Engine", "Models", "Tokenizers", "Adapters", "Kernels",
+            dependencies: ["Server", "Cluster", "ClusterPolicy", "Simulator", "Engine", "Models", "Tokenizers", "Adapters", "Kernels",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -121,6 +124,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ClusterPolicyTests", dependencies: ["ClusterPolicy"], swiftSettings: strictSwift),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Scheduling", "ClusterPolicy"], swiftSettings: strictSwift),
         // Multi-process: `dlora cluster` (router + replicas) on loopback, driven over HTTP.
         .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ServingAPI",
                                                           .product(name: "AsyncHTTPClient", package: "async-http-client"),

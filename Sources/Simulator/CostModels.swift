@@ -1,0 +1,190 @@
+import Scheduling
+
+/// What a simulated replica's time is made of. Everything the simulated engine does takes the seconds a
+/// `ReplicaCostModel` says: the forward pass of one iteration, merging and unmerging an adapter, making an
+/// adapter resident, swapping K/V to and from host memory, and moving K/V to another replica. The models and
+/// the sources of their numbers are in docs/design/simulator.md; a measured profile can replace any of them by
+/// conforming to this protocol (nothing else in the simulator changes).
+public protocol ReplicaCostModel: Sendable {
+    /// A short name for tables (`cpu`, `a800-7b`, …).
+    var name: String { get }
+    /// The replica's memory and batch limits.
+    var shape: ReplicaShape { get }
+    /// The step-cost profile the replica's batching policy starts from (it refreshes it online from the
+    /// seconds the simulated engine reports, as the real one does).
+    var schedulerPrior: StepCostModel { get }
+    /// The scheduler's description of an adapter of `rank` (bytes, LoRA multiply-adds per token, merge size).
+    func adapterProfile(key: Int, rank: Int) -> AdapterProfile
+    /// Seconds of one iteration's forward pass.
+    func stepSeconds(_ step: StepShape) -> Double
+    func mergeSeconds(_ adapter: AdapterProfile) -> Double
+    func unmergeSeconds(_ adapter: AdapterProfile) -> Double
+    /// Making an adapter of `bytes` resident (host → device).
+    func adapterLoadSeconds(bytes: Int) -> Double
+    /// Copying `bytes` of K/V between device and host memory (either way).
+    func swapSeconds(bytes: Int) -> Double
+    /// Copying `bytes` of K/V to another replica.
+    func transferSeconds(bytes: Int) -> Double
+}
+
+/// A replica's memory and batch limits (what `SchedulerConfig` and the engine configuration hold).
+public struct ReplicaShape: Sendable, Equatable {
+    public var numBlocks: Int
+    public var blockSize: Int
+    public var bytesPerBlock: Int
+    public var contextLimit: Int
+    public var hostSwapBytes: Int
+    /// Distinct adapters per unmerged iteration (LoRA slots, GIE's max_lora).
+    public var adapterSlots: Int
+    public var maxBatchSequences: Int
+    public var maxBatchTokens: Int
+
+    public init(numBlocks: Int, blockSize: Int = 16, bytesPerBlock: Int, contextLimit: Int, hostSwapBytes: Int,
+                adapterSlots: Int, maxBatchSequences: Int, maxBatchTokens: Int) {
+        self.numBlocks = numBlocks
+        self.blockSize = blockSize
+        self.bytesPerBlock = bytesPerBlock
+        self.contextLimit = contextLimit
+        self.hostSwapBytes = hostSwapBytes
+        self.adapterSlots = adapterSlots
+        self.maxBatchSequences = maxBatchSequences
+        self.maxBatchTokens = maxBatchTokens
+    }
+
+    /// The scheduler configuration of a replica of this shape running `policy`.
+    public func schedulerConfig(policy kind: BatchingPolicyKind, costs: StepCostModel) -> SchedulerConfig {
+        var p = BatchPolicyConfig(kind: kind)
+        p.maxBatchTokens = maxBatchTokens
+        p.maxBatchSequences = maxBatchSequences
+        p.maxAdapters = max(1, adapterSlots)
+        p.costs = costs
+        var c = SchedulerConfig(numBlocks: numBlocks, blockSize: blockSize, bytesPerBlock: bytesPerBlock,
+                                contextLimit: min(contextLimit, numBlocks * blockSize), policy: p)
+        c.hostSwapLimitBytes = hostSwapBytes
+        return c
+    }
+}
+
+/// One iteration as the cost model sees it.
+public struct StepShape: Sendable, Equatable {
+    public var mode: ExecutionMode
+    public var sequences: Int
+    /// Tokens computed (decodes count one each).
+    public var tokens: Int
+    /// Tokens of prompt chunks (runs of more than one token).
+    public var prefillTokens: Int
+    /// Σ over runs of the positions attended (start + tokens): the K/V read by attention.
+    public var contextTokens: Int
+    /// LoRA slots of an unmerged iteration.
+    public var distinctAdapters: Int
+    /// Σ tokens × adapter size relative to the model's reference adapter (unmerged iterations).
+    public var loraTokens: Double
+
+    public init(mode: ExecutionMode, sequences: Int, tokens: Int, prefillTokens: Int, contextTokens: Int, distinctAdapters: Int,
+                loraTokens: Double) {
+        self.mode = mode
+        self.sequences = sequences
+        self.tokens = tokens
+        self.prefillTokens = prefillTokens
+        self.contextTokens = contextTokens
+        self.distinctAdapters = distinctAdapters
+        self.loraTokens = loraTokens
+    }
+
+    public var decodeTokens: Int { tokens - prefillTokens }
+}
+
+// MARK: - A fixed step time (closed-form checks)
+
+/// Every iteration takes `stepSeconds`; merges, loads, swaps and transfers take no time. For tests whose
+/// answer is derived by hand (docs/design/simulator.md, "A closed-form case").
+public struct FixedStepCostModel: ReplicaCostModel {
+    public var name = "fixed"
+    public var shape: ReplicaShape
+    public var seconds: Double
+
+    public init(stepSeconds: Double, shape: ReplicaShape) {
+        seconds = stepSeconds
+        self.shape = shape
+    }
+
+    public var schedulerPrior: StepCostModel {
+        StepCostModel(fixedSeconds: seconds, perTokenSeconds: 0, perLoRATokenSeconds: 0, perAdapterSeconds: 0, switchSeconds: 0)
+    }
+    public func adapterProfile(key: Int, rank: Int) -> AdapterProfile {
+        CPUCostModel.smolLM2Adapter(key: key, rank: rank)
+    }
+    public func stepSeconds(_ step: StepShape) -> Double { seconds }
+    public func mergeSeconds(_ adapter: AdapterProfile) -> Double { 0 }
+    public func unmergeSeconds(_ adapter: AdapterProfile) -> Double { 0 }
+    public func adapterLoadSeconds(bytes: Int) -> Double { 0 }
+    public func swapSeconds(bytes: Int) -> Double { 0 }
+    public func transferSeconds(bytes: Int) -> Double { 0 }
+}
+
+// MARK: - This CPU (SmolLM2-135M Q4_1, 2 cores)
+
+/// The reference machine's replica, fitted from the engine's own measurements (docs/design/simulator.md quotes
+/// the rows): bench/results/core.md (decode step vs batch, prefill tok/s, streamed memory bandwidth) and
+/// bench/results/lora.md (q/v adapters: unmerged overhead vs batch and distinct adapters, merged overhead,
+/// merge/unmerge times, adapter sizes).
+public struct CPUCostModel: ReplicaCostModel {
+    public var name = "cpu"
+    public var shape: ReplicaShape
+    /// Decode: fixed + per sequence (core.md: 8.79 ms at batch 1, 76.79 ms at batch 32 → 6.6 ms + 2.19 ms/seq).
+    public var fixedSeconds = 0.0066
+    public var perDecodeSeconds = 0.00219
+    /// Prefill: core.md 706.1 tok/s at batch 32 (686.4 at batch 1) → 1.42 ms per prompt token.
+    public var perPrefillTokenSeconds = 0.00142
+    /// Unmerged LoRA path (lora.md q/v rank 16, batch 32: +0.99 ms with 1 adapter, +5.94 ms with 32):
+    /// 0.026 ms per reference-adapter token + 0.16 ms per distinct adapter.
+    public var perLoRATokenSeconds = 0.000026
+    public var perAdapterSeconds = 0.00016
+    /// Merged: dense f32 copies of the targeted matrices replace Q4_1 ones (lora.md q/v rank 16 merged
+    /// overhead +1.51 / +1.60 / +1.06 ms at batch 1 / 8 / 32 → 1.4 ms).
+    public var mergedExtraSeconds = 0.0014
+    /// Merge: lora.md q/v rank 16, 10.64 ms for 13.3 M target elements → 0.8 ns per element; unmerge 0.006 ms.
+    public var mergeSecondsPerElement = 0.8e-9
+    public var unmergeSecondsFixed = 0.000006
+    /// Host memory streamed (core.md: 32.3 GB/s, 2 threads): adapter loads and swaps are copies in RAM.
+    public var memoryBytesPerSecond = 32.3e9
+    /// Replica-to-replica K/V over loopback HTTP (f32 frames): not measured yet; an assumption.
+    public var transferBytesPerSecond = 1e9
+
+    /// SmolLM2's K/V per token: 30 layers × 3 KV heads × 64 × (K, V) × 4 bytes (f32) = 46,080 bytes.
+    public static let kvBytesPerToken = 30 * 3 * 64 * 2 * 4
+
+    /// `kvCacheMegabytes` of KV cache (the engine's default: 1024), vLLM-like limits of `dlora serve`.
+    public init(kvCacheMegabytes: Int = 1024, adapterSlots: Int = 32, maxBatchSequences: Int = 256, maxBatchTokens: Int = 512) {
+        let bytesPerBlock = 16 * Self.kvBytesPerToken
+        shape = ReplicaShape(numBlocks: max(4, (kvCacheMegabytes << 20) / bytesPerBlock), bytesPerBlock: bytesPerBlock,
+                             contextLimit: 8192, hostSwapBytes: 1 << 30, adapterSlots: adapterSlots,
+                             maxBatchSequences: maxBatchSequences, maxBatchTokens: maxBatchTokens)
+    }
+
+    /// The scheduler's own profile (`StepCostModel.smolLM2Reference`), as `dlora serve` starts it.
+    public var schedulerPrior: StepCostModel { .smolLM2Reference }
+
+    /// A q/v adapter on SmolLM2 (30 layers; q: 576 → 576, v: 576 → 192), rank padded to 16, bf16.
+    public static func smolLM2Adapter(key: Int, rank: Int) -> AdapterProfile {
+        let r = (max(1, rank) + 15) / 16 * 16
+        let perToken = 30 * r * ((576 + 576) + (576 + 192))
+        return AdapterProfile(key: key, bytes: perToken * 2, loraParameters: perToken, mergeElements: 30 * (576 * 576 + 576 * 192))
+    }
+
+    public func adapterProfile(key: Int, rank: Int) -> AdapterProfile { Self.smolLM2Adapter(key: key, rank: rank) }
+
+    public func stepSeconds(_ s: StepShape) -> Double {
+        var t = fixedSeconds + perDecodeSeconds * Double(s.decodeTokens) + perPrefillTokenSeconds * Double(s.prefillTokens)
+        switch s.mode {
+        case .merged: t += mergedExtraSeconds
+        case .unmerged: t += perLoRATokenSeconds * s.loraTokens + perAdapterSeconds * Double(s.distinctAdapters)
+        }
+        return t
+    }
+    public func mergeSeconds(_ a: AdapterProfile) -> Double { Double(a.mergeElements) * mergeSecondsPerElement }
+    public func unmergeSeconds(_ a: AdapterProfile) -> Double { unmergeSecondsFixed }
+    public func adapterLoadSeconds(bytes: Int) -> Double { Double(bytes) / memoryBytesPerSecond }
+    public func swapSeconds(bytes: Int) -> Double { Double(bytes) / memoryBytesPerSecond }
+    public func transferSeconds(bytes: Int) -> Double { Double(bytes) / transferBytesPerSecond }
+}

@@ -1,0 +1,610 @@
+import ClusterPolicy
+import Scheduling
+
+/// Which router dispatch policy runs (`ClusterPolicy`'s, as `dlora router --dispatch` names them).
+public enum SimDispatch: String, CaseIterable, Sendable {
+    case roundRobin = "round-robin"
+    case leastLoaded = "least-loaded"
+    case loraAffinity = "lora-affinity"
+    case dlora
+}
+
+/// Reactive migration: off, or on with moved requests recomputing their K/V at the destination (dLoRA's own)
+/// or copying it in stages while they keep decoding (Llumnix's pre-copy; the stall is the last stage).
+public enum SimMigration: String, CaseIterable, Sendable {
+    case off, recompute, kv
+}
+
+public struct SimulationConfig: Sendable {
+    public var replicas: Int
+    public var cost: any ReplicaCostModel
+    public var policy: BatchingPolicyKind
+    public var dispatch: SimDispatch
+    public var migration: SimMigration
+    /// Trigger and planner settings; `periodSeconds` is the migration loop's period.
+    public var migrationConfig = MigrationConfiguration()
+    /// How often the router reads the replicas' status (`dlora router --poll-ms`, 200 ms); 0: dispatch sees
+    /// every replica's state as it is at that instant.
+    public var pollInterval = 0.2
+    /// How often dLoRA dispatch re-places adapters from their smoothed arrival rates (the router's 5 s).
+    public var placementPeriod = 5.0
+    /// dLoRA dispatch counts leftover requests as a fraction of a batch step (the router's choice); false: the
+    /// artifact's floor (`DLoRAProactive.fractionalLeftovers`).
+    public var dloraFractionalLeftovers = true
+    /// Running requests with fewer tokens left are never moved (the router's `migrationMinRemainingTokens`).
+    public var migrationMinRemainingTokens = 16
+    /// Adapter i has rank `adapterRanks[i % count]`.
+    public var adapterRanks = [16]
+    /// SLO on a request's latency per generated token, seconds.
+    public var slo = 0.5
+    /// Keep every iteration's `SchedulerOutput` (cross-checks; memory grows with the run).
+    public var recordSteps = false
+    /// K/V pre-copy: at most this many stages; the request stops once at most `stopBlocks` full blocks are
+    /// left to copy (the router's rule, docs/design/cluster.md).
+    public var maxStages = 3
+    public var stopBlocks = 2
+    /// Simulated seconds after which the run stops (requests not finished by then are reported).
+    public var timeLimit = Double.infinity
+
+    public init(replicas: Int, cost: any ReplicaCostModel, policy: BatchingPolicyKind = .dlora, dispatch: SimDispatch = .dlora,
+                migration: SimMigration = .off) {
+        self.replicas = replicas
+        self.cost = cost
+        self.policy = policy
+        self.dispatch = dispatch
+        self.migration = migration
+    }
+
+    public var problem: String? {
+        if replicas < 1 { return "there must be at least one replica" }
+        if adapterRanks.isEmpty || adapterRanks.contains(where: { $0 < 1 }) { return "adapter ranks must be positive" }
+        if !(slo > 0) { return "the SLO must be positive" }
+        if !(pollInterval >= 0) || !(placementPeriod > 0) || !(migrationConfig.periodSeconds > 0) { return "periods must be positive" }
+        return nil
+    }
+}
+
+/// A discrete-event simulation of `replicas` replicas behind a router. Each replica is a real
+/// `Scheduling.Scheduler`, driven exactly as `EngineCore.step()` drives it — schedule(now:), carry out the
+/// actions, one forward pass, sample, update, take the between-iteration actions — with every part taking the
+/// seconds the cost model says; requests dispatched to it wait in its inbox until the iteration in progress
+/// ends, as submissions wait for the engine thread. The router runs `ClusterPolicy`'s dispatch over
+/// `ReplicaLoad`s built as `ClusterRouter.loads()` builds them from the status a replica reports, dLoRA's
+/// placement loop, and the reactive migration loop (trigger, planner, moves by recompute or staged K/V copy).
+public enum Simulation {
+    public static func run(_ config: SimulationConfig, workload: [SimRequest]) -> SimulationResult {
+        precondition(config.problem == nil, config.problem ?? "")
+        var run = SimulationRun(config: config, workload: workload)
+        run.run()
+        return run.result()
+    }
+}
+
+struct SimulationRun {
+    enum Event: Sendable {
+        case arrival(Int)
+        case stepDone(Int)
+        case poll
+        case placement
+        case migrationCheck
+        case copyStage(Int)
+        case landed(Int)
+    }
+
+    enum InboxItem {
+        /// A request to queue (new, or resumed after a move with `kv` positions of K/V to adopt).
+        case add(Int, kv: Int?)
+        /// A move's stop: take the request out between iterations.
+        case stop(Int)
+    }
+
+    struct Replica {
+        var scheduler: Scheduler
+        var busy = false
+        var current: SchedulerOutput?
+        var actionSeconds = 0.0
+        var forwardSeconds = 0.0
+        var mergeSeconds: Double?
+        var unmergeSeconds: Double?
+        var merged: Int?
+        var inbox: [InboxItem] = []
+        /// Seconds of actions carried out between iterations (frees, an idle unmerge, K/V adoption), charged
+        /// to the next iteration.
+        var carrySeconds = 0.0
+        var maxBlocksUsed = 0
+        /// The last status the router read, and requests (per adapter name) dispatched since.
+        var status: ReplicaLoad?
+        var dispatchedSinceStatus: [String: Int] = [:]
+    }
+
+    struct Move {
+        let request: Int
+        let from: Int
+        let to: Int
+        let kv: Bool
+        var stages = 0
+        var stageBlocks = 0
+        var sentBlocks = 0
+        var kvComputed: Int?
+    }
+
+    let config: SimulationConfig
+    let cost: any ReplicaCostModel
+    let shape: ReplicaShape
+    let workload: [SimRequest]
+    let profiles: [AdapterProfile]
+    let names: [String]
+    let typicalLoadSeconds: Double
+    var queue = EventQueue<Event>()
+    var replicas: [Replica] = []
+    var dispatcher: any DispatchPolicy
+    var records: [RequestRecord]
+    var generated: [Int]
+    var owner: [Int?]
+    var moving: [Int?]
+    var stoppedAt: [Double?]
+    var moves: [Move] = []
+    var resolved = 0
+    var now = 0.0
+    var events = 0
+    var hash = EventLogHash()
+    var invariants = InvariantReport()
+    var stepLog: [StepRecord] = []
+    var arrivalCounts: [Int]
+    var rates: [String: Double] = [:]
+    var stallSum = 0.0
+    var stallCount = 0
+    var migrationsDone = 0
+    var migrationChecks = 0
+    var kvPressureTriggers = 0
+    var imbalanceTriggers = 0
+
+    init(config: SimulationConfig, workload: [SimRequest]) {
+        self.config = config
+        cost = config.cost
+        shape = config.cost.shape
+        self.workload = workload
+        let adapterCount = (workload.map(\.adapter).max() ?? -1) + 1
+        profiles = (0..<adapterCount).map { config.cost.adapterProfile(key: $0, rank: config.adapterRanks[$0 % config.adapterRanks.count]) }
+        names = (0..<adapterCount).map { "adapter-\($0)" }
+        let meanBytes = profiles.isEmpty ? 0 : profiles.reduce(0) { $0 + $1.bytes } / profiles.count
+        typicalLoadSeconds = config.cost.adapterLoadSeconds(bytes: meanBytes)
+        let schedulerConfig = shape.schedulerConfig(policy: config.policy, costs: config.cost.schedulerPrior)
+        replicas = (0..<config.replicas).map { _ in Replica(scheduler: Scheduler(config: schedulerConfig)) }
+        dispatcher = switch config.dispatch {
+        case .roundRobin: RoundRobin()
+        case .leastLoaded: LeastLoaded()
+        case .loraAffinity: LoRAAffinity()
+        case .dlora: DLoRAProactive(fractionalLeftovers: config.dloraFractionalLeftovers)
+        }
+        records = workload.map {
+            RequestRecord(id: $0.id, adapter: $0.adapter, arrival: $0.arrival, promptTokens: $0.promptTokens, firstToken: nil, finish: nil,
+                          finishReason: nil, tokens: 0, replica: nil, migrations: 0, rejected: false)
+        }
+        generated = Array(repeating: 0, count: workload.count)
+        owner = Array(repeating: nil, count: workload.count)
+        moving = Array(repeating: nil, count: workload.count)
+        stoppedAt = Array(repeating: nil, count: workload.count)
+        arrivalCounts = Array(repeating: 0, count: adapterCount)
+        invariants.numBlocks = shape.numBlocks
+        invariants.maxBlocksUsed = Array(repeating: 0, count: config.replicas)
+    }
+
+    var unresolved: Bool { resolved < workload.count }
+
+    mutating func run() {
+        guard let first = workload.first else { return }
+        queue.push(.arrival(0), at: first.arrival)
+        if config.pollInterval > 0 { queue.push(.poll, at: first.arrival) }
+        if config.dispatch == .dlora { queue.push(.placement, at: first.arrival + config.placementPeriod) }
+        if config.migration != .off { queue.push(.migrationCheck, at: first.arrival + config.migrationConfig.periodSeconds) }
+        while let (t, event) = queue.pop() {
+            if t < now { invariants.timeMonotone = false }
+            if t > config.timeLimit { break }
+            now = t
+            events += 1
+            hash.mix(t)
+            switch event {
+            case .arrival(let i): arrive(i)
+            case .stepDone(let r): stepDone(r)
+            case .poll:
+                hash.mix(1)
+                for r in replicas.indices { refreshStatus(r) }
+                if unresolved { queue.push(.poll, at: now + config.pollInterval) }
+            case .placement:
+                hash.mix(2)
+                place()
+                if unresolved { queue.push(.placement, at: now + config.placementPeriod) }
+            case .migrationCheck:
+                hash.mix(3)
+                migrate()
+                if unresolved { queue.push(.migrationCheck, at: now + config.migrationConfig.periodSeconds) }
+            case .copyStage(let m): copyStage(m)
+            case .landed(let m):
+                hash.mix(4)
+                hash.mix(m)
+                deliver(moves[m].to, .add(moves[m].request, kv: moves[m].kvComputed))
+            }
+        }
+    }
+
+    // MARK: The router
+
+    mutating func arrive(_ i: Int) {
+        if i + 1 < workload.count { queue.push(.arrival(i + 1), at: workload[i + 1].arrival) }
+        let request = workload[i]
+        let name = names[request.adapter]
+        arrivalCounts[request.adapter] += 1
+        let loads = dispatchLoads()
+        let target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: loads) ?? 0
+        hash.mix(5)
+        hash.mix(i)
+        hash.mix(target)
+        replicas[target].dispatchedSinceStatus[name, default: 0] += 1
+        deliver(target, .add(i, kv: nil))
+    }
+
+    /// What dispatch sees: each replica's last status plus the requests dispatched to it since
+    /// (`ClusterRouter.loads()`); with no polling, its state now.
+    mutating func dispatchLoads() -> [ReplicaLoad] {
+        if config.pollInterval == 0 { return replicas.indices.map { load($0, includeRequests: false) } }
+        return replicas.indices.map { r in
+            var l = replicas[r].status ?? load(r, includeRequests: false)
+            for (name, n) in replicas[r].dispatchedSinceStatus { l.perAdapter[name, default: AdapterCounts()].waiting += n }
+            return l
+        }
+    }
+
+    mutating func refreshStatus(_ r: Int) {
+        replicas[r].status = load(r, includeRequests: false)
+        replicas[r].dispatchedSinceStatus.removeAll()
+    }
+
+    /// A replica's status as `dlora serve` reports it (ReplicaControl's EngineView) and the router maps it
+    /// (ClusterRouter.loads): per-adapter waiting/running counts, resident adapters, free blocks, the decode
+    /// step its cost model predicts at the current batch, the merged/unmerged factor at a full batch; with
+    /// `includeRequests`, its running requests with at least `migrationMinRemainingTokens` left for the planner
+    /// (the others' remaining work is pinned).
+    func load(_ r: Int, includeRequests: Bool) -> ReplicaLoad {
+        let s = replicas[r].scheduler
+        let costs = s.policy.config.costs
+        var per: [String: AdapterCounts] = [:]
+        var running = 0
+        var distinct = Set<Int>()
+        let live = s.liveRequests
+        for q in live {
+            let name = q.adapter == Request.base ? "" : names[q.adapter]
+            if q.status == .running {
+                running += 1
+                if q.adapter != Request.base { distinct.insert(q.adapter) }
+                per[name, default: AdapterCounts()].running += 1
+            } else {
+                per[name, default: AdapterCounts()].waiting += 1
+            }
+        }
+        // Requests in the inbox are queued on the replica already (the engine takes them at the next step).
+        for case .add(let i, _) in replicas[r].inbox { per[names[workload[i].adapter], default: AdapterCounts()].waiting += 1 }
+        let decode = costs.unmerged(tokens: max(1, running), adapters: distinct.count)
+        let full = max(1, shape.maxBatchSequences)
+        let mergedFactor = costs.merged(tokens: full) / max(1e-9, costs.unmerged(tokens: full, adapters: 1))
+        var infos: [RequestInfo] = []
+        var pinned = 0.0
+        if includeRequests {
+            for q in live {
+                let remaining = max(0, (q.maxLength - q.promptCount) - q.generated)
+                let seconds = Double(remaining) * decode
+                if q.status == .running && moving[q.id.rawValue] == nil && remaining >= config.migrationMinRemainingTokens {
+                    infos.append(RequestInfo(id: UInt64(q.id.rawValue), adapter: q.adapter == Request.base ? "" : names[q.adapter],
+                                             tokens: q.tokenCount, kvBlocks: (q.computed + shape.blockSize - 1) / shape.blockSize,
+                                             remainingEstimate: remaining, remainingSeconds: seconds))
+                } else {
+                    pinned += seconds
+                }
+            }
+        }
+        return ReplicaLoad(id: r, kvBlocksTotal: s.pool.numBlocks, kvBlocksFree: s.pool.freeCount, blockSize: shape.blockSize,
+                           adapterSlots: shape.adapterSlots, residentAdapters: Set(s.residentAdapters.map { names[$0] }), perAdapter: per,
+                           decodeStepSeconds: decode, mergedCostFactor: mergedFactor, maxBatch: shape.maxBatchSequences,
+                           defaultAdapterLoadSeconds: typicalLoadSeconds, running: infos, pinnedWorkSeconds: pinned)
+    }
+
+    /// dLoRA's placement loop (`ClusterRouter.placementLoop`): smoothed per-adapter arrival rates re-place the
+    /// adapters; dispatch prefers the placed replicas.
+    mutating func place() {
+        var next: [String: Double] = [:]
+        for a in arrivalCounts.indices {
+            let r = 0.5 * (rates[names[a]] ?? 0) + 0.5 * Double(arrivalCounts[a]) / config.placementPeriod
+            if r > 1e-3 { next[names[a]] = r }
+            arrivalCounts[a] = 0
+        }
+        rates = next
+        guard !rates.isEmpty, var d = dispatcher as? DLoRAProactive else { return }
+        d.updatePlacement(rates: rates, replicas: dispatchLoads())
+        dispatcher = d
+    }
+
+    /// The migration loop (`ClusterRouter.migrationLoop`): if the trigger fires, plan and start the moves.
+    mutating func migrate() {
+        let loads = replicas.indices.map { load($0, includeRequests: true) }
+        migrationChecks += 1
+        guard let reason = MigrationTrigger(configuration: config.migrationConfig).check(loads) else { return }
+        switch reason {
+        case .kvPressure: kvPressureTriggers += 1
+        case .requestImbalance: imbalanceTriggers += 1
+        case .draining: break
+        }
+        let plan = MigrationPlanner(configuration: config.migrationConfig).plan(replicas: loads)
+        for move in plan.moves {
+            let i = Int(move.requestID)
+            guard owner[i] == move.from, moving[i] == nil, replicas[move.from].scheduler.request(RequestID(i))?.status == .running else { continue }
+            let m = moves.count
+            moves.append(Move(request: i, from: move.from, to: move.to, kv: config.migration == .kv))
+            moving[i] = m
+            hash.mix(6)
+            hash.mix(i)
+            hash.mix(move.to)
+            if config.migration == .kv {
+                // First stage: the full blocks it holds now, copied while it keeps decoding.
+                let full = replicas[move.from].scheduler.request(RequestID(i))!.computed / shape.blockSize
+                moves[m].stages = 1
+                moves[m].stageBlocks = full
+                queue.push(.copyStage(m), at: now + cost.transferSeconds(bytes: full * shape.bytesPerBlock))
+            } else {
+                deliver(move.from, .stop(m))
+            }
+        }
+    }
+
+    /// A pre-copy stage ended: copy the blocks filled since, or stop the request when few are left.
+    mutating func copyStage(_ m: Int) {
+        let move = moves[m]
+        hash.mix(7)
+        hash.mix(m)
+        guard owner[move.request] == move.from, let q = replicas[move.from].scheduler.request(RequestID(move.request)) else {
+            moving[move.request] = nil
+            return
+        }
+        moves[m].sentBlocks = move.stageBlocks
+        let full = q.computed / shape.blockSize
+        let remaining = full - move.stageBlocks
+        if remaining <= config.stopBlocks || move.stages >= config.maxStages {
+            deliver(move.from, .stop(m))
+        } else {
+            moves[m].stages += 1
+            moves[m].stageBlocks = full
+            queue.push(.copyStage(m), at: now + cost.transferSeconds(bytes: remaining * shape.bytesPerBlock))
+        }
+    }
+
+    // MARK: The replicas
+
+    mutating func deliver(_ r: Int, _ item: InboxItem) {
+        replicas[r].inbox.append(item)
+        if !replicas[r].busy { startStep(r) }
+    }
+
+    /// Between iterations: take the moves' stops, then queue the new and resumed requests.
+    mutating func takeInbox(_ r: Int) {
+        let items = replicas[r].inbox
+        replicas[r].inbox.removeAll()
+        for item in items {
+            switch item {
+            case .stop(let m):
+                let move = moves[m]
+                let i = move.request
+                guard owner[i] == r, let q = replicas[r].scheduler.request(RequestID(i)) else {
+                    moving[i] = nil
+                    continue
+                }
+                let computed = q.computed
+                replicas[r].scheduler.finish(RequestID(i), reason: .cancelled)
+                replicas[r].carrySeconds += actionSeconds(r, replicas[r].scheduler.takeActions())
+                owner[i] = nil
+                stoppedAt[i] = now
+                records[i].migrations += 1
+                migrationsDone += 1
+                hash.mix(8)
+                hash.mix(i)
+                if move.kv {
+                    // The last stage: what the earlier stages did not copy, while the request is stopped. The
+                    // destination adopts at most the positions before its last token (docs/design/cluster.md).
+                    let rest = max(0, (computed + shape.blockSize - 1) / shape.blockSize - move.sentBlocks)
+                    moves[m].kvComputed = min(computed, workload[i].promptTokens + generated[i] - 1)
+                    queue.push(.landed(m), at: now + cost.transferSeconds(bytes: rest * shape.bytesPerBlock))
+                } else {
+                    deliver(move.to, .add(i, kv: nil))
+                }
+            case .add(let i, let kv):
+                let request = workload[i]
+                let id = RequestID(i)
+                replicas[r].scheduler.addAdapter(profiles[request.adapter])
+                do {
+                    try replicas[r].scheduler.add(id, adapter: request.adapter, promptCount: request.promptTokens,
+                                                  tokenCount: request.promptTokens + generated[i],
+                                                  maxNewTokens: request.outputTokens - generated[i])
+                } catch {
+                    replicas[r].carrySeconds += actionSeconds(r, replicas[r].scheduler.takeActions())
+                    moving[i] = nil
+                    records[i].rejected = true
+                    resolve(i, replica: r, reason: nil)
+                    continue
+                }
+                owner[i] = r
+                moving[i] = nil
+                if let kv, kv > 0, let blocks = replicas[r].scheduler.adoptKV(id, computed: kv) {
+                    // The staged K/V goes from host memory into the blocks (EngineCore.adoptKV's copy).
+                    replicas[r].carrySeconds += cost.swapSeconds(bytes: blocks.count * shape.bytesPerBlock)
+                }
+            }
+        }
+    }
+
+    /// `EngineCore.step()`'s first half: schedule, carry out the actions, start the forward pass.
+    mutating func startStep(_ r: Int) {
+        takeInbox(r)
+        guard replicas[r].scheduler.hasWork else {
+            replicas[r].carrySeconds += actionSeconds(r, replicas[r].scheduler.takeActions())
+            replicas[r].busy = false
+            return
+        }
+        let out = replicas[r].scheduler.schedule(now: now)
+        replicas[r].mergeSeconds = nil
+        replicas[r].unmergeSeconds = nil
+        let actions = replicas[r].carrySeconds + actionSeconds(r, out.actions, timing: true)
+        replicas[r].carrySeconds = 0
+        let forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(r, out))
+        replicas[r].busy = true
+        replicas[r].current = out
+        replicas[r].actionSeconds = actions
+        replicas[r].forwardSeconds = forward
+        let s = replicas[r].scheduler
+        let used = s.pool.numBlocks - s.pool.freeCount
+        if used > invariants.maxBlocksUsed[r] { invariants.maxBlocksUsed[r] = used }
+        if s.requestBlocks + s.residentAdapterBlocks != used { invariants.maxBlocksUsed[r] = Int.max }
+        hash.mix(9)
+        hash.mix(r)
+        switch out.mode {
+        case .merged(let a): hash.mix(a)
+        case .unmerged: hash.mix(-2)
+        }
+        for run in out.runs {
+            hash.mix(run.request.rawValue)
+            hash.mix(run.tokens)
+        }
+        var kinds = [Int](repeating: 0, count: 10)
+        for a in out.actions { kinds[Self.kind(a)] += 1 }
+        for k in kinds { hash.mix(k) }
+        if config.recordSteps {
+            stepLog.append(StepRecord(replica: r, start: now, output: out, actionSeconds: actions, forwardSeconds: forward))
+        }
+        queue.push(.stepDone(r), at: now + max(actions + forward, 1e-9))
+    }
+
+    static func kind(_ a: SchedulerAction) -> Int {
+        switch a {
+        case .loadAdapter: 0
+        case .evictAdapter: 1
+        case .dropAdapter: 2
+        case .swapOut: 3
+        case .swapIn: 4
+        case .dropSwap: 5
+        case .merge: 6
+        case .unmerge: 7
+        case .free: 8
+        }
+    }
+
+    /// `EngineCore.step()`'s second half: sample (each request ends at its workload length), update, take the
+    /// between-iteration actions; then the next iteration.
+    mutating func stepDone(_ r: Int) {
+        guard let out = replicas[r].current else { return }
+        replicas[r].current = nil
+        if !out.runs.isEmpty {
+            var sampled: [SampledToken] = []
+            for run in out.runs where run.samples {
+                let i = run.request.rawValue
+                guard owner[i] == r, replicas[r].scheduler.request(run.request) != nil else { continue }
+                sampled.append(SampledToken(request: run.request, endsSequence: generated[i] + 1 >= workload[i].outputTokens))
+            }
+            let report = ExecutionReport(forwardSeconds: replicas[r].forwardSeconds, mergeSeconds: replicas[r].mergeSeconds,
+                                         unmergeSeconds: replicas[r].unmergeSeconds)
+            let outputs = replicas[r].scheduler.update(out, sampled: sampled, report: report)
+            for o in outputs {
+                let i = o.request.rawValue
+                if o.finish != .error {
+                    generated[i] += 1
+                    if records[i].firstToken == nil { records[i].firstToken = now }
+                    if let s = stoppedAt[i] {
+                        stallSum += now - s
+                        stallCount += 1
+                        stoppedAt[i] = nil
+                    }
+                }
+                if let f = o.finish { resolve(i, replica: r, reason: f) }
+            }
+        }
+        replicas[r].carrySeconds += actionSeconds(r, replicas[r].scheduler.takeActions())
+        replicas[r].busy = false
+        startStep(r)
+    }
+
+    mutating func resolve(_ i: Int, replica: Int, reason: FinishReason?) {
+        if records[i].finish != nil {
+            invariants.finishedTwice.append(i)
+            return
+        }
+        records[i].finish = now
+        records[i].finishReason = reason
+        records[i].tokens = generated[i]
+        records[i].replica = replica
+        owner[i] = nil
+        resolved += 1
+        hash.mix(10)
+        hash.mix(i)
+    }
+
+    func stepShape(_ r: Int, _ out: SchedulerOutput) -> StepShape {
+        var prefill = 0, context = 0
+        var lora = 0.0
+        let reference = replicas[r].scheduler.policy.config.costs.referenceLoRAParameters
+        for run in out.runs {
+            if run.tokens > 1 { prefill += run.tokens }
+            context += run.start + run.tokens
+            if run.adapter != Request.base { lora += Double(run.tokens) * Double(profiles[run.adapter].loraParameters) / reference }
+        }
+        return StepShape(mode: out.mode, sequences: out.runs.count, tokens: out.tokens, prefillTokens: prefill, contextTokens: context,
+                         distinctAdapters: out.loraSlots.count, loraTokens: out.mode == .unmerged ? lora : 0)
+    }
+
+    /// Seconds the engine spends carrying out `actions`; with `timing`, the merge and unmerge seconds are kept
+    /// for the iteration's `ExecutionReport` (the real runner times them).
+    mutating func actionSeconds(_ r: Int, _ actions: [SchedulerAction], timing: Bool = false) -> Double {
+        var total = 0.0
+        for a in actions {
+            switch a {
+            case .loadAdapter(let k): total += cost.adapterLoadSeconds(bytes: profiles[k].bytes)
+            case .swapOut(_, let blocks), .swapIn(_, let blocks): total += cost.swapSeconds(bytes: blocks.count * shape.bytesPerBlock)
+            case .merge(let k):
+                let s = cost.mergeSeconds(profiles[k])
+                total += s
+                replicas[r].merged = k
+                if timing { replicas[r].mergeSeconds = s }
+            case .unmerge:
+                let s = replicas[r].merged.map { cost.unmergeSeconds(profiles[$0]) } ?? 0
+                total += s
+                replicas[r].merged = nil
+                if timing { replicas[r].unmergeSeconds = s }
+            case .evictAdapter, .dropAdapter, .dropSwap, .free: break
+            }
+        }
+        return total
+    }
+
+    // MARK: Results
+
+    func result() -> SimulationResult {
+        var inv = invariants
+        inv.neverFinished = records.filter { $0.finish == nil }.map(\.id)
+        let done = records.filter { $0.finish != nil && !$0.rejected }
+        let tokens = done.reduce(0) { $0 + $1.tokens }
+        let start = workload.first?.arrival ?? 0
+        let end = done.compactMap(\.finish).max() ?? start
+        let makespan = max(end - start, 1e-12)
+        let latencies = done.compactMap(\.latency).sorted()
+        let ttfts = done.compactMap { r in r.firstToken.map { $0 - r.arrival } }.sorted()
+        let met = done.filter { ($0.latency ?? .infinity) / Double(max(1, $0.tokens)) <= config.slo }.count
+        let stats = replicas.map(\.scheduler.stats)
+        let summary = SimulationSummary(
+            requests: workload.count, finished: done.count, rejected: records.filter(\.rejected).count, generatedTokens: tokens,
+            makespan: makespan, throughput: Double(tokens) / makespan,
+            avgLatencyPerToken: latencies.reduce(0, +) / Double(max(1, tokens)), p90Latency: percentile(latencies, 0.9),
+            meanTTFT: ttfts.isEmpty ? 0 : ttfts.reduce(0, +) / Double(ttfts.count), p90TTFT: percentile(ttfts, 0.9),
+            sloAttainment: workload.isEmpty ? 0 : Double(met) / Double(workload.count),
+            steps: stats.reduce(0) { $0 + $1.mergedSteps + $1.unmergedSteps }, modeSwitches: stats.reduce(0) { $0 + $1.modeSwitches },
+            preemptions: stats.reduce(0) { $0 + $1.preemptions }, adapterLoads: stats.reduce(0) { $0 + $1.adapterLoads },
+            migrations: migrationsDone, migrationChecks: migrationChecks, kvPressureTriggers: kvPressureTriggers,
+            imbalanceTriggers: imbalanceTriggers, meanMigrationStall: stallCount > 0 ? stallSum / Double(stallCount) : 0,
+            events: events, eventLogHash: hash.value)
+        return SimulationResult(records: records, summary: summary, replicaStats: stats, invariants: inv, steps: stepLog)
+    }
+}

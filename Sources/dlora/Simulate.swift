@@ -1,0 +1,224 @@
+import ArgumentParser
+import Foundation
+import Scheduling
+import Simulator
+
+/// `dlora simulate`: the cluster at a scale this machine cannot serve — replicas running the real scheduler
+/// and router policies on modelled time (docs/design/simulator.md). Prints a summary table, or JSON.
+struct Simulate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Simulate replicas and the router on modelled hardware (the real scheduler and cluster policies).")
+
+    @Option(help: "Replicas.")
+    var replicas: Int = 1
+    @Option(help: "Adapters (popularity P(k) ∝ (k+1)^-alpha).")
+    var adapters: Int = 8
+    @Option(help: "Power-law skew of adapter popularity.")
+    var alpha: Double = 1.0
+    @Option(help: "Comma-separated LoRA ranks, adapter i gets the (i mod n)-th.")
+    var ranks: String = "16"
+    @Option(help: "Mean arrival rate, requests/s.")
+    var rate: Double = 2.0
+    @Option(help: "Requests to simulate (default 200 unless --duration is given).")
+    var requests: Int?
+    @Option(help: "Simulated seconds of arrivals (instead of --requests).")
+    var duration: Double?
+    @Option(help: "Azure LLM inference trace CSV (TIMESTAMP,…): arrival gaps scaled to --rate (default: Poisson).")
+    var trace: String?
+    @Flag(help: "Take prompt and output lengths from the trace's ContextTokens and GeneratedTokens columns.")
+    var traceLengths = false
+    @Option(help: "JSONL of conversations: {\"prompt_tokens\", \"output_tokens\"} or {\"prompt\", \"response\"} (≈ 4 bytes per token).")
+    var workload: String?
+    @Option(help: "Median prompt tokens of the seeded log-normal lengths (no --workload or --trace-lengths).")
+    var promptMedian: Double = 128
+    @Option(help: "Median output tokens of the seeded log-normal lengths.")
+    var outputMedian: Double = 128
+    @Option(help: "Prompt tokens at most.")
+    var maxPrompt: Int = 1024
+    @Option(help: "Output tokens at most.")
+    var maxOutput: Int = 1024
+    @Option(help: "Batching policy: \(PolicyOption.names).")
+    var policy: String = "dlora"
+    @Option(help: "Dispatch: \(SimDispatch.allCases.map(\.rawValue).joined(separator: ", ")).")
+    var dispatch: String = "dlora"
+    @Option(help: "Migration: off, recompute, kv.")
+    var migration: String = "off"
+    @Option(help: "Migration loop period, seconds (the router's default 10).")
+    var migrationPeriod: Double = 10
+    @Option(help: "Router status poll interval, ms (0: dispatch sees replicas' state at each instant).")
+    var pollMs: Double = 200
+    @Option(help: "Cost model: \(RooflineCostModel.names.joined(separator: ", ")).")
+    var cost: String = "cpu"
+    @Option(name: .customLong("kv-cache-mb"), help: "KV cache of a cpu replica, MiB (GPU models size it from the GPU's memory).")
+    var kvCacheMb: Int?
+    @Option(help: "Distinct adapters per unmerged iteration (LoRA slots).")
+    var adapterSlots: Int?
+    @Option(help: "Sequences per iteration at most (B).")
+    var maxBatchSequences: Int?
+    @Option(help: "SLO on latency per generated token, seconds.")
+    var slo: Double = 0.5
+    @Option(help: "Seed of the workload.")
+    var seed: UInt64 = 1
+    @Flag(help: "Print the summary as JSON.")
+    var json = false
+    @Option(help: "Write per-request records (CSV: id,adapter,arrival,first_token,finish,tokens,replica,migrations) to this file.")
+    var records: String?
+
+    var rankList: [Int] { ranks.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+
+    func validate() throws {
+        guard replicas >= 1, replicas <= 100_000 else { throw ValidationError("--replicas must be in 1...100000") }
+        guard adapters >= 1, adapters <= 1_000_000 else { throw ValidationError("--adapters must be in 1...1000000") }
+        guard rate > 0, rate.isFinite else { throw ValidationError("--rate must be positive") }
+        guard alpha >= 0, alpha.isFinite else { throw ValidationError("--alpha must be >= 0") }
+        guard requests == nil || duration == nil else { throw ValidationError("give --requests or --duration, not both") }
+        if let requests { guard requests >= 1 else { throw ValidationError("--requests must be >= 1") } }
+        if let duration { guard duration > 0, duration.isFinite else { throw ValidationError("--duration must be positive") } }
+        guard !rankList.isEmpty, rankList.count == ranks.split(separator: ",").count, rankList.allSatisfy({ $0 >= 1 && $0 <= 1024 }) else {
+            throw ValidationError("--ranks must be a comma-separated list of ranks in 1...1024")
+        }
+        guard maxPrompt >= 1, maxOutput >= 1, promptMedian >= 1, outputMedian >= 1 else {
+            throw ValidationError("--max-prompt, --max-output, --prompt-median and --output-median must be >= 1")
+        }
+        guard slo > 0, migrationPeriod > 0, pollMs >= 0 else { throw ValidationError("--slo and --migration-period must be positive, --poll-ms >= 0") }
+        if let s = adapterSlots { guard s >= 1 else { throw ValidationError("--adapter-slots must be >= 1") } }
+        if let b = maxBatchSequences { guard b >= 1 else { throw ValidationError("--max-batch-sequences must be >= 1") } }
+        _ = try PolicyOption.parse(policy, flag: "policy")
+        guard SimDispatch(rawValue: dispatch) != nil else {
+            throw ValidationError("unknown dispatch '\(dispatch)' (\(SimDispatch.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        guard SimMigration(rawValue: migration) != nil else { throw ValidationError("unknown migration '\(migration)' (off, recompute, kv)") }
+        guard RooflineCostModel.named(cost) != nil else {
+            throw ValidationError("unknown cost model '\(cost)' (\(RooflineCostModel.names.joined(separator: ", ")))")
+        }
+        if let kv = kvCacheMb {
+            guard cost == "cpu" else { throw ValidationError("--kv-cache-mb applies to --cost cpu only") }
+            guard kv >= 1, kv <= 1 << 20 else { throw ValidationError("--kv-cache-mb must be in 1...1048576") }
+        }
+        guard !traceLengths || trace != nil else { throw ValidationError("--trace-lengths needs --trace") }
+        guard !traceLengths || workload == nil else { throw ValidationError("give --trace-lengths or --workload, not both") }
+    }
+
+    func run() throws {
+        var model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
+        if let kvCacheMb {
+            model = CPUCostModel(kvCacheMegabytes: kvCacheMb, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256)
+        }
+        var arrivals = ArrivalProcess.poisson
+        var lengths = LengthSource.logNormal(promptMedian: promptMedian, outputMedian: outputMedian)
+        if let trace {
+            guard let text = try? String(contentsOfFile: trace, encoding: .utf8) else { throw CLIError("\(trace): cannot read the trace") }
+            let parsed = Workload.azureTrace(csv: text)
+            let gaps = Workload.gaps(parsed.times)
+            guard gaps.contains(where: { $0 > 0 }) else { throw CLIError("\(trace): no arrival times (TIMESTAMP column) found") }
+            arrivals = .traceGaps(gaps)
+            if traceLengths { lengths = .pairs(parsed.lengths) }
+        }
+        if let workload { lengths = .pairs(try Self.conversations(workload)) }
+        let spec = WorkloadSpec(requests: duration == nil ? (requests ?? 200) : nil, duration: duration, rate: rate, adapters: adapters, alpha: alpha,
+                                arrivals: arrivals, lengths: lengths, maxPrompt: maxPrompt, maxOutput: maxOutput, seed: seed)
+        if let problem = spec.problem { throw CLIError(problem) }
+        let requestsList = Workload.generate(spec)
+        // A request must fit a replica beside its adapter (the scheduler would reject it).
+        let limit = model.shape.schedulerConfig(policy: .dlora, costs: model.schedulerPrior).contextLimit
+        guard maxPrompt + 1 < limit else { throw CLIError("--max-prompt \(maxPrompt) does not fit the \(model.name) replica's \(limit)-token limit") }
+
+        var config = SimulationConfig(replicas: replicas, cost: model, policy: BatchingPolicyKind(rawValue: policy)!,
+                                      dispatch: SimDispatch(rawValue: dispatch)!, migration: SimMigration(rawValue: migration)!)
+        config.migrationConfig.periodSeconds = migrationPeriod
+        config.pollInterval = pollMs / 1000
+        config.adapterRanks = rankList
+        config.slo = slo
+        let started = DispatchTime.now().uptimeNanoseconds
+        let result = Simulation.run(config, workload: requestsList)
+        let wall = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+        let s = result.summary
+        if let records { try Self.writeRecords(result.records, to: records) }
+        guard result.invariants.holds else { throw CLIError("an invariant broke: \(result.invariants)") }
+
+        let rows: [(String, String)] = [
+            ("cost model", model.name), ("replicas", "\(replicas)"), ("adapters", "\(adapters)"), ("policy", policy), ("dispatch", dispatch),
+            ("migration", migration), ("requests", "\(s.requests)"), ("finished", "\(s.finished)"), ("rejected", "\(s.rejected)"),
+            ("generated tokens", "\(s.generatedTokens)"), ("makespan s", fmt(s.makespan, 2)), ("throughput tok/s", fmt(s.throughput, 1)),
+            ("avg latency per token s", fmt(s.avgLatencyPerToken, 4)), ("P90 latency s", fmt(s.p90Latency, 3)),
+            ("mean TTFT s", fmt(s.meanTTFT, 3)), ("P90 TTFT s", fmt(s.p90TTFT, 3)), ("SLO attainment", fmt(s.sloAttainment * 100, 1) + " %"),
+            ("iterations", "\(s.steps)"), ("mode switches", "\(s.modeSwitches)"), ("preemptions", "\(s.preemptions)"),
+            ("adapter loads", "\(s.adapterLoads)"), ("migrations", "\(s.migrations)"),
+            ("migration checks (fired: KV pressure / imbalance)", "\(s.migrationChecks) (\(s.kvPressureTriggers) / \(s.imbalanceTriggers))"), ("mean migration stall s", fmt(s.meanMigrationStall, 4)),
+            ("events", "\(s.events)"), ("event log hash", String(s.eventLogHash, radix: 16)), ("wall s", fmt(wall, 2)),
+            ("events/s (wall)", fmt(Double(s.events) / max(wall, 1e-9), 0)), ("simulated/wall", fmt(s.makespan / max(wall, 1e-9), 1)),
+        ]
+        if json {
+            var object: [String: Any] = [:]
+            object["cost_model"] = model.name
+            object["replicas"] = replicas
+            object["adapters"] = adapters
+            object["policy"] = policy
+            object["dispatch"] = dispatch
+            object["migration"] = migration
+            object["requests"] = s.requests
+            object["finished"] = s.finished
+            object["rejected"] = s.rejected
+            object["generated_tokens"] = s.generatedTokens
+            object["makespan_seconds"] = s.makespan
+            object["throughput_tokens_per_second"] = s.throughput
+            object["avg_latency_per_token_seconds"] = s.avgLatencyPerToken
+            object["p90_latency_seconds"] = s.p90Latency
+            object["mean_ttft_seconds"] = s.meanTTFT
+            object["p90_ttft_seconds"] = s.p90TTFT
+            object["slo_attainment"] = s.sloAttainment
+            object["iterations"] = s.steps
+            object["mode_switches"] = s.modeSwitches
+            object["preemptions"] = s.preemptions
+            object["adapter_loads"] = s.adapterLoads
+            object["migrations"] = s.migrations
+            object["migration_checks"] = s.migrationChecks
+            object["kv_pressure_triggers"] = s.kvPressureTriggers
+            object["imbalance_triggers"] = s.imbalanceTriggers
+            object["mean_migration_stall_seconds"] = s.meanMigrationStall
+            object["events"] = s.events
+            object["event_log_hash"] = String(s.eventLogHash, radix: 16)
+            object["wall_seconds"] = wall
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            print(String(decoding: data, as: UTF8.self))
+        } else {
+            print("| | |")
+            print("|---|---:|")
+            for (k, v) in rows { print("| \(k) | \(v) |") }
+        }
+    }
+
+    private func fmt(_ x: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", x) }
+
+    /// (prompt, output) token counts from a JSONL file: integer `prompt_tokens`/`output_tokens`, or the text
+    /// of `prompt`/`response` at ≈ 4 UTF-8 bytes per token (no tokenizer here: docs/design/simulator.md).
+    static func conversations(_ path: String) throws -> [(prompt: Int, output: Int)] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("\(path): cannot read the workload") }
+        var out: [(prompt: Int, output: Int)] = []
+        for line in text.split(whereSeparator: \.isNewline) {
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { continue }
+            if let p = obj["prompt_tokens"] as? Int, let o = obj["output_tokens"] as? Int, p >= 1, o >= 1 {
+                out.append((p, o))
+            } else if let p = obj["prompt"] as? String, let r = obj["response"] as? String {
+                let pt = (p.utf8.count + 3) / 4
+                guard pt >= 4 else { continue }
+                out.append((pt, max(1, (r.utf8.count + 3) / 4)))
+            }
+        }
+        guard !out.isEmpty else { throw CLIError("\(path): no conversations found") }
+        return out
+    }
+
+    static func writeRecords(_ records: [RequestRecord], to path: String) throws {
+        var text = "id,adapter,arrival,first_token,finish,tokens,replica,migrations\n"
+        for r in records {
+            text += "\(r.id),\(r.adapter),\(r.arrival),\(r.firstToken.map { "\($0)" } ?? ""),\(r.finish.map { "\($0)" } ?? ""),"
+                + "\(r.tokens),\(r.replica.map(String.init) ?? ""),\(r.migrations)\n"
+        }
+        do {
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+        } catch {
+            throw CLIError("\(path): cannot write the records")
+        }
+    }
+}

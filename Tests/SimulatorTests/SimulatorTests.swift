@@ -1,0 +1,187 @@
+import ClusterPolicy
+import Scheduling
+import Testing
+
+@testable import Simulator
+
+/// A small cluster under memory pressure: 4 replicas of the CPU model with 24 MiB of KV each (34 blocks), 16
+/// adapters, prompts up to 256 tokens.
+private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: SimMigration = .kv, requests: Int = 120) -> SimulationResult {
+    var config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24), policy: .dlora, dispatch: dispatch, migration: migration)
+    config.migrationConfig = MigrationConfiguration(periodSeconds: 2, requestExcess: 3)
+    config.adapterRanks = [8, 16, 32, 64]
+    let spec = WorkloadSpec(requests: requests, rate: 20, adapters: 16, alpha: 1, lengths: .logNormal(promptMedian: 64, outputMedian: 24),
+                            maxPrompt: 256, maxOutput: 96, seed: seed)
+    return Simulation.run(config, workload: Workload.generate(spec))
+}
+
+@Suite struct EventQueueTests {
+    @Test func popsInTimeOrderAndTiesInPushOrder() {
+        var q = EventQueue<Int>()
+        let times = [3.0, 1.0, 2.0, 1.0, 5.0, 2.0, 1.0]
+        for (i, t) in times.enumerated() { q.push(i, at: t) }
+        var out: [(Double, Int)] = []
+        while let e = q.pop() { out.append((e.time, e.payload)) }
+        #expect(out.map(\.0) == [1, 1, 1, 2, 2, 3, 5])
+        #expect(out.map(\.1) == [1, 3, 6, 2, 5, 0, 4])
+    }
+
+    @Test func randomHeapMatchesSort() {
+        var rng = SimRandom(seed: 7)
+        var q = EventQueue<Int>()
+        var reference: [(Double, Int)] = []
+        for i in 0..<2000 {
+            let t = Double(rng.next() % 100)
+            q.push(i, at: t)
+            reference.append((t, i))
+        }
+        reference.sort { $0.0 != $1.0 ? $0.0 < $1.0 : $0.1 < $1.1 }
+        var popped: [Int] = []
+        while let e = q.pop() { popped.append(e.payload) }
+        #expect(popped == reference.map(\.1))
+    }
+}
+
+@Suite struct WorkloadTests {
+    @Test func parsesTheAzureTrace() {
+        let csv = """
+        TIMESTAMP,ContextTokens,GeneratedTokens
+        2023-11-16 18:15:46.6805900,374,44
+        2023-11-16 18:15:50.9951690,396,109
+        garbage
+        2023-11-17 00:00:00,10,1
+        """
+        let (times, lengths) = Workload.azureTrace(csv: csv)
+        #expect(times.count == 3)
+        #expect(abs((times[1] - times[0]) - 4.314579) < 1e-6)
+        #expect(abs((times[2] - times[0]) - (86_400 - (18 * 3600 + 15 * 60 + 46.68059))) < 1e-6)
+        #expect(lengths.count == 3 && lengths[0].prompt == 374 && lengths[1].output == 109)
+        // The trace file ends its lines with CR LF (one Character in Swift).
+        let crlf = Workload.azureTrace(csv: "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.5,3,4\r\n2023-11-16 18:15:47,5,6\r\n")
+        #expect(crlf.times.count == 2 && crlf.lengths.count == 2 && abs(crlf.times[1] - crlf.times[0] - 0.5) < 1e-9)
+        // 1970-01-01 is day 0.
+        #expect(Workload.parseTimestamp("1970-01-02 00:00:01") == 86_401)
+    }
+
+    @Test func poissonRateAndPowerLawPopularity() {
+        let spec = WorkloadSpec(requests: 20_000, rate: 5, adapters: 8, alpha: 1, seed: 3)
+        let w = Workload.generate(spec)
+        let rate = Double(w.count - 1) / w.last!.arrival
+        #expect(abs(rate - 5) / 5 < 0.03)
+        var counts = [Int](repeating: 0, count: 8)
+        for r in w { counts[r.adapter] += 1 }
+        // P(k) ∝ 1/(k+1): adapter 0 twice as popular as adapter 1, 8 times adapter 7.
+        #expect(abs(Double(counts[0]) / Double(counts[1]) - 2) < 0.15)
+        #expect(abs(Double(counts[0]) / Double(counts[7]) - 8) < 1.2)
+        #expect(Workload.generate(spec) == w)
+    }
+
+    @Test func traceGapsAreScaledToTheRate() {
+        let gaps = [1.0, 3.0, 0.0, 4.0]
+        let w = Workload.generate(WorkloadSpec(requests: 5, rate: 1, adapters: 1, arrivals: .traceGaps(gaps), lengths: .fixed(prompt: 4, output: 2)))
+        #expect(w.map(\.arrival) == [0, 0.5, 2, 2, 4])
+    }
+}
+
+@Suite struct CostModelTests {
+    /// The roofline is calibrated to dLoRA's profiled Llama-2 7B / A800 points at a full batch of 32 decodes
+    /// with ~500 tokens of context each: merged 15 ms, unmerged (32 adapters) 27 ms, switch 20 ms.
+    @Test func rooflineMeetsTheProfiledPoints() throws {
+        let m = try #require(RooflineCostModel.named("a800-7b") as? RooflineCostModel)
+        let merged = m.stepSeconds(StepShape(mode: .merged(adapter: 0), sequences: 32, tokens: 32, prefillTokens: 0, contextTokens: 32 * 500,
+                                             distinctAdapters: 0, loraTokens: 0))
+        let unmerged = m.stepSeconds(StepShape(mode: .unmerged, sequences: 32, tokens: 32, prefillTokens: 0, contextTokens: 32 * 500,
+                                               distinctAdapters: 32, loraTokens: 32))
+        #expect(abs(merged - 0.015) < 0.001)
+        #expect(abs(unmerged - 0.027) < 0.0015)
+        let a = m.adapterProfile(key: 0, rank: 16)
+        #expect(abs(m.mergeSeconds(a) + m.unmergeSeconds(a) - 0.020) < 1e-9)
+        // Faster memory → faster decode; 70B runs on 4 GPUs.
+        let h200 = try #require(RooflineCostModel.named("h200-7b"))
+        #expect(h200.stepSeconds(StepShape(mode: .unmerged, sequences: 32, tokens: 32, prefillTokens: 0, contextTokens: 16000,
+                                           distinctAdapters: 4, loraTokens: 32)) < unmerged)
+        #expect((RooflineCostModel.named("a100-70b") as? RooflineCostModel)?.tensorParallel == 4)
+        #expect(RooflineCostModel.named("tpu-7b") == nil)
+        #expect(RooflineCostModel.names.count == 13)
+    }
+
+    @Test func cpuModelReproducesTheBenchRows() {
+        let m = CPUCostModel()
+        func decode(_ b: Int) -> Double {
+            m.stepSeconds(StepShape(mode: .unmerged, sequences: b, tokens: b, prefillTokens: 0, contextTokens: 128 * b, distinctAdapters: 0,
+                                    loraTokens: 0))
+        }
+        // bench/results/core.md: 8.79 / 25.14 / 76.79 ms per decode step at batch 1 / 8 / 32.
+        #expect(abs(decode(1) - 0.00879) < 0.0005)
+        #expect(abs(decode(8) - 0.02514) < 0.0015)
+        #expect(abs(decode(32) - 0.07679) < 0.001)
+        // bench/results/lora.md: a q/v rank-16 merge 10.64 ms; the adapter 1.8 MB.
+        let a = m.adapterProfile(key: 0, rank: 16)
+        #expect(abs(m.mergeSeconds(a) - 0.01064) < 0.0005)
+        #expect(abs(Double(a.bytes) / 1e6 - 1.84) < 0.05)
+        #expect(Double(a.loraParameters) == StepCostModel.smolLM2Reference.referenceLoRAParameters)
+    }
+}
+
+@Suite struct SimulationTests {
+    @Test func sameSeedSameLogDifferentSeedDifferentLog() {
+        let a = pressured(seed: 11), b = pressured(seed: 11), c = pressured(seed: 12)
+        #expect(a.summary.eventLogHash == b.summary.eventLogHash)
+        #expect(a.summary == b.summary)
+        #expect(a.records == b.records)
+        #expect(a.summary.eventLogHash != c.summary.eventLogHash)
+    }
+
+    /// Every request finishes exactly once with exactly its workload's tokens (moves lose and repeat none), no
+    /// replica ever holds more blocks than it has (and requests' plus adapters' blocks add up to the pool's
+    /// used blocks), simulated time never goes back.
+    @Test(arguments: [SimMigration.off, .recompute, .kv])
+    func invariantsHold(migration: SimMigration) {
+        for dispatch in SimDispatch.allCases {
+            let r = pressured(seed: 5, dispatch: dispatch, migration: migration, requests: 100)
+            #expect(r.invariants.holds, "\(dispatch) \(migration): \(r.invariants)")
+            #expect(r.summary.finished == 100)
+            let w = Workload.generate(WorkloadSpec(requests: 100, rate: 20, adapters: 16, alpha: 1,
+                                                   lengths: .logNormal(promptMedian: 64, outputMedian: 24), maxPrompt: 256, maxOutput: 96, seed: 5))
+            for (rec, req) in zip(r.records, w) where rec.finishReason != .length {
+                #expect(rec.tokens == req.outputTokens, "request \(rec.id)")
+                #expect(rec.finishReason == .stop)
+            }
+            #expect(r.summary.preemptions > 0, "the workload is meant to press on memory")
+        }
+    }
+
+    @Test func migrationMovesRequestsAndCountsItsTriggers() {
+        let kv = pressured(seed: 5, dispatch: .roundRobin, migration: .kv)
+        let recompute = pressured(seed: 5, dispatch: .roundRobin, migration: .recompute)
+        #expect(kv.summary.migrations > 0)
+        #expect(recompute.summary.migrations > 0)
+        #expect(kv.records.contains { $0.migrations > 0 })
+        #expect(kv.summary.migrationChecks > 0 && kv.summary.kvPressureTriggers + kv.summary.imbalanceTriggers > 0)
+        #expect(pressured(seed: 5, dispatch: .roundRobin, migration: .off).summary.migrationChecks == 0)
+    }
+
+    /// docs/design/simulator.md, "A closed-form case": one replica, every iteration τ, Poisson arrivals at λ,
+    /// prompts that fit one iteration, L output tokens, batch limits never binding. A request waits only for
+    /// the iteration in progress: W ≤ τ always, and E[W] = P(busy)·τ/2 ≤ λ·L·τ·τ/2.
+    @Test func queueingDelayWithinTheMD1BatchingBound() {
+        let tau = 0.01, lambda = 2.0, L = 10
+        let shape = CPUCostModel().shape
+        var config = SimulationConfig(replicas: 1, cost: FixedStepCostModel(stepSeconds: tau, shape: shape), policy: .unmergedOnly,
+                                      dispatch: .roundRobin)
+        config.pollInterval = 0
+        let w = Workload.generate(WorkloadSpec(requests: 3000, rate: lambda, adapters: 4, lengths: .fixed(prompt: 8, output: L), seed: 9))
+        let r = Simulation.run(config, workload: w)
+        #expect(r.invariants.holds)
+        let waits = r.records.map { $0.firstToken! - $0.arrival - tau }
+        #expect(waits.allSatisfy { $0 >= -1e-9 && $0 <= tau + 1e-9 })
+        let n = Double(waits.count)
+        let mean = waits.reduce(0, +) / n
+        let sd = (waits.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / (n - 1)).squareRoot()
+        let bound = lambda * Double(L) * tau * tau / 2
+        #expect(mean <= bound + 3 * sd / n.squareRoot(), "mean wait \(mean) s, bound \(bound) s")
+        #expect(mean > 0.25 * bound, "the load is light but not empty")
+        // Every request then takes exactly L iterations.
+        #expect(r.records.allSatisfy { abs($0.finish! - $0.firstToken! - Double(L - 1) * tau) < 1e-9 })
+    }
+}

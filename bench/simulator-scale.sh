@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Simulator speed at scale (docs/design/simulator.md, "Speed"). Builds only the pure modules (Scheduling,
+# ClusterPolicy, Simulator) with swiftc -O — no full release build of the server — and one small driver, then
+# times one simulation per line of $RUNS. Run under `nice -n 19` on a shared machine: numbers are lower bounds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/dlora-simulator-scale}
+TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
+mkdir -p "$OUT"
+build() { # module sources...
+    local m=$1; shift
+    swiftc -O -wmo -parse-as-library -module-name "$m" -I "$OUT" -emit-module -emit-module-path "$OUT/$m.swiftmodule" \
+        -emit-library -static -o "$OUT/lib$m.a" "$@"
+}
+build Scheduling Sources/Scheduling/*.swift
+build ClusterPolicy Sources/ClusterPolicy/*.swift
+build Simulator Sources/Simulator/*.swift
+swiftc -O -I "$OUT" -L "$OUT" -lSimulator -lClusterPolicy -lScheduling bench/simulator-scale.swift -o "$OUT/simulator-scale"
+echo "| replicas | adapters | trace s | req/s | cost | dispatch | migration | requests | events | wall s | events/s | simulated/wall | tok/s | avg latency/token s | migrations | invariants |"
+echo "|---:|---:|---:|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"
+RUNS=${RUNS:-"100 1000 60 150 a800-7b dlora off"}
+while read -r line; do
+    [ -n "$line" ] && "$OUT/simulator-scale" $line "$TRACE"
+done <<< "$RUNS"
