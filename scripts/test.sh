@@ -9,3 +9,4 @@ swift build --build-tests
 swift test --skip-build
 # A real client: the official openai package against a running `dlora serve` on loopback.
 python3 Tests/python/test_openai_client.py "$(swift build --show-bin-path)/dlora"
+python3 Tests/python/test_openai_client.py "$(swift build --show-bin-path)/dlora" --cluster

@@ -53,6 +53,11 @@ public final class ReplicaSet: @unchecked Sendable {
 
     public var healthyCount: Int { snapshot.filter { $0.healthy && !$0.gone }.count }
 
+    /// Closes the HTTP client's connections (call once, when the router stops).
+    public func shutdown() async {
+        try? await http.shutdown()
+    }
+
     /// A transport failure on a stream or call: out until a poll succeeds again.
     public func markDown(_ i: Int) {
         lock.lock()

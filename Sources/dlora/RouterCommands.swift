@@ -77,7 +77,15 @@ func runRouter(_ router: ClusterRouter, host: String, port: Int, label: String, 
     let background = Task { await router.replicas.pollOnce(); await router.runBackground() }
     defer { background.cancel() }
     let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-    try await group.run()
+    do {
+        try await group.run()
+    } catch {
+        background.cancel()
+        await router.replicas.shutdown()
+        throw error
+    }
+    background.cancel()
+    await router.replicas.shutdown()
 }
 
 /// `dlora router`: the OpenAI API in front of running replicas.
@@ -149,6 +157,8 @@ struct ClusterCommand: AsyncParsableCommand {
     @Option(help: "Router port (0: any free port).")
     var port: Int = 8000
     @OptionGroup var flags: RouterFlags
+    @Argument(parsing: .postTerminator, help: "After --: more `dlora serve` flags for every replica (e.g. -- --served-model-name m --max-queue 64).")
+    var serveArguments: [String] = []
 
     func validate() throws {
         guard replicas >= 1, replicas <= 64 else { throw ValidationError("--replicas must be between 1 and 64") }
@@ -161,12 +171,13 @@ struct ClusterCommand: AsyncParsableCommand {
         let admin = flags.resolvedAdminKey ?? (0..<4).map { _ in String(UInt64.random(in: .min ... .max), radix: 16) }.joined()
         let total = threads ?? ProcessInfo.processInfo.activeProcessorCount
         let perReplica = max(1, total / replicas)
-        var replicaArgs: [String] = ["serve", "--host", "127.0.0.1", "--threads", String(perReplica)]
+        var replicaArgs: [String] = ["serve", "--host", "127.0.0.1", "--threads", String(perReplica), "--exit-with-parent"]
         if let model { replicaArgs += ["--model", model] }
         if let adapters { replicaArgs += ["--adapters", adapters] }
         if let adapterSlots { replicaArgs += ["--adapter-slots", String(adapterSlots)] }
         if let kvCacheMb { replicaArgs += ["--kv-cache-mb", String(kvCacheMb)] }
         if let policy { replicaArgs += ["--policy", policy] }
+        replicaArgs += serveArguments
         let ports = try (0..<replicas).map { _ in try freeLoopbackPort() }
         let supervisor = ReplicaSupervisor(executable: try executablePath(), arguments: replicaArgs, ports: ports, adminKey: admin,
                                            apiKey: flags.options(adminKey: admin).apiKey)
@@ -180,10 +191,16 @@ struct ClusterCommand: AsyncParsableCommand {
         while Date() < deadline {
             await set.pollOnce()
             if set.healthyCount == replicas { break }
-            guard supervisor.anyAlive else { throw CLIError("the replicas exited at start (see their messages above)") }
+            guard supervisor.anyAlive else {
+                await set.shutdown()
+                throw CLIError("the replicas exited at start (see their messages above)")
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
-        guard set.healthyCount > 0 else { throw CLIError("no replica came up within 300 s") }
+        guard set.healthyCount > 0 else {
+            await set.shutdown()
+            throw CLIError("no replica came up within 300 s")
+        }
         let router = ClusterRouter(replicas: set, options: flags.options(adminKey: admin))
         try await runRouter(router, host: host, port: port,
                             label: "\(replicas) replicas × \(perReplica) threads, dispatch \(flags.dispatch), migration \(flags.migration)") { _ in }

@@ -48,6 +48,8 @@ struct Serve: AsyncParsableCommand {
     var idleTimeout: Double = 30
     @Option(help: "Open connections at most; beyond, the oldest idle one is closed, or the new one if none is idle.")
     var maxConnections: Int = 512
+    @Flag(help: .hidden)
+    var exitWithParent = false
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
@@ -99,6 +101,19 @@ struct Serve: AsyncParsableCommand {
                     "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks\n".utf8))
             }
         )
+        // A replica started by `dlora cluster` drains and stops when its supervisor is gone (even one killed with
+        // SIGKILL), instead of living on as an orphan that holds its port.
+        let parentWatch = exitWithParent ? Task.detached {
+            let parent = getppid()
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(500))
+                if getppid() != parent {
+                    kill(getpid(), SIGTERM)
+                    return
+                }
+            }
+        } : nil
+        defer { parentWatch?.cancel() }
         let group = ServiceGroup(configuration: .init(
             services: [.init(service: app), .init(service: DrainService(server: server))],
             gracefulShutdownSignals: [.sigterm, .sigint],

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""The official `openai` Python client drives a running `dlora serve` process on loopback.
+"""The official `openai` Python client drives a running `dlora serve` process on loopback — or, with --cluster,
+a `dlora cluster` (two replicas behind the router), which must answer the same API the same way.
 
-Usage: test_openai_client.py DLORA_BINARY
+Usage: test_openai_client.py DLORA_BINARY [--cluster]
 Starts the server on the tiny test model with its adapters (port 0, an API key), checks completions, chat,
 streaming, the models list, an adapter request, an unknown model and a bad key, reads /metrics with
 prometheus_client's parser (the vLLM-named series inference routers scrape), then stops it with SIGTERM
@@ -25,11 +26,16 @@ ADAPTERS = os.path.join(ROOT, "Tests/Fixtures/lora/tiny-llama")
 KEY = "sk-dlora-test"
 
 
-def start(binary):
-    proc = subprocess.Popen(
-        [binary, "serve", "--model", MODEL, "--adapters", ADAPTERS, "--port", "0", "--api-key", KEY,
-         "--kv-cache-mb", "64", "--shutdown-deadline", "5", "--served-model-name", "tiny-llama"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+def start(binary, cluster):
+    serve_flags = ["--kv-cache-mb", "64", "--shutdown-deadline", "5", "--served-model-name", "tiny-llama"]
+    if cluster:
+        command = [binary, "cluster", "--replicas", "2", "--threads", "2", "--model", MODEL, "--adapters", ADAPTERS, "--port", "0",
+                   "--api-key", KEY, "--admin-key", "admin-test", "--"] + serve_flags
+        ready = r"router on http://127\.0\.0\.1:(\d+)"
+    else:
+        command = [binary, "serve", "--model", MODEL, "--adapters", ADAPTERS, "--port", "0", "--api-key", KEY] + serve_flags
+        ready = r"serving .* on http://127\.0\.0\.1:(\d+)"
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     port = None
     deadline = time.time() + 60
     lines = []
@@ -38,13 +44,13 @@ def start(binary):
         if not line:
             break
         lines.append(line)
-        m = re.search(r"serving .* on http://127\.0\.0\.1:(\d+)", line)
+        m = re.search(ready, line)
         if m:
             port = int(m.group(1))
             break
     if port is None:
         proc.kill()
-        sys.exit("dlora serve did not start:\n" + "".join(lines))
+        sys.exit(f"{command[1]} did not start:\n" + "".join(lines))
     # Keep draining stderr so the server never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     return proc, port
@@ -72,9 +78,27 @@ def check_metrics(port):
     assert lora.labels["waiting_lora_adapters"] == "", lora
 
 
+def check_router_metrics(port):
+    """The router's own series, as the Prometheus project's own parser reads them."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    up = [s for s in families["dlora_router_replica_up"].samples]
+    assert len(up) == 2 and all(s.value == 1 for s in up), up
+    dispatched = sum(s.value for s in families["dlora_router_dispatch"].samples)
+    assert dispatched >= 5, dispatched  # the five generations that reached a replica
+    assert families["dlora_router_migration_stall_seconds"].type == "histogram"
+
+
+def replica_pids(proc_pid):
+    out = subprocess.run(["pgrep", "-P", str(proc_pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
 def main():
     binary = sys.argv[1]
-    proc, port = start(binary)
+    cluster = "--cluster" in sys.argv[2:]
+    proc, port = start(binary, cluster)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
 
@@ -129,15 +153,31 @@ def main():
         except openai.AuthenticationError as e:
             assert e.status_code == 401
 
-        check_metrics(port)
+        if cluster:
+            check_router_metrics(port)
+            children = replica_pids(proc.pid)
+            assert len(children) == 2, children
+        else:
+            check_metrics(port)
 
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=30)
-        assert rc == 0, f"dlora serve exited with {rc} after SIGTERM"
-        print("openai client: all checks passed")
+        assert rc == 0, f"{'dlora cluster' if cluster else 'dlora serve'} exited with {rc} after SIGTERM"
+        if cluster:
+            time.sleep(0.2)
+            alive = [p for p in children if os.path.exists(f"/proc/{p}") and "zombie" not in open(f"/proc/{p}/status").read()]
+            assert not alive, f"replicas still running after the cluster stopped: {alive}"
+        print(f"openai client{' (through the router)' if cluster else ''}: all checks passed")
     finally:
         if proc.poll() is None:
+            # The cluster's replicas are its children: stop them by PID too, never leave them running.
+            stray = replica_pids(proc.pid) if cluster else []
             proc.kill()
+            for p in stray:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
 
 
 if __name__ == "__main__":
