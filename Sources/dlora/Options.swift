@@ -144,3 +144,19 @@ struct SamplingOptions: ParsableArguments {
         }
     }
 }
+
+/// `--api-key` and `--admin-key`, for `serve`, `router` and `cluster`: a flag wins over its environment variable
+/// (DLORA_API_KEY, DLORA_ADMIN_KEY); an empty variable counts as none.
+struct KeyOptions: ParsableArguments {
+    @Option(name: .customLong("api-key"), help: "Bearer key required on /v1/* (default: env DLORA_API_KEY, else none).")
+    var apiKey: String?
+    @Option(name: .customLong("admin-key"), help: "Bearer key for adapter loading and the control API — /internal/* on a replica, /admin/* on the router, which also uses it to reach its replicas (default: env DLORA_ADMIN_KEY; none disables them).")
+    var adminKey: String?
+
+    var resolvedAPIKey: String? { apiKey ?? Self.environment("DLORA_API_KEY") }
+    var resolvedAdminKey: String? { adminKey ?? Self.environment("DLORA_ADMIN_KEY") }
+
+    static func environment(_ name: String) -> String? {
+        ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}

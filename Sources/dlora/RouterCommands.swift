@@ -25,10 +25,7 @@ struct RouterFlags: ParsableArguments {
     var migrationRequestExcess: Int = 16
     @Option(help: "Milliseconds between reads of the replicas' status.")
     var pollMs: Int = 200
-    @Option(name: .customLong("api-key"), help: "Bearer key required on /v1/* (default: env DLORA_API_KEY, else none).")
-    var apiKey: String?
-    @Option(name: .customLong("admin-key"), help: "Bearer key for adapter loading, /admin/* and the replicas' control API (default: env DLORA_ADMIN_KEY).")
-    var adminKey: String?
+    @OptionGroup var keys: KeyOptions
     @Option(help: "Largest request body, bytes.")
     var maxBodyBytes: Int = 1 << 20
 
@@ -45,9 +42,8 @@ struct RouterFlags: ParsableArguments {
     }
 
     func options(adminKey resolvedAdmin: String?) -> RoutingOptions {
-        let env = ProcessInfo.processInfo.environment
         var o = RoutingOptions()
-        o.apiKey = apiKey ?? env["DLORA_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        o.apiKey = keys.resolvedAPIKey
         o.adminKey = resolvedAdmin
         o.dispatch = DispatchKind(rawValue: dispatch) ?? .dlora
         o.migration = MigrationMode(rawValue: migration)
@@ -59,9 +55,7 @@ struct RouterFlags: ParsableArguments {
         return o
     }
 
-    var resolvedAdminKey: String? {
-        adminKey ?? ProcessInfo.processInfo.environment["DLORA_ADMIN_KEY"].flatMap { $0.isEmpty ? nil : $0 }
-    }
+    var resolvedAdminKey: String? { keys.resolvedAdminKey }
 }
 
 /// Runs a router until SIGTERM/SIGINT.

@@ -24,10 +24,7 @@ struct Serve: AsyncParsableCommand {
     var host: String = "127.0.0.1"
     @Option(help: "Port (0: any free port, printed at start).")
     var port: Int = 8000
-    @Option(name: .customLong("api-key"), help: "Bearer key required on /v1/* (default: env DLORA_API_KEY, else none).")
-    var apiKey: String?
-    @Option(name: .customLong("admin-key"), help: "Bearer key for /v1/load_lora_adapter and /v1/unload_lora_adapter (default: env DLORA_ADMIN_KEY; none disables them).")
-    var adminKey: String?
+    @OptionGroup var keys: KeyOptions
     @Option(help: "Name the base model is served under (default: the model file's name).")
     var servedModelName: String?
     @Option(help: "Largest request body, bytes.")
@@ -67,7 +64,6 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         let (path, loaded) = try modelOptions.load()
         let config = loaded.model.config
-        let env = ProcessInfo.processInfo.environment
         let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
 
         let engineConfig = engineOptions.configuration(for: config, policy: policyOption.kind)
@@ -76,8 +72,8 @@ struct Serve: AsyncParsableCommand {
         defer { engine.shutdown() }
 
         var options = ServerOptions(modelName: servedModelName ?? Self.modelName(path))
-        options.apiKey = apiKey ?? env["DLORA_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
-        options.adminKey = adminKey ?? env["DLORA_ADMIN_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        options.apiKey = keys.resolvedAPIKey
+        options.adminKey = keys.resolvedAdminKey
         options.maxBodyBytes = maxBodyBytes
         options.maxQueue = maxQueue
         options.maxPromptTokens = maxPromptTokens
