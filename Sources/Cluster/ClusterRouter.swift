@@ -18,7 +18,6 @@ public struct RoutingOptions: Sendable {
     public var migration: MigrationMode? = nil
     /// How often the replicas' status is read, and how often the migration trigger is checked.
     public var pollInterval: Duration = .milliseconds(200)
-    public var migrationInterval: Duration = .seconds(10)
     /// Requests with fewer tokens left than this are never moved.
     public var migrationMinRemainingTokens = 16
     /// How often dLoRA dispatch re-places adapters from their arrival rates.
@@ -81,8 +80,8 @@ public final class ClusterRouter: Sendable {
     // MARK: Policies
 
     /// What the policies see: the last status of each replica, with the requests dispatched since it.
-    func loads(includeRequests: Bool = false) -> [ReplicaLoad] {
-        replicas.snapshot.enumerated().compactMap { i, e -> ReplicaLoad? in
+    func loads(_ entries: [ReplicaSet.Entry], includeRequests: Bool = false) -> [ReplicaLoad] {
+        entries.enumerated().compactMap { i, e -> ReplicaLoad? in
             guard let s = e.status, !e.gone else { return nil }
             var per: [String: ClusterPolicy.AdapterCounts] = [:]
             for (name, c) in s.perAdapter { per[name] = .init(waiting: c.waiting, running: c.running) }
@@ -116,10 +115,13 @@ public final class ClusterRouter: Sendable {
 
     /// The replica for a new request of `model`, among the healthy ones not excluded.
     func dispatch(model: String, promptTokens: Int, excluding: Set<Int>) -> Int? {
-        let base = replicas.snapshot.compactMap(\.status).first?.model
+        let entries = replicas.snapshot
+        let base = entries.compactMap(\.status).first?.model
         let adapter = model == base ? "" : model
         if !adapter.isEmpty { arrivals.withLock { $0.counts[adapter, default: 0] += 1 } }
-        let candidates = loads().filter { !excluding.contains($0.id) && (adapter.isEmpty || replicas.snapshot[$0.id].status?.adapters.contains(adapter) == true) }
+        let candidates = loads(entries).filter {
+            !excluding.contains($0.id) && (adapter.isEmpty || entries[$0.id].status?.adapters.contains(adapter) == true)
+        }
         return policy.withLock { $0.choose(adapter: adapter, promptTokens: promptTokens, replicas: candidates) }
     }
 
@@ -138,7 +140,7 @@ public final class ClusterRouter: Sendable {
                 a = ([:], rates)
                 return rates
             }
-            let current = loads()
+            let current = loads(replicas.snapshot)
             guard !rates.isEmpty, !current.isEmpty else { continue }
             policy.withLock { p in
                 guard var d = p as? DLoRAProactive else { return }
@@ -153,8 +155,8 @@ public final class ClusterRouter: Sendable {
         let trigger = MigrationTrigger(configuration: options.migrationConfig)
         let planner = MigrationPlanner(configuration: options.migrationConfig)
         while !Task.isCancelled {
-            try? await Task.sleep(for: options.migrationInterval)
-            let current = loads(includeRequests: true)
+            try? await Task.sleep(for: .milliseconds(Int64(options.migrationConfig.periodSeconds * 1000)))
+            let current = loads(replicas.snapshot, includeRequests: true)
             guard trigger.check(current) != nil else { continue }
             let plan = planner.plan(replicas: current)
             let bySerial = flights.withLock { f in Dictionary(f.values.map { ($0.serial, $0.id) }, uniquingKeysWith: { a, _ in a }) }

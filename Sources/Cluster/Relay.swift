@@ -204,7 +204,8 @@ extension ClusterRouter {
         guard let f = flights.withLock({ $0[requestID] }) else { return .notMoved("no such request in flight") }
         let from = f.replica
         guard from >= 0, from != to else { return .notMoved(from == to ? "the request already runs there" : "the request is not running") }
-        guard to >= 0, to < replicas.snapshot.count, replicas.snapshot[to].healthy else { return .notMoved("replica \(to) is not healthy") }
+        let entries = replicas.snapshot
+        guard to >= 0, to < entries.count, entries[to].healthy else { return .notMoved("replica \(to) is not healthy") }
         guard f.beginMigration() else { return .notMoved("the request is already moving") }
         defer { f.endMigration() }
         var migration: String?

@@ -407,11 +407,5 @@ public final class EngineCore {
     public func tokens(of id: RequestID) -> (tokens: [Int], promptCount: Int)? {
         sequences[id].map { ($0.tokens, $0.promptCount) }
     }
-
-    func adoptKV(_ id: RequestID, computed: Int, blocks data: [[Float]]) -> Bool {
-        guard let blocks = scheduler.adoptKV(id, computed: computed) else { return false }
-        runner.importKV(data, into: blocks)
-        return true
-    }
 }
 

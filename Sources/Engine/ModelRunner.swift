@@ -143,28 +143,4 @@ public final class ModelRunner {
             n = (hi - lo) * per
         }
     }
-
-    /// The K/V of a request's first `computed` tokens, block by block (from its blocks, or its host copy).
-    public func exportKV(_ r: Request) -> [[Float]] {
-        let per = floatsPerBlock
-        let used = (r.computed + kv.blockSize - 1) / kv.blockSize
-        if let h = host[r.id] {
-            return (0..<used).map { Array(h[($0 * per)..<(($0 + 1) * per)]) }
-        }
-        return r.blockTable.prefix(used).map { block in
-            [Float](unsafeUninitializedCapacity: per) { buf, n in
-                kv.copyOut(block: Int(block), to: buf.baseAddress!)
-                n = per
-            }
-        }
-    }
-
-    /// Writes exported K/V blocks into `blocks`.
-    public func importKV(_ data: [[Float]], into blocks: [Int32]) {
-        precondition(data.count == blocks.count)
-        for (d, b) in zip(data, blocks) {
-            precondition(d.count == floatsPerBlock)
-            d.withUnsafeBufferPointer { kv.copyIn(block: Int(b), from: $0.baseAddress!) }
-        }
-    }
 }

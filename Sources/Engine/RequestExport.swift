@@ -36,10 +36,10 @@ extension EngineCore {
     public func export(_ id: RequestID, includeKV: Bool = true) throws -> ExportedRequest {
         guard let s = sequence(id), let r = scheduler.request(id) else { throw EngineError("no live request \(id)") }
         var snapshot: ExportedRequest.KVSnapshot?
-        if includeKV && r.computed > 0 {
-            let kv = runner.kv
+        if includeKV && r.computed > 0, let blocks = kvBlocks(of: id, from: 0, fullOnly: false) {
+            let kv = runner.kv, per = blocks.floatsPerBlock
             snapshot = .init(numLayers: kv.numLayers, numKVHeads: kv.numKVHeads, headDim: kv.headDim, blockSize: kv.blockSize,
-                             blocks: runner.exportKV(r))
+                             blocks: (0..<blocks.blockCount).map { Array(blocks.data[($0 * per)..<(($0 + 1) * per)]) })
         }
         let adapter = s.adapter == Request.base ? nil : adapterName(s.adapter)
         let exported = ExportedRequest(tokens: s.tokens, promptCount: s.promptCount, params: s.params, seed: s.sampler.seed,
@@ -73,7 +73,8 @@ extension EngineCore {
            snap.headDim == kv.headDim, snap.blockSize == kv.blockSize,
            snap.blocks.count == (e.computed + snap.blockSize - 1) / snap.blockSize,
            snap.blocks.allSatisfy({ $0.count == runner.floatsPerBlock }) {
-            _ = adoptKV(id, computed: e.computed, blocks: snap.blocks)
+            adoptKV(id, KVBlocks(firstBlock: 0, blockSize: snap.blockSize, floatsPerBlock: runner.floatsPerBlock, computed: e.computed,
+                                 data: Array(snap.blocks.joined())))
         }
         return id
     }

@@ -13,14 +13,8 @@ import ServingAPI
 
 /// Requests the router placed here, and K/V blocks staged for requests about to be imported.
 struct ReplicaControlState {
-    struct Live {
-        let ticket: Scheduling.RequestID
-        let model: String
-        let maxTokens: Int
-        /// Stopped for migration: its stream ends without a finish line.
-        var exported = false
-    }
-    var live: [String: Live] = [:]
+    /// The router's id of each live request it placed here → the engine's id.
+    var live: [String: Scheduling.RequestID] = [:]
     var byTicket: [Scheduling.RequestID: String] = [:]
 
     struct Staged {
@@ -194,7 +188,7 @@ extension OpenAIServer {
         }
         let registered = control.withLock { s -> Bool in
             guard s.live[g.id] == nil else { return false }
-            s.live[g.id] = .init(ticket: ticket, model: parsed.model, maxTokens: params.maxTokens ?? 0)
+            s.live[g.id] = ticket
             s.byTicket[ticket] = g.id
             return true
         }
@@ -210,14 +204,14 @@ extension OpenAIServer {
                         body: .init { writer in
                             defer { self.forgetLive(id, ticket: ticket) }
                             try await ClientConnection.cancellingOnDisconnect {
-                                try await self.relay(events, first: accepted, id: id, ticket: ticket, model: model,
+                                try await self.relay(events, first: accepted, ticket: ticket, model: model,
                                                      promptTokens: promptCount, admission: admission, writer: &writer)
                             }
                             try await writer.finish(nil)
                         })
     }
 
-    private func relay(_ events: RequestStream, first: ReplicaEvent, id: String, ticket: Scheduling.RequestID, model: String,
+    private func relay(_ events: RequestStream, first: ReplicaEvent, ticket: Scheduling.RequestID, model: String,
                        promptTokens: Int, admission: Admission, writer: inout any ResponseBodyWriter) async throws {
         var finished = false
         var generated = 0
@@ -252,7 +246,7 @@ extension OpenAIServer {
 
     private func forgetLive(_ id: String, ticket: Scheduling.RequestID) {
         control.withLock { s in
-            if s.live[id]?.ticket == ticket { s.live[id] = nil }
+            if s.live[id] == ticket { s.live[id] = nil }
             if s.byTicket[ticket] == id { s.byTicket[ticket] = nil }
         }
     }
@@ -260,7 +254,7 @@ extension OpenAIServer {
     // MARK: Migration, source side
 
     private func ticket(_ id: String) throws -> Scheduling.RequestID {
-        guard let t = control.withLock({ $0.live[id]?.ticket }) else {
+        guard let t = control.withLock({ $0.live[id] }) else {
             throw APIError(.notFound, "no live request '\(JSONFields.printable(String(id.prefix(128))))' here", code: "request_not_found")
         }
         return t
@@ -289,9 +283,7 @@ extension OpenAIServer {
     private func exportRequest(id: String, request: Request) async throws -> Response {
         let t = try ticket(id)
         let from = try blockQuery(request, "kv_from")
-        control.withLock { $0.live[id]?.exported = true }
         guard let out = await engine.stopForMigration(t, kvFrom: from) else {
-            control.withLock { $0.live[id]?.exported = false }
             throw APIError(.notFound, "the request '\(id)' is no longer live here", code: "request_not_found")
         }
         let kv = out.kv

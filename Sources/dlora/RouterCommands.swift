@@ -47,7 +47,6 @@ struct RouterFlags: ParsableArguments {
         o.adminKey = resolvedAdmin
         o.dispatch = DispatchKind(rawValue: dispatch) ?? .dlora
         o.migration = MigrationMode(rawValue: migration)
-        o.migrationInterval = .milliseconds(Int64(migrationInterval * 1000))
         o.pollInterval = .milliseconds(Int64(pollMs))
         o.migrationConfig = MigrationConfiguration(periodSeconds: migrationInterval, kvUsageThreshold: migrationKvThreshold,
                                                    requestExcess: migrationRequestExcess)
