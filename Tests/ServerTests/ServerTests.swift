@@ -281,9 +281,11 @@ import TestSupport
         let server = try ServerFixtures.server(slow: true) { $0.maxQueue = 1; $0.shutdownDeadline = .milliseconds(300) }
         try await ServerFixtures.withServer(server) { client in
             async let running = client.post("/v1/completions", "{\"model\":\"a-qv-r4\",\"prompt\":\"hi\",\"max_tokens\":200,\"ignore_eos\":true,\"stream\":true}")
-            // Up to 10 s for it to start: prompts share one tokenization queue per process, and other suites'
-            // long prompts may be on it (a wait, not a bound under test).
-            for _ in 0..<1000 where server.engine.snapshot.running == 0 { try await Task.sleep(for: .milliseconds(10)) }
+            // Up to 60 s for it to start: prompts share one tokenization queue per process, other suites' long
+            // prompts may be on it, and the cluster suite's replicas load both cores (a wait, not a bound under test).
+            for _ in 0..<6000 where server.engine.snapshot.running == 0 || server.inFlight == 0 {
+                try await Task.sleep(for: .milliseconds(10))
+            }
             #expect(server.inFlight == 1)
             let full = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\"}")
             try expectError(full, status: 429, code: "queue_full")
