@@ -221,7 +221,7 @@ async def stream_request(ep, api_key, payload, t_arrival, rec, on_token=None):
     writer = None
     gaps = []
     last = None
-    rec.update(status=0, error=None, lost=False, finished=False, done=False, chunks=0, usage_tokens=None)
+    rec.update(status=0, error=None, lost=False, finished=False, done=False, chunks=0, usage_tokens=None, prompt_tokens=None)
     try:
         reader, writer = await asyncio.open_connection(ep.host, ep.port)
         rec["sent"] = time.perf_counter()
@@ -254,6 +254,7 @@ async def stream_request(ep, api_key, payload, t_arrival, rec, on_token=None):
                     rec["id"] = obj["id"]
                 if obj.get("usage"):
                     rec["usage_tokens"] = obj["usage"].get("completion_tokens")
+                    rec["prompt_tokens"] = obj["usage"].get("prompt_tokens")
                 for ch in obj.get("choices") or []:
                     text = ch.get("text")
                     if text is None:

@@ -151,6 +151,14 @@ public struct CPUCostModel: ReplicaCostModel {
     /// Replica-to-replica K/V over loopback HTTP (f32 frames): not measured yet; an assumption.
     public var transferBytesPerSecond = 1e9
 
+    /// The coefficients a measured profile may replace (`dlora simulate --cost-profile`), by snake_case name.
+    public static var profileKeys: [String: WritableKeyPath<CPUCostModel, Double>] {
+        ["fixed_seconds": \.fixedSeconds, "per_decode_seconds": \.perDecodeSeconds, "per_prefill_token_seconds": \.perPrefillTokenSeconds,
+         "per_lora_token_seconds": \.perLoRATokenSeconds, "per_adapter_seconds": \.perAdapterSeconds, "merged_extra_seconds": \.mergedExtraSeconds,
+         "merge_seconds_per_element": \.mergeSecondsPerElement, "unmerge_seconds_fixed": \.unmergeSecondsFixed,
+         "memory_bytes_per_second": \.memoryBytesPerSecond, "transfer_bytes_per_second": \.transferBytesPerSecond]
+    }
+
     /// SmolLM2's K/V per token: 30 layers × 3 KV heads × 64 × (K, V) × 4 bytes (f32) = 46,080 bytes.
     public static let kvBytesPerToken = 30 * 3 * 64 * 2 * 4
 

@@ -29,6 +29,8 @@ struct Simulate: ParsableCommand {
     var traceLengths = false
     @Option(help: "JSONL of conversations: {\"prompt_tokens\", \"output_tokens\"} or {\"prompt\", \"response\"} (≈ 4 bytes per token).")
     var workload: String?
+    @Option(help: "JSONL of requests to replay exactly, one per line: {\"arrival\": seconds, \"adapter\": index, \"prompt_tokens\", \"output_tokens\"} (instead of generating them; e.g. a real run's requests).")
+    var requestsFile: String?
     @Option(help: "Median prompt tokens of the seeded log-normal lengths (no --workload or --trace-lengths).")
     var promptMedian: Double = 128
     @Option(help: "Median output tokens of the seeded log-normal lengths.")
@@ -45,10 +47,14 @@ struct Simulate: ParsableCommand {
     var migration: String = "off"
     @Option(help: "Migration loop period, seconds (the router's default 10).")
     var migrationPeriod: Double = 10
+    @Option(help: "Migration fires when a replica holds this many requests above the average (dLoRA: 16).")
+    var migrationRequestExcess: Int?
     @Option(help: "Router status poll interval, ms (0: dispatch sees replicas' state at each instant).")
     var pollMs: Double = 200
     @Option(help: "Cost model: \(RooflineCostModel.names.joined(separator: ", ")).")
     var cost: String = "cpu"
+    @Option(help: "JSON of measured coefficients replacing the cpu model's (keys as in CPUCostModel, snake_case; docs/design/simulator.md).")
+    var costProfile: String?
     @Option(name: .customLong("kv-cache-mb"), help: "KV cache of a cpu replica, MiB (GPU models size it from the GPU's memory).")
     var kvCacheMb: Int?
     @Option(help: "Distinct adapters per unmerged iteration (LoRA slots).")
@@ -91,6 +97,11 @@ struct Simulate: ParsableCommand {
         guard RooflineCostModel.named(cost) != nil else {
             throw ValidationError("unknown cost model '\(cost)' (\(RooflineCostModel.names.joined(separator: ", ")))")
         }
+        if let e = migrationRequestExcess { guard e >= 1 else { throw ValidationError("--migration-request-excess must be >= 1") } }
+        guard costProfile == nil || cost == "cpu" else { throw ValidationError("--cost-profile applies to --cost cpu only") }
+        guard requestsFile == nil || (trace == nil && workload == nil && !traceLengths && requests == nil && duration == nil) else {
+            throw ValidationError("--requests-file replaces --trace, --workload, --requests and --duration")
+        }
         if let kv = kvCacheMb {
             guard cost == "cpu" else { throw ValidationError("--kv-cache-mb applies to --cost cpu only") }
             guard kv >= 1, kv <= 1 << 20 else { throw ValidationError("--kv-cache-mb must be in 1...1048576") }
@@ -101,8 +112,10 @@ struct Simulate: ParsableCommand {
 
     func run() throws {
         var model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
-        if let kvCacheMb {
-            model = CPUCostModel(kvCacheMegabytes: kvCacheMb, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256)
+        if cost == "cpu" && (kvCacheMb != nil || costProfile != nil) {
+            var cpu = CPUCostModel(kvCacheMegabytes: kvCacheMb ?? 1024, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256)
+            if let costProfile { try Self.applyProfile(costProfile, to: &cpu) }
+            model = cpu
         }
         var arrivals = ArrivalProcess.poisson
         var lengths = LengthSource.logNormal(promptMedian: promptMedian, outputMedian: outputMedian)
@@ -115,17 +128,23 @@ struct Simulate: ParsableCommand {
             if traceLengths { lengths = .pairs(parsed.lengths) }
         }
         if let workload { lengths = .pairs(try Self.conversations(workload)) }
-        let spec = WorkloadSpec(requests: duration == nil ? (requests ?? 200) : nil, duration: duration, rate: rate, adapters: adapters, alpha: alpha,
-                                arrivals: arrivals, lengths: lengths, maxPrompt: maxPrompt, maxOutput: maxOutput, seed: seed)
-        if let problem = spec.problem { throw CLIError(problem) }
-        let requestsList = Workload.generate(spec)
+        let requestsList: [SimRequest]
         // A request must fit a replica beside its adapter (the scheduler would reject it).
         let limit = model.shape.schedulerConfig(policy: .dlora, costs: model.schedulerPrior).contextLimit
-        guard maxPrompt + 1 < limit else { throw CLIError("--max-prompt \(maxPrompt) does not fit the \(model.name) replica's \(limit)-token limit") }
+        if let requestsFile {
+            requestsList = try Self.replay(requestsFile, contextLimit: limit)
+        } else {
+            let spec = WorkloadSpec(requests: duration == nil ? (requests ?? 200) : nil, duration: duration, rate: rate, adapters: adapters,
+                                    alpha: alpha, arrivals: arrivals, lengths: lengths, maxPrompt: maxPrompt, maxOutput: maxOutput, seed: seed)
+            if let problem = spec.problem { throw CLIError(problem) }
+            requestsList = Workload.generate(spec)
+            guard maxPrompt + 1 < limit else { throw CLIError("--max-prompt \(maxPrompt) does not fit the \(model.name) replica's \(limit)-token limit") }
+        }
 
         var config = SimulationConfig(replicas: replicas, cost: model, policy: BatchingPolicyKind(rawValue: policy)!,
                                       dispatch: SimDispatch(rawValue: dispatch)!, migration: SimMigration(rawValue: migration)!)
         config.migrationConfig.periodSeconds = migrationPeriod
+        if let migrationRequestExcess { config.migrationConfig.requestExcess = migrationRequestExcess }
         config.pollInterval = pollMs / 1000
         config.adapterRanks = rankList
         config.slo = slo
@@ -207,6 +226,59 @@ struct Simulate: ParsableCommand {
         }
         guard !out.isEmpty else { throw CLIError("\(path): no conversations found") }
         return out
+    }
+
+    /// The requests of a JSONL file, in arrival order (ids are their line order): every line an object with a
+    /// finite `arrival` ≥ 0 (seconds), an `adapter` index in 0..<1,000,000, and `prompt_tokens`/`output_tokens` ≥ 1
+    /// whose sum fits the replica's context. Anything else is an error naming the line.
+    static func replay(_ path: String, contextLimit: Int) throws -> [SimRequest] {
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("\(path): cannot read the requests") }
+        var rows: [(arrival: Double, adapter: Int, prompt: Int, output: Int)] = []
+        for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+            if line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) { continue }
+            guard rows.count < 10_000_000 else { throw CLIError("\(path): more than 10,000,000 requests") }
+            func bad(_ why: String) -> CLIError { CLIError("\(path):\(n + 1): \(why)") }
+            guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { throw bad("not a JSON object") }
+            guard let arrival = (obj["arrival"] as? NSNumber)?.doubleValue, arrival.isFinite, arrival >= 0 else {
+                throw bad("\"arrival\" must be a finite number of seconds >= 0")
+            }
+            func integer(_ key: String, _ range: ClosedRange<Int>) throws -> Int {
+                guard let v = obj[key] as? NSNumber, let i = Int(exactly: v.doubleValue), range.contains(i) else {
+                    throw bad("\"\(key)\" must be an integer in \(range.lowerBound)...\(range.upperBound)")
+                }
+                return i
+            }
+            let adapter = try integer("adapter", 0...999_999)
+            let prompt = try integer("prompt_tokens", 1...1 << 24), output = try integer("output_tokens", 1...1 << 24)
+            guard prompt + output + 1 < contextLimit else { throw bad("\(prompt) + \(output) tokens do not fit the replica's \(contextLimit)-token limit") }
+            rows.append((arrival, adapter, prompt, output))
+        }
+        guard !rows.isEmpty else { throw CLIError("\(path): no requests") }
+        // A stable sort: requests arriving at the same instant keep their order in the file.
+        let order = rows.indices.sorted { rows[$0].arrival < rows[$1].arrival || (rows[$0].arrival == rows[$1].arrival && $0 < $1) }
+        return order.enumerated().map { id, i in
+            SimRequest(id: id, arrival: rows[i].arrival, adapter: rows[i].adapter, promptTokens: rows[i].prompt, outputTokens: rows[i].output)
+        }
+    }
+
+    /// Replaces `model`'s coefficients by a measured profile's: a JSON object whose keys are among
+    /// `CPUCostModel.profileKeys` (non-negative finite numbers; the two bandwidths positive); `source` (text) is
+    /// allowed and ignored. An unknown key is an error, so a misspelt coefficient is not silently the default.
+    static func applyProfile(_ path: String, to model: inout CPUCostModel) throws {
+        guard let data = FileManager.default.contents(atPath: path),
+              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+            throw CLIError("\(path): not a JSON object")
+        }
+        for (key, value) in obj where key != "source" {
+            guard let keyPath = CPUCostModel.profileKeys[key] else {
+                throw CLIError("\(path): unknown coefficient \"\(key)\" (\(CPUCostModel.profileKeys.keys.sorted().joined(separator: ", ")))")
+            }
+            guard let number = value as? NSNumber, case let x = number.doubleValue, x.isFinite, x >= 0 else {
+                throw CLIError("\(path): \"\(key)\" must be a finite number >= 0")
+            }
+            if key.hasSuffix("bytes_per_second") && x <= 0 { throw CLIError("\(path): \"\(key)\" must be positive") }
+            model[keyPath: keyPath] = x
+        }
     }
 
     static func writeRecords(_ records: [RequestRecord], to path: String) throws {
