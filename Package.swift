@@ -124,7 +124,7 @@ let package = Package(
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
         .testTarget(name: "ClusterPolicyTests", dependencies: ["ClusterPolicy"], swiftSettings: strictSwift),
-        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Scheduling", "ClusterPolicy"], swiftSettings: strictSwift),
+        .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Scheduling", "ClusterPolicy", "TestSupport"], swiftSettings: strictSwift),
         // Multi-process: `dlora cluster` (router + replicas) on loopback, driven over HTTP.
         .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ServingAPI",
                                                           .product(name: "AsyncHTTPClient", package: "async-http-client"),

@@ -1,0 +1,103 @@
+import Foundation
+import TestSupport
+import Testing
+
+/// `dlora simulate` as a process: a replayed request list (`--requests-file`) under a measured profile
+/// (`--cost-profile`) gives the times worked out by hand, and bad files get one-line errors and a non-zero exit.
+@Suite struct SimulateCommandTests {
+    struct Outcome {
+        let status: Int32
+        let stdout: String
+        let stderr: String
+    }
+
+    /// Runs `dlora simulate ARGS` (bounded: killed after 60 s).
+    static func simulate(_ args: [String]) throws -> Outcome {
+        guard let binary = BuiltExecutables.dlora else { throw CocoaError(.fileNoSuchFile) }
+        let process = Process()
+        process.executableURL = binary
+        process.arguments = ["simulate"] + args
+        let out = Pipe(), err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        try process.run()
+        let deadline = Date().addingTimeInterval(60)
+        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        if process.isRunning { process.terminate() }
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus,
+                       stdout: String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
+                       stderr: String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+    }
+
+    static func temporaryDirectory() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-simulate-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    /// Every iteration costs 10 ms and nothing else costs anything (bandwidths huge): a request with a 4-token
+    /// prompt and 5 output tokens arriving at an idle replica at t takes 5 iterations (the prompt's iteration
+    /// samples the first token), so it finishes at t + 0.05. Of two requests arriving at the same instant, the
+    /// first wakes the idle replica and starts an iteration at once (as the real engine loop does); the second
+    /// waits for the next one and then shares iterations with the first.
+    @Test func replayedRequestsFollowTheProfile() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let profile = dir.appendingPathComponent("profile.json"), requests = dir.appendingPathComponent("requests.jsonl")
+        let records = dir.appendingPathComponent("records.csv")
+        try #"{"source": "test", "fixed_seconds": 0.01, "per_decode_seconds": 0, "per_prefill_token_seconds": 0, "per_lora_token_seconds": 0, "per_adapter_seconds": 0, "merged_extra_seconds": 0, "merge_seconds_per_element": 0, "memory_bytes_per_second": 1e18, "transfer_bytes_per_second": 1e18}"#
+            .write(to: profile, atomically: true, encoding: .utf8)
+        // Out of order on purpose: the replay sorts by arrival.
+        try """
+            {"arrival": 2.0, "adapter": 1, "prompt_tokens": 4, "output_tokens": 3}
+            {"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}
+
+            {"arrival": 2.0, "adapter": 1, "prompt_tokens": 8, "output_tokens": 3}
+            """.write(to: requests, atomically: true, encoding: .utf8)
+        let r = try Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", "unmerged-only",
+                                   "--dispatch", "round-robin", "--records", records.path, "--json"])
+        #expect(r.status == 0, "\(r.stderr)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+        #expect(summary["requests"] as? Int == 3)
+        #expect(summary["generated_tokens"] as? Int == 11)
+        let rows = try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst().map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        #expect(rows.count == 3)
+        var finish: [Int: Double] = [:]
+        for row in rows { finish[Int(row[0])!] = Double(row[4]) }
+        // ids follow arrival order: the t = 0 request is 0, the two at t = 2 keep their file order.
+        #expect(abs(finish[0]! - 0.05) < 1e-9, "\(rows)")
+        #expect(abs(finish[1]! - 2.03) < 1e-9, "\(rows)")
+        #expect(abs(finish[2]! - 2.04) < 1e-9, "\(rows)")
+    }
+
+    @Test func badFilesAreOneLineErrors() throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let requests = dir.appendingPathComponent("requests.jsonl"), profile = dir.appendingPathComponent("profile.json")
+        let cases: [(String, String)] = [
+            (#"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"# + "\nnot json\n", "requests.jsonl:2: not a JSON object"),
+            (#"{"arrival": -1, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#, "\"arrival\" must be"),
+            (#"{"arrival": 0, "adapter": 0.5, "prompt_tokens": 4, "output_tokens": 5}"#, "\"adapter\" must be an integer"),
+            (#"{"arrival": 0, "adapter": 0, "prompt_tokens": 0, "output_tokens": 5}"#, "\"prompt_tokens\" must be an integer"),
+            (#"{"arrival": 0, "adapter": 0, "prompt_tokens": 9000, "output_tokens": 5}"#, "do not fit"),
+            ("\n\n", "no requests"),
+        ]
+        for (text, message) in cases {
+            try text.write(to: requests, atomically: true, encoding: .utf8)
+            let r = try Self.simulate(["--requests-file", requests.path])
+            #expect(r.status != 0)
+            #expect(r.stderr.contains(message), "\(message): \(r.stderr)")
+        }
+        try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
+        for (text, message) in [(#"{"fixed_secs": 0.01}"#, "unknown coefficient \"fixed_secs\""), (#"{"fixed_seconds": -1}"#, "must be a finite number"),
+                                (#"{"memory_bytes_per_second": 0}"#, "must be positive"), ("[1]", "not a JSON object")] {
+            try text.write(to: profile, atomically: true, encoding: .utf8)
+            let r = try Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path])
+            #expect(r.status != 0)
+            #expect(r.stderr.contains(message), "\(message): \(r.stderr)")
+        }
+        let both = try Self.simulate(["--requests-file", requests.path, "--requests", "5"])
+        #expect(both.status != 0 && both.stderr.contains("--requests-file replaces"))
+    }
+}
