@@ -125,6 +125,6 @@ public struct ReplicaLoad: Sendable, Equatable {
     /// adapter is idle and can be evicted (the artifact's "swap in for an idle one").
     public func canHost(_ adapter: String) -> Bool {
         if adapter.isEmpty || residentAdapters.contains(adapter) { return true }
-        return adapterSlots > 0 && (residentAdapters.count < adapterSlots || busyAdapters.count < residentAdapters.count)
+        return adapterSlots > 0 && (residentAdapters.count < adapterSlots || residentAdapters.contains { (perAdapter[$0]?.total ?? 0) == 0 })
     }
 }

@@ -152,6 +152,8 @@ struct SimulationRun {
     var stepLog: [StepRecord] = []
     var arrivalCounts: [Int]
     var rates: [String: Double] = [:]
+    /// What dispatch sees, once every replica has reported (`dispatchLoads`).
+    var statusLoads: [ReplicaLoad]?
     var stallSum = 0.0
     var stallCount = 0
     var migrationsDone = 0

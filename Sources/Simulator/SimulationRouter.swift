@@ -9,29 +9,42 @@ extension SimulationRun {
         let request = workload[i]
         let name = names[request.adapter]
         arrivalCounts[request.adapter] += 1
-        let loads = dispatchLoads()
-        let target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: loads) ?? 0
+        let target: Int
+        if statusLoads != nil {
+            target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: statusLoads!) ?? 0
+        } else {
+            let loads = dispatchLoads()
+            target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: loads) ?? 0
+        }
         hash.mix(5)
         hash.mix(i)
         hash.mix(target)
         replicas[target].dispatchedSinceStatus[name, default: 0] += 1
+        if statusLoads != nil { statusLoads![target].perAdapter[name, default: AdapterCounts()].waiting += 1 }
         deliver(target, .add(i, kv: nil))
     }
 
     /// What dispatch sees: each replica's last status plus the requests dispatched to it since
     /// (`ClusterRouter.loads()`); with no polling, its state now.
+    /// Once every replica has reported, `statusLoads` holds exactly that, kept up to date as statuses come in and
+    /// requests are dispatched (rather than rebuilt for every arrival).
     mutating func dispatchLoads() -> [ReplicaLoad] {
         if config.pollInterval == 0 { return replicas.indices.map { load($0, includeRequests: false) } }
-        return replicas.indices.map { r in
+        if let statusLoads { return statusLoads }
+        let loads = replicas.indices.map { r in
             var l = replicas[r].status ?? load(r, includeRequests: false)
             for (name, n) in replicas[r].dispatchedSinceStatus { l.perAdapter[name, default: AdapterCounts()].waiting += n }
             return l
         }
+        if replicas.allSatisfy({ $0.status != nil }) { statusLoads = loads }
+        return loads
     }
 
     mutating func refreshStatus(_ r: Int) {
-        replicas[r].status = load(r, includeRequests: false)
+        let l = load(r, includeRequests: false)
+        replicas[r].status = l
         replicas[r].dispatchedSinceStatus.removeAll()
+        if statusLoads != nil { statusLoads![r] = l }
     }
 
     /// A replica's status as `dlora serve` reports it (ReplicaControl's EngineView) and the router maps it
