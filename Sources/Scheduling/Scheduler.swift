@@ -251,7 +251,7 @@ public struct Scheduler: Sendable {
                 pool = running
             }
             // (A backfilled request preempted by an earlier one in this pass is skipped: it holds nothing now.)
-            for run in fillBatch(pool, starving: [], credits: Credits(), config: config.policy).runs {
+            for run in fillBatch(pool, starving: [], credits: Credits(), config: config.policy) {
                 tryRun(run, slot: slotOf[run.id] ?? -1, backfill: true)
             }
         }

@@ -311,10 +311,9 @@ struct SimulationRun {
         replicas[r].current = out
         replicas[r].actionSeconds = actions
         replicas[r].forwardSeconds = forward
-        let s = replicas[r].scheduler
-        let used = s.pool.numBlocks - s.pool.freeCount
+        let used = replicas[r].scheduler.pool.numBlocks - replicas[r].scheduler.pool.freeCount
         if used > invariants.maxBlocksUsed[r] { invariants.maxBlocksUsed[r] = used }
-        if s.requestBlocks + s.residentAdapterBlocks != used { invariants.maxBlocksUsed[r] = Int.max }
+        if replicas[r].scheduler.requestBlocks + replicas[r].scheduler.residentAdapterBlocks != used { invariants.maxBlocksUsed[r] = Int.max }
         hash.mix(9)
         hash.mix(r)
         switch out.mode {
@@ -400,7 +399,8 @@ struct SimulationRun {
     func stepShape(_ r: Int, _ out: SchedulerOutput) -> StepShape {
         var prefill = 0, context = 0
         var lora = 0.0
-        let reference = replicas[r].scheduler.policy.config.costs.referenceLoRAParameters
+        // (The scheduler's configured reference: the policy's cost model keeps it as given.)
+        let reference = replicas[r].scheduler.config.policy.costs.referenceLoRAParameters
         for run in out.runs {
             if run.tokens > 1 { prefill += run.tokens }
             context += run.start + run.tokens
