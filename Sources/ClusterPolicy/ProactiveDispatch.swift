@@ -76,7 +76,7 @@ public struct DLoRAProactive: DispatchPolicy {
     }
 
     /// Cheapest first: cost, then fewer requests held, then the lower id.
-    private static func cheaper(_ a: Int, _ aCost: Double, than b: Int, _ bCost: Double, in replicas: [ReplicaLoad]) -> Bool {
+    private static func cheaper(_ a: Int, _ aCost: Double, than b: Int, _ bCost: Double, in replicas: UnsafeBufferPointer<ReplicaLoad>) -> Bool {
         if aCost != bCost { return aCost < bCost }
         let ra = replicas[a].requests, rb = replicas[b].requests
         if ra != rb { return ra < rb }
@@ -84,6 +84,11 @@ public struct DLoRAProactive: DispatchPolicy {
     }
 
     public func choose(adapter: String, promptTokens: Int, replicas: [ReplicaLoad]) -> Int? {
+        // The loads are read in place: copying one (its dictionaries and sets) per replica per request showed.
+        replicas.withUnsafeBufferPointer { choose(adapter: adapter, in: $0) }
+    }
+
+    private func choose(adapter: String, in replicas: UnsafeBufferPointer<ReplicaLoad>) -> Int? {
         // Candidates: the usable replicas that can host the adapter, or every usable one if none can. One pass
         // finds the cheapest candidate and the cheapest placed one (in list order, first of equals, as `min`).
         var hosts = [Bool](repeating: false, count: replicas.count)

@@ -61,6 +61,8 @@ public struct Scheduler: Sendable {
     public var hasWork: Bool { !order.isEmpty }
     public var liveCount: Int { order.count }
     public func request(_ id: RequestID) -> Request? { slotOf[id].map { table[$0] } }
+    /// The request is live (queued, running or swapped out).
+    public func isLive(_ id: RequestID) -> Bool { slotOf[id] != nil }
     /// Live requests in FCFS order.
     public var liveRequests: [Request] { order.map { table[$0] } }
     /// Calls `body` with each live request in FCFS order (without building an array of them).

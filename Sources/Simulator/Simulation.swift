@@ -306,7 +306,9 @@ struct SimulationRun {
         replicas[r].unmergeSeconds = nil
         let actions = replicas[r].carrySeconds + actionSeconds(r, out.actions, timing: true)
         replicas[r].carrySeconds = 0
-        let forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(r, out))
+        // (The scheduler's configured reference: the policy's cost model keeps it as given.)
+        let reference = replicas[r].scheduler.config.policy.costs.referenceLoRAParameters
+        let forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(out, reference: reference))
         replicas[r].busy = true
         replicas[r].current = out
         replicas[r].actionSeconds = actions
@@ -356,7 +358,7 @@ struct SimulationRun {
             var sampled: [SampledToken] = []
             for run in out.runs where run.samples {
                 let i = run.request.rawValue
-                guard owner[i] == r, replicas[r].scheduler.request(run.request) != nil else { continue }
+                guard owner[i] == r, replicas[r].scheduler.isLive(run.request) else { continue }
                 sampled.append(SampledToken(request: run.request, endsSequence: generated[i] + 1 >= workload[i].outputTokens))
             }
             let report = ExecutionReport(forwardSeconds: replicas[r].forwardSeconds, mergeSeconds: replicas[r].mergeSeconds,
@@ -396,11 +398,9 @@ struct SimulationRun {
         hash.mix(i)
     }
 
-    func stepShape(_ r: Int, _ out: SchedulerOutput) -> StepShape {
+    func stepShape(_ out: SchedulerOutput, reference: Double) -> StepShape {
         var prefill = 0, context = 0
         var lora = 0.0
-        // (The scheduler's configured reference: the policy's cost model keeps it as given.)
-        let reference = replicas[r].scheduler.config.policy.costs.referenceLoRAParameters
         for run in out.runs {
             if run.tokens > 1 { prefill += run.tokens }
             context += run.start + run.tokens

@@ -53,13 +53,16 @@ extension SimulationRun {
     /// `includeRequests`, its running requests with at least `migrationMinRemainingTokens` left for the planner
     /// (the others' remaining work is pinned).
     func load(_ r: Int, includeRequests: Bool) -> ReplicaLoad {
-        let s = replicas[r].scheduler
-        let costs = s.policy.config.costs
+        // Read in place (the replica, its scheduler and its requests are not copied).
+        replicas.withUnsafeBufferPointer { load(r, of: $0[r], includeRequests: includeRequests) }
+    }
+
+    private func load(_ r: Int, of replica: borrowing Replica, includeRequests: Bool) -> ReplicaLoad {
+        let costs = replica.scheduler.policy.config.costs
         var per: [String: AdapterCounts] = [:]
         var running = 0
         var distinct = Set<Int>()
-        let live = s.liveRequests
-        for q in live {
+        replica.scheduler.forEachLiveRequest { q in
             let name = q.adapter == Request.base ? "" : names[q.adapter]
             if q.status == .running {
                 running += 1
@@ -70,14 +73,14 @@ extension SimulationRun {
             }
         }
         // Requests in the inbox are queued on the replica already (the engine takes them at the next step).
-        for case .add(let i, _) in replicas[r].inbox { per[names[workload[i].adapter], default: AdapterCounts()].waiting += 1 }
+        for case .add(let i, _) in replica.inbox { per[names[workload[i].adapter], default: AdapterCounts()].waiting += 1 }
         let decode = costs.unmerged(tokens: max(1, running), adapters: distinct.count)
         let full = max(1, shape.maxBatchSequences)
         let mergedFactor = costs.merged(tokens: full) / max(1e-9, costs.unmerged(tokens: full, adapters: 1))
         var infos: [RequestInfo] = []
         var pinned = 0.0
         if includeRequests {
-            for q in live {
+            replica.scheduler.forEachLiveRequest { q in
                 let remaining = max(0, (q.maxLength - q.promptCount) - q.generated)
                 let seconds = Double(remaining) * decode
                 if q.status == .running && moving[q.id.rawValue] == nil && remaining >= config.migrationMinRemainingTokens {
@@ -89,8 +92,9 @@ extension SimulationRun {
                 }
             }
         }
-        return ReplicaLoad(id: r, kvBlocksTotal: s.pool.numBlocks, kvBlocksFree: s.pool.freeCount, blockSize: shape.blockSize,
-                           adapterSlots: shape.adapterSlots, residentAdapters: Set(s.residentAdapters.map { names[$0] }), perAdapter: per,
+        return ReplicaLoad(id: r, kvBlocksTotal: replica.scheduler.pool.numBlocks, kvBlocksFree: replica.scheduler.pool.freeCount,
+                           blockSize: shape.blockSize, adapterSlots: shape.adapterSlots,
+                           residentAdapters: Set(replica.scheduler.residentAdapters.map { names[$0] }), perAdapter: per,
                            decodeStepSeconds: decode, mergedCostFactor: mergedFactor, maxBatch: shape.maxBatchSequences,
                            defaultAdapterLoadSeconds: typicalLoadSeconds, running: infos, pinnedWorkSeconds: pinned)
     }
