@@ -127,7 +127,7 @@ extension SimulationRun {
         let plan = MigrationPlanner(configuration: config.migrationConfig).plan(replicas: loads)
         for move in plan.moves {
             let i = Int(move.requestID)
-            guard owner[i] == move.from, moving[i] == nil, replicas[move.from].scheduler.request(RequestID(i))?.status == .running else { continue }
+            guard owner[i] == move.from, moving[i] == nil, scheduler(move.from, { $0.request(RequestID(i))?.status == .running }) else { continue }
             let m = moves.count
             moves.append(Move(request: i, from: move.from, to: move.to, kv: config.migration == .kv))
             moving[i] = m
@@ -136,7 +136,7 @@ extension SimulationRun {
             hash.mix(move.to)
             if config.migration == .kv {
                 // First stage: the full blocks it holds now, copied while it keeps decoding.
-                let full = replicas[move.from].scheduler.request(RequestID(i))!.computed / shape.blockSize
+                let full = scheduler(move.from, { $0.request(RequestID(i))!.computed }) / shape.blockSize
                 moves[m].stages = 1
                 moves[m].stageBlocks = full
                 queue.push(.copyStage(m), at: now + cost.transferSeconds(bytes: full * shape.bytesPerBlock))
@@ -151,7 +151,7 @@ extension SimulationRun {
         let move = moves[m]
         hash.mix(7)
         hash.mix(m)
-        guard owner[move.request] == move.from, let q = replicas[move.from].scheduler.request(RequestID(move.request)) else {
+        guard owner[move.request] == move.from, let q = scheduler(move.from, { $0.request(RequestID(move.request)) }) else {
             moving[move.request] = nil
             return
         }
