@@ -54,6 +54,11 @@ public struct DLoRAProactive: DispatchPolicy {
     /// (`queueUnits` over the replica's counts with the request added, summed in the same order without building
     /// the counts: the simulator asks this of every replica for every arrival.)
     public static func costSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool = false) -> Double {
+        queueSeconds(adapter: adapter, replica: replica, fractionalLeftovers: fractionalLeftovers) + replica.loadSeconds(adapter)
+    }
+
+    /// `costSeconds` without the adapter's load time.
+    static func queueSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool) -> Double {
         let b = max(1, replica.maxBatch)
         var full = 0.0
         var leftovers = 0
@@ -72,7 +77,7 @@ public struct DLoRAProactive: DispatchPolicy {
             leftovers += 1 % b
         }
         let units = full + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
-        return units * replica.decodeStepSeconds + replica.loadSeconds(adapter)
+        return units * replica.decodeStepSeconds
     }
 
     /// Cheapest first: cost, then fewer requests held, then the lower id.
@@ -91,11 +96,14 @@ public struct DLoRAProactive: DispatchPolicy {
     private func choose(adapter: String, in replicas: UnsafeBufferPointer<ReplicaLoad>) -> Int? {
         // Candidates: the usable replicas that can host the adapter, or every usable one if none can. One pass
         // finds the cheapest candidate and the cheapest placed one (in list order, first of equals, as `min`).
+        // (Whether the adapter is resident is looked up once per replica: it decides both hosting and load time.)
         var hosts = [Bool](repeating: false, count: replicas.count)
+        var resident = [Bool](repeating: false, count: replicas.count)
         var anyUsable = false, anyHost = false
         for i in replicas.indices where replicas[i].usable {
             anyUsable = true
-            if replicas[i].canHost(adapter) {
+            resident[i] = adapter.isEmpty || replicas[i].residentAdapters.contains(adapter)
+            if resident[i] || replicas[i].canLoad {
                 hosts[i] = true
                 anyHost = true
             }
@@ -105,7 +113,9 @@ public struct DLoRAProactive: DispatchPolicy {
         var best = -1, bestCost = 0.0
         var bestPlaced = -1, bestPlacedCost = 0.0
         for i in replicas.indices where replicas[i].usable && (!anyHost || hosts[i]) {
-            let cost = Self.costSeconds(adapter: adapter, replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
+            // = costSeconds: the queue, plus the load time where the adapter is not resident (`loadSeconds`).
+            let cost = Self.queueSeconds(adapter: adapter, replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
+                + (resident[i] ? 0 : replicas[i].adapterLoadSeconds[adapter] ?? replicas[i].defaultAdapterLoadSeconds)
             if best < 0 || Self.cheaper(i, cost, than: best, bestCost, in: replicas) {
                 best = i
                 bestCost = cost

@@ -84,7 +84,11 @@ public struct Scheduler: Sendable {
         return keys.sorted()
     }
     /// Blocks held by requests.
-    public var requestBlocks: Int { order.reduce(0) { $0 + table[$1].blockTable.count } }
+    public var requestBlocks: Int {
+        var n = 0
+        for s in order { n += table[s].blockTable.count }
+        return n
+    }
 
     // MARK: Admission
 
