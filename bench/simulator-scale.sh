@@ -2,6 +2,8 @@
 # Simulator speed at scale (docs/design/simulator.md, "Speed"). Builds only the pure modules (Scheduling,
 # ClusterPolicy, Simulator) with swiftc -O — no full release build of the server — and one small driver, then
 # times one simulation per line of $RUNS. Run under `nice -n 19` on a shared machine: numbers are lower bounds.
+# The issue's scale at 1.5 req/s per replica: RUNS="1000 10000 600 1500 a800-7b dlora off" (docs/design/simulator.md,
+# "Speed"). bench/simulator-hashes.sh checks that a speed-up changed no decision.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dlora-simulator-scale}

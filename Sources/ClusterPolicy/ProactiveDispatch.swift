@@ -51,34 +51,85 @@ public struct DLoRAProactive: DispatchPolicy {
     }
 
     /// Seconds a request for `adapter` would wait on `replica`: queueing cost plus adapter load time.
+    /// (`queueUnits` over the replica's counts with the request added, summed in the same order without building
+    /// the counts: the simulator asks this of every replica for every arrival.)
     public static func costSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool = false) -> Double {
-        var counts = replica.perAdapter.mapValues(\.total)
-        counts[adapter, default: 0] += 1
-        let units = queueUnits(counts: counts, batch: replica.maxBatch, mergedCostFactor: replica.mergedCostFactor,
-                               fractionalLeftovers: fractionalLeftovers)
-        return units * replica.decodeStepSeconds + replica.loadSeconds(adapter)
+        queueSeconds(adapter: adapter, replica: replica, fractionalLeftovers: fractionalLeftovers) + replica.loadSeconds(adapter)
+    }
+
+    /// `costSeconds` without the adapter's load time.
+    static func queueSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool) -> Double {
+        let b = max(1, replica.maxBatch)
+        var full = 0.0
+        var leftovers = 0
+        var seen = false
+        for (name, counts) in replica.perAdapter {
+            var count = counts.total
+            if !seen && name == adapter {
+                count += 1
+                seen = true
+            }
+            full += Double(count / b) * replica.mergedCostFactor
+            leftovers += count % b
+        }
+        if !seen {
+            full += Double(1 / b) * replica.mergedCostFactor
+            leftovers += 1 % b
+        }
+        let units = full + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
+        return units * replica.decodeStepSeconds
+    }
+
+    /// Cheapest first: cost, then fewer requests held, then the lower id.
+    private static func cheaper(_ a: Int, _ aCost: Double, than b: Int, _ bCost: Double, in replicas: UnsafeBufferPointer<ReplicaLoad>) -> Bool {
+        if aCost != bCost { return aCost < bCost }
+        let ra = replicas[a].requests, rb = replicas[b].requests
+        if ra != rb { return ra < rb }
+        return replicas[a].id < replicas[b].id
     }
 
     public func choose(adapter: String, promptTokens: Int, replicas: [ReplicaLoad]) -> Int? {
-        let usable = replicas.filter(\.usable)
-        guard !usable.isEmpty else { return nil }
-        let hosts = usable.filter { $0.canHost(adapter) }
-        let candidates = (hosts.isEmpty ? usable : hosts).map { (replica: $0, cost: Self.costSeconds(adapter: adapter, replica: $0,
-                                                                                                  fractionalLeftovers: fractionalLeftovers)) }
-        func cheapest(_ list: [(replica: ReplicaLoad, cost: Double)]) -> (replica: ReplicaLoad, cost: Double)? {
-            list.min { a, b in
-                if a.cost != b.cost { return a.cost < b.cost }
-                if a.replica.requests != b.replica.requests { return a.replica.requests < b.replica.requests }
-                return a.replica.id < b.replica.id
+        // The loads are read in place: copying one (its dictionaries and sets) per replica per request showed.
+        replicas.withUnsafeBufferPointer { choose(adapter: adapter, in: $0) }
+    }
+
+    private func choose(adapter: String, in replicas: UnsafeBufferPointer<ReplicaLoad>) -> Int? {
+        // Candidates: the usable replicas that can host the adapter, or every usable one if none can. One pass
+        // finds the cheapest candidate and the cheapest placed one (in list order, first of equals, as `min`).
+        // (Whether the adapter is resident is looked up once per replica: it decides both hosting and load time.)
+        var hosts = [Bool](repeating: false, count: replicas.count)
+        var resident = [Bool](repeating: false, count: replicas.count)
+        var anyUsable = false, anyHost = false
+        for i in replicas.indices where replicas[i].usable {
+            anyUsable = true
+            resident[i] = adapter.isEmpty || replicas[i].residentAdapters.contains(adapter)
+            if resident[i] || replicas[i].canLoad {
+                hosts[i] = true
+                anyHost = true
             }
         }
-        guard let best = cheapest(candidates) else { return nil }
-        if let placed = placement?[adapter], !placed.isEmpty,
-           let bestPlaced = cheapest(candidates.filter { placed.contains($0.replica.id) }),
-           bestPlaced.cost - best.cost <= placementSlackSteps * best.replica.decodeStepSeconds {
-            return bestPlaced.replica.id
+        guard anyUsable else { return nil }
+        let placed = placement?[adapter] ?? []
+        var best = -1, bestCost = 0.0
+        var bestPlaced = -1, bestPlacedCost = 0.0
+        for i in replicas.indices where replicas[i].usable && (!anyHost || hosts[i]) {
+            // = costSeconds: the queue, plus the load time where the adapter is not resident (`loadSeconds`).
+            let cost = Self.queueSeconds(adapter: adapter, replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
+                + (resident[i] ? 0 : replicas[i].adapterLoadSeconds[adapter] ?? replicas[i].defaultAdapterLoadSeconds)
+            if best < 0 || Self.cheaper(i, cost, than: best, bestCost, in: replicas) {
+                best = i
+                bestCost = cost
+            }
+            if !placed.isEmpty && placed.contains(replicas[i].id)
+                && (bestPlaced < 0 || Self.cheaper(i, cost, than: bestPlaced, bestPlacedCost, in: replicas)) {
+                bestPlaced = i
+                bestPlacedCost = cost
+            }
         }
-        return best.replica.id
+        if bestPlaced >= 0, bestPlacedCost - bestCost <= placementSlackSteps * replicas[best].decodeStepSeconds {
+            return replicas[bestPlaced].id
+        }
+        return replicas[best].id
     }
 
     /// `placeAdapters(rates:replicas:)` on this policy's behalf, kept as its placement.
@@ -101,49 +152,106 @@ public struct DLoRAProactive: DispatchPolicy {
     ///    A copy that finds no such host is dropped (possible only for adapters with several copies).
     /// Adapters with no rate entry are not placed; dispatch loads them on demand.
     public func placeAdapters(rates: [String: Double], replicas: [ReplicaLoad]) -> [String: Set<Int>] {
-        let hosts = replicas.filter { $0.usable && $0.adapterSlots > 0 }.sorted { $0.id < $1.id }
-        let totalSlots = hosts.reduce(0) { $0 + $1.adapterSlots }
+        let hosts = replicas.indices.filter { replicas[$0].usable && replicas[$0].adapterSlots > 0 }.sorted { replicas[$0].id < replicas[$1].id }
+        let slots = hosts.map { replicas[$0].adapterSlots }
+        let totalSlots = slots.reduce(0, +)
         let ranked = rates.filter { !$0.key.isEmpty }.sorted { $0.value != $1.value ? $0.value > $1.value : $0.key < $1.key }
         let placedAdapters = Array(ranked.prefix(totalSlots))
         guard !placedAdapters.isEmpty else { return [:] }
 
+        // D'Hondt: each spare slot to the highest rate per copy (ties: the higher-ranked adapter), through a heap
+        // of the eligible adapters rather than a scan of all of them per slot.
         var copies = [Int](repeating: 1, count: placedAdapters.count)
+        var heap = RatePerCopyHeap()
+        for (i, entry) in placedAdapters.enumerated() where entry.value > 0 && copies[i] < hosts.count {
+            heap.push(value: entry.value / Double(copies[i]), index: i)
+        }
         for _ in 0..<(totalSlots - placedAdapters.count) {
-            var pick: Int?
-            for (i, entry) in placedAdapters.enumerated() where entry.value > 0 && copies[i] < hosts.count {
-                if let p = pick, entry.value / Double(copies[i]) <= placedAdapters[p].value / Double(copies[p]) { continue }
-                pick = i
-            }
-            guard let p = pick else { break }
+            guard let p = heap.pop() else { break }
             copies[p] += 1
+            if copies[p] < hosts.count { heap.push(value: placedAdapters[p].value / Double(copies[p]), index: p) }
         }
 
-        var items: [(adapter: String, load: Double)] = []
+        var items: [(adapter: String, load: Double, index: Int)] = []
         for (i, entry) in placedAdapters.enumerated() {
-            for _ in 0..<copies[i] { items.append((entry.key, max(0, entry.value) / Double(copies[i]))) }
+            for _ in 0..<copies[i] { items.append((entry.key, max(0, entry.value) / Double(copies[i]), i)) }
         }
         items.sort { $0.load != $1.load ? $0.load > $1.load : $0.adapter < $1.adapter }
 
+        // Where each placed adapter is resident (host positions), for the tie-break.
+        var position: [String: Int] = [:]
+        for (i, entry) in placedAdapters.enumerated() { position[entry.key] = i }
+        var residentOn = [[Int]](repeating: [], count: placedAdapters.count)
+        for (h, r) in hosts.enumerated() {
+            for name in replicas[r].residentAdapters { if let i = position[name] { residentOn[i].append(h) } }
+        }
         var used = [Int](repeating: 0, count: hosts.count)
         var load = [Double](repeating: 0, count: hosts.count)
-        var result: [String: Set<Int>] = [:]
-        for item in items {
+        var holds = [[Int]](repeating: [], count: placedAdapters.count)
+        var held = [Int](repeating: -1, count: hosts.count)
+        var resident = [Int](repeating: -1, count: hosts.count)
+        for (n, item) in items.enumerated() {
+            for h in holds[item.index] { held[h] = n }
+            for h in residentOn[item.index] { resident[h] = n }
+            // The least loaded host with a free slot not holding the adapter; among equal loads the first where
+            // the adapter is resident, else the first.
             var best: Int?
-            for h in hosts.indices where used[h] < hosts[h].adapterSlots && !(result[item.adapter]?.contains(hosts[h].id) ?? false) {
+            for h in hosts.indices where used[h] < slots[h] && held[h] != n {
                 guard let b = best else { best = h; continue }
                 if load[h] != load[b] {
                     if load[h] < load[b] { best = h }
                     continue
                 }
-                let hResident = hosts[h].residentAdapters.contains(item.adapter)
-                let bResident = hosts[b].residentAdapters.contains(item.adapter)
-                if hResident && !bResident { best = h }
+                if resident[h] == n && resident[b] != n { best = h }
             }
             guard let h = best else { continue }
             used[h] += 1
             load[h] += item.load
-            result[item.adapter, default: []].insert(hosts[h].id)
+            holds[item.index].append(h)
+        }
+        var result: [String: Set<Int>] = [:]
+        for (i, entry) in placedAdapters.enumerated() where !holds[i].isEmpty {
+            result[entry.key] = Set(holds[i].map { replicas[hosts[$0]].id })
         }
         return result
+    }
+}
+
+/// A max-heap of (rate per copy, adapter position): the highest value first, the lower position among equals.
+private struct RatePerCopyHeap {
+    private var entries: [(value: Double, index: Int)] = []
+
+    private func before(_ a: (value: Double, index: Int), _ b: (value: Double, index: Int)) -> Bool {
+        a.value != b.value ? a.value > b.value : a.index < b.index
+    }
+
+    mutating func push(value: Double, index: Int) {
+        entries.append((value, index))
+        var child = entries.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard before(entries[child], entries[parent]) else { break }
+            entries.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    mutating func pop() -> Int? {
+        guard let top = entries.first else { return nil }
+        let last = entries.removeLast()
+        if !entries.isEmpty {
+            entries[0] = last
+            var parent = 0
+            while true {
+                let left = 2 * parent + 1, right = left + 1
+                var first = parent
+                if left < entries.count && before(entries[left], entries[first]) { first = left }
+                if right < entries.count && before(entries[right], entries[first]) { first = right }
+                if first == parent { break }
+                entries.swapAt(parent, first)
+                parent = first
+            }
+        }
+        return top.index
     }
 }

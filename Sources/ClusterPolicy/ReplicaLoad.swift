@@ -116,15 +116,18 @@ public struct ReplicaLoad: Sendable, Equatable {
         return adapterLoadSeconds[adapter] ?? defaultAdapterLoadSeconds
     }
 
-    /// Adapters that cannot be evicted now: resident ones with requests queued or running.
-    var busyAdapters: Set<String> {
-        Set(residentAdapters.filter { name in (perAdapter[name]?.total ?? 0) > 0 })
-    }
-
     /// The adapter could be made resident without waiting: it is resident, or a slot is free, or a resident
     /// adapter is idle and can be evicted (the artifact's "swap in for an idle one").
     public func canHost(_ adapter: String) -> Bool {
-        if adapter.isEmpty || residentAdapters.contains(adapter) { return true }
-        return adapterSlots > 0 && (residentAdapters.count < adapterSlots || busyAdapters.count < residentAdapters.count)
+        adapter.isEmpty || residentAdapters.contains(adapter) || canLoad
+    }
+
+    /// A slot is free, or a resident adapter is idle and can be evicted: a new adapter can be made resident now.
+    /// (A loop, not `contains(where:)`: a closure capturing `self` copies the load, per replica per dispatch.)
+    var canLoad: Bool {
+        guard adapterSlots > 0 else { return false }
+        if residentAdapters.count < adapterSlots { return true }
+        for name in residentAdapters where (perAdapter[name]?.total ?? 0) == 0 { return true }
+        return false
     }
 }

@@ -14,7 +14,7 @@ public struct FCFSUnmergedPolicy: BatchingPolicy {
     public init(config: BatchPolicyConfig) { self.config = config }
 
     public mutating func decide(_ queue: [QueuedRequest]) -> BatchDecision {
-        BatchDecision(mode: .unmerged, runs: fillBatch(queue, starving: [], credits: creditTable, config: config).runs)
+        BatchDecision(mode: .unmerged, runs: fillBatch(queue, starving: [], credits: creditTable, config: config))
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
@@ -39,7 +39,7 @@ public struct MergedOnlyPolicy: BatchingPolicy {
         guard let first = queue.first else { return BatchDecision(mode: mode, runs: []) }
         let next: ExecutionMode = first.adapter == QueuedRequest.base ? .unmerged : .merged(adapter: first.adapter)
         let pool = queue.filter { $0.adapter == first.adapter }
-        return BatchDecision(mode: next, runs: fillBatch(pool, starving: [], credits: creditTable, config: config).runs)
+        return BatchDecision(mode: next, runs: fillBatch(pool, starving: [], credits: creditTable, config: config))
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
@@ -70,7 +70,7 @@ public struct PEFTLikePolicy: BatchingPolicy {
         }
         let pool = queue.filter { staticBatch.contains($0.id) }
         let next: ExecutionMode = pool[0].adapter == QueuedRequest.base ? .unmerged : .merged(adapter: pool[0].adapter)
-        return BatchDecision(mode: next, runs: fillBatch(pool, starving: [], credits: creditTable, config: config).runs)
+        return BatchDecision(mode: next, runs: fillBatch(pool, starving: [], credits: creditTable, config: config))
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {

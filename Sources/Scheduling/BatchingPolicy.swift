@@ -143,22 +143,31 @@ struct Credits: Equatable, Sendable {
     private(set) var values: [Int: Int] = [:]
 
     func starving(_ queue: [QueuedRequest], bound: Int) -> Set<Int> {
+        guard bound > 0 else {
+            var out = Set<Int>()
+            for r in queue { out.insert(r.adapter) }
+            return out
+        }
+        // Adapters at the bound first (usually none: then the queue is not walked).
+        var candidates = IntTable()
+        for (a, v) in values where v >= bound { candidates.add(a) }
+        guard !candidates.isEmpty else { return [] }
         var out = Set<Int>()
-        for r in queue where (values[r.adapter] ?? 0) >= bound { out.insert(r.adapter) }
+        for r in queue where candidates.contains(r.adapter) { out.insert(r.adapter) }
         return out
     }
 
     func credit(_ adapter: Int) -> Int { values[adapter] ?? 0 }
 
     mutating func charge(queue: [QueuedRequest], ran: [PolicyRun]) {
-        var ranIDs = Set<RequestID>()
-        for r in ran { ranIDs.insert(r.id) }
-        var served = Set<Int>(), waiting = Set<Int>()
+        var ranIDs = IntTable(capacity: ran.count)
+        for r in ran { ranIDs.add(r.id.rawValue) }
+        var served = IntTable(), waiting = IntTable()
         for r in queue {
-            if ranIDs.contains(r.id) { served.insert(r.adapter) } else { waiting.insert(r.adapter) }
+            if ranIDs.contains(r.id.rawValue) { served.add(r.adapter) } else { waiting.add(r.adapter) }
         }
-        for a in served { values[a] = 0 }
-        for a in waiting.subtracting(served) { values[a, default: 0] += 1 }
+        for a in served.keys { values[a] = 0 }
+        for a in waiting.keys where !served.contains(a) { values[a, default: 0] += 1 }
         for a in Array(values.keys) where !served.contains(a) && !waiting.contains(a) { values[a] = nil }
     }
 }
@@ -166,35 +175,38 @@ struct Credits: Equatable, Sendable {
 /// Fills an iteration: decodes and prompt chunks within the token and sequence budgets and the adapter-slot
 /// limit. Starving adapters first — the oldest request of each, the longest-waiting adapter first, each with a
 /// fair share of the token budget so one long prompt cannot shut the others out — then the pool FCFS (a
-/// request whose adapter finds no free slot is skipped). Returns the runs and the tokens each adapter got.
-func fillBatch(_ pool: [QueuedRequest], starving: Set<Int>, credits: Credits, config c: BatchPolicyConfig)
-    -> (runs: [PolicyRun], perAdapter: [Int: Int]) {
+/// request whose adapter finds no free slot is skipped). Returns the runs.
+func fillBatch(_ pool: [QueuedRequest], starving: Set<Int>, credits: Credits, config c: BatchPolicyConfig) -> [PolicyRun] {
     var runs: [PolicyRun] = []
-    var perAdapter: [Int: Int] = [:]
-    var taken = Set<RequestID>()
+    // Requests are taken by position in the pool (ids are unique), adapters among the ≤ maxAdapters taken.
+    var taken = [Bool](repeating: false, count: pool.count)
     var budget = c.maxBatchTokens
-    var adapters = Set<Int>()
-    func take(_ r: QueuedRequest, limit: Int) {
-        guard budget > 0, runs.count < c.maxBatchSequences, !taken.contains(r.id) else { return }
+    var adapters: [Int] = []
+    func take(_ i: Int, limit: Int) {
+        let r = pool[i]
+        guard budget > 0, runs.count < c.maxBatchSequences, !taken[i] else { return }
         if r.adapter != QueuedRequest.base && !adapters.contains(r.adapter) {
             guard adapters.count < c.maxAdapters else { return }
-            adapters.insert(r.adapter)
+            adapters.append(r.adapter)
         }
         let n = min(r.pendingTokens, budget, limit)
         runs.append(PolicyRun(id: r.id, tokens: n))
-        perAdapter[r.adapter, default: 0] += n
-        taken.insert(r.id)
+        taken[i] = true
         budget -= n
     }
     if !starving.isEmpty {
         let order = starving.sorted { (credits.credit($0), -$0) > (credits.credit($1), -$1) }
         for (i, a) in order.enumerated() {
-            guard let oldest = pool.first(where: { $0.adapter == a }) else { continue }
+            guard let oldest = pool.firstIndex(where: { $0.adapter == a }) else { continue }
             take(oldest, limit: max(1, budget / (order.count - i)))
         }
     }
-    for r in pool { take(r, limit: .max) }
-    return (runs, perAdapter)
+    // (Once the token or sequence budget is spent, nothing more can be taken.)
+    for i in pool.indices {
+        guard budget > 0, runs.count < c.maxBatchSequences else { break }
+        take(i, limit: .max)
+    }
+    return runs
 }
 
 /// Distinct adapters (not counting the base model) among the requests.

@@ -51,13 +51,14 @@ public struct DLoRAPolicy: BatchingPolicy {
     public mutating func decide(_ queue: [QueuedRequest]) -> BatchDecision {
         guard !queue.isEmpty else { return BatchDecision(mode: mode, runs: []) }
         let window = Array(queue.prefix(config.maxBatchSequences))
-        var counts: [Int: Int] = [:]
-        for r in queue { counts[r.adapter, default: 0] += 1 }
-        let next = nextMode(queue: queue, window: window, counts: counts)
+        var counts = IntTable()
+        for r in queue { counts.add(r.adapter, 1) }
+        let starvingNow = creditTable.starving(queue, bound: config.creditBound)
+        let next = nextMode(queue: queue, window: window, counts: counts, starving: starvingNow)
         var pool = queue
         if case .merged(let a) = next { pool = queue.filter { $0.adapter == a } }
-        let starving = next == .unmerged ? creditTable.starving(queue, bound: config.creditBound) : []
-        return BatchDecision(mode: next, runs: fillBatch(pool, starving: starving, credits: creditTable, config: config).runs)
+        let starving = next == .unmerged ? starvingNow : []
+        return BatchDecision(mode: next, runs: fillBatch(pool, starving: starving, credits: creditTable, config: config))
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
@@ -68,10 +69,16 @@ public struct DLoRAPolicy: BatchingPolicy {
             switches += 1
             mode = ran.mode
         }
-        var adapterOf: [RequestID: Int] = [:]
-        for r in queue { adapterOf[r.id] = r.adapter }
+        // Each run's adapter, from its queue entry (the base model if it has none).
+        var runIDs = IntTable(capacity: ran.runs.count)
+        for r in ran.runs { runIDs.add(r.id.rawValue) }
+        var adapterOf = IntTable(capacity: ran.runs.count)
+        for r in queue where runIDs.contains(r.id.rawValue) { adapterOf.set(r.id.rawValue, r.adapter) }
         var perAdapter: [Int: Int] = [:]
-        for r in ran.runs { perAdapter[adapterOf[r.id] ?? QueuedRequest.base, default: 0] += r.tokens }
+        for r in ran.runs {
+            let a = adapterOf.contains(r.id.rawValue) ? adapterOf[r.id.rawValue] : QueuedRequest.base
+            perAdapter[a, default: 0] += r.tokens
+        }
         pendingAlternative = alternative(of: ran.mode, perAdapter: perAdapter, window: Array(queue.prefix(config.maxBatchSequences)))
         pendingLoRATokens = ran.mode == .unmerged ? perAdapter.reduce(0) { $0 + Double($1.value) * loraWeight($1.key) } : nil
     }
@@ -149,25 +156,24 @@ public struct DLoRAPolicy: BatchingPolicy {
 
     // MARK: dLoRA
 
-    private func nextMode(queue: [QueuedRequest], window: [QueuedRequest], counts: [Int: Int]) -> ExecutionMode {
+    private func nextMode(queue: [QueuedRequest], window: [QueuedRequest], counts: IntTable, starving: Set<Int>) -> ExecutionMode {
         let c = config
         // Starving adapters go first: only an unmerged batch can hold them beside the others, unless the
         // current merged adapter is the only one starving. The whole queue counts, not just the FCFS window:
         // a starving adapter's requests may all sit behind it.
-        let starving = creditTable.starving(queue, bound: c.creditBound)
         if !starving.isEmpty {
             if case .merged(let a) = mode, starving == [a] { return mode }
             return .unmerged
         }
         let windowSize = Double(window.count)
         if case .merged(let a) = mode {
-            let share = Double(counts[a] ?? 0) / windowSize
-            return share >= mergeLeft && (counts[a] ?? 0) > 0 ? mode : .unmerged
+            let share = Double(counts[a]) / windowSize
+            return share >= mergeLeft && counts[a] > 0 ? mode : .unmerged
         }
         // The dominant adapter (ties: the one whose first request is oldest).
         var best: (adapter: Int, count: Int)?
         for r in window where r.adapter != QueuedRequest.base {
-            let n = counts[r.adapter] ?? 0
+            let n = counts[r.adapter]
             if best == nil || n > best!.count { best = (r.adapter, n) }
         }
         guard let (m, nm) = best else { return .unmerged }
@@ -175,7 +181,7 @@ public struct DLoRAPolicy: BatchingPolicy {
         // Amortization: over the horizon, merged must serve the dominant adapter's tokens faster than the
         // unmerged window serves tokens, after paying the switch. While other adapters wait, their credits end
         // a merged stretch after `creditBound` iterations, so the switch must pay for itself within that.
-        let othersWait = counts.contains { $0.key != m && $0.value > 0 }
+        let othersWait = counts.keys.contains { $0 != m && counts[$0] > 0 }
         let h = Double(othersWait ? min(c.amortizationHorizon, c.creditBound) : c.amortizationHorizon)
         let merged = Double(min(nm, c.maxBatchSequences)) * h
             / (switchCost(.merged(adapter: m)) + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))

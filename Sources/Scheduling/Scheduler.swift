@@ -21,9 +21,17 @@ public struct Scheduler: Sendable {
     public private(set) var mergeSecondsPerElement = 0.7e-9
     public private(set) var lastUnmergeSeconds = 0.0001
 
-    private var requests: [RequestID: Request] = [:]
-    /// Live request ids in arrival order (FCFS).
-    private var order: [RequestID] = []
+    /// The request table in dense slots (a finished request's slot is reused): every per-iteration pass walks
+    /// `order` and reads `table` by slot; only ids coming in from outside (the policy's runs, `finish`, `request`)
+    /// go through `slotOf`.
+    private var table: [Request] = []
+    private var slotOf: [RequestID: Int] = [:]
+    private var freeSlots: [Int] = []
+    /// Live requests' slots in arrival order (FCFS).
+    private var order: [Int] = []
+    /// Per slot: the step whose policy proposed it, and the step that chose it (this iteration's sets, as marks).
+    private var proposedAt: [Int] = []
+    private var chosenAt: [Int] = []
     private var nextArrival = 0
 
     struct AdapterState: Equatable, Sendable {
@@ -52,11 +60,17 @@ public struct Scheduler: Sendable {
 
     public var hasWork: Bool { !order.isEmpty }
     public var liveCount: Int { order.count }
-    public func request(_ id: RequestID) -> Request? { requests[id] }
+    public func request(_ id: RequestID) -> Request? { slotOf[id].map { table[$0] } }
+    /// The request is live (queued, running or swapped out).
+    public func isLive(_ id: RequestID) -> Bool { slotOf[id] != nil }
     /// Live requests in FCFS order.
-    public var liveRequests: [Request] { order.map { requests[$0]! } }
-    public var runningCount: Int { order.reduce(0) { $0 + (requests[$1]!.status == .running ? 1 : 0) } }
-    public var swappedCount: Int { order.reduce(0) { $0 + (requests[$1]!.status == .swapped ? 1 : 0) } }
+    public var liveRequests: [Request] { order.map { table[$0] } }
+    /// Calls `body` with each live request in FCFS order (without building an array of them).
+    public func forEachLiveRequest(_ body: (Request) -> Void) {
+        for s in order { body(table[s]) }
+    }
+    public var runningCount: Int { order.reduce(0) { $0 + (table[$1].status == .running ? 1 : 0) } }
+    public var swappedCount: Int { order.reduce(0) { $0 + (table[$1].status == .swapped ? 1 : 0) } }
     public var waitingCount: Int { liveCount - runningCount }
     public func knows(adapter: Int) -> Bool { adapters[adapter] != nil }
     public var knownAdapters: [Int] { adapters.keys.sorted() }
@@ -66,14 +80,15 @@ public struct Scheduler: Sendable {
     /// preempted or swapped out. Sorted so that callers can compare it with an earlier answer.
     public var waitingAdapters: [Int] {
         var keys: Set<Int> = []
-        for id in order {
-            let r = requests[id]!
-            if r.status != .running && r.adapter != Request.base { keys.insert(r.adapter) }
-        }
+        for s in order where table[s].status != .running && table[s].adapter != Request.base { keys.insert(table[s].adapter) }
         return keys.sorted()
     }
     /// Blocks held by requests.
-    public var requestBlocks: Int { order.reduce(0) { $0 + requests[$1]!.blockTable.count } }
+    public var requestBlocks: Int {
+        var n = 0
+        for s in order { n += table[s].blockTable.count }
+        return n
+    }
 
     // MARK: Admission
 
@@ -95,7 +110,7 @@ public struct Scheduler: Sendable {
     /// tokens; `maxNewTokens`: how many it may still generate (nil: up to the length limit).
     @discardableResult
     public mutating func add(_ id: RequestID, adapter: Int, promptCount: Int, tokenCount: Int? = nil, maxNewTokens: Int?) throws -> Request {
-        guard requests[id] == nil else { throw SchedulerError("request \(id) is already queued") }
+        guard slotOf[id] == nil else { throw SchedulerError("request \(id) is already queued") }
         let bytes: Int
         if adapter == Request.base {
             bytes = 0
@@ -118,8 +133,18 @@ public struct Scheduler: Sendable {
         let r = Request(id: id, adapter: adapter, promptCount: promptCount, tokenCount: count, maxLength: max(maxLength, count + 1),
                         arrival: nextArrival)
         nextArrival += 1
-        requests[id] = r
-        order.append(id)
+        let slot: Int
+        if let free = freeSlots.popLast() {
+            slot = free
+            table[slot] = r
+        } else {
+            slot = table.count
+            table.append(r)
+            proposedAt.append(0)
+            chosenAt.append(0)
+        }
+        slotOf[id] = slot
+        order.append(slot)
         if adapter != Request.base { adapters[adapter]!.refs += 1 }
         return r
     }
@@ -128,19 +153,20 @@ public struct Scheduler: Sendable {
     /// `computed` tokens are then computed. Returns the blocks to copy the K/V into, or nil when the pool
     /// cannot hold them now (the request then recomputes).
     public mutating func adoptKV(_ id: RequestID, computed: Int) -> [Int32]? {
-        guard var r = requests[id], r.status == .waiting, r.blockTable.isEmpty, computed > 0, computed <= r.tokenCount else { return nil }
-        guard pool.ensureCapacity(&r.blockTable, tokens: computed) else { return nil }
-        r.computed = computed
-        r.status = .running
-        requests[id] = r
-        return r.blockTable
+        guard let s = slotOf[id], table[s].status == .waiting, table[s].blockTable.isEmpty, computed > 0, computed <= table[s].tokenCount else {
+            return nil
+        }
+        guard pool.ensureCapacity(&table[s].blockTable, tokens: computed) else { return nil }
+        table[s].computed = computed
+        table[s].status = .running
+        return table[s].blockTable
     }
 
     /// Takes a live request out (cancelled, migrated, or finished by a stop string the engine saw);
     /// what it held is freed. Returns false when it is not live.
     @discardableResult
     public mutating func finish(_ id: RequestID, reason: FinishReason) -> Bool {
-        guard requests[id] != nil else { return false }
+        guard slotOf[id] != nil else { return false }
         var actions: [SchedulerAction] = []
         release(id, reason: reason, into: &actions)
         idleCheck(into: &actions)
@@ -174,54 +200,56 @@ public struct Scheduler: Sendable {
         pendingActions.removeAll()
         stats.steps += 1
         let step = stats.steps
-        let queue = order.map { QueuedRequest(id: $0, adapter: requests[$0]!.adapter, pendingTokens: requests[$0]!.pendingTokens) }
+        // `order` does not change during the iteration (preemption keeps a request's place): queue[i] is slot order[i].
+        let queueSlots = order
+        var queue: [QueuedRequest] = []
+        queue.reserveCapacity(queueSlots.count)
+        for s in queueSlots { queue.append(QueuedRequest(id: table[s].id, adapter: table[s].adapter, pendingTokens: table[s].pendingTokens)) }
         guard !queue.isEmpty else { return SchedulerOutput(step: step, mode: policy.mode, runs: [], actions: actions, loraSlots: []) }
         let decision = policy.decide(queue)
-        var proposed = Set<RequestID>()
-        for r in decision.runs { proposed.insert(r.id) }
+        let proposedSlots = decision.runs.map { slotOf[$0.id] ?? -1 }
+        for s in proposedSlots where s >= 0 { proposedAt[s] = step }
         var mode = decision.mode
         var mergedTarget: Int? = if case .merged(let a) = mode { a } else { nil }
 
         var executed: [PolicyRun] = []
-        var chosen = Set<RequestID>()
-        var unavailable = Set<Int>()
+        var executedSlots: [Int] = []
+        var unavailable: [Int] = []
         /// Gives one run its adapter and KV blocks, or leaves it out.
-        func tryRun(_ run: PolicyRun, backfill: Bool = false) {
-            guard var r = requests[run.id], !backfill || r.status == .running else { return }
-            let a = r.adapter
+        func tryRun(_ run: PolicyRun, slot s: Int, backfill: Bool = false) {
+            guard s >= 0, !backfill || table[s].status == .running else { return }
+            let a = table[s].adapter
             if a != Request.base {
                 if unavailable.contains(a) { return }
-                if adapters[a]!.resident == nil && !makeResident(a, for: r.id, proposed: proposed, chosen: chosen, keepMerged: mergedTarget, into: &actions) {
-                    unavailable.insert(a)
+                if adapters[a]!.resident == nil && !makeResident(a, for: s, keepMerged: mergedTarget, into: &actions) {
+                    unavailable.append(a)
                     return
                 }
                 adapters[a]!.lastUse = step
             }
-            // Making the adapter resident may have preempted others, never this request: read it again.
-            r = requests[run.id]!
-            let missing = pool.blocksNeeded(tokens: r.computed + run.tokens) - r.blockTable.count
-            guard missing <= 0 || makeRoom(missing, for: r.id, proposed: proposed, chosen: chosen, keep: mergedTarget, into: &actions) else {
+            // Making the adapter resident may have preempted others, never this request.
+            let missing = pool.blocksNeeded(tokens: table[s].computed + run.tokens) - table[s].blockTable.count
+            guard missing <= 0 || makeRoom(missing, for: s, keep: mergedTarget, into: &actions) else {
                 return
             }
-            r = requests[run.id]!
-            guard pool.ensureCapacity(&r.blockTable, tokens: r.computed + run.tokens) else { preconditionFailure("room was made") }
-            if r.status == .swapped {
-                actions.append(.swapIn(r.id, blocks: Array(r.blockTable.prefix(r.swappedBlocks))))
-                hostSwapBytes -= r.swappedBlocks * config.bytesPerBlock
-                r.swappedBlocks = 0
+            guard pool.ensureCapacity(&table[s].blockTable, tokens: table[s].computed + run.tokens) else { preconditionFailure("room was made") }
+            if table[s].status == .swapped {
+                actions.append(.swapIn(table[s].id, blocks: Array(table[s].blockTable.prefix(table[s].swappedBlocks))))
+                hostSwapBytes -= table[s].swappedBlocks * config.bytesPerBlock
+                table[s].swappedBlocks = 0
                 stats.swapIns += 1
             }
-            r.status = .running
-            requests[run.id] = r
-            chosen.insert(r.id)
+            table[s].status = .running
+            chosenAt[s] = step
             executed.append(run)
+            executedSlots.append(s)
         }
-        for run in decision.runs { tryRun(run) }
+        for (run, s) in zip(decision.runs, proposedSlots) { tryRun(run, slot: s) }
         if executed.isEmpty {
             // None of the proposal fits beside the work in progress (new work never pushes it out): continue the
             // requests that hold KV instead, FCFS within the budgets — in the proposed mode if any of them is
             // the merged adapter's, else unmerged — so memory frees up as they finish.
-            let running = queue.filter { requests[$0.id]!.status == .running }
+            let running = queue.indices.filter { table[queueSlots[$0]].status == .running }.map { queue[$0] }
             var pool = running.filter { mergedTarget == nil || $0.adapter == mergedTarget }
             if pool.isEmpty && !running.isEmpty {
                 mode = .unmerged
@@ -229,14 +257,17 @@ public struct Scheduler: Sendable {
                 pool = running
             }
             // (A backfilled request preempted by an earlier one in this pass is skipped: it holds nothing now.)
-            for run in fillBatch(pool, starving: [], credits: Credits(), config: config.policy).runs { tryRun(run, backfill: true) }
+            for run in fillBatch(pool, starving: [], credits: Credits(), config: config.policy) {
+                tryRun(run, slot: slotOf[run.id] ?? -1, backfill: true)
+            }
         }
 
-        let deferred = decision.runs.map(\.id).filter { !chosen.contains($0) }
+        var deferred: [RequestID] = []
+        for (run, s) in zip(decision.runs, proposedSlots) where s < 0 || chosenAt[s] != step { deferred.append(run.id) }
         guard !executed.isEmpty else {
             // Nothing fit at all (this iteration's adapters and KV could not share the budget): free everything so
             // the oldest request can make progress next iteration. Admission checked each request fits alone.
-            for id in order where requests[id]!.status == .running { preempt(id, into: &actions) }
+            for s in order where table[s].status == .running { preempt(s, into: &actions) }
             if merged != nil {
                 actions.append(.unmerge)
                 merged = nil
@@ -261,23 +292,27 @@ public struct Scheduler: Sendable {
 
         // LoRA slots: one per distinct adapter of an unmerged iteration, in order of first appearance; runs of
         // one slot side by side (one segment each, as SGMV groups them), requests FCFS within a slot.
-        var slotOf: [Int: Int32] = [:]
         var slots: [Int] = []
-        if mergedTarget == nil {
-            for run in executed {
-                let a = requests[run.id]!.adapter
-                if a != Request.base && slotOf[a] == nil {
-                    slotOf[a] = Int32(slots.count)
+        var keyed: [(slot: Int32, arrival: Int, run: ScheduledRun)] = []
+        keyed.reserveCapacity(executed.count)
+        for (run, s) in zip(executed, executedSlots) {
+            let a = table[s].adapter
+            var loraSlot: Int32 = -1
+            if mergedTarget == nil && a != Request.base {
+                if let i = slots.firstIndex(of: a) {
+                    loraSlot = Int32(i)
+                } else {
+                    loraSlot = Int32(slots.count)
                     slots.append(a)
                 }
             }
+            let r = table[s]
+            keyed.append((loraSlot, r.arrival,
+                          ScheduledRun(request: r.id, adapter: a, start: r.computed, tokens: run.tokens, blockTable: r.blockTable,
+                                       samples: r.computed + run.tokens == r.tokenCount, loraSlot: loraSlot)))
         }
-        var runs = executed.map { run -> ScheduledRun in
-            let r = requests[run.id]!
-            return ScheduledRun(request: r.id, adapter: r.adapter, start: r.computed, tokens: run.tokens, blockTable: r.blockTable,
-                                samples: r.computed + run.tokens == r.tokenCount, loraSlot: slotOf[r.adapter] ?? -1)
-        }
-        runs.sort { ($0.loraSlot, requests[$0.request]!.arrival) < ($1.loraSlot, requests[$1.request]!.arrival) }
+        keyed.sort { ($0.slot, $0.arrival) < ($1.slot, $1.arrival) }
+        let runs = keyed.map(\.run)
         let ran = BatchDecision(mode: mode, runs: executed)
         let switchesBefore = policy.switches
         policy.executed(ran, queue: queue)
@@ -301,27 +336,23 @@ public struct Scheduler: Sendable {
         policy.observe(BatchDecision(mode: output.mode, runs: output.runs.map { PolicyRun(id: $0.request, tokens: $0.tokens) }),
                        adapters: output.loraSlots.count, seconds: report.forwardSeconds)
 
-        var sampledBy: [RequestID: SampledToken] = [:]
-        for s in sampled { sampledBy[s.request] = s }
         var outputs: [RequestOutput] = []
         var finished: [(RequestID, FinishReason)] = []
         for run in output.runs {
-            guard var r = requests[run.request], r.status == .running else { continue }
-            if r.computed < r.promptCount { stats.promptTokens += min(run.tokens, r.promptCount - r.computed) }
-            r.computed += run.tokens
-            guard run.samples, let s = sampledBy[run.request] else {
-                requests[run.request] = r
-                continue
-            }
+            guard let slot = slotOf[run.request], table[slot].status == .running else { continue }
+            if table[slot].computed < table[slot].promptCount { stats.promptTokens += min(run.tokens, table[slot].promptCount - table[slot].computed) }
+            table[slot].computed += run.tokens
+            // The run's sampled token (the last entry for it, should there be several).
+            guard run.samples, let i = sampled.lastIndex(where: { $0.request == run.request }) else { continue }
+            let s = sampled[i]
             var finish: FinishReason?
             if s.failed {
                 finish = .error
             } else {
-                r.tokenCount += 1
+                table[slot].tokenCount += 1
                 stats.generatedTokens += 1
-                if s.endsSequence { finish = .stop } else if r.tokenCount >= r.maxLength { finish = .length }
+                if s.endsSequence { finish = .stop } else if table[slot].tokenCount >= table[slot].maxLength { finish = .length }
             }
-            requests[run.request] = r
             outputs.append(RequestOutput(request: run.request, finish: finish))
             if let finish { finished.append((run.request, finish)) }
         }
@@ -345,32 +376,29 @@ public struct Scheduler: Sendable {
     ///   only by swapping it (it loses no work), so memory does not hold a starving adapter up for long.
     /// A waiting owner otherwise takes only free blocks and idle adapters' blocks: new work never pushes out
     /// work in progress. Nothing is evicted or preempted when even all of that would not be enough.
-    private mutating func makeRoom(_ blocks: Int, for owner: RequestID, proposed: Set<RequestID>, chosen: Set<RequestID>, keep: Int?,
-                                   into actions: inout [SchedulerAction]) -> Bool {
+    private mutating func makeRoom(_ blocks: Int, for owner: Int, keep: Int?, into actions: inout [SchedulerAction]) -> Bool {
         guard pool.freeCount < blocks else { return true }
+        let step = stats.steps
         var needed = Set<Int>()
-        for id in order {
-            let r = requests[id]!
-            if !r.blockTable.isEmpty || proposed.contains(id) { needed.insert(r.adapter) }
-        }
+        for s in order where !table[s].blockTable.isEmpty || proposedAt[s] == step { needed.insert(table[s].adapter) }
         if let keep { needed.insert(keep) }
         if let m = merged { needed.insert(m) }
-        needed.insert(requests[owner]!.adapter)
+        needed.insert(table[owner].adapter)
         let idle = adapters.filter { $0.value.resident != nil && !needed.contains($0.key) }
             .sorted { ($0.value.lastUse, $0.key) < ($1.value.lastUse, $1.key) }.map(\.key)
 
-        let me = requests[owner]!
+        let me = table[owner]
         let credits = policy.credits
         func starving(_ adapter: Int) -> Bool { (credits[adapter] ?? 0) >= config.policy.creditBound }
         let ownerStarving = starving(me.adapter)
         let ownerRunning = !me.blockTable.isEmpty
-        let holders = order.filter { $0 != owner && !chosen.contains($0) && !requests[$0]!.blockTable.isEmpty }
-        let candidates = holders.filter { !proposed.contains($0) }.reversed() + holders.filter { proposed.contains($0) }.reversed()
+        let holders = order.filter { $0 != owner && chosenAt[$0] != step && !table[$0].blockTable.isEmpty }
+        let candidates = holders.filter { proposedAt[$0] != step }.reversed() + holders.filter { proposedAt[$0] == step }.reversed()
         var free = pool.freeCount + idle.reduce(0) { $0 + adapters[$1]!.blocks }
         var swapBytes = hostSwapBytes
-        var victims: [RequestID] = []
+        var victims: [Int] = []
         for v in candidates where free < blocks {
-            let r = requests[v]!
+            let r = table[v]
             let bytes = pool.blocksNeeded(tokens: r.computed) * config.bytesPerBlock
             let swaps = r.computed > 0 && swapBytes + bytes <= config.hostSwapLimitBytes
             let mayRecompute = ownerRunning && r.arrival > me.arrival
@@ -393,32 +421,29 @@ public struct Scheduler: Sendable {
     /// SmolLM2 token costs microseconds; recomputing costs ~1.4 ms per token here, so swapping wins while there
     /// is room); beyond that it recomputes from zero when rescheduled. Either way it keeps its place in
     /// arrival order, so preempted requests come back FCFS.
-    private mutating func preempt(_ id: RequestID, into actions: inout [SchedulerAction]) {
-        var r = requests[id]!
-        let used = pool.blocksNeeded(tokens: r.computed)
+    private mutating func preempt(_ s: Int, into actions: inout [SchedulerAction]) {
+        let used = pool.blocksNeeded(tokens: table[s].computed)
         let bytes = used * config.bytesPerBlock
-        if r.computed > 0 && hostSwapBytes + bytes <= config.hostSwapLimitBytes {
-            actions.append(.swapOut(id, blocks: Array(r.blockTable.prefix(used))))
+        if table[s].computed > 0 && hostSwapBytes + bytes <= config.hostSwapLimitBytes {
+            actions.append(.swapOut(table[s].id, blocks: Array(table[s].blockTable.prefix(used))))
             hostSwapBytes += bytes
-            r.swappedBlocks = used
-            r.status = .swapped
+            table[s].swappedBlocks = used
+            table[s].status = .swapped
             stats.swapOuts += 1
         } else {
-            if r.computed > 0 { stats.recomputes += 1 }
-            r.computed = 0
-            r.status = .waiting
+            if table[s].computed > 0 { stats.recomputes += 1 }
+            table[s].computed = 0
+            table[s].status = .waiting
         }
-        pool.release(r.blockTable)
-        r.blockTable.removeAll()
-        requests[id] = r
+        pool.release(table[s].blockTable)
+        table[s].blockTable.removeAll()
         stats.preemptions += 1
     }
 
     /// Makes an adapter resident: takes its share of the budget, making room as `makeRoom` does.
-    private mutating func makeResident(_ a: Int, for owner: RequestID, proposed: Set<RequestID>, chosen: Set<RequestID>, keepMerged: Int?,
-                                       into actions: inout [SchedulerAction]) -> Bool {
+    private mutating func makeResident(_ a: Int, for owner: Int, keepMerged: Int?, into actions: inout [SchedulerAction]) -> Bool {
         let need = adapters[a]!.blocks
-        guard need < pool.numBlocks, makeRoom(need, for: owner, proposed: proposed, chosen: chosen, keep: keepMerged, into: &actions) else {
+        guard need < pool.numBlocks, makeRoom(need, for: owner, keep: keepMerged, into: &actions) else {
             return false
         }
         adapters[a]!.resident = pool.allocate(need)!
@@ -449,8 +474,11 @@ public struct Scheduler: Sendable {
     }
 
     private mutating func release(_ id: RequestID, reason: FinishReason, into actions: inout [SchedulerAction]) {
-        guard let r = requests.removeValue(forKey: id) else { return }
-        order.removeAll { $0 == id }
+        guard let slot = slotOf.removeValue(forKey: id) else { return }
+        order.removeAll { $0 == slot }
+        let r = table[slot]
+        table[slot].blockTable = []
+        freeSlots.append(slot)
         pool.release(r.blockTable)
         if r.status == .swapped {
             hostSwapBytes -= r.swappedBlocks * config.bytesPerBlock

@@ -152,6 +152,8 @@ struct SimulationRun {
     var stepLog: [StepRecord] = []
     var arrivalCounts: [Int]
     var rates: [String: Double] = [:]
+    /// What dispatch sees, once every replica has reported (`dispatchLoads`).
+    var statusLoads: [ReplicaLoad]?
     var stallSum = 0.0
     var stallCount = 0
     var migrationsDone = 0
@@ -230,6 +232,12 @@ struct SimulationRun {
 
     // MARK: The replicas
 
+    /// Reads replica `r`'s scheduler in place. (A non-mutating call into the Scheduling module through Array's
+    /// getter, `replicas[r].scheduler.hasWork`, copies the whole replica first: its scheduler, inbox and status.)
+    func scheduler<T>(_ r: Int, _ body: (Scheduler) -> T) -> T {
+        replicas.withUnsafeBufferPointer { body($0[r].scheduler) }
+    }
+
     mutating func deliver(_ r: Int, _ item: InboxItem) {
         replicas[r].inbox.append(item)
         if !replicas[r].busy { startStep(r) }
@@ -244,7 +252,7 @@ struct SimulationRun {
             case .stop(let m):
                 let move = moves[m]
                 let i = move.request
-                guard owner[i] == r, let q = replicas[r].scheduler.request(RequestID(i)) else {
+                guard owner[i] == r, let q = scheduler(r, { $0.request(RequestID(i)) }) else {
                     moving[i] = nil
                     continue
                 }
@@ -294,7 +302,7 @@ struct SimulationRun {
     /// `EngineCore.step()`'s first half: schedule, carry out the actions, start the forward pass.
     mutating func startStep(_ r: Int) {
         takeInbox(r)
-        guard replicas[r].scheduler.hasWork else {
+        guard scheduler(r, \.hasWork) else {
             replicas[r].carrySeconds += actionSeconds(r, replicas[r].scheduler.takeActions())
             replicas[r].busy = false
             return
@@ -304,15 +312,16 @@ struct SimulationRun {
         replicas[r].unmergeSeconds = nil
         let actions = replicas[r].carrySeconds + actionSeconds(r, out.actions, timing: true)
         replicas[r].carrySeconds = 0
-        let forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(r, out))
+        // (The scheduler's configured reference: the policy's cost model keeps it as given.)
+        let reference = replicas[r].scheduler.config.policy.costs.referenceLoRAParameters
+        let forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(out, reference: reference))
         replicas[r].busy = true
         replicas[r].current = out
         replicas[r].actionSeconds = actions
         replicas[r].forwardSeconds = forward
-        let s = replicas[r].scheduler
-        let used = s.pool.numBlocks - s.pool.freeCount
+        let (used, accounted) = scheduler(r) { ($0.pool.numBlocks - $0.pool.freeCount, $0.requestBlocks + $0.residentAdapterBlocks) }
         if used > invariants.maxBlocksUsed[r] { invariants.maxBlocksUsed[r] = used }
-        if s.requestBlocks + s.residentAdapterBlocks != used { invariants.maxBlocksUsed[r] = Int.max }
+        if accounted != used { invariants.maxBlocksUsed[r] = Int.max }
         hash.mix(9)
         hash.mix(r)
         switch out.mode {
@@ -355,7 +364,7 @@ struct SimulationRun {
             var sampled: [SampledToken] = []
             for run in out.runs where run.samples {
                 let i = run.request.rawValue
-                guard owner[i] == r, replicas[r].scheduler.request(run.request) != nil else { continue }
+                guard owner[i] == r, scheduler(r, { $0.isLive(run.request) }) else { continue }
                 sampled.append(SampledToken(request: run.request, endsSequence: generated[i] + 1 >= workload[i].outputTokens))
             }
             let report = ExecutionReport(forwardSeconds: replicas[r].forwardSeconds, mergeSeconds: replicas[r].mergeSeconds,
@@ -395,10 +404,9 @@ struct SimulationRun {
         hash.mix(i)
     }
 
-    func stepShape(_ r: Int, _ out: SchedulerOutput) -> StepShape {
+    func stepShape(_ out: SchedulerOutput, reference: Double) -> StepShape {
         var prefill = 0, context = 0
         var lora = 0.0
-        let reference = replicas[r].scheduler.policy.config.costs.referenceLoRAParameters
         for run in out.runs {
             if run.tokens > 1 { prefill += run.tokens }
             context += run.start + run.tokens

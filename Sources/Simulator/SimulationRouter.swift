@@ -9,29 +9,42 @@ extension SimulationRun {
         let request = workload[i]
         let name = names[request.adapter]
         arrivalCounts[request.adapter] += 1
-        let loads = dispatchLoads()
-        let target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: loads) ?? 0
+        let target: Int
+        if statusLoads != nil {
+            target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: statusLoads!) ?? 0
+        } else {
+            let loads = dispatchLoads()
+            target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: loads) ?? 0
+        }
         hash.mix(5)
         hash.mix(i)
         hash.mix(target)
         replicas[target].dispatchedSinceStatus[name, default: 0] += 1
+        if statusLoads != nil { statusLoads![target].perAdapter[name, default: AdapterCounts()].waiting += 1 }
         deliver(target, .add(i, kv: nil))
     }
 
     /// What dispatch sees: each replica's last status plus the requests dispatched to it since
     /// (`ClusterRouter.loads()`); with no polling, its state now.
+    /// Once every replica has reported, `statusLoads` holds exactly that, kept up to date as statuses come in and
+    /// requests are dispatched (rather than rebuilt for every arrival).
     mutating func dispatchLoads() -> [ReplicaLoad] {
         if config.pollInterval == 0 { return replicas.indices.map { load($0, includeRequests: false) } }
-        return replicas.indices.map { r in
+        if let statusLoads { return statusLoads }
+        let loads = replicas.indices.map { r in
             var l = replicas[r].status ?? load(r, includeRequests: false)
             for (name, n) in replicas[r].dispatchedSinceStatus { l.perAdapter[name, default: AdapterCounts()].waiting += n }
             return l
         }
+        if replicas.allSatisfy({ $0.status != nil }) { statusLoads = loads }
+        return loads
     }
 
     mutating func refreshStatus(_ r: Int) {
-        replicas[r].status = load(r, includeRequests: false)
+        let l = load(r, includeRequests: false)
+        replicas[r].status = l
         replicas[r].dispatchedSinceStatus.removeAll()
+        if statusLoads != nil { statusLoads![r] = l }
     }
 
     /// A replica's status as `dlora serve` reports it (ReplicaControl's EngineView) and the router maps it
@@ -40,13 +53,16 @@ extension SimulationRun {
     /// `includeRequests`, its running requests with at least `migrationMinRemainingTokens` left for the planner
     /// (the others' remaining work is pinned).
     func load(_ r: Int, includeRequests: Bool) -> ReplicaLoad {
-        let s = replicas[r].scheduler
-        let costs = s.policy.config.costs
+        // Read in place (the replica, its scheduler and its requests are not copied).
+        replicas.withUnsafeBufferPointer { load(r, of: $0[r], includeRequests: includeRequests) }
+    }
+
+    private func load(_ r: Int, of replica: borrowing Replica, includeRequests: Bool) -> ReplicaLoad {
+        let costs = replica.scheduler.policy.config.costs
         var per: [String: AdapterCounts] = [:]
         var running = 0
         var distinct = Set<Int>()
-        let live = s.liveRequests
-        for q in live {
+        replica.scheduler.forEachLiveRequest { q in
             let name = q.adapter == Request.base ? "" : names[q.adapter]
             if q.status == .running {
                 running += 1
@@ -57,14 +73,14 @@ extension SimulationRun {
             }
         }
         // Requests in the inbox are queued on the replica already (the engine takes them at the next step).
-        for case .add(let i, _) in replicas[r].inbox { per[names[workload[i].adapter], default: AdapterCounts()].waiting += 1 }
+        for case .add(let i, _) in replica.inbox { per[names[workload[i].adapter], default: AdapterCounts()].waiting += 1 }
         let decode = costs.unmerged(tokens: max(1, running), adapters: distinct.count)
         let full = max(1, shape.maxBatchSequences)
         let mergedFactor = costs.merged(tokens: full) / max(1e-9, costs.unmerged(tokens: full, adapters: 1))
         var infos: [RequestInfo] = []
         var pinned = 0.0
         if includeRequests {
-            for q in live {
+            replica.scheduler.forEachLiveRequest { q in
                 let remaining = max(0, (q.maxLength - q.promptCount) - q.generated)
                 let seconds = Double(remaining) * decode
                 if q.status == .running && moving[q.id.rawValue] == nil && remaining >= config.migrationMinRemainingTokens {
@@ -76,8 +92,9 @@ extension SimulationRun {
                 }
             }
         }
-        return ReplicaLoad(id: r, kvBlocksTotal: s.pool.numBlocks, kvBlocksFree: s.pool.freeCount, blockSize: shape.blockSize,
-                           adapterSlots: shape.adapterSlots, residentAdapters: Set(s.residentAdapters.map { names[$0] }), perAdapter: per,
+        return ReplicaLoad(id: r, kvBlocksTotal: replica.scheduler.pool.numBlocks, kvBlocksFree: replica.scheduler.pool.freeCount,
+                           blockSize: shape.blockSize, adapterSlots: shape.adapterSlots,
+                           residentAdapters: Set(replica.scheduler.residentAdapters.map { names[$0] }), perAdapter: per,
                            decodeStepSeconds: decode, mergedCostFactor: mergedFactor, maxBatch: shape.maxBatchSequences,
                            defaultAdapterLoadSeconds: typicalLoadSeconds, running: infos, pinnedWorkSeconds: pinned)
     }
@@ -110,7 +127,7 @@ extension SimulationRun {
         let plan = MigrationPlanner(configuration: config.migrationConfig).plan(replicas: loads)
         for move in plan.moves {
             let i = Int(move.requestID)
-            guard owner[i] == move.from, moving[i] == nil, replicas[move.from].scheduler.request(RequestID(i))?.status == .running else { continue }
+            guard owner[i] == move.from, moving[i] == nil, scheduler(move.from, { $0.request(RequestID(i))?.status == .running }) else { continue }
             let m = moves.count
             moves.append(Move(request: i, from: move.from, to: move.to, kv: config.migration == .kv))
             moving[i] = m
@@ -119,7 +136,7 @@ extension SimulationRun {
             hash.mix(move.to)
             if config.migration == .kv {
                 // First stage: the full blocks it holds now, copied while it keeps decoding.
-                let full = replicas[move.from].scheduler.request(RequestID(i))!.computed / shape.blockSize
+                let full = scheduler(move.from, { $0.request(RequestID(i))!.computed }) / shape.blockSize
                 moves[m].stages = 1
                 moves[m].stageBlocks = full
                 queue.push(.copyStage(m), at: now + cost.transferSeconds(bytes: full * shape.bytesPerBlock))
@@ -134,7 +151,7 @@ extension SimulationRun {
         let move = moves[m]
         hash.mix(7)
         hash.mix(m)
-        guard owner[move.request] == move.from, let q = replicas[move.from].scheduler.request(RequestID(move.request)) else {
+        guard owner[move.request] == move.from, let q = scheduler(move.from, { $0.request(RequestID(move.request)) }) else {
             moving[move.request] = nil
             return
         }

@@ -185,3 +185,30 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(r.records.allSatisfy { abs($0.finish! - $0.firstToken! - Double(L - 1) * tau) < 1e-9 })
     }
 }
+
+/// The decisions pinned: event-log hashes of runs recorded before the scheduler, policy, dispatch and placement
+/// were made faster (bench/simulator-hashes.sh, its "small" rows; docs/design/simulator.md, "Speed"). The hash
+/// covers every iteration's mode and runs, every action kind, dispatch targets, moves and finishes, and is the
+/// same in every process (nothing it covers depends on hash-seeded iteration order). A change to these paths
+/// that moves a decision, a tie-break included, changes it.
+@Suite struct PinnedDecisionTests {
+    @Test(arguments: [
+        (BatchingPolicyKind.dlora, SimDispatch.dlora, SimMigration.kv, UInt64(0x6dd2_e9dd_407c_8789)),
+        (.dlora, .roundRobin, .recompute, 0x90f9_f01d_7a7c_0552),
+        (.unmergedOnly, .leastLoaded, .recompute, 0x5028_400c_5756_3ba3),
+        (.mergedOnly, .loraAffinity, .off, 0x6b94_7d9e_4b7d_e14d),
+        (.peftLike, .roundRobin, .kv, 0x22de_bef1_46bc_7c4d),
+    ])
+    func eventLogHashIsUnchanged(policy: BatchingPolicyKind, dispatch: SimDispatch, migration: SimMigration, hash: UInt64) {
+        var config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24), policy: policy, dispatch: dispatch,
+                                      migration: migration)
+        config.migrationConfig = MigrationConfiguration(periodSeconds: 2, requestExcess: 3)
+        config.adapterRanks = [8, 16, 32, 64]
+        let spec = WorkloadSpec(requests: 400, rate: 20, adapters: 16, alpha: 1, lengths: .logNormal(promptMedian: 64, outputMedian: 24),
+                                maxPrompt: 256, maxOutput: 96, seed: 11)
+        let r = Simulation.run(config, workload: Workload.generate(spec))
+        #expect(r.invariants.holds)
+        #expect(r.summary.finished == 400 && r.summary.generatedTokens == 12762)
+        #expect(String(r.summary.eventLogHash, radix: 16) == String(hash, radix: 16))
+    }
+}
