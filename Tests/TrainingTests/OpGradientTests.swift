@@ -75,10 +75,11 @@ import TestSupport
         expectGradient(dgu, numericGradient(gu.f64) { project(ref($0), g) }, "swiglu d[gate|up]")
     }
 
-    /// GQA (4 query heads on 2 KV heads), two sequences, q/k/v as column blocks of one row as the model lays them out.
-    @Test func causalAttention() {
+    /// GQA (4 query heads on 2 KV heads), two sequences, q/k/v as column blocks of one row as the model lays
+    /// them out; causal products in one block of rows, and in blocks of 2 and 1 rows (the last one partial).
+    @Test(arguments: [5, 2, 1]) func causalAttention(rowBlock: Int) {
         var rng = SplitMix64(seed: 4)
-        let s = TrainingOps.AttentionShape(batch: 2, length: 5, heads: 4, kvHeads: 2, headDim: 8)
+        let s = TrainingOps.AttentionShape(batch: 2, length: 5, heads: 4, kvHeads: 2, headDim: 8, rowBlock: rowBlock)
         let n = s.batch * s.length, qDim = s.heads * s.headDim, kvDim = s.kvHeads * s.headDim, ld = qDim + 2 * kvDim
         var qkv = randomValues(n * ld, &rng, scale: 1.5)
         let g = randomValues(n * qDim, &rng).f64
@@ -106,7 +107,7 @@ import TestSupport
             return ReferenceTraining.attention(q: q, k: k, v: v, batch: s.batch, length: s.length, heads: s.heads, kvHeads: s.kvHeads, headDim: s.headDim)
         }
         #expect(maxAbsDiff(out, ref(qkv.f64).f32) < 1e-5)
-        expectGradient(dqkv, numericGradient(qkv.f64) { project(ref($0), g) }, "attention d[q|k|v]")
+        expectGradient(dqkv, numericGradient(qkv.f64) { project(ref($0), g) }, "attention d[q|k|v] (row blocks of \(rowBlock))")
         // A position never sees a later one: the probabilities above the diagonal are exactly zero.
         #expect((0..<s.length).allSatisfy { i in ((i + 1)..<s.length).allSatisfy { probs[i * s.length + $0] == 0 } })
     }
