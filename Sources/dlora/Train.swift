@@ -23,8 +23,7 @@ struct TrainLoRA: ParsableCommand {
         """
     )
 
-    @Option(help: "A GGUF file or a Hugging Face model directory (default: the SmolLM2-135M-Instruct Q4_1 in the user cache).")
-    var model: String?
+    @OptionGroup var modelOptions: ModelOptions
     @Option(help: "The training data: a JSONL file.")
     var data: String
     @Option(help: "Modules to adapt, comma-separated PEFT names (q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).")
@@ -47,8 +46,6 @@ struct TrainLoRA: ParsableCommand {
     var seed: UInt64 = 0
     @Option(help: "The output directory (adapter_config.json, adapter_model.safetensors).")
     var out: String
-    @Option(help: "Kernel threads (default: all cores).")
-    var threads: Int?
     @Option(name: .customLong("log-every"), help: "Print the loss every this many steps.")
     var logEvery: Int = 1
 
@@ -74,18 +71,13 @@ struct TrainLoRA: ParsableCommand {
         guard (1...4096).contains(batch) else { throw ValidationError("--batch must be between 1 and 4096") }
         guard (2...65536).contains(maxLength) else { throw ValidationError("--max-length must be between 2 and 65536") }
         guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1") }
-        if let threads, threads < 1 || threads > 1024 { throw ValidationError("--threads must be between 1 and 1024") }
         guard !out.isEmpty else { throw ValidationError("--out must name a directory") }
     }
 
     func run() throws {
-        if let threads { Kernels.setThreads(threads) }
-        let path: String
-        if let model {
-            path = model
-        } else {
-            do { path = try DefaultModel.require() } catch let missing as DefaultModel.Missing { throw CLIError("no --model given and \(missing)") }
-        }
+        if let threads = modelOptions.threads { Kernels.setThreads(threads) }
+        if modelOptions.noMmap { MappedFile.defaultLoading = .copy }
+        let path = try modelOptions.resolvedPath()
         // Refuse to overwrite an existing adapter before spending the time to train one.
         var isDirectory: ObjCBool = false
         if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) {
