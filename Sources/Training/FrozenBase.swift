@@ -89,6 +89,14 @@ public final class FrozenBase: @unchecked Sendable {
         outputNorm = try vector([.outputNorm], counts: [h])
     }
 
+    /// Bytes the f32 weights of a model with `config` take (what `init` allocates).
+    public static func bytes(config c: ModelConfig) -> Int {
+        let h = c.hiddenSize, f = c.intermediateSize
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+        let perLayer = 2 * h + (qDim + 2 * kvDim) * (h + (c.attentionBias ? 1 : 0)) + h * qDim + 3 * f * h
+        return 4 * (c.numLayers * perLayer + (c.tieWordEmbeddings ? 1 : 2) * c.vocabSize * h + h)
+    }
+
     /// How the engine pairs RoPE dimensions for this checkpoint.
     public var ropePairing: RopePairing { config.ropeStyle == .halves ? .halves : .adjacent }
 }

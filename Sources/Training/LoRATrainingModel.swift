@@ -50,6 +50,11 @@ public final class LoRATrainingModel: @unchecked Sendable {
 
     public var config: ModelConfig { base.config }
 
+    /// The activation memory a batch of `batch` sequences of `length` positions needs (bytes).
+    public static func workspaceBytes(config: ModelConfig, rank: Int, targets: Int, batch: Int, length: Int) -> Int {
+        TrainingWorkspace.bytes(config: config, rank: rank, targets: targets, batch: batch, length: length)
+    }
+
     // MARK: Forward
 
     /// Embeds the batch and runs every block, keeping the activations.

@@ -101,6 +101,17 @@ final class TrainingWorkspace {
         if length * length > dScores.byteCount / 4 { dScores = Buffer(floats: length * length) }
     }
 
+    /// Bytes `reserve(batch:length:)` and `reserveLabeled` allocate for `batch` sequences of `length`
+    /// positions, every one labelled (the most the head can need): what a training run will hold in memory.
+    static func bytes(config c: ModelConfig, rank: Int, targets: Int, batch: Int, length: Int) -> Int {
+        let n = batch * length, h = c.hiddenSize, f = c.intermediateSize
+        let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim, qkvDim = qDim + 2 * kvDim
+        let perBlock = n * (4 * h + 2 + qkvDim + qDim + 3 * f + targets * rank) + batch * c.numHeads * length * length
+        let shared = n * (h + 3 * (c.headDim / 2) + 3 * h + qkvDim + qDim + 3 * f + rank) + length * length
+        let head = n * (2 * h + 1 + c.vocabSize)
+        return 4 * (c.numLayers * perBlock + shared + head)
+    }
+
     /// Room for the head's `m` labelled rows.
     func reserveLabeled(_ m: Int) {
         guard m > labeledCapacity else { return }

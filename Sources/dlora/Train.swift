@@ -89,10 +89,24 @@ struct TrainLoRA: ParsableCommand {
         guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
         let checkpoint = try openCheckpoint(path: path)
         let tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
+        let c = checkpoint.config
+        guard maxLength <= c.maxPositionEmbeddings else {
+            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(c.maxPositionEmbeddings)")
+        }
         let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
+        // The frozen f32 weights and the activations kept for the backward (they grow with batch × length²,
+        // the attention probabilities) must fit: refuse a run that cannot before loading anything large.
+        let targetList = try Self.parseTargets(targets)
+        let longest = data.examples.map(\.tokens.count).max() ?? maxLength
+        let need = FrozenBase.bytes(config: c)
+            + LoRATrainingModel.workspaceBytes(config: c, rank: rank, targets: targetList.count, batch: batch, length: longest)
+        let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        guard need < physical / 10 * 8 else {
+            throw CLIError("training needs about \(need >> 20) MiB (f32 weights and activations for --batch \(batch) × \(longest) tokens); this machine has \(physical >> 20) MiB: lower --batch or --max-length")
+        }
         let base = try FrozenBase(checkpoint: checkpoint)
         let config = LoRATrainingConfiguration(
-            targets: try Self.parseTargets(targets), rank: rank, alpha: alpha, steps: steps, batchSize: batch, maxLength: maxLength,
+            targets: targetList, rank: rank, alpha: alpha, steps: steps, batchSize: batch, maxLength: maxLength,
             seed: seed, optimizer: AdamWConfiguration(learningRate: lr, weightDecay: weightDecay))
         let trainer = LoRATrainer(base: base, data: data, configuration: config)
         let err = FileHandle.standardError

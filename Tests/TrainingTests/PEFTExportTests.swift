@@ -114,6 +114,7 @@ import TestSupport
             (["--targets", "q_proj,wq"], "--targets: unknown module 'wq'"),
             (["--data", dir.path("missing.jsonl")], "missing.jsonl: no such file"),
             (["--rank", "0"], "--rank must be between 1 and 1024"),
+            (["--max-length", "300"], "--max-length 300 exceeds the model's context length 256"),
             (["--out", out], "already holds"),
         ] {
             var full = ["train", "lora", "--model", model, "--data", data, "--steps", "1", "--out", dir.path("other")]

@@ -49,6 +49,32 @@ import Tokenizers
         #expect(lora.scale == 2)
     }
 
+    /// The memory estimates `dlora train lora` checks before it loads anything equal what is allocated.
+    @Test(arguments: [("tiny-llama", "hf"), ("tiny-qwen2", "hf")]) func memoryEstimatesMatchAllocations(model: String, variant: String) throws {
+        let base = try FrozenBase(path: FixtureFiles.checkpoint(model: model, variant: variant))
+        let c = base.config
+        var weights = base.embedding.byteCount + base.outputNorm.byteCount + (base.output === base.embedding ? 0 : base.output.byteCount)
+        for l in base.layers {
+            weights += [l.attnNorm, l.ffnNorm, l.qkv, l.o, l.gateUp, l.down].reduce(0) { $0 + $1.byteCount } + (l.qkvBias?.byteCount ?? 0)
+        }
+        #expect(FrozenBase.bytes(config: c) == weights)
+
+        let lora = LoRAParameters(config: c, rank: 4, alpha: 8, targets: [.q, .v, .down], seed: 1)
+        let m = LoRATrainingModel(base: base, lora: lora)
+        let (batch, length) = (3, 7)
+        m.ws.reserve(batch: batch, length: length, targets: lora.targets)
+        m.ws.reserveLabeled(batch * length)
+        let ws = m.ws
+        var allocated = 0
+        for b in ws.blocks {
+            allocated += [b.x, b.rstd1, b.xn1, b.qkv, b.probs, b.attn, b.h, b.rstd2, b.xn2, b.gateUp, b.act].reduce(0) { $0 + $1.byteCount }
+            allocated += b.loraU.reduce(0) { $0 + ($1?.byteCount ?? 0) }
+        }
+        allocated += [ws.xFinal, ws.ropeCos, ws.ropeSin, ws.ropeNegSin, ws.dx, ws.dxn, ws.dqkv, ws.dAttn, ws.dAct, ws.dGateUp, ws.du,
+                      ws.dScores, ws.tmp, ws.xnFinal, ws.rstdFinal, ws.logits, ws.dxnFinal].reduce(0) { $0 + $1.byteCount }
+        #expect(LoRATrainingModel.workspaceBytes(config: c, rank: 4, targets: 3, batch: batch, length: length) == allocated)
+    }
+
     static func tinyTokenizer() throws -> (Tokenizer, String) {
         let path = FixtureFiles.checkpoint(model: "tiny-llama", variant: "F32")
         let checkpoint = try openCheckpoint(path: path)
