@@ -56,7 +56,7 @@ public final class LoRAParameters: @unchecked Sendable {
     /// ±1/√in, and B zero, so training starts from the base model's outputs. `bScale` > 0 draws B uniform
     /// in ±bScale instead (tests: a zero B makes every gradient of A zero).
     public init(config: ModelConfig, rank: Int, alpha: Double, targets: [LoRATarget], seed: UInt64, bScale: Float = 0) {
-        precondition(rank > 0 && !targets.isEmpty)
+        precondition(rank > 0)
         self.config = config
         self.rank = rank
         self.alpha = alpha

@@ -53,6 +53,7 @@ extension LoRATrainingModel {
         for (t, offset) in [(LoRATarget.q, 0), (.k, qDim), (.v, qDim + kvDim)] {
             loraBackward(l, t, dy: dqkv + offset, ldy: qkvDim, x: s.xn1.floats, ldx: h, dx: ws.dxn.floats, tokens: n)
         }
+        mole?.gateBackward(layer: l, dxn: ws.dxn.floats)
         // (For block 0 this is the gradient of the frozen embedding rows: unused by training, O(N·H), and
         // what the block's gradient check reads.)
         TrainingOps.rmsNormBackward(ws.dxn.floats, x: s.x.floats, weight: w.attnNorm.floats, rstd: s.rstd1.floats, dx: dx, rows: n, width: h)
@@ -60,6 +61,7 @@ extension LoRATrainingModel {
 
     private func loraBackward(_ l: Int, _ t: LoRATarget, dy: UnsafePointer<Float>, ldy: Int, x: UnsafePointer<Float>, ldx: Int,
                               dx: UnsafeMutablePointer<Float>, tokens: Int) {
+        mole?.mixtureBackward(layer: l, target: t, dy: dy, ldy: ldy, x: x, ldx: ldx, dx: dx)
         guard let m = lora.module(layer: l, target: t), let u = ws.blocks[l].loraU[t.rawValue] else { return }
         TrainingOps.loraBackward(dy, ldy: ldy, x: x, ldx: ldx, a: m.a.floats, b: m.b.floats, u: u.floats, rank: m.rank,
                                  out: m.outFeatures, in: m.inFeatures, scale: lora.scale, tokens: tokens,

@@ -12,15 +12,18 @@ public struct TrainingBatch: Sendable, Equatable {
     public var length: Int
     public var tokens: [Int32]     // (B·T)
     public var labels: [Int32]     // (B·T), -1 = ignored
+    /// Per sequence, its tokens that are not padding (padding follows them).
+    public var lengths: [Int]
     /// Tokens that are not padding.
-    public var realTokens: Int
-    public init(batch: Int, length: Int, tokens: [Int32], labels: [Int32], realTokens: Int? = nil) {
+    public var realTokens: Int { lengths.reduce(0, +) }
+    public init(batch: Int, length: Int, tokens: [Int32], labels: [Int32], lengths: [Int]? = nil) {
         precondition(batch > 0 && length > 0 && tokens.count == batch * length && labels.count == tokens.count)
         self.batch = batch
         self.length = length
         self.tokens = tokens
         self.labels = labels
-        self.realTokens = realTokens ?? tokens.count
+        self.lengths = lengths ?? Array(repeating: length, count: batch)
+        precondition(self.lengths.count == batch && self.lengths.allSatisfy { $0 >= 1 && $0 <= length })
     }
     /// Positions whose prediction counts in the loss.
     public var labeledCount: Int { labels.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) } }
@@ -39,12 +42,16 @@ public struct TrainingBatch: Sendable, Equatable {
 public final class LoRATrainingModel: @unchecked Sendable {
     public let base: FrozenBase
     public let lora: LoRAParameters
+    /// MoLE: frozen LoRA experts mixed by trainable per-block gates (nil: none).
+    public let mole: MoLEMixture?
     let ws: TrainingWorkspace
 
-    public init(base: FrozenBase, lora: LoRAParameters) {
+    public init(base: FrozenBase, lora: LoRAParameters, mole: MoLEMixture? = nil) {
         precondition(base.config == lora.config, "the adapter was made for another configuration")
+        precondition(mole.map { $0.config == base.config } ?? true, "the MoLE experts were made for another configuration")
         self.base = base
         self.lora = lora
+        self.mole = mole
         ws = TrainingWorkspace(config: base.config, rank: lora.rank)
     }
 
@@ -61,6 +68,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
     func forwardBlocks(_ batch: TrainingBatch) {
         let c = config, h = c.hiddenSize, n = batch.batch * batch.length
         ws.reserve(batch: batch.batch, length: batch.length, targets: lora.targets)
+        mole?.reserve(batch: batch.batch, length: batch.length, lengths: batch.lengths)
         let x0 = ws.blocks.isEmpty ? ws.xFinal.floats : ws.blocks[0].x.floats
         for t in 0..<n {
             let id = Int(batch.tokens[t])
@@ -98,6 +106,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
         // Attention.
         TrainingOps.rmsNormForward(s.x.floats, weight: w.attnNorm.floats, eps: c.rmsNormEps, out: s.xn1.floats,
                                    rstd: s.rstd1.floats, rows: n, width: h)
+        mole?.gateForward(layer: l, xn: s.xn1.floats)
         TrainingOps.linearForward(s.xn1.floats, ldx: h, weight: w.qkv.floats, out: qkvDim, in: h, tokens: n, s.qkv.floats, ldy: qkvDim)
         for (t, offset) in [(LoRATarget.q, 0), (.k, qDim), (.v, qDim + kvDim)] {
             loraForward(l, t, x: s.xn1.floats, ldx: h, y: s.qkv.floats + offset, ldy: qkvDim, tokens: n)
@@ -134,6 +143,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
     }
 
     private func loraForward(_ l: Int, _ t: LoRATarget, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int, tokens: Int) {
+        mole?.mixtureForward(layer: l, target: t, x: x, ldx: ldx, y: y, ldy: ldy)
         guard let m = lora.module(layer: l, target: t), let u = ws.blocks[l].loraU[t.rawValue] else { return }
         TrainingOps.loraForward(x, ldx: ldx, a: m.a.floats, b: m.b.floats, rank: m.rank, out: m.outFeatures, in: m.inFeatures,
                                 scale: lora.scale, tokens: tokens, u: u.floats, y, ldy: ldy)
@@ -170,7 +180,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
     /// The mean cross-entropy of the batch's labelled positions (no gradients).
     public func loss(_ batch: TrainingBatch) -> Double {
         forwardBlocks(batch)
-        return head(batch).loss
+        return head(batch).loss + (mole?.balanceLoss() ?? 0)
     }
 
     /// Forward and backward: returns the loss and *adds* its gradient to every LoRA module's gradA/gradB
@@ -180,11 +190,13 @@ public final class LoRATrainingModel: @unchecked Sendable {
         forwardBlocks(batch)
         let (loss, m) = head(batch)
         guard m > 0 else { return 0 }
+        // MoLE's balance loss depends on every block's gates: its gradient is known before the backward starts.
+        let balance = mole?.balanceLoss(addingGradient: true) ?? 0
         headBackward(batch)
         for l in stride(from: config.numLayers - 1, through: 0, by: -1) {
             blockBackward(l, batch: batch.batch, length: batch.length)
         }
-        return loss
+        return loss + balance
     }
 
     /// Logits of every position (B·T × V), for checks against the engine.

@@ -164,19 +164,61 @@ public enum ReferenceTraining {
         }
     }
 
-    /// x·Wᵀ plus the adapter's path for (layer, target), if it has one.
-    static func project(_ x: [Double], _ w: [Double], _ t: LoRATarget, layer: Int, adapter: Adapter, config c: ModelConfig, tokens: Int) -> [Double] {
+    /// MoLE in f64: frozen experts, per-layer gate weights (N × H) and temperatures, the balance coefficient.
+    public struct MoLE: Sendable {
+        public var experts: [Adapter]
+        public var weights: [[Double]]
+        public var temperatures: [Double]
+        public var balanceWeight: Double
+
+        public init(_ m: MoLEMixture) {
+            experts = m.experts.map(Adapter.init)
+            let count = m.experts.count * m.config.hiddenSize
+            weights = m.gateWeights.map { b in (0..<count).map { Double(b.floats[$0]) } }
+            temperatures = m.temperatures.map(Double.init)
+            balanceWeight = Double(m.balanceWeight)
+        }
+    }
+
+    /// A block's MoLE gates for one forward: the experts and (B × N) gate values, rows of `length`.
+    struct Mixture {
+        var mole: MoLE
+        var gates: [Double]
+        var length: Int
+    }
+
+    /// x·Wᵀ plus the adapter's path for (layer, target), if it has one, plus the gated experts' paths.
+    static func project(_ x: [Double], _ w: [Double], _ t: LoRATarget, layer: Int, adapter: Adapter, config c: ModelConfig, tokens: Int,
+                        mixture: Mixture? = nil) -> [Double] {
         let (out, n) = t.shape(c)
         var y = linear(x, weight: w, out: out, in: n, tokens: tokens)
         if let m = adapter.modules[layer][t] {
             let delta = lora(x, a: m.a, b: m.b, rank: adapter.rank, out: out, in: n, scale: adapter.scale, tokens: tokens)
             for i in y.indices { y[i] += delta[i] }
         }
+        if let mix = mixture {
+            let experts = mix.mole.experts.count
+            for (e, expert) in mix.mole.experts.enumerated() {
+                guard let m = expert.modules[layer][t] else { continue }
+                let delta = lora(x, a: m.a, b: m.b, rank: expert.rank, out: out, in: n, scale: expert.scale, tokens: tokens)
+                for row in 0..<tokens {
+                    let g = mix.gates[(row / mix.length) * experts + e]
+                    for o in 0..<out { y[row * out + o] += g * delta[row * out + o] }
+                }
+            }
+        }
         return y
     }
 
     /// One block: h = x + attention(rmsNorm₁(x)); out = h + mlp(rmsNorm₂(h)).
     public static func block(_ x: [Double], layer l: Int, model: Model, adapter: Adapter, batch: Int, length: Int) -> [Double] {
+        blockWithGates(x, layer: l, model: model, adapter: adapter, batch: batch, length: length).out
+    }
+
+    /// The block, with MoLE gates when given (gate input: the mean of rmsNorm₁(x) over each sequence's
+    /// `lengths` real rows); returns the gates too.
+    static func blockWithGates(_ x: [Double], layer l: Int, model: Model, adapter: Adapter, batch: Int, length: Int,
+                               mole: MoLE? = nil, lengths: [Int]? = nil) -> (out: [Double], gates: [Double]) {
         let c = model.config, w = model.layers[l], n = batch * length
         let h = c.hiddenSize, f = c.intermediateSize, eps = Double(c.rmsNormEps)
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
@@ -184,9 +226,23 @@ public enum ReferenceTraining {
         let halves = c.ropeStyle == .halves
 
         let xn1 = rmsNorm(x, weight: w.attnNorm, eps: eps, rows: n, width: h)
-        var q = project(xn1, w.q, .q, layer: l, adapter: adapter, config: c, tokens: n)
-        var k = project(xn1, w.k, .k, layer: l, adapter: adapter, config: c, tokens: n)
-        var v = project(xn1, w.v, .v, layer: l, adapter: adapter, config: c, tokens: n)
+        var mixture: Mixture?
+        if let mole {
+            let lengths = lengths ?? Array(repeating: length, count: batch)
+            var z = [Double](repeating: 0, count: batch * h)
+            for b in 0..<batch {
+                for t in 0..<lengths[b] { for i in 0..<h { z[b * h + i] += xn1[(b * length + t) * h + i] / Double(lengths[b]) } }
+            }
+            let gates = moleGates(z: z, weight: mole.weights[l], temperature: mole.temperatures[l], rows: batch,
+                                  experts: mole.experts.count, width: h)
+            mixture = Mixture(mole: mole, gates: gates, length: length)
+        }
+        func project(_ x: [Double], _ w: [Double], _ t: LoRATarget) -> [Double] {
+            Self.project(x, w, t, layer: l, adapter: adapter, config: c, tokens: n, mixture: mixture)
+        }
+        var q = project(xn1, w.q, .q)
+        var k = project(xn1, w.k, .k)
+        var v = project(xn1, w.v, .v)
         if let bias = w.qkvBias {
             for t in 0..<n {
                 for i in 0..<qDim { q[t * qDim + i] += bias[i] }
@@ -198,32 +254,44 @@ public enum ReferenceTraining {
         k = rope(k, rows: n, ld: kvDim, heads: c.numKVHeads, headDim: c.headDim, positions: positions,
                  inverseFrequencies: model.inverseFrequencies, halves: halves)
         let a = attention(q: q, k: k, v: v, batch: batch, length: length, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
-        let o = project(a, w.o, .o, layer: l, adapter: adapter, config: c, tokens: n)
+        let o = project(a, w.o, .o)
         let hid = zip(x, o).map { $0 + $1 }
 
         let xn2 = rmsNorm(hid, weight: w.ffnNorm, eps: eps, rows: n, width: h)
-        let g = project(xn2, w.gate, .gate, layer: l, adapter: adapter, config: c, tokens: n)
-        let u = project(xn2, w.up, .up, layer: l, adapter: adapter, config: c, tokens: n)
+        let g = project(xn2, w.gate, .gate)
+        let u = project(xn2, w.up, .up)
         var gu = [Double](repeating: 0, count: n * 2 * f)
         for t in 0..<n {
             for i in 0..<f { gu[t * 2 * f + i] = g[t * f + i]; gu[t * 2 * f + f + i] = u[t * f + i] }
         }
         let act = swiglu(gu, tokens: n, width: f)
-        let d = project(act, w.down, .down, layer: l, adapter: adapter, config: c, tokens: n)
-        return zip(hid, d).map { $0 + $1 }
+        let d = project(act, w.down, .down)
+        return (zip(hid, d).map { $0 + $1 }, mixture?.gates ?? [])
     }
 
     /// The mean cross-entropy of the batch's labelled positions.
-    public static func loss(model: Model, adapter: Adapter, batch: TrainingBatch) -> Double {
+    /// (With MoLE, plus λ · (−Σᵢ log qᵢ) over every block's gates.)
+    public static func loss(model: Model, adapter: Adapter, batch: TrainingBatch, mole: MoLE? = nil) -> Double {
         let c = model.config, h = c.hiddenSize, n = batch.batch * batch.length
         var x = [Double](repeating: 0, count: n * h)
         for t in 0..<n {
             let id = Int(batch.tokens[t])
             for i in 0..<h { x[t * h + i] = model.embedding[id * h + i] }
         }
-        for l in 0..<c.numLayers { x = block(x, layer: l, model: model, adapter: adapter, batch: batch.batch, length: batch.length) }
+        var allGates: [Double] = []
+        for l in 0..<c.numLayers {
+            let r = blockWithGates(x, layer: l, model: model, adapter: adapter, batch: batch.batch, length: batch.length,
+                                   mole: mole, lengths: batch.lengths)
+            x = r.out
+            allGates += r.gates
+        }
         let xn = rmsNorm(x, weight: model.outputNorm, eps: Double(c.rmsNormEps), rows: n, width: h)
         let logits = linear(xn, weight: model.output, out: c.vocabSize, in: h, tokens: n)
-        return crossEntropy(logits, labels: batch.labels.map(Int.init), vocab: c.vocabSize)
+        var loss = crossEntropy(logits, labels: batch.labels.map(Int.init), vocab: c.vocabSize)
+        if let mole {
+            let experts = mole.experts.count
+            loss += mole.balanceWeight * moleBalanceLoss(gates: allGates, rows: allGates.count / experts, experts: experts)
+        }
+        return loss
     }
 }

@@ -133,7 +133,7 @@ public struct TrainingData: Sendable {
             }
         }
         return TrainingBatch(batch: examples.count, length: length, tokens: tokens, labels: labels,
-                             realTokens: examples.reduce(0) { $0 + $1.tokens.count })
+                             lengths: examples.map(\.tokens.count))
     }
 }
 

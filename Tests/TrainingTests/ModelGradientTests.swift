@@ -100,4 +100,51 @@ import TestSupport
             }
         }
     }
+
+    /// MoLE through the whole model: three frozen experts (different targets) mixed by per-block gates with a
+    /// temperature, a padded batch (the gate input averages each sequence's real rows only) and the balance
+    /// loss: loss against the f64 reference, and dL/dW, dL/dτ of every block's gate against central differences.
+    @Test(arguments: [("tiny-llama", "hf"), ("tiny-llama", "F32")]) func moleGates(model: String, variant: String) throws {
+        let base = try Self.base(model, variant)
+        let c = base.config
+        let experts = [[LoRATarget.q, .v], [.o, .down], [.q, .k, .gate, .up]].enumerated().map { i, targets in
+            LoRAParameters(config: c, rank: 2 + i, alpha: 4, targets: targets, seed: 40 + UInt64(i), bScale: 0.4)
+        }
+        let mole = MoLEMixture(config: c, experts: experts, balanceWeight: 0.5, temperature: 0.7, gateScale: 3, seed: 44)
+        let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
+        let m = LoRATrainingModel(base: base, lora: none, mole: mole)
+        var rng = SplitMix64(seed: 45)
+        let batch = TrainingData.batch([TrainingExample(tokens: (0..<6).map { _ in rng.int(0..<c.vocabSize) }, completionStart: 2),
+                                        TrainingExample(tokens: (0..<4).map { _ in rng.int(0..<c.vocabSize) }, completionStart: 1)])
+        #expect(batch.lengths == [6, 4])
+        mole.zeroGradients()
+        let loss = m.lossAndGradients(batch)
+        let gates = mole.gateValues(layer: 0)
+        #expect(gates.max()! < 0.9, "gates \(gates): one expert takes everything, the check would be weak")
+
+        let refModel = ReferenceTraining.Model(base)
+        let adapter = ReferenceTraining.Adapter(none)
+        let ref = ReferenceTraining.MoLE(mole)
+        let refLoss = ReferenceTraining.loss(model: refModel, adapter: adapter, batch: batch, mole: ref)
+        #expect(abs(loss - refLoss) < 1e-4 * max(1, abs(refLoss)), "loss \(loss) vs reference \(refLoss)")
+        #expect(abs(m.loss(batch) - loss) < 1e-6)
+
+        for l in 0..<c.numLayers {
+            let w = ref.weights[l]
+            let idx = sampleIndices(w.count, count: 16, &rng)
+            let numeric = numericGradient(w, indices: idx) { v in
+                var r = ref
+                r.weights[l] = v
+                return ReferenceTraining.loss(model: refModel, adapter: adapter, batch: batch, mole: r)
+            }
+            let analytic = Array(UnsafeBufferPointer(start: mole.gateGradients[l].floats, count: w.count))
+            expectGradient(idx.map { analytic[$0] }, numeric, rtol: 2e-3, "\(model)/\(variant) MoLE dW layer \(l)")
+            let numericTau = numericGradient([ref.temperatures[l]]) { v in
+                var r = ref
+                r.temperatures[l] = v[0]
+                return ReferenceTraining.loss(model: refModel, adapter: adapter, batch: batch, mole: r)
+            }
+            expectGradient([mole.temperatureGradients[l]], numericTau, rtol: 2e-3, "\(model)/\(variant) MoLE dτ layer \(l)")
+        }
+    }
 }
