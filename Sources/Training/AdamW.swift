@@ -49,6 +49,15 @@ public final class AdamW {
         self.init(configuration: configuration, parameters: params, owners: [lora])
     }
 
+    /// MoLE's gates: every block's W and the temperatures (the experts stay frozen).
+    public convenience init(configuration: AdamWConfiguration, mole: MoLEMixture) {
+        var params: [(value: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>, count: Int)] = []
+        let nh = mole.experts.count * mole.config.hiddenSize
+        for (w, g) in zip(mole.gateWeights, mole.gateGradients) { params.append((w.floats, UnsafePointer(g.floats), nh)) }
+        params.append((mole.temperatureValues.floats, UnsafePointer(mole.temperatureGradientValues.floats), mole.config.numLayers))
+        self.init(configuration: configuration, parameters: params, owners: [mole])
+    }
+
     /// One update from the current gradients.
     public func update() {
         step += 1

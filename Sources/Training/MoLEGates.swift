@@ -148,9 +148,15 @@ public final class MoLEMixture: @unchecked Sendable {
     /// Per layer: W (N × H) and its gradient; the temperature τ and its gradient.
     public let gateWeights: [Buffer]
     public let gateGradients: [Buffer]
-    public var temperatures: [Float]
-    public private(set) var temperatureGradients: [Float]
+    /// Per layer τ and dL/dτ, in buffers so the optimiser updates them with the weights.
+    public let temperatureValues: Buffer
+    public let temperatureGradientValues: Buffer
     public var balanceWeight: Float
+    /// The optimiser may not take τ below this (a softmax at τ ≤ 0 is undefined or inverted).
+    public static let minimumTemperature: Float = 0.05
+
+    public var temperatures: [Float] { Array(UnsafeBufferPointer(start: temperatureValues.floats, count: config.numLayers)) }
+    public var temperatureGradients: [Float] { Array(UnsafeBufferPointer(start: temperatureGradientValues.floats, count: config.numLayers)) }
 
     private var batch = 0, length = 0, lengths: [Int] = []
     private var z: [Buffer] = [], logits: [Buffer] = [], gates: [Buffer] = [], dGates: [Buffer] = []
@@ -174,15 +180,21 @@ public final class MoLEMixture: @unchecked Sendable {
             return w
         }
         gateGradients = (0..<config.numLayers).map { _ in Buffer(floats: n * h) }
-        temperatures = Array(repeating: temperature, count: config.numLayers)
-        temperatureGradients = Array(repeating: 0, count: config.numLayers)
+        temperatureValues = Buffer(floats: config.numLayers)
+        temperatureValues.floats.update(repeating: temperature, count: config.numLayers)
+        temperatureGradientValues = Buffer(floats: config.numLayers)
+    }
+
+    /// After an optimiser step: τ back to at least `minimumTemperature`.
+    public func clampTemperatures() {
+        for l in 0..<config.numLayers { temperatureValues.floats[l] = max(temperatureValues.floats[l], Self.minimumTemperature) }
     }
 
     var n: Int { experts.count }
 
     public func zeroGradients() {
         for g in gateGradients { g.floats.update(repeating: 0, count: n * config.hiddenSize) }
-        for l in temperatureGradients.indices { temperatureGradients[l] = 0 }
+        temperatureGradientValues.floats.update(repeating: 0, count: config.numLayers)
     }
 
     /// Gate values of the last forward, layer l: (B × N).
@@ -223,7 +235,7 @@ public final class MoLEMixture: @unchecked Sendable {
             let inv = 1 / Float(lengths[b])
             for i in 0..<h { zb[i] *= inv }
         }
-        MoLEOps.gateForward(zl, weight: gateWeights[l].floats, temperature: temperatures[l], rows: batch, experts: n, width: h,
+        MoLEOps.gateForward(zl, weight: gateWeights[l].floats, temperature: temperatureValues.floats[l], rows: batch, experts: n, width: h,
                             logits: logits[l].floats, gates: gates[l].floats)
     }
 
@@ -268,8 +280,8 @@ public final class MoLEMixture: @unchecked Sendable {
     func gateBackward(layer l: Int, dxn: UnsafeMutablePointer<Float>) {
         let h = config.hiddenSize
         dz.floats.update(repeating: 0, count: batch * h)
-        temperatureGradients[l] += MoLEOps.gateBackward(dGates[l].floats, z: z[l].floats, weight: gateWeights[l].floats,
-                                                        temperature: temperatures[l], rows: batch, experts: n, width: h,
+        temperatureGradientValues.floats[l] += MoLEOps.gateBackward(dGates[l].floats, z: z[l].floats, weight: gateWeights[l].floats,
+                                                        temperature: temperatureValues.floats[l], rows: batch, experts: n, width: h,
                                                         logits: logits[l].floats, gates: gates[l].floats,
                                                         gradWeight: gateGradients[l].floats, dz: dz.floats, scratch: gateScratch.floats)
         for b in 0..<batch {
