@@ -75,6 +75,38 @@ public final class LoRAParameters: @unchecked Sendable {
         }
     }
 
+    /// An adapter as the engine loaded it (`AdapterLoader`: a PEFT directory or a GGUF LoRA, Q/K rows already
+    /// in the base's layout): A and B widened to f32 with the loader's rank padding dropped, and alpha set so
+    /// that alpha / r is the adapter's scaling (rsLoRA included). For MoLE experts, or to continue training.
+    public convenience init(weights w: LoRAWeights, config: ModelConfig) {
+        let all = w.modules.joined().compactMap { $0 }
+        let rank = all.first?.rank ?? 1
+        precondition(all.allSatisfy { $0.rank == rank }, "mixed ranks")
+        precondition(w.modules.count == config.numLayers)
+        let targets = LoRATarget.allCases.filter { t in w.modules.contains { $0[t.rawValue] != nil } }
+        self.init(config: config, rank: rank, alpha: Double(w.scale) * Double(rank),
+                  modules: w.modules.map { layer in
+                      LoRATarget.allCases.map { t -> Module? in
+                          guard let lm = layer[t.rawValue] else { return nil }
+                          let m = Module(target: t, out: lm.outFeatures, in: lm.inFeatures, rank: rank)
+                          let a = Buffer(floats: lm.paddedRank * lm.inFeatures), b = Buffer(floats: lm.outFeatures * lm.paddedRank)
+                          Kernels.dequantize(lm.a, into: a.floats)
+                          Kernels.dequantize(lm.b, into: b.floats)
+                          m.a.floats.update(from: a.floats, count: rank * lm.inFeatures)
+                          for o in 0..<lm.outFeatures { (m.b.floats + o * rank).update(from: b.floats + o * lm.paddedRank, count: rank) }
+                          return m
+                      }
+                  }, targets: targets)
+    }
+
+    private init(config: ModelConfig, rank: Int, alpha: Double, modules: [[Module?]], targets: [LoRATarget]) {
+        self.config = config
+        self.rank = rank
+        self.alpha = alpha
+        self.targets = targets
+        self.modules = modules
+    }
+
     public func module(layer: Int, target: LoRATarget) -> Module? { modules[layer][target.rawValue] }
 
     /// Every module in a fixed order (layer, then target).

@@ -127,4 +127,22 @@ import TestSupport
             #expect(lines.count == 1 && lines[0].hasPrefix("dlora: ") && lines[0].contains(expected), "\(args): \(bad.stderr)")
         }
     }
+
+    /// A PEFT adapter as the engine loads it (rsLoRA, all seven targets, on the GGUF base: Q/K permuted) turned
+    /// back into training parameters computes, in the training forward, the engine's logits with that adapter.
+    @Test func loadedAdapterBecomesTrainingParameters() throws {
+        let path = FixtureFiles.checkpoint(model: "tiny-llama", variant: "F32")
+        let base = try FrozenBase(path: path)
+        let weights = try AdapterLoader.load(path: FixtureFiles.lora.appendingPathComponent("tiny-llama/b-all-r8-rslora").path, base: base.config)
+        let lora = LoRAParameters(weights: weights, config: base.config)
+        #expect(lora.rank == 8 && lora.targets == LoRATarget.allCases && abs(lora.scale - weights.scale) < 1e-6)
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: path))
+        let prompt = [5, 17, 200, 3, 9, 44, 61]
+        let engine = Self.engineLogits(model, prompt, adapter: weights)
+        let batch = TrainingBatch(batch: 1, length: prompt.count, tokens: prompt.map(Int32.init), labels: Array(repeating: -1, count: prompt.count))
+        let ours = LoRATrainingModel(base: base, lora: lora).logits(batch)
+        let rows = (0..<prompt.count).map { Array(ours[($0 * base.config.vocabSize)..<(($0 + 1) * base.config.vocabSize)]) }
+        #expect(maxAbsDiff(rows, engine) < 1e-3)
+        #expect(maxAbsDiff(engine, Self.engineLogits(model, prompt, adapter: nil)) > 0.1)
+    }
 }
