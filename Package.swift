@@ -58,6 +58,9 @@ let package = Package(
         // Discrete-event simulation of replicas and the router over simulated time: the real `Scheduler` and
         // `ClusterPolicy` code on modelled step, merge, load, swap and transfer times. Pure: no clock, no I/O.
         .target(name: "Simulator", dependencies: ["Scheduling", "ClusterPolicy"], swiftSettings: strictSwift),
+        // LoRA training: backward passes of the Llama block over frozen f32 base weights, AdamW, JSONL data,
+        // PEFT export (docs/design/training.md). Tokenizers for the training data.
+        .target(name: "Training", dependencies: ["Models", "Adapters", "Kernels", "Tokenizers"], swiftSettings: strictSwift),
         // The continuous-batching engine of one replica: sequences, sampling, the step loop.
         .target(name: "Engine", dependencies: ["Scheduling", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
         // OpenAI's wire types (responses, chunks, errors) and their one JSON encoder: no logic, Foundation only.
@@ -111,7 +114,7 @@ let package = Package(
         ),
         .executableTarget(
             name: "dlora",
-            dependencies: ["Server", "Cluster", "ClusterPolicy", "Simulator", "Engine", "Models", "Tokenizers", "Adapters", "Kernels",
+            dependencies: ["Server", "Cluster", "ClusterPolicy", "Simulator", "Engine", "Models", "Tokenizers", "Adapters", "Kernels", "Training",
                            .product(name: "ArgumentParser", package: "swift-argument-parser"),
                            .product(name: "AsyncHTTPClient", package: "async-http-client"),
                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -136,6 +139,9 @@ let package = Package(
         .testTarget(name: "TokenizersTests", dependencies: ["TestSupport", "Tokenizers", "Models"], swiftSettings: strictSwift),
         .testTarget(name: "EngineTests", dependencies: ["TestSupport", "Engine", "Models", "Tokenizers", "Adapters", "Kernels"], swiftSettings: strictSwift),
         .testTarget(name: "ServerTests", dependencies: ["TestSupport", "ServingAPI", "HTTPFront", "Server", "Engine", "Models", "Tokenizers", "Adapters", .product(name: "HummingbirdTesting", package: "hummingbird")],
+                    swiftSettings: strictSwift),
+        // Gradient checks (finite differences over f64 twins), training runs, PEFT export through the engine.
+        .testTarget(name: "TrainingTests", dependencies: ["TestSupport", "Training", "Engine", "Adapters", "Models", "Tokenizers", "Kernels"],
                     swiftSettings: strictSwift),
         .testTarget(name: "AdaptersTests", dependencies: ["TestSupport", "Adapters", "Engine", "Models", "Tokenizers", "Kernels"], swiftSettings: strictSwift),
     ]

@@ -331,7 +331,7 @@ public enum AdapterLoader {
 
     /// llama.cpp's Q/K permutation: within each head, row j·(d/2) + i (rotate-half) moves to row 2i + j
     /// (adjacent pairs). `inverse` maps back.
-    static func permuteRows(_ m: [Float], rowLength: Int, heads: Int, headDim: Int, inverse: Bool) -> [Float] {
+    public static func permuteRows(_ m: [Float], rowLength: Int, heads: Int, headDim: Int, inverse: Bool) -> [Float] {
         var out = m
         let half = headDim / 2
         for h in 0..<heads {

@@ -43,7 +43,7 @@ public enum Kernels {
     nonisolated(unsafe) private static var blasThreads: Int32 = 0
 
     /// OpenBLAS runs with as many threads as our pool, so the two never oversubscribe the cores.
-    private static func configureBLASThreads() {
+    static func configureBLASThreads() {
         let n = dl_num_threads()
         if blasThreads != n {
             openblas_set_num_threads(n)

@@ -118,7 +118,7 @@ public final class LlamaModel: @unchecked Sendable {
 
     /// RoPE inverse frequencies θ_i = base^(-2i/d), with linear or Llama 3 scaling, or llama.cpp's
     /// per-frequency divisors (`rope_freqs.weight`) when the GGUF carries them.
-    static func inverseFrequencies(config c: ModelConfig, ggufFactors: [Float]?) -> [Float] {
+    public static func inverseFrequencies(config c: ModelConfig, ggufFactors: [Float]?) -> [Float] {
         let half = c.headDim / 2
         var inv = (0..<half).map { i in Float(1.0 / pow(c.ropeTheta, Double(2 * i) / Double(c.headDim))) }
         if let ggufFactors, ggufFactors.count == half {

@@ -11,7 +11,7 @@ struct Dlora: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dlora",
         abstract: "Serve one base LLM with many LoRA adapters.",
-        subcommands: [Serve.self, RouterCommand.self, ClusterCommand.self, Generate.self, Bench.self, Simulate.self]
+        subcommands: [Serve.self, RouterCommand.self, ClusterCommand.self, Generate.self, Bench.self, Simulate.self, Train.self]
     )
 
     /// Parses and runs; any failure is one line on stderr and a non-zero exit status.

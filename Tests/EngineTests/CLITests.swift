@@ -68,7 +68,7 @@ import Testing
     /// The shared option groups: every command takes the model flags, the engine commands the engine flags,
     /// each declared once (same help line, same default, taken from `EngineConfiguration`).
     @Test func commandsShareTheirOptionGroups() throws {
-        let helps = try [["serve"], ["generate"], ["bench", "core"], ["bench", "lora"], ["bench", "replica"]].map { cmd in
+        let helps = try [["serve"], ["generate"], ["bench", "core"], ["bench", "lora"], ["bench", "replica"], ["train", "lora"]].map { cmd in
             let r = try Self.dlora(cmd + ["--help"])
             #expect(r.status == 0)
             return (cmd, r.stdout)

@@ -1,0 +1,309 @@
+import Foundation
+import Kernels
+import Models
+
+// MoLE (Wu, Huang & Wei, ICLR 2024; shared/PAPERS.md): N frozen LoRA experts, a learnable gate per block that
+// weighs their outputs from the block's input, a learnable temperature, and a balance loss that keeps every
+// expert in use. These are the gate's ops, forward and backward; B = sequences, N = experts, H = the gate
+// input's width.
+//
+// Gate input, a choice of ours (the released code flattens a fixed-length input, which variable-length text
+// does not have): z_b = the mean over sequence b's positions of the block's normalised input — independent
+// of the length, one gate per block and sequence as in the released code.
+
+public enum MoLEOps {
+    /// g_b = softmax(z_b·Wᵀ / τ) for each of B rows: z (B × H), W (N × H), gates (B × N); logits (B × N) keeps ε = z·Wᵀ.
+    public static func gateForward(_ z: UnsafePointer<Float>, weight: UnsafePointer<Float>, temperature tau: Float,
+                                   rows: Int, experts n: Int, width h: Int,
+                                   logits: UnsafeMutablePointer<Float>, gates: UnsafeMutablePointer<Float>) {
+        Kernels.gemm(transB: true, m: rows, n: n, k: h, z, lda: h, weight, ldb: h, logits, ldc: n)
+        for b in 0..<rows {
+            let e = logits + b * n, g = gates + b * n
+            var mx = -Float.infinity
+            for i in 0..<n { mx = max(mx, e[i] / tau) }
+            var sum: Float = 0
+            for i in 0..<n {
+                g[i] = Foundation.exp(e[i] / tau - mx)
+                sum += g[i]
+            }
+            for i in 0..<n { g[i] /= sum }
+        }
+    }
+
+    /// Given dL/dg: dL/da = g ⊙ (dg − Σ g·dg) with a = ε/τ; then dW += (dL/dε)ᵀ z, dτ += −Σ dL/da · ε / τ²,
+    /// dz (if given) += (dL/dε)·W, where dL/dε = (dL/da) / τ. `scratch` holds B × N floats. Returns dL/dτ.
+    @discardableResult
+    public static func gateBackward(_ dGates: UnsafePointer<Float>, z: UnsafePointer<Float>, weight: UnsafePointer<Float>,
+                                    temperature tau: Float, rows: Int, experts n: Int, width h: Int,
+                                    logits: UnsafePointer<Float>, gates: UnsafePointer<Float>,
+                                    gradWeight: UnsafeMutablePointer<Float>, dz: UnsafeMutablePointer<Float>?,
+                                    scratch: UnsafeMutablePointer<Float>) -> Float {
+        var dTau: Float = 0
+        for b in 0..<rows {
+            let g = gates + b * n, dg = dGates + b * n, e = logits + b * n, de = scratch + b * n
+            var dot: Float = 0
+            for i in 0..<n { dot += g[i] * dg[i] }
+            for i in 0..<n {
+                let da = g[i] * (dg[i] - dot)
+                dTau -= da * e[i] / (tau * tau)
+                de[i] = da / tau
+            }
+        }
+        Kernels.gemm(transA: true, m: n, n: h, k: rows, scratch, lda: n, z, ldb: h, beta: 1, gradWeight, ldc: h)
+        if let dz { Kernels.gemm(m: rows, n: h, k: n, scratch, lda: n, weight, ldb: h, beta: 1, dz, ldc: h) }
+        return dTau
+    }
+
+    /// y[t] += Σ_i g[seq(t), i] · expert_i[t] over `batch` sequences of `length` rows: experts[i] is
+    /// (B·T × width) with row stride `ld`, y has row stride `ldy`.
+    public static func mixtureForward(experts: [UnsafePointer<Float>], ld: Int, gates: UnsafePointer<Float>, batch: Int, length: Int,
+                                      width: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int) {
+        let n = experts.count
+        for t in 0..<(batch * length) {
+            let g = gates + (t / length) * n
+            for (i, e) in experts.enumerated() {
+                Kernels.addScaled(e + t * ld, ldx: ld, scale: g[i], into: y + t * ldy, ldy: ldy, width: width, tokens: 1)
+            }
+        }
+    }
+
+    /// The mixture's backward: dGates[b, i] += Σ_{t ∈ b} dy[t]·expert_i[t]; dExpert_i[t] = g[b, i]·dy[t] is
+    /// left to the caller (it is a scaling of dy).
+    public static func mixtureBackwardGates(_ dy: UnsafePointer<Float>, ldy: Int, experts: [UnsafePointer<Float>], ld: Int,
+                                            batch: Int, length: Int, width: Int, dGates: UnsafeMutablePointer<Float>) {
+        let n = experts.count
+        for t in 0..<(batch * length) {
+            let dg = dGates + (t / length) * n, d = dy + t * ldy
+            for (i, e) in experts.enumerated() {
+                let row = e + t * ld
+                var dot: Float = 0
+                for c in 0..<width { dot += d[c] * row[c] }
+                dg[i] += dot
+            }
+        }
+    }
+
+    /// MoLE's gating balance loss, −log Π_i q_i = −Σ_i log q_i, where q_i is expert i's gate weight averaged
+    /// over the `rows` gate rows given (every block and sequence). Adds its gradient, −1 / (rows · q_i), to
+    /// dGates (times `weight`, the loss's coefficient) and returns weight · loss. Unlike MoLE's released
+    /// code, whose balance loss is built from detached values, this one trains the gates.
+    public static func balanceLoss(_ gates: UnsafePointer<Float>, rows: Int, experts n: Int, weight: Float,
+                                   dGates: UnsafeMutablePointer<Float>) -> Double {
+        precondition(rows > 0)
+        var q = [Double](repeating: 0, count: n)
+        for r in 0..<rows { for i in 0..<n { q[i] += Double(gates[r * n + i]) } }
+        var loss = 0.0
+        for i in 0..<n {
+            q[i] /= Double(rows)
+            loss -= Foundation.log(q[i])
+        }
+        for r in 0..<rows { for i in 0..<n { dGates[r * n + i] += Float(-Double(weight) / (Double(rows) * q[i])) } }
+        return Double(weight) * loss
+    }
+}
+
+extension ReferenceTraining {
+    /// f64 twin of `MoLEOps.gateForward`: softmax(z·Wᵀ / τ) per row.
+    public static func moleGates(z: [Double], weight: [Double], temperature tau: Double, rows: Int, experts n: Int, width h: Int) -> [Double] {
+        var g = [Double](repeating: 0, count: rows * n)
+        for b in 0..<rows {
+            let a = (0..<n).map { i in (0..<h).reduce(0.0) { $0 + z[b * h + $1] * weight[i * h + $1] } / tau }
+            let mx = a.max()!
+            let e = a.map { Foundation.exp($0 - mx) }
+            let s = e.reduce(0, +)
+            for i in 0..<n { g[b * n + i] = e[i] / s }
+        }
+        return g
+    }
+
+    /// f64 twin of `MoLEOps.mixtureForward` (packed rows, y starting at zero).
+    public static func moleMixture(experts: [[Double]], gates: [Double], batch: Int, length: Int, width: Int) -> [Double] {
+        let n = experts.count
+        var y = [Double](repeating: 0, count: batch * length * width)
+        for t in 0..<(batch * length) {
+            for i in 0..<n { for c in 0..<width { y[t * width + c] += gates[(t / length) * n + i] * experts[i][t * width + c] } }
+        }
+        return y
+    }
+
+    /// f64 twin of `MoLEOps.balanceLoss` (without the coefficient).
+    public static func moleBalanceLoss(gates: [Double], rows: Int, experts n: Int) -> Double {
+        (0..<n).reduce(0.0) { loss, i in
+            loss - Foundation.log((0..<rows).reduce(0.0) { $0 + gates[$1 * n + i] } / Double(rows))
+        }
+    }
+}
+
+/// MoLE in the training model: N frozen LoRA experts (each a `LoRAParameters`, any targets) mixed in every
+/// adapted projection of block l by that block's gate, g = softmax(z·W_lᵀ / τ_l) per sequence, with z the
+/// mean of the block's normalised input over the sequence's real tokens:
+///
+///     y[t] += Σᵢ g[b(t), i] · sᵢ · Bᵢ·Aᵢ·x[t]
+///
+/// Only the gates (W_l, τ_l) train; the loss adds λ · (−log Πᵢ qᵢ), qᵢ = expert i's mean gate weight over
+/// every block and sequence. Hooks called by `LoRATrainingModel` (forward and backward of each block).
+public final class MoLEMixture: @unchecked Sendable {
+    public let config: ModelConfig
+    public let experts: [LoRAParameters]
+    /// Per layer: W (N × H) and its gradient; the temperature τ and its gradient.
+    public let gateWeights: [Buffer]
+    public let gateGradients: [Buffer]
+    /// Per layer τ and dL/dτ, in buffers so the optimiser updates them with the weights.
+    public let temperatureValues: Buffer
+    public let temperatureGradientValues: Buffer
+    public var balanceWeight: Float
+    /// The optimiser may not take τ below this (a softmax at τ ≤ 0 is undefined or inverted).
+    public static let minimumTemperature: Float = 0.05
+
+    public var temperatures: [Float] { Array(UnsafeBufferPointer(start: temperatureValues.floats, count: config.numLayers)) }
+    public var temperatureGradients: [Float] { Array(UnsafeBufferPointer(start: temperatureGradientValues.floats, count: config.numLayers)) }
+
+    private var batch = 0, length = 0, lengths: [Int] = []
+    private var z: [Buffer] = [], logits: [Buffer] = [], gates: [Buffer] = [], dGates: [Buffer] = []
+    /// u = x·Aᵢᵀ per layer, per (target, expert).
+    private var u: [[Buffer?]] = []
+    private var du = Buffer(floats: 0), dz = Buffer(floats: 0), gateScratch = Buffer(floats: 0)
+
+    /// Gate weights uniform in ±`gateScale`/√H (0: every expert weighs 1/N at the start), τ = `temperature`.
+    public init(config: ModelConfig, experts: [LoRAParameters], balanceWeight: Float, temperature: Float = 1,
+                gateScale: Float = 0, seed: UInt64 = 0) {
+        precondition(!experts.isEmpty && experts.allSatisfy { $0.config == config })
+        precondition(temperature > 0)
+        self.config = config
+        self.experts = experts
+        self.balanceWeight = balanceWeight
+        let n = experts.count, h = config.hiddenSize
+        var rng = SeededGenerator(seed: seed)
+        gateWeights = (0..<config.numLayers).map { _ in
+            let w = Buffer(floats: n * h)
+            for i in 0..<(n * h) { w.floats[i] = rng.symmetric() * gateScale / Float(h).squareRoot() }
+            return w
+        }
+        gateGradients = (0..<config.numLayers).map { _ in Buffer(floats: n * h) }
+        temperatureValues = Buffer(floats: config.numLayers)
+        temperatureValues.floats.update(repeating: temperature, count: config.numLayers)
+        temperatureGradientValues = Buffer(floats: config.numLayers)
+    }
+
+    /// After an optimiser step: τ back to at least `minimumTemperature`.
+    public func clampTemperatures() {
+        for l in 0..<config.numLayers { temperatureValues.floats[l] = max(temperatureValues.floats[l], Self.minimumTemperature) }
+    }
+
+    var n: Int { experts.count }
+
+    public func zeroGradients() {
+        for g in gateGradients { g.floats.update(repeating: 0, count: n * config.hiddenSize) }
+        temperatureGradientValues.floats.update(repeating: 0, count: config.numLayers)
+    }
+
+    /// Gate values of the last forward, layer l: (B × N).
+    public func gateValues(layer l: Int) -> [Float] { Array(UnsafeBufferPointer(start: gates[l].floats, count: batch * n)) }
+
+    func reserve(batch b: Int, length t: Int, lengths: [Int]) {
+        self.lengths = lengths
+        guard b != batch || t != length else { return }
+        batch = b
+        length = t
+        let c = config, h = c.hiddenSize, rows = b * t
+        z = (0..<c.numLayers).map { _ in Buffer(floats: b * h) }
+        logits = (0..<c.numLayers).map { _ in Buffer(floats: b * n) }
+        gates = (0..<c.numLayers).map { _ in Buffer(floats: b * n) }
+        dGates = (0..<c.numLayers).map { _ in Buffer(floats: b * n) }
+        var maxRank = 0
+        u = (0..<c.numLayers).map { l in
+            LoRATarget.allCases.flatMap { t in
+                experts.map { e -> Buffer? in
+                    guard let m = e.module(layer: l, target: t) else { return nil }
+                    maxRank = max(maxRank, m.rank)
+                    return Buffer(floats: rows * m.rank)
+                }
+            }
+        }
+        du = Buffer(floats: rows * maxRank)
+        dz = Buffer(floats: b * h)
+        gateScratch = Buffer(floats: b * n)
+    }
+
+    /// z_b = mean of xn over sequence b's real rows; gates of block l.
+    func gateForward(layer l: Int, xn: UnsafePointer<Float>) {
+        let h = config.hiddenSize, zl = z[l].floats
+        for b in 0..<batch {
+            let zb = zl + b * h
+            zb.update(repeating: 0, count: h)
+            for t in 0..<lengths[b] { Kernels.add(xn + (b * length + t) * h, into: zb, count: h) }
+            let inv = 1 / Float(lengths[b])
+            for i in 0..<h { zb[i] *= inv }
+        }
+        MoLEOps.gateForward(zl, weight: gateWeights[l].floats, temperature: temperatureValues.floats[l], rows: batch, experts: n, width: h,
+                            logits: logits[l].floats, gates: gates[l].floats)
+    }
+
+    func mixtureForward(layer l: Int, target t: LoRATarget, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
+        let rows = batch * length, g = gates[l].floats
+        for (i, e) in experts.enumerated() {
+            guard let m = e.module(layer: l, target: t), let ui = u[l][t.rawValue * n + i] else { continue }
+            let r = m.rank
+            Kernels.gemm(transB: true, m: rows, n: r, k: m.inFeatures, x, lda: ldx, m.a.floats, ldb: m.inFeatures, ui.floats, ldc: r)
+            // v = u scaled per row by its sequence's gate, then y += s·v·Bᵀ.
+            for row in 0..<rows {
+                let w = g[(row / length) * n + i]
+                for j in 0..<r { du.floats[row * r + j] = ui.floats[row * r + j] * w }
+            }
+            Kernels.gemm(transB: true, m: rows, n: m.outFeatures, k: r, alpha: e.scale, du.floats, lda: r, m.b.floats, ldb: r,
+                         beta: 1, y, ldc: ldy)
+        }
+    }
+
+    /// dGates[b, i] += Σ_{t ∈ b} dy[t]·Eᵢ[t] = Σ_t (s·dy·Bᵢ)[t]·u[t];  dx += g·(s·dy·Bᵢ)·Aᵢ.
+    func mixtureBackward(layer l: Int, target t: LoRATarget, dy: UnsafePointer<Float>, ldy: Int, x: UnsafePointer<Float>, ldx: Int,
+                         dx: UnsafeMutablePointer<Float>) {
+        let rows = batch * length, g = gates[l].floats, dg = dGates[l].floats
+        for (i, e) in experts.enumerated() {
+            guard let m = e.module(layer: l, target: t), let ui = u[l][t.rawValue * n + i] else { continue }
+            let r = m.rank
+            Kernels.gemm(m: rows, n: r, k: m.outFeatures, alpha: e.scale, dy, lda: ldy, m.b.floats, ldb: r, du.floats, ldc: r)
+            for row in 0..<rows {
+                let d = du.floats + row * r, uu = ui.floats + row * r
+                var dot: Float = 0
+                for j in 0..<r { dot += d[j] * uu[j] }
+                dg[(row / length) * n + i] += dot
+                let w = g[(row / length) * n + i]
+                for j in 0..<r { d[j] *= w }
+            }
+            Kernels.gemm(m: rows, n: m.inFeatures, k: r, du.floats, lda: r, m.a.floats, ldb: m.inFeatures, beta: 1, dx, ldc: ldx)
+        }
+    }
+
+    /// The gate's backward for block l: dW_l, dτ_l, and the gate input's gradient spread over the real rows
+    /// of each sequence (added to dxn, the gradient of the block's normalised input).
+    func gateBackward(layer l: Int, dxn: UnsafeMutablePointer<Float>) {
+        let h = config.hiddenSize
+        dz.floats.update(repeating: 0, count: batch * h)
+        temperatureGradientValues.floats[l] += MoLEOps.gateBackward(dGates[l].floats, z: z[l].floats, weight: gateWeights[l].floats,
+                                                        temperature: temperatureValues.floats[l], rows: batch, experts: n, width: h,
+                                                        logits: logits[l].floats, gates: gates[l].floats,
+                                                        gradWeight: gateGradients[l].floats, dz: dz.floats, scratch: gateScratch.floats)
+        for b in 0..<batch {
+            let inv = 1 / Float(lengths[b])
+            for t in 0..<lengths[b] {
+                Kernels.addScaled(dz.floats + b * h, ldx: h, scale: inv, into: dxn + (b * length + t) * h, ldy: h, width: h, tokens: 1)
+            }
+        }
+    }
+
+    /// λ · (−Σᵢ log qᵢ) over every block's gates of the last forward; with `addingGradient`, the gate
+    /// gradients start from this loss's (dGates are reset first).
+    func balanceLoss(addingGradient: Bool = false) -> Double {
+        let rows = Double(config.numLayers * batch)
+        var q = [Double](repeating: 0, count: n)
+        for g in gates { for r in 0..<batch { for i in 0..<n { q[i] += Double(g.floats[r * n + i]) } } }
+        for i in 0..<n { q[i] /= rows }
+        if addingGradient {
+            for dg in dGates {
+                for r in 0..<batch { for i in 0..<n { dg.floats[r * n + i] = Float(-Double(balanceWeight) / (rows * q[i])) } }
+            }
+        }
+        return Double(balanceWeight) * q.reduce(0) { $0 - Foundation.log($1) }
+    }
+}

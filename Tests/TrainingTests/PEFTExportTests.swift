@@ -1,0 +1,148 @@
+import Adapters
+import Engine
+import Foundation
+import Kernels
+import Models
+import Testing
+import TestSupport
+
+@testable import Training
+
+/// The adapter `train lora` writes is a PEFT directory our loader reads back into the engine with the
+/// very weights that were trained, on both checkpoint layouts (GGUF: Q/K rows permuted; HF: not).
+@Suite struct PEFTExportTests {
+    /// Logits of every position of `tokens` through the engine's model runner (private KV cache).
+    static func engineLogits(_ model: LlamaModel, _ tokens: [Int], adapter: LoRAWeights?) -> [[Float]] {
+        let blockSize = 16, blocks = (tokens.count + blockSize - 1) / blockSize
+        let runner = ModelRunner(model: model, numBlocks: blocks, blockSize: blockSize, maxBatchTokens: 64, adapterSlots: 1)
+        var batch = ForwardBatch()
+        var slots: LoRASlots?
+        if let adapter {
+            slots = LoRASlots(capacity: 1)
+            slots?[0] = adapter
+        }
+        batch.append(sequence: tokens, start: 0, blockTable: (0..<blocks).map(Int32.init), blockSize: blockSize, logits: .all,
+                     adapterSlot: adapter == nil ? -1 : 0)
+        _ = runner.forward(batch, lora: slots)
+        return (0..<tokens.count).map { Array(runner.logitsRow($0)) }
+    }
+
+    /// Greedy continuation by recomputing the prompt each step (tiny model: simple over fast).
+    static func greedy(_ model: LlamaModel, _ prompt: [Int], adapter: LoRAWeights?, steps: Int) -> [Int] {
+        var tokens = prompt
+        for _ in 0..<steps {
+            let last = engineLogits(model, tokens, adapter: adapter).last!
+            tokens.append(last.indices.max { last[$0] < last[$1] }!)
+        }
+        return Array(tokens[prompt.count...])
+    }
+
+    @Test(arguments: ["F32", "hf"]) func writtenAdapterReproducesTrainedWeights(variant: String) throws {
+        let path = FixtureFiles.checkpoint(model: "tiny-llama", variant: variant)
+        let base = try FrozenBase(path: path)
+        let c = base.config
+        // Trained weights stand-in with every target and a non-zero B (a real training run: the CLI test).
+        let lora = LoRAParameters(config: c, rank: 4, alpha: 8, targets: LoRATarget.allCases, seed: 5, bScale: 0.5)
+        let dir = try TemporaryDirectory()
+        let out = dir.path("adapter")
+        try PEFTAdapterWriter.write(lora, to: out, baseModelName: path)
+
+        // PEFT's names and config.
+        let file = try SafetensorsFile(path: out + "/adapter_model.safetensors")
+        #expect(file.tensors.count == 2 * 7 * c.numLayers)
+        let q = try #require(file.tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"])
+        #expect(q.shape == [4, c.hiddenSize] && q.dtype == .f32)
+        #expect(file.tensors["base_model.model.model.layers.0.mlp.down_proj.lora_B.weight"]?.shape == [c.hiddenSize, 4])
+        let config = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/adapter_config.json"))) as? [String: Any]
+        #expect(config?["peft_type"] as? String == "LORA" && config?["r"] as? Int == 4 && config?["lora_alpha"] as? Double == 8)
+        #expect(config?["target_modules"] as? [String] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        #expect(config?["base_model_name_or_path"] as? String == path)
+
+        // Loaded through the engine's loader: the same logits as the in-memory weights, bit for bit.
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: path))
+        let loaded = try AdapterLoader.load(path: out, base: c)
+        let inMemory = lora.engineWeights(name: "in-memory")
+        let prompt = [5, 17, 200, 3, 9, 44, 61]
+        let fromFile = Self.engineLogits(model, prompt, adapter: loaded)
+        let fromMemory = Self.engineLogits(model, prompt, adapter: inMemory)
+        #expect(fromFile == fromMemory)
+        let baseOnly = Self.engineLogits(model, prompt, adapter: nil)
+        #expect(maxAbsDiff(fromFile, baseOnly) > 0.1, "the adapter must change the outputs for the check to mean anything")
+        #expect(Self.greedy(model, prompt, adapter: loaded, steps: 8) == Self.greedy(model, prompt, adapter: inMemory, steps: 8))
+
+        // The training forward computes what the engine computes.
+        let batch = TrainingBatch(batch: 1, length: prompt.count, tokens: prompt.map(Int32.init),
+                                  labels: Array(repeating: -1, count: prompt.count))
+        let trainLogits = LoRATrainingModel(base: base, lora: lora).logits(batch)
+        let rows = (0..<prompt.count).map { Array(trainLogits[($0 * c.vocabSize)..<(($0 + 1) * c.vocabSize)]) }
+        #expect(maxAbsDiff(rows, fromMemory) < 1e-3)
+    }
+
+    /// `dlora train lora` end to end on the tiny model: trains, writes the adapter, and the adapter loads.
+    /// Bad input is one line on stderr and a non-zero exit.
+    @Test func trainCommand() throws {
+        let exe = try #require(BuiltExecutables.dlora, "build the dlora executable first (swift build --build-tests)")
+        let dir = try TemporaryDirectory()
+        let data = dir.path("train.jsonl")
+        let lines = (0..<6).map { #"{"prompt": "item \#($0) is", "completion": " number \#($0)"}"# } + [#"{"text": "plain text works too"}"#]
+        try Data(lines.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: data))
+        let model = FixtureFiles.checkpoint(model: "tiny-llama", variant: "Q8_0")
+        func run(_ args: [String]) throws -> (status: Int32, stderr: String) {
+            let p = Process()
+            p.executableURL = exe
+            p.arguments = args
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        let out = dir.path("adapter")
+        let ok = try run(["train", "lora", "--model", model, "--data", data, "--targets", "q_proj,v_proj", "--rank", "4", "--alpha", "8",
+                          "--steps", "20", "--lr", "1e-2", "--batch", "4", "--max-length", "32", "--seed", "7", "--out", out])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        let losses = ok.stderr.split(separator: "\n").filter { $0.hasPrefix("step ") }
+            .compactMap { line in line.split(separator: " ").firstIndex(of: "loss").flatMap { Double(line.split(separator: " ")[$0 + 1]) } }
+        #expect(losses.count == 20)
+        #expect(losses.last! < losses.first!, "loss \(losses.first!) → \(losses.last!)")
+        let weights = try AdapterLoader.load(path: out, base: try openCheckpoint(path: model).config)
+        #expect(weights.targets == [.q, .v] && weights.scale == 2)
+
+        for (args, expected) in [
+            (["--targets", "q_proj,wq"], "--targets: unknown module 'wq'"),
+            (["--data", dir.path("missing.jsonl")], "missing.jsonl: no such file"),
+            (["--rank", "0"], "--rank must be between 1 and 1024"),
+            (["--max-length", "300"], "--max-length 300 exceeds the model's context length 256"),
+            (["--out", out], "already holds"),
+        ] {
+            var full = ["train", "lora", "--model", model, "--data", data, "--steps", "1", "--out", dir.path("other")]
+            for i in stride(from: 0, to: args.count, by: 2) {
+                if let at = full.firstIndex(of: args[i]) { full[at + 1] = args[i + 1] } else { full += [args[i], args[i + 1]] }
+            }
+            let bad = try run(full)
+            #expect(bad.status != 0)
+            let lines = bad.stderr.split(separator: "\n")
+            #expect(lines.count == 1 && lines[0].hasPrefix("dlora: ") && lines[0].contains(expected), "\(args): \(bad.stderr)")
+        }
+    }
+
+    /// A PEFT adapter as the engine loads it (rsLoRA, all seven targets, on the GGUF base: Q/K permuted) turned
+    /// back into training parameters computes, in the training forward, the engine's logits with that adapter.
+    @Test func loadedAdapterBecomesTrainingParameters() throws {
+        let path = FixtureFiles.checkpoint(model: "tiny-llama", variant: "F32")
+        let base = try FrozenBase(path: path)
+        let weights = try AdapterLoader.load(path: FixtureFiles.lora.appendingPathComponent("tiny-llama/b-all-r8-rslora").path, base: base.config)
+        let lora = LoRAParameters(weights: weights, config: base.config)
+        #expect(lora.rank == 8 && lora.targets == LoRATarget.allCases && abs(lora.scale - weights.scale) < 1e-6)
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: path))
+        let prompt = [5, 17, 200, 3, 9, 44, 61]
+        let engine = Self.engineLogits(model, prompt, adapter: weights)
+        let batch = TrainingBatch(batch: 1, length: prompt.count, tokens: prompt.map(Int32.init), labels: Array(repeating: -1, count: prompt.count))
+        let ours = LoRATrainingModel(base: base, lora: lora).logits(batch)
+        let rows = (0..<prompt.count).map { Array(ours[($0 * base.config.vocabSize)..<(($0 + 1) * base.config.vocabSize)]) }
+        #expect(maxAbsDiff(rows, engine) < 1e-3)
+        #expect(maxAbsDiff(engine, Self.engineLogits(model, prompt, adapter: nil)) > 0.1)
+    }
+}
