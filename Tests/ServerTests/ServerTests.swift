@@ -278,7 +278,11 @@ import TestSupport
     /// A full queue answers 429 with Retry-After; a shutdown stops admitting (503), lets the running request
     /// go on until the deadline, then cancels it cleanly and frees everything.
     @Test func queueLimitAndDrain() async throws {
-        let server = try ServerFixtures.server(slow: true) { $0.maxQueue = 1; $0.shutdownDeadline = .milliseconds(300) }
+        // 250 ms per token: the 200-token request needs 50 s, so it is still running when the drain's 300 ms
+        // deadline cuts it even if the test's own tasks are held up for tens of seconds by other suites (a
+        // 20 ms step let it finish first once, in a full run whose cooperative pool was busy for ~45 s).
+        let server = try ServerFixtures.server(configure: { $0.maxQueue = 1; $0.shutdownDeadline = .milliseconds(300) },
+                                               logitsObserver: { _, _ in usleep(250_000) })
         try await ServerFixtures.withServer(server) { client in
             async let running = client.post("/v1/completions", "{\"model\":\"a-qv-r4\",\"prompt\":\"hi\",\"max_tokens\":200,\"ignore_eos\":true,\"stream\":true}")
             // Up to 60 s for it to start: prompts share one tokenization queue per process, other suites' long
