@@ -1,5 +1,6 @@
 import Foundation
 import Models
+import TestSupport
 import Testing
 
 /// `dlora generate` as a user runs it: the executable built next to the test bundle.
@@ -19,7 +20,12 @@ import Testing
         return dir.appendingPathComponent("dlora")
     }
 
-    static func dlora(_ args: [String], environment: [String: String] = [:]) throws -> Run {
+    /// Runs the executable and collects its output, blocking a thread of its own (not the test pool's).
+    static func dlora(_ args: [String], environment: [String: String] = [:]) async throws -> Run {
+        try await onOwnThread { try runBlocking(args, environment: environment) }
+    }
+
+    static func runBlocking(_ args: [String], environment: [String: String]) throws -> Run {
         let p = Process()
         p.executableURL = binary
         p.arguments = args
@@ -56,8 +62,8 @@ import Testing
         (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--policies", "dlora,fcfs"], "fcfs"),
         (["bench", "core", "--model", tiny, "--threads", "2000"], "--threads"),
     ])
-    func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) throws {
-        let r = try Self.dlora(args)
+    func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) async throws {
+        let r = try await Self.dlora(args)
         #expect(r.status != 0)
         #expect(r.stdout.isEmpty)
         let lines = r.stderr.split(separator: "\n")
@@ -67,11 +73,12 @@ import Testing
 
     /// The shared option groups: every command takes the model flags, the engine commands the engine flags,
     /// each declared once (same help line, same default, taken from `EngineConfiguration`).
-    @Test func commandsShareTheirOptionGroups() throws {
-        let helps = try [["serve"], ["generate"], ["bench", "core"], ["bench", "lora"], ["bench", "replica"], ["train", "lora"]].map { cmd in
-            let r = try Self.dlora(cmd + ["--help"])
+    @Test func commandsShareTheirOptionGroups() async throws {
+        var helps: [([String], String)] = []
+        for cmd in [["serve"], ["generate"], ["bench", "core"], ["bench", "lora"], ["bench", "replica"], ["train", "lora"]] {
+            let r = try await Self.dlora(cmd + ["--help"])
             #expect(r.status == 0)
-            return (cmd, r.stdout)
+            helps.append((cmd, r.stdout))
         }
         func line(_ help: String, _ flag: String) -> String? {
             // The flag's entry: from its name to the next option (help text wraps over several lines).
@@ -97,14 +104,14 @@ import Testing
 
     /// Without --model the CLI looks where `DefaultModel` (and every test) looks: under $XDG_CACHE_HOME when it
     /// is set, and says where it looked and how to fetch the model.
-    @Test func missingDefaultModelNamesThePathAndTheFetchScript() throws {
+    @Test func missingDefaultModelNamesThePathAndTheFetchScript() async throws {
         let cache = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-xdg-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: cache, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: cache) }
         let expected = cache.path + "/dlora/" + DefaultModel.fileName
         #expect(DefaultModel.path(environment: ["XDG_CACHE_HOME": cache.path]) == expected)
         for cmd in [["generate", "--prompt", "a"], ["bench", "core"]] {
-            let r = try Self.dlora(cmd, environment: ["XDG_CACHE_HOME": cache.path])
+            let r = try await Self.dlora(cmd, environment: ["XDG_CACHE_HOME": cache.path])
             #expect(r.status != 0 && r.stdout.isEmpty)
             #expect(r.stderr == "dlora: no --model given and the default model is not at \(expected) (run scripts/fetch-model.sh)\n",
                     "stderr: \(r.stderr)")
@@ -113,12 +120,12 @@ import Testing
         let real = try DefaultModel.require()
         try FileManager.default.createDirectory(at: cache.appendingPathComponent("dlora"), withIntermediateDirectories: true)
         try FileManager.default.createSymbolicLink(atPath: expected, withDestinationPath: real)
-        let r = try Self.dlora(["generate", "--prompt", "a", "--max-tokens", "2", "--temperature", "0"], environment: ["XDG_CACHE_HOME": cache.path])
+        let r = try await Self.dlora(["generate", "--prompt", "a", "--max-tokens", "2", "--temperature", "0"], environment: ["XDG_CACHE_HOME": cache.path])
         #expect(r.status == 0, "stderr: \(r.stderr)")
     }
 
-    @Test func generatesWithATinyModelAndReportsThroughput() throws {
-        let r = try Self.dlora(["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "12", "--temperature", "0"])
+    @Test func generatesWithATinyModelAndReportsThroughput() async throws {
+        let r = try await Self.dlora(["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "12", "--temperature", "0"])
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(!r.stdout.isEmpty)
         let last = r.stderr.split(separator: "\n").last.map(String.init) ?? ""
@@ -127,29 +134,29 @@ import Testing
     }
 
     /// `--no-mmap` copies the model at load: the same greedy text as with the mapping.
-    @Test func noMmapGeneratesTheSameText() throws {
+    @Test func noMmapGeneratesTheSameText() async throws {
         let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "10", "--temperature", "0"]
-        let mapped = try Self.dlora(args)
-        let copied = try Self.dlora(args + ["--no-mmap"])
+        let mapped = try await Self.dlora(args)
+        let copied = try await Self.dlora(args + ["--no-mmap"])
         #expect(mapped.status == 0 && copied.status == 0, "stderr: \(copied.stderr)")
         #expect(!copied.stdout.isEmpty && copied.stdout == mapped.stdout)
     }
 
     /// The README's main job, shortened: a chat prompt on the default model, greedy, matches transformers'
     /// continuation (the chat case of the SmolLM2 goldens) and stops at the end-of-turn token.
-    @Test func chatOnTheDefaultModelMatchesTheReference() throws {
+    @Test func chatOnTheDefaultModelMatchesTheReference() async throws {
         _ = try DefaultModel.require()
         let golden = try #require(try ModelFixtures.smolGoldens().cases.first { $0.kind == "chat" })
-        let r = try Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
+        let r = try await Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
                                 "--max-tokens", "40", "--temperature", "0"])
         #expect(r.status == 0, "stderr: \(r.stderr)")
         let reference = golden.continuationText.components(separatedBy: "<|im_end|>")[0]
         #expect(r.stdout == reference + "\n")
     }
 
-    @Test func stopStringsEndTheOutput() throws {
+    @Test func stopStringsEndTheOutput() async throws {
         _ = try DefaultModel.require()
-        let r = try Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
+        let r = try await Self.dlora(["generate", "--chat", "What is the boiling point of water at sea level? Answer in one sentence.",
                                 "--max-tokens", "40", "--temperature", "0", "--stop", "point"])
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(r.stdout == "At sea level, the boiling \n")
@@ -188,16 +195,16 @@ import Testing
             .write(to: path.appendingPathComponent("adapter_config.json"))
     }
 
-    @Test func adapterByPathAndByNameMergedAndUnmerged() throws {
+    @Test func adapterByPathAndByNameMergedAndUnmerged() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         try Self.writeAdapter(dir, name: "tuned")
         let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0"]
-        let base = try CLITests.dlora(common)
-        let byPath = try CLITests.dlora(common + ["--adapter", dir.appendingPathComponent("tuned").path])
-        let byName = try CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path])
-        let merged = try CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path, "--lora-mode", "merged"])
-        let zero = try CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path, "--adapter-scale", "0"])
+        let base = try await CLITests.dlora(common)
+        let byPath = try await CLITests.dlora(common + ["--adapter", dir.appendingPathComponent("tuned").path])
+        let byName = try await CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path])
+        let merged = try await CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path, "--lora-mode", "merged"])
+        let zero = try await CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path, "--adapter-scale", "0"])
         for r in [base, byPath, byName, merged, zero] { #expect(r.status == 0, "stderr: \(r.stderr)") }
         #expect(byPath.stdout != base.stdout)
         #expect(byName.stdout == byPath.stdout)
@@ -205,7 +212,7 @@ import Testing
         #expect(zero.stdout == base.stdout)
     }
 
-    @Test func badAdaptersAreOneLineErrors() throws {
+    @Test func badAdaptersAreOneLineErrors() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -218,7 +225,7 @@ import Testing
                                 (["--adapter", "../dlora-no-such-\(UUID().uuidString)", "--adapter-root", dir.path], "invalid adapter name"),
                                 (["--adapter-scale", "2"], "--adapter"),
                                 (["--adapter", dir.path, "--lora-mode", "fused"], "--lora-mode")] {
-            let r = try CLITests.dlora(common + args)
+            let r = try await CLITests.dlora(common + args)
             #expect(r.status != 0)
             #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains(mention), "stderr: \(r.stderr)")
         }

@@ -11,8 +11,12 @@ import Testing
         let stderr: String
     }
 
-    /// Runs `dlora simulate ARGS` (bounded: killed after 60 s).
-    static func simulate(_ args: [String]) throws -> Outcome {
+    /// Runs `dlora simulate ARGS` (bounded: killed after 60 s) on a thread of its own, not the test pool's.
+    static func simulate(_ args: [String]) async throws -> Outcome {
+        try await onOwnThread { try simulateBlocking(args) }
+    }
+
+    static func simulateBlocking(_ args: [String]) throws -> Outcome {
         guard let binary = BuiltExecutables.dlora else { throw CocoaError(.fileNoSuchFile) }
         let process = Process()
         process.executableURL = binary
@@ -41,7 +45,7 @@ import Testing
     /// samples the first token), so it finishes at t + 0.05. Of two requests arriving at the same instant, the
     /// first wakes the idle replica and starts an iteration at once (as the real engine loop does); the second
     /// waits for the next one and then shares iterations with the first.
-    @Test func replayedRequestsFollowTheProfile() throws {
+    @Test func replayedRequestsFollowTheProfile() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let profile = dir.appendingPathComponent("profile.json"), requests = dir.appendingPathComponent("requests.jsonl")
@@ -55,7 +59,7 @@ import Testing
 
             {"arrival": 2.0, "adapter": 1, "prompt_tokens": 8, "output_tokens": 3}
             """.write(to: requests, atomically: true, encoding: .utf8)
-        let r = try Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", "unmerged-only",
+        let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", "unmerged-only",
                                    "--dispatch", "round-robin", "--records", records.path, "--json"])
         #expect(r.status == 0, "\(r.stderr)")
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
@@ -71,7 +75,7 @@ import Testing
         #expect(abs(finish[2]! - 2.04) < 1e-9, "\(rows)")
     }
 
-    @Test func badFilesAreOneLineErrors() throws {
+    @Test func badFilesAreOneLineErrors() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
         let requests = dir.appendingPathComponent("requests.jsonl"), profile = dir.appendingPathComponent("profile.json")
@@ -85,7 +89,7 @@ import Testing
         ]
         for (text, message) in cases {
             try text.write(to: requests, atomically: true, encoding: .utf8)
-            let r = try Self.simulate(["--requests-file", requests.path])
+            let r = try await Self.simulate(["--requests-file", requests.path])
             #expect(r.status != 0)
             #expect(r.stderr.contains(message), "\(message): \(r.stderr)")
         }
@@ -93,11 +97,11 @@ import Testing
         for (text, message) in [(#"{"fixed_secs": 0.01}"#, "unknown coefficient \"fixed_secs\""), (#"{"fixed_seconds": -1}"#, "must be a finite number"),
                                 (#"{"memory_bytes_per_second": 0}"#, "must be positive"), ("[1]", "not a JSON object")] {
             try text.write(to: profile, atomically: true, encoding: .utf8)
-            let r = try Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path])
+            let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path])
             #expect(r.status != 0)
             #expect(r.stderr.contains(message), "\(message): \(r.stderr)")
         }
-        let both = try Self.simulate(["--requests-file", requests.path, "--requests", "5"])
+        let both = try await Self.simulate(["--requests-file", requests.path, "--requests", "5"])
         #expect(both.status != 0 && both.stderr.contains("--requests-file replaces"))
     }
 }

@@ -8,6 +8,7 @@ import TestSupport
 /// MoLE's gate ops against central differences of their f64 twins: L = Σ mixture(experts, g(z; W, τ))·G
 /// + λ·balance(g), differentiated with respect to the gate weights W, the temperature τ, the gate input z
 /// and the experts' outputs.
+extension TrainingSuites {
 @Suite struct MoLEGateTests {
     @Test func gateMixtureAndBalanceGradients() {
         var rng = SplitMix64(seed: 31)
@@ -76,4 +77,5 @@ import TestSupport
         #expect(l2 > l1)
         #expect(d2[2] < d2[1] && d2[1] < d2[0])  // the least-used expert's gate has the most negative gradient
     }
+}
 }

@@ -9,6 +9,7 @@ import TestSupport
 /// The whole block and the whole model against central differences of the f64 reference model, on the
 /// tiny fixtures: tiny-llama (GQA 4/2, tied embeddings) as a Hugging Face directory (rotate-half RoPE) and
 /// as a llama.cpp GGUF (Q/K rows permuted, adjacent-pair RoPE), tiny-qwen2 (GQA 4/1, Q/K/V biases, untied).
+extension TrainingSuites {
 @Suite struct ModelGradientTests {
     static let fixtures: [(String, String)] = [("tiny-llama", "hf"), ("tiny-llama", "F32"), ("tiny-qwen2", "hf")]
 
@@ -147,4 +148,5 @@ import TestSupport
             expectGradient([mole.temperatureGradients[l]], numericTau, rtol: 2e-3, "\(model)/\(variant) MoLE dτ layer \(l)")
         }
     }
+}
 }

@@ -7,6 +7,7 @@ import TestSupport
 
 /// Every backward op against central differences of its f64 twin (`ReferenceTraining`), and every f32
 /// forward against that twin. The scalar differentiated is Σ y·g for a random g (so dL/dy = g).
+extension TrainingSuites {
 @Suite struct OpGradientTests {
     @Test func rmsNorm() {
         var rng = SplitMix64(seed: 1)
@@ -171,4 +172,5 @@ import TestSupport
         // Padding columns of x's rows get no gradient.
         #expect((0..<tokens).allSatisfy { t in (inF..<ldx).allSatisfy { dx[t * ldx + $0] == 0 } })
     }
+}
 }

@@ -10,6 +10,7 @@ import TestSupport
 
 /// The adapter `train lora` writes is a PEFT directory our loader reads back into the engine with the
 /// very weights that were trained, on both checkpoint layouts (GGUF: Q/K rows permuted; HF: not).
+extension TrainingSuites {
 @Suite struct PEFTExportTests {
     /// Logits of every position of `tokens` through the engine's model runner (private KV cache).
     static func engineLogits(_ model: LlamaModel, _ tokens: [Int], adapter: LoRAWeights?) -> [[Float]] {
@@ -80,14 +81,18 @@ import TestSupport
 
     /// `dlora train lora` end to end on the tiny model: trains, writes the adapter, and the adapter loads.
     /// Bad input is one line on stderr and a non-zero exit.
-    @Test func trainCommand() throws {
+    @Test func trainCommand() async throws {
         let exe = try #require(BuiltExecutables.dlora, "build the dlora executable first (swift build --build-tests)")
         let dir = try TemporaryDirectory()
         let data = dir.path("train.jsonl")
         let lines = (0..<6).map { #"{"prompt": "item \#($0) is", "completion": " number \#($0)"}"# } + [#"{"text": "plain text works too"}"#]
         try Data(lines.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: data))
         let model = FixtureFiles.checkpoint(model: "tiny-llama", variant: "Q8_0")
-        func run(_ args: [String]) throws -> (status: Int32, stderr: String) {
+        // The process is waited for on a thread of its own, not on the test pool's (TestSupport.onOwnThread).
+        func run(_ args: [String]) async throws -> (status: Int32, stderr: String) {
+            try await onOwnThread { try runBlocking(args) }
+        }
+        @Sendable func runBlocking(_ args: [String]) throws -> (status: Int32, stderr: String) {
             let p = Process()
             p.executableURL = exe
             p.arguments = args
@@ -100,7 +105,7 @@ import TestSupport
             return (p.terminationStatus, text)
         }
         let out = dir.path("adapter")
-        let ok = try run(["train", "lora", "--model", model, "--data", data, "--targets", "q_proj,v_proj", "--rank", "4", "--alpha", "8",
+        let ok = try await run(["train", "lora", "--model", model, "--data", data, "--targets", "q_proj,v_proj", "--rank", "4", "--alpha", "8",
                           "--steps", "20", "--lr", "1e-2", "--batch", "4", "--max-length", "32", "--seed", "7", "--out", out])
         #expect(ok.status == 0, "\(ok.stderr)")
         let losses = ok.stderr.split(separator: "\n").filter { $0.hasPrefix("step ") }
@@ -121,7 +126,7 @@ import TestSupport
             for i in stride(from: 0, to: args.count, by: 2) {
                 if let at = full.firstIndex(of: args[i]) { full[at + 1] = args[i + 1] } else { full += [args[i], args[i + 1]] }
             }
-            let bad = try run(full)
+            let bad = try await run(full)
             #expect(bad.status != 0)
             let lines = bad.stderr.split(separator: "\n")
             #expect(lines.count == 1 && lines[0].hasPrefix("dlora: ") && lines[0].contains(expected), "\(args): \(bad.stderr)")
@@ -145,4 +150,5 @@ import TestSupport
         #expect(maxAbsDiff(rows, engine) < 1e-3)
         #expect(maxAbsDiff(engine, Self.engineLogits(model, prompt, adapter: nil)) > 0.1)
     }
+}
 }

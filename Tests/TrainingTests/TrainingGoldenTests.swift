@@ -10,6 +10,7 @@ import TestSupport
 /// Against torch + PEFT (tools/gen_training_goldens.py, committed in Tests/Fixtures/training/): the loss and
 /// every LoRA gradient of one padded batch on tiny-llama, K AdamW steps, and an adapter written by
 /// `dlora train lora` as PEFT itself loads it.
+extension TrainingSuites {
 @Suite struct TrainingGoldenTests {
     struct Goldens: Decodable {
         struct Module: Decodable {
@@ -99,4 +100,5 @@ import TestSupport
             #expect(maxAbsDiff(ours, expected) < 2e-4, "\(variant) prompt \(prompt): max |Δ| \(maxAbsDiff(ours, expected))")
         }
     }
+}
 }

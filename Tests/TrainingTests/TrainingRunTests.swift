@@ -7,6 +7,7 @@ import Tokenizers
 
 @testable import Training
 
+extension TrainingSuites {
 @Suite struct TrainingRunTests {
     /// AdamW against the formulas written out in f64 (Loshchilov & Hutter 2019, torch.optim.AdamW's
     /// order: decay, moments, bias-corrected step) over three steps with changing gradients.
@@ -186,4 +187,5 @@ import Tokenizers
         #expect(data.examples.count == 1 && data.dropped == 1)
         #expect(data.examples[0].tokens.count <= 8)
     }
+}
 }
