@@ -113,7 +113,7 @@ json.dump(p1, open(f"{results}/simulator-profile-1thread-shared.json", "w"), ind
 print(p2["source"]); print(p1["source"])
 PY
 
-# ---- 2. real runs
+# ---- server helpers
 url=""
 server_pid=""
 start_server() {  # log, ready pattern (sed, one group = port), then the command
@@ -139,6 +139,63 @@ stop_server() {
     pids=("${rest[@]+"${rest[@]}"}")
     server_pid=""
 }
+# ---- 1b. the serving engine's own step and per-request cost, measured apart from the workload
+# bench core times the model's forward pass at batch 1 and 32; a served step also samples, detokenizes and
+# hands each token to its HTTP handler, and the small batches these runs have (a few sequences, at most SLOTS
+# adapters) are not on the line through 1 and 32. Closed-loop clients (tools/serve_overhead.py: CAL_OUTPUT
+# tokens each, one adapter per client, unmerged-only, no trace) measure the served decode step client-side
+# (the router's relay included, as in the runs compared) at 1, 2 and 4 sequences per replica; the profile's
+# fixed and per-sequence decode costs are refitted to them (least squares, its LoRA terms kept), and the
+# time to the first token at batch 1 less its predicted prefill step becomes the per-request overhead (HTTP,
+# tokenization, relay: `request_overhead_seconds`). CALIBRATE=0 keeps bench core's profiles.
+CALIBRATE=${CALIBRATE:-1}
+CAL_OUTPUT=${CAL_OUTPUT:-48}
+calibrate() {  # profile json, replicas, then the server's log, ready pattern and command
+    local profile=$1 replicas=$2 log=$3 pattern=$4
+    shift 4
+    start_server "$log" "$pattern" "$@" || { stop_server; return 0; }
+    python3 tools/serve_overhead.py "$url" $((replicas * 4)) "$CAL_OUTPUT" 1 > /dev/null  # warm-up: adapters load
+    local points=()
+    for b in 1 2 4; do
+        points+=("$b" "$(python3 tools/serve_overhead.py "$url" $((replicas * b)) "$CAL_OUTPUT" 3)") || { stop_server; return 0; }
+    done
+    stop_server
+    python3 - "$profile" "${points[@]}" <<'PY'
+import json, sys
+path, args = sys.argv[1], sys.argv[2:]
+points = [(int(args[i]), *map(float, args[i + 1].split())) for i in range(0, len(args), 2)]  # (batch, step, ttft, prompt)
+p = json.load(open(path))
+def lora(b):  # b sequences on b distinct reference (q/v r16) adapters, as the CPU model prices their LoRA path
+    return (p["per_lora_token_seconds"] + p["per_adapter_seconds"]) * b
+xs = [b for b, *_ in points]
+ys = [step - lora(b) for b, step, *_ in points]
+mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+per = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
+fixed = max(0.0, my - per * mx)
+was = (p["fixed_seconds"], p["per_decode_seconds"])
+p["fixed_seconds"], p["per_decode_seconds"] = fixed, per
+_, _, ttft, prompt = points[0]
+overhead = max(0.0, ttft - (fixed + prompt * p["per_prefill_token_seconds"] + lora(1)))
+p["request_overhead_seconds"] = overhead
+p["source"] += ("; served decode step (client-side) " + ", ".join(f"{s*1e3:.2f} ms at {b}" for b, s, *_ in points)
+                + f" → decode {fixed*1e3:.2f} ms + {per*1e3:.2f} ms/sequence (bench core's: {was[0]*1e3:.2f} + {was[1]*1e3:.2f}); "
+                + f"first token of a {prompt:.0f}-token prompt {ttft*1e3:.1f} ms → {overhead*1e3:.1f} ms per request before the engine")
+json.dump(p, open(path, "w"), indent=1)
+print(p["source"])
+PY
+}
+if [ "$CALIBRATE" != 0 ]; then
+    echo "validate: calibrating the served step (one replica, then the cluster)" >&2
+    calibrate "$RESULTS/simulator-profile-2threads.json" 1 "$tmp/cal-serve.log" \
+        's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
+        "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy unmerged-only
+    calibrate "$RESULTS/simulator-profile-1thread-shared.json" "$REPLICAS" "$tmp/cal-cluster.log" \
+        's/.*dlora: router on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
+        "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
+        --adapter-slots "$SLOTS" --dispatch round-robin --migration off --policy unmerged-only
+fi
+
+# ---- 2. real runs
 load() {  # out, then cluster_load.py arguments
     local out=$1
     shift

@@ -148,6 +148,13 @@ public struct CPUCostModel: ReplicaCostModel {
     public var unmergeSecondsFixed = 0.000006
     /// Host memory streamed (core.md: 32.3 GB/s, 2 threads): adapter loads and swaps are copies in RAM.
     public var memoryBytesPerSecond = 32.3e9
+    /// Per adapter load, on top of the copy: the first load reads and validates the PEFT files, a later one
+    /// converts the host copy into the slot (0 by default; bench/simulator-validate.sh measures it).
+    public var adapterLoadFixedSeconds = 0.0
+    /// Not a replica cost: from a request's arrival at the server to its arrival in the engine's queue (HTTP,
+    /// tokenization, the relay), carried by a measured profile for `dlora simulate` to apply as
+    /// `SimulationConfig.requestOverheadSeconds` (0 by default).
+    public var requestOverheadSeconds = 0.0
     /// Replica-to-replica K/V over loopback HTTP (f32 frames): not measured yet; an assumption.
     public var transferBytesPerSecond = 1e9
 
@@ -156,7 +163,8 @@ public struct CPUCostModel: ReplicaCostModel {
         ["fixed_seconds": \.fixedSeconds, "per_decode_seconds": \.perDecodeSeconds, "per_prefill_token_seconds": \.perPrefillTokenSeconds,
          "per_lora_token_seconds": \.perLoRATokenSeconds, "per_adapter_seconds": \.perAdapterSeconds, "merged_extra_seconds": \.mergedExtraSeconds,
          "merge_seconds_per_element": \.mergeSecondsPerElement, "unmerge_seconds_fixed": \.unmergeSecondsFixed,
-         "memory_bytes_per_second": \.memoryBytesPerSecond, "transfer_bytes_per_second": \.transferBytesPerSecond]
+         "memory_bytes_per_second": \.memoryBytesPerSecond, "transfer_bytes_per_second": \.transferBytesPerSecond,
+         "adapter_load_seconds": \.adapterLoadFixedSeconds, "request_overhead_seconds": \.requestOverheadSeconds]
     }
 
     /// SmolLM2's K/V per token: 30 layers × 3 KV heads × 64 × (K, V) × 4 bytes (f32) = 46,080 bytes.
@@ -192,7 +200,7 @@ public struct CPUCostModel: ReplicaCostModel {
     }
     public func mergeSeconds(_ a: AdapterProfile) -> Double { Double(a.mergeElements) * mergeSecondsPerElement }
     public func unmergeSeconds(_ a: AdapterProfile) -> Double { unmergeSecondsFixed }
-    public func adapterLoadSeconds(bytes: Int) -> Double { Double(bytes) / memoryBytesPerSecond }
+    public func adapterLoadSeconds(bytes: Int) -> Double { adapterLoadFixedSeconds + Double(bytes) / memoryBytesPerSecond }
     public func swapSeconds(bytes: Int) -> Double { Double(bytes) / memoryBytesPerSecond }
     public func transferSeconds(bytes: Int) -> Double { Double(bytes) / transferBytesPerSecond }
 }

@@ -26,6 +26,10 @@ public struct SimulationConfig: Sendable {
     /// How often the router reads the replicas' status (`dlora router --poll-ms`, 200 ms); 0: dispatch sees
     /// every replica's state as it is at that instant.
     public var pollInterval = 0.2
+    /// Seconds between a request's arrival at the router and its arrival in the replica's queue: on the real
+    /// system the HTTP parse, tokenization and the router's relay (bench/simulator-validate.sh measures it).
+    /// 0 (the default) delivers at once, as before.
+    public var requestOverheadSeconds = 0.0
     /// How often dLoRA dispatch re-places adapters from their smoothed arrival rates (the router's 5 s).
     public var placementPeriod = 5.0
     /// dLoRA dispatch counts leftover requests as a fraction of a batch step (the router's choice); false: the
@@ -89,6 +93,8 @@ struct SimulationRun {
         case migrationCheck
         case copyStage(Int)
         case landed(Int)
+        /// A dispatched request reaches its replica after `requestOverheadSeconds`.
+        case delivered(Int, replica: Int)
     }
 
     enum InboxItem {
@@ -226,6 +232,10 @@ struct SimulationRun {
                 hash.mix(4)
                 hash.mix(m)
                 deliver(moves[m].to, .add(moves[m].request, kv: moves[m].kvComputed))
+            case .delivered(let i, let r):
+                hash.mix(9)
+                hash.mix(i)
+                deliver(r, .add(i, kv: nil))
             }
         }
     }

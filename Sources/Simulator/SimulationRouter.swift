@@ -21,7 +21,12 @@ extension SimulationRun {
         hash.mix(target)
         replicas[target].dispatchedSinceStatus[name, default: 0] += 1
         if statusLoads != nil { statusLoads![target].perAdapter[name, default: AdapterCounts()].waiting += 1 }
-        deliver(target, .add(i, kv: nil))
+        if config.requestOverheadSeconds > 0 {
+            // In transit (HTTP, tokenization, relay): the replica sees it when it lands.
+            queue.push(.delivered(i, replica: target), at: now + config.requestOverheadSeconds)
+        } else {
+            deliver(target, .add(i, kv: nil))
+        }
     }
 
     /// What dispatch sees: each replica's last status plus the requests dispatched to it since

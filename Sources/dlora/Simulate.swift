@@ -51,6 +51,9 @@ struct Simulate: ParsableCommand {
     var migrationRequestExcess: Int?
     @Option(help: "Router status poll interval, ms (0: dispatch sees replicas' state at each instant).")
     var pollMs: Double = 200
+    @Option(name: .customLong("request-overhead-ms"),
+            help: "Milliseconds from a request's arrival at the router to its arrival in the replica's queue (HTTP, tokenization, relay).")
+    var requestOverheadMs: Double = 0
     @Option(help: "Cost model: \(RooflineCostModel.names.joined(separator: ", ")).")
     var cost: String = "cpu"
     @Option(help: "JSON of measured coefficients replacing the cpu model's (keys as in CPUCostModel, snake_case; docs/design/simulator.md).")
@@ -87,6 +90,7 @@ struct Simulate: ParsableCommand {
             throw ValidationError("--max-prompt, --max-output, --prompt-median and --output-median must be >= 1")
         }
         guard slo > 0, migrationPeriod > 0, pollMs >= 0 else { throw ValidationError("--slo and --migration-period must be positive, --poll-ms >= 0") }
+        guard requestOverheadMs >= 0, requestOverheadMs.isFinite else { throw ValidationError("--request-overhead-ms must be a finite number >= 0") }
         if let s = adapterSlots { guard s >= 1 else { throw ValidationError("--adapter-slots must be >= 1") } }
         if let b = maxBatchSequences { guard b >= 1 else { throw ValidationError("--max-batch-sequences must be >= 1") } }
         _ = try PolicyOption.parse(policy, flag: "policy")
@@ -112,9 +116,11 @@ struct Simulate: ParsableCommand {
 
     func run() throws {
         var model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
+        var profiledOverhead = 0.0
         if cost == "cpu" && (kvCacheMb != nil || costProfile != nil) {
             var cpu = CPUCostModel(kvCacheMegabytes: kvCacheMb ?? 1024, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256)
             if let costProfile { try Self.applyProfile(costProfile, to: &cpu) }
+            profiledOverhead = cpu.requestOverheadSeconds
             model = cpu
         }
         var arrivals = ArrivalProcess.poisson
@@ -146,6 +152,8 @@ struct Simulate: ParsableCommand {
         config.migrationConfig.periodSeconds = migrationPeriod
         if let migrationRequestExcess { config.migrationConfig.requestExcess = migrationRequestExcess }
         config.pollInterval = pollMs / 1000
+        // The flag, else a measured profile's.
+        config.requestOverheadSeconds = requestOverheadMs > 0 ? requestOverheadMs / 1000 : profiledOverhead
         config.adapterRanks = rankList
         config.slo = slo
         let started = DispatchTime.now().uptimeNanoseconds

@@ -75,6 +75,36 @@ import Testing
         #expect(abs(finish[2]! - 2.04) < 1e-9, "\(rows)")
     }
 
+    /// The profile's per-request overhead delays each request's arrival in the replica's queue (latency still
+    /// counts from its arrival at the router), and a fixed cost per adapter load delays the first iteration
+    /// that needs the adapter; `--request-overhead-ms` overrides the profile's overhead.
+    @Test func requestOverheadAndAdapterLoadCost() async throws {
+        let dir = try Self.temporaryDirectory()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let profile = dir.appendingPathComponent("profile.json"), requests = dir.appendingPathComponent("requests.jsonl")
+        let records = dir.appendingPathComponent("records.csv")
+        try #"{"fixed_seconds": 0.01, "per_decode_seconds": 0, "per_prefill_token_seconds": 0, "per_lora_token_seconds": 0, "per_adapter_seconds": 0, "merged_extra_seconds": 0, "merge_seconds_per_element": 0, "memory_bytes_per_second": 1e18, "transfer_bytes_per_second": 1e18, "adapter_load_seconds": 0.2, "request_overhead_seconds": 0.1}"#
+            .write(to: profile, atomically: true, encoding: .utf8)
+        try #"{"arrival": 1.0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
+        func finish(_ extra: [String]) async throws -> (first: Double, finish: Double) {
+            let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", "unmerged-only",
+                                             "--dispatch", "round-robin", "--records", records.path] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            let row = try #require(try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst().first)
+                .split(separator: ",", omittingEmptySubsequences: false)
+            #expect(Double(row[2]) == 1.0, "arrival as given: \(row)")
+            return (try #require(Double(row[3])), try #require(Double(row[4])))
+        }
+        // Queued at 1.1; the adapter's load (0.2 s) is charged to the first iteration: first token at 1.31,
+        // four more iterations of 10 ms.
+        let profiled = try await finish([])
+        #expect(abs(profiled.first - 1.31) < 1e-9 && abs(profiled.finish - 1.35) < 1e-9, "\(profiled)")
+        let flag = try await finish(["--request-overhead-ms", "300"])
+        #expect(abs(flag.first - 1.51) < 1e-9 && abs(flag.finish - 1.55) < 1e-9, "\(flag)")
+        let bad = try await Self.simulate(["--requests-file", requests.path, "--request-overhead-ms", "-1"])
+        #expect(bad.status != 0 && bad.stderr.contains("--request-overhead-ms"))
+    }
+
     @Test func badFilesAreOneLineErrors() async throws {
         let dir = try Self.temporaryDirectory()
         defer { try? FileManager.default.removeItem(at: dir) }
