@@ -2,7 +2,9 @@
 # dLoRA's Fig 9–12 at the paper's scale (32 A800 replicas, 128 adapters, Llama-2 7B/13B) on the simulator: our
 # scheduler and cluster policies on the roofline GPU cost models. Writes bench/results/simulator-paper.md and
 # simulator-fig*.svg (RESULTS=dir to write elsewhere). QUICK=1 runs a few points only (checks the script).
-# JOBS simulations at a time (default: the cores). About 10 minutes on the 2-core reference machine.
+# JOBS simulations at a time (default: the cores). About 20 minutes on the 2-core reference machine.
+# BURST_SIGMA=1.5 BURST_WINDOW=10 FIGURES=10,11: the same figures under per-adapter bursts (dlora simulate
+# --adapter-burst-sigma), written to simulator-paper-bursty.md and simulator-fig*-bursty.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-bench/results}
@@ -17,4 +19,5 @@ WORKLOAD=${WORKLOAD:-$CACHE/sharegpt-2000.jsonl}
 [ -s "$WORKLOAD" ] || python3 tools/extract_sharegpt.py "$WORKLOAD" 2000
 [ -f "$TRACE" ] || { echo "bench/simulator-paper.sh: trace $TRACE not found" >&2; exit 1; }
 mkdir -p "$RESULTS"
-python3 tools/sim_paper.py .build/release/dlora "$TRACE" "$WORKLOAD" "$RESULTS" --jobs "$JOBS" ${QUICK:+--quick}
+python3 tools/sim_paper.py .build/release/dlora "$TRACE" "$WORKLOAD" "$RESULTS" --jobs "$JOBS" ${QUICK:+--quick} \
+    --burst-sigma "${BURST_SIGMA:-0}" --burst-window "${BURST_WINDOW:-60}" --figures "${FIGURES:-9,10,11,12}"

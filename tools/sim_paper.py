@@ -121,12 +121,20 @@ def main():
     ap.add_argument("results")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="fewer requests and points (checks the script)")
+    ap.add_argument("--burst-sigma", type=float, default=0, help="per-adapter bursts (dlora simulate --adapter-burst-sigma); writes simulator-paper-bursty.md")
+    ap.add_argument("--burst-window", type=float, default=60)
+    ap.add_argument("--figures", default="9,10,11,12", help="which figures to run, e.g. 10,11")
     a = ap.parse_args()
     q = a.quick
+    figs = set(a.figures.split(","))
+    bursty = a.burst_sigma > 0
+    tag = "-bursty" if bursty else ""  # output names
     span = ["--requests", "600"] if q else ["--duration", "45"]  # 45 s of arrivals per cluster run
     common = ["--trace", a.trace, "--workload", a.sharegpt, "--max-prompt", "1024", "--max-output", "1024", "--ranks", "8,16", "--seed", "1"]
+    if bursty:
+        common += ["--adapter-burst-sigma", str(a.burst_sigma), "--adapter-burst-window", str(a.burst_window)]
     # The paper drops ShareGPT prompts > 1024 and prompt + output > 2048; we cut them to 1024 each instead.
-    plan = []  # (figure, key, flags, slo)
+    plan = []  # (figure, key, flags, slo); figures not asked for are dropped below
     slo = {"7b": 0.1, "13b": 0.15}
     rates = {"7b": [25, 50, 100, 150, 200, 250] if not q else [100, 300], "13b": [15, 30, 60, 90, 120, 150] if not q else [50, 150]}
     for model in ("7b", "13b"):
@@ -152,6 +160,7 @@ def main():
         for label, flags in SYSTEMS:
             plan.append(("12", (label, n), ["--cost", "a800-7b", "--replicas", "32", "--adapters", str(n), "--rate", "150",
                                             *span, *common, *flags], slo["7b"]))
+    plan = [entry for entry in plan if entry[0] in figs]
     results = {}
     started = time.time()
     with cf.ThreadPoolExecutor(max_workers=a.jobs) as pool:
@@ -187,102 +196,112 @@ def main():
           "(MAF 2019/2021), ours the LLM inference trace with popularity drawn per request; its vLLM baseline is vLLM 0.2 serving",
           "merged models, ours our merged-only policy with the GIE-style LoRA-affinity router (as close as our policies get);",
           "its PEFT is HF PEFT (one adapter's static batch), ours the peft-like policy behind round-robin.", ""]
+    if bursty:
+        md += [f"**Per-adapter bursts on this page** (`--adapter-burst-sigma {a.burst_sigma:g} --adapter-burst-window {a.burst_window:g}`): every "
+               f"{a.burst_window:g} s each adapter's popularity is multiplied by its own log-normal factor (σ = {a.burst_sigma:g}, mean 1), so",
+               "the hot adapters change from window to window, as the paper's per-adapter traces make them; the arrival times are the",
+               "same trace's. Figures " + ", ".join(sorted(figs)) + " only; bench/results/simulator-paper.md has the unbursted page.", ""]
 
     # Fig 9
-    md += ["## Fig 9-style: throughput under the SLO and latency vs rate (32 × A800, 128 adapters)", ""]
-    for model in ("7b", "13b"):
-        md += [f"### Llama-2 {model.upper()}", "", "| system | " + " | ".join(f"{r} req/s" for r in rates[model]) + " | best goodput tok/s |",
-               "|---|" + "---:|" * (len(rates[model]) + 1)]
-        best = {}
-        for label, _ in SYSTEMS:
-            cells = []
-            for rate in rates[model]:
-                g, l = get("9", (model, label, rate), "goodput"), get("9", (model, label, rate), "avg_latency_per_token_seconds")
-                cells.append("failed" if g is None else f"{g:,.0f} / {l:.3f} s")
-            best[label] = max([get("9", (model, label, r), "goodput") or 0 for r in rates[model]])
-            md.append(f"| {label} | " + " | ".join(cells) + f" | {best[label]:,.0f} |")
-        md += ["", "Cells: throughput under the SLO (tok/s) / avg latency per token (s).", ""]
-        d = best["dLoRA"]
-        ratio = lambda other: f"{d / best[other]:.1f}×" if best[other] > 0 else "∞ (baseline meets the SLO at no rate)"
-        md += ["| ratio (best throughput under the SLO) | ours | paper |", "|---|---:|---:|",
-               f"| dLoRA / vLLM-like | {ratio('vLLM-like (merged, affinity)')} | up to {PAPER['vs_vllm']}× |",
-               f"| dLoRA / PEFT-like | {ratio('PEFT-like (static merged batches)')} | up to {PAPER['vs_peft']}× |",
-               f"| dLoRA / S-LoRA-like | {ratio('S-LoRA-like (unmerged, least-loaded)')} | — (not in the paper) |",
-               f"| dLoRA + K/V / dLoRA | {best['dLoRA + K/V migration'] / d:.2f}× | — (ours) |" if d > 0 else "", ""]
-        for field, name, ylabel, logy in (("goodput", "goodput", "tok/s under SLO", False),
-                                          ("avg_latency_per_token_seconds", "latency", "avg latency per token (s)", True)):
-            svg_lines(os.path.join(a.results, f"simulator-fig9-{model}-{name}.svg"), f"Fig 9-style, Llama-2 {model.upper()}, 32 replicas: {ylabel}",
-                      "request rate (req/s)", ylabel,
-                      [(label, [(r, get("9", (model, label, r), field)) for r in rates[model]]) for label, _ in SYSTEMS], logy=logy)
-        md += [f"![goodput](simulator-fig9-{model}-goodput.svg) ![latency](simulator-fig9-{model}-latency.svg)", ""]
+    if "9" in figs:
+        md += ["## Fig 9-style: throughput under the SLO and latency vs rate (32 × A800, 128 adapters)", ""]
+        for model in ("7b", "13b"):
+            md += [f"### Llama-2 {model.upper()}", "", "| system | " + " | ".join(f"{r} req/s" for r in rates[model]) + " | best goodput tok/s |",
+                   "|---|" + "---:|" * (len(rates[model]) + 1)]
+            best = {}
+            for label, _ in SYSTEMS:
+                cells = []
+                for rate in rates[model]:
+                    g, l = get("9", (model, label, rate), "goodput"), get("9", (model, label, rate), "avg_latency_per_token_seconds")
+                    cells.append("failed" if g is None else f"{g:,.0f} / {l:.3f} s")
+                best[label] = max([get("9", (model, label, r), "goodput") or 0 for r in rates[model]])
+                md.append(f"| {label} | " + " | ".join(cells) + f" | {best[label]:,.0f} |")
+            md += ["", "Cells: throughput under the SLO (tok/s) / avg latency per token (s).", ""]
+            d = best["dLoRA"]
+            ratio = lambda other: f"{d / best[other]:.1f}×" if best[other] > 0 else "∞ (baseline meets the SLO at no rate)"
+            md += ["| ratio (best throughput under the SLO) | ours | paper |", "|---|---:|---:|",
+                   f"| dLoRA / vLLM-like | {ratio('vLLM-like (merged, affinity)')} | up to {PAPER['vs_vllm']}× |",
+                   f"| dLoRA / PEFT-like | {ratio('PEFT-like (static merged batches)')} | up to {PAPER['vs_peft']}× |",
+                   f"| dLoRA / S-LoRA-like | {ratio('S-LoRA-like (unmerged, least-loaded)')} | — (not in the paper) |",
+                   f"| dLoRA + K/V / dLoRA | {best['dLoRA + K/V migration'] / d:.2f}× | — (ours) |" if d > 0 else "", ""]
+            for field, name, ylabel, logy in (("goodput", "goodput", "tok/s under SLO", False),
+                                              ("avg_latency_per_token_seconds", "latency", "avg latency per token (s)", True)):
+                svg_lines(os.path.join(a.results, f"simulator-fig9-{model}-{name}{tag}.svg"), f"Fig 9-style, Llama-2 {model.upper()}, 32 replicas: {ylabel}",
+                          "request rate (req/s)", ylabel,
+                          [(label, [(r, get("9", (model, label, r), field)) for r in rates[model]]) for label, _ in SYSTEMS], logy=logy)
+            md += [f"![goodput](simulator-fig9-{model}-goodput{tag}.svg) ![latency](simulator-fig9-{model}-latency{tag}.svg)", ""]
 
     # Fig 10
-    md += ["## Fig 10-style: batching policies vs skew (1 × A800, Llama-2 7B, 8 adapters, 4 req/s, 400 requests)", "",
-           "| policy | " + " | ".join(f"α = {x:g}" for x in alphas) + " |", "|---|" + "---:|" * len(alphas)]
-    for label in ("dLoRA (dynamic)", "merged-only", "unmerged-only"):
-        md.append(f"| {label} | " + " | ".join(
-            "failed" if get("10", (label, x), "avg_latency_per_token_seconds") is None else
-            f"{get('10', (label, x), 'avg_latency_per_token_seconds'):.4f} / {get('10', (label, x), 'p90_latency_seconds'):.2f} s ({get('10', (label, x), 'mode_switches')} sw)"
-            for x in alphas) + " |")
-    md += ["", "Cells: avg latency per token (s) / P90 latency (s) (mode switches). Paper: dynamic batching beats merged-only and",
-           "unmerged-only at every skew, on average and P90 latency.", ""]
-    wins = sum(1 for x in alphas if all(get("10", ("dLoRA (dynamic)", x), "avg_latency_per_token_seconds") is not None and
-                                       get("10", (o, x), "avg_latency_per_token_seconds") is not None and
-                                       get("10", ("dLoRA (dynamic)", x), "avg_latency_per_token_seconds") <= get("10", (o, x), "avg_latency_per_token_seconds") * 1.02
-                                       for o in ("merged-only", "unmerged-only")))
-    md += [f"dLoRA's dynamic batching is best (within 2 %) on avg latency at {wins} of {len(alphas)} skews.", ""]
-    svg_lines(os.path.join(a.results, "simulator-fig10.svg"), "Fig 10-style: avg latency per token vs skew (1 × A800 7B)", "α (popularity skew)",
-              "avg latency per token (s)", [(l, [(x, get("10", (l, x), "avg_latency_per_token_seconds")) for x in alphas])
-                                            for l in ("dLoRA (dynamic)", "merged-only", "unmerged-only")], logy=True)
-    md += ["![fig 10](simulator-fig10.svg)", ""]
+    if "10" in figs:
+        md += ["## Fig 10-style: batching policies vs skew (1 × A800, Llama-2 7B, 8 adapters, 4 req/s, 400 requests)", "",
+               "| policy | " + " | ".join(f"α = {x:g}" for x in alphas) + " |", "|---|" + "---:|" * len(alphas)]
+        for label in ("dLoRA (dynamic)", "merged-only", "unmerged-only"):
+            md.append(f"| {label} | " + " | ".join(
+                "failed" if get("10", (label, x), "avg_latency_per_token_seconds") is None else
+                f"{get('10', (label, x), 'avg_latency_per_token_seconds'):.4f} / {get('10', (label, x), 'p90_latency_seconds'):.2f} s ({get('10', (label, x), 'mode_switches')} sw)"
+                for x in alphas) + " |")
+        md += ["", "Cells: avg latency per token (s) / P90 latency (s) (mode switches). Paper: dynamic batching beats merged-only and",
+               "unmerged-only at every skew, on average and P90 latency.", ""]
+        wins = sum(1 for x in alphas if all(get("10", ("dLoRA (dynamic)", x), "avg_latency_per_token_seconds") is not None and
+                                           get("10", (o, x), "avg_latency_per_token_seconds") is not None and
+                                           get("10", ("dLoRA (dynamic)", x), "avg_latency_per_token_seconds") <= get("10", (o, x), "avg_latency_per_token_seconds") * 1.02
+                                           for o in ("merged-only", "unmerged-only")))
+        md += [f"dLoRA's dynamic batching is best (within 2 %) on avg latency at {wins} of {len(alphas)} skews.", ""]
+        svg_lines(os.path.join(a.results, f"simulator-fig10{tag}.svg"), "Fig 10-style: avg latency per token vs skew (1 × A800 7B)", "α (popularity skew)",
+                  "avg latency per token (s)", [(l, [(x, get("10", (l, x), "avg_latency_per_token_seconds")) for x in alphas])
+                                                for l in ("dLoRA (dynamic)", "merged-only", "unmerged-only")], logy=True)
+        md += [f"![fig 10](simulator-fig10{tag}.svg)", ""]
 
     # Fig 11
-    r11 = [100, 150, 200, 250] if not q else [200]
-    md += ["## Fig 11-style: dispatch and migration (32 × A800, Llama-2 7B, 128 adapters, dLoRA batching)", "",
-           "| dispatch / migration | " + " | ".join(f"{r} req/s" for r in r11) + " |", "|---|" + "---:|" * len(r11)]
-    for label, _ in fig11:
-        cells = []
-        for r in r11:
-            k = (label, r)
-            if get("11", k, "goodput") is None:
-                cells.append("failed")
-            else:
-                cells.append(f"{get('11', k, 'avg_latency_per_token_seconds'):.3f} s / {get('11', k, 'goodput'):,.0f} / {get('11', k, 'migrations')} mig"
-                             + (f", stall {get('11', k, 'mean_migration_stall_seconds'):.2f} s" if get('11', k, 'migrations') else ""))
-        md.append(f"| {label} | " + " | ".join(cells) + " |")
-    md += ["", "Cells: avg latency per token / throughput under the SLO (tok/s) / migrations (mean stall).", ""]
-    md += ["| avg latency ratio at each rate | " + " | ".join(f"{r} req/s" for r in r11) + " | paper |", "|---|" + "---:|" * (len(r11) + 1)]
-    for base, paper in (("round-robin", PAPER["vs_round_robin"]), ("proactive (dLoRA dispatch)", PAPER["vs_proactive"])):
-        for mig in ("proactive + migration, recompute", "proactive + migration, K/V"):
+    if "11" in figs:
+        r11 = [100, 150, 200, 250] if not q else [200]
+        md += ["## Fig 11-style: dispatch and migration (32 × A800, Llama-2 7B, 128 adapters, dLoRA batching)", "",
+               "| dispatch / migration | " + " | ".join(f"{r} req/s" for r in r11) + " |", "|---|" + "---:|" * len(r11)]
+        for label, _ in fig11:
             cells = []
             for r in r11:
-                b, m = get("11", (base, r), "avg_latency_per_token_seconds"), get("11", (mig, r), "avg_latency_per_token_seconds")
-                cells.append("—" if b is None or m is None else f"{b / m:.2f}×")
-            md.append(f"| {base} / {mig} | " + " | ".join(cells) + f" | {paper}× |")
-    md += ["", "(The paper's 3.6× and 1.4× compare dispatch + migration with round-robin and with proactive dispatch alone; a ratio",
-           "above 1 means ours is faster by that factor.)", ""]
-    svg_lines(os.path.join(a.results, "simulator-fig11.svg"), "Fig 11-style: avg latency per token vs rate (32 × A800 7B)", "request rate (req/s)",
-              "avg latency per token (s)", [(l, [(r, get("11", (l, r), "avg_latency_per_token_seconds")) for r in r11]) for l, _ in fig11], logy=True)
-    md += ["![fig 11](simulator-fig11.svg)", ""]
+                k = (label, r)
+                if get("11", k, "goodput") is None:
+                    cells.append("failed")
+                else:
+                    cells.append(f"{get('11', k, 'avg_latency_per_token_seconds'):.3f} s / {get('11', k, 'goodput'):,.0f} / {get('11', k, 'migrations')} mig"
+                                 + (f", stall {get('11', k, 'mean_migration_stall_seconds'):.2f} s" if get('11', k, 'migrations') else ""))
+            md.append(f"| {label} | " + " | ".join(cells) + " |")
+        md += ["", "Cells: avg latency per token / throughput under the SLO (tok/s) / migrations (mean stall).", ""]
+        md += ["| avg latency ratio at each rate | " + " | ".join(f"{r} req/s" for r in r11) + " | paper |", "|---|" + "---:|" * (len(r11) + 1)]
+        for base, paper in (("round-robin", PAPER["vs_round_robin"]), ("proactive (dLoRA dispatch)", PAPER["vs_proactive"])):
+            for mig in ("proactive + migration, recompute", "proactive + migration, K/V"):
+                cells = []
+                for r in r11:
+                    b, m = get("11", (base, r), "avg_latency_per_token_seconds"), get("11", (mig, r), "avg_latency_per_token_seconds")
+                    cells.append("—" if b is None or m is None else f"{b / m:.2f}×")
+                md.append(f"| {base} / {mig} | " + " | ".join(cells) + f" | {paper}× |")
+        md += ["", "(The paper's 3.6× and 1.4× compare dispatch + migration with round-robin and with proactive dispatch alone; a ratio",
+               "above 1 means ours is faster by that factor.)", ""]
+        svg_lines(os.path.join(a.results, f"simulator-fig11{tag}.svg"), "Fig 11-style: avg latency per token vs rate (32 × A800 7B)", "request rate (req/s)",
+                  "avg latency per token (s)", [(l, [(r, get("11", (l, r), "avg_latency_per_token_seconds")) for r in r11]) for l, _ in fig11], logy=True)
+        md += [f"![fig 11](simulator-fig11{tag}.svg)", ""]
 
     # Fig 12
-    ns = [16, 32, 64, 128] if not q else [16, 128]
-    md += ["## Fig 12-style: number of adapters (32 × A800, Llama-2 7B, 150 req/s)", "",
-           "| system | " + " | ".join(f"{n} adapters" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
-    for label, _ in SYSTEMS:
-        md.append(f"| {label} | " + " | ".join(
-            "failed" if get("12", (label, n), "goodput") is None else
-            f"{get('12', (label, n), 'goodput'):,.0f} / {get('12', (label, n), 'avg_latency_per_token_seconds'):.3f} s" for n in ns) + " |")
-    md += ["", "Cells: throughput under the SLO (tok/s) / avg latency per token (s). Paper: dLoRA's advantage holds from 16 to 128",
-           "adapters (its figure; no single number in shared/PAPERS.md).", ""]
-    svg_lines(os.path.join(a.results, "simulator-fig12.svg"), "Fig 12-style: throughput under SLO vs adapters (32 × A800 7B, 150 req/s)",
-              "adapters", "tok/s under SLO", [(l, [(n, get("12", (l, n), "goodput")) for n in ns]) for l, _ in SYSTEMS])
-    md += ["![fig 12](simulator-fig12.svg)", ""]
+    if "12" in figs:
+        ns = [16, 32, 64, 128] if not q else [16, 128]
+        md += ["## Fig 12-style: number of adapters (32 × A800, Llama-2 7B, 150 req/s)", "",
+               "| system | " + " | ".join(f"{n} adapters" for n in ns) + " |", "|---|" + "---:|" * len(ns)]
+        for label, _ in SYSTEMS:
+            md.append(f"| {label} | " + " | ".join(
+                "failed" if get("12", (label, n), "goodput") is None else
+                f"{get('12', (label, n), 'goodput'):,.0f} / {get('12', (label, n), 'avg_latency_per_token_seconds'):.3f} s" for n in ns) + " |")
+        md += ["", "Cells: throughput under the SLO (tok/s) / avg latency per token (s). Paper: dLoRA's advantage holds from 16 to 128",
+               "adapters (its figure; no single number in shared/PAPERS.md).", ""]
+        svg_lines(os.path.join(a.results, f"simulator-fig12{tag}.svg"), "Fig 12-style: throughput under SLO vs adapters (32 × A800 7B, 150 req/s)",
+                  "adapters", "tok/s under SLO", [(l, [(n, get("12", (l, n), "goodput")) for n in ns]) for l, _ in SYSTEMS])
+        md += [f"![fig 12](simulator-fig12{tag}.svg)", ""]
     md += ["## Simulator cost of this page", "",
            f"{len(plan)} runs, {sum(r.get('events', 0) for r in results.values()):,} events, {wall:.0f} s wall ({a.jobs} runs at a time); "
            f"slowest run {max((r.get('wall', 0) for r in results.values()), default=0):.1f} s.", ""]
-    open(os.path.join(a.results, "simulator-paper.md"), "w").write("\n".join(line for line in md if line is not None))
-    print(f"wrote {os.path.join(a.results, 'simulator-paper.md')}", file=sys.stderr)
+    out = os.path.join(a.results, f"simulator-paper{tag}.md")
+    open(out, "w").write("\n".join(line for line in md if line is not None))
+    print(f"wrote {out}", file=sys.stderr)
     return 1 if errors else 0
 
 

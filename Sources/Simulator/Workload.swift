@@ -64,6 +64,12 @@ public struct WorkloadSpec: Sendable, Equatable {
     public var maxPrompt: Int
     public var maxOutput: Int
     public var seed: UInt64
+    /// Per-adapter bursts (0: off): in every `burstWindow` seconds each adapter's popularity is multiplied by
+    /// its own log-normal factor exp(σ·z − σ²/2) (mean 1), so which adapters are hot drifts from window to
+    /// window — as dLoRA's workload gets from mapping Azure Functions invocation traces onto adapters (a
+    /// per-adapter rate per window), and as a single arrival trace with independent per-request draws does not.
+    public var burstSigma = 0.0
+    public var burstWindow = 60.0
 
     public init(requests: Int? = 100, duration: Double? = nil, rate: Double, adapters: Int, alpha: Double = 1,
                 arrivals: ArrivalProcess = .poisson, lengths: LengthSource = .logNormal(promptMedian: 128, outputMedian: 128),
@@ -91,6 +97,8 @@ public struct WorkloadSpec: Sendable, Equatable {
         if maxPrompt < 1 || maxOutput < 1 { return "the length limits must be positive" }
         if case .traceGaps(let g) = arrivals, g.isEmpty || !(g.reduce(0, +) > 0) { return "the trace has no usable gaps" }
         if case .pairs(let p) = lengths, p.isEmpty { return "the length pairs are empty" }
+        if !(burstSigma >= 0 && burstSigma <= 10) { return "the burst sigma must be between 0 and 10" }
+        if !(burstWindow > 0 && burstWindow.isFinite) { return "the burst window must be positive" }
         return nil
     }
 }
@@ -110,7 +118,22 @@ public enum Workload {
             sum += w
             cumulative.append(sum)
         }
-        func drawAdapter() -> Int {
+        // Bursts: the current window's cumulative weights, recomputed when a request falls in a new window
+        // (each window's factors from their own seeded stream, so they do not depend on the request count).
+        var window = -1
+        func reweigh(at t: Double) {
+            let w = Int(t / spec.burstWindow)
+            guard w != window else { return }
+            window = w
+            var rng = SimRandom(seed: (spec.seed &* 0x9E37_79B9 &+ 4) ^ (UInt64(w) &* 0xD1B5_4A32_D192_ED03))
+            sum = 0
+            for k in popularity.indices {
+                sum += popularity[k] * exponential(spec.burstSigma * rng.normal() - spec.burstSigma * spec.burstSigma / 2)
+                cumulative[k] = sum
+            }
+        }
+        func drawAdapter(at t: Double) -> Int {
+            if spec.burstSigma > 0 { reweigh(at: t) }
             let u = adapterRNG.unit() * sum
             var lo = 0, hi = cumulative.count - 1
             while lo < hi {
@@ -137,7 +160,7 @@ public enum Workload {
                 p = Int((pm * exponential(lengthRNG.normal())).rounded())
                 o = Int((om * exponential(lengthRNG.normal())).rounded())
             }
-            out.append(SimRequest(id: i, arrival: t, adapter: drawAdapter(), promptTokens: min(spec.maxPrompt, max(1, p)),
+            out.append(SimRequest(id: i, arrival: t, adapter: drawAdapter(at: t), promptTokens: min(spec.maxPrompt, max(1, p)),
                                   outputTokens: min(spec.maxOutput, max(1, o))))
             switch spec.arrivals {
             case .poisson: t += gapRNG.exponential(mean: 1 / spec.rate)

@@ -15,6 +15,11 @@ struct Simulate: ParsableCommand {
     var adapters: Int = 8
     @Option(help: "Power-law skew of adapter popularity.")
     var alpha: Double = 1.0
+    @Option(name: .customLong("adapter-burst-sigma"),
+            help: "Per-adapter bursts: each adapter's popularity × a log-normal factor (this σ, mean 1) redrawn every --adapter-burst-window seconds (0: off).")
+    var adapterBurstSigma: Double = 0
+    @Option(name: .customLong("adapter-burst-window"), help: "Seconds between redraws of the per-adapter burst factors.")
+    var adapterBurstWindow: Double = 60
     @Option(help: "Comma-separated LoRA ranks, adapter i gets the (i mod n)-th.")
     var ranks: String = "16"
     @Option(help: "Mean arrival rate, requests/s.")
@@ -140,8 +145,10 @@ struct Simulate: ParsableCommand {
         if let requestsFile {
             requestsList = try Self.replay(requestsFile, contextLimit: limit)
         } else {
-            let spec = WorkloadSpec(requests: duration == nil ? (requests ?? 200) : nil, duration: duration, rate: rate, adapters: adapters,
+            var spec = WorkloadSpec(requests: duration == nil ? (requests ?? 200) : nil, duration: duration, rate: rate, adapters: adapters,
                                     alpha: alpha, arrivals: arrivals, lengths: lengths, maxPrompt: maxPrompt, maxOutput: maxOutput, seed: seed)
+            spec.burstSigma = adapterBurstSigma
+            spec.burstWindow = adapterBurstWindow
             if let problem = spec.problem { throw CLIError(problem) }
             requestsList = Workload.generate(spec)
             guard maxPrompt + 1 < limit else { throw CLIError("--max-prompt \(maxPrompt) does not fit the \(model.name) replica's \(limit)-token limit") }

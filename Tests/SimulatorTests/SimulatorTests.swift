@@ -76,6 +76,39 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(Workload.generate(spec) == w)
     }
 
+    /// Per-adapter bursts: off, the workload is exactly the unbursted one; on, it is seeded, each window has its
+    /// own hot adapters (the top adapter differs between windows; within a window the shares follow the factors,
+    /// far from the power law), and over many windows the factors average out (mean 1): the long-run shares keep
+    /// the power law's order.
+    @Test func perAdapterBurstsDriftBetweenWindows() {
+        var spec = WorkloadSpec(requests: 40_000, rate: 20, adapters: 16, alpha: 1, seed: 5)
+        let plain = Workload.generate(spec)
+        spec.burstSigma = 0
+        #expect(Workload.generate(spec) == plain)
+        spec.burstSigma = 1.5
+        spec.burstWindow = 10
+        let bursty = Workload.generate(spec)
+        #expect(Workload.generate(spec) == bursty)
+        #expect(bursty.map(\.arrival) == plain.map(\.arrival))
+        var tops = Set<Int>()
+        var maxShare = 0.0
+        for w in 0..<20 {
+            var counts = [Int](repeating: 0, count: 16)
+            for r in bursty where r.arrival >= Double(w) * 10 && r.arrival < Double(w + 1) * 10 { counts[r.adapter] += 1 }
+            let top = counts.indices.max { counts[$0] < counts[$1] }!
+            tops.insert(top)
+            maxShare = max(maxShare, Double(counts[top]) / Double(max(1, counts.reduce(0, +))))
+        }
+        #expect(tops.count >= 5, "the hottest adapter should change between windows: \(tops)")
+        // Unbursted, adapter 0's share is 1/H(16) ≈ 0.30; a window's hottest adapter goes well beyond it.
+        #expect(maxShare > 0.5)
+        var counts = [Int](repeating: 0, count: 16)
+        for r in bursty { counts[r.adapter] += 1 }
+        #expect(counts[0] > counts[7] && counts[1] > counts[15], "\(counts)")
+        spec.burstWindow = 0
+        #expect(spec.problem != nil)
+    }
+
     @Test func traceGapsAreScaledToTheRate() {
         let gaps = [1.0, 3.0, 0.0, 4.0]
         let w = Workload.generate(WorkloadSpec(requests: 5, rate: 1, adapters: 1, arrivals: .traceGaps(gaps), lengths: .fixed(prompt: 4, output: 2)))
