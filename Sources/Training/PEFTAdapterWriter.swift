@@ -53,7 +53,7 @@ public enum PEFTAdapterWriter {
         try atomicWrite(SafetensorsWriter.encode(tensors), to: directory + "/adapter_model.safetensors")
     }
 
-    private static func atomicWrite(_ data: Data, to path: String) throws {
+    static func atomicWrite(_ data: Data, to path: String) throws {
         do {
             try data.write(to: URL(fileURLWithPath: path), options: .atomic)
         } catch {

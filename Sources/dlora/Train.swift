@@ -2,13 +2,14 @@ import ArgumentParser
 import Foundation
 import Kernels
 import Models
+import Adapters
 import Tokenizers
 import Training
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train adapters on the CPU (docs/design/training.md).",
-        subcommands: [TrainLoRA.self]
+        subcommands: [TrainLoRA.self, TrainMoLE.self]
     )
 }
 
@@ -125,5 +126,158 @@ struct TrainLoRA: ParsableCommand {
         try PEFTAdapterWriter.write(trainer.lora, to: out, baseModelName: path)
         err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; adapter written to %@\n",
                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
+    }
+}
+
+struct TrainMoLE: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "mole",
+        abstract: "Train MoLE gates over frozen LoRA experts and write mole_config.json + gates.safetensors.",
+        discussion: """
+        The experts (PEFT or GGUF LoRA adapters: names under --adapter-root, or paths) and the base stay frozen; \
+        per block a gate softmax(W·z / τ) over the experts, z the mean of the block's normalised input over the \
+        sequence, weights every expert's low-rank path (MoLE's b-MoLE). W and τ train with AdamW on the task \
+        loss plus the balance loss α·(−log Π q_i), q the gate distribution averaged over blocks, with its \
+        gradient. Data as for `train lora`. Prints the loss and the mean gate weights per expert on stderr.
+        """
+    )
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "The experts, comma-separated: adapter names under --adapter-root, or adapter directories/files.")
+    var experts: String
+    @Option(name: .customLong("adapter-root"), help: "Directory whose subdirectories are adapters named by --experts.")
+    var adapterRoot: String?
+    @Option(help: "The training data: a JSONL file.")
+    var data: String
+    @Option(help: "Gate granularity: block (one gate per transformer block; the paper's b-MoLE).")
+    var granularity: String = "block"
+    @Option(help: "Balance-loss coefficient α (0: no balance loss).")
+    var balance: Float = 0.1
+    @Option(help: "Initial gate temperature τ (learnable).")
+    var temperature: Float = 1
+    @Option(help: "Optimisation steps (one batch each).")
+    var steps: Int = 100
+    @Option(help: "AdamW learning rate (constant).")
+    var lr: Float = 1e-2
+    @Option(help: "Examples per batch.")
+    var batch: Int = 8
+    @Option(name: .customLong("max-length"), help: "Tokens per example at most (longer ones are cut).")
+    var maxLength: Int = 256
+    @Option(help: "Seed of the data order.")
+    var seed: UInt64 = 0
+    @Option(help: "The output directory (mole_config.json, gates.safetensors).")
+    var out: String
+    @Option(name: .customLong("log-every"), help: "Print the loss every this many steps.")
+    var logEvery: Int = 1
+
+    var expertNames: [String] {
+        experts.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+
+    func validate() throws {
+        let names = expertNames
+        guard names.count >= 2, names.count <= 64 else { throw ValidationError("--experts must name between 2 and 64 adapters") }
+        guard !names.contains(where: \.isEmpty) else { throw ValidationError("--experts: an empty name") }
+        guard Set(names).count == names.count else { throw ValidationError("--experts: an adapter appears twice") }
+        guard granularity == "block" else {
+            throw ValidationError("--granularity \(granularity.prefix(32)): only block is implemented (matrix-, layer- and network-level gates are not yet)")
+        }
+        guard balance.isFinite, balance >= 0, balance <= 100 else { throw ValidationError("--balance must be between 0 and 100") }
+        guard temperature.isFinite, temperature >= MoLEMixture.minimumTemperature, temperature <= 100 else {
+            throw ValidationError("--temperature must be between \(MoLEMixture.minimumTemperature) and 100")
+        }
+        guard (1...10_000_000).contains(steps) else { throw ValidationError("--steps must be between 1 and 10000000") }
+        guard lr.isFinite, lr > 0, lr < 1 else { throw ValidationError("--lr must be in (0, 1)") }
+        guard (1...4096).contains(batch) else { throw ValidationError("--batch must be between 1 and 4096") }
+        guard (2...65536).contains(maxLength) else { throw ValidationError("--max-length must be between 2 and 65536") }
+        guard logEvery >= 1 else { throw ValidationError("--log-every must be at least 1") }
+        guard !out.isEmpty else { throw ValidationError("--out must name a directory") }
+    }
+
+    func run() throws {
+        if let threads = modelOptions.threads { Kernels.setThreads(threads) }
+        if modelOptions.noMmap { MappedFile.defaultLoading = .copy }
+        let path = try modelOptions.resolvedPath()
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw CLIError("--out \(out) exists and is not a directory") }
+            for f in ["mole_config.json", "gates.safetensors"] where FileManager.default.fileExists(atPath: out + "/" + f) {
+                throw CLIError("--out \(out) already holds \(f); choose a new directory")
+            }
+        }
+        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
+        let checkpoint = try openCheckpoint(path: path)
+        let tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
+        let c = checkpoint.config
+        guard maxLength <= c.maxPositionEmbeddings else {
+            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(c.maxPositionEmbeddings)")
+        }
+        // The experts, validated by the adapter loader against this base before anything large is loaded.
+        let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c) }
+        var weights: [LoRAWeights] = []
+        var written: [MoLEWriter.Expert] = []
+        for name in expertNames {
+            if let registry {
+                weights.append(try registry.load(name))
+                written.append(.init(name: name, path: try registry.path(for: name)))
+            } else {
+                guard FileManager.default.fileExists(atPath: name) else {
+                    throw CLIError("--experts: \(name.prefix(256)): no such adapter (give a path, or a name with --adapter-root)")
+                }
+                weights.append(try AdapterLoader.load(path: name, base: c))
+                written.append(.init(name: URL(fileURLWithPath: name).lastPathComponent, path: name))
+            }
+        }
+        let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
+        let longest = data.examples.map(\.tokens.count).max() ?? maxLength
+        let maxRank = weights.map(\.maxPaddedRank).max() ?? 1
+        let need = FrozenBase.bytes(config: c)
+            + LoRATrainingModel.workspaceBytes(config: c, rank: maxRank, targets: 7, batch: batch, length: longest) * 2
+        let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        guard need < physical / 10 * 8 else {
+            throw CLIError("training needs about \(need >> 20) MiB for --batch \(batch) × \(longest) tokens; this machine has \(physical >> 20) MiB: lower --batch or --max-length")
+        }
+        let base = try FrozenBase(checkpoint: checkpoint)
+        let expertParameters = weights.map { LoRAParameters(weights: $0, config: c) }
+        let mole = MoLEMixture(config: c, experts: expertParameters, balanceWeight: balance, temperature: temperature)
+        let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
+        let model = LoRATrainingModel(base: base, lora: none, mole: mole)
+        let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
+        var sampler = BatchSampler(data: data, size: batch, seed: seed)
+        let err = FileHandle.standardError
+        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertNames.count) experts, \(c.numLayers) block gates, \(Kernels.threadCount) threads\n".utf8))
+        var lastLoss = Double.nan
+        var tokens = 0, seconds = 0.0
+        for step in 1...steps {
+            let b = sampler.nextBatch()
+            let start = DispatchTime.now().uptimeNanoseconds
+            mole.zeroGradients()
+            let loss = model.lossAndGradients(b)
+            optimizer.update()
+            mole.clampTemperatures()
+            seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            tokens += b.realTokens
+            lastLoss = loss
+            guard loss.isFinite else { throw CLIError("step \(step): the loss is not finite (\(loss)); lower --lr") }
+            if step % logEvery == 0 || step == steps {
+                err.write(Data(String(format: "step %d  loss %.4f  gates %@\n", step, loss, Self.meanGates(mole)).utf8))
+            }
+        }
+        try MoLEWriter.write(mole, experts: written, to: out, baseModel: path)
+        err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; gates written to %@\n",
+                              lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
+    }
+
+    /// Each expert's gate weight averaged over the blocks and sequences of the last batch.
+    static func meanGates(_ mole: MoLEMixture) -> String {
+        let n = mole.experts.count
+        var sums = [Float](repeating: 0, count: n)
+        var rows = 0
+        for l in 0..<mole.config.numLayers {
+            let g = mole.gateValues(layer: l)
+            for (i, v) in g.enumerated() { sums[i % n] += v }
+            rows += g.count / n
+        }
+        return sums.map { String(format: "%.3f", $0 / Float(max(1, rows))) }.joined(separator: " ")
     }
 }

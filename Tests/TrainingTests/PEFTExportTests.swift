@@ -79,6 +79,83 @@ extension TrainingSuites {
         #expect(maxAbsDiff(rows, fromMemory) < 1e-3)
     }
 
+    /// `dlora train mole` end to end on the tiny model over three fixture experts (different targets and ranks):
+    /// the loss falls, `mole_config.json` names the experts in order with the block granularity, and
+    /// `gates.safetensors` holds every block's W (N × H, trained away from its zero start) and τ (≥ the floor).
+    /// Bad input is one line on stderr and a non-zero exit.
+    @Test func trainMoLECommand() async throws {
+        let exe = try #require(BuiltExecutables.dlora, "build the dlora executable first (swift build --build-tests)")
+        let dir = try TemporaryDirectory()
+        let data = dir.path("mixed.jsonl")
+        let lines = (0..<8).map { #"{"prompt": "item \#($0) is", "completion": " number \#($0)"}"# }
+        try Data(lines.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: data))
+        let model = FixtureFiles.checkpoint(model: "tiny-llama", variant: "Q8_0")
+        let root = FixtureFiles.lora.appendingPathComponent("tiny-llama").path
+        let experts = ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2"]
+        @Sendable func runBlocking(_ args: [String]) throws -> (status: Int32, stderr: String) {
+            let p = Process()
+            p.executableURL = exe
+            p.arguments = args
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        func run(_ args: [String]) async throws -> (status: Int32, stderr: String) { try await onOwnThread { try runBlocking(args) } }
+        let out = dir.path("mole")
+        let ok = try await run(["train", "mole", "--model", model, "--experts", experts.joined(separator: ","), "--adapter-root", root,
+                                "--data", data, "--steps", "15", "--lr", "5e-2", "--batch", "8", "--balance", "0.1", "--out", out])
+        #expect(ok.status == 0, "\(ok.stderr)")
+        let losses = ok.stderr.split(separator: "\n").filter { $0.hasPrefix("step ") }
+            .compactMap { line in line.split(separator: " ").firstIndex(of: "loss").flatMap { Double(line.split(separator: " ")[$0 + 1]) } }
+        #expect(losses.count == 15)
+        #expect(losses.last! < losses.first!, "loss \(losses.first!) → \(losses.last!)")
+
+        let config = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: out + "/mole_config.json"))) as? [String: Any])
+        #expect(config["granularity"] as? String == "block" && config["format"] as? String == "dlora-mole")
+        #expect((config["experts"] as? [[String: String]])?.map { $0["name"] } == experts)
+        let c = try openCheckpoint(path: model).config
+        #expect(config["num_layers"] as? Int == c.numLayers && config["hidden_size"] as? Int == c.hiddenSize)
+        // The safetensors header: 8-byte little-endian length, then JSON; f32 data after it.
+        let file = try Data(contentsOf: URL(fileURLWithPath: out + "/gates.safetensors"))
+        let headerLength = file.prefix(8).enumerated().reduce(0) { $0 | Int($1.element) << (8 * $1.offset) }
+        let header = try #require(try JSONSerialization.jsonObject(with: file.subdata(in: 8..<(8 + headerLength))) as? [String: Any])
+        for l in 0..<c.numLayers {
+            let w = try #require(header["layers.\(l).gate.weight"] as? [String: Any])
+            #expect(w["dtype"] as? String == "F32" && w["shape"] as? [Int] == [experts.count, c.hiddenSize])
+            let range = try #require(w["data_offsets"] as? [Int])
+            let values = file.subdata(in: (8 + headerLength + range[0])..<(8 + headerLength + range[1])).withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+            #expect(values.count == experts.count * c.hiddenSize && values.contains { $0 != 0 }, "layer \(l): the gate did not train")
+            let t = try #require(header["layers.\(l).gate.temperature"] as? [String: Any])
+            let tr = try #require(t["data_offsets"] as? [Int])
+            let tau = file.subdata(in: (8 + headerLength + tr[0])..<(8 + headerLength + tr[1])).withUnsafeBytes { $0.load(as: Float.self) }
+            #expect(tau >= 0.05 && tau.isFinite)
+        }
+
+        for (args, expected) in [
+            (["--experts", "a-qv-r4"], "--experts must name between 2 and 64"),
+            (["--experts", "a-qv-r4,a-qv-r4"], "appears twice"),
+            (["--experts", "a-qv-r4,../etc"], "invalid adapter name"),
+            (["--experts", "a-qv-r4,nope"], "nope"),
+            (["--granularity", "matrix"], "only block is implemented"),
+            (["--temperature", "0"], "--temperature must be between"),
+            (["--out", out], "already holds"),
+        ] {
+            var full = ["train", "mole", "--model", model, "--experts", "a-qv-r4,c-kod-r2", "--adapter-root", root, "--data", data,
+                        "--steps", "1", "--out", dir.path("other")]
+            for i in stride(from: 0, to: args.count, by: 2) {
+                if let at = full.firstIndex(of: args[i]) { full[at + 1] = args[i + 1] } else { full += [args[i], args[i + 1]] }
+            }
+            let bad = try await run(full)
+            #expect(bad.status != 0)
+            let lines = bad.stderr.split(separator: "\n")
+            #expect(lines.count == 1 && lines[0].hasPrefix("dlora: ") && lines[0].contains(expected), "\(args): \(bad.stderr)")
+        }
+    }
+
     /// `dlora train lora` end to end on the tiny model: trains, writes the adapter, and the adapter loads.
     /// Bad input is one line on stderr and a non-zero exit.
     @Test func trainCommand() async throws {

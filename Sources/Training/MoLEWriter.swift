@@ -1,0 +1,39 @@
+import Foundation
+
+/// Writes a trained MoLE composition: `mole_config.json` (the experts by name and path, the granularity, the
+/// gate's input, the balance weight, the model's shape) and `gates.safetensors` (per layer the gate matrix
+/// W (N × H) as `layers.{l}.gate.weight` and the temperature τ as `layers.{l}.gate.temperature`, f32).
+public enum MoLEWriter {
+    public struct Expert: Sendable, Equatable {
+        public var name: String
+        public var path: String
+        public init(name: String, path: String) {
+            self.name = name
+            self.path = path
+        }
+    }
+
+    /// The gate's input, as the engine must compute it (docs/design/training.md, "MoLE gates").
+    public static let gateInput = "mean over the sequence's positions of the block's RMS-normalised input"
+
+    public static func write(_ mole: MoLEMixture, experts: [Expert], to directory: String, baseModel: String) throws {
+        precondition(experts.count == mole.experts.count)
+        let c = mole.config, n = mole.experts.count, h = c.hiddenSize
+        var tensors: [(name: String, shape: [Int], values: [Float])] = []
+        for l in 0..<c.numLayers {
+            tensors.append(("layers.\(l).gate.weight", [n, h], Array(UnsafeBufferPointer(start: mole.gateWeights[l].floats, count: n * h))))
+            tensors.append(("layers.\(l).gate.temperature", [1], [mole.temperatureValues.floats[l]]))
+        }
+        let config: [String: Any] = [
+            "format": "dlora-mole", "version": 1, "granularity": "block",
+            "experts": experts.map { ["name": $0.name, "path": $0.path] },
+            "gate_input": gateInput, "balance_weight": Double(String(mole.balanceWeight)) ?? Double(mole.balanceWeight),
+            "num_layers": c.numLayers, "hidden_size": h, "base_model": baseModel,
+        ]
+        let json = try JSONSerialization.data(withJSONObject: config, options: [.prettyPrinted, .sortedKeys])
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try PEFTAdapterWriter.atomicWrite(try SafetensorsWriter.encode(tensors, metadata: ["format": "pt"]),
+                                          to: directory + "/gates.safetensors")
+        try PEFTAdapterWriter.atomicWrite(json, to: directory + "/mole_config.json")
+    }
+}
