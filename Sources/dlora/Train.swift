@@ -9,7 +9,7 @@ import Training
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train adapters on the CPU (docs/design/training.md).",
-        subcommands: [TrainLoRA.self, TrainMoLE.self]
+        subcommands: [TrainLoRA.self, TrainMoLE.self, TrainLoRAHub.self]
     )
 }
 
@@ -212,22 +212,7 @@ struct TrainMoLE: ParsableCommand {
         guard maxLength <= c.maxPositionEmbeddings else {
             throw CLIError("--max-length \(maxLength) exceeds the model's context length \(c.maxPositionEmbeddings)")
         }
-        // The experts, validated by the adapter loader against this base before anything large is loaded.
-        let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c) }
-        var weights: [LoRAWeights] = []
-        var written: [MoLEWriter.Expert] = []
-        for name in expertNames {
-            if let registry {
-                weights.append(try registry.load(name))
-                written.append(.init(name: name, path: try registry.path(for: name)))
-            } else {
-                guard FileManager.default.fileExists(atPath: name) else {
-                    throw CLIError("--experts: \(name.prefix(256)): no such adapter (give a path, or a name with --adapter-root)")
-                }
-                weights.append(try AdapterLoader.load(path: name, base: c))
-                written.append(.init(name: URL(fileURLWithPath: name).lastPathComponent, path: name))
-            }
-        }
+        let (weights, written) = try Self.loadExperts(expertNames, adapterRoot: adapterRoot, base: c)
         let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
         let longest = data.examples.map(\.tokens.count).max() ?? maxLength
         let maxRank = weights.map(\.maxPaddedRank).max() ?? 1
@@ -268,6 +253,27 @@ struct TrainMoLE: ParsableCommand {
                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
     }
 
+    /// The experts, validated by the adapter loader against this base before anything large is loaded: names
+    /// under `adapterRoot` (the registry's name rules), or paths.
+    static func loadExperts(_ names: [String], adapterRoot: String?, base c: ModelConfig) throws -> ([LoRAWeights], [MoLEWriter.Expert]) {
+        let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c) }
+        var weights: [LoRAWeights] = []
+        var written: [MoLEWriter.Expert] = []
+        for name in names {
+            if let registry {
+                weights.append(try registry.load(name))
+                written.append(.init(name: name, path: try registry.path(for: name)))
+            } else {
+                guard FileManager.default.fileExists(atPath: name) else {
+                    throw CLIError("--experts: \(name.prefix(256)): no such adapter (give a path, or a name with --adapter-root)")
+                }
+                weights.append(try AdapterLoader.load(path: name, base: c))
+                written.append(.init(name: URL(fileURLWithPath: name).lastPathComponent, path: name))
+            }
+        }
+        return (weights, written)
+    }
+
     /// Each expert's gate weight averaged over the blocks and sequences of the last batch.
     static func meanGates(_ mole: MoLEMixture) -> String {
         let n = mole.experts.count
@@ -279,5 +285,108 @@ struct TrainMoLE: ParsableCommand {
             rows += g.count / n
         }
         return sums.map { String(format: "%.3f", $0 / Float(max(1, rows))) }.joined(separator: " ")
+    }
+}
+
+struct TrainLoRAHub: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lorahub",
+        abstract: "Compose LoRA experts for a new task from a few examples (LoRAHub) and write the composition as a PEFT adapter.",
+        discussion: """
+        Searches one weight per expert (separable CMA-ES in [-1.5, 1.5] from 0, the few-shot loss + --l1 × Σ|w|); \
+        the composed adapter is A = Σ w_i·A_i, B = Σ w_i·s_i·B_i, so the experts must share their rank. Writes \
+        adapter_config.json + adapter_model.safetensors (servable like any adapter) and lorahub.json (experts, \
+        weights, loss). Data as for `train lora`; every example is used at each evaluation.
+        """
+    )
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "The experts, comma-separated: adapter names under --adapter-root, or adapter directories/files.")
+    var experts: String
+    @Option(name: .customLong("adapter-root"), help: "Directory whose subdirectories are adapters named by --experts.")
+    var adapterRoot: String?
+    @Option(help: "The few-shot examples: a JSONL file (at most 256 examples).")
+    var data: String
+    @Option(help: "Objective evaluations (LoRAHub's default: 40).")
+    var evaluations: Int = 40
+    @Option(help: "Weight of the L1 term on the expert weights (LoRAHub's default: 0.05).")
+    var l1: Double = 0.05
+    @Option(name: .customLong("max-length"), help: "Tokens per example at most (longer ones are cut).")
+    var maxLength: Int = 256
+    @Option(help: "Seed of the search.")
+    var seed: UInt64 = 0
+    @Option(help: "The output directory (adapter_config.json, adapter_model.safetensors, lorahub.json).")
+    var out: String
+
+    var expertNames: [String] {
+        experts.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+
+    func validate() throws {
+        let names = expertNames
+        guard names.count >= 2, names.count <= 64 else { throw ValidationError("--experts must name between 2 and 64 adapters") }
+        guard !names.contains(where: \.isEmpty) else { throw ValidationError("--experts: an empty name") }
+        guard Set(names).count == names.count else { throw ValidationError("--experts: an adapter appears twice") }
+        guard (1...100_000).contains(evaluations) else { throw ValidationError("--evaluations must be between 1 and 100000") }
+        guard l1.isFinite, l1 >= 0, l1 <= 100 else { throw ValidationError("--l1 must be between 0 and 100") }
+        guard (2...65536).contains(maxLength) else { throw ValidationError("--max-length must be between 2 and 65536") }
+        guard !out.isEmpty else { throw ValidationError("--out must name a directory") }
+    }
+
+    func run() throws {
+        if let threads = modelOptions.threads { Kernels.setThreads(threads) }
+        if modelOptions.noMmap { MappedFile.defaultLoading = .copy }
+        let path = try modelOptions.resolvedPath()
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw CLIError("--out \(out) exists and is not a directory") }
+            for f in ["adapter_config.json", "adapter_model.safetensors", "lorahub.json"] where FileManager.default.fileExists(atPath: out + "/" + f) {
+                throw CLIError("--out \(out) already holds \(f); choose a new directory")
+            }
+        }
+        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
+        let checkpoint = try openCheckpoint(path: path)
+        let tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
+        let c = checkpoint.config
+        guard maxLength <= c.maxPositionEmbeddings else {
+            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(c.maxPositionEmbeddings)")
+        }
+        let (weights, written) = try TrainMoLE.loadExperts(expertNames, adapterRoot: adapterRoot, base: c)
+        let ranks = weights.map { w in w.modules.joined().compactMap { $0 }.first?.rank ?? 0 }
+        guard Set(ranks).count == 1 else {
+            throw CLIError("--experts: LoRAHub composes A and B element by element, so the experts must share one rank (got \(ranks.map(String.init).joined(separator: ", ")))")
+        }
+        let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
+        guard data.examples.count <= 256 else { throw CLIError("\(self.data): \(data.examples.count) examples; LoRAHub takes a few (at most 256)") }
+        let longest = data.examples.map(\.tokens.count).max() ?? maxLength
+        let need = FrozenBase.bytes(config: c)
+            + LoRATrainingModel.workspaceBytes(config: c, rank: ranks[0], targets: 7, batch: data.examples.count, length: longest)
+        let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+        guard need < physical / 10 * 8 else {
+            throw CLIError("the search needs about \(need >> 20) MiB for \(data.examples.count) × \(longest) tokens; this machine has \(physical >> 20) MiB")
+        }
+        let base = try FrozenBase(checkpoint: checkpoint)
+        let hub = try LoRAHub(base: base, experts: weights.map { LoRAParameters(weights: $0, config: c) }, l1: l1)
+        let batch = TrainingData.batch(data.examples)
+        let err = FileHandle.standardError
+        let baseLoss = hub.objective([Double](repeating: 0, count: weights.count), batch: batch).loss
+        err.write(Data(String(format: "train lorahub: %d examples, %d experts; base model loss %.4f\n", data.examples.count, weights.count, baseLoss).utf8))
+        let start = DispatchTime.now().uptimeNanoseconds
+        let result = hub.search(batch: batch, evaluations: evaluations, seed: seed) { n, best, f in
+            err.write(Data(String(format: "evaluations %d  best objective %.4f  weights %@\n", n, f,
+                                  best.map { String(format: "%.3f", $0) }.joined(separator: " ")).utf8))
+        }
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        guard result.loss.isFinite else { throw CLIError("the few-shot loss is not finite under every composition tried") }
+        try PEFTAdapterWriter.write(hub.composed, to: out, baseModelName: path)
+        let summary: [String: Any] = [
+            "method": "lorahub", "search": "separable CMA-ES, bounds [-1.5, 1.5], start 0", "evaluations": evaluations, "l1": l1,
+            "experts": zip(written, result.weights).map { ["name": $0.0.name, "path": $0.0.path, "weight": $0.1] },
+            "few_shot_examples": data.examples.count, "loss": result.loss, "base_loss": baseLoss, "objective": result.objective,
+        ]
+        try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
+            .write(to: URL(fileURLWithPath: out + "/lorahub.json"))
+        err.write(Data(String(format: "loss %.4f (base %.4f) after %d evaluations in %.1f s; adapter written to %@\n",
+                              result.loss, baseLoss, evaluations, seconds, out).utf8))
     }
 }
