@@ -62,12 +62,40 @@ public enum AdapterLoader {
         }
         let files = AdapterFiles(path: path, name: name, rootRealPath: root)
         do {
+            if isDirectory.boolValue && !files.exists("adapter_config.json"),
+               let manifest = try files.open(LoRAComposition.manifestFile, maxBytes: maxConfigBytes) {
+                return try loadComposition(manifest, files: files, base: base, id: id, root: root, maxFileBytes: maxFileBytes)
+            }
             if isDirectory.boolValue { return try loadPEFT(files, base: base, id: id, maxFileBytes: maxFileBytes) }
             if path.hasSuffix(".gguf") { return try loadGGUF(files, base: base, id: id, maxFileBytes: maxFileBytes) }
             throw AdapterError(adapter: name, problem: "unknown adapter format (expected a PEFT directory or a .gguf LoRA file)")
         } catch let e as CheckpointError {
             throw AdapterError(adapter: name, tensor: e.tensor, problem: "\((e.file as NSString).lastPathComponent): \(e.problem)")
         }
+    }
+
+    // MARK: Compositions
+
+    /// A `composition.json` directory: its adapters are its siblings (same root, same confinement), loaded and
+    /// composed (LoRAComposition). A composition of compositions is refused.
+    static func loadComposition(_ manifestFile: MappedFile, files: AdapterFiles, base: ModelConfig, id: AdapterID, root: String?,
+                                maxFileBytes: Int) throws -> LoRAWeights {
+        let manifest = try LoRAComposition.parse(UnsafeRawBufferPointer(start: manifestFile.base, count: manifestFile.count), adapter: files.name)
+        let parent = (files.path as NSString).deletingLastPathComponent
+        var parts: [(weights: LoRAWeights, weight: Float)] = []
+        for part in manifest.parts {
+            let path = parent + "/" + part.name
+            let sibling = AdapterFiles(path: path, name: part.name, rootRealPath: files.rootRealPath)
+            if !sibling.exists("adapter_config.json") && sibling.exists(LoRAComposition.manifestFile) {
+                throw AdapterError(adapter: files.name, problem: "\(LoRAComposition.manifestFile): '\(part.name)' is itself a composition (not supported)")
+            }
+            do {
+                parts.append((try load(path: path, name: part.name, base: base, confinedTo: root, maxFileBytes: maxFileBytes), part.weight))
+            } catch let e as AdapterError {
+                throw AdapterError(adapter: files.name, problem: "\(LoRAComposition.manifestFile): adapter '\(part.name)': \(e.problem)")
+            }
+        }
+        return try LoRAComposition.cat(parts, name: files.name, id: id)
     }
 
     // MARK: PEFT

@@ -1,7 +1,8 @@
 import Foundation
 import Models
 
-/// Adapters by name under one root directory: `<root>/<name>/` (PEFT) or `<root>/<name>.gguf` (GGUF LoRA),
+/// Adapters by name under one root directory: `<root>/<name>/` (PEFT, or a composition.json of its siblings:
+/// `LoRAComposition`) or `<root>/<name>.gguf` (GGUF LoRA),
 /// and names registered with `register` for a path under the root.
 ///
 /// - **Identity.** Each name gets one `AdapterID` when it is registered or first found under the root. The
@@ -161,7 +162,8 @@ public final class AdapterRegistry: @unchecked Sendable {
             guard FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) else { return nil }
             let name: String
             if isDirectory.boolValue {
-                guard FileManager.default.fileExists(atPath: p + "/adapter_config.json") else { return nil }
+                guard FileManager.default.fileExists(atPath: p + "/adapter_config.json")
+                    || FileManager.default.fileExists(atPath: p + "/" + LoRAComposition.manifestFile) else { return nil }
                 name = entry
             } else {
                 guard entry.hasSuffix(".gguf") else { return nil }

@@ -101,6 +101,10 @@ import TestSupport
         ("tiny-llama__a-qv-r4", "tiny-llama/F32", "tiny-llama/a-qv-r4"),
         ("tiny-llama__b-all-r8-rslora", "tiny-llama/F32", "tiny-llama/b-all-r8-rslora"),
         ("tiny-qwen2__d-all-r4", "tiny-qwen2/F32", "tiny-qwen2/d-all-r4"),
+        // A static composition (composition.json: PEFT's add_weighted_adapter "cat" of a, b and c at 0.7, -0.4,
+        // 1.3; tools/gen_composition_goldens.py), composed at load, on both bases…
+        ("tiny-llama__mix-cat", "tiny-llama/hf", "tiny-llama/mix-cat"),
+        ("tiny-llama__mix-cat", "tiny-llama/F32", "tiny-llama/mix-cat"),
         // …and as llama.cpp GGUF LoRA files on both bases.
         ("tiny-llama__a-qv-r4", "tiny-llama/F32", "tiny-llama/a-qv-r4.gguf"),
         ("tiny-llama__b-all-r8-rslora", "tiny-llama/F32", "tiny-llama/b-all-r8-rslora.gguf"),

@@ -110,11 +110,14 @@ import TestSupport
             #expect(r.0 == 200)
             let data = try #require((try jsonObject(r.1))["data"] as? [[String: Any]])
             let ids = data.compactMap { $0["id"] as? String }
-            #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2"])
+            // mix-cat is a static composition (composition.json): listed and served like an adapter.
+            #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "mix-cat"])
             #expect(data[0]["parent"] is NSNull)
             #expect(data.dropFirst().allSatisfy { $0["parent"] as? String == "tiny-llama" && $0["object"] as? String == "model" })
             let h = try await client.send("/health", .get)
             #expect(h.0 == 200)
+            let mix = try await client.post("/v1/completions", #"{"model": "mix-cat", "prompt": "hello", "max_tokens": 3, "temperature": 0}"#)
+            #expect(mix.0 == 200, "\(mix.1)")
         }
     }
 

@@ -1,0 +1,80 @@
+import Foundation
+import Kernels
+import Models
+import Testing
+import TestSupport
+
+@testable import Adapters
+
+/// Static compositions (composition.json) as untrusted input: every malformed manifest is one clear error,
+/// names stay under the root, compositions do not nest; and `normalize` divides by the weights' sum.
+@Suite struct CompositionTests {
+    static func root() throws -> TemporaryDirectory {
+        let dir = try TemporaryDirectory()
+        for name in ["a-qv-r4", "c-kod-r2"] {
+            try FileManager.default.copyItem(at: FixtureFiles.lora.appendingPathComponent("tiny-llama/\(name)"), to: dir.file(name))
+        }
+        return dir
+    }
+
+    static func config() throws -> ModelConfig { try openCheckpoint(path: FixtureFiles.checkpoint(model: "tiny-llama", variant: "F32")).config }
+
+    @Test func malformedManifestsAreClearErrors() throws {
+        let dir = try Self.root()
+        let c = try Self.config()
+        let cases: [(String, String)] = [
+            ("[1]", "not a JSON object"),
+            ("{", "not valid JSON"),
+            (#"{"adapters": []}"#, "between 1 and 64"),
+            (#"{"combination": "ties", "adapters": [{"name": "a-qv-r4", "weight": 1}]}"#, "'ties' is not supported"),
+            (#"{"adapters": [{"name": "../a-qv-r4", "weight": 1}]}"#, "not a plain adapter name"),
+            (#"{"adapters": [{"name": "a-qv-r4", "weight": 1e40}]}"#, "finite"),
+            (#"{"adapters": [{"name": "a-qv-r4"}]}"#, "needs a name and a weight"),
+            (#"{"adapters": [{"name": "a-qv-r4", "weight": 1, "scale": 2}]}"#, "unexpected 'scale'"),
+            (#"{"adapters": [{"name": "a-qv-r4", "weight": 1}, {"name": "a-qv-r4", "weight": 2}]}"#, "appears twice"),
+            (#"{"adapters": [{"name": "a-qv-r4", "weight": 1}], "extra": 1}"#, "unknown key 'extra'"),
+            (#"{"adapters": [{"name": "missing", "weight": 1}]}"#, "adapter 'missing'"),
+            (#"{"adapters": [{"name": "a-qv-r4", "weight": 1}, {"name": "c-kod-r2", "weight": -1}], "normalize": true}"#, "sum to 0"),
+            (#"{"adapters": [{"name": "inner", "weight": 1}]}"#, "itself a composition"),
+        ]
+        try FileManager.default.createDirectory(at: dir.file("inner"), withIntermediateDirectories: true)
+        try Data(#"{"adapters": [{"name": "a-qv-r4", "weight": 1}]}"#.utf8).write(to: dir.file("inner/composition.json"))
+        try FileManager.default.createDirectory(at: dir.file("mix"), withIntermediateDirectories: true)
+        let root = try #require(URL(fileURLWithPath: dir.url.path).resolvingSymlinksInPath().path as String?)
+        for (text, expected) in cases {
+            try Data(text.utf8).write(to: dir.file("mix/composition.json"))
+            #expect {
+                _ = try AdapterLoader.load(path: dir.path("mix"), base: c, confinedTo: root)
+            } throws: { error in
+                "\(error)".contains(expected)
+            }
+        }
+        // A sibling that is a symbolic link out of the root is refused by the loader's confinement.
+        try FileManager.default.createSymbolicLink(atPath: dir.path("escape"), withDestinationPath: FixtureFiles.lora.appendingPathComponent("tiny-llama/a-qv-r4").path)
+        try Data(#"{"adapters": [{"name": "escape", "weight": 1}]}"#.utf8).write(to: dir.file("mix/composition.json"))
+        #expect(throws: AdapterError.self) { _ = try AdapterLoader.load(path: dir.path("mix"), base: c, confinedTo: root) }
+    }
+
+    /// cat: ranks add up per module, scaling 1, A rows = w·s·Aᵢ, B columns = Bᵢ; normalize divides by Σw.
+    @Test func catStacksScaledPartsAndNormalizes() throws {
+        let dir = try Self.root()
+        let c = try Self.config()
+        let a = try AdapterLoader.load(path: dir.path("a-qv-r4"), base: c)
+        try FileManager.default.createDirectory(at: dir.file("mix"), withIntermediateDirectories: true)
+        try Data(#"{"adapters": [{"name": "a-qv-r4", "weight": 3}, {"name": "c-kod-r2", "weight": 1}], "normalize": true}"#.utf8)
+            .write(to: dir.file("mix/composition.json"))
+        let mix = try AdapterLoader.load(path: dir.path("mix"), base: c)
+        #expect(mix.scale == 1)
+        #expect(mix.targets == [.q, .k, .v, .o, .down])
+        let q = try #require(mix.module(layer: 0, target: .q)), aq = try #require(a.module(layer: 0, target: .q))
+        #expect(q.rank == 4)  // only a adapts q
+        func floats(_ m: WeightMatrix) -> [Float] {
+            var out = [Float](repeating: 0, count: m.rows * m.cols)
+            out.withUnsafeMutableBufferPointer { Kernels.dequantize(m.dtype, m.data, count: m.rows * m.cols, into: $0.baseAddress!) }
+            return out
+        }
+        let qa = floats(q.a), aqa = floats(aq.a)
+        for i in [0, 5, 4 * q.inFeatures - 1] { #expect(abs(qa[i] - 0.75 * a.scale * aqa[i]) < 1e-6) }
+        #expect(try #require(mix.module(layer: 1, target: .k)).rank == 2)
+    }
+}

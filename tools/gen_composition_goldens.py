@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""Golden for a static LoRA composition served from a manifest (Tests/Fixtures/lora/tiny-llama/mix-cat).
+
+How to run (developers only; CI never runs this; needs the packages of tools/gen_lora_goldens.py):
+
+    python3 tools/gen_composition_goldens.py
+    tools/update_fixture_manifest.sh
+
+The reference is Hugging Face PEFT itself: the three tiny-llama fixture adapters (a-qv-r4, b-all-r8-rslora,
+c-kod-r2: different ranks, targets and an rsLoRA one) loaded into one PeftModel and combined with
+`add_weighted_adapter(..., combination_type="cat")` at weights 0.7, -0.4, 1.3; then transformers float32
+eager logits (unmerged) in the format of the other LoRA goldens. The manifest lists the same adapters and
+weights; dlora composes them when the adapter is loaded (docs/design/compositions.md).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gen_lora_goldens as L  # noqa: E402
+import gen_model_goldens as G  # noqa: E402
+
+import peft  # noqa: E402
+import torch  # noqa: E402
+from peft import PeftModel  # noqa: E402
+
+PARTS = [("a-qv-r4", 0.7), ("b-all-r8-rslora", -0.4), ("c-kod-r2", 1.3)]
+NAME = "mix-cat"
+
+
+@torch.no_grad()
+def main():
+    base = "tiny-llama"
+    root = L.OUT / base
+    model = PeftModel.from_pretrained(L.load_base(base), str(root / PARTS[0][0]), adapter_name=PARTS[0][0])
+    for name, _ in PARTS[1:]:
+        model.load_adapter(str(root / name), adapter_name=name)
+    model.add_weighted_adapter([n for n, _ in PARTS], [w for _, w in PARTS], NAME, combination_type="cat")
+    model.set_adapter(NAME)
+    model.eval()
+    cases = []
+    for p in L.prompts(base):
+        gen, margins, logits = L.greedy_steps(model, p)
+        steps = [dict(argmax=int(torch.argmax(lg)), margin=G.r6(G.margin(lg)), logits=G.r6list(lg.numpy())) for lg in logits[:L.N_STEPS]]
+        cases.append(dict(prompt_ids=p, steps=steps, greedy_ids=gen, greedy_margins=[G.r6(m) for m in margins],
+                          min_greedy_margin=G.r6(min(margins))))
+    base_model = L.load_base(base)
+    base_diff = max(float((base_model(torch.tensor([p])).logits[0, -1].float() - model(torch.tensor([p])).logits[0, -1].float()).abs().max())
+                    for p in L.prompts(base))
+    cfg = model.peft_config[NAME]
+    out = dict(base=base, adapter=NAME, r=cfg.r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora, scale=1.0,
+               parts=[dict(name=n, weight=w) for n, w in PARTS], combination="cat",
+               reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} add_weighted_adapter(cat) (unmerged)",
+               note="steps[0] = last prompt position, steps[1..] after feeding greedy tokens; greedy_ids: "
+                    f"{L.N_GREEDY} argmax tokens, no EOS stop",
+               base_max_abs_diff=G.r6(base_diff), merged_max_abs_diff=0.0, cases=cases)
+    G.dump_json(L.OUT / "goldens" / f"{base}__{NAME}.json", out)
+    manifest = root / NAME
+    manifest.mkdir(exist_ok=True)
+    with open(manifest / "composition.json", "w") as f:
+        json.dump(dict(combination="cat", adapters=[dict(name=n, weight=w) for n, w in PARTS]), f, indent=1)
+        f.write("\n")
+    print(NAME, "r", cfg.r, "alpha", cfg.lora_alpha, "base_max_abs_diff", G.r6(base_diff),
+          "min margin", min(c["min_greedy_margin"] for c in cases))
+
+
+if __name__ == "__main__":
+    main()
