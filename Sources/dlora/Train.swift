@@ -13,6 +13,74 @@ struct Train: ParsableCommand {
     )
 }
 
+/// What every `train` command does first: threads and mmap from the model options, the model path, a refusal
+/// to overwrite earlier outputs in `out` (before the time is spent), the checkpoint, its tokenizer and a check
+/// of `maxLength` against the model's context.
+struct TrainingSetup {
+    let path: String
+    let checkpoint: any ModelCheckpoint
+    let tokenizer: Tokenizer
+    var config: ModelConfig { checkpoint.config }
+
+    init(_ modelOptions: ModelOptions, out: String, outputs: [String], maxLength: Int) throws {
+        if let threads = modelOptions.threads { Kernels.setThreads(threads) }
+        if modelOptions.noMmap { MappedFile.defaultLoading = .copy }
+        path = try modelOptions.resolvedPath()
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) {
+            guard isDirectory.boolValue else { throw CLIError("--out \(out) exists and is not a directory") }
+            for f in outputs where FileManager.default.fileExists(atPath: out + "/" + f) {
+                throw CLIError("--out \(out) already holds \(f); choose a new directory")
+            }
+        }
+        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
+        checkpoint = try openCheckpoint(path: path)
+        tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
+        guard maxLength <= checkpoint.config.maxPositionEmbeddings else {
+            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(checkpoint.config.maxPositionEmbeddings)")
+        }
+    }
+}
+
+/// The options `train mole` and `train lorahub` share: the experts and where they are.
+struct ExpertOptions: ParsableArguments {
+    @Option(help: "The experts, comma-separated: adapter names under --adapter-root, or adapter directories/files.")
+    var experts: String
+    @Option(name: .customLong("adapter-root"), help: "Directory whose subdirectories are adapters named by --experts.")
+    var adapterRoot: String?
+
+    var names: [String] {
+        experts.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
+    }
+
+    func validate() throws {
+        guard names.count >= 2, names.count <= 64 else { throw ValidationError("--experts must name between 2 and 64 adapters") }
+        guard !names.contains(where: \.isEmpty) else { throw ValidationError("--experts: an empty name") }
+        guard Set(names).count == names.count else { throw ValidationError("--experts: an adapter appears twice") }
+    }
+
+    /// The experts, validated by the adapter loader against this base before anything large is loaded: names
+    /// under `adapterRoot` (the registry's name rules), or paths.
+    func load(base c: ModelConfig) throws -> ([LoRAWeights], [MoLEWriter.Expert]) {
+        let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c) }
+        var weights: [LoRAWeights] = []
+        var written: [MoLEWriter.Expert] = []
+        for name in names {
+            if let registry {
+                weights.append(try registry.load(name))
+                written.append(.init(name: name, path: try registry.path(for: name)))
+            } else {
+                guard FileManager.default.fileExists(atPath: name) else {
+                    throw CLIError("--experts: \(name.prefix(256)): no such adapter (give a path, or a name with --adapter-root)")
+                }
+                weights.append(try AdapterLoader.load(path: name, base: c))
+                written.append(.init(name: URL(fileURLWithPath: name).lastPathComponent, path: name))
+            }
+        }
+        return (weights, written)
+    }
+}
+
 struct TrainLoRA: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "lora",
@@ -76,24 +144,8 @@ struct TrainLoRA: ParsableCommand {
     }
 
     func run() throws {
-        if let threads = modelOptions.threads { Kernels.setThreads(threads) }
-        if modelOptions.noMmap { MappedFile.defaultLoading = .copy }
-        let path = try modelOptions.resolvedPath()
-        // Refuse to overwrite an existing adapter before spending the time to train one.
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw CLIError("--out \(out) exists and is not a directory") }
-            for f in ["adapter_config.json", "adapter_model.safetensors"] where FileManager.default.fileExists(atPath: out + "/" + f) {
-                throw CLIError("--out \(out) already holds \(f); choose a new directory")
-            }
-        }
-        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
-        let checkpoint = try openCheckpoint(path: path)
-        let tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
-        let c = checkpoint.config
-        guard maxLength <= c.maxPositionEmbeddings else {
-            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(c.maxPositionEmbeddings)")
-        }
+        let setup = try TrainingSetup(modelOptions, out: out, outputs: ["adapter_config.json", "adapter_model.safetensors"], maxLength: maxLength)
+        let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
         let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
         // The frozen f32 weights and the activations kept for the backward (they grow with batch × length²,
         // the attention probabilities) must fit: refuse a run that cannot before loading anything large.
@@ -105,7 +157,7 @@ struct TrainLoRA: ParsableCommand {
         guard need < physical / 10 * 8 else {
             throw CLIError("training needs about \(need >> 20) MiB (f32 weights and activations for --batch \(batch) × \(longest) tokens); this machine has \(physical >> 20) MiB: lower --batch or --max-length")
         }
-        let base = try FrozenBase(checkpoint: checkpoint)
+        let base = try FrozenBase(checkpoint: setup.checkpoint)
         let config = LoRATrainingConfiguration(
             targets: targetList, rank: rank, alpha: alpha, steps: steps, batchSize: batch, maxLength: maxLength,
             seed: seed, optimizer: AdamWConfiguration(learningRate: lr, weightDecay: weightDecay))
@@ -143,10 +195,7 @@ struct TrainMoLE: ParsableCommand {
     )
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "The experts, comma-separated: adapter names under --adapter-root, or adapter directories/files.")
-    var experts: String
-    @Option(name: .customLong("adapter-root"), help: "Directory whose subdirectories are adapters named by --experts.")
-    var adapterRoot: String?
+    @OptionGroup var expertOptions: ExpertOptions
     @Option(help: "The training data: a JSONL file.")
     var data: String
     @Option(help: "Gate granularity: block (one gate per transformer block; the paper's b-MoLE).")
@@ -170,15 +219,7 @@ struct TrainMoLE: ParsableCommand {
     @Option(name: .customLong("log-every"), help: "Print the loss every this many steps.")
     var logEvery: Int = 1
 
-    var expertNames: [String] {
-        experts.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-    }
-
     func validate() throws {
-        let names = expertNames
-        guard names.count >= 2, names.count <= 64 else { throw ValidationError("--experts must name between 2 and 64 adapters") }
-        guard !names.contains(where: \.isEmpty) else { throw ValidationError("--experts: an empty name") }
-        guard Set(names).count == names.count else { throw ValidationError("--experts: an adapter appears twice") }
         guard granularity == "block" else {
             throw ValidationError("--granularity \(granularity.prefix(32)): only block is implemented (matrix-, layer- and network-level gates are not yet)")
         }
@@ -195,24 +236,9 @@ struct TrainMoLE: ParsableCommand {
     }
 
     func run() throws {
-        if let threads = modelOptions.threads { Kernels.setThreads(threads) }
-        if modelOptions.noMmap { MappedFile.defaultLoading = .copy }
-        let path = try modelOptions.resolvedPath()
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw CLIError("--out \(out) exists and is not a directory") }
-            for f in ["mole_config.json", "gates.safetensors"] where FileManager.default.fileExists(atPath: out + "/" + f) {
-                throw CLIError("--out \(out) already holds \(f); choose a new directory")
-            }
-        }
-        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
-        let checkpoint = try openCheckpoint(path: path)
-        let tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
-        let c = checkpoint.config
-        guard maxLength <= c.maxPositionEmbeddings else {
-            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(c.maxPositionEmbeddings)")
-        }
-        let (weights, written) = try Self.loadExperts(expertNames, adapterRoot: adapterRoot, base: c)
+        let setup = try TrainingSetup(modelOptions, out: out, outputs: ["mole_config.json", "gates.safetensors"], maxLength: maxLength)
+        let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
+        let (weights, written) = try expertOptions.load(base: c)
         let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
         let longest = data.examples.map(\.tokens.count).max() ?? maxLength
         let maxRank = weights.map(\.maxPaddedRank).max() ?? 1
@@ -222,7 +248,7 @@ struct TrainMoLE: ParsableCommand {
         guard need < physical / 10 * 8 else {
             throw CLIError("training needs about \(need >> 20) MiB for --batch \(batch) × \(longest) tokens; this machine has \(physical >> 20) MiB: lower --batch or --max-length")
         }
-        let base = try FrozenBase(checkpoint: checkpoint)
+        let base = try FrozenBase(checkpoint: setup.checkpoint)
         let expertParameters = weights.map { LoRAParameters(weights: $0, config: c) }
         let mole = MoLEMixture(config: c, experts: expertParameters, balanceWeight: balance, temperature: temperature)
         let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
@@ -230,7 +256,7 @@ struct TrainMoLE: ParsableCommand {
         let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
         var sampler = BatchSampler(data: data, size: batch, seed: seed)
         let err = FileHandle.standardError
-        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertNames.count) experts, \(c.numLayers) block gates, \(Kernels.threadCount) threads\n".utf8))
+        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(c.numLayers) block gates, \(Kernels.threadCount) threads\n".utf8))
         var lastLoss = Double.nan
         var tokens = 0, seconds = 0.0
         for step in 1...steps {
@@ -251,27 +277,6 @@ struct TrainMoLE: ParsableCommand {
         try MoLEWriter.write(mole, experts: written, to: out, baseModel: path)
         err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; gates written to %@\n",
                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
-    }
-
-    /// The experts, validated by the adapter loader against this base before anything large is loaded: names
-    /// under `adapterRoot` (the registry's name rules), or paths.
-    static func loadExperts(_ names: [String], adapterRoot: String?, base c: ModelConfig) throws -> ([LoRAWeights], [MoLEWriter.Expert]) {
-        let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c) }
-        var weights: [LoRAWeights] = []
-        var written: [MoLEWriter.Expert] = []
-        for name in names {
-            if let registry {
-                weights.append(try registry.load(name))
-                written.append(.init(name: name, path: try registry.path(for: name)))
-            } else {
-                guard FileManager.default.fileExists(atPath: name) else {
-                    throw CLIError("--experts: \(name.prefix(256)): no such adapter (give a path, or a name with --adapter-root)")
-                }
-                weights.append(try AdapterLoader.load(path: name, base: c))
-                written.append(.init(name: URL(fileURLWithPath: name).lastPathComponent, path: name))
-            }
-        }
-        return (weights, written)
     }
 
     /// Each expert's gate weight averaged over the blocks and sequences of the last batch.
@@ -301,10 +306,7 @@ struct TrainLoRAHub: ParsableCommand {
     )
 
     @OptionGroup var modelOptions: ModelOptions
-    @Option(help: "The experts, comma-separated: adapter names under --adapter-root, or adapter directories/files.")
-    var experts: String
-    @Option(name: .customLong("adapter-root"), help: "Directory whose subdirectories are adapters named by --experts.")
-    var adapterRoot: String?
+    @OptionGroup var expertOptions: ExpertOptions
     @Option(help: "The few-shot examples: a JSONL file (at most 256 examples).")
     var data: String
     @Option(help: "Objective evaluations (LoRAHub's default: 40).")
@@ -318,15 +320,7 @@ struct TrainLoRAHub: ParsableCommand {
     @Option(help: "The output directory (adapter_config.json, adapter_model.safetensors, lorahub.json).")
     var out: String
 
-    var expertNames: [String] {
-        experts.split(separator: ",", omittingEmptySubsequences: false).map { $0.trimmingCharacters(in: .whitespaces) }
-    }
-
     func validate() throws {
-        let names = expertNames
-        guard names.count >= 2, names.count <= 64 else { throw ValidationError("--experts must name between 2 and 64 adapters") }
-        guard !names.contains(where: \.isEmpty) else { throw ValidationError("--experts: an empty name") }
-        guard Set(names).count == names.count else { throw ValidationError("--experts: an adapter appears twice") }
         guard (1...100_000).contains(evaluations) else { throw ValidationError("--evaluations must be between 1 and 100000") }
         guard l1.isFinite, l1 >= 0, l1 <= 100 else { throw ValidationError("--l1 must be between 0 and 100") }
         guard (2...65536).contains(maxLength) else { throw ValidationError("--max-length must be between 2 and 65536") }
@@ -334,24 +328,9 @@ struct TrainLoRAHub: ParsableCommand {
     }
 
     func run() throws {
-        if let threads = modelOptions.threads { Kernels.setThreads(threads) }
-        if modelOptions.noMmap { MappedFile.defaultLoading = .copy }
-        let path = try modelOptions.resolvedPath()
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: out, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw CLIError("--out \(out) exists and is not a directory") }
-            for f in ["adapter_config.json", "adapter_model.safetensors", "lorahub.json"] where FileManager.default.fileExists(atPath: out + "/" + f) {
-                throw CLIError("--out \(out) already holds \(f); choose a new directory")
-            }
-        }
-        guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
-        let checkpoint = try openCheckpoint(path: path)
-        let tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
-        let c = checkpoint.config
-        guard maxLength <= c.maxPositionEmbeddings else {
-            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(c.maxPositionEmbeddings)")
-        }
-        let (weights, written) = try TrainMoLE.loadExperts(expertNames, adapterRoot: adapterRoot, base: c)
+        let setup = try TrainingSetup(modelOptions, out: out, outputs: ["adapter_config.json", "adapter_model.safetensors", "lorahub.json"], maxLength: maxLength)
+        let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
+        let (weights, written) = try expertOptions.load(base: c)
         let ranks = weights.map { w in w.modules.joined().compactMap { $0 }.first?.rank ?? 0 }
         guard Set(ranks).count == 1 else {
             throw CLIError("--experts: LoRAHub composes A and B element by element, so the experts must share one rank (got \(ranks.map(String.init).joined(separator: ", ")))")
@@ -365,7 +344,7 @@ struct TrainLoRAHub: ParsableCommand {
         guard need < physical / 10 * 8 else {
             throw CLIError("the search needs about \(need >> 20) MiB for \(data.examples.count) × \(longest) tokens; this machine has \(physical >> 20) MiB")
         }
-        let base = try FrozenBase(checkpoint: checkpoint)
+        let base = try FrozenBase(checkpoint: setup.checkpoint)
         let hub = try LoRAHub(base: base, experts: weights.map { LoRAParameters(weights: $0, config: c) }, l1: l1)
         let batch = TrainingData.batch(data.examples)
         let err = FileHandle.standardError

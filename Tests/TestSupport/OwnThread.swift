@@ -14,3 +14,20 @@ public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
         thread.start()
     }
 }
+
+/// Runs `executable ARGS` to its end on a thread of its own (stdout discarded) and returns its exit status and
+/// standard error — for tests of a command's output files and one-line errors.
+public func runCommand(_ executable: URL, _ args: [String]) async throws -> (status: Int32, stderr: String) {
+    try await onOwnThread {
+        let p = Process()
+        p.executableURL = executable
+        p.arguments = args
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        return (p.terminationStatus, text)
+    }
+}

@@ -92,20 +92,9 @@ extension TrainingSuites {
                                     to: dir.path("experts/small"), baseModelName: model)
         let few = (0..<4).map { #"{"prompt": "color \#($0):", "completion": " \#(["red", "blue", "green", "gold"][$0])"}"# }
         try Data(few.joined(separator: "\n").utf8).write(to: dir.file("few.jsonl"))
-        @Sendable func runBlocking(_ args: [String]) throws -> (status: Int32, stderr: String) {
-            let p = Process()
-            p.executableURL = exe
-            p.arguments = args
-            let err = Pipe()
-            p.standardError = err
-            p.standardOutput = FileHandle.nullDevice
-            try p.run()
-            let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            return (p.terminationStatus, text)
-        }
+        func run(_ args: [String]) async throws -> (status: Int32, stderr: String) { try await runCommand(exe, args) }
         let common = ["train", "lorahub", "--model", model, "--adapter-root", dir.path("experts"), "--data", dir.path("few.jsonl")]
-        let ok = try await onOwnThread { try runBlocking(common + ["--experts", "colors,noise", "--evaluations", "30", "--out", dir.path("hub")]) }
+        let ok = try await run(common + ["--experts", "colors,noise", "--evaluations", "30", "--out", dir.path("hub")])
         #expect(ok.status == 0, "\(ok.stderr)")
         let summary = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: dir.file("hub/lorahub.json"))) as? [String: Any])
         let experts = try #require(summary["experts"] as? [[String: Any]])
@@ -130,7 +119,7 @@ extension TrainingSuites {
                 #expect(abs(m.b.floats[i] - expected) < 1e-5)
             }
         }
-        let mixed = try await onOwnThread { try runBlocking(common + ["--experts", "colors,small", "--out", dir.path("hub2")]) }
+        let mixed = try await run(common + ["--experts", "colors,small", "--out", dir.path("hub2")])
         #expect(mixed.status != 0)
         let lines = mixed.stderr.split(separator: "\n")
         #expect(lines.count == 1 && lines[0].contains("must share one rank"), "\(mixed.stderr)")
