@@ -55,6 +55,18 @@ import TestSupport
         #expect(throws: AdapterError.self) { _ = try AdapterLoader.load(path: dir.path("mix"), base: c, confinedTo: root) }
     }
 
+    /// The registry's file identity of a composition covers its manifest: an edited composition.json is new files
+    /// (a reload gets a new adapter id, so no engine keeps state of the old composition).
+    @Test func editingTheManifestChangesTheIdentity() throws {
+        let dir = try Self.root()
+        try FileManager.default.createDirectory(at: dir.file("mix"), withIntermediateDirectories: true)
+        try Data(#"{"adapters": [{"name": "a-qv-r4", "weight": 1}]}"#.utf8).write(to: dir.file("mix/composition.json"))
+        let before = AdapterFiles.identity(of: dir.path("mix"))
+        #expect(AdapterFiles.identity(of: dir.path("mix")) == before)
+        try Data(#"{"adapters": [{"name": "a-qv-r4", "weight": 2.5}]}"#.utf8).write(to: dir.file("mix/composition.json"))
+        #expect(AdapterFiles.identity(of: dir.path("mix")) != before)
+    }
+
     /// cat: ranks add up per module, scaling 1, A rows = w·s·Aᵢ, B columns = Bᵢ; normalize divides by Σw.
     @Test func catStacksScaledPartsAndNormalizes() throws {
         let dir = try Self.root()
