@@ -5,11 +5,7 @@ import Testing
 
 /// `dlora generate` as a user runs it: the executable built next to the test bundle.
 @Suite struct CLITests {
-    struct Run {
-        let status: Int32
-        let stdout: String
-        let stderr: String
-    }
+    typealias Run = CommandRun
 
     static var binary: URL {
         // swift build --build-tests puts the executable beside the test bundle.
@@ -20,24 +16,9 @@ import Testing
         return dir.appendingPathComponent("dlora")
     }
 
-    /// Runs the executable and collects its output, blocking a thread of its own (not the test pool's).
+    /// Runs the executable and collects its output, on a thread of its own (not the test pool's).
     static func dlora(_ args: [String], environment: [String: String] = [:]) async throws -> Run {
-        try await onOwnThread { try runBlocking(args, environment: environment) }
-    }
-
-    static func runBlocking(_ args: [String], environment: [String: String]) throws -> Run {
-        let p = Process()
-        p.executableURL = binary
-        p.arguments = args
-        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Run(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        try await runCommand(binary, args, environment: environment)
     }
 
     static let tiny = ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q8_0")

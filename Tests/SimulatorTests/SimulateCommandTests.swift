@@ -5,39 +5,17 @@ import Testing
 /// `dlora simulate` as a process: a replayed request list (`--requests-file`) under a measured profile
 /// (`--cost-profile`) gives the times worked out by hand, and bad files get one-line errors and a non-zero exit.
 @Suite struct SimulateCommandTests {
-    struct Outcome {
-        let status: Int32
-        let stdout: String
-        let stderr: String
-    }
-
-    /// Runs `dlora simulate ARGS` (bounded: killed after 60 s) on a thread of its own, not the test pool's.
-    static func simulate(_ args: [String]) async throws -> Outcome {
-        try await onOwnThread { try simulateBlocking(args) }
-    }
-
-    static func simulateBlocking(_ args: [String]) throws -> Outcome {
+    /// Runs `dlora simulate ARGS` (bounded: terminated after 60 s) on a thread of its own, not the test pool's.
+    static func simulate(_ args: [String]) async throws -> CommandRun {
         guard let binary = BuiltExecutables.dlora else { throw CocoaError(.fileNoSuchFile) }
-        let process = Process()
-        process.executableURL = binary
-        process.arguments = ["simulate"] + args
-        let out = Pipe(), err = Pipe()
-        process.standardOutput = out
-        process.standardError = err
-        try process.run()
-        let deadline = Date().addingTimeInterval(60)
-        while process.isRunning && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
-        if process.isRunning { process.terminate() }
-        process.waitUntilExit()
-        return Outcome(status: process.terminationStatus,
-                       stdout: String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self),
-                       stderr: String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self))
+        return try await runCommand(binary, ["simulate"] + args, timeout: 60)
     }
 
-    static func temporaryDirectory() throws -> URL {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-simulate-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
-        return dir
+    /// A CPU profile where every iteration costs 10 ms and nothing else costs anything (bandwidths huge), plus
+    /// `extra` JSON members.
+    static func fixedProfile(_ extra: String = "") -> String {
+        #"{"fixed_seconds": 0.01, "per_decode_seconds": 0, "per_prefill_token_seconds": 0, "per_lora_token_seconds": 0, "per_adapter_seconds": 0, "merged_extra_seconds": 0, "merge_seconds_per_element": 0, "memory_bytes_per_second": 1e18, "transfer_bytes_per_second": 1e18"#
+            + (extra.isEmpty ? "" : ", " + extra) + "}"
     }
 
     /// Every iteration costs 10 ms and nothing else costs anything (bandwidths huge): a request with a 4-token
@@ -46,11 +24,10 @@ import Testing
     /// first wakes the idle replica and starts an iteration at once (as the real engine loop does); the second
     /// waits for the next one and then shares iterations with the first.
     @Test func replayedRequestsFollowTheProfile() async throws {
-        let dir = try Self.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let profile = dir.appendingPathComponent("profile.json"), requests = dir.appendingPathComponent("requests.jsonl")
-        let records = dir.appendingPathComponent("records.csv")
-        try #"{"source": "test", "fixed_seconds": 0.01, "per_decode_seconds": 0, "per_prefill_token_seconds": 0, "per_lora_token_seconds": 0, "per_adapter_seconds": 0, "merged_extra_seconds": 0, "merge_seconds_per_element": 0, "memory_bytes_per_second": 1e18, "transfer_bytes_per_second": 1e18}"#
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl")
+        let records = dir.file("records.csv")
+        try Self.fixedProfile(#""source": "test""#)
             .write(to: profile, atomically: true, encoding: .utf8)
         // Out of order on purpose: the replay sorts by arrival.
         try """
@@ -79,11 +56,10 @@ import Testing
     /// counts from its arrival at the router), and a fixed cost per adapter load delays the first iteration
     /// that needs the adapter; `--request-overhead-ms` overrides the profile's overhead.
     @Test func requestOverheadAndAdapterLoadCost() async throws {
-        let dir = try Self.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let profile = dir.appendingPathComponent("profile.json"), requests = dir.appendingPathComponent("requests.jsonl")
-        let records = dir.appendingPathComponent("records.csv")
-        try #"{"fixed_seconds": 0.01, "per_decode_seconds": 0, "per_prefill_token_seconds": 0, "per_lora_token_seconds": 0, "per_adapter_seconds": 0, "merged_extra_seconds": 0, "merge_seconds_per_element": 0, "memory_bytes_per_second": 1e18, "transfer_bytes_per_second": 1e18, "adapter_load_seconds": 0.2, "request_overhead_seconds": 0.1}"#
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl")
+        let records = dir.file("records.csv")
+        try Self.fixedProfile(#""adapter_load_seconds": 0.2, "request_overhead_seconds": 0.1"#)
             .write(to: profile, atomically: true, encoding: .utf8)
         try #"{"arrival": 1.0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
         func finish(_ extra: [String]) async throws -> (first: Double, finish: Double) {
@@ -106,9 +82,8 @@ import Testing
     }
 
     @Test func badFilesAreOneLineErrors() async throws {
-        let dir = try Self.temporaryDirectory()
-        defer { try? FileManager.default.removeItem(at: dir) }
-        let requests = dir.appendingPathComponent("requests.jsonl"), profile = dir.appendingPathComponent("profile.json")
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let requests = dir.file("requests.jsonl"), profile = dir.file("profile.json")
         let cases: [(String, String)] = [
             (#"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"# + "\nnot json\n", "requests.jsonl:2: not a JSON object"),
             (#"{"arrival": -1, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#, "\"arrival\" must be"),

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// Runs `body` on a thread of its own and awaits its result.
 ///
@@ -15,19 +16,38 @@ public func onOwnThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T)
     }
 }
 
-/// Runs `executable ARGS` to its end on a thread of its own (stdout discarded) and returns its exit status and
-/// standard error — for tests of a command's output files and one-line errors.
-public func runCommand(_ executable: URL, _ args: [String]) async throws -> (status: Int32, stderr: String) {
+/// What a finished command printed, and its exit status.
+public struct CommandRun: Sendable {
+    public let status: Int32
+    public let stdout: String
+    public let stderr: String
+}
+
+/// Runs `executable ARGS` (with `environment` added to this process's) to its end on a thread of its own, not
+/// the test pool's, and returns its exit status and output. Both pipes are drained at once, so a command that
+/// writes a lot to either cannot block on the other; with `timeout`, a command still running after that many
+/// seconds is terminated (the test then sees its signal status).
+public func runCommand(_ executable: URL, _ args: [String], environment: [String: String] = [:],
+                       timeout: Double? = nil) async throws -> CommandRun {
     try await onOwnThread {
         let p = Process()
         p.executableURL = executable
         p.arguments = args
-        let err = Pipe()
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out
         p.standardError = err
-        p.standardOutput = FileHandle.nullDevice
         try p.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        if let timeout {
+            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { if p.isRunning { p.terminate() } }
+        }
+        let errText = Mutex(Data())
+        let drained = DispatchGroup()
+        DispatchQueue.global().async(group: drained) { let d = err.fileHandleForReading.readDataToEndOfFile(); errText.withLock { $0 = d } }
+        let o = out.fileHandleForReading.readDataToEndOfFile()
+        drained.wait()
         p.waitUntilExit()
-        return (p.terminationStatus, text)
+        return CommandRun(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
+                          stderr: String(decoding: errText.withLock { $0 }, as: UTF8.self))
     }
 }

@@ -92,7 +92,7 @@ extension TrainingSuites {
                                     to: dir.path("experts/small"), baseModelName: model)
         let few = (0..<4).map { #"{"prompt": "color \#($0):", "completion": " \#(["red", "blue", "green", "gold"][$0])"}"# }
         try Data(few.joined(separator: "\n").utf8).write(to: dir.file("few.jsonl"))
-        func run(_ args: [String]) async throws -> (status: Int32, stderr: String) { try await runCommand(exe, args) }
+        func run(_ args: [String]) async throws -> CommandRun { try await runCommand(exe, args) }
         let common = ["train", "lorahub", "--model", model, "--adapter-root", dir.path("experts"), "--data", dir.path("few.jsonl")]
         let ok = try await run(common + ["--experts", "colors,noise", "--evaluations", "30", "--out", dir.path("hub")])
         #expect(ok.status == 0, "\(ok.stderr)")

@@ -92,7 +92,7 @@ extension TrainingSuites {
         let model = FixtureFiles.checkpoint(model: "tiny-llama", variant: "Q8_0")
         let root = FixtureFiles.lora.appendingPathComponent("tiny-llama").path
         let experts = ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2"]
-        func run(_ args: [String]) async throws -> (status: Int32, stderr: String) { try await runCommand(exe, args) }
+        func run(_ args: [String]) async throws -> CommandRun { try await runCommand(exe, args) }
         let out = dir.path("mole")
         let ok = try await run(["train", "mole", "--model", model, "--experts", experts.joined(separator: ","), "--adapter-root", root,
                                 "--data", data, "--steps", "15", "--lr", "5e-2", "--batch", "8", "--balance", "0.1", "--out", out])
@@ -153,7 +153,7 @@ extension TrainingSuites {
         let lines = (0..<6).map { #"{"prompt": "item \#($0) is", "completion": " number \#($0)"}"# } + [#"{"text": "plain text works too"}"#]
         try Data(lines.joined(separator: "\n").utf8).write(to: URL(fileURLWithPath: data))
         let model = FixtureFiles.checkpoint(model: "tiny-llama", variant: "Q8_0")
-        func run(_ args: [String]) async throws -> (status: Int32, stderr: String) { try await runCommand(exe, args) }
+        func run(_ args: [String]) async throws -> CommandRun { try await runCommand(exe, args) }
         let out = dir.path("adapter")
         let ok = try await run(["train", "lora", "--model", model, "--data", data, "--targets", "q_proj,v_proj", "--rank", "4", "--alpha", "8",
                           "--steps", "20", "--lr", "1e-2", "--batch", "4", "--max-length", "32", "--seed", "7", "--out", out])
