@@ -158,16 +158,17 @@ public final class LoRAHub {
                        report: (_ evaluation: Int, _ best: [Double], _ bestObjective: Double) -> Void = { _, _, _ in })
         -> (weights: [Double], loss: Double, objective: Double) {
         var es = SepCMAES(mean: [Double](repeating: 0, count: experts.count), sigma: 0.5, bounds: -1.5...1.5, seed: seed)
-        var losses: [[Double]: Double] = [:]
+        // The loss part of the best objective, kept under the same strict improvement rule as `es.best`.
+        var best = (total: Double.infinity, loss: Double.nan)
         while es.evaluations < evaluations {
             es.step(budget: evaluations - es.evaluations) { w in
                 let o = objective(w, batch: batch)
-                losses[w] = o.loss
+                if o.total < best.total { best = (o.total, o.loss) }
                 return o.total
             }
             report(es.evaluations, es.best.x, es.best.f)
         }
         compose(es.best.x)
-        return (es.best.x, losses[es.best.x] ?? objective(es.best.x, batch: batch).loss, es.best.f)
+        return (es.best.x, best.loss, es.best.f)
     }
 }
