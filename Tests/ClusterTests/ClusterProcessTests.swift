@@ -229,10 +229,10 @@ final class ClusterProcess: @unchecked Sendable {
     struct Failure: Error, CustomStringConvertible { let description: String }
 
     let process = Process()
-    private let output = Locked("")
+    private let output = PipeLog()
     private(set) var routerPort = 0
 
-    var log: String { output.withLock { $0 } }
+    var log: String { output.text }
 
     /// The `dlora` executable `swift build --build-tests` puts beside the test bundle.
     static var binary: URL? { BuiltExecutables.dlora }
@@ -243,16 +243,10 @@ final class ClusterProcess: @unchecked Sendable {
         c.process.executableURL = binary
         c.process.arguments = ["cluster", "--replicas", String(replicas), "--threads", String(replicas), "--port", "0",
                                "--admin-key", ClusterProcessTests.admin, "--poll-ms", "100"] + extra
-        let pipe = Pipe()
-        c.process.standardError = pipe
+        c.process.standardError = c.output.pipe
         c.process.standardOutput = FileHandle.nullDevice
-        let out = c.output
-        pipe.fileHandleForReading.readabilityHandler = { h in
-            let data = h.availableData
-            if data.isEmpty { h.readabilityHandler = nil; return }
-            out.withLock { $0 += String(decoding: data, as: UTF8.self) }
-        }
         try c.process.run()
+        c.output.startReading()
         for _ in 0..<1200 where c.routerPort == 0 && c.process.isRunning {
             Thread.sleep(forTimeInterval: 0.1)
             if let r = c.log.range(of: #"router on http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {

@@ -24,40 +24,34 @@ import Glibc
     final class ServeProcess: @unchecked Sendable {
         let process = Process()
         let port: Int
-        private let stderr = Locked("")
+        private let stderr = PipeLog()
 
         init(binary: URL, fileLimit: Int, extra: [String]) throws {
             process.executableURL = URL(fileURLWithPath: "/bin/bash")
             let args = ["serve", "--model", ServerFixtures.modelPath, "--port", "0", "--kv-cache-mb", "16",
                         "--served-model-name", "tiny-llama", "--threads", "1"] + extra
             process.arguments = ["-c", "ulimit -n \(fileLimit) && exec \"$0\" \"$@\"", binary.path] + args
-            let pipe = Pipe()
-            process.standardError = pipe
+            process.standardError = stderr.pipe
             process.standardOutput = FileHandle.nullDevice
-            let log = stderr
-            pipe.fileHandleForReading.readabilityHandler = { h in
-                let data = h.availableData
-                if data.isEmpty { h.readabilityHandler = nil; return }
-                log.withLock { $0 += String(decoding: data, as: UTF8.self) }
-            }
             try process.run()
+            stderr.startReading()
             var found: Int?
             for _ in 0..<600 where found == nil && process.isRunning {
                 Thread.sleep(forTimeInterval: 0.1)
-                let text = stderr.withLock { $0 }
+                let text = stderr.text
                 if let r = text.range(of: #"on http://127\.0\.0\.1:(\d+)"#, options: .regularExpression) {
                     found = Int(text[r].split(separator: ":").last!)
                 }
             }
             guard let found else {
-                let text = stderr.withLock { $0 }
+                let text = stderr.text
                 process.terminate()
                 throw StartFailure(log: text)
             }
             port = found
         }
 
-        var log: String { stderr.withLock { $0 } }
+        var log: String { stderr.text }
 
         /// CPU seconds (user + system) the process has used, from /proc/PID/stat.
         var cpuSeconds: Double {

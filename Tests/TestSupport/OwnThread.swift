@@ -51,3 +51,31 @@ public func runCommand(_ executable: URL, _ args: [String], environment: [String
                           stderr: String(decoding: errText.withLock { $0 }, as: UTF8.self))
     }
 }
+
+/// Everything a child process writes to one pipe, collected by blocking reads on a thread of its own.
+///
+/// Not `FileHandle.readabilityHandler`: on Linux that installs a libdispatch read source, and tearing the source
+/// down at end of stream races the descriptor's close (swift-corelibs-libdispatch #949); the suite's process
+/// crashed with SIGSEGV in libdispatch that way in CI. A blocking read never registers the descriptor with
+/// dispatch. Set `pipe` as the process's output, run the process, then call `startReading()`; the thread ends
+/// at end of stream, when the child (and every child it passed the descriptor to) has exited.
+public final class PipeLog: Sendable {
+    public let pipe = Pipe()
+    private let collected = Mutex("")
+
+    public init() {}
+
+    public var text: String { collected.withLock { $0 } }
+
+    public func startReading() {
+        let handle = pipe.fileHandleForReading
+        let thread = Thread { [self] in
+            while true {
+                let data = handle.availableData
+                if data.isEmpty { break }
+                self.collected.withLock { $0 += String(decoding: data, as: UTF8.self) }
+            }
+        }
+        thread.start()
+    }
+}
