@@ -53,7 +53,7 @@ extension LoRATrainingModel {
         for (t, offset) in [(LoRATarget.q, 0), (.k, qDim), (.v, qDim + kvDim)] {
             loraBackward(l, t, dy: dqkv + offset, ldy: qkvDim, x: s.xn1.floats, ldx: h, dx: ws.dxn.floats, tokens: n)
         }
-        mole?.gateBackward(layer: l, dxn: ws.dxn.floats)
+        mole?.gateBackward(layer: l, xn: s.xn1.floats, dxn: ws.dxn.floats)
         // (For block 0 this is the gradient of the frozen embedding rows: unused by training, O(N·H), and
         // what the block's gradient check reads.)
         TrainingOps.rmsNormBackward(ws.dxn.floats, x: s.x.floats, weight: w.attnNorm.floats, rstd: s.rstd1.floats, dx: dx, rows: n, width: h)

@@ -8,8 +8,9 @@ import Models
 // input's width.
 //
 // Gate input, a choice of ours (the released code flattens a fixed-length input, which variable-length text
-// does not have): z_b = the mean over sequence b's positions of the block's normalised input — independent
-// of the length, one gate per block and sequence as in the released code.
+// does not have): each token's own normalised block input, so the gate is causal and needs no state
+// (docs/design/mole-serving.md). The ops below take rows grouped in runs of `length` sharing one gate row;
+// the model uses runs of one.
 
 public enum MoLEOps {
     /// g_b = softmax(z_b·Wᵀ / τ) for each of B rows: z (B × H), W (N × H), gates (B × N); logits (B × N) keeps ε = z·Wᵀ.
@@ -135,13 +136,15 @@ extension ReferenceTraining {
 }
 
 /// MoLE in the training model: N frozen LoRA experts (each a `LoRAParameters`, any targets) mixed in every
-/// adapted projection of block l by that block's gate, g = softmax(z·W_lᵀ / τ_l) per sequence, with z the
-/// mean of the block's normalised input over the sequence's real tokens:
+/// adapted projection of block l by that block's gate, computed per token from the token's own normalised
+/// block input, g[t] = softmax(xn[t]·W_lᵀ / τ_l):
 ///
-///     y[t] += Σᵢ g[b(t), i] · sᵢ · Bᵢ·Aᵢ·x[t]
+///     y[t] += Σᵢ g[t, i] · sᵢ · Bᵢ·Aᵢ·x[t]
 ///
+/// (A per-token gate, not MoLE's per-sequence one: it is causal, length-independent and needs no state, so
+/// serving computes it inside chunked prefill and batched decode exactly as here; docs/design/mole-serving.md.)
 /// Only the gates (W_l, τ_l) train; the loss adds λ · (−log Πᵢ qᵢ), qᵢ = expert i's mean gate weight over
-/// every block and sequence. Hooks called by `LoRATrainingModel` (forward and backward of each block).
+/// every block and real token. Hooks called by `LoRATrainingModel` (forward and backward of each block).
 public final class MoLEMixture: @unchecked Sendable {
     public let config: ModelConfig
     public let experts: [LoRAParameters]
@@ -159,10 +162,11 @@ public final class MoLEMixture: @unchecked Sendable {
     public var temperatureGradients: [Float] { Array(UnsafeBufferPointer(start: temperatureGradientValues.floats, count: config.numLayers)) }
 
     private var batch = 0, length = 0, lengths: [Int] = []
-    private var z: [Buffer] = [], logits: [Buffer] = [], gates: [Buffer] = [], dGates: [Buffer] = []
+    /// Per layer, one row per token (B·T × N): ε = xn·Wᵀ, the gates, dL/dgates.
+    private var logits: [Buffer] = [], gates: [Buffer] = [], dGates: [Buffer] = []
     /// u = x·Aᵢᵀ per layer, per (target, expert).
     private var u: [[Buffer?]] = []
-    private var du = Buffer(floats: 0), dz = Buffer(floats: 0), gateScratch = Buffer(floats: 0)
+    private var du = Buffer(floats: 0), gateScratch = Buffer(floats: 0)
 
     /// Gate weights uniform in ±`gateScale`/√H (0: every expert weighs 1/N at the start), τ = `temperature`.
     public init(config: ModelConfig, experts: [LoRAParameters], balanceWeight: Float, temperature: Float = 1,
@@ -197,19 +201,23 @@ public final class MoLEMixture: @unchecked Sendable {
         temperatureGradientValues.floats.update(repeating: 0, count: config.numLayers)
     }
 
-    /// Gate values of the last forward, layer l: (B × N).
-    public func gateValues(layer l: Int) -> [Float] { Array(UnsafeBufferPointer(start: gates[l].floats, count: batch * n)) }
+    /// The real tokens' rows of the last batch (padding excluded), in order.
+    private var realRows: [Int] { (0..<batch).flatMap { b in (0..<lengths[b]).map { b * length + $0 } } }
+
+    /// Gate values of the last forward, layer l: one row of N per real token (padding excluded).
+    public func gateValues(layer l: Int) -> [Float] {
+        realRows.flatMap { r in (0..<n).map { gates[l].floats[r * n + $0] } }
+    }
 
     func reserve(batch b: Int, length t: Int, lengths: [Int]) {
         self.lengths = lengths
         guard b != batch || t != length else { return }
         batch = b
         length = t
-        let c = config, h = c.hiddenSize, rows = b * t
-        z = (0..<c.numLayers).map { _ in Buffer(floats: b * h) }
-        logits = (0..<c.numLayers).map { _ in Buffer(floats: b * n) }
-        gates = (0..<c.numLayers).map { _ in Buffer(floats: b * n) }
-        dGates = (0..<c.numLayers).map { _ in Buffer(floats: b * n) }
+        let c = config, rows = b * t
+        logits = (0..<c.numLayers).map { _ in Buffer(floats: rows * n) }
+        gates = (0..<c.numLayers).map { _ in Buffer(floats: rows * n) }
+        dGates = (0..<c.numLayers).map { _ in Buffer(floats: rows * n) }
         var maxRank = 0
         u = (0..<c.numLayers).map { l in
             LoRATarget.allCases.flatMap { t in
@@ -221,22 +229,13 @@ public final class MoLEMixture: @unchecked Sendable {
             }
         }
         du = Buffer(floats: rows * maxRank)
-        dz = Buffer(floats: b * h)
-        gateScratch = Buffer(floats: b * n)
+        gateScratch = Buffer(floats: rows * n)
     }
 
-    /// z_b = mean of xn over sequence b's real rows; gates of block l.
+    /// Block l's gates, one row per token, from xn (the block's normalised input, B·T × H).
     func gateForward(layer l: Int, xn: UnsafePointer<Float>) {
-        let h = config.hiddenSize, zl = z[l].floats
-        for b in 0..<batch {
-            let zb = zl + b * h
-            zb.update(repeating: 0, count: h)
-            for t in 0..<lengths[b] { Kernels.add(xn + (b * length + t) * h, into: zb, count: h) }
-            let inv = 1 / Float(lengths[b])
-            for i in 0..<h { zb[i] *= inv }
-        }
-        MoLEOps.gateForward(zl, weight: gateWeights[l].floats, temperature: temperatureValues.floats[l], rows: batch, experts: n, width: h,
-                            logits: logits[l].floats, gates: gates[l].floats)
+        MoLEOps.gateForward(xn, weight: gateWeights[l].floats, temperature: temperatureValues.floats[l], rows: batch * length,
+                            experts: n, width: config.hiddenSize, logits: logits[l].floats, gates: gates[l].floats)
     }
 
     func mixtureForward(layer l: Int, target t: LoRATarget, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
@@ -245,9 +244,9 @@ public final class MoLEMixture: @unchecked Sendable {
             guard let m = e.module(layer: l, target: t), let ui = u[l][t.rawValue * n + i] else { continue }
             let r = m.rank
             Kernels.gemm(transB: true, m: rows, n: r, k: m.inFeatures, x, lda: ldx, m.a.floats, ldb: m.inFeatures, ui.floats, ldc: r)
-            // v = u scaled per row by its sequence's gate, then y += s·v·Bᵀ.
+            // v = u scaled per row by its token's gate, then y += s·v·Bᵀ.
             for row in 0..<rows {
-                let w = g[(row / length) * n + i]
+                let w = g[row * n + i]
                 for j in 0..<r { du.floats[row * r + j] = ui.floats[row * r + j] * w }
             }
             Kernels.gemm(transB: true, m: rows, n: m.outFeatures, k: r, alpha: e.scale, du.floats, lda: r, m.b.floats, ldb: r,
@@ -255,7 +254,7 @@ public final class MoLEMixture: @unchecked Sendable {
         }
     }
 
-    /// dGates[b, i] += Σ_{t ∈ b} dy[t]·Eᵢ[t] = Σ_t (s·dy·Bᵢ)[t]·u[t];  dx += g·(s·dy·Bᵢ)·Aᵢ.
+    /// dGates[t, i] += dy[t]·Eᵢ[t] = (s·dy·Bᵢ)[t]·u[t];  dx += g·(s·dy·Bᵢ)·Aᵢ.
     func mixtureBackward(layer l: Int, target t: LoRATarget, dy: UnsafePointer<Float>, ldy: Int, x: UnsafePointer<Float>, ldx: Int,
                          dx: UnsafeMutablePointer<Float>) {
         let rows = batch * length, g = gates[l].floats, dg = dGates[l].floats
@@ -267,41 +266,38 @@ public final class MoLEMixture: @unchecked Sendable {
                 let d = du.floats + row * r, uu = ui.floats + row * r
                 var dot: Float = 0
                 for j in 0..<r { dot += d[j] * uu[j] }
-                dg[(row / length) * n + i] += dot
-                let w = g[(row / length) * n + i]
+                dg[row * n + i] += dot
+                let w = g[row * n + i]
                 for j in 0..<r { d[j] *= w }
             }
             Kernels.gemm(m: rows, n: m.inFeatures, k: r, du.floats, lda: r, m.a.floats, ldb: m.inFeatures, beta: 1, dx, ldc: ldx)
         }
     }
 
-    /// The gate's backward for block l: dW_l, dτ_l, and the gate input's gradient spread over the real rows
-    /// of each sequence (added to dxn, the gradient of the block's normalised input).
-    func gateBackward(layer l: Int, dxn: UnsafeMutablePointer<Float>) {
-        let h = config.hiddenSize
-        dz.floats.update(repeating: 0, count: batch * h)
-        temperatureGradientValues.floats[l] += MoLEOps.gateBackward(dGates[l].floats, z: z[l].floats, weight: gateWeights[l].floats,
-                                                        temperature: temperatureValues.floats[l], rows: batch, experts: n, width: h,
-                                                        logits: logits[l].floats, gates: gates[l].floats,
-                                                        gradWeight: gateGradients[l].floats, dz: dz.floats, scratch: gateScratch.floats)
-        for b in 0..<batch {
-            let inv = 1 / Float(lengths[b])
-            for t in 0..<lengths[b] {
-                Kernels.addScaled(dz.floats + b * h, ldx: h, scale: inv, into: dxn + (b * length + t) * h, ldy: h, width: h, tokens: 1)
-            }
+    /// The gate's backward for block l: dW_l, dτ_l, and the gate input's gradient, added to dxn (the gradient
+    /// of the block's normalised input xn). Padding rows carry no gradient (their dGates are cleared first).
+    func gateBackward(layer l: Int, xn: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>) {
+        for b in 0..<batch where lengths[b] < length {
+            (dGates[l].floats + (b * length + lengths[b]) * n).update(repeating: 0, count: (length - lengths[b]) * n)
         }
+        temperatureGradientValues.floats[l] += MoLEOps.gateBackward(dGates[l].floats, z: xn, weight: gateWeights[l].floats,
+                                                        temperature: temperatureValues.floats[l], rows: batch * length, experts: n,
+                                                        width: config.hiddenSize, logits: logits[l].floats, gates: gates[l].floats,
+                                                        gradWeight: gateGradients[l].floats, dz: dxn, scratch: gateScratch.floats)
     }
 
-    /// λ · (−Σᵢ log qᵢ) over every block's gates of the last forward; with `addingGradient`, the gate
-    /// gradients start from this loss's (dGates are reset first).
+    /// λ · (−Σᵢ log qᵢ) over every block's gates of the last forward (real tokens only); with `addingGradient`,
+    /// the gate gradients start from this loss's (dGates are reset first).
     func balanceLoss(addingGradient: Bool = false) -> Double {
-        let rows = Double(config.numLayers * batch)
+        let real = realRows
+        let rows = Double(config.numLayers * real.count)
         var q = [Double](repeating: 0, count: n)
-        for g in gates { for r in 0..<batch { for i in 0..<n { q[i] += Double(g.floats[r * n + i]) } } }
+        for g in gates { for r in real { for i in 0..<n { q[i] += Double(g.floats[r * n + i]) } } }
         for i in 0..<n { q[i] /= rows }
         if addingGradient {
             for dg in dGates {
-                for r in 0..<batch { for i in 0..<n { dg.floats[r * n + i] = Float(-Double(balanceWeight) / (rows * q[i])) } }
+                dg.floats.update(repeating: 0, count: batch * length * n)
+                for r in real { for i in 0..<n { dg.floats[r * n + i] = Float(-Double(balanceWeight) / (rows * q[i])) } }
             }
         }
         return Double(balanceWeight) * q.reduce(0) { $0 - Foundation.log($1) }

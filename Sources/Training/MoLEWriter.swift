@@ -13,8 +13,9 @@ public enum MoLEWriter {
         }
     }
 
-    /// The gate's input, as the engine must compute it (docs/design/training.md, "MoLE gates").
-    public static let gateInput = "mean over the sequence's positions of the block's RMS-normalised input"
+    /// The gate's input, as the engine must compute it: `token`, each token's own RMS-normalised block input
+    /// (docs/design/mole-serving.md). The engine refuses a composition that names another.
+    public static let gateInput = "token"
 
     public static func write(_ mole: MoLEMixture, experts: [Expert], to directory: String, baseModel: String) throws {
         precondition(experts.count == mole.experts.count)

@@ -180,7 +180,7 @@ public enum ReferenceTraining {
         }
     }
 
-    /// A block's MoLE gates for one forward: the experts and (B × N) gate values, rows of `length`.
+    /// A block's MoLE gates for one forward: the experts and gate rows (N values each), one per run of `length` rows.
     struct Mixture {
         var mole: MoLE
         var gates: [Double]
@@ -215,8 +215,8 @@ public enum ReferenceTraining {
         blockWithGates(x, layer: l, model: model, adapter: adapter, batch: batch, length: length).out
     }
 
-    /// The block, with MoLE gates when given (gate input: the mean of rmsNorm₁(x) over each sequence's
-    /// `lengths` real rows); returns the gates too.
+    /// The block, with MoLE gates when given (per token, from the token's rmsNorm₁(x)); returns the gates of
+    /// each sequence's `lengths` real rows too.
     static func blockWithGates(_ x: [Double], layer l: Int, model: Model, adapter: Adapter, batch: Int, length: Int,
                                mole: MoLE? = nil, lengths: [Int]? = nil) -> (out: [Double], gates: [Double]) {
         let c = model.config, w = model.layers[l], n = batch * length
@@ -227,15 +227,14 @@ public enum ReferenceTraining {
 
         let xn1 = rmsNorm(x, weight: w.attnNorm, eps: eps, rows: n, width: h)
         var mixture: Mixture?
+        var realGates: [Double] = []
         if let mole {
             let lengths = lengths ?? Array(repeating: length, count: batch)
-            var z = [Double](repeating: 0, count: batch * h)
-            for b in 0..<batch {
-                for t in 0..<lengths[b] { for i in 0..<h { z[b * h + i] += xn1[(b * length + t) * h + i] / Double(lengths[b]) } }
-            }
-            let gates = moleGates(z: z, weight: mole.weights[l], temperature: mole.temperatures[l], rows: batch,
-                                  experts: mole.experts.count, width: h)
-            mixture = Mixture(mole: mole, gates: gates, length: length)
+            let experts = mole.experts.count
+            let gates = moleGates(z: xn1, weight: mole.weights[l], temperature: mole.temperatures[l], rows: n,
+                                  experts: experts, width: h)
+            mixture = Mixture(mole: mole, gates: gates, length: 1)
+            for b in 0..<batch { for t in 0..<lengths[b] { realGates += gates[((b * length + t) * experts)..<((b * length + t + 1) * experts)] } }
         }
         func project(_ x: [Double], _ w: [Double], _ t: LoRATarget) -> [Double] {
             Self.project(x, w, t, layer: l, adapter: adapter, config: c, tokens: n, mixture: mixture)
@@ -266,7 +265,7 @@ public enum ReferenceTraining {
         }
         let act = swiglu(gu, tokens: n, width: f)
         let d = project(act, w.down, .down)
-        return (zip(hid, d).map { $0 + $1 }, mixture?.gates ?? [])
+        return (zip(hid, d).map { $0 + $1 }, realGates)
     }
 
     /// The mean cross-entropy of the batch's labelled positions.

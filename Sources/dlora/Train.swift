@@ -187,8 +187,8 @@ struct TrainMoLE: ParsableCommand {
         abstract: "Train MoLE gates over frozen LoRA experts and write mole_config.json + gates.safetensors.",
         discussion: """
         The experts (PEFT or GGUF LoRA adapters: names under --adapter-root, or paths) and the base stay frozen; \
-        per block a gate softmax(W·z / τ) over the experts, z the mean of the block's normalised input over the \
-        sequence, weights every expert's low-rank path (MoLE's b-MoLE). W and τ train with AdamW on the task \
+        per block a gate softmax(W·z / τ) over the experts, z each token's normalised block input, weights every \
+        expert's low-rank path (MoLE's b-MoLE, with a per-token gate that serving computes causally). W and τ train with AdamW on the task \
         loss plus the balance loss α·(−log Π q_i), q the gate distribution averaged over blocks, with its \
         gradient. Data as for `train lora`. Prints the loss and the mean gate weights per expert on stderr.
         """
@@ -279,7 +279,7 @@ struct TrainMoLE: ParsableCommand {
                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
     }
 
-    /// Each expert's gate weight averaged over the blocks and sequences of the last batch.
+    /// Each expert's gate weight averaged over the blocks and real tokens of the last batch.
     static func meanGates(_ mole: MoLEMixture) -> String {
         let n = mole.experts.count
         var sums = [Float](repeating: 0, count: n)

@@ -103,15 +103,15 @@ extension TrainingSuites {
     }
 
     /// MoLE through the whole model: three frozen experts (different targets) mixed by per-block gates with a
-    /// temperature, a padded batch (the gate input averages each sequence's real rows only) and the balance
-    /// loss: loss against the f64 reference, and dL/dW, dL/dτ of every block's gate against central differences.
+    /// temperature (per token, from each token's normalised block input), a padded batch (padding rows carry no
+    /// gradient and stay out of the balance loss) and the balance loss: loss against the f64 reference, and dL/dW, dL/dτ of every block's gate against central differences.
     @Test(arguments: [("tiny-llama", "hf"), ("tiny-llama", "F32")]) func moleGates(model: String, variant: String) throws {
         let base = try Self.base(model, variant)
         let c = base.config
         let experts = [[LoRATarget.q, .v], [.o, .down], [.q, .k, .gate, .up]].enumerated().map { i, targets in
             LoRAParameters(config: c, rank: 2 + i, alpha: 4, targets: targets, seed: 40 + UInt64(i), bScale: 0.4)
         }
-        let mole = MoLEMixture(config: c, experts: experts, balanceWeight: 0.5, temperature: 0.7, gateScale: 3, seed: 44)
+        let mole = MoLEMixture(config: c, experts: experts, balanceWeight: 0.5, temperature: 0.7, gateScale: 1.5, seed: 44)
         let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
         let m = LoRATrainingModel(base: base, lora: none, mole: mole)
         var rng = SplitMix64(seed: 45)
