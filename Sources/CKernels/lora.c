@@ -34,6 +34,18 @@ static void one_segment(const lora_ctx *c, const dl_lora_seg *s) {
     float *tmp = lora_scratch(s->count * (s->prank + c->out));
     float *prod = tmp + s->count * s->prank;
     dl_matmul_dq(s->wtype, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
+    if (s->gates) {
+        // MoLE: each rank column scaled by its expert's gate for the token (exact products, so the order
+        // of the sums below is unchanged).
+        for (int64_t t = 0; t < s->count; t++) {
+            float *u = tmp + t * s->prank;
+            const float *g = s->gates + t * s->ldg;
+            for (int64_t j = 0; j < s->prank; j++) {
+                int32_t e = s->gate_col[j];
+                u[j] = e >= 0 ? u[j] * g[e] : 0.0f;
+            }
+        }
+    }
     dl_matmul_dq(s->wtype, s->b, c->out, s->prank, tmp, s->prank, s->count, prod, c->out);
     dl_add_scaled(c->y + s->start * c->ldy, c->ldy, prod, c->out, s->scale, c->out, s->count);
 }

@@ -7,6 +7,8 @@ extension Kernels {
     ///     for each segment s, token t in s.tokens:
     ///         y[t] += s.scale · B_s · (A_s · x[t])        // A: paddedRank × in, B: out × paddedRank
     ///
+    /// (or, for a gated MoLE segment, with A_s · x[t] scaled per rank column by its expert's gate for t)
+    ///
     /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16, so both
     /// products run on the batch-invariant matmul kernel: a token's result never depends on its batch.
     /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
@@ -43,8 +45,22 @@ extension Kernels {
             precondition(tokens.lowerBound >= end, "LoRA: segment \(tokens) overlaps or precedes the previous one (ends at \(end))")
             guard !tokens.isEmpty else { return }
             segments.append(dl_lora_seg(a: a.data, b: b.data, wtype: Int32(a.dtype.rawValue), prank: Int64(a.rows),
-                                        start: Int64(tokens.lowerBound), count: Int64(tokens.count), scale: scale))
+                                        start: Int64(tokens.lowerBound), count: Int64(tokens.count), scale: scale,
+                                        gates: nil, ldg: 0, gate_col: nil))
             end = tokens.upperBound
+        }
+
+        /// A gated (MoLE) segment: as `append`, and rank column j of A/B belongs to expert `columns[j]` (-1:
+        /// padding; paddedRank entries), weighted for the segment's i-th token by `gates[i · ldg + columns[j]]`.
+        /// `gates` and `columns` must stay valid until `apply` returns.
+        public func append(a: WeightMatrix, b: WeightMatrix, tokens: Range<Int>, scale: Float,
+                           gates: UnsafePointer<Float>, ldg: Int, columns: UnsafePointer<Int32>) {
+            let before = segments.count
+            append(a: a, b: b, tokens: tokens, scale: scale)
+            guard segments.count > before else { return }
+            segments[before].gates = gates
+            segments[before].ldg = Int64(ldg)
+            segments[before].gate_col = columns
         }
 
         /// Applies every segment: x rows (in floats, stride ldx) and y rows (out floats, stride ldy) must

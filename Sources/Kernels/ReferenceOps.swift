@@ -93,12 +93,17 @@ public enum ReferenceOps {
         public var rank: Int
         public var tokens: Range<Int>
         public var scale: Float
-        public init(a: [Float], b: [Float], rank: Int, tokens: Range<Int>, scale: Float) {
+        /// MoLE: per token of the run, a row of expert gates, and each rank column's expert (-1: none).
+        public var gates: [[Float]]?
+        public var columns: [Int32]?
+        public init(a: [Float], b: [Float], rank: Int, tokens: Range<Int>, scale: Float, gates: [[Float]]? = nil, columns: [Int32]? = nil) {
             self.a = a
             self.b = b
             self.rank = rank
             self.tokens = tokens
             self.scale = scale
+            self.gates = gates
+            self.columns = columns
         }
     }
 
@@ -110,7 +115,10 @@ public enum ReferenceOps {
             precondition(run.a.count == run.rank * inFeatures && run.b.count == outFeatures * run.rank)
             for t in run.tokens {
                 let shrunk = (0..<run.rank).map { j in
-                    (0..<inFeatures).reduce(0.0) { $0 + Double(run.a[j * inFeatures + $1]) * Double(x[t * inFeatures + $1]) }
+                    let u = (0..<inFeatures).reduce(0.0) { $0 + Double(run.a[j * inFeatures + $1]) * Double(x[t * inFeatures + $1]) }
+                    guard let gates = run.gates, let columns = run.columns else { return u }
+                    let e = Int(columns[j])
+                    return e >= 0 ? u * Double(gates[t - run.tokens.lowerBound][e]) : 0
                 }
                 for o in 0..<outFeatures {
                     let delta = (0..<run.rank).reduce(0.0) { $0 + Double(run.b[o * run.rank + $1]) * shrunk[$1] }

@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TestSupport
 @testable import Kernels
@@ -53,37 +54,63 @@ import TestSupport
 
     /// Applies `segments` (adapter index, tokens, scale) with `threads` kernel threads; y rows have a gap
     /// (ldy > out) that must stay untouched, x rows likewise (ldx > in).
+    /// MoLE gating of one segment: per token a row of expert gates, and each padded rank column's expert.
+    struct Gating {
+        var gates: [[Float]]
+        var columns: [Int32]
+    }
+
     static func run(_ adapters: [Adapter], _ segments: [(Int, Range<Int>, Float)], x: [Float], ldx: Int, y: [Float], ldy: Int,
-                    inFeatures: Int, outFeatures: Int, threads: Int) -> [Float] {
+                    inFeatures: Int, outFeatures: Int, threads: Int, gating: [Int: Gating] = [:]) -> [Float] {
         let before = Kernels.threadCount
         Kernels.setThreads(threads)
         defer { Kernels.setThreads(before) }
         let batch = Kernels.LoRABatch()
         batch.reset(inFeatures: inFeatures, outFeatures: outFeatures)
-        for (i, tokens, scale) in segments {
-            batch.append(a: adapters[i].aMatrix, b: adapters[i].bMatrix, tokens: tokens, scale: scale)
+        // Gate rows with a stride wider than the expert count (as the engine's workspace has).
+        let ldg = (gating.values.map { $0.gates.first?.count ?? 0 }.max() ?? 0) + 3
+        let gateBuffers = gating.mapValues { g in
+            (g.gates.flatMap { $0 + [Float](repeating: .nan, count: ldg - $0.count) }, g.columns)
         }
         var out = y
-        batch.apply(x, ldx: ldx, into: &out, ldy: ldy)
+        func applyAll() { batch.apply(x, ldx: ldx, into: &out, ldy: ldy) }
+        func append(_ k: Int) {
+            guard k < segments.count else { return applyAll() }
+            let (i, tokens, scale) = segments[k]
+            guard let (g, c) = gateBuffers[k] else {
+                batch.append(a: adapters[i].aMatrix, b: adapters[i].bMatrix, tokens: tokens, scale: scale)
+                return append(k + 1)
+            }
+            g.withUnsafeBufferPointer { gp in
+                c.withUnsafeBufferPointer { cp in
+                    batch.append(a: adapters[i].aMatrix, b: adapters[i].bMatrix, tokens: tokens, scale: scale,
+                                 gates: gp.baseAddress!, ldg: ldg, columns: cp.baseAddress!)
+                    append(k + 1)
+                }
+            }
+        }
+        append(0)
         return out
     }
 
     static func check(_ adapters: [Adapter], _ segments: [(Int, Range<Int>, Float)], tokens: Int, inFeatures: Int, outFeatures: Int,
-                      rng: inout Rng) {
+                      rng: inout Rng, gating: [Int: Gating] = [:]) {
         let ldx = inFeatures + 16, ldy = outFeatures + 5
         let x = rng.floats(tokens * ldx), y = rng.floats(tokens * ldy)
         // Few segments on many threads: serial over segments, threaded matmuls. Many segments on 2 threads
         // (≥ 2 × 2): one segment per task.
         let serial = run(adapters, segments, x: x, ldx: ldx, y: y, ldy: ldy, inFeatures: inFeatures, outFeatures: outFeatures,
-                         threads: 2 * segments.count + 1)
+                         threads: 2 * segments.count + 1, gating: gating)
         let perSegment = run(adapters, segments, x: x, ldx: ldx, y: y, ldy: ldy, inFeatures: inFeatures, outFeatures: outFeatures,
-                             threads: max(1, segments.count / 2))
+                             threads: max(1, segments.count / 2), gating: gating)
         #expect(serial.map(\.bitPattern) == perSegment.map(\.bitPattern), "the two schedules differ")
 
         let packedX = (0..<tokens).flatMap { x[($0 * ldx)..<($0 * ldx + inFeatures)] }
         let packedY = (0..<tokens).flatMap { y[($0 * ldy)..<($0 * ldy + outFeatures)] }
-        let runs = segments.map { i, tokens, scale in
-            ReferenceOps.LoRARun(a: adapters[i].a, b: adapters[i].b, rank: adapters[i].rank, tokens: tokens, scale: scale)
+        let runs = segments.enumerated().map { k, segment in
+            let (i, tokens, scale) = segment
+            return ReferenceOps.LoRARun(a: adapters[i].a, b: adapters[i].b, rank: adapters[i].rank, tokens: tokens, scale: scale,
+                                        gates: gating[k]?.gates, columns: gating[k]?.columns)
         }
         let ref = ReferenceOps.loraApply(x: packedX, inFeatures: inFeatures, outFeatures: outFeatures, runs: runs, y: packedY)
         var worst = 0.0
@@ -135,6 +162,29 @@ import TestSupport
         let adapters = [8, 16].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
         let segments: [(Int, Range<Int>, Float)] = [(0, 0..<37, 1), (1, 40..<75, 0.5)]
         Self.check(adapters, segments, tokens: 75, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng)
+    }
+
+    /// MoLE: a gated segment (three experts stacked in one rank-24 adapter, each rank column weighted per token
+    /// by its expert's gate; padding columns by nothing) between plain ones, against the reference; the gates
+    /// are not all equal, so a kernel that ignored them, or read another token's row, would miss by far more
+    /// than the tolerance (checked: zeroing one expert's gates fails it).
+    @Test(arguments: [DType.f32, .bf16]) func gatedSegments(dtype: DType) {
+        var rng = Rng(seed: 970 + UInt64(dtype.rawValue))
+        let inFeatures = 64, outFeatures = 40
+        let adapters = [24, 8].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
+        let columns: [Int32] = Array(repeating: 0, count: 8) + Array(repeating: 1, count: 10) + Array(repeating: 2, count: 6)
+            + Array(repeating: -1, count: 8)
+        let segments: [(Int, Range<Int>, Float)] = [(1, 0..<2, 1), (0, 2..<7, 0.5), (1, 7..<8, 2), (0, 8..<9, 1), (0, 10..<12, 1)]
+        func gates(_ n: Int) -> [[Float]] {
+            (0..<n).map { _ in
+                let e = rng.floats(3).map { Float(Foundation.exp(Double($0))) }
+                let sum = e.reduce(0, +)
+                return e.map { $0 / sum }
+            }
+        }
+        let gating = [1: Gating(gates: gates(5), columns: columns), 3: Gating(gates: gates(1), columns: columns),
+                      4: Gating(gates: gates(2), columns: columns)]
+        Self.check(adapters, segments, tokens: 12, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng, gating: gating)
     }
 
     /// An empty batch is a no-op.

@@ -110,6 +110,8 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
 // ---------------------------------------------------------------- LoRA over adapter segments (lora.c)
 // One segment: batch tokens [start, start + count) use A (prank x in, rank zero-padded to prank, a
 // multiple of 16) and B (out x prank), both of type `wtype` (F32, F16 or BF16), with scaling `scale`.
+// Gated (MoLE) segments also give per-token gates: column j of the rank belongs to expert gate_col[j]
+// (-1: padding), and token i of the segment (batch token start + i) weighs it by gates[i * ldg + gate_col[j]].
 typedef struct {
     const void *a;
     const void *b;
@@ -118,8 +120,12 @@ typedef struct {
     int64_t start;
     int64_t count;
     float scale;
+    const float *gates;       // NULL: not gated
+    int64_t ldg;
+    const int32_t *gate_col;  // prank entries when gated
 } dl_lora_seg;
-// y[t*ldy + o] += scale * sum_j B[o, j] * sum_k A[j, k] * x[t*ldx + k] for every token t of every segment.
+// y[t*ldy + o] += scale * sum_j B[o, j] * g(t, j) * sum_k A[j, k] * x[t*ldx + k] for every token t of every
+// segment, g = 1 for an ungated segment.
 // Segments must not overlap. Multithreaded (over segments when there are many, else inside the matmuls);
 // results are independent of that choice.
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
