@@ -66,6 +66,10 @@ public enum AdapterLoader {
                let manifest = try files.open(LoRAComposition.manifestFile, maxBytes: maxConfigBytes) {
                 return try loadComposition(manifest, files: files, base: base, id: id, root: root, maxFileBytes: maxFileBytes)
             }
+            if isDirectory.boolValue && !files.exists("adapter_config.json"),
+               let config = try files.open(MoLEComposition.configFile, maxBytes: maxConfigBytes) {
+                return try loadMoLE(config, files: files, base: base, id: id, root: root, maxFileBytes: maxFileBytes)
+            }
             if isDirectory.boolValue { return try loadPEFT(files, base: base, id: id, maxFileBytes: maxFileBytes) }
             if path.hasSuffix(".gguf") { return try loadGGUF(files, base: base, id: id, maxFileBytes: maxFileBytes) }
             throw AdapterError(adapter: name, problem: "unknown adapter format (expected a PEFT directory or a .gguf LoRA file)")
@@ -81,21 +85,45 @@ public enum AdapterLoader {
     static func loadComposition(_ manifestFile: MappedFile, files: AdapterFiles, base: ModelConfig, id: AdapterID, root: String?,
                                 maxFileBytes: Int) throws -> LoRAWeights {
         let manifest = try LoRAComposition.parse(UnsafeRawBufferPointer(start: manifestFile.base, count: manifestFile.count), adapter: files.name)
+        let loaded = try siblings(manifest.parts.map(\.name), of: files, manifest: LoRAComposition.manifestFile, base: base, root: root,
+                                  maxFileBytes: maxFileBytes)
+        return try LoRAComposition.cat(Array(zip(loaded, manifest.parts.map(\.weight))), name: files.name, id: id)
+    }
+
+    /// The plain adapters `names`, siblings of the composition `files` under the same root and confinement;
+    /// a composition (static or MoLE) among them is refused.
+    static func siblings(_ names: [String], of files: AdapterFiles, manifest: String, base: ModelConfig, root: String?,
+                         maxFileBytes: Int) throws -> [LoRAWeights] {
         let parent = (files.path as NSString).deletingLastPathComponent
-        var parts: [(weights: LoRAWeights, weight: Float)] = []
-        for part in manifest.parts {
-            let path = parent + "/" + part.name
-            let sibling = AdapterFiles(path: path, name: part.name, rootRealPath: files.rootRealPath)
-            if !sibling.exists("adapter_config.json") && sibling.exists(LoRAComposition.manifestFile) {
-                throw AdapterError(adapter: files.name, problem: "\(LoRAComposition.manifestFile): '\(part.name)' is itself a composition (not supported)")
+        return try names.map { name in
+            let path = parent + "/" + name
+            let sibling = AdapterFiles(path: path, name: name, rootRealPath: files.rootRealPath)
+            if !sibling.exists("adapter_config.json")
+                && (sibling.exists(LoRAComposition.manifestFile) || sibling.exists(MoLEComposition.configFile)) {
+                throw AdapterError(adapter: files.name, problem: "\(manifest): '\(name)' is itself a composition (not supported)")
             }
             do {
-                parts.append((try load(path: path, name: part.name, base: base, confinedTo: root, maxFileBytes: maxFileBytes), part.weight))
+                return try load(path: path, name: name, base: base, confinedTo: root, maxFileBytes: maxFileBytes)
             } catch let e as AdapterError {
-                throw AdapterError(adapter: files.name, problem: "\(LoRAComposition.manifestFile): adapter '\(part.name)': \(e.problem)")
+                throw AdapterError(adapter: files.name, problem: "\(manifest): adapter '\(name)': \(e.problem)")
             }
         }
-        return try LoRAComposition.cat(parts, name: files.name, id: id)
+    }
+
+    /// A MoLE directory (`mole_config.json` + `gates.safetensors`): its experts are siblings, stacked and gated.
+    static func loadMoLE(_ configFile: MappedFile, files: AdapterFiles, base: ModelConfig, id: AdapterID, root: String?,
+                         maxFileBytes: Int) throws -> LoRAWeights {
+        let config = try MoLEComposition.parse(UnsafeRawBufferPointer(start: configFile.base, count: configFile.count),
+                                               adapter: files.name, base: base)
+        guard let gatesFile = try files.open(MoLEComposition.gatesFile, maxBytes: maxFileBytes) else {
+            throw AdapterError(adapter: files.name, problem: "missing \(MoLEComposition.gatesFile)")
+        }
+        let gates = try MoLEComposition.gates(try SafetensorsFile(file: gatesFile), experts: config.experts.count, config: base,
+                                              adapter: files.name)
+        let experts = try siblings(config.experts, of: files, manifest: MoLEComposition.configFile, base: base, root: root,
+                                   maxFileBytes: maxFileBytes)
+        return try MoLEComposition.compose(experts, names: config.experts, weights: gates.weights, temperatures: gates.temperatures,
+                                           config: base, name: files.name, id: id)
     }
 
     // MARK: PEFT

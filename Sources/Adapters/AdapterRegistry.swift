@@ -163,7 +163,8 @@ public final class AdapterRegistry: @unchecked Sendable {
             let name: String
             if isDirectory.boolValue {
                 guard FileManager.default.fileExists(atPath: p + "/adapter_config.json")
-                    || FileManager.default.fileExists(atPath: p + "/" + LoRAComposition.manifestFile) else { return nil }
+                    || FileManager.default.fileExists(atPath: p + "/" + LoRAComposition.manifestFile)
+                    || FileManager.default.fileExists(atPath: p + "/" + MoLEComposition.configFile) else { return nil }
                 name = entry
             } else {
                 guard entry.hasSuffix(".gguf") else { return nil }

@@ -91,17 +91,27 @@ public enum LoRAComposition {
 
     /// PEFT's `cat`: ΔW = Σᵢ wᵢ·sᵢ·Bᵢ·Aᵢ per module, as one adapter of scaling 1 (f32).
     public static func cat(_ parts: [(weights: LoRAWeights, weight: Float)], name: String, id: AdapterID) throws -> LoRAWeights {
+        LoRAWeights(name: name, scale: 1, modules: try stack(parts, name: name).modules, id: id)
+    }
+
+    /// The stacked modules of `cat`, and per module the part each padded rank column comes from (-1: padding).
+    static func stack(_ parts: [(weights: LoRAWeights, weight: Float)], name: String) throws
+        -> (modules: [[LoRAModule?]], columns: [[[Int32]?]]) {
         guard let first = parts.first else { throw AdapterError(adapter: name, problem: "a composition needs at least one adapter") }
         let layers = first.weights.modules.count
         guard parts.allSatisfy({ $0.weights.modules.count == layers }) else {
             throw AdapterError(adapter: name, problem: "the composed adapters are for different models")
         }
         var modules: [[LoRAModule?]] = []
+        var columns: [[[Int32]?]] = []
         for l in 0..<layers {
             var row: [LoRAModule?] = []
+            var columnRow: [[Int32]?] = []
             for t in LoRATarget.allCases {
-                let present = parts.compactMap { p in p.weights.module(layer: l, target: t).map { (m: $0, w: p.weight * p.weights.scale) } }
-                guard let m0 = present.first?.m else { row.append(nil); continue }
+                let present = parts.enumerated().compactMap { i, p in
+                    p.weights.module(layer: l, target: t).map { (m: $0, w: p.weight * p.weights.scale, part: Int32(i)) }
+                }
+                guard let m0 = present.first?.m else { row.append(nil); columnRow.append(nil); continue }
                 let rank = present.reduce(0) { $0 + $1.m.rank }
                 guard rank <= AdapterLoader.maxRank else {
                     throw AdapterError(adapter: name, problem: "the composed rank \(rank) of \(t) exceeds \(AdapterLoader.maxRank)")
@@ -112,7 +122,8 @@ public enum LoRAComposition {
                 }
                 let a = Buffer(floats: rank * inF), b = Buffer(floats: outF * rank)
                 var offset = 0
-                for (m, w) in present {
+                var owner: [Int32] = []
+                for (m, w, part) in present {
                     // Widen this part's (padded) A and B to f32, then copy its r real rows of A (× w·s) and
                     // columns of B into place.
                     let pa = Buffer(floats: m.paddedRank * inF), pb = Buffer(floats: outF * m.paddedRank)
@@ -121,11 +132,15 @@ public enum LoRAComposition {
                     for k in 0..<(m.rank * inF) { a.floats[offset * inF + k] = w * pa.floats[k] }
                     for o in 0..<outF { (b.floats + o * rank + offset).update(from: pb.floats + o * m.paddedRank, count: m.rank) }
                     offset += m.rank
+                    owner += repeatElement(part, count: m.rank)
                 }
-                row.append(LoRAModule(rank: rank, inFeatures: inF, outFeatures: outF, a: a.floats, b: b.floats, dtype: .f32))
+                let module = LoRAModule(rank: rank, inFeatures: inF, outFeatures: outF, a: a.floats, b: b.floats, dtype: .f32)
+                row.append(module)
+                columnRow.append(owner + repeatElement(-1, count: module.paddedRank - rank))
             }
             modules.append(row)
+            columns.append(columnRow)
         }
-        return LoRAWeights(name: name, scale: 1, modules: modules, id: id)
+        return (modules, columns)
     }
 }

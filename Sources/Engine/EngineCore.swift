@@ -198,7 +198,7 @@ public final class EngineCore {
         keyOf[k] = key
         adapterWeights[key] = (w, scale, k)
         scheduler.addAdapter(AdapterProfile(key: key, bytes: w.byteCount, loraParameters: Self.loraParameters(w),
-                                            mergeElements: Self.mergeElements(w)))
+                                            mergeElements: Self.mergeElements(w), mergeable: w.mergeable))
         return key
     }
 

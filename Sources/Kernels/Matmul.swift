@@ -22,6 +22,16 @@ public enum Kernels {
         }
     }
 
+    /// Y[t, r] = Σ_k W[r, k] · X[t, k] always on the dequantize-on-the-fly kernel, whatever the dtype and the
+    /// token count: a row's result never depends on how many rows run with it (W.cols a multiple of 16).
+    public static func matmulBatchInvariant(_ w: WeightMatrix, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
+                                            _ y: UnsafeMutablePointer<Float>, ldy: Int) {
+        guard ntok > 0, w.rows > 0 else { return }
+        precondition(ldx >= w.cols && ldy >= w.rows && w.cols % 16 == 0,
+                     "matmul: strides \(ldx)/\(ldy), the \(w.rows)×\(w.cols) matrix (columns a multiple of 16)")
+        dl_matmul_dq(Int32(w.dtype.rawValue), w.data, Int64(w.rows), Int64(w.cols), x, Int64(ldx), Int64(ntok), y, Int64(ldy))
+    }
+
     /// W[r, c] += scale · Σ_j B[r, j] · A[j, c] on OpenBLAS: W (rows × cols), B (rows × rank) and A (rank × cols)
     /// dense row-major f32. Folding a LoRA adapter into its base matrices is one such rank-k update each.
     public static func addLowRankProduct(_ w: UnsafeMutablePointer<Float>, rows: Int, cols: Int, b: UnsafePointer<Float>,

@@ -21,6 +21,26 @@ public final class ForwardWorkspace: @unchecked Sendable {
     /// LoRA: runs of tokens sharing an adapter slot and scale, and the shrink/expand intermediates.
     var segments: [LoRASegment] = []
     let loraBatch = Kernels.LoRABatch()
+    /// MoLE: whether any segment of this pass is gated; one block's gates, a row of `MoLEGating.maxExperts`
+    /// per token.
+    var gated = false
+    private(set) var gates = Buffer(floats: 0)
+    /// Per adapter slot, over the last forward pass: the sum over gated tokens and blocks of the gate's entropy
+    /// (nats), and the number of (token, block) gates summed.
+    public private(set) var gateEntropy: [Double] = []
+    public private(set) var gateCount: [Int] = []
+
+    func resetGateStatistics(slots: Int) {
+        gateEntropy.removeAll(keepingCapacity: true)
+        gateCount.removeAll(keepingCapacity: true)
+        gateEntropy.append(contentsOf: repeatElement(0, count: slots))
+        gateCount.append(contentsOf: repeatElement(0, count: slots))
+    }
+
+    func addGateStatistics(slot: Int, entropy: Double, tokens: Int) {
+        gateEntropy[slot] += entropy
+        gateCount[slot] += tokens
+    }
 
     public init(config: ModelConfig, capacity: Int = 64) {
         self.config = config
@@ -43,6 +63,7 @@ public final class ForwardWorkspace: @unchecked Sendable {
         positions = Buffer(byteCount: tokens * 4)
         slots = Buffer(byteCount: tokens * 8)
         tableOffsets = Buffer(byteCount: tokens * 8)
+        gates = Buffer(floats: tokens * MoLEGating.maxExperts)
         capacity = tokens
     }
 

@@ -1,3 +1,4 @@
+import Foundation
 import Kernels
 
 // The unmerged LoRA path (S-LoRA / Punica): the base matmuls run once for the whole batch, then every run
@@ -15,6 +16,8 @@ extension LlamaModel {
     /// Finds the runs of tokens that use an adapter and sizes the intermediates; nil when no token does.
     func prepareLoRA(_ batch: ForwardBatch, _ lora: LoRASlots, _ ws: ForwardWorkspace) -> LoRASlots? {
         ws.segments.removeAll(keepingCapacity: true)
+        ws.gated = false
+        ws.resetGateStatistics(slots: lora.capacity)
         let n = batch.count
         var i = 0
         while i < n {
@@ -25,6 +28,7 @@ extension LlamaModel {
                 precondition(slot < lora.capacity, "adapter slot out of range")
                 precondition(lora[slot] != nil, "adapter slot \(slot) is empty")
                 ws.segments.append(LoRASegment(start: i, count: j - i, slot: slot, scale: scale))
+                if lora[slot]!.gating != nil { ws.gated = true }
             }
             i = j
         }
@@ -40,8 +44,48 @@ extension LlamaModel {
         batch.reset(inFeatures: inFeatures, outFeatures: outFeatures)
         for seg in ws.segments {
             guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
-            batch.append(a: m.a, b: m.b, tokens: seg.start..<(seg.start + seg.count), scale: w.scale * seg.scale)
+            let tokens = seg.start..<(seg.start + seg.count)
+            if let g = w.gating, let columns = g.columns(layer: layer, target: target) {
+                batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale,
+                             gates: ws.gates.floats + seg.start * MoLEGating.maxExperts, ldg: MoLEGating.maxExperts, columns: columns)
+            } else {
+                batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale)
+            }
         }
         batch.apply(x, ldx: ldx, into: y, ldy: ldy)
+    }
+
+    /// MoLE: block `layer`'s gates for the tokens of every gated segment, from `xn` (the block's normalised
+    /// input), into the workspace's gate rows (stride `MoLEGating.maxExperts`):
+    ///
+    ///     g[t, i] = exp(ε_i/τ − max_j ε_j/τ) / Σ_k exp(ε_k/τ − max_j ε_j/τ),   ε = W·xn[t], over the experts in the mask
+    ///
+    /// as the training model computes them. ε runs on the batch-invariant kernel, so a token's gates do not
+    /// depend on its batch. Also adds each token's gate entropy (nats) to its slot's statistics.
+    func computeGates(layer: Int, _ xn: UnsafePointer<Float>, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
+        let h = config.hiddenSize, ld = MoLEGating.maxExperts
+        for seg in ws.segments {
+            guard let g = lora[seg.slot]?.gating else { continue }
+            let n = g.expertCount, tau = g.temperatures[layer], mask = g.mask
+            let rows = ws.gates.floats + seg.start * ld
+            Kernels.matmulBatchInvariant(g.weights[layer], xn + seg.start * h, ldx: h, ntok: seg.count, rows, ldy: ld)
+            var entropy = 0.0
+            for t in 0..<seg.count {
+                let e = rows + t * ld
+                var mx = -Float.infinity
+                for i in 0..<n where mask >> UInt64(i) & 1 == 1 { mx = max(mx, e[i] / tau) }
+                var sum: Float = 0
+                for i in 0..<n {
+                    let v: Float = mask >> UInt64(i) & 1 == 1 ? Foundation.exp(e[i] / tau - mx) : 0
+                    e[i] = v
+                    sum += v
+                }
+                for i in 0..<n {
+                    e[i] /= sum
+                    if e[i] > 0 { entropy -= Double(e[i]) * Foundation.log(Double(e[i])) }
+                }
+            }
+            ws.addGateStatistics(slot: seg.slot, entropy: entropy, tokens: seg.count)
+        }
     }
 }

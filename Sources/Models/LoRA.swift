@@ -135,8 +135,77 @@ public struct AdapterID: Hashable, Comparable, Sendable, CustomStringConvertible
     public var description: String { "adapter#\(rawValue)" }
 }
 
+/// MoLE's learned gates over the experts stacked in one `LoRAWeights` (docs/design/mole-serving.md): in block l,
+/// token t weighs expert i by g[t, i] = softmax_i(xn[t]·W_l[i] / τ_l), xn the block's normalised input, over
+/// the experts in `mask` (the others weigh 0 and the rest renormalise). The experts' modules are stacked as
+/// PEFT's `cat` stacks them (A rows sᵢ·Aᵢ, B columns Bᵢ); rank column j of module (l, target) belongs to
+/// expert `columns(l, target)[j]` (-1: padding), and the LoRA kernel scales it by that expert's gate.
+public final class MoLEGating: @unchecked Sendable {
+    /// Experts per composition at most (the mask is 64 bits; the gate rows' stride).
+    public static let maxExperts = 64
+    public let experts: [String]
+    /// Per layer W (N × H, f32) and τ.
+    public let weights: [WeightMatrix]
+    public let temperatures: [Float]
+    /// Bit i set: expert i is in use.
+    public let mask: UInt64
+    /// [layer][target.rawValue]: paddedRank Int32 entries, nil when no expert adapts the matrix.
+    private let columnBuffers: [[Buffer?]]
+
+    /// - Parameters: weights: per layer N × H values; columns: [layer][target.rawValue] the expert of each
+    ///   padded rank column (nil: the module is absent).
+    public init(experts: [String], weights: [[Float]], temperatures: [Float], hiddenSize h: Int, columns: [[[Int32]?]]) {
+        let n = experts.count
+        precondition((1...Self.maxExperts).contains(n) && weights.count == temperatures.count && weights.count == columns.count)
+        precondition(weights.allSatisfy { $0.count == n * h } && temperatures.allSatisfy { $0 > 0 && $0.isFinite })
+        self.experts = experts
+        self.weights = weights.map { w in
+            let b = Buffer(floats: n * h)
+            w.withUnsafeBufferPointer { b.floats.update(from: $0.baseAddress!, count: n * h) }
+            return WeightMatrix(dtype: .f32, rows: n, cols: h, storage: b)
+        }
+        self.temperatures = temperatures
+        mask = n == 64 ? .max : (UInt64(1) << UInt64(n)) - 1
+        columnBuffers = columns.map { row in
+            row.map { c in
+                c.map { c in
+                    precondition(c.allSatisfy { $0 >= -1 && $0 < Int32(n) })
+                    let b = Buffer(byteCount: c.count * 4)
+                    c.withUnsafeBufferPointer { b.base.copyMemory(from: $0.baseAddress!, byteCount: c.count * 4) }
+                    return b
+                }
+            }
+        }
+    }
+
+    private init(_ other: MoLEGating, mask: UInt64) {
+        experts = other.experts
+        weights = other.weights
+        temperatures = other.temperatures
+        columnBuffers = other.columnBuffers
+        self.mask = mask
+    }
+
+    /// The same gates over the experts in `mask` only (a non-empty subset of the experts; shares the weights).
+    public func masked(_ mask: UInt64) -> MoLEGating {
+        precondition(mask != 0 && mask & ~self.mask == 0)
+        return MoLEGating(self, mask: mask)
+    }
+
+    public var expertCount: Int { experts.count }
+
+    func columns(layer: Int, target: LoRATarget) -> UnsafePointer<Int32>? {
+        columnBuffers[layer][target.rawValue].map { UnsafePointer($0.base.assumingMemoryBound(to: Int32.self)) }
+    }
+
+    public var byteCount: Int {
+        weights.reduce(0) { $0 + $1.byteCount } + columnBuffers.joined().reduce(0) { $0 + ($1?.byteCount ?? 0) }
+    }
+}
+
 /// A LoRA adapter in compute-ready form: per layer and target, an optional module, and the adapter's
-/// scaling (alpha / r, or alpha / √r for rsLoRA).
+/// scaling (alpha / r, or alpha / √r for rsLoRA); with `gating`, a MoLE composition whose stacked experts
+/// are weighted per token by learned gates (never merged: the mix changes from token to token).
 public final class LoRAWeights: @unchecked Sendable {
     public let id: AdapterID
     public let name: String
@@ -145,15 +214,36 @@ public final class LoRAWeights: @unchecked Sendable {
     public let modules: [[LoRAModule?]]
     public let maxPaddedRank: Int
     public let byteCount: Int
+    public let gating: MoLEGating?
 
-    public init(name: String, scale: Float, modules: [[LoRAModule?]], id: AdapterID = .next()) {
+    public init(name: String, scale: Float, modules: [[LoRAModule?]], id: AdapterID = .next(), gating: MoLEGating? = nil) {
+        precondition(gating.map { $0.weights.count == modules.count } ?? true)
         self.id = id
         self.name = name
         self.scale = scale
         self.modules = modules
+        self.gating = gating
         let all = modules.joined().compactMap { $0 }
         maxPaddedRank = all.map(\.paddedRank).max() ?? 0
-        byteCount = all.reduce(0) { $0 + $1.byteCount }
+        byteCount = all.reduce(0) { $0 + $1.byteCount } + (gating?.byteCount ?? 0)
+    }
+
+    /// Whether a merge can fold it into the base weights (not a gated MoLE composition).
+    public var mergeable: Bool { gating == nil }
+
+    private let views = Mutex<[UInt64: LoRAWeights]>([:])
+
+    /// A MoLE composition restricted to the experts in `mask` (bit i: expert i; MoLE's hierarchical control —
+    /// the others' gates are 0 and the rest renormalise). The view shares these weights and is made once per
+    /// mask, under one identity of its own, so the engine batches requests with the same mask together.
+    public func restricted(toExperts mask: UInt64) -> LoRAWeights {
+        guard let gating, mask != gating.mask else { return self }
+        return views.withLock { cache in
+            if let v = cache[mask] { return v }
+            let v = LoRAWeights(name: name, scale: scale, modules: modules, gating: gating.masked(mask))
+            cache[mask] = v
+            return v
+        }
     }
 
     public func module(layer: Int, target: LoRATarget) -> LoRAModule? {

@@ -104,7 +104,8 @@ public struct DLoRAPolicy: BatchingPolicy {
     }
 
     public mutating func estimateSwitch(adapter: Int, seconds: Double) {
-        guard seconds.isFinite, seconds >= 0, switchCosts[adapter] == nil else { return }
+        // (+∞: the adapter cannot merge; merged then never wins the amortisation test.)
+        guard !seconds.isNaN, seconds >= 0, switchCosts[adapter] == nil else { return }
         switchCosts[adapter] = seconds
     }
 

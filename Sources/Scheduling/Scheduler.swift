@@ -98,7 +98,9 @@ public struct Scheduler: Sendable {
         adapters[profile.key] = AdapterState(profile: profile, blocks: config.adapterBlocks(bytes: profile.bytes))
         // Merging costs in proportion to the base matrices the adapter targets; its LoRA path in proportion
         // to its multiply-adds per token.
-        policy.estimateSwitch(adapter: profile.key, seconds: Double(profile.mergeElements) * mergeSecondsPerElement + lastUnmergeSeconds)
+        // (An adapter that cannot merge costs the policy an infinite switch, so dLoRA's never proposes it.)
+        policy.estimateSwitch(adapter: profile.key, seconds: profile.mergeable
+                              ? Double(profile.mergeElements) * mergeSecondsPerElement + lastUnmergeSeconds : .infinity)
         policy.estimateLoRACost(adapter: profile.key, relative: Double(profile.loraParameters) / config.policy.costs.referenceLoRAParameters)
     }
 
@@ -211,6 +213,12 @@ public struct Scheduler: Sendable {
         for s in proposedSlots where s >= 0 { proposedAt[s] = step }
         var mode = decision.mode
         var mergedTarget: Int? = if case .merged(let a) = mode { a } else { nil }
+        if let a = mergedTarget, adapters[a]?.profile.mergeable == false {
+            // A policy that merges whatever it batches (merged-only, PEFT-like) proposed an adapter that cannot
+            // merge: the same requests run unmerged.
+            mode = .unmerged
+            mergedTarget = nil
+        }
 
         var executed: [PolicyRun] = []
         var executedSlots: [Int] = []

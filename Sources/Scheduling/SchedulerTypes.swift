@@ -164,13 +164,17 @@ public struct AdapterProfile: Equatable, Sendable {
     public let loraParameters: Int
     /// Elements of the base matrices it targets: what a merge rewrites.
     public let mergeElements: Int
+    /// False for an adapter that cannot be folded into the base weights (a MoLE composition, whose mix of
+    /// experts changes per token): its requests always run unmerged.
+    public let mergeable: Bool
 
-    public init(key: Int, bytes: Int, loraParameters: Int, mergeElements: Int) {
+    public init(key: Int, bytes: Int, loraParameters: Int, mergeElements: Int, mergeable: Bool = true) {
         precondition(key != Request.base)
         self.key = key
         self.bytes = bytes
         self.loraParameters = loraParameters
         self.mergeElements = mergeElements
+        self.mergeable = mergeable
     }
 }
 
