@@ -31,8 +31,19 @@ public struct GenerationStats: Sendable, Equatable {
     public var unmergedSteps = 0
     /// Mode switches the batching policy made.
     public var modeSwitches = 0
+    /// MoLE compositions by name: the gates evaluated (one per token and block) and their summed entropy.
+    public var gates: [String: GateTally] = [:]
 
     public init() {}
+}
+
+/// Gates of a MoLE composition evaluated so far: how many (token, block) gates, and their entropy summed (nats).
+public struct GateTally: Sendable, Equatable {
+    public var count = 0
+    public var entropy = 0.0
+    public init() {}
+    /// The mean entropy of a gate (0 before any).
+    public var meanEntropy: Double { count > 0 ? entropy / Double(count) : 0 }
 }
 
 /// One replica's engine: `step()` is `Scheduler.schedule` → `ModelRunner` (actions, forward) → sample →
@@ -233,6 +244,12 @@ public final class EngineCore {
         guard !output.runs.isEmpty else { return [] }
         let seconds = runner.forward(output, tokens: { run in self.sequences[run.request]!.tokens[run.start..<(run.start + run.tokens)] },
                                      weights: weights(of:))
+        let (gateEntropy, gateCount) = runner.gateStatistics
+        for (slot, a) in output.loraSlots.enumerated() where slot < gateCount.count && gateCount[slot] > 0 {
+            guard let name = adapterWeights[a]?.weights.name else { continue }
+            timing.gates[name, default: GateTally()].count += gateCount[slot]
+            timing.gates[name, default: GateTally()].entropy += gateEntropy[slot]
+        }
         var sampled: [SampledToken] = []
         var events: [EngineEvent] = []
         var row = 0

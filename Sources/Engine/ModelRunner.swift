@@ -115,6 +115,10 @@ public final class ModelRunner {
         return Double(clock() &- start) / 1e9
     }
 
+    /// MoLE gates of the last forward pass, per adapter slot: their entropy summed (nats) and their count (one
+    /// per token and block).
+    public var gateStatistics: (entropy: [Double], count: [Int]) { (workspace.gateEntropy, workspace.gateCount) }
+
     /// The logits of the `row`-th sampling run of the last forward pass.
     public func logitsRow(_ row: Int) -> UnsafeBufferPointer<Float> {
         let vocab = model.config.vocabSize

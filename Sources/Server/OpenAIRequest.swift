@@ -22,6 +22,8 @@ struct GenerationRequest: Equatable {
     var stream = false
     var includeUsage = false
     var user: String?
+    /// dlora's extension for MoLE compositions: the experts to use (the others' gates are 0, the rest renormalise).
+    var moleExperts: [String]?
 
     var isChat: Bool {
         if case .messages = input { return true }
@@ -31,7 +33,7 @@ struct GenerationRequest: Equatable {
     /// Keys accepted in both endpoints, and the per-endpoint ones.
     private static let commonKeys: Set<String> = [
         "model", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n", "user", "stream", "stream_options",
-        "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos",
+        "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos", "mole_experts",
     ]
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
     private static let chatKeys: Set<String> = [
@@ -109,7 +111,21 @@ struct GenerationRequest: Equatable {
         try f.noOp("store") { $0 == .bool(false) }
         try f.noOp("metadata") { if case .object = $0 { return true } else { return false } }
 
-        return GenerationRequest(model: model, input: input, params: params, stream: stream, includeUsage: includeUsage, user: user)
+        var moleExperts: [String]?
+        if let value = f.fields["mole_experts"], value != .null {
+            guard case .array(let items) = value, (1...64).contains(items.count) else {
+                throw APIError.invalid("mole_experts", "mole_experts must be an array of 1 to 64 expert names")
+            }
+            moleExperts = try items.map { item in
+                guard case .string(let s) = item, !s.isEmpty, s.utf8.count <= 256 else {
+                    throw APIError.invalid("mole_experts", "mole_experts must hold expert names (strings of 1 to 256 bytes)")
+                }
+                return s
+            }
+        }
+
+        return GenerationRequest(model: model, input: input, params: params, stream: stream, includeUsage: includeUsage, user: user,
+                                 moleExperts: moleExperts)
     }
 
     private static func prompt(_ f: JSONFields) throws -> Input {

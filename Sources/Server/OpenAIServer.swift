@@ -242,13 +242,27 @@ public final class OpenAIServer: Sendable {
         let body = try await collect(&request)
         let arrival = DispatchTime.now().uptimeNanoseconds
         let parsed = try GenerationRequest.parse(body, chat: chat)
-        let adapter = try await resolveModel(parsed.model)
+        let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
         let model = parsed.model
         do {
             return try await run(parsed, adapter: adapter, request: request, arrival: arrival)
         } catch let e as APIError {
             metrics.request(model: model, status: String(e.status.code))
             throw e
+        }
+    }
+
+    /// A MoLE composition restricted to the experts a request names (`mole_experts`); a 400 when the model is
+    /// not a MoLE composition or an expert is not one of its own.
+    func restrict(_ adapter: LoRAWeights?, to experts: [String]?) throws -> LoRAWeights? {
+        guard let experts else { return adapter }
+        guard let adapter, let gating = adapter.gating else {
+            throw APIError.invalid("mole_experts", "mole_experts applies only to a MoLE composition; '\(adapter?.name ?? options.modelName)' is not one")
+        }
+        do {
+            return adapter.restricted(toExperts: try MoLEComposition.mask(experts, of: gating, adapter: adapter.name))
+        } catch let e as AdapterError {
+            throw APIError.invalid("mole_experts", e.problem)
         }
     }
 

@@ -169,7 +169,7 @@ extension OpenAIServer {
             throw APIError.invalid("id", "id must be 1 to 128 printable ASCII characters")
         }
         let parsed = try GenerationRequest.parse(ByteBuffer(string: g.body), chat: g.endpoint == "chat")
-        let adapter = try await resolveModel(parsed.model)
+        let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
         var (prompt, params) = try await prepare(parsed)
         let seed = g.seed ?? params.seed ?? UInt64.random(in: .min ... .max)
         params.seed = seed

@@ -133,6 +133,13 @@ public final class ServerMetrics: Sendable {
             advance(preemptions, now.preemptions, prev.preemptions)
             advance(adapterLoads, now.adapterLoads, prev.adapterLoads)
             advance(adapterEvictions, now.adapterEvictions, prev.adapterEvictions)
+            // MoLE compositions: gates evaluated, and the mean entropy of a gate (nats; ln N when every expert
+            // weighs the same, 0 when one takes all).
+            for (name, tally) in now.gates {
+                advance(CoreMetrics.Counter(label: "dlora_mole_gates_total", dimensions: [("model", name)], factory: factory),
+                        tally.count, prev.gates[name]?.count ?? 0)
+                CoreMetrics.Gauge(label: "dlora_mole_gate_entropy_mean", dimensions: [("model", name)], factory: factory).record(tally.meanEntropy)
+            }
             prev = now
         }
         var text = registry.emitToString()

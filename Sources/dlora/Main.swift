@@ -11,7 +11,7 @@ struct Dlora: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "dlora",
         abstract: "Serve one base LLM with many LoRA adapters.",
-        subcommands: [Serve.self, RouterCommand.self, ClusterCommand.self, Generate.self, Bench.self, Simulate.self, Train.self]
+        subcommands: [Serve.self, RouterCommand.self, ClusterCommand.self, Generate.self, Bench.self, Simulate.self, Train.self, Eval.self]
     )
 
     /// Parses and runs; any failure is one line on stderr and a non-zero exit status.
@@ -111,6 +111,7 @@ struct Generate: ParsableCommand {
             }
             let weights = try AdapterLoader.load(path: path, base: config)
             if loraMode == "merged" {
+                guard weights.mergeable else { throw CLIError("adapter '\(weights.name)' is a MoLE composition: its experts' mix changes per token, so it runs unmerged only") }
                 loaded.model.merge(weights, scale: adapterScale)
             } else {
                 lora = weights

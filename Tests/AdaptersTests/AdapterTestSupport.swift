@@ -58,7 +58,7 @@ struct TestAdapter {
     /// x rounded to bf16, as f32.
     static func roundedBF16(_ x: Float) -> Float { Float(bitPattern: UInt32(bf16(x)) << 16) }
 
-    func safetensors(_ tensors: [(String, [Int], [Float])], header override: String? = nil, dtype: String = "F32") -> [UInt8] {
+    static func safetensors(_ tensors: [(String, [Int], [Float])], header override: String? = nil, dtype: String = "F32") -> [UInt8] {
         var entries: [String] = []
         var data: [UInt8] = []
         for (name, shape, values) in tensors {
@@ -98,7 +98,7 @@ struct TestAdapter {
                    adapterConfig: String? = nil, header: String? = nil, dtype: String = "F32") throws {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try Data((adapterConfig ?? peftConfig).utf8).write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
-        try Data(safetensors(tensors ?? peftTensors(config), header: header, dtype: dtype))
+        try Data(Self.safetensors(tensors ?? peftTensors(config), header: header, dtype: dtype))
             .write(to: URL(fileURLWithPath: dir + "/adapter_model.safetensors"))
     }
 

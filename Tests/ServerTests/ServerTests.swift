@@ -110,14 +110,49 @@ import TestSupport
             #expect(r.0 == 200)
             let data = try #require((try jsonObject(r.1))["data"] as? [[String: Any]])
             let ids = data.compactMap { $0["id"] as? String }
-            // mix-cat is a static composition (composition.json): listed and served like an adapter.
-            #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "mix-cat"])
+            // mix-cat is a static composition (composition.json), mole-abc a MoLE one (mole_config.json): listed and
+            // served like adapters.
+            #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "mix-cat", "mole-abc"])
             #expect(data[0]["parent"] is NSNull)
             #expect(data.dropFirst().allSatisfy { $0["parent"] as? String == "tiny-llama" && $0["object"] as? String == "model" })
             let h = try await client.send("/health", .get)
             #expect(h.0 == 200)
             let mix = try await client.post("/v1/completions", #"{"model": "mix-cat", "prompt": "hello", "max_tokens": 3, "temperature": 0}"#)
             #expect(mix.0 == 200, "\(mix.1)")
+        }
+    }
+
+    /// A MoLE composition by name, whole and restricted with `mole_experts` (its greedy output then changes);
+    /// `mole_experts` on anything else, or naming an expert it does not have, is a 400 that names the
+    /// parameter; /metrics reports its gates' mean entropy, within (0, ln 3] for three experts.
+    @Test func moleComposition() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            func complete(_ extra: String, model: String = "mole-abc") async throws -> (Int, String, HTTPFields) {
+                try await client.post("/v1/completions", #"{"model": "\#(model)", "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0\#(extra)}"#)
+            }
+            let whole = try await complete("")
+            #expect(whole.0 == 200, "\(whole.1)")
+            let ac = try await complete(#", "mole_experts": ["a-qv-r4", "c-kod-r2"]"#)
+            #expect(ac.0 == 200, "\(ac.1)")
+            let b = try await complete(#", "mole_experts": ["b-all-r8-rslora"]"#)
+            #expect(b.0 == 200, "\(b.1)")
+            func text(_ r: (Int, String, HTTPFields)) throws -> String {
+                ((try jsonObject(r.1))["choices"] as? [[String: Any]])?.first?["text"] as? String ?? ""
+            }
+            #expect(try text(whole) != text(b) || text(whole) != text(ac), "masking the experts changes nothing")
+            try expectError(try await complete(#", "mole_experts": ["a-qv-r4"]"#, model: "a-qv-r4"), status: 400, param: "mole_experts")
+            try expectError(try await complete(#", "mole_experts": ["a-qv-r4"]"#, model: "tiny-llama"), status: 400, param: "mole_experts")
+            try expectError(try await complete(#", "mole_experts": ["nope"]"#), status: 400, param: "mole_experts")
+            try expectError(try await complete(#", "mole_experts": []"#), status: 400, param: "mole_experts")
+            try expectError(try await complete(#", "mole_experts": ["a-qv-r4", "a-qv-r4"]"#), status: 400, param: "mole_experts")
+            try expectError(try await complete(#", "mole_experts": "a-qv-r4""#), status: 400, param: "mole_experts")
+            try expectError(try await complete(#", "mole_experts": [3]"#), status: 400, param: "mole_experts")
+            let m = try await client.send("/metrics", .get)
+            let line = m.1.split(separator: "\n").first { $0.hasPrefix("dlora_mole_gate_entropy_mean{model=\"mole-abc\"}") }
+            let value = try #require(line.flatMap { Double($0.split(separator: " ").last ?? "") }, "\(m.1.prefix(3000))")
+            #expect(value > 0 && value <= Foundation.log(3.0) + 1e-9)
+            #expect(m.1.contains("dlora_mole_gates_total{model=\"mole-abc\"}"))
         }
     }
 
