@@ -183,6 +183,40 @@ extension TrainingSuites {
         }
     }
 
+    /// Training and serving compute the same MoLE: gates trained in memory (here: random, sharp enough that
+    /// the mix varies per token) over the three fixture experts, written by `MoLEWriter` next to those experts,
+    /// load in the engine as one composition whose logits at every prompt position are the training
+    /// forward's; with uniform gates instead they differ (the check sees the gates).
+    @Test(arguments: ["F32", "hf"]) func writtenMoLEServesTheTrainedGates(variant: String) throws {
+        let path = FixtureFiles.checkpoint(model: "tiny-llama", variant: variant)
+        let base = try FrozenBase(path: path)
+        let c = base.config
+        let dir = try TemporaryDirectory()
+        let names = ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2"]
+        for name in names {
+            try FileManager.default.copyItem(at: FixtureFiles.lora.appendingPathComponent("tiny-llama/\(name)"), to: dir.file(name))
+        }
+        let experts = try names.map { try AdapterLoader.load(path: dir.path($0), base: c) }
+        let mole = MoLEMixture(config: c, experts: experts.map { LoRAParameters(weights: $0, config: c) }, balanceWeight: 0.1,
+                               temperature: 0.6, gateScale: 4, seed: 91)
+        try MoLEWriter.write(mole, experts: names.map { MoLEWriter.Expert(name: $0, path: $0) }, to: dir.path("mole"), baseModel: path)
+        let served = try AdapterLoader.load(path: dir.path("mole"), base: c)
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: path))
+        let prompt = [5, 17, 200, 3, 9, 44, 61, 7, 120]
+        let batch = TrainingBatch(batch: 1, length: prompt.count, tokens: prompt.map(Int32.init), labels: Array(repeating: -1, count: prompt.count))
+        let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
+        let ours = LoRATrainingModel(base: base, lora: none, mole: mole).logits(batch)
+        let rows = (0..<prompt.count).map { Array(ours[($0 * c.vocabSize)..<(($0 + 1) * c.vocabSize)]) }
+        let engine = Self.engineLogits(model, prompt, adapter: served)
+        #expect(maxAbsDiff(rows, engine) < 1e-3)
+        let gates = mole.gateValues(layer: 0)
+        #expect(gates.max()! > 0.6 && gates.min()! < 0.2, "gates \(gates.prefix(9)): too even to tell")
+        let uniform = MoLEMixture(config: c, experts: experts.map { LoRAParameters(weights: $0, config: c) }, balanceWeight: 0.1)
+        let even = LoRATrainingModel(base: base, lora: none, mole: uniform).logits(batch)
+        let evenRows = (0..<prompt.count).map { Array(even[($0 * c.vocabSize)..<(($0 + 1) * c.vocabSize)]) }
+        #expect(maxAbsDiff(evenRows, engine) > 0.05)
+    }
+
     /// A PEFT adapter as the engine loads it (rsLoRA, all seven targets, on the GGUF base: Q/K permuted) turned
     /// back into training parameters computes, in the training forward, the engine's logits with that adapter.
     @Test func loadedAdapterBecomesTrainingParameters() throws {
