@@ -37,11 +37,23 @@ public struct GenerationStats: Sendable, Equatable {
     public init() {}
 }
 
-/// Gates of a MoLE composition evaluated so far: how many (token, block) gates, and their entropy summed (nats).
+/// Gates of a MoLE composition evaluated so far: how many (token, block) gates, their entropy summed (nats), and
+/// each expert's weight summed.
 public struct GateTally: Sendable, Equatable {
     public var count = 0
     public var entropy = 0.0
+    public var sums: [Double] = []
     public init() {}
+
+    mutating func add(count c: Int, entropy e: Double, sums s: ArraySlice<Double>) {
+        count += c
+        entropy += e
+        if sums.count < s.count { sums += repeatElement(0, count: s.count - sums.count) }
+        for (i, v) in s.enumerated() { sums[i] += v }
+    }
+
+    /// Each expert's mean gate weight (empty before any gate).
+    public var meanGates: [Double] { count > 0 ? sums.map { $0 / Double(count) } : [] }
     /// The mean entropy of a gate (0 before any).
     public var meanEntropy: Double { count > 0 ? entropy / Double(count) : 0 }
 }
@@ -244,11 +256,11 @@ public final class EngineCore {
         guard !output.runs.isEmpty else { return [] }
         let seconds = runner.forward(output, tokens: { run in self.sequences[run.request]!.tokens[run.start..<(run.start + run.tokens)] },
                                      weights: weights(of:))
-        let (gateEntropy, gateCount) = runner.gateStatistics
+        let (gateEntropy, gateCount, gateSums) = runner.gateStatistics
         for (slot, a) in output.loraSlots.enumerated() where slot < gateCount.count && gateCount[slot] > 0 {
-            guard let name = adapterWeights[a]?.weights.name else { continue }
-            timing.gates[name, default: GateTally()].count += gateCount[slot]
-            timing.gates[name, default: GateTally()].entropy += gateEntropy[slot]
+            guard let w = adapterWeights[a]?.weights, let n = w.gating?.expertCount else { continue }
+            timing.gates[w.name, default: GateTally()].add(count: gateCount[slot], entropy: gateEntropy[slot],
+                                                           sums: gateSums[(slot * MoLEGating.maxExperts)...].prefix(n))
         }
         var sampled: [SampledToken] = []
         var events: [EngineEvent] = []

@@ -115,9 +115,11 @@ public final class ModelRunner {
         return Double(clock() &- start) / 1e9
     }
 
-    /// MoLE gates of the last forward pass, per adapter slot: their entropy summed (nats) and their count (one
-    /// per token and block).
-    public var gateStatistics: (entropy: [Double], count: [Int]) { (workspace.gateEntropy, workspace.gateCount) }
+    /// MoLE gates of the last forward pass, per adapter slot: their entropy summed (nats), their count (one
+    /// per token and block), and each expert's weight summed (`MoLEGating.maxExperts` per slot).
+    public var gateStatistics: (entropy: [Double], count: [Int], sums: [Double]) {
+        (workspace.gateEntropy, workspace.gateCount, workspace.gateSums)
+    }
 
     /// The logits of the `row`-th sampling run of the last forward pass.
     public func logitsRow(_ row: Int) -> UnsafeBufferPointer<Float> {

@@ -29,17 +29,25 @@ public final class ForwardWorkspace: @unchecked Sendable {
     /// (nats), and the number of (token, block) gates summed.
     public private(set) var gateEntropy: [Double] = []
     public private(set) var gateCount: [Int] = []
+    /// Per adapter slot, `MoLEGating.maxExperts` sums: each expert's gate weight summed over the same gates.
+    public private(set) var gateSums: [Double] = []
 
     func resetGateStatistics(slots: Int) {
         gateEntropy.removeAll(keepingCapacity: true)
         gateCount.removeAll(keepingCapacity: true)
+        gateSums.removeAll(keepingCapacity: true)
         gateEntropy.append(contentsOf: repeatElement(0, count: slots))
         gateCount.append(contentsOf: repeatElement(0, count: slots))
+        gateSums.append(contentsOf: repeatElement(0, count: slots * MoLEGating.maxExperts))
     }
 
     func addGateStatistics(slot: Int, entropy: Double, tokens: Int) {
         gateEntropy[slot] += entropy
         gateCount[slot] += tokens
+    }
+
+    func addGateWeight(slot: Int, expert: Int, _ g: Float) {
+        gateSums[slot * MoLEGating.maxExperts + expert] += Double(g)
     }
 
     public init(config: ModelConfig, capacity: Int = 64) {

@@ -61,7 +61,7 @@ extension LlamaModel {
     ///     g[t, i] = exp(ε_i/τ − max_j ε_j/τ) / Σ_k exp(ε_k/τ − max_j ε_j/τ),   ε = W·xn[t], over the experts in the mask
     ///
     /// as the training model computes them. ε runs on the batch-invariant kernel, so a token's gates do not
-    /// depend on its batch. Also adds each token's gate entropy (nats) to its slot's statistics.
+    /// depend on its batch. Also adds each token's gate entropy (nats) and gate weights to its slot's statistics.
     func computeGates(layer: Int, _ xn: UnsafePointer<Float>, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
         let h = config.hiddenSize, ld = MoLEGating.maxExperts
         for seg in ws.segments {
@@ -83,6 +83,7 @@ extension LlamaModel {
                 for i in 0..<n {
                     e[i] /= sum
                     if e[i] > 0 { entropy -= Double(e[i]) * Foundation.log(Double(e[i])) }
+                    ws.addGateWeight(slot: seg.slot, expert: i, e[i])
                 }
             }
             ws.addGateStatistics(slot: seg.slot, entropy: entropy, tokens: seg.count)

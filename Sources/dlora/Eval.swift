@@ -111,38 +111,48 @@ struct Eval: ParsableCommand {
             }
             let longestPrompt = prompts.map(\.count).max() ?? 1
             let perSequence = EngineConfiguration.kvBlocks(tokens: longestPrompt + (budget.values.max() ?? 1) + 1)
-            let engine = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: perSequence * maxSequences + 64,
-                                    maxSequences: maxSequences, adapterSlots: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
-            var ids: [RequestID] = []
-            for (item, prompt) in zip(items, prompts) {
-                let params = SamplingParams(temperature: 0, maxTokens: budget[item.task]!, stop: ["\n"])
-                ids.append(try engine.submit(prompt: prompt, params: params, adapter: weights))
-            }
-            let start = DispatchTime.now().uptimeNanoseconds
-            var text: [RequestID: String] = [:]
-            for e in engine.runToCompletion() {
-                if e.finish == .error { throw CLIError("\(spec): a request failed: \(e.message ?? "?")") }
-                text[e.requestID, default: ""] += e.text
-            }
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            var seconds = 0.0, generated = 0
             var perTask: [String: (sum: Double, count: Int)] = [:]
+            var gates: [String: [Double]] = [:]
             var samples: [[String: Any]] = []
-            for (i, (item, id)) in zip(items, ids).enumerated() {
-                let generated = text[id] ?? ""
-                let s = item.metric.score(generated, references: item.references)
-                perTask[item.task, default: (0, 0)].sum += s
-                perTask[item.task, default: (0, 0)].count += 1
-                if i % max(1, items.count / 12) == 0 { samples.append(["task": item.task, "generated": generated, "reference": item.references[0], "score": s]) }
+            // One engine run per task (all of its prompts batched), so a MoLE composition's gate statistics are per task.
+            for task in taskNames {
+                let engine = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: perSequence * maxSequences + 64,
+                                        maxSequences: maxSequences, adapterSlots: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
+                var ids: [(RequestID, Item)] = []
+                for (item, prompt) in zip(items, prompts) where item.task == task {
+                    let params = SamplingParams(temperature: 0, maxTokens: budget[item.task]!, stop: ["\n"])
+                    ids.append((try engine.submit(prompt: prompt, params: params, adapter: weights), item))
+                }
+                let start = DispatchTime.now().uptimeNanoseconds
+                var text: [RequestID: String] = [:]
+                for e in engine.runToCompletion() {
+                    if e.finish == .error { throw CLIError("\(spec): a request failed: \(e.message ?? "?")") }
+                    text[e.requestID, default: ""] += e.text
+                }
+                seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                generated += engine.stats.generatedTokens
+                if let w = weights, let tally = engine.stats.gates[w.name] { gates[task] = tally.meanGates }
+                for (i, (id, item)) in ids.enumerated() {
+                    let output = text[id] ?? ""
+                    let s = item.metric.score(output, references: item.references)
+                    perTask[task, default: (0, 0)].sum += s
+                    perTask[task, default: (0, 0)].count += 1
+                    if i < 2 { samples.append(["task": task, "generated": output, "reference": item.references[0], "score": s]) }
+                }
             }
             let scores = taskNames.map { perTask[$0].map { $0.sum / Double($0.count) } ?? 0 }
             let mean = scores.reduce(0, +) / Double(scores.count)
-            let stats = engine.stats
             let line = taskNames.enumerated().map { String(format: "%@ %.3f", $1, scores[$0]) }.joined(separator: "  ")
             err.write(Data(String(format: "eval %@: %@  mean %.3f  (%d prompts in %.1f s, %d tokens generated)\n",
-                                  spec, line, mean, items.count, seconds, stats.generatedTokens).utf8))
+                                  spec, line, mean, items.count, seconds, generated).utf8))
             var entry: [String: Any] = ["adapter": spec, "mean": mean, "seconds": seconds, "prompts": items.count,
-                                        "generated_tokens": stats.generatedTokens, "samples": samples]
+                                        "generated_tokens": generated, "samples": samples]
             entry["tasks"] = Dictionary(uniqueKeysWithValues: zip(taskNames, scores))
+            if let g = weights?.gating {
+                entry["experts"] = g.experts
+                entry["gates"] = gates
+            }
             results.append(entry)
         }
         let report: [String: Any] = ["model": path, "tasks_dir": tasks, "tasks": taskNames, "limit": limit,

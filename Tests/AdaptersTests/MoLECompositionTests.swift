@@ -173,6 +173,7 @@ import TestSupport
         }
         let tally = try #require(engine.stats.gates["mole"])
         #expect(tally.count > 0 && tally.meanEntropy > 0 && tally.meanEntropy <= Foundation.log(3.0))
+        #expect(tally.meanGates.count == 3 && abs(tally.meanGates.reduce(0, +) - 1) < 1e-4, "\(tally.meanGates)")
         if policy == .mergedOnly { #expect(engine.stats.mergedSteps > 0, "merged-only merged the plain adapters") }
     }
 }
