@@ -3,7 +3,8 @@
 
 How to run (developers only; CI never runs this; needs the packages of tools/gen_lora_goldens.py):
 
-    python3 tools/gen_composition_goldens.py
+    python3 tools/gen_composition_goldens.py              # mix-cat
+    python3 tools/gen_composition_goldens.py --same-rank  # e-all-r4, mix-linear, mix-ties
     tools/update_fixture_manifest.sh
 
 The reference is Hugging Face PEFT itself: the three tiny-llama fixture adapters (a-qv-r4, b-all-r8-rslora,
@@ -28,10 +29,62 @@ from peft import PeftModel  # noqa: E402
 
 PARTS = [("a-qv-r4", 0.7), ("b-all-r8-rslora", -0.4), ("c-kod-r2", 1.3)]
 NAME = "mix-cat"
+# PEFT's linear and ties need equal ranks: a-qv-r4 with a second rank-4 tiny-llama adapter on every target
+# (e-all-r4, made here), at weights 0.7 and -0.4 (linear) and 0.8 and 0.6 with density 0.5 (ties).
+EXTRA = ("tiny-llama", "e-all-r4", 4, 8, False, L.ALL, "float32", 105, 0.08)
+SAME_RANK = [
+    ("mix-linear", "linear", [("a-qv-r4", 0.7), ("e-all-r4", -0.4)], {}),
+    ("mix-ties", "ties", [("a-qv-r4", 0.8), ("e-all-r4", 0.6)], {"density": 0.5, "majority_sign_method": "total"}),
+]
 
 
 @torch.no_grad()
+def weighted(name: str, combination: str, parts, options: dict):
+    """One of PEFT's equal-rank combinations (linear, ties) of `parts`, its golden and its manifest."""
+    base = "tiny-llama"
+    root = L.OUT / base
+    model = PeftModel.from_pretrained(L.load_base(base), str(root / parts[0][0]), adapter_name=parts[0][0])
+    for n, _ in parts[1:]:
+        model.load_adapter(str(root / n), adapter_name=n)
+    model.add_weighted_adapter([n for n, _ in parts], [w for _, w in parts], name, combination_type=combination, **options)
+    model.set_adapter(name)
+    model.eval()
+    cases = []
+    for p in L.prompts(base):
+        gen, margins, logits = L.greedy_steps(model, p)
+        steps = [dict(argmax=int(torch.argmax(lg)), margin=G.r6(G.margin(lg)), logits=G.r6list(lg.numpy())) for lg in logits[:L.N_STEPS]]
+        cases.append(dict(prompt_ids=p, steps=steps, greedy_ids=gen, greedy_margins=[G.r6(m) for m in margins],
+                          min_greedy_margin=G.r6(min(margins))))
+    base_model = L.load_base(base)
+    base_diff = max(float((base_model(torch.tensor([p])).logits[0, -1].float() - model(torch.tensor([p])).logits[0, -1].float()).abs().max())
+                    for p in L.prompts(base))
+    cfg = model.peft_config[name]
+    out = dict(base=base, adapter=name, r=cfg.r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora, scale=1.0,
+               parts=[dict(name=n, weight=w) for n, w in parts], combination=combination, options=options,
+               reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} add_weighted_adapter({combination}) (unmerged)",
+               note="steps[0] = last prompt position, steps[1..] after feeding greedy tokens; greedy_ids: "
+                    f"{L.N_GREEDY} argmax tokens, no EOS stop",
+               base_max_abs_diff=G.r6(base_diff), merged_max_abs_diff=0.0, cases=cases)
+    G.dump_json(L.OUT / "goldens" / f"{base}__{name}.json", out)
+    manifest = root / name
+    manifest.mkdir(exist_ok=True)
+    with open(manifest / "composition.json", "w") as f:
+        json.dump(dict(combination=combination, adapters=[dict(name=n, weight=w) for n, w in parts], **options), f, indent=1)
+        f.write("\n")
+    print(name, "base_max_abs_diff", G.r6(base_diff), "min margin", min(c["min_greedy_margin"] for c in cases))
+
+
 def main():
+    if "--same-rank" in sys.argv:
+        L.make_adapter(*EXTRA)
+        for name, combination, parts, options in SAME_RANK:
+            weighted(name, combination, parts, options)
+        return
+    cat()
+
+
+@torch.no_grad()
+def cat():
     base = "tiny-llama"
     root = L.OUT / base
     model = PeftModel.from_pretrained(L.load_base(base), str(root / PARTS[0][0]), adapter_name=PARTS[0][0])

@@ -28,7 +28,13 @@ public enum LoRAComposition {
         public var combination: String
         public var parts: [Part]
         public var normalize: Bool
+        /// ties: the fraction of each A and B kept by magnitude, and how the sign is elected ("total", "frequency").
+        public var density: Float?
+        public var majoritySignMethod = "total"
     }
+
+    /// The combinations served: PEFT's `add_weighted_adapter` types that are deterministic (dare_* drop at random).
+    public static let combinations = ["cat", "linear", "ties"]
 
     /// Parses and validates a manifest (untrusted: strict keys, bounded sizes, plain names, finite weights).
     public static func parse(_ bytes: UnsafeRawBufferPointer, adapter: String) throws -> Manifest {
@@ -37,6 +43,7 @@ public enum LoRAComposition {
         do { json = try ExactJSON.parse(bytes, name: manifestFile) } catch { throw fail("not valid JSON (\(error))") }
         guard case .object(let members) = json else { throw fail("not a JSON object") }
         var combination = "cat", normalize = false
+        var density: Float?, signMethod: String?
         var parts: [Part]?
         var seen = Set<String>()
         for (key, value) in members {
@@ -44,10 +51,22 @@ public enum LoRAComposition {
             switch key {
             case "combination":
                 guard case .string(let s) = value else { throw fail("combination must be a string") }
-                guard s == "cat" else {
-                    throw fail("combination '\(s.prefix(32))' is not supported (cat; PEFT's linear, ties and dare_* are not yet)")
+                guard combinations.contains(s) else {
+                    throw fail("combination '\(s.prefix(32))' is not supported (\(combinations.joined(separator: ", ")); PEFT's dare_* and *_svd are not)")
                 }
                 combination = s
+            case "density":
+                switch value {
+                case .int(let n): density = Float(n)
+                case .double(let d): density = Float(d)
+                default: throw fail("density must be a number")
+                }
+                guard let d = density, d > 0, d <= 1 else { throw fail("density must be in (0, 1]") }
+            case "majority_sign_method":
+                guard case .string(let m) = value, m == "total" || m == "frequency" else {
+                    throw fail("majority_sign_method must be \"total\" or \"frequency\"")
+                }
+                signMethod = m
             case "normalize":
                 guard case .bool(let b) = value else { throw fail("normalize must be true or false") }
                 normalize = b
@@ -71,7 +90,7 @@ public enum LoRAComposition {
                     return Part(name: name, weight: weight)
                 }
             default:
-                throw fail("unknown key '\(key.prefix(64))' (combination, adapters, normalize)")
+                throw fail("unknown key '\(key.prefix(64))' (combination, adapters, normalize, density, majority_sign_method)")
             }
         }
         guard var parts else { throw fail("missing adapters") }
@@ -81,7 +100,100 @@ public enum LoRAComposition {
             guard abs(sum) > 1e-6 else { throw fail("normalize: the weights sum to 0") }
             for i in parts.indices { parts[i].weight /= sum }
         }
-        return Manifest(combination: combination, parts: parts, normalize: normalize)
+        if combination == "ties" {
+            guard density != nil else { throw fail("ties needs a density (the fraction of each A and B kept)") }
+        } else if density != nil || signMethod != nil {
+            throw fail("density and majority_sign_method apply to ties only")
+        }
+        return Manifest(combination: combination, parts: parts, normalize: normalize, density: density,
+                        majoritySignMethod: signMethod ?? "total")
+    }
+
+    /// The composition a manifest names, of the loaded `parts` (in manifest order).
+    public static func compose(_ manifest: Manifest, _ parts: [LoRAWeights], name: String, id: AdapterID) throws -> LoRAWeights {
+        let weighted = Array(zip(parts, manifest.parts.map(\.weight)))
+        switch manifest.combination {
+        case "cat": return try cat(weighted, name: name, id: id)
+        default: return try taskArithmetic(weighted, name: name, id: id,
+                                           ties: manifest.combination == "ties" ? (manifest.density!, manifest.majoritySignMethod) : nil)
+        }
+    }
+
+    /// PEFT's `linear` and `ties` (equal ranks): per module, with wᵢ' = wᵢ·sᵢ, A merges the Aᵢ at sign(wᵢ')·√|wᵢ'| and
+    /// B the Bᵢ at √|wᵢ'| (so a lone adapter is reproduced exactly; with several, B·A has cross terms — PEFT calls
+    /// linear "a very rough approximation"). `linear` sums them. `ties` first keeps each Aᵢ's (and Bᵢ's) largest
+    /// ⌊density·size⌋ entries by magnitude, elects a sign per entry (the sign of the kept entries' sum, "total",
+    /// or of their signs' sum, "frequency"; ≥ 0 is +), then averages the weighted entries that agree with it.
+    /// Scaling 1, the rank of the parts.
+    static func taskArithmetic(_ parts: [(weights: LoRAWeights, weight: Float)], name: String, id: AdapterID,
+                               ties: (density: Float, method: String)?) throws -> LoRAWeights {
+        guard let first = parts.first else { throw AdapterError(adapter: name, problem: "a composition needs at least one adapter") }
+        let layers = first.weights.modules.count
+        guard parts.allSatisfy({ $0.weights.modules.count == layers }) else {
+            throw AdapterError(adapter: name, problem: "the composed adapters are for different models")
+        }
+        let ranks = Set(parts.flatMap { p in p.weights.modules.joined().compactMap { $0?.rank } })
+        guard ranks.count == 1, let rank = ranks.first else {
+            throw AdapterError(adapter: name, problem: "linear and ties need adapters of one rank (these have ranks \(ranks.sorted()); cat takes any)")
+        }
+        var modules: [[LoRAModule?]] = []
+        for l in 0..<layers {
+            var row: [LoRAModule?] = []
+            for t in LoRATarget.allCases {
+                let present = parts.compactMap { p in p.weights.module(layer: l, target: t).map { (m: $0, w: p.weight * p.weights.scale) } }
+                guard let m0 = present.first?.m else { row.append(nil); continue }
+                let inF = m0.inFeatures, outF = m0.outFeatures
+                guard present.allSatisfy({ $0.m.inFeatures == inF && $0.m.outFeatures == outF }) else {
+                    throw AdapterError(adapter: name, problem: "the composed adapters disagree on the shape of \(t)")
+                }
+                // The real rank × in block of each A and out × rank block of each B, in f32.
+                var aParts: [[Float]] = [], bParts: [[Float]] = []
+                for (m, _) in present {
+                    let pa = Buffer(floats: m.paddedRank * inF), pb = Buffer(floats: outF * m.paddedRank)
+                    Kernels.dequantize(m.a.dtype, m.a.data, count: m.paddedRank * inF, into: pa.floats)
+                    Kernels.dequantize(m.b.dtype, m.b.data, count: outF * m.paddedRank, into: pb.floats)
+                    aParts.append(Array(UnsafeBufferPointer(start: pa.floats, count: rank * inF)))
+                    bParts.append((0..<outF).flatMap { o in UnsafeBufferPointer(start: pb.floats + o * m.paddedRank, count: rank) })
+                }
+                let wA = present.map { ($0.w >= 0 ? 1 : -1) * abs($0.w).squareRoot() }
+                let wB = present.map { abs($0.w).squareRoot() }
+                let a = merge(aParts, weights: wA, ties: ties), b = merge(bParts, weights: wB, ties: ties)
+                row.append(LoRAModule(rank: rank, inFeatures: inF, outFeatures: outF, a: a, b: b, dtype: .f32))
+            }
+            modules.append(row)
+        }
+        return LoRAWeights(name: name, scale: 1, modules: modules, id: id)
+    }
+
+    /// Σᵢ wᵢ·tᵢ (linear), or PEFT's ties merge of the tensors tᵢ at weights wᵢ.
+    static func merge(_ tensors: [[Float]], weights: [Float], ties: (density: Float, method: String)?) -> [Float] {
+        let n = tensors[0].count
+        guard let ties else {
+            var out = [Float](repeating: 0, count: n)
+            for (t, w) in zip(tensors, weights) { for j in 0..<n { out[j] += t[j] * w } }
+            return out
+        }
+        // Keep the top ⌊density·n⌋ magnitudes of each tensor.
+        let k = Int(ties.density * Float(n))
+        let pruned: [[Float]] = tensors.map { t in
+            guard ties.density < 1 else { return t }
+            var kept = [Float](repeating: 0, count: n)
+            for j in t.indices.sorted(by: { abs(t[$0]) > abs(t[$1]) }).prefix(k) { kept[j] = t[j] }
+            return kept
+        }
+        var out = [Float](repeating: 0, count: n)
+        for j in 0..<n {
+            var elect: Float = 0
+            for t in pruned { elect += ties.method == "total" ? t[j] : Float(t[j] > 0 ? 1 : t[j] < 0 ? -1 : 0) }
+            let majority: Float = elect >= 0 ? 1 : -1
+            var sum: Float = 0, agreeing = 0
+            for (t, w) in zip(pruned, weights) where (t[j] > 0 ? 1 : t[j] < 0 ? -1 : 0) == majority {
+                sum += t[j] * w
+                agreeing += 1
+            }
+            out[j] = sum / Float(max(agreeing, 1))
+        }
+        return out
     }
 
     /// A task or adapter directory name that stays in its parent (as `isPlainName`).

@@ -107,6 +107,12 @@ import TestSupport
         // 1.3; tools/gen_composition_goldens.py), composed at load, on both bases…
         ("tiny-llama__mix-cat", "tiny-llama/hf", "tiny-llama/mix-cat"),
         ("tiny-llama__mix-cat", "tiny-llama/F32", "tiny-llama/mix-cat"),
+        // PEFT's linear (a at 0.7, e at -0.4) and ties (0.8, 0.6, density 0.5) of two rank-4 adapters
+        // (tools/gen_composition_goldens.py --same-rank)…
+        ("tiny-llama__mix-linear", "tiny-llama/hf", "tiny-llama/mix-linear"),
+        ("tiny-llama__mix-linear", "tiny-llama/F32", "tiny-llama/mix-linear"),
+        ("tiny-llama__mix-ties", "tiny-llama/hf", "tiny-llama/mix-ties"),
+        ("tiny-llama__mix-ties", "tiny-llama/F32", "tiny-llama/mix-ties"),
         // A MoLE composition (mole_config.json + gates.safetensors over a, b and c; seeded gates per block, per
         // token; tools/gen_mole_goldens.py, torch hooks on PEFT's layers), unmerged only, all experts and
         // masked to a and c, on both bases…
