@@ -73,8 +73,8 @@ def check_metrics(port):
     lora = value["vllm:lora_requests_info"]
     assert abs(lora.value - time.time()) < 10, lora
     assert int(lora.labels["max_lora"]) >= 1, lora
-    # a-qv-r4 and b-all-r8-rslora ran above and stay resident (64 MiB holds both).
-    assert set(lora.labels["running_lora_adapters"].split(",")) == {"a-qv-r4", "b-all-r8-rslora"}, lora
+    # a-qv-r4, b-all-r8-rslora and the mole-abc composition ran above and stay resident (64 MiB holds them).
+    assert set(lora.labels["running_lora_adapters"].split(",")) == {"a-qv-r4", "b-all-r8-rslora", "mole-abc"}, lora
     assert lora.labels["waiting_lora_adapters"] == "", lora
 
 
@@ -103,7 +103,8 @@ def main():
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
 
         ids = sorted(m.id for m in client.models.list().data)
-        assert ids == ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "mix-cat", "tiny-llama"], ids
+        assert ids == ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "e-all-r4", "mix-cat", "mix-linear", "mix-ties", "mole-abc",
+                       "tiny-llama"], ids
         parents = {m.id: getattr(m, "parent", None) for m in client.models.list().data}
         assert parents["a-qv-r4"] == "tiny-llama" and parents["tiny-llama"] is None, parents
 
@@ -121,6 +122,16 @@ def main():
         a = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=8, temperature=0,
                                       extra_body={"ignore_eos": True})
         assert a.model == "a-qv-r4" and a.choices[0].text != c.choices[0].text, (a, c)
+
+        # A MoLE composition, restricted to two of its experts by the extension field (passed through by the router).
+        m = client.completions.create(model="mole-abc", prompt="hello world", max_tokens=8, temperature=0,
+                                      extra_body={"ignore_eos": True, "mole_experts": ["a-qv-r4", "c-kod-r2"]})
+        assert m.model == "mole-abc" and m.usage.completion_tokens == 8, m
+        try:
+            client.completions.create(model="a-qv-r4", prompt="x", max_tokens=2, extra_body={"mole_experts": ["a-qv-r4"]})
+            raise AssertionError("mole_experts on a plain adapter was accepted")
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and "mole_experts" in str(e), e
 
         chat = client.chat.completions.create(model="b-all-r8-rslora", messages=[{"role": "user", "content": "hi"}],
                                               max_tokens=6, temperature=0, seed=7)
