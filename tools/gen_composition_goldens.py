@@ -40,7 +40,7 @@ SAME_RANK = [
 
 @torch.no_grad()
 def weighted(name: str, combination: str, parts, options: dict):
-    """One of PEFT's equal-rank combinations (linear, ties) of `parts`, its golden and its manifest."""
+    """PEFT's add_weighted_adapter(combination) of `parts` on tiny-llama: its golden and its manifest."""
     base = "tiny-llama"
     root = L.OUT / base
     model = PeftModel.from_pretrained(L.load_base(base), str(root / parts[0][0]), adapter_name=parts[0][0])
@@ -49,19 +49,13 @@ def weighted(name: str, combination: str, parts, options: dict):
     model.add_weighted_adapter([n for n, _ in parts], [w for _, w in parts], name, combination_type=combination, **options)
     model.set_adapter(name)
     model.eval()
-    cases = []
-    for p in L.prompts(base):
-        gen, margins, logits = L.greedy_steps(model, p)
-        steps = [dict(argmax=int(torch.argmax(lg)), margin=G.r6(G.margin(lg)), logits=G.r6list(lg.numpy())) for lg in logits[:L.N_STEPS]]
-        cases.append(dict(prompt_ids=p, steps=steps, greedy_ids=gen, greedy_margins=[G.r6(m) for m in margins],
-                          min_greedy_margin=G.r6(min(margins))))
-    base_model = L.load_base(base)
-    base_diff = max(float((base_model(torch.tensor([p])).logits[0, -1].float() - model(torch.tensor([p])).logits[0, -1].float()).abs().max())
-                    for p in L.prompts(base))
+    cases, base_diff = L.full_cases(model, base)
     cfg = model.peft_config[name]
     out = dict(base=base, adapter=name, r=cfg.r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora, scale=1.0,
-               parts=[dict(name=n, weight=w) for n, w in parts], combination=combination, options=options,
-               reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} add_weighted_adapter({combination}) (unmerged)",
+               parts=[dict(name=n, weight=w) for n, w in parts], combination=combination)
+    if options:
+        out["options"] = options
+    out.update(reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} add_weighted_adapter({combination}) (unmerged)",
                note="steps[0] = last prompt position, steps[1..] after feeding greedy tokens; greedy_ids: "
                     f"{L.N_GREEDY} argmax tokens, no EOS stop",
                base_max_abs_diff=G.r6(base_diff), merged_max_abs_diff=0.0, cases=cases)
@@ -71,7 +65,8 @@ def weighted(name: str, combination: str, parts, options: dict):
     with open(manifest / "composition.json", "w") as f:
         json.dump(dict(combination=combination, adapters=[dict(name=n, weight=w) for n, w in parts], **options), f, indent=1)
         f.write("\n")
-    print(name, "base_max_abs_diff", G.r6(base_diff), "min margin", min(c["min_greedy_margin"] for c in cases))
+    print(name, "r", cfg.r, "alpha", cfg.lora_alpha, "base_max_abs_diff", G.r6(base_diff),
+          "min margin", min(c["min_greedy_margin"] for c in cases))
 
 
 def main():
@@ -80,43 +75,7 @@ def main():
         for name, combination, parts, options in SAME_RANK:
             weighted(name, combination, parts, options)
         return
-    cat()
-
-
-@torch.no_grad()
-def cat():
-    base = "tiny-llama"
-    root = L.OUT / base
-    model = PeftModel.from_pretrained(L.load_base(base), str(root / PARTS[0][0]), adapter_name=PARTS[0][0])
-    for name, _ in PARTS[1:]:
-        model.load_adapter(str(root / name), adapter_name=name)
-    model.add_weighted_adapter([n for n, _ in PARTS], [w for _, w in PARTS], NAME, combination_type="cat")
-    model.set_adapter(NAME)
-    model.eval()
-    cases = []
-    for p in L.prompts(base):
-        gen, margins, logits = L.greedy_steps(model, p)
-        steps = [dict(argmax=int(torch.argmax(lg)), margin=G.r6(G.margin(lg)), logits=G.r6list(lg.numpy())) for lg in logits[:L.N_STEPS]]
-        cases.append(dict(prompt_ids=p, steps=steps, greedy_ids=gen, greedy_margins=[G.r6(m) for m in margins],
-                          min_greedy_margin=G.r6(min(margins))))
-    base_model = L.load_base(base)
-    base_diff = max(float((base_model(torch.tensor([p])).logits[0, -1].float() - model(torch.tensor([p])).logits[0, -1].float()).abs().max())
-                    for p in L.prompts(base))
-    cfg = model.peft_config[NAME]
-    out = dict(base=base, adapter=NAME, r=cfg.r, alpha=cfg.lora_alpha, use_rslora=cfg.use_rslora, scale=1.0,
-               parts=[dict(name=n, weight=w) for n, w in PARTS], combination="cat",
-               reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} add_weighted_adapter(cat) (unmerged)",
-               note="steps[0] = last prompt position, steps[1..] after feeding greedy tokens; greedy_ids: "
-                    f"{L.N_GREEDY} argmax tokens, no EOS stop",
-               base_max_abs_diff=G.r6(base_diff), merged_max_abs_diff=0.0, cases=cases)
-    G.dump_json(L.OUT / "goldens" / f"{base}__{NAME}.json", out)
-    manifest = root / NAME
-    manifest.mkdir(exist_ok=True)
-    with open(manifest / "composition.json", "w") as f:
-        json.dump(dict(combination="cat", adapters=[dict(name=n, weight=w) for n, w in PARTS]), f, indent=1)
-        f.write("\n")
-    print(NAME, "r", cfg.r, "alpha", cfg.lora_alpha, "base_max_abs_diff", G.r6(base_diff),
-          "min margin", min(c["min_greedy_margin"] for c in cases))
+    weighted(NAME, "cat", PARTS, {})
 
 
 if __name__ == "__main__":

@@ -125,6 +125,21 @@ def greedy_steps(model, ids: list[int]):
     return gen, margins, logits
 
 
+def full_cases(model, base: str):
+    """Golden cases of `model` on a tiny base (full logits of the first N_STEPS steps, greedy ids and margins),
+    and the largest |logit difference| from the base model at the last prompt position."""
+    cases = []
+    for p in prompts(base):
+        gen, margins, logits = greedy_steps(model, p)
+        steps = [dict(argmax=int(torch.argmax(lg)), margin=G.r6(G.margin(lg)), logits=G.r6list(lg.numpy())) for lg in logits[:N_STEPS]]
+        cases.append(dict(prompt_ids=p, steps=steps, greedy_ids=gen, greedy_margins=[G.r6(m) for m in margins],
+                          min_greedy_margin=G.r6(min(margins))))
+    base_model = load_base(base)
+    base_diff = max(float((base_model(torch.tensor([p])).logits[0, -1].float() - model(torch.tensor([p])).logits[0, -1].float()).abs().max())
+                    for p in prompts(base))
+    return cases, base_diff
+
+
 def write_gguf_lora(base: str, name: str, adapter_dir: Path, r: int, alpha: float, rslora: bool):
     """llama.cpp GGUF LoRA: lora_a = A (ggml [in, r]), lora_b = B (ggml [r, out]); q/k B rows permuted."""
     from safetensors.torch import load_file

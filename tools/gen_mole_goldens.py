@@ -108,19 +108,11 @@ def main():
         json.dump(config, f, indent=1, sort_keys=True)
         f.write("\n")
 
-    base_model = L.load_base(base)
     for suffix, keep in [("", EXPERTS), ("__experts-ac", ["a-qv-r4", "c-kod-r2"])]:
         model = build(base)
         mask = torch.tensor([e in keep for e in EXPERTS])
         install(model, weights, temps, mask)
-        cases = []
-        for p in L.prompts(base):
-            ids, margins, logits = L.greedy_steps(model, p)
-            steps = [dict(argmax=int(torch.argmax(lg)), margin=G.r6(G.margin(lg)), logits=G.r6list(lg.numpy())) for lg in logits[:L.N_STEPS]]
-            cases.append(dict(prompt_ids=p, steps=steps, greedy_ids=ids, greedy_margins=[G.r6(m) for m in margins],
-                              min_greedy_margin=G.r6(min(margins))))
-        base_diff = max(float((base_model(torch.tensor([p])).logits[0, -1].float() - model(torch.tensor([p])).logits[0, -1].float()).abs().max())
-                        for p in L.prompts(base))
+        cases, base_diff = L.full_cases(model, base)
         golden = dict(base=base, adapter=NAME, scale=1.0, experts=EXPERTS, mole_experts=keep,
                       reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} LoRA layers, "
                                 "gated per token by hooks (tools/gen_mole_goldens.py)",
