@@ -72,6 +72,8 @@ log "evaluating"
 "$DLORA" eval --model "$MODEL" --tasks "$TASKS" --only "$list" --adapter-root "$ROOT" --limit "$LIMIT" --threads "$THREADS" \
     --adapters "base,$list,nla,lorahub,mole,mole-nobal" --out bench/results/mole.json 2> "$WORK/eval.log"
 cat "$WORK/eval.log" >&2
+log "gate cost inside a decode batch"
+"$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 > "$WORK/bench-mole.md"
 
 python3 - bench/results/mole.json "$WORK" "$EXPERTS" "$MOLE_STEPS" "$MOLE_BATCH" <<'PY'
 import datetime, json, os, platform, re, sys
@@ -105,12 +107,13 @@ out.append("")
 diag = [res[t]["tasks"][t] for t in tasks if t in res]
 out.append(f"Each expert on its own task (the diagonal): mean {f(sum(diag) / len(diag))}; base {f(res['base']['mean'])}.\n")
 out.append("Training losses (first → last logged step): " + "; ".join(f"{n} {losses(n)}" for n in tasks + ["mole", "mole-nobal"]) + ".\n")
-if "mole" in res and "nla" in res:
-    m, n = res["mole"], res["nla"]
-    out.append(f"**Gate cost inside a batch.** NLA and MoLE stack the same six experts (the same rank per module); MoLE adds "
-               f"the gates. Same prompts, same engine settings: NLA {n['generated_tokens']} tokens in {n['seconds']:.1f} s, "
-               f"MoLE {m['generated_tokens']} tokens in {m['seconds']:.1f} s (one run each; prompts and outputs differ in length, "
-               f"so this bounds the cost rather than isolating it).\n")
+bench = os.path.join(work, "bench-mole.md")
+if os.path.exists(bench):
+    out.append("## Gate cost inside a decode batch (`dlora bench mole`)\n")
+    out.append("The same experts stacked as a static `cat` (NLA's execution, no gates) and as a MoLE composition (the same "
+               "stack plus per-token block gates): the difference is the gates. Random weights of the same shapes as the "
+               "trained experts; percentages against base-only steps of the same run.\n")
+    out.append(open(bench).read().strip() + "\n")
 if "mole" in res and res["mole"].get("gates"):
     out.append("**Mean gate per expert, by task** (MoLE α = 0.1; averaged over blocks and tokens; `bench/results/mole-gates.svg`):\n")
     ex = res["mole"]["experts"]

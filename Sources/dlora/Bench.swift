@@ -7,7 +7,7 @@ import Models
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Benchmarks (bench/*.sh run them and write bench/results/).",
-        subcommands: [BenchCore.self, BenchLoRA.self, BenchReplica.self]
+        subcommands: [BenchCore.self, BenchLoRA.self, BenchReplica.self, BenchMoLE.self]
     )
 }
 

@@ -1,0 +1,85 @@
+import Adapters
+import ArgumentParser
+import Foundation
+import Kernels
+import Models
+
+/// `dlora bench mole`: what a MoLE composition's gates cost inside an unmerged decode batch. One decode step
+/// of a batch (every sequence holding `--context` tokens) with: no adapter; one expert; the N experts stacked
+/// as a static `cat` composition (NLA's execution: the same stacked rank as MoLE, no gates); the N experts
+/// as a MoLE composition (the same stack plus per-token block gates); and a mixed batch — half plain-expert
+/// requests over distinct experts, half MoLE. Measured in interleaved rounds (best round counts).
+struct BenchMoLE: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "mole", abstract: "MoLE gate cost inside a decode batch.")
+
+    @OptionGroup var modelOptions: ModelOptions
+    @Option(help: "Comma-separated batch sizes.")
+    var batches: String = "1,8,32"
+    @Option(help: "Experts per composition.")
+    var experts: Int = 6
+    @Option(help: "Each expert's LoRA rank.")
+    var rank: Int = 8
+    @Option(help: "Target modules: qv or all.")
+    var targets: String = "qv"
+    @Option(help: "Tokens of context each sequence holds during the timed decode steps.")
+    var context: Int = 128
+    @Option(help: "Timed decode steps per configuration and round.")
+    var steps: Int = 8
+    @Option(help: "Interleaved rounds per configuration (the best round counts).")
+    var rounds: Int = 5
+
+    func validate() throws {
+        guard !BenchLoRA.list(batches).isEmpty, BenchLoRA.list(batches).allSatisfy({ (1...1024).contains($0) }) else {
+            throw ValidationError("--batches must be a comma-separated list of numbers in 1...1024")
+        }
+        guard (2...MoLEGating.maxExperts).contains(experts) else { throw ValidationError("--experts must be between 2 and \(MoLEGating.maxExperts)") }
+        guard (1...256).contains(rank) else { throw ValidationError("--rank must be between 1 and 256") }
+        guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
+        guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
+    }
+
+    func run() throws {
+        let (path, loaded) = try modelOptions.load()
+        let m = loaded.model, c = m.config
+        let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
+        let pool = (0..<experts).map { BenchLoRA.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: .f32, seed: UInt64(7000 + $0)) }
+        let cat = try LoRAComposition.cat(pool.map { ($0, 1) }, name: "cat", id: .next())
+        // Gates: random W (entries ±2/√H) and τ = 1, so the mix varies from token to token.
+        var state: UInt64 = 12345
+        func uniform() -> Float {
+            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
+            return Float(state >> 40) / Float(1 << 24) * 2 - 1
+        }
+        let h = c.hiddenSize
+        let gates = (0..<c.numLayers).map { _ in (0..<(experts * h)).map { _ in uniform() * 2 / Float(h).squareRoot() } }
+        let mole = try MoLEComposition.compose(pool, names: pool.map(\.name), weights: gates,
+                                               temperatures: Array(repeating: 1, count: c.numLayers), config: c, name: "mole", id: .next())
+        // Slots: 0 the MoLE composition, 1 the cat, 2… the experts alone.
+        let slots = LoRASlots(capacity: experts + 2)
+        slots[0] = mole
+        slots[1] = cat
+        for (i, e) in pool.enumerated() { slots[i + 2] = e }
+
+        print("Model: `\((path as NSString).lastPathComponent)`; \(experts) experts of rank \(rank) on \(targetSet.map(\.peftName).joined(separator: ", ")) "
+              + "(f32), stacked rank \(experts * rank) per module; context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) "
+              + "decode steps per cell; threads: \(Kernels.threadCount).")
+        print()
+        print("| batch | base ms/step | one expert | static cat of \(experts) (NLA) | MoLE of \(experts) | MoLE vs cat | half MoLE + half distinct experts |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for b in BenchLoRA.list(batches) {
+            let runner = StepRunner(model: m, batch: b, context: context)
+            var t = [Double](repeating: .infinity, count: 5)
+            let cells: [(LoRASlots?, (Int) -> Int32)] = [
+                (nil, { _ in -1 }), (slots, { _ in 2 }), (slots, { _ in 1 }), (slots, { _ in 0 }),
+                (slots, { s in s % 2 == 0 ? 0 : Int32(2 + (s / 2) % experts) }),
+            ]
+            for _ in 0..<rounds {
+                for (i, cell) in cells.enumerated() { t[i] = min(t[i], runner.time(steps: steps, lora: cell.0, assign: cell.1)) }
+            }
+            func cell(_ x: Double) -> String { String(format: "%.2f (%+.1f %%)", x * 1000, (x / t[0] - 1) * 100) }
+            print(String(format: "| %d | %.2f | %@ | %@ | %@ | %+.1f %% | %@ |", b, t[0] * 1000, cell(t[1]), cell(t[2]), cell(t[3]),
+                         (t[3] / t[2] - 1) * 100, cell(t[4])))
+            FileHandle.standardError.write(Data("bench mole: batch \(b) done\n".utf8))
+        }
+    }
+}
