@@ -18,6 +18,7 @@ public enum MoLEComposition {
 
     public struct Config: Sendable, Equatable {
         public var experts: [String]
+        public var granularity: MoLEGranularity
         public var numLayers: Int
         public var hiddenSize: Int
     }
@@ -30,6 +31,7 @@ public enum MoLEComposition {
         guard case .object(let members) = json else { throw fail("not a JSON object") }
         var seen = Set<String>()
         var experts: [String]?, layers: Int?, hidden: Int?, format: String?
+        var granularity = MoLEGranularity.block
         for (key, value) in members {
             guard seen.insert(key).inserted else { throw fail("duplicate key '\(key.prefix(64))'") }
             switch (key, value) {
@@ -37,7 +39,10 @@ public enum MoLEComposition {
             case ("version", .int(let v)):
                 guard v == 1 else { throw fail("version \(v) is not supported (1)") }
             case ("granularity", .string(let g)):
-                guard g == "block" else { throw fail("granularity '\(g.prefix(32))' is not supported (block)") }
+                guard let known = MoLEGranularity(rawValue: g) else {
+                    throw fail("granularity '\(g.prefix(32))' is not supported (\(MoLEGranularity.allCases.map(\.rawValue).joined(separator: ", ")))")
+                }
+                granularity = known
             case ("gate_input", .string(let g)):
                 guard g == "token" else {
                     throw fail("gate_input '\(g.prefix(64))' is not supported (token: retrain with this version's `dlora train mole`)")
@@ -79,19 +84,21 @@ public enum MoLEComposition {
         guard layers == base.numLayers, hidden == base.hiddenSize else {
             throw fail("made for a model with \(layers) layers of width \(hidden); this one has \(base.numLayers) of \(base.hiddenSize)")
         }
-        return Config(experts: experts, numLayers: layers, hiddenSize: hidden)
+        return Config(experts: experts, granularity: granularity, numLayers: layers, hiddenSize: hidden)
     }
 
-    /// Reads and validates the gates: exactly `layers.{l}.gate.weight` (F32, N × H, finite, |w| ≤ 1e4) and
-    /// `layers.{l}.gate.temperature` (F32, [1], within `temperatureRange`) for every layer.
-    public static func gates(_ file: SafetensorsFile, experts n: Int, config c: ModelConfig, adapter: String) throws
-        -> (weights: [[Float]], temperatures: [Float]) {
+    /// Reads and validates the gates: for every gate unit of the granularity exactly its weight (F32, N × H,
+    /// finite, |w| ≤ 1e4) and temperature (F32, [1], within `temperatureRange`) — `layers.{l}.gate.*` per block,
+    /// `layers.{l}.attn_gate.*` and `layers.{l}.mlp_gate.*` per sub-layer, `gate.*` for the network.
+    public static func gates(_ file: SafetensorsFile, experts n: Int, granularity: MoLEGranularity = .block, config c: ModelConfig,
+                             adapter: String) throws -> (weights: [[Float]], temperatures: [Float]) {
         func fail(_ problem: String, tensor: String? = nil) -> AdapterError {
             AdapterError(adapter: adapter, tensor: tensor, problem: "\(gatesFile): " + problem)
         }
         let h = c.hiddenSize
-        guard file.tensors.count == 2 * c.numLayers else {
-            throw fail("holds \(file.tensors.count) tensors; expected \(2 * c.numLayers) (a weight and a temperature per layer)")
+        let units = granularity.units(layers: c.numLayers)
+        guard file.tensors.count == 2 * units else {
+            throw fail("holds \(file.tensors.count) tensors; expected \(2 * units) (a weight and a temperature per \(granularity.rawValue) gate)")
         }
         func floats(_ name: String, shape: [Int]) throws -> [Float] {
             guard let info = file.tensors[name] else { throw fail("missing", tensor: name) }
@@ -102,8 +109,8 @@ public enum MoLEComposition {
             return (0..<count).map { p.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
         }
         var weights: [[Float]] = [], temperatures: [Float] = []
-        for l in 0..<c.numLayers {
-            let wName = "layers.\(l).gate.weight", tName = "layers.\(l).gate.temperature"
+        for u in 0..<units {
+            let (wName, tName) = granularity.tensorNames(unit: u)
             let w = try floats(wName, shape: [n, h])
             guard w.allSatisfy({ $0.isFinite && abs($0) <= maxAbsGateWeight }) else {
                 throw fail("values must be finite and at most \(maxAbsGateWeight) in size", tensor: wName)
@@ -133,10 +140,11 @@ public enum MoLEComposition {
     }
 
     /// The composition: the experts stacked (weights 1) with the gates.
-    public static func compose(_ experts: [LoRAWeights], names: [String], weights: [[Float]], temperatures: [Float],
-                               config c: ModelConfig, name: String, id: AdapterID) throws -> LoRAWeights {
+    public static func compose(_ experts: [LoRAWeights], names: [String], granularity: MoLEGranularity = .block, weights: [[Float]],
+                               temperatures: [Float], config c: ModelConfig, name: String, id: AdapterID) throws -> LoRAWeights {
         let (modules, columns) = try LoRAComposition.stack(experts.map { ($0, 1) }, name: name)
-        let gating = MoLEGating(experts: names, weights: weights, temperatures: temperatures, hiddenSize: c.hiddenSize, columns: columns)
+        let gating = MoLEGating(experts: names, granularity: granularity, weights: weights, temperatures: temperatures,
+                                hiddenSize: c.hiddenSize, columns: columns)
         return LoRAWeights(name: name, scale: 1, modules: modules, id: id, gating: gating)
     }
 }

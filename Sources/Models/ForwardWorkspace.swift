@@ -21,10 +21,12 @@ public final class ForwardWorkspace: @unchecked Sendable {
     /// LoRA: runs of tokens sharing an adapter slot and scale, and the shrink/expand intermediates.
     var segments: [LoRASegment] = []
     let loraBatch = Kernels.LoRABatch()
-    /// MoLE: whether any segment of this pass is gated; one block's gates, a row of `MoLEGating.maxExperts`
-    /// per token.
+    /// MoLE: whether any segment of this pass is gated; the gates in use, computed at the attention input, a row
+    /// of `MoLEGating.maxExperts` per token.
     var gated = false
     private(set) var gates = Buffer(floats: 0)
+    /// The gates computed at the MLP's input (layer granularity), likewise.
+    private(set) var mlpGates = Buffer(floats: 0)
     /// Per adapter slot, over the last forward pass: the sum over gated tokens and blocks of the gate's entropy
     /// (nats), and the number of (token, block) gates summed.
     public private(set) var gateEntropy: [Double] = []
@@ -72,6 +74,7 @@ public final class ForwardWorkspace: @unchecked Sendable {
         slots = Buffer(byteCount: tokens * 8)
         tableOffsets = Buffer(byteCount: tokens * 8)
         gates = Buffer(floats: tokens * MoLEGating.maxExperts)
+        mlpGates = Buffer(floats: tokens * MoLEGating.maxExperts)
         capacity = tokens
     }
 

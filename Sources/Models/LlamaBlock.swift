@@ -72,10 +72,11 @@ extension LlamaModel {
     func block(_ li: Int, _ p: ForwardPass) {
         let c = config, layer = layers[li], n = p.tokens, h = c.hiddenSize
         Kernels.rmsNorm(p.x, weight: layer.attnNorm.floats, into: p.xn, width: h, tokens: n, eps: c.rmsNormEps)
-        if let lora = p.lora, p.workspace.gated { computeGates(layer: li, p.xn, p.workspace, lora) }
+        if let lora = p.lora, p.workspace.gated { computeGates(layer: li, mlp: false, p.xn, p.workspace, lora) }
         attention(li, p)
         Kernels.add(p.xn, into: p.x, count: n * h)
         Kernels.rmsNorm(p.x, weight: layer.ffnNorm.floats, into: p.xn, width: h, tokens: n, eps: c.rmsNormEps)
+        if let lora = p.lora, p.workspace.gated { computeGates(layer: li, mlp: true, p.xn, p.workspace, lora) }
         mlp(li, p)
         Kernels.add(p.xn, into: p.x, count: n * h)
     }

@@ -46,8 +46,9 @@ extension LlamaModel {
             guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
             let tokens = seg.start..<(seg.start + seg.count)
             if let g = w.gating, let columns = g.columns(layer: layer, target: target) {
+                let rows = g.granularity.usesMLPGates(target) ? ws.mlpGates : ws.gates
                 batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale,
-                             gates: ws.gates.floats + seg.start * MoLEGating.maxExperts, ldg: MoLEGating.maxExperts, columns: columns)
+                             gates: rows.floats + seg.start * MoLEGating.maxExperts, ldg: MoLEGating.maxExperts, columns: columns)
             } else {
                 batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale)
             }
@@ -55,20 +56,22 @@ extension LlamaModel {
         batch.apply(x, ldx: ldx, into: y, ldy: ldy)
     }
 
-    /// MoLE: block `layer`'s gates for the tokens of every gated segment, from `xn` (the block's normalised
-    /// input), into the workspace's gate rows (stride `MoLEGating.maxExperts`):
+    /// MoLE: the gates that sit at block `layer`'s attention input (`mlp` false: the first RMSNorm's output) or
+    /// MLP input (`mlp` true: the second's), for the tokens of every gated segment, from `xn`, into the
+    /// workspace's gate rows for that site (stride `MoLEGating.maxExperts`):
     ///
     ///     g[t, i] = exp(ε_i/τ − max_j ε_j/τ) / Σ_k exp(ε_k/τ − max_j ε_j/τ),   ε = W·xn[t], over the experts in the mask
     ///
     /// as the training model computes them. ε runs on the batch-invariant kernel, so a token's gates do not
     /// depend on its batch. Also adds each token's gate entropy (nats) and gate weights to its slot's statistics.
-    func computeGates(layer: Int, _ xn: UnsafePointer<Float>, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
+    func computeGates(layer: Int, mlp: Bool, _ xn: UnsafePointer<Float>, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
         let h = config.hiddenSize, ld = MoLEGating.maxExperts
         for seg in ws.segments {
-            guard let g = lora[seg.slot]?.gating else { continue }
-            let n = g.expertCount, tau = g.temperatures[layer], mask = g.mask
-            let rows = ws.gates.floats + seg.start * ld
-            Kernels.matmulBatchInvariant(g.weights[layer], xn + seg.start * h, ldx: h, ntok: seg.count, rows, ldy: ld)
+            guard let g = lora[seg.slot]?.gating,
+                  let unit = mlp ? g.granularity.mlpUnit(layer: layer) : g.granularity.attentionUnit(layer: layer) else { continue }
+            let n = g.expertCount, tau = g.temperatures[unit], mask = g.mask
+            let rows = (mlp ? ws.mlpGates : ws.gates).floats + seg.start * ld
+            Kernels.matmulBatchInvariant(g.weights[unit], xn + seg.start * h, ldx: h, ntok: seg.count, rows, ldy: ld)
             var entropy = 0.0
             for t in 0..<seg.count {
                 let e = rows + t * ld

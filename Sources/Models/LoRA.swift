@@ -33,6 +33,9 @@ public enum LoRATarget: Int, CaseIterable, Sendable, CustomStringConvertible {
 
     public var description: String { peftName }
 
+    /// gate, up and down: the MLP's matrices.
+    public var isMLP: Bool { self == .gate || self == .up || self == .down }
+
     public func tensor(layer: Int) -> LlamaTensor {
         switch self {
         case .q: .q(layer)
@@ -135,16 +138,68 @@ public struct AdapterID: Hashable, Comparable, Sendable, CustomStringConvertible
     public var description: String { "adapter#\(rawValue)" }
 }
 
-/// MoLE's learned gates over the experts stacked in one `LoRAWeights` (docs/design/mole-serving.md): in block l,
-/// token t weighs expert i by g[t, i] = softmax_i(xn[t]·W_l[i] / τ_l), xn the block's normalised input, over
-/// the experts in `mask` (the others weigh 0 and the rest renormalise). The experts' modules are stacked as
-/// PEFT's `cat` stacks them (A rows sᵢ·Aᵢ, B columns Bᵢ); rank column j of module (l, target) belongs to
-/// expert `columns(l, target)[j]` (-1: padding), and the LoRA kernel scales it by that expert's gate.
+/// Where MoLE's gates sit (the paper's b-, l- and n-MoLE): one gate per block (from the block's attention input),
+/// one per sub-layer (attention, from the block's first RMSNorm output; MLP, from its second), or one for the
+/// whole network (from block 0's attention input, weighing every block). A gate "unit" is one W and τ.
+public enum MoLEGranularity: String, Sendable, CaseIterable {
+    case block, layer, network
+
+    /// Gate units of a model with `layers` blocks.
+    public func units(layers: Int) -> Int {
+        switch self {
+        case .block: layers
+        case .layer: 2 * layers
+        case .network: 1
+        }
+    }
+
+    /// The unit whose gate weighs the experts in target t of block l.
+    public func unit(layer l: Int, target t: LoRATarget) -> Int {
+        switch self {
+        case .block: l
+        case .layer: 2 * l + (t.isMLP ? 1 : 0)
+        case .network: 0
+        }
+    }
+
+    /// The unit computed from block l's attention input (nil: none there).
+    public func attentionUnit(layer l: Int) -> Int? {
+        switch self {
+        case .block: l
+        case .layer: 2 * l
+        case .network: l == 0 ? 0 : nil
+        }
+    }
+
+    /// The unit computed from block l's MLP input (nil: none there).
+    public func mlpUnit(layer l: Int) -> Int? { self == .layer ? 2 * l + 1 : nil }
+
+    /// Whether target t reads the gates computed at the MLP input (else those of the attention input).
+    public func usesMLPGates(_ t: LoRATarget) -> Bool { self == .layer && t.isMLP }
+
+    /// The `gates.safetensors` names of unit u's W and τ.
+    public func tensorNames(unit u: Int) -> (weight: String, temperature: String) {
+        let stem = switch self {
+        case .block: "layers.\(u).gate"
+        case .layer: "layers.\(u / 2).\(u % 2 == 0 ? "attn_gate" : "mlp_gate")"
+        case .network: "gate"
+        }
+        return (stem + ".weight", stem + ".temperature")
+    }
+}
+
+/// MoLE's learned gates over the experts stacked in one `LoRAWeights` (docs/design/mole-serving.md): token t
+/// weighs expert i by g[t, i] = softmax_i(xn[t]·W_u[i] / τ_u), xn the normalised input where gate unit u sits
+/// (`MoLEGranularity`), over the experts in `mask` (the others weigh 0 and the rest renormalise). The experts'
+/// modules are stacked as PEFT's `cat` stacks them (A rows sᵢ·Aᵢ, B columns Bᵢ); rank column j of module
+/// (l, target) belongs to expert `columns(l, target)[j]` (-1: padding), and the LoRA kernel scales it by that
+/// expert's gate.
 public final class MoLEGating: @unchecked Sendable {
     /// Experts per composition at most (the mask is 64 bits; the gate rows' stride).
     public static let maxExperts = 64
     public let experts: [String]
-    /// Per layer W (N × H, f32) and τ.
+    public let granularity: MoLEGranularity
+    /// Per gate unit W (N × H, f32) and τ.
     public let weights: [WeightMatrix]
     public let temperatures: [Float]
     /// Bit i set: expert i is in use.
@@ -152,11 +207,14 @@ public final class MoLEGating: @unchecked Sendable {
     /// [layer][target.rawValue]: paddedRank Int32 entries, nil when no expert adapts the matrix.
     private let columnBuffers: [[Buffer?]]
 
-    /// - Parameters: weights: per layer N × H values; columns: [layer][target.rawValue] the expert of each
+    /// - Parameters: weights: per gate unit N × H values; columns: [layer][target.rawValue] the expert of each
     ///   padded rank column (nil: the module is absent).
-    public init(experts: [String], weights: [[Float]], temperatures: [Float], hiddenSize h: Int, columns: [[[Int32]?]]) {
+    public init(experts: [String], granularity: MoLEGranularity = .block, weights: [[Float]], temperatures: [Float], hiddenSize h: Int,
+                columns: [[[Int32]?]]) {
         let n = experts.count
-        precondition((1...Self.maxExperts).contains(n) && weights.count == temperatures.count && weights.count == columns.count)
+        precondition((1...Self.maxExperts).contains(n) && weights.count == temperatures.count
+                     && weights.count == granularity.units(layers: columns.count))
+        self.granularity = granularity
         precondition(weights.allSatisfy { $0.count == n * h } && temperatures.allSatisfy { $0 > 0 && $0.isFinite })
         self.experts = experts
         self.weights = weights.map { w in
@@ -180,6 +238,7 @@ public final class MoLEGating: @unchecked Sendable {
 
     private init(_ other: MoLEGating, mask: UInt64) {
         experts = other.experts
+        granularity = other.granularity
         weights = other.weights
         temperatures = other.temperatures
         columnBuffers = other.columnBuffers
@@ -193,6 +252,7 @@ public final class MoLEGating: @unchecked Sendable {
     }
 
     public var expertCount: Int { experts.count }
+    public var layerCount: Int { columnBuffers.count }
 
     func columns(layer: Int, target: LoRATarget) -> UnsafePointer<Int32>? {
         columnBuffers[layer][target.rawValue].map { UnsafePointer($0.base.assumingMemoryBound(to: Int32.self)) }
@@ -217,7 +277,7 @@ public final class LoRAWeights: @unchecked Sendable {
     public let gating: MoLEGating?
 
     public init(name: String, scale: Float, modules: [[LoRAModule?]], id: AdapterID = .next(), gating: MoLEGating? = nil) {
-        precondition(gating.map { $0.weights.count == modules.count } ?? true)
+        precondition(gating.map { $0.layerCount == modules.count } ?? true)
         self.id = id
         self.name = name
         self.scale = scale

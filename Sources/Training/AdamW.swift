@@ -54,7 +54,7 @@ public final class AdamW {
         var params: [(value: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>, count: Int)] = []
         let nh = mole.experts.count * mole.config.hiddenSize
         for (w, g) in zip(mole.gateWeights, mole.gateGradients) { params.append((w.floats, UnsafePointer(g.floats), nh)) }
-        params.append((mole.temperatureValues.floats, UnsafePointer(mole.temperatureGradientValues.floats), mole.config.numLayers))
+        params.append((mole.temperatureValues.floats, UnsafePointer(mole.temperatureGradientValues.floats), mole.units))
         self.init(configuration: configuration, parameters: params, owners: [mole])
     }
 

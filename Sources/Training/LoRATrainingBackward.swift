@@ -34,6 +34,7 @@ extension LoRATrainingModel {
                                    ws.dxn.floats, ldx: h)
         loraBackward(l, .gate, dy: ws.dGateUp.floats, ldy: 2 * f, x: s.xn2.floats, ldx: h, dx: ws.dxn.floats, tokens: n)
         loraBackward(l, .up, dy: ws.dGateUp.floats + f, ldy: 2 * f, x: s.xn2.floats, ldx: h, dx: ws.dxn.floats, tokens: n)
+        mole?.gateBackward(layer: l, mlp: true, xn: s.xn2.floats, dxn: ws.dxn.floats)
         TrainingOps.rmsNormBackward(ws.dxn.floats, x: s.h.floats, weight: w.ffnNorm.floats, rstd: s.rstd2.floats, dx: dx, rows: n, width: h)
 
         // Attention: h = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))).

@@ -130,6 +130,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
         TrainingOps.rmsNormForward(s.h.floats, weight: w.ffnNorm.floats, eps: c.rmsNormEps, out: s.xn2.floats,
                                    rstd: s.rstd2.floats, rows: n, width: h)
         TrainingOps.linearForward(s.xn2.floats, ldx: h, weight: w.gateUp.floats, out: 2 * f, in: h, tokens: n, s.gateUp.floats, ldy: 2 * f)
+        mole?.gateForward(layer: l, mlp: true, xn: s.xn2.floats)
         loraForward(l, .gate, x: s.xn2.floats, ldx: h, y: s.gateUp.floats, ldy: 2 * f, tokens: n)
         loraForward(l, .up, x: s.xn2.floats, ldx: h, y: s.gateUp.floats + f, ldy: 2 * f, tokens: n)
         TrainingOps.swigluForward(s.gateUp.floats, act: s.act.floats, tokens: n, width: f)

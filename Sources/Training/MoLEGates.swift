@@ -136,78 +136,86 @@ extension ReferenceTraining {
 }
 
 /// MoLE in the training model: N frozen LoRA experts (each a `LoRAParameters`, any targets) mixed in every
-/// adapted projection of block l by that block's gate, computed per token from the token's own normalised
-/// block input, g[t] = softmax(xn[t]·W_lᵀ / τ_l):
+/// adapted projection by a gate computed per token from the normalised input where the gate sits
+/// (`MoLEGranularity`: per block from its attention input; per sub-layer from the attention and the MLP inputs;
+/// one for the network from block 0's attention input), g[t] = softmax(xn[t]·W_uᵀ / τ_u):
 ///
 ///     y[t] += Σᵢ g[t, i] · sᵢ · Bᵢ·Aᵢ·x[t]
 ///
 /// (A per-token gate, not MoLE's per-sequence one: it is causal, length-independent and needs no state, so
 /// serving computes it inside chunked prefill and batched decode exactly as here; docs/design/mole-serving.md.)
-/// Only the gates (W_l, τ_l) train; the loss adds λ · (−log Πᵢ qᵢ), qᵢ = expert i's mean gate weight over
-/// every block and real token. Hooks called by `LoRATrainingModel` (forward and backward of each block).
+/// Only the gates (W_u, τ_u) train; the loss adds λ · (−log Πᵢ qᵢ), qᵢ = expert i's mean gate weight over
+/// every gate unit and real token. Hooks called by `LoRATrainingModel` (forward and backward of each block).
 public final class MoLEMixture: @unchecked Sendable {
     public let config: ModelConfig
     public let experts: [LoRAParameters]
-    /// Per layer: W (N × H) and its gradient; the temperature τ and its gradient.
+    public let granularity: MoLEGranularity
+    /// Per gate unit: W (N × H) and its gradient; the temperature τ and its gradient.
     public let gateWeights: [Buffer]
     public let gateGradients: [Buffer]
-    /// Per layer τ and dL/dτ, in buffers so the optimiser updates them with the weights.
+    /// Per gate unit τ and dL/dτ, in buffers so the optimiser updates them with the weights.
     public let temperatureValues: Buffer
     public let temperatureGradientValues: Buffer
     public var balanceWeight: Float
     /// The optimiser may not take τ below this (a softmax at τ ≤ 0 is undefined or inverted).
     public static let minimumTemperature: Float = 0.05
 
-    public var temperatures: [Float] { Array(UnsafeBufferPointer(start: temperatureValues.floats, count: config.numLayers)) }
-    public var temperatureGradients: [Float] { Array(UnsafeBufferPointer(start: temperatureGradientValues.floats, count: config.numLayers)) }
+    /// Gate units (W, τ pairs).
+    public var units: Int { gateWeights.count }
+    public var temperatures: [Float] { Array(UnsafeBufferPointer(start: temperatureValues.floats, count: units)) }
+    public var temperatureGradients: [Float] { Array(UnsafeBufferPointer(start: temperatureGradientValues.floats, count: units)) }
 
     private var batch = 0, length = 0, lengths: [Int] = []
-    /// Per layer, one row per token (B·T × N): ε = xn·Wᵀ, the gates, dL/dgates.
+    /// Per gate unit, one row per token (B·T × N): ε = xn·Wᵀ, the gates, dL/dgates.
     private var logits: [Buffer] = [], gates: [Buffer] = [], dGates: [Buffer] = []
     /// u = x·Aᵢᵀ per layer, per (target, expert).
     private var u: [[Buffer?]] = []
     private var du = Buffer(floats: 0), gateScratch = Buffer(floats: 0)
 
     /// Gate weights uniform in ±`gateScale`/√H (0: every expert weighs 1/N at the start), τ = `temperature`.
-    public init(config: ModelConfig, experts: [LoRAParameters], balanceWeight: Float, temperature: Float = 1,
-                gateScale: Float = 0, seed: UInt64 = 0) {
+    public init(config: ModelConfig, experts: [LoRAParameters], granularity: MoLEGranularity = .block, balanceWeight: Float,
+                temperature: Float = 1, gateScale: Float = 0, seed: UInt64 = 0) {
         precondition(!experts.isEmpty && experts.allSatisfy { $0.config == config })
         precondition(temperature > 0)
         self.config = config
         self.experts = experts
+        self.granularity = granularity
         self.balanceWeight = balanceWeight
-        let n = experts.count, h = config.hiddenSize
+        let n = experts.count, h = config.hiddenSize, units = granularity.units(layers: config.numLayers)
         var rng = SeededGenerator(seed: seed)
-        gateWeights = (0..<config.numLayers).map { _ in
+        gateWeights = (0..<units).map { _ in
             let w = Buffer(floats: n * h)
             for i in 0..<(n * h) { w.floats[i] = rng.symmetric() * gateScale / Float(h).squareRoot() }
             return w
         }
-        gateGradients = (0..<config.numLayers).map { _ in Buffer(floats: n * h) }
-        temperatureValues = Buffer(floats: config.numLayers)
-        temperatureValues.floats.update(repeating: temperature, count: config.numLayers)
-        temperatureGradientValues = Buffer(floats: config.numLayers)
+        gateGradients = (0..<units).map { _ in Buffer(floats: n * h) }
+        temperatureValues = Buffer(floats: units)
+        temperatureValues.floats.update(repeating: temperature, count: units)
+        temperatureGradientValues = Buffer(floats: units)
     }
 
     /// After an optimiser step: τ back to at least `minimumTemperature`.
     public func clampTemperatures() {
-        for l in 0..<config.numLayers { temperatureValues.floats[l] = max(temperatureValues.floats[l], Self.minimumTemperature) }
+        for u in 0..<units { temperatureValues.floats[u] = max(temperatureValues.floats[u], Self.minimumTemperature) }
     }
 
     var n: Int { experts.count }
 
     public func zeroGradients() {
         for g in gateGradients { g.floats.update(repeating: 0, count: n * config.hiddenSize) }
-        temperatureGradientValues.floats.update(repeating: 0, count: config.numLayers)
+        temperatureGradientValues.floats.update(repeating: 0, count: units)
     }
 
     /// The real tokens' rows of the last batch (padding excluded), in order.
     private var realRows: [Int] { (0..<batch).flatMap { b in (0..<lengths[b]).map { b * length + $0 } } }
 
-    /// Gate values of the last forward, layer l: one row of N per real token (padding excluded).
-    public func gateValues(layer l: Int) -> [Float] {
-        realRows.flatMap { r in (0..<n).map { gates[l].floats[r * n + $0] } }
+    /// Gate values of the last forward, gate unit u (block granularity: unit l is block l): one row of N per
+    /// real token (padding excluded).
+    public func gateValues(unit u: Int) -> [Float] {
+        realRows.flatMap { r in (0..<n).map { gates[u].floats[r * n + $0] } }
     }
+
+    public func gateValues(layer l: Int) -> [Float] { gateValues(unit: granularity.attentionUnit(layer: l) ?? 0) }
 
     func reserve(batch b: Int, length t: Int, lengths: [Int]) {
         self.lengths = lengths
@@ -215,9 +223,9 @@ public final class MoLEMixture: @unchecked Sendable {
         batch = b
         length = t
         let c = config, rows = b * t
-        logits = (0..<c.numLayers).map { _ in Buffer(floats: rows * n) }
-        gates = (0..<c.numLayers).map { _ in Buffer(floats: rows * n) }
-        dGates = (0..<c.numLayers).map { _ in Buffer(floats: rows * n) }
+        logits = (0..<units).map { _ in Buffer(floats: rows * n) }
+        gates = (0..<units).map { _ in Buffer(floats: rows * n) }
+        dGates = (0..<units).map { _ in Buffer(floats: rows * n) }
         var maxRank = 0
         u = (0..<c.numLayers).map { l in
             LoRATarget.allCases.flatMap { t in
@@ -232,14 +240,16 @@ public final class MoLEMixture: @unchecked Sendable {
         gateScratch = Buffer(floats: rows * n)
     }
 
-    /// Block l's gates, one row per token, from xn (the block's normalised input, B·T × H).
-    func gateForward(layer l: Int, xn: UnsafePointer<Float>) {
-        MoLEOps.gateForward(xn, weight: gateWeights[l].floats, temperature: temperatureValues.floats[l], rows: batch * length,
-                            experts: n, width: config.hiddenSize, logits: logits[l].floats, gates: gates[l].floats)
+    /// The gates that sit at block l's attention input (`mlp` false: xn = the first RMSNorm's output) or MLP
+    /// input (`mlp` true: the second's), one row per token (xn: B·T × H); nothing when no gate sits there.
+    func gateForward(layer l: Int, mlp: Bool = false, xn: UnsafePointer<Float>) {
+        guard let u = mlp ? granularity.mlpUnit(layer: l) : granularity.attentionUnit(layer: l) else { return }
+        MoLEOps.gateForward(xn, weight: gateWeights[u].floats, temperature: temperatureValues.floats[u], rows: batch * length,
+                            experts: n, width: config.hiddenSize, logits: logits[u].floats, gates: gates[u].floats)
     }
 
     func mixtureForward(layer l: Int, target t: LoRATarget, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
-        let rows = batch * length, g = gates[l].floats
+        let rows = batch * length, g = gates[granularity.unit(layer: l, target: t)].floats
         for (i, e) in experts.enumerated() {
             guard let m = e.module(layer: l, target: t), let ui = u[l][t.rawValue * n + i] else { continue }
             let r = m.rank
@@ -257,7 +267,8 @@ public final class MoLEMixture: @unchecked Sendable {
     /// dGates[t, i] += dy[t]·Eᵢ[t] = (s·dy·Bᵢ)[t]·u[t];  dx += g·(s·dy·Bᵢ)·Aᵢ.
     func mixtureBackward(layer l: Int, target t: LoRATarget, dy: UnsafePointer<Float>, ldy: Int, x: UnsafePointer<Float>, ldx: Int,
                          dx: UnsafeMutablePointer<Float>) {
-        let rows = batch * length, g = gates[l].floats, dg = dGates[l].floats
+        let unit = granularity.unit(layer: l, target: t)
+        let rows = batch * length, g = gates[unit].floats, dg = dGates[unit].floats
         for (i, e) in experts.enumerated() {
             guard let m = e.module(layer: l, target: t), let ui = u[l][t.rawValue * n + i] else { continue }
             let r = m.rank
@@ -274,23 +285,25 @@ public final class MoLEMixture: @unchecked Sendable {
         }
     }
 
-    /// The gate's backward for block l: dW_l, dτ_l, and the gate input's gradient, added to dxn (the gradient
-    /// of the block's normalised input xn). Padding rows carry no gradient (their dGates are cleared first).
-    func gateBackward(layer l: Int, xn: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>) {
+    /// The backward of the gate that sits at block l's attention (or MLP) input: dW_u, dτ_u, and the gate input's
+    /// gradient, added to dxn (the gradient of that normalised input xn). Called after every target the gate
+    /// weighs has run its backward (for the network's gate: at block 0, last). Padding rows carry no gradient.
+    func gateBackward(layer l: Int, mlp: Bool = false, xn: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>) {
+        guard let u = mlp ? granularity.mlpUnit(layer: l) : granularity.attentionUnit(layer: l) else { return }
         for b in 0..<batch where lengths[b] < length {
-            (dGates[l].floats + (b * length + lengths[b]) * n).update(repeating: 0, count: (length - lengths[b]) * n)
+            (dGates[u].floats + (b * length + lengths[b]) * n).update(repeating: 0, count: (length - lengths[b]) * n)
         }
-        temperatureGradientValues.floats[l] += MoLEOps.gateBackward(dGates[l].floats, z: xn, weight: gateWeights[l].floats,
-                                                        temperature: temperatureValues.floats[l], rows: batch * length, experts: n,
-                                                        width: config.hiddenSize, logits: logits[l].floats, gates: gates[l].floats,
-                                                        gradWeight: gateGradients[l].floats, dz: dxn, scratch: gateScratch.floats)
+        temperatureGradientValues.floats[u] += MoLEOps.gateBackward(dGates[u].floats, z: xn, weight: gateWeights[u].floats,
+                                                        temperature: temperatureValues.floats[u], rows: batch * length, experts: n,
+                                                        width: config.hiddenSize, logits: logits[u].floats, gates: gates[u].floats,
+                                                        gradWeight: gateGradients[u].floats, dz: dxn, scratch: gateScratch.floats)
     }
 
     /// λ · (−Σᵢ log qᵢ) over every block's gates of the last forward (real tokens only); with `addingGradient`,
     /// the gate gradients start from this loss's (dGates are reset first).
     func balanceLoss(addingGradient: Bool = false) -> Double {
         let real = realRows
-        let rows = Double(config.numLayers * real.count)
+        let rows = Double(units * real.count)
         var q = [Double](repeating: 0, count: n)
         for g in gates { for r in real { for i in 0..<n { q[i] += Double(g.floats[r * n + i]) } } }
         for i in 0..<n { q[i] /= rows }

@@ -1,8 +1,8 @@
 import Foundation
 
 /// Writes a trained MoLE composition: `mole_config.json` (the experts by name and path, the granularity, the
-/// gate's input, the balance weight, the model's shape) and `gates.safetensors` (per layer the gate matrix
-/// W (N × H) as `layers.{l}.gate.weight` and the temperature τ as `layers.{l}.gate.temperature`, f32).
+/// gate's input, the balance weight, the model's shape) and `gates.safetensors` (per gate unit the matrix
+/// W (N × H) and the temperature τ, f32, named by `MoLEGranularity.tensorNames`: `layers.{l}.gate.*` per block).
 public enum MoLEWriter {
     public struct Expert: Sendable, Equatable {
         public var name: String
@@ -21,12 +21,13 @@ public enum MoLEWriter {
         precondition(experts.count == mole.experts.count)
         let c = mole.config, n = mole.experts.count, h = c.hiddenSize
         var tensors: [(name: String, shape: [Int], values: [Float])] = []
-        for l in 0..<c.numLayers {
-            tensors.append(("layers.\(l).gate.weight", [n, h], Array(UnsafeBufferPointer(start: mole.gateWeights[l].floats, count: n * h))))
-            tensors.append(("layers.\(l).gate.temperature", [1], [mole.temperatureValues.floats[l]]))
+        for u in 0..<mole.units {
+            let (weight, temperature) = mole.granularity.tensorNames(unit: u)
+            tensors.append((weight, [n, h], Array(UnsafeBufferPointer(start: mole.gateWeights[u].floats, count: n * h))))
+            tensors.append((temperature, [1], [mole.temperatureValues.floats[u]]))
         }
         let config: [String: Any] = [
-            "format": "dlora-mole", "version": 1, "granularity": "block",
+            "format": "dlora-mole", "version": 1, "granularity": mole.granularity.rawValue,
             "experts": experts.map { ["name": $0.name, "path": $0.path] },
             "gate_input": gateInput, "balance_weight": Double(String(mole.balanceWeight)) ?? Double(mole.balanceWeight),
             "num_layers": c.numLayers, "hidden_size": h, "base_model": baseModel,

@@ -167,12 +167,15 @@ public enum ReferenceTraining {
     /// MoLE in f64: frozen experts, per-layer gate weights (N × H) and temperatures, the balance coefficient.
     public struct MoLE: Sendable {
         public var experts: [Adapter]
+        public var granularity: MoLEGranularity
+        /// Per gate unit.
         public var weights: [[Double]]
         public var temperatures: [Double]
         public var balanceWeight: Double
 
         public init(_ m: MoLEMixture) {
             experts = m.experts.map(Adapter.init)
+            granularity = m.granularity
             let count = m.experts.count * m.config.hiddenSize
             weights = m.gateWeights.map { b in (0..<count).map { Double(b.floats[$0]) } }
             temperatures = m.temperatures.map(Double.init)
@@ -180,11 +183,13 @@ public enum ReferenceTraining {
         }
     }
 
-    /// A block's MoLE gates for one forward: the experts and gate rows (N values each), one per run of `length` rows.
+    /// A block's MoLE gates for one forward: the experts and gate rows (N values each, one per token), those from
+    /// the attention input and (layer granularity) those from the MLP input.
     struct Mixture {
         var mole: MoLE
         var gates: [Double]
-        var length: Int
+        var mlpGates: [Double]?
+        func rows(for t: LoRATarget) -> [Double] { mole.granularity.usesMLPGates(t) ? mlpGates! : gates }
     }
 
     /// x·Wᵀ plus the adapter's path for (layer, target), if it has one, plus the gated experts' paths.
@@ -201,8 +206,9 @@ public enum ReferenceTraining {
             for (e, expert) in mix.mole.experts.enumerated() {
                 guard let m = expert.modules[layer][t] else { continue }
                 let delta = lora(x, a: m.a, b: m.b, rank: expert.rank, out: out, in: n, scale: expert.scale, tokens: tokens)
+                let gates = mix.rows(for: t)
                 for row in 0..<tokens {
-                    let g = mix.gates[(row / mix.length) * experts + e]
+                    let g = gates[row * experts + e]
                     for o in 0..<out { y[row * out + o] += g * delta[row * out + o] }
                 }
             }
@@ -215,10 +221,12 @@ public enum ReferenceTraining {
         blockWithGates(x, layer: l, model: model, adapter: adapter, batch: batch, length: length).out
     }
 
-    /// The block, with MoLE gates when given (per token, from the token's rmsNorm₁(x)); returns the gates of
-    /// each sequence's `lengths` real rows too.
+    /// The block, with MoLE gates when given (per token, from the normalised input where each gate unit sits;
+    /// the network's gates, computed in block 0, are passed to the later blocks); returns the real rows of the
+    /// gates computed here (for the balance loss) and the gates used at the attention input.
     static func blockWithGates(_ x: [Double], layer l: Int, model: Model, adapter: Adapter, batch: Int, length: Int,
-                               mole: MoLE? = nil, lengths: [Int]? = nil) -> (out: [Double], gates: [Double]) {
+                               mole: MoLE? = nil, lengths: [Int]? = nil, networkGates: [Double]? = nil)
+        -> (out: [Double], gates: [Double], attentionGates: [Double]?) {
         let c = model.config, w = model.layers[l], n = batch * length
         let h = c.hiddenSize, f = c.intermediateSize, eps = Double(c.rmsNormEps)
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
@@ -228,13 +236,17 @@ public enum ReferenceTraining {
         let xn1 = rmsNorm(x, weight: w.attnNorm, eps: eps, rows: n, width: h)
         var mixture: Mixture?
         var realGates: [Double] = []
-        if let mole {
-            let lengths = lengths ?? Array(repeating: length, count: batch)
+        let lengths = lengths ?? Array(repeating: length, count: batch)
+        /// The gate rows of unit u from xn, with their real rows added to `realGates` (for the balance loss).
+        func gates(unit u: Int, from xn: [Double], mole: MoLE) -> [Double] {
             let experts = mole.experts.count
-            let gates = moleGates(z: xn1, weight: mole.weights[l], temperature: mole.temperatures[l], rows: n,
-                                  experts: experts, width: h)
-            mixture = Mixture(mole: mole, gates: gates, length: 1)
-            for b in 0..<batch { for t in 0..<lengths[b] { realGates += gates[((b * length + t) * experts)..<((b * length + t + 1) * experts)] } }
+            let g = moleGates(z: xn, weight: mole.weights[u], temperature: mole.temperatures[u], rows: n, experts: experts, width: h)
+            for b in 0..<batch { for t in 0..<lengths[b] { realGates += g[((b * length + t) * experts)..<((b * length + t + 1) * experts)] } }
+            return g
+        }
+        if let mole {
+            let attention = mole.granularity.attentionUnit(layer: l).map { gates(unit: $0, from: xn1, mole: mole) } ?? networkGates!
+            mixture = Mixture(mole: mole, gates: attention, mlpGates: nil)
         }
         func project(_ x: [Double], _ w: [Double], _ t: LoRATarget) -> [Double] {
             Self.project(x, w, t, layer: l, adapter: adapter, config: c, tokens: n, mixture: mixture)
@@ -257,6 +269,7 @@ public enum ReferenceTraining {
         let hid = zip(x, o).map { $0 + $1 }
 
         let xn2 = rmsNorm(hid, weight: w.ffnNorm, eps: eps, rows: n, width: h)
+        if let mole, let u = mole.granularity.mlpUnit(layer: l) { mixture?.mlpGates = gates(unit: u, from: xn2, mole: mole) }
         let g = project(xn2, w.gate, .gate)
         let u = project(xn2, w.up, .up)
         var gu = [Double](repeating: 0, count: n * 2 * f)
@@ -265,7 +278,7 @@ public enum ReferenceTraining {
         }
         let act = swiglu(gu, tokens: n, width: f)
         let d = project(act, w.down, .down)
-        return (zip(hid, d).map { $0 + $1 }, realGates)
+        return (zip(hid, d).map { $0 + $1 }, realGates, mixture?.gates)
     }
 
     /// The mean cross-entropy of the batch's labelled positions.
@@ -278,11 +291,13 @@ public enum ReferenceTraining {
             for i in 0..<h { x[t * h + i] = model.embedding[id * h + i] }
         }
         var allGates: [Double] = []
+        var networkGates: [Double]?
         for l in 0..<c.numLayers {
             let r = blockWithGates(x, layer: l, model: model, adapter: adapter, batch: batch.batch, length: batch.length,
-                                   mole: mole, lengths: batch.lengths)
+                                   mole: mole, lengths: batch.lengths, networkGates: networkGates)
             x = r.out
             allGates += r.gates
+            if mole?.granularity == .network && l == 0 { networkGates = r.attentionGates }
         }
         let xn = rmsNorm(x, weight: model.outputNorm, eps: Double(c.rmsNormEps), rows: n, width: h)
         let logits = linear(xn, weight: model.output, out: c.vocabSize, in: h, tokens: n)

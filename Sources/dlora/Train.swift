@@ -198,7 +198,7 @@ struct TrainMoLE: ParsableCommand {
     @OptionGroup var expertOptions: ExpertOptions
     @Option(help: "The training data: a JSONL file.")
     var data: String
-    @Option(help: "Gate granularity: block (one gate per transformer block; the paper's b-MoLE).")
+    @Option(help: "Gate granularity: block (one gate per transformer block; the paper's b-MoLE), layer (one per attention and MLP sub-layer; l-MoLE) or network (one for the whole model; n-MoLE).")
     var granularity: String = "block"
     @Option(help: "Balance-loss coefficient α (0: no balance loss).")
     var balance: Float = 0.1
@@ -220,8 +220,8 @@ struct TrainMoLE: ParsableCommand {
     var logEvery: Int = 1
 
     func validate() throws {
-        guard granularity == "block" else {
-            throw ValidationError("--granularity \(granularity.prefix(32)): only block is implemented (matrix-, layer- and network-level gates are not yet)")
+        guard MoLEGranularity(rawValue: granularity) != nil else {
+            throw ValidationError("--granularity \(granularity.prefix(32)): block, layer or network (matrix-level gates are not implemented)")
         }
         guard balance.isFinite, balance >= 0, balance <= 100 else { throw ValidationError("--balance must be between 0 and 100") }
         guard temperature.isFinite, temperature >= MoLEMixture.minimumTemperature, temperature <= 100 else {
@@ -250,13 +250,14 @@ struct TrainMoLE: ParsableCommand {
         }
         let base = try FrozenBase(checkpoint: setup.checkpoint)
         let expertParameters = weights.map { LoRAParameters(weights: $0, config: c) }
-        let mole = MoLEMixture(config: c, experts: expertParameters, balanceWeight: balance, temperature: temperature)
+        let mole = MoLEMixture(config: c, experts: expertParameters, granularity: MoLEGranularity(rawValue: granularity)!,
+                               balanceWeight: balance, temperature: temperature)
         let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
         let model = LoRATrainingModel(base: base, lora: none, mole: mole)
         let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
         var sampler = BatchSampler(data: data, size: batch, seed: seed)
         let err = FileHandle.standardError
-        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(c.numLayers) block gates, \(Kernels.threadCount) threads\n".utf8))
+        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.units) \(granularity) gates, \(Kernels.threadCount) threads\n".utf8))
         var lastLoss = Double.nan
         var tokens = 0, seconds = 0.0
         for step in 1...steps {
@@ -279,13 +280,13 @@ struct TrainMoLE: ParsableCommand {
                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
     }
 
-    /// Each expert's gate weight averaged over the blocks and real tokens of the last batch.
+    /// Each expert's gate weight averaged over the gate units and real tokens of the last batch.
     static func meanGates(_ mole: MoLEMixture) -> String {
         let n = mole.experts.count
         var sums = [Float](repeating: 0, count: n)
         var rows = 0
-        for l in 0..<mole.config.numLayers {
-            let g = mole.gateValues(layer: l)
+        for u in 0..<mole.units {
+            let g = mole.gateValues(unit: u)
             for (i, v) in g.enumerated() { sums[i % n] += v }
             rows += g.count / n
         }

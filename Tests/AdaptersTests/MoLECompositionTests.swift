@@ -64,7 +64,7 @@ import TestSupport
             ("{", "not valid JSON"),
             (edited(#""dlora-mole""#, #""other""#), "format must be"),
             (edited(#""version": 1"#, #""version": 2"#), "version 2 is not supported"),
-            (edited(#""block""#, #""layer""#), "granularity 'layer' is not supported"),
+            (edited(#""block""#, #""matrix""#), "granularity 'matrix' is not supported"),
             (edited(#""token""#, #""sequence mean""#), "gate_input 'sequence mean' is not supported"),
             (edited(#""num_layers": "#, #""num_layers": 1000, "x_layers": "#), "unknown key 'x_layers'"),
             (edited(#""hidden_size": "#, #""hidden_size": "64", "h": "#), "hidden_size has the wrong type"),

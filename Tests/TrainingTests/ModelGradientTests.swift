@@ -105,13 +105,16 @@ extension TrainingSuites {
     /// MoLE through the whole model: three frozen experts (different targets) mixed by per-block gates with a
     /// temperature (per token, from each token's normalised block input), a padded batch (padding rows carry no
     /// gradient and stay out of the balance loss) and the balance loss: loss against the f64 reference, and dL/dW, dL/dτ of every block's gate against central differences.
-    @Test(arguments: [("tiny-llama", "hf"), ("tiny-llama", "F32")]) func moleGates(model: String, variant: String) throws {
+    @Test(arguments: [("hf", MoLEGranularity.block), ("F32", .block), ("hf", .layer), ("F32", .network)])
+    func moleGates(variant: String, granularity: MoLEGranularity) throws {
+        let model = "tiny-llama"
         let base = try Self.base(model, variant)
         let c = base.config
         let experts = [[LoRATarget.q, .v], [.o, .down], [.q, .k, .gate, .up]].enumerated().map { i, targets in
             LoRAParameters(config: c, rank: 2 + i, alpha: 4, targets: targets, seed: 40 + UInt64(i), bScale: 0.4)
         }
-        let mole = MoLEMixture(config: c, experts: experts, balanceWeight: 0.5, temperature: 0.7, gateScale: 1.5, seed: 44)
+        let mole = MoLEMixture(config: c, experts: experts, granularity: granularity, balanceWeight: 0.5, temperature: 0.7,
+                               gateScale: 1.5, seed: 44)
         let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
         let m = LoRATrainingModel(base: base, lora: none, mole: mole)
         var rng = SplitMix64(seed: 45)
@@ -130,7 +133,8 @@ extension TrainingSuites {
         #expect(abs(loss - refLoss) < 1e-4 * max(1, abs(refLoss)), "loss \(loss) vs reference \(refLoss)")
         #expect(abs(m.loss(batch) - loss) < 1e-6)
 
-        for l in 0..<c.numLayers {
+        #expect(mole.units == granularity.units(layers: c.numLayers))
+        for l in 0..<mole.units {
             let w = ref.weights[l]
             let idx = sampleIndices(w.count, count: 16, &rng)
             let numeric = numericGradient(w, indices: idx) { v in
@@ -139,13 +143,13 @@ extension TrainingSuites {
                 return ReferenceTraining.loss(model: refModel, adapter: adapter, batch: batch, mole: r)
             }
             let analytic = Array(UnsafeBufferPointer(start: mole.gateGradients[l].floats, count: w.count))
-            expectGradient(idx.map { analytic[$0] }, numeric, rtol: 2e-3, "\(model)/\(variant) MoLE dW layer \(l)")
+            expectGradient(idx.map { analytic[$0] }, numeric, rtol: 2e-3, "\(model)/\(variant) \(granularity) MoLE dW unit \(l)")
             let numericTau = numericGradient([ref.temperatures[l]]) { v in
                 var r = ref
                 r.temperatures[l] = v[0]
                 return ReferenceTraining.loss(model: refModel, adapter: adapter, batch: batch, mole: r)
             }
-            expectGradient([mole.temperatureGradients[l]], numericTau, rtol: 2e-3, "\(model)/\(variant) MoLE dτ layer \(l)")
+            expectGradient([mole.temperatureGradients[l]], numericTau, rtol: 2e-3, "\(model)/\(variant) \(granularity) MoLE dτ unit \(l)")
         }
     }
 }

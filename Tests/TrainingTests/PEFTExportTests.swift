@@ -128,7 +128,7 @@ extension TrainingSuites {
             (["--experts", "a-qv-r4,a-qv-r4"], "appears twice"),
             (["--experts", "a-qv-r4,../etc"], "invalid adapter name"),
             (["--experts", "a-qv-r4,nope"], "nope"),
-            (["--granularity", "matrix"], "only block is implemented"),
+            (["--granularity", "matrix"], "block, layer or network"),
             (["--temperature", "0"], "--temperature must be between"),
             (["--out", out], "already holds"),
         ] {
@@ -187,7 +187,8 @@ extension TrainingSuites {
     /// the mix varies per token) over the three fixture experts, written by `MoLEWriter` next to those experts,
     /// load in the engine as one composition whose logits at every prompt position are the training
     /// forward's; with uniform gates instead they differ (the check sees the gates).
-    @Test(arguments: ["F32", "hf"]) func writtenMoLEServesTheTrainedGates(variant: String) throws {
+    @Test(arguments: [("F32", MoLEGranularity.block), ("hf", .block), ("F32", .layer), ("hf", .network)])
+    func writtenMoLEServesTheTrainedGates(variant: String, granularity: MoLEGranularity) throws {
         let path = FixtureFiles.checkpoint(model: "tiny-llama", variant: variant)
         let base = try FrozenBase(path: path)
         let c = base.config
@@ -197,10 +198,11 @@ extension TrainingSuites {
             try FileManager.default.copyItem(at: FixtureFiles.lora.appendingPathComponent("tiny-llama/\(name)"), to: dir.file(name))
         }
         let experts = try names.map { try AdapterLoader.load(path: dir.path($0), base: c) }
-        let mole = MoLEMixture(config: c, experts: experts.map { LoRAParameters(weights: $0, config: c) }, balanceWeight: 0.1,
-                               temperature: 0.6, gateScale: 4, seed: 91)
+        let mole = MoLEMixture(config: c, experts: experts.map { LoRAParameters(weights: $0, config: c) }, granularity: granularity,
+                               balanceWeight: 0.1, temperature: 0.6, gateScale: 4, seed: 91)
         try MoLEWriter.write(mole, experts: names.map { MoLEWriter.Expert(name: $0, path: $0) }, to: dir.path("mole"), baseModel: path)
         let served = try AdapterLoader.load(path: dir.path("mole"), base: c)
+        #expect(served.gating?.granularity == granularity && served.gating?.weights.count == mole.units)
         let model = try LlamaModel(checkpoint: openCheckpoint(path: path))
         let prompt = [5, 17, 200, 3, 9, 44, 61, 7, 120]
         let batch = TrainingBatch(batch: 1, length: prompt.count, tokens: prompt.map(Int32.init), labels: Array(repeating: -1, count: prompt.count))
