@@ -196,11 +196,8 @@ public enum LoRAComposition {
         return out
     }
 
-    /// A task or adapter directory name that stays in its parent (as `isPlainName`).
-    public static func isPlainTaskName(_ s: String) -> Bool { isPlainName(s) }
-
     /// A name that stays in the directory it is resolved in: no separators, not `.`/`..`, no NUL, ≤ 255 bytes.
-    static func isPlainName(_ s: String) -> Bool {
+    public static func isPlainName(_ s: String) -> Bool {
         !s.isEmpty && s.utf8.count <= 255 && s != "." && s != ".." && !s.contains("/") && !s.contains("\0") && !s.hasPrefix(".")
     }
 

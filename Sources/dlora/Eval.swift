@@ -86,7 +86,7 @@ struct Eval: ParsableCommand {
             taskNames = entries.filter { FileManager.default.fileExists(atPath: tasks + "/" + $0 + "/test_eval.jsonl") }.sorted()
         }
         guard !taskNames.isEmpty else { throw CLIError("\(tasks): no task directories with a test_eval.jsonl") }
-        for t in taskNames where !LoRAComposition.isPlainTaskName(t) { throw CLIError("task '\(t.prefix(64))' is not a plain directory name") }
+        for t in taskNames where !LoRAComposition.isPlainName(t) { throw CLIError("task '\(t.prefix(64))' is not a plain directory name") }
         let items = try taskNames.flatMap { try Self.items(task: $0, path: tasks + "/" + $0 + "/test_eval.jsonl", limit: limit) }
         let prompts = items.map { tokenizer.encode($0.prompt, addSpecial: true) }
         var budget: [String: Int] = [:]
