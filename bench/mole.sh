@@ -15,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
 EXPERTS=${EXPERTS:-"arithmetic:150:16 negation:120:8 sentiment:100:8 word_sorting:100:8 e2e:80:8 sql:60:8"}
-MOLE_STEPS=${MOLE_STEPS:-40}
+MOLE_STEPS=${MOLE_STEPS:-120}
 MOLE_BATCH=${MOLE_BATCH:-8}
 LIMIT=${LIMIT:-60}
 WORK=${MOLE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dlora/mole-eval}
