@@ -156,9 +156,12 @@ void block_slices(const int type, const uint8_t *row, int64_t b, __m512 *lo, __m
     }
     case DL_Q4_1: {
         // As Q4_0, with the table d * j + m.
+        // d and m converted together: [d, m] repeated, then each spread over all lanes.
         const uint8_t *p = row + b * 20;
-        __m512 table = _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8))), nibble_values()),
-                                     _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[2] | p[3] << 8))));
+        int32_t dm_bits;
+        memcpy(&dm_bits, p, 4);
+        __m512 dm = _mm512_cvtph_ps(_mm256_set1_epi32(dm_bits));
+        __m512 table = _mm512_add_ps(_mm512_mul_ps(_mm512_moveldup_ps(dm), nibble_values()), _mm512_movehdup_ps(dm));
         __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
         *lo = _mm512_permutexvar_ps(q, table);
         *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
@@ -180,27 +183,37 @@ void block_slices(const int type, const uint8_t *row, int64_t b, __m512 *lo, __m
     }
 }
 
-// One row x one token over K = 32·nb columns. One row at a time (x is re-read from L1 for each row):
-// the weights are then one sequential stream per thread, which measured faster than interleaving the
-// blocks of 2 or 4 rows (more accumulators in flight, but the Q8_0 LM head read ~1.7x slower from memory).
-// type is a constant at every call site, so the block decoding is specialised.
+// NR (1 or 4) rows x one token over K = 32·nb columns, rows row_bytes apart. Four rows keep four
+// independent FMA chains in flight (one row's chain is latency-bound); interleaving their blocks defeats
+// the hardware prefetcher though (the Q8_0 LM head read ~1.7x slower from memory), so the loop prefetches
+// the next four rows itself, spread over its blocks. type and NR are constants at every call site, so the
+// block decoding is specialised and the accumulators stay in registers.
 DL_AVX512_F16 static inline __attribute__((always_inline))
-float fused_row(const int type, const uint8_t *w, int64_t nb, const float *x) {
-    __m512 acc = _mm512_setzero_ps();
+void fused_rows(const int type, const int NR, const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y) {
+    __m512 acc[4] = { _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps() };
+    const char *next = (const char *)w + NR * row_bytes;
+    const int64_t lines = (NR * row_bytes + 63) / 64, lines_per_block = (lines + nb - 1) / nb;
     for (int64_t b = 0; b < nb; b++) {
-        __m512 lo, hi;
-        block_slices(type, w, b, &lo, &hi);
-        acc = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + b * 32), acc);
-        acc = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + b * 32 + 16), acc);
+        if (NR > 1)
+            for (int64_t j = 0; j < lines_per_block; j++) _mm_prefetch(next + (b * lines_per_block + j) * 64, _MM_HINT_T0);
+        __m512 xl = _mm512_loadu_ps(x + b * 32), xh = _mm512_loadu_ps(x + b * 32 + 16);
+        for (int r = 0; r < NR; r++) {
+            __m512 lo, hi;
+            block_slices(type, w + r * row_bytes, b, &lo, &hi);
+            acc[r] = _mm512_fmadd_ps(lo, xl, acc[r]);
+            acc[r] = _mm512_fmadd_ps(hi, xh, acc[r]);
+        }
     }
-    return lane_sum(acc);
+    for (int r = 0; r < NR; r++) y[r] = lane_sum(acc[r]);
 }
 
 // Rows [r0, r1) of y[r] = W[r]·x for one token; K a multiple of 32.
 DL_AVX512_F16 static inline __attribute__((always_inline))
 void fused_token_typed(const int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, float *y,
                        int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) y[r] = fused_row(type, W + r * row_bytes, K / 32, x);
+    int64_t r = r0, nb = K / 32;
+    for (; r + 4 <= r1; r += 4) fused_rows(type, 4, W + r * row_bytes, row_bytes, nb, x, y + r);
+    for (; r < r1; r++) fused_rows(type, 1, W + r * row_bytes, row_bytes, nb, x, y + r);
 }
 
 DL_AVX512_F16 static void fused_token(int type, const uint8_t *W, int64_t row_bytes, int64_t K,
