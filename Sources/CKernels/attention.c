@@ -47,6 +47,31 @@ DL_AVX512 static void axpy_avx512(float *y, float a, const float *x, int64_t n) 
         _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += a * x[i];
 }
+
+// o = Σ_p w[p] · V[p] for NV·16 = head_dim with o kept in registers: the same fused multiply-add per
+// element, in the same position order, as axpy_avx512 into a zeroed o, without the store and reload of o
+// between positions (that round trip made each position wait on the previous one).
+DL_AVX512 static inline __attribute__((always_inline))
+void weighted_values_regs(const int NV, float *o, const float *w, float inv, int64_t n, const int32_t *table,
+                          int64_t block_size, const float *vcache, int64_t row, int64_t offset) {
+    __m512 acc[8];
+    for (int j = 0; j < NV; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < n; p++) {
+        int64_t slot = (int64_t)table[p / block_size] * block_size + p % block_size;
+        const float *vr = vcache + slot * row + offset;
+        __m512 a = _mm512_set1_ps(w[p] * inv);
+        for (int j = 0; j < NV; j++) acc[j] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vr + 16 * j), acc[j]);
+    }
+    for (int j = 0; j < NV; j++) _mm512_storeu_ps(o + 16 * j, acc[j]);
+}
+
+// head_dim 64 or 128 only.
+DL_AVX512 static void weighted_values_avx512(int64_t head_dim, float *o, const float *w, float inv, int64_t n,
+                                             const int32_t *table, int64_t block_size, const float *vcache,
+                                             int64_t row, int64_t offset) {
+    if (head_dim == 64) weighted_values_regs(4, o, w, inv, n, table, block_size, vcache, row, offset);
+    else weighted_values_regs(8, o, w, inv, n, table, block_size, vcache, row, offset);
+}
 #endif
 
 typedef struct {
@@ -102,6 +127,12 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
         double sum = 0;
         for (int64_t p = 0; p < n; p++) { scores[p] = expf(scores[p] - mx); sum += scores[p]; }
         float inv = (float)(1.0 / sum);
+#if defined(__x86_64__)
+        if (use512 && (c->head_dim == 64 || c->head_dim == 128)) {
+            weighted_values_avx512(c->head_dim, o, scores, inv, n, table, c->block_size, c->vcache, row, kvh * c->head_dim);
+            continue;
+        }
+#endif
         memset(o, 0, (size_t)c->head_dim * sizeof(float));
         for (int64_t p = 0; p < n; p++) {
             int64_t slot = (int64_t)table[p / c->block_size] * c->block_size + p % c->block_size;
