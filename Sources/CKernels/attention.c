@@ -47,6 +47,46 @@ DL_AVX512 static void axpy_avx512(float *y, float a, const float *x, int64_t n) 
         _mm512_storeu_ps(y + i, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
     for (; i < n; i++) y[i] += a * x[i];
 }
+
+// o = Σ_p w[p] · V[p] for NV·16 = head_dim with o kept in registers: the same fused multiply-add per
+// element, in the same position order, as axpy_avx512 into a zeroed o, without the store and reload of o
+// between positions (that round trip made each position wait on the previous one).
+DL_AVX512 static inline __attribute__((always_inline))
+void weighted_values_regs(const int NV, float *o, const float *w, float inv, int64_t n, const int32_t *table,
+                          int64_t block_size, const float *vcache, int64_t row, int64_t offset) {
+    __m512 acc[8];
+    for (int j = 0; j < NV; j++) acc[j] = _mm512_setzero_ps();
+    for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
+        const float *vr = vcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        if (++off == block_size) { off = 0; blk++; }
+        __m512 a = _mm512_set1_ps(w[p] * inv);
+        for (int j = 0; j < NV; j++) acc[j] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vr + 16 * j), acc[j]);
+    }
+    for (int j = 0; j < NV; j++) _mm512_storeu_ps(o + 16 * j, acc[j]);
+}
+
+// scores[p] = (q · K[p]) * scale for p < n, returning their max: the loop in one AVX-512 function so the
+// dot product inlines (a call per position from the dispatching code cost more than the dot itself).
+DL_AVX512 static float scores_avx512(const float *qv, float *scores, float scale, int64_t n, const int32_t *table,
+                                     int64_t block_size, const float *kcache, int64_t row, int64_t offset, int64_t head_dim) {
+    float mx = -INFINITY;
+    for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
+        const float *kr = kcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        if (++off == block_size) { off = 0; blk++; }
+        float s = dot_avx512(qv, kr, head_dim) * scale;
+        scores[p] = s;
+        if (s > mx) mx = s;
+    }
+    return mx;
+}
+
+// head_dim 64 or 128 only.
+DL_AVX512 static void weighted_values_avx512(int64_t head_dim, float *o, const float *w, float inv, int64_t n,
+                                             const int32_t *table, int64_t block_size, const float *vcache,
+                                             int64_t row, int64_t offset) {
+    if (head_dim == 64) weighted_values_regs(4, o, w, inv, n, table, block_size, vcache, row, offset);
+    else weighted_values_regs(8, o, w, inv, n, table, block_size, vcache, row, offset);
+}
 #endif
 
 typedef struct {
@@ -88,24 +128,33 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
         int64_t n = (int64_t)c->positions[t] + 1; // visible positions 0 ..< n
         float *scores = score_buffer(n);
         float mx = -INFINITY;
-        for (int64_t p = 0; p < n; p++) {
-            int64_t slot = (int64_t)table[p / c->block_size] * c->block_size + p % c->block_size;
-            const float *kr = c->kcache + slot * row + kvh * c->head_dim;
+        // Position p lives in slot table[blk] * block_size + off, blk = p / block_size, off = p % block_size
+        // (counted along rather than divided: a division per position cost as much as its dot product).
 #if defined(__x86_64__)
-            float s = (use512 ? dot_avx512(qv, kr, c->head_dim) : dot_scalar(qv, kr, c->head_dim)) * c->scale;
-#else
-            float s = dot_scalar(qv, kr, c->head_dim) * c->scale;
+        if (use512) {
+            mx = scores_avx512(qv, scores, c->scale, n, table, c->block_size, c->kcache, row, kvh * c->head_dim, c->head_dim);
+        } else
 #endif
+        for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
+            const float *kr = c->kcache + ((int64_t)table[blk] * c->block_size + off) * row + kvh * c->head_dim;
+            if (++off == c->block_size) { off = 0; blk++; }
+            float s = dot_scalar(qv, kr, c->head_dim) * c->scale;
             scores[p] = s;
             if (s > mx) mx = s;
         }
         double sum = 0;
         for (int64_t p = 0; p < n; p++) { scores[p] = expf(scores[p] - mx); sum += scores[p]; }
         float inv = (float)(1.0 / sum);
+#if defined(__x86_64__)
+        if (use512 && (c->head_dim == 64 || c->head_dim == 128)) {
+            weighted_values_avx512(c->head_dim, o, scores, inv, n, table, c->block_size, c->vcache, row, kvh * c->head_dim);
+            continue;
+        }
+#endif
         memset(o, 0, (size_t)c->head_dim * sizeof(float));
-        for (int64_t p = 0; p < n; p++) {
-            int64_t slot = (int64_t)table[p / c->block_size] * c->block_size + p % c->block_size;
-            const float *vr = c->vcache + slot * row + kvh * c->head_dim;
+        for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
+            const float *vr = c->vcache + ((int64_t)table[blk] * c->block_size + off) * row + kvh * c->head_dim;
+            if (++off == c->block_size) { off = 0; blk++; }
 #if defined(__x86_64__)
             if (use512) axpy_avx512(o, scores[p] * inv, vr, c->head_dim); else axpy_scalar(o, scores[p] * inv, vr, c->head_dim);
 #else

@@ -1,9 +1,12 @@
 // The kernel thread pool: persistent workers that spin briefly on a generation counter, then sleep on a
-// condition variable. dl_parallel_for splits [0, n) into one contiguous chunk per thread (the caller
-// takes chunk 0) so chunk boundaries depend only on (n, grain, threads). One caller owns the pool at a
-// time; a concurrent caller (another Swift thread, a nested call) runs its loop serially on its own
-// thread instead, which gives the same results because every kernel's arithmetic is independent of how
-// its range is split.
+// condition variable. dl_parallel_for splits [0, n) into up to CHUNKS_PER_THREAD contiguous chunks per
+// thread, so chunk boundaries depend only on (n, grain, threads), and the caller and the workers claim
+// chunks from a shared counter until none are left; the call returns when every chunk is done. Claiming
+// rather than one fixed chunk per thread means a worker that wakes late (or is descheduled on a busy
+// machine before it starts) delays nothing: the others take its chunks, and the caller does not wait for
+// it to check in. One caller owns the pool at a time; a concurrent caller (another Swift thread, a nested
+// call) runs its loop serially on its own thread instead, which gives the same results because every
+// kernel's arithmetic is independent of how its range is split.
 #include "ckernels.h"
 #include <pthread.h>
 #include <sched.h>
@@ -13,6 +16,7 @@
 
 #define MAX_THREADS 64
 #define SPIN_ITERATIONS 20000
+#define CHUNKS_PER_THREAD 4
 
 typedef struct {
     dl_range_fn fn;
@@ -26,7 +30,13 @@ static pthread_t workers[MAX_THREADS];
 static int n_threads = 0;          // including the caller
 static int n_started = 0;          // worker threads alive
 static _Atomic uint64_t generation = 0;
-static _Atomic int pending = 0;
+// The current job's chunks: the claim word packs (chunk count << 32 | next unclaimed index); a thread
+// owns a chunk once its compare-and-swap advances the index, and `done` counts finished chunks. A job's
+// fields are written before its claim word is published (release), and a claim reads them after its
+// compare-and-swap (acquire); a job cannot end, and the next one overwrite them, while a claimed chunk
+// is still running.
+static _Atomic uint64_t claim = 0;
+static _Atomic int64_t done = 0;
 static _Atomic int stop_workers = 0;
 static job_t current;
 static uint64_t created_generation;  // the generation workers start from (set before they are created)
@@ -44,19 +54,25 @@ static void acquire(void) {
 
 static void release(void) { atomic_store_explicit(&busy, 0, memory_order_release); }
 
-static void run_chunk(int index) {
-    int64_t begin = (int64_t)index * current.chunk;
-    int64_t end = begin + current.chunk;
-    if (end > current.n) end = current.n;
-    if (begin < end) {
+// Claims and runs chunks of the current job until none are left unclaimed.
+static void run_chunks(void) {
+    uint64_t v = atomic_load_explicit(&claim, memory_order_acquire);
+    for (;;) {
+        if ((v & 0xffffffffu) >= (v >> 32)) return;
+        if (!atomic_compare_exchange_weak_explicit(&claim, &v, v + 1, memory_order_acq_rel, memory_order_acquire)) continue;
+        int64_t begin = (int64_t)(v & 0xffffffffu) * current.chunk;
+        int64_t end = begin + current.chunk;
+        if (end > current.n) end = current.n;
         inside_task = 1;
         current.fn(current.ctx, begin, end);
         inside_task = 0;
+        atomic_fetch_add_explicit(&done, 1, memory_order_release);
+        v = atomic_load_explicit(&claim, memory_order_acquire);
     }
 }
 
 static void *worker_main(void *arg) {
-    int index = (int)(intptr_t)arg;
+    (void)arg;
     // Not atomic_load(&generation): a worker that starts late must still see the first job as new.
     uint64_t seen = created_generation;
     for (;;) {
@@ -72,8 +88,7 @@ static void *worker_main(void *arg) {
         }
         if (atomic_load(&stop_workers)) return NULL;
         seen = atomic_load(&generation);
-        run_chunk(index);
-        atomic_fetch_sub_explicit(&pending, 1, memory_order_release);
+        run_chunks();
     }
 }
 
@@ -140,15 +155,17 @@ void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx) {
         release();
         return;
     }
-    int64_t chunk = (n + n_threads - 1) / n_threads;
+    int64_t chunk = (n + (int64_t)n_threads * CHUNKS_PER_THREAD - 1) / ((int64_t)n_threads * CHUNKS_PER_THREAD);
     if (chunk < grain) chunk = grain;
+    int64_t chunks = (n + chunk - 1) / chunk;
     current = (job_t){ fn, ctx, n, chunk };
-    atomic_store(&pending, n_started);
+    atomic_store_explicit(&done, 0, memory_order_relaxed);
+    atomic_store_explicit(&claim, (uint64_t)chunks << 32, memory_order_release);
     pthread_mutex_lock(&pool_lock);
     atomic_fetch_add_explicit(&generation, 1, memory_order_release);
     pthread_cond_broadcast(&pool_wake);
     pthread_mutex_unlock(&pool_lock);
-    run_chunk(0);
-    while (atomic_load_explicit(&pending, memory_order_acquire) > 0) { }
+    run_chunks();
+    while (atomic_load_explicit(&done, memory_order_acquire) < chunks) { }
     release();
 }

@@ -86,6 +86,25 @@ public enum ReferenceOps {
         return y
     }
 
+    /// Y[t][r] in f32 exactly as `dl_matmul_dq` orders it (ckernels.h): 16 lanes, lane j accumulating
+    /// W[r][k] · X[t][k] for k ≡ j (mod 16) in increasing k with fused multiply-adds, then the lane tree
+    /// ((l[j] + l[j+8]) → (+4) → (+2) → (+1)). The parity tests hold both of the kernel's paths (the
+    /// dequantized panel and the single-token kernel) to it bit for bit. cols a multiple of 16.
+    public static func matmulLanes(_ w: [Float], rows: Int, cols: Int, _ x: [Float], tokens: Int) -> [Float] {
+        precondition(w.count == rows * cols && x.count == tokens * cols && cols % 16 == 0)
+        var y = [Float](repeating: 0, count: tokens * rows)
+        for t in 0..<tokens {
+            for r in 0..<rows {
+                var lanes = [Float](repeating: 0, count: 16)
+                for k in 0..<cols { lanes[k % 16] = lanes[k % 16].addingProduct(w[r * cols + k], x[t * cols + k]) }
+                let a = (0..<8).map { lanes[$0] + lanes[$0 + 8] }
+                let b = (0..<4).map { a[$0] + a[$0 + 4] }
+                y[t * rows + r] = (b[0] + b[2]) + (b[1] + b[3])
+            }
+        }
+        return y
+    }
+
     /// One adapter run for `loraApply`: A (rank × in) and B (out × rank) row-major, applied to `tokens`.
     public struct LoRARun {
         public var a: [Float]

@@ -90,7 +90,7 @@ import TestSupport
 
     /// Paged attention over scattered blocks, two sequences mixed in one flat batch (one prefill chunk
     /// continuing a cached prefix, one decode), against the naive reference.
-    @Test(arguments: [(4, 2, 16, 4), (9, 3, 64, 16), (4, 4, 32, 1)])
+    @Test(arguments: [(4, 2, 16, 4), (9, 3, 64, 16), (4, 4, 32, 1), (8, 2, 128, 16)])
     func pagedAttentionMatchesReference(shape: (Int, Int, Int, Int)) {
         let (nHead, nKV, headDim, blockSize) = shape
         var rng = Rng(seed: UInt64(nHead * 100 + blockSize))

@@ -59,8 +59,8 @@ void dl_dequantize_rows(int type, const void *src, int64_t row_bytes, float *dst
 void dl_quantize_row(int type, const float *src, void *dst, int64_t n);
 
 // ---------------------------------------------------------------- matmul with f32 activations (matmul_dq.c)
-// The default, exact path: weights are dequantized on the fly (a few rows at a time, into per-thread
-// scratch) and multiplied with f32 activations using f32 FMAs. Each output Y[t, r] accumulates
+// The default, exact path: weights are dequantized on the fly (a few rows at a time into per-thread
+// scratch; for a single token, in registers) and multiplied with f32 activations using f32 FMAs. Each output Y[t, r] accumulates
 // W[r, k] * X[t, k] over k in 16 interleaved lanes (k mod 16) in increasing k, then sums the lanes in a
 // fixed tree: bit-identical whatever ntok, tile shape or thread count. Dequantization is d * q (+ m) as
 // the reference implementations compute it. wtype: any type above. cols must be a multiple of 16.
