@@ -75,7 +75,7 @@ log "evaluating"
     --adapters "base,$list,nla,lorahub,mole,mole-nobal,mole-layer,mole-network" --out bench/results/mole.json 2> "$WORK/eval.log"
 cat "$WORK/eval.log" >&2
 log "gate cost inside a decode batch"
-"$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 > "$WORK/bench-mole.md"
+"$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 --rounds 5 > "$WORK/bench-mole.md"
 
 python3 - bench/results/mole.json "$WORK" "$EXPERTS" "$MOLE_STEPS" "$MOLE_BATCH" <<'PY'
 import datetime, json, os, platform, re, sys

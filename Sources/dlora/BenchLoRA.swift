@@ -20,12 +20,7 @@ struct BenchLoRA: ParsableCommand {
     var ranks: String = "8,16,64"
     @Option(help: "Target modules: qv (PEFT's default for Llama) or all (all seven linear layers).")
     var targets: String = "qv"
-    @Option(help: "Tokens of context each sequence holds during the timed decode steps.")
-    var context: Int = 128
-    @Option(help: "Timed decode steps per configuration and round.")
-    var steps: Int = 8
-    @Option(help: "Interleaved rounds per configuration (the best round counts).")
-    var rounds: Int = 3
+    @OptionGroup var timing: StepTimingOptions
     @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them) or f32.")
     var adapterDtype: String = "bf16"
 
@@ -37,13 +32,13 @@ struct BenchLoRA: ParsableCommand {
         }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
         guard ["bf16", "f32"].contains(adapterDtype) else { throw ValidationError("--adapter-dtype must be bf16 or f32") }
-        guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
     }
 
     func run() throws {
         let (path, loaded) = try modelOptions.load()
         let m = loaded.model
         let c = m.config
+        let (context, steps, rounds) = (timing.context, timing.steps, timing.rounds)
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
         let maxBatch = Self.list(batches).max()!
         let maxAdapters = Self.list(adapters).max()!
@@ -103,12 +98,19 @@ struct BenchLoRA: ParsableCommand {
         loadRows.forEach { print($0) }
     }
 
-    static func randomAdapter(config c: ModelConfig, rank: Int, targets: [LoRATarget], dtype: DType, seed: UInt64) -> LoRAWeights {
-        var state = seed &+ 0x9E37_79B9_7F4A_7C15
-        func uniform() -> Float {
+    /// Uniform values in [-1, 1) from a 64-bit LCG (benchmark weights: shapes matter, values do not).
+    struct Uniform {
+        var state: UInt64
+        init(seed: UInt64) { state = seed &+ 0x9E37_79B9_7F4A_7C15 }
+        mutating func next() -> Float {
             state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
             return Float(state >> 40) / Float(1 << 24) * 2 - 1
         }
+    }
+
+    static func randomAdapter(config c: ModelConfig, rank: Int, targets: [LoRATarget], dtype: DType, seed: UInt64) -> LoRAWeights {
+        var rng = Uniform(seed: seed)
+        func uniform() -> Float { rng.next() }
         let modules: [[LoRAModule?]] = (0..<c.numLayers).map { _ in
             LoRATarget.allCases.map { t -> LoRAModule? in
                 guard targets.contains(t) else { return nil }
@@ -163,6 +165,20 @@ extension LoRAModule {
                 LoRAModule(rank: rank, inFeatures: inFeatures, outFeatures: outFeatures, a: ap.baseAddress!, b: bp.baseAddress!, dtype: dtype)
             }
         }
+    }
+}
+
+/// How decode steps are timed: context per sequence, steps per round, interleaved rounds (the best counts).
+struct StepTimingOptions: ParsableArguments {
+    @Option(help: "Tokens of context each sequence holds during the timed decode steps.")
+    var context: Int = 128
+    @Option(help: "Timed decode steps per configuration and round.")
+    var steps: Int = 8
+    @Option(help: "Interleaved rounds per configuration (the best round counts).")
+    var rounds: Int = 3
+
+    func validate() throws {
+        guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
     }
 }
 

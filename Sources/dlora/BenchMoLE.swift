@@ -21,12 +21,7 @@ struct BenchMoLE: ParsableCommand {
     var rank: Int = 8
     @Option(help: "Target modules: qv or all.")
     var targets: String = "qv"
-    @Option(help: "Tokens of context each sequence holds during the timed decode steps.")
-    var context: Int = 128
-    @Option(help: "Timed decode steps per configuration and round.")
-    var steps: Int = 8
-    @Option(help: "Interleaved rounds per configuration (the best round counts).")
-    var rounds: Int = 5
+    @OptionGroup var timing: StepTimingOptions
 
     func validate() throws {
         guard !BenchLoRA.list(batches).isEmpty, BenchLoRA.list(batches).allSatisfy({ (1...1024).contains($0) }) else {
@@ -35,23 +30,19 @@ struct BenchMoLE: ParsableCommand {
         guard (2...MoLEGating.maxExperts).contains(experts) else { throw ValidationError("--experts must be between 2 and \(MoLEGating.maxExperts)") }
         guard (1...256).contains(rank) else { throw ValidationError("--rank must be between 1 and 256") }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
-        guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
     }
 
     func run() throws {
         let (path, loaded) = try modelOptions.load()
         let m = loaded.model, c = m.config
+        let (context, steps, rounds) = (timing.context, timing.steps, timing.rounds)
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
         let pool = (0..<experts).map { BenchLoRA.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: .f32, seed: UInt64(7000 + $0)) }
         let cat = try LoRAComposition.cat(pool.map { ($0, 1) }, name: "cat", id: .next())
         // Gates: random W (entries ±2/√H) and τ = 1, so the mix varies from token to token.
-        var state: UInt64 = 12345
-        func uniform() -> Float {
-            state = state &* 6_364_136_223_846_793_005 &+ 1_442_695_040_888_963_407
-            return Float(state >> 40) / Float(1 << 24) * 2 - 1
-        }
+        var rng = BenchLoRA.Uniform(seed: 12345)
         let h = c.hiddenSize
-        let gates = (0..<c.numLayers).map { _ in (0..<(experts * h)).map { _ in uniform() * 2 / Float(h).squareRoot() } }
+        let gates = (0..<c.numLayers).map { _ in (0..<(experts * h)).map { _ in rng.next() * 2 / Float(h).squareRoot() } }
         let mole = try MoLEComposition.compose(pool, names: pool.map(\.name), weights: gates,
                                                temperatures: Array(repeating: 1, count: c.numLayers), config: c, name: "mole", id: .next())
         // Slots: 0 the MoLE composition, 1 the cat, 2… the experts alone.
