@@ -127,11 +127,7 @@ public enum LoRAComposition {
     /// Scaling 1, the rank of the parts.
     static func taskArithmetic(_ parts: [(weights: LoRAWeights, weight: Float)], name: String, id: AdapterID,
                                ties: (density: Float, method: String)?) throws -> LoRAWeights {
-        guard let first = parts.first else { throw AdapterError(adapter: name, problem: "a composition needs at least one adapter") }
-        let layers = first.weights.modules.count
-        guard parts.allSatisfy({ $0.weights.modules.count == layers }) else {
-            throw AdapterError(adapter: name, problem: "the composed adapters are for different models")
-        }
+        let layers = try layerCount(parts, name: name)
         let ranks = Set(parts.flatMap { p in p.weights.modules.joined().compactMap { $0?.rank } })
         guard ranks.count == 1, let rank = ranks.first else {
             throw AdapterError(adapter: name, problem: "linear and ties need adapters of one rank (these have ranks \(ranks.sorted()); cat takes any)")
@@ -140,21 +136,11 @@ public enum LoRAComposition {
         for l in 0..<layers {
             var row: [LoRAModule?] = []
             for t in LoRATarget.allCases {
-                let present = parts.compactMap { p in p.weights.module(layer: l, target: t).map { (m: $0, w: p.weight * p.weights.scale) } }
+                let present = try partModules(parts, layer: l, target: t, name: name)
                 guard let m0 = present.first?.m else { row.append(nil); continue }
                 let inF = m0.inFeatures, outF = m0.outFeatures
-                guard present.allSatisfy({ $0.m.inFeatures == inF && $0.m.outFeatures == outF }) else {
-                    throw AdapterError(adapter: name, problem: "the composed adapters disagree on the shape of \(t)")
-                }
-                // The real rank × in block of each A and out × rank block of each B, in f32.
-                var aParts: [[Float]] = [], bParts: [[Float]] = []
-                for (m, _) in present {
-                    let pa = Buffer(floats: m.paddedRank * inF), pb = Buffer(floats: outF * m.paddedRank)
-                    Kernels.dequantize(m.a.dtype, m.a.data, count: m.paddedRank * inF, into: pa.floats)
-                    Kernels.dequantize(m.b.dtype, m.b.data, count: outF * m.paddedRank, into: pb.floats)
-                    aParts.append(Array(UnsafeBufferPointer(start: pa.floats, count: rank * inF)))
-                    bParts.append((0..<outF).flatMap { o in UnsafeBufferPointer(start: pb.floats + o * m.paddedRank, count: rank) })
-                }
+                let factors = present.map(\.m.unpaddedFactors)
+                let aParts = factors.map(\.a), bParts = factors.map(\.b)
                 let wA = present.map { ($0.w >= 0 ? 1 : -1) * abs($0.w).squareRoot() }
                 let wB = present.map { abs($0.w).squareRoot() }
                 let a = merge(aParts, weights: wA, ties: ties), b = merge(bParts, weights: wB, ties: ties)
@@ -206,43 +192,57 @@ public enum LoRAComposition {
         LoRAWeights(name: name, scale: 1, modules: try stack(parts, name: name).modules, id: id)
     }
 
-    /// The stacked modules of `cat`, and per module the part each padded rank column comes from (-1: padding).
-    static func stack(_ parts: [(weights: LoRAWeights, weight: Float)], name: String) throws
-        -> (modules: [[LoRAModule?]], columns: [[[Int32]?]]) {
+    /// The layer count the parts share (at least one part, all for the same model).
+    static func layerCount(_ parts: [(weights: LoRAWeights, weight: Float)], name: String) throws -> Int {
         guard let first = parts.first else { throw AdapterError(adapter: name, problem: "a composition needs at least one adapter") }
         let layers = first.weights.modules.count
         guard parts.allSatisfy({ $0.weights.modules.count == layers }) else {
             throw AdapterError(adapter: name, problem: "the composed adapters are for different models")
         }
+        return layers
+    }
+
+    /// The parts' modules for (layer, target), in order, each with its weight times its scaling and its part
+    /// index; the parts that have one must agree on its shape.
+    static func partModules(_ parts: [(weights: LoRAWeights, weight: Float)], layer l: Int, target t: LoRATarget, name: String) throws
+        -> [(m: LoRAModule, w: Float, part: Int32)] {
+        let present = parts.enumerated().compactMap { i, p in
+            p.weights.module(layer: l, target: t).map { (m: $0, w: p.weight * p.weights.scale, part: Int32(i)) }
+        }
+        guard let m0 = present.first?.m else { return [] }
+        guard present.allSatisfy({ $0.m.inFeatures == m0.inFeatures && $0.m.outFeatures == m0.outFeatures }) else {
+            throw AdapterError(adapter: name, problem: "the composed adapters disagree on the shape of \(t)")
+        }
+        return present
+    }
+
+    /// The stacked modules of `cat`, and per module the part each padded rank column comes from (-1: padding).
+    static func stack(_ parts: [(weights: LoRAWeights, weight: Float)], name: String) throws
+        -> (modules: [[LoRAModule?]], columns: [[[Int32]?]]) {
+        let layers = try layerCount(parts, name: name)
         var modules: [[LoRAModule?]] = []
         var columns: [[[Int32]?]] = []
         for l in 0..<layers {
             var row: [LoRAModule?] = []
             var columnRow: [[Int32]?] = []
             for t in LoRATarget.allCases {
-                let present = parts.enumerated().compactMap { i, p in
-                    p.weights.module(layer: l, target: t).map { (m: $0, w: p.weight * p.weights.scale, part: Int32(i)) }
-                }
+                let present = try partModules(parts, layer: l, target: t, name: name)
                 guard let m0 = present.first?.m else { row.append(nil); columnRow.append(nil); continue }
                 let rank = present.reduce(0) { $0 + $1.m.rank }
                 guard rank <= AdapterLoader.maxRank else {
                     throw AdapterError(adapter: name, problem: "the composed rank \(rank) of \(t) exceeds \(AdapterLoader.maxRank)")
                 }
                 let inF = m0.inFeatures, outF = m0.outFeatures
-                guard present.allSatisfy({ $0.m.inFeatures == inF && $0.m.outFeatures == outF }) else {
-                    throw AdapterError(adapter: name, problem: "the composed adapters disagree on the shape of \(t)")
-                }
                 let a = Buffer(floats: rank * inF), b = Buffer(floats: outF * rank)
                 var offset = 0
                 var owner: [Int32] = []
                 for (m, w, part) in present {
-                    // Widen this part's (padded) A and B to f32, then copy its r real rows of A (× w·s) and
-                    // columns of B into place.
-                    let pa = Buffer(floats: m.paddedRank * inF), pb = Buffer(floats: outF * m.paddedRank)
-                    Kernels.dequantize(m.a.dtype, m.a.data, count: m.paddedRank * inF, into: pa.floats)
-                    Kernels.dequantize(m.b.dtype, m.b.data, count: outF * m.paddedRank, into: pb.floats)
-                    for k in 0..<(m.rank * inF) { a.floats[offset * inF + k] = w * pa.floats[k] }
-                    for o in 0..<outF { (b.floats + o * rank + offset).update(from: pb.floats + o * m.paddedRank, count: m.rank) }
+                    // This part's r rows of A (× w·s) and r columns of B, in place.
+                    let f = m.unpaddedFactors
+                    for k in 0..<(m.rank * inF) { a.floats[offset * inF + k] = w * f.a[k] }
+                    for o in 0..<outF {
+                        f.b.withUnsafeBufferPointer { (b.floats + o * rank + offset).update(from: $0.baseAddress! + o * m.rank, count: m.rank) }
+                    }
                     offset += m.rank
                     owner += repeatElement(part, count: m.rank)
                 }

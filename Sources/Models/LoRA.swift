@@ -110,6 +110,15 @@ public struct LoRAModule: @unchecked Sendable {
     public var dtype: DType { a.dtype }
     public var byteCount: Int { a.byteCount + b.byteCount }
 
+    /// A (rank × in) and B (out × rank) widened to f32, without the rank padding: the factors as trained.
+    public var unpaddedFactors: (a: [Float], b: [Float]) {
+        let pa = Buffer(floats: paddedRank * inFeatures), pb = Buffer(floats: outFeatures * paddedRank)
+        Kernels.dequantize(a, into: pa.floats)
+        Kernels.dequantize(b, into: pb.floats)
+        return (Array(UnsafeBufferPointer(start: pa.floats, count: rank * inFeatures)),
+                (0..<outFeatures).flatMap { o in UnsafeBufferPointer(start: pb.floats + o * paddedRank, count: rank) })
+    }
+
     /// W += scale · B·A on a dense out × in f32 matrix (merging); A and B are widened to f32 in `scratch`.
     public func addDelta(scale: Float, into w: UnsafeMutablePointer<Float>, scratch: ScratchArena) {
         let na = paddedRank * inFeatures, nb = outFeatures * paddedRank

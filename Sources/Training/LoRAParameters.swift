@@ -89,11 +89,9 @@ public final class LoRAParameters: @unchecked Sendable {
                       LoRATarget.allCases.map { t -> Module? in
                           guard let lm = layer[t.rawValue] else { return nil }
                           let m = Module(target: t, out: lm.outFeatures, in: lm.inFeatures, rank: rank)
-                          let a = Buffer(floats: lm.paddedRank * lm.inFeatures), b = Buffer(floats: lm.outFeatures * lm.paddedRank)
-                          Kernels.dequantize(lm.a, into: a.floats)
-                          Kernels.dequantize(lm.b, into: b.floats)
-                          m.a.floats.update(from: a.floats, count: rank * lm.inFeatures)
-                          for o in 0..<lm.outFeatures { (m.b.floats + o * rank).update(from: b.floats + o * lm.paddedRank, count: rank) }
+                          let f = lm.unpaddedFactors
+                          m.a.floats.update(from: f.a, count: rank * lm.inFeatures)
+                          m.b.floats.update(from: f.b, count: lm.outFeatures * rank)
                           return m
                       }
                   }, targets: targets)
