@@ -116,7 +116,8 @@ public final class ModelRunner {
     }
 
     /// MoLE gates of the last forward pass, per adapter slot: their entropy summed (nats), their count (one
-    /// per token and block), and each expert's weight summed (`MoLEGating.maxExperts` per slot).
+    /// per token and gate), and each expert's weight summed (`MoLEGating.maxExperts` per slot). Current only for
+    /// the slots that hold a MoLE composition in that pass.
     public var gateStatistics: (entropy: [Double], count: [Int], sums: [Double]) {
         (workspace.gateEntropy, workspace.gateCount, workspace.gateSums)
     }

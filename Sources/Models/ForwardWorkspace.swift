@@ -27,8 +27,9 @@ public final class ForwardWorkspace: @unchecked Sendable {
     private(set) var gates = Buffer(floats: 0)
     /// The gates computed at the MLP's input (layer granularity), likewise.
     private(set) var mlpGates = Buffer(floats: 0)
-    /// Per adapter slot, over the last forward pass: the sum over gated tokens and blocks of the gate's entropy
-    /// (nats), and the number of (token, block) gates summed.
+    /// Per adapter slot, over the last forward pass that had a gated segment (only slots holding a MoLE
+    /// composition then are current): the sum over gated tokens and gates of the gate's entropy (nats), and the
+    /// number of (token, gate) pairs summed.
     public private(set) var gateEntropy: [Double] = []
     public private(set) var gateCount: [Int] = []
     /// Per adapter slot, `MoLEGating.maxExperts` sums: each expert's gate weight summed over the same gates.

@@ -17,7 +17,6 @@ extension LlamaModel {
     func prepareLoRA(_ batch: ForwardBatch, _ lora: LoRASlots, _ ws: ForwardWorkspace) -> LoRASlots? {
         ws.segments.removeAll(keepingCapacity: true)
         ws.gated = false
-        ws.resetGateStatistics(slots: lora.capacity)
         let n = batch.count
         var i = 0
         while i < n {
@@ -32,6 +31,9 @@ extension LlamaModel {
             }
             i = j
         }
+        // Gate statistics are kept only for passes with a gated segment (the engine reads them only for slots
+        // holding a MoLE composition), so plain LoRA steps do no work for them.
+        if ws.gated { ws.resetGateStatistics(slots: lora.capacity) }
         return ws.segments.isEmpty ? nil : lora
     }
 
@@ -67,8 +69,7 @@ extension LlamaModel {
     func computeGates(layer: Int, mlp: Bool, _ xn: UnsafePointer<Float>, _ ws: ForwardWorkspace, _ lora: LoRASlots) {
         let h = config.hiddenSize, ld = MoLEGating.maxExperts
         for seg in ws.segments {
-            guard let g = lora[seg.slot]?.gating,
-                  let unit = mlp ? g.granularity.mlpUnit(layer: layer) : g.granularity.attentionUnit(layer: layer) else { continue }
+            guard let g = lora[seg.slot]?.gating, let unit = g.granularity.unit(layer: layer, mlp: mlp) else { continue }
             let n = g.expertCount, tau = g.temperatures[unit], mask = g.mask
             let rows = (mlp ? ws.mlpGates : ws.gates).floats + seg.start * ld
             Kernels.matmulBatchInvariant(g.weights[unit], xn + seg.start * h, ldx: h, ntok: seg.count, rows, ldy: ld)

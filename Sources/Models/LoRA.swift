@@ -183,6 +183,9 @@ public enum MoLEGranularity: String, Sendable, CaseIterable {
     /// The unit computed from block l's MLP input (nil: none there).
     public func mlpUnit(layer l: Int) -> Int? { self == .layer ? 2 * l + 1 : nil }
 
+    /// The unit computed at block l's attention input (`mlp` false) or MLP input (`mlp` true); nil: none there.
+    public func unit(layer l: Int, mlp: Bool) -> Int? { mlp ? mlpUnit(layer: l) : attentionUnit(layer: l) }
+
     /// Whether target t reads the gates computed at the MLP input (else those of the attention input).
     public func usesMLPGates(_ t: LoRATarget) -> Bool { self == .layer && t.isMLP }
 

@@ -243,7 +243,7 @@ public final class MoLEMixture: @unchecked Sendable {
     /// The gates that sit at block l's attention input (`mlp` false: xn = the first RMSNorm's output) or MLP
     /// input (`mlp` true: the second's), one row per token (xn: B·T × H); nothing when no gate sits there.
     func gateForward(layer l: Int, mlp: Bool = false, xn: UnsafePointer<Float>) {
-        guard let u = mlp ? granularity.mlpUnit(layer: l) : granularity.attentionUnit(layer: l) else { return }
+        guard let u = granularity.unit(layer: l, mlp: mlp) else { return }
         MoLEOps.gateForward(xn, weight: gateWeights[u].floats, temperature: temperatureValues.floats[u], rows: batch * length,
                             experts: n, width: config.hiddenSize, logits: logits[u].floats, gates: gates[u].floats)
     }
@@ -289,7 +289,7 @@ public final class MoLEMixture: @unchecked Sendable {
     /// gradient, added to dxn (the gradient of that normalised input xn). Called after every target the gate
     /// weighs has run its backward (for the network's gate: at block 0, last). Padding rows carry no gradient.
     func gateBackward(layer l: Int, mlp: Bool = false, xn: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>) {
-        guard let u = mlp ? granularity.mlpUnit(layer: l) : granularity.attentionUnit(layer: l) else { return }
+        guard let u = granularity.unit(layer: l, mlp: mlp) else { return }
         for b in 0..<batch where lengths[b] < length {
             (dGates[u].floats + (b * length + lengths[b]) * n).update(repeating: 0, count: (length - lengths[b]) * n)
         }
