@@ -73,7 +73,7 @@ struct AdapterFiles {
         var st = stat()
         guard stat(path, &st) == 0 else { return [FileStamp(errno: errno)] }
         guard (st.st_mode & S_IFMT) == S_IFDIR else { return [FileStamp(st)] }
-        return [FileStamp(st)] + (AdapterLoader.peftFiles + [LoRAComposition.manifestFile, MoLEComposition.configFile, MoLEComposition.gatesFile]).map { file in
+        return [FileStamp(st)] + (AdapterLoader.peftFiles + AdapterLoader.compositionManifests + [MoLEComposition.gatesFile]).map { file in
             var s = stat()
             return stat(path + "/" + file, &s) == 0 ? FileStamp(s) : FileStamp(errno: errno)
         }

@@ -49,6 +49,8 @@ public enum AdapterLoader {
     public static let peftDefaultAlpha = 8.0
     /// The files of a PEFT directory the loader looks at.
     static let peftFiles = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
+    /// The manifests that make a directory without adapter_config.json a composition (static, MoLE).
+    static let compositionManifests = [LoRAComposition.manifestFile, MoLEComposition.configFile]
 
     /// Loads the adapter at `path` for `base`. `name` is how errors and the registry call it; `id` the
     /// identity the weights carry. With `confinedTo` (the adapter root's real path) every file must resolve
@@ -98,8 +100,7 @@ public enum AdapterLoader {
         return try names.map { name in
             let path = parent + "/" + name
             let sibling = AdapterFiles(path: path, name: name, rootRealPath: files.rootRealPath)
-            if !sibling.exists("adapter_config.json")
-                && (sibling.exists(LoRAComposition.manifestFile) || sibling.exists(MoLEComposition.configFile)) {
+            if !sibling.exists("adapter_config.json") && compositionManifests.contains(where: sibling.exists) {
                 throw AdapterError(adapter: files.name, problem: "\(manifest): '\(name)' is itself a composition (not supported)")
             }
             do {

@@ -162,9 +162,9 @@ public final class AdapterRegistry: @unchecked Sendable {
             guard FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) else { return nil }
             let name: String
             if isDirectory.boolValue {
-                guard FileManager.default.fileExists(atPath: p + "/adapter_config.json")
-                    || FileManager.default.fileExists(atPath: p + "/" + LoRAComposition.manifestFile)
-                    || FileManager.default.fileExists(atPath: p + "/" + MoLEComposition.configFile) else { return nil }
+                guard (["adapter_config.json"] + AdapterLoader.compositionManifests).contains(where: {
+                    FileManager.default.fileExists(atPath: p + "/" + $0)
+                }) else { return nil }
                 name = entry
             } else {
                 guard entry.hasSuffix(".gguf") else { return nil }

@@ -90,11 +90,13 @@ struct Eval: ParsableCommand {
         let items = try taskNames.flatMap { try Self.items(task: $0, path: tasks + "/" + $0 + "/test_eval.jsonl", limit: limit) }
         let prompts = items.map { tokenizer.encode($0.prompt, addSpecial: true) }
         var budget: [String: Int] = [:]
-        for (item, _) in zip(items, prompts) {
+        for item in items {
             let longest = item.references.map { tokenizer.encode($0, addSpecial: false).count }.max() ?? 1
             budget[item.task] = max(budget[item.task] ?? 0, maxTokens ?? (longest + 8))
         }
         let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c) }
+        let longestPrompt = prompts.map(\.count).max() ?? 1
+        let perSequence = EngineConfiguration.kvBlocks(tokens: longestPrompt + (budget.values.max() ?? 1) + 1)
 
         var results: [[String: Any]] = []
         let err = FileHandle.standardError
@@ -109,10 +111,8 @@ struct Eval: ParsableCommand {
                 guard let w = weights, let gating = w.gating else { throw CLIError("'\(spec.prefix(64))': only a MoLE composition takes an expert subset") }
                 weights = w.restricted(toExperts: try MoLEComposition.mask(parts[1].split(separator: "+").map(String.init), of: gating, adapter: w.name))
             }
-            let longestPrompt = prompts.map(\.count).max() ?? 1
-            let perSequence = EngineConfiguration.kvBlocks(tokens: longestPrompt + (budget.values.max() ?? 1) + 1)
             var seconds = 0.0, generated = 0
-            var perTask: [String: (sum: Double, count: Int)] = [:]
+            var scores: [Double] = []
             var gates: [String: [Double]] = [:]
             var samples: [[String: Any]] = []
             // One engine run per task (all of its prompts batched), so a MoLE composition's gate statistics are per task.
@@ -133,15 +133,15 @@ struct Eval: ParsableCommand {
                 seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
                 generated += engine.stats.generatedTokens
                 if let w = weights, let tally = engine.stats.gates[w.name] { gates[task] = tally.meanGates }
+                var sum = 0.0
                 for (i, (id, item)) in ids.enumerated() {
                     let output = text[id] ?? ""
                     let s = item.metric.score(output, references: item.references)
-                    perTask[task, default: (0, 0)].sum += s
-                    perTask[task, default: (0, 0)].count += 1
+                    sum += s
                     if i < 2 { samples.append(["task": task, "generated": output, "reference": item.references[0], "score": s]) }
                 }
+                scores.append(sum / Double(ids.count))
             }
-            let scores = taskNames.map { perTask[$0].map { $0.sum / Double($0.count) } ?? 0 }
             let mean = scores.reduce(0, +) / Double(scores.count)
             let line = taskNames.enumerated().map { String(format: "%@ %.3f", $1, scores[$0]) }.joined(separator: "  ")
             err.write(Data(String(format: "eval %@: %@  mean %.3f  (%d prompts in %.1f s, %d tokens generated)\n",
