@@ -19,106 +19,106 @@ import Glibc
     static let adapters = FixtureFiles.root.appendingPathComponent("lora/smollm2").path
 
     @Test func routerOutputsEqualOneReplicaAndMigrationsAreSeamless() async throws {
-        let cluster = try ClusterProcess.start(extra: ["--adapters", Self.adapters, "--dispatch", "round-robin"])
-        defer { cluster.stop() }
-        let http = HTTPClient.shared
-        let router = "http://127.0.0.1:\(cluster.routerPort)"
-        let replica0 = "http://127.0.0.1:\(try #require(cluster.replicaPorts[0]))"
-        let model = try await Self.baseModel(http, router)
+        try await ClusterProcess.with(extra: ["--adapters", Self.adapters, "--dispatch", "round-robin"]) { cluster in
+            let http = HTTPClient.shared
+            let router = "http://127.0.0.1:\(cluster.routerPort)"
+            let replica0 = "http://127.0.0.1:\(try #require(cluster.replicaPorts[0]))"
+            let model = try await Self.baseModel(http, router)
 
-        // Mixed adapters, concurrently through the router (round-robin spreads them): each equals the same
-        // request alone on one replica.
-        let names = [model, "s1-qv-r4", "s2-ko-r8-rslora", model, "s1-qv-r4", "s2-ko-r8-rslora"]
-        let prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at", "My favourite colour", "Rust and Swift are"]
-        let bodies = zip(names, prompts).map { Self.body(model: $0, prompt: $1, maxTokens: 24, temperature: 0, seed: nil) }
-        let routed = try await withThrowingTaskGroup(of: (Int, String).self) { group in
-            for (i, b) in bodies.enumerated() { group.addTask { (i, try await Self.stream(http, router, b).text) } }
-            var out = [String](repeating: "", count: bodies.count)
-            for try await (i, t) in group { out[i] = t }
-            return out
-        }
-        for (i, b) in bodies.enumerated() {
-            let alone = try await Self.complete(http, replica0, b)
-            #expect(routed[i] == alone, "request \(i) (\(names[i])) through the router differs from one replica's output")
-        }
-
-        // A migration mid-stream, both modes, greedy and seeded: the client's stream equals the undisturbed run.
-        for mode in ["kv", "recompute"] {
-            for (temperature, seed) in [(0.0, Int?.none), (0.8, Int?.some(11))] {
-                let body = Self.body(model: "s1-qv-r4", prompt: "Write a long story about a lighthouse keeper.", maxTokens: 160,
-                                     temperature: temperature, seed: seed)
-                let reference = try await Self.complete(http, router, body)
-                let moved = try await Self.stream(http, router, body) { id, tokens in
-                    guard tokens == 12 else { return }
-                    let from = try await Self.replicaOf(http, router, id)
-                    let r = try await Self.post(http, router + "/admin/migrate",
-                                                "{\"request\": \"\(id)\", \"to\": \(1 - from), \"mode\": \"\(mode)\"}", key: Self.admin)
-                    #expect(r.0 == 200, "migration \(mode) failed: \(r.1)")
-                }
-                #expect(moved.text == reference, "\(mode) migration at T=\(temperature) changed the output")
-                #expect(moved.finish == "length")
+            // Mixed adapters, concurrently through the router (round-robin spreads them): each equals the same
+            // request alone on one replica.
+            let names = [model, "s1-qv-r4", "s2-ko-r8-rslora", model, "s1-qv-r4", "s2-ko-r8-rslora"]
+            let prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at", "My favourite colour", "Rust and Swift are"]
+            let bodies = zip(names, prompts).map { Self.body(model: $0, prompt: $1, maxTokens: 24, temperature: 0, seed: nil) }
+            let routed = try await withThrowingTaskGroup(of: (Int, String).self) { group in
+                for (i, b) in bodies.enumerated() { group.addTask { (i, try await Self.stream(http, router, b).text) } }
+                var out = [String](repeating: "", count: bodies.count)
+                for try await (i, t) in group { out[i] = t }
+                return out
             }
+            for (i, b) in bodies.enumerated() {
+                let alone = try await Self.complete(http, replica0, b)
+                #expect(routed[i] == alone, "request \(i) (\(names[i])) through the router differs from one replica's output")
+            }
+
+            // A migration mid-stream, both modes, greedy and seeded: the client's stream equals the undisturbed run.
+            for mode in ["kv", "recompute"] {
+                for (temperature, seed) in [(0.0, Int?.none), (0.8, Int?.some(11))] {
+                    let body = Self.body(model: "s1-qv-r4", prompt: "Write a long story about a lighthouse keeper.", maxTokens: 160,
+                                         temperature: temperature, seed: seed)
+                    let reference = try await Self.complete(http, router, body)
+                    let moved = try await Self.stream(http, router, body) { id, tokens in
+                        guard tokens == 12 else { return }
+                        let from = try await Self.replicaOf(http, router, id)
+                        let r = try await Self.post(http, router + "/admin/migrate",
+                                                    "{\"request\": \"\(id)\", \"to\": \(1 - from), \"mode\": \"\(mode)\"}", key: Self.admin)
+                        #expect(r.0 == 200, "migration \(mode) failed: \(r.1)")
+                    }
+                    #expect(moved.text == reference, "\(mode) migration at T=\(temperature) changed the output")
+                    #expect(moved.finish == "length")
+                }
+            }
+            let metrics = try await Self.get(http, router + "/metrics")
+            #expect(metrics.contains("dlora_router_migrations_total{mode=\"kv\"} 2"))
+            #expect(metrics.contains("dlora_router_migrations_total{mode=\"recompute\"} 2"))
         }
-        let metrics = try await Self.get(http, router + "/metrics")
-        #expect(metrics.contains("dlora_router_migrations_total{mode=\"kv\"} 2"))
-        #expect(metrics.contains("dlora_router_migrations_total{mode=\"recompute\"} 2"))
     }
 
     @Test func aKilledReplicaLosesNoStreamAndRejoins() async throws {
-        let cluster = try ClusterProcess.start(extra: ["--adapters", Self.adapters, "--dispatch", "round-robin"])
-        defer { cluster.stop() }
-        let http = HTTPClient.shared
-        let router = "http://127.0.0.1:\(cluster.routerPort)"
-        let model = try await Self.baseModel(http, router)
-        let bodies = [
-            Self.body(model: model, prompt: "Tell me about the sea.", maxTokens: 120, temperature: 0, seed: nil),
-            Self.body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: 120, temperature: 0.9, seed: 5),
-            Self.body(model: "s2-ko-r8-rslora", prompt: "Tell me about rivers.", maxTokens: 120, temperature: 0, seed: nil),
-            Self.body(model: model, prompt: "Tell me about forests.", maxTokens: 120, temperature: 0.7, seed: 3),
-        ]
-        var references: [String] = []
-        for b in bodies { references.append(try await Self.complete(http, router, b)) }
+        try await ClusterProcess.with(extra: ["--adapters", Self.adapters, "--dispatch", "round-robin"]) { cluster in
+            let http = HTTPClient.shared
+            let router = "http://127.0.0.1:\(cluster.routerPort)"
+            let model = try await Self.baseModel(http, router)
+            let bodies = [
+                Self.body(model: model, prompt: "Tell me about the sea.", maxTokens: 120, temperature: 0, seed: nil),
+                Self.body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: 120, temperature: 0.9, seed: 5),
+                Self.body(model: "s2-ko-r8-rslora", prompt: "Tell me about rivers.", maxTokens: 120, temperature: 0, seed: nil),
+                Self.body(model: model, prompt: "Tell me about forests.", maxTokens: 120, temperature: 0.7, seed: 3),
+            ]
+            var references: [String] = []
+            for b in bodies { references.append(try await Self.complete(http, router, b)) }
 
-        // All four streaming; once each has produced a few tokens, kill the replica serving the first one.
-        let started = Locked(0)
-        let killed = Locked(false)
-        let results = try await withThrowingTaskGroup(of: (Int, StreamResult).self) { group in
-            for (i, b) in bodies.enumerated() {
-                group.addTask {
-                    (i, try await Self.stream(http, router, b) { id, tokens in
-                        guard tokens == 6 else { return }
-                        let n = started.withLock { s -> Int in s += 1; return s }
-                        // The last of the four to get going pulls the trigger, so all are in flight.
-                        guard n == bodies.count else { return }
-                        let replica = try await Self.replicaOf(http, router, id)
-                        let pid = try #require(cluster.replicaPID(replica))
-                        kill(pid, SIGKILL)
-                        killed.withLock { $0 = true }
-                    })
+            // All four streaming; once each has produced a few tokens, kill the replica serving the first one.
+            let started = Locked(0)
+            let killed = Locked(false)
+            let results = try await withThrowingTaskGroup(of: (Int, StreamResult).self) { group in
+                for (i, b) in bodies.enumerated() {
+                    group.addTask {
+                        (i, try await Self.stream(http, router, b) { id, tokens in
+                            guard tokens == 6 else { return }
+                            let n = started.withLock { s -> Int in s += 1; return s }
+                            // The last of the four to get going pulls the trigger, so all are in flight.
+                            guard n == bodies.count else { return }
+                            let replica = try await Self.replicaOf(http, router, id)
+                            let pid = try #require(cluster.replicaPID(replica))
+                            kill(pid, SIGKILL)
+                            killed.withLock { $0 = true }
+                        })
+                    }
                 }
+                var out = [StreamResult?](repeating: nil, count: bodies.count)
+                for try await (i, r) in group { out[i] = r }
+                return out.compactMap { $0 }
             }
-            var out = [StreamResult?](repeating: nil, count: bodies.count)
-            for try await (i, r) in group { out[i] = r }
-            return out.compactMap { $0 }
+            #expect(killed.withLock { $0 })
+            for (i, r) in results.enumerated() {
+                #expect(r.text == references[i], "stream \(i) differs from the undisturbed run after the kill")
+                #expect(r.finish == "length")
+            }
+            let metrics = try await Self.get(http, router + "/metrics")
+            let redispatches = metrics.split(separator: "\n").first { $0.hasPrefix("dlora_router_redispatches_total ") }
+                .flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
+            #expect(redispatches >= 1, "the router counts the re-dispatches")
+            // The supervisor restarts the replica; the router's health polls put it back (bounded wait).
+            var rejoined = false
+            for _ in 0..<600 where !rejoined {
+                let m = try await Self.get(http, router + "/metrics")
+                rejoined = m.split(separator: "\n").filter { $0.hasPrefix("dlora_router_replica_up{") && $0.hasSuffix(" 1") }.count == 2
+                if !rejoined { try await Task.sleep(for: .milliseconds(100)) }
+            }
+            #expect(rejoined, "the restarted replica rejoined")
+            #expect(cluster.log.contains("restarting"))
         }
-        #expect(killed.withLock { $0 })
-        for (i, r) in results.enumerated() {
-            #expect(r.text == references[i], "stream \(i) differs from the undisturbed run after the kill")
-            #expect(r.finish == "length")
-        }
-        let metrics = try await Self.get(http, router + "/metrics")
-        let redispatches = metrics.split(separator: "\n").first { $0.hasPrefix("dlora_router_redispatches_total ") }
-            .flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
-        #expect(redispatches >= 1, "the router counts the re-dispatches")
-        // The supervisor restarts the replica; the router's health polls put it back (bounded wait).
-        var rejoined = false
-        for _ in 0..<600 where !rejoined {
-            let m = try await Self.get(http, router + "/metrics")
-            rejoined = m.split(separator: "\n").filter { $0.hasPrefix("dlora_router_replica_up{") && $0.hasSuffix(" 1") }.count == 2
-            if !rejoined { try await Task.sleep(for: .milliseconds(100)) }
-        }
-        #expect(rejoined, "the restarted replica rejoined")
-        #expect(cluster.log.contains("restarting"))
     }
 
     // MARK: Helpers
@@ -236,6 +236,19 @@ final class ClusterProcess: @unchecked Sendable {
 
     /// The `dlora` executable `swift build --build-tests` puts beside the test bundle.
     static var binary: URL? { BuiltExecutables.dlora }
+
+    /// Starts a cluster, runs `body` on it and stops it (also when `body` throws). Starting (tens of seconds of
+    /// polling on a loaded machine) and stopping block, so both run on a thread of their own: on the cooperative
+    /// pool (two threads in CI) they starved the in-process servers of the other suites, whose requests then
+    /// missed their 15 s deadline.
+    static func with<T: Sendable>(replicas: Int = 2, extra: [String],
+                                  _ body: (ClusterProcess) async throws -> T) async throws -> T {
+        let cluster = try await onOwnThread { try ClusterProcess.start(replicas: replicas, extra: extra) }
+        let result: Result<T, any Error>
+        do { result = .success(try await body(cluster)) } catch { result = .failure(error) }
+        _ = try? await onOwnThread { cluster.stop() }
+        return try result.get()
+    }
 
     static func start(replicas: Int = 2, extra: [String]) throws -> ClusterProcess {
         guard let binary else { throw Failure(description: "no dlora executable beside the tests (swift build --build-tests builds it)") }

@@ -78,7 +78,6 @@ import Glibc
     @Test func fileDescriptorExhaustion() async throws {
         let binary = try #require(Self.binary, "the dlora executable is not built (swift build --build-tests)")
         let server = try await blocking { Result { try ServeProcess(binary: binary, fileLimit: 64, extra: []) } }.get()
-        defer { server.stop() }
         let port = server.port
         let (cpu, health, completion) = await blocking { () -> (Double, RawHTTPClient.Response?, RawHTTPClient.Response?) in
             var silent: [RawHTTPClient] = []
@@ -102,5 +101,6 @@ import Glibc
         #expect(completion?.status == 200)
         #expect(((try? jsonObject(completion?.body ?? "")) ?? [:]).keys.contains("choices"))
         #expect(server.log.contains("backing off"), "\(server.log.suffix(2000))")
+        await blocking { server.stop() }  // off the cooperative pool: stopping waits for the process
     }
 }
