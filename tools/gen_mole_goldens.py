@@ -19,6 +19,11 @@ a pre-hook on each decoder layer from that layer's input: MoLE's block gate with
 dlora trains and serves (docs/design/mole-serving.md). Written: the composition's files, the full composition's
 golden (tiny-llama__mole-abc.json) and one with the experts masked to a and c (the `mole_experts` extension,
 tiny-llama__mole-abc__experts-ac.json), in the format of the other LoRA goldens.
+
+The same experts are also composed with the other two granularities dlora serves, each with its own seeded gates:
+mole-abc-layer (two units per block: the attention's from input_layernorm's output, the MLP's from the MLP's
+input, i.e. post_attention_layernorm's output) and mole-abc-net (one unit from block 0's input_layernorm output,
+whose gates weigh every block). `python3 tools/gen_mole_goldens.py NAME ...` rewrites only the named variants.
 """
 from __future__ import annotations
 
@@ -50,31 +55,49 @@ def build(base: str):
     return model
 
 
-def install(model, weights, temps, mask):
-    """Replaces every LoRA layer's forward with the gated mixture and hooks each decoder layer's gate."""
-    state = {"g": None}
+def install(model, granularity, gates, mask):
+    """Replaces every LoRA layer's forward with the gated mixture and hooks the gate units: `gates` maps a unit
+    key ("net", ("attn", l), ("mlp", l), ("block", l)) to (W, tau)."""
+    state = {}
     layers = model.base_model.model.model.layers
 
-    def pre_hook(li):
+    def gate(key, xn):
+        w, tau = gates[key]
+        logits = xn.float() @ w.T / tau
+        return torch.softmax(logits.masked_fill(~mask, float("-inf")), dim=-1)
+
+    def block_hook(li):
         def hook(module, args, kwargs):
             h = args[0] if args else kwargs["hidden_states"]
-            xn = module.input_layernorm(h).float()
-            logits = xn @ weights[li].T / temps[li]
-            logits = logits.masked_fill(~mask, float("-inf"))
-            state["g"] = torch.softmax(logits, dim=-1)
+            xn = module.input_layernorm(h)
+            if granularity == "block":
+                state["attn"] = state["mlp"] = gate(("block", li), xn)
+            elif granularity == "layer":
+                state["attn"] = gate(("attn", li), xn)
+            elif li == 0:  # network: one unit at block 0's attention input weighs every block
+                state["attn"] = state["mlp"] = gate("net", xn)
+        return hook
+
+    def mlp_hook(li):
+        def hook(module, args):
+            # the MLP's input is the second RMSNorm's output
+            state["mlp"] = gate(("mlp", li), args[0])
         return hook
 
     for li, layer in enumerate(layers):
-        layer.register_forward_pre_hook(pre_hook(li), with_kwargs=True)
+        layer.register_forward_pre_hook(block_hook(li), with_kwargs=True)
+        if granularity == "layer":
+            layer.mlp.register_forward_pre_hook(mlp_hook(li))
 
     from peft.tuners.lora import Linear as LoraLinear
-    for module in model.modules():
+    for qualified, module in model.named_modules():
         if not isinstance(module, LoraLinear):
             continue
+        site = "mlp" if ".mlp." in qualified else "attn"
 
-        def forward(x, *args, _m=module, **kwargs):
+        def forward(x, *args, _m=module, _site=site, **kwargs):
             y = _m.base_layer(x)
-            g = state["g"]
+            g = state[_site]
             for i, name in enumerate(EXPERTS):
                 if name not in _m.lora_A:
                     continue
@@ -84,43 +107,74 @@ def install(model, weights, temps, mask):
         module.forward = forward
 
 
+# (directory name, granularity, seed): block's seed and draw order are those the committed block fixture was
+# made with.
+VARIANTS = [(NAME, "block", SEED), (NAME + "-layer", "layer", SEED + 1), (NAME + "-net", "network", SEED + 2)]
+
+
+def draw_gates(granularity, seed, n, h, layers):
+    """Seeded gate weights (N x H, scaled 3/sqrt(H)) and temperatures in [0.5, 1.5) per unit, and their tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    if granularity == "block":
+        keys = [("block", li) for li in range(layers)]
+    elif granularity == "layer":
+        keys = [(site, li) for li in range(layers) for site in ("attn", "mlp")]
+    else:
+        keys = ["net"]
+    if granularity == "block":  # all weights first, then all temperatures (the committed fixture's order)
+        ws = [torch.randn(n, h, generator=gen) * (3.0 / math.sqrt(h)) for _ in keys]
+        ts = [float(0.5 + torch.rand(1, generator=gen)) for _ in keys]
+    else:
+        ws, ts = [], []
+        for _ in keys:
+            ws.append(torch.randn(n, h, generator=gen) * (3.0 / math.sqrt(h)))
+            ts.append(float(0.5 + torch.rand(1, generator=gen)))
+    gates = dict(zip(keys, zip(ws, ts)))
+    tensors = {}
+    for key, (w, t) in gates.items():
+        prefix = ("gate" if key == "net" else f"layers.{key[1]}.gate" if key[0] == "block"
+                  else f"layers.{key[1]}.{key[0]}_gate")
+        tensors[prefix + ".weight"] = w.contiguous()
+        tensors[prefix + ".temperature"] = torch.tensor([t], dtype=torch.float32)
+    return gates, tensors
+
+
 @torch.no_grad()
 def main():
     base = "tiny-llama"
-    model = build(base)
-    cfg = model.base_model.model.config
-    n, h, layers = len(EXPERTS), cfg.hidden_size, cfg.num_hidden_layers
-    gen = torch.Generator().manual_seed(SEED)
-    weights = [torch.randn(n, h, generator=gen) * (3.0 / math.sqrt(h)) for _ in range(layers)]
-    temps = [float(0.5 + torch.rand(1, generator=gen)) for _ in range(layers)]
-
-    out_dir = L.OUT / base / NAME
-    out_dir.mkdir(exist_ok=True)
-    tensors = {}
-    for li in range(layers):
-        tensors[f"layers.{li}.gate.weight"] = weights[li].contiguous()
-        tensors[f"layers.{li}.gate.temperature"] = torch.tensor([temps[li]], dtype=torch.float32)
-    save_file(tensors, str(out_dir / "gates.safetensors"), metadata={"format": "pt"})
-    config = {"format": "dlora-mole", "version": 1, "granularity": "block", "gate_input": "token",
-              "experts": [{"name": e, "path": e} for e in EXPERTS], "balance_weight": 0.0,
-              "num_layers": layers, "hidden_size": h, "base_model": f"Tests/Fixtures/models/{base}/hf"}
-    with open(out_dir / "mole_config.json", "w") as f:
-        json.dump(config, f, indent=1, sort_keys=True)
-        f.write("\n")
-
-    for suffix, keep in [("", EXPERTS), ("__experts-ac", ["a-qv-r4", "c-kod-r2"])]:
+    only = sys.argv[1:]  # optional: the variant names to (re)write
+    for name, granularity, seed in VARIANTS:
+        if only and name not in only:
+            continue
         model = build(base)
-        mask = torch.tensor([e in keep for e in EXPERTS])
-        install(model, weights, temps, mask)
-        cases, base_diff = L.full_cases(model, base)
-        golden = dict(base=base, adapter=NAME, scale=1.0, experts=EXPERTS, mole_experts=keep,
-                      reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} LoRA layers, "
-                                "gated per token by hooks (tools/gen_mole_goldens.py)",
-                      note="steps[0] = last prompt position, steps[1..] after feeding greedy tokens; greedy_ids: "
-                           f"{L.N_GREEDY} argmax tokens, no EOS stop",
-                      base_max_abs_diff=G.r6(base_diff), cases=cases)
-        G.dump_json(L.OUT / "goldens" / f"{base}__{NAME}{suffix}.json", golden)
-        print(NAME + suffix, "base_max_abs_diff", G.r6(base_diff), "min margin", min(c["min_greedy_margin"] for c in cases))
+        cfg = model.base_model.model.config
+        n, h, layers = len(EXPERTS), cfg.hidden_size, cfg.num_hidden_layers
+        gates, tensors = draw_gates(granularity, seed, n, h, layers)
+        out_dir = L.OUT / base / name
+        out_dir.mkdir(exist_ok=True)
+        save_file(tensors, str(out_dir / "gates.safetensors"), metadata={"format": "pt"})
+        config = {"format": "dlora-mole", "version": 1, "granularity": granularity, "gate_input": "token",
+                  "experts": [{"name": e, "path": e} for e in EXPERTS], "balance_weight": 0.0,
+                  "num_layers": layers, "hidden_size": h, "base_model": f"Tests/Fixtures/models/{base}/hf"}
+        with open(out_dir / "mole_config.json", "w") as f:
+            json.dump(config, f, indent=1, sort_keys=True)
+            f.write("\n")
+
+        masks = [("", EXPERTS)] + ([("__experts-ac", ["a-qv-r4", "c-kod-r2"])] if granularity == "block" else [])
+        for suffix, keep in masks:
+            model = build(base)
+            mask = torch.tensor([e in keep for e in EXPERTS])
+            install(model, granularity, gates, mask)
+            cases, base_diff = L.full_cases(model, base)
+            which = "" if granularity == "block" else f" ({granularity} gates)"
+            golden = dict(base=base, adapter=name, scale=1.0, experts=EXPERTS, mole_experts=keep,
+                          reference=f"transformers {G.transformers.__version__} float32 eager + peft {peft.__version__} LoRA layers, "
+                                    f"gated per token{which} by hooks (tools/gen_mole_goldens.py)",
+                          note="steps[0] = last prompt position, steps[1..] after feeding greedy tokens; greedy_ids: "
+                               f"{L.N_GREEDY} argmax tokens, no EOS stop",
+                          base_max_abs_diff=G.r6(base_diff), cases=cases)
+            G.dump_json(L.OUT / "goldens" / f"{base}__{name}{suffix}.json", golden)
+            print(name + suffix, "base_max_abs_diff", G.r6(base_diff), "min margin", min(c["min_greedy_margin"] for c in cases))
 
 
 if __name__ == "__main__":

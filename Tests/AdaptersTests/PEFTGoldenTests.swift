@@ -120,6 +120,12 @@ import TestSupport
         ("tiny-llama__mole-abc", "tiny-llama/F32", "tiny-llama/mole-abc"),
         ("tiny-llama__mole-abc__experts-ac", "tiny-llama/hf", "tiny-llama/mole-abc"),
         ("tiny-llama__mole-abc__experts-ac", "tiny-llama/F32", "tiny-llama/mole-abc"),
+        // …and with layer gates (one per sub-layer: attention and MLP) and one network gate (from block 0's
+        // attention input, weighing every block), the same experts, on both bases…
+        ("tiny-llama__mole-abc-layer", "tiny-llama/hf", "tiny-llama/mole-abc-layer"),
+        ("tiny-llama__mole-abc-layer", "tiny-llama/F32", "tiny-llama/mole-abc-layer"),
+        ("tiny-llama__mole-abc-net", "tiny-llama/hf", "tiny-llama/mole-abc-net"),
+        ("tiny-llama__mole-abc-net", "tiny-llama/F32", "tiny-llama/mole-abc-net"),
         // …and as llama.cpp GGUF LoRA files on both bases.
         ("tiny-llama__a-qv-r4", "tiny-llama/F32", "tiny-llama/a-qv-r4.gguf"),
         ("tiny-llama__b-all-r8-rslora", "tiny-llama/F32", "tiny-llama/b-all-r8-rslora.gguf"),

@@ -104,7 +104,7 @@ def main():
 
         ids = sorted(m.id for m in client.models.list().data)
         assert ids == ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "e-all-r4", "mix-cat", "mix-linear", "mix-ties", "mole-abc",
-                       "tiny-llama"], ids
+                       "mole-abc-layer", "mole-abc-net", "tiny-llama"], ids
         parents = {m.id: getattr(m, "parent", None) for m in client.models.list().data}
         assert parents["a-qv-r4"] == "tiny-llama" and parents["tiny-llama"] is None, parents
 
