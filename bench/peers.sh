@@ -37,8 +37,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SYSTEMS=${SYSTEMS:-"dlora llama peft"}
-RATES=${RATES:-"1 2 4 8"}
-REQUESTS=${REQUESTS:-32}
+RATES=${RATES:-"1 2 4 8 16"}
+REQUESTS=${REQUESTS:-48}
 ADAPTERS=${ADAPTERS:-"8 32"}
 ALPHA=${ALPHA:-1}
 SLO=${SLO:-0.1}
@@ -118,10 +118,11 @@ start_server() {  # system, adapter count, port; sets $server
                 --kv-cache-mb 720 --max-batch-tokens 256 --max-batch-sequences 32 > "$log" 2>&1 &
             ;;
         llama)
-            local loras=()
-            for i in $(seq 0 $((n - 1))); do loras+=(--lora "$GDIR/adapter-$i.gguf"); done
+            # One --lora with comma-separated files: this version keeps only the last of repeated --lora flags.
+            local loras
+            loras=$(seq -f "$GDIR/adapter-%g.gguf" 0 $((n - 1)) | paste -sd,)
             "$LLAMA_BIN/llama-server" -m "$MODEL" --host 127.0.0.1 --port "$port" -t "$THREADS" -tb "$THREADS" -np 32 -c 8192 -kvu \
-                -cram 0 "${loras[@]}" --lora-init-without-apply > "$log" 2>&1 &
+                -cram 0 --lora "$loras" --lora-init-without-apply > "$log" 2>&1 &
             ;;
         peft)
             OMP_NUM_THREADS=$THREADS python3 tools/peers/peft_server.py --model-dir "$(dirname "$MODEL")" --gguf-file "$(basename "$MODEL")" \
@@ -136,6 +137,11 @@ start_server() {  # system, adapter count, port; sets $server
         fi
         sleep 1
     done
+    if [ "$s" = llama ]; then  # a request naming a LoRA id that was not loaded silently runs the base: check all are there
+        local loaded
+        loaded=$(curl -sf -m 5 "http://127.0.0.1:$port/lora-adapters" | python3 -c 'import json, sys; print(len(json.load(sys.stdin)))')
+        [ "$loaded" = "$n" ] || { echo "bench/peers.sh: llama-server loaded ${loaded:-no} LoRA adapters, not $n" >&2; stop_server; return 1; }
+    fi
 }
 
 for n in $ADAPTERS; do
@@ -148,14 +154,16 @@ for n in $ADAPTERS; do
         skip=0
         for r in $RATES; do
             if [ $skip = 1 ]; then touch "$RUNS/$s-$n-$r.skipped"; continue; fi
+            rc=0
             timeout $((DRAIN + 60 + REQUESTS * 10)) python3 tools/peers/trace_client.py --url "http://127.0.0.1:$port" --system "$s" \
                 --tokenizer-dir "$HF" --workload "$WORKLOAD" --trace "$TRACE" --adapters "$n" --alpha "$ALPHA" --rate "$r" \
-                --requests "$REQUESTS" --slo "$SLO" --drain "$DRAIN" --out "$RUNS/$s-$n-$r.json" > /dev/null 2> "$RUNS/$s-$n-$r.client.log" ||
-                { echo "bench/peers.sh: client failed for $s, $n adapters, rate $r:" >&2; tail -5 "$RUNS/$s-$n-$r.client.log" >&2; continue; }
-            python3 -c 'import json, sys; s = json.load(open(sys.argv[1]))["summary"]
-print(f"bench: peers, {s[\"system\"]} {s[\"adapters\"]} adapters rate {s[\"rate\"]:g}: {s[\"completed\"]}/{s[\"requests\"]} done, "
-      f"{s[\"throughput_tok_s\"]:.1f} tok/s, SLO {s[\"slo_attainment\"] * 100:.0f} %, latency/token {s[\"avg_latency_per_token_s\"]}", file=sys.stderr)
-sys.exit(0 if s["slo_attainment"] >= float(sys.argv[2]) else 3)' "$RUNS/$s-$n-$r.json" "$SKIP_BELOW" || skip=1
+                --requests "$REQUESTS" --slo "$SLO" --drain "$DRAIN" --below "$SKIP_BELOW" --out "$RUNS/$s-$n-$r.json" \
+                2> "$RUNS/$s-$n-$r.client.log" | sed 's/^/bench: peers, /' >&2 || rc=${PIPESTATUS[0]}
+            case $rc in
+                0) ;;
+                3) skip=1 ;;
+                *) echo "bench/peers.sh: client failed ($rc) for $s, $n adapters, rate $r:" >&2; tail -5 "$RUNS/$s-$n-$r.client.log" >&2 ;;
+            esac
             kill -0 "$server" 2>/dev/null || { echo "bench/peers.sh: $s exited during the run" >&2; tail -20 "$RUNS/$s-$n.log" >&2; break; }
         done
         stop_server

@@ -223,7 +223,11 @@ async def run(args):
                     "deadline_s": deadline, "errors": sorted({r["error"] for r in records if "error" in r})[:5]})
     with open(args.out, "w") as f:
         json.dump({"summary": summary, "records": records}, f, indent=1)
-    print(json.dumps(summary), flush=True)
+    lpt = summary["avg_latency_per_token_s"]
+    print(f"{args.system}, {args.adapters} adapters, rate {args.rate:g}: {summary['completed']}/{summary['requests']} done, "
+          f"{summary['throughput_tok_s']:.1f} tok/s, SLO attainment {summary['slo_attainment'] * 100:.0f} %, "
+          f"avg latency per token {'—' if lpt is None else format(lpt, '.3f')} s", flush=True)
+    return summary
 
 
 def main():
@@ -244,10 +248,13 @@ def main():
     p.add_argument("--drain", type=float, default=40, help="seconds after the last arrival before unfinished requests fail")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True)
+    p.add_argument("--below", type=float, default=0.0, help="exit with status 3 when the SLO attainment is below this share")
     args = p.parse_args()
     if not (1 <= args.requests <= 10000 and args.rate > 0 and 1 <= args.adapters <= 1024 and args.slo > 0 and args.drain > 0):
         sys.exit("trace_client: bad sizes")
-    asyncio.run(run(args))
+    summary = asyncio.run(run(args))
+    # Exit status 3: SLO attainment below --below (bench/peers.sh then skips the system's higher rates).
+    sys.exit(3 if summary["slo_attainment"] < args.below else 0)
 
 
 if __name__ == "__main__":
