@@ -4,7 +4,10 @@
 #
 #   bash bench/peers.sh                                  # full run: ≈ 20–25 min on 2 cores, writes
 #                                                        # bench/results/peers.md and bench/results/peers.svg
-#   SYSTEMS="dlora llama peft" RATES=1 REQUESTS=6 ADAPTERS=8 OUT=/tmp/peers.md bash bench/peers.sh   # smoke (≈ 4 min)
+#   SYSTEMS="dlora llama peft" RATES=1 REQUESTS=6 ADAPTERS=8 OUT=/tmp/peers.md bash bench/peers.sh   # smoke (≈ 3 min)
+# The first run also makes its cached inputs (≈ 3 min: HF config, 32 adapters and their GGUF conversions) and, when
+# missing, builds dlora (≈ 20 min) and llama-server (≈ 10 min). The full run's time is mostly arrival spans
+# (REQUESTS / rate per run) plus drains; PEFT's and llama-server's overloaded rates are skipped (SKIP_BELOW).
 #
 # Systems (all on 127.0.0.1, THREADS=2 compute threads each, one at a time):
 #   dlora  `dlora serve` (swift build -c release --product dlora) with the PEFT adapters under --adapters, the
@@ -178,6 +181,7 @@ header="$RUNS/header.md"
     echo "$THREADS threads per server, one server at a time on 127.0.0.1. Model: SmolLM2-135M-Instruct Q4_1 (dlora, llama-server;"
     echo "the PEFT server dequantizes the same GGUF to F32). Adapters: q/v, ranks 8/16/32/64, bf16 (llama-server: converted to"
     echo "F16 GGUF LoRA by llama.cpp's convert_lora_to_gguf.py), popularity P(k) ∝ (k+1)^-$ALPHA."
+    echo "Settings: SYSTEMS=\"$SYSTEMS\" ADAPTERS=\"$ADAPTERS\" RATES=\"$RATES\" REQUESTS=$REQUESTS ALPHA=$ALPHA SLO=$SLO DRAIN=$DRAIN SKIP_BELOW=$SKIP_BELOW PEFT_BATCH=$PEFT_BATCH."
     echo "Workload: $REQUESTS requests per run; arrivals from the Azure LLM inference trace 2023 (conversation trace, gaps scaled"
     echo "to the rate; CC-BY-4.0); ShareGPT prompt/response lengths (prompts ≤ 128 tokens, responses ≤ 32, ignore_eos). Every"
     echo "request streams; latency = arrival to last token; avg latency per token = Σ latencies / Σ generated tokens over the"
