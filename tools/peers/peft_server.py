@@ -241,7 +241,7 @@ async def completions(engine, body, writer):
             writer.write(f"data: {json.dumps({'id': rid, 'object': 'text_completion', 'created': created, 'model': model, 'choices': [], 'usage': usage})}\n\n".encode())
         writer.write(b"data: [DONE]\n\n")
     else:
-        out = chunk(engine.tokenizer.decode(tokens), finish)
+        out = chunk(engine.tokenizer.decode(tokens, skip_special_tokens=True), finish)
         out["usage"] = usage
         writer.write(response("200 OK", json.dumps(out)))
 

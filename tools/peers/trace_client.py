@@ -245,7 +245,7 @@ def main():
     p.add_argument("--max-prompt", type=int, default=128)
     p.add_argument("--max-output", type=int, default=32)
     p.add_argument("--slo", type=float, default=0.1, help="latency per generated token, seconds")
-    p.add_argument("--drain", type=float, default=40, help="seconds after the last arrival before unfinished requests fail")
+    p.add_argument("--drain", type=float, default=30, help="seconds after the last arrival before unfinished requests fail")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", required=True)
     p.add_argument("--below", type=float, default=0.0, help="exit with status 3 when the SLO attainment is below this share")
