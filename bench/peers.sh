@@ -101,7 +101,9 @@ case " $SYSTEMS " in *" dlora "*) swift build -c release --product dlora >&2 ;; 
 
 if [ -n "${RUNS:-}" ]; then mkdir -p "$RUNS"; tmp=""; else tmp=$(mktemp -d); RUNS="$tmp"; fi
 server=""
+client=""
 cleanup() {
+    if [ -n "$client" ]; then kill "$client" 2>/dev/null || true; wait "$client" 2>/dev/null || true; fi
     if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; wait "$server" 2>/dev/null || true; fi
     [ -z "$tmp" ] || rm -rf "$tmp"
 }
@@ -162,12 +164,17 @@ for n in $ADAPTERS; do
         skip=0
         for r in $RATES; do
             if [ $skip = 1 ]; then touch "$RUNS/$s-$n-$r.skipped"; continue; fi
+            # The client stops itself DRAIN s after the last arrival (≤ REQUESTS / rate); timeout is the backstop. It runs
+            # in the background so that a signal to this script ends the wait at once and cleanup stops it by PID.
+            timeout "$(awk -v n="$REQUESTS" -v r="$r" -v d="$DRAIN" 'BEGIN { printf "%d", n / r + d + 120 }')" python3 tools/peers/trace_client.py \
+                --url "http://127.0.0.1:$port" --system "$s" --tokenizer-dir "$HF" --workload "$WORKLOAD" --trace "$TRACE" \
+                --adapters "$n" --alpha "$ALPHA" --rate "$r" --requests "$REQUESTS" --slo "$SLO" --drain "$DRAIN" --below "$SKIP_BELOW" \
+                --out "$RUNS/$s-$n-$r.json" > "$RUNS/$s-$n-$r.client.out" 2> "$RUNS/$s-$n-$r.client.log" &
+            client=$!
             rc=0
-            # The client stops itself DRAIN s after the last arrival (≤ REQUESTS / rate); this is the backstop.
-            timeout "$(awk -v n="$REQUESTS" -v r="$r" -v d="$DRAIN" 'BEGIN { printf "%d", n / r + d + 120 }')" python3 tools/peers/trace_client.py --url "http://127.0.0.1:$port" --system "$s" \
-                --tokenizer-dir "$HF" --workload "$WORKLOAD" --trace "$TRACE" --adapters "$n" --alpha "$ALPHA" --rate "$r" \
-                --requests "$REQUESTS" --slo "$SLO" --drain "$DRAIN" --below "$SKIP_BELOW" --out "$RUNS/$s-$n-$r.json" \
-                2> "$RUNS/$s-$n-$r.client.log" | sed 's/^/bench: peers, /' >&2 || rc=${PIPESTATUS[0]}
+            wait "$client" || rc=$?
+            client=""
+            sed 's/^/bench: peers, /' "$RUNS/$s-$n-$r.client.out" >&2
             case $rc in
                 0) ;;
                 3) skip=1 ;;
