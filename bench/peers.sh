@@ -75,7 +75,8 @@ mkdir -p "$PEERS" "$(dirname "$OUT")"
 # Inputs, each made once and cached: the HF config/tokenizer of the GGUF's model (for the client's token counts
 # and llama.cpp's converter), the PEFT adapters, their GGUF conversions.
 HF="$PEERS/smollm2-135m-instruct-hf"
-python3 tools/peers/prepare.py hf-config "$MODEL" "$HF" 2>/dev/null
+python3 tools/peers/prepare.py hf-config "$MODEL" "$HF" 2> "$PEERS/prepare.log" ||
+    { tail -20 "$PEERS/prepare.log" >&2; echo "bench/peers.sh: could not write the HF config" >&2; exit 1; }
 max_n=0; for n in $ADAPTERS; do [ "$n" -gt "$max_n" ] && max_n=$n; done
 key=$(sha256sum tools/make_bench_adapters.py | cut -c1-12)
 ADIR="$PEERS/adapters-qv-r8-64-bf16-$key"
@@ -83,7 +84,11 @@ if [ ! -f "$ADIR/adapter-$((max_n - 1))/adapter_config.json" ]; then
     python3 tools/make_bench_adapters.py "$ADIR.tmp" "$max_n" 8,16,32,64 bf16 && rm -rf "$ADIR" && mv "$ADIR.tmp" "$ADIR"
 fi
 case " $SYSTEMS " in *" llama "*)
+    if [ -z "${LLAMA_CPP_BIN:-}" ] && [ ! -x ../shared/tools/build-llama-cpp ]; then
+        echo "bench/peers.sh: set LLAMA_CPP_BIN to llama.cpp's bin folder (../shared/tools/build-llama-cpp not found)" >&2; exit 1
+    fi
     LLAMA_BIN=${LLAMA_CPP_BIN:-$(../shared/tools/build-llama-cpp | tail -1)}
+    [ -x "$LLAMA_BIN/llama-server" ] || { echo "bench/peers.sh: no llama-server in $LLAMA_BIN" >&2; exit 1; }
     SRC="$PEERS/src/llama_cpp_python-$LLAMA_CPP_VERSION/vendor/llama.cpp"
     if [ ! -f "$SRC/convert_lora_to_gguf.py" ]; then
         mkdir -p "$PEERS/src"
@@ -99,7 +104,12 @@ case " $SYSTEMS " in *" llama "*)
 esac
 case " $SYSTEMS " in *" dlora "*) swift build -c release --product dlora >&2 ;; esac
 
-if [ -n "${RUNS:-}" ]; then mkdir -p "$RUNS"; tmp=""; else tmp=$(mktemp -d); RUNS="$tmp"; fi
+if [ -n "${RUNS:-}" ]; then  # a given runs folder: this run's results replace earlier ones there
+    mkdir -p "$RUNS"; tmp=""
+    rm -f "$RUNS"/*-*-*.json "$RUNS"/*-*-*.skipped
+else
+    tmp=$(mktemp -d); RUNS="$tmp"
+fi
 server=""
 client=""
 cleanup() {
@@ -121,14 +131,18 @@ stop_server() {
 start_server() {  # system, adapter count, port; sets $server
     local s=$1 n=$2 port=$3 adir="$RUNS/adapters-$2" log="$RUNS/$1-$2.log"
     mkdir -p "$adir"
-    for i in $(seq 0 $((n - 1))); do [ -e "$adir/adapter-$i" ] || cp -r "$ADIR/adapter-$i" "$adir/"; done
+    # Hard links where the file system allows (128 adapters are ≈ 450 MB), copies otherwise.
+    for i in $(seq 0 $((n - 1))); do
+        [ -e "$adir/adapter-$i" ] || cp -rl "$ADIR/adapter-$i" "$adir/" 2>/dev/null || cp -r "$ADIR/adapter-$i" "$adir/"
+    done
     case $s in
         dlora)
             .build/release/dlora serve --model "$MODEL" --adapters "$adir" --host 127.0.0.1 --port "$port" --threads "$THREADS" \
                 --kv-cache-mb 720 --max-batch-tokens 256 --max-batch-sequences 32 > "$log" 2>&1 &
             ;;
         llama)
-            # One --lora with comma-separated files: this version keeps only the last of repeated --lora flags.
+            # One --lora with comma-separated files: this version warns that repeated --lora flags are deprecated
+            # ("only last value will be used").
             local loras
             loras=$(seq -f "$GDIR/adapter-%g.gguf" 0 $((n - 1)) | paste -sd,)
             "$LLAMA_BIN/llama-server" -m "$MODEL" --host 127.0.0.1 --port "$port" -t "$THREADS" -tb "$THREADS" -np 32 -c 8192 -kvu \
