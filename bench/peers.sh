@@ -28,6 +28,7 @@
 #   activations) puts some of these random adapters' greedy choices elsewhere, so the texts may differ there.
 #   llama.cpp's worker threads spin while waiting: on a machine with other load its times collapse (seen at
 #   0.1–1.4 s per token with 2 busy cores) while the others degrade gently, so run this on a quiet machine.
+#   LLAMA_ARGS adds llama-server flags (e.g. "--poll 0"; it did not help under that load).
 # Workload (tools/peers/trace_client.py, the one `dlora bench replica` builds): REQUESTS requests whose arrivals
 # are the Azure LLM inference trace 2023's first inter-arrival gaps (conversation trace, CC-BY-4.0, read in
 # place from ../shared/data/azure-llm-2023) scaled to each rate in RATES; ShareGPT prompt/response lengths
@@ -146,7 +147,7 @@ start_server() {  # system, adapter count, port; sets $server
             local loras
             loras=$(seq -f "$GDIR/adapter-%g.gguf" 0 $((n - 1)) | paste -sd,)
             "$LLAMA_BIN/llama-server" -m "$MODEL" --host 127.0.0.1 --port "$port" -t "$THREADS" -tb "$THREADS" -np 32 -c 8192 -kvu \
-                -cram 0 --lora "$loras" --lora-init-without-apply > "$log" 2>&1 &
+                -cram 0 --lora "$loras" --lora-init-without-apply ${LLAMA_ARGS:-} > "$log" 2>&1 &
             ;;
         peft)
             OMP_NUM_THREADS=$THREADS python3 tools/peers/peft_server.py --model-dir "$(dirname "$MODEL")" --gguf-file "$(basename "$MODEL")" \
