@@ -41,18 +41,20 @@ public struct DLoRAProactive: DispatchPolicy {
     /// The formula's batch-step units for per-adapter counts `counts` at batch size `batch`.
     public static func queueUnits(counts: [String: Int], batch: Int, mergedCostFactor: Double, fractionalLeftovers: Bool = false) -> Double {
         let b = max(1, batch)
-        var full = 0.0
+        var full = 0
         var leftovers = 0
         for count in counts.values {
-            full += Double(count / b) * mergedCostFactor
+            full += count / b
             leftovers += count % b
         }
-        return full + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
+        // Counted in integers and scaled once: the same value whatever order the counts are visited in.
+        return Double(full) * mergedCostFactor + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
     }
 
     /// Seconds a request for `adapter` would wait on `replica`: queueing cost plus adapter load time.
-    /// (`queueUnits` over the replica's counts with the request added, summed in the same order without building
-    /// the counts: the simulator asks this of every replica for every arrival.)
+    /// (`queueUnits` over the replica's counts with the request added, from the sums the load keeps
+    /// (`ReplicaLoad.fullBatches`, `leftoverRequests`): O(1) per replica, as dispatch asks it of every replica
+    /// for every arrival.)
     public static func costSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool = false) -> Double {
         queueSeconds(adapter: adapter, replica: replica, fractionalLeftovers: fractionalLeftovers) + replica.loadSeconds(adapter)
     }
@@ -60,23 +62,12 @@ public struct DLoRAProactive: DispatchPolicy {
     /// `costSeconds` without the adapter's load time.
     static func queueSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool) -> Double {
         let b = max(1, replica.maxBatch)
-        var full = 0.0
-        var leftovers = 0
-        var seen = false
-        for (name, counts) in replica.perAdapter {
-            var count = counts.total
-            if !seen && name == adapter {
-                count += 1
-                seen = true
-            }
-            full += Double(count / b) * replica.mergedCostFactor
-            leftovers += count % b
-        }
-        if !seen {
-            full += Double(1 / b) * replica.mergedCostFactor
-            leftovers += 1 % b
-        }
-        let units = full + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
+        // The replica's sums over its adapters, with this adapter's count c replaced by c + 1 (0 + 1 if absent).
+        let c = replica.perAdapter[adapter]?.total ?? 0
+        let full = replica.fullBatches - c / b + (c + 1) / b
+        let leftovers = replica.leftoverRequests - c % b + (c + 1) % b
+        let units = Double(full) * replica.mergedCostFactor
+            + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
         return units * replica.decodeStepSeconds
     }
 

@@ -57,14 +57,14 @@ public struct ReplicaLoad: Sendable, Equatable {
     /// Adapters resident (active) on it.
     public var residentAdapters: Set<String>
     /// Waiting and running requests per adapter name ("" = base model).
-    public var perAdapter: [String: AdapterCounts]
+    public var perAdapter: [String: AdapterCounts] { didSet { tally() } }
     /// Estimated seconds of one decode step at its current batch (from its step-cost model).
     public var decodeStepSeconds: Double
     /// Merged step time over unmerged step time: the cost of a full same-adapter batch relative to a mixed
     /// one (the dLoRA artifact's 0.6; profiled 15 ms / 27 ms on Llama-7B).
     public var mergedCostFactor: Double
     /// B, the batch size of the dLoRA dispatch formula.
-    public var maxBatch: Int
+    public var maxBatch: Int { didSet { tally() } }
     /// Estimated seconds to load an adapter that is not resident (bytes / bandwidth), per adapter name.
     public var adapterLoadSeconds: [String: Double]
     /// Load time of an adapter missing from `adapterLoadSeconds`.
@@ -95,6 +95,34 @@ public struct ReplicaLoad: Sendable, Equatable {
         self.defaultAdapterLoadSeconds = defaultAdapterLoadSeconds
         self.running = running
         self.pinnedWorkSeconds = pinnedWorkSeconds
+        tally()
+    }
+
+    // Sums over `perAdapter`, kept as it changes: dispatch reads them for every replica on every arrival, and
+    // summing there made a dispatch cost O(requests queued in the cluster) (the simulator's profile at 1,000
+    // replicas). With B = max(1, maxBatch):
+    /// Σ waiting.
+    public private(set) var waitingRequests = 0
+    /// Σ running.
+    public private(set) var runningRequests = 0
+    /// Σ ⌊total / B⌋: the full same-adapter batches it holds.
+    public private(set) var fullBatches = 0
+    /// Σ total mod B: the requests left over from full batches.
+    public private(set) var leftoverRequests = 0
+
+    private mutating func tally() {
+        let b = max(1, maxBatch)
+        var waiting = 0, running = 0, full = 0, left = 0
+        for counts in perAdapter.values {
+            waiting += counts.waiting
+            running += counts.running
+            full += counts.total / b
+            left += counts.total % b
+        }
+        waitingRequests = waiting
+        runningRequests = running
+        fullBatches = full
+        leftoverRequests = left
     }
 
     /// Dispatch may send it new requests.
@@ -105,8 +133,6 @@ public struct ReplicaLoad: Sendable, Equatable {
         kvBlocksTotal > 0 ? Double(kvBlocksTotal - kvBlocksFree) / Double(kvBlocksTotal) : 0
     }
 
-    public var waitingRequests: Int { perAdapter.values.reduce(0) { $0 + $1.waiting } }
-    public var runningRequests: Int { perAdapter.values.reduce(0) { $0 + $1.running } }
     /// Requests it holds, queued or running.
     public var requests: Int { waitingRequests + runningRequests }
 

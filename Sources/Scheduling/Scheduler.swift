@@ -75,7 +75,9 @@ public struct Scheduler: Sendable {
     public func knows(adapter: Int) -> Bool { adapters[adapter] != nil }
     public var knownAdapters: [Int] { adapters.keys.sorted() }
     public var residentAdapters: [Int] { adapters.filter { $0.value.resident != nil }.map(\.key).sorted() }
-    public var residentAdapterBlocks: Int { adapters.values.reduce(0) { $0 + ($1.resident?.count ?? 0) } }
+    /// Blocks held by resident adapters (counted as they are allocated and released: the simulator reads it
+    /// every step, and summing over the adapters showed in its profile).
+    public private(set) var residentAdapterBlocks = 0
     /// Adapters (ascending, the base excluded) that live requests holding no KV blocks wait for: queued,
     /// preempted or swapped out. Sorted so that callers can compare it with an earlier answer.
     public var waitingAdapters: [Int] {
@@ -455,6 +457,7 @@ public struct Scheduler: Sendable {
             return false
         }
         adapters[a]!.resident = pool.allocate(need)!
+        residentAdapterBlocks += need
         stats.adapterLoads += 1
         actions.append(.loadAdapter(a))
         return true
@@ -464,6 +467,7 @@ public struct Scheduler: Sendable {
         guard let blocks = adapters[a]?.resident else { return }
         pool.release(blocks)
         adapters[a]!.resident = nil
+        residentAdapterBlocks -= blocks.count
         stats.adapterEvictions += 1
         actions.append(.evictAdapter(a))
     }
