@@ -20,6 +20,13 @@ extension Kernels {
         dl_quantize_row(Int32(dtype.rawValue), src, dst, Int64(count))
     }
 
+    /// `rows` × `cols` f32 values (row-major) quantized to `dtype` row by row, over the kernel threads; the
+    /// same bytes as `quantize` on each row.
+    public static func quantizeRows(_ src: UnsafePointer<Float>, rows: Int, cols: Int, to dtype: DType, into dst: UnsafeMutableRawPointer) {
+        precondition(rows >= 0 && cols >= 0 && cols % dtype.blockSize == 0, "quantizeRows: \(cols) columns are not whole \(dtype) blocks")
+        dl_quantize_rows(Int32(dtype.rawValue), src, Int64(rows), Int64(cols), dst, Int64(dtype.byteCount(elements: cols)!))
+    }
+
     /// IEEE half bit patterns → f32 (exact).
     public static func f16ToF32(_ src: UnsafePointer<UInt16>, into dst: UnsafeMutablePointer<Float>, count: Int) {
         precondition(count >= 0)

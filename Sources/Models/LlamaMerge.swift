@@ -3,11 +3,24 @@ import Kernels
 // The merged path (dLoRA's merged mode): one adapter folded into the base weights, so its requests run with
 // no LoRA work; unmerging swaps the loaded weights back in.
 
+/// How a merged matrix W + s·B·A is stored.
+public enum MergePrecision: String, Sendable, CaseIterable {
+    /// Dense f32: exact up to f32 rounding, and 6.4× the bytes of a Q4_1 base matrix, so on a quantized base a
+    /// merged step reads far more than an unmerged one (the default).
+    case f32
+    /// Re-quantized to Q8_0 (8.5 bits per weight, 1.7× Q4_1's bytes) after the f32 update, read by the same
+    /// quantized kernels as the base. The pristine matrices stay loaded, so unmerging is still exact; a merged
+    /// step's outputs differ from the unmerged path's by Q8_0's rounding of W + s·B·A
+    /// (docs/design/merge-precision.md measures it against the PEFT goldens).
+    case q8_0
+}
+
 extension LlamaModel {
-    /// Folds an adapter into the weights: every matrix it targets becomes a dense f32 W + s·B·A (W dequantized
-    /// exactly from its stored form), so requests of that adapter run with no LoRA work. Only one adapter
-    /// can be merged at a time. The dense matrices live in a workspace kept across merges (`mergeWorkspaceBytes`),
-    /// so a switch costs a dequantization and a rank-k update per matrix, not fresh allocations.
+    /// Folds an adapter into the weights: every matrix it targets becomes W + s·B·A (W dequantized exactly
+    /// from its stored form, the update in f32), stored as `mergePrecision` says, so requests of that adapter
+    /// run with no LoRA work. Only one adapter can be merged at a time. The merged matrices live in a workspace
+    /// kept across merges (`mergeWorkspaceBytes`), so a switch costs a dequantization, a rank-k update and (for
+    /// Q8_0) a quantization per matrix, not fresh allocations.
     public func merge(_ adapter: LoRAWeights, scale: Float = 1) {
         precondition(merged == nil, "unmerge the current adapter first")
         let s = adapter.scale * scale
@@ -16,11 +29,18 @@ extension LlamaModel {
                 guard let m = adapter.module(layer: li, target: t) else { continue }
                 let w = pristineLayers[li].matrix(t)
                 precondition(w.rows == m.outFeatures && w.cols == m.inFeatures, "adapter does not fit the model")
-                let dense = mergeTarget(layer: li, t)
-                let out = UnsafeMutablePointer(mutating: dense.data.assumingMemoryBound(to: Float.self))
+                let dtype: DType = mergePrecision == .q8_0 && w.cols % DType.q8_0.blockSize == 0 ? .q8_0 : .f32
+                let target = mergeTarget(layer: li, t, dtype: dtype)
+                // The f32 sum: in the target itself when it is f32, else in a staging matrix quantized after.
+                let staging = dtype == .f32 ? UnsafeMutableRawPointer(mutating: target.data)
+                    : mergeStaging.bytes(w.rows * w.cols * MemoryLayout<Float>.stride)
+                let out = staging.assumingMemoryBound(to: Float.self)
                 Kernels.dequantize(w, into: out)
                 m.addDelta(scale: s, into: out, scratch: mergeScratch)
-                layers[li].replace(t, with: dense)
+                if dtype != .f32 {
+                    Kernels.quantizeRows(out, rows: w.rows, cols: w.cols, to: dtype, into: UnsafeMutableRawPointer(mutating: target.data))
+                }
+                layers[li].replace(t, with: target)
             }
         }
         merged = (adapter.name, scale)
@@ -33,10 +53,13 @@ extension LlamaModel {
     public func releaseMergeWorkspace() {
         precondition(merged == nil, "unmerge the current adapter first")
         mergeSpace = []
+        mergeStaging = ScratchArena()
     }
 
-    /// The workspace view a merge of `t` in layer `li` writes: a dense f32 matrix of the base matrix's shape.
-    func mergeTarget(layer li: Int, _ t: LoRATarget) -> WeightMatrix {
+    /// The workspace view a merge of `t` in layer `li` writes: a `dtype` matrix of the base matrix's shape.
+    /// Each dtype has its own buffers (a model merged in f32 once and in Q8_0 later keeps both until
+    /// `releaseMergeWorkspace`).
+    func mergeTarget(layer li: Int, _ t: LoRATarget, dtype: DType = .f32) -> WeightMatrix {
         let p = pristineLayers[li]
         let group: [LoRATarget] = switch t {
         case .q, .k, .v: [.q, .k, .v]
@@ -44,17 +67,19 @@ extension LlamaModel {
         default: [t]
         }
         let cols = p.matrix(t).cols
+        let rowBytes = dtype.byteCount(elements: cols)!
         if mergeSpace.isEmpty { mergeSpace = Array(repeating: [:], count: layers.count) }
+        let key = group[0].rawValue | Int(dtype.rawValue) << 8
         let buffer: Buffer
-        if let b = mergeSpace[li][group[0].rawValue] {
+        if let b = mergeSpace[li][key] {
             buffer = b
         } else {
             precondition(group.allSatisfy { p.matrix($0).cols == cols })
-            buffer = Buffer(floats: group.reduce(0) { $0 + p.matrix($1).rows } * cols)
-            mergeSpace[li][group[0].rawValue] = buffer
+            buffer = Buffer(byteCount: group.reduce(0) { $0 + p.matrix($1).rows } * rowBytes)
+            mergeSpace[li][key] = buffer
         }
-        let offset = group.prefix { $0 != t }.reduce(0) { $0 + p.matrix($1).rows * cols * MemoryLayout<Float>.stride }
-        return WeightMatrix(dtype: .f32, rows: p.matrix(t).rows, cols: cols, storage: buffer, offset: offset)
+        let offset = group.prefix { $0 != t }.reduce(0) { $0 + p.matrix($1).rows * rowBytes }
+        return WeightMatrix(dtype: dtype, rows: p.matrix(t).rows, cols: cols, storage: buffer, offset: offset)
     }
 
     /// Restores the weights as loaded (the original buffers: bit-exact).

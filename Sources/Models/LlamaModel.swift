@@ -19,6 +19,10 @@ public final class LlamaModel: @unchecked Sendable {
     /// merged projections that were stacked stay one matmul without a copy.
     var mergeSpace: [[Int: Buffer]] = []
     let mergeScratch = ScratchArena()
+    /// The f32 sum of a merge whose matrices are stored quantized (one matrix at a time).
+    var mergeStaging = ScratchArena()
+    /// How the next merge stores its matrices (LlamaMerge.swift).
+    public var mergePrecision: MergePrecision = .f32
     let embedding: WeightMatrix
     let output: WeightMatrix
     let outputNorm: Buffer

@@ -47,8 +47,8 @@ struct BenchLoRA: ParsableCommand {
               + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount). "
               + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
         print()
-        print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged ms/step | merged overhead |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged f32 ms/step | merged f32 overhead | merged Q8_0 ms/step | merged Q8_0 overhead |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         var loadRows: [String] = []
         for rank in Self.list(ranks) {
             let dtype: DType = adapterDtype == "bf16" ? .bf16 : .f32
@@ -60,7 +60,7 @@ struct BenchLoRA: ParsableCommand {
                 // Base, unmerged with k distinct adapters, merged: measured in interleaved rounds (best of
                 // `rounds`), so slow drifts of the machine hit every column alike.
                 let ks = Self.list(adapters).filter { $0 <= b }
-                var base = Double.infinity, merged = Double.infinity
+                var base = Double.infinity, merged = Double.infinity, mergedQ8 = Double.infinity
                 var unmerged = [Double](repeating: .infinity, count: ks.count)
                 for _ in 0..<rounds {
                     base = min(base, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
@@ -70,16 +70,22 @@ struct BenchLoRA: ParsableCommand {
                     m.merge(pool[0])
                     merged = min(merged, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
                     m.unmerge()
+                    m.mergePrecision = .q8_0
+                    m.merge(pool[0])
+                    mergedQ8 = min(mergedQ8, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
+                    m.unmerge()
+                    m.mergePrecision = .f32
                 }
                 for (i, k) in ks.enumerated() {
-                    let mergedCells = k == 1 ? String(format: "%.2f | %+.1f %%", merged * 1000, (merged / base - 1) * 100) : "— | —"
+                    let mergedCells = k == 1 ? String(format: "%.2f | %+.1f %% | %.2f | %+.1f %%", merged * 1000, (merged / base - 1) * 100,
+                                                      mergedQ8 * 1000, (mergedQ8 / base - 1) * 100) : "— | — | — | —"
                     print(String(format: "| %d | %d | %d | %.2f | %.2f | %+.1f %% | %@ |", b, k, rank, base * 1000, unmerged[i] * 1000,
                                  (unmerged[i] / base - 1) * 100, mergedCells))
                 }
                 FileHandle.standardError.write(Data("bench lora: rank \(rank) batch \(b) done\n".utf8))
             }
             // Merge/unmerge cost and load time from disk.
-            var mergeSeconds = 0.0, unmergeSeconds = 0.0
+            var mergeSeconds = 0.0, mergeQ8Seconds = 0.0, unmergeSeconds = 0.0
             for _ in 0..<3 {
                 var t = DispatchTime.now().uptimeNanoseconds
                 m.merge(pool[0])
@@ -87,14 +93,20 @@ struct BenchLoRA: ParsableCommand {
                 t = DispatchTime.now().uptimeNanoseconds
                 m.unmerge()
                 unmergeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3
+                m.mergePrecision = .q8_0
+                t = DispatchTime.now().uptimeNanoseconds
+                m.merge(pool[0])
+                mergeQ8Seconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3
+                m.unmerge()
+                m.mergePrecision = .f32
             }
             let load = try Self.loadTime(config: c, rank: rank, targets: targetSet)
-            loadRows.append(String(format: "| %d | %.1f | %.2f | %.3f | %.2f |", rank, Double(pool[0].byteCount) / 1e6, mergeSeconds * 1000,
-                                   unmergeSeconds * 1000, load * 1000))
+            loadRows.append(String(format: "| %d | %.1f | %.2f | %.2f | %.3f | %.2f |", rank, Double(pool[0].byteCount) / 1e6, mergeSeconds * 1000,
+                                   mergeQ8Seconds * 1000, unmergeSeconds * 1000, load * 1000))
         }
         print()
-        print("| rank | adapter size MB (resident) | merge ms | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
-        print("|---:|---:|---:|---:|---:|")
+        print("| rank | adapter size MB (resident) | merge ms (f32) | merge ms (Q8_0) | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
+        print("|---:|---:|---:|---:|---:|---:|")
         loadRows.forEach { print($0) }
     }
 

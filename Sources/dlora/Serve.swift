@@ -67,6 +67,7 @@ struct Serve: AsyncParsableCommand {
         let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
 
         let engineConfig = engineOptions.configuration(for: config, policy: policyOption.kind)
+        engineOptions.prepare(loaded.model)
         let blocks = engineConfig.kvBlocks
         let engine = EngineLoop(engine: EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig))
         defer { engine.shutdown() }

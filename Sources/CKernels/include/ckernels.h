@@ -57,6 +57,9 @@ void dl_dequantize_row(int type, const void *src, float *dst, int64_t n);
 void dl_dequantize_rows(int type, const void *src, int64_t row_bytes, float *dst, int64_t rows, int64_t cols);
 // Reference quantizers with ggml's rounding (used for tests, fixtures and re-quantizing merged weights).
 void dl_quantize_row(int type, const float *src, void *dst, int64_t n);
+// dl_quantize_row over `rows` rows of `cols` (src row-major f32; dst rows `row_bytes` apart), split over the
+// kernel threads.
+void dl_quantize_rows(int type, const float *src, int64_t rows, int64_t cols, void *dst, int64_t row_bytes);
 
 // ---------------------------------------------------------------- matmul with f32 activations (matmul_dq.c)
 // The default, exact path: weights are dequantized on the fly (a few rows at a time into per-thread
