@@ -18,8 +18,11 @@
 // pairwise tree 16 → 8 → 4 → 2 → 1. The 16 rows' trees are evaluated together by a transpose network that
 // performs exactly those additions (lane_sums16), so this kernel gives the same bits as dl_matmul_dq
 // followed by dl_add_scaled, the path larger segments take (ReferenceOps.loraApplyLanes is the twin).
-// Before it, a decode token's expand went through dl_matmul_dq with K = prank (16): a panel refill and a
-// dequantization call per 4 rows of 16 weights, which cost ~5× the bytes' streaming time (docs/design/lora-kernels.md).
+// While it works on one segment it prefetches the next segment's A and B (a few lines per 16-weight step):
+// one token's A and B are 18-66 KB read as 16 interleaved short streams, which the hardware prefetcher
+// does not ramp up on in time (measured: 15 → 19-23 GB/s for 32 distinct rank-16 adapters).
+// Before this kernel a decode token's expand went through dl_matmul_dq with K = prank (16): a panel refill
+// and a scalar dequantization call per row of 16 weights (docs/design/lora-kernels.md).
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
@@ -60,6 +63,23 @@ static void gate_columns(const dl_lora_seg *s, float *u, const float *g) {
 }
 
 #if defined(__x86_64__)
+// Software prefetch of the next segment's adapter bytes (A, then B), per_step cache lines per 16-weight
+// step of this segment's first token, so they arrive spread over its work.
+typedef struct {
+    const char *p, *end, *p2, *end2;
+    int64_t per_step;
+} prefetcher;
+
+static inline __attribute__((always_inline)) void prefetch_step(prefetcher *f) {
+    for (int64_t i = 0; i < f->per_step; i++) {
+        if (f->p >= f->end) {
+            if (f->p2 >= f->end2) return;
+            f->p = f->p2; f->end = f->end2; f->p2 = f->end2;
+        }
+        _mm_prefetch(f->p, _MM_HINT_T0);
+        f->p += 64;
+    }
+}
 #define DL_AVX512_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
 // 16 consecutive weights of a row from element i, converted exactly to f32 (type F32, F16 or BF16; a
@@ -107,10 +127,11 @@ DL_AVX512 static inline __attribute__((always_inline)) __m512 lane_sums16(const 
 
 // 16 rows (row_bytes apart) x one token over K (a multiple of 16): lane m = lanes(W[m] · x).
 DL_AVX512_F16 static inline __attribute__((always_inline))
-__m512 rows16(const int type, const uint8_t *w, int64_t row_bytes, int64_t K, const float *x) {
+__m512 rows16(const int type, const uint8_t *w, int64_t row_bytes, int64_t K, const float *x, prefetcher *f) {
     __m512 acc[16];
     for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 16) {
+        if (f) prefetch_step(f);
         __m512 xv = _mm512_loadu_ps(x + k);
         for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(load16(type, w + r * row_bytes, k), xv, acc[r]);
     }
@@ -126,39 +147,47 @@ float row1(const int type, const uint8_t *w, int64_t K, const float *x) {
 }
 
 DL_AVX512_F16 static inline __attribute__((always_inline))
-void small_segment_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, float *u) {
+void small_segment_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
     const uint8_t *a = (const uint8_t *)s->a, *b = (const uint8_t *)s->b;
     const int64_t in = c->in, out = c->out, prank = s->prank;
     const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
     const __m512 scale = _mm512_set1_ps(s->scale);
-    for (int64_t t = 0; t < s->count; t++) {
+    prefetcher pf = { 0 }, *f = NULL;
+    if (next) {
+        int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = out * dl_row_bytes(next->wtype, next->prank);
+        int64_t steps = prank / 16 * (in / 16) + (out + 15) / 16 * (prank / 16);
+        pf = (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
+                           ((na + nb) / 64 + steps - 1) / steps };
+        f = &pf;
+    }
+    for (int64_t t = 0; t < s->count; t++, f = NULL) {
         const float *x = c->x + (s->start + t) * c->ldx;
         float *y = c->y + (s->start + t) * c->ldy;
-        for (int64_t j = 0; j < prank; j += 16) _mm512_storeu_ps(u + j, rows16(type, a + j * a_row, a_row, in, x));
+        for (int64_t j = 0; j < prank; j += 16) _mm512_storeu_ps(u + j, rows16(type, a + j * a_row, a_row, in, x, f));
         if (s->gates) gate_columns(s, u, s->gates + t * s->ldg);
         int64_t o = 0;
         // y + scale * p: a product, then a sum, as dl_add_scaled rounds them.
         for (; o + 16 <= out; o += 16)
             _mm512_storeu_ps(y + o, _mm512_add_ps(_mm512_loadu_ps(y + o),
-                                                  _mm512_mul_ps(scale, rows16(type, b + o * b_row, b_row, prank, u))));
+                                                  _mm512_mul_ps(scale, rows16(type, b + o * b_row, b_row, prank, u, f))));
         for (; o < out; o++) y[o] += s->scale * row1(type, b + o * b_row, prank, u);
     }
 }
 
-DL_AVX512_F16 static void small_segment(const lora_ctx *c, const dl_lora_seg *s) {
+DL_AVX512_F16 static void small_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
     float *u = lora_scratch(s->prank);
     switch (s->wtype) {
-    case DL_BF16: small_segment_typed(DL_BF16, c, s, u); return;
-    case DL_F16: small_segment_typed(DL_F16, c, s, u); return;
-    default: small_segment_typed(DL_F32, c, s, u); return;
+    case DL_BF16: small_segment_typed(DL_BF16, c, s, next, u); return;
+    case DL_F16: small_segment_typed(DL_F16, c, s, next, u); return;
+    default: small_segment_typed(DL_F32, c, s, next, u); return;
     }
 }
 #endif
 
-static void one_segment(const lora_ctx *c, const dl_lora_seg *s) {
+static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
     if (s->count < SMALL_SEGMENT && dl_has_avx512()) {
-        small_segment(c, s);
+        small_segment(c, s, next);
         return;
     }
 #endif
@@ -173,7 +202,7 @@ static void one_segment(const lora_ctx *c, const dl_lora_seg *s) {
 
 static void segment_range(void *ctx, int64_t begin, int64_t end) {
     const lora_ctx *c = (const lora_ctx *)ctx;
-    for (int64_t i = begin; i < end; i++) one_segment(c, &c->segs[i]);
+    for (int64_t i = begin; i < end; i++) one_segment(c, &c->segs[i], i + 1 < end ? &c->segs[i + 1] : NULL);
 }
 
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
@@ -182,6 +211,6 @@ void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t ou
     if (nseg >= 2 * dl_num_threads()) {
         dl_parallel_for(nseg, 1, segment_range, &c);
     } else {
-        for (int64_t i = 0; i < nseg; i++) one_segment(&c, &segs[i]);
+        for (int64_t i = 0; i < nseg; i++) one_segment(&c, &segs[i], i + 1 < nseg ? &segs[i + 1] : NULL);
     }
 }
