@@ -109,6 +109,15 @@ DL_AVX512_F16 static void dequant_row_avx512(int type, const uint8_t *p, float *
         if (i < n) dl_f16_to_f32(h + i, dst + i, n - i);
         return;
     }
+    case DL_BF16: { // LoRA adapters: the top half of an f32, widened and shifted (exact)
+        const uint16_t *h = (const uint16_t *)p;
+        int64_t i = 0;
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(dst + i, _mm512_castsi512_ps(_mm512_slli_epi32(
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(h + i))), 16)));
+        if (i < n) dl_bf16_to_f32(h + i, dst + i, n - i);
+        return;
+    }
     default:
         dl_dequantize_row(type, p, dst, n);
         return;

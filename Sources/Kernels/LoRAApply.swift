@@ -9,10 +9,12 @@ extension Kernels {
     ///
     /// (or, for a gated MoLE segment, with A_s · x[t] scaled per rank column by its expert's gate for t)
     ///
-    /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16, so both
-    /// products run on the batch-invariant matmul kernel: a token's result never depends on its batch.
+    /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16. Decode
+    /// segments (1–3 tokens) run lora.c's grouped shrink/expand, larger ones the batch-invariant matmul
+    /// kernel; both sum in the matmul kernel's lane order, so a token's result never depends on its batch.
     /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
-    /// Reference twin: `ReferenceOps.loraApply`.
+    /// Reference twins: `ReferenceOps.loraApply` (double precision) and `ReferenceOps.loraApplyLanes` (the
+    /// kernels' f32 summation order, bit for bit).
     public final class LoRABatch: @unchecked Sendable {
         private var segments: [dl_lora_seg] = []
         public private(set) var inFeatures = 0

@@ -147,4 +147,35 @@ public enum ReferenceOps {
         }
         return out
     }
+
+    /// `loraApply` in the kernels' f32 order, the twin dl_lora_apply must match bit for bit: per token,
+    /// u = matmulLanes(A, x[t]) over the rank padded to `paddedRank` (A and B zero-padded as the kernel
+    /// holds them), u[j] · gate (MoLE), p = matmulLanes(B, u), then y + scale · p (a product, then a sum).
+    public static func loraApplyLanes(x: [Float], inFeatures: Int, outFeatures: Int, runs: [LoRARun], paddedRanks: [Int],
+                                      y: [Float]) -> [Float] {
+        var out = y
+        for (run, padded) in zip(runs, paddedRanks) {
+            precondition(run.a.count == run.rank * inFeatures && run.b.count == outFeatures * run.rank && padded % 16 == 0)
+            let a = run.a + [Float](repeating: 0, count: (padded - run.rank) * inFeatures)
+            var b = [Float](repeating: 0, count: outFeatures * padded)
+            for o in 0..<outFeatures {
+                for j in 0..<run.rank { b[o * padded + j] = run.b[o * run.rank + j] }
+            }
+            for t in run.tokens {
+                var u = matmulLanes(a, rows: padded, cols: inFeatures, Array(x[(t * inFeatures)..<((t + 1) * inFeatures)]), tokens: 1)
+                if let gates = run.gates, let columns = run.columns {
+                    for j in 0..<padded {
+                        let e = Int(columns[j])
+                        u[j] = e >= 0 ? u[j] * gates[t - run.tokens.lowerBound][e] : 0
+                    }
+                }
+                let p = matmulLanes(b, rows: outFeatures, cols: padded, u, tokens: 1)
+                for o in 0..<outFeatures {
+                    let product = run.scale * p[o]
+                    out[t * outFeatures + o] = out[t * outFeatures + o] + product
+                }
+            }
+        }
+        return out
+    }
 }

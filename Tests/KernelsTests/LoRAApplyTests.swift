@@ -10,6 +10,9 @@ import TestSupport
 /// and lets the two matmuls of each split over the pool (few large segments). Each is driven here by the
 /// thread count, on the same inputs, and the two must agree bit for bit (the engine's batch invariance rests
 /// on it). The weights are F32, F16 or BF16: each takes a different dequantization path in matmul_dq.c.
+/// Segments of 1–3 tokens take lora.c's own grouped kernel (weights converted in registers, 16 rows' lane
+/// trees summed together), larger ones dl_matmul_dq; every result must equal `ReferenceOps.loraApplyLanes`
+/// (the same f32 operations in the same order) bit for bit, whichever path each segment took.
 ///
 /// Tolerance: |y − ref| ≤ 1e-6 · (|y₀| + |s| · Σ_j |B_oj| · Σ_k |A_jk · x_k|), relative to magnitudes
 /// because cancellation can make the result itself tiny. Both products sum in f32 over 16 lanes (≤ 36
@@ -113,6 +116,12 @@ import TestSupport
                                         gates: gating[k]?.gates, columns: gating[k]?.columns)
         }
         let ref = ReferenceOps.loraApply(x: packedX, inFeatures: inFeatures, outFeatures: outFeatures, runs: runs, y: packedY)
+        // The f32 twin in the kernels' summation order: the same bits, whichever path (the small-segment
+        // kernel or dl_matmul_dq) each segment took.
+        let lanes = ReferenceOps.loraApplyLanes(x: packedX, inFeatures: inFeatures, outFeatures: outFeatures, runs: runs,
+                                                paddedRanks: segments.map { adapters[$0.0].paddedRank }, y: packedY)
+        let unpacked = (0..<tokens).flatMap { serial[($0 * ldy)..<($0 * ldy + outFeatures)] }
+        #expect(unpacked.map(\.bitPattern) == lanes.map(\.bitPattern), "differs from ReferenceOps.loraApplyLanes")
         var worst = 0.0
         for t in 0..<tokens {
             let seg = segments.first { $0.1.contains(t) }
@@ -185,6 +194,25 @@ import TestSupport
         let gating = [1: Gating(gates: gates(5), columns: columns), 3: Gating(gates: gates(1), columns: columns),
                       4: Gating(gates: gates(2), columns: columns)]
         Self.check(adapters, segments, tokens: 12, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng, gating: gating)
+    }
+
+    /// Decode-sized segments (1–3 tokens take the small-segment kernel, 4 or more dl_matmul_dq) over random
+    /// shapes: SmolLM2's projection sizes, an output count that is not a multiple of 16 (the kernel's 16-row
+    /// blocks leave a tail), ranks up to 64, 12 distinct adapters, some tokens with none.
+    @Test(arguments: [DType.f32, .f16, .bf16]) func decodeSegmentsRandomShapes(dtype: DType) {
+        var rng = Rng(seed: 990 + UInt64(dtype.rawValue))
+        for (inFeatures, outFeatures) in [(576, 192), (1536, 576), (64, 200), (16, 7)] {
+            let ranks = (0..<12).map { [1, 8, 16, 24, 64][$0 % 5] }
+            let adapters = ranks.map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
+            var segments: [(Int, Range<Int>, Float)] = []
+            var t = 0
+            for i in 0..<12 {
+                let count = [1, 1, 2, 1, 3, 1, 5][i % 7]
+                segments.append((i, t..<(t + count), [1, 0.5, -2][i % 3]))
+                t += count + (i % 4 == 3 ? 1 : 0)
+            }
+            Self.check(adapters, segments, tokens: t, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng)
+        }
     }
 
     /// An empty batch is a no-op.

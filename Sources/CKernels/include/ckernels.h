@@ -130,7 +130,9 @@ typedef struct {
 // y[t*ldy + o] += scale * sum_j B[o, j] * g(t, j) * sum_k A[j, k] * x[t*ldx + k] for every token t of every
 // segment, g = 1 for an ungated segment.
 // Segments must not overlap. Multithreaded (over segments when there are many, else inside the matmuls);
-// results are independent of that choice.
+// results are independent of that choice. Segments of 1-3 tokens (decode) take a grouped shrink/expand
+// kernel that converts the weights in registers; larger ones dl_matmul_dq. Both sum in dl_matmul_dq's lane
+// order, so the bits are the same either way (ReferenceOps.loraApplyLanes is the twin).
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
                    const float *x, int64_t ldx, float *y, int64_t ldy);
 
