@@ -92,16 +92,8 @@ DL_AVX512_F16 static inline __attribute__((always_inline)) __m512 load16(const i
     return _mm512_loadu_ps((const float *)row + i);
 }
 
-// matmul_dq.c's lane tree for one vector: pairwise halves 16 -> 8 -> 4 -> 2 -> 1.
-DL_AVX512 static inline float lane_sum(__m512 v) {
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    __m128 e = _mm_add_ss(c, _mm_movehdup_ps(c));
-    return _mm_cvtss_f32(e);
-}
 
-// lane_sum of 16 vectors at once: lane m of the result is lane_sum(v[m]), bit for bit. Each level adds
+// lane_sum of 16 vectors at once: lane m of the result is dl_lane_sum(v[m]), bit for bit. Each level adds
 // lane i to lane i + h (h = 8, 4, 2, 1) of every vector, as lane_sum does, with two vectors' halves
 // packed into one register so a level costs half the additions of the one before (15 vector additions
 // for 16 trees instead of 64 scalar-ish ones); IEEE addition is commutative, so operand order is free.
@@ -143,7 +135,7 @@ DL_AVX512_F16 static inline __attribute__((always_inline))
 float row1(const int type, const uint8_t *w, int64_t K, const float *x) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 16) acc = _mm512_fmadd_ps(load16(type, w, k), _mm512_loadu_ps(x + k), acc);
-    return lane_sum(acc);
+    return dl_lane_sum(acc);
 }
 
 DL_AVX512_F16 static inline __attribute__((always_inline))

@@ -126,14 +126,6 @@ DL_AVX512_F16 static void dequant_row_avx512(int type, const uint8_t *p, float *
 
 // ------------------------------------------------------------------ AVX-512 micro-kernels
 
-// Fixed lane-sum order shared by every kernel: pairwise halves 16 -> 8 -> 4 -> 2 -> 1.
-DL_AVX512 static inline float lane_sum(__m512 v) {
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    __m128 e = _mm_add_ss(c, _mm_movehdup_ps(c));
-    return _mm_cvtss_f32(e);
-}
 
 // ------------------------------------------------------------------ AVX-512 single-token kernels
 
@@ -215,7 +207,7 @@ void fused_rows(const int type, const int NR, const uint8_t *w, int64_t row_byte
             acc[r] = _mm512_fmadd_ps(hi, xh, acc[r]);
         }
     }
-    for (int r = 0; r < NR; r++) y[r] = lane_sum(acc[r]);
+    for (int r = 0; r < NR; r++) y[r] = dl_lane_sum(acc[r]);
 }
 
 // Rows [r0, r1) of y[r] = W[r]·x for one token; K a multiple of 32.
@@ -266,13 +258,13 @@ DL_AVX512 static void tile_4x4(const float *w, int64_t K, const float *x, int64_
         a03 = _mm512_fmadd_ps(v0, t, a03); a13 = _mm512_fmadd_ps(v1, t, a13);
         a23 = _mm512_fmadd_ps(v2, t, a23); a33 = _mm512_fmadd_ps(v3, t, a33);
     }
-    y[0] = lane_sum(a00); y[1] = lane_sum(a10); y[2] = lane_sum(a20); y[3] = lane_sum(a30);
+    y[0] = dl_lane_sum(a00); y[1] = dl_lane_sum(a10); y[2] = dl_lane_sum(a20); y[3] = dl_lane_sum(a30);
     y += ldy;
-    y[0] = lane_sum(a01); y[1] = lane_sum(a11); y[2] = lane_sum(a21); y[3] = lane_sum(a31);
+    y[0] = dl_lane_sum(a01); y[1] = dl_lane_sum(a11); y[2] = dl_lane_sum(a21); y[3] = dl_lane_sum(a31);
     y += ldy;
-    y[0] = lane_sum(a02); y[1] = lane_sum(a12); y[2] = lane_sum(a22); y[3] = lane_sum(a32);
+    y[0] = dl_lane_sum(a02); y[1] = dl_lane_sum(a12); y[2] = dl_lane_sum(a22); y[3] = dl_lane_sum(a32);
     y += ldy;
-    y[0] = lane_sum(a03); y[1] = lane_sum(a13); y[2] = lane_sum(a23); y[3] = lane_sum(a33);
+    y[0] = dl_lane_sum(a03); y[1] = dl_lane_sum(a13); y[2] = dl_lane_sum(a23); y[3] = dl_lane_sum(a33);
 }
 
 // 4 rows x 1 token.
@@ -285,14 +277,14 @@ DL_AVX512 static void tile_4x1(const float *w, int64_t K, const float *x, float 
         a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 2 * K + k), t, a2);
         a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + 3 * K + k), t, a3);
     }
-    y[0] = lane_sum(a0); y[1] = lane_sum(a1); y[2] = lane_sum(a2); y[3] = lane_sum(a3);
+    y[0] = dl_lane_sum(a0); y[1] = dl_lane_sum(a1); y[2] = dl_lane_sum(a2); y[3] = dl_lane_sum(a3);
 }
 
 // 1 row x 1 token.
 DL_AVX512 static float tile_1x1(const float *w, int64_t K, const float *x) {
     __m512 a = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 16) a = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a);
-    return lane_sum(a);
+    return dl_lane_sum(a);
 }
 #endif
 

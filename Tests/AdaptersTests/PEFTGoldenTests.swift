@@ -156,13 +156,19 @@ import TestSupport
         if adapter.mergeable { Self.check(g, model: model, adapter: adapter, merged: true, label: label + " (merged)") }
     }
 
-    /// The default model (Q4_1 GGUF, permuted Q/K) with two F16 PEFT adapters made on transformers' HF-layout load of it.
-    @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
-    func smolLM2(_ name: String) throws {
+    /// The golden of SmolLM2 adapter `name`, the default model and the adapter.
+    static func smolLM2Case(_ name: String) throws -> (Golden, LlamaModel, LoRAWeights) {
         _ = try DefaultModel.require()
         let g = try Self.golden("smollm2__\(name)")
         let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.smolPath))
         let adapter = try AdapterLoader.load(path: Fixtures.root.appendingPathComponent("lora/smollm2/\(name)").path, base: model.config)
+        return (g, model, adapter)
+    }
+
+    /// The default model (Q4_1 GGUF, permuted Q/K) with two F16 PEFT adapters made on transformers' HF-layout load of it.
+    @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
+    func smolLM2(_ name: String) throws {
+        let (g, model, adapter) = try Self.smolLM2Case(name)
         #expect(adapter.module(layer: 0, target: name.hasPrefix("s1") ? .q : .k)?.dtype == .f16)
         Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged)")
         Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged)")
@@ -174,10 +180,7 @@ import TestSupport
     /// that error. Unmerging restores the exact weights.
     @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
     func smolLM2MergedQ8(_ name: String) throws {
-        _ = try DefaultModel.require()
-        let g = try Self.golden("smollm2__\(name)")
-        let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.smolPath))
-        let adapter = try AdapterLoader.load(path: Fixtures.root.appendingPathComponent("lora/smollm2/\(name)").path, base: model.config)
+        let (g, model, adapter) = try Self.smolLM2Case(name)
         model.mergePrecision = .q8_0
         let err = Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged, Q8_0)",
                              tolerance: Self.q8Tolerance, tie: 2 * Self.q8Tolerance)
