@@ -24,24 +24,20 @@ import math
 import random
 import sys
 import time
-from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import urlparse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The trace reader and the raw HTTP/1.1 response readers bench/cluster.sh's client already has.
+from cluster_load import body_chunks, read_head, trace_times  # noqa: E402
 
 
 def trace_gaps(path, count):
-    stamps = []
-    with open(path) as f:
-        next(f)
-        for line in f:
-            if len(stamps) > count:
-                break
-            stamp = line.split(",", 1)[0].strip()
-            main, _, frac = stamp.partition(".")
-            t = datetime.strptime(main, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc).timestamp()
-            stamps.append(t + (float("0." + frac) if frac else 0.0))
+    """The first `count` inter-arrival gaps (s) of the Azure trace."""
+    stamps = trace_times(path, count + 1)
     if len(stamps) <= count:
         sys.exit(f"trace_client: {path} needs more than {count} rows")
-    return [max(0.0, b - a) for a, b in zip(stamps, stamps[1:])][:count]
+    return [max(0.0, b - a) for a, b in zip(stamps, stamps[1:])]
 
 
 def conversations(path, tokenizer, count, max_prompt, max_output):
@@ -93,28 +89,14 @@ def body_for(system, req):
     return body
 
 
-async def read_body_lines(reader, chunked):
-    """Yields the response body's lines, decoding chunked transfer encoding."""
+async def body_lines(reader, headers):
+    """Yields the response body's lines (without the newline) as they arrive."""
     buf = b""
-    if chunked:
-        while True:
-            size_line = await reader.readline()
-            if not size_line:
-                break
-            size = int(size_line.split(b";")[0].strip() or b"0", 16)
-            if size == 0:
-                break
-            buf += await reader.readexactly(size)
-            await reader.readline()
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                yield line
-    else:
-        while True:
-            line = await reader.readline()
-            if not line:
-                break
-            yield line.rstrip(b"\n")
+    async for data in body_chunks(reader, headers):
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line
     if buf:
         yield buf
 
@@ -130,21 +112,13 @@ async def one_request(args, url, req, start, rec):
         writer.write((f"POST /v1/completions HTTP/1.1\r\nHost: {url.hostname}:{url.port}\r\nContent-Type: application/json\r\n"
                       f"Accept: text/event-stream\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n").encode() + data)
         await writer.drain()
-        status = (await reader.readline()).decode("latin-1").split()
-        headers = {}
-        while True:
-            line = (await reader.readline()).decode("latin-1").strip()
-            if not line:
-                break
-            k, _, v = line.partition(":")
-            headers[k.strip().lower()] = v.strip()
-        if len(status) < 2 or status[1] != "200":
+        status, headers = await read_head(reader)
+        if status != 200:
             rest = await reader.read(2000)
-            rec["error"] = f"HTTP {' '.join(status[1:])}: {rest.decode(errors='replace')[:300]}"
+            rec["error"] = f"HTTP {status}: {rest.decode(errors='replace')[:300]}"
             return
-        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
         chunks = 0
-        async for raw in read_body_lines(reader, chunked):
+        async for raw in body_lines(reader, headers):
             line = raw.decode(errors="replace").strip()
             if not line.startswith("data:"):
                 continue
