@@ -47,8 +47,14 @@ public struct DLoRAProactive: DispatchPolicy {
             full += count / b
             leftovers += count % b
         }
-        // Counted in integers and scaled once: the same value whatever order the counts are visited in.
-        return Double(full) * mergedCostFactor + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
+        return units(fullBatches: full, leftovers: leftovers, batch: b, mergedCostFactor: mergedCostFactor,
+                     fractionalLeftovers: fractionalLeftovers)
+    }
+
+    /// The formula from its integer sums (Σ ⌊count/B⌋, Σ count mod B), scaled once: the same value whatever
+    /// order the counts were visited in.
+    static func units(fullBatches: Int, leftovers: Int, batch b: Int, mergedCostFactor: Double, fractionalLeftovers: Bool) -> Double {
+        Double(fullBatches) * mergedCostFactor + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
     }
 
     /// Seconds a request for `adapter` would wait on `replica`: queueing cost plus adapter load time.
@@ -64,11 +70,9 @@ public struct DLoRAProactive: DispatchPolicy {
         let b = max(1, replica.maxBatch)
         // The replica's sums over its adapters, with this adapter's count c replaced by c + 1 (0 + 1 if absent).
         let c = replica.perAdapter[adapter]?.total ?? 0
-        let full = replica.fullBatches - c / b + (c + 1) / b
-        let leftovers = replica.leftoverRequests - c % b + (c + 1) % b
-        let units = Double(full) * replica.mergedCostFactor
-            + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
-        return units * replica.decodeStepSeconds
+        return units(fullBatches: replica.fullBatches - c / b + (c + 1) / b, leftovers: replica.leftoverRequests - c % b + (c + 1) % b,
+                     batch: b, mergedCostFactor: replica.mergedCostFactor, fractionalLeftovers: fractionalLeftovers)
+            * replica.decodeStepSeconds
     }
 
     /// Cheapest first: cost, then fewer requests held, then the lower id.

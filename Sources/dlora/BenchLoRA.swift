@@ -60,54 +60,58 @@ struct BenchLoRA: ParsableCommand {
                 // Base, unmerged with k distinct adapters, merged: measured in interleaved rounds (best of
                 // `rounds`), so slow drifts of the machine hit every column alike.
                 let ks = Self.list(adapters).filter { $0 <= b }
-                var base = Double.infinity, merged = Double.infinity, mergedQ8 = Double.infinity
+                var base = Double.infinity
+                var merged = [Double](repeating: .infinity, count: MergePrecision.allCases.count)
                 var unmerged = [Double](repeating: .infinity, count: ks.count)
                 for _ in 0..<rounds {
                     base = min(base, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
                     for (i, k) in ks.enumerated() {
                         unmerged[i] = min(unmerged[i], runner.time(steps: steps, lora: slots, assign: { Int32($0 % k) }))
                     }
-                    m.merge(pool[0])
-                    merged = min(merged, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
-                    m.unmerge()
-                    m.mergePrecision = .q8_0
-                    m.merge(pool[0])
-                    mergedQ8 = min(mergedQ8, runner.time(steps: steps, lora: nil, assign: { _ in -1 }))
-                    m.unmerge()
-                    m.mergePrecision = .f32
+                    for (i, precision) in MergePrecision.allCases.enumerated() {
+                        Self.merged(m, pool[0], precision) { merged[i] = min(merged[i], runner.time(steps: steps, lora: nil, assign: { _ in -1 })) }
+                    }
                 }
                 for (i, k) in ks.enumerated() {
-                    let mergedCells = k == 1 ? String(format: "%.2f | %+.1f %% | %.2f | %+.1f %%", merged * 1000, (merged / base - 1) * 100,
-                                                      mergedQ8 * 1000, (mergedQ8 / base - 1) * 100) : "— | — | — | —"
+                    let mergedCells = merged.map { k == 1 ? String(format: "%.2f | %+.1f %%", $0 * 1000, ($0 / base - 1) * 100) : "— | —" }
+                        .joined(separator: " | ")
                     print(String(format: "| %d | %d | %d | %.2f | %.2f | %+.1f %% | %@ |", b, k, rank, base * 1000, unmerged[i] * 1000,
                                  (unmerged[i] / base - 1) * 100, mergedCells))
                 }
                 FileHandle.standardError.write(Data("bench lora: rank \(rank) batch \(b) done\n".utf8))
             }
             // Merge/unmerge cost and load time from disk.
-            var mergeSeconds = 0.0, mergeQ8Seconds = 0.0, unmergeSeconds = 0.0
+            var mergeSeconds = [Double](repeating: 0, count: MergePrecision.allCases.count), unmergeSeconds = 0.0
+            func seconds(since t: UInt64) -> Double { Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3 }
             for _ in 0..<3 {
-                var t = DispatchTime.now().uptimeNanoseconds
-                m.merge(pool[0])
-                mergeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3
-                t = DispatchTime.now().uptimeNanoseconds
-                m.unmerge()
-                unmergeSeconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3
-                m.mergePrecision = .q8_0
-                t = DispatchTime.now().uptimeNanoseconds
-                m.merge(pool[0])
-                mergeQ8Seconds += Double(DispatchTime.now().uptimeNanoseconds - t) / 1e9 / 3
-                m.unmerge()
+                for (i, precision) in MergePrecision.allCases.enumerated() {
+                    m.mergePrecision = precision
+                    var t = DispatchTime.now().uptimeNanoseconds
+                    m.merge(pool[0])
+                    mergeSeconds[i] += seconds(since: t)
+                    t = DispatchTime.now().uptimeNanoseconds
+                    m.unmerge()
+                    if precision == .f32 { unmergeSeconds += seconds(since: t) }
+                }
                 m.mergePrecision = .f32
             }
             let load = try Self.loadTime(config: c, rank: rank, targets: targetSet)
-            loadRows.append(String(format: "| %d | %.1f | %.2f | %.2f | %.3f | %.2f |", rank, Double(pool[0].byteCount) / 1e6, mergeSeconds * 1000,
-                                   mergeQ8Seconds * 1000, unmergeSeconds * 1000, load * 1000))
+            loadRows.append(String(format: "| %d | %.1f | %.2f | %.2f | %.3f | %.2f |", rank, Double(pool[0].byteCount) / 1e6, mergeSeconds[0] * 1000,
+                                   mergeSeconds[1] * 1000, unmergeSeconds * 1000, load * 1000))
         }
         print()
         print("| rank | adapter size MB (resident) | merge ms (f32) | merge ms (Q8_0) | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
         print("|---:|---:|---:|---:|---:|---:|")
         loadRows.forEach { print($0) }
+    }
+
+    /// Runs `body` with `adapter` merged into `m` in `precision`, then unmerges and restores f32 merging.
+    static func merged(_ m: LlamaModel, _ adapter: LoRAWeights, _ precision: MergePrecision, _ body: () -> Void) {
+        m.mergePrecision = precision
+        m.merge(adapter)
+        body()
+        m.unmerge()
+        m.mergePrecision = .f32
     }
 
     /// Uniform values in [-1, 1) from a 64-bit LCG (benchmark weights: shapes matter, values do not).

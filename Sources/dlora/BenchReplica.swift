@@ -62,6 +62,7 @@ struct BenchReplica: ParsableCommand {
     func run() throws {
         let (_, loaded) = try modelOptions.load()
         let m = loaded.model, c = m.config
+        engineOptions.prepare(m)
         var rng = SamplerRNG(seed: seed)
 
         // Adapters: ranks 8–64, bf16, random.
@@ -126,7 +127,6 @@ struct BenchReplica: ParsableCommand {
 
     /// Serves the request stream in real time with one policy.
     func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
-        engineOptions.prepare(model)
         let g = EngineCore(model: model, tokenizer: tokenizer, configuration: engineOptions.configuration(for: model.config, policy: policy))
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }

@@ -64,7 +64,7 @@ struct EngineOptions: ParsableArguments {
     var horizon: Int = Self.defaults.policy.amortizationHorizon
     @Option(name: .customLong("merge-precision"),
             help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base) or q8_0 (re-quantized, 1.7×; unmerge stays exact).")
-    var mergePrecision: String = MergePrecision.f32.rawValue
+    var mergePrecision: MergePrecision = .f32
 
     func validate() throws {
         guard kvCacheMb >= 1, maxBatchTokens >= 1, maxBatchSequences >= 1, adapterSlots >= 1 else {
@@ -73,16 +73,13 @@ struct EngineOptions: ParsableArguments {
         guard (1...256).contains(blockSize) else { throw ValidationError("--block-size must be between 1 and 256") }
         guard hostSwapMb >= 0 else { throw ValidationError("--host-swap-mb must be >= 0") }
         guard creditBound >= 1, horizon >= 1 else { throw ValidationError("--credit-bound and --horizon must be positive") }
-        guard MergePrecision(rawValue: mergePrecision) != nil else {
-            throw ValidationError("--merge-precision must be one of \(MergePrecision.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
         // Shifted into bytes below: keep the products far from overflow.
         guard kvCacheMb <= 1 << 30, hostSwapMb <= 1 << 30 else { throw ValidationError("--kv-cache-mb and --host-swap-mb must be at most 2^30") }
     }
 
     /// Sets what the options say of the model itself (how merged mode stores its matrices).
     func prepare(_ model: LlamaModel) {
-        model.mergePrecision = MergePrecision(rawValue: mergePrecision) ?? .f32
+        model.mergePrecision = mergePrecision
     }
 
     /// KV bytes per block of `blockSize` tokens for `model`.
@@ -105,6 +102,9 @@ struct EngineOptions: ParsableArguments {
         return c
     }
 }
+
+/// `--merge-precision f32|q8_0` (ArgumentParser lists the cases and refuses others).
+extension MergePrecision: ExpressibleByArgument {}
 
 /// `--policy`: the batching policy of a replica.
 struct PolicyOption: ParsableArguments {
