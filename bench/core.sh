@@ -12,7 +12,7 @@ PROMPT=${PROMPT:-128}
 GEN=${GEN:-64}
 BATCHES=${BATCHES:-1,8,32}
 THREADS=${THREADS:-$(nproc)}
-OUT=bench/results/core.md
+OUT=${OUT:-bench/results/core.md}  # another path keeps a second machine's results beside the first
 mkdir -p bench/results
 
 scripts/setup.sh

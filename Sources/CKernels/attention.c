@@ -80,6 +80,45 @@ DL_AVX512 static float scores_avx512(const float *qv, float *scores, float scale
     return mx;
 }
 
+DL_AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), hi);
+    }
+    float s = dl_lane_sum2(lo, hi);
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+DL_AVX2 static float scores_avx2(const float *qv, float *scores, float scale, int64_t n, const int32_t *table,
+                                 int64_t block_size, const float *kcache, int64_t row, int64_t offset, int64_t head_dim) {
+    float mx = -INFINITY;
+    for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
+        const float *kr = kcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        if (++off == block_size) { off = 0; blk++; }
+        float s = dot_avx2(qv, kr, head_dim) * scale;
+        scores[p] = s;
+        if (s > mx) mx = s;
+    }
+    return mx;
+}
+
+// AVX2: 64 dimensions of o (from dim) in eight registers, as weighted_values_regs.
+DL_AVX2 static void weighted_values64_avx2(float *o, const float *w, float inv, int64_t n, const int32_t *table,
+                                           int64_t block_size, const float *vcache, int64_t row, int64_t offset) {
+    __m256 acc[8];
+    for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
+    for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
+        const float *vr = vcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        if (++off == block_size) { off = 0; blk++; }
+        __m256 a = _mm256_set1_ps(w[p] * inv);
+        for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(a, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+    }
+    for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + 8 * j, acc[j]);
+}
+
 // head_dim 64 or 128 only.
 DL_AVX512 static void weighted_values_avx512(int64_t head_dim, float *o, const float *w, float inv, int64_t n,
                                              const int32_t *table, int64_t block_size, const float *vcache,
@@ -115,7 +154,7 @@ static float *score_buffer(int64_t n) {
 
 static void attention_range(void *vctx, int64_t begin, int64_t end) {
     const attn_ctx *c = (const attn_ctx *)vctx;
-    int use512 = dl_has_avx512();
+    int use512 = dl_has_avx512(), use256 = !use512 && dl_has_avx2();
     int64_t group = c->n_head / c->n_kv, row = c->n_kv * c->head_dim;
     for (int64_t task = begin; task < end; task++) {
         // Zig-zag token order (0, n-1, 1, n-2, ...): a contiguous range of tasks pairs short and long
@@ -133,6 +172,8 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
 #if defined(__x86_64__)
         if (use512) {
             mx = scores_avx512(qv, scores, c->scale, n, table, c->block_size, c->kcache, row, kvh * c->head_dim, c->head_dim);
+        } else if (use256) {
+            mx = scores_avx2(qv, scores, c->scale, n, table, c->block_size, c->kcache, row, kvh * c->head_dim, c->head_dim);
         } else
 #endif
         for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
@@ -148,6 +189,11 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
 #if defined(__x86_64__)
         if (use512 && (c->head_dim == 64 || c->head_dim == 128)) {
             weighted_values_avx512(c->head_dim, o, scores, inv, n, table, c->block_size, c->vcache, row, kvh * c->head_dim);
+            continue;
+        }
+        if (use256 && c->head_dim % 64 == 0) {
+            for (int64_t d = 0; d < c->head_dim; d += 64)
+                weighted_values64_avx2(o + d, scores, inv, n, table, c->block_size, c->vcache, row, kvh * c->head_dim + d);
             continue;
         }
 #endif

@@ -23,6 +23,8 @@
 // does not ramp up on in time (measured: 15 → 19-23 GB/s for 32 distinct rank-16 adapters).
 // Before this kernel a decode token's expand went through dl_matmul_dq with K = prank (16): a panel refill
 // and a scalar dequantization call per row of 16 weights (docs/design/lora-kernels.md).
+// Without AVX-512 the AVX2 twin runs 8 rows at a time, each 16-lane accumulator held as two 8-lane halves
+// (lo lanes over all of K, then hi), reduced by the same tree (lane_sums8): the same bits again.
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
@@ -174,12 +176,110 @@ DL_AVX512_F16 static void small_segment(const lora_ctx *c, const dl_lora_seg *s,
     default: small_segment_typed(DL_F32, c, s, next, u); return;
     }
 }
+
+// ------------------------------------------------------------------ AVX2 (same bits)
+
+#define DL_AVX2_F16 __attribute__((target("avx2,fma,f16c")))
+
+// 8 consecutive weights of a row from element i, converted exactly to f32.
+DL_AVX2_F16 static inline __attribute__((always_inline)) __m256 load8(const int type, const uint8_t *row, int64_t i) {
+    if (type == DL_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i))), 16));
+    if (type == DL_F16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)));
+    return _mm256_loadu_ps((const float *)row + i);
+}
+
+// The rest of dl_lane_sum2's tree for 8 vectors at once: a[r] is row r's lo + hi (the tree's first level);
+// lane r of the result is row r's sum. Level h = 4 adds the 128-bit halves of two vectors at a time,
+// h = 2 and h = 1 pair lanes inside 128-bit halves, and a final permutation restores row order.
+DL_AVX2 static inline __attribute__((always_inline)) __m256 lane_sums8(const __m256 a[8]) {
+    __m256 s4[4], s2[2];
+    for (int m = 0; m < 4; m++) // lanes 0-3: row 2m's b0..b3, lanes 4-7: row 2m+1's
+        s4[m] = _mm256_add_ps(_mm256_permute2f128_ps(a[2 * m], a[2 * m + 1], 0x20),
+                              _mm256_permute2f128_ps(a[2 * m], a[2 * m + 1], 0x31));
+    for (int n = 0; n < 2; n++) // half 0: rows 4n, 4n+2 as (c0, c1); half 1: rows 4n+1, 4n+3
+        s2[n] = _mm256_add_ps(_mm256_shuffle_ps(s4[2 * n], s4[2 * n + 1], 0x44),
+                              _mm256_shuffle_ps(s4[2 * n], s4[2 * n + 1], 0xee));
+    // half 0: rows 0, 2, 4, 6; half 1: rows 1, 3, 5, 7.
+    __m256 s1 = _mm256_add_ps(_mm256_shuffle_ps(s2[0], s2[1], 0x88), _mm256_shuffle_ps(s2[0], s2[1], 0xdd));
+    return _mm256_permutevar8x32_ps(s1, _mm256_set_epi32(7, 3, 6, 2, 5, 1, 4, 0));
+}
+
+// 8 rows (row_bytes apart) x one token over K (a multiple of 16): lane m = lanes(W[m] · x). The lo lanes
+// (k mod 16 < 8) run over all of K, then the hi lanes: 8 accumulators a pass fit the 16 registers.
+DL_AVX2_F16 static inline __attribute__((always_inline))
+__m256 rows8(const int type, const uint8_t *w, int64_t row_bytes, int64_t K, const float *x, prefetcher *f) {
+    __m256 lo[8], acc[8];
+    for (int half = 0; half < 2; half++) {
+        for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+        for (int64_t k = half * 8; k < K; k += 16) {
+            if (f && half == 0) prefetch_step(f);
+            __m256 xv = _mm256_loadu_ps(x + k);
+            for (int r = 0; r < 8; r++) acc[r] = _mm256_fmadd_ps(load8(type, w + r * row_bytes, k), xv, acc[r]);
+        }
+        if (half == 0)
+            for (int r = 0; r < 8; r++) lo[r] = acc[r];
+    }
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_add_ps(lo[r], acc[r]);
+    return lane_sums8(acc);
+}
+
+DL_AVX2_F16 static inline __attribute__((always_inline))
+float row1_2(const int type, const uint8_t *w, int64_t K, const float *x) {
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    for (int64_t k = 0; k < K; k += 16) {
+        lo = _mm256_fmadd_ps(load8(type, w, k), _mm256_loadu_ps(x + k), lo);
+        hi = _mm256_fmadd_ps(load8(type, w, k + 8), _mm256_loadu_ps(x + k + 8), hi);
+    }
+    return dl_lane_sum2(lo, hi);
+}
+
+DL_AVX2_F16 static inline __attribute__((always_inline))
+void small_segment2_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
+    const uint8_t *a = (const uint8_t *)s->a, *b = (const uint8_t *)s->b;
+    const int64_t in = c->in, out = c->out, prank = s->prank;
+    const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
+    const __m256 scale = _mm256_set1_ps(s->scale);
+    prefetcher pf = { 0 }, *f = NULL;
+    if (next) {
+        int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = out * dl_row_bytes(next->wtype, next->prank);
+        int64_t steps = prank / 16 * (in / 16) + (out + 15) / 16 * (prank / 16);
+        pf = (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
+                           ((na + nb) / 64 + steps - 1) / steps };
+        f = &pf;
+    }
+    for (int64_t t = 0; t < s->count; t++, f = NULL) {
+        const float *x = c->x + (s->start + t) * c->ldx;
+        float *y = c->y + (s->start + t) * c->ldy;
+        for (int64_t j = 0; j < prank; j += 8) _mm256_storeu_ps(u + j, rows8(type, a + j * a_row, a_row, in, x, f));
+        if (s->gates) gate_columns(s, u, s->gates + t * s->ldg);
+        int64_t o = 0;
+        for (; o + 8 <= out; o += 8)
+            _mm256_storeu_ps(y + o, _mm256_add_ps(_mm256_loadu_ps(y + o),
+                                                  _mm256_mul_ps(scale, rows8(type, b + o * b_row, b_row, prank, u, f))));
+        for (; o < out; o++) y[o] += s->scale * row1_2(type, b + o * b_row, prank, u);
+    }
+}
+
+DL_AVX2_F16 static void small_segment2(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
+    float *u = lora_scratch(s->prank);
+    switch (s->wtype) {
+    case DL_BF16: small_segment2_typed(DL_BF16, c, s, next, u); return;
+    case DL_F16: small_segment2_typed(DL_F16, c, s, next, u); return;
+    default: small_segment2_typed(DL_F32, c, s, next, u); return;
+    }
+}
 #endif
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
     if (s->count < SMALL_SEGMENT && dl_has_avx512()) {
         small_segment(c, s, next);
+        return;
+    }
+    if (s->count < SMALL_SEGMENT && dl_has_avx2()) {
+        small_segment2(c, s, next);
         return;
     }
 #endif

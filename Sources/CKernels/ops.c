@@ -4,6 +4,29 @@
 #include "simd.h"
 #include <math.h>
 
+#include <stdlib.h>
+
+int dl_simd_limit = 2;
+
+// DLORA_SIMD_LIMIT=0|1|2 caps the path for a whole process (benchmarks compare the paths with it).
+__attribute__((constructor)) static void simd_limit_from_environment(void) {
+    const char *v = getenv("DLORA_SIMD_LIMIT");
+    if (v && v[0] >= '0' && v[0] <= '2' && v[1] == 0) dl_simd_limit = v[0] - '0';
+}
+
+_Thread_local int dl_simd_thread_limit = 2;
+
+void dl_set_simd_limit(int n) { dl_simd_limit = n < 0 ? 0 : n; }
+
+void dl_set_thread_simd_limit(int n) { dl_simd_thread_limit = n < 0 ? 0 : n; }
+
+int dl_simd_level(void) {
+    int level = dl_cpu_simd_level();
+    if (dl_simd_limit < level) level = dl_simd_limit;
+    if (dl_simd_thread_limit < level) level = dl_simd_thread_limit;
+    return level;
+}
+
 // out = x / sqrt(mean(x^2) + eps) * w. The sum of squares runs in double: n <= 16k, and it keeps the
 // result close to PyTorch's float32 reduction whatever its internal order.
 void dl_rmsnorm(const float *x, const float *w, float *out, int64_t n, int64_t ntok, float eps) {
@@ -82,6 +105,23 @@ DL_AVX512 static double sum_avx512(const float *x, int64_t n) {
     for (; i < n; i++) s += x[i];
     return s;
 }
+
+DL_AVX2 static double sum_avx2(const float *x, int64_t n) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(x + i));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(x + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(x + i + 16));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(x + i + 24));
+    }
+    float lanes[8];
+    _mm256_storeu_ps(lanes, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    double s = 0;
+    for (int j = 0; j < 8; j++) s += lanes[j];
+    for (; i < n; i++) s += x[i];
+    return s;
+}
 #endif
 
 static void stream_range(void *vctx, int64_t begin, int64_t end) {
@@ -90,6 +130,7 @@ static void stream_range(void *vctx, int64_t begin, int64_t end) {
         const float *p = c->x + part * c->chunk;
 #if defined(__x86_64__)
         if (dl_has_avx512()) { c->partial[part] = sum_avx512(p, c->chunk); continue; }
+        if (dl_has_avx2()) { c->partial[part] = sum_avx2(p, c->chunk); continue; }
 #endif
         double s = 0;
         for (int64_t i = 0; i < c->chunk; i++) s += p[i];

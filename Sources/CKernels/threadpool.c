@@ -8,6 +8,7 @@
 // call) runs its loop serially on its own thread instead, which gives the same results because every
 // kernel's arithmetic is independent of how its range is split.
 #include "ckernels.h"
+#include "simd.h"
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -22,6 +23,7 @@ typedef struct {
     dl_range_fn fn;
     void *ctx;
     int64_t n, chunk;
+    int simd_limit; // the caller's dl_simd_thread_limit, which its chunks run under on every thread
 } job_t;
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER; // guards (re)configuration and sleeping
@@ -63,9 +65,12 @@ static void run_chunks(void) {
         int64_t begin = (int64_t)(v & 0xffffffffu) * current.chunk;
         int64_t end = begin + current.chunk;
         if (end > current.n) end = current.n;
+        int own_limit = dl_simd_thread_limit;
+        dl_simd_thread_limit = current.simd_limit;
         inside_task = 1;
         current.fn(current.ctx, begin, end);
         inside_task = 0;
+        dl_simd_thread_limit = own_limit;
         atomic_fetch_add_explicit(&done, 1, memory_order_release);
         v = atomic_load_explicit(&claim, memory_order_acquire);
     }
@@ -158,7 +163,7 @@ void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx) {
     int64_t chunk = (n + (int64_t)n_threads * CHUNKS_PER_THREAD - 1) / ((int64_t)n_threads * CHUNKS_PER_THREAD);
     if (chunk < grain) chunk = grain;
     int64_t chunks = (n + chunk - 1) / chunk;
-    current = (job_t){ fn, ctx, n, chunk };
+    current = (job_t){ fn, ctx, n, chunk, dl_simd_thread_limit };
     atomic_store_explicit(&done, 0, memory_order_relaxed);
     atomic_store_explicit(&claim, (uint64_t)chunks << 32, memory_order_release);
     pthread_mutex_lock(&pool_lock);

@@ -62,7 +62,7 @@ struct BenchCore: ParsableCommand {
             rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
             FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
         }
-        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount).")
+        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName).")
         print()
         print("| batch | prompt | gen | prefill tok/s | decode tok/s | decode ms/step |")
         print("|---:|---:|---:|---:|---:|---:|")

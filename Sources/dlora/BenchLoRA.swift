@@ -44,7 +44,7 @@ struct BenchLoRA: ParsableCommand {
         let maxAdapters = Self.list(adapters).max()!
 
         print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
-              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount). "
+              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName). "
               + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
         print()
         print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged f32 ms/step | merged f32 overhead | merged Q8_0 ms/step | merged Q8_0 overhead |")

@@ -53,7 +53,7 @@ struct BenchMoLE: ParsableCommand {
 
         print("Model: `\((path as NSString).lastPathComponent)`; \(experts) experts of rank \(rank) on \(targetSet.map(\.peftName).joined(separator: ", ")) "
               + "(f32), stacked rank \(experts * rank) per module; context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) "
-              + "decode steps per cell; threads: \(Kernels.threadCount).")
+              + "decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName).")
         print()
         print("| batch | base ms/step | one expert | static cat of \(experts) (NLA) | MoLE of \(experts) | MoLE vs cat | half MoLE + half distinct experts |")
         print("|---:|---:|---:|---:|---:|---:|---:|")

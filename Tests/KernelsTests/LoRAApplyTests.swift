@@ -122,6 +122,14 @@ import TestSupport
                                                 paddedRanks: segments.map { adapters[$0.0].paddedRank }, y: packedY)
         let unpacked = (0..<tokens).flatMap { serial[($0 * ldy)..<($0 * ldy + outFeatures)] }
         #expect(unpacked.map(\.bitPattern) == lanes.map(\.bitPattern), "differs from ReferenceOps.loraApplyLanes")
+        // Every lower instruction-set path this machine has (AVX2, portable C) gives the same bits.
+        for level in 0..<Kernels.simdLevel {
+            let capped = Kernels.withSIMDLimit(level) {
+                run(adapters, segments, x: x, ldx: ldx, y: y, ldy: ldy, inFeatures: inFeatures, outFeatures: outFeatures,
+                    threads: max(1, segments.count / 2), gating: gating)
+            }
+            #expect(capped.map(\.bitPattern) == serial.map(\.bitPattern), "SIMD path \(level) differs from path \(Kernels.simdLevel)")
+        }
         var worst = 0.0
         for t in 0..<tokens {
             let seg = segments.first { $0.1.contains(t) }

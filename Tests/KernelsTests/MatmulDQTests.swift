@@ -65,8 +65,15 @@ import TestSupport
     /// against the plain lane-order twin, bit for bit: a token's outputs cannot depend on its batch. Shapes
     /// include the default model's (576, 1536 columns), rows that are not a multiple of 4, products large
     /// enough to be split over the pool, and an F16 width that is not a multiple of 32 (panel path only).
+    /// Run on every instruction-set path this machine has (AVX-512, AVX2, portable C): all give these bits.
     @Test(arguments: [DType.q4_0, .q4_1, .q8_0, .f16, .bf16, .f32])
     func bothPathsMatchTheLaneOrderTwinExactly(type: DType) {
+        for level in 0...Kernels.simdLevel {
+            Kernels.withSIMDLimit(level) { Self.checkBothPaths(type: type, path: level) }
+        }
+    }
+
+    static func checkBothPaths(type: DType, path: Int) {
         var rng = Rng(seed: UInt64(type.rawValue) + 1234)
         var shapes = [(rows: 3, cols: 32, ntok: 2), (rows: 97, cols: 576, ntok: 3), (rows: 200, cols: 1536, ntok: 5)]
         if type == .f16 || type == .bf16 || type == .f32 { shapes.append((rows: 45, cols: 48, ntok: 2)) }
@@ -77,13 +84,13 @@ import TestSupport
             let want = ReferenceOps.matmulLanes(wf, rows: rows, cols: cols, x, tokens: ntok)
             var batched = [Float](repeating: .nan, count: ntok * rows)
             dl_matmul_dq(Int32(type.rawValue), w, Int64(rows), Int64(cols), x, Int64(cols), Int64(ntok), &batched, Int64(rows))
-            #expect(batched == want, "\(type) \(rows)x\(cols): panel path differs from the lane-order twin")
+            #expect(batched == want, "\(type) \(rows)x\(cols) SIMD path \(path): panel path differs from the lane-order twin")
             for t in 0..<ntok {
                 var single = [Float](repeating: .nan, count: rows)
                 x.withUnsafeBufferPointer { xp in
                     dl_matmul_dq(Int32(type.rawValue), w, Int64(rows), Int64(cols), xp.baseAddress! + t * cols, Int64(cols), 1, &single, Int64(rows))
                 }
-                #expect(single == Array(want[(t * rows)..<((t + 1) * rows)]), "\(type) \(rows)x\(cols) token \(t): single-token path differs")
+                #expect(single == Array(want[(t * rows)..<((t + 1) * rows)]), "\(type) \(rows)x\(cols) SIMD path \(path) token \(t): single-token path differs")
             }
         }
     }

@@ -140,11 +140,16 @@ import TestSupport
         slots.withUnsafeBufferPointer {
             Kernels.writeKV(storage, layer: 0, slots: $0, keys: kNew, ldk: row, values: vNew, ldv: row)
         }
-        let out = Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: flatTables,
-                                 kv: storage, layer: 0)
-        for t in 0..<ntok {
-            let got = Array(out[t * nHead * headDim..<(t + 1) * nHead * headDim])
-            #expect(Self.maxRelError(got, refs[t]) < 1e-5, "token \(t)")
+        // On every instruction-set path this machine has.
+        for level in 0...Kernels.simdLevel {
+            let out = Kernels.withSIMDLimit(level) {
+                Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: flatTables,
+                               kv: storage, layer: 0)
+            }
+            for t in 0..<ntok {
+                let got = Array(out[t * nHead * headDim..<(t + 1) * nHead * headDim])
+                #expect(Self.maxRelError(got, refs[t]) < 1e-5, "SIMD path \(level) token \(t)")
+            }
         }
     }
 
@@ -281,9 +286,11 @@ import TestSupport
         var rng = Rng(seed: 10)
         for n in [0, 5, 64, 1000, 300_001] {
             let x = rng.floats(n)
-            let got = Kernels.streamSum(x, count: n)
             let magnitude = x.reduce(0.0) { $0 + Double(abs($1)) }
-            #expect(abs(got - ReferenceOps.sum(x)) <= 1e-5 * magnitude, "n=\(n)")
+            for level in 0...Kernels.simdLevel {
+                let got = Kernels.withSIMDLimit(level) { Kernels.streamSum(x, count: n) }
+                #expect(abs(got - ReferenceOps.sum(x)) <= 1e-5 * magnitude, "n=\(n) SIMD path \(level)")
+            }
         }
     }
 
