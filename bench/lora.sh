@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
-OUT=bench/results/lora.md
+OUT=${OUT:-bench/results/lora.md}  # another path keeps a second machine's results beside the first
 mkdir -p bench/results
 scripts/setup.sh
 MODEL=$(scripts/fetch-model.sh)
