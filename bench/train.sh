@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
 STEPS=${STEPS:-6}
-OUT=bench/results/train.md
+OUT=${OUT:-bench/results/train.md}  # another path keeps a second machine's results beside the first
 mkdir -p bench/results
 MODEL=${MODEL:-$(scripts/fetch-model.sh)}
 swift build -c release --product dlora >&2

@@ -8,6 +8,7 @@ line: tokens/s in float32 and under bf16 autocast (mean over the timed steps, af
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,8 +33,11 @@ def run(model_path: Path, autocast: bool, steps: int, warmup: int, batch: int, l
             loss = m(input_ids=ids, labels=ids).loss
         loss.backward()
         opt.step()
+        dt = time.perf_counter() - t0
+        print(f"torch {'bf16 autocast' if autocast else 'f32'} step {i + 1}/{warmup + steps}: {dt:.1f} s "
+              f"({batch * length / dt:.1f} tok/s)", file=sys.stderr, flush=True)
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(dt)
     return batch * length / (sum(times) / len(times))
 
 

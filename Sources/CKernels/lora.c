@@ -82,6 +82,18 @@ static inline __attribute__((always_inline)) void prefetch_step(prefetcher *f) {
         f->p += 64;
     }
 }
+
+// The prefetch of `next`'s A then B (nothing when next is NULL), spread over the 16-weight steps of s's
+// first token as the AVX-512 kernel counts them (the AVX2 kernel, which takes twice the steps, finishes it
+// halfway through).
+static prefetcher next_segment_prefetch(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
+    if (!next) return (prefetcher){ 0 };
+    const int64_t in = c->in, out = c->out, prank = s->prank;
+    int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = out * dl_row_bytes(next->wtype, next->prank);
+    int64_t steps = prank / 16 * (in / 16) + (out + 15) / 16 * (prank / 16);
+    return (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
+                         ((na + nb) / 64 + steps - 1) / steps };
+}
 #define DL_AVX512_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
 // 16 consecutive weights of a row from element i, converted exactly to f32 (type F32, F16 or BF16; a
@@ -146,14 +158,7 @@ void small_segment_typed(const int type, const lora_ctx *c, const dl_lora_seg *s
     const int64_t in = c->in, out = c->out, prank = s->prank;
     const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
     const __m512 scale = _mm512_set1_ps(s->scale);
-    prefetcher pf = { 0 }, *f = NULL;
-    if (next) {
-        int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = out * dl_row_bytes(next->wtype, next->prank);
-        int64_t steps = prank / 16 * (in / 16) + (out + 15) / 16 * (prank / 16);
-        pf = (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
-                           ((na + nb) / 64 + steps - 1) / steps };
-        f = &pf;
-    }
+    prefetcher pf = next_segment_prefetch(c, s, next), *f = next ? &pf : NULL;
     for (int64_t t = 0; t < s->count; t++, f = NULL) {
         const float *x = c->x + (s->start + t) * c->ldx;
         float *y = c->y + (s->start + t) * c->ldy;
@@ -241,14 +246,7 @@ void small_segment2_typed(const int type, const lora_ctx *c, const dl_lora_seg *
     const int64_t in = c->in, out = c->out, prank = s->prank;
     const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
     const __m256 scale = _mm256_set1_ps(s->scale);
-    prefetcher pf = { 0 }, *f = NULL;
-    if (next) {
-        int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = out * dl_row_bytes(next->wtype, next->prank);
-        int64_t steps = prank / 16 * (in / 16) + (out + 15) / 16 * (prank / 16);
-        pf = (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
-                           ((na + nb) / 64 + steps - 1) / steps };
-        f = &pf;
-    }
+    prefetcher pf = next_segment_prefetch(c, s, next), *f = next ? &pf : NULL;
     for (int64_t t = 0; t < s->count; t++, f = NULL) {
         const float *x = c->x + (s->start + t) * c->ldx;
         float *y = c->y + (s->start + t) * c->ldy;
