@@ -94,7 +94,6 @@ static prefetcher next_segment_prefetch(const lora_ctx *c, const dl_lora_seg *s,
     return (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
                          ((na + nb) / 64 + steps - 1) / steps };
 }
-#define DL_AVX512_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
 // 16 consecutive weights of a row from element i, converted exactly to f32 (type F32, F16 or BF16; a
 // constant at every call site). BF16 is the top half of an f32: widen and shift.
@@ -184,10 +183,8 @@ DL_AVX512_F16 static void small_segment(const lora_ctx *c, const dl_lora_seg *s,
 
 // ------------------------------------------------------------------ AVX2 (same bits)
 
-#define DL_AVX2_F16 __attribute__((target("avx2,fma,f16c")))
-
 // 8 consecutive weights of a row from element i, converted exactly to f32.
-DL_AVX2_F16 static inline __attribute__((always_inline)) __m256 load8(const int type, const uint8_t *row, int64_t i) {
+DL_AVX2 static inline __attribute__((always_inline)) __m256 load8(const int type, const uint8_t *row, int64_t i) {
     if (type == DL_BF16)
         return _mm256_castsi256_ps(_mm256_slli_epi32(
             _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i))), 16));
@@ -213,7 +210,7 @@ DL_AVX2 static inline __attribute__((always_inline)) __m256 lane_sums8(const __m
 
 // 8 rows (row_bytes apart) x one token over K (a multiple of 16): lane m = lanes(W[m] · x). The lo lanes
 // (k mod 16 < 8) run over all of K, then the hi lanes: 8 accumulators a pass fit the 16 registers.
-DL_AVX2_F16 static inline __attribute__((always_inline))
+DL_AVX2 static inline __attribute__((always_inline))
 __m256 rows8(const int type, const uint8_t *w, int64_t row_bytes, int64_t K, const float *x, prefetcher *f) {
     __m256 lo[8], acc[8];
     for (int half = 0; half < 2; half++) {
@@ -230,7 +227,7 @@ __m256 rows8(const int type, const uint8_t *w, int64_t row_bytes, int64_t K, con
     return lane_sums8(acc);
 }
 
-DL_AVX2_F16 static inline __attribute__((always_inline))
+DL_AVX2 static inline __attribute__((always_inline))
 float row1_2(const int type, const uint8_t *w, int64_t K, const float *x) {
     __m256 lo = _mm256_setzero_ps(), hi = lo;
     for (int64_t k = 0; k < K; k += 16) {
@@ -240,7 +237,7 @@ float row1_2(const int type, const uint8_t *w, int64_t K, const float *x) {
     return dl_lane_sum2(lo, hi);
 }
 
-DL_AVX2_F16 static inline __attribute__((always_inline))
+DL_AVX2 static inline __attribute__((always_inline))
 void small_segment2_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
     const uint8_t *a = (const uint8_t *)s->a, *b = (const uint8_t *)s->b;
     const int64_t in = c->in, out = c->out, prank = s->prank;
@@ -260,7 +257,7 @@ void small_segment2_typed(const int type, const lora_ctx *c, const dl_lora_seg *
     }
 }
 
-DL_AVX2_F16 static void small_segment2(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
+DL_AVX2 static void small_segment2(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
     float *u = lora_scratch(s->prank);
     switch (s->wtype) {
     case DL_BF16: small_segment2_typed(DL_BF16, c, s, next, u); return;
@@ -272,13 +269,9 @@ DL_AVX2_F16 static void small_segment2(const lora_ctx *c, const dl_lora_seg *s, 
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
-    if (s->count < SMALL_SEGMENT && dl_has_avx512()) {
-        small_segment(c, s, next);
-        return;
-    }
-    if (s->count < SMALL_SEGMENT && dl_has_avx2()) {
-        small_segment2(c, s, next);
-        return;
+    if (s->count < SMALL_SEGMENT) {
+        if (dl_has_avx512()) { small_segment(c, s, next); return; }
+        if (dl_has_avx2()) { small_segment2(c, s, next); return; }
     }
 #endif
     float *tmp = lora_scratch(s->count * (s->prank + c->out));

@@ -63,7 +63,6 @@ static void dequant_row_scalar(int type, const uint8_t *p, float *dst, int64_t n
 }
 
 #if defined(__x86_64__)
-#define DL_AVX512_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 
 DL_AVX512_F16 static void dequant_row_avx512(int type, const uint8_t *p, float *dst, int64_t n) {
     const __m128i low4 = _mm_set1_epi8(0x0f);
@@ -294,53 +293,49 @@ DL_AVX512 static float tile_1x1(const float *w, int64_t K, const float *x) {
 // the pair is reduced by dl_lane_sum2 (the same tree), so every output is bit-identical to the AVX-512
 // path and to ReferenceOps.matmulLanes. Machines without AVX-512 (AMD Zen 1-3, older Intel) take it.
 
-// The 8 bytes at p widened to 8 floats (unsigned or signed).
-DL_AVX2 static inline __m256 i8x8(const uint8_t *p) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p))); }
-
 // The 32 weights of block b of a row as four 8-lane slices (elements 0-7, 8-15, 16-23, 24-31), computed
-// as dequant_row_scalar computes them.
+// as dequant_row_scalar computes them (type Q4_0, Q4_1, Q8_0 or F16). The 4-bit blocks widen their 16
+// bytes straight from memory to 32-bit lanes (bytes 0-7, then 8-15) and take the nibbles there: element j
+// is the low nibble of byte j, element 16 + j its high nibble.
 DL_AVX2 static inline __attribute__((always_inline))
 void block_slices2(const int type, const uint8_t *row, int64_t b, __m256 v[4]) {
-    const __m128i low4 = _mm_set1_epi8(0x0f);
     switch (type) {
-    case DL_Q4_0: {
-        const uint8_t *p = row + b * 18;
-        __m256 d = _mm256_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8))), eight = _mm256_set1_ps(8.0f);
-        __m128i q = _mm_loadu_si128((const __m128i *)(p + 2));
-        __m128i lo = _mm_and_si128(q, low4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), low4);
-        v[0] = _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), eight));
-        v[1] = _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))), eight));
-        v[2] = _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), eight));
-        v[3] = _mm256_mul_ps(d, _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8))), eight));
-        return;
-    }
-    case DL_Q4_1: {
-        const uint8_t *p = row + b * 20;
-        __m256 d = _mm256_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
-        __m256 m = _mm256_set1_ps(_cvtsh_ss((uint16_t)(p[2] | p[3] << 8)));
-        __m128i q = _mm_loadu_si128((const __m128i *)(p + 4));
-        __m128i lo = _mm_and_si128(q, low4), hi = _mm_and_si128(_mm_srli_epi16(q, 4), low4);
-        v[0] = _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo))), m);
-        v[1] = _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)))), m);
-        v[2] = _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi))), m);
-        v[3] = _mm256_add_ps(_mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))), m);
+    case DL_Q4_0: case DL_Q4_1: {
+        const uint8_t *p = row + b * (type == DL_Q4_0 ? 18 : 20), *q = p + (type == DL_Q4_0 ? 2 : 4);
+        const __m256i low4 = _mm256_set1_epi32(0x0f);
+        __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)q));
+        __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8)));
+        __m256 e0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, low4)), e1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, low4));
+        __m256 e2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), e3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
+        if (type == DL_Q4_0) { // (q - 8) is exact in f32, so this equals the reference d * (q - 8)
+            __m256 d = _mm256_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8))), eight = _mm256_set1_ps(8.0f);
+            v[0] = _mm256_mul_ps(d, _mm256_sub_ps(e0, eight));
+            v[1] = _mm256_mul_ps(d, _mm256_sub_ps(e1, eight));
+            v[2] = _mm256_mul_ps(d, _mm256_sub_ps(e2, eight));
+            v[3] = _mm256_mul_ps(d, _mm256_sub_ps(e3, eight));
+        } else {
+            // d and m converted together: [d, m] repeated, then each spread over all lanes.
+            int32_t dm_bits;
+            memcpy(&dm_bits, p, 4);
+            __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32(dm_bits));
+            __m256 d = _mm256_moveldup_ps(dm), m = _mm256_movehdup_ps(dm);
+            v[0] = _mm256_add_ps(_mm256_mul_ps(d, e0), m);
+            v[1] = _mm256_add_ps(_mm256_mul_ps(d, e1), m);
+            v[2] = _mm256_add_ps(_mm256_mul_ps(d, e2), m);
+            v[3] = _mm256_add_ps(_mm256_mul_ps(d, e3), m);
+        }
         return;
     }
     case DL_Q8_0: {
         const uint8_t *p = row + b * 34;
         __m256 d = _mm256_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
-        for (int j = 0; j < 4; j++) v[j] = _mm256_mul_ps(d, i8x8(p + 2 + 8 * j));
+        for (int j = 0; j < 4; j++)
+            v[j] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(p + 2 + 8 * j)))));
         return;
     }
-    case DL_F16: {
+    default: { // DL_F16
         const uint16_t *h = (const uint16_t *)row + b * 32;
         for (int j = 0; j < 4; j++) v[j] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8 * j)));
-        return;
-    }
-    default: { // DL_BF16: the top half of an f32, widened and shifted (exact)
-        const uint16_t *h = (const uint16_t *)row + b * 32;
-        for (int j = 0; j < 4; j++)
-            v[j] = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(h + 8 * j))), 16));
         return;
     }
     }
@@ -374,8 +369,6 @@ DL_AVX2 static void dequant_row_avx2(int type, const uint8_t *p, float *dst, int
     case DL_Q4_0: dequant_blocks2(DL_Q4_0, p, dst, n / 32); return;
     case DL_Q4_1: dequant_blocks2(DL_Q4_1, p, dst, n / 32); return;
     case DL_Q8_0: dequant_blocks2(DL_Q8_0, p, dst, n / 32); return;
-    case DL_F16: dequant_blocks2(DL_F16, p, dst, n / 32); return;
-    case DL_BF16: dequant_blocks2(DL_BF16, p, dst, n / 32); return;
     default: dequant_row_scalar(type, p, dst, n); return;
     }
 }
@@ -386,44 +379,11 @@ DL_AVX2 static void dequant_row_avx2(int type, const uint8_t *p, float *dst, int
 // in flight hide more latency, but with 16 registers four rows' accumulators, the token's slices and the
 // decoding temporaries spilled to the stack (measured: 18 -> 10.5 ms per token from 4 rows with spills
 // to 2 without; 2, 3 and 4 rows within run-to-run noise of each other since). The next rows are
-// prefetched over the blocks, as there. The 4-bit blocks widen their 16 bytes straight from memory to
-// 32-bit lanes (bytes 0-7, then 8-15) and take the nibbles there: element j is the low nibble of byte j,
-// element 16 + j its high nibble.
-DL_AVX2 static inline __attribute__((always_inline))
-void slices_fast2(const int type, const uint8_t *row, int64_t b, __m256 v[4]) {
-    if (type == DL_Q4_0 || type == DL_Q4_1) {
-        const uint8_t *p = row + b * (type == DL_Q4_0 ? 18 : 20), *q = p + (type == DL_Q4_0 ? 2 : 4);
-        const __m256i low4 = _mm256_set1_epi32(0x0f);
-        __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)q));
-        __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8)));
-        __m256 e0 = _mm256_cvtepi32_ps(_mm256_and_si256(b0, low4)), e1 = _mm256_cvtepi32_ps(_mm256_and_si256(b1, low4));
-        __m256 e2 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), e3 = _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4));
-        if (type == DL_Q4_0) {
-            __m256 d = _mm256_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8))), eight = _mm256_set1_ps(8.0f);
-            v[0] = _mm256_mul_ps(d, _mm256_sub_ps(e0, eight));
-            v[1] = _mm256_mul_ps(d, _mm256_sub_ps(e1, eight));
-            v[2] = _mm256_mul_ps(d, _mm256_sub_ps(e2, eight));
-            v[3] = _mm256_mul_ps(d, _mm256_sub_ps(e3, eight));
-        } else {
-            // d and m converted together: [d, m] repeated, then each spread over all lanes.
-            int32_t dm_bits;
-            memcpy(&dm_bits, p, 4);
-            __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32(dm_bits));
-            __m256 d = _mm256_moveldup_ps(dm), m = _mm256_movehdup_ps(dm);
-            v[0] = _mm256_add_ps(_mm256_mul_ps(d, e0), m);
-            v[1] = _mm256_add_ps(_mm256_mul_ps(d, e1), m);
-            v[2] = _mm256_add_ps(_mm256_mul_ps(d, e2), m);
-            v[3] = _mm256_add_ps(_mm256_mul_ps(d, e3), m);
-        }
-        return;
-    }
-    block_slices2(type, row, b, v);
-}
-
+// prefetched over the blocks, as there.
 enum { FUSED_ROWS2 = 3 };
 DL_AVX2 static inline __attribute__((always_inline))
 void fused_rows2(const int type, const int NR, const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y) {
-    __m256 lo[4], hi[4];
+    __m256 lo[FUSED_ROWS2], hi[FUSED_ROWS2];
     for (int r = 0; r < NR; r++) lo[r] = hi[r] = _mm256_setzero_ps();
     const char *next = (const char *)w + NR * row_bytes;
     const int64_t lines = (NR * row_bytes + 63) / 64, lines_per_block = (lines + nb - 1) / nb;
@@ -433,7 +393,7 @@ void fused_rows2(const int type, const int NR, const uint8_t *w, int64_t row_byt
         const float *xb = x + b * 32;
         for (int r = 0; r < NR; r++) {
             __m256 v[4];
-            slices_fast2(type, w + r * row_bytes, b, v);
+            block_slices2(type, w + r * row_bytes, b, v);
             lo[r] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(xb), lo[r]);
             hi[r] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), hi[r]);
             lo[r] = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), lo[r]);

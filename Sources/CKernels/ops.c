@@ -3,7 +3,6 @@
 #include "ckernels.h"
 #include "simd.h"
 #include <math.h>
-
 #include <stdlib.h>
 
 int dl_simd_limit = 2;
@@ -15,8 +14,6 @@ __attribute__((constructor)) static void simd_limit_from_environment(void) {
 }
 
 _Thread_local int dl_simd_thread_limit = 2;
-
-void dl_set_simd_limit(int n) { dl_simd_limit = n < 0 ? 0 : n; }
 
 void dl_set_thread_simd_limit(int n) { dl_simd_thread_limit = n < 0 ? 0 : n; }
 

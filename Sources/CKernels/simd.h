@@ -1,18 +1,20 @@
-// Private SIMD helpers shared by the C kernels: an AVX-512 path chosen at run time, a portable fallback.
+// Private SIMD helpers shared by the C kernels: AVX-512 and AVX2 paths chosen at run time, a portable fallback.
 #ifndef DLORA_SIMD_H
 #define DLORA_SIMD_H
 #include <stdint.h>
 
 // The kernels pick a path at run time: 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 with FMA and F16C (every
-// x86-64 server since Haswell / Zen 1), 0 = portable C. dl_simd_limit caps the choice (tests run each
-// path the machine has; ops.c owns it), for the whole process; dl_simd_thread_limit for the calling
-// thread and the pool chunks it hands out (tests, without touching kernels that run beside them).
+// x86-64 server since Haswell / Zen 1), 0 = portable C. dl_simd_limit caps the choice for the whole
+// process (DLORA_SIMD_LIMIT, read at start-up; ops.c owns both caps); dl_simd_thread_limit for the
+// calling thread and the pool chunks it hands out (tests run each path the machine has without touching
+// kernels that run beside them).
 extern int dl_simd_limit;
 extern _Thread_local int dl_simd_thread_limit;
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 #define DL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
+#define DL_AVX512_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
 #define DL_AVX2 __attribute__((target("avx2,fma,f16c")))
 static inline int dl_cpu_simd_level(void) {
     static int cached = -1;
@@ -31,25 +33,22 @@ static inline int dl_has_avx512(void) { return dl_cpu_simd_level() >= 2 && dl_si
 static inline int dl_has_avx2(void) { return dl_cpu_simd_level() >= 1 && dl_simd_limit >= 1 && dl_simd_thread_limit >= 1; }
 
 // The fixed lane-sum order every kernel shares (matmul_dq.c's and lora.c's outputs are bit-identical because
-// they reduce a vector the same way): pairwise halves 16 -> 8 -> 4 -> 2 -> 1.
-DL_AVX512 static inline float dl_lane_sum(__m512 v) {
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+// they reduce a vector the same way): pairwise halves 16 -> 8 -> 4 -> 2 -> 1. dl_sum8 is the tree from 8
+// lanes down; dl_lane_sum adds an AVX-512 vector's halves first, dl_lane_sum2 a 16-lane accumulator held
+// as two AVX2 registers (lo = lanes 0-7, hi = lanes 8-15), which is the same first level (lane i + lane
+// i + 8), so the AVX2 kernels that keep such pairs give the AVX-512 kernels' bits.
+DL_AVX2 static inline float dl_sum8(__m256 a) {
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
     __m128 e = _mm_add_ss(c, _mm_movehdup_ps(c));
     return _mm_cvtss_f32(e);
 }
 
-// The same tree over 16 lanes held as two AVX2 registers (lo = lanes 0-7, hi = lanes 8-15): its first
-// level, lane i + lane i + 8, is lo + hi, and the rest is dl_lane_sum's, so the AVX2 kernels that keep a
-// 16-lane accumulator as such a pair give the AVX-512 kernels' bits.
-DL_AVX2 static inline float dl_lane_sum2(__m256 lo, __m256 hi) {
-    __m256 a = _mm256_add_ps(lo, hi);
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    __m128 e = _mm_add_ss(c, _mm_movehdup_ps(c));
-    return _mm_cvtss_f32(e);
+DL_AVX512 static inline float dl_lane_sum(__m512 v) {
+    return dl_sum8(_mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1)));
 }
+
+DL_AVX2 static inline float dl_lane_sum2(__m256 lo, __m256 hi) { return dl_sum8(_mm256_add_ps(lo, hi)); }
 #else
 static inline int dl_cpu_simd_level(void) { return 0; }
 static inline int dl_has_avx512(void) { return 0; }

@@ -29,10 +29,10 @@ void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx);
 
 // ---------------------------------------------------------------- instruction-set path (simd.h)
 // The kernels' path, chosen at run time: 2 = AVX-512, 1 = AVX2 + FMA + F16C, 0 = portable C. The AVX-512
-// and AVX2 paths of the matmul and LoRA kernels give the same bits. dl_set_simd_limit(n) caps the path
-// for the process; dl_set_thread_simd_limit(n) for the calling thread and the pool work it hands out
-// (tests run every path the machine has beside other tests); dl_simd_level() is the calling thread's path.
-void dl_set_simd_limit(int n);
+// and AVX2 paths of the matmul and LoRA kernels give the same bits. DLORA_SIMD_LIMIT=0|1|2 in the
+// environment caps the path for the process; dl_set_thread_simd_limit(n) for the calling thread and the
+// pool work it hands out (tests run every path the machine has beside other tests); dl_simd_level() is the
+// calling thread's path.
 void dl_set_thread_simd_limit(int n);
 int dl_simd_level(void);
 
