@@ -119,10 +119,11 @@ public enum AdapterLoader {
         guard let gatesFile = try files.open(MoLEComposition.gatesFile, maxBytes: maxFileBytes) else {
             throw AdapterError(adapter: files.name, problem: "missing \(MoLEComposition.gatesFile)")
         }
-        let gates = try MoLEComposition.gates(try SafetensorsFile(file: gatesFile), experts: config.experts.count,
-                                              granularity: config.granularity, config: base, adapter: files.name)
         let experts = try siblings(config.experts, of: files, manifest: MoLEComposition.configFile, base: base, root: root,
                                    maxFileBytes: maxFileBytes)
+        let inUse = config.granularity.unitsInUse(layers: base.numLayers) { l, t in experts.contains { $0.module(layer: l, target: t) != nil } }
+        let gates = try MoLEComposition.gates(try SafetensorsFile(file: gatesFile), experts: config.experts.count,
+                                              granularity: config.granularity, inUse: inUse, config: base, adapter: files.name)
         return try MoLEComposition.compose(experts, names: config.experts, granularity: config.granularity, weights: gates.weights,
                                            temperatures: gates.temperatures, config: base, name: files.name, id: id)
     }

@@ -7,7 +7,7 @@ import Tokenizers
 /// `mole_config.json` and `gates.safetensors` as `dlora train mole` writes them (docs/design/mole-serving.md).
 /// Its experts are siblings under the same root, named in the config (plain adapter names, each a PEFT
 /// directory or GGUF LoRA); they are stacked as PEFT's `cat` stacks adapters (weights 1), and block l's gate
-/// W_l (N × H) and τ_l weigh them per token. Everything is validated before use: strict keys, the
+/// W_l (N × H) and τ_l (or those of the granularity's units) weigh them per token. Everything is validated before use: strict keys, the
 /// experts' count and names, the model's shape, every gate tensor's name, dtype, shape and values.
 public enum MoLEComposition {
     public static let configFile = "mole_config.json"
@@ -87,16 +87,19 @@ public enum MoLEComposition {
         return Config(experts: experts, granularity: granularity, numLayers: layers, hiddenSize: hidden)
     }
 
-    /// Reads and validates the gates: for every gate unit of the granularity exactly its weight (F32, N × H,
-    /// finite, |w| ≤ 1e4) and temperature (F32, [1], within `temperatureRange`) — `layers.{l}.gate.*` per block,
-    /// `layers.{l}.attn_gate.*` and `layers.{l}.mlp_gate.*` per sub-layer, `gate.*` for the network.
-    public static func gates(_ file: SafetensorsFile, experts n: Int, granularity: MoLEGranularity = .block, config c: ModelConfig,
-                             adapter: String) throws -> (weights: [[Float]], temperatures: [Float]) {
+    /// Reads and validates the gates: for every gate unit of the granularity in use (`inUse`; nil: all) exactly its
+    /// weight (F32, N × the unit's input width, finite, |w| ≤ 1e4) and temperature (F32, [1], within
+    /// `temperatureRange`) — `layers.{l}.gate.*` per block, `layers.{l}.attn_gate.*` and `layers.{l}.mlp_gate.*` per
+    /// sub-layer, `gate.*` for the network, `layers.{l}.{q_proj…down_proj}.gate.*` per adapted projection. A unit
+    /// not in use gets no values (and a temperature of 1).
+    public static func gates(_ file: SafetensorsFile, experts n: Int, granularity: MoLEGranularity = .block, inUse: [Bool]? = nil,
+                             config c: ModelConfig, adapter: String) throws -> (weights: [[Float]], temperatures: [Float]) {
         func fail(_ problem: String, tensor: String? = nil) -> AdapterError {
             AdapterError(adapter: adapter, tensor: tensor, problem: "\(gatesFile): " + problem)
         }
-        let h = c.hiddenSize
-        let units = granularity.units(layers: c.numLayers)
+        let inUse = inUse ?? Array(repeating: true, count: granularity.units(layers: c.numLayers))
+        precondition(inUse.count == granularity.units(layers: c.numLayers))
+        let units = inUse.filter { $0 }.count
         guard file.tensors.count == 2 * units else {
             throw fail("holds \(file.tensors.count) tensors; expected \(2 * units) (a weight and a temperature per \(granularity.rawValue) gate)")
         }
@@ -109,9 +112,14 @@ public enum MoLEComposition {
             return (0..<count).map { p.loadUnaligned(fromByteOffset: $0 * 4, as: Float.self) }
         }
         var weights: [[Float]] = [], temperatures: [Float] = []
-        for u in 0..<units {
+        for (u, used) in inUse.enumerated() {
+            guard used else {
+                weights.append([])
+                temperatures.append(1)
+                continue
+            }
             let (wName, tName) = granularity.tensorNames(unit: u)
-            let w = try floats(wName, shape: [n, h])
+            let w = try floats(wName, shape: [n, granularity.inputWidth(unit: u, config: c)])
             guard w.allSatisfy({ $0.isFinite && abs($0) <= maxAbsGateWeight }) else {
                 throw fail("values must be finite and at most \(maxAbsGateWeight) in size", tensor: wName)
             }
@@ -144,7 +152,7 @@ public enum MoLEComposition {
                                temperatures: [Float], config c: ModelConfig, name: String, id: AdapterID) throws -> LoRAWeights {
         let (modules, columns) = try LoRAComposition.stack(experts.map { ($0, 1) }, name: name)
         let gating = MoLEGating(experts: names, granularity: granularity, weights: weights, temperatures: temperatures,
-                                hiddenSize: c.hiddenSize, columns: columns)
+                                config: c, columns: columns)
         return LoRAWeights(name: name, scale: 1, modules: modules, id: id, gating: gating)
     }
 }

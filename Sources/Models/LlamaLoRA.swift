@@ -48,9 +48,15 @@ extension LlamaModel {
             guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
             let tokens = seg.start..<(seg.start + seg.count)
             if let g = w.gating, let columns = g.columns(layer: layer, target: target) {
-                let rows = g.granularity.usesMLPGates(target) ? ws.mlpGates : ws.gates
+                let rows = (g.granularity.usesMLPGates(target) ? ws.mlpGates : ws.gates).floats + seg.start * MoLEGating.maxExperts
+                if g.granularity == .matrix {
+                    // This projection's own gate, from its input; these rows are this segment's alone and are read
+                    // only by this call's `apply`.
+                    segmentGates(g, unit: g.granularity.unit(layer: layer, target: target), seg, x + seg.start * ldx, ldx: ldx,
+                                 into: rows, ws)
+                }
                 batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale,
-                             gates: rows.floats + seg.start * MoLEGating.maxExperts, ldg: MoLEGating.maxExperts, columns: columns)
+                             gates: rows, ldg: MoLEGating.maxExperts, columns: columns)
             } else {
                 batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale)
             }
@@ -59,7 +65,8 @@ extension LlamaModel {
     }
 
     /// MoLE: the gates that sit at block `layer`'s attention input (`mlp` false: the first RMSNorm's output) or
-    /// MLP input (`mlp` true: the second's), for the tokens of every gated segment, from `xn`, into the
+    /// MLP input (`mlp` true: the second's), for the tokens of every gated segment (matrix-level gates are computed
+    /// in `applyLoRA`, from each projection's input), from `xn`, into the
     /// workspace's gate rows for that site (stride `MoLEGating.maxExperts`):
     ///
     ///     g[t, i] = exp(ε_i/τ − max_j ε_j/τ) / Σ_k exp(ε_k/τ − max_j ε_j/τ),   ε = W·xn[t], over the experts in the mask
@@ -70,27 +77,33 @@ extension LlamaModel {
         let h = config.hiddenSize, ld = MoLEGating.maxExperts
         for seg in ws.segments {
             guard let g = lora[seg.slot]?.gating, let unit = g.granularity.unit(layer: layer, mlp: mlp) else { continue }
-            let n = g.expertCount, tau = g.temperatures[unit], mask = g.mask
-            let rows = (mlp ? ws.mlpGates : ws.gates).floats + seg.start * ld
-            Kernels.matmulBatchInvariant(g.weights[unit], xn + seg.start * h, ldx: h, ntok: seg.count, rows, ldy: ld)
-            var entropy = 0.0
-            for t in 0..<seg.count {
-                let e = rows + t * ld
-                var mx = -Float.infinity
-                for i in 0..<n where mask >> UInt64(i) & 1 == 1 { mx = max(mx, e[i] / tau) }
-                var sum: Float = 0
-                for i in 0..<n {
-                    let v: Float = mask >> UInt64(i) & 1 == 1 ? Foundation.exp(e[i] / tau - mx) : 0
-                    e[i] = v
-                    sum += v
-                }
-                for i in 0..<n {
-                    e[i] /= sum
-                    if e[i] > 0 { entropy -= Double(e[i]) * Foundation.log(Double(e[i])) }
-                    ws.addGateWeight(slot: seg.slot, expert: i, e[i])
-                }
-            }
-            ws.addGateStatistics(slot: seg.slot, entropy: entropy, tokens: seg.count)
+            segmentGates(g, unit: unit, seg, xn + seg.start * h, ldx: h, into: (mlp ? ws.mlpGates : ws.gates).floats + seg.start * ld, ws)
         }
+    }
+
+    /// One segment's gates of unit u from its tokens' gate inputs x (row stride ldx), into rows (stride
+    /// `MoLEGating.maxExperts`), with the statistics added to the segment's slot.
+    func segmentGates(_ g: MoLEGating, unit: Int, _ seg: LoRASegment, _ x: UnsafePointer<Float>, ldx: Int,
+                      into rows: UnsafeMutablePointer<Float>, _ ws: ForwardWorkspace) {
+        let n = g.expertCount, tau = g.temperatures[unit], mask = g.mask, ld = MoLEGating.maxExperts
+        Kernels.matmulBatchInvariant(g.weights[unit], x, ldx: ldx, ntok: seg.count, rows, ldy: ld)
+        var entropy = 0.0
+        for t in 0..<seg.count {
+            let e = rows + t * ld
+            var mx = -Float.infinity
+            for i in 0..<n where mask >> UInt64(i) & 1 == 1 { mx = max(mx, e[i] / tau) }
+            var sum: Float = 0
+            for i in 0..<n {
+                let v: Float = mask >> UInt64(i) & 1 == 1 ? Foundation.exp(e[i] / tau - mx) : 0
+                e[i] = v
+                sum += v
+            }
+            for i in 0..<n {
+                e[i] /= sum
+                if e[i] > 0 { entropy -= Double(e[i]) * Foundation.log(Double(e[i])) }
+                ws.addGateWeight(slot: seg.slot, expert: i, e[i])
+            }
+        }
+        ws.addGateStatistics(slot: seg.slot, entropy: entropy, tokens: seg.count)
     }
 }

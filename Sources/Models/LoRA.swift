@@ -147,18 +147,22 @@ public struct AdapterID: Hashable, Comparable, Sendable, CustomStringConvertible
     public var description: String { "adapter#\(rawValue)" }
 }
 
-/// Where MoLE's gates sit (the paper's b-, l- and n-MoLE): one gate per block (from the block's attention input),
-/// one per sub-layer (attention, from the block's first RMSNorm output; MLP, from its second), or one for the
-/// whole network (from block 0's attention input, weighing every block). A gate "unit" is one W and τ.
+/// Where MoLE's gates sit (the paper's b-, l-, n- and m-MoLE): one gate per block (from the block's attention
+/// input), one per sub-layer (attention, from the block's first RMSNorm output; MLP, from its second), one for the
+/// whole network (from block 0's attention input, weighing every block), or one per adapted projection (from that
+/// projection's own input: q, k and v from the first RMSNorm's output, o from the attention's output, gate and up
+/// from the second RMSNorm's output, down from the SwiGLU activation). A gate "unit" is one W and τ.
 public enum MoLEGranularity: String, Sendable, CaseIterable {
-    case block, layer, network
+    case block, layer, network, matrix
 
-    /// Gate units of a model with `layers` blocks.
+    /// Gate units of a model with `layers` blocks (matrix: seven per block, one per projection, of which only
+    /// those of projections some expert adapts are in use).
     public func units(layers: Int) -> Int {
         switch self {
         case .block: layers
         case .layer: 2 * layers
         case .network: 1
+        case .matrix: LoRATarget.allCases.count * layers
         }
     }
 
@@ -168,7 +172,26 @@ public enum MoLEGranularity: String, Sendable, CaseIterable {
         case .block: l
         case .layer: 2 * l + (t.isMLP ? 1 : 0)
         case .network: 0
+        case .matrix: LoRATarget.allCases.count * l + t.rawValue
         }
+    }
+
+    /// Matrix granularity: the block and projection whose own input feeds unit u (nil for the other granularities).
+    public func projection(unit u: Int) -> (layer: Int, target: LoRATarget)? {
+        guard self == .matrix else { return nil }
+        let n = LoRATarget.allCases.count
+        return (u / n, LoRATarget(rawValue: u % n)!)
+    }
+
+    /// The width of unit u's gate input: the projection's input features at matrix granularity, else the hidden size.
+    public func inputWidth(unit u: Int, config c: ModelConfig) -> Int {
+        projection(unit: u).map { $0.target.shape(c).cols } ?? c.hiddenSize
+    }
+
+    /// Which units are in use when `adapts(l, t)` says whether some expert adapts target t of block l: every unit,
+    /// except at matrix granularity, where a projection no expert adapts has no gate.
+    public func unitsInUse(layers: Int, adapts: (Int, LoRATarget) -> Bool) -> [Bool] {
+        (0..<units(layers: layers)).map { u in projection(unit: u).map { adapts($0.layer, $0.target) } ?? true }
     }
 
     /// The unit computed from block l's attention input (nil: none there).
@@ -177,13 +200,15 @@ public enum MoLEGranularity: String, Sendable, CaseIterable {
         case .block: l
         case .layer: 2 * l
         case .network: l == 0 ? 0 : nil
+        case .matrix: nil
         }
     }
 
     /// The unit computed from block l's MLP input (nil: none there).
     public func mlpUnit(layer l: Int) -> Int? { self == .layer ? 2 * l + 1 : nil }
 
-    /// The unit computed at block l's attention input (`mlp` false) or MLP input (`mlp` true); nil: none there.
+    /// The unit computed at block l's attention input (`mlp` false) or MLP input (`mlp` true); nil: none there
+    /// (matrix granularity computes each gate from its projection's input, inside the projection).
     public func unit(layer l: Int, mlp: Bool) -> Int? { mlp ? mlpUnit(layer: l) : attentionUnit(layer: l) }
 
     /// Whether target t reads the gates computed at the MLP input (else those of the attention input).
@@ -195,6 +220,7 @@ public enum MoLEGranularity: String, Sendable, CaseIterable {
         case .block: "layers.\(u).gate"
         case .layer: "layers.\(u / 2).\(u % 2 == 0 ? "attn_gate" : "mlp_gate")"
         case .network: "gate"
+        case .matrix: "layers.\(projection(unit: u)!.layer).\(projection(unit: u)!.target.peftName).gate"
         }
         return (stem + ".weight", stem + ".temperature")
     }
@@ -211,7 +237,7 @@ public final class MoLEGating: @unchecked Sendable {
     public static let maxExperts = 64
     public let experts: [String]
     public let granularity: MoLEGranularity
-    /// Per gate unit W (N × H, f32) and τ.
+    /// Per gate unit W (N × the unit's input width, f32; 0 rows for a matrix unit no expert adapts) and τ.
     public let weights: [WeightMatrix]
     public let temperatures: [Float]
     /// Bit i set: expert i is in use.
@@ -219,20 +245,24 @@ public final class MoLEGating: @unchecked Sendable {
     /// [layer][target.rawValue]: paddedRank Int32 entries, nil when no expert adapts the matrix.
     private let columnBuffers: [[Buffer?]]
 
-    /// - Parameters: weights: per gate unit N × H values; columns: [layer][target.rawValue] the expert of each
-    ///   padded rank column (nil: the module is absent).
-    public init(experts: [String], granularity: MoLEGranularity = .block, weights: [[Float]], temperatures: [Float], hiddenSize h: Int,
+    /// - Parameters: weights: per gate unit N × (`granularity.inputWidth`) values, none for a matrix unit whose
+    ///   projection no expert adapts; columns: [layer][target.rawValue] the expert of each padded rank column
+    ///   (nil: the module is absent).
+    public init(experts: [String], granularity: MoLEGranularity = .block, weights: [[Float]], temperatures: [Float], config c: ModelConfig,
                 columns: [[[Int32]?]]) {
         let n = experts.count
         precondition((1...Self.maxExperts).contains(n) && weights.count == temperatures.count
                      && weights.count == granularity.units(layers: columns.count))
         self.granularity = granularity
-        precondition(weights.allSatisfy { $0.count == n * h } && temperatures.allSatisfy { $0 > 0 && $0.isFinite })
+        let inUse = granularity.unitsInUse(layers: columns.count) { l, t in columns[l][t.rawValue] != nil }
+        precondition(weights.indices.allSatisfy { u in weights[u].count == (inUse[u] ? n * granularity.inputWidth(unit: u, config: c) : 0) })
+        precondition(temperatures.allSatisfy { $0 > 0 && $0.isFinite })
         self.experts = experts
-        self.weights = weights.map { w in
-            let b = Buffer(floats: n * h)
-            w.withUnsafeBufferPointer { b.floats.update(from: $0.baseAddress!, count: n * h) }
-            return WeightMatrix(dtype: .f32, rows: n, cols: h, storage: b)
+        self.weights = weights.enumerated().map { u, w in
+            let width = granularity.inputWidth(unit: u, config: c), rows = w.isEmpty ? 0 : n
+            let b = Buffer(floats: rows * width)
+            w.withUnsafeBufferPointer { if rows > 0 { b.floats.update(from: $0.baseAddress!, count: rows * width) } }
+            return WeightMatrix(dtype: .f32, rows: rows, cols: width, storage: b)
         }
         self.temperatures = temperatures
         mask = n == 64 ? .max : (UInt64(1) << UInt64(n)) - 1

@@ -52,8 +52,9 @@ public final class AdamW {
     /// MoLE's gates: every block's W and the temperatures (the experts stay frozen).
     public convenience init(configuration: AdamWConfiguration, mole: MoLEMixture) {
         var params: [(value: UnsafeMutablePointer<Float>, grad: UnsafePointer<Float>, count: Int)] = []
-        let nh = mole.experts.count * mole.config.hiddenSize
-        for (w, g) in zip(mole.gateWeights, mole.gateGradients) { params.append((w.floats, UnsafePointer(g.floats), nh)) }
+        for u in 0..<mole.units where mole.inUse[u] {
+            params.append((mole.gateWeights[u].floats, UnsafePointer(mole.gateGradients[u].floats), mole.experts.count * mole.widths[u]))
+        }
         params.append((mole.temperatureValues.floats, UnsafePointer(mole.temperatureGradientValues.floats), mole.units))
         self.init(configuration: configuration, parameters: params, owners: [mole])
     }

@@ -138,19 +138,21 @@ extension ReferenceTraining {
 /// MoLE in the training model: N frozen LoRA experts (each a `LoRAParameters`, any targets) mixed in every
 /// adapted projection by a gate computed per token from the normalised input where the gate sits
 /// (`MoLEGranularity`: per block from its attention input; per sub-layer from the attention and the MLP inputs;
-/// one for the network from block 0's attention input), g[t] = softmax(xn[t]·W_uᵀ / τ_u):
+/// one for the network from block 0's attention input; per adapted projection from the projection's own input),
+/// g[t] = softmax(xn[t]·W_uᵀ / τ_u):
 ///
 ///     y[t] += Σᵢ g[t, i] · sᵢ · Bᵢ·Aᵢ·x[t]
 ///
 /// (A per-token gate, not MoLE's per-sequence one: it is causal, length-independent and needs no state, so
 /// serving computes it inside chunked prefill and batched decode exactly as here; docs/design/mole-serving.md.)
 /// Only the gates (W_u, τ_u) train; the loss adds λ · (−log Πᵢ qᵢ), qᵢ = expert i's mean gate weight over
-/// every gate unit and real token. Hooks called by `LoRATrainingModel` (forward and backward of each block).
+/// every gate unit in use and real token. Hooks called by `LoRATrainingModel` (forward and backward of each block).
 public final class MoLEMixture: @unchecked Sendable {
     public let config: ModelConfig
     public let experts: [LoRAParameters]
     public let granularity: MoLEGranularity
-    /// Per gate unit: W (N × H) and its gradient; the temperature τ and its gradient.
+    /// Per gate unit: W (N × its input width; empty for a matrix unit no expert adapts) and its gradient; the
+    /// temperature τ and its gradient.
     public let gateWeights: [Buffer]
     public let gateGradients: [Buffer]
     /// Per gate unit τ and dL/dτ, in buffers so the optimiser updates them with the weights.
@@ -160,8 +162,11 @@ public final class MoLEMixture: @unchecked Sendable {
     /// The optimiser may not take τ below this (a softmax at τ ≤ 0 is undefined or inverted).
     public static let minimumTemperature: Float = 0.05
 
-    /// Gate units (W, τ pairs).
+    /// Gate units (W, τ pairs), and which are in use (every one but a matrix unit no expert adapts).
     public var units: Int { gateWeights.count }
+    public let inUse: [Bool]
+    /// Per gate unit, the width of its input (`MoLEGranularity.inputWidth`).
+    public let widths: [Int]
     public var temperatures: [Float] { Array(UnsafeBufferPointer(start: temperatureValues.floats, count: units)) }
     public var temperatureGradients: [Float] { Array(UnsafeBufferPointer(start: temperatureGradientValues.floats, count: units)) }
 
@@ -181,14 +186,17 @@ public final class MoLEMixture: @unchecked Sendable {
         self.experts = experts
         self.granularity = granularity
         self.balanceWeight = balanceWeight
-        let n = experts.count, h = config.hiddenSize, units = granularity.units(layers: config.numLayers)
+        let n = experts.count, units = granularity.units(layers: config.numLayers)
+        inUse = granularity.unitsInUse(layers: config.numLayers) { l, t in experts.contains { $0.module(layer: l, target: t) != nil } }
+        widths = (0..<units).map { granularity.inputWidth(unit: $0, config: config) }
         var rng = SeededGenerator(seed: seed)
-        gateWeights = (0..<units).map { _ in
-            let w = Buffer(floats: n * h)
-            for i in 0..<(n * h) { w.floats[i] = rng.symmetric() * gateScale / Float(h).squareRoot() }
+        gateWeights = (0..<units).map { [inUse, widths] u in
+            let count = inUse[u] ? n * widths[u] : 0
+            let w = Buffer(floats: count)
+            for i in 0..<count { w.floats[i] = rng.symmetric() * gateScale / Float(widths[u]).squareRoot() }
             return w
         }
-        gateGradients = (0..<units).map { _ in Buffer(floats: n * h) }
+        gateGradients = (0..<units).map { [inUse, widths] u in Buffer(floats: inUse[u] ? n * widths[u] : 0) }
         temperatureValues = Buffer(floats: units)
         temperatureValues.floats.update(repeating: temperature, count: units)
         temperatureGradientValues = Buffer(floats: units)
@@ -202,7 +210,7 @@ public final class MoLEMixture: @unchecked Sendable {
     var n: Int { experts.count }
 
     public func zeroGradients() {
-        for g in gateGradients { g.floats.update(repeating: 0, count: n * config.hiddenSize) }
+        for (u, g) in gateGradients.enumerated() where inUse[u] { g.floats.update(repeating: 0, count: n * widths[u]) }
         temperatureGradientValues.floats.update(repeating: 0, count: units)
     }
 
@@ -215,7 +223,11 @@ public final class MoLEMixture: @unchecked Sendable {
         realRows.flatMap { r in (0..<n).map { gates[u].floats[r * n + $0] } }
     }
 
-    public func gateValues(layer l: Int) -> [Float] { gateValues(unit: granularity.attentionUnit(layer: l) ?? 0) }
+    /// Those of the unit that weighs block l's first adapted projection (q, k, v, o, gate, up, down in order).
+    public func gateValues(layer l: Int) -> [Float] {
+        let unit = LoRATarget.allCases.lazy.map { self.granularity.unit(layer: l, target: $0) }.first { self.inUse[$0] }
+        return unit.map { gateValues(unit: $0) } ?? []
+    }
 
     func reserve(batch b: Int, length t: Int, lengths: [Int]) {
         self.lengths = lengths
@@ -223,9 +235,9 @@ public final class MoLEMixture: @unchecked Sendable {
         batch = b
         length = t
         let c = config, rows = b * t
-        logits = (0..<units).map { _ in Buffer(floats: rows * n) }
-        gates = (0..<units).map { _ in Buffer(floats: rows * n) }
-        dGates = (0..<units).map { _ in Buffer(floats: rows * n) }
+        logits = inUse.map { Buffer(floats: $0 ? rows * n : 0) }
+        gates = inUse.map { Buffer(floats: $0 ? rows * n : 0) }
+        dGates = inUse.map { Buffer(floats: $0 ? rows * n : 0) }
         var maxRank = 0
         u = (0..<c.numLayers).map { l in
             LoRATarget.allCases.flatMap { t in
@@ -244,12 +256,25 @@ public final class MoLEMixture: @unchecked Sendable {
     /// input (`mlp` true: the second's), one row per token (xn: B·T × H); nothing when no gate sits there.
     func gateForward(layer l: Int, mlp: Bool = false, xn: UnsafePointer<Float>) {
         guard let u = granularity.unit(layer: l, mlp: mlp) else { return }
-        MoLEOps.gateForward(xn, weight: gateWeights[u].floats, temperature: temperatureValues.floats[u], rows: batch * length,
-                            experts: n, width: config.hiddenSize, logits: logits[u].floats, gates: gates[u].floats)
+        gateForward(unit: u, z: xn)
     }
 
+    /// Unit u's gates from its input z (B·T × the unit's width).
+    private func gateForward(unit u: Int, z: UnsafePointer<Float>) {
+        MoLEOps.gateForward(z, weight: gateWeights[u].floats, temperature: temperatureValues.floats[u], rows: batch * length,
+                            experts: n, width: widths[u], logits: logits[u].floats, gates: gates[u].floats)
+    }
+
+    /// The experts' paths of target t in block l, each weighted per token by its gate, added to y (at matrix
+    /// granularity the gate is computed here first, from x).
     func mixtureForward(layer l: Int, target t: LoRATarget, x: UnsafePointer<Float>, ldx: Int, y: UnsafeMutablePointer<Float>, ldy: Int) {
-        let rows = batch * length, g = gates[granularity.unit(layer: l, target: t)].floats
+        let unit = granularity.unit(layer: l, target: t)
+        guard inUse[unit] else { return }
+        if granularity == .matrix {
+            precondition(ldx == widths[unit], "a matrix gate's input must be contiguous")
+            gateForward(unit: unit, z: x)
+        }
+        let rows = batch * length, g = gates[unit].floats
         for (i, e) in experts.enumerated() {
             guard let m = e.module(layer: l, target: t), let ui = u[l][t.rawValue * n + i] else { continue }
             let r = m.rank
@@ -264,10 +289,13 @@ public final class MoLEMixture: @unchecked Sendable {
         }
     }
 
-    /// dGates[t, i] += dy[t]·Eᵢ[t] = (s·dy·Bᵢ)[t]·u[t];  dx += g·(s·dy·Bᵢ)·Aᵢ.
+    /// dGates[t, i] += dy[t]·Eᵢ[t] = (s·dy·Bᵢ)[t]·u[t];  dx += g·(s·dy·Bᵢ)·Aᵢ (at matrix granularity, then the
+    /// gate's own backward, its input's gradient added to dx).
     func mixtureBackward(layer l: Int, target t: LoRATarget, dy: UnsafePointer<Float>, ldy: Int, x: UnsafePointer<Float>, ldx: Int,
                          dx: UnsafeMutablePointer<Float>) {
         let unit = granularity.unit(layer: l, target: t)
+        guard inUse[unit] else { return }
+        defer { if granularity == .matrix { gateBackward(unit: unit, z: x, dz: dx) } }
         let rows = batch * length, g = gates[unit].floats, dg = dGates[unit].floats
         for (i, e) in experts.enumerated() {
             guard let m = e.module(layer: l, target: t), let ui = u[l][t.rawValue * n + i] else { continue }
@@ -290,25 +318,30 @@ public final class MoLEMixture: @unchecked Sendable {
     /// weighs has run its backward (for the network's gate: at block 0, last). Padding rows carry no gradient.
     func gateBackward(layer l: Int, mlp: Bool = false, xn: UnsafePointer<Float>, dxn: UnsafeMutablePointer<Float>) {
         guard let u = granularity.unit(layer: l, mlp: mlp) else { return }
+        gateBackward(unit: u, z: xn, dz: dxn)
+    }
+
+    /// Unit u's backward from its input z: dW_u, dτ_u, and z's gradient added to dz (both B·T × the unit's width).
+    private func gateBackward(unit u: Int, z: UnsafePointer<Float>, dz: UnsafeMutablePointer<Float>) {
         for b in 0..<batch where lengths[b] < length {
             (dGates[u].floats + (b * length + lengths[b]) * n).update(repeating: 0, count: (length - lengths[b]) * n)
         }
-        temperatureGradientValues.floats[u] += MoLEOps.gateBackward(dGates[u].floats, z: xn, weight: gateWeights[u].floats,
+        temperatureGradientValues.floats[u] += MoLEOps.gateBackward(dGates[u].floats, z: z, weight: gateWeights[u].floats,
                                                         temperature: temperatureValues.floats[u], rows: batch * length, experts: n,
-                                                        width: config.hiddenSize, logits: logits[u].floats, gates: gates[u].floats,
-                                                        gradWeight: gateGradients[u].floats, dz: dxn, scratch: gateScratch.floats)
+                                                        width: widths[u], logits: logits[u].floats, gates: gates[u].floats,
+                                                        gradWeight: gateGradients[u].floats, dz: dz, scratch: gateScratch.floats)
     }
 
-    /// λ · (−Σᵢ log qᵢ) over every block's gates of the last forward (real tokens only); with `addingGradient`,
+    /// λ · (−Σᵢ log qᵢ) over every gate unit's gates of the last forward (real tokens only); with `addingGradient`,
     /// the gate gradients start from this loss's (dGates are reset first).
     func balanceLoss(addingGradient: Bool = false) -> Double {
         let real = realRows
-        let rows = Double(units * real.count)
+        let rows = Double(inUse.filter { $0 }.count * real.count)
         var q = [Double](repeating: 0, count: n)
-        for g in gates { for r in real { for i in 0..<n { q[i] += Double(g.floats[r * n + i]) } } }
+        for (u, g) in gates.enumerated() where inUse[u] { for r in real { for i in 0..<n { q[i] += Double(g.floats[r * n + i]) } } }
         for i in 0..<n { q[i] /= rows }
         if addingGradient {
-            for dg in dGates {
+            for (u, dg) in dGates.enumerated() where inUse[u] {
                 dg.floats.update(repeating: 0, count: batch * length * n)
                 for r in real { for i in 0..<n { dg.floats[r * n + i] = Float(-Double(balanceWeight) / (rows * q[i])) } }
             }

@@ -1,8 +1,9 @@
 import Foundation
 
 /// Writes a trained MoLE composition: `mole_config.json` (the experts by name and path, the granularity, the
-/// gate's input, the balance weight, the model's shape) and `gates.safetensors` (per gate unit the matrix
-/// W (N × H) and the temperature τ, f32, named by `MoLEGranularity.tensorNames`: `layers.{l}.gate.*` per block).
+/// gate's input, the balance weight, the model's shape) and `gates.safetensors` (per gate unit in use the matrix
+/// W (N × its input width) and the temperature τ, f32, named by `MoLEGranularity.tensorNames`: `layers.{l}.gate.*`
+/// per block).
 public enum MoLEWriter {
     public struct Expert: Sendable, Equatable {
         public var name: String
@@ -21,9 +22,10 @@ public enum MoLEWriter {
         precondition(experts.count == mole.experts.count)
         let c = mole.config, n = mole.experts.count, h = c.hiddenSize
         var tensors: [(name: String, shape: [Int], values: [Float])] = []
-        for u in 0..<mole.units {
+        for u in 0..<mole.units where mole.inUse[u] {
             let (weight, temperature) = mole.granularity.tensorNames(unit: u)
-            tensors.append((weight, [n, h], Array(UnsafeBufferPointer(start: mole.gateWeights[u].floats, count: n * h))))
+            let w = mole.widths[u]
+            tensors.append((weight, [n, w], Array(UnsafeBufferPointer(start: mole.gateWeights[u].floats, count: n * w))))
             tensors.append((temperature, [1], [mole.temperatureValues.floats[u]]))
         }
         let config: [String: Any] = [

@@ -164,7 +164,8 @@ public enum ReferenceTraining {
         }
     }
 
-    /// MoLE in f64: frozen experts, per-layer gate weights (N × H) and temperatures, the balance coefficient.
+    /// MoLE in f64: frozen experts, per gate unit weights (N × the unit's input width; none for a unit not in use)
+    /// and temperatures, the balance coefficient.
     public struct MoLE: Sendable {
         public var experts: [Adapter]
         public var granularity: MoLEGranularity
@@ -176,8 +177,9 @@ public enum ReferenceTraining {
         public init(_ m: MoLEMixture) {
             experts = m.experts.map(Adapter.init)
             granularity = m.granularity
-            let count = m.experts.count * m.config.hiddenSize
-            weights = m.gateWeights.map { b in (0..<count).map { Double(b.floats[$0]) } }
+            weights = m.gateWeights.enumerated().map { u, b in
+                (0..<(m.inUse[u] ? m.experts.count * m.widths[u] : 0)).map { Double(b.floats[$0]) }
+            }
             temperatures = m.temperatures.map(Double.init)
             balanceWeight = Double(m.balanceWeight)
         }
@@ -237,19 +239,25 @@ public enum ReferenceTraining {
         var mixture: Mixture?
         var realGates: [Double] = []
         let lengths = lengths ?? Array(repeating: length, count: batch)
-        /// The gate rows of unit u from xn, with their real rows added to `realGates` (for the balance loss).
-        func gates(unit u: Int, from xn: [Double], mole: MoLE) -> [Double] {
+        /// The gate rows of unit u from its input z, with their real rows added to `realGates` (for the balance loss).
+        func gates(unit u: Int, from z: [Double], mole: MoLE) -> [Double] {
             let experts = mole.experts.count
-            let g = moleGates(z: xn, weight: mole.weights[u], temperature: mole.temperatures[u], rows: n, experts: experts, width: h)
+            let g = moleGates(z: z, weight: mole.weights[u], temperature: mole.temperatures[u], rows: n, experts: experts,
+                              width: mole.granularity.inputWidth(unit: u, config: c))
             for b in 0..<batch { for t in 0..<lengths[b] { realGates += g[((b * length + t) * experts)..<((b * length + t + 1) * experts)] } }
             return g
         }
-        if let mole {
+        if let mole, mole.granularity != .matrix {
             let attention = mole.granularity.attentionUnit(layer: l).map { gates(unit: $0, from: xn1, mole: mole) } ?? networkGates!
             mixture = Mixture(mole: mole, gates: attention, mlpGates: nil)
         }
         func project(_ x: [Double], _ w: [Double], _ t: LoRATarget) -> [Double] {
-            Self.project(x, w, t, layer: l, adapter: adapter, config: c, tokens: n, mixture: mixture)
+            if let mole, mole.granularity == .matrix {
+                // m-MoLE: this projection's own gate, from its input (none when no expert adapts it).
+                let u = mole.granularity.unit(layer: l, target: t)
+                mixture = mole.weights[u].isEmpty ? nil : Mixture(mole: mole, gates: gates(unit: u, from: x, mole: mole), mlpGates: nil)
+            }
+            return Self.project(x, w, t, layer: l, adapter: adapter, config: c, tokens: n, mixture: mixture)
         }
         var q = project(xn1, w.q, .q)
         var k = project(xn1, w.k, .k)

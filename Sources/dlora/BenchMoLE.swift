@@ -7,7 +7,7 @@ import Models
 /// `dlora bench mole`: what a MoLE composition's gates cost inside an unmerged decode batch. One decode step
 /// of a batch (every sequence holding `--context` tokens) with: no adapter; one expert; the N experts stacked
 /// as a static `cat` composition (NLA's execution: the same stacked rank as MoLE, no gates); the N experts
-/// as a MoLE composition (the same stack plus per-token block gates); and a mixed batch — half plain-expert
+/// as a MoLE composition (the same stack plus per-token gates, per block or at `--granularity`); and a mixed batch — half plain-expert
 /// requests over distinct experts, half MoLE. Measured in interleaved rounds (best round counts).
 struct BenchMoLE: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "mole", abstract: "MoLE gate cost inside a decode batch.")
@@ -21,6 +21,8 @@ struct BenchMoLE: ParsableCommand {
     var rank: Int = 8
     @Option(help: "Target modules: qv or all.")
     var targets: String = "qv"
+    @Option(help: "Gate granularity: block, layer, network or matrix.")
+    var granularity: String = "block"
     @OptionGroup var timing: StepTimingOptions
 
     func validate() throws {
@@ -30,6 +32,7 @@ struct BenchMoLE: ParsableCommand {
         guard (2...MoLEGating.maxExperts).contains(experts) else { throw ValidationError("--experts must be between 2 and \(MoLEGating.maxExperts)") }
         guard (1...256).contains(rank) else { throw ValidationError("--rank must be between 1 and 256") }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
+        guard MoLEGranularity(rawValue: granularity) != nil else { throw ValidationError("--granularity must be block, layer, network or matrix") }
     }
 
     func run() throws {
@@ -39,12 +42,16 @@ struct BenchMoLE: ParsableCommand {
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
         let pool = (0..<experts).map { BenchLoRA.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: .f32, seed: UInt64(7000 + $0)) }
         let cat = try LoRAComposition.cat(pool.map { ($0, 1) }, name: "cat", id: .next())
-        // Gates: random W (entries ±2/√H) and τ = 1, so the mix varies from token to token.
+        // Gates: random W (entries ±2/√width) and τ = 1, so the mix varies from token to token.
         var rng = BenchLoRA.Uniform(seed: 12345)
-        let h = c.hiddenSize
-        let gates = (0..<c.numLayers).map { _ in (0..<(experts * h)).map { _ in rng.next() * 2 / Float(h).squareRoot() } }
-        let mole = try MoLEComposition.compose(pool, names: pool.map(\.name), weights: gates,
-                                               temperatures: Array(repeating: 1, count: c.numLayers), config: c, name: "mole", id: .next())
+        let g = MoLEGranularity(rawValue: granularity)!
+        let inUse = g.unitsInUse(layers: c.numLayers) { _, t in targetSet.contains(t) }
+        let gates = inUse.indices.map { u -> [Float] in
+            let width = g.inputWidth(unit: u, config: c)
+            return inUse[u] ? (0..<(experts * width)).map { _ in rng.next() * 2 / Float(width).squareRoot() } : []
+        }
+        let mole = try MoLEComposition.compose(pool, names: pool.map(\.name), granularity: g, weights: gates,
+                                               temperatures: Array(repeating: 1, count: inUse.count), config: c, name: "mole", id: .next())
         // Slots: 0 the MoLE composition, 1 the cat, 2… the experts alone.
         let slots = LoRASlots(capacity: experts + 2)
         slots[0] = mole
@@ -55,7 +62,7 @@ struct BenchMoLE: ParsableCommand {
               + "(f32), stacked rank \(experts * rank) per module; context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) "
               + "decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName).")
         print()
-        print("| batch | base ms/step | one expert | static cat of \(experts) (NLA) | MoLE of \(experts) | MoLE vs cat | half MoLE + half distinct experts |")
+        print("| batch | base ms/step | one expert | static cat of \(experts) (NLA) | MoLE of \(experts) (\(granularity) gates) | MoLE vs cat | half MoLE + half distinct experts |")
         print("|---:|---:|---:|---:|---:|---:|---:|")
         for b in BenchLoRA.list(batches) {
             let runner = StepRunner(model: m, batch: b, context: context)

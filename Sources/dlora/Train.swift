@@ -198,7 +198,7 @@ struct TrainMoLE: ParsableCommand {
     @OptionGroup var expertOptions: ExpertOptions
     @Option(help: "The training data: a JSONL file.")
     var data: String
-    @Option(help: "Gate granularity: block (one gate per transformer block; the paper's b-MoLE), layer (one per attention and MLP sub-layer; l-MoLE) or network (one for the whole model; n-MoLE).")
+    @Option(help: "Gate granularity: block (one gate per transformer block; the paper's b-MoLE), layer (one per attention and MLP sub-layer; l-MoLE), network (one for the whole model; n-MoLE) or matrix (one per adapted projection, from its own input; m-MoLE).")
     var granularity: String = "block"
     @Option(help: "Balance-loss coefficient α (0: no balance loss).")
     var balance: Float = 0.1
@@ -221,7 +221,7 @@ struct TrainMoLE: ParsableCommand {
 
     func validate() throws {
         guard MoLEGranularity(rawValue: granularity) != nil else {
-            throw ValidationError("--granularity \(granularity.prefix(32)): block, layer or network (matrix-level gates are not implemented)")
+            throw ValidationError("--granularity \(granularity.prefix(32)): block, layer, network or matrix")
         }
         guard balance.isFinite, balance >= 0, balance <= 100 else { throw ValidationError("--balance must be between 0 and 100") }
         guard temperature.isFinite, temperature >= MoLEMixture.minimumTemperature, temperature <= 100 else {
@@ -257,7 +257,7 @@ struct TrainMoLE: ParsableCommand {
         let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
         var sampler = BatchSampler(data: data, size: batch, seed: seed)
         let err = FileHandle.standardError
-        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.units) \(granularity) gates, \(Kernels.threadCount) threads\n".utf8))
+        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.inUse.filter { $0 }.count) \(granularity) gates, \(Kernels.threadCount) threads\n".utf8))
         var lastLoss = Double.nan
         var tokens = 0, seconds = 0.0
         for step in 1...steps {

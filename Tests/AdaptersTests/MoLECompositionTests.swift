@@ -64,7 +64,8 @@ import TestSupport
             ("{", "not valid JSON"),
             (edited(#""dlora-mole""#, #""other""#), "format must be"),
             (edited(#""version": 1"#, #""version": 2"#), "version 2 is not supported"),
-            (edited(#""block""#, #""matrix""#), "granularity 'matrix' is not supported"),
+            (edited(#""block""#, #""neuron""#), "granularity 'neuron' is not supported"),
+            (edited(#""block""#, #""matrix""#), "holds 4 tensors; expected 28"),
             (edited(#""token""#, #""sequence mean""#), "gate_input 'sequence mean' is not supported"),
             (edited(#""num_layers": "#, #""num_layers": 1000, "x_layers": "#), "unknown key 'x_layers'"),
             (edited(#""hidden_size": "#, #""hidden_size": "64", "h": "#), "hidden_size has the wrong type"),
@@ -136,13 +137,15 @@ import TestSupport
         #expect(w.restricted(toExperts: 0b111) === w)
     }
 
-    /// MoLE requests (whole and masked) beside plain-LoRA, static-composition and base requests, in small
+    /// MoLE requests (block gates whole and masked, and matrix gates) beside plain-LoRA, static-composition and base requests, in small
     /// prefill chunks with continuous batching, under dLoRA's policy and under merged-only (which would merge
     /// whatever it batches: the MoLE batch must run unmerged): each MoLE request's greedy tokens are the torch
     /// golden's, and the engine counts its gates.
     @Test(arguments: [BatchingPolicyKind.dlora, .mergedOnly]) func mixedBatchesMatchTheGolden(policy: BatchingPolicyKind) throws {
         let dir = try Self.root()
-        try FileManager.default.copyItem(at: FixtureFiles.lora.appendingPathComponent("tiny-llama/mix-cat"), to: dir.file("mix-cat"))
+        for name in ["mix-cat", "mole-ac-matrix"] {
+            try FileManager.default.copyItem(at: FixtureFiles.lora.appendingPathComponent("tiny-llama/\(name)"), to: dir.file(name))
+        }
         let checkpoint = try openCheckpoint(path: FixtureFiles.checkpoint(model: "tiny-llama", variant: "F32"))
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
@@ -150,11 +153,13 @@ import TestSupport
         let mole = try AdapterLoader.load(path: dir.path("mole"), base: c, confinedTo: root)
         let plain = try AdapterLoader.load(path: dir.path("a-qv-r4"), base: c, confinedTo: root)
         let mix = try AdapterLoader.load(path: dir.path("mix-cat"), base: c, confinedTo: root)
+        let matrix = try AdapterLoader.load(path: dir.path("mole-ac-matrix"), base: c, confinedTo: root)
         let whole = try PEFTGoldenTests.golden("tiny-llama__mole-abc"), masked = try PEFTGoldenTests.golden("tiny-llama__mole-abc__experts-ac")
+        let perMatrix = try PEFTGoldenTests.golden("tiny-llama__mole-ac-matrix")
         let engine = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 256, blockSize: 4, maxBatchTokens: 8, maxSequences: 6,
-                                adapterSlots: 4, policy: BatchPolicyConfig(kind: policy))
+                                adapterSlots: 5, policy: BatchPolicyConfig(kind: policy))
         var checks: [(RequestID, [Int], Int)] = []
-        for (g, w) in [(whole, mole), (masked, mole.restricted(toExperts: 0b101))] {
+        for (g, w) in [(whole, mole), (masked, mole.restricted(toExperts: 0b101)), (perMatrix, matrix)] {
             for kase in g.cases {
                 let n = kase.greedyIds.count
                 let params = SamplingParams(temperature: 0, maxTokens: n, ignoreEOS: true)
@@ -174,6 +179,9 @@ import TestSupport
         let tally = try #require(engine.stats.gates["mole"])
         #expect(tally.count > 0 && tally.meanEntropy > 0 && tally.meanEntropy <= Foundation.log(3.0))
         #expect(tally.meanGates.count == 3 && abs(tally.meanGates.reduce(0, +) - 1) < 1e-4, "\(tally.meanGates)")
+        let matrixTally = try #require(engine.stats.gates["mole-ac-matrix"])
+        #expect(matrixTally.count > 0 && matrixTally.meanEntropy > 0 && matrixTally.meanEntropy <= Foundation.log(2.0))
+        #expect(matrixTally.meanGates.count == 2 && abs(matrixTally.meanGates.reduce(0, +) - 1) < 1e-4, "\(matrixTally.meanGates)")
         if policy == .mergedOnly { #expect(engine.stats.mergedSteps > 0, "merged-only merged the plain adapters") }
     }
 }

@@ -133,6 +133,10 @@ import TestSupport
         ("tiny-llama__mole-abc-layer", "tiny-llama/F32", "tiny-llama/mole-abc-layer"),
         ("tiny-llama__mole-abc-net", "tiny-llama/hf", "tiny-llama/mole-abc-net"),
         ("tiny-llama__mole-abc-net", "tiny-llama/F32", "tiny-llama/mole-abc-net"),
+        // …and matrix gates (m-MoLE: one per adapted projection, from its own input — o's from the attention
+        // output, down's from the activation) over a and c, which leave gate_proj and up_proj unadapted…
+        ("tiny-llama__mole-ac-matrix", "tiny-llama/hf", "tiny-llama/mole-ac-matrix"),
+        ("tiny-llama__mole-ac-matrix", "tiny-llama/F32", "tiny-llama/mole-ac-matrix"),
         // …and as llama.cpp GGUF LoRA files on both bases.
         ("tiny-llama__a-qv-r4", "tiny-llama/F32", "tiny-llama/a-qv-r4.gguf"),
         ("tiny-llama__b-all-r8-rslora", "tiny-llama/F32", "tiny-llama/b-all-r8-rslora.gguf"),

@@ -105,7 +105,7 @@ extension TrainingSuites {
     /// MoLE through the whole model: three frozen experts (different targets) mixed by per-block gates with a
     /// temperature (per token, from each token's normalised block input), a padded batch (padding rows carry no
     /// gradient and stay out of the balance loss) and the balance loss: loss against the f64 reference, and dL/dW, dL/dτ of every block's gate against central differences.
-    @Test(arguments: [("hf", MoLEGranularity.block), ("F32", .block), ("hf", .layer), ("F32", .network)])
+    @Test(arguments: [("hf", MoLEGranularity.block), ("F32", .block), ("hf", .layer), ("F32", .network), ("hf", .matrix)])
     func moleGates(variant: String, granularity: MoLEGranularity) throws {
         let model = "tiny-llama"
         let base = try Self.base(model, variant)
@@ -136,7 +136,7 @@ extension TrainingSuites {
         #expect(mole.units == granularity.units(layers: c.numLayers))
         for l in 0..<mole.units {
             let w = ref.weights[l]
-            let idx = sampleIndices(w.count, count: 16, &rng)
+            let idx = sampleIndices(w.count, count: granularity == .matrix ? 6 : 16, &rng)
             let numeric = numericGradient(w, indices: idx) { v in
                 var r = ref
                 r.weights[l] = v

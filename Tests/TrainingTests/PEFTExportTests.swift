@@ -128,7 +128,7 @@ extension TrainingSuites {
             (["--experts", "a-qv-r4,a-qv-r4"], "appears twice"),
             (["--experts", "a-qv-r4,../etc"], "invalid adapter name"),
             (["--experts", "a-qv-r4,nope"], "nope"),
-            (["--granularity", "matrix"], "block, layer or network"),
+            (["--granularity", "neuron"], "block, layer, network or matrix"),
             (["--temperature", "0"], "--temperature must be between"),
             (["--out", out], "already holds"),
         ] {
@@ -187,13 +187,14 @@ extension TrainingSuites {
     /// the mix varies per token) over the three fixture experts, written by `MoLEWriter` next to those experts,
     /// load in the engine as one composition whose logits at every prompt position are the training
     /// forward's; with uniform gates instead they differ (the check sees the gates).
-    @Test(arguments: [("F32", MoLEGranularity.block), ("hf", .block), ("F32", .layer), ("hf", .network)])
+    /// (Matrix gates over a and c only, so gate_proj and up_proj, which neither adapts, have no gate.)
+    @Test(arguments: [("F32", MoLEGranularity.block), ("hf", .block), ("F32", .layer), ("hf", .network), ("F32", .matrix), ("hf", .matrix)])
     func writtenMoLEServesTheTrainedGates(variant: String, granularity: MoLEGranularity) throws {
         let path = FixtureFiles.checkpoint(model: "tiny-llama", variant: variant)
         let base = try FrozenBase(path: path)
         let c = base.config
         let dir = try TemporaryDirectory()
-        let names = ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2"]
+        let names = granularity == .matrix ? ["a-qv-r4", "c-kod-r2"] : ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2"]
         for name in names {
             try FileManager.default.copyItem(at: FixtureFiles.lora.appendingPathComponent("tiny-llama/\(name)"), to: dir.file(name))
         }
@@ -203,6 +204,8 @@ extension TrainingSuites {
         try MoLEWriter.write(mole, experts: names.map { MoLEWriter.Expert(name: $0, path: $0) }, to: dir.path("mole"), baseModel: path)
         let served = try AdapterLoader.load(path: dir.path("mole"), base: c)
         #expect(served.gating?.granularity == granularity && served.gating?.weights.count == mole.units)
+        #expect(served.gating?.weights.map { $0.rows > 0 } == mole.inUse)
+        #expect(mole.inUse.filter { $0 }.count == (granularity == .matrix ? 5 * c.numLayers : mole.units))
         let model = try LlamaModel(checkpoint: openCheckpoint(path: path))
         let prompt = [5, 17, 200, 3, 9, 44, 61, 7, 120]
         let batch = TrainingBatch(batch: 1, length: prompt.count, tokens: prompt.map(Int32.init), labels: Array(repeating: -1, count: prompt.count))
