@@ -89,7 +89,7 @@ public enum AdapterLoader {
         let manifest = try LoRAComposition.parse(UnsafeRawBufferPointer(start: manifestFile.base, count: manifestFile.count), adapter: files.name)
         let loaded = try siblings(manifest.parts.map(\.name), of: files, manifest: LoRAComposition.manifestFile, base: base, root: root,
                                   maxFileBytes: maxFileBytes)
-        return try LoRAComposition.compose(manifest, loaded, name: files.name, id: id)
+        return try LoRAComposition.compose(manifest, loaded, base: base, name: files.name, id: id)
     }
 
     /// The plain adapters `names`, siblings of the composition `files` under the same root and confinement;

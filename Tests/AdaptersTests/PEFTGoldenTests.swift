@@ -120,6 +120,13 @@ import TestSupport
         ("tiny-llama__mix-linear", "tiny-llama/F32", "tiny-llama/mix-linear"),
         ("tiny-llama__mix-ties", "tiny-llama/hf", "tiny-llama/mix-ties"),
         ("tiny-llama__mix-ties", "tiny-llama/F32", "tiny-llama/mix-ties"),
+        // …and PEFT's dare_linear (0.8, -0.5, density 0.6) and dare_ties (0.8, 0.6, density 0.5, sign by frequency), PEFT's
+        // code with dlora's seeded drop masks (tools/gen_composition_goldens.py; on the GGUF base the masks of Q/K's B
+        // follow its row permutation)…
+        ("tiny-llama__mix-dare-linear", "tiny-llama/hf", "tiny-llama/mix-dare-linear"),
+        ("tiny-llama__mix-dare-linear", "tiny-llama/F32", "tiny-llama/mix-dare-linear"),
+        ("tiny-llama__mix-dare-ties", "tiny-llama/hf", "tiny-llama/mix-dare-ties"),
+        ("tiny-llama__mix-dare-ties", "tiny-llama/F32", "tiny-llama/mix-dare-ties"),
         // A MoLE composition (mole_config.json + gates.safetensors over a, b and c; seeded gates per block, per
         // token; tools/gen_mole_goldens.py, torch hooks on PEFT's layers), unmerged only, all experts and
         // masked to a and c, on both bases…
