@@ -39,12 +39,16 @@ public struct Scheduler: Sendable {
         let blocks: Int
         var resident: [Int32]?
         var lastUse = 0
+        /// Its entry in `lru` while resident (nil when not).
+        var lruStamp: Int?
         /// Live requests that need it.
         var refs = 0
         /// Unregistered: forget it as soon as no request needs it.
         var retired = false
     }
     private var adapters: [Int: AdapterState] = [:]
+    /// Resident adapters, least recently used first: `makeRoom`'s eviction order.
+    private var lru = AdapterLRU()
     /// Actions produced between iterations (cancel, retire, idle unmerge), delivered with the next output
     /// or by `takeActions`.
     private var pendingActions: [SchedulerAction] = []
@@ -235,7 +239,7 @@ public struct Scheduler: Sendable {
                     unavailable.append(a)
                     return
                 }
-                adapters[a]!.lastUse = step
+                touch(a, step: step)
             }
             // Making the adapter resident may have preempted others, never this request.
             let missing = pool.blocksNeeded(tokens: table[s].computed + run.tokens) - table[s].blockTable.count
@@ -394,34 +398,33 @@ public struct Scheduler: Sendable {
         if let keep { needed.insert(keep) }
         if let m = merged { needed.insert(m) }
         needed.insert(table[owner].adapter)
-        let idle = adapters.filter { $0.value.resident != nil && !needed.contains($0.key) }
-            .sorted { ($0.value.lastUse, $0.key) < ($1.value.lastUse, $1.key) }.map(\.key)
+        // The idle adapters' blocks: every resident adapter's but the needed ones'.
+        var free = pool.freeCount + residentAdapterBlocks
+        for a in needed { if let s = adapters[a], s.resident != nil { free -= s.blocks } }
 
-        let me = table[owner]
-        let credits = policy.credits
-        func starving(_ adapter: Int) -> Bool { (credits[adapter] ?? 0) >= config.policy.creditBound }
-        let ownerStarving = starving(me.adapter)
-        let ownerRunning = !me.blockTable.isEmpty
-        let holders = order.filter { $0 != owner && chosenAt[$0] != step && !table[$0].blockTable.isEmpty }
-        let candidates = holders.filter { proposedAt[$0] != step }.reversed() + holders.filter { proposedAt[$0] == step }.reversed()
-        var free = pool.freeCount + idle.reduce(0) { $0 + adapters[$1]!.blocks }
-        var swapBytes = hostSwapBytes
         var victims: [Int] = []
-        for v in candidates where free < blocks {
-            let r = table[v]
-            let bytes = pool.blocksNeeded(tokens: r.computed) * config.bytesPerBlock
-            let swaps = r.computed > 0 && swapBytes + bytes <= config.hostSwapLimitBytes
-            let mayRecompute = ownerRunning && r.arrival > me.arrival
-            guard mayRecompute || (ownerStarving && !starving(r.adapter) && (swaps || r.computed == 0)) else { continue }
-            if swaps { swapBytes += bytes }
-            free += r.blockTable.count
-            victims.append(v)
+        if free < blocks {
+            let me = table[owner]
+            let credits = policy.credits
+            func starving(_ adapter: Int) -> Bool { (credits[adapter] ?? 0) >= config.policy.creditBound }
+            let ownerStarving = starving(me.adapter)
+            let ownerRunning = !me.blockTable.isEmpty
+            let holders = order.filter { $0 != owner && chosenAt[$0] != step && !table[$0].blockTable.isEmpty }
+            let candidates = holders.filter { proposedAt[$0] != step }.reversed() + holders.filter { proposedAt[$0] == step }.reversed()
+            var swapBytes = hostSwapBytes
+            for v in candidates where free < blocks {
+                let r = table[v]
+                let bytes = pool.blocksNeeded(tokens: r.computed) * config.bytesPerBlock
+                let swaps = r.computed > 0 && swapBytes + bytes <= config.hostSwapLimitBytes
+                let mayRecompute = ownerRunning && r.arrival > me.arrival
+                guard mayRecompute || (ownerStarving && !starving(r.adapter) && (swaps || r.computed == 0)) else { continue }
+                if swaps { swapBytes += bytes }
+                free += r.blockTable.count
+                victims.append(v)
+            }
+            guard free >= blocks else { return false }
         }
-        guard free >= blocks else { return false }
-        for a in idle where pool.freeCount < blocks {
-            evict(a, into: &actions)
-            dropIfUnused(a, into: &actions)
-        }
+        evictIdle(until: blocks, keeping: needed, into: &actions)
         for v in victims where pool.freeCount < blocks { preempt(v, into: &actions) }
         precondition(pool.freeCount >= blocks)
         return true
@@ -450,6 +453,33 @@ public struct Scheduler: Sendable {
         stats.preemptions += 1
     }
 
+    /// Marks a resident adapter used at `step`, moving it to the back of the eviction order.
+    private mutating func touch(_ a: Int, step: Int) {
+        guard adapters[a]!.lastUse != step || adapters[a]!.lruStamp == nil else { return }
+        adapters[a]!.lastUse = step
+        adapters[a]!.lruStamp = lru.push(key: a, lastUse: step)
+        // Drop the stale entries once they outnumber the adapters known (amortized O(1) per touch).
+        if lru.count > 2 * adapters.count + 64 {
+            lru.rebuild(adapters.compactMap { a, s in s.lruStamp.map { AdapterLRU.Entry(lastUse: s.lastUse, key: a, stamp: $0) } })
+        }
+    }
+
+    /// Evicts idle resident adapters (those not in `needed`), least recently used first (the lower key among
+    /// equals), until `blocks` blocks are free or none is left.
+    private mutating func evictIdle(until blocks: Int, keeping needed: Set<Int>, into actions: inout [SchedulerAction]) {
+        var kept: [AdapterLRU.Entry] = []
+        while pool.freeCount < blocks, let e = lru.popFirst() {
+            guard adapters[e.key]?.lruStamp == e.stamp else { continue }
+            if needed.contains(e.key) {
+                kept.append(e)
+                continue
+            }
+            evict(e.key, into: &actions)
+            dropIfUnused(e.key, into: &actions)
+        }
+        for e in kept { lru.push(e) }
+    }
+
     /// Makes an adapter resident: takes its share of the budget, making room as `makeRoom` does.
     private mutating func makeResident(_ a: Int, for owner: Int, keepMerged: Int?, into actions: inout [SchedulerAction]) -> Bool {
         let need = adapters[a]!.blocks
@@ -467,6 +497,7 @@ public struct Scheduler: Sendable {
         guard let blocks = adapters[a]?.resident else { return }
         pool.release(blocks)
         adapters[a]!.resident = nil
+        adapters[a]!.lruStamp = nil
         residentAdapterBlocks -= blocks.count
         stats.adapterEvictions += 1
         actions.append(.evictAdapter(a))
