@@ -55,7 +55,7 @@ public struct ReplicaLoad: Sendable, Equatable {
     /// Most adapters it can hold resident at once (GIE's `max_lora`).
     public var adapterSlots: Int
     /// Adapters resident (active) on it.
-    public var residentAdapters: Set<String>
+    public var residentAdapters: Set<String> { didSet { tally() } }
     /// Waiting and running requests per adapter name ("" = base model).
     public var perAdapter: [String: AdapterCounts] { didSet { tally() } }
     /// Estimated seconds of one decode step at its current batch (from its step-cost model).
@@ -98,9 +98,9 @@ public struct ReplicaLoad: Sendable, Equatable {
         tally()
     }
 
-    // Sums over `perAdapter`, kept as it changes: dispatch reads them for every replica on every arrival, and
-    // summing there made a dispatch cost O(requests queued in the cluster) (the simulator's profile at 1,000
-    // replicas). With B = max(1, maxBatch):
+    // Sums over `perAdapter` (and how many of its adapters are resident), kept as they change: dispatch reads
+    // them for every replica on every arrival, and summing there made a dispatch cost O(requests queued in the
+    // cluster) (the simulator's profile at 1,000 replicas). With B = max(1, maxBatch):
     /// Σ waiting.
     public private(set) var waitingRequests = 0
     /// Σ running.
@@ -109,20 +109,24 @@ public struct ReplicaLoad: Sendable, Equatable {
     public private(set) var fullBatches = 0
     /// Σ total mod B: the requests left over from full batches.
     public private(set) var leftoverRequests = 0
+    /// Resident adapters with requests here (what `canLoad` cannot evict).
+    private var busyResidentAdapters = 0
 
     private mutating func tally() {
         let b = max(1, maxBatch)
-        var waiting = 0, running = 0, full = 0, left = 0
-        for counts in perAdapter.values {
+        var waiting = 0, running = 0, full = 0, left = 0, busy = 0
+        for (name, counts) in perAdapter {
             waiting += counts.waiting
             running += counts.running
             full += counts.total / b
             left += counts.total % b
+            if counts.total != 0 && residentAdapters.contains(name) { busy += 1 }
         }
         waitingRequests = waiting
         runningRequests = running
         fullBatches = full
         leftoverRequests = left
+        busyResidentAdapters = busy
     }
 
     /// Dispatch may send it new requests.
@@ -149,11 +153,9 @@ public struct ReplicaLoad: Sendable, Equatable {
     }
 
     /// A slot is free, or a resident adapter is idle and can be evicted: a new adapter can be made resident now.
-    /// (A loop, not `contains(where:)`: a closure capturing `self` copies the load, per replica per dispatch.)
+    /// (From the tally: dispatch asks it of every replica per request, and walking the resident adapters there
+    /// grew with the adapters a replica keeps resident.)
     var canLoad: Bool {
-        guard adapterSlots > 0 else { return false }
-        if residentAdapters.count < adapterSlots { return true }
-        for name in residentAdapters where (perAdapter[name]?.total ?? 0) == 0 { return true }
-        return false
+        adapterSlots > 0 && (residentAdapters.count < adapterSlots || busyResidentAdapters < residentAdapters.count)
     }
 }

@@ -118,6 +118,10 @@ struct SimulationRun {
         /// to the next iteration.
         var carrySeconds = 0.0
         var maxBlocksUsed = 0
+        /// Names of the adapters resident in its scheduler, kept from the load and evict actions it carries out
+        /// (its status reports them; rebuilding the set from the scheduler at every poll grew with the run, as
+        /// a replica keeps every adapter it served resident until memory runs short).
+        var residentNames: Set<String> = []
         /// The last status the router read, and requests (per adapter name) dispatched since.
         var status: ReplicaLoad?
         var dispatchedSinceStatus: [String: Int] = [:]
@@ -426,13 +430,17 @@ struct SimulationRun {
                          distinctAdapters: out.loraSlots.count, loraTokens: out.mode == .unmerged ? lora : 0)
     }
 
-    /// Seconds the engine spends carrying out `actions`; with `timing`, the merge and unmerge seconds are kept
-    /// for the iteration's `ExecutionReport` (the real runner times them).
+    /// Seconds the engine spends carrying out `actions` (which adapters are resident and merged follows them);
+    /// with `timing`, the merge and unmerge seconds are kept for the iteration's `ExecutionReport` (the real
+    /// runner times them).
     mutating func actionSeconds(_ r: Int, _ actions: [SchedulerAction], timing: Bool = false) -> Double {
         var total = 0.0
         for a in actions {
             switch a {
-            case .loadAdapter(let k): total += cost.adapterLoadSeconds(bytes: profiles[k].bytes)
+            case .loadAdapter(let k):
+                total += cost.adapterLoadSeconds(bytes: profiles[k].bytes)
+                replicas[r].residentNames.insert(names[k])
+            case .evictAdapter(let k): replicas[r].residentNames.remove(names[k])
             case .swapOut(_, let blocks), .swapIn(_, let blocks): total += cost.swapSeconds(bytes: blocks.count * shape.bytesPerBlock)
             case .merge(let k):
                 let s = cost.mergeSeconds(profiles[k])
@@ -444,7 +452,7 @@ struct SimulationRun {
                 total += s
                 replicas[r].merged = nil
                 if timing { replicas[r].unmergeSeconds = s }
-            case .evictAdapter, .dropAdapter, .dropSwap, .free: break
+            case .dropAdapter, .dropSwap, .free: break
             }
         }
         return total

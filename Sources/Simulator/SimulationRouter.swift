@@ -99,7 +99,7 @@ extension SimulationRun {
         }
         return ReplicaLoad(id: r, kvBlocksTotal: replica.scheduler.pool.numBlocks, kvBlocksFree: replica.scheduler.pool.freeCount,
                            blockSize: shape.blockSize, adapterSlots: shape.adapterSlots,
-                           residentAdapters: Set(replica.scheduler.residentAdapters.map { names[$0] }), perAdapter: per,
+                           residentAdapters: replica.residentNames, perAdapter: per,
                            decodeStepSeconds: decode, mergedCostFactor: mergedFactor, maxBatch: shape.maxBatchSequences,
                            defaultAdapterLoadSeconds: typicalLoadSeconds, running: infos, pinnedWorkSeconds: pinned)
     }
