@@ -21,7 +21,10 @@
 /// Placement is a plan made from expected rates, so it yields to a measured backlog, but not to noise.
 public struct DLoRAProactive: DispatchPolicy {
     /// Adapter name → ids of the replicas it is placed on (from `placeAdapters`); nil: no placement.
-    public var placement: [String: Set<Int>]?
+    public var placement: [String: Set<Int>]? { didSet { placedIDs = Self.marks(placement) } }
+    /// `placement` as marks indexed by replica id (ids ≥ 0), so that `choose` tests each replica without
+    /// hashing its id (a `Set` lookup per replica per request showed in the simulator's profile).
+    private var placedIDs: [String: [Bool]] = [:]
     /// How many decode steps a placed replica may cost above the cheapest before dispatch falls back.
     public var placementSlackSteps: Double
     /// Count the leftover (mixed-batch) requests as a fraction of a batch step, Σ_k (cnt_k mod B) / B, instead
@@ -36,6 +39,22 @@ public struct DLoRAProactive: DispatchPolicy {
         self.placement = placement
         self.placementSlackSteps = placementSlackSteps
         self.fractionalLeftovers = fractionalLeftovers
+        placedIDs = Self.marks(placement)
+    }
+
+    private static func marks(_ placement: [String: Set<Int>]?) -> [String: [Bool]] {
+        var result: [String: [Bool]] = [:]
+        for (adapter, ids) in placement ?? [:] {
+            var marks = [Bool](repeating: false, count: max(0, (ids.max() ?? -1) + 1))
+            for id in ids where id >= 0 { marks[id] = true }
+            result[adapter] = marks
+        }
+        return result
+    }
+
+    /// The replica with id `id` is in `placed` (the adapter's entry of `placement`; `marks` its `placedIDs`).
+    private static func isPlaced(_ id: Int, marks: [Bool], placed: Set<Int>) -> Bool {
+        id >= 0 ? id < marks.count && marks[id] : placed.contains(id)
     }
 
     /// The formula's batch-step units for per-adapter counts `counts` at batch size `batch`.
@@ -67,9 +86,13 @@ public struct DLoRAProactive: DispatchPolicy {
 
     /// `costSeconds` without the adapter's load time.
     static func queueSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool) -> Double {
+        queueSeconds(count: replica.perAdapter[adapter]?.total ?? 0, replica: replica, fractionalLeftovers: fractionalLeftovers)
+    }
+
+    /// `queueSeconds` for an adapter with `c` requests on the replica: the replica's sums over its adapters, with
+    /// that adapter's count c replaced by c + 1.
+    static func queueSeconds(count c: Int, replica: ReplicaLoad, fractionalLeftovers: Bool) -> Double {
         let b = max(1, replica.maxBatch)
-        // The replica's sums over its adapters, with this adapter's count c replaced by c + 1 (0 + 1 if absent).
-        let c = replica.perAdapter[adapter]?.total ?? 0
         return units(fullBatches: replica.fullBatches - c / b + (c + 1) / b, leftovers: replica.leftoverRequests - c % b + (c + 1) % b,
                      batch: b, mergedCostFactor: replica.mergedCostFactor, fractionalLeftovers: fractionalLeftovers)
             * replica.decodeStepSeconds
@@ -105,17 +128,20 @@ public struct DLoRAProactive: DispatchPolicy {
         }
         guard anyUsable else { return nil }
         let placed = placement?[adapter] ?? []
+        let marks = placedIDs[adapter] ?? []
         var best = -1, bestCost = 0.0
         var bestPlaced = -1, bestPlacedCost = 0.0
         for i in replicas.indices where replicas[i].usable && (!anyHost || hosts[i]) {
             // = costSeconds: the queue, plus the load time where the adapter is not resident (`loadSeconds`).
-            let cost = Self.queueSeconds(adapter: adapter, replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
+            // (The adapter's count is read here: reading it in a callee copied the whole load, per replica.)
+            let count = replicas[i].perAdapter[adapter]?.total ?? 0
+            let cost = Self.queueSeconds(count: count, replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
                 + (resident[i] ? 0 : replicas[i].adapterLoadSeconds[adapter] ?? replicas[i].defaultAdapterLoadSeconds)
             if best < 0 || Self.cheaper(i, cost, than: best, bestCost, in: replicas) {
                 best = i
                 bestCost = cost
             }
-            if !placed.isEmpty && placed.contains(replicas[i].id)
+            if !placed.isEmpty && Self.isPlaced(replicas[i].id, marks: marks, placed: placed)
                 && (bestPlaced < 0 || Self.cheaper(i, cost, than: bestPlaced, bestPlacedCost, in: replicas)) {
                 bestPlaced = i
                 bestPlacedCost = cost
