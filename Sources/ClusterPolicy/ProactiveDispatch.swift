@@ -42,6 +42,7 @@ public struct DLoRAProactive: DispatchPolicy {
         placedIDs = Self.marks(placement)
     }
 
+    /// Per adapter of `placement`: true at the ids (≥ 0) of the replicas it is placed on.
     private static func marks(_ placement: [String: Set<Int>]?) -> [String: [Bool]] {
         var result: [String: [Bool]] = [:]
         for (adapter, ids) in placement ?? [:] {
