@@ -218,9 +218,10 @@ public final class MoLEMixture: @unchecked Sendable {
     private var realRows: [Int] { (0..<batch).flatMap { b in (0..<lengths[b]).map { b * length + $0 } } }
 
     /// Gate values of the last forward, gate unit u (block granularity: unit l is block l): one row of N per
-    /// real token (padding excluded).
+    /// real token (padding excluded); none for a unit not in use.
     public func gateValues(unit u: Int) -> [Float] {
-        realRows.flatMap { r in (0..<n).map { gates[u].floats[r * n + $0] } }
+        guard inUse[u] else { return [] }
+        return realRows.flatMap { r in (0..<n).map { gates[u].floats[r * n + $0] } }
     }
 
     /// Those of the unit that weighs block l's first adapted projection (q, k, v, o, gate, up, down in order).

@@ -216,6 +216,9 @@ extension TrainingSuites {
         #expect(maxAbsDiff(rows, engine) < 1e-3)
         let gates = mole.gateValues(layer: 0)
         #expect(gates.max()! > 0.6 && gates.min()! < 0.2, "gates \(gates.prefix(9)): too even to tell")
+        for u in 0..<mole.units {
+            #expect(mole.gateValues(unit: u).count == (mole.inUse[u] ? prompt.count * names.count : 0), "unit \(u)")
+        }
         let uniform = MoLEMixture(config: c, experts: experts.map { LoRAParameters(weights: $0, config: c) }, balanceWeight: 0.1)
         let even = LoRATrainingModel(base: base, lora: none, mole: uniform).logits(batch)
         let evenRows = (0..<prompt.count).map { Array(even[($0 * c.vocabSize)..<(($0 + 1) * c.vocabSize)]) }
