@@ -2,14 +2,16 @@
 # MoLE evaluation (issue #15, deliver 6): on the BIG-bench task suite (tools/build_mole_tasks.py), train one
 # rank-8 q/v LoRA expert per task on SmolLM2-135M-Instruct, then compose them four ways —
 #   NLA      normalized linear arithmetic (composition.json, cat, weights 1, normalize);
-#   LoRAHub  `dlora train lorahub` (CMA-ES over per-expert weights on few-shot examples of every task);
+#   LoRAHub  `dlora train lorahub` (CMA-ES over per-expert weights) on few-shot examples of every task, and per
+#            task on 5 examples of that task (the paper's protocol), with every expert and without the task's own;
 #   MoLE     `dlora train mole` on the mixed training set: block gates with the balance loss and without, and
 #            layer, network and matrix gates;
 # and score every configuration (base, each expert alone, NLA, LoRAHub, MoLE ×5) with `dlora eval` on the
-# held-out splits. Writes bench/results/mole.md, bench/results/mole.json and bench/results/mole-gates.svg.
+# held-out splits. Writes $OUT.md, $OUT.json and $OUT-gates.svg (OUT=bench/results/mole by default).
 #
 # Work directory: $MOLE_DIR (default ~/.cache/dlora/mole-eval); trained adapters there are reused (delete the
-# directory to retrain). Knobs: EXPERTS="task:steps:batch …", MOLE_STEPS, MOLE_BATCH, LIMIT (prompts per
+# directory to retrain). Knobs: EXPERTS="task:steps:batch …", MOLE_STEPS, MOLE_BATCH, MOLE_SEEDS, MOLE_VARIANTS (a
+# subset of mole mole-nobal mole-layer mole-network mole-matrix; mole is always trained), OUT, LIMIT (prompts per
 # task), THREADS. Needs a quiet machine for the timings; the scores do not depend on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +19,9 @@ THREADS=${THREADS:-$(nproc)}
 EXPERTS=${EXPERTS:-"arithmetic:150:16 negation:120:8 sentiment:100:8 word_sorting:100:8 e2e:80:8 sql:60:8"}
 MOLE_STEPS=${MOLE_STEPS:-120}
 MOLE_BATCH=${MOLE_BATCH:-8}
+MOLE_SEEDS=${MOLE_SEEDS-"2 3"}
+MOLE_VARIANTS=${MOLE_VARIANTS:-"mole mole-nobal mole-layer mole-network mole-matrix"}
+OUT=${OUT:-bench/results/mole}
 LIMIT=${LIMIT:-60}
 WORK=${MOLE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/dlora/mole-eval}
 TASKS=${MOLE_TASKS:-${XDG_CACHE_HOME:-$HOME/.cache}/dlora/mole-tasks}
@@ -59,29 +64,55 @@ if [ ! -f "$ROOT/lorahub/adapter_model.safetensors" ]; then
         --max-length 160 --seed 1 --out "$ROOT/lorahub" --threads "$THREADS" 2> "$WORK/lorahub.log"
 fi
 
+# LoRAHub per task: 5 examples of the task choose the weights, over every expert (its own included) and over
+# the others only (the task unseen, as in LoRAHub's and MoLE's evaluations); scored on that task only.
+for task in "${names[@]}"; do
+    head -n 5 "$TASKS/$task/train.jsonl" > "$WORK/fewshot-$task.jsonl"
+    others=$(printf '%s\n' "${names[@]}" | grep -vx "$task" | paste -sd, -)
+    for variant in "lorahub-$task:$list" "lorahub-loo-$task:$others"; do
+        IFS=: read -r name experts <<< "$variant"
+        [ -f "$ROOT/$name/adapter_model.safetensors" ] && continue
+        log "LoRAHub search $name"
+        "$DLORA" train lorahub --model "$MODEL" --experts "$experts" --adapter-root "$ROOT" --data "$WORK/fewshot-$task.jsonl" \
+            --max-length 160 --seed 1 --out "$ROOT/$name" --threads "$THREADS" 2> "$WORK/$name.log"
+    done
+done
+
 # MoLE gates on the mixed training set: block gates with the balance loss (α = 0.1) and without; layer,
-# network and matrix gates with it.
-for variant in mole:0.1:block mole-nobal:0:block mole-layer:0.1:layer mole-network:0.1:network mole-matrix:0.1:matrix; do
-    IFS=: read -r name alpha granularity <<< "$variant"
+# network and matrix gates with it; the block gates again with the sampling seeds in $MOLE_SEEDS (the spread of
+# a rerun).
+variants="mole:0.1:block:1"
+chosen="mole"
+for variant in mole-nobal:0:block:1 mole-layer:0.1:layer:1 mole-network:0.1:network:1 mole-matrix:0.1:matrix:1; do
+    [[ " $MOLE_VARIANTS " == *" ${variant%%:*} "* ]] && variants="$variants $variant" && chosen="$chosen,${variant%%:*}"
+done
+reruns=""
+for seed in $MOLE_SEEDS; do variants="$variants mole-s$seed:0.1:block:$seed"; reruns="$reruns,mole-s$seed"; done
+for variant in $variants; do
+    IFS=: read -r name alpha granularity seed <<< "$variant"
     [ -f "$ROOT/$name/gates.safetensors" ] && continue
     log "training MoLE gates $name ($granularity, α = $alpha)"
     "$DLORA" train mole --model "$MODEL" --experts "$list" --adapter-root "$ROOT" --data "$TASKS/mixed_train.jsonl" \
         --granularity "$granularity" --balance "$alpha" --steps "$MOLE_STEPS" --batch "$MOLE_BATCH" --lr 1e-2 --max-length 160 \
-        --seed 1 --out "$ROOT/$name" --log-every 10 --threads "$THREADS" 2> "$WORK/train-$name.log"
+        --seed "$seed" --out "$ROOT/$name" --log-every 10 --threads "$THREADS" 2> "$WORK/train-$name.log"
 done
 
 log "evaluating"
 "$DLORA" eval --model "$MODEL" --tasks "$TASKS" --only "$list" --adapter-root "$ROOT" --limit "$LIMIT" --threads "$THREADS" \
-    --adapters "base,$list,nla,lorahub,mole,mole-nobal,mole-layer,mole-network,mole-matrix" --out bench/results/mole.json 2> "$WORK/eval.log"
+    --adapters "base,$list,nla,lorahub,$chosen$reruns" --out "$OUT.json" 2> "$WORK/eval.log"
 cat "$WORK/eval.log" >&2
+for task in "${names[@]}"; do
+    "$DLORA" eval --model "$MODEL" --tasks "$TASKS" --only "$task" --adapter-root "$ROOT" --limit "$LIMIT" --threads "$THREADS" \
+        --adapters "lorahub-$task,lorahub-loo-$task" --out "$WORK/eval-lorahub-$task.json" 2>> "$WORK/eval.log"
+done
 log "gate cost inside a decode batch"
 "$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 --rounds 5 > "$WORK/bench-mole.md"
 "$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 --rounds 5 --granularity matrix \
     > "$WORK/bench-mole-matrix.md"
 
-python3 - bench/results/mole.json "$WORK" "$EXPERTS" "$MOLE_STEPS" "$MOLE_BATCH" <<'PY'
+python3 - "$OUT" "$WORK" "$EXPERTS" "$MOLE_STEPS" "$MOLE_BATCH" "$MOLE_VARIANTS" "$MOLE_SEEDS" <<'PY'
 import datetime, json, os, platform, re, sys
-r = json.load(open(sys.argv[1])); work = sys.argv[2]
+prefix = sys.argv[1]; r = json.load(open(prefix + ".json")); work = sys.argv[2]
 tasks = r["tasks"]; res = {x["adapter"]: x for x in r["results"]}
 def f(v): return f"{v:.3f}"
 def losses(name):
@@ -89,14 +120,16 @@ def losses(name):
     if not os.path.exists(p): return ""
     vals = [float(m.group(1)) for m in re.finditer(r"loss ([0-9.]+)", open(p).read())]
     return f"{vals[0]:.3f} → {vals[-1]:.3f}" if vals else ""
-order = ["base"] + tasks + ["nla", "lorahub", "mole", "mole-nobal", "mole-layer", "mole-network", "mole-matrix"]
+reruns = sorted((k for k in res if re.fullmatch(r"mole-s\d+", k)), key=lambda k: int(k[6:]))
+order = ["base"] + tasks + ["nla", "lorahub", "mole"] + reruns + ["mole-nobal", "mole-layer", "mole-network", "mole-matrix"]
 label = {"base": "base (no adapter)", "nla": "NLA (normalized linear, cat)", "lorahub": "LoRAHub (CMA-ES, 5-shot per task)",
          "mole": "MoLE b (block gates, α = 0.1)", "mole-nobal": "MoLE b (no balance loss)",
          "mole-layer": "MoLE l (sub-layer gates, α = 0.1)", "mole-network": "MoLE n (one network gate, α = 0.1)",
          "mole-matrix": "MoLE m (a gate per adapted matrix, α = 0.1)"}
 out = []
 out.append("# MoLE against its baselines on the BIG-bench task suite\n")
-out.append(f"Generated by `bash bench/mole.sh` on {datetime.date.today()} — {platform.processor() or platform.machine()}, "
+knobs = f"MOLE_VARIANTS=\"{sys.argv[6]}\" MOLE_SEEDS=\"{sys.argv[7]}\" OUT={prefix} "
+out.append(f"Generated by `{knobs}bash bench/mole.sh` on {datetime.date.today()} — {platform.processor() or platform.machine()}, "
            f"{r['threads']} threads. Model: SmolLM2-135M-Instruct (Q4_1 GGUF; training on its f32 dequantization). "
            f"Held-out prompts per task: first {r['limit']} of test_eval.jsonl (docs/design/mole-tasks.md); greedy, cut at a newline.\n")
 out.append(f"Experts: rank 8, α 16, q/v, lr 2e-3 (task:steps:batch = `{sys.argv[3]}`). MoLE gates: {sys.argv[4]} steps × batch "
@@ -107,12 +140,32 @@ out.append("|---|" + "---:|" * (len(tasks) + 2))
 for k in order:
     if k not in res: continue
     x = res[k]
-    name = label.get(k, f"expert `{k}` alone")
+    name = label.get(k, f"MoLE b (α = 0.1), sampling seed {k[6:]}" if k in reruns else f"expert `{k}` alone")
     out.append(f"| {name} | " + " | ".join(f(x["tasks"][t]) for t in tasks) + f" | **{f(x['mean'])}** | {x['seconds']:.0f} |")
+seeds = [res[k] for k in ["mole"] + reruns]
+if len(seeds) > 1:
+    lo = {t: min(x["tasks"][t] for x in seeds) for t in tasks}; hi = {t: max(x["tasks"][t] for x in seeds) for t in tasks}
+    means = [x["mean"] for x in seeds]
+    out.append(f"| MoLE b over {len(seeds)} seeds: mean [min–max] | " + " | ".join(
+        f"{sum(x['tasks'][t] for x in seeds) / len(seeds):.3f} [{lo[t]:.2f}–{hi[t]:.2f}]" for t in tasks)
+        + f" | **{sum(means) / len(means):.3f}** [{min(means):.3f}–{max(means):.3f}] | |")
+# LoRAHub per task: each task's score from the composition its own few-shot examples chose.
+per_task = {}
+for t in tasks:
+    p = os.path.join(work, f"eval-lorahub-{t}.json")
+    if os.path.exists(p):
+        for x in json.load(open(p))["results"]:
+            per_task.setdefault(x["adapter"].replace(f"-{t}", ""), {})[t] = (x["tasks"][t], x["seconds"])
+for k, name in [("lorahub", "LoRAHub per task (5-shot of that task, every expert)"),
+                ("lorahub-loo", "LoRAHub per task (5-shot, the task's own expert left out)")]:
+    row = per_task.get(k, {})
+    if len(row) == len(tasks):
+        mean = sum(row[t][0] for t in tasks) / len(tasks)
+        out.append(f"| {name} | " + " | ".join(f(row[t][0]) for t in tasks) + f" | **{f(mean)}** | {sum(row[t][1] for t in tasks):.0f} |")
 out.append("")
 diag = [res[t]["tasks"][t] for t in tasks if t in res]
 out.append(f"Each expert on its own task (the diagonal): mean {f(sum(diag) / len(diag))}; base {f(res['base']['mean'])}.\n")
-out.append("Training losses (first → last logged step): " + "; ".join(f"{n} {losses(n)}" for n in tasks + ["mole", "mole-nobal", "mole-layer", "mole-network", "mole-matrix"]) + ".\n")
+out.append("Training losses (first → last logged step): " + "; ".join(f"{n} {losses(n)}" for n in tasks + ["mole"] + reruns + ["mole-nobal", "mole-layer", "mole-network", "mole-matrix"] if losses(n)) + ".\n")
 bench = os.path.join(work, "bench-mole.md")
 if os.path.exists(bench):
     out.append("## Gate cost inside a decode batch (`dlora bench mole`)\n")
@@ -126,7 +179,7 @@ if os.path.exists(bench):
                    "so two gate products per block instead of one):\n")
         out.append("\n".join(l for l in open(matrix).read().strip().splitlines() if l.startswith("|")) + "\n")
 if "mole" in res and res["mole"].get("gates"):
-    out.append("**Mean gate per expert, by task** (MoLE α = 0.1; averaged over blocks and tokens; `bench/results/mole-gates.svg`):\n")
+    out.append(f"**Mean gate per expert, by task** (MoLE α = 0.1; averaged over blocks and tokens; `{prefix}-gates.svg`):\n")
     ex = res["mole"]["experts"]
     out.append("| task | " + " | ".join(ex) + " |")
     out.append("|---|" + "---:|" * len(ex))
@@ -151,7 +204,7 @@ if "mole" in res and res["mole"].get("gates"):
         svg.append(f'<rect x="{left + j * 85}" y="{H}" width="10" height="10" fill="{colors[j % len(colors)]}"/>'
                    f'<text x="{left + j * 85 + 14}" y="{H + 10}">{e}</text>')
     svg.append("</svg>")
-    open("bench/results/mole-gates.svg", "w").write("\n".join(svg) + "\n")
-open("bench/results/mole.md", "w").write("\n".join(out) + "\n")
+    open(prefix + "-gates.svg", "w").write("\n".join(svg) + "\n")
+open(prefix + ".md", "w").write("\n".join(out) + "\n")
 print("\n".join(out))
 PY
