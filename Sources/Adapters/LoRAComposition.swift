@@ -242,20 +242,13 @@ public enum LoRAComposition {
 
     /// DARE's keep mask (1 kept, 0 dropped) of one A or B, in PEFT's row-major layout (A: rank × in, B: out ×
     /// rank, Q/K rows in the Hugging Face order): entry j is kept when u_j < density, u_j the top 24 bits of the
-    /// j-th SplitMix64 output over 2^24, the generator seeded by seed + key·0x9E3779B97F4A7C15 (wrapping), key =
+    /// j-th output of `SeededGenerator` (SplitMix64) over 2^24, seeded by seed + key·0x9E3779B97F4A7C15 (wrapping), key =
     /// ((layer·7 + target)·64 + part)·2 + (B ? 1 : 0). tools/gen_composition_goldens.py draws the same masks for
     /// PEFT's `random_pruning`.
     public static func dareMask(seed: UInt64, layer: Int, target: LoRATarget, part: Int, isB: Bool, count: Int, density: Float) -> [Float] {
         let key = UInt64(((layer * LoRATarget.allCases.count + target.rawValue) * maxParts + part) * 2 + (isB ? 1 : 0))
-        var state = seed &+ key &* 0x9E37_79B9_7F4A_7C15
-        return (0..<count).map { _ in
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            z ^= z >> 31
-            return Float(z >> 40) / Float(1 << 24) < density ? 1 : 0
-        }
+        var rng = SeededGenerator(seed: seed &+ key &* 0x9E37_79B9_7F4A_7C15)
+        return (0..<count).map { _ in Float(rng.next() >> 40) / Float(1 << 24) < density ? 1 : 0 }
     }
 
     /// A name that stays in the directory it is resolved in: no separators, not `.`/`..`, no NUL, ≤ 255 bytes.

@@ -1,4 +1,5 @@
 import Foundation
+import Models
 import Tokenizers
 
 /// A problem with a training data file, naming the file and line.
