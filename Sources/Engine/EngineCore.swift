@@ -31,6 +31,11 @@ public struct GenerationStats: Sendable, Equatable {
     public var unmergedSteps = 0
     /// Mode switches the batching policy made.
     public var modeSwitches = 0
+    /// Adapters merged into the base weights and unmerged from them, and the seconds those took.
+    public var merges = 0
+    public var mergeSeconds = 0.0
+    public var unmerges = 0
+    public var unmergeSeconds = 0.0
     /// MoLE compositions by name: the gates evaluated (one per token and block) and their summed entropy.
     public var gates: [String: GateTally] = [:]
 
@@ -252,6 +257,7 @@ public final class EngineCore {
         }
         let output = scheduler.schedule()
         let times = runner.perform(output.actions, weights: weights(of:))
+        count(times)
         handleDrops(output.actions)
         guard !output.runs.isEmpty else { return [] }
         let seconds = runner.forward(output, tokens: { run in self.sequences[run.request]!.tokens[run.start..<(run.start + run.tokens)] },
@@ -332,8 +338,15 @@ public final class EngineCore {
     private func performPending() {
         let actions = scheduler.takeActions()
         guard !actions.isEmpty else { return }
-        _ = runner.perform(actions, weights: weights(of:))
+        count(runner.perform(actions, weights: weights(of:)))
         handleDrops(actions)
+    }
+
+    private func count(_ times: ModelRunner.ActionTimes) {
+        timing.merges += times.merges
+        timing.mergeSeconds += times.mergeTotalSeconds
+        timing.unmerges += times.unmerges
+        timing.unmergeSeconds += times.unmergeTotalSeconds
     }
 
     private func handleDrops(_ actions: [SchedulerAction]) {

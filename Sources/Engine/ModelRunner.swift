@@ -38,8 +38,16 @@ public final class ModelRunner {
 
     /// What carrying out the actions measured.
     public struct ActionTimes {
+        /// The merge's seconds for the cost model: nil when there was none, or when it first allocated the merge
+        /// workspace (a one-time cost that says nothing about the next switch).
         public var mergeSeconds: Double?
         public var unmergeSeconds: Double?
+        /// Every merge and unmerge carried out, and their seconds, the workspace's first allocation included
+        /// (what the engine spent switching: the metrics' totals).
+        public var merges = 0
+        public var mergeTotalSeconds = 0.0
+        public var unmerges = 0
+        public var unmergeTotalSeconds = 0.0
     }
 
     /// Carries out the scheduler's actions in order. `weights` gives a merge its adapter and scale.
@@ -66,15 +74,21 @@ public final class ModelRunner {
                 precondition(mergedAdapter == nil && model.merged == nil, "merge over a merged model")
                 let t0 = clock(), before = model.mergeWorkspaceBytes
                 model.merge(w, scale: scale)
+                let seconds = Double(clock() &- t0) / 1e9
+                times.merges += 1
+                times.mergeTotalSeconds += seconds
                 // A merge that first allocated (part of) the merge workspace paid a one-time cost (page faults
                 // over hundreds of MB): it says nothing about the next switch.
-                if model.mergeWorkspaceBytes == before { times.mergeSeconds = Double(clock() &- t0) / 1e9 }
+                if model.mergeWorkspaceBytes == before { times.mergeSeconds = seconds }
                 mergedAdapter = a
             case .unmerge:
                 guard mergedAdapter != nil else { continue }
                 let t0 = clock()
                 model.unmerge()
-                times.unmergeSeconds = Double(clock() &- t0) / 1e9
+                let seconds = Double(clock() &- t0) / 1e9
+                times.unmergeSeconds = seconds
+                times.unmerges += 1
+                times.unmergeTotalSeconds += seconds
                 mergedAdapter = nil
             case .loadAdapter, .evictAdapter, .dropAdapter, .free:
                 // Adapters live in host memory here (no device copy to make); the engine drops weights on

@@ -31,6 +31,10 @@ public final class ServerMetrics: Sendable {
     private let preemptions: CoreMetrics.Counter
     private let adapterLoads: CoreMetrics.Counter
     private let adapterEvictions: CoreMetrics.Counter
+    private let merges: CoreMetrics.Counter
+    private let mergeSeconds: CoreMetrics.FloatingPointCounter
+    private let unmerges: CoreMetrics.Counter
+    private let unmergeSeconds: CoreMetrics.FloatingPointCounter
     private let last = Locked(GenerationStats())
 
     public init() {
@@ -67,6 +71,11 @@ public final class ServerMetrics: Sendable {
         preemptions = counter("dlora_preemptions_total")
         adapterLoads = counter("dlora_adapter_loads_total")
         adapterEvictions = counter("dlora_adapter_evictions_total")
+        // What switching between merged and unmerged execution costs: merges and unmerges, and their seconds.
+        merges = counter("dlora_adapter_merges_total")
+        mergeSeconds = CoreMetrics.FloatingPointCounter(label: "dlora_adapter_merge_seconds_total", factory: factory)
+        unmerges = counter("dlora_adapter_unmerges_total")
+        unmergeSeconds = CoreMetrics.FloatingPointCounter(label: "dlora_adapter_unmerge_seconds_total", factory: factory)
     }
 
     /// One request's outcome: `status` is "ok", or the error's HTTP status.
@@ -133,6 +142,10 @@ public final class ServerMetrics: Sendable {
             advance(preemptions, now.preemptions, prev.preemptions)
             advance(adapterLoads, now.adapterLoads, prev.adapterLoads)
             advance(adapterEvictions, now.adapterEvictions, prev.adapterEvictions)
+            advance(merges, now.merges, prev.merges)
+            advance(unmerges, now.unmerges, prev.unmerges)
+            if now.mergeSeconds > prev.mergeSeconds { mergeSeconds.increment(by: now.mergeSeconds - prev.mergeSeconds) }
+            if now.unmergeSeconds > prev.unmergeSeconds { unmergeSeconds.increment(by: now.unmergeSeconds - prev.unmergeSeconds) }
             // MoLE compositions: gates evaluated, and the mean entropy of a gate (nats; ln N when every expert
             // weighs the same, 0 when one takes all).
             for (name, tally) in now.gates {

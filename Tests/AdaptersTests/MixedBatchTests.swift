@@ -99,6 +99,11 @@ import TestSupport
         let events = g.runToCompletion()
         #expect(g.stats.modeSwitches > 0, "the hot adapter should be merged at times")
         #expect(model.merged == nil)
+        // Every merge was undone, and each was timed once by the scripted clock (5 ms a reading).
+        let s = g.stats
+        #expect(s.merges > 0 && s.unmerges == s.merges, "merges \(s.merges), unmerges \(s.unmerges)")
+        #expect(abs(s.mergeSeconds - 0.005 * Double(s.merges)) < 1e-9 && abs(s.unmergeSeconds - 0.005 * Double(s.unmerges)) < 1e-9,
+                "\(s.mergeSeconds) s for \(s.merges) merges, \(s.unmergeSeconds) s for \(s.unmerges) unmerges")
         var mismatches = 0
         for (i, id) in ids.enumerated() {
             let got = events.filter { $0.requestID == id }
