@@ -24,7 +24,8 @@
 #    P90 of the requests' latency (arrival → last token). Differences over 15 % are marked.
 # Everything is bounded (startup, each load run, the stop); an EXIT trap stops every process started, by PID.
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
-# SINGLE_RATES STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD. About 20 minutes with the defaults. Run it on a quiet
+# SINGLE_RATES REPEATS LONG_PROMPT CAL_OUTPUT CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD.
+# About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +37,7 @@ ALPHA=${ALPHA:-1}
 RATES=${RATES:-"2 6"}
 SINGLE_RATES=${SINGLE_RATES:-"2 4"}
 REQUESTS=${REQUESTS:-48}
+REPEATS=${REPEATS:-3}  # real runs per row (the same requests again, back to back on the same server)
 MAX_PROMPT=${MAX_PROMPT:-128}
 MAX_OUTPUT=${MAX_OUTPUT:-32}
 SEED=${SEED:-1}
@@ -79,14 +81,22 @@ python3 tools/make_bench_adapters.py "$tmp/adapters" "$ADAPTERS" 16
 
 # ---- 1. profiles
 echo "validate: profiling (threads=2 alone, then threads=1 × 2 at once)" >&2
+# Each also at batch 32 with LONG_PROMPT-token prompts: the decode step's growth with the context attended (the
+# K/V read by attention, 46 KB per position) is the profile's per_context_token_seconds.
+LONG_PROMPT=${LONG_PROMPT:-384}
 "$DLORA" bench core --model "$MODEL" --threads 2 --batches 1,32 --prompt 128 --gen 32 > "$tmp/core2.md"
-"$DLORA" bench core --model "$MODEL" --threads 1 --batches 1,32 --prompt 128 --gen 32 > "$tmp/core1a.md" &
-p1=$!
-"$DLORA" bench core --model "$MODEL" --threads 1 --batches 1,32 --prompt 128 --gen 32 > "$tmp/core1b.md"
-wait "$p1"
-python3 - "$tmp" "$RESULTS" <<'PY'
+"$DLORA" bench core --model "$MODEL" --threads 2 --batches 32 --prompt "$LONG_PROMPT" --gen 32 > "$tmp/core2-long.md"
+for run in 1a 1b; do
+    "$DLORA" bench core --model "$MODEL" --threads 1 --batches 1,32 --prompt 128 --gen 32 > "$tmp/core$run.md" &
+done
+wait
+for run in 1a 1b; do
+    "$DLORA" bench core --model "$MODEL" --threads 1 --batches 32 --prompt "$LONG_PROMPT" --gen 32 > "$tmp/core$run-long.md" &
+done
+wait
+python3 - "$tmp" "$RESULTS" "$LONG_PROMPT" <<'PY'
 import json, re, sys
-tmp, results = sys.argv[1:3]
+tmp, results, long_prompt = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def rows(path):
     out = {}
     for line in open(path):
@@ -94,20 +104,27 @@ def rows(path):
         if m:
             out[int(m.group(1))] = (float(m.group(2)), float(m.group(4)) / 1000)
     return out
-def fit(tables, label):
+def context(prompt, gen=32):  # mean positions a decode step attends in bench core (start + 1 for starts prompt…prompt+gen−1)
+    return prompt + (gen + 1) / 2
+def fit(tables, longs, label):
     t1 = sum(t[1][1] for t in tables) / len(tables)
     t32 = sum(t[32][1] for t in tables) / len(tables)
+    t32long = sum(t[32][1] for t in longs) / len(longs)
     prefill = sum(t[32][0] for t in tables) / len(tables)
-    per = (t32 - t1) / 31
+    per_ctx = max(0.0, (t32long - t32) / (32 * (context(long_prompt) - context(128))))
+    per = (t32 - t1) / 31 - per_ctx * context(128)  # per sequence, its context apart
     scale = t32 / 0.07679  # lora.md's coefficients were fitted beside a 76.79 ms batch-32 step (core.md 2026-11-24)
-    return {"source": f"{label}: bench core batch 1 {t1*1e3:.2f} ms, batch 32 {t32*1e3:.2f} ms/step, prefill {prefill:.1f} tok/s; "
+    return {"source": f"{label}: bench core batch 1 {t1*1e3:.2f} ms, batch 32 {t32*1e3:.2f} ms/step, prefill {prefill:.1f} tok/s, "
+                      f"batch 32 at {long_prompt}-token prompts {t32long*1e3:.2f} ms/step → {per_ctx*1e9:.0f} ns per position attended; "
                       f"LoRA, merge and copy coefficients: lora.md's scaled by {scale:.2f}",
-            "fixed_seconds": t1 - per, "per_decode_seconds": per, "per_prefill_token_seconds": 1 / prefill,
+            "fixed_seconds": t1 - per - per_ctx * context(128), "per_decode_seconds": per, "per_context_token_seconds": per_ctx,
+            "per_prefill_token_seconds": 1 / prefill,
             "per_lora_token_seconds": 0.000026 * scale, "per_adapter_seconds": 0.00016 * scale,
             "merged_extra_seconds": 0.0014 * scale, "merge_seconds_per_element": 0.8e-9 * scale,
             "memory_bytes_per_second": 32.3e9 / scale}
-p2 = fit([rows(f"{tmp}/core2.md")], "threads=2 alone")
-p1 = fit([rows(f"{tmp}/core1a.md"), rows(f"{tmp}/core1b.md")], "threads=1, two processes at once")
+p2 = fit([rows(f"{tmp}/core2.md")], [rows(f"{tmp}/core2-long.md")], "threads=2 alone")
+p1 = fit([rows(f"{tmp}/core1a.md"), rows(f"{tmp}/core1b.md")], [rows(f"{tmp}/core1a-long.md"), rows(f"{tmp}/core1b-long.md")],
+         "threads=1, two processes at once")
 json.dump(p2, open(f"{results}/simulator-profile-2threads.json", "w"), indent=1)
 json.dump(p1, open(f"{results}/simulator-profile-1thread-shared.json", "w"), indent=1)
 print(p2["source"]); print(p1["source"])
@@ -160,15 +177,17 @@ calibrate() {  # profile json, replicas, then the server's log, ready pattern an
         points+=("$b" "$(python3 tools/serve_overhead.py "$url" $((replicas * b)) "$CAL_OUTPUT" 3)") || { stop_server; return 0; }
     done
     stop_server
-    python3 - "$profile" "${points[@]}" <<'PY'
+    python3 - "$profile" "$CAL_OUTPUT" "${points[@]}" <<'PY'
 import json, sys
-path, args = sys.argv[1], sys.argv[2:]
+path, output, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 points = [(int(args[i]), *map(float, args[i + 1].split())) for i in range(0, len(args), 2)]  # (batch, step, ttft, prompt)
 p = json.load(open(path))
 def lora(b):  # b sequences on b distinct reference (q/v r16) adapters, as the CPU model prices their LoRA path
     return (p["per_lora_token_seconds"] + p["per_adapter_seconds"]) * b
+def attended(b, prompt):  # b sequences' attention over their contexts (prompt + output/2 positions on average)
+    return p.get("per_context_token_seconds", 0.0) * b * (prompt + output / 2)
 xs = [b for b, *_ in points]
-ys = [step - lora(b) for b, step, *_ in points]
+ys = [step - lora(b) - attended(b, prompt) for b, step, _, prompt in points]
 mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
 per = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
 fixed = max(0.0, my - per * mx)
@@ -184,7 +203,47 @@ json.dump(p, open(path, "w"), indent=1)
 print(p["source"])
 PY
 }
+# What a switch costs in the served engine (merged-only, threads=2): CAL_MERGES requests in turn on 4 adapters,
+# each a merge (and an unmerge of the one before), after one per adapter to warm up (the first merge allocates
+# the merge workspace); the engine's dlora_adapter_{merge,unmerge}{s,_seconds}_total counters, scraped before and
+# after, give the mean merge and unmerge, which replace the one-replica profile's lora.md-scaled coefficients.
+CAL_MERGES=${CAL_MERGES:-12}
+metric() { curl -s --max-time 10 "$url/metrics" | sed -n "s/^$1 \([0-9.e+-]*\)$/\1/p" | head -1; }
+calibrate_merge() {  # profile json
+    local profile=$1
+    start_server "$tmp/cal-merge.log" 's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
+        "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy merged-only \
+        || { stop_server; return 0; }
+    local before=() after=() k
+    for k in $(seq 0 $((CAL_MERGES + 3))); do
+        [ "$k" = 4 ] && before=("$(metric dlora_adapter_merges_total)" "$(metric dlora_adapter_merge_seconds_total)" \
+                               "$(metric dlora_adapter_unmerges_total)" "$(metric dlora_adapter_unmerge_seconds_total)")
+        curl -s --max-time 60 -o /dev/null -H 'Content-Type: application/json' "$url/v1/completions" \
+            -d "{\"model\":\"adapter-$((k % 4))\",\"prompt\":\"The quick brown fox\",\"max_tokens\":2,\"temperature\":0,\"ignore_eos\":true}"
+    done
+    after=("$(metric dlora_adapter_merges_total)" "$(metric dlora_adapter_merge_seconds_total)" \
+           "$(metric dlora_adapter_unmerges_total)" "$(metric dlora_adapter_unmerge_seconds_total)")
+    stop_server
+    python3 - "$profile" "${before[@]}" "${after[@]}" <<'PY' || echo "validate: merge calibration failed; the profile keeps lora.md's merge" >&2
+import json, sys
+path = sys.argv[1]
+b, a = [float(x) for x in sys.argv[2:6]], [float(x) for x in sys.argv[6:10]]
+merges, merge_s, unmerges, unmerge_s = (a[i] - b[i] for i in range(4))
+assert merges >= 4 and unmerges >= 1, f"{merges:.0f} merges and {unmerges:.0f} unmerges: no switch to time"
+p = json.load(open(path))
+elements = 30 * (576 * 576 + 576 * 192)  # a q/v adapter's merge on SmolLM2 (CPUCostModel.smolLM2Adapter)
+was = p["merge_seconds_per_element"] * elements
+p["merge_seconds_per_element"] = merge_s / merges / elements
+p["unmerge_seconds_fixed"] = unmerge_s / unmerges
+p["source"] += (f"; served merge {merge_s / merges * 1e3:.2f} ms (mean of {merges:.0f}; lora.md's scaled: {was * 1e3:.2f}), "
+                f"unmerge {unmerge_s / unmerges * 1e3:.3f} ms (mean of {unmerges:.0f})")
+json.dump(p, open(path, "w"), indent=1)
+print(p["source"])
+PY
+}
 if [ "$CALIBRATE" != 0 ]; then
+    echo "validate: timing merges in the served engine" >&2
+    calibrate_merge "$RESULTS/simulator-profile-2threads.json"
     echo "validate: calibrating the served step (one replica, then the cluster)" >&2
     calibrate "$RESULTS/simulator-profile-2threads.json" 1 "$tmp/cal-serve.log" \
         's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
@@ -234,16 +293,20 @@ for c in $CLUSTER_CONFIGS; do
         "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
         --adapter-slots "$SLOTS" "${flags[@]}" $MIGRATION_FLAGS || { stop_server; continue; }
     load "$data/warm.json" --requests 4 --rate 0.5
-    for rate in $RATES; do
-        load "$data/cluster_${c}_$rate.json" --requests "$REQUESTS" --rate "$rate"
+    for i in $(seq 1 "$REPEATS"); do
+        for rate in $RATES; do
+            load "$data/cluster_${c}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
+        done
     done
     stop_server
-    for rate in $RATES; do
-        [ -s "$data/cluster_${c}_$rate.json" ] || continue
-        mig=off; disp=$c
-        case "$c" in dlora+recompute) disp=dlora; mig=recompute ;; dlora+kv) disp=dlora; mig=kv ;; esac
-        simulate "$data/cluster_${c}_$rate.json" "$REPLICAS" "$RESULTS/simulator-profile-1thread-shared.json" \
-            --dispatch "$disp" --migration "$mig" --migration-period 2 --migration-request-excess 4 --policy dlora
+    for i in $(seq 1 "$REPEATS"); do
+        for rate in $RATES; do
+            [ -s "$data/cluster_${c}_${rate}~$i.json" ] || continue
+            mig=off; disp=$c
+            case "$c" in dlora+recompute) disp=dlora; mig=recompute ;; dlora+kv) disp=dlora; mig=kv ;; esac
+            simulate "$data/cluster_${c}_${rate}~$i.json" "$REPLICAS" "$RESULTS/simulator-profile-1thread-shared.json" \
+                --dispatch "$disp" --migration "$mig" --migration-period 2 --migration-request-excess 4 --policy dlora
+        done
     done
 done
 for p in $POLICIES; do
@@ -252,19 +315,23 @@ for p in $POLICIES; do
         "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy "$p" \
         || { stop_server; continue; }
     load "$data/warm.json" --requests 4 --rate 0.5
-    for rate in $SINGLE_RATES; do
-        load "$data/single_${p}_$rate.json" --requests "$REQUESTS" --rate "$rate"
+    for i in $(seq 1 "$REPEATS"); do
+        for rate in $SINGLE_RATES; do
+            load "$data/single_${p}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
+        done
     done
     stop_server
-    for rate in $SINGLE_RATES; do
-        [ -s "$data/single_${p}_$rate.json" ] || continue
-        simulate "$data/single_${p}_$rate.json" 1 "$RESULTS/simulator-profile-2threads.json" --policy "$p" --dispatch round-robin
+    for i in $(seq 1 "$REPEATS"); do
+        for rate in $SINGLE_RATES; do
+            [ -s "$data/single_${p}_${rate}~$i.json" ] || continue
+            simulate "$data/single_${p}_${rate}~$i.json" 1 "$RESULTS/simulator-profile-2threads.json" --policy "$p" --dispatch round-robin
+        done
     done
 done
 
 # ---- 4. the table
 python3 - "$data" "$RESULTS/simulator.md" "$(date -u +%Y-%m-%d)" "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores" \
-    "REPLICAS=$REPLICAS THREADS=$THREADS SLOTS=$SLOTS ADAPTERS=$ADAPTERS ALPHA=$ALPHA REQUESTS=$REQUESTS MAX_PROMPT=$MAX_PROMPT MAX_OUTPUT=$MAX_OUTPUT SEED=$SEED" \
+    "REPLICAS=$REPLICAS THREADS=$THREADS SLOTS=$SLOTS ADAPTERS=$ADAPTERS ALPHA=$ALPHA REQUESTS=$REQUESTS REPEATS=$REPEATS MAX_PROMPT=$MAX_PROMPT MAX_OUTPUT=$MAX_OUTPUT SEED=$SEED" \
     "$RESULTS" <<'PY'
 import csv, glob, json, os, sys
 data, out, day, cpu, settings, results = sys.argv[1:7]
@@ -291,37 +358,59 @@ def sim_rows(path):
     with open(path) as f:
         return [(float(r["arrival"]), float(r["finish"]), int(r["tokens"])) for r in csv.DictReader(f) if r["finish"]]
 
-def diff(s, r):
+within = {}  # metric → [rows within 15 %, rows]
+def diff(s, r, key, lo=None, hi=None):
     d = (s - r) / r * 100
-    return f"{d:+.0f} %" + (" ⚠" if abs(d) > 15 else "")
+    ok = abs(d) <= 15
+    tally = within.setdefault(key, [0, 0])
+    tally[0] += ok; tally[1] += 1
+    inside = lo is not None and hi is not None and hi > lo and lo <= s <= hi
+    return f"{d:+.0f} %" + ("" if ok else " ⚠") + (" ∈" if inside else "")
+
+def spread(xs, fmt):
+    m = sum(xs) / len(xs)
+    return (fmt.format(m) + (" [" + fmt.format(min(xs)) + "–" + fmt.format(max(xs)) + "]" if len(xs) > 1 else ""), m, min(xs), max(xs))
 
 lines = ["# The simulator against the real engine", "",
          f"Generated by `bash bench/simulator-validate.sh` on {day} — {cpu}. {settings}.", "",
-         "Each row: one real run (the engine serving SmolLM2-135M Q4_1 in real time under tools/cluster_load.py) and the",
-         "simulator fed **the same requests** (scheduled arrival, adapter, prompt tokens as the server counted them,",
-         "generated tokens) with the CPU cost model whose coefficients this run measured (profiles below). Both sides'",
-         "metrics come from one function over per-request records: throughput = generated tokens / (first arrival →",
-         "last finish); avg latency per token = Σ latency / Σ generated tokens; P90 of per-request latency (arrival →",
-         "last token). Δ = (simulated − real) / real; ⚠ marks |Δ| > 15 %.", ""]
+         "Each row: the real runs (the engine serving SmolLM2-135M Q4_1 in real time under tools/cluster_load.py; REPEATS runs",
+         "of the same requests back to back on one server, their mean and [min–max]) and the simulator fed **the same",
+         "requests** (scheduled arrival, adapter, prompt tokens as the server counted them, generated tokens) with the CPU",
+         "cost model whose coefficients this run measured (profiles below; the mean over the runs' recorded requests).",
+         "Both sides' metrics come from one function over per-request records: throughput = generated tokens / (first",
+         "arrival → last finish); avg latency per token = Σ latency / Σ generated tokens; P90 of per-request latency",
+         "(arrival → last token). Δ = (simulated − real mean) / real mean; ⚠ marks |Δ| > 15 %; ∈ marks a simulated value",
+         "inside the real runs' own range.", ""]
 for kind, title in (("cluster", "## Cluster: 2 replicas × 1 thread behind the router (same dispatch and migration)"),
                     ("single", "## One replica, threads=2 (batching policies)")):
-    lines += [title, "", "| configuration | rate req/s | requests | real tok/s | sim tok/s | Δ | real avg lat/token s | sim | Δ | real P90 s | sim | Δ |",
+    lines += [title, "", "| configuration | rate req/s | requests × runs | real tok/s | sim | Δ | real avg lat/token s | sim | Δ | real P90 s | sim | Δ |",
               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    groups = {}
     for path in sorted(p for p in glob.glob(f"{data}/{kind}_*.json") if ".json." not in p):
-        name = os.path.basename(path)[len(kind) + 1:-5]
+        name = os.path.basename(path)[len(kind) + 1:-5].split("~")[0]
         config, rate = name.rsplit("_", 1)
-        r = metrics(real_rows(path))
-        s = metrics(sim_rows(path + ".sim.csv")) if os.path.exists(path + ".sim.csv") else None
-        if r is None or s is None:
+        groups.setdefault((config, float(rate), rate), []).append(path)
+    for (config, _, rate), paths in sorted(groups.items()):
+        real = [m for m in (metrics(real_rows(p)) for p in paths) if m]
+        sim = [m for m in (metrics(sim_rows(p + ".sim.csv")) for p in paths if os.path.exists(p + ".sim.csv")) if m]
+        if not real or not sim:
             lines.append(f"| {config} | {rate} | — | run failed | | | | | | | | |")
             continue
-        lines.append(f"| {config} | {rate} | {r['n']} | {r['throughput']:.1f} | {s['throughput']:.1f} | {diff(s['throughput'], r['throughput'])} | "
-                     f"{r['avg_lpt']:.4f} | {s['avg_lpt']:.4f} | {diff(s['avg_lpt'], r['avg_lpt'])} | {r['p90']:.2f} | {s['p90']:.2f} | {diff(s['p90'], r['p90'])} |")
+        cells = []
+        for key, fmt in (("throughput", "{:.1f}"), ("avg_lpt", "{:.4f}"), ("p90", "{:.2f}")):
+            text, mean, lo, hi = spread([m[key] for m in real], fmt)
+            s_mean = sum(m[key] for m in sim) / len(sim)
+            cells += [text, fmt.format(s_mean), diff(s_mean, mean, key, lo, hi)]
+        lines.append(f"| {config} | {rate} | {real[0]['n']} × {len(real)} | " + " | ".join(cells) + " |")
     lines.append("")
+names = {"throughput": "throughput", "avg_lpt": "average latency per token", "p90": "P90 latency"}
+lines.append("Within 15 % of the real mean: " + "; ".join(f"{names[k]} {a} of {n} rows" for k, (a, n) in within.items()) + ".")
+lines.append("")
 lines += ["## Profiles measured in this run", ""]
 for f in ("simulator-profile-2threads.json", "simulator-profile-1thread-shared.json"):
     p = json.load(open(os.path.join(results, f)))
     lines.append(f"- `{f}`: {p['source']}; decode step = {p['fixed_seconds']*1e3:.2f} ms + {p['per_decode_seconds']*1e3:.2f} ms/sequence, "
+                 f"{p.get('per_context_token_seconds', 0)*1e9:.0f} ns per position attended, "
                  f"prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token.")
 lines.append("")
 open(out, "w").write("\n".join(lines))

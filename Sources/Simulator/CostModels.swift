@@ -75,18 +75,21 @@ public struct StepShape: Sendable, Equatable {
     public var prefillTokens: Int
     /// Σ over runs of the positions attended (start + tokens): the K/V read by attention.
     public var contextTokens: Int
+    /// The same sum over decode runs only (one token each): what a decode step's attention reads.
+    public var decodeContextTokens: Int
     /// LoRA slots of an unmerged iteration.
     public var distinctAdapters: Int
     /// Σ tokens × adapter size relative to the model's reference adapter (unmerged iterations).
     public var loraTokens: Double
 
-    public init(mode: ExecutionMode, sequences: Int, tokens: Int, prefillTokens: Int, contextTokens: Int, distinctAdapters: Int,
-                loraTokens: Double) {
+    public init(mode: ExecutionMode, sequences: Int, tokens: Int, prefillTokens: Int, contextTokens: Int, decodeContextTokens: Int = 0,
+                distinctAdapters: Int, loraTokens: Double) {
         self.mode = mode
         self.sequences = sequences
         self.tokens = tokens
         self.prefillTokens = prefillTokens
         self.contextTokens = contextTokens
+        self.decodeContextTokens = decodeContextTokens
         self.distinctAdapters = distinctAdapters
         self.loraTokens = loraTokens
     }
@@ -136,6 +139,11 @@ public struct CPUCostModel: ReplicaCostModel {
     public var perDecodeSeconds = 0.00219
     /// Prefill: core.md 706.1 tok/s at batch 32 (686.4 at batch 1) → 1.42 ms per prompt token.
     public var perPrefillTokenSeconds = 0.00142
+    /// Attention's growth with context: seconds per position a decode run attends (its K/V read, 46 KB per
+    /// position). 0 by default: core.md's rows ran at 129–192 positions, so their per-sequence cost includes that
+    /// context; a measured profile (bench/simulator-validate.sh: batch 32 at two prompt lengths) sets it and
+    /// takes its share out of `perDecodeSeconds`.
+    public var perContextTokenSeconds = 0.0
     /// Unmerged LoRA path (lora.md q/v rank 16, batch 32: +0.99 ms with 1 adapter, +5.94 ms with 32):
     /// 0.026 ms per reference-adapter token + 0.16 ms per distinct adapter.
     public var perLoRATokenSeconds = 0.000026
@@ -161,6 +169,7 @@ public struct CPUCostModel: ReplicaCostModel {
     /// The coefficients a measured profile may replace (`dlora simulate --cost-profile`), by snake_case name.
     public static var profileKeys: [String: WritableKeyPath<CPUCostModel, Double>] {
         ["fixed_seconds": \.fixedSeconds, "per_decode_seconds": \.perDecodeSeconds, "per_prefill_token_seconds": \.perPrefillTokenSeconds,
+         "per_context_token_seconds": \.perContextTokenSeconds,
          "per_lora_token_seconds": \.perLoRATokenSeconds, "per_adapter_seconds": \.perAdapterSeconds, "merged_extra_seconds": \.mergedExtraSeconds,
          "merge_seconds_per_element": \.mergeSecondsPerElement, "unmerge_seconds_fixed": \.unmergeSecondsFixed,
          "memory_bytes_per_second": \.memoryBytesPerSecond, "transfer_bytes_per_second": \.transferBytesPerSecond,
@@ -192,6 +201,7 @@ public struct CPUCostModel: ReplicaCostModel {
 
     public func stepSeconds(_ s: StepShape) -> Double {
         var t = fixedSeconds + perDecodeSeconds * Double(s.decodeTokens) + perPrefillTokenSeconds * Double(s.prefillTokens)
+            + perContextTokenSeconds * Double(s.decodeContextTokens)
         switch s.mode {
         case .merged: t += mergedExtraSeconds
         case .unmerged: t += perLoRATokenSeconds * s.loraTokens + perAdapterSeconds * Double(s.distinctAdapters)

@@ -419,15 +419,15 @@ struct SimulationRun {
     }
 
     func stepShape(_ out: SchedulerOutput, reference: Double) -> StepShape {
-        var prefill = 0, context = 0
+        var prefill = 0, context = 0, decodeContext = 0
         var lora = 0.0
         for run in out.runs {
-            if run.tokens > 1 { prefill += run.tokens }
+            if run.tokens > 1 { prefill += run.tokens } else { decodeContext += run.start + run.tokens }
             context += run.start + run.tokens
             if run.adapter != Request.base { lora += Double(run.tokens) * Double(profiles[run.adapter].loraParameters) / reference }
         }
         return StepShape(mode: out.mode, sequences: out.runs.count, tokens: out.tokens, prefillTokens: prefill, contextTokens: context,
-                         distinctAdapters: out.loraSlots.count, loraTokens: out.mode == .unmerged ? lora : 0)
+                         decodeContextTokens: decodeContext, distinctAdapters: out.loraSlots.count, loraTokens: out.mode == .unmerged ? lora : 0)
     }
 
     /// Seconds the engine spends carrying out `actions` (which adapters are resident and merged follows them);

@@ -63,15 +63,16 @@ import Testing
             carry = 0
             var forward = 0.0
             if !out.runs.isEmpty {
-                var prefill = 0, context = 0
+                var prefill = 0, context = 0, decodeContext = 0
                 var lora = 0.0
                 for run in out.runs {
-                    if run.tokens > 1 { prefill += run.tokens }
+                    if run.tokens > 1 { prefill += run.tokens } else { decodeContext += run.start + 1 }
                     context += run.start + run.tokens
                     lora += Double(run.tokens) * Double(profiles[run.adapter].loraParameters) / s.policy.config.costs.referenceLoRAParameters
                 }
                 forward = cost.stepSeconds(StepShape(mode: out.mode, sequences: out.runs.count, tokens: out.tokens, prefillTokens: prefill,
-                                                     contextTokens: context, distinctAdapters: out.loraSlots.count,
+                                                     contextTokens: context, decodeContextTokens: decodeContext,
+                                                     distinctAdapters: out.loraSlots.count,
                                                      loraTokens: out.mode == .unmerged ? lora : 0))
             }
             steps.append(HandStep(start: t, output: out))
@@ -94,7 +95,8 @@ import Testing
     @Test(arguments: [BatchingPolicyKind.dlora, .unmergedOnly, .mergedOnly, .peftLike])
     func simulatedReplicaDecidesAsTheHandLoop(policy: BatchingPolicyKind) throws {
         // Tight memory (48 blocks), 6 adapters of four ranks, a burst: loads, evictions, swaps, merges.
-        let cost = CPUCostModel(kvCacheMegabytes: 34, adapterSlots: 4, maxBatchSequences: 16, maxBatchTokens: 256)
+        var cost = CPUCostModel(kvCacheMegabytes: 34, adapterSlots: 4, maxBatchSequences: 16, maxBatchTokens: 256)
+        cost.perContextTokenSeconds = 2e-6  // decode attention priced by context, as a measured profile does
         let ranks = [8, 16, 32, 64]
         let w = Workload.generate(WorkloadSpec(requests: 80, rate: 20, adapters: 6, alpha: 1.2,
                                                lengths: .logNormal(promptMedian: 48, outputMedian: 16), maxPrompt: 200, maxOutput: 64, seed: 21))

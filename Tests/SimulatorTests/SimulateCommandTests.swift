@@ -81,6 +81,24 @@ import Testing
         #expect(bad.status != 0 && bad.stderr.contains("--request-overhead-ms"))
     }
 
+    /// A profile's `per_context_token_seconds` prices each decode run's attention by the positions it attends
+    /// (start + 1), and only decode runs: a 4-token prompt's iteration costs the fixed 10 ms (its first token at
+    /// 0.01), then the four decodes at starts 4…7 attend 5…8 positions, 1 ms each: 0.01 + 0.04 + 0.026 = 0.076.
+    @Test func decodeAttentionCostGrowsWithTheContext() async throws {
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl")
+        let records = dir.file("records.csv")
+        try Self.fixedProfile(#""per_context_token_seconds": 0.001"#).write(to: profile, atomically: true, encoding: .utf8)
+        try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
+        let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", "unmerged-only",
+                                         "--dispatch", "round-robin", "--records", records.path])
+        #expect(r.status == 0, "\(r.stderr)")
+        let row = try #require(try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst().first)
+            .split(separator: ",", omittingEmptySubsequences: false)
+        let first = try #require(Double(row[3])), finish = try #require(Double(row[4]))
+        #expect(abs(first - 0.01) < 1e-9 && abs(finish - 0.076) < 1e-9, "\(row)")
+    }
+
     @Test func badFilesAreOneLineErrors() async throws {
         let dir = try TemporaryDirectory(prefix: "dlora-simulate")
         let requests = dir.file("requests.jsonl"), profile = dir.file("profile.json")
