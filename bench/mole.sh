@@ -12,7 +12,8 @@
 # Work directory: $MOLE_DIR (default ~/.cache/dlora/mole-eval); trained adapters there are reused (delete the
 # directory to retrain). Knobs: EXPERTS="task:steps:batch …", MOLE_STEPS, MOLE_BATCH, MOLE_SEEDS, MOLE_VARIANTS (a
 # subset of mole mole-nobal mole-layer mole-network mole-matrix; mole is always trained), OUT, LIMIT (prompts per
-# task), THREADS. Needs a quiet machine for the timings; the scores do not depend on it.
+# task), THREADS, REUSE_EVAL (set: score only the configurations $OUT.json lacks, e.g. new seeds, and keep the rest).
+# Needs a quiet machine for the timings; the scores do not depend on it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
@@ -98,17 +99,41 @@ for variant in $variants; do
 done
 
 log "evaluating"
-"$DLORA" eval --model "$MODEL" --tasks "$TASKS" --only "$list" --adapter-root "$ROOT" --limit "$LIMIT" --threads "$THREADS" \
-    --adapters "base,$list,nla,lorahub,$chosen$reruns" --out "$OUT.json" 2> "$WORK/eval.log"
+wanted="base,$list,nla,lorahub,$chosen$reruns"
+if [ -n "${REUSE_EVAL:-}" ] && [ -f "$OUT.json" ]; then
+    # Score only the configurations $OUT.json lacks (greedy decoding makes the others' scores the same on a rerun)
+    # and merge them in; the per-task LoRAHub scores and the gate-cost tables in $WORK are kept when present.
+    missing=$(python3 -c 'import json, sys; have = {x["adapter"] for x in json.load(open(sys.argv[1]))["results"]}
+print(",".join(a for a in sys.argv[2].split(",") if a not in have))' "$OUT.json" "$wanted")
+    if [ -n "$missing" ]; then
+        "$DLORA" eval --model "$MODEL" --tasks "$TASKS" --only "$list" --adapter-root "$ROOT" --limit "$LIMIT" --threads "$THREADS" \
+            --adapters "$missing" --out "$WORK/eval-new.json" 2> "$WORK/eval.log"
+        python3 - "$OUT.json" "$WORK/eval-new.json" "$wanted" <<'PY'
+import json, sys
+old, new = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+assert old["tasks"] == new["tasks"] and old["limit"] == new["limit"], "the kept scores were made with other tasks or limit"
+by = {x["adapter"]: x for x in old["results"] + new["results"]}
+old["results"] = [by[a] for a in sys.argv[3].split(",") if a in by]
+text = json.dumps(old, indent=2, sort_keys=True, separators=(",", " : "), ensure_ascii=False).replace("/", "\\/")  # as dlora eval writes it
+open(sys.argv[1], "w").write(text)
+PY
+    fi
+else
+    "$DLORA" eval --model "$MODEL" --tasks "$TASKS" --only "$list" --adapter-root "$ROOT" --limit "$LIMIT" --threads "$THREADS" \
+        --adapters "$wanted" --out "$OUT.json" 2> "$WORK/eval.log"
+fi
 cat "$WORK/eval.log" >&2
 for task in "${names[@]}"; do
+    [ -n "${REUSE_EVAL:-}" ] && [ -f "$WORK/eval-lorahub-$task.json" ] && continue
     "$DLORA" eval --model "$MODEL" --tasks "$TASKS" --only "$task" --adapter-root "$ROOT" --limit "$LIMIT" --threads "$THREADS" \
         --adapters "lorahub-$task,lorahub-loo-$task" --out "$WORK/eval-lorahub-$task.json" 2>> "$WORK/eval.log"
 done
-log "gate cost inside a decode batch"
-"$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 --rounds 5 > "$WORK/bench-mole.md"
-"$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 --rounds 5 --granularity matrix \
-    > "$WORK/bench-mole-matrix.md"
+if [ -z "${REUSE_EVAL:-}" ] || [ ! -f "$WORK/bench-mole.md" ] || [ ! -f "$WORK/bench-mole-matrix.md" ]; then
+    log "gate cost inside a decode batch"
+    "$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 --rounds 5 > "$WORK/bench-mole.md"
+    "$DLORA" bench mole --model "$MODEL" --threads "$THREADS" --experts "${#names[@]}" --rank 8 --rounds 5 --granularity matrix \
+        > "$WORK/bench-mole-matrix.md"
+fi
 
 python3 - "$OUT" "$WORK" "$EXPERTS" "$MOLE_STEPS" "$MOLE_BATCH" "$MOLE_VARIANTS" "$MOLE_SEEDS" <<'PY'
 import datetime, json, os, platform, re, sys
