@@ -5,7 +5,7 @@
 /// `Scheduler.makeRoom` pops idle adapters from it instead of sorting every resident adapter on each call: a
 /// replica keeps every adapter it served resident until memory runs short, so that sort grew with the run.
 struct AdapterLRU: Sendable, Equatable {
-    struct Entry: Sendable, Equatable {
+    struct Entry: Sendable, Equatable, HeapOrdered {
         let lastUse: Int
         let key: Int
         let stamp: Int
@@ -15,7 +15,7 @@ struct AdapterLRU: Sendable, Equatable {
         }
     }
 
-    private var heap: [Entry] = []
+    private var heap = MinHeap<Entry>()
     private var nextStamp = 0
 
     /// Entries held, stale ones included.
@@ -25,45 +25,19 @@ struct AdapterLRU: Sendable, Equatable {
     mutating func push(key: Int, lastUse: Int) -> Int {
         let stamp = nextStamp
         nextStamp += 1
-        push(Entry(lastUse: lastUse, key: key, stamp: stamp))
+        heap.push(Entry(lastUse: lastUse, key: key, stamp: stamp))
         return stamp
     }
 
     /// Puts back an entry taken by `popFirst`.
-    mutating func push(_ entry: Entry) {
-        heap.append(entry)
-        var child = heap.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard heap[child].before(heap[parent]) else { break }
-            heap.swapAt(child, parent)
-            child = parent
-        }
-    }
+    mutating func push(_ entry: Entry) { heap.push(entry) }
 
     /// The first entry in eviction order (possibly stale), removed.
-    mutating func popFirst() -> Entry? {
-        guard let top = heap.first else { return nil }
-        let last = heap.removeLast()
-        if !heap.isEmpty {
-            heap[0] = last
-            var parent = 0
-            while true {
-                let left = 2 * parent + 1, right = left + 1
-                var first = parent
-                if left < heap.count && heap[left].before(heap[first]) { first = left }
-                if right < heap.count && heap[right].before(heap[first]) { first = right }
-                if first == parent { break }
-                heap.swapAt(parent, first)
-                parent = first
-            }
-        }
-        return top
-    }
+    mutating func popFirst() -> Entry? { heap.popFirst() }
 
     /// Keeps only `current`, the entries still in force.
     mutating func rebuild(_ current: [Entry]) {
-        heap.removeAll(keepingCapacity: true)
-        for entry in current { push(entry) }
+        heap.removeAll()
+        for entry in current { heap.push(entry) }
     }
 }

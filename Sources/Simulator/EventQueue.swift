@@ -1,7 +1,9 @@
+import Scheduling
+
 /// The simulator's clock: a binary min-heap of events over simulated time. Events at the same time come out in
 /// the order they were pushed (a sequence number breaks ties), so a run is a pure function of its inputs.
 public struct EventQueue<Payload: Sendable>: Sendable {
-    struct Entry: Sendable {
+    struct Entry: Sendable, HeapOrdered {
         let time: Double
         let sequence: UInt64
         let payload: Payload
@@ -11,7 +13,7 @@ public struct EventQueue<Payload: Sendable>: Sendable {
         }
     }
 
-    private var heap: [Entry] = []
+    private var heap = MinHeap<Entry>()
     private var nextSequence: UInt64 = 0
 
     public init() {}
@@ -23,35 +25,13 @@ public struct EventQueue<Payload: Sendable>: Sendable {
 
     public mutating func push(_ payload: Payload, at time: Double) {
         precondition(time.isFinite, "an event needs a finite time")
-        heap.append(Entry(time: time, sequence: nextSequence, payload: payload))
+        heap.push(Entry(time: time, sequence: nextSequence, payload: payload))
         nextSequence += 1
-        var child = heap.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard heap[child].before(heap[parent]) else { break }
-            heap.swapAt(child, parent)
-            child = parent
-        }
     }
 
     /// The earliest event (ties: the first pushed), removed.
     public mutating func pop() -> (time: Double, payload: Payload)? {
-        guard let top = heap.first else { return nil }
-        let last = heap.removeLast()
-        if !heap.isEmpty {
-            heap[0] = last
-            var parent = 0
-            while true {
-                let left = 2 * parent + 1, right = left + 1
-                var smallest = parent
-                if left < heap.count && heap[left].before(heap[smallest]) { smallest = left }
-                if right < heap.count && heap[right].before(heap[smallest]) { smallest = right }
-                if smallest == parent { break }
-                heap.swapAt(parent, smallest)
-                parent = smallest
-            }
-        }
-        return (top.time, top.payload)
+        heap.popFirst().map { ($0.time, $0.payload) }
     }
 }
 
