@@ -24,7 +24,7 @@
 #    P90 of the requests' latency (arrival → last token). Differences over 15 % are marked.
 # Everything is bounded (startup, each load run, the stop); an EXIT trap stops every process started, by PID.
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
-# SINGLE_RATES REPEATS LONG_PROMPT CAL_OUTPUT CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD.
+# SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD.
 # About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
 set -euo pipefail
@@ -81,22 +81,28 @@ python3 tools/make_bench_adapters.py "$tmp/adapters" "$ADAPTERS" 16
 
 # ---- 1. profiles
 echo "validate: profiling (threads=2 alone, then threads=1 × 2 at once)" >&2
-# Each also at batch 32 with LONG_PROMPT-token prompts: the decode step's growth with the context attended (the
-# K/V read by attention, 46 KB per position) is the profile's per_context_token_seconds.
-LONG_PROMPT=${LONG_PROMPT:-384}
+# Each also decodes CONTEXT_GEN steps at batch 8 from 16-token prompts, every step timed: the least-squares growth
+# of the step with the positions attended (the K/V read by attention, 46 KB per position), within one run so the
+# machine's drift between runs stays out of it, is the profile's per_context_token_seconds.
+CONTEXT_GEN=${CONTEXT_GEN:-384}
 "$DLORA" bench core --model "$MODEL" --threads 2 --batches 1,32 --prompt 128 --gen 32 > "$tmp/core2.md"
-"$DLORA" bench core --model "$MODEL" --threads 2 --batches 32 --prompt "$LONG_PROMPT" --gen 32 > "$tmp/core2-long.md"
+"$DLORA" bench core --model "$MODEL" --threads 2 --batches 8 --prompt 16 --gen "$CONTEXT_GEN" 2> "$tmp/core2-context.log" > /dev/null
 for run in 1a 1b; do
     "$DLORA" bench core --model "$MODEL" --threads 1 --batches 1,32 --prompt 128 --gen 32 > "$tmp/core$run.md" &
 done
 wait
 for run in 1a 1b; do
-    "$DLORA" bench core --model "$MODEL" --threads 1 --batches 32 --prompt "$LONG_PROMPT" --gen 32 > "$tmp/core$run-long.md" &
+    "$DLORA" bench core --model "$MODEL" --threads 1 --batches 8 --prompt 16 --gen "$CONTEXT_GEN" 2> "$tmp/core$run-context.log" > /dev/null &
 done
 wait
-python3 - "$tmp" "$RESULTS" "$LONG_PROMPT" <<'PY'
+python3 - "$tmp" "$RESULTS" <<'PY'
 import json, re, sys
-tmp, results, long_prompt = sys.argv[1], sys.argv[2], int(sys.argv[3])
+tmp, results = sys.argv[1], sys.argv[2]
+def slope(path):  # seconds per position attended per sequence, from bench core's stderr
+    m = re.search(r"decode step \+ (-?\d+) ns per position attended", open(path).read())
+    if not m:
+        sys.exit(f"validate: no context slope in {path}")
+    return int(m.group(1)) * 1e-9
 def rows(path):
     out = {}
     for line in open(path):
@@ -106,24 +112,24 @@ def rows(path):
     return out
 def context(prompt, gen=32):  # mean positions a decode step attends in bench core (start + 1 for starts prompt…prompt+gen−1)
     return prompt + (gen + 1) / 2
-def fit(tables, longs, label):
+def fit(tables, slopes, label):
     t1 = sum(t[1][1] for t in tables) / len(tables)
     t32 = sum(t[32][1] for t in tables) / len(tables)
-    t32long = sum(t[32][1] for t in longs) / len(longs)
     prefill = sum(t[32][0] for t in tables) / len(tables)
-    per_ctx = max(0.0, (t32long - t32) / (32 * (context(long_prompt) - context(128))))
+    per_ctx = max(0.0, sum(slopes) / len(slopes))
     per = (t32 - t1) / 31 - per_ctx * context(128)  # per sequence, its context apart
     scale = t32 / 0.07679  # lora.md's coefficients were fitted beside a 76.79 ms batch-32 step (core.md 2026-11-24)
     return {"source": f"{label}: bench core batch 1 {t1*1e3:.2f} ms, batch 32 {t32*1e3:.2f} ms/step, prefill {prefill:.1f} tok/s, "
-                      f"batch 32 at {long_prompt}-token prompts {t32long*1e3:.2f} ms/step → {per_ctx*1e9:.0f} ns per position attended; "
+                      f"decode step + {per_ctx*1e9:.0f} ns per position attended per sequence (batch 8, positions 17 on, "
+                      f"{'; '.join(f'{x*1e9:.0f}' for x in slopes)}); "
                       f"LoRA, merge and copy coefficients: lora.md's scaled by {scale:.2f}",
             "fixed_seconds": t1 - per - per_ctx * context(128), "per_decode_seconds": per, "per_context_token_seconds": per_ctx,
             "per_prefill_token_seconds": 1 / prefill,
             "per_lora_token_seconds": 0.000026 * scale, "per_adapter_seconds": 0.00016 * scale,
             "merged_extra_seconds": 0.0014 * scale, "merge_seconds_per_element": 0.8e-9 * scale,
             "memory_bytes_per_second": 32.3e9 / scale}
-p2 = fit([rows(f"{tmp}/core2.md")], [rows(f"{tmp}/core2-long.md")], "threads=2 alone")
-p1 = fit([rows(f"{tmp}/core1a.md"), rows(f"{tmp}/core1b.md")], [rows(f"{tmp}/core1a-long.md"), rows(f"{tmp}/core1b-long.md")],
+p2 = fit([rows(f"{tmp}/core2.md")], [slope(f"{tmp}/core2-context.log")], "threads=2 alone")
+p1 = fit([rows(f"{tmp}/core1a.md"), rows(f"{tmp}/core1b.md")], [slope(f"{tmp}/core1a-context.log"), slope(f"{tmp}/core1b-context.log")],
          "threads=1, two processes at once")
 json.dump(p2, open(f"{results}/simulator-profile-2threads.json", "w"), indent=1)
 json.dump(p1, open(f"{results}/simulator-profile-1thread-shared.json", "w"), indent=1)

@@ -116,8 +116,11 @@ struct BenchCore: ParsableCommand {
         let prefillSeconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
         for i in 0..<b { last[i] = prompts[i][prompt - 1] }
 
-        // Decode: G steps of one token per sequence, greedy.
+        // Decode: G steps of one token per sequence, greedy. Each step is timed too, for the growth of the step
+        // with the context attended (one run, so the machine's drift between runs does not enter it).
+        var stepSeconds = [Double](repeating: 0, count: gen)
         let t1 = DispatchTime.now().uptimeNanoseconds
+        var stepStart = t1
         for step in 0..<gen {
             batch.reset()
             for i in 0..<b {
@@ -127,8 +130,21 @@ struct BenchCore: ParsableCommand {
             for i in 0..<b {
                 last[i] = Sampler.argmax(runner.logitsRow(i))
             }
+            let now = DispatchTime.now().uptimeNanoseconds
+            stepSeconds[step] = Double(now - stepStart) / 1e9
+            stepStart = now
         }
         let decodeSeconds = Double(DispatchTime.now().uptimeNanoseconds - t1) / 1e9
+        if gen >= 16 {
+            // Least squares of step seconds on the positions each sequence attends (prompt + step + 1), per sequence.
+            let xs = (0..<gen).map { Double(prompt + $0 + 1) }
+            let mx = xs.reduce(0, +) / Double(gen), my = stepSeconds.reduce(0, +) / Double(gen)
+            var sxy = 0.0, sxx = 0.0
+            for (x, y) in zip(xs, stepSeconds) { sxy += (x - mx) * (y - my); sxx += (x - mx) * (x - mx) }
+            let perPosition = sxy / sxx / Double(b)
+            FileHandle.standardError.write(Data(String(format: "bench core: batch %d: decode step + %.0f ns per position attended per sequence (least squares over %d steps, positions %d–%d)\n",
+                                                       b, perPosition * 1e9, gen, prompt + 1, prompt + gen).utf8))
+        }
         return Result(prefill: Double(b * prompt) / prefillSeconds, decode: Double(b * gen) / decodeSeconds,
                       msPerStep: decodeSeconds * 1000 / Double(gen))
     }
