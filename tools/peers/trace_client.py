@@ -84,6 +84,10 @@ def body_for(system, req):
     if system == "llama":
         body["model"] = "base"
         body["lora"] = [{"id": req["adapter"], "scale": 1.0}]
+        # Every rate replays the same requests: without this, llama-server's slots keep each prompt's K/V from the
+        # previous rate's run and match it by longest common prefix, so later runs prefill one token per request
+        # (seen: 128 of 160 requests on the AVX2 machine). dlora and the PEFT server have no prefix cache.
+        body["cache_prompt"] = False
     else:
         body["model"] = f"adapter-{req['adapter']}"
     return body
