@@ -24,7 +24,7 @@
 #    P90 of the requests' latency (arrival → last token). Differences over 15 % are marked.
 # Everything is bounded (startup, each load run, the stop); an EXIT trap stops every process started, by PID.
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
-# SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD.
+# SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD.
 # About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
 set -euo pipefail
@@ -170,9 +170,13 @@ stop_server() {
 # (the router's relay included, as in the runs compared) at 1, 2 and 4 sequences per replica; the profile's
 # fixed and per-sequence decode costs are refitted to them (least squares, its LoRA terms kept), and the
 # time to the first token at batch 1 less its predicted prefill step becomes the per-request overhead (HTTP,
-# tokenization, relay: `request_overhead_seconds`). CALIBRATE=0 keeps bench core's profiles.
+# tokenization, relay: `request_overhead_seconds`); the prefill's cost per token is refitted from the served
+# engine's first tokens at two prompt lengths (bench core's prefill — 32 prompts of 128 in 512-token ubatches, a
+# different workload — read 3.15 ms per token in the AVX2 machine's validation run, against 2.6 served). CALIBRATE=0 keeps bench core's profiles.
 CALIBRATE=${CALIBRATE:-1}
 CAL_OUTPUT=${CAL_OUTPUT:-48}
+CAL_PROMPT=${CAL_PROMPT:-128}
+CAL_PREFILL_PAIRS=${CAL_PREFILL_PAIRS:-4}
 calibrate() {  # profile json, replicas, then the server's log, ready pattern and command
     local profile=$1 replicas=$2 log=$3 pattern=$4
     shift 4
@@ -182,10 +186,18 @@ calibrate() {  # profile json, replicas, then the server's log, ready pattern an
     for b in 1 2 4; do
         points+=("$b" "$(python3 tools/serve_overhead.py "$url" $((replicas * b)) "$CAL_OUTPUT" 3)") || { stop_server; return 0; }
     done
+    # Prefill as served: the first token of CAL_PROMPT-token prompts against 4-token ones, one request per replica,
+    # after a warm-up, in CAL_PREFILL_PAIRS interleaved pairs (three unwarmed requests per length read 30 % high).
+    python3 tools/serve_overhead.py "$url" "$replicas" 3 1 "$CAL_PROMPT" > /dev/null || { stop_server; return 0; }
+    local prefill=() i
+    for i in $(seq 1 "$CAL_PREFILL_PAIRS"); do
+        prefill+=("$(python3 tools/serve_overhead.py "$url" "$replicas" 3 1 4)" \
+                  "$(python3 tools/serve_overhead.py "$url" "$replicas" 3 1 "$CAL_PROMPT")") || { stop_server; return 0; }
+    done
     stop_server
-    python3 - "$profile" "$CAL_OUTPUT" "${points[@]}" <<'PY'
+    python3 - "$profile" "$CAL_OUTPUT" "$(printf '%s;' "${prefill[@]}")" "${points[@]}" <<'PY'
 import json, sys
-path, output, args = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+path, output, pairs, args = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
 points = [(int(args[i]), *map(float, args[i + 1].split())) for i in range(0, len(args), 2)]  # (batch, step, ttft, prompt)
 p = json.load(open(path))
 def lora(b):  # b sequences on b distinct reference (q/v r16) adapters, as the CPU model prices their LoRA path
@@ -200,10 +212,19 @@ fixed = max(0.0, my - per * mx)
 was = (p["fixed_seconds"], p["per_decode_seconds"])
 p["fixed_seconds"], p["per_decode_seconds"] = fixed, per
 _, _, ttft, prompt = points[0]
+# Prefill per token: the mean over the pairs of (long − short first-token time) / (long − short prompt tokens).
+runs = [list(map(float, x.split())) for x in pairs.split(";") if x.strip()]
+slopes = [(l[1] - s[1]) / (l[2] - s[2]) for s, l in zip(runs[0::2], runs[1::2]) if l[2] > s[2]]
+bench_prefill = p["per_prefill_token_seconds"]
+if slopes and min(slopes) > 0:
+    p["per_prefill_token_seconds"] = sum(slopes) / len(slopes)
 overhead = max(0.0, ttft - (fixed + prompt * p["per_prefill_token_seconds"] + lora(1)))
 p["request_overhead_seconds"] = overhead
 p["source"] += ("; served decode step (client-side) " + ", ".join(f"{s*1e3:.2f} ms at {b}" for b, s, *_ in points)
                 + f" → decode {fixed*1e3:.2f} ms + {per*1e3:.2f} ms/sequence (bench core's: {was[0]*1e3:.2f} + {was[1]*1e3:.2f}); "
+                + f"prefill (first token, {runs[1][2]:.0f}- against {runs[0][2]:.0f}-token prompts, {len(slopes)} pairs: "
+                + ", ".join(f"{x*1e3:.2f}" for x in slopes) + f" ms/token) {p['per_prefill_token_seconds']*1e3:.2f} ms/token "
+                + f"(bench core's: {bench_prefill*1e3:.2f}); "
                 + f"first token of a {prompt:.0f}-token prompt {ttft*1e3:.1f} ms → {overhead*1e3:.1f} ms per request before the engine")
 json.dump(p, open(path, "w"), indent=1)
 print(p["source"])

@@ -8,21 +8,27 @@ chunk) / (generated tokens − 1), the tokens from the stream's usage: the serve
 Prints three numbers: the mean decode step (s), the mean time to the first token (s) and the mean prompt
 tokens (the server's usage).
 
-usage: serve_overhead.py URL CLIENTS OUTPUT ROUNDS
+With PROMPT_TOKENS, each prompt is that many token ids instead (bench/simulator-validate.sh times the first token
+at two prompt lengths for the prefill's cost per token).
+
+usage: serve_overhead.py URL CLIENTS OUTPUT ROUNDS [PROMPT_TOKENS]
 """
 import json, sys, threading, time, urllib.request
 
 def main():
-    if len(sys.argv) != 5:
-        sys.exit("usage: serve_overhead.py URL CLIENTS OUTPUT ROUNDS")
+    if len(sys.argv) not in (5, 6):
+        sys.exit("usage: serve_overhead.py URL CLIENTS OUTPUT ROUNDS [PROMPT_TOKENS]")
     url, clients, output, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-    if clients < 1 or output < 3 or rounds < 1:
-        sys.exit("serve_overhead.py: CLIENTS ≥ 1, OUTPUT ≥ 3, ROUNDS ≥ 1")
+    prompt_tokens = int(sys.argv[5]) if len(sys.argv) == 6 else 0
+    if clients < 1 or output < 3 or rounds < 1 or prompt_tokens < 0:
+        sys.exit("serve_overhead.py: CLIENTS ≥ 1, OUTPUT ≥ 3, ROUNDS ≥ 1, PROMPT_TOKENS ≥ 0")
+    # Token ids 100, 101, …: ordinary entries of any Llama vocabulary of a few thousand tokens or more.
+    prompt_body = list(range(100, 100 + prompt_tokens)) if prompt_tokens else "The quick brown fox"
     errors, steps = [], []
     lock = threading.Lock()
 
     def one(k):
-        body = json.dumps({"model": f"adapter-{k}", "prompt": "The quick brown fox", "max_tokens": output,
+        body = json.dumps({"model": f"adapter-{k}", "prompt": prompt_body, "max_tokens": output,
                            "temperature": 0, "ignore_eos": True, "stream": True,
                            "stream_options": {"include_usage": True}}).encode()
         req = urllib.request.Request(url + "/v1/completions", data=body, headers={"Content-Type": "application/json"})
