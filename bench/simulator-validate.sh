@@ -235,25 +235,31 @@ PY
 # the merge workspace); the engine's dlora_adapter_{merge,unmerge}{s,_seconds}_total counters, scraped before and
 # after, give the mean merge and unmerge, which replace the one-replica profile's lora.md-scaled coefficients.
 CAL_MERGES=${CAL_MERGES:-12}
-metric() { curl -s --max-time 10 "$url/metrics" | sed -n "s/^$1 \([0-9.e+-]*\)$/\1/p" | head -1; }
+# The four switch counters from one scrape, in that order (a missing one prints as nan and fails the fit below).
+switch_counters() {
+    curl -s --max-time 10 "$url/metrics" | awk '
+        { v[$1] = $2 }
+        END { n = split("dlora_adapter_merges_total dlora_adapter_merge_seconds_total dlora_adapter_unmerges_total dlora_adapter_unmerge_seconds_total", k, " ")
+              for (i = 1; i <= n; i++) printf "%s%s", (k[i] in v ? v[k[i]] : "nan"), (i < n ? " " : "\n") }'
+}
 calibrate_merge() {  # profile json
     local profile=$1
     start_server "$tmp/cal-merge.log" 's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
         "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy merged-only \
         || { stop_server; return 0; }
-    local before=() after=() k
+    local before="" after k
     for k in $(seq 0 $((CAL_MERGES + 3))); do
-        [ "$k" = 4 ] && before=("$(metric dlora_adapter_merges_total)" "$(metric dlora_adapter_merge_seconds_total)" \
-                               "$(metric dlora_adapter_unmerges_total)" "$(metric dlora_adapter_unmerge_seconds_total)")
+        [ "$k" = 4 ] && before=$(switch_counters)
         curl -s --max-time 60 -o /dev/null -H 'Content-Type: application/json' "$url/v1/completions" \
             -d "{\"model\":\"adapter-$((k % 4))\",\"prompt\":\"The quick brown fox\",\"max_tokens\":2,\"temperature\":0,\"ignore_eos\":true}"
     done
-    after=("$(metric dlora_adapter_merges_total)" "$(metric dlora_adapter_merge_seconds_total)" \
-           "$(metric dlora_adapter_unmerges_total)" "$(metric dlora_adapter_unmerge_seconds_total)")
+    after=$(switch_counters)
     stop_server
-    python3 - "$profile" "${before[@]}" "${after[@]}" <<'PY' || echo "validate: merge calibration failed; the profile keeps lora.md's merge" >&2
+    # shellcheck disable=SC2086  # four numbers each
+    python3 - "$profile" $before $after <<'PY' || echo "validate: merge calibration failed; the profile keeps lora.md's merge" >&2
 import json, sys
 path = sys.argv[1]
+assert len(sys.argv) == 10, "the switch counters were not all scraped"
 b, a = [float(x) for x in sys.argv[2:6]], [float(x) for x in sys.argv[6:10]]
 merges, merge_s, unmerges, unmerge_s = (a[i] - b[i] for i in range(4))
 assert merges >= 4 and unmerges >= 1, f"{merges:.0f} merges and {unmerges:.0f} unmerges: no switch to time"

@@ -141,8 +141,8 @@ public struct CPUCostModel: ReplicaCostModel {
     public var perPrefillTokenSeconds = 0.00142
     /// Attention's growth with context: seconds per position a decode run attends (its K/V read, 46 KB per
     /// position). 0 by default: core.md's rows ran at 129–192 positions, so their per-sequence cost includes that
-    /// context; a measured profile (bench/simulator-validate.sh: batch 32 at two prompt lengths) sets it and
-    /// takes its share out of `perDecodeSeconds`.
+    /// context; a measured profile (bench/simulator-validate.sh: the least-squares growth of bench core's decode
+    /// step over one run's positions) sets it and takes its share out of `perDecodeSeconds`.
     public var perContextTokenSeconds = 0.0
     /// Unmerged LoRA path (lora.md q/v rank 16, batch 32: +0.99 ms with 1 adapter, +5.94 ms with 32):
     /// 0.026 ms per reference-adapter token + 0.16 ms per distinct adapter.
