@@ -163,69 +163,60 @@ stop_server() {
     server_pid=""
 }
 # ---- 1b. the serving engine's own step and per-request cost, measured apart from the workload
-# bench core times the model's forward pass at batch 1 and 32; a served step also samples, detokenizes and
-# hands each token to its HTTP handler, and the small batches these runs have (a few sequences, at most SLOTS
-# adapters) are not on the line through 1 and 32. Closed-loop clients (tools/serve_overhead.py: CAL_OUTPUT
-# tokens each, one adapter per client, unmerged-only, no trace) measure the served decode step client-side
-# (the router's relay included, as in the runs compared) at 1, 2 and 4 sequences per replica; the profile's
-# fixed and per-sequence decode costs are refitted to them (least squares, its LoRA terms kept), and the
-# time to the first token at batch 1 less its predicted prefill step becomes the per-request overhead (HTTP,
-# tokenization, relay: `request_overhead_seconds`); the prefill's cost per token is refitted from the served
-# engine's first tokens at two prompt lengths (bench core's prefill — 32 prompts of 128 in 512-token ubatches, a
-# different workload — read 3.15 ms per token in the AVX2 machine's validation run, against 2.6 served). CALIBRATE=0 keeps bench core's profiles.
+# bench core times the model's forward pass at batch 1 and 32 in its own loop; the served engine runs the small
+# batches these runs have (a few sequences, at most SLOTS adapters) and prompts one at a time. So the step
+# coefficients are refitted on the served engine's own iterations: the calibration server writes a step log
+# (`dlora serve --step-log`: each iteration's shape and forward seconds) while closed-loop clients
+# (tools/serve_overhead.py: CAL_OUTPUT tokens each, one adapter per client, unmerged-only, no trace) hold 1, 2 and
+# 4 sequences per replica, then prompts of 4 and CAL_PROMPT tokens go one at a time (CAL_PREFILL_PAIRS interleaved
+# pairs, after a warm-up); bench/step_log.py fits the fixed, per-sequence and per-prompt-token seconds to those
+# iterations by least squares, the LoRA terms (lora.md's, scaled) and the context term (bench core's growth per
+# position) held. The time to the first token at batch 1 less its predicted prefill step becomes the per-request
+# overhead (HTTP, tokenization, relay: `request_overhead_seconds`). Before the step log, the decode step was timed
+# client-side (11.3 ms at one sequence, 29.9 at four on the AVX2 machine) and the prefill from first tokens at two
+# prompt lengths; served step logs of the validation runs themselves then showed decodes priced 19 % above what
+# the engine spent. CALIBRATE=0 keeps bench core's profiles.
 CALIBRATE=${CALIBRATE:-1}
 CAL_OUTPUT=${CAL_OUTPUT:-48}
 CAL_PROMPT=${CAL_PROMPT:-128}
 CAL_PREFILL_PAIRS=${CAL_PREFILL_PAIRS:-4}
-calibrate() {  # profile json, replicas, then the server's log, ready pattern and command
-    local profile=$1 replicas=$2 log=$3 pattern=$4
-    shift 4
+calibrate() {  # profile json, replicas, step log (written by the server), then the server's log, ready pattern and command
+    local profile=$1 replicas=$2 steps=$3 log=$4 pattern=$5
+    shift 5
+    rm -f "$steps"
     start_server "$log" "$pattern" "$@" || { stop_server; return 0; }
     python3 tools/serve_overhead.py "$url" $((replicas * 4)) "$CAL_OUTPUT" 1 > /dev/null  # warm-up: adapters load
-    local points=()
+    python3 tools/serve_overhead.py "$url" "$replicas" 3 1 "$CAL_PROMPT" > /dev/null || { stop_server; return 0; }
+    local fitted_from
+    fitted_from=$(wc -l < "$steps" 2>/dev/null || echo 0)  # iterations of the warm-up, left out of the fit
+    local points=() b i
     for b in 1 2 4; do
         points+=("$b" "$(python3 tools/serve_overhead.py "$url" $((replicas * b)) "$CAL_OUTPUT" 3)") || { stop_server; return 0; }
     done
-    # Prefill as served: the first token of CAL_PROMPT-token prompts against 4-token ones, one request per replica,
-    # after a warm-up, in CAL_PREFILL_PAIRS interleaved pairs (three unwarmed requests per length read 30 % high).
-    python3 tools/serve_overhead.py "$url" "$replicas" 3 1 "$CAL_PROMPT" > /dev/null || { stop_server; return 0; }
-    local prefill=() i
     for i in $(seq 1 "$CAL_PREFILL_PAIRS"); do
-        prefill+=("$(python3 tools/serve_overhead.py "$url" "$replicas" 3 1 4)" \
-                  "$(python3 tools/serve_overhead.py "$url" "$replicas" 3 1 "$CAL_PROMPT")") || { stop_server; return 0; }
+        python3 tools/serve_overhead.py "$url" "$replicas" 3 1 4 > /dev/null || { stop_server; return 0; }
+        python3 tools/serve_overhead.py "$url" "$replicas" 3 1 "$CAL_PROMPT" > /dev/null || { stop_server; return 0; }
     done
     stop_server
-    python3 - "$profile" "$CAL_OUTPUT" "$(printf '%s;' "${prefill[@]}")" "${points[@]}" <<'PY'
+    tail -n +$((fitted_from + 1)) "$steps" > "$steps.fit"
+    [ -s "$steps.fit" ] || { echo "validate: the calibration server wrote no step log; the profile keeps bench core's step" >&2; return 0; }
+    python3 bench/step_log.py "$profile" "$steps.fit" --fit "$profile" \
+        --fit-keys fixed_seconds,per_decode_seconds,per_prefill_token_seconds > "$steps.fit.txt" \
+        || { echo "validate: the step fit failed; the profile keeps bench core's step" >&2; return 0; }
+    sed -n '/least squares/,$p' "$steps.fit.txt" >&2
+    python3 - "$profile" "${points[@]}" <<'PY'
 import json, sys
-path, output, pairs, args = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4:]
+path, args = sys.argv[1], sys.argv[2:]
 points = [(int(args[i]), *map(float, args[i + 1].split())) for i in range(0, len(args), 2)]  # (batch, step, ttft, prompt)
 p = json.load(open(path))
-def lora(b):  # b sequences on b distinct reference (q/v r16) adapters, as the CPU model prices their LoRA path
-    return (p["per_lora_token_seconds"] + p["per_adapter_seconds"]) * b
-def attended(b, prompt):  # b sequences' attention over their contexts (prompt + output/2 positions on average)
-    return p.get("per_context_token_seconds", 0.0) * b * (prompt + output / 2)
-xs = [b for b, *_ in points]
-ys = [step - lora(b) - attended(b, prompt) for b, step, _, prompt in points]
-mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-per = max(0.0, sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs))
-fixed = max(0.0, my - per * mx)
-was = (p["fixed_seconds"], p["per_decode_seconds"])
-p["fixed_seconds"], p["per_decode_seconds"] = fixed, per
 _, _, ttft, prompt = points[0]
-# Prefill per token: the mean over the pairs of (long − short first-token time) / (long − short prompt tokens).
-runs = [list(map(float, x.split())) for x in pairs.split(";") if x.strip()]
-slopes = [(l[1] - s[1]) / (l[2] - s[2]) for s, l in zip(runs[0::2], runs[1::2]) if l[2] > s[2]]
-bench_prefill = p["per_prefill_token_seconds"]
-if slopes and min(slopes) > 0:
-    p["per_prefill_token_seconds"] = sum(slopes) / len(slopes)
-overhead = max(0.0, ttft - (fixed + prompt * p["per_prefill_token_seconds"] + lora(1)))
+step1 = p["fixed_seconds"] + prompt * p["per_prefill_token_seconds"] + p["per_lora_token_seconds"] * prompt + p["per_adapter_seconds"]
+overhead = max(0.0, ttft - step1)
 p["request_overhead_seconds"] = overhead
-p["source"] += ("; served decode step (client-side) " + ", ".join(f"{s*1e3:.2f} ms at {b}" for b, s, *_ in points)
-                + f" → decode {fixed*1e3:.2f} ms + {per*1e3:.2f} ms/sequence (bench core's: {was[0]*1e3:.2f} + {was[1]*1e3:.2f}); "
-                + f"prefill (first token, {runs[1][2]:.0f}- against {runs[0][2]:.0f}-token prompts, {len(slopes)} pairs: "
-                + ", ".join(f"{x*1e3:.2f}" for x in slopes) + f" ms/token) {p['per_prefill_token_seconds']*1e3:.2f} ms/token "
-                + f"(bench core's: {bench_prefill*1e3:.2f}); "
-                + f"first token of a {prompt:.0f}-token prompt {ttft*1e3:.1f} ms → {overhead*1e3:.1f} ms per request before the engine")
+p["source"] += (f" → decode {p['fixed_seconds']*1e3:.2f} ms + {p['per_decode_seconds']*1e3:.2f} ms/sequence, prefill "
+                + f"{p['per_prefill_token_seconds']*1e3:.2f} ms/token; client-side decode step "
+                + ", ".join(f"{s*1e3:.2f} ms at {b}" for b, s, *_ in points)
+                + f"; first token of a {prompt:.0f}-token prompt {ttft*1e3:.1f} ms → {overhead*1e3:.1f} ms per request before the engine")
 json.dump(p, open(path, "w"), indent=1)
 print(p["source"])
 PY
@@ -243,13 +234,17 @@ switch_counters() {
               for (i = 1; i <= n; i++) printf "%s%s", (k[i] in v ? v[k[i]] : "nan"), (i < n ? " " : "\n") }'
 }
 calibrate_merge() {  # profile json
-    local profile=$1
+    local profile=$1 steps="$tmp/cal-merge.steps.jsonl" fitted_from=0
+    rm -f "$steps"
     start_server "$tmp/cal-merge.log" 's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
         "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy merged-only \
-        || { stop_server; return 0; }
+        --step-log "$steps" || { stop_server; return 0; }
     local before="" after k
     for k in $(seq 0 $((CAL_MERGES + 3))); do
-        [ "$k" = 4 ] && before=$(switch_counters)
+        if [ "$k" = 4 ]; then
+            before=$(switch_counters)
+            fitted_from=$(wc -l < "$steps" 2>/dev/null || echo 0)
+        fi
         curl -s --max-time 60 -o /dev/null -H 'Content-Type: application/json' "$url/v1/completions" \
             -d "{\"model\":\"adapter-$((k % 4))\",\"prompt\":\"The quick brown fox\",\"max_tokens\":2,\"temperature\":0,\"ignore_eos\":true}"
     done
@@ -273,44 +268,96 @@ p["source"] += (f"; served merge {merge_s / merges * 1e3:.2f} ms (mean of {merge
 json.dump(p, open(path, "w"), indent=1)
 print(p["source"])
 PY
+    # The merged step's extra cost (dense f32 copies of the targeted matrices in place of Q4_1 ones), fitted on the
+    # merged iterations served after the warm-up, the other step terms held at the served fit.
+    tail -n +$((fitted_from + 1)) "$steps" > "$steps.fit"
+    if [ -s "$steps.fit" ] && python3 bench/step_log.py "$profile" "$steps.fit" --fit "$profile" --fit-keys merged_extra_seconds \
+            > "$steps.fit.txt"; then
+        sed -n '/least squares/,$p' "$steps.fit.txt" >&2
+    else
+        echo "validate: no merged iterations to fit; the profile keeps lora.md's merged cost" >&2
+    fi
 }
 if [ "$CALIBRATE" != 0 ]; then
-    echo "validate: timing merges in the served engine" >&2
-    calibrate_merge "$RESULTS/simulator-profile-2threads.json"
     echo "validate: calibrating the served step (one replica, then the cluster)" >&2
-    calibrate "$RESULTS/simulator-profile-2threads.json" 1 "$tmp/cal-serve.log" \
+    calibrate "$RESULTS/simulator-profile-2threads.json" 1 "$tmp/cal-serve.steps.jsonl" "$tmp/cal-serve.log" \
         's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
-        "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy unmerged-only
-    calibrate "$RESULTS/simulator-profile-1thread-shared.json" "$REPLICAS" "$tmp/cal-cluster.log" \
+        "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy unmerged-only \
+        --step-log "$tmp/cal-serve.steps.jsonl"
+    calibrate "$RESULTS/simulator-profile-1thread-shared.json" "$REPLICAS" "$tmp/cal-cluster.steps.jsonl" "$tmp/cal-cluster.log" \
         's/.*dlora: router on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
         "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
-        --adapter-slots "$SLOTS" --dispatch round-robin --migration off --policy unmerged-only
+        --adapter-slots "$SLOTS" --dispatch round-robin --migration off --policy unmerged-only -- --step-log "$tmp/cal-cluster.steps.jsonl"
+    echo "validate: timing merges and merged steps in the served engine" >&2
+    calibrate_merge "$RESULTS/simulator-profile-2threads.json"
 fi
 
-# ---- 2. real runs
+# ---- 2. real runs, 3. simulated runs
+# Each server keeps its state from one run to the next (the scheduler's learned step costs and merge decisions,
+# resident adapters, the router's view), so a run is simulated after everything that server served before it:
+# its warm-up and earlier runs go first in the requests file, each after the one before has ended (the real
+# run's makespan + 10 s), and the metrics and step comparisons count only the run's own requests and iterations.
+# Every run is simulated twice: with the profile measured before the runs (out of sample: bench core, then the
+# calibration above) and with the step coefficients fitted on the iterations that server ran in the runs
+# (bench/step_log.py on its step log, the warm-up left out): the first says how well the simulator predicts;
+# the second takes this machine's drift in speed between calibration and runs out of the comparison and checks
+# the simulated scheduling, queueing and routing given the right step price.
+steps_log=""    # the running server's step log: each run's iterations are cut out of it into OUT.steps.jsonl
+served_runs=()  # the runs the running server has served, in order (the warm-up first)
 load() {  # out, then cluster_load.py arguments
-    local out=$1
+    local out=$1 before=0
     shift
+    [ -n "$steps_log" ] && before=$(wc -l < "$steps_log" 2>/dev/null || echo 0)
     python3 tools/cluster_load.py --url "$url" --trace "$TRACE" --workload "$WORKLOAD" --adapters "$ADAPTERS" --alpha "$ALPHA" \
         --seed "$SEED" --max-prompt "$MAX_PROMPT" --max-output "$MAX_OUTPUT" --timeout "$RUN_TIMEOUT" --out "$out" "$@" \
         2> "$out.log" || { echo "validate: load run failed" >&2; tail -5 "$out.log" >&2; }
+    [ -n "$steps_log" ] && tail -n +$((before + 1)) "$steps_log" > "$out.steps.jsonl" 2>/dev/null || true
+    served_runs+=("$out")
 }
-simulate() {  # real run JSON, replicas, profile, then dlora simulate flags
-    local real=$1 replicas=$2 profile=$3
-    shift 3
-    python3 - "$real" "$real.requests.jsonl" <<'PY' || return 0
+simulate() {  # real run JSON, replicas, calibrated profile, fitted profile, then dlora simulate flags
+    local real=$1 replicas=$2 profile=$3 fitted=$4 prior=() r
+    shift 4
+    for r in "${served_runs[@]}"; do [ "$r" = "$real" ] && break; prior+=("$r"); done
+    python3 - "$real.requests.jsonl" "$real.requests.offset" "${prior[@]}" "$real" <<'PY' || return 0
 import json, sys
-recs = json.load(open(sys.argv[1]))["records"]
-with open(sys.argv[2], "w") as f:
+out, offset_file, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
+t, rows, before, start = 0.0, [], 0, 0.0
+for k, path in enumerate(runs):
+    try:
+        run = json.load(open(path))
+    except (OSError, ValueError):
+        continue  # a run that failed to write leaves a gap, nothing else
+    recs = [r for r in run["records"] if r.get("ok") and r.get("prompt_tokens") is not None]
+    if k == len(runs) - 1:
+        before, start = len(rows), t
     for r in recs:
-        if not r.get("ok") or r.get("prompt_tokens") is None:
-            continue
-        f.write(json.dumps({"arrival": r["arrival_s"], "adapter": int(r["model"].rsplit("-", 1)[1]),
-                            "prompt_tokens": r["prompt_tokens"], "output_tokens": r["tokens"]}) + "\n")
+        rows.append({"arrival": r["arrival_s"] + t, "adapter": int(r["model"].rsplit("-", 1)[1]),
+                     "prompt_tokens": r["prompt_tokens"], "output_tokens": r["tokens"]})
+    t += (run.get("makespan_s") or max((r["finish_s"] for r in recs), default=0.0)) + 10.0
+with open(out, "w") as f:
+    for row in rows:
+        f.write(json.dumps(row) + "\n")
+json.dump({"requests_before": before, "start": start}, open(offset_file, "w"))
 PY
-    "$DLORA" simulate --requests-file "$real.requests.jsonl" --replicas "$replicas" --cost cpu --cost-profile "$profile" \
-        --adapter-slots "$SLOTS" --json --records "$real.sim.csv" "$@" > "$real.sim.json" 2> "$real.sim.log" \
-        || { echo "validate: simulate failed" >&2; tail -3 "$real.sim.log" >&2; }
+    local tag prof
+    for tag in sim simfit; do
+        prof=$profile
+        [ "$tag" = simfit ] && prof=$fitted
+        [ -s "$prof" ] || continue
+        "$DLORA" simulate --requests-file "$real.requests.jsonl" --replicas "$replicas" --cost cpu --cost-profile "$prof" \
+            --adapter-slots "$SLOTS" --json --records "$real.$tag.csv" --step-log "$real.$tag.steps.jsonl" "$@" \
+            > "$real.$tag.json" 2> "$real.$tag.log" || { echo "validate: simulate failed" >&2; tail -3 "$real.$tag.log" >&2; }
+    done
+}
+fit_served() {  # calibrated profile, fitted profile to write, then the runs whose iterations it is fitted on
+    local profile=$1 fitted=$2
+    shift 2
+    cat "${@/%/.steps.jsonl}" > "$fitted.steps.jsonl" 2>/dev/null || true
+    rm -f "$fitted"
+    [ -s "$fitted.steps.jsonl" ] || return 0
+    python3 bench/step_log.py "$profile" "$fitted.steps.jsonl" --fit "$fitted" \
+        --fit-keys fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds \
+        > "$fitted.txt" 2>&1 || { echo "validate: the fit on the served iterations failed" >&2; rm -f "$fitted"; }
 }
 data=${DATA:-$tmp/data}  # DATA=dir keeps the runs' files
 mkdir -p "$data"
@@ -321,43 +368,53 @@ for c in $CLUSTER_CONFIGS; do
         *) flags=(--dispatch "$c" --migration off) ;;
     esac
     echo "validate: cluster $c" >&2
+    steps_log="$data/cluster-$c.steps.jsonl"
+    served_runs=()
+    rm -f "$steps_log"
     # shellcheck disable=SC2086
     start_server "$data/cluster-$c.log" 's/.*dlora: router on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
         "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
-        --adapter-slots "$SLOTS" "${flags[@]}" $MIGRATION_FLAGS || { stop_server; continue; }
-    load "$data/warm.json" --requests 4 --rate 0.5
+        --adapter-slots "$SLOTS" "${flags[@]}" $MIGRATION_FLAGS -- --step-log "$steps_log" || { stop_server; continue; }
+    load "$data/warm-cluster-$c.json" --requests 4 --rate 0.5
     for i in $(seq 1 "$REPEATS"); do
         for rate in $RATES; do
             load "$data/cluster_${c}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
         done
     done
     stop_server
+    fit_served "$RESULTS/simulator-profile-1thread-shared.json" "$data/fit-cluster-$c.json" "${served_runs[@]:1}"
     for i in $(seq 1 "$REPEATS"); do
         for rate in $RATES; do
             [ -s "$data/cluster_${c}_${rate}~$i.json" ] || continue
             mig=off; disp=$c
             case "$c" in dlora+recompute) disp=dlora; mig=recompute ;; dlora+kv) disp=dlora; mig=kv ;; esac
             simulate "$data/cluster_${c}_${rate}~$i.json" "$REPLICAS" "$RESULTS/simulator-profile-1thread-shared.json" \
+                "$data/fit-cluster-$c.json" \
                 --dispatch "$disp" --migration "$mig" --migration-period 2 --migration-request-excess 4 --policy dlora
         done
     done
 done
 for p in $POLICIES; do
     echo "validate: single replica, $p" >&2
+    steps_log="$data/serve-$p.steps.jsonl"
+    served_runs=()
+    rm -f "$steps_log"
     start_server "$data/serve-$p.log" 's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
         "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy "$p" \
-        || { stop_server; continue; }
-    load "$data/warm.json" --requests 4 --rate 0.5
+        --step-log "$steps_log" || { stop_server; continue; }
+    load "$data/warm-single-$p.json" --requests 4 --rate 0.5
     for i in $(seq 1 "$REPEATS"); do
         for rate in $SINGLE_RATES; do
             load "$data/single_${p}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
         done
     done
     stop_server
+    fit_served "$RESULTS/simulator-profile-2threads.json" "$data/fit-single-$p.json" "${served_runs[@]:1}"
     for i in $(seq 1 "$REPEATS"); do
         for rate in $SINGLE_RATES; do
             [ -s "$data/single_${p}_${rate}~$i.json" ] || continue
-            simulate "$data/single_${p}_${rate}~$i.json" 1 "$RESULTS/simulator-profile-2threads.json" --policy "$p" --dispatch round-robin
+            simulate "$data/single_${p}_${rate}~$i.json" 1 "$RESULTS/simulator-profile-2threads.json" "$data/fit-single-$p.json" \
+                --policy "$p" --dispatch round-robin
         done
     done
 done
@@ -368,6 +425,8 @@ python3 - "$data" "$RESULTS/simulator.md" "$(date -u +%Y-%m-%d)" "$(lscpu | sed 
     "$RESULTS" <<'PY'
 import csv, glob, json, os, sys
 data, out, day, cpu, settings, results = sys.argv[1:7]
+sys.path.insert(0, "bench")
+from step_log import price  # noqa: E402  (CPUCostModel.stepSeconds, in Python)
 
 def pct(xs, p):
     xs = sorted(xs)
@@ -387,58 +446,93 @@ def real_rows(path):
     recs = json.load(open(path))["records"]
     return [(r["arrival_s"], r["finish_s"], r["tokens"]) for r in recs if r.get("ok") and r.get("prompt_tokens") is not None]
 
-def sim_rows(path):
-    with open(path) as f:
-        return [(float(r["arrival"]), float(r["finish"]), int(r["tokens"])) for r in csv.DictReader(f) if r["finish"]]
+def offset(path):  # the run's own requests and iterations in a simulation primed with what the server ran before
+    try:
+        return json.load(open(path + ".requests.offset"))
+    except (OSError, ValueError):
+        return {"requests_before": 0, "start": 0.0}
 
-within = {}  # metric → [rows within 15 %, rows]
-def diff(s, r, key, lo=None, hi=None):
-    d = (s - r) / r * 100
-    ok = abs(d) <= 15
-    tally = within.setdefault(key, [0, 0])
-    tally[0] += ok; tally[1] += 1
-    inside = lo is not None and hi is not None and hi > lo and lo <= s <= hi
-    return f"{d:+.0f} %" + ("" if ok else " ⚠") + (" ∈" if inside else "")
+def sim_rows(path, tag):
+    first = offset(path)["requests_before"]
+    with open(f"{path}.{tag}.csv") as f:
+        return [(float(r["arrival"]), float(r["finish"]), int(r["tokens"])) for r in csv.DictReader(f)
+                if r["finish"] and int(r["id"]) >= first]
+
+def step_rows(path, since=None):
+    try:
+        with open(path) as f:
+            rows = [json.loads(x) for x in f if x.strip()]
+    except OSError:
+        return []
+    return rows if since is None else [s for s in rows if s["start"] >= since - 1e-9]
 
 def spread(xs, fmt):
     m = sum(xs) / len(xs)
     return (fmt.format(m) + (" [" + fmt.format(min(xs)) + "–" + fmt.format(max(xs)) + "]" if len(xs) > 1 else ""), m, min(xs), max(xs))
 
+def groups(kind):
+    g = {}
+    for path in sorted(p for p in glob.glob(f"{data}/{kind}_*.json") if ".json." not in p):
+        name = os.path.basename(path)[len(kind) + 1:-5].split("~")[0]
+        config, rate = name.rsplit("_", 1)
+        g.setdefault((config, float(rate), rate), []).append(path)
+    return sorted(g.items())
+
+TITLES = (("cluster", "Cluster: 2 replicas × 1 thread behind the router (same dispatch and migration)"),
+          ("single", "One replica, threads=2 (batching policies)"))
+NAMES = {"throughput": "throughput", "avg_lpt": "average latency per token", "p90": "P90 latency"}
+
+def results_table(tag):
+    """The metrics table of every row, simulated with profile `tag` (sim: calibrated; simfit: fitted on the runs)."""
+    within, lines = {}, []
+    def diff(s, r, key, lo=None, hi=None):
+        d = (s - r) / r * 100
+        ok = abs(d) <= 15
+        tally = within.setdefault(key, [0, 0])
+        tally[0] += ok; tally[1] += 1
+        inside = lo is not None and hi is not None and hi > lo and lo <= s <= hi
+        return f"{d:+.0f} %" + ("" if ok else " ⚠") + (" ∈" if inside else "")
+    for kind, title in TITLES:
+        lines += [f"### {title}", "", "| configuration | rate req/s | requests × runs | real tok/s | sim | Δ | real avg lat/token s | sim | Δ | real P90 s | sim | Δ |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for (config, _, rate), paths in groups(kind):
+            real = [m for m in (metrics(real_rows(p)) for p in paths) if m]
+            sim = [m for m in (metrics(sim_rows(p, tag)) for p in paths if os.path.exists(f"{p}.{tag}.csv")) if m]
+            if not real or not sim:
+                lines.append(f"| {config} | {rate} | — | run failed | | | | | | | | |")
+                continue
+            cells = []
+            for key, fmt in (("throughput", "{:.1f}"), ("avg_lpt", "{:.4f}"), ("p90", "{:.2f}")):
+                text, mean, lo, hi = spread([m[key] for m in real], fmt)
+                s_mean = sum(m[key] for m in sim) / len(sim)
+                cells += [text, fmt.format(s_mean), diff(s_mean, mean, key, lo, hi)]
+            lines.append(f"| {config} | {rate} | {real[0]['n']} × {len(real)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("Within 15 % of the real mean: " + "; ".join(f"{NAMES[k]} {a} of {n} rows" for k, (a, n) in within.items()) + ".")
+    lines.append("")
+    return lines
+
 lines = ["# The simulator against the real engine", "",
          f"Generated by `bash bench/simulator-validate.sh` on {day} — {cpu}. {settings}.", "",
          "Each row: the real runs (the engine serving SmolLM2-135M Q4_1 in real time under tools/cluster_load.py; REPEATS runs",
          "of the same requests back to back on one server, their mean and [min–max]) and the simulator fed **the same",
-         "requests** (scheduled arrival, adapter, prompt tokens as the server counted them, generated tokens) with the CPU",
-         "cost model whose coefficients this run measured (profiles below; the mean over the runs' recorded requests).",
-         "Both sides' metrics come from one function over per-request records: throughput = generated tokens / (first",
-         "arrival → last finish); avg latency per token = Σ latency / Σ generated tokens; P90 of per-request latency",
-         "(arrival → last token). Δ = (simulated − real mean) / real mean; ⚠ marks |Δ| > 15 %; ∈ marks a simulated value",
-         "inside the real runs' own range.", ""]
-for kind, title in (("cluster", "## Cluster: 2 replicas × 1 thread behind the router (same dispatch and migration)"),
-                    ("single", "## One replica, threads=2 (batching policies)")):
-    lines += [title, "", "| configuration | rate req/s | requests × runs | real tok/s | sim | Δ | real avg lat/token s | sim | Δ | real P90 s | sim | Δ |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    groups = {}
-    for path in sorted(p for p in glob.glob(f"{data}/{kind}_*.json") if ".json." not in p):
-        name = os.path.basename(path)[len(kind) + 1:-5].split("~")[0]
-        config, rate = name.rsplit("_", 1)
-        groups.setdefault((config, float(rate), rate), []).append(path)
-    for (config, _, rate), paths in sorted(groups.items()):
-        real = [m for m in (metrics(real_rows(p)) for p in paths) if m]
-        sim = [m for m in (metrics(sim_rows(p + ".sim.csv")) for p in paths if os.path.exists(p + ".sim.csv")) if m]
-        if not real or not sim:
-            lines.append(f"| {config} | {rate} | — | run failed | | | | | | | | |")
-            continue
-        cells = []
-        for key, fmt in (("throughput", "{:.1f}"), ("avg_lpt", "{:.4f}"), ("p90", "{:.2f}")):
-            text, mean, lo, hi = spread([m[key] for m in real], fmt)
-            s_mean = sum(m[key] for m in sim) / len(sim)
-            cells += [text, fmt.format(s_mean), diff(s_mean, mean, key, lo, hi)]
-        lines.append(f"| {config} | {rate} | {real[0]['n']} × {len(real)} | " + " | ".join(cells) + " |")
-    lines.append("")
-names = {"throughput": "throughput", "avg_lpt": "average latency per token", "p90": "P90 latency"}
-lines.append("Within 15 % of the real mean: " + "; ".join(f"{names[k]} {a} of {n} rows" for k, (a, n) in within.items()) + ".")
-lines.append("")
+         "requests** (scheduled arrival, adapter, prompt tokens as the server counted them, generated tokens), after",
+         "everything that server had served before the run (its warm-up and earlier runs, so the scheduler's learned costs",
+         "and resident adapters carry over as they did), the run's own requests counted. Both sides' metrics come from one",
+         "function over per-request records: throughput = generated tokens / (first arrival → last finish); avg latency per",
+         "token = Σ latency / Σ generated tokens; P90 of per-request latency (arrival → last token). Δ = (simulated − real",
+         "mean) / real mean; ⚠ marks |Δ| > 15 %; ∈ marks a simulated value inside the real runs' own range.", "",
+         "## Predicted: the profile measured before the runs", "",
+         "The CPU cost model with the coefficients measured before the runs (bench core, then the served calibration;",
+         "profiles below): what the simulator predicts for a workload it has not seen.", ""]
+lines += results_table("sim")
+lines += ["## Given the served step price: coefficients fitted on the runs' own iterations", "",
+          "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged",
+          "extra) fitted by least squares on the iterations each server ran in its runs (its step log, warm-up left out;",
+          "LoRA, merge and copy terms as above). This takes the machine's drift in speed between the calibration and the",
+          "runs out, and checks what is left to the simulator: the scheduling, queueing, dispatch and migration it runs.", ""]
+lines += results_table("simfit")
+
 lines += ["## Profiles measured in this run", ""]
 for f in ("simulator-profile-2threads.json", "simulator-profile-1thread-shared.json"):
     p = json.load(open(os.path.join(results, f)))
@@ -446,6 +540,44 @@ for f in ("simulator-profile-2threads.json", "simulator-profile-1thread-shared.j
                  f"{p.get('per_context_token_seconds', 0)*1e9:.0f} ns per position attended, "
                  f"prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token.")
 lines.append("")
+fits = []
+for kind, _ in TITLES:
+    for path in sorted(glob.glob(f"{data}/fit-{kind}-*.json")):
+        p = json.load(open(path))
+        name = os.path.basename(path)[len("fit-"):-len(".json")].replace("-", " ", 1)
+        fits.append(f"| {name} | {p['fixed_seconds']*1e3:.2f} | {p['per_decode_seconds']*1e3:.2f} | {p.get('per_context_token_seconds', 0)*1e9:.0f} | "
+                    f"{p['per_prefill_token_seconds']*1e3:.2f} | {p.get('merged_extra_seconds', 0)*1e3:.2f} |")
+if fits:
+    lines += ["Fitted on the served iterations of each server's runs:", "",
+              "| server | fixed ms | per sequence ms | ns per position attended | prefill ms/token | merged extra ms |",
+              "|---|---:|---:|---:|---:|---:|"] + fits + [""]
+
+# Iterations as served (the replicas' --step-log, cut per run) and as simulated (dlora simulate --step-log).
+step_lines = []
+for kind, profile in (("cluster", "simulator-profile-1thread-shared.json"), ("single", "simulator-profile-2threads.json")):
+    prof = json.load(open(os.path.join(results, profile)))
+    for (config, _, rate), paths in groups(kind):
+        real = [step_rows(p + ".steps.jsonl") for p in paths]
+        sim = [step_rows(p + ".sim.steps.jsonl", offset(p)["start"]) for p in paths]
+        if not all(real) or not all(sim):
+            continue
+        def mean(runs, f):
+            return sum(f(r) for r in runs) / len(runs)
+        per_step = lambda key: (lambda r: sum(s[key] for s in r) / len(r))
+        merged = lambda r: sum(s["mode"] == "merged" for s in r) / len(r) * 100
+        fwd = lambda r: sum(s["forward_seconds"] for s in r)
+        priced = mean(real, lambda r: sum(price(prof, s) for s in r)) / mean(real, fwd)
+        step_lines.append(f"| {kind} {config} | {rate} | {mean(real, len):.0f} | {mean(sim, len):.0f} | "
+                          f"{mean(real, per_step('sequences')):.2f} | {mean(sim, per_step('sequences')):.2f} | "
+                          f"{mean(real, merged):.0f} % | {mean(sim, merged):.0f} % | {mean(real, fwd):.2f} | {mean(sim, fwd):.2f} | {priced:.2f} |")
+if step_lines:
+    lines += ["## Iterations: served against simulated (the measured profile)", "",
+              "Per row, the mean over its runs: iterations, sequences per iteration, the share run merged and the seconds in",
+              "forward passes, from the servers' step logs (`dlora serve --step-log`, all replicas together) and the simulator's",
+              "(`dlora simulate --step-log`); and the measured profile's price of the served iterations over what they took",
+              "(1.00: it prices the steps the engine ran exactly).", "",
+              "| configuration | rate | real iterations | sim | real seqs/iter | sim | real merged | sim | real forward s | sim | priced / served |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + step_lines + [""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY

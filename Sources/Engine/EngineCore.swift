@@ -80,6 +80,10 @@ public final class EngineCore {
     public let contextLimit: Int
     /// Called with every row of logits a request samples from (tests compare them with goldens).
     public var logitsObserver: ((_ request: RequestID, _ logits: UnsafeBufferPointer<Float>) -> Void)?
+    /// Called once per iteration that ran a forward pass, after sampling: its shape, the seconds its actions took
+    /// (merges, unmerges, swaps), the forward pass's, and the whole iteration's (scheduling, actions, forward
+    /// and sampling) on `clock`. `dlora serve --step-log` writes these.
+    public var stepObserver: ((_ step: StepSummary, _ actionSeconds: Double, _ forwardSeconds: Double, _ stepSeconds: Double) -> Void)?
     public private(set) var timing = GenerationStats()
     /// The clock merge, unmerge and forward timings (and so the cost model) use, in nanoseconds; tests pass a
     /// scripted one to make mode decisions reproducible.
@@ -255,8 +259,11 @@ public final class EngineCore {
             performPending()
             return []
         }
+        let t0 = stepObserver == nil ? 0 : clock()
         let output = scheduler.schedule()
+        let tActions = stepObserver == nil ? 0 : clock()
         let times = runner.perform(output.actions, weights: weights(of:))
+        let actionSeconds = stepObserver == nil ? 0 : Double(clock() &- tActions) / 1e9
         count(times)
         handleDrops(output.actions)
         guard !output.runs.isEmpty else { return [] }
@@ -308,6 +315,9 @@ public final class EngineCore {
         } else {
             timing.decodeTokens += output.tokens
             timing.decodeSeconds += seconds
+        }
+        if let stepObserver {
+            stepObserver(StepSummary(output), actionSeconds, seconds, Double(clock() &- t0) / 1e9)
         }
         performPending()
         return events

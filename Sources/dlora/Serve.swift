@@ -45,6 +45,8 @@ struct Serve: AsyncParsableCommand {
     var idleTimeout: Double = 30
     @Option(help: "Open connections at most; beyond, the oldest idle one is closed, or the new one if none is idle.")
     var maxConnections: Int = 512
+    @Option(help: "Append one JSON line per iteration to this file: its shape and its action, forward and whole seconds (bench/step_log.py compares it with the simulator's and fits a cost profile to it).")
+    var stepLog: String?
     @Flag(help: .hidden)
     var exitWithParent = false
 
@@ -61,6 +63,20 @@ struct Serve: AsyncParsableCommand {
         guard maxConnections >= 1 else { throw ValidationError("--max-connections must be positive") }
     }
 
+    /// Appends step lines to `path` (created if missing; opened for appending, so the replicas of one `dlora cluster`
+    /// may share a file: each line is one write). `replica` is this process's id; `start` counts from the call.
+    static func stepWriter(path: String) throws -> (StepSummary, Double, Double, Double) -> Void {
+        let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw CLIError("--step-log: cannot write \(path): \(String(cString: strerror(errno)))") }
+        let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+        let origin = DispatchTime.now().uptimeNanoseconds, pid = Int(getpid())
+        return { step, action, forward, whole in
+            let now = Double(DispatchTime.now().uptimeNanoseconds &- origin) / 1e9
+            let line = step.jsonLine(replica: pid, start: now - whole, actionSeconds: action, forwardSeconds: forward, stepSeconds: whole)
+            try? handle.write(contentsOf: Data((line + "\n").utf8))  // a full disk loses log lines, not the server
+        }
+    }
+
     func run() async throws {
         let (path, loaded) = try modelOptions.load()
         let config = loaded.model.config
@@ -69,7 +85,9 @@ struct Serve: AsyncParsableCommand {
         let engineConfig = engineOptions.configuration(for: config, policy: policyOption.kind)
         engineOptions.prepare(loaded.model)
         let blocks = engineConfig.kvBlocks
-        let engine = EngineLoop(engine: EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig))
+        let core = EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig)
+        if let stepLog { core.stepObserver = try Self.stepWriter(path: stepLog) }
+        let engine = EngineLoop(engine: core)
         defer { engine.shutdown() }
 
         var options = ServerOptions(modelName: servedModelName ?? Self.modelName(path))

@@ -77,6 +77,8 @@ struct Simulate: ParsableCommand {
     var json = false
     @Option(help: "Write per-request records (CSV: id,adapter,arrival,first_token,finish,tokens,replica,migrations) to this file.")
     var records: String?
+    @Option(help: "Write one JSON line per simulated iteration (the fields `dlora serve --step-log` writes) to this file.")
+    var stepLog: String?
 
     var rankList: [Int] { ranks.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
@@ -163,11 +165,13 @@ struct Simulate: ParsableCommand {
         config.requestOverheadSeconds = requestOverheadMs > 0 ? requestOverheadMs / 1000 : profiledOverhead
         config.adapterRanks = rankList
         config.slo = slo
+        config.recordSteps = stepLog != nil
         let started = DispatchTime.now().uptimeNanoseconds
         let result = Simulation.run(config, workload: requestsList)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         let s = result.summary
         if let records { try Self.writeRecords(result.records, to: records) }
+        if let stepLog { try Self.writeSteps(result.steps, to: stepLog) }
         guard result.invariants.holds else { throw CLIError("an invariant broke: \(result.invariants)") }
 
         let rows: [(String, String)] = [
@@ -293,6 +297,19 @@ struct Simulate: ParsableCommand {
             }
             if key.hasSuffix("bytes_per_second") && x <= 0 { throw CLIError("\(path): \"\(key)\" must be positive") }
             model[keyPath: keyPath] = x
+        }
+    }
+
+    static func writeSteps(_ steps: [StepRecord], to path: String) throws {
+        var text = ""
+        for s in steps {
+            text += StepSummary(s.output).jsonLine(replica: s.replica, start: s.start, actionSeconds: s.actionSeconds,
+                                                   forwardSeconds: s.forwardSeconds) + "\n"
+        }
+        do {
+            try text.write(toFile: path, atomically: true, encoding: .utf8)
+        } catch {
+            throw CLIError("\(path): cannot write the step log")
         }
     }
 

@@ -95,6 +95,8 @@ import TestSupport
                           policy: gpuLike)
         let ticks = ManagedAtomicCounter()
         g.clock = { ticks.next() }
+        var seen: [(step: StepSummary, action: Double, forward: Double, whole: Double)] = []
+        g.stepObserver = { seen.append(($0, $1, $2, $3)) }
         let ids = try requests.map { try g.submit(prompt: $0.prompt, params: params, adapter: $0.adapter.map { adapters[$0] }) }
         let events = g.runToCompletion()
         #expect(g.stats.modeSwitches > 0, "the hot adapter should be merged at times")
@@ -111,6 +113,17 @@ import TestSupport
             if got.compactMap(\.token) != alone[i] { mismatches += 1 }
         }
         #expect(mismatches == 0, "\(mismatches) of 100 requests differ from their solo runs")
+        // The step observer (`dlora serve --step-log`) saw every iteration that ran: as many, merged as often, and
+        // every token computed — each prompt once and five decodes per request (six tokens, the last never fed back),
+        // unless a preemption made some recompute. Its timings come from the scripted clock, so they nest.
+        #expect(seen.count == s.mergedSteps + s.unmergedSteps)
+        #expect(seen.filter { $0.step.mergedAdapter != nil }.count == s.mergedSteps)
+        let computed = seen.reduce(0) { $0 + $1.step.tokens }, minimum = requests.reduce(0) { $0 + $1.prompt.count } + 100 * 5
+        #expect(s.preemptions > 0 ? computed > minimum : computed == minimum, "\(computed) tokens computed, \(s.preemptions) preemptions")
+        #expect(seen.allSatisfy { $0.forward > 0 && $0.whole >= $0.action + $0.forward })
+        #expect(seen.allSatisfy { $0.step.mergedAdapter == nil || ($0.step.distinctAdapters == 0 && $0.step.adapterTokens == $0.step.tokens) })
+        // A merge in the iteration's actions was timed inside it: two clock readings of 5 ms beyond the bracket's own.
+        #expect(seen.contains { $0.action >= 0.015 - 1e-9 })
     }
 }
 

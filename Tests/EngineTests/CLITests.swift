@@ -38,6 +38,7 @@ import Testing
         (["serve", "--model", tiny, "--kv-cache-mb", "0"], "--kv-cache-mb"),
         (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
         (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
+        (["serve", "--model", tiny, "--step-log", "/nonexistent/dir/steps.jsonl"], "--step-log: cannot write /nonexistent/dir/steps.jsonl"),
         (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--max-sequences", "0"], "--max-batch-sequences"),
         (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--horizon", "0"], "--horizon"),
         (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--policies", "dlora,fcfs"], "fcfs"),

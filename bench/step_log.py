@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Compares step logs (`dlora serve --step-log`, `dlora simulate --step-log`: one JSON object per iteration) with
+each other and with a CPU cost profile (`dlora simulate --cost-profile` JSON, the keys of CPUCostModel).
+
+    python3 bench/step_log.py PROFILE.json LOG [LOG ...] [--fit OUT.json [--fit-keys KEY,KEY,...]]
+
+For every log: the iterations by kind (merged / unmerged × with prompt tokens / decode only), their mean shape,
+the seconds they took (forward pass, actions, whole iteration where the log has it) and what the profile prices
+them at (the same formula as CPUCostModel.stepSeconds, adapters taken as the reference q/v rank-16 size). With
+--fit, a least-squares refit of the step coefficients on the first log's forward seconds is printed and written
+as a profile (the input profile with those keys replaced), for `dlora simulate --cost-profile`. Only the
+--fit-keys are fitted (default: fixed, per decode, per prefill token, per context token); the others keep the
+profile's values and their share is taken out of the seconds first. A workload where every request carries an
+adapter cannot tell per-token LoRA cost from per-token base cost, nor one adapter per client per-adapter cost
+from per-sequence cost: those stay as measured by bench lora unless the log separates them.
+"""
+import argparse
+import json
+import sys
+
+
+def load(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def price(p, s):
+    decode = s["tokens"] - s["prefill_tokens"]
+    t = (p.get("fixed_seconds", 0) + p.get("per_decode_seconds", 0) * decode
+         + p.get("per_prefill_token_seconds", 0) * s["prefill_tokens"]
+         + p.get("per_context_token_seconds", 0) * s["decode_context_tokens"])
+    if s["mode"] == "merged":
+        t += p.get("merged_extra_seconds", 0)
+    else:
+        t += p.get("per_lora_token_seconds", 0) * s["adapter_tokens"] + p.get("per_adapter_seconds", 0) * s["distinct_adapters"]
+    return t
+
+
+def kind(s):
+    return f'{s["mode"]:8} {"prompt" if s["prefill_tokens"] else "decode"}'
+
+
+def summary(p, steps, name):
+    print(f"\n{name}: {len(steps)} iterations")
+    print("| kind | n | mean seqs | mean tokens | mean prefill | mean decode ctx | mean adapters | forward s | priced s | priced/forward | actions s | whole s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    kinds = sorted({kind(s) for s in steps}) + ["all"]
+    for k in kinds:
+        g = [s for s in steps if k == "all" or kind(s) == k]
+        n = len(g)
+        mean = lambda key: sum(s[key] for s in g) / n
+        fwd = sum(s["forward_seconds"] for s in g)
+        pr = sum(price(p, s) for s in g)
+        act = sum(s["action_seconds"] for s in g)
+        whole = sum(s["step_seconds"] for s in g) if all("step_seconds" in s for s in g) else None
+        print(f"| {k} | {n} | {mean('sequences'):.1f} | {mean('tokens'):.1f} | {mean('prefill_tokens'):.1f} | "
+              f"{mean('decode_context_tokens'):.0f} | {mean('distinct_adapters'):.2f} | {fwd:.3f} | {pr:.3f} | {pr / fwd:.2f} | "
+              f"{act:.3f} | {'' if whole is None else f'{whole:.3f}'} |")
+    switches = sum(1 for a, b in zip(steps, steps[1:]) if a["mode"] != b["mode"] or a.get("adapter") != b.get("adapter"))
+    print(f"mode changes between consecutive iterations: {switches}")
+
+
+NAMES = ["fixed_seconds", "per_decode_seconds", "per_prefill_token_seconds", "per_context_token_seconds",
+         "per_lora_token_seconds", "per_adapter_seconds", "merged_extra_seconds"]
+DEFAULT_FIT = NAMES[:4]
+
+
+def fit(p, steps, keys):
+    """Least squares of forward seconds on the profile's step terms `keys` (normal equations, no numpy needed)."""
+    names = NAMES
+    unknown = set(keys) - set(names)
+    if unknown:
+        sys.exit(f"step_log.py: cannot fit {sorted(unknown)}: the step terms are {names}")
+    rows, ys = [], []
+    for s in steps:
+        unmerged = s["mode"] == "unmerged"
+        row = [1.0, s["tokens"] - s["prefill_tokens"], s["prefill_tokens"], s["decode_context_tokens"],
+               s["adapter_tokens"] if unmerged else 0, s["distinct_adapters"] if unmerged else 0, 0 if unmerged else 1]
+        held = sum(p.get(names[j], 0) * row[j] for j in range(len(names)) if names[j] not in keys)
+        rows.append(row)
+        ys.append(s["forward_seconds"] - held)
+    cols = [j for j in range(len(names)) if names[j] in keys and any(r[j] for r in rows)]
+    n = len(cols)
+    a = [[sum(r[cols[i]] * r[cols[j]] for r in rows) for j in range(n)] for i in range(n)]
+    b = [sum(r[cols[i]] * y for r, y in zip(rows, ys)) for i in range(n)]
+    for i in range(n):  # Gaussian elimination with partial pivoting
+        piv = max(range(i, n), key=lambda k: abs(a[k][i]))
+        a[i], a[piv], b[i], b[piv] = a[piv], a[i], b[piv], b[i]
+        if abs(a[i][i]) < 1e-30:
+            continue
+        for k in range(i + 1, n):
+            f = a[k][i] / a[i][i]
+            a[k] = [x - f * y for x, y in zip(a[k], a[i])]
+            b[k] -= f * b[i]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (b[i] - sum(a[i][j] * x[j] for j in range(i + 1, n))) / a[i][i] if abs(a[i][i]) >= 1e-30 else 0.0
+    out = dict(p)
+    for j, v in zip(cols, x):
+        out[names[j]] = max(0.0, v)  # a cost below zero is noise (or a term the log cannot separate): priced as none
+        if v < 0:
+            print(f"step_log.py: {names[j]} fitted {v:.3g} < 0, written as 0", file=sys.stderr)
+    resid = [y - sum(r[cols[i]] * x[i] for i in range(n)) for r, y in zip(rows, ys)]
+    rms = (sum(e * e for e in resid) / len(resid)) ** 0.5
+    print("\nleast squares on the forward seconds of " + str(len(steps)) + " iterations (rms residual "
+          + f"{rms * 1e3:.2f} ms; held at the profile's: {', '.join(n for n in names if n not in keys) or 'none'}):")
+    for j, v in zip(cols, x):
+        print(f"  {names[j]}: {v:.6g} (profile: {p.get(names[j], 0):.6g})")
+    return out
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description="Compare step logs with a CPU cost profile; optionally refit it.")
+    ap.add_argument("profile")
+    ap.add_argument("logs", nargs="+")
+    ap.add_argument("--fit", metavar="OUT.json", help="write the profile refitted on the first log here (may be the input)")
+    ap.add_argument("--fit-keys", default=",".join(DEFAULT_FIT), help="comma-separated step terms to fit")
+    a = ap.parse_args(argv)
+    with open(a.profile) as f:
+        p = json.load(f)
+    logs = [(path, load(path)) for path in a.logs]
+    for path, steps in logs:
+        if not steps:
+            sys.exit(f"step_log.py: {path} holds no iteration")
+        summary(p, steps, path)
+    if a.fit:
+        fitted = fit(p, logs[0][1], a.fit_keys.split(","))
+        fitted["source"] = p.get("source", "") + f"; {a.fit_keys} refitted on {len(logs[0][1])} served iterations"
+        with open(a.fit, "w") as f:
+            json.dump(fitted, f, indent=1)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
