@@ -18,13 +18,17 @@
 #    after 4 warm-up requests. Every request's scheduled arrival, adapter, prompt tokens (the server's usage) and
 #    generated tokens are recorded.
 # 3. Simulated runs. Those exact requests (`dlora simulate --requests-file`) on the same number of replicas with
-#    the same dispatch, migration, batching policy, limits and the profile measured in step 1.
+#    the same dispatch, migration, batching policy and limits, after what the same server ran before them, three
+#    times: with the profile measured before the runs (steps 1 and 1b); with the step coefficients fitted on the
+#    iterations the *other* servers of its kind ran (their step logs; cross-validated); with them fitted on its own
+#    server's iterations. SIM_ONLY=1 with DATA=dir re-simulates a kept run's data (after a simulator change).
 # 4. Both sides' metrics computed by one function from their per-request records: throughput = generated
 #    tokens / (first arrival → last finish); avg latency per token = Σ latency / Σ tokens (dLoRA's metric);
 #    P90 of the requests' latency (arrival → last token). Differences over 15 % are marked.
 # Everything is bounded (startup, each load run, the stop); an EXIT trap stops every process started, by PID.
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
-# SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD.
+# SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD
+# SIM_ONLY.
 # About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
 set -euo pipefail
@@ -79,6 +83,11 @@ WORKLOAD=${WORKLOAD:-$CACHE/sharegpt-2000.jsonl}
 [ -f "$TRACE" ] || { echo "bench/simulator-validate.sh: trace $TRACE not found" >&2; exit 1; }
 python3 tools/make_bench_adapters.py "$tmp/adapters" "$ADAPTERS" 16
 
+data=${DATA:-$tmp/data}  # DATA=dir keeps the runs' files
+mkdir -p "$data"
+if [ -n "${SIM_ONLY:-}" ]; then
+    [ -s "$data/servers.txt" ] || { echo "bench/simulator-validate.sh: SIM_ONLY needs DATA=dir of a kept run (no $data/servers.txt)" >&2; exit 1; }
+else
 # ---- 1. profiles
 echo "validate: profiling (threads=2 alone, then threads=1 × 2 at once)" >&2
 # Each also decodes CONTEXT_GEN steps at batch 8 from 16-token prompts, every step timed: the least-squares growth
@@ -292,16 +301,12 @@ if [ "$CALIBRATE" != 0 ]; then
     calibrate_merge "$RESULTS/simulator-profile-2threads.json"
 fi
 
-# ---- 2. real runs, 3. simulated runs
+# ---- 2. real runs
 # Each server keeps its state from one run to the next (the scheduler's learned step costs and merge decisions,
 # resident adapters, the router's view), so a run is simulated after everything that server served before it:
 # its warm-up and earlier runs go first in the requests file, each after the one before has ended (the real
 # run's makespan + 10 s), and the metrics and step comparisons count only the run's own requests and iterations.
-# Every run is simulated twice: with the profile measured before the runs (out of sample: bench core, then the
-# calibration above) and with the step coefficients fitted on the iterations that server ran in the runs
-# (bench/step_log.py on its step log, the warm-up left out): the first says how well the simulator predicts;
-# the second takes this machine's drift in speed between calibration and runs out of the comparison and checks
-# the simulated scheduling, queueing and routing given the right step price.
+# $data/servers.txt lists the servers: kind|name|replicas|profile|runs (the warm-up first)|dlora simulate flags.
 steps_log=""    # the running server's step log: each run's iterations are cut out of it into OUT.steps.jsonl
 served_runs=()  # the runs the running server has served, in order (the warm-up first)
 load() {  # out, then cluster_load.py arguments
@@ -314,9 +319,76 @@ load() {  # out, then cluster_load.py arguments
     [ -n "$steps_log" ] && tail -n +$((before + 1)) "$steps_log" > "$out.steps.jsonl" 2>/dev/null || true
     served_runs+=("$out")
 }
-simulate() {  # real run JSON, replicas, calibrated profile, fitted profile, then dlora simulate flags
-    local real=$1 replicas=$2 profile=$3 fitted=$4 prior=() r
-    shift 4
+rm -f "$data/servers.txt"
+for c in $CLUSTER_CONFIGS; do
+    case "$c" in
+        dlora+recompute) flags=(--dispatch dlora --migration recompute) ;;
+        dlora+kv) flags=(--dispatch dlora --migration kv) ;;
+        *) flags=(--dispatch "$c" --migration off) ;;
+    esac
+    echo "validate: cluster $c" >&2
+    steps_log="$data/cluster-$c.steps.jsonl"
+    served_runs=()
+    rm -f "$steps_log"
+    # shellcheck disable=SC2086
+    start_server "$data/cluster-$c.log" 's/.*dlora: router on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
+        "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
+        --adapter-slots "$SLOTS" "${flags[@]}" $MIGRATION_FLAGS -- --step-log "$steps_log" || { stop_server; continue; }
+    load "$data/warm-cluster-$c.json" --requests 4 --rate 0.5
+    for i in $(seq 1 "$REPEATS"); do
+        for rate in $RATES; do
+            load "$data/cluster_${c}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
+        done
+    done
+    stop_server
+    mig=off; disp=$c
+    case "$c" in dlora+recompute) disp=dlora; mig=recompute ;; dlora+kv) disp=dlora; mig=kv ;; esac
+    echo "cluster|$c|$REPLICAS|$RESULTS/simulator-profile-1thread-shared.json|${served_runs[*]}|--dispatch $disp --migration $mig --migration-period 2 --migration-request-excess 4 --policy dlora" >> "$data/servers.txt"
+done
+for p in $POLICIES; do
+    echo "validate: single replica, $p" >&2
+    steps_log="$data/serve-$p.steps.jsonl"
+    served_runs=()
+    rm -f "$steps_log"
+    start_server "$data/serve-$p.log" 's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
+        "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy "$p" \
+        --step-log "$steps_log" || { stop_server; continue; }
+    load "$data/warm-single-$p.json" --requests 4 --rate 0.5
+    for i in $(seq 1 "$REPEATS"); do
+        for rate in $SINGLE_RATES; do
+            load "$data/single_${p}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
+        done
+    done
+    stop_server
+    echo "single|$p|1|$RESULTS/simulator-profile-2threads.json|${served_runs[*]}|--policy $p --dispatch round-robin" >> "$data/servers.txt"
+done
+fi  # SIM_ONLY
+
+# ---- 3. simulated runs
+# Every run three times: with the profile measured before the runs (out of sample: bench core, then the
+# calibration above — what the simulator predicts, the machine's drift between calibration and runs included);
+# with the step coefficients fitted on the iterations the other servers of its kind ran in their runs
+# (cross-validated: the step price of this machine under serving loads, not fitted to the run it predicts); with
+# them fitted on its own server's iterations (the simulated scheduling, queueing, dispatch and migration given
+# the step price the engine showed). Fits: bench/step_log.py, least squares of each iteration's forward seconds,
+# the LoRA, merge and copy terms held at the profile's.
+FIT_KEYS=fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds
+fit_steps() {  # profile, fitted profile to write, then step logs
+    local profile=$1 fitted=$2
+    shift 2
+    rm -f "$fitted"
+    cat "$@" > "$fitted.steps.jsonl" 2>/dev/null || true
+    [ -s "$fitted.steps.jsonl" ] || return 0
+    python3 bench/step_log.py "$profile" "$fitted.steps.jsonl" --fit "$fitted" --fit-keys "$FIT_KEYS" > "$fitted.txt" 2>&1 \
+        || { echo "validate: a fit on served iterations failed ($fitted)" >&2; rm -f "$fitted"; }
+    rm -f "$fitted.steps.jsonl"
+}
+simulate() {  # real run JSON, replicas, then tag=profile pairs, then -- and dlora simulate flags
+    local real=$1 replicas=$2 prior=() r
+    shift 2
+    local tags=()
+    while [ "$#" -gt 0 ] && [ "$1" != -- ]; do tags+=("$1"); shift; done
+    shift
     for r in "${served_runs[@]}"; do [ "$r" = "$real" ] && break; prior+=("$r"); done
     python3 - "$real.requests.jsonl" "$real.requests.offset" "${prior[@]}" "$real" <<'PY' || return 0
 import json, sys
@@ -339,85 +411,35 @@ with open(out, "w") as f:
         f.write(json.dumps(row) + "\n")
 json.dump({"requests_before": before, "start": start}, open(offset_file, "w"))
 PY
-    local tag prof
-    for tag in sim simfit; do
-        prof=$profile
-        [ "$tag" = simfit ] && prof=$fitted
+    local pair tag prof
+    for pair in "${tags[@]}"; do
+        tag=${pair%%=*} prof=${pair#*=}
+        rm -f "$real.$tag.csv"
         [ -s "$prof" ] || continue
         "$DLORA" simulate --requests-file "$real.requests.jsonl" --replicas "$replicas" --cost cpu --cost-profile "$prof" \
             --adapter-slots "$SLOTS" --json --records "$real.$tag.csv" --step-log "$real.$tag.steps.jsonl" "$@" \
-            > "$real.$tag.json" 2> "$real.$tag.log" || { echo "validate: simulate failed" >&2; tail -3 "$real.$tag.log" >&2; }
+            < /dev/null > "$real.$tag.json" 2> "$real.$tag.log" || { echo "validate: simulate failed" >&2; tail -3 "$real.$tag.log" >&2; }
     done
 }
-fit_served() {  # calibrated profile, fitted profile to write, then the runs whose iterations it is fitted on
-    local profile=$1 fitted=$2
-    shift 2
-    cat "${@/%/.steps.jsonl}" > "$fitted.steps.jsonl" 2>/dev/null || true
-    rm -f "$fitted"
-    [ -s "$fitted.steps.jsonl" ] || return 0
-    python3 bench/step_log.py "$profile" "$fitted.steps.jsonl" --fit "$fitted" \
-        --fit-keys fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds \
-        > "$fitted.txt" 2>&1 || { echo "validate: the fit on the served iterations failed" >&2; rm -f "$fitted"; }
-}
-data=${DATA:-$tmp/data}  # DATA=dir keeps the runs' files
-mkdir -p "$data"
-for c in $CLUSTER_CONFIGS; do
-    case "$c" in
-        dlora+recompute) flags=(--dispatch dlora --migration recompute) ;;
-        dlora+kv) flags=(--dispatch dlora --migration kv) ;;
-        *) flags=(--dispatch "$c" --migration off) ;;
-    esac
-    echo "validate: cluster $c" >&2
-    steps_log="$data/cluster-$c.steps.jsonl"
-    served_runs=()
-    rm -f "$steps_log"
-    # shellcheck disable=SC2086
-    start_server "$data/cluster-$c.log" 's/.*dlora: router on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
-        "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
-        --adapter-slots "$SLOTS" "${flags[@]}" $MIGRATION_FLAGS -- --step-log "$steps_log" || { stop_server; continue; }
-    load "$data/warm-cluster-$c.json" --requests 4 --rate 0.5
-    for i in $(seq 1 "$REPEATS"); do
-        for rate in $RATES; do
-            load "$data/cluster_${c}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
-        done
+echo "validate: simulating" >&2
+while IFS='|' read -r kind name replicas profile runs simflags; do
+    read -r -a served_runs <<< "$runs"
+    own=()
+    for r in "${served_runs[@]:1}"; do own+=("$r.steps.jsonl"); done
+    fit_steps "$profile" "$data/fit-$kind-$name.json" "${own[@]}"
+    others=()
+    while IFS='|' read -r k2 n2 _ _ runs2 _; do
+        [ "$k2" = "$kind" ] && [ "$n2" != "$name" ] || continue
+        read -r -a rs <<< "$runs2"
+        for r in "${rs[@]:1}"; do others+=("$r.steps.jsonl"); done
+    done < "$data/servers.txt"
+    fit_steps "$profile" "$data/fitx-$kind-$name.json" "${others[@]}"
+    read -r -a simflag_list <<< "$simflags"
+    for r in "${served_runs[@]:1}"; do
+        [ -s "$r" ] || continue
+        simulate "$r" "$replicas" "sim=$profile" "simx=$data/fitx-$kind-$name.json" "simfit=$data/fit-$kind-$name.json" -- "${simflag_list[@]}"
     done
-    stop_server
-    fit_served "$RESULTS/simulator-profile-1thread-shared.json" "$data/fit-cluster-$c.json" "${served_runs[@]:1}"
-    for i in $(seq 1 "$REPEATS"); do
-        for rate in $RATES; do
-            [ -s "$data/cluster_${c}_${rate}~$i.json" ] || continue
-            mig=off; disp=$c
-            case "$c" in dlora+recompute) disp=dlora; mig=recompute ;; dlora+kv) disp=dlora; mig=kv ;; esac
-            simulate "$data/cluster_${c}_${rate}~$i.json" "$REPLICAS" "$RESULTS/simulator-profile-1thread-shared.json" \
-                "$data/fit-cluster-$c.json" \
-                --dispatch "$disp" --migration "$mig" --migration-period 2 --migration-request-excess 4 --policy dlora
-        done
-    done
-done
-for p in $POLICIES; do
-    echo "validate: single replica, $p" >&2
-    steps_log="$data/serve-$p.steps.jsonl"
-    served_runs=()
-    rm -f "$steps_log"
-    start_server "$data/serve-$p.log" 's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
-        "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy "$p" \
-        --step-log "$steps_log" || { stop_server; continue; }
-    load "$data/warm-single-$p.json" --requests 4 --rate 0.5
-    for i in $(seq 1 "$REPEATS"); do
-        for rate in $SINGLE_RATES; do
-            load "$data/single_${p}_${rate}~$i.json" --requests "$REQUESTS" --rate "$rate"
-        done
-    done
-    stop_server
-    fit_served "$RESULTS/simulator-profile-2threads.json" "$data/fit-single-$p.json" "${served_runs[@]:1}"
-    for i in $(seq 1 "$REPEATS"); do
-        for rate in $SINGLE_RATES; do
-            [ -s "$data/single_${p}_${rate}~$i.json" ] || continue
-            simulate "$data/single_${p}_${rate}~$i.json" 1 "$RESULTS/simulator-profile-2threads.json" "$data/fit-single-$p.json" \
-                --policy "$p" --dispatch round-robin
-        done
-    done
-done
+done < "$data/servers.txt"
 
 # ---- 4. the table
 python3 - "$data" "$RESULTS/simulator.md" "$(date -u +%Y-%m-%d)" "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores" \
@@ -526,6 +548,13 @@ lines = ["# The simulator against the real engine", "",
          "The CPU cost model with the coefficients measured before the runs (bench core, then the served calibration;",
          "profiles below): what the simulator predicts for a workload it has not seen.", ""]
 lines += results_table("sim")
+lines += ["## Cross-validated: step coefficients fitted on the other servers' iterations", "",
+          "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged",
+          "extra) fitted by least squares on the iterations the *other* servers of the same kind ran in their runs (their",
+          "step logs, warm-ups left out; for a cluster row the other five cluster configurations, for a single-replica row",
+          "the other three policies; LoRA, merge and copy terms as above): the step price of this machine under serving",
+          "loads, not fitted to the run it predicts.", ""]
+lines += results_table("simx")
 lines += ["## Given the served step price: coefficients fitted on the runs' own iterations", "",
           "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged",
           "extra) fitted by least squares on the iterations each server ran in its runs (its step log, warm-up left out;",
@@ -543,14 +572,18 @@ lines.append("")
 fits = []
 for kind, _ in TITLES:
     for path in sorted(glob.glob(f"{data}/fit-{kind}-*.json")):
-        p = json.load(open(path))
-        name = os.path.basename(path)[len("fit-"):-len(".json")].replace("-", " ", 1)
-        fits.append(f"| {name} | {p['fixed_seconds']*1e3:.2f} | {p['per_decode_seconds']*1e3:.2f} | {p.get('per_context_token_seconds', 0)*1e9:.0f} | "
-                    f"{p['per_prefill_token_seconds']*1e3:.2f} | {p.get('merged_extra_seconds', 0)*1e3:.2f} |")
+        for label, fpath in (("its own runs", path), ("the other servers' runs", path.replace("/fit-", "/fitx-"))):
+            if not os.path.exists(fpath):
+                continue
+            p = json.load(open(fpath))
+            name = os.path.basename(path)[len("fit-"):-len(".json")].replace("-", " ", 1)
+            fits.append(f"| {name} | {label} | {p['fixed_seconds']*1e3:.2f} | {p['per_decode_seconds']*1e3:.2f} | "
+                        f"{p.get('per_context_token_seconds', 0)*1e9:.0f} | {p['per_prefill_token_seconds']*1e3:.2f} | "
+                        f"{p.get('merged_extra_seconds', 0)*1e3:.2f} |")
 if fits:
-    lines += ["Fitted on the served iterations of each server's runs:", "",
-              "| server | fixed ms | per sequence ms | ns per position attended | prefill ms/token | merged extra ms |",
-              "|---|---:|---:|---:|---:|---:|"] + fits + [""]
+    lines += ["Step coefficients fitted on served iterations (a coefficient the least squares put below zero is written as 0):", "",
+              "| server | fitted on | fixed ms | per sequence ms | ns per position attended | prefill ms/token | merged extra ms |",
+              "|---|---|---:|---:|---:|---:|---:|"] + fits + [""]
 
 # Iterations as served (the replicas' --step-log, cut per run) and as simulated (dlora simulate --step-log).
 step_lines = []
@@ -567,17 +600,21 @@ for kind, profile in (("cluster", "simulator-profile-1thread-shared.json"), ("si
         merged = lambda r: sum(s["mode"] == "merged" for s in r) / len(r) * 100
         fwd = lambda r: sum(s["forward_seconds"] for s in r)
         priced = mean(real, lambda r: sum(price(prof, s) for s in r)) / mean(real, fwd)
+        xpath = f"{data}/fitx-{kind}-{config}.json"
+        xprof = json.load(open(xpath)) if os.path.exists(xpath) else None
+        xpriced = f"{mean(real, lambda r: sum(price(xprof, s) for s in r)) / mean(real, fwd):.2f}" if xprof else "—"
         step_lines.append(f"| {kind} {config} | {rate} | {mean(real, len):.0f} | {mean(sim, len):.0f} | "
                           f"{mean(real, per_step('sequences')):.2f} | {mean(sim, per_step('sequences')):.2f} | "
-                          f"{mean(real, merged):.0f} % | {mean(sim, merged):.0f} % | {mean(real, fwd):.2f} | {mean(sim, fwd):.2f} | {priced:.2f} |")
+                          f"{mean(real, merged):.0f} % | {mean(sim, merged):.0f} % | {mean(real, fwd):.2f} | {mean(sim, fwd):.2f} | {priced:.2f} | {xpriced} |")
 if step_lines:
     lines += ["## Iterations: served against simulated (the measured profile)", "",
               "Per row, the mean over its runs: iterations, sequences per iteration, the share run merged and the seconds in",
               "forward passes, from the servers' step logs (`dlora serve --step-log`, all replicas together) and the simulator's",
               "(`dlora simulate --step-log`); and the measured profile's price of the served iterations over what they took",
-              "(1.00: it prices the steps the engine ran exactly).", "",
-              "| configuration | rate | real iterations | sim | real seqs/iter | sim | real merged | sim | real forward s | sim | priced / served |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + step_lines + [""]
+              "(1.00: it prices the steps the engine ran exactly), and the same for the coefficients fitted on the other servers'",
+              "iterations.", "",
+              "| configuration | rate | real iterations | sim | real seqs/iter | sim | real merged | sim | real forward s | sim | priced / served | cross-fitted / served |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"] + step_lines + [""]
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY
