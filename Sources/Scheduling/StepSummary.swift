@@ -30,7 +30,8 @@ public struct StepSummary: Equatable, Sendable {
         }
     }
 
-    /// One JSON object on one line: `replica`, `start` (seconds), the shape, `action_seconds` (merges, unmerges,
+    /// One JSON object on one line: `replica`, `start` (seconds: Unix time in a served log, simulated time in a
+    /// simulated one), the shape, `action_seconds` (merges, unmerges,
     /// loads and swaps carried out before the pass), `forward_seconds` and, where measured, `step_seconds` (the
     /// whole iteration: scheduling, actions, forward pass and sampling).
     public func jsonLine(replica: Int, start: Double, actionSeconds: Double, forwardSeconds: Double, stepSeconds: Double? = nil) -> String {

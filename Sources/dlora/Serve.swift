@@ -64,14 +64,15 @@ struct Serve: AsyncParsableCommand {
     }
 
     /// Appends step lines to `path` (created if missing; opened for appending, so the replicas of one `dlora cluster`
-    /// may share a file: each line is one write). `replica` is this process's id; `start` counts from the call.
+    /// may share a file: each line is one write). `replica` is this process's id; `start` is Unix time in seconds,
+    /// so that the iterations of replicas in different processes line up.
     static func stepWriter(path: String) throws -> (StepSummary, Double, Double, Double) -> Void {
         let fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw CLIError("--step-log: cannot write \(path): \(String(cString: strerror(errno)))") }
         let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-        let origin = DispatchTime.now().uptimeNanoseconds, pid = Int(getpid())
+        let pid = Int(getpid())
         return { step, action, forward, whole in
-            let now = Double(DispatchTime.now().uptimeNanoseconds &- origin) / 1e9
+            let now = Date().timeIntervalSince1970
             let line = step.jsonLine(replica: pid, start: now - whole, actionSeconds: action, forwardSeconds: forward, stepSeconds: whole)
             try? handle.write(contentsOf: Data((line + "\n").utf8))  // a full disk loses log lines, not the server
         }
