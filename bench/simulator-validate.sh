@@ -87,8 +87,9 @@ data=${DATA:-$tmp/data}  # DATA=dir keeps the runs' files
 mkdir -p "$data"
 if [ -n "${SIM_ONLY:-}" ]; then
     [ -s "$data/servers.txt" ] || { echo "bench/simulator-validate.sh: SIM_ONLY needs DATA=dir of a kept run (no $data/servers.txt)" >&2; exit 1; }
-else
+fi
 # ---- 1. profiles
+if [ -z "${SIM_ONLY:-}" ]; then
 echo "validate: profiling (threads=2 alone, then threads=1 × 2 at once)" >&2
 # Each also decodes CONTEXT_GEN steps at batch 8 from 16-token prompts, every step timed: the least-squares growth
 # of the step with the positions attended (the K/V read by attention, 46 KB per position), within one run so the
@@ -145,6 +146,10 @@ json.dump(p1, open(f"{results}/simulator-profile-1thread-shared.json", "w"), ind
 print(p2["source"]); print(p1["source"])
 PY
 
+cp "$RESULTS/simulator-profile-2threads.json" "$data/bench-profile-2threads.json"  # before calibration (RECALIBRATE starts here)
+cp "$RESULTS/simulator-profile-1thread-shared.json" "$data/bench-profile-1thread-shared.json"
+fi  # SIM_ONLY
+
 # ---- server helpers
 url=""
 server_pid=""
@@ -170,6 +175,18 @@ stop_server() {
     for pid in "${pids[@]}"; do [ "$pid" != "$server_pid" ] && rest+=("$pid"); done
     pids=("${rest[@]+"${rest[@]}"}")
     server_pid=""
+}
+steps_log=""    # the running server's step log: each run's iterations are cut out of it into OUT.steps.jsonl
+served_runs=()  # the runs the running server has served, in order (the warm-up first)
+load() {  # out, then cluster_load.py arguments
+    local out=$1 before=0
+    shift
+    [ -n "$steps_log" ] && before=$(wc -l < "$steps_log" 2>/dev/null || echo 0)
+    python3 tools/cluster_load.py --url "$url" --trace "$TRACE" --workload "$WORKLOAD" --adapters "$ADAPTERS" --alpha "$ALPHA" \
+        --seed "$SEED" --max-prompt "$MAX_PROMPT" --max-output "$MAX_OUTPUT" --timeout "$RUN_TIMEOUT" --out "$out" "$@" \
+        2> "$out.log" || { echo "validate: load run failed" >&2; tail -5 "$out.log" >&2; }
+    [ -n "$steps_log" ] && tail -n +$((before + 1)) "$steps_log" > "$out.steps.jsonl" 2>/dev/null || true
+    served_runs+=("$out")
 }
 # ---- 1b. the serving engine's own step and per-request cost, measured apart from the workload
 # bench core times the model's forward pass at batch 1 and 32 in its own loop; the served engine runs the small
@@ -287,7 +304,54 @@ PY
         echo "validate: no merged iterations to fit; the profile keeps lora.md's merged cost" >&2
     fi
 }
-if [ "$CALIBRATE" != 0 ]; then
+# The step price at the loads served: an open-loop run of the trace with another seed (CAL_SEED: another sample of
+# the same workload — other requests, adapters and gaps than the runs compared), CAL_REQUESTS requests at
+# CAL_RATE (one replica, dLoRA batching) and CAL_CLUSTER_RATE (the cluster, dLoRA dispatch), under --step-log,
+# after a warm-up; the fixed, per-sequence, per-prompt-token, per-position and merged-extra seconds are fitted on
+# its iterations (as the cross-validated table's are on the runs'). The closed-loop calibration above then only
+# gives the per-request overhead. CAL_TRACE=0 keeps the closed-loop fit.
+CAL_TRACE=${CAL_TRACE:-1}
+CAL_SEED=${CAL_SEED:-$((SEED + 1))}
+CAL_REQUESTS=${CAL_REQUESTS:-48}
+CAL_RATE=${CAL_RATE:-3}
+CAL_CLUSTER_RATE=${CAL_CLUSTER_RATE:-4}
+calibrate_trace() {  # profile json, rate, step log, then the server's log, ready pattern and command
+    local profile=$1 rate=$2 steps=$3 log=$4 pattern=$5 before
+    shift 5
+    rm -f "$steps"
+    start_server "$log" "$pattern" "$@" || { stop_server; return 0; }
+    local saved_seed=$SEED saved_log=$steps_log
+    SEED=$CAL_SEED steps_log=$steps
+    load "$tmp/cal-warm.json" --requests 4 --rate 0.5
+    load "$tmp/cal-trace.json" --requests "$CAL_REQUESTS" --rate "$rate"
+    SEED=$saved_seed steps_log=$saved_log
+    stop_server
+    [ -s "$tmp/cal-trace.json.steps.jsonl" ] || { echo "validate: the trace calibration wrote no step log" >&2; return 0; }
+    if python3 bench/step_log.py "$profile" "$tmp/cal-trace.json.steps.jsonl" --fit "$profile" --fit-keys "$FIT_KEYS" > "$steps.fit.txt"; then
+        sed -n '/least squares/,$p' "$steps.fit.txt" >&2
+        python3 - "$profile" "$rate" "$CAL_REQUESTS" "$CAL_SEED" <<'PY'
+import json, sys
+path, rate, n, seed = sys.argv[1:5]
+p = json.load(open(path))
+p["source"] += (f"; then, on the iterations of an open-loop trace run (seed {seed}, {n} requests at {rate} req/s, dLoRA): "
+                f"decode {p['fixed_seconds']*1e3:.2f} ms + {p['per_decode_seconds']*1e3:.2f} ms/sequence + "
+                f"{p['per_context_token_seconds']*1e9:.0f} ns per position, prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token, "
+                f"merged extra {p['merged_extra_seconds']*1e3:.2f} ms")
+json.dump(p, open(path, "w"), indent=1)
+PY
+    else
+        echo "validate: the trace calibration's fit failed; the profile keeps the closed-loop fit" >&2
+    fi
+}
+FIT_KEYS=fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds
+if [ -n "${SIM_ONLY:-}" ] && [ -n "${RECALIBRATE:-}" ]; then
+    # Calibrate again on this machine now, from the profiles bench core gave the kept run.
+    for f in 2threads 1thread-shared; do
+        [ -s "$data/bench-profile-$f.json" ] || { echo "bench/simulator-validate.sh: RECALIBRATE needs $data/bench-profile-$f.json" >&2; exit 1; }
+        cp "$data/bench-profile-$f.json" "$RESULTS/simulator-profile-$f.json"
+    done
+fi
+if [ "$CALIBRATE" != 0 ] && { [ -z "${SIM_ONLY:-}" ] || [ -n "${RECALIBRATE:-}" ]; }; then
     echo "validate: calibrating the served step (one replica, then the cluster)" >&2
     calibrate "$RESULTS/simulator-profile-2threads.json" 1 "$tmp/cal-serve.steps.jsonl" "$tmp/cal-serve.log" \
         's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
@@ -299,7 +363,20 @@ if [ "$CALIBRATE" != 0 ]; then
         --adapter-slots "$SLOTS" --dispatch round-robin --migration off --policy unmerged-only -- --step-log "$tmp/cal-cluster.steps.jsonl"
     echo "validate: timing merges and merged steps in the served engine" >&2
     calibrate_merge "$RESULTS/simulator-profile-2threads.json"
+    if [ "$CAL_TRACE" != 0 ]; then
+        echo "validate: the step price at served loads (a trace run with seed $CAL_SEED: one replica, then the cluster)" >&2
+        calibrate_trace "$RESULTS/simulator-profile-2threads.json" "$CAL_RATE" "$tmp/cal-trace-serve.steps.jsonl" "$tmp/cal-trace-serve.log" \
+            's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
+            "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy dlora \
+            --step-log "$tmp/cal-trace-serve.steps.jsonl"
+        # shellcheck disable=SC2086
+        calibrate_trace "$RESULTS/simulator-profile-1thread-shared.json" "$CAL_CLUSTER_RATE" "$tmp/cal-trace-cluster.steps.jsonl" \
+            "$tmp/cal-trace-cluster.log" 's/.*dlora: router on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
+            "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
+            --adapter-slots "$SLOTS" --dispatch dlora --migration off $MIGRATION_FLAGS -- --step-log "$tmp/cal-trace-cluster.steps.jsonl"
+    fi
 fi
+if [ -z "${SIM_ONLY:-}" ]; then
 
 # ---- 2. real runs
 # Each server keeps its state from one run to the next (the scheduler's learned step costs and merge decisions,
@@ -307,18 +384,6 @@ fi
 # its warm-up and earlier runs go first in the requests file, each after the one before has ended (the real
 # run's makespan + 10 s), and the metrics and step comparisons count only the run's own requests and iterations.
 # $data/servers.txt lists the servers: kind|name|replicas|profile|runs (the warm-up first)|dlora simulate flags.
-steps_log=""    # the running server's step log: each run's iterations are cut out of it into OUT.steps.jsonl
-served_runs=()  # the runs the running server has served, in order (the warm-up first)
-load() {  # out, then cluster_load.py arguments
-    local out=$1 before=0
-    shift
-    [ -n "$steps_log" ] && before=$(wc -l < "$steps_log" 2>/dev/null || echo 0)
-    python3 tools/cluster_load.py --url "$url" --trace "$TRACE" --workload "$WORKLOAD" --adapters "$ADAPTERS" --alpha "$ALPHA" \
-        --seed "$SEED" --max-prompt "$MAX_PROMPT" --max-output "$MAX_OUTPUT" --timeout "$RUN_TIMEOUT" --out "$out" "$@" \
-        2> "$out.log" || { echo "validate: load run failed" >&2; tail -5 "$out.log" >&2; }
-    [ -n "$steps_log" ] && tail -n +$((before + 1)) "$steps_log" > "$out.steps.jsonl" 2>/dev/null || true
-    served_runs+=("$out")
-}
 rm -f "$data/servers.txt"
 for c in $CLUSTER_CONFIGS; do
     case "$c" in
@@ -372,7 +437,6 @@ fi  # SIM_ONLY
 # them fitted on its own server's iterations (the simulated scheduling, queueing, dispatch and migration given
 # the step price the engine showed). Fits: bench/step_log.py, least squares of each iteration's forward seconds,
 # the LoRA, merge and copy terms held at the profile's.
-FIT_KEYS=fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds
 fit_steps() {  # profile, fitted profile to write, then step logs
     local profile=$1 fitted=$2
     shift 2

@@ -3,6 +3,7 @@
 each other and with a CPU cost profile (`dlora simulate --cost-profile` JSON, the keys of CPUCostModel).
 
     python3 bench/step_log.py PROFILE.json LOG [LOG ...] [--fit OUT.json [--fit-keys KEY,KEY,...]]
+    python3 bench/step_log.py --self-test
 
 For every log: the iterations by kind (merged / unmerged × with prompt tokens / decode only), their mean shape,
 the seconds they took (forward pass, actions, whole iteration where the log has it) and what the profile prices
@@ -109,7 +110,46 @@ def fit(p, steps, keys):
     return out
 
 
+def self_test():
+    """The price formula by hand, and the fit recovering known coefficients from exact synthetic iterations."""
+    import contextlib, io, random
+    p = {"fixed_seconds": 0.01, "per_decode_seconds": 0.004, "per_prefill_token_seconds": 0.003,
+         "per_context_token_seconds": 5e-6, "per_lora_token_seconds": 1e-4, "per_adapter_seconds": 3e-4,
+         "merged_extra_seconds": 0.002}
+    s = {"mode": "unmerged", "sequences": 3, "tokens": 34, "prefill_tokens": 32, "decode_context_tokens": 100,
+         "adapter_tokens": 33, "distinct_adapters": 2}
+    want = 0.01 + 0.004 * 2 + 0.003 * 32 + 5e-6 * 100 + 1e-4 * 33 + 3e-4 * 2
+    assert abs(price(p, s) - want) < 1e-15, (price(p, s), want)
+    m = dict(s, mode="merged")
+    assert abs(price(p, m) - (0.01 + 0.004 * 2 + 0.003 * 32 + 5e-6 * 100 + 0.002)) < 1e-15
+    rng = random.Random(7)
+    steps = []
+    for _ in range(400):
+        merged = rng.random() < 0.3
+        decode = rng.randrange(0, 8)
+        prefill = rng.choice([0, 0, 0, rng.randrange(2, 120)])
+        if decode + prefill == 0:
+            decode = 1
+        row = {"mode": "merged" if merged else "unmerged", "sequences": decode + (prefill > 0), "tokens": decode + prefill,
+               "prefill_tokens": prefill, "decode_context_tokens": sum(rng.randrange(1, 300) for _ in range(decode)),
+               "distinct_adapters": 0 if merged else rng.randrange(1, 5), "adapter_tokens": decode + prefill}
+        row["forward_seconds"] = price(p, row)
+        steps.append(row)
+    start = {k: (v * 3 if k in DEFAULT_FIT + ["merged_extra_seconds"] else v) for k, v in p.items()}
+    with contextlib.redirect_stdout(io.StringIO()):
+        got = fit(start, steps, DEFAULT_FIT + ["merged_extra_seconds"])
+    for k, v in p.items():
+        assert abs(got[k] - v) <= 1e-9 * max(1.0, abs(v)) + 1e-12, (k, got[k], v)
+    # Held keys keep the profile's value; a coefficient fitted below zero is written as 0.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        got = fit(dict(p, per_lora_token_seconds=0.001), steps, ["fixed_seconds"])
+    assert got["per_lora_token_seconds"] == 0.001 and got["fixed_seconds"] == 0.0, got
+    print("step_log.py self-test: ok")
+
+
 def main(argv):
+    if argv == ["--self-test"]:
+        return self_test()
     ap = argparse.ArgumentParser(description="Compare step logs with a CPU cost profile; optionally refit it.")
     ap.add_argument("profile")
     ap.add_argument("logs", nargs="+")

@@ -6,6 +6,7 @@ scripts/setup.sh --test
 tools/update_fixture_manifest.sh --check
 python3 tools/validate_k8s.py --quiet   # deploy/k8s against Kubernetes 1.30 schemas (strict) + a self-test on broken manifests
 python3 tools/build_mole_tasks.py --self-test   # the MoLE task suite's splitting and archive reading, offline
+python3 bench/step_log.py --self-test   # the step-log price formula and least-squares refit on exact synthetic iterations
 swift build --build-tests
 # Two runs: the suites with wall-clock bounds under test (the server's drain deadline and HTTP timeouts, the
 # cluster's processes) apart from the long synchronous ones (property tests, f64 gradient checks, memory

@@ -82,6 +82,16 @@ public enum Simulation {
         run.run()
         return run.result()
     }
+
+    /// The same run, handing each iteration to `onStep` as it is simulated (a step log written as it goes: a long
+    /// run's iterations do not fit in memory as `recordSteps` keeps them).
+    public static func run(_ config: SimulationConfig, workload: [SimRequest], onStep: @escaping (StepRecord) -> Void) -> SimulationResult {
+        precondition(config.problem == nil, config.problem ?? "")
+        var run = SimulationRun(config: config, workload: workload)
+        run.onStep = onStep
+        run.run()
+        return run.result()
+    }
 }
 
 struct SimulationRun {
@@ -160,6 +170,7 @@ struct SimulationRun {
     var hash = EventLogHash()
     var invariants = InvariantReport()
     var stepLog: [StepRecord] = []
+    var onStep: ((StepRecord) -> Void)?
     var arrivalCounts: [Int]
     var rates: [String: Double] = [:]
     /// What dispatch sees, once every replica has reported (`dispatchLoads`).
@@ -349,8 +360,10 @@ struct SimulationRun {
         var kinds = [Int](repeating: 0, count: 10)
         for a in out.actions { kinds[Self.kind(a)] += 1 }
         for k in kinds { hash.mix(k) }
-        if config.recordSteps {
-            stepLog.append(StepRecord(replica: r, start: now, output: out, actionSeconds: actions, forwardSeconds: forward))
+        if config.recordSteps || onStep != nil {
+            let record = StepRecord(replica: r, start: now, output: out, actionSeconds: actions, forwardSeconds: forward)
+            if config.recordSteps { stepLog.append(record) }
+            onStep?(record)
         }
         queue.push(.stepDone(r), at: now + max(actions + forward, 1e-9))
     }

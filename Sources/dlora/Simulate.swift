@@ -165,13 +165,14 @@ struct Simulate: ParsableCommand {
         config.requestOverheadSeconds = requestOverheadMs > 0 ? requestOverheadMs / 1000 : profiledOverhead
         config.adapterRanks = rankList
         config.slo = slo
-        config.recordSteps = stepLog != nil
+        let steps = try stepLog.map { try StepLogWriter(path: $0) }
         let started = DispatchTime.now().uptimeNanoseconds
-        let result = Simulation.run(config, workload: requestsList)
+        let result = steps.map { log in Simulation.run(config, workload: requestsList, onStep: log.append) }
+            ?? Simulation.run(config, workload: requestsList)
         let wall = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         let s = result.summary
         if let records { try Self.writeRecords(result.records, to: records) }
-        if let stepLog { try Self.writeSteps(result.steps, to: stepLog) }
+        if let steps { try steps.finish() }
         guard result.invariants.holds else { throw CLIError("an invariant broke: \(result.invariants)") }
 
         let rows: [(String, String)] = [
@@ -300,19 +301,6 @@ struct Simulate: ParsableCommand {
         }
     }
 
-    static func writeSteps(_ steps: [StepRecord], to path: String) throws {
-        var text = ""
-        for s in steps {
-            text += StepSummary(s.output).jsonLine(replica: s.replica, start: s.start, actionSeconds: s.actionSeconds,
-                                                   forwardSeconds: s.forwardSeconds) + "\n"
-        }
-        do {
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
-        } catch {
-            throw CLIError("\(path): cannot write the step log")
-        }
-    }
-
     static func writeRecords(_ records: [RequestRecord], to path: String) throws {
         var text = "id,adapter,arrival,first_token,finish,tokens,replica,migrations\n"
         for r in records {
@@ -324,5 +312,42 @@ struct Simulate: ParsableCommand {
         } catch {
             throw CLIError("\(path): cannot write the records")
         }
+    }
+}
+
+/// `dlora simulate --step-log`: each simulated iteration's line (`StepSummary.jsonLine`), written as the run goes
+/// through a 1 MiB buffer, so a long run's log never sits in memory.
+final class StepLogWriter {
+    private let path: String
+    private let handle: FileHandle
+    private var buffer = Data()
+    private var failed = false
+
+    init(path: String) throws {
+        self.path = path
+        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+            throw CLIError("\(path): cannot write the step log")
+        }
+        handle = h
+        buffer.reserveCapacity(1 << 20)
+    }
+
+    func append(_ s: StepRecord) {
+        buffer.append(contentsOf: (StepSummary(s.output).jsonLine(replica: s.replica, start: s.start, actionSeconds: s.actionSeconds,
+                                                                   forwardSeconds: s.forwardSeconds) + "\n").utf8)
+        if buffer.count >= 1 << 20 { flush() }
+    }
+
+    private func flush() {
+        guard !failed, !buffer.isEmpty else { return buffer.removeAll(keepingCapacity: true) }
+        do { try handle.write(contentsOf: buffer) } catch { failed = true }
+        buffer.removeAll(keepingCapacity: true)
+    }
+
+    /// Writes what is buffered and closes the file; an error if any write failed.
+    func finish() throws {
+        flush()
+        try? handle.close()
+        if failed { throw CLIError("\(path): cannot write the step log") }
     }
 }
