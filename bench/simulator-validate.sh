@@ -609,8 +609,8 @@ lines = ["# The simulator against the real engine", "",
          "token = Σ latency / Σ generated tokens; P90 of per-request latency (arrival → last token). Δ = (simulated − real",
          "mean) / real mean; ⚠ marks |Δ| > 15 %; ∈ marks a simulated value inside the real runs' own range.", "",
          "## Predicted: the profile measured before the runs", "",
-         "The CPU cost model with the coefficients measured before the runs (bench core, then the served calibration;",
-         "profiles below): what the simulator predicts for a workload it has not seen.", ""]
+         "The CPU cost model with the coefficients measured before the runs (bench core, then the served calibration: a",
+         "trace run of another seed under --step-log; profiles below): what the simulator predicts for requests it has not seen.", ""]
 lines += results_table("sim")
 lines += ["## Cross-validated: step coefficients fitted on the other servers' iterations", "",
           "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged",
