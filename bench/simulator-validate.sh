@@ -608,23 +608,24 @@ lines = ["# The simulator against the real engine", "",
          "function over per-request records: throughput = generated tokens / (first arrival → last finish); avg latency per",
          "token = Σ latency / Σ generated tokens; P90 of per-request latency (arrival → last token). Δ = (simulated − real",
          "mean) / real mean; ⚠ marks |Δ| > 15 %; ∈ marks a simulated value inside the real runs' own range.", "",
-         "## Predicted: the profile measured before the runs", "",
-         "The CPU cost model with the coefficients measured before the runs (bench core, then the served calibration: a",
-         "trace run of another seed under --step-log; profiles below): what the simulator predicts for requests it has not seen.", ""]
-lines += results_table("sim")
-lines += ["## Cross-validated: step coefficients fitted on the other servers' iterations", "",
-          "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged",
-          "extra) fitted by least squares on the iterations the *other* servers of the same kind ran in their runs (their",
-          "step logs, warm-ups left out; for a cluster row the other five cluster configurations, for a single-replica row",
-          "the other three policies; LoRA, merge and copy terms as above): the step price of this machine under serving",
-          "loads, not fitted to the run it predicts.", ""]
-lines += results_table("simx")
-lines += ["## Given the served step price: coefficients fitted on the runs' own iterations", "",
-          "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged",
-          "extra) fitted by least squares on the iterations each server ran in its runs (its step log, warm-up left out;",
-          "LoRA, merge and copy terms as above). This takes the machine's drift in speed between the calibration and the",
-          "runs out, and checks what is left to the simulator: the scheduling, queueing, dispatch and migration it runs.", ""]
-lines += results_table("simfit")
+         ""]
+# The three simulations of every run (section 3): tag, heading, what its profile is.
+for tag, heading, text in (
+        ("sim", "Predicted: the profile measured before the runs",
+         "The CPU cost model with the coefficients measured before the runs (bench core, then the served calibration: a "
+         "trace run of another seed under --step-log; profiles below): what the simulator predicts for requests it has not seen."),
+        ("simx", "Cross-validated: step coefficients fitted on the other servers' iterations",
+         "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged "
+         "extra) fitted by least squares on the iterations the *other* servers of the same kind ran in their runs (their "
+         "step logs, warm-ups left out; for a cluster row the other five cluster configurations, for a single-replica row "
+         "the other three policies; LoRA, merge and copy terms as above): the step price of this machine under serving "
+         "loads, not fitted to the run it predicts."),
+        ("simfit", "Given the served step price: coefficients fitted on the runs' own iterations",
+         "The same, with the step coefficients fitted on the iterations each server ran in its runs (its step log, "
+         "warm-up left out; LoRA, merge and copy terms as above). This takes the machine's drift in speed between the "
+         "calibration and the runs out, and checks what is left to the simulator: the scheduling, queueing, dispatch and "
+         "migration it runs.")):
+    lines += [f"## {heading}", "", text, ""] + results_table(tag)
 
 lines += ["## Profiles measured in this run", ""]
 for f in ("simulator-profile-2threads.json", "simulator-profile-1thread-shared.json"):

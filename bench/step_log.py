@@ -25,16 +25,20 @@ def load(path):
         return [json.loads(line) for line in f if line.strip()]
 
 
+NAMES = ["fixed_seconds", "per_decode_seconds", "per_prefill_token_seconds", "per_context_token_seconds",
+         "per_lora_token_seconds", "per_adapter_seconds", "merged_extra_seconds"]
+DEFAULT_FIT = NAMES[:4]
+
+
+def terms(s):
+    """What each coefficient of NAMES multiplies in an iteration's price (CPUCostModel.stepSeconds)."""
+    unmerged = s["mode"] == "unmerged"
+    return [1.0, s["tokens"] - s["prefill_tokens"], s["prefill_tokens"], s["decode_context_tokens"],
+            s["adapter_tokens"] if unmerged else 0, s["distinct_adapters"] if unmerged else 0, 0 if unmerged else 1]
+
+
 def price(p, s):
-    decode = s["tokens"] - s["prefill_tokens"]
-    t = (p.get("fixed_seconds", 0) + p.get("per_decode_seconds", 0) * decode
-         + p.get("per_prefill_token_seconds", 0) * s["prefill_tokens"]
-         + p.get("per_context_token_seconds", 0) * s["decode_context_tokens"])
-    if s["mode"] == "merged":
-        t += p.get("merged_extra_seconds", 0)
-    else:
-        t += p.get("per_lora_token_seconds", 0) * s["adapter_tokens"] + p.get("per_adapter_seconds", 0) * s["distinct_adapters"]
-    return t
+    return sum(p.get(name, 0) * x for name, x in zip(NAMES, terms(s)))
 
 
 def kind(s):
@@ -61,11 +65,6 @@ def summary(p, steps, name):
     print(f"mode changes between consecutive iterations: {switches}")
 
 
-NAMES = ["fixed_seconds", "per_decode_seconds", "per_prefill_token_seconds", "per_context_token_seconds",
-         "per_lora_token_seconds", "per_adapter_seconds", "merged_extra_seconds"]
-DEFAULT_FIT = NAMES[:4]
-
-
 def fit(p, steps, keys):
     """Least squares of forward seconds on the profile's step terms `keys` (normal equations, no numpy needed)."""
     names = NAMES
@@ -74,9 +73,7 @@ def fit(p, steps, keys):
         sys.exit(f"step_log.py: cannot fit {sorted(unknown)}: the step terms are {names}")
     rows, ys = [], []
     for s in steps:
-        unmerged = s["mode"] == "unmerged"
-        row = [1.0, s["tokens"] - s["prefill_tokens"], s["prefill_tokens"], s["decode_context_tokens"],
-               s["adapter_tokens"] if unmerged else 0, s["distinct_adapters"] if unmerged else 0, 0 if unmerged else 1]
+        row = terms(s)
         held = sum(p.get(names[j], 0) * row[j] for j in range(len(names)) if names[j] not in keys)
         rows.append(row)
         ys.append(s["forward_seconds"] - held)

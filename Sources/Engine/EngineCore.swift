@@ -259,11 +259,12 @@ public final class EngineCore {
             performPending()
             return []
         }
-        let t0 = stepObserver == nil ? 0 : clock()
+        let observed = stepObserver != nil  // then the iteration and its actions are timed too
+        let t0 = observed ? clock() : 0
         let output = scheduler.schedule()
-        let tActions = stepObserver == nil ? 0 : clock()
+        let tActions = observed ? clock() : 0
         let times = runner.perform(output.actions, weights: weights(of:))
-        let actionSeconds = stepObserver == nil ? 0 : Double(clock() &- tActions) / 1e9
+        let actionSeconds = observed ? Double(clock() &- tActions) / 1e9 : 0
         count(times)
         handleDrops(output.actions)
         guard !output.runs.isEmpty else { return [] }

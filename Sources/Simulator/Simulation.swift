@@ -76,16 +76,9 @@ public struct SimulationConfig: Sendable {
 /// `ReplicaLoad`s built as `ClusterRouter.loads()` builds them from the status a replica reports, dLoRA's
 /// placement loop, and the reactive migration loop (trigger, planner, moves by recompute or staged K/V copy).
 public enum Simulation {
-    public static func run(_ config: SimulationConfig, workload: [SimRequest]) -> SimulationResult {
-        precondition(config.problem == nil, config.problem ?? "")
-        var run = SimulationRun(config: config, workload: workload)
-        run.run()
-        return run.result()
-    }
-
-    /// The same run, handing each iteration to `onStep` as it is simulated (a step log written as it goes: a long
-    /// run's iterations do not fit in memory as `recordSteps` keeps them).
-    public static func run(_ config: SimulationConfig, workload: [SimRequest], onStep: @escaping (StepRecord) -> Void) -> SimulationResult {
+    /// `onStep` gets each iteration as it is simulated (a step log written as it goes: a long run's iterations do
+    /// not fit in memory as `recordSteps` keeps them).
+    public static func run(_ config: SimulationConfig, workload: [SimRequest], onStep: ((StepRecord) -> Void)? = nil) -> SimulationResult {
         precondition(config.problem == nil, config.problem ?? "")
         var run = SimulationRun(config: config, workload: workload)
         run.onStep = onStep

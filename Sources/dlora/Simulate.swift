@@ -167,8 +167,7 @@ struct Simulate: ParsableCommand {
         config.slo = slo
         let steps = try stepLog.map { try StepLogWriter(path: $0) }
         let started = DispatchTime.now().uptimeNanoseconds
-        let result = steps.map { log in Simulation.run(config, workload: requestsList, onStep: log.append) }
-            ?? Simulation.run(config, workload: requestsList)
+        let result = Simulation.run(config, workload: requestsList, onStep: steps.map { $0.append })
         let wall = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
         let s = result.summary
         if let records { try Self.writeRecords(result.records, to: records) }
@@ -339,8 +338,9 @@ final class StepLogWriter {
     }
 
     private func flush() {
-        guard !failed, !buffer.isEmpty else { return buffer.removeAll(keepingCapacity: true) }
-        do { try handle.write(contentsOf: buffer) } catch { failed = true }
+        if !failed && !buffer.isEmpty {
+            do { try handle.write(contentsOf: buffer) } catch { failed = true }
+        }
         buffer.removeAll(keepingCapacity: true)
     }
 
