@@ -315,9 +315,13 @@ CAL_SEED=${CAL_SEED:-$((SEED + 1))}
 CAL_REQUESTS=${CAL_REQUESTS:-48}
 CAL_RATE=${CAL_RATE:-3}
 CAL_CLUSTER_RATE=${CAL_CLUSTER_RATE:-4}
-calibrate_trace() {  # profile json, rate, step log, then the server's log, ready pattern and command
-    local profile=$1 rate=$2 steps=$3 log=$4 pattern=$5 before
-    shift 5
+# For the one-replica profile the same trace is also served merged-only (CAL_MERGED=1): a dLoRA trace run merges
+# seldom, so without it the merged iteration's price (the signed merged extra) rests on the merge calibration's
+# two-token requests; with it, both servers' iterations are fitted together.
+CAL_MERGED=${CAL_MERGED:-1}
+trace_steps() {  # rate, step log, then the server's log, ready pattern and command; appends the trace run's iterations to $tmp/cal-trace.all.jsonl
+    local rate=$1 steps=$2 log=$3 pattern=$4
+    shift 4
     rm -f "$steps"
     start_server "$log" "$pattern" "$@" || { stop_server; return 0; }
     local saved_seed=$SEED saved_log=$steps_log
@@ -326,24 +330,47 @@ calibrate_trace() {  # profile json, rate, step log, then the server's log, read
     load "$tmp/cal-trace.json" --requests "$CAL_REQUESTS" --rate "$rate"
     SEED=$saved_seed steps_log=$saved_log
     stop_server
-    [ -s "$tmp/cal-trace.json.steps.jsonl" ] || { echo "validate: the trace calibration wrote no step log" >&2; return 0; }
-    if python3 bench/step_log.py "$profile" "$tmp/cal-trace.json.steps.jsonl" --fit "$profile" --fit-keys "$FIT_KEYS" > "$steps.fit.txt"; then
+    cat "$tmp/cal-trace.json.steps.jsonl" >> "$tmp/cal-trace.all.jsonl" 2>/dev/null || true
+}
+calibrate_trace() {  # profile json, rate, step log, then the server's log, ready pattern and command (with --policy and --step-log)
+    local profile=$1 rate=$2 steps=$3 log=$4 pattern=$5
+    shift 5
+    rm -f "$tmp/cal-trace.all.jsonl"
+    trace_steps "$rate" "$steps" "$log" "$pattern" "$@"
+    if [ "$CAL_MERGED" != 0 ] && [ "$(basename "$2")" = serve ]; then
+        # The same server merged-only, its own step log.
+        local merged=() prev=""
+        for a in "$@"; do
+            case $prev in
+                --policy) merged+=(merged-only) ;;
+                --step-log) merged+=("$steps.merged") ;;
+                *) merged+=("$a") ;;
+            esac
+            prev=$a
+        done
+        trace_steps "$rate" "$steps.merged" "$log.merged" "$pattern" "${merged[@]}"
+    fi
+    [ -s "$tmp/cal-trace.all.jsonl" ] || { echo "validate: the trace calibration wrote no step log" >&2; return 0; }
+    cp "$tmp/cal-trace.all.jsonl" "$data/calibration-$(basename "$profile" .json).steps.jsonl"  # kept with the runs' data
+    if python3 bench/step_log.py "$profile" "$tmp/cal-trace.all.jsonl" --fit "$profile" --fit-keys "$FIT_KEYS" > "$steps.fit.txt"; then
         sed -n '/least squares/,$p' "$steps.fit.txt" >&2
-        python3 - "$profile" "$rate" "$CAL_REQUESTS" "$CAL_SEED" <<'PY'
+        local served=dLoRA
+        [ -s "$steps.merged" ] && served="dLoRA, and again merged-only"
+        python3 - "$profile" "$rate" "$CAL_REQUESTS" "$CAL_SEED" "$served" <<'PY'
 import json, sys
-path, rate, n, seed = sys.argv[1:5]
+path, rate, n, seed, served = sys.argv[1:6]
 p = json.load(open(path))
-p["source"] += (f"; then, on the iterations of an open-loop trace run (seed {seed}, {n} requests at {rate} req/s, dLoRA): "
+p["source"] += (f"; then, on the iterations of an open-loop trace run (seed {seed}, {n} requests at {rate} req/s, {served}): "
                 f"decode {p['fixed_seconds']*1e3:.2f} ms + {p['per_decode_seconds']*1e3:.2f} ms/sequence + "
                 f"{p['per_context_token_seconds']*1e9:.0f} ns per position, prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token, "
-                f"merged extra {p['merged_extra_seconds']*1e3:.2f} ms")
+                f"merged extra {p['merged_extra_seconds']*1e3:.2f} ms, one-token iteration {p.get('single_token_seconds', 0)*1e3:+.2f} ms")
 json.dump(p, open(path, "w"), indent=1)
 PY
     else
         echo "validate: the trace calibration's fit failed; the profile keeps the closed-loop fit" >&2
     fi
 }
-FIT_KEYS=fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds
+FIT_KEYS=fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds,single_token_seconds
 if [ -n "${SIM_ONLY:-}" ] && [ -n "${RECALIBRATE:-}" ]; then
     # Calibrate again on this machine now, from the profiles bench core gave the kept run.
     for f in 2threads 1thread-shared; do
@@ -632,7 +659,8 @@ for f in ("simulator-profile-2threads.json", "simulator-profile-1thread-shared.j
     p = json.load(open(os.path.join(results, f)))
     lines.append(f"- `{f}`: {p['source']}; decode step = {p['fixed_seconds']*1e3:.2f} ms + {p['per_decode_seconds']*1e3:.2f} ms/sequence, "
                  f"{p.get('per_context_token_seconds', 0)*1e9:.0f} ns per position attended, "
-                 f"prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token.")
+                 f"prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token, merged extra {p.get('merged_extra_seconds', 0)*1e3:.2f} ms, "
+                 f"one-token iteration {p.get('single_token_seconds', 0)*1e3:+.2f} ms.")
 lines.append("")
 fits = []
 for kind, _ in TITLES:
@@ -644,11 +672,12 @@ for kind, _ in TITLES:
             name = os.path.basename(path)[len("fit-"):-len(".json")].replace("-", " ", 1)
             fits.append(f"| {name} | {label} | {p['fixed_seconds']*1e3:.2f} | {p['per_decode_seconds']*1e3:.2f} | "
                         f"{p.get('per_context_token_seconds', 0)*1e9:.0f} | {p['per_prefill_token_seconds']*1e3:.2f} | "
-                        f"{p.get('merged_extra_seconds', 0)*1e3:.2f} |")
+                        f"{p.get('merged_extra_seconds', 0)*1e3:.2f} | {p.get('single_token_seconds', 0)*1e3:.2f} |")
 if fits:
-    lines += ["Step coefficients fitted on served iterations (a coefficient the least squares put below zero is written as 0):", "",
-              "| server | fitted on | fixed ms | per sequence ms | ns per position attended | prefill ms/token | merged extra ms |",
-              "|---|---|---:|---:|---:|---:|---:|"] + fits + [""]
+    lines += ["Step coefficients fitted on served iterations (a coefficient the least squares put below zero is written as 0, "
+              "but for the two signed ones: the merged extra and the one-token iteration's):", "",
+              "| server | fitted on | fixed ms | per sequence ms | ns per position attended | prefill ms/token | merged extra ms | one-token iteration ms |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"] + fits + [""]
 
 # Iterations as served (the replicas' --step-log, cut per run) and as simulated (dlora simulate --step-log).
 step_lines = []

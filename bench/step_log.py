@@ -13,7 +13,8 @@ as a profile (the input profile with those keys replaced), for `dlora simulate -
 --fit-keys are fitted (default: fixed, per decode, per prefill token, per context token); the others keep the
 profile's values and their share is taken out of the seconds first. A workload where every request carries an
 adapter cannot tell per-token LoRA cost from per-token base cost, nor one adapter per client per-adapter cost
-from per-sequence cost: those stay as measured by bench lora unless the log separates them.
+from per-sequence cost: those stay as measured by bench lora unless the log separates them. A fitted cost below zero
+is written as 0, except the merged extra, which is signed (SIGNED).
 """
 import argparse
 import json
@@ -26,15 +27,23 @@ def load(path):
 
 
 NAMES = ["fixed_seconds", "per_decode_seconds", "per_prefill_token_seconds", "per_context_token_seconds",
-         "per_lora_token_seconds", "per_adapter_seconds", "merged_extra_seconds"]
+         "per_lora_token_seconds", "per_adapter_seconds", "merged_extra_seconds", "single_token_seconds"]
 DEFAULT_FIT = NAMES[:4]
+# Signed: a merged iteration's price less an unmerged one's base (CPUCostModel.mergedExtraSeconds). Where the fixed
+# term takes in what the LoRA path costs an unmerged iteration beyond its per-token and per-adapter terms, a merged
+# iteration, which skips that path, is cheaper than the base: the fit finds it below zero. The single-token term
+# (an iteration of one decode and nothing else) is signed too: on the AVX2 machine such an iteration costs less
+# than the line through batches of two and more. Together the negative ones stay above -fixed_seconds.
+SIGNED = {"merged_extra_seconds", "single_token_seconds"}
+MIN_ROWS = 20  # iterations a fitted term must appear in
 
 
 def terms(s):
     """What each coefficient of NAMES multiplies in an iteration's price (CPUCostModel.stepSeconds)."""
     unmerged = s["mode"] == "unmerged"
     return [1.0, s["tokens"] - s["prefill_tokens"], s["prefill_tokens"], s["decode_context_tokens"],
-            s["adapter_tokens"] if unmerged else 0, s["distinct_adapters"] if unmerged else 0, 0 if unmerged else 1]
+            s["adapter_tokens"] if unmerged else 0, s["distinct_adapters"] if unmerged else 0, 0 if unmerged else 1,
+            1 if s["tokens"] == 1 else 0]
 
 
 def price(p, s):
@@ -65,6 +74,44 @@ def summary(p, steps, name):
     print(f"mode changes between consecutive iterations: {switches}")
 
 
+def independent(rows, cols):
+    """`cols` split into those linearly independent of the ones before them (Gram-Schmidt over the iterations)
+    and the rest."""
+    basis, kept, dropped = [], [], []
+    for j in cols:
+        v = [r[j] for r in rows]
+        norm0 = sum(t * t for t in v) ** 0.5
+        for q in basis:
+            d = sum(a * b for a, b in zip(v, q))
+            v = [a - d * b for a, b in zip(v, q)]
+        norm = sum(t * t for t in v) ** 0.5
+        if norm <= 1e-6 * norm0:
+            dropped.append(j)
+            continue
+        basis.append([t / norm for t in v])
+        kept.append(j)
+    return kept, dropped
+
+
+def solve(rows, ys, cols):
+    """Least squares of ys on the columns `cols` of rows (normal equations, Gaussian elimination with partial
+    pivoting; the columns are independent)."""
+    n = len(cols)
+    a = [[sum(r[cols[i]] * r[cols[j]] for r in rows) for j in range(n)] for i in range(n)]
+    b = [sum(r[cols[i]] * y for r, y in zip(rows, ys)) for i in range(n)]
+    for i in range(n):
+        piv = max(range(i, n), key=lambda k: abs(a[k][i]))
+        a[i], a[piv], b[i], b[piv] = a[piv], a[i], b[piv], b[i]
+        for k in range(i + 1, n):
+            f = a[k][i] / a[i][i]
+            a[k] = [x - f * y for x, y in zip(a[k], a[i])]
+            b[k] -= f * b[i]
+    x = [0.0] * n
+    for i in reversed(range(n)):
+        x[i] = (b[i] - sum(a[i][j] * x[j] for j in range(i + 1, n))) / a[i][i]
+    return x
+
+
 def fit(p, steps, keys):
     """Least squares of forward seconds on the profile's step terms `keys` (normal equations, no numpy needed)."""
     names = NAMES
@@ -77,33 +124,53 @@ def fit(p, steps, keys):
         held = sum(p.get(names[j], 0) * row[j] for j in range(len(names)) if names[j] not in keys)
         rows.append(row)
         ys.append(s["forward_seconds"] - held)
-    cols = [j for j in range(len(names)) if names[j] in keys and any(r[j] for r in rows)]
+    # A term that only a few iterations carry (a dLoRA trace merges seldom) cannot be fitted: it keeps the
+    # profile's value, and its share of those iterations is taken out as for the held keys.
+    sparse = [j for j in range(len(names)) if names[j] in keys and 0 < sum(1 for r in rows if r[j]) < MIN_ROWS]
+    for j in sparse:
+        print(f"step_log.py: {names[j]} is in {sum(1 for r in rows if r[j])} iterations (< {MIN_ROWS}): held at the profile's",
+              file=sys.stderr)
+        ys = [y - p.get(names[j], 0) * r[j] for r, y in zip(rows, ys)]
+    cols = [j for j in range(len(names)) if names[j] in keys and j not in sparse and any(r[j] for r in rows)]
+    # A term the others already span (every iteration merged: the merged extra is the fixed term again) cannot be
+    # told apart from them: it keeps the profile's value too. (Solved as it was, the near-singular system gave
+    # ±1e12 for the pair.)
+    cols, dependent = independent(rows, cols)
+    for j in dependent:
+        print(f"step_log.py: {names[j]} is spanned by the terms before it on these iterations: held at the profile's",
+              file=sys.stderr)
+        ys = [y - p.get(names[j], 0) * r[j] for r, y in zip(rows, ys)]
+    # A cost fitted below zero is noise, or a term these iterations cannot separate: it is priced as none (held at
+    # 0) and the others are fitted again without it, most negative first, until none is (but the SIGNED ones).
+    zeroed = []
+    while True:
+        x = solve(rows, ys, cols)
+        negative = [(v, j) for j, v in zip(cols, x) if names[j] not in SIGNED and v < 0]
+        if not negative:
+            break
+        v, j = min(negative)
+        print(f"step_log.py: {names[j]} fitted {v:.3g} < 0: held at 0, the others fitted again", file=sys.stderr)
+        zeroed.append(j)
+        cols = [c for c in cols if c != j]
     n = len(cols)
-    a = [[sum(r[cols[i]] * r[cols[j]] for r in rows) for j in range(n)] for i in range(n)]
-    b = [sum(r[cols[i]] * y for r, y in zip(rows, ys)) for i in range(n)]
-    for i in range(n):  # Gaussian elimination with partial pivoting
-        piv = max(range(i, n), key=lambda k: abs(a[k][i]))
-        a[i], a[piv], b[i], b[piv] = a[piv], a[i], b[piv], b[i]
-        if abs(a[i][i]) < 1e-30:
-            continue
-        for k in range(i + 1, n):
-            f = a[k][i] / a[i][i]
-            a[k] = [x - f * y for x, y in zip(a[k], a[i])]
-            b[k] -= f * b[i]
-    x = [0.0] * n
-    for i in reversed(range(n)):
-        x[i] = (b[i] - sum(a[i][j] * x[j] for j in range(i + 1, n))) / a[i][i] if abs(a[i][i]) >= 1e-30 else 0.0
     out = dict(p)
+    for j in zeroed:
+        out[names[j]] = 0.0
     for j, v in zip(cols, x):
-        out[names[j]] = max(0.0, v)  # a cost below zero is noise (or a term the log cannot separate): priced as none
-        if v < 0:
-            print(f"step_log.py: {names[j]} fitted {v:.3g} < 0, written as 0", file=sys.stderr)
+        out[names[j]] = v
+    for name in sorted(SIGNED):  # no iteration priced below zero (as `dlora simulate --cost-profile` checks)
+        floor = -out.get("fixed_seconds", 0) - sum(min(0.0, out.get(k, 0)) for k in SIGNED if k != name)
+        if out.get(name, 0) < floor:
+            print(f"step_log.py: {name} {out[name]:.3g} below what fixed_seconds covers, written as {floor:.3g}", file=sys.stderr)
+            out[name] = floor
     resid = [y - sum(r[cols[i]] * x[i] for i in range(n)) for r, y in zip(rows, ys)]
     rms = (sum(e * e for e in resid) / len(resid)) ** 0.5
     print("\nleast squares on the forward seconds of " + str(len(steps)) + " iterations (rms residual "
           + f"{rms * 1e3:.2f} ms; held at the profile's: {', '.join(n for n in names if n not in keys) or 'none'}):")
     for j, v in zip(cols, x):
         print(f"  {names[j]}: {v:.6g} (profile: {p.get(names[j], 0):.6g})")
+    for j in zeroed:
+        print(f"  {names[j]}: 0 (fitted below zero; profile: {p.get(names[j], 0):.6g})")
     return out
 
 
@@ -112,13 +179,15 @@ def self_test():
     import contextlib, io, random
     p = {"fixed_seconds": 0.01, "per_decode_seconds": 0.004, "per_prefill_token_seconds": 0.003,
          "per_context_token_seconds": 5e-6, "per_lora_token_seconds": 1e-4, "per_adapter_seconds": 3e-4,
-         "merged_extra_seconds": 0.002}
+         "merged_extra_seconds": 0.002, "single_token_seconds": -0.003}
     s = {"mode": "unmerged", "sequences": 3, "tokens": 34, "prefill_tokens": 32, "decode_context_tokens": 100,
          "adapter_tokens": 33, "distinct_adapters": 2}
     want = 0.01 + 0.004 * 2 + 0.003 * 32 + 5e-6 * 100 + 1e-4 * 33 + 3e-4 * 2
     assert abs(price(p, s) - want) < 1e-15, (price(p, s), want)
     m = dict(s, mode="merged")
     assert abs(price(p, m) - (0.01 + 0.004 * 2 + 0.003 * 32 + 5e-6 * 100 + 0.002)) < 1e-15
+    one = dict(m, sequences=1, tokens=1, prefill_tokens=0, decode_context_tokens=40)
+    assert abs(price(p, one) - (0.01 + 0.004 + 5e-6 * 40 + 0.002 - 0.003)) < 1e-15
     rng = random.Random(7)
     steps = []
     for _ in range(400):
@@ -132,11 +201,36 @@ def self_test():
                "distinct_adapters": 0 if merged else rng.randrange(1, 5), "adapter_tokens": decode + prefill}
         row["forward_seconds"] = price(p, row)
         steps.append(row)
-    start = {k: (v * 3 if k in DEFAULT_FIT + ["merged_extra_seconds"] else v) for k, v in p.items()}
+    every = DEFAULT_FIT + ["merged_extra_seconds", "single_token_seconds"]
+    start = {k: (v * 3 if k in every else v) for k, v in p.items()}
     with contextlib.redirect_stdout(io.StringIO()):
-        got = fit(start, steps, DEFAULT_FIT + ["merged_extra_seconds"])
+        got = fit(start, steps, every)
     for k, v in p.items():
         assert abs(got[k] - v) <= 1e-9 * max(1.0, abs(v)) + 1e-12, (k, got[k], v)
+    start["single_token_seconds"] = p["single_token_seconds"]  # held at the truth below
+    # A merged iteration cheaper than the unmerged base is fitted as a negative merged extra, not written as 0.
+    q = dict(p, merged_extra_seconds=-0.004)
+    for row in steps:
+        row["forward_seconds"] = price(q, row)
+    with contextlib.redirect_stdout(io.StringIO()):
+        got = fit(p, steps, DEFAULT_FIT + ["merged_extra_seconds"])
+    assert abs(got["merged_extra_seconds"] + 0.004) <= 1e-9, got
+    # Merged in fewer than MIN_ROWS iterations: the merged extra keeps the profile's value (0 here, where the
+    # iterations say -4 ms); with MIN_ROWS of them it is fitted.
+    merged = [r for r in steps if r["mode"] == "merged"]
+    unmerged = [r for r in steps if r["mode"] == "unmerged"]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        held = fit(dict(start, merged_extra_seconds=0.0), unmerged + merged[:MIN_ROWS - 1], DEFAULT_FIT + ["merged_extra_seconds"])
+        fitted = fit(dict(start, merged_extra_seconds=0.0), unmerged + merged[:MIN_ROWS], DEFAULT_FIT + ["merged_extra_seconds"])
+    assert held["merged_extra_seconds"] == 0.0, held
+    assert abs(fitted["merged_extra_seconds"] + 0.004) <= 1e-9, fitted
+    # Every iteration merged: fixed and merged extra are one term. The merged extra keeps the profile's value and
+    # the fixed term takes the rest (their sum is what the iterations say: 10 - 4 = 6 ms).
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        alone = fit(dict(start, merged_extra_seconds=0.001), merged, every)
+    assert alone["merged_extra_seconds"] == 0.001 and abs(alone["fixed_seconds"] - 0.005) <= 1e-9, alone
+    for row in steps:
+        row["forward_seconds"] = price(p, row)
     # Held keys keep the profile's value; a coefficient fitted below zero is written as 0.
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         got = fit(dict(p, per_lora_token_seconds=0.001), steps, ["fixed_seconds"])

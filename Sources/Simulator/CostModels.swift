@@ -149,8 +149,15 @@ public struct CPUCostModel: ReplicaCostModel {
     public var perLoRATokenSeconds = 0.000026
     public var perAdapterSeconds = 0.00016
     /// Merged: dense f32 copies of the targeted matrices replace Q4_1 ones (lora.md q/v rank 16 merged
-    /// overhead +1.51 / +1.60 / +1.06 ms at batch 1 / 8 / 32 → 1.4 ms).
+    /// overhead +1.51 / +1.60 / +1.06 ms at batch 1 / 8 / 32 → 1.4 ms). Signed: a merged iteration's price less an
+    /// unmerged one's base price (fixed, per token, per position). A fit on served iterations, whose fixed term also
+    /// takes in what the LoRA path costs per iteration beyond the per-token and per-adapter terms, can find it
+    /// negative: a merged iteration skips that path (`dlora simulate --cost-profile` keeps fixed + it ≥ 0).
     public var mergedExtraSeconds = 0.0014
+    /// An iteration that computes one token (one sequence's decode, nothing else): signed, on top of the fixed and
+    /// per-sequence terms. 0 by default; served step logs on the AVX2 machine show one-sequence decodes ~3 ms
+    /// below the line through two and more (the one-token matmul path), which a fit then gives here.
+    public var singleTokenSeconds = 0.0
     /// Merge: lora.md q/v rank 16, 10.64 ms for 13.3 M target elements → 0.8 ns per element; unmerge 0.006 ms.
     public var mergeSecondsPerElement = 0.8e-9
     public var unmergeSecondsFixed = 0.000006
@@ -171,6 +178,7 @@ public struct CPUCostModel: ReplicaCostModel {
         ["fixed_seconds": \.fixedSeconds, "per_decode_seconds": \.perDecodeSeconds, "per_prefill_token_seconds": \.perPrefillTokenSeconds,
          "per_context_token_seconds": \.perContextTokenSeconds,
          "per_lora_token_seconds": \.perLoRATokenSeconds, "per_adapter_seconds": \.perAdapterSeconds, "merged_extra_seconds": \.mergedExtraSeconds,
+         "single_token_seconds": \.singleTokenSeconds,
          "merge_seconds_per_element": \.mergeSecondsPerElement, "unmerge_seconds_fixed": \.unmergeSecondsFixed,
          "memory_bytes_per_second": \.memoryBytesPerSecond, "transfer_bytes_per_second": \.transferBytesPerSecond,
          "adapter_load_seconds": \.adapterLoadFixedSeconds, "request_overhead_seconds": \.requestOverheadSeconds]
@@ -202,6 +210,7 @@ public struct CPUCostModel: ReplicaCostModel {
     public func stepSeconds(_ s: StepShape) -> Double {
         var t = fixedSeconds + perDecodeSeconds * Double(s.decodeTokens) + perPrefillTokenSeconds * Double(s.prefillTokens)
             + perContextTokenSeconds * Double(s.decodeContextTokens)
+        if s.tokens == 1 { t += singleTokenSeconds }
         switch s.mode {
         case .merged: t += mergedExtraSeconds
         case .unmerged: t += perLoRATokenSeconds * s.loraTokens + perAdapterSeconds * Double(s.distinctAdapters)

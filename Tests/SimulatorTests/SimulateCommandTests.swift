@@ -99,6 +99,48 @@ import Testing
         #expect(abs(first - 0.01) < 1e-9 && abs(finish - 0.076) < 1e-9, "\(row)")
     }
 
+    /// `merged_extra_seconds` is signed: at −4 ms a merged iteration costs the fixed 10 ms less 4 ms, so one request
+    /// (4-token prompt, 5 tokens) served merged-only finishes after 5 × 6 ms; unmerged-only, after 5 × 10 ms.
+    @Test func aNegativeMergedExtraPricesMergedIterationsBelowTheBase() async throws {
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl")
+        let records = dir.file("records.csv")
+        try Self.fixedProfile().replacingOccurrences(of: #""merged_extra_seconds": 0"#, with: #""merged_extra_seconds": -0.004"#)
+            .write(to: profile, atomically: true, encoding: .utf8)
+        try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
+        for (policy, want) in [("merged-only", 0.03), ("unmerged-only", 0.05)] {
+            let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", policy,
+                                             "--dispatch", "round-robin", "--records", records.path])
+            #expect(r.status == 0, "\(r.stderr)")
+            let row = try #require(try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst().first)
+                .split(separator: ",", omittingEmptySubsequences: false)
+            let finish = try #require(Double(row[4]))
+            #expect(abs(finish - want) < 1e-9, "\(policy): \(row)")
+        }
+    }
+
+    /// `single_token_seconds` prices an iteration of one token (one decode, nothing else) and no other: at −3 ms
+    /// a lone 4-token prompt's request (first token with the prompt, four decodes alone) takes 10 + 4 × 7 ms. Two
+    /// arriving together: the first's prompt runs alone (10 ms), the second's joins the first's first decode, the
+    /// next three iterations hold both (10 ms each: the first is done at 50 ms), the second's last decode runs alone
+    /// (7 ms: done at 57 ms).
+    @Test func aSingleTokenIterationHasItsOwnTerm() async throws {
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl")
+        let records = dir.file("records.csv")
+        try Self.fixedProfile(#""single_token_seconds": -0.003"#).write(to: profile, atomically: true, encoding: .utf8)
+        let one = #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#
+        for (text, want) in [(one, [0.038]), (one + "\n" + one, [0.05, 0.057])] {
+            try text.write(to: requests, atomically: true, encoding: .utf8)
+            let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", "unmerged-only",
+                                             "--dispatch", "round-robin", "--records", records.path])
+            #expect(r.status == 0, "\(r.stderr)")
+            let rows = try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst()
+            let finish = try rows.map { try #require(Double($0.split(separator: ",", omittingEmptySubsequences: false)[4])) }
+            #expect(finish.count == want.count && zip(finish, want).allSatisfy { abs($0 - $1) < 1e-9 }, "\(rows)")
+        }
+    }
+
     @Test func badFilesAreOneLineErrors() async throws {
         let dir = try TemporaryDirectory(prefix: "dlora-simulate")
         let requests = dir.file("requests.jsonl"), profile = dir.file("profile.json")
@@ -118,7 +160,10 @@ import Testing
         }
         try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
         for (text, message) in [(#"{"fixed_secs": 0.01}"#, "unknown coefficient \"fixed_secs\""), (#"{"fixed_seconds": -1}"#, "must be a finite number"),
-                                (#"{"memory_bytes_per_second": 0}"#, "must be positive"), ("[1]", "not a JSON object")] {
+                                (#"{"memory_bytes_per_second": 0}"#, "must be positive"), ("[1]", "not a JSON object"),
+                                (#"{"fixed_seconds": 0.01, "merged_extra_seconds": -0.02}"#, "below -\"fixed_seconds\""),
+                                (#"{"fixed_seconds": 0.01, "merged_extra_seconds": -0.006, "single_token_seconds": -0.006}"#, "below -\"fixed_seconds\""),
+                                (#"{"merged_extra_seconds": "x"}"#, "\"merged_extra_seconds\" must be a finite number")] {
             try text.write(to: profile, atomically: true, encoding: .utf8)
             let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path])
             #expect(r.status != 0)
