@@ -307,8 +307,8 @@ PY
 # The step price at the loads served: an open-loop run of the trace with another seed (CAL_SEED: another sample of
 # the same workload — other requests, adapters and gaps than the runs compared), CAL_REQUESTS requests at
 # CAL_RATE (one replica, dLoRA batching) and CAL_CLUSTER_RATE (the cluster, dLoRA dispatch), under --step-log,
-# after a warm-up; the fixed, per-sequence, per-prompt-token, per-position and merged-extra seconds are fitted on
-# its iterations (as the cross-validated table's are on the runs'). The closed-loop calibration above then only
+# after a warm-up; the fixed, per-sequence, per-prompt-token, per-position, merged-extra and one-token seconds are
+# fitted on its iterations (as the cross-validated table's are on the runs'). The closed-loop calibration above then only
 # gives the per-request overhead. CAL_TRACE=0 keeps the closed-loop fit.
 CAL_TRACE=${CAL_TRACE:-1}
 CAL_SEED=${CAL_SEED:-$((SEED + 1))}
@@ -337,7 +337,7 @@ calibrate_trace() {  # profile json, rate, step log, then the server's log, read
     shift 5
     rm -f "$tmp/cal-trace.all.jsonl"
     trace_steps "$rate" "$steps" "$log" "$pattern" "$@"
-    if [ "$CAL_MERGED" != 0 ] && [ "$(basename "$2")" = serve ]; then
+    if [ "$CAL_MERGED" != 0 ] && [ "$2" = serve ]; then  # "$1" is the binary
         # The same server merged-only, its own step log.
         local merged=() prev=""
         for a in "$@"; do
@@ -643,7 +643,7 @@ for tag, heading, text in (
          "trace run of another seed under --step-log; profiles below): what the simulator predicts for requests it has not seen."),
         ("simx", "Cross-validated: step coefficients fitted on the other servers' iterations",
          "The same, with the step coefficients (fixed, per sequence, per prompt token, per position attended, merged "
-         "extra) fitted by least squares on the iterations the *other* servers of the same kind ran in their runs (their "
+         "extra, one-token iteration) fitted by least squares on the iterations the *other* servers of the same kind ran in their runs (their "
          "step logs, warm-ups left out; for a cluster row the other five cluster configurations, for a single-replica row "
          "the other three policies; LoRA, merge and copy terms as above): the step price of this machine under serving "
          "loads, not fitted to the run it predicts."),
@@ -674,8 +674,8 @@ for kind, _ in TITLES:
                         f"{p.get('per_context_token_seconds', 0)*1e9:.0f} | {p['per_prefill_token_seconds']*1e3:.2f} | "
                         f"{p.get('merged_extra_seconds', 0)*1e3:.2f} | {p.get('single_token_seconds', 0)*1e3:.2f} |")
 if fits:
-    lines += ["Step coefficients fitted on served iterations (a coefficient the least squares put below zero is written as 0, "
-              "but for the two signed ones: the merged extra and the one-token iteration's):", "",
+    lines += ["Step coefficients fitted on served iterations (a cost the least squares put below zero is held at 0 and the "
+              "others fitted again; the merged extra and the one-token iteration's are signed):", "",
               "| server | fitted on | fixed ms | per sequence ms | ns per position attended | prefill ms/token | merged extra ms | one-token iteration ms |",
               "|---|---|---:|---:|---:|---:|---:|---:|"] + fits + [""]
 

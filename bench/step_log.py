@@ -13,8 +13,9 @@ as a profile (the input profile with those keys replaced), for `dlora simulate -
 --fit-keys are fitted (default: fixed, per decode, per prefill token, per context token); the others keep the
 profile's values and their share is taken out of the seconds first. A workload where every request carries an
 adapter cannot tell per-token LoRA cost from per-token base cost, nor one adapter per client per-adapter cost
-from per-sequence cost: those stay as measured by bench lora unless the log separates them. A fitted cost below zero
-is written as 0, except the merged extra, which is signed (SIGNED).
+from per-sequence cost: those stay as measured by bench lora unless the log separates them. A fitted key carried by
+fewer than MIN_ROWS iterations, or spanned by the keys before it, keeps the profile's value too; a cost fitted below
+zero is held at 0 and the rest fitted again, except the signed terms (SIGNED).
 """
 import argparse
 import json
@@ -118,28 +119,20 @@ def fit(p, steps, keys):
     unknown = set(keys) - set(names)
     if unknown:
         sys.exit(f"step_log.py: cannot fit {sorted(unknown)}: the step terms are {names}")
-    rows, ys = [], []
-    for s in steps:
-        row = terms(s)
-        held = sum(p.get(names[j], 0) * row[j] for j in range(len(names)) if names[j] not in keys)
-        rows.append(row)
-        ys.append(s["forward_seconds"] - held)
-    # A term that only a few iterations carry (a dLoRA trace merges seldom) cannot be fitted: it keeps the
-    # profile's value, and its share of those iterations is taken out as for the held keys.
-    sparse = [j for j in range(len(names)) if names[j] in keys and 0 < sum(1 for r in rows if r[j]) < MIN_ROWS]
-    for j in sparse:
-        print(f"step_log.py: {names[j]} is in {sum(1 for r in rows if r[j])} iterations (< {MIN_ROWS}): held at the profile's",
-              file=sys.stderr)
-        ys = [y - p.get(names[j], 0) * r[j] for r, y in zip(rows, ys)]
-    cols = [j for j in range(len(names)) if names[j] in keys and j not in sparse and any(r[j] for r in rows)]
-    # A term the others already span (every iteration merged: the merged extra is the fixed term again) cannot be
-    # told apart from them: it keeps the profile's value too. (Solved as it was, the near-singular system gave
-    # ±1e12 for the pair.)
-    cols, dependent = independent(rows, cols)
+    rows = [terms(s) for s in steps]
+    # A term that only a few iterations carry (a dLoRA trace merges seldom) cannot be fitted, nor one the others
+    # already span (every iteration merged: the merged extra is the fixed term again; solved as it was, the
+    # near-singular system gave ±1e12 for the pair): both keep the profile's value, as the keys not fitted do.
+    counts = [sum(1 for r in rows if r[j]) for j in range(len(names))]
+    for j in range(len(names)):
+        if names[j] in keys and 0 < counts[j] < MIN_ROWS:
+            print(f"step_log.py: {names[j]} is in {counts[j]} iterations (< {MIN_ROWS}): held at the profile's", file=sys.stderr)
+    cols, dependent = independent(rows, [j for j in range(len(names)) if names[j] in keys and counts[j] >= MIN_ROWS])
     for j in dependent:
         print(f"step_log.py: {names[j]} is spanned by the terms before it on these iterations: held at the profile's",
               file=sys.stderr)
-        ys = [y - p.get(names[j], 0) * r[j] for r, y in zip(rows, ys)]
+    held = [j for j in range(len(names)) if j not in cols]
+    ys = [s["forward_seconds"] - sum(p.get(names[j], 0) * r[j] for j in held) for s, r in zip(steps, rows)]
     # A cost fitted below zero is noise, or a term these iterations cannot separate: it is priced as none (held at
     # 0) and the others are fitted again without it, most negative first, until none is (but the SIGNED ones).
     zeroed = []
@@ -166,7 +159,7 @@ def fit(p, steps, keys):
     resid = [y - sum(r[cols[i]] * x[i] for i in range(n)) for r, y in zip(rows, ys)]
     rms = (sum(e * e for e in resid) / len(resid)) ** 0.5
     print("\nleast squares on the forward seconds of " + str(len(steps)) + " iterations (rms residual "
-          + f"{rms * 1e3:.2f} ms; held at the profile's: {', '.join(n for n in names if n not in keys) or 'none'}):")
+          + f"{rms * 1e3:.2f} ms; held at the profile's: {', '.join(names[j] for j in held if counts[j]) or 'none'}):")
     for j, v in zip(cols, x):
         print(f"  {names[j]}: {v:.6g} (profile: {p.get(names[j], 0):.6g})")
     for j in zeroed:

@@ -184,6 +184,10 @@ public struct CPUCostModel: ReplicaCostModel {
          "adapter_load_seconds": \.adapterLoadFixedSeconds, "request_overhead_seconds": \.requestOverheadSeconds]
     }
 
+    /// The profile keys that may be negative (as long as `fixedSeconds` covers their sum: no iteration priced below
+    /// zero); the others are costs or bandwidths, ≥ 0.
+    public static let signedProfileKeys: Set<String> = ["merged_extra_seconds", "single_token_seconds"]
+
     /// SmolLM2's K/V per token: 30 layers × 3 KV heads × 64 × (K, V) × 4 bytes (f32) = 46,080 bytes.
     public static let kvBytesPerToken = 30 * 3 * 64 * 2 * 4
 

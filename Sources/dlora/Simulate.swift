@@ -281,9 +281,9 @@ struct Simulate: ParsableCommand {
     }
 
     /// Replaces `model`'s coefficients by a measured profile's: a JSON object whose keys are among
-    /// `CPUCostModel.profileKeys` (non-negative finite numbers, the two bandwidths positive; `merged_extra_seconds`
-    /// and `single_token_seconds` may be negative, as long as `fixed_seconds` covers them, so no iteration is priced
-    /// below zero); `source` (text) is allowed and ignored. An unknown key is an error, so a misspelt coefficient is
+    /// `CPUCostModel.profileKeys` (non-negative finite numbers, the two bandwidths positive; those of
+    /// `CPUCostModel.signedProfileKeys` may be negative, as long as `fixed_seconds` covers them, so no iteration is
+    /// priced below zero); `source` (text) is allowed and ignored. An unknown key is an error, so a misspelt coefficient is
     /// not silently the default.
     static func applyProfile(_ path: String, to model: inout CPUCostModel) throws {
         guard let data = FileManager.default.contents(atPath: path),
@@ -294,16 +294,17 @@ struct Simulate: ParsableCommand {
             guard let keyPath = CPUCostModel.profileKeys[key] else {
                 throw CLIError("\(path): unknown coefficient \"\(key)\" (\(CPUCostModel.profileKeys.keys.sorted().joined(separator: ", ")))")
             }
-            let signed = key == "merged_extra_seconds" || key == "single_token_seconds"
+            let signed = CPUCostModel.signedProfileKeys.contains(key)
             guard let number = value as? NSNumber, case let x = number.doubleValue, x.isFinite, signed || x >= 0 else {
                 throw CLIError("\(path): \"\(key)\" must be a finite number\(signed ? "" : " >= 0")")
             }
             if key.hasSuffix("bytes_per_second") && x <= 0 { throw CLIError("\(path): \"\(key)\" must be positive") }
             model[keyPath: keyPath] = x
         }
-        let below = min(0, model.mergedExtraSeconds) + min(0, model.singleTokenSeconds)
+        let signed = CPUCostModel.signedProfileKeys.sorted()
+        let below = signed.reduce(0.0) { $0 + min(0, model[keyPath: CPUCostModel.profileKeys[$1]!]) }
         if model.fixedSeconds + below < 0 {
-            throw CLIError("\(path): the negative \"merged_extra_seconds\" and \"single_token_seconds\" (\(below)) are below -\"fixed_seconds\" (\(model.fixedSeconds)): an iteration would cost less than nothing")
+            throw CLIError("\(path): the negative \(signed.map { "\"\($0)\"" }.joined(separator: " and ")) (\(below)) are below -\"fixed_seconds\" (\(model.fixedSeconds)): an iteration would cost less than nothing")
         }
     }
 
