@@ -109,19 +109,43 @@ public struct DLoRAProactive: DispatchPolicy {
 
     public func choose(adapter: String, promptTokens: Int, replicas: [ReplicaLoad]) -> Int? {
         // The loads are read in place: copying one (its dictionaries and sets) per replica per request showed.
-        replicas.withUnsafeBufferPointer { choose(adapter: adapter, in: $0) }
+        replicas.withUnsafeBufferPointer { loads in
+            // Whether the adapter is resident, and its requests, per replica: looked up once each.
+            var resident = [Bool](repeating: false, count: loads.count)
+            var counts = [Int](repeating: 0, count: loads.count)
+            for i in loads.indices where loads[i].usable {
+                resident[i] = adapter.isEmpty || loads[i].residentAdapters.contains(adapter)
+                counts[i] = loads[i].perAdapter[adapter]?.total ?? 0
+            }
+            return choose(adapter: adapter, in: loads, resident: resident, counts: counts)
+        }
     }
 
-    private func choose(adapter: String, in replicas: UnsafeBufferPointer<ReplicaLoad>) -> Int? {
+    /// `choose(adapter:promptTokens:replicas:)` told where the adapter is: `presence` lists every position in
+    /// `replicas` where it is resident or has requests, with its requests there (`perAdapter[adapter].total`);
+    /// it is nowhere else. The same choice, without looking the adapter up in every replica's set and
+    /// dictionary: a caller that keeps such an index (the simulator, at 1,000 replicas) saves those lookups,
+    /// which were the largest cost of dispatch (a cache miss or more per replica per request). The caller
+    /// keeps it in step with the loads; entries outside `replicas` are ignored.
+    public func choose(adapter: String, presence: [AdapterPresence], replicas: [ReplicaLoad]) -> Int? {
+        replicas.withUnsafeBufferPointer { loads in
+            var resident = [Bool](repeating: adapter.isEmpty, count: loads.count)
+            var counts = [Int](repeating: 0, count: loads.count)
+            for p in presence where loads.indices.contains(p.position) {
+                resident[p.position] = resident[p.position] || p.resident
+                counts[p.position] = p.requests
+            }
+            return choose(adapter: adapter, in: loads, resident: resident, counts: counts)
+        }
+    }
+
+    private func choose(adapter: String, in replicas: UnsafeBufferPointer<ReplicaLoad>, resident: [Bool], counts: [Int]) -> Int? {
         // Candidates: the usable replicas that can host the adapter, or every usable one if none can. One pass
         // finds the cheapest candidate and the cheapest placed one (in list order, first of equals, as `min`).
-        // (Whether the adapter is resident is looked up once per replica: it decides both hosting and load time.)
         var hosts = [Bool](repeating: false, count: replicas.count)
-        var resident = [Bool](repeating: false, count: replicas.count)
         var anyUsable = false, anyHost = false
         for i in replicas.indices where replicas[i].usable {
             anyUsable = true
-            resident[i] = adapter.isEmpty || replicas[i].residentAdapters.contains(adapter)
             if resident[i] || replicas[i].canLoad {
                 hosts[i] = true
                 anyHost = true
@@ -134,9 +158,7 @@ public struct DLoRAProactive: DispatchPolicy {
         var bestPlaced = -1, bestPlacedCost = 0.0
         for i in replicas.indices where replicas[i].usable && (!anyHost || hosts[i]) {
             // = costSeconds: the queue, plus the load time where the adapter is not resident (`loadSeconds`).
-            // (The adapter's count is read here: reading it in a callee copied the whole load, per replica.)
-            let count = replicas[i].perAdapter[adapter]?.total ?? 0
-            let cost = Self.queueSeconds(count: count, replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
+            let cost = Self.queueSeconds(count: counts[i], replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
                 + (resident[i] ? 0 : replicas[i].adapterLoadSeconds[adapter] ?? replicas[i].defaultAdapterLoadSeconds)
             if best < 0 || Self.cheaper(i, cost, than: best, bestCost, in: replicas) {
                 best = i
@@ -236,6 +258,22 @@ public struct DLoRAProactive: DispatchPolicy {
             result[entry.key] = Set(holds[i].map { replicas[hosts[$0]].id })
         }
         return result
+    }
+}
+
+/// One adapter on one replica, as dispatch needs it (`DLoRAProactive.choose(adapter:presence:replicas:)`).
+public struct AdapterPresence: Sendable, Equatable {
+    /// Position of the replica in the list of loads.
+    public var position: Int
+    /// The adapter is in its `residentAdapters`.
+    public var resident: Bool
+    /// Its requests there, waiting and running (`perAdapter[adapter].total`).
+    public var requests: Int
+
+    public init(position: Int, resident: Bool, requests: Int) {
+        self.position = position
+        self.resident = resident
+        self.requests = requests
     }
 }
 

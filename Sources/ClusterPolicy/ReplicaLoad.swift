@@ -57,7 +57,19 @@ public struct ReplicaLoad: Sendable, Equatable {
     /// Adapters resident (active) on it.
     public var residentAdapters: Set<String> { didSet { tally() } }
     /// Waiting and running requests per adapter name ("" = base model).
-    public var perAdapter: [String: AdapterCounts] { didSet { tally() } }
+    public var perAdapter: [String: AdapterCounts] {
+        get { _perAdapter }
+        set {
+            _perAdapter = newValue
+            tally()
+        }
+        // In place, as the stored property with `didSet` was (a `get`/`set` pair would copy the dictionary).
+        _modify {
+            yield &_perAdapter
+            tally()
+        }
+    }
+    private var _perAdapter: [String: AdapterCounts]
     /// Estimated seconds of one decode step at its current batch (from its step-cost model).
     public var decodeStepSeconds: Double
     /// Merged step time over unmerged step time: the cost of a full same-adapter batch relative to a mixed
@@ -87,7 +99,7 @@ public struct ReplicaLoad: Sendable, Equatable {
         self.blockSize = blockSize
         self.adapterSlots = adapterSlots
         self.residentAdapters = residentAdapters
-        self.perAdapter = perAdapter
+        _perAdapter = perAdapter
         self.decodeStepSeconds = decodeStepSeconds
         self.mergedCostFactor = mergedCostFactor
         self.maxBatch = maxBatch
@@ -111,6 +123,9 @@ public struct ReplicaLoad: Sendable, Equatable {
     public private(set) var leftoverRequests = 0
     /// Resident adapters with requests here (what `canLoad` cannot evict).
     private var busyResidentAdapters = 0
+    /// `residentAdapters.count`, kept with the load: `canLoad` reads it for every replica on every arrival, and
+    /// reading the set's own count touched its storage (a cache miss per replica in the simulator's profile).
+    private var residentCount = 0
 
     private mutating func tally() {
         let b = max(1, maxBatch)
@@ -127,6 +142,22 @@ public struct ReplicaLoad: Sendable, Equatable {
         fullBatches = full
         leftoverRequests = left
         busyResidentAdapters = busy
+        residentCount = residentAdapters.count
+    }
+
+    /// Adds `count` (≥ 0) waiting requests for `adapter`: `perAdapter[adapter].waiting += count`, with the sums
+    /// updated for that one adapter instead of recounted over all of them (what the router does for every
+    /// request it dispatches until the replica's next status; recounting hashed every adapter's name).
+    public mutating func addWaiting(adapter: String, count: Int = 1) {
+        precondition(count >= 0, "addWaiting takes a non-negative count")
+        let b = max(1, maxBatch)
+        let old = _perAdapter[adapter, default: AdapterCounts()]
+        let c = old.total
+        _perAdapter[adapter, default: AdapterCounts()].waiting += count
+        waitingRequests += count
+        fullBatches += (c + count) / b - c / b
+        leftoverRequests += (c + count) % b - c % b
+        if c == 0 && count > 0 && residentAdapters.contains(adapter) { busyResidentAdapters += 1 }
     }
 
     /// Dispatch may send it new requests.
@@ -156,6 +187,6 @@ public struct ReplicaLoad: Sendable, Equatable {
     /// (From the tally: dispatch asks it of every replica per request, and walking the resident adapters there
     /// grew with the adapters a replica keeps resident.)
     var canLoad: Bool {
-        adapterSlots > 0 && (residentAdapters.count < adapterSlots || busyResidentAdapters < residentAdapters.count)
+        adapterSlots > 0 && (residentCount < adapterSlots || busyResidentAdapters < residentCount)
     }
 }

@@ -168,6 +168,10 @@ struct SimulationRun {
     var rates: [String: Double] = [:]
     /// What dispatch sees, once every replica has reported (`dispatchLoads`).
     var statusLoads: [ReplicaLoad]?
+    /// Where each adapter is in `statusLoads` (dLoRA dispatch's index).
+    var presence: PresenceIndex
+    /// Adapter name → key (`names`' inverse).
+    let adapterIDs: [String: Int]
     var stallSum = 0.0
     var stallCount = 0
     var migrationsDone = 0
@@ -183,6 +187,8 @@ struct SimulationRun {
         let adapterCount = (workload.map(\.adapter).max() ?? -1) + 1
         profiles = (0..<adapterCount).map { config.cost.adapterProfile(key: $0, rank: config.adapterRanks[$0 % config.adapterRanks.count]) }
         names = (0..<adapterCount).map { "adapter-\($0)" }
+        adapterIDs = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, $0) })
+        presence = PresenceIndex(adapters: adapterCount, replicas: config.replicas)
         let meanBytes = profiles.isEmpty ? 0 : profiles.reduce(0) { $0 + $1.bytes } / profiles.count
         typicalLoadSeconds = config.cost.adapterLoadSeconds(bytes: meanBytes)
         let schedulerConfig = shape.schedulerConfig(policy: config.policy, costs: config.cost.schedulerPrior)

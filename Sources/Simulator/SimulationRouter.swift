@@ -11,7 +11,11 @@ extension SimulationRun {
         arrivalCounts[request.adapter] += 1
         let target: Int
         if statusLoads != nil {
-            target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: statusLoads!) ?? 0
+            if let d = dispatcher as? DLoRAProactive {
+                target = d.choose(adapter: name, presence: presence.entries(request.adapter), replicas: statusLoads!) ?? 0
+            } else {
+                target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: statusLoads!) ?? 0
+            }
         } else {
             let loads = dispatchLoads()
             target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: loads) ?? 0
@@ -20,7 +24,10 @@ extension SimulationRun {
         hash.mix(i)
         hash.mix(target)
         replicas[target].dispatchedSinceStatus[name, default: 0] += 1
-        if statusLoads != nil { statusLoads![target].perAdapter[name, default: AdapterCounts()].waiting += 1 }
+        if statusLoads != nil {
+            statusLoads![target].addWaiting(adapter: name)
+            if config.dispatch == .dlora { presence.addRequest(request.adapter, at: target) }
+        }
         if config.requestOverheadSeconds > 0 {
             // In transit (HTTP, tokenization, relay): the replica sees it when it lands.
             queue.push(.delivered(i, replica: target), at: now + config.requestOverheadSeconds)
@@ -41,7 +48,10 @@ extension SimulationRun {
             for (name, n) in replicas[r].dispatchedSinceStatus { l.perAdapter[name, default: AdapterCounts()].waiting += n }
             return l
         }
-        if replicas.allSatisfy({ $0.status != nil }) { statusLoads = loads }
+        if replicas.allSatisfy({ $0.status != nil }) {
+            statusLoads = loads
+            if config.dispatch == .dlora { for r in loads.indices { presence.set(r, from: loads[r], ids: adapterIDs) } }
+        }
         return loads
     }
 
@@ -49,7 +59,10 @@ extension SimulationRun {
         let l = load(r, includeRequests: false)
         replicas[r].status = l
         replicas[r].dispatchedSinceStatus.removeAll()
-        if statusLoads != nil { statusLoads![r] = l }
+        if statusLoads != nil {
+            statusLoads![r] = l
+            if config.dispatch == .dlora { presence.set(r, from: l, ids: adapterIDs) }
+        }
     }
 
     /// A replica's status as `dlora serve` reports it (ReplicaControl's EngineView) and the router maps it
@@ -169,6 +182,67 @@ extension SimulationRun {
             moves[m].stages += 1
             moves[m].stageBlocks = full
             queue.push(.copyStage(m), at: now + cost.transferSeconds(bytes: remaining * shape.bytesPerBlock))
+        }
+    }
+}
+
+/// Where each adapter is resident or has requests in `SimulationRun.statusLoads`, kept in step with it, so that
+/// dLoRA dispatch finds an adapter's replicas without looking it up in all 1,000 replicas' sets and dictionaries
+/// (`DLoRAProactive.choose(adapter:presence:replicas:)`; those lookups were the largest cost of dispatch).
+struct PresenceIndex {
+    private let replicaCount: Int
+    /// Per adapter key: its entries, in no particular order.
+    private var byAdapter: [[AdapterPresence]]
+    /// Per replica: the adapter keys with an entry there.
+    private var byReplica: [[Int]]
+    /// adapter key × replicaCount + replica → the entry's position in `byAdapter[adapter]`.
+    private var slot: [Int: Int] = [:]
+
+    init(adapters: Int, replicas: Int) {
+        replicaCount = replicas
+        byAdapter = Array(repeating: [], count: adapters)
+        byReplica = Array(repeating: [], count: replicas)
+    }
+
+    func entries(_ adapter: Int) -> [AdapterPresence] { byAdapter[adapter] }
+
+    /// One more request for `adapter` on replica `r` (dispatch sent it there).
+    mutating func addRequest(_ adapter: Int, at r: Int) {
+        if let k = slot[adapter * replicaCount + r] {
+            byAdapter[adapter][k].requests += 1
+        } else {
+            insert(AdapterPresence(position: r, resident: false, requests: 1), adapter: adapter)
+        }
+    }
+
+    /// Replica `r`'s entries replaced by what `load` says (adapter names mapped to keys by `ids`; the base
+    /// model and unknown names are not indexed: dispatch for them looks the loads up itself).
+    mutating func set(_ r: Int, from load: ReplicaLoad, ids: [String: Int]) {
+        for a in byReplica[r] { remove(adapter: a, at: r) }
+        byReplica[r].removeAll(keepingCapacity: true)
+        for name in load.residentAdapters {
+            guard let a = ids[name] else { continue }
+            insert(AdapterPresence(position: r, resident: true, requests: load.perAdapter[name]?.total ?? 0), adapter: a)
+        }
+        for (name, counts) in load.perAdapter where counts.total > 0 && !load.residentAdapters.contains(name) {
+            guard let a = ids[name] else { continue }
+            insert(AdapterPresence(position: r, resident: false, requests: counts.total), adapter: a)
+        }
+    }
+
+    private mutating func insert(_ entry: AdapterPresence, adapter a: Int) {
+        slot[a * replicaCount + entry.position] = byAdapter[a].count
+        byAdapter[a].append(entry)
+        byReplica[entry.position].append(a)
+    }
+
+    /// Drops adapter `a`'s entry at replica `r` (the last entry takes its place); `byReplica` is left to the caller.
+    private mutating func remove(adapter a: Int, at r: Int) {
+        guard let k = slot.removeValue(forKey: a * replicaCount + r) else { return }
+        let last = byAdapter[a].removeLast()
+        if k < byAdapter[a].count {
+            byAdapter[a][k] = last
+            slot[a * replicaCount + last.position] = k
         }
     }
 }

@@ -57,6 +57,83 @@ import ClusterPolicy
         #expect(DLoRAProactive().choose(adapter: "x", promptTokens: 1, replicas: [busy, busy2]) == 0)
     }
 
+    /// Random loads on 8 replicas (resident sets, counts, unhealthy and draining ones, slots full or not).
+    func randomLoads(_ rng: inout SeededGenerator) -> [ReplicaLoad] {
+        let names = ["", "a", "b", "c", "d", "e"]
+        return (0..<8).map { id in
+            var resident: Set<String> = []
+            var waiting: [String: Int] = [:], running: [String: Int] = [:]
+            for name in names.dropFirst() where Int.random(in: 0..<3, using: &rng) == 0 { resident.insert(name) }
+            for name in names where Int.random(in: 0..<2, using: &rng) == 0 {
+                waiting[name] = Int.random(in: 0...9, using: &rng)
+                running[name] = Int.random(in: 0...9, using: &rng)
+            }
+            var r = replica(id, slots: Int.random(in: 0...4, using: &rng), resident: resident, waiting: waiting, running: running,
+                            healthy: Int.random(in: 0..<8, using: &rng) != 0, draining: Int.random(in: 0..<8, using: &rng) == 0)
+            r.maxBatch = Int.random(in: 1...6, using: &rng)
+            r.decodeStepSeconds = Double(Int.random(in: 1...5, using: &rng)) * 0.01
+            r.defaultAdapterLoadSeconds = Double(Int.random(in: 0...3, using: &rng)) * 0.02
+            if Int.random(in: 0..<4, using: &rng) == 0 { r.adapterLoadSeconds["b"] = 0.5 }
+            return r
+        }
+    }
+
+    /// Told where the adapter is (`presence`), dispatch chooses what it chooses by looking the adapter up in every
+    /// load: random loads, placements and both leftover formulas, every adapter and the base model.
+    @Test func presenceIndexGivesTheSameChoice() {
+        var rng = SeededGenerator(seed: 13)
+        var differentFromFirst = 0
+        for trial in 0..<300 {
+            let loads = randomLoads(&rng)
+            var placement: [String: Set<Int>]?
+            if trial % 2 == 0 {
+                placement = ["a": [Int.random(in: 0..<8, using: &rng)], "c": [1, Int.random(in: 0..<8, using: &rng)]]
+            }
+            let policy = DLoRAProactive(placement: placement, fractionalLeftovers: trial % 3 != 0)
+            for adapter in ["", "a", "b", "c", "d", "e", "unknown"] {
+                var presence: [AdapterPresence] = []
+                for (position, load) in loads.enumerated().reversed() {
+                    let resident = load.residentAdapters.contains(adapter)
+                    let requests = load.perAdapter[adapter]?.total ?? 0
+                    if resident || requests > 0 { presence.append(AdapterPresence(position: position, resident: resident, requests: requests)) }
+                }
+                let expected = policy.choose(adapter: adapter, promptTokens: 1, replicas: loads)
+                #expect(policy.choose(adapter: adapter, presence: presence, replicas: loads) == expected)
+                if expected != nil && expected != loads.first(where: \.usable)?.id { differentFromFirst += 1 }
+            }
+        }
+        // The cases are not all won by the first usable replica.
+        #expect(differentFromFirst > 300)
+    }
+
+    /// `addWaiting` keeps the load equal (sums included) to one whose counts were set through `perAdapter`.
+    @Test func addWaitingMatchesPerAdapter() {
+        var rng = SeededGenerator(seed: 5)
+        for _ in 0..<200 {
+            for load in randomLoads(&rng) {
+                for adapter in ["", "a", "b", "f"] {
+                    let n = Int.random(in: 0...7, using: &rng)
+                    var incremental = load, recounted = load
+                    incremental.addWaiting(adapter: adapter, count: n)
+                    recounted.perAdapter[adapter, default: AdapterCounts()].waiting += n
+                    #expect(incremental == recounted)
+                    #expect(incremental.requests == load.requests + n)
+                    #expect(incremental.canHost("x") == recounted.canHost("x"))
+                    #expect(DLoRAProactive.costSeconds(adapter: "a", replica: incremental)
+                        == DLoRAProactive.costSeconds(adapter: "a", replica: recounted))
+                    // A fresh load built from the same counts has the same sums.
+                    let rebuilt = ReplicaLoad(id: load.id, healthy: load.healthy, draining: load.draining, kvBlocksTotal: load.kvBlocksTotal,
+                                              kvBlocksFree: load.kvBlocksFree, adapterSlots: load.adapterSlots,
+                                              residentAdapters: load.residentAdapters, perAdapter: recounted.perAdapter,
+                                              decodeStepSeconds: load.decodeStepSeconds, mergedCostFactor: load.mergedCostFactor,
+                                              maxBatch: load.maxBatch, adapterLoadSeconds: load.adapterLoadSeconds,
+                                              defaultAdapterLoadSeconds: load.defaultAdapterLoadSeconds)
+                    #expect(rebuilt == incremental)
+                }
+            }
+        }
+    }
+
     @Test func placementIsPreferredWithinTheSlack() {
         // Both hold x; replica 1 costs 0.6 steps more (two full x batches vs one: 1.2 vs 0.6 steps).
         let cheap = proactiveReplica(0, resident: ["x"], counts: ["x": 3], step: 0.05)
