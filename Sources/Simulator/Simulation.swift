@@ -257,9 +257,12 @@ struct SimulationRun {
     // MARK: The replicas
 
     /// Reads replica `r`'s scheduler in place. (A non-mutating call into the Scheduling module through Array's
-    /// getter, `replicas[r].scheduler.hasWork`, copies the whole replica first: its scheduler, inbox and status.)
-    func scheduler<T>(_ r: Int, _ body: (Scheduler) -> T) -> T {
-        replicas.withUnsafeBufferPointer { body($0[r].scheduler) }
+    /// getter, `replicas[r].scheduler.hasWork`, copies the whole replica first: its scheduler, inbox and status.
+    /// Read through an unsafe pointer, the scheduler was still copied before every call into it, as the
+    /// compiler cannot rule out a write to that memory during the call: once per sampled request per iteration
+    /// in `stepDone`. Exclusive (`inout`) access lets the calls borrow it where it is.)
+    mutating func scheduler<T>(_ r: Int, _ body: (inout Scheduler) -> T) -> T {
+        body(&replicas[r].scheduler)
     }
 
     mutating func deliver(_ r: Int, _ item: InboxItem) {

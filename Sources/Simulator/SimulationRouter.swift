@@ -190,16 +190,13 @@ extension SimulationRun {
 /// dLoRA dispatch finds an adapter's replicas without looking it up in all 1,000 replicas' sets and dictionaries
 /// (`DLoRAProactive.choose(adapter:presence:replicas:)`; those lookups were the largest cost of dispatch).
 struct PresenceIndex {
-    private let replicaCount: Int
     /// Per adapter key: its entries, in no particular order.
     private var byAdapter: [[AdapterPresence]]
-    /// Per replica: the adapter keys with an entry there.
-    private var byReplica: [[Int]]
-    /// adapter key × replicaCount + replica → the entry's position in `byAdapter[adapter]`.
-    private var slot: [Int: Int] = [:]
+    /// Per replica: the adapters with an entry there, and each entry's position in `byAdapter[adapter]`. (Searched
+    /// linearly: a replica holds a few dozen adapters at most, and hashing a key per update cost more.)
+    private var byReplica: [[(adapter: Int, slot: Int)]]
 
     init(adapters: Int, replicas: Int) {
-        replicaCount = replicas
         byAdapter = Array(repeating: [], count: adapters)
         byReplica = Array(repeating: [], count: replicas)
     }
@@ -208,8 +205,8 @@ struct PresenceIndex {
 
     /// One more request for `adapter` on replica `r` (dispatch sent it there).
     mutating func addRequest(_ adapter: Int, at r: Int) {
-        if let k = slot[adapter * replicaCount + r] {
-            byAdapter[adapter][k].requests += 1
+        if let k = byReplica[r].firstIndex(where: { $0.adapter == adapter }) {
+            byAdapter[adapter][byReplica[r][k].slot].requests += 1
         } else {
             insert(AdapterPresence(position: r, resident: false, requests: 1), adapter: adapter)
         }
@@ -218,8 +215,7 @@ struct PresenceIndex {
     /// Replica `r`'s entries replaced by what `load` says (adapter names mapped to keys by `ids`; the base
     /// model and unknown names are not indexed: dispatch for them looks the loads up itself).
     mutating func set(_ r: Int, from load: ReplicaLoad, ids: [String: Int]) {
-        for a in byReplica[r] { remove(adapter: a, at: r) }
-        byReplica[r].removeAll(keepingCapacity: true)
+        while let last = byReplica[r].popLast() { remove(adapter: last.adapter, slot: last.slot) }
         for name in load.residentAdapters {
             guard let a = ids[name] else { continue }
             insert(AdapterPresence(position: r, resident: true, requests: load.perAdapter[name]?.total ?? 0), adapter: a)
@@ -231,18 +227,17 @@ struct PresenceIndex {
     }
 
     private mutating func insert(_ entry: AdapterPresence, adapter a: Int) {
-        slot[a * replicaCount + entry.position] = byAdapter[a].count
+        byReplica[entry.position].append((a, byAdapter[a].count))
         byAdapter[a].append(entry)
-        byReplica[entry.position].append(a)
     }
 
-    /// Drops adapter `a`'s entry at replica `r` (the last entry takes its place); `byReplica` is left to the caller.
-    private mutating func remove(adapter a: Int, at r: Int) {
-        guard let k = slot.removeValue(forKey: a * replicaCount + r) else { return }
+    /// Drops adapter `a`'s entry at `slot` (already taken out of its replica's list); the last entry takes its
+    /// place, and its replica's list follows it.
+    private mutating func remove(adapter a: Int, slot k: Int) {
         let last = byAdapter[a].removeLast()
-        if k < byAdapter[a].count {
-            byAdapter[a][k] = last
-            slot[a * replicaCount + last.position] = k
-        }
+        guard k < byAdapter[a].count else { return }
+        byAdapter[a][k] = last
+        let moved = byReplica[last.position].firstIndex { $0.adapter == a }!
+        byReplica[last.position][moved].slot = k
     }
 }
