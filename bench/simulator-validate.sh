@@ -712,3 +712,22 @@ if step_lines:
 open(out, "w").write("\n".join(lines))
 print("\n".join(lines))
 PY
+# ---- 5. cross-replica interference: the served cluster iterations that ran while the other replica was inside an
+# iteration too, against those that ran alone (bench/step_log.py --overlap). The simulator prices each replica's
+# iterations by its profile whatever the others do.
+cluster_logs=("$data"/cluster_*~[0-9]*.json.steps.jsonl)
+if [ -e "${cluster_logs[0]}" ]; then
+    {
+        echo
+        echo "## Cross-replica interference: served cluster iterations alone and together"
+        echo
+        echo "All the cluster runs' served iterations, pooled (\`bench/step_log.py --overlap\`). An iteration's overlap is the"
+        echo "share of its wall time during which the other replica was inside an iteration too: alone below 10 %, together"
+        echo "90 % and more. Priced by the cluster profile the predictions used; decode-only iterations of one mode and"
+        echo "number of sequences compared directly. The simulator runs each replica at its profile's price whatever the"
+        echo "other does; the profile's trace calibration saw both replicas at work as the runs do."
+        echo
+        python3 bench/step_log.py "$RESULTS/simulator-profile-1thread-shared.json" "${cluster_logs[@]}" --overlap | sed -n '/^all /,$p'
+        echo
+    } >> "$RESULTS/simulator.md"
+fi

@@ -3,6 +3,7 @@
 each other and with a CPU cost profile (`dlora simulate --cost-profile` JSON, the keys of CPUCostModel).
 
     python3 bench/step_log.py PROFILE.json LOG [LOG ...] [--fit OUT.json [--fit-keys KEY,KEY,...]]
+    python3 bench/step_log.py PROFILE.json LOG [LOG ...] --overlap
     python3 bench/step_log.py --self-test
 
 For every log: the iterations by kind (merged / unmerged × with prompt tokens / decode only), their mean shape,
@@ -16,6 +17,13 @@ adapter cannot tell per-token LoRA cost from per-token base cost, nor one adapte
 from per-sequence cost: those stay as measured by bench lora unless the log separates them. A fitted key carried by
 fewer than MIN_ROWS iterations, or spanned by the keys before it, keeps the profile's value too; a cost fitted below
 zero is held at 0 and the rest fitted again, except the signed terms (SIGNED).
+
+--overlap measures cross-replica interference in served logs of several replicas (`dlora cluster --step-log`: each
+iteration carries its replica's process id and its Unix start time). Each iteration's overlap is the fraction of its
+wall time during which another replica was inside an iteration too. Iterations are grouped by overlap (alone:
+below 10 %, together: 90 % and more), and each group's forward seconds are compared with what the profile prices
+them at (which takes out the batch shapes, so far as the profile is right), and decode-only iterations of the same
+mode and sequences directly. The simulator runs each replica at its profile's price whatever the others do.
 """
 import argparse
 import json
@@ -167,6 +175,68 @@ def fit(p, steps, keys):
     return out
 
 
+def overlaps(steps):
+    """Per iteration (in log order): the fraction of [start, start + step_seconds] during which another replica of
+    the log was inside an iteration."""
+    spans = {}
+    for s in steps:
+        spans.setdefault(s["replica"], []).append((s["start"], s["start"] + s["step_seconds"]))
+    merged = {}
+    for r in spans:
+        # The union of the other replicas' iterations, as disjoint sorted intervals.
+        others = sorted(iv for q, ivs in spans.items() if q != r for iv in ivs)
+        union = []
+        for a, b in others:
+            if union and a <= union[-1][1]:
+                union[-1][1] = max(union[-1][1], b)
+            else:
+                union.append([a, b])
+        merged[r] = union
+    result = []
+    for s in steps:
+        a, b = s["start"], s["start"] + s["step_seconds"]
+        covered = sum(max(0.0, min(b, y) - max(a, x)) for x, y in merged[s["replica"]] if y > a and x < b)
+        result.append(covered / (b - a) if b > a else 0.0)
+    return result
+
+
+def interference(p, steps, name):
+    """Prints the overlap tables of one log; returns its (iteration, overlap) pairs (none for a log of one replica)."""
+    replicas = {s.get("replica") for s in steps}
+    if len(replicas) < 2 or any("start" not in s or "step_seconds" not in s for s in steps):
+        print(f"\n{name}: one replica, or no start times: no overlap to measure")
+        return []
+    rows = list(zip(steps, overlaps(steps)))
+    print(f"\n{name}: {len(steps)} iterations on {len(replicas)} replicas, mean overlap {sum(o for _, o in rows) / len(rows):.2f}")
+    overlap_tables(p, rows)
+    return rows
+
+
+def overlap_tables(p, rows):
+    groups = [("alone (< 10 %)", lambda o: o < 0.1), ("partly", lambda o: 0.1 <= o < 0.9), ("together (>= 90 %)", lambda o: o >= 0.9)]
+    print("| overlap | n | mean seqs | forward s | priced s | forward/priced |")
+    print("|---|---|---|---|---|---|")
+    for label, test in groups:
+        g = [s for s, o in rows if test(o)]
+        if not g:
+            continue
+        fwd = sum(s["forward_seconds"] for s in g)
+        pr = sum(price(p, s) for s in g)
+        print(f"| {label} | {len(g)} | {sum(s['sequences'] for s in g) / len(g):.1f} | {fwd:.3f} | {pr:.3f} | "
+              f"{'' if pr <= 0 else f'{fwd / pr:.2f}'} |")
+    print("| decode-only iterations | n alone | n together | ms alone | ms together | together/alone |")
+    print("|---|---|---|---|---|---|")
+    shapes = sorted({(s["mode"], s["sequences"]) for s, _ in rows if s["prefill_tokens"] == 0})
+    for mode, seqs in shapes:
+        g = [(s, o) for s, o in rows if s["prefill_tokens"] == 0 and s["mode"] == mode and s["sequences"] == seqs]
+        alone = [s["forward_seconds"] for s, o in g if o < 0.1]
+        together = [s["forward_seconds"] for s, o in g if o >= 0.9]
+        if len(alone) < 5 or len(together) < 5:
+            continue
+        ma, mt = 1e3 * sum(alone) / len(alone), 1e3 * sum(together) / len(together)
+        print(f"| {mode} × {seqs} | {len(alone)} | {len(together)} | {ma:.1f} | {mt:.1f} | {mt / ma:.2f} |")
+
+
 def self_test():
     """The price formula by hand, and the fit recovering known coefficients from exact synthetic iterations."""
     import contextlib, io, random
@@ -228,6 +298,12 @@ def self_test():
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         got = fit(dict(p, per_lora_token_seconds=0.001), steps, ["fixed_seconds"])
     assert got["per_lora_token_seconds"] == 0.001 and got["fixed_seconds"] == 0.0, got
+    # Overlap: replica 1's iteration [0, 1] meets replica 2's [0.5, 2] and [0.2, 0.4] (a union of 0.7 s of its
+    # 1 s), replica 2's [0.5, 2] meets [0, 1] for 0.5 s of 1.5 s, and [3, 4] meets nothing.
+    ol = [{"replica": 1, "start": 0.0, "step_seconds": 1.0}, {"replica": 2, "start": 0.5, "step_seconds": 1.5},
+          {"replica": 2, "start": 0.2, "step_seconds": 0.2}, {"replica": 1, "start": 3.0, "step_seconds": 1.0}]
+    got = overlaps(ol)
+    assert all(abs(g - w) < 1e-12 for g, w in zip(got, [0.7, 0.5 / 1.5, 1.0, 0.0])), got
     print("step_log.py self-test: ok")
 
 
@@ -239,14 +315,22 @@ def main(argv):
     ap.add_argument("logs", nargs="+")
     ap.add_argument("--fit", metavar="OUT.json", help="write the profile refitted on the first log here (may be the input)")
     ap.add_argument("--fit-keys", default=",".join(DEFAULT_FIT), help="comma-separated step terms to fit")
+    ap.add_argument("--overlap", action="store_true", help="measure cross-replica interference (logs of several replicas)")
     a = ap.parse_args(argv)
     with open(a.profile) as f:
         p = json.load(f)
     logs = [(path, load(path)) for path in a.logs]
+    pooled = []
     for path, steps in logs:
         if not steps:
             sys.exit(f"step_log.py: {path} holds no iteration")
-        summary(p, steps, path)
+        if a.overlap:
+            pooled += interference(p, steps, path)
+        else:
+            summary(p, steps, path)
+    if a.overlap and len(logs) > 1 and pooled:
+        print(f"\nall {len(logs)} logs: {len(pooled)} iterations, mean overlap {sum(o for _, o in pooled) / len(pooled):.2f}")
+        overlap_tables(p, pooled)
     if a.fit:
         fitted = fit(p, logs[0][1], a.fit_keys.split(","))
         fitted["source"] = p.get("source", "") + f"; {a.fit_keys} refitted on {len(logs[0][1])} served iterations"
