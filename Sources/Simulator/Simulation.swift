@@ -35,6 +35,10 @@ public struct SimulationConfig: Sendable {
     /// dLoRA dispatch counts leftover requests as a fraction of a batch step (the router's choice); false: the
     /// artifact's floor (`DLoRAProactive.fractionalLeftovers`).
     public var dloraFractionalLeftovers = true
+    /// dLoRA dispatch finds an adapter's replicas from an index kept with the polled statuses
+    /// (`PresenceIndex`); false: it looks the adapter up in every replica's status, as the router does. The same
+    /// choices either way (tested); the index is what makes dispatch cheap at 1,000 replicas.
+    public var indexedDispatch = true
     /// Running requests with fewer tokens left are never moved (the router's `migrationMinRemainingTokens`).
     public var migrationMinRemainingTokens = 16
     /// Adapter i has rank `adapterRanks[i % count]`.
@@ -125,6 +129,8 @@ struct SimulationRun {
         /// (its status reports them; rebuilding the set from the scheduler at every poll grew with the run, as
         /// a replica keeps every adapter it served resident until memory runs short).
         var residentNames: Set<String> = []
+        /// The adapters loaded (true) and evicted (false) since its last status, in order (for `PresenceIndex`).
+        var residentChanges: [(key: Int, loaded: Bool)] = []
         /// The last status the router read, and requests (per adapter name) dispatched since.
         var status: ReplicaLoad?
         var dispatchedSinceStatus: [String: Int] = [:]
@@ -172,6 +178,10 @@ struct SimulationRun {
     var presence: PresenceIndex
     /// Adapter name → key (`names`' inverse).
     let adapterIDs: [String: Int]
+    /// Tests: check `presence` against `statusLoads` after every change (`indexChecks`, `indexMismatches`).
+    var verifyIndex = false
+    var indexChecks = 0
+    var indexMismatches = 0
     var stallSum = 0.0
     var stallCount = 0
     var migrationsDone = 0
@@ -455,7 +465,10 @@ struct SimulationRun {
             case .loadAdapter(let k):
                 total += cost.adapterLoadSeconds(bytes: profiles[k].bytes)
                 replicas[r].residentNames.insert(names[k])
-            case .evictAdapter(let k): replicas[r].residentNames.remove(names[k])
+                replicas[r].residentChanges.append((k, true))
+            case .evictAdapter(let k):
+                replicas[r].residentNames.remove(names[k])
+                replicas[r].residentChanges.append((k, false))
             case .swapOut(_, let blocks), .swapIn(_, let blocks): total += cost.swapSeconds(bytes: blocks.count * shape.bytesPerBlock)
             case .merge(let k):
                 let s = cost.mergeSeconds(profiles[k])

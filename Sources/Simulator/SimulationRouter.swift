@@ -11,7 +11,7 @@ extension SimulationRun {
         arrivalCounts[request.adapter] += 1
         let target: Int
         if statusLoads != nil {
-            if let d = dispatcher as? DLoRAProactive {
+            if config.indexedDispatch, let d = dispatcher as? DLoRAProactive {
                 target = d.choose(adapter: name, presence: presence.entries(request.adapter), replicas: statusLoads!) ?? 0
             } else {
                 target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: statusLoads!) ?? 0
@@ -26,7 +26,8 @@ extension SimulationRun {
         replicas[target].dispatchedSinceStatus[name, default: 0] += 1
         if statusLoads != nil {
             statusLoads![target].addWaiting(adapter: name)
-            if config.dispatch == .dlora { presence.addRequest(request.adapter, at: target) }
+            if indexed { presence.addRequest(request.adapter, at: target) }
+            checkIndex()
         }
         if config.requestOverheadSeconds > 0 {
             // In transit (HTTP, tokenization, relay): the replica sees it when it lands.
@@ -50,19 +51,33 @@ extension SimulationRun {
         }
         if replicas.allSatisfy({ $0.status != nil }) {
             statusLoads = loads
-            if config.dispatch == .dlora { for r in loads.indices { presence.set(r, from: loads[r], ids: adapterIDs) } }
+            if indexed { for r in loads.indices { presence.rebuild(r, from: loads[r], ids: adapterIDs) } }
+            checkIndex()
         }
         return loads
     }
 
+    /// dLoRA dispatch keeps `presence` (`SimulationConfig.indexedDispatch`).
+    var indexed: Bool { config.indexedDispatch && config.dispatch == .dlora }
+
     mutating func refreshStatus(_ r: Int) {
-        let l = load(r, includeRequests: false)
+        var requests: [(key: Int, counts: AdapterCounts)] = []
+        let l = replicas.withUnsafeBufferPointer { load(r, of: $0[r], includeRequests: false, counts: &requests) }
         replicas[r].status = l
         replicas[r].dispatchedSinceStatus.removeAll()
+        let changes = replicas[r].residentChanges
+        replicas[r].residentChanges.removeAll(keepingCapacity: true)
         if statusLoads != nil {
             statusLoads![r] = l
-            if config.dispatch == .dlora { presence.set(r, from: l, ids: adapterIDs) }
+            if indexed { presence.refresh(r, changes: changes, requests: requests) }
+            checkIndex()
         }
+    }
+
+    mutating func checkIndex() {
+        guard verifyIndex, indexed, let loads = statusLoads else { return }
+        indexChecks += 1
+        if !presence.matches(loads, names: names) { indexMismatches += 1 }
     }
 
     /// A replica's status as `dlora serve` reports it (ReplicaControl's EngineView) and the router maps it
@@ -72,26 +87,36 @@ extension SimulationRun {
     /// (the others' remaining work is pinned).
     func load(_ r: Int, includeRequests: Bool) -> ReplicaLoad {
         // Read in place (the replica, its scheduler and its requests are not copied).
-        replicas.withUnsafeBufferPointer { load(r, of: $0[r], includeRequests: includeRequests) }
+        var counts: [(key: Int, counts: AdapterCounts)] = []
+        return replicas.withUnsafeBufferPointer { load(r, of: $0[r], includeRequests: includeRequests, counts: &counts) }
     }
 
-    private func load(_ r: Int, of replica: borrowing Replica, includeRequests: Bool) -> ReplicaLoad {
+    /// The load; `counts` gets its requests per adapter key (the base model's under `Request.base`).
+    private func load(_ r: Int, of replica: borrowing Replica, includeRequests: Bool,
+                      counts: inout [(key: Int, counts: AdapterCounts)]) -> ReplicaLoad {
         let costs = replica.scheduler.policy.config.costs
-        var per: [String: AdapterCounts] = [:]
+        // Counted by adapter key, then named once per adapter (not once per request).
+        var perKey: [Int: AdapterCounts] = [:]
         var running = 0
         var distinct = Set<Int>()
         replica.scheduler.forEachLiveRequest { q in
-            let name = q.adapter == Request.base ? "" : names[q.adapter]
             if q.status == .running {
                 running += 1
                 if q.adapter != Request.base { distinct.insert(q.adapter) }
-                per[name, default: AdapterCounts()].running += 1
+                perKey[q.adapter, default: AdapterCounts()].running += 1
             } else {
-                per[name, default: AdapterCounts()].waiting += 1
+                perKey[q.adapter, default: AdapterCounts()].waiting += 1
             }
         }
         // Requests in the inbox are queued on the replica already (the engine takes them at the next step).
-        for case .add(let i, _) in replica.inbox { per[names[workload[i].adapter], default: AdapterCounts()].waiting += 1 }
+        for case .add(let i, _) in replica.inbox { perKey[workload[i].adapter, default: AdapterCounts()].waiting += 1 }
+        var per: [String: AdapterCounts] = [:]
+        per.reserveCapacity(perKey.count)
+        counts.removeAll(keepingCapacity: true)
+        for (key, c) in perKey {
+            per[key == Request.base ? "" : names[key]] = c
+            counts.append((key, c))
+        }
         let decode = costs.unmerged(tokens: max(1, running), adapters: distinct.count)
         let full = max(1, shape.maxBatchSequences)
         let mergedFactor = costs.merged(tokens: full) / max(1e-9, costs.unmerged(tokens: full, adapters: 1))
@@ -188,56 +213,100 @@ extension SimulationRun {
 
 /// Where each adapter is resident or has requests in `SimulationRun.statusLoads`, kept in step with it, so that
 /// dLoRA dispatch finds an adapter's replicas without looking it up in all 1,000 replicas' sets and dictionaries
-/// (`DLoRAProactive.choose(adapter:presence:replicas:)`; those lookups were the largest cost of dispatch).
+/// (`DLoRAProactive.choose(adapter:presence:replicas:)`; those lookups were the largest cost of dispatch). A
+/// status refresh updates it from what changed: the adapters loaded and evicted since the last status, and the
+/// adapters with requests (re-indexing every resident adapter at every poll grew with the resident sets).
 struct PresenceIndex {
     /// Per adapter key: its entries, in no particular order.
     private var byAdapter: [[AdapterPresence]]
-    /// Per replica: the adapters with an entry there, and each entry's position in `byAdapter[adapter]`. (Searched
-    /// linearly: a replica holds a few dozen adapters at most, and hashing a key per update cost more.)
-    private var byReplica: [[(adapter: Int, slot: Int)]]
+    /// Per replica: adapter key → the position of its entry in `byAdapter[key]`.
+    private var slots: [[Int: Int]]
+    /// Per replica: the adapter keys whose entry counts requests (> 0).
+    private var counted: [[Int]]
 
     init(adapters: Int, replicas: Int) {
         byAdapter = Array(repeating: [], count: adapters)
-        byReplica = Array(repeating: [], count: replicas)
+        slots = Array(repeating: [:], count: replicas)
+        counted = Array(repeating: [], count: replicas)
     }
 
     func entries(_ adapter: Int) -> [AdapterPresence] { byAdapter[adapter] }
 
     /// One more request for `adapter` on replica `r` (dispatch sent it there).
     mutating func addRequest(_ adapter: Int, at r: Int) {
-        if let k = byReplica[r].firstIndex(where: { $0.adapter == adapter }) {
-            byAdapter[adapter][byReplica[r][k].slot].requests += 1
-        } else {
-            insert(AdapterPresence(position: r, resident: false, requests: 1), adapter: adapter)
+        let k = slot(adapter, r)
+        if byAdapter[adapter][k].requests == 0 { counted[r].append(adapter) }
+        byAdapter[adapter][k].requests += 1
+    }
+
+    /// Replica `r`'s entries rebuilt from its load (adapter names mapped to keys by `ids`; the base model and
+    /// unknown names are not indexed: dispatch for them looks the loads up itself).
+    mutating func rebuild(_ r: Int, from load: ReplicaLoad, ids: [String: Int]) {
+        for (a, k) in slots[r] { byAdapter[a][k].resident = false }
+        var requests: [(key: Int, counts: AdapterCounts)] = []
+        for (name, counts) in load.perAdapter { if let a = ids[name] { requests.append((a, counts)) } }
+        setRequests(r, requests)
+        for name in load.residentAdapters { if let a = ids[name] { byAdapter[a][slot(a, r)].resident = true } }
+        for (a, k) in slots[r] where !byAdapter[a][k].resident && byAdapter[a][k].requests == 0 { remove(a, at: r) }
+    }
+
+    /// A new status of replica `r`: `changes` are the adapters loaded (true) and evicted (false) since its last
+    /// status, in order; `requests` its requests per adapter key now (every key with requests; keys < 0 skipped).
+    mutating func refresh(_ r: Int, changes: [(key: Int, loaded: Bool)], requests: [(key: Int, counts: AdapterCounts)]) {
+        for (a, loaded) in changes where a >= 0 {
+            if loaded {
+                byAdapter[a][slot(a, r)].resident = true
+            } else if let k = slots[r][a] {
+                byAdapter[a][k].resident = false
+                if byAdapter[a][k].requests == 0 { remove(a, at: r) }
+            }
+        }
+        setRequests(r, requests)
+    }
+
+    /// The request counts at `r` replaced by `requests`; entries left neither resident nor with requests go.
+    private mutating func setRequests(_ r: Int, _ requests: [(key: Int, counts: AdapterCounts)]) {
+        let before = counted[r]
+        counted[r].removeAll(keepingCapacity: true)
+        for a in before { if let k = slots[r][a] { byAdapter[a][k].requests = 0 } }
+        for (a, counts) in requests where a >= 0 && counts.total > 0 {
+            byAdapter[a][slot(a, r)].requests = counts.total
+            counted[r].append(a)
+        }
+        for a in before {
+            if let k = slots[r][a], byAdapter[a][k].requests == 0, !byAdapter[a][k].resident { remove(a, at: r) }
         }
     }
 
-    /// Replica `r`'s entries replaced by what `load` says (adapter names mapped to keys by `ids`; the base
-    /// model and unknown names are not indexed: dispatch for them looks the loads up itself).
-    mutating func set(_ r: Int, from load: ReplicaLoad, ids: [String: Int]) {
-        while let last = byReplica[r].popLast() { remove(adapter: last.adapter, slot: last.slot) }
-        for name in load.residentAdapters {
-            guard let a = ids[name] else { continue }
-            insert(AdapterPresence(position: r, resident: true, requests: load.perAdapter[name]?.total ?? 0), adapter: a)
-        }
-        for (name, counts) in load.perAdapter where counts.total > 0 && !load.residentAdapters.contains(name) {
-            guard let a = ids[name] else { continue }
-            insert(AdapterPresence(position: r, resident: false, requests: counts.total), adapter: a)
-        }
+    /// The position of adapter `a`'s entry at replica `r`, made (not resident, no requests) if it has none.
+    private mutating func slot(_ a: Int, _ r: Int) -> Int {
+        if let k = slots[r][a] { return k }
+        let k = byAdapter[a].count
+        byAdapter[a].append(AdapterPresence(position: r, resident: false, requests: 0))
+        slots[r][a] = k
+        return k
     }
 
-    private mutating func insert(_ entry: AdapterPresence, adapter a: Int) {
-        byReplica[entry.position].append((a, byAdapter[a].count))
-        byAdapter[a].append(entry)
-    }
-
-    /// Drops adapter `a`'s entry at `slot` (already taken out of its replica's list); the last entry takes its
-    /// place, and its replica's list follows it.
-    private mutating func remove(adapter a: Int, slot k: Int) {
+    /// Drops adapter `a`'s entry at replica `r`; the adapter's last entry takes its place.
+    private mutating func remove(_ a: Int, at r: Int) {
+        guard let k = slots[r].removeValue(forKey: a) else { return }
         let last = byAdapter[a].removeLast()
         guard k < byAdapter[a].count else { return }
         byAdapter[a][k] = last
-        let moved = byReplica[last.position].firstIndex { $0.adapter == a }!
-        byReplica[last.position][moved].slot = k
+        slots[last.position][a] = k
+    }
+
+    /// Whether the index says what `loads` say (for the tests): every resident adapter and every adapter with
+    /// requests, and nothing else.
+    func matches(_ loads: [ReplicaLoad], names: [String]) -> Bool {
+        var expected: [[AdapterPresence]] = Array(repeating: [], count: byAdapter.count)
+        for (r, load) in loads.enumerated() {
+            for (a, name) in names.enumerated() {
+                let resident = load.residentAdapters.contains(name)
+                let requests = load.perAdapter[name]?.total ?? 0
+                if resident || requests > 0 { expected[a].append(AdapterPresence(position: r, resident: resident, requests: requests)) }
+            }
+        }
+        return expected.indices.allSatisfy { a in byAdapter[a].sorted { $0.position < $1.position } == expected[a] }
     }
 }

@@ -184,6 +184,28 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         }
     }
 
+    /// dLoRA dispatch's index (`PresenceIndex`) says what the polled statuses say after every status and every
+    /// dispatch, through loads, evictions and moves; and dispatch chooses with it exactly as without it (the
+    /// router's way: every replica's status looked up).
+    @Test(arguments: [SimMigration.off, .kv])
+    func dispatchIndexFollowsTheStatuses(migration: SimMigration) {
+        var config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24), policy: .dlora, dispatch: .dlora, migration: migration)
+        config.migrationConfig = MigrationConfiguration(periodSeconds: 2, requestExcess: 3)
+        config.adapterRanks = [8, 16, 32, 64]
+        let w = Workload.generate(WorkloadSpec(requests: 200, rate: 20, adapters: 16, alpha: 1,
+                                               lengths: .logNormal(promptMedian: 64, outputMedian: 24), maxPrompt: 256, maxOutput: 96, seed: 7))
+        var run = SimulationRun(config: config, workload: w)
+        run.verifyIndex = true
+        run.run()
+        let indexed = run.result()
+        #expect(run.indexChecks > 200 && run.indexMismatches == 0, "\(run.indexMismatches) of \(run.indexChecks)")
+        #expect(indexed.replicaStats.reduce(0) { $0 + $1.adapterEvictions } > 0, "adapters are meant to leave memory")
+        config.indexedDispatch = false
+        let looked = Simulation.run(config, workload: w)
+        let sameSummary = indexed.summary == looked.summary, sameRecords = indexed.records == looked.records
+        #expect(sameSummary && sameRecords)
+    }
+
     @Test func migrationMovesRequestsAndCountsItsTriggers() {
         let kv = pressured(seed: 5, dispatch: .roundRobin, migration: .kv)
         let recompute = pressured(seed: 5, dispatch: .roundRobin, migration: .recompute)
