@@ -37,7 +37,9 @@ public struct Scheduler: Sendable {
     struct AdapterState: Equatable, Sendable {
         let profile: AdapterProfile
         let blocks: Int
-        var resident: [Int32]?
+        /// Its weights hold `blocks` blocks of the pool (listed in `residentBlocks`). The state holds no
+        /// reference, so reading it out of `adapters` copies a few words without retaining anything.
+        var resident = false
         var lastUse = 0
         /// Its entry in `lru` while resident (nil when not).
         var lruStamp: Int?
@@ -47,6 +49,8 @@ public struct Scheduler: Sendable {
         var retired = false
     }
     private var adapters: [Int: AdapterState] = [:]
+    /// The blocks of each resident adapter.
+    private var residentBlocks: [Int: [Int32]] = [:]
     /// Resident adapters, least recently used first: `makeRoom`'s eviction order.
     private var lru = AdapterLRU()
     /// Actions produced between iterations (cancel, retire, idle unmerge), delivered with the next output
@@ -78,7 +82,7 @@ public struct Scheduler: Sendable {
     public var waitingCount: Int { liveCount - runningCount }
     public func knows(adapter: Int) -> Bool { adapters[adapter] != nil }
     public var knownAdapters: [Int] { adapters.keys.sorted() }
-    public var residentAdapters: [Int] { adapters.filter { $0.value.resident != nil }.map(\.key).sorted() }
+    public var residentAdapters: [Int] { adapters.filter { $0.value.resident }.map(\.key).sorted() }
     /// Blocks held by resident adapters (counted as they are allocated and released: the simulator reads it
     /// every step, and summing over the adapters showed in its profile).
     public private(set) var residentAdapterBlocks = 0
@@ -235,7 +239,7 @@ public struct Scheduler: Sendable {
             let a = table[s].adapter
             if a != Request.base {
                 if unavailable.contains(a) { return }
-                if adapters[a]!.resident == nil && !makeResident(a, for: s, keepMerged: mergedTarget, into: &actions) {
+                if !adapters[a]!.resident && !makeResident(a, for: s, keepMerged: mergedTarget, into: &actions) {
                     unavailable.append(a)
                     return
                 }
@@ -286,7 +290,7 @@ public struct Scheduler: Sendable {
                 actions.append(.unmerge)
                 merged = nil
             }
-            for (a, s) in adapters where s.resident != nil { evict(a, into: &actions) }
+            for (a, s) in adapters where s.resident { evict(a, into: &actions) }
             for a in Array(adapters.keys) { dropIfUnused(a, into: &actions) }
             policy.executed(BatchDecision(mode: policy.mode, runs: []), queue: queue)
             return SchedulerOutput(step: step, mode: policy.mode, runs: [], actions: actions, loraSlots: [], deferred: deferred)
@@ -400,7 +404,7 @@ public struct Scheduler: Sendable {
         needed.insert(table[owner].adapter)
         // The idle adapters' blocks: every resident adapter's but the needed ones'.
         var free = pool.freeCount + residentAdapterBlocks
-        for a in needed { if let s = adapters[a], s.resident != nil { free -= s.blocks } }
+        for a in needed { if let s = adapters[a], s.resident { free -= s.blocks } }
 
         var victims: [Int] = []
         if free < blocks {
@@ -455,13 +459,19 @@ public struct Scheduler: Sendable {
 
     /// Marks a resident adapter used at `step`, moving it to the back of the eviction order.
     private mutating func touch(_ a: Int, step: Int) {
-        guard adapters[a]!.lastUse != step || adapters[a]!.lruStamp == nil else { return }
-        adapters[a]!.lastUse = step
-        adapters[a]!.lruStamp = lru.push(key: a, lastUse: step)
+        // (One lookup, the state changed in place.)
+        guard Self.markUsed(&adapters[a]!, key: a, step: step, lru: &lru) else { return }
         // Drop the stale entries once they outnumber the adapters known (amortized O(1) per touch).
         if lru.count > 2 * adapters.count + 64 {
             lru.rebuild(adapters.compactMap { a, s in s.lruStamp.map { AdapterLRU.Entry(lastUse: s.lastUse, key: a, stamp: $0) } })
         }
+    }
+
+    private static func markUsed(_ s: inout AdapterState, key: Int, step: Int, lru: inout AdapterLRU) -> Bool {
+        guard s.lastUse != step || s.lruStamp == nil else { return false }
+        s.lastUse = step
+        s.lruStamp = lru.push(key: key, lastUse: step)
+        return true
     }
 
     /// Evicts idle resident adapters (those not in `needed`), least recently used first (the lower key among
@@ -486,7 +496,8 @@ public struct Scheduler: Sendable {
         guard need < pool.numBlocks, makeRoom(need, for: owner, keep: keepMerged, into: &actions) else {
             return false
         }
-        adapters[a]!.resident = pool.allocate(need)!
+        residentBlocks[a] = pool.allocate(need)!
+        adapters[a]!.resident = true
         residentAdapterBlocks += need
         stats.adapterLoads += 1
         actions.append(.loadAdapter(a))
@@ -494,9 +505,9 @@ public struct Scheduler: Sendable {
     }
 
     private mutating func evict(_ a: Int, into actions: inout [SchedulerAction]) {
-        guard let blocks = adapters[a]?.resident else { return }
+        guard let blocks = residentBlocks.removeValue(forKey: a) else { return }
         pool.release(blocks)
-        adapters[a]!.resident = nil
+        adapters[a]!.resident = false
         adapters[a]!.lruStamp = nil
         residentAdapterBlocks -= blocks.count
         stats.adapterEvictions += 1
@@ -506,7 +517,7 @@ public struct Scheduler: Sendable {
     /// Forgets an adapter no request needs when it is not resident, or when it was retired (evicting it).
     private mutating func dropIfUnused(_ a: Int, into actions: inout [SchedulerAction]) {
         guard let s = adapters[a], s.refs == 0 else { return }
-        if s.resident != nil {
+        if s.resident {
             guard s.retired, merged != a else { return }
             evict(a, into: &actions)
         }

@@ -369,9 +369,13 @@ struct SimulationRun {
             hash.mix(run.request.rawValue)
             hash.mix(run.tokens)
         }
-        var kinds = [Int](repeating: 0, count: 10)
-        for a in out.actions { kinds[Self.kind(a)] += 1 }
-        for k in kinds { hash.mix(k) }
+        // The number of actions of each kind, in kind order (counted in place: an array of counts was an
+        // allocation per iteration).
+        for k in 0..<10 {
+            var n = 0
+            for a in out.actions where Self.kind(a) == k { n += 1 }
+            hash.mix(n)
+        }
         if config.recordSteps || onStep != nil {
             let record = StepRecord(replica: r, start: now, output: out, actionSeconds: actions, forwardSeconds: forward)
             if config.recordSteps { stepLog.append(record) }
@@ -397,8 +401,8 @@ struct SimulationRun {
     /// `EngineCore.step()`'s second half: sample (each request ends at its workload length), update, take the
     /// between-iteration actions; then the next iteration.
     mutating func stepDone(_ r: Int) {
-        guard let out = replicas[r].current else { return }
-        replicas[r].current = nil
+        // (Moved out, not copied: a copy retained each of the output's arrays.)
+        guard let out = replicas[r].current.take() else { return }
         if !out.runs.isEmpty {
             var sampled: [SampledToken] = []
             for run in out.runs where run.samples {
