@@ -158,8 +158,10 @@ struct SimulationRun {
     var replicas: [Replica] = []
     var dispatcher: any DispatchPolicy
     var records: [RequestRecord]
-    var generated: [Int]
-    var owner: [Int?]
+    /// Per request, what every iteration reads and writes, in one 16-byte entry: the batch's requests are spread
+    /// over millions, and separate arrays (owner, tokens generated, output length, first token, stopped) cost a
+    /// cache miss each per sampled token.
+    var progress: [Progress]
     var moving: [Int?]
     var stoppedAt: [Double?]
     var moves: [Move] = []
@@ -213,8 +215,7 @@ struct SimulationRun {
             RequestRecord(id: $0.id, adapter: $0.adapter, arrival: $0.arrival, promptTokens: $0.promptTokens, firstToken: nil, finish: nil,
                           finishReason: nil, tokens: 0, replica: nil, migrations: 0, rejected: false)
         }
-        generated = Array(repeating: 0, count: workload.count)
-        owner = Array(repeating: nil, count: workload.count)
+        progress = workload.map { Progress(outputTokens: Int32(clamping: $0.outputTokens)) }
         moving = Array(repeating: nil, count: workload.count)
         stoppedAt = Array(repeating: nil, count: workload.count)
         arrivalCounts = Array(repeating: 0, count: adapterCount)
@@ -223,6 +224,11 @@ struct SimulationRun {
     }
 
     var unresolved: Bool { resolved < workload.count }
+
+    /// The replica request `i` runs on (nil: none, between replicas or resolved).
+    func owner(_ i: Int) -> Int? { progress[i].owner < 0 ? nil : Int(progress[i].owner) }
+    /// Tokens request `i` has generated so far.
+    func generated(_ i: Int) -> Int { Int(progress[i].generated) }
 
     mutating func run() {
         guard let first = workload.first else { return }
@@ -289,14 +295,15 @@ struct SimulationRun {
             case .stop(let m):
                 let move = moves[m]
                 let i = move.request
-                guard owner[i] == r, let q = scheduler(r, { $0.request(RequestID(i)) }) else {
+                guard owner(i) == r, let q = scheduler(r, { $0.request(RequestID(i)) }) else {
                     moving[i] = nil
                     continue
                 }
                 let computed = q.computed
                 replicas[r].scheduler.finish(RequestID(i), reason: .cancelled)
                 replicas[r].carrySeconds += actionSeconds(r, replicas[r].scheduler.takeActions())
-                owner[i] = nil
+                progress[i].owner = -1
+                progress[i].stopped = true
                 stoppedAt[i] = now
                 records[i].migrations += 1
                 migrationsDone += 1
@@ -306,7 +313,7 @@ struct SimulationRun {
                     // The last stage: what the earlier stages did not copy, while the request is stopped. The
                     // destination adopts at most the positions before its last token (docs/design/cluster.md).
                     let rest = max(0, (computed + shape.blockSize - 1) / shape.blockSize - move.sentBlocks)
-                    moves[m].kvComputed = min(computed, workload[i].promptTokens + generated[i] - 1)
+                    moves[m].kvComputed = min(computed, workload[i].promptTokens + generated(i) - 1)
                     queue.push(.landed(m), at: now + cost.transferSeconds(bytes: rest * shape.bytesPerBlock))
                 } else {
                     deliver(move.to, .add(i, kv: nil))
@@ -317,8 +324,8 @@ struct SimulationRun {
                 replicas[r].scheduler.addAdapter(profiles[request.adapter])
                 do {
                     try replicas[r].scheduler.add(id, adapter: request.adapter, promptCount: request.promptTokens,
-                                                  tokenCount: request.promptTokens + generated[i],
-                                                  maxNewTokens: request.outputTokens - generated[i])
+                                                  tokenCount: request.promptTokens + generated(i),
+                                                  maxNewTokens: request.outputTokens - generated(i))
                 } catch {
                     replicas[r].carrySeconds += actionSeconds(r, replicas[r].scheduler.takeActions())
                     moving[i] = nil
@@ -326,7 +333,7 @@ struct SimulationRun {
                     resolve(i, replica: r, reason: nil)
                     continue
                 }
-                owner[i] = r
+                progress[i].owner = Int32(r)
                 moving[i] = nil
                 if let kv, kv > 0, let blocks = replicas[r].scheduler.adoptKV(id, computed: kv) {
                     // The staged K/V goes from host memory into the blocks (EngineCore.adoptKV's copy).
@@ -384,6 +391,17 @@ struct SimulationRun {
         queue.push(.stepDone(r), at: now + max(actions + forward, 1e-9))
     }
 
+    struct Progress {
+        /// The replica it runs on; -1 for none.
+        var owner: Int32 = -1
+        var generated: Int32 = 0
+        let outputTokens: Int32
+        /// It has sampled its first token.
+        var started = false
+        /// It was stopped for a migration and has not sampled since (its stop time is in `stoppedAt`).
+        var stopped = false
+    }
+
     static func kind(_ a: SchedulerAction) -> Int {
         switch a {
         case .loadAdapter: 0
@@ -407,8 +425,9 @@ struct SimulationRun {
             var sampled: [SampledToken] = []
             for run in out.runs where run.samples {
                 let i = run.request.rawValue
-                guard owner[i] == r, scheduler(r, { $0.isLive(run.request) }) else { continue }
-                sampled.append(SampledToken(request: run.request, endsSequence: generated[i] + 1 >= workload[i].outputTokens))
+                let p = progress[i]
+                guard p.owner == Int32(r), scheduler(r, { $0.isLive(run.request) }) else { continue }
+                sampled.append(SampledToken(request: run.request, endsSequence: p.generated + 1 >= p.outputTokens))
             }
             let report = ExecutionReport(forwardSeconds: replicas[r].forwardSeconds, mergeSeconds: replicas[r].mergeSeconds,
                                          unmergeSeconds: replicas[r].unmergeSeconds)
@@ -416,12 +435,16 @@ struct SimulationRun {
             for o in outputs {
                 let i = o.request.rawValue
                 if o.finish != .error {
-                    generated[i] += 1
-                    if records[i].firstToken == nil { records[i].firstToken = now }
-                    if let s = stoppedAt[i] {
+                    progress[i].generated += 1
+                    if !progress[i].started {
+                        progress[i].started = true
+                        records[i].firstToken = now
+                    }
+                    if progress[i].stopped, let s = stoppedAt[i] {
                         stallSum += now - s
                         stallCount += 1
                         stoppedAt[i] = nil
+                        progress[i].stopped = false
                     }
                 }
                 if let f = o.finish { resolve(i, replica: r, reason: f) }
@@ -439,9 +462,9 @@ struct SimulationRun {
         }
         records[i].finish = now
         records[i].finishReason = reason
-        records[i].tokens = generated[i]
+        records[i].tokens = generated(i)
         records[i].replica = replica
-        owner[i] = nil
+        progress[i].owner = -1
         resolved += 1
         hash.mix(10)
         hash.mix(i)

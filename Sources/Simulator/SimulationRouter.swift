@@ -170,7 +170,7 @@ extension SimulationRun {
         let plan = MigrationPlanner(configuration: config.migrationConfig).plan(replicas: loads)
         for move in plan.moves {
             let i = Int(move.requestID)
-            guard owner[i] == move.from, moving[i] == nil, scheduler(move.from, { $0.request(RequestID(i))?.status == .running }) else { continue }
+            guard owner(i) == move.from, moving[i] == nil, scheduler(move.from, { $0.request(RequestID(i))?.status == .running }) else { continue }
             let m = moves.count
             moves.append(Move(request: i, from: move.from, to: move.to, kv: config.migration == .kv))
             moving[i] = m
@@ -194,7 +194,7 @@ extension SimulationRun {
         let move = moves[m]
         hash.mix(7)
         hash.mix(m)
-        guard owner[move.request] == move.from, let q = scheduler(move.from, { $0.request(RequestID(move.request)) }) else {
+        guard owner(move.request) == move.from, let q = scheduler(move.from, { $0.request(RequestID(move.request)) }) else {
             moving[move.request] = nil
             return
         }
