@@ -2,7 +2,7 @@
 # dLoRA's Fig 9–12 at the paper's scale (32 A800 replicas, 128 adapters, Llama-2 7B/13B) on the simulator: our
 # scheduler and cluster policies on the roofline GPU cost models. Writes bench/results/simulator-paper.md and
 # simulator-fig*.svg (RESULTS=dir to write elsewhere). QUICK=1 runs a few points only (checks the script).
-# JOBS simulations at a time (default: the cores). About 20 minutes on the 2-core reference machine.
+# JOBS simulations at a time (default: the cores). About 11 minutes one at a time on the 2-core reference machine.
 # BURST_SIGMA=1.5 BURST_WINDOW=10 FIGURES=10,11: the same figures under per-adapter bursts (dlora simulate
 # --adapter-burst-sigma), written to simulator-paper-bursty.md and simulator-fig*-bursty.svg.
 set -euo pipefail
