@@ -51,15 +51,29 @@ public enum Kernels {
     public static let smallBatch = 32
 
     nonisolated(unsafe) private static var blasThreads: Int32 = 0
+    nonisolated(unsafe) private static var blasThreadCap: Int32 = .max
 
-    /// OpenBLAS runs with as many threads as our pool, so the two never oversubscribe the cores.
+    /// OpenBLAS runs with as many threads as our pool (at most the cap), so the two never oversubscribe
+    /// the cores.
     static func configureBLASThreads() {
-        let n = dl_num_threads()
+        let n = min(dl_num_threads(), blasThreadCap)
         if blasThreads != n {
             openblas_set_num_threads(n)
             blasThreads = n
         }
     }
+
+    /// Caps OpenBLAS's threads below our pool's (nil: as many as the pool). For callers whose sgemms are
+    /// small and run between the pool's work — training with bf16 products, where only attention's
+    /// per-head products and the LoRA path are left on OpenBLAS: an idle OpenBLAS worker spins on
+    /// `sched_yield` for a while after each call and takes a core's time from the pool beside it.
+    public static func capBLASThreads(_ n: Int?) {
+        blasThreadCap = n.map { Int32(clamping: max(1, $0)) } ?? .max
+        configureBLASThreads()
+    }
+
+    /// The threads OpenBLAS runs a product on now.
+    public static var blasThreadCount: Int { Int(min(dl_num_threads(), blasThreadCap)) }
 
     /// Sets the thread count of the kernels (our pool and OpenBLAS).
     public static func setThreads(_ n: Int) {

@@ -89,6 +89,53 @@ public final class FrozenBase: @unchecked Sendable {
         outputNorm = try vector([.outputNorm], counts: [h])
     }
 
+    /// A frozen matrix W (out × in) rounded to bf16 and packed twice: as Wᵀ for the forward product (y = x·Wᵀ)
+    /// and as W for the input gradient (dx = dy·W).
+    public struct BF16Pair: Sendable {
+        public let forward: Kernels.PackedBF16
+        public let backward: Kernels.PackedBF16
+
+        init(_ w: Buffer, out: Int, in: Int) {
+            forward = Kernels.PackedBF16(w.floats, ld: `in`, transposed: true, k: `in`, n: out)
+            backward = Kernels.PackedBF16(w.floats, ld: `in`, transposed: false, k: out, n: `in`)
+        }
+
+        var byteCount: Int { forward.byteCount + backward.byteCount }
+    }
+
+    /// One block's products in bf16.
+    public struct LayerBF16: Sendable {
+        public let qkv: BF16Pair
+        public let o: BF16Pair
+        public let gateUp: BF16Pair
+        public let down: BF16Pair
+    }
+
+    /// The frozen products' bf16 copies once `useBF16Products()` made them (nil: every product in f32).
+    public private(set) var bf16Layers: [LayerBF16]?
+    public private(set) var bf16Output: BF16Pair?
+
+    /// Runs every frozen product (the projections and the vocabulary product, forward and input gradient)
+    /// in bf16 with f32 sums from here on, as torch's bf16 autocast runs a linear layer: the weights are
+    /// rounded to bf16 once (two packed copies, 4 bytes per weight), the activations per product. The LoRA
+    /// path, attention, norms and the loss stay f32, and so do the gradients and the optimizer. Returns the
+    /// bytes the copies take, or nil (nothing changes) where the CPU lacks AVX-512 BF16: there the bf16
+    /// products would run on a portable loop far slower than f32 OpenBLAS.
+    @discardableResult
+    public func useBF16Products() -> Int? {
+        guard Kernels.hasBF16Dot else { return nil }
+        if bf16Layers == nil {
+            let c = config, h = c.hiddenSize, f = c.intermediateSize
+            let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim
+            bf16Layers = layers.map { w in
+                LayerBF16(qkv: BF16Pair(w.qkv, out: qDim + 2 * kvDim, in: h), o: BF16Pair(w.o, out: h, in: qDim),
+                          gateUp: BF16Pair(w.gateUp, out: 2 * f, in: h), down: BF16Pair(w.down, out: h, in: f))
+            }
+            bf16Output = BF16Pair(output, out: c.vocabSize, in: h)
+        }
+        return (bf16Layers ?? []).reduce(bf16Output?.byteCount ?? 0) { $0 + $1.qkv.byteCount + $1.o.byteCount + $1.gateUp.byteCount + $1.down.byteCount }
+    }
+
     /// Bytes the f32 weights of a model with `config` take (what `init` allocates).
     public static func bytes(config c: ModelConfig) -> Int {
         let h = c.hiddenSize, f = c.intermediateSize

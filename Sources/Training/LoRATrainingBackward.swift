@@ -8,7 +8,7 @@ extension LoRATrainingModel {
     func headBackward(_ batch: TrainingBatch) {
         let c = config, h = c.hiddenSize, n = batch.batch * batch.length, m = ws.labeledRows.count
         TrainingOps.linearBackward(ws.logits.floats, ldy: c.vocabSize, weight: base.output.floats, out: c.vocabSize, in: h,
-                                   tokens: m, ws.dxnFinal.floats, ldx: h)
+                                   tokens: m, ws.dxnFinal.floats, ldx: h, bf16: base.bf16Output)
         ws.dx.floats.update(repeating: 0, count: n * h)
         for (r, t) in ws.labeledRows.enumerated() {
             TrainingOps.rmsNormBackward(ws.dxnFinal.floats + r * h, x: ws.xFinal.floats + t * h, weight: base.outputNorm.floats,
@@ -21,36 +21,37 @@ extension LoRATrainingModel {
     ///     dh  = dout + rmsNorm₂ᵀ(mlpᵀ(dout))
     ///     dx  = dh + rmsNorm₁ᵀ(attentionᵀ(dh))
     func blockBackward(_ l: Int, batch: Int, length: Int) {
-        let c = config, w = base.layers[l], s = ws.blocks[l], n = batch * length
+        let c = config, w = base.layers[l], s = ws.blocks[l], n = batch * length, b = base.bf16Layers?[l]
         let h = c.hiddenSize, f = c.intermediateSize
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim, qkvDim = qDim + 2 * kvDim
         let dx = ws.dx.floats
 
         // MLP: out = h + down(silu(gate(xn2)) · up(xn2)).
-        TrainingOps.linearBackward(dx, ldy: h, weight: w.down.floats, out: h, in: f, tokens: n, ws.dAct.floats, ldx: f)
+        TrainingOps.linearBackward(dx, ldy: h, weight: w.down.floats, out: h, in: f, tokens: n, ws.dAct.floats, ldx: f, bf16: b?.down)
         loraBackward(l, .down, dy: dx, ldy: h, x: s.act.floats, ldx: f, dx: ws.dAct.floats, tokens: n)
         TrainingOps.swigluBackward(ws.dAct.floats, gateUp: s.gateUp.floats, dGateUp: ws.dGateUp.floats, tokens: n, width: f)
         TrainingOps.linearBackward(ws.dGateUp.floats, ldy: 2 * f, weight: w.gateUp.floats, out: 2 * f, in: h, tokens: n,
-                                   ws.dxn.floats, ldx: h)
+                                   ws.dxn.floats, ldx: h, bf16: b?.gateUp)
         loraBackward(l, .gate, dy: ws.dGateUp.floats, ldy: 2 * f, x: s.xn2.floats, ldx: h, dx: ws.dxn.floats, tokens: n)
         loraBackward(l, .up, dy: ws.dGateUp.floats + f, ldy: 2 * f, x: s.xn2.floats, ldx: h, dx: ws.dxn.floats, tokens: n)
         mole?.gateBackward(layer: l, mlp: true, xn: s.xn2.floats, dxn: ws.dxn.floats)
         TrainingOps.rmsNormBackward(ws.dxn.floats, x: s.h.floats, weight: w.ffnNorm.floats, rstd: s.rstd2.floats, dx: dx, rows: n, width: h)
 
         // Attention: h = x + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))).
-        TrainingOps.linearBackward(dx, ldy: h, weight: w.o.floats, out: h, in: qDim, tokens: n, ws.dAttn.floats, ldx: qDim)
+        TrainingOps.linearBackward(dx, ldy: h, weight: w.o.floats, out: h, in: qDim, tokens: n, ws.dAttn.floats, ldx: qDim, bf16: b?.o)
         loraBackward(l, .o, dy: dx, ldy: h, x: s.attn.floats, ldx: qDim, dx: ws.dAttn.floats, tokens: n)
         let dqkv = ws.dqkv.floats
         TrainingOps.attentionBackward(dOut: ws.dAttn.floats, ldo: qDim, q: s.qkv.floats, k: s.qkv.floats + qDim,
                                       v: s.qkv.floats + qDim + kvDim, ld: qkvDim, probs: s.probs.floats,
                                       shape: attentionShape(batch: batch, length: length),
-                                      dq: dqkv, dk: dqkv + qDim, dv: dqkv + qDim + kvDim, scratch: ws.dScores.floats)
+                                      dq: dqkv, dk: dqkv + qDim, dv: dqkv + qDim + kvDim, scratch: ws.dScores.floats,
+                                      slots: ws.dScoresSlots)
         let pairing = base.ropePairing
         TrainingOps.ropeBackward(dqkv, ldx: qkvDim, tokens: n, heads: c.numHeads, headDim: c.headDim,
                                  cos: ws.ropeCos.floats, negSin: ws.ropeNegSin.floats, pairing: pairing)
         TrainingOps.ropeBackward(dqkv + qDim, ldx: qkvDim, tokens: n, heads: c.numKVHeads, headDim: c.headDim,
                                  cos: ws.ropeCos.floats, negSin: ws.ropeNegSin.floats, pairing: pairing)
-        TrainingOps.linearBackward(dqkv, ldy: qkvDim, weight: w.qkv.floats, out: qkvDim, in: h, tokens: n, ws.dxn.floats, ldx: h)
+        TrainingOps.linearBackward(dqkv, ldy: qkvDim, weight: w.qkv.floats, out: qkvDim, in: h, tokens: n, ws.dxn.floats, ldx: h, bf16: b?.qkv)
         for (t, offset) in [(LoRATarget.q, 0), (.k, qDim), (.v, qDim + kvDim)] {
             loraBackward(l, t, dy: dqkv + offset, ldy: qkvDim, x: s.xn1.floats, ldx: h, dx: ws.dxn.floats, tokens: n)
         }

@@ -99,7 +99,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
     ///     h   = x + attention(rmsNorm₁(x))
     ///     out = h + mlp(rmsNorm₂(h))
     func blockForward(_ l: Int, batch: Int, length: Int, out: UnsafeMutablePointer<Float>) {
-        let c = config, w = base.layers[l], s = ws.blocks[l], n = batch * length
+        let c = config, w = base.layers[l], s = ws.blocks[l], n = batch * length, b = base.bf16Layers?[l]
         let h = c.hiddenSize, f = c.intermediateSize
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim, qkvDim = qDim + 2 * kvDim
 
@@ -107,7 +107,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
         TrainingOps.rmsNormForward(s.x.floats, weight: w.attnNorm.floats, eps: c.rmsNormEps, out: s.xn1.floats,
                                    rstd: s.rstd1.floats, rows: n, width: h)
         mole?.gateForward(layer: l, xn: s.xn1.floats)
-        TrainingOps.linearForward(s.xn1.floats, ldx: h, weight: w.qkv.floats, out: qkvDim, in: h, tokens: n, s.qkv.floats, ldy: qkvDim)
+        TrainingOps.linearForward(s.xn1.floats, ldx: h, weight: w.qkv.floats, out: qkvDim, in: h, tokens: n, s.qkv.floats, ldy: qkvDim, bf16: b?.qkv)
         for (t, offset) in [(LoRATarget.q, 0), (.k, qDim), (.v, qDim + kvDim)] {
             loraForward(l, t, x: s.xn1.floats, ldx: h, y: s.qkv.floats + offset, ldy: qkvDim, tokens: n)
         }
@@ -121,20 +121,20 @@ public final class LoRATrainingModel: @unchecked Sendable {
                           cos: ws.ropeCos.floats, sin: ws.ropeSin.floats, pairing: pairing)
         TrainingOps.attentionForward(q: s.qkv.floats, k: s.qkv.floats + qDim, v: s.qkv.floats + qDim + kvDim, ld: qkvDim,
                                      shape: attentionShape(batch: batch, length: length), probs: s.probs.floats,
-                                     out: s.attn.floats, ldo: qDim)
-        TrainingOps.linearForward(s.attn.floats, ldx: qDim, weight: w.o.floats, out: h, in: qDim, tokens: n, ws.tmp.floats, ldy: h)
+                                     out: s.attn.floats, ldo: qDim, slots: ws.dScoresSlots)
+        TrainingOps.linearForward(s.attn.floats, ldx: qDim, weight: w.o.floats, out: h, in: qDim, tokens: n, ws.tmp.floats, ldy: h, bf16: b?.o)
         loraForward(l, .o, x: s.attn.floats, ldx: qDim, y: ws.tmp.floats, ldy: h, tokens: n)
         for i in 0..<(n * h) { s.h.floats[i] = s.x.floats[i] + ws.tmp.floats[i] }
 
         // MLP.
         TrainingOps.rmsNormForward(s.h.floats, weight: w.ffnNorm.floats, eps: c.rmsNormEps, out: s.xn2.floats,
                                    rstd: s.rstd2.floats, rows: n, width: h)
-        TrainingOps.linearForward(s.xn2.floats, ldx: h, weight: w.gateUp.floats, out: 2 * f, in: h, tokens: n, s.gateUp.floats, ldy: 2 * f)
+        TrainingOps.linearForward(s.xn2.floats, ldx: h, weight: w.gateUp.floats, out: 2 * f, in: h, tokens: n, s.gateUp.floats, ldy: 2 * f, bf16: b?.gateUp)
         mole?.gateForward(layer: l, mlp: true, xn: s.xn2.floats)
         loraForward(l, .gate, x: s.xn2.floats, ldx: h, y: s.gateUp.floats, ldy: 2 * f, tokens: n)
         loraForward(l, .up, x: s.xn2.floats, ldx: h, y: s.gateUp.floats + f, ldy: 2 * f, tokens: n)
         TrainingOps.swigluForward(s.gateUp.floats, act: s.act.floats, tokens: n, width: f)
-        TrainingOps.linearForward(s.act.floats, ldx: f, weight: w.down.floats, out: h, in: f, tokens: n, ws.tmp.floats, ldy: h)
+        TrainingOps.linearForward(s.act.floats, ldx: f, weight: w.down.floats, out: h, in: f, tokens: n, ws.tmp.floats, ldy: h, bf16: b?.down)
         loraForward(l, .down, x: s.act.floats, ldx: f, y: ws.tmp.floats, ldy: h, tokens: n)
         for i in 0..<(n * h) { out[i] = s.h.floats[i] + ws.tmp.floats[i] }
     }
@@ -169,7 +169,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
                                        out: ws.xnFinal.floats + r * h, rstd: ws.rstdFinal.floats + r, rows: 1, width: h)
         }
         TrainingOps.linearForward(ws.xnFinal.floats, ldx: h, weight: base.output.floats, out: c.vocabSize, in: h, tokens: m,
-                                  ws.logits.floats, ldy: c.vocabSize)
+                                  ws.logits.floats, ldy: c.vocabSize, bf16: base.bf16Output)
         let loss = ws.labels.withUnsafeBufferPointer {
             TrainingOps.crossEntropy(ws.logits.floats, labels: $0.baseAddress!, rows: m, vocab: c.vocabSize)
         }
@@ -210,7 +210,7 @@ public final class LoRATrainingModel: @unchecked Sendable {
         var out = [Float](repeating: 0, count: n * c.vocabSize)
         out.withUnsafeMutableBufferPointer {
             TrainingOps.linearForward(xn.floats, ldx: h, weight: base.output.floats, out: c.vocabSize, in: h, tokens: n,
-                                      $0.baseAddress!, ldy: c.vocabSize)
+                                      $0.baseAddress!, ldy: c.vocabSize, bf16: base.bf16Output)
         }
         return out
     }

@@ -104,40 +104,49 @@ public enum TrainingOps {
     ///
     /// in blocks of `shape.rowBlock` query rows: a block of rows [i0, i1) reads keys and values [0, i1)
     /// only, so the products skip most of the masked upper triangle (a quarter of the work with 2
-    /// blocks, 3/8 with 4).
+    /// blocks, 3/8 with 4). The (sequence, KV head) groups run up to `slots` at a time (`attentionSlots`);
+    /// each group's arithmetic, and the order in which its heads add into dK and dV, is the same however
+    /// many run at once.
     public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, ld: Int,
                                         shape s: AttentionShape, probs: UnsafeMutablePointer<Float>,
-                                        out: UnsafeMutablePointer<Float>, ldo: Int) {
+                                        out: UnsafeMutablePointer<Float>, ldo: Int, slots: Int = 1) {
         let t = s.length, d = s.headDim, group = s.heads / s.kvHeads
-        for b in 0..<s.batch {
-            for h in 0..<s.heads {
-                let kvh = h / group
-                let p = probs + (b * s.heads + h) * t * t
-                let rows = b * t * ld
-                for i0 in stride(from: 0, to: t, by: s.rowBlock) {
-                    let i1 = min(t, i0 + s.rowBlock), m = i1 - i0
-                    Kernels.gemm(transB: true, m: m, n: i1, k: d, alpha: s.scale, q + rows + i0 * ld + h * d, lda: ld,
-                                 k + rows + kvh * d, ldb: ld, p + i0 * t, ldc: t)
-                    for i in i0..<i1 {
-                        let row = p + i * t
-                        var mx = -Float.infinity
-                        for j in 0...i { mx = max(mx, row[j]) }
-                        var sum: Float = 0
-                        for j in 0...i {
-                            let e = Foundation.exp(row[j] - mx)
-                            row[j] = e
-                            sum += e
+        parallelSlots(s.batch * s.kvHeads, slots: slots) { _, range in
+            for gi in range {
+                let b = gi / s.kvHeads, kvh = gi % s.kvHeads
+                for h in (kvh * group)..<((kvh + 1) * group) {
+                    let p = probs + (b * s.heads + h) * t * t
+                    let rows = b * t * ld
+                    for i0 in stride(from: 0, to: t, by: s.rowBlock) {
+                        let i1 = min(t, i0 + s.rowBlock), m = i1 - i0
+                        Kernels.gemm(transB: true, m: m, n: i1, k: d, alpha: s.scale, q + rows + i0 * ld + h * d, lda: ld,
+                                     k + rows + kvh * d, ldb: ld, p + i0 * t, ldc: t)
+                        for i in i0..<i1 {
+                            let row = p + i * t
+                            var mx = -Float.infinity
+                            for j in 0...i { mx = max(mx, row[j]) }
+                            var sum: Float = 0
+                            for j in 0...i {
+                                let e = Foundation.exp(row[j] - mx)
+                                row[j] = e
+                                sum += e
+                            }
+                            let inv = 1 / sum
+                            for j in 0...i { row[j] *= inv }
+                            for j in (i + 1)..<t { row[j] = 0 }
                         }
-                        let inv = 1 / sum
-                        for j in 0...i { row[j] *= inv }
-                        for j in (i + 1)..<t { row[j] = 0 }
+                        Kernels.gemm(m: m, n: d, k: i1, p + i0 * t, lda: t, v + rows + kvh * d, ldb: ld,
+                                     out + (b * t + i0) * ldo + h * d, ldc: ldo)
                     }
-                    Kernels.gemm(m: m, n: d, k: i1, p + i0 * t, lda: t, v + rows + kvh * d, ldb: ld,
-                                 out + (b * t + i0) * ldo + h * d, ldc: ldo)
                 }
             }
         }
     }
+
+    /// How many (sequence, KV head) groups attention should run at once: one per kernel thread when OpenBLAS
+    /// is capped at one thread (`Kernels.capBLASThreads`; its per-head products would otherwise leave the
+    /// other cores idle), else one at a time with OpenBLAS threading each product.
+    public static var attentionSlots: Int { Kernels.blasThreadCount == 1 ? Kernels.threadCount : 1 }
 
     /// The backward of `attentionForward` given dO: writes dQ and *sets* dK, dV (zeroed here, then summed
     /// over the query heads sharing each KV head), by the same row blocks:
@@ -145,11 +154,11 @@ public enum TrainingOps {
     ///     dV_h += Pᵀ dO_h;  dP = dO_h V_hᵀ;  dS = P ⊙ (dP − rowsum(P ⊙ dP))
     ///     dQ_h  = scale · dS K_h;  dK_h += scale · dSᵀ Q_h
     ///
-    /// `scratch` holds T·T floats.
+    /// `scratch` holds `slots` × T·T floats.
     public static func attentionBackward(dOut: UnsafePointer<Float>, ldo: Int, q: UnsafePointer<Float>, k: UnsafePointer<Float>,
                                          v: UnsafePointer<Float>, ld: Int, probs: UnsafePointer<Float>, shape s: AttentionShape,
                                          dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>, dv: UnsafeMutablePointer<Float>,
-                                         scratch: UnsafeMutablePointer<Float>) {
+                                         scratch: UnsafeMutablePointer<Float>, slots: Int = 1) {
         let t = s.length, d = s.headDim, group = s.heads / s.kvHeads
         for r in 0..<(s.batch * t) {
             for c in 0..<(s.kvHeads * d) {
@@ -157,28 +166,31 @@ public enum TrainingOps {
                 dv[r * ld + c] = 0
             }
         }
-        for b in 0..<s.batch {
-            for h in 0..<s.heads {
-                let kvh = h / group
-                let p = probs + (b * s.heads + h) * t * t
-                let rows = b * t * ld
-                let dO = dOut + b * t * ldo + h * d
-                for i0 in stride(from: 0, to: t, by: s.rowBlock) {
-                    let i1 = min(t, i0 + s.rowBlock), m = i1 - i0
-                    let pb = p + i0 * t, ds = scratch + i0 * t, dOb = dO + i0 * ldo
-                    Kernels.gemm(transA: true, m: i1, n: d, k: m, pb, lda: t, dOb, ldb: ldo, beta: 1, dv + rows + kvh * d, ldc: ld)
-                    Kernels.gemm(transB: true, m: m, n: i1, k: d, dOb, lda: ldo, v + rows + kvh * d, ldb: ld, ds, ldc: t)
-                    for i in i0..<i1 {
-                        let pr = p + i * t, dsr = scratch + i * t
-                        var dot: Float = 0
-                        for j in 0...i { dot += pr[j] * dsr[j] }
-                        for j in 0...i { dsr[j] = pr[j] * (dsr[j] - dot) }
-                        for j in (i + 1)..<i1 { dsr[j] = 0 }
+        parallelSlots(s.batch * s.kvHeads, slots: slots) { slot, range in
+            let scratch = scratch + slot * t * t
+            for gi in range {
+                let b = gi / s.kvHeads, kvh = gi % s.kvHeads
+                for h in (kvh * group)..<((kvh + 1) * group) {
+                    let p = probs + (b * s.heads + h) * t * t
+                    let rows = b * t * ld
+                    let dO = dOut + b * t * ldo + h * d
+                    for i0 in stride(from: 0, to: t, by: s.rowBlock) {
+                        let i1 = min(t, i0 + s.rowBlock), m = i1 - i0
+                        let pb = p + i0 * t, ds = scratch + i0 * t, dOb = dO + i0 * ldo
+                        Kernels.gemm(transA: true, m: i1, n: d, k: m, pb, lda: t, dOb, ldb: ldo, beta: 1, dv + rows + kvh * d, ldc: ld)
+                        Kernels.gemm(transB: true, m: m, n: i1, k: d, dOb, lda: ldo, v + rows + kvh * d, ldb: ld, ds, ldc: t)
+                        for i in i0..<i1 {
+                            let pr = p + i * t, dsr = scratch + i * t
+                            var dot: Float = 0
+                            for j in 0...i { dot += pr[j] * dsr[j] }
+                            for j in 0...i { dsr[j] = pr[j] * (dsr[j] - dot) }
+                            for j in (i + 1)..<i1 { dsr[j] = 0 }
+                        }
+                        Kernels.gemm(m: m, n: d, k: i1, alpha: s.scale, ds, lda: t, k + rows + kvh * d, ldb: ld,
+                                     dq + rows + i0 * ld + h * d, ldc: ld)
+                        Kernels.gemm(transA: true, m: i1, n: d, k: m, alpha: s.scale, ds, lda: t, q + rows + i0 * ld + h * d, ldb: ld,
+                                     beta: 1, dk + rows + kvh * d, ldc: ld)
                     }
-                    Kernels.gemm(m: m, n: d, k: i1, alpha: s.scale, ds, lda: t, k + rows + kvh * d, ldb: ld,
-                                 dq + rows + i0 * ld + h * d, ldc: ld)
-                    Kernels.gemm(transA: true, m: i1, n: d, k: m, alpha: s.scale, ds, lda: t, q + rows + i0 * ld + h * d, ldb: ld,
-                                 beta: 1, dk + rows + kvh * d, ldc: ld)
                 }
             }
         }
@@ -219,15 +231,28 @@ public enum TrainingOps {
 
     // MARK: Linear layers
 
-    /// y (+)= x·Wᵀ for a frozen W (out × in): rows of x have stride ldx, of y ldy.
+    /// y (+)= x·Wᵀ for a frozen W (out × in): rows of x have stride ldx, of y ldy. With `bf16` (W's packed
+    /// copies, `FrozenBase.useBF16Products`) the product runs in bf16 with f32 sums.
     public static func linearForward(_ x: UnsafePointer<Float>, ldx: Int, weight: UnsafePointer<Float>, out: Int, in: Int,
-                                     tokens: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool = false) {
+                                     tokens: Int, _ y: UnsafeMutablePointer<Float>, ldy: Int, accumulate: Bool = false,
+                                     bf16: FrozenBase.BF16Pair? = nil) {
+        if let p = bf16?.forward {
+            precondition(p.k == `in` && p.n == out, "linearForward: bf16 copy is \(p.n)×\(p.k), the layer \(out)×\(`in`)")
+            Kernels.gemmBF16(m: tokens, x, lda: ldx, p, y, ldc: ldy, accumulate: accumulate)
+            return
+        }
         Kernels.gemm(transB: true, m: tokens, n: out, k: `in`, x, lda: ldx, weight, ldb: `in`, beta: accumulate ? 1 : 0, y, ldc: ldy)
     }
 
-    /// dx (+)= dy·W: the input gradient of a frozen linear layer (its weight gets none).
+    /// dx (+)= dy·W: the input gradient of a frozen linear layer (its weight gets none); `bf16` as above.
     public static func linearBackward(_ dy: UnsafePointer<Float>, ldy: Int, weight: UnsafePointer<Float>, out: Int, in: Int,
-                                      tokens: Int, _ dx: UnsafeMutablePointer<Float>, ldx: Int, accumulate: Bool = false) {
+                                      tokens: Int, _ dx: UnsafeMutablePointer<Float>, ldx: Int, accumulate: Bool = false,
+                                      bf16: FrozenBase.BF16Pair? = nil) {
+        if let p = bf16?.backward {
+            precondition(p.k == out && p.n == `in`, "linearBackward: bf16 copy is \(p.k)×\(p.n), the layer \(out)×\(`in`)")
+            Kernels.gemmBF16(m: tokens, dy, lda: ldy, p, dx, ldc: ldx, accumulate: accumulate)
+            return
+        }
         Kernels.gemm(m: tokens, n: `in`, k: out, dy, lda: ldy, weight, ldb: `in`, beta: accumulate ? 1 : 0, dx, ldc: ldx)
     }
 

@@ -19,6 +19,22 @@ func parallelChunks(_ count: Int, minimumPerChunk: Int = 1, _ body: (Range<Int>)
     }
 }
 
+/// `count` items in up to `slots` contiguous chunks run at once, each told its slot (0..<chunks) so it can
+/// use scratch of its own.
+func parallelSlots(_ count: Int, slots: Int, _ body: (_ slot: Int, Range<Int>) -> Void) {
+    let chunks = min(max(1, slots), count)
+    guard chunks > 1 else {
+        if count > 0 { body(0, 0..<count) }
+        return
+    }
+    withoutActuallyEscaping(body) { escapable in
+        let work = UncheckedSendable(escapable)
+        DispatchQueue.concurrentPerform(iterations: chunks) { i in
+            work.value(i, (count * i / chunks)..<(count * (i + 1) / chunks))
+        }
+    }
+}
+
 private struct UncheckedSendable<T>: @unchecked Sendable {
     let value: T
     init(_ value: T) { self.value = value }

@@ -52,7 +52,8 @@ final class TrainingWorkspace {
     var dAct = Buffer(floats: 0)           // (N, F)
     var dGateUp = Buffer(floats: 0)        // (N, 2F)
     var du = Buffer(floats: 0)             // (N, r)
-    var dScores = Buffer(floats: 0)        // (T, T)
+    var dScores = Buffer(floats: 0)        // (S, T, T): a T·T slice per thread attention's backward may run on
+    private(set) var dScoresSlots = 1     // the groups attention runs at once (`attentionSlots` at the last reserve)
     var tmp = Buffer(floats: 0)            // (N, H) a sub-block's output
 
     init(config: ModelConfig, rank: Int) {
@@ -98,7 +99,9 @@ final class TrainingWorkspace {
             rowCapacity = rows
             probsCapacity = p
         }
-        if length * length > dScores.byteCount / 4 { dScores = Buffer(floats: length * length) }
+        let slots = Self.attentionSlots
+        if slots * length * length > dScores.byteCount / 4 { dScores = Buffer(floats: slots * length * length) }
+        dScoresSlots = slots
     }
 
     /// Bytes `reserve(batch:length:)` and `reserveLabeled` allocate for `batch` sequences of `length`
@@ -107,10 +110,14 @@ final class TrainingWorkspace {
         let n = batch * length, h = c.hiddenSize, f = c.intermediateSize
         let qDim = c.numHeads * c.headDim, kvDim = c.numKVHeads * c.headDim, qkvDim = qDim + 2 * kvDim
         let perBlock = n * (4 * h + 2 + qkvDim + qDim + 3 * f + targets * rank) + batch * c.numHeads * length * length
-        let shared = n * (h + 3 * (c.headDim / 2) + 3 * h + qkvDim + qDim + 3 * f + rank) + length * length
+        let shared = n * (h + 3 * (c.headDim / 2) + 3 * h + qkvDim + qDim + 3 * f + rank) + attentionSlots * length * length
         let head = n * (2 * h + 1 + c.vocabSize)
         return 4 * (c.numLayers * perBlock + shared + head)
     }
+
+    /// Attention runs up to one (sequence, KV head) group per kernel thread (`TrainingOps.attentionSlots`);
+    /// its backward needs a T·T scratch slice for each.
+    static var attentionSlots: Int { TrainingOps.attentionSlots }
 
     /// Room for the head's `m` labelled rows.
     func reserveLabeled(_ m: Int) {

@@ -42,6 +42,32 @@ struct TrainingSetup {
     }
 }
 
+/// How `train lora` and `train mole` run the frozen base's products.
+struct PrecisionOptions: ParsableArguments {
+    @Option(help: "The frozen base's products (projections and vocabulary, forward and input gradient): f32, or bf16 with f32 sums as torch's bf16 autocast runs them (needs AVX-512 BF16; elsewhere training stays f32 and says so). Gradients, the LoRA path, attention and the optimizer stay f32.")
+    var precision: String = "f32"
+
+    func validate() throws {
+        guard precision == "f32" || precision == "bf16" else { throw ValidationError("--precision \(precision.prefix(16)): f32 or bf16") }
+    }
+
+    /// Extra bytes the bf16 copies take (4 per frozen weight: two packed copies of 2 bytes).
+    func extraBytes(config c: ModelConfig) -> Int { precision == "bf16" ? FrozenBase.bytes(config: c) : 0 }
+
+    /// Switches `base` to bf16 products when asked; returns what the log line says about it.
+    func apply(to base: FrozenBase, command: String) -> String {
+        guard precision == "bf16" else { return "f32 products" }
+        guard let bytes = base.useBF16Products() else {
+            FileHandle.standardError.write(Data("\(command): --precision bf16 needs AVX-512 BF16, which this CPU lacks; the products stay f32\n".utf8))
+            return "f32 products"
+        }
+        // What is left on OpenBLAS (attention per head, the LoRA path) runs one product per thread instead,
+        // attention's heads split over the threads (TrainingOps.attentionSlots).
+        Kernels.capBLASThreads(1)
+        return "bf16 products (\(bytes >> 20) MiB of packed weights)"
+    }
+}
+
 /// The options `train mole` and `train lorahub` share: the experts and where they are.
 struct ExpertOptions: ParsableArguments {
     @Option(help: "The experts, comma-separated: adapter names under --adapter-root, or adapter directories/files.")
@@ -117,6 +143,7 @@ struct TrainLoRA: ParsableCommand {
     var out: String
     @Option(name: .customLong("log-every"), help: "Print the loss every this many steps.")
     var logEvery: Int = 1
+    @OptionGroup var precisionOptions: PrecisionOptions
 
     static func parseTargets(_ s: String) throws -> [LoRATarget] {
         var out: [LoRATarget] = []
@@ -151,7 +178,7 @@ struct TrainLoRA: ParsableCommand {
         // the attention probabilities) must fit: refuse a run that cannot before loading anything large.
         let targetList = try Self.parseTargets(targets)
         let longest = data.examples.map(\.tokens.count).max() ?? maxLength
-        let need = FrozenBase.bytes(config: c)
+        let need = FrozenBase.bytes(config: c) + precisionOptions.extraBytes(config: c)
             + LoRATrainingModel.workspaceBytes(config: c, rank: rank, targets: targetList.count, batch: batch, length: longest)
         let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
         guard need < physical / 10 * 8 else {
@@ -161,9 +188,10 @@ struct TrainLoRA: ParsableCommand {
         let config = LoRATrainingConfiguration(
             targets: targetList, rank: rank, alpha: alpha, steps: steps, batchSize: batch, maxLength: maxLength,
             seed: seed, optimizer: AdamWConfiguration(learningRate: lr, weightDecay: weightDecay))
+        let products = precisionOptions.apply(to: base, command: "train lora")
         let trainer = LoRATrainer(base: base, data: data, configuration: config)
         let err = FileHandle.standardError
-        err.write(Data("train lora: \(data.examples.count) examples (\(data.dropped) dropped), \(trainer.lora.parameterCount) trainable parameters, \(Kernels.threadCount) threads\n".utf8))
+        err.write(Data("train lora: \(data.examples.count) examples (\(data.dropped) dropped), \(trainer.lora.parameterCount) trainable parameters, \(Kernels.threadCount) threads, \(products)\n".utf8))
         var tokens = 0, seconds = 0.0
         var lastLoss = Double.nan
         try trainer.runChecked { r in
@@ -218,6 +246,7 @@ struct TrainMoLE: ParsableCommand {
     var out: String
     @Option(name: .customLong("log-every"), help: "Print the loss every this many steps.")
     var logEvery: Int = 1
+    @OptionGroup var precisionOptions: PrecisionOptions
 
     func validate() throws {
         guard MoLEGranularity(rawValue: granularity) != nil else {
@@ -242,13 +271,14 @@ struct TrainMoLE: ParsableCommand {
         let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
         let longest = data.examples.map(\.tokens.count).max() ?? maxLength
         let maxRank = weights.map(\.maxPaddedRank).max() ?? 1
-        let need = FrozenBase.bytes(config: c)
+        let need = FrozenBase.bytes(config: c) + precisionOptions.extraBytes(config: c)
             + LoRATrainingModel.workspaceBytes(config: c, rank: maxRank, targets: 7, batch: batch, length: longest) * 2
         let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
         guard need < physical / 10 * 8 else {
             throw CLIError("training needs about \(need >> 20) MiB for --batch \(batch) × \(longest) tokens; this machine has \(physical >> 20) MiB: lower --batch or --max-length")
         }
         let base = try FrozenBase(checkpoint: setup.checkpoint)
+        let products = precisionOptions.apply(to: base, command: "train mole")
         let expertParameters = weights.map { LoRAParameters(weights: $0, config: c) }
         let mole = MoLEMixture(config: c, experts: expertParameters, granularity: MoLEGranularity(rawValue: granularity)!,
                                balanceWeight: balance, temperature: temperature)
@@ -257,7 +287,7 @@ struct TrainMoLE: ParsableCommand {
         let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
         var sampler = BatchSampler(data: data, size: batch, seed: seed)
         let err = FileHandle.standardError
-        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.inUse.filter { $0 }.count) \(granularity) gates, \(Kernels.threadCount) threads\n".utf8))
+        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.inUse.filter { $0 }.count) \(granularity) gates, \(Kernels.threadCount) threads, \(products)\n".utf8))
         var lastLoss = Double.nan
         var tokens = 0, seconds = 0.0
         for step in 1...steps {

@@ -76,6 +76,39 @@ extension TrainingSuites {
         expectGradient(dgu, numericGradient(gu.f64) { project(ref($0), g) }, "swiglu d[gate|up]")
     }
 
+    /// Attention's (sequence, KV head) groups split over threads (`slots`, what training uses once OpenBLAS
+    /// is capped at one thread) give the serial run's bits: probabilities, output, dQ and the dK, dV sums
+    /// over each group's heads — 2 sequences × 3 KV heads × 2 query heads each over 1, 2, 3 and 8 slots.
+    @Test func attentionSplitOverThreadsMatchesSerial() {
+        var rng = SplitMix64(seed: 21)
+        let s = TrainingOps.AttentionShape(batch: 2, length: 7, heads: 6, kvHeads: 3, headDim: 8, rowBlock: 3)
+        let n = s.batch * s.length, qDim = s.heads * s.headDim, kvDim = s.kvHeads * s.headDim, ld = qDim + 2 * kvDim
+        var qkv = randomValues(n * ld, &rng, scale: 1.5), g = randomValues(n * qDim, &rng)
+        func run(_ slots: Int) -> [[Float]] {
+            var probs = [Float](repeating: .nan, count: s.probsCount), out = [Float](repeating: .nan, count: n * qDim)
+            var dqkv = [Float](repeating: .nan, count: n * ld), scratch = [Float](repeating: .nan, count: slots * s.length * s.length)
+            withPointers(&qkv) { p in withPointers(&probs) { pr in
+                withPointers(&out) {
+                    TrainingOps.attentionForward(q: p, k: p + qDim, v: p + qDim + kvDim, ld: ld, shape: s, probs: pr, out: $0, ldo: qDim,
+                                                 slots: slots)
+                }
+                withPointers(&g) { gp in withPointers(&dqkv) { d in withPointers(&scratch) { sc in
+                    TrainingOps.attentionBackward(dOut: gp, ldo: qDim, q: p, k: p + qDim, v: p + qDim + kvDim, ld: ld, probs: pr, shape: s,
+                                                  dq: d, dk: d + qDim, dv: d + qDim + kvDim, scratch: sc, slots: slots)
+                } } }
+            } }
+            return [probs, out, dqkv]
+        }
+        let serial = run(1)
+        #expect(!serial.joined().contains { $0.isNaN })
+        for slots in [2, 3, 8] {
+            let split = run(slots)
+            for (name, (a, b)) in zip(["probabilities", "output", "dqkv"], zip(serial, split)) {
+                #expect(a.map(\.bitPattern) == b.map(\.bitPattern), "\(slots) slots: \(name) differ")
+            }
+        }
+    }
+
     /// GQA (4 query heads on 2 KV heads), two sequences, q/k/v as column blocks of one row as the model lays
     /// them out; causal products in one block of rows, and in blocks of 2 and 1 rows (the last one partial).
     @Test(arguments: [5, 2, 1]) func causalAttention(rowBlock: Int) {

@@ -165,10 +165,23 @@ extension TrainingSuites {
         let weights = try AdapterLoader.load(path: out, base: try openCheckpoint(path: model).config)
         #expect(weights.targets == [.q, .v] && weights.scale == 2)
 
+        // --precision bf16: the same run trains (products in bf16 where the CPU has AVX-512 BF16, else it says
+        // so once and stays f32), and the loss falls as in f32.
+        let bf16 = try await run(["train", "lora", "--model", model, "--data", data, "--targets", "q_proj,v_proj", "--rank", "4", "--alpha", "8",
+                                  "--steps", "20", "--lr", "1e-2", "--batch", "4", "--max-length", "32", "--seed", "7",
+                                  "--precision", "bf16", "--out", dir.path("adapter-bf16")])
+        #expect(bf16.status == 0, "\(bf16.stderr)")
+        #expect(bf16.stderr.contains(Kernels.hasBF16Dot ? "bf16 products (" : "needs AVX-512 BF16, which this CPU lacks"), "\(bf16.stderr)")
+        let bf16Losses = bf16.stderr.split(separator: "\n").filter { $0.hasPrefix("step ") }
+            .compactMap { line in line.split(separator: " ").firstIndex(of: "loss").flatMap { Double(line.split(separator: " ")[$0 + 1]) } }
+        #expect(bf16Losses.count == 20 && bf16Losses.last! < 0.8 * bf16Losses.first!, "bf16 loss \(bf16Losses)")
+        #expect(abs(bf16Losses.last! - losses.last!) < 0.1 * losses.last! + 0.05, "bf16 \(bf16Losses.last!) vs f32 \(losses.last!)")
+
         for (args, expected) in [
             (["--targets", "q_proj,wq"], "--targets: unknown module 'wq'"),
             (["--data", dir.path("missing.jsonl")], "missing.jsonl: no such file"),
             (["--rank", "0"], "--rank must be between 1 and 1024"),
+            (["--precision", "fp8"], "--precision fp8: f32 or bf16"),
             (["--max-length", "300"], "--max-length 300 exceeds the model's context length 256"),
             (["--out", out], "already holds"),
         ] {

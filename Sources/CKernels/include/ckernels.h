@@ -145,6 +145,21 @@ typedef struct {
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
                    const float *x, int64_t ldx, float *y, int64_t ldy);
 
+// ---------------------------------------------------------------- bf16 products (gemm_bf16.c)
+// Training's frozen products in bf16 with f32 sums (torch's bf16 autocast): C (M x N) (+)= bf16(A) · bf16(B).
+// B (K x N, B(k, n) = trans ? src[n * ld + k] : src[k * ld + n]) is packed once into
+// dl_pack_bf16_elements(K, N) uint16 values (rounded to nearest even); A (row stride lda) is rounded per
+// call. dl_has_bf16_dot() says whether the CPU runs it on AVX-512 BF16 (else a portable loop, far slower:
+// callers then keep their f32 products). dl_gemm_bf16_ref is the portable loop, the parity tests' twin.
+// dl_gemm_bf16 splits its rows over the kernel thread pool.
+int dl_has_bf16_dot(void);
+int64_t dl_pack_bf16_elements(int64_t K, int64_t N);
+void dl_pack_bf16(const float *src, int64_t ld, int trans, int64_t K, int64_t N, uint16_t *dst);
+void dl_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp,
+                  float *C, int64_t ldc, int accumulate);
+void dl_gemm_bf16_ref(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp,
+                      float *C, int64_t ldc, int accumulate);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,44 @@
+import CKernels
+
+extension Kernels {
+    /// Whether this CPU runs bf16 products on AVX-512 BF16 (`dl_gemm_bf16`); elsewhere they fall back to a
+    /// portable loop far slower than f32 OpenBLAS, so callers keep f32 products there.
+    public static var hasBF16Dot: Bool { dl_has_bf16_dot() != 0 }
+
+    /// A frozen matrix B (k × n) rounded to bf16 and packed once for `gemmBF16`: 32-column panels of
+    /// k-pairs, the operand layout of VDPBF16PS. `transposed`: the source is n × k (a weight W, out × in,
+    /// read as Wᵀ for y = x·Wᵀ); else it is k × n. `ld` is the source's row stride.
+    public final class PackedBF16: @unchecked Sendable {
+        public let k: Int
+        public let n: Int
+        let storage: Buffer
+
+        public init(_ source: UnsafePointer<Float>, ld: Int, transposed: Bool, k: Int, n: Int) {
+            precondition(k >= 0 && n >= 0 && ld >= (transposed ? k : n), "PackedBF16: stride \(ld) below the \(k)×\(n) matrix")
+            self.k = k
+            self.n = n
+            storage = Buffer(byteCount: Int(dl_pack_bf16_elements(Int64(k), Int64(n))) * 2)
+            dl_pack_bf16(source, Int64(ld), transposed ? 1 : 0, Int64(k), Int64(n), storage.base.assumingMemoryBound(to: UInt16.self))
+        }
+
+        /// Bytes the packed copy holds.
+        public var byteCount: Int { storage.byteCount }
+        var elements: UnsafePointer<UInt16> { UnsafePointer(storage.base.assumingMemoryBound(to: UInt16.self)) }
+    }
+
+    /// C (m × b.n) = bf16(A)·B, or C += it when `accumulate`: each product exact in f32, the sums in f32
+    /// (torch's bf16 autocast for a linear layer). A is m × b.k with row stride lda; splits its rows over the
+    /// kernel thread pool.
+    public static func gemmBF16(m: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: PackedBF16, _ c: UnsafeMutablePointer<Float>,
+                                ldc: Int, accumulate: Bool = false) {
+        precondition(m >= 0 && lda >= b.k && ldc >= b.n, "gemmBF16: strides \(lda)/\(ldc) below the \(m)×\(b.n)×\(b.k) product")
+        dl_gemm_bf16(Int64(m), Int64(b.n), Int64(b.k), a, Int64(lda), b.elements, c, Int64(ldc), accumulate ? 1 : 0)
+    }
+
+    /// The portable loop over the same packed operands (the parity tests' twin of `gemmBF16`).
+    public static func gemmBF16Reference(m: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: PackedBF16,
+                                         _ c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
+        precondition(m >= 0 && lda >= b.k && ldc >= b.n, "gemmBF16Reference: strides \(lda)/\(ldc) below the \(m)×\(b.n)×\(b.k) product")
+        dl_gemm_bf16_ref(Int64(m), Int64(b.n), Int64(b.k), a, Int64(lda), b.elements, c, Int64(ldc), accumulate ? 1 : 0)
+    }
+}
