@@ -59,6 +59,25 @@ for r in $(seq 1 "$ROUNDS"); do
     if [ $((r % 2)) = 1 ]; then ours f32 "$r"; ours bf16 "$r"; torch_round "$r"
     else torch_round "$r"; ours bf16 "$r"; ours f32 "$r"; fi
 done
+# MoLE gate training (`train mole`, 4 experts, block gates, the same data and batch) in f32 and with bf16
+# products: experts trained for 3 steps first (their values do not change a step's cost). MOLE=0 skips it.
+MOLE=${MOLE:-1}
+if [ "$MOLE" = 1 ]; then
+    mkdir -p "$tmp/experts"
+    for e in a b c d; do
+        .build/release/dlora train lora --model "$MODEL" --data "$tmp/data.jsonl" --targets q_proj,v_proj --rank 8 --alpha 16 \
+            --steps 3 --lr 1e-2 --batch 8 --max-length 256 --seed "$(printf '%d' "'$e")" --threads "$THREADS" --out "$tmp/experts/$e" 2> /dev/null
+    done
+    for r in $(seq 1 "$ROUNDS"); do
+        if [ $((r % 2)) = 1 ]; then order="f32 bf16"; else order="bf16 f32"; fi
+        for p in $order; do
+            echo "bench: dlora train mole --precision $p, round $r" >&2
+            .build/release/dlora train mole --model "$MODEL" --experts a,b,c,d --adapter-root "$tmp/experts" --data "$tmp/data.jsonl" \
+                --steps "$STEPS" --batch 8 --max-length 256 --threads "$THREADS" --precision "$p" --out "$tmp/mole-$p-$r" 2> "$tmp/mole-$p-$r.log"
+            awk '/^final/ { for (i = 1; i <= NF; i++) if ($i == "tok/s;") print $(i - 1) }' "$tmp/mole-$p-$r.log" > "$tmp/mole-$p-$r.tok"
+        done
+    done
+fi
 field() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])" "$1" "$2"; }
 row() { # label, then one value per round: "v1, v2 (min–max)"
     local label=$1; shift
@@ -92,6 +111,15 @@ BF16DOT=$(grep -o 'avx512_bf16' /proc/cpuinfo | head -1 || true)
     row "torch $TV + PEFT, f32" $(for r in $(seq 1 "$ROUNDS"); do field "$tmp/torch-$r.json" f32_tok_s; done)
     row "torch $TV + PEFT, bf16 autocast" $(for r in $(seq 1 "$ROUNDS"); do field "$tmp/torch-$r.json" bf16_autocast_tok_s; done)
     echo
+    if [ "$MOLE" = 1 ]; then
+        echo "MoLE gate training (\`dlora train mole\`: 4 rank-8 q/v experts, block gates, the same data, batch and steps;"
+        echo "tokens/s over all steps including the first, from the run's final line; rounds in rotating order):"
+        echo
+        echo "$HEAD range |"; echo "$SEP---|"
+        row "dlora train mole, f32" $(for r in $(seq 1 "$ROUNDS"); do cat "$tmp/mole-f32-$r.tok"; done)
+        row "dlora train mole, bf16 products" $(for r in $(seq 1 "$ROUNDS"); do cat "$tmp/mole-bf16-$r.tok"; done)
+        echo
+    fi
     echo "Our per-step log:"
     echo
     echo '```'
