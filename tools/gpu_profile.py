@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A measured GPU profile for the simulator's GPU cost model (docs/design/simulator.md, "GPU replicas"):
-Llama-2-7B's shapes with random FP16 weights (nothing to download), one GPU, plain PyTorch eager ops (no CUDA
+Llama-2-7B's (or 13B's) shapes with random FP16 weights (nothing to download), one GPU, plain PyTorch eager ops (no CUDA
 graphs, no fused kernels: vLLM-0.2-era execution, as the roofline assumes).
 
 Measures, median of REPS timed runs after warm-up (CUDA events):
@@ -13,7 +13,7 @@ Measures, median of REPS timed runs after warm-up (CUDA events):
 - merge and unmerge of one rank-16 q/v adapter (W += s·B·A over 32 layers, then W −= s·B·A);
 - an adapter's load from pinned and from pageable host memory (rank 16, q/v, 32 layers).
 
-    python3 tools/gpu_profile.py --out DIR        # writes DIR/gpu-profile.json and DIR/gpu-profile.md
+    python3 tools/gpu_profile.py --out DIR        # writes DIR/gpu-profile.json (GPU_PROFILE_MODEL=13b: 13B's shapes)
 """
 import argparse
 import json
@@ -25,7 +25,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-L, H, NH, D, FF, V = 32, 4096, 32, 128, 11008, 32000
+SHAPES = {"7b": (32, 4096, 32, 128, 11008, 32000), "13b": (40, 5120, 40, 128, 13824, 32000)}
+MODEL = os.environ.get("GPU_PROFILE_MODEL", "7b")  # Llama-2 7B or 13B shapes
+L, H, NH, D, FF, V = SHAPES[MODEL]
 RANK = 16
 SMOKE = os.environ.get("GPU_PROFILE_SMOKE") == "1"  # tiny shapes on the CPU: checks the script, not a profile
 if SMOKE:
@@ -138,7 +140,7 @@ def main():
     dev = torch.device("cpu" if SMOKE else "cuda")
     t0 = time.time()
     res = {"gpu": "cpu smoke" if SMOKE else torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "python": platform.python_version(), "model": "Llama-2-7B shapes, random FP16", "rank": RANK,
+           "python": platform.python_version(), "model": MODEL, "weights": "Llama-2 shapes, random FP16", "rank": RANK,
            "decode": [], "unmerged": [], "prefill": [], "graphs": []}
     print(json.dumps({k: res[k] for k in ("gpu", "torch", "cuda")}), flush=True)
     with torch.inference_mode():

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/results/gpu-profile-h200.md from a tools/gpu_profile.py JSON: the measured steps beside what the
+"""bench/results/gpu-profile-h200*.md from a tools/gpu_profile.py JSON: the measured steps beside what the
 simulator's roofline (docs/design/simulator.md, "GPU replicas"; Sources/Simulator/RooflineCostModel.swift)
 predicts for Llama-2-7B on an H200, with the roofline's constants restated here.
 
@@ -10,7 +10,8 @@ import sys
 
 # The roofline's figures for H200 SXM and Llama-2-7B (FP16), as RooflineCostModel states them.
 HBM, PEAK, PCIE = 4800e9, 989e12, 64e9
-PARAMS, LAYERS, HIDDEN = 6.74e9, 32, 4096
+MODELS = {"7b": (6.74e9, 32, 4096), "13b": (13.0e9, 40, 5120)}  # parameters, layers, hidden (Llama-2, no GQA)
+PARAMS, LAYERS, HIDDEN = MODELS["7b"]
 KV_PER_TOKEN = 2 * LAYERS * HIDDEN * 2
 MBU, MFU, FIXED = 0.8, 0.6, 0.0015
 GAMMA, DELTA_7B_A800, SWITCH_7B_A800, A800_HBM = 0.6, 1e-4, 0.020, 2039e9
@@ -24,20 +25,25 @@ def merged(batch, context, tokens=None):
 
 
 def main():
+    global PARAMS, LAYERS, HIDDEN, KV_PER_TOKEN
     r = json.load(open(sys.argv[1]))
-    delta = DELTA_7B_A800 * A800_HBM / HBM
-    half_switch = SWITCH_7B_A800 / 2 * A800_HBM / HBM
+    name = r.get("model", "7b") if r.get("model") in MODELS else "7b"
+    PARAMS, LAYERS, HIDDEN = MODELS[name]
+    KV_PER_TOKEN = 2 * LAYERS * HIDDEN * 2
+    size = LAYERS * HIDDEN / (32 * 4096)  # the roofline scales δ and the switch by layers · hidden (elements for the switch)
+    delta = DELTA_7B_A800 * size * A800_HBM / HBM
+    half_switch = SWITCH_7B_A800 / 2 * (LAYERS * HIDDEN * HIDDEN) / (32 * 4096 * 4096) * A800_HBM / HBM
     out = []
     p = out.append
-    p("# A measured GPU profile: Llama-2-7B shapes on one H200, beside the simulator's roofline")
+    p(f"# A measured GPU profile: Llama-2-{name.upper()} shapes on one H200, beside the simulator's roofline")
     p("")
     p(f"Measured by `python3 tools/gpu_profile.py` on {r['gpu']} (torch {r['torch']}, CUDA {r['cuda']}) through the")
     p("session's device tool, 2026-12-04; this file by `python3 tools/gpu_profile_report.py`. Random FP16 weights of")
-    p("Llama-2-7B's shapes (32 layers, hidden 4096, FFN 11008, vocabulary 32000; nothing downloaded), dense K/V")
+    p(f"Llama-2-{name.upper()}'s shapes ({LAYERS} layers, hidden {HIDDEN}, vocabulary 32000; nothing downloaded), dense K/V")
     p("caches (no paging), PyTorch ops (fused QKV and gate/up products, SDPA). Medians of 20 timed runs after")
     p("warm-up, CUDA events. \"graph\": the step captured in a CUDA graph and replayed (the GPU's own time, as")
     p("vLLM runs decode batches); \"eager\": launched op by op from Python. Roofline: docs/design/simulator.md,")
-    p("\"GPU replicas\", with its constants for H200 SXM / 7B (HBM 4,800 GB/s × 0.8, 989 TFLOPS × 0.6, 1.5 ms fixed).")
+    p(f"\"GPU replicas\", with its constants for H200 SXM / {name.upper()} (HBM 4,800 GB/s × 0.8, 989 TFLOPS × 0.6, 1.5 ms fixed).")
     p("")
     p("## Decode step, base weights only (merged)")
     p("")
@@ -70,7 +76,7 @@ def main():
         p(f"| {n} | {g['ms']:.2f} | {g['ms'] / base - 1:+.2f} | {u.get('gathered_ms', float('nan')):.2f} | "
           f"{u.get('segments_ms', float('nan')):.2f} | {rl:.2f} |")
     p("")
-    p(f"Roofline: merged × (1 + γ) + δ · n with γ = {GAMMA}, δ = {delta * 1e3:.3f} ms (0.1 ms at 7B/A800 scaled by HBM).")
+    p(f"Roofline: merged × (1 + γ) + δ · n with γ = {GAMMA}, δ = {delta * 1e3:.3f} ms (0.1 ms at 7B/A800 scaled by size and HBM).")
     p("")
     p("## Prefill (eager; compute-bound, so launches matter little)")
     p("")
@@ -81,7 +87,7 @@ def main():
         rl = (FIXED + max((2 * PARAMS + b * t * KV_PER_TOKEN) / (HBM * MBU), (2 * PARAMS * b * t + 4 * LAYERS * HIDDEN * b * t * t / 2) / (PEAK * MFU))) * 1e3
         p(f"| {b} × {t} | {q['ms']:.2f} | {rl:.2f} |")
     p("")
-    p("## Adapter switch and load (rank 16, q and v, 32 layers)")
+    p(f"## Adapter switch and load (rank 16, q and v, {LAYERS} layers)")
     p("")
     load = (1e-3 + r["adapter_bytes"] / (0.8 * PCIE)) * 1e3
     p("| what | measured ms | roofline ms |")
