@@ -4,6 +4,8 @@ simulator's roofline (docs/design/simulator.md, "GPU replicas"; Sources/Simulato
 predicts for Llama-2-7B on an H200, with the roofline's constants restated here.
 
     python3 tools/gpu_profile_report.py bench/results/gpu-profile-h200.json > bench/results/gpu-profile-h200.md
+    python3 tools/gpu_profile_report.py PROFILE.json --knobs KNOBS.json   # also: the roofline knobs it measures,
+                                                                          # for `dlora simulate --cost h200-7b --cost-profile KNOBS.json`
 """
 import json
 import sys
@@ -24,15 +26,42 @@ def merged(batch, context, tokens=None):
     return FIXED + max(bytes_ / (HBM * MBU), flops / (PEAK * MFU))
 
 
+def knobs(r, name, size, elements_ratio):
+    """The roofline knobs this measurement gives (RooflineCostModel.profileKeys), referenced as the model is:
+    γ and δ from a least-squares line through the graph-replayed unmerged steps (step = merged·(1 + γ) + δ·n),
+    δ and the switch converted back to 7B (and A800) by the roofline's own size and bandwidth scaling, the
+    load's set-up as the pinned load's time beyond its bytes over PCIe at 80 %."""
+    merged = next(g["ms"] for g in r["graphs"] if (g["batch"], g["context"], g["adapters"]) == (32, 512, 0)) / 1e3
+    pts = [(g["adapters"], g["ms"] / 1e3) for g in r["graphs"] if g["adapters"] and (g["batch"], g["context"]) == (32, 512)]
+    n_mean = sum(n for n, _ in pts) / len(pts)
+    y_mean = sum(y for _, y in pts) / len(pts)
+    slope = sum((n - n_mean) * (y - y_mean) for n, y in pts) / sum((n - n_mean) ** 2 for n, _ in pts)
+    slope = max(0.0, slope)
+    gamma = max(0.0, (y_mean - slope * n_mean) / merged - 1)
+    switch = (r["merge_ms"] + r["unmerge_ms"]) / 1e3
+    return {
+        "source": f"tools/gpu_profile.py on {r['gpu']} (torch {r['torch']}), Llama-2-{name.upper()} shapes; tools/gpu_profile_report.py --knobs",
+        "unmerged_gamma": round(gamma, 4),
+        "per_adapter_seconds_7b": slope * (HBM / A800_HBM) / size,
+        "switch_seconds_7b_a800": switch * (HBM / A800_HBM) / elements_ratio,
+        "adapter_load_seconds": max(0.0, r["load_pinned_ms"] / 1e3 - r["adapter_bytes"] / (0.8 * PCIE)),
+    }
+
+
 def main():
     global PARAMS, LAYERS, HIDDEN, KV_PER_TOKEN
     r = json.load(open(sys.argv[1]))
     name = r.get("model", "7b") if r.get("model") in MODELS else "7b"
     PARAMS, LAYERS, HIDDEN = MODELS[name]
     KV_PER_TOKEN = 2 * LAYERS * HIDDEN * 2
-    size = LAYERS * HIDDEN / (32 * 4096)  # the roofline scales δ and the switch by layers · hidden (elements for the switch)
+    size = LAYERS * HIDDEN / (32 * 4096)  # the roofline scales δ by layers · hidden, the switch by elements rewritten
+    elements_ratio = (LAYERS * HIDDEN * HIDDEN) / (32 * 4096 * 4096)
     delta = DELTA_7B_A800 * size * A800_HBM / HBM
-    half_switch = SWITCH_7B_A800 / 2 * (LAYERS * HIDDEN * HIDDEN) / (32 * 4096 * 4096) * A800_HBM / HBM
+    half_switch = SWITCH_7B_A800 / 2 * elements_ratio * A800_HBM / HBM
+    if "--knobs" in sys.argv:
+        with open(sys.argv[sys.argv.index("--knobs") + 1], "w") as f:
+            json.dump(knobs(r, name, size, elements_ratio), f, indent=1)
+            f.write("\n")
     out = []
     p = out.append
     p(f"# A measured GPU profile: Llama-2-{name.upper()} shapes on one H200, beside the simulator's roofline")

@@ -78,7 +78,22 @@ public struct RooflineCostModel: ReplicaCostModel {
     public var allReduceLatency = 8e-6
     /// Replica-to-replica K/V path: 100 Gb/s between nodes (an assumption), and the host links at both ends.
     public var networkBytesPerSecond = 12.5e9
+    /// Set-up of an adapter's load from host memory, on top of its bytes over PCIe at 80 %.
+    public var adapterLoadFixedSeconds = 0.001
     public var shape: ReplicaShape
+
+    /// The knobs a measured profile may replace (`dlora simulate --cost h200-7b --cost-profile FILE`), by snake_case
+    /// name; δ and the switch stay referenced to Llama-2 7B (and the switch to the A800) and are scaled to the
+    /// model and GPU as above (tools/gpu_profile_report.py --profile converts a measurement).
+    public static var profileKeys: [String: WritableKeyPath<RooflineCostModel, Double>] {
+        ["memory_bandwidth_utilization": \.memoryBandwidthUtilization, "compute_utilization": \.computeUtilization,
+         "fixed_seconds": \.fixedSeconds, "unmerged_gamma": \.unmergedGamma, "per_adapter_seconds_7b": \.perAdapterSeconds7B,
+         "switch_seconds_7b_a800": \.switchSeconds7BA800, "all_reduce_latency": \.allReduceLatency,
+         "network_bytes_per_second": \.networkBytesPerSecond, "adapter_load_seconds": \.adapterLoadFixedSeconds]
+    }
+
+    /// Keys that are fractions of a peak, in (0, 1].
+    public static let utilizationKeys: Set<String> = ["memory_bandwidth_utilization", "compute_utilization"]
 
     public init(gpu: GPUSpec, model: LlamaSpec, tensorParallel: Int = 1, adapterSlots: Int = 32, maxBatchSequences: Int = 32,
                 maxBatchTokens: Int = 4096) {
@@ -155,8 +170,8 @@ public struct RooflineCostModel: ReplicaCostModel {
     }
     public func mergeSeconds(_ a: AdapterProfile) -> Double { switchSeconds(a) / 2 }
     public func unmergeSeconds(_ a: AdapterProfile) -> Double { switchSeconds(a) / 2 }
-    /// PCIe at 80 % of nominal, plus 1 ms of setup.
-    public func adapterLoadSeconds(bytes: Int) -> Double { 0.001 + Double(bytes) / (0.8 * gpu.pcieBytesPerSecond) }
+    /// PCIe at 80 % of nominal, plus a set-up (1 ms unless a profile says otherwise).
+    public func adapterLoadSeconds(bytes: Int) -> Double { adapterLoadFixedSeconds + Double(bytes) / (0.8 * gpu.pcieBytesPerSecond) }
     public func swapSeconds(bytes: Int) -> Double { Double(bytes) / (0.8 * gpu.pcieBytesPerSecond * Double(tensorParallel)) }
     public func transferSeconds(bytes: Int) -> Double {
         Double(bytes) / min(networkBytesPerSecond, 0.8 * gpu.pcieBytesPerSecond)

@@ -61,7 +61,7 @@ struct Simulate: ParsableCommand {
     var requestOverheadMs: Double = 0
     @Option(help: "Cost model: \(RooflineCostModel.names.joined(separator: ", ")).")
     var cost: String = "cpu"
-    @Option(help: "JSON of measured coefficients replacing the cpu model's (keys as in CPUCostModel, snake_case; docs/design/simulator.md).")
+    @Option(help: "JSON of measured coefficients replacing the cost model's: the cpu model's (keys as in CPUCostModel, snake_case) or a GPU model's roofline knobs (RooflineCostModel.profileKeys, e.g. unmerged_gamma, per_adapter_seconds_7b, switch_seconds_7b_a800, adapter_load_seconds; docs/design/simulator.md).")
     var costProfile: String?
     @Option(name: .customLong("kv-cache-mb"), help: "KV cache of a cpu replica, MiB (GPU models size it from the GPU's memory).")
     var kvCacheMb: Int?
@@ -109,7 +109,6 @@ struct Simulate: ParsableCommand {
             throw ValidationError("unknown cost model '\(cost)' (\(RooflineCostModel.names.joined(separator: ", ")))")
         }
         if let e = migrationRequestExcess { guard e >= 1 else { throw ValidationError("--migration-request-excess must be >= 1") } }
-        guard costProfile == nil || cost == "cpu" else { throw ValidationError("--cost-profile applies to --cost cpu only") }
         guard requestsFile == nil || (trace == nil && workload == nil && !traceLengths && requests == nil && duration == nil) else {
             throw ValidationError("--requests-file replaces --trace, --workload, --requests and --duration")
         }
@@ -129,6 +128,9 @@ struct Simulate: ParsableCommand {
             if let costProfile { try Self.applyProfile(costProfile, to: &cpu) }
             profiledOverhead = cpu.requestOverheadSeconds
             model = cpu
+        } else if let costProfile, var roofline = model as? RooflineCostModel {
+            try Self.applyProfile(costProfile, to: &roofline)
+            model = roofline
         }
         var arrivals = ArrivalProcess.poisson
         var lengths = LengthSource.logNormal(promptMedian: promptMedian, outputMedian: outputMedian)
@@ -285,26 +287,42 @@ struct Simulate: ParsableCommand {
     /// `CPUCostModel.signedProfileKeys` may be negative, as long as `fixed_seconds` covers them, so no iteration is
     /// priced below zero); `source` (text) is allowed and ignored. An unknown key is an error, so a misspelt coefficient is
     /// not silently the default.
-    static func applyProfile(_ path: String, to model: inout CPUCostModel) throws {
+    /// A JSON object of `keys`' numbers (and an optional "source") into `model`: unknown keys, non-numbers and
+    /// negative values (except `signed` keys) are refused in one line.
+    static func profileValues<M>(_ path: String, keys: [String: WritableKeyPath<M, Double>], signed: Set<String> = [],
+                                 into model: inout M) throws {
         guard let data = FileManager.default.contents(atPath: path),
               let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw CLIError("\(path): not a JSON object")
         }
         for (key, value) in obj where key != "source" {
-            guard let keyPath = CPUCostModel.profileKeys[key] else {
-                throw CLIError("\(path): unknown coefficient \"\(key)\" (\(CPUCostModel.profileKeys.keys.sorted().joined(separator: ", ")))")
+            guard let keyPath = keys[key] else {
+                throw CLIError("\(path): unknown coefficient \"\(key)\" (\(keys.keys.sorted().joined(separator: ", ")))")
             }
-            let signed = CPUCostModel.signedProfileKeys.contains(key)
-            guard let number = value as? NSNumber, case let x = number.doubleValue, x.isFinite, signed || x >= 0 else {
-                throw CLIError("\(path): \"\(key)\" must be a finite number\(signed ? "" : " >= 0")")
+            let isSigned = signed.contains(key)
+            guard let number = value as? NSNumber, case let x = number.doubleValue, x.isFinite, isSigned || x >= 0 else {
+                throw CLIError("\(path): \"\(key)\" must be a finite number\(isSigned ? "" : " >= 0")")
             }
             if key.hasSuffix("bytes_per_second") && x <= 0 { throw CLIError("\(path): \"\(key)\" must be positive") }
             model[keyPath: keyPath] = x
         }
+    }
+
+    static func applyProfile(_ path: String, to model: inout CPUCostModel) throws {
+        try profileValues(path, keys: CPUCostModel.profileKeys, signed: CPUCostModel.signedProfileKeys, into: &model)
         let signed = CPUCostModel.signedProfileKeys.sorted()
         let below = signed.reduce(0.0) { $0 + min(0, model[keyPath: CPUCostModel.profileKeys[$1]!]) }
         if model.fixedSeconds + below < 0 {
             throw CLIError("\(path): the negative \(signed.map { "\"\($0)\"" }.joined(separator: " and ")) (\(below)) are below -\"fixed_seconds\" (\(model.fixedSeconds)): an iteration would cost less than nothing")
+        }
+    }
+
+    /// A GPU model's knobs (`RooflineCostModel.profileKeys`): utilisations in (0, 1], the rest ≥ 0.
+    static func applyProfile(_ path: String, to model: inout RooflineCostModel) throws {
+        try profileValues(path, keys: RooflineCostModel.profileKeys, into: &model)
+        for key in RooflineCostModel.utilizationKeys.sorted() {
+            let x = model[keyPath: RooflineCostModel.profileKeys[key]!]
+            guard x > 0, x <= 1 else { throw CLIError("\(path): \"\(key)\" must be in (0, 1], not \(x)") }
         }
     }
 

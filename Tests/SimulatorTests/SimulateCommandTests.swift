@@ -99,6 +99,55 @@ import Testing
         #expect(abs(first - 0.01) < 1e-9 && abs(finish - 0.076) < 1e-9, "\(row)")
     }
 
+    /// A GPU model takes a profile of its roofline knobs. With γ = 0 (an unmerged step costs what a merged one
+    /// does), +10 ms of `fixed_seconds` delays a lone request's finish by exactly its iterations × 10 ms (one for
+    /// the prompt, one per further token); with γ = 0.5 each iteration's forward is 1.5 × the γ = 0 one, and δ
+    /// adds its HBM-scaled price per iteration's adapter; with
+    /// `adapter_load_seconds` raised by 0.3 s its first token comes 0.3 s later still (the load is charged to
+    /// the first iteration that needs the adapter). Unknown knobs and utilisations outside (0, 1] are refused.
+    @Test func aGPUModelTakesAProfileOfItsRooflineKnobs() async throws {
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl")
+        let records = dir.file("records.csv")
+        try #"{"arrival": 0.5, "adapter": 0, "prompt_tokens": 64, "output_tokens": 6}"#.write(to: requests, atomically: true, encoding: .utf8)
+        func times(_ profileJSON: String?) async throws -> (first: Double, finish: Double) {
+            var args = ["--cost", "h200-7b", "--requests-file", requests.path, "--policy", "unmerged-only", "--dispatch", "round-robin",
+                        "--records", records.path]
+            if let profileJSON {
+                try profileJSON.write(to: profile, atomically: true, encoding: .utf8)
+                args += ["--cost-profile", profile.path]
+            }
+            let r = try await Self.simulate(args)
+            #expect(r.status == 0, "\(r.stderr)")
+            let row = try #require(try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst().first)
+                .split(separator: ",", omittingEmptySubsequences: false)
+            return (try #require(Double(row[3])), try #require(Double(row[4])))
+        }
+        let base = try await times(#"{"unmerged_gamma": 0, "per_adapter_seconds_7b": 0}"#)
+        let slower = try await times(#"{"unmerged_gamma": 0, "per_adapter_seconds_7b": 0, "fixed_seconds": 0.0115, "source": "test"}"#)
+        #expect(abs((slower.first - base.first) - 0.01) < 1e-9, "first token \(base) → \(slower)")
+        #expect(abs((slower.finish - base.finish) - 0.06) < 1e-9, "finish \(base) → \(slower)")
+        // The decodes after the first token: 5 iterations, each 1.5 × its γ = 0 price under γ = 0.5.
+        let half = try await times(#"{"unmerged_gamma": 0.5, "per_adapter_seconds_7b": 0}"#)
+        #expect(abs((half.finish - half.first) - 1.5 * (base.finish - base.first)) < 1e-9, "γ 0.5: \(half) against γ 0: \(base)")
+        let defaults = try await times(#"{"per_adapter_seconds_7b": 0}"#)
+        #expect(abs((defaults.finish - defaults.first) - 1.6 * (base.finish - base.first)) < 1e-9, "default γ 0.6: \(defaults)")
+        // δ: each of the 5 decodes (one adapter each) pays 0.1 ms at 7B/A800 × (A800 / H200 bandwidth) more.
+        let withDelta = try await times(#"{"per_adapter_seconds_7b": 0.0001}"#)
+        #expect(abs((withDelta.finish - withDelta.first) - (defaults.finish - defaults.first) - 5 * 0.0001 * 2039 / 4800) < 1e-9,
+                "δ: \(withDelta) against \(defaults)")
+        let loaded = try await times(#"{"unmerged_gamma": 0, "per_adapter_seconds_7b": 0, "fixed_seconds": 0.0115, "adapter_load_seconds": 0.301}"#)
+        #expect(abs((loaded.first - slower.first) - 0.3) < 1e-9 && abs((loaded.finish - slower.finish) - 0.3) < 1e-9, "\(slower) → \(loaded)")
+        for (json, expected) in [(#"{"gamma": 0.3}"#, #"unknown coefficient "gamma""#),
+                                 (#"{"memory_bandwidth_utilization": 1.5}"#, #""memory_bandwidth_utilization" must be in (0, 1]"#),
+                                 (#"{"unmerged_gamma": -0.1}"#, #""unmerged_gamma" must be a finite number >= 0"#)] {
+            try json.write(to: profile, atomically: true, encoding: .utf8)
+            let bad = try await Self.simulate(["--cost", "h200-7b", "--requests-file", requests.path, "--cost-profile", profile.path])
+            let lines = bad.stderr.split(separator: "\n")
+            #expect(bad.status != 0 && lines.count == 1 && lines[0].contains(expected), "\(json): \(bad.stderr)")
+        }
+    }
+
     /// `merged_extra_seconds` is signed: at −4 ms a merged iteration costs the fixed 10 ms less 4 ms, so one request
     /// (4-token prompt, 5 tokens) served merged-only finishes after 5 × 6 ms; unmerged-only, after 5 × 10 ms.
     @Test func aNegativeMergedExtraPricesMergedIterationsBelowTheBase() async throws {
