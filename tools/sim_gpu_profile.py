@@ -4,7 +4,7 @@ assumed knobs and with the knobs measured on an H200 (bench/results/gpu-profile-
 tools/gpu_profile.py through tools/gpu_profile_report.py --knobs). What the measured γ, δ, switch and load do
 to the systems' goodput and latency. Run by bench/simulator-gpu-profile.sh; prints markdown.
 
-    python3 tools/sim_gpu_profile.py DLORA TRACE SHAREGPT KNOBS [--rates 150,300,450] [--jobs 2] [--quick]
+    python3 tools/sim_gpu_profile.py DLORA TRACE SHAREGPT KNOBS [--rates 150,300,450,600] [--jobs 2] [--quick]
 """
 import argparse
 import concurrent.futures as cf
@@ -22,7 +22,7 @@ def main():
     ap.add_argument("trace")
     ap.add_argument("sharegpt")
     ap.add_argument("knobs")
-    ap.add_argument("--rates", default="150,300,450")
+    ap.add_argument("--rates", default="150,300,450,600")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
