@@ -84,7 +84,7 @@ public struct RooflineCostModel: ReplicaCostModel {
 
     /// The knobs a measured profile may replace (`dlora simulate --cost h200-7b --cost-profile FILE`), by snake_case
     /// name; δ and the switch stay referenced to Llama-2 7B (and the switch to the A800) and are scaled to the
-    /// model and GPU as above (tools/gpu_profile_report.py --profile converts a measurement).
+    /// model and GPU as above (tools/gpu_profile_report.py --knobs converts a measurement).
     public static var profileKeys: [String: WritableKeyPath<RooflineCostModel, Double>] {
         ["memory_bandwidth_utilization": \.memoryBandwidthUtilization, "compute_utilization": \.computeUtilization,
          "fixed_seconds": \.fixedSeconds, "unmerged_gamma": \.unmergedGamma, "per_adapter_seconds_7b": \.perAdapterSeconds7B,

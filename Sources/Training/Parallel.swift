@@ -5,18 +5,7 @@ import Kernels
 /// is small): the row loops of the elementwise ops (SwiGLU, softmax, cross-entropy, RMSNorm), which run
 /// between BLAS calls and so never compete with OpenBLAS's threads.
 func parallelChunks(_ count: Int, minimumPerChunk: Int = 1, _ body: (Range<Int>) -> Void) {
-    let threads = min(Kernels.threadCount, max(1, count / max(1, minimumPerChunk)))
-    guard threads > 1 else {
-        body(0..<count)
-        return
-    }
-    // The chunks are disjoint row ranges of the caller's buffers: sharing the closure across threads is safe.
-    withoutActuallyEscaping(body) { escapable in
-        let work = UncheckedSendable(escapable)
-        DispatchQueue.concurrentPerform(iterations: threads) { i in
-            work.value((count * i / threads)..<(count * (i + 1) / threads))
-        }
-    }
+    parallelSlots(count, slots: min(Kernels.threadCount, max(1, count / max(1, minimumPerChunk)))) { _, range in body(range) }
 }
 
 /// `count` items in up to `slots` contiguous chunks run at once, each told its slot (0..<chunks) so it can
@@ -27,6 +16,7 @@ func parallelSlots(_ count: Int, slots: Int, _ body: (_ slot: Int, Range<Int>) -
         if count > 0 { body(0, 0..<count) }
         return
     }
+    // The chunks are disjoint row ranges of the caller's buffers: sharing the closure across threads is safe.
     withoutActuallyEscaping(body) { escapable in
         let work = UncheckedSendable(escapable)
         DispatchQueue.concurrentPerform(iterations: chunks) { i in

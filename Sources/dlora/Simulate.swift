@@ -282,13 +282,9 @@ struct Simulate: ParsableCommand {
         }
     }
 
-    /// Replaces `model`'s coefficients by a measured profile's: a JSON object whose keys are among
-    /// `CPUCostModel.profileKeys` (non-negative finite numbers, the two bandwidths positive; those of
-    /// `CPUCostModel.signedProfileKeys` may be negative, as long as `fixed_seconds` covers them, so no iteration is
-    /// priced below zero); `source` (text) is allowed and ignored. An unknown key is an error, so a misspelt coefficient is
-    /// not silently the default.
-    /// A JSON object of `keys`' numbers (and an optional "source") into `model`: unknown keys, non-numbers and
-    /// negative values (except `signed` keys) are refused in one line.
+    /// A JSON object of `keys`' numbers (and an optional "source", ignored) into `model`: unknown keys (so a
+    /// misspelt coefficient is not silently the default), non-numbers, negative values (except `signed` keys) and
+    /// non-positive bandwidths are refused in one line.
     static func profileValues<M>(_ path: String, keys: [String: WritableKeyPath<M, Double>], signed: Set<String> = [],
                                  into model: inout M) throws {
         guard let data = FileManager.default.contents(atPath: path),
@@ -308,6 +304,11 @@ struct Simulate: ParsableCommand {
         }
     }
 
+    /// Replaces `model`'s coefficients by a measured profile's: a JSON object whose keys are among
+    /// `CPUCostModel.profileKeys` (non-negative finite numbers, the two bandwidths positive; those of
+    /// `CPUCostModel.signedProfileKeys` may be negative, as long as `fixed_seconds` covers them, so no iteration is
+    /// priced below zero); `source` (text) is allowed and ignored. An unknown key is an error, so a misspelt coefficient is
+    /// not silently the default.
     static func applyProfile(_ path: String, to model: inout CPUCostModel) throws {
         try profileValues(path, keys: CPUCostModel.profileKeys, signed: CPUCostModel.signedProfileKeys, into: &model)
         let signed = CPUCostModel.signedProfileKeys.sorted()
