@@ -2,8 +2,8 @@
 # LoRA training throughput on the CPU: `dlora train lora` (f32, and --precision bf16) against torch + PEFT (f32 and
 # bf16 autocast), rounds in rotating order (ROUNDS=2), in the issue's configuration — SmolLM2-135M-Instruct, LoRA
 # r 8 / alpha 16 on q_proj,v_proj, batch 8 × 256 tokens (every position labelled), AdamW. Writes
-# bench/results/train.md. Needs torch==2.13.0, transformers, peft (`pip install torch==2.13.0 transformers peft gguf`). Run it on a quiet machine: with other work on the
-# cores the figures are lower bounds for both sides.
+# bench/results/train.md. Needs torch==2.13.0, transformers, peft (`pip install torch==2.13.0 transformers peft gguf`).
+# Run it on a quiet machine: with other work on the cores the figures are lower bounds for both sides.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
