@@ -42,18 +42,7 @@ struct BenchCore: ParsableCommand {
         let c = m.config
         guard prompt + gen <= c.maxPositionEmbeddings else { throw CLIError("--prompt + --gen exceed the model's context") }
 
-        // Bandwidth: stream a buffer much larger than the caches, best of 5.
-        let floats = 256 << 20 / 4
-        let big = Buffer(floats: floats)
-        for i in stride(from: 0, to: floats, by: 1024) { big.floats[i] = 1 }
-        var bestGBs = 0.0
-        for _ in 0..<5 {
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            let sum = Kernels.streamSum(big.floats, count: floats)
-            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            precondition(sum > 0)
-            bestGBs = max(bestGBs, Double(floats * 4) / dt / 1e9)
-        }
+        let bestGBs = Self.streamedGBs()
         let weightBytes = m.weightBytesPerToken
 
         var rows: [String] = []
@@ -70,6 +59,23 @@ struct BenchCore: ParsableCommand {
         print()
         print(String(format: "Memory-bandwidth bound for batch-1 decode: %.1f GB/s streamed (best of 5, %ld threads) / %.1f MB of weights read per token = **%.1f tok/s**.",
                      bestGBs, Kernels.threadCount, Double(weightBytes) / 1e6, bestGBs * 1e9 / Double(weightBytes)))
+    }
+
+    /// Memory read bandwidth in GB/s: a 256 MiB buffer (much larger than the caches) summed over the kernel
+    /// threads, best of 5.
+    static func streamedGBs() -> Double {
+        let floats = 256 << 20 / 4
+        let big = Buffer(floats: floats)
+        for i in stride(from: 0, to: floats, by: 1024) { big.floats[i] = 1 }
+        var bestGBs = 0.0
+        for _ in 0..<5 {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let sum = Kernels.streamSum(big.floats, count: floats)
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            precondition(sum > 0)
+            bestGBs = max(bestGBs, Double(floats * 4) / dt / 1e9)
+        }
+        return bestGBs
     }
 
     struct Result { var prefill: Double; var decode: Double; var msPerStep: Double }

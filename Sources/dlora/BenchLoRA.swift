@@ -50,6 +50,9 @@ struct BenchLoRA: ParsableCommand {
         print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged f32 ms/step | merged f32 overhead | merged Q8_0 ms/step | merged Q8_0 overhead |")
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         var loadRows: [String] = []
+        var bandwidthRows: [(batch: Int, rank: Int, bytes: Double, extra: Double)] = []
+        // Streamed before and after the timed steps; the better of the two counts.
+        var streamed = BenchCore.streamedGBs()
         for rank in Self.list(ranks) {
             let dtype: DType = adapterDtype == "bf16" ? .bf16 : .f32
             let pool = (0..<maxAdapters).map { Self.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: dtype, seed: UInt64(rank * 1000 + $0)) }
@@ -78,6 +81,13 @@ struct BenchLoRA: ParsableCommand {
                     print(String(format: "| %d | %d | %d | %.2f | %.2f | %+.1f %% | %@ |", b, k, rank, base * 1000, unmerged[i] * 1000,
                                  (unmerged[i] / base - 1) * 100, mergedCells))
                 }
+                // The unmerged path's cost as bandwidth: the distinct adapters' bytes (every targeted matrix of
+                // each, read once per step) over the time the step gained.
+                // Only batches where every sequence has its own adapter: there the bytes, not the arithmetic, set
+                // the cost.
+                for (i, k) in ks.enumerated() where k == b && b >= 8 {
+                    bandwidthRows.append((b, rank, Double(pool.prefix(k).reduce(0) { $0 + $1.byteCount }), unmerged[i] - base))
+                }
                 FileHandle.standardError.write(Data("bench lora: rank \(rank) batch \(b) done\n".utf8))
             }
             // Merge/unmerge cost and load time from disk.
@@ -103,6 +113,19 @@ struct BenchLoRA: ParsableCommand {
         print("| rank | adapter size MB (resident) | merge ms (f32) | merge ms (Q8_0) | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
         print("|---:|---:|---:|---:|---:|---:|")
         loadRows.forEach { print($0) }
+        streamed = max(streamed, BenchCore.streamedGBs())
+        guard !bandwidthRows.isEmpty else { return }
+        print()
+        print(String(format: "The unmerged path as bandwidth: the batch's distinct adapters' bytes (read once per step) over the time "
+                     + "the step gained over base; memory streamed at %.1f GB/s in the same run (best of 5, before and after, %ld threads).",
+                     streamed, Kernels.threadCount))
+        print()
+        print("| batch | distinct adapters | rank | adapter MB read per step | extra ms per step | effective GB/s | of streamed |")
+        print("|---:|---:|---:|---:|---:|---:|---:|")
+        for r in bandwidthRows {
+            let cells = r.extra > 0 ? String(format: "%.1f | %.0f %%", r.bytes / r.extra / 1e9, r.bytes / r.extra / 1e9 / streamed * 100) : "— | —"
+            print(String(format: "| %d | %d | %d | %.1f | %.2f | %@ |", r.batch, r.batch, r.rank, r.bytes / 1e6, r.extra * 1000, cells))
+        }
     }
 
     /// Runs `body` with `adapter` merged into `m` in `precision`, then unmerges and restores f32 merging.
