@@ -125,7 +125,7 @@ let package = Package(
         // directories, a seeded RNG, tolerance helpers. Foundation only; never part of a product.
         .target(name: "TestSupport", path: "Tests/TestSupport", swiftSettings: strictSwift),
         .testTarget(name: "KernelsTests", dependencies: ["Kernels", "CKernels", "TestSupport"], swiftSettings: strictSwift),
-        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling"], swiftSettings: strictSwift),
+        .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "ClusterPolicyTests", dependencies: ["ClusterPolicy"], swiftSettings: strictSwift),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Scheduling", "ClusterPolicy", "TestSupport"], swiftSettings: strictSwift),
         // Multi-process: `dlora cluster` (router + replicas) on loopback, driven over HTTP.

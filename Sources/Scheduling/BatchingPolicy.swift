@@ -141,6 +141,11 @@ public func makeBatchingPolicy(_ config: BatchPolicyConfig) -> any BatchingPolic
 /// ran in an executed iteration gains a credit; one that ran goes back to zero.
 struct Credits: Equatable, Sendable {
     private(set) var values: [Int: Int] = [:]
+    // `charge`'s tables, refilled at every call and kept so an iteration does not allocate (not part of the value).
+    private var ranIDs = IntTable(), served = IntTable(), waiting = IntTable()
+    private var gone: [Int] = []
+
+    static func == (a: Credits, b: Credits) -> Bool { a.values == b.values }
 
     func starving(_ queue: [QueuedRequest], bound: Int) -> Set<Int> {
         guard bound > 0 else {
@@ -148,9 +153,9 @@ struct Credits: Equatable, Sendable {
             for r in queue { out.insert(r.adapter) }
             return out
         }
-        // Adapters at the bound first (usually none: then the queue is not walked).
-        var candidates = IntTable()
-        for (a, v) in values where v >= bound { candidates.add(a) }
+        // Adapters at the bound first (usually none: then the queue is not walked, and nothing is allocated).
+        var candidates: [Int] = []
+        for (a, v) in values where v >= bound { candidates.append(a) }
         guard !candidates.isEmpty else { return [] }
         var out = Set<Int>()
         for r in queue where candidates.contains(r.adapter) { out.insert(r.adapter) }
@@ -160,15 +165,19 @@ struct Credits: Equatable, Sendable {
     func credit(_ adapter: Int) -> Int { values[adapter] ?? 0 }
 
     mutating func charge(queue: [QueuedRequest], ran: [PolicyRun]) {
-        var ranIDs = IntTable(capacity: ran.count)
+        ranIDs.removeAll()
+        served.removeAll()
+        waiting.removeAll()
         for r in ran { ranIDs.add(r.id.rawValue) }
-        var served = IntTable(), waiting = IntTable()
         for r in queue {
             if ranIDs.contains(r.id.rawValue) { served.add(r.adapter) } else { waiting.add(r.adapter) }
         }
         for a in served.keys { values[a] = 0 }
         for a in waiting.keys where !served.contains(a) { values[a, default: 0] += 1 }
-        for a in Array(values.keys) where !served.contains(a) && !waiting.contains(a) { values[a] = nil }
+        // Adapters with no queued request left drop out.
+        gone.removeAll(keepingCapacity: true)
+        for a in values.keys where !served.contains(a) && !waiting.contains(a) { gone.append(a) }
+        for a in gone { values[a] = nil }
     }
 }
 

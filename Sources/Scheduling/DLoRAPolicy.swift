@@ -40,6 +40,10 @@ public struct DLoRAPolicy: BatchingPolicy {
     private var stretchAlternativeSeconds = 0.0
     /// The other mode's predicted (tokens, seconds) for the iteration that executed, added when observed.
     private var pendingAlternative: (tokens: Int, seconds: Double)?
+    /// Per-iteration tables, refilled at every call and kept so an iteration does not allocate: the queue's
+    /// requests per adapter (`decide`), the executed runs' ids, each run's adapter, the tokens per adapter
+    /// (`executed`), and the distinct adapters of a window.
+    private var counts = IntTable(), runIDs = IntTable(), adapterOf = IntTable(), perAdapter = IntTable(), distinct = IntTable()
 
     public init(config: BatchPolicyConfig) {
         precondition(config.maxBatchTokens >= 1 && config.maxBatchSequences >= 1 && config.maxAdapters >= 1)
@@ -50,11 +54,11 @@ public struct DLoRAPolicy: BatchingPolicy {
 
     public mutating func decide(_ queue: [QueuedRequest]) -> BatchDecision {
         guard !queue.isEmpty else { return BatchDecision(mode: mode, runs: []) }
-        let window = Array(queue.prefix(config.maxBatchSequences))
-        var counts = IntTable()
+        let window = queue.prefix(config.maxBatchSequences)
+        counts.removeAll()
         for r in queue { counts.add(r.adapter, 1) }
         let starvingNow = creditTable.starving(queue, bound: config.creditBound)
-        let next = nextMode(queue: queue, window: window, counts: counts, starving: starvingNow)
+        let next = nextMode(queue: queue, window: window, starving: starvingNow)
         var pool = queue
         if case .merged(let a) = next { pool = queue.filter { $0.adapter == a } }
         let starving = next == .unmerged ? starvingNow : []
@@ -70,17 +74,23 @@ public struct DLoRAPolicy: BatchingPolicy {
             mode = ran.mode
         }
         // Each run's adapter, from its queue entry (the base model if it has none).
-        var runIDs = IntTable(capacity: ran.runs.count)
+        runIDs.removeAll()
         for r in ran.runs { runIDs.add(r.id.rawValue) }
-        var adapterOf = IntTable(capacity: ran.runs.count)
+        adapterOf.removeAll()
         for r in queue where runIDs.contains(r.id.rawValue) { adapterOf.set(r.id.rawValue, r.adapter) }
-        var perAdapter: [Int: Int] = [:]
+        perAdapter.removeAll()
         for r in ran.runs {
             let a = adapterOf.contains(r.id.rawValue) ? adapterOf[r.id.rawValue] : QueuedRequest.base
-            perAdapter[a, default: 0] += r.tokens
+            perAdapter.add(a, r.tokens)
         }
-        pendingAlternative = alternative(of: ran.mode, perAdapter: perAdapter, window: Array(queue.prefix(config.maxBatchSequences)))
-        pendingLoRATokens = ran.mode == .unmerged ? perAdapter.reduce(0) { $0 + Double($1.value) * loraWeight($1.key) } : nil
+        pendingAlternative = alternative(of: ran.mode, window: queue.prefix(config.maxBatchSequences))
+        if ran.mode == .unmerged {
+            var w = 0.0
+            for a in perAdapter.keys { w += Double(perAdapter[a]) * loraWeight(a) }
+            pendingLoRATokens = w
+        } else {
+            pendingLoRATokens = nil
+        }
     }
 
     /// Records what the executed iteration cost (seconds measured by the engine, or simulated).
@@ -122,17 +132,27 @@ public struct DLoRAPolicy: BatchingPolicy {
     /// What the other mode would have done with this iteration, by the cost model: while unmerged, a merged
     /// step on the batch's dominant adapter serves only that adapter's tokens; while merged, an unmerged step
     /// serves the FCFS window (its tokens within the token budget, its distinct adapters).
-    /// `perAdapter`: the iteration's tokens per adapter.
-    private func alternative(of mode: ExecutionMode, perAdapter: [Int: Int], window: [QueuedRequest]) -> (tokens: Int, seconds: Double)? {
+    /// `perAdapter` holds the iteration's tokens per adapter.
+    private mutating func alternative(of mode: ExecutionMode, window: ArraySlice<QueuedRequest>) -> (tokens: Int, seconds: Double)? {
         guard !perAdapter.isEmpty else { return nil }
         switch mode {
         case .unmerged:
-            guard let dominant = perAdapter.filter({ $0.key != QueuedRequest.base }).values.max() else { return nil }
+            var dominant: Int?
+            for a in perAdapter.keys where a != QueuedRequest.base { dominant = max(dominant ?? .min, perAdapter[a]) }
+            guard let dominant else { return nil }
             return (dominant, config.costs.merged(tokens: dominant))
         case .merged:
             let tokens = min(config.maxBatchTokens, window.reduce(0) { $0 + $1.pendingTokens })
-            return (tokens, config.costs.unmerged(tokens: tokens, adapters: distinctAdapters(window), loraTokens: loraTokens(window, limit: tokens)))
+            let n = distinctAdapters(window)
+            return (tokens, config.costs.unmerged(tokens: tokens, adapters: n, loraTokens: loraTokens(window, limit: tokens)))
         }
+    }
+
+    /// Distinct adapters (not counting the base model) among the requests.
+    private mutating func distinctAdapters(_ requests: ArraySlice<QueuedRequest>) -> Int {
+        distinct.removeAll()
+        for r in requests where r.adapter != QueuedRequest.base { distinct.add(r.adapter) }
+        return distinct.count
     }
 
     private func loraWeight(_ adapter: Int) -> Double {
@@ -140,7 +160,7 @@ public struct DLoRAPolicy: BatchingPolicy {
     }
 
     /// The window's LoRA work in reference-adapter tokens, its tokens capped at `limit` in FCFS order.
-    private func loraTokens(_ window: [QueuedRequest], limit: Int) -> Double {
+    private func loraTokens(_ window: ArraySlice<QueuedRequest>, limit: Int) -> Double {
         var left = limit, w = 0.0
         for r in window where left > 0 {
             let n = min(left, r.pendingTokens)
@@ -157,7 +177,8 @@ public struct DLoRAPolicy: BatchingPolicy {
 
     // MARK: dLoRA
 
-    private func nextMode(queue: [QueuedRequest], window: [QueuedRequest], counts: IntTable, starving: Set<Int>) -> ExecutionMode {
+    /// `counts` holds the queue's requests per adapter.
+    private mutating func nextMode(queue: [QueuedRequest], window: ArraySlice<QueuedRequest>, starving: Set<Int>) -> ExecutionMode {
         let c = config
         // Starving adapters go first: only an unmerged batch can hold them beside the others, unless the
         // current merged adapter is the only one starving. The whole queue counts, not just the FCFS window:
@@ -186,7 +207,8 @@ public struct DLoRAPolicy: BatchingPolicy {
         let h = Double(othersWait ? min(c.amortizationHorizon, c.creditBound) : c.amortizationHorizon)
         let merged = Double(min(nm, c.maxBatchSequences)) * h
             / (switchCost(.merged(adapter: m)) + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
-        let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinctAdapters(window),
+        let distinctInWindow = distinctAdapters(window)
+        let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinctInWindow,
                                                      loraTokens: window.reduce(0) { $0 + loraWeight($1.adapter) })
         return merged > unmerged ? .merged(adapter: m) : .unmerged
     }

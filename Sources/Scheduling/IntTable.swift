@@ -1,53 +1,78 @@
 /// A small open-addressing hash table from Int keys to Int values, with a fixed multiplicative hash: the
 /// policies' per-iteration sets and counts over the queue (adapters, request ids) without Swift's seeded SipHash
-/// per element. `keys` lists the keys in insertion order. `Int.min` cannot be a key.
+/// per element. `keys` lists the keys in insertion order.
+///
+/// `removeAll()` empties it in O(1) and keeps its storage, so a policy can keep one table per use and refill it
+/// every iteration without allocating: an entry holds a key only while its stamp equals the table's generation,
+/// and emptying the table starts a new generation. Key, value and stamp share one entry (one array, so one
+/// uniqueness check and one cache line per write).
 struct IntTable {
-    private static let empty = Int.min
-    private var slots: [Int]
-    private var values: [Int]
+    private struct Entry {
+        var key: Int
+        var value: Int
+        var stamp: UInt32
+    }
+    private var entries: [Entry]
+    private var generation: UInt32 = 1
     private var mask: Int
-    /// Keys in insertion order.
-    private(set) var keys: [Int] = []
+    private var keyStore: [Int] = []
+    /// Keys held.
+    private(set) var count = 0
 
     init(capacity: Int = 8) {
         var n = 16
         while n < capacity * 2 { n <<= 1 }
-        slots = [Int](repeating: Self.empty, count: n)
-        values = [Int](repeating: 0, count: n)
+        entries = [Entry](repeating: Entry(key: 0, value: 0, stamp: 0), count: n)
         mask = n - 1
     }
 
-    var count: Int { keys.count }
-    var isEmpty: Bool { keys.isEmpty }
+    var isEmpty: Bool { count == 0 }
+    /// Keys in insertion order.
+    var keys: ArraySlice<Int> { keyStore[0..<count] }
 
+    /// Empties the table, keeping its storage.
+    mutating func removeAll() {
+        guard count > 0 else { return }
+        count = 0
+        if generation == .max {
+            for i in entries.indices { entries[i].stamp = 0 }
+            generation = 1
+        } else {
+            generation += 1
+        }
+    }
+
+    /// The entry holding `key`, or the free entry where it would go.
     private func bucket(_ key: Int) -> Int {
         var i = Int(truncatingIfNeeded: (UInt64(bitPattern: Int64(key)) &* 0x9E37_79B9_7F4A_7C15) >> 33) & mask
-        while slots[i] != Self.empty && slots[i] != key { i = (i + 1) & mask }
+        while entries[i].stamp == generation && entries[i].key != key { i = (i + 1) & mask }
         return i
     }
 
-    func contains(_ key: Int) -> Bool { slots[bucket(key)] == key }
+    private func holds(_ b: Int, _ key: Int) -> Bool { entries[b].stamp == generation && entries[b].key == key }
+
+    func contains(_ key: Int) -> Bool { holds(bucket(key), key) }
 
     /// The key's value; 0 when absent.
     subscript(key: Int) -> Int {
         let b = bucket(key)
-        return slots[b] == key ? values[b] : 0
+        return holds(b, key) ? entries[b].value : 0
     }
 
     /// Adds `delta` to the key's value, inserting the key (at 0) first if absent.
     mutating func add(_ key: Int, _ delta: Int = 0) {
-        precondition(key != Self.empty)
         var b = bucket(key)
-        if slots[b] != key {
-            if (keys.count + 1) * 2 > slots.count {
-                grow()
-                b = bucket(key)
-            }
-            slots[b] = key
-            values[b] = 0
-            keys.append(key)
+        if holds(b, key) {
+            entries[b].value += delta
+            return
         }
-        values[b] += delta
+        if (count + 1) * 2 > entries.count {
+            grow()
+            b = bucket(key)
+        }
+        entries[b] = Entry(key: key, value: delta, stamp: generation)
+        if count < keyStore.count { keyStore[count] = key } else { keyStore.append(key) }
+        count += 1
     }
 
     /// Sets the key's value (inserting the key if absent).
@@ -55,14 +80,10 @@ struct IntTable {
 
     private mutating func grow() {
         let old = keys.map { ($0, self[$0]) }
-        let n = slots.count * 2
-        slots = [Int](repeating: Self.empty, count: n)
-        values = [Int](repeating: 0, count: n)
+        let n = entries.count * 2
+        entries = [Entry](repeating: Entry(key: 0, value: 0, stamp: 0), count: n)
+        generation = 1
         mask = n - 1
-        for (k, v) in old {
-            let b = bucket(k)
-            slots[b] = k
-            values[b] = v
-        }
+        for (k, v) in old { entries[bucket(k)] = Entry(key: k, value: v, stamp: generation) }
     }
 }
