@@ -82,9 +82,8 @@ struct BenchLoRA: ParsableCommand {
                                  (unmerged[i] / base - 1) * 100, mergedCells))
                 }
                 // The unmerged path's cost as bandwidth: the distinct adapters' bytes (every targeted matrix of
-                // each, read once per step) over the time the step gained.
-                // Only batches where every sequence has its own adapter: there the bytes, not the arithmetic, set
-                // the cost.
+                // each, read once per step) over the time the step gained; only for batches where every sequence
+                // has its own adapter, where the bytes, not the arithmetic, set the cost.
                 for (i, k) in ks.enumerated() where k == b && b >= 8 {
                     bandwidthRows.append((b, rank, Double(pool.prefix(k).reduce(0) { $0 + $1.byteCount }), unmerged[i] - base))
                 }
