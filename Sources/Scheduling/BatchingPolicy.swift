@@ -217,10 +217,3 @@ func fillBatch(_ pool: [QueuedRequest], starving: Set<Int>, credits: Credits, co
     }
     return runs
 }
-
-/// Distinct adapters (not counting the base model) among the requests.
-func distinctAdapters(_ requests: [QueuedRequest]) -> Int {
-    var s = Set<Int>()
-    for r in requests where r.adapter != QueuedRequest.base { s.insert(r.adapter) }
-    return s.count
-}

@@ -51,8 +51,10 @@ struct BenchLoRA: ParsableCommand {
         print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         var loadRows: [String] = []
         var bandwidthRows: [(batch: Int, rank: Int, bytes: Double, extra: Double)] = []
-        // Streamed before and after the timed steps; the better of the two counts.
-        var streamed = BenchCore.streamedGBs()
+        // Streamed before and after the timed steps (the better of the two counts), when a batch has an adapter per
+        // sequence and so gets a bandwidth row.
+        let adapterPerSequence = Self.list(batches).contains { $0 >= 8 && Self.list(adapters).contains($0) }
+        var streamed = adapterPerSequence ? BenchCore.streamedGBs() : 0
         for rank in Self.list(ranks) {
             let dtype: DType = adapterDtype == "bf16" ? .bf16 : .f32
             let pool = (0..<maxAdapters).map { Self.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: dtype, seed: UInt64(rank * 1000 + $0)) }
@@ -112,8 +114,8 @@ struct BenchLoRA: ParsableCommand {
         print("| rank | adapter size MB (resident) | merge ms (f32) | merge ms (Q8_0) | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
         print("|---:|---:|---:|---:|---:|---:|")
         loadRows.forEach { print($0) }
-        streamed = max(streamed, BenchCore.streamedGBs())
         guard !bandwidthRows.isEmpty else { return }
+        streamed = max(streamed, BenchCore.streamedGBs())
         print()
         print(String(format: "The unmerged path as bandwidth: the batch's distinct adapters' bytes (read once per step) over the time "
                      + "the step gained over base; memory streamed at %.1f GB/s in the same run (best of 5, before and after, %ld threads).",
