@@ -79,7 +79,9 @@ class Model:
             h = rms(x, w["n1"])
             qkv = h @ w["qkv"].t()
             if lora is not None:
-                qkv = qkv + lora(li, h)
+                extra = lora(li, h, qkv)  # None: the LoRA path added itself into qkv in place
+                if extra is not None:
+                    qkv = qkv + extra
             q, k, v = qkv.split(H, dim=-1)
             q = q.view(B, T, NH, D).transpose(1, 2)
             if kv is None:
@@ -107,7 +109,7 @@ def adapters(n, dev):
 
 def gathered_lora(A, Bm, idx):
     """Per token its adapter's A and B (BGMV's arithmetic): q and v columns of the fused QKV output."""
-    def f(li, h):  # h: (B, 1, H)
+    def f(li, h, _qkv):  # h: (B, 1, H)
         Bsz = h.shape[0]
         out = torch.zeros(Bsz, 1, 3 * H, device=h.device, dtype=h.dtype)
         for j, col in ((0, 0), (1, 2 * H)):
@@ -121,7 +123,7 @@ def gathered_lora(A, Bm, idx):
 
 def segment_lora(A, Bm, segments):
     """A segment of the batch per adapter (PEFT-like): one pair of products per adapter and module."""
-    def f(li, h):
+    def f(li, h, _qkv):
         out = torch.zeros(h.shape[0], h.shape[1], 3 * H, device=h.device, dtype=h.dtype)
         for ad, (s0, s1) in enumerate(segments):
             hs = h[s0:s1]
