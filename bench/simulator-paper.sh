@@ -5,6 +5,8 @@
 # JOBS simulations at a time (default: the cores). About 11 minutes one at a time on the 2-core reference machine.
 # BURST_SIGMA=1.5 BURST_WINDOW=10 FIGURES=10,11: the same figures under per-adapter bursts (dlora simulate
 # --adapter-burst-sigma), written to simulator-paper-bursty.md and simulator-fig*-bursty.svg.
+# COST_PROFILE=bench/results/gpu-profile-h200-7b-bgmv.knobs.json: every run with those measured roofline knobs
+# (dlora simulate --cost-profile), written to simulator-paper-measured.md and simulator-fig*-measured.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-bench/results}
@@ -20,4 +22,5 @@ WORKLOAD=${WORKLOAD:-$CACHE/sharegpt-2000.jsonl}
 [ -f "$TRACE" ] || { echo "bench/simulator-paper.sh: trace $TRACE not found" >&2; exit 1; }
 mkdir -p "$RESULTS"
 python3 tools/sim_paper.py .build/release/dlora "$TRACE" "$WORKLOAD" "$RESULTS" --jobs "$JOBS" ${QUICK:+--quick} \
-    --burst-sigma "${BURST_SIGMA:-0}" --burst-window "${BURST_WINDOW:-60}" --figures "${FIGURES:-9,10,11,12}"
+    --burst-sigma "${BURST_SIGMA:-0}" --burst-window "${BURST_WINDOW:-60}" --figures "${FIGURES:-9,10,11,12}" \
+    ${COST_PROFILE:+--cost-profile "$COST_PROFILE"}
