@@ -56,6 +56,7 @@ public final class AdapterRegistry: @unchecked Sendable {
     private var removed: Set<Key> = []
     private var clock: UInt64 = 0
     private var attempts = 0
+    private var readSeconds = 0.0
     private let queue = DispatchQueue(label: "dlora.adapter-loader", qos: .utility)
 
     public init(root: String, base: ModelConfig, hostBudgetBytes: Int = 4 << 30) throws {
@@ -75,6 +76,15 @@ public final class AdapterRegistry: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return attempts
+    }
+
+    /// Seconds those loads took (reading, parsing and validating the files), failed ones included: with
+    /// `loadAttempts`, the mean price of a load (the simulator's adapter file model, `dlora simulate
+    /// --adapter-file-load-ms`).
+    public var loadSeconds: Double {
+        lock.lock()
+        defer { lock.unlock() }
+        return readSeconds
     }
 
     // MARK: Names and paths
@@ -288,6 +298,13 @@ public final class AdapterRegistry: @unchecked Sendable {
         lock.lock()
         attempts += 1
         lock.unlock()
+        let start = DispatchTime.now().uptimeNanoseconds
+        defer {
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            lock.lock()
+            readSeconds += seconds
+            lock.unlock()
+        }
         return try AdapterLoader.load(path: path, name: name, base: base, id: id, confinedTo: rootRealPath,
                                       maxFileBytes: max(hostBudgetBytes, 1 << 20))
     }

@@ -35,7 +35,11 @@ public final class ServerMetrics: Sendable {
     private let mergeSeconds: CoreMetrics.FloatingPointCounter
     private let unmerges: CoreMetrics.Counter
     private let unmergeSeconds: CoreMetrics.FloatingPointCounter
+    // The adapter registry's file loads (reads of PEFT/GGUF files into host memory) and their seconds.
+    private let fileLoads: CoreMetrics.Counter
+    private let fileLoadSeconds: CoreMetrics.FloatingPointCounter
     private let last = Locked(GenerationStats())
+    private let lastFiles = Locked((loads: 0, seconds: 0.0))
 
     public init() {
         registry = PrometheusCollectorRegistry()
@@ -76,6 +80,8 @@ public final class ServerMetrics: Sendable {
         mergeSeconds = CoreMetrics.FloatingPointCounter(label: "dlora_adapter_merge_seconds_total", factory: factory)
         unmerges = counter("dlora_adapter_unmerges_total")
         unmergeSeconds = CoreMetrics.FloatingPointCounter(label: "dlora_adapter_unmerge_seconds_total", factory: factory)
+        fileLoads = counter("dlora_adapter_file_loads_total")
+        fileLoadSeconds = CoreMetrics.FloatingPointCounter(label: "dlora_adapter_file_load_seconds_total", factory: factory)
     }
 
     /// One request's outcome: `status` is "ok", or the error's HTTP status.
@@ -119,8 +125,9 @@ public final class ServerMetrics: Sendable {
 
     /// Refreshes the engine-wide series and renders the registry in Prometheus text format, followed by the
     /// vLLM-named series of the inference routers' model-server protocol (`VLLMMetrics`).
-    /// `hostCache`: bytes of adapters the registry keeps in host memory.
-    func render(_ s: EngineSnapshot, inFlight active: Int, hostCache: Int = 0) -> String {
+    /// `hostCache`: bytes of adapters the registry keeps in host memory; `fileLoads`: the registry's loads so far
+    /// and their seconds (`AdapterRegistry.loadAttempts`, `loadSeconds`).
+    func render(_ s: EngineSnapshot, inFlight active: Int, hostCache: Int = 0, fileLoads files: (loads: Int, seconds: Double) = (0, 0)) -> String {
         waiting.record(s.waiting)
         running.record(s.running)
         kvBlocks.record(s.kvBlocksTotal)
@@ -154,6 +161,11 @@ public final class ServerMetrics: Sendable {
                 CoreMetrics.Gauge(label: "dlora_mole_gate_entropy_mean", dimensions: [("model", name)], factory: factory).record(tally.meanEntropy)
             }
             prev = now
+        }
+        lastFiles.withLock { prev in
+            if files.loads > prev.loads { fileLoads.increment(by: files.loads - prev.loads) }
+            if files.seconds > prev.seconds { fileLoadSeconds.increment(by: files.seconds - prev.seconds) }
+            prev = (max(prev.loads, files.loads), max(prev.seconds, files.seconds))
         }
         var text = registry.emitToString()
         if !text.isEmpty && !text.hasSuffix("\n") { text += "\n" }

@@ -170,6 +170,20 @@ public struct CPUCostModel: ReplicaCostModel {
     /// tokenization, the relay), carried by a measured profile for `dlora simulate` to apply as
     /// `SimulationConfig.requestOverheadSeconds` (0 by default).
     public var requestOverheadSeconds = 0.0
+    /// Not a replica cost either: reading an adapter's files into host memory on the first request for it (fixed,
+    /// and optionally a byte rate), carried by a measured profile for `dlora simulate` to apply as
+    /// `SimulationConfig.adapterFiles` (nil by default: no file loads modelled).
+    public var adapterFileLoadSeconds: Double?
+    public var adapterFileBytesPerSecond: Double?
+    /// The two as a profile sets them (a key present in the profile turns file loads on).
+    var adapterFileLoadSecondsSet: Double {
+        get { adapterFileLoadSeconds ?? 0 }
+        set { adapterFileLoadSeconds = newValue }
+    }
+    var adapterFileBytesPerSecondSet: Double {
+        get { adapterFileBytesPerSecond ?? .infinity }
+        set { adapterFileBytesPerSecond = newValue }
+    }
     /// Replica-to-replica K/V over loopback HTTP (f32 frames): not measured yet; an assumption.
     public var transferBytesPerSecond = 1e9
 
@@ -181,7 +195,8 @@ public struct CPUCostModel: ReplicaCostModel {
          "single_token_seconds": \.singleTokenSeconds,
          "merge_seconds_per_element": \.mergeSecondsPerElement, "unmerge_seconds_fixed": \.unmergeSecondsFixed,
          "memory_bytes_per_second": \.memoryBytesPerSecond, "transfer_bytes_per_second": \.transferBytesPerSecond,
-         "adapter_load_seconds": \.adapterLoadFixedSeconds, "request_overhead_seconds": \.requestOverheadSeconds]
+         "adapter_load_seconds": \.adapterLoadFixedSeconds, "request_overhead_seconds": \.requestOverheadSeconds,
+         "adapter_file_load_seconds": \.adapterFileLoadSecondsSet, "adapter_file_bytes_per_second": \.adapterFileBytesPerSecondSet]
     }
 
     /// The profile keys that may be negative (as long as `fixedSeconds` covers their sum: no iteration priced below

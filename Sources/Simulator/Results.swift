@@ -44,6 +44,10 @@ public struct SimulationSummary: Sendable, Equatable {
     public var modeSwitches: Int
     public var preemptions: Int
     public var adapterLoads: Int
+    /// Adapter file loads into host memory, over all replicas (first loads and reloads after an eviction;
+    /// `SimulationConfig.adapterFiles`), and evictions from the replicas' host caches.
+    public var adapterFileLoads: Int
+    public var adapterFileEvictions: Int
     public var migrations: Int
     /// Migration-loop checks, and how many fired for KV pressure and for request imbalance.
     public var migrationChecks: Int

@@ -30,6 +30,10 @@ public struct SimulationConfig: Sendable {
     /// system the HTTP parse, tokenization and the router's relay (bench/simulator-validate.sh measures it).
     /// 0 (the default) delivers at once, as before.
     public var requestOverheadSeconds = 0.0
+    /// Adapter files read into a replica's host memory when it first gets a request for the adapter (and again
+    /// after an eviction from its host cache), before the request reaches the engine's queue
+    /// (`AdapterFileModel`). nil (the default): all adapters' files in host memory from the start.
+    public var adapterFiles: AdapterFileModel?
     /// How often dLoRA dispatch re-places adapters from their smoothed arrival rates (the router's 5 s).
     public var placementPeriod = 5.0
     /// dLoRA dispatch counts leftover requests as a fraction of a batch step (the router's choice); false: the
@@ -68,6 +72,7 @@ public struct SimulationConfig: Sendable {
         if adapterRanks.isEmpty || adapterRanks.contains(where: { $0 < 1 }) { return "adapter ranks must be positive" }
         if !(slo > 0) { return "the SLO must be positive" }
         if !(pollInterval >= 0) || !(placementPeriod > 0) || !(migrationConfig.periodSeconds > 0) { return "periods must be positive" }
+        if let p = adapterFiles?.problem { return p }
         return nil
     }
 }
@@ -134,6 +139,8 @@ struct SimulationRun {
         /// The last status the router read, and requests (per adapter name) dispatched since.
         var status: ReplicaLoad?
         var dispatchedSinceStatus: [String: Int] = [:]
+        /// Its adapter registry's host cache and loader (`SimulationConfig.adapterFiles`).
+        var files = AdapterFileCache()
     }
 
     struct Move {
@@ -145,6 +152,8 @@ struct SimulationRun {
         var stageBlocks = 0
         var sentBlocks = 0
         var kvComputed: Int?
+        /// When the destination has the adapter's files (its reservation loaded them; `adapterFiles`).
+        var filesReady = 0.0
     }
 
     let config: SimulationConfig
@@ -315,6 +324,8 @@ struct SimulationRun {
                     let rest = max(0, (computed + shape.blockSize - 1) / shape.blockSize - move.sentBlocks)
                     moves[m].kvComputed = min(computed, workload[i].promptTokens + generated(i) - 1)
                     queue.push(.landed(m), at: now + cost.transferSeconds(bytes: rest * shape.bytesPerBlock))
+                } else if move.filesReady > now {
+                    queue.push(.delivered(i, replica: move.to), at: move.filesReady)
                 } else {
                     deliver(move.to, .add(i, kv: nil))
                 }
@@ -535,6 +546,7 @@ struct SimulationRun {
             sloAttainment: workload.isEmpty ? 0 : Double(met) / Double(workload.count),
             steps: stats.reduce(0) { $0 + $1.mergedSteps + $1.unmergedSteps }, modeSwitches: stats.reduce(0) { $0 + $1.modeSwitches },
             preemptions: stats.reduce(0) { $0 + $1.preemptions }, adapterLoads: stats.reduce(0) { $0 + $1.adapterLoads },
+            adapterFileLoads: replicas.reduce(0) { $0 + $1.files.loads }, adapterFileEvictions: replicas.reduce(0) { $0 + $1.files.evictions },
             migrations: migrationsDone, migrationChecks: migrationChecks, kvPressureTriggers: kvPressureTriggers,
             imbalanceTriggers: imbalanceTriggers, meanMigrationStall: stallCount > 0 ? stallSum / Double(stallCount) : 0,
             events: events, eventLogHash: hash.value)

@@ -29,9 +29,14 @@ extension SimulationRun {
             if indexed { presence.addRequest(request.adapter, at: target) }
             checkIndex()
         }
-        if config.requestOverheadSeconds > 0 {
-            // In transit (HTTP, tokenization, relay): the replica sees it when it lands.
-            queue.push(.delivered(i, replica: target), at: now + config.requestOverheadSeconds)
+        // In transit (HTTP, tokenization, relay), then past the replica's adapter registry: the replica's engine
+        // sees it then.
+        var at = now + config.requestOverheadSeconds
+        if let files = config.adapterFiles {
+            at = replicas[target].files.ready(key: request.adapter, size: profiles[request.adapter].bytes, at: at, model: files)
+        }
+        if at > now {
+            queue.push(.delivered(i, replica: target), at: at)
         } else {
             deliver(target, .add(i, kv: nil))
         }
@@ -177,12 +182,19 @@ extension SimulationRun {
             hash.mix(6)
             hash.mix(i)
             hash.mix(move.to)
+            // The reservation on the destination loads the adapter's files first (ReplicaControl's reserve).
+            var start = now
+            if let files = config.adapterFiles {
+                let a = workload[i].adapter
+                start = replicas[move.to].files.ready(key: a, size: profiles[a].bytes, at: now, model: files)
+                moves[m].filesReady = start
+            }
             if config.migration == .kv {
                 // First stage: the full blocks it holds now, copied while it keeps decoding.
                 let full = scheduler(move.from, { $0.request(RequestID(i))!.computed }) / shape.blockSize
                 moves[m].stages = 1
                 moves[m].stageBlocks = full
-                queue.push(.copyStage(m), at: now + cost.transferSeconds(bytes: full * shape.bytesPerBlock))
+                queue.push(.copyStage(m), at: start + cost.transferSeconds(bytes: full * shape.bytesPerBlock))
             } else {
                 deliver(move.from, .stop(m))
             }

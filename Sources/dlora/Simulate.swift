@@ -59,6 +59,15 @@ struct Simulate: ParsableCommand {
     @Option(name: .customLong("request-overhead-ms"),
             help: "Milliseconds from a request's arrival at the router to its arrival in the replica's queue (HTTP, tokenization, relay).")
     var requestOverheadMs: Double = 0
+    @Option(name: .customLong("adapter-file-load-ms"),
+            help: "Milliseconds to read an adapter's files into a replica's host memory when it first gets a request for it (one load at a time per replica; default: a measured cpu profile's, else none: all adapters in host memory).")
+    var adapterFileLoadMs: Double?
+    @Option(name: .customLong("adapter-file-gbps"),
+            help: "With file loads: GB/s at which an adapter's bytes are read, on top of --adapter-file-load-ms (default: the fixed part only).")
+    var adapterFileGBps: Double?
+    @Option(name: .customLong("adapter-host-cache-mb"),
+            help: "With file loads: each replica's host cache of loaded adapters, MB (least recently used evicted first; default unbounded).")
+    var adapterHostCacheMb: Double?
     @Option(help: "Cost model: \(RooflineCostModel.names.joined(separator: ", ")).")
     var cost: String = "cpu"
     @Option(help: "JSON of measured coefficients replacing the cost model's: the cpu model's (keys as in CPUCostModel, snake_case) or a GPU model's roofline knobs (RooflineCostModel.profileKeys, e.g. unmerged_gamma, per_adapter_seconds_7b, switch_seconds_7b_a800, adapter_load_seconds; docs/design/simulator.md).")
@@ -98,6 +107,12 @@ struct Simulate: ParsableCommand {
         }
         guard slo > 0, migrationPeriod > 0, pollMs >= 0 else { throw ValidationError("--slo and --migration-period must be positive, --poll-ms >= 0") }
         guard requestOverheadMs >= 0, requestOverheadMs.isFinite else { throw ValidationError("--request-overhead-ms must be a finite number >= 0") }
+        if let v = adapterFileLoadMs { guard v >= 0, v.isFinite else { throw ValidationError("--adapter-file-load-ms must be a finite number >= 0") } }
+        if let v = adapterFileGBps { guard v > 0, v.isFinite else { throw ValidationError("--adapter-file-gbps must be a finite number > 0") } }
+        if let v = adapterHostCacheMb { guard v > 0, v <= 1e9 else { throw ValidationError("--adapter-host-cache-mb must be in (0, 1e9]") } }
+        guard adapterFileLoadMs != nil || (adapterFileGBps == nil && adapterHostCacheMb == nil) || costProfile != nil else {
+            throw ValidationError("--adapter-file-gbps and --adapter-host-cache-mb need --adapter-file-load-ms (or a profile that has it)")
+        }
         if let s = adapterSlots { guard s >= 1 else { throw ValidationError("--adapter-slots must be >= 1") } }
         if let b = maxBatchSequences { guard b >= 1 else { throw ValidationError("--max-batch-sequences must be >= 1") } }
         _ = try PolicyOption.parse(policy, flag: "policy")
@@ -123,10 +138,14 @@ struct Simulate: ParsableCommand {
     func run() throws {
         var model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
         var profiledOverhead = 0.0
+        var profiledFiles: AdapterFileModel?
         if cost == "cpu" && (kvCacheMb != nil || costProfile != nil) {
             var cpu = CPUCostModel(kvCacheMegabytes: kvCacheMb ?? 1024, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256)
             if let costProfile { try Self.applyProfile(costProfile, to: &cpu) }
             profiledOverhead = cpu.requestOverheadSeconds
+            if let f = cpu.adapterFileLoadSeconds {
+                profiledFiles = AdapterFileModel(fixedSeconds: f, bytesPerSecond: cpu.adapterFileBytesPerSecond ?? .infinity)
+            }
             model = cpu
         } else if let costProfile, var roofline = model as? RooflineCostModel {
             try Self.applyProfile(costProfile, to: &roofline)
@@ -165,6 +184,16 @@ struct Simulate: ParsableCommand {
         config.pollInterval = pollMs / 1000
         // The flag, else a measured profile's.
         config.requestOverheadSeconds = requestOverheadMs > 0 ? requestOverheadMs / 1000 : profiledOverhead
+        // Adapter file loads: the flags, else a measured profile's.
+        var files = profiledFiles
+        if let ms = adapterFileLoadMs { files = AdapterFileModel(fixedSeconds: ms / 1000, bytesPerSecond: files?.bytesPerSecond ?? .infinity) }
+        if files != nil {
+            if let g = adapterFileGBps { files!.bytesPerSecond = g * 1e9 }
+            if let mb = adapterHostCacheMb { files!.cacheBytes = Int(mb * 1e6) }
+        } else if adapterFileGBps != nil || adapterHostCacheMb != nil {
+            throw CLIError("--adapter-file-gbps and --adapter-host-cache-mb need --adapter-file-load-ms (the profile has no adapter_file_load_seconds)")
+        }
+        config.adapterFiles = files
         config.adapterRanks = rankList
         config.slo = slo
         let steps = try stepLog.map { try StepLogWriter(path: $0) }
@@ -183,7 +212,8 @@ struct Simulate: ParsableCommand {
             ("avg latency per token s", fmt(s.avgLatencyPerToken, 4)), ("P90 latency s", fmt(s.p90Latency, 3)),
             ("mean TTFT s", fmt(s.meanTTFT, 3)), ("P90 TTFT s", fmt(s.p90TTFT, 3)), ("SLO attainment", fmt(s.sloAttainment * 100, 1) + " %"),
             ("iterations", "\(s.steps)"), ("mode switches", "\(s.modeSwitches)"), ("preemptions", "\(s.preemptions)"),
-            ("adapter loads", "\(s.adapterLoads)"), ("migrations", "\(s.migrations)"),
+            ("adapter loads", "\(s.adapterLoads)"), ("adapter file loads (evictions)", "\(s.adapterFileLoads) (\(s.adapterFileEvictions))"),
+            ("migrations", "\(s.migrations)"),
             ("migration checks (fired: KV pressure / imbalance)", "\(s.migrationChecks) (\(s.kvPressureTriggers) / \(s.imbalanceTriggers))"), ("mean migration stall s", fmt(s.meanMigrationStall, 4)),
             ("events", "\(s.events)"), ("event log hash", String(s.eventLogHash, radix: 16)), ("wall s", fmt(wall, 2)),
             ("events/s (wall)", fmt(Double(s.events) / max(wall, 1e-9), 0)), ("simulated/wall", fmt(s.makespan / max(wall, 1e-9), 1)),
@@ -211,6 +241,8 @@ struct Simulate: ParsableCommand {
             object["mode_switches"] = s.modeSwitches
             object["preemptions"] = s.preemptions
             object["adapter_loads"] = s.adapterLoads
+            object["adapter_file_loads"] = s.adapterFileLoads
+            object["adapter_file_evictions"] = s.adapterFileEvictions
             object["migrations"] = s.migrations
             object["migration_checks"] = s.migrationChecks
             object["kv_pressure_triggers"] = s.kvPressureTriggers

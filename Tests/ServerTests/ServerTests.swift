@@ -399,6 +399,8 @@ import TestSupport
                 "dlora_requests_in_flight 0",
                 "dlora_adapters_resident 1",
                 "dlora_adapter_loads_total 1",
+                "dlora_adapter_file_loads_total 1",
+                "dlora_adapter_file_load_seconds_total",
                 "dlora_swaps_total{direction=\"out\"} 0",
                 "dlora_mode_switches_total",
                 "dlora_adapter_merges_total",
@@ -413,6 +415,10 @@ import TestSupport
                 #expect(text.contains(line), "missing: \(line)")
             }
             #expect(text.contains("# TYPE dlora_time_to_first_token_seconds histogram"))
+            // The one adapter file load took some time (reading and validating a PEFT adapter is not free).
+            let loadSeconds = text.split(separator: "\n").first { $0.hasPrefix("dlora_adapter_file_load_seconds_total ") }
+                .flatMap { Double($0.split(separator: " ").last ?? "") }
+            #expect((loadSeconds ?? 0) > 0, "\(String(describing: loadSeconds))")
         }
     }
 }

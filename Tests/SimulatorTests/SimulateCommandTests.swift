@@ -81,6 +81,47 @@ import Testing
         #expect(bad.status != 0 && bad.stderr.contains("--request-overhead-ms"))
     }
 
+    /// Adapter file loads (`adapter_file_load_seconds` in a profile, or `--adapter-file-load-ms`): the first request
+    /// for an adapter on a replica waits for its files to be read before it is queued, a later one does not, and with
+    /// a host cache too small for two adapters a third adapter's read evicts the first, which is read again on its
+    /// next request. Every iteration costs 10 ms, so a lone request queued at q has its first token at q + 0.01 and
+    /// finishes at q + 0.05.
+    @Test func adapterFileLoadsDelayTheFirstRequestOfEachAdapter() async throws {
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl")
+        let records = dir.file("records.csv")
+        try Self.fixedProfile(#""adapter_file_load_seconds": 0.5"#).write(to: profile, atomically: true, encoding: .utf8)
+        try """
+            {"arrival": 1.0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}
+            {"arrival": 3.0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}
+            {"arrival": 5.0, "adapter": 1, "prompt_tokens": 4, "output_tokens": 5}
+            {"arrival": 7.0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}
+            """.write(to: requests, atomically: true, encoding: .utf8)
+        func firstTokens(_ extra: [String]) async throws -> (first: [Double], loads: Int?, evictions: Int?) {
+            let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--policy", "unmerged-only",
+                                             "--dispatch", "round-robin", "--records", records.path, "--json"] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            let summary = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any])
+            let rows = try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst()
+                .map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+            return (try rows.map { try #require(Double($0[3])) }, summary["adapter_file_loads"] as? Int, summary["adapter_file_evictions"] as? Int)
+        }
+        let profiled = try await firstTokens([])
+        for (got, want) in zip(profiled.first, [1.51, 3.01, 5.51, 7.01]) { #expect(abs(got - want) < 1e-9, "\(profiled)") }
+        #expect(profiled.loads == 2 && profiled.evictions == 0)
+        let flag = try await firstTokens(["--adapter-file-load-ms", "200"])
+        for (got, want) in zip(flag.first, [1.21, 3.01, 5.21, 7.01]) { #expect(abs(got - want) < 1e-9, "\(flag)") }
+        // A cache of 1 MB holds one SmolLM2 q/v adapter (1.8 MB) at a time: adapter 1 evicts 0, which is read again.
+        let small = try await firstTokens(["--adapter-host-cache-mb", "1"])
+        for (got, want) in zip(small.first, [1.51, 3.01, 5.51, 7.51]) { #expect(abs(got - want) < 1e-9, "\(small)") }
+        #expect(small.loads == 3 && small.evictions == 2)
+        for (args, message) in [(["--adapter-file-load-ms", "-1"], "--adapter-file-load-ms"), (["--adapter-file-gbps", "0", "--adapter-file-load-ms", "1"], "--adapter-file-gbps"),
+                                (["--adapter-host-cache-mb", "5"], "need --adapter-file-load-ms")] {
+            let bad = try await Self.simulate(["--requests-file", requests.path] + args)
+            #expect(bad.status != 0 && bad.stderr.contains(message), "\(args): \(bad.stderr)")
+        }
+    }
+
     /// A profile's `per_context_token_seconds` prices each decode run's attention by the positions it attends
     /// (start + 1), and only decode runs: a 4-token prompt's iteration costs the fixed 10 ms (its first token at
     /// 0.01), then the four decodes at starts 4…7 attend 5…8 positions, 1 ms each: 0.01 + 0.04 + 0.026 = 0.076.

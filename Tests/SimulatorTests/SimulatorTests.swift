@@ -267,3 +267,76 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(String(r.summary.eventLogHash, radix: 16) == String(hash, radix: 16))
     }
 }
+
+/// The adapter registry's file loads as the simulator models them (`AdapterFileCache`): one loader per replica,
+/// a request for an adapter being read waits for that read, a host cache bounded in bytes, least recently used out.
+@Suite struct AdapterFileTests {
+    @Test func oneLoaderAndOneReadPerAdapter() {
+        var cache = AdapterFileCache()
+        let model = AdapterFileModel(fixedSeconds: 0.5)
+        #expect(cache.ready(key: 0, size: 100, at: 1.0, model: model) == 1.5)  // read from 1.0
+        #expect(cache.ready(key: 0, size: 100, at: 1.2, model: model) == 1.5)  // waits for that read, reads nothing
+        #expect(cache.ready(key: 1, size: 100, at: 1.2, model: model) == 2.0)  // queued behind it on the one loader
+        #expect(cache.ready(key: 0, size: 100, at: 1.6, model: model) == 1.6)  // in host memory: at once
+        #expect(cache.ready(key: 1, size: 100, at: 1.7, model: model) == 2.0)  // still being read
+        #expect(cache.ready(key: 2, size: 100, at: 3.0, model: model) == 3.5)  // the loader is idle again
+        #expect(cache.loads == 3 && cache.evictions == 0)
+        var rate = AdapterFileCache()
+        #expect(abs(rate.ready(key: 0, size: 500, at: 0, model: AdapterFileModel(fixedSeconds: 0.1, bytesPerSecond: 1000)) - 0.6) < 1e-12)
+    }
+
+    @Test func theHostCacheEvictsTheLeastRecentlyUsed() {
+        var cache = AdapterFileCache()
+        let model = AdapterFileModel(fixedSeconds: 1, cacheBytes: 250)
+        _ = cache.ready(key: 0, size: 100, at: 0, model: model)   // 0 … 1
+        _ = cache.ready(key: 1, size: 100, at: 2, model: model)   // 2 … 3
+        #expect(cache.ready(key: 0, size: 100, at: 4, model: model) == 4)  // a hit: 0 is now the more recent
+        #expect(cache.ready(key: 2, size: 100, at: 5, model: model) == 6)  // 300 bytes > 250: 1 goes
+        #expect(cache.evictions == 1 && !cache.holds(1) && cache.holds(0) && cache.holds(2))
+        #expect(cache.ready(key: 1, size: 100, at: 7, model: model) == 8)  // read again; 0 (used at 4) goes
+        #expect(!cache.holds(0) && cache.holds(2))
+        #expect(cache.loads == 4 && cache.evictions == 2)
+        // An adapter larger than the whole cache is still loaded (and stays until another needs the room).
+        var small = AdapterFileCache()
+        _ = small.ready(key: 0, size: 1000, at: 0, model: model)
+        #expect(small.holds(0) && small.evictions == 0)
+        #expect(AdapterFileModel(fixedSeconds: -1).problem != nil && AdapterFileModel(fixedSeconds: 0, bytesPerSecond: 0).problem != nil)
+    }
+
+    /// In a whole run (moves included: a migration's reservation loads the adapter on the destination), every
+    /// request still finishes once, every replica a request ended on holds that adapter's files (the cache is
+    /// unbounded here; with 64 adapters behind dLoRA's placement, moves reach replicas that had not served the
+    /// adapter, and a mutation that skips the destination's load fails this), the same seed gives the same log,
+    /// and the loads delay requests: the first request reaches an idle cluster and waits for its read.
+    @Test(arguments: [SimMigration.off, .recompute, .kv])
+    func runsWithFileLoads(migration: SimMigration) {
+        func config(_ files: AdapterFileModel?) -> SimulationConfig {
+            var config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24), policy: .dlora, dispatch: .dlora, migration: migration)
+            config.migrationConfig = MigrationConfiguration(periodSeconds: 2, requestExcess: 3)
+            config.adapterRanks = [8, 16, 32, 64]
+            config.adapterFiles = files
+            return config
+        }
+        let w = Workload.generate(WorkloadSpec(requests: 120, rate: 20, adapters: 64, alpha: 1, lengths: .logNormal(promptMedian: 64, outputMedian: 24),
+                                               maxPrompt: 256, maxOutput: 96, seed: 5))
+        let files = AdapterFileModel(fixedSeconds: 0.25)
+        var run = SimulationRun(config: config(files), workload: w)
+        run.run()
+        let a = run.result()
+        let b = Simulation.run(config(files), workload: w), none = Simulation.run(config(nil), workload: w)
+        #expect(a.invariants.holds, "\(a.invariants)")
+        #expect(a.summary.finished == 120)
+        #expect(a.summary.eventLogHash == b.summary.eventLogHash && a.records == b.records)
+        #expect(a.summary.eventLogHash != none.summary.eventLogHash)
+        #expect(none.summary.adapterFileLoads == 0 && a.summary.adapterFileEvictions == 0)
+        if migration != .off { #expect(a.summary.migrations > 0, "the workload is meant to move requests") }
+        for r in a.records {
+            guard let rep = r.replica else { continue }
+            let holds = run.replicas[rep].files.holds(r.adapter)
+            #expect(holds, "request \(r.id) ended on replica \(rep) without adapter \(r.adapter)'s files")
+        }
+        let first = a.records.min { $0.arrival < $1.arrival }!
+        #expect(first.firstToken! - first.arrival >= 0.25)
+        #expect(none.records.min { $0.arrival < $1.arrival }!.firstToken! - first.arrival < 0.25)
+    }
+}
