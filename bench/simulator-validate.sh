@@ -27,7 +27,8 @@
 #    P90 of the requests' latency (arrival → last token). Differences over 15 % are marked.
 # Everything is bounded (startup, each load run, the stop); an EXIT trap stops every process started, by PID.
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
-# SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD
+# SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE CAL_RATES CAL_CLUSTER_RATES CAL_REQUESTS CAL_SEED
+# STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD
 # SIM_ONLY.
 # About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
@@ -259,8 +260,16 @@ switch_counters() {
         END { n = split("dlora_adapter_merges_total dlora_adapter_merge_seconds_total dlora_adapter_unmerges_total dlora_adapter_unmerge_seconds_total", k, " ")
               for (i = 1; i <= n; i++) printf "%s%s", (k[i] in v ? v[k[i]] : "nan"), (i < n ? " " : "\n") }'
 }
-calibrate_merge() {  # profile json
+file_counters() {  # the adapter registry's file loads and their seconds
+    curl -s --max-time 10 "$url/metrics" | awk '
+        { v[$1] = $2 }
+        END { printf "%s %s\n", ("dlora_adapter_file_loads_total" in v ? v["dlora_adapter_file_loads_total"] : "nan"),
+                                 ("dlora_adapter_file_load_seconds_total" in v ? v["dlora_adapter_file_load_seconds_total"] : "nan") }'
+}
+calibrate_merge() {  # profile json, then other profiles that get its adapter file load time
     local profile=$1 steps="$tmp/cal-merge.steps.jsonl" fitted_from=0
+    shift
+    local others=("$@")
     rm -f "$steps"
     start_server "$tmp/cal-merge.log" 's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
         "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy merged-only \
@@ -275,7 +284,22 @@ calibrate_merge() {  # profile json
             -d "{\"model\":\"adapter-$((k % 4))\",\"prompt\":\"The quick brown fox\",\"max_tokens\":2,\"temperature\":0,\"ignore_eos\":true}"
     done
     after=$(switch_counters)
+    local files
+    files=$(file_counters)
     stop_server
+    # The registry's reads of the adapters' files (their first requests above), as the simulator's file-load model.
+    # shellcheck disable=SC2086  # two numbers
+    python3 - $files "$profile" "${others[@]+"${others[@]}"}" <<'PY' || echo "validate: no adapter file loads scraped; the profiles model none" >&2
+import json, sys
+loads, seconds = float(sys.argv[1]), float(sys.argv[2])
+assert loads >= 1, "no adapter file loads"
+for path in sys.argv[3:]:
+    p = json.load(open(path))
+    p["adapter_file_load_seconds"] = seconds / loads
+    p["source"] += f"; adapter file load {seconds / loads * 1e3:.2f} ms (the served registry's mean of {loads:.0f})"
+    json.dump(p, open(path, "w"), indent=1)
+print(f"adapter file load {seconds / loads * 1e3:.2f} ms, mean of {loads:.0f}")
+PY
     # shellcheck disable=SC2086  # four numbers each
     python3 - "$profile" $before $after <<'PY' || echo "validate: merge calibration failed; the profile keeps lora.md's merge" >&2
 import json, sys
@@ -306,15 +330,19 @@ PY
 }
 # The step price at the loads served: an open-loop run of the trace with another seed (CAL_SEED: another sample of
 # the same workload — other requests, adapters and gaps than the runs compared), CAL_REQUESTS requests at
-# CAL_RATE (one replica, dLoRA batching) and CAL_CLUSTER_RATE (the cluster, dLoRA dispatch), under --step-log,
+# CAL_RATES (one replica, dLoRA batching) and CAL_CLUSTER_RATES (the cluster, dLoRA dispatch), under --step-log,
 # after a warm-up; the fixed, per-sequence, per-prompt-token, per-position, merged-extra and one-token seconds are
 # fitted on its iterations (as the cross-validated table's are on the runs'). The closed-loop calibration above then only
 # gives the per-request overhead. CAL_TRACE=0 keeps the closed-loop fit.
 CAL_TRACE=${CAL_TRACE:-1}
 CAL_SEED=${CAL_SEED:-$((SEED + 1))}
 CAL_REQUESTS=${CAL_REQUESTS:-48}
-CAL_RATE=${CAL_RATE:-3}
-CAL_CLUSTER_RATE=${CAL_CLUSTER_RATE:-4}
+# Calibrated at more than one rate (CAL_RATES for one replica, CAL_CLUSTER_RATES for the cluster; one run each,
+# their iterations fitted together), so the line covers the few-sequence iterations of a light load and the full
+# ones of a heavy one. One rate each (the earlier default: CAL_RATES=3 CAL_CLUSTER_RATES=4) fits the batch sizes of
+# that load alone.
+CAL_RATES=${CAL_RATES:-${CAL_RATE:-"2 4"}}
+CAL_CLUSTER_RATES=${CAL_CLUSTER_RATES:-${CAL_CLUSTER_RATE:-"2 6"}}
 # For the one-replica profile the same trace is also served merged-only (CAL_MERGED=1): a dLoRA trace run merges
 # seldom, so without it the merged iteration's price (the signed merged extra) rests on the merge calibration's
 # two-token requests; with it, both servers' iterations are fitted together.
@@ -332,11 +360,14 @@ trace_steps() {  # rate, step log, then the server's log, ready pattern and comm
     stop_server
     cat "$tmp/cal-trace.json.steps.jsonl" >> "$tmp/cal-trace.all.jsonl" 2>/dev/null || true
 }
-calibrate_trace() {  # profile json, rate, step log, then the server's log, ready pattern and command (with --policy and --step-log)
-    local profile=$1 rate=$2 steps=$3 log=$4 pattern=$5
+calibrate_trace() {  # profile json, rates (space-separated), step log, then the server's log, ready pattern and command (with --policy and --step-log)
+    local profile=$1 rates=$2 steps=$3 log=$4 pattern=$5
     shift 5
     rm -f "$tmp/cal-trace.all.jsonl"
-    trace_steps "$rate" "$steps" "$log" "$pattern" "$@"
+    local rate
+    for rate in $rates; do
+        trace_steps "$rate" "$steps" "$log" "$pattern" "$@"
+    done
     if [ "$CAL_MERGED" != 0 ] && [ "$2" = serve ]; then  # "$1" is the binary
         # The same server merged-only, its own step log.
         local merged=() prev=""
@@ -348,7 +379,9 @@ calibrate_trace() {  # profile json, rate, step log, then the server's log, read
             esac
             prev=$a
         done
-        trace_steps "$rate" "$steps.merged" "$log.merged" "$pattern" "${merged[@]}"
+        for rate in $rates; do
+            trace_steps "$rate" "$steps.merged" "$log.merged" "$pattern" "${merged[@]}"
+        done
     fi
     [ -s "$tmp/cal-trace.all.jsonl" ] || { echo "validate: the trace calibration wrote no step log" >&2; return 0; }
     cp "$tmp/cal-trace.all.jsonl" "$data/calibration-$(basename "$profile" .json).steps.jsonl"  # kept with the runs' data
@@ -356,11 +389,13 @@ calibrate_trace() {  # profile json, rate, step log, then the server's log, read
         sed -n '/least squares/,$p' "$steps.fit.txt" >&2
         local served=dLoRA
         [ -s "$steps.merged" ] && served="dLoRA, and again merged-only"
-        python3 - "$profile" "$rate" "$CAL_REQUESTS" "$CAL_SEED" "$served" <<'PY'
+        python3 - "$profile" "$rates" "$CAL_REQUESTS" "$CAL_SEED" "$served" <<'PY'
 import json, sys
-path, rate, n, seed, served = sys.argv[1:6]
+path, rates, n, seed, served = sys.argv[1:6]
+rates = rates.split()
 p = json.load(open(path))
-p["source"] += (f"; then, on the iterations of an open-loop trace run (seed {seed}, {n} requests at {rate} req/s, {served}): "
+runs = "an open-loop trace run" if len(rates) == 1 else f"{len(rates)} open-loop trace runs"
+p["source"] += (f"; then, on the iterations of {runs} (seed {seed}, {n} requests at {' and '.join(rates)} req/s, {served}): "
                 f"decode {p['fixed_seconds']*1e3:.2f} ms + {p['per_decode_seconds']*1e3:.2f} ms/sequence + "
                 f"{p['per_context_token_seconds']*1e9:.0f} ns per position, prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token, "
                 f"merged extra {p['merged_extra_seconds']*1e3:.2f} ms, one-token iteration {p.get('single_token_seconds', 0)*1e3:+.2f} ms")
@@ -389,15 +424,15 @@ if [ "$CALIBRATE" != 0 ] && { [ -z "${SIM_ONLY:-}" ] || [ -n "${RECALIBRATE:-}" 
         "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
         --adapter-slots "$SLOTS" --dispatch round-robin --migration off --policy unmerged-only -- --step-log "$tmp/cal-cluster.steps.jsonl"
     echo "validate: timing merges and merged steps in the served engine" >&2
-    calibrate_merge "$RESULTS/simulator-profile-2threads.json"
+    calibrate_merge "$RESULTS/simulator-profile-2threads.json" "$RESULTS/simulator-profile-1thread-shared.json"
     if [ "$CAL_TRACE" != 0 ]; then
         echo "validate: the step price at served loads (a trace run with seed $CAL_SEED: one replica, then the cluster)" >&2
-        calibrate_trace "$RESULTS/simulator-profile-2threads.json" "$CAL_RATE" "$tmp/cal-trace-serve.steps.jsonl" "$tmp/cal-trace-serve.log" \
+        calibrate_trace "$RESULTS/simulator-profile-2threads.json" "$CAL_RATES" "$tmp/cal-trace-serve.steps.jsonl" "$tmp/cal-trace-serve.log" \
             's/.*dlora: serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
             "$DLORA" serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --threads 2 --adapter-slots "$SLOTS" --policy dlora \
             --step-log "$tmp/cal-trace-serve.steps.jsonl"
         # shellcheck disable=SC2086
-        calibrate_trace "$RESULTS/simulator-profile-1thread-shared.json" "$CAL_CLUSTER_RATE" "$tmp/cal-trace-cluster.steps.jsonl" \
+        calibrate_trace "$RESULTS/simulator-profile-1thread-shared.json" "$CAL_CLUSTER_RATES" "$tmp/cal-trace-cluster.steps.jsonl" \
             "$tmp/cal-trace-cluster.log" 's/.*dlora: router on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' \
             "$DLORA" cluster --model "$MODEL" --adapters "$tmp/adapters" --port 0 --replicas "$REPLICAS" --threads "$THREADS" \
             --adapter-slots "$SLOTS" --dispatch dlora --migration off $MIGRATION_FLAGS -- --step-log "$tmp/cal-trace-cluster.steps.jsonl"
