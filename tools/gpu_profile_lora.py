@@ -53,22 +53,6 @@ def measure(args):
             return None
         return f
 
-    def graph_ms(m, x, kv, lora):
-        if gp.SMOKE:
-            return gp.timed(lambda: m.step(x, kv, lora), 1, warmup=1)
-        s_ = torch.cuda.Stream()
-        s_.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s_):
-            for _ in range(2):
-                m.step(x, kv, lora)
-        torch.cuda.current_stream().wait_stream(s_)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            m.step(x, kv, lora)
-        ms = gp.timed(graph.replay, args.reps)
-        del graph
-        return ms
-
     with torch.inference_mode():
         m = gp.Model(dev)
         # Parity at full shape, one layer: Triton against the gathered products (both FP16 in, FP32 sums).
@@ -98,7 +82,7 @@ def measure(args):
                 if how == "triton-none":
                     idx = torch.full_like(idx, -1)
                 lora = gp.gathered_lora(A, Bm, idx.long()) if how == "gathered" else triton_lora(A, Bm, idx, Bsz, rank)
-            ms = graph_ms(m, x, kv, lora)
+            ms = gp.graph_ms(lambda: m.step(x, kv, lora), args.reps)
             res["runs"].append({"batch": Bsz, "adapters": n, "rank": rank, "how": how, "ms": ms})
             print(how, Bsz, n, rank, round(ms, 3), flush=True)
             del kv, lora
@@ -117,7 +101,7 @@ def measure(args):
                         qkv[b, :, col:col + H].add_((h[b] @ A[b, li, j].t()) @ Bm[b, li, j].t(), alpha=2.0)
                 return None
             for how, lora in (("prefill-merged", None), ("prefill-segments", seg)):
-                ms = graph_ms(m, x, None, lora)
+                ms = gp.graph_ms(lambda: m.step(x, None, lora), args.reps)
                 res["runs"].append({"batch": Bsz, "prompt": 512, "adapters": Bsz if lora else 0, "rank": 16, "how": how, "ms": ms})
                 print(how, Bsz, round(ms, 3), flush=True)
             del A, Bm

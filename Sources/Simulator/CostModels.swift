@@ -175,7 +175,7 @@ public struct CPUCostModel: ReplicaCostModel {
     /// `SimulationConfig.adapterFiles` (nil by default: no file loads modelled).
     public var adapterFileLoadSeconds: Double?
     public var adapterFileBytesPerSecond: Double?
-    /// The two as a profile sets them (a key present in the profile turns file loads on).
+    /// The two as a profile sets them (`adapter_file_load_seconds` present in the profile turns file loads on).
     var adapterFileLoadSecondsSet: Double {
         get { adapterFileLoadSeconds ?? 0 }
         set { adapterFileLoadSeconds = newValue }

@@ -109,7 +109,7 @@ struct Simulate: ParsableCommand {
         guard requestOverheadMs >= 0, requestOverheadMs.isFinite else { throw ValidationError("--request-overhead-ms must be a finite number >= 0") }
         if let v = adapterFileLoadMs { guard v >= 0, v.isFinite else { throw ValidationError("--adapter-file-load-ms must be a finite number >= 0") } }
         if let v = adapterFileGBps { guard v > 0, v.isFinite else { throw ValidationError("--adapter-file-gbps must be a finite number > 0") } }
-        if let v = adapterHostCacheMb { guard v > 0, v <= 1e9 else { throw ValidationError("--adapter-host-cache-mb must be in (0, 1e9]") } }
+        if let v = adapterHostCacheMb { guard v >= 1e-6, v <= 1e9 else { throw ValidationError("--adapter-host-cache-mb must be in [0.000001, 1e9] (at least a byte)") } }
         guard adapterFileLoadMs != nil || (adapterFileGBps == nil && adapterHostCacheMb == nil) || costProfile != nil else {
             throw ValidationError("--adapter-file-gbps and --adapter-host-cache-mb need --adapter-file-load-ms (or a profile that has it)")
         }
@@ -196,6 +196,7 @@ struct Simulate: ParsableCommand {
         config.adapterFiles = files
         config.adapterRanks = rankList
         config.slo = slo
+        if let problem = config.problem { throw CLIError(problem) }
         let steps = try stepLog.map { try StepLogWriter(path: $0) }
         let started = DispatchTime.now().uptimeNanoseconds
         let result = Simulation.run(config, workload: requestsList, onStep: steps.map { $0.append })
