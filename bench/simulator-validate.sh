@@ -385,7 +385,10 @@ calibrate_trace() {  # profile json, rates (space-separated), step log, then the
     fi
     [ -s "$tmp/cal-trace.all.jsonl" ] || { echo "validate: the trace calibration wrote no step log" >&2; return 0; }
     cp "$tmp/cal-trace.all.jsonl" "$data/calibration-$(basename "$profile" .json).steps.jsonl"  # kept with the runs' data
-    if python3 bench/step_log.py "$profile" "$tmp/cal-trace.all.jsonl" --fit "$profile" --fit-keys "$FIT_KEYS" > "$steps.fit.txt"; then
+    # Each server process's iterations weigh the same in the fit (a light run has many more, smaller iterations than a
+    # heavy one, and pooled they pulled the line towards the light load: docs/design/simulator.md).
+    if python3 bench/step_log.py "$profile" "$tmp/cal-trace.all.jsonl" --fit "$profile" --fit-keys "$FIT_KEYS" --equal-processes \
+            > "$steps.fit.txt"; then
         sed -n '/least squares/,$p' "$steps.fit.txt" >&2
         local served=dLoRA
         [ -s "$steps.merged" ] && served="dLoRA, and again merged-only"
@@ -394,7 +397,7 @@ import json, sys
 path, rates, n, seed, served = sys.argv[1:6]
 rates = rates.split()
 p = json.load(open(path))
-runs = "an open-loop trace run" if len(rates) == 1 else f"{len(rates)} open-loop trace runs"
+runs = "an open-loop trace run" if len(rates) == 1 else f"{len(rates)} open-loop trace runs, each server process weighted equally"
 p["source"] += (f"; then, on the iterations of {runs} (seed {seed}, {n} requests at {' and '.join(rates)} req/s, {served}): "
                 f"decode {p['fixed_seconds']*1e3:.2f} ms + {p['per_decode_seconds']*1e3:.2f} ms/sequence + "
                 f"{p['per_context_token_seconds']*1e9:.0f} ns per position, prefill {p['per_prefill_token_seconds']*1e3:.2f} ms/token, "

@@ -121,8 +121,11 @@ def solve(rows, ys, cols):
     return x
 
 
-def fit(p, steps, keys):
-    """Least squares of forward seconds on the profile's step terms `keys` (normal equations, no numpy needed)."""
+def fit(p, steps, keys, equal_processes=False):
+    """Least squares of forward seconds on the profile's step terms `keys` (normal equations, no numpy needed).
+    `equal_processes`: each server process's iterations (the log's `replica`, its process id) weigh as much in all
+    as any other's, however many there are (weighted least squares), so a light run's many small iterations do not
+    outweigh a heavy run's fewer, fuller ones."""
     names = NAMES
     unknown = set(keys) - set(names)
     if unknown:
@@ -144,8 +147,16 @@ def fit(p, steps, keys):
     # A cost fitted below zero is noise, or a term these iterations cannot separate: it is priced as none (held at
     # 0) and the others are fitted again without it, most negative first, until none is (but the SIGNED ones).
     zeroed = []
+    wrows, wys = rows, ys
+    if equal_processes:
+        per = {}
+        for s in steps:
+            per[s["replica"]] = per.get(s["replica"], 0) + 1
+        w = [(len(steps) / (len(per) * per[s["replica"]])) ** 0.5 for s in steps]
+        wrows = [[v * wi for v in r] for r, wi in zip(rows, w)]
+        wys = [y * wi for y, wi in zip(ys, w)]
     while True:
-        x = solve(rows, ys, cols)
+        x = solve(wrows, wys, cols)
         negative = [(v, j) for j, v in zip(cols, x) if names[j] not in SIGNED and v < 0]
         if not negative:
             break
@@ -298,6 +309,15 @@ def self_test():
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         got = fit(dict(p, per_lora_token_seconds=0.001), steps, ["fixed_seconds"])
     assert got["per_lora_token_seconds"] == 0.001 and got["fixed_seconds"] == 0.0, got
+    # Equal weight per process: 300 iterations of one process at fixed 10 ms and 30 of another at 20 ms (the rest the
+    # truth, held): pooled, the fixed term is their mean over iterations (10.91 ms); weighted, over processes (15 ms).
+    a = [dict(r, replica=1, forward_seconds=price(p, r)) for r in steps[:300]]
+    b = [dict(r, replica=2, forward_seconds=price(dict(p, fixed_seconds=0.02), r)) for r in steps[300:330]]
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        pooled = fit(p, a + b, ["fixed_seconds"])
+        equal = fit(p, a + b, ["fixed_seconds"], equal_processes=True)
+    assert abs(pooled["fixed_seconds"] - (300 * 0.01 + 30 * 0.02) / 330) <= 1e-12, pooled
+    assert abs(equal["fixed_seconds"] - 0.015) <= 1e-12, equal
     # Overlap: replica 1's iteration [0, 1] meets replica 2's [0.5, 2] and [0.2, 0.4] (a union of 0.7 s of its
     # 1 s), replica 2's [0.5, 2] meets [0, 1] for 0.5 s of 1.5 s, and [3, 4] meets nothing.
     ol = [{"replica": 1, "start": 0.0, "step_seconds": 1.0}, {"replica": 2, "start": 0.5, "step_seconds": 1.5},
@@ -315,6 +335,8 @@ def main(argv):
     ap.add_argument("logs", nargs="+")
     ap.add_argument("--fit", metavar="OUT.json", help="write the profile refitted on the first log here (may be the input)")
     ap.add_argument("--fit-keys", default=",".join(DEFAULT_FIT), help="comma-separated step terms to fit")
+    ap.add_argument("--equal-processes", action="store_true",
+                    help="with --fit: weigh each server process's iterations equally in all (weighted least squares)")
     ap.add_argument("--overlap", action="store_true", help="measure cross-replica interference (logs of several replicas)")
     a = ap.parse_args(argv)
     with open(a.profile) as f:
@@ -332,7 +354,7 @@ def main(argv):
         print(f"\nall {len(logs)} logs: {len(pooled)} iterations, mean overlap {sum(o for _, o in pooled) / len(pooled):.2f}")
         overlap_tables(p, pooled)
     if a.fit:
-        fitted = fit(p, logs[0][1], a.fit_keys.split(","))
+        fitted = fit(p, logs[0][1], a.fit_keys.split(","), equal_processes=a.equal_processes)
         fitted["source"] = p.get("source", "") + f"; {a.fit_keys} refitted on {len(logs[0][1])} served iterations"
         with open(a.fit, "w") as f:
             json.dump(fitted, f, indent=1)
