@@ -31,15 +31,19 @@ extension SimulationRun {
         }
         // In transit (HTTP, tokenization, relay), then past the replica's adapter registry: the replica's engine
         // sees it then.
-        var at = now + config.requestOverheadSeconds
-        if let files = config.adapterFiles {
-            at = replicas[target].files.ready(key: request.adapter, size: profiles[request.adapter].bytes, at: at, model: files)
-        }
+        let at = adapterFilesReady(on: target, adapter: request.adapter, at: now + config.requestOverheadSeconds)
         if at > now {
             queue.push(.delivered(i, replica: target), at: at)
         } else {
             deliver(target, .add(i, kv: nil))
         }
+    }
+
+    /// When a request for `adapter` reaching replica `r` at `t` is past its adapter registry: `t` itself unless
+    /// file loads are modelled (`SimulationConfig.adapterFiles`) and the adapter's files are not yet in its host memory.
+    mutating func adapterFilesReady(on r: Int, adapter: Int, at t: Double) -> Double {
+        guard let files = config.adapterFiles else { return t }
+        return replicas[r].files.ready(key: adapter, size: profiles[adapter].bytes, at: t, model: files)
     }
 
     /// What dispatch sees: each replica's last status plus the requests dispatched to it since
@@ -183,12 +187,8 @@ extension SimulationRun {
             hash.mix(i)
             hash.mix(move.to)
             // The reservation on the destination loads the adapter's files first (ReplicaControl's reserve).
-            var start = now
-            if let files = config.adapterFiles {
-                let a = workload[i].adapter
-                start = replicas[move.to].files.ready(key: a, size: profiles[a].bytes, at: now, model: files)
-                moves[m].filesReady = start
-            }
+            let start = adapterFilesReady(on: move.to, adapter: workload[i].adapter, at: now)
+            moves[m].filesReady = start
             if config.migration == .kv {
                 // First stage: the full blocks it holds now, copied while it keeps decoding.
                 let full = scheduler(move.from, { $0.request(RequestID(i))!.computed }) / shape.blockSize
