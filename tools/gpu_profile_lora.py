@@ -23,6 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_profile_report import delta_7b_a800, unmerged_line  # noqa: E402
 
 
 def measure(args):
@@ -120,12 +121,8 @@ def merged_ms(r, batch, how="merged"):
 
 def fit(r, how, batch=32, rank=16):
     """γ and δ (seconds per distinct adapter) of step = merged·(1 + γ) + δ·n, least squares over n."""
-    base = merged_ms(r, batch) / 1e3
     pts = [(x["adapters"], x["ms"] / 1e3) for x in r["runs"] if x["how"] == how and x["batch"] == batch and x["rank"] == rank]
-    nm = sum(n for n, _ in pts) / len(pts)
-    ym = sum(y for _, y in pts) / len(pts)
-    slope = max(0.0, sum((n - nm) * (y - ym) for n, y in pts) / sum((n - nm) ** 2 for n, _ in pts))
-    return max(0.0, (ym - slope * nm) / base - 1), slope
+    return unmerged_line(merged_ms(r, batch) / 1e3, pts)
 
 
 def report(paths):
@@ -197,11 +194,10 @@ def main():
         r = json.load(open(args.knobs[0]))
         base = json.load(open(args.knobs[1])) if os.path.exists(args.knobs[1]) else {}
         g, d = fit(r, "triton")
-        # δ is referenced to 7B on an A800, as the roofline scales it (layers · hidden, and HBM bandwidth).
-        layers, hidden = {"7b": (32, 4096), "13b": (40, 5120)}[r["model"]]
-        size = layers * hidden / (32 * 4096)
-        base.update({"source": base.get("source", "") + "; γ and δ: tools/gpu_profile_lora.py (Triton BGMV-style kernels) --knobs",
-                     "unmerged_gamma": round(g, 4), "per_adapter_seconds_7b": d * (4800e9 / 2039e9) / size})
+        note = "; γ and δ: tools/gpu_profile_lora.py (Triton BGMV-style kernels) --knobs"
+        source = base.get("source", "")
+        base.update({"source": source if source.endswith(note) else source + note,
+                     "unmerged_gamma": round(g, 4), "per_adapter_seconds_7b": delta_7b_a800(d, r["model"])})
         with open(args.knobs[1], "w") as f:
             json.dump(base, f, indent=1)
             f.write("\n")

@@ -26,23 +26,35 @@ def merged(batch, context, tokens=None):
     return FIXED + max(bytes_ / (HBM * MBU), flops / (PEAK * MFU))
 
 
-def knobs(r, name, size, elements_ratio):
+def unmerged_line(merged_seconds, pts):
+    """γ and δ (seconds per distinct adapter) of step = merged·(1 + γ) + δ·n: a least-squares line through the
+    (n, step seconds) points, neither below 0."""
+    n_mean = sum(n for n, _ in pts) / len(pts)
+    y_mean = sum(y for _, y in pts) / len(pts)
+    slope = max(0.0, sum((n - n_mean) * (y - y_mean) for n, y in pts) / sum((n - n_mean) ** 2 for n, _ in pts))
+    return max(0.0, (y_mean - slope * n_mean) / merged_seconds - 1), slope
+
+
+def delta_7b_a800(delta, model):
+    """δ measured on an H200 with `model`'s shapes, referred to 7B on an A800 as the roofline scales it (by layers ·
+    hidden, and by HBM bandwidth)."""
+    _, layers, hidden = MODELS[model]
+    return delta * (HBM / A800_HBM) / (layers * hidden / (32 * 4096))
+
+
+def knobs(r, name, elements_ratio):
     """The roofline knobs this measurement gives (RooflineCostModel.profileKeys), referenced as the model is:
     γ and δ from a least-squares line through the graph-replayed unmerged steps (step = merged·(1 + γ) + δ·n),
     δ and the switch converted back to 7B (and A800) by the roofline's own size and bandwidth scaling, the
     load's set-up as the pinned load's time beyond its bytes over PCIe at 80 %."""
     merged = next(g["ms"] for g in r["graphs"] if (g["batch"], g["context"], g["adapters"]) == (32, 512, 0)) / 1e3
     pts = [(g["adapters"], g["ms"] / 1e3) for g in r["graphs"] if g["adapters"] and (g["batch"], g["context"]) == (32, 512)]
-    n_mean = sum(n for n, _ in pts) / len(pts)
-    y_mean = sum(y for _, y in pts) / len(pts)
-    slope = sum((n - n_mean) * (y - y_mean) for n, y in pts) / sum((n - n_mean) ** 2 for n, _ in pts)
-    slope = max(0.0, slope)
-    gamma = max(0.0, (y_mean - slope * n_mean) / merged - 1)
+    gamma, slope = unmerged_line(merged, pts)
     switch = (r["merge_ms"] + r["unmerge_ms"]) / 1e3
     return {
         "source": f"tools/gpu_profile.py on {r['gpu']} (torch {r['torch']}), Llama-2-{name.upper()} shapes; tools/gpu_profile_report.py --knobs",
         "unmerged_gamma": round(gamma, 4),
-        "per_adapter_seconds_7b": slope * (HBM / A800_HBM) / size,
+        "per_adapter_seconds_7b": delta_7b_a800(slope, name),
         "switch_seconds_7b_a800": switch * (HBM / A800_HBM) / elements_ratio,
         "adapter_load_seconds": max(0.0, r["load_pinned_ms"] / 1e3 - r["adapter_bytes"] / (0.8 * PCIE)),
     }
@@ -60,7 +72,7 @@ def main():
     half_switch = SWITCH_7B_A800 / 2 * elements_ratio * A800_HBM / HBM
     if "--knobs" in sys.argv:
         with open(sys.argv[sys.argv.index("--knobs") + 1], "w") as f:
-            json.dump(knobs(r, name, size, elements_ratio), f, indent=1)
+            json.dump(knobs(r, name, elements_ratio), f, indent=1)
             f.write("\n")
     out = []
     p = out.append
