@@ -11,7 +11,7 @@
 // Every (r, t) pair owns one accumulator and sees the same operations in the same order in every tile
 // shape (4x4, 4x1, 1x1), so results do not depend on the batch or the thread split. A single token
 // (batch-1 decode) skips the panel: each row's blocks are dequantized in registers to the same values and
-// fed to the same FMA order (fused_row), so it too gives those bits (ReferenceOps.matmulLanes is the twin).
+// fed to the same FMA order (fused_tile), so it too gives those bits (ReferenceOps.matmulLanes is the twin).
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
@@ -20,6 +20,10 @@
 #include <string.h>
 
 enum { ROWS_PER_GROUP = 4, TOKEN_BLOCK = 64 };
+// The AVX-512 fused kernels take products of up to FUSED_TOKENS tokens, FUSED_CHUNK at a time; larger ones
+// dequantize into the panel, whose 4x4 tiles reuse each converted row over 4 tokens (measured crossover:
+// docs/design/core-engine.md, "Small decode batches").
+enum { FUSED_TOKENS = 8, FUSED_CHUNK = 8 };
 
 // ------------------------------------------------------------------ dequantization of one row
 
@@ -183,49 +187,78 @@ void block_slices(const int type, const uint8_t *row, int64_t b, __m512 *lo, __m
     }
 }
 
-// NR (1, 4 or 8) rows x one token over K = 32·nb columns, rows row_bytes apart. Eight rows keep eight
-// independent FMA chains in flight (one row's chain is latency-bound; eight measured ~1.3x faster than
-// four on the Q8_0 LM head); interleaving their blocks defeats the hardware prefetcher though (four rows
-// read the LM head ~1.7x slower from memory than one), so the loop prefetches the next NR rows itself,
-// spread over its blocks. type and NR are constants at every call site, so the
-// block decoding is specialised and the accumulators stay in registers.
+// NR rows x NT tokens over K = 32·nb columns, rows row_bytes apart, tokens ldx floats apart; NR·NT ≤ 16
+// accumulators. Each block's slices are made once per row and multiplied into all NT tokens, so a small
+// decode batch reads and decodes the weights once, as one token does, instead of dequantizing them into the
+// panel and reading them back (the panel's cost is per row, whatever the batch: at 2-8 tokens it made a
+// step cost about as much per token as batch 1). One token: eight rows keep eight independent FMA chains in
+// flight (one row's chain is latency-bound; eight measured ~1.3x faster than four on the Q8_0 LM head);
+// several tokens bring their own chains, so fewer rows suffice (rows_for_tokens). Interleaving the rows'
+// blocks defeats the hardware prefetcher (four rows read the LM head ~1.7x slower from memory than one), so
+// the loop prefetches the next NR rows itself, spread over its blocks. type, NR and NT are constants at
+// every call site, so the block decoding is specialised and the accumulators stay in registers.
 DL_AVX512_F16 static inline __attribute__((always_inline))
-void fused_rows(const int type, const int NR, const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y) {
-    __m512 acc[8];
-    for (int r = 0; r < NR; r++) acc[r] = _mm512_setzero_ps();
+void fused_tile(const int type, const int NR, const int NT, const uint8_t *w, int64_t row_bytes, int64_t nb,
+                const float *x, int64_t ldx, float *y, int64_t ldy) {
+    __m512 acc[16];
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
     const char *next = (const char *)w + NR * row_bytes;
     const int64_t lines = (NR * row_bytes + 63) / 64, lines_per_block = (lines + nb - 1) / nb;
     for (int64_t b = 0; b < nb; b++) {
         if (NR > 1)
             for (int64_t j = 0; j < lines_per_block; j++) _mm_prefetch(next + (b * lines_per_block + j) * 64, _MM_HINT_T0);
-        __m512 xl = _mm512_loadu_ps(x + b * 32), xh = _mm512_loadu_ps(x + b * 32 + 16);
         for (int r = 0; r < NR; r++) {
             __m512 lo, hi;
             block_slices(type, w + r * row_bytes, b, &lo, &hi);
-            acc[r] = _mm512_fmadd_ps(lo, xl, acc[r]);
-            acc[r] = _mm512_fmadd_ps(hi, xh, acc[r]);
+            for (int t = 0; t < NT; t++) {
+                acc[r * NT + t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + t * ldx + b * 32), acc[r * NT + t]);
+                acc[r * NT + t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + t * ldx + b * 32 + 16), acc[r * NT + t]);
+            }
         }
     }
-    for (int r = 0; r < NR; r++) y[r] = dl_lane_sum(acc[r]);
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) y[t * ldy + r] = dl_lane_sum(acc[r * NT + t]);
 }
 
-// Rows [r0, r1) of y[r] = W[r]·x for one token; K a multiple of 32.
+// Rows [r0, r1) x NT tokens: NR rows at a time (a constant per NT), the last r1 - r0 mod NR one at a time.
 DL_AVX512_F16 static inline __attribute__((always_inline))
-void fused_token_typed(const int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, float *y,
-                       int64_t r0, int64_t r1) {
-    int64_t r = r0, nb = K / 32;
-    for (; r + 8 <= r1; r += 8) fused_rows(type, 8, W + r * row_bytes, row_bytes, nb, x, y + r);
-    for (; r + 4 <= r1; r += 4) fused_rows(type, 4, W + r * row_bytes, row_bytes, nb, x, y + r);
-    for (; r < r1; r++) fused_rows(type, 1, W + r * row_bytes, row_bytes, nb, x, y + r);
+void fused_rows_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t row_bytes, int64_t nb,
+                   const float *x, int64_t ldx, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + NR <= r1; r += NR) fused_tile(type, NR, NT, W + r * row_bytes, row_bytes, nb, x, ldx, y + r, ldy);
+    for (; r < r1; r++) fused_tile(type, 1, NT, W + r * row_bytes, row_bytes, nb, x, ldx, y + r, ldy);
 }
 
-DL_AVX512_F16 static void fused_token(int type, const uint8_t *W, int64_t row_bytes, int64_t K,
-                                      const float *x, float *y, int64_t r0, int64_t r1) {
+// Rows [r0, r1) of y[t][r] = W[r]·x[t] for ntok tokens (1 ≤ ntok ≤ FUSED_TOKENS); K a multiple of 32.
+// Tokens go FUSED_CHUNK at a time; a chunk's rows stay in L1 for the next chunk only when the thread's rows
+// are few, so beyond one chunk the weights may be read from L2 or memory again (FUSED_TOKENS bounds that).
+DL_AVX512_F16 static inline __attribute__((always_inline))
+void fused_tokens_typed(const int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, int64_t ldx,
+                        int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t nb = K / 32;
+    for (int64_t t = 0; t < ntok; t += FUSED_CHUNK) {
+        const float *xt = x + t * ldx;
+        float *yt = y + t * ldy;
+        switch (ntok - t < FUSED_CHUNK ? ntok - t : FUSED_CHUNK) {
+        case 1: fused_rows_nt(type, 8, 1, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 2: fused_rows_nt(type, 4, 2, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 3: fused_rows_nt(type, 4, 3, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 4: fused_rows_nt(type, 4, 4, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 5: fused_rows_nt(type, 2, 5, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 6: fused_rows_nt(type, 2, 6, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 7: fused_rows_nt(type, 2, 7, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        default: fused_rows_nt(type, 2, 8, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        }
+    }
+}
+
+DL_AVX512_F16 static void fused_tokens(int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, int64_t ldx,
+                                       int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
     switch (type) {
-    case DL_Q4_0: fused_token_typed(DL_Q4_0, W, row_bytes, K, x, y, r0, r1); return;
-    case DL_Q4_1: fused_token_typed(DL_Q4_1, W, row_bytes, K, x, y, r0, r1); return;
-    case DL_Q8_0: fused_token_typed(DL_Q8_0, W, row_bytes, K, x, y, r0, r1); return;
-    default: fused_token_typed(DL_F16, W, row_bytes, K, x, y, r0, r1); return;
+    case DL_Q4_0: fused_tokens_typed(DL_Q4_0, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
+    case DL_Q4_1: fused_tokens_typed(DL_Q4_1, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
+    case DL_Q8_0: fused_tokens_typed(DL_Q8_0, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
+    default: fused_tokens_typed(DL_F16, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
     }
 }
 
@@ -503,9 +536,9 @@ static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
     const int64_t K = c->cols;
     int use512 = dl_has_avx512(), use256 = !use512 && dl_has_avx2();
 #if defined(__x86_64__)
-    if ((use512 || use256) && c->ntok == 1 && has_fused_token_kernel(c->wtype, K)) {
+    if (has_fused_token_kernel(c->wtype, K) && ((use512 && c->ntok <= FUSED_TOKENS) || (use256 && c->ntok == 1))) {
         int64_t r1 = g1 * ROWS_PER_GROUP < c->rows ? g1 * ROWS_PER_GROUP : c->rows;
-        if (use512) fused_token(c->wtype, c->W, c->row_bytes, K, c->X, c->Y, g0 * ROWS_PER_GROUP, r1);
+        if (use512) fused_tokens(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
         else fused_token2(c->wtype, c->W, c->row_bytes, K, c->X, c->Y, g0 * ROWS_PER_GROUP, r1);
         return;
     }

@@ -19,11 +19,11 @@ import Testing
 
     @Test func matmulPanelAbortsWithAMessage() async {
         let result = await #expect(processExitsWith: .failure, observing: [\.standardErrorContent]) {
-            // One f16 row of 2^44 columns for two tokens (a single token skips the panel): its dequantized
+            // One f16 row of 2^44 columns for nine tokens (up to eight skip the panel): its dequantized
             // panel (4 rows of f32) cannot be allocated.
             let weights = [UInt8](repeating: 0, count: 64), x = [Float](repeating: 0, count: 16)
-            var y: [Float] = [0, 0]
-            dl_matmul_dq(Int32(DType.f16.rawValue), weights, 1, 1 << 44, x, 1 << 44, 2, &y, 1)
+            var y = [Float](repeating: 0, count: 9)
+            dl_matmul_dq(Int32(DType.f16.rawValue), weights, 1, 1 << 44, x, 1 << 44, 9, &y, 1)
         }
         #expect(Self.stderr(result).contains("dlora kernels: cannot allocate 281474976710656 bytes for the dequantized weight panel"))
     }

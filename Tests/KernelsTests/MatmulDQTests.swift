@@ -61,7 +61,7 @@ import TestSupport
         }
     }
 
-    /// Both paths of the kernel (dequantized panel for several tokens, dequantize-in-registers for one)
+    /// Both paths of the kernel (dequantized panel for many tokens, dequantize-in-registers for up to 8)
     /// against the plain lane-order twin, bit for bit: a token's outputs cannot depend on its batch. Shapes
     /// include the default model's (576, 1536 columns), rows that are not a multiple of 4, products large
     /// enough to be split over the pool, and an F16 width that is not a multiple of 32 (panel path only).
@@ -75,7 +75,11 @@ import TestSupport
 
     static func checkBothPaths(type: DType, path: Int) {
         var rng = Rng(seed: UInt64(type.rawValue) + 1234)
-        var shapes = [(rows: 3, cols: 32, ntok: 2), (rows: 97, cols: 576, ntok: 3), (rows: 200, cols: 1536, ntok: 5)]
+        // 2-8 tokens take the fused multi-token kernels (NR rows x NT tokens, NR 4 or 2, then single rows), 9
+        // and more the panel; rows 5, 13, 33, 97 leave single-row tails after every NR.
+        var shapes = [(rows: 3, cols: 32, ntok: 2), (rows: 97, cols: 576, ntok: 3), (rows: 5, cols: 64, ntok: 4),
+                      (rows: 200, cols: 1536, ntok: 5), (rows: 33, cols: 576, ntok: 6), (rows: 13, cols: 96, ntok: 7),
+                      (rows: 130, cols: 576, ntok: 8), (rows: 41, cols: 576, ntok: 9)]
         if type == .f16 || type == .bf16 || type == .f32 { shapes.append((rows: 45, cols: 48, ntok: 2)) }
         for (rows, cols, ntok) in shapes {
             let w = Self.randomMatrix(type, rows: rows, cols: cols, rng: &rng)
