@@ -24,6 +24,8 @@ enum { ROWS_PER_GROUP = 4, TOKEN_BLOCK = 64 };
 // dequantize into the panel, whose 4x4 tiles reuse each converted row over 4 tokens (measured crossover:
 // docs/design/core-engine.md, "Small decode batches").
 enum { FUSED_TOKENS = 8, FUSED_CHUNK = 8 };
+// The AVX2 twins take up to FUSED_TOKENS2, 4 at a time (measured: docs/design/core-engine.md, as above).
+enum { FUSED_TOKENS2 = 8 };
 
 // ------------------------------------------------------------------ dequantization of one row
 
@@ -406,51 +408,74 @@ DL_AVX2 static void dequant_row_avx2(int type, const uint8_t *p, float *dst, int
     }
 }
 
-// One token (batch-1 decode), NR rows: each block's slices are made in registers and multiplied at once,
-// the lo accumulator taking slices 0 and 2 (k mod 16 in 0-7), the hi one slices 1 and 3, as fused_rows
-// does with its 16 lanes. Three rows at a time: a row's lane chain is 2·K/32 dependent FMAs, so more rows
-// in flight hide more latency, but with 16 registers four rows' accumulators, the token's slices and the
-// decoding temporaries spilled to the stack (measured: 18 -> 10.5 ms per token from 4 rows with spills
-// to 2 without; 2, 3 and 4 rows within run-to-run noise of each other since). The next rows are
-// prefetched over the blocks, as there.
+// NR rows x NT tokens (up to 4 tokens: batch-1 decode and small decode batches): each block's slices are
+// made in registers and multiplied at once into every token, the lo accumulator taking slices 0 and 2 (k mod
+// 16 in 0-7), the hi one slices 1 and 3, as fused_tile does with its 16 lanes. One token takes three rows at
+// a time: a row's lane chain is 2·K/32 dependent FMAs, so more rows in flight hide more latency, but with 16
+// registers four rows' accumulators, the token's slices and the decoding temporaries spilled to the stack
+// (measured: 18 -> 10.5 ms per token from 4 rows with spills to 2 without; 2, 3 and 4 rows within run-to-run
+// noise of each other since). More tokens bring their own chains, so fewer rows (rows·tokens ≤ 4, 8 of the 16
+// registers accumulating). The next rows are prefetched over the blocks, as there.
 enum { FUSED_ROWS2 = 3 };
 DL_AVX2 static inline __attribute__((always_inline))
-void fused_rows2(const int type, const int NR, const uint8_t *w, int64_t row_bytes, int64_t nb, const float *x, float *y) {
-    __m256 lo[FUSED_ROWS2], hi[FUSED_ROWS2];
-    for (int r = 0; r < NR; r++) lo[r] = hi[r] = _mm256_setzero_ps();
+void fused_tile2(const int type, const int NR, const int NT, const uint8_t *w, int64_t row_bytes, int64_t nb,
+                 const float *x, int64_t ldx, float *y, int64_t ldy) {
+    __m256 lo[FUSED_ROWS2 * 2], hi[FUSED_ROWS2 * 2];
+    for (int i = 0; i < NR * NT; i++) lo[i] = hi[i] = _mm256_setzero_ps();
     const char *next = (const char *)w + NR * row_bytes;
     const int64_t lines = (NR * row_bytes + 63) / 64, lines_per_block = (lines + nb - 1) / nb;
     for (int64_t b = 0; b < nb; b++) {
         if (NR > 1)
             for (int64_t j = 0; j < lines_per_block; j++) _mm_prefetch(next + (b * lines_per_block + j) * 64, _MM_HINT_T0);
-        const float *xb = x + b * 32;
         for (int r = 0; r < NR; r++) {
             __m256 v[4];
             block_slices2(type, w + r * row_bytes, b, v);
-            lo[r] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(xb), lo[r]);
-            hi[r] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), hi[r]);
-            lo[r] = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), lo[r]);
-            hi[r] = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24), hi[r]);
+            for (int t = 0; t < NT; t++) {
+                const float *xb = x + t * ldx + b * 32;
+                const int i = r * NT + t;
+                lo[i] = _mm256_fmadd_ps(v[0], _mm256_loadu_ps(xb), lo[i]);
+                hi[i] = _mm256_fmadd_ps(v[1], _mm256_loadu_ps(xb + 8), hi[i]);
+                lo[i] = _mm256_fmadd_ps(v[2], _mm256_loadu_ps(xb + 16), lo[i]);
+                hi[i] = _mm256_fmadd_ps(v[3], _mm256_loadu_ps(xb + 24), hi[i]);
+            }
         }
     }
-    for (int r = 0; r < NR; r++) y[r] = dl_lane_sum2(lo[r], hi[r]);
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) y[t * ldy + r] = dl_lane_sum2(lo[r * NT + t], hi[r * NT + t]);
 }
 
 DL_AVX2 static inline __attribute__((always_inline))
-void fused_token2_typed(const int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, float *y,
-                        int64_t r0, int64_t r1) {
-    int64_t r = r0, nb = K / 32;
-    for (; r + FUSED_ROWS2 <= r1; r += FUSED_ROWS2) fused_rows2(type, FUSED_ROWS2, W + r * row_bytes, row_bytes, nb, x, y + r);
-    for (; r < r1; r++) fused_rows2(type, 1, W + r * row_bytes, row_bytes, nb, x, y + r);
+void fused_rows_nt2(const int type, const int NR, const int NT, const uint8_t *W, int64_t row_bytes, int64_t nb,
+                    const float *x, int64_t ldx, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + NR <= r1; r += NR) fused_tile2(type, NR, NT, W + r * row_bytes, row_bytes, nb, x, ldx, y + r, ldy);
+    for (; r < r1; r++) fused_tile2(type, 1, NT, W + r * row_bytes, row_bytes, nb, x, ldx, y + r, ldy);
 }
 
-DL_AVX2 static void fused_token2(int type, const uint8_t *W, int64_t row_bytes, int64_t K,
-                                 const float *x, float *y, int64_t r0, int64_t r1) {
+// Rows [r0, r1) of y[t][r] = W[r]·x[t] for 1 ≤ ntok ≤ FUSED_TOKENS2 tokens, 4 at a time; K a multiple of 32.
+DL_AVX2 static inline __attribute__((always_inline))
+void fused_tokens2_typed(const int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, int64_t ldx,
+                         int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    const int64_t nb = K / 32;
+    for (int64_t t = 0; t < ntok; t += 4) {
+        const float *xt = x + t * ldx;
+        float *yt = y + t * ldy;
+        switch (ntok - t < 4 ? ntok - t : 4) {
+        case 1: fused_rows_nt2(type, FUSED_ROWS2, 1, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 2: fused_rows_nt2(type, 2, 2, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        case 3: fused_rows_nt2(type, 1, 3, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        default: fused_rows_nt2(type, 1, 4, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
+        }
+    }
+}
+
+DL_AVX2 static void fused_tokens2(int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, int64_t ldx,
+                                  int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
     switch (type) {
-    case DL_Q4_0: fused_token2_typed(DL_Q4_0, W, row_bytes, K, x, y, r0, r1); return;
-    case DL_Q4_1: fused_token2_typed(DL_Q4_1, W, row_bytes, K, x, y, r0, r1); return;
-    case DL_Q8_0: fused_token2_typed(DL_Q8_0, W, row_bytes, K, x, y, r0, r1); return;
-    default: fused_token2_typed(DL_F16, W, row_bytes, K, x, y, r0, r1); return;
+    case DL_Q4_0: fused_tokens2_typed(DL_Q4_0, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
+    case DL_Q4_1: fused_tokens2_typed(DL_Q4_1, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
+    case DL_Q8_0: fused_tokens2_typed(DL_Q8_0, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
+    default: fused_tokens2_typed(DL_F16, W, row_bytes, K, x, ldx, ntok, y, ldy, r0, r1); return;
     }
 }
 
@@ -536,10 +561,10 @@ static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
     const int64_t K = c->cols;
     int use512 = dl_has_avx512(), use256 = !use512 && dl_has_avx2();
 #if defined(__x86_64__)
-    if (has_fused_token_kernel(c->wtype, K) && ((use512 && c->ntok <= FUSED_TOKENS) || (use256 && c->ntok == 1))) {
+    if (has_fused_token_kernel(c->wtype, K) && ((use512 && c->ntok <= FUSED_TOKENS) || (use256 && c->ntok <= FUSED_TOKENS2))) {
         int64_t r1 = g1 * ROWS_PER_GROUP < c->rows ? g1 * ROWS_PER_GROUP : c->rows;
         if (use512) fused_tokens(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
-        else fused_token2(c->wtype, c->W, c->row_bytes, K, c->X, c->Y, g0 * ROWS_PER_GROUP, r1);
+        else fused_tokens2(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
         return;
     }
 #endif
