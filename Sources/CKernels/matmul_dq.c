@@ -301,6 +301,33 @@ DL_AVX512 static void tile_4x4(const float *w, int64_t K, const float *x, int64_
     y[0] = dl_lane_sum(a03); y[1] = dl_lane_sum(a13); y[2] = dl_lane_sum(a23); y[3] = dl_lane_sum(a33);
 }
 
+// 4 rows x NT (2 or 3) tokens: a batch's last tokens after its groups of 4, each weight load shared by the
+// NT tokens (one tile_4x1 per token loaded every weight NT times).
+DL_AVX512 static inline __attribute__((always_inline))
+void tile_4xn(const int NT, const float *w, int64_t K, const float *x, int64_t ldx, float *y, int64_t ldy) {
+    __m512 acc[4][3];
+    for (int r = 0; r < 4; r++)
+        for (int t = 0; t < NT; t++) acc[r][t] = _mm512_setzero_ps();
+    for (int64_t k = 0; k < K; k += 16) {
+        __m512 v[4];
+        for (int r = 0; r < 4; r++) v[r] = _mm512_loadu_ps(w + r * K + k);
+        for (int t = 0; t < NT; t++) {
+            __m512 xt = _mm512_loadu_ps(x + t * ldx + k);
+            for (int r = 0; r < 4; r++) acc[r][t] = _mm512_fmadd_ps(v[r], xt, acc[r][t]);
+        }
+    }
+    for (int t = 0; t < NT; t++)
+        for (int r = 0; r < 4; r++) y[t * ldy + r] = dl_lane_sum(acc[r][t]);
+}
+
+DL_AVX512 static void tile_4x3(const float *w, int64_t K, const float *x, int64_t ldx, float *y, int64_t ldy) {
+    tile_4xn(3, w, K, x, ldx, y, ldy);
+}
+
+DL_AVX512 static void tile_4x2(const float *w, int64_t K, const float *x, int64_t ldx, float *y, int64_t ldy) {
+    tile_4xn(2, w, K, x, ldx, y, ldy);
+}
+
 // 4 rows x 1 token.
 DL_AVX512 static void tile_4x1(const float *w, int64_t K, const float *x, float *y) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
@@ -596,7 +623,9 @@ static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
             if (use512) {
                 if (nr == ROWS_PER_GROUP) {
                     for (; t + 4 <= t1; t += 4) tile_4x4(wf, K, c->X + t * c->ldx, c->ldx, c->Y + t * c->ldy + r0, c->ldy);
-                    for (; t < t1; t++) tile_4x1(wf, K, c->X + t * c->ldx, c->Y + t * c->ldy + r0);
+                    if (t1 - t == 3) tile_4x3(wf, K, c->X + t * c->ldx, c->ldx, c->Y + t * c->ldy + r0, c->ldy);
+                    else if (t1 - t == 2) tile_4x2(wf, K, c->X + t * c->ldx, c->ldx, c->Y + t * c->ldy + r0, c->ldy);
+                    else if (t1 - t == 1) tile_4x1(wf, K, c->X + t * c->ldx, c->Y + t * c->ldy + r0);
                 } else {
                     for (; t < t1; t++)
                         for (int64_t r = 0; r < nr; r++) c->Y[t * c->ldy + r0 + r] = tile_1x1(wf + r * K, K, c->X + t * c->ldx);

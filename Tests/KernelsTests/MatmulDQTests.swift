@@ -76,10 +76,12 @@ import TestSupport
     static func checkBothPaths(type: DType, path: Int) {
         var rng = Rng(seed: UInt64(type.rawValue) + 1234)
         // 2-8 tokens take the fused multi-token kernels (NR rows x NT tokens, NR 4 or 2, then single rows), 9
-        // and more the panel; rows 5, 13, 33, 97 leave single-row tails after every NR.
+        // and more the panel, whose last 1, 3 or 2 tokens (9, 11, 14) take the 4x1, 4x3 and 4x2 tiles; rows 5,
+        // 13, 33, 97 leave single-row tails after every NR.
         var shapes = [(rows: 3, cols: 32, ntok: 2), (rows: 97, cols: 576, ntok: 3), (rows: 5, cols: 64, ntok: 4),
                       (rows: 200, cols: 1536, ntok: 5), (rows: 33, cols: 576, ntok: 6), (rows: 13, cols: 96, ntok: 7),
-                      (rows: 130, cols: 576, ntok: 8), (rows: 41, cols: 576, ntok: 9)]
+                      (rows: 130, cols: 576, ntok: 8), (rows: 41, cols: 576, ntok: 9), (rows: 21, cols: 576, ntok: 11),
+                      (rows: 8, cols: 64, ntok: 14)]
         if type == .f16 || type == .bf16 || type == .f32 { shapes.append((rows: 45, cols: 48, ntok: 2)) }
         for (rows, cols, ntok) in shapes {
             let w = Self.randomMatrix(type, rows: rows, cols: cols, rng: &rng)
