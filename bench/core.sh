@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Core-engine benchmark: prefill and decode tokens/s of dlora at batch 1, 8 and 32 on the default model,
+# Core-engine benchmark: prefill and decode tokens/s of dlora at batch 1, 2, 4, 8 and 32 on the default model,
 # side by side in one run with llama.cpp's llama-batched-bench on the same GGUF file and thread count,
 # plus the machine's memory-bandwidth bound for batch-1 decode. Writes bench/results/core.md.
 #
@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PROMPT=${PROMPT:-128}
 GEN=${GEN:-64}
-BATCHES=${BATCHES:-1,8,32}
+BATCHES=${BATCHES:-1,2,4,8,32}
 THREADS=${THREADS:-$(nproc)}
 OUT=${OUT:-bench/results/core.md}  # another path keeps a second machine's results beside the first
 mkdir -p bench/results
