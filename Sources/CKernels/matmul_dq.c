@@ -70,43 +70,14 @@ static void dequant_row_scalar(int type, const uint8_t *p, float *dst, int64_t n
 
 #if defined(__x86_64__)
 
+// Blocks 0..nb-1 of a row as the fused kernels decode them (block_slices, below), stored to the panel.
+DL_AVX512_F16 static void dequant_blocks512(const int type, const uint8_t *row, float *dst, int64_t nb);
+
 DL_AVX512_F16 static void dequant_row_avx512(int type, const uint8_t *p, float *dst, int64_t n) {
-    const __m128i low4 = _mm_set1_epi8(0x0f);
     switch (type) {
-    case DL_Q4_0: {
-        const __m512 eight = _mm512_set1_ps(8.0f);
-        for (int64_t b = 0; b < n / 32; b++, p += 18) {
-            __m512 d = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
-            __m128i q = _mm_loadu_si128((const __m128i *)(p + 2));
-            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, low4)));
-            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), low4)));
-            // (q - 8) is exact in f32, so this equals the reference d * (q - 8).
-            _mm512_storeu_ps(dst + b * 32, _mm512_mul_ps(d, _mm512_sub_ps(lo, eight)));
-            _mm512_storeu_ps(dst + b * 32 + 16, _mm512_mul_ps(d, _mm512_sub_ps(hi, eight)));
-        }
-        return;
-    }
-    case DL_Q4_1:
-        for (int64_t b = 0; b < n / 32; b++, p += 20) {
-            __m512 d = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
-            __m512 m = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[2] | p[3] << 8)));
-            __m128i q = _mm_loadu_si128((const __m128i *)(p + 4));
-            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, low4)));
-            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(q, 4), low4)));
-            _mm512_storeu_ps(dst + b * 32, _mm512_add_ps(_mm512_mul_ps(d, lo), m));
-            _mm512_storeu_ps(dst + b * 32 + 16, _mm512_add_ps(_mm512_mul_ps(d, hi), m));
-        }
-        return;
-    case DL_Q8_0:
-        for (int64_t b = 0; b < n / 32; b++, p += 34) {
-            __m512 d = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
-            __m256i q = _mm256_loadu_si256((const __m256i *)(p + 2));
-            __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-            __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
-            _mm512_storeu_ps(dst + b * 32, _mm512_mul_ps(d, lo));
-            _mm512_storeu_ps(dst + b * 32 + 16, _mm512_mul_ps(d, hi));
-        }
-        return;
+    case DL_Q4_0: dequant_blocks512(DL_Q4_0, p, dst, n / 32); return;
+    case DL_Q4_1: dequant_blocks512(DL_Q4_1, p, dst, n / 32); return;
+    case DL_Q8_0: dequant_blocks512(DL_Q8_0, p, dst, n / 32); return;
     case DL_F16: {
         const uint16_t *h = (const uint16_t *)p;
         int64_t i = 0;
@@ -186,6 +157,26 @@ void block_slices(const int type, const uint8_t *row, int64_t b, __m512 *lo, __m
         *hi = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16)));
         return;
     }
+    }
+}
+
+// The panel's dequantization uses the same decoding as the fused kernels (the 16-entry table for Q4_0/Q4_1):
+// fewer instructions per block than widening and scaling each element, and the same values by construction.
+DL_AVX512_F16 static inline __attribute__((always_inline))
+void dequant_blocks512_typed(const int type, const uint8_t *row, float *dst, int64_t nb) {
+    for (int64_t b = 0; b < nb; b++) {
+        __m512 lo, hi;
+        block_slices(type, row, b, &lo, &hi);
+        _mm512_storeu_ps(dst + b * 32, lo);
+        _mm512_storeu_ps(dst + b * 32 + 16, hi);
+    }
+}
+
+DL_AVX512_F16 static void dequant_blocks512(const int type, const uint8_t *row, float *dst, int64_t nb) {
+    switch (type) {
+    case DL_Q4_0: dequant_blocks512_typed(DL_Q4_0, row, dst, nb); return;
+    case DL_Q4_1: dequant_blocks512_typed(DL_Q4_1, row, dst, nb); return;
+    default: dequant_blocks512_typed(DL_Q8_0, row, dst, nb); return;
     }
 }
 
