@@ -548,6 +548,24 @@ static float dot_lanes_scalar(const float *w, int64_t K, const float *x) {
     return c[0] + c[1];
 }
 
+// ------------------------------------------------------------------ whole rows (merges, loads)
+
+// A row dequantized with the panel's SIMD conversions: the same values as dl_dequantize_row (the panel path
+// is checked bit for bit against the reference twin), for dl_dequantize_rows' callers (the merge's staging
+// copy of a base matrix, ~100 M values for an all-layer merge).
+void dl_dequantize_row_simd(int type, const void *src, float *dst, int64_t n) {
+    const uint8_t *p = (const uint8_t *)src;
+    int quantized = type == DL_Q4_0 || type == DL_Q4_1 || type == DL_Q8_0;
+#if defined(__x86_64__)
+    if (!quantized || n % 32 == 0) {
+        if (dl_has_avx512()) { dequant_row_avx512(type, p, dst, n); return; }
+        if (dl_has_avx2()) { dequant_row_avx2(type, p, dst, n); return; }
+    }
+#endif
+    (void)quantized;
+    dl_dequantize_row(type, src, dst, n);
+}
+
 // ------------------------------------------------------------------ driver
 
 typedef struct {

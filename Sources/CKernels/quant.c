@@ -243,7 +243,7 @@ typedef struct {
 
 static void dequant_range(void *vctx, int64_t begin, int64_t end) {
     const dequant_ctx *c = (const dequant_ctx *)vctx;
-    for (int64_t r = begin; r < end; r++) dl_dequantize_row(c->type, c->src + r * c->row_bytes, c->dst + r * c->cols, c->cols);
+    for (int64_t r = begin; r < end; r++) dl_dequantize_row_simd(c->type, c->src + r * c->row_bytes, c->dst + r * c->cols, c->cols);
 }
 
 void dl_dequantize_rows(int type, const void *src, int64_t row_bytes, float *dst, int64_t rows, int64_t cols) {

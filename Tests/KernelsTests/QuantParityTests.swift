@@ -72,9 +72,16 @@ import TestSupport
         }
     }
 
-    /// The whole-matrix dequantizer (split by rows over the kernel threads above 64k elements) equals the
-    /// row twin, row by row, and so does dequantizeRow.
+    /// The whole-matrix dequantizer (split by rows over the kernel threads above 64k elements; the matmul
+    /// panel's SIMD conversions) equals the row twin, row by row, and so does dequantizeRow, on every
+    /// instruction-set path this machine has.
     @Test(arguments: types) func dequantizeMatrixMatchesReference(type: DType) {
+        for level in 0...Kernels.simdLevel {
+            Kernels.withSIMDLimit(level) { Self.checkDequantizeMatrix(type: type) }
+        }
+    }
+
+    static func checkDequantizeMatrix(type: DType) {
         var rng = Rng(seed: 500 + UInt64(type.rawValue))
         for (rows, cols) in [(3, 64), (200, 576)] {
             let x = Self.values(rows * cols, rng: &rng)

@@ -64,6 +64,8 @@ void dl_dequantize_row(int type, const void *src, float *dst, int64_t n);
 // Dequantizes a rows x cols matrix (rows of row_bytes) into dense row-major floats, split by rows over the
 // pool (merging an adapter rewrites whole matrices).
 void dl_dequantize_rows(int type, const void *src, int64_t row_bytes, float *dst, int64_t rows, int64_t cols);
+// One row with the matmul panel's SIMD conversions (AVX-512/AVX2 where the CPU has them): dl_dequantize_row's values.
+void dl_dequantize_row_simd(int type, const void *src, float *dst, int64_t n);
 // Reference quantizers with ggml's rounding (used for tests, fixtures and re-quantizing merged weights).
 void dl_quantize_row(int type, const float *src, void *dst, int64_t n);
 // dl_quantize_row over `rows` rows of `cols` (src row-major f32; dst rows `row_bytes` apart), split over the
