@@ -20,10 +20,10 @@
 #include <string.h>
 
 enum { ROWS_PER_GROUP = 4, TOKEN_BLOCK = 64 };
-// The AVX-512 fused kernels take products of up to FUSED_TOKENS tokens, FUSED_CHUNK at a time; larger ones
-// dequantize into the panel, whose 4x4 tiles reuse each converted row over 4 tokens (measured crossover:
-// docs/design/core-engine.md, "Small decode batches").
-enum { FUSED_TOKENS = 8, FUSED_CHUNK = 8 };
+// The AVX-512 fused kernels take products of up to FUSED_TOKENS tokens in one pass (the largest NT of
+// fused_tokens_typed's switch); larger ones dequantize into the panel, whose 4x4 tiles reuse each converted
+// row over 4 tokens (measured crossover: docs/design/core-engine.md, "Small decode batches").
+enum { FUSED_TOKENS = 8 };
 // The AVX2 twins take up to FUSED_TOKENS2, 4 at a time (measured: docs/design/core-engine.md, as above).
 enum { FUSED_TOKENS2 = 8 };
 
@@ -74,6 +74,7 @@ static void dequant_row_scalar(int type, const uint8_t *p, float *dst, int64_t n
 DL_AVX512_F16 static void dequant_blocks512(const int type, const uint8_t *row, float *dst, int64_t nb);
 
 DL_AVX512_F16 static void dequant_row_avx512(int type, const uint8_t *p, float *dst, int64_t n) {
+    if ((type == DL_Q4_0 || type == DL_Q4_1 || type == DL_Q8_0) && n % 32 != 0) { dequant_row_scalar(type, p, dst, n); return; }
     switch (type) {
     case DL_Q4_0: dequant_blocks512(DL_Q4_0, p, dst, n / 32); return;
     case DL_Q4_1: dequant_blocks512(DL_Q4_1, p, dst, n / 32); return;
@@ -186,7 +187,7 @@ DL_AVX512_F16 static void dequant_blocks512(const int type, const uint8_t *row, 
 // panel and reading them back (the panel's cost is per row, whatever the batch: at 2-8 tokens it made a
 // step cost about as much per token as batch 1). One token: eight rows keep eight independent FMA chains in
 // flight (one row's chain is latency-bound; eight measured ~1.3x faster than four on the Q8_0 LM head);
-// several tokens bring their own chains, so fewer rows suffice (rows_for_tokens). Interleaving the rows'
+// several tokens bring their own chains, so fewer rows suffice (fused_tokens_typed picks NR per NT). Interleaving the rows'
 // blocks defeats the hardware prefetcher (four rows read the LM head ~1.7x slower from memory than one), so
 // the loop prefetches the next NR rows itself, spread over its blocks. type, NR and NT are constants at
 // every call site, so the block decoding is specialised and the accumulators stay in registers.
@@ -222,26 +223,21 @@ void fused_rows_nt(const int type, const int NR, const int NT, const uint8_t *W,
     for (; r < r1; r++) fused_tile(type, 1, NT, W + r * row_bytes, row_bytes, nb, x, ldx, y + r, ldy);
 }
 
-// Rows [r0, r1) of y[t][r] = W[r]·x[t] for ntok tokens (1 ≤ ntok ≤ FUSED_TOKENS); K a multiple of 32.
-// Tokens go FUSED_CHUNK at a time; a chunk's rows stay in L1 for the next chunk only when the thread's rows
-// are few, so beyond one chunk the weights may be read from L2 or memory again (FUSED_TOKENS bounds that).
+// Rows [r0, r1) of y[t][r] = W[r]·x[t] for ntok tokens (1 ≤ ntok ≤ FUSED_TOKENS) in one pass over the rows;
+// K a multiple of 32.
 DL_AVX512_F16 static inline __attribute__((always_inline))
 void fused_tokens_typed(const int type, const uint8_t *W, int64_t row_bytes, int64_t K, const float *x, int64_t ldx,
                         int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
     const int64_t nb = K / 32;
-    for (int64_t t = 0; t < ntok; t += FUSED_CHUNK) {
-        const float *xt = x + t * ldx;
-        float *yt = y + t * ldy;
-        switch (ntok - t < FUSED_CHUNK ? ntok - t : FUSED_CHUNK) {
-        case 1: fused_rows_nt(type, 8, 1, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        case 2: fused_rows_nt(type, 4, 2, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        case 3: fused_rows_nt(type, 4, 3, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        case 4: fused_rows_nt(type, 4, 4, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        case 5: fused_rows_nt(type, 2, 5, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        case 6: fused_rows_nt(type, 2, 6, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        case 7: fused_rows_nt(type, 2, 7, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        default: fused_rows_nt(type, 2, 8, W, row_bytes, nb, xt, ldx, yt, ldy, r0, r1); break;
-        }
+    switch (ntok) {
+    case 1: fused_rows_nt(type, 8, 1, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
+    case 2: fused_rows_nt(type, 4, 2, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
+    case 3: fused_rows_nt(type, 4, 3, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
+    case 4: fused_rows_nt(type, 4, 4, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
+    case 5: fused_rows_nt(type, 2, 5, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
+    case 6: fused_rows_nt(type, 2, 6, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
+    case 7: fused_rows_nt(type, 2, 7, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
+    default: fused_rows_nt(type, 2, 8, W, row_bytes, nb, x, ldx, y, ldy, r0, r1); return;
     }
 }
 
@@ -554,15 +550,10 @@ static float dot_lanes_scalar(const float *w, int64_t K, const float *x) {
 // is checked bit for bit against the reference twin), for dl_dequantize_rows' callers (the merge's staging
 // copy of a base matrix, ~100 M values for an all-layer merge).
 void dl_dequantize_row_simd(int type, const void *src, float *dst, int64_t n) {
-    const uint8_t *p = (const uint8_t *)src;
-    int quantized = type == DL_Q4_0 || type == DL_Q4_1 || type == DL_Q8_0;
 #if defined(__x86_64__)
-    if (!quantized || n % 32 == 0) {
-        if (dl_has_avx512()) { dequant_row_avx512(type, p, dst, n); return; }
-        if (dl_has_avx2()) { dequant_row_avx2(type, p, dst, n); return; }
-    }
+    if (dl_has_avx512()) { dequant_row_avx512(type, (const uint8_t *)src, dst, n); return; }
+    if (dl_has_avx2()) { dequant_row_avx2(type, (const uint8_t *)src, dst, n); return; }
 #endif
-    (void)quantized;
     dl_dequantize_row(type, src, dst, n);
 }
 

@@ -1,5 +1,6 @@
-// Float conversions and ggml-compatible block (de)quantization. Plain C: these run at load time and in
-// tests; the hot path (matmul_q.c) has its own fused loops.
+// Float conversions and ggml-compatible block (de)quantization: load time, tests, and merges (Q8_0
+// re-quantization has an AVX-512 path; whole-matrix dequantization uses matmul_dq.c's SIMD conversions).
+// The hot path (matmul_dq.c) decodes blocks in its own loops.
 #include "ckernels.h"
 #include "simd.h"
 #include <math.h>
@@ -135,10 +136,10 @@ void dl_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 }
 
 #if defined(__x86_64__)
-// Q8_0 with AVX-512, for finite inputs the same bytes as the scalar loop below (merged matrices are re-quantized to Q8_0 at every
-// merge, ~100 M values for an all-layer adapter): the block's |max| is exact in any order; d, 1/d and the f16
-// scale are the scalar code's; v = x·(1/d), v + copysign(0.5 − 2⁻²⁵, v) and its truncation are the same
-// IEEE operations lane by lane, and |v| ≤ 127.5 so the int8 narrowing never saturates.
+// Q8_0 with AVX-512, for finite inputs the same bytes as the scalar loop below (merged matrices are
+// re-quantized to Q8_0 at every merge, ~100 M values for an all-layer adapter): the block's |max| is exact in
+// any order; d, 1/d and the f16 scale are the scalar code's; v = x·(1/d), v + copysign(0.5 − 2⁻²⁵, v) and its
+// truncation are the same IEEE operations lane by lane, and |v| ≤ 127.5 so the int8 narrowing never saturates.
 DL_AVX512 static void quantize_q8_0_avx512(const float *src, uint8_t *p, int64_t nb) {
     const __m512 sign = _mm512_set1_ps(-0.0f), half = _mm512_set1_ps(0.49999997f);
     for (int64_t b = 0; b < nb; b++, p += 34) {
