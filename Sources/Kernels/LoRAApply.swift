@@ -38,15 +38,18 @@ extension Kernels {
 
         /// Adds tokens `tokens` (after every earlier segment's) with A (paddedRank × in) and B (out × paddedRank).
         public func append(a: WeightMatrix, b: WeightMatrix, tokens: Range<Int>, scale: Float) {
-            precondition(a.dtype == b.dtype && (a.dtype == .f32 || a.dtype == .f16 || a.dtype == .bf16),
-                         "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16 or BF16)")
-            precondition(a.rows > 0 && a.rows % 16 == 0 && b.cols == a.rows,
-                         "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16)")
-            precondition(a.cols == inFeatures && b.rows == outFeatures,
-                         "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols), the matrix maps \(inFeatures) → \(outFeatures)")
+            append(LoRAOperands(a: a, b: b), tokens: tokens, scale: scale)
+        }
+
+        /// As `append(a:b:tokens:scale:)`, with the matrices checked once beforehand: a step appends one segment per
+        /// adapter per matrix (6,720 for 32 adapters on all seven projections of a 30-layer model), so this path
+        /// checks only what can differ from call to call and retains nothing.
+        public func append(_ m: LoRAOperands, tokens: Range<Int>, scale: Float) {
+            precondition(m.inFeatures == inFeatures && m.outFeatures == outFeatures,
+                         "LoRA: the module maps \(m.inFeatures) → \(m.outFeatures), the matrix \(inFeatures) → \(outFeatures)")
             precondition(tokens.lowerBound >= end, "LoRA: segment \(tokens) overlaps or precedes the previous one (ends at \(end))")
             guard !tokens.isEmpty else { return }
-            segments.append(dl_lora_seg(a: a.data, b: b.data, wtype: Int32(a.dtype.rawValue), prank: Int64(a.rows),
+            segments.append(dl_lora_seg(a: m.a, b: m.b, wtype: m.wtype, prank: m.prank,
                                         start: Int64(tokens.lowerBound), count: Int64(tokens.count), scale: scale,
                                         gates: nil, ldg: 0, gate_col: nil))
             end = tokens.upperBound
@@ -73,6 +76,30 @@ extension Kernels {
             segments.withUnsafeBufferPointer {
                 dl_lora_apply($0.baseAddress!, Int64($0.count), Int64(inFeatures), Int64(outFeatures), x, Int64(ldx), y, Int64(ldy))
             }
+        }
+    }
+}
+
+extension Kernels {
+    /// One LoRA module's A (paddedRank × in) and B (out × paddedRank) as lora.c reads them, checked when the module
+    /// is made. Holds raw pointers: valid only while the matrices' storage lives (their owner keeps both).
+    public struct LoRAOperands: @unchecked Sendable {
+        let a: UnsafeRawPointer, b: UnsafeRawPointer
+        let wtype: Int32
+        let prank: Int64
+        public let inFeatures: Int, outFeatures: Int
+
+        public init(a: WeightMatrix, b: WeightMatrix) {
+            precondition(a.dtype == b.dtype && (a.dtype == .f32 || a.dtype == .f16 || a.dtype == .bf16),
+                         "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16 or BF16)")
+            precondition(a.rows > 0 && a.rows % 16 == 0 && b.cols == a.rows && a.cols > 0 && a.cols % 16 == 0 && b.rows > 0,
+                         "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16, in a multiple of 16)")
+            self.a = UnsafeRawPointer(a.data)
+            self.b = UnsafeRawPointer(b.data)
+            wtype = Int32(a.dtype.rawValue)
+            prank = Int64(a.rows)
+            inFeatures = a.cols
+            outFeatures = b.rows
         }
     }
 }

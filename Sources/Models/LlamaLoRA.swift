@@ -10,6 +10,12 @@ struct LoRASegment {
     var count: Int
     var slot: Int
     var scale: Float
+    /// For a plain (ungated) adapter: its module operands (`LoRAWeights.operandTable`, valid for the pass: the
+    /// slot holds the adapter), its layer count and its scale times `scale`, so `applyLoRA` reads one table
+    /// entry per segment and matrix. Nil for a gated MoLE segment, which takes the general path.
+    var operands: UnsafePointer<Kernels.LoRAOperands?>? = nil
+    var layers = 0
+    var combinedScale: Float = 0
 }
 
 extension LlamaModel {
@@ -25,9 +31,16 @@ extension LlamaModel {
             while j < n && Int(batch.adapterSlots[j]) == slot && batch.adapterScales[j] == scale { j += 1 }
             if slot >= 0 {
                 precondition(slot < lora.capacity, "adapter slot out of range")
-                precondition(lora[slot] != nil, "adapter slot \(slot) is empty")
-                ws.segments.append(LoRASegment(start: i, count: j - i, slot: slot, scale: scale))
-                if lora[slot]!.gating != nil { ws.gated = true }
+                guard let w = lora[slot] else { preconditionFailure("adapter slot \(slot) is empty") }
+                var seg = LoRASegment(start: i, count: j - i, slot: slot, scale: scale)
+                if w.gating != nil {
+                    ws.gated = true
+                } else {
+                    seg.operands = w.operandTable
+                    seg.layers = w.modules.count
+                    seg.combinedScale = w.scale * scale
+                }
+                ws.segments.append(seg)
             }
             i = j
         }
@@ -44,9 +57,14 @@ extension LlamaModel {
         let (outFeatures, inFeatures) = target.shape(config)
         let batch = ws.loraBatch
         batch.reset(inFeatures: inFeatures, outFeatures: outFeatures)
+        let entry = layer * LoRATarget.allCases.count + target.rawValue
         for seg in ws.segments {
-            guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
             let tokens = seg.start..<(seg.start + seg.count)
+            if let table = seg.operands {
+                if layer < seg.layers, let m = table[entry] { batch.append(m, tokens: tokens, scale: seg.combinedScale) }
+                continue
+            }
+            guard let w = lora[seg.slot], let m = w.module(layer: layer, target: target) else { continue }
             if let g = w.gating, let columns = g.columns(layer: layer, target: target) {
                 let rows = (g.granularity.usesMLPGates(target) ? ws.mlpGates : ws.gates).floats + seg.start * MoLEGating.maxExperts
                 if g.granularity == .matrix {

@@ -74,6 +74,8 @@ public struct LoRAModule: @unchecked Sendable {
     public let a: WeightMatrix
     /// outFeatures × paddedRank
     public let b: WeightMatrix
+    /// A and B as the kernel reads them (checked once, here).
+    public let operands: Kernels.LoRAOperands
 
     /// - Parameters: a: rank × in values (row-major), b: out × rank values (row-major); `dtype` (F32, F16
     ///   or BF16) is how they are stored (values must be exactly representable for F16/BF16 to be exact).
@@ -92,6 +94,7 @@ public struct LoRAModule: @unchecked Sendable {
         }
         self.a = Self.store(aF, rows: paddedRank, cols: inFeatures, dtype: dtype)
         self.b = Self.store(bF, rows: outFeatures, cols: paddedRank, dtype: dtype)
+        operands = Kernels.LoRAOperands(a: self.a, b: self.b)
     }
 
     private static func store(_ f: Buffer, rows: Int, cols: Int, dtype: DType) -> WeightMatrix {
@@ -317,6 +320,9 @@ public final class LoRAWeights: @unchecked Sendable {
     public let maxPaddedRank: Int
     public let byteCount: Int
     public let gating: MoLEGating?
+    /// Every module's operands, flat: entry layer · LoRATarget.allCases.count + target.rawValue (nil where the
+    /// adapter has no module). A forward pass reads it through `operandTable` while its slot holds the adapter.
+    private let operands: UnsafeMutableBufferPointer<Kernels.LoRAOperands?>
 
     public init(name: String, scale: Float, modules: [[LoRAModule?]], id: AdapterID = .next(), gating: MoLEGating? = nil) {
         precondition(gating.map { $0.layerCount == modules.count } ?? true)
@@ -326,9 +332,20 @@ public final class LoRAWeights: @unchecked Sendable {
         self.modules = modules
         self.gating = gating
         let all = modules.joined().compactMap { $0 }
+        let targets = LoRATarget.allCases.count
+        operands = .allocate(capacity: max(1, modules.count * targets))
+        operands.initialize(repeating: nil)
+        for (layer, row) in modules.enumerated() {
+            for (t, m) in row.prefix(targets).enumerated() { operands[layer * targets + t] = m?.operands }
+        }
         maxPaddedRank = all.map(\.paddedRank).max() ?? 0
         byteCount = all.reduce(0) { $0 + $1.byteCount } + (gating?.byteCount ?? 0)
     }
+
+    deinit { operands.deallocate() }
+
+    /// The flat table of module operands (see `operands`); valid while this adapter lives.
+    public var operandTable: UnsafePointer<Kernels.LoRAOperands?> { UnsafePointer(operands.baseAddress!) }
 
     /// Whether a merge can fold it into the base weights (not a gated MoLE composition).
     public var mergeable: Bool { gating == nil }
