@@ -1,7 +1,7 @@
 // LoRA over adapter segments: for each segment (a run of batch tokens that share one adapter and scale),
 // y[t] += scale * B * (A * x[t]). Many small segments (one token each, 32 adapters in a batch of 32) are
-// spread over the pool one segment per task, so a step pays one thread hand-off per matrix instead of two
-// per segment; few large segments parallelise inside the matmuls instead. Either way each output element
+// split over the pool in one contiguous part per thread, so a step pays one thread hand-off per matrix
+// instead of two per segment; few large segments parallelise inside the matmuls instead. Either way each output element
 // is computed in the same order: results do not depend on the split.
 //
 // Small segments (under SMALL_SEGMENT tokens: decode tokens) take a kernel of their own, the grouped
@@ -18,9 +18,11 @@
 // pairwise tree 16 → 8 → 4 → 2 → 1. The 16 rows' trees are evaluated together by a transpose network that
 // performs exactly those additions (lane_sums16), so this kernel gives the same bits as dl_matmul_dq
 // followed by dl_add_scaled, the path larger segments take (ReferenceOps.loraApplyLanes is the twin).
-// While it works on one segment it prefetches the next segment's A and B (a few lines per 16-weight step):
-// one token's A and B are 18-66 KB read as 16 interleaved short streams, which the hardware prefetcher
-// does not ramp up on in time (measured: 15 → 19-23 GB/s for 32 distinct rank-16 adapters).
+// While it works on one segment it prefetches the next segment's A and B (a few lines per 16-weight step)
+// into L2: one token's A and B are 18-66 KB read as 16 interleaved short streams, which the hardware
+// prefetcher does not ramp up on in time (measured: 15 → 19-23 GB/s for 32 distinct rank-16 adapters).
+// L2, not L1: a whole next segment does not fit in L1 beside the current one, and prefetching it there
+// evicted the current segment's lines (T0 → T1: 12.1-12.5 → 10.4-11.1 ms for one step's 313 MB).
 // Before this kernel a decode token's expand went through dl_matmul_dq with K = prank (16): a panel refill
 // and a scalar dequantization call per row of 16 weights (docs/design/lora-kernels.md).
 // Without AVX-512 the AVX2 twin runs 8 rows at a time, each 16-lane accumulator held as two 8-lane halves
@@ -78,7 +80,7 @@ static inline __attribute__((always_inline)) void prefetch_step(prefetcher *f) {
             if (f->p2 >= f->end2) return;
             f->p = f->p2; f->end = f->end2; f->p2 = f->end2;
         }
-        _mm_prefetch(f->p, _MM_HINT_T0);
+        _mm_prefetch(f->p, _MM_HINT_T1);
         f->p += 64;
     }
 }
@@ -283,16 +285,52 @@ static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_s
     dl_add_scaled(c->y + s->start * c->ldy, c->ldy, prod, c->out, s->scale, c->out, s->count);
 }
 
-static void segment_range(void *ctx, int64_t begin, int64_t end) {
-    const lora_ctx *c = (const lora_ctx *)ctx;
-    for (int64_t i = begin; i < end; i++) one_segment(c, &c->segs[i], i + 1 < end ? &c->segs[i + 1] : NULL);
+// Many segments are split into one contiguous part per thread, balanced by their cost (below), rather
+// than the pool's small chunks: each part's first segment is read without a prefetch, so fewer parts mean
+// fewer cold starts (with the L2 prefetch, 4 chunks per thread → 1: 10.4-11.1 → 9.3-9.4 ms per step of
+// 32 distinct all-layer rank-16 adapters, 313 MB, 33.5 GB/s of the 35.5 the machine streams).
+enum { MAX_PARTS = 64 };
+
+typedef struct {
+    const lora_ctx *c;
+    int64_t bounds[MAX_PARTS + 1];  // part p is segments [bounds[p], bounds[p + 1])
+} lora_parts;
+
+// A segment's cost in bytes streamed: its A and B once per token for the grouped kernel, once per 4 tokens
+// for dl_matmul_dq's 4-token tiles.
+static int64_t segment_cost(const lora_ctx *c, const dl_lora_seg *s) {
+    int64_t bytes = s->prank * dl_row_bytes(s->wtype, c->in) + c->out * dl_row_bytes(s->wtype, s->prank);
+    return bytes * (s->count < SMALL_SEGMENT ? s->count : (s->count + 3) / 4);
+}
+
+static void part_range(void *ctx, int64_t begin, int64_t end) {
+    const lora_parts *p = (const lora_parts *)ctx;
+    for (int64_t q = begin; q < end; q++) {
+        const int64_t first = p->bounds[q], last = p->bounds[q + 1];
+        for (int64_t i = first; i < last; i++)
+            one_segment(p->c, &p->c->segs[i], i + 1 < last ? &p->c->segs[i + 1] : NULL);
+    }
 }
 
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
                    const float *x, int64_t ldx, float *y, int64_t ldy) {
     lora_ctx c = { segs, in, out, x, ldx, y, ldy };
-    if (nseg >= 2 * dl_num_threads()) {
-        dl_parallel_for(nseg, 1, segment_range, &c);
+    int64_t threads = dl_num_threads();
+    if (threads > MAX_PARTS) threads = MAX_PARTS;
+    if (nseg >= 2 * threads && threads > 1) {
+        // Contiguous parts of about equal cost: part p ends at the first segment where the running cost
+        // reaches (p + 1) / threads of the total.
+        lora_parts parts = { .c = &c };
+        int64_t total = 0;
+        for (int64_t i = 0; i < nseg; i++) total += segment_cost(&c, &segs[i]);
+        int64_t acc = 0, p = 0;
+        parts.bounds[0] = 0;
+        for (int64_t i = 0; i < nseg && p + 1 < threads; i++) {
+            acc += segment_cost(&c, &segs[i]);
+            if (acc * threads >= total * (p + 1)) parts.bounds[++p] = i + 1;
+        }
+        while (p < threads) parts.bounds[++p] = nseg;
+        dl_parallel_for(threads, 1, part_range, &parts);
     } else {
         for (int64_t i = 0; i < nseg; i++) one_segment(&c, &segs[i], i + 1 < nseg ? &segs[i + 1] : NULL);
     }

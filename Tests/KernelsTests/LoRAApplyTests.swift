@@ -5,8 +5,8 @@ import TestSupport
 
 /// dl_lora_apply through `Kernels.LoRABatch` against `ReferenceOps.loraApply` (double precision).
 ///
-/// lora.c has two schedules: with at least 2 × threads segments it runs one segment per task over the pool
-/// (many small segments: 32 adapters in a batch of 32), otherwise it runs the segments one after another
+/// lora.c has two schedules: with at least 2 × threads segments it splits them over the pool in one
+/// contiguous part per thread, balanced by cost (many small segments: 32 adapters in a batch of 32), otherwise it runs the segments one after another
 /// and lets the two matmuls of each split over the pool (few large segments). Each is driven here by the
 /// thread count, on the same inputs, and the two must agree bit for bit (the engine's batch invariance rests
 /// on it). The weights are F32, F16 or BF16: each takes a different dequantization path in matmul_dq.c.
