@@ -4,20 +4,22 @@
 // instead of two per segment; few large segments parallelise inside the matmuls instead. Either way each output element
 // is computed in the same order: results do not depend on the split.
 //
-// Small segments (under SMALL_SEGMENT tokens: decode tokens) take a kernel of their own, the grouped
-// shrink/expand (Punica's BGMV), which streams each adapter's bytes once per token with the weights
-// converted to f32 in registers:
+// Segments of up to 8 tokens (decode) are cut into pieces of up to 4 tokens, and each piece takes a kernel
+// of its own, the grouped shrink/expand (Punica's BGMV), which streams the adapter's bytes once per piece
+// with the weights converted to f32 in registers, once for all the piece's tokens:
 //
-//   for each token t of the segment:
-//     u[j]  = lanes(A[j, :] · x[t])       j < prank, 16 rows at a time (16 accumulators, one x load)
-//     u[j] *= gate(t, j)                  MoLE only
-//     p[o]  = lanes(B[o, :] · u)          o < out, 16 rows at a time
+//   u[t, j]  = lanes(A[j, :] · x[t])     j < prank, t < T: R rows x T tokens at a time (R·T = 16
+//                                         accumulators: 16 rows for one token; a piece of 4 tokens
+//                                         takes 4 rows x 4 tokens, smaller pieces token by token)
+//   u[t, j] *= gate(t, j)                 MoLE only
+//   for each token t of the piece:
+//     p[o]  = lanes(B[o, :] · u[t])       o < out, 16 rows at a time
 //     y[t, o] += scale * p[o]
 //
 // lanes(·) is matmul_dq.c's order: 16 lanes (k mod 16) accumulated by FMA in increasing k, then the fixed
-// pairwise tree 16 → 8 → 4 → 2 → 1. The 16 rows' trees are evaluated together by a transpose network that
-// performs exactly those additions (lane_sums16), so this kernel gives the same bits as dl_matmul_dq
-// followed by dl_add_scaled, the path larger segments take (ReferenceOps.loraApplyLanes is the twin).
+// pairwise tree 16 → 8 → 4 → 2 → 1. A tile's 16 (row, token) trees are evaluated together by a transpose
+// network that performs exactly those additions (lane_sums16), so this kernel gives the same bits as
+// dl_matmul_dq followed by dl_add_scaled, the path segments of 9 or more tokens take (ReferenceOps.loraApplyLanes is the twin).
 // While it works on one segment it prefetches the next segment's A and B (a few lines per 16-weight step)
 // into L2: one token's A and B are 18-66 KB read as 16 interleaved short streams, which the hardware
 // prefetcher does not ramp up on in time (measured: 15 → 19-23 GB/s for 32 distinct rank-16 adapters).
@@ -25,14 +27,16 @@
 // evicted the current segment's lines (T0 → T1: 12.1-12.5 → 10.4-11.1 ms for one step's 313 MB).
 // Before this kernel a decode token's expand went through dl_matmul_dq with K = prank (16): a panel refill
 // and a scalar dequantization call per row of 16 weights (docs/design/lora-kernels.md).
-// Without AVX-512 the AVX2 twin runs 8 rows at a time, each 16-lane accumulator held as two 8-lane halves
-// (lo lanes over all of K, then hi), reduced by the same tree (lane_sums8): the same bits again.
+// Without AVX-512 the AVX2 twin runs R·T ≤ 8 (row, token) pairs at a time, each 16-lane accumulator held as
+// two 8-lane halves (lo lanes over all of K, then hi), reduced by the same tree (lane_sums8): the same bits.
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
 #include <stdlib.h>
 
-enum { SMALL_SEGMENT = 4 };
+// Segments of fewer than SPLIT_BELOW tokens are cut into pieces of at most PIECE tokens, and each piece
+// takes the grouped kernel; longer segments (prefill) take dl_matmul_dq.
+enum { PIECE = 4, SPLIT_BELOW = 9 };
 
 static _Thread_local float *tl_buf;
 static _Thread_local int64_t tl_buf_floats;
@@ -132,20 +136,27 @@ DL_AVX512 static inline __attribute__((always_inline)) __m512 lane_sums16(const 
     return _mm512_permutexvar_ps(order, s1);
 }
 
-// 16 rows (row_bytes apart) x one token over K (a multiple of 16): lane m = lanes(W[m] · x).
+// R rows (row_bytes apart) x T tokens (x rows ldx apart) over K (a multiple of 16), R * T <= 16: lane
+// r * T + t = lanes(W[r] · x_t) (the other lanes 0). Each 16 weights of a row are converted once for the T
+// tokens. R and T are constants at every call site.
 DL_AVX512_F16 static inline __attribute__((always_inline))
-__m512 rows16(const int type, const uint8_t *w, int64_t row_bytes, int64_t K, const float *x, prefetcher *f) {
+__m512 tile_rt(const int type, const int R, const int T, const uint8_t *w, int64_t row_bytes, int64_t K,
+               const float *x, int64_t ldx, prefetcher *f) {
     __m512 acc[16];
-    for (int r = 0; r < 16; r++) acc[r] = _mm512_setzero_ps();
+    for (int i = 0; i < 16; i++) acc[i] = _mm512_setzero_ps();
     for (int64_t k = 0; k < K; k += 16) {
         if (f) prefetch_step(f);
-        __m512 xv = _mm512_loadu_ps(x + k);
-        for (int r = 0; r < 16; r++) acc[r] = _mm512_fmadd_ps(load16(type, w + r * row_bytes, k), xv, acc[r]);
+        __m512 xv[4];
+        for (int t = 0; t < T; t++) xv[t] = _mm512_loadu_ps(x + t * ldx + k);
+        for (int r = 0; r < R; r++) {
+            const __m512 wv = load16(type, w + r * row_bytes, k);
+            for (int t = 0; t < T; t++) acc[r * T + t] = _mm512_fmadd_ps(wv, xv[t], acc[r * T + t]);
+        }
     }
     return lane_sums16(acc);
 }
 
-// One row x one token (the expand's last out % 16 rows).
+// One row x one token (the expand's last out % R rows).
 DL_AVX512_F16 static inline __attribute__((always_inline))
 float row1(const int type, const uint8_t *w, int64_t K, const float *x) {
     __m512 acc = _mm512_setzero_ps();
@@ -153,29 +164,52 @@ float row1(const int type, const uint8_t *w, int64_t K, const float *x) {
     return dl_lane_sum(acc);
 }
 
+// T tokens (1 or 4) of segment s from its token t0: shrink into u (token t's prank values at u + t * prank),
+// gate, expand into y. The shrink's rows per tile: 16 for one token, 4 for four.
 DL_AVX512_F16 static inline __attribute__((always_inline))
-void small_segment_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
+void piece_typed(const int type, const int T, const lora_ctx *c, const dl_lora_seg *s, int64_t t0, float *u, prefetcher *f) {
+    const int R = T == 1 ? 16 : 4;
     const uint8_t *a = (const uint8_t *)s->a, *b = (const uint8_t *)s->b;
-    const int64_t in = c->in, out = c->out, prank = s->prank;
+    const int64_t in = c->in, out = c->out, prank = s->prank, ldy = c->ldy;
     const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
+    const float *x = c->x + (s->start + t0) * c->ldx;
+    float *y = c->y + (s->start + t0) * ldy;
+    float v[16];
+    for (int64_t j = 0; j < prank; j += R) {
+        _mm512_storeu_ps(v, tile_rt(type, R, T, a + j * a_row, a_row, in, x, c->ldx, f));
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) u[t * prank + j + r] = v[r * T + t];
+    }
+    if (s->gates)
+        for (int t = 0; t < T; t++) gate_columns(s, u + t * prank, s->gates + (t0 + t) * s->ldg);
+    // y + scale * p: a product, then a sum, as dl_add_scaled rounds them.
+    // The expand token by token, 16 rows at a time: with K = prank the lane trees, not the weights, are most
+    // of its work (blocking tokens would not save them), and 16 of a token's outputs are added as one vector.
+    // A row block's weights are read from memory for the first token, from cache for the others.
     const __m512 scale = _mm512_set1_ps(s->scale);
-    prefetcher pf = next_segment_prefetch(c, s, next), *f = next ? &pf : NULL;
-    for (int64_t t = 0; t < s->count; t++, f = NULL) {
-        const float *x = c->x + (s->start + t) * c->ldx;
-        float *y = c->y + (s->start + t) * c->ldy;
-        for (int64_t j = 0; j < prank; j += 16) _mm512_storeu_ps(u + j, rows16(type, a + j * a_row, a_row, in, x, f));
-        if (s->gates) gate_columns(s, u, s->gates + t * s->ldg);
+    for (int t = 0; t < T; t++, f = NULL) {
+        float *yt = y + t * ldy;
+        const float *ut = u + t * prank;
         int64_t o = 0;
-        // y + scale * p: a product, then a sum, as dl_add_scaled rounds them.
         for (; o + 16 <= out; o += 16)
-            _mm512_storeu_ps(y + o, _mm512_add_ps(_mm512_loadu_ps(y + o),
-                                                  _mm512_mul_ps(scale, rows16(type, b + o * b_row, b_row, prank, u, f))));
-        for (; o < out; o++) y[o] += s->scale * row1(type, b + o * b_row, prank, u);
+            _mm512_storeu_ps(yt + o, _mm512_add_ps(_mm512_loadu_ps(yt + o),
+                                                   _mm512_mul_ps(scale, tile_rt(type, 16, 1, b + o * b_row, b_row, prank, ut, prank, f))));
+        for (; o < out; o++) yt[o] += s->scale * row1(type, b + o * b_row, prank, ut);
     }
 }
 
+DL_AVX512_F16 static inline __attribute__((always_inline))
+void small_segment_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
+    prefetcher pf = next_segment_prefetch(c, s, next);
+    prefetcher *f = next ? &pf : NULL;
+    // Four tokens share the shrink's weight loads; fewer run one at a time (measured: blocking two or three
+    // tokens did not pay in the engine).
+    if (s->count == PIECE) { piece_typed(type, PIECE, c, s, 0, u, f); return; }
+    for (int64_t t = 0; t < s->count; t++, f = NULL) piece_typed(type, 1, c, s, t, u, f);
+}
+
 DL_AVX512_F16 static void small_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
-    float *u = lora_scratch(s->prank);
+    float *u = lora_scratch(PIECE * s->prank);
     switch (s->wtype) {
     case DL_BF16: small_segment_typed(DL_BF16, c, s, next, u); return;
     case DL_F16: small_segment_typed(DL_F16, c, s, next, u); return;
@@ -210,22 +244,28 @@ DL_AVX2 static inline __attribute__((always_inline)) __m256 lane_sums8(const __m
     return _mm256_permutevar8x32_ps(s1, _mm256_set_epi32(7, 3, 6, 2, 5, 1, 4, 0));
 }
 
-// 8 rows (row_bytes apart) x one token over K (a multiple of 16): lane m = lanes(W[m] · x). The lo lanes
-// (k mod 16 < 8) run over all of K, then the hi lanes: 8 accumulators a pass fit the 16 registers.
+// R rows (row_bytes apart) x T tokens over K (a multiple of 16), R * T <= 8: lane r * T + t = lanes(W[r] · x_t)
+// (the other lanes 0). The lo lanes (k mod 16 < 8) run over all of K, then the hi lanes: 8 accumulators a
+// pass fit the 16 registers beside the tokens' x and one weight vector.
 DL_AVX2 static inline __attribute__((always_inline))
-__m256 rows8(const int type, const uint8_t *w, int64_t row_bytes, int64_t K, const float *x, prefetcher *f) {
+__m256 tile2_rt(const int type, const int R, const int T, const uint8_t *w, int64_t row_bytes, int64_t K,
+                const float *x, int64_t ldx, prefetcher *f) {
     __m256 lo[8], acc[8];
     for (int half = 0; half < 2; half++) {
-        for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+        for (int i = 0; i < 8; i++) acc[i] = _mm256_setzero_ps();
         for (int64_t k = half * 8; k < K; k += 16) {
             if (f && half == 0) prefetch_step(f);
-            __m256 xv = _mm256_loadu_ps(x + k);
-            for (int r = 0; r < 8; r++) acc[r] = _mm256_fmadd_ps(load8(type, w + r * row_bytes, k), xv, acc[r]);
+            __m256 xv[4];
+            for (int t = 0; t < T; t++) xv[t] = _mm256_loadu_ps(x + t * ldx + k);
+            for (int r = 0; r < R; r++) {
+                const __m256 wv = load8(type, w + r * row_bytes, k);
+                for (int t = 0; t < T; t++) acc[r * T + t] = _mm256_fmadd_ps(wv, xv[t], acc[r * T + t]);
+            }
         }
         if (half == 0)
-            for (int r = 0; r < 8; r++) lo[r] = acc[r];
+            for (int i = 0; i < 8; i++) lo[i] = acc[i];
     }
-    for (int r = 0; r < 8; r++) acc[r] = _mm256_add_ps(lo[r], acc[r]);
+    for (int i = 0; i < 8; i++) acc[i] = _mm256_add_ps(lo[i], acc[i]);
     return lane_sums8(acc);
 }
 
@@ -239,28 +279,46 @@ float row1_2(const int type, const uint8_t *w, int64_t K, const float *x) {
     return dl_lane_sum2(lo, hi);
 }
 
+// piece_typed's twin: the shrink's rows per tile are 8 for one token, 2 for four.
 DL_AVX2 static inline __attribute__((always_inline))
-void small_segment2_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
+void piece2_typed(const int type, const int T, const lora_ctx *c, const dl_lora_seg *s, int64_t t0, float *u, prefetcher *f) {
+    const int R = T == 1 ? 8 : 2;
     const uint8_t *a = (const uint8_t *)s->a, *b = (const uint8_t *)s->b;
-    const int64_t in = c->in, out = c->out, prank = s->prank;
+    const int64_t in = c->in, out = c->out, prank = s->prank, ldy = c->ldy;
     const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
+    const float *x = c->x + (s->start + t0) * c->ldx;
+    float *y = c->y + (s->start + t0) * ldy;
+    float v[8];
+    for (int64_t j = 0; j < prank; j += R) {
+        _mm256_storeu_ps(v, tile2_rt(type, R, T, a + j * a_row, a_row, in, x, c->ldx, f));
+        for (int r = 0; r < R; r++)
+            for (int t = 0; t < T; t++) u[t * prank + j + r] = v[r * T + t];
+    }
+    if (s->gates)
+        for (int t = 0; t < T; t++) gate_columns(s, u + t * prank, s->gates + (t0 + t) * s->ldg);
+    // The expand token by token, 8 rows at a time (see piece_typed).
     const __m256 scale = _mm256_set1_ps(s->scale);
-    prefetcher pf = next_segment_prefetch(c, s, next), *f = next ? &pf : NULL;
-    for (int64_t t = 0; t < s->count; t++, f = NULL) {
-        const float *x = c->x + (s->start + t) * c->ldx;
-        float *y = c->y + (s->start + t) * c->ldy;
-        for (int64_t j = 0; j < prank; j += 8) _mm256_storeu_ps(u + j, rows8(type, a + j * a_row, a_row, in, x, f));
-        if (s->gates) gate_columns(s, u, s->gates + t * s->ldg);
+    for (int t = 0; t < T; t++, f = NULL) {
+        float *yt = y + t * ldy;
+        const float *ut = u + t * prank;
         int64_t o = 0;
         for (; o + 8 <= out; o += 8)
-            _mm256_storeu_ps(y + o, _mm256_add_ps(_mm256_loadu_ps(y + o),
-                                                  _mm256_mul_ps(scale, rows8(type, b + o * b_row, b_row, prank, u, f))));
-        for (; o < out; o++) y[o] += s->scale * row1_2(type, b + o * b_row, prank, u);
+            _mm256_storeu_ps(yt + o, _mm256_add_ps(_mm256_loadu_ps(yt + o),
+                                                   _mm256_mul_ps(scale, tile2_rt(type, 8, 1, b + o * b_row, b_row, prank, ut, prank, f))));
+        for (; o < out; o++) yt[o] += s->scale * row1_2(type, b + o * b_row, prank, ut);
     }
 }
 
+DL_AVX2 static inline __attribute__((always_inline))
+void small_segment2_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
+    prefetcher pf = next_segment_prefetch(c, s, next);
+    prefetcher *f = next ? &pf : NULL;
+    if (s->count == PIECE) { piece2_typed(type, PIECE, c, s, 0, u, f); return; }
+    for (int64_t t = 0; t < s->count; t++, f = NULL) piece2_typed(type, 1, c, s, t, u, f);
+}
+
 DL_AVX2 static void small_segment2(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
-    float *u = lora_scratch(s->prank);
+    float *u = lora_scratch(PIECE * s->prank);
     switch (s->wtype) {
     case DL_BF16: small_segment2_typed(DL_BF16, c, s, next, u); return;
     case DL_F16: small_segment2_typed(DL_F16, c, s, next, u); return;
@@ -271,7 +329,7 @@ DL_AVX2 static void small_segment2(const lora_ctx *c, const dl_lora_seg *s, cons
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
-    if (s->count < SMALL_SEGMENT) {
+    if (s->count <= PIECE) {
         if (dl_has_avx512()) { small_segment(c, s, next); return; }
         if (dl_has_avx2()) { small_segment2(c, s, next); return; }
     }
@@ -296,11 +354,11 @@ typedef struct {
     int64_t bounds[MAX_PARTS + 1];  // part p is segments [bounds[p], bounds[p + 1])
 } lora_parts;
 
-// A segment's cost in bytes streamed: its A and B once per token for the grouped kernel, once per 4 tokens
-// for dl_matmul_dq's 4-token tiles.
+// A segment's cost in bytes streamed: a piece (grouped kernel) reads its A and B once, with arithmetic
+// growing with its tokens; dl_matmul_dq reads them once per 4-token tile.
 static int64_t segment_cost(const lora_ctx *c, const dl_lora_seg *s) {
     int64_t bytes = s->prank * dl_row_bytes(s->wtype, c->in) + c->out * dl_row_bytes(s->wtype, s->prank);
-    return bytes * (s->count < SMALL_SEGMENT ? s->count : (s->count + 3) / 4);
+    return s->count <= PIECE ? bytes * (s->count + 1) / 2 : bytes * ((s->count + 3) / 4);
 }
 
 static void part_range(void *ctx, int64_t begin, int64_t end) {
@@ -312,26 +370,63 @@ static void part_range(void *ctx, int64_t begin, int64_t end) {
     }
 }
 
+static _Thread_local dl_lora_seg *tl_pieces;
+static _Thread_local int64_t tl_pieces_cap;
+
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
                    const float *x, int64_t ldx, float *y, int64_t ldy) {
-    lora_ctx c = { segs, in, out, x, ldx, y, ldy };
+    // Segments of 5-8 tokens are cut into pieces of at most PIECE tokens (a piece's gates start at its
+    // first token's row): the grouped kernel reads a piece's weights once for all its tokens, and the
+    // pieces can run on different threads.
+    int64_t npieces = 0;
+    for (int64_t i = 0; i < nseg; i++) npieces += segs[i].count < SPLIT_BELOW ? (segs[i].count + PIECE - 1) / PIECE : 1;
+    const dl_lora_seg *work = segs;
+    if (npieces != nseg) {
+        if (npieces > tl_pieces_cap) {
+            free(tl_pieces);
+            tl_pieces = (dl_lora_seg *)malloc((size_t)npieces * sizeof(dl_lora_seg));
+            if (!tl_pieces) {
+                tl_pieces_cap = 0;
+                dl_fatal_alloc("the LoRA segment pieces", (size_t)npieces * sizeof(dl_lora_seg));
+            }
+            tl_pieces_cap = npieces;
+        }
+        int64_t n = 0;
+        for (int64_t i = 0; i < nseg; i++) {
+            const dl_lora_seg *s = &segs[i];
+            if (s->count >= SPLIT_BELOW) { tl_pieces[n++] = *s; continue; }
+            for (int64_t t = 0; t < s->count; t += PIECE) {
+                dl_lora_seg q = *s;
+                q.start = s->start + t;
+                q.count = s->count - t < PIECE ? s->count - t : PIECE;
+                if (s->gates) q.gates = s->gates + t * s->ldg;
+                tl_pieces[n++] = q;
+            }
+        }
+        work = tl_pieces;
+    }
+    lora_ctx c = { work, in, out, x, ldx, y, ldy };
     int64_t threads = dl_num_threads();
     if (threads > MAX_PARTS) threads = MAX_PARTS;
-    if (nseg >= 2 * threads && threads > 1) {
+    // Pieces only: nothing parallelises inside them, so any count from one per thread up runs in parts. Few
+    // long segments instead run one after another, each matmul split over the pool.
+    int all_pieces = 1;
+    for (int64_t i = 0; i < npieces && all_pieces; i++) all_pieces = work[i].count <= PIECE;
+    if (threads > 1 && (npieces >= 2 * threads || (all_pieces && npieces >= threads))) {
         // Contiguous parts of about equal cost: part p ends at the first segment where the running cost
         // reaches (p + 1) / threads of the total.
         lora_parts parts = { .c = &c };
         int64_t total = 0;
-        for (int64_t i = 0; i < nseg; i++) total += segment_cost(&c, &segs[i]);
+        for (int64_t i = 0; i < npieces; i++) total += segment_cost(&c, &work[i]);
         int64_t acc = 0, p = 0;
         parts.bounds[0] = 0;
-        for (int64_t i = 0; i < nseg && p + 1 < threads; i++) {
-            acc += segment_cost(&c, &segs[i]);
+        for (int64_t i = 0; i < npieces && p + 1 < threads; i++) {
+            acc += segment_cost(&c, &work[i]);
             if (acc * threads >= total * (p + 1)) parts.bounds[++p] = i + 1;
         }
-        while (p < threads) parts.bounds[++p] = nseg;
+        while (p < threads) parts.bounds[++p] = npieces;
         dl_parallel_for(threads, 1, part_range, &parts);
     } else {
-        for (int64_t i = 0; i < nseg; i++) one_segment(&c, &segs[i], i + 1 < nseg ? &segs[i + 1] : NULL);
+        for (int64_t i = 0; i < npieces; i++) one_segment(&c, &work[i], i + 1 < npieces ? &work[i + 1] : NULL);
     }
 }
