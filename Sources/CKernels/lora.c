@@ -1,8 +1,8 @@
 // LoRA over adapter segments: for each segment (a run of batch tokens that share one adapter and scale),
 // y[t] += scale * B * (A * x[t]). Many small segments (one token each, 32 adapters in a batch of 32) are
 // split over the pool in one contiguous part per thread, so a step pays one thread hand-off per matrix
-// instead of two per segment; few large segments parallelise inside the matmuls instead. Either way each output element
-// is computed in the same order: results do not depend on the split.
+// instead of two per segment; few large segments parallelise inside the matmuls instead. Either way each
+// output element is computed in the same order: results do not depend on the split.
 //
 // Segments of up to 8 tokens (decode) are cut into pieces of up to 4 tokens, and each piece takes a kernel
 // of its own, the grouped shrink/expand (Punica's BGMV), which streams the adapter's bytes once per piece
@@ -19,7 +19,8 @@
 // lanes(·) is matmul_dq.c's order: 16 lanes (k mod 16) accumulated by FMA in increasing k, then the fixed
 // pairwise tree 16 → 8 → 4 → 2 → 1. A tile's 16 (row, token) trees are evaluated together by a transpose
 // network that performs exactly those additions (lane_sums16), so this kernel gives the same bits as
-// dl_matmul_dq followed by dl_add_scaled, the path segments of 9 or more tokens take (ReferenceOps.loraApplyLanes is the twin).
+// dl_matmul_dq followed by dl_add_scaled, the path segments of 9 or more tokens take
+// (ReferenceOps.loraApplyLanes is the twin).
 // While it works on one segment it prefetches the next segment's A and B (a few lines per 16-weight step)
 // into L2: one token's A and B are 18-66 KB read as 16 interleaved short streams, which the hardware
 // prefetcher does not ramp up on in time (measured: 15 → 19-23 GB/s for 32 distinct rank-16 adapters).
@@ -38,18 +39,24 @@
 // takes the grouped kernel; longer segments (prefill) take dl_matmul_dq.
 enum { PIECE = 4, SPLIT_BELOW = 9 };
 
-static _Thread_local float *tl_buf;
-static _Thread_local int64_t tl_buf_floats;
+// A thread's buffer of at least `bytes` (64-byte aligned), replaced by a larger one (contents not kept) when
+// too small, so a step allocates only while its sizes still grow.
+static void *grow_buffer(void **buf, int64_t *cap, int64_t bytes, const char *what) {
+    if (bytes > *cap) {
+        const size_t size = (size_t)((bytes + 63) / 64 * 64);
+        free(*buf);
+        *buf = aligned_alloc(64, size);
+        if (!*buf) dl_fatal_alloc(what, size);
+        *cap = (int64_t)size;
+    }
+    return *buf;
+}
+
+static _Thread_local void *tl_buf;
+static _Thread_local int64_t tl_buf_bytes;
 
 static float *lora_scratch(int64_t floats) {
-    if (floats > tl_buf_floats) {
-        size_t bytes = (size_t)((floats + 15) / 16 * 16) * sizeof(float);
-        free(tl_buf);
-        tl_buf = (float *)aligned_alloc(64, bytes);
-        if (!tl_buf) dl_fatal_alloc("the LoRA shrink/expand scratch", bytes);
-        tl_buf_floats = floats;
-    }
-    return tl_buf;
+    return (float *)grow_buffer(&tl_buf, &tl_buf_bytes, floats * (int64_t)sizeof(float), "the LoRA shrink/expand scratch");
 }
 
 typedef struct {
@@ -182,7 +189,6 @@ void piece_typed(const int type, const int T, const lora_ctx *c, const dl_lora_s
     }
     if (s->gates)
         for (int t = 0; t < T; t++) gate_columns(s, u + t * prank, s->gates + (t0 + t) * s->ldg);
-    // y + scale * p: a product, then a sum, as dl_add_scaled rounds them.
     // The expand token by token, 16 rows at a time: with K = prank the lane trees, not the weights, are most
     // of its work (blocking tokens would not save them), and 16 of a token's outputs are added as one vector.
     // A row block's weights are read from memory for the first token, from cache for the others.
@@ -191,6 +197,7 @@ void piece_typed(const int type, const int T, const lora_ctx *c, const dl_lora_s
         float *yt = y + t * ldy;
         const float *ut = u + t * prank;
         int64_t o = 0;
+        // y + scale * p: a product, then a sum, as dl_add_scaled rounds them.
         for (; o + 16 <= out; o += 16)
             _mm512_storeu_ps(yt + o, _mm512_add_ps(_mm512_loadu_ps(yt + o),
                                                    _mm512_mul_ps(scale, tile_rt(type, 16, 1, b + o * b_row, b_row, prank, ut, prank, f))));
@@ -370,48 +377,48 @@ static void part_range(void *ctx, int64_t begin, int64_t end) {
     }
 }
 
-static _Thread_local dl_lora_seg *tl_pieces;
-static _Thread_local int64_t tl_pieces_cap;
+static _Thread_local void *tl_pieces;
+static _Thread_local int64_t tl_pieces_bytes;
 
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
                    const float *x, int64_t ldx, float *y, int64_t ldy) {
     // Segments of 5-8 tokens are cut into pieces of at most PIECE tokens (a piece's gates start at its
     // first token's row): the grouped kernel reads a piece's weights once for all its tokens, and the
     // pieces can run on different threads.
+    // all_pieces: no segment is long enough for dl_matmul_dq.
     int64_t npieces = 0;
-    for (int64_t i = 0; i < nseg; i++) npieces += segs[i].count < SPLIT_BELOW ? (segs[i].count + PIECE - 1) / PIECE : 1;
+    int all_pieces = 1;
+    for (int64_t i = 0; i < nseg; i++) {
+        if (segs[i].count < SPLIT_BELOW) {
+            npieces += (segs[i].count + PIECE - 1) / PIECE;
+        } else {
+            npieces++;
+            all_pieces = 0;
+        }
+    }
     const dl_lora_seg *work = segs;
     if (npieces != nseg) {
-        if (npieces > tl_pieces_cap) {
-            free(tl_pieces);
-            tl_pieces = (dl_lora_seg *)malloc((size_t)npieces * sizeof(dl_lora_seg));
-            if (!tl_pieces) {
-                tl_pieces_cap = 0;
-                dl_fatal_alloc("the LoRA segment pieces", (size_t)npieces * sizeof(dl_lora_seg));
-            }
-            tl_pieces_cap = npieces;
-        }
+        dl_lora_seg *pieces = (dl_lora_seg *)grow_buffer(&tl_pieces, &tl_pieces_bytes,
+                                                         npieces * (int64_t)sizeof(dl_lora_seg), "the LoRA segment pieces");
         int64_t n = 0;
         for (int64_t i = 0; i < nseg; i++) {
             const dl_lora_seg *s = &segs[i];
-            if (s->count >= SPLIT_BELOW) { tl_pieces[n++] = *s; continue; }
+            if (s->count >= SPLIT_BELOW) { pieces[n++] = *s; continue; }
             for (int64_t t = 0; t < s->count; t += PIECE) {
                 dl_lora_seg q = *s;
                 q.start = s->start + t;
                 q.count = s->count - t < PIECE ? s->count - t : PIECE;
                 if (s->gates) q.gates = s->gates + t * s->ldg;
-                tl_pieces[n++] = q;
+                pieces[n++] = q;
             }
         }
-        work = tl_pieces;
+        work = pieces;
     }
     lora_ctx c = { work, in, out, x, ldx, y, ldy };
     int64_t threads = dl_num_threads();
     if (threads > MAX_PARTS) threads = MAX_PARTS;
     // Pieces only: nothing parallelises inside them, so any count from one per thread up runs in parts. Few
     // long segments instead run one after another, each matmul split over the pool.
-    int all_pieces = 1;
-    for (int64_t i = 0; i < npieces && all_pieces; i++) all_pieces = work[i].count <= PIECE;
     if (threads > 1 && (npieces >= 2 * threads || (all_pieces && npieces >= threads))) {
         // Contiguous parts of about equal cost: part p ends at the first segment where the running cost
         // reaches (p + 1) / threads of the total.

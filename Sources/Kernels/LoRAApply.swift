@@ -60,8 +60,14 @@ extension Kernels {
         /// `gates` and `columns` must stay valid until `apply` returns.
         public func append(a: WeightMatrix, b: WeightMatrix, tokens: Range<Int>, scale: Float,
                            gates: UnsafePointer<Float>, ldg: Int, columns: UnsafePointer<Int32>) {
+            append(LoRAOperands(a: a, b: b), tokens: tokens, scale: scale, gates: gates, ldg: ldg, columns: columns)
+        }
+
+        /// As the gated `append(a:b:...)`, with the matrices checked once beforehand.
+        public func append(_ m: LoRAOperands, tokens: Range<Int>, scale: Float,
+                           gates: UnsafePointer<Float>, ldg: Int, columns: UnsafePointer<Int32>) {
             let before = segments.count
-            append(a: a, b: b, tokens: tokens, scale: scale)
+            append(m, tokens: tokens, scale: scale)
             guard segments.count > before else { return }
             segments[before].gates = gates
             segments[before].ldg = Int64(ldg)

@@ -73,10 +73,10 @@ extension LlamaModel {
                     segmentGates(g, unit: g.granularity.unit(layer: layer, target: target), seg, x + seg.start * ldx, ldx: ldx,
                                  into: rows, ws)
                 }
-                batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale,
+                batch.append(m.operands, tokens: tokens, scale: w.scale * seg.scale,
                              gates: rows, ldg: MoLEGating.maxExperts, columns: columns)
             } else {
-                batch.append(a: m.a, b: m.b, tokens: tokens, scale: w.scale * seg.scale)
+                batch.append(m.operands, tokens: tokens, scale: w.scale * seg.scale)
             }
         }
         batch.apply(x, ldx: ldx, into: y, ldy: ldy)
