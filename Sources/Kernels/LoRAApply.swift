@@ -10,8 +10,9 @@ extension Kernels {
     /// (or, for a gated MoLE segment, with A_s · x[t] scaled per rank column by its expert's gate for t)
     ///
     /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16. Decode
-    /// segments (1–3 tokens) run lora.c's grouped shrink/expand, larger ones the batch-invariant matmul
-    /// kernel; both sum in the matmul kernel's lane order, so a token's result never depends on its batch.
+    /// segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped shrink/expand, longer ones the
+    /// batch-invariant matmul kernel; both sum in the matmul kernel's lane order, so a token's result never
+    /// depends on its batch.
     /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
     /// Reference twins: `ReferenceOps.loraApply` (double precision) and `ReferenceOps.loraApplyLanes` (the
     /// kernels' f32 summation order, bit for bit).
