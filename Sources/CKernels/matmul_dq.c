@@ -24,6 +24,8 @@ enum { ROWS_PER_GROUP = 4, TOKEN_BLOCK = 64 };
 // fused_tokens_typed's switch); larger ones dequantize into the panel, whose 4x4 tiles reuse each converted
 // row over 4 tokens (measured crossover: docs/design/core-engine.md, "Small decode batches").
 enum { FUSED_TOKENS = 8 };
+// Blocks whose scales fused_tile converts ahead of its FMA loop (a stack buffer of 8 rows x 2 floats each).
+enum { SCALE_CHUNK = 32 };
 // The AVX2 twins take up to FUSED_TOKENS2, 4 at a time (measured: docs/design/core-engine.md, as above).
 enum { FUSED_TOKENS2 = 8 };
 
@@ -117,32 +119,42 @@ DL_AVX512 static inline __m512 nibble_values(void) {
     return _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
 }
 
+// Block b of a 4-bit row (Q4_0: 18 bytes, Q4_1: 20) as two 16-lane slices, lo = elements 0..15, hi = 16..31,
+// from its scales as f32 (d, and m for Q4_1). A 16-entry table of the block's values, d * (j - 8) for Q4_0 and
+// d * j + m for Q4_1, is looked up by nibble (vpermps reads an index's low 4 bits): the same products and sums
+// the reference computes, one multiply (and one add) per block instead of per element.
+DL_AVX512 static inline __attribute__((always_inline))
+void q4_slices(const int type, const uint8_t *row, int64_t b, float d, float m, __m512 *lo, __m512 *hi) {
+    __m512 table = type == DL_Q4_0
+        ? _mm512_mul_ps(_mm512_set1_ps(d), _mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)))
+        : _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), nibble_values()), _mm512_set1_ps(m));
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + b * (type == DL_Q4_0 ? 18 : 20) + (type == DL_Q4_0 ? 2 : 4))));
+    *lo = _mm512_permutexvar_ps(q, table);
+    *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+}
+
+// The scales of block b of a row: d (converted from f16) into dm[0], and for Q4_1 m into dm[1].
+DL_AVX512_F16 static inline __attribute__((always_inline))
+void block_scales(const int type, const uint8_t *row, int64_t b, float *dm) {
+    if (type == DL_Q4_1) {
+        int32_t bits;
+        memcpy(&bits, row + b * 20, 4);
+        _mm_storel_pi((__m64 *)dm, _mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+    } else {
+        const uint8_t *p = row + b * (type == DL_Q4_0 ? 18 : 34);
+        dm[0] = _cvtsh_ss((uint16_t)(p[0] | p[1] << 8));
+    }
+}
+
 // The 32 weights of block b of a row as two 16-lane slices, lo = elements 0..15, hi = 16..31.
 DL_AVX512_F16 static inline __attribute__((always_inline))
 void block_slices(const int type, const uint8_t *row, int64_t b, __m512 *lo, __m512 *hi) {
     switch (type) {
-    case DL_Q4_0: {
-        // A 16-entry table of the block's values d * (j - 8), looked up by nibble (vpermps reads an
-        // index's low 4 bits): the same products the reference computes, for one multiply per block.
-        const uint8_t *p = row + b * 18;
-        __m512 table = _mm512_mul_ps(_mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8))),
-                                     _mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)));
-        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)));
-        *lo = _mm512_permutexvar_ps(q, table);
-        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
-        return;
-    }
+    case DL_Q4_0:
     case DL_Q4_1: {
-        // As Q4_0, with the table d * j + m.
-        // d and m converted together: [d, m] repeated, then each spread over all lanes.
-        const uint8_t *p = row + b * 20;
-        int32_t dm_bits;
-        memcpy(&dm_bits, p, 4);
-        __m512 dm = _mm512_cvtph_ps(_mm256_set1_epi32(dm_bits));
-        __m512 table = _mm512_add_ps(_mm512_mul_ps(_mm512_moveldup_ps(dm), nibble_values()), _mm512_movehdup_ps(dm));
-        __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(p + 4)));
-        *lo = _mm512_permutexvar_ps(q, table);
-        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
+        float dm[2] = { 0, 0 };
+        block_scales(type, row, b, dm);
+        q4_slices(type, row, b, dm[0], dm[1], lo, hi);
         return;
     }
     case DL_Q8_0: {
@@ -196,17 +208,34 @@ void fused_tile(const int type, const int NR, const int NT, const uint8_t *w, in
                 const float *x, int64_t ldx, float *y, int64_t ldy) {
     __m512 acc[16];
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
+    // 4-bit blocks: the scales of SCALE_CHUNK blocks of the NR rows are converted first, [r][b][d, m], so the
+    // block loop broadcasts them from memory (a load) instead of converting and spreading each in registers
+    // (three shuffles per block and row, a third of the loop's vector work; measured ~1.2x on one thread).
+    const int four_bit = type == DL_Q4_0 || type == DL_Q4_1;
+    float scales[8 * SCALE_CHUNK * 2];
     const char *next = (const char *)w + NR * row_bytes;
     const int64_t lines = (NR * row_bytes + 63) / 64, lines_per_block = (lines + nb - 1) / nb;
-    for (int64_t b = 0; b < nb; b++) {
-        if (NR > 1)
-            for (int64_t j = 0; j < lines_per_block; j++) _mm_prefetch(next + (b * lines_per_block + j) * 64, _MM_HINT_T0);
-        for (int r = 0; r < NR; r++) {
-            __m512 lo, hi;
-            block_slices(type, w + r * row_bytes, b, &lo, &hi);
-            for (int t = 0; t < NT; t++) {
-                acc[r * NT + t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + t * ldx + b * 32), acc[r * NT + t]);
-                acc[r * NT + t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + t * ldx + b * 32 + 16), acc[r * NT + t]);
+    for (int64_t b0 = 0; b0 < nb; b0 += SCALE_CHUNK) {
+        const int n = nb - b0 < SCALE_CHUNK ? (int)(nb - b0) : SCALE_CHUNK;
+        if (four_bit)
+            for (int r = 0; r < NR; r++)
+                for (int i = 0; i < n; i++) block_scales(type, w + r * row_bytes, b0 + i, scales + (r * SCALE_CHUNK + i) * 2);
+        for (int i = 0; i < n; i++) {
+            const int64_t b = b0 + i;
+            if (NR > 1)
+                for (int64_t j = 0; j < lines_per_block; j++) _mm_prefetch(next + (b * lines_per_block + j) * 64, _MM_HINT_T0);
+            for (int r = 0; r < NR; r++) {
+                __m512 lo, hi;
+                if (four_bit) {
+                    const float *dm = scales + (r * SCALE_CHUNK + i) * 2;
+                    q4_slices(type, w + r * row_bytes, b, dm[0], dm[1], &lo, &hi);
+                } else {
+                    block_slices(type, w + r * row_bytes, b, &lo, &hi);
+                }
+                for (int t = 0; t < NT; t++) {
+                    acc[r * NT + t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + t * ldx + b * 32), acc[r * NT + t]);
+                    acc[r * NT + t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + t * ldx + b * 32 + 16), acc[r * NT + t]);
+                }
             }
         }
     }
@@ -650,6 +679,16 @@ void dl_matmul_dq(int wtype, const void *W, int64_t rows, int64_t cols,
     dq_ctx c = { wtype, (const uint8_t *)W, rows, cols, dl_row_bytes(wtype, cols), X, ldx, ntok, Y, ldy };
     int64_t groups = (rows + ROWS_PER_GROUP - 1) / ROWS_PER_GROUP;
     // Small products are cheaper on the calling thread than handed to the pool.
-    if (rows * cols * ntok < (1 << 16)) dq_groups(&c, 0, groups);
-    else dl_parallel_for(groups, 4, dq_groups, &c);
+    if (rows * cols * ntok < (1 << 16)) { dq_groups(&c, 0, groups); return; }
+    // The fused kernels (small decode batches) take one contiguous part per thread: each part starts with
+    // rows its prefetch has not fetched and ends with the threads waiting for the slowest part, which at
+    // 4 parts per thread cost ~10 % of a batch-1 step (121 products per token; measured, core-engine.md).
+    // A worker that wakes late still delays nothing: the caller claims its part as well.
+    int fused = 0;
+#if defined(__x86_64__)
+    fused = has_fused_token_kernel(wtype, cols) &&
+            ((dl_has_avx512() && ntok <= FUSED_TOKENS) || (!dl_has_avx512() && dl_has_avx2() && ntok <= FUSED_TOKENS2));
+#endif
+    int64_t threads = dl_num_threads();
+    dl_parallel_for(groups, fused ? (groups + threads - 1) / threads : 4, dq_groups, &c);
 }
