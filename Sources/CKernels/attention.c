@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+// One part's partial result for one head (the split path, below): its max score, Σ exp(s - m) and Σ exp(s - m)·V.
+typedef struct { float m; double l; float o[64]; } part_t;
+
 void dl_kv_write(float *kcache, float *vcache, const int64_t *slots, int64_t ntok, int64_t row,
                  const float *k, int64_t ldk, const float *v, int64_t ldv) {
     for (int64_t t = 0; t < ntok; t++) {
@@ -173,6 +176,58 @@ DL_AVX512 static void group_attention64(int G, const float *q, float *out, float
     }
     for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) _mm512_storeu_ps(out + g * 64 + 16 * j, acc[g][j]);
 }
+// A token's visible positions beyond SPLIT_POSITIONS are cut into parts of equal size (part c of k: positions
+// [c·n/k, (c+1)·n/k)), each computed as a partial softmax, then merged (as flash-decoding does): the parts are
+// tasks of their own, so a single long sequence spreads over the threads (SmolLM2's 3 kv heads gave 2 + 1 over
+// two threads) without reading a K/V row twice. The cut depends on n alone, so a token's bits do not depend
+// on its batch or the thread count; tokens with n ≤ SPLIT_POSITIONS take group_attention64 unchanged.
+enum { SPLIT_POSITIONS = 1024 };
+
+static int64_t position_parts(int64_t n) { return n <= SPLIT_POSITIONS ? 1 : (n + SPLIT_POSITIONS - 1) / SPLIT_POSITIONS; }
+
+// Positions [p0, p1) for the G query heads of one kv head (head_dim 64): per head the part's max, then
+// e_p = exp(s_p - m) summed in double and multiplied into the V rows in position order.
+DL_AVX512 static void group_partial64(int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
+                                      const int32_t *table, int64_t block_size, const float *kcache,
+                                      const float *vcache, int64_t row, int64_t offset, part_t *res) {
+    const int64_t n = p1 - p0;
+    float mx[8];
+    __m512 qv[8][4];
+    for (int g = 0; g < G; g++) { mx[g] = -INFINITY; for (int j = 0; j < 4; j++) qv[g][j] = _mm512_loadu_ps(q + g * 64 + 16 * j); }
+    for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++) {
+        const float *kr = kcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        if (++off == block_size) { off = 0; blk++; }
+        __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16), k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+        for (int g = 0; g < G; g++) {
+            __m512 acc = _mm512_setzero_ps();
+            acc = _mm512_fmadd_ps(qv[g][0], k0, acc); acc = _mm512_fmadd_ps(qv[g][1], k1, acc);
+            acc = _mm512_fmadd_ps(qv[g][2], k2, acc); acc = _mm512_fmadd_ps(qv[g][3], k3, acc);
+            float sc = _mm512_reduce_add_ps(acc) * scale;
+            scores[g * n + (p - p0)] = sc;
+            if (sc > mx[g]) mx[g] = sc;
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        float *sc = scores + g * n;
+        double sum = 0;
+        for (int64_t i = 0; i < n; i++) { sc[i] = expf(sc[i] - mx[g]); sum += sc[i]; }
+        res[g].m = mx[g];
+        res[g].l = sum;
+    }
+    __m512 acc[8][4];
+    for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) acc[g][j] = _mm512_setzero_ps();
+    for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++) {
+        const float *vr = vcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        if (++off == block_size) { off = 0; blk++; }
+        __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+        for (int g = 0; g < G; g++) {
+            __m512 a = _mm512_set1_ps(scores[g * n + (p - p0)]);
+            acc[g][0] = _mm512_fmadd_ps(a, v0, acc[g][0]); acc[g][1] = _mm512_fmadd_ps(a, v1, acc[g][1]);
+            acc[g][2] = _mm512_fmadd_ps(a, v2, acc[g][2]); acc[g][3] = _mm512_fmadd_ps(a, v3, acc[g][3]);
+        }
+    }
+    for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) _mm512_storeu_ps(res[g].o + 16 * j, acc[g][j]);
+}
 #endif
 
 typedef struct {
@@ -182,6 +237,9 @@ typedef struct {
     int64_t n_head, n_kv, head_dim; float scale;
     float *out; int64_t ldo;
     int64_t ntok;
+    // Split path only: task_start[t] = the first task of token t (n_kv · parts each, ntok + 1 entries),
+    // part_start[t] = its first part_t (n_head · parts, or -1 when it is not split), parts = the results.
+    const int64_t *task_start, *part_start; part_t *parts;
 } attn_ctx;
 
 // Per-thread score buffer, grown on demand: no allocation once warm.
@@ -278,6 +336,59 @@ static void attention_runs(void *vctx, int64_t begin, int64_t end) {
         task += last - h;
     }
 }
+
+// Tasks [begin, end) of the split path: task i of token t is (kv head, part) = (r / parts, r % parts) for
+// r = i - task_start[t]; an unsplit token's task is its kv head's whole group, as attention_runs computes it.
+static void attention_split(void *vctx, int64_t begin, int64_t end) {
+    const attn_ctx *c = (const attn_ctx *)vctx;
+    const int64_t group = c->n_head / c->n_kv, row = c->n_kv * c->head_dim;
+    int64_t t = 0;
+    for (int64_t task = begin; task < end; task++) {
+        while (c->task_start[t + 1] <= task) t++;
+        const int64_t n = (int64_t)c->positions[t] + 1, k = position_parts(n), r = task - c->task_start[t];
+        const int64_t kvh = r / k, part = r % k;
+        const float *q = c->q + t * c->ldq + kvh * group * 64;
+        const int32_t *table = c->block_tables + c->table_offsets[t];
+        if (k == 1) {
+            float *scores = score_buffer(n * group);
+            group_attention64((int)group, q, c->out + t * c->ldo + kvh * group * 64, scores, c->scale, n, table,
+                              c->block_size, c->kcache, c->vcache, row, kvh * 64);
+        } else {
+            const int64_t p0 = part * n / k, p1 = (part + 1) * n / k;
+            float *scores = score_buffer((p1 - p0) * group);
+            group_partial64((int)group, q, scores, c->scale, p0, p1, table, c->block_size, c->kcache, c->vcache, row,
+                            kvh * 64, c->parts + c->part_start[t] + (kvh * k + part) * group);
+        }
+    }
+}
+
+// The split tokens' heads: m = max of the parts' maxima, o = Σ_c e^(m_c - m)·o_c / Σ_c e^(m_c - m)·l_c, in
+// part order, in double.
+static void merge_parts(const attn_ctx *c) {
+    const int64_t group = c->n_head / c->n_kv;
+    for (int64_t t = 0; t < c->ntok; t++) {
+        if (c->part_start[t] < 0) continue;
+        const int64_t k = position_parts((int64_t)c->positions[t] + 1);
+        for (int64_t h = 0; h < c->n_head; h++) {
+            const int64_t kvh = h / group, g = h % group;
+            const part_t *pp = c->parts + c->part_start[t] + kvh * k * group + g; // part i at pp[i * group]
+            double m = pp[0].m, l = 0, o[64] = { 0 };
+            for (int64_t i = 1; i < k; i++) if (pp[i * group].m > m) m = pp[i * group].m;
+            for (int64_t i = 0; i < k; i++) {
+                const double w = exp((double)pp[i * group].m - m);
+                l += w * pp[i * group].l;
+                for (int d = 0; d < 64; d++) o[d] += w * pp[i * group].o[d];
+            }
+            float *out = c->out + t * c->ldo + h * 64;
+            for (int d = 0; d < 64; d++) out[d] = (float)(o[d] / l);
+        }
+    }
+}
+
+// The split path's bookkeeping (task and part offsets, the parts), grown on demand per calling thread.
+static __thread int64_t *tl_split_index;
+static __thread part_t *tl_parts;
+static __thread int64_t tl_index_cap, tl_parts_cap;
 #endif
 
 void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *positions,
@@ -286,7 +397,7 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
                   int64_t n_head, int64_t n_kv, int64_t head_dim, float scale,
                   float *out, int64_t ldo) {
     attn_ctx c = { q, ldq, positions, block_tables, table_offsets, block_size, kcache, vcache,
-                   n_head, n_kv, head_dim, scale, out, ldo, ntok };
+                   n_head, n_kv, head_dim, scale, out, ldo, ntok, NULL, NULL, NULL };
     int64_t tasks = ntok * n_head, work = 0;
     for (int64_t t = 0; t < ntok; t++) work += (int64_t)positions[t] + 1;
     // Little work is cheaper done serially than handed to the pool.
@@ -297,9 +408,46 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
         // threads; splitting the heads evenly instead (5 and 4, so one kv head read twice) measured no faster at
         // 1,950 positions (6.6-6.8 against 5.9-6.3 ms per token in a C driver).
         int64_t group = n_head / n_kv, parts = (int64_t)dl_num_threads() * 4;
-        int64_t grain = ((tasks + parts - 1) / parts + group - 1) / group * group;
-        if (work * n_head * head_dim < 65536) attention_runs(&c, 0, tasks);
-        else dl_parallel_for(tasks, grain, attention_runs, &c);
+        int64_t split_tasks = 0, split_parts = 0;
+        for (int64_t t = 0; t < ntok; t++) {
+            int64_t k = position_parts((int64_t)positions[t] + 1);
+            split_tasks += n_kv * k;
+            if (k > 1) split_parts += n_head * k;
+        }
+        if (split_parts == 0) {
+            int64_t grain = ((tasks + parts - 1) / parts + group - 1) / group * group;
+            if (work * n_head * head_dim < 65536) attention_runs(&c, 0, tasks);
+            else dl_parallel_for(tasks, grain, attention_runs, &c);
+            return;
+        }
+        if (2 * (ntok + 1) > tl_index_cap) {
+            int64_t cap = 4 * (ntok + 1);
+            int64_t *p = (int64_t *)realloc(tl_split_index, (size_t)cap * sizeof(int64_t));
+            if (!p) dl_fatal_alloc("the attention split index", (size_t)cap * sizeof(int64_t));
+            tl_split_index = p;
+            tl_index_cap = cap;
+        }
+        if (split_parts > tl_parts_cap) {
+            int64_t cap = 2 * split_parts;
+            part_t *p = (part_t *)realloc(tl_parts, (size_t)cap * sizeof(part_t));
+            if (!p) dl_fatal_alloc("the attention split parts", (size_t)cap * sizeof(part_t));
+            tl_parts = p;
+            tl_parts_cap = cap;
+        }
+        int64_t *task_start = tl_split_index, *part_start = tl_split_index + ntok + 1;
+        for (int64_t t = 0, next_task = 0, next_part = 0; t <= ntok; t++) {
+            task_start[t] = next_task;
+            if (t == ntok) break;
+            int64_t k = position_parts((int64_t)positions[t] + 1);
+            part_start[t] = k > 1 ? next_part : -1;
+            next_task += n_kv * k;
+            if (k > 1) next_part += n_head * k;
+        }
+        c.task_start = task_start;
+        c.part_start = part_start;
+        c.parts = tl_parts;
+        dl_parallel_for(split_tasks, 1, attention_split, &c);
+        merge_parts(&c);
         return;
     }
 #endif

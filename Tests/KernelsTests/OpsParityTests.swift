@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Testing
 import TestSupport
@@ -239,6 +240,62 @@ import TestSupport
         }
         // Layer 0 was never touched.
         #expect((0..<(storage.numBlocks * storage.blockFloats)).allSatisfy { storage.keys(layer: 0)[$0] == 0 })
+    }
+
+    /// Long contexts, where the AVX-512 path cuts a token's positions into parts (past 1,024 positions) and
+    /// merges their partial softmaxes: a 1,900-position decode (2 parts), a prefill chunk whose tokens cross
+    /// from 1 part to 2 (positions 1,020-1,027), a 3,000-position decode (3 parts) and a short decode, in one
+    /// batch with the blocks scattered. Each token against the double reference, alone against batched bit for
+    /// bit, and one thread against two bit for bit.
+    @Test func longContextsMatchReferenceAcrossParts() {
+        let (nHead, nKV, headDim, blockSize) = (9, 3, 64, 16)
+        var rng = Rng(seed: 4242)
+        let row = nKV * headDim, layer = 0
+        let storage = PagedKVStorage(numLayers: 1, numBlocks: 400, blockSize: blockSize, numKVHeads: nKV, headDim: headDim)
+        var free = Array(0..<storage.numBlocks).shuffledDeterministically(&rng)
+        func blocks(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(free.removeLast()) } }
+        func slot(_ table: [Int32], _ p: Int) -> Int64 { Int64(table[p / blockSize]) * Int64(blockSize) + Int64(p % blockSize) }
+        let sequences: [(cached: Int, fresh: Int)] = [(1899, 1), (1020, 8), (2999, 1), (10, 1)]
+        let tablesBySequence = sequences.map { blocks(($0.cached + $0.fresh + blockSize - 1) / blockSize) }
+        var slots: [Int64] = [], positions: [Int32] = [], offsets: [Int64] = [], tables: [Int32] = [], q: [Float] = []
+        for (s, seq) in sequences.enumerated() {
+            let table = tablesBySequence[s], offset = Int64(tables.count)
+            tables += table
+            for p in 0..<(seq.cached + seq.fresh) {
+                [slot(table, p)].withUnsafeBufferPointer {
+                    Kernels.writeKV(storage, layer: layer, slots: $0, keys: rng.floats(row), ldk: row, values: rng.floats(row), ldv: row)
+                }
+                if p >= seq.cached {
+                    slots.append(slot(table, p))
+                    positions.append(Int32(p))
+                    offsets.append(offset)
+                    q += rng.floats(nHead * headDim)
+                }
+            }
+        }
+        let width = nHead * headDim
+        let before = dl_num_threads()
+        dl_set_num_threads(1)
+        let serial = Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: tables, kv: storage, layer: layer)
+        dl_set_num_threads(2)
+        let out = Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: tables, kv: storage, layer: layer)
+        dl_set_num_threads(before)
+        #expect(serial == out, "one thread != two threads")
+        let keys = storage.keys(layer: layer), values = storage.values(layer: layer)
+        for t in 0..<positions.count {
+            let table = Array(tables[Int(offsets[t])...])
+            let visible = (0...Int(positions[t])).map { Int(slot(table, $0)) * row }
+            let ref = ReferenceOps.attention(query: Array(q[(t * width)..<((t + 1) * width)]),
+                                             keys: visible.map { Array(UnsafeBufferPointer(start: keys + $0, count: row)) },
+                                             values: visible.map { Array(UnsafeBufferPointer(start: values + $0, count: row)) },
+                                             position: Int(positions[t]), nHead: nHead, nKV: nKV, headDim: headDim,
+                                             scale: 1 / Float(headDim).squareRoot())
+            let got = Array(out[(t * width)..<((t + 1) * width)])
+            #expect(Self.maxRelError(got, ref) < 1e-5, "token \(t) at \(positions[t])")
+            let alone = Self.attention(Array(q[(t * width)..<((t + 1) * width)]), heads: nHead, positions: [positions[t]],
+                                       slots: [slots[t]], offsets: [0], tables: table, kv: storage, layer: layer)
+            #expect(alone == got, "token \(t): alone != batched")
+        }
     }
 
     /// The KV write copies each token's rows (strided sources) to exactly its slots.
