@@ -134,64 +134,27 @@ DL_AVX512 static void weighted_values_avx512(int64_t head_dim, float *o, const f
 
 
 #if defined(__x86_64__)
-// One (token, kv head) task for all G query heads of the group, head_dim 64: each K and V row is read once for the
-// G heads; every head sees the same operations in the same order as scores_avx512 / weighted_values_regs.
-DL_AVX512 static void group_attention64(int G, const float *q, float *out, float *scores, float scale, int64_t n,
-                                        const int32_t *table, int64_t block_size, const float *kcache,
-                                        const float *vcache, int64_t row, int64_t offset) {
-    float mx[8];
-    __m512 qv[8][4];
-    for (int g = 0; g < G; g++) { mx[g] = -INFINITY; for (int j = 0; j < 4; j++) qv[g][j] = _mm512_loadu_ps(q + g * 64 + 16 * j); }
-    for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-        const float *kr = kcache + ((int64_t)table[blk] * block_size + off) * row + offset;
-        if (++off == block_size) { off = 0; blk++; }
-        __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16), k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
-        for (int g = 0; g < G; g++) {
-            __m512 acc = _mm512_setzero_ps();
-            acc = _mm512_fmadd_ps(qv[g][0], k0, acc); acc = _mm512_fmadd_ps(qv[g][1], k1, acc);
-            acc = _mm512_fmadd_ps(qv[g][2], k2, acc); acc = _mm512_fmadd_ps(qv[g][3], k3, acc);
-            float s = _mm512_reduce_add_ps(acc) * scale;
-            scores[g * n + p] = s;
-            if (s > mx[g]) mx[g] = s;
-        }
-    }
-    float inv[8];
-    for (int g = 0; g < G; g++) {
-        float *sc = scores + g * n;
-        double sum = 0;
-        for (int64_t p = 0; p < n; p++) { sc[p] = expf(sc[p] - mx[g]); sum += sc[p]; }
-        inv[g] = (float)(1.0 / sum);
-    }
-    __m512 acc[8][4];
-    for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) acc[g][j] = _mm512_setzero_ps();
-    for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-        const float *vr = vcache + ((int64_t)table[blk] * block_size + off) * row + offset;
-        if (++off == block_size) { off = 0; blk++; }
-        __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
-        for (int g = 0; g < G; g++) {
-            __m512 a = _mm512_set1_ps(scores[g * n + p] * inv[g]);
-            acc[g][0] = _mm512_fmadd_ps(a, v0, acc[g][0]); acc[g][1] = _mm512_fmadd_ps(a, v1, acc[g][1]);
-            acc[g][2] = _mm512_fmadd_ps(a, v2, acc[g][2]); acc[g][3] = _mm512_fmadd_ps(a, v3, acc[g][3]);
-        }
-    }
-    for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) _mm512_storeu_ps(out + g * 64 + 16 * j, acc[g][j]);
-}
 // A token's visible positions beyond SPLIT_POSITIONS are cut into parts of equal size (part c of k: positions
 // [c·n/k, (c+1)·n/k)), each computed as a partial softmax, then merged (as flash-decoding does): the parts are
 // tasks of their own, so a single long sequence spreads over the threads (SmolLM2's 3 kv heads gave 2 + 1 over
 // two threads) without reading a K/V row twice. The cut depends on n alone, so a token's bits do not depend
-// on its batch or the thread count; tokens with n ≤ SPLIT_POSITIONS take group_attention64 unchanged.
+// on its batch or the thread count; tokens with n ≤ SPLIT_POSITIONS take the whole range at once.
 enum { SPLIT_POSITIONS = 1024 };
 
 static int64_t position_parts(int64_t n) { return n <= SPLIT_POSITIONS ? 1 : (n + SPLIT_POSITIONS - 1) / SPLIT_POSITIONS; }
 
-// Positions [p0, p1) for the G query heads of one kv head (head_dim 64): per head the part's max, then
-// e_p = exp(s_p - m) summed in double and multiplied into the V rows in position order.
-DL_AVX512 static void group_partial64(int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
-                                      const int32_t *table, int64_t block_size, const float *kcache,
-                                      const float *vcache, int64_t row, int64_t offset, part_t *res) {
+// Positions [p0, p1) for the G (≤ 8) query heads that share one kv head, head_dim 64: each position's K row
+// is loaded once and dotted with each head's query, each V row once and added into each head's accumulators.
+// Per head: the scores and their max, e_p = exp(s_p - max) summed in double, then Σ e_p·V in position order.
+// With out, the whole range ([0, n)) of a token: e_p is scaled by 1 / Σ e before it meets V, the per-head
+// path's operations in its order (scores_avx512, weighted_values_regs), and the result goes to out. With res,
+// one part of a split token: Σ e_p·V, the max and Σ e go to res for merge_parts (the factor 1 is exact, so
+// both cases share the loop).
+DL_AVX512 static void group_heads64(int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
+                                    const int32_t *table, int64_t block_size, const float *kcache,
+                                    const float *vcache, int64_t row, int64_t offset, float *out, part_t *res) {
     const int64_t n = p1 - p0;
-    float mx[8];
+    float mx[8], mult[8];
     __m512 qv[8][4];
     for (int g = 0; g < G; g++) { mx[g] = -INFINITY; for (int j = 0; j < 4; j++) qv[g][j] = _mm512_loadu_ps(q + g * 64 + 16 * j); }
     for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++) {
@@ -211,8 +174,13 @@ DL_AVX512 static void group_partial64(int G, const float *q, float *scores, floa
         float *sc = scores + g * n;
         double sum = 0;
         for (int64_t i = 0; i < n; i++) { sc[i] = expf(sc[i] - mx[g]); sum += sc[i]; }
-        res[g].m = mx[g];
-        res[g].l = sum;
+        if (out) {
+            mult[g] = (float)(1.0 / sum);
+        } else {
+            mult[g] = 1.0f;
+            res[g].m = mx[g];
+            res[g].l = sum;
+        }
     }
     __m512 acc[8][4];
     for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) acc[g][j] = _mm512_setzero_ps();
@@ -221,12 +189,13 @@ DL_AVX512 static void group_partial64(int G, const float *q, float *scores, floa
         if (++off == block_size) { off = 0; blk++; }
         __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
         for (int g = 0; g < G; g++) {
-            __m512 a = _mm512_set1_ps(scores[g * n + (p - p0)]);
+            __m512 a = _mm512_set1_ps(scores[g * n + (p - p0)] * mult[g]);
             acc[g][0] = _mm512_fmadd_ps(a, v0, acc[g][0]); acc[g][1] = _mm512_fmadd_ps(a, v1, acc[g][1]);
             acc[g][2] = _mm512_fmadd_ps(a, v2, acc[g][2]); acc[g][3] = _mm512_fmadd_ps(a, v3, acc[g][3]);
         }
     }
-    for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) _mm512_storeu_ps(res[g].o + 16 * j, acc[g][j]);
+    for (int g = 0; g < G; g++)
+        for (int j = 0; j < 4; j++) _mm512_storeu_ps(out ? out + g * 64 + 16 * j : res[g].o + 16 * j, acc[g][j]);
 }
 #endif
 
@@ -317,7 +286,7 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
 
 #if defined(__x86_64__)
 // AVX-512 and head_dim 64: the (token, head) tasks of [begin, end) in runs of consecutive query heads of one
-// token that share a kv head, each run through group_attention64, so each K and V row is read once per run
+// token that share a kv head, each run through group_heads64, so each K and V row is read once per run
 // instead of once per query head. At long contexts that is most of a batch-1 step: SmolLM2 at 1,950 positions
 // holds 3 MB of K/V per layer, which per-head tasks read three times (9 query heads over 3 kv heads). The
 // per-head arithmetic is the per-head path's, so the bits are too, however the tasks are split.
@@ -331,8 +300,8 @@ static void attention_runs(void *vctx, int64_t begin, int64_t end) {
         if (last - h > end - task) last = h + (end - task);
         int64_t n = (int64_t)c->positions[t] + 1;
         float *scores = score_buffer(n * (last - h));
-        group_attention64((int)(last - h), c->q + t * c->ldq + h * 64, c->out + t * c->ldo + h * 64, scores,
-                          c->scale, n, c->block_tables + c->table_offsets[t], c->block_size, c->kcache, c->vcache, row, kvh * 64);
+        group_heads64((int)(last - h), c->q + t * c->ldq + h * 64, scores, c->scale, 0, n, c->block_tables + c->table_offsets[t],
+                      c->block_size, c->kcache, c->vcache, row, kvh * 64, c->out + t * c->ldo + h * 64, NULL);
         task += last - h;
     }
 }
@@ -351,13 +320,13 @@ static void attention_split(void *vctx, int64_t begin, int64_t end) {
         const int32_t *table = c->block_tables + c->table_offsets[t];
         if (k == 1) {
             float *scores = score_buffer(n * group);
-            group_attention64((int)group, q, c->out + t * c->ldo + kvh * group * 64, scores, c->scale, n, table,
-                              c->block_size, c->kcache, c->vcache, row, kvh * 64);
+            group_heads64((int)group, q, scores, c->scale, 0, n, table, c->block_size, c->kcache, c->vcache, row, kvh * 64,
+                          c->out + t * c->ldo + kvh * group * 64, NULL);
         } else {
             const int64_t p0 = part * n / k, p1 = (part + 1) * n / k;
             float *scores = score_buffer((p1 - p0) * group);
-            group_partial64((int)group, q, scores, c->scale, p0, p1, table, c->block_size, c->kcache, c->vcache, row,
-                            kvh * 64, c->parts + c->part_start[t] + (kvh * k + part) * group);
+            group_heads64((int)group, q, scores, c->scale, p0, p1, table, c->block_size, c->kcache, c->vcache, row, kvh * 64,
+                          NULL, c->parts + c->part_start[t] + (kvh * k + part) * group);
         }
     }
 }
