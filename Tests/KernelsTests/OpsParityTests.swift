@@ -154,6 +154,29 @@ import TestSupport
         }
     }
 
+    /// Each token of a flat batch's attention output `out` against the double reference over its visible
+    /// positions (1e-5), and against the same token computed alone, bit for bit.
+    static func expectEachTokenMatchesReferenceAndAlone(_ out: [Float], q: [Float], heads nHead: Int, positions: [Int32],
+                                                       slots: [Int64], offsets: [Int64], tables: [Int32],
+                                                       kv storage: PagedKVStorage, layer: Int) {
+        let headDim = storage.headDim, row = storage.rowFloats, width = nHead * headDim, blockSize = storage.blockSize
+        let keys = storage.keys(layer: layer), values = storage.values(layer: layer)
+        for t in 0..<positions.count {
+            let table = Array(tables[Int(offsets[t])...])
+            let visible = (0...Int(positions[t])).map { (Int(table[$0 / blockSize]) * blockSize + $0 % blockSize) * row }
+            let ref = ReferenceOps.attention(query: Array(q[(t * width)..<((t + 1) * width)]),
+                                             keys: visible.map { Array(UnsafeBufferPointer(start: keys + $0, count: row)) },
+                                             values: visible.map { Array(UnsafeBufferPointer(start: values + $0, count: row)) },
+                                             position: Int(positions[t]), nHead: nHead, nKV: row / headDim, headDim: headDim,
+                                             scale: 1 / Float(headDim).squareRoot())
+            let got = Array(out[(t * width)..<((t + 1) * width)])
+            #expect(Self.maxRelError(got, ref) < 1e-5, "token \(t) at \(positions[t])")
+            let alone = Self.attention(Array(q[(t * width)..<((t + 1) * width)]), heads: nHead, positions: [positions[t]],
+                                       slots: [slots[t]], offsets: [0], tables: table, kv: storage, layer: layer)
+            #expect(alone == got, "token \(t): alone != batched")
+        }
+    }
+
     /// Runs `Kernels.pagedAttention` over a flat batch given as arrays; returns [tokens][heads · headDim].
     static func attention(_ q: [Float], heads: Int, positions: [Int32], slots: [Int64], offsets: [Int64], tables: [Int32],
                           kv: PagedKVStorage, layer: Int) -> [Float] {
@@ -220,24 +243,10 @@ import TestSupport
                 q += rng.floats(nHead * headDim)
             }
         }
-        let ntok = slots.count, width = nHead * headDim
         slots.withUnsafeBufferPointer { Kernels.writeKV(storage, layer: layer, slots: $0, keys: kNew, ldk: row, values: vNew, ldv: row) }
         let out = Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: tables, kv: storage, layer: layer)
-        let keys = storage.keys(layer: layer), values = storage.values(layer: layer)
-        for t in 0..<ntok {
-            let table = Array(tables[Int(offsets[t])...])
-            let visible = (0...Int(positions[t])).map { Int(slot(table, $0)) * row }
-            let ref = ReferenceOps.attention(query: Array(q[(t * width)..<((t + 1) * width)]),
-                                             keys: visible.map { Array(UnsafeBufferPointer(start: keys + $0, count: row)) },
-                                             values: visible.map { Array(UnsafeBufferPointer(start: values + $0, count: row)) },
-                                             position: Int(positions[t]), nHead: nHead, nKV: nKV, headDim: headDim,
-                                             scale: 1 / Float(headDim).squareRoot())
-            let got = Array(out[(t * width)..<((t + 1) * width)])
-            #expect(Self.maxRelError(got, ref) < 1e-5, "token \(t) at \(positions[t])")
-            let alone = Self.attention(Array(q[(t * width)..<((t + 1) * width)]), heads: nHead, positions: [positions[t]],
-                                       slots: [slots[t]], offsets: [0], tables: table, kv: storage, layer: layer)
-            #expect(alone == got, "token \(t): alone != batched")
-        }
+        Self.expectEachTokenMatchesReferenceAndAlone(out, q: q, heads: nHead, positions: positions, slots: slots, offsets: offsets,
+                                                     tables: tables, kv: storage, layer: layer)
         // Layer 0 was never touched.
         #expect((0..<(storage.numBlocks * storage.blockFloats)).allSatisfy { storage.keys(layer: 0)[$0] == 0 })
     }
@@ -273,7 +282,6 @@ import TestSupport
                 }
             }
         }
-        let width = nHead * headDim
         let before = dl_num_threads()
         dl_set_num_threads(1)
         let serial = Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: tables, kv: storage, layer: layer)
@@ -281,21 +289,8 @@ import TestSupport
         let out = Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: tables, kv: storage, layer: layer)
         dl_set_num_threads(before)
         #expect(serial == out, "one thread != two threads")
-        let keys = storage.keys(layer: layer), values = storage.values(layer: layer)
-        for t in 0..<positions.count {
-            let table = Array(tables[Int(offsets[t])...])
-            let visible = (0...Int(positions[t])).map { Int(slot(table, $0)) * row }
-            let ref = ReferenceOps.attention(query: Array(q[(t * width)..<((t + 1) * width)]),
-                                             keys: visible.map { Array(UnsafeBufferPointer(start: keys + $0, count: row)) },
-                                             values: visible.map { Array(UnsafeBufferPointer(start: values + $0, count: row)) },
-                                             position: Int(positions[t]), nHead: nHead, nKV: nKV, headDim: headDim,
-                                             scale: 1 / Float(headDim).squareRoot())
-            let got = Array(out[(t * width)..<((t + 1) * width)])
-            #expect(Self.maxRelError(got, ref) < 1e-5, "token \(t) at \(positions[t])")
-            let alone = Self.attention(Array(q[(t * width)..<((t + 1) * width)]), heads: nHead, positions: [positions[t]],
-                                       slots: [slots[t]], offsets: [0], tables: table, kv: storage, layer: layer)
-            #expect(alone == got, "token \(t): alone != batched")
-        }
+        Self.expectEachTokenMatchesReferenceAndAlone(out, q: q, heads: nHead, positions: positions, slots: slots, offsets: offsets,
+                                                     tables: tables, kv: storage, layer: layer)
     }
 
     /// The KV write copies each token's rows (strided sources) to exactly its slots.
