@@ -212,18 +212,11 @@ typedef struct {
 } attn_ctx;
 
 // Per-thread score buffer, grown on demand: no allocation once warm.
-static __thread float *tl_scores;
-static __thread int64_t tl_capacity;
+static __thread void *tl_scores;
+static __thread int64_t tl_scores_bytes;
 
 static float *score_buffer(int64_t n) {
-    if (n > tl_capacity) {
-        int64_t cap = n < 4096 ? 4096 : n * 2;
-        float *p = (float *)realloc(tl_scores, (size_t)cap * sizeof(float));
-        if (!p) dl_fatal_alloc("the attention score buffer", (size_t)cap * sizeof(float));
-        tl_scores = p;
-        tl_capacity = cap;
-    }
-    return tl_scores;
+    return (float *)dl_grow_buffer(&tl_scores, &tl_scores_bytes, n * (int64_t)sizeof(float), "the attention score buffer");
 }
 
 static void attention_range(void *vctx, int64_t begin, int64_t end) {
@@ -355,9 +348,8 @@ static void merge_parts(const attn_ctx *c) {
 }
 
 // The split path's bookkeeping (task and part offsets, the parts), grown on demand per calling thread.
-static __thread int64_t *tl_split_index;
-static __thread part_t *tl_parts;
-static __thread int64_t tl_index_cap, tl_parts_cap;
+static __thread void *tl_split_index, *tl_parts;
+static __thread int64_t tl_split_index_bytes, tl_parts_bytes;
 #endif
 
 void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *positions,
@@ -367,59 +359,46 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
                   float *out, int64_t ldo) {
     attn_ctx c = { q, ldq, positions, block_tables, table_offsets, block_size, kcache, vcache,
                    n_head, n_kv, head_dim, scale, out, ldo, ntok, NULL, NULL, NULL };
-    int64_t tasks = ntok * n_head, work = 0;
-    for (int64_t t = 0; t < ntok; t++) work += (int64_t)positions[t] + 1;
+    int64_t tasks = ntok * n_head, work = 0, longest = 0;
+    for (int64_t t = 0; t < ntok; t++) {
+        const int64_t n = (int64_t)positions[t] + 1;
+        work += n;
+        if (n > longest) longest = n;
+    }
     // Little work is cheaper done serially than handed to the pool.
+    const int serial = work * n_head * head_dim < 65536;
 #if defined(__x86_64__)
     if (dl_has_avx512() && head_dim == 64 && n_head % n_kv == 0 && n_head / n_kv <= 8) {
-        // Parts of whole groups (the pool's four parts per thread, rounded up to a multiple of the group), so
-        // each kv head is read once per token. At batch 1 that leaves SmolLM2's 3 groups unevenly over 2
-        // threads; splitting the heads evenly instead (5 and 4, so one kv head read twice) measured no faster at
-        // 1,950 positions (6.6-6.8 against 5.9-6.3 ms per token in a C driver).
-        int64_t group = n_head / n_kv, parts = (int64_t)dl_num_threads() * 4;
-        int64_t split_tasks = 0, split_parts = 0;
-        for (int64_t t = 0; t < ntok; t++) {
-            int64_t k = position_parts((int64_t)positions[t] + 1);
-            split_tasks += n_kv * k;
-            if (k > 1) split_parts += n_head * k;
-        }
-        if (split_parts == 0) {
-            int64_t grain = ((tasks + parts - 1) / parts + group - 1) / group * group;
-            if (work * n_head * head_dim < 65536) attention_runs(&c, 0, tasks);
+        if (position_parts(longest) == 1) {
+            // Parts of whole groups (the pool's four parts per thread, rounded up to a multiple of the group),
+            // so each kv head is read once per token. At batch 1 that leaves SmolLM2's 3 groups unevenly over 2
+            // threads; splitting the heads evenly instead (5 and 4, so one kv head read twice) measured no
+            // faster at 1,950 positions (6.6-6.8 against 5.9-6.3 ms per token in a C driver).
+            const int64_t group = n_head / n_kv, parts = (int64_t)dl_num_threads() * 4;
+            const int64_t grain = ((tasks + parts - 1) / parts + group - 1) / group * group;
+            if (serial) attention_runs(&c, 0, tasks);
             else dl_parallel_for(tasks, grain, attention_runs, &c);
             return;
         }
-        if (2 * (ntok + 1) > tl_index_cap) {
-            int64_t cap = 4 * (ntok + 1);
-            int64_t *p = (int64_t *)realloc(tl_split_index, (size_t)cap * sizeof(int64_t));
-            if (!p) dl_fatal_alloc("the attention split index", (size_t)cap * sizeof(int64_t));
-            tl_split_index = p;
-            tl_index_cap = cap;
-        }
-        if (split_parts > tl_parts_cap) {
-            int64_t cap = 2 * split_parts;
-            part_t *p = (part_t *)realloc(tl_parts, (size_t)cap * sizeof(part_t));
-            if (!p) dl_fatal_alloc("the attention split parts", (size_t)cap * sizeof(part_t));
-            tl_parts = p;
-            tl_parts_cap = cap;
-        }
-        int64_t *task_start = tl_split_index, *part_start = tl_split_index + ntok + 1;
-        for (int64_t t = 0, next_task = 0, next_part = 0; t <= ntok; t++) {
+        int64_t *task_start = (int64_t *)dl_grow_buffer(&tl_split_index, &tl_split_index_bytes,
+                                                        (2 * ntok + 1) * (int64_t)sizeof(int64_t), "the attention split index");
+        int64_t *part_start = task_start + ntok + 1, next_task = 0, next_part = 0;
+        for (int64_t t = 0; t < ntok; t++) {
+            const int64_t k = position_parts((int64_t)positions[t] + 1);
             task_start[t] = next_task;
-            if (t == ntok) break;
-            int64_t k = position_parts((int64_t)positions[t] + 1);
             part_start[t] = k > 1 ? next_part : -1;
             next_task += n_kv * k;
             if (k > 1) next_part += n_head * k;
         }
+        task_start[ntok] = next_task;
         c.task_start = task_start;
         c.part_start = part_start;
-        c.parts = tl_parts;
-        dl_parallel_for(split_tasks, 1, attention_split, &c);
+        c.parts = (part_t *)dl_grow_buffer(&tl_parts, &tl_parts_bytes, next_part * (int64_t)sizeof(part_t), "the attention split parts");
+        dl_parallel_for(next_task, 1, attention_split, &c);
         merge_parts(&c);
         return;
     }
 #endif
-    if (work * n_head * head_dim < 65536) attention_range(&c, 0, tasks);
+    if (serial) attention_range(&c, 0, tasks);
     else dl_parallel_for(tasks, 1, attention_range, &c);
 }

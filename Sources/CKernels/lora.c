@@ -39,24 +39,11 @@
 // takes the grouped kernel; longer segments (prefill) take dl_matmul_dq.
 enum { PIECE = 4, SPLIT_BELOW = 9 };
 
-// A thread's buffer of at least `bytes` (64-byte aligned), replaced by a larger one (contents not kept) when
-// too small, so a step allocates only while its sizes still grow.
-static void *grow_buffer(void **buf, int64_t *cap, int64_t bytes, const char *what) {
-    if (bytes > *cap) {
-        const size_t size = (size_t)((bytes + 63) / 64 * 64);
-        free(*buf);
-        *buf = aligned_alloc(64, size);
-        if (!*buf) dl_fatal_alloc(what, size);
-        *cap = (int64_t)size;
-    }
-    return *buf;
-}
-
 static _Thread_local void *tl_buf;
 static _Thread_local int64_t tl_buf_bytes;
 
 static float *lora_scratch(int64_t floats) {
-    return (float *)grow_buffer(&tl_buf, &tl_buf_bytes, floats * (int64_t)sizeof(float), "the LoRA shrink/expand scratch");
+    return (float *)dl_grow_buffer(&tl_buf, &tl_buf_bytes, floats * (int64_t)sizeof(float), "the LoRA shrink/expand scratch");
 }
 
 typedef struct {
@@ -205,22 +192,12 @@ void piece_typed(const int type, const int T, const lora_ctx *c, const dl_lora_s
     }
 }
 
-DL_AVX512_F16 static inline __attribute__((always_inline))
-void small_segment_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
-    prefetcher pf = next_segment_prefetch(c, s, next);
-    prefetcher *f = next ? &pf : NULL;
-    // Four tokens share the shrink's weight loads; fewer run one at a time (measured: blocking two or three
-    // tokens did not pay in the engine).
-    if (s->count == PIECE) { piece_typed(type, PIECE, c, s, 0, u, f); return; }
-    for (int64_t t = 0; t < s->count; t++, f = NULL) piece_typed(type, 1, c, s, t, u, f);
-}
-
-DL_AVX512_F16 static void small_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
-    float *u = lora_scratch(PIECE * s->prank);
+// One piece (T = 1 or PIECE tokens of segment s from its token t0), specialised by weight type and T.
+DL_AVX512_F16 static void piece512(const lora_ctx *c, const dl_lora_seg *s, int64_t t0, int T, float *u, prefetcher *f) {
     switch (s->wtype) {
-    case DL_BF16: small_segment_typed(DL_BF16, c, s, next, u); return;
-    case DL_F16: small_segment_typed(DL_F16, c, s, next, u); return;
-    default: small_segment_typed(DL_F32, c, s, next, u); return;
+    case DL_BF16: if (T == PIECE) piece_typed(DL_BF16, PIECE, c, s, t0, u, f); else piece_typed(DL_BF16, 1, c, s, t0, u, f); return;
+    case DL_F16: if (T == PIECE) piece_typed(DL_F16, PIECE, c, s, t0, u, f); else piece_typed(DL_F16, 1, c, s, t0, u, f); return;
+    default: if (T == PIECE) piece_typed(DL_F32, PIECE, c, s, t0, u, f); else piece_typed(DL_F32, 1, c, s, t0, u, f); return;
     }
 }
 
@@ -316,29 +293,29 @@ void piece2_typed(const int type, const int T, const lora_ctx *c, const dl_lora_
     }
 }
 
-DL_AVX2 static inline __attribute__((always_inline))
-void small_segment2_typed(const int type, const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next, float *u) {
-    prefetcher pf = next_segment_prefetch(c, s, next);
-    prefetcher *f = next ? &pf : NULL;
-    if (s->count == PIECE) { piece2_typed(type, PIECE, c, s, 0, u, f); return; }
-    for (int64_t t = 0; t < s->count; t++, f = NULL) piece2_typed(type, 1, c, s, t, u, f);
-}
-
-DL_AVX2 static void small_segment2(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
-    float *u = lora_scratch(PIECE * s->prank);
+// piece512's twin.
+DL_AVX2 static void piece256(const lora_ctx *c, const dl_lora_seg *s, int64_t t0, int T, float *u, prefetcher *f) {
     switch (s->wtype) {
-    case DL_BF16: small_segment2_typed(DL_BF16, c, s, next, u); return;
-    case DL_F16: small_segment2_typed(DL_F16, c, s, next, u); return;
-    default: small_segment2_typed(DL_F32, c, s, next, u); return;
+    case DL_BF16: if (T == PIECE) piece2_typed(DL_BF16, PIECE, c, s, t0, u, f); else piece2_typed(DL_BF16, 1, c, s, t0, u, f); return;
+    case DL_F16: if (T == PIECE) piece2_typed(DL_F16, PIECE, c, s, t0, u, f); else piece2_typed(DL_F16, 1, c, s, t0, u, f); return;
+    default: if (T == PIECE) piece2_typed(DL_F32, PIECE, c, s, t0, u, f); else piece2_typed(DL_F32, 1, c, s, t0, u, f); return;
     }
 }
 #endif
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
-    if (s->count <= PIECE) {
-        if (dl_has_avx512()) { small_segment(c, s, next); return; }
-        if (dl_has_avx2()) { small_segment2(c, s, next); return; }
+    void (*piece)(const lora_ctx *, const dl_lora_seg *, int64_t, int, float *, prefetcher *) =
+        dl_has_avx512() ? piece512 : dl_has_avx2() ? piece256 : NULL;
+    if (s->count <= PIECE && piece) {
+        prefetcher pf = next_segment_prefetch(c, s, next);
+        prefetcher *f = next ? &pf : NULL; // the first piece prefetches the next segment
+        float *u = lora_scratch(PIECE * s->prank);
+        // Four tokens share the shrink's weight loads; fewer run one at a time (measured: blocking two or three
+        // tokens did not pay in the engine).
+        if (s->count == PIECE) { piece(c, s, 0, PIECE, u, f); return; }
+        for (int64_t t = 0; t < s->count; t++, f = NULL) piece(c, s, t, 1, u, f);
+        return;
     }
 #endif
     float *tmp = lora_scratch(s->count * (s->prank + c->out));
@@ -398,7 +375,7 @@ void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t ou
     }
     const dl_lora_seg *work = segs;
     if (npieces != nseg) {
-        dl_lora_seg *pieces = (dl_lora_seg *)grow_buffer(&tl_pieces, &tl_pieces_bytes,
+        dl_lora_seg *pieces = (dl_lora_seg *)dl_grow_buffer(&tl_pieces, &tl_pieces_bytes,
                                                          npieces * (int64_t)sizeof(dl_lora_seg), "the LoRA segment pieces");
         int64_t n = 0;
         for (int64_t i = 0; i < nseg; i++) {

@@ -596,20 +596,14 @@ typedef struct {
     int64_t ldx, ntok;
     float *Y;
     int64_t ldy;
+    int fused; // 2: the AVX-512 fused kernels, 1: the AVX2 ones, 0: the panel (decided once per product)
 } dq_ctx;
 
-static __thread float *tl_panel;
-static __thread int64_t tl_panel_floats;
+static __thread void *tl_panel;
+static __thread int64_t tl_panel_bytes;
 
 static float *panel_buffer(int64_t floats) {
-    if (floats > tl_panel_floats) {
-        size_t bytes = (size_t)((floats * 4 + 63) / 64 * 64);
-        free(tl_panel);
-        tl_panel = (float *)aligned_alloc(64, bytes);
-        if (!tl_panel) dl_fatal_alloc("the dequantized weight panel", bytes);
-        tl_panel_floats = floats;
-    }
-    return tl_panel;
+    return (float *)dl_grow_buffer(&tl_panel, &tl_panel_bytes, floats * (int64_t)sizeof(float), "the dequantized weight panel");
 }
 
 static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
@@ -617,9 +611,9 @@ static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
     const int64_t K = c->cols;
     int use512 = dl_has_avx512(), use256 = !use512 && dl_has_avx2();
 #if defined(__x86_64__)
-    if (has_fused_token_kernel(c->wtype, K) && ((use512 && c->ntok <= FUSED_TOKENS) || (use256 && c->ntok <= FUSED_TOKENS2))) {
+    if (c->fused) {
         int64_t r1 = g1 * ROWS_PER_GROUP < c->rows ? g1 * ROWS_PER_GROUP : c->rows;
-        if (use512) fused_tokens(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
+        if (c->fused == 2) fused_tokens(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
         else fused_tokens2(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
         return;
     }
@@ -676,7 +670,13 @@ void dl_matmul_dq(int wtype, const void *W, int64_t rows, int64_t cols,
                   const float *X, int64_t ldx, int64_t ntok,
                   float *Y, int64_t ldy) {
     if (rows <= 0 || ntok <= 0) return;
-    dq_ctx c = { wtype, (const uint8_t *)W, rows, cols, dl_row_bytes(wtype, cols), X, ldx, ntok, Y, ldy };
+    dq_ctx c = { wtype, (const uint8_t *)W, rows, cols, dl_row_bytes(wtype, cols), X, ldx, ntok, Y, ldy, 0 };
+#if defined(__x86_64__)
+    if (has_fused_token_kernel(wtype, cols)) {
+        if (dl_has_avx512()) c.fused = ntok <= FUSED_TOKENS ? 2 : 0;
+        else if (dl_has_avx2()) c.fused = ntok <= FUSED_TOKENS2 ? 1 : 0;
+    }
+#endif
     int64_t groups = (rows + ROWS_PER_GROUP - 1) / ROWS_PER_GROUP;
     // Small products are cheaper on the calling thread than handed to the pool.
     if (rows * cols * ntok < (1 << 16)) { dq_groups(&c, 0, groups); return; }
@@ -684,11 +684,6 @@ void dl_matmul_dq(int wtype, const void *W, int64_t rows, int64_t cols,
     // rows its prefetch has not fetched and ends with the threads waiting for the slowest part, which at
     // 4 parts per thread cost ~10 % of a batch-1 step (121 products per token; measured, core-engine.md).
     // A worker that wakes late still delays nothing: the caller claims its part as well.
-    int fused = 0;
-#if defined(__x86_64__)
-    fused = has_fused_token_kernel(wtype, cols) &&
-            ((dl_has_avx512() && ntok <= FUSED_TOKENS) || (!dl_has_avx512() && dl_has_avx2() && ntok <= FUSED_TOKENS2));
-#endif
     int64_t threads = dl_num_threads();
-    dl_parallel_for(groups, fused ? (groups + threads - 1) / threads : 4, dq_groups, &c);
+    dl_parallel_for(groups, c.fused ? (groups + threads - 1) / threads : 4, dq_groups, &c);
 }
