@@ -141,11 +141,7 @@ public func makeBatchingPolicy(_ config: BatchPolicyConfig) -> any BatchingPolic
 /// ran in an executed iteration gains a credit; one that ran goes back to zero.
 struct Credits: Equatable, Sendable {
     private(set) var values: [Int: Int] = [:]
-    // `charge`'s tables, refilled at every call and kept so an iteration does not allocate (not part of the value).
-    private var ranIDs = IntTable(), served = IntTable(), waiting = IntTable()
-    private var gone: [Int] = []
-
-    static func == (a: Credits, b: Credits) -> Bool { a.values == b.values }
+    // (`charge`'s tables are this thread's `PolicyScratch`.)
 
     func starving(_ queue: [QueuedRequest], bound: Int) -> Set<Int> {
         guard bound > 0 else {
@@ -165,19 +161,20 @@ struct Credits: Equatable, Sendable {
     func credit(_ adapter: Int) -> Int { values[adapter] ?? 0 }
 
     mutating func charge(queue: [QueuedRequest], ran: [PolicyRun]) {
-        ranIDs.removeAll()
-        served.removeAll()
-        waiting.removeAll()
-        for r in ran { ranIDs.add(r.id.rawValue) }
+        let s = PolicyScratch.current
+        s.pointee.ranIDs.removeAll()
+        s.pointee.served.removeAll()
+        s.pointee.waiting.removeAll()
+        for r in ran { s.pointee.ranIDs.add(r.id.rawValue) }
         for r in queue {
-            if ranIDs.contains(r.id.rawValue) { served.add(r.adapter) } else { waiting.add(r.adapter) }
+            if s.pointee.ranIDs.contains(r.id.rawValue) { s.pointee.served.add(r.adapter) } else { s.pointee.waiting.add(r.adapter) }
         }
-        for a in served.keys { values[a] = 0 }
-        for a in waiting.keys where !served.contains(a) { values[a, default: 0] += 1 }
+        for a in s.pointee.served.keys { values[a] = 0 }
+        for a in s.pointee.waiting.keys where !s.pointee.served.contains(a) { values[a, default: 0] += 1 }
         // Adapters with no queued request left drop out.
-        gone.removeAll(keepingCapacity: true)
-        for a in values.keys where !served.contains(a) && !waiting.contains(a) { gone.append(a) }
-        for a in gone { values[a] = nil }
+        s.pointee.gone.removeAll(keepingCapacity: true)
+        for a in values.keys where !s.pointee.served.contains(a) && !s.pointee.waiting.contains(a) { s.pointee.gone.append(a) }
+        for a in s.pointee.gone { values[a] = nil }
     }
 }
 

@@ -40,10 +40,8 @@ public struct DLoRAPolicy: BatchingPolicy {
     private var stretchAlternativeSeconds = 0.0
     /// The other mode's predicted (tokens, seconds) for the iteration that executed, added when observed.
     private var pendingAlternative: (tokens: Int, seconds: Double)?
-    /// Per-iteration tables, refilled at every call and kept so an iteration does not allocate: the queue's
-    /// requests per adapter (`decide`), the executed runs' ids, each run's adapter, the tokens per adapter
-    /// (`executed`), and the distinct adapters of a window.
-    private var counts = IntTable(), runIDs = IntTable(), adapterOf = IntTable(), perAdapter = IntTable(), distinct = IntTable()
+    // Per-iteration tables (the queue's requests per adapter, the executed runs' ids and adapters, tokens per
+    // adapter, a window's distinct adapters) are this thread's `PolicyScratch`, not stored here.
 
     public init(config: BatchPolicyConfig) {
         precondition(config.maxBatchTokens >= 1 && config.maxBatchSequences >= 1 && config.maxAdapters >= 1)
@@ -55,10 +53,11 @@ public struct DLoRAPolicy: BatchingPolicy {
     public mutating func decide(_ queue: [QueuedRequest]) -> BatchDecision {
         guard !queue.isEmpty else { return BatchDecision(mode: mode, runs: []) }
         let window = queue.prefix(config.maxBatchSequences)
-        counts.removeAll()
-        for r in queue { counts.add(r.adapter, 1) }
+        let scratch = PolicyScratch.current
+        scratch.pointee.counts.removeAll()
+        for r in queue { scratch.pointee.counts.add(r.adapter, 1) }
         let starvingNow = creditTable.starving(queue, bound: config.creditBound)
-        let next = nextMode(queue: queue, window: window, starving: starvingNow)
+        let next = nextMode(queue: queue, window: window, starving: starvingNow, scratch: scratch)
         var pool = queue
         if case .merged(let a) = next { pool = queue.filter { $0.adapter == a } }
         let starving = next == .unmerged ? starvingNow : []
@@ -74,19 +73,20 @@ public struct DLoRAPolicy: BatchingPolicy {
             mode = ran.mode
         }
         // Each run's adapter, from its queue entry (the base model if it has none).
-        runIDs.removeAll()
-        for r in ran.runs { runIDs.add(r.id.rawValue) }
-        adapterOf.removeAll()
-        for r in queue where runIDs.contains(r.id.rawValue) { adapterOf.set(r.id.rawValue, r.adapter) }
-        perAdapter.removeAll()
+        let s = PolicyScratch.current
+        s.pointee.runIDs.removeAll()
+        for r in ran.runs { s.pointee.runIDs.add(r.id.rawValue) }
+        s.pointee.adapterOf.removeAll()
+        for r in queue where s.pointee.runIDs.contains(r.id.rawValue) { s.pointee.adapterOf.set(r.id.rawValue, r.adapter) }
+        s.pointee.perAdapter.removeAll()
         for r in ran.runs {
-            let a = adapterOf.contains(r.id.rawValue) ? adapterOf[r.id.rawValue] : QueuedRequest.base
-            perAdapter.add(a, r.tokens)
+            let a = s.pointee.adapterOf.contains(r.id.rawValue) ? s.pointee.adapterOf[r.id.rawValue] : QueuedRequest.base
+            s.pointee.perAdapter.add(a, r.tokens)
         }
-        pendingAlternative = alternative(of: ran.mode, window: queue.prefix(config.maxBatchSequences))
+        pendingAlternative = alternative(of: ran.mode, window: queue.prefix(config.maxBatchSequences), scratch: s)
         if ran.mode == .unmerged {
             var w = 0.0
-            for a in perAdapter.keys { w += Double(perAdapter[a]) * loraWeight(a) }
+            for a in s.pointee.perAdapter.keys { w += Double(s.pointee.perAdapter[a]) * loraWeight(a) }
             pendingLoRATokens = w
         } else {
             pendingLoRATokens = nil
@@ -132,8 +132,10 @@ public struct DLoRAPolicy: BatchingPolicy {
     /// What the other mode would have done with this iteration, by the cost model: while unmerged, a merged
     /// step on the batch's dominant adapter serves only that adapter's tokens; while merged, an unmerged step
     /// serves the FCFS window (its tokens within the token budget, its distinct adapters).
-    /// `perAdapter` holds the iteration's tokens per adapter.
-    private mutating func alternative(of mode: ExecutionMode, window: ArraySlice<QueuedRequest>) -> (tokens: Int, seconds: Double)? {
+    /// `scratch.perAdapter` holds the iteration's tokens per adapter.
+    private func alternative(of mode: ExecutionMode, window: ArraySlice<QueuedRequest>,
+                             scratch: UnsafeMutablePointer<PolicyScratch>) -> (tokens: Int, seconds: Double)? {
+        let perAdapter = scratch.pointee.perAdapter
         guard !perAdapter.isEmpty else { return nil }
         switch mode {
         case .unmerged:
@@ -143,16 +145,16 @@ public struct DLoRAPolicy: BatchingPolicy {
             return (dominant, config.costs.merged(tokens: dominant))
         case .merged:
             let tokens = min(config.maxBatchTokens, window.reduce(0) { $0 + $1.pendingTokens })
-            let n = distinctAdapters(window)
+            let n = distinctAdapters(window, scratch: scratch)
             return (tokens, config.costs.unmerged(tokens: tokens, adapters: n, loraTokens: loraTokens(window, limit: tokens)))
         }
     }
 
     /// Distinct adapters (not counting the base model) among the requests.
-    private mutating func distinctAdapters(_ requests: ArraySlice<QueuedRequest>) -> Int {
-        distinct.removeAll()
-        for r in requests where r.adapter != QueuedRequest.base { distinct.add(r.adapter) }
-        return distinct.count
+    private func distinctAdapters(_ requests: ArraySlice<QueuedRequest>, scratch: UnsafeMutablePointer<PolicyScratch>) -> Int {
+        scratch.pointee.distinct.removeAll()
+        for r in requests where r.adapter != QueuedRequest.base { scratch.pointee.distinct.add(r.adapter) }
+        return scratch.pointee.distinct.count
     }
 
     private func loraWeight(_ adapter: Int) -> Double {
@@ -177,9 +179,11 @@ public struct DLoRAPolicy: BatchingPolicy {
 
     // MARK: dLoRA
 
-    /// `counts` holds the queue's requests per adapter.
-    private mutating func nextMode(queue: [QueuedRequest], window: ArraySlice<QueuedRequest>, starving: Set<Int>) -> ExecutionMode {
+    /// `scratch.counts` holds the queue's requests per adapter.
+    private func nextMode(queue: [QueuedRequest], window: ArraySlice<QueuedRequest>, starving: Set<Int>,
+                          scratch: UnsafeMutablePointer<PolicyScratch>) -> ExecutionMode {
         let c = config
+        let counts = scratch.pointee.counts
         // Starving adapters go first: only an unmerged batch can hold them beside the others, unless the
         // current merged adapter is the only one starving. The whole queue counts, not just the FCFS window:
         // a starving adapter's requests may all sit behind it.
@@ -207,7 +211,7 @@ public struct DLoRAPolicy: BatchingPolicy {
         let h = Double(othersWait ? min(c.amortizationHorizon, c.creditBound) : c.amortizationHorizon)
         let merged = Double(min(nm, c.maxBatchSequences)) * h
             / (switchCost(.merged(adapter: m)) + h * c.costs.merged(tokens: min(nm, c.maxBatchSequences)))
-        let distinctInWindow = distinctAdapters(window)
+        let distinctInWindow = distinctAdapters(window, scratch: scratch)
         let unmerged = windowSize / c.costs.unmerged(tokens: window.count, adapters: distinctInWindow,
                                                      loraTokens: window.reduce(0) { $0 + loraWeight($1.adapter) })
         return merged > unmerged ? .merged(adapter: m) : .unmerged

@@ -434,11 +434,13 @@ struct SimulationRun {
         guard let out = replicas[r].current.take() else { return }
         if !out.runs.isEmpty {
             var sampled: [SampledToken] = []
-            for run in out.runs where run.samples {
-                let i = run.request.rawValue
-                let p = progress[i]
-                guard p.owner == Int32(r), scheduler(r, { $0.isLive(run.request) }) else { continue }
-                sampled.append(SampledToken(request: run.request, endsSequence: p.generated + 1 >= p.outputTokens))
+            // (By index, reading two fields: iterating the runs copied each one, and the copy's retain of its block
+            // table was a cache miss per run, as this replica's memory has gone cold since its iteration began.)
+            for k in out.runs.indices where out.runs[k].samples {
+                let id = out.runs[k].request
+                let p = progress[id.rawValue]
+                guard p.owner == Int32(r), scheduler(r, { $0.isLive(id) }) else { continue }
+                sampled.append(SampledToken(request: id, endsSequence: p.generated + 1 >= p.outputTokens))
             }
             let report = ExecutionReport(forwardSeconds: replicas[r].forwardSeconds, mergeSeconds: replicas[r].mergeSeconds,
                                          unmergeSeconds: replicas[r].unmergeSeconds)
