@@ -42,6 +42,23 @@ func report(_ name: String, _ r: SimulationResult) {
           + "invariants=\(r.invariants.holds) \(s)")
 }
 
+// Runs eligible for parallel replicas (`SimulationConfig.threads`: polling on, migration off) run again on two threads:
+// the records, invariants and summary must be the sequential run's (all but the event count and log hash).
+var parallelChecked = 0
+var parallelDiffering: [String] = []
+func run(_ name: String, _ config: SimulationConfig, _ workload: [SimRequest]) {
+    let r = Simulation.run(config, workload: workload)
+    report(name, r)
+    guard config.pollInterval > 0, config.migration == .off else { return }
+    var c = config
+    c.threads = 2
+    let p = Simulation.run(c, workload: workload)
+    var a = r.summary, b = p.summary
+    (a.events, a.eventLogHash, b.events, b.eventLogHash) = (0, 0, 0, 0)
+    parallelChecked += 1
+    if a != b || r.records != p.records || r.invariants != p.invariants || r.replicaStats != p.replicaStats { parallelDiffering.append(name) }
+}
+
 // Small, memory-pressured: 4 CPU replicas with 24 MiB of KV (34 blocks), 16 adapters (SimulatorTests' `pressured`).
 for policy in BatchingPolicyKind.allCases {
     for dispatch in SimDispatch.allCases {
@@ -52,7 +69,7 @@ for policy in BatchingPolicyKind.allCases {
             config.adapterRanks = [8, 16, 32, 64]
             let spec = WorkloadSpec(requests: 400, rate: 20, adapters: 16, alpha: 1,
                                     lengths: .logNormal(promptMedian: 64, outputMedian: 24), maxPrompt: 256, maxOutput: 96, seed: 11)
-            report("small \(policy.rawValue) \(dispatch.rawValue) \(migration.rawValue)", Simulation.run(config, workload: Workload.generate(spec)))
+            run("small \(policy.rawValue) \(dispatch.rawValue) \(migration.rawValue)", config, Workload.generate(spec))
         }
     }
 }
@@ -67,7 +84,7 @@ for policy in BatchingPolicyKind.allCases {
             var config = SimulationConfig(replicas: 16, cost: RooflineCostModel.named("a800-7b")!, policy: policy, dispatch: dispatch,
                                           migration: migration)
             config.adapterRanks = [8, 16]
-            report("medium \(policy.rawValue) \(dispatch.rawValue) \(migration.rawValue)", Simulation.run(config, workload: medium))
+            run("medium \(policy.rawValue) \(dispatch.rawValue) \(migration.rawValue)", config, medium)
         }
     }
 }
@@ -77,5 +94,7 @@ for dispatch in [SimDispatch.dlora, .leastLoaded] {
     config.adapterRanks = [8, 16]
     config.pollInterval = 0
     config.dloraFractionalLeftovers = false
-    report("medium-nopoll-floor dlora \(dispatch.rawValue) kv", Simulation.run(config, workload: medium))
+    run("medium-nopoll-floor dlora \(dispatch.rawValue) kv", config, medium)
 }
+print("parallel replicas: \(parallelChecked) runs checked against one thread, \(parallelDiffering.isEmpty ? "all the same" : "differing: " + parallelDiffering.joined(separator: ", "))")
+if !parallelDiffering.isEmpty { exit(1) }

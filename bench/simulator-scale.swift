@@ -1,7 +1,7 @@
 // Driver for bench/simulator-scale.sh: one simulation at scale, timed; prints one markdown table row.
 // Arguments: replicas adapters seconds rate cost dispatch migration trace.csv [chunk]
 // With `chunk` (seconds of simulated time; CHUNK= in the script) it first prints, per chunk, the process CPU seconds
-// it took, the iterations, the mean batch and distinct adapters per iteration, and the CPU per iteration and per
+// it took (a chunked run is sequential: it counts every iteration as it is simulated), the iterations, the mean batch and distinct adapters per iteration, and the CPU per iteration and per
 // scheduled sequence: whether the cost per request grows as the run goes on. (The per-iteration callback that counts
 // them adds to the row's wall time.)
 import Simulator
@@ -37,6 +37,8 @@ let w = Workload.generate(WorkloadSpec(requests: nil, duration: seconds, rate: r
                                        maxPrompt: 2048, maxOutput: 1024, seed: 1))
 var config = SimulationConfig(replicas: replicas, cost: cost, policy: .dlora, dispatch: dispatch, migration: migration)
 config.adapterRanks = [8, 16]
+// THREADS= (the script's environment): threads simulating the replicas between polls (`SimulationConfig.threads`).
+config.threads = max(1, Int(getenv("THREADS").map { String(cString: $0) } ?? "") ?? 1)
 let r: SimulationResult
 if a.count == 10, let chunk = Double(a[9]) {
     r = runInChunks(config, w, chunk: chunk)

@@ -57,6 +57,12 @@ public struct SimulationConfig: Sendable {
     public var stopBlocks = 2
     /// Simulated seconds after which the run stops (requests not finished by then are reported).
     public var timeLimit = Double.infinity
+    /// Threads that simulate the replicas between two polls of their status (docs/design/simulator.md,
+    /// "Parallel replicas"): the router's dispatch sees only polled statuses, so the replicas are independent
+    /// from one poll to the next. Used when the router polls (`pollInterval` > 0), migration is off and no
+    /// iteration is recorded (`recordSteps`, `onStep`); other runs are sequential. The same requests, records
+    /// and summary as one thread (tested), except `events` and `eventLogHash`, which log a parallel run's own order.
+    public var threads = 1
 
     public init(replicas: Int, cost: any ReplicaCostModel, policy: BatchingPolicyKind = .dlora, dispatch: SimDispatch = .dlora,
                 migration: SimMigration = .off) {
@@ -72,6 +78,7 @@ public struct SimulationConfig: Sendable {
         if adapterRanks.isEmpty || adapterRanks.contains(where: { $0 < 1 }) { return "adapter ranks must be positive" }
         if !(slo > 0) { return "the SLO must be positive" }
         if !(pollInterval >= 0) || !(placementPeriod > 0) || !(migrationConfig.periodSeconds > 0) { return "periods must be positive" }
+        if threads < 1 { return "threads must be at least 1" }
         if let p = adapterFiles?.problem { return p }
         return nil
     }
@@ -196,6 +203,11 @@ struct SimulationRun {
     var stallSum = 0.0
     var stallCount = 0
     var migrationsDone = 0
+    /// Parallel runs (`runParallel`): the arrivals dispatched in the current window, per lane (request, replica,
+    /// when it reaches the replica's queue), and the replica each request was dispatched to (-1: not yet). nil /
+    /// empty otherwise.
+    var laneInputs: [[(request: Int, replica: Int, at: Double)]]?
+    var dispatchedTo: [Int32] = []
     var migrationChecks = 0
     var kvPressureTriggers = 0
     var imbalanceTriggers = 0
@@ -245,37 +257,47 @@ struct SimulationRun {
         if config.pollInterval > 0 { queue.push(.poll, at: first.arrival) }
         if config.dispatch == .dlora { queue.push(.placement, at: first.arrival + config.placementPeriod) }
         if config.migration != .off { queue.push(.migrationCheck, at: first.arrival + config.migrationConfig.periodSeconds) }
+        let lanes = min(config.threads, config.replicas)
+        let parallel = lanes > 1 && config.pollInterval > 0 && config.migration == .off && !config.recordSteps && onStep == nil
+            && !verifyIndex
+        if parallel { dispatchedTo = Array(repeating: -1, count: workload.count) }
         while let (t, event) = queue.pop() {
             if t < now { invariants.timeMonotone = false }
             if t > config.timeLimit { break }
             now = t
             events += 1
             hash.mix(t)
-            switch event {
-            case .arrival(let i): arrive(i)
-            case .stepDone(let r): stepDone(r)
-            case .poll:
-                hash.mix(1)
-                for r in replicas.indices { refreshStatus(r) }
-                if unresolved { queue.push(.poll, at: now + config.pollInterval) }
-            case .placement:
-                hash.mix(2)
-                place()
-                if unresolved { queue.push(.placement, at: now + config.placementPeriod) }
-            case .migrationCheck:
-                hash.mix(3)
-                migrate()
-                if unresolved { queue.push(.migrationCheck, at: now + config.migrationConfig.periodSeconds) }
-            case .copyStage(let m): copyStage(m)
-            case .landed(let m):
-                hash.mix(4)
-                hash.mix(m)
-                deliver(moves[m].to, .add(moves[m].request, kv: moves[m].kvComputed))
-            case .delivered(let i, let r):
-                hash.mix(9)
-                hash.mix(i)
-                deliver(r, .add(i, kv: nil))
-            }
+            handle(event)
+            // Once dispatch reads polled statuses only, the replicas go to their lanes.
+            if parallel, statusLoads != nil, case .poll = event { return runParallel(lanes: lanes) }
+        }
+    }
+
+    mutating func handle(_ event: Event) {
+        switch event {
+        case .arrival(let i): arrive(i)
+        case .stepDone(let r): stepDone(r)
+        case .poll:
+            hash.mix(1)
+            for r in replicas.indices { refreshStatus(r) }
+            if unresolved { queue.push(.poll, at: now + config.pollInterval) }
+        case .placement:
+            hash.mix(2)
+            place()
+            if unresolved { queue.push(.placement, at: now + config.placementPeriod) }
+        case .migrationCheck:
+            hash.mix(3)
+            migrate()
+            if unresolved { queue.push(.migrationCheck, at: now + config.migrationConfig.periodSeconds) }
+        case .copyStage(let m): copyStage(m)
+        case .landed(let m):
+            hash.mix(4)
+            hash.mix(m)
+            deliver(moves[m].to, .add(moves[m].request, kv: moves[m].kvComputed))
+        case .delivered(let i, let r):
+            hash.mix(9)
+            hash.mix(i)
+            deliver(r, .add(i, kv: nil))
         }
     }
 

@@ -32,7 +32,11 @@ extension SimulationRun {
         // In transit (HTTP, tokenization, relay), then past the replica's adapter registry: the replica's engine
         // sees it then.
         let at = adapterFilesReady(on: target, adapter: request.adapter, at: now + config.requestOverheadSeconds)
-        if at > now {
+        if !dispatchedTo.isEmpty { dispatchedTo[i] = Int32(target) }
+        if laneInputs != nil {
+            // Parallel: the replica's lane takes it at the end of the window (`runParallel`).
+            laneInputs![target % laneInputs!.count].append((i, target, at))
+        } else if at > now {
             queue.push(.delivered(i, replica: target), at: at)
         } else {
             deliver(target, .add(i, kv: nil))
@@ -70,12 +74,24 @@ extension SimulationRun {
     var indexed: Bool { config.indexedDispatch && config.dispatch == .dlora }
 
     mutating func refreshStatus(_ r: Int) {
+        applyStatus(r, takeStatus(r))
+    }
+
+    /// A replica's status as it reports it, and the adapters loaded and evicted since its last one (the replica's
+    /// half of a poll).
+    mutating func takeStatus(_ r: Int) -> ReplicaStatus {
         var requests: [(key: Int, counts: AdapterCounts)] = []
         let l = replicas.withUnsafeBufferPointer { load(r, of: $0[r], includeRequests: false, counts: &requests) }
-        replicas[r].status = l
-        replicas[r].dispatchedSinceStatus.removeAll()
         let changes = replicas[r].residentChanges
         replicas[r].residentChanges.removeAll(keepingCapacity: true)
+        return ReplicaStatus(load: l, requests: requests, changes: changes)
+    }
+
+    /// The router's half of a poll: the status read, the requests dispatched since it forgotten.
+    mutating func applyStatus(_ r: Int, _ status: ReplicaStatus) {
+        let (l, requests, changes) = (status.load, status.requests, status.changes)
+        replicas[r].status = l
+        replicas[r].dispatchedSinceStatus.removeAll()
         if statusLoads != nil {
             statusLoads![r] = l
             if indexed { presence.refresh(r, changes: changes, requests: requests) }

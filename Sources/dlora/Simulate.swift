@@ -88,6 +88,9 @@ struct Simulate: ParsableCommand {
     var records: String?
     @Option(help: "Write one JSON line per simulated iteration (the fields `dlora serve --step-log` writes) to this file.")
     var stepLog: String?
+    @Option(name: .customLong("sim-threads"),
+            help: "Threads simulating the replicas between status polls (needs --poll-ms > 0, migration off and no --step-log; other runs use one). The same records and summary as one thread; the event count and log hash are the parallel run's own.")
+    var simThreads = 1
 
     var rankList: [Int] { ranks.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
@@ -96,6 +99,7 @@ struct Simulate: ParsableCommand {
         guard adapters >= 1, adapters <= 1_000_000 else { throw ValidationError("--adapters must be in 1...1000000") }
         guard rate > 0, rate.isFinite else { throw ValidationError("--rate must be positive") }
         guard alpha >= 0, alpha.isFinite else { throw ValidationError("--alpha must be >= 0") }
+        guard simThreads >= 1, simThreads <= 256 else { throw ValidationError("--sim-threads must be in 1...256") }
         guard requests == nil || duration == nil else { throw ValidationError("give --requests or --duration, not both") }
         if let requests { guard requests >= 1 else { throw ValidationError("--requests must be >= 1") } }
         if let duration { guard duration > 0, duration.isFinite else { throw ValidationError("--duration must be positive") } }
@@ -196,6 +200,7 @@ struct Simulate: ParsableCommand {
         config.adapterFiles = files
         config.adapterRanks = rankList
         config.slo = slo
+        config.threads = simThreads
         if let problem = config.problem { throw CLIError(problem) }
         let steps = try stepLog.map { try StepLogWriter(path: $0) }
         let started = DispatchTime.now().uptimeNanoseconds

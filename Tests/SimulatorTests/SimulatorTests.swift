@@ -206,6 +206,39 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(sameSummary && sameRecords)
     }
 
+    /// Parallel replicas (`SimulationConfig.threads`) make the same decisions as one thread: the same records,
+    /// summary (but for the event count and log hash), invariants and scheduler statistics, under memory
+    /// pressure, with every dispatch policy, 2 and 3 lanes over 4 replicas (uneven lanes), requests that reach
+    /// the replica later than they reach the router, adapter file loads with a host cache that evicts, and a
+    /// time limit that stops the run with requests unfinished. The log hash differs: the parallel path ran.
+    @Test(arguments: SimDispatch.allCases)
+    func parallelReplicasMatchOneThread(dispatch: SimDispatch) {
+        let w = Workload.generate(WorkloadSpec(requests: 160, rate: 20, adapters: 24, alpha: 1,
+                                               lengths: .logNormal(promptMedian: 64, outputMedian: 24), maxPrompt: 256, maxOutput: 96, seed: 9))
+        for variant in 0..<4 {
+            var config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24), policy: .dlora, dispatch: dispatch, migration: .off)
+            config.adapterRanks = [8, 16, 32, 64]
+            config.pollInterval = [0.2, 0.05, 0.2, 0.1][variant]
+            if variant == 1 { config.requestOverheadSeconds = 0.03 }
+            if variant == 2 { config.adapterFiles = AdapterFileModel(fixedSeconds: 0.05, cacheBytes: 3 * CPUCostModel().adapterProfile(key: 0, rank: 64).bytes) }
+            if variant == 3 { config.timeLimit = 4 }
+            let one = Simulation.run(config, workload: w)
+            for threads in [2, 3] {
+                config.threads = threads
+                let many = Simulation.run(config, workload: w)
+                var a = one.summary, b = many.summary
+                #expect(a.eventLogHash != b.eventLogHash, "variant \(variant), \(threads) threads: the parallel path did not run")
+                (a.events, a.eventLogHash, b.events, b.eventLogHash) = (0, 0, 0, 0)
+                #expect(a == b, "variant \(variant), \(threads) threads")
+                let sameRecords = one.records == many.records, sameStats = one.replicaStats == many.replicaStats
+                #expect(sameRecords && sameStats && one.invariants == many.invariants, "variant \(variant), \(threads) threads")
+            }
+            #expect(one.summary.preemptions > 0, "the workload is meant to press on memory")
+            if variant == 2 { #expect(one.summary.adapterFileEvictions > 0) }
+            if variant == 3 { #expect(one.summary.finished < 160 && one.summary.finished > 0) }
+        }
+    }
+
     @Test func migrationMovesRequestsAndCountsItsTriggers() {
         let kv = pressured(seed: 5, dispatch: .roundRobin, migration: .kv)
         let recompute = pressured(seed: 5, dispatch: .roundRobin, migration: .recompute)
