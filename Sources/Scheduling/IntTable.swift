@@ -2,10 +2,10 @@
 /// policies' per-iteration sets and counts over the queue (adapters, request ids) without Swift's seeded SipHash
 /// per element. `keys` lists the keys in insertion order.
 ///
-/// `removeAll()` empties it in O(1) and keeps its storage, so a policy can keep one table per use and refill it
-/// every iteration without allocating: an entry holds a key only while its stamp equals the table's generation,
-/// and emptying the table starts a new generation. Key, value and stamp share one entry (one array, so one
-/// uniqueness check and one cache line per write).
+/// `removeAll()` empties it in O(1) and keeps its storage, so the policies' tables (`PolicyScratch`, one set per
+/// thread) are refilled every iteration without allocating: an entry holds a key only while its stamp equals the
+/// table's generation, and emptying the table starts a new generation. Key, value and stamp share one entry (one
+/// array, so one uniqueness check and one cache line per write).
 struct IntTable {
     private struct Entry {
         var key: Int
