@@ -233,24 +233,41 @@ public struct DLoRAProactive: DispatchPolicy {
         var load = [Double](repeating: 0, count: hosts.count)
         var holds = [[Int]](repeating: [], count: placedAdapters.count)
         var held = [Int](repeating: -1, count: hosts.count)
-        var resident = [Int](repeating: -1, count: hosts.count)
+        // The hosts with a free slot by (expected load, position), so a copy finds its host without a scan of all
+        // of them (1,000 hosts × their slots' copies was most of a placement at the simulator's scale). A host's
+        // entry is current while its version is; an update pushes a new one and the old is skipped when it surfaces.
+        var free = HostLoadHeap()
+        var version = [Int](repeating: 0, count: hosts.count)
+        for h in hosts.indices where slots[h] > 0 { free.push(HostLoadHeap.Entry(load: 0, host: h, version: 0)) }
+        var passed: [HostLoadHeap.Entry] = []
         for (n, item) in items.enumerated() {
             for h in holds[item.index] { held[h] = n }
-            for h in residentOn[item.index] { resident[h] = n }
             // The least loaded host with a free slot not holding the adapter; among equal loads the first where
             // the adapter is resident, else the first.
-            var best: Int?
-            for h in hosts.indices where used[h] < slots[h] && held[h] != n {
-                guard let b = best else { best = h; continue }
-                if load[h] != load[b] {
-                    if load[h] < load[b] { best = h }
-                    continue
+            passed.removeAll(keepingCapacity: true)
+            var first: HostLoadHeap.Entry?
+            while let top = free.first {
+                if top.version != version[top.host] {
+                    free.removeFirst()
+                } else if held[top.host] == n {
+                    passed.append(free.removeFirst())
+                } else {
+                    first = top
+                    break
                 }
-                if resident[h] == n && resident[b] != n { best = h }
             }
-            guard let h = best else { continue }
+            for e in passed { free.push(e) }
+            guard let first else { continue }
+            var h = first.host
+            // (`first` is the least (load, position) of those hosts, so a resident one of equal load comes after it.)
+            for r in residentOn[item.index] where used[r] < slots[r] && held[r] != n && load[r] == first.load {
+                h = r
+                break
+            }
             used[h] += 1
             load[h] += item.load
+            version[h] += 1
+            if used[h] < slots[h] { free.push(HostLoadHeap.Entry(load: load[h], host: h, version: version[h])) }
             holds[item.index].append(h)
         }
         var result: [String: Set<Int>] = [:]
@@ -313,5 +330,51 @@ private struct RatePerCopyHeap {
             }
         }
         return top.index
+    }
+}
+
+/// A min-heap of hosts by (expected load, position): `placeAdapters`' layout.
+private struct HostLoadHeap {
+    struct Entry {
+        let load: Double
+        let host: Int
+        let version: Int
+    }
+    private var entries: [Entry] = []
+
+    private func before(_ a: Entry, _ b: Entry) -> Bool { a.load != b.load ? a.load < b.load : a.host < b.host }
+
+    var first: Entry? { entries.first }
+
+    mutating func push(_ e: Entry) {
+        entries.append(e)
+        var child = entries.count - 1
+        while child > 0 {
+            let parent = (child - 1) / 2
+            guard before(entries[child], entries[parent]) else { break }
+            entries.swapAt(child, parent)
+            child = parent
+        }
+    }
+
+    /// Removes and returns the first entry (the heap must not be empty).
+    @discardableResult
+    mutating func removeFirst() -> Entry {
+        let top = entries[0]
+        let last = entries.removeLast()
+        if !entries.isEmpty {
+            entries[0] = last
+            var parent = 0
+            while true {
+                let left = 2 * parent + 1, right = left + 1
+                var first = parent
+                if left < entries.count && before(entries[left], entries[first]) { first = left }
+                if right < entries.count && before(entries[right], entries[first]) { first = right }
+                if first == parent { break }
+                entries.swapAt(parent, first)
+                parent = first
+            }
+        }
+        return top
     }
 }
