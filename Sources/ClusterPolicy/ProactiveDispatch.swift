@@ -206,14 +206,14 @@ public struct DLoRAProactive: DispatchPolicy {
         // D'Hondt: each spare slot to the highest rate per copy (ties: the higher-ranked adapter), through a heap
         // of the eligible adapters rather than a scan of all of them per slot.
         var copies = [Int](repeating: 1, count: placedAdapters.count)
-        var heap = RatePerCopyHeap()
+        var heap = PlacementHeap<RatePerCopy>()
         for (i, entry) in placedAdapters.enumerated() where entry.value > 0 && copies[i] < hosts.count {
-            heap.push(value: entry.value / Double(copies[i]), index: i)
+            heap.push(RatePerCopy(value: entry.value / Double(copies[i]), index: i))
         }
         for _ in 0..<(totalSlots - placedAdapters.count) {
-            guard let p = heap.pop() else { break }
+            guard let p = heap.popFirst()?.index else { break }
             copies[p] += 1
-            if copies[p] < hosts.count { heap.push(value: placedAdapters[p].value / Double(copies[p]), index: p) }
+            if copies[p] < hosts.count { heap.push(RatePerCopy(value: placedAdapters[p].value / Double(copies[p]), index: p)) }
         }
 
         var items: [(adapter: String, load: Double, index: Int)] = []
@@ -236,21 +236,22 @@ public struct DLoRAProactive: DispatchPolicy {
         // The hosts with a free slot by (expected load, position), so a copy finds its host without a scan of all
         // of them (1,000 hosts × their slots' copies was most of a placement at the simulator's scale). A host's
         // entry is current while its version is; an update pushes a new one and the old is skipped when it surfaces.
-        var free = HostLoadHeap()
+        var free = PlacementHeap<HostLoad>()
         var version = [Int](repeating: 0, count: hosts.count)
-        for h in hosts.indices where slots[h] > 0 { free.push(HostLoadHeap.Entry(load: 0, host: h, version: 0)) }
-        var passed: [HostLoadHeap.Entry] = []
+        for h in hosts.indices where slots[h] > 0 { free.push(HostLoad(load: 0, host: h, version: 0)) }
+        var passed: [HostLoad] = []
         for (n, item) in items.enumerated() {
             for h in holds[item.index] { held[h] = n }
             // The least loaded host with a free slot not holding the adapter; among equal loads the first where
             // the adapter is resident, else the first.
             passed.removeAll(keepingCapacity: true)
-            var first: HostLoadHeap.Entry?
+            var first: HostLoad?
             while let top = free.first {
                 if top.version != version[top.host] {
-                    free.removeFirst()
+                    free.popFirst()
                 } else if held[top.host] == n {
-                    passed.append(free.removeFirst())
+                    passed.append(top)
+                    free.popFirst()
                 } else {
                     first = top
                     break
@@ -267,7 +268,7 @@ public struct DLoRAProactive: DispatchPolicy {
             used[h] += 1
             load[h] += item.load
             version[h] += 1
-            if used[h] < slots[h] { free.push(HostLoadHeap.Entry(load: load[h], host: h, version: version[h])) }
+            if used[h] < slots[h] { free.push(HostLoad(load: load[h], host: h, version: version[h])) }
             holds[item.index].append(h)
         }
         var result: [String: Set<Int>] = [:]
@@ -294,55 +295,15 @@ public struct AdapterPresence: Sendable, Equatable {
     }
 }
 
-/// A max-heap of (rate per copy, adapter position): the highest value first, the lower position among equals.
-private struct RatePerCopyHeap {
-    private var entries: [(value: Double, index: Int)] = []
-
-    private func before(_ a: (value: Double, index: Int), _ b: (value: Double, index: Int)) -> Bool {
-        a.value != b.value ? a.value > b.value : a.index < b.index
-    }
-
-    mutating func push(value: Double, index: Int) {
-        entries.append((value, index))
-        var child = entries.count - 1
-        while child > 0 {
-            let parent = (child - 1) / 2
-            guard before(entries[child], entries[parent]) else { break }
-            entries.swapAt(child, parent)
-            child = parent
-        }
-    }
-
-    mutating func pop() -> Int? {
-        guard let top = entries.first else { return nil }
-        let last = entries.removeLast()
-        if !entries.isEmpty {
-            entries[0] = last
-            var parent = 0
-            while true {
-                let left = 2 * parent + 1, right = left + 1
-                var first = parent
-                if left < entries.count && before(entries[left], entries[first]) { first = left }
-                if right < entries.count && before(entries[right], entries[first]) { first = right }
-                if first == parent { break }
-                entries.swapAt(parent, first)
-                parent = first
-            }
-        }
-        return top.index
-    }
+/// What `PlacementHeap` orders: `before` is a strict order, ties broken inside it.
+private protocol PlacementHeapEntry {
+    func before(_ other: Self) -> Bool
 }
 
-/// A min-heap of hosts by (expected load, position): `placeAdapters`' layout.
-private struct HostLoadHeap {
-    struct Entry {
-        let load: Double
-        let host: Int
-        let version: Int
-    }
+/// A binary heap, the entry that comes `before` all others first: D'Hondt's adapters by rate per copy and the
+/// layout's hosts by expected load (`placeAdapters`).
+private struct PlacementHeap<Entry: PlacementHeapEntry> {
     private var entries: [Entry] = []
-
-    private func before(_ a: Entry, _ b: Entry) -> Bool { a.load != b.load ? a.load < b.load : a.host < b.host }
 
     var first: Entry? { entries.first }
 
@@ -351,16 +312,16 @@ private struct HostLoadHeap {
         var child = entries.count - 1
         while child > 0 {
             let parent = (child - 1) / 2
-            guard before(entries[child], entries[parent]) else { break }
+            guard entries[child].before(entries[parent]) else { break }
             entries.swapAt(child, parent)
             child = parent
         }
     }
 
-    /// Removes and returns the first entry (the heap must not be empty).
+    /// Removes and returns the first entry; nil when empty.
     @discardableResult
-    mutating func removeFirst() -> Entry {
-        let top = entries[0]
+    mutating func popFirst() -> Entry? {
+        guard let top = entries.first else { return nil }
         let last = entries.removeLast()
         if !entries.isEmpty {
             entries[0] = last
@@ -368,8 +329,8 @@ private struct HostLoadHeap {
             while true {
                 let left = 2 * parent + 1, right = left + 1
                 var first = parent
-                if left < entries.count && before(entries[left], entries[first]) { first = left }
-                if right < entries.count && before(entries[right], entries[first]) { first = right }
+                if left < entries.count && entries[left].before(entries[first]) { first = left }
+                if right < entries.count && entries[right].before(entries[first]) { first = right }
                 if first == parent { break }
                 entries.swapAt(parent, first)
                 parent = first
@@ -377,4 +338,20 @@ private struct HostLoadHeap {
         }
         return top
     }
+}
+
+/// An adapter's rate per copy: the highest first, the lower position among equals.
+private struct RatePerCopy: PlacementHeapEntry {
+    let value: Double
+    let index: Int
+    func before(_ other: RatePerCopy) -> Bool { value != other.value ? value > other.value : index < other.index }
+}
+
+/// A host with a free slot: the least expected load first, the lower position among equals. Current while its
+/// version is the host's.
+private struct HostLoad: PlacementHeapEntry {
+    let load: Double
+    let host: Int
+    let version: Int
+    func before(_ other: HostLoad) -> Bool { load != other.load ? load < other.load : host < other.host }
 }

@@ -261,16 +261,21 @@ struct SimulationRun {
         let parallel = lanes > 1 && config.pollInterval > 0 && config.migration == .off && !config.recordSteps && onStep == nil
             && !verifyIndex
         if parallel { dispatchedTo = Array(repeating: -1, count: workload.count) }
-        while let (t, event) = queue.pop() {
-            if t < now { invariants.timeMonotone = false }
-            if t > config.timeLimit { break }
-            now = t
-            events += 1
-            hash.mix(t)
+        while let (t, event) = queue.pop(), tick(t) {
             handle(event)
             // Once dispatch reads polled statuses only, the replicas go to their lanes.
             if parallel, statusLoads != nil, case .poll = event { return runParallel(lanes: lanes) }
         }
+    }
+
+    /// The clock moves to an event's time `t`, which is logged; false (and nothing done) past the time limit.
+    mutating func tick(_ t: Double) -> Bool {
+        if t < now { invariants.timeMonotone = false }
+        if t > config.timeLimit { return false }
+        now = t
+        events += 1
+        hash.mix(t)
+        return true
     }
 
     mutating func handle(_ event: Event) {

@@ -79,12 +79,7 @@ extension SimulationRun {
             resolved = resolvedBefore + lanes.reduce(0) { $0 + $1.resolved }
         }
 
-        while let (t, event) = queue.pop() {
-            if t < now { invariants.timeMonotone = false }
-            if t > config.timeLimit { break }
-            now = t
-            events += 1
-            hash.mix(t)
+        while let (t, event) = queue.pop(), tick(t) {
             guard case .poll = event else {
                 handle(event)  // arrivals (to the lanes) and placement
                 continue
@@ -119,13 +114,8 @@ extension SimulationRun {
 
     /// A lane's event loop: its replicas' events before `end` (and not past the time limit).
     mutating func runLane(until end: Double) {
-        while let t = queue.nextTime, t < end, t <= config.timeLimit {
-            let (t, event) = queue.pop()!
-            if t < now { invariants.timeMonotone = false }
-            now = t
-            events += 1
-            hash.mix(t)
-            handle(event)
+        while let t = queue.nextTime, t < end, tick(t) {
+            handle(queue.pop()!.payload)
         }
     }
 }
