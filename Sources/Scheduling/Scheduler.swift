@@ -25,7 +25,7 @@ public struct Scheduler: Sendable {
     /// `order` and reads `table` by slot; only ids coming in from outside (the policy's runs, `finish`, `request`)
     /// go through `slotOf`.
     private var table: [Request] = []
-    private var slotOf: [RequestID: Int] = [:]
+    private var slotOf = IntMap<Int>()
     private var freeSlots: [Int] = []
     /// Live requests' slots in arrival order (FCFS).
     private var order: [Int] = []
@@ -48,7 +48,7 @@ public struct Scheduler: Sendable {
         /// Unregistered: forget it as soon as no request needs it.
         var retired = false
     }
-    private var adapters: [Int: AdapterState] = [:]
+    private var adapters = IntMap<AdapterState>()
     /// The blocks of each resident adapter.
     private var residentBlocks: [Int: [Int32]] = [:]
     /// Resident adapters, least recently used first: `makeRoom`'s eviction order.
@@ -68,9 +68,9 @@ public struct Scheduler: Sendable {
 
     public var hasWork: Bool { !order.isEmpty }
     public var liveCount: Int { order.count }
-    public func request(_ id: RequestID) -> Request? { slotOf[id].map { table[$0] } }
+    public func request(_ id: RequestID) -> Request? { slotOf[id.rawValue].map { table[$0] } }
     /// The request is live (queued, running or swapped out).
-    public func isLive(_ id: RequestID) -> Bool { slotOf[id] != nil }
+    public func isLive(_ id: RequestID) -> Bool { slotOf[id.rawValue] != nil }
     /// Live requests in FCFS order.
     public var liveRequests: [Request] { order.map { table[$0] } }
     /// Calls `body` with each live request in FCFS order (without building an array of them).
@@ -122,7 +122,7 @@ public struct Scheduler: Sendable {
     /// tokens; `maxNewTokens`: how many it may still generate (nil: up to the length limit).
     @discardableResult
     public mutating func add(_ id: RequestID, adapter: Int, promptCount: Int, tokenCount: Int? = nil, maxNewTokens: Int?) throws -> Request {
-        guard slotOf[id] == nil else { throw SchedulerError("request \(id) is already queued") }
+        guard slotOf[id.rawValue] == nil else { throw SchedulerError("request \(id) is already queued") }
         let bytes: Int
         if adapter == Request.base {
             bytes = 0
@@ -155,7 +155,7 @@ public struct Scheduler: Sendable {
             proposedAt.append(0)
             chosenAt.append(0)
         }
-        slotOf[id] = slot
+        slotOf[id.rawValue] = slot
         order.append(slot)
         if adapter != Request.base { adapters[adapter]!.refs += 1 }
         return r
@@ -165,7 +165,7 @@ public struct Scheduler: Sendable {
     /// `computed` tokens are then computed. Returns the blocks to copy the K/V into, or nil when the pool
     /// cannot hold them now (the request then recomputes).
     public mutating func adoptKV(_ id: RequestID, computed: Int) -> [Int32]? {
-        guard let s = slotOf[id], table[s].status == .waiting, table[s].blockTable.isEmpty, computed > 0, computed <= table[s].tokenCount else {
+        guard let s = slotOf[id.rawValue], table[s].status == .waiting, table[s].blockTable.isEmpty, computed > 0, computed <= table[s].tokenCount else {
             return nil
         }
         guard pool.ensureCapacity(&table[s].blockTable, tokens: computed) else { return nil }
@@ -178,7 +178,7 @@ public struct Scheduler: Sendable {
     /// what it held is freed. Returns false when it is not live.
     @discardableResult
     public mutating func finish(_ id: RequestID, reason: FinishReason) -> Bool {
-        guard slotOf[id] != nil else { return false }
+        guard slotOf[id.rawValue] != nil else { return false }
         var actions: [SchedulerAction] = []
         release(id, reason: reason, into: &actions)
         idleCheck(into: &actions)
@@ -219,7 +219,7 @@ public struct Scheduler: Sendable {
         for s in queueSlots { queue.append(QueuedRequest(id: table[s].id, adapter: table[s].adapter, pendingTokens: table[s].pendingTokens)) }
         guard !queue.isEmpty else { return SchedulerOutput(step: step, mode: policy.mode, runs: [], actions: actions, loraSlots: []) }
         let decision = policy.decide(queue)
-        let proposedSlots = decision.runs.map { slotOf[$0.id] ?? -1 }
+        let proposedSlots = decision.runs.map { slotOf[$0.id.rawValue] ?? -1 }
         for s in proposedSlots where s >= 0 { proposedAt[s] = step }
         var mode = decision.mode
         var mergedTarget: Int? = if case .merged(let a) = mode { a } else { nil }
@@ -276,7 +276,7 @@ public struct Scheduler: Sendable {
             }
             // (A backfilled request preempted by an earlier one in this pass is skipped: it holds nothing now.)
             for run in fillBatch(pool, starving: [], credits: Credits(), config: config.policy) {
-                tryRun(run, slot: slotOf[run.id] ?? -1, backfill: true)
+                tryRun(run, slot: slotOf[run.id.rawValue] ?? -1, backfill: true)
             }
         }
 
@@ -364,7 +364,7 @@ public struct Scheduler: Sendable {
         var finished: [(RequestID, FinishReason)] = []
         for k in runs.indices {
             let (request, tokens) = (runs[k].request, runs[k].tokens)
-            guard let slot = slotOf[request], table[slot].status == .running else { continue }
+            guard let slot = slotOf[request.rawValue], table[slot].status == .running else { continue }
             if table[slot].computed < table[slot].promptCount { stats.promptTokens += min(tokens, table[slot].promptCount - table[slot].computed) }
             table[slot].computed += tokens
             // The run's sampled token (the last entry for it, should there be several).
@@ -535,7 +535,7 @@ public struct Scheduler: Sendable {
     }
 
     private mutating func release(_ id: RequestID, reason: FinishReason, into actions: inout [SchedulerAction]) {
-        guard let slot = slotOf.removeValue(forKey: id) else { return }
+        guard let slot = slotOf.removeValue(forKey: id.rawValue) else { return }
         order.removeAll { $0 == slot }
         let r = table[slot]
         table[slot].blockTable = []
