@@ -5,6 +5,8 @@
 # The issue's scale at 1.5 req/s per replica: RUNS="1000 10000 600 1500 a800-7b dlora off" (docs/design/simulator.md,
 # "Speed"). bench/simulator-hashes.sh checks that a speed-up changed no decision. CHUNK=seconds also times each
 # run chunk by chunk of simulated time (a table before its row): whether the cost per request grows as the run goes on.
+# THREADS=n simulates the replicas on n threads between status polls (SimulationConfig.threads; the same results, a
+# chunked run stays on one). The hour on two threads: THREADS=2 RUNS="1000 10000 3600 1500 a800-7b dlora off".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/dlora-simulator-scale}
