@@ -49,7 +49,7 @@ var parallelDiffering: [String] = []
 func run(_ name: String, _ config: SimulationConfig, _ workload: [SimRequest]) {
     let r = Simulation.run(config, workload: workload)
     report(name, r)
-    guard config.pollInterval > 0, config.migration == .off else { return }
+    guard config.parallelizable else { return }
     var c = config
     c.threads = 2
     let p = Simulation.run(c, workload: workload)

@@ -1,9 +1,9 @@
 // Driver for bench/simulator-scale.sh: one simulation at scale, timed; prints one markdown table row.
 // Arguments: replicas adapters seconds rate cost dispatch migration trace.csv [chunk]
 // With `chunk` (seconds of simulated time; CHUNK= in the script) it first prints, per chunk, the process CPU seconds
-// it took (a chunked run is sequential: it counts every iteration as it is simulated), the iterations, the mean batch and distinct adapters per iteration, and the CPU per iteration and per
+// it took, the iterations, the mean batch and distinct adapters per iteration, and the CPU per iteration and per
 // scheduled sequence: whether the cost per request grows as the run goes on. (The per-iteration callback that counts
-// them adds to the row's wall time.)
+// them adds to the row's wall time, and keeps a chunked run on one thread.)
 import Simulator
 import Scheduling
 #if canImport(Glibc)

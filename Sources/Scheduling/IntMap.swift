@@ -13,9 +13,7 @@ struct IntMap<Value>: Sequence {
 
     var isEmpty: Bool { count == 0 }
 
-    private func home(_ key: Int) -> Int {
-        Int(truncatingIfNeeded: (UInt64(bitPattern: Int64(key)) &* 0x9E37_79B9_7F4A_7C15) >> 32) & mask
-    }
+    private func home(_ key: Int) -> Int { intHash(key) & mask }
 
     /// The entry holding `key`, or nil.
     private func find(_ key: Int) -> Int? {

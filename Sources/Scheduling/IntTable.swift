@@ -1,3 +1,9 @@
+/// The fixed multiplicative (Fibonacci) hash of `IntTable` and `IntMap`: the key times 2⁶⁴/φ, its top 32 bits.
+@inline(__always)
+func intHash(_ key: Int) -> Int {
+    Int(truncatingIfNeeded: (UInt64(bitPattern: Int64(key)) &* 0x9E37_79B9_7F4A_7C15) >> 32)
+}
+
 /// A small open-addressing hash table from Int keys to Int values, with a fixed multiplicative hash: the
 /// policies' per-iteration sets and counts over the queue (adapters, request ids) without Swift's seeded SipHash
 /// per element. `keys` lists the keys in insertion order.
@@ -44,7 +50,7 @@ struct IntTable {
 
     /// The entry holding `key`, or the free entry where it would go.
     private func bucket(_ key: Int) -> Int {
-        var i = Int(truncatingIfNeeded: (UInt64(bitPattern: Int64(key)) &* 0x9E37_79B9_7F4A_7C15) >> 33) & mask
+        var i = intHash(key) & mask
         while entries[i].stamp == generation && entries[i].key != key { i = (i + 1) & mask }
         return i
     }

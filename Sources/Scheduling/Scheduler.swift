@@ -291,7 +291,7 @@ public struct Scheduler: Sendable {
                 merged = nil
             }
             for (a, s) in adapters where s.resident { evict(a, into: &actions) }
-            for a in Array(adapters.keys) { dropIfUnused(a, into: &actions) }
+            for a in adapters.keys { dropIfUnused(a, into: &actions) }  // (a copy: dropping edits the map)
             policy.executed(BatchDecision(mode: policy.mode, runs: []), queue: queue)
             return SchedulerOutput(step: step, mode: policy.mode, runs: [], actions: actions, loraSlots: [], deferred: deferred)
         }

@@ -64,6 +64,10 @@ public struct SimulationConfig: Sendable {
     /// and summary as one thread (tested), except `events` and `eventLogHash`, which log a parallel run's own order.
     public var threads = 1
 
+    /// The run can simulate its replicas in parallel (`threads`): the router polls, nothing migrates, no iteration is
+    /// recorded. (A run with an `onStep` callback stays sequential too.)
+    public var parallelizable: Bool { pollInterval > 0 && migration == .off && !recordSteps }
+
     public init(replicas: Int, cost: any ReplicaCostModel, policy: BatchingPolicyKind = .dlora, dispatch: SimDispatch = .dlora,
                 migration: SimMigration = .off) {
         self.replicas = replicas
@@ -258,8 +262,7 @@ struct SimulationRun {
         if config.dispatch == .dlora { queue.push(.placement, at: first.arrival + config.placementPeriod) }
         if config.migration != .off { queue.push(.migrationCheck, at: first.arrival + config.migrationConfig.periodSeconds) }
         let lanes = min(config.threads, config.replicas)
-        let parallel = lanes > 1 && config.pollInterval > 0 && config.migration == .off && !config.recordSteps && onStep == nil
-            && !verifyIndex
+        let parallel = lanes > 1 && config.parallelizable && onStep == nil && !verifyIndex
         if parallel { dispatchedTo = Array(repeating: -1, count: workload.count) }
         while let (t, event) = queue.pop(), tick(t) {
             handle(event)
