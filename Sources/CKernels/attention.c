@@ -2,7 +2,9 @@
 // PagedAttention). One task = one (query token, head): scores over the visible positions, a max-shifted
 // softmax, and the weighted sum of V rows (with AVX-512 and head_dim 64, a part's heads that share a kv head
 // run together, each computed as alone). Each head's arithmetic order is fixed, so a token's output does not
-// depend on the batch it is computed in or on the split over threads.
+// depend on the batch it is computed in or on the split over threads. The cache holds f32 or f16 values
+// (kv_f16): an f16 row is widened to f32 as it is loaded (exact), and every path then does the f32 path's
+// arithmetic, so attention over an f16 cache gives the bits of the f32 cache holding the same rounded values.
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
@@ -13,12 +15,94 @@
 // One part's partial result for one head (the split path, below): its max score, Σ exp(s - m) and Σ exp(s - m)·V.
 typedef struct { float m; double l; float o[64]; } part_t;
 
-void dl_kv_write(float *kcache, float *vcache, const int64_t *slots, int64_t ntok, int64_t row,
+// The f16 cache's largest finite value: rows are clamped to ±F16_MAX before rounding (round to nearest
+// even), so a K/V value beyond f16's range is stored as the largest one rather than as infinity, which
+// would turn its scores into NaN. NaN stays NaN (each max/min returns its second operand, x, on NaN).
+#define F16_MAX 65504.0f
+
+#if defined(__x86_64__)
+// f32 -> f16 of the first n - n % 16 (n - n % 8) values, clamped to ±F16_MAX, rounded to nearest even;
+// returns how many were converted.
+DL_AVX512 static int64_t row_to_f16_avx512(uint16_t *dst, const float *src, int64_t n) {
+    const __m512 lo = _mm512_set1_ps(-F16_MAX), hi = _mm512_set1_ps(F16_MAX);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 x = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_loadu_ps(src + i)));
+        _mm256_storeu_si256((__m256i *)(dst + i), _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    return i;
+}
+DL_AVX2 static int64_t row_to_f16_avx2(uint16_t *dst, const float *src, int64_t n) {
+    const __m256 lo = _mm256_set1_ps(-F16_MAX), hi = _mm256_set1_ps(F16_MAX);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 x = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_loadu_ps(src + i)));
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    return i;
+}
+
+// 16 (8) values of a K/V row from element i: loaded (f32) or loaded and widened (f16), exactly.
+DL_AVX512 static inline __attribute__((always_inline)) __m512 kv_load16(const void *row, int64_t i, const int f16) {
+    return f16 ? _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)((const uint16_t *)row + i)))
+               : _mm512_loadu_ps((const float *)row + i);
+}
+DL_AVX2 static inline __attribute__((always_inline)) __m256 kv_load8(const void *row, int64_t i, const int f16) {
+    return f16 ? _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + i)))
+               : _mm256_loadu_ps((const float *)row + i);
+}
+// f16 -> f32 of the first n - n % 8 values; returns how many.
+DL_AVX2 static int64_t widen_avx2(const uint16_t *h, float *dst, int64_t n) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, kv_load8(h, i, 1));
+    return i;
+}
+#endif
+
+// Where element e of a K/V cache of f32 or f16 values lies.
+static inline const void *kv_at(const void *cache, int64_t e, int f16) { return (const char *)cache + e * (f16 ? 2 : 4); }
+
+static void row_to_f16(uint16_t *dst, const float *src, int64_t n) {
+    int64_t i = 0;
+#if defined(__x86_64__)
+    if (dl_has_avx512()) i = row_to_f16_avx512(dst, src, n);
+    else if (dl_has_avx2()) i = row_to_f16_avx2(dst, src, n);
+#endif
+    for (; i < n; i++) {
+        float x = src[i];
+        x = x > F16_MAX ? F16_MAX : (x < -F16_MAX ? -F16_MAX : x);
+        dl_f32_to_f16(&x, dst + i, 1);
+    }
+}
+
+void dl_kv_to_f16(uint16_t *dst, const float *src, int64_t n) { row_to_f16(dst, src, n); }
+
+void dl_kv_to_f32(float *dst, const uint16_t *src, int64_t n) {
+    int64_t i = 0;
+#if defined(__x86_64__)
+    if (dl_has_avx2()) i = widen_avx2(src, dst, n);
+#endif
+    if (i < n) dl_f16_to_f32(src + i, dst + i, n - i);
+}
+
+void dl_kv_write(void *kcache, void *vcache, int kv_f16, const int64_t *slots, int64_t ntok, int64_t row,
                  const float *k, int64_t ldk, const float *v, int64_t ldv) {
     for (int64_t t = 0; t < ntok; t++) {
-        memcpy(kcache + slots[t] * row, k + t * ldk, (size_t)row * sizeof(float));
-        memcpy(vcache + slots[t] * row, v + t * ldv, (size_t)row * sizeof(float));
+        if (kv_f16) {
+            row_to_f16((uint16_t *)kcache + slots[t] * row, k + t * ldk, row);
+            row_to_f16((uint16_t *)vcache + slots[t] * row, v + t * ldv, row);
+        } else {
+            memcpy((float *)kcache + slots[t] * row, k + t * ldk, (size_t)row * sizeof(float));
+            memcpy((float *)vcache + slots[t] * row, v + t * ldv, (size_t)row * sizeof(float));
+        }
     }
+}
+
+// A K/V row as f32: the row itself in an f32 cache, else widened into tmp (n floats).
+static const float *row_f32(const void *cache, int64_t element, int64_t n, int kv_f16, float *tmp) {
+    if (!kv_f16) return (const float *)cache + element;
+    dl_kv_to_f32(tmp, (const uint16_t *)cache + element, n);
+    return tmp;
 }
 
 static float dot_scalar(const float *a, const float *b, int64_t n) {
@@ -56,15 +140,15 @@ DL_AVX512 static void axpy_avx512(float *y, float a, const float *x, int64_t n) 
 // element, in the same position order, as axpy_avx512 into a zeroed o, without the store and reload of o
 // between positions (that round trip made each position wait on the previous one).
 DL_AVX512 static inline __attribute__((always_inline))
-void weighted_values_regs(const int NV, float *o, const float *w, float inv, int64_t n, const int32_t *table,
-                          int64_t block_size, const float *vcache, int64_t row, int64_t offset) {
+void weighted_values_regs(const int NV, const int f16, float *o, const float *w, float inv, int64_t n, const int32_t *table,
+                          int64_t block_size, const void *vcache, int64_t row, int64_t offset) {
     __m512 acc[8];
     for (int j = 0; j < NV; j++) acc[j] = _mm512_setzero_ps();
     for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-        const float *vr = vcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        const void *vr = kv_at(vcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
         if (++off == block_size) { off = 0; blk++; }
         __m512 a = _mm512_set1_ps(w[p] * inv);
-        for (int j = 0; j < NV; j++) acc[j] = _mm512_fmadd_ps(a, _mm512_loadu_ps(vr + 16 * j), acc[j]);
+        for (int j = 0; j < NV; j++) acc[j] = _mm512_fmadd_ps(a, kv_load16(vr, 16 * j, f16), acc[j]);
     }
     for (int j = 0; j < NV; j++) _mm512_storeu_ps(o + 16 * j, acc[j]);
 }
@@ -72,10 +156,11 @@ void weighted_values_regs(const int NV, float *o, const float *w, float inv, int
 // scores[p] = (q · K[p]) * scale for p < n, returning their max: the loop in one AVX-512 function so the
 // dot product inlines (a call per position from the dispatching code cost more than the dot itself).
 DL_AVX512 static float scores_avx512(const float *qv, float *scores, float scale, int64_t n, const int32_t *table,
-                                     int64_t block_size, const float *kcache, int64_t row, int64_t offset, int64_t head_dim) {
+                                     int64_t block_size, const void *kcache, int kv_f16, float *tmp, int64_t row,
+                                     int64_t offset, int64_t head_dim) {
     float mx = -INFINITY;
     for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-        const float *kr = kcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        const float *kr = row_f32(kcache, ((int64_t)table[blk] * block_size + off) * row + offset, head_dim, kv_f16, tmp);
         if (++off == block_size) { off = 0; blk++; }
         float s = dot_avx512(qv, kr, head_dim) * scale;
         scores[p] = s;
@@ -97,10 +182,11 @@ DL_AVX2 static float dot_avx2(const float *a, const float *b, int64_t n) {
 }
 
 DL_AVX2 static float scores_avx2(const float *qv, float *scores, float scale, int64_t n, const int32_t *table,
-                                 int64_t block_size, const float *kcache, int64_t row, int64_t offset, int64_t head_dim) {
+                                 int64_t block_size, const void *kcache, int kv_f16, float *tmp, int64_t row,
+                                 int64_t offset, int64_t head_dim) {
     float mx = -INFINITY;
     for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-        const float *kr = kcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        const float *kr = row_f32(kcache, ((int64_t)table[blk] * block_size + off) * row + offset, head_dim, kv_f16, tmp);
         if (++off == block_size) { off = 0; blk++; }
         float s = dot_avx2(qv, kr, head_dim) * scale;
         scores[p] = s;
@@ -111,24 +197,30 @@ DL_AVX2 static float scores_avx2(const float *qv, float *scores, float scale, in
 
 // AVX2: 64 dimensions of o (from dim) in eight registers, as weighted_values_regs.
 DL_AVX2 static void weighted_values64_avx2(float *o, const float *w, float inv, int64_t n, const int32_t *table,
-                                           int64_t block_size, const float *vcache, int64_t row, int64_t offset) {
+                                           int64_t block_size, const void *vcache, int kv_f16, int64_t row, int64_t offset) {
     __m256 acc[8];
     for (int j = 0; j < 8; j++) acc[j] = _mm256_setzero_ps();
     for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-        const float *vr = vcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        const void *vr = kv_at(vcache, ((int64_t)table[blk] * block_size + off) * row + offset, kv_f16);
         if (++off == block_size) { off = 0; blk++; }
         __m256 a = _mm256_set1_ps(w[p] * inv);
-        for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(a, _mm256_loadu_ps(vr + 8 * j), acc[j]);
+        if (kv_f16) for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(a, kv_load8(vr, 8 * j, 1), acc[j]);
+        else for (int j = 0; j < 8; j++) acc[j] = _mm256_fmadd_ps(a, kv_load8(vr, 8 * j, 0), acc[j]);
     }
     for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + 8 * j, acc[j]);
 }
 
 // head_dim 64 or 128 only.
 DL_AVX512 static void weighted_values_avx512(int64_t head_dim, float *o, const float *w, float inv, int64_t n,
-                                             const int32_t *table, int64_t block_size, const float *vcache,
+                                             const int32_t *table, int64_t block_size, const void *vcache, int kv_f16,
                                              int64_t row, int64_t offset) {
-    if (head_dim == 64) weighted_values_regs(4, o, w, inv, n, table, block_size, vcache, row, offset);
-    else weighted_values_regs(8, o, w, inv, n, table, block_size, vcache, row, offset);
+    if (kv_f16) {
+        if (head_dim == 64) weighted_values_regs(4, 1, o, w, inv, n, table, block_size, vcache, row, offset);
+        else weighted_values_regs(8, 1, o, w, inv, n, table, block_size, vcache, row, offset);
+    } else {
+        if (head_dim == 64) weighted_values_regs(4, 0, o, w, inv, n, table, block_size, vcache, row, offset);
+        else weighted_values_regs(8, 0, o, w, inv, n, table, block_size, vcache, row, offset);
+    }
 }
 #endif
 
@@ -150,17 +242,18 @@ static int64_t position_parts(int64_t n) { return n <= SPLIT_POSITIONS ? 1 : (n 
 // path's operations in its order (scores_avx512, weighted_values_regs), and the result goes to out. With res,
 // one part of a split token: Σ e_p·V, the max and Σ e go to res for merge_parts (the factor 1 is exact, so
 // both cases share the loop).
-DL_AVX512 static void group_heads64(int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
-                                    const int32_t *table, int64_t block_size, const float *kcache,
-                                    const float *vcache, int64_t row, int64_t offset, float *out, part_t *res) {
+DL_AVX512 static inline __attribute__((always_inline))
+void group_heads64_kv(const int f16, int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
+                      const int32_t *table, int64_t block_size, const void *kcache,
+                      const void *vcache, int64_t row, int64_t offset, float *out, part_t *res) {
     const int64_t n = p1 - p0;
     float mx[8], mult[8];
     __m512 qv[8][4];
     for (int g = 0; g < G; g++) { mx[g] = -INFINITY; for (int j = 0; j < 4; j++) qv[g][j] = _mm512_loadu_ps(q + g * 64 + 16 * j); }
     for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++) {
-        const float *kr = kcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        const void *kr = kv_at(kcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
         if (++off == block_size) { off = 0; blk++; }
-        __m512 k0 = _mm512_loadu_ps(kr), k1 = _mm512_loadu_ps(kr + 16), k2 = _mm512_loadu_ps(kr + 32), k3 = _mm512_loadu_ps(kr + 48);
+        __m512 k0 = kv_load16(kr, 0, f16), k1 = kv_load16(kr, 16, f16), k2 = kv_load16(kr, 32, f16), k3 = kv_load16(kr, 48, f16);
         for (int g = 0; g < G; g++) {
             __m512 acc = _mm512_setzero_ps();
             acc = _mm512_fmadd_ps(qv[g][0], k0, acc); acc = _mm512_fmadd_ps(qv[g][1], k1, acc);
@@ -185,9 +278,9 @@ DL_AVX512 static void group_heads64(int G, const float *q, float *scores, float 
     __m512 acc[8][4];
     for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) acc[g][j] = _mm512_setzero_ps();
     for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++) {
-        const float *vr = vcache + ((int64_t)table[blk] * block_size + off) * row + offset;
+        const void *vr = kv_at(vcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
         if (++off == block_size) { off = 0; blk++; }
-        __m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16), v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48);
+        __m512 v0 = kv_load16(vr, 0, f16), v1 = kv_load16(vr, 16, f16), v2 = kv_load16(vr, 32, f16), v3 = kv_load16(vr, 48, f16);
         for (int g = 0; g < G; g++) {
             __m512 a = _mm512_set1_ps(scores[g * n + (p - p0)] * mult[g]);
             acc[g][0] = _mm512_fmadd_ps(a, v0, acc[g][0]); acc[g][1] = _mm512_fmadd_ps(a, v1, acc[g][1]);
@@ -197,12 +290,20 @@ DL_AVX512 static void group_heads64(int G, const float *q, float *scores, float 
     for (int g = 0; g < G; g++)
         for (int j = 0; j < 4; j++) _mm512_storeu_ps(out ? out + g * 64 + 16 * j : res[g].o + 16 * j, acc[g][j]);
 }
+
+// group_heads64_kv compiled once per cache type.
+DL_AVX512 static void group_heads64(int kv_f16, int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
+                                    const int32_t *table, int64_t block_size, const void *kcache,
+                                    const void *vcache, int64_t row, int64_t offset, float *out, part_t *res) {
+    if (kv_f16) group_heads64_kv(1, G, q, scores, scale, p0, p1, table, block_size, kcache, vcache, row, offset, out, res);
+    else group_heads64_kv(0, G, q, scores, scale, p0, p1, table, block_size, kcache, vcache, row, offset, out, res);
+}
 #endif
 
 typedef struct {
     const float *q; int64_t ldq;
     const int32_t *positions; const int32_t *block_tables; const int64_t *table_offsets; int64_t block_size;
-    const float *kcache, *vcache;
+    const void *kcache, *vcache; int kv_f16;
     int64_t n_head, n_kv, head_dim; float scale;
     float *out; int64_t ldo;
     int64_t ntok;
@@ -223,6 +324,7 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
     const attn_ctx *c = (const attn_ctx *)vctx;
     int use512 = dl_has_avx512(), use256 = !use512 && dl_has_avx2();
     int64_t group = c->n_head / c->n_kv, row = c->n_kv * c->head_dim;
+    float tmp[c->head_dim]; // an f16 cache's row, widened
     for (int64_t task = begin; task < end; task++) {
         // Zig-zag token order (0, n-1, 1, n-2, ...): a contiguous range of tasks pairs short and long
         // prefixes, so the pool's equal-count chunks carry about equal work.
@@ -238,13 +340,16 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
         // (counted along rather than divided: a division per position cost as much as its dot product).
 #if defined(__x86_64__)
         if (use512) {
-            mx = scores_avx512(qv, scores, c->scale, n, table, c->block_size, c->kcache, row, kvh * c->head_dim, c->head_dim);
+            mx = scores_avx512(qv, scores, c->scale, n, table, c->block_size, c->kcache, c->kv_f16, tmp, row, kvh * c->head_dim,
+                               c->head_dim);
         } else if (use256) {
-            mx = scores_avx2(qv, scores, c->scale, n, table, c->block_size, c->kcache, row, kvh * c->head_dim, c->head_dim);
+            mx = scores_avx2(qv, scores, c->scale, n, table, c->block_size, c->kcache, c->kv_f16, tmp, row, kvh * c->head_dim,
+                             c->head_dim);
         } else
 #endif
         for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-            const float *kr = c->kcache + ((int64_t)table[blk] * c->block_size + off) * row + kvh * c->head_dim;
+            const float *kr = row_f32(c->kcache, ((int64_t)table[blk] * c->block_size + off) * row + kvh * c->head_dim,
+                                      c->head_dim, c->kv_f16, tmp);
             if (++off == c->block_size) { off = 0; blk++; }
             float s = dot_scalar(qv, kr, c->head_dim) * c->scale;
             scores[p] = s;
@@ -255,18 +360,21 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
         float inv = (float)(1.0 / sum);
 #if defined(__x86_64__)
         if (use512 && (c->head_dim == 64 || c->head_dim == 128)) {
-            weighted_values_avx512(c->head_dim, o, scores, inv, n, table, c->block_size, c->vcache, row, kvh * c->head_dim);
+            weighted_values_avx512(c->head_dim, o, scores, inv, n, table, c->block_size, c->vcache, c->kv_f16, row,
+                                   kvh * c->head_dim);
             continue;
         }
         if (use256 && c->head_dim % 64 == 0) {
             for (int64_t d = 0; d < c->head_dim; d += 64)
-                weighted_values64_avx2(o + d, scores, inv, n, table, c->block_size, c->vcache, row, kvh * c->head_dim + d);
+                weighted_values64_avx2(o + d, scores, inv, n, table, c->block_size, c->vcache, c->kv_f16, row,
+                                       kvh * c->head_dim + d);
             continue;
         }
 #endif
         memset(o, 0, (size_t)c->head_dim * sizeof(float));
         for (int64_t p = 0, blk = 0, off = 0; p < n; p++) {
-            const float *vr = c->vcache + ((int64_t)table[blk] * c->block_size + off) * row + kvh * c->head_dim;
+            const float *vr = row_f32(c->vcache, ((int64_t)table[blk] * c->block_size + off) * row + kvh * c->head_dim,
+                                      c->head_dim, c->kv_f16, tmp);
             if (++off == c->block_size) { off = 0; blk++; }
 #if defined(__x86_64__)
             if (use512) axpy_avx512(o, scores[p] * inv, vr, c->head_dim); else axpy_scalar(o, scores[p] * inv, vr, c->head_dim);
@@ -293,7 +401,7 @@ static void attention_runs(void *vctx, int64_t begin, int64_t end) {
         if (last - h > end - task) last = h + (end - task);
         int64_t n = (int64_t)c->positions[t] + 1;
         float *scores = score_buffer(n * (last - h));
-        group_heads64((int)(last - h), c->q + t * c->ldq + h * 64, scores, c->scale, 0, n, c->block_tables + c->table_offsets[t],
+        group_heads64(c->kv_f16, (int)(last - h), c->q + t * c->ldq + h * 64, scores, c->scale, 0, n, c->block_tables + c->table_offsets[t],
                       c->block_size, c->kcache, c->vcache, row, kvh * 64, c->out + t * c->ldo + h * 64, NULL);
         task += last - h;
     }
@@ -313,12 +421,12 @@ static void attention_split(void *vctx, int64_t begin, int64_t end) {
         const int32_t *table = c->block_tables + c->table_offsets[t];
         if (k == 1) {
             float *scores = score_buffer(n * group);
-            group_heads64((int)group, q, scores, c->scale, 0, n, table, c->block_size, c->kcache, c->vcache, row, kvh * 64,
+            group_heads64(c->kv_f16, (int)group, q, scores, c->scale, 0, n, table, c->block_size, c->kcache, c->vcache, row, kvh * 64,
                           c->out + t * c->ldo + kvh * group * 64, NULL);
         } else {
             const int64_t p0 = part * n / k, p1 = (part + 1) * n / k;
             float *scores = score_buffer((p1 - p0) * group);
-            group_heads64((int)group, q, scores, c->scale, p0, p1, table, c->block_size, c->kcache, c->vcache, row, kvh * 64,
+            group_heads64(c->kv_f16, (int)group, q, scores, c->scale, p0, p1, table, c->block_size, c->kcache, c->vcache, row, kvh * 64,
                           NULL, c->parts + c->part_start[t] + (kvh * k + part) * group);
         }
     }
@@ -354,10 +462,10 @@ static __thread int64_t tl_split_index_bytes, tl_parts_bytes;
 
 void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *positions,
                   const int32_t *block_tables, const int64_t *table_offsets, int64_t block_size,
-                  const float *kcache, const float *vcache,
+                  const void *kcache, const void *vcache, int kv_f16,
                   int64_t n_head, int64_t n_kv, int64_t head_dim, float scale,
                   float *out, int64_t ldo) {
-    attn_ctx c = { q, ldq, positions, block_tables, table_offsets, block_size, kcache, vcache,
+    attn_ctx c = { q, ldq, positions, block_tables, table_offsets, block_size, kcache, vcache, kv_f16,
                    n_head, n_kv, head_dim, scale, out, ldo, ntok, NULL, NULL, NULL };
     int64_t tasks = ntok * n_head, work = 0, longest = 0;
     for (int64_t t = 0; t < ntok; t++) {

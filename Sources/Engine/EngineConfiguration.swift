@@ -1,10 +1,11 @@
+import Kernels
 import Scheduling
 
 /// Everything that sizes and steers one replica's engine, with its defaults in one place. `dlora serve`,
 /// `generate` and `bench` fill it from their shared options; tests set the fields they care about.
 public struct EngineConfiguration: Sendable, Equatable {
     /// KV-cache blocks: the one budget that KV and resident adapters share. `serve` derives it from
-    /// `--kv-cache-mb` (default 1024 MiB ≈ 11,000 blocks of 16 tokens on SmolLM2).
+    /// `--kv-cache-mb` (default 1024 MiB ≈ 1,456 blocks of 16 tokens on SmolLM2 with an f32 cache, 2,912 with f16).
     public var kvBlocks: Int
     /// Tokens per KV block.
     public var blockSize = 16
@@ -14,6 +15,9 @@ public struct EngineConfiguration: Sendable, Equatable {
     public var maxBatchSequences = 256
     /// Distinct adapters one unmerged iteration may hold (LoRA slots).
     public var adapterSlots = 32
+    /// What the KV cache stores: f32, or f16 (half the bytes per block, so twice the blocks in the same
+    /// memory; `serve` picks it with `--kv-cache-dtype`).
+    public var kvCacheDType: KVCacheDType = .f32
     /// Host memory for swapped-out KV; beyond it, preempted requests recompute.
     public var hostSwapBytes = 1 << 30
     /// The batching policy and its tuning (credits, amortization horizon, cost profile).

@@ -119,7 +119,8 @@ public final class EngineCore {
         self.tokenizer = tokenizer
         self.configuration = configuration
         runner = ModelRunner(model: model, numBlocks: configuration.kvBlocks, blockSize: configuration.blockSize,
-                             maxBatchTokens: configuration.maxBatchTokens, adapterSlots: configuration.adapterSlots)
+                             maxBatchTokens: configuration.maxBatchTokens, adapterSlots: configuration.adapterSlots,
+                             kvDType: configuration.kvCacheDType)
         let sc = configuration.scheduler(bytesPerBlock: runner.kv.bytesPerBlock, contextLimit: model.config.maxPositionEmbeddings)
         scheduler = Scheduler(config: sc)
         schedulerConfig = sc
@@ -134,8 +135,9 @@ public final class EngineCore {
     /// Convenience for tests and tools: the defaults with `kvBlocks`.
     public convenience init(model: LlamaModel, tokenizer: Tokenizer, kvBlocks: Int, blockSize: Int = 16, maxBatchTokens: Int = 512,
                             maxSequences: Int = 256, adapterSlots: Int = 32, policy: BatchPolicyConfig = BatchPolicyConfig(),
-                            hostSwapLimitBytes: Int = 1 << 30) {
+                            hostSwapLimitBytes: Int = 1 << 30, kvCacheDType: KVCacheDType = .f32) {
         var c = EngineConfiguration(kvBlocks: kvBlocks)
+        c.kvCacheDType = kvCacheDType
         c.blockSize = blockSize
         c.maxBatchTokens = maxBatchTokens
         c.maxBatchSequences = maxSequences

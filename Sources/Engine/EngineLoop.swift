@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import Tokenizers
 import Scheduling
@@ -314,6 +315,8 @@ public struct EngineSnapshot: Sendable, Equatable {
     public var kvBlocksFree: Int
     /// Tokens per KV block.
     public var blockSize: Int
+    /// What the KV cache stores.
+    public var kvCacheDType: KVCacheDType
     /// Blocks of the shared budget held by resident adapters, and how many adapters are resident.
     public var adapterBlocks: Int
     public var residentAdapters: Int
@@ -347,6 +350,7 @@ public struct EngineSnapshot: Sendable, Equatable {
         kvBlocksTotal = s.pool.numBlocks
         kvBlocksFree = s.pool.freeCount
         blockSize = e.schedulerConfig.blockSize
+        kvCacheDType = e.runner.kv.dtype
         adapterBlocks = s.residentAdapterBlocks
         residentKeys = s.residentAdapters
         residentAdapters = residentKeys.count

@@ -18,15 +18,18 @@ public final class ModelRunner {
     private var batch = ForwardBatch()
     private var logits: Buffer
     private var logitsCapacity = 8
-    /// K/V of swapped-out requests (positions 0 ..< computed, block by block in `copyOut` order).
-    private var host: [RequestID: [Float]] = [:]
+    /// K/V of swapped-out requests (positions 0 ..< computed, block by block in `copyOutRaw` order: the
+    /// cache's own bytes, so an f16 cache's swaps take half the host memory).
+    private var host: [RequestID: [UInt8]] = [:]
     /// The scheduler's adapter key merged into the weights by this runner.
     public private(set) var mergedAdapter: Int?
 
-    public init(model: LlamaModel, numBlocks: Int, blockSize: Int, maxBatchTokens: Int, adapterSlots: Int) {
+    public init(model: LlamaModel, numBlocks: Int, blockSize: Int, maxBatchTokens: Int, adapterSlots: Int,
+                kvDType: KVCacheDType = .f32) {
         self.model = model
         let c = model.config
-        kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: numBlocks, blockSize: blockSize, numKVHeads: c.numKVHeads, headDim: c.headDim)
+        kv = PagedKVStorage(numLayers: c.numLayers, numBlocks: numBlocks, blockSize: blockSize, numKVHeads: c.numKVHeads,
+                            headDim: c.headDim, dtype: kvDType)
         workspace = ForwardWorkspace(config: c, capacity: min(maxBatchTokens, 64))
         lora = LoRASlots(capacity: max(1, adapterSlots))
         logits = Buffer(floats: logitsCapacity * c.vocabSize)
@@ -56,16 +59,17 @@ public final class ModelRunner {
         for action in actions {
             switch action {
             case .swapOut(let id, let blocks):
-                let per = floatsPerBlock
-                host[id] = [Float](unsafeUninitializedCapacity: blocks.count * per) { buf, n in
-                    for (i, b) in blocks.enumerated() { kv.copyOut(block: Int(b), to: buf.baseAddress! + i * per) }
+                let per = kv.bytesPerBlock
+                host[id] = [UInt8](unsafeUninitializedCapacity: blocks.count * per) { buf, n in
+                    for (i, b) in blocks.enumerated() { kv.copyOutRaw(block: Int(b), to: buf.baseAddress! + i * per) }
                     n = blocks.count * per
                 }
             case .swapIn(let id, let blocks):
                 guard let data = host.removeValue(forKey: id) else { preconditionFailure("swap-in of \(id) without a host copy") }
-                precondition(data.count == blocks.count * floatsPerBlock, "swap-in of \(id): \(blocks.count) blocks for \(data.count) floats")
-                data.withUnsafeBufferPointer { buf in
-                    for (i, b) in blocks.enumerated() { kv.copyIn(block: Int(b), from: buf.baseAddress! + i * floatsPerBlock) }
+                let per = kv.bytesPerBlock
+                precondition(data.count == blocks.count * per, "swap-in of \(id): \(blocks.count) blocks for \(data.count) bytes")
+                data.withUnsafeBytes { buf in
+                    for (i, b) in blocks.enumerated() { kv.copyInRaw(block: Int(b), from: buf.baseAddress! + i * per) }
                 }
             case .dropSwap(let id):
                 host[id] = nil
@@ -142,7 +146,8 @@ public final class ModelRunner {
         return UnsafeBufferPointer(start: logits.floats + row * vocab, count: vocab)
     }
 
-    /// Copies `blocks.count` blocks of K/V, flat in block order (as `exportKV(_:blocks:)` gives them), into `blocks`.
+    /// Copies `blocks.count` blocks of K/V, f32 values flat in block order (as `exportKV(_:blocks:)` gives them),
+    /// into `blocks` (an f16 cache rounds them: exact for K/V that an f16 cache exported).
     public func importKV(flat data: [Float], into blocks: [Int32]) {
         let per = floatsPerBlock
         precondition(data.count >= blocks.count * per)
@@ -151,14 +156,20 @@ public final class ModelRunner {
         }
     }
 
-    /// The K/V of a request's blocks in `range` (clamped to the blocks it holds), flat in block order, from its
-    /// blocks or its host copy.
+    /// The K/V of a request's blocks in `range` (clamped to the blocks it holds), f32 values flat in block order,
+    /// from its blocks or its host copy: the replica-independent form that moves between replicas, whatever
+    /// each one's cache type.
     public func exportKV(_ r: Request, blocks range: Range<Int>) -> [Float] {
         let per = floatsPerBlock
-        let held = host[r.id].map { $0.count / per } ?? r.blockTable.count
+        let held = host[r.id].map { $0.count / kv.bytesPerBlock } ?? r.blockTable.count
         let lo = max(0, range.lowerBound), hi = min(range.upperBound, held)
         guard hi > lo else { return [] }
-        if let h = host[r.id] { return Array(h[(lo * per)..<(hi * per)]) }
+        if let h = host[r.id] {
+            return [Float](unsafeUninitializedCapacity: (hi - lo) * per) { buf, n in
+                h.withUnsafeBytes { kv.floats(fromRaw: $0.baseAddress! + lo * kv.bytesPerBlock, count: (hi - lo) * per, into: buf.baseAddress!) }
+                n = (hi - lo) * per
+            }
+        }
         return [Float](unsafeUninitializedCapacity: (hi - lo) * per) { buf, n in
             for b in lo..<hi { kv.copyOut(block: Int(r.blockTable[b]), to: buf.baseAddress! + (b - lo) * per) }
             n = (hi - lo) * per

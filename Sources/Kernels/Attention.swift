@@ -40,7 +40,7 @@ public struct PagedBatchLayout {
 /// Typed faces of the paged-KV kernels in attention.c. Reference twin: `ReferenceOps.attention`.
 extension Kernels {
     /// Writes each token's K and V rows (numKVHeads · headDim floats, token strides ldk / ldv) into its
-    /// slot of `layer`.
+    /// slot of `layer` (an f16 cache stores them rounded to nearest even, clamped to ±65504).
     public static func writeKV(_ kv: PagedKVStorage, layer: Int, slots: UnsafeBufferPointer<Int64>,
                                keys: UnsafePointer<Float>, ldk: Int, values: UnsafePointer<Float>, ldv: Int) {
         precondition(layer >= 0 && layer < kv.numLayers, "writeKV: layer \(layer) of \(kv.numLayers)")
@@ -48,7 +48,8 @@ extension Kernels {
         guard let s = slots.baseAddress, !slots.isEmpty else { return }
         let slotCount = Int64(kv.numBlocks * kv.blockSize)
         for slot in slots { precondition(slot >= 0 && slot < slotCount, "writeKV: slot \(slot) outside the cache (\(slotCount) slots)") }
-        dl_kv_write(kv.keys(layer: layer), kv.values(layer: layer), s, Int64(slots.count), Int64(kv.rowFloats), keys, Int64(ldk), values, Int64(ldv))
+        dl_kv_write(kv.rawKeys(layer: layer), kv.rawValues(layer: layer), kv.dtype == .f16 ? 1 : 0, s, Int64(slots.count),
+                    Int64(kv.rowFloats), keys, Int64(ldk), values, Int64(ldv))
     }
 
     /// Causal attention for every (token, head) of a flat batch over `layer` of the paged cache: token t, a
@@ -65,7 +66,8 @@ extension Kernels {
         guard layout.tokens > 0 else { return }
         layout.validate(against: kv)
         dl_attention(q, Int64(ldq), Int64(layout.tokens), layout.positions.baseAddress!, layout.blockTables.baseAddress!,
-                     layout.tableOffsets.baseAddress!, Int64(kv.blockSize), kv.keys(layer: layer), kv.values(layer: layer),
+                     layout.tableOffsets.baseAddress!, Int64(kv.blockSize), kv.rawKeys(layer: layer), kv.rawValues(layer: layer),
+                     kv.dtype == .f16 ? 1 : 0,
                      Int64(heads), Int64(kv.numKVHeads), Int64(kv.headDim), scale, out, Int64(ldo))
     }
 }

@@ -1,61 +1,153 @@
+import CKernels
+
+/// The element type a paged KV cache stores. `f16` halves the cache's bytes (twice the positions in the same
+/// memory, half the bytes attention reads per position); rows are rounded to nearest even and clamped to
+/// ±65504 as they are written, and widened exactly as they are read, so attention over an f16 cache computes
+/// exactly what it would over an f32 cache holding the rounded values.
+public enum KVCacheDType: String, Sendable, CaseIterable {
+    case f32
+    case f16
+
+    public var bytes: Int { self == .f32 ? 4 : 2 }
+}
+
 /// The tensor storage of a paged KV cache: for every layer, K and V arrays of
-/// [numBlocks][blockSize][numKVHeads][headDim] f32. Which block belongs to which sequence is integer
-/// bookkeeping elsewhere (the block pool); this type only owns the floats and copies blocks in and out.
+/// [numBlocks][blockSize][numKVHeads][headDim] values of `dtype`. Which block belongs to which sequence is
+/// integer bookkeeping elsewhere (the block pool); this type only owns the values and copies blocks in and out:
+/// as f32 values (`copyOut`/`copyIn`: the K/V that moves between replicas, whatever each one stores) or in
+/// the storage's own bytes (`copyOutRaw`/`copyInRaw`: swaps to host memory).
 public final class PagedKVStorage: @unchecked Sendable {
     public let numLayers: Int
     public let numBlocks: Int
     public let blockSize: Int
     public let numKVHeads: Int
     public let headDim: Int
+    public let dtype: KVCacheDType
     private let keys: [Buffer]
     private let values: [Buffer]
 
-    public init(numLayers: Int, numBlocks: Int, blockSize: Int, numKVHeads: Int, headDim: Int) {
+    public init(numLayers: Int, numBlocks: Int, blockSize: Int, numKVHeads: Int, headDim: Int, dtype: KVCacheDType = .f32) {
         precondition(numLayers > 0 && numBlocks > 0 && blockSize > 0 && numKVHeads > 0 && headDim > 0)
         self.numLayers = numLayers
         self.numBlocks = numBlocks
         self.blockSize = blockSize
         self.numKVHeads = numKVHeads
         self.headDim = headDim
-        let floats = numBlocks * blockSize * numKVHeads * headDim
-        keys = (0..<numLayers).map { _ in Buffer(floats: floats) }
-        values = (0..<numLayers).map { _ in Buffer(floats: floats) }
+        self.dtype = dtype
+        let bytes = numBlocks * blockSize * numKVHeads * headDim * dtype.bytes
+        keys = (0..<numLayers).map { _ in Buffer(byteCount: bytes) }
+        values = (0..<numLayers).map { _ in Buffer(byteCount: bytes) }
     }
 
-    /// Floats in one token's K (or V) row of one layer.
+    /// Values in one token's K (or V) row of one layer.
     public var rowFloats: Int { numKVHeads * headDim }
     /// Bytes one block takes over all layers, K and V: the unit the memory budget counts in.
-    public var bytesPerBlock: Int { Self.bytesPerBlock(numLayers: numLayers, blockSize: blockSize, numKVHeads: numKVHeads, headDim: headDim) }
-
-    public static func bytesPerBlock(numLayers: Int, blockSize: Int, numKVHeads: Int, headDim: Int) -> Int {
-        2 * numLayers * blockSize * numKVHeads * headDim * MemoryLayout<Float>.stride
+    public var bytesPerBlock: Int {
+        Self.bytesPerBlock(numLayers: numLayers, blockSize: blockSize, numKVHeads: numKVHeads, headDim: headDim, dtype: dtype)
     }
 
-    public func keys(layer: Int) -> UnsafeMutablePointer<Float> { keys[layer].floats }
-    public func values(layer: Int) -> UnsafeMutablePointer<Float> { values[layer].floats }
+    public static func bytesPerBlock(numLayers: Int, blockSize: Int, numKVHeads: Int, headDim: Int, dtype: KVCacheDType = .f32) -> Int {
+        2 * numLayers * blockSize * numKVHeads * headDim * dtype.bytes
+    }
 
-    /// Floats of one block in one layer (K or V).
-    public var blockFloats: Int { blockSize * rowFloats }
+    /// The f32 K (V) values of `layer`; only for an f32 cache.
+    public func keys(layer: Int) -> UnsafeMutablePointer<Float> {
+        precondition(dtype == .f32, "keys(layer:) of an \(dtype) cache")
+        return keys[layer].floats
+    }
+    public func values(layer: Int) -> UnsafeMutablePointer<Float> {
+        precondition(dtype == .f32, "values(layer:) of an \(dtype) cache")
+        return values[layer].floats
+    }
 
-    /// Copies block `block` (all layers, K then V per layer) into `destination` (blockFloats * 2 * numLayers).
-    public func copyOut(block: Int, to destination: UnsafeMutablePointer<Float>) {
-        var dst = destination
-        for layer in 0..<numLayers {
-            dst.update(from: keys[layer].floats + block * blockFloats, count: blockFloats)
-            dst += blockFloats
-            dst.update(from: values[layer].floats + block * blockFloats, count: blockFloats)
-            dst += blockFloats
+    /// The K (V) storage of `layer`, values of `dtype`.
+    public func rawKeys(layer: Int) -> UnsafeMutableRawPointer { keys[layer].base }
+    public func rawValues(layer: Int) -> UnsafeMutableRawPointer { values[layer].base }
+
+    /// Value `index` of `layer`'s K (or V) storage, as f32 (exact).
+    public func value(layer: Int, key: Bool, index: Int) -> Float {
+        precondition(index >= 0 && index < numBlocks * blockFloats)
+        let base = key ? keys[layer].base : values[layer].base
+        switch dtype {
+        case .f32: return base.load(fromByteOffset: index * 4, as: Float.self)
+        case .f16:
+            var h = base.load(fromByteOffset: index * 2, as: UInt16.self), f: Float = 0
+            dl_f16_to_f32(&h, &f, 1)
+            return f
         }
     }
 
-    /// The inverse of `copyOut`.
+    /// Values of one block in one layer (K or V).
+    public var blockFloats: Int { blockSize * rowFloats }
+    /// Bytes of one block in one layer (K or V).
+    public var blockBytes: Int { blockFloats * dtype.bytes }
+
+    /// Copies block `block` (all layers, K then V per layer) into `destination` as f32 (blockFloats * 2 * numLayers).
+    public func copyOut(block: Int, to destination: UnsafeMutablePointer<Float>) {
+        precondition(block >= 0 && block < numBlocks, "copyOut: block \(block) of \(numBlocks)")
+        var dst = destination
+        for layer in 0..<numLayers {
+            for half in 0..<2 {
+                let part = half == 0 ? keys[layer] : values[layer]
+                let src = part.base + block * blockBytes
+                switch dtype {
+                case .f32: dst.update(from: src.assumingMemoryBound(to: Float.self), count: blockFloats)
+                case .f16: dl_kv_to_f32(dst, src.assumingMemoryBound(to: UInt16.self), Int64(blockFloats))
+                }
+                dst += blockFloats
+            }
+        }
+    }
+
+    /// The inverse of `copyOut`: f32 values in, stored as `dtype` (an f16 cache rounds and clamps them as
+    /// `Kernels.writeKV` does).
     public func copyIn(block: Int, from source: UnsafePointer<Float>) {
+        precondition(block >= 0 && block < numBlocks, "copyIn: block \(block) of \(numBlocks)")
         var src = source
         for layer in 0..<numLayers {
-            (keys[layer].floats + block * blockFloats).update(from: src, count: blockFloats)
-            src += blockFloats
-            (values[layer].floats + block * blockFloats).update(from: src, count: blockFloats)
-            src += blockFloats
+            for half in 0..<2 {
+                let part = half == 0 ? keys[layer] : values[layer]
+                let dst = part.base + block * blockBytes
+                switch dtype {
+                case .f32: dst.assumingMemoryBound(to: Float.self).update(from: src, count: blockFloats)
+                case .f16: dl_kv_to_f16(dst.assumingMemoryBound(to: UInt16.self), src, Int64(blockFloats))
+                }
+                src += blockFloats
+            }
+        }
+    }
+
+    /// Copies block `block` in the storage's own bytes (bytesPerBlock, `copyOut`'s order).
+    public func copyOutRaw(block: Int, to destination: UnsafeMutableRawPointer) {
+        precondition(block >= 0 && block < numBlocks, "copyOutRaw: block \(block) of \(numBlocks)")
+        var dst = destination
+        for layer in 0..<numLayers {
+            for half in 0..<2 {
+                let part = half == 0 ? keys[layer] : values[layer]
+                dst.copyMemory(from: part.base + block * blockBytes, byteCount: blockBytes)
+                dst += blockBytes
+            }
+        }
+    }
+
+    /// The inverse of `copyOutRaw`.
+    public func copyInRaw(block: Int, from source: UnsafeRawPointer) {
+        precondition(block >= 0 && block < numBlocks, "copyInRaw: block \(block) of \(numBlocks)")
+        var src = source
+        for layer in 0..<numLayers {
+            for half in 0..<2 {
+                let part = half == 0 ? keys[layer] : values[layer]
+                (part.base + block * blockBytes).copyMemory(from: src, byteCount: blockBytes)
+                src += blockBytes
+            }
+        }
+    }
+
+    /// `count` values in `copyOutRaw`'s bytes as f32 (`copyOut`'s values for the same blocks).
+    public func floats(fromRaw source: UnsafeRawPointer, count: Int, into destination: UnsafeMutablePointer<Float>) {
+        switch dtype {
+        case .f32: destination.update(from: source.assumingMemoryBound(to: Float.self), count: count)
+        case .f16: dl_kv_to_f32(destination, source.assumingMemoryBound(to: UInt16.self), Int64(count))
         }
     }
 }

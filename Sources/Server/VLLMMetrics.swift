@@ -12,7 +12,7 @@ import Foundation
 /// | `vllm:num_requests_waiting` | requests holding no KV blocks (queued, preempted, swapped) |
 /// | `vllm:num_requests_running` | requests holding KV blocks |
 /// | `vllm:kv_cache_usage_perc`, `vllm:gpu_cache_usage_perc` | used ÷ total KV blocks, 0…1 (adapters' blocks count as used: one budget) |
-/// | `vllm:cache_config_info{block_size, num_gpu_blocks}` | 1 |
+/// | `vllm:cache_config_info{block_size, num_gpu_blocks, cache_dtype}` | 1 (cache_dtype: f32 or f16) |
 /// | `vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}` | the current Unix time, s |
 ///
 /// "running" LoRA adapters are the *resident* ones (what the protocol means: loaded and ready to serve);
@@ -34,7 +34,7 @@ enum VLLMMetrics {
         gauge("vllm:kv_cache_usage_perc", "KV-cache usage: 1 means 100 percent of the blocks in use.", [], used)
         gauge("vllm:gpu_cache_usage_perc", "KV-cache usage: 1 means 100 percent of the blocks in use (vLLM's older name for vllm:kv_cache_usage_perc).", [], used)
         gauge("vllm:cache_config_info", "Information of the KV cache configuration.",
-              [("block_size", String(s.blockSize)), ("num_gpu_blocks", String(s.kvBlocksTotal))], 1)
+              [("block_size", String(s.blockSize)), ("num_gpu_blocks", String(s.kvBlocksTotal)), ("cache_dtype", s.kvCacheDType.rawValue)], 1)
         gauge("vllm:lora_requests_info", "Running (resident) and waiting LoRA adapters; the value is the time of this report (Unix seconds).",
               [("max_lora", String(s.adapterSlots)), ("running_lora_adapters", list(s.residentAdapterNames)),
                ("waiting_lora_adapters", list(s.waitingAdapterNames))], now)

@@ -26,6 +26,8 @@ struct BenchCore: ParsableCommand {
     var gen: Int = 64
     @Option(help: "Tokens per forward pass during prefill (llama.cpp's -ub).")
     var ubatch: Int = 512
+    @Option(name: .customLong("kv-cache-dtype"), help: "What the KV cache stores: f32 or f16 (as serve).")
+    var kvCacheDType: KVCacheDType = EngineOptions.defaults.kvCacheDType
 
     func validate() throws {
         guard prompt >= 1, gen >= 1, ubatch >= 1 else { throw ValidationError("--prompt, --gen and --ubatch must be >= 1") }
@@ -51,7 +53,7 @@ struct BenchCore: ParsableCommand {
             rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
             FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
         }
-        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName).")
+        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); KV cache: \(kvCacheDType).")
         print()
         print("| batch | prompt | gen | prefill tok/s | decode tok/s | decode ms/step |")
         print("|---:|---:|---:|---:|---:|---:|")
@@ -86,7 +88,7 @@ struct BenchCore: ParsableCommand {
         let blocksPerSeq = (prompt + gen + blockSize - 1) / blockSize
         // The engine's runner (KV storage, workspace, logits), driven with block tables laid out here.
         let runner = ModelRunner(model: m, numBlocks: b * blocksPerSeq, blockSize: blockSize, maxBatchTokens: min(ubatch, b * prompt),
-                                 adapterSlots: 1)
+                                 adapterSlots: 1, kvDType: kvCacheDType)
         let tables = (0..<b).map { s in (0..<blocksPerSeq).map { Int32(s * blocksPerSeq + $0) } }
         var batch = ForwardBatch()
         // Deterministic pseudo-random prompts (as llama-batched-bench, content does not matter for speed).

@@ -81,6 +81,8 @@ struct Generate: ParsableCommand {
     var adapterRoot: String?
     @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
     var loraMode: String = "unmerged"
+    @Option(name: .customLong("kv-cache-dtype"), help: "What the KV cache stores: f32 or f16 (K/V rounded to f16: half the bytes).")
+    var kvCacheDType: KVCacheDType = EngineOptions.defaults.kvCacheDType
 
     func validate() throws {
         if (prompt == nil) == (chat == nil) { throw ValidationError("give exactly one of --prompt and --chat") }
@@ -121,10 +123,12 @@ struct Generate: ParsableCommand {
         let params = sampling.params
         let need = min(ids.count + sampling.maxTokens, config.maxPositionEmbeddings)
         let blockSize = EngineOptions.defaults.blockSize
-        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: blockSize, numKVHeads: config.numKVHeads, headDim: config.headDim)
+        let dtype = kvCacheDType
+        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: blockSize, numKVHeads: config.numKVHeads,
+                                                      headDim: config.headDim, dtype: dtype)
         let adapterBlocks = lora.map { ($0.byteCount + blockBytes - 1) / blockBytes } ?? 0
         let engine = EngineCore(model: loaded.model, tokenizer: tokenizer,
-                                kvBlocks: EngineConfiguration.kvBlocks(tokens: need, blockSize: blockSize) + adapterBlocks)
+                                kvBlocks: EngineConfiguration.kvBlocks(tokens: need, blockSize: blockSize) + adapterBlocks, kvCacheDType: dtype)
         try engine.submit(prompt: ids, params: params, adapter: lora, adapterScale: adapterScale)
         let out = FileHandle.standardOutput
         let results = engine.runToCompletion { event in

@@ -66,6 +66,10 @@ struct EngineOptions: ParsableArguments {
             help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base) or q8_0 (re-quantized, 1.7×; unmerge stays exact).")
     var mergePrecision: MergePrecision = .f32
 
+    @Option(name: .customLong("kv-cache-dtype"),
+            help: "What the KV cache stores: f32, or f16 (half the bytes per position: twice the positions in --kv-cache-mb, half the bytes attention reads; K/V rounded to f16).")
+    var kvCacheDType: KVCacheDType = Self.defaults.kvCacheDType
+
     func validate() throws {
         guard kvCacheMb >= 1, maxBatchTokens >= 1, maxBatchSequences >= 1, adapterSlots >= 1 else {
             throw ValidationError("--kv-cache-mb, --max-batch-tokens, --max-batch-sequences and --adapter-slots must be positive")
@@ -82,14 +86,16 @@ struct EngineOptions: ParsableArguments {
         model.mergePrecision = mergePrecision
     }
 
-    /// KV bytes per block of `blockSize` tokens for `model`.
-    func bytesPerBlock(_ model: ModelConfig) -> Int {
-        PagedKVStorage.bytesPerBlock(numLayers: model.numLayers, blockSize: blockSize, numKVHeads: model.numKVHeads, headDim: model.headDim)
+    /// KV bytes per block of `blockSize` tokens for `model` with a cache of `dtype`.
+    func bytesPerBlock(_ model: ModelConfig, dtype: KVCacheDType) -> Int {
+        PagedKVStorage.bytesPerBlock(numLayers: model.numLayers, blockSize: blockSize, numKVHeads: model.numKVHeads, headDim: model.headDim,
+                                     dtype: dtype)
     }
 
     /// The engine configuration these options describe for `model`, running `policy`.
     func configuration(for model: ModelConfig, policy: BatchingPolicyKind) -> EngineConfiguration {
-        var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: bytesPerBlock(model)))
+        var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: bytesPerBlock(model, dtype: kvCacheDType)))
+        c.kvCacheDType = kvCacheDType
         c.blockSize = blockSize
         c.maxBatchTokens = maxBatchTokens
         c.maxBatchSequences = maxBatchSequences
@@ -102,6 +108,9 @@ struct EngineOptions: ParsableArguments {
         return c
     }
 }
+
+/// `--kv-cache-dtype f32|f16` (ArgumentParser lists the cases and refuses others).
+extension KVCacheDType: ExpressibleByArgument {}
 
 /// `--merge-precision f32|q8_0` (ArgumentParser lists the cases and refuses others).
 extension MergePrecision: ExpressibleByArgument {}

@@ -1,5 +1,6 @@
 import Engine
 import Foundation
+import Kernels
 import Models
 import Scheduling
 import Testing
@@ -152,16 +153,20 @@ final class ManagedAtomicCounter: @unchecked Sendable {
     }
 
     /// Each request's tokens run alone on an engine with room to spare.
-    static func soloRuns(_ requests: [([Int], LoRAWeights?)], model: LlamaModel, tokenizer: Tokenizer, params: SamplingParams) throws -> [[Int]] {
+    static func soloRuns(_ requests: [([Int], LoRAWeights?)], model: LlamaModel, tokenizer: Tokenizer, params: SamplingParams,
+                         kvCacheDType: KVCacheDType = .f32) throws -> [[Int]] {
         try requests.map { p, a in
-            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 400, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly),
+                               kvCacheDType: kvCacheDType)
             let id = try g.submit(prompt: p, params: params, adapter: a)
             return g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token)
         }
     }
 
-    @Test(arguments: [1 << 30, 0])
-    func pressureEvictsAdaptersAndSwapsKV(hostSwapLimit: Int) throws {
+    /// With an f16 cache too: its swaps move the cache's own bytes (half an f32 block's), and the budget in
+    /// bytes is the same (twice the blocks).
+    @Test(arguments: [1 << 30, 0], KVCacheDType.allCases)
+    func pressureEvictsAdaptersAndSwapsKV(hostSwapLimit: Int, kvCacheDType: KVCacheDType) throws {
         let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
@@ -170,10 +175,13 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         let adapters = try Self.adapters(6, seed: 60, config: c, in: dir)
         let params = SamplingParams(temperature: 0, maxTokens: 12, ignoreEOS: true)
         let requests: [([Int], Int?)] = (0..<30).map { i in ((0..<(4 + i % 9)).map { (i * 13 + $0 * 5) % 300 }, i % 7 == 6 ? nil : i % 6) }
-        let solo = try Self.soloRuns(requests.map { ($0.0, $0.1.map { adapters[$0] }) }, model: model, tokenizer: tokenizer, params: params)
-        // Block = 2 KB here; an adapter takes ~56 blocks: 150 blocks hold 2 adapters plus a few sequences.
-        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 150, blockSize: 4, maxBatchTokens: 48, maxSequences: 12,
-                          adapterSlots: 6, policy: BatchPolicyConfig(kind: .unmergedOnly), hostSwapLimitBytes: hostSwapLimit)
+        let solo = try Self.soloRuns(requests.map { ($0.0, $0.1.map { adapters[$0] }) }, model: model, tokenizer: tokenizer, params: params,
+                                     kvCacheDType: kvCacheDType)
+        // Block = 2 KB here (f32; 1 KB f16); an adapter takes ~56 blocks (112): 150 blocks (262) hold 2 adapters plus a few
+        // sequences (38 blocks of 4 positions).
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvCacheDType == .f32 ? 150 : 262, blockSize: 4, maxBatchTokens: 48,
+                           maxSequences: 12, adapterSlots: 6, policy: BatchPolicyConfig(kind: .unmergedOnly), hostSwapLimitBytes: hostSwapLimit,
+                           kvCacheDType: kvCacheDType)
         let ids = try requests.map { try g.submit(prompt: $0.0, params: params, adapter: $0.1.map { adapters[$0] }) }
         var events: [EngineEvent] = []
         while g.hasWork {

@@ -11,8 +11,8 @@ import TestSupport
 /// single-sequence forwards.
 @Suite struct BatchEquivalenceTests {
     /// Logits of every step of one sequence run alone: the prompt in one pass, then `decodes` fed tokens.
-    static func single(_ model: LlamaModel, prompt: [Int], feed: [Int]) -> [[Float]] {
-        let runner = SequenceDriver(model: model, sequences: 1, maxTokens: prompt.count + feed.count)
+    static func single(_ model: LlamaModel, prompt: [Int], feed: [Int], kvDType: KVCacheDType = .f32) -> [[Float]] {
+        let runner = SequenceDriver(model: model, sequences: 1, maxTokens: prompt.count + feed.count, kvDType: kvDType)
         var rows = runner.forward([(0, prompt, 0, .all)])
         for (i, t) in feed.enumerated() {
             rows += runner.forward([(0, [t], prompt.count + i, .last)])
@@ -22,8 +22,9 @@ import TestSupport
 
     /// Runs the same sequences interleaved: sequence s starts at step s, prefills in chunks of 3 tokens,
     /// then decodes its `feed` tokens one per step; every step is one flat batch over all active sequences.
-    static func batched(_ model: LlamaModel, prompts: [[Int]], feeds: [[Int]]) -> [[[Float]]] {
-        let runner = SequenceDriver(model: model, sequences: prompts.count, maxTokens: prompts.map(\.count).max()! + feeds.map(\.count).max()!)
+    static func batched(_ model: LlamaModel, prompts: [[Int]], feeds: [[Int]], kvDType: KVCacheDType = .f32) -> [[[Float]]] {
+        let runner = SequenceDriver(model: model, sequences: prompts.count, maxTokens: prompts.map(\.count).max()! + feeds.map(\.count).max()!,
+                                    kvDType: kvDType)
         var out = prompts.map { _ in [[Float]]() }
         var done = prompts.map { _ in 0 }  // tokens computed per sequence
         var step = 0
@@ -50,13 +51,14 @@ import TestSupport
     static let prompts: [[Int]] = [[5, 17, 200, 3, 9, 44, 61], [250], [12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22], [99, 98, 97, 96]]
     static let feeds: [[Int]] = [[1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11, 12], [13, 14], [15, 16, 17, 18]]
 
-    /// Quantized weights (dequantize-on-the-fly kernel): bit-identical whatever the batch.
-    @Test(arguments: ["Q4_1", "Q8_0", "F16"])
-    func quantizedIsBitIdentical(_ variant: String) throws {
+    /// Quantized weights (dequantize-on-the-fly kernel): bit-identical whatever the batch, with an f32 or an f16
+    /// KV cache.
+    @Test(arguments: ["Q4_1", "Q8_0", "F16"], KVCacheDType.allCases)
+    func quantizedIsBitIdentical(_ variant: String, kvDType: KVCacheDType) throws {
         let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: variant)))
-        let batched = Self.batched(model, prompts: Self.prompts, feeds: Self.feeds)
+        let batched = Self.batched(model, prompts: Self.prompts, feeds: Self.feeds, kvDType: kvDType)
         for s in Self.prompts.indices {
-            let alone = Self.single(model, prompt: Self.prompts[s], feed: Self.feeds[s])
+            let alone = Self.single(model, prompt: Self.prompts[s], feed: Self.feeds[s], kvDType: kvDType)
             #expect(batched[s].count == alone.count)
             for (i, (a, b)) in zip(batched[s], alone).enumerated() {
                 #expect(a == b, "\(variant) sequence \(s) row \(i): batched differs from alone by \(maxAbsDiff(a, b))")
@@ -79,8 +81,8 @@ import TestSupport
 
     /// The Generator on the default model: 8 greedy requests submitted together produce the same tokens
     /// as each alone, including when the KV cache is too small for all of them (preemption + recompute).
-    @Test(arguments: [64, 8])
-    func generatorBatchOfEightMatchesSingles(kvBlocks: Int) throws {
+    @Test(arguments: [64, 8], KVCacheDType.allCases)
+    func generatorBatchOfEightMatchesSingles(kvBlocks: Int, kvDType: KVCacheDType) throws {
         let path = try DefaultModel.require()
         let checkpoint = try openCheckpoint(path: path)
         let model = try LlamaModel(checkpoint: checkpoint)
@@ -91,12 +93,12 @@ import TestSupport
 
         var alone: [[Int]] = []
         for t in texts {
-            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 4)
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 4, kvCacheDType: kvDType)
             let id = try g.submit(prompt: tokenizer.encode(t, addSpecial: true), params: params)
             alone.append(g.runToCompletion().filter { $0.requestID == id }.compactMap(\.token))
         }
 
-        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64)
+        let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, kvCacheDType: kvDType)
         let ids = try texts.map { try g.submit(prompt: tokenizer.encode($0, addSpecial: true), params: params) }
         let events = g.runToCompletion()
         for (i, id) in ids.enumerated() {

@@ -36,6 +36,8 @@ import Testing
         (["generate", "--model", tiny, "--prompt", "a", "--threads", "0"], "--threads"),
         (["serve", "--model", tiny, "--policy", "fcfs"], "unknown --policy 'fcfs' (dlora, unmerged-only, merged-only, peft-like)"),
         (["serve", "--model", tiny, "--kv-cache-mb", "0"], "--kv-cache-mb"),
+        (["serve", "--model", tiny, "--kv-cache-dtype", "fp8"], "--kv-cache-dtype"),
+        (["generate", "--model", tiny, "--prompt", "a", "--kv-cache-dtype", "bf16"], "--kv-cache-dtype"),
         (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
         (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
         (["serve", "--model", tiny, "--step-log", "/nonexistent/dir/steps.jsonl"], "--step-log: cannot write /nonexistent/dir/steps.jsonl"),
@@ -82,6 +84,8 @@ import Testing
                     "\(flag): \(entries)")
         }
         #expect(line(helps[0].1, "--policy")?.contains("dlora, unmerged-only, merged-only, peft-like") == true)
+        let dtype = engine.map { line($0.1, "--kv-cache-dtype") }
+        #expect(dtype.allSatisfy { $0?.contains("(values: f32, f16; default: f32)") == true } && Set(dtype).count == 1, "\(dtype)")
     }
 
     /// Without --model the CLI looks where `DefaultModel` (and every test) looks: under $XDG_CACHE_HOME when it
@@ -113,6 +117,16 @@ import Testing
         let last = r.stderr.split(separator: "\n").last.map(String.init) ?? ""
         #expect(last.range(of: #"^prompt: \d+ tokens, [0-9.]+ tok/s; generation: 12 tokens, [0-9.]+ tok/s$"#, options: .regularExpression) != nil,
                 "stderr: \(r.stderr)")
+    }
+
+    /// `--kv-cache-dtype f16` generates (the tiny model's greedy continuation is the same with K/V rounded to f16:
+    /// ModelGoldenTests checks it against transformers).
+    @Test func generatesWithAnF16Cache() async throws {
+        let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "10", "--temperature", "0"]
+        let full = try await Self.dlora(args)
+        let half = try await Self.dlora(args + ["--kv-cache-dtype", "f16"])
+        #expect(full.status == 0 && half.status == 0, "stderr: \(half.stderr)")
+        #expect(!half.stdout.isEmpty && half.stdout == full.stdout)
     }
 
     /// `--no-mmap` copies the model at load: the same greedy text as with the mapping.

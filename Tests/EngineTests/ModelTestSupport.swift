@@ -93,12 +93,12 @@ final class SequenceDriver {
     let blockSize: Int
     let blocksPerSequence: Int
 
-    init(model: LlamaModel, sequences: Int, maxTokens: Int, blockSize: Int = 4) {
+    init(model: LlamaModel, sequences: Int, maxTokens: Int, blockSize: Int = 4, kvDType: KVCacheDType = .f32) {
         self.model = model
         self.blockSize = blockSize
         blocksPerSequence = (maxTokens + blockSize - 1) / blockSize
         runner = Engine.ModelRunner(model: model, numBlocks: sequences * blocksPerSequence, blockSize: blockSize, maxBatchTokens: 8,
-                                    adapterSlots: 1)
+                                    adapterSlots: 1, kvDType: kvDType)
         // Blocks of different sequences interleave (sequence s owns blocks s, s + sequences, ...), so a
         // paging bug that reads a neighbour's block cannot go unnoticed.
         let perSequence = blocksPerSequence

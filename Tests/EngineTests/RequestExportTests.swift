@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import Testing
 import Tokenizers
@@ -40,6 +41,35 @@ import Tokenizers
         #expect((before + after).compactMap(\.token) == soloEvents.compactMap(\.token))
         #expect((before + after).map(\.text).joined() == soloEvents.map(\.text).joined())
         #expect(after.last?.finish == .length)
+        #expect(b.freeKVBlocks == b.totalKVBlocks)
+    }
+
+    /// K/V moves between replicas as f32 values whatever each cache stores: from an f16 cache to an f16 cache
+    /// the continuation is the solo run's exactly (widening and rounding back are exact); from f16 to f32 and
+    /// from f32 to f16 the request resumes on the moved K/V (no recompute) and runs to its length.
+    @Test(arguments: [(KVCacheDType.f16, KVCacheDType.f16), (.f16, .f32), (.f32, .f16)])
+    func kvMovesBetweenCacheTypes(from source: KVCacheDType, to destination: KVCacheDType) throws {
+        let checkpoint = try openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let params = SamplingParams(temperature: 0, maxTokens: 20, ignoreEOS: true)
+        let prompt = [5, 17, 200, 3, 9, 44, 61, 12, 13, 99, 101]
+        let solo = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4, kvCacheDType: source)
+        let soloID = try solo.submit(prompt: prompt, params: params)
+        let soloTokens = solo.runToCompletion().filter { $0.requestID == soloID }.compactMap(\.token)
+
+        let a = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4, kvCacheDType: source)
+        let id = try a.submit(prompt: prompt, params: params)
+        var before: [Int] = []
+        for _ in 0..<6 { before += a.step().filter { $0.requestID == id }.compactMap(\.token) }
+        let exported = try JSONDecoder().decode(ExportedRequest.self, from: JSONEncoder().encode(try a.export(id)))
+        #expect(exported.kv != nil && exported.computed > 0)
+        let b = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 12, blockSize: 4, kvCacheDType: destination)
+        let newID = try b.importRequest(exported, adapter: nil)
+        let events = b.runToCompletion().filter { $0.requestID == newID }
+        #expect(b.stats.promptTokens < prompt.count, "the moved K/V was recomputed (\(b.stats.promptTokens) prompt tokens)")
+        #expect(before.count + events.compactMap(\.token).count == 20 && events.last?.finish == .length)
+        if source == destination { #expect(before + events.compactMap(\.token) == soloTokens) }
         #expect(b.freeKVBlocks == b.totalKVBlocks)
     }
 

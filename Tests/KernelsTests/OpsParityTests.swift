@@ -160,13 +160,14 @@ import TestSupport
                                                        slots: [Int64], offsets: [Int64], tables: [Int32],
                                                        kv storage: PagedKVStorage, layer: Int) {
         let headDim = storage.headDim, row = storage.rowFloats, width = nHead * headDim, blockSize = storage.blockSize
-        let keys = storage.keys(layer: layer), values = storage.values(layer: layer)
+        // The values the cache holds (an f16 cache's, widened): the reference attends over what was stored.
+        func stored(_ key: Bool, _ start: Int) -> [Float] { (start..<(start + row)).map { storage.value(layer: layer, key: key, index: $0) } }
         for t in 0..<positions.count {
             let table = Array(tables[Int(offsets[t])...])
             let visible = (0...Int(positions[t])).map { (Int(table[$0 / blockSize]) * blockSize + $0 % blockSize) * row }
             let ref = ReferenceOps.attention(query: Array(q[(t * width)..<((t + 1) * width)]),
-                                             keys: visible.map { Array(UnsafeBufferPointer(start: keys + $0, count: row)) },
-                                             values: visible.map { Array(UnsafeBufferPointer(start: values + $0, count: row)) },
+                                             keys: visible.map { stored(true, $0) },
+                                             values: visible.map { stored(false, $0) },
                                              position: Int(positions[t]), nHead: nHead, nKV: row / headDim, headDim: headDim,
                                              scale: 1 / Float(headDim).squareRoot())
             let got = Array(out[(t * width)..<((t + 1) * width)])
@@ -200,13 +201,13 @@ import TestSupport
     /// continuing a prefix whose first blocks are *shared* with another sequence's table (prefix caching),
     /// a long decode, and a first-token decode, in one flat batch on layer 1 of a two-layer cache, with
     /// the blocks scattered. The batch is large enough to run over the kernel threads; each token is then
-    /// recomputed alone (serially) and must agree bit for bit.
-    @Test(arguments: [(9, 3, 64, 16), (4, 1, 32, 4), (8, 8, 16, 1)])
-    func pagedAttentionSeveralBlockTables(shape: (Int, Int, Int, Int)) {
+    /// recomputed alone (serially) and must agree bit for bit. For an f32 and an f16 cache.
+    @Test(arguments: [(9, 3, 64, 16), (4, 1, 32, 4), (8, 8, 16, 1)], KVCacheDType.allCases)
+    func pagedAttentionSeveralBlockTables(shape: (Int, Int, Int, Int), dtype: KVCacheDType) {
         let (nHead, nKV, headDim, blockSize) = shape
         var rng = Rng(seed: UInt64(7000 + nHead * 10 + blockSize))
         let row = nKV * headDim, layer = 1
-        let storage = PagedKVStorage(numLayers: 2, numBlocks: 160, blockSize: blockSize, numKVHeads: nKV, headDim: headDim)
+        let storage = PagedKVStorage(numLayers: 2, numBlocks: 160, blockSize: blockSize, numKVHeads: nKV, headDim: headDim, dtype: dtype)
         var free = Array(0..<storage.numBlocks).shuffledDeterministically(&rng)
         func blocks(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(free.removeLast()) } }
         func blocksFor(_ length: Int) -> Int { (length + blockSize - 1) / blockSize }
@@ -248,19 +249,20 @@ import TestSupport
         Self.expectEachTokenMatchesReferenceAndAlone(out, q: q, heads: nHead, positions: positions, slots: slots, offsets: offsets,
                                                      tables: tables, kv: storage, layer: layer)
         // Layer 0 was never touched.
-        #expect((0..<(storage.numBlocks * storage.blockFloats)).allSatisfy { storage.keys(layer: 0)[$0] == 0 })
+        #expect((0..<(storage.numBlocks * storage.blockFloats)).allSatisfy { storage.value(layer: 0, key: true, index: $0) == 0 })
     }
 
     /// Long contexts, where the AVX-512 path cuts a token's positions into parts (past 1,024 positions) and
     /// merges their partial softmaxes: a 1,900-position decode (2 parts), a prefill chunk whose tokens cross
     /// from 1 part to 2 (positions 1,020-1,027), a 3,000-position decode (3 parts) and a short decode, in one
     /// batch with the blocks scattered. Each token against the double reference, alone against batched bit for
-    /// bit, and one thread against two bit for bit.
-    @Test func longContextsMatchReferenceAcrossParts() {
+    /// bit, and one thread against two bit for bit. For an f32 and an f16 cache.
+    @Test(arguments: KVCacheDType.allCases)
+    func longContextsMatchReferenceAcrossParts(dtype: KVCacheDType) {
         let (nHead, nKV, headDim, blockSize) = (9, 3, 64, 16)
         var rng = Rng(seed: 4242)
         let row = nKV * headDim, layer = 0
-        let storage = PagedKVStorage(numLayers: 1, numBlocks: 400, blockSize: blockSize, numKVHeads: nKV, headDim: headDim)
+        let storage = PagedKVStorage(numLayers: 1, numBlocks: 400, blockSize: blockSize, numKVHeads: nKV, headDim: headDim, dtype: dtype)
         var free = Array(0..<storage.numBlocks).shuffledDeterministically(&rng)
         func blocks(_ n: Int) -> [Int32] { (0..<n).map { _ in Int32(free.removeLast()) } }
         func slot(_ table: [Int32], _ p: Int) -> Int64 { Int64(table[p / blockSize]) * Int64(blockSize) + Int64(p % blockSize) }

@@ -32,7 +32,9 @@ import TestSupport
             let scrapedAt = Date().timeIntervalSince1970
             let m = try PrometheusText(r.1)
             let s = server.engine.snapshot
-            let (blockSize, kvBlocks, slots) = server.engine.inspect { ($0.configuration.blockSize, $0.configuration.kvBlocks, $0.configuration.adapterSlots) }
+            let (blockSize, kvBlocks, slots, dtype) = server.engine.inspect {
+                ($0.configuration.blockSize, $0.configuration.kvBlocks, $0.configuration.adapterSlots, $0.configuration.kvCacheDType)
+            }
 
             for g in Self.gauges {
                 #expect(m.types[g] == "gauge", "\(g)")
@@ -49,7 +51,7 @@ import TestSupport
 
             let cache = try #require(m.sample("vllm:cache_config_info"))
             #expect(cache.value == 1)
-            #expect(cache.labels == ["block_size": String(blockSize), "num_gpu_blocks": String(kvBlocks)])
+            #expect(cache.labels == ["block_size": String(blockSize), "num_gpu_blocks": String(kvBlocks), "cache_dtype": dtype.rawValue])
             #expect(s.kvBlocksTotal == kvBlocks)
 
             let lora = try #require(m.sample("vllm:lora_requests_info"))

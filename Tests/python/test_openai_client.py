@@ -70,6 +70,7 @@ def check_metrics(port):
     assert 0 < usage <= 1 and value["vllm:gpu_cache_usage_perc"].value == usage, usage  # resident adapters hold blocks
     cache = value["vllm:cache_config_info"]
     assert cache.value == 1 and cache.labels["block_size"] == "16" and int(cache.labels["num_gpu_blocks"]) > 0, cache
+    assert cache.labels["cache_dtype"] in ("f16", "f32"), cache
     lora = value["vllm:lora_requests_info"]
     assert abs(lora.value - time.time()) < 10, lora
     assert int(lora.labels["max_lora"]) >= 1, lora

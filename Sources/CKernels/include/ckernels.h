@@ -104,20 +104,24 @@ void dl_rope_apply(float *x, int64_t ldx, int64_t ntok, int64_t nheads, int64_t 
                    const float *cos_t, const float *sin_t, int neox);
 
 // ---------------------------------------------------------------- attention over a paged KV cache (attention.c)
-// KV storage of one layer: K and V each [nblocks][block_size][n_kv][head_dim] f32; a cache *slot* is
+// KV storage of one layer: K and V each [nblocks][block_size][n_kv][head_dim] values, f32 or (kv_f16) IEEE
+// f16 (written clamped to ±65504 and rounded to nearest even; read back exactly); a cache *slot* is
 // block * block_size + offset. As vLLM's slot mapping: token t of the flat batch writes its K/V row to
 // slots[t] and, as a query at absolute position positions[t], attends to its sequence's positions
 // 0 ... positions[t], found through the block table that starts at block_tables + table_offsets[t]
 // (position p lives in slot table[p / block_size] * block_size + p % block_size).
-// row = n_kv * head_dim floats.
-void dl_kv_write(float *kcache, float *vcache, const int64_t *slots, int64_t ntok, int64_t row,
+// row = n_kv * head_dim values.
+void dl_kv_write(void *kcache, void *vcache, int kv_f16, const int64_t *slots, int64_t ntok, int64_t row,
                  const float *k, int64_t ldk, const float *v, int64_t ldv);
+// An f16 cache's conversions: f32 -> f16 as dl_kv_write stores (clamped to ±65504, nearest even), and back (exact).
+void dl_kv_to_f16(uint16_t *dst, const float *src, int64_t n);
+void dl_kv_to_f32(float *dst, const uint16_t *src, int64_t n);
 // Causal attention for every (token, head) of a flat batch mixing sequences, prefill chunks and decodes.
 // q: [ntok][n_head][head_dim] with row stride ldq; out likewise with ldo. GQA: head h reads kv head
 // h / (n_head / n_kv). The K/V of all ntok tokens must be written first. Multithreaded.
 void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *positions,
                   const int32_t *block_tables, const int64_t *table_offsets, int64_t block_size,
-                  const float *kcache, const float *vcache,
+                  const void *kcache, const void *vcache, int kv_f16,
                   int64_t n_head, int64_t n_kv, int64_t head_dim, float scale,
                   float *out, int64_t ldo);
 
