@@ -82,64 +82,52 @@ public final class PagedKVStorage: @unchecked Sendable {
     /// Bytes of one block in one layer (K or V).
     public var blockBytes: Int { blockFloats * dtype.bytes }
 
+    /// Calls `body` with block `block`'s storage in each layer, K then V per layer: the order of every copy below.
+    private func forEachPart(of block: Int, _ body: (UnsafeMutableRawPointer) -> Void) {
+        precondition(block >= 0 && block < numBlocks, "block \(block) of \(numBlocks)")
+        for layer in 0..<numLayers {
+            body(keys[layer].base + block * blockBytes)
+            body(values[layer].base + block * blockBytes)
+        }
+    }
+
     /// Copies block `block` (all layers, K then V per layer) into `destination` as f32 (blockFloats * 2 * numLayers).
     public func copyOut(block: Int, to destination: UnsafeMutablePointer<Float>) {
-        precondition(block >= 0 && block < numBlocks, "copyOut: block \(block) of \(numBlocks)")
         var dst = destination
-        for layer in 0..<numLayers {
-            for half in 0..<2 {
-                let part = half == 0 ? keys[layer] : values[layer]
-                let src = part.base + block * blockBytes
-                switch dtype {
-                case .f32: dst.update(from: src.assumingMemoryBound(to: Float.self), count: blockFloats)
-                case .f16: dl_kv_to_f32(dst, src.assumingMemoryBound(to: UInt16.self), Int64(blockFloats))
-                }
-                dst += blockFloats
-            }
+        forEachPart(of: block) { src in
+            floats(fromRaw: src, count: blockFloats, into: dst)
+            dst += blockFloats
         }
     }
 
     /// The inverse of `copyOut`: f32 values in, stored as `dtype` (an f16 cache rounds and clamps them as
     /// `Kernels.writeKV` does).
     public func copyIn(block: Int, from source: UnsafePointer<Float>) {
-        precondition(block >= 0 && block < numBlocks, "copyIn: block \(block) of \(numBlocks)")
         var src = source
-        for layer in 0..<numLayers {
-            for half in 0..<2 {
-                let part = half == 0 ? keys[layer] : values[layer]
-                let dst = part.base + block * blockBytes
-                switch dtype {
-                case .f32: dst.assumingMemoryBound(to: Float.self).update(from: src, count: blockFloats)
-                case .f16: dl_kv_to_f16(dst.assumingMemoryBound(to: UInt16.self), src, Int64(blockFloats))
-                }
-                src += blockFloats
+        forEachPart(of: block) { dst in
+            switch dtype {
+            case .f32: dst.assumingMemoryBound(to: Float.self).update(from: src, count: blockFloats)
+            case .f16: dl_kv_to_f16(dst.assumingMemoryBound(to: UInt16.self), src, Int64(blockFloats))
             }
+            src += blockFloats
         }
     }
 
     /// Copies block `block` in the storage's own bytes (bytesPerBlock, `copyOut`'s order).
     public func copyOutRaw(block: Int, to destination: UnsafeMutableRawPointer) {
-        precondition(block >= 0 && block < numBlocks, "copyOutRaw: block \(block) of \(numBlocks)")
         var dst = destination
-        for layer in 0..<numLayers {
-            for half in 0..<2 {
-                let part = half == 0 ? keys[layer] : values[layer]
-                dst.copyMemory(from: part.base + block * blockBytes, byteCount: blockBytes)
-                dst += blockBytes
-            }
+        forEachPart(of: block) { src in
+            dst.copyMemory(from: src, byteCount: blockBytes)
+            dst += blockBytes
         }
     }
 
     /// The inverse of `copyOutRaw`.
     public func copyInRaw(block: Int, from source: UnsafeRawPointer) {
-        precondition(block >= 0 && block < numBlocks, "copyInRaw: block \(block) of \(numBlocks)")
         var src = source
-        for layer in 0..<numLayers {
-            for half in 0..<2 {
-                let part = half == 0 ? keys[layer] : values[layer]
-                (part.base + block * blockBytes).copyMemory(from: src, byteCount: blockBytes)
-                src += blockBytes
-            }
+        forEachPart(of: block) { dst in
+            dst.copyMemory(from: src, byteCount: blockBytes)
+            src += blockBytes
         }
     }
 
