@@ -62,7 +62,7 @@ DL_AVX2 static int64_t widen_avx2(const uint16_t *h, float *dst, int64_t n) {
 // Where element e of a K/V cache of f32 or f16 values lies.
 static inline const void *kv_at(const void *cache, int64_t e, int f16) { return (const char *)cache + e * (f16 ? 2 : 4); }
 
-static void row_to_f16(uint16_t *dst, const float *src, int64_t n) {
+void dl_kv_to_f16(uint16_t *dst, const float *src, int64_t n) {
     int64_t i = 0;
 #if defined(__x86_64__)
     if (dl_has_avx512()) i = row_to_f16_avx512(dst, src, n);
@@ -74,8 +74,6 @@ static void row_to_f16(uint16_t *dst, const float *src, int64_t n) {
         dl_f32_to_f16(&x, dst + i, 1);
     }
 }
-
-void dl_kv_to_f16(uint16_t *dst, const float *src, int64_t n) { row_to_f16(dst, src, n); }
 
 void dl_kv_to_f32(float *dst, const uint16_t *src, int64_t n) {
     int64_t i = 0;
@@ -89,8 +87,8 @@ void dl_kv_write(void *kcache, void *vcache, int kv_f16, const int64_t *slots, i
                  const float *k, int64_t ldk, const float *v, int64_t ldv) {
     for (int64_t t = 0; t < ntok; t++) {
         if (kv_f16) {
-            row_to_f16((uint16_t *)kcache + slots[t] * row, k + t * ldk, row);
-            row_to_f16((uint16_t *)vcache + slots[t] * row, v + t * ldv, row);
+            dl_kv_to_f16((uint16_t *)kcache + slots[t] * row, k + t * ldk, row);
+            dl_kv_to_f16((uint16_t *)vcache + slots[t] * row, v + t * ldv, row);
         } else {
             memcpy((float *)kcache + slots[t] * row, k + t * ldk, (size_t)row * sizeof(float));
             memcpy((float *)vcache + slots[t] * row, v + t * ldv, (size_t)row * sizeof(float));

@@ -67,14 +67,9 @@ public final class PagedKVStorage: @unchecked Sendable {
     /// Value `index` of `layer`'s K (or V) storage, as f32 (exact).
     public func value(layer: Int, key: Bool, index: Int) -> Float {
         precondition(index >= 0 && index < numBlocks * blockFloats)
-        let base = key ? keys[layer].base : values[layer].base
-        switch dtype {
-        case .f32: return base.load(fromByteOffset: index * 4, as: Float.self)
-        case .f16:
-            var h = base.load(fromByteOffset: index * 2, as: UInt16.self), f: Float = 0
-            dl_f16_to_f32(&h, &f, 1)
-            return f
-        }
+        var f: Float = 0
+        floats(fromRaw: (key ? keys[layer].base : values[layer].base) + index * dtype.bytes, count: 1, into: &f)
+        return f
     }
 
     /// Values of one block in one layer (K or V).

@@ -86,15 +86,15 @@ struct EngineOptions: ParsableArguments {
         model.mergePrecision = mergePrecision
     }
 
-    /// KV bytes per block of `blockSize` tokens for `model` with a cache of `dtype`.
-    func bytesPerBlock(_ model: ModelConfig, dtype: KVCacheDType) -> Int {
+    /// KV bytes per block of `blockSize` tokens for `model` with a cache of `kvCacheDType`.
+    func bytesPerBlock(_ model: ModelConfig) -> Int {
         PagedKVStorage.bytesPerBlock(numLayers: model.numLayers, blockSize: blockSize, numKVHeads: model.numKVHeads, headDim: model.headDim,
-                                     dtype: dtype)
+                                     dtype: kvCacheDType)
     }
 
     /// The engine configuration these options describe for `model`, running `policy`.
     func configuration(for model: ModelConfig, policy: BatchingPolicyKind) -> EngineConfiguration {
-        var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: bytesPerBlock(model, dtype: kvCacheDType)))
+        var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: bytesPerBlock(model)))
         c.kvCacheDType = kvCacheDType
         c.blockSize = blockSize
         c.maxBatchTokens = maxBatchTokens
