@@ -151,6 +151,12 @@ public final class LlamaModel: @unchecked Sendable {
         return inv
     }
 
+    /// Whether every matrix of the blocks is stored in f32 (a full-precision checkpoint), as opposed to
+    /// quantized or half precision. `--kv-cache-dtype auto` keeps K/V at the weights' precision from it.
+    public var storesF32Weights: Bool {
+        pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { l.matrix($0).dtype == .f32 } }
+    }
+
     /// Bytes of weights one decode step reads (every matrix once): the numerator of the memory-bandwidth
     /// bound for batch-1 decode.
     public var weightBytesPerToken: Int {

@@ -26,8 +26,7 @@ struct BenchCore: ParsableCommand {
     var gen: Int = 64
     @Option(help: "Tokens per forward pass during prefill (llama.cpp's -ub).")
     var ubatch: Int = 512
-    @Option(name: .customLong("kv-cache-dtype"), help: "What the KV cache stores: f32 or f16 (as serve).")
-    var kvCacheDType: KVCacheDType = EngineOptions.defaults.kvCacheDType
+    @OptionGroup var kvCache: KVCacheOption
 
     func validate() throws {
         guard prompt >= 1, gen >= 1, ubatch >= 1 else { throw ValidationError("--prompt, --gen and --ubatch must be >= 1") }
@@ -44,12 +43,13 @@ struct BenchCore: ParsableCommand {
         let c = m.config
         guard prompt + gen <= c.maxPositionEmbeddings else { throw CLIError("--prompt + --gen exceed the model's context") }
 
+        let kvCacheDType = kvCache.resolved(for: m)
         let bestGBs = Self.streamedGBs()
         let weightBytes = m.weightBytesPerToken
 
         var rows: [String] = []
         for b in batchSizes {
-            let r = run(model: m, batch: b)
+            let r = run(model: m, batch: b, kvCacheDType: kvCacheDType)
             rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
             FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
         }
@@ -82,7 +82,7 @@ struct BenchCore: ParsableCommand {
 
     struct Result { var prefill: Double; var decode: Double; var msPerStep: Double }
 
-    func run(model m: LlamaModel, batch b: Int) -> Result {
+    func run(model m: LlamaModel, batch b: Int, kvCacheDType: KVCacheDType) -> Result {
         let c = m.config
         let blockSize = 16
         let blocksPerSeq = (prompt + gen + blockSize - 1) / blockSize

@@ -127,7 +127,7 @@ struct BenchReplica: ParsableCommand {
 
     /// Serves the request stream in real time with one policy.
     func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
-        let g = EngineCore(model: model, tokenizer: tokenizer, configuration: engineOptions.configuration(for: model.config, policy: policy))
+        let g = EngineCore(model: model, tokenizer: tokenizer, configuration: engineOptions.configuration(for: model, policy: policy))
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var next = 0

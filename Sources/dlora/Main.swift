@@ -81,8 +81,7 @@ struct Generate: ParsableCommand {
     var adapterRoot: String?
     @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
     var loraMode: String = "unmerged"
-    @Option(name: .customLong("kv-cache-dtype"), help: "What the KV cache stores: f32 or f16 (K/V rounded to f16: half the bytes).")
-    var kvCacheDType: KVCacheDType = EngineOptions.defaults.kvCacheDType
+    @OptionGroup var kvCache: KVCacheOption
 
     func validate() throws {
         if (prompt == nil) == (chat == nil) { throw ValidationError("give exactly one of --prompt and --chat") }
@@ -123,7 +122,7 @@ struct Generate: ParsableCommand {
         let params = sampling.params
         let need = min(ids.count + sampling.maxTokens, config.maxPositionEmbeddings)
         let blockSize = EngineOptions.defaults.blockSize
-        let dtype = kvCacheDType
+        let dtype = kvCache.resolved(for: loaded.model)
         let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: blockSize, numKVHeads: config.numKVHeads,
                                                       headDim: config.headDim, dtype: dtype)
         let adapterBlocks = lora.map { ($0.byteCount + blockBytes - 1) / blockBytes } ?? 0

@@ -66,9 +66,7 @@ struct EngineOptions: ParsableArguments {
             help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base) or q8_0 (re-quantized, 1.7×; unmerge stays exact).")
     var mergePrecision: MergePrecision = .f32
 
-    @Option(name: .customLong("kv-cache-dtype"),
-            help: "What the KV cache stores: f32, or f16 (half the bytes per position: twice the positions in --kv-cache-mb, half the bytes attention reads; K/V rounded to f16).")
-    var kvCacheDType: KVCacheDType = Self.defaults.kvCacheDType
+    @OptionGroup var kvCache: KVCacheOption
 
     func validate() throws {
         guard kvCacheMb >= 1, maxBatchTokens >= 1, maxBatchSequences >= 1, adapterSlots >= 1 else {
@@ -86,16 +84,14 @@ struct EngineOptions: ParsableArguments {
         model.mergePrecision = mergePrecision
     }
 
-    /// KV bytes per block of `blockSize` tokens for `model` with a cache of `kvCacheDType`.
-    func bytesPerBlock(_ model: ModelConfig) -> Int {
-        PagedKVStorage.bytesPerBlock(numLayers: model.numLayers, blockSize: blockSize, numKVHeads: model.numKVHeads, headDim: model.headDim,
-                                     dtype: kvCacheDType)
-    }
-
     /// The engine configuration these options describe for `model`, running `policy`.
-    func configuration(for model: ModelConfig, policy: BatchingPolicyKind) -> EngineConfiguration {
-        var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: bytesPerBlock(model)))
-        c.kvCacheDType = kvCacheDType
+    func configuration(for model: LlamaModel, policy: BatchingPolicyKind) -> EngineConfiguration {
+        let dtype = kvCache.resolved(for: model)
+        let m = model.config
+        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: m.numLayers, blockSize: blockSize, numKVHeads: m.numKVHeads,
+                                                      headDim: m.headDim, dtype: dtype)
+        var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: blockBytes))
+        c.kvCacheDType = dtype
         c.blockSize = blockSize
         c.maxBatchTokens = maxBatchTokens
         c.maxBatchSequences = maxBatchSequences
@@ -109,8 +105,27 @@ struct EngineOptions: ParsableArguments {
     }
 }
 
-/// `--kv-cache-dtype f32|f16` (ArgumentParser lists the cases and refuses others).
-extension KVCacheDType: ExpressibleByArgument {}
+/// `--kv-cache-dtype auto|f32|f16`, one declaration for every command that runs the engine (`serve`, `bench
+/// replica`, `bench core`, `generate`).
+struct KVCacheOption: ParsableArguments {
+    /// What the flag names; `auto` resolves against the loaded model.
+    enum Choice: String, CaseIterable, ExpressibleByArgument {
+        case auto, f32, f16
+    }
+
+    @Option(name: .customLong("kv-cache-dtype"),
+            help: "What the KV cache stores: f32, or f16 (half the bytes per position: twice the positions in --kv-cache-mb, half the bytes attention reads; K/V rounded to f16). auto: f16 for a quantized or half-precision checkpoint (llama.cpp's cache type; vLLM's auto, the model's own precision), f32 for an f32 one.")
+    var kvCacheDType: Choice = .auto
+
+    /// The cache type for `model`: `auto` keeps K/V at the precision of the weights (f32 only for an f32 checkpoint).
+    func resolved(for model: LlamaModel) -> KVCacheDType {
+        switch kvCacheDType {
+        case .f32: .f32
+        case .f16: .f16
+        case .auto: model.storesF32Weights ? .f32 : .f16
+        }
+    }
+}
 
 /// `--merge-precision f32|q8_0` (ArgumentParser lists the cases and refuses others).
 extension MergePrecision: ExpressibleByArgument {}

@@ -83,7 +83,7 @@ struct Serve: AsyncParsableCommand {
         let config = loaded.model.config
         let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
 
-        let engineConfig = engineOptions.configuration(for: config, policy: policyOption.kind)
+        let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind)
         engineOptions.prepare(loaded.model)
         let blocks = engineConfig.kvBlocks
         let core = EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig)

@@ -17,9 +17,16 @@ import Glibc
 @Suite(.serialized) struct ClusterProcessTests {
     static let admin = "cluster-test-admin"
     static let adapters = FixtureFiles.root.appendingPathComponent("lora/smollm2").path
+    /// The replicas run unmerged only. These tests compare texts token for token with an undisturbed run, and
+    /// dLoRA's mode decisions follow measured step times: under CPU load a request alone on a replica was merged
+    /// in some runs and not in others. Merged and unmerged arithmetic differ at rounding level (W + s·B·A folded
+    /// vs the low-rank path added), and a seeded draw at T = 0.9 can land on the other side of a token's boundary
+    /// (4 of 10 runs with f16 K/V under load; with f32 the logits differed in 6 of 8 runs but no draw flipped).
+    /// A move onto a merged replica is checked exactly by `MergedExportTests`; see docs/design/cluster.md.
+    static let cluster = ["--adapters", adapters, "--dispatch", "round-robin", "--policy", "unmerged-only"]
 
     @Test func routerOutputsEqualOneReplicaAndMigrationsAreSeamless() async throws {
-        try await ClusterProcess.with(extra: ["--adapters", Self.adapters, "--dispatch", "round-robin"]) { cluster in
+        try await ClusterProcess.with(extra: Self.cluster) { cluster in
             let http = HTTPClient.shared
             let router = "http://127.0.0.1:\(cluster.routerPort)"
             let replica0 = "http://127.0.0.1:\(try #require(cluster.replicaPorts[0]))"
@@ -65,7 +72,7 @@ import Glibc
     }
 
     @Test func aKilledReplicaLosesNoStreamAndRejoins() async throws {
-        try await ClusterProcess.with(extra: ["--adapters", Self.adapters, "--dispatch", "round-robin"]) { cluster in
+        try await ClusterProcess.with(extra: Self.cluster) { cluster in
             let http = HTTPClient.shared
             let router = "http://127.0.0.1:\(cluster.routerPort)"
             let model = try await Self.baseModel(http, router)

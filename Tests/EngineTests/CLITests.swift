@@ -68,7 +68,7 @@ import Testing
             // The flag's entry: from its name to the next option (help text wraps over several lines).
             guard let start = help.range(of: "  " + flag + " ") ?? help.range(of: "  " + flag + ",") else { return nil }
             let rest = help[start.upperBound...]
-            let end = rest.range(of: "\n  --")?.lowerBound ?? rest.endIndex
+            let end = rest.range(of: "\n  -")?.lowerBound ?? rest.endIndex
             return rest[..<end].split(whereSeparator: \.isWhitespace).joined(separator: " ")  // unwrapped
         }
         for flag in ["--model", "--no-mmap", "--threads"] {
@@ -84,8 +84,10 @@ import Testing
                     "\(flag): \(entries)")
         }
         #expect(line(helps[0].1, "--policy")?.contains("dlora, unmerged-only, merged-only, peft-like") == true)
-        let dtype = engine.map { line($0.1, "--kv-cache-dtype") }
-        #expect(dtype.allSatisfy { $0?.contains("(values: f32, f16; default: f32)") == true } && Set(dtype).count == 1, "\(dtype)")
+        // The K/V cache type: one declaration for every command that runs the engine.
+        let dtype = helps.filter { $0.0 != ["bench", "lora"] && $0.0 != ["train", "lora"] }.map { line($0.1, "--kv-cache-dtype") }
+        #expect(dtype.count == 4 && dtype.allSatisfy { $0?.contains("(values: auto, f32, f16; default: auto)") == true } && Set(dtype).count == 1,
+                "\(dtype)")
     }
 
     /// Without --model the CLI looks where `DefaultModel` (and every test) looks: under $XDG_CACHE_HOME when it
@@ -123,10 +125,27 @@ import Testing
     /// ModelGoldenTests checks it against transformers).
     @Test func generatesWithAnF16Cache() async throws {
         let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "10", "--temperature", "0"]
-        let full = try await Self.dlora(args)
+        let full = try await Self.dlora(args + ["--kv-cache-dtype", "f32"])
         let half = try await Self.dlora(args + ["--kv-cache-dtype", "f16"])
         #expect(full.status == 0 && half.status == 0, "stderr: \(half.stderr)")
         #expect(!half.stdout.isEmpty && half.stdout == full.stdout)
+    }
+
+    /// `--kv-cache-dtype auto` (the default) stores K/V at the weights' precision: f16 for a quantized checkpoint,
+    /// f32 for an f32 one. `bench core` names the type it ran with; the tiny model's greedy text is the same.
+    @Test func autoCacheTypeFollowsTheCheckpoint() async throws {
+        let f32Model = ModelFixtures.checkpointPath(model: "tiny-llama", variant: "F32")
+        for (model, expected) in [(Self.tiny, "f16"), (f32Model, "f32")] {
+            for choice in [[], ["--kv-cache-dtype", "auto"]] {
+                let r = try await Self.dlora(["bench", "core", "--model", model, "--batches", "1", "--prompt", "8", "--gen", "2"] + choice)
+                #expect(r.status == 0, "stderr: \(r.stderr)")
+                #expect(r.stdout.contains("KV cache: \(expected)."), "\(model): \(r.stdout)")
+            }
+        }
+        let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "10", "--temperature", "0"]
+        let auto = try await Self.dlora(args)
+        let full = try await Self.dlora(args + ["--kv-cache-dtype", "f32"])
+        #expect(auto.status == 0 && full.status == 0 && !auto.stdout.isEmpty && auto.stdout == full.stdout, "stderr: \(auto.stderr)")
     }
 
     /// `--no-mmap` copies the model at load: the same greedy text as with the mapping.

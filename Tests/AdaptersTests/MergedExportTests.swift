@@ -1,0 +1,54 @@
+import Engine
+import Foundation
+import Kernels
+import Models
+import Scheduling
+import Testing
+import Tokenizers
+import TestSupport
+
+@testable import Adapters
+
+/// A request of an adapter that runs merged moves between engines — with its K/V and by recompute, f32 and f16
+/// caches — and continues exactly as its undisturbed merged run, seeded sampling included. This is a failover or
+/// migration onto a replica that runs the adapter merged (`ClusterProcessTests` pins unmerged execution, since
+/// dLoRA's mode decisions there follow measured step times; see docs/design/cluster.md).
+@Suite struct MergedExportTests {
+    @Test(arguments: KVCacheDType.allCases, [true, false])
+    func aMergedRequestMovesExactly(kvCacheDType: KVCacheDType, includeKV: Bool) throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let c = try LlamaModel(checkpoint: checkpoint).config
+        let dir = try TempDir()
+        try TestAdapter(config: c, rank: 8, alpha: 16, targets: [.q, .v, .down], seed: 77).writePEFT(to: dir.path("a"), config: c)
+        let adapter = try AdapterLoader.load(path: dir.path("a"), base: c)
+        let params = SamplingParams(temperature: 0.9, seed: 5, maxTokens: 24, ignoreEOS: true)
+        let prompt = tokenizer.encode("Tell me about mountains.", addSpecial: true)
+        // Each engine its own model, as each replica has: a merge folds the adapter into the model's weights.
+        func engine() throws -> EngineCore {
+            EngineCore(model: try LlamaModel(checkpoint: checkpoint), tokenizer: tokenizer, kvBlocks: 128, blockSize: 4, policy: BatchPolicyConfig(kind: .mergedOnly),
+                       kvCacheDType: kvCacheDType)
+        }
+
+        let solo = try engine()
+        let soloID = try solo.submit(prompt: prompt, params: params, adapter: adapter)
+        let soloTokens = solo.runToCompletion().filter { $0.requestID == soloID }.compactMap(\.token)
+        #expect(soloTokens.count == 24)
+        #expect(solo.stats.merges == 1 && solo.stats.unmergedSteps == 0, "\(solo.stats)")
+
+        // Seven steps merged on A (a base-model neighbour waits: merged steps run one adapter), then B takes over.
+        let a = try engine()
+        let id = try a.submit(prompt: prompt, params: params, adapter: adapter)
+        try a.submit(prompt: [7, 8, 9], params: params)
+        var before: [Int] = []
+        for _ in 0..<7 { before += a.step().filter { $0.requestID == id }.compactMap(\.token) }
+        #expect(a.stats.mergedSteps == 7 && before.count == 7)
+        let exported = try JSONDecoder().decode(ExportedRequest.self, from: JSONEncoder().encode(try a.export(id, includeKV: includeKV)))
+        #expect((exported.kv != nil) == includeKV)
+        let b = try engine()
+        let newID = try b.importRequest(exported, adapter: adapter)
+        let after = b.runToCompletion().filter { $0.requestID == newID }.compactMap(\.token)
+        #expect(before + after == soloTokens)
+        #expect(b.stats.merges == 1 && b.stats.unmergedSteps == 0)
+    }
+}
