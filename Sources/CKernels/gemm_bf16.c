@@ -187,8 +187,64 @@ void dl_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, 
     gemm_ctx c = { M, N, K, lda, ldc, A, Bp, C, accumulate };
     dl_parallel_for((M + MB - 1) / MB, 1, row_blocks, &c);
 }
+
+// Inference's products (y = x · Wᵀ, W packed once): the rows of A are converted once per call (on the calling
+// thread, into its own buffer, grown to the largest call and then reused) and the work is split over the
+// panels, so that the few rows of a decode step still use every thread. Every output's sum runs over the same
+// chunks of KC pairs in the same order whatever M and however the panels are split, so a row's result never
+// depends on the other rows (batch invariance).
+typedef struct {
+    int64_t M, N, K, ld, ldc;
+    const uint16_t *a;
+    const uint16_t *Bp;
+    float *C;
+} mm_ctx;
+
+DL_AVX512_BF16 static void panel_range(void *vctx, int64_t p0, int64_t p1) {
+    const mm_ctx *c = (const mm_ctx *)vctx;
+    const int64_t kp_count = (c->K + 1) / 2, ld = c->ld;
+    for (int64_t p = p0; p < p1; p++) {
+        const int64_t n0 = p * PANEL, ncols = c->N - n0 < PANEL ? c->N - n0 : PANEL;
+        float *cp = c->C + n0;
+        for (int64_t kc = 0; kc < kp_count; kc += KC) {
+            const int64_t pairs = kp_count - kc < KC ? kp_count - kc : KC;
+            const uint16_t *panel = c->Bp + (p * kp_count + kc) * 2 * PANEL, *a = c->a + 2 * kc;
+            const int add = kc > 0;
+            int64_t r = 0;
+            for (; r + MR <= c->M; r += MR) tile(MR, a + r * ld, ld, panel, pairs, cp + r * c->ldc, c->ldc, ncols, add);
+            switch (c->M - r) {
+            case 0: break;
+#define TAIL(R) case R: tile(R, a + r * ld, ld, panel, pairs, cp + r * c->ldc, c->ldc, ncols, add); break;
+            TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
+#undef TAIL
+            }
+        }
+    }
+}
+
+static _Thread_local uint16_t *tl_converted;
+static _Thread_local size_t tl_converted_bytes;
+
+void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (!dl_has_bf16_dot() || K <= 0) { dl_gemm_bf16_ref(M, N, K, A, lda, Bp, C, ldc, 0); return; }
+    const int64_t ld = (K + 1) / 2 * 2;
+    const size_t bytes = (size_t)(M * ld) * sizeof(uint16_t);
+    if (bytes > tl_converted_bytes) {
+        free(tl_converted);
+        tl_converted = (uint16_t *)aligned_alloc(64, (bytes + 63) / 64 * 64);
+        if (!tl_converted) dl_fatal_alloc("the bf16 product's converted rows", bytes);
+        tl_converted_bytes = bytes;
+    }
+    convert_rows(A, lda, M, K, tl_converted, ld);
+    mm_ctx c = { M, N, K, ld, ldc, tl_converted, Bp, C };
+    dl_parallel_for((N + PANEL - 1) / PANEL, 1, panel_range, &c);
+}
 #else
 int dl_has_bf16_dot(void) { return 0; }
+void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc) {
+    dl_gemm_bf16_ref(M, N, K, A, lda, Bp, C, ldc, 0);
+}
 void dl_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp,
                   float *C, int64_t ldc, int accumulate) {
     dl_gemm_bf16_ref(M, N, K, A, lda, Bp, C, ldc, accumulate);

@@ -52,6 +52,9 @@ public struct WeightMatrix: @unchecked Sendable {
     public let cols: Int
     public let storage: Buffer
     public let offset: Int
+    /// The matrix rounded to bf16 and packed for VDPBF16PS (`packedBF16()`): when set, `Kernels.matmul` runs
+    /// bf16 products on it (`--matmul-precision bf16`) instead of the f32 kernels on `storage`.
+    public var bf16: Kernels.PackedBF16?
 
     public init(dtype: DType, rows: Int, cols: Int, storage: Buffer, offset: Int = 0) {
         precondition(rows >= 0 && cols >= 0 && cols % dtype.blockSize == 0, "invalid matrix shape")

@@ -35,10 +35,35 @@ extension Kernels {
         dl_gemm_bf16(Int64(m), Int64(b.n), Int64(b.k), a, Int64(lda), b.elements, c, Int64(ldc), accumulate ? 1 : 0)
     }
 
+    /// Y[t, r] = Σ_k bf16(W[r, k]) · bf16(X[t, k]) on W's packed copy: the products exact, the sums in f32, split
+    /// over the panels of W's rows; a token's result never depends on how many tokens run with it.
+    public static func matmulBF16(_ w: PackedBF16, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int, _ y: UnsafeMutablePointer<Float>,
+                                  ldy: Int) {
+        precondition(ntok >= 0 && ldx >= w.k && ldy >= w.n, "matmulBF16: strides \(ldx)/\(ldy) below the \(w.n)×\(w.k) matrix")
+        dl_matmul_bf16(Int64(ntok), Int64(w.n), Int64(w.k), x, Int64(ldx), w.elements, y, Int64(ldy))
+    }
+
     /// The portable loop over the same packed operands (the parity tests' twin of `gemmBF16`).
     public static func gemmBF16Reference(m: Int, _ a: UnsafePointer<Float>, lda: Int, _ b: PackedBF16,
                                          _ c: UnsafeMutablePointer<Float>, ldc: Int, accumulate: Bool = false) {
         precondition(m >= 0 && lda >= b.k && ldc >= b.n, "gemmBF16Reference: strides \(lda)/\(ldc) below the \(m)×\(b.n)×\(b.k) product")
         dl_gemm_bf16_ref(Int64(m), Int64(b.n), Int64(b.k), a, Int64(lda), b.elements, c, Int64(ldc), accumulate ? 1 : 0)
+    }
+}
+
+extension WeightMatrix {
+    /// This matrix (any dtype, dequantized exactly) rounded to bf16 and packed for `Kernels.matmulBF16`:
+    /// 2 bytes per weight.
+    public func packedBF16() -> Kernels.PackedBF16 {
+        let dense = Buffer(floats: rows * cols)
+        Kernels.dequantize(self, into: dense.floats)
+        return Kernels.PackedBF16(dense.floats, ld: cols, transposed: true, k: cols, n: rows)
+    }
+
+    /// A copy that runs its products in bf16 (`packed`, this matrix's `packedBF16()`), or in f32 again (nil).
+    public func withBF16(_ packed: Kernels.PackedBF16?) -> WeightMatrix {
+        var w = self
+        w.bf16 = packed
+        return w
     }
 }

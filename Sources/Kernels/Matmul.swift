@@ -12,6 +12,10 @@ public enum Kernels {
                               _ y: UnsafeMutablePointer<Float>, ldy: Int, scratch: ScratchArena) {
         guard ntok > 0, w.rows > 0 else { return }
         precondition(ldx >= w.cols && ldy >= w.rows, "matmul: strides \(ldx)/\(ldy) below the \(w.rows)×\(w.cols) matrix")
+        if let packed = w.bf16 {
+            matmulBF16(packed, x, ldx: ldx, ntok: ntok, y, ldy: ldy)
+            return
+        }
         configureBLASThreads()
         if w.dtype == .f32 && (ntok > smallBatch || w.cols % 16 != 0) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(ntok), blasint(w.rows), blasint(w.cols),

@@ -12,7 +12,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// The decoder blocks' weights (LlamaBlock.swift); a merged adapter replaces some of their matrices.
     var layers: [Layer]
     /// The layers as loaded: unmerging restores these (the very same buffers, so bit-exactly).
-    let pristineLayers: [Layer]
+    var pristineLayers: [Layer]
     /// The adapter folded into the weights, if any, with its scale multiplier (LlamaMerge.swift).
     public internal(set) var merged: (name: String, scale: Float)?
     /// Per layer, the merge workspace's buffers by group: q|k|v, o, gate|up, down — rows in that order, so
@@ -24,7 +24,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// How the next merge stores its matrices (LlamaMerge.swift).
     public var mergePrecision: MergePrecision = .f32
     let embedding: WeightMatrix
-    let output: WeightMatrix
+    var output: WeightMatrix
     let outputNorm: Buffer
     /// RoPE inverse frequencies (headDim / 2), scaling applied.
     public let inverseFrequencies: [Float]
@@ -157,11 +157,42 @@ public final class LlamaModel: @unchecked Sendable {
         pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { l.matrix($0).dtype == .f32 } }
     }
 
+    /// Whether the base model's products run in bf16 (`setBF16Products`).
+    public var bf16Products: Bool { output.bf16 != nil }
+
+    /// Runs every product of the base model — the blocks' projections and the LM head — in bf16, or in f32
+    /// again: each matrix is dequantized exactly, rounded to bf16 once and packed (2 bytes per weight beside the
+    /// checkpoint's own), the activations are rounded per product, the products are exact and the sums f32
+    /// (`Kernels.matmulBF16`, AVX-512 BF16's VDPBF16PS: twice the multiply-adds per instruction of f32 FMAs).
+    /// Every token count goes through the same kernel, so batch invariance holds. LoRA paths stay f32; a merge
+    /// rewrites its matrices in f32 (merged steps then run those in f32). Not while an adapter is merged.
+    public func setBF16Products(_ on: Bool) {
+        precondition(merged == nil, "bf16 products switched on a merged model")
+        guard on != bf16Products else { return }
+        func pack(_ m: WeightMatrix) -> WeightMatrix { m.withBF16(on ? m.packedBF16() : nil) }
+        for i in pristineLayers.indices {
+            var l = pristineLayers[i]
+            if let f = l.qkv { l.qkv = pack(f) } else { (l.q, l.k, l.v) = (pack(l.q), pack(l.k), pack(l.v)) }
+            l.o = pack(l.o)
+            if let f = l.gateUp { l.gateUp = pack(f) } else { (l.gate, l.up) = (pack(l.gate), pack(l.up)) }
+            l.down = pack(l.down)
+            pristineLayers[i] = l
+        }
+        layers = pristineLayers
+        output = pack(output)
+    }
+
     /// Bytes of weights one decode step reads (every matrix once): the numerator of the memory-bandwidth
     /// bound for batch-1 decode.
     public var weightBytesPerToken: Int {
-        var n = output.byteCount + config.hiddenSize * 4 * (2 * config.numLayers + 1)
-        for l in layers { n += l.q.byteCount + l.k.byteCount + l.v.byteCount + l.o.byteCount + l.gate.byteCount + l.up.byteCount + l.down.byteCount }
+        // A matrix's bytes as the products read them: its packed bf16 copy where it has one.
+        func bytes(_ m: WeightMatrix) -> Int { m.bf16?.byteCount ?? m.byteCount }
+        var n = bytes(output) + config.hiddenSize * 4 * (2 * config.numLayers + 1)
+        for l in layers {
+            n += l.qkv.flatMap { $0.bf16?.byteCount } ?? (bytes(l.q) + bytes(l.k) + bytes(l.v))
+            n += l.gateUp.flatMap { $0.bf16?.byteCount } ?? (bytes(l.gate) + bytes(l.up))
+            n += bytes(l.o) + bytes(l.down)
+        }
         return n
     }
 

@@ -27,6 +27,7 @@ struct BenchCore: ParsableCommand {
     @Option(help: "Tokens per forward pass during prefill (llama.cpp's -ub).")
     var ubatch: Int = 512
     @OptionGroup var kvCache: KVCacheOption
+    @OptionGroup var products: MatmulPrecisionOption
 
     func validate() throws {
         guard prompt >= 1, gen >= 1, ubatch >= 1 else { throw ValidationError("--prompt, --gen and --ubatch must be >= 1") }
@@ -43,6 +44,7 @@ struct BenchCore: ParsableCommand {
         let c = m.config
         guard prompt + gen <= c.maxPositionEmbeddings else { throw CLIError("--prompt + --gen exceed the model's context") }
 
+        try products.apply(to: m)
         let kvCacheDType = kvCache.resolved(for: m)
         let bestGBs = Self.streamedGBs()
         let weightBytes = m.weightBytesPerToken
@@ -53,7 +55,7 @@ struct BenchCore: ParsableCommand {
             rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
             FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
         }
-        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); KV cache: \(kvCacheDType).")
+        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); KV cache: \(kvCacheDType); products: \(products.matmulPrecision).")
         print()
         print("| batch | prompt | gen | prefill tok/s | decode tok/s | decode ms/step |")
         print("|---:|---:|---:|---:|---:|---:|")

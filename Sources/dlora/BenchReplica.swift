@@ -62,7 +62,7 @@ struct BenchReplica: ParsableCommand {
     func run() throws {
         let (_, loaded) = try modelOptions.load()
         let m = loaded.model, c = m.config
-        engineOptions.prepare(m)
+        try engineOptions.prepare(m)
         var rng = SamplerRNG(seed: seed)
 
         // Adapters: ranks 8–64, bf16, random.

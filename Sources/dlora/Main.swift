@@ -82,6 +82,7 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
     var loraMode: String = "unmerged"
     @OptionGroup var kvCache: KVCacheOption
+    @OptionGroup var products: MatmulPrecisionOption
 
     func validate() throws {
         if (prompt == nil) == (chat == nil) { throw ValidationError("give exactly one of --prompt and --chat") }
@@ -92,6 +93,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let (_, loaded) = try modelOptions.load()
+        try products.apply(to: loaded.model)
         let tokenizer = loaded.tokenizer
         let ids: [Int]
         if let chat {

@@ -67,6 +67,7 @@ struct EngineOptions: ParsableArguments {
     var mergePrecision: MergePrecision = .f32
 
     @OptionGroup var kvCache: KVCacheOption
+    @OptionGroup var products: MatmulPrecisionOption
 
     func validate() throws {
         guard kvCacheMb >= 1, maxBatchTokens >= 1, maxBatchSequences >= 1, adapterSlots >= 1 else {
@@ -79,9 +80,10 @@ struct EngineOptions: ParsableArguments {
         guard kvCacheMb <= 1 << 30, hostSwapMb <= 1 << 30 else { throw ValidationError("--kv-cache-mb and --host-swap-mb must be at most 2^30") }
     }
 
-    /// Sets what the options say of the model itself (how merged mode stores its matrices).
-    func prepare(_ model: LlamaModel) {
+    /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision).
+    func prepare(_ model: LlamaModel) throws {
         model.mergePrecision = mergePrecision
+        try products.apply(to: model)
     }
 
     /// The engine configuration these options describe for `model`, running `policy`.
@@ -193,5 +195,26 @@ struct KeyOptions: ParsableArguments {
 
     static func environment(_ name: String) -> String? {
         ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }
+    }
+}
+
+/// `--matmul-precision f32|bf16`, for every command that runs the engine: the base model's products in f32
+/// (the default: the transformers goldens within 1e-3) or in bf16 (`LlamaModel.setBF16Products`: about twice
+/// the multiply-adds per cycle on AVX-512 BF16 for prefill and batched decode; docs/design/core-engine.md).
+struct MatmulPrecisionOption: ParsableArguments {
+    enum Choice: String, CaseIterable, ExpressibleByArgument {
+        case f32, bf16
+    }
+
+    @Option(name: .customLong("matmul-precision"),
+            help: "The base model's products: f32, or bf16 (weights and activations rounded to bf16, sums in f32: about 2x the arithmetic rate of prefill and batched decode on AVX-512 BF16, 2 bytes per weight more memory; needs AVX-512 BF16).")
+    var matmulPrecision: Choice = .f32
+
+    /// Sets the model's products as the flag says; bf16 on a CPU without AVX-512 BF16 is an error (its
+    /// portable loop is far slower than the f32 kernels).
+    func apply(to model: LlamaModel) throws {
+        guard matmulPrecision == .bf16 else { return }
+        guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16 (this one has \(Kernels.simdPathName))") }
+        model.setBF16Products(true)
     }
 }

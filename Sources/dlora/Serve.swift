@@ -84,7 +84,7 @@ struct Serve: AsyncParsableCommand {
         let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
 
         let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind)
-        engineOptions.prepare(loaded.model)
+        try engineOptions.prepare(loaded.model)
         let blocks = engineConfig.kvBlocks
         let core = EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig)
         if let stepLog { core.stepObserver = try Self.stepWriter(path: stepLog) }

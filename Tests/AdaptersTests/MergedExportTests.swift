@@ -52,3 +52,31 @@ import TestSupport
         #expect(b.stats.merges == 1 && b.stats.unmergedSteps == 0)
     }
 }
+
+/// bf16 products (`LlamaModel.setBF16Products`) and merged mode: a merge rewrites its matrices in f32 (the merged
+/// logits differ from the unmerged ones), and the unmerge brings back the packed bf16 products bit for bit.
+@Suite struct BF16ProductsMergeTests {
+    @Test func mergeAndUnmergeKeepTheBF16Products() throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let dir = try TempDir()
+        try TestAdapter(config: model.config, rank: 8, alpha: 16, targets: [.q, .v, .down], seed: 78).writePEFT(to: dir.path("a"), config: model.config)
+        let adapter = try AdapterLoader.load(path: dir.path("a"), base: model.config)
+        model.setBF16Products(true)
+        func logits() throws -> [[Float]] {
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16, blockSize: 4, policy: BatchPolicyConfig(kind: .unmergedOnly))
+            var rows: [[Float]] = []
+            g.logitsObserver = { _, row in rows.append(Array(row)) }
+            try g.submit(prompt: [5, 17, 200, 3, 9], params: SamplingParams(temperature: 0, maxTokens: 4, ignoreEOS: true))
+            _ = g.runToCompletion()
+            return rows
+        }
+        let before = try logits()
+        model.merge(adapter, scale: 1)
+        let merged = try logits()
+        model.unmerge()
+        #expect(model.bf16Products && merged != before)
+        #expect(try logits() == before)
+    }
+}

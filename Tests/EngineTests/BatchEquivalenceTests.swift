@@ -67,6 +67,24 @@ import TestSupport
     }
 
     /// f32 weights go to BLAS, whose blocking depends on the batch: equal within f32 rounding.
+    /// The base model's products in bf16 (`--matmul-precision bf16`): bit-identical whatever the batch, for quantized
+    /// and f32 checkpoints alike (every token count goes through the same kernel, sgemm included).
+    @Test(arguments: ["Q4_1", "F32"], KVCacheDType.allCases)
+    func bf16ProductsAreBitIdentical(_ variant: String, kvDType: KVCacheDType) throws {
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: variant)))
+        model.setBF16Products(true)
+        let batched = Self.batched(model, prompts: Self.prompts, feeds: Self.feeds, kvDType: kvDType)
+        for s in Self.prompts.indices {
+            #expect(batched[s] == Self.single(model, prompt: Self.prompts[s], feed: Self.feeds[s], kvDType: kvDType), "sequence \(s)")
+        }
+        // And it is the bf16 arithmetic: the f32 products' logits differ, and switching back restores them exactly.
+        let bf16 = Self.single(model, prompt: Self.prompts[0], feed: Self.feeds[0], kvDType: kvDType)
+        model.setBF16Products(false)
+        let f32 = Self.single(model, prompt: Self.prompts[0], feed: Self.feeds[0], kvDType: kvDType)
+        let fresh = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: variant)))
+        #expect(f32 != bf16 && f32 == Self.single(fresh, prompt: Self.prompts[0], feed: Self.feeds[0], kvDType: kvDType))
+    }
+
     @Test(arguments: ["tiny-llama", "tiny-qwen2"])
     func f32WithinRounding(_ modelName: String) throws {
         let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: modelName, variant: "hf")))

@@ -1,5 +1,6 @@
 import Foundation
 import Models
+import Kernels
 import TestSupport
 import Testing
 
@@ -38,6 +39,8 @@ import Testing
         (["serve", "--model", tiny, "--kv-cache-mb", "0"], "--kv-cache-mb"),
         (["serve", "--model", tiny, "--kv-cache-dtype", "fp8"], "--kv-cache-dtype"),
         (["generate", "--model", tiny, "--prompt", "a", "--kv-cache-dtype", "bf16"], "--kv-cache-dtype"),
+        (["serve", "--model", tiny, "--matmul-precision", "int8"], "--matmul-precision"),
+        (["bench", "core", "--model", tiny, "--matmul-precision", "f16"], "--matmul-precision"),
         (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
         (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
         (["serve", "--model", tiny, "--step-log", "/nonexistent/dir/steps.jsonl"], "--step-log: cannot write /nonexistent/dir/steps.jsonl"),
@@ -88,6 +91,9 @@ import Testing
         let dtype = helps.filter { $0.0 != ["bench", "lora"] && $0.0 != ["train", "lora"] }.map { line($0.1, "--kv-cache-dtype") }
         #expect(dtype.count == 4 && dtype.allSatisfy { $0?.contains("(values: auto, f32, f16; default: auto)") == true } && Set(dtype).count == 1,
                 "\(dtype)")
+        let products = helps.filter { $0.0 != ["bench", "lora"] && $0.0 != ["train", "lora"] }.map { line($0.1, "--matmul-precision") }
+        #expect(products.count == 4 && products.allSatisfy { $0?.contains("(values: f32, bf16; default: f32)") == true } && Set(products).count == 1,
+                "\(products)")
     }
 
     /// Without --model the CLI looks where `DefaultModel` (and every test) looks: under $XDG_CACHE_HOME when it
@@ -139,13 +145,24 @@ import Testing
             for choice in [[], ["--kv-cache-dtype", "auto"]] {
                 let r = try await Self.dlora(["bench", "core", "--model", model, "--batches", "1", "--prompt", "8", "--gen", "2"] + choice)
                 #expect(r.status == 0, "stderr: \(r.stderr)")
-                #expect(r.stdout.contains("KV cache: \(expected)."), "\(model): \(r.stdout)")
+                #expect(r.stdout.contains("KV cache: \(expected);"), "\(model): \(r.stdout)")
             }
         }
         let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "10", "--temperature", "0"]
         let auto = try await Self.dlora(args)
         let full = try await Self.dlora(args + ["--kv-cache-dtype", "f32"])
         #expect(auto.status == 0 && full.status == 0 && !auto.stdout.isEmpty && auto.stdout == full.stdout, "stderr: \(auto.stderr)")
+    }
+
+    /// `--matmul-precision bf16` runs the base model's products in bf16: `bench core` says so, and `generate` gives the
+    /// tiny model's greedy text (its margins are wide enough here; ModelGoldenTests holds the logits to transformers).
+    @Test func generatesWithBF16Products() async throws {
+        guard Kernels.hasBF16Dot else { return }  // (the flag is refused on a CPU without AVX-512 BF16)
+        let r = try await Self.dlora(["bench", "core", "--model", Self.tiny, "--batches", "2", "--prompt", "8", "--gen", "2", "--matmul-precision", "bf16"])
+        #expect(r.status == 0 && r.stdout.contains("products: bf16."), "\(r.stdout) \(r.stderr)")
+        let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "6", "--temperature", "0"]
+        let bf16 = try await Self.dlora(args + ["--matmul-precision", "bf16"])
+        #expect(bf16.status == 0 && !bf16.stdout.isEmpty, "stderr: \(bf16.stderr)")
     }
 
     /// `--no-mmap` copies the model at load: the same greedy text as with the mapping.

@@ -17,6 +17,11 @@ import TestSupport
     /// 0.013-0.026 on the tiny models and 0.013 on SmolLM2 (logits up to 38; 2026-12-05), so 0.05. The greedy
     /// continuations are still compared token for token.
     static let f16CacheTolerance: Float = 0.05
+    /// With bf16 products (weights and activations rounded to 8 significant bits before each product): measured
+    /// 0.23-0.44 on the tiny models (random weights) and 0.17 on SmolLM2 (2026-12-05; llama.cpp's int8 activations
+    /// give about 1.0 there, core-engine.md), so 0.5; greedy steps are compared where the reference's margin
+    /// exceeds twice that.
+    static let bf16ProductsTolerance: Float = 0.5
 
     @Test(arguments: ModelFixtures.variants.map { "\($0.0)/\($0.1)" })
     func tinyModelLogitsAndGreedy(_ name: String) throws {
@@ -29,11 +34,22 @@ import TestSupport
         try Self.checkTinyModel(name, kvDType: .f16, tolerance: Self.f16CacheTolerance)
     }
 
-    static func checkTinyModel(_ name: String, kvDType: KVCacheDType, tolerance: Float) throws {
+    /// With the base model's products in bf16 (`--matmul-precision bf16`): weights and activations rounded to bf16
+    /// (8 significant bits), products exact, sums in f32.
+    @Test(arguments: ModelFixtures.variants.map { "\($0.0)/\($0.1)" })
+    func tinyModelLogitsAndGreedyWithBF16Products(_ name: String) throws {
+        try Self.checkTinyModel(name, kvDType: .f32, tolerance: Self.bf16ProductsTolerance, bf16Products: true)
+    }
+
+    static func checkTinyModel(_ name: String, kvDType: KVCacheDType, tolerance: Float, bf16Products: Bool = false) throws {
         let parts = name.split(separator: "/").map(String.init)
         let (modelName, variant) = (parts[0], parts[1])
         let goldens = try ModelFixtures.goldens(model: modelName, variant: variant)
         let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: modelName, variant: variant)))
+        model.setBF16Products(bf16Products)
+        // A greedy step is comparable where the reference's margin is beyond the noise: 1e-2 in f32 arithmetic; with
+        // bf16 products twice their tolerance, which the tiny models' random weights reach in fewer steps.
+        let minMargin: Float = bf16Products ? 2 * tolerance : 1e-2
         #expect(model.config.vocabSize == goldens.vocabSize)
 
         var comparedGreedy = 0
@@ -47,7 +63,7 @@ import TestSupport
                     logits = runner.forward([(0, [fed], c.promptIds.count + si - 1, .last)])[0]
                 }
                 let err = maxAbsDiff(logits, step.logits)
-                #expect(err <= tolerance, "\(name) \(kvDType) cache case \(ci) step \(si): max |Δlogit| = \(err)")
+                #expect(err <= tolerance, "\(name) \(kvDType) cache\(bf16Products ? ", bf16 products" : "") case \(ci) step \(si): max |Δlogit| = \(err)")
             }
 
             // Free-running greedy continuation.
@@ -60,12 +76,14 @@ import TestSupport
                     next = argmax(greedy.forward([(0, [next], c.promptIds.count + i, .last)])[0])
                 }
             }
-            let n = comparableGreedyPrefix(c.greedyMargins)
+            let n = comparableGreedyPrefix(c.greedyMargins, minMargin: minMargin)
             comparedGreedy += n
             #expect(Array(ids.prefix(n)) == Array(c.greedyIds.prefix(n)), "\(name) case \(ci): greedy ids differ within the first \(n)")
         }
         // Most steps are comparable (a near-tie cuts a case short, but not most of them).
-        #expect(comparedGreedy >= 32, "\(name): only \(comparedGreedy) greedy steps comparable")
+        // (With bf16 products the random weights leave 2-7 steps per variant with margins beyond 1.0: the teacher-forced
+        // logits are the check there, and SmolLM2's continuation, with real margins, the greedy one.)
+        #expect(comparedGreedy >= (bf16Products ? 1 : 32), "\(name): only \(comparedGreedy) greedy steps comparable")
     }
 
     /// Chunked prefill: every position's logits of a 23-token prompt, computed in chunks of 5 (hf goldens).
@@ -90,13 +108,14 @@ import TestSupport
 
     /// The default model against transformers on its own GGUF: top-50 and spread logits of the prompt step
     /// and three greedy steps, and the 32-token greedy continuation through the engine's Generator.
-    @Test(arguments: KVCacheDType.allCases)
-    func smolLM2AgainstTransformers(kvDType: KVCacheDType) throws {
-        let tolerance = kvDType == .f32 ? Self.tolerance : Self.f16CacheTolerance
+    @Test(arguments: [(KVCacheDType.f32, false), (.f16, false), (.f32, true)])
+    func smolLM2AgainstTransformers(kvDType: KVCacheDType, bf16Products: Bool) throws {
+        let tolerance = bf16Products ? Self.bf16ProductsTolerance : kvDType == .f32 ? Self.tolerance : Self.f16CacheTolerance
         let path = try DefaultModel.require()
         let goldens = try ModelFixtures.smolGoldens()
         let checkpoint = try openCheckpoint(path: path)
         let model = try LlamaModel(checkpoint: checkpoint)
+        model.setBF16Products(bf16Products)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
 
         for (ci, c) in goldens.cases.enumerated() {
@@ -107,8 +126,8 @@ import TestSupport
                 let top = step.top50Ids.map { logits[$0] }
                 let spread = goldens.spreadIds.map { logits[$0] }
                 let err = max(maxAbsDiff(top, step.top50Logits), maxAbsDiff(spread, step.spreadLogits))
-                #expect(err <= tolerance, "SmolLM2 \(kvDType) cache case \(ci) step \(si): max |Δlogit| = \(err)")
-                #expect(argmax(logits) == step.argmax || step.margin < 1e-2)
+                #expect(err <= tolerance, "SmolLM2 \(kvDType) cache\(bf16Products ? ", bf16 products" : "") case \(ci) step \(si): max |Δlogit| = \(err)")
+                #expect(argmax(logits) == step.argmax || step.margin < (bf16Products ? 2 * tolerance : 1e-2))
             }
 
             // Greedy through the Generator: the whole batching/sampling path, no EOS stop.
@@ -118,7 +137,7 @@ import TestSupport
             let id = try generator.submit(prompt: c.promptIds, params: SamplingParams(temperature: 0, maxTokens: 32, ignoreEOS: true))
             let events = generator.runToCompletion().filter { $0.requestID == id }
             let ids = events.compactMap(\.token)
-            let n = comparableGreedyPrefix(c.greedyMargins)
+            let n = comparableGreedyPrefix(c.greedyMargins, minMargin: bf16Products ? 2 * tolerance : 1e-2)
             #expect(ids.count == 32)
             #expect(Array(ids.prefix(n)) == Array(c.greedyIds.prefix(n)), "SmolLM2 case \(ci): greedy ids differ within the first \(n)")
             if n == 32 {

@@ -106,4 +106,30 @@ import TestSupport
         let portable = Self.run(s, a: a, w: w, c0: c0, reference: true)
         if !Kernels.hasBF16Dot { #expect(fast == portable) } else { #expect(maxAbsDiff(fast, portable) < 1e-4) }
     }
+
+    /// Inference's entry point (`matmulBF16`: y = x·Wᵀ, split over W's panels): against the rounded double product
+    /// (its first rows), and every row bit-identical whatever rows run beside it — 1, 7, 37 or 300 of them, from
+    /// anywhere in the batch — which is the batch invariance the engine's bf16 products rely on.
+    @Test(arguments: [(576, 576), (960, 576), (70, 1536), (33, 37)])
+    func inferenceProductIsBatchInvariant(n: Int, k: Int) {
+        let rows = 300
+        let (a, w, _) = Self.operands(Shape(m: rows, n: n, k: k, transposed: true, accumulate: false), seed: UInt64(n * 7 + k))
+        let packed = w.withUnsafeBufferPointer { Kernels.PackedBF16($0.baseAddress!, ld: k, transposed: true, k: k, n: n) }
+        func product(_ m: Int, from first: Int) -> [Float] {
+            var y = [Float](repeating: .nan, count: m * n)
+            a.withUnsafeBufferPointer { ap in
+                y.withUnsafeMutableBufferPointer { Kernels.matmulBF16(packed, ap.baseAddress! + first * k, ldx: k, ntok: m, $0.baseAddress!, ldy: n) }
+            }
+            return y
+        }
+        let all = product(rows, from: 0)
+        let head = Shape(m: 9, n: n, k: k, transposed: true, accumulate: false)
+        let (want, bound) = Self.reference(head, a: Array(a.prefix(9 * k)), w: w, c0: [Float](repeating: 0, count: 9 * n))
+        if let i = want.indices.first(where: { abs(Double(all[$0]) - want[$0]) > bound[$0] }) {
+            Issue.record("\(n)×\(k) element \(i): \(all[i]) vs \(want[i])")
+        }
+        for (m, first) in [(1, 0), (1, 299), (7, 100), (37, 250), (8, 8), (130, 3)] {
+            #expect(product(m, from: first) == Array(all[(first * n)..<((first + m) * n)]), "\(n)×\(k): \(m) rows from \(first)")
+        }
+    }
 }

@@ -165,6 +165,10 @@ void dl_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, 
                   float *C, int64_t ldc, int accumulate);
 void dl_gemm_bf16_ref(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp,
                       float *C, int64_t ldc, int accumulate);
+// Inference's y = x · Wᵀ on a packed W (dl_pack_bf16 of W with trans = 1, K = W.cols, N = W.rows): C (M x N) =
+// bf16(A) · Bp, split over the panels (so a decode step's few rows use every thread); a row's result does not
+// depend on M (batch invariance). The portable loop where the CPU lacks AVX-512 BF16.
+void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc);
 
 #ifdef __cplusplus
 }
