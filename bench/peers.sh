@@ -12,6 +12,7 @@
 # Systems (all on 127.0.0.1, THREADS=2 compute threads each, one at a time):
 #   dlora  `dlora serve` (swift build -c release --product dlora) with the PEFT adapters under --adapters, the
 #          engine sized as in bench/replica.sh (720 MiB KV, 256 tokens and 32 sequences per iteration, dLoRA policy).
+#   dlorabf16  the same with --matmul-precision bf16 (the base model's products in bf16; not in the default SYSTEMS).
 #   llama  llama-server from llama-cpp-python 0.3.36's vendored llama.cpp (built by ../shared/tools/build-llama-cpp,
 #          or LLAMA_CPP_BIN=dir), the same adapters converted to GGUF LoRA (F16) by llama.cpp's own
 #          convert_lora_to_gguf.py, all loaded at start with --lora-init-without-apply; each request picks its
@@ -60,7 +61,7 @@ OUT=${OUT:-bench/results/peers.md}
 SVG=${OUT%.md}.svg
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
 LLAMA_CPP_VERSION=0.3.36
-for s in $SYSTEMS; do case $s in dlora|llama|peft) ;; *) echo "bench/peers.sh: unknown system $s" >&2; exit 2 ;; esac; done
+for s in $SYSTEMS; do case $s in dlora|dlorabf16|llama|peft) ;; *) echo "bench/peers.sh: unknown system $s" >&2; exit 2 ;; esac; done
 
 scripts/setup.sh
 MODEL=$(scripts/fetch-model.sh)
@@ -103,7 +104,7 @@ case " $SYSTEMS " in *" llama "*)
     [ -f "$GDIR/adapter-$((max_n - 1)).gguf" ] || { echo "bench/peers.sh: LoRA conversion failed" >&2; exit 1; }
     ;;
 esac
-case " $SYSTEMS " in *" dlora "*) swift build -c release --product dlora >&2 ;; esac
+case " $SYSTEMS " in *" dlora "*|*" dlorabf16 "*) swift build -c release --product dlora >&2 ;; esac
 
 if [ -n "${RUNS:-}" ]; then  # a given runs folder: this run's results replace earlier ones there
     mkdir -p "$RUNS"; tmp=""
@@ -137,9 +138,10 @@ start_server() {  # system, adapter count, port; sets $server
         [ -e "$adir/adapter-$i" ] || cp -rl "$ADIR/adapter-$i" "$adir/" 2>/dev/null || cp -r "$ADIR/adapter-$i" "$adir/"
     done
     case $s in
-        dlora)
+        dlora|dlorabf16)
             .build/release/dlora serve --model "$MODEL" --adapters "$adir" --host 127.0.0.1 --port "$port" --threads "$THREADS" \
-                --kv-cache-mb 720 --max-batch-tokens 256 --max-batch-sequences 32 > "$log" 2>&1 &
+                --kv-cache-mb 720 --max-batch-tokens 256 --max-batch-sequences 32 \
+                $([ "$s" = dlorabf16 ] && echo --matmul-precision bf16) > "$log" 2>&1 &
             ;;
         llama)
             # One --lora with comma-separated files: this version warns that repeated --lora flags are deprecated
@@ -221,6 +223,10 @@ header="$RUNS/header.md"
     echo "iteration. llama-server — 32 slots, continuous batching, but one decode step batches only slots with the same LoRA set"
     echo "(per-request \`lora\`), so different adapters take turns. transformers+PEFT — one adapter per batch: the oldest waiting"
     echo "request's adapter with up to $PEFT_BATCH of its waiting requests, \`generate\` to completion, then the next batch."
+    case " $SYSTEMS " in *" dlorabf16 "*)
+        echo "dlora serve, bf16 products — the same server with \`--matmul-precision bf16\` (weights and activations rounded to bf16,"
+        echo "sums in f32; docs/design/core-engine.md \"bf16 products\")." ;;
+    esac
 } > "$header"
 python3 tools/peers/report.py "$RUNS" "$OUT" "$SVG" "$header"
 cat "$OUT"

@@ -12,9 +12,9 @@ import math
 import os
 import sys
 
-NAMES = {"dlora": "dlora serve", "llama": "llama-server", "peft": "transformers+PEFT"}
-COLORS = {"dlora": "#d62728", "llama": "#1f77b4", "peft": "#7f7f7f"}
-ORDER = ["dlora", "llama", "peft"]
+NAMES = {"dlora": "dlora serve", "dlorabf16": "dlora serve, bf16 products", "llama": "llama-server", "peft": "transformers+PEFT"}
+COLORS = {"dlora": "#d62728", "dlorabf16": "#ff7f0e", "llama": "#1f77b4", "peft": "#7f7f7f"}
+ORDER = ["dlora", "dlorabf16", "llama", "peft"]
 
 
 def attainment(share):
@@ -65,8 +65,9 @@ def main():
                           f"{p90} | {fmt(x['median_ttft_s'], '.2f')} |")
     md += ["", "## Throughput under the SLO", "",
            "The throughput of the highest rate at which ≥ 90 % of requests met the SLO (latency per generated token), per system and adapter count.",
-           "", "| adapters | " + " | ".join(f"{NAMES[s]} rate / tok/s" for s in systems) + " | dlora / llama-server | dlora / PEFT |",
-           "|---:|" + "---:|" * (len(systems) + 2)]
+           "", "| adapters | " + " | ".join(f"{NAMES[s]} rate / tok/s" for s in systems) + " | dlora / llama-server | dlora / PEFT |"
+           + (" dlora bf16 / llama-server |" if "dlorabf16" in systems else ""),
+           "|---:|" + "---:|" * (len(systems) + 2 + ("dlorabf16" in systems))]
     for n in counts:
         best = {}
         for s in systems:
@@ -80,7 +81,8 @@ def main():
             if best.get(a) and b in best:
                 return "∞ (peer meets no rate)"
             return "—"
-        md.append(f"| {n} | " + " | ".join(cells) + f" | {ratio('dlora', 'llama')} | {ratio('dlora', 'peft')} |")
+        md.append(f"| {n} | " + " | ".join(cells) + f" | {ratio('dlora', 'llama')} | {ratio('dlora', 'peft')} |"
+                  + (f" {ratio('dlorabf16', 'llama')} |" if "dlorabf16" in systems else ""))
     md += ["", f"![avg latency per token vs rate]({os.path.basename(out_svg)})", ""]
     errors = sorted({e for x in rows.values() for e in x.get("errors", []) if e != "timeout"})
     if errors:

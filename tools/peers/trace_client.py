@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Open-loop, trace-driven multi-adapter client for bench/peers.sh: one workload, any OpenAI-style server.
 
-Usage: trace_client.py --url http://127.0.0.1:PORT --system {dlora,llama,peft} --tokenizer-dir DIR --gguf-file F
+Usage: trace_client.py --url http://127.0.0.1:PORT --system {dlora,dlorabf16,llama,peft} --tokenizer-dir DIR --gguf-file F
                        --workload sharegpt.jsonl --trace azure.csv --adapters N --rate R --requests K --out run.json
 
 The workload is the one `dlora bench replica` builds: arrivals from the Azure LLM inference trace (its first K
@@ -211,7 +211,7 @@ async def run(args):
 def main():
     p = argparse.ArgumentParser(description="trace-driven multi-adapter client (bench/peers.sh)")
     p.add_argument("--url", required=True)
-    p.add_argument("--system", required=True, choices=["dlora", "llama", "peft"])
+    p.add_argument("--system", required=True, choices=["dlora", "dlorabf16", "llama", "peft"])
     p.add_argument("--tokenizer-dir", required=True)
     p.add_argument("--gguf-file", default="", help="tokenizer from this GGUF inside --tokenizer-dir")
     p.add_argument("--workload", required=True)
