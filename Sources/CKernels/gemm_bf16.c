@@ -130,6 +130,20 @@ void tile(const int R, const uint16_t *a, int64_t ld, const uint16_t *panel, int
     }
 }
 
+// `rows` rows of converted A (ld apart) x one panel's chunk of `pairs` pairs: MR-row tiles, then the tail.
+DL_AVX512_BF16 static inline __attribute__((always_inline))
+void tiles(int64_t rows, const uint16_t *a, int64_t ld, const uint16_t *panel, int64_t pairs, float *c, int64_t ldc,
+           int64_t ncols, int accumulate) {
+    int64_t r = 0;
+    for (; r + MR <= rows; r += MR) tile(MR, a + r * ld, ld, panel, pairs, c + r * ldc, ldc, ncols, accumulate);
+    switch (rows - r) {
+    case 0: break;
+#define TAIL(R) case R: tile(R, a + r * ld, ld, panel, pairs, c + r * ldc, ldc, ncols, accumulate); break;
+    TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
+#undef TAIL
+    }
+}
+
 typedef struct {
     int64_t M, N, K, lda, ldc;
     const float *A;
@@ -161,15 +175,7 @@ DL_AVX512_BF16 static void row_blocks(void *vctx, int64_t b0, int64_t b1) {
             for (int64_t p = 0; p < panels; p++) {
                 const uint16_t *panel = c->Bp + (p * kp_count + kc) * 2 * PANEL;
                 const int64_t n0 = p * PANEL, ncols = c->N - n0 < PANEL ? c->N - n0 : PANEL;
-                float *cp = c->C + m0 * c->ldc + n0;
-                int64_t r = 0;
-                for (; r + MR <= rows; r += MR) tile(MR, tl_rows + r * ld, ld, panel, pairs, cp + r * c->ldc, c->ldc, ncols, add);
-                switch (rows - r) {
-                case 0: break;
-#define TAIL(R) case R: tile(R, tl_rows + r * ld, ld, panel, pairs, cp + r * c->ldc, c->ldc, ncols, add); break;
-                TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
-#undef TAIL
-                }
+                tiles(rows, tl_rows, ld, panel, pairs, c->C + m0 * c->ldc + n0, c->ldc, ncols, add);
             }
         }
     }
@@ -208,16 +214,8 @@ DL_AVX512_BF16 static void panel_range(void *vctx, int64_t p0, int64_t p1) {
         float *cp = c->C + n0;
         for (int64_t kc = 0; kc < kp_count; kc += KC) {
             const int64_t pairs = kp_count - kc < KC ? kp_count - kc : KC;
-            const uint16_t *panel = c->Bp + (p * kp_count + kc) * 2 * PANEL, *a = c->a + 2 * kc;
-            const int add = kc > 0;
-            int64_t r = 0;
-            for (; r + MR <= c->M; r += MR) tile(MR, a + r * ld, ld, panel, pairs, cp + r * c->ldc, c->ldc, ncols, add);
-            switch (c->M - r) {
-            case 0: break;
-#define TAIL(R) case R: tile(R, a + r * ld, ld, panel, pairs, cp + r * c->ldc, c->ldc, ncols, add); break;
-            TAIL(1) TAIL(2) TAIL(3) TAIL(4) TAIL(5) TAIL(6) TAIL(7)
-#undef TAIL
-            }
+            const uint16_t *panel = c->Bp + (p * kp_count + kc) * 2 * PANEL;
+            tiles(c->M, c->a + 2 * kc, ld, panel, pairs, cp, c->ldc, ncols, kc > 0);
         }
     }
 }

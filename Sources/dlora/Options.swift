@@ -214,7 +214,7 @@ struct MatmulPrecisionOption: ParsableArguments {
     /// portable loop is far slower than the f32 kernels).
     func apply(to model: LlamaModel) throws {
         guard matmulPrecision == .bf16 else { return }
-        guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16 (this one has \(Kernels.simdPathName))") }
+        guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16, which this one lacks (kernels: \(Kernels.simdPathName))") }
         model.setBF16Products(true)
     }
 }
