@@ -114,7 +114,7 @@ struct Serve: AsyncParsableCommand {
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? 0
                 FileHandle.standardError.write(Data(
-                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\n".utf8))
+                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\(loaded.model.bf16Products ? ", bf16 products" : "")\n".utf8))
             }
         )
         // A replica started by `dlora cluster` drains and stops when its supervisor is gone (even one killed with
