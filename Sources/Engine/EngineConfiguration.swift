@@ -1,4 +1,5 @@
 import Kernels
+import Models
 import Scheduling
 
 /// Everything that sizes and steers one replica's engine, with its defaults in one place. `dlora serve`,
@@ -30,6 +31,13 @@ public struct EngineConfiguration: Sendable, Equatable {
 
     /// KV blocks that `megabytes` of KV cache hold for a model (at least 4).
     public static func kvBlocks(megabytes: Int, bytesPerBlock: Int) -> Int { max(4, (megabytes << 20) / bytesPerBlock) }
+
+    /// Bytes one KV block of `blockSize` positions takes for `model` (all layers, K and V) with a cache of `dtype`:
+    /// the unit `kvBlocks(megabytes:bytesPerBlock:)` divides by and an adapter's share of the budget is counted in.
+    public static func bytesPerBlock(_ model: ModelConfig, blockSize: Int, dtype: KVCacheDType) -> Int {
+        PagedKVStorage.bytesPerBlock(numLayers: model.numLayers, blockSize: blockSize, numKVHeads: model.numKVHeads,
+                                     headDim: model.headDim, dtype: dtype)
+    }
 
     /// KV blocks that hold `tokens` positions.
     public static func kvBlocks(tokens: Int, blockSize: Int = 16) -> Int { (tokens + blockSize - 1) / blockSize }

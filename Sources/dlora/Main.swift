@@ -125,8 +125,7 @@ struct Generate: ParsableCommand {
         let need = min(ids.count + sampling.maxTokens, config.maxPositionEmbeddings)
         let blockSize = EngineOptions.defaults.blockSize
         let dtype = kvCache.resolved(for: loaded.model)
-        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: config.numLayers, blockSize: blockSize, numKVHeads: config.numKVHeads,
-                                                      headDim: config.headDim, dtype: dtype)
+        let blockBytes = EngineConfiguration.bytesPerBlock(config, blockSize: blockSize, dtype: dtype)
         let adapterBlocks = lora.map { ($0.byteCount + blockBytes - 1) / blockBytes } ?? 0
         let engine = EngineCore(model: loaded.model, tokenizer: tokenizer,
                                 kvBlocks: EngineConfiguration.kvBlocks(tokens: need, blockSize: blockSize) + adapterBlocks, kvCacheDType: dtype)

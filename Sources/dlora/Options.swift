@@ -89,9 +89,7 @@ struct EngineOptions: ParsableArguments {
     /// The engine configuration these options describe for `model`, running `policy`.
     func configuration(for model: LlamaModel, policy: BatchingPolicyKind) -> EngineConfiguration {
         let dtype = kvCache.resolved(for: model)
-        let m = model.config
-        let blockBytes = PagedKVStorage.bytesPerBlock(numLayers: m.numLayers, blockSize: blockSize, numKVHeads: m.numKVHeads,
-                                                      headDim: m.headDim, dtype: dtype)
+        let blockBytes = EngineConfiguration.bytesPerBlock(model.config, blockSize: blockSize, dtype: dtype)
         var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: blockBytes))
         c.kvCacheDType = dtype
         c.blockSize = blockSize
