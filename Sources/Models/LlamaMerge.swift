@@ -42,8 +42,39 @@ extension LlamaModel {
                 }
                 layers[li].replace(t, with: target)
             }
+            if bf16Products { attachMergePacks(layer: li) }
         }
         merged = (adapter.name, scale)
+    }
+
+    /// With bf16 products on, gives every matrix a merged layer's products read a packed copy, as
+    /// `setBF16Products` gave the loaded ones: a Q8_0-merged matrix its codes (used exactly), an f32-merged one
+    /// its values rounded to bf16, and a loaded matrix that a merge took out of its fused projection (whose pack
+    /// covered it) its own. The copies are kept per layer, matrix and type, and refilled by later merges; a
+    /// loaded matrix's never changes.
+    func attachMergePacks(layer li: Int) {
+        if mergePacks.isEmpty { mergePacks = Array(repeating: [:], count: layers.count) }
+        let p = pristineLayers[li]
+        let loaded = [p.q, p.k, p.v, p.o, p.gate, p.up, p.down] + [p.qkv, p.gateUp].compactMap { $0 }
+        func pack(_ m: WeightMatrix, _ slot: Int) -> WeightMatrix {
+            if m.bf16 != nil { return m }
+            let same = loaded.first { $0.storage === m.storage && $0.offset == m.offset && $0.rows == m.rows && $0.dtype == m.dtype }
+            if let packed = same?.bf16 { return m.withBF16(packed) }  // a loaded matrix (or fused view) with its pack
+            let key = slot | Int(m.dtype.rawValue) << 8 | (same != nil ? 1 << 20 : 0)
+            if let cached = mergePacks[li][key] {
+                if same == nil { cached.refill(from: m, scratch: mergeStaging) }
+                return m.withBF16(cached)
+            }
+            let packed = m.packedBF16()
+            mergePacks[li][key] = packed
+            return m.withBF16(packed)
+        }
+        var l = layers[li]
+        if let f = l.qkv { l.qkv = pack(f, 7) } else { (l.q, l.k, l.v) = (pack(l.q, 0), pack(l.k, 1), pack(l.v, 2)) }
+        l.o = pack(l.o, 3)
+        if let f = l.gateUp { l.gateUp = pack(f, 8) } else { (l.gate, l.up) = (pack(l.gate, 4), pack(l.up, 5)) }
+        l.down = pack(l.down, 6)
+        layers[li] = l
     }
 
     /// Bytes held by the merge workspace (allocated by the first merge that needs each part, then reused).
@@ -54,6 +85,7 @@ extension LlamaModel {
         precondition(merged == nil, "unmerge the current adapter first")
         mergeSpace = []
         mergeStaging = ScratchArena()
+        mergePacks = []
     }
 
     /// The workspace view a merge of `t` in layer `li` writes: a `dtype` matrix of the base matrix's shape.

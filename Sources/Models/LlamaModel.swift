@@ -21,6 +21,9 @@ public final class LlamaModel: @unchecked Sendable {
     let mergeScratch = ScratchArena()
     /// The f32 sum of a merge whose matrices are stored quantized (one matrix at a time).
     var mergeStaging = ScratchArena()
+    /// Per layer, with bf16 products on, the packed copies a merged layer's products read (`attachMergePacks`),
+    /// kept across merges like `mergeSpace`.
+    var mergePacks: [[Int: Kernels.PackedBF16]] = []
     /// How the next merge stores its matrices (LlamaMerge.swift).
     public var mergePrecision: MergePrecision = .f32
     let embedding: WeightMatrix
@@ -157,15 +160,33 @@ public final class LlamaModel: @unchecked Sendable {
         pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { l.matrix($0).dtype == .f32 } }
     }
 
+    /// Whether bf16 products (`setBF16Products`) would use every weight exactly: each matrix of the blocks and the
+    /// LM head is Q4_0, Q4_1 or Q8_0 (whose integer codes the products take as they are) or BF16.
+    public var weightsExactInBF16Products: Bool {
+        func exact(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0, .bf16].contains(m.dtype) }
+        return exact(output) && pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { exact(l.matrix($0)) } }
+    }
+
+    /// Whether every product the forward pass now runs on the model's own matrices is in bf16 (merged ones
+    /// included: `setBF16Products`, `merge`).
+    public var everyProductInBF16: Bool {
+        func packed(_ parts: [WeightMatrix], fused: WeightMatrix?) -> Bool { fused.map { $0.bf16 != nil } ?? parts.allSatisfy { $0.bf16 != nil } }
+        return output.bf16 != nil && layers.allSatisfy { l in
+            packed([l.q, l.k, l.v], fused: l.qkv) && packed([l.gate, l.up], fused: l.gateUp) && l.o.bf16 != nil && l.down.bf16 != nil
+        }
+    }
+
     /// Whether the base model's products run in bf16 (`setBF16Products`).
     public var bf16Products: Bool { output.bf16 != nil }
 
     /// Runs every product of the base model — the blocks' projections and the LM head — in bf16, or in f32
-    /// again: each matrix is dequantized exactly, rounded to bf16 once and packed (2 bytes per weight beside the
-    /// checkpoint's own), the activations are rounded per product, the products are exact and the sums f32
-    /// (`Kernels.matmulBF16`, AVX-512 BF16's VDPBF16PS: twice the multiply-adds per instruction of f32 FMAs).
+    /// again: a Q4_0, Q4_1 or Q8_0 matrix keeps its integer codes and block scales, repacked into panels (its own bytes
+    /// per weight beside the checkpoint's), which the products use exactly; any other is dequantized exactly,
+    /// rounded to bf16 once and packed (2 bytes per weight). The activations are rounded per product, the
+    /// products are exact and the sums f32 (`Kernels.matmulBF16`, AVX-512 BF16's VDPBF16PS: twice the
+    /// multiply-adds per instruction of f32 FMAs).
     /// Every token count goes through the same kernel, so batch invariance holds. LoRA paths stay f32; a merge
-    /// rewrites its matrices in f32 (merged steps then run those in f32). Not while an adapter is merged.
+    /// packs its matrices too (`merge`). Not while an adapter is merged.
     public func setBF16Products(_ on: Bool) {
         precondition(merged == nil, "bf16 products switched on a merged model")
         guard on != bf16Products else { return }
@@ -180,6 +201,7 @@ public final class LlamaModel: @unchecked Sendable {
         }
         layers = pristineLayers
         output = pack(output)
+        mergePacks = []
     }
 
     /// Bytes of weights one decode step reads (every matrix once): the numerator of the memory-bandwidth

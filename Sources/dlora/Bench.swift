@@ -55,7 +55,7 @@ struct BenchCore: ParsableCommand {
             rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
             FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
         }
-        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); KV cache: \(kvCacheDType); products: \(products.matmulPrecision).")
+        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); KV cache: \(kvCacheDType); products: \(m.bf16Products ? "bf16" : "f32").")
         print()
         print("| batch | prompt | gen | prefill tok/s | decode tok/s | decode ms/step |")
         print("|---:|---:|---:|---:|---:|---:|")

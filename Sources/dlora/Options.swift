@@ -201,17 +201,25 @@ struct KeyOptions: ParsableArguments {
 /// the multiply-adds per cycle on AVX-512 BF16 for prefill and batched decode; docs/design/core-engine.md).
 struct MatmulPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
-        case f32, bf16
+        case auto, f32, bf16
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32, or bf16 (weights and activations rounded to bf16, sums in f32: about 2x the arithmetic rate of prefill and batched decode on AVX-512 BF16, 2 bytes per weight more memory; needs AVX-512 BF16).")
-    var matmulPrecision: Choice = .f32
+            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where the CPU has AVX-512 BF16 and every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly), else f32.")
+    var matmulPrecision: Choice = .auto
 
-    /// Sets the model's products as the flag says; bf16 on a CPU without AVX-512 BF16 is an error (its
-    /// portable loop is far slower than the f32 kernels).
+    /// What the flag means for `model` on this CPU.
+    func resolved(for model: LlamaModel) -> Choice {
+        switch matmulPrecision {
+        case .f32, .bf16: matmulPrecision
+        case .auto: Kernels.hasBF16Dot && model.weightsExactInBF16Products ? .bf16 : .f32
+        }
+    }
+
+    /// Sets the model's products as the flag says; an explicit bf16 on a CPU without AVX-512 BF16 is an error
+    /// (its portable loop is far slower than the f32 kernels).
     func apply(to model: LlamaModel) throws {
-        guard matmulPrecision == .bf16 else { return }
+        guard resolved(for: model) == .bf16 else { return }
         guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16, which this one lacks (kernels: \(Kernels.simdPathName))") }
         model.setBF16Products(true)
     }

@@ -92,7 +92,7 @@ import Testing
         #expect(dtype.count == 4 && dtype.allSatisfy { $0?.contains("(values: auto, f32, f16; default: auto)") == true } && Set(dtype).count == 1,
                 "\(dtype)")
         let products = helps.filter { $0.0 != ["bench", "lora"] && $0.0 != ["train", "lora"] }.map { line($0.1, "--matmul-precision") }
-        #expect(products.count == 4 && products.allSatisfy { $0?.contains("(values: f32, bf16; default: f32)") == true } && Set(products).count == 1,
+        #expect(products.count == 4 && products.allSatisfy { $0?.contains("(values: auto, f32, bf16; default: auto)") == true } && Set(products).count == 1,
                 "\(products)")
     }
 
@@ -152,6 +152,25 @@ import Testing
         let auto = try await Self.dlora(args)
         let full = try await Self.dlora(args + ["--kv-cache-dtype", "f32"])
         #expect(auto.status == 0 && full.status == 0 && !auto.stdout.isEmpty && auto.stdout == full.stdout, "stderr: \(auto.stderr)")
+    }
+
+    /// `--matmul-precision auto` (the default) runs bf16 products where they use the weights exactly (Q4_0, Q4_1, Q8_0)
+    /// and the CPU has AVX-512 BF16, f32 otherwise (an f32 or f16 checkpoint, or no AVX-512 BF16); an explicit value wins.
+    @Test func autoProductsFollowTheCheckpointAndTheCPU() async throws {
+        let quantized = Kernels.hasBF16Dot ? "bf16" : "f32"
+        let cases: [(String, [String], String)] = [
+            (Self.tiny, [], quantized),
+            (Self.tiny, ["--matmul-precision", "auto"], quantized),
+            (Self.tiny, ["--matmul-precision", "f32"], "f32"),
+            (ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_1"), [], quantized),
+            (ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q4_0"), [], quantized),
+            (ModelFixtures.checkpointPath(model: "tiny-llama", variant: "F16"), [], "f32"),
+            (ModelFixtures.checkpointPath(model: "tiny-llama", variant: "F32"), [], "f32"),
+        ]
+        for (model, flags, expected) in cases {
+            let r = try await Self.dlora(["bench", "core", "--model", model, "--batches", "1", "--prompt", "8", "--gen", "2"] + flags)
+            #expect(r.status == 0 && r.stdout.contains("products: \(expected)."), "\(model) \(flags): \(r.stdout) \(r.stderr)")
+        }
     }
 
     /// `--matmul-precision bf16` runs the base model's products in bf16: `bench core` says so, and `generate` gives the

@@ -170,6 +170,19 @@ void dl_gemm_bf16_ref(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
 // depend on M (batch invariance). The portable loop where the CPU lacks AVX-512 BF16.
 void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc);
 
+// ---------------------------------------------------------------- bf16 products on quantized codes (gemm_bf16q.c)
+// y = x · Wᵀ for a Q4_1 or Q8_0 W (N rows of K weights, K a multiple of 32) repacked by dl_pack_q_bf16 into
+// dl_q_bf16_bytes(type, K, N) bytes (-1: not a supported type or shape): the integer codes go to VDPBF16PS
+// as exact bf16 values and each block's scale (and min) is applied in f32, so the weights are used exactly and
+// only the activations are rounded to bf16. A row's result does not depend on M; split over the panels.
+// dl_matmul_q_bf16_ref is the portable twin (the same formula, sums in another order).
+int64_t dl_q_bf16_bytes(int type, int64_t K, int64_t N);
+void dl_pack_q_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst);
+void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
+                      float *C, int64_t ldc);
+void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
+                          float *C, int64_t ldc);
+
 #ifdef __cplusplus
 }
 #endif
