@@ -24,12 +24,12 @@
 // second): a Q4 step is one 64-byte load and two integer ops per operand; a Q8 step is sign-extensions and
 // conversions.
 //
-// Batch invariance: up to 6 rows decode each step in registers (the accumulators in registers too); more rows
-// decode a chunk of blocks once into an L1 buffer and run tiles of up to 12 rows over it (the block sums in
-// registers, the accumulators in C). The operands are the same bits either way and each output is a lane
-// whose sum sees the same operations in the same order (pairs in order within a block, then
-// acc = fma(T, d', acc), acc = fma(m', sx, acc), blocks in order), so a row's result never depends on how
-// many rows run with it or how the panels are split over threads. dl_matmul_q_bf16_ref is the portable twin
+// Batch invariance: every row count runs the same register tile (1-6 rows; the rows split into tiles of
+// near-equal height) decoding each step in registers (measured faster than decoding a chunk once into an L1
+// buffer and re-reading it, at every batch from 4 to 128 rows), so each output is a lane whose sum sees the
+// same operations in the same order (pairs in order within a block, then
+// acc = fma(T, d', acc), acc = fma(m', sx, acc), blocks in order), so a row's result never depends on how many
+// rows run with it or how the panels are split over threads. dl_matmul_q_bf16_ref is the portable twin
 // (the same per-block formula; sums in another order, so it agrees to f32 rounding).
 #include "ckernels.h"
 #include "simd.h"
@@ -209,7 +209,13 @@ DL_AVX512_BF16 static inline __attribute__((always_inline)) __m512bh pair_at(con
 }
 #define PAIR(i, kp) pair_at(arow[i], (kp))
 
-// R rows from row0 x panel p over blocks [blk0, blk1): accumulators from C (zero at block 0), back to C.
+typedef struct {
+    qmm_ctx q;
+    float *C;
+} qmm_call;
+
+// R rows from row0 x panel p over blocks [blk0, blk1): accumulators from C (zero at block 0), back to C; each
+// pair step decoded in registers from the records.
 DL_AVX512_BF16 static inline __attribute__((always_inline))
 void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0, int64_t p, int64_t blk0, int64_t blk1) {
     const int64_t nblocks = c->K / QB, n0 = p * QP, ncols = c->N - n0 < QP ? c->N - n0 : QP;
@@ -275,98 +281,6 @@ void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0
     }
 }
 
-typedef struct {
-    qmm_ctx q;
-    float *C;
-} qmm_call;
-
-// Blocks [blk0, blk1) of panel p decoded into dec: per block QKP pair steps of the two operands (128 bytes),
-// then its four scale vectors (d0, d1, m0, m1 as the tiles apply them: 16d and m − 16d for Q4_1, d for Q8_0).
-enum { DEC_BLOCK = QKP * 128 + 256 };
-
-DL_AVX512_BF16 static void decode_chunk(int type, const qmm_ctx *c, int64_t p, int64_t blk0, int64_t blk1, uint8_t *dec) {
-    const int64_t nblocks = c->K / QB;
-    const int rec = q_record_bytes(type);
-    for (int64_t b = blk0; b < blk1; b++) {
-        const uint8_t *r = c->Wp + (p * nblocks + b) * rec;
-        uint8_t *db = dec + (b - blk0) * DEC_BLOCK;
-        float *sc = (float *)(db + QKP * 128);
-        if (q_nibbles(type)) {
-            for (int s = 0; s < QKP / 2; s++) {
-                const __m512i w = _mm512_loadu_si512((const void *)(r + 128 + s * 64));
-                _mm512_store_si512((void *)(db + (2 * s) * 128), (__m512i)Q4_OPERAND(_mm512_slli_epi16(w, 3)));
-                _mm512_store_si512((void *)(db + (2 * s) * 128 + 64), (__m512i)Q4_OPERAND(_mm512_srli_epi16(w, 1)));
-                _mm512_store_si512((void *)(db + (2 * s + 1) * 128), (__m512i)Q4_OPERAND(_mm512_srli_epi16(w, 5)));
-                _mm512_store_si512((void *)(db + (2 * s + 1) * 128 + 64), (__m512i)Q4_OPERAND(_mm512_srli_epi16(w, 9)));
-            }
-            __m512 d0, d1, m0, m1;
-            nibble_scales(type, r, &d0, &d1, &m0, &m1);
-            _mm512_store_ps(sc, d0), _mm512_store_ps(sc + 16, d1), _mm512_store_ps(sc + 32, m0), _mm512_store_ps(sc + 48, m1);
-        } else {
-            for (int kp = 0; kp < QKP; kp++) {
-                _mm512_store_si512((void *)(db + kp * 128), (__m512i)widen8(r + 64 + kp * 64));
-                _mm512_store_si512((void *)(db + kp * 128 + 64), (__m512i)widen8(r + 64 + kp * 64 + 32));
-            }
-            _mm512_store_ps(sc, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r)));
-            _mm512_store_ps(sc + 16, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 32))));
-        }
-    }
-}
-
-// Rows per tile over a decoded chunk: only the block sums live in registers (2 per row), the accumulators
-// are C itself, updated once per block with the same two FMAs (one for Q8_0) as qrows applies.
-enum { QMR_WIDE = 12 };
-
-DL_AVX512_BF16 static inline __attribute__((always_inline))
-void qrows_decoded(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0, int64_t p, int64_t blk0,
-                   int64_t blk1, const uint8_t *dec) {
-    const int64_t nblocks = c->K / QB, n0 = p * QP, ncols = c->N - n0 < QP ? c->N - n0 : QP;
-    const __mmask16 k0 = ncols >= 16 ? 0xffff : (__mmask16)((1u << ncols) - 1);
-    const __mmask16 k1 = ncols >= 32 ? 0xffff : ncols <= 16 ? 0 : (__mmask16)((1u << (ncols - 16)) - 1);
-    for (int64_t b = blk0; b < blk1; b++) {
-        const uint8_t *db = dec + (b - blk0) * DEC_BLOCK;
-        const uint16_t *arow[QMR_WIDE];
-        for (int i = 0; i < R; i++) arow[i] = c->a + (row0 + i) * c->K + b * QB;
-        __m512 t0[QMR_WIDE], t1[QMR_WIDE];
-        for (int i = 0; i < R; i++) t0[i] = t1[i] = _mm512_setzero_ps();
-        for (int kp = 0; kp < QKP; kp++) {
-            const __m512bh w0 = (__m512bh)_mm512_load_si512((const void *)(db + kp * 128));
-            const __m512bh w1 = (__m512bh)_mm512_load_si512((const void *)(db + kp * 128 + 64));
-            for (int i = 0; i < R; i++) {
-                const __m512bh av = PAIR(i, kp);
-                t0[i] = _mm512_dpbf16_ps(t0[i], av, w0);
-                t1[i] = _mm512_dpbf16_ps(t1[i], av, w1);
-            }
-        }
-        const float *sc = (const float *)(db + QKP * 128);
-        const __m512 d0 = _mm512_load_ps(sc), d1 = _mm512_load_ps(sc + 16);
-        for (int i = 0; i < R; i++) {
-            float *y = C + (row0 + i) * c->ldc + n0;
-            __m512 a0 = b ? _mm512_maskz_loadu_ps(k0, y) : _mm512_setzero_ps();
-            __m512 a1 = b ? _mm512_maskz_loadu_ps(k1, y + 16) : _mm512_setzero_ps();
-            a0 = _mm512_fmadd_ps(t0[i], d0, a0);
-            a1 = _mm512_fmadd_ps(t1[i], d1, a1);
-            if (q_nibbles(type)) {
-                const __m512 sx = _mm512_set1_ps(c->sums[(row0 + i) * nblocks + b]);
-                a0 = _mm512_fmadd_ps(_mm512_load_ps(sc + 32), sx, a0);
-                a1 = _mm512_fmadd_ps(_mm512_load_ps(sc + 48), sx, a1);
-            }
-            _mm512_mask_storeu_ps(y, k0, a0);
-            _mm512_mask_storeu_ps(y + 16, k1, a1);
-        }
-    }
-}
-
-#define QDEC_SWITCH(T, ROWS, ...)                                                          \
-    switch (ROWS) {                                                                        \
-    case 1: qrows_decoded(1, T, __VA_ARGS__); break;   case 2: qrows_decoded(2, T, __VA_ARGS__); break;   \
-    case 3: qrows_decoded(3, T, __VA_ARGS__); break;   case 4: qrows_decoded(4, T, __VA_ARGS__); break;   \
-    case 5: qrows_decoded(5, T, __VA_ARGS__); break;   case 6: qrows_decoded(6, T, __VA_ARGS__); break;   \
-    case 7: qrows_decoded(7, T, __VA_ARGS__); break;   case 8: qrows_decoded(8, T, __VA_ARGS__); break;   \
-    case 9: qrows_decoded(9, T, __VA_ARGS__); break;   case 10: qrows_decoded(10, T, __VA_ARGS__); break; \
-    case 11: qrows_decoded(11, T, __VA_ARGS__); break; case 12: qrows_decoded(12, T, __VA_ARGS__); break; \
-    }
-
 #define QROWS_SWITCH(T, ROWS, ...)                      \
     switch (ROWS) {                                     \
     case 1: qrows(1, T, __VA_ARGS__); break;            \
@@ -377,40 +291,20 @@ void qrows_decoded(const int R, const int type, const qmm_ctx *c, float *C, int6
     case 6: qrows(6, T, __VA_ARGS__); break;            \
     }
 
-static _Thread_local uint8_t *tl_decoded;
-
-// Panels [p0, p1): per chunk of QCHUNK blocks, every row tile over it (the chunk's codes stay in L1). Up to QMR
-// rows decode each step in registers; more decode the chunk once into an L1 buffer and run wider tiles over
-// it. Either way the rows are split into tiles of near-equal height.
+// Panels [p0, p1): per chunk of QCHUNK blocks (its codes stay in L1), every row tile over it; the rows split
+// into tiles of near-equal height, at most QMR each.
 DL_AVX512_BF16 static void q_panels(void *vctx, int64_t p0, int64_t p1) {
     const qmm_call *call = (const qmm_call *)vctx;
     const qmm_ctx *c = &call->q;
-    const int64_t nblocks = c->K / QB;
-    if (c->M <= QMR) {
-        for (int64_t p = p0; p < p1; p++)
-            for (int64_t b = 0; b < nblocks; b += QCHUNK) {
-                const int64_t be = nblocks - b < QCHUNK ? nblocks : b + QCHUNK;
-                if (c->type == DL_Q4_1) { QROWS_SWITCH(DL_Q4_1, c->M, c, call->C, 0, p, b, be) }
-                else if (c->type == DL_Q4_0) { QROWS_SWITCH(DL_Q4_0, c->M, c, call->C, 0, p, b, be) }
-                else { QROWS_SWITCH(DL_Q8_0, c->M, c, call->C, 0, p, b, be) }
-            }
-        return;
-    }
-    if (!tl_decoded) {
-        const size_t bytes = (size_t)QCHUNK * DEC_BLOCK;
-        tl_decoded = (uint8_t *)aligned_alloc(64, bytes);
-        if (!tl_decoded) dl_fatal_alloc("the bf16 product's decoded chunk", bytes);
-    }
-    const int64_t tiles = (c->M + QMR_WIDE - 1) / QMR_WIDE;
+    const int64_t nblocks = c->K / QB, tiles = (c->M + QMR - 1) / QMR;
     for (int64_t p = p0; p < p1; p++)
         for (int64_t b = 0; b < nblocks; b += QCHUNK) {
             const int64_t be = nblocks - b < QCHUNK ? nblocks : b + QCHUNK;
-            decode_chunk(c->type, c, p, b, be, tl_decoded);
             for (int64_t t = 0; t < tiles; t++) {
                 const int64_t r0 = t * c->M / tiles, r1 = (t + 1) * c->M / tiles;
-                if (c->type == DL_Q4_1) { QDEC_SWITCH(DL_Q4_1, r1 - r0, c, call->C, r0, p, b, be, tl_decoded) }
-                else if (c->type == DL_Q4_0) { QDEC_SWITCH(DL_Q4_0, r1 - r0, c, call->C, r0, p, b, be, tl_decoded) }
-                else { QDEC_SWITCH(DL_Q8_0, r1 - r0, c, call->C, r0, p, b, be, tl_decoded) }
+                if (c->type == DL_Q4_1) { QROWS_SWITCH(DL_Q4_1, r1 - r0, c, call->C, r0, p, b, be) }
+                else if (c->type == DL_Q4_0) { QROWS_SWITCH(DL_Q4_0, r1 - r0, c, call->C, r0, p, b, be) }
+                else { QROWS_SWITCH(DL_Q8_0, r1 - r0, c, call->C, r0, p, b, be) }
             }
         }
 }

@@ -20,8 +20,8 @@ import TestSupport
         var description: String { "\(type) \(m)×\(n)×\(k)" }
     }
 
-    // N past and below the 32-column panels, K of one block and past the 8-block chunks, M on each path
-    // (up to 6 rows in registers, more through the buffer and past its 12-row tiles), SmolLM2's shapes.
+    // N past and below the 32-column panels, K of one block and past the 8-block chunks, M within one 6-row
+    // tile and past it, SmolLM2's shapes.
     static let shapes: [Shape] = [DType.q4_0, .q4_1, .q8_0].flatMap { t in [
         Shape(type: t, m: 1, n: 1, k: 32),
         Shape(type: t, m: 2, n: 70, k: 64),
@@ -117,8 +117,8 @@ import TestSupport
         Self.check(s, Self.product(p, x, m: s.m), x: x, w: w, "kernel")
     }
 
-    /// Register decoding (up to 6 rows) and the L1 buffer (more, in tiles of up to 12) feed the same operands
-    /// in the same order: a row's bits never depend on its batch-mates.
+    /// Every row count runs the same register tile over its rows (tiles of 1-6 rows of near-equal height): a row's
+    /// bits never depend on its batch-mates or on the height of the tile it lands in.
     @Test(arguments: [DType.q4_0, .q4_1, .q8_0])
     func batchInvariantAcrossTileShapes(type: DType) {
         let s = Shape(type: type, m: 300, n: 100, k: 576)
