@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The base model's products side by side: `dlora bench core` with --matmul-precision f32 and bf16, alternating (the
 # order rotates each round), at batches 1 to 32. Per batch: the prefill and decode tok/s of each over the rounds
-# and the bf16/f32 ratio of each round's pair (bench/core-ab.sh); the bandwidth bound each reports (bf16 reads 2
-# bytes per weight). Writes bench/results/matmul-precision.md.
+# and the bf16/f32 ratio of each round's pair (bench/core-ab.sh); the bandwidth bound each reports (bf16 reads a
+# quantized checkpoint's own codes, 2 bytes per weight otherwise). Writes bench/results/matmul-precision.md.
 #   ROUNDS (3), PROMPT (128), GEN (32), BATCHES (1,2,4,8,16,32), THREADS (all cores), OUT.
 set -euo pipefail
 cd "$(dirname "$0")/.."

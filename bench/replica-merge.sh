@@ -12,6 +12,7 @@ RATE=${RATE:-6}
 ALPHAS=${ALPHAS:-"1 2"}
 REPEATS=${REPEATS:-2}
 SLO=${SLO:-0.1}
+PRODUCTS=${PRODUCTS:-auto}  # --matmul-precision: auto (bf16 on a CPU with AVX-512 BF16 for this Q4_1 model), f32 or bf16
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
 OUT=${OUT:-bench/results/replica-merge.md}
 scripts/setup.sh
@@ -29,6 +30,8 @@ swift build -c release --product dlora >&2
     echo "gate, up, down; Azure 2023 arrivals scaled to $RATE req/s; ShareGPT lengths, prompts ≤ 128 and responses ≤ 32 tokens;"
     echo "$REQUESTS requests; SLO $SLO s per token), once with merged matrices in dense f32 (the default) and once re-quantized to"
     echo "Q8_0 (\`--merge-precision q8_0\`). Every policy runs $REPEATS times in rotated order; means, with the range of throughput."
+    echo "Products: \`--matmul-precision $PRODUCTS\` ($(grep -q avx512_bf16 /proc/cpuinfo && echo "this CPU has AVX-512 BF16" || echo "no AVX-512 BF16 here"));"
+    echo "KV cache: the default (\`auto\`: f16 on this model)."
 } > "$OUT"
 for a in $ALPHAS; do
     for precision in f32 q8_0; do
@@ -40,7 +43,7 @@ for a in $ALPHAS; do
             .build/release/dlora bench replica --model "$MODEL" --workload "$WORKLOAD" --trace "$TRACE" --max-prompt 128 \
                 --max-output 32 --threads "$THREADS" --slo "$SLO" --kv-cache-mb 720 --max-batch-tokens 256 --max-batch-sequences 32 \
                 --adapters 32 --alpha "$a" --requests "$REQUESTS" --rate "$RATE" --targets all --repeats "$REPEATS" \
-                --merge-precision "$precision"
+                --merge-precision "$precision" --matmul-precision "$PRODUCTS"
         } >> "$OUT"
     done
 done

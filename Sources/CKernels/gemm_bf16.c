@@ -22,20 +22,6 @@
 // PANEL columns per packed panel, MR rows per register tile, KC pairs of k per chunk, MB rows per block.
 enum { PANEL = 32, MR = 8, KC = 128, MB = 16 * MR };
 
-static inline uint16_t to_bf16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40); // NaN stays NaN
-    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
-}
-
-static inline float from_bf16(uint16_t h) {
-    uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
 int64_t dl_pack_bf16_elements(int64_t K, int64_t N) {
     return (N + PANEL - 1) / PANEL * PANEL * ((K + 1) / 2 * 2);
 }
@@ -52,7 +38,7 @@ void dl_pack_bf16(const float *src, int64_t ld, int trans, int64_t K, int64_t N,
                     const int64_t k = 2 * kp + j;
                     float v = 0;
                     if (n < N && k < K) v = trans ? src[n * ld + k] : src[k * ld + n];
-                    d[2 * c + j] = to_bf16(v);
+                    d[2 * c + j] = dl_bf16_round(v);
                 }
             }
         }
@@ -66,10 +52,10 @@ void dl_gemm_bf16_ref(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
             const uint16_t *panel = Bp + (n / PANEL) * kp_count * 2 * PANEL + 2 * (n % PANEL);
             float acc = 0;
             for (int64_t kp = 0; kp < kp_count; kp++) {
-                const float a0 = from_bf16(to_bf16(A[m * lda + 2 * kp]));
-                const float a1 = 2 * kp + 1 < K ? from_bf16(to_bf16(A[m * lda + 2 * kp + 1])) : 0;
-                acc += a0 * from_bf16(panel[kp * 2 * PANEL]);
-                acc += a1 * from_bf16(panel[kp * 2 * PANEL + 1]);
+                const float a0 = dl_bf16_value(dl_bf16_round(A[m * lda + 2 * kp]));
+                const float a1 = 2 * kp + 1 < K ? dl_bf16_value(dl_bf16_round(A[m * lda + 2 * kp + 1])) : 0;
+                acc += a0 * dl_bf16_value(panel[kp * 2 * PANEL]);
+                acc += a1 * dl_bf16_value(panel[kp * 2 * PANEL + 1]);
             }
             C[m * ldc + n] = accumulate ? C[m * ldc + n] + acc : acc;
         }
@@ -94,7 +80,7 @@ DL_AVX512_BF16 static void convert_rows(const float *A, int64_t lda, int64_t row
             __m512bh v = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(a + k + 16), _mm512_loadu_ps(a + k));
             _mm512_storeu_si512((void *)(d + k), (__m512i)v);
         }
-        for (; k < K; k++) d[k] = to_bf16(a[k]);
+        for (; k < K; k++) d[k] = dl_bf16_round(a[k]);
         if (K % 2) d[K] = 0;
     }
 }

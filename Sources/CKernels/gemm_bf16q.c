@@ -86,20 +86,6 @@ void dl_pack_q_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, in
         }
 }
 
-static inline uint16_t to_bf16(float f) {
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
-    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
-}
-
-static inline float from_bf16(uint16_t h) {
-    uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-
 static inline float half(const uint8_t *p) {
     const uint16_t h = (uint16_t)(p[0] | p[1] << 8);
     float f;
@@ -128,7 +114,7 @@ void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float
                 const uint8_t *r = Wp + (p * nblocks + b) * rec;
                 float dot = 0, sx = 0;
                 for (int k = 0; k < QB; k++) {
-                    const float a = from_bf16(to_bf16(A[m * lda + b * QB + k]));
+                    const float a = dl_bf16_value(dl_bf16_round(A[m * lda + b * QB + k]));
                     dot += a * q_operand(type, r, c, k);
                     sx += a;
                 }

@@ -64,20 +64,11 @@ void dl_f32_to_f16(const float *src, uint16_t *dst, int64_t n) {
 }
 
 void dl_bf16_to_f32(const uint16_t *src, float *dst, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t bits = (uint32_t)src[i] << 16;
-        memcpy(&dst[i], &bits, 4);
-    }
+    for (int64_t i = 0; i < n; i++) dst[i] = dl_bf16_value(src[i]);
 }
 
 void dl_f32_to_bf16(const float *src, uint16_t *dst, int64_t n) {
-    for (int64_t i = 0; i < n; i++) {
-        uint32_t x;
-        memcpy(&x, &src[i], 4);
-        if ((x & 0x7fffffffu) > 0x7f800000u) { dst[i] = (uint16_t)((x >> 16) | 0x40); continue; }
-        uint32_t lsb = (x >> 16) & 1;
-        dst[i] = (uint16_t)((x + 0x7fff + lsb) >> 16);
-    }
+    for (int64_t i = 0; i < n; i++) dst[i] = dl_bf16_round(src[i]);
 }
 
 int dl_block_size(int type) {

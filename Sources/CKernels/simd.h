@@ -2,6 +2,23 @@
 #ifndef DLORA_SIMD_H
 #define DLORA_SIMD_H
 #include <stdint.h>
+#include <string.h>
+
+// bf16 by hand, for the portable paths and packing: f32 rounded to nearest even (a NaN stays a quiet NaN), and
+// bf16 widened back (exact).
+static inline uint16_t dl_bf16_round(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((x >> 16) | 0x40);
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+static inline float dl_bf16_value(uint16_t h) {
+    const uint32_t x = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &x, 4);
+    return f;
+}
 
 // The kernels pick a path at run time: 2 = AVX-512 (F, BW, VL, DQ), 1 = AVX2 with FMA and F16C (every
 // x86-64 server since Haswell / Zen 1), 0 = portable C. dl_simd_limit caps the choice for the whole

@@ -21,6 +21,7 @@ struct BenchLoRA: ParsableCommand {
     @Option(help: "Target modules: qv (PEFT's default for Llama) or all (all seven linear layers).")
     var targets: String = "qv"
     @OptionGroup var timing: StepTimingOptions
+    @OptionGroup var products: MatmulPrecisionOption
     @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them) or f32.")
     var adapterDtype: String = "bf16"
 
@@ -37,6 +38,7 @@ struct BenchLoRA: ParsableCommand {
     func run() throws {
         let (path, loaded) = try modelOptions.load()
         let m = loaded.model
+        try products.apply(to: m)
         let c = m.config
         let (context, steps, rounds) = (timing.context, timing.steps, timing.rounds)
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
@@ -44,7 +46,7 @@ struct BenchLoRA: ParsableCommand {
         let maxAdapters = Self.list(adapters).max()!
 
         print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
-              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName). "
+              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); products: \(m.bf16Products ? "bf16" : "f32"). "
               + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
         print()
         print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged f32 ms/step | merged f32 overhead | merged Q8_0 ms/step | merged Q8_0 overhead |")
