@@ -26,22 +26,37 @@ int64_t dl_pack_bf16_elements(int64_t K, int64_t N) {
     return (N + PANEL - 1) / PANEL * PANEL * ((K + 1) / 2 * 2);
 }
 
-// B(k, n) = trans ? src[n * ld + k] : src[k * ld + n].
-void dl_pack_bf16(const float *src, int64_t ld, int trans, int64_t K, int64_t N, uint16_t *dst) {
-    const int64_t kp_count = (K + 1) / 2, panels = (N + PANEL - 1) / PANEL;
-    for (int64_t p = 0; p < panels; p++)
-        for (int64_t kp = 0; kp < kp_count; kp++) {
-            uint16_t *d = dst + (p * kp_count + kp) * 2 * PANEL;
-            for (int64_t c = 0; c < PANEL; c++) {
-                const int64_t n = p * PANEL + c;
+typedef struct {
+    const float *src;
+    int64_t ld, K, N;
+    int trans;
+    uint16_t *dst;
+} pack_ctx;
+
+// Panels [p0, p1). For a transposed source (a weight, n x K rows) a panel's 32 rows are read row by row, each
+// pair of k written to its step: contiguous reads, one 4-byte store per pair.
+static void pack_panels(void *vctx, int64_t p0, int64_t p1) {
+    const pack_ctx *c = (const pack_ctx *)vctx;
+    const int64_t kp_count = (c->K + 1) / 2;
+    for (int64_t p = p0; p < p1; p++) {
+        uint16_t *panel = c->dst + p * kp_count * 2 * PANEL;
+        for (int64_t col = 0; col < PANEL; col++) {
+            const int64_t n = p * PANEL + col;
+            for (int64_t kp = 0; kp < kp_count; kp++)
                 for (int64_t j = 0; j < 2; j++) {
                     const int64_t k = 2 * kp + j;
                     float v = 0;
-                    if (n < N && k < K) v = trans ? src[n * ld + k] : src[k * ld + n];
-                    d[2 * c + j] = dl_bf16_round(v);
+                    if (n < c->N && k < c->K) v = c->trans ? c->src[n * c->ld + k] : c->src[k * c->ld + n];
+                    panel[kp * 2 * PANEL + 2 * col + j] = dl_bf16_round(v);
                 }
-            }
         }
+    }
+}
+
+// B(k, n) = trans ? src[n * ld + k] : src[k * ld + n]. Split over the panels on the kernel thread pool.
+void dl_pack_bf16(const float *src, int64_t ld, int trans, int64_t K, int64_t N, uint16_t *dst) {
+    pack_ctx c = { src, ld, K, N, trans, dst };
+    dl_parallel_for((N + PANEL - 1) / PANEL, 1, pack_panels, &c);
 }
 
 void dl_gemm_bf16_ref(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp,

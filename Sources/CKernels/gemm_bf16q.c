@@ -61,19 +61,28 @@ static inline void q_slot(int type, int c, int k, int *byte, int *shift) {
     }
 }
 
-// W (N rows of K weights in the checkpoint's block layout, row stride row_bytes) into panels.
-void dl_pack_q_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst) {
-    const int64_t nblocks = K / QB, panels = (N + QP - 1) / QP;
+typedef struct {
+    int type;
+    const uint8_t *w;
+    int64_t row_bytes, K, N;
+    uint8_t *dst;
+} qpack_ctx;
+
+// Panels [p0, p1): each block of each of the panel's 32 rows into its record.
+static void qpack_panels(void *vctx, int64_t p0, int64_t p1) {
+    const qpack_ctx *x = (const qpack_ctx *)vctx;
+    const int type = x->type;
+    const int64_t nblocks = x->K / QB;
     const int rec = q_record_bytes(type), src_block = type == DL_Q4_1 ? 20 : type == DL_Q4_0 ? 18 : 34;
     const int qs = type == DL_Q4_1 ? 4 : 2;  // where the block's codes start
-    for (int64_t p = 0; p < panels; p++)
+    for (int64_t p = p0; p < p1; p++)
         for (int64_t b = 0; b < nblocks; b++) {
-            uint8_t *r = dst + (p * nblocks + b) * rec;
+            uint8_t *r = x->dst + (p * nblocks + b) * rec;
             memset(r, 0, (size_t)rec);
             for (int c = 0; c < QP; c++) {
                 const int64_t n = p * QP + c;
-                if (n >= N) continue;  // padding columns: zero codes and scales
-                const uint8_t *blk = w + n * row_bytes + b * src_block;
+                if (n >= x->N) continue;  // padding columns: zero codes and scales
+                const uint8_t *blk = x->w + n * x->row_bytes + b * src_block;
                 memcpy(r + 2 * c, blk, 2);                               // d
                 if (type == DL_Q4_1) memcpy(r + 64 + 2 * c, blk + 2, 2); // m
                 for (int k = 0; k < QB; k++) {
@@ -84,6 +93,13 @@ void dl_pack_q_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, in
                 }
             }
         }
+}
+
+// W (N rows of K weights in the checkpoint's block layout, row stride row_bytes) into panels, split over the
+// panels on the kernel thread pool.
+void dl_pack_q_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst) {
+    qpack_ctx x = { type, w, row_bytes, K, N, dst };
+    dl_parallel_for((N + QP - 1) / QP, 1, qpack_panels, &x);
 }
 
 static inline float half(const uint8_t *p) {
