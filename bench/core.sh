@@ -12,7 +12,7 @@ PROMPT=${PROMPT:-128}
 GEN=${GEN:-64}
 BATCHES=${BATCHES:-1,2,4,8,32}
 THREADS=${THREADS:-$(nproc)}
-KV_DTYPE=${KV_DTYPE:-f32}  # dlora's KV cache: f32 (the results files so far), f16 (llama.cpp's default), or auto (dlora's default: f16 on Q4_1)
+KV_DTYPE=${KV_DTYPE:-auto}  # dlora's KV cache: auto (dlora's default: f16 on Q4_1, as llama.cpp's), f32 (the results files before 2026-12-05, afternoon) or f16
 OUT=${OUT:-bench/results/core.md}  # another path keeps a second machine's results beside the first
 mkdir -p bench/results
 
