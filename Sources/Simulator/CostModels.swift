@@ -206,9 +206,13 @@ public struct CPUCostModel: ReplicaCostModel {
     /// SmolLM2's K/V per token: 30 layers × 3 KV heads × 64 × (K, V) × 4 bytes (f32) = 46,080 bytes.
     public static let kvBytesPerToken = 30 * 3 * 64 * 2 * 4
 
-    /// `kvCacheMegabytes` of KV cache (the engine's default: 1024), vLLM-like limits of `dlora serve`.
-    public init(kvCacheMegabytes: Int = 1024, adapterSlots: Int = 32, maxBatchSequences: Int = 256, maxBatchTokens: Int = 512) {
-        let bytesPerBlock = 16 * Self.kvBytesPerToken
+    /// `kvCacheMegabytes` of KV cache (the engine's default: 1024), vLLM-like limits of `dlora serve`. `kvElementBytes`:
+    /// 4 for an f32 cache (the fitted coefficients' and the validation runs'), 2 for f16 (`dlora serve`'s default on
+    /// this model since 2026-12-05: twice the blocks in the same megabytes).
+    public init(kvCacheMegabytes: Int = 1024, adapterSlots: Int = 32, maxBatchSequences: Int = 256, maxBatchTokens: Int = 512,
+                kvElementBytes: Int = 4) {
+        precondition(kvElementBytes == 4 || kvElementBytes == 2, "CPUCostModel: K/V elements of 4 (f32) or 2 (f16) bytes")
+        let bytesPerBlock = 16 * Self.kvBytesPerToken / 4 * kvElementBytes
         shape = ReplicaShape(numBlocks: max(4, (kvCacheMegabytes << 20) / bytesPerBlock), bytesPerBlock: bytesPerBlock,
                              contextLimit: 8192, hostSwapBytes: 1 << 30, adapterSlots: adapterSlots,
                              maxBatchSequences: maxBatchSequences, maxBatchTokens: maxBatchTokens)

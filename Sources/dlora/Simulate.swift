@@ -74,6 +74,8 @@ struct Simulate: ParsableCommand {
     var costProfile: String?
     @Option(name: .customLong("kv-cache-mb"), help: "KV cache of a cpu replica, MiB (GPU models size it from the GPU's memory).")
     var kvCacheMb: Int?
+    @Option(name: .customLong("kv-cache-dtype"), help: "What a cpu replica's KV cache stores: f32 (the cpu model's fitted runs) or f16 (dlora serve's default on the model, twice the positions per MiB).")
+    var kvCacheDType: String?
     @Option(help: "Distinct adapters per unmerged iteration (LoRA slots).")
     var adapterSlots: Int?
     @Option(help: "Sequences per iteration at most (B).")
@@ -135,6 +137,10 @@ struct Simulate: ParsableCommand {
             guard cost == "cpu" else { throw ValidationError("--kv-cache-mb applies to --cost cpu only") }
             guard kv >= 1, kv <= 1 << 20 else { throw ValidationError("--kv-cache-mb must be in 1...1048576") }
         }
+        if let d = kvCacheDType {
+            guard cost == "cpu" else { throw ValidationError("--kv-cache-dtype applies to --cost cpu only") }
+            guard d == "f32" || d == "f16" else { throw ValidationError("--kv-cache-dtype must be f32 or f16") }
+        }
         guard !traceLengths || trace != nil else { throw ValidationError("--trace-lengths needs --trace") }
         guard !traceLengths || workload == nil else { throw ValidationError("give --trace-lengths or --workload, not both") }
     }
@@ -143,8 +149,9 @@ struct Simulate: ParsableCommand {
         var model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
         var profiledOverhead = 0.0
         var profiledFiles: AdapterFileModel?
-        if cost == "cpu" && (kvCacheMb != nil || costProfile != nil) {
-            var cpu = CPUCostModel(kvCacheMegabytes: kvCacheMb ?? 1024, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256)
+        if cost == "cpu" && (kvCacheMb != nil || costProfile != nil || kvCacheDType != nil) {
+            var cpu = CPUCostModel(kvCacheMegabytes: kvCacheMb ?? 1024, adapterSlots: adapterSlots ?? 32, maxBatchSequences: maxBatchSequences ?? 256,
+                                   kvElementBytes: kvCacheDType == "f16" ? 2 : 4)
             if let costProfile { try Self.applyProfile(costProfile, to: &cpu) }
             profiledOverhead = cpu.requestOverheadSeconds
             if let f = cpu.adapterFileLoadSeconds {

@@ -1,4 +1,5 @@
 import Foundation
+import Simulator
 import TestSupport
 import Testing
 
@@ -228,6 +229,27 @@ import Testing
             let rows = try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst()
             let finish = try rows.map { try #require(Double($0.split(separator: ",", omittingEmptySubsequences: false)[4])) }
             #expect(finish.count == want.count && zip(finish, want).allSatisfy { abs($0 - $1) < 1e-9 }, "\(rows)")
+        }
+    }
+
+    /// `--kv-cache-dtype f16` halves a cpu replica's bytes per K/V block, as `dlora serve`'s default on the model does:
+    /// 12 MiB hold 17 blocks of 16 positions in f32 and 34 in f16, so a 305-token request fits only in f16 (beside
+    /// its adapter, which shares the budget). Not a knob of the GPU models, and only f32 or f16.
+    @Test func kvCacheDTypeSizesTheCPUReplicasBlocks() async throws {
+        #expect(CPUCostModel(kvCacheMegabytes: 24, kvElementBytes: 2).shape.numBlocks == 2 * CPUCostModel(kvCacheMegabytes: 24).shape.numBlocks)
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let requests = dir.file("requests.jsonl")
+        try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 300, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
+        let f32 = try await Self.simulate(["--requests-file", requests.path, "--kv-cache-mb", "12", "--json"])
+        #expect(f32.status != 0 && f32.stderr.contains("do not fit the replica's 272-token limit"), "\(f32.stderr)")
+        let f16 = try await Self.simulate(["--requests-file", requests.path, "--kv-cache-mb", "12", "--kv-cache-dtype", "f16", "--json"])
+        #expect(f16.status == 0, "\(f16.stderr)")
+        let summary = try #require(try JSONSerialization.jsonObject(with: Data(f16.stdout.utf8)) as? [String: Any])
+        #expect(summary["finished"] as? Int == 1 && summary["generated_tokens"] as? Int == 5, "\(summary)")
+        for (args, message) in [(["--kv-cache-dtype", "f8"], "must be f32 or f16"),
+                                (["--cost", "h200-7b", "--kv-cache-dtype", "f16"], "applies to --cost cpu only")] {
+            let bad = try await Self.simulate(["--requests-file", requests.path] + args)
+            #expect(bad.status != 0 && bad.stderr.contains(message), "\(args): \(bad.stderr)")
         }
     }
 
