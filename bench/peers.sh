@@ -12,7 +12,8 @@
 # Systems (all on 127.0.0.1, THREADS=2 compute threads each, one at a time):
 #   dlora  `dlora serve` (swift build -c release --product dlora) with the PEFT adapters under --adapters, the
 #          engine sized as in bench/replica.sh (720 MiB KV, 256 tokens and 32 sequences per iteration, dLoRA policy).
-#   dlorabf16  the same with --matmul-precision bf16 (the base model's products in bf16; not in the default SYSTEMS).
+#   dlorabf16  the same with --matmul-precision bf16 (the base model's products in bf16; not in the default SYSTEMS;
+#              on a CPU with AVX-512 BF16 and this Q4_1 model that is dlora's own default, `auto`).
 #   llama  llama-server from llama-cpp-python 0.3.36's vendored llama.cpp (built by ../shared/tools/build-llama-cpp,
 #          or LLAMA_CPP_BIN=dir), the same adapters converted to GGUF LoRA (F16) by llama.cpp's own
 #          convert_lora_to_gguf.py, all loaded at start with --lora-init-without-apply; each request picks its
