@@ -221,22 +221,17 @@ DL_AVX512_BF16 static void panel_range(void *vctx, int64_t p0, int64_t p1) {
     }
 }
 
-static _Thread_local uint16_t *tl_converted;
-static _Thread_local size_t tl_converted_bytes;
+static _Thread_local void *tl_converted;
+static _Thread_local int64_t tl_converted_bytes;
 
 void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     if (!dl_has_bf16_dot() || K <= 0) { dl_gemm_bf16_ref(M, N, K, A, lda, Bp, C, ldc, 0); return; }
     const int64_t ld = (K + 1) / 2 * 2;
-    const size_t bytes = (size_t)(M * ld) * sizeof(uint16_t);
-    if (bytes > tl_converted_bytes) {
-        free(tl_converted);
-        tl_converted = (uint16_t *)aligned_alloc(64, (bytes + 63) / 64 * 64);
-        if (!tl_converted) dl_fatal_alloc("the bf16 product's converted rows", bytes);
-        tl_converted_bytes = bytes;
-    }
-    convert_rows(A, lda, M, K, tl_converted, ld);
-    mm_ctx c = { M, N, K, ld, ldc, tl_converted, Bp, C };
+    uint16_t *converted = (uint16_t *)dl_grow_buffer(&tl_converted, &tl_converted_bytes, M * ld * (int64_t)sizeof(uint16_t),
+                                                     "the bf16 product's converted rows");
+    convert_rows(A, lda, M, K, converted, ld);
+    mm_ctx c = { M, N, K, ld, ldc, converted, Bp, C };
     dl_parallel_for((N + PANEL - 1) / PANEL, 1, panel_range, &c);
 }
 #else

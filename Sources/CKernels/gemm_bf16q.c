@@ -311,29 +311,19 @@ DL_AVX512_BF16 static void q_panels(void *vctx, int64_t p0, int64_t p1) {
         }
 }
 
-static _Thread_local uint16_t *tl_rows;
-static _Thread_local float *tl_sums;
-static _Thread_local size_t tl_rows_bytes, tl_sums_bytes;
+static _Thread_local void *tl_rows, *tl_sums;
+static _Thread_local int64_t tl_rows_bytes, tl_sums_bytes;
 
 void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
                       float *C, int64_t ldc) {
     if (M <= 0 || N <= 0) return;
     if (!dl_has_bf16_dot() || K <= 0) { dl_matmul_q_bf16_ref(type, M, N, K, A, lda, Wp, C, ldc); return; }
-    const size_t rows_bytes = (size_t)(M * K) * sizeof(uint16_t), sums_bytes = (size_t)(M * (K / QB)) * sizeof(float);
-    if (rows_bytes > tl_rows_bytes) {
-        free(tl_rows);
-        tl_rows = (uint16_t *)aligned_alloc(64, (rows_bytes + 63) / 64 * 64);
-        if (!tl_rows) dl_fatal_alloc("the bf16 product's converted rows", rows_bytes);
-        tl_rows_bytes = rows_bytes;
-    }
-    if (sums_bytes > tl_sums_bytes) {
-        free(tl_sums);
-        tl_sums = (float *)aligned_alloc(64, (sums_bytes + 63) / 64 * 64);
-        if (!tl_sums) dl_fatal_alloc("the bf16 product's block sums", sums_bytes);
-        tl_sums_bytes = sums_bytes;
-    }
-    for (int64_t m = 0; m < M; m++) convert_row(A + m * lda, K, tl_rows + m * K, tl_sums + m * (K / QB));
-    qmm_call call = { { type, M, N, K, ldc, tl_rows, tl_sums, Wp }, C };
+    uint16_t *rows = (uint16_t *)dl_grow_buffer(&tl_rows, &tl_rows_bytes, M * K * (int64_t)sizeof(uint16_t),
+                                                "the bf16 product's converted rows");
+    float *sums = (float *)dl_grow_buffer(&tl_sums, &tl_sums_bytes, M * (K / QB) * (int64_t)sizeof(float),
+                                          "the bf16 product's block sums");
+    for (int64_t m = 0; m < M; m++) convert_row(A + m * lda, K, rows + m * K, sums + m * (K / QB));
+    qmm_call call = { { type, M, N, K, ldc, rows, sums, Wp }, C };
     dl_parallel_for((N + QP - 1) / QP, 1, q_panels, &call);
 }
 #else

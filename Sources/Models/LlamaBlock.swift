@@ -61,6 +61,34 @@ extension LlamaModel {
             qkv = LlamaModel.stack([q, k, v])
             gateUp = LlamaModel.stack([gate, up])
         }
+
+        /// Where a matrix the forward pass multiplies by sits: one of the seven targets, or a fused projection.
+        enum ProductSlot: Int { case q, k, v, o, gate, up, down, qkv, gateUp }
+
+        /// The matrices the forward pass multiplies by, in the order it runs them: q|k|v fused where stacked,
+        /// else each; o; gate|up fused where stacked, else each; down.
+        var products: [(slot: ProductSlot, matrix: WeightMatrix)] {
+            (qkv.map { [(.qkv, $0)] } ?? [(.q, q), (.k, k), (.v, v)]) + [(.o, o)]
+                + (gateUp.map { [(.gateUp, $0)] } ?? [(.gate, gate), (.up, up)]) + [(.down, down)]
+        }
+
+        /// Replaces every matrix of `products` by `f` of it (the fused views and the separate ones alike).
+        mutating func mapProducts(_ f: (ProductSlot, WeightMatrix) -> WeightMatrix) {
+            for (slot, m) in products {
+                let new = f(slot, m)
+                switch slot {
+                case .q: q = new
+                case .k: k = new
+                case .v: v = new
+                case .o: o = new
+                case .gate: gate = new
+                case .up: up = new
+                case .down: down = new
+                case .qkv: qkv = new
+                case .gateUp: gateUp = new
+                }
+            }
+        }
     }
 
     /// One pre-norm decoder block, as the paper writes it:

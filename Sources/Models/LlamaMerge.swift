@@ -56,11 +56,11 @@ extension LlamaModel {
         if mergePacks.isEmpty { mergePacks = Array(repeating: [:], count: layers.count) }
         let p = pristineLayers[li]
         let loaded = [p.q, p.k, p.v, p.o, p.gate, p.up, p.down] + [p.qkv, p.gateUp].compactMap { $0 }
-        func pack(_ m: WeightMatrix, _ slot: Int) -> WeightMatrix {
+        layers[li].mapProducts { slot, m in
             if m.bf16 != nil { return m }
             let same = loaded.first { $0.storage === m.storage && $0.offset == m.offset && $0.rows == m.rows && $0.dtype == m.dtype }
             if let packed = same?.bf16 { return m.withBF16(packed) }  // a loaded matrix (or fused view) with its pack
-            let key = slot | Int(m.dtype.rawValue) << 8 | (same != nil ? 1 << 20 : 0)
+            let key = slot.rawValue | Int(m.dtype.rawValue) << 8 | (same != nil ? 1 << 20 : 0)
             if let cached = mergePacks[li][key] {
                 if same == nil { cached.refill(from: m, scratch: mergeStaging) }
                 return m.withBF16(cached)
@@ -69,12 +69,6 @@ extension LlamaModel {
             mergePacks[li][key] = packed
             return m.withBF16(packed)
         }
-        var l = layers[li]
-        if let f = l.qkv { l.qkv = pack(f, 7) } else { (l.q, l.k, l.v) = (pack(l.q, 0), pack(l.k, 1), pack(l.v, 2)) }
-        l.o = pack(l.o, 3)
-        if let f = l.gateUp { l.gateUp = pack(f, 8) } else { (l.gate, l.up) = (pack(l.gate, 4), pack(l.up, 5)) }
-        l.down = pack(l.down, 6)
-        layers[li] = l
     }
 
     /// Bytes held by the merge workspace (allocated by the first merge that needs each part, then reused).

@@ -170,10 +170,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// Whether every product the forward pass now runs on the model's own matrices is in bf16 (merged ones
     /// included: `setBF16Products`, `merge`).
     public var everyProductInBF16: Bool {
-        func packed(_ parts: [WeightMatrix], fused: WeightMatrix?) -> Bool { fused.map { $0.bf16 != nil } ?? parts.allSatisfy { $0.bf16 != nil } }
-        return output.bf16 != nil && layers.allSatisfy { l in
-            packed([l.q, l.k, l.v], fused: l.qkv) && packed([l.gate, l.up], fused: l.gateUp) && l.o.bf16 != nil && l.down.bf16 != nil
-        }
+        output.bf16 != nil && layers.allSatisfy { l in l.products.allSatisfy { $0.matrix.bf16 != nil } }
     }
 
     /// Whether the base model's products run in bf16 (`setBF16Products`).
@@ -191,14 +188,7 @@ public final class LlamaModel: @unchecked Sendable {
         precondition(merged == nil, "bf16 products switched on a merged model")
         guard on != bf16Products else { return }
         func pack(_ m: WeightMatrix) -> WeightMatrix { m.withBF16(on ? m.packedBF16() : nil) }
-        for i in pristineLayers.indices {
-            var l = pristineLayers[i]
-            if let f = l.qkv { l.qkv = pack(f) } else { (l.q, l.k, l.v) = (pack(l.q), pack(l.k), pack(l.v)) }
-            l.o = pack(l.o)
-            if let f = l.gateUp { l.gateUp = pack(f) } else { (l.gate, l.up) = (pack(l.gate), pack(l.up)) }
-            l.down = pack(l.down)
-            pristineLayers[i] = l
-        }
+        for i in pristineLayers.indices { pristineLayers[i].mapProducts { pack($1) } }
         layers = pristineLayers
         output = pack(output)
         mergePacks = []
@@ -210,11 +200,7 @@ public final class LlamaModel: @unchecked Sendable {
         // A matrix's bytes as the products read them: its packed bf16 copy where it has one.
         func bytes(_ m: WeightMatrix) -> Int { m.bf16?.byteCount ?? m.byteCount }
         var n = bytes(output) + config.hiddenSize * 4 * (2 * config.numLayers + 1)
-        for l in layers {
-            n += l.qkv.flatMap { $0.bf16?.byteCount } ?? (bytes(l.q) + bytes(l.k) + bytes(l.v))
-            n += l.gateUp.flatMap { $0.bf16?.byteCount } ?? (bytes(l.gate) + bytes(l.up))
-            n += bytes(l.o) + bytes(l.down)
-        }
+        for l in layers { n += l.products.reduce(0) { $0 + bytes($1.matrix) } }
         return n
     }
 

@@ -196,9 +196,10 @@ struct KeyOptions: ParsableArguments {
     }
 }
 
-/// `--matmul-precision f32|bf16`, for every command that runs the engine: the base model's products in f32
-/// (the default: the transformers goldens within 1e-3) or in bf16 (`LlamaModel.setBF16Products`: about twice
-/// the multiply-adds per cycle on AVX-512 BF16 for prefill and batched decode; docs/design/core-engine.md).
+/// `--matmul-precision auto|f32|bf16`, for every command that runs the engine: the base model's products in f32
+/// (the transformers goldens within 1e-3) or in bf16 (`LlamaModel.setBF16Products`: about twice the multiply-adds
+/// per cycle on AVX-512 BF16, on a quantized checkpoint's own codes; docs/design/core-engine.md). `auto`, the
+/// default, picks bf16 where it uses every weight exactly and the CPU has AVX-512 BF16.
 struct MatmulPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
         case auto, f32, bf16
