@@ -49,7 +49,19 @@ extension LlamaModel {
         }
 
         mutating func replace(_ t: LoRATarget, with m: WeightMatrix) {
-            switch t {
+            set(ProductSlot(t), m)
+            qkv = LlamaModel.stack([q, k, v])
+            gateUp = LlamaModel.stack([gate, up])
+        }
+
+        /// Where a matrix the forward pass multiplies by sits: one of the seven targets, or a fused projection.
+        enum ProductSlot: Int {
+            case q, k, v, o, gate, up, down, qkv, gateUp
+            init(_ t: LoRATarget) { self.init(rawValue: t.rawValue)! }  // the seven targets, in LoRATarget's order
+        }
+
+        private mutating func set(_ slot: ProductSlot, _ m: WeightMatrix) {
+            switch slot {
             case .q: q = m
             case .k: k = m
             case .v: v = m
@@ -57,13 +69,10 @@ extension LlamaModel {
             case .gate: gate = m
             case .up: up = m
             case .down: down = m
+            case .qkv: qkv = m
+            case .gateUp: gateUp = m
             }
-            qkv = LlamaModel.stack([q, k, v])
-            gateUp = LlamaModel.stack([gate, up])
         }
-
-        /// Where a matrix the forward pass multiplies by sits: one of the seven targets, or a fused projection.
-        enum ProductSlot: Int { case q, k, v, o, gate, up, down, qkv, gateUp }
 
         /// The matrices the forward pass multiplies by, in the order it runs them: q|k|v fused where stacked,
         /// else each; o; gate|up fused where stacked, else each; down.
@@ -74,20 +83,7 @@ extension LlamaModel {
 
         /// Replaces every matrix of `products` by `f` of it (the fused views and the separate ones alike).
         mutating func mapProducts(_ f: (ProductSlot, WeightMatrix) -> WeightMatrix) {
-            for (slot, m) in products {
-                let new = f(slot, m)
-                switch slot {
-                case .q: q = new
-                case .k: k = new
-                case .v: v = new
-                case .o: o = new
-                case .gate: gate = new
-                case .up: up = new
-                case .down: down = new
-                case .qkv: qkv = new
-                case .gateUp: gateUp = new
-                }
-            }
+            for (slot, m) in products { set(slot, f(slot, m)) }
         }
     }
 
