@@ -16,6 +16,7 @@
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
+#include "prefetch.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -205,17 +206,22 @@ typedef struct {
     const uint16_t *a;
     const uint16_t *Bp;
     float *C;
+    const dl_span *pf;   // the prefetch plan (NULL: none), npf spans, pf_lines in all
+    int64_t npf, pf_lines;
 } mm_ctx;
 
 DL_AVX512_BF16 static void panel_range(void *vctx, int64_t p0, int64_t p1) {
     const mm_ctx *c = (const mm_ctx *)vctx;
     const int64_t kp_count = (c->K + 1) / 2, ld = c->ld;
+    // This task's share of the prefetch plan, a step per chunk of pairs.
+    dl_pf f = dl_pf_share(c->pf, c->npf, c->pf_lines, p0, p1, (c->N + PANEL - 1) / PANEL, (p1 - p0) * ((kp_count + KC - 1) / KC));
     for (int64_t p = p0; p < p1; p++) {
         const int64_t n0 = p * PANEL, ncols = c->N - n0 < PANEL ? c->N - n0 : PANEL;
         float *cp = c->C + n0;
         for (int64_t kc = 0; kc < kp_count; kc += KC) {
             const int64_t pairs = kp_count - kc < KC ? kp_count - kc : KC;
             const uint16_t *panel = c->Bp + (p * kp_count + kc) * 2 * PANEL;
+            dl_pf_step(&f);
             tiles(c->M, c->a + 2 * kc, ld, panel, pairs, cp, c->ldc, ncols, kc > 0);
         }
     }
@@ -224,19 +230,22 @@ DL_AVX512_BF16 static void panel_range(void *vctx, int64_t p0, int64_t p1) {
 static _Thread_local void *tl_converted;
 static _Thread_local int64_t tl_converted_bytes;
 
-void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc) {
+void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc,
+                    const dl_span *prefetch, int64_t nprefetch) {
     if (M <= 0 || N <= 0) return;
     if (!dl_has_bf16_dot() || K <= 0) { dl_gemm_bf16_ref(M, N, K, A, lda, Bp, C, ldc, 0); return; }
     const int64_t ld = (K + 1) / 2 * 2;
     uint16_t *converted = (uint16_t *)dl_grow_buffer(&tl_converted, &tl_converted_bytes, M * ld * (int64_t)sizeof(uint16_t),
                                                      "the bf16 product's converted rows");
     convert_rows(A, lda, M, K, converted, ld);
-    mm_ctx c = { M, N, K, ld, ldc, converted, Bp, C };
+    mm_ctx c = { M, N, K, ld, ldc, converted, Bp, C, prefetch, nprefetch, dl_span_lines(prefetch, nprefetch) };
     dl_parallel_for((N + PANEL - 1) / PANEL, 1, panel_range, &c);
 }
 #else
 int dl_has_bf16_dot(void) { return 0; }
-void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc) {
+void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc,
+                    const dl_span *prefetch, int64_t nprefetch) {
+    (void)prefetch; (void)nprefetch;
     dl_gemm_bf16_ref(M, N, K, A, lda, Bp, C, ldc, 0);
 }
 void dl_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp,

@@ -34,6 +34,7 @@
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
+#include "prefetch.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -214,12 +215,15 @@ DL_AVX512_BF16 static inline __attribute__((always_inline)) __m512bh pair_at(con
 typedef struct {
     qmm_ctx q;
     float *C;
+    const dl_span *pf;   // the prefetch plan (NULL: none), npf spans, pf_lines in all
+    int64_t npf, pf_lines;
 } qmm_call;
 
 // R rows from row0 x panel p over blocks [blk0, blk1): accumulators from C (zero at block 0), back to C; each
 // pair step decoded in registers from the records.
 DL_AVX512_BF16 static inline __attribute__((always_inline))
-void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0, int64_t p, int64_t blk0, int64_t blk1) {
+void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0, int64_t p, int64_t blk0, int64_t blk1,
+           dl_pf *f) {
     const int64_t nblocks = c->K / QB, n0 = p * QP, ncols = c->N - n0 < QP ? c->N - n0 : QP;
     const int rec = q_record_bytes(type);
     const __mmask16 k0 = ncols >= 16 ? 0xffff : (__mmask16)((1u << ncols) - 1);
@@ -231,6 +235,7 @@ void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0
         acc1[i] = blk0 ? _mm512_maskz_loadu_ps(k1, y + 16) : _mm512_setzero_ps();
     }
     for (int64_t b = blk0; b < blk1; b++) {
+        dl_pf_step(f);
         const uint8_t *r = c->Wp + (p * nblocks + b) * rec;
         const uint16_t *arow[QMR];
         for (int i = 0; i < R; i++) arow[i] = c->a + (row0 + i) * c->K + b * QB;
@@ -299,14 +304,16 @@ DL_AVX512_BF16 static void q_panels(void *vctx, int64_t p0, int64_t p1) {
     const qmm_call *call = (const qmm_call *)vctx;
     const qmm_ctx *c = &call->q;
     const int64_t nblocks = c->K / QB, tiles = (c->M + QMR - 1) / QMR;
+    // This task's share of the prefetch plan, a step per block of every tile.
+    dl_pf f = dl_pf_share(call->pf, call->npf, call->pf_lines, p0, p1, (c->N + QP - 1) / QP, (p1 - p0) * nblocks * tiles);
     for (int64_t p = p0; p < p1; p++)
         for (int64_t b = 0; b < nblocks; b += QCHUNK) {
             const int64_t be = nblocks - b < QCHUNK ? nblocks : b + QCHUNK;
             for (int64_t t = 0; t < tiles; t++) {
                 const int64_t r0 = t * c->M / tiles, r1 = (t + 1) * c->M / tiles;
-                if (c->type == DL_Q4_1) { QROWS_SWITCH(DL_Q4_1, r1 - r0, c, call->C, r0, p, b, be) }
-                else if (c->type == DL_Q4_0) { QROWS_SWITCH(DL_Q4_0, r1 - r0, c, call->C, r0, p, b, be) }
-                else { QROWS_SWITCH(DL_Q8_0, r1 - r0, c, call->C, r0, p, b, be) }
+                if (c->type == DL_Q4_1) { QROWS_SWITCH(DL_Q4_1, r1 - r0, c, call->C, r0, p, b, be, &f) }
+                else if (c->type == DL_Q4_0) { QROWS_SWITCH(DL_Q4_0, r1 - r0, c, call->C, r0, p, b, be, &f) }
+                else { QROWS_SWITCH(DL_Q8_0, r1 - r0, c, call->C, r0, p, b, be, &f) }
             }
         }
 }
@@ -315,7 +322,7 @@ static _Thread_local void *tl_rows, *tl_sums;
 static _Thread_local int64_t tl_rows_bytes, tl_sums_bytes;
 
 void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
-                      float *C, int64_t ldc) {
+                      float *C, int64_t ldc, const dl_span *prefetch, int64_t nprefetch) {
     if (M <= 0 || N <= 0) return;
     if (!dl_has_bf16_dot() || K <= 0) { dl_matmul_q_bf16_ref(type, M, N, K, A, lda, Wp, C, ldc); return; }
     uint16_t *rows = (uint16_t *)dl_grow_buffer(&tl_rows, &tl_rows_bytes, M * K * (int64_t)sizeof(uint16_t),
@@ -323,12 +330,13 @@ void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A,
     float *sums = (float *)dl_grow_buffer(&tl_sums, &tl_sums_bytes, M * (K / QB) * (int64_t)sizeof(float),
                                           "the bf16 product's block sums");
     for (int64_t m = 0; m < M; m++) convert_row(A + m * lda, K, rows + m * K, sums + m * (K / QB));
-    qmm_call call = { { type, M, N, K, ldc, rows, sums, Wp }, C };
+    qmm_call call = { { type, M, N, K, ldc, rows, sums, Wp }, C, prefetch, nprefetch, dl_span_lines(prefetch, nprefetch) };
     dl_parallel_for((N + QP - 1) / QP, 1, q_panels, &call);
 }
 #else
 void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
-                      float *C, int64_t ldc) {
+                      float *C, int64_t ldc, const dl_span *prefetch, int64_t nprefetch) {
+    (void)prefetch; (void)nprefetch;
     dl_matmul_q_bf16_ref(type, M, N, K, A, lda, Wp, C, ldc);
 }
 #endif

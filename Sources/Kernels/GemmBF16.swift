@@ -99,13 +99,16 @@ extension Kernels {
 
     /// Y[t, r] = Σ_k bf16(W[r, k]) · bf16(X[t, k]) on W's packed copy: the products exact, the sums in f32, split
     /// over the panels of W's rows; a token's result never depends on how many tokens run with it.
+    /// `prefetch`: byte spans pulled toward the cache while the product computes (`PrefetchPlan`).
     public static func matmulBF16(_ w: PackedBF16, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int, _ y: UnsafeMutablePointer<Float>,
-                                  ldy: Int) {
+                                  ldy: Int, prefetch: PrefetchPlan? = nil) {
         precondition(ntok >= 0 && ldx >= w.k && ldy >= w.n, "matmulBF16: strides \(ldx)/\(ldy) below the \(w.n)×\(w.k) matrix")
-        if w.codes == .bf16 {
-            dl_matmul_bf16(Int64(ntok), Int64(w.n), Int64(w.k), x, Int64(ldx), w.elements, y, Int64(ldy))
-        } else {
-            dl_matmul_q_bf16(w.dtypeCode, Int64(ntok), Int64(w.n), Int64(w.k), x, Int64(ldx), w.bytes, y, Int64(ldy))
+        PrefetchPlan.withSpans(prefetch) { spans, count in
+            if w.codes == .bf16 {
+                dl_matmul_bf16(Int64(ntok), Int64(w.n), Int64(w.k), x, Int64(ldx), w.elements, y, Int64(ldy), spans, count)
+            } else {
+                dl_matmul_q_bf16(w.dtypeCode, Int64(ntok), Int64(w.n), Int64(w.k), x, Int64(ldx), w.bytes, y, Int64(ldy), spans, count)
+            }
         }
     }
 

@@ -110,3 +110,36 @@ extension Kernels {
         }
     }
 }
+
+extension Kernels {
+    /// Byte spans a compute-bound product pulls toward the cache while it runs (ckernels.h's dl_span): the
+    /// adapter weights of the LoRA call that follows it. A batch of distinct adapters reads each one's A and B
+    /// once per step, a memory-bound stream; named here, those bytes are fetched in the shadow of the base
+    /// product's arithmetic (which at batch 8 and above is compute-bound), so the LoRA call finds them in L2/L3.
+    /// Reused across steps: `removeAll` keeps capacity, so a warm step loop does not allocate.
+    public final class PrefetchPlan: @unchecked Sendable {
+        private var spans: [dl_span] = []
+
+        public init() {}
+
+        public var isEmpty: Bool { spans.isEmpty }
+        public var count: Int { spans.count }
+        /// The bytes the plan names.
+        public var bytes: Int { spans.reduce(0) { $0 + Int($1.bytes) } }
+
+        public func removeAll() { spans.removeAll(keepingCapacity: true) }
+
+        /// A module's A, then its B.
+        public func append(_ m: LoRAOperands) {
+            let element = m.wtype == Int32(DType.f32.rawValue) ? 4 : 2
+            spans.append(dl_span(p: m.a, bytes: m.prank * Int64(m.inFeatures * element)))
+            spans.append(dl_span(p: m.b, bytes: Int64(m.outFeatures) * m.prank * Int64(element)))
+        }
+
+        /// Calls body with the plan's spans (nil and 0 for no plan or an empty one).
+        static func withSpans<R>(_ plan: PrefetchPlan?, _ body: (UnsafePointer<dl_span>?, Int64) -> R) -> R {
+            guard let plan, !plan.spans.isEmpty else { return body(nil, 0) }
+            return plan.spans.withUnsafeBufferPointer { body($0.baseAddress, Int64($0.count)) }
+        }
+    }
+}

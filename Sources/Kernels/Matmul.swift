@@ -8,12 +8,14 @@ public enum Kernels {
     /// (bit-identical whatever the batch). Dense f32 weights go to OpenBLAS sgemm for prefill-sized batches
     /// and to the same register-tiled kernel for decode-sized ones (≤ `smallBatch` tokens), where it is
     /// faster than sgemm's packing (bench/results/lora.md, merged rows).
+    /// `prefetch`: byte spans the bf16 products pull toward the cache while they compute (`PrefetchPlan`); the
+    /// f32 paths ignore it.
     public static func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
-                              _ y: UnsafeMutablePointer<Float>, ldy: Int, scratch: ScratchArena) {
+                              _ y: UnsafeMutablePointer<Float>, ldy: Int, scratch: ScratchArena, prefetch: PrefetchPlan? = nil) {
         guard ntok > 0, w.rows > 0 else { return }
         precondition(ldx >= w.cols && ldy >= w.rows, "matmul: strides \(ldx)/\(ldy) below the \(w.rows)×\(w.cols) matrix")
         if let packed = w.bf16 {
-            matmulBF16(packed, x, ldx: ldx, ntok: ntok, y, ldy: ldy)
+            matmulBF16(packed, x, ldx: ldx, ntok: ntok, y, ldy: ldy, prefetch: prefetch)
             return
         }
         configureBLASThreads()

@@ -21,6 +21,8 @@ public final class ForwardWorkspace: @unchecked Sendable {
     /// LoRA: runs of tokens sharing an adapter slot and scale, and the shrink/expand intermediates.
     var segments: [LoRASegment] = []
     let loraBatch = Kernels.LoRABatch()
+    /// The adapter weights the next LoRA call reads, named to the base product before it (`loraPrefetch`).
+    let prefetch = Kernels.PrefetchPlan()
     /// MoLE: whether any segment of this pass is gated; the gates in use, computed at the attention input, a row
     /// of `MoLEGating.maxExperts` per token.
     var gated = false

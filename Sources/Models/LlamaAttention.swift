@@ -23,12 +23,16 @@ extension LlamaModel {
         let scratch = p.scratch
 
         // Projections: one fused matmul when Q, K and V share a dtype.
+        // Each product prefetches the adapter weights of the LoRA that follows it (`loraPrefetch`).
         if let fused = layer.qkv {
-            Kernels.matmul(fused, xn, ldx: h, ntok: n, qkv, ldy: qkvDim, scratch: scratch)
+            Kernels.matmul(fused, xn, ldx: h, ntok: n, qkv, ldy: qkvDim, scratch: scratch,
+                           prefetch: loraPrefetch(.q, through: .v, layer: li, p))
         } else {
-            Kernels.matmul(layer.q, xn, ldx: h, ntok: n, qkv, ldy: qkvDim, scratch: scratch)
-            Kernels.matmul(layer.k, xn, ldx: h, ntok: n, qkv + qDim, ldy: qkvDim, scratch: scratch)
-            Kernels.matmul(layer.v, xn, ldx: h, ntok: n, qkv + qDim + kvDim, ldy: qkvDim, scratch: scratch)
+            Kernels.matmul(layer.q, xn, ldx: h, ntok: n, qkv, ldy: qkvDim, scratch: scratch, prefetch: loraPrefetch(.q, through: .q, layer: li, p))
+            Kernels.matmul(layer.k, xn, ldx: h, ntok: n, qkv + qDim, ldy: qkvDim, scratch: scratch,
+                           prefetch: loraPrefetch(.k, through: .k, layer: li, p))
+            Kernels.matmul(layer.v, xn, ldx: h, ntok: n, qkv + qDim + kvDim, ldy: qkvDim, scratch: scratch,
+                           prefetch: loraPrefetch(.v, through: .v, layer: li, p))
         }
         if let lora = p.lora {
             applyLoRA(.q, layer: li, xn, ldx: h, qkv, ldy: qkvDim, p.workspace, lora)
@@ -52,7 +56,7 @@ extension LlamaModel {
                                scale: 1 / Float(c.headDim).squareRoot(), into: attn, ldo: qDim)
 
         // Output projection back to the residual width.
-        Kernels.matmul(layer.o, attn, ldx: qDim, ntok: n, xn, ldy: h, scratch: scratch)
+        Kernels.matmul(layer.o, attn, ldx: qDim, ntok: n, xn, ldy: h, scratch: scratch, prefetch: loraPrefetch(.o, through: .o, layer: li, p))
         if let lora = p.lora { applyLoRA(.o, layer: li, attn, ldx: qDim, xn, ldy: h, p.workspace, lora) }
     }
 }

@@ -50,6 +50,33 @@ extension LlamaModel {
         return ws.segments.isEmpty ? nil : lora
     }
 
+    /// Batches of at least this many tokens name the adapter weights of the LoRA calls that follow a base product
+    /// to that product (`Kernels.PrefetchPlan`): from there the product is compute-bound, and the adapter bytes
+    /// (a memory-bound stream when the batch's adapters are distinct) load in the shadow of its arithmetic.
+    /// Below it the product itself streams its weights, and the prefetch would only compete with them.
+    /// `DLORA_LORA_PREFETCH=off` in the environment turns the prefetch off (for side-by-side measurements).
+    static let loraPrefetchMinTokens = ProcessInfo.processInfo.environment["DLORA_LORA_PREFETCH"] == "off" ? Int.max : 8
+
+    /// The prefetch plan for the base product whose output the LoRA of targets `first` through `last` (in
+    /// `LoRATarget` order: q, k, v, o, gate, up, down) adds to at `layer`: every segment's A and B for them, in
+    /// the order `applyLoRA` reads them. Nil without LoRA or below `loraPrefetchMinTokens` tokens.
+    func loraPrefetch(_ first: LoRATarget, through last: LoRATarget, layer: Int, _ p: ForwardPass) -> Kernels.PrefetchPlan? {
+        guard let lora = p.lora, p.tokens >= Self.loraPrefetchMinTokens else { return nil }
+        let plan = p.workspace.prefetch
+        plan.removeAll()
+        for raw in first.rawValue...last.rawValue {
+            let target = LoRATarget(rawValue: raw)!, entry = layer * LoRATarget.allCases.count + raw
+            for seg in p.workspace.segments {
+                if let table = seg.operands {
+                    if layer < seg.layers, let m = table[entry] { plan.append(m) }
+                } else if let m = lora[seg.slot]?.module(layer: layer, target: target) {
+                    plan.append(m.operands)
+                }
+            }
+        }
+        return plan.isEmpty ? nil : plan
+    }
+
     /// y[t] += scale · B · (A · x[t]) for every token of every segment whose adapter targets this matrix.
     /// Both products run on the batch-invariant kernel, so a token's result does not depend on its batch.
     func applyLoRA(_ target: LoRATarget, layer: Int, _ x: UnsafePointer<Float>, ldx: Int,

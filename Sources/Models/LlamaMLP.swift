@@ -19,11 +19,15 @@ extension LlamaModel {
         let scratch = p.scratch
 
         // Gate and up projections: one fused matmul when they share a dtype.
+        // Each product prefetches the adapter weights of the LoRA that follows it (`loraPrefetch`).
         if let fused = layer.gateUp {
-            Kernels.matmul(fused, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch)
+            Kernels.matmul(fused, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch,
+                           prefetch: loraPrefetch(.gate, through: .up, layer: li, p))
         } else {
-            Kernels.matmul(layer.gate, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch)
-            Kernels.matmul(layer.up, xn, ldx: h, ntok: n, gateUp + ffn, ldy: 2 * ffn, scratch: scratch)
+            Kernels.matmul(layer.gate, xn, ldx: h, ntok: n, gateUp, ldy: 2 * ffn, scratch: scratch,
+                           prefetch: loraPrefetch(.gate, through: .gate, layer: li, p))
+            Kernels.matmul(layer.up, xn, ldx: h, ntok: n, gateUp + ffn, ldy: 2 * ffn, scratch: scratch,
+                           prefetch: loraPrefetch(.up, through: .up, layer: li, p))
         }
         if let lora = p.lora {
             applyLoRA(.gate, layer: li, xn, ldx: h, gateUp, ldy: 2 * ffn, p.workspace, lora)
@@ -32,7 +36,8 @@ extension LlamaModel {
         Kernels.siluMul(gate: gateUp, up: gateUp + ffn, gateUpStride: 2 * ffn, into: act, width: ffn, tokens: n)
 
         // Down projection back to the residual width.
-        Kernels.matmul(layer.down, act, ldx: ffn, ntok: n, xn, ldy: h, scratch: scratch)
+        Kernels.matmul(layer.down, act, ldx: ffn, ntok: n, xn, ldy: h, scratch: scratch,
+                       prefetch: loraPrefetch(.down, through: .down, layer: li, p))
         if let lora = p.lora { applyLoRA(.down, layer: li, act, ldx: ffn, xn, ldy: h, p.workspace, lora) }
     }
 }

@@ -151,6 +151,19 @@ typedef struct {
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
                    const float *x, int64_t ldx, float *y, int64_t ldy);
 
+// ---------------------------------------------------------------- prefetch in a product's shadow (prefetch.h)
+// Byte spans a product pulls toward the cache (L2, whence L3) while it runs: the weights of the LoRA call that
+// follows it, read in the shadow of a compute-bound product instead of after it. Each of the product's tasks
+// takes the share of the spans (laid end to end) that matches its share of the panels and spreads those lines
+// over its arithmetic. NULL / 0: none. The spans are only read during the call; prefetches never fault.
+typedef struct {
+    const void *p;
+    int64_t bytes;
+} dl_span;
+// The lines a product split into `parts` equal parts, each of `units` steps, would prefetch, in order (the
+// first cap of them into lines); returns how many (tests).
+int64_t dl_prefetch_trace(const dl_span *spans, int64_t n, int64_t parts, int64_t units, const void **lines, int64_t cap);
+
 // ---------------------------------------------------------------- bf16 products (gemm_bf16.c)
 // Training's frozen products in bf16 with f32 sums (torch's bf16 autocast): C (M x N) (+)= bf16(A) · bf16(B).
 // B (K x N, B(k, n) = trans ? src[n * ld + k] : src[k * ld + n]) is packed once into
@@ -168,7 +181,8 @@ void dl_gemm_bf16_ref(int64_t M, int64_t N, int64_t K, const float *A, int64_t l
 // Inference's y = x · Wᵀ on a packed W (dl_pack_bf16 of W with trans = 1, K = W.cols, N = W.rows): C (M x N) =
 // bf16(A) · Bp, split over the panels (so a decode step's few rows use every thread); a row's result does not
 // depend on M (batch invariance). The portable loop where the CPU lacks AVX-512 BF16.
-void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc);
+void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp, float *C, int64_t ldc,
+                    const dl_span *prefetch, int64_t nprefetch);
 
 // ---------------------------------------------------------------- bf16 products on quantized codes (gemm_bf16q.c)
 // y = x · Wᵀ for a Q4_1 or Q8_0 W (N rows of K weights, K a multiple of 32) repacked by dl_pack_q_bf16 into
@@ -179,7 +193,7 @@ void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
 int64_t dl_q_bf16_bytes(int type, int64_t K, int64_t N);
 void dl_pack_q_bf16(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst);
 void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
-                      float *C, int64_t ldc);
+                      float *C, int64_t ldc, const dl_span *prefetch, int64_t nprefetch);
 void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
                           float *C, int64_t ldc);
 
