@@ -13,14 +13,18 @@
 //                                         takes 4 rows x 4 tokens, smaller pieces token by token)
 //   u[t, j] *= gate(t, j)                 MoLE only
 //   for each token t of the piece:
-//     p[o]  = lanes(B[o, :] · u[t])       o < out, 16 rows at a time
+//     p[o]  = lanes(B[o, :] · u[t])       o < out, 32 outputs at a time (expand512)
 //     y[t, o] += scale * p[o]
 //
 // lanes(·) is matmul_dq.c's order: 16 lanes (k mod 16) accumulated by FMA in increasing k, then the fixed
-// pairwise tree 16 → 8 → 4 → 2 → 1. A tile's 16 (row, token) trees are evaluated together by a transpose
-// network that performs exactly those additions (lane_sums16), so this kernel gives the same bits as
-// dl_matmul_dq followed by dl_add_scaled, the path segments of 9 or more tokens take
-// (ReferenceOps.loraApplyLanes is the twin).
+// pairwise tree 16 → 8 → 4 → 2 → 1. The shrink's tile evaluates its 16 (row, token) trees together by a
+// transpose network that performs exactly those additions (lane_sums16). The expand's K is the rank (16 for
+// most adapters), so there a tree per 16 weights would be most of the work: B is held transposed in groups of
+// 32 outputs (dl_lora_b_pack), each lane is a vector over 32 outputs, and the tree is 15 vector additions per
+// 32 outputs in the same association, no transposes (a call of 32 one-token rank-16 segments, 576 → 1536, from cache:
+// 25 µs against 43 for 16-row tiles with lane_sums16; docs/design/lora-kernels.md). So this kernel
+// gives the same bits as dl_matmul_dq followed by dl_add_scaled; segments of 9 or more tokens take
+// dl_matmul_dq for the shrink and the same expand (ReferenceOps.loraApplyLanes is the twin).
 // While it works on one segment it prefetches the next segment's A and B (a few lines per 16-weight step)
 // into L2: one token's A and B are 18-66 KB read as 16 interleaved short streams, which the hardware
 // prefetcher does not ramp up on in time (measured: 15 → 19-23 GB/s for 32 distinct rank-16 adapters).
@@ -33,7 +37,9 @@
 #include "ckernels.h"
 #include "simd.h"
 #include "fatal.h"
+#include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 // Segments of fewer than SPLIT_BELOW tokens are cut into pieces of at most PIECE tokens, and each piece
 // takes the grouped kernel; longer segments (prefill) take dl_matmul_dq.
@@ -64,6 +70,70 @@ static void gate_columns(const dl_lora_seg *s, float *u, const float *g) {
     }
 }
 
+// ------------------------------------------------------------------ B in the expand's layout
+// B (out x prank) is held in groups of 32 outputs (the last group zero-padded), and per rank index j a group's
+// 32 values side by side, so the expand of 32 outputs reads prank contiguous 32-value rows: element e of
+// row j of group g is B[32g + lb_output(type, e), j]. BF16 interleaves the group's halves (element 2i is output
+// i, 2i + 1 output 16 + i): one 64-byte load widens to outputs 0-15 by a shift and to 16-31 by a mask. F16 and
+// F32 keep output order (their conversions take contiguous values).
+static inline int64_t lb_output(int type, int64_t e) { return type == DL_BF16 ? (e % 2) * 16 + e / 2 : e; }
+static inline int64_t lb_elem(int type) { return type == DL_F32 ? 4 : 2; }
+
+int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank) {
+    if ((type != DL_F32 && type != DL_F16 && type != DL_BF16) || out <= 0 || prank <= 0) return -1;
+    return (out + 31) / 32 * prank * 32 * lb_elem(type);
+}
+
+void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *dst) {
+    const int64_t es = lb_elem(type), groups = (out + 31) / 32;
+    const uint8_t *src = (const uint8_t *)b;
+    uint8_t *d = (uint8_t *)dst;
+    for (int64_t g = 0; g < groups; g++)
+        for (int64_t j = 0; j < prank; j++)
+            for (int64_t e = 0; e < 32; e++) {
+                const int64_t o = 32 * g + lb_output(type, e);
+                uint8_t *to = d + ((g * prank + j) * 32 + e) * es;
+                if (o < out) memcpy(to, src + (o * prank + j) * es, (size_t)es);
+                else memset(to, 0, (size_t)es);
+            }
+}
+
+// The value of B[o, j] from the packed layout, widened exactly.
+static inline float lb_value(int type, const uint8_t *packed, int64_t prank, int64_t o, int64_t j) {
+    const int64_t g = o / 32, i = o % 32;
+    const int64_t e = type == DL_BF16 ? (i < 16 ? 2 * i : 2 * (i - 16) + 1) : i;
+    const uint8_t *p = packed + ((g * prank + j) * 32 + e) * lb_elem(type);
+    if (type == DL_F32) { float f; memcpy(&f, p, 4); return f; }
+    uint16_t h;
+    memcpy(&h, p, 2);
+    if (type == DL_BF16) return dl_bf16_value(h);
+    float f;
+    dl_f16_to_f32(&h, &f, 1);
+    return f;
+}
+
+void dl_lora_b_unpack(int type, const void *packed, int64_t out, int64_t prank, float *dst) {
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t j = 0; j < prank; j++) dst[o * prank + j] = lb_value(type, (const uint8_t *)packed, prank, o, j);
+}
+
+// y[o] += scale · lanes(B[o, :] · u) for o < out, the portable way: lane l = Σ over j ≡ l (mod 16) of B[o, j]·u[j]
+// by FMA in increasing j from +0, then the tree 16 → 8 → 4 → 2 → 1 (dot_lanes_scalar's order), then the
+// product and the sum rounded apart, as dl_add_scaled does.
+static void expand_scalar(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
+    for (int64_t o = 0; o < out; o++) {
+        float lanes[16] = { 0 };
+        for (int64_t j = 0; j < prank; j++) lanes[j % 16] = fmaf(lb_value(type, bp, prank, o, j), u[j], lanes[j % 16]);
+        float a[8], b[4], c[2];
+        for (int j = 0; j < 8; j++) a[j] = lanes[j] + lanes[j + 8];
+        for (int j = 0; j < 4; j++) b[j] = a[j] + a[j + 4];
+        c[0] = b[0] + b[2];
+        c[1] = b[1] + b[3];
+        const float p = scale * (c[0] + c[1]);
+        y[o] = y[o] + p;
+    }
+}
+
 #if defined(__x86_64__)
 // Software prefetch of the next segment's adapter bytes (A, then B), per_step cache lines per 16-weight
 // step of this segment's first token, so they arrive spread over its work.
@@ -89,8 +159,8 @@ static inline __attribute__((always_inline)) void prefetch_step(prefetcher *f) {
 static prefetcher next_segment_prefetch(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
     if (!next) return (prefetcher){ 0 };
     const int64_t in = c->in, out = c->out, prank = s->prank;
-    int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = out * dl_row_bytes(next->wtype, next->prank);
-    int64_t steps = prank / 16 * (in / 16) + (out + 15) / 16 * (prank / 16);
+    int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = dl_lora_b_bytes(next->wtype, out, next->prank);
+    int64_t steps = prank / 16 * (in / 16) + (out + 31) / 32 * (prank / 8);
     return (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
                          ((na + nb) / 64 + steps - 1) / steps };
 }
@@ -150,13 +220,64 @@ __m512 tile_rt(const int type, const int R, const int T, const uint8_t *w, int64
     return lane_sums16(acc);
 }
 
-// One row x one token (the expand's last out % R rows).
-DL_AVX512_F16 static inline __attribute__((always_inline))
-float row1(const int type, const uint8_t *w, int64_t K, const float *x) {
-    __m512 acc = _mm512_setzero_ps();
-    for (int64_t k = 0; k < K; k += 16) acc = _mm512_fmadd_ps(load16(type, w, k), _mm512_loadu_ps(x + k), acc);
-    return dl_lane_sum(acc);
+
+// The expand of one token, 32 outputs at a time from B's packed layout (dl_lora_b_pack): lane l of output o is
+// Σ_{j ≡ l mod 16} B[o, j]·u[j] by FMA in increasing j from +0, as a vector over the 32 outputs, and the lane tree
+// 16 → 8 → 4 → 2 → 1 is plain vector additions in the same association (((P0+P8) + (P4+P12)) + ((P2+P10) +
+// (P6+P14))) + (((P1+P9) + (P5+P13)) + ((P3+P11) + (P7+P15))) — the bits of lanes(B[o, :] · u), with no
+// transposes. Then y[o] += scale · p, the product and the sum rounded apart. Two prefetch steps per 16 rank
+// indices of a group, as many as two 16-row tiles took.
+typedef struct { __m512 lo, hi; } v32;
+
+DL_AVX512_F16 static inline __attribute__((always_inline)) v32 widen32(const int type, const uint8_t *p) {
+    if (type == DL_BF16) {
+        const __m512i v = _mm512_loadu_si512((const void *)p);
+        return (v32){ _mm512_castsi512_ps(_mm512_slli_epi32(v, 16)),
+                      _mm512_castsi512_ps(_mm512_and_si512(v, _mm512_set1_epi32((int)0xffff0000u))) };
+    }
+    if (type == DL_F16)
+        return (v32){ _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p)),
+                      _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 32))) };
+    return (v32){ _mm512_loadu_ps((const float *)p), _mm512_loadu_ps((const float *)p + 16) };
 }
+
+DL_AVX512_F16 static inline __attribute__((always_inline)) v32 v32_add(v32 a, v32 b) {
+    return (v32){ _mm512_add_ps(a.lo, b.lo), _mm512_add_ps(a.hi, b.hi) };
+}
+
+// Lane l over the group's rows (row j at grp + j · row).
+DL_AVX512_F16 static inline __attribute__((always_inline))
+v32 lane32(const int type, const uint8_t *grp, int64_t row, int64_t prank, const float *u, int l) {
+    v32 a = { _mm512_setzero_ps(), _mm512_setzero_ps() };
+    for (int64_t j = l; j < prank; j += 16) {
+        const v32 w = widen32(type, grp + j * row);
+        const __m512 uj = _mm512_set1_ps(u[j]);
+        a.lo = _mm512_fmadd_ps(w.lo, uj, a.lo);
+        a.hi = _mm512_fmadd_ps(w.hi, uj, a.hi);
+    }
+    return a;
+}
+
+#define LANE_Q(i) v32_add(lane32(type, grp, row, prank, u, (i)), lane32(type, grp, row, prank, u, (i) + 8))
+
+DL_AVX512_F16 static inline __attribute__((always_inline))
+void expand512(const int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+    const int64_t row = 32 * lb_elem(type);
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (int64_t o = 0; o < out; o += 32) {
+        const uint8_t *grp = bp + o / 32 * prank * row;
+        if (f)
+            for (int64_t i = 0; i < prank / 8; i++) prefetch_step(f);
+        const v32 t = v32_add(v32_add(v32_add(LANE_Q(0), LANE_Q(4)), v32_add(LANE_Q(2), LANE_Q(6))),
+                              v32_add(v32_add(LANE_Q(1), LANE_Q(5)), v32_add(LANE_Q(3), LANE_Q(7))));
+        const int64_t n = out - o;
+        const __mmask16 k0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+        const __mmask16 k1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+        _mm512_mask_storeu_ps(y + o, k0, _mm512_add_ps(_mm512_maskz_loadu_ps(k0, y + o), _mm512_mul_ps(vs, t.lo)));
+        _mm512_mask_storeu_ps(y + o + 16, k1, _mm512_add_ps(_mm512_maskz_loadu_ps(k1, y + o + 16), _mm512_mul_ps(vs, t.hi)));
+    }
+}
+#undef LANE_Q
 
 // T tokens (1 or 4) of segment s from its token t0: shrink into u (token t's prank values at u + t * prank),
 // gate, expand into y. The shrink's rows per tile: 16 for one token, 4 for four.
@@ -165,7 +286,7 @@ void piece_typed(const int type, const int T, const lora_ctx *c, const dl_lora_s
     const int R = T == 1 ? 16 : 4;
     const uint8_t *a = (const uint8_t *)s->a, *b = (const uint8_t *)s->b;
     const int64_t in = c->in, out = c->out, prank = s->prank, ldy = c->ldy;
-    const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
+    const int64_t a_row = dl_row_bytes(type, in);
     const float *x = c->x + (s->start + t0) * c->ldx;
     float *y = c->y + (s->start + t0) * ldy;
     float v[16];
@@ -176,20 +297,8 @@ void piece_typed(const int type, const int T, const lora_ctx *c, const dl_lora_s
     }
     if (s->gates)
         for (int t = 0; t < T; t++) gate_columns(s, u + t * prank, s->gates + (t0 + t) * s->ldg);
-    // The expand token by token, 16 rows at a time: with K = prank the lane trees, not the weights, are most
-    // of its work (blocking tokens would not save them), and 16 of a token's outputs are added as one vector.
-    // A row block's weights are read from memory for the first token, from cache for the others.
-    const __m512 scale = _mm512_set1_ps(s->scale);
-    for (int t = 0; t < T; t++, f = NULL) {
-        float *yt = y + t * ldy;
-        const float *ut = u + t * prank;
-        int64_t o = 0;
-        // y + scale * p: a product, then a sum, as dl_add_scaled rounds them.
-        for (; o + 16 <= out; o += 16)
-            _mm512_storeu_ps(yt + o, _mm512_add_ps(_mm512_loadu_ps(yt + o),
-                                                   _mm512_mul_ps(scale, tile_rt(type, 16, 1, b + o * b_row, b_row, prank, ut, prank, f))));
-        for (; o < out; o++) yt[o] += s->scale * row1(type, b + o * b_row, prank, ut);
-    }
+    // The expand token by token (expand512); B is read from memory for the first token, from cache for the others.
+    for (int t = 0; t < T; t++, f = NULL) expand512(type, b, out, prank, u + t * prank, s->scale, y + t * ldy, f);
 }
 
 // One piece (T = 1 or PIECE tokens of segment s from its token t0), specialised by weight type and T.
@@ -253,15 +362,67 @@ __m256 tile2_rt(const int type, const int R, const int T, const uint8_t *w, int6
     return lane_sums8(acc);
 }
 
-DL_AVX2 static inline __attribute__((always_inline))
-float row1_2(const int type, const uint8_t *w, int64_t K, const float *x) {
-    __m256 lo = _mm256_setzero_ps(), hi = lo;
-    for (int64_t k = 0; k < K; k += 16) {
-        lo = _mm256_fmadd_ps(load8(type, w, k), _mm256_loadu_ps(x + k), lo);
-        hi = _mm256_fmadd_ps(load8(type, w, k + 8), _mm256_loadu_ps(x + k + 8), hi);
+// expand512's twin, 16 packed elements (half h of a group's row) at a time as two 8-lane vectors: v0, v1 hold
+// outputs 8h..8h+7 and 16+8h..16+8h+7 (BF16, interleaved) or 16h..16h+7 and 16h+8..16h+15 (F16, F32).
+typedef struct { __m256 v0, v1; } v16;
+
+DL_AVX2 static inline __attribute__((always_inline)) v16 widen16(const int type, const uint8_t *p) {
+    if (type == DL_BF16) {
+        const __m256i v = _mm256_loadu_si256((const __m256i *)p);
+        return (v16){ _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)),
+                      _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32((int)0xffff0000u))) };
     }
-    return dl_lane_sum2(lo, hi);
+    if (type == DL_F16)
+        return (v16){ _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 16))) };
+    return (v16){ _mm256_loadu_ps((const float *)p), _mm256_loadu_ps((const float *)p + 8) };
 }
+
+DL_AVX2 static inline __attribute__((always_inline)) v16 v16_add(v16 a, v16 b) {
+    return (v16){ _mm256_add_ps(a.v0, b.v0), _mm256_add_ps(a.v1, b.v1) };
+}
+
+DL_AVX2 static inline __attribute__((always_inline))
+v16 lane16(const int type, const uint8_t *half, int64_t row, int64_t prank, const float *u, int l) {
+    v16 a = { _mm256_setzero_ps(), _mm256_setzero_ps() };
+    for (int64_t j = l; j < prank; j += 16) {
+        const v16 w = widen16(type, half + j * row);
+        const __m256 uj = _mm256_set1_ps(u[j]);
+        a.v0 = _mm256_fmadd_ps(w.v0, uj, a.v0);
+        a.v1 = _mm256_fmadd_ps(w.v1, uj, a.v1);
+    }
+    return a;
+}
+
+#define LANE_Q2(i) v16_add(lane16(type, half, row, prank, u, (i)), lane16(type, half, row, prank, u, (i) + 8))
+
+// y[o, o + 8) += scale · p for the outputs of o below out (a partial vector through a buffer).
+DL_AVX2 static inline __attribute__((always_inline)) void add_scaled8(float *y, int64_t o, int64_t out, __m256 vs, __m256 p) {
+    if (o >= out) return;
+    if (out - o >= 8) { _mm256_storeu_ps(y + o, _mm256_add_ps(_mm256_loadu_ps(y + o), _mm256_mul_ps(vs, p))); return; }
+    float buf[8];
+    _mm256_storeu_ps(buf, _mm256_mul_ps(vs, p));
+    for (int64_t i = 0; o + i < out; i++) y[o + i] = y[o + i] + buf[i];
+}
+
+DL_AVX2 static inline __attribute__((always_inline))
+void expand256(const int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+    const int64_t row = 32 * lb_elem(type);
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (int64_t o = 0; o < out; o += 32) {
+        const uint8_t *grp = bp + o / 32 * prank * row;
+        if (f)
+            for (int64_t i = 0; i < prank / 8; i++) prefetch_step(f);
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *half = grp + h * 16 * lb_elem(type);
+            const v16 t = v16_add(v16_add(v16_add(LANE_Q2(0), LANE_Q2(4)), v16_add(LANE_Q2(2), LANE_Q2(6))),
+                                  v16_add(v16_add(LANE_Q2(1), LANE_Q2(5)), v16_add(LANE_Q2(3), LANE_Q2(7))));
+            const int64_t o0 = type == DL_BF16 ? o + 8 * h : o + 16 * h, o1 = type == DL_BF16 ? o + 16 + 8 * h : o + 16 * h + 8;
+            add_scaled8(y, o0, out, vs, t.v0);
+            add_scaled8(y, o1, out, vs, t.v1);
+        }
+    }
+}
+#undef LANE_Q2
 
 // piece_typed's twin: the shrink's rows per tile are 8 for one token, 2 for four.
 DL_AVX2 static inline __attribute__((always_inline))
@@ -269,7 +430,7 @@ void piece2_typed(const int type, const int T, const lora_ctx *c, const dl_lora_
     const int R = T == 1 ? 8 : 2;
     const uint8_t *a = (const uint8_t *)s->a, *b = (const uint8_t *)s->b;
     const int64_t in = c->in, out = c->out, prank = s->prank, ldy = c->ldy;
-    const int64_t a_row = dl_row_bytes(type, in), b_row = dl_row_bytes(type, prank);
+    const int64_t a_row = dl_row_bytes(type, in);
     const float *x = c->x + (s->start + t0) * c->ldx;
     float *y = c->y + (s->start + t0) * ldy;
     float v[8];
@@ -280,17 +441,8 @@ void piece2_typed(const int type, const int T, const lora_ctx *c, const dl_lora_
     }
     if (s->gates)
         for (int t = 0; t < T; t++) gate_columns(s, u + t * prank, s->gates + (t0 + t) * s->ldg);
-    // The expand token by token, 8 rows at a time (see piece_typed).
-    const __m256 scale = _mm256_set1_ps(s->scale);
-    for (int t = 0; t < T; t++, f = NULL) {
-        float *yt = y + t * ldy;
-        const float *ut = u + t * prank;
-        int64_t o = 0;
-        for (; o + 8 <= out; o += 8)
-            _mm256_storeu_ps(yt + o, _mm256_add_ps(_mm256_loadu_ps(yt + o),
-                                                   _mm256_mul_ps(scale, tile2_rt(type, 8, 1, b + o * b_row, b_row, prank, ut, prank, f))));
-        for (; o < out; o++) yt[o] += s->scale * row1_2(type, b + o * b_row, prank, ut);
-    }
+    // The expand token by token (expand256).
+    for (int t = 0; t < T; t++, f = NULL) expand256(type, b, out, prank, u + t * prank, s->scale, y + t * ldy, f);
 }
 
 // piece512's twin.
@@ -302,6 +454,48 @@ DL_AVX2 static void piece256(const lora_ctx *c, const dl_lora_seg *s, int64_t t0
     }
 }
 #endif
+
+// One token's expand on the best path this thread may use (the same bits on each).
+#if defined(__x86_64__)
+DL_AVX512_F16 static void expand512_any(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
+    switch (type) {
+    case DL_BF16: expand512(DL_BF16, bp, out, prank, u, scale, y, NULL); return;
+    case DL_F16: expand512(DL_F16, bp, out, prank, u, scale, y, NULL); return;
+    default: expand512(DL_F32, bp, out, prank, u, scale, y, NULL); return;
+    }
+}
+
+DL_AVX2 static void expand256_any(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
+    switch (type) {
+    case DL_BF16: expand256(DL_BF16, bp, out, prank, u, scale, y, NULL); return;
+    case DL_F16: expand256(DL_F16, bp, out, prank, u, scale, y, NULL); return;
+    default: expand256(DL_F32, bp, out, prank, u, scale, y, NULL); return;
+    }
+}
+#endif
+
+static void expand_one(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
+#if defined(__x86_64__)
+    if (dl_has_avx512()) { expand512_any(type, bp, out, prank, u, scale, y); return; }
+    if (dl_has_avx2()) { expand256_any(type, bp, out, prank, u, scale, y); return; }
+#endif
+    expand_scalar(type, bp, out, prank, u, scale, y);
+}
+
+// A long segment's expand, its tokens split over the pool (each token's outputs are computed whole by one thread).
+typedef struct {
+    const lora_ctx *c;
+    const dl_lora_seg *s;
+    const float *u;  // the shrunk (and gated) values, prank per token
+} expand_job;
+
+static void expand_range(void *vctx, int64_t t0, int64_t t1) {
+    const expand_job *e = (const expand_job *)vctx;
+    const dl_lora_seg *s = e->s;
+    for (int64_t t = t0; t < t1; t++)
+        expand_one(s->wtype, (const uint8_t *)s->b, e->c->out, s->prank, e->u + t * s->prank, s->scale,
+                   e->c->y + (s->start + t) * e->c->ldy);
+}
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
@@ -318,13 +512,14 @@ static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_s
         return;
     }
 #endif
-    float *tmp = lora_scratch(s->count * (s->prank + c->out));
-    float *prod = tmp + s->count * s->prank;
+    // The shrink on dl_matmul_dq (A row-major, split over the pool), the expand token by token from B's packed layout.
+    float *tmp = lora_scratch(s->count * s->prank);
     dl_matmul_dq(s->wtype, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
     if (s->gates)
         for (int64_t t = 0; t < s->count; t++) gate_columns(s, tmp + t * s->prank, s->gates + t * s->ldg);
-    dl_matmul_dq(s->wtype, s->b, c->out, s->prank, tmp, s->prank, s->count, prod, c->out);
-    dl_add_scaled(c->y + s->start * c->ldy, c->ldy, prod, c->out, s->scale, c->out, s->count);
+    expand_job job = { c, s, tmp };
+    if (s->count * c->out * s->prank < (1 << 16)) expand_range(&job, 0, s->count);
+    else dl_parallel_for(s->count, 1, expand_range, &job);
 }
 
 // Many segments are split into one contiguous part per thread, balanced by their cost (below), rather
@@ -341,7 +536,7 @@ typedef struct {
 // A segment's cost in bytes streamed: a piece (grouped kernel) reads its A and B once, with arithmetic
 // growing with its tokens; dl_matmul_dq reads them once per 4-token tile.
 static int64_t segment_cost(const lora_ctx *c, const dl_lora_seg *s) {
-    int64_t bytes = s->prank * dl_row_bytes(s->wtype, c->in) + c->out * dl_row_bytes(s->wtype, s->prank);
+    int64_t bytes = s->prank * dl_row_bytes(s->wtype, c->in) + dl_lora_b_bytes(s->wtype, c->out, s->prank);
     return s->count <= PIECE ? bytes * (s->count + 1) / 2 : bytes * ((s->count + 3) / 4);
 }
 

@@ -9,10 +9,10 @@ extension Kernels {
     ///
     /// (or, for a gated MoLE segment, with A_s · x[t] scaled per rank column by its expert's gate for t)
     ///
-    /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16. Decode
-    /// segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped shrink/expand, longer ones the
-    /// batch-invariant matmul kernel; both sum in the matmul kernel's lane order, so a token's result never
-    /// depends on its batch.
+    /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16, B laid out for
+    /// the expand (`LoRAExpandMatrix`). Decode segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped
+    /// shrink, longer ones the batch-invariant matmul kernel; every token's expand runs 32 outputs at a time; all
+    /// sum in the matmul kernel's lane order, so a token's result never depends on its batch.
     /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
     /// Reference twins: `ReferenceOps.loraApply` (double precision) and `ReferenceOps.loraApplyLanes` (the
     /// kernels' f32 summation order, bit for bit).
@@ -32,14 +32,23 @@ extension Kernels {
             precondition(inFeatures > 0 && inFeatures % 16 == 0 && outFeatures > 0,
                          "LoRA: in \(inFeatures) (a positive multiple of 16), out \(outFeatures)")
             segments.removeAll(keepingCapacity: true)
+            if !laidOut.isEmpty { laidOut.removeAll() }
             self.inFeatures = inFeatures
             self.outFeatures = outFeatures
             end = 0
         }
 
-        /// Adds tokens `tokens` (after every earlier segment's) with A (paddedRank × in) and B (out × paddedRank).
+        /// B matrices this batch laid out for the expand itself (`append(a:b:...)` with a row-major B), kept until
+        /// the next `reset`.
+        private var laidOut: [LoRAExpandMatrix] = []
+
+        /// Adds tokens `tokens` (after every earlier segment's) with A (paddedRank × in) and B (out × paddedRank,
+        /// row-major; laid out for the expand here, once per call: for tests and one-off use, where the engine's
+        /// modules hold theirs ready).
         public func append(a: WeightMatrix, b: WeightMatrix, tokens: Range<Int>, scale: Float) {
-            append(LoRAOperands(a: a, b: b), tokens: tokens, scale: scale)
+            let expand = LoRAExpandMatrix(b)
+            laidOut.append(expand)
+            append(LoRAOperands(a: a, b: expand), tokens: tokens, scale: scale)
         }
 
         /// As `append(a:b:tokens:scale:)`, with the matrices checked once beforehand: a step appends one segment per
@@ -61,7 +70,9 @@ extension Kernels {
         /// `gates` and `columns` must stay valid until `apply` returns.
         public func append(a: WeightMatrix, b: WeightMatrix, tokens: Range<Int>, scale: Float,
                            gates: UnsafePointer<Float>, ldg: Int, columns: UnsafePointer<Int32>) {
-            append(LoRAOperands(a: a, b: b), tokens: tokens, scale: scale, gates: gates, ldg: ldg, columns: columns)
+            let expand = LoRAExpandMatrix(b)
+            laidOut.append(expand)
+            append(LoRAOperands(a: a, b: expand), tokens: tokens, scale: scale, gates: gates, ldg: ldg, columns: columns)
         }
 
         /// As the gated `append(a:b:...)`, with the matrices checked once beforehand.
@@ -88,23 +99,57 @@ extension Kernels {
 }
 
 extension Kernels {
-    /// One LoRA module's A (paddedRank × in) and B (out × paddedRank) as lora.c reads them, checked when the module
-    /// is made. Holds raw pointers: valid only while the matrices' storage lives (their owner keeps both).
+    /// A LoRA module's B (out × paddedRank) in the layout lora.c's expand reads (`dl_lora_b_pack`): groups of 32
+    /// outputs, and per rank index the group's 32 values side by side, so 32 outputs are computed as vectors with
+    /// the lane tree as plain additions. Same dtype and bytes per value as the row-major B it is made from (F32,
+    /// F16 or BF16), the outputs padded to a multiple of 32.
+    public final class LoRAExpandMatrix: @unchecked Sendable {
+        public let dtype: DType
+        /// out (B's rows) and paddedRank (its columns).
+        public let rows: Int, cols: Int
+        let storage: Buffer
+
+        /// From a row-major B.
+        public init(_ b: WeightMatrix) {
+            precondition(b.dtype == .f32 || b.dtype == .f16 || b.dtype == .bf16, "LoRA: B is \(b.dtype) (F32, F16 or BF16)")
+            precondition(b.rows > 0 && b.cols > 0 && b.cols % 16 == 0, "LoRA: B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16)")
+            dtype = b.dtype
+            rows = b.rows
+            cols = b.cols
+            let code = Int32(b.dtype.rawValue)
+            storage = Buffer(byteCount: Int(dl_lora_b_bytes(code, Int64(rows), Int64(cols))))
+            dl_lora_b_pack(code, b.data, Int64(rows), Int64(cols), storage.base)
+        }
+
+        public var byteCount: Int { storage.byteCount }
+        var data: UnsafeRawPointer { UnsafeRawPointer(storage.base) }
+
+        /// B widened to f32, row-major (rows × cols floats).
+        public func unpack(into dst: UnsafeMutablePointer<Float>) {
+            dl_lora_b_unpack(Int32(dtype.rawValue), storage.base, Int64(rows), Int64(cols), dst)
+        }
+    }
+
+    /// One LoRA module's A (paddedRank × in, row-major) and B (out × paddedRank, laid out for the expand) as lora.c
+    /// reads them, checked when the module is made. Holds raw pointers: valid only while the matrices' storage
+    /// lives (their owner keeps both).
     public struct LoRAOperands: @unchecked Sendable {
         let a: UnsafeRawPointer, b: UnsafeRawPointer
         let wtype: Int32
         let prank: Int64
+        let bBytes: Int64
         public let inFeatures: Int, outFeatures: Int
 
-        public init(a: WeightMatrix, b: WeightMatrix) {
+        public init(a: WeightMatrix, b: LoRAExpandMatrix) {
             precondition(a.dtype == b.dtype && (a.dtype == .f32 || a.dtype == .f16 || a.dtype == .bf16),
                          "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16 or BF16)")
             precondition(a.rows > 0 && a.rows % 16 == 0 && b.cols == a.rows && a.cols > 0 && a.cols % 16 == 0 && b.rows > 0,
                          "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16, in a multiple of 16)")
             self.a = UnsafeRawPointer(a.data)
-            self.b = UnsafeRawPointer(b.data)
+            self.b = b.data
             wtype = Int32(a.dtype.rawValue)
             prank = Int64(a.rows)
+            bBytes = Int64(b.byteCount)
             inFeatures = a.cols
             outFeatures = b.rows
         }
@@ -133,7 +178,7 @@ extension Kernels {
         public func append(_ m: LoRAOperands) {
             let element = m.wtype == Int32(DType.f32.rawValue) ? 4 : 2
             spans.append(dl_span(p: m.a, bytes: m.prank * Int64(m.inFeatures * element)))
-            spans.append(dl_span(p: m.b, bytes: Int64(m.outFeatures) * m.prank * Int64(element)))
+            spans.append(dl_span(p: m.b, bytes: m.bBytes))
         }
 
         /// Calls body with the plan's spans (nil and 0 for no plan or an empty one).

@@ -72,8 +72,8 @@ public struct LoRAModule: @unchecked Sendable {
     public let outFeatures: Int
     /// paddedRank × inFeatures
     public let a: WeightMatrix
-    /// outFeatures × paddedRank
-    public let b: WeightMatrix
+    /// outFeatures × paddedRank, laid out for the expand kernel
+    public let b: Kernels.LoRAExpandMatrix
     /// A and B as the kernel reads them (checked once, here).
     public let operands: Kernels.LoRAOperands
 
@@ -93,7 +93,7 @@ public struct LoRAModule: @unchecked Sendable {
             (bF.floats + o * paddedRank).update(from: b + o * rank, count: rank)
         }
         self.a = Self.store(aF, rows: paddedRank, cols: inFeatures, dtype: dtype)
-        self.b = Self.store(bF, rows: outFeatures, cols: paddedRank, dtype: dtype)
+        self.b = Kernels.LoRAExpandMatrix(Self.store(bF, rows: outFeatures, cols: paddedRank, dtype: dtype))
         operands = Kernels.LoRAOperands(a: self.a, b: self.b)
     }
 
@@ -117,7 +117,7 @@ public struct LoRAModule: @unchecked Sendable {
     public var unpaddedFactors: (a: [Float], b: [Float]) {
         let pa = Buffer(floats: paddedRank * inFeatures), pb = Buffer(floats: outFeatures * paddedRank)
         Kernels.dequantize(a, into: pa.floats)
-        Kernels.dequantize(b, into: pb.floats)
+        b.unpack(into: pb.floats)
         return (Array(UnsafeBufferPointer(start: pa.floats, count: rank * inFeatures)),
                 (0..<outFeatures).flatMap { o in UnsafeBufferPointer(start: pb.floats + o * paddedRank, count: rank) })
     }
@@ -128,7 +128,7 @@ public struct LoRAModule: @unchecked Sendable {
         let af = scratch.bytes((na + nb) * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
         let bf = af + na
         Kernels.dequantize(a.dtype, a.data, count: na, into: af)
-        Kernels.dequantize(b.dtype, b.data, count: nb, into: bf)
+        b.unpack(into: bf)
         Kernels.addLowRankProduct(w, rows: outFeatures, cols: inFeatures, b: bf, a: af, rank: paddedRank, scale: scale)
     }
 }

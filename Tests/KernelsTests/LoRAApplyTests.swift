@@ -224,6 +224,28 @@ import TestSupport
     }
 
     /// An empty batch is a no-op.
+    /// B's expand layout (dl_lora_b_pack) keeps every value where the kernels and `unpack` look for it: unpacking
+    /// gives the row-major B back exactly, for output counts off the 32-output groups and every dtype, and the
+    /// padding bytes are zero (dl_lora_b_bytes: groups of 32 outputs).
+    @Test(arguments: [DType.f32, .f16, .bf16]) func expandLayoutRoundTrips(dtype: DType) {
+        var rng = Rng(seed: 41)
+        for (out, rank) in [(1, 16), (7, 16), (32, 16), (33, 32), (200, 48), (576, 16)] {
+            let ad = Self.adapter(rank: rank, inFeatures: 16, outFeatures: out, dtype: dtype, rng: &rng)
+            let packed = Kernels.LoRAExpandMatrix(ad.bMatrix)
+            let element = dtype == .f32 ? 4 : 2
+            #expect(packed.byteCount == (out + 31) / 32 * 32 * ad.paddedRank * element && packed.rows == out && packed.cols == ad.paddedRank)
+            var back = [Float](repeating: .nan, count: out * ad.paddedRank)
+            back.withUnsafeMutableBufferPointer { packed.unpack(into: $0.baseAddress!) }
+            var expected = [Float](repeating: 0, count: out * ad.paddedRank)
+            for o in 0..<out { for j in 0..<rank { expected[o * ad.paddedRank + j] = ad.b[o * rank + j] } }
+            #expect(back.map(\.bitPattern) == expected.map(\.bitPattern), "\(dtype) \(out)×\(rank)")
+            // The packed bytes hold exactly B's values (a permutation of them) and zeros.
+            let bytes = UnsafeRawBufferPointer(start: packed.data, count: packed.byteCount)
+            let nonzero = stride(from: 0, to: bytes.count, by: element).filter { i in (0..<element).contains { bytes[i + $0] != 0 } }.count
+            #expect(nonzero == expected.filter { $0.bitPattern != 0 }.count, "\(dtype) \(out)×\(rank): padding")
+        }
+    }
+
     @Test func emptyBatchLeavesYUnchanged() {
         let batch = Kernels.LoRABatch()
         batch.reset(inFeatures: 16, outFeatures: 4)

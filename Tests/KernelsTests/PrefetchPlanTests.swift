@@ -65,7 +65,8 @@ import TestSupport
             (WeightMatrix(dtype: .bf16, rows: 16, cols: 1024, storage: Buffer(byteCount: 16 * 1024 * 2)),
              WeightMatrix(dtype: .bf16, rows: 1024, cols: 16, storage: Buffer(byteCount: 1024 * 16 * 2)))
         }
-        for (a, b) in modules { plan.append(Kernels.LoRAOperands(a: a, b: b)) }
+        let expands = modules.map { Kernels.LoRAExpandMatrix($0.1) }
+        for (m, b) in zip(modules, expands) { plan.append(Kernels.LoRAOperands(a: m.0, b: b)) }
         #expect(plan.count == 32 && plan.bytes == 16 * 2 * 16 * 1024 * 2)
         func run(_ plan: Kernels.PrefetchPlan?) -> [Float] {
             var y = [Float](repeating: .nan, count: m * n)

@@ -126,8 +126,9 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
                   float *out, int64_t ldo);
 
 // ---------------------------------------------------------------- LoRA over adapter segments (lora.c)
-// One segment: batch tokens [start, start + count) use A (prank x in, rank zero-padded to prank, a
-// multiple of 16) and B (out x prank), both of type `wtype` (F32, F16 or BF16), with scaling `scale`.
+// One segment: batch tokens [start, start + count) use A (prank x in, row-major, rank zero-padded to prank, a
+// multiple of 16) and B (out x prank, held as dl_lora_b_pack lays it out), both of type `wtype` (F32, F16 or
+// BF16), with scaling `scale`.
 // Gated (MoLE) segments also give per-token gates: column j of the rank belongs to expert gate_col[j]
 // (-1: padding), and token i of the segment (batch token start + i) weighs it by gates[i * ldg + gate_col[j]].
 typedef struct {
@@ -145,11 +146,19 @@ typedef struct {
 // y[t*ldy + o] += scale * sum_j B[o, j] * g(t, j) * sum_k A[j, k] * x[t*ldx + k] for every token t of every
 // segment, g = 1 for an ungated segment.
 // Segments must not overlap. Multithreaded (over segments when there are many, else inside the matmuls);
-// results are independent of that choice. Segments of 1-3 tokens (decode) take a grouped shrink/expand
-// kernel that converts the weights in registers; larger ones dl_matmul_dq. Both sum in dl_matmul_dq's lane
-// order, so the bits are the same either way (ReferenceOps.loraApplyLanes is the twin).
+// results are independent of that choice. Segments of up to 8 tokens (decode) take a grouped shrink kernel
+// that converts the weights in registers; longer ones dl_matmul_dq; every token's expand runs 32 outputs at a
+// time from B's packed layout. All sum in dl_matmul_dq's lane order, so the bits are the same either way
+// (ReferenceOps.loraApplyLanes is the twin).
 void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t out,
                    const float *x, int64_t ldx, float *y, int64_t ldy);
+// B (out x prank, row-major, type F32, F16 or BF16) in the expand's layout: groups of 32 outputs (the last
+// zero-padded), per rank index j the group's 32 values side by side (BF16 interleaving the group's two halves),
+// dl_lora_b_bytes(type, out, prank) bytes (-1: not a supported type or shape). dl_lora_b_unpack widens it back
+// to row-major f32 (merges, compositions).
+int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank);
+void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *dst);
+void dl_lora_b_unpack(int type, const void *packed, int64_t out, int64_t prank, float *dst);
 
 // ---------------------------------------------------------------- prefetch in a product's shadow (prefetch.h)
 // Byte spans a product pulls toward the cache (L2, whence L3) while it runs: the weights of the LoRA call that
