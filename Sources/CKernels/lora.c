@@ -229,6 +229,10 @@ __m512 tile_rt(const int type, const int R, const int T, const uint8_t *w, int64
 // indices of a group, as many as two 16-row tiles took.
 typedef struct { __m512 lo, hi; } v32;
 
+// The lane tree 16 → 8 → 4 → 2 → 1 over lane pairs Q(i) = P(i) + P(i + 8), in dl_lane_sum's association; both
+// ISA paths spell their sums through it.
+#define LANE_TREE(Q, ADD) ADD(ADD(ADD(Q(0), Q(4)), ADD(Q(2), Q(6))), ADD(ADD(Q(1), Q(5)), ADD(Q(3), Q(7))))
+
 DL_AVX512_F16 static inline __attribute__((always_inline)) v32 widen32(const int type, const uint8_t *p) {
     if (type == DL_BF16) {
         const __m512i v = _mm512_loadu_si512((const void *)p);
@@ -268,8 +272,7 @@ void expand512(const int type, const uint8_t *bp, int64_t out, int64_t prank, co
         const uint8_t *grp = bp + o / 32 * prank * row;
         if (f)
             for (int64_t i = 0; i < prank / 8; i++) prefetch_step(f);
-        const v32 t = v32_add(v32_add(v32_add(LANE_Q(0), LANE_Q(4)), v32_add(LANE_Q(2), LANE_Q(6))),
-                              v32_add(v32_add(LANE_Q(1), LANE_Q(5)), v32_add(LANE_Q(3), LANE_Q(7))));
+        const v32 t = LANE_TREE(LANE_Q, v32_add);
         const int64_t n = out - o;
         const __mmask16 k0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
         const __mmask16 k1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
@@ -414,8 +417,7 @@ void expand256(const int type, const uint8_t *bp, int64_t out, int64_t prank, co
             for (int64_t i = 0; i < prank / 8; i++) prefetch_step(f);
         for (int h = 0; h < 2; h++) {
             const uint8_t *half = grp + h * 16 * lb_elem(type);
-            const v16 t = v16_add(v16_add(v16_add(LANE_Q2(0), LANE_Q2(4)), v16_add(LANE_Q2(2), LANE_Q2(6))),
-                                  v16_add(v16_add(LANE_Q2(1), LANE_Q2(5)), v16_add(LANE_Q2(3), LANE_Q2(7))));
+            const v16 t = LANE_TREE(LANE_Q2, v16_add);
             const int64_t o0 = type == DL_BF16 ? o + 8 * h : o + 16 * h, o1 = type == DL_BF16 ? o + 16 + 8 * h : o + 16 * h + 8;
             add_scaled8(y, o0, out, vs, t.v0);
             add_scaled8(y, o1, out, vs, t.v1);
