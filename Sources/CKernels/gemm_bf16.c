@@ -206,15 +206,14 @@ typedef struct {
     const uint16_t *a;
     const uint16_t *Bp;
     float *C;
-    const dl_span *pf;   // the prefetch plan (NULL: none), npf spans, pf_lines in all
-    int64_t npf, pf_lines;
+    dl_pf_plan pf;       // the prefetch plan (no spans: none)
 } mm_ctx;
 
 DL_AVX512_BF16 static void panel_range(void *vctx, int64_t p0, int64_t p1) {
     const mm_ctx *c = (const mm_ctx *)vctx;
     const int64_t kp_count = (c->K + 1) / 2, ld = c->ld;
     // This task's share of the prefetch plan, a step per chunk of pairs.
-    dl_pf f = dl_pf_share(c->pf, c->npf, c->pf_lines, p0, p1, (c->N + PANEL - 1) / PANEL, (p1 - p0) * ((kp_count + KC - 1) / KC));
+    dl_pf f = dl_pf_share(&c->pf, p0, p1, (c->N + PANEL - 1) / PANEL, (p1 - p0) * ((kp_count + KC - 1) / KC));
     for (int64_t p = p0; p < p1; p++) {
         const int64_t n0 = p * PANEL, ncols = c->N - n0 < PANEL ? c->N - n0 : PANEL;
         float *cp = c->C + n0;
@@ -238,7 +237,7 @@ void dl_matmul_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda
     uint16_t *converted = (uint16_t *)dl_grow_buffer(&tl_converted, &tl_converted_bytes, M * ld * (int64_t)sizeof(uint16_t),
                                                      "the bf16 product's converted rows");
     convert_rows(A, lda, M, K, converted, ld);
-    mm_ctx c = { M, N, K, ld, ldc, converted, Bp, C, prefetch, nprefetch, dl_span_lines(prefetch, nprefetch) };
+    mm_ctx c = { M, N, K, ld, ldc, converted, Bp, C, dl_pf_plan_of(prefetch, nprefetch) };
     dl_parallel_for((N + PANEL - 1) / PANEL, 1, panel_range, &c);
 }
 #else

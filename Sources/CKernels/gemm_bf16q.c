@@ -215,8 +215,7 @@ DL_AVX512_BF16 static inline __attribute__((always_inline)) __m512bh pair_at(con
 typedef struct {
     qmm_ctx q;
     float *C;
-    const dl_span *pf;   // the prefetch plan (NULL: none), npf spans, pf_lines in all
-    int64_t npf, pf_lines;
+    dl_pf_plan pf;       // the prefetch plan (no spans: none)
 } qmm_call;
 
 // R rows from row0 x panel p over blocks [blk0, blk1): accumulators from C (zero at block 0), back to C; each
@@ -305,7 +304,7 @@ DL_AVX512_BF16 static void q_panels(void *vctx, int64_t p0, int64_t p1) {
     const qmm_ctx *c = &call->q;
     const int64_t nblocks = c->K / QB, tiles = (c->M + QMR - 1) / QMR;
     // This task's share of the prefetch plan, a step per block of every tile.
-    dl_pf f = dl_pf_share(call->pf, call->npf, call->pf_lines, p0, p1, (c->N + QP - 1) / QP, (p1 - p0) * nblocks * tiles);
+    dl_pf f = dl_pf_share(&call->pf, p0, p1, (c->N + QP - 1) / QP, (p1 - p0) * nblocks * tiles);
     for (int64_t p = p0; p < p1; p++)
         for (int64_t b = 0; b < nblocks; b += QCHUNK) {
             const int64_t be = nblocks - b < QCHUNK ? nblocks : b + QCHUNK;
@@ -330,7 +329,7 @@ void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A,
     float *sums = (float *)dl_grow_buffer(&tl_sums, &tl_sums_bytes, M * (K / QB) * (int64_t)sizeof(float),
                                           "the bf16 product's block sums");
     for (int64_t m = 0; m < M; m++) convert_row(A + m * lda, K, rows + m * K, sums + m * (K / QB));
-    qmm_call call = { { type, M, N, K, ldc, rows, sums, Wp }, C, prefetch, nprefetch, dl_span_lines(prefetch, nprefetch) };
+    qmm_call call = { { type, M, N, K, ldc, rows, sums, Wp }, C, dl_pf_plan_of(prefetch, nprefetch) };
     dl_parallel_for((N + QP - 1) / QP, 1, q_panels, &call);
 }
 #else

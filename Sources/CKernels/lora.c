@@ -73,11 +73,16 @@ static void gate_columns(const dl_lora_seg *s, float *u, const float *g) {
 // ------------------------------------------------------------------ B in the expand's layout
 // B (out x prank) is held in groups of 32 outputs (the last group zero-padded), and per rank index j a group's
 // 32 values side by side, so the expand of 32 outputs reads prank contiguous 32-value rows: element e of
-// row j of group g is B[32g + lb_output(type, e), j]. BF16 interleaves the group's halves (element 2i is output
-// i, 2i + 1 output 16 + i): one 64-byte load widens to outputs 0-15 by a shift and to 16-31 by a mask. F16 and
-// F32 keep output order (their conversions take contiguous values).
-static inline int64_t lb_output(int type, int64_t e) { return type == DL_BF16 ? (e % 2) * 16 + e / 2 : e; }
+// row j of group g holds output 32g + i at element lb_slot(type, i). BF16 interleaves the group's halves (element
+// 2i is output i, 2i + 1 output 16 + i): one 64-byte load widens to outputs 0-15 by a shift and to 16-31 by a
+// mask. F16 and F32 keep output order (their conversions take contiguous values).
+static inline int64_t lb_slot(int type, int64_t i) { return type == DL_BF16 ? (i < 16 ? 2 * i : 2 * (i - 16) + 1) : i; }
 static inline int64_t lb_elem(int type) { return type == DL_F32 ? 4 : 2; }
+
+// Where B[o, j] sits in the packed layout.
+static inline int64_t lb_offset(int type, int64_t prank, int64_t o, int64_t j) {
+    return ((o / 32 * prank + j) * 32 + lb_slot(type, o % 32)) * lb_elem(type);
+}
 
 int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank) {
     if ((type != DL_F32 && type != DL_F16 && type != DL_BF16) || out <= 0 || prank <= 0) return -1;
@@ -85,24 +90,17 @@ int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank) {
 }
 
 void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *dst) {
-    const int64_t es = lb_elem(type), groups = (out + 31) / 32;
+    const int64_t es = lb_elem(type);
     const uint8_t *src = (const uint8_t *)b;
     uint8_t *d = (uint8_t *)dst;
-    for (int64_t g = 0; g < groups; g++)
-        for (int64_t j = 0; j < prank; j++)
-            for (int64_t e = 0; e < 32; e++) {
-                const int64_t o = 32 * g + lb_output(type, e);
-                uint8_t *to = d + ((g * prank + j) * 32 + e) * es;
-                if (o < out) memcpy(to, src + (o * prank + j) * es, (size_t)es);
-                else memset(to, 0, (size_t)es);
-            }
+    memset(d, 0, (size_t)dl_lora_b_bytes(type, out, prank)); // the last group's padding
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t j = 0; j < prank; j++) memcpy(d + lb_offset(type, prank, o, j), src + (o * prank + j) * es, (size_t)es);
 }
 
 // The value of B[o, j] from the packed layout, widened exactly.
 static inline float lb_value(int type, const uint8_t *packed, int64_t prank, int64_t o, int64_t j) {
-    const int64_t g = o / 32, i = o % 32;
-    const int64_t e = type == DL_BF16 ? (i < 16 ? 2 * i : 2 * (i - 16) + 1) : i;
-    const uint8_t *p = packed + ((g * prank + j) * 32 + e) * lb_elem(type);
+    const uint8_t *p = packed + lb_offset(type, prank, o, j);
     if (type == DL_F32) { float f; memcpy(&f, p, 4); return f; }
     uint16_t h;
     memcpy(&h, p, 2);
@@ -118,18 +116,13 @@ void dl_lora_b_unpack(int type, const void *packed, int64_t out, int64_t prank, 
 }
 
 // y[o] += scale · lanes(B[o, :] · u) for o < out, the portable way: lane l = Σ over j ≡ l (mod 16) of B[o, j]·u[j]
-// by FMA in increasing j from +0, then the tree 16 → 8 → 4 → 2 → 1 (dot_lanes_scalar's order), then the
+// by FMA in increasing j from +0, then the tree 16 → 8 → 4 → 2 → 1 (dl_lane_tree16), then the
 // product and the sum rounded apart, as dl_add_scaled does.
 static void expand_scalar(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
     for (int64_t o = 0; o < out; o++) {
         float lanes[16] = { 0 };
         for (int64_t j = 0; j < prank; j++) lanes[j % 16] = fmaf(lb_value(type, bp, prank, o, j), u[j], lanes[j % 16]);
-        float a[8], b[4], c[2];
-        for (int j = 0; j < 8; j++) a[j] = lanes[j] + lanes[j + 8];
-        for (int j = 0; j < 4; j++) b[j] = a[j] + a[j + 4];
-        c[0] = b[0] + b[2];
-        c[1] = b[1] + b[3];
-        const float p = scale * (c[0] + c[1]);
+        const float p = scale * dl_lane_tree16(lanes);
         y[o] = y[o] + p;
     }
 }

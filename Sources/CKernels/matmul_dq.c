@@ -565,12 +565,7 @@ static float dot_lanes_scalar(const float *w, int64_t K, const float *x) {
     float lanes[16] = {0};
     for (int64_t k = 0; k < K; k += 16)
         for (int j = 0; j < 16; j++) lanes[j] = fmaf(w[k + j], x[k + j], lanes[j]);
-    float a[8], b[4], c[2];
-    for (int j = 0; j < 8; j++) a[j] = lanes[j] + lanes[j + 8];
-    for (int j = 0; j < 4; j++) b[j] = a[j] + a[j + 4];
-    c[0] = b[0] + b[2];
-    c[1] = b[1] + b[3];
-    return c[0] + c[1];
+    return dl_lane_tree16(lanes);
 }
 
 // ------------------------------------------------------------------ whole rows (merges, loads)

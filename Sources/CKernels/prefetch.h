@@ -2,7 +2,8 @@
 // A task that runs parts [k0, k1) of a product's `parts` takes lines [total·k0/parts, total·k1/parts) of the
 // spans' cache lines laid end to end (every line exactly once over the parts), and issues them as `units`
 // equal steps (dl_pf_step), one per unit of its arithmetic, so the loads are spread over the task's work
-// instead of arriving as one burst the core would stall on. Prefetches never fault, so a span may be anything the caller names.
+// instead of arriving as one burst the core would stall on. Prefetches never fault, so a span may be anything
+// the caller names.
 #ifndef DLORA_PREFETCH_H
 #define DLORA_PREFETCH_H
 #include "ckernels.h"
@@ -22,23 +23,29 @@ static inline uintptr_t dl_span_first(const dl_span *s) { return (uintptr_t)s->p
 static inline uintptr_t dl_span_end(const dl_span *s) {
     return s->bytes > 0 ? ((uintptr_t)s->p + (uintptr_t)s->bytes + 63) & ~(uintptr_t)63 : dl_span_first(s);
 }
-static inline int64_t dl_span_lines(const dl_span *s, int64_t n) {
-    int64_t t = 0;
-    for (int64_t i = 0; i < n; i++) t += (int64_t)((dl_span_end(&s[i]) - dl_span_first(&s[i])) / 64);
-    return t;
+static inline int64_t dl_span_count(const dl_span *s) { return (int64_t)((dl_span_end(s) - dl_span_first(s)) / 64); }
+
+// A product's plan: its spans and their lines in all (counted once per product, on the calling thread).
+typedef struct {
+    const dl_span *spans;
+    int64_t n, lines;
+} dl_pf_plan;
+
+static inline dl_pf_plan dl_pf_plan_of(const dl_span *spans, int64_t n) {
+    dl_pf_plan plan = { spans, spans ? n : 0, 0 };
+    for (int64_t i = 0; i < plan.n; i++) plan.lines += dl_span_count(&spans[i]);
+    return plan;
 }
 
-// Part k0..k1 of `parts` of the spans' `total` lines (dl_span_lines), in `units` steps.
-static inline dl_pf dl_pf_share(const dl_span *s, int64_t n, int64_t total, int64_t k0, int64_t k1, int64_t parts,
-                                int64_t units) {
+// Parts k0..k1 of `parts` of the plan's lines, in `units` steps.
+static inline dl_pf dl_pf_share(const dl_pf_plan *plan, int64_t k0, int64_t k1, int64_t parts, int64_t units) {
     dl_pf f = { 0 };
+    const dl_span *s = plan->spans;
+    const int64_t n = plan->n, total = plan->lines;
     if (!s || n <= 0 || total <= 0 || parts <= 0 || units <= 0 || k1 <= k0) return f;
     const int64_t lo = total * k0 / parts, hi = total * k1 / parts;
     int64_t i = 0, skip = lo;
-    while (i < n && skip >= (int64_t)((dl_span_end(&s[i]) - dl_span_first(&s[i])) / 64)) {
-        skip -= (int64_t)((dl_span_end(&s[i]) - dl_span_first(&s[i])) / 64);
-        i++;
-    }
+    while (i < n && skip >= dl_span_count(&s[i])) skip -= dl_span_count(&s[i++]);
     if (i >= n || hi <= lo) return f;
     f.s = s + i;
     f.send = s + n;

@@ -4,6 +4,17 @@
 #include <stdint.h>
 #include <string.h>
 
+// The lane tree 16 → 8 → 4 → 2 → 1 of 16 scalar lanes (lane i + lane i + 8, then i + 4, i + 2, i + 1): the portable
+// paths' form of the order every kernel's vector sums share (dl_lane_sum below).
+static inline float dl_lane_tree16(const float lanes[16]) {
+    float a[8], b[4], c[2];
+    for (int j = 0; j < 8; j++) a[j] = lanes[j] + lanes[j + 8];
+    for (int j = 0; j < 4; j++) b[j] = a[j] + a[j + 4];
+    c[0] = b[0] + b[2];
+    c[1] = b[1] + b[3];
+    return c[0] + c[1];
+}
+
 // bf16 by hand, for the portable paths and packing: f32 rounded to nearest even (a NaN stays a quiet NaN), and
 // bf16 widened back (exact).
 static inline uint16_t dl_bf16_round(float f) {

@@ -137,7 +137,8 @@ extension Kernels {
         let a: UnsafeRawPointer, b: UnsafeRawPointer
         let wtype: Int32
         let prank: Int64
-        let bBytes: Int64
+        /// A's and B's bytes (the spans a `PrefetchPlan` names).
+        let aBytes: Int64, bBytes: Int64
         public let inFeatures: Int, outFeatures: Int
 
         public init(a: WeightMatrix, b: LoRAExpandMatrix) {
@@ -149,6 +150,7 @@ extension Kernels {
             self.b = b.data
             wtype = Int32(a.dtype.rawValue)
             prank = Int64(a.rows)
+            aBytes = Int64(a.byteCount)
             bBytes = Int64(b.byteCount)
             inFeatures = a.cols
             outFeatures = b.rows
@@ -176,8 +178,7 @@ extension Kernels {
 
         /// A module's A, then its B.
         public func append(_ m: LoRAOperands) {
-            let element = m.wtype == Int32(DType.f32.rawValue) ? 4 : 2
-            spans.append(dl_span(p: m.a, bytes: m.prank * Int64(m.inFeatures * element)))
+            spans.append(dl_span(p: m.a, bytes: m.aBytes))
             spans.append(dl_span(p: m.b, bytes: m.bBytes))
         }
 
