@@ -15,11 +15,10 @@ public struct Scheduler: Sendable {
     public private(set) var hostSwapBytes = 0
     /// The adapter merged into the weights, if any.
     public private(set) var merged: Int?
-    /// Measured merge seconds per targeted base-matrix element (prior: SmolLM2 Q4_1, bench/results/lora.md:
-    /// ~11 ms for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M) and the last unmerge's seconds:
-    /// the policy's switch-cost estimates.
-    public private(set) var mergeSecondsPerElement = 0.7e-9
-    public private(set) var lastUnmergeSeconds = 0.0001
+    /// Measured merge seconds per targeted base-matrix element and the last unmerge's seconds (priors:
+    /// `SchedulerConfig`'s): the policy's switch-cost estimates.
+    public private(set) var mergeSecondsPerElement: Double
+    public private(set) var lastUnmergeSeconds: Double
 
     /// The request table in dense slots (a finished request's slot is reused): every per-iteration pass walks
     /// `order` and reads `table` by slot; only ids coming in from outside (the policy's runs, `finish`, `request`)
@@ -59,7 +58,11 @@ public struct Scheduler: Sendable {
 
     public init(config: SchedulerConfig) {
         precondition(config.numBlocks > 0 && config.blockSize > 0 && config.bytesPerBlock > 0 && config.contextLimit > 0)
+        precondition(config.mergeSecondsPerElementPrior >= 0 && config.mergeSecondsPerElementPrior.isFinite
+                     && config.unmergeSecondsPrior >= 0 && config.unmergeSecondsPrior.isFinite)
         self.config = config
+        mergeSecondsPerElement = config.mergeSecondsPerElementPrior
+        lastUnmergeSeconds = config.unmergeSecondsPrior
         pool = BlockPool(numBlocks: config.numBlocks, blockSize: config.blockSize)
         policy = makeBatchingPolicy(config.policy)
     }

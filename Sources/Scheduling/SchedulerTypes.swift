@@ -14,6 +14,13 @@ public struct SchedulerConfig: Equatable, Sendable {
     public var contextLimit: Int
     /// The batching policy and its budgets (tokens, sequences, LoRA slots per iteration).
     public var policy = BatchPolicyConfig()
+    /// The switch-cost prior, until the engine times a merge and an unmerge: merge seconds per targeted
+    /// base-matrix element and one unmerge's seconds. The defaults are this CPU's (SmolLM2 Q4_1,
+    /// bench/results/lora.md: ~11 ms for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M); a replica
+    /// on other hardware starts from its own (a GPU merges a 7B q/v adapter in ~10 ms, not 0.75 s), or a policy
+    /// that never merges never learns otherwise.
+    public var mergeSecondsPerElementPrior = 0.7e-9
+    public var unmergeSecondsPrior = 0.0001
 
     public init(numBlocks: Int, blockSize: Int = 16, bytesPerBlock: Int, contextLimit: Int, policy: BatchPolicyConfig = BatchPolicyConfig()) {
         self.numBlocks = numBlocks

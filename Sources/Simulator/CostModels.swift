@@ -15,6 +15,9 @@ public protocol ReplicaCostModel: Sendable {
     var schedulerPrior: StepCostModel { get }
     /// The scheduler's description of an adapter of `rank` (bytes, LoRA multiply-adds per token, merge size).
     func adapterProfile(key: Int, rank: Int) -> AdapterProfile
+    /// The scheduler's switch-cost prior on this hardware (merge seconds per targeted element, one unmerge's
+    /// seconds) until it has timed a merge; by default `SchedulerConfig`'s, this CPU's.
+    var switchPrior: (mergeSecondsPerElement: Double, unmergeSeconds: Double) { get }
     /// Seconds of one iteration's forward pass.
     func stepSeconds(_ step: StepShape) -> Double
     func mergeSeconds(_ adapter: AdapterProfile) -> Double
@@ -25,6 +28,13 @@ public protocol ReplicaCostModel: Sendable {
     func swapSeconds(bytes: Int) -> Double
     /// Copying `bytes` of K/V to another replica.
     func transferSeconds(bytes: Int) -> Double
+}
+
+extension ReplicaCostModel {
+    public var switchPrior: (mergeSecondsPerElement: Double, unmergeSeconds: Double) {
+        let c = SchedulerConfig(numBlocks: 1, bytesPerBlock: 1, contextLimit: 1)
+        return (c.mergeSecondsPerElementPrior, c.unmergeSecondsPrior)
+    }
 }
 
 /// A replica's memory and batch limits (what `SchedulerConfig` and the engine configuration hold).

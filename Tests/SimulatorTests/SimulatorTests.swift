@@ -138,6 +138,30 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(RooflineCostModel.names.count == 13)
     }
 
+    /// A GPU replica's scheduler starts from the GPU's merge cost, not the CPU's 0.7 ns per element (which
+    /// prices a 7B q/v merge at 0.75 s): with every request on one adapter and a full queue, dLoRA's switch
+    /// then amortizes and the replica runs merged, as on the real hardware the roofline models. With the CPU
+    /// prior it never merged, so it never timed a merge to correct the prior.
+    @Test func aGPUReplicaPricesMergesAtItsOwnCost() throws {
+        let m = try #require(RooflineCostModel.named("a800-7b") as? RooflineCostModel)
+        let reference = m.adapterProfile(key: 0, rank: 16)
+        let prior = m.switchPrior
+        #expect(abs(prior.mergeSecondsPerElement * Double(reference.mergeElements) + prior.unmergeSeconds - 0.020) < 1e-9)
+        #expect(CPUCostModel().switchPrior.mergeSecondsPerElement == SchedulerConfig(numBlocks: 1, bytesPerBlock: 1, contextLimit: 1).mergeSecondsPerElementPrior)
+        let spec = WorkloadSpec(requests: 300, rate: 40, adapters: 1, alpha: 1, lengths: .logNormal(promptMedian: 64, outputMedian: 64),
+                                maxPrompt: 256, maxOutput: 128, seed: 3)
+        var results: [String: SimulationResult] = [:]
+        for (name, policy) in [("dlora", BatchingPolicyKind.dlora), ("unmerged", .unmergedOnly)] {
+            let config = SimulationConfig(replicas: 1, cost: m, policy: policy, dispatch: .roundRobin, migration: .off)
+            results[name] = Simulation.run(config, workload: Workload.generate(spec))
+        }
+        let dlora = try #require(results["dlora"]), unmerged = try #require(results["unmerged"])
+        #expect(dlora.invariants.holds)
+        // Nearly every step merged (the first ones run before the queue fills).
+        #expect(dlora.replicaStats[0].mergedSteps > 9 * dlora.replicaStats[0].unmergedSteps)
+        #expect(dlora.summary.avgLatencyPerToken < 0.8 * unmerged.summary.avgLatencyPerToken)
+    }
+
     @Test func cpuModelReproducesTheBenchRows() {
         let m = CPUCostModel()
         func decode(_ b: Int) -> Double {
