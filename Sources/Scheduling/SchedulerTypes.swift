@@ -19,8 +19,9 @@ public struct SchedulerConfig: Equatable, Sendable {
     /// bench/results/lora.md: ~11 ms for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M); a replica
     /// on other hardware starts from its own (a GPU merges a 7B q/v adapter in ~10 ms, not 0.75 s), or a policy
     /// that never merges never learns otherwise.
-    public var mergeSecondsPerElementPrior = 0.7e-9
-    public var unmergeSecondsPrior = 0.0001
+    public var mergeSecondsPerElementPrior = SchedulerConfig.cpuSwitchPrior.mergeSecondsPerElement
+    public var unmergeSecondsPrior = SchedulerConfig.cpuSwitchPrior.unmergeSeconds
+    public static let cpuSwitchPrior = (mergeSecondsPerElement: 0.7e-9, unmergeSeconds: 0.0001)
 
     public init(numBlocks: Int, blockSize: Int = 16, bytesPerBlock: Int, contextLimit: Int, policy: BatchPolicyConfig = BatchPolicyConfig()) {
         self.numBlocks = numBlocks

@@ -31,10 +31,7 @@ public protocol ReplicaCostModel: Sendable {
 }
 
 extension ReplicaCostModel {
-    public var switchPrior: (mergeSecondsPerElement: Double, unmergeSeconds: Double) {
-        let c = SchedulerConfig(numBlocks: 1, bytesPerBlock: 1, contextLimit: 1)
-        return (c.mergeSecondsPerElementPrior, c.unmergeSecondsPrior)
-    }
+    public var switchPrior: (mergeSecondsPerElement: Double, unmergeSeconds: Double) { SchedulerConfig.cpuSwitchPrior }
 }
 
 /// A replica's memory and batch limits (what `SchedulerConfig` and the engine configuration hold).
