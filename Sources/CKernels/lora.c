@@ -93,7 +93,9 @@ void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *d
     const int64_t es = lb_elem(type);
     const uint8_t *src = (const uint8_t *)b;
     uint8_t *d = (uint8_t *)dst;
-    memset(d, 0, (size_t)dl_lora_b_bytes(type, out, prank)); // the last group's padding
+    const int64_t bytes = dl_lora_b_bytes(type, out, prank);
+    if (bytes < 0) return; // not a type or shape the layout holds (the callers check first)
+    memset(d, 0, (size_t)bytes); // the last group's padding
     for (int64_t o = 0; o < out; o++)
         for (int64_t j = 0; j < prank; j++) memcpy(d + lb_offset(type, prank, o, j), src + (o * prank + j) * es, (size_t)es);
 }

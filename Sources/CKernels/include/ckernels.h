@@ -154,7 +154,8 @@ void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t ou
                    const float *x, int64_t ldx, float *y, int64_t ldy);
 // B (out x prank, row-major, type F32, F16 or BF16) in the expand's layout: groups of 32 outputs (the last
 // zero-padded), per rank index j the group's 32 values side by side (BF16 interleaving the group's two halves),
-// dl_lora_b_bytes(type, out, prank) bytes (-1: not a supported type or shape). dl_lora_b_unpack widens it back
+// dl_lora_b_bytes(type, out, prank) bytes (-1: not a supported type or shape, which dl_lora_b_pack leaves
+// untouched). dl_lora_b_unpack widens it back
 // to row-major f32 (merges, compositions).
 int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank);
 void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *dst);
