@@ -232,7 +232,8 @@ public final class EngineCore {
         keyOf[k] = key
         adapterWeights[key] = (w, scale, k)
         scheduler.addAdapter(AdapterProfile(key: key, bytes: w.byteCount, loraParameters: Self.loraParameters(w),
-                                            mergeElements: Self.mergeElements(w), mergeable: w.mergeable))
+                                            mergeElements: Self.mergeElements(w), mergeMultiplyAdds: Self.mergeMultiplyAdds(w),
+                                            mergeable: w.mergeable))
         return key
     }
 
@@ -419,6 +420,11 @@ public final class EngineCore {
     /// Elements of the base matrices an adapter targets: what a merge rewrites.
     static func mergeElements(_ w: LoRAWeights) -> Int {
         w.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures } ?? 0) }
+    }
+
+    /// Multiply-adds of a merge's update (elements × padded rank per module).
+    static func mergeMultiplyAdds(_ w: LoRAWeights) -> Int {
+        w.modules.joined().reduce(0) { $0 + ($1.map { $0.outFeatures * $0.inFeatures * $0.paddedRank } ?? 0) }
     }
 
     func sequence(_ id: RequestID) -> Sequence? { sequences[id] }

@@ -1,3 +1,4 @@
+import Dispatch
 import Kernels
 
 // The merged path (dLoRA's merged mode): one adapter folded into the base weights, so its requests run with
@@ -112,5 +113,81 @@ extension LlamaModel {
     public func unmerge() {
         layers = pristineLayers
         merged = nil
+    }
+}
+
+/// What switching to merged mode and back costs on one model (`LlamaModel.measureSwitchCost`): a merge takes
+/// `secondsPerElement` per base element it rewrites (dequantizing, storing, packing: the same for any adapter)
+/// plus `secondsPerMultiplyAdd` per multiply-add of its update (elements × padded rank), and an unmerge
+/// `unmergeSeconds`.
+public struct SwitchCost: Sendable, Equatable {
+    public var secondsPerElement: Double
+    public var secondsPerMultiplyAdd: Double
+    public var unmergeSeconds: Double
+}
+
+extension LlamaModel {
+    /// What a switch costs on this model as loaded (its matrices' formats, `mergePrecision`, the products'
+    /// precision, this machine's memory). Synthetic adapters of ranks 16 and 64 on every target of the first
+    /// layers (at least `sampleElements` base elements, so a merge streams from memory as a whole-model merge
+    /// does, or every layer) are merged and unmerged `rounds` times each, alternating, after one untimed merge that faults the
+    /// workspace in; the two ranks' median merges separate the per-element cost from the per-multiply-add one.
+    /// The workspace is released again unless an earlier merge had allocated it. Nil when no matrix takes an
+    /// adapter, `rounds` < 1, or an adapter is merged. The engine's scheduler starts its switch-cost estimate
+    /// from this instead of one CPU's figure for a Q4_1 base (docs/design/scheduler.md).
+    public func measureSwitchCost(sampleElements: Int = 16 << 20, rounds: Int = 3) -> SwitchCost? {
+        guard merged == nil, rounds >= 1 else { return nil }
+        guard let low = switchProbe(rank: 16, sampleElements: sampleElements),
+              let high = switchProbe(rank: 64, sampleElements: sampleElements) else { return nil }
+        let hadWorkspace = mergeWorkspaceBytes > 0 || !mergePacks.isEmpty
+        defer { if !hadWorkspace { releaseMergeWorkspace() } }
+        func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
+        merge(high.weights)  // faults the workspace in (the larger probe's packs cover the smaller's)
+        unmerge()
+        // The two ranks alternate, so a drift of the machine's speed meets both alike.
+        var merges: [[Double]] = [[], []], unmerges: [Double] = []
+        for _ in 0..<rounds {
+            for (k, probe) in [low.weights, high.weights].enumerated() {
+                let t0 = now()
+                merge(probe)
+                let t1 = now()
+                unmerge()
+                let t2 = now()
+                merges[k].append(Double(t1 &- t0) / 1e9)
+                unmerges.append(Double(t2 &- t1) / 1e9)
+            }
+        }
+        let median = { (v: [Double]) in v.sorted()[v.count / 2] }
+        let elements = Double(low.elements)
+        // t(r) = elements · (perElement + r · perMultiplyAdd), fitted through the two ranks (neither below 0).
+        let perMultiplyAdd = max(0, (median(merges[1]) - median(merges[0])) / (elements * 48))
+        let perElement = max(0, median(merges[0]) / elements - 16 * perMultiplyAdd)
+        return SwitchCost(secondsPerElement: perElement, secondsPerMultiplyAdd: perMultiplyAdd, unmergeSeconds: median(unmerges))
+    }
+
+    /// A synthetic adapter of `rank` (a multiple of 16) on every target of the first layers holding at least
+    /// `sampleElements` base elements, and the elements it targets.
+    private func switchProbe(rank: Int, sampleElements: Int) -> (weights: LoRAWeights, elements: Int)? {
+        var modules: [[LoRAModule?]] = []
+        var elements = 0
+        var values: [Float] = []
+        for layer in pristineLayers where elements < sampleElements {
+            var row = [LoRAModule?](repeating: nil, count: LoRATarget.allCases.count)
+            for t in LoRATarget.allCases {
+                let w = layer.matrix(t)
+                guard w.cols % 16 == 0 else { continue }
+                // Small non-zero factors, held in bf16 as adapters are (their values do not change the work).
+                let n = rank * (w.cols + w.rows)
+                if values.count < n { values = (0..<n).map { Float(($0 % 7) - 3) / 1024 } }
+                row[t.rawValue] = values.withUnsafeBufferPointer { f in
+                    LoRAModule(rank: rank, inFeatures: w.cols, outFeatures: w.rows, a: f.baseAddress!,
+                               b: f.baseAddress! + rank * w.cols, dtype: .bf16)
+                }
+                elements += w.rows * w.cols
+            }
+            modules.append(row)
+        }
+        guard elements > 0 else { return nil }
+        return (LoRAWeights(name: "switch-cost probe", scale: 1, modules: modules), elements)
     }
 }

@@ -15,9 +15,10 @@ public struct Scheduler: Sendable {
     public private(set) var hostSwapBytes = 0
     /// The adapter merged into the weights, if any.
     public private(set) var merged: Int?
-    /// Measured merge seconds per targeted base-matrix element and the last unmerge's seconds (priors:
-    /// `SchedulerConfig`'s): the policy's switch-cost estimates.
+    /// Measured merge seconds per targeted base-matrix element and per multiply-add of the update, and the last
+    /// unmerge's seconds (priors: `SchedulerConfig`'s): the policy's switch-cost estimates.
     public private(set) var mergeSecondsPerElement: Double
+    public private(set) var mergeSecondsPerMultiplyAdd: Double
     public private(set) var lastUnmergeSeconds: Double
 
     /// The request table in dense slots (a finished request's slot is reused): every per-iteration pass walks
@@ -59,9 +60,11 @@ public struct Scheduler: Sendable {
     public init(config: SchedulerConfig) {
         precondition(config.numBlocks > 0 && config.blockSize > 0 && config.bytesPerBlock > 0 && config.contextLimit > 0)
         precondition(config.mergeSecondsPerElementPrior >= 0 && config.mergeSecondsPerElementPrior.isFinite
+                     && config.mergeSecondsPerMultiplyAddPrior >= 0 && config.mergeSecondsPerMultiplyAddPrior.isFinite
                      && config.unmergeSecondsPrior >= 0 && config.unmergeSecondsPrior.isFinite)
         self.config = config
         mergeSecondsPerElement = config.mergeSecondsPerElementPrior
+        mergeSecondsPerMultiplyAdd = config.mergeSecondsPerMultiplyAddPrior
         lastUnmergeSeconds = config.unmergeSecondsPrior
         pool = BlockPool(numBlocks: config.numBlocks, blockSize: config.blockSize)
         policy = makeBatchingPolicy(config.policy)
@@ -112,9 +115,13 @@ public struct Scheduler: Sendable {
         // Merging costs in proportion to the base matrices the adapter targets; its LoRA path in proportion
         // to its multiply-adds per token.
         // (An adapter that cannot merge costs the policy an infinite switch, so dLoRA's never proposes it.)
-        policy.estimateSwitch(adapter: profile.key, seconds: profile.mergeable
-                              ? Double(profile.mergeElements) * mergeSecondsPerElement + lastUnmergeSeconds : .infinity)
+        policy.estimateSwitch(adapter: profile.key, seconds: profile.mergeable ? predictedMergeSeconds(profile) + lastUnmergeSeconds : .infinity)
         policy.estimateLoRACost(adapter: profile.key, relative: Double(profile.loraParameters) / config.policy.costs.referenceLoRAParameters)
+    }
+
+    /// What merging an adapter should take, by the current estimates.
+    public func predictedMergeSeconds(_ profile: AdapterProfile) -> Double {
+        Double(profile.mergeElements) * mergeSecondsPerElement + Double(profile.mergeMultiplyAdds) * mergeSecondsPerMultiplyAdd
     }
 
     public func admissionProblem(promptTokens: Int, adapterBytes: Int) -> String? {
@@ -349,8 +356,16 @@ public struct Scheduler: Sendable {
         if output.mode == .unmerged { stats.unmergedSteps += 1 } else { stats.mergedSteps += 1 }
         if let u = report.unmergeSeconds, u.isFinite, u >= 0 { lastUnmergeSeconds = u }
         for case .merge(let a) in output.actions {
-            if let s = report.mergeSeconds, s.isFinite, s >= 0, let elements = adapters[a]?.profile.mergeElements, elements > 0 {
-                mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * s / Double(elements)
+            if let s = report.mergeSeconds, s.isFinite, s >= 0, let profile = adapters[a]?.profile, profile.mergeElements > 0 {
+                // Halfway to what this merge says; with a rank term, both terms scale by the same factor.
+                let predicted = predictedMergeSeconds(profile)
+                if mergeSecondsPerMultiplyAdd > 0, profile.mergeMultiplyAdds > 0, predicted > 0 {
+                    let factor = 0.5 + 0.5 * s / predicted
+                    mergeSecondsPerElement *= factor
+                    mergeSecondsPerMultiplyAdd *= factor
+                } else {
+                    mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * s / Double(profile.mergeElements)
+                }
                 policy.observeSwitch(adapter: a, seconds: s + lastUnmergeSeconds)
             }
         }

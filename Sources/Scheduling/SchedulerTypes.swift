@@ -15,11 +15,14 @@ public struct SchedulerConfig: Equatable, Sendable {
     /// The batching policy and its budgets (tokens, sequences, LoRA slots per iteration).
     public var policy = BatchPolicyConfig()
     /// The switch-cost prior, until the engine times a merge and an unmerge: merge seconds per targeted
-    /// base-matrix element and one unmerge's seconds. The defaults are this CPU's (SmolLM2 Q4_1,
-    /// bench/results/lora.md: ~11 ms for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M); a replica
-    /// on other hardware starts from its own (a GPU merges a 7B q/v adapter in ~10 ms, not 0.75 s), or a policy
-    /// that never merges never learns otherwise.
+    /// base-matrix element, plus seconds per multiply-add of the update (`AdapterProfile.mergeMultiplyAdds`:
+    /// elements × padded rank), and one unmerge's seconds. The defaults are this CPU's (SmolLM2 Q4_1,
+    /// bench/results/lora.md: ~11 ms for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M; no rank
+    /// term); a replica on other hardware starts from its own (a GPU merges a 7B q/v adapter in ~10 ms, not
+    /// 0.75 s; `dlora serve` times merges on its model at start), or a policy that never merges never learns
+    /// otherwise.
     public var mergeSecondsPerElementPrior = SchedulerConfig.cpuSwitchPrior.mergeSecondsPerElement
+    public var mergeSecondsPerMultiplyAddPrior = 0.0
     public var unmergeSecondsPrior = SchedulerConfig.cpuSwitchPrior.unmergeSeconds
     public static let cpuSwitchPrior = (mergeSecondsPerElement: 0.7e-9, unmergeSeconds: 0.0001)
 
@@ -172,16 +175,20 @@ public struct AdapterProfile: Equatable, Sendable {
     public let loraParameters: Int
     /// Elements of the base matrices it targets: what a merge rewrites.
     public let mergeElements: Int
+    /// Multiply-adds of a merge's update (Σ over its modules of out × in × padded rank; 0 where the cost model
+    /// prices merges by elements alone).
+    public let mergeMultiplyAdds: Int
     /// False for an adapter that cannot be folded into the base weights (a MoLE composition, whose mix of
     /// experts changes per token): its requests always run unmerged.
     public let mergeable: Bool
 
-    public init(key: Int, bytes: Int, loraParameters: Int, mergeElements: Int, mergeable: Bool = true) {
+    public init(key: Int, bytes: Int, loraParameters: Int, mergeElements: Int, mergeMultiplyAdds: Int = 0, mergeable: Bool = true) {
         precondition(key != Request.base)
         self.key = key
         self.bytes = bytes
         self.loraParameters = loraParameters
         self.mergeElements = mergeElements
+        self.mergeMultiplyAdds = mergeMultiplyAdds
         self.mergeable = mergeable
     }
 }

@@ -65,6 +65,9 @@ struct EngineOptions: ParsableArguments {
     @Option(name: .customLong("merge-precision"),
             help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base) or q8_0 (re-quantized, 1.7×; unmerge stays exact).")
     var mergePrecision: MergePrecision = .f32
+    @Flag(name: .customLong("measure-switch-cost"), inversion: .prefixedNo,
+          help: "Time a few merges of a synthetic adapter on the loaded model at start (dLoRA only; tens of ms on SmolLM2), so the scheduler prices its first switch at this model's cost rather than one CPU's figure for a Q4_1 base.")
+    var measureSwitchCost = true
 
     @OptionGroup var kvCache: KVCacheOption
     @OptionGroup var products: MatmulPrecisionOption
@@ -101,6 +104,12 @@ struct EngineOptions: ParsableArguments {
         c.policy.kind = policy
         c.policy.creditBound = creditBound
         c.policy.amortizationHorizon = horizon
+        // Only dLoRA weighs a switch's cost; the others merge (or not) regardless.
+        if policy == .dlora, measureSwitchCost, let prior = model.measureSwitchCost() {
+            c.mergeSecondsPerElementPrior = prior.secondsPerElement
+            c.mergeSecondsPerMultiplyAddPrior = prior.secondsPerMultiplyAdd
+            c.unmergeSecondsPrior = prior.unmergeSeconds
+        }
         return c
     }
 }

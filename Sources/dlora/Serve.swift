@@ -83,8 +83,9 @@ struct Serve: AsyncParsableCommand {
         let config = loaded.model.config
         let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
 
-        let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind)
+        // The model as it will serve (merge precision, products) before the configuration, which may time merges on it.
         try engineOptions.prepare(loaded.model)
+        let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind)
         let blocks = engineConfig.kvBlocks
         let core = EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig)
         if let stepLog { core.stepObserver = try Self.stepWriter(path: stepLog) }
@@ -107,6 +108,10 @@ struct Serve: AsyncParsableCommand {
 
         var logger = Logger(label: "dlora")
         logger.logLevel = .info
+        let switchNote = engineConfig.mergeSecondsPerElementPrior.map {
+            String(format: ", merges measured at %.2f ns per base element + %.3f ns per multiply-add", $0 * 1e9,
+                   (engineConfig.mergeSecondsPerMultiplyAddPrior ?? 0) * 1e9)
+        } ?? ""
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
         let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),
@@ -114,7 +119,7 @@ struct Serve: AsyncParsableCommand {
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? 0
                 FileHandle.standardError.write(Data(
-                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\(loaded.model.bf16Products ? ", bf16 products" : "")\n".utf8))
+                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\(loaded.model.bf16Products ? ", bf16 products" : "")\(switchNote)\n".utf8))
             }
         )
         // A replica started by `dlora cluster` drains and stops when its supervisor is gone (even one killed with

@@ -107,6 +107,32 @@ import TestSupport
         #expect(model.mergeWorkspaceBytes == 0)
     }
 
+    /// Timing a switch on the model (the scheduler's prior, `measureSwitchCost`) leaves it as loaded: nothing
+    /// merged, the same logits, no workspace kept that it did not find (and the one it found kept); it declines
+    /// while an adapter is merged.
+    @Test func switchCostProbeLeavesTheModelAsLoaded() throws {
+        let dir = try TempDir()
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1")))
+        let base = promptLogits(model, Self.prompt)
+        let cost = try #require(model.measureSwitchCost(sampleElements: 1, rounds: 2))
+        for v in [cost.secondsPerElement, cost.secondsPerMultiplyAdd, cost.unmergeSeconds] { #expect(v.isFinite && v >= 0) }
+        #expect(cost.secondsPerElement + 16 * cost.secondsPerMultiplyAdd > 0)
+        #expect(model.merged == nil && model.mergeWorkspaceBytes == 0)
+        #expect(promptLogits(model, Self.prompt) == base)
+        try TestAdapter(config: model.config, rank: 8, alpha: 16, targets: LoRATarget.allCases, seed: 5)
+            .writePEFT(to: dir.path("all"), config: model.config)
+        let all = try AdapterLoader.load(path: dir.path("all"), base: model.config)
+        model.merge(all)
+        let merged = promptLogits(model, Self.prompt)
+        #expect(model.measureSwitchCost(sampleElements: 1, rounds: 1) == nil)
+        #expect(promptLogits(model, Self.prompt) == merged)
+        model.unmerge()
+        let bytes = model.mergeWorkspaceBytes
+        #expect(model.measureSwitchCost(sampleElements: 1, rounds: 1) != nil)
+        #expect(model.mergeWorkspaceBytes == bytes && model.merged == nil)
+        #expect(promptLogits(model, Self.prompt) == base)
+    }
+
     /// The per-request scale multiplies the adapter's scaling: scale 0 is the base model, 2 equals an
     /// adapter with twice the alpha.
     @Test func perRequestScale() throws {

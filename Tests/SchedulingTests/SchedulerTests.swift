@@ -278,4 +278,34 @@ import Testing
         #expect(s.takeActions() == [.free(3, .length)])
         #expect(s.residentAdapters == [8])
     }
+
+    /// A merge is priced by the base elements it rewrites plus its update's multiply-adds (rank-dependent), and a
+    /// timed merge moves both terms halfway to what it measured; without a rank term the update is per element,
+    /// as before.
+    @Test func mergesArePricedByElementsAndRank() throws {
+        func mergeOnce(perElement: Double, perMultiplyAdd: Double, measured: Double) throws -> Scheduler {
+            var c = Self.config(.mergedOnly, hostSwapBlocks: 0)
+            c.mergeSecondsPerElementPrior = perElement
+            c.mergeSecondsPerMultiplyAddPrior = perMultiplyAdd
+            var s = Scheduler(config: c)
+            let profile = AdapterProfile(key: 5, bytes: 5_000, loraParameters: 1, mergeElements: 1_000_000,
+                                         mergeMultiplyAdds: 64_000_000)
+            s.addAdapter(profile)
+            try s.add(1, adapter: 5, promptCount: 3, maxNewTokens: 2)
+            let out = s.schedule()
+            #expect(out.actions.contains(.merge(5)))
+            _ = s.update(out, sampled: [SampledToken(request: 1)], report: ExecutionReport(forwardSeconds: 0.01, mergeSeconds: measured))
+            return s
+        }
+        let profile = AdapterProfile(key: 5, bytes: 5_000, loraParameters: 1, mergeElements: 1_000_000, mergeMultiplyAdds: 64_000_000)
+        // 1 ms for the elements, 0.64 ms for the rank-64 update; measured at twice that: both terms × 1.5.
+        let ranked = try mergeOnce(perElement: 1e-9, perMultiplyAdd: 1e-11, measured: 3.28e-3)
+        #expect(abs(ranked.mergeSecondsPerElement - 1.5e-9) < 1e-15)
+        #expect(abs(ranked.mergeSecondsPerMultiplyAdd - 1.5e-11) < 1e-17)
+        #expect(abs(ranked.predictedMergeSeconds(profile) - 2.46e-3) < 1e-9)
+        // No rank term: halfway to the measured seconds per element.
+        let flat = try mergeOnce(perElement: 1e-9, perMultiplyAdd: 0, measured: 3e-3)
+        #expect(flat.mergeSecondsPerElement == 0.5 * 1e-9 + 0.5 * 3e-3 / 1e6)
+        #expect(flat.mergeSecondsPerMultiplyAdd == 0)
+    }
 }
