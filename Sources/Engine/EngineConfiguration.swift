@@ -24,11 +24,12 @@ public struct EngineConfiguration: Sendable, Equatable {
     /// The batching policy and its tuning (credits, amortization horizon, cost profile).
     public var policy = BatchPolicyConfig(kind: .dlora)
     /// Where the scheduler's switch-cost estimate starts (seconds per targeted base element of a merge, seconds of
-    /// an unmerge; a merge's per multiply-add term) until it times the replica's own merges: nil keeps `SchedulerConfig.cpuSwitchPrior`, one CPU's
+    /// an unmerge; a merge's per multiply-add term; the first merge's allocation) until it times the replica's own merges: nil keeps `SchedulerConfig.cpuSwitchPrior`, one CPU's
     /// figure for a Q4_1 base. `serve` and `bench replica` measure it on the loaded model
     /// (`LlamaModel.measureSwitchCost`) for the dLoRA policy.
     public var mergeSecondsPerElementPrior: Double?
     public var mergeSecondsPerMultiplyAddPrior: Double?
+    public var mergeAllocationSecondsPerElementPrior: Double?
     public var unmergeSecondsPrior: Double?
 
     public init(kvBlocks: Int) { self.kvBlocks = kvBlocks }
@@ -60,6 +61,7 @@ public struct EngineConfiguration: Sendable, Equatable {
         c.hostSwapLimitBytes = hostSwapBytes
         if let m = mergeSecondsPerElementPrior, m.isFinite, m >= 0 { c.mergeSecondsPerElementPrior = m }
         if let m = mergeSecondsPerMultiplyAddPrior, m.isFinite, m >= 0 { c.mergeSecondsPerMultiplyAddPrior = m }
+        if let a = mergeAllocationSecondsPerElementPrior, a.isFinite, a >= 0 { c.mergeAllocationSecondsPerElementPrior = a }
         if let u = unmergeSecondsPrior, u.isFinite, u >= 0 { c.unmergeSecondsPrior = u }
         return c
     }

@@ -119,11 +119,13 @@ extension LlamaModel {
 /// What switching to merged mode and back costs on one model (`LlamaModel.measureSwitchCost`): a merge takes
 /// `secondsPerElement` per base element it rewrites (dequantizing, storing, packing: the same for any adapter)
 /// plus `secondsPerMultiplyAdd` per multiply-add of its update (elements × padded rank), and an unmerge
-/// `unmergeSeconds`.
+/// `unmergeSeconds`. The first merge of a matrix also allocates and faults in its part of the merge workspace:
+/// `allocationSecondsPerElement` more per element, once.
 public struct SwitchCost: Sendable, Equatable {
     public var secondsPerElement: Double
     public var secondsPerMultiplyAdd: Double
     public var unmergeSeconds: Double
+    public var allocationSecondsPerElement: Double
 }
 
 extension LlamaModel {
@@ -131,8 +133,9 @@ extension LlamaModel {
     /// precision, this machine's memory). Synthetic adapters of ranks 16 and 64 on every target of the first
     /// layers (at least `sampleElements` base elements, so a merge streams from memory as a whole-model merge
     /// does, or every layer) are merged and unmerged `rounds` times each, alternating, after one untimed merge that faults the
-    /// workspace in; the two ranks' median merges separate the per-element cost from the per-multiply-add one.
-    /// The workspace is released again unless an earlier merge had allocated it. Nil when no matrix takes an
+    /// workspace in; the two ranks' median merges separate the per-element cost from the per-multiply-add one,
+    /// and the first merge's excess over the median of its rank gives the allocation's cost. The workspace is
+    /// released again unless an earlier merge had allocated it. Nil when no matrix takes an
     /// adapter, `rounds` < 1, or an adapter is merged. The engine's scheduler starts its switch-cost estimate
     /// from this instead of one CPU's figure for a Q4_1 base (docs/design/scheduler.md).
     public func measureSwitchCost(sampleElements: Int = 16 << 20, rounds: Int = 3) -> SwitchCost? {
@@ -142,7 +145,9 @@ extension LlamaModel {
         let hadWorkspace = mergeWorkspaceBytes > 0 || !mergePacks.isEmpty
         defer { if !hadWorkspace { releaseMergeWorkspace() } }
         func now() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
-        merge(high.weights)  // faults the workspace in (the larger probe's packs cover the smaller's)
+        let first = now()
+        merge(high.weights)  // allocates and faults the workspace in (the larger probe's covers the smaller's)
+        let firstSeconds = Double(now() &- first) / 1e9
         unmerge()
         // The two ranks alternate, so a drift of the machine's speed meets both alike.
         var merges: [[Double]] = [[], []], unmerges: [Double] = []
@@ -162,7 +167,10 @@ extension LlamaModel {
         // t(r) = elements · (perElement + r · perMultiplyAdd), fitted through the two ranks (neither below 0).
         let perMultiplyAdd = max(0, (median(merges[1]) - median(merges[0])) / (elements * 48))
         let perElement = max(0, median(merges[0]) / elements - 16 * perMultiplyAdd)
-        return SwitchCost(secondsPerElement: perElement, secondsPerMultiplyAdd: perMultiplyAdd, unmergeSeconds: median(unmerges))
+        // What the first merge took beyond a merge into the workspace it left (nothing when it was there already).
+        let allocation = hadWorkspace ? 0 : max(0, firstSeconds - median(merges[1])) / elements
+        return SwitchCost(secondsPerElement: perElement, secondsPerMultiplyAdd: perMultiplyAdd, unmergeSeconds: median(unmerges),
+                          allocationSecondsPerElement: allocation)
     }
 
     /// A synthetic adapter of `rank` (a multiple of 16) on every target of the first layers holding at least

@@ -19,6 +19,9 @@ public struct Scheduler: Sendable {
     /// unmerge's seconds (priors: `SchedulerConfig`'s): the policy's switch-cost estimates.
     public private(set) var mergeSecondsPerElement: Double
     public private(set) var mergeSecondsPerMultiplyAdd: Double
+    /// The most base elements one merge has covered so far: the merge workspace already there (an adapter that
+    /// targets no more elements than this merges into it without allocating).
+    public private(set) var mergedElementsHigh = 0
     public private(set) var lastUnmergeSeconds: Double
 
     /// The request table in dense slots (a finished request's slot is reused): every per-iteration pass walks
@@ -47,6 +50,8 @@ public struct Scheduler: Sendable {
         var refs = 0
         /// Unregistered: forget it as soon as no request needs it.
         var retired = false
+        /// The policy holds a measured switch for it (not an estimate).
+        var switchTimed = false
     }
     private var adapters = IntMap<AdapterState>()
     /// The blocks of each resident adapter.
@@ -61,6 +66,7 @@ public struct Scheduler: Sendable {
         precondition(config.numBlocks > 0 && config.blockSize > 0 && config.bytesPerBlock > 0 && config.contextLimit > 0)
         precondition(config.mergeSecondsPerElementPrior >= 0 && config.mergeSecondsPerElementPrior.isFinite
                      && config.mergeSecondsPerMultiplyAddPrior >= 0 && config.mergeSecondsPerMultiplyAddPrior.isFinite
+                     && config.mergeAllocationSecondsPerElementPrior >= 0 && config.mergeAllocationSecondsPerElementPrior.isFinite
                      && config.unmergeSecondsPrior >= 0 && config.unmergeSecondsPrior.isFinite)
         self.config = config
         mergeSecondsPerElement = config.mergeSecondsPerElementPrior
@@ -115,13 +121,20 @@ public struct Scheduler: Sendable {
         // Merging costs in proportion to the base matrices the adapter targets; its LoRA path in proportion
         // to its multiply-adds per token.
         // (An adapter that cannot merge costs the policy an infinite switch, so dLoRA's never proposes it.)
-        policy.estimateSwitch(adapter: profile.key, seconds: profile.mergeable ? predictedMergeSeconds(profile) + lastUnmergeSeconds : .infinity)
+        policy.estimateSwitch(adapter: profile.key, seconds: profile.mergeable ? predictedSwitchSeconds(profile) : .infinity)
         policy.estimateLoRACost(adapter: profile.key, relative: Double(profile.loraParameters) / config.policy.costs.referenceLoRAParameters)
     }
 
-    /// What merging an adapter should take, by the current estimates.
+    /// What merging an adapter should take into an allocated workspace, by the current estimates.
     public func predictedMergeSeconds(_ profile: AdapterProfile) -> Double {
         Double(profile.mergeElements) * mergeSecondsPerElement + Double(profile.mergeMultiplyAdds) * mergeSecondsPerMultiplyAdd
+    }
+
+    /// What switching to an adapter and back should take now: its merge, the workspace its merge would still
+    /// have to allocate, and an unmerge.
+    public func predictedSwitchSeconds(_ profile: AdapterProfile) -> Double {
+        predictedMergeSeconds(profile) + lastUnmergeSeconds
+            + Double(max(0, profile.mergeElements - mergedElementsHigh)) * config.mergeAllocationSecondsPerElementPrior
     }
 
     public func admissionProblem(promptTokens: Int, adapterBytes: Int) -> String? {
@@ -356,7 +369,17 @@ public struct Scheduler: Sendable {
         if output.mode == .unmerged { stats.unmergedSteps += 1 } else { stats.mergedSteps += 1 }
         if let u = report.unmergeSeconds, u.isFinite, u >= 0 { lastUnmergeSeconds = u }
         for case .merge(let a) in output.actions {
+            if let elements = adapters[a]?.profile.mergeElements, elements > mergedElementsHigh {
+                // The workspace grew: adapters whose switch is not timed yet cost less allocation now.
+                mergedElementsHigh = elements
+                if config.mergeAllocationSecondsPerElementPrior > 0 {
+                    for (key, state) in adapters where state.profile.mergeable && !state.switchTimed {
+                        policy.observeSwitch(adapter: key, seconds: predictedSwitchSeconds(state.profile))
+                    }
+                }
+            }
             if let s = report.mergeSeconds, s.isFinite, s >= 0, let profile = adapters[a]?.profile, profile.mergeElements > 0 {
+                adapters[a]?.switchTimed = true
                 // Halfway to what this merge says; with a rank term, both terms scale by the same factor.
                 let predicted = predictedMergeSeconds(profile)
                 if mergeSecondsPerMultiplyAdd > 0, profile.mergeMultiplyAdds > 0, predicted > 0 {

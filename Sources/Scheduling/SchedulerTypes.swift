@@ -23,6 +23,11 @@ public struct SchedulerConfig: Equatable, Sendable {
     /// otherwise.
     public var mergeSecondsPerElementPrior = SchedulerConfig.cpuSwitchPrior.mergeSecondsPerElement
     public var mergeSecondsPerMultiplyAddPrior = 0.0
+    /// What a merge costs once more per element whose merge workspace is not allocated yet (the engine's first
+    /// merge allocates and faults in the workspace: on the F32 SmolLM2 base 3–4 s for all seven layers, against
+    /// 0.3 s for the merges after it). The scheduler adds it to a switch's estimate for the elements beyond the
+    /// largest adapter merged so far. 0: not modelled (the simulator's replicas, tests).
+    public var mergeAllocationSecondsPerElementPrior = 0.0
     public var unmergeSecondsPrior = SchedulerConfig.cpuSwitchPrior.unmergeSeconds
     public static let cpuSwitchPrior = (mergeSecondsPerElement: 0.7e-9, unmergeSeconds: 0.0001)
 

@@ -41,6 +41,8 @@ struct BenchReplica: ParsableCommand {
     var seed: UInt64 = 1
     @Option(help: "Runs per policy, in rotated policy order (round i starts with the i-th policy); the table gives means and the throughput range.")
     var repeats: Int = 1
+    @Option(help: "Append one JSON line per iteration of every run to this file, as `serve --step-log` does.")
+    var stepLog: String?
 
     func validate() throws {
         guard adapters >= 1, adapters <= 1024, requests >= 1, rate > 0, maxPrompt >= 1, maxOutput >= 1, slo > 0, alpha >= 0 else {
@@ -128,6 +130,7 @@ struct BenchReplica: ParsableCommand {
     /// Serves the request stream in real time with one policy.
     func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
         let g = EngineCore(model: model, tokenizer: tokenizer, configuration: engineOptions.configuration(for: model, policy: policy))
+        if let stepLog { g.stepObserver = try Serve.stepWriter(path: stepLog) }
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }
         var next = 0

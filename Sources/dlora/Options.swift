@@ -108,6 +108,7 @@ struct EngineOptions: ParsableArguments {
         if policy == .dlora, measureSwitchCost, let prior = model.measureSwitchCost() {
             c.mergeSecondsPerElementPrior = prior.secondsPerElement
             c.mergeSecondsPerMultiplyAddPrior = prior.secondsPerMultiplyAdd
+            c.mergeAllocationSecondsPerElementPrior = prior.allocationSecondsPerElement
             c.unmergeSecondsPrior = prior.unmergeSeconds
         }
         return c

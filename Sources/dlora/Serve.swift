@@ -109,8 +109,9 @@ struct Serve: AsyncParsableCommand {
         var logger = Logger(label: "dlora")
         logger.logLevel = .info
         let switchNote = engineConfig.mergeSecondsPerElementPrior.map {
-            String(format: ", merges measured at %.2f ns per base element + %.3f ns per multiply-add", $0 * 1e9,
-                   (engineConfig.mergeSecondsPerMultiplyAddPrior ?? 0) * 1e9)
+            String(format: ", merges measured at %.2f ns per base element + %.3f ns per multiply-add (the first + %.1f ns per element)",
+                   $0 * 1e9, (engineConfig.mergeSecondsPerMultiplyAddPrior ?? 0) * 1e9,
+                   (engineConfig.mergeAllocationSecondsPerElementPrior ?? 0) * 1e9)
         } ?? ""
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
         let app = server.makeApplication(

@@ -308,4 +308,29 @@ import Testing
         #expect(flat.mergeSecondsPerElement == 0.5 * 1e-9 + 0.5 * 3e-3 / 1e6)
         #expect(flat.mergeSecondsPerMultiplyAdd == 0)
     }
+
+    /// Until a merge has allocated the workspace, a switch's estimate carries the allocation for the elements beyond
+    /// the largest merge so far; once an adapter of at least that size has merged, the untimed adapters' estimates
+    /// drop it (the policy's cost for them is revised), and a timed adapter keeps its measured figure.
+    @Test func theFirstMergePaysForTheWorkspace() throws {
+        var c = Self.config(.mergedOnly, hostSwapBlocks: 0)
+        c.mergeSecondsPerElementPrior = 1e-9
+        c.unmergeSecondsPrior = 0
+        c.mergeAllocationSecondsPerElementPrior = 4e-9
+        var s = Scheduler(config: c)
+        let small = AdapterProfile(key: 5, bytes: 5_000, loraParameters: 1, mergeElements: 1_000_000)
+        let large = AdapterProfile(key: 6, bytes: 5_000, loraParameters: 1, mergeElements: 3_000_000)
+        s.addAdapter(small)
+        s.addAdapter(large)
+        #expect(abs(s.predictedSwitchSeconds(small) - 5e-3) < 1e-12)
+        #expect(abs(s.predictedSwitchSeconds(large) - 15e-3) < 1e-12)
+        try s.add(1, adapter: 5, promptCount: 3, maxNewTokens: 1)
+        let out = s.schedule()
+        #expect(out.actions.contains(.merge(5)))
+        // The first merge allocated (the runner reports no seconds for it).
+        _ = s.update(out, sampled: [SampledToken(request: 1)], report: ExecutionReport(forwardSeconds: 0.01))
+        #expect(s.mergedElementsHigh == 1_000_000)
+        #expect(abs(s.predictedSwitchSeconds(small) - 1e-3) < 1e-12)
+        #expect(abs(s.predictedSwitchSeconds(large) - (3e-3 + 2_000_000 * 4e-9)) < 1e-12)
+    }
 }
