@@ -48,8 +48,16 @@ extension LlamaModel {
             }
         }
 
+        /// Puts `m` in place of target `t`; the fused projections are left as they were until `restack`, so a
+        /// merge replaces a layer's targets and then stacks once (stacking matrices that are not side by side
+        /// copies them into a new buffer).
         mutating func replace(_ t: LoRATarget, with m: WeightMatrix) {
             set(ProductSlot(t), m)
+        }
+
+        /// Rebuilds the fused q|k|v and gate|up from the separate matrices: views where they lie side by side in
+        /// one buffer, copies where they do not, nil where their dtypes differ.
+        mutating func restack() {
             qkv = LlamaModel.stack([q, k, v])
             gateUp = LlamaModel.stack([gate, up])
         }

@@ -1,6 +1,6 @@
 import Foundation
 import Kernels
-import Models
+@testable import Models
 import Testing
 import TestSupport
 
@@ -105,6 +105,37 @@ import TestSupport
         #expect(model.mergeWorkspaceBytes == bytes)
         model.releaseMergeWorkspace()
         #expect(model.mergeWorkspaceBytes == 0)
+    }
+
+    /// On an F32 base, merging some members of a fused projection (q and v of q|k|v, gate of gate|up) keeps it one
+    /// product reading the merge workspace (the member the adapter leaves alone copied into its place) instead of
+    /// stacking copies into a new buffer on every merge; the merged logits still follow the unmerged path's, and
+    /// unmerging restores the base bit-exactly. On a quantized base the members keep their own dtypes.
+    @Test func aPartialMergeKeepsFusedProjectionsInTheWorkspace() throws {
+        let dir = try TempDir()
+        let config = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.model("tiny-llama", "F32"))).config
+        try TestAdapter(config: config, rank: 8, alpha: 16, targets: [.q, .v, .gate], seed: 7).writePEFT(to: dir.path("qvg"), config: config)
+        for variant in ["F32", "Q4_1"] {
+            let model = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.model("tiny-llama", variant)))
+            let w = try AdapterLoader.load(path: dir.path("qvg"), base: model.config)
+            let base = promptLogits(model, Self.prompt)
+            let unmerged = promptLogits(model, Self.prompt, lora: Self.slots(w), slot: 1)
+            for _ in 0..<2 {
+                model.merge(w)
+                for layer in model.layers {
+                    if variant == "F32" {
+                        #expect(layer.qkv?.storage === layer.q.storage && layer.qkv?.offset == layer.q.offset)
+                        #expect(layer.gateUp?.storage === layer.gate.storage && layer.gateUp?.offset == layer.gate.offset)
+                        #expect(layer.k.storage === layer.q.storage && layer.up.storage === layer.gate.storage)
+                    } else {
+                        #expect(layer.qkv == nil && layer.gateUp == nil && layer.k.dtype == .q4_1 && layer.up.dtype == .q4_1)
+                    }
+                }
+                #expect(maxAbsDiff(promptLogits(model, Self.prompt), unmerged) <= 1e-4, "\(variant)")
+                model.unmerge()
+                #expect(promptLogits(model, Self.prompt) == base)
+            }
+        }
     }
 
     /// Timing a switch on the model (the scheduler's prior, `measureSwitchCost`) leaves it as loaded: nothing
