@@ -23,10 +23,11 @@ public struct EngineConfiguration: Sendable, Equatable {
     public var hostSwapBytes = 1 << 30
     /// The batching policy and its tuning (credits, amortization horizon, cost profile).
     public var policy = BatchPolicyConfig(kind: .dlora)
-    /// Where the scheduler's switch-cost estimate starts (seconds per targeted base element of a merge, seconds of
-    /// an unmerge; a merge's per multiply-add term; the first merge's allocation) until it times the replica's own merges: nil keeps `SchedulerConfig.cpuSwitchPrior`, one CPU's
-    /// figure for a Q4_1 base. `serve` and `bench replica` measure it on the loaded model
-    /// (`LlamaModel.measureSwitchCost`) for the dLoRA policy.
+    /// Where the scheduler's switch-cost estimate starts until it times the replica's own merges (seconds per
+    /// targeted base element of a merge, per multiply-add of its update, per element of workspace the first merge
+    /// allocates; seconds of an unmerge): nil keeps `SchedulerConfig`'s defaults, one CPU's figure for a Q4_1
+    /// base. `serve` and `bench replica` measure them on the loaded model (`LlamaModel.measureSwitchCost`) for
+    /// the dLoRA policy.
     public var mergeSecondsPerElementPrior: Double?
     public var mergeSecondsPerMultiplyAddPrior: Double?
     public var mergeAllocationSecondsPerElementPrior: Double?

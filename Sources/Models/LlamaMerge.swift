@@ -157,10 +157,10 @@ extension LlamaModel {
     /// What a switch costs on this model as loaded (its matrices' formats, `mergePrecision`, the products'
     /// precision, this machine's memory). Synthetic adapters of ranks 16 and 64 on every target of the first
     /// layers (at least `sampleElements` base elements, so a merge streams from memory as a whole-model merge
-    /// does, or every layer) are merged and unmerged `rounds` times each, alternating, after one untimed merge that faults the
-    /// workspace in; the two ranks' median merges separate the per-element cost from the per-multiply-add one,
-    /// and the first merge's excess over the median of its rank gives the allocation's cost. The workspace is
-    /// released again unless an earlier merge had allocated it. Nil when no matrix takes an
+    /// does, or every layer) are merged and unmerged `rounds` times each, alternating, after one merge that
+    /// allocates the workspace; the two ranks' median merges separate the per-element cost from the
+    /// per-multiply-add one, and the first merge's excess over the median of its rank prices the allocation.
+    /// The workspace is released again unless an earlier merge had allocated it. Nil when no matrix takes an
     /// adapter, `rounds` < 1, or an adapter is merged. The engine's scheduler starts its switch-cost estimate
     /// from this instead of one CPU's figure for a Q4_1 base (docs/design/scheduler.md).
     public func measureSwitchCost(sampleElements: Int = 16 << 20, rounds: Int = 3) -> SwitchCost? {

@@ -19,8 +19,9 @@ public struct Scheduler: Sendable {
     /// unmerge's seconds (priors: `SchedulerConfig`'s): the policy's switch-cost estimates.
     public private(set) var mergeSecondsPerElement: Double
     public private(set) var mergeSecondsPerMultiplyAdd: Double
-    /// The most base elements one merge has covered so far: the merge workspace already there (an adapter that
-    /// targets no more elements than this merges into it without allocating).
+    /// The most base elements one merge has covered so far: a stand-in for the merge workspace already there (an
+    /// adapter that targets no more elements than this is taken to merge into it without allocating, exact when
+    /// the adapters' target sets are nested, as q/v within all seven).
     public private(set) var mergedElementsHigh = 0
     public private(set) var lastUnmergeSeconds: Double
 

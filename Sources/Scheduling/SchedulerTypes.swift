@@ -24,8 +24,8 @@ public struct SchedulerConfig: Equatable, Sendable {
     public var mergeSecondsPerElementPrior = SchedulerConfig.cpuSwitchPrior.mergeSecondsPerElement
     public var mergeSecondsPerMultiplyAddPrior = 0.0
     /// What a merge costs once more per element whose merge workspace is not allocated yet (the engine's first
-    /// merge allocates and faults in the workspace: on the F32 SmolLM2 base 3–4 s for all seven layers, against
-    /// 0.3 s for the merges after it). The scheduler adds it to a switch's estimate for the elements beyond the
+    /// merge allocates and faults in the workspace: on the F32 SmolLM2 base 2.7–3.0 s for all seven layers, against
+    /// 0.05 s for the merges after it). The scheduler adds it to a switch's estimate for the elements beyond the
     /// largest adapter merged so far. 0: not modelled (the simulator's replicas, tests).
     public var mergeAllocationSecondsPerElementPrior = 0.0
     public var unmergeSecondsPrior = SchedulerConfig.cpuSwitchPrior.unmergeSeconds

@@ -66,7 +66,7 @@ struct EngineOptions: ParsableArguments {
             help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base) or q8_0 (re-quantized, 1.7×; unmerge stays exact).")
     var mergePrecision: MergePrecision = .f32
     @Flag(name: .customLong("measure-switch-cost"), inversion: .prefixedNo,
-          help: "Time a few merges of a synthetic adapter on the loaded model at start (dLoRA only; tens of ms on SmolLM2), so the scheduler prices its first switch at this model's cost rather than one CPU's figure for a Q4_1 base.")
+          help: "Time a few merges of synthetic adapters on the loaded model at start (dLoRA only; 0.2-2 s on SmolLM2 with 2 cores), so the scheduler prices its first switch at this model's cost, workspace allocation included, rather than one CPU's figure for a Q4_1 base.")
     var measureSwitchCost = true
 
     @OptionGroup var kvCache: KVCacheOption
