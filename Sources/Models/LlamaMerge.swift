@@ -4,6 +4,12 @@ import Kernels
 // The merged path (dLoRA's merged mode): one adapter folded into the base weights, so its requests run with
 // no LoRA work; unmerging swaps the loaded weights back in.
 
+extension LoRATarget {
+    /// The targets a layer runs as one stacked product (`Layer.qkv`, `Layer.gateUp`), rows in this order; the merge
+    /// workspace holds each group in one buffer, so a merged group stacks without a copy.
+    static let fusedGroups: [[LoRATarget]] = [[.q, .k, .v], [.gate, .up]]
+}
+
 /// How a merged matrix W + s·B·A is stored.
 public enum MergePrecision: String, Sendable, CaseIterable {
     /// Dense f32: exact up to f32 rounding, and 6.4× the bytes of a Q4_1 base matrix, so on a quantized base a
@@ -61,7 +67,7 @@ extension LlamaModel {
     /// merged in f32). Otherwise (a quantized base) the members keep their own dtypes and run as separate products.
     func completeFusedGroups(layer li: Int, _ adapter: LoRAWeights) {
         let p = pristineLayers[li]
-        for group in [[LoRATarget.q, .k, .v], [.gate, .up]] {
+        for group in LoRATarget.fusedGroups {
             let merged = group.filter { adapter.module(layer: li, target: $0) != nil }
             guard let first = merged.first, merged.count < group.count else { continue }
             let dtype = layers[li].matrix(first).dtype
@@ -113,11 +119,7 @@ extension LlamaModel {
     /// `releaseMergeWorkspace`).
     func mergeTarget(layer li: Int, _ t: LoRATarget, dtype: DType = .f32) -> WeightMatrix {
         let p = pristineLayers[li]
-        let group: [LoRATarget] = switch t {
-        case .q, .k, .v: [.q, .k, .v]
-        case .gate, .up: [.gate, .up]
-        default: [t]
-        }
+        let group = LoRATarget.fusedGroups.first { $0.contains(t) } ?? [t]
         let cols = p.matrix(t).cols
         let rowBytes = dtype.byteCount(elements: cols)!
         if mergeSpace.isEmpty { mergeSpace = Array(repeating: [:], count: layers.count) }
