@@ -15,12 +15,7 @@ SLO=${SLO:-0.1}
 PRODUCTS=${PRODUCTS:-auto}  # --matmul-precision: auto (bf16 on a CPU with AVX-512 BF16 for this Q4_1 model), f32 or bf16
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
 OUT=${OUT:-bench/results/replica-merge.md}
-scripts/setup.sh
-MODEL=$(scripts/fetch-model.sh)
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/dlora"
-WORKLOAD="$CACHE/sharegpt-2000.jsonl"
-[ -s "$WORKLOAD" ] || python3 tools/extract_sharegpt.py "$WORKLOAD" 2000
-[ -f "$TRACE" ] || { echo "bench/replica-merge.sh: trace $TRACE not found" >&2; exit 1; }
+source bench/replica-inputs.sh
 swift build -c release --product dlora >&2
 {
     echo "# Replica: f32 merges against Q8_0 merges on the Q4_1 base"

@@ -11,17 +11,8 @@ ROUNDS=${ROUNDS:-3}
 ALPHAS=${ALPHAS:-"1.5 2"}
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
 OUT=bench/results/replica-switch-prior.md
-scripts/setup.sh
-MODEL=$(scripts/fetch-model.sh)
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/dlora"
-WORKLOAD="$CACHE/sharegpt-2000.jsonl"
-[ -s "$WORKLOAD" ] || python3 tools/extract_sharegpt.py "$WORKLOAD" 2000
-[ -f "$TRACE" ] || { echo "bench/replica-switch-prior.sh: trace $TRACE not found" >&2; exit 1; }
-F32_MODEL="$CACHE/SmolLM2-135M-Instruct.F32.gguf"
-if [ ! -s "$F32_MODEL" ]; then
-    python3 -m pip install -q --disable-pip-version-check -r tools/requirements-bench.txt >&2
-    python3 tools/gguf_to_f32.py "$MODEL" "$F32_MODEL.tmp" >&2 && mv "$F32_MODEL.tmp" "$F32_MODEL"
-fi
+source bench/replica-inputs.sh
+F32_MODEL=$(f32_model)
 swift build -c release --product dlora >&2
 raw=$(mktemp)
 trap 'rm -f "$raw"' EXIT

@@ -15,12 +15,7 @@ ALPHAS=${ALPHAS:-"0.5 1 1.5 2"}
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
 OUT=bench/results/replica.md
 mkdir -p bench/results
-scripts/setup.sh
-MODEL=$(scripts/fetch-model.sh)
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/dlora"
-WORKLOAD="$CACHE/sharegpt-2000.jsonl"
-[ -s "$WORKLOAD" ] || python3 tools/extract_sharegpt.py "$WORKLOAD" 2000
-[ -f "$TRACE" ] || { echo "bench/replica.sh: trace $TRACE not found" >&2; exit 1; }
+source bench/replica-inputs.sh
 swift build -c release --product dlora >&2
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -73,11 +68,7 @@ for a in ${ALPHAS_SLOTS:-$ALPHAS}; do
 done
 # Full-precision base: merging costs no bandwidth there (the merged matrices are F32 like the rest), so a merged
 # step runs at base speed while an unmerged one pays the LoRA path — the trade-off dLoRA's paper measures on GPUs.
-F32_MODEL="$CACHE/SmolLM2-135M-Instruct.F32.gguf"
-if [ ! -s "$F32_MODEL" ]; then
-    python3 -m pip install -q --disable-pip-version-check -r tools/requirements-bench.txt >&2
-    python3 tools/gguf_to_f32.py "$MODEL" "$F32_MODEL.tmp" >&2 && mv "$F32_MODEL.tmp" "$F32_MODEL"
-fi
+F32_MODEL=$(f32_model)
 for a in ${ALPHAS_F32:-$ALPHAS}; do
     MODEL="$F32_MODEL" run "## F32 base, all seven targets: 32 adapters, α = $a" --adapters 32 --alpha "$a" \
         --requests "${REQUESTS_F32:-64}" --rate "${RATE_F32:-12}" --targets all --repeats "$REPEATS"
