@@ -23,15 +23,10 @@ public struct EngineConfiguration: Sendable, Equatable {
     public var hostSwapBytes = 1 << 30
     /// The batching policy and its tuning (credits, amortization horizon, cost profile).
     public var policy = BatchPolicyConfig(kind: .dlora)
-    /// Where the scheduler's switch-cost estimate starts until it times the replica's own merges (seconds per
-    /// targeted base element of a merge, per multiply-add of its update, per element of workspace the first merge
-    /// allocates; seconds of an unmerge): nil keeps `SchedulerConfig`'s defaults, one CPU's figure for a Q4_1
-    /// base. `serve` and `bench replica` measure them on the loaded model (`LlamaModel.measureSwitchCost`) for
-    /// the dLoRA policy.
-    public var mergeSecondsPerElementPrior: Double?
-    public var mergeSecondsPerMultiplyAddPrior: Double?
-    public var mergeAllocationSecondsPerElementPrior: Double?
-    public var unmergeSecondsPrior: Double?
+    /// Where the scheduler's switch-cost estimates start until it times the replica's own merges: nil keeps
+    /// `SwitchPrior.cpu`, one CPU's figures for a Q4_1 base. `serve` and `bench replica` measure it on the loaded
+    /// model for the dLoRA policy (`SwitchPrior(measured:)`).
+    public var switchPrior: SwitchPrior?
 
     public init(kvBlocks: Int) { self.kvBlocks = kvBlocks }
 
@@ -60,10 +55,15 @@ public struct EngineConfiguration: Sendable, Equatable {
         var c = SchedulerConfig(numBlocks: kvBlocks, blockSize: blockSize, bytesPerBlock: bytesPerBlock,
                                 contextLimit: min(contextLimit, kvBlocks * blockSize), policy: p)
         c.hostSwapLimitBytes = hostSwapBytes
-        if let m = mergeSecondsPerElementPrior, m.isFinite, m >= 0 { c.mergeSecondsPerElementPrior = m }
-        if let m = mergeSecondsPerMultiplyAddPrior, m.isFinite, m >= 0 { c.mergeSecondsPerMultiplyAddPrior = m }
-        if let a = mergeAllocationSecondsPerElementPrior, a.isFinite, a >= 0 { c.mergeAllocationSecondsPerElementPrior = a }
-        if let u = unmergeSecondsPrior, u.isFinite, u >= 0 { c.unmergeSecondsPrior = u }
+        if let switchPrior, switchPrior.isValid { c.switchPrior = switchPrior }
         return c
+    }
+}
+
+extension SwitchPrior {
+    /// The figures `LlamaModel.measureSwitchCost` timed on a model.
+    public init(measured c: SwitchCost) {
+        self.init(mergeSecondsPerElement: c.secondsPerElement, mergeSecondsPerMultiplyAdd: c.secondsPerMultiplyAdd,
+                  allocationSecondsPerElement: c.allocationSecondsPerElement, unmergeSeconds: c.unmergeSeconds)
     }
 }

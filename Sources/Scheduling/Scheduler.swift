@@ -15,15 +15,14 @@ public struct Scheduler: Sendable {
     public private(set) var hostSwapBytes = 0
     /// The adapter merged into the weights, if any.
     public private(set) var merged: Int?
-    /// Measured merge seconds per targeted base-matrix element and per multiply-add of the update, and the last
-    /// unmerge's seconds (priors: `SchedulerConfig`'s): the policy's switch-cost estimates.
-    public private(set) var mergeSecondsPerElement: Double
-    public private(set) var mergeSecondsPerMultiplyAdd: Double
-    /// The most base elements one merge has covered so far: a stand-in for the merge workspace already there (an
-    /// adapter that targets no more elements than this is taken to merge into it without allocating, exact when
-    /// the adapters' target sets are nested, as q/v within all seven).
-    public private(set) var mergedElementsHigh = 0
-    public private(set) var lastUnmergeSeconds: Double
+    /// The switch-cost estimates the policy is given (from `SchedulerConfig.switchPrior`, then the merges and
+    /// unmerges the engine times).
+    private var switchCost: SwitchCostEstimate
+    public var mergeSecondsPerElement: Double { switchCost.mergeSecondsPerElement }
+    public var mergeSecondsPerMultiplyAdd: Double { switchCost.mergeSecondsPerMultiplyAdd }
+    public var lastUnmergeSeconds: Double { switchCost.lastUnmergeSeconds }
+    /// The most base elements one merge has covered so far (`SwitchCostEstimate.mergedElementsHigh`).
+    public var mergedElementsHigh: Int { switchCost.mergedElementsHigh }
 
     /// The request table in dense slots (a finished request's slot is reused): every per-iteration pass walks
     /// `order` and reads `table` by slot; only ids coming in from outside (the policy's runs, `finish`, `request`)
@@ -65,14 +64,8 @@ public struct Scheduler: Sendable {
 
     public init(config: SchedulerConfig) {
         precondition(config.numBlocks > 0 && config.blockSize > 0 && config.bytesPerBlock > 0 && config.contextLimit > 0)
-        precondition(config.mergeSecondsPerElementPrior >= 0 && config.mergeSecondsPerElementPrior.isFinite
-                     && config.mergeSecondsPerMultiplyAddPrior >= 0 && config.mergeSecondsPerMultiplyAddPrior.isFinite
-                     && config.mergeAllocationSecondsPerElementPrior >= 0 && config.mergeAllocationSecondsPerElementPrior.isFinite
-                     && config.unmergeSecondsPrior >= 0 && config.unmergeSecondsPrior.isFinite)
         self.config = config
-        mergeSecondsPerElement = config.mergeSecondsPerElementPrior
-        mergeSecondsPerMultiplyAdd = config.mergeSecondsPerMultiplyAddPrior
-        lastUnmergeSeconds = config.unmergeSecondsPrior
+        switchCost = SwitchCostEstimate(config.switchPrior)
         pool = BlockPool(numBlocks: config.numBlocks, blockSize: config.blockSize)
         policy = makeBatchingPolicy(config.policy)
     }
@@ -122,21 +115,16 @@ public struct Scheduler: Sendable {
         // Merging costs in proportion to the base matrices the adapter targets; its LoRA path in proportion
         // to its multiply-adds per token.
         // (An adapter that cannot merge costs the policy an infinite switch, so dLoRA's never proposes it.)
-        policy.estimateSwitch(adapter: profile.key, seconds: profile.mergeable ? predictedSwitchSeconds(profile) : .infinity)
+        policy.estimateSwitch(adapter: profile.key, seconds: profile.mergeable ? switchCost.switchSeconds(profile) : .infinity)
         policy.estimateLoRACost(adapter: profile.key, relative: Double(profile.loraParameters) / config.policy.costs.referenceLoRAParameters)
     }
 
     /// What merging an adapter should take into an allocated workspace, by the current estimates.
-    public func predictedMergeSeconds(_ profile: AdapterProfile) -> Double {
-        Double(profile.mergeElements) * mergeSecondsPerElement + Double(profile.mergeMultiplyAdds) * mergeSecondsPerMultiplyAdd
-    }
+    public func predictedMergeSeconds(_ profile: AdapterProfile) -> Double { switchCost.mergeSeconds(profile) }
 
     /// What switching to an adapter and back should take now: its merge, the workspace its merge would still
     /// have to allocate, and an unmerge.
-    public func predictedSwitchSeconds(_ profile: AdapterProfile) -> Double {
-        predictedMergeSeconds(profile) + lastUnmergeSeconds
-            + Double(max(0, profile.mergeElements - mergedElementsHigh)) * config.mergeAllocationSecondsPerElementPrior
-    }
+    public func predictedSwitchSeconds(_ profile: AdapterProfile) -> Double { switchCost.switchSeconds(profile) }
 
     public func admissionProblem(promptTokens: Int, adapterBytes: Int) -> String? {
         config.admissionProblem(promptTokens: promptTokens, adapterBytes: adapterBytes)
@@ -368,29 +356,19 @@ public struct Scheduler: Sendable {
     public mutating func update(_ output: SchedulerOutput, sampled: [SampledToken], report: ExecutionReport) -> [RequestOutput] {
         guard !output.runs.isEmpty else { return [] }
         if output.mode == .unmerged { stats.unmergedSteps += 1 } else { stats.mergedSteps += 1 }
-        if let u = report.unmergeSeconds, u.isFinite, u >= 0 { lastUnmergeSeconds = u }
+        if let u = report.unmergeSeconds { switchCost.observeUnmerge(seconds: u) }
         for case .merge(let a) in output.actions {
-            if let elements = adapters[a]?.profile.mergeElements, elements > mergedElementsHigh {
+            guard let profile = adapters[a]?.profile else { continue }
+            if switchCost.merged(profile), switchCost.modelsAllocation {
                 // The workspace grew: adapters whose switch is not timed yet cost less allocation now.
-                mergedElementsHigh = elements
-                if config.mergeAllocationSecondsPerElementPrior > 0 {
-                    for (key, state) in adapters where state.profile.mergeable && !state.switchTimed {
-                        policy.observeSwitch(adapter: key, seconds: predictedSwitchSeconds(state.profile))
-                    }
+                for (key, state) in adapters where state.profile.mergeable && !state.switchTimed {
+                    policy.observeSwitch(adapter: key, seconds: switchCost.switchSeconds(state.profile))
                 }
             }
-            if let s = report.mergeSeconds, s.isFinite, s >= 0, let profile = adapters[a]?.profile, profile.mergeElements > 0 {
+            if let s = report.mergeSeconds, s.isFinite, s >= 0, profile.mergeElements > 0 {
                 adapters[a]?.switchTimed = true
-                // Halfway to what this merge says; with a rank term, both terms scale by the same factor.
-                let predicted = predictedMergeSeconds(profile)
-                if mergeSecondsPerMultiplyAdd > 0, profile.mergeMultiplyAdds > 0, predicted > 0 {
-                    let factor = 0.5 + 0.5 * s / predicted
-                    mergeSecondsPerElement *= factor
-                    mergeSecondsPerMultiplyAdd *= factor
-                } else {
-                    mergeSecondsPerElement = 0.5 * mergeSecondsPerElement + 0.5 * s / Double(profile.mergeElements)
-                }
-                policy.observeSwitch(adapter: a, seconds: s + lastUnmergeSeconds)
+                switchCost.observeMerge(profile, seconds: s)
+                policy.observeSwitch(adapter: a, seconds: s + switchCost.lastUnmergeSeconds)
             }
         }
         // (The runs are read by index, field by field: copying a run retained its block table, a cache miss per run

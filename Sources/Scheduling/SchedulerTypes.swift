@@ -14,22 +14,8 @@ public struct SchedulerConfig: Equatable, Sendable {
     public var contextLimit: Int
     /// The batching policy and its budgets (tokens, sequences, LoRA slots per iteration).
     public var policy = BatchPolicyConfig()
-    /// The switch-cost prior, until the engine times a merge and an unmerge: merge seconds per targeted
-    /// base-matrix element, plus seconds per multiply-add of the update (`AdapterProfile.mergeMultiplyAdds`:
-    /// elements × padded rank), and one unmerge's seconds. The defaults are this CPU's (SmolLM2 Q4_1,
-    /// bench/results/lora.md: ~11 ms for q/v's 13.3 M elements, ~57 ms for all seven layers' 106 M; no rank
-    /// term); a replica on other hardware starts from its own (a GPU merges a 7B q/v adapter in ~10 ms, not
-    /// 0.75 s; `dlora serve` times merges on its model at start), or a policy that never merges never learns
-    /// otherwise.
-    public var mergeSecondsPerElementPrior = SchedulerConfig.cpuSwitchPrior.mergeSecondsPerElement
-    public var mergeSecondsPerMultiplyAddPrior = 0.0
-    /// What a merge costs once more per element whose merge workspace is not allocated yet (the engine's first
-    /// merge allocates and faults in the workspace: on the F32 SmolLM2 base 2.7–3.0 s for all seven layers, against
-    /// 0.05 s for the merges after it). The scheduler adds it to a switch's estimate for the elements beyond the
-    /// largest adapter merged so far. 0: not modelled (the simulator's replicas, tests).
-    public var mergeAllocationSecondsPerElementPrior = 0.0
-    public var unmergeSecondsPrior = SchedulerConfig.cpuSwitchPrior.unmergeSeconds
-    public static let cpuSwitchPrior = (mergeSecondsPerElement: 0.7e-9, unmergeSeconds: 0.0001)
+    /// Where the switch-cost estimates start, until the engine times a merge and an unmerge.
+    public var switchPrior = SwitchPrior.cpu
 
     public init(numBlocks: Int, blockSize: Int = 16, bytesPerBlock: Int, contextLimit: Int, policy: BatchPolicyConfig = BatchPolicyConfig()) {
         self.numBlocks = numBlocks

@@ -15,9 +15,8 @@ public protocol ReplicaCostModel: Sendable {
     var schedulerPrior: StepCostModel { get }
     /// The scheduler's description of an adapter of `rank` (bytes, LoRA multiply-adds per token, merge size).
     func adapterProfile(key: Int, rank: Int) -> AdapterProfile
-    /// The scheduler's switch-cost prior on this hardware (merge seconds per targeted element, one unmerge's
-    /// seconds) until it has timed a merge; by default `SchedulerConfig`'s, this CPU's.
-    var switchPrior: (mergeSecondsPerElement: Double, unmergeSeconds: Double) { get }
+    /// The scheduler's switch-cost prior on this hardware until it has timed a merge; by default `SwitchPrior.cpu`.
+    var switchPrior: SwitchPrior { get }
     /// Seconds of one iteration's forward pass.
     func stepSeconds(_ step: StepShape) -> Double
     func mergeSeconds(_ adapter: AdapterProfile) -> Double
@@ -31,7 +30,7 @@ public protocol ReplicaCostModel: Sendable {
 }
 
 extension ReplicaCostModel {
-    public var switchPrior: (mergeSecondsPerElement: Double, unmergeSeconds: Double) { SchedulerConfig.cpuSwitchPrior }
+    public var switchPrior: SwitchPrior { .cpu }
 }
 
 /// A replica's memory and batch limits (what `SchedulerConfig` and the engine configuration hold).

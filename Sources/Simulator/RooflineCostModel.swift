@@ -170,9 +170,10 @@ public struct RooflineCostModel: ReplicaCostModel {
     }
     /// The scheduler starts from this model's own merge cost (the reference rank-16 q/v adapter's), not the
     /// CPU's: at 0.7 ns per element a 7B q/v merge would look like 0.75 s, and dLoRA would never merge.
-    public var switchPrior: (mergeSecondsPerElement: Double, unmergeSeconds: Double) {
+    public var switchPrior: SwitchPrior {
         let reference = adapterProfile(key: 0, rank: 16)
-        return (mergeSeconds(reference) / Double(max(1, reference.mergeElements)), unmergeSeconds(reference))
+        return SwitchPrior(mergeSecondsPerElement: mergeSeconds(reference) / Double(max(1, reference.mergeElements)),
+                           unmergeSeconds: unmergeSeconds(reference))
     }
     public func mergeSeconds(_ a: AdapterProfile) -> Double { switchSeconds(a) / 2 }
     public func unmergeSeconds(_ a: AdapterProfile) -> Double { switchSeconds(a) / 2 }

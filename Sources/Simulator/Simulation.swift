@@ -229,7 +229,7 @@ struct SimulationRun {
         let meanBytes = profiles.isEmpty ? 0 : profiles.reduce(0) { $0 + $1.bytes } / profiles.count
         typicalLoadSeconds = config.cost.adapterLoadSeconds(bytes: meanBytes)
         var schedulerConfig = shape.schedulerConfig(policy: config.policy, costs: config.cost.schedulerPrior)
-        (schedulerConfig.mergeSecondsPerElementPrior, schedulerConfig.unmergeSecondsPrior) = config.cost.switchPrior
+        schedulerConfig.switchPrior = config.cost.switchPrior
         replicas = (0..<config.replicas).map { _ in Replica(scheduler: Scheduler(config: schedulerConfig)) }
         dispatcher = switch config.dispatch {
         case .roundRobin: RoundRobin()

@@ -129,7 +129,11 @@ struct BenchReplica: ParsableCommand {
 
     /// Serves the request stream in real time with one policy.
     func serve(_ reqs: [Request], model: LlamaModel, tokenizer: Tokenizer, weights: [LoRAWeights], policy: BatchingPolicyKind) throws -> Outcome {
-        let g = EngineCore(model: model, tokenizer: tokenizer, configuration: engineOptions.configuration(for: model, policy: policy))
+        // The prior is timed per run, not once: the runs share the model, and a merge workspace an earlier run left
+        // allocated makes this run's first merge cheaper, which the measurement sees.
+        let prior = engineOptions.switchPrior(for: model, policy: policy)
+        let g = EngineCore(model: model, tokenizer: tokenizer,
+                           configuration: engineOptions.configuration(for: model, policy: policy, switchPrior: prior))
         if let stepLog { g.stepObserver = try Serve.stepWriter(path: stepLog) }
         let start = DispatchTime.now().uptimeNanoseconds
         func now() -> Double { Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9 }

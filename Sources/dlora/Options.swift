@@ -89,8 +89,17 @@ struct EngineOptions: ParsableArguments {
         try products.apply(to: model)
     }
 
-    /// The engine configuration these options describe for `model`, running `policy`.
-    func configuration(for model: LlamaModel, policy: BatchingPolicyKind) -> EngineConfiguration {
+    /// The switch-cost prior timed on `model` as it will serve (after `prepare`): nil unless the policy is dLoRA (the
+    /// only one that weighs a switch's cost) and `--measure-switch-cost` is on. It merges synthetic adapters for
+    /// 0.2–2 s on SmolLM2.
+    func switchPrior(for model: LlamaModel, policy: BatchingPolicyKind) -> SwitchPrior? {
+        guard policy == .dlora, measureSwitchCost, let cost = model.measureSwitchCost() else { return nil }
+        return SwitchPrior(measured: cost)
+    }
+
+    /// The engine configuration these options describe for `model`, running `policy`, its scheduler starting from
+    /// `switchPrior` (nil: `SwitchPrior.cpu`).
+    func configuration(for model: LlamaModel, policy: BatchingPolicyKind, switchPrior: SwitchPrior? = nil) -> EngineConfiguration {
         let dtype = kvCache.resolved(for: model)
         let blockBytes = EngineConfiguration.bytesPerBlock(model.config, blockSize: blockSize, dtype: dtype)
         var c = EngineConfiguration(kvBlocks: EngineConfiguration.kvBlocks(megabytes: kvCacheMb, bytesPerBlock: blockBytes))
@@ -104,13 +113,7 @@ struct EngineOptions: ParsableArguments {
         c.policy.kind = policy
         c.policy.creditBound = creditBound
         c.policy.amortizationHorizon = horizon
-        // Only dLoRA weighs a switch's cost; the others merge (or not) regardless.
-        if policy == .dlora, measureSwitchCost, let prior = model.measureSwitchCost() {
-            c.mergeSecondsPerElementPrior = prior.secondsPerElement
-            c.mergeSecondsPerMultiplyAddPrior = prior.secondsPerMultiplyAdd
-            c.mergeAllocationSecondsPerElementPrior = prior.allocationSecondsPerElement
-            c.unmergeSecondsPrior = prior.unmergeSeconds
-        }
+        c.switchPrior = switchPrior
         return c
     }
 }

@@ -85,7 +85,8 @@ struct Serve: AsyncParsableCommand {
 
         // The model as it will serve (merge precision, products) before the configuration, which may time merges on it.
         try engineOptions.prepare(loaded.model)
-        let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind)
+        let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind,
+                                                       switchPrior: engineOptions.switchPrior(for: loaded.model, policy: policyOption.kind))
         let blocks = engineConfig.kvBlocks
         let core = EngineCore(model: loaded.model, tokenizer: loaded.tokenizer, configuration: engineConfig)
         if let stepLog { core.stepObserver = try Self.stepWriter(path: stepLog) }
@@ -108,10 +109,9 @@ struct Serve: AsyncParsableCommand {
 
         var logger = Logger(label: "dlora")
         logger.logLevel = .info
-        let switchNote = engineConfig.mergeSecondsPerElementPrior.map {
+        let switchNote = engineConfig.switchPrior.map {
             String(format: ", merges measured at %.2f ns per base element + %.3f ns per multiply-add (the first + %.1f ns per element)",
-                   $0 * 1e9, (engineConfig.mergeSecondsPerMultiplyAddPrior ?? 0) * 1e9,
-                   (engineConfig.mergeAllocationSecondsPerElementPrior ?? 0) * 1e9)
+                   $0.mergeSecondsPerElement * 1e9, $0.mergeSecondsPerMultiplyAdd * 1e9, $0.allocationSecondsPerElement * 1e9)
         } ?? ""
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
         let app = server.makeApplication(

@@ -285,8 +285,8 @@ import Testing
     @Test func mergesArePricedByElementsAndRank() throws {
         func mergeOnce(perElement: Double, perMultiplyAdd: Double, measured: Double) throws -> Scheduler {
             var c = Self.config(.mergedOnly, hostSwapBlocks: 0)
-            c.mergeSecondsPerElementPrior = perElement
-            c.mergeSecondsPerMultiplyAddPrior = perMultiplyAdd
+            c.switchPrior = SwitchPrior(mergeSecondsPerElement: perElement, mergeSecondsPerMultiplyAdd: perMultiplyAdd,
+                                        unmergeSeconds: SwitchPrior.cpu.unmergeSeconds)
             var s = Scheduler(config: c)
             let profile = AdapterProfile(key: 5, bytes: 5_000, loraParameters: 1, mergeElements: 1_000_000,
                                          mergeMultiplyAdds: 64_000_000)
@@ -314,9 +314,7 @@ import Testing
     /// drop it (the policy's cost for them is revised), and a timed adapter keeps its measured figure.
     @Test func theFirstMergePaysForTheWorkspace() throws {
         var c = Self.config(.mergedOnly, hostSwapBlocks: 0)
-        c.mergeSecondsPerElementPrior = 1e-9
-        c.unmergeSecondsPrior = 0
-        c.mergeAllocationSecondsPerElementPrior = 4e-9
+        c.switchPrior = SwitchPrior(mergeSecondsPerElement: 1e-9, allocationSecondsPerElement: 4e-9, unmergeSeconds: 0)
         var s = Scheduler(config: c)
         let small = AdapterProfile(key: 5, bytes: 5_000, loraParameters: 1, mergeElements: 1_000_000)
         let large = AdapterProfile(key: 6, bytes: 5_000, loraParameters: 1, mergeElements: 3_000_000)
