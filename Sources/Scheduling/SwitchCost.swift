@@ -1,8 +1,9 @@
 /// What switching a replica to merged mode and back costs, as the scheduler prices it before it has timed a merge
 /// of its own: seconds per base-matrix element a merge rewrites, per multiply-add of its update
 /// (`AdapterProfile.mergeMultiplyAdds`: elements × padded rank), per element whose merge workspace is not allocated
-/// yet (once: the engine's first merge allocates and faults in the workspace, on the F32 SmolLM2 base 2.7–3.0 s for
-/// all seven layers against 0.05 s for the merges after it), and one unmerge's seconds.
+/// yet (once: the engine's first merge allocates and faults in the workspace, on the F32 SmolLM2 base about 0.3 s for
+/// all seven layers, 1–3.5 s on a VM that hands freed memory back to its host, against 0.05 s for the merges after
+/// it), and one unmerge's seconds.
 public struct SwitchPrior: Equatable, Sendable {
     public var mergeSecondsPerElement: Double
     public var mergeSecondsPerMultiplyAdd: Double

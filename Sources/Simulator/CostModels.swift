@@ -246,6 +246,11 @@ public struct CPUCostModel: ReplicaCostModel {
         }
         return t
     }
+    /// What a dLoRA replica measures on itself at start (`dlora serve` runs `LlamaModel.measureSwitchCost`): this
+    /// model's own merge per element and unmerge. No rank or allocation term: the model prices neither.
+    public var switchPrior: SwitchPrior {
+        SwitchPrior(mergeSecondsPerElement: mergeSecondsPerElement, unmergeSeconds: unmergeSecondsFixed)
+    }
     public func mergeSeconds(_ a: AdapterProfile) -> Double { Double(a.mergeElements) * mergeSecondsPerElement }
     public func unmergeSeconds(_ a: AdapterProfile) -> Double { unmergeSecondsFixed }
     public func adapterLoadSeconds(bytes: Int) -> Double { adapterLoadFixedSeconds + Double(bytes) / memoryBytesPerSecond }

@@ -147,7 +147,10 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         let reference = m.adapterProfile(key: 0, rank: 16)
         let prior = m.switchPrior
         #expect(abs(prior.mergeSecondsPerElement * Double(reference.mergeElements) + prior.unmergeSeconds - 0.020) < 1e-9)
-        #expect(CPUCostModel().switchPrior == SwitchPrior.cpu)
+        // A CPU replica starts, as `dlora serve` does, from its own merge measured at start: its model's figures.
+        var cpu = CPUCostModel()
+        cpu.mergeSecondsPerElement = 1.5e-9
+        #expect(cpu.switchPrior == SwitchPrior(mergeSecondsPerElement: 1.5e-9, unmergeSeconds: cpu.unmergeSecondsFixed))
         let spec = WorkloadSpec(requests: 300, rate: 40, adapters: 1, alpha: 1, lengths: .logNormal(promptMedian: 64, outputMedian: 64),
                                 maxPrompt: 256, maxOutput: 128, seed: 3)
         var results: [String: SimulationResult] = [:]
