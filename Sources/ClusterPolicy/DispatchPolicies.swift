@@ -40,6 +40,39 @@ public struct RoundRobin: DispatchPolicy {
     }
 }
 
+/// Round-robin under a static adapter placement: a request for a placed adapter goes to the next usable replica
+/// of those the adapter is placed on (its own cursor, in id order); the base model, an adapter placed nowhere, or
+/// one whose replicas are all unusable, to the next usable replica of all (a shared cursor). What "static
+/// adapter placement" means in dLoRA's account of load imbalance: each adapter's requests stay on the replicas
+/// chosen for it ahead of time (`DLoRAProactive.placeAdapters` from expected rates), whatever their load.
+public struct PlacedRoundRobin: DispatchPolicy {
+    /// Adapter name → the ids of the replicas it is placed on, in id order.
+    public let placement: [String: [Int]]
+    private var cursors: [String: Int] = [:]
+    private var fallback = RoundRobin()
+
+    public init(placement: [String: Set<Int>]) {
+        self.placement = placement.mapValues { $0.sorted() }
+    }
+
+    public mutating func choose(adapter: String, promptTokens: Int, replicas: [ReplicaLoad]) -> Int? {
+        if let placed = placement[adapter], !placed.isEmpty {
+            let start = cursors[adapter] ?? 0
+            for step in 0..<placed.count {
+                let k = (start + step) % placed.count
+                let id = placed[k]
+                // Ids are list positions where the router built the list (the simulator's always are).
+                let replica = id < replicas.count && replicas[id].id == id ? replicas[id] : replicas.first { $0.id == id }
+                if let replica, replica.usable {
+                    cursors[adapter] = (k + 1) % placed.count
+                    return id
+                }
+            }
+        }
+        return fallback.choose(adapter: adapter, promptTokens: promptTokens, replicas: replicas)
+    }
+}
+
 /// Llumnix's load-balancing dispatch: to the freest replica, freeness = free KV blocks per request it holds
 /// (how many more decode steps its batch can take). A replica holding no request is the freest (ties → lower
 /// id). Requests counted are running *and* waiting ones: Llumnix's virtual usage charges queued requests

@@ -16,6 +16,15 @@
 /// for a slot). Cheapest wins; equal costs (the floors make many) go to the replica holding fewer
 /// requests, then the lower id.
 ///
+/// With `adapterSlotBound`, the mixed batches also need at least D / S steps, D the distinct adapters among the
+/// leftovers and S the replica's adapter slots (an unmerged iteration serves at most S adapters):
+///
+///     units = Σ_k ⌊cnt_k / B⌋ · f  +  max(Σ_k (cnt_k mod B) / B, D / S)
+///
+/// The formula assumes any leftovers share a mixed batch; with more adapters than slots they cannot, and a
+/// request for an adapter the replica does not hold adds an adapter its batches must take turns with, where
+/// one for an adapter it holds adds only a request. (Floors as `fractionalLeftovers` says, on both terms.)
+///
 /// With a `placement`, the cheapest *placed* candidate wins unless it costs more than `placementSlackSteps`
 /// decode steps (of the cheapest candidate) above the cheapest candidate overall; then that one wins.
 /// Placement is a plan made from expected rates, so it yields to a measured backlog, but not to noise.
@@ -34,11 +43,16 @@ public struct DLoRAProactive: DispatchPolicy {
     /// fraction equals the floor at multiples of B and grows by 1/B per request in between. The router uses
     /// it (docs/design/cluster-policy.md); `false` is the artifact's formula.
     public var fractionalLeftovers: Bool
+    /// The mixed batches' steps are at least the leftover adapters over the replica's adapter slots (above);
+    /// false: the artifact's formula, which prices any number of adapters as if one batch could hold them.
+    public var adapterSlotBound: Bool
 
-    public init(placement: [String: Set<Int>]? = nil, placementSlackSteps: Double = 1, fractionalLeftovers: Bool = false) {
+    public init(placement: [String: Set<Int>]? = nil, placementSlackSteps: Double = 1, fractionalLeftovers: Bool = false,
+                adapterSlotBound: Bool = false) {
         self.placement = placement
         self.placementSlackSteps = placementSlackSteps
         self.fractionalLeftovers = fractionalLeftovers
+        self.adapterSlotBound = adapterSlotBound
         placedIDs = Self.marks(placement)
     }
 
@@ -59,43 +73,57 @@ public struct DLoRAProactive: DispatchPolicy {
     }
 
     /// The formula's batch-step units for per-adapter counts `counts` at batch size `batch`.
-    public static func queueUnits(counts: [String: Int], batch: Int, mergedCostFactor: Double, fractionalLeftovers: Bool = false) -> Double {
+    /// `slots` > 0 applies the adapter-slot bound with S = slots (the base model, "", takes no slot).
+    public static func queueUnits(counts: [String: Int], batch: Int, mergedCostFactor: Double, fractionalLeftovers: Bool = false,
+                                  slots: Int = 0) -> Double {
         let b = max(1, batch)
         var full = 0
         var leftovers = 0
-        for count in counts.values {
+        var leftoverAdapters = 0
+        for (name, count) in counts {
             full += count / b
             leftovers += count % b
+            if !name.isEmpty && count % b != 0 { leftoverAdapters += 1 }
         }
-        return units(fullBatches: full, leftovers: leftovers, batch: b, mergedCostFactor: mergedCostFactor,
-                     fractionalLeftovers: fractionalLeftovers)
+        return units(fullBatches: full, leftovers: leftovers, leftoverAdapters: leftoverAdapters, slots: slots, batch: b,
+                     mergedCostFactor: mergedCostFactor, fractionalLeftovers: fractionalLeftovers)
     }
 
-    /// The formula from its integer sums (Σ ⌊count/B⌋, Σ count mod B), scaled once: the same value whatever
-    /// order the counts were visited in.
-    static func units(fullBatches: Int, leftovers: Int, batch b: Int, mergedCostFactor: Double, fractionalLeftovers: Bool) -> Double {
-        Double(fullBatches) * mergedCostFactor + (fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b))
+    /// The formula from its integer sums (Σ ⌊count/B⌋, Σ count mod B, the leftover adapters), scaled once: the
+    /// same value whatever order the counts were visited in. `slots` ≤ 0: no slot bound.
+    static func units(fullBatches: Int, leftovers: Int, leftoverAdapters: Int, slots: Int, batch b: Int, mergedCostFactor: Double,
+                      fractionalLeftovers: Bool) -> Double {
+        var mixed = fractionalLeftovers ? Double(leftovers) / Double(b) : Double(leftovers / b)
+        if slots > 0 {
+            mixed = max(mixed, fractionalLeftovers ? Double(leftoverAdapters) / Double(slots) : Double(leftoverAdapters / slots))
+        }
+        return Double(fullBatches) * mergedCostFactor + mixed
     }
 
     /// Seconds a request for `adapter` would wait on `replica`: queueing cost plus adapter load time.
     /// (`queueUnits` over the replica's counts with the request added, from the sums the load keeps
     /// (`ReplicaLoad.fullBatches`, `leftoverRequests`): O(1) per replica, as dispatch asks it of every replica
     /// for every arrival.)
-    public static func costSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool = false) -> Double {
-        queueSeconds(adapter: adapter, replica: replica, fractionalLeftovers: fractionalLeftovers) + replica.loadSeconds(adapter)
+    public static func costSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool = false,
+                                   adapterSlotBound: Bool = false) -> Double {
+        queueSeconds(adapter: adapter, replica: replica, fractionalLeftovers: fractionalLeftovers, adapterSlotBound: adapterSlotBound)
+            + replica.loadSeconds(adapter)
     }
 
     /// `costSeconds` without the adapter's load time.
-    static func queueSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool) -> Double {
-        queueSeconds(count: replica.perAdapter[adapter]?.total ?? 0, replica: replica, fractionalLeftovers: fractionalLeftovers)
+    static func queueSeconds(adapter: String, replica: ReplicaLoad, fractionalLeftovers: Bool, adapterSlotBound: Bool) -> Double {
+        queueSeconds(count: replica.perAdapter[adapter]?.total ?? 0, named: !adapter.isEmpty, replica: replica,
+                     fractionalLeftovers: fractionalLeftovers, adapterSlotBound: adapterSlotBound)
     }
 
     /// `queueSeconds` for an adapter with `c` requests on the replica: the replica's sums over its adapters, with
-    /// that adapter's count c replaced by c + 1.
-    static func queueSeconds(count c: Int, replica: ReplicaLoad, fractionalLeftovers: Bool) -> Double {
+    /// that adapter's count c replaced by c + 1. `named`: an adapter, not the base model (which takes no slot).
+    static func queueSeconds(count c: Int, named: Bool, replica: ReplicaLoad, fractionalLeftovers: Bool, adapterSlotBound: Bool) -> Double {
         let b = max(1, replica.maxBatch)
+        let leftoverAdapters = replica.leftoverAdapters + (named ? ((c + 1) % b != 0 ? 1 : 0) - (c % b != 0 ? 1 : 0) : 0)
         return units(fullBatches: replica.fullBatches - c / b + (c + 1) / b, leftovers: replica.leftoverRequests - c % b + (c + 1) % b,
-                     batch: b, mergedCostFactor: replica.mergedCostFactor, fractionalLeftovers: fractionalLeftovers)
+                     leftoverAdapters: leftoverAdapters, slots: adapterSlotBound ? replica.adapterSlots : 0, batch: b,
+                     mergedCostFactor: replica.mergedCostFactor, fractionalLeftovers: fractionalLeftovers)
             * replica.decodeStepSeconds
     }
 
@@ -158,7 +186,8 @@ public struct DLoRAProactive: DispatchPolicy {
         var bestPlaced = -1, bestPlacedCost = 0.0
         for i in replicas.indices where replicas[i].usable && (!anyHost || hosts[i]) {
             // = costSeconds: the queue, plus the load time where the adapter is not resident (`loadSeconds`).
-            let cost = Self.queueSeconds(count: counts[i], replica: replicas[i], fractionalLeftovers: fractionalLeftovers)
+            let cost = Self.queueSeconds(count: counts[i], named: !adapter.isEmpty, replica: replicas[i],
+                                         fractionalLeftovers: fractionalLeftovers, adapterSlotBound: adapterSlotBound)
                 + (resident[i] ? 0 : replicas[i].adapterLoadSeconds[adapter] ?? replicas[i].defaultAdapterLoadSeconds)
             if best < 0 || Self.cheaper(i, cost, than: best, bestCost, in: replicas) {
                 best = i

@@ -121,6 +121,9 @@ public struct ReplicaLoad: Sendable, Equatable {
     public private(set) var fullBatches = 0
     /// Σ total mod B: the requests left over from full batches.
     public private(set) var leftoverRequests = 0
+    /// Adapters (the base model not counted: it takes no slot) with requests left over from full batches
+    /// (total mod B ≠ 0): the distinct adapters its mixed batches must serve.
+    public private(set) var leftoverAdapters = 0
     /// Resident adapters with requests here (what `canLoad` cannot evict).
     private var busyResidentAdapters = 0
     /// `residentAdapters.count`, kept with the load: `canLoad` reads it for every replica on every arrival, and
@@ -129,18 +132,20 @@ public struct ReplicaLoad: Sendable, Equatable {
 
     private mutating func tally() {
         let b = max(1, maxBatch)
-        var waiting = 0, running = 0, full = 0, left = 0, busy = 0
+        var waiting = 0, running = 0, full = 0, left = 0, leftAdapters = 0, busy = 0
         for (name, counts) in perAdapter {
             waiting += counts.waiting
             running += counts.running
             full += counts.total / b
             left += counts.total % b
+            if !name.isEmpty && counts.total % b != 0 { leftAdapters += 1 }
             if counts.total != 0 && residentAdapters.contains(name) { busy += 1 }
         }
         waitingRequests = waiting
         runningRequests = running
         fullBatches = full
         leftoverRequests = left
+        leftoverAdapters = leftAdapters
         busyResidentAdapters = busy
         residentCount = residentAdapters.count
     }
@@ -157,6 +162,7 @@ public struct ReplicaLoad: Sendable, Equatable {
         waitingRequests += count
         fullBatches += (c + count) / b - c / b
         leftoverRequests += (c + count) % b - c % b
+        if !adapter.isEmpty { leftoverAdapters += ((c + count) % b != 0 ? 1 : 0) - (c % b != 0 ? 1 : 0) }
         if c == 0 && count > 0 && residentAdapters.contains(adapter) { busyResidentAdapters += 1 }
     }
 

@@ -4,6 +4,9 @@ import Scheduling
 /// Which router dispatch policy runs (`ClusterPolicy`'s, as `dlora router --dispatch` names them).
 public enum SimDispatch: String, CaseIterable, Sendable {
     case roundRobin = "round-robin"
+    /// Round-robin over each adapter's replicas under a static placement made once from the whole workload's
+    /// per-adapter rates (`PlacedRoundRobin`): our reading of the baseline in dLoRA's Fig 11. Simulator only.
+    case roundRobinPlaced = "round-robin-placed"
     case leastLoaded = "least-loaded"
     case loraAffinity = "lora-affinity"
     case dlora
@@ -39,6 +42,11 @@ public struct SimulationConfig: Sendable {
     /// dLoRA dispatch counts leftover requests as a fraction of a batch step (the router's choice); false: the
     /// artifact's floor (`DLoRAProactive.fractionalLeftovers`).
     public var dloraFractionalLeftovers = true
+    /// dLoRA dispatch bounds a replica's mixed batches by its adapter slots (`DLoRAProactive.adapterSlotBound`).
+    public var dloraAdapterSlotBound = false
+    /// How many decode steps a placed replica may cost above the cheapest before dLoRA dispatch passes it over
+    /// (`DLoRAProactive.placementSlackSteps`; the router's 1).
+    public var dloraPlacementSlackSteps = 1.0
     /// dLoRA dispatch finds an adapter's replicas from an index kept with the polled statuses
     /// (`PresenceIndex`); false: it looks the adapter up in every replica's status, as the router does. The same
     /// choices either way (tested); the index is what makes dispatch cheap at 1,000 replicas.
@@ -232,10 +240,11 @@ struct SimulationRun {
         schedulerConfig.switchPrior = config.cost.switchPrior
         replicas = (0..<config.replicas).map { _ in Replica(scheduler: Scheduler(config: schedulerConfig)) }
         dispatcher = switch config.dispatch {
-        case .roundRobin: RoundRobin()
+        case .roundRobin, .roundRobinPlaced: RoundRobin()
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
-        case .dlora: DLoRAProactive(fractionalLeftovers: config.dloraFractionalLeftovers)
+        case .dlora: DLoRAProactive(placementSlackSteps: config.dloraPlacementSlackSteps, fractionalLeftovers: config.dloraFractionalLeftovers,
+                                     adapterSlotBound: config.dloraAdapterSlotBound)
         }
         records = workload.map {
             RequestRecord(id: $0.id, adapter: $0.adapter, arrival: $0.arrival, promptTokens: $0.promptTokens, firstToken: nil, finish: nil,
@@ -247,6 +256,19 @@ struct SimulationRun {
         arrivalCounts = Array(repeating: 0, count: adapterCount)
         invariants.numBlocks = shape.numBlocks
         invariants.maxBlocksUsed = Array(repeating: 0, count: config.replicas)
+        if config.dispatch == .roundRobinPlaced { dispatcher = PlacedRoundRobin(placement: staticPlacement()) }
+    }
+
+    /// Adapters placed once, ahead of the run, by their share of the whole workload (`DLoRAProactive.placeAdapters`
+    /// over the idle replicas, rates = requests / the arrivals' span).
+    func staticPlacement() -> [String: Set<Int>] {
+        guard let first = workload.first, let last = workload.last else { return [:] }
+        let span = max(last.arrival - first.arrival, 1e-9)
+        var counts = [Int](repeating: 0, count: names.count)
+        for request in workload { counts[request.adapter] += 1 }
+        var rates: [String: Double] = [:]
+        for (a, n) in counts.enumerated() where n > 0 { rates[names[a]] = Double(n) / span }
+        return DLoRAProactive().placeAdapters(rates: rates, replicas: replicas.indices.map { load($0, includeRequests: false) })
     }
 
     var unresolved: Bool { resolved < workload.count }

@@ -3,7 +3,9 @@ import ClusterPolicy
 
 @Suite struct DispatchTests {
     /// Every policy, fresh.
-    func policies() -> [any DispatchPolicy] { [RoundRobin(), LeastLoaded(), LoRAAffinity(), DLoRAProactive()] }
+    func policies() -> [any DispatchPolicy] {
+        [RoundRobin(), LeastLoaded(), LoRAAffinity(), DLoRAProactive(), PlacedRoundRobin(placement: ["x": [0, 1, 3]])]
+    }
 
     @Test func noUsableReplicaMeansNil() {
         let replicas = [replica(0, healthy: false), replica(1, draining: true)]
@@ -31,6 +33,25 @@ import ClusterPolicy
         var skipping = RoundRobin()
         let middleDown = [replica(0), replica(1, healthy: false), replica(2)]
         #expect((0..<4).map { _ in skipping.choose(adapter: "", promptTokens: 1, replicas: middleDown) } == [0, 2, 0, 2])
+    }
+
+    /// A placed adapter cycles over its own replicas (in id order, skipping unusable ones), whatever their load;
+    /// the base model and an adapter placed nowhere cycle over all, on a cursor of their own.
+    @Test func placedRoundRobinKeepsEachAdapterOnItsReplicas() {
+        var policy = PlacedRoundRobin(placement: ["a": [2, 0], "b": [1]])
+        let four = [replica(0), replica(1, free: 1, waiting: ["b": 50]), replica(2), replica(3)]
+        #expect((0..<4).map { _ in policy.choose(adapter: "a", promptTokens: 1, replicas: four) } == [0, 2, 0, 2])
+        #expect((0..<3).map { _ in policy.choose(adapter: "b", promptTokens: 1, replicas: four) } == [1, 1, 1])
+        #expect((0..<5).map { _ in policy.choose(adapter: "", promptTokens: 1, replicas: four) } == [0, 1, 2, 3, 0])
+        #expect(policy.choose(adapter: "c", promptTokens: 1, replicas: four) == 1)
+        // Replica 2 down: "a" stays on 0; "b"'s only replica down: the shared cursor takes it.
+        let down = [replica(0), replica(1, healthy: false), replica(2, healthy: false), replica(3)]
+        #expect((0..<3).map { _ in policy.choose(adapter: "a", promptTokens: 1, replicas: down) } == [0, 0, 0])
+        #expect((0..<2).map { _ in policy.choose(adapter: "b", promptTokens: 1, replicas: down) } == [3, 0])
+        // Ids that are not list positions.
+        var shifted = PlacedRoundRobin(placement: ["a": [7, 5]])
+        let renamed = [replica(5), replica(6), replica(7)]
+        #expect((0..<3).map { _ in shifted.choose(adapter: "a", promptTokens: 1, replicas: renamed) } == [5, 7, 5])
     }
 
     @Test func leastLoadedPicksMostFreeBlocksPerRequest() {

@@ -42,6 +42,37 @@ import ClusterPolicy
         #expect(policy.choose(adapter: "x", promptTokens: 20, replicas: [slowA, b, c]) == 2)
     }
 
+    /// The adapter-slot bound, by hand (B = 4, S = 2 slots, f = 0.6): leftovers a 1, b 1, c 1 and the base model 3
+    /// are 6 requests, 6/4 = 1.5 steps as a fraction; the named adapters among them are 3, 3/2 = 1.5 steps; with d
+    /// as well, 4/2 = 2 steps bind. Floors: ⌊6/4⌋ = 1 against ⌊4/2⌋ = 2. A full batch of a (4) leaves it out.
+    @Test func adapterSlotBoundWorkedExample() {
+        let three: [String: Int] = ["a": 1, "b": 1, "c": 1, "": 3]
+        #expect(DLoRAProactive.queueUnits(counts: three, batch: 4, mergedCostFactor: 0.6, fractionalLeftovers: true, slots: 2) == 1.5)
+        #expect(DLoRAProactive.queueUnits(counts: three.merging(["d": 1]) { $1 }, batch: 4, mergedCostFactor: 0.6,
+                                          fractionalLeftovers: true, slots: 2) == 2)
+        #expect(DLoRAProactive.queueUnits(counts: three.merging(["d": 1]) { $1 }, batch: 4, mergedCostFactor: 0.6, slots: 2) == 2)
+        #expect(DLoRAProactive.queueUnits(counts: three.merging(["d": 1]) { $1 }, batch: 4, mergedCostFactor: 0.6) == 1)
+        #expect(DLoRAProactive.queueUnits(counts: ["a": 4, "b": 1, "c": 1], batch: 4, mergedCostFactor: 0.6, fractionalLeftovers: true,
+                                          slots: 2) == 0.6 + 1)
+
+        // Two replicas with 2 slots, 4 requests each at 0.05 s a step, loads free: P holds x among four adapters (x 1,
+        // y 1, z 1, w 1), Q two others (y 2, z 2; a slot free). A new x on P: leftovers 5/4, adapters 4/2 = 2 steps;
+        // on Q: 5/4, adapters 3/2 = 1.5 steps. Without the bound both cost 5/4 and the tie goes to P (equal
+        // requests, lower id), whose batches already take turns among four adapters; with it, Q wins.
+        let p = proactiveReplica(0, resident: ["x", "y"], counts: ["x": 1, "y": 1, "z": 1, "w": 1], step: 0.05, slots: 2, loadSeconds: 0)
+        let q = proactiveReplica(1, resident: ["y"], counts: ["y": 2, "z": 2], step: 0.05, slots: 2, loadSeconds: 0)
+        let plain = DLoRAProactive(fractionalLeftovers: true)
+        let bound = DLoRAProactive(fractionalLeftovers: true, adapterSlotBound: true)
+        #expect(abs(DLoRAProactive.costSeconds(adapter: "x", replica: p, fractionalLeftovers: true, adapterSlotBound: true) - 0.1) < 1e-12)
+        #expect(abs(DLoRAProactive.costSeconds(adapter: "x", replica: q, fractionalLeftovers: true, adapterSlotBound: true) - 0.075) < 1e-12)
+        #expect(plain.choose(adapter: "x", promptTokens: 8, replicas: [p, q]) == 0)
+        #expect(bound.choose(adapter: "x", promptTokens: 8, replicas: [p, q]) == 1)
+        // A request for y, which both hold: the bound adds no adapter on either, and P (2 steps) costs more than Q.
+        #expect(bound.choose(adapter: "y", promptTokens: 8, replicas: [p, q]) == 1)
+        // The base model takes no slot: on P it costs 5/4 steps, the adapters' 4/2 = 2 still bind.
+        #expect(abs(DLoRAProactive.costSeconds(adapter: "", replica: p, fractionalLeftovers: true, adapterSlotBound: true) - 0.1) < 1e-12)
+    }
+
     @Test func replicasThatCannotTakeTheAdapterAreNotCandidates() {
         // Replica 0 is idle but its only slot holds a busy adapter; replica 1 holds x with a backlog.
         let busy = proactiveReplica(0, resident: ["y"], counts: ["y": 1], step: 0.05, slots: 1)
@@ -121,6 +152,8 @@ import ClusterPolicy
                     #expect(incremental.canHost("x") == recounted.canHost("x"))
                     #expect(DLoRAProactive.costSeconds(adapter: "a", replica: incremental)
                         == DLoRAProactive.costSeconds(adapter: "a", replica: recounted))
+                    #expect(DLoRAProactive.costSeconds(adapter: "a", replica: incremental, fractionalLeftovers: true, adapterSlotBound: true)
+                        == DLoRAProactive.costSeconds(adapter: "a", replica: recounted, fractionalLeftovers: true, adapterSlotBound: true))
                     // A fresh load built from the same counts has the same sums.
                     let rebuilt = ReplicaLoad(id: load.id, healthy: load.healthy, draining: load.draining, kvBlocksTotal: load.kvBlocksTotal,
                                               kvBlocksFree: load.kvBlocksFree, adapterSlots: load.adapterSlots,

@@ -306,6 +306,32 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
 /// covers every iteration's mode and runs, every action kind, dispatch targets, moves and finishes, and is the
 /// same in every process (nothing it covers depends on hash-seeded iteration order). A change to these paths
 /// that moves a decision, a tie-break included, changes it.
+/// `round-robin-placed`: adapters placed once by their share of the workload, each adapter's requests kept on its
+/// own replicas. 4 replicas × 6 adapter slots for 16 adapters: 24 copies, so at most 24 (adapter, replica) pairs
+/// serve requests (plain round-robin spreads every adapter over all four: about 64), the most popular adapter has
+/// several replicas and the least popular ones one each.
+@Suite struct PlacedRoundRobinSimulationTests {
+    @Test func eachAdapterStaysOnItsPlacedReplicas() {
+        var pairs: [SimDispatch: Set<[Int]>] = [:]
+        for dispatch in [SimDispatch.roundRobinPlaced, .roundRobin] {
+            let config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24, adapterSlots: 6), policy: .dlora,
+                                          dispatch: dispatch, migration: .off)
+            let spec = WorkloadSpec(requests: 400, rate: 20, adapters: 16, alpha: 1, lengths: .logNormal(promptMedian: 32, outputMedian: 8),
+                                    maxPrompt: 128, maxOutput: 32, seed: 5)
+            let result = Simulation.run(config, workload: Workload.generate(spec))
+            #expect(result.invariants.holds)
+            #expect(result.summary.finished == 400)
+            pairs[dispatch] = Set(result.records.compactMap { r in r.replica.map { [r.adapter, $0] } })
+        }
+        let placed = pairs[.roundRobinPlaced] ?? [], spread = pairs[.roundRobin] ?? []
+        #expect(placed.count <= 24)
+        #expect(spread.count > 40)
+        func replicas(of adapter: Int) -> Int { placed.filter { $0[0] == adapter }.count }
+        #expect(replicas(of: 0) > 1)
+        #expect(replicas(of: 15) == 1)
+    }
+}
+
 @Suite struct PinnedDecisionTests {
     @Test(arguments: [
         (BatchingPolicyKind.dlora, SimDispatch.dlora, SimMigration.kv, UInt64(0x6dd2_e9dd_407c_8789)),
