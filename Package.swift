@@ -129,7 +129,7 @@ let package = Package(
         .testTarget(name: "ClusterPolicyTests", dependencies: ["ClusterPolicy"], swiftSettings: strictSwift),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Scheduling", "ClusterPolicy", "TestSupport"], swiftSettings: strictSwift),
         // Multi-process: `dlora cluster` (router + replicas) on loopback, driven over HTTP.
-        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ServingAPI",
+        .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ServingAPI", "Cluster", "ClusterPolicy",
                                                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
                                                           .product(name: "NIOCore", package: "swift-nio"),
                                                           .product(name: "NIOHTTP1", package: "swift-nio")],

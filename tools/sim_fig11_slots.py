@@ -18,6 +18,10 @@ ROWS = [
     ("proactive, slot bound", ["--dispatch", "dlora", "--migration", "off", "--dispatch-slot-bound"]),
     ("proactive + K/V migration", ["--dispatch", "dlora", "--migration", "kv"]),
     ("proactive + K/V migration, slot bound", ["--dispatch", "dlora", "--migration", "kv", "--dispatch-slot-bound"]),
+    ("proactive, slot bound, hysteresis", ["--dispatch", "dlora", "--migration", "off", "--dispatch-slot-bound",
+                                           "--placement-hysteresis", "0.2"]),
+    ("proactive + K/V migration, slot bound, hysteresis", ["--dispatch", "dlora", "--migration", "kv", "--dispatch-slot-bound",
+                                                           "--placement-hysteresis", "0.2"]),
 ]
 
 
@@ -71,7 +75,8 @@ def main():
           "adapters once by their share of the whole workload (`DLoRAProactive.placeAdapters`) and cycles each adapter's requests",
           "over its replicas; *proactive* is dLoRA's dispatch with its placement re-made every 5 s from observed rates; *slot",
           "bound* prices a replica's mixed batches at no fewer steps than its distinct leftover adapters over its slots",
-          "(`--dispatch-slot-bound`).", ""]
+          "(`--dispatch-slot-bound`); *hysteresis* keeps the placement while the adapters' shares move by at most 0.2 (total",
+          "variation; `--placement-hysteresis 0.2`).", ""]
     for sigma in sigmas:
         md += [f"## σ = {sigma:g}", "", "| dispatch / migration | " + " | ".join(f"{r} req/s" for r in rates) + " |", "|---|" + "---:|" * len(rates)]
         for label, _ in ROWS:
@@ -84,9 +89,9 @@ def main():
             md.append(f"| {label} | " + " | ".join(cells) + " |")
         md += ["", "Cells: avg latency per token / throughput under the SLO (tok/s) / adapter loads / migrations.", "",
                "| avg latency ratio | " + " | ".join(f"{r} req/s" for r in rates) + " | paper |", "|---|" + "---:|" * (len(rates) + 1)]
-        target = "proactive + K/V migration, slot bound"
+        target = "proactive + K/V migration, slot bound, hysteresis"
         for base, paper in (("round-robin", "3.6×"), ("round-robin, static placement", "3.6×"), ("proactive", "1.4×"),
-                            ("proactive, slot bound", "1.4×"), ("proactive + K/V migration", "—")):
+                            ("proactive + K/V migration", "—"), ("proactive, slot bound, hysteresis", "1.4×")):
             cells = []
             for r in rates:
                 b, m = get((sigma, r, base), "avg_latency_per_token_seconds"), get((sigma, r, target), "avg_latency_per_token_seconds")

@@ -22,6 +22,12 @@ public struct RoutingOptions: Sendable {
     public var migrationMinRemainingTokens = 16
     /// How often dLoRA dispatch re-places adapters from their arrival rates.
     public var placementInterval: Duration = .seconds(5)
+    /// dLoRA dispatch keeps its placement while the adapters' shares move by at most this
+    /// (`DLoRAProactive.placementHysteresis`; 0: re-place every interval).
+    public var placementHysteresis = 0.0
+    /// dLoRA dispatch prices mixed batches at no fewer steps than their distinct adapters over the replica's
+    /// slots (`DLoRAProactive.adapterSlotBound`).
+    public var adapterSlotBound = false
     public var migrationConfig = MigrationConfiguration()
     public var maxBodyBytes = 1 << 20
     public var http = HTTPLimits()
@@ -46,7 +52,7 @@ public final class ClusterRouter: Sendable {
     public let options: RoutingOptions
     let metrics = RouterMetrics()
     let flights = Locked([String: Flight]())
-    private let policy: Locked<any DispatchPolicy>
+    let policy: Locked<any DispatchPolicy>
     private let serial = Locked(UInt64(0))
     /// Requests per adapter since the last placement update, and the smoothed rates (requests/s).
     private let arrivals = Locked((counts: [String: Int](), rates: [String: Double]()))
@@ -59,7 +65,12 @@ public final class ClusterRouter: Sendable {
         case .roundRobin: RoundRobin()
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
-        case .dlora: DLoRAProactive(fractionalLeftovers: true)
+        case .dlora:
+            { () -> DLoRAProactive in
+                var d = DLoRAProactive(fractionalLeftovers: true, adapterSlotBound: options.adapterSlotBound)
+                d.placementHysteresis = options.placementHysteresis
+                return d
+            }()
         }
         policy = Locked(p)
     }

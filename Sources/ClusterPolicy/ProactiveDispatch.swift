@@ -46,6 +46,14 @@ public struct DLoRAProactive: DispatchPolicy {
     /// The mixed batches' steps are at least the leftover adapters over the replica's adapter slots (above);
     /// false: the artifact's formula, which prices any number of adapters as if one batch could hold them.
     public var adapterSlotBound: Bool
+    /// `updatePlacement` keeps the current placement while the adapters' expected shares have moved by at most
+    /// this much since it was made (total variation distance, ½ Σ |share − share then|, in [0, 1]) and its hosts
+    /// are the same usable replicas: a re-placement moves adapters between replicas, and noise in the observed
+    /// rates should not. 0: re-place every time.
+    public var placementHysteresis: Double = 0
+    /// The shares `placement` was made from, and the replica ids it could use.
+    private var placedShares: [String: Double] = [:]
+    private var placedHosts: [Int] = []
 
     public init(placement: [String: Set<Int>]? = nil, placementSlackSteps: Double = 1, fractionalLeftovers: Bool = false,
                 adapterSlotBound: Bool = false) {
@@ -206,8 +214,27 @@ public struct DLoRAProactive: DispatchPolicy {
     }
 
     /// `placeAdapters(rates:replicas:)` on this policy's behalf, kept as its placement.
+    /// With `placementHysteresis` > 0, only once the shares have moved beyond it (or the usable hosts changed).
     public mutating func updatePlacement(rates: [String: Double], replicas: [ReplicaLoad]) {
+        let total = rates.reduce(0.0) { $1.key.isEmpty ? $0 : $0 + max(0, $1.value) }
+        var shares: [String: Double] = [:]
+        if total > 0 { for (name, r) in rates where !name.isEmpty && r > 0 { shares[name] = r / total } }
+        let hosts = replicas.filter { $0.usable && $0.adapterSlots > 0 }.map(\.id).sorted()
+        if placementHysteresis > 0, placement != nil, hosts == placedHosts,
+           Self.totalVariation(shares, placedShares) <= placementHysteresis {
+            return
+        }
         placement = placeAdapters(rates: rates, replicas: replicas)
+        placedShares = shares
+        placedHosts = hosts
+    }
+
+    /// ½ Σ |a − b| over the names of either (a missing name counts 0).
+    public static func totalVariation(_ a: [String: Double], _ b: [String: Double]) -> Double {
+        var sum = 0.0
+        for (name, x) in a { sum += abs(x - (b[name] ?? 0)) }
+        for (name, y) in b where a[name] == nil { sum += y }
+        return sum / 2
     }
 
     /// Greedy adapter placement by expected share (dLoRA: "place adapters on replicas ahead of time from

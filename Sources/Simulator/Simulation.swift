@@ -47,6 +47,9 @@ public struct SimulationConfig: Sendable {
     /// How many decode steps a placed replica may cost above the cheapest before dLoRA dispatch passes it over
     /// (`DLoRAProactive.placementSlackSteps`; the router's 1).
     public var dloraPlacementSlackSteps = 1.0
+    /// dLoRA dispatch keeps its placement while the adapters' shares move by at most this
+    /// (`DLoRAProactive.placementHysteresis`; 0, the router's: re-place every period).
+    public var dloraPlacementHysteresis = 0.0
     /// dLoRA dispatch finds an adapter's replicas from an index kept with the polled statuses
     /// (`PresenceIndex`); false: it looks the adapter up in every replica's status, as the router does. The same
     /// choices either way (tested); the index is what makes dispatch cheap at 1,000 replicas.
@@ -245,6 +248,10 @@ struct SimulationRun {
         case .loraAffinity: LoRAAffinity()
         case .dlora: DLoRAProactive(placementSlackSteps: config.dloraPlacementSlackSteps, fractionalLeftovers: config.dloraFractionalLeftovers,
                                      adapterSlotBound: config.dloraAdapterSlotBound)
+        }
+        if var d = dispatcher as? DLoRAProactive {
+            d.placementHysteresis = config.dloraPlacementHysteresis
+            dispatcher = d
         }
         records = workload.map {
             RequestRecord(id: $0.id, adapter: $0.adapter, arrival: $0.arrival, promptTokens: $0.promptTokens, firstToken: nil, finish: nil,

@@ -25,6 +25,11 @@ struct RouterFlags: ParsableArguments {
     var migrationRequestExcess: Int = 16
     @Option(help: "Milliseconds between reads of the replicas' status.")
     var pollMs: Int = 200
+    @Option(help: "dLoRA dispatch: keep the adapter placement while the adapters' shares of arrivals move by at most this (total variation, 0-1; 0: re-place every 5 s).")
+    var placementHysteresis: Double = 0
+    @Flag(inversion: .prefixedNo,
+          help: "dLoRA dispatch: price a replica's mixed batches at no fewer steps than its distinct queued adapters over its adapter slots.")
+    var dispatchSlotBound = false
     @OptionGroup var keys: KeyOptions
     @Option(help: "Largest request body, bytes.")
     var maxBodyBytes: Int = 1 << 20
@@ -38,6 +43,7 @@ struct RouterFlags: ParsableArguments {
         guard migrationKvThreshold > 0, migrationKvThreshold <= 1 else { throw ValidationError("--migration-kv-threshold must be in (0, 1]") }
         guard migrationRequestExcess >= 1 else { throw ValidationError("--migration-request-excess must be positive") }
         guard pollMs >= 10, pollMs <= 60_000 else { throw ValidationError("--poll-ms must be between 10 and 60000") }
+        guard (0...1).contains(placementHysteresis) else { throw ValidationError("--placement-hysteresis must be in 0...1") }
         guard maxBodyBytes >= 1024 else { throw ValidationError("--max-body-bytes must be at least 1024") }
     }
 
@@ -48,6 +54,8 @@ struct RouterFlags: ParsableArguments {
         o.dispatch = DispatchKind(rawValue: dispatch) ?? .dlora
         o.migration = MigrationMode(rawValue: migration)
         o.pollInterval = .milliseconds(Int64(pollMs))
+        o.placementHysteresis = placementHysteresis
+        o.adapterSlotBound = dispatchSlotBound
         o.migrationConfig = MigrationConfiguration(periodSeconds: migrationInterval, kvUsageThreshold: migrationKvThreshold,
                                                    requestExcess: migrationRequestExcess)
         o.maxBodyBytes = maxBodyBytes

@@ -55,6 +55,8 @@ struct Simulate: ParsableCommand {
     var placementSlackSteps: Double = 1
     @Option(help: "dLoRA dispatch: seconds between re-placements of the adapters from their smoothed arrival rates (the router's 5).")
     var placementPeriod: Double = 5
+    @Option(help: "dLoRA dispatch: keep the placement while the adapters' shares move by at most this (total variation, 0-1; 0: re-place every period).")
+    var placementHysteresis: Double = 0
     @Option(help: "Migration: off, recompute, kv.")
     var migration: String = "off"
     @Option(help: "Migration loop period, seconds (the router's default 10).")
@@ -120,6 +122,7 @@ struct Simulate: ParsableCommand {
         }
         guard placementSlackSteps >= 0, placementSlackSteps.isFinite else { throw ValidationError("--placement-slack-steps must be a finite number >= 0") }
         guard placementPeriod > 0, placementPeriod.isFinite else { throw ValidationError("--placement-period must be a positive number") }
+        guard (0...1).contains(placementHysteresis) else { throw ValidationError("--placement-hysteresis must be in 0...1") }
         guard slo > 0, migrationPeriod > 0, pollMs >= 0 else { throw ValidationError("--slo and --migration-period must be positive, --poll-ms >= 0") }
         guard requestOverheadMs >= 0, requestOverheadMs.isFinite else { throw ValidationError("--request-overhead-ms must be a finite number >= 0") }
         if let v = adapterFileLoadMs { guard v >= 0, v.isFinite else { throw ValidationError("--adapter-file-load-ms must be a finite number >= 0") } }
@@ -203,6 +206,7 @@ struct Simulate: ParsableCommand {
         config.dloraAdapterSlotBound = dispatchSlotBound
         config.dloraPlacementSlackSteps = placementSlackSteps
         config.placementPeriod = placementPeriod
+        config.dloraPlacementHysteresis = placementHysteresis
         if let migrationRequestExcess { config.migrationConfig.requestExcess = migrationRequestExcess }
         config.pollInterval = pollMs / 1000
         // The flag, else a measured profile's.

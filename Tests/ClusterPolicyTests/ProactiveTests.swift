@@ -305,4 +305,35 @@ import ClusterPolicy
         #expect(policy.choose(adapter: "b", promptTokens: 1, replicas: replicas) == placed["b"]!.first)
         #expect(policy.choose(adapter: "c", promptTokens: 1, replicas: replicas) == placed["c"]!.first)
     }
+
+    /// With hysteresis 0.2 the placement stays while the shares move by ≤ 0.2 (total variation) and the hosts are
+    /// the same; a larger move, a replica lost, or hysteresis 0 re-places. Shares a 0.5, b 0.3, c 0.2 → a 0.4,
+    /// b 0.4, c 0.2 is a move of 0.1; → a 0.1, b 0.1, c 0.8 a move of 0.6.
+    @Test func placementHysteresisKeepsThePlacementThroughNoise() {
+        #expect(abs(DLoRAProactive.totalVariation(["a": 0.5, "b": 0.3, "c": 0.2], ["a": 0.4, "b": 0.4, "c": 0.2]) - 0.1) < 1e-12)
+        #expect(abs(DLoRAProactive.totalVariation(["a": 1], ["b": 1]) - 1) < 1e-12)
+        let four = (0..<4).map { replica($0, slots: 2) }
+        var sticky = DLoRAProactive()
+        sticky.placementHysteresis = 0.2
+        var eager = DLoRAProactive()
+        sticky.updatePlacement(rates: ["a": 5, "b": 3, "c": 2], replicas: four)
+        eager.updatePlacement(rates: ["a": 5, "b": 3, "c": 2], replicas: four)
+        let first = sticky.placement
+        #expect(first == eager.placement)
+        // A move of 0.1 (in rates ×2, so the shares, not the totals, count): kept; the eager policy re-places.
+        sticky.updatePlacement(rates: ["a": 8, "b": 8, "c": 4], replicas: four)
+        eager.updatePlacement(rates: ["a": 8, "b": 8, "c": 4], replicas: four)
+        #expect(sticky.placement == first)
+        #expect(eager.placement != first)
+        // A move of 0.6: re-placed, as the eager policy places it.
+        sticky.updatePlacement(rates: ["a": 1, "b": 1, "c": 8], replicas: four)
+        eager.updatePlacement(rates: ["a": 1, "b": 1, "c": 8], replicas: four)
+        #expect(sticky.placement == eager.placement)
+        let second = sticky.placement
+        // Replica 3 lost, shares the same: re-placed on the three left.
+        let three = Array(four.prefix(3))
+        sticky.updatePlacement(rates: ["a": 1, "b": 1, "c": 8], replicas: three)
+        #expect(sticky.placement != second)
+        #expect(sticky.placement?.values.allSatisfy { !$0.contains(3) } == true)
+    }
 }
