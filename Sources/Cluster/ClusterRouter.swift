@@ -65,12 +65,8 @@ public final class ClusterRouter: Sendable {
         case .roundRobin: RoundRobin()
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
-        case .dlora:
-            { () -> DLoRAProactive in
-                var d = DLoRAProactive(fractionalLeftovers: true, adapterSlotBound: options.adapterSlotBound)
-                d.placementHysteresis = options.placementHysteresis
-                return d
-            }()
+        case .dlora: DLoRAProactive(fractionalLeftovers: true, adapterSlotBound: options.adapterSlotBound,
+                                    placementHysteresis: options.placementHysteresis)
         }
         policy = Locked(p)
     }

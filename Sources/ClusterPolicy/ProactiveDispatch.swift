@@ -50,17 +50,18 @@ public struct DLoRAProactive: DispatchPolicy {
     /// this much since it was made (total variation distance, ½ Σ |share − share then|, in [0, 1]) and its hosts
     /// are the same usable replicas: a re-placement moves adapters between replicas, and noise in the observed
     /// rates should not. 0: re-place every time.
-    public var placementHysteresis: Double = 0
+    public var placementHysteresis: Double
     /// The shares `placement` was made from, and the replica ids it could use.
     private var placedShares: [String: Double] = [:]
     private var placedHosts: [Int] = []
 
     public init(placement: [String: Set<Int>]? = nil, placementSlackSteps: Double = 1, fractionalLeftovers: Bool = false,
-                adapterSlotBound: Bool = false) {
+                adapterSlotBound: Bool = false, placementHysteresis: Double = 0) {
         self.placement = placement
         self.placementSlackSteps = placementSlackSteps
         self.fractionalLeftovers = fractionalLeftovers
         self.adapterSlotBound = adapterSlotBound
+        self.placementHysteresis = placementHysteresis
         placedIDs = Self.marks(placement)
     }
 

@@ -247,11 +247,7 @@ struct SimulationRun {
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
         case .dlora: DLoRAProactive(placementSlackSteps: config.dloraPlacementSlackSteps, fractionalLeftovers: config.dloraFractionalLeftovers,
-                                     adapterSlotBound: config.dloraAdapterSlotBound)
-        }
-        if var d = dispatcher as? DLoRAProactive {
-            d.placementHysteresis = config.dloraPlacementHysteresis
-            dispatcher = d
+                                     adapterSlotBound: config.dloraAdapterSlotBound, placementHysteresis: config.dloraPlacementHysteresis)
         }
         records = workload.map {
             RequestRecord(id: $0.id, adapter: $0.adapter, arrival: $0.arrival, promptTokens: $0.promptTokens, firstToken: nil, finish: nil,

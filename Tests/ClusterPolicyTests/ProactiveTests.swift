@@ -313,8 +313,7 @@ import ClusterPolicy
         #expect(abs(DLoRAProactive.totalVariation(["a": 0.5, "b": 0.3, "c": 0.2], ["a": 0.4, "b": 0.4, "c": 0.2]) - 0.1) < 1e-12)
         #expect(abs(DLoRAProactive.totalVariation(["a": 1], ["b": 1]) - 1) < 1e-12)
         let four = (0..<4).map { replica($0, slots: 2) }
-        var sticky = DLoRAProactive()
-        sticky.placementHysteresis = 0.2
+        var sticky = DLoRAProactive(placementHysteresis: 0.2)
         var eager = DLoRAProactive()
         sticky.updatePlacement(rates: ["a": 5, "b": 3, "c": 2], replicas: four)
         eager.updatePlacement(rates: ["a": 5, "b": 3, "c": 2], replicas: four)
