@@ -7,16 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RESULTS=${RESULTS:-bench/results}
-TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
-JOBS=${JOBS:-$(nproc)}
-if [ -z "${SKIP_BUILD:-}" ]; then
-    scripts/setup.sh
-    swift build -c release --product dlora >&2
-fi
-CACHE="${XDG_CACHE_HOME:-$HOME/.cache}/dlora"
-WORKLOAD=${WORKLOAD:-$CACHE/sharegpt-2000.jsonl}
-[ -s "$WORKLOAD" ] || python3 tools/extract_sharegpt.py "$WORKLOAD" 2000
-[ -f "$TRACE" ] || { echo "bench/simulator-fig11-slots.sh: trace $TRACE not found" >&2; exit 1; }
+source bench/simulator-inputs.sh
 mkdir -p "$RESULTS"
 python3 tools/sim_fig11_slots.py .build/release/dlora "$TRACE" "$WORKLOAD" "$RESULTS" --jobs "$JOBS" \
     --slots "${SLOTS:-8}" --rates "${RATES:-150,200,250}" --sigmas "${SIGMAS:-0,1.5}"

@@ -1,4 +1,5 @@
-# Sourced by the simulator benchmarks (bench/simulator-gpu-profile.sh, bench/simulator-file-loads.sh), from the
+# Sourced by the simulator benchmarks (bench/simulator-gpu-profile.sh, bench/simulator-file-loads.sh,
+# bench/simulator-fig11-slots.sh), from the
 # repository root: the release build (unless SKIP_BUILD), the Azure trace (TRACE), the ShareGPT workload
 # (WORKLOAD, extracted once into the user cache) and the simulations at a time (JOBS, default: the cores).
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
