@@ -5,6 +5,7 @@
 # configuration of the global scheduler:
 #   round-robin | least-loaded | lora-affinity | dlora (proactive dispatch, migration off)
 #   | dlora + migration recompute | dlora + migration kv
+#   (and, named in CONFIGS: dlora-slots, dlora-slots+kv: dLoRA dispatch with --dispatch-slot-bound --placement-hysteresis 0.2)
 #
 # What it measures, and how:
 # - Load: tools/cluster_load.py (raw HTTP/1.1 + SSE on asyncio, one connection per request). Arrivals: the Azure
@@ -120,6 +121,9 @@ config_flags() {  # configuration name → dlora cluster flags
         dlora) echo "--dispatch dlora --migration off" ;;
         dlora+recompute) echo "--dispatch dlora --migration recompute" ;;
         dlora+kv) echo "--dispatch dlora --migration kv" ;;
+        # dLoRA dispatch with the adapter-slot bound and placement hysteresis (docs/design/cluster-policy.md).
+        dlora-slots) echo "--dispatch dlora --migration off --dispatch-slot-bound --placement-hysteresis 0.2" ;;
+        dlora-slots+kv) echo "--dispatch dlora --migration kv --dispatch-slot-bound --placement-hysteresis 0.2" ;;
         *) echo "bench/cluster.sh: unknown configuration $1" >&2; return 1 ;;
     esac
 }
