@@ -6,10 +6,10 @@ most SLOTS distinct adapters per unmerged iteration (and holds that many residen
 bursts. Rows: round-robin over all replicas; round-robin under a static placement (made once from the whole
 workload's shares); dLoRA's proactive dispatch, with and without the adapter-slot bound on its queue formula; the
 same with K/V migration. Writes a markdown table and an SVG plot."""
-import argparse, concurrent.futures as cf, os, sys, time
+import concurrent.futures as cf, os, sys, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sim_paper import run, svg_lines  # noqa: E402
+from sim_paper import run, simulation_arguments, svg_lines  # noqa: E402
 
 ROWS = [
     ("round-robin", ["--dispatch", "round-robin", "--migration", "off"]),
@@ -26,15 +26,10 @@ ROWS = [
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("binary")
-    ap.add_argument("trace")
-    ap.add_argument("sharegpt")
-    ap.add_argument("results")
+    ap = simulation_arguments()
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--rates", default="150,200,250")
     ap.add_argument("--sigmas", default="0,1.5")
-    ap.add_argument("--jobs", type=int, default=2)
     a = ap.parse_args()
     rates = [int(r) for r in a.rates.split(",")]
     sigmas = [float(s) for s in a.sigmas.split(",")]

@@ -113,13 +113,20 @@ def fmt(v, d=3):
     return "—" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
 
-def main():
+def simulation_arguments():
+    """The arguments every simulator page script takes: the dlora binary, the Azure trace, the ShareGPT workload, the
+    results folder, and the simulations run at a time."""
     ap = argparse.ArgumentParser()
     ap.add_argument("binary")
     ap.add_argument("trace")
     ap.add_argument("sharegpt")
     ap.add_argument("results")
     ap.add_argument("--jobs", type=int, default=2)
+    return ap
+
+
+def main():
+    ap = simulation_arguments()
     ap.add_argument("--quick", action="store_true", help="fewer requests and points (checks the script)")
     ap.add_argument("--burst-sigma", type=float, default=0, help="per-adapter bursts (dlora simulate --adapter-burst-sigma); writes simulator-paper-bursty.md")
     ap.add_argument("--burst-window", type=float, default=60)
