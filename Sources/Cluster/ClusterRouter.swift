@@ -22,12 +22,10 @@ public struct RoutingOptions: Sendable {
     public var migrationMinRemainingTokens = 16
     /// How often dLoRA dispatch re-places adapters from their arrival rates.
     public var placementInterval: Duration = .seconds(5)
-    /// dLoRA dispatch keeps its placement while the adapters' shares move by at most this
-    /// (`DLoRAProactive.placementHysteresis`; 0: re-place every interval).
-    public var placementHysteresis = 0.0
-    /// dLoRA dispatch prices mixed batches at no fewer steps than their distinct adapters over the replica's
-    /// slots (`DLoRAProactive.adapterSlotBound`).
-    public var adapterSlotBound = false
+    /// dLoRA dispatch's settings (its placement starts empty): leftovers counted as a fraction of a batch step,
+    /// and by default no adapter-slot bound and no placement hysteresis (`dlora router --dispatch-slot-bound
+    /// --placement-hysteresis`).
+    public var dloraDispatch = DLoRAProactive(fractionalLeftovers: true)
     public var migrationConfig = MigrationConfiguration()
     public var maxBodyBytes = 1 << 20
     public var http = HTTPLimits()
@@ -65,8 +63,7 @@ public final class ClusterRouter: Sendable {
         case .roundRobin: RoundRobin()
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
-        case .dlora: DLoRAProactive(fractionalLeftovers: true, adapterSlotBound: options.adapterSlotBound,
-                                    placementHysteresis: options.placementHysteresis)
+        case .dlora: options.dloraDispatch
         }
         policy = Locked(p)
     }

@@ -39,17 +39,10 @@ public struct SimulationConfig: Sendable {
     public var adapterFiles: AdapterFileModel?
     /// How often dLoRA dispatch re-places adapters from their smoothed arrival rates (the router's 5 s).
     public var placementPeriod = 5.0
-    /// dLoRA dispatch counts leftover requests as a fraction of a batch step (the router's choice); false: the
-    /// artifact's floor (`DLoRAProactive.fractionalLeftovers`).
-    public var dloraFractionalLeftovers = true
-    /// dLoRA dispatch bounds a replica's mixed batches by its adapter slots (`DLoRAProactive.adapterSlotBound`).
-    public var dloraAdapterSlotBound = false
-    /// How many decode steps a placed replica may cost above the cheapest before dLoRA dispatch passes it over
-    /// (`DLoRAProactive.placementSlackSteps`; the router's 1).
-    public var dloraPlacementSlackSteps = 1.0
-    /// dLoRA dispatch keeps its placement while the adapters' shares move by at most this
-    /// (`DLoRAProactive.placementHysteresis`; 0, the router's: re-place every period).
-    public var dloraPlacementHysteresis = 0.0
+    /// dLoRA dispatch's settings (its placement starts empty): the router's by default, leftovers counted as a
+    /// fraction of a batch step (`fractionalLeftovers`; false: the artifact's floor), no adapter-slot bound, a
+    /// placement slack of one decode step, no placement hysteresis.
+    public var dloraDispatch = DLoRAProactive(fractionalLeftovers: true)
     /// dLoRA dispatch finds an adapter's replicas from an index kept with the polled statuses
     /// (`PresenceIndex`); false: it looks the adapter up in every replica's status, as the router does. The same
     /// choices either way (tested); the index is what makes dispatch cheap at 1,000 replicas.
@@ -246,8 +239,7 @@ struct SimulationRun {
         case .roundRobin, .roundRobinPlaced: RoundRobin()
         case .leastLoaded: LeastLoaded()
         case .loraAffinity: LoRAAffinity()
-        case .dlora: DLoRAProactive(placementSlackSteps: config.dloraPlacementSlackSteps, fractionalLeftovers: config.dloraFractionalLeftovers,
-                                     adapterSlotBound: config.dloraAdapterSlotBound, placementHysteresis: config.dloraPlacementHysteresis)
+        case .dlora: config.dloraDispatch
         }
         records = workload.map {
             RequestRecord(id: $0.id, adapter: $0.adapter, arrival: $0.arrival, promptTokens: $0.promptTokens, firstToken: nil, finish: nil,
@@ -260,18 +252,6 @@ struct SimulationRun {
         invariants.numBlocks = shape.numBlocks
         invariants.maxBlocksUsed = Array(repeating: 0, count: config.replicas)
         if config.dispatch == .roundRobinPlaced { dispatcher = PlacedRoundRobin(placement: staticPlacement()) }
-    }
-
-    /// Adapters placed once, ahead of the run, by their share of the whole workload (`DLoRAProactive.placeAdapters`
-    /// over the idle replicas, rates = requests / the arrivals' span).
-    func staticPlacement() -> [String: Set<Int>] {
-        guard let first = workload.first, let last = workload.last else { return [:] }
-        let span = max(last.arrival - first.arrival, 1e-9)
-        var counts = [Int](repeating: 0, count: names.count)
-        for request in workload { counts[request.adapter] += 1 }
-        var rates: [String: Double] = [:]
-        for (a, n) in counts.enumerated() where n > 0 { rates[names[a]] = Double(n) / span }
-        return DLoRAProactive().placeAdapters(rates: rates, replicas: replicas.indices.map { load($0, includeRequests: false) })
     }
 
     var unresolved: Bool { resolved < workload.count }

@@ -182,6 +182,18 @@ extension SimulationRun {
         dispatcher = d
     }
 
+    /// Adapters placed once, ahead of the run, by their share of the whole workload (`DLoRAProactive.placeAdapters`
+    /// over the idle replicas, rates = requests / the arrivals' span).
+    func staticPlacement() -> [String: Set<Int>] {
+        guard let first = workload.first, let last = workload.last else { return [:] }
+        let span = max(last.arrival - first.arrival, 1e-9)
+        var counts = [Int](repeating: 0, count: names.count)
+        for request in workload { counts[request.adapter] += 1 }
+        var rates: [String: Double] = [:]
+        for (a, n) in counts.enumerated() where n > 0 { rates[names[a]] = Double(n) / span }
+        return DLoRAProactive().placeAdapters(rates: rates, replicas: replicas.indices.map { load($0, includeRequests: false) })
+    }
+
     /// The migration loop (`ClusterRouter.migrationLoop`): if the trigger fires, plan and start the moves.
     mutating func migrate() {
         let loads = replicas.indices.map { load($0, includeRequests: true) }

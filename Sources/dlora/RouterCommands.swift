@@ -54,8 +54,8 @@ struct RouterFlags: ParsableArguments {
         o.dispatch = DispatchKind(rawValue: dispatch) ?? .dlora
         o.migration = MigrationMode(rawValue: migration)
         o.pollInterval = .milliseconds(Int64(pollMs))
-        o.placementHysteresis = placementHysteresis
-        o.adapterSlotBound = dispatchSlotBound
+        o.dloraDispatch.placementHysteresis = placementHysteresis
+        o.dloraDispatch.adapterSlotBound = dispatchSlotBound
         o.migrationConfig = MigrationConfiguration(periodSeconds: migrationInterval, kvUsageThreshold: migrationKvThreshold,
                                                    requestExcess: migrationRequestExcess)
         o.maxBodyBytes = maxBodyBytes

@@ -203,10 +203,10 @@ struct Simulate: ParsableCommand {
         var config = SimulationConfig(replicas: replicas, cost: model, policy: BatchingPolicyKind(rawValue: policy)!,
                                       dispatch: SimDispatch(rawValue: dispatch)!, migration: SimMigration(rawValue: migration)!)
         config.migrationConfig.periodSeconds = migrationPeriod
-        config.dloraAdapterSlotBound = dispatchSlotBound
-        config.dloraPlacementSlackSteps = placementSlackSteps
+        config.dloraDispatch.adapterSlotBound = dispatchSlotBound
+        config.dloraDispatch.placementSlackSteps = placementSlackSteps
+        config.dloraDispatch.placementHysteresis = placementHysteresis
         config.placementPeriod = placementPeriod
-        config.dloraPlacementHysteresis = placementHysteresis
         if let migrationRequestExcess { config.migrationConfig.requestExcess = migrationRequestExcess }
         config.pollInterval = pollMs / 1000
         // The flag, else a measured profile's.

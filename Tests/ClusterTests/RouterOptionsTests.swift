@@ -4,7 +4,7 @@ import Testing
 
 @testable import Cluster
 
-/// The router's dLoRA dispatch takes its placement hysteresis and adapter-slot bound from `RoutingOptions`
+/// The router's dLoRA dispatch takes its placement hysteresis and adapter-slot bound from `RoutingOptions.dloraDispatch`
 /// (`dlora router --placement-hysteresis --dispatch-slot-bound`); both off by default.
 @Suite struct RouterOptionsTests {
     func policy(_ options: RoutingOptions) async throws -> DLoRAProactive? {
@@ -21,8 +21,8 @@ import Testing
         #expect(!plain.adapterSlotBound)
         #expect(plain.fractionalLeftovers)
         var o = RoutingOptions()
-        o.placementHysteresis = 0.2
-        o.adapterSlotBound = true
+        o.dloraDispatch.placementHysteresis = 0.2
+        o.dloraDispatch.adapterSlotBound = true
         let tuned = try #require(try await policy(o))
         #expect(tuned.placementHysteresis == 0.2)
         #expect(tuned.adapterSlotBound)
