@@ -138,7 +138,8 @@ public final class ClusterRouter: Sendable {
             let rates = arrivals.withLock { a -> [String: Double] in
                 var rates: [String: Double] = [:]
                 for name in Set(a.counts.keys).union(a.rates.keys) {
-                    let r = 0.5 * (a.rates[name] ?? 0) + 0.5 * Double(a.counts[name] ?? 0) / max(seconds, 0.001)
+                    let r = options.dloraDispatch.smoothedRate(previous: a.rates[name] ?? 0, arrivals: a.counts[name] ?? 0,
+                                                               periodSeconds: seconds)
                     if r > 1e-3 { rates[name] = r }
                 }
                 a = ([:], rates)

@@ -51,17 +51,23 @@ public struct DLoRAProactive: DispatchPolicy {
     /// are the same usable replicas: a re-placement moves adapters between replicas, and noise in the observed
     /// rates should not. 0: re-place every time.
     public var placementHysteresis: Double
+    /// Weight of the previous estimate in the placement's per-adapter arrival rates, which are an exponential
+    /// moving average over placement periods (`smoothedRate`): 0.5, the router's from the start, remembers about
+    /// two periods; closer to 1 remembers longer, so a placement follows lasting shifts in popularity and not one
+    /// period's sampling noise (0: the last period alone).
+    public var rateMemory: Double
     /// The shares `placement` was made from, and the replica ids it could use.
     private var placedShares: [String: Double] = [:]
     private var placedHosts: [Int] = []
 
     public init(placement: [String: Set<Int>]? = nil, placementSlackSteps: Double = 1, fractionalLeftovers: Bool = false,
-                adapterSlotBound: Bool = false, placementHysteresis: Double = 0) {
+                adapterSlotBound: Bool = false, placementHysteresis: Double = 0, rateMemory: Double = 0.5) {
         self.placement = placement
         self.placementSlackSteps = placementSlackSteps
         self.fractionalLeftovers = fractionalLeftovers
         self.adapterSlotBound = adapterSlotBound
         self.placementHysteresis = placementHysteresis
+        self.rateMemory = rateMemory
         placedIDs = Self.marks(placement)
     }
 
@@ -212,6 +218,12 @@ public struct DLoRAProactive: DispatchPolicy {
             return replicas[bestPlaced].id
         }
         return replicas[best].id
+    }
+
+    /// An adapter's arrival rate for the next placement: the previous estimate weighted by `rateMemory`, this
+    /// period's arrivals per second by the rest. The router's placement loop and the simulator's both use it.
+    public func smoothedRate(previous: Double, arrivals: Int, periodSeconds: Double) -> Double {
+        rateMemory * previous + (1 - rateMemory) * Double(arrivals) / max(periodSeconds, 0.001)
     }
 
     /// `placeAdapters(rates:replicas:)` on this policy's behalf, kept as its placement.

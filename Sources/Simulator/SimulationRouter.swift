@@ -172,7 +172,8 @@ extension SimulationRun {
     mutating func place() {
         var next: [String: Double] = [:]
         for a in arrivalCounts.indices {
-            let r = 0.5 * (rates[names[a]] ?? 0) + 0.5 * Double(arrivalCounts[a]) / config.placementPeriod
+            let r = config.dloraDispatch.smoothedRate(previous: rates[names[a]] ?? 0, arrivals: arrivalCounts[a],
+                                                      periodSeconds: config.placementPeriod)
             if r > 1e-3 { next[names[a]] = r }
             arrivalCounts[a] = 0
         }

@@ -27,6 +27,10 @@ struct RouterFlags: ParsableArguments {
     var pollMs: Int = 200
     @Option(help: "dLoRA dispatch: keep the adapter placement while the adapters' shares of arrivals move by at most this (total variation, 0-1; 0: re-place every 5 s).")
     var placementHysteresis: Double = 0
+    @Option(help: "dLoRA dispatch: decode steps a placed replica may cost above the cheapest before a request goes elsewhere (a large value keeps requests on their adapter's placed replicas).")
+    var placementSlackSteps: Double = 1
+    @Option(help: "dLoRA dispatch: weight of the previous estimate in the adapters' smoothed arrival rates, per placement (0-0.99; 0.5 remembers about two placements).")
+    var placementRateMemory: Double = 0.5
     @Flag(inversion: .prefixedNo,
           help: "dLoRA dispatch: price a replica's mixed batches at no fewer steps than its distinct queued adapters over its adapter slots.")
     var dispatchSlotBound = false
@@ -44,6 +48,8 @@ struct RouterFlags: ParsableArguments {
         guard migrationRequestExcess >= 1 else { throw ValidationError("--migration-request-excess must be positive") }
         guard pollMs >= 10, pollMs <= 60_000 else { throw ValidationError("--poll-ms must be between 10 and 60000") }
         guard (0...1).contains(placementHysteresis) else { throw ValidationError("--placement-hysteresis must be in 0...1") }
+        guard placementSlackSteps >= 0, placementSlackSteps.isFinite else { throw ValidationError("--placement-slack-steps must be a finite number >= 0") }
+        guard (0...0.99).contains(placementRateMemory) else { throw ValidationError("--placement-rate-memory must be in 0...0.99") }
         guard maxBodyBytes >= 1024 else { throw ValidationError("--max-body-bytes must be at least 1024") }
     }
 
@@ -56,6 +62,8 @@ struct RouterFlags: ParsableArguments {
         o.pollInterval = .milliseconds(Int64(pollMs))
         o.dloraDispatch.placementHysteresis = placementHysteresis
         o.dloraDispatch.adapterSlotBound = dispatchSlotBound
+        o.dloraDispatch.rateMemory = placementRateMemory
+        o.dloraDispatch.placementSlackSteps = placementSlackSteps
         o.migrationConfig = MigrationConfiguration(periodSeconds: migrationInterval, kvUsageThreshold: migrationKvThreshold,
                                                    requestExcess: migrationRequestExcess)
         o.maxBodyBytes = maxBodyBytes

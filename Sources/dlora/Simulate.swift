@@ -57,6 +57,8 @@ struct Simulate: ParsableCommand {
     var placementPeriod: Double = 5
     @Option(help: "dLoRA dispatch: keep the placement while the adapters' shares move by at most this (total variation, 0-1; 0: re-place every period).")
     var placementHysteresis: Double = 0
+    @Option(help: "dLoRA dispatch: weight of the previous estimate in the adapters' smoothed arrival rates, per placement (0-0.99; the router's 0.5).")
+    var placementRateMemory: Double = 0.5
     @Option(help: "Migration: off, recompute, kv.")
     var migration: String = "off"
     @Option(help: "Migration loop period, seconds (the router's default 10).")
@@ -123,6 +125,7 @@ struct Simulate: ParsableCommand {
         guard placementSlackSteps >= 0, placementSlackSteps.isFinite else { throw ValidationError("--placement-slack-steps must be a finite number >= 0") }
         guard placementPeriod > 0, placementPeriod.isFinite else { throw ValidationError("--placement-period must be a positive number") }
         guard (0...1).contains(placementHysteresis) else { throw ValidationError("--placement-hysteresis must be in 0...1") }
+        guard (0...0.99).contains(placementRateMemory) else { throw ValidationError("--placement-rate-memory must be in 0...0.99") }
         guard slo > 0, migrationPeriod > 0, pollMs >= 0 else { throw ValidationError("--slo and --migration-period must be positive, --poll-ms >= 0") }
         guard requestOverheadMs >= 0, requestOverheadMs.isFinite else { throw ValidationError("--request-overhead-ms must be a finite number >= 0") }
         if let v = adapterFileLoadMs { guard v >= 0, v.isFinite else { throw ValidationError("--adapter-file-load-ms must be a finite number >= 0") } }
@@ -206,6 +209,7 @@ struct Simulate: ParsableCommand {
         config.dloraDispatch.adapterSlotBound = dispatchSlotBound
         config.dloraDispatch.placementSlackSteps = placementSlackSteps
         config.dloraDispatch.placementHysteresis = placementHysteresis
+        config.dloraDispatch.rateMemory = placementRateMemory
         config.placementPeriod = placementPeriod
         if let migrationRequestExcess { config.migrationConfig.requestExcess = migrationRequestExcess }
         config.pollInterval = pollMs / 1000

@@ -335,4 +335,16 @@ import ClusterPolicy
         #expect(sticky.placement != second)
         #expect(sticky.placement?.values.allSatisfy { !$0.contains(3) } == true)
     }
+    /// The placement's rates are an exponential moving average per period: previous 4 req/s, 10 arrivals in a
+    /// 5 s period (2 req/s) → 3 with memory 0.5 (the router's), 3.6 with 0.8, 2 with 0. A rate that stops decays by
+    /// the memory per period: 0.8⁵ ≈ 0.33 of it after five empty periods.
+    @Test func placementRatesAreAMovingAverage() {
+        #expect(DLoRAProactive().smoothedRate(previous: 4, arrivals: 10, periodSeconds: 5) == 3)
+        #expect(abs(DLoRAProactive(rateMemory: 0.8).smoothedRate(previous: 4, arrivals: 10, periodSeconds: 5) - 3.6) < 1e-12)
+        #expect(DLoRAProactive(rateMemory: 0).smoothedRate(previous: 4, arrivals: 10, periodSeconds: 5) == 2)
+        let slow = DLoRAProactive(rateMemory: 0.8)
+        var r = 1.0
+        for _ in 0..<5 { r = slow.smoothedRate(previous: r, arrivals: 0, periodSeconds: 5) }
+        #expect(abs(r - 0.32768) < 1e-12)
+    }
 }

@@ -20,11 +20,14 @@ import Testing
         #expect(plain.placementHysteresis == 0)
         #expect(!plain.adapterSlotBound)
         #expect(plain.fractionalLeftovers)
+        #expect(plain.rateMemory == 0.5)
         var o = RoutingOptions()
         o.dloraDispatch.placementHysteresis = 0.2
         o.dloraDispatch.adapterSlotBound = true
+        o.dloraDispatch.rateMemory = 0.9
         let tuned = try #require(try await policy(o))
         #expect(tuned.placementHysteresis == 0.2)
         #expect(tuned.adapterSlotBound)
+        #expect(tuned.rateMemory == 0.9)
     }
 }
