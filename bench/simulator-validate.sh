@@ -46,12 +46,14 @@ REPEATS=${REPEATS:-3}  # real runs per row (the same requests again, back to bac
 MAX_PROMPT=${MAX_PROMPT:-128}
 MAX_OUTPUT=${MAX_OUTPUT:-32}
 SEED=${SEED:-1}
+# Also: dlora-slots, dlora-slots+kv (dLoRA dispatch with the adapter-slot bound and placement hysteresis, $SLOT_FLAGS).
 CLUSTER_CONFIGS=${CLUSTER_CONFIGS:-"round-robin least-loaded lora-affinity dlora dlora+recompute dlora+kv"}
 POLICIES=${POLICIES:-"dlora unmerged-only merged-only peft-like"}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-180}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 RESULTS=${RESULTS:-bench/results}
 TRACE=${TRACE:-../shared/data/azure-llm-2023/AzureLLMInferenceTrace_conv.csv}
+SLOT_FLAGS="--dispatch-slot-bound --placement-hysteresis 0.2"  # configurations dlora-slots, dlora-slots+kv (docs/design/cluster-policy.md)
 MIGRATION_FLAGS="--migration-interval 2 --migration-request-excess 4"  # bench/cluster.sh's scaling of dLoRA's triggers
 DLORA=.build/release/dlora
 mkdir -p "$RESULTS"
@@ -454,6 +456,8 @@ for c in $CLUSTER_CONFIGS; do
     case "$c" in
         dlora+recompute) flags=(--dispatch dlora --migration recompute) ;;
         dlora+kv) flags=(--dispatch dlora --migration kv) ;;
+        dlora-slots) flags=(--dispatch dlora --migration off $SLOT_FLAGS) ;;
+        dlora-slots+kv) flags=(--dispatch dlora --migration kv $SLOT_FLAGS) ;;
         *) flags=(--dispatch "$c" --migration off) ;;
     esac
     echo "validate: cluster $c" >&2
@@ -471,9 +475,14 @@ for c in $CLUSTER_CONFIGS; do
         done
     done
     stop_server
-    mig=off; disp=$c
-    case "$c" in dlora+recompute) disp=dlora; mig=recompute ;; dlora+kv) disp=dlora; mig=kv ;; esac
-    echo "cluster|$c|$REPLICAS|$RESULTS/simulator-profile-1thread-shared.json|${served_runs[*]}|--dispatch $disp --migration $mig --migration-period 2 --migration-request-excess 4 --policy dlora" >> "$data/servers.txt"
+    mig=off; disp=$c; extra=""
+    case "$c" in
+        dlora+recompute) disp=dlora; mig=recompute ;;
+        dlora+kv) disp=dlora; mig=kv ;;
+        dlora-slots) disp=dlora; extra=" $SLOT_FLAGS" ;;
+        dlora-slots+kv) disp=dlora; mig=kv; extra=" $SLOT_FLAGS" ;;
+    esac
+    echo "cluster|$c|$REPLICAS|$RESULTS/simulator-profile-1thread-shared.json|${served_runs[*]}|--dispatch $disp --migration $mig --migration-period 2 --migration-request-excess 4 --policy dlora$extra" >> "$data/servers.txt"
 done
 for p in $POLICIES; do
     echo "validate: single replica, $p" >&2
