@@ -113,6 +113,42 @@ def fmt(v, d=3):
     return "—" if v is None else (f"{v:.{d}f}" if isinstance(v, float) else str(v))
 
 
+def slot_plan(a, duration, slots, rates, sigmas, rows):
+    """The scarce-slot setting of bench/simulator-fig11-slots.sh and bench/simulator-placement.sh (32 × A800 / 7B, 128
+    adapters of ranks 8/16, dLoRA batching, `slots` adapter slots, `duration` s of arrivals): one ((σ, rate, label),
+    flags) per σ, rate and row (label, flags); σ > 0 adds per-adapter bursts every 10 s."""
+    common = ["--cost", "a800-7b", "--replicas", "32", "--adapters", "128", "--duration", str(duration), "--trace", a.trace,
+              "--workload", a.sharegpt, "--max-prompt", "1024", "--max-output", "1024", "--ranks", "8,16", "--seed", "1",
+              "--policy", "dlora", "--adapter-slots", str(slots)]
+    plan = []
+    for sigma in sigmas:
+        burst = ["--adapter-burst-sigma", str(sigma), "--adapter-burst-window", "10"] if sigma > 0 else []
+        for rate in rates:
+            for label, flags in rows:
+                plan.append(((sigma, rate, label), [*common, "--rate", str(rate), *burst, *flags]))
+    return plan
+
+
+def run_plan(binary, plan, slo, jobs):
+    """Runs a plan of (key, flags) simulations `jobs` at a time, with progress on stderr. Returns the results by key,
+    the wall seconds, and the keys that failed."""
+    results, started = {}, time.time()
+    with cf.ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run, binary, flags, slo): key for key, flags in plan}
+        for i, f in enumerate(cf.as_completed(futures)):
+            key = futures[f]
+            results[key] = r = f.result()
+            print(f"[{i + 1}/{len(plan)}] {key}: " + (f"error {r['error']}" if "error" in r else f"{r['avg_latency_per_token_seconds']:.4f} s/token"),
+                  file=sys.stderr)
+    return results, time.time() - started, [k for k, r in results.items() if "error" in r]
+
+
+def field(results, key, name):
+    """A result's field, or None where the simulation is missing or failed."""
+    r = results.get(key)
+    return None if r is None or "error" in r else r[name]
+
+
 def simulation_arguments():
     """The arguments every simulator page script takes: the dlora binary, the Azure trace, the ShareGPT workload, the
     results folder, and the simulations run at a time."""
