@@ -89,3 +89,14 @@ public struct StepCostModel: Equatable, Sendable {
         }
     }
 }
+
+/// What a CPU replica (`dlora serve`) reports to the router as the time to make an adapter resident that is in its
+/// host cache: a rank-16 q/v adapter of SmolLM2 is ~1.8 MB of weights copied at a few GB/s, about 1 ms
+/// (bench/results/lora.md's adapter sizes; the engine's residency is an account in the one budget, not a device
+/// copy). A first load from disk costs more; the router sees it as one slow request, not a standing cost. The
+/// simulator's CPU replicas report the same figure (`CPUCostModel.reportedAdapterLoadSeconds`), so the simulated
+/// router's dispatch weighs a load as the real one does.
+public enum AdapterResidency {
+    public static let reportedLoadSeconds = 0.001
+}
+

@@ -82,11 +82,9 @@ extension OpenAIServer {
 
     // MARK: Status
 
-    /// Seconds to make an adapter resident that is in the host cache: a rank-16 q/v adapter of SmolLM2 is
-    /// ~1.8 MB of weights copied at a few GB/s, about 1 ms (bench/results/lora.md's adapter sizes; the engine's
-    /// residency is an account in the one budget, not a device copy). A first load from disk costs more; the
-    /// router sees it as one slow request, not a standing cost.
-    static let adapterLoadSeconds = 0.001
+    /// Seconds to make an adapter resident that is in the host cache, as the status reports it
+    /// (`AdapterResidency.reportedLoadSeconds`, which the simulator's CPU replicas report too).
+    static let adapterLoadSeconds = AdapterResidency.reportedLoadSeconds
 
     func replicaStatus() async -> ReplicaStatus {
         let names = control.withLock { s in s.byTicket }

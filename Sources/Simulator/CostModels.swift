@@ -27,10 +27,15 @@ public protocol ReplicaCostModel: Sendable {
     func swapSeconds(bytes: Int) -> Double
     /// Copying `bytes` of K/V to another replica.
     func transferSeconds(bytes: Int) -> Double
+    /// The adapter load time a replica of this kind reports in its status (`ReplicaLoad.defaultAdapterLoadSeconds`,
+    /// what dispatch adds for a replica where the adapter is not resident). By default the modelled load time; a
+    /// model of a real server reports what that server reports, whatever the load takes.
+    func reportedAdapterLoadSeconds(bytes: Int) -> Double
 }
 
 extension ReplicaCostModel {
     public var switchPrior: SwitchPrior { .cpu }
+    public func reportedAdapterLoadSeconds(bytes: Int) -> Double { adapterLoadSeconds(bytes: bytes) }
 }
 
 /// A replica's memory and batch limits (what `SchedulerConfig` and the engine configuration hold).
@@ -254,6 +259,10 @@ public struct CPUCostModel: ReplicaCostModel {
     public func mergeSeconds(_ a: AdapterProfile) -> Double { Double(a.mergeElements) * mergeSecondsPerElement }
     public func unmergeSeconds(_ a: AdapterProfile) -> Double { unmergeSecondsFixed }
     public func adapterLoadSeconds(bytes: Int) -> Double { adapterLoadFixedSeconds + Double(bytes) / memoryBytesPerSecond }
+    /// `dlora serve` reports a fixed 1 ms for an adapter in its host cache (`AdapterResidency`), which its router
+    /// weighs; the load itself is modelled above. (Before 2026-12-05 the simulated status reported the modelled
+    /// ~0.06 ms, so the simulated dispatch weighed a load 16× lighter than the real router did.)
+    public func reportedAdapterLoadSeconds(bytes: Int) -> Double { AdapterResidency.reportedLoadSeconds }
     public func swapSeconds(bytes: Int) -> Double { Double(bytes) / memoryBytesPerSecond }
     public func transferSeconds(bytes: Int) -> Double { Double(bytes) / transferBytesPerSecond }
 }

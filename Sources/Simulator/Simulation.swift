@@ -231,7 +231,7 @@ struct SimulationRun {
         adapterIDs = Dictionary(uniqueKeysWithValues: names.enumerated().map { ($1, $0) })
         presence = PresenceIndex(adapters: adapterCount, replicas: config.replicas)
         let meanBytes = profiles.isEmpty ? 0 : profiles.reduce(0) { $0 + $1.bytes } / profiles.count
-        typicalLoadSeconds = config.cost.adapterLoadSeconds(bytes: meanBytes)
+        typicalLoadSeconds = config.cost.reportedAdapterLoadSeconds(bytes: meanBytes)
         var schedulerConfig = shape.schedulerConfig(policy: config.policy, costs: config.cost.schedulerPrior)
         schedulerConfig.switchPrior = config.cost.switchPrior
         replicas = (0..<config.replicas).map { _ in Replica(scheduler: Scheduler(config: schedulerConfig)) }

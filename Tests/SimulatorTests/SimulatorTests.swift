@@ -165,6 +165,18 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(dlora.summary.avgLatencyPerToken < 0.8 * unmerged.summary.avgLatencyPerToken)
     }
 
+    /// The status a simulated replica reports carries the adapter load time its real counterpart reports: a CPU
+    /// replica the fixed 1 ms `dlora serve` reports (whatever the modelled load takes), a GPU replica its modelled
+    /// PCIe load. The simulated router's dispatch then weighs a load as the real router does.
+    @Test func replicasReportTheLoadTimeTheirServerReports() throws {
+        var cpu = CPUCostModel()
+        cpu.adapterLoadFixedSeconds = 0.004
+        #expect(cpu.reportedAdapterLoadSeconds(bytes: 1_800_000) == AdapterResidency.reportedLoadSeconds)
+        #expect(cpu.adapterLoadSeconds(bytes: 1_800_000) > 0.004)
+        let gpu = try #require(RooflineCostModel.named("a800-7b"))
+        #expect(gpu.reportedAdapterLoadSeconds(bytes: 8_000_000) == gpu.adapterLoadSeconds(bytes: 8_000_000))
+    }
+
     @Test func cpuModelReproducesTheBenchRows() {
         let m = CPUCostModel()
         func decode(_ b: Int) -> Double {
@@ -334,7 +346,10 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
 
 @Suite struct PinnedDecisionTests {
     @Test(arguments: [
-        (BatchingPolicyKind.dlora, SimDispatch.dlora, SimMigration.kv, UInt64(0x6dd2_e9dd_407c_8789)),
+        // Re-pinned 2026-12-05 (was 0x6dd2_e9dd_407c_8789) when the simulated CPU replicas began to report the adapter
+        // load time `dlora serve` reports (1 ms, not the modelled 0.06 ms), which dLoRA dispatch weighs; the rows whose
+        // dispatch does not read it kept their hashes.
+        (BatchingPolicyKind.dlora, SimDispatch.dlora, SimMigration.kv, UInt64(0xa5f0_82a6_1ac0_85ee)),
         (.dlora, .roundRobin, .recompute, 0x90f9_f01d_7a7c_0552),
         (.unmergedOnly, .leastLoaded, .recompute, 0x5028_400c_5756_3ba3),
         (.mergedOnly, .loraAffinity, .off, 0x6b94_7d9e_4b7d_e14d),
