@@ -99,4 +99,3 @@ public struct StepCostModel: Equatable, Sendable {
 public enum AdapterResidency {
     public static let reportedLoadSeconds = 0.001
 }
-

@@ -82,10 +82,6 @@ extension OpenAIServer {
 
     // MARK: Status
 
-    /// Seconds to make an adapter resident that is in the host cache, as the status reports it
-    /// (`AdapterResidency.reportedLoadSeconds`, which the simulator's CPU replicas report too).
-    static let adapterLoadSeconds = AdapterResidency.reportedLoadSeconds
-
     func replicaStatus() async -> ReplicaStatus {
         let names = control.withLock { s in s.byTicket }
         let snapshot = await engine.perform { e -> EngineView in EngineView(e, routerIDs: names) }
@@ -95,7 +91,7 @@ extension OpenAIServer {
             kvBlocksTotal: snapshot.kvBlocksTotal, kvBlocksFree: snapshot.kvBlocksFree, blockSize: engine.blockSize,
             adapterSlots: snapshot.adapterSlots, residentAdapters: snapshot.resident, perAdapter: snapshot.perAdapter,
             decodeStepSeconds: snapshot.decodeStepSeconds, prefillTokenSeconds: snapshot.prefillTokenSeconds,
-            mergedFactor: snapshot.mergedFactor, adapterLoadSeconds: Self.adapterLoadSeconds, maxBatch: snapshot.maxBatch,
+            mergedFactor: snapshot.mergedFactor, adapterLoadSeconds: AdapterResidency.reportedLoadSeconds, maxBatch: snapshot.maxBatch,
             requests: snapshot.requests, draining: isDraining)
     }
 

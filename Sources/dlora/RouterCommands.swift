@@ -11,6 +11,33 @@ import ServiceLifecycle
 import Glibc
 #endif
 
+/// dLoRA dispatch's settings (`DLoRAProactive`), shared by `router`, `cluster` and `simulate`
+/// (docs/design/cluster-policy.md); the defaults are the router's.
+struct DLoRADispatchFlags: ParsableArguments {
+    @Flag(inversion: .prefixedNo,
+          help: "dLoRA dispatch: price a replica's mixed batches at no fewer steps than its distinct queued adapters over its adapter slots.")
+    var dispatchSlotBound = false
+    @Option(help: "dLoRA dispatch: decode steps a placed replica may cost above the cheapest before a request goes elsewhere (a large value keeps requests on their adapter's placed replicas).")
+    var placementSlackSteps: Double = 1
+    @Option(help: "dLoRA dispatch: keep the adapter placement while the adapters' shares of arrivals move by at most this (total variation, 0-1; 0: re-place at every placement).")
+    var placementHysteresis: Double = 0
+    @Option(help: "dLoRA dispatch: weight of the previous estimate in the adapters' smoothed arrival rates, per placement (0-0.99; 0.5 remembers about two placements).")
+    var placementRateMemory: Double = 0.5
+
+    func validate() throws {
+        guard placementSlackSteps >= 0, placementSlackSteps.isFinite else { throw ValidationError("--placement-slack-steps must be a finite number >= 0") }
+        guard (0...1).contains(placementHysteresis) else { throw ValidationError("--placement-hysteresis must be in 0...1") }
+        guard (0...0.99).contains(placementRateMemory) else { throw ValidationError("--placement-rate-memory must be in 0...0.99") }
+    }
+
+    func apply(to d: inout DLoRAProactive) {
+        d.adapterSlotBound = dispatchSlotBound
+        d.placementSlackSteps = placementSlackSteps
+        d.placementHysteresis = placementHysteresis
+        d.rateMemory = placementRateMemory
+    }
+}
+
 /// The router's flags, shared by `router` and `cluster`.
 struct RouterFlags: ParsableArguments {
     @Option(help: "Dispatch policy: \(DispatchKind.allCases.map(\.rawValue).joined(separator: ", ")).")
@@ -25,15 +52,7 @@ struct RouterFlags: ParsableArguments {
     var migrationRequestExcess: Int = 16
     @Option(help: "Milliseconds between reads of the replicas' status.")
     var pollMs: Int = 200
-    @Option(help: "dLoRA dispatch: keep the adapter placement while the adapters' shares of arrivals move by at most this (total variation, 0-1; 0: re-place every 5 s).")
-    var placementHysteresis: Double = 0
-    @Option(help: "dLoRA dispatch: decode steps a placed replica may cost above the cheapest before a request goes elsewhere (a large value keeps requests on their adapter's placed replicas).")
-    var placementSlackSteps: Double = 1
-    @Option(help: "dLoRA dispatch: weight of the previous estimate in the adapters' smoothed arrival rates, per placement (0-0.99; 0.5 remembers about two placements).")
-    var placementRateMemory: Double = 0.5
-    @Flag(inversion: .prefixedNo,
-          help: "dLoRA dispatch: price a replica's mixed batches at no fewer steps than its distinct queued adapters over its adapter slots.")
-    var dispatchSlotBound = false
+    @OptionGroup var dloraDispatch: DLoRADispatchFlags
     @OptionGroup var keys: KeyOptions
     @Option(help: "Largest request body, bytes.")
     var maxBodyBytes: Int = 1 << 20
@@ -47,9 +66,6 @@ struct RouterFlags: ParsableArguments {
         guard migrationKvThreshold > 0, migrationKvThreshold <= 1 else { throw ValidationError("--migration-kv-threshold must be in (0, 1]") }
         guard migrationRequestExcess >= 1 else { throw ValidationError("--migration-request-excess must be positive") }
         guard pollMs >= 10, pollMs <= 60_000 else { throw ValidationError("--poll-ms must be between 10 and 60000") }
-        guard (0...1).contains(placementHysteresis) else { throw ValidationError("--placement-hysteresis must be in 0...1") }
-        guard placementSlackSteps >= 0, placementSlackSteps.isFinite else { throw ValidationError("--placement-slack-steps must be a finite number >= 0") }
-        guard (0...0.99).contains(placementRateMemory) else { throw ValidationError("--placement-rate-memory must be in 0...0.99") }
         guard maxBodyBytes >= 1024 else { throw ValidationError("--max-body-bytes must be at least 1024") }
     }
 
@@ -60,10 +76,7 @@ struct RouterFlags: ParsableArguments {
         o.dispatch = DispatchKind(rawValue: dispatch) ?? .dlora
         o.migration = MigrationMode(rawValue: migration)
         o.pollInterval = .milliseconds(Int64(pollMs))
-        o.dloraDispatch.placementHysteresis = placementHysteresis
-        o.dloraDispatch.adapterSlotBound = dispatchSlotBound
-        o.dloraDispatch.rateMemory = placementRateMemory
-        o.dloraDispatch.placementSlackSteps = placementSlackSteps
+        dloraDispatch.apply(to: &o.dloraDispatch)
         o.migrationConfig = MigrationConfiguration(periodSeconds: migrationInterval, kvUsageThreshold: migrationKvThreshold,
                                                    requestExcess: migrationRequestExcess)
         o.maxBodyBytes = maxBodyBytes

@@ -48,17 +48,9 @@ struct Simulate: ParsableCommand {
     var policy: String = "dlora"
     @Option(help: "Dispatch: \(SimDispatch.allCases.map(\.rawValue).joined(separator: ", ")).")
     var dispatch: String = "dlora"
-    @Flag(inversion: .prefixedNo,
-          help: "dLoRA dispatch prices a replica's mixed batches at no fewer steps than its distinct leftover adapters over its adapter slots.")
-    var dispatchSlotBound = false
-    @Option(help: "dLoRA dispatch: decode steps a placed replica may cost above the cheapest before it is passed over (the router's 1).")
-    var placementSlackSteps: Double = 1
+    @OptionGroup var dloraDispatch: DLoRADispatchFlags
     @Option(help: "dLoRA dispatch: seconds between re-placements of the adapters from their smoothed arrival rates (the router's 5).")
     var placementPeriod: Double = 5
-    @Option(help: "dLoRA dispatch: keep the placement while the adapters' shares move by at most this (total variation, 0-1; 0: re-place every period).")
-    var placementHysteresis: Double = 0
-    @Option(help: "dLoRA dispatch: weight of the previous estimate in the adapters' smoothed arrival rates, per placement (0-0.99; the router's 0.5).")
-    var placementRateMemory: Double = 0.5
     @Option(help: "Migration: off, recompute, kv.")
     var migration: String = "off"
     @Option(help: "Migration loop period, seconds (the router's default 10).")
@@ -122,10 +114,7 @@ struct Simulate: ParsableCommand {
         guard maxPrompt >= 1, maxOutput >= 1, promptMedian >= 1, outputMedian >= 1 else {
             throw ValidationError("--max-prompt, --max-output, --prompt-median and --output-median must be >= 1")
         }
-        guard placementSlackSteps >= 0, placementSlackSteps.isFinite else { throw ValidationError("--placement-slack-steps must be a finite number >= 0") }
         guard placementPeriod > 0, placementPeriod.isFinite else { throw ValidationError("--placement-period must be a positive number") }
-        guard (0...1).contains(placementHysteresis) else { throw ValidationError("--placement-hysteresis must be in 0...1") }
-        guard (0...0.99).contains(placementRateMemory) else { throw ValidationError("--placement-rate-memory must be in 0...0.99") }
         guard slo > 0, migrationPeriod > 0, pollMs >= 0 else { throw ValidationError("--slo and --migration-period must be positive, --poll-ms >= 0") }
         guard requestOverheadMs >= 0, requestOverheadMs.isFinite else { throw ValidationError("--request-overhead-ms must be a finite number >= 0") }
         if let v = adapterFileLoadMs { guard v >= 0, v.isFinite else { throw ValidationError("--adapter-file-load-ms must be a finite number >= 0") } }
@@ -206,10 +195,7 @@ struct Simulate: ParsableCommand {
         var config = SimulationConfig(replicas: replicas, cost: model, policy: BatchingPolicyKind(rawValue: policy)!,
                                       dispatch: SimDispatch(rawValue: dispatch)!, migration: SimMigration(rawValue: migration)!)
         config.migrationConfig.periodSeconds = migrationPeriod
-        config.dloraDispatch.adapterSlotBound = dispatchSlotBound
-        config.dloraDispatch.placementSlackSteps = placementSlackSteps
-        config.dloraDispatch.placementHysteresis = placementHysteresis
-        config.dloraDispatch.rateMemory = placementRateMemory
+        dloraDispatch.apply(to: &config.dloraDispatch)
         config.placementPeriod = placementPeriod
         if let migrationRequestExcess { config.migrationConfig.requestExcess = migrationRequestExcess }
         config.pollInterval = pollMs / 1000
