@@ -541,8 +541,11 @@ for k, path in enumerate(runs):
     if k == len(runs) - 1:
         before, start = len(rows), t
     for r in recs:
-        rows.append({"arrival": r["arrival_s"] + t, "adapter": int(r["model"].rsplit("-", 1)[1]),
-                     "prompt_tokens": r["prompt_tokens"], "output_tokens": r["tokens"]})
+        row = {"arrival": r["arrival_s"] + t, "adapter": int(r["model"].rsplit("-", 1)[1]),
+               "prompt_tokens": r["prompt_tokens"], "output_tokens": r["tokens"]}
+        if r.get("replica") is not None:
+            row["replica"] = r["replica"]  # where the router sent it (x-dlora-replica), for --replay-dispatch
+        rows.append(row)
     t += (run.get("makespan_s") or max((r["finish_s"] for r in recs), default=0.0)) + 10.0
 with open(out, "w") as f:
     for row in rows:
@@ -554,8 +557,14 @@ PY
         tag=${pair%%=*} prof=${pair#*=}
         rm -f "$real.$tag.csv"
         [ -s "$prof" ] || continue
+        local replay=()
+        if [ "$tag" = simd ]; then
+            # Only where the router named the replica of every request (a run through an older router has none).
+            grep -q -v '"replica"' "$real.requests.jsonl" && continue
+            replay=(--replay-dispatch)
+        fi
         "$DLORA" simulate --requests-file "$real.requests.jsonl" --replicas "$replicas" --cost cpu --cost-profile "$prof" \
-            --adapter-slots "$SLOTS" --json --records "$real.$tag.csv" --step-log "$real.$tag.steps.jsonl" "$@" \
+            --adapter-slots "$SLOTS" --json --records "$real.$tag.csv" --step-log "$real.$tag.steps.jsonl" "${replay[@]+"${replay[@]}"}" "$@" \
             < /dev/null > "$real.$tag.json" 2> "$real.$tag.log" || { echo "validate: simulate failed" >&2; tail -3 "$real.$tag.log" >&2; }
     done
 }
@@ -575,7 +584,10 @@ while IFS='|' read -r kind name replicas profile runs simflags; do
     read -r -a simflag_list <<< "$simflags"
     for r in "${served_runs[@]:1}"; do
         [ -s "$r" ] || continue
-        simulate "$r" "$replicas" "sim=$profile" "simx=$data/fitx-$kind-$name.json" "simfit=$data/fit-$kind-$name.json" -- "${simflag_list[@]}"
+        tags=("sim=$profile" "simx=$data/fitx-$kind-$name.json" "simfit=$data/fit-$kind-$name.json")
+        # Cluster runs once more: the measured profile with the real router's dispatch decisions replayed.
+        [ "$kind" = cluster ] && tags+=("simd=$profile")
+        simulate "$r" "$replicas" "${tags[@]}" -- "${simflag_list[@]}"
     done
 done < "$data/servers.txt"
 
@@ -642,7 +654,7 @@ TITLES = (("cluster", "Cluster: 2 replicas × 1 thread behind the router (same d
           ("single", "One replica, threads=2 (batching policies)"))
 NAMES = {"throughput": "throughput", "avg_lpt": "average latency per token", "p90": "P90 latency"}
 
-def results_table(tag):
+def results_table(tag, kinds=("cluster", "single")):
     """The metrics table of every row, simulated with profile `tag` (sim: calibrated; simfit: fitted on the runs)."""
     within, lines = {}, []
     def diff(s, r, key, lo=None, hi=None):
@@ -653,6 +665,8 @@ def results_table(tag):
         inside = lo is not None and hi is not None and hi > lo and lo <= s <= hi
         return f"{d:+.0f} %" + ("" if ok else " ⚠") + (" ∈" if inside else "")
     for kind, title in TITLES:
+        if kind not in kinds:
+            continue
         lines += [f"### {title}", "", "| configuration | rate req/s | requests × runs | real tok/s | sim | Δ | real avg lat/token s | sim | Δ | real P90 s | sim | Δ |",
                   "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for (config, _, rate), paths in groups(kind):
@@ -700,6 +714,37 @@ for tag, heading, text in (
          "calibration and the runs out, and checks what is left to the simulator: the scheduling, queueing, dispatch and "
          "migration it runs.")):
     lines += [f"## {heading}", "", text, ""] + results_table(tag)
+
+def agreement(path, tag):
+    """(same, compared): the run's requests the simulation (`tag`) dispatched where the real router did. A simulated
+    request that migrated is left out (its record names the replica that finished it)."""
+    real = {r["index"]: r.get("replica") for r in json.load(open(path))["records"] if r.get("ok") and r.get("prompt_tokens") is not None}
+    first = offset(path)["requests_before"]
+    with open(f"{path}.{tag}.csv") as f:
+        sim = [r for r in csv.DictReader(f) if r["finish"] and int(r["id"]) >= first and r["migrations"] == "0"]
+    # The simulator numbers the run's requests in arrival order, as the real run's records are.
+    order = sorted(real)
+    pairs = [(real[order[int(r["id"]) - first]], int(r["replica"])) for r in sim if int(r["id"]) - first < len(order)]
+    pairs = [(a, b) for a, b in pairs if a is not None]
+    return sum(a == b for a, b in pairs), len(pairs)
+
+if any(os.path.exists(f"{p}.simd.csv") for _, paths in groups("cluster") for p in paths):
+    lines += ["## Predicted, with the real router's dispatch decisions replayed", "",
+              "The router names the replica it sent each request to (`x-dlora-replica`); `dlora simulate --replay-dispatch` "
+              "sends each request there instead of where its own dispatch policy, reading its own polled statuses, picks "
+              "(the policy still runs, so placement and migration see what they would). The replicas' side is the "
+              "predicted row's. Where this row is close and the predicted one is not, the difference is in which replica "
+              "got which request: decisions that hang on when the last 200 ms status poll landed. The agreement column is "
+              "the share of the run's requests the predicted simulation dispatched where the real router did (requests "
+              "it migrated left out).", ""]
+    lines += results_table("simd", kinds=("cluster",))
+    agree = ["| configuration | rate req/s | same replica as the real router (predicted) |", "|---|---:|---:|"]
+    for (config, _, rate), paths in groups("cluster"):
+        counts = [agreement(p, "sim") for p in paths if os.path.exists(f"{p}.sim.csv")]
+        same, n = sum(a for a, _ in counts), sum(b for _, b in counts)
+        if n:
+            agree.append(f"| {config} | {rate} | {same} of {n} ({same / n * 100:.0f} %) |")
+    lines += agree + [""]
 
 lines += ["## Profiles measured in this run", ""]
 for f in ("simulator-profile-2threads.json", "simulator-profile-1thread-shared.json"):

@@ -229,6 +229,9 @@ async def stream_request(ep, api_key, payload, t_arrival, rec, on_token=None):
         await writer.drain()
         status, headers = await read_head(reader)
         rec["status"] = status
+        # The router names the replica it dispatched the request to (a replica serving alone sends none).
+        replica = headers.get("x-dlora-replica", "")
+        rec["replica"] = int(replica) if replica.isdigit() else None
         if status != 200:
             text = b"".join([c async for c in body_chunks(reader, headers)])[:300]
             rec["error"] = f"HTTP {status}: {text.decode('utf-8', 'replace')}"
@@ -553,6 +556,8 @@ def self_test():
         check("generated tokens add up", summary["generated_tokens"] == sum(r["max_tokens"] for r in good))
         check("TTFT, latency/token, max gap measured", all(r["ttft_s"] > 0 and r["latency_per_token_s"] > 0 for r in good)
               and all(r["max_gap_s"] is not None for r in good if r["tokens"] > 1))
+        check("each record names the replica from the router's x-dlora-replica header",
+              all(r["replica"] in (0, 1) for r in good) and {r["replica"] for r in good} == {0, 1})
         check("adapters follow the names adapter-0..3", {r["model"] for r in recs} <= {f"adapter-{k}" for k in range(4)})
         check("summary has throughput and SLO attainment", summary["throughput_tok_s"] > 0 and 0 < summary["slo_attainment"] <= 0.8)
     finally:

@@ -103,7 +103,8 @@ class Fake:
         replica = (n - 1) % self.args.replicas
         self.dispatch[replica] += 1
         self.placement[rid] = replica
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+                     + f"x-dlora-replica: {replica}\r\n".encode() + b"Connection: close\r\n\r\n")
 
         def event(obj):
             data = b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"

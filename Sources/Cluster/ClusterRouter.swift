@@ -2,6 +2,7 @@ import AsyncHTTPClient
 import ClusterPolicy
 import Foundation
 import HTTPFront
+import HTTPTypes
 import Hummingbird
 import Logging
 import NIOCore
@@ -347,8 +348,11 @@ public final class ClusterRouter: Sendable {
         }
         flights.withLock { $0[id] = flight }
         let call = RouterCall(router: self, flight: flight, chat: chat, created: Int(Date().timeIntervalSince1970))
+        // Which replica the request was dispatched to (its index in the router's list, as the dispatch metrics'
+        // `replica` label): for logs, load tests, and replaying the router's decisions in `dlora simulate`.
+        let replicaHeader = String(first.replica)
         if stream {
-            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+            return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .dloraReplica: replicaHeader],
                             body: .init { writer in
                                 defer { self.flights.withLock { $0[id] = nil } }
                                 try await ClientConnection.cancellingOnDisconnect {
@@ -360,7 +364,9 @@ public final class ClusterRouter: Sendable {
         defer { flights.withLock { $0[id] = nil } }
         ClientConnection.current?.armHalfCloseProbe()
         let text = try await ClientConnection.cancellingOnDisconnect { try await call.collect(first: first) }
-        return Self.json(.ok, text)
+        var response = Self.json(.ok, text)
+        response.headers[.dloraReplica] = replicaHeader
+        return response
     }
 }
 
@@ -463,4 +469,9 @@ struct RouterCall: Sendable {
         OpenAIWire.encode(ChatCompletionChunk(id: flight.id, object: "chat.completion.chunk", created: created, model: model,
                                               choices: [ChatChunkChoice(delta: delta, finishReason: finish)]))
     }
+}
+
+extension HTTPField.Name {
+    /// The router's response header naming the replica a completion was dispatched to.
+    static let dloraReplica = HTTPField.Name("x-dlora-replica")!
 }

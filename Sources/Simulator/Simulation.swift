@@ -67,6 +67,11 @@ public struct SimulationConfig: Sendable {
     /// iteration is recorded (`recordSteps`, `onStep`); other runs are sequential. The same requests, records
     /// and summary as one thread (tested), except `events` and `eventLogHash`, which log a parallel run's own order.
     public var threads = 1
+    /// Each request goes to the replica its `SimRequest.replica` names (a recorded run's router decisions) instead
+    /// of the one the dispatch policy picks; the policy still runs on every arrival, so its state (placement
+    /// rates, the polled loads it keeps) evolves as it would. Isolates the replicas' simulation from dispatch
+    /// decisions that hang on when the last status poll landed (docs/design/simulator.md).
+    public var replayDispatch = false
 
     /// The run can simulate its replicas in parallel (`threads`): the router polls, nothing migrates, no iteration is
     /// recorded. (A run with an `onStep` callback stays sequential too.)
@@ -104,6 +109,8 @@ public enum Simulation {
     /// not fit in memory as `recordSteps` keeps them).
     public static func run(_ config: SimulationConfig, workload: [SimRequest], onStep: ((StepRecord) -> Void)? = nil) -> SimulationResult {
         precondition(config.problem == nil, config.problem ?? "")
+        precondition(!config.replayDispatch || workload.allSatisfy { ($0.replica ?? -1) >= 0 && $0.replica! < config.replicas },
+                     "replayed dispatch needs every request's replica")
         var run = SimulationRun(config: config, workload: workload)
         run.onStep = onStep
         run.run()

@@ -9,7 +9,7 @@ extension SimulationRun {
         let request = workload[i]
         let name = names[request.adapter]
         arrivalCounts[request.adapter] += 1
-        let target: Int
+        var target: Int
         if statusLoads != nil {
             if config.indexedDispatch, let d = dispatcher as? DLoRAProactive {
                 target = d.choose(adapter: name, presence: presence.entries(request.adapter), replicas: statusLoads!) ?? 0
@@ -20,6 +20,7 @@ extension SimulationRun {
             let loads = dispatchLoads()
             target = dispatcher.choose(adapter: name, promptTokens: request.promptTokens, replicas: loads) ?? 0
         }
+        if config.replayDispatch, let recorded = request.replica { target = recorded }
         hash.mix(5)
         hash.mix(i)
         hash.mix(target)

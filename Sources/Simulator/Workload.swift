@@ -14,14 +14,18 @@ public struct SimRequest: Sendable, Equatable {
     public let adapter: Int
     public let promptTokens: Int
     public let outputTokens: Int
+    /// The replica a recorded run's router sent it to first (the `x-dlora-replica` response header), if known;
+    /// `SimulationConfig.replayDispatch` sends it there.
+    public let replica: Int?
 
-    public init(id: Int, arrival: Double, adapter: Int, promptTokens: Int, outputTokens: Int) {
+    public init(id: Int, arrival: Double, adapter: Int, promptTokens: Int, outputTokens: Int, replica: Int? = nil) {
         precondition(promptTokens >= 1 && outputTokens >= 1 && arrival >= 0)
         self.id = id
         self.arrival = arrival
         self.adapter = adapter
         self.promptTokens = promptTokens
         self.outputTokens = outputTokens
+        self.replica = replica
     }
 }
 

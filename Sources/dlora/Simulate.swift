@@ -34,8 +34,10 @@ struct Simulate: ParsableCommand {
     var traceLengths = false
     @Option(help: "JSONL of conversations: {\"prompt_tokens\", \"output_tokens\"} or {\"prompt\", \"response\"} (≈ 4 bytes per token).")
     var workload: String?
-    @Option(help: "JSONL of requests to replay exactly, one per line: {\"arrival\": seconds, \"adapter\": index, \"prompt_tokens\", \"output_tokens\"} (instead of generating them; e.g. a real run's requests).")
+    @Option(help: "JSONL of requests to replay exactly, one per line: {\"arrival\": seconds, \"adapter\": index, \"prompt_tokens\", \"output_tokens\"} and optionally \"replica\" (the replica the real router chose) (instead of generating them; e.g. a real run's requests).")
     var requestsFile: String?
+    @Flag(help: "With --requests-file: send each request to the replica its \"replica\" field names (a real run's router decisions, from the x-dlora-replica header) instead of the one the dispatch policy picks.")
+    var replayDispatch = false
     @Option(help: "Median prompt tokens of the seeded log-normal lengths (no --workload or --trace-lengths).")
     var promptMedian: Double = 128
     @Option(help: "Median output tokens of the seeded log-normal lengths.")
@@ -137,6 +139,7 @@ struct Simulate: ParsableCommand {
         guard requestsFile == nil || (trace == nil && workload == nil && !traceLengths && requests == nil && duration == nil) else {
             throw ValidationError("--requests-file replaces --trace, --workload, --requests and --duration")
         }
+        guard !replayDispatch || requestsFile != nil else { throw ValidationError("--replay-dispatch needs --requests-file") }
         if let kv = kvCacheMb {
             guard cost == "cpu" else { throw ValidationError("--kv-cache-mb applies to --cost cpu only") }
             guard kv >= 1, kv <= 1 << 20 else { throw ValidationError("--kv-cache-mb must be in 1...1048576") }
@@ -182,6 +185,14 @@ struct Simulate: ParsableCommand {
         let limit = model.shape.schedulerConfig(policy: .dlora, costs: model.schedulerPrior).contextLimit
         if let requestsFile {
             requestsList = try Self.replay(requestsFile, contextLimit: limit)
+            if replayDispatch {
+                if let i = requestsList.firstIndex(where: { $0.replica == nil }) {
+                    throw CLIError("\(requestsFile): --replay-dispatch needs a \"replica\" on every request (the request arriving at \(requestsList[i].arrival) s has none)")
+                }
+                if let r = requestsList.first(where: { $0.replica! >= replicas }) {
+                    throw CLIError("\(requestsFile): a request names replica \(r.replica!), but --replicas is \(replicas)")
+                }
+            }
         } else {
             var spec = WorkloadSpec(requests: duration == nil ? (requests ?? 200) : nil, duration: duration, rate: rate, adapters: adapters,
                                     alpha: alpha, arrivals: arrivals, lengths: lengths, maxPrompt: maxPrompt, maxOutput: maxOutput, seed: seed)
@@ -199,6 +210,7 @@ struct Simulate: ParsableCommand {
         config.placementPeriod = placementPeriod
         if let migrationRequestExcess { config.migrationConfig.requestExcess = migrationRequestExcess }
         config.pollInterval = pollMs / 1000
+        config.replayDispatch = replayDispatch
         // The flag, else a measured profile's.
         config.requestOverheadSeconds = requestOverheadMs > 0 ? requestOverheadMs / 1000 : profiledOverhead
         // Adapter file loads: the flags, else a measured profile's.
@@ -305,7 +317,7 @@ struct Simulate: ParsableCommand {
     /// whose sum fits the replica's context. Anything else is an error naming the line.
     static func replay(_ path: String, contextLimit: Int) throws -> [SimRequest] {
         guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { throw CLIError("\(path): cannot read the requests") }
-        var rows: [(arrival: Double, adapter: Int, prompt: Int, output: Int)] = []
+        var rows: [(arrival: Double, adapter: Int, prompt: Int, output: Int, replica: Int?)] = []
         for (n, line) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
             if line.allSatisfy({ $0 == " " || $0 == "\t" || $0 == "\r" }) { continue }
             guard rows.count < 10_000_000 else { throw CLIError("\(path): more than 10,000,000 requests") }
@@ -323,13 +335,15 @@ struct Simulate: ParsableCommand {
             let adapter = try integer("adapter", 0...999_999)
             let prompt = try integer("prompt_tokens", 1...1 << 24), output = try integer("output_tokens", 1...1 << 24)
             guard prompt + output + 1 < contextLimit else { throw bad("\(prompt) + \(output) tokens do not fit the replica's \(contextLimit)-token limit") }
-            rows.append((arrival, adapter, prompt, output))
+            let replica = obj["replica"] == nil || obj["replica"] is NSNull ? nil : try integer("replica", 0...999_999)
+            rows.append((arrival, adapter, prompt, output, replica))
         }
         guard !rows.isEmpty else { throw CLIError("\(path): no requests") }
         // A stable sort: requests arriving at the same instant keep their order in the file.
         let order = rows.indices.sorted { rows[$0].arrival < rows[$1].arrival || (rows[$0].arrival == rows[$1].arrival && $0 < $1) }
         return order.enumerated().map { id, i in
-            SimRequest(id: id, arrival: rows[i].arrival, adapter: rows[i].adapter, promptTokens: rows[i].prompt, outputTokens: rows[i].output)
+            SimRequest(id: id, arrival: rows[i].arrival, adapter: rows[i].adapter, promptTokens: rows[i].prompt, outputTokens: rows[i].output,
+                       replica: rows[i].replica)
         }
     }
 

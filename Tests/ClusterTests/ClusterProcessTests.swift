@@ -37,16 +37,18 @@ import Glibc
             let names = [model, "s1-qv-r4", "s2-ko-r8-rslora", model, "s1-qv-r4", "s2-ko-r8-rslora"]
             let prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "Water boils at", "My favourite colour", "Rust and Swift are"]
             let bodies = zip(names, prompts).map { Self.body(model: $0, prompt: $1, maxTokens: 24, temperature: 0, seed: nil) }
-            let routed = try await withThrowingTaskGroup(of: (Int, String).self) { group in
-                for (i, b) in bodies.enumerated() { group.addTask { (i, try await Self.stream(http, router, b).text) } }
-                var out = [String](repeating: "", count: bodies.count)
+            let routed = try await withThrowingTaskGroup(of: (Int, StreamResult).self) { group in
+                for (i, b) in bodies.enumerated() { group.addTask { (i, try await Self.stream(http, router, b)) } }
+                var out = [StreamResult](repeating: StreamResult(), count: bodies.count)
                 for try await (i, t) in group { out[i] = t }
                 return out
             }
             for (i, b) in bodies.enumerated() {
                 let alone = try await Self.complete(http, replica0, b)
-                #expect(routed[i] == alone, "request \(i) (\(names[i])) through the router differs from one replica's output")
+                #expect(routed[i].text == alone, "request \(i) (\(names[i])) through the router differs from one replica's output")
             }
+            // Each response names the replica it was dispatched to; round-robin used both.
+            #expect(Set(routed.compactMap(\.replica)) == [0, 1], "x-dlora-replica: \(routed.map(\.replica))")
 
             // A migration mid-stream, both modes, greedy and seeded: the client's stream equals the undisturbed run.
             for mode in ["kv", "recompute"] {
@@ -170,6 +172,8 @@ import Glibc
         var id = ""
         var text = ""
         var finish: String?
+        /// The router's `x-dlora-replica` header: the replica it dispatched the request to.
+        var replica: Int?
     }
 
     /// Streams a completion; `onToken(id, count)` runs after each content chunk (count = chunks so far).
@@ -183,6 +187,7 @@ import Glibc
         let r = try await http.execute(req, timeout: .seconds(180))
         #expect(r.status == .ok)
         var result = StreamResult()
+        result.replica = r.headers.first(name: "x-dlora-replica").flatMap { Int($0) }
         var pending = ""
         var chunks = 0
         var done = false

@@ -253,6 +253,41 @@ import Testing
         }
     }
 
+    /// `--replay-dispatch` sends each request to the replica its "replica" field names (a real router's recorded
+    /// decisions) instead of where the dispatch policy would; round-robin's own choices differ, so the test fails
+    /// if the field is ignored. Missing or out-of-range replicas are one-line errors.
+    @Test func replayedDispatchSendsEachRequestWhereTheRouterDid() async throws {
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let profile = dir.file("profile.json"), requests = dir.file("requests.jsonl"), records = dir.file("records.csv")
+        try Self.fixedProfile().write(to: profile, atomically: true, encoding: .utf8)
+        // Round-robin would alternate 0, 1, 2, 0, …; the recorded router sent them elsewhere.
+        let recorded = [2, 2, 0, 1, 1, 2, 0, 0]
+        try recorded.enumerated().map { i, r in
+            #"{"arrival": \#(Double(i) * 0.5), "adapter": \#(i % 3), "prompt_tokens": 4, "output_tokens": 3, "replica": \#(r)}"#
+        }.joined(separator: "\n").write(to: requests, atomically: true, encoding: .utf8)
+        func replicas(_ extra: [String]) async throws -> [Int] {
+            let r = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", profile.path, "--replicas", "3",
+                                             "--dispatch", "round-robin", "--records", records.path] + extra)
+            #expect(r.status == 0, "\(r.stderr)")
+            let rows = try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst()
+                .map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+            return rows.sorted { Int($0[0])! < Int($1[0])! }.map { Int($0[6])! }
+        }
+        #expect(try await replicas(["--replay-dispatch"]) == recorded)
+        #expect(try await replicas([]) == [0, 1, 2, 0, 1, 2, 0, 1])
+
+        let bad = try await Self.simulate(["--requests-file", requests.path, "--replay-dispatch", "--replicas", "2"])
+        #expect(bad.status != 0 && bad.stderr.contains("names replica 2, but --replicas is 2"), "\(bad.stderr)")
+        try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 3}"#.write(to: requests, atomically: true, encoding: .utf8)
+        let missing = try await Self.simulate(["--requests-file", requests.path, "--replay-dispatch"])
+        #expect(missing.status != 0 && missing.stderr.contains("needs a \"replica\" on every request"), "\(missing.stderr)")
+        try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 3, "replica": -1}"#.write(to: requests, atomically: true, encoding: .utf8)
+        let negative = try await Self.simulate(["--requests-file", requests.path])
+        #expect(negative.status != 0 && negative.stderr.contains("\"replica\" must be an integer"), "\(negative.stderr)")
+        let alone = try await Self.simulate(["--replay-dispatch", "--requests", "4"])
+        #expect(alone.status != 0 && alone.stderr.contains("--replay-dispatch needs --requests-file"), "\(alone.stderr)")
+    }
+
     @Test func badFilesAreOneLineErrors() async throws {
         let dir = try TemporaryDirectory(prefix: "dlora-simulate")
         let requests = dir.file("requests.jsonl"), profile = dir.file("profile.json")
