@@ -29,7 +29,7 @@
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
 # SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE CAL_RATES CAL_CLUSTER_RATES CAL_REQUESTS CAL_SEED
 # STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD
-# SIM_ONLY.
+# SIM_ONLY. An empty CLUSTER_CONFIGS or POLICIES skips that part.
 # About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
 set -euo pipefail
@@ -47,8 +47,8 @@ MAX_PROMPT=${MAX_PROMPT:-128}
 MAX_OUTPUT=${MAX_OUTPUT:-32}
 SEED=${SEED:-1}
 # Also: dlora-slots, dlora-slots+kv (dLoRA dispatch with the adapter-slot bound and placement hysteresis, $SLOT_FLAGS).
-CLUSTER_CONFIGS=${CLUSTER_CONFIGS:-"round-robin least-loaded lora-affinity dlora dlora+recompute dlora+kv"}
-POLICIES=${POLICIES:-"dlora unmerged-only merged-only peft-like"}
+CLUSTER_CONFIGS=${CLUSTER_CONFIGS-"round-robin least-loaded lora-affinity dlora dlora+recompute dlora+kv"}
+POLICIES=${POLICIES-"dlora unmerged-only merged-only peft-like"}
 STARTUP_TIMEOUT=${STARTUP_TIMEOUT:-180}
 RUN_TIMEOUT=${RUN_TIMEOUT:-300}
 RESULTS=${RESULTS:-bench/results}
