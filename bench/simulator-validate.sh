@@ -28,7 +28,7 @@
 # Everything is bounded (startup, each load run, the stop); an EXIT trap stops every process started, by PID.
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
 # SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE CAL_RATES CAL_CLUSTER_RATES CAL_REQUESTS CAL_SEED
-# STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD
+# STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD ROLLING_WINDOW
 # SIM_ONLY. An empty CLUSTER_CONFIGS or POLICIES skips that part.
 # About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
@@ -568,6 +568,42 @@ PY
             < /dev/null > "$real.$tag.json" 2> "$real.$tag.log" || { echo "validate: simulate failed" >&2; tail -3 "$real.$tag.log" >&2; }
     done
 }
+# A rolling calibration: the step coefficients refitted, before each run, on every iteration the machine served in
+# the ROLLING_WINDOW seconds before that run started (servers of the same kind: its calibration run and the earlier
+# runs of every configuration), as a server pricing its steps from its own recent step log would. Where fewer than
+# 200 such iterations exist, the calibration's profile itself.
+ROLLING_WINDOW=${ROLLING_WINDOW:-600}
+fit_rolling() {  # kind, profile, real run JSON, fitted profile to write
+    local kind=$1 profile=$2 real=$3 fitted=$4
+    rm -f "$fitted"
+    python3 - "$data" "$kind" "$profile" "$real" "$fitted.steps.jsonl" "$ROLLING_WINDOW" <<'PY' || { cp "$profile" "$fitted"; return 0; }
+import glob, json, os, sys
+data, kind, profile, real, out, window = sys.argv[1:7]
+window = float(window)
+def starts(path):
+    with open(path) as f:
+        return [json.loads(x)["start"] for x in f if x.strip()]
+mine = starts(real + ".steps.jsonl")
+if not mine:
+    sys.exit(1)
+t0 = min(mine)
+logs = [p for p in glob.glob(f"{data}/{kind}_*~*.json.steps.jsonl") if p != real + ".steps.jsonl"]
+logs.append(f"{data}/calibration-{os.path.basename(profile)[:-5]}.steps.jsonl")
+kept = []
+for path in logs:
+    try:
+        with open(path) as f:
+            kept += [x for x in f if x.strip() and t0 - window <= json.loads(x)["start"] < t0]
+    except OSError:
+        pass
+if len(kept) < 200:
+    sys.exit(1)
+open(out, "w").write("".join(kept))
+PY
+    python3 bench/step_log.py "$profile" "$fitted.steps.jsonl" --fit "$fitted" --fit-keys "$FIT_KEYS" --equal-processes > "$fitted.txt" 2>&1 \
+        || { echo "validate: a rolling fit failed ($fitted)" >&2; cp "$profile" "$fitted"; }
+    rm -f "$fitted.steps.jsonl"
+}
 echo "validate: simulating" >&2
 while IFS='|' read -r kind name replicas profile runs simflags; do
     read -r -a served_runs <<< "$runs"
@@ -587,6 +623,8 @@ while IFS='|' read -r kind name replicas profile runs simflags; do
         tags=("sim=$profile" "simx=$data/fitx-$kind-$name.json" "simfit=$data/fit-$kind-$name.json")
         # Cluster runs once more: the measured profile with the real router's dispatch decisions replayed.
         [ "$kind" = cluster ] && tags+=("simd=$profile")
+        fit_rolling "$kind" "$profile" "$r" "$data/fitr-$(basename "$r")"
+        tags+=("simr=$data/fitr-$(basename "$r")")
         simulate "$r" "$replicas" "${tags[@]}" -- "${simflag_list[@]}"
     done
 done < "$data/servers.txt"
@@ -714,6 +752,13 @@ for tag, heading, text in (
          "calibration and the runs out, and checks what is left to the simulator: the scheduling, queueing, dispatch and "
          "migration it runs.")):
     lines += [f"## {heading}", "", text, ""] + results_table(tag)
+
+lines += ["## A rolling calibration: refitted on the iterations served just before each run", "",
+          "The step coefficients (as in the cross-validated mode) refitted before each run on every iteration the machine "
+          "served in the ROLLING_WINDOW seconds before that run started, by servers of the same kind (their calibration "
+          "run and the earlier runs of every configuration; each server process weighted equally), falling back to the "
+          "calibration's profile where fewer than 200 such iterations exist: what a server that prices its steps from "
+          "its own recent step log would predict for the next run, without seeing it.", ""] + results_table("simr")
 
 def agreement(path, tag):
     """(same, compared): the run's requests the simulation (`tag`) dispatched where the real router did. A simulated

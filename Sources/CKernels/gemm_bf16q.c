@@ -26,7 +26,9 @@
 //
 // Batch invariance: every row count runs the same register tile (1-6 rows; the rows split into tiles of
 // near-equal height) decoding each step in registers (measured faster than decoding a chunk once into an L1
-// buffer and re-reading it, at every batch from 4 to 128 rows), so each output is a lane whose sum sees the
+// buffer and re-reading it, at every batch from 4 to 128 rows, for the Q4 codes). Q8_0's widening costs 2.5×
+// a Q4 step's, so from two row tiles on (7+ rows) a chunk's Q8_0 operands are widened once into an L1 buffer
+// that every tile loads: the same operand values, so the same sums. Each output is a lane whose sum sees the
 // same operations in the same order (pairs in order within a block, then
 // acc = fma(T, d', acc), acc = fma(m', sx, acc), blocks in order), so a row's result never depends on how many
 // rows run with it or how the panels are split over threads. dl_matmul_q_bf16_ref is the portable twin
@@ -222,7 +224,7 @@ typedef struct {
 // pair step decoded in registers from the records.
 DL_AVX512_BF16 static inline __attribute__((always_inline))
 void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0, int64_t p, int64_t blk0, int64_t blk1,
-           dl_pf *f) {
+           const uint8_t *dec, dl_pf *f) {
     const int64_t nblocks = c->K / QB, n0 = p * QP, ncols = c->N - n0 < QP ? c->N - n0 : QP;
     const int rec = q_record_bytes(type);
     const __mmask16 k0 = ncols >= 16 ? 0xffff : (__mmask16)((1u << ncols) - 1);
@@ -264,12 +266,26 @@ void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0
                 acc1[i] = _mm512_fmadd_ps(m1, sx, _mm512_fmadd_ps(t1[i], d1, acc1[i]));
             }
         } else {
-            for (int kp = 0; kp < QKP; kp++) {
-                const __m512bh w0 = widen8(r + 64 + kp * 64), w1 = widen8(r + 64 + kp * 64 + 32);
-                for (int i = 0; i < R; i++) {
-                    const __m512bh av = PAIR(i, kp);
-                    t0[i] = _mm512_dpbf16_ps(t0[i], av, w0);
-                    t1[i] = _mm512_dpbf16_ps(t1[i], av, w1);
+            if (dec) {
+                // The chunk's operands, widened once by q8_decode_chunk (the same values widen8 gives).
+                const uint8_t *dk = dec + (b - blk0) * (QKP * 128);
+                for (int kp = 0; kp < QKP; kp++) {
+                    const __m512bh w0 = (__m512bh)_mm512_load_si512((const void *)(dk + kp * 128));
+                    const __m512bh w1 = (__m512bh)_mm512_load_si512((const void *)(dk + kp * 128 + 64));
+                    for (int i = 0; i < R; i++) {
+                        const __m512bh av = PAIR(i, kp);
+                        t0[i] = _mm512_dpbf16_ps(t0[i], av, w0);
+                        t1[i] = _mm512_dpbf16_ps(t1[i], av, w1);
+                    }
+                }
+            } else {
+                for (int kp = 0; kp < QKP; kp++) {
+                    const __m512bh w0 = widen8(r + 64 + kp * 64), w1 = widen8(r + 64 + kp * 64 + 32);
+                    for (int i = 0; i < R; i++) {
+                        const __m512bh av = PAIR(i, kp);
+                        t0[i] = _mm512_dpbf16_ps(t0[i], av, w0);
+                        t1[i] = _mm512_dpbf16_ps(t1[i], av, w1);
+                    }
                 }
             }
             const __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r));
@@ -297,22 +313,49 @@ void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0
     case 6: qrows(6, T, __VA_ARGS__); break;            \
     }
 
+// Q8_0 blocks [b0, b1) of panel p widened to their VDPBF16PS operands (128 bytes per pair step: columns 0-15,
+// then 16-31), for the row tiles to load instead of each widening them again.
+DL_AVX512_BF16 static void q8_decode_chunk(const qmm_ctx *c, int64_t p, int64_t b0, int64_t b1, uint8_t *dst) {
+    const int64_t nblocks = c->K / QB;
+    const int rec = q_record_bytes(DL_Q8_0);
+    for (int64_t b = b0; b < b1; b++) {
+        const uint8_t *r = c->Wp + (p * nblocks + b) * rec;
+        uint8_t *d = dst + (b - b0) * (QKP * 128);
+        for (int kp = 0; kp < QKP; kp++) {
+            _mm512_store_si512((void *)(d + kp * 128), (__m512i)widen8(r + 64 + kp * 64));
+            _mm512_store_si512((void *)(d + kp * 128 + 64), (__m512i)widen8(r + 64 + kp * 64 + 32));
+        }
+    }
+}
+
+// Row tiles from which a Q8_0 chunk is widened once into an L1 buffer rather than in registers by every tile:
+// its conversions (two sign extensions, two int→f32 and a bf16 pack per 32 codes) are what a Q8_0 step spends
+// beyond a Q4 one, and a batch of 7+ rows runs 2+ tiles over each chunk (docs/design/merge-precision.md).
+enum { Q8_SHARED_DECODE_TILES = 2 };
+static _Thread_local uint8_t tl_q8_chunk[QCHUNK * QKP * 128] __attribute__((aligned(64)));
+
 // Panels [p0, p1): per chunk of QCHUNK blocks (its codes stay in L1), every row tile over it; the rows split
 // into tiles of near-equal height, at most QMR each.
 DL_AVX512_BF16 static void q_panels(void *vctx, int64_t p0, int64_t p1) {
     const qmm_call *call = (const qmm_call *)vctx;
     const qmm_ctx *c = &call->q;
     const int64_t nblocks = c->K / QB, tiles = (c->M + QMR - 1) / QMR;
+    const int shared = c->type == DL_Q8_0 && tiles >= Q8_SHARED_DECODE_TILES;
     // This task's share of the prefetch plan, a step per block of every tile.
     dl_pf f = dl_pf_share(&call->pf, p0, p1, (c->N + QP - 1) / QP, (p1 - p0) * nblocks * tiles);
     for (int64_t p = p0; p < p1; p++)
         for (int64_t b = 0; b < nblocks; b += QCHUNK) {
             const int64_t be = nblocks - b < QCHUNK ? nblocks : b + QCHUNK;
+            const uint8_t *dec = NULL;
+            if (shared) {
+                q8_decode_chunk(c, p, b, be, tl_q8_chunk);
+                dec = tl_q8_chunk;
+            }
             for (int64_t t = 0; t < tiles; t++) {
                 const int64_t r0 = t * c->M / tiles, r1 = (t + 1) * c->M / tiles;
-                if (c->type == DL_Q4_1) { QROWS_SWITCH(DL_Q4_1, r1 - r0, c, call->C, r0, p, b, be, &f) }
-                else if (c->type == DL_Q4_0) { QROWS_SWITCH(DL_Q4_0, r1 - r0, c, call->C, r0, p, b, be, &f) }
-                else { QROWS_SWITCH(DL_Q8_0, r1 - r0, c, call->C, r0, p, b, be, &f) }
+                if (c->type == DL_Q4_1) { QROWS_SWITCH(DL_Q4_1, r1 - r0, c, call->C, r0, p, b, be, NULL, &f) }
+                else if (c->type == DL_Q4_0) { QROWS_SWITCH(DL_Q4_0, r1 - r0, c, call->C, r0, p, b, be, NULL, &f) }
+                else { QROWS_SWITCH(DL_Q8_0, r1 - r0, c, call->C, r0, p, b, be, dec, &f) }
             }
         }
 }
