@@ -631,7 +631,7 @@ done < "$data/servers.txt"
 
 # ---- 4. the table
 python3 - "$data" "$RESULTS/simulator.md" "$(date -u +%Y-%m-%d)" "$(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores" \
-    "REPLICAS=$REPLICAS THREADS=$THREADS SLOTS=$SLOTS ADAPTERS=$ADAPTERS ALPHA=$ALPHA REQUESTS=$REQUESTS REPEATS=$REPEATS MAX_PROMPT=$MAX_PROMPT MAX_OUTPUT=$MAX_OUTPUT SEED=$SEED" \
+    "REPLICAS=$REPLICAS THREADS=$THREADS SLOTS=$SLOTS ADAPTERS=$ADAPTERS ALPHA=$ALPHA REQUESTS=$REQUESTS REPEATS=$REPEATS MAX_PROMPT=$MAX_PROMPT MAX_OUTPUT=$MAX_OUTPUT SEED=$SEED ROLLING_WINDOW=$ROLLING_WINDOW" \
     "$RESULTS" <<'PY'
 import csv, glob, json, os, sys
 data, out, day, cpu, settings, results = sys.argv[1:7]
@@ -755,7 +755,7 @@ for tag, heading, text in (
 
 lines += ["## A rolling calibration: refitted on the iterations served just before each run", "",
           "The step coefficients (as in the cross-validated mode) refitted before each run on every iteration the machine "
-          "served in the ROLLING_WINDOW seconds before that run started, by servers of the same kind (their calibration "
+          "served in the ROLLING_WINDOW seconds (settings above) before that run started, by servers of the same kind (their calibration "
           "run and the earlier runs of every configuration; each server process weighted equally), falling back to the "
           "calibration's profile where fewer than 200 such iterations exist: what a server that prices its steps from "
           "its own recent step log would predict for the next run, without seeing it.", ""] + results_table("simr")
