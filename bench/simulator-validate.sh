@@ -28,7 +28,7 @@
 # Everything is bounded (startup, each load run, the stop); an EXIT trap stops every process started, by PID.
 # Knobs: REPLICAS THREADS SLOTS ADAPTERS ALPHA RATES REQUESTS MAX_PROMPT MAX_OUTPUT SEED CLUSTER_CONFIGS POLICIES
 # SINGLE_RATES REPEATS CONTEXT_GEN CAL_OUTPUT CAL_PROMPT CAL_PREFILL_PAIRS CAL_MERGES CALIBRATE CAL_RATES CAL_CLUSTER_RATES CAL_REQUESTS CAL_SEED
-# STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD ROLLING_WINDOW
+# STARTUP_TIMEOUT RUN_TIMEOUT RESULTS DATA SKIP_BUILD ROLLING_WINDOW FIT_KEYS (the step terms the fits refit)
 # SIM_ONLY. An empty CLUSTER_CONFIGS or POLICIES skips that part.
 # About 40 minutes with the defaults (20 with REPEATS=1). Run it on a quiet
 # machine: the real side is timed in real time.
@@ -410,7 +410,7 @@ PY
         echo "validate: the trace calibration's fit failed; the profile keeps the closed-loop fit" >&2
     fi
 }
-FIT_KEYS=fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds,single_token_seconds
+FIT_KEYS=${FIT_KEYS:-fixed_seconds,per_decode_seconds,per_prefill_token_seconds,per_context_token_seconds,merged_extra_seconds,single_token_seconds}
 if [ -n "${SIM_ONLY:-}" ] && [ -n "${RECALIBRATE:-}" ]; then
     # Calibrate again on this machine now, from the profiles bench core gave the kept run.
     for f in 2threads 1thread-shared; do
