@@ -338,6 +338,9 @@ def summarize(args, reqs, recs, wall):
         "slo_attainment": len(met) / len(reqs) if reqs else 0.0,
         "send_lag_max_s": max((r["send_lag_s"] for r in recs if r.get("send_lag_s") is not None), default=None),
         "error_kinds": {},
+        # Completed requests per replica the router dispatched them to (x-dlora-replica; {} without a router).
+        "dispatched_to": {str(k): sum(1 for r in ok if r.get("replica") == k)
+                          for k in sorted({r["replica"] for r in ok if r.get("replica") is not None})},
     }
     for r in recs:
         if r.get("error"):
@@ -557,7 +560,8 @@ def self_test():
         check("TTFT, latency/token, max gap measured", all(r["ttft_s"] > 0 and r["latency_per_token_s"] > 0 for r in good)
               and all(r["max_gap_s"] is not None for r in good if r["tokens"] > 1))
         check("each record names the replica from the router's x-dlora-replica header",
-              all(r["replica"] in (0, 1) for r in good) and {r["replica"] for r in good} == {0, 1})
+              all(r["replica"] in (0, 1) for r in good) and {r["replica"] for r in good} == {0, 1}
+              and sum(summary["dispatched_to"].values()) == len(good))
         check("adapters follow the names adapter-0..3", {r["model"] for r in recs} <= {f"adapter-{k}" for k in range(4)})
         check("summary has throughput and SLO attainment", summary["throughput_tok_s"] > 0 and 0 < summary["slo_attainment"] <= 0.8)
     finally:
