@@ -266,28 +266,26 @@ void qrows(const int R, const int type, const qmm_ctx *c, float *C, int64_t row0
                 acc1[i] = _mm512_fmadd_ps(m1, sx, _mm512_fmadd_ps(t1[i], d1, acc1[i]));
             }
         } else {
+// Pair step kp of a Q8_0 block: operands W0 (columns 0-15) and W1 (16-31) into every row's two sums.
+#define Q8_STEP(kp, W0, W1)                                         \
+    do {                                                            \
+        const __m512bh w0 = (W0), w1 = (W1);                        \
+        for (int i = 0; i < R; i++) {                               \
+            const __m512bh av = PAIR(i, (kp));                      \
+            t0[i] = _mm512_dpbf16_ps(t0[i], av, w0);                \
+            t1[i] = _mm512_dpbf16_ps(t1[i], av, w1);                \
+        }                                                           \
+    } while (0)
             if (dec) {
                 // The chunk's operands, widened once by q8_decode_chunk (the same values widen8 gives).
                 const uint8_t *dk = dec + (b - blk0) * (QKP * 128);
-                for (int kp = 0; kp < QKP; kp++) {
-                    const __m512bh w0 = (__m512bh)_mm512_load_si512((const void *)(dk + kp * 128));
-                    const __m512bh w1 = (__m512bh)_mm512_load_si512((const void *)(dk + kp * 128 + 64));
-                    for (int i = 0; i < R; i++) {
-                        const __m512bh av = PAIR(i, kp);
-                        t0[i] = _mm512_dpbf16_ps(t0[i], av, w0);
-                        t1[i] = _mm512_dpbf16_ps(t1[i], av, w1);
-                    }
-                }
+                for (int kp = 0; kp < QKP; kp++)
+                    Q8_STEP(kp, (__m512bh)_mm512_load_si512((const void *)(dk + kp * 128)),
+                            (__m512bh)_mm512_load_si512((const void *)(dk + kp * 128 + 64)));
             } else {
-                for (int kp = 0; kp < QKP; kp++) {
-                    const __m512bh w0 = widen8(r + 64 + kp * 64), w1 = widen8(r + 64 + kp * 64 + 32);
-                    for (int i = 0; i < R; i++) {
-                        const __m512bh av = PAIR(i, kp);
-                        t0[i] = _mm512_dpbf16_ps(t0[i], av, w0);
-                        t1[i] = _mm512_dpbf16_ps(t1[i], av, w1);
-                    }
-                }
+                for (int kp = 0; kp < QKP; kp++) Q8_STEP(kp, widen8(r + 64 + kp * 64), widen8(r + 64 + kp * 64 + 32));
             }
+#undef Q8_STEP
             const __m512 d0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)r));
             const __m512 d1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(r + 32)));
             for (int i = 0; i < R; i++) {
