@@ -190,7 +190,11 @@ public final class ClusterRouter: Sendable {
         }
         router.get("/v1/models") { request, _ in
             try Self.authorize(request, key: self.options.apiKey)
-            return try self.models()
+            return Self.json(.ok, OpenAIWire.encode(ModelList(data: try self.modelCards())))
+        }
+        router.get("/v1/models/**") { request, context in
+            try Self.authorize(request, key: self.options.apiKey)
+            return try modelResponse(try self.modelCards(), id: context.parameters.getCatchAll().joined(separator: "/"))
         }
         router.post("/v1/completions") { request, _ in try await self.generate(request, endpoint: "completions") }
         router.post("/v1/chat/completions") { request, _ in try await self.generate(request, endpoint: "chat") }
@@ -236,7 +240,7 @@ public final class ClusterRouter: Sendable {
     }
 
     /// The base model and every adapter some healthy replica serves.
-    private func models() throws -> Response {
+    private func modelCards() throws -> [ModelCard] {
         let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
         guard let first = statuses.first else { throw APIError(.serviceUnavailable, "no replica is healthy") }
         var names = Set<String>()
@@ -245,7 +249,7 @@ public final class ClusterRouter: Sendable {
         let maxLen = statuses.map(\.maxModelLen).min() ?? first.maxModelLen
         let cards = [ModelCard(id: first.model, created: created, root: first.model, parent: nil, maxModelLen: maxLen)]
             + names.sorted().map { ModelCard(id: $0, created: created, root: $0, parent: first.model, maxModelLen: maxLen) }
-        return Self.json(.ok, OpenAIWire.encode(ModelList(data: cards)))
+        return cards
     }
 
     private func clusterStatus() -> Response {

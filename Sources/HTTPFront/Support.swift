@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import NIOHTTP1
+import ServingAPI
 
 /// Renders every error as OpenAI's JSON: the API's own, Hummingbird's (404 for unknown routes, 413…), and
 /// anything unexpected as a 500 that does not leak internals.
@@ -31,6 +32,16 @@ public struct ErrorMiddleware: RouterMiddleware {
     }
 }
 
+/// `GET /v1/models/{id}` (OpenAI's models.retrieve) over a server's model list: the card named `id`, or the 404
+/// a generation request naming an unknown model gets.
+public func modelResponse(_ cards: [ModelCard], id: String) throws -> Response {
+    guard let card = cards.first(where: { $0.id == id }) else {
+        let shown = String(id.unicodeScalars.map { $0.value < 0x20 ? "?" : Character($0) }.prefix(256))
+        throw APIError(.notFound, "the model '\(shown)' does not exist", param: "model", code: "model_not_found")
+    }
+    return Response(status: .ok, headers: [.contentType: "application/json"],
+                    body: .init(byteBuffer: ByteBuffer(string: OpenAIWire.encode(card))))
+}
 
 /// A value behind a lock.
 public final class Locked<Value>: @unchecked Sendable {

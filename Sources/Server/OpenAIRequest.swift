@@ -38,7 +38,7 @@ struct GenerationRequest: Equatable {
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
     private static let chatKeys: Set<String> = [
         "messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
-        "parallel_tool_calls", "store", "metadata",
+        "parallel_tool_calls", "store", "metadata", "service_tier",
     ]
 
     /// Parses a body. `chat` selects the endpoint's shape.
@@ -110,6 +110,8 @@ struct GenerationRequest: Equatable {
         try f.noOp("parallel_tool_calls") { if case .bool = $0 { return true } else { return false } }
         try f.noOp("store") { $0 == .bool(false) }
         try f.noOp("metadata") { if case .object = $0 { return true } else { return false } }
+        // OpenAI's processing tiers: one tier here, so "auto" and "default" are what every request gets.
+        try f.noOp("service_tier") { $0 == .string("auto") || $0 == .string("default") }
 
         var moleExperts: [String]?
         if let value = f.fields["mole_experts"], value != .null {
@@ -166,6 +168,7 @@ struct GenerationRequest: Equatable {
             guard case .object(let members) = item else { throw APIError.invalid(param, "\(param) must be an object") }
             var role: String?
             var content: String?
+            var echoed: String?
             for (key, v) in members {
                 switch key {
                 case "role":
@@ -175,11 +178,19 @@ struct GenerationRequest: Equatable {
                     content = try messageContent(v, param: "\(param).content")
                 case "name":
                     guard case .string = v else { throw APIError.invalid("\(param).name", "\(param).name must be a string") }
+                // Fields of an assistant message a client echoes back from an earlier answer (the OpenAI SDK's
+                // message objects): accepted there when they say nothing (null, or no tool calls or annotations).
+                case "refusal" where v == .null, "function_call" where v == .null, "audio" where v == .null,
+                     "tool_calls" where v == .null || v == .array([]), "annotations" where v == .null || v == .array([]):
+                    echoed = echoed ?? key
                 default:
                     throw APIError.invalid("\(param).\(JSONFields.printable(key))", "unsupported message field '\(JSONFields.printable(key))'")
                 }
             }
             guard var r = role else { throw APIError.invalid("\(param).role", "\(param).role is required") }
+            if let key = echoed, r != "assistant" {
+                throw APIError.invalid("\(param).\(key)", "unsupported message field '\(key)'")
+            }
             if r == "developer" { r = "system" }  // OpenAI's newer name for the system role
             guard ChatTemplate.roles.contains(r) else {
                 throw APIError.invalid("\(param).role", "role must be system, developer, user or assistant")

@@ -91,7 +91,12 @@ public final class OpenAIServer: Sendable {
         router.get("/metrics") { _, _ in self.renderMetrics() }
         router.get("/v1/models") { request, _ in
             try self.authorize(request, key: self.options.apiKey)
-            return self.models()
+            return self.json(.ok, OpenAIWire.encode(ModelList(data: self.modelCards())))
+        }
+        // OpenAI's models.retrieve; the name may hold slashes.
+        router.get("/v1/models/**") { request, context in
+            try self.authorize(request, key: self.options.apiKey)
+            return try modelResponse(self.modelCards(), id: context.parameters.getCatchAll().joined(separator: "/"))
         }
         router.post("/v1/completions") { request, _ in try await self.generate(request, chat: false) }
         router.post("/v1/chat/completions") { request, _ in try await self.generate(request, chat: true) }
@@ -137,7 +142,8 @@ public final class OpenAIServer: Sendable {
                         body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 
-    private func models() -> Response {
+    /// The base model, then every adapter.
+    private func modelCards() -> [ModelCard] {
         func card(_ id: String, parent: String?) -> ModelCard {
             ModelCard(id: id, created: created, root: id, parent: parent, maxModelLen: contextLimit)
         }
@@ -145,7 +151,7 @@ public final class OpenAIServer: Sendable {
         for name in adapters?.available() ?? [] where name != options.modelName {
             data.append(card(name, parent: options.modelName))
         }
-        return json(.ok, OpenAIWire.encode(ModelList(data: data)))
+        return data
     }
 
     private func loadAdapter(_ request: Request) async throws -> Response {

@@ -142,7 +142,13 @@ import Glibc
         let text = try await get(http, router + "/v1/models")
         let object = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
         let data = try #require(object["data"] as? [[String: Any]])
-        return try #require(data.first { $0["parent"] is NSNull }?["id"] as? String)
+        let base = try #require(data.first { $0["parent"] is NSNull }?["id"] as? String)
+        // The router answers models.retrieve from the same list, and 404 for a name no replica serves.
+        let card = try #require(try JSONSerialization.jsonObject(with: Data(try await get(http, router + "/v1/models/" + base).utf8)) as? [String: Any])
+        #expect(card["id"] as? String == base && card["parent"] is NSNull)
+        let missing = try await http.execute(HTTPClientRequest(url: router + "/v1/models/no-such-model"), timeout: .seconds(30))
+        #expect(missing.status.code == 404)
+        return base
     }
 
     static func get(_ http: HTTPClient, _ url: String) async throws -> String {

@@ -115,6 +115,14 @@ import TestSupport
             #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "e-all-r4", "mix-cat", "mix-dare-linear", "mix-dare-ties", "mix-linear", "mix-ties", "mole-abc", "mole-abc-layer", "mole-abc-net", "mole-ac-matrix"])
             #expect(data[0]["parent"] is NSNull)
             #expect(data.dropFirst().allSatisfy { $0["parent"] as? String == "tiny-llama" && $0["object"] as? String == "model" })
+            // One model by name (OpenAI's models.retrieve): the same card; an unknown name is a 404.
+            let one = try await client.send("/v1/models/b-all-r8-rslora", .get)
+            #expect(one.0 == 200, "\(one.1)")
+            let card = try jsonObject(one.1)
+            #expect(card["id"] as? String == "b-all-r8-rslora" && card["parent"] as? String == "tiny-llama" && card["object"] as? String == "model")
+            #expect((try jsonObject(try await client.send("/v1/models/tiny-llama", .get).1))["parent"] is NSNull)
+            try expectError(try await client.send("/v1/models/nope", .get), status: 404, param: "model")
+            try expectError(try await client.send("/v1/models/a-qv-r4/extra", .get), status: 404, param: "model")
             let h = try await client.send("/health", .get)
             #expect(h.0 == 200)
             let mix = try await client.post("/v1/completions", #"{"model": "mix-cat", "prompt": "hello", "max_tokens": 3, "temperature": 0}"#)
@@ -287,6 +295,12 @@ import TestSupport
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\"}]}", 400, "messages[0].content"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"image_url\",\"image_url\":{}}]}]}", 400, "messages[0].content"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_calls\":[]}]}", 400, "messages[0].tool_calls"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"refusal\":null}]}", 400, "messages[0].refusal"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"refusal\":\"no\"}]}", 400, "messages[0].refusal"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"tool_calls\":[{}]}]}", 400, "messages[0].tool_calls"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"assistant\",\"content\":\"x\",\"audio\":{}}]}", 400, "messages[0].audio"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"service_tier\":\"flex\"}", 400, "service_tier"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"service_tier\":\"auto\"}", 400, "service_tier"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"prompt\":\"x\"}", 400, "prompt"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}", 400, "tools"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":3,\"max_completion_tokens\":4}", 400, "max_completion_tokens"),
@@ -309,6 +323,13 @@ import TestSupport
             // Still healthy, and still serving.
             #expect(try await client.send("/health", .get).0 == 200)
             #expect(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":3}").0 == 200)
+            // An assistant message as the OpenAI SDK echoes it back (empty fields), and the default service tier.
+            let echoed = "[{\"role\":\"user\",\"content\":\"hi\"},{\"role\":\"assistant\",\"content\":\"hello\",\"refusal\":null,"
+                + "\"tool_calls\":[],\"function_call\":null,\"audio\":null,\"annotations\":[]},{\"role\":\"user\",\"content\":\"more\"}]"
+            for extra in ["", ",\"service_tier\":\"auto\"", ",\"service_tier\":\"default\""] {
+                let r = try await client.post("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":\(echoed),\"max_tokens\":3\(extra)}")
+                #expect(r.0 == 200, "\(r.1)")
+            }
         }
         #expect(try await ServerFixtures.waitIdle(server))
     }

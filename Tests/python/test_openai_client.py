@@ -108,6 +108,21 @@ def main():
                        "mix-linear", "mix-ties", "mole-abc", "mole-abc-layer", "mole-abc-net", "mole-ac-matrix", "tiny-llama"], ids
         parents = {m.id: getattr(m, "parent", None) for m in client.models.list().data}
         assert parents["a-qv-r4"] == "tiny-llama" and parents["tiny-llama"] is None, parents
+        m = client.models.retrieve("a-qv-r4")
+        assert m.id == "a-qv-r4" and getattr(m, "parent", None) == "tiny-llama", m
+        try:
+            client.models.retrieve("no-such-model")
+            raise AssertionError("an unknown model was retrieved")
+        except openai.NotFoundError as e:
+            assert e.body["code"] == "model_not_found", e.body
+
+        # A conversation as the SDK builds it: the previous answer's message object appended as it came.
+        first = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}],
+                                               max_tokens=3, temperature=0)
+        history = [{"role": "user", "content": "hi"}, first.choices[0].message, {"role": "user", "content": "and?"}]
+        second = client.chat.completions.create(model="tiny-llama", messages=history, max_tokens=3, temperature=0,
+                                                service_tier="auto")
+        assert second.choices[0].message.role == "assistant", second
 
         c = client.completions.create(model="tiny-llama", prompt="hello world", max_tokens=8, temperature=0,
                                       extra_body={"ignore_eos": True})
