@@ -558,10 +558,17 @@ PY
         rm -f "$real.$tag.csv"
         [ -s "$prof" ] || continue
         local replay=()
-        if [ "$tag" = simd ]; then
+        if [ "$tag" = simd ] || [ "$tag" = simdi ]; then
             # Only where the router named the replica of every request (a run through an older router has none).
             grep -q -v '"replica"' "$real.requests.jsonl" && continue
             replay=(--replay-dispatch)
+        fi
+        if [ "$tag" = simi ] || [ "$tag" = simdi ]; then
+            # Cross-replica interference as measured on the calibration run (corun_flags, set by the caller).
+            [ -n "${corun_flags:-}" ] || continue
+            local extra=()
+            read -r -a extra <<< "$corun_flags"
+            replay+=("${extra[@]}")
         fi
         "$DLORA" simulate --requests-file "$real.requests.jsonl" --replicas "$replicas" --cost cpu --cost-profile "$prof" \
             --adapter-slots "$SLOTS" --json --records "$real.$tag.csv" --step-log "$real.$tag.steps.jsonl" "${replay[@]+"${replay[@]}"}" "$@" \
@@ -618,11 +625,21 @@ while IFS='|' read -r kind name replicas profile runs simflags; do
     done < "$data/servers.txt"
     fit_steps "$profile" "$data/fitx-$kind-$name.json" "${others[@]}"
     read -r -a simflag_list <<< "$simflags"
+    # Cross-replica interference (docs/design/simulator.md): measured on this profile's calibration run, a served
+    # cluster trace, as the slowdown of decode iterations beside a busy replica and the mean overlap it ran at.
+    corun_flags=""
+    if [ "$kind" = cluster ]; then
+        calib="$data/calibration-$(basename "$profile" .json).steps.jsonl"
+        if [ -s "$calib" ] && python3 bench/step_log.py "$profile" "$calib" --overlap --co-run "$data/corun-$name.json" \
+                > "$data/corun-$name.txt" 2>&1; then
+            corun_flags=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); print("--co-run-slowdown %.6f --co-run-baseline %.6f" % (c["co_run_slowdown"], c["co_run_baseline"]))' "$data/corun-$name.json")
+        fi
+    fi
     for r in "${served_runs[@]:1}"; do
         [ -s "$r" ] || continue
         tags=("sim=$profile" "simx=$data/fitx-$kind-$name.json" "simfit=$data/fit-$kind-$name.json")
         # Cluster runs once more: the measured profile with the real router's dispatch decisions replayed.
-        [ "$kind" = cluster ] && tags+=("simd=$profile")
+        [ "$kind" = cluster ] && tags+=("simd=$profile" "simi=$profile" "simdi=$profile")
         fit_rolling "$kind" "$profile" "$r" "$data/fitr-$(basename "$r")"
         tags+=("simr=$data/fitr-$(basename "$r")")
         simulate "$r" "$replicas" "${tags[@]}" -- "${simflag_list[@]}"
@@ -790,6 +807,23 @@ if any(os.path.exists(f"{p}.simd.csv") for _, paths in groups("cluster") for p i
         if n:
             agree.append(f"| {config} | {rate} | {same} of {n} ({same / n * 100:.0f} %) |")
     lines += agree + [""]
+
+coruns = sorted(glob.glob(f"{data}/corun-*.json"))
+if coruns and any(os.path.exists(f"{p}.simi.csv") for _, paths in groups("cluster") for p in paths):
+    c = json.load(open(coruns[0]))
+    lines += ["## Predicted, with cross-replica interference", "",
+              "The two replicas share this machine's cores, caches and memory bandwidth, so an iteration takes longer while "
+              "the other replica is inside one. Measured on the calibration run's served iterations (`bench/step_log.py "
+              "--overlap --co-run`), in the model's own terms: iterations that started while the other replica was inside "
+              f"one took {c['forward_over_price_beside']:.3f}× the profile's price, those that started alone "
+              f"{c['forward_over_price_alone']:.3f}×, so S = {c['co_run_slowdown']:.3f}; {c['co_run_baseline'] * 100:.0f} % "
+              "started beside a busy replica (U). `dlora simulate --co-run-slowdown S --co-run-baseline U` "
+              "prices each iteration × (1 + S·b) / (1 + S·U), b the share of the other replicas inside an iteration when "
+              "it starts: the predicted row's profile, its price unchanged at the calibration's overlap. Then the same "
+              "with the real router's dispatch replayed.", ""]
+    lines += results_table("simi", kinds=("cluster",))
+    if any(os.path.exists(f"{p}.simdi.csv") for _, paths in groups("cluster") for p in paths):
+        lines += ["With the real router's dispatch decisions replayed as well:", ""] + results_table("simdi", kinds=("cluster",))
 
 lines += ["## Profiles measured in this run", ""]
 for f in ("simulator-profile-2threads.json", "simulator-profile-1thread-shared.json"):

@@ -223,6 +223,50 @@ def interference(p, steps, name):
     return rows
 
 
+def busy_at_start(steps):
+    """Per iteration (in log order): 1 when another replica of the log was inside an iteration at its start, else 0
+    (the simulator's b for two replicas: `SimulationConfig.coRunSlowdown`)."""
+    spans = {}
+    for s in steps:
+        spans.setdefault(s["replica"], []).append((s["start"], s["start"] + s["step_seconds"]))
+    for ivs in spans.values():
+        ivs.sort()
+    import bisect
+    starts = {r: [a for a, _ in ivs] for r, ivs in spans.items()}
+    ends = {r: [0.0] * len(ivs) for r, ivs in spans.items()}
+    for r, ivs in spans.items():  # running maximum of the ends, so one bisect finds whether any interval covers t
+        m = float("-inf")
+        for k, (_, e) in enumerate(ivs):
+            m = max(m, e)
+            ends[r][k] = m
+    out = []
+    for s in steps:
+        t, b = s["start"], 0
+        for q in spans:
+            if q == s["replica"]:
+                continue
+            k = bisect.bisect_right(starts[q], t) - 1
+            if k >= 0 and ends[q][k] > t:
+                b = 1
+                break
+        out.append(b)
+    return out
+
+
+def co_run(p, steps):
+    """The simulator's interference parameters (`dlora simulate --co-run-slowdown S --co-run-baseline U`) in the
+    model's own terms: over every iteration, forward seconds / the profile's price for those that started while
+    another replica was inside an iteration (b = 1) against those that started alone (b = 0), S = that ratio less
+    one; U = the share with b = 1. None when either group has fewer than 20 iterations."""
+    rows = list(zip(steps, busy_at_start(steps)))
+    groups = {b: [s for s, x in rows if x == b] for b in (0, 1)}
+    if min(len(g) for g in groups.values()) < 20:
+        return None
+    ratio = {b: sum(s["forward_seconds"] for s in g) / sum(price(p, s) for s in g) for b, g in groups.items()}
+    return {"co_run_slowdown": max(0.0, ratio[1] / ratio[0] - 1), "co_run_baseline": len(groups[1]) / len(rows),
+            "iterations": len(rows), "forward_over_price_alone": ratio[0], "forward_over_price_beside": ratio[1]}
+
+
 def overlap_tables(p, rows):
     groups = [("alone (< 10 %)", lambda o: o < 0.1), ("partly", lambda o: 0.1 <= o < 0.9), ("together (>= 90 %)", lambda o: o >= 0.9)]
     print("| overlap | n | mean seqs | forward s | priced s | forward/priced |")
@@ -324,6 +368,25 @@ def self_test():
           {"replica": 2, "start": 0.2, "step_seconds": 0.2}, {"replica": 1, "start": 3.0, "step_seconds": 1.0}]
     got = overlaps(ol)
     assert all(abs(g - w) < 1e-12 for g, w in zip(got, [0.7, 0.5 / 1.5, 1.0, 0.0])), got
+    # Interference in the simulator's terms: replica 1 runs [0, 1], [2, 3], [4, 5] and replica 2 [0.5, 2.5], [5, 6], so
+    # replica 2's first iteration and replica 1's second start beside a busy replica (b = 1), the others alone (an
+    # iteration ending at 5 is not busy at 5); with forward seconds 1.2× the profile's price where b = 1 and 1.0×
+    # elsewhere, S = 0.2 and U = 2/5.
+    def it(rep, start, dur, seqs):
+        r = {"replica": rep, "start": start, "step_seconds": dur, "mode": "unmerged", "sequences": seqs, "tokens": seqs,
+             "prefill_tokens": 0, "decode_context_tokens": 10 * seqs, "adapter_tokens": seqs, "distinct_adapters": 1}
+        return r
+    ol = [it(1, 0.0, 1.0, 2), it(2, 0.5, 2.0, 3), it(1, 2.0, 1.0, 1), it(1, 4.0, 1.0, 2), it(2, 5.0, 1.0, 1)]
+    assert busy_at_start(ol) == [0, 1, 1, 0, 0], busy_at_start(ol)
+    many = []
+    for k in range(30):  # 30 copies of that pattern, shifted, with the forward seconds set from b
+        for r, b in zip(ol, busy_at_start(ol)):
+            c = dict(r, start=r["start"] + 10 * k)
+            c["forward_seconds"] = price(p, c) * (1.2 if b else 1.0)
+            many.append(c)
+    c = co_run(p, many)
+    assert abs(c["co_run_slowdown"] - 0.2) < 1e-12 and abs(c["co_run_baseline"] - 0.4) < 1e-12, c
+    assert co_run(p, many[:25]) is None
     print("step_log.py self-test: ok")
 
 
@@ -338,6 +401,8 @@ def main(argv):
     ap.add_argument("--equal-processes", action="store_true",
                     help="with --fit: weigh each server process's iterations equally in all (weighted least squares)")
     ap.add_argument("--overlap", action="store_true", help="measure cross-replica interference (logs of several replicas)")
+    ap.add_argument("--co-run", metavar="OUT.json",
+                    help="with --overlap: write the simulator's interference parameters measured on all the logs here")
     a = ap.parse_args(argv)
     with open(a.profile) as f:
         p = json.load(f)
@@ -353,6 +418,15 @@ def main(argv):
     if a.overlap and len(logs) > 1 and pooled:
         print(f"\nall {len(logs)} logs: {len(pooled)} iterations, mean overlap {sum(o for _, o in pooled) / len(pooled):.2f}")
         overlap_tables(p, pooled)
+    if a.co_run:
+        if not a.overlap:
+            sys.exit("step_log.py: --co-run needs --overlap")
+        c = co_run(p, [s for _, steps in logs for s in steps])
+        if c is None:
+            sys.exit("step_log.py: too few iterations started alone or beside a busy replica to measure interference")
+        print(f"\nco-run: slowdown {c['co_run_slowdown']:.4f}, baseline {c['co_run_baseline']:.3f} ({c['iterations']} iterations)")
+        with open(a.co_run, "w") as f:
+            json.dump(c, f, indent=1)
     if a.fit:
         fitted = fit(p, logs[0][1], a.fit_keys.split(","), equal_processes=a.equal_processes)
         fitted["source"] = p.get("source", "") + f"; {a.fit_keys} refitted on {len(logs[0][1])} served iterations"

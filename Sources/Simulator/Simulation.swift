@@ -72,10 +72,18 @@ public struct SimulationConfig: Sendable {
     /// rates, the polled loads it keeps) evolves as it would. Isolates the replicas' simulation from dispatch
     /// decisions that hang on when the last status poll landed (docs/design/simulator.md).
     public var replayDispatch = false
+    /// Cross-replica interference on one machine (docs/design/simulator.md, "Cross-replica interference"): replicas
+    /// that share cores, caches and memory bandwidth slow each other down. An iteration's forward pass is priced
+    /// × (1 + s·b) / (1 + s·u), where b is the share of the other replicas inside an iteration when it starts,
+    /// s = `coRunSlowdown` (0.06: 6 % slower beside busy replicas than alone) and u = `coRunBaseline`, the mean
+    /// share the cost model was calibrated at (its price holds there). 0 (the default): every iteration at its price.
+    /// A run with interference is sequential (its replicas' iterations depend on each other's timing).
+    public var coRunSlowdown = 0.0
+    public var coRunBaseline = 0.0
 
     /// The run can simulate its replicas in parallel (`threads`): the router polls, nothing migrates, no iteration is
-    /// recorded. (A run with an `onStep` callback stays sequential too.)
-    public var parallelizable: Bool { pollInterval > 0 && migration == .off && !recordSteps }
+    /// recorded, the replicas do not slow each other down. (A run with an `onStep` callback stays sequential too.)
+    public var parallelizable: Bool { pollInterval > 0 && migration == .off && !recordSteps && coRunSlowdown == 0 }
 
     public init(replicas: Int, cost: any ReplicaCostModel, policy: BatchingPolicyKind = .dlora, dispatch: SimDispatch = .dlora,
                 migration: SimMigration = .off) {
@@ -92,6 +100,8 @@ public struct SimulationConfig: Sendable {
         if !(slo > 0) { return "the SLO must be positive" }
         if !(pollInterval >= 0) || !(placementPeriod > 0) || !(migrationConfig.periodSeconds > 0) { return "periods must be positive" }
         if threads < 1 { return "threads must be at least 1" }
+        if !(coRunSlowdown >= 0 && coRunSlowdown <= 10) { return "the co-run slowdown must be in [0, 10]" }
+        if !(coRunBaseline >= 0 && coRunBaseline <= 1) { return "the co-run baseline must be a share in [0, 1]" }
         if let p = adapterFiles?.problem { return p }
         return nil
     }
@@ -412,7 +422,13 @@ struct SimulationRun {
         replicas[r].carrySeconds = 0
         // (The scheduler's configured reference: the policy's cost model keeps it as given.)
         let reference = replicas[r].scheduler.config.policy.costs.referenceLoRAParameters
-        let forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(out, reference: reference))
+        var forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(out, reference: reference))
+        if config.coRunSlowdown > 0 && forward > 0 && replicas.count > 1 {
+            var others = 0
+            for o in replicas.indices where o != r && replicas[o].busy { others += 1 }
+            let share = Double(others) / Double(replicas.count - 1)
+            forward *= (1 + config.coRunSlowdown * share) / (1 + config.coRunSlowdown * config.coRunBaseline)
+        }
         replicas[r].busy = true
         replicas[r].current = out
         replicas[r].actionSeconds = actions

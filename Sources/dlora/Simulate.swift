@@ -95,6 +95,12 @@ struct Simulate: ParsableCommand {
     var records: String?
     @Option(help: "Write one JSON line per simulated iteration (the fields `dlora serve --step-log` writes) to this file.")
     var stepLog: String?
+    @Option(name: .customLong("co-run-slowdown"),
+            help: "Cross-replica interference on one machine: an iteration's forward pass × (1 + S·b) / (1 + S·U), b the share of the other replicas inside an iteration when it starts (bench/step_log.py --overlap measures S and U from a served cluster's step log; default 0: none). The run is then sequential.")
+    var coRunSlowdown: Double = 0
+    @Option(name: .customLong("co-run-baseline"),
+            help: "With --co-run-slowdown: U, the mean share of other replicas busy in the run the cost profile was calibrated on (its price holds there).")
+    var coRunBaseline: Double = 0
     @Option(name: .customLong("sim-threads"),
             help: "Threads simulating the replicas between status polls (needs --poll-ms > 0, migration off and no --step-log; other runs use one). The same records and summary as one thread; the event count and log hash are the parallel run's own.")
     var simThreads = 1
@@ -140,6 +146,9 @@ struct Simulate: ParsableCommand {
             throw ValidationError("--requests-file replaces --trace, --workload, --requests and --duration")
         }
         guard !replayDispatch || requestsFile != nil else { throw ValidationError("--replay-dispatch needs --requests-file") }
+        guard coRunSlowdown >= 0, coRunSlowdown <= 10 else { throw ValidationError("--co-run-slowdown must be in [0, 10]") }
+        guard coRunBaseline >= 0, coRunBaseline <= 1 else { throw ValidationError("--co-run-baseline must be a share in [0, 1]") }
+        guard coRunBaseline == 0 || coRunSlowdown > 0 else { throw ValidationError("--co-run-baseline needs --co-run-slowdown") }
         if let kv = kvCacheMb {
             guard cost == "cpu" else { throw ValidationError("--kv-cache-mb applies to --cost cpu only") }
             guard kv >= 1, kv <= 1 << 20 else { throw ValidationError("--kv-cache-mb must be in 1...1048576") }
@@ -226,6 +235,8 @@ struct Simulate: ParsableCommand {
         config.adapterRanks = rankList
         config.slo = slo
         config.threads = simThreads
+        config.coRunSlowdown = coRunSlowdown
+        config.coRunBaseline = coRunBaseline
         if let problem = config.problem { throw CLIError(problem) }
         let steps = try stepLog.map { try StepLogWriter(path: $0) }
         let started = DispatchTime.now().uptimeNanoseconds

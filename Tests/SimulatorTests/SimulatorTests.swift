@@ -311,6 +311,47 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         // Every request then takes exactly L iterations.
         #expect(r.records.allSatisfy { abs($0.finish! - $0.firstToken! - Double(L - 1) * tau) < 1e-9 })
     }
+
+    /// Cross-replica interference (`coRunSlowdown` s, `coRunBaseline` u): an iteration that starts while the other
+    /// replica is inside one is priced τ·(1 + s)/(1 + s·u), one that starts alone τ/(1 + s·u). Two requests of L
+    /// tokens on two replicas, the second 1 ms after the first, then a third alone: by hand, the first request's
+    /// opening iteration runs alone and its other L − 1 beside the second request's; the second's L iterations all
+    /// start beside the first's (it finishes last); the third's run alone.
+    @Test func coRunningReplicasSlowEachOtherDown() {
+        let tau = 0.01, L = 10
+        let shape = CPUCostModel().shape
+        let w = [SimRequest(id: 0, arrival: 0, adapter: 0, promptTokens: 8, outputTokens: L, replica: 0),
+                 SimRequest(id: 1, arrival: 0.001, adapter: 1, promptTokens: 8, outputTokens: L, replica: 1),
+                 SimRequest(id: 2, arrival: 5, adapter: 0, promptTokens: 8, outputTokens: L, replica: 1)]
+        func run(_ s: Double, _ u: Double) -> [Double] {
+            var config = SimulationConfig(replicas: 2, cost: FixedStepCostModel(stepSeconds: tau, shape: shape), policy: .unmergedOnly,
+                                          dispatch: .roundRobin)
+            config.pollInterval = 0
+            config.replayDispatch = true
+            config.coRunSlowdown = s
+            config.coRunBaseline = u
+            config.threads = 2
+            var polled = config
+            polled.pollInterval = 0.2
+            #expect(polled.parallelizable == (s == 0), "a run with interference stays on one thread")
+            let r = Simulation.run(config, workload: w)
+            #expect(r.invariants.holds)
+            return r.records.map { $0.finish! - $0.arrival }
+        }
+        let n = Double(L)
+        for (s, u) in [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.2, 0.4)] {
+            let together = tau * (1 + s) / (1 + s * u), alone = tau / (1 + s * u)
+            let expected = [alone + (n - 1) * together, n * together, n * alone]
+            let got = run(s, u)
+            #expect(zip(got, expected).allSatisfy { abs($0 - $1) < 1e-9 }, "s \(s), u \(u): \(got) against \(expected)")
+        }
+        var bad = SimulationConfig(replicas: 2, cost: FixedStepCostModel(stepSeconds: tau, shape: shape))
+        bad.coRunSlowdown = -0.1
+        #expect(bad.problem != nil)
+        bad.coRunSlowdown = 0.1
+        bad.coRunBaseline = 1.5
+        #expect(bad.problem != nil)
+    }
 }
 
 /// The decisions pinned: event-log hashes of runs recorded before the scheduler, policy, dispatch and placement
