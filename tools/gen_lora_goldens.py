@@ -4,7 +4,7 @@
 How to run (from the repository root; developers only, CI never runs this):
 
     python3 -m pip install torch==2.13.0 transformers==5.23.0 peft gguf==0.19.0 safetensors numpy
-    python3 tools/gen_lora_goldens.py
+    python3 tools/gen_lora_goldens.py            # or: --only NAME… (those adapters only, the rest kept)
     tools/update_fixture_manifest.sh
 
 Adapters are random (fixed seeds; lora_B is overwritten, PEFT would initialise it to zero) and saved with
@@ -51,6 +51,13 @@ ADAPTERS = [
     ("smollm2", "s2-ko-r8-rslora", 8, 16, True, ["k", "o"], "float16", 106, 0.015),
 ]
 GGUF_LORAS = ["a-qv-r4", "b-all-r8-rslora"]
+# Per-module ranks and alphas (PEFT's rank_pattern / alpha_pattern: keys matched as `(.*\.)?(key)$` against the
+# module's name), by adapter name. f-pattern: q at rank 8 in both layers, layer 1's down at rank 2, v at alpha 2,
+# layer 0's o at alpha 32; every other module r = 4, alpha = 8.
+PATTERNS = {
+    "f-pattern": ({"q_proj": 8, "model.layers.1.mlp.down_proj": 2}, {"v_proj": 2, "layers.0.self_attn.o_proj": 32}),
+}
+ADAPTERS.append(("tiny-llama", "f-pattern", 4, 8, False, ALL, "float32", 107, 0.06))
 
 
 def load_base(base: str):
@@ -69,8 +76,9 @@ def prompts(base: str) -> list[list[int]]:
 
 def make_adapter(base: str, name: str, r: int, alpha: float, rslora: bool, targets, dtype: str, seed: int, b_std: float) -> Path:
     model = load_base(base)
+    rank_pattern, alpha_pattern = PATTERNS.get(name, ({}, {}))
     cfg = LoraConfig(r=r, lora_alpha=alpha, use_rslora=rslora, target_modules=[MODULES[t] for t in targets],
-                     lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+                     lora_dropout=0.0, bias="none", task_type="CAUSAL_LM", rank_pattern=rank_pattern, alpha_pattern=alpha_pattern)
     pm = get_peft_model(model, cfg)
     gen = torch.Generator().manual_seed(seed)
     for mod_name, mod in sorted(pm.named_modules()):
@@ -258,9 +266,15 @@ def numpy_check(name: str, r: int, alpha: float, rslora: bool, golden: dict) -> 
 
 
 def main():
+    # --only NAME…: regenerate those adapters and their goldens, keeping the others (and their summary lines).
+    only = sys.argv[sys.argv.index("--only") + 1:] if "--only" in sys.argv else None
     OUT.mkdir(parents=True, exist_ok=True)
     summary = dict(versions=dict(torch=torch.__version__, transformers=G.transformers.__version__, peft=peft.__version__))
+    if only and (OUT / "summary.json").exists():
+        summary = json.load(open(OUT / "summary.json"))
     for base, name, r, alpha, rslora, targets, dtype, seed, b_std in ADAPTERS:
+        if only and name not in only:
+            continue
         if base == "smollm2" and not G.SMOL_PATH.exists():
             print(f"!! {G.SMOL_PATH} missing: skipping {name}")
             continue

@@ -146,6 +146,11 @@ public enum AdapterLoader {
         let r = config.rank
         let scale = config.rslora ? config.alpha / Double(r).squareRoot() : config.alpha / Double(r)
         try checkScale(scale, name: name)
+        // With rank_pattern / alpha_pattern a module's scaling may differ from the adapter's: the ratio is folded
+        // into its B (in f32), so every consumer of the adapter's one scaling (the LoRA kernels, merges,
+        // compositions) computes the module's own. An adapter scaling of 0 then becomes 1, the modules' in B.
+        let patterned = !config.rankPattern.isEmpty || !config.alphaPattern.isEmpty
+        let weightScale = patterned && scale == 0 ? 1 : scale
 
         let file = try SafetensorsFile(file: weightsFile)
         var modules = Array(repeating: [LoRAModule?](repeating: nil, count: LoRATarget.allCases.count), count: base.numLayers)
@@ -176,22 +181,58 @@ public enum AdapterLoader {
                 throw fail("layer \(layer) does not exist (the base model has \(base.numLayers) layers)", tensor: stem)
             }
             guard let a = pair.a, let b = pair.b else { throw fail("has lora_\(pair.a == nil ? "A" : "B") but not the other", tensor: stem) }
-            guard a.shape.count == 2, a.shape[0] == r else {
-                throw fail("lora_A is \(a.shape): its rank does not match r = \(r) in adapter_config.json", tensor: stem)
+            let own = config.module(stem)
+            guard a.shape.count == 2, a.shape[0] == own.rank else {
+                let source = own.rankKey.map { "rank_pattern '\($0.prefix(64))'" } ?? "r"
+                throw fail("lora_A is \(a.shape): its rank does not match \(source) = \(own.rank) in adapter_config.json", tensor: stem)
             }
+            if patterned { try checkScale(own.scale, name: name) }
             let (m, bound) = try module(a: (a.shape, file.file.base + a.offset, a.dtype), b: (b.shape, file.file.base + b.offset, b.dtype),
                                         target: target, layer: layer, base: base, permute: base.ropeStyle == .adjacentPairs,
-                                        name: name, tensor: stem)
-            try checkDelta(scale: scale, bound: bound, name: name, tensor: stem)
+                                        name: name, tensor: stem, bScale: patterned ? own.scale / weightScale : 1)
+            try checkDelta(scale: own.scale, bound: bound, name: name, tensor: stem)
             modules[layer][target.rawValue] = m
         }
-        return LoRAWeights(name: name, scale: Float(scale), modules: modules, id: id)
+        return LoRAWeights(name: name, scale: Float(weightScale), modules: modules, id: id)
     }
 
     struct PEFTConfig {
         var rank: Int
         var alpha: Double
         var rslora: Bool
+        /// PEFT's rank_pattern and alpha_pattern, in the file's order (the first key that matches a module wins).
+        var rankPattern: [(key: String, rank: Int)] = []
+        var alphaPattern: [(key: String, alpha: Double)] = []
+
+        /// A module's rank and scaling: PEFT's `get_pattern_key` on its name (the tensor stem less PEFT's
+        /// `base_model.model.` prefix), then alpha / r (or alpha / √r with rsLoRA).
+        func module(_ stem: String) -> (rank: Int, scale: Double, rankKey: String?) {
+            let name = stem.hasPrefix("base_model.model.") ? String(stem.dropFirst("base_model.model.".count)) : stem
+            let rk = rankPattern.first { PEFTConfig.matches(name, $0.key) }
+            let ak = alphaPattern.first { PEFTConfig.matches(name, $0.key) }
+            let r = rk?.rank ?? rank, a = ak?.alpha ?? alpha
+            return (r, rslora ? a / Double(r).squareRoot() : a / Double(r), rk?.key)
+        }
+
+        /// PEFT's `re.match(rf"(.*\.)?({key})$", name)` for a key of letters, digits, `_`, `-` and `.` (a `.` in
+        /// the key matches any one character, as in the regular expression): the key matches the end of the name,
+        /// which is the whole name or follows a dot.
+        static func matches(_ name: String, _ key: String) -> Bool {
+            let n = Array(name.utf8), k = Array(key.utf8)
+            guard k.count <= n.count else { return false }
+            let start = n.count - k.count
+            guard start == 0 || n[start - 1] == UInt8(ascii: ".") else { return false }
+            for i in 0..<k.count where k[i] != UInt8(ascii: ".") && k[i] != n[start + i] { return false }
+            return true
+        }
+
+        /// Keys are module names, not general regular expressions (which PEFT allows, but whose matching
+        /// would be Python's `re`, and whose backtracking an untrusted file could make unbounded).
+        static func isModuleName(_ key: String) -> Bool {
+            !key.isEmpty && key.utf8.count <= 256 && key.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x5F || c == 0x2D || c == 0x2E
+            }
+        }
     }
 
     /// adapter_config.json, parsed strictly (the project's exact JSON parser: duplicate keys refused, integers
@@ -226,11 +267,30 @@ public enum AdapterLoader {
         case .array(let a)? where a.isEmpty: break
         default: throw fail("modules_to_save is not supported (the adapter replaces whole modules)")
         }
-        for key in ["rank_pattern", "alpha_pattern"] {
+        // Per-module ranks and alphas: {module name: value}, at most 4,096 keys.
+        func pattern(_ key: String) throws -> [(key: String, value: ExactJSON)] {
             switch config[key] {
-            case nil, .null?: break
-            case .object(let o)? where o.isEmpty: break
-            default: throw fail("\(key) (per-module ranks or alphas) is not supported")
+            case nil, .null?: return []
+            case .object(let o)?:
+                guard o.count <= 4096 else { throw fail("\(key) has more than 4096 entries") }
+                for (k, _) in o where !PEFTConfig.isModuleName(k) {
+                    throw fail("\(key) key '\(String(k.prefix(64)))' is not a module name (letters, digits, _, - and .; regular expressions are not supported)")
+                }
+                return o.map { (key: $0.key, value: $0.value) }
+            default: throw fail("\(key) must be an object of module names")
+            }
+        }
+        let rankPattern = try pattern("rank_pattern").map { entry -> (key: String, rank: Int) in
+            guard case .int(let v) = entry.value, v > 0, v <= maxRank else {
+                throw fail("rank_pattern '\(entry.key.prefix(64))' must be an integer in 1...\(maxRank)")
+            }
+            return (entry.key, v)
+        }
+        let alphaPattern = try pattern("alpha_pattern").map { entry -> (key: String, alpha: Double) in
+            switch entry.value {
+            case .int(let v): return (entry.key, Double(v))
+            case .double(let v) where v.isFinite: return (entry.key, v)
+            default: throw fail("alpha_pattern '\(entry.key.prefix(64))' must be a finite number")
             }
         }
         if try bool("fan_in_fan_out") { throw fail("fan_in_fan_out (Conv1D-style weights) is not supported") }
@@ -247,7 +307,7 @@ public enum AdapterLoader {
         default: throw fail("lora_alpha must be a number")
         }
         guard alpha.isFinite else { throw fail("lora_alpha is not a finite number") }
-        return PEFTConfig(rank: r, alpha: alpha, rslora: try bool("use_rslora"))
+        return PEFTConfig(rank: r, alpha: alpha, rslora: try bool("use_rslora"), rankPattern: rankPattern, alphaPattern: alphaPattern)
     }
 
     /// The adapter's scaling must be finite and within ±`maxScale`.
@@ -339,7 +399,7 @@ public enum AdapterLoader {
     /// Returns the module and r · max|A| · max|B| (times the scale, a bound on the entries of ΔW).
     static func module(a: (shape: [Int], data: UnsafeRawPointer, dtype: DType), b: (shape: [Int], data: UnsafeRawPointer, dtype: DType),
                        target: LoRATarget, layer: Int, base: ModelConfig, permute: Bool,
-                       name: String, tensor: String, inverse: Bool = false) throws -> (LoRAModule, bound: Double) {
+                       name: String, tensor: String, inverse: Bool = false, bScale: Double = 1) throws -> (LoRAModule, bound: Double) {
         func fail(_ problem: String) -> AdapterError { AdapterError(adapter: name, tensor: tensor, problem: problem) }
         let (rows, cols) = target.shape(base)
         guard a.shape.count == 2, b.shape.count == 2 else { throw fail("LoRA tensors must be 2-D") }
@@ -377,8 +437,12 @@ public enum AdapterLoader {
         if permute && (target == .q || target == .k) {
             bf = permuteRows(bf, rowLength: r, heads: target == .q ? base.numHeads : base.numKVHeads, headDim: base.headDim, inverse: inverse)
         }
+        // A module scaled apart from its adapter (PEFT's rank/alpha patterns): B × bScale, rounded once to f32.
+        if bScale != 1 {
+            for i in bf.indices { bf[i] = Float(Double(bf[i]) * bScale) }
+        }
         // Half-precision adapters stay half precision (exact: the values came from that format).
-        let storage: DType = a.dtype == b.dtype && (a.dtype == .f16 || a.dtype == .bf16) ? a.dtype : .f32
+        let storage: DType = bScale == 1 && a.dtype == b.dtype && (a.dtype == .f16 || a.dtype == .bf16) ? a.dtype : .f32
         let m = af.withUnsafeBufferPointer { ap in
             bf.withUnsafeBufferPointer { bp in
                 LoRAModule(rank: r, inFeatures: cols, outFeatures: rows, a: ap.baseAddress!, b: bp.baseAddress!, dtype: storage)

@@ -102,6 +102,11 @@ struct ExpertOptions: ParsableArguments {
                 weights.append(try AdapterLoader.load(path: name, base: c))
                 written.append(.init(name: URL(fileURLWithPath: name).lastPathComponent, path: name))
             }
+            // Training holds each expert at one rank (LoRAParameters); PEFT's rank_pattern can give its modules several.
+            let ranks = Set(weights[weights.count - 1].modules.joined().compactMap { $0?.rank })
+            guard ranks.count <= 1 else {
+                throw CLIError("--experts: \(name.prefix(256)) has modules of ranks \(ranks.sorted().map(String.init).joined(separator: ", ")) (rank_pattern); training needs one rank per expert")
+            }
         }
         return (weights, written)
     }

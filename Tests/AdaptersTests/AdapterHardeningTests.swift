@@ -68,7 +68,22 @@ import TestSupport
         }
         try Self.expectRefused("r must be an integer") { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("r", "4.0")) }
         try Self.expectRefused("rank_pattern") { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("rank_pattern", #"{"q_proj": 8}"#)) }
-        try Self.expectRefused("alpha_pattern") { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("alpha_pattern", #"{"v_proj": 32}"#)) }
+        // Per-module ranks and alphas: values and keys checked (the PEFT golden tiny-llama__f-pattern checks their numbers).
+        try Self.expectRefused("alpha_pattern 'v_proj' must be a finite number") {
+            try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("alpha_pattern", #"{"v_proj": "32"}"#))
+        }
+        try Self.expectRefused("rank_pattern 'q_proj' must be an integer") {
+            try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("rank_pattern", #"{"q_proj": 0}"#))
+        }
+        try Self.expectRefused("is not a module name") {
+            try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("rank_pattern", #"{"^model.layers.(0|1).self_attn.q_proj": 4}"#))
+        }
+        try Self.expectRefused("the scaling") {
+            try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("alpha_pattern", #"{"layers.0.self_attn.v_proj": 1e9}"#))
+        }
+        #expect(try AdapterErrorTests.error {
+            try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("alpha_pattern", #"{"v_proj": 32}"#))
+        } == nil)
         try Self.expectRefused("rank_pattern") { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("rank_pattern", #""q_proj""#)) }
         try Self.expectRefused("use_rslora must be true or false") { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("use_rslora", #""yes""#)) }
         try Self.expectRefused("duplicate key 'r'") {

@@ -106,6 +106,10 @@ import TestSupport
         ("tiny-llama__c-kod-r2", "tiny-llama/hf", "tiny-llama/c-kod-r2"),
         ("tiny-llama__a-qv-r4__scale0.5", "tiny-llama/hf", "tiny-llama/a-qv-r4"),
         ("tiny-qwen2__d-all-r4", "tiny-qwen2/hf", "tiny-qwen2/d-all-r4"),
+        // PEFT's rank_pattern and alpha_pattern (q at rank 8, layer 1's down at rank 2, v at alpha 2, layer 0's o at
+        // alpha 32; r = 4, alpha = 8 elsewhere), on both bases.
+        ("tiny-llama__f-pattern", "tiny-llama/hf", "tiny-llama/f-pattern"),
+        ("tiny-llama__f-pattern", "tiny-llama/F32", "tiny-llama/f-pattern"),
         // …on the GGUF base (permuted Q/K rows for llama; qwen2 is not permuted)…
         ("tiny-llama__a-qv-r4", "tiny-llama/F32", "tiny-llama/a-qv-r4"),
         ("tiny-llama__b-all-r8-rslora", "tiny-llama/F32", "tiny-llama/b-all-r8-rslora"),

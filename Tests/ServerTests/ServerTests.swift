@@ -112,7 +112,7 @@ import TestSupport
             let ids = data.compactMap { $0["id"] as? String }
             // mix-cat is a static composition (composition.json), mole-abc a MoLE one (mole_config.json): listed and
             // served like adapters.
-            #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "e-all-r4", "mix-cat", "mix-dare-linear", "mix-dare-ties", "mix-linear", "mix-ties", "mole-abc", "mole-abc-layer", "mole-abc-net", "mole-ac-matrix"])
+            #expect(ids == ["tiny-llama", "a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "e-all-r4", "f-pattern", "mix-cat", "mix-dare-linear", "mix-dare-ties", "mix-linear", "mix-ties", "mole-abc", "mole-abc-layer", "mole-abc-net", "mole-ac-matrix"])
             #expect(data[0]["parent"] is NSNull)
             #expect(data.dropFirst().allSatisfy { $0["parent"] as? String == "tiny-llama" && $0["object"] as? String == "model" })
             // One model by name (OpenAI's models.retrieve): the same card; an unknown name is a 404.

@@ -104,7 +104,7 @@ def main():
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
 
         ids = sorted(m.id for m in client.models.list().data)
-        assert ids == ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "e-all-r4", "mix-cat", "mix-dare-linear", "mix-dare-ties",
+        assert ids == ["a-qv-r4", "b-all-r8-rslora", "c-kod-r2", "e-all-r4", "f-pattern", "mix-cat", "mix-dare-linear", "mix-dare-ties",
                        "mix-linear", "mix-ties", "mole-abc", "mole-abc-layer", "mole-abc-net", "mole-ac-matrix", "tiny-llama"], ids
         parents = {m.id: getattr(m, "parent", None) for m in client.models.list().data}
         assert parents["a-qv-r4"] == "tiny-llama" and parents["tiny-llama"] is None, parents
