@@ -814,12 +814,13 @@ if coruns and any(os.path.exists(f"{p}.simi.csv") for _, paths in groups("cluste
     lines += ["## Predicted, with cross-replica interference", "",
               "The two replicas share this machine's cores, caches and memory bandwidth, so an iteration takes longer while "
               "the other replica is inside one. Measured on the calibration run's served iterations (`bench/step_log.py "
-              "--overlap --co-run`), in the model's own terms: iterations that started while the other replica was inside "
-              f"one took {c['forward_over_price_beside']:.3f}× the profile's price, those that started alone "
-              f"{c['forward_over_price_alone']:.3f}×, so S = {c['co_run_slowdown']:.3f}; {c['co_run_baseline'] * 100:.0f} % "
-              "started beside a busy replica (U). `dlora simulate --co-run-slowdown S --co-run-baseline U` "
-              "prices each iteration × (1 + S·b) / (1 + S·U), b the share of the other replicas inside an iteration when "
-              "it starts: the predicted row's profile, its price unchanged at the calibration's overlap. Then the same "
+              "--overlap --co-run`), in the model's own terms: each iteration's forward seconds fitted by least squares "
+              "as k · price · (1 + S·o), o the share of it the other replica spent inside an iteration, gives "
+              f"S = {c['co_run_slowdown']:.3f} (k = {c['price_factor']:.3f}); the calibration's overlap, weighted by "
+              f"price, is U = {c['co_run_baseline']:.2f}. `dlora simulate --co-run-slowdown S --co-run-baseline U` "
+              "prices each iteration × (1 + S·b) / (1 + S·U), b the share of it the other replica is expected to spend "
+              "inside an iteration (all of it while that one has more work than its iteration in progress finishes, else "
+              "until that iteration ends): the predicted row's profile, its price unchanged at the calibration's overlap. Then the same "
               "with the real router's dispatch replayed.", ""]
     lines += results_table("simi", kinds=("cluster",))
     if any(os.path.exists(f"{p}.simdi.csv") for _, paths in groups("cluster") for p in paths):

@@ -223,48 +223,24 @@ def interference(p, steps, name):
     return rows
 
 
-def busy_at_start(steps):
-    """Per iteration (in log order): 1 when another replica of the log was inside an iteration at its start, else 0
-    (the simulator's b for two replicas: `SimulationConfig.coRunSlowdown`)."""
-    spans = {}
-    for s in steps:
-        spans.setdefault(s["replica"], []).append((s["start"], s["start"] + s["step_seconds"]))
-    for ivs in spans.values():
-        ivs.sort()
-    import bisect
-    starts = {r: [a for a, _ in ivs] for r, ivs in spans.items()}
-    ends = {r: [0.0] * len(ivs) for r, ivs in spans.items()}
-    for r, ivs in spans.items():  # running maximum of the ends, so one bisect finds whether any interval covers t
-        m = float("-inf")
-        for k, (_, e) in enumerate(ivs):
-            m = max(m, e)
-            ends[r][k] = m
-    out = []
-    for s in steps:
-        t, b = s["start"], 0
-        for q in spans:
-            if q == s["replica"]:
-                continue
-            k = bisect.bisect_right(starts[q], t) - 1
-            if k >= 0 and ends[q][k] > t:
-                b = 1
-                break
-        out.append(b)
-    return out
-
-
 def co_run(p, steps):
     """The simulator's interference parameters (`dlora simulate --co-run-slowdown S --co-run-baseline U`) in the
-    model's own terms: over every iteration, forward seconds / the profile's price for those that started while
-    another replica was inside an iteration (b = 1) against those that started alone (b = 0), S = that ratio less
-    one; U = the share with b = 1. None when either group has fewer than 20 iterations."""
-    rows = list(zip(steps, busy_at_start(steps)))
-    groups = {b: [s for s, x in rows if x == b] for b in (0, 1)}
-    if min(len(g) for g in groups.values()) < 20:
+    model's own terms: each iteration's forward seconds = k · price · (1 + S·o), o its overlap (the share of it the
+    other replicas spent inside an iteration, what the simulator's b expects), fitted by least squares over every
+    iteration (two terms, price and price·o); U = the overlap weighted by price (the share at which the profile's
+    price holds). None when fewer than 20 iterations ran alone (o < 0.1) or together (o >= 0.9)."""
+    rows = [(s, o, price(p, s)) for s, o in zip(steps, overlaps(steps))]
+    if sum(o < 0.1 for _, o, _ in rows) < 20 or sum(o >= 0.9 for _, o, _ in rows) < 20:
         return None
-    ratio = {b: sum(s["forward_seconds"] for s in g) / sum(price(p, s) for s in g) for b, g in groups.items()}
-    return {"co_run_slowdown": max(0.0, ratio[1] / ratio[0] - 1), "co_run_baseline": len(groups[1]) / len(rows),
-            "iterations": len(rows), "forward_over_price_alone": ratio[0], "forward_over_price_beside": ratio[1]}
+    a11 = sum(q * q for _, _, q in rows)
+    a12 = sum(q * q * o for _, o, q in rows)
+    a22 = sum((q * o) ** 2 for _, o, q in rows)
+    b1 = sum(q * s["forward_seconds"] for s, _, q in rows)
+    b2 = sum(q * o * s["forward_seconds"] for s, o, q in rows)
+    det = a11 * a22 - a12 * a12
+    k, ks = (b1 * a22 - a12 * b2) / det, (a11 * b2 - a12 * b1) / det
+    return {"co_run_slowdown": max(0.0, ks / k), "co_run_baseline": sum(q * o for _, o, q in rows) / sum(q for _, _, q in rows),
+            "iterations": len(rows), "price_factor": k}
 
 
 def overlap_tables(p, rows):
@@ -368,25 +344,25 @@ def self_test():
           {"replica": 2, "start": 0.2, "step_seconds": 0.2}, {"replica": 1, "start": 3.0, "step_seconds": 1.0}]
     got = overlaps(ol)
     assert all(abs(g - w) < 1e-12 for g, w in zip(got, [0.7, 0.5 / 1.5, 1.0, 0.0])), got
-    # Interference in the simulator's terms: replica 1 runs [0, 1], [2, 3], [4, 5] and replica 2 [0.5, 2.5], [5, 6], so
-    # replica 2's first iteration and replica 1's second start beside a busy replica (b = 1), the others alone (an
-    # iteration ending at 5 is not busy at 5); with forward seconds 1.2× the profile's price where b = 1 and 1.0×
-    # elsewhere, S = 0.2 and U = 2/5.
+    # Interference in the simulator's terms: replica 1 runs [0, 1], [2, 3], [4, 5] and replica 2 [0.5, 2.5], [5, 6]
+    # (overlaps 0.5, 1/3, 0.5, 0, 0). 30 shifted copies, forward seconds = 0.9 · price · (1 + 0.3·o), plus 25 more
+    # iterations alone and 25 together, so both groups have 20: the fit gives k = 0.9, S = 0.3, and U the overlap
+    # weighted by price.
     def it(rep, start, dur, seqs):
-        r = {"replica": rep, "start": start, "step_seconds": dur, "mode": "unmerged", "sequences": seqs, "tokens": seqs,
-             "prefill_tokens": 0, "decode_context_tokens": 10 * seqs, "adapter_tokens": seqs, "distinct_adapters": 1}
-        return r
+        return {"replica": rep, "start": start, "step_seconds": dur, "mode": "unmerged", "sequences": seqs, "tokens": seqs,
+                "prefill_tokens": 0, "decode_context_tokens": 10 * seqs, "adapter_tokens": seqs, "distinct_adapters": 1}
     ol = [it(1, 0.0, 1.0, 2), it(2, 0.5, 2.0, 3), it(1, 2.0, 1.0, 1), it(1, 4.0, 1.0, 2), it(2, 5.0, 1.0, 1)]
-    assert busy_at_start(ol) == [0, 1, 1, 0, 0], busy_at_start(ol)
-    many = []
-    for k in range(30):  # 30 copies of that pattern, shifted, with the forward seconds set from b
-        for r, b in zip(ol, busy_at_start(ol)):
-            c = dict(r, start=r["start"] + 10 * k)
-            c["forward_seconds"] = price(p, c) * (1.2 if b else 1.0)
-            many.append(c)
+    ol += [it(1, 10.0 + 2 * k, 1.0, 2) for k in range(25)] + [it(2, 10.0 + 2 * k, 1.0, 1) for k in range(25)]
+    ol += [it(1, 100.0 + 2 * k, 1.0, 3) for k in range(25)]
+    many = [dict(r, start=r["start"] + 200 * k) for k in range(30) for r in ol]
+    got = overlaps(many)
+    for r, o in zip(many, got):
+        r["forward_seconds"] = 0.9 * price(p, r) * (1 + 0.3 * o)
     c = co_run(p, many)
-    assert abs(c["co_run_slowdown"] - 0.2) < 1e-12 and abs(c["co_run_baseline"] - 0.4) < 1e-12, c
-    assert co_run(p, many[:25]) is None
+    want_u = sum(price(p, r) * o for r, o in zip(many, got)) / sum(price(p, r) for r in many)
+    assert abs(c["co_run_slowdown"] - 0.3) < 1e-9 and abs(c["price_factor"] - 0.9) < 1e-9, c
+    assert abs(c["co_run_baseline"] - want_u) < 1e-12, (c, want_u)
+    assert co_run(p, many[:40]) is None
     print("step_log.py self-test: ok")
 
 

@@ -74,7 +74,8 @@ public struct SimulationConfig: Sendable {
     public var replayDispatch = false
     /// Cross-replica interference on one machine (docs/design/simulator.md, "Cross-replica interference"): replicas
     /// that share cores, caches and memory bandwidth slow each other down. An iteration's forward pass is priced
-    /// × (1 + s·b) / (1 + s·u), where b is the share of the other replicas inside an iteration when it starts,
+    /// × (1 + s·b) / (1 + s·u), where b is the share of it the other replicas are expected to spend inside an
+    /// iteration (one with work beyond its iteration in progress: all of it; else until that iteration ends),
     /// s = `coRunSlowdown` (0.06: 6 % slower beside busy replicas than alone) and u = `coRunBaseline`, the mean
     /// share the cost model was calibrated at (its price holds there). 0 (the default): every iteration at its price.
     /// A run with interference is sequential (its replicas' iterations depend on each other's timing).
@@ -154,6 +155,8 @@ struct SimulationRun {
         var current: SchedulerOutput?
         var actionSeconds = 0.0
         var forwardSeconds = 0.0
+        /// When its iteration in progress ends (while `busy`).
+        var stepEnds = 0.0
         var mergeSeconds: Double?
         var unmergeSeconds: Double?
         var merged: Int?
@@ -424,9 +427,9 @@ struct SimulationRun {
         let reference = replicas[r].scheduler.config.policy.costs.referenceLoRAParameters
         var forward = out.runs.isEmpty ? 0 : cost.stepSeconds(stepShape(out, reference: reference))
         if config.coRunSlowdown > 0 && forward > 0 && replicas.count > 1 {
-            var others = 0
-            for o in replicas.indices where o != r && replicas[o].busy { others += 1 }
-            let share = Double(others) / Double(replicas.count - 1)
+            var sum = 0.0
+            for o in replicas.indices where o != r && replicas[o].busy { sum += expectedOverlap(o, seconds: forward) }
+            let share = sum / Double(replicas.count - 1)
             forward *= (1 + config.coRunSlowdown * share) / (1 + config.coRunSlowdown * config.coRunBaseline)
         }
         replicas[r].busy = true
@@ -458,7 +461,25 @@ struct SimulationRun {
             if config.recordSteps { stepLog.append(record) }
             onStep?(record)
         }
-        queue.push(.stepDone(r), at: now + max(actions + forward, 1e-9))
+        replicas[r].stepEnds = now + max(actions + forward, 1e-9)
+        queue.push(.stepDone(r), at: replicas[r].stepEnds)
+    }
+
+    /// The share of the next `seconds` during which busy replica `o` is expected inside an iteration: all of
+    /// them when it has work beyond its iteration in progress (requests that do not finish in it, or requests
+    /// waiting to be delivered); else until its iteration ends. (`SimulationConfig.coRunSlowdown`.)
+    func expectedOverlap(_ o: Int, seconds: Double) -> Double {
+        let rest = min(1, max(0, replicas[o].stepEnds - now) / seconds)
+        guard rest < 1 else { return 1 }
+        if !replicas[o].inbox.isEmpty { return 1 }
+        var finishing = 0
+        if let out = replicas[o].current {
+            for k in out.runs.indices where out.runs[k].samples {
+                let i = out.runs[k].request.rawValue
+                if Int(progress[i].generated) + 1 >= Int(progress[i].outputTokens) { finishing += 1 }
+            }
+        }
+        return replicas[o].scheduler.liveCount > finishing ? 1 : rest
     }
 
     struct Progress {

@@ -96,10 +96,10 @@ struct Simulate: ParsableCommand {
     @Option(help: "Write one JSON line per simulated iteration (the fields `dlora serve --step-log` writes) to this file.")
     var stepLog: String?
     @Option(name: .customLong("co-run-slowdown"),
-            help: "Cross-replica interference on one machine: an iteration's forward pass × (1 + S·b) / (1 + S·U), b the share of the other replicas inside an iteration when it starts (bench/step_log.py --overlap measures S and U from a served cluster's step log; default 0: none). The run is then sequential.")
+            help: "Cross-replica interference on one machine: an iteration's forward pass × (1 + S·b) / (1 + S·U), b the share of it the other replicas are expected to spend inside an iteration (bench/step_log.py --overlap --co-run measures S and U from a served cluster's step log; default 0: none). The run is then sequential.")
     var coRunSlowdown: Double = 0
     @Option(name: .customLong("co-run-baseline"),
-            help: "With --co-run-slowdown: U, the mean share of other replicas busy in the run the cost profile was calibrated on (its price holds there).")
+            help: "With --co-run-slowdown: U, the overlap (weighted by price) of the run the cost profile was calibrated on (its price holds there).")
     var coRunBaseline: Double = 0
     @Option(name: .customLong("sim-threads"),
             help: "Threads simulating the replicas between status polls (needs --poll-ms > 0, migration off and no --step-log; other runs use one). The same records and summary as one thread; the event count and log hash are the parallel run's own.")

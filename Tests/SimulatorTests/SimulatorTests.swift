@@ -312,15 +312,17 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         #expect(r.records.allSatisfy { abs($0.finish! - $0.firstToken! - Double(L - 1) * tau) < 1e-9 })
     }
 
-    /// Cross-replica interference (`coRunSlowdown` s, `coRunBaseline` u): an iteration that starts while the other
-    /// replica is inside one is priced τ·(1 + s)/(1 + s·u), one that starts alone τ/(1 + s·u). Two requests of L
-    /// tokens on two replicas, the second 1 ms after the first, then a third alone: by hand, the first request's
-    /// opening iteration runs alone and its other L − 1 beside the second request's; the second's L iterations all
-    /// start beside the first's (it finishes last); the third's run alone.
+    /// Cross-replica interference (`coRunSlowdown` s, `coRunBaseline` u): an iteration of base price τ is priced
+    /// τ·(1 + s·b)/(1 + s·u), b the share of it the other replica is expected to spend inside an iteration (all of
+    /// it while that one has work beyond its iteration in progress, else until its iteration ends). Request 0 (12
+    /// tokens) on replica 0 at 0, request 1 (L = 10) on replica 1 1 ms later, request 2 alone at 5 s. By hand:
+    /// request 1's L iterations all start beside replica 0 with more to do (b = 1); request 0's first runs alone,
+    /// its next nine beside replica 1 with more to do, its eleventh while replica 1 runs its last iteration
+    /// (b = the part of τ left of it), its last alone; request 2's all alone.
     @Test func coRunningReplicasSlowEachOtherDown() {
         let tau = 0.01, L = 10
         let shape = CPUCostModel().shape
-        let w = [SimRequest(id: 0, arrival: 0, adapter: 0, promptTokens: 8, outputTokens: L, replica: 0),
+        let w = [SimRequest(id: 0, arrival: 0, adapter: 0, promptTokens: 8, outputTokens: L + 2, replica: 0),
                  SimRequest(id: 1, arrival: 0.001, adapter: 1, promptTokens: 8, outputTokens: L, replica: 1),
                  SimRequest(id: 2, arrival: 5, adapter: 0, promptTokens: 8, outputTokens: L, replica: 1)]
         func run(_ s: Double, _ u: Double) -> [Double] {
@@ -341,7 +343,9 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         let n = Double(L)
         for (s, u) in [(0.0, 0.0), (0.5, 0.0), (0.5, 1.0), (0.2, 0.4)] {
             let together = tau * (1 + s) / (1 + s * u), alone = tau / (1 + s * u)
-            let expected = [alone + (n - 1) * together, n * together, n * alone]
+            // Replica 1's last iteration ends at 0.001 + L·together; request 0's eleventh starts at alone + 9·together.
+            let b = min(1, max(0, (0.001 + n * together - (alone + 9 * together)) / tau))
+            let expected = [alone + 9 * together + tau * (1 + s * b) / (1 + s * u) + alone, n * together, n * alone]
             let got = run(s, u)
             #expect(zip(got, expected).allSatisfy { abs($0 - $1) < 1e-9 }, "s \(s), u \(u): \(got) against \(expected)")
         }
