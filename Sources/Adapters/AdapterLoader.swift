@@ -293,6 +293,15 @@ public enum AdapterLoader {
             default: throw fail("alpha_pattern '\(entry.key.prefix(64))' must be a finite number")
             }
         }
+        // PiSSA, OLoRA, CorDA and LoftQ start from the base's principal or quantization residual: saved as trained, the
+        // adapter needs that modified base, not the original one (PEFT's save_pretrained with
+        // path_initial_model_for_weight_conversion turns it into a plain LoRA of twice the rank, init_lora_weights true).
+        if case .string(let initName)? = config["init_lora_weights"] {
+            let lower = initName.lowercased()
+            if let method = ["pissa", "olora", "corda", "loftq"].first(where: { lower.hasPrefix($0) }) {
+                throw fail("init_lora_weights '\(initName.prefix(64))': a \(method == "loftq" ? "LoftQ" : method == "olora" ? "OLoRA" : method == "corda" ? "CorDA" : "PiSSA") adapter saved as trained needs the modified base it was trained on; save it with PEFT's path_initial_model_for_weight_conversion to serve it on the original base")
+            }
+        }
         if try bool("fan_in_fan_out") { throw fail("fan_in_fan_out (Conv1D-style weights) is not supported") }
         if try bool("lora_bias") { throw fail("lora_bias (a bias on lora_B) is not supported") }
         for key in ["layer_replication", "trainable_token_indices", "target_parameters"] {

@@ -84,6 +84,17 @@ import TestSupport
         #expect(try AdapterErrorTests.error {
             try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("alpha_pattern", #"{"v_proj": 32}"#))
         } == nil)
+        // Initialisations that change the base (PiSSA, OLoRA, CorDA, LoftQ) are refused unless converted; others load.
+        for method in ["pissa", "pissa_niter_16", "olora", "corda", "loftq"] {
+            try Self.expectRefused("modified base") {
+                try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("init_lora_weights", "\"\(method)\""))
+            }
+        }
+        for value in ["true", "false", #""gaussian""#, #""eva""#] {
+            #expect(try AdapterErrorTests.error {
+                try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("init_lora_weights", value))
+            } == nil, "init_lora_weights \(value)")
+        }
         try Self.expectRefused("rank_pattern") { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("rank_pattern", #""q_proj""#)) }
         try Self.expectRefused("use_rslora must be true or false") { try Self.good.writePEFT(to: $0, config: c, adapterConfig: Self.peftConfig("use_rslora", #""yes""#)) }
         try Self.expectRefused("duplicate key 'r'") {
