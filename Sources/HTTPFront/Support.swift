@@ -32,9 +32,10 @@ public struct ErrorMiddleware: RouterMiddleware {
     }
 }
 
-/// `GET /v1/models/{id}` (OpenAI's models.retrieve) over a server's model list: the card named `id`, or the 404
-/// a generation request naming an unknown model gets.
-public func modelResponse(_ cards: [ModelCard], id: String) throws -> Response {
+/// `GET /v1/models/{id}` (OpenAI's models.retrieve) over a server's model list: the card named `id` (as it appears
+/// in the path, percent-encoding undone), or the 404 a generation request naming an unknown model gets.
+public func modelResponse(_ cards: [ModelCard], id rawID: String) throws -> Response {
+    let id = rawID.removingPercentEncoding ?? rawID
     guard let card = cards.first(where: { $0.id == id }) else {
         let shown = String(id.unicodeScalars.map { $0.value < 0x20 ? "?" : Character($0) }.prefix(256))
         throw APIError(.notFound, "the model '\(shown)' does not exist", param: "model", code: "model_not_found")

@@ -122,6 +122,8 @@ import TestSupport
             #expect(card["id"] as? String == "b-all-r8-rslora" && card["parent"] as? String == "tiny-llama" && card["object"] as? String == "model")
             #expect((try jsonObject(try await client.send("/v1/models/tiny-llama", .get).1))["parent"] is NSNull)
             try expectError(try await client.send("/v1/models/nope", .get), status: 404, param: "model")
+            #expect(try await client.send("/v1/models/b-all-r8%2Drslora", .get).0 == 200, "percent-encoded names are decoded")
+            try expectError(try await client.send("/v1/models/%2e%2e%2Fa-qv-r4", .get), status: 404, param: "model")
             try expectError(try await client.send("/v1/models/a-qv-r4/extra", .get), status: 404, param: "model")
             let h = try await client.send("/health", .get)
             #expect(h.0 == 200)
