@@ -557,21 +557,21 @@ PY
         tag=${pair%%=*} prof=${pair#*=}
         rm -f "$real.$tag.csv"
         [ -s "$prof" ] || continue
-        local replay=()
+        local mode_flags=()
         if [ "$tag" = simd ] || [ "$tag" = simdi ]; then
             # Only where the router named the replica of every request (a run through an older router has none).
             grep -q -v '"replica"' "$real.requests.jsonl" && continue
-            replay=(--replay-dispatch)
+            mode_flags=(--replay-dispatch)
         fi
         if [ "$tag" = simi ] || [ "$tag" = simdi ]; then
             # Cross-replica interference as measured on the calibration run (corun_flags, set by the caller).
             [ -n "${corun_flags:-}" ] || continue
-            local extra=()
-            read -r -a extra <<< "$corun_flags"
-            replay+=("${extra[@]}")
+            local corun=()
+            read -r -a corun <<< "$corun_flags"
+            mode_flags+=("${corun[@]}")
         fi
         "$DLORA" simulate --requests-file "$real.requests.jsonl" --replicas "$replicas" --cost cpu --cost-profile "$prof" \
-            --adapter-slots "$SLOTS" --json --records "$real.$tag.csv" --step-log "$real.$tag.steps.jsonl" "${replay[@]+"${replay[@]}"}" "$@" \
+            --adapter-slots "$SLOTS" --json --records "$real.$tag.csv" --step-log "$real.$tag.steps.jsonl" "${mode_flags[@]+"${mode_flags[@]}"}" "$@" \
             < /dev/null > "$real.$tag.json" 2> "$real.$tag.log" || { echo "validate: simulate failed" >&2; tail -3 "$real.$tag.log" >&2; }
     done
 }
@@ -612,6 +612,18 @@ PY
     rm -f "$fitted.steps.jsonl"
 }
 echo "validate: simulating" >&2
+# Cross-replica interference (docs/design/simulator.md, "Cross-replica interference modelled"): S and U fitted on the
+# cluster profile's calibration run, a served cluster trace (bench/step_log.py --co-run), once; every cluster
+# configuration is simulated with them.
+corun_flags=""
+rm -f "$data/corun.json"
+cluster_profile=$(awk -F'|' '$1 == "cluster" { print $4; exit }' "$data/servers.txt")
+if [ -n "$cluster_profile" ]; then
+    calib="$data/calibration-$(basename "$cluster_profile" .json).steps.jsonl"
+    if [ -s "$calib" ] && python3 bench/step_log.py "$cluster_profile" "$calib" --overlap --co-run "$data/corun.json" > "$data/corun.txt" 2>&1; then
+        corun_flags=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); print("--co-run-slowdown %.6f --co-run-baseline %.6f" % (c["co_run_slowdown"], c["co_run_baseline"]))' "$data/corun.json")
+    fi
+fi
 while IFS='|' read -r kind name replicas profile runs simflags; do
     read -r -a served_runs <<< "$runs"
     own=()
@@ -625,20 +637,11 @@ while IFS='|' read -r kind name replicas profile runs simflags; do
     done < "$data/servers.txt"
     fit_steps "$profile" "$data/fitx-$kind-$name.json" "${others[@]}"
     read -r -a simflag_list <<< "$simflags"
-    # Cross-replica interference (docs/design/simulator.md): measured on this profile's calibration run, a served
-    # cluster trace, as the slowdown of decode iterations beside a busy replica and the mean overlap it ran at.
-    corun_flags=""
-    if [ "$kind" = cluster ]; then
-        calib="$data/calibration-$(basename "$profile" .json).steps.jsonl"
-        if [ -s "$calib" ] && python3 bench/step_log.py "$profile" "$calib" --overlap --co-run "$data/corun-$name.json" \
-                > "$data/corun-$name.txt" 2>&1; then
-            corun_flags=$(python3 -c 'import json, sys; c = json.load(open(sys.argv[1])); print("--co-run-slowdown %.6f --co-run-baseline %.6f" % (c["co_run_slowdown"], c["co_run_baseline"]))' "$data/corun-$name.json")
-        fi
-    fi
     for r in "${served_runs[@]:1}"; do
         [ -s "$r" ] || continue
         tags=("sim=$profile" "simx=$data/fitx-$kind-$name.json" "simfit=$data/fit-$kind-$name.json")
-        # Cluster runs once more: the measured profile with the real router's dispatch decisions replayed.
+        # Cluster runs three times more with the measured profile: the real router's dispatch decisions replayed,
+        # cross-replica interference, and both.
         [ "$kind" = cluster ] && tags+=("simd=$profile" "simi=$profile" "simdi=$profile")
         fit_rolling "$kind" "$profile" "$r" "$data/fitr-$(basename "$r")"
         tags+=("simr=$data/fitr-$(basename "$r")")
@@ -808,9 +811,8 @@ if any(os.path.exists(f"{p}.simd.csv") for _, paths in groups("cluster") for p i
             agree.append(f"| {config} | {rate} | {same} of {n} ({same / n * 100:.0f} %) |")
     lines += agree + [""]
 
-coruns = sorted(glob.glob(f"{data}/corun-*.json"))
-if coruns and any(os.path.exists(f"{p}.simi.csv") for _, paths in groups("cluster") for p in paths):
-    c = json.load(open(coruns[0]))
+if os.path.exists(f"{data}/corun.json") and any(os.path.exists(f"{p}.simi.csv") for _, paths in groups("cluster") for p in paths):
+    c = json.load(open(f"{data}/corun.json"))
     lines += ["## Predicted, with cross-replica interference", "",
               "The two replicas share this machine's cores, caches and memory bandwidth, so an iteration takes longer while "
               "the other replica is inside one. Measured on the calibration run's served iterations (`bench/step_log.py "

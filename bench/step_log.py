@@ -223,13 +223,14 @@ def interference(p, steps, name):
     return rows
 
 
-def co_run(p, steps):
-    """The simulator's interference parameters (`dlora simulate --co-run-slowdown S --co-run-baseline U`) in the
-    model's own terms: each iteration's forward seconds = k · price · (1 + S·o), o its overlap (the share of it the
-    other replicas spent inside an iteration, what the simulator's b expects), fitted by least squares over every
-    iteration (two terms, price and price·o); U = the overlap weighted by price (the share at which the profile's
-    price holds). None when fewer than 20 iterations ran alone (o < 0.1) or together (o >= 0.9)."""
-    rows = [(s, o, price(p, s)) for s, o in zip(steps, overlaps(steps))]
+def co_run(p, pairs):
+    """The simulator's interference parameters (`dlora simulate --co-run-slowdown S --co-run-baseline U`) from
+    (iteration, overlap) pairs, as `interference` returns them, in the model's own terms: each iteration's forward
+    seconds = k · price · (1 + S·o), o its overlap (the share of it the other replicas spent inside an iteration,
+    what the simulator's b expects), fitted by least squares over every iteration (two terms, price and price·o);
+    U = the overlap weighted by price (the share at which the profile's price holds). None when fewer than 20
+    iterations ran alone (o < 0.1) or together (o >= 0.9)."""
+    rows = [(s, o, price(p, s)) for s, o in pairs]
     if sum(o < 0.1 for _, o, _ in rows) < 20 or sum(o >= 0.9 for _, o, _ in rows) < 20:
         return None
     a11 = sum(q * q for _, _, q in rows)
@@ -358,11 +359,11 @@ def self_test():
     got = overlaps(many)
     for r, o in zip(many, got):
         r["forward_seconds"] = 0.9 * price(p, r) * (1 + 0.3 * o)
-    c = co_run(p, many)
+    c = co_run(p, list(zip(many, got)))
     want_u = sum(price(p, r) * o for r, o in zip(many, got)) / sum(price(p, r) for r in many)
     assert abs(c["co_run_slowdown"] - 0.3) < 1e-9 and abs(c["price_factor"] - 0.9) < 1e-9, c
     assert abs(c["co_run_baseline"] - want_u) < 1e-12, (c, want_u)
-    assert co_run(p, many[:40]) is None
+    assert co_run(p, list(zip(many[:40], overlaps(many[:40])))) is None
     print("step_log.py self-test: ok")
 
 
@@ -397,9 +398,9 @@ def main(argv):
     if a.co_run:
         if not a.overlap:
             sys.exit("step_log.py: --co-run needs --overlap")
-        c = co_run(p, [s for _, steps in logs for s in steps])
+        c = co_run(p, pooled)  # each log's overlaps, as the tables above measured them
         if c is None:
-            sys.exit("step_log.py: too few iterations started alone or beside a busy replica to measure interference")
+            sys.exit("step_log.py: too few iterations ran alone (overlap < 10 %) or together (>= 90 %) to measure interference")
         print(f"\nco-run: slowdown {c['co_run_slowdown']:.4f}, baseline {c['co_run_baseline']:.3f} ({c['iterations']} iterations)")
         with open(a.co_run, "w") as f:
             json.dump(c, f, indent=1)
