@@ -37,11 +37,15 @@ public struct ErrorMiddleware: RouterMiddleware {
 public func modelResponse(_ cards: [ModelCard], id rawID: String) throws -> Response {
     let id = rawID.removingPercentEncoding ?? rawID
     guard let card = cards.first(where: { $0.id == id }) else {
-        let shown = String(id.unicodeScalars.map { $0.value < 0x20 ? "?" : Character($0) }.prefix(256))
-        throw APIError(.notFound, "the model '\(shown)' does not exist", param: "model", code: "model_not_found")
+        throw APIError(.notFound, "the model '\(printable(id, limit: 256))' does not exist", param: "model", code: "model_not_found")
     }
     return Response(status: .ok, headers: [.contentType: "application/json"],
                     body: .init(byteBuffer: ByteBuffer(string: OpenAIWire.encode(card))))
+}
+
+/// Client text as it may appear in an error message: control characters as `?`, at most `limit` characters.
+public func printable(_ text: String, limit: Int) -> String {
+    String(String(text.unicodeScalars.map { $0.value < 0x20 ? "?" : Character($0) }).prefix(limit))
 }
 
 /// A value behind a lock.

@@ -279,9 +279,7 @@ struct JSONFields {
     }
 
     /// A key as it may appear in an error message (bounded, control characters escaped).
-    static func printable(_ key: String) -> String {
-        String(String(key.unicodeScalars.map { $0.value < 0x20 ? "?" : Character($0) }).prefix(64))
-    }
+    static func printable(_ key: String) -> String { HTTPFront.printable(key, limit: 64) }
 
     func string(_ key: String) throws -> String? {
         switch fields[key] {
