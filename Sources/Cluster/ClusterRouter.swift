@@ -389,11 +389,14 @@ struct RouterCall: Sendable {
         var tokens = 0
         var finish: String?
         var failure: (Int, String)?
+        var logprobs = LogprobsCollector(enabled: false)
         try await router.relay(flight, first: first) { out in
             switch out {
-            case .token(_, let t):
+            case .accepted(let asked): logprobs = LogprobsCollector(enabled: asked)
+            case .token(_, let t, let lp):
                 tokens += 1
                 text += t
+                logprobs.add(lp)
             case .finish(let f): finish = f
             case .failed(let status, let message): failure = (status, message)
             }
@@ -407,16 +410,19 @@ struct RouterCall: Sendable {
         let usage = Usage(prompt: flight.promptTokens, completion: tokens)
         if chat {
             return OpenAIWire.encode(ChatCompletion(id: flight.id, object: "chat.completion", created: created, model: model,
-                                                    choices: [ChatChoice(message: AssistantMessage(content: text), finishReason: finish)], usage: usage))
+                                                    choices: [ChatChoice(message: AssistantMessage(content: text), finishReason: finish,
+                                                                         logprobs: logprobs.takeChat())], usage: usage))
         }
         return OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: text, finishReason: finish)], usage: usage))
+                                                choices: [TextChoice(text: text, finishReason: finish, logprobs: logprobs.takeCompletion())],
+                                                usage: usage))
     }
 
     func stream(first: Attempt, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
         var tokens = 0
         var finish: String?
         var failure: (Int, String)?
+        var logprobs = LogprobsCollector(enabled: false)
         if chat { try await send(chunk(delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
         // The writer is inout: relay's callback cannot capture it, so events pass through a local buffer per call.
         let (events, continuation) = AsyncStream<RelayOutput>.makeStream()
@@ -430,9 +436,11 @@ struct RouterCall: Sendable {
         try await withTaskCancellationHandler {
             for await out in events {
                 switch out {
-                case .token(_, let t):
+                case .accepted(let asked): logprobs = LogprobsCollector(enabled: asked)
+                case .token(_, let t, let lp):
                     tokens += 1
-                    if !t.isEmpty { try await send(chunk(text: t, finish: nil), &writer) }
+                    logprobs.add(lp)
+                    if !t.isEmpty { try await send(chunk(text: t, finish: nil, logprobs: &logprobs), &writer) }
                 case .finish(let f): finish = f
                 case .failed(let status, let message): failure = (status, message)
                 }
@@ -448,7 +456,7 @@ struct RouterCall: Sendable {
         }
         guard let finish else { return }
         router.metrics.request(status: "ok")
-        try await send(chunk(text: nil, finish: finish), &writer)
+        try await send(chunk(text: nil, finish: finish, logprobs: &logprobs), &writer)
         if includeUsage {
             let usage = Usage(prompt: flight.promptTokens, completion: tokens)
             try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: flight.id, object: "chat.completion.chunk", created: created, model: model,
@@ -463,15 +471,15 @@ struct RouterCall: Sendable {
         try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
     }
 
-    private func chunk(text: String?, finish: String?) -> String {
-        if chat { return chunk(delta: ChatDelta(content: text), finish: finish) }
+    private func chunk(text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
+        if chat { return chunk(delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
         return OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: text ?? "", finishReason: finish)]))
+                                                choices: [TextChoice(text: text ?? "", finishReason: finish, logprobs: logprobs.takeCompletion())]))
     }
 
-    private func chunk(delta: ChatDelta, finish: String?) -> String {
+    private func chunk(delta: ChatDelta, finish: String?, logprobs: ChatLogprobs? = nil) -> String {
         OpenAIWire.encode(ChatCompletionChunk(id: flight.id, object: "chat.completion.chunk", created: created, model: model,
-                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish)]))
+                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish, logprobs: logprobs)]))
     }
 }
 

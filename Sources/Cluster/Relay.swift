@@ -4,7 +4,10 @@ import ServingAPI
 
 /// What the relay hands the client's response, in order.
 enum RelayOutput: Sendable {
-    case token(Int, String)
+    /// The first replica took the request; `logprobs`: it asked for log-probabilities (as that replica parsed it).
+    case accepted(logprobs: Bool)
+    /// A token, the text it completed, and its log-probabilities when asked for.
+    case token(Int, String, TokenLogprob?)
     case finish(String)
     /// The request cannot go on (its replica failed and none could resume it, or the model failed).
     case failed(status: Int, message: String)
@@ -64,6 +67,7 @@ extension ClusterRouter {
         var stallSince: UInt64?
         var pendingCut: Cut?
         var transfers = 0
+        var announced = false
         defer {
             f.attach(replica: -1, input: nil)
             pendingCut?.outcome.set(.notMoved("the request ended before it resumed"))
@@ -115,7 +119,13 @@ extension ClusterRouter {
             reading: for await item in input {
                 switch item {
                 case .event(let e):
-                    if let acc = e.accepted { f.accepted(acc) }
+                    if let acc = e.accepted {
+                        f.accepted(acc)
+                        if !announced {
+                            announced = true
+                            try await emit(.accepted(logprobs: acc.logprobs ?? false))
+                        }
+                    }
                     if let t = e.token {
                         if let ex = exported, f.generated.count >= ex.count { continue }
                         f.append(t)
@@ -127,7 +137,7 @@ extension ClusterRouter {
                             pendingCut = nil
                             stallSince = nil
                         }
-                        try await emit(.token(t, e.text ?? ""))
+                        try await emit(.token(t, e.text ?? "", e.logprobs))
                     }
                     if let finish = e.finish {
                         continuation.finish()

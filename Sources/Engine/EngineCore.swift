@@ -159,6 +159,9 @@ public final class EngineCore {
         if let bad = prompt.first(where: { $0 < 0 || $0 >= vocab }) {
             throw EngineError("token id \(bad) is outside the vocabulary (0..<\(vocab))")
         }
+        if let bad = params.logitBias.keys.filter({ $0 >= vocab }).min() {
+            throw SamplingError("logit_bias names token id \(bad), outside the vocabulary (0..<\(vocab))")
+        }
         if let problem = schedulerConfig.admissionProblem(promptTokens: prompt.count, adapterBytes: adapter?.byteCount ?? 0) {
             throw EngineError(adapter.map { problem.replacingOccurrences(of: "the adapter", with: "adapter '\($0.name)'") } ?? problem)
         }
@@ -293,7 +296,14 @@ public final class EngineCore {
             // Non-finite logits (an adapter or model that overflowed) end this one request with an error.
             // Counter-based sampling: the draw depends on (seed, position of the new token) only.
             let position = sequences[run.request]!.tokens.count
-            guard let token = sequences[run.request]!.sampler.sample(logits, position: position) else {
+            // Penalties count the tokens generated so far. The slice shares the array and ends with this scope, so the
+            // append below does not copy it.
+            var sampledToken: Int?
+            do {
+                let generated = sequences[run.request]!.tokens[sequences[run.request]!.promptCount...]
+                sampledToken = sequences[run.request]!.sampler.sample(logits, position: position, generated: generated)
+            }
+            guard let token = sampledToken else {
                 sampled.append(SampledToken(request: run.request, failed: true))
                 events.append(EngineEvent(requestID: run.request, token: nil, finish: .error, message: nil))
                 continue
@@ -301,7 +311,8 @@ public final class EngineCore {
             sequences[run.request]!.tokens.append(token)
             let s = sequences[run.request]!
             sampled.append(SampledToken(request: run.request, endsSequence: endTokens.contains(token) && !s.params.ignoreEOS))
-            events.append(EngineEvent(requestID: run.request, token: token, finish: nil, message: nil))
+            let logprobs = s.params.logprobs.map { TokenLogprobs(logits: logits, token: token, top: $0) }
+            events.append(EngineEvent(requestID: run.request, token: token, finish: nil, message: nil, logprobs: logprobs))
         }
         let outputs = scheduler.update(output, sampled: sampled,
                                        report: ExecutionReport(forwardSeconds: seconds, mergeSeconds: times.mergeSeconds,
@@ -311,7 +322,8 @@ public final class EngineCore {
         events = events.map { e in
             guard let f = finishOf[e.requestID] else { return e }
             return EngineEvent(requestID: e.requestID, token: f == .error ? nil : e.token, finish: f,
-                               message: f == .error ? "the model produced non-finite logits" : nil)
+                               message: f == .error ? "the model produced non-finite logits" : nil,
+                               logprobs: f == .error ? nil : e.logprobs)
         }
         if prefill > 0 {
             timing.promptTokens += prefill

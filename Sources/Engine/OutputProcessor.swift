@@ -11,6 +11,8 @@ public struct EngineEvent: Sendable, Equatable {
     public let finish: FinishReason?
     /// Why it failed, with `.error`.
     public let message: String?
+    /// The sampled token's log-probabilities, when the request asked for them.
+    public var logprobs: TokenLogprobs? = nil
 }
 
 /// One piece of a request's output as a client sees it.
@@ -23,6 +25,9 @@ public struct GenerationEvent: Sendable, Equatable {
     public let finish: FinishReason?
     /// Why the request failed, with `.error`.
     public var message: String? = nil
+    /// The token's log-probabilities, when the request asked for them and the token is part of the output (not
+    /// the end-of-sequence token that finished it).
+    public var logprobs: TokenLogprobs? = nil
 }
 
 /// Turns a request's token events into text, per request and off the engine thread: streaming
@@ -59,15 +64,15 @@ public struct OutputProcessor: Sendable {
         let (text, stopped) = stopMatcher.append(detokenizer.append(token))
         if stopped {
             done = true
-            return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: .stop)
+            return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: .stop, logprobs: e.logprobs)
         }
         if let f = e.finish {
             done = true
             let rest = stopMatcher.append(detokenizer.finish())
             let tail = rest.stopped ? rest.emit : rest.emit + stopMatcher.finish()
             return GenerationEvent(requestID: e.requestID, token: token, text: text + tail, finish: rest.stopped ? .stop : f,
-                                   message: e.message)
+                                   message: e.message, logprobs: e.logprobs)
         }
-        return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: nil)
+        return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: nil, logprobs: e.logprobs)
     }
 }

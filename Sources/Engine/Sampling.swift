@@ -15,9 +15,23 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     public var stop: [String] = []
     /// Keep generating past the end-of-sequence token.
     public var ignoreEOS = false
+    /// OpenAI's penalties (−2…2), on the tokens this request generated so far (as vLLM applies them): a token's
+    /// logit loses `presencePenalty` once if it was generated at all, and `frequencyPenalty` per time it was.
+    public var presencePenalty: Double = 0
+    public var frequencyPenalty: Double = 0
+    /// Added to these tokens' logits before sampling (OpenAI's `logit_bias`, −100…100; −100 in effect bans one).
+    public var logitBias: [Int: Double] = [:]
+    /// Log-probabilities to report with each sampled token: nil none; n ≥ 0 the sampled token's and the n most
+    /// likely tokens' (at most `maxLogprobs`). They are the model's own distribution (log-softmax of the raw
+    /// logits), before temperature, penalties and bias — what OpenAI and vLLM (its default) return.
+    public var logprobs: Int? = nil
+
+    /// The most alternatives `logprobs` may ask for (OpenAI's chat limit, and vLLM's default).
+    public static let maxLogprobs = 20
 
     public init(temperature: Double = 1.0, topP: Double = 1.0, topK: Int = 0, seed: UInt64? = nil,
-                maxTokens: Int? = nil, stop: [String] = [], ignoreEOS: Bool = false) {
+                maxTokens: Int? = nil, stop: [String] = [], ignoreEOS: Bool = false, presencePenalty: Double = 0,
+                frequencyPenalty: Double = 0, logitBias: [Int: Double] = [:], logprobs: Int? = nil) {
         self.temperature = temperature
         self.topP = topP
         self.topK = topK
@@ -25,7 +39,14 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         self.maxTokens = maxTokens
         self.stop = stop
         self.ignoreEOS = ignoreEOS
+        self.presencePenalty = presencePenalty
+        self.frequencyPenalty = frequencyPenalty
+        self.logitBias = logitBias
+        self.logprobs = logprobs
     }
+
+    /// Whether the logits are changed before sampling (penalties or bias).
+    public var adjustsLogits: Bool { presencePenalty != 0 || frequencyPenalty != 0 || !logitBias.isEmpty }
 
     public static let greedy = SamplingParams(temperature: 0)
 
@@ -43,7 +64,28 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         for s in stop where s.isEmpty || s.utf8.count > 256 {
             throw SamplingError("stop strings must be 1 to 256 bytes long")
         }
+        guard presencePenalty.isFinite, abs(presencePenalty) <= 2 else {
+            throw SamplingError("presence_penalty must be between -2 and 2, got \(presencePenalty)")
+        }
+        guard frequencyPenalty.isFinite, abs(frequencyPenalty) <= 2 else {
+            throw SamplingError("frequency_penalty must be between -2 and 2, got \(frequencyPenalty)")
+        }
+        guard logitBias.count <= Self.maxLogitBias else {
+            throw SamplingError("logit_bias may name at most \(Self.maxLogitBias) tokens, got \(logitBias.count)")
+        }
+        for (token, bias) in logitBias {
+            guard token >= 0 else { throw SamplingError("logit_bias names token id \(token), which is negative") }
+            guard bias.isFinite, abs(bias) <= 100 else {
+                throw SamplingError("logit_bias values must be between -100 and 100, got \(bias) for token \(token)")
+            }
+        }
+        if let logprobs, !(0...Self.maxLogprobs).contains(logprobs) {
+            throw SamplingError("logprobs must be between 0 and \(Self.maxLogprobs), got \(logprobs)")
+        }
     }
+
+    /// The most tokens `logitBias` may name (OpenAI documents no limit; this bounds the work per step).
+    public static let maxLogitBias = 1024
 }
 
 public struct SamplingError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -113,10 +155,61 @@ public struct Sampler: Sendable {
     private var counter = 0
     private var candidates: [Int32] = []
     private var probs: [Float] = []
+    /// The logits after penalties and bias (requests that set them).
+    private var adjusted: [Float] = []
+    /// Per-token marks for the presence penalty: `seen[t] == epoch` once token t was penalised this step.
+    private var seen: [UInt32] = []
+    private var epoch: UInt32 = 0
 
     public init(params: SamplingParams, seed: UInt64? = nil) {
         self.params = params
         self.seed = seed ?? params.seed ?? UInt64.random(in: .min ... .max)
+    }
+
+    /// The next token for the sequence position `position`, after the request's penalties (over `generated`, the
+    /// tokens it generated so far) and logit bias. Without either it is `sample(_:position:)` on `logits` as they are.
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, position: Int, generated: ArraySlice<Int>) -> Int? {
+        guard params.adjustsLogits else { return sample(logits, position: position) }
+        let vocab = logits.count
+        if adjusted.count != vocab { adjusted = [Float](repeating: 0, count: vocab) }
+        let presence = Float(params.presencePenalty), frequency = Float(params.frequencyPenalty)
+        if presence != 0 && seen.count != vocab {
+            seen = [UInt32](repeating: 0, count: vocab)
+            epoch = 0
+        }
+        epoch &+= 1
+        if epoch == 0 {  // wrapped: clear the marks once every 2^32 steps
+            for i in seen.indices { seen[i] = 0 }
+            epoch = 1
+        }
+        let mark = epoch
+        adjusted.withUnsafeMutableBufferPointer { a in
+            _ = a.initialize(from: logits)
+            seen.withUnsafeMutableBufferPointer { marks in
+                Self.adjust(a, generated: generated, presence: presence, frequency: frequency, bias: params.logitBias,
+                            marks: marks, mark: mark)
+            }
+        }
+        var buffer = adjusted
+        adjusted = []  // `sample` below may not see its own scratch through `self`; handed back after
+        defer { adjusted = buffer }
+        return buffer.withUnsafeMutableBufferPointer { sample(UnsafeBufferPointer($0), position: position) }
+    }
+
+    /// OpenAI's adjustment, in place: logit[t] − count(t)·frequency − [count(t) > 0]·presence + bias[t], counts over
+    /// `generated`. `marks` (one per token, none equal to `mark`; may be empty when `presence` is 0) record the
+    /// tokens already given the presence penalty.
+    static func adjust(_ a: UnsafeMutableBufferPointer<Float>, generated: ArraySlice<Int>, presence: Float, frequency: Float,
+                       bias: [Int: Double], marks: UnsafeMutableBufferPointer<UInt32>, mark: UInt32) {
+        let vocab = a.count
+        for t in generated where t >= 0 && t < vocab {
+            a[t] -= frequency
+            if presence != 0 && marks[t] != mark {
+                marks[t] = mark
+                a[t] -= presence
+            }
+        }
+        for (t, b) in bias where t < vocab { a[t] += Float(b) }
     }
 
     /// The next token for the next position of an internal counter (0, 1, 2, …).
@@ -244,6 +337,56 @@ public struct Sampler: Sendable {
             if u < cumulative { return Int(candidates[i]) }
         }
         return keep > 0 ? Int(candidates[keep - 1]) : best
+    }
+}
+
+/// A sampled token's log-probability under the model, and the most likely tokens' at that position.
+public struct TokenLogprobs: Sendable, Equatable, Codable {
+    public let token: Int
+    public let logprob: Float
+    /// The `n` most likely tokens, most likely first (ties: lower id first), and their log-probabilities.
+    public let topTokens: [Int]
+    public let topLogprobs: [Float]
+
+    public init(token: Int, logprob: Float, topTokens: [Int], topLogprobs: [Float]) {
+        self.token = token
+        self.logprob = logprob
+        self.topTokens = topTokens
+        self.topLogprobs = topLogprobs
+    }
+
+    /// Log-softmax of `logits` at `token`, and the `top` largest (tokens with a −∞ logit are never listed), in one
+    /// pass for the normaliser and one for the selection. The row must have a finite maximum (as `sample` requires).
+    public init(logits: UnsafeBufferPointer<Float>, token: Int, top: Int) {
+        var maxLogit = -Float.infinity
+        for x in logits where x > maxLogit { maxLogit = x }
+        var sum: Double = 0
+        for x in logits where x != -.infinity { sum += exp(Double(x - maxLogit)) }
+        let logZ = Double(maxLogit) + log(sum)
+        func lp(_ x: Float) -> Float { Float(Double(x) - logZ) }
+        // The top `top` by logit: a small array kept sorted (descending logit, then ascending id).
+        var ids: [Int] = []
+        var values: [Float] = []
+        if top > 0 {
+            ids.reserveCapacity(top + 1)
+            values.reserveCapacity(top + 1)
+            for i in 0..<logits.count {
+                let x = logits[i]
+                guard x != -.infinity, ids.count < top || x > values[values.count - 1] else { continue }
+                var at = values.count
+                while at > 0 && values[at - 1] < x { at -= 1 }
+                ids.insert(i, at: at)
+                values.insert(x, at: at)
+                if ids.count > top {
+                    ids.removeLast()
+                    values.removeLast()
+                }
+            }
+        }
+        self.token = token
+        logprob = lp(logits[token])
+        topTokens = ids
+        topLogprobs = values.map(lp)
     }
 }
 

@@ -95,15 +95,15 @@ struct GenerationRequest: Equatable {
             guard stream else { throw APIError.invalid("stream_options", "stream_options is only allowed with stream = true") }
         }
 
+        params.presencePenalty = try f.number("presence_penalty", in: -2...2) ?? 0
+        params.frequencyPenalty = try f.number("frequency_penalty", in: -2...2) ?? 0
+        params.logitBias = try logitBias(f)
+        params.logprobs = try logprobs(f, chat: chat)
+
         // Accepted only at their defaults: what the engine does not implement is refused, never ignored.
-        try f.noOp("presence_penalty") { $0 == .int(0) || $0 == .double(0) }
-        try f.noOp("frequency_penalty") { $0 == .int(0) || $0 == .double(0) }
-        try f.noOp("logit_bias") { if case .object(let o) = $0 { return o.isEmpty } else { return false } }
-        try f.noOp("logprobs") { $0 == .bool(false) }
         try f.noOp("echo") { $0 == .bool(false) }
         try f.noOp("best_of") { $0 == .int(1) }
         try f.noOp("suffix") { $0 == .string("") }
-        try f.noOp("top_logprobs") { $0 == .int(0) }
         try f.noOp("response_format") { $0 == .object([("type", .string("text"))]) }
         try f.noOp("tools") { if case .array(let a) = $0 { return a.isEmpty } else { return false } }
         try f.noOp("tool_choice") { $0 == .string("none") }
@@ -128,6 +128,56 @@ struct GenerationRequest: Equatable {
 
         return GenerationRequest(model: model, input: input, params: params, stream: stream, includeUsage: includeUsage, user: user,
                                  moleExperts: moleExperts)
+    }
+
+    /// `logit_bias`: token ids (as JSON keys, decimal) to biases in −100…100. Ids beyond the vocabulary are refused
+    /// where the vocabulary is known (`OpenAIServer.prepare`).
+    private static func logitBias(_ f: JSONFields) throws -> [Int: Double] {
+        guard let value = f.fields["logit_bias"], value != .null else { return [:] }
+        guard case .object(let members) = value else {
+            throw APIError.invalid("logit_bias", "logit_bias must be an object mapping token ids to biases")
+        }
+        guard members.count <= SamplingParams.maxLogitBias else {
+            throw APIError.invalid("logit_bias", "logit_bias may name at most \(SamplingParams.maxLogitBias) tokens, got \(members.count)")
+        }
+        var bias: [Int: Double] = [:]
+        for (key, v) in members {
+            guard !key.isEmpty, key.utf8.count <= 10, key.utf8.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }), let id = Int(key) else {
+                throw APIError.invalid("logit_bias", "logit_bias keys must be token ids (non-negative integers), got '\(JSONFields.printable(key))'")
+            }
+            let b: Double
+            switch v {
+            case .int(let i): b = Double(i)
+            case .double(let d): b = d
+            default: throw APIError.invalid("logit_bias", "logit_bias values must be numbers, got a non-number for token \(id)")
+            }
+            guard b.isFinite, abs(b) <= 100 else {
+                throw APIError.invalid("logit_bias", "logit_bias values must be between -100 and 100, got \(b) for token \(id)")
+            }
+            guard bias.updateValue(b, forKey: id) == nil else {
+                throw APIError.invalid("logit_bias", "logit_bias names token \(id) twice")
+            }
+        }
+        return bias
+    }
+
+    /// The alternatives per token to report (`SamplingParams.logprobs`): chat's `logprobs` (a boolean) with
+    /// `top_logprobs` (0…20); completions' `logprobs` (an integer, 0…20; `false` as none, as some clients send it).
+    private static func logprobs(_ f: JSONFields, chat: Bool) throws -> Int? {
+        let limit = SamplingParams.maxLogprobs
+        if chat {
+            let on = try f.bool("logprobs") ?? false
+            let top = try f.int("top_logprobs", in: 0...limit)
+            if let top, top > 0, !on {
+                throw APIError.invalid("top_logprobs", "top_logprobs requires logprobs to be true")
+            }
+            return on ? (top ?? 0) : nil
+        }
+        if f.fields["logprobs"] == .bool(false) { return nil }
+        if case .bool? = f.fields["logprobs"] {
+            throw APIError.invalid("logprobs", "'logprobs' must be an integer (the alternatives to list per token, 0 to \(limit))")
+        }
+        return try f.int("logprobs", in: 0...limit)
     }
 
     private static func prompt(_ f: JSONFields) throws -> Input {

@@ -329,6 +329,10 @@ public final class OpenAIServer: Sendable {
         }
         let tokenLimit = min(options.maxTokensLimit ?? contextLimit, contextLimit)
         var params = parsed.params
+        let vocab = engine.vocabSize
+        if let bad = params.logitBias.keys.filter({ $0 >= vocab }).min() {
+            throw APIError.invalid("logit_bias", "logit_bias names token id \(bad), outside the vocabulary (0..<\(vocab))")
+        }
         if let m = params.maxTokens {
             guard m <= tokenLimit else {
                 throw APIError.invalid("max_tokens", "max_tokens is \(m); this server allows at most \(tokenLimit)")
@@ -356,7 +360,8 @@ public final class OpenAIServer: Sendable {
             throw APIError.invalid(error is SamplingError ? nil : promptParam, "\(error)")
         }
         let call = Call(server: self, model: parsed.model, chat: parsed.isChat, id: newID(parsed.isChat ? "chatcmpl-" : "cmpl-"),
-                        promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission)
+                        promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission,
+                        logprobs: params.logprobs != nil)
         // A client that leaves cancels the request: the connection's close is watched beside the request
         // (ClientConnection), not by reading its inbound stream, so keep-alive, pipelining and a half-close
         // still work (docs/design/server.md, "Disconnects").

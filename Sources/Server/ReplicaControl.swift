@@ -192,7 +192,8 @@ extension OpenAIServer {
         }
         let total = prompt.count + g.generated.count
         let adopted = kv.map { min($0.computed, total - 1, $0.blockCount * $0.blockSize) } ?? 0
-        let accepted = ReplicaEvent(accepted: .init(promptTokens: prompt.count, seed: seed, adoptedPositions: max(0, adopted)))
+        let accepted = ReplicaEvent(accepted: .init(promptTokens: prompt.count, seed: seed, adoptedPositions: max(0, adopted),
+                                                    logprobs: params.logprobs != nil))
         let id = g.id, model = parsed.model, promptCount = prompt.count
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-cache"],
                         body: .init { writer in
@@ -218,7 +219,8 @@ extension OpenAIServer {
         for await e in events {
             if e.token != nil { generated += 1 }
             let line = ReplicaEvent(token: e.token, text: e.text, finish: e.finish.map { $0 == .error ? nil : $0.rawValue } ?? nil,
-                                    error: e.finish == .error ? (e.message ?? "the model produced non-finite logits") : nil)
+                                    error: e.finish == .error ? (e.message ?? "the model produced non-finite logits") : nil,
+                                    logprobs: e.logprobs.map(tokenizer.render))
             try await writeLine(line, &writer)
             if e.finish != nil { finished = true }
         }

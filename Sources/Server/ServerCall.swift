@@ -18,16 +18,20 @@ final class Call: Sendable {
     let ticket: Scheduling.RequestID
     private let admission: any AnyObject & Sendable
     private let created = Int(Date().timeIntervalSince1970)
+    /// The request asked for log-probabilities.
+    let logprobs: Bool
 
     struct Outcome {
         var text = ""
         var completionTokens = 0
         /// nil: the stream ended without finishing (cancelled by shutdown or by the client leaving).
         var finish: FinishReason?
+        var logprobs: LogprobsCollector
     }
 
     init(server: OpenAIServer, model: String, chat: Bool, id: String, promptTokens: Int, arrival: UInt64, ticket: Scheduling.RequestID,
-         admission: any AnyObject & Sendable) {
+         admission: any AnyObject & Sendable, logprobs: Bool) {
+        self.logprobs = logprobs
         self.server = server
         self.model = model
         self.chat = chat
@@ -77,13 +81,14 @@ final class Call: Sendable {
 
     /// Waits for the whole completion.
     func collect(_ events: RequestStream) async -> Outcome {
-        var o = Outcome()
+        var o = Outcome(logprobs: LogprobsCollector(enabled: logprobs))
         var clock = Clock(call: self)
         for await e in events {
             if e.token != nil {
                 o.completionTokens += 1
                 clock.token()
             }
+            o.logprobs.add(e.logprobs.map(server.tokenizer.render))
             o.text += e.text
             if let f = e.finish { o.finish = f }
         }
@@ -94,6 +99,7 @@ final class Call: Sendable {
 
     /// The non-streamed response body; a request cut short by shutdown is a 503.
     func completion(_ o: Outcome) throws -> String {
+        var o = o
         guard let finish = o.finish else {
             throw APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)")
         }
@@ -101,17 +107,19 @@ final class Call: Sendable {
         let usage = Usage(prompt: promptTokens, completion: o.completionTokens)
         if chat {
             return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model,
-                                                    choices: [ChatChoice(message: AssistantMessage(content: o.text), finishReason: finish.rawValue)],
+                                                    choices: [ChatChoice(message: AssistantMessage(content: o.text), finishReason: finish.rawValue,
+                                                                         logprobs: o.logprobs.takeChat())],
                                                     usage: usage))
         }
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: o.text, finishReason: finish.rawValue)], usage: usage))
+                                                choices: [TextChoice(text: o.text, finishReason: finish.rawValue, logprobs: o.logprobs.takeCompletion())],
+                                                usage: usage))
     }
 
     /// Streams server-sent events: one chunk per piece of text, a final chunk with the finish reason, the
     /// usage chunk when asked for, then `data: [DONE]`.
     func stream(_ events: RequestStream, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
-        var o = Outcome()
+        var o = Outcome(logprobs: LogprobsCollector(enabled: logprobs))
         var clock = Clock(call: self)
         defer { clock.end(o) }
         if chat {
@@ -123,8 +131,9 @@ final class Call: Sendable {
                 clock.token()
             }
             if let f = e.finish { o.finish = f }
+            o.logprobs.add(e.logprobs.map(server.tokenizer.render))
             if !e.text.isEmpty {
-                try await send(chunk(text: e.text, finish: nil), &writer)
+                try await send(chunk(text: e.text, finish: nil, logprobs: &o.logprobs), &writer)
             }
         }
         if o.finish != nil { finished.withLock { $0 = true } }
@@ -142,7 +151,7 @@ final class Call: Sendable {
             try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
             return
         }
-        try await send(chunk(text: nil, finish: finish), &writer)
+        try await send(chunk(text: nil, finish: finish, logprobs: &o.logprobs), &writer)
         if includeUsage {
             let usage = Usage(prompt: promptTokens, completion: o.completionTokens)
             try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
@@ -165,17 +174,19 @@ final class Call: Sendable {
         try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
     }
 
-    /// A chunk with a piece of text (nil: the final chunk, which carries only the finish reason).
-    private func chunk(text: String?, finish: FinishReason?) -> String {
+    /// A chunk with a piece of text (nil: the final chunk, which carries only the finish reason) and the
+    /// log-probabilities gathered since the last chunk.
+    private func chunk(text: String?, finish: FinishReason?, logprobs: inout LogprobsCollector) -> String {
         if chat {
-            return chunk(delta: ChatDelta(content: text), finish: finish)
+            return chunk(delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat())
         }
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: text ?? "", finishReason: finish?.rawValue)]))
+                                                choices: [TextChoice(text: text ?? "", finishReason: finish?.rawValue,
+                                                                     logprobs: logprobs.takeCompletion())]))
     }
 
-    private func chunk(delta: ChatDelta, finish: FinishReason?) -> String {
+    private func chunk(delta: ChatDelta, finish: FinishReason?, logprobs: ChatLogprobs? = nil) -> String {
         OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
-                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish?.rawValue)]))
+                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish?.rawValue, logprobs: logprobs)]))
     }
 }

@@ -159,25 +159,34 @@ public struct ReplicaEvent: Codable, Sendable, Equatable {
     public var text: String?
     public var finish: String?
     public var error: String?
+    /// The token's log-probabilities, when the request asked for them (`Accepted.logprobs`) and the token is part
+    /// of the output.
+    public var logprobs: TokenLogprob?
 
     public struct Accepted: Codable, Sendable, Equatable {
         public var promptTokens: Int
         public var seed: UInt64
         /// Tokens adopted from staged K/V (0: recomputed).
         public var adoptedPositions: Int
-        public init(promptTokens: Int, seed: UInt64, adoptedPositions: Int) {
+        /// The request asked for log-probabilities (its body as the replica parsed it): the router renders
+        /// `logprobs` from the tokens' records, and an empty list when there are none.
+        public var logprobs: Bool?
+        public init(promptTokens: Int, seed: UInt64, adoptedPositions: Int, logprobs: Bool? = nil) {
             self.promptTokens = promptTokens
             self.seed = seed
             self.adoptedPositions = adoptedPositions
+            self.logprobs = logprobs
         }
     }
 
-    public init(accepted: Accepted? = nil, token: Int? = nil, text: String? = nil, finish: String? = nil, error: String? = nil) {
+    public init(accepted: Accepted? = nil, token: Int? = nil, text: String? = nil, finish: String? = nil, error: String? = nil,
+                logprobs: TokenLogprob? = nil) {
         self.accepted = accepted
         self.token = token
         self.text = text
         self.finish = finish
         self.error = error
+        self.logprobs = logprobs
     }
 }
 

@@ -75,11 +75,14 @@ public struct TextChoice: Encodable {
     public var index = 0
     public let text: String
     public let finishReason: String?
+    /// With `logprobs` asked for: those of this choice's (or chunk's) tokens; else null.
+    public var logprobs: CompletionLogprobs?
 
-    public init(index: Int = 0, text: String, finishReason: String?) {
+    public init(index: Int = 0, text: String, finishReason: String?, logprobs: CompletionLogprobs? = nil) {
         self.index = index
         self.text = text
         self.finishReason = finishReason
+        self.logprobs = logprobs
     }
 
     private enum CodingKeys: String, CodingKey { case index, text, logprobs, finishReason }
@@ -88,7 +91,7 @@ public struct TextChoice: Encodable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(index, forKey: .index)
         try c.encode(text, forKey: .text)
-        try c.encodeNil(forKey: .logprobs)
+        try c.encode(logprobs, forKey: .logprobs)
         try c.encode(finishReason, forKey: .finishReason)
     }
 }
@@ -106,11 +109,13 @@ public struct ChatChoice: Encodable {
     public var index = 0
     public let message: AssistantMessage
     public let finishReason: String
+    public var logprobs: ChatLogprobs?
 
-    public init(index: Int = 0, message: AssistantMessage, finishReason: String) {
+    public init(index: Int = 0, message: AssistantMessage, finishReason: String, logprobs: ChatLogprobs? = nil) {
         self.index = index
         self.message = message
         self.finishReason = finishReason
+        self.logprobs = logprobs
     }
 
     private enum CodingKeys: String, CodingKey { case index, message, logprobs, finishReason }
@@ -119,7 +124,7 @@ public struct ChatChoice: Encodable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(index, forKey: .index)
         try c.encode(message, forKey: .message)
-        try c.encodeNil(forKey: .logprobs)
+        try c.encode(logprobs, forKey: .logprobs)
         try c.encode(finishReason, forKey: .finishReason)
     }
 }
@@ -141,11 +146,13 @@ public struct ChatChunkChoice: Encodable {
     public var index = 0
     public let delta: ChatDelta
     public let finishReason: String?
+    public var logprobs: ChatLogprobs?
 
-    public init(index: Int = 0, delta: ChatDelta, finishReason: String?) {
+    public init(index: Int = 0, delta: ChatDelta, finishReason: String?, logprobs: ChatLogprobs? = nil) {
         self.index = index
         self.delta = delta
         self.finishReason = finishReason
+        self.logprobs = logprobs
     }
 
     private enum CodingKeys: String, CodingKey { case index, delta, logprobs, finishReason }
@@ -154,9 +161,91 @@ public struct ChatChunkChoice: Encodable {
         var c = encoder.container(keyedBy: CodingKeys.self)
         try c.encode(index, forKey: .index)
         try c.encode(delta, forKey: .delta)
-        try c.encodeNil(forKey: .logprobs)
+        try c.encode(logprobs, forKey: .logprobs)
         try c.encode(finishReason, forKey: .finishReason)
     }
+}
+
+/// One generated token's log-probability as chat's `logprobs.content[]` gives it: its text, its bytes (the
+/// text may end inside a UTF-8 character: then the text has U+FFFD and the bytes are exact), and the most likely
+/// tokens at its position. The replica wire carries the same record per token (`ReplicaEvent.logprobs`).
+public struct TokenLogprob: Codable, Sendable, Equatable {
+    public var token: String
+    public var logprob: Double
+    public var bytes: [Int]
+    public var topLogprobs: [TopLogprob]
+
+    public init(token: String, logprob: Double, bytes: [Int], topLogprobs: [TopLogprob]) {
+        self.token = token
+        self.logprob = logprob
+        self.bytes = bytes
+        self.topLogprobs = topLogprobs
+    }
+
+    /// What a −∞ log-probability is reported as (JSON has no infinity; vLLM's choice).
+    public static let floor = -9999.0
+
+    public static func finite(_ x: Double) -> Double { x.isFinite ? max(x, floor) : floor }
+}
+
+public struct TopLogprob: Codable, Sendable, Equatable {
+    public var token: String
+    public var logprob: Double
+    public var bytes: [Int]
+
+    public init(token: String, logprob: Double, bytes: [Int]) {
+        self.token = token
+        self.logprob = logprob
+        self.bytes = bytes
+    }
+}
+
+/// A chat choice's (or chunk's) `logprobs`: `{"content": [...], "refusal": null}`.
+public struct ChatLogprobs: Encodable, Equatable, Sendable {
+    public let content: [TokenLogprob]
+
+    public init(content: [TokenLogprob]) { self.content = content }
+
+    private enum CodingKeys: String, CodingKey { case content, refusal }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(content, forKey: .content)
+        try c.encodeNil(forKey: .refusal)
+    }
+}
+
+/// A completion choice's (or chunk's) `logprobs`, the legacy shape: parallel lists of the tokens' texts, their
+/// log-probabilities, the most likely tokens at each position (text → log-probability, the sampled token
+/// included, as OpenAI's completions list it), and each token's character offset in the completion's text.
+public struct CompletionLogprobs: Encodable, Equatable, Sendable {
+    public let tokens: [String]
+    public let tokenLogprobs: [Double]
+    public let topLogprobs: [[String: Double]]
+    public let textOffset: [Int]
+
+    /// From the tokens' records; `offset`: the characters of the completion before the first of them (a stream
+    /// carries on from its earlier chunks).
+    public init(_ entries: [TokenLogprob], offset: Int) {
+        tokens = entries.map(\.token)
+        tokenLogprobs = entries.map(\.logprob)
+        topLogprobs = entries.map { e in
+            var top: [String: Double] = [:]
+            for t in e.topLogprobs where top[t.token] == nil { top[t.token] = t.logprob }
+            if top[e.token] == nil { top[e.token] = e.logprob }
+            return top
+        }
+        var offsets: [Int] = []
+        var at = offset
+        for e in entries {
+            offsets.append(at)
+            at += e.token.unicodeScalars.count
+        }
+        textOffset = offsets
+    }
+
+    /// The characters the tokens' texts span (where the next chunk's offsets start).
+    public static func characters(_ entries: [TokenLogprob]) -> Int { entries.reduce(0) { $0 + $1.token.unicodeScalars.count } }
 }
 
 /// `/v1/models`.
@@ -235,4 +324,38 @@ public struct HealthStatus: Encodable {
     public var status = "ok"
 
     public init() {}
+}
+
+/// A response's `logprobs` while it is rendered, for the replica server and the router alike: the tokens'
+/// records in order; a whole response takes them all at the end, a stream those gathered since its last chunk
+/// (a token whose text is still held back — part of a character, a possible stop string — rides with the chunk
+/// that shows it). Nil throughout when the request did not ask for them.
+public struct LogprobsCollector: Sendable {
+    public let enabled: Bool
+    private var pending: [TokenLogprob] = []
+    /// Characters of the completion before `pending` (completions' `text_offset`).
+    private var offset = 0
+
+    public init(enabled: Bool) { self.enabled = enabled }
+
+    public mutating func add(_ entry: TokenLogprob?) {
+        if enabled, let entry { pending.append(entry) }
+    }
+
+    public var isEmpty: Bool { pending.isEmpty }
+
+    public mutating func takeChat() -> ChatLogprobs? {
+        guard enabled else { return nil }
+        defer { pending.removeAll() }
+        return ChatLogprobs(content: pending)
+    }
+
+    public mutating func takeCompletion() -> CompletionLogprobs? {
+        guard enabled else { return nil }
+        defer {
+            offset += CompletionLogprobs.characters(pending)
+            pending.removeAll()
+        }
+        return CompletionLogprobs(pending, offset: offset)
+    }
 }

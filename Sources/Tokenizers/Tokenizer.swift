@@ -298,6 +298,15 @@ public final class Tokenizer: Sendable {
         decodedBytes[Int(decodedOffsets[id])..<Int(decodedOffsets[id + 1])]
     }
 
+    /// The bytes one token stands for on its own, as OpenAI's `logprobs` report them: a byte-fallback token's
+    /// byte, else its text as decoded (a byte-level BPE token may hold part of a UTF-8 character). Empty for an id
+    /// out of range.
+    public func tokenBytes(_ id: Int) -> [UInt8] {
+        guard id >= 0 && id < tokens.count else { return [] }
+        if fallbackByte[id] >= 0 { return [UInt8(fallbackByte[id])] }
+        return Array(decodedBytes(of: id))
+    }
+
     /// Text for `ids` as HF `tokenizer.decode(ids, skip_special_tokens:)` gives it. Ids out of range are ignored.
     public func decode(_ ids: [Int], skipSpecial: Bool) -> String {
         var out: [UInt8] = []

@@ -178,9 +178,14 @@ struct SamplingOptions: ParsableArguments {
     var seed: UInt64?
     @Option(help: "Stop before this string (repeatable).")
     var stop: [String] = []
+    @Option(name: .customLong("presence-penalty"), help: "Subtracted once from the logit of every token generated so far, in [-2, 2].")
+    var presencePenalty: Double = 0
+    @Option(name: .customLong("frequency-penalty"), help: "Subtracted from a token's logit per time it was generated so far, in [-2, 2].")
+    var frequencyPenalty: Double = 0
 
     var params: SamplingParams {
-        SamplingParams(temperature: temperature, topP: topP, topK: topK, seed: seed, maxTokens: maxTokens, stop: stop)
+        SamplingParams(temperature: temperature, topP: topP, topK: topK, seed: seed, maxTokens: maxTokens, stop: stop,
+                       presencePenalty: presencePenalty, frequencyPenalty: frequencyPenalty)
     }
 
     /// `SamplingParams.validate`, with the parameters named as the flags spell them.
@@ -188,7 +193,9 @@ struct SamplingOptions: ParsableArguments {
         do { try params.validate() } catch let e as SamplingError {
             throw ValidationError(e.description.replacingOccurrences(of: "max_tokens", with: "--max-tokens")
                 .replacingOccurrences(of: "top_p", with: "--top-p").replacingOccurrences(of: "top_k", with: "--top-k")
-                .replacingOccurrences(of: "temperature", with: "--temperature"))
+                .replacingOccurrences(of: "temperature", with: "--temperature")
+                .replacingOccurrences(of: "presence_penalty", with: "--presence-penalty")
+                .replacingOccurrences(of: "frequency_penalty", with: "--frequency-penalty"))
         }
     }
 }

@@ -50,12 +50,14 @@ import Glibc
             // Each response names the replica it was dispatched to; round-robin used both.
             #expect(Set(routed.compactMap(\.replica)) == [0, 1], "x-dlora-replica: \(routed.map(\.replica))")
 
-            // A migration mid-stream, both modes, greedy and seeded: the client's stream equals the undisturbed run.
+            // A migration mid-stream, both modes, greedy and seeded: the client's stream equals the undisturbed run,
+            // its log-probabilities included (one record per token, from whichever replica sampled it).
             for mode in ["kv", "recompute"] {
                 for (temperature, seed) in [(0.0, Int?.none), (0.8, Int?.some(11))] {
-                    let body = Self.body(model: "s1-qv-r4", prompt: "Write a long story about a lighthouse keeper.", maxTokens: 160,
-                                         temperature: temperature, seed: seed)
-                    let reference = try await Self.complete(http, router, body)
+                    let body = String(Self.body(model: "s1-qv-r4", prompt: "Write a long story about a lighthouse keeper.", maxTokens: 160,
+                                                temperature: temperature, seed: seed).dropLast()) + ", \"logprobs\": 1}"
+                    let (reference, referenceLogprobs) = try await Self.completeWithLogprobs(http, router, body)
+                    #expect(referenceLogprobs.count == 160)
                     let moved = try await Self.stream(http, router, body) { id, tokens in
                         guard tokens == 12 else { return }
                         let from = try await Self.replicaOf(http, router, id)
@@ -64,6 +66,9 @@ import Glibc
                         #expect(r.0 == 200, "migration \(mode) failed: \(r.1)")
                     }
                     #expect(moved.text == reference, "\(mode) migration at T=\(temperature) changed the output")
+                    #expect(moved.logprobs.count == referenceLogprobs.count
+                            && zip(moved.logprobs, referenceLogprobs).allSatisfy { abs($0 - $1) < 1e-3 },
+                            "\(mode) migration at T=\(temperature) changed the log-probabilities")
                     #expect(moved.finish == "length")
                 }
             }
@@ -174,9 +179,21 @@ import Glibc
         return try #require(((object["choices"] as? [[String: Any]])?.first)?["text"] as? String)
     }
 
+    /// A whole completion's text and its tokens' log-probabilities (the body asks for them).
+    static func completeWithLogprobs(_ http: HTTPClient, _ base: String, _ body: String) async throws -> (String, [Double]) {
+        let (status, text) = try await post(http, base + "/v1/completions", body)
+        #expect(status == 200, "\(text)")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
+        let choice = try #require((object["choices"] as? [[String: Any]])?.first)
+        let logprobs = try #require((choice["logprobs"] as? [String: Any])?["token_logprobs"] as? [Double])
+        return (try #require(choice["text"] as? String), logprobs)
+    }
+
     struct StreamResult: Sendable {
         var id = ""
         var text = ""
+        /// `token_logprobs` of every chunk, in order (when the body asks for them).
+        var logprobs: [Double] = []
         var finish: String?
         /// The router's `x-dlora-replica` header: the replica it dispatched the request to.
         var replica: Int?
@@ -213,6 +230,7 @@ import Glibc
                 result.id = object["id"] as? String ?? result.id
                 guard let choice = (object["choices"] as? [[String: Any]])?.first else { continue }
                 if let f = choice["finish_reason"] as? String { result.finish = f }
+                result.logprobs += (choice["logprobs"] as? [String: Any])?["token_logprobs"] as? [Double] ?? []
                 if let t = choice["text"] as? String, !t.isEmpty || choice["finish_reason"] is NSNull {
                     result.text += t
                     chunks += 1

@@ -205,4 +205,33 @@ import Testing
         var inside = StopMatcher(stops: ["lo w"])
         #expect(inside.append("hello world") == ("hel", true))
     }
+    /// Log-probabilities: the log-softmax of the row at the token, the top list in order without −∞ entries, and
+    /// ties listed lower id first.
+    @Test func logprobsOfARow() {
+        let row: [Float] = [1, 3, 2, -.infinity, 3]
+        let lp = row.withUnsafeBufferPointer { TokenLogprobs(logits: $0, token: 2, top: 5) }
+        let z = log(exp(1.0) + 2 * exp(3.0) + exp(2.0))
+        #expect(abs(Double(lp.logprob) - (2 - z)) < 1e-6)
+        #expect(lp.topTokens == [1, 4, 2, 0])
+        #expect(zip(lp.topLogprobs, [3 - z, 3 - z, 2 - z, 1 - z]).allSatisfy { abs(Double($0) - $1) < 1e-6 })
+        let none = row.withUnsafeBufferPointer { TokenLogprobs(logits: $0, token: 0, top: 0) }
+        #expect(none.topTokens.isEmpty && none.topLogprobs.isEmpty)
+    }
+
+    /// A −100 bias bans a token even when sampling at temperature 1, and the draw stays counter-based: the same
+    /// (seed, position, generated tokens) gives the same token.
+    @Test func biasBansAndPenaltiesKeepDrawsReproducible() {
+        let row: [Float] = [2, 2.5, 1, 0.5]
+        let params = SamplingParams(temperature: 1, seed: 5, presencePenalty: 0.7, frequencyPenalty: 0.3, logitBias: [1: -100])
+        var a = Sampler(params: params)
+        var b = Sampler(params: params)
+        let history = [0, 0, 2]
+        row.withUnsafeBufferPointer { p in
+            for position in 0..<2000 {
+                let x = a.sample(p, position: position, generated: history[...])
+                #expect(x != nil && x != 1)
+                #expect(x == b.sample(p, position: position, generated: history[...]))
+            }
+        }
+    }
 }

@@ -36,6 +36,29 @@ import Testing
         #expect(usage == #"{"choices":[],"created":1,"id":"c","model":"m","object":"chat.completion.chunk","usage":{"completion_tokens":2,"prompt_tokens":1,"total_tokens":3}}"#)
     }
 
+    /// Log-probabilities in both shapes: chat's records (with `refusal` null) and completions' parallel lists, whose
+    /// offsets run on from the characters before them and whose alternatives include the sampled token; −∞ as −9999.
+    @Test func logprobsShapes() {
+        let a = TokenLogprob(token: "Hé", logprob: -0.25, bytes: [72, 195, 169],
+                             topLogprobs: [TopLogprob(token: "Hé", logprob: -0.25, bytes: [72, 195, 169]),
+                                           TopLogprob(token: "x", logprob: -1.5, bytes: [120])])
+        let b = TokenLogprob(token: "!", logprob: TokenLogprob.finite(-.infinity), bytes: [33],
+                             topLogprobs: [TopLogprob(token: "?", logprob: -0.5, bytes: [63])])
+        let chat = OpenAIWire.encode(ChatChunkChoice(delta: ChatDelta(content: "Hé!"), finishReason: nil, logprobs: ChatLogprobs(content: [a, b])))
+        #expect(chat == #"{"delta":{"content":"Hé!"},"finish_reason":null,"index":0,"logprobs":{"content":[{"bytes":[72,195,169],"logprob":-0.25,"token":"Hé","top_logprobs":[{"bytes":[72,195,169],"logprob":-0.25,"token":"Hé"},{"bytes":[120],"logprob":-1.5,"token":"x"}]},{"bytes":[33],"logprob":-9999,"token":"!","top_logprobs":[{"bytes":[63],"logprob":-0.5,"token":"?"}]}],"refusal":null}}"#)
+        let text = OpenAIWire.encode(TextChoice(text: "Hé!", finishReason: "length", logprobs: CompletionLogprobs([a, b], offset: 4)))
+        #expect(text == #"{"finish_reason":"length","index":0,"logprobs":{"text_offset":[4,6],"token_logprobs":[-0.25,-9999],"tokens":["Hé","!"],"top_logprobs":[{"Hé":-0.25,"x":-1.5},{"!":-9999,"?":-0.5}]},"text":"Hé!"}"#)
+        // The collector: a stream's chunks take what came since the last one, offsets running on.
+        var c = LogprobsCollector(enabled: true)
+        c.add(a)
+        let first = c.takeCompletion()
+        c.add(b)
+        #expect(first?.textOffset == [0] && c.takeCompletion()?.textOffset == [2])
+        var off = LogprobsCollector(enabled: false)
+        off.add(a)
+        #expect(off.takeChat() == nil && off.takeCompletion() == nil)
+    }
+
     @Test func modelsListAndErrors() {
         let list = OpenAIWire.encode(ModelList(data: [
             ModelCard(id: "base", created: 5, root: "base", parent: nil, maxModelLen: 64),

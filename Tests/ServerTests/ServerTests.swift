@@ -102,6 +102,118 @@ import TestSupport
         }
     }
 
+    /// Log-probabilities, penalties and logit bias through the API, against transformers (the sampling goldens):
+    /// completions' legacy shape and chat's, whole and streamed (the streamed records add up to the whole), and a
+    /// bias that bans the greedy token.
+    @Test func logprobsPenaltiesAndBias() async throws {
+        let server = try ServerFixtures.server()
+        let goldens = try FixtureFiles.decodeGolden(SamplingGoldens.self, at: FixtureFiles.models.appendingPathComponent("tiny-llama/goldens/sampling.json"))
+        let plain = try #require(goldens.cases.first { $0.name == "plain" })
+        let biased = try #require(goldens.cases.first { $0.name == "bias" })
+        let penalised = try #require(goldens.cases.first { $0.name == "penalties" })
+        let tokenizer = server.tokenizer
+        let text: @Sendable (Int) -> String = { String(decoding: tokenizer.tokenBytes($0), as: UTF8.self) }
+        try await ServerFixtures.withServer(server) { client in
+            // Completions, 3 greedy tokens (the golden's first steps are far from ties), 5 alternatives each.
+            let prompt = plain.promptIds.map(String.init).joined(separator: ",")
+            let body = "{\"model\":\"tiny-llama\",\"prompt\":[\(prompt)],\"max_tokens\":3,\"temperature\":0,\"ignore_eos\":true,\"logprobs\":5}"
+            let r = try await client.post("/v1/completions", body)
+            #expect(r.0 == 200, "\(r.1)")
+            let choice = try #require(((try jsonObject(r.1))["choices"] as? [[String: Any]])?.first)
+            let lp = try #require(choice["logprobs"] as? [String: Any])
+            let tokens = try #require(lp["tokens"] as? [String])
+            let values = try #require(lp["token_logprobs"] as? [Double])
+            let tops = try #require(lp["top_logprobs"] as? [[String: Double]])
+            let offsets = try #require(lp["text_offset"] as? [Int])
+            #expect(tokens == plain.steps.prefix(3).map { text($0.token) })
+            #expect(tokens.joined() == choice["text"] as? String)
+            #expect(offsets == [0, tokens[0].unicodeScalars.count, tokens[0].unicodeScalars.count + tokens[1].unicodeScalars.count])
+            for (i, step) in plain.steps.prefix(3).enumerated() {
+                #expect(abs(values[i] - step.logprob) < 2e-3, "step \(i): \(values[i]) vs \(step.logprob)")
+                // The five most likely, by text (the sampled token is among them here); tokens whose texts collide
+                // (bytes that are part of a character all read U+FFFD) share one key, as in OpenAI's shape.
+                let texts = step.topTokens.map(text)
+                for (id, ref) in zip(step.topTokens, step.topLogprobs) where texts.filter({ $0 == text(id) }).count == 1 {
+                    #expect(abs((tops[i][text(id)] ?? 0) - ref) < 2e-3, "step \(i) token \(id)")
+                }
+            }
+            // Streamed: the chunks' records are the whole response's, offsets running on.
+            let s = try await client.post("/v1/completions", String(body.dropLast()) + ",\"stream\":true}")
+            let chunks = try sseEvents(s.1).dropLast().map(jsonObject)
+            let pieces = chunks.compactMap { ($0["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any] }
+            #expect(pieces.flatMap { $0["tokens"] as? [String] ?? [] } == tokens)
+            #expect(pieces.flatMap { $0["text_offset"] as? [Int] ?? [] } == offsets)
+            #expect(pieces.flatMap { $0["token_logprobs"] as? [Double] ?? [] } == values)
+
+            // Chat: logprobs.content, each with its bytes and 2 alternatives; streamed, the same records.
+            let chat = "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":6,\"temperature\":0,\"ignore_eos\":true,\"logprobs\":true,\"top_logprobs\":2}"
+            let c = try await client.post("/v1/chat/completions", chat)
+            #expect(c.0 == 200, "\(c.1)")
+            let cchoice = try #require(((try jsonObject(c.1))["choices"] as? [[String: Any]])?.first)
+            let content = try #require((cchoice["logprobs"] as? [String: Any])?["content"] as? [[String: Any]])
+            #expect(content.count == 6)
+            // The tokens' bytes make the message (their texts alone may not: a character split over two tokens).
+            let allBytes = content.flatMap { ($0["bytes"] as? [Int] ?? []).map(UInt8.init) }
+            #expect(String(decoding: allBytes, as: UTF8.self) == (cchoice["message"] as? [String: Any])?["content"] as? String)
+            for e in content {
+                let bytes = try #require(e["bytes"] as? [Int])
+                #expect(String(decoding: bytes.map(UInt8.init), as: UTF8.self) == e["token"] as? String)
+                let top = try #require(e["top_logprobs"] as? [[String: Any]])
+                #expect(top.count == 2)
+                // Greedy: the sampled token is the most likely one.
+                let v = try #require(e["logprob"] as? Double)
+                let best = try #require(top.first?["logprob"] as? Double)
+                #expect(v <= 0 && v == best && best >= (top.last?["logprob"] as? Double ?? 0))
+            }
+            let cs = try await client.post("/v1/chat/completions", String(chat.dropLast()) + ",\"stream\":true}")
+            let cchunks = try sseEvents(cs.1).dropLast().map(jsonObject)
+            let streamed = cchunks.flatMap { (($0["choices"] as? [[String: Any]])?.first?["logprobs"] as? [String: Any])?["content"] as? [[String: Any]] ?? [] }
+            #expect(streamed.compactMap { $0["token"] as? String } == content.compactMap { $0["token"] as? String })
+            #expect(streamed.compactMap { $0["logprob"] as? Double } == content.compactMap { $0["logprob"] as? Double })
+            // Without logprobs the field stays null.
+            let none = try await client.post("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":2}")
+            #expect(((try jsonObject(none.1))["choices"] as? [[String: Any]])?.first?["logprobs"] is NSNull)
+
+            // Bias: the golden's -100 on the plain run's first token and +3.5 on its third, frequency 0.4.
+            let bias = biased.logitBias.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
+            let comparable = biased.steps.prefix { $0.margin > 1e-2 }.count
+            let bprompt = biased.promptIds.map(String.init).joined(separator: ",")
+            if comparable > 0 {
+                let b = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[\(bprompt)],\"max_tokens\":\(comparable),\"temperature\":0,\"ignore_eos\":true,\"frequency_penalty\":\(biased.frequencyPenalty),\"logit_bias\":{\(bias)}}")
+                #expect(b.0 == 200, "\(b.1)")
+                #expect(((try jsonObject(b.1))["choices"] as? [[String: Any]])?.first?["text"] as? String
+                        == server.tokenizer.decode(biased.steps.prefix(comparable).map(\.token), skipSpecial: false))
+            }
+            // Penalties: the golden's greedy continuation up to its first near-tie.
+            let n = penalised.steps.prefix { $0.margin > 1e-2 }.count
+            let pprompt = penalised.promptIds.map(String.init).joined(separator: ",")
+            let p = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[\(pprompt)],\"max_tokens\":\(n),\"temperature\":0,\"ignore_eos\":true,\"presence_penalty\":\(penalised.presencePenalty),\"frequency_penalty\":\(penalised.frequencyPenalty)}")
+            #expect(p.0 == 200, "\(p.1)")
+            #expect(((try jsonObject(p.1))["choices"] as? [[String: Any]])?.first?["text"] as? String
+                    == server.tokenizer.decode(penalised.steps.prefix(n).map(\.token), skipSpecial: false))
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
+    struct SamplingGoldens: Decodable {
+        struct Step: Decodable {
+            let token: Int
+            let margin: Float
+            let logprob: Double
+            let topTokens: [Int]
+            let topLogprobs: [Double]
+        }
+        struct Case: Decodable {
+            let name: String
+            let promptIds: [Int]
+            let presencePenalty: Double
+            let frequencyPenalty: Double
+            let logitBias: [String: Double]
+            let steps: [Step]
+        }
+        let cases: [Case]
+    }
+
     /// /v1/models lists the base and every adapter with its parent; /health answers.
     @Test func modelsAndHealth() async throws {
         let server = try ServerFixtures.server()
@@ -280,8 +392,21 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"seed\":\"x\"}", 400, "seed"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stream\":\"yes\"}", 400, "stream"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stream_options\":{\"include_usage\":true}}", 400, "stream_options"),
-            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logprobs\":5}", 400, "logprobs"),
-            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"presence_penalty\":0.5}", 400, "presence_penalty"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logprobs\":21}", 400, "logprobs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logprobs\":true}", 400, "logprobs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logprobs\":-1}", 400, "logprobs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"presence_penalty\":2.5}", 400, "presence_penalty"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"frequency_penalty\":\"x\"}", 400, "frequency_penalty"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":[1]}", 400, "logit_bias"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":{\"abc\":1}}", 400, "logit_bias"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":{\"-1\":1}}", 400, "logit_bias"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":{\"12\":101}}", 400, "logit_bias"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":{\"12\":\"1\"}}", 400, "logit_bias"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":{\"320\":1}}", 400, "logit_bias"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":{\"99999999999999999999\":1}}", 400, "logit_bias"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}", 400, "top_logprobs"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}", 400, "top_logprobs"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":3}", 400, "logprobs"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"echo\":true}", 400, "echo"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"foo\":1}", 400, "foo"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"model\":\"tiny-llama\",\"prompt\":\"hi\"}", 400, "model"),

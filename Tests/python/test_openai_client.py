@@ -161,6 +161,30 @@ def main():
         assert text == chat.choices[0].message.content, (text, chat.choices[0].message.content)
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == chat.usage.completion_tokens
 
+        # Log-probabilities as the SDK types them: chat's content records with alternatives, whole and streamed.
+        lp = client.chat.completions.create(model="b-all-r8-rslora", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=6, temperature=0, logprobs=True, top_logprobs=3,
+                                            extra_body={"ignore_eos": True})
+        content = lp.choices[0].logprobs.content
+        assert len(content) == 6 and all(len(t.top_logprobs) == 3 for t in content), lp
+        assert all(t.logprob <= 0 and t.logprob == t.top_logprobs[0].logprob for t in content), content  # greedy
+        assert bytes(b for t in content for b in t.bytes).decode("utf-8", "replace") == lp.choices[0].message.content
+        streamed = [t for ch in client.chat.completions.create(
+            model="b-all-r8-rslora", messages=[{"role": "user", "content": "hi"}], max_tokens=6, temperature=0,
+            logprobs=True, top_logprobs=3, stream=True, extra_body={"ignore_eos": True})
+            if ch.choices and ch.choices[0].logprobs for t in ch.choices[0].logprobs.content or []]
+        assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content], (streamed, content)
+        # Completions' legacy shape; penalties and a bias that bans the greedy first token.
+        cl = client.completions.create(model="tiny-llama", prompt="hello world", max_tokens=4, temperature=0, logprobs=2,
+                                       extra_body={"ignore_eos": True})
+        assert len(cl.choices[0].logprobs.tokens) == 4 and len(cl.choices[0].logprobs.token_logprobs) == 4, cl
+        assert cl.choices[0].logprobs.text_offset[0] == 0 and all(len(t) >= 1 for t in cl.choices[0].logprobs.top_logprobs), cl
+        first = client.completions.create(model="tiny-llama", prompt=[152], max_tokens=1, temperature=0, logprobs=0)
+        banned = first.choices[0].logprobs.tokens[0]
+        tok = client.completions.create(model="tiny-llama", prompt=[152], max_tokens=1, temperature=0, logprobs=0,
+                                        logit_bias={"34": -100}, presence_penalty=0.5, frequency_penalty=0.5)
+        assert first.choices[0].text != tok.choices[0].text and tok.choices[0].logprobs.tokens[0] != banned, (first, tok)
+
         try:
             client.completions.create(model="no-such-model", prompt="x", max_tokens=2)
             raise AssertionError("unknown model accepted")

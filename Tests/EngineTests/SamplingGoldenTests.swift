@@ -1,0 +1,102 @@
+import Foundation
+import Models
+import Testing
+import Tokenizers
+import TestSupport
+
+@testable import Engine
+
+/// Penalties, logit bias and log-probabilities against transformers (Tests/Fixtures/models/tiny-llama/goldens/
+/// sampling.json, written by tools/gen_sampling_goldens.py): greedy decoding with OpenAI's presence/frequency
+/// penalties and bias applied to the reference's float32 logits, and the raw logits' log-softmax in float64.
+@Suite struct SamplingGoldenTests {
+    struct Step: Decodable {
+        let token: Int
+        let margin: Float
+        let logprob: Double
+        let topTokens: [Int]
+        let topLogprobs: [Double]
+        /// What the penalties and bias added to each token's logit that they changed (by token id).
+        let adjusted: [String: Double]
+    }
+
+    struct Case: Decodable {
+        let name: String
+        let promptIds: [Int]
+        let presencePenalty: Double
+        let frequencyPenalty: Double
+        let logitBias: [String: Double]
+        let steps: [Step]
+    }
+
+    struct Goldens: Decodable {
+        let top: Int
+        let cases: [Case]
+    }
+
+    /// The f32 forward pass's logits are within 1e-3 of the reference's (ModelGoldenTests); log-softmax moves each
+    /// by the same normaliser, so the log-probabilities are held to 2e-3. A greedy step is compared where the
+    /// reference's adjusted margin exceeds 1e-2, and the run stops being compared after the first that does not.
+    static let tolerance = 2e-3
+    static let minMargin: Float = 1e-2
+
+    static let goldens: Goldens = {
+        try! FixtureFiles.decodeGolden(Goldens.self, at: FixtureFiles.models.appendingPathComponent("tiny-llama/goldens/sampling.json"))
+    }()
+
+    @Test(arguments: ["plain", "penalties", "negative-penalties", "bias", "prompt-not-penalised"])
+    func matchesTransformers(_ name: String) throws {
+        let g = Self.goldens
+        let c = try #require(g.cases.first { $0.name == name })
+        let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let engine = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 64)
+        var bias: [Int: Double] = [:]
+        for (k, v) in c.logitBias { bias[try #require(Int(k))] = v }
+        let params = SamplingParams(temperature: 0, maxTokens: c.steps.count, ignoreEOS: true, presencePenalty: c.presencePenalty,
+                                    frequencyPenalty: c.frequencyPenalty, logitBias: bias, logprobs: g.top)
+        let id = try engine.submit(prompt: c.promptIds, params: params)
+        var events: [EngineEvent] = []
+        for _ in 0..<(c.steps.count + 4) where events.last?.finish == nil {
+            events += engine.step().filter { $0.requestID == id }
+        }
+        #expect(events.count == c.steps.count)
+        var compared = 0
+        for (i, (e, want)) in zip(events, c.steps).enumerated() {
+            let lp = try #require(e.logprobs, "step \(i) has no logprobs")
+            #expect(lp.token == e.token)
+            #expect(abs(Double(lp.logprob) - want.logprob) <= Self.tolerance || e.token != want.token,
+                    "\(name) step \(i): logprob \(lp.logprob) vs \(want.logprob)")
+            #expect(lp.topTokens.count == g.top && lp.topLogprobs.count == g.top)
+            for (j, (got, ref)) in zip(lp.topLogprobs, want.topLogprobs).enumerated() {
+                #expect(abs(Double(got) - ref) <= Self.tolerance, "\(name) step \(i) top \(j): \(got) vs \(ref)")
+            }
+            // Ids of the top list where their neighbours are apart beyond the noise (a near-tie may swap).
+            for j in 0..<min(lp.topTokens.count, want.topTokens.count) {
+                let apart = (j == 0 || want.topLogprobs[j - 1] - want.topLogprobs[j] > 2 * Self.tolerance)
+                    && (j + 1 == want.topLogprobs.count || want.topLogprobs[j] - want.topLogprobs[j + 1] > 2 * Self.tolerance)
+                if apart { #expect(lp.topTokens[j] == want.topTokens[j], "\(name) step \(i) top \(j)") }
+            }
+            // The adjustment itself, given the same tokens generated so far: every changed logit, and no other.
+            var delta = [Float](repeating: 0, count: model.config.vocabSize)
+            var marks = [UInt32](repeating: 0, count: delta.count)
+            let history = events[..<i].compactMap(\.token)
+            delta.withUnsafeMutableBufferPointer { d in
+                marks.withUnsafeMutableBufferPointer { m in
+                    Sampler.adjust(d, generated: history[...], presence: Float(c.presencePenalty), frequency: Float(c.frequencyPenalty),
+                                   bias: bias, marks: m, mark: 1)
+                }
+            }
+            for (t, d) in delta.enumerated() {
+                let ref = want.adjusted[String(t)] ?? 0
+                #expect(abs(Double(d) - ref) <= 1e-4, "\(name) step \(i): token \(t) adjusted by \(d), reference \(ref)")
+            }
+            guard want.margin > Self.minMargin else { break }
+            #expect(e.token == want.token, "\(name) step \(i): token \(e.token ?? -1) vs \(want.token)")
+            compared += 1
+            if e.token != want.token { break }
+        }
+        #expect(compared >= 3, "only \(compared) greedy steps were comparable")
+    }
+}
