@@ -13,6 +13,9 @@ records, per step, the chosen token, what the adjustment added to each token's l
 is comparable where it exceeds the numerical noise), and the log-probabilities of the *raw* logits
 (log_softmax before any adjustment, computed in float64): the chosen token's and the TOP largest.
 
+Also the prompt's log-probabilities (completions' `echo` with `logprobs`): each token of the longest prompt
+given the ones before it, with the TOP largest at its position.
+
 Usage: python3 tools/gen_sampling_goldens.py   (torch==2.13.0 CPU, transformers; the repo's tiny-llama hf/)
 """
 import json
@@ -90,9 +93,20 @@ def main():
         out.append(dict(name=case["name"], prompt_ids=prompt, presence_penalty=case["presence"],
                         frequency_penalty=case["frequency"], logit_bias={str(k): v for k, v in bias.items()},
                         steps=steps))
+    # Prompt log-probabilities (completions' echo with logprobs): each prompt token given the ones before it, from
+    # one forward pass over the longest prompt.
+    prompt = hf["cases"][2]["prompt_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0].double()
+    raw = torch.log_softmax(logits, dim=-1)
+    scored = []
+    for p in range(1, len(prompt)):
+        top = torch.topk(raw[p - 1], TOP)
+        scored.append(dict(token=prompt[p], logprob=r8(float(raw[p - 1, prompt[p]])),
+                           top_tokens=[int(i) for i in top.indices], top_logprobs=[r8(float(v)) for v in top.values]))
     doc = dict(model="tiny-llama", reference=f"transformers float32 (torch {torch.__version__}), log_softmax in float64",
                formula="mu[j] - c[j]*frequency_penalty - (c[j]>0)*presence_penalty + logit_bias[j]; c over generated tokens",
-               top=TOP, cases=out)
+               top=TOP, cases=out, prompt=dict(prompt_ids=prompt, positions=scored))
     path = MODEL / "goldens/sampling.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {path.relative_to(ROOT)}")

@@ -393,6 +393,9 @@ struct RouterCall: Sendable {
         try await router.relay(flight, first: first) { out in
             switch out {
             case .accepted(let asked): logprobs = LogprobsCollector(enabled: asked)
+            case .echo(let e):
+                text = e.text + text
+                logprobs.add(e)
             case .token(_, let t, let lp):
                 tokens += 1
                 text += t
@@ -437,6 +440,9 @@ struct RouterCall: Sendable {
             for await out in events {
                 switch out {
                 case .accepted(let asked): logprobs = LogprobsCollector(enabled: asked)
+                case .echo(let e):
+                    logprobs.add(e)
+                    try await send(chunk(text: e.text, finish: nil, logprobs: &logprobs), &writer)
                 case .token(_, let t, let lp):
                     tokens += 1
                     logprobs.add(lp)

@@ -6,6 +6,8 @@ import ServingAPI
 enum RelayOutput: Sendable {
     /// The first replica took the request; `logprobs`: it asked for log-probabilities (as that replica parsed it).
     case accepted(logprobs: Bool)
+    /// Completions' `echo`: the prompt, ahead of the first token.
+    case echo(PromptEcho)
     /// A token, the text it completed, and its log-probabilities when asked for.
     case token(Int, String, TokenLogprob?)
     case finish(String)
@@ -137,6 +139,7 @@ extension ClusterRouter {
                             pendingCut = nil
                             stallSince = nil
                         }
+                        if let echo = e.echo, f.generated.count == 1 { try await emit(.echo(echo)) }
                         try await emit(.token(t, e.text ?? "", e.logprobs))
                     }
                     if let finish = e.finish {

@@ -99,6 +99,19 @@ public final class EngineCore {
         var sampler: Sampler
         let params: SamplingParams
         let adapter: Int
+        /// Prompt log-probabilities (`params.promptLogprobs`): those computed so far, and the next prompt position to
+        /// score (a preempted request recomputes its prompt without scoring a position twice). `scoreTo` = promptCount:
+        /// nothing to score (not asked, or resumed with tokens generated elsewhere, which reported them there).
+        var promptLogprobs: [TokenLogprobs] = []
+        var scoreFrom = 1
+        var scoreTo = 0
+        /// The first generated token's event has not been made yet (it carries `promptLogprobs`).
+        var first = true
+
+        /// This run's logits at every position (prompt positions still to score).
+        func wantsAllLogits(_ run: ScheduledRun) -> Bool {
+            scoreFrom < scoreTo && run.start < scoreTo - 1 && run.start + run.tokens > scoreFrom - 1
+        }
     }
     private var sequences: [RequestID: Sequence] = [:]
     private var nextRequest = 0
@@ -220,7 +233,10 @@ public final class EngineCore {
             performPending()
             throw EngineError("\(error)")
         }
-        sequences[rid] = Sequence(tokens: tokens, promptCount: promptCount, sampler: sampler, params: params, adapter: key)
+        var sequence = Sequence(tokens: tokens, promptCount: promptCount, sampler: sampler, params: params, adapter: key)
+        if params.promptLogprobs != nil && tokens.count == promptCount { sequence.scoreTo = promptCount }
+        sequence.first = tokens.count == promptCount
+        sequences[rid] = sequence
         return rid
     }
 
@@ -275,7 +291,7 @@ public final class EngineCore {
         handleDrops(output.actions)
         guard !output.runs.isEmpty else { return [] }
         let seconds = runner.forward(output, tokens: { run in self.sequences[run.request]!.tokens[run.start..<(run.start + run.tokens)] },
-                                     weights: weights(of:))
+                                     weights: weights(of:), allLogits: { run in self.sequences[run.request]!.wantsAllLogits(run) })
         let (gateEntropy, gateCount, gateSums) = runner.gateStatistics
         for (slot, a) in output.loraSlots.enumerated() where slot < gateCount.count && gateCount[slot] > 0 {
             guard let w = adapterWeights[a]?.weights, let n = w.gating?.expertCount else { continue }
@@ -289,6 +305,13 @@ public final class EngineCore {
         for run in output.runs {
             let promptLeft = sequences[run.request]!.promptCount - run.start
             if promptLeft > 0 { prefill += min(run.tokens, promptLeft) }
+            if sequences[run.request]!.wantsAllLogits(run) {
+                // Every position's logits: score the prompt tokens they predict, then the last row samples (if it does).
+                scorePrompt(run, firstRow: row)
+                row += run.tokens
+                guard run.samples else { continue }
+                row -= 1
+            }
             guard run.samples else { continue }
             let logits = runner.logitsRow(row)
             row += 1
@@ -312,7 +335,13 @@ public final class EngineCore {
             let s = sequences[run.request]!
             sampled.append(SampledToken(request: run.request, endsSequence: endTokens.contains(token) && !s.params.ignoreEOS))
             let logprobs = s.params.logprobs.map { TokenLogprobs(logits: logits, token: token, top: $0) }
-            events.append(EngineEvent(requestID: run.request, token: token, finish: nil, message: nil, logprobs: logprobs))
+            var event = EngineEvent(requestID: run.request, token: token, finish: nil, message: nil, logprobs: logprobs)
+            if s.first {
+                if s.params.promptLogprobs != nil { event.promptLogprobs = s.promptLogprobs }
+                sequences[run.request]!.first = false
+                sequences[run.request]!.promptLogprobs = []
+            }
+            events.append(event)
         }
         let outputs = scheduler.update(output, sampled: sampled,
                                        report: ExecutionReport(forwardSeconds: seconds, mergeSeconds: times.mergeSeconds,
@@ -321,9 +350,11 @@ public final class EngineCore {
         for o in outputs { if let f = o.finish { finishOf[o.request] = f } }
         events = events.map { e in
             guard let f = finishOf[e.requestID] else { return e }
-            return EngineEvent(requestID: e.requestID, token: f == .error ? nil : e.token, finish: f,
-                               message: f == .error ? "the model produced non-finite logits" : nil,
-                               logprobs: f == .error ? nil : e.logprobs)
+            var finished = EngineEvent(requestID: e.requestID, token: f == .error ? nil : e.token, finish: f,
+                                       message: f == .error ? "the model produced non-finite logits" : nil,
+                                       logprobs: f == .error ? nil : e.logprobs)
+            finished.promptLogprobs = f == .error ? nil : e.promptLogprobs
+            return finished
         }
         if prefill > 0 {
             timing.promptTokens += prefill
@@ -337,6 +368,21 @@ public final class EngineCore {
         }
         performPending()
         return events
+    }
+
+    /// Scores the prompt positions a run's logits predict (row j: position start + j, which predicts the token at
+    /// start + j + 1), each once.
+    private func scorePrompt(_ run: ScheduledRun, firstRow: Int) {
+        guard var s = sequences[run.request], let top = s.params.promptLogprobs else { return }
+        sequences[run.request] = nil  // edited outside the table, so the records append without copying
+        for j in 0..<run.tokens {
+            let target = run.start + j + 1
+            guard target >= s.scoreFrom && target < s.scoreTo else { continue }
+            let logits = runner.logitsRow(firstRow + j)
+            s.promptLogprobs.append(TokenLogprobs(logits: logits, token: s.tokens[target], top: top))
+            s.scoreFrom = target + 1
+        }
+        sequences[run.request] = s
     }
 
     /// Counters: the scheduler's, with this engine's timings.

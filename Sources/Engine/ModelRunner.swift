@@ -104,15 +104,18 @@ public final class ModelRunner {
     }
 
     /// Runs the iteration's forward pass; returns its seconds. Logit rows, one per run that samples in run
-    /// order, are then read with `logitsRow`. `tokens(run)` gives the run's token ids; `weights(slot adapter)`
+    /// order (a run with all its logits: one per position), are then read with `logitsRow`. `tokens(run)` gives the run's token ids; `weights(slot adapter)`
     /// the adapter and the request's scale.
-    public func forward(_ output: SchedulerOutput, tokens: (ScheduledRun) -> ArraySlice<Int>, weights: (Int) -> (LoRAWeights, Float)?) -> Double {
+    /// `allLogits(run)`: the run wants a row for every position it computes (prompt log-probabilities), in place of
+    /// the one row of a sampling run.
+    public func forward(_ output: SchedulerOutput, tokens: (ScheduledRun) -> ArraySlice<Int>, weights: (Int) -> (LoRAWeights, Float)?,
+                        allLogits: (ScheduledRun) -> Bool = { _ in false }) -> Double {
         for (slot, a) in output.loraSlots.enumerated() { lora[slot] = weights(a)?.0 }
         batch.reset()
         for run in output.runs {
             let scale = run.loraSlot >= 0 ? weights(run.adapter)?.1 ?? 1 : 1
             batch.append(sequence: tokens(run), start: run.start, blockTable: run.blockTable, blockSize: kv.blockSize,
-                         logits: run.samples ? .last : .none, adapterSlot: run.loraSlot, adapterScale: scale)
+                         logits: allLogits(run) ? .all : run.samples ? .last : .none, adapterSlot: run.loraSlot, adapterScale: scale)
         }
         let seconds = forward(batch, lora: lora)
         // The slots hold no adapter between iterations: an adapter the scheduler dropped is freed.

@@ -13,6 +13,9 @@ public struct EngineEvent: Sendable, Equatable {
     public let message: String?
     /// The sampled token's log-probabilities, when the request asked for them.
     public var logprobs: TokenLogprobs? = nil
+    /// On the request's first event, when it asked for them (`SamplingParams.promptLogprobs`): the prompt's tokens'
+    /// log-probabilities, positions 1 ..< prompt length in order.
+    public var promptLogprobs: [TokenLogprobs]? = nil
 }
 
 /// One piece of a request's output as a client sees it.
@@ -28,6 +31,8 @@ public struct GenerationEvent: Sendable, Equatable {
     /// The token's log-probabilities, when the request asked for them and the token is part of the output (not
     /// the end-of-sequence token that finished it).
     public var logprobs: TokenLogprobs? = nil
+    /// The prompt's log-probabilities, on the first event (see `EngineEvent.promptLogprobs`).
+    public var promptLogprobs: [TokenLogprobs]? = nil
 }
 
 /// Turns a request's token events into text, per request and off the engine thread: streaming
@@ -51,6 +56,12 @@ public struct OutputProcessor: Sendable {
 
     /// The text event for an engine event. After a finishing event, `done` is true.
     public mutating func process(_ e: EngineEvent) -> GenerationEvent {
+        var g = text(e)
+        g.promptLogprobs = e.promptLogprobs
+        return g
+    }
+
+    private mutating func text(_ e: EngineEvent) -> GenerationEvent {
         precondition(!done, "event after the request finished")
         guard let token = e.token else {
             done = true

@@ -25,13 +25,17 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     /// likely tokens' (at most `maxLogprobs`). They are the model's own distribution (log-softmax of the raw
     /// logits), before temperature, penalties and bias — what OpenAI and vLLM (its default) return.
     public var logprobs: Int? = nil
+    /// Log-probabilities of the prompt's tokens (each given the ones before it; the first has none), with this many
+    /// alternatives, reported with the first generated token (vLLM's `prompt_logprobs`; OpenAI's `echo` with
+    /// `logprobs`). A request resumed with tokens it generated elsewhere does not report them again.
+    public var promptLogprobs: Int? = nil
 
     /// The most alternatives `logprobs` may ask for (OpenAI's chat limit, and vLLM's default).
     public static let maxLogprobs = 20
 
     public init(temperature: Double = 1.0, topP: Double = 1.0, topK: Int = 0, seed: UInt64? = nil,
                 maxTokens: Int? = nil, stop: [String] = [], ignoreEOS: Bool = false, presencePenalty: Double = 0,
-                frequencyPenalty: Double = 0, logitBias: [Int: Double] = [:], logprobs: Int? = nil) {
+                frequencyPenalty: Double = 0, logitBias: [Int: Double] = [:], logprobs: Int? = nil, promptLogprobs: Int? = nil) {
         self.temperature = temperature
         self.topP = topP
         self.topK = topK
@@ -43,6 +47,7 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         self.frequencyPenalty = frequencyPenalty
         self.logitBias = logitBias
         self.logprobs = logprobs
+        self.promptLogprobs = promptLogprobs
     }
 
     /// Whether the logits are changed before sampling (penalties or bias).
@@ -81,6 +86,9 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         }
         if let logprobs, !(0...Self.maxLogprobs).contains(logprobs) {
             throw SamplingError("logprobs must be between 0 and \(Self.maxLogprobs), got \(logprobs)")
+        }
+        if let promptLogprobs, !(0...Self.maxLogprobs).contains(promptLogprobs) {
+            throw SamplingError("prompt_logprobs must be between 0 and \(Self.maxLogprobs), got \(promptLogprobs)")
         }
     }
 

@@ -20,3 +20,18 @@ extension Tokenizer {
         return TokenLogprob(token: text, logprob: TokenLogprob.finite(Double(lp.logprob)), bytes: bytes, topLogprobs: top)
     }
 }
+
+extension OpenAIServer {
+    /// What completions' `echo` sends back: the prompt's text (as the client wrote it, or its token ids decoded),
+    /// and with prompt log-probabilities the first token's text and the others' records.
+    func promptEcho(text: String, firstToken: Int, logprobs: [TokenLogprobs]?) -> PromptEcho {
+        guard let logprobs else { return PromptEcho(text: text) }
+        return PromptEcho(text: text, firstToken: tokenizer.logprobText(firstToken).text, logprobs: logprobs.map(tokenizer.render))
+    }
+
+    /// The prompt as `echo` returns it.
+    func echoText(_ parsed: GenerationRequest, prompt: [Int]) -> String {
+        if case .text(let text) = parsed.input { return text }
+        return tokenizer.decode(prompt, skipSpecial: false)
+    }
+}

@@ -24,6 +24,8 @@ struct GenerationRequest: Equatable {
     var user: String?
     /// dlora's extension for MoLE compositions: the experts to use (the others' gates are 0, the rest renormalise).
     var moleExperts: [String]?
+    /// Completions' `echo`: the prompt comes back ahead of the completion (with `logprobs`, its tokens' too).
+    var echo = false
 
     var isChat: Bool {
         if case .messages = input { return true }
@@ -99,9 +101,10 @@ struct GenerationRequest: Equatable {
         params.frequencyPenalty = try f.number("frequency_penalty", in: -2...2) ?? 0
         params.logitBias = try logitBias(f)
         params.logprobs = try logprobs(f, chat: chat)
+        let echo = chat ? false : try f.bool("echo") ?? false
+        if echo { params.promptLogprobs = params.logprobs }
 
         // Accepted only at their defaults: what the engine does not implement is refused, never ignored.
-        try f.noOp("echo") { $0 == .bool(false) }
         try f.noOp("best_of") { $0 == .int(1) }
         try f.noOp("suffix") { $0 == .string("") }
         try f.noOp("response_format") { $0 == .object([("type", .string("text"))]) }
@@ -127,7 +130,7 @@ struct GenerationRequest: Equatable {
         }
 
         return GenerationRequest(model: model, input: input, params: params, stream: stream, includeUsage: includeUsage, user: user,
-                                 moleExperts: moleExperts)
+                                 moleExperts: moleExperts, echo: echo)
     }
 
     /// `logit_bias`: token ids (as JSON keys, decimal) to biases in −100…100. Ids beyond the vocabulary are refused

@@ -361,7 +361,7 @@ public final class OpenAIServer: Sendable {
         }
         let call = Call(server: self, model: parsed.model, chat: parsed.isChat, id: newID(parsed.isChat ? "chatcmpl-" : "cmpl-"),
                         promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission,
-                        logprobs: params.logprobs != nil)
+                        logprobs: params.logprobs != nil, echo: parsed.echo ? (echoText(parsed, prompt: prompt), prompt[0]) : nil)
         // A client that leaves cancels the request: the connection's close is watched beside the request
         // (ClientConnection), not by reading its inbound stream, so keep-alive, pipelining and a half-close
         // still work (docs/design/server.md, "Disconnects").

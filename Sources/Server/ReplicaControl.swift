@@ -195,19 +195,22 @@ extension OpenAIServer {
         let accepted = ReplicaEvent(accepted: .init(promptTokens: prompt.count, seed: seed, adoptedPositions: max(0, adopted),
                                                     logprobs: params.logprobs != nil))
         let id = g.id, model = parsed.model, promptCount = prompt.count
+        // Echoed once, by the replica that starts the request (a resumed one's router has it already).
+        let echo = parsed.echo && g.generated.isEmpty ? (echoText(parsed, prompt: prompt), prompt[0]) : nil
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-cache"],
                         body: .init { writer in
                             defer { self.forgetLive(id, ticket: ticket) }
                             try await ClientConnection.cancellingOnDisconnect {
                                 try await self.relay(events, first: accepted, ticket: ticket, model: model,
-                                                     promptTokens: promptCount, admission: admission, writer: &writer)
+                                                     promptTokens: promptCount, echo: echo, admission: admission, writer: &writer)
                             }
                             try await writer.finish(nil)
                         })
     }
 
     private func relay(_ events: RequestStream, first: ReplicaEvent, ticket: Scheduling.RequestID, model: String,
-                       promptTokens: Int, admission: Admission, writer: inout any ResponseBodyWriter) async throws {
+                       promptTokens: Int, echo: (text: String, firstToken: Int)?, admission: Admission,
+                       writer: inout any ResponseBodyWriter) async throws {
         var finished = false
         var generated = 0
         defer {
@@ -216,11 +219,16 @@ extension OpenAIServer {
             withExtendedLifetime(admission) {}
         }
         try await writeLine(first, &writer)
+        var echoed = echo == nil
         for await e in events {
             if e.token != nil { generated += 1 }
-            let line = ReplicaEvent(token: e.token, text: e.text, finish: e.finish.map { $0 == .error ? nil : $0.rawValue } ?? nil,
+            var line = ReplicaEvent(token: e.token, text: e.text, finish: e.finish.map { $0 == .error ? nil : $0.rawValue } ?? nil,
                                     error: e.finish == .error ? (e.message ?? "the model produced non-finite logits") : nil,
                                     logprobs: e.logprobs.map(tokenizer.render))
+            if !echoed, let echo, e.finish != .error {
+                line.echo = promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
+            }
+            echoed = true
             try await writeLine(line, &writer)
             if e.finish != nil { finished = true }
         }

@@ -20,6 +20,8 @@ final class Call: Sendable {
     private let created = Int(Date().timeIntervalSince1970)
     /// The request asked for log-probabilities.
     let logprobs: Bool
+    /// Completions' `echo`: the prompt's text and first token, sent back ahead of the completion.
+    let echo: (text: String, firstToken: Int)?
 
     struct Outcome {
         var text = ""
@@ -30,8 +32,9 @@ final class Call: Sendable {
     }
 
     init(server: OpenAIServer, model: String, chat: Bool, id: String, promptTokens: Int, arrival: UInt64, ticket: Scheduling.RequestID,
-         admission: any AnyObject & Sendable, logprobs: Bool) {
+         admission: any AnyObject & Sendable, logprobs: Bool, echo: (text: String, firstToken: Int)? = nil) {
         self.logprobs = logprobs
+        self.echo = echo
         self.server = server
         self.model = model
         self.chat = chat
@@ -83,7 +86,14 @@ final class Call: Sendable {
     func collect(_ events: RequestStream) async -> Outcome {
         var o = Outcome(logprobs: LogprobsCollector(enabled: logprobs))
         var clock = Clock(call: self)
+        var first = true
         for await e in events {
+            if first, let echo {
+                let p = server.promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
+                o.text += p.text
+                o.logprobs.add(p)
+            }
+            first = false
             if e.token != nil {
                 o.completionTokens += 1
                 clock.token()
@@ -125,7 +135,14 @@ final class Call: Sendable {
         if chat {
             try await send(chunk(delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer)
         }
+        var first = true
         for await e in events {
+            if first, let echo, e.finish != .error {
+                let p = server.promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
+                o.logprobs.add(p)
+                try await send(chunk(text: p.text, finish: nil, logprobs: &o.logprobs), &writer)
+            }
+            first = false
             if e.token != nil {
                 o.completionTokens += 1
                 clock.token()

@@ -162,6 +162,8 @@ public struct ReplicaEvent: Codable, Sendable, Equatable {
     /// The token's log-probabilities, when the request asked for them (`Accepted.logprobs`) and the token is part
     /// of the output.
     public var logprobs: TokenLogprob?
+    /// With the first token of a completion that asked for `echo` (never on a resumed request's stream).
+    public var echo: PromptEcho?
 
     public struct Accepted: Codable, Sendable, Equatable {
         public var promptTokens: Int

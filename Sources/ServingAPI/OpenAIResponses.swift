@@ -220,16 +220,18 @@ public struct ChatLogprobs: Encodable, Equatable, Sendable {
 /// included, as OpenAI's completions list it), and each token's character offset in the completion's text.
 public struct CompletionLogprobs: Encodable, Equatable, Sendable {
     public let tokens: [String]
-    public let tokenLogprobs: [Double]
-    public let topLogprobs: [[String: Double]]
+    /// null for an echoed prompt's first token (nothing precedes it to predict it).
+    public let tokenLogprobs: [Double?]
+    public let topLogprobs: [[String: Double]?]
     public let textOffset: [Int]
 
     /// From the tokens' records; `offset`: the characters of the completion before the first of them (a stream
-    /// carries on from its earlier chunks).
-    public init(_ entries: [TokenLogprob], offset: Int) {
-        tokens = entries.map(\.token)
-        tokenLogprobs = entries.map(\.logprob)
-        topLogprobs = entries.map { e in
+    /// carries on from its earlier chunks); `leading`: the text of a token before them that has no
+    /// log-probability (an echoed prompt's first).
+    public init(_ entries: [TokenLogprob], offset: Int, leading: String? = nil) {
+        tokens = (leading.map { [$0] } ?? []) + entries.map(\.token)
+        tokenLogprobs = (leading.map { _ in [nil] } ?? []) + entries.map(\.logprob)
+        topLogprobs = (leading.map { _ in [nil] } ?? []) + entries.map { e in
             var top: [String: Double] = [:]
             for t in e.topLogprobs where top[t.token] == nil { top[t.token] = t.logprob }
             if top[e.token] == nil { top[e.token] = e.logprob }
@@ -237,15 +239,29 @@ public struct CompletionLogprobs: Encodable, Equatable, Sendable {
         }
         var offsets: [Int] = []
         var at = offset
-        for e in entries {
+        for t in tokens {
             offsets.append(at)
-            at += e.token.unicodeScalars.count
+            at += t.unicodeScalars.count
         }
         textOffset = offsets
     }
 
     /// The characters the tokens' texts span (where the next chunk's offsets start).
-    public static func characters(_ entries: [TokenLogprob]) -> Int { entries.reduce(0) { $0 + $1.token.unicodeScalars.count } }
+    public var characters: Int { tokens.reduce(0) { $0 + $1.unicodeScalars.count } }
+}
+
+/// An echoed prompt (completions' `echo`), as the replica sends it to the router with the request's first token:
+/// its text, and with `logprobs` its first token's text (which has no log-probability) and the others' records.
+public struct PromptEcho: Codable, Sendable, Equatable {
+    public var text: String
+    public var firstToken: String?
+    public var logprobs: [TokenLogprob]?
+
+    public init(text: String, firstToken: String? = nil, logprobs: [TokenLogprob]? = nil) {
+        self.text = text
+        self.firstToken = firstToken
+        self.logprobs = logprobs
+    }
 }
 
 /// `/v1/models`.
@@ -338,11 +354,21 @@ public struct LogprobsCollector: Sendable {
 
     public init(enabled: Bool) { self.enabled = enabled }
 
+    /// An echoed prompt's first token (no log-probability), ahead of what is pending.
+    private var leading: String?
+
     public mutating func add(_ entry: TokenLogprob?) {
         if enabled, let entry { pending.append(entry) }
     }
 
-    public var isEmpty: Bool { pending.isEmpty }
+    /// An echoed prompt's records: its first token's text, then the others'.
+    public mutating func add(_ echo: PromptEcho) {
+        guard enabled else { return }
+        leading = echo.firstToken
+        pending += echo.logprobs ?? []
+    }
+
+    public var isEmpty: Bool { pending.isEmpty && leading == nil }
 
     public mutating func takeChat() -> ChatLogprobs? {
         guard enabled else { return nil }
@@ -352,10 +378,10 @@ public struct LogprobsCollector: Sendable {
 
     public mutating func takeCompletion() -> CompletionLogprobs? {
         guard enabled else { return nil }
-        defer {
-            offset += CompletionLogprobs.characters(pending)
-            pending.removeAll()
-        }
-        return CompletionLogprobs(pending, offset: offset)
+        let out = CompletionLogprobs(pending, offset: offset, leading: leading)
+        offset += out.characters
+        pending.removeAll()
+        leading = nil
+        return out
     }
 }

@@ -29,9 +29,55 @@ import TestSupport
         let steps: [Step]
     }
 
+    struct Scored: Decodable {
+        let token: Int
+        let logprob: Double
+        let topTokens: [Int]
+        let topLogprobs: [Double]
+    }
+
+    struct PromptCase: Decodable {
+        let promptIds: [Int]
+        let positions: [Scored]
+    }
+
     struct Goldens: Decodable {
         let top: Int
         let cases: [Case]
+        let prompt: PromptCase
+    }
+
+    /// The prompt's log-probabilities (each token given the ones before it), reported with the first generated
+    /// token: in one prefill, and chunked over several iterations (each position scored once, in order), beside a
+    /// request that asks for none.
+    @Test(arguments: [512, 5])
+    func promptLogprobsMatchTransformers(maxBatchTokens: Int) throws {
+        let g = Self.goldens
+        let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let engine = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 64, maxBatchTokens: maxBatchTokens)
+        let params = SamplingParams(temperature: 0, maxTokens: 2, ignoreEOS: true, promptLogprobs: 3)
+        let id = try engine.submit(prompt: g.prompt.promptIds, params: params)
+        let other = try engine.submit(prompt: g.prompt.promptIds, params: SamplingParams(temperature: 0, maxTokens: 2, ignoreEOS: true))
+        var events: [EngineEvent] = []
+        var otherEvents: [EngineEvent] = []
+        for _ in 0..<40 where events.last?.finish == nil || otherEvents.last?.finish == nil {
+            let step = engine.step()
+            events += step.filter { $0.requestID == id }
+            otherEvents += step.filter { $0.requestID == other }
+        }
+        #expect(events.count == 2 && otherEvents.count == 2)
+        #expect(events.map(\.token) == otherEvents.map(\.token))
+        #expect(otherEvents.allSatisfy { $0.promptLogprobs == nil } && events.last?.promptLogprobs == nil)
+        let scored = try #require(events.first?.promptLogprobs)
+        #expect(scored.count == g.prompt.positions.count)
+        for (i, (got, want)) in zip(scored, g.prompt.positions).enumerated() {
+            #expect(got.token == want.token)
+            #expect(abs(Double(got.logprob) - want.logprob) <= Self.tolerance, "position \(i + 1): \(got.logprob) vs \(want.logprob)")
+            #expect(zip(got.topLogprobs, want.topLogprobs).allSatisfy { abs(Double($0) - $1) <= Self.tolerance }, "position \(i + 1)")
+            #expect(got.topTokens.count == 3 && got.topTokens.first == want.topTokens.first)
+        }
     }
 
     /// The f32 forward pass's logits are within 1e-3 of the reference's (ModelGoldenTests); log-softmax moves each

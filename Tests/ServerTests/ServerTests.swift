@@ -174,6 +174,41 @@ import TestSupport
             let none = try await client.post("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":2}")
             #expect(((try jsonObject(none.1))["choices"] as? [[String: Any]])?.first?["logprobs"] is NSNull)
 
+            // Echo with log-probabilities (how evaluation harnesses score a continuation): the prompt's tokens come
+            // first, the first without a value, the others' as transformers gives them; streamed, the same records.
+            let scoredPrompt = goldens.prompt
+            let eprompt = scoredPrompt.promptIds.map(String.init).joined(separator: ",")
+            let echoBody = "{\"model\":\"tiny-llama\",\"prompt\":[\(eprompt)],\"max_tokens\":1,\"temperature\":0,\"ignore_eos\":true,\"echo\":true,\"logprobs\":2}"
+            let er = try await client.post("/v1/completions", echoBody)
+            #expect(er.0 == 200, "\(er.1)")
+            let echoObject = try jsonObject(er.1)
+            let echoChoice = try #require((echoObject["choices"] as? [[String: Any]])?.first)
+            let elp = try #require(echoChoice["logprobs"] as? [String: Any])
+            let etokens = try #require(elp["tokens"] as? [String])
+            let evalues = try #require(elp["token_logprobs"] as? [Any])
+            let etops = try #require(elp["top_logprobs"] as? [Any])
+            let promptLength = scoredPrompt.promptIds.count
+            #expect(etokens.count == promptLength + 1 && evalues.count == promptLength + 1 && etops.count == promptLength + 1)
+            #expect(etokens.prefix(promptLength) == ArraySlice(scoredPrompt.promptIds.map(text)))
+            #expect(evalues.first is NSNull && etops.first is NSNull)
+            for (i, want) in scoredPrompt.positions.enumerated() {
+                let got = try #require(evalues[i + 1] as? Double)
+                #expect(abs(got - want.logprob) < 2e-3, "prompt position \(i + 1): \(got) vs \(want.logprob)")
+            }
+            let echoText = try #require(echoChoice["text"] as? String)
+            #expect(echoText.hasPrefix(server.tokenizer.decode(scoredPrompt.promptIds, skipSpecial: false)))
+            #expect((echoObject["usage"] as? [String: Any])?["completion_tokens"] as? Int == 1)
+            let es = try await client.post("/v1/completions", String(echoBody.dropLast()) + ",\"stream\":true}")
+            let echunks = try sseEvents(es.1).dropLast().map(jsonObject)
+            let epieces = echunks.compactMap { ($0["choices"] as? [[String: Any]])?.first }
+            #expect(epieces.compactMap { $0["text"] as? String }.joined() == echoText)
+            #expect(epieces.flatMap { ($0["logprobs"] as? [String: Any])?["tokens"] as? [String] ?? [] } == etokens)
+            #expect(epieces.flatMap { ($0["logprobs"] as? [String: Any])?["text_offset"] as? [Int] ?? [] } == elp["text_offset"] as? [Int])
+            // Echo alone: the prompt text as sent, then the completion.
+            let plainEcho = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hello there\",\"max_tokens\":3,\"echo\":true}")
+            let plainText = try #require(((try jsonObject(plainEcho.1))["choices"] as? [[String: Any]])?.first?["text"] as? String)
+            #expect(plainText.hasPrefix("hello there") && plainText.count > "hello there".count)
+
             // Bias: the golden's -100 on the plain run's first token and +3.5 on its third, frequency 0.4.
             let bias = biased.logitBias.map { "\"\($0.key)\":\($0.value)" }.joined(separator: ",")
             let comparable = biased.steps.prefix { $0.margin > 1e-2 }.count
@@ -211,7 +246,16 @@ import TestSupport
             let logitBias: [String: Double]
             let steps: [Step]
         }
+        struct Scored: Decodable {
+            let token: Int
+            let logprob: Double
+        }
+        struct Prompt: Decodable {
+            let promptIds: [Int]
+            let positions: [Scored]
+        }
         let cases: [Case]
+        let prompt: Prompt
     }
 
     /// /v1/models lists the base and every adapter with its parent; /health answers.
@@ -407,7 +451,8 @@ import TestSupport
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}", 400, "top_logprobs"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":true,\"top_logprobs\":21}", 400, "top_logprobs"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"logprobs\":3}", 400, "logprobs"),
-            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"echo\":true}", 400, "echo"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"echo\":\"yes\"}", 400, "echo"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"echo\":true}", 400, "echo"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"foo\":1}", 400, "foo"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"model\":\"tiny-llama\",\"prompt\":\"hi\"}", 400, "model"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"messages\":[]}", 400, "messages"),

@@ -179,6 +179,13 @@ def main():
                                        extra_body={"ignore_eos": True})
         assert len(cl.choices[0].logprobs.tokens) == 4 and len(cl.choices[0].logprobs.token_logprobs) == 4, cl
         assert cl.choices[0].logprobs.text_offset[0] == 0 and all(len(t) >= 1 for t in cl.choices[0].logprobs.top_logprobs), cl
+        # Echo with logprobs, as evaluation harnesses score a continuation (lm-eval's local-completions).
+        ec = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=1, temperature=0, logprobs=1,
+                                       echo=True, extra_body={"ignore_eos": True})
+        elp = ec.choices[0].logprobs
+        assert ec.choices[0].text.startswith("hello world") and len(elp.tokens) == ec.usage.prompt_tokens + 1, ec
+        assert elp.token_logprobs[0] is None and all(v <= 0 for v in elp.token_logprobs[1:]), elp
+        assert elp.top_logprobs[0] is None and all(len(t) >= 1 for t in elp.top_logprobs[1:]), elp
         first = client.completions.create(model="tiny-llama", prompt=[152], max_tokens=1, temperature=0, logprobs=0)
         banned = first.choices[0].logprobs.tokens[0]
         tok = client.completions.create(model="tiny-llama", prompt=[152], max_tokens=1, temperature=0, logprobs=0,
