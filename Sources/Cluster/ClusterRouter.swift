@@ -342,117 +342,177 @@ public final class ClusterRouter: Sendable {
         }
         let chat = endpoint == "chat"
         let (id, number) = newID(chat ? "chatcmpl-" : "cmpl-")
-        let flight = Flight(id: id, serial: number, endpoint: endpoint, body: String(buffer: body), model: model)
-        let first: Attempt
-        do {
-            first = try await startAttempt(flight, preferred: nil, migration: nil, excluding: [])
-        } catch let e as ReplicaClient.Rejected {
-            metrics.request(status: String(e.status))
-            return Response(status: .init(code: e.status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
+        // A request with n > 1 choices runs as n requests, each dispatched, migrated and resumed on its own (the
+        // replica checks n; a value it would refuse goes to it as one request, for its 400).
+        let n = (object["n"] as? Int).flatMap { (2...128).contains($0) ? $0 : nil } ?? 1
+        let bodyText = String(buffer: body)
+        var started: [Flight] = []
+        var startedAttempts: [Attempt] = []
+        for i in 0..<n {
+            let flight = Flight(id: n == 1 ? id : "\(id)-\(i)", serial: i == 0 ? number : newID("").1, endpoint: endpoint, body: bodyText,
+                                model: model, choice: n == 1 ? nil : i)
+            do {
+                startedAttempts.append(try await startAttempt(flight, preferred: nil, migration: nil, excluding: []))
+            } catch let e as ReplicaClient.Rejected {
+                for a in startedAttempts { a.abandon() }
+                metrics.request(status: String(e.status))
+                return Response(status: .init(code: e.status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
+            } catch {
+                for a in startedAttempts { a.abandon() }
+                throw error
+            }
+            started.append(flight)
         }
-        flights.withLock { $0[id] = flight }
-        let call = RouterCall(router: self, flight: flight, chat: chat, created: Int(Date().timeIntervalSince1970))
+        let flights = started, attempts = startedAttempts
+        self.flights.withLock { f in for flight in flights { f[flight.id] = flight } }
+        let forget = { @Sendable in self.flights.withLock { f in for flight in flights { f[flight.id] = nil } } }
+        let call = RouterCall(router: self, id: id, flights: flights, chat: chat, created: Int(Date().timeIntervalSince1970))
         // Which replica the request was dispatched to (its index in the router's list, as the dispatch metrics'
-        // `replica` label): for logs, load tests, and replaying the router's decisions in `dlora simulate`.
-        let replicaHeader = String(first.replica)
+        // `replica` label; the first choice's): for logs, load tests, and replaying the router's decisions in
+        // `dlora simulate`.
+        let replicaHeader = String(attempts[0].replica)
         if stream {
             return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache", .dloraReplica: replicaHeader],
                             body: .init { writer in
-                                defer { self.flights.withLock { $0[id] = nil } }
+                                defer { forget() }
                                 try await ClientConnection.cancellingOnDisconnect {
-                                    try await call.stream(first: first, includeUsage: includeUsage, writer: &writer)
+                                    try await call.stream(first: attempts, includeUsage: includeUsage, writer: &writer)
                                 }
                                 try await writer.finish(nil)
                             })
         }
-        defer { flights.withLock { $0[id] = nil } }
+        defer { forget() }
         ClientConnection.current?.armHalfCloseProbe()
-        let text = try await ClientConnection.cancellingOnDisconnect { try await call.collect(first: first) }
+        let text = try await ClientConnection.cancellingOnDisconnect { try await call.collect(first: attempts) }
         var response = Self.json(.ok, text)
         response.headers[.dloraReplica] = replicaHeader
         return response
     }
 }
 
-/// One client request's response, rendered by the router from the relay's output (OpenAI's shapes, as a
-/// replica renders them).
+/// One client request's response, rendered by the router from its choices' relays (OpenAI's shapes, as a replica
+/// renders them): one flight per choice.
 struct RouterCall: Sendable {
     let router: ClusterRouter
-    let flight: Flight
+    /// The response's id (a single choice's flight has it too).
+    let id: String
+    let flights: [Flight]
     let chat: Bool
     let created: Int
 
-    private var model: String { flight.model }
+    private var model: String { flights[0].model }
 
-    func collect(first: Attempt) async throws -> String {
+    /// One choice's state while its relay runs.
+    struct Choice: Sendable {
         var text = ""
         var tokens = 0
         var finish: String?
         var failure: (Int, String)?
         var logprobs = LogprobsCollector(enabled: false)
-        try await router.relay(flight, first: first) { out in
+
+        /// Takes one relay output; returns the echoed prompt, if this was one.
+        mutating func take(_ out: RelayOutput) -> PromptEcho? {
             switch out {
             case .accepted(let asked): logprobs = LogprobsCollector(enabled: asked)
             case .echo(let e):
-                text = e.text + text
                 logprobs.add(e)
-            case .token(_, let t, let lp):
+                return e
+            case .token(_, _, let lp):
                 tokens += 1
-                text += t
                 logprobs.add(lp)
             case .finish(let f): finish = f
             case .failed(let status, let message): failure = (status, message)
             }
+            return nil
         }
-        if let (status, message) = failure {
+    }
+
+    func collect(first: [Attempt]) async throws -> String {
+        let results = try await withThrowingTaskGroup(of: (Int, Choice).self) { group in
+            for (i, (flight, attempt)) in zip(flights, first).enumerated() {
+                group.addTask {
+                    var c = Choice()
+                    try await router.relay(flight, first: attempt) { out in
+                        if let echo = c.take(out) { c.text = echo.text + c.text }
+                        if case .token(_, let t, _) = out { c.text += t }
+                    }
+                    return (i, c)
+                }
+            }
+            var out = [Choice](repeating: Choice(), count: flights.count)
+            for try await (i, c) in group { out[i] = c }
+            return out
+        }
+        if let (status, message) = results.compactMap(\.failure).first {
             router.metrics.request(status: String(status))
             throw APIError(.init(code: status), message)
         }
-        guard let finish else { throw CancellationError() }
+        guard results.allSatisfy({ $0.finish != nil }) else { throw CancellationError() }
         router.metrics.request(status: "ok")
-        let usage = Usage(prompt: flight.promptTokens, completion: tokens)
+        let usage = Usage(prompt: flights[0].promptTokens, completion: results.reduce(0) { $0 + $1.tokens })
         if chat {
-            return OpenAIWire.encode(ChatCompletion(id: flight.id, object: "chat.completion", created: created, model: model,
-                                                    choices: [ChatChoice(message: AssistantMessage(content: text), finishReason: finish,
-                                                                         logprobs: logprobs.takeChat())], usage: usage))
+            let choices = results.enumerated().map { i, c in
+                var l = c.logprobs
+                return ChatChoice(index: i, message: AssistantMessage(content: c.text), finishReason: c.finish!, logprobs: l.takeChat())
+            }
+            return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model, choices: choices, usage: usage))
         }
-        return OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: text, finishReason: finish, logprobs: logprobs.takeCompletion())],
-                                                usage: usage))
+        let choices = results.enumerated().map { i, c in
+            var l = c.logprobs
+            return TextChoice(index: i, text: c.text, finishReason: c.finish!, logprobs: l.takeCompletion())
+        }
+        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model, choices: choices, usage: usage))
     }
 
-    func stream(first: Attempt, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
-        var tokens = 0
-        var finish: String?
-        var failure: (Int, String)?
-        var logprobs = LogprobsCollector(enabled: false)
-        if chat { try await send(chunk(delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
-        // The writer is inout: relay's callback cannot capture it, so events pass through a local buffer per call.
-        let (events, continuation) = AsyncStream<RelayOutput>.makeStream()
-        let relay = Task {
-            do {
-                try await router.relay(flight, first: first) { continuation.yield($0) }
-            } catch {}
-            continuation.finish()
+    func stream(first: [Attempt], includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+        var choices = [Choice](repeating: Choice(), count: flights.count)
+        if chat {
+            for i in flights.indices { try await send(chunk(i, delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
         }
-        defer { relay.cancel() }
-        try await withTaskCancellationHandler {
-            for await out in events {
-                switch out {
-                case .accepted(let asked): logprobs = LogprobsCollector(enabled: asked)
-                case .echo(let e):
-                    logprobs.add(e)
-                    try await send(chunk(text: e.text, finish: nil, logprobs: &logprobs), &writer)
-                case .token(_, let t, let lp):
-                    tokens += 1
-                    logprobs.add(lp)
-                    if !t.isEmpty { try await send(chunk(text: t, finish: nil, logprobs: &logprobs), &writer) }
-                case .finish(let f): finish = f
-                case .failed(let status, let message): failure = (status, message)
+        // The writer is inout: the relays' callbacks cannot capture it, so their outputs pass through one local
+        // stream, tagged with their choice; nil marks a relay's end.
+        let (events, continuation) = AsyncStream<(Int, RelayOutput?)>.makeStream()
+        let relays = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for (i, (flight, attempt)) in zip(flights, first).enumerated() {
+                    group.addTask {
+                        do {
+                            try await router.relay(flight, first: attempt) { continuation.yield((i, $0)) }
+                        } catch {}
+                        continuation.yield((i, nil))
+                    }
                 }
             }
+            continuation.finish()
+        }
+        defer { relays.cancel() }
+        var open = flights.count
+        var failure: (Int, String)?
+        try await withTaskCancellationHandler {
+            for await (i, out) in events {
+                guard let out else {
+                    guard choices[i].finish != nil else { break }  // ended without a finish: cancelled
+                    open -= 1
+                    if open == 0 { break }
+                    continue
+                }
+                if let echo = choices[i].take(out) {
+                    try await send(chunk(i, text: echo.text, finish: nil, logprobs: &choices[i].logprobs), &writer)
+                }
+                switch out {
+                case .token(_, let t, _) where !t.isEmpty:
+                    try await send(chunk(i, text: t, finish: nil, logprobs: &choices[i].logprobs), &writer)
+                case .finish(let f):
+                    try await send(chunk(i, text: nil, finish: f, logprobs: &choices[i].logprobs), &writer)
+                case .failed(let status, let message):
+                    failure = (status, message)
+                default:
+                    break
+                }
+                if failure != nil { break }
+            }
         } onCancel: {
-            relay.cancel()
+            relays.cancel()
         }
         if let (status, message) = failure {
             router.metrics.request(status: String(status))
@@ -460,14 +520,13 @@ struct RouterCall: Sendable {
             try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
             return
         }
-        guard let finish else { return }
+        guard open == 0 else { return }
         router.metrics.request(status: "ok")
-        try await send(chunk(text: nil, finish: finish, logprobs: &logprobs), &writer)
         if includeUsage {
-            let usage = Usage(prompt: flight.promptTokens, completion: tokens)
-            try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: flight.id, object: "chat.completion.chunk", created: created, model: model,
+            let usage = Usage(prompt: flights[0].promptTokens, completion: choices.reduce(0) { $0 + $1.tokens })
+            try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
                                                                         choices: [], usage: usage))
-                                : OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
+                                : OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
                                                                    choices: [], usage: usage)), &writer)
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
@@ -477,15 +536,15 @@ struct RouterCall: Sendable {
         try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
     }
 
-    private func chunk(text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
-        if chat { return chunk(delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
-        return OpenAIWire.encode(TextCompletion(id: flight.id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: text ?? "", finishReason: finish, logprobs: logprobs.takeCompletion())]))
+    private func chunk(_ i: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
+        if chat { return chunk(i, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
+        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
+                                                choices: [TextChoice(index: i, text: text ?? "", finishReason: finish, logprobs: logprobs.takeCompletion())]))
     }
 
-    private func chunk(delta: ChatDelta, finish: String?, logprobs: ChatLogprobs? = nil) -> String {
-        OpenAIWire.encode(ChatCompletionChunk(id: flight.id, object: "chat.completion.chunk", created: created, model: model,
-                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish, logprobs: logprobs)]))
+    private func chunk(_ i: Int, delta: ChatDelta, finish: String?, logprobs: ChatLogprobs? = nil) -> String {
+        OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
+                                              choices: [ChatChunkChoice(index: i, delta: delta, finishReason: finish, logprobs: logprobs)]))
     }
 }
 

@@ -27,6 +27,8 @@ final class Flight: @unchecked Sendable {
     let endpoint: String
     let body: String
     let model: String
+    /// Which choice of a request with n > 1 (each runs as a flight of its own); nil for a single one.
+    let choice: Int?
     let arrival: UInt64
 
     private let lock = NSLock()
@@ -37,12 +39,13 @@ final class Flight: @unchecked Sendable {
     private var _migrating = false
     private var input: AsyncStream<RelayInput>.Continuation?
 
-    init(id: String, serial: UInt64, endpoint: String, body: String, model: String) {
+    init(id: String, serial: UInt64, endpoint: String, body: String, model: String, choice: Int? = nil) {
         self.id = id
         self.serial = serial
         self.endpoint = endpoint
         self.body = body
         self.model = model
+        self.choice = choice
         arrival = DispatchTime.now().uptimeNanoseconds
     }
 

@@ -19,6 +19,12 @@ enum RelayOutput: Sendable {
 struct Attempt: Sendable {
     let replica: Int
     let events: AsyncThrowingStream<ReplicaEvent, any Error>
+
+    /// Gives the generation up before reading it (another choice of its request was refused): an iterator made
+    /// and dropped ends the stream, which closes the connection, and the replica cancels the request.
+    func abandon() {
+        _ = events.makeAsyncIterator()
+    }
 }
 
 extension ClusterRouter {
@@ -35,7 +41,7 @@ extension ClusterRouter {
             tries += 1
             guard let r = preferred ?? dispatch(model: f.model, promptTokens: f.promptTokens, excluding: excluded) else { break }
             let g = ReplicaGenerate(id: f.id, endpoint: f.endpoint, body: f.body, generated: f.generated, seed: f.seed,
-                                    migration: preferred == r ? migration : nil)
+                                    migration: preferred == r ? migration : nil, choice: f.choice)
             preferred = nil
             do {
                 let events = try await replicas.client(r).generate(g)

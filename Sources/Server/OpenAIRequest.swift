@@ -26,6 +26,11 @@ struct GenerationRequest: Equatable {
     var moleExperts: [String]?
     /// Completions' `echo`: the prompt comes back ahead of the completion (with `logprobs`, its tokens' too).
     var echo = false
+    /// Choices to generate for the prompt (OpenAI's `n`), each its own engine request.
+    var n = 1
+
+    /// The most choices one request may ask for (OpenAI's limit).
+    static let maxChoices = 128
 
     var isChat: Bool {
         if case .messages = input { return true }
@@ -77,9 +82,7 @@ struct GenerationRequest: Equatable {
         params.topK = max(0, topK)
         if let seed = try f.int("seed", in: Int.min...Int.max) { params.seed = UInt64(bitPattern: Int64(seed)) }
         params.stop = try stops(f)
-        if let n = try f.int("n", in: Int.min...Int.max), n != 1 {
-            throw APIError.invalid("n", "only n = 1 is supported")
-        }
+        let n = try f.int("n", in: 1...maxChoices) ?? 1
         let user = try f.string("user")
         if let user, user.utf8.count > 256 { throw APIError.invalid("user", "'user' must be at most 256 bytes") }
         params.ignoreEOS = try f.bool("ignore_eos") ?? false  // vLLM's extension: generate past end-of-sequence
@@ -130,7 +133,7 @@ struct GenerationRequest: Equatable {
         }
 
         return GenerationRequest(model: model, input: input, params: params, stream: stream, includeUsage: includeUsage, user: user,
-                                 moleExperts: moleExperts, echo: echo)
+                                 moleExperts: moleExperts, echo: echo, n: n)
     }
 
     /// `logit_bias`: token ids (as JSON keys, decimal) to biases in −100…100. Ids beyond the vocabulary are refused

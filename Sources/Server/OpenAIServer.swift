@@ -351,17 +351,28 @@ public final class OpenAIServer: Sendable {
     private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64) async throws -> Response {
         let (prompt, params) = try await prepare(parsed)
         let promptParam = parsed.isChat ? "messages" : "prompt"
-        let admission = try admit()
-        let ticket: Scheduling.RequestID
-        let events: RequestStream
-        do {
-            (ticket, events) = try engine.submit(prompt: prompt, params: params, adapter: adapter)
-        } catch {
-            throw APIError.invalid(error is SamplingError ? nil : promptParam, "\(error)")
+        let id = newID(parsed.isChat ? "chatcmpl-" : "cmpl-")
+        let echo = parsed.echo ? (echoText(parsed, prompt: prompt), prompt[0]) : nil
+        // One engine request per choice, each with its own queue place; a seeded request's choice i samples with
+        // seed + i (so choice 0 is what n = 1 gives), an unseeded one's with a seed of its own.
+        var calls: [Call] = []
+        var streams: [RequestStream] = []
+        for i in 0..<parsed.n {
+            var p = params
+            p.seed = params.seed.map { $0 &+ UInt64(i) }
+            let admission = try admit()
+            let ticket: Scheduling.RequestID
+            let events: RequestStream
+            do {
+                (ticket, events) = try engine.submit(prompt: prompt, params: p, adapter: adapter)
+            } catch {
+                throw APIError.invalid(error is SamplingError ? nil : promptParam, "\(error)")
+            }
+            calls.append(Call(server: self, model: parsed.model, chat: parsed.isChat, id: id, index: i, promptTokens: prompt.count,
+                              arrival: arrival, ticket: ticket, admission: admission, logprobs: params.logprobs != nil, echo: echo))
+            streams.append(events)
         }
-        let call = Call(server: self, model: parsed.model, chat: parsed.isChat, id: newID(parsed.isChat ? "chatcmpl-" : "cmpl-"),
-                        promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission,
-                        logprobs: params.logprobs != nil, echo: parsed.echo ? (echoText(parsed, prompt: prompt), prompt[0]) : nil)
+        let response = Calls(calls, streams)
         // A client that leaves cancels the request: the connection's close is watched beside the request
         // (ClientConnection), not by reading its inbound stream, so keep-alive, pipelining and a half-close
         // still work (docs/design/server.md, "Disconnects").
@@ -370,14 +381,14 @@ public final class OpenAIServer: Sendable {
             return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
                             body: .init { writer in
                                 try await ClientConnection.cancellingOnDisconnect {
-                                    try await call.stream(events, includeUsage: includeUsage, writer: &writer)
+                                    try await response.stream(includeUsage: includeUsage, writer: &writer)
                                 }
                                 try await writer.finish(nil)
                             })
         }
         ClientConnection.current?.armHalfCloseProbe()
-        let result = try await ClientConnection.cancellingOnDisconnect { await call.collect(events) }
-        return json(.ok, try call.completion(result))
+        let body = try await ClientConnection.cancellingOnDisconnect { try await response.completion() }
+        return json(.ok, body)
     }
 
     // MARK: Helpers

@@ -165,7 +165,15 @@ extension OpenAIServer {
         let parsed = try GenerationRequest.parse(ByteBuffer(string: g.body), chat: g.endpoint == "chat")
         let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
         var (prompt, params) = try await prepare(parsed)
-        let seed = g.seed ?? params.seed ?? UInt64.random(in: .min ... .max)
+        // One choice per generation: the router splits a request with n > 1 and names each choice.
+        let choice = g.choice ?? 0
+        guard parsed.n == 1 || g.choice != nil else {
+            throw APIError.invalid("choice", "a request with n = \(parsed.n) runs one choice per generation: name it in 'choice'")
+        }
+        guard (0..<parsed.n).contains(choice) else {
+            throw APIError.invalid("choice", "choice \(choice) is outside 0..<\(parsed.n)")
+        }
+        let seed = g.seed ?? params.seed.map { $0 &+ UInt64(choice) } ?? UInt64.random(in: .min ... .max)
         params.seed = seed
         var kv: KVBlocks?
         if let mid = g.migration {

@@ -5,25 +5,27 @@ import Hummingbird
 import Scheduling
 import ServingAPI
 
-/// One generation request on its way through the engine: reads the engine's events, measures time to first
-/// token, inter-token and end-to-end latency, and renders OpenAI's response or SSE chunks. Dropping it
-/// (client gone, handler cancelled) cancels the engine request and gives back its queue place.
+/// One choice of a generation request on its way through the engine (a request with `n` choices has `n` of
+/// them, one engine request each): reads the engine's events, measures time to first token, inter-token and
+/// end-to-end latency. Dropping it (client gone, handler cancelled) cancels its engine request and gives back its
+/// queue place. `Calls` renders a request's choices as OpenAI's response or SSE chunks.
 final class Call: Sendable {
     let server: OpenAIServer
     let model: String
     let chat: Bool
     let id: String
+    /// Which choice (`index` in the response).
+    let index: Int
     let promptTokens: Int
     let arrival: UInt64
     let ticket: Scheduling.RequestID
     private let admission: any AnyObject & Sendable
-    private let created = Int(Date().timeIntervalSince1970)
     /// The request asked for log-probabilities.
     let logprobs: Bool
     /// Completions' `echo`: the prompt's text and first token, sent back ahead of the completion.
     let echo: (text: String, firstToken: Int)?
 
-    struct Outcome {
+    struct Outcome: Sendable {
         var text = ""
         var completionTokens = 0
         /// nil: the stream ended without finishing (cancelled by shutdown or by the client leaving).
@@ -31,18 +33,19 @@ final class Call: Sendable {
         var logprobs: LogprobsCollector
     }
 
-    init(server: OpenAIServer, model: String, chat: Bool, id: String, promptTokens: Int, arrival: UInt64, ticket: Scheduling.RequestID,
-         admission: any AnyObject & Sendable, logprobs: Bool, echo: (text: String, firstToken: Int)? = nil) {
-        self.logprobs = logprobs
-        self.echo = echo
+    init(server: OpenAIServer, model: String, chat: Bool, id: String, index: Int = 0, promptTokens: Int, arrival: UInt64,
+         ticket: Scheduling.RequestID, admission: any AnyObject & Sendable, logprobs: Bool, echo: (text: String, firstToken: Int)? = nil) {
         self.server = server
         self.model = model
         self.chat = chat
         self.id = id
+        self.index = index
         self.promptTokens = promptTokens
         self.arrival = arrival
         self.ticket = ticket
         self.admission = admission
+        self.logprobs = logprobs
+        self.echo = echo
     }
 
     /// Set once the engine reported the request's finish: then there is nothing to cancel.
@@ -53,8 +56,9 @@ final class Call: Sendable {
         if !finished.withLock({ $0 }) { server.engine.cancel(ticket) }
     }
 
-    /// Latency bookkeeping shared by both response styles.
-    private struct Clock {
+    /// Latency bookkeeping shared by both response styles. The request itself (its status, its prompt tokens) is
+    /// counted by its first choice; every choice counts its own tokens and latencies.
+    struct Clock {
         let call: Call
         var last: UInt64?
 
@@ -70,140 +74,212 @@ final class Call: Sendable {
 
         func end(_ o: Outcome) {
             let m = call.server.metrics
-            m.tokens(model: call.model, prompt: call.promptTokens, generated: o.completionTokens)
+            m.tokens(model: call.model, prompt: call.index == 0 ? call.promptTokens : 0, generated: o.completionTokens)
             if o.finish == .error {
                 return  // counted where the 500 is rendered (the handler's catch, or the stream's error event)
             } else if o.finish != nil {
                 m.endToEnd(model: call.model, nanoseconds: DispatchTime.now().uptimeNanoseconds &- call.arrival)
-                m.request(model: call.model, status: "ok")
-            } else {
+                if call.index == 0 { m.request(model: call.model, status: "ok") }
+            } else if call.index == 0 {
                 m.request(model: call.model, status: "cancelled")
             }
         }
     }
 
-    /// Waits for the whole completion.
+    /// One choice's progress through its events, for either response style.
+    struct Progress {
+        var outcome: Outcome
+        var clock: Clock
+        var first = true
+
+        init(_ call: Call) {
+            outcome = Outcome(logprobs: LogprobsCollector(enabled: call.logprobs))
+            clock = Clock(call: call)
+        }
+
+        /// Takes one event: the echo ahead of the first (returned, for a stream to send as its own chunk), the
+        /// token's count, latency and log-probabilities, and the finish. The event's text is the caller's to add.
+        mutating func take(_ e: GenerationEvent, _ call: Call) -> PromptEcho? {
+            var echoed: PromptEcho?
+            if first, let echo = call.echo, e.finish != .error {
+                let p = call.server.promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
+                outcome.logprobs.add(p)
+                echoed = p
+            }
+            first = false
+            if e.token != nil {
+                outcome.completionTokens += 1
+                clock.token()
+            }
+            if let f = e.finish { outcome.finish = f }
+            outcome.logprobs.add(e.logprobs.map(call.server.tokenizer.render))
+            return echoed
+        }
+    }
+
+    /// Waits for the whole completion of this choice.
     func collect(_ events: RequestStream) async -> Outcome {
-        var o = Outcome(logprobs: LogprobsCollector(enabled: logprobs))
-        var clock = Clock(call: self)
-        var first = true
+        var p = Progress(self)
         for await e in events {
-            if first, let echo {
-                let p = server.promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
-                o.text += p.text
-                o.logprobs.add(p)
-            }
-            first = false
-            if e.token != nil {
-                o.completionTokens += 1
-                clock.token()
-            }
-            o.logprobs.add(e.logprobs.map(server.tokenizer.render))
-            o.text += e.text
-            if let f = e.finish { o.finish = f }
+            if let echo = p.take(e, self) { p.outcome.text += echo.text }
+            p.outcome.text += e.text
         }
-        if o.finish != nil { finished.withLock { $0 = true } }
-        clock.end(o)
-        return o
+        if p.outcome.finish != nil { finished.withLock { $0 = true } }
+        p.clock.end(p.outcome)
+        return p.outcome
     }
 
-    /// The non-streamed response body; a request cut short by shutdown is a 503.
-    func completion(_ o: Outcome) throws -> String {
-        var o = o
-        guard let finish = o.finish else {
-            throw APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)")
-        }
-        if finish == .error { throw nonFiniteLogits }
-        let usage = Usage(prompt: promptTokens, completion: o.completionTokens)
-        if chat {
-            return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model,
-                                                    choices: [ChatChoice(message: AssistantMessage(content: o.text), finishReason: finish.rawValue,
-                                                                         logprobs: o.logprobs.takeChat())],
-                                                    usage: usage))
-        }
-        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: o.text, finishReason: finish.rawValue, logprobs: o.logprobs.takeCompletion())],
-                                                usage: usage))
-    }
-
-    /// Streams server-sent events: one chunk per piece of text, a final chunk with the finish reason, the
-    /// usage chunk when asked for, then `data: [DONE]`.
-    func stream(_ events: RequestStream, includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
-        var o = Outcome(logprobs: LogprobsCollector(enabled: logprobs))
-        var clock = Clock(call: self)
-        defer { clock.end(o) }
-        if chat {
-            try await send(chunk(delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer)
-        }
-        var first = true
-        for await e in events {
-            if first, let echo, e.finish != .error {
-                let p = server.promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
-                o.logprobs.add(p)
-                try await send(chunk(text: p.text, finish: nil, logprobs: &o.logprobs), &writer)
-            }
-            first = false
-            if e.token != nil {
-                o.completionTokens += 1
-                clock.token()
-            }
-            if let f = e.finish { o.finish = f }
-            o.logprobs.add(e.logprobs.map(server.tokenizer.render))
-            if !e.text.isEmpty {
-                try await send(chunk(text: e.text, finish: nil, logprobs: &o.logprobs), &writer)
-            }
-        }
-        if o.finish != nil { finished.withLock { $0 = true } }
-        guard let finish = o.finish else {
-            // Cancelled by shutdown (a client that left is not written to: the task was cancelled).
-            if !Task.isCancelled {
-                try await send(APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)").json, &writer)
-                try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-            }
-            return
-        }
-        if finish == .error {
-            server.metrics.request(model: model, status: "500")
-            try await send(nonFiniteLogits.json, &writer)
-            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-            return
-        }
-        try await send(chunk(text: nil, finish: finish, logprobs: &o.logprobs), &writer)
-        if includeUsage {
-            let usage = Usage(prompt: promptTokens, completion: o.completionTokens)
-            try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
-                                                                        choices: [], usage: usage))
-                                : OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                                   choices: [], usage: usage)), &writer)
-        }
-        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
-    }
+    func markFinished() { finished.withLock { $0 = true } }
 
     /// A request the engine ended with `.error`: its logits held NaN or +∞, which the adapters' validation at
     /// load is meant to rule out, so it is the server's (or the adapter's) fault, not the request's — a 500.
-    private var nonFiniteLogits: APIError {
+    var nonFiniteLogits: APIError {
         let what = model == server.options.modelName ? "the model" : "the adapter '\(model)'"
         return APIError(.internalServerError, "\(what) produced non-finite logits (NaN or infinity); the request was stopped",
                         code: "non_finite_logits")
+    }
+}
+
+/// A request's choices (`n` of them, each its own engine request) rendered as one OpenAI response: whole, or as
+/// SSE chunks that name their choice's index.
+struct Calls: Sendable {
+    let calls: [Call]
+    let streams: [RequestStream]
+    private let created = Int(Date().timeIntervalSince1970)
+
+    init(_ calls: [Call], _ streams: [RequestStream]) {
+        precondition(!calls.isEmpty && calls.count == streams.count)
+        self.calls = calls
+        self.streams = streams
+    }
+
+    private var lead: Call { calls[0] }
+    private var shutdown: APIError {
+        APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)")
+    }
+
+    /// Waits for every choice, then renders the response body; a request cut short by shutdown is a 503.
+    func completion() async throws -> String {
+        let outcomes = await withTaskGroup(of: (Int, Call.Outcome).self) { group in
+            for (i, (call, events)) in zip(calls, streams).enumerated() {
+                group.addTask { (i, await call.collect(events)) }
+            }
+            var out = [Call.Outcome?](repeating: nil, count: calls.count)
+            for await (i, o) in group { out[i] = o }
+            return out.map { $0! }
+        }
+        for (call, o) in zip(calls, outcomes) {
+            guard let finish = o.finish else { throw shutdown }
+            if finish == .error { throw call.nonFiniteLogits }
+        }
+        let usage = Usage(prompt: lead.promptTokens, completion: outcomes.reduce(0) { $0 + $1.completionTokens })
+        if lead.chat {
+            let choices = outcomes.enumerated().map { i, o in
+                var l = o.logprobs
+                return ChatChoice(index: i, message: AssistantMessage(content: o.text), finishReason: o.finish!.rawValue, logprobs: l.takeChat())
+            }
+            return OpenAIWire.encode(ChatCompletion(id: lead.id, object: "chat.completion", created: created, model: lead.model,
+                                                    choices: choices, usage: usage))
+        }
+        let choices = outcomes.enumerated().map { i, o in
+            var l = o.logprobs
+            return TextChoice(index: i, text: o.text, finishReason: o.finish!.rawValue, logprobs: l.takeCompletion())
+        }
+        return OpenAIWire.encode(TextCompletion(id: lead.id, object: "text_completion", created: created, model: lead.model,
+                                                choices: choices, usage: usage))
+    }
+
+    /// Streams server-sent events: per choice, its pieces of text as they come (choices interleaved), then a
+    /// chunk with its finish reason; the usage chunk when asked for, then `data: [DONE]`. A failed or cancelled
+    /// choice ends the whole stream with an error event.
+    func stream(includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+        var progress = calls.map(Call.Progress.init)
+        defer { for p in progress { p.clock.end(p.outcome) } }
+        if lead.chat {
+            for i in calls.indices { try await send(chunk(i, delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
+        }
+        let (merged, continuation) = AsyncStream<(Int, GenerationEvent?)>.makeStream()
+        let feeders = Task {
+            await withTaskGroup(of: Void.self) { group in
+                for (i, events) in streams.enumerated() {
+                    group.addTask {
+                        for await e in events { continuation.yield((i, e)) }
+                        continuation.yield((i, nil))
+                    }
+                }
+            }
+            continuation.finish()
+        }
+        defer { feeders.cancel() }
+        var open = calls.count
+        var failure: APIError?
+        try await withTaskCancellationHandler {
+            for await (i, event) in merged {
+                let call = calls[i]
+                guard let e = event else {
+                    // This choice's stream ended: after its finish (sent with it), or cut off by shutdown.
+                    if progress[i].outcome.finish == nil {
+                        if !Task.isCancelled { failure = shutdown }
+                        break
+                    }
+                    call.markFinished()
+                    open -= 1
+                    if open == 0 { break }
+                    continue
+                }
+                if let echo = progress[i].take(e, call) {
+                    try await send(chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+                }
+                if e.finish == .error {
+                    call.markFinished()
+                    lead.server.metrics.request(model: lead.model, status: "500")
+                    failure = call.nonFiniteLogits
+                    break
+                }
+                if !e.text.isEmpty {
+                    try await send(chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+                }
+                if let f = e.finish {
+                    try await send(chunk(i, text: nil, finish: f, logprobs: &progress[i].outcome.logprobs), &writer)
+                }
+            }
+        } onCancel: {
+            feeders.cancel()
+        }
+        if let failure {
+            try await send(failure.json, &writer)
+            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            return
+        }
+        // A client that left is not written to (the task was cancelled).
+        guard open == 0 else { return }
+        if includeUsage {
+            let usage = Usage(prompt: lead.promptTokens, completion: progress.reduce(0) { $0 + $1.outcome.completionTokens })
+            try await send(lead.chat ? OpenAIWire.encode(ChatCompletionChunk(id: lead.id, object: "chat.completion.chunk", created: created,
+                                                                             model: lead.model, choices: [], usage: usage))
+                                     : OpenAIWire.encode(TextCompletion(id: lead.id, object: "text_completion", created: created,
+                                                                        model: lead.model, choices: [], usage: usage)), &writer)
+        }
+        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
     }
 
     private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {
         try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
     }
 
-    /// A chunk with a piece of text (nil: the final chunk, which carries only the finish reason) and the
-    /// log-probabilities gathered since the last chunk.
-    private func chunk(text: String?, finish: FinishReason?, logprobs: inout LogprobsCollector) -> String {
-        if chat {
-            return chunk(delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat())
+    /// A chunk of choice `i` with a piece of text (nil: its final chunk, which carries only the finish reason) and
+    /// the log-probabilities gathered since its last chunk.
+    private func chunk(_ i: Int, text: String?, finish: FinishReason?, logprobs: inout LogprobsCollector) -> String {
+        if lead.chat {
+            return chunk(i, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat())
         }
-        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(text: text ?? "", finishReason: finish?.rawValue,
+        return OpenAIWire.encode(TextCompletion(id: lead.id, object: "text_completion", created: created, model: lead.model,
+                                                choices: [TextChoice(index: i, text: text ?? "", finishReason: finish?.rawValue,
                                                                      logprobs: logprobs.takeCompletion())]))
     }
 
-    private func chunk(delta: ChatDelta, finish: FinishReason?, logprobs: ChatLogprobs? = nil) -> String {
-        OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
-                                              choices: [ChatChunkChoice(delta: delta, finishReason: finish?.rawValue, logprobs: logprobs)]))
+    private func chunk(_ i: Int, delta: ChatDelta, finish: FinishReason?, logprobs: ChatLogprobs? = nil) -> String {
+        OpenAIWire.encode(ChatCompletionChunk(id: lead.id, object: "chat.completion.chunk", created: created, model: lead.model,
+                                              choices: [ChatChunkChoice(index: i, delta: delta, finishReason: finish?.rawValue, logprobs: logprobs)]))
     }
 }

@@ -139,14 +139,19 @@ public struct ReplicaGenerate: Codable, Sendable, Equatable {
     /// The seed to sample with (the router keeps the one the first replica drew for an unseeded request).
     public var seed: UInt64?
     public var migration: String?
+    /// For a request with `n` > 1, which choice this generation is (the router runs each as a request of its own):
+    /// without `seed`, a seeded body's choice i samples with its seed + i.
+    public var choice: Int?
 
-    public init(id: String, endpoint: String, body: String, generated: [Int] = [], seed: UInt64? = nil, migration: String? = nil) {
+    public init(id: String, endpoint: String, body: String, generated: [Int] = [], seed: UInt64? = nil, migration: String? = nil,
+                choice: Int? = nil) {
         self.id = id
         self.endpoint = endpoint
         self.body = body
         self.generated = generated
         self.seed = seed
         self.migration = migration
+        self.choice = choice
     }
 }
 

@@ -142,6 +142,12 @@ import Testing
             try expectError(try await client.post("/internal/generate",
                                                    Self.generateJSON(id: "a", body: Self.body(seed: 1, temperature: 0), generated: [1_000_000]),
                                                    key: Self.admin), status: 400)
+            // n > 1 runs one choice per generation: the choice must be named, and within n.
+            let several = String(Self.body(seed: 1, temperature: 0.5).dropLast()) + ", \"n\": 2}"
+            try expectError(try await client.post("/internal/generate", Self.generateJSON(id: "c", body: several), key: Self.admin),
+                            status: 400, param: "choice")
+            let outside = String(decoding: ClusterWire.encode(ReplicaGenerate(id: "c", endpoint: "completions", body: several, choice: 2)), as: UTF8.self)
+            try expectError(try await client.post("/internal/generate", outside, key: Self.admin), status: 400, param: "choice")
             try expectError(try await client.post("/internal/requests/nope/export", "", key: Self.admin), status: 404)
             try expectError(try await client.send("/internal/requests/nope/kv?from=0", .get, key: Self.admin), status: 404)
             try expectError(try await client.send("/internal/migrations/mig-9/blocks", .put, body: ByteBuffer(bytes: [1, 2, 3]),

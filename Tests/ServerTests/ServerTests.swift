@@ -230,6 +230,55 @@ import TestSupport
         #expect(try await ServerFixtures.waitIdle(server))
     }
 
+    /// `n` choices: each its own engine request; a seeded request's choice i is the single request with seed + i
+    /// (choice 0 is what n = 1 gives); streamed, every chunk names its choice and each choice ends with its own
+    /// finish chunk; usage counts the prompt once and every choice's tokens. More choices than queue places: 429,
+    /// and nothing is left running.
+    @Test func severalChoices() async throws {
+        let server = try ServerFixtures.server { $0.maxQueue = 4 }
+        try await ServerFixtures.withServer(server) { client in
+            let body = "{\"model\":\"a-qv-r4\",\"prompt\":\"hello there\",\"max_tokens\":7,\"temperature\":0.9,\"seed\":17,\"ignore_eos\":true"
+            let r = try await client.post("/v1/completions", body + ",\"n\":3}")
+            #expect(r.0 == 200, "\(r.1)")
+            let o = try jsonObject(r.1)
+            let choices = try #require(o["choices"] as? [[String: Any]])
+            #expect(choices.map { $0["index"] as? Int } == [0, 1, 2])
+            #expect((o["usage"] as? [String: Any])?["completion_tokens"] as? Int == 21)
+            var singles: [String] = []
+            for i in 0..<3 {
+                let one = try await client.post("/v1/completions", body.replacingOccurrences(of: "\"seed\":17", with: "\"seed\":\(17 + i)") + "}")
+                singles.append(try #require(((try jsonObject(one.1))["choices"] as? [[String: Any]])?.first?["text"] as? String))
+            }
+            #expect(choices.map { $0["text"] as? String } == singles)
+            #expect(Set(singles).count > 1, "three seeds gave the same text: the choices are not independent")
+
+            let s = try await client.post("/v1/completions", body + ",\"n\":3,\"stream\":true,\"stream_options\":{\"include_usage\":true}}")
+            let chunks = try sseEvents(s.1).dropLast().map(jsonObject)
+            var texts = ["", "", ""]
+            var finishes = [0, 0, 0]
+            for c in chunks {
+                for choice in c["choices"] as? [[String: Any]] ?? [] {
+                    let i = try #require(choice["index"] as? Int)
+                    texts[i] += choice["text"] as? String ?? ""
+                    if choice["finish_reason"] as? String == "length" { finishes[i] += 1 }
+                }
+            }
+            #expect(texts == singles && finishes == [1, 1, 1])
+            #expect((chunks.last?["usage"] as? [String: Any])?["completion_tokens"] as? Int == 21)
+
+            // Chat: a role chunk per choice.
+            let chat = try await client.post("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":3,\"n\":2,\"stream\":true}")
+            let roles = try sseEvents(chat.1).dropLast().map(jsonObject).compactMap {
+                (($0["choices"] as? [[String: Any]])?.first).flatMap { c in (c["delta"] as? [String: Any])?["role"] != nil ? c["index"] as? Int : nil }
+            }
+            #expect(roles == [0, 1])
+
+            // Five choices, four queue places.
+            try expectError(try await client.post("/v1/completions", body + ",\"n\":5}"), status: 429)
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
     struct SamplingGoldens: Decodable {
         struct Step: Decodable {
             let token: Int
@@ -430,7 +479,9 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"temperature\":5}", 400, "temperature"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"top_p\":0}", 400, "top_p"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"top_k\":-5}", 400, "top_k"),
-            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"n\":2}", 400, "n"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"n\":0}", 400, "n"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"n\":129}", 400, "n"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"n\":1.5}", 400, "n"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stop\":5}", 400, "stop"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stop\":[\"\"]}", 400, "stop"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"seed\":\"x\"}", 400, "seed"),

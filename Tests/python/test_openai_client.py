@@ -179,6 +179,23 @@ def main():
                                        extra_body={"ignore_eos": True})
         assert len(cl.choices[0].logprobs.tokens) == 4 and len(cl.choices[0].logprobs.token_logprobs) == 4, cl
         assert cl.choices[0].logprobs.text_offset[0] == 0 and all(len(t) >= 1 for t in cl.choices[0].logprobs.top_logprobs), cl
+        # n choices: choice i of a seeded request is the single request with seed + i, whole and streamed.
+        many = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=6, temperature=0.9, seed=41, n=3,
+                                         extra_body={"ignore_eos": True})
+        assert [c.index for c in many.choices] == [0, 1, 2] and many.usage.completion_tokens == 18, many
+        for i in range(3):
+            one = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=6, temperature=0.9, seed=41 + i,
+                                            extra_body={"ignore_eos": True})
+            assert many.choices[i].text == one.choices[0].text, (i, many.choices[i].text, one.choices[0].text)
+        texts = {}
+        for ch in client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                                 temperature=0.9, seed=3, n=2, stream=True, extra_body={"ignore_eos": True}):
+            for c in ch.choices:
+                texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+        whole = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                               temperature=0.9, seed=3, n=2, extra_body={"ignore_eos": True})
+        assert texts == {c.index: c.message.content for c in whole.choices}, (texts, whole)
+
         # Echo with logprobs, as evaluation harnesses score a continuation (lm-eval's local-completions).
         ec = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=1, temperature=0, logprobs=1,
                                        echo=True, extra_body={"ignore_eos": True})
