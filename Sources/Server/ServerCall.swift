@@ -198,53 +198,67 @@ struct Calls: Sendable {
         if lead.chat {
             for i in calls.indices { try await send(chunk(i, delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
         }
-        let (merged, continuation) = AsyncStream<(Int, GenerationEvent?)>.makeStream()
-        let feeders = Task {
-            await withTaskGroup(of: Void.self) { group in
-                for (i, events) in streams.enumerated() {
-                    group.addTask {
-                        for await e in events { continuation.yield((i, e)) }
-                        continuation.yield((i, nil))
-                    }
-                }
-            }
-            continuation.finish()
-        }
-        defer { feeders.cancel() }
         var open = calls.count
         var failure: APIError?
-        try await withTaskCancellationHandler {
-            for await (i, event) in merged {
-                let call = calls[i]
-                guard let e = event else {
-                    // This choice's stream ended: after its finish (sent with it), or cut off by shutdown.
-                    if progress[i].outcome.finish == nil {
-                        if !Task.isCancelled { failure = shutdown }
-                        break
-                    }
-                    call.markFinished()
-                    open -= 1
-                    if open == 0 { break }
-                    continue
+        /// Takes choice i's next event (nil: its stream ended); false once the response must stop reading.
+        func handle(_ i: Int, _ event: GenerationEvent?) async throws -> Bool {
+            let call = calls[i]
+            guard let e = event else {
+                // This choice's stream ended: after its finish (sent with it), or cut off by shutdown.
+                if progress[i].outcome.finish == nil {
+                    if !Task.isCancelled { failure = shutdown }
+                    return false
                 }
-                if let echo = progress[i].take(e, call) {
-                    try await send(chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
-                }
-                if e.finish == .error {
-                    call.markFinished()
-                    lead.server.metrics.request(model: lead.model, status: "500")
-                    failure = call.nonFiniteLogits
-                    break
-                }
-                if !e.text.isEmpty {
-                    try await send(chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
-                }
-                if let f = e.finish {
-                    try await send(chunk(i, text: nil, finish: f, logprobs: &progress[i].outcome.logprobs), &writer)
-                }
+                call.markFinished()
+                open -= 1
+                return open > 0
             }
-        } onCancel: {
-            feeders.cancel()
+            if let echo = progress[i].take(e, call) {
+                try await send(chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+            }
+            if e.finish == .error {
+                call.markFinished()
+                lead.server.metrics.request(model: lead.model, status: "500")
+                failure = call.nonFiniteLogits
+                return false
+            }
+            if !e.text.isEmpty {
+                try await send(chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+            }
+            if let f = e.finish {
+                try await send(chunk(i, text: nil, finish: f, logprobs: &progress[i].outcome.logprobs), &writer)
+            }
+            return true
+        }
+        if streams.count == 1 {
+            // One choice: its events as they come, no merging.
+            var reading = true
+            for await e in streams[0] {
+                reading = try await handle(0, e)
+                if !reading { break }
+            }
+            if reading { _ = try await handle(0, nil) }
+        } else {
+            let (merged, continuation) = AsyncStream<(Int, GenerationEvent?)>.makeStream()
+            let feeders = Task {
+                await withTaskGroup(of: Void.self) { group in
+                    for (i, events) in streams.enumerated() {
+                        group.addTask {
+                            for await e in events { continuation.yield((i, e)) }
+                            continuation.yield((i, nil))
+                        }
+                    }
+                }
+                continuation.finish()
+            }
+            defer { feeders.cancel() }
+            try await withTaskCancellationHandler {
+                for await (i, event) in merged {
+                    if try await !handle(i, event) { break }
+                }
+            } onCancel: {
+                feeders.cancel()
+            }
         }
         if let failure {
             try await send(failure.json, &writer)
