@@ -97,23 +97,25 @@ final class Call: Sendable {
             clock = Clock(call: call)
         }
 
-        /// Takes one event: the echo ahead of the first (returned, for a stream to send as its own chunk), the
-        /// token's count, latency and log-probabilities, and the finish. The event's text is the caller's to add.
-        mutating func take(_ e: GenerationEvent, _ call: Call) -> PromptEcho? {
-            var echoed: PromptEcho?
-            if first, let echo = call.echo, e.finish != .error {
-                let p = call.server.promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
-                outcome.logprobs.add(p)
-                echoed = p
-            }
-            first = false
+        /// The echoed prompt ahead of the first event (its records added; returned for the caller to add its text,
+        /// or for a stream to send as its own chunk), nil for any other.
+        mutating func echo(_ e: GenerationEvent, _ call: Call) -> PromptEcho? {
+            defer { first = false }
+            guard first, let echo = call.echo, e.finish != .error else { return nil }
+            let p = call.server.promptEcho(text: echo.text, firstToken: echo.firstToken, logprobs: e.promptLogprobs)
+            outcome.logprobs.add(p)
+            return p
+        }
+
+        /// Takes one event (after `echo`): the token's count, latency and log-probabilities, and the finish. The
+        /// event's text is the caller's to add.
+        mutating func take(_ e: GenerationEvent, _ call: Call) {
             if e.token != nil {
                 outcome.completionTokens += 1
                 clock.token()
             }
             if let f = e.finish { outcome.finish = f }
             outcome.logprobs.add(e.logprobs.map(call.server.tokenizer.render))
-            return echoed
         }
     }
 
@@ -121,7 +123,8 @@ final class Call: Sendable {
     func collect(_ events: RequestStream) async -> Outcome {
         var p = Progress(self)
         for await e in events {
-            if let echo = p.take(e, self) { p.outcome.text += echo.text }
+            if let echo = p.echo(e, self) { p.outcome.text += echo.text }
+            p.take(e, self)
             p.outcome.text += e.text
         }
         if p.outcome.finish != nil { finished.withLock { $0 = true } }
@@ -213,9 +216,10 @@ struct Calls: Sendable {
                 open -= 1
                 return open > 0
             }
-            if let echo = progress[i].take(e, call) {
+            if let echo = progress[i].echo(e, call) {
                 try await send(chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
             }
+            progress[i].take(e, call)
             if e.finish == .error {
                 call.markFinished()
                 lead.server.metrics.request(model: lead.model, status: "500")

@@ -203,6 +203,8 @@ import TestSupport
             let epieces = echunks.compactMap { ($0["choices"] as? [[String: Any]])?.first }
             #expect(epieces.compactMap { $0["text"] as? String }.joined() == echoText)
             #expect(epieces.flatMap { ($0["logprobs"] as? [String: Any])?["tokens"] as? [String] ?? [] } == etokens)
+            // The echo is a chunk of its own: the prompt's text and exactly the prompt's records.
+            #expect((epieces.first?["logprobs"] as? [String: Any])?["tokens"] as? [String] == Array(etokens.prefix(promptLength)))
             #expect(epieces.flatMap { ($0["logprobs"] as? [String: Any])?["text_offset"] as? [Int] ?? [] } == elp["text_offset"] as? [Int])
             // Echo alone: the prompt text as sent, then the completion.
             let plainEcho = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hello there\",\"max_tokens\":3,\"echo\":true}")

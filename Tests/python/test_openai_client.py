@@ -203,6 +203,10 @@ def main():
         assert ec.choices[0].text.startswith("hello world") and len(elp.tokens) == ec.usage.prompt_tokens + 1, ec
         assert elp.token_logprobs[0] is None and all(v <= 0 for v in elp.token_logprobs[1:]), elp
         assert elp.top_logprobs[0] is None and all(len(t) >= 1 for t in elp.top_logprobs[1:]), elp
+        chunks = [ch for ch in client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=3, temperature=0, logprobs=1,
+                                                         echo=True, stream=True, extra_body={"ignore_eos": True}) if ch.choices]
+        assert chunks[0].choices[0].text == "hello world" and len(chunks[0].choices[0].logprobs.tokens) == ec.usage.prompt_tokens, chunks[0]
+        assert sum(len(ch.choices[0].logprobs.tokens) for ch in chunks if ch.choices[0].logprobs) == ec.usage.prompt_tokens + 3, chunks
         first = client.completions.create(model="tiny-llama", prompt=[152], max_tokens=1, temperature=0, logprobs=0)
         banned = first.choices[0].logprobs.tokens[0]
         tok = client.completions.create(model="tiny-llama", prompt=[152], max_tokens=1, temperature=0, logprobs=0,
