@@ -10,43 +10,6 @@ import TestSupport
 /// sampling.json, written by tools/gen_sampling_goldens.py): greedy decoding with OpenAI's presence/frequency
 /// penalties and bias applied to the reference's float32 logits, and the raw logits' log-softmax in float64.
 @Suite struct SamplingGoldenTests {
-    struct Step: Decodable {
-        let token: Int
-        let margin: Float
-        let logprob: Double
-        let topTokens: [Int]
-        let topLogprobs: [Double]
-        /// What the penalties and bias added to each token's logit that they changed (by token id).
-        let adjusted: [String: Double]
-    }
-
-    struct Case: Decodable {
-        let name: String
-        let promptIds: [Int]
-        let presencePenalty: Double
-        let frequencyPenalty: Double
-        let logitBias: [String: Double]
-        let steps: [Step]
-    }
-
-    struct Scored: Decodable {
-        let token: Int
-        let logprob: Double
-        let topTokens: [Int]
-        let topLogprobs: [Double]
-    }
-
-    struct PromptCase: Decodable {
-        let promptIds: [Int]
-        let positions: [Scored]
-    }
-
-    struct Goldens: Decodable {
-        let top: Int
-        let cases: [Case]
-        let prompt: PromptCase
-    }
-
     /// The prompt's log-probabilities (each token given the ones before it), reported with the first generated
     /// token: in one prefill, and chunked over several iterations (each position scored once, in order), beside a
     /// request that asks for none.
@@ -86,9 +49,7 @@ import TestSupport
     static let tolerance = 2e-3
     static let minMargin: Float = 1e-2
 
-    static let goldens: Goldens = {
-        try! FixtureFiles.decodeGolden(Goldens.self, at: FixtureFiles.models.appendingPathComponent("tiny-llama/goldens/sampling.json"))
-    }()
+    static let goldens: SamplingGoldens = try! SamplingGoldens.load()
 
     @Test(arguments: ["plain", "penalties", "negative-penalties", "bias", "prompt-not-penalised"])
     func matchesTransformers(_ name: String) throws {

@@ -107,7 +107,7 @@ import TestSupport
     /// bias that bans the greedy token.
     @Test func logprobsPenaltiesAndBias() async throws {
         let server = try ServerFixtures.server()
-        let goldens = try FixtureFiles.decodeGolden(SamplingGoldens.self, at: FixtureFiles.models.appendingPathComponent("tiny-llama/goldens/sampling.json"))
+        let goldens = try SamplingGoldens.load()
         let plain = try #require(goldens.cases.first { $0.name == "plain" })
         let biased = try #require(goldens.cases.first { $0.name == "bias" })
         let penalised = try #require(goldens.cases.first { $0.name == "penalties" })
@@ -279,34 +279,6 @@ import TestSupport
             try expectError(try await client.post("/v1/completions", body + ",\"n\":5}"), status: 429)
         }
         #expect(try await ServerFixtures.waitIdle(server))
-    }
-
-    struct SamplingGoldens: Decodable {
-        struct Step: Decodable {
-            let token: Int
-            let margin: Float
-            let logprob: Double
-            let topTokens: [Int]
-            let topLogprobs: [Double]
-        }
-        struct Case: Decodable {
-            let name: String
-            let promptIds: [Int]
-            let presencePenalty: Double
-            let frequencyPenalty: Double
-            let logitBias: [String: Double]
-            let steps: [Step]
-        }
-        struct Scored: Decodable {
-            let token: Int
-            let logprob: Double
-        }
-        struct Prompt: Decodable {
-            let promptIds: [Int]
-            let positions: [Scored]
-        }
-        let cases: [Case]
-        let prompt: Prompt
     }
 
     /// /v1/models lists the base and every adapter with its parent; /health answers.
