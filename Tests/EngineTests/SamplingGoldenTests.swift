@@ -51,6 +51,31 @@ import TestSupport
 
     static let goldens: SamplingGoldens = try! SamplingGoldens.load()
 
+    /// Under memory pressure: four such requests in a cache that holds fewer than their blocks, prefilled in chunks
+    /// of 8 tokens, with no host memory to swap to, so requests are preempted and recomputed (some mid-prefill); each
+    /// still reports every prompt position once, as the
+    /// reference scores it.
+    @Test func promptLogprobsSurvivePreemption() throws {
+        let g = Self.goldens
+        let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let engine = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 14, blockSize: 4, maxBatchTokens: 8, hostSwapLimitBytes: 0)
+        let params = SamplingParams(temperature: 0, maxTokens: 12, ignoreEOS: true, promptLogprobs: 2)
+        let ids = try (0..<4).map { _ in try engine.submit(prompt: g.prompt.promptIds, params: params) }
+        let events = engine.runToCompletion()
+        #expect(engine.stats.preemptions > 0)
+        for id in ids {
+            let mine = events.filter { $0.requestID == id }
+            #expect(mine.count == 12)
+            let reported = mine.compactMap(\.promptLogprobs)
+            #expect(reported.count == 1, "prompt log-probabilities reported \(reported.count) times")
+            let scored = try #require(reported.first)
+            #expect(scored.map(\.token) == g.prompt.positions.map(\.token))
+            #expect(zip(scored, g.prompt.positions).allSatisfy { abs(Double($0.logprob) - $1.logprob) <= Self.tolerance })
+        }
+    }
+
     @Test(arguments: ["plain", "penalties", "negative-penalties", "bias", "prompt-not-penalised"])
     func matchesTransformers(_ name: String) throws {
         let g = Self.goldens
