@@ -53,8 +53,7 @@ import TestSupport
 
     /// Under memory pressure: four such requests in a cache that holds fewer than their blocks, prefilled in chunks
     /// of 8 tokens, with no host memory to swap to, so requests are preempted and recomputed (some mid-prefill); each
-    /// still reports every prompt position once, as the
-    /// reference scores it.
+    /// still reports every prompt position once, as the reference scores it.
     @Test func promptLogprobsSurvivePreemption() throws {
         let g = Self.goldens
         let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
