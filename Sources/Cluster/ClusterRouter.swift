@@ -345,12 +345,18 @@ public final class ClusterRouter: Sendable {
         // A request with n > 1 choices runs as n requests, each dispatched, migrated and resumed on its own (the
         // replica checks n; a value it would refuse goes to it as one request, for its 400).
         let n = (object["n"] as? Int).flatMap { (2...128).contains($0) ? $0 : nil } ?? 1
+        // A completions batch (an array of prompts: strings, or token-id arrays) likewise runs one flight per prompt
+        // and choice, choice index prompt · n + choice.
+        let prompts: Int = {
+            guard endpoint == "completions", let items = object["prompt"] as? [Any], (2...256).contains(items.count) else { return 1 }
+            return items.allSatisfy({ $0 is String }) || items.allSatisfy({ $0 is [Any] }) ? items.count : 1
+        }()
         let bodyText = String(buffer: body)
         var started: [Flight] = []
         var startedAttempts: [Attempt] = []
-        for i in 0..<n {
-            let flight = Flight(id: n == 1 ? id : "\(id)-\(i)", serial: i == 0 ? number : newID("").1, endpoint: endpoint, body: bodyText,
-                                model: model, choice: n == 1 ? nil : i)
+        for k in 0..<(prompts * n) {
+            let flight = Flight(id: prompts * n == 1 ? id : "\(id)-\(k)", serial: k == 0 ? number : newID("").1, endpoint: endpoint,
+                                body: bodyText, model: model, choice: n == 1 ? nil : k % n, prompt: prompts == 1 ? nil : k / n)
             do {
                 startedAttempts.append(try await startAttempt(flight, preferred: nil, migration: nil, excluding: []))
             } catch let e as ReplicaClient.Rejected {
@@ -401,6 +407,8 @@ struct RouterCall: Sendable {
     let created: Int
 
     private var model: String { flights[0].model }
+    /// Usage's prompt tokens: each prompt's once (its first choice's flight).
+    private var promptTokens: Int { flights.reduce(0) { $0 + (($1.choice ?? 0) == 0 ? $1.promptTokens : 0) } }
 
     /// One choice's state while its relay runs.
     struct Choice: Sendable {
@@ -449,7 +457,7 @@ struct RouterCall: Sendable {
         }
         guard results.allSatisfy({ $0.finish != nil }) else { throw CancellationError() }
         router.metrics.request(status: "ok")
-        let usage = Usage(prompt: flights[0].promptTokens, completion: results.reduce(0) { $0 + $1.tokens })
+        let usage = Usage(prompt: promptTokens, completion: results.reduce(0) { $0 + $1.tokens })
         if chat {
             let choices = results.enumerated().map { i, c in
                 var l = c.logprobs
@@ -523,7 +531,7 @@ struct RouterCall: Sendable {
         guard open == 0 else { return }
         router.metrics.request(status: "ok")
         if includeUsage {
-            let usage = Usage(prompt: flights[0].promptTokens, completion: choices.reduce(0) { $0 + $1.tokens })
+            let usage = Usage(prompt: promptTokens, completion: choices.reduce(0) { $0 + $1.tokens })
             try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
                                                                         choices: [], usage: usage))
                                 : OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,

@@ -29,6 +29,8 @@ final class Flight: @unchecked Sendable {
     let model: String
     /// Which choice of a request with n > 1 (each runs as a flight of its own); nil for a single one.
     let choice: Int?
+    /// Which prompt of a completions batch (each runs as flights of its own); nil for a single one.
+    let prompt: Int?
     let arrival: UInt64
 
     private let lock = NSLock()
@@ -39,13 +41,14 @@ final class Flight: @unchecked Sendable {
     private var _migrating = false
     private var input: AsyncStream<RelayInput>.Continuation?
 
-    init(id: String, serial: UInt64, endpoint: String, body: String, model: String, choice: Int? = nil) {
+    init(id: String, serial: UInt64, endpoint: String, body: String, model: String, choice: Int? = nil, prompt: Int? = nil) {
         self.id = id
         self.serial = serial
         self.endpoint = endpoint
         self.body = body
         self.model = model
         self.choice = choice
+        self.prompt = prompt
         arrival = DispatchTime.now().uptimeNanoseconds
     }
 

@@ -41,7 +41,7 @@ extension ClusterRouter {
             tries += 1
             guard let r = preferred ?? dispatch(model: f.model, promptTokens: f.promptTokens, excluding: excluded) else { break }
             let g = ReplicaGenerate(id: f.id, endpoint: f.endpoint, body: f.body, generated: f.generated, seed: f.seed,
-                                    migration: preferred == r ? migration : nil, choice: f.choice)
+                                    migration: preferred == r ? migration : nil, choice: f.choice, prompt: f.prompt)
             preferred = nil
             do {
                 let events = try await replicas.client(r).generate(g)

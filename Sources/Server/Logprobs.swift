@@ -30,8 +30,8 @@ extension OpenAIServer {
     }
 
     /// The prompt as `echo` returns it.
-    func echoText(_ parsed: GenerationRequest, prompt: [Int]) -> String {
-        if case .text(let text) = parsed.input { return text }
+    func echoText(_ input: GenerationRequest.Input, prompt: [Int]) -> String {
+        if case .text(let text) = input { return text }
         return tokenizer.decode(prompt, skipSpecial: false)
     }
 }

@@ -16,7 +16,10 @@ struct GenerationRequest: Equatable {
     }
 
     var model: String
-    var input: Input
+    /// The prompts: one, or a completions batch (OpenAI's array of prompts), each run as requests of its own.
+    var inputs: [Input]
+    /// The first (the only one but in a completions batch).
+    var input: Input { inputs[0] }
     /// Sampling parameters; `maxTokens` is nil when the client gave none (the server picks the default).
     var params: SamplingParams
     var stream = false
@@ -59,11 +62,11 @@ struct GenerationRequest: Equatable {
         guard let model = try f.string("model") else { throw APIError.invalid("model", "'model' is required") }
         guard !model.isEmpty, model.utf8.count <= 256 else { throw APIError.invalid("model", "'model' must be 1 to 256 bytes") }
 
-        let input: Input
+        let inputs: [Input]
         if chat {
-            input = .messages(try messages(f))
+            inputs = [.messages(try messages(f))]
         } else {
-            input = try prompt(f)
+            inputs = try prompts(f)
         }
 
         var params = SamplingParams()
@@ -132,7 +135,10 @@ struct GenerationRequest: Equatable {
             }
         }
 
-        return GenerationRequest(model: model, input: input, params: params, stream: stream, includeUsage: includeUsage, user: user,
+        guard inputs.count * n <= maxChoices * 8 else {
+            throw APIError.invalid("n", "\(inputs.count) prompts × n = \(n) asks for \(inputs.count * n) completions; at most \(maxChoices * 8)")
+        }
+        return GenerationRequest(model: model, inputs: inputs, params: params, stream: stream, includeUsage: includeUsage, user: user,
                                  moleExperts: moleExperts, echo: echo, n: n)
     }
 
@@ -186,22 +192,36 @@ struct GenerationRequest: Equatable {
         return try f.int("logprobs", in: 0...limit)
     }
 
-    private static func prompt(_ f: JSONFields) throws -> Input {
+    /// The most prompts one completions request may batch.
+    static let maxPrompts = 256
+
+    /// `prompt`: a string, token ids, or a batch — an array of strings, or of token-id arrays (OpenAI's shapes).
+    private static func prompts(_ f: JSONFields) throws -> [Input] {
         guard let value = f.fields["prompt"], value != .null else { throw APIError.invalid("prompt", "'prompt' is required") }
         switch value {
         case .string(let s):
-            return .text(s)
+            return [.text(s)]
         case .array(let items):
-            if items.count == 1, case .string(let s) = items[0] { return .text(s) }
-            if items.count == 1, case .array(let inner) = items[0] { return .tokens(try tokenIDs(inner)) }
-            if items.allSatisfy({ if case .string = $0 { return true } else { return false } }) || items.contains(where: {
-                if case .array = $0 { return true } else { return false }
-            }) {
-                throw APIError.invalid("prompt", "a batch of prompts is not supported: send one prompt per request")
+            func isString(_ v: ExactJSON) -> Bool { if case .string = v { return true } else { return false } }
+            func isArray(_ v: ExactJSON) -> Bool { if case .array = v { return true } else { return false } }
+            if !items.isEmpty && (items.allSatisfy(isString) || items.allSatisfy(isArray)) {
+                guard items.count <= maxPrompts else {
+                    throw APIError.invalid("prompt", "a batch holds at most \(maxPrompts) prompts, got \(items.count)")
+                }
+                return try items.map { item in
+                    switch item {
+                    case .string(let s): return .text(s)
+                    case .array(let inner): return .tokens(try tokenIDs(inner))
+                    default: preconditionFailure("checked above")
+                    }
+                }
             }
-            return .tokens(try tokenIDs(items))
+            if items.contains(where: { isString($0) || isArray($0) }) {
+                throw APIError.invalid("prompt", "a batch of prompts must be all strings or all arrays of token ids")
+            }
+            return [.tokens(try tokenIDs(items))]
         default:
-            throw APIError.invalid("prompt", "'prompt' must be a string, or an array of token ids")
+            throw APIError.invalid("prompt", "'prompt' must be a string, an array of token ids, or an array of either")
         }
     }
 

@@ -290,7 +290,7 @@ public final class OpenAIServer: Sendable {
 
     /// The prompt's tokens and the sampling parameters of a parsed request, checked against this server's
     /// limits (text too long by its byte length alone is refused before tokenizing); `max_tokens` filled in.
-    func prepare(_ parsed: GenerationRequest) async throws -> (prompt: [Int], params: SamplingParams) {
+    func prepare(_ parsed: GenerationRequest, input: GenerationRequest.Input) async throws -> (prompt: [Int], params: SamplingParams) {
         let prompt: [Int]
         let promptParam = parsed.isChat ? "messages" : "prompt"
         let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
@@ -305,7 +305,7 @@ public final class OpenAIServer: Sendable {
             try checkBytes(text)
             return await prompts.encode(text, addSpecial: addSpecial)
         }
-        switch parsed.input {
+        switch input {
         case .text(let text):
             guard !text.isEmpty else { throw APIError.invalid("prompt", "the prompt is empty") }
             prompt = try await tokens(text, addSpecial: true)
@@ -349,28 +349,34 @@ public final class OpenAIServer: Sendable {
     }
 
     private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64) async throws -> Response {
-        let (prompt, params) = try await prepare(parsed)
         let promptParam = parsed.isChat ? "messages" : "prompt"
         let id = newID(parsed.isChat ? "chatcmpl-" : "cmpl-")
-        let echo = parsed.echo ? (echoText(parsed, prompt: prompt), prompt[0]) : nil
-        // One engine request per choice, each with its own queue place; a seeded request's choice i samples with
-        // seed + i (so choice 0 is what n = 1 gives), an unseeded one's with a seed of its own.
+        // Every prompt checked before any runs.
+        var prepared: [(prompt: [Int], params: SamplingParams)] = []
+        for input in parsed.inputs { prepared.append(try await prepare(parsed, input: input)) }
+        // One engine request per prompt and choice, each with its own queue place (choice index: prompt · n + choice);
+        // a seeded request's choice i samples with seed + i (so choice 0 is what n = 1 gives), an unseeded one's with
+        // a seed of its own.
         var calls: [Call] = []
         var streams: [RequestStream] = []
-        for i in 0..<parsed.n {
-            var p = params
-            p.seed = params.seed.map { $0 &+ UInt64(i) }
-            let admission = try admit()
-            let ticket: Scheduling.RequestID
-            let events: RequestStream
-            do {
-                (ticket, events) = try engine.submit(prompt: prompt, params: p, adapter: adapter)
-            } catch {
-                throw APIError.invalid(error is SamplingError ? nil : promptParam, "\(error)")
+        for (k, (input, (prompt, params))) in zip(parsed.inputs, prepared).enumerated() {
+            let echo = parsed.echo ? (echoText(input, prompt: prompt), prompt[0]) : nil
+            for i in 0..<parsed.n {
+                var p = params
+                p.seed = params.seed.map { $0 &+ UInt64(i) }
+                let admission = try admit()
+                let ticket: Scheduling.RequestID
+                let events: RequestStream
+                do {
+                    (ticket, events) = try engine.submit(prompt: prompt, params: p, adapter: adapter)
+                } catch {
+                    throw APIError.invalid(error is SamplingError ? nil : promptParam, "\(error)")
+                }
+                calls.append(Call(server: self, model: parsed.model, chat: parsed.isChat, id: id, index: k * parsed.n + i,
+                                  countsPrompt: i == 0, promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission,
+                                  logprobs: params.logprobs != nil, echo: echo))
+                streams.append(events)
             }
-            calls.append(Call(server: self, model: parsed.model, chat: parsed.isChat, id: id, index: i, promptTokens: prompt.count,
-                              arrival: arrival, ticket: ticket, admission: admission, logprobs: params.logprobs != nil, echo: echo))
-            streams.append(events)
         }
         let response = Calls(calls, streams)
         // A client that leaves cancels the request: the connection's close is watched beside the request

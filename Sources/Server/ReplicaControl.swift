@@ -164,15 +164,23 @@ extension OpenAIServer {
         }
         let parsed = try GenerationRequest.parse(ByteBuffer(string: g.body), chat: g.endpoint == "chat")
         let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
-        var (prompt, params) = try await prepare(parsed)
-        // One choice per generation: the router splits a request with n > 1 and names each choice.
-        let choice = g.choice ?? 0
+        // One prompt and one choice per generation: the router splits a batch of prompts and a request with n > 1,
+        // and names each part.
+        let choice = g.choice ?? 0, promptIndex = g.prompt ?? 0
         guard parsed.n == 1 || g.choice != nil else {
             throw APIError.invalid("choice", "a request with n = \(parsed.n) runs one choice per generation: name it in 'choice'")
         }
         guard (0..<parsed.n).contains(choice) else {
             throw APIError.invalid("choice", "choice \(choice) is outside 0..<\(parsed.n)")
         }
+        guard parsed.inputs.count == 1 || g.prompt != nil else {
+            throw APIError.invalid("prompt", "a batch of \(parsed.inputs.count) prompts runs one prompt per generation: name it in 'prompt'")
+        }
+        guard parsed.inputs.indices.contains(promptIndex) else {
+            throw APIError.invalid("prompt", "prompt \(promptIndex) is outside 0..<\(parsed.inputs.count)")
+        }
+        let input = parsed.inputs[promptIndex]
+        var (prompt, params) = try await prepare(parsed, input: input)
         let seed = g.seed ?? params.seed.map { $0 &+ UInt64(choice) } ?? UInt64.random(in: .min ... .max)
         params.seed = seed
         var kv: KVBlocks?
@@ -204,7 +212,7 @@ extension OpenAIServer {
                                                     logprobs: params.logprobs != nil))
         let id = g.id, model = parsed.model, promptCount = prompt.count
         // Echoed once, by the replica that starts the request (a resumed one's router has it already).
-        let echo = parsed.echo && g.generated.isEmpty ? (echoText(parsed, prompt: prompt), prompt[0]) : nil
+        let echo = parsed.echo && g.generated.isEmpty ? (echoText(input, prompt: prompt), prompt[0]) : nil
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson", .cacheControl: "no-cache"],
                         body: .init { writer in
                             defer { self.forgetLive(id, ticket: ticket) }

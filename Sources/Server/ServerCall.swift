@@ -16,6 +16,8 @@ final class Call: Sendable {
     let id: String
     /// Which choice (`index` in the response).
     let index: Int
+    /// The first choice of its prompt: usage and the metrics count its prompt's tokens (once per prompt).
+    let countsPrompt: Bool
     let promptTokens: Int
     let arrival: UInt64
     let ticket: Scheduling.RequestID
@@ -33,13 +35,14 @@ final class Call: Sendable {
         var logprobs: LogprobsCollector
     }
 
-    init(server: OpenAIServer, model: String, chat: Bool, id: String, index: Int = 0, promptTokens: Int, arrival: UInt64,
+    init(server: OpenAIServer, model: String, chat: Bool, id: String, index: Int = 0, countsPrompt: Bool = true, promptTokens: Int, arrival: UInt64,
          ticket: Scheduling.RequestID, admission: any AnyObject & Sendable, logprobs: Bool, echo: (text: String, firstToken: Int)? = nil) {
         self.server = server
         self.model = model
         self.chat = chat
         self.id = id
         self.index = index
+        self.countsPrompt = countsPrompt
         self.promptTokens = promptTokens
         self.arrival = arrival
         self.ticket = ticket
@@ -56,8 +59,8 @@ final class Call: Sendable {
         if !finished.withLock({ $0 }) { server.engine.cancel(ticket) }
     }
 
-    /// Latency bookkeeping shared by both response styles. The request itself (its status, its prompt tokens) is
-    /// counted by its first choice; every choice counts its own tokens and latencies.
+    /// Latency bookkeeping shared by both response styles. The request itself (its status) is counted by its first
+    /// choice, each prompt's tokens by that prompt's first; every choice counts its own tokens and latencies.
     struct Clock {
         let call: Call
         var last: UInt64?
@@ -74,7 +77,7 @@ final class Call: Sendable {
 
         func end(_ o: Outcome) {
             let m = call.server.metrics
-            m.tokens(model: call.model, prompt: call.index == 0 ? call.promptTokens : 0, generated: o.completionTokens)
+            m.tokens(model: call.model, prompt: call.countsPrompt ? call.promptTokens : 0, generated: o.completionTokens)
             if o.finish == .error {
                 return  // counted where the 500 is rendered (the handler's catch, or the stream's error event)
             } else if o.finish != nil {
@@ -157,6 +160,8 @@ struct Calls: Sendable {
     }
 
     private var lead: Call { calls[0] }
+    /// Usage's prompt tokens: each prompt's once.
+    private var promptTokens: Int { calls.reduce(0) { $0 + ($1.countsPrompt ? $1.promptTokens : 0) } }
     private var shutdown: APIError {
         APIError(.serviceUnavailable, "the request was cancelled before it finished (the server is shutting down)")
     }
@@ -175,7 +180,7 @@ struct Calls: Sendable {
             guard let finish = o.finish else { throw shutdown }
             if finish == .error { throw call.nonFiniteLogits }
         }
-        let usage = Usage(prompt: lead.promptTokens, completion: outcomes.reduce(0) { $0 + $1.completionTokens })
+        let usage = Usage(prompt: promptTokens, completion: outcomes.reduce(0) { $0 + $1.completionTokens })
         if lead.chat {
             let choices = outcomes.enumerated().map { i, o in
                 var l = o.logprobs
@@ -272,7 +277,7 @@ struct Calls: Sendable {
         // A client that left is not written to (the task was cancelled).
         guard open == 0 else { return }
         if includeUsage {
-            let usage = Usage(prompt: lead.promptTokens, completion: progress.reduce(0) { $0 + $1.outcome.completionTokens })
+            let usage = Usage(prompt: promptTokens, completion: progress.reduce(0) { $0 + $1.outcome.completionTokens })
             try await send(lead.chat ? OpenAIWire.encode(ChatCompletionChunk(id: lead.id, object: "chat.completion.chunk", created: created,
                                                                              model: lead.model, choices: [], usage: usage))
                                      : OpenAIWire.encode(TextCompletion(id: lead.id, object: "text_completion", created: created,

@@ -142,9 +142,12 @@ public struct ReplicaGenerate: Codable, Sendable, Equatable {
     /// For a request with `n` > 1, which choice this generation is (the router runs each as a request of its own):
     /// without `seed`, a seeded body's choice i samples with its seed + i.
     public var choice: Int?
+    /// For a completions batch (an array of prompts), which prompt this generation runs.
+    public var prompt: Int?
 
     public init(id: String, endpoint: String, body: String, generated: [Int] = [], seed: UInt64? = nil, migration: String? = nil,
-                choice: Int? = nil) {
+                choice: Int? = nil, prompt: Int? = nil) {
+        self.prompt = prompt
         self.id = id
         self.endpoint = endpoint
         self.body = body

@@ -148,6 +148,12 @@ import Testing
                             status: 400, param: "choice")
             let outside = String(decoding: ClusterWire.encode(ReplicaGenerate(id: "c", endpoint: "completions", body: several, choice: 2)), as: UTF8.self)
             try expectError(try await client.post("/internal/generate", outside, key: Self.admin), status: 400, param: "choice")
+            // A batch of prompts likewise runs one prompt per generation.
+            let batch = "{\"model\": \"tiny-llama\", \"prompt\": [\"a\", \"b\"], \"max_tokens\": 2}"
+            try expectError(try await client.post("/internal/generate", Self.generateJSON(id: "p", body: batch), key: Self.admin),
+                            status: 400, param: "prompt")
+            let beyond = String(decoding: ClusterWire.encode(ReplicaGenerate(id: "p", endpoint: "completions", body: batch, prompt: 2)), as: UTF8.self)
+            try expectError(try await client.post("/internal/generate", beyond, key: Self.admin), status: 400, param: "prompt")
             try expectError(try await client.post("/internal/requests/nope/export", "", key: Self.admin), status: 404)
             try expectError(try await client.send("/internal/requests/nope/kv?from=0", .get, key: Self.admin), status: 404)
             try expectError(try await client.send("/internal/migrations/mig-9/blocks", .put, body: ByteBuffer(bytes: [1, 2, 3]),

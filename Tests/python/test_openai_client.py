@@ -196,6 +196,20 @@ def main():
                                                temperature=0.9, seed=3, n=2, extra_body={"ignore_eos": True})
         assert texts == {c.index: c.message.content for c in whole.choices}, (texts, whole)
 
+        # A batch of prompts (as evaluation harnesses send them), with n = 2: choice index prompt · n + choice, each
+        # what the prompt alone gives; usage counts each prompt once.
+        batch = client.completions.create(model="a-qv-r4", prompt=["hello world", "once upon a"], max_tokens=4, temperature=0, n=2,
+                                          extra_body={"ignore_eos": True})
+        alone = [client.completions.create(model="a-qv-r4", prompt=p, max_tokens=4, temperature=0, extra_body={"ignore_eos": True})
+                 for p in ["hello world", "once upon a"]]
+        assert [c.index for c in batch.choices] == [0, 1, 2, 3], batch
+        assert [c.text for c in batch.choices] == [alone[0].choices[0].text] * 2 + [alone[1].choices[0].text] * 2, (batch, alone)
+        assert batch.usage.prompt_tokens == alone[0].usage.prompt_tokens + alone[1].usage.prompt_tokens, batch.usage
+        assert batch.usage.completion_tokens == 16, batch.usage
+        ids = client.completions.create(model="tiny-llama", prompt=[[152], [152, 34]], max_tokens=2, temperature=0, logprobs=1,
+                                        echo=True, extra_body={"ignore_eos": True})
+        assert [len(c.logprobs.tokens) for c in ids.choices] == [3, 4], ids
+
         # Echo with logprobs, as evaluation harnesses score a continuation (lm-eval's local-completions).
         ec = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=1, temperature=0, logprobs=1,
                                        echo=True, extra_body={"ignore_eos": True})
