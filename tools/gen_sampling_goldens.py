@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, RepetitionPenaltyLogitsProcessor
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = ROOT / "Tests/Fixtures/models/tiny-llama"
@@ -39,6 +39,9 @@ CASES = [
     # The prompt is not penalised: prompt 0 followed by its first 8 plain greedy tokens (which repeat), then strong
     # penalties — counting the prompt would push the continuation off the tokens the prompt repeats.
     dict(name="prompt-not-penalised", prompt=0, presence=2.0, frequency=1.0, bias={}, extend=8),
+    # vLLM's and transformers' repetition penalty (transformers' own RepetitionPenaltyLogitsProcessor), which does count
+    # the prompt: the same repeating prompt, so counting only the generated tokens would decode differently.
+    dict(name="repetition", prompt=0, presence=0.0, frequency=0.0, bias={}, extend=8, repetition=1.6),
 ]
 
 
@@ -46,7 +49,7 @@ def r8(x: float) -> float:
     return float(f"{x:.8g}")
 
 
-def decode(model, prompt, presence, frequency, bias):
+def decode(model, prompt, presence, frequency, bias, repetition=1.0, prompt_counts=True):
     ids = list(prompt)
     generated = []
     steps = []
@@ -55,6 +58,9 @@ def decode(model, prompt, presence, frequency, bias):
             logits = model(torch.tensor([ids])).logits[0, -1].double()
         raw = torch.log_softmax(logits, dim=-1)
         adj = logits.clone()
+        if repetition != 1.0:
+            seen = ids if prompt_counts else generated
+            adj = RepetitionPenaltyLogitsProcessor(repetition)(torch.tensor([seen or [0]]), adj[None, :])[0] if seen else adj
         counts = {}
         for t in generated:
             counts[t] = counts.get(t, 0) + 1
@@ -67,7 +73,7 @@ def decode(model, prompt, presence, frequency, bias):
         margin = float(top2.values[0] - top2.values[1])
         top = torch.topk(raw, TOP)
         # The adjusted logits where they changed, by token (what the penalties and bias did, numerically).
-        changed = sorted(set(counts) | set(bias))
+        changed = sorted(set(counts) | set(bias) | (set(ids) if repetition != 1.0 else set()))
         steps.append(dict(token=chosen, margin=r8(margin), logprob=r8(float(raw[chosen])),
                           top_tokens=[int(i) for i in top.indices], top_logprobs=[r8(float(v)) for v in top.values],
                           adjusted={str(t): r8(float(adj[t] - logits[t])) for t in changed}))
@@ -89,8 +95,12 @@ def main():
         if bias is None:
             plain = decode(model, prompt, 0.0, 0.0, {})
             bias = {plain[0]["token"]: -100.0, plain[2]["token"]: 3.5}
-        steps = decode(model, prompt, case["presence"], case["frequency"], bias)
-        out.append(dict(name=case["name"], prompt_ids=prompt, presence_penalty=case["presence"],
+        repetition = case.get("repetition", 1.0)
+        steps = decode(model, prompt, case["presence"], case["frequency"], bias, repetition)
+        if repetition != 1.0:
+            alt = decode(model, prompt, case["presence"], case["frequency"], bias, repetition, prompt_counts=False)
+            assert [s["token"] for s in alt] != [s["token"] for s in steps], "the case cannot tell whether the prompt counts"
+        out.append(dict(name=case["name"], prompt_ids=prompt, presence_penalty=case["presence"], repetition_penalty=repetition,
                         frequency_penalty=case["frequency"], logit_bias={str(k): v for k, v in bias.items()},
                         steps=steps))
     # Prompt log-probabilities (completions' echo with logprobs): each prompt token given the ones before it, from

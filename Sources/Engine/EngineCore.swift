@@ -99,9 +99,10 @@ public final class EngineCore {
         var sampler: Sampler
         let params: SamplingParams
         let adapter: Int
-        /// Prompt log-probabilities (`params.promptLogprobs`): those computed so far, and the next prompt position to
-        /// score (a preempted request recomputes its prompt without scoring a position twice). `scoreTo` = promptCount:
-        /// nothing to score (not asked, or resumed with tokens generated elsewhere, which reported them there).
+        /// Prompt log-probabilities (`params.promptLogprobs`): those computed so far, the next prompt position to score
+        /// (a preempted request recomputes its prompt without scoring a position twice), and one past the last: the
+        /// prompt's length, or 0 when there is nothing to score (not asked, or resumed with tokens generated
+        /// elsewhere, where they were reported).
         var promptLogprobs: [TokenLogprobs] = []
         var scoreFrom = 1
         var scoreTo = 0
@@ -174,6 +175,9 @@ public final class EngineCore {
         }
         if let bad = params.logitBias.keys.filter({ $0 >= vocab }).min() {
             throw SamplingError("logit_bias names token id \(bad), outside the vocabulary (0..<\(vocab))")
+        }
+        if let bad = params.stopTokenIDs.first(where: { $0 >= vocab }) {
+            throw SamplingError("stop_token_ids names token id \(bad), outside the vocabulary (0..<\(vocab))")
         }
         if let problem = schedulerConfig.admissionProblem(promptTokens: prompt.count, adapterBytes: adapter?.byteCount ?? 0) {
             throw EngineError(adapter.map { problem.replacingOccurrences(of: "the adapter", with: "adapter '\($0.name)'") } ?? problem)
@@ -323,8 +327,12 @@ public final class EngineCore {
             // append below does not copy it.
             var sampledToken: Int?
             do {
-                let generated = sequences[run.request]!.tokens[sequences[run.request]!.promptCount...]
-                sampledToken = sequences[run.request]!.sampler.sample(logits, position: position, generated: generated)
+                let all = sequences[run.request]!.tokens, promptCount = sequences[run.request]!.promptCount
+                let params = sequences[run.request]!.params
+                // Before min_tokens, nothing that would end the sequence.
+                let suppress = all.count - promptCount < params.minTokens ? params.stopTokenIDs + (params.ignoreEOS ? [] : Array(endTokens)) : []
+                sampledToken = sequences[run.request]!.sampler.sample(logits, position: position, generated: all[promptCount...],
+                                                                      prompt: all[..<promptCount], suppress: suppress)
             }
             guard let token = sampledToken else {
                 sampled.append(SampledToken(request: run.request, failed: true))
@@ -333,7 +341,8 @@ public final class EngineCore {
             }
             sequences[run.request]!.tokens.append(token)
             let s = sequences[run.request]!
-            sampled.append(SampledToken(request: run.request, endsSequence: endTokens.contains(token) && !s.params.ignoreEOS))
+            sampled.append(SampledToken(request: run.request,
+                                        endsSequence: (endTokens.contains(token) && !s.params.ignoreEOS) || s.params.stopTokenIDs.contains(token)))
             let logprobs = s.params.logprobs.map { TokenLogprobs(logits: logits, token: token, top: $0) }
             var event = EngineEvent(requestID: run.request, token: token, finish: nil, message: nil, logprobs: logprobs)
             if s.first {

@@ -21,6 +21,15 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     public var frequencyPenalty: Double = 0
     /// Added to these tokens' logits before sampling (OpenAI's `logit_bias`, −100…100; −100 in effect bans one).
     public var logitBias: [Int: Double] = [:]
+    /// vLLM's and transformers' repetition penalty (> 0; 1 = off), over the prompt and the generated tokens: a
+    /// positive logit of a token seen so far is divided by it, a negative one multiplied.
+    public var repetitionPenalty: Double = 1
+    /// vLLM's min-p (0…1; 0 = off): sample only among tokens at least `minP` times as likely as the most likely.
+    public var minP: Double = 0
+    /// vLLM's min_tokens: the end-of-sequence tokens (and `stopTokenIDs`) cannot be sampled before this many.
+    public var minTokens: Int = 0
+    /// vLLM's stop_token_ids: more tokens that end the sequence (not part of the text, like end-of-sequence).
+    public var stopTokenIDs: [Int] = []
     /// Log-probabilities to report with each sampled token: nil none; n ≥ 0 the sampled token's and the n most
     /// likely tokens' (at most `maxLogprobs`). They are the model's own distribution (log-softmax of the raw
     /// logits), before temperature, penalties and bias — what OpenAI and vLLM (its default) return.
@@ -51,7 +60,7 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     }
 
     /// Whether the logits are changed before sampling (penalties or bias).
-    public var adjustsLogits: Bool { presencePenalty != 0 || frequencyPenalty != 0 || !logitBias.isEmpty }
+    public var adjustsLogits: Bool { presencePenalty != 0 || frequencyPenalty != 0 || !logitBias.isEmpty || repetitionPenalty != 1 }
 
     public static let greedy = SamplingParams(temperature: 0)
 
@@ -89,6 +98,17 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         }
         if let promptLogprobs, !(0...Self.maxLogprobs).contains(promptLogprobs) {
             throw SamplingError("prompt_logprobs must be between 0 and \(Self.maxLogprobs), got \(promptLogprobs)")
+        }
+        guard repetitionPenalty.isFinite, repetitionPenalty > 0, repetitionPenalty <= 10 else {
+            throw SamplingError("repetition_penalty must be in (0, 10], got \(repetitionPenalty)")
+        }
+        guard minP.isFinite, minP >= 0, minP <= 1 else { throw SamplingError("min_p must be between 0 and 1, got \(minP)") }
+        guard minTokens >= 0 else { throw SamplingError("min_tokens must be >= 0, got \(minTokens)") }
+        if let maxTokens, minTokens > maxTokens {
+            throw SamplingError("min_tokens (\(minTokens)) must not exceed max_tokens (\(maxTokens))")
+        }
+        guard stopTokenIDs.count <= 64, stopTokenIDs.allSatisfy({ $0 >= 0 }) else {
+            throw SamplingError("stop_token_ids must hold at most 64 non-negative token ids")
         }
     }
 
@@ -176,32 +196,52 @@ public struct Sampler: Sendable {
 
     /// The next token for the sequence position `position`, after the request's penalties (over `generated`, the
     /// tokens it generated so far) and logit bias. Without either it is `sample(_:position:)` on `logits` as they are.
-    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, position: Int, generated: ArraySlice<Int>) -> Int? {
-        guard params.adjustsLogits else { return sample(logits, position: position) }
+    /// `prompt`: the request's prompt (the repetition penalty counts it too); `suppress`: tokens that cannot be sampled
+    /// now (end-of-sequence before `minTokens`).
+    public mutating func sample(_ logits: UnsafeBufferPointer<Float>, position: Int, generated: ArraySlice<Int>,
+                                prompt: ArraySlice<Int> = [], suppress: [Int] = []) -> Int? {
+        guard params.adjustsLogits || !suppress.isEmpty else { return sample(logits, position: position) }
         let vocab = logits.count
         if adjusted.count != vocab { adjusted = [Float](repeating: 0, count: vocab) }
         let presence = Float(params.presencePenalty), frequency = Float(params.frequencyPenalty)
-        if presence != 0 && seen.count != vocab {
+        let repetition = Float(params.repetitionPenalty)
+        if (presence != 0 || repetition != 1) && seen.count != vocab {
             seen = [UInt32](repeating: 0, count: vocab)
             epoch = 0
         }
-        epoch &+= 1
-        if epoch == 0 {  // wrapped: clear the marks once every 2^32 steps
+        if epoch >= UInt32.max - 2 {  // about to wrap: clear the marks once every 2^31 steps
             for i in seen.indices { seen[i] = 0 }
-            epoch = 1
+            epoch = 0
         }
+        epoch &+= 2
         let mark = epoch
         adjusted.withUnsafeMutableBufferPointer { a in
             _ = a.initialize(from: logits)
             seen.withUnsafeMutableBufferPointer { marks in
+                if repetition != 1 { Self.repeat(a, tokens: prompt, generated: generated, penalty: repetition, marks: marks, mark: mark - 1) }
                 Self.adjust(a, generated: generated, presence: presence, frequency: frequency, bias: params.logitBias,
                             marks: marks, mark: mark)
             }
+            for t in suppress where t >= 0 && t < vocab { a[t] = -.infinity }
         }
         var buffer = adjusted
         adjusted = []  // `sample` below may not see its own scratch through `self`; handed back after
         defer { adjusted = buffer }
         return buffer.withUnsafeMutableBufferPointer { sample(UnsafeBufferPointer($0), position: position) }
+    }
+
+    /// The repetition penalty, in place, once per distinct token of `tokens` and `generated` (transformers' and
+    /// vLLM's rule): x / penalty where x > 0, x · penalty otherwise. `marks` as for `adjust`, with its own `mark`.
+    static func `repeat`(_ a: UnsafeMutableBufferPointer<Float>, tokens: ArraySlice<Int>, generated: ArraySlice<Int>, penalty: Float,
+                         marks: UnsafeMutableBufferPointer<UInt32>, mark: UInt32) {
+        let vocab = a.count
+        func apply(_ t: Int) {
+            guard t >= 0 && t < vocab && marks[t] != mark else { return }
+            marks[t] = mark
+            a[t] = a[t] > 0 ? a[t] / penalty : a[t] * penalty
+        }
+        for t in tokens { apply(t) }
+        for t in generated { apply(t) }
     }
 
     /// OpenAI's adjustment, in place: logit[t] − count(t)·frequency − [count(t) > 0]·presence + bias[t], counts over
@@ -276,12 +316,14 @@ public struct Sampler: Sendable {
         if probs.count < vocab { probs = [Float](repeating: 0, count: vocab) }
         candidates.reserveCapacity(vocab)
 
-        // Unnormalised probabilities.
+        // Unnormalised probabilities; min-p drops those below minP times the largest (which is 1).
         var total: Double = 0
+        let minP = Float(params.minP)
         probs.withUnsafeMutableBufferPointer { p in
             for i in 0..<vocab {
                 let d = logits[i] - maxLogit
-                let e = d == -.infinity ? 0 : expf(d * invT)  // the largest logit gets exactly 1, so total ≥ 1
+                var e = d == -.infinity ? 0 : expf(d * invT)  // the largest logit gets exactly 1, so total ≥ 1
+                if e < minP { e = 0 }
                 p[i] = e
                 total += Double(e)
             }

@@ -44,6 +44,8 @@ struct GenerationRequest: Equatable {
     private static let commonKeys: Set<String> = [
         "model", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n", "user", "stream", "stream_options",
         "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos", "mole_experts",
+        // vLLM's sampling extensions.
+        "repetition_penalty", "min_p", "min_tokens", "stop_token_ids",
     ]
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
     private static let chatKeys: Set<String> = [
@@ -106,6 +108,14 @@ struct GenerationRequest: Equatable {
         params.presencePenalty = try f.number("presence_penalty", in: -2...2) ?? 0
         params.frequencyPenalty = try f.number("frequency_penalty", in: -2...2) ?? 0
         params.logitBias = try logitBias(f)
+        params.repetitionPenalty = try f.number("repetition_penalty", in: 0...10) ?? 1
+        guard params.repetitionPenalty > 0 else { throw APIError.invalid("repetition_penalty", "repetition_penalty must be greater than 0") }
+        params.minP = try f.number("min_p", in: 0...1) ?? 0
+        params.minTokens = try f.int("min_tokens", in: 0...Int(Int32.max)) ?? 0
+        if let m = params.maxTokens, params.minTokens > m {
+            throw APIError.invalid("min_tokens", "min_tokens (\(params.minTokens)) must not exceed max_tokens (\(m))")
+        }
+        params.stopTokenIDs = try stopTokenIDs(f)
         params.logprobs = try logprobs(f, chat: chat)
         let echo = chat ? false : try f.bool("echo") ?? false
         if echo { params.promptLogprobs = params.logprobs }
@@ -171,6 +181,20 @@ struct GenerationRequest: Equatable {
             }
         }
         return bias
+    }
+
+    /// vLLM's `stop_token_ids`: at most 64 token ids (checked against the vocabulary where it is known).
+    private static func stopTokenIDs(_ f: JSONFields) throws -> [Int] {
+        guard let value = f.fields["stop_token_ids"], value != .null else { return [] }
+        guard case .array(let items) = value, items.count <= 64 else {
+            throw APIError.invalid("stop_token_ids", "stop_token_ids must be an array of at most 64 token ids")
+        }
+        return try items.map { item in
+            guard case .int(let id) = item, id >= 0, id <= Int(Int32.max) else {
+                throw APIError.invalid("stop_token_ids", "stop_token_ids must hold non-negative integers")
+            }
+            return id
+        }
     }
 
     /// The alternatives per token to report (`SamplingParams.logprobs`): chat's `logprobs` (a boolean) with

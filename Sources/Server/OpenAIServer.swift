@@ -333,6 +333,12 @@ public final class OpenAIServer: Sendable {
         if let bad = params.logitBias.keys.filter({ $0 >= vocab }).min() {
             throw APIError.invalid("logit_bias", "logit_bias names token id \(bad), outside the vocabulary (0..<\(vocab))")
         }
+        if let bad = params.stopTokenIDs.first(where: { $0 >= vocab }) {
+            throw APIError.invalid("stop_token_ids", "stop_token_ids names token id \(bad), outside the vocabulary (0..<\(vocab))")
+        }
+        if params.minTokens > min(contextLimit - prompt.count, tokenLimit) {
+            throw APIError.invalid("min_tokens", "min_tokens (\(params.minTokens)) does not fit in the context after the prompt")
+        }
         if let m = params.maxTokens {
             guard m <= tokenLimit else {
                 throw APIError.invalid("max_tokens", "max_tokens is \(m); this server allows at most \(tokenLimit)")
@@ -343,7 +349,9 @@ public final class OpenAIServer: Sendable {
             }
         } else {
             let left = contextLimit - prompt.count
-            params.maxTokens = min(parsed.isChat ? left : options.defaultCompletionTokens, left, tokenLimit)
+            // At least min_tokens, where they fit.
+            params.maxTokens = max(min(parsed.isChat ? left : options.defaultCompletionTokens, left, tokenLimit),
+                                   min(params.minTokens, left, tokenLimit))
         }
         return (prompt, params)
     }

@@ -56,6 +56,21 @@ import Testing
         Self.check(hist, Self.expected(logits, temperature: 1, allowed: [5, 0, 7]), count: n)
     }
 
+    /// min-p keeps the tokens at least min_p times as likely as the most likely (after temperature), renormalised;
+    /// with top-k it is applied first. logits: 5 → 1, 0 → e^-1 ≈ 0.37, 7 → e^-1.5 ≈ 0.22, 1 → e^-2 ≈ 0.14, …
+    @Test func minPKeepsTokensNearTheTop() {
+        let n = 30000
+        var params = SamplingParams(temperature: 1, seed: 21)
+        params.minP = 0.2
+        Self.check(Self.draw(logits, params, count: n), Self.expected(logits, temperature: 1, allowed: [5, 0, 7]), count: n)
+        // At T = 2 the ratios are square roots: 1, 0.61, 0.47, 0.37, 0.29 (index 2), 0.22 (3), 0.11 (4): min_p 0.2 keeps six.
+        params.temperature = 2
+        Self.check(Self.draw(logits, params, count: n), Self.expected(logits, temperature: 2, allowed: [5, 0, 7, 1, 2, 3]), count: n)
+        params.temperature = 1
+        params.topK = 2
+        Self.check(Self.draw(logits, params, count: n), Self.expected(logits, temperature: 1, allowed: [5, 0]), count: n)
+    }
+
     @Test func topPKeepsTheNucleus() {
         // softmax at T=1: index 5 ≈ 0.50, 0 ≈ 0.18, 7 ≈ 0.11, 1 ≈ 0.07 … ; top-p 0.75 needs 5, 0, 7.
         let n = 30000

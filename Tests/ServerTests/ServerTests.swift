@@ -221,6 +221,13 @@ import TestSupport
                 #expect(((try jsonObject(b.1))["choices"] as? [[String: Any]])?.first?["text"] as? String
                         == server.tokenizer.decode(biased.steps.prefix(comparable).map(\.token), skipSpecial: false))
             }
+            // vLLM's repetition penalty (transformers' processor in the golden), prompt included.
+            let repeated = try #require(goldens.cases.first { $0.name == "repetition" })
+            let rn = repeated.steps.prefix { $0.margin > 1e-2 }.count
+            let rprompt = repeated.promptIds.map(String.init).joined(separator: ",")
+            let rr = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[\(rprompt)],\"max_tokens\":\(rn),\"temperature\":0,\"ignore_eos\":true,\"repetition_penalty\":\(repeated.repetitionPenalty)}")
+            #expect(((try jsonObject(rr.1))["choices"] as? [[String: Any]])?.first?["text"] as? String
+                    == server.tokenizer.decode(repeated.steps.prefix(rn).map(\.token), skipSpecial: false), "\(rr.1)")
             // Penalties: the golden's greedy continuation up to its first near-tie.
             let n = penalised.steps.prefix { $0.margin > 1e-2 }.count
             let pprompt = penalised.promptIds.map(String.init).joined(separator: ",")
@@ -468,6 +475,14 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logprobs\":true}", 400, "logprobs"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logprobs\":-1}", 400, "logprobs"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"presence_penalty\":2.5}", 400, "presence_penalty"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"repetition_penalty\":0}", 400, "repetition_penalty"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"min_p\":1.5}", 400, "min_p"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"min_tokens\":-1}", 400, "min_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"min_tokens\":5,\"max_tokens\":4}", 400, "min_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"min_tokens\":300}", 400, "min_tokens"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stop_token_ids\":[-1]}", 400, "stop_token_ids"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stop_token_ids\":[320]}", 400, "stop_token_ids"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stop_token_ids\":5}", 400, "stop_token_ids"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"frequency_penalty\":\"x\"}", 400, "frequency_penalty"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":[1]}", 400, "logit_bias"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"logit_bias\":{\"abc\":1}}", 400, "logit_bias"),

@@ -20,6 +20,7 @@ public struct SamplingGoldens: Decodable, Sendable {
         public let promptIds: [Int]
         public let presencePenalty: Double
         public let frequencyPenalty: Double
+        public let repetitionPenalty: Double
         public let logitBias: [String: Double]
         public let steps: [Step]
     }

@@ -210,6 +210,11 @@ def main():
                                         echo=True, extra_body={"ignore_eos": True})
         assert [len(c.logprobs.tokens) for c in ids.choices] == [3, 4], ids
 
+        # vLLM's sampling extensions, as clients written for vLLM send them.
+        v = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=6, temperature=0.8, seed=5,
+                                      extra_body={"repetition_penalty": 1.2, "min_p": 0.05, "min_tokens": 6, "stop_token_ids": [319]})
+        assert v.usage.completion_tokens == 6 and v.choices[0].finish_reason == "length", v
+
         # Echo with logprobs, as evaluation harnesses score a continuation (lm-eval's local-completions).
         ec = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=1, temperature=0, logprobs=1,
                                        echo=True, extra_body={"ignore_eos": True})
