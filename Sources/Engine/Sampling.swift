@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 
 /// How a request's next tokens are chosen (OpenAI's parameter names and meanings).
 public struct SamplingParams: Sendable, Equatable, Codable {
@@ -405,13 +406,13 @@ public struct TokenLogprobs: Sendable, Equatable, Codable {
         self.topLogprobs = topLogprobs
     }
 
-    /// Log-softmax of `logits` at `token`, and the `top` largest (tokens with a −∞ logit are never listed), in one
-    /// pass for the normaliser and one for the selection. The row must have a finite maximum (as `sample` requires).
+    /// Log-softmax of `logits` at `token`, and the `top` largest (tokens with a −∞ logit are never listed): a pass for
+    /// the maximum, the vectorized normaliser (`Kernels.sumExp`), and a pass for the selection. The row must have a
+    /// finite maximum (as `sample` requires).
     public init(logits: UnsafeBufferPointer<Float>, token: Int, top: Int) {
         var maxLogit = -Float.infinity
         for x in logits where x > maxLogit { maxLogit = x }
-        var sum: Double = 0
-        for x in logits where x != -.infinity { sum += exp(Double(x - maxLogit)) }
+        let sum = logits.isEmpty ? 1 : Kernels.sumExp(logits.baseAddress!, count: logits.count, shift: maxLogit)
         let logZ = Double(maxLogit) + log(sum)
         func lp(_ x: Float) -> Float { Float(Double(x) - logZ) }
         // The top `top` by logit: a small array kept sorted (descending logit, then ascending id).

@@ -65,6 +65,18 @@ extension Kernels {
         return dl_stream_sum(x, Int64(count))
     }
 
+    /// Σ exp(x[i] − shift) for i < count, `shift` ≥ every x[i] (a log-softmax's normaliser: log-probabilities are
+    /// x − shift − log of it); −∞ entries count 0. Vectorized (polynomial exp, relative error < 1e-6; double sums).
+    public static func sumExp(_ x: UnsafePointer<Float>, count: Int, shift: Float) -> Double {
+        precondition(count >= 0, "sumExp: count \(count)")
+        return dl_sum_exp(x, Int64(count), shift)
+    }
+
+    /// `sumExp`'s reference twin: expf per entry, summed in double.
+    public static func sumExpReference(_ x: UnsafePointer<Float>, count: Int, shift: Float) -> Double {
+        dl_sum_exp_ref(x, Int64(count), shift)
+    }
+
     /// Threads the kernels (our pool and OpenBLAS) run on.
     public static var threadCount: Int { Int(dl_num_threads()) }
 }

@@ -348,6 +348,30 @@ import TestSupport
         }
     }
 
+    /// The log-softmax normaliser on every SIMD path against its twin (expf, double sums): relative 1e-6, with −∞
+    /// entries, entries far below the shift (which count 0 on both), and lengths around the vector widths.
+    @Test func sumExpMatchesReference() {
+        var rng = Rng(seed: 12)
+        for n in [0, 1, 7, 8, 15, 16, 17, 33, 1000, 49152] {
+            var x = rng.floats(n).map { $0 * 20 - 5 }
+            for i in stride(from: 3, to: n, by: 11) { x[i] = -.infinity }
+            for i in stride(from: 5, to: n, by: 13) { x[i] = -200 }
+            let m = x.max() ?? 0
+            let want = Kernels.sumExpReference(x, count: n, shift: m)
+            for level in 0...Kernels.simdLevel {
+                let got = Kernels.withSIMDLimit(level) { Kernels.sumExp(x, count: n, shift: m) }
+                #expect(abs(got - want) <= 1e-6 * max(want, 1e-30), "n=\(n) SIMD path \(level): \(got) vs \(want)")
+            }
+        }
+        // Exactly 1 for a single entry at the shift, 0 for nothing but −∞.
+        for level in 0...Kernels.simdLevel {
+            Kernels.withSIMDLimit(level) {
+                #expect(Kernels.sumExp([2.5], count: 1, shift: 2.5) == 1)
+                #expect(Kernels.sumExp([-Float.infinity, -.infinity], count: 2, shift: 0) == 0)
+            }
+        }
+    }
+
     @Test func kvBlocksCopyOutAndIn() {
         let storage = PagedKVStorage(numLayers: 2, numBlocks: 4, blockSize: 2, numKVHeads: 1, headDim: 4)
         for layer in 0..<2 {

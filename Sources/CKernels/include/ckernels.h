@@ -95,6 +95,10 @@ void dl_add_scaled(float *y, int64_t ldy, const float *x, int64_t ldx, float s, 
 // Reads n floats and returns their sum, streaming over the pool's threads: measures memory read
 // bandwidth for the benchmarks' roofline.
 double dl_stream_sum(const float *x, int64_t n);
+// Σ exp(x[i] − m) for i < n, m ≥ every x[i] (a log-softmax's normaliser); −∞ entries (and those below m − 87.3)
+// count 0. AVX-512/AVX2 with a polynomial exp (relative error < 1e-6), summed in double; _ref: expf, the twin.
+double dl_sum_exp(const float *x, int64_t n, float m);
+double dl_sum_exp_ref(const float *x, int64_t n, float m);
 // Rotary embedding tables: for token t and pair i < half: angle = positions[t] * inv_freq[i].
 void dl_rope_table(const int32_t *positions, int64_t ntok, const float *inv_freq, int64_t half,
                    float *cos_out, float *sin_out);
