@@ -16,6 +16,7 @@ DECODE = [
     ("logprobs 20", {"logprobs": 20}),
     ("penalties + bias", {"presence_penalty": 0.5, "frequency_penalty": 0.5, "repetition_penalty": 1.1,
                           "logit_bias": {str(i): -5 for i in range(100, 150)}}),
+    ("json_object", {"response_format": {"type": "json_object"}}),
 ]
 PREFILL = [("plain", {}), ("echo + logprobs 5", {"echo": True, "logprobs": 5})]
 

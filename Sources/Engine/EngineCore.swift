@@ -115,6 +115,62 @@ public final class EngineCore {
         }
     }
     private var sequences: [RequestID: Sequence] = [:]
+
+    /// JSON mode's token table, built on first use: every token's bytes (special tokens and empty ones: never allowed
+    /// in JSON text), and the mask one step fills.
+    private struct JSONTokens {
+        var bytes: [UInt8] = []
+        var offsets: [Int] = [0]
+        var mask: [UInt8] = []
+        /// Masks of recent states (most steps inside a string or a number repeat one): at most `cacheLimit`.
+        var cache: [JSONAcceptor: [UInt8]] = [:]
+        static let cacheLimit = 32
+    }
+    private var jsonTokens: JSONTokens?
+
+    /// Fills JSON mode's mask with the tokens allowed after `generated`, and says whether the object is complete (then
+    /// only the end-of-sequence tokens are allowed); false, and no mask, when the tokens so far are not JSON (only a
+    /// request resumed from elsewhere could bring such): then the step is not constrained.
+    private func fillJSONMask(after generated: ArraySlice<Int>) -> (filled: Bool, complete: Bool) {
+        let vocab = model.config.vocabSize
+        var t = jsonTokens ?? {
+            var t = JSONTokens()
+            for id in 0..<vocab {
+                if !tokenizer.isSpecial(id) { t.bytes += tokenizer.tokenBytes(id) }
+                t.offsets.append(t.bytes.count)
+            }
+            t.mask = [UInt8](repeating: 0, count: vocab)
+            return t
+        }()
+        jsonTokens = nil  // worked on outside the property, and put back
+        defer { jsonTokens = t }
+        var state = JSONAcceptor()
+        for token in generated where token >= 0 && token < vocab {
+            guard let next = state.after(t.bytes[t.offsets[token]..<t.offsets[token + 1]]) else { return (false, false) }
+            state = next
+        }
+        let complete = state.isComplete
+        if let cached = t.cache[state] {
+            t.mask = cached
+            return (true, complete)
+        }
+        let ends = endTokens
+        let offsets = t.offsets
+        t.bytes.withUnsafeBufferPointer { b in
+            t.mask.withUnsafeMutableBufferPointer { m in
+                for id in 0..<vocab {
+                    if ends.contains(id) {
+                        m[id] = complete ? 1 : 0
+                    } else {
+                        m[id] = !complete && state.allows(UnsafeBufferPointer(rebasing: b[offsets[id]..<offsets[id + 1]])) ? 1 : 0
+                    }
+                }
+            }
+        }
+        if t.cache.count >= JSONTokens.cacheLimit { t.cache.removeAll(keepingCapacity: true) }
+        t.cache[state] = t.mask
+        return (true, complete)
+    }
     private var nextRequest = 0
 
     /// An adapter as the scheduler keys it: one per (adapter, scale) pair, since a merge folds in one scale.
@@ -326,13 +382,24 @@ public final class EngineCore {
             // Penalties count the tokens generated so far. The slice shares the array and ends with this scope, so the
             // append below does not copy it.
             var sampledToken: Int?
+            var jsonComplete = false
             do {
                 let all = sequences[run.request]!.tokens, promptCount = sequences[run.request]!.promptCount
                 let params = sequences[run.request]!.params
-                // Before min_tokens, nothing that would end the sequence.
-                let suppress = all.count - promptCount < params.minTokens ? params.stopTokenIDs + (params.ignoreEOS ? [] : Array(endTokens)) : []
-                sampledToken = sequences[run.request]!.sampler.sample(logits, position: position, generated: all[promptCount...],
-                                                                      prompt: all[..<promptCount], suppress: suppress)
+                let json = params.jsonObject ? fillJSONMask(after: all[promptCount...]) : (filled: false, complete: false)
+                jsonComplete = json.complete
+                // Before min_tokens, nothing that would end the sequence (but a complete JSON object ends it).
+                let suppress = all.count - promptCount < params.minTokens && !jsonComplete
+                    ? params.stopTokenIDs + (params.ignoreEOS ? [] : Array(endTokens)) : []
+                if json.filled {
+                    sampledToken = jsonTokens!.mask.withUnsafeBufferPointer { mask in
+                        sequences[run.request]!.sampler.sample(logits, position: position, generated: all[promptCount...],
+                                                               prompt: all[..<promptCount], suppress: suppress, allowed: mask)
+                    }
+                } else {
+                    sampledToken = sequences[run.request]!.sampler.sample(logits, position: position, generated: all[promptCount...],
+                                                                          prompt: all[..<promptCount], suppress: suppress)
+                }
             }
             guard let token = sampledToken else {
                 sampled.append(SampledToken(request: run.request, failed: true))
@@ -342,7 +409,8 @@ public final class EngineCore {
             sequences[run.request]!.tokens.append(token)
             let s = sequences[run.request]!
             sampled.append(SampledToken(request: run.request,
-                                        endsSequence: (endTokens.contains(token) && !s.params.ignoreEOS) || s.params.stopTokenIDs.contains(token)))
+                                        endsSequence: (endTokens.contains(token) && (!s.params.ignoreEOS || jsonComplete))
+                                            || s.params.stopTokenIDs.contains(token)))
             let logprobs = s.params.logprobs.map { TokenLogprobs(logits: logits, token: token, top: $0) }
             var event = EngineEvent(requestID: run.request, token: token, finish: nil, message: nil, logprobs: logprobs)
             if s.first {

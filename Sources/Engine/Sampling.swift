@@ -31,6 +31,9 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     public var minTokens: Int = 0
     /// vLLM's stop_token_ids: more tokens that end the sequence (not part of the text, like end-of-sequence).
     public var stopTokenIDs: [Int] = []
+    /// OpenAI's JSON mode (`response_format: json_object`): only tokens that keep the output a prefix of a JSON
+    /// object can be sampled, and the sequence ends (end-of-sequence) once the object is complete (`JSONAcceptor`).
+    public var jsonObject = false
     /// Log-probabilities to report with each sampled token: nil none; n ≥ 0 the sampled token's and the n most
     /// likely tokens' (at most `maxLogprobs`). They are the model's own distribution (log-softmax of the raw
     /// logits), before temperature, penalties and bias — what OpenAI and vLLM (its default) return.
@@ -199,9 +202,10 @@ public struct Sampler: Sendable {
     /// tokens it generated so far) and logit bias. Without either it is `sample(_:position:)` on `logits` as they are.
     /// `prompt`: the request's prompt (the repetition penalty counts it too); `suppress`: tokens that cannot be sampled
     /// now (end-of-sequence before `minTokens`).
+    /// `allowed`: when given, only tokens t with allowed[t] ≠ 0 can be sampled (JSON mode).
     public mutating func sample(_ logits: UnsafeBufferPointer<Float>, position: Int, generated: ArraySlice<Int>,
-                                prompt: ArraySlice<Int> = [], suppress: [Int] = []) -> Int? {
-        guard params.adjustsLogits || !suppress.isEmpty else { return sample(logits, position: position) }
+                                prompt: ArraySlice<Int> = [], suppress: [Int] = [], allowed: UnsafeBufferPointer<UInt8>? = nil) -> Int? {
+        guard params.adjustsLogits || !suppress.isEmpty || allowed != nil else { return sample(logits, position: position) }
         let vocab = logits.count
         if adjusted.count != vocab { adjusted = [Float](repeating: 0, count: vocab) }
         let presence = Float(params.presencePenalty), frequency = Float(params.frequencyPenalty)
@@ -224,6 +228,9 @@ public struct Sampler: Sendable {
                             marks: marks, mark: mark)
             }
             for t in suppress where t >= 0 && t < vocab { a[t] = -.infinity }
+            if let allowed {
+                for t in 0..<min(vocab, allowed.count) where allowed[t] == 0 { a[t] = -.infinity }
+            }
         }
         var buffer = adjusted
         adjusted = []  // `sample` below may not see its own scratch through `self`; handed back after

@@ -45,11 +45,11 @@ struct GenerationRequest: Equatable {
         "model", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n", "user", "stream", "stream_options",
         "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos", "mole_experts",
         // vLLM's sampling extensions.
-        "repetition_penalty", "min_p", "min_tokens", "stop_token_ids",
+        "repetition_penalty", "min_p", "min_tokens", "stop_token_ids", "response_format",
     ]
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
     private static let chatKeys: Set<String> = [
-        "messages", "max_completion_tokens", "top_logprobs", "response_format", "tools", "tool_choice",
+        "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
         "parallel_tool_calls", "store", "metadata", "service_tier",
     ]
 
@@ -123,7 +123,7 @@ struct GenerationRequest: Equatable {
         // Accepted only at their defaults: what the engine does not implement is refused, never ignored.
         try f.noOp("best_of") { $0 == .int(1) }
         try f.noOp("suffix") { $0 == .string("") }
-        try f.noOp("response_format") { $0 == .object([("type", .string("text"))]) }
+        params.jsonObject = try responseFormat(f)
         try f.noOp("tools") { if case .array(let a) = $0 { return a.isEmpty } else { return false } }
         try f.noOp("tool_choice") { $0 == .string("none") }
         try f.noOp("parallel_tool_calls") { if case .bool = $0 { return true } else { return false } }
@@ -181,6 +181,20 @@ struct GenerationRequest: Equatable {
             }
         }
         return bias
+    }
+
+    /// `response_format`: `{"type": "text"}` (the default) or `{"type": "json_object"}` (JSON mode: true); JSON
+    /// schemas are refused.
+    private static func responseFormat(_ f: JSONFields) throws -> Bool {
+        guard let value = f.fields["response_format"], value != .null else { return false }
+        guard case .object(let members) = value, members.count == 1, members[0].key == "type", case .string(let type) = members[0].value else {
+            throw APIError.invalid("response_format", "response_format must be {\"type\": \"text\"} or {\"type\": \"json_object\"}")
+        }
+        switch type {
+        case "text": return false
+        case "json_object": return true
+        default: throw APIError.invalid("response_format", "response_format type '\(JSONFields.printable(type))' is not supported (text, json_object)")
+        }
     }
 
     /// vLLM's `stop_token_ids`: at most 64 token ids (checked against the vocabulary where it is known).

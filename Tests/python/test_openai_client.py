@@ -215,6 +215,17 @@ def main():
                                       extra_body={"repetition_penalty": 1.2, "min_p": 0.05, "min_tokens": 6, "stop_token_ids": [319]})
         assert v.usage.completion_tokens == 6 and v.choices[0].finish_reason == "length", v
 
+        # JSON mode: what ends with end-of-sequence parses as one JSON object.
+        import json as _json
+        objects = 0
+        for seed in range(6):
+            j = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "json please"}], max_tokens=120,
+                                               temperature=1, seed=seed, response_format={"type": "json_object"})
+            if j.choices[0].finish_reason == "stop":
+                assert isinstance(_json.loads(j.choices[0].message.content), dict), j
+                objects += 1
+        assert objects > 0, "no JSON-mode answer completed its object"
+
         # Echo with logprobs, as evaluation harnesses score a continuation (lm-eval's local-completions).
         ec = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=1, temperature=0, logprobs=1,
                                        echo=True, extra_body={"ignore_eos": True})
