@@ -3,6 +3,7 @@
 # default model (tools/sampling_cost.py; rounds rotate the variants' order). Writes bench/results/sampling.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/wait-port.sh
 OUTPUT=${OUTPUT:-64}
 PROMPT=${PROMPT:-256}
 ROUNDS=${ROUNDS:-5}
@@ -17,14 +18,7 @@ cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$tmp"; }
 trap cleanup EXIT
 .build/release/dlora serve --model "$MODEL" --port 0 --served-model-name base 2> "$tmp/server.log" &
 server=$!
-port=""
-for _ in $(seq 1 600); do
-    port=$(sed -n 's/.*serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/server.log" | head -1)
-    [ -n "$port" ] && break
-    kill -0 "$server" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
-    sleep 0.1
-done
-[ -n "$port" ] || { echo "sampling.sh: the server did not start" >&2; exit 1; }
+port=$(wait_port "$tmp/server.log" "$server") || { echo "sampling.sh: the server did not start" >&2; exit 1; }
 {
     echo "# Sampling options: what they cost"
     echo

@@ -5,6 +5,7 @@
 # Writes bench/results/serve.md and bench/results/serve-rss.svg.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/wait-port.sh
 CLIENTS=${CLIENTS:-64}
 SECONDS_RUN=${SECONDS_RUN:-120}
 MAX_TOKENS=${MAX_TOKENS:-32}
@@ -21,14 +22,7 @@ trap cleanup EXIT
 python3 tools/make_bench_adapters.py "$tmp/adapters" "$ADAPTERS" 16
 .build/release/dlora serve --model "$MODEL" --adapters "$tmp/adapters" --port 0 --max-queue 256 2> "$tmp/server.log" &
 server=$!
-port=""
-for _ in $(seq 1 600); do
-    port=$(sed -n 's/.*serving .* on http:\/\/127\.0\.0\.1:\([0-9]*\).*/\1/p' "$tmp/server.log" | head -1)
-    [ -n "$port" ] && break
-    kill -0 "$server" 2>/dev/null || { cat "$tmp/server.log" >&2; exit 1; }
-    sleep 0.1
-done
-[ -n "$port" ] || { echo "bench/serve.sh: server did not start" >&2; cat "$tmp/server.log" >&2; exit 1; }
+port=$(wait_port "$tmp/server.log" "$server") || { echo "bench/serve.sh: the server did not start" >&2; exit 1; }
 names=$(seq -s, -f "adapter-%g" 0 $((ADAPTERS - 1)))
 echo "bench: serve, $CLIENTS clients over $ADAPTERS adapters for ${SECONDS_RUN}s on port $port" >&2
 python3 tools/load_client.py --port "$port" --pid "$server" --clients "$CLIENTS" --adapters "$names" \
