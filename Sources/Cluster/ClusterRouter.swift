@@ -406,7 +406,7 @@ struct RouterCall: Sendable {
     let chat: Bool
     let created: Int
 
-    private var model: String { flights[0].model }
+    private var render: CompletionRenderer { CompletionRenderer(id: id, created: created, model: flights[0].model, chat: chat) }
     /// Usage's prompt tokens: each prompt's once (its first choice's flight).
     private var promptTokens: Int { flights.reduce(0) { $0 + (($1.choice ?? 0) == 0 ? $1.promptTokens : 0) } }
 
@@ -458,24 +458,13 @@ struct RouterCall: Sendable {
         guard results.allSatisfy({ $0.finish != nil }) else { throw CancellationError() }
         router.metrics.request(status: "ok")
         let usage = Usage(prompt: promptTokens, completion: results.reduce(0) { $0 + $1.tokens })
-        if chat {
-            let choices = results.enumerated().map { i, c in
-                var l = c.logprobs
-                return ChatChoice(index: i, message: AssistantMessage(content: c.text), finishReason: c.finish!, logprobs: l.takeChat())
-            }
-            return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model, choices: choices, usage: usage))
-        }
-        let choices = results.enumerated().map { i, c in
-            var l = c.logprobs
-            return TextChoice(index: i, text: c.text, finishReason: c.finish!, logprobs: l.takeCompletion())
-        }
-        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model, choices: choices, usage: usage))
+        return render.whole(results.map { CompletionRenderer.Choice(text: $0.text, finish: $0.finish!, logprobs: $0.logprobs) }, usage: usage)
     }
 
     func stream(first: [Attempt], includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
         var choices = [Choice](repeating: Choice(), count: flights.count)
         if chat {
-            for i in flights.indices { try await send(chunk(i, delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
+            for i in flights.indices { try await send(render.roleChunk(i), &writer) }
         }
         // The writer is inout: the relays' callbacks cannot capture it, so their outputs pass through one local
         // stream, tagged with their choice; nil marks a relay's end.
@@ -505,13 +494,13 @@ struct RouterCall: Sendable {
                     continue
                 }
                 if let echo = choices[i].take(out) {
-                    try await send(chunk(i, text: echo.text, finish: nil, logprobs: &choices[i].logprobs), &writer)
+                    try await send(render.chunk(i, text: echo.text, finish: nil, logprobs: &choices[i].logprobs), &writer)
                 }
                 switch out {
                 case .token(_, let t, _) where !t.isEmpty:
-                    try await send(chunk(i, text: t, finish: nil, logprobs: &choices[i].logprobs), &writer)
+                    try await send(render.chunk(i, text: t, finish: nil, logprobs: &choices[i].logprobs), &writer)
                 case .finish(let f):
-                    try await send(chunk(i, text: nil, finish: f, logprobs: &choices[i].logprobs), &writer)
+                    try await send(render.chunk(i, text: nil, finish: f, logprobs: &choices[i].logprobs), &writer)
                 case .failed(let status, let message):
                     failure = (status, message)
                 default:
@@ -532,27 +521,13 @@ struct RouterCall: Sendable {
         router.metrics.request(status: "ok")
         if includeUsage {
             let usage = Usage(prompt: promptTokens, completion: choices.reduce(0) { $0 + $1.tokens })
-            try await send(chat ? OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
-                                                                        choices: [], usage: usage))
-                                : OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                                   choices: [], usage: usage)), &writer)
+            try await send(render.usageChunk(usage), &writer)
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
     }
 
     private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {
         try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
-    }
-
-    private func chunk(_ i: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
-        if chat { return chunk(i, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
-        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
-                                                choices: [TextChoice(index: i, text: text ?? "", finishReason: finish, logprobs: logprobs.takeCompletion())]))
-    }
-
-    private func chunk(_ i: Int, delta: ChatDelta, finish: String?, logprobs: ChatLogprobs? = nil) -> String {
-        OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
-                                              choices: [ChatChunkChoice(index: i, delta: delta, finishReason: finish, logprobs: logprobs)]))
     }
 }
 

@@ -151,12 +151,13 @@ final class Call: Sendable {
 struct Calls: Sendable {
     let calls: [Call]
     let streams: [RequestStream]
-    private let created = Int(Date().timeIntervalSince1970)
+    private let render: CompletionRenderer
 
     init(_ calls: [Call], _ streams: [RequestStream]) {
         precondition(!calls.isEmpty && calls.count == streams.count)
         self.calls = calls
         self.streams = streams
+        render = CompletionRenderer(id: calls[0].id, created: Int(Date().timeIntervalSince1970), model: calls[0].model, chat: calls[0].chat)
     }
 
     private var lead: Call { calls[0] }
@@ -181,20 +182,8 @@ struct Calls: Sendable {
             if finish == .error { throw call.nonFiniteLogits }
         }
         let usage = Usage(prompt: promptTokens, completion: outcomes.reduce(0) { $0 + $1.completionTokens })
-        if lead.chat {
-            let choices = outcomes.enumerated().map { i, o in
-                var l = o.logprobs
-                return ChatChoice(index: i, message: AssistantMessage(content: o.text), finishReason: o.finish!.rawValue, logprobs: l.takeChat())
-            }
-            return OpenAIWire.encode(ChatCompletion(id: lead.id, object: "chat.completion", created: created, model: lead.model,
-                                                    choices: choices, usage: usage))
-        }
-        let choices = outcomes.enumerated().map { i, o in
-            var l = o.logprobs
-            return TextChoice(index: i, text: o.text, finishReason: o.finish!.rawValue, logprobs: l.takeCompletion())
-        }
-        return OpenAIWire.encode(TextCompletion(id: lead.id, object: "text_completion", created: created, model: lead.model,
-                                                choices: choices, usage: usage))
+        return render.whole(outcomes.map { CompletionRenderer.Choice(text: $0.text, finish: $0.finish!.rawValue, logprobs: $0.logprobs) },
+                            usage: usage)
     }
 
     /// Streams server-sent events: per choice, its pieces of text as they come (choices interleaved), then a
@@ -203,8 +192,8 @@ struct Calls: Sendable {
     func stream(includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
         var progress = calls.map(Call.Progress.init)
         defer { for p in progress { p.clock.end(p.outcome) } }
-        if lead.chat {
-            for i in calls.indices { try await send(chunk(i, delta: ChatDelta(role: "assistant", content: ""), finish: nil), &writer) }
+        if render.chat {
+            for i in calls.indices { try await send(render.roleChunk(i), &writer) }
         }
         var open = calls.count
         var failure: APIError?
@@ -222,7 +211,7 @@ struct Calls: Sendable {
                 return open > 0
             }
             if let echo = progress[i].echo(e, call) {
-                try await send(chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+                try await send(render.chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
             }
             progress[i].take(e, call)
             if e.finish == .error {
@@ -232,10 +221,10 @@ struct Calls: Sendable {
                 return false
             }
             if !e.text.isEmpty {
-                try await send(chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+                try await send(render.chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
             }
             if let f = e.finish {
-                try await send(chunk(i, text: nil, finish: f, logprobs: &progress[i].outcome.logprobs), &writer)
+                try await send(render.chunk(i, text: nil, finish: f.rawValue, logprobs: &progress[i].outcome.logprobs), &writer)
             }
             return true
         }
@@ -278,31 +267,12 @@ struct Calls: Sendable {
         guard open == 0 else { return }
         if includeUsage {
             let usage = Usage(prompt: promptTokens, completion: progress.reduce(0) { $0 + $1.outcome.completionTokens })
-            try await send(lead.chat ? OpenAIWire.encode(ChatCompletionChunk(id: lead.id, object: "chat.completion.chunk", created: created,
-                                                                             model: lead.model, choices: [], usage: usage))
-                                     : OpenAIWire.encode(TextCompletion(id: lead.id, object: "text_completion", created: created,
-                                                                        model: lead.model, choices: [], usage: usage)), &writer)
+            try await send(render.usageChunk(usage), &writer)
         }
         try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
     }
 
     private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {
         try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
-    }
-
-    /// A chunk of choice `i` with a piece of text (nil: its final chunk, which carries only the finish reason) and
-    /// the log-probabilities gathered since its last chunk.
-    private func chunk(_ i: Int, text: String?, finish: FinishReason?, logprobs: inout LogprobsCollector) -> String {
-        if lead.chat {
-            return chunk(i, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat())
-        }
-        return OpenAIWire.encode(TextCompletion(id: lead.id, object: "text_completion", created: created, model: lead.model,
-                                                choices: [TextChoice(index: i, text: text ?? "", finishReason: finish?.rawValue,
-                                                                     logprobs: logprobs.takeCompletion())]))
-    }
-
-    private func chunk(_ i: Int, delta: ChatDelta, finish: FinishReason?, logprobs: ChatLogprobs? = nil) -> String {
-        OpenAIWire.encode(ChatCompletionChunk(id: lead.id, object: "chat.completion.chunk", created: created, model: lead.model,
-                                              choices: [ChatChunkChoice(index: i, delta: delta, finishReason: finish?.rawValue, logprobs: logprobs)]))
     }
 }

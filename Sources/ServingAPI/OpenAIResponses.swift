@@ -385,3 +385,74 @@ public struct LogprobsCollector: Sendable {
         return out
     }
 }
+
+/// One response's bodies — whole, or as the payloads of its SSE chunks — for the replica server and the router
+/// alike, so both send the same bytes: completions' or chat's shape, every choice named by its index, each piece
+/// of text with the log-probabilities gathered for it.
+public struct CompletionRenderer: Sendable {
+    public let id: String
+    public let created: Int
+    public let model: String
+    public let chat: Bool
+
+    public init(id: String, created: Int, model: String, chat: Bool) {
+        self.id = id
+        self.created = created
+        self.model = model
+        self.chat = chat
+    }
+
+    /// One choice of a whole response.
+    public struct Choice: Sendable {
+        public var text: String
+        public var finish: String
+        public var logprobs: LogprobsCollector
+
+        public init(text: String, finish: String, logprobs: LogprobsCollector) {
+            self.text = text
+            self.finish = finish
+            self.logprobs = logprobs
+        }
+    }
+
+    /// The whole response: its choices in index order, and the usage.
+    public func whole(_ choices: [Choice], usage: Usage) -> String {
+        if chat {
+            let items = choices.enumerated().map { i, c in
+                var l = c.logprobs
+                return ChatChoice(index: i, message: AssistantMessage(content: c.text), finishReason: c.finish, logprobs: l.takeChat())
+            }
+            return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model, choices: items, usage: usage))
+        }
+        let items = choices.enumerated().map { i, c in
+            var l = c.logprobs
+            return TextChoice(index: i, text: c.text, finishReason: c.finish, logprobs: l.takeCompletion())
+        }
+        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model, choices: items, usage: usage))
+    }
+
+    /// Chat's first chunk of choice `index`: the assistant's role, empty content.
+    public func roleChunk(_ index: Int) -> String {
+        chatChunk(index, delta: ChatDelta(role: "assistant", content: ""), finish: nil, logprobs: nil)
+    }
+
+    /// A chunk of choice `index` with a piece of text (nil: its final chunk, which carries only the finish reason)
+    /// and the log-probabilities gathered since its last chunk.
+    public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
+        if chat { return chatChunk(index, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
+        return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
+                                                choices: [TextChoice(index: index, text: text ?? "", finishReason: finish,
+                                                                     logprobs: logprobs.takeCompletion())]))
+    }
+
+    /// The usage chunk (no choices) that ends a stream which asked for it.
+    public func usageChunk(_ usage: Usage) -> String {
+        chat ? OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model, choices: [], usage: usage))
+             : OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model, choices: [], usage: usage))
+    }
+
+    private func chatChunk(_ index: Int, delta: ChatDelta, finish: String?, logprobs: ChatLogprobs?) -> String {
+        OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
+                                              choices: [ChatChunkChoice(index: index, delta: delta, finishReason: finish, logprobs: logprobs)]))
+    }
+}
