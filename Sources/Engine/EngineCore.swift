@@ -230,10 +230,10 @@ public final class EngineCore {
             throw EngineError("token id \(bad) is outside the vocabulary (0..<\(vocab))")
         }
         if let bad = params.logitBias.keys.filter({ $0 >= vocab }).min() {
-            throw SamplingError("logit_bias names token id \(bad), outside the vocabulary (0..<\(vocab))")
+            throw SamplingError("logit_bias names token id \(bad), outside the vocabulary (0..<\(vocab))", parameter: "logit_bias")
         }
         if let bad = params.stopTokenIDs.first(where: { $0 >= vocab }) {
-            throw SamplingError("stop_token_ids names token id \(bad), outside the vocabulary (0..<\(vocab))")
+            throw SamplingError("stop_token_ids names token id \(bad), outside the vocabulary (0..<\(vocab))", parameter: "stop_token_ids")
         }
         if let problem = schedulerConfig.admissionProblem(promptTokens: prompt.count, adapterBytes: adapter?.byteCount ?? 0) {
             throw EngineError(adapter.map { problem.replacingOccurrences(of: "the adapter", with: "adapter '\($0.name)'") } ?? problem)

@@ -62,8 +62,6 @@ public final class EngineLoop: @unchecked Sendable {
 
     /// The longest sequence one request may reach.
     public var contextLimit: Int { engine.contextLimit }
-    /// Tokens in the model's vocabulary (the rows of its logits).
-    public var vocabSize: Int { engine.model.config.vocabSize }
 
     /// Validates and queues a request; its events arrive on the returned stream, which ends after the event
     /// that carries a finish reason (or when the request is cancelled).

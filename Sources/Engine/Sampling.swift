@@ -122,7 +122,12 @@ public struct SamplingParams: Sendable, Equatable, Codable {
 
 public struct SamplingError: Error, CustomStringConvertible, Equatable, Sendable {
     public let description: String
-    public init(_ message: String) { description = message }
+    /// The request parameter at fault, as the API spells it, where one is.
+    public let parameter: String?
+    public init(_ message: String, parameter: String? = nil) {
+        description = message
+        self.parameter = parameter
+    }
 }
 
 /// xoshiro256** seeded through splitmix64: small, fast, and its whole state can be saved and restored

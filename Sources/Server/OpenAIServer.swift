@@ -329,13 +329,6 @@ public final class OpenAIServer: Sendable {
         }
         let tokenLimit = min(options.maxTokensLimit ?? contextLimit, contextLimit)
         var params = parsed.params
-        let vocab = engine.vocabSize
-        if let bad = params.logitBias.keys.filter({ $0 >= vocab }).min() {
-            throw APIError.invalid("logit_bias", "logit_bias names token id \(bad), outside the vocabulary (0..<\(vocab))")
-        }
-        if let bad = params.stopTokenIDs.first(where: { $0 >= vocab }) {
-            throw APIError.invalid("stop_token_ids", "stop_token_ids names token id \(bad), outside the vocabulary (0..<\(vocab))")
-        }
         if params.minTokens > min(contextLimit - prompt.count, tokenLimit) {
             throw APIError.invalid("min_tokens", "min_tokens (\(params.minTokens)) does not fit in the context after the prompt")
         }
@@ -378,7 +371,7 @@ public final class OpenAIServer: Sendable {
                 do {
                     (ticket, events) = try engine.submit(prompt: prompt, params: p, adapter: adapter)
                 } catch {
-                    throw APIError.invalid(error is SamplingError ? nil : promptParam, "\(error)")
+                    throw APIError.invalid(Self.parameter(of: error, otherwise: promptParam), "\(error)")
                 }
                 calls.append(Call(server: self, model: parsed.model, chat: parsed.isChat, id: id, index: k * parsed.n + i,
                                   countsPrompt: i == 0, promptTokens: prompt.count, arrival: arrival, ticket: ticket, admission: admission,
@@ -406,6 +399,13 @@ public final class OpenAIServer: Sendable {
     }
 
     // MARK: Helpers
+
+    /// The parameter a refused submit names: a sampling parameter's own (nil when the error names none), else
+    /// `otherwise` (the prompt, or the tokens a resumed request brought).
+    static func parameter(of error: any Error, otherwise: String) -> String? {
+        if let e = error as? SamplingError { return e.parameter }
+        return otherwise
+    }
 
     func authorize(_ request: Request, key: String?) throws {
         guard let key else { return }

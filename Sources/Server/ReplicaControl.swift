@@ -194,7 +194,7 @@ extension OpenAIServer {
         do {
             (ticket, events) = try engine.submit(prompt: prompt, params: params, adapter: adapter, generated: g.generated, kv: kv)
         } catch {
-            throw APIError.invalid(error is SamplingError ? nil : "generated", "\(error)")
+            throw APIError.invalid(Self.parameter(of: error, otherwise: "generated"), "\(error)")
         }
         let registered = control.withLock { s -> Bool in
             guard s.live[g.id] == nil else { return false }
