@@ -99,78 +99,28 @@ public final class EngineCore {
         var sampler: Sampler
         let params: SamplingParams
         let adapter: Int
-        /// Prompt log-probabilities (`params.promptLogprobs`): those computed so far, the next prompt position to score
-        /// (a preempted request recomputes its prompt without scoring a position twice), and one past the last: the
-        /// prompt's length, or 0 when there is nothing to score (not asked, or resumed with tokens generated
-        /// elsewhere, where they were reported).
+        /// Prompt log-probabilities (`params.promptLogprobs`): those computed so far, and the next prompt position to
+        /// score (a preempted request recomputes its prompt without scoring a position twice).
         var promptLogprobs: [TokenLogprobs] = []
         var scoreFrom = 1
-        var scoreTo = 0
-        /// The first generated token's event has not been made yet (it carries `promptLogprobs`).
-        var first = true
+
+        /// Nothing generated yet: the prompt's positions may still be scored, and the next token is the first (its
+        /// event carries `promptLogprobs`). A request resumed with tokens generated elsewhere never is (they were
+        /// reported there).
+        var beforeFirstToken: Bool { tokens.count == promptCount }
+        /// One past the last prompt position to score: the prompt's length, or 0 when there is none to score.
+        var scoreTo: Int { params.promptLogprobs != nil && beforeFirstToken ? promptCount : 0 }
 
         /// This run's logits at every position (prompt positions still to score).
         func wantsAllLogits(_ run: ScheduledRun) -> Bool {
-            scoreFrom < scoreTo && run.start < scoreTo - 1 && run.start + run.tokens > scoreFrom - 1
+            let end = scoreTo
+            return scoreFrom < end && run.start < end - 1 && run.start + run.tokens > scoreFrom - 1
         }
     }
     private var sequences: [RequestID: Sequence] = [:]
 
-    /// JSON mode's token table, built on first use: every token's bytes (special tokens and empty ones: never allowed
-    /// in JSON text), and the mask one step fills.
-    private struct JSONTokens {
-        var bytes: [UInt8] = []
-        var offsets: [Int] = [0]
-        var mask: [UInt8] = []
-        /// Masks of recent states (most steps inside a string or a number repeat one): at most `cacheLimit`.
-        var cache: [JSONAcceptor: [UInt8]] = [:]
-        static let cacheLimit = 32
-    }
-    private var jsonTokens: JSONTokens?
-
-    /// Fills JSON mode's mask with the tokens allowed after `generated`, and says whether the object is complete (then
-    /// only the end-of-sequence tokens are allowed); false, and no mask, when the tokens so far are not JSON (only a
-    /// request resumed from elsewhere could bring such): then the step is not constrained.
-    private func fillJSONMask(after generated: ArraySlice<Int>) -> (filled: Bool, complete: Bool) {
-        let vocab = model.config.vocabSize
-        var t = jsonTokens ?? {
-            var t = JSONTokens()
-            for id in 0..<vocab {
-                if !tokenizer.isSpecial(id) { t.bytes += tokenizer.tokenBytes(id) }
-                t.offsets.append(t.bytes.count)
-            }
-            t.mask = [UInt8](repeating: 0, count: vocab)
-            return t
-        }()
-        jsonTokens = nil  // worked on outside the property, and put back
-        defer { jsonTokens = t }
-        var state = JSONAcceptor()
-        for token in generated where token >= 0 && token < vocab {
-            guard let next = state.after(t.bytes[t.offsets[token]..<t.offsets[token + 1]]) else { return (false, false) }
-            state = next
-        }
-        let complete = state.isComplete
-        if let cached = t.cache[state] {
-            t.mask = cached
-            return (true, complete)
-        }
-        let ends = endTokens
-        let offsets = t.offsets
-        t.bytes.withUnsafeBufferPointer { b in
-            t.mask.withUnsafeMutableBufferPointer { m in
-                for id in 0..<vocab {
-                    if ends.contains(id) {
-                        m[id] = complete ? 1 : 0
-                    } else {
-                        m[id] = !complete && state.allows(UnsafeBufferPointer(rebasing: b[offsets[id]..<offsets[id + 1]])) ? 1 : 0
-                    }
-                }
-            }
-        }
-        if t.cache.count >= JSONTokens.cacheLimit { t.cache.removeAll(keepingCapacity: true) }
-        t.cache[state] = t.mask
-        return (true, complete)
-    }
+    /// JSON mode's masks, built on a JSON-mode request's first step.
+    private var jsonMasks: JSONTokenMasks?
     private var nextRequest = 0
 
     /// An adapter as the scheduler keys it: one per (adapter, scale) pair, since a merge folds in one scale.
@@ -293,10 +243,7 @@ public final class EngineCore {
             performPending()
             throw EngineError("\(error)")
         }
-        var sequence = Sequence(tokens: tokens, promptCount: promptCount, sampler: sampler, params: params, adapter: key)
-        if params.promptLogprobs != nil && tokens.count == promptCount { sequence.scoreTo = promptCount }
-        sequence.first = tokens.count == promptCount
-        sequences[rid] = sequence
+        sequences[rid] = Sequence(tokens: tokens, promptCount: promptCount, sampler: sampler, params: params, adapter: key)
         return rid
     }
 
@@ -386,13 +333,14 @@ public final class EngineCore {
             do {
                 let all = sequences[run.request]!.tokens, promptCount = sequences[run.request]!.promptCount
                 let params = sequences[run.request]!.params
-                let json = params.jsonObject ? fillJSONMask(after: all[promptCount...]) : (filled: false, complete: false)
+                if params.jsonObject && jsonMasks == nil { jsonMasks = JSONTokenMasks(tokenizer: tokenizer, vocabSize: model.config.vocabSize) }
+                let json = params.jsonObject ? jsonMasks!.fill(after: all[promptCount...], endTokens: endTokens) : (filled: false, complete: false)
                 jsonComplete = json.complete
                 // Before min_tokens, nothing that would end the sequence (but a complete JSON object ends it).
                 let suppress = all.count - promptCount < params.minTokens && !jsonComplete
                     ? params.stopTokenIDs + (params.ignoreEOS ? [] : Array(endTokens)) : []
                 if json.filled {
-                    sampledToken = jsonTokens!.mask.withUnsafeBufferPointer { mask in
+                    sampledToken = jsonMasks!.mask.withUnsafeBufferPointer { mask in
                         sequences[run.request]!.sampler.sample(logits, position: position, generated: all[promptCount...],
                                                                prompt: all[..<promptCount], suppress: suppress, allowed: mask)
                     }
@@ -406,6 +354,7 @@ public final class EngineCore {
                 events.append(EngineEvent(requestID: run.request, token: nil, finish: .error, message: nil))
                 continue
             }
+            let first = sequences[run.request]!.beforeFirstToken
             sequences[run.request]!.tokens.append(token)
             let s = sequences[run.request]!
             sampled.append(SampledToken(request: run.request,
@@ -413,9 +362,8 @@ public final class EngineCore {
                                             || s.params.stopTokenIDs.contains(token)))
             let logprobs = s.params.logprobs.map { TokenLogprobs(logits: logits, token: token, top: $0) }
             var event = EngineEvent(requestID: run.request, token: token, finish: nil, message: nil, logprobs: logprobs)
-            if s.first {
-                if s.params.promptLogprobs != nil { event.promptLogprobs = s.promptLogprobs }
-                sequences[run.request]!.first = false
+            if first && s.params.promptLogprobs != nil {
+                event.promptLogprobs = s.promptLogprobs
                 sequences[run.request]!.promptLogprobs = []
             }
             events.append(event)

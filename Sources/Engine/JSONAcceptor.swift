@@ -1,3 +1,5 @@
+import Tokenizers
+
 /// Accepts JSON text (RFC 8259) byte by byte with a state of a few words: what `response_format: json_object`
 /// constrains sampling with. A token may be sampled only if every byte of it is accepted from the current state, so
 /// the output is always a prefix of a JSON object, and the end-of-sequence token is allowed only once the object is
@@ -199,5 +201,57 @@ public struct JSONAcceptor: Sendable, Hashable {
         var s = self
         for b in bytes where !s.accept(b) { return false }
         return true
+    }
+}
+
+/// JSON mode's per-step token mask: every token's bytes (special tokens and empty ones: never allowed in JSON text),
+/// the mask the last step filled, and the masks of recent acceptor states (most steps inside a string or a number
+/// repeat one).
+struct JSONTokenMasks {
+    private var bytes: [UInt8] = []
+    private var offsets: [Int] = [0]
+    private(set) var mask: [UInt8]
+    private var cache: [JSONAcceptor: [UInt8]] = [:]
+    static let cacheLimit = 32
+
+    init(tokenizer: Tokenizer, vocabSize: Int) {
+        for id in 0..<vocabSize {
+            if !tokenizer.isSpecial(id) { bytes += tokenizer.tokenBytes(id) }
+            offsets.append(bytes.count)
+        }
+        mask = [UInt8](repeating: 0, count: vocabSize)
+    }
+
+    /// Fills `mask` with the tokens allowed after `generated`, and says whether the object is complete (then only
+    /// `endTokens` are allowed); not filled when the tokens so far are not JSON (only a request resumed from
+    /// elsewhere could bring such): then the step is not constrained. The state is replayed from `generated`, so
+    /// nothing needs carrying when a request moves.
+    mutating func fill(after generated: ArraySlice<Int>, endTokens: Set<Int>) -> (filled: Bool, complete: Bool) {
+        let vocab = mask.count
+        var state = JSONAcceptor()
+        for token in generated where token >= 0 && token < vocab {
+            guard let next = state.after(bytes[offsets[token]..<offsets[token + 1]]) else { return (false, false) }
+            state = next
+        }
+        let complete = state.isComplete
+        if let cached = cache[state] {
+            mask = cached
+            return (true, complete)
+        }
+        let offsets = self.offsets
+        bytes.withUnsafeBufferPointer { b in
+            mask.withUnsafeMutableBufferPointer { m in
+                for id in 0..<vocab {
+                    if endTokens.contains(id) {
+                        m[id] = complete ? 1 : 0
+                    } else {
+                        m[id] = !complete && state.allows(UnsafeBufferPointer(rebasing: b[offsets[id]..<offsets[id + 1]])) ? 1 : 0
+                    }
+                }
+            }
+        }
+        if cache.count >= Self.cacheLimit { cache.removeAll(keepingCapacity: true) }
+        cache[state] = mask
+        return (true, complete)
     }
 }
