@@ -120,7 +120,8 @@ public final class EngineCore {
     private var sequences: [RequestID: Sequence] = [:]
 
     /// JSON mode's masks, built on a JSON-mode request's first step.
-    private var jsonMasks: JSONTokenMasks?
+    /// JSON mode's and structured outputs' token masks (built when a request first asks for one).
+    private var constrained: ConstrainedDecoding?
     private var nextRequest = 0
 
     /// An adapter as the scheduler keys it: one per (adapter, scale) pair, since a merge folds in one scale.
@@ -333,14 +334,29 @@ public final class EngineCore {
             do {
                 let all = sequences[run.request]!.tokens, promptCount = sequences[run.request]!.promptCount
                 let params = sequences[run.request]!.params
-                if params.jsonObject && jsonMasks == nil { jsonMasks = JSONTokenMasks(tokenizer: tokenizer, vocabSize: model.config.vocabSize) }
-                let json = params.jsonObject ? jsonMasks!.fill(after: all[promptCount...], endTokens: endTokens) : (filled: false, complete: false)
-                jsonComplete = json.complete
-                // Before min_tokens, nothing that would end the sequence (but a complete JSON object ends it).
+                var mask: [UInt8]?
+                if params.jsonObject || params.grammar != nil {
+                    if constrained == nil { constrained = ConstrainedDecoding(tokenizer: tokenizer, vocabSize: model.config.vocabSize) }
+                    if params.jsonObject {
+                        let json = constrained!.json.fill(after: all[promptCount...], endTokens: endTokens)
+                        jsonComplete = json.complete
+                        if json.filled { mask = constrained!.json.mask }
+                    } else if let spec = params.grammar {
+                        // A spec the server compiled already; a failure here would be a bug, and ends only this request.
+                        if let automaton = try? constrained!.automaton(spec),
+                           let state = automaton.state(after: all[promptCount...], table: constrained!.table) {
+                            jsonComplete = automaton.isComplete(state)
+                            mask = automaton.mask(state, table: constrained!.table, endTokens: endTokens)
+                        } else {
+                            mask = [UInt8](repeating: 0, count: model.config.vocabSize)
+                        }
+                    }
+                }
+                // Before min_tokens, nothing that would end the sequence (but a complete constrained output ends it).
                 let suppress = all.count - promptCount < params.minTokens && !jsonComplete
                     ? params.stopTokenIDs + (params.ignoreEOS ? [] : Array(endTokens)) : []
-                if json.filled {
-                    sampledToken = jsonMasks!.mask.withUnsafeBufferPointer { mask in
+                if let mask {
+                    sampledToken = mask.withUnsafeBufferPointer { mask in
                         sequences[run.request]!.sampler.sample(logits, position: position, generated: all[promptCount...],
                                                                prompt: all[..<promptCount], suppress: suppress, allowed: mask)
                     }

@@ -204,22 +204,17 @@ public struct JSONAcceptor: Sendable, Hashable {
     }
 }
 
-/// JSON mode's per-step token mask: every token's bytes (special tokens and empty ones: never allowed in JSON text),
-/// the mask the last step filled, and the masks of recent acceptor states (most steps inside a string or a number
-/// repeat one).
+/// JSON mode's per-step token mask: the mask the last step filled, and the masks of recent acceptor states (most
+/// steps inside a string or a number repeat one).
 struct JSONTokenMasks {
-    private var bytes: [UInt8] = []
-    private var offsets: [Int] = [0]
+    private let table: TokenByteTable
     private(set) var mask: [UInt8]
     private var cache: [JSONAcceptor: [UInt8]] = [:]
     static let cacheLimit = 32
 
-    init(tokenizer: Tokenizer, vocabSize: Int) {
-        for id in 0..<vocabSize {
-            if !tokenizer.isSpecial(id) { bytes += tokenizer.tokenBytes(id) }
-            offsets.append(bytes.count)
-        }
-        mask = [UInt8](repeating: 0, count: vocabSize)
+    init(table: TokenByteTable) {
+        self.table = table
+        mask = [UInt8](repeating: 0, count: table.vocab)
     }
 
     /// Fills `mask` with the tokens allowed after `generated`, and says whether the object is complete (then only
@@ -230,7 +225,7 @@ struct JSONTokenMasks {
         let vocab = mask.count
         var state = JSONAcceptor()
         for token in generated where token >= 0 && token < vocab {
-            guard let next = state.after(bytes[offsets[token]..<offsets[token + 1]]) else { return (false, false) }
+            guard let next = state.after(table.bytes(of: token)) else { return (false, false) }
             state = next
         }
         let complete = state.isComplete
@@ -238,8 +233,8 @@ struct JSONTokenMasks {
             mask = cached
             return (true, complete)
         }
-        let offsets = self.offsets
-        bytes.withUnsafeBufferPointer { b in
+        let offsets = table.offsets
+        table.storage.withUnsafeBufferPointer { b in
             mask.withUnsafeMutableBufferPointer { m in
                 for id in 0..<vocab {
                     if endTokens.contains(id) {

@@ -1,0 +1,186 @@
+import Tokenizers
+
+/// Every token's bytes as constrained decoding reads them (special tokens and empty ones have none: never allowed
+/// in constrained text).
+struct TokenByteTable: Sendable {
+    let storage: [UInt8]
+    /// Token i's bytes are storage[offsets[i] ..< offsets[i + 1]].
+    let offsets: [Int]
+    var vocab: Int { offsets.count - 1 }
+
+    init(tokenizer: Tokenizer, vocabSize: Int) {
+        var storage: [UInt8] = []
+        var offsets = [0]
+        offsets.reserveCapacity(vocabSize + 1)
+        for id in 0..<vocabSize {
+            if !tokenizer.isSpecial(id) { storage += tokenizer.tokenBytes(id) }
+            offsets.append(storage.count)
+        }
+        self.storage = storage
+        self.offsets = offsets
+    }
+
+    func bytes(of token: Int) -> ArraySlice<UInt8> { storage[offsets[token]..<offsets[token + 1]] }
+}
+
+/// A grammar's acceptor made deterministic as it is used: each parse state met gets a number, and its transitions
+/// on each byte are computed once and kept (a lazily built DFA), so replaying a request's tokens and scanning the
+/// vocabulary for a mask are table lookups after the first time. Masks are kept per state.
+final class GrammarAutomaton {
+    let grammar: Grammar
+    private var states: [Grammar.State] = []
+    private var numbers: [Grammar.State: Int32] = [:]
+    private var complete: [Bool] = []
+    /// 256 per state: the next state, `dead`, or `unknown`.
+    private var transitions: [Int32] = []
+    private var masks: [Int32: [UInt8]] = [:]
+    private static let unknown: Int32 = -2
+    static let dead: Int32 = -1
+    /// States kept before the tables start over (each costs 1 KiB of transitions), and masks kept.
+    static let maxStates = 16_384
+    static let maxMasks = 64
+
+    init(grammar: Grammar) {
+        self.grammar = grammar
+        reset()
+    }
+
+    private func reset() {
+        states = []
+        numbers = [:]
+        complete = []
+        transitions = []
+        masks = [:]
+        _ = number(grammar.start)
+    }
+
+    private func number(_ state: Grammar.State) -> Int32 {
+        if let n = numbers[state] { return n }
+        let n = Int32(states.count)
+        states.append(state)
+        numbers[state] = n
+        complete.append(state.isComplete)
+        transitions += repeatElement(Self.unknown, count: 256)
+        return n
+    }
+
+    func isComplete(_ s: Int32) -> Bool { complete[Int(s)] }
+
+    /// The state after byte `b` from state `s` (`dead` when the grammar cannot continue with it).
+    func next(_ s: Int32, _ b: UInt8) -> Int32 {
+        let slot = Int(s) &* 256 &+ Int(b)
+        let t = transitions[slot]
+        if t != Self.unknown { return t }
+        let n = grammar.advance(states[Int(s)], b).map(number) ?? Self.dead
+        transitions[slot] = n
+        return n
+    }
+
+    /// The state after `tokens` from the start, or nil when they leave the grammar. Starts the tables over first
+    /// when they have grown past `maxStates` (state numbers from before are then void).
+    func state(after tokens: ArraySlice<Int>, table: TokenByteTable) -> Int32? {
+        if states.count > Self.maxStates { reset() }
+        var s: Int32 = 0
+        for token in tokens where token >= 0 && token < table.vocab {
+            for b in table.bytes(of: token) {
+                s = next(s, b)
+                if s == Self.dead { return nil }
+            }
+        }
+        return s
+    }
+
+    /// The tokens allowed in state `s`: those whose every byte the grammar takes, and `endTokens` once the text is
+    /// complete.
+    func mask(_ s: Int32, table: TokenByteTable, endTokens: Set<Int>) -> [UInt8] {
+        if let m = masks[s] { return m }
+        let vocab = table.vocab
+        var mask = [UInt8](repeating: 0, count: vocab)
+        let done = complete[Int(s)]
+        table.storage.withUnsafeBufferPointer { bytes in
+            for id in 0..<vocab {
+                if endTokens.contains(id) {
+                    mask[id] = done ? 1 : 0
+                    continue
+                }
+                let lo = table.offsets[id], hi = table.offsets[id + 1]
+                guard lo < hi else { continue }
+                var t = s
+                var i = lo
+                while i < hi {
+                    t = next(t, bytes[i])
+                    if t == Self.dead { break }
+                    i += 1
+                }
+                if t != Self.dead { mask[id] = 1 }
+            }
+        }
+        if masks.count >= Self.maxMasks { masks.removeAll(keepingCapacity: true) }
+        masks[s] = mask
+        return mask
+    }
+}
+
+/// What the engine constrains sampling with: the token table (built on first use), JSON mode's masks, and the
+/// automata of recent grammars (structured outputs), each compiled once per spec.
+struct ConstrainedDecoding {
+    let table: TokenByteTable
+    var json: JSONTokenMasks
+    private var automata: [GrammarSpec: GrammarAutomaton] = [:]
+    static let maxGrammars = 8
+
+    init(tokenizer: Tokenizer, vocabSize: Int) {
+        table = TokenByteTable(tokenizer: tokenizer, vocabSize: vocabSize)
+        json = JSONTokenMasks(table: table)
+    }
+
+    /// The automaton of a grammar spec (compiled on first use).
+    mutating func automaton(_ spec: GrammarSpec) throws -> GrammarAutomaton {
+        if let a = automata[spec] { return a }
+        let a = GrammarAutomaton(grammar: try spec.compile())
+        if automata.count >= Self.maxGrammars { automata.removeAll() }
+        automata[spec] = a
+        return a
+    }
+}
+
+/// A structured-output constraint as a request carries it: what kind, and its source (canonical JSON text), from
+/// which the grammar is compiled (`compile`). Codable and comparable by source, so requests that move or are
+/// swapped out carry it as text, and equal specs share one automaton.
+public struct GrammarSpec: Sendable, Hashable, Codable {
+    public enum Kind: String, Sendable, Codable {
+        /// A JSON Schema (`JSONSchemaGrammar.compile`).
+        case jsonSchema
+        /// A JSON array of strings: the output is exactly one of them.
+        case choice
+    }
+
+    public var kind: Kind
+    public var source: String
+
+    public init(kind: Kind, source: String) {
+        self.kind = kind
+        self.source = source
+    }
+
+    /// The spec of a schema (its canonical text).
+    public static func jsonSchema(_ schema: ExactJSON) -> GrammarSpec { GrammarSpec(kind: .jsonSchema, source: JSONSchemaGrammar.text(schema)) }
+
+    public static func choice(_ choices: [String]) -> GrammarSpec {
+        GrammarSpec(kind: .choice, source: JSONSchemaGrammar.text(.array(choices.map { .string($0) })))
+    }
+
+    public func compile() throws -> Grammar {
+        let value = try Array(source.utf8).withUnsafeBytes { try ExactJSON.parse($0, name: "grammar spec") }
+        switch kind {
+        case .jsonSchema:
+            return try JSONSchemaGrammar.compile(schema: value)
+        case .choice:
+            guard case .array(let items) = value else { throw GrammarError("a choice spec must be an array of strings") }
+            return try JSONSchemaGrammar.choice(items.map { item in
+                guard case .string(let s) = item else { throw GrammarError("a choice spec must be an array of strings") }
+                return s
+            })
+        }
+    }
+}

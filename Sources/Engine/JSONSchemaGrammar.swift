@@ -1,0 +1,506 @@
+import Tokenizers
+
+/// Compiles a JSON Schema (the subset structured outputs use: OpenAI's `response_format: json_schema`, vLLM's
+/// `guided_json`) to a `Grammar` whose sentences are JSON texts valid against it; and a list of strings to the
+/// grammar of exactly those (vLLM's `guided_choice`).
+///
+/// What the grammar generates is a subset of what the schema allows, never more:
+/// - An object's properties come in the order `properties` lists them; required ones always, optional ones may be
+///   left out. Without `properties`, `additionalProperties` (a schema, or true / absent: any value) types the values
+///   of keys the model chooses; with `properties`, no other key is generated (as OpenAI's strict mode and xgrammar's
+///   default do), whatever `additionalProperties` says.
+/// - `enum` and `const` values are written compactly (no whitespace, strings with JSON's shortest escapes).
+/// - Whitespace between tokens: at most `maxWhitespace` bytes per run; numbers: at most `maxDigits` digits per part.
+/// - Strings are UTF-8 (validated byte by byte); `minLength`/`maxLength` count characters (an escape is one;
+///   surrogates cannot be escaped, so each counts as Python's `len` counts it).
+/// Keywords that constrain what this cannot express (`pattern`, `minimum`, `not`, …) are refused with an error
+/// naming them, never ignored; annotations (`title`, `description`, `default`, `format`, …) are ignored, as JSON
+/// Schema 2020-12 treats `format` by default.
+public struct JSONSchemaGrammar {
+    public static let maxWhitespace = 20
+    /// Digits per number part: an integer fits Int64 (and JavaScript's doubles to 15 digits).
+    public static let maxDigits = 16
+    /// Bounds on what a schema may ask for (each costs rules).
+    public static let maxLengthBound = 4096
+    public static let maxItemsBound = 1024
+    public static let maxRules = 200_000
+    public static let maxSchemaDepth = 64
+
+    /// Validation keywords this compiler cannot honour: a schema using them is refused.
+    static let refused: Set<String> = [
+        "pattern", "patternProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames",
+        "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
+        "minProperties", "maxProperties", "$dynamicRef", "$recursiveRef", "additionalItems",
+    ]
+    /// Keywords that constrain what this compiler handles.
+    static let handled: Set<String> = [
+        "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+        "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength",
+    ]
+
+    private var rules: [[[Grammar.Item]]] = []
+    private let root: ExactJSON
+    private var refRules: [String: Int] = [:]
+    /// References being resolved without a byte consumed in between (a cycle there is left recursion).
+    private var bareRefs: Set<String> = []
+
+    private init(root: ExactJSON) { self.root = root }
+
+    /// The grammar of JSON texts valid against `schema` (an object or a boolean schema).
+    public static func compile(schema: ExactJSON) throws -> Grammar {
+        var c = JSONSchemaGrammar(root: schema)
+        let start = try c.value(schema, path: "#", depth: 0)
+        return try Grammar(rules: c.rules, root: start)
+    }
+
+    /// The grammar whose sentences are exactly `choices`' texts (vLLM's `guided_choice`).
+    public static func choice(_ choices: [String]) throws -> Grammar {
+        guard !choices.isEmpty else { throw GrammarError("guided_choice must list at least one string") }
+        let alternatives = choices.map { Grammar.Item.literal($0) }
+        guard alternatives.allSatisfy({ !$0.isEmpty }) else { throw GrammarError("guided_choice strings must not be empty") }
+        return try Grammar(rules: [alternatives], root: 0)
+    }
+
+    // MARK: rules
+
+    private mutating func reserve() throws -> Int {
+        guard rules.count < Self.maxRules else { throw GrammarError("the schema needs more than \(Self.maxRules) grammar rules") }
+        rules.append([])
+        return rules.count - 1
+    }
+
+    private mutating func rule(_ alternatives: [[Grammar.Item]]) throws -> Int {
+        let r = try reserve()
+        rules[r] = alternatives
+        return r
+    }
+
+    private var memo: [String: Int] = [:]
+
+    /// A shared rule built once (whitespace, string characters, numbers, any value).
+    private mutating func shared(_ name: String, _ build: (inout JSONSchemaGrammar) throws -> Int) rethrows -> Int {
+        if let r = memo[name] { return r }
+        let r = try build(&self)
+        memo[name] = r
+        return r
+    }
+
+    private static func set(_ ranges: ClosedRange<UInt8>...) -> Grammar.Item { .bytes(Grammar.ByteSet(ranges: ranges)) }
+
+    /// At most `maxWhitespace` blanks.
+    private mutating func ws() throws -> Grammar.Item {
+        .rule(try shared("ws") { c in
+            var next = try c.rule([[]])
+            for _ in 0..<Self.maxWhitespace {
+                next = try c.rule([[], [.bytes(Grammar.ByteSet([0x20, 0x0A, 0x0D, 0x09])), .rule(next)]])
+            }
+            return next
+        })
+    }
+
+    /// One character of a JSON string: a UTF-8 sequence (no control characters, `"` or `\`) or an escape.
+    private mutating func char() throws -> Grammar.Item {
+        .rule(try shared("char") { c in
+            let cont = Self.set(0x80...0xBF)
+            let hex = Self.set(0x30...0x39, 0x41...0x46, 0x61...0x66)
+            return try c.rule([
+                [Self.set(0x20...0x21, 0x23...0x5B, 0x5D...0x7F)],
+                [.byte(0x5C), .bytes(Grammar.ByteSet(Array("\"\\/bfnrt".utf8)))],
+                // \u escapes of everything but surrogates (a pair would be one character counted as two; a
+                // character beyond the BMP is written as UTF-8 instead).
+                [.byte(0x5C), .byte(0x75), Self.set(0x30...0x39, 0x41...0x43, 0x45...0x46, 0x61...0x63, 0x65...0x66), hex, hex, hex],
+                [.byte(0x5C), .byte(0x75), .bytes(Grammar.ByteSet([0x44, 0x64])), Self.set(0x30...0x37), hex, hex],
+                [Self.set(0xC2...0xDF), cont],
+                [.byte(0xE0), Self.set(0xA0...0xBF), cont],
+                [Self.set(0xE1...0xEC, 0xEE...0xEF), cont, cont],
+                [.byte(0xED), Self.set(0x80...0x9F), cont],
+                [.byte(0xF0), Self.set(0x90...0xBF), cont, cont],
+                [Self.set(0xF1...0xF3), cont, cont, cont],
+                [.byte(0xF4), Self.set(0x80...0x8F), cont, cont],
+            ])
+        })
+    }
+
+    /// A JSON string of `min`…`max` characters (`max` nil: unbounded).
+    private mutating func string(min: Int, max: Int?) throws -> Int {
+        try shared("string \(min) \(max.map(String.init) ?? "-")") { c in
+            let ch = try c.char()
+            // The tail after k characters, built from the end.
+            var chars: Int
+            var k: Int
+            if let max {
+                chars = try c.rule([[]])
+                k = max
+            } else {
+                chars = try c.reserve()
+                c.rules[chars] = [[], [ch, .rule(chars)]]
+                k = min
+            }
+            while k > 0 {
+                k -= 1
+                chars = try c.rule(k >= min ? [[], [ch, .rule(chars)]] : [[ch, .rule(chars)]])
+            }
+            return try c.rule([[.byte(0x22), .rule(chars), .byte(0x22)]])
+        }
+    }
+
+    /// 1…n digits, or 0…n with `optional`.
+    private mutating func digits(_ n: Int, optional: Bool) throws -> Int {
+        try shared("digits \(n) \(optional)") { c in
+            let digit = Self.set(0x30...0x39)
+            var tail = try c.rule([[]])
+            for _ in 0..<(n - 1) { tail = try c.rule([[], [digit, .rule(tail)]]) }
+            let one = try c.rule([[digit, .rule(tail)]])
+            return optional ? try c.rule([[], [.rule(one)]]) : one
+        }
+    }
+
+    private mutating func integer() throws -> Int {
+        try shared("integer") { c in
+            let rest = try c.digits(Self.maxDigits - 1, optional: true)
+            let magnitude = try c.rule([[.byte(0x30)], [Self.set(0x31...0x39), .rule(rest)]])
+            return try c.rule([[.rule(magnitude)], [.byte(0x2D), .rule(magnitude)]])
+        }
+    }
+
+    private mutating func number() throws -> Int {
+        try shared("number") { c in
+            let int = try c.integer()
+            let fraction = try c.rule([[], [.byte(0x2E), .rule(try c.digits(Self.maxDigits, optional: false))]])
+            let exponent = try c.rule([[], [.bytes(Grammar.ByteSet([0x65, 0x45])), .rule(try c.rule([[], [.bytes(Grammar.ByteSet([0x2B, 0x2D]))]])),
+                                            .rule(try c.digits(3, optional: false))]])
+            return try c.rule([[.rule(int), .rule(fraction), .rule(exponent)]])
+        }
+    }
+
+    /// Any JSON value (a schema of `true` or `{}`).
+    private mutating func anyValue() throws -> Int {
+        if let r = memo["any"] { return r }
+        let value = try reserve()
+        memo["any"] = value
+        let ws = try ws()
+        let key = try string(min: 0, max: nil)
+        let member = [Grammar.Item.rule(key), ws, .byte(0x3A), ws, .rule(value)]
+        let object = try container(open: 0x7B, close: 0x7D, item: member)
+        let array = try container(open: 0x5B, close: 0x5D, item: [.rule(value)])
+        rules[value] = [[.rule(object)], [.rule(array)], [.rule(try string(min: 0, max: nil))], [.rule(try number())],
+                        Grammar.Item.literal("true"), Grammar.Item.literal("false"), Grammar.Item.literal("null")]
+        return value
+    }
+
+    /// `open` (item (, item)*)? `close`, whitespace between.
+    private mutating func container(open: UInt8, close: UInt8, item: [Grammar.Item]) throws -> Int {
+        let ws = try ws()
+        let more = try reserve()
+        rules[more] = [[], [ws, .byte(0x2C), ws] + item + [.rule(more)]]
+        let items = try rule([[], item + [.rule(more), ws]])
+        return try rule([[.byte(open), ws, .rule(items), .byte(close)]])
+    }
+
+    // MARK: schemas
+
+    private static func fail(_ path: String, _ what: String) -> GrammarError { GrammarError("\(path): \(what)") }
+
+    private static func intValue(_ v: ExactJSON?, _ name: String, path: String) throws -> Int? {
+        switch v {
+        case nil, .null?: return nil
+        case .int(let i)? where i >= 0: return i
+        case .double(let d)? where d >= 0 && d.rounded() == d && d < 1e15: return Int(d)
+        default: throw fail(path, "'\(name)' must be a non-negative integer")
+        }
+    }
+
+    /// The rule for values valid against `schema`.
+    private mutating func value(_ schema: ExactJSON, path: String, depth: Int) throws -> Int {
+        guard depth < Self.maxSchemaDepth else { throw Self.fail(path, "the schema nests deeper than \(Self.maxSchemaDepth)") }
+        let members: [(key: String, value: ExactJSON)]
+        switch schema {
+        case .bool(true): return try anyValue()
+        case .bool(false): throw Self.fail(path, "the schema 'false' allows no value")
+        case .object(let m): members = m
+        default: throw Self.fail(path, "a schema must be an object or a boolean")
+        }
+        var fields: [String: ExactJSON] = [:]
+        for (key, value) in members {
+            guard fields.updateValue(value, forKey: key) == nil else { throw Self.fail(path, "duplicate key '\(key)'") }
+            if Self.refused.contains(key) { throw Self.fail(path, "the keyword '\(key)' is not supported in structured outputs") }
+        }
+        let constraining = Set(fields.keys).intersection(Self.handled)
+
+        if let ref = fields["$ref"] {
+            guard constraining == ["$ref"] else {
+                throw Self.fail(path, "'$ref' beside other constraining keywords (\(constraining.subtracting(["$ref"]).sorted().joined(separator: ", "))) is not supported")
+            }
+            guard case .string(let target) = ref else { throw Self.fail(path, "'$ref' must be a string") }
+            return try reference(target, path: path, depth: depth)
+        }
+        for key in ["anyOf", "oneOf", "allOf"] {
+            guard let list = fields[key] else { continue }
+            guard constraining == [key] else {
+                throw Self.fail(path, "'\(key)' beside other constraining keywords (\(constraining.subtracting([key]).sorted().joined(separator: ", "))) is not supported")
+            }
+            guard case .array(let schemas) = list, !schemas.isEmpty else { throw Self.fail(path, "'\(key)' must be a non-empty array of schemas") }
+            if key == "allOf" {
+                guard schemas.count == 1 else { throw Self.fail(path, "'allOf' with more than one schema is not supported") }
+                return try value(schemas[0], path: path + "/allOf/0", depth: depth + 1)
+            }
+            // oneOf is generated as anyOf: an output may match more than one of them.
+            var alternatives: [[Grammar.Item]] = []
+            for (i, s) in schemas.enumerated() {
+                alternatives.append([.rule(try value(s, path: path + "/\(key)/\(i)", depth: depth + 1))])
+            }
+            return try rule(alternatives)
+        }
+
+        // The JSON types this schema allows (nil: any).
+        var types: [String]?
+        switch fields["type"] {
+        case nil: types = nil
+        case .string(let t)?: types = [t]
+        case .array(let list)?:
+            types = try list.map { item in
+                guard case .string(let t) = item else { throw Self.fail(path, "'type' must be a string or an array of strings") }
+                return t
+            }
+            guard !types!.isEmpty else { throw Self.fail(path, "'type' must not be an empty array") }
+        default: throw Self.fail(path, "'type' must be a string or an array of strings")
+        }
+        let known = ["object", "array", "string", "number", "integer", "boolean", "null"]
+        for t in types ?? [] where !known.contains(t) { throw Self.fail(path, "unknown type '\(t)'") }
+        if types == nil {
+            // Untyped, with one type's keywords: generate that type (the others are valid too, but not what was meant).
+            if !constraining.isDisjoint(with: ["properties", "required", "additionalProperties"]) {
+                types = ["object"]
+            } else if !constraining.isDisjoint(with: ["items", "prefixItems", "minItems", "maxItems"]) {
+                types = ["array"]
+            } else if !constraining.isDisjoint(with: ["minLength", "maxLength"]) {
+                types = ["string"]
+            }
+        }
+
+        if fields["enum"] != nil || fields["const"] != nil {
+            var values: [ExactJSON]
+            if let c = fields["const"] {
+                values = [c]
+                if let e = fields["enum"] {
+                    guard case .array(let list) = e else { throw Self.fail(path, "'enum' must be an array") }
+                    values = values.filter { list.contains($0) }
+                }
+            } else {
+                guard case .array(let list)? = fields["enum"], !list.isEmpty else { throw Self.fail(path, "'enum' must be a non-empty array") }
+                values = list
+            }
+            if let types { values = values.filter { Self.matches($0, types: types) } }
+            values = values.filter { Self.lengthOK($0, fields) }
+            guard !values.isEmpty else { throw Self.fail(path, "no value of 'enum'/'const' satisfies the schema's other keywords") }
+            return try rule(values.map { Grammar.Item.literal(Self.text($0)) })
+        }
+
+        let all = types ?? known
+        var alternatives: [[Grammar.Item]] = []
+        for t in all {
+            switch t {
+            case "object":
+                // Without a type, object keywords apply only to objects: an untyped schema with them is an object.
+                alternatives.append([.rule(try object(fields, path: path, depth: depth))])
+            case "array": alternatives.append([.rule(try array(fields, path: path, depth: depth))])
+            case "string":
+                let min = try Self.intValue(fields["minLength"], "minLength", path: path) ?? 0
+                let max = try Self.intValue(fields["maxLength"], "maxLength", path: path)
+                if let max, max < min { throw Self.fail(path, "maxLength is less than minLength") }
+                guard Swift.max(min, max ?? 0) <= Self.maxLengthBound else {
+                    throw Self.fail(path, "minLength/maxLength above \(Self.maxLengthBound) are not supported")
+                }
+                alternatives.append([.rule(try string(min: min, max: max))])
+            case "number": alternatives.append([.rule(try number())])
+            case "integer": alternatives.append([.rule(try integer())])
+            case "boolean": alternatives += [Grammar.Item.literal("true"), Grammar.Item.literal("false")]
+            default: alternatives.append(Grammar.Item.literal("null"))
+            }
+        }
+        if alternatives.count == 1, case .rule(let r) = alternatives[0][0], alternatives[0].count == 1 { return r }
+        return try rule(alternatives)
+    }
+
+    private mutating func reference(_ target: String, path: String, depth: Int) throws -> Int {
+        guard !bareRefs.contains(target) else { throw Self.fail(path, "'$ref' '\(target)' refers to itself without a value in between") }
+        if let r = refRules[target] { return r }
+        guard target == "#" || target.hasPrefix("#/") else { throw Self.fail(path, "only local references ('#/...') are supported, got '\(target)'") }
+        var node = root
+        for raw in target.dropFirst(2).split(separator: "/", omittingEmptySubsequences: false) where target != "#" {
+            let key = raw.replacingOccurrences(of: "~1", with: "/").replacingOccurrences(of: "~0", with: "~")
+            switch node {
+            case .object(let m):
+                guard let next = m.first(where: { $0.key == key })?.value else { throw Self.fail(path, "'$ref' '\(target)' names nothing") }
+                node = next
+            case .array(let a):
+                guard let i = Int(key), a.indices.contains(i) else { throw Self.fail(path, "'$ref' '\(target)' names nothing") }
+                node = a[i]
+            default: throw Self.fail(path, "'$ref' '\(target)' names nothing")
+            }
+        }
+        // Reserve the rule first so recursive schemas (a tree's children) refer back to it.
+        let r = try reserve()
+        refRules[target] = r
+        bareRefs.insert(target)
+        defer { bareRefs.remove(target) }
+        let body = try value(node, path: target, depth: depth + 1)
+        rules[r] = [[.rule(body)]]
+        return r
+    }
+
+    private mutating func object(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
+        // A value inside braces consumes bytes: references below are no longer bare.
+        let saved = bareRefs
+        bareRefs = []
+        defer { bareRefs = saved }
+        let ws = try ws()
+        var required: [String] = []
+        if let r = fields["required"] {
+            guard case .array(let list) = r else { throw Self.fail(path, "'required' must be an array of strings") }
+            required = try list.map { item in
+                guard case .string(let s) = item else { throw Self.fail(path, "'required' must be an array of strings") }
+                return s
+            }
+        }
+        var properties: [(key: String, value: ExactJSON)] = []
+        if let p = fields["properties"] {
+            guard case .object(let m) = p else { throw Self.fail(path, "'properties' must be an object") }
+            properties = m
+        }
+        if properties.isEmpty && required.isEmpty {
+            // A map: keys of the model's choosing, values valid against additionalProperties.
+            let valueSchema = fields["additionalProperties"] ?? .bool(true)
+            if valueSchema == .bool(false) { return try emptyObject(ws) }
+            let value = try value(valueSchema, path: path + "/additionalProperties", depth: depth + 1)
+            let member = [Grammar.Item.rule(try string(min: 0, max: nil)), ws, .byte(0x3A), ws, .rule(value)]
+            return try container(open: 0x7B, close: 0x7D, item: member)
+        }
+        guard Set(properties.map(\.key)).count == properties.count else { throw Self.fail(path, "'properties' names a property twice") }
+        for name in required where !properties.contains(where: { $0.key == name }) {
+            throw Self.fail(path, "'required' names '\(name)', which 'properties' does not define")
+        }
+        // Properties in order; after(i, any) are the members from property i on, `any` whether one was written.
+        var tail = [try rule([[]]), try rule([[]])]  // [nothing written yet, something written]
+        for (name, schema) in properties.reversed() {
+            let value = try value(schema, path: path + "/properties/" + name, depth: depth + 1)
+            let member = Grammar.Item.literal(Self.text(.string(name))) + [ws, .byte(0x3A), ws, .rule(value)]
+            let isRequired = required.contains(name)
+            var next: [Int] = []
+            for written in [false, true] {
+                let with: [Grammar.Item] = (written ? [ws, .byte(0x2C), ws] : []) + member + [.rule(tail[1])]
+                next.append(try rule(isRequired ? [with] : [with, [.rule(tail[written ? 1 : 0])]]))
+            }
+            tail = next
+        }
+        return try rule([[.byte(0x7B), ws, .rule(tail[0]), ws, .byte(0x7D)]])
+    }
+
+    private mutating func emptyObject(_ ws: Grammar.Item) throws -> Int {
+        try rule([[.byte(0x7B), ws, .byte(0x7D)]])
+    }
+
+    private mutating func array(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
+        let saved = bareRefs
+        bareRefs = []
+        defer { bareRefs = saved }
+        let ws = try ws()
+        var prefix: [Int] = []
+        if let p = fields["prefixItems"] {
+            guard case .array(let list) = p else { throw Self.fail(path, "'prefixItems' must be an array of schemas") }
+            for (i, s) in list.enumerated() { prefix.append(try value(s, path: path + "/prefixItems/\(i)", depth: depth + 1)) }
+        }
+        var item: Int?
+        switch fields["items"] {
+        case nil: item = try anyValue()
+        case .bool(false)?: item = nil
+        case let s?: item = try value(s, path: path + "/items", depth: depth + 1)
+        }
+        let minItems = try Self.intValue(fields["minItems"], "minItems", path: path) ?? 0
+        var maxItems = try Self.intValue(fields["maxItems"], "maxItems", path: path)
+        if item == nil { maxItems = Swift.min(maxItems ?? prefix.count, prefix.count) }
+        if let maxItems, maxItems < minItems { throw Self.fail(path, "the array's item bounds allow no length") }
+        guard Swift.max(minItems, maxItems ?? 0) <= Self.maxItemsBound else {
+            throw Self.fail(path, "minItems/maxItems above \(Self.maxItemsBound) are not supported")
+        }
+        // The elements from index k on, after k written (k > 0: a comma first), built from the end.
+        func element(_ k: Int) -> Int { k < prefix.count ? prefix[k] : item! }
+        let limit = maxItems ?? Swift.max(minItems, prefix.count, 1)
+        var tail: Int
+        if maxItems == nil {
+            guard let item else { return try emptyArrayOrFail(minItems == 0, path: path) }
+            tail = try reserve()
+            rules[tail] = [[], [ws, .byte(0x2C), ws, .rule(item), .rule(tail)]]
+        } else {
+            tail = try rule([[]])
+        }
+        var k = limit
+        while k > 0 {
+            k -= 1
+            let write: [Grammar.Item] = (k > 0 ? [ws, .byte(0x2C), ws] : []) + [.rule(element(k)), .rule(tail)]
+            tail = try rule(k >= minItems ? [[], write] : [write])
+        }
+        return try rule([[.byte(0x5B), ws, .rule(tail), ws, .byte(0x5D)]])
+    }
+
+    private mutating func emptyArrayOrFail(_ ok: Bool, path: String) throws -> Int {
+        guard ok else { throw Self.fail(path, "the array's item bounds allow no length") }
+        return try rule([[.byte(0x5B), try ws(), .byte(0x5D)]])
+    }
+
+    // MARK: values
+
+    private static func matches(_ v: ExactJSON, types: [String]) -> Bool {
+        switch v {
+        case .null: return types.contains("null")
+        case .bool: return types.contains("boolean")
+        case .int: return types.contains("integer") || types.contains("number")
+        case .double(let d): return types.contains("number") || (types.contains("integer") && d.rounded() == d)
+        case .string: return types.contains("string")
+        case .array: return types.contains("array")
+        case .object: return types.contains("object")
+        }
+    }
+
+    private static func lengthOK(_ v: ExactJSON, _ fields: [String: ExactJSON]) -> Bool {
+        guard case .string(let s) = v else { return true }
+        let n = s.unicodeScalars.count
+        if case .int(let m)? = fields["minLength"], n < m { return false }
+        if case .int(let m)? = fields["maxLength"], n > m { return false }
+        return true
+    }
+
+    /// Compact JSON text of a value (strings with JSON's shortest escapes, as Python's json.dumps writes them).
+    public static func text(_ v: ExactJSON) -> String {
+        switch v {
+        case .null: return "null"
+        case .bool(let b): return b ? "true" : "false"
+        case .int(let i): return String(i)
+        case .double(let d): return d.rounded() == d && abs(d) < 1e15 ? String(Int(d)) + ".0" : "\(d)"
+        case .string(let s):
+            var out = "\""
+            for u in s.unicodeScalars {
+                switch u {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                case "\u{08}": out += "\\b"
+                case "\u{0C}": out += "\\f"
+                default:
+                    if u.value < 0x20 {
+                        let hex = String(u.value, radix: 16)
+                        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                    } else {
+                        out.unicodeScalars.append(u)
+                    }
+                }
+            }
+            return out + "\""
+        case .array(let a): return "[" + a.map(text).joined(separator: ",") + "]"
+        case .object(let m): return "{" + m.map { text(.string($0.key)) + ":" + text($0.value) }.joined(separator: ",") + "}"
+        }
+    }
+}

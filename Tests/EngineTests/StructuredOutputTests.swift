@@ -1,0 +1,219 @@
+import Foundation
+import Models
+import Testing
+import Tokenizers
+import TestSupport
+
+@testable import Engine
+
+/// Structured outputs: the JSON-schema grammar against Python's jsonschema (goldens), the lazily built automaton
+/// against the grammar itself, and the engine's output under a schema and a choice.
+@Suite struct StructuredOutputTests {
+    struct Golden {
+        struct Text {
+            let text: String
+            let valid: Bool
+            let canonical: Bool
+        }
+        struct Case {
+            let schema: ExactJSON
+            let texts: [Text]
+            var description: String { JSONSchemaGrammar.text(schema) }
+        }
+        let cases: [Case]
+        let refused: [ExactJSON]
+    }
+
+    /// Tests/Fixtures/json/schemas.json, read with `ExactJSON` (schemas' key order matters: it is the order properties
+    /// are generated in).
+    static func golden() throws -> Golden {
+        let data = try Data(contentsOf: FixtureFiles.root.appendingPathComponent("json/schemas.json"))
+        let root = try data.withUnsafeBytes { try ExactJSON.parse($0, name: "schemas.json") }
+        func field(_ v: ExactJSON, _ key: String) throws -> ExactJSON {
+            guard case .object(let m) = v, let f = m.first(where: { $0.key == key })?.value else { throw GrammarError("golden: no '\(key)'") }
+            return f
+        }
+        guard case .array(let cases) = try field(root, "cases"), case .array(let refused) = try field(root, "refused") else {
+            throw GrammarError("golden: malformed")
+        }
+        return Golden(cases: try cases.map { c in
+            guard case .array(let texts) = try field(c, "texts") else { throw GrammarError("golden: malformed texts") }
+            return Golden.Case(schema: try field(c, "schema"), texts: try texts.map { t in
+                guard case .string(let text) = try field(t, "text"), case .bool(let valid) = try field(t, "valid"),
+                      case .bool(let canonical) = try field(t, "canonical") else { throw GrammarError("golden: malformed text") }
+                return Golden.Text(text: text, valid: valid, canonical: canonical)
+            })
+        }, refused: refused)
+    }
+
+    static func grammar(_ schema: String) throws -> Grammar {
+        try JSONSchemaGrammar.compile(schema: try Array(schema.utf8).withUnsafeBytes { try ExactJSON.parse($0, name: "schema") })
+    }
+
+    /// Sound: every text the grammar completes is valid against its schema by Python's jsonschema. Complete on the
+    /// grammar's own order: every canonical instance (properties in schema order, compact enums) is completed, and
+    /// each of its proper prefixes kept alive.
+    @Test func grammarAgreesWithJSONSchema() throws {
+        let golden = try Self.golden()
+        #expect(golden.cases.count >= 12)
+        var accepted = 0, total = 0
+        for c in golden.cases {
+            let grammar = try JSONSchemaGrammar.compile(schema: c.schema)
+            for t in c.texts {
+                total += 1
+                let bytes = Array(t.text.utf8)
+                let complete = grammar.after(bytes)?.isComplete == true
+                if complete { accepted += 1 }
+                #expect(!complete || t.valid, "accepted an invalid text for \(c.description): \(t.text.debugDescription)")
+                guard t.canonical else { continue }
+                #expect(complete, "refused a canonical instance of \(c.description): \(t.text.debugDescription)")
+                var state: Grammar.State? = grammar.start
+                for (i, b) in bytes.enumerated() {
+                    state = state.flatMap { grammar.advance($0, b) }
+                    if state == nil {
+                        Issue.record("prefix of \(i + 1) bytes refused for \(c.description): \(t.text.debugDescription)")
+                        break
+                    }
+                }
+            }
+        }
+        #expect(accepted > total / 5, "only \(accepted) of \(total) texts accepted")
+    }
+
+    /// Schemas with keywords the grammar cannot honour (or that allow nothing, or loop) are refused, not ignored.
+    @Test func unsupportedSchemasAreRefused() throws {
+        for s in try Self.golden().refused {
+            #expect(throws: GrammarError.self, "\(JSONSchemaGrammar.text(s))") { try JSONSchemaGrammar.compile(schema: s) }
+        }
+    }
+
+    /// Whitespace runs and number parts are bounded, so a model cannot run away in them.
+    @Test func runsAreBounded() throws {
+        let g = try Self.grammar(#"{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}"#)
+        let blanks = String(repeating: " ", count: JSONSchemaGrammar.maxWhitespace)
+        #expect(g.after(Array(("{" + blanks).utf8)) != nil)
+        #expect(g.after(Array(("{" + blanks + " ").utf8)) == nil)
+        let digits = "{\"n\":1" + String(repeating: "0", count: JSONSchemaGrammar.maxDigits - 1)
+        #expect(g.after(Array(digits.utf8)) != nil)
+        #expect(g.after(Array((digits + "0").utf8)) == nil)
+        #expect(g.after(Array("{\"n\":-0}".utf8))?.isComplete == true)
+        // A surrogate cannot be escaped (a pair would count as two characters); other escapes can.
+        let s = try Self.grammar(#"{"type": "string"}"#)
+        #expect(s.after(Array(#""\ud83d"#.utf8)) == nil)
+        #expect(s.after(Array(#""\u00e9\uFFFF""#.utf8))?.isComplete == true)
+        // Invalid UTF-8 inside a string is refused at its byte.
+        #expect(s.after([0x22, 0xC3]) != nil)
+        #expect(s.after([0x22, 0xC3, 0x28]) == nil)
+        #expect(s.after([0x22, 0xED, 0xA0]) == nil)
+    }
+
+    /// The automaton's masks equal the grammar's own verdict on every token's bytes (the reference twin), in the
+    /// states a walk through a valid text passes.
+    @Test func automatonMasksMatchTheGrammar() throws {
+        let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let vocab = try LlamaModel(checkpoint: checkpoint).config.vocabSize
+        let table = TokenByteTable(tokenizer: tokenizer, vocabSize: vocab)
+        let spec = GrammarSpec(kind: .jsonSchema, source: #"{"type":"object","properties":{"a":{"type":"string","maxLength":3},"b":{"enum":[1,"two"]}},"required":["b"]}"#)
+        let automaton = GrammarAutomaton(grammar: try spec.compile())
+        let grammar = automaton.grammar
+        let text = Array(#"{"a": "xé", "b": "two"}"#.utf8)
+        let ends: Set<Int> = [vocab - 1]
+        var checked = 0
+        for cut in [0, 1, 3, 6, 8, 11, 16, 19, text.count] {
+            let prefix = text[..<cut]
+            guard let reference = grammar.after(prefix) else { Issue.record("prefix \(cut) refused"); continue }
+            // The automaton reaches the same state number through bytes as through the table's tokens of them.
+            var s: Int32 = 0
+            for b in prefix { s = automaton.next(s, b) }
+            #expect(s != GrammarAutomaton.dead)
+            #expect(automaton.isComplete(s) == reference.isComplete)
+            let mask = automaton.mask(s, table: table, endTokens: ends)
+            for id in 0..<vocab {
+                let expected: Bool
+                if ends.contains(id) {
+                    expected = reference.isComplete
+                } else {
+                    let bytes = table.bytes(of: id)
+                    expected = !bytes.isEmpty && grammar.after(bytes, from: reference) != nil
+                }
+                if (mask[id] == 1) != expected { Issue.record("token \(id) at prefix \(cut): mask \(mask[id]), grammar \(expected)") }
+                checked += 1
+            }
+        }
+        #expect(checked > 1000)
+    }
+
+    static func engine() throws -> (EngineCore, Tokenizer) {
+        let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        return (EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 256), tokenizer)
+    }
+
+    /// On the tiny model (random weights: left alone it writes no JSON), sampled at temperature 1 under a schema:
+    /// every output is a prefix of a sentence of the grammar, and those that end with end-of-sequence are complete
+    /// JSON with the schema's required keys, in order, with values of their types.
+    @Test func engineOutputFollowsTheSchema() throws {
+        let (engine, tokenizer) = try Self.engine()
+        let schema = #"{"type":"object","properties":{"name":{"type":"string","maxLength":4},"n":{"type":"integer"},"#
+            + #""ok":{"type":"boolean"},"tags":{"type":"array","items":{"enum":["x","y"]},"maxItems":2}},"required":["name","n","ok"]}"#
+        let spec = GrammarSpec(kind: .jsonSchema, source: schema)
+        let grammar = try spec.compile()
+        // Whitespace tokens banned by bias: left alone, the random model writes little else (runs of it are bounded).
+        var blanks: [Int: Double] = [:]
+        for id in 0..<engine.model.config.vocabSize where !tokenizer.isSpecial(id) {
+            let b = tokenizer.tokenBytes(id)
+            if !b.isEmpty && b.allSatisfy({ [0x20, 0x0A, 0x0D, 0x09].contains($0) }) { blanks[id] = -100 }
+        }
+        #expect(!blanks.isEmpty)
+        var ids: [RequestID] = []
+        for seed in 0..<10 {
+            var params = SamplingParams(temperature: 1, seed: UInt64(seed), maxTokens: 300)
+            params.logitBias = blanks
+            params.grammar = spec
+            ids.append(try engine.submit(prompt: tokenizer.encode("data:", addSpecial: true), params: params))
+        }
+        let events = engine.runToCompletion()
+        var complete = 0
+        for id in ids {
+            let mine = events.filter { $0.requestID == id }
+            let bytes = mine.compactMap(\.token).filter { !engine.endTokens.contains($0) }.flatMap { tokenizer.tokenBytes($0) }
+            let text = String(decoding: bytes, as: UTF8.self)
+            let state = grammar.after(bytes)
+            #expect(state != nil, "output leaves the grammar: \(text.debugDescription)")
+            guard mine.last?.finish == .stop else { continue }
+            complete += 1
+            #expect(state?.isComplete == true)
+            let parsed = try bytes.withUnsafeBytes { try ExactJSON.parse($0, name: "output") }
+            guard case .object(let members) = parsed else { Issue.record("not an object: \(text)"); continue }
+            #expect(Array(members.map(\.key).prefix(3)) == ["name", "n", "ok"], "\(text)")
+            if members.count == 3 || members.count == 4, case .string(let name) = members[0].value, case .int = members[1].value,
+               case .bool = members[2].value {
+                #expect(name.unicodeScalars.count <= 4)
+            } else {
+                Issue.record("values of the wrong types: \(text.debugDescription)")
+            }
+        }
+        #expect(complete >= 8, "only \(complete) of 10 outputs completed within 300 tokens")
+    }
+
+    /// A choice: every output is exactly one of the strings.
+    @Test func engineOutputIsOneChoice() throws {
+        let (engine, tokenizer) = try Self.engine()
+        let choices = ["positive", "negative", "neutral 😐"]
+        var ids: [RequestID] = []
+        for seed in 0..<8 {
+            var params = SamplingParams(temperature: 1, seed: UInt64(seed), maxTokens: 40)
+            params.grammar = .choice(choices)
+            ids.append(try engine.submit(prompt: tokenizer.encode("sentiment:", addSpecial: true), params: params))
+        }
+        let events = engine.runToCompletion()
+        for id in ids {
+            let mine = events.filter { $0.requestID == id }
+            #expect(mine.last?.finish == .stop)
+            let bytes = mine.compactMap(\.token).filter { !engine.endTokens.contains($0) }.flatMap { tokenizer.tokenBytes($0) }
+            #expect(choices.contains(String(decoding: bytes, as: UTF8.self)), "\(String(decoding: bytes, as: UTF8.self))")
+        }
+    }
+}

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""JSON schemas and texts labelled by the reference validator (Python's json module, strict, then jsonschema's
+Draft 2020-12 validator), for structured outputs' grammar (Tests/EngineTests/StructuredOutputTests.swift):
+
+  Tests/Fixtures/json/schemas.json   {reference, cases: [{schema, texts: [{text, valid, canonical}]}], refused: [...]}
+
+For each schema: instances written the way the grammar generates them (properties in the schema's order, optional
+ones sometimes left out, enum/const values compact, random whitespace: `canonical`), the same instances with keys
+reordered (valid JSON Schema, not canonical), and deterministic mutations of the canonical ones (a byte replaced,
+inserted or deleted). `refused` lists schemas the grammar must refuse (keywords it cannot honour).
+Usage: python3 tools/gen_schema_goldens.py
+"""
+import json
+import random
+from pathlib import Path
+
+import jsonschema
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "Tests/Fixtures/json/schemas.json"
+
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}, "required": ["name", "age"]},
+    {"type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "boolean"}, "c": {"type": "null"},
+                                      "d": {"type": "string", "minLength": 2, "maxLength": 4}}, "required": ["b"]},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"enum": ["red", "green", 3, None, {"k": [1, "x\n"]}]},
+                                               "minItems": 1, "maxItems": 3},
+                                      "pair": {"type": "array", "prefixItems": [{"type": "integer"}, {"const": "é\"\\"}], "items": False}},
+     "required": ["tags", "pair"]},
+    {"anyOf": [{"type": "string", "maxLength": 3}, {"type": "integer"},
+               {"type": "object", "properties": {"x": {"type": ["integer", "null"]}}, "required": ["x"]}]},
+    {"$defs": {"node": {"type": "object", "properties": {"v": {"type": "integer"},
+                                                          "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}},
+                        "required": ["v"]}},
+     "$ref": "#/$defs/node"},
+    {"type": "object", "additionalProperties": {"type": "integer"}},
+    {"type": "array", "items": {"type": "object", "properties": {"id": {"type": "string", "format": "uuid", "title": "Id"}},
+                                "required": ["id"], "description": "annotations are ignored"}, "minItems": 2},
+    {"type": "object", "properties": {"opt1": {"type": "integer"}, "opt2": {"type": "string"}, "opt3": {"type": "boolean"}}},
+    {"type": ["number", "string"], "minLength": 1},
+    {"type": "object", "properties": {"s": {"type": "string", "minLength": 2}}, "required": ["s"]},
+    {"oneOf": [{"const": 1}, {"const": "one"}], "title": "t"},
+    True,
+    {"allOf": [{"type": "object", "properties": {"k": {"enum": [1.5, 2, "2"]}}, "required": ["k"]}]},
+]
+
+REFUSED = [
+    {"type": "string", "pattern": "^a+$"},
+    {"type": "integer", "minimum": 3},
+    {"type": "object", "properties": {"a": {"not": {"type": "string"}}}},
+    {"type": "array", "uniqueItems": True},
+    {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]},
+    {"$ref": "#/$defs/missing"},
+    {"$defs": {"a": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+    {"type": "wat"},
+    {"type": "string", "minLength": 5, "maxLength": 2},
+    False,
+    {"anyOf": [{"type": "string"}], "type": "string"},
+    {"$ref": "http://example.com/schema"},
+]
+
+STRINGS = ["", "a", "ab", "héllo", "x\"y", "back\\slash", "tab\t", "😀", "日本語", "\u0001", "end"]
+
+
+def ws(rng):
+    return rng.choice(["", "", "", " ", "\n  ", "\t"])
+
+
+def dump(v):
+    return json.dumps(v, ensure_ascii=False, separators=(",", ":"))
+
+
+def string_instance(rng, lo=0, hi=None):
+    for _ in range(50):
+        s = rng.choice(STRINGS) + rng.choice(STRINGS)
+        if len(s) >= lo and (hi is None or len(s) <= hi):
+            return s
+    return "a" * lo
+
+
+def resolve(root, ref):
+    node = root
+    for part in ref[2:].split("/") if ref != "#" else []:
+        node = node[part.replace("~1", "/").replace("~0", "~")]
+    return node
+
+
+def instance(schema, root, rng, depth=0):
+    """Text of a value valid against `schema`, written as the grammar would generate it."""
+    if schema is True or schema == {}:
+        return rng.choice(["1", "\"x\"", "null", "[true]", "{\"k\":{}}"])
+    if "$ref" in schema:
+        return instance(resolve(root, schema["$ref"]), root, rng, depth + 1)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return instance(rng.choice(schema[key]), root, rng, depth + 1)
+    if "allOf" in schema:
+        return instance(schema["allOf"][0], root, rng, depth + 1)
+    if "const" in schema:
+        return dump(schema["const"])
+    if "enum" in schema:
+        return dump(rng.choice(schema["enum"]))
+    types = schema.get("type")
+    if types is None:
+        types = ["object"] if "properties" in schema or "additionalProperties" in schema else ["integer"]
+    if isinstance(types, str):
+        types = [types]
+    t = rng.choice(types)
+    if t == "object":
+        props = schema.get("properties")
+        if props is None:
+            n = rng.randrange(3)
+            members = [dump(string_instance(rng)) + ws(rng) + ":" + ws(rng) + instance(schema.get("additionalProperties", True), root, rng, depth + 1)
+                       for _ in range(n)]
+        else:
+            req = schema.get("required", [])
+            members = [dump(k) + ws(rng) + ":" + ws(rng) + instance(v, root, rng, depth + 1)
+                       for k, v in props.items() if k in req or (depth < 3 and rng.random() < 0.5)]
+        return "{" + ws(rng) + (ws(rng) + "," + ws(rng)).join(members) + ws(rng) + "}"
+    if t == "array":
+        prefix = schema.get("prefixItems", [])
+        lo = max(schema.get("minItems", 0), 0)
+        hi = schema.get("maxItems", len(prefix) if schema.get("items") is False else max(lo, len(prefix)) + (2 if depth < 3 else 0))
+        n = rng.randint(max(lo, 0), hi)
+        items = [instance(prefix[i] if i < len(prefix) else schema.get("items", True), root, rng, depth + 1) for i in range(n)]
+        return "[" + ws(rng) + (ws(rng) + "," + ws(rng)).join(items) + ws(rng) + "]"
+    if t == "string":
+        return dump(string_instance(rng, schema.get("minLength", 0), schema.get("maxLength")))
+    if t == "integer":
+        return str(rng.choice([0, 7, -12, 123456789]))
+    if t == "number":
+        return rng.choice(["0", "-1.5", "2e10", "3.25E-2", "10"])
+    if t == "boolean":
+        return rng.choice(["true", "false"])
+    return "null"
+
+
+def reorder(text):
+    """The same value with every object's keys reversed (valid JSON Schema; not the grammar's order)."""
+    def rev(v):
+        if isinstance(v, dict):
+            return {k: rev(v[k]) for k in reversed(list(v))}
+        if isinstance(v, list):
+            return [rev(x) for x in v]
+        return v
+    return dump(rev(json.loads(text)))
+
+
+def valid(text, schema):
+    def refuse(name):
+        raise ValueError(name)
+    try:
+        value = json.loads(text, strict=True, parse_constant=refuse)
+    except (ValueError, RecursionError):
+        return False
+    return jsonschema.Draft202012Validator(schema).is_valid(value)
+
+
+def main():
+    rng = random.Random(11)
+    alphabet = '{}[]:,"\\ 0123456789.eE+-tfnulrsaé\n\x01x'
+    cases = []
+    for schema in SCHEMAS:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        texts, seen = [], set()
+
+        def add(t, canonical):
+            if t not in seen:
+                seen.add(t)
+                texts.append(dict(text=t, valid=valid(t, schema), canonical=canonical))
+        canon = [instance(schema, schema, rng) for _ in range(25)]
+        for t in canon:
+            add(t, True)
+            assert valid(t, schema), (schema, t)
+        for t in canon[:8]:
+            add(reorder(t), False)
+        for t in canon:
+            for _ in range(6):
+                s = list(t)
+                op = rng.randrange(3)
+                i = rng.randrange(len(s) + (op == 1))
+                if op == 0 and s:
+                    s[min(i, len(s) - 1)] = rng.choice(alphabet)
+                elif op == 1:
+                    s.insert(i, rng.choice(alphabet))
+                elif s:
+                    del s[min(i, len(s) - 1)]
+                add("".join(s), False)
+        cases.append(dict(schema=schema, texts=texts))
+    out = dict(reference=f"Python json (strict) + jsonschema {__import__('importlib.metadata').metadata.version('jsonschema')} "
+                         "Draft202012Validator; tools/gen_schema_goldens.py",
+               cases=cases, refused=REFUSED)
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    OUT.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n")
+    print(f"{OUT}: {len(cases)} schemas, {sum(len(c['texts']) for c in cases)} texts, {len(REFUSED)} refused")
+
+
+if __name__ == "__main__":
+    main()
