@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What log-probabilities, penalties, logit bias and echo cost: one request at a time against `dlora serve` on the
+# What log-probabilities, penalties, logit bias, JSON mode, structured outputs and echo cost: one request at a time against `dlora serve` on the
 # default model (tools/sampling_cost.py; rounds rotate the variants' order). Writes bench/results/sampling.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -372,7 +372,8 @@ public final class ClusterRouter: Sendable {
         let flights = started, attempts = startedAttempts
         self.flights.withLock { f in for flight in flights { f[flight.id] = flight } }
         let forget = { @Sendable in self.flights.withLock { f in for flight in flights { f[flight.id] = nil } } }
-        let call = RouterCall(router: self, id: id, flights: flights, chat: chat, created: Int(Date().timeIntervalSince1970))
+        let call = RouterCall(router: self, id: id, flights: flights, chat: chat, created: Int(Date().timeIntervalSince1970),
+                              tools: chat ? ToolCallMode.from(body: object) : nil)
         // Which replica the request was dispatched to (its index in the router's list, as the dispatch metrics'
         // `replica` label; the first choice's): for logs, load tests, and replaying the router's decisions in
         // `dlora simulate`.
@@ -406,7 +407,10 @@ struct RouterCall: Sendable {
     let chat: Bool
     let created: Int
 
-    private var render: CompletionRenderer { CompletionRenderer(id: id, created: created, model: flights[0].model, chat: chat) }
+    /// A chat answer that is a tool call (the body's `tool_choice`, which the replica checked).
+    let tools: ToolCallMode?
+
+    private var render: CompletionRenderer { CompletionRenderer(id: id, created: created, model: flights[0].model, chat: chat, tools: tools) }
     /// Usage's prompt tokens: each prompt's once (its first choice's flight).
     private var promptTokens: Int { flights.reduce(0) { $0 + (($1.choice ?? 0) == 0 ? $1.promptTokens : 0) } }
 
@@ -421,7 +425,11 @@ struct RouterCall: Sendable {
         /// Takes one relay output; returns the echoed prompt, if this was one.
         mutating func take(_ out: RelayOutput) -> PromptEcho? {
             switch out {
-            case .accepted(let asked): logprobs = LogprobsCollector(enabled: asked)
+            case .accepted(let asked):
+                // A resumed flight is accepted again: a tool call's text held so far stays.
+                let held = logprobs.heldText
+                logprobs = LogprobsCollector(enabled: asked)
+                logprobs.heldText = held
             case .echo(let e):
                 logprobs.add(e)
                 return e
@@ -494,13 +502,13 @@ struct RouterCall: Sendable {
                     continue
                 }
                 if let echo = choices[i].take(out) {
-                    try await send(render.chunk(i, text: echo.text, finish: nil, logprobs: &choices[i].logprobs), &writer)
+                    for c in render.chunk(i, text: echo.text, finish: nil, logprobs: &choices[i].logprobs) { try await send(c, &writer) }
                 }
                 switch out {
                 case .token(_, let t, _) where !t.isEmpty:
-                    try await send(render.chunk(i, text: t, finish: nil, logprobs: &choices[i].logprobs), &writer)
+                    for c in render.chunk(i, text: t, finish: nil, logprobs: &choices[i].logprobs) { try await send(c, &writer) }
                 case .finish(let f):
-                    try await send(render.chunk(i, text: nil, finish: f, logprobs: &choices[i].logprobs), &writer)
+                    for c in render.chunk(i, text: nil, finish: f, logprobs: &choices[i].logprobs) { try await send(c, &writer) }
                 case .failed(let status, let message):
                     failure = (status, message)
                 default:

@@ -3,6 +3,7 @@ import Hummingbird
 import Engine
 import Foundation
 import Models
+import ServingAPI
 import Tokenizers
 
 /// A parsed `/v1/completions` or `/v1/chat/completions` body. Parsing is strict: every key is known, every
@@ -31,6 +32,8 @@ struct GenerationRequest: Equatable {
     var echo = false
     /// Choices to generate for the prompt (OpenAI's `n`), each its own engine request.
     var n = 1
+    /// Chat's tool calls: what the answer is (the output is constrained to it; `params.grammar`).
+    var tools: ToolCallMode?
 
     /// The most choices one request may ask for (OpenAI's limit).
     static let maxChoices = 128
@@ -45,7 +48,7 @@ struct GenerationRequest: Equatable {
         "model", "max_tokens", "temperature", "top_p", "top_k", "stop", "seed", "n", "user", "stream", "stream_options",
         "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos", "mole_experts",
         // vLLM's sampling extensions.
-        "repetition_penalty", "min_p", "min_tokens", "stop_token_ids", "response_format",
+        "repetition_penalty", "min_p", "min_tokens", "stop_token_ids", "response_format", "guided_json", "guided_choice",
     ]
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
     private static let chatKeys: Set<String> = [
@@ -64,7 +67,7 @@ struct GenerationRequest: Equatable {
         guard let model = try f.string("model") else { throw APIError.invalid("model", "'model' is required") }
         guard !model.isEmpty, model.utf8.count <= 256 else { throw APIError.invalid("model", "'model' must be 1 to 256 bytes") }
 
-        let inputs: [Input]
+        var inputs: [Input]
         if chat {
             inputs = [.messages(try messages(f))]
         } else {
@@ -123,10 +126,23 @@ struct GenerationRequest: Equatable {
         // Accepted only at their defaults: what the engine does not implement is refused, never ignored.
         try f.noOp("best_of") { $0 == .int(1) }
         try f.noOp("suffix") { $0 == .string("") }
-        params.jsonObject = try responseFormat(f)
-        try f.noOp("tools") { if case .array(let a) = $0 { return a.isEmpty } else { return false } }
-        try f.noOp("tool_choice") { $0 == .string("none") }
-        try f.noOp("parallel_tool_calls") { if case .bool = $0 { return true } else { return false } }
+        (params.jsonObject, params.grammar) = try structuredOutput(f)
+        var tools: ToolCallMode?
+        if chat, case .messages(var messages) = inputs[0], let call = try toolCalls(f) {
+            guard !params.jsonObject && params.grammar == nil else {
+                throw APIError.invalid("tool_choice", "a tool call cannot be combined with response_format, guided_json or guided_choice")
+            }
+            guard params.logprobs == nil else { throw APIError.invalid("logprobs", "logprobs cannot be combined with a tool call") }
+            tools = call.mode
+            params.grammar = call.grammar
+            // The functions, and what to answer, in the system message.
+            if messages[0].role == "system" {
+                messages[0].content += "\n\n" + call.prompt
+            } else {
+                messages.insert(ChatMessage(role: "system", content: call.prompt), at: 0)
+            }
+            inputs = [.messages(messages)]
+        }
         try f.noOp("store") { $0 == .bool(false) }
         try f.noOp("metadata") { if case .object = $0 { return true } else { return false } }
         // OpenAI's processing tiers: one tier here, so "auto" and "default" are what every request gets.
@@ -149,7 +165,7 @@ struct GenerationRequest: Equatable {
             throw APIError.invalid("n", "\(inputs.count) prompts × n = \(n) asks for \(inputs.count * n) completions; at most \(maxChoices * 8)")
         }
         return GenerationRequest(model: model, inputs: inputs, params: params, stream: stream, includeUsage: includeUsage, user: user,
-                                 moleExperts: moleExperts, echo: echo, n: n)
+                                 moleExperts: moleExperts, echo: echo, n: n, tools: tools)
     }
 
     /// `logit_bias`: token ids (as JSON keys, decimal) to biases in −100…100. Ids beyond the vocabulary are refused
@@ -183,17 +199,210 @@ struct GenerationRequest: Equatable {
         return bias
     }
 
-    /// `response_format`: `{"type": "text"}` (the default) or `{"type": "json_object"}` (JSON mode: true); JSON
-    /// schemas are refused.
-    private static func responseFormat(_ f: JSONFields) throws -> Bool {
-        guard let value = f.fields["response_format"], value != .null else { return false }
-        guard case .object(let members) = value, members.count == 1, members[0].key == "type", case .string(let type) = members[0].value else {
-            throw APIError.invalid("response_format", "response_format must be {\"type\": \"text\"} or {\"type\": \"json_object\"}")
+    /// The most strings `guided_choice` may list, and the largest schema text accepted.
+    static let maxGuidedChoices = 1024
+    static let maxSchemaBytes = 256 * 1024
+
+    /// What constrains the output: `response_format` — `{"type": "text"}` (the default), `{"type": "json_object"}`
+    /// (JSON mode), `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}` — or
+    /// vLLM's `guided_json` (a schema, or its text) and `guided_choice` (strings); at most one of them. A schema is
+    /// compiled here, so one this server cannot honour is a 400 naming what it uses.
+    private static func structuredOutput(_ f: JSONFields) throws -> (jsonObject: Bool, grammar: GrammarSpec?) {
+        var given: [String] = []
+        for key in ["guided_json", "guided_choice"] where f.fields[key] != nil && f.fields[key] != .null { given.append(key) }
+        var jsonObject = false
+        var grammar: GrammarSpec?
+        if let value = f.fields["response_format"], value != .null {
+            guard case .object(let members) = value, let typeValue = members.first(where: { $0.key == "type" })?.value,
+                  case .string(let type) = typeValue else {
+                throw APIError.invalid("response_format", "response_format must be an object with a 'type' (text, json_object or json_schema)")
+            }
+            let allowedKeys: Set<String> = type == "json_schema" ? ["type", "json_schema"] : ["type"]
+            for (key, _) in members where !allowedKeys.contains(key) {
+                throw APIError.invalid("response_format", "unrecognized response_format field '\(JSONFields.printable(key))'")
+            }
+            switch type {
+            case "text": break
+            case "json_object": jsonObject = true; given.append("response_format")
+            case "json_schema":
+                guard case .object(let spec)? = members.first(where: { $0.key == "json_schema" })?.value else {
+                    throw APIError.invalid("response_format", "response_format json_schema needs a 'json_schema' object")
+                }
+                let g = try JSONFields(members: spec)
+                for (key, _) in spec where !["name", "schema", "strict", "description"].contains(key) {
+                    throw APIError.invalid("response_format", "unrecognized json_schema field '\(JSONFields.printable(key))'")
+                }
+                guard let name = try? g.string("name"), (1...64).contains(name.utf8.count),
+                      name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }) else {
+                    throw APIError.invalid("response_format", "json_schema.name must be 1 to 64 letters, digits, '_' or '-'")
+                }
+                guard (try? g.bool("strict")) != nil || g.fields["strict"] == nil || g.fields["strict"] == .null else {
+                    throw APIError.invalid("response_format", "json_schema.strict must be a boolean")
+                }
+                guard (try? g.string("description")) != nil || g.fields["description"] == nil else {
+                    throw APIError.invalid("response_format", "json_schema.description must be a string")
+                }
+                grammar = try compile(.jsonSchema(g.fields["schema"] ?? .bool(true)), param: "response_format")
+                given.append("response_format")
+            default:
+                throw APIError.invalid("response_format", "response_format type '\(JSONFields.printable(type))' is not supported (text, json_object, json_schema)")
+            }
         }
-        switch type {
-        case "text": return false
-        case "json_object": return true
-        default: throw APIError.invalid("response_format", "response_format type '\(JSONFields.printable(type))' is not supported (text, json_object)")
+        if let value = f.fields["guided_json"], value != .null {
+            var schema = value
+            if case .string(let text) = value {
+                guard text.utf8.count <= maxSchemaBytes,
+                      let parsed = try? Array(text.utf8).withUnsafeBytes({ try ExactJSON.parse($0, name: "guided_json") }) else {
+                    throw APIError.invalid("guided_json", "guided_json must be a JSON schema (an object, or its JSON text)")
+                }
+                schema = parsed
+            }
+            grammar = try compile(.jsonSchema(schema), param: "guided_json")
+        }
+        if let value = f.fields["guided_choice"], value != .null {
+            guard case .array(let items) = value, (1...maxGuidedChoices).contains(items.count) else {
+                throw APIError.invalid("guided_choice", "guided_choice must be an array of 1 to \(maxGuidedChoices) strings")
+            }
+            let choices = try items.map { item in
+                guard case .string(let s) = item, !s.isEmpty, s.utf8.count <= 4096 else {
+                    throw APIError.invalid("guided_choice", "guided_choice must hold strings of 1 to 4096 bytes")
+                }
+                return s
+            }
+            grammar = try compile(.choice(choices), param: "guided_choice")
+        }
+        guard given.count <= 1 else {
+            throw APIError.invalid(given[1], "only one of response_format (json_object, json_schema), guided_json and guided_choice may be given")
+        }
+        return (jsonObject, grammar)
+    }
+
+    /// Compiles a spec to check it (the engine compiles it again, once per spec, when it first samples with it).
+    private static func compile(_ spec: GrammarSpec, param: String) throws -> GrammarSpec {
+        guard spec.source.utf8.count <= maxSchemaBytes else {
+            throw APIError.invalid(param, "the \(param) schema is larger than \(maxSchemaBytes) bytes")
+        }
+        do {
+            _ = try spec.compile()
+        } catch {
+            throw APIError.invalid(param, "\(param): \(error)")
+        }
+        return spec
+    }
+
+    /// The most functions `tools` may list.
+    static let maxTools = 128
+
+    /// `tools` (OpenAI's function definitions) with `tool_choice`: a named function — the answer is its arguments —
+    /// or "required" — a JSON array of `{"name", "parameters"}` calls (one at most with `parallel_tool_calls: false`);
+    /// either constrains the output to that shape (each function's parameters schema compiled as structured outputs
+    /// compile one). "none" (and no tools) is no call; "auto" — the model deciding between text and a call — needs a
+    /// parser of the model's own tool-call format, which this server does not have: a 400, as vLLM answers without
+    /// `--enable-auto-tool-choice`.
+    private static func toolCalls(_ f: JSONFields) throws -> (mode: ToolCallMode, grammar: GrammarSpec, prompt: String)? {
+        var functions: [(name: String, description: String?, parameters: ExactJSON)] = []
+        if let value = f.fields["tools"], value != .null {
+            guard case .array(let items) = value, items.count <= maxTools else {
+                throw APIError.invalid("tools", "tools must be an array of at most \(maxTools) functions")
+            }
+            for (i, item) in items.enumerated() {
+                let param = "tools[\(i)]"
+                guard case .object(let m) = item, let t = try? JSONFields(members: m), Set(m.map(\.key)).isSubset(of: ["type", "function"]),
+                      t.fields["type"] == .string("function"), case .object(let fm)? = t.fields["function"],
+                      let fn = try? JSONFields(members: fm) else {
+                    throw APIError.invalid(param, "\(param) must be {\"type\": \"function\", \"function\": {\"name\", \"description\", \"parameters\"}}")
+                }
+                for (key, _) in fm where !["name", "description", "parameters", "strict"].contains(key) {
+                    throw APIError.invalid(param, "unrecognized function field '\(JSONFields.printable(key))'")
+                }
+                guard case .string(let name)? = fn.fields["name"], (1...64).contains(name.utf8.count),
+                      name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }) else {
+                    throw APIError.invalid(param, "\(param).function.name must be 1 to 64 letters, digits, '_' or '-'")
+                }
+                guard !functions.contains(where: { $0.name == name }) else { throw APIError.invalid(param, "two tools are named '\(name)'") }
+                var description: String?
+                switch fn.fields["description"] {
+                case nil, .null?: break
+                case .string(let d)?: description = d
+                default: throw APIError.invalid(param, "\(param).function.description must be a string")
+                }
+                if let strict = fn.fields["strict"], strict != .null, !(strict == .bool(true) || strict == .bool(false)) {
+                    throw APIError.invalid(param, "\(param).function.strict must be a boolean")
+                }
+                // No parameters: a function that takes none ({}).
+                let parameters = fn.fields["parameters"].flatMap { $0 == .null ? nil : $0 }
+                    ?? .object([("type", .string("object")), ("additionalProperties", .bool(false))])
+                guard case .object = parameters else { throw APIError.invalid(param, "\(param).function.parameters must be a JSON schema object") }
+                do {
+                    _ = try JSONSchemaGrammar.compile(schema: parameters)
+                } catch {
+                    throw APIError.invalid(param, "\(param).function.parameters: \(error)")
+                }
+                functions.append((name, description, parameters))
+            }
+        }
+        let parallel = try f.bool("parallel_tool_calls") ?? true
+        let mode: ToolCallMode
+        switch f.fields["tool_choice"] {
+        case nil, .null?:
+            guard functions.isEmpty else {
+                throw APIError.invalid("tool_choice", "tool_choice 'auto' (the default with tools) is not supported: this server has no parser of "
+                                       + "models' free-form tool calls; send tool_choice \"required\", a named function, or \"none\"")
+            }
+            return nil
+        case .string("none")?: return nil
+        case .string("required")?:
+            guard !functions.isEmpty else { throw APIError.invalid("tool_choice", "tool_choice \"required\" needs tools") }
+            mode = .required
+        case .string("auto")?:
+            throw APIError.invalid("tool_choice", "tool_choice 'auto' is not supported: this server has no parser of models' free-form tool calls; "
+                                   + "send tool_choice \"required\", a named function, or \"none\"")
+        case .object(let m)?:
+            guard let c = try? JSONFields(members: m), c.fields["type"] == .string("function"), case .object(let fm)? = c.fields["function"],
+                  case .string(let name)? = fm.first(where: { $0.key == "name" })?.value, m.count == 2, fm.count == 1 else {
+                throw APIError.invalid("tool_choice", "tool_choice must be \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}")
+            }
+            guard functions.contains(where: { $0.name == name }) else {
+                throw APIError.invalid("tool_choice", "tool_choice names '\(JSONFields.printable(name))', which tools does not define")
+            }
+            mode = .named(name)
+        default:
+            throw APIError.invalid("tool_choice", "tool_choice must be \"none\", \"required\" or {\"type\": \"function\", \"function\": {\"name\": …}}")
+        }
+        let listing = JSONSchemaGrammar.text(.array(functions.map { fn in
+            .object([("name", .string(fn.name))] + (fn.description.map { [("description", ExactJSON.string($0))] } ?? []) + [("parameters", fn.parameters)])
+        }))
+        var prompt = "Functions (parameters as JSON Schema):\n" + listing + "\n"
+        let schema: ExactJSON
+        switch mode {
+        case .named(let name):
+            prompt += "Call \"\(name)\": answer with only its arguments as a JSON object."
+            schema = functions.first { $0.name == name }!.parameters
+        case .required:
+            prompt += "Answer with only a JSON array of calls, each {\"name\": function, \"parameters\": arguments}" + (parallel ? "." : "; one call.")
+            // Each function's own references ("#/$defs/…") re-rooted where its schema now sits.
+            let calls: [ExactJSON] = functions.enumerated().map { i, fn in
+                .object([("type", .string("object")),
+                         ("properties", .object([("name", .object([("const", .string(fn.name))])),
+                                                 ("parameters", rerooted(fn.parameters, at: "#/items/anyOf/\(i)/properties/parameters"))])),
+                         ("required", .array([.string("name"), .string("parameters")]))])
+            }
+            schema = .object([("type", .string("array")), ("minItems", .int(1))] + (parallel ? [] : [("maxItems", .int(1))])
+                             + [("items", .object([("anyOf", .array(calls))]))])
+        }
+        return (mode, try compile(.jsonSchema(schema), param: "tools"), prompt)
+    }
+
+    /// A schema with its local references ("#…") made relative to `root`, where it is embedded.
+    private static func rerooted(_ v: ExactJSON, at root: String) -> ExactJSON {
+        switch v {
+        case .object(let m):
+            return .object(m.map { k, x in
+                if k == "$ref", case .string(let r) = x, r.hasPrefix("#") { return (k, .string(root + r.dropFirst())) }
+                return (k, rerooted(x, at: root))
+            })
+        case .array(let a): return .array(a.map { rerooted($0, at: root) })
+        default: return v
         }
     }
 
@@ -277,21 +486,35 @@ struct GenerationRequest: Equatable {
         guard case .array(let items) = value, !items.isEmpty else {
             throw APIError.invalid("messages", "'messages' must be a non-empty array")
         }
+        // The functions earlier answers called, by call id (a tool result names its call).
+        var called: [String: String] = [:]
         return try items.enumerated().map { i, item in
             let param = "messages[\(i)]"
             guard case .object(let members) = item else { throw APIError.invalid(param, "\(param) must be an object") }
             var role: String?
             var content: String?
             var echoed: String?
+            var calls: [(id: String, name: String, arguments: String)] = []
+            var callID: String?
             for (key, v) in members {
                 switch key {
                 case "role":
                     guard case .string(let r) = v else { throw APIError.invalid("\(param).role", "\(param).role must be a string") }
                     role = r
+                case "content" where v == .null:
+                    break
                 case "content":
                     content = try messageContent(v, param: "\(param).content")
                 case "name":
                     guard case .string = v else { throw APIError.invalid("\(param).name", "\(param).name must be a string") }
+                case "tool_calls" where v != .null && v != .array([]):
+                    calls = try toolCallHistory(v, param: "\(param).tool_calls")
+                    echoed = echoed ?? key
+                case "tool_call_id":
+                    guard case .string(let id) = v, !id.isEmpty else {
+                        throw APIError.invalid("\(param).tool_call_id", "\(param).tool_call_id must be a non-empty string")
+                    }
+                    callID = id
                 // Fields of an assistant message a client echoes back from an earlier answer (the OpenAI SDK's
                 // message objects): accepted there when they say nothing (null, or no tool calls or annotations).
                 case "refusal" where v == .null, "function_call" where v == .null, "audio" where v == .null,
@@ -306,11 +529,46 @@ struct GenerationRequest: Equatable {
                 throw APIError.invalid("\(param).\(key)", "unsupported message field '\(key)'")
             }
             if r == "developer" { r = "system" }  // OpenAI's newer name for the system role
+            if r == "tool" {
+                // A function's result: a user turn that says which call it answers (the templates here have no tool role).
+                guard let id = callID else { throw APIError.invalid("\(param).tool_call_id", "a tool message needs tool_call_id") }
+                guard let c = content else { throw APIError.invalid("\(param).content", "\(param).content is required") }
+                let name = called[id].map { " (\($0))" } ?? ""
+                return ChatMessage(role: "user", content: "Result of call \(id)\(name):\n" + c)
+            }
+            if callID != nil { throw APIError.invalid("\(param).tool_call_id", "only a tool message has tool_call_id") }
             guard ChatTemplate.roles.contains(r) else {
-                throw APIError.invalid("\(param).role", "role must be system, developer, user or assistant")
+                throw APIError.invalid("\(param).role", "role must be system, developer, user, assistant or tool")
+            }
+            if !calls.isEmpty {
+                // An earlier answer's calls, written as the model is asked to write them.
+                for c in calls { called[c.id] = c.name }
+                let text = "[" + calls.map { "{\"name\":" + JSONSchemaGrammar.text(.string($0.name)) + ",\"parameters\":" + $0.arguments + "}" }
+                    .joined(separator: ",") + "]"
+                return ChatMessage(role: r, content: (content.map { $0 + "\n" } ?? "") + text)
             }
             guard let c = content else { throw APIError.invalid("\(param).content", "\(param).content is required") }
             return ChatMessage(role: r, content: c)
+        }
+    }
+
+    /// An assistant message's `tool_calls` as an earlier answer returned them: (id, name, arguments as JSON text).
+    private static func toolCallHistory(_ v: ExactJSON, param: String) throws -> [(id: String, name: String, arguments: String)] {
+        guard case .array(let items) = v, items.count <= maxTools else {
+            throw APIError.invalid(param, "\(param) must be an array of at most \(maxTools) calls")
+        }
+        return try items.enumerated().map { k, item in
+            let shape = "\(param)[\(k)] must be {\"id\", \"type\": \"function\", \"function\": {\"name\", \"arguments\"}}"
+            guard case .object(let m) = item, let c = try? JSONFields(members: m), Set(m.map(\.key)).isSubset(of: ["id", "type", "function", "index"]),
+                  case .string(let id)? = c.fields["id"], c.fields["type"] == .string("function"),
+                  case .object(let fm)? = c.fields["function"], let fn = try? JSONFields(members: fm),
+                  Set(fm.map(\.key)).isSubset(of: ["name", "arguments"]),
+                  case .string(let name)? = fn.fields["name"], case .string(let arguments)? = fn.fields["arguments"] else {
+                throw APIError.invalid(param, shape)
+            }
+            // Arguments are JSON text; anything else is kept as a string.
+            let parsed = try? Array(arguments.utf8).withUnsafeBytes { try ExactJSON.parse($0, name: "arguments") }
+            return (id, name, parsed.map(JSONSchemaGrammar.text) ?? JSONSchemaGrammar.text(.string(arguments)))
         }
     }
 

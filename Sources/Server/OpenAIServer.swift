@@ -379,7 +379,7 @@ public final class OpenAIServer: Sendable {
                 streams.append(events)
             }
         }
-        let response = Calls(calls, streams)
+        let response = Calls(calls, streams, tools: parsed.tools)
         // A client that leaves cancels the request: the connection's close is watched beside the request
         // (ClientConnection), not by reading its inbound stream, so keep-alive, pipelining and a half-close
         // still work (docs/design/server.md, "Disconnects").

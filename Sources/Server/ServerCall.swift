@@ -153,11 +153,12 @@ struct Calls: Sendable {
     let streams: [RequestStream]
     private let render: CompletionRenderer
 
-    init(_ calls: [Call], _ streams: [RequestStream]) {
+    init(_ calls: [Call], _ streams: [RequestStream], tools: ToolCallMode? = nil) {
         precondition(!calls.isEmpty && calls.count == streams.count)
         self.calls = calls
         self.streams = streams
-        render = CompletionRenderer(id: calls[0].id, created: Int(Date().timeIntervalSince1970), model: calls[0].model, chat: calls[0].chat)
+        render = CompletionRenderer(id: calls[0].id, created: Int(Date().timeIntervalSince1970), model: calls[0].model, chat: calls[0].chat,
+                                    tools: tools)
     }
 
     private var lead: Call { calls[0] }
@@ -211,7 +212,7 @@ struct Calls: Sendable {
                 return open > 0
             }
             if let echo = progress[i].echo(e, call) {
-                try await send(render.chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+                for c in render.chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs) { try await send(c, &writer) }
             }
             progress[i].take(e, call)
             if e.finish == .error {
@@ -221,10 +222,10 @@ struct Calls: Sendable {
                 return false
             }
             if !e.text.isEmpty {
-                try await send(render.chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs), &writer)
+                for c in render.chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs) { try await send(c, &writer) }
             }
             if let f = e.finish {
-                try await send(render.chunk(i, text: nil, finish: f.rawValue, logprobs: &progress[i].outcome.logprobs), &writer)
+                for c in render.chunk(i, text: nil, finish: f.rawValue, logprobs: &progress[i].outcome.logprobs) { try await send(c, &writer) }
             }
             return true
         }

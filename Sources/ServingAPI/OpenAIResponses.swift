@@ -96,12 +96,148 @@ public struct TextChoice: Encodable {
     }
 }
 
-/// A chat message as OpenAI returns it.
+/// A chat message as OpenAI returns it: text, or (content null) the tool calls it makes.
 public struct AssistantMessage: Encodable {
     public var role = "assistant"
-    public let content: String
+    public let content: String?
+    public var toolCalls: [ToolCall]?
 
-    public init(content: String) { self.content = content }
+    public init(content: String?, toolCalls: [ToolCall]? = nil) {
+        self.content = content
+        self.toolCalls = toolCalls
+    }
+
+    private enum CodingKeys: String, CodingKey { case role, content, toolCalls }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(role, forKey: .role)
+        try c.encode(content, forKey: .content)
+        try c.encodeIfPresent(toolCalls, forKey: .toolCalls)
+    }
+}
+
+/// One function call in an answer (`message.tool_calls[]`); in a stream's delta it also carries its `index`.
+public struct ToolCall: Encodable, Equatable, Sendable {
+    public struct Function: Encodable, Equatable, Sendable {
+        public let name: String
+        /// The arguments as JSON text (OpenAI's shape: a string).
+        public let arguments: String
+    }
+    public var index: Int?
+    public let id: String
+    public var type = "function"
+    public let function: Function
+
+    public init(index: Int? = nil, id: String, name: String, arguments: String) {
+        self.index = index
+        self.id = id
+        function = Function(name: name, arguments: arguments)
+    }
+}
+
+/// How a chat request's answer is a tool call: the named function's arguments (`tool_choice` naming it), or a
+/// JSON array of `{"name", "parameters"}` calls (`tool_choice: "required"`). The server constrains the output to
+/// that shape; the renderer turns it into `tool_calls`.
+public enum ToolCallMode: Sendable, Equatable {
+    case named(String)
+    case required
+
+    /// The mode a chat body asks for, read leniently from Foundation's JSON objects (the router's view: the
+    /// replica checks the body strictly before anything is generated).
+    public static func from(body: [String: Any]) -> ToolCallMode? {
+        guard let tools = body["tools"] as? [Any], !tools.isEmpty else { return nil }
+        if let choice = body["tool_choice"] as? String { return choice == "required" ? .required : nil }
+        if let choice = body["tool_choice"] as? [String: Any], let f = choice["function"] as? [String: Any], let name = f["name"] as? String {
+            return .named(name)
+        }
+        return nil
+    }
+
+    /// The calls in a complete answer: (name, arguments as JSON text); nil when the text is not the shape.
+    public func calls(in text: String) -> [(name: String, arguments: String)]? {
+        switch self {
+        case .named(let name):
+            let trimmed = text.trimmingCharacters(in: .whitespacesAndNewlines)
+            return trimmed.hasPrefix("{") ? [(name, trimmed)] : nil
+        case .required:
+            return RawJSON.calls(Array(text.utf8))
+        }
+    }
+
+    /// The finish reason OpenAI gives such an answer: a forced function's is "stop", a model's choice "tool_calls".
+    public var finishReason: String {
+        if case .named = self { return "stop" }
+        return "tool_calls"
+    }
+}
+
+/// Spans of raw JSON text: enough to take `[{"name": …, "parameters": …}, …]` apart while keeping each
+/// `parameters` value exactly as generated.
+enum RawJSON {
+    static func calls(_ b: [UInt8]) -> [(name: String, arguments: String)]? {
+        var p = 0
+        func ws() { while p < b.count, [0x20, 0x0A, 0x0D, 0x09].contains(b[p]) { p += 1 } }
+        func expect(_ c: UInt8) -> Bool {
+            ws()
+            guard p < b.count, b[p] == c else { return false }
+            p += 1
+            return true
+        }
+        /// Skips one value; false if malformed.
+        func skip(_ depth: Int = 0) -> Bool {
+            ws()
+            guard p < b.count, depth < 256 else { return false }
+            switch b[p] {
+            case 0x22:
+                p += 1
+                while p < b.count, b[p] != 0x22 { p += b[p] == 0x5C ? 2 : 1 }
+                guard p < b.count else { return false }
+                p += 1
+                return true
+            case 0x7B, 0x5B:
+                let close: UInt8 = b[p] == 0x7B ? 0x7D : 0x5D
+                p += 1
+                if expect(close) { return true }
+                repeat {
+                    if close == 0x7D { guard skip(depth + 1), expect(0x3A) else { return false } }
+                    guard skip(depth + 1) else { return false }
+                } while expect(0x2C)
+                return expect(close)
+            default:
+                let start = p
+                while p < b.count, !([0x2C, 0x7D, 0x5D, 0x20, 0x0A, 0x0D, 0x09] as [UInt8]).contains(b[p]) { p += 1 }
+                return p > start
+            }
+        }
+        func string(_ from: Int, _ to: Int) -> String? {
+            (try? JSONSerialization.jsonObject(with: Data(b[from..<to]), options: .fragmentsAllowed)) as? String
+        }
+        guard expect(0x5B) else { return nil }
+        var out: [(String, String)] = []
+        repeat {
+            guard expect(0x7B) else { return nil }
+            var name: String?
+            var arguments: String?
+            repeat {
+                ws()
+                let k0 = p
+                guard skip() else { return nil }
+                let key = string(k0, p)
+                guard expect(0x3A) else { return nil }
+                ws()
+                let v0 = p
+                guard skip() else { return nil }
+                if key == "name" { name = string(v0, p) }
+                if key == "parameters" { arguments = String(decoding: b[v0..<p], as: UTF8.self) }
+            } while expect(0x2C)
+            guard expect(0x7D), let name, let arguments else { return nil }
+            out.append((name, arguments))
+        } while expect(0x2C)
+        guard expect(0x5D) else { return nil }
+        ws()
+        return p == b.count ? out : nil
+    }
 }
 
 /// A chat completion's choice.
@@ -134,10 +270,12 @@ public struct ChatChoice: Encodable {
 public struct ChatDelta: Encodable {
     public var role: String?
     public var content: String?
+    public var toolCalls: [ToolCall]?
 
-    public init(role: String? = nil, content: String? = nil) {
+    public init(role: String? = nil, content: String? = nil, toolCalls: [ToolCall]? = nil) {
         self.role = role
         self.content = content
+        self.toolCalls = toolCalls
     }
 }
 
@@ -348,6 +486,8 @@ public struct HealthStatus: Encodable {
 /// that shows it). Nil throughout when the request did not ask for them.
 public struct LogprobsCollector: Sendable {
     public let enabled: Bool
+    /// A stream's text of a tool-call answer, held back until it is complete (`CompletionRenderer.chunk`).
+    public var heldText = ""
     private var pending: [TokenLogprob] = []
     /// Characters of the completion before `pending` (completions' `text_offset`).
     private var offset = 0
@@ -395,11 +535,28 @@ public struct CompletionRenderer: Sendable {
     public let model: String
     public let chat: Bool
 
-    public init(id: String, created: Int, model: String, chat: Bool) {
+    /// Chat answers that are tool calls (nil: text).
+    public let tools: ToolCallMode?
+
+    public init(id: String, created: Int, model: String, chat: Bool, tools: ToolCallMode? = nil) {
         self.id = id
         self.created = created
         self.model = model
         self.chat = chat
+        self.tools = chat ? tools : nil
+    }
+
+    /// A choice's answer as a message: its tool calls when it is a complete one, else its text.
+    private func message(_ index: Int, text: String, finish: String) -> (AssistantMessage, String) {
+        guard let tools, finish == "stop", let calls = tools.calls(in: text) else { return (AssistantMessage(content: text), finish) }
+        return (AssistantMessage(content: nil, toolCalls: calls.enumerated().map { k, c in
+            ToolCall(id: callID(index, k), name: c.name, arguments: c.arguments)
+        }), tools.finishReason)
+    }
+
+    /// Call k of choice `index`: unique within the response, and the same from a replica and the router.
+    private func callID(_ index: Int, _ k: Int) -> String {
+        "call_" + String(id.split(separator: "-").last ?? "") + "_\(index)_\(k)"
     }
 
     /// One choice of a whole response.
@@ -420,7 +577,8 @@ public struct CompletionRenderer: Sendable {
         if chat {
             let items = choices.enumerated().map { i, c in
                 var l = c.logprobs
-                return ChatChoice(index: i, message: AssistantMessage(content: c.text), finishReason: c.finish, logprobs: l.takeChat())
+                let (message, finish) = message(i, text: c.text, finish: c.finish)
+                return ChatChoice(index: i, message: message, finishReason: finish, logprobs: l.takeChat())
             }
             return OpenAIWire.encode(ChatCompletion(id: id, object: "chat.completion", created: created, model: model, choices: items, usage: usage))
         }
@@ -436,9 +594,29 @@ public struct CompletionRenderer: Sendable {
         chatChunk(index, delta: ChatDelta(role: "assistant", content: ""), finish: nil, logprobs: nil)
     }
 
-    /// A chunk of choice `index` with a piece of text (nil: its final chunk, which carries only the finish reason)
-    /// and the log-probabilities gathered since its last chunk.
-    public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
+    /// The chunks of choice `index` with a piece of text (nil: its final chunk, which carries only the finish
+    /// reason) and the log-probabilities gathered since its last chunk. A tool-call answer's text is held back
+    /// (none) until its final chunk, which is preceded by one chunk with its calls (or, if it is not a complete
+    /// call, its text).
+    public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> [String] {
+        if tools != nil {
+            if let text {
+                logprobs.heldText += text
+                return []
+            }
+            let (message, reason) = message(index, text: logprobs.heldText, finish: finish ?? "")
+            let calls = message.toolCalls?.enumerated().map { k, c in
+                ToolCall(index: k, id: c.id, name: c.function.name, arguments: c.function.arguments)
+            }
+            let delta = calls.map { ChatDelta(toolCalls: $0) } ?? ChatDelta(content: logprobs.heldText)
+            logprobs.heldText = ""
+            return [chatChunk(index, delta: delta, finish: nil, logprobs: logprobs.takeChat()),
+                    chatChunk(index, delta: ChatDelta(), finish: calls == nil ? finish : reason, logprobs: nil)]
+        }
+        return [singleChunk(index, text: text, finish: finish, logprobs: &logprobs)]
+    }
+
+    private func singleChunk(_ index: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
         if chat { return chatChunk(index, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
                                                 choices: [TextChoice(index: index, text: text ?? "", finishReason: finish,

@@ -59,6 +59,29 @@ import Testing
         #expect(off.takeChat() == nil && off.takeCompletion() == nil)
     }
 
+    /// Tool-call answers: content null with the calls (arguments exactly as generated), OpenAI's finish reasons, the
+    /// stream's one chunk of calls before the finish; text that is not a complete call stays text.
+    @Test func toolCallShapes() {
+        let required = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .required)
+        var none = LogprobsCollector(enabled: false)
+        let text = #"[ {"name":"f", "parameters": {"b":[1,"]"], "a":"x\"y"}} ,{"name":"g","parameters":{}}]"#
+        let whole = required.whole([.init(text: text, finish: "stop", logprobs: none)], usage: Usage(prompt: 1, completion: 2))
+        #expect(whole == #"{"choices":[{"finish_reason":"tool_calls","index":0,"logprobs":null,"message":{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":"{\"b\":[1,\"]\"], \"a\":\"x\\\"y\"}","name":"f"},"id":"call_ab12_0_0","type":"function"},{"function":{"arguments":"{}","name":"g"},"id":"call_ab12_0_1","type":"function"}]}}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion","usage":{"completion_tokens":2,"prompt_tokens":1,"total_tokens":3}}"#)
+        // Cut short, or not the shape: the text, as it is.
+        for (t, finish) in [(text, "length"), ("[{\"name\":\"f\"}]", "stop"), ("[]", "stop"), (text + "x", "stop")] {
+            let w = required.whole([.init(text: t, finish: finish, logprobs: none)], usage: Usage(prompt: 1, completion: 1))
+            #expect(w.contains("\"content\":") && !w.contains("tool_calls") && w.contains("\"finish_reason\":\"\(finish)\""), "\(w)")
+        }
+        // Streamed: nothing until the end, then the calls (with their index) and the finish.
+        let named = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .named("f"))
+        #expect(named.chunk(0, text: "{\"a\":", finish: nil, logprobs: &none).isEmpty)
+        #expect(named.chunk(0, text: " 1}", finish: nil, logprobs: &none).isEmpty)
+        let end = named.chunk(0, text: nil, finish: "stop", logprobs: &none)
+        #expect(end == [#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\": 1}","name":"f"},"id":"call_ab12_0_0","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#,
+                        #"{"choices":[{"delta":{},"finish_reason":"stop","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
+        #expect(none.heldText.isEmpty)
+    }
+
     @Test func modelsListAndErrors() {
         let list = OpenAIWire.encode(ModelList(data: [
             ModelCard(id: "base", created: 5, root: "base", parent: nil, maxModelLen: 64),

@@ -40,16 +40,18 @@ enum ServerFixtures {
     /// cancelled, to fill the queue, or to be cut off by a shutdown.
     /// `logitsObserver`: sees (and may overwrite) every row of logits before it is sampled.
     /// `maxSequences`: sequences per iteration (1 makes a second request wait for the first).
+    /// `model`: another checkpoint (then served as "model").
     static func server(adapterRoot: String? = ServerFixtures.adapterRoot, kvBlocks: Int = 256, maxSequences: Int = 16, slow: Bool = false,
+                       model path: String? = nil,
                        configure: (inout ServerOptions) -> Void = { _ in },
                        logitsObserver: ((Scheduling.RequestID, UnsafeBufferPointer<Float>) -> Void)? = nil) throws -> OpenAIServer {
-        let checkpoint = try openCheckpoint(path: modelPath)
+        let checkpoint = try openCheckpoint(path: path ?? modelPath)
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
         let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: maxSequences)
         if slow { generator.logitsObserver = { _, _ in usleep(20_000) } }
         if let logitsObserver { generator.logitsObserver = logitsObserver }
-        var options = ServerOptions(modelName: "tiny-llama")
+        var options = ServerOptions(modelName: path == nil ? "tiny-llama" : "model")
         configure(&options)
         let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: model.config) }
         return OpenAIServer(engine: EngineLoop(engine: generator), tokenizer: tokenizer, adapters: registry, options: options)

@@ -288,6 +288,155 @@ import TestSupport
         #expect(try await ServerFixtures.waitIdle(server))
     }
 
+    /// Structured outputs through the API: a JSON schema (`response_format` json_schema, and vLLM's `guided_json` as
+    /// an object or as text, which give the same output for a seed), streamed as whole, and `guided_choice`.
+    @Test func structuredOutputs() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let schema = "{\"type\":\"object\",\"properties\":{\"word\":{\"type\":\"string\",\"maxLength\":3},\"n\":{\"type\":\"integer\"},"
+                + "\"mood\":{\"enum\":[\"up\",\"down\"]}},\"required\":[\"word\",\"n\",\"mood\"]}"
+            let blanks = try Self.blankBias()
+            let chat = "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"json\"}],\"max_tokens\":150,\"temperature\":1,"
+                + "\"logit_bias\":{\(blanks)},\"seed\":"
+            var completed = 0
+            for seed in 0..<4 {
+                let body = chat + "\(seed),\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"t\",\"strict\":true,\"schema\":\(schema)}}"
+                let r = try await client.post("/v1/chat/completions", body + "}")
+                #expect(r.0 == 200, "\(r.1)")
+                let choice = try #require((try jsonObject(r.1))["choices"] as? [[String: Any]]).first
+                let content = try #require((choice?["message"] as? [String: Any])?["content"] as? String)
+                // The same request streamed gives the same text.
+                let s = try await client.post("/v1/chat/completions", body + ",\"stream\":true}")
+                let streamed = try sseEvents(s.1).dropLast().map(jsonObject).compactMap {
+                    (($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any])?["content"] as? String
+                }.joined()
+                #expect(streamed == content)
+                guard choice?["finish_reason"] as? String == "stop" else { continue }
+                completed += 1
+                let object = try #require(try JSONSerialization.jsonObject(with: Data(content.utf8)) as? [String: Any], "\(content)")
+                #expect(Set(object.keys) == ["word", "n", "mood"], "\(content)")
+                #expect(((object["word"] as? String)?.count ?? 99) <= 3 && object["n"] is Int, "\(content)")
+                #expect(["up", "down"].contains(object["mood"] as? String ?? ""), "\(content)")
+            }
+            #expect(completed >= 2, "only \(completed) of 4 answers completed")
+
+            // guided_json as an object and as text: the same grammar, so the same output for a seed.
+            let prompt = "{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"max_tokens\":60,\"temperature\":1,\"seed\":3,\"guided_json\":"
+            let a = try await client.post("/v1/completions", prompt + schema + "}")
+            let quoted = String(decoding: try JSONSerialization.data(withJSONObject: [schema], options: [.fragmentsAllowed]), as: UTF8.self).dropFirst().dropLast()
+            let b = try await client.post("/v1/completions", prompt + quoted + "}")
+            #expect(a.0 == 200 && b.0 == 200, "\(a.1) \(b.1)")
+            let text = { (r: (Int, String, HTTPFields)) in ((try? jsonObject(r.1))?["choices"] as? [[String: Any]])?.first?["text"] as? String }
+            #expect(text(a) != nil && text(a) == text(b))
+            #expect(text(a).map { $0.hasPrefix("{") } == true, "\(a.1)")
+
+            // guided_choice: exactly one of the strings.
+            for seed in 0..<3 {
+                let r = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"max_tokens\":30,\"temperature\":1,\"seed\":\(seed),"
+                    + "\"guided_choice\":[\"yes\",\"no\",\"maybe so\"]}")
+                #expect(["yes", "no", "maybe so"].contains(text(r) ?? ""), "\(r.1)")
+            }
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
+    /// `logit_bias` members (JSON) that ban the tiny model's whitespace tokens: left alone, the random model writes
+    /// little else inside structured output (runs of it are bounded, so answers would mostly run out of tokens).
+    static func blankBias() throws -> String {
+        let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        return (0..<tokenizer.vocabSize).filter { id in
+            let b = tokenizer.isSpecial(id) ? [] : tokenizer.tokenBytes(id)
+            return !b.isEmpty && b.allSatisfy { [0x20, 0x0A, 0x0D, 0x09].contains($0) }
+        }.map { "\"\($0)\":-100" }.joined(separator: ",")
+    }
+
+    /// Tool calls, on the default model (SmolLM2; the functions go into the prompt, which the tiny model's 256-token
+    /// context cannot hold): a named function's answer is its arguments, valid against its parameters, finish
+    /// "stop"; "required" a list of calls to known functions, finish "tool_calls" (one with parallel_tool_calls
+    /// false); streamed as one chunk of calls with the same arguments; an earlier answer's calls and a tool's result go
+    /// back in as history; "auto" and malformed tools are 400s naming the parameter.
+    @Test func toolCalls() async throws {
+        let server = try ServerFixtures.server(adapterRoot: nil, kvBlocks: 512, model: try DefaultModel.require())
+        try await ServerFixtures.withServer(server) { client in
+            let tools = "[{\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"description\":\"Current weather in a city\",\"parameters\":"
+                + "{\"type\":\"object\",\"properties\":{\"city\":{\"type\":\"string\",\"maxLength\":40},\"unit\":{\"enum\":[\"celsius\",\"fahrenheit\"]}},"
+                + "\"required\":[\"city\",\"unit\"]}}},{\"type\":\"function\",\"function\":{\"name\":\"get_time\",\"description\":\"Current time\"}}]"
+            let base = "{\"model\":\"model\",\"messages\":[{\"role\":\"user\",\"content\":\"What is the weather in Paris?\"}],\"max_tokens\":80,"
+                + "\"tools\":\(tools)"
+            for sampling in ["\"temperature\":0", "\"temperature\":0.8,\"seed\":1", "\"temperature\":0.8,\"seed\":2"] {
+                // Named: the arguments object, finish "stop"; the stream carries the same call.
+                let body = base + ",\(sampling),\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}"
+                let r = try await client.post("/v1/chat/completions", body + "}")
+                #expect(r.0 == 200, "\(r.1)")
+                let choice = try #require((try jsonObject(r.1))["choices"] as? [[String: Any]]).first
+                #expect(choice?["finish_reason"] as? String == "stop", "\(r.1)")
+                let message = try #require(choice?["message"] as? [String: Any])
+                #expect(message["content"] is NSNull, "\(r.1)")
+                let call = try #require((message["tool_calls"] as? [[String: Any]])?.first, "\(r.1)")
+                let function = try #require(call["function"] as? [String: Any])
+                #expect(function["name"] as? String == "get_weather" && call["type"] as? String == "function")
+                #expect((call["id"] as? String)?.hasPrefix("call_") == true)
+                let arguments = try #require(function["arguments"] as? String)
+                let parsed = try #require(try JSONSerialization.jsonObject(with: Data(arguments.utf8)) as? [String: Any], "\(arguments)")
+                #expect(Set(parsed.keys) == ["city", "unit"] && ["celsius", "fahrenheit"].contains(parsed["unit"] as? String ?? ""), "\(arguments)")
+                #expect(((parsed["city"] as? String)?.count ?? 99) <= 40, "\(arguments)")
+                let s = try await client.post("/v1/chat/completions", body + ",\"stream\":true}")
+                let chunks = try sseEvents(s.1).dropLast().map(jsonObject)
+                let deltas = chunks.compactMap { (($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any])?["tool_calls"] as? [[String: Any]] }
+                #expect(deltas.count == 1 && ((deltas.first?.first?["function"] as? [String: Any])?["arguments"] as? String) == arguments, "\(s.1)")
+                #expect(deltas.first?.first?["index"] as? Int == 0)
+                #expect((chunks.last?["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String == "stop")
+
+                // Required: finish "tool_calls", known functions (get_time takes no arguments: {}); one call at most
+                // without parallel calls.
+                for parallel in [true, false] {
+                    let req = try await client.post("/v1/chat/completions", base + ",\(sampling),\"tool_choice\":\"required\",\"parallel_tool_calls\":\(parallel)}")
+                    let c = try #require((try jsonObject(req.1))["choices"] as? [[String: Any]]).first
+                    #expect(c?["finish_reason"] as? String == "tool_calls", "\(req.1)")
+                    let calls = try #require((c?["message"] as? [String: Any])?["tool_calls"] as? [[String: Any]], "\(req.1)")
+                    #expect(!calls.isEmpty && (parallel || calls.count == 1), "\(req.1)")
+                    #expect(Set(calls.compactMap { $0["id"] as? String }).count == calls.count)
+                    for call in calls {
+                        let f = call["function"] as? [String: Any]
+                        let args = try #require(try JSONSerialization.jsonObject(with: Data((f?["arguments"] as? String ?? "").utf8)) as? [String: Any])
+                        switch f?["name"] as? String {
+                        case "get_weather"?: #expect(Set(args.keys) == ["city", "unit"], "\(req.1)")
+                        case "get_time"?: #expect(args.isEmpty, "\(req.1)")
+                        default: Issue.record("unknown function: \(req.1)")
+                        }
+                    }
+                }
+            }
+
+            // History: an answer's calls and the tool's result, then a plain answer.
+            let history = "[{\"role\":\"user\",\"content\":\"weather?\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
+                + "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Rome\\\"}\"}}]},"
+                + "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"sunny\"}]"
+            let h = try await client.post("/v1/chat/completions", "{\"model\":\"model\",\"messages\":\(history),\"max_tokens\":3,\"tools\":\(tools),\"tool_choice\":\"none\"}")
+            #expect(h.0 == 200, "\(h.1)")
+
+            let user = "{\"model\":\"model\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":3"
+            for (body, param) in [
+                (user + ",\"tools\":\(tools)}", "tool_choice"),
+                (user + ",\"tools\":\(tools),\"tool_choice\":\"auto\"}", "tool_choice"),
+                (user + ",\"tools\":\(tools),\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"nope\"}}}", "tool_choice"),
+                (user + ",\"tool_choice\":\"required\"}", "tool_choice"),
+                (user + ",\"tools\":\(tools),\"tool_choice\":\"required\",\"logprobs\":true}", "logprobs"),
+                (user + ",\"tools\":\(tools),\"tool_choice\":\"required\",\"guided_choice\":[\"a\"]}", "tool_choice"),
+                (user + ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"a b\"}}],\"tool_choice\":\"none\"}", "tools[0]"),
+                (user + ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\",\"parameters\":{\"type\":\"string\",\"pattern\":\"x\"}}}],\"tool_choice\":\"none\"}", "tools[0]"),
+                (user + ",\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}},{\"type\":\"function\",\"function\":{\"name\":\"f\"}}],\"tool_choice\":\"none\"}", "tools[1]"),
+                ("{\"model\":\"model\",\"messages\":[{\"role\":\"tool\",\"content\":\"x\"}]}", "messages[0].tool_call_id"),
+                ("{\"model\":\"model\",\"messages\":[{\"role\":\"user\",\"content\":\"x\",\"tool_call_id\":\"c\"}]}", "messages[0].tool_call_id"),
+                ("{\"model\":\"model\",\"messages\":[{\"role\":\"assistant\",\"tool_calls\":[{\"id\":\"c\",\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}]}", "messages[0].tool_calls"),
+            ] {
+                try expectError(try await client.post("/v1/chat/completions", body), status: 400, param: param)
+            }
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+
     /// /v1/models lists the base and every adapter with its parent; /health answers.
     @Test func modelsAndHealth() async throws {
         let server = try ServerFixtures.server()
@@ -478,6 +627,20 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"repetition_penalty\":0}", 400, "repetition_penalty"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{}}}", 400, "response_format"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"yaml\"}}", 400, "response_format"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a b\",\"schema\":{}}}}", 400, "response_format"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"type\":\"string\",\"pattern\":\"a+\"}}}}", 400, "response_format"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{},\"extra\":1}}}", 400, "response_format"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"$ref\":\"#/nowhere\"}}}}", 400, "response_format"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/a\"}},\"$ref\":\"#/$defs/a\"}}}}", 400, "response_format"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"integer\",\"minimum\":1}}", 400, "guided_json"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":\"{not json\"}", 400, "guided_json"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":5}", 400, "guided_json"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"array\",\"maxItems\":100000}}", 400, "guided_json"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[]}", 400, "guided_choice"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[1]}", 400, "guided_choice"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[\"\"]}", 400, "guided_choice"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[\"a\"],\"guided_json\":{}}", 400, "guided_choice"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{},\"response_format\":{\"type\":\"json_object\"}}", 400, "response_format"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":\"json\"}", 400, "response_format"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"min_p\":1.5}", 400, "min_p"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"min_tokens\":-1}", 400, "min_tokens"),
@@ -520,7 +683,7 @@ import TestSupport
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"service_tier\":\"flex\"}", 400, "service_tier"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"service_tier\":\"auto\"}", 400, "service_tier"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"prompt\":\"x\"}", 400, "prompt"),
-            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}", 400, "tools"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}", 400, "tools[0]"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":3,\"max_completion_tokens\":4}", 400, "max_completion_tokens"),
         ]
         try await ServerFixtures.withServer(server) { client in

@@ -26,14 +26,14 @@ ADAPTERS = os.path.join(ROOT, "Tests/Fixtures/lora/tiny-llama")
 KEY = "sk-dlora-test"
 
 
-def start(binary, cluster):
-    serve_flags = ["--kv-cache-mb", "64", "--shutdown-deadline", "5", "--served-model-name", "tiny-llama"]
+def start(binary, cluster, model=MODEL, name="tiny-llama"):
+    serve_flags = ["--kv-cache-mb", "64", "--shutdown-deadline", "5", "--served-model-name", name]
     if cluster:
-        command = [binary, "cluster", "--replicas", "2", "--threads", "2", "--model", MODEL, "--adapters", ADAPTERS, "--port", "0",
+        command = [binary, "cluster", "--replicas", "2", "--threads", "2", "--model", model, "--adapters", ADAPTERS, "--port", "0",
                    "--api-key", KEY, "--admin-key", "admin-test", "--"] + serve_flags
         ready = r"router on http://127\.0\.0\.1:(\d+)"
     else:
-        command = [binary, "serve", "--model", MODEL, "--adapters", ADAPTERS, "--port", "0", "--api-key", KEY] + serve_flags
+        command = [binary, "serve", "--model", model, "--adapters", ADAPTERS, "--port", "0", "--api-key", KEY] + serve_flags
         ready = r"serving .* on http://127\.0\.0\.1:(\d+)"
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     port = None
@@ -96,9 +96,67 @@ def replica_pids(proc_pid):
     return [int(p) for p in out.split()]
 
 
+WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+           "required": ["city", "unit"]}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER}},
+         {"type": "function", "function": {"name": "get_time", "description": "Current time"}}]
+
+
+def check_tools(binary, cluster):
+    """Tool calls as the SDK sends and reads them, on the default model (the functions go into the prompt: more than
+    the tiny model's 256-token context): a named function, "required", streamed, and the calls sent back as history.
+    Arguments are checked with jsonschema against each function's parameters."""
+    import json as _json
+    import jsonschema
+    smol = subprocess.run([os.path.join(ROOT, "scripts/fetch-model.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    proc, port = start(binary, cluster, model=smol, name="smol")
+    children = replica_pids(proc.pid) if cluster else []
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
+        messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+        named = client.chat.completions.create(model="smol", messages=messages, tools=TOOLS, max_tokens=80, temperature=0,
+                                               tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        call = named.choices[0].message.tool_calls[0]
+        assert named.choices[0].finish_reason == "stop" and call.function.name == "get_weather", named
+        jsonschema.validate(_json.loads(call.function.arguments), WEATHER)
+        for parallel in (True, False):
+            required = client.chat.completions.create(model="smol", messages=messages, tools=TOOLS, max_tokens=100, temperature=0.7, seed=4,
+                                                      tool_choice="required", parallel_tool_calls=parallel)
+            calls = required.choices[0].message.tool_calls
+            assert required.choices[0].finish_reason == "tool_calls" and calls and (parallel or len(calls) == 1), required
+            for c in calls:
+                args = _json.loads(c.function.arguments)
+                jsonschema.validate(args, WEATHER if c.function.name == "get_weather" else {"type": "object", "maxProperties": 0})
+        stream = client.chat.completions.create(model="smol", messages=messages, tools=TOOLS, max_tokens=80, temperature=0, stream=True,
+                                                tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        deltas = [d for ch in stream if ch.choices for d in (ch.choices[0].delta.tool_calls or [])]
+        assert len(deltas) == 1 and deltas[0].function.arguments == call.function.arguments and deltas[0].id.startswith("call_"), deltas
+        # The answer and the tool's result back as history (the SDK's own message object).
+        history = messages + [named.choices[0].message.model_dump(exclude_none=True),
+                              {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}]
+        after = client.chat.completions.create(model="smol", messages=history, max_tokens=20, temperature=0)
+        assert after.choices[0].message.content, after
+        try:
+            client.chat.completions.create(model="smol", messages=messages, tools=TOOLS, max_tokens=5)
+            raise AssertionError("tool_choice auto accepted")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "tool_choice", e.body
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in children:
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def main():
     binary = sys.argv[1]
     cluster = "--cluster" in sys.argv[2:]
+    check_tools(binary, cluster)
     proc, port = start(binary, cluster)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)
@@ -225,6 +283,38 @@ def main():
                 assert isinstance(_json.loads(j.choices[0].message.content), dict), j
                 objects += 1
         assert objects > 0, "no JSON-mode answer completed its object"
+
+        # Structured outputs as the SDK's own `parse` sends them (a Pydantic model → a strict json_schema): what completes
+        # parses into the model, and jsonschema (the reference validator) accepts it against the model's schema.
+        import jsonschema
+        from typing import Annotated, Literal
+        from pydantic import BaseModel, Field
+
+        class Item(BaseModel):
+            word: Annotated[str, Field(max_length=3)]
+            n: int
+            mood: Literal["up", "down"]
+        parsed = 0
+        for seed in range(8):
+            try:
+                p = client.chat.completions.parse(model="tiny-llama", messages=[{"role": "user", "content": "json"}], max_tokens=200,
+                                                  temperature=1, seed=seed, response_format=Item)
+            except openai.LengthFinishReasonError:
+                continue
+            jsonschema.validate(_json.loads(p.choices[0].message.content), Item.model_json_schema())
+            assert isinstance(p.choices[0].message.parsed, Item), p
+            parsed += 1
+        assert parsed >= 3, f"only {parsed} of 8 structured answers completed"
+        for seed in range(3):
+            g = client.completions.create(model="a-qv-r4", prompt="pick", max_tokens=20, temperature=1, seed=seed,
+                                          extra_body={"guided_choice": ["yes", "no", "maybe so"]})
+            assert g.choices[0].text in ("yes", "no", "maybe so") and g.choices[0].finish_reason == "stop", g
+        try:
+            client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}], max_tokens=2,
+                                           response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "string", "pattern": "a+"}}})
+            raise AssertionError("a schema with 'pattern' accepted")
+        except openai.BadRequestError as e:
+            assert e.body["param"] == "response_format" and "pattern" in e.body["message"], e.body
 
         # Echo with logprobs, as evaluation harnesses score a continuation (lm-eval's local-completions).
         ec = client.completions.create(model="a-qv-r4", prompt="hello world", max_tokens=1, temperature=0, logprobs=1,
