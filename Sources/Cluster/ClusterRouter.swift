@@ -427,9 +427,9 @@ struct RouterCall: Sendable {
             switch out {
             case .accepted(let asked):
                 // A resumed flight is accepted again: a tool call's text held so far stays.
-                let held = logprobs.heldText
+                let (held, plain) = (logprobs.heldText, logprobs.plainText)
                 logprobs = LogprobsCollector(enabled: asked)
-                logprobs.heldText = held
+                (logprobs.heldText, logprobs.plainText) = (held, plain)
             case .echo(let e):
                 logprobs.add(e)
                 return e

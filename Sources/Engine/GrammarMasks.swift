@@ -153,6 +153,9 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
         case jsonSchema
         /// A JSON array of strings: the output is exactly one of them.
         case choice
+        /// `{"marker": M, "schema": S}`: M then a JSON text valid against S, or any text not starting with M (a chat
+        /// answer that may be a tool call).
+        case markedOrText
     }
 
     public var kind: Kind
@@ -166,6 +169,10 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
     /// The spec of a schema (its canonical text).
     public static func jsonSchema(_ schema: ExactJSON) -> GrammarSpec { GrammarSpec(kind: .jsonSchema, source: JSONSchemaGrammar.text(schema)) }
 
+    public static func markedOrText(marker: String, schema: ExactJSON) -> GrammarSpec {
+        GrammarSpec(kind: .markedOrText, source: JSONSchemaGrammar.text(.object([("marker", .string(marker)), ("schema", schema)])))
+    }
+
     public static func choice(_ choices: [String]) -> GrammarSpec {
         GrammarSpec(kind: .choice, source: JSONSchemaGrammar.text(.array(choices.map { .string($0) })))
     }
@@ -175,6 +182,12 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
         switch kind {
         case .jsonSchema:
             return try JSONSchemaGrammar.compile(schema: value)
+        case .markedOrText:
+            guard case .object(let m) = value, case .string(let marker)? = m.first(where: { $0.key == "marker" })?.value,
+                  let schema = m.first(where: { $0.key == "schema" })?.value else {
+                throw GrammarError("a marked spec must be {\"marker\", \"schema\"}")
+            }
+            return try JSONSchemaGrammar.markedOrText(schema: schema, marker: marker)
         case .choice:
             guard case .array(let items) = value else { throw GrammarError("a choice spec must be an array of strings") }
             return try JSONSchemaGrammar.choice(items.map { item in

@@ -54,6 +54,55 @@ public struct JSONSchemaGrammar {
         return try Grammar(rules: c.rules, root: start)
     }
 
+    /// The grammar of a chat answer that is either `marker` followed by a JSON text valid against `schema` (a tool
+    /// call), or any other UTF-8 text — one that does not start with `marker` (a plain answer).
+    public static func markedOrText(schema: ExactJSON, marker: String) throws -> Grammar {
+        let m = Array(marker.utf8)
+        guard !m.isEmpty, m.allSatisfy({ $0 >= 0x20 && $0 < 0x7F }) else { throw GrammarError("the marker must be printable ASCII") }
+        var c = JSONSchemaGrammar(root: schema)
+        let json = try c.value(schema, path: "#", depth: 0)
+        let ws = try c.ws()
+        let text = try c.text()
+        var alternatives: [[Grammar.Item]] = [m.map(Grammar.Item.byte) + [ws, .rule(json)]]
+        for i in 0..<m.count {
+            let prefix = m[..<i].map(Grammar.Item.byte)
+            // The text stops inside the marker, or leaves it at byte i.
+            alternatives.append(prefix)
+            alternatives.append(prefix + [.rule(try c.utf8Char(except: m[i])), .rule(text)])
+        }
+        let root = try c.rule(alternatives)
+        return try Grammar(rules: c.rules, root: root)
+    }
+
+    /// Any UTF-8 text, possibly empty.
+    private mutating func text() throws -> Int {
+        try shared("text") { c in
+            let char = try c.utf8Char(except: nil)
+            let r = try c.reserve()
+            c.rules[r] = [[], [.rule(char), .rule(r)]]
+            return r
+        }
+    }
+
+    /// One UTF-8 character (no NUL), but not the ASCII byte `except`.
+    private mutating func utf8Char(except: UInt8?) throws -> Int {
+        try shared("utf8 \(except.map(String.init) ?? "-")") { c in
+            var ascii = Grammar.ByteSet(ranges: [0x01...0x7F])
+            if let except { ascii = Grammar.ByteSet((0x01...0x7F).filter { $0 != except }) }
+            let cont = Self.set(0x80...0xBF)
+            return try c.rule([
+                [.bytes(ascii)],
+                [Self.set(0xC2...0xDF), cont],
+                [.byte(0xE0), Self.set(0xA0...0xBF), cont],
+                [Self.set(0xE1...0xEC, 0xEE...0xEF), cont, cont],
+                [.byte(0xED), Self.set(0x80...0x9F), cont],
+                [.byte(0xF0), Self.set(0x90...0xBF), cont, cont],
+                [Self.set(0xF1...0xF3), cont, cont, cont],
+                [.byte(0xF4), Self.set(0x80...0x8F), cont, cont],
+            ])
+        }
+    }
+
     /// The grammar whose sentences are exactly `choices`' texts (vLLM's `guided_choice`).
     public static func choice(_ choices: [String]) throws -> Grammar {
         guard !choices.isEmpty else { throw GrammarError("guided_choice must list at least one string") }

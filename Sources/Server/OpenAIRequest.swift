@@ -296,9 +296,9 @@ struct GenerationRequest: Equatable {
     /// `tools` (OpenAI's function definitions) with `tool_choice`: a named function — the answer is its arguments —
     /// or "required" — a JSON array of `{"name", "parameters"}` calls (one at most with `parallel_tool_calls: false`);
     /// either constrains the output to that shape (each function's parameters schema compiled as structured outputs
-    /// compile one). "none" (and no tools) is no call; "auto" — the model deciding between text and a call — needs a
-    /// parser of the model's own tool-call format, which this server does not have: a 400, as vLLM answers without
-    /// `--enable-auto-tool-choice`.
+    /// compile one). "auto" (the default with tools): the model answers in text, or with `ToolCallMode.marker` then
+    /// the array of "required" — the output constrained to one or the other, so the answer is parsed without a
+    /// model-specific parser. "none" (and no tools) is no call.
     private static func toolCalls(_ f: JSONFields) throws -> (mode: ToolCallMode, grammar: GrammarSpec, prompt: String)? {
         var functions: [(name: String, description: String?, parameters: ExactJSON)] = []
         if let value = f.fields["tools"], value != .null {
@@ -344,19 +344,13 @@ struct GenerationRequest: Equatable {
         let parallel = try f.bool("parallel_tool_calls") ?? true
         let mode: ToolCallMode
         switch f.fields["tool_choice"] {
-        case nil, .null?:
-            guard functions.isEmpty else {
-                throw APIError.invalid("tool_choice", "tool_choice 'auto' (the default with tools) is not supported: this server has no parser of "
-                                       + "models' free-form tool calls; send tool_choice \"required\", a named function, or \"none\"")
-            }
-            return nil
+        case nil, .null?, .string("auto")?:
+            guard !functions.isEmpty else { return nil }
+            mode = .auto
         case .string("none")?: return nil
         case .string("required")?:
             guard !functions.isEmpty else { throw APIError.invalid("tool_choice", "tool_choice \"required\" needs tools") }
             mode = .required
-        case .string("auto")?:
-            throw APIError.invalid("tool_choice", "tool_choice 'auto' is not supported: this server has no parser of models' free-form tool calls; "
-                                   + "send tool_choice \"required\", a named function, or \"none\"")
         case .object(let m)?:
             guard let c = try? JSONFields(members: m), c.fields["type"] == .string("function"), case .object(let fm)? = c.fields["function"],
                   case .string(let name)? = fm.first(where: { $0.key == "name" })?.value, m.count == 2, fm.count == 1 else {
@@ -378,8 +372,10 @@ struct GenerationRequest: Equatable {
         case .named(let name):
             prompt += "Call \"\(name)\": answer with only its arguments as a JSON object."
             schema = functions.first { $0.name == name }!.parameters
-        case .required:
-            prompt += "Answer with only a JSON array of calls, each {\"name\": function, \"parameters\": arguments}" + (parallel ? "." : "; one call.")
+        case .required, .auto:
+            let array = "a JSON array of calls, each {\"name\": function, \"parameters\": arguments}" + (parallel ? "" : " (one call)")
+            prompt += mode == .auto ? "To call functions, answer with only \(ToolCallMode.marker) then \(array); else answer normally."
+                                    : "Answer with only \(array)."
             // Each function's own references ("#/$defs/…") re-rooted where its schema now sits.
             let calls: [ExactJSON] = functions.enumerated().map { i, fn in
                 .object([("type", .string("object")),
@@ -390,7 +386,8 @@ struct GenerationRequest: Equatable {
             schema = .object([("type", .string("array")), ("minItems", .int(1))] + (parallel ? [] : [("maxItems", .int(1))])
                              + [("items", .object([("anyOf", .array(calls))]))])
         }
-        return (mode, try compile(.jsonSchema(schema), param: "tools"), prompt)
+        let spec: GrammarSpec = mode == .auto ? .markedOrText(marker: ToolCallMode.marker, schema: schema) : .jsonSchema(schema)
+        return (mode, try compile(spec, param: "tools"), prompt)
     }
 
     /// A schema with its local references ("#…") made relative to `root`, where it is embedded.
@@ -543,7 +540,7 @@ struct GenerationRequest: Equatable {
             if !calls.isEmpty {
                 // An earlier answer's calls, written as the model is asked to write them.
                 for c in calls { called[c.id] = c.name }
-                let text = "[" + calls.map { "{\"name\":" + JSONSchemaGrammar.text(.string($0.name)) + ",\"parameters\":" + $0.arguments + "}" }
+                let text = ToolCallMode.marker + "[" + calls.map { "{\"name\":" + JSONSchemaGrammar.text(.string($0.name)) + ",\"parameters\":" + $0.arguments + "}" }
                     .joined(separator: ",") + "]"
                 return ChatMessage(role: r, content: (content.map { $0 + "\n" } ?? "") + text)
             }

@@ -142,12 +142,24 @@ public struct ToolCall: Encodable, Equatable, Sendable {
 public enum ToolCallMode: Sendable, Equatable {
     case named(String)
     case required
+    /// The model chooses: a plain answer, or `marker` followed by the same array of calls as `required`.
+    case auto
+
+    /// What starts a call in `auto` mode (Hermes' and Qwen's tag, which many models were trained on).
+    public static let marker = "<tool_call>"
 
     /// The mode a chat body asks for, read leniently from Foundation's JSON objects (the router's view: the
     /// replica checks the body strictly before anything is generated).
     public static func from(body: [String: Any]) -> ToolCallMode? {
         guard let tools = body["tools"] as? [Any], !tools.isEmpty else { return nil }
-        if let choice = body["tool_choice"] as? String { return choice == "required" ? .required : nil }
+        if body["tool_choice"] == nil || body["tool_choice"] is NSNull { return .auto }
+        if let choice = body["tool_choice"] as? String {
+            switch choice {
+            case "required": return .required
+            case "auto": return .auto
+            default: return nil
+            }
+        }
         if let choice = body["tool_choice"] as? [String: Any], let f = choice["function"] as? [String: Any], let name = f["name"] as? String {
             return .named(name)
         }
@@ -162,7 +174,16 @@ public enum ToolCallMode: Sendable, Equatable {
             return trimmed.hasPrefix("{") ? [(name, trimmed)] : nil
         case .required:
             return RawJSON.calls(Array(text.utf8))
+        case .auto:
+            guard text.hasPrefix(Self.marker) else { return nil }
+            return RawJSON.calls(Array(text.utf8.dropFirst(Self.marker.utf8.count)))
         }
+    }
+
+    /// In `auto` mode, whether a stream's text so far may still be (or is) a call: held back until it is not.
+    public func mayBeCall(_ text: String) -> Bool {
+        guard case .auto = self else { return true }
+        return text.hasPrefix(Self.marker) || Self.marker.hasPrefix(text)
     }
 
     /// The finish reason OpenAI gives such an answer: a forced function's is "stop", a model's choice "tool_calls".
@@ -488,6 +509,8 @@ public struct LogprobsCollector: Sendable {
     public let enabled: Bool
     /// A stream's text of a tool-call answer, held back until it is complete (`CompletionRenderer.chunk`).
     public var heldText = ""
+    /// An `auto` tool-call answer that turned out to be text: streamed as it comes.
+    public var plainText = false
     private var pending: [TokenLogprob] = []
     /// Characters of the completion before `pending` (completions' `text_offset`).
     private var offset = 0
@@ -599,10 +622,14 @@ public struct CompletionRenderer: Sendable {
     /// (none) until its final chunk, which is preceded by one chunk with its calls (or, if it is not a complete
     /// call, its text).
     public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> [String] {
-        if tools != nil {
+        if let tools, !logprobs.plainText {
             if let text {
                 logprobs.heldText += text
-                return []
+                guard !tools.mayBeCall(logprobs.heldText) else { return [] }
+                // Not a call after all (auto): what was held, then the rest as it comes.
+                logprobs.plainText = true
+                defer { logprobs.heldText = "" }
+                return [singleChunk(index, text: logprobs.heldText, finish: nil, logprobs: &logprobs)]
             }
             let (message, reason) = message(index, text: logprobs.heldText, finish: finish ?? "")
             let calls = message.toolCalls?.enumerated().map { k, c in

@@ -107,6 +107,26 @@ import TestSupport
         #expect(s.after([0x22, 0xED, 0xA0]) == nil)
     }
 
+    /// A tool call or text (tool_choice "auto"): the marker then JSON valid against the schema, or any UTF-8 text that
+    /// does not start with the marker.
+    @Test func markedOrText() throws {
+        let g = try JSONSchemaGrammar.markedOrText(schema: try Array(#"{"type":"array","items":{"const":1},"minItems":1}"#.utf8).withUnsafeBytes {
+            try ExactJSON.parse($0, name: "s")
+        }, marker: "<t>")
+        for text in ["", "hi", "<", "<t", "<x>", "<<t>", "t>", "日本 <t>", "<t>[1]", "<t> [1,1]", "\n"] {
+            #expect(g.after(Array(text.utf8))?.isComplete == true, "\(text.debugDescription)")
+        }
+        for text in ["<t>", "<t>[", "<t>[1"] {
+            let state = g.after(Array(text.utf8))
+            #expect(state != nil && state?.isComplete == false, "\(text.debugDescription)")
+        }
+        for text in ["<t>hi", "<t>[2]", "<t>[]", "<t>[1]x"] {
+            #expect(g.after(Array(text.utf8)) == nil, "\(text.debugDescription)")
+        }
+        #expect(g.after([0x68, 0xFF]) == nil)
+        #expect(g.after([0x00]) == nil)
+    }
+
     /// The automaton's masks equal the grammar's own verdict on every token's bytes (the reference twin), in the
     /// states a walk through a valid text passes.
     @Test func automatonMasksMatchTheGrammar() throws {

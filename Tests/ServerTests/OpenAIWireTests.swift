@@ -80,6 +80,18 @@ import Testing
         #expect(end == [#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\": 1}","name":"f"},"id":"call_ab12_0_0","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#,
                         #"{"choices":[{"delta":{},"finish_reason":"stop","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
         #expect(none.heldText.isEmpty)
+
+        // auto: a call after the marker; text that leaves the marker streams from then on.
+        let auto = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .auto)
+        let call = auto.whole([.init(text: ToolCallMode.marker + #"[{"name":"f","parameters":{}}]"#, finish: "stop", logprobs: none)], usage: Usage(prompt: 1, completion: 1))
+        #expect(call.contains(#""tool_calls":[{"function":{"arguments":"{}","name":"f"}"#) && call.contains(#""finish_reason":"tool_calls""#), "\(call)")
+        var plain = LogprobsCollector(enabled: false)
+        #expect(auto.chunk(0, text: "<tool", finish: nil, logprobs: &plain).isEmpty)
+        let out = auto.chunk(0, text: "s are", finish: nil, logprobs: &plain)
+        #expect(out.count == 1 && out[0].contains(#""content":"<tools are""#), "\(out)")
+        #expect(auto.chunk(0, text: " fun", finish: nil, logprobs: &plain).first?.contains(#""content":" fun""#) == true)
+        let fin = auto.chunk(0, text: nil, finish: "stop", logprobs: &plain)
+        #expect(fin.count == 1 && fin[0].contains(#""finish_reason":"stop""#) && !fin[0].contains("tool_calls"), "\(fin)")
     }
 
     @Test func modelsListAndErrors() {

@@ -3,6 +3,7 @@ import Foundation
 import Hummingbird
 import HummingbirdTesting
 import Models
+import ServingAPI
 import Testing
 import Tokenizers
 import TestSupport
@@ -355,7 +356,8 @@ import TestSupport
     /// context cannot hold): a named function's answer is its arguments, valid against its parameters, finish
     /// "stop"; "required" a list of calls to known functions, finish "tool_calls" (one with parallel_tool_calls
     /// false); streamed as one chunk of calls with the same arguments; an earlier answer's calls and a tool's result go
-    /// back in as history; "auto" and malformed tools are 400s naming the parameter.
+    /// back in as history; "auto" (the default) answers in text or with calls, streamed the same; malformed tools are
+    /// 400s naming the parameter.
     @Test func toolCalls() async throws {
         let server = try ServerFixtures.server(adapterRoot: nil, kvBlocks: 512, model: try DefaultModel.require())
         try await ServerFixtures.withServer(server) { client in
@@ -417,9 +419,42 @@ import TestSupport
             #expect(h.0 == 200, "\(h.1)")
 
             let user = "{\"model\":\"model\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":3"
+            // auto (the default with tools): the model answers in text or calls; either way a well-formed answer. One
+            // example exchange first (a call, its result, an answer): the 135M model follows the call format from it.
+            let shot = "{\"role\":\"user\",\"content\":\"What is the weather in Paris?\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
+                + "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Paris\\\",\\\"unit\\\":\\\"celsius\\\"}\"}}]},"
+                + "{\"role\":\"tool\",\"tool_call_id\":\"call_1\",\"content\":\"18 degrees, sunny\"},{\"role\":\"assistant\",\"content\":\"It is 18 degrees and sunny in Paris.\"},"
+            var autoCalls = 0, autoTexts = 0
+            for (question, sampling) in [("What is the weather in Rome?", "\"temperature\":0"), ("Hi! Who are you?", "\"temperature\":0"),
+                                         ("What is the weather in Berlin?", "\"temperature\":0.7,\"seed\":1")] {
+                for choice in ["", ",\"tool_choice\":\"auto\""] {
+                    let body = "{\"model\":\"model\",\"messages\":[\(shot){\"role\":\"user\",\"content\":\"\(question)\"}],\"max_tokens\":60,\(sampling),\"tools\":\(tools)\(choice)"
+                    let r = try await client.post("/v1/chat/completions", body + "}")
+                    #expect(r.0 == 200, "\(r.1)")
+                    let c = try #require((try jsonObject(r.1))["choices"] as? [[String: Any]]).first
+                    let message = try #require(c?["message"] as? [String: Any])
+                    if c?["finish_reason"] as? String == "tool_calls" {
+                        autoCalls += 1
+                        let calls = try #require(message["tool_calls"] as? [[String: Any]], "\(r.1)")
+                        #expect(!calls.isEmpty && message["content"] is NSNull, "\(r.1)")
+                        for call in calls { #expect(["get_weather", "get_time"].contains((call["function"] as? [String: Any])?["name"] as? String ?? "")) }
+                    } else {
+                        autoTexts += 1
+                        let text = try #require(message["content"] as? String, "\(r.1)")
+                        #expect(!text.hasPrefix(ToolCallMode.marker) && message["tool_calls"] == nil, "\(r.1)")
+                    }
+                    // Streamed: the same answer (text as it comes once it is not a call; a call as one chunk).
+                    let s = try await client.post("/v1/chat/completions", body + ",\"stream\":true}")
+                    let deltas = try sseEvents(s.1).dropLast().map(jsonObject).compactMap { ($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any] }
+                    let streamedText = deltas.compactMap { $0["content"] as? String }.joined()
+                    let streamedCalls = deltas.compactMap { $0["tool_calls"] as? [[String: Any]] }.joined()
+                    #expect(streamedText == (message["content"] as? String ?? "") && streamedCalls.count == (message["tool_calls"] as? [[String: Any]])?.count ?? 0,
+                            "\(s.1) vs \(r.1)")
+                }
+            }
+            #expect(autoCalls >= 2 && autoTexts >= 2, "auto: \(autoCalls) calls, \(autoTexts) texts")
+
             for (body, param) in [
-                (user + ",\"tools\":\(tools)}", "tool_choice"),
-                (user + ",\"tools\":\(tools),\"tool_choice\":\"auto\"}", "tool_choice"),
                 (user + ",\"tools\":\(tools),\"tool_choice\":{\"type\":\"function\",\"function\":{\"name\":\"nope\"}}}", "tool_choice"),
                 (user + ",\"tool_choice\":\"required\"}", "tool_choice"),
                 (user + ",\"tools\":\(tools),\"tool_choice\":\"required\",\"logprobs\":true}", "logprobs"),

@@ -136,11 +136,25 @@ def check_tools(binary, cluster):
                               {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}]
         after = client.chat.completions.create(model="smol", messages=history, max_tokens=20, temperature=0)
         assert after.choices[0].message.content, after
-        try:
-            client.chat.completions.create(model="smol", messages=messages, tools=TOOLS, max_tokens=5)
-            raise AssertionError("tool_choice auto accepted")
-        except openai.BadRequestError as e:
-            assert e.body["param"] == "tool_choice", e.body
+        # auto (the default with tools), after one example exchange: a call for a weather question, text for a greeting,
+        # the same streamed (text as it comes, a call as one chunk).
+        shot = history + [{"role": "assistant", "content": "It is 18 degrees and sunny in Paris."}]
+        for question, calls in [("What is the weather in Rome?", True), ("Hi! Who are you?", False)]:
+            ask = shot + [{"role": "user", "content": question}]
+            a = client.chat.completions.create(model="smol", messages=ask, tools=TOOLS, max_tokens=60, temperature=0)
+            m = a.choices[0].message
+            if calls:
+                assert a.choices[0].finish_reason == "tool_calls" and m.content is None and m.tool_calls, a
+                for c in m.tool_calls:
+                    assert c.function.name in ("get_weather", "get_time"), a
+                    if c.function.name == "get_weather":
+                        jsonschema.validate(_json.loads(c.function.arguments), WEATHER)
+            else:
+                assert m.tool_calls is None and m.content and not m.content.startswith("<tool_call>"), a
+            st = list(client.chat.completions.create(model="smol", messages=ask, tools=TOOLS, max_tokens=60, temperature=0, stream=True))
+            text = "".join(ch.choices[0].delta.content or "" for ch in st if ch.choices)
+            names = [d.function.name for ch in st if ch.choices for d in (ch.choices[0].delta.tool_calls or [])]
+            assert text == (m.content or "") and names == [c.function.name for c in (m.tool_calls or [])], (st, a)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
