@@ -36,22 +36,27 @@ def is_object(text):
         return False
 
 
+def mutate(text, rng, alphabet):
+    """`text` with one byte replaced, inserted or deleted (deterministic in `rng`); also used by gen_schema_goldens."""
+    s = list(text)
+    op = rng.randrange(3)
+    i = rng.randrange(len(s) + (op == 1))
+    if op == 0 and s:
+        s[min(i, len(s) - 1)] = rng.choice(alphabet)
+    elif op == 1:
+        s.insert(i, rng.choice(alphabet))
+    elif s:
+        del s[min(i, len(s) - 1)]
+    return "".join(s)
+
+
 def main():
     rng = random.Random(7)
     alphabet = '{}[]:,"\\ 0123456789.eE+-tfnulrsa\n\x01x'
     texts = list(VALID) + list(INVALID)
     for base in VALID:
         for _ in range(40):
-            s = list(base)
-            op = rng.randrange(3)
-            i = rng.randrange(len(s) + (op == 1))
-            if op == 0 and s:
-                s[min(i, len(s) - 1)] = rng.choice(alphabet)
-            elif op == 1:
-                s.insert(i, rng.choice(alphabet))
-            elif s:
-                del s[min(i, len(s) - 1)]
-            texts.append("".join(s))
+            texts.append(mutate(base, rng, alphabet))
     seen, cases = set(), []
     for t in texts:
         if t not in seen:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import jsonschema
 
+from gen_json_goldens import mutate
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "Tests/Fixtures/json/schemas.json"
 
@@ -176,16 +178,7 @@ def main():
             add(reorder(t), False)
         for t in canon:
             for _ in range(6):
-                s = list(t)
-                op = rng.randrange(3)
-                i = rng.randrange(len(s) + (op == 1))
-                if op == 0 and s:
-                    s[min(i, len(s) - 1)] = rng.choice(alphabet)
-                elif op == 1:
-                    s.insert(i, rng.choice(alphabet))
-                elif s:
-                    del s[min(i, len(s) - 1)]
-                add("".join(s), False)
+                add(mutate(t, rng, alphabet), False)
         cases.append(dict(schema=schema, texts=texts))
     out = dict(reference=f"Python json (strict) + jsonschema {__import__('importlib.metadata').metadata.version('jsonschema')} "
                          "Draft202012Validator; tools/gen_schema_goldens.py",

@@ -120,7 +120,7 @@ public final class EngineCore {
     private var sequences: [RequestID: Sequence] = [:]
 
     /// JSON mode's masks, built on a JSON-mode request's first step.
-    /// JSON mode's and structured outputs' token masks (built when a request first asks for one).
+    /// Structured outputs' token masks (built when a request first asks for one).
     private var constrained: ConstrainedDecoding?
     private var nextRequest = 0
 
@@ -330,30 +330,26 @@ public final class EngineCore {
             // Penalties count the tokens generated so far. The slice shares the array and ends with this scope, so the
             // append below does not copy it.
             var sampledToken: Int?
-            var jsonComplete = false
+            /// A constrained output is complete (its end-of-sequence ends it even with ignore_eos or before min_tokens).
+            var complete = false
             do {
                 let all = sequences[run.request]!.tokens, promptCount = sequences[run.request]!.promptCount
                 let params = sequences[run.request]!.params
                 var mask: [UInt8]?
-                if params.jsonObject || params.grammar != nil {
+                if let spec = params.grammar {
                     if constrained == nil { constrained = ConstrainedDecoding(tokenizer: tokenizer, vocabSize: model.config.vocabSize) }
-                    if params.jsonObject {
-                        let json = constrained!.json.fill(after: all[promptCount...], endTokens: endTokens)
-                        jsonComplete = json.complete
-                        if json.filled { mask = constrained!.json.mask }
-                    } else if let spec = params.grammar {
-                        // A spec the server compiled already; a failure here would be a bug, and ends only this request.
-                        if let automaton = try? constrained!.automaton(spec),
-                           let state = automaton.state(after: all[promptCount...], table: constrained!.table) {
-                            jsonComplete = automaton.isComplete(state)
-                            mask = automaton.mask(state, table: constrained!.table, endTokens: endTokens)
-                        } else {
-                            mask = [UInt8](repeating: 0, count: model.config.vocabSize)
-                        }
+                    // The state is replayed from the generated tokens (nothing to carry when a request moves). A spec
+                    // the server compiled already; a failure here would be a bug, and ends only this request.
+                    if let automaton = try? constrained!.automaton(spec),
+                       let state = automaton.state(after: all[promptCount...], table: constrained!.table) {
+                        complete = automaton.isComplete(state)
+                        mask = automaton.mask(state, table: constrained!.table, endTokens: endTokens)
+                    } else {
+                        mask = [UInt8](repeating: 0, count: model.config.vocabSize)
                     }
                 }
                 // Before min_tokens, nothing that would end the sequence (but a complete constrained output ends it).
-                let suppress = all.count - promptCount < params.minTokens && !jsonComplete
+                let suppress = all.count - promptCount < params.minTokens && !complete
                     ? params.stopTokenIDs + (params.ignoreEOS ? [] : Array(endTokens)) : []
                 if let mask {
                     sampledToken = mask.withUnsafeBufferPointer { mask in
@@ -374,7 +370,7 @@ public final class EngineCore {
             sequences[run.request]!.tokens.append(token)
             let s = sequences[run.request]!
             sampled.append(SampledToken(request: run.request,
-                                        endsSequence: (endTokens.contains(token) && (!s.params.ignoreEOS || jsonComplete))
+                                        endsSequence: (endTokens.contains(token) && (!s.params.ignoreEOS || complete))
                                             || s.params.stopTokenIDs.contains(token)))
             let logprobs = s.params.logprobs.map { TokenLogprobs(logits: logits, token: token, top: $0) }
             var event = EngineEvent(requestID: run.request, token: token, finish: nil, message: nil, logprobs: logprobs)

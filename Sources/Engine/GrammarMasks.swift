@@ -121,17 +121,15 @@ final class GrammarAutomaton {
     }
 }
 
-/// What the engine constrains sampling with: the token table (built on first use), JSON mode's masks, and the
-/// automata of recent grammars (structured outputs), each compiled once per spec.
+/// What the engine constrains sampling with: the token table (built on first use) and the automata of recent
+/// grammars (structured outputs), each compiled once per spec.
 struct ConstrainedDecoding {
     let table: TokenByteTable
-    var json: JSONTokenMasks
     private var automata: [GrammarSpec: GrammarAutomaton] = [:]
     static let maxGrammars = 8
 
     init(tokenizer: Tokenizer, vocabSize: Int) {
         table = TokenByteTable(tokenizer: tokenizer, vocabSize: vocabSize)
-        json = JSONTokenMasks(table: table)
     }
 
     /// The automaton of a grammar spec (compiled on first use).

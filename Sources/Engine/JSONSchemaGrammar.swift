@@ -47,12 +47,17 @@ public struct JSONSchemaGrammar {
 
     private init(root: ExactJSON) { self.root = root }
 
-    /// The grammar of JSON texts valid against `schema` (an object or a boolean schema).
+    /// The grammar of JSON texts valid against `schema` (an object or a boolean schema), with whitespace around.
     public static func compile(schema: ExactJSON) throws -> Grammar {
         var c = JSONSchemaGrammar(root: schema)
-        let start = try c.value(schema, path: "#", depth: 0)
-        return try Grammar(rules: c.rules, root: start)
+        let value = try c.value(schema, path: "#", depth: 0)
+        let ws = try c.ws()
+        let root = try c.rule([[ws, .rule(value), ws]])
+        return try Grammar(rules: c.rules, root: root)
     }
+
+    /// OpenAI's JSON mode (`response_format: json_object`): any JSON object.
+    public static let objectSchema = ExactJSON.object([("type", .string("object"))])
 
     /// The grammar of a chat answer that is either `marker` followed by a JSON text valid against `schema` (a tool
     /// call), or any other UTF-8 text — one that does not start with `marker` (a plain answer).
@@ -87,19 +92,8 @@ public struct JSONSchemaGrammar {
     /// One UTF-8 character (no NUL), but not the ASCII byte `except`.
     private mutating func utf8Char(except: UInt8?) throws -> Int {
         try shared("utf8 \(except.map(String.init) ?? "-")") { c in
-            var ascii = Grammar.ByteSet(ranges: [0x01...0x7F])
-            if let except { ascii = Grammar.ByteSet((0x01...0x7F).filter { $0 != except }) }
-            let cont = Self.set(0x80...0xBF)
-            return try c.rule([
-                [.bytes(ascii)],
-                [Self.set(0xC2...0xDF), cont],
-                [.byte(0xE0), Self.set(0xA0...0xBF), cont],
-                [Self.set(0xE1...0xEC, 0xEE...0xEF), cont, cont],
-                [.byte(0xED), Self.set(0x80...0x9F), cont],
-                [.byte(0xF0), Self.set(0x90...0xBF), cont, cont],
-                [Self.set(0xF1...0xF3), cont, cont, cont],
-                [.byte(0xF4), Self.set(0x80...0x8F), cont, cont],
-            ])
+            let ascii = Grammar.ByteSet((0x01...0x7F).filter { $0 != except })
+            return try c.rule([[.bytes(ascii)]] + Self.multiByte)
         }
     }
 
@@ -148,10 +142,23 @@ public struct JSONSchemaGrammar {
         })
     }
 
+    /// The UTF-8 sequences of the characters beyond ASCII (RFC 3629: no overlongs, no surrogates).
+    private static let multiByte: [[Grammar.Item]] = {
+        let cont = set(0x80...0xBF)
+        return [
+            [set(0xC2...0xDF), cont],
+            [.byte(0xE0), set(0xA0...0xBF), cont],
+            [set(0xE1...0xEC, 0xEE...0xEF), cont, cont],
+            [.byte(0xED), set(0x80...0x9F), cont],
+            [.byte(0xF0), set(0x90...0xBF), cont, cont],
+            [set(0xF1...0xF3), cont, cont, cont],
+            [.byte(0xF4), set(0x80...0x8F), cont, cont],
+        ]
+    }()
+
     /// One character of a JSON string: a UTF-8 sequence (no control characters, `"` or `\`) or an escape.
     private mutating func char() throws -> Grammar.Item {
         .rule(try shared("char") { c in
-            let cont = Self.set(0x80...0xBF)
             let hex = Self.set(0x30...0x39, 0x41...0x46, 0x61...0x66)
             return try c.rule([
                 [Self.set(0x20...0x21, 0x23...0x5B, 0x5D...0x7F)],
@@ -160,14 +167,7 @@ public struct JSONSchemaGrammar {
                 // character beyond the BMP is written as UTF-8 instead).
                 [.byte(0x5C), .byte(0x75), Self.set(0x30...0x39, 0x41...0x43, 0x45...0x46, 0x61...0x63, 0x65...0x66), hex, hex, hex],
                 [.byte(0x5C), .byte(0x75), .bytes(Grammar.ByteSet([0x44, 0x64])), Self.set(0x30...0x37), hex, hex],
-                [Self.set(0xC2...0xDF), cont],
-                [.byte(0xE0), Self.set(0xA0...0xBF), cont],
-                [Self.set(0xE1...0xEC, 0xEE...0xEF), cont, cont],
-                [.byte(0xED), Self.set(0x80...0x9F), cont],
-                [.byte(0xF0), Self.set(0x90...0xBF), cont, cont],
-                [Self.set(0xF1...0xF3), cont, cont, cont],
-                [.byte(0xF4), Self.set(0x80...0x8F), cont, cont],
-            ])
+            ] + Self.multiByte)
         })
     }
 
@@ -399,11 +399,20 @@ public struct JSONSchemaGrammar {
         return r
     }
 
-    private mutating func object(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
-        // A value inside braces consumes bytes: references below are no longer bare.
+    /// Compiles a container's contents: a value inside brackets or braces comes after a byte, so references met
+    /// there are no longer bare (a cycle through them is recursion, not left recursion).
+    private mutating func inContainer(_ body: (inout JSONSchemaGrammar) throws -> Int) throws -> Int {
         let saved = bareRefs
         bareRefs = []
         defer { bareRefs = saved }
+        return try body(&self)
+    }
+
+    private mutating func object(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
+        try inContainer { try $0.objectBody(fields, path: path, depth: depth) }
+    }
+
+    private mutating func objectBody(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
         let ws = try ws()
         var required: [String] = []
         if let r = fields["required"] {
@@ -451,9 +460,10 @@ public struct JSONSchemaGrammar {
     }
 
     private mutating func array(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
-        let saved = bareRefs
-        bareRefs = []
-        defer { bareRefs = saved }
+        try inContainer { try $0.arrayBody(fields, path: path, depth: depth) }
+    }
+
+    private mutating func arrayBody(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
         let ws = try ws()
         var prefix: [Int] = []
         if let p = fields["prefixItems"] {

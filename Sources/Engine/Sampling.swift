@@ -31,12 +31,9 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     public var minTokens: Int = 0
     /// vLLM's stop_token_ids: more tokens that end the sequence (not part of the text, like end-of-sequence).
     public var stopTokenIDs: [Int] = []
-    /// OpenAI's JSON mode (`response_format: json_object`): only tokens that keep the output a prefix of a JSON
-    /// object can be sampled, and the sequence ends (end-of-sequence) once the object is complete (`JSONAcceptor`).
-    public var jsonObject = false
-    /// Structured outputs (`response_format: json_schema`, vLLM's `guided_json` / `guided_choice`): only tokens that
-    /// keep the output a prefix of a sentence of the spec's grammar can be sampled, end-of-sequence only once it is
-    /// one (`GrammarAutomaton`). Not with `jsonObject`.
+    /// Structured outputs (`response_format` json_object and json_schema, vLLM's `guided_json` / `guided_choice`,
+    /// tool calls): only tokens that keep the output a prefix of a sentence of the spec's grammar can be sampled,
+    /// end-of-sequence only once it is one (`GrammarAutomaton`).
     public var grammar: GrammarSpec? = nil
     /// Log-probabilities to report with each sampled token: nil none; n ≥ 0 the sampled token's and the n most
     /// likely tokens' (at most `maxLogprobs`). They are the model's own distribution (log-softmax of the raw
@@ -82,9 +79,6 @@ public struct SamplingParams: Sendable, Equatable, Codable {
         guard topP.isFinite, topP > 0, topP <= 1 else { throw SamplingError("top_p must be in (0, 1], got \(topP)") }
         guard topK >= 0 else { throw SamplingError("top_k must be >= 0, got \(topK)") }
         if let maxTokens, maxTokens < 1 { throw SamplingError("max_tokens must be >= 1, got \(maxTokens)") }
-        if jsonObject && grammar != nil {
-            throw SamplingError("JSON mode and a structured-output grammar cannot be combined", parameter: "response_format")
-        }
         guard stop.count <= 16 else { throw SamplingError("at most 16 stop strings, got \(stop.count)") }
         for s in stop where s.isEmpty || s.utf8.count > 256 {
             throw SamplingError("stop strings must be 1 to 256 bytes long")

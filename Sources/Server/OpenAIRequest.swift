@@ -126,10 +126,10 @@ struct GenerationRequest: Equatable {
         // Accepted only at their defaults: what the engine does not implement is refused, never ignored.
         try f.noOp("best_of") { $0 == .int(1) }
         try f.noOp("suffix") { $0 == .string("") }
-        (params.jsonObject, params.grammar) = try structuredOutput(f)
+        params.grammar = try structuredOutput(f)
         var tools: ToolCallMode?
         if chat, case .messages(var messages) = inputs[0], let call = try toolCalls(f) {
-            guard !params.jsonObject && params.grammar == nil else {
+            guard params.grammar == nil else {
                 throw APIError.invalid("tool_choice", "a tool call cannot be combined with response_format, guided_json or guided_choice")
             }
             guard params.logprobs == nil else { throw APIError.invalid("logprobs", "logprobs cannot be combined with a tool call") }
@@ -204,13 +204,12 @@ struct GenerationRequest: Equatable {
     static let maxSchemaBytes = 256 * 1024
 
     /// What constrains the output: `response_format` — `{"type": "text"}` (the default), `{"type": "json_object"}`
-    /// (JSON mode), `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}` — or
+    /// (JSON mode: the grammar of `{"type": "object"}`), `{"type": "json_schema", "json_schema": {"name", "schema", "strict", "description"}}` — or
     /// vLLM's `guided_json` (a schema, or its text) and `guided_choice` (strings); at most one of them. A schema is
     /// compiled here, so one this server cannot honour is a 400 naming what it uses.
-    private static func structuredOutput(_ f: JSONFields) throws -> (jsonObject: Bool, grammar: GrammarSpec?) {
+    private static func structuredOutput(_ f: JSONFields) throws -> GrammarSpec? {
         var given: [String] = []
         for key in ["guided_json", "guided_choice"] where f.fields[key] != nil && f.fields[key] != .null { given.append(key) }
-        var jsonObject = false
         var grammar: GrammarSpec?
         if let value = f.fields["response_format"], value != .null {
             guard case .object(let members) = value, let typeValue = members.first(where: { $0.key == "type" })?.value,
@@ -223,7 +222,9 @@ struct GenerationRequest: Equatable {
             }
             switch type {
             case "text": break
-            case "json_object": jsonObject = true; given.append("response_format")
+            case "json_object":
+                grammar = .jsonSchema(JSONSchemaGrammar.objectSchema)
+                given.append("response_format")
             case "json_schema":
                 guard case .object(let spec)? = members.first(where: { $0.key == "json_schema" })?.value else {
                     throw APIError.invalid("response_format", "response_format json_schema needs a 'json_schema' object")
@@ -274,7 +275,7 @@ struct GenerationRequest: Equatable {
         guard given.count <= 1 else {
             throw APIError.invalid(given[1], "only one of response_format (json_object, json_schema), guided_json and guided_choice may be given")
         }
-        return (jsonObject, grammar)
+        return grammar
     }
 
     /// Compiles a spec to check it (the engine compiles it again, once per spec, when it first samples with it).

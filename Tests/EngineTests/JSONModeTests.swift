@@ -6,9 +6,12 @@ import TestSupport
 
 @testable import Engine
 
-/// JSON mode: the byte acceptor against Python's json module (goldens), and the engine's output under it.
+/// JSON mode (`response_format: json_object`): the grammar of `{"type": "object"}` against Python's json module
+/// (goldens), and the engine's output under it.
 @Suite struct JSONModeTests {
-    static func accepts(_ text: String) -> JSONAcceptor? { JSONAcceptor().after(Array(text.utf8)) }
+    static let grammar = try! JSONSchemaGrammar.compile(schema: JSONSchemaGrammar.objectSchema)
+
+    static func accepts(_ text: String) -> Grammar.State? { grammar.after(Array(text.utf8)) }
 
     struct Golden: Decodable {
         struct Case: Decodable {
@@ -26,12 +29,12 @@ import TestSupport
         #expect(golden.cases.count > 300)
         for c in golden.cases {
             let bytes = Array(c.text.utf8)
-            let state = JSONAcceptor().after(bytes)
+            let state = Self.grammar.after(bytes)
             #expect((state?.isComplete == true) == c.object, "\(c.object ? "refused" : "accepted"): \(c.text.debugDescription)")
             guard c.object else { continue }
             let trimmed = bytes.count - (bytes.reversed().firstIndex { ![0x20, 0x0A, 0x0D, 0x09].contains($0) } ?? 0)
             for cut in 0..<trimmed {
-                let prefix = JSONAcceptor().after(bytes[..<cut])
+                let prefix = Self.grammar.after(bytes[..<cut])
                 #expect(prefix != nil && prefix?.isComplete == false, "prefix \(cut) of \(c.text.debugDescription)")
             }
         }
@@ -39,11 +42,14 @@ import TestSupport
 
     /// Nesting and whitespace are bounded, so a model cannot run away in either.
     @Test func depthAndWhitespaceAreBounded() {
-        let deep = "{\"a\":" + String(repeating: "[", count: JSONAcceptor.maxDepth - 1)
-        #expect(Self.accepts(deep) != nil)
-        #expect(Self.accepts(deep + "[") == nil)
-        #expect(Self.accepts("{" + String(repeating: " ", count: JSONAcceptor.maxWhitespace)) != nil)
-        #expect(Self.accepts("{" + String(repeating: " ", count: JSONAcceptor.maxWhitespace + 1)) == nil)
+        #expect(Self.accepts("{\"a\":" + String(repeating: "[", count: 200)) != nil)
+        #expect(Self.accepts("{\"a\":" + String(repeating: "[", count: Grammar.maxStackDepth)) == nil)
+        #expect(Self.accepts("{" + String(repeating: " ", count: JSONSchemaGrammar.maxWhitespace)) != nil)
+        #expect(Self.accepts("{" + String(repeating: " ", count: JSONSchemaGrammar.maxWhitespace + 1)) == nil)
+        // Strings are UTF-8, checked byte by byte (a token may end inside a character, but not make a bad one).
+        #expect(Self.grammar.after(Array("{\"a\":\"".utf8) + [0xE6, 0x97]) != nil)
+        #expect(Self.grammar.after(Array("{\"a\":\"".utf8) + [0xE6, 0x28]) == nil)
+        #expect(Self.grammar.after(Array("{\"a\":\"".utf8) + [0xC0, 0x80]) == nil)
     }
 
     /// On the tiny model (random weights: left alone it writes no JSON), sampled at temperature 1 in JSON mode: every
@@ -56,7 +62,7 @@ import TestSupport
         var ids: [RequestID] = []
         for seed in 0..<12 {
             var params = SamplingParams(temperature: 1, seed: UInt64(seed), maxTokens: 120)
-            params.jsonObject = true
+            params.grammar = .jsonSchema(JSONSchemaGrammar.objectSchema)
             ids.append(try engine.submit(prompt: tokenizer.encode("data:", addSpecial: true), params: params))
         }
         let events = engine.runToCompletion()
@@ -65,7 +71,7 @@ import TestSupport
             let mine = events.filter { $0.requestID == id }
             let tokens = mine.compactMap(\.token)
             let bytes = tokens.filter { !engine.endTokens.contains($0) }.flatMap { tokenizer.tokenBytes($0) }
-            let state = JSONAcceptor().after(bytes)
+            let state = Self.grammar.after(bytes)
             #expect(state != nil, "output is not a prefix of JSON: \(String(decoding: bytes, as: UTF8.self))")
             if mine.last?.finish == .stop {
                 complete += 1
