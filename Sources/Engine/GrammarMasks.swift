@@ -31,8 +31,10 @@ final class GrammarAutomaton {
     private var states: [Grammar.State] = []
     private var numbers: [Grammar.State: Int32] = [:]
     private var complete: [Bool] = []
-    /// 256 per state: the next state, `dead`, or `unknown`.
-    private var transitions: [Int32] = []
+    /// 256 per state: the next state, `dead`, or `unknown` (a raw buffer: the vocabulary scan reads it a few
+    /// hundred thousand times per new state, without the exclusivity checks of a class's array property).
+    private var transitions: UnsafeMutablePointer<Int32>
+    private var capacity = 0
     private var masks: [Int32: [UInt8]] = [:]
     private static let unknown: Int32 = -2
     static let dead: Int32 = -1
@@ -42,14 +44,17 @@ final class GrammarAutomaton {
 
     init(grammar: Grammar) {
         self.grammar = grammar
+        capacity = 64
+        transitions = .allocate(capacity: capacity * 256)
         reset()
     }
+
+    deinit { transitions.deallocate() }
 
     private func reset() {
         states = []
         numbers = [:]
         complete = []
-        transitions = []
         masks = [:]
         _ = number(grammar.start)
     }
@@ -57,10 +62,17 @@ final class GrammarAutomaton {
     private func number(_ state: Grammar.State) -> Int32 {
         if let n = numbers[state] { return n }
         let n = Int32(states.count)
+        if states.count == capacity {
+            let grown = UnsafeMutablePointer<Int32>.allocate(capacity: capacity * 2 * 256)
+            grown.update(from: transitions, count: capacity * 256)
+            transitions.deallocate()
+            transitions = grown
+            capacity *= 2
+        }
+        (transitions + Int(n) * 256).initialize(repeating: Self.unknown, count: 256)
         states.append(state)
         numbers[state] = n
         complete.append(state.isComplete)
-        transitions += repeatElement(Self.unknown, count: 256)
         return n
     }
 
@@ -96,25 +108,26 @@ final class GrammarAutomaton {
         if let m = masks[s] { return m }
         let vocab = table.vocab
         var mask = [UInt8](repeating: 0, count: vocab)
-        let done = complete[Int(s)]
         table.storage.withUnsafeBufferPointer { bytes in
-            for id in 0..<vocab {
-                if endTokens.contains(id) {
-                    mask[id] = done ? 1 : 0
-                    continue
+            table.offsets.withUnsafeBufferPointer { offsets in
+                mask.withUnsafeMutableBufferPointer { m in
+                    for id in 0..<vocab {
+                        let lo = offsets[id], hi = offsets[id + 1]
+                        guard lo < hi else { continue }
+                        var t = s
+                        var i = lo
+                        while i < hi {
+                            t = next(t, bytes[i])
+                            if t == Self.dead { break }
+                            i += 1
+                        }
+                        if t != Self.dead { m[id] = 1 }
+                    }
                 }
-                let lo = table.offsets[id], hi = table.offsets[id + 1]
-                guard lo < hi else { continue }
-                var t = s
-                var i = lo
-                while i < hi {
-                    t = next(t, bytes[i])
-                    if t == Self.dead { break }
-                    i += 1
-                }
-                if t != Self.dead { mask[id] = 1 }
             }
         }
+        // End-of-sequence (a special token: no bytes above) once the text is complete.
+        for id in endTokens where id >= 0 && id < vocab { mask[id] = complete[Int(s)] ? 1 : 0 }
         if masks.count >= Self.maxMasks { masks.removeAll(keepingCapacity: true) }
         masks[s] = mask
         return mask
