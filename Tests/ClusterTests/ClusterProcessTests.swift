@@ -73,9 +73,26 @@ import Glibc
                     #expect(moved.finish == "length")
                 }
             }
+            // A structured output moved mid-stream: the replica that resumes it replays the grammar's state from the
+            // tokens generated so far, so the answer equals the undisturbed one (and is still the schema's JSON).
+            let schema = "{\"type\": \"object\", \"properties\": {\"lines\": {\"type\": \"array\", \"items\": {\"type\": \"string\", \"maxLength\": 60}}}, "
+                + "\"required\": [\"lines\"]}"
+            for mode in ["kv", "recompute"] {
+                let body = String(Self.body(model: "s1-qv-r4", prompt: "List the lines of a poem about the sea as JSON.", maxTokens: 120,
+                                            temperature: 0, seed: nil).dropLast()) + ", \"guided_json\": \(schema)}"
+                let reference = try await Self.complete(http, router, body)
+                #expect(reference.contains("\"lines\""), "\(reference)")
+                let moved = try await Self.stream(http, router, body) { id, tokens in
+                    guard tokens == 12 else { return }
+                    let from = try await Self.replicaOf(http, router, id)
+                    let r = try await Self.post(http, router + "/admin/migrate", "{\"request\": \"\(id)\", \"to\": \(1 - from), \"mode\": \"\(mode)\"}", key: Self.admin)
+                    #expect(r.0 == 200, "migration \(mode) failed: \(r.1)")
+                }
+                #expect(moved.text == reference, "\(mode) migration changed the structured output")
+            }
             let metrics = try await Self.get(http, router + "/metrics")
-            #expect(metrics.contains("dlora_router_migrations_total{mode=\"kv\"} 2"))
-            #expect(metrics.contains("dlora_router_migrations_total{mode=\"recompute\"} 2"))
+            #expect(metrics.contains("dlora_router_migrations_total{mode=\"kv\"} 3"))
+            #expect(metrics.contains("dlora_router_migrations_total{mode=\"recompute\"} 3"))
         }
     }
 
