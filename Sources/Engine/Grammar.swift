@@ -70,9 +70,10 @@ public struct Grammar: Sendable {
     let alternatives: [[Int32]]
     let root: Int32
 
-    /// The most stack entries one parse may hold (deeper nesting is refused), and the most parses a state may hold.
+    /// The most stack entries one parse may hold (deeper nesting is refused), and the most parses a state may hold
+    /// (a grammar whose start needs more is refused when it is built; a byte that would need more is refused).
     public static let maxStackDepth = 1024
-    public static let maxStacks = 4096
+    public static let maxStacks = 1024
 
     /// Builds a grammar from rules (`rules[i]` the alternatives of rule i); `root` is the start rule.
     public init(rules: [[[Item]]], root: Int) throws {
@@ -109,14 +110,17 @@ public struct Grammar: Sendable {
         self.sets = sets
         self.alternatives = alternatives
         self.root = Int32(root)
+        var out = Set<[Int32]>()
+        for alt in alternatives[root] { expand([alt], into: &out, budget: 0) }
+        guard out.count <= Self.maxStacks else {
+            throw GrammarError("the grammar starts with more than \(Self.maxStacks) parses at once (nested alternatives: simplify anyOf/oneOf)")
+        }
+        guard !out.isEmpty else { throw GrammarError("the grammar allows no text") }
+        start = State(out)
     }
 
     /// The state before any byte: the start rule expanded.
-    public var start: State {
-        var out = Set<[Int32]>()
-        for alt in alternatives[Int(root)] { expand([alt], into: &out, budget: 0) }
-        return State(out)
-    }
+    public private(set) var start = State([])
 
     /// The state after byte `b`, or nil when no parse continues with it.
     public func advance(_ state: State, _ b: UInt8) -> State? {
@@ -126,15 +130,16 @@ public struct Grammar: Sendable {
             var next = stack
             next[next.count - 1] = top + 1
             expand(next, into: &out, budget: 0)
-            if out.count > Self.maxStacks { return nil }
         }
+        if out.count > Self.maxStacks { return nil }
         return out.isEmpty ? nil : State(out)
     }
 
     /// Moves every stack to a byte set (or to empty: complete), following rule references and alternatives' ends.
     /// `budget` bounds expansions without a byte in between (left recursion rejects instead of looping).
     private func expand(_ stack: [Int32], into out: inout Set<[Int32]>, budget: Int) {
-        guard budget < 4 * Self.maxStackDepth, stack.count <= Self.maxStackDepth else { return }
+        // Past the bound the caller refuses the state: stop expanding (nested alternatives can multiply parses).
+        guard out.count <= Self.maxStacks, budget < 4 * Self.maxStackDepth, stack.count <= Self.maxStackDepth else { return }
         guard let top = stack.last else {
             out.insert(stack)
             return

@@ -100,9 +100,35 @@ public struct JSONSchemaGrammar {
     /// The grammar whose sentences are exactly `choices`' texts (vLLM's `guided_choice`).
     public static func choice(_ choices: [String]) throws -> Grammar {
         guard !choices.isEmpty else { throw GrammarError("guided_choice must list at least one string") }
-        let alternatives = choices.map { Grammar.Item.literal($0) }
-        guard alternatives.allSatisfy({ !$0.isEmpty }) else { throw GrammarError("guided_choice strings must not be empty") }
-        return try Grammar(rules: [alternatives], root: 0)
+        guard choices.allSatisfy({ !$0.isEmpty }) else { throw GrammarError("guided_choice strings must not be empty") }
+        var c = JSONSchemaGrammar(root: .null)
+        let root = try c.literals(choices.map { Array($0.utf8) })
+        return try Grammar(rules: c.rules, root: root)
+    }
+
+    /// Exactly one of `texts`, as a trie: texts sharing a prefix share its parse, so a long list of values (an enum,
+    /// a choice) is one parse per distinct prefix, not one per text.
+    private mutating func literals(_ texts: [[UInt8]]) throws -> Int {
+        var groups: [UInt8: [ArraySlice<UInt8>]] = [:]
+        var alternatives: [[Grammar.Item]] = []
+        for t in texts {
+            if let b = t.first { groups[b, default: []].append(t.dropFirst()) } else if alternatives.isEmpty { alternatives.append([]) }
+        }
+        for b in groups.keys.sorted() {
+            var rest = groups[b]!
+            // The bytes every text of the group shares next, written out; then what follows them.
+            var run: [Grammar.Item] = [.byte(b)]
+            while let next = rest.first?.first, rest.allSatisfy({ $0.first == next }) {
+                run.append(.byte(next))
+                rest = rest.map { $0.dropFirst() }
+            }
+            if rest.allSatisfy(\.isEmpty) {
+                alternatives.append(run)
+            } else {
+                alternatives.append(run + [.rule(try literals(rest.map(Array.init)))])
+            }
+        }
+        return try rule(alternatives)
     }
 
     // MARK: rules
@@ -343,7 +369,7 @@ public struct JSONSchemaGrammar {
             if let types { values = values.filter { Self.matches($0, types: types) } }
             values = values.filter { Self.lengthOK($0, fields) }
             guard !values.isEmpty else { throw Self.fail(path, "no value of 'enum'/'const' satisfies the schema's other keywords") }
-            return try rule(values.map { Grammar.Item.literal(Self.text($0)) })
+            return try literals(values.map { Array(Self.text($0).utf8) })
         }
 
         let all = types ?? known

@@ -107,6 +107,32 @@ import TestSupport
         #expect(s.after([0x22, 0xED, 0xA0]) == nil)
     }
 
+    /// Parses are bounded: a schema that starts with more parallel parses than `Grammar.maxStacks` is refused when
+    /// compiled, a byte that would need more is refused (never expanded without bound at sampling time), and long
+    /// lists of values share prefixes (a trie), so an enum of thousands of strings has one parse per next byte.
+    @Test func parsesAreBounded() throws {
+        let many = (0..<(Grammar.maxStacks + 1)).map { "{\"type\":\"object\",\"properties\":{\"k\($0)\":{\"type\":\"integer\"}},\"required\":[\"k\($0)\"]}" }
+        #expect(throws: GrammarError.self) { try Self.grammar("{\"anyOf\": [" + many.joined(separator: ",") + "]}") }
+        // Nested alternatives in non-tail places multiply parses (5 per "[", times the whitespace and item parses of
+        // each): refused past the bound, not expanded.
+        var nested = #"{"type": "integer"}"#
+        for _ in 0..<5 { nested = "{\"anyOf\": [" + Array(repeating: "{\"type\":\"array\",\"maxItems\":1,\"items\":\(nested)}", count: 5).joined(separator: ",") + "]}" }
+        let deep = try Self.grammar(nested)
+        #expect(deep.after(Array("[[[".utf8)) != nil)
+        #expect(deep.after(Array("[[[[[".utf8)) == nil)
+        let values = (0..<3000).map { "value-\($0 % 10)-\($0)" }
+        let g = try JSONSchemaGrammar.compile(schema: .object([("enum", .array(values.map { .string($0) }))]))
+        let state = try #require(g.after(Array("\"value-7-1".utf8)))
+        #expect(state.stacks.count <= 11, "\(state.stacks.count) parses")
+        for v in values.prefix(50) { #expect(g.after(Array("\"\(v)\"".utf8))?.isComplete == true) }
+        #expect(g.after(Array("\"value-7-2\"".utf8)) == nil)
+        let choices = try JSONSchemaGrammar.choice(values)
+        #expect(choices.start.stacks.count == 1)
+        for v in values.suffix(50) { #expect(choices.after(Array(v.utf8))?.isComplete == true) }
+        #expect(choices.after(Array("value-1-1".utf8))?.isComplete == true)
+        #expect(choices.after(Array("value-1-2".utf8))?.isComplete == false)
+    }
+
     /// A tool call or text (tool_choice "auto"): the marker then JSON valid against the schema, or any UTF-8 text that
     /// does not start with the marker.
     @Test func markedOrText() throws {
