@@ -61,6 +61,39 @@ struct LoadedModel {
     }
 }
 
+extension Generate {
+    /// --json, --json-schema or --choice as a grammar spec, compiled here so a schema it cannot honour is refused
+    /// before the model runs.
+    func outputConstraint() throws -> GrammarSpec? {
+        let spec: GrammarSpec
+        if json {
+            spec = .jsonSchema(JSONSchemaGrammar.objectSchema)
+        } else if let jsonSchema {
+            let url = URL(fileURLWithPath: jsonSchema)
+            let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? nil
+            guard let size else { throw CLIError("--json-schema: cannot read '\(jsonSchema)'") }
+            guard size <= 1 << 20 else { throw CLIError("--json-schema: '\(jsonSchema)' is larger than 1 MiB") }
+            let schema: ExactJSON
+            do {
+                schema = try Data(contentsOf: url).withUnsafeBytes { try ExactJSON.parse($0, name: jsonSchema) }
+            } catch TokenizerError.invalidJSON(let what) {
+                throw CLIError("--json-schema: not JSON: \(what)")
+            }
+            spec = .jsonSchema(schema)
+        } else if !choice.isEmpty {
+            spec = .choice(choice)
+        } else {
+            return nil
+        }
+        do {
+            _ = try spec.compile()
+        } catch {
+            throw CLIError("\(json ? "--json" : jsonSchema != nil ? "--json-schema" : "--choice"): \(error)")
+        }
+        return spec
+    }
+}
+
 struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Generate a completion and stream it to stdout.",
@@ -81,11 +114,20 @@ struct Generate: ParsableCommand {
     var adapterRoot: String?
     @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
     var loraMode: String = "unmerged"
+    @Flag(name: .customLong("json"), help: "Constrain the output to one JSON object (JSON mode).")
+    var json = false
+    @Option(name: .customLong("json-schema"), help: "Constrain the output to JSON valid against the JSON Schema in this file (structured outputs).")
+    var jsonSchema: String?
+    @Option(name: .customLong("choice"), help: "Constrain the output to exactly one of these strings (repeatable).")
+    var choice: [String] = []
     @OptionGroup var kvCache: KVCacheOption
     @OptionGroup var products: MatmulPrecisionOption
 
     func validate() throws {
         if (prompt == nil) == (chat == nil) { throw ValidationError("give exactly one of --prompt and --chat") }
+        if [json, jsonSchema != nil, !choice.isEmpty].filter({ $0 }).count > 1 {
+            throw ValidationError("give at most one of --json, --json-schema and --choice")
+        }
         guard ["merged", "unmerged"].contains(loraMode) else { throw ValidationError("--lora-mode must be merged or unmerged") }
         guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw ValidationError("--adapter-scale must be a finite number within ±100") }
         if adapter == nil && (adapterScale != 1 || adapterRoot != nil) { throw ValidationError("--adapter-scale and --adapter-root need --adapter") }
@@ -121,7 +163,8 @@ struct Generate: ParsableCommand {
             }
         }
         // KV blocks for the whole request, plus the adapter's share of the same budget (unmerged).
-        let params = sampling.params
+        var params = sampling.params
+        params.grammar = try outputConstraint()
         let need = min(ids.count + sampling.maxTokens, config.maxPositionEmbeddings)
         let blockSize = EngineOptions.defaults.blockSize
         let dtype = kvCache.resolved(for: loaded.model)
@@ -139,6 +182,9 @@ struct Generate: ParsableCommand {
             throw CLIError("generation failed after \(results.count - 1) tokens: \(failed.message ?? "the engine could not continue")")
         }
         let s = engine.stats
+        if params.grammar != nil, results.last?.finish == .length {
+            FileHandle.standardError.write(Data("the output is incomplete: --max-tokens ran out before it was complete\n".utf8))
+        }
         let promptRate = s.promptSeconds > 0 ? Double(s.promptTokens) / s.promptSeconds : 0
         let genRate = s.decodeSeconds > 0 ? Double(s.decodeTokens) / s.decodeSeconds : 0
         FileHandle.standardError.write(Data(String(

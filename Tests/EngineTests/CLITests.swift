@@ -30,6 +30,10 @@ import Testing
         (["generate", "--model", tiny, "--prompt", "a", "--temperature", "-1"], "--temperature"),
         (["generate", "--model", tiny, "--prompt", "a", "--top-p", "0"], "--top-p"),
         (["generate", "--model", tiny, "--prompt", "a", "--max-tokens", "0"], "--max-tokens"),
+        (["generate", "--model", tiny, "--prompt", "a", "--json", "--choice", "x"], "at most one of --json, --json-schema and --choice"),
+        (["generate", "--model", tiny, "--prompt", "a", "--json-schema", "/nonexistent/schema.json"], "--json-schema: cannot read"),
+        (["generate", "--model", tiny, "--prompt", "a", "--json-schema", FixtureFiles.root.appendingPathComponent("README.md").path], "--json-schema: not JSON"),
+        (["generate", "--model", tiny, "--prompt", "a", "--choice", ""], "--choice"),
         (["generate", "--model", tiny, "--prompt", "a", "--bogus"], "--bogus"),
         (["generate", "--model", "/nonexistent/model.gguf", "--prompt", "a"], "/nonexistent/model.gguf"),
         (["generate", "--model", ModelFixtures.root.appendingPathComponent("summary.json").path, "--prompt", "a"], "summary.json"),
@@ -211,6 +215,27 @@ import Testing
                                 "--max-tokens", "40", "--temperature", "0", "--stop", "point"])
         #expect(r.status == 0, "stderr: \(r.stderr)")
         #expect(r.stdout == "At sea level, the boiling \n")
+    }
+
+    /// Structured outputs from the CLI: --choice gives exactly one of the strings, --json-schema JSON valid against
+    /// the schema file (on the default model, greedy and sampled).
+    @Test func constrainedOutputs() async throws {
+        _ = try DefaultModel.require()
+        for seed in ["1", "2"] {
+            let c = try await Self.dlora(["generate", "--chat", "Is the sky blue?", "--choice", "yes", "--choice", "no", "--seed", seed])
+            #expect(c.status == 0 && ["yes\n", "no\n"].contains(c.stdout), "\(c.stdout) \(c.stderr)")
+        }
+        let dir = try TemporaryDirectory()
+        let schema = dir.url.appendingPathComponent("schema.json")
+        try Data(#"{"type":"object","properties":{"city":{"type":"string","maxLength":20},"rain":{"type":"boolean"}},"required":["city","rain"]}"#.utf8)
+            .write(to: schema)
+        for temperature in ["0", "0.8"] {
+            let r = try await Self.dlora(["generate", "--chat", "The weather in Paris, as JSON.", "--json-schema", schema.path, "--max-tokens", "60",
+                                          "--temperature", temperature, "--seed", "3"])
+            #expect(r.status == 0, "stderr: \(r.stderr)")
+            let object = try #require(try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any], "\(r.stdout)")
+            #expect(Set(object.keys) == ["city", "rain"] && object["rain"] is Bool && ((object["city"] as? String)?.count ?? 99) <= 20, "\(r.stdout)")
+        }
     }
 }
 
