@@ -103,6 +103,9 @@ public final class EngineCore {
         /// score (a preempted request recomputes its prompt without scoring a position twice).
         var promptLogprobs: [TokenLogprobs] = []
         var scoreFrom = 1
+        /// A structured output's automaton (`params.grammar`), and how far its replay of the generated tokens got.
+        var automaton: GrammarAutomaton?
+        var cursor: GrammarAutomaton.Cursor?
 
         /// Nothing generated yet: the prompt's positions may still be scored, and the next token is the first (its
         /// event carries `promptLogprobs`). A request resumed with tokens generated elsewhere never is (they were
@@ -119,7 +122,6 @@ public final class EngineCore {
     }
     private var sequences: [RequestID: Sequence] = [:]
 
-    /// JSON mode's masks, built on a JSON-mode request's first step.
     /// Structured outputs' token masks (built when a request first asks for one).
     private var constrained: ConstrainedDecoding?
     private var nextRequest = 0
@@ -338,10 +340,12 @@ public final class EngineCore {
                 var mask: [UInt8]?
                 if let spec = params.grammar {
                     if constrained == nil { constrained = ConstrainedDecoding(tokenizer: tokenizer, vocabSize: model.config.vocabSize) }
-                    // The state is replayed from the generated tokens (nothing to carry when a request moves). A spec
-                    // the server compiled already; a failure here would be a bug, and ends only this request.
-                    if let automaton = try? constrained!.automaton(spec),
-                       let state = automaton.state(after: all[promptCount...], table: constrained!.table) {
+                    // The state is replayed from the generated tokens (nothing to carry when a request moves; each step
+                    // replays only the tokens since the last). A spec the server compiled already; a failure here
+                    // would be a bug, and ends only this request.
+                    if sequences[run.request]!.automaton == nil { sequences[run.request]!.automaton = try? constrained!.automaton(spec) }
+                    if let automaton = sequences[run.request]!.automaton,
+                       let state = automaton.state(after: all[promptCount...], table: constrained!.table, cursor: &sequences[run.request]!.cursor) {
                         complete = automaton.isComplete(state)
                         mask = automaton.mask(state, table: constrained!.table, endTokens: endTokens)
                     } else {

@@ -51,7 +51,18 @@ final class GrammarAutomaton {
 
     deinit { transitions.deallocate() }
 
+    /// Where a request's replay stands: the tables' epoch (they start over past `maxStates`, voiding state
+    /// numbers), the tokens replayed, and the state they reached; the next step replays only what came since.
+    struct Cursor {
+        var epoch: Int
+        var tokens: Int
+        var state: Int32
+    }
+
+    private var epoch = 0
+
     private func reset() {
+        epoch += 1
         states = []
         numbers = [:]
         complete = []
@@ -88,17 +99,27 @@ final class GrammarAutomaton {
         return n
     }
 
-    /// The state after `tokens` from the start, or nil when they leave the grammar. Starts the tables over first
-    /// when they have grown past `maxStates` (state numbers from before are then void).
-    func state(after tokens: ArraySlice<Int>, table: TokenByteTable) -> Int32? {
+    /// The state after `tokens` from the start, or nil when they leave the grammar; from `cursor` on when it is
+    /// of these tables and behind the tokens (a request's tokens only grow), and `cursor` moved to the end. Starts
+    /// the tables over first when they have grown past `maxStates` (state numbers from before are then void).
+    func state(after tokens: ArraySlice<Int>, table: TokenByteTable, cursor: inout Cursor?) -> Int32? {
         if states.count > Self.maxStates { reset() }
         var s: Int32 = 0
-        for token in tokens where token >= 0 && token < table.vocab {
+        var from = tokens.startIndex
+        if let c = cursor, c.epoch == epoch, c.tokens <= tokens.count {
+            s = c.state
+            from += c.tokens
+        }
+        for token in tokens[from...] where token >= 0 && token < table.vocab {
             for b in table.bytes(of: token) {
                 s = next(s, b)
-                if s == Self.dead { return nil }
+                if s == Self.dead {
+                    cursor = nil
+                    return nil
+                }
             }
         }
+        cursor = Cursor(epoch: epoch, tokens: tokens.count, state: s)
         return s
     }
 

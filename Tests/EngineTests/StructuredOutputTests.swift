@@ -190,6 +190,29 @@ import TestSupport
         #expect(checked > 1000)
     }
 
+    /// A request's cursor replays only the tokens since its last step and reaches the state a full replay reaches;
+    /// tables that started over (another epoch) void it.
+    @Test func cursorReplaysOnlyNewTokens() throws {
+        let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let table = TokenByteTable(tokenizer: tokenizer, vocabSize: try LlamaModel(checkpoint: checkpoint).config.vocabSize)
+        let automaton = GrammarAutomaton(grammar: try Self.grammar(#"{"type":"object","properties":{"a":{"type":"array","items":{"type":"integer"}}}}"#))
+        let tokens = tokenizer.encode(#"{"a": [1, 22, 333, 4444]}"#, addSpecial: false)
+        #expect(tokens.count > 8)
+        var cursor: GrammarAutomaton.Cursor?
+        for n in 0...tokens.count {
+            var none: GrammarAutomaton.Cursor?
+            let full = automaton.state(after: tokens[..<n], table: table, cursor: &none)
+            let step = automaton.state(after: tokens[..<n], table: table, cursor: &cursor)
+            #expect(full != nil && full == step && cursor?.tokens == n, "after \(n) tokens")
+        }
+        #expect(automaton.isComplete(try #require(cursor?.state)))
+        // A cursor of other tables is not used (replaying from its state, the start, would end there).
+        var stale: GrammarAutomaton.Cursor? = GrammarAutomaton.Cursor(epoch: -1, tokens: tokens.count, state: 0)
+        #expect(automaton.state(after: tokens[...], table: table, cursor: &stale) == cursor?.state)
+        #expect(stale?.tokens == tokens.count && stale?.state == cursor?.state)
+    }
+
     static func engine() throws -> (EngineCore, Tokenizer) {
         let checkpoint = try openCheckpoint(path: FixtureFiles.models.appendingPathComponent("tiny-llama/tiny-llama.F32.gguf").path)
         let model = try LlamaModel(checkpoint: checkpoint)
