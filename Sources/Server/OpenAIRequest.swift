@@ -49,6 +49,7 @@ struct GenerationRequest: Equatable {
         "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos", "mole_experts",
         // vLLM's sampling extensions.
         "repetition_penalty", "min_p", "min_tokens", "stop_token_ids", "response_format", "guided_json", "guided_choice",
+        "structured_outputs",
     ]
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
     private static let chatKeys: Set<String> = [
@@ -250,32 +251,77 @@ struct GenerationRequest: Equatable {
             }
         }
         if let value = f.fields["guided_json"], value != .null {
-            var schema = value
-            if case .string(let text) = value {
-                guard text.utf8.count <= maxSchemaBytes,
-                      let parsed = try? Array(text.utf8).withUnsafeBytes({ try ExactJSON.parse($0, name: "guided_json") }) else {
-                    throw APIError.invalid("guided_json", "guided_json must be a JSON schema (an object, or its JSON text)")
-                }
-                schema = parsed
-            }
-            grammar = try compile(.jsonSchema(schema), param: "guided_json")
+            grammar = try compile(.jsonSchema(try schemaValue(value, param: "guided_json")), param: "guided_json")
         }
         if let value = f.fields["guided_choice"], value != .null {
-            guard case .array(let items) = value, (1...maxGuidedChoices).contains(items.count) else {
-                throw APIError.invalid("guided_choice", "guided_choice must be an array of 1 to \(maxGuidedChoices) strings")
+            grammar = try compile(.choice(try choices(value, param: "guided_choice")), param: "guided_choice")
+        }
+        // vLLM's current spelling (guided_* were removed in its v0.12): {"json" | "choice" | "json_object", options}.
+        if let value = f.fields["structured_outputs"], value != .null {
+            given.append("structured_outputs")
+            let param = "structured_outputs"
+            guard case .object(let members) = value, (try? JSONFields(members: members)) != nil else {
+                throw APIError.invalid(param, "structured_outputs must be an object (no key twice)")
             }
-            let choices = try items.map { item in
-                guard case .string(let s) = item, !s.isEmpty, s.utf8.count <= 4096 else {
-                    throw APIError.invalid("guided_choice", "guided_choice must hold strings of 1 to 4096 bytes")
+            var kinds: [String] = []
+            for (key, v) in members {
+                switch key {
+                case "json" where v != .null:
+                    kinds.append(key)
+                    grammar = try compile(.jsonSchema(try schemaValue(v, param: "\(param).json")), param: param)
+                case "choice" where v != .null:
+                    kinds.append(key)
+                    grammar = try compile(.choice(try choices(v, param: "\(param).choice")), param: param)
+                case "json_object" where v != .null:
+                    guard case .bool(let on) = v else { throw APIError.invalid(param, "structured_outputs.json_object must be a boolean") }
+                    if on {
+                        kinds.append(key)
+                        grammar = .jsonSchema(JSONSchemaGrammar.objectSchema)
+                    }
+                // Options: what this server does anyway (no undeclared keys when properties are given; no fallback
+                // to unconstrained decoding), or their no-op values.
+                case "disable_additional_properties", "disable_fallback":
+                    guard case .bool = v else { throw APIError.invalid(param, "structured_outputs.\(key) must be a boolean") }
+                case "disable_any_whitespace" where v == .bool(false) || v == .null, "json", "choice", "json_object",
+                     "regex" where v == .null, "grammar" where v == .null, "structural_tag" where v == .null,
+                     "whitespace_pattern" where v == .null:
+                    break
+                default:
+                    throw APIError.invalid(param, "structured_outputs.\(JSONFields.printable(key)) is not supported (json, choice, json_object)")
                 }
-                return s
             }
-            grammar = try compile(.choice(choices), param: "guided_choice")
+            guard kinds.count == 1 else {
+                throw APIError.invalid(param, "structured_outputs must give exactly one of json, choice and json_object")
+            }
         }
         guard given.count <= 1 else {
-            throw APIError.invalid(given[1], "only one of response_format (json_object, json_schema), guided_json and guided_choice may be given")
+            throw APIError.invalid(given[1], "only one of response_format (json_object, json_schema), guided_json, guided_choice and structured_outputs may be given")
         }
         return grammar
+    }
+
+    /// A JSON schema given as an object, or as its JSON text.
+    private static func schemaValue(_ value: ExactJSON, param: String) throws -> ExactJSON {
+        guard case .string(let text) = value else { return value }
+        guard text.utf8.count <= maxSchemaBytes,
+              let parsed = try? Array(text.utf8).withUnsafeBytes({ try ExactJSON.parse($0, name: param) }) else {
+            throw APIError.invalid(param.split(separator: ".").first.map(String.init) ?? param, "\(param) must be a JSON schema (an object, or its JSON text)")
+        }
+        return parsed
+    }
+
+    /// The strings of a choice (1 to `maxGuidedChoices`, each 1 to 4,096 bytes).
+    private static func choices(_ value: ExactJSON, param: String) throws -> [String] {
+        let top = param.split(separator: ".").first.map(String.init) ?? param
+        guard case .array(let items) = value, (1...maxGuidedChoices).contains(items.count) else {
+            throw APIError.invalid(top, "\(param) must be an array of 1 to \(maxGuidedChoices) strings")
+        }
+        return try items.map { item in
+            guard case .string(let s) = item, !s.isEmpty, s.utf8.count <= 4096 else {
+                throw APIError.invalid(top, "\(param) must hold strings of 1 to 4096 bytes")
+            }
+            return s
+        }
     }
 
     /// Compiles a spec to check it (the engine compiles it again, once per spec, when it first samples with it).

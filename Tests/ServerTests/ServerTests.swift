@@ -329,6 +329,9 @@ import TestSupport
             #expect(a.0 == 200 && b.0 == 200, "\(a.1) \(b.1)")
             let text = { (r: (Int, String, HTTPFields)) in ((try? jsonObject(r.1))?["choices"] as? [[String: Any]])?.first?["text"] as? String }
             #expect(text(a) != nil && text(a) == text(b))
+            // vLLM's current spelling, structured_outputs: the same grammar, the same output.
+            let c = try await client.post("/v1/completions", prompt.replacingOccurrences(of: "\"guided_json\":", with: "\"structured_outputs\":{\"json\":") + schema + "}}")
+            #expect(c.0 == 200 && text(c) == text(a), "\(c.1)")
             #expect(text(a).map { $0.trimmingCharacters(in: .whitespacesAndNewlines).hasPrefix("{") } == true, "\(a.1)")
 
             // guided_choice: exactly one of the strings.
@@ -336,6 +339,9 @@ import TestSupport
                 let r = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"max_tokens\":30,\"temperature\":1,\"seed\":\(seed),"
                     + "\"guided_choice\":[\"yes\",\"no\",\"maybe so\"]}")
                 #expect(["yes", "no", "maybe so"].contains(text(r) ?? ""), "\(r.1)")
+                let v = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"max_tokens\":30,\"temperature\":1,\"seed\":\(seed),"
+                    + "\"structured_outputs\":{\"choice\":[\"yes\",\"no\",\"maybe so\"],\"disable_fallback\":true}}")
+                #expect(text(v) == text(r), "\(v.1)")
             }
         }
         #expect(try await ServerFixtures.waitIdle(server))
@@ -672,6 +678,13 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":5}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"array\",\"maxItems\":100000}}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[]}", 400, "guided_choice"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"regex\":\"a+\"}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"json\":{},\"choice\":[\"a\"]}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"json\":{\"not\":{}}}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"choice\":[\"a\"],\"disable_any_whitespace\":true}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"json_object\":true},\"guided_choice\":[\"a\"]}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":[1]}", 400, "structured_outputs"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[1]}", 400, "guided_choice"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[\"\"]}", 400, "guided_choice"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[\"a\"],\"guided_json\":{}}", 400, "guided_choice"),

@@ -323,6 +323,10 @@ def main():
             g = client.completions.create(model="a-qv-r4", prompt="pick", max_tokens=20, temperature=1, seed=seed,
                                           extra_body={"guided_choice": ["yes", "no", "maybe so"]})
             assert g.choices[0].text in ("yes", "no", "maybe so") and g.choices[0].finish_reason == "stop", g
+            # vLLM's current spelling of the same (its guided_* were removed in v0.12).
+            v = client.completions.create(model="a-qv-r4", prompt="pick", max_tokens=20, temperature=1, seed=seed,
+                                          extra_body={"structured_outputs": {"choice": ["yes", "no", "maybe so"]}})
+            assert v.choices[0].text == g.choices[0].text, (v, g)
         try:
             client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}], max_tokens=2,
                                            response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "string", "pattern": "a+"}}})
