@@ -188,6 +188,8 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
         /// `{"marker": M, "schema": S}`: M then a JSON text valid against S, or any text not starting with M (a chat
         /// answer that may be a tool call).
         case markedOrText
+        /// A JSON string holding a regular expression: the texts it fully matches (`RegexGrammar`).
+        case regex
     }
 
     public var kind: Kind
@@ -205,6 +207,8 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
         GrammarSpec(kind: .markedOrText, source: JSONSchemaGrammar.text(.object([("marker", .string(marker)), ("schema", schema)])))
     }
 
+    public static func regex(_ pattern: String) -> GrammarSpec { GrammarSpec(kind: .regex, source: JSONSchemaGrammar.text(.string(pattern))) }
+
     public static func choice(_ choices: [String]) -> GrammarSpec {
         GrammarSpec(kind: .choice, source: JSONSchemaGrammar.text(.array(choices.map { .string($0) })))
     }
@@ -220,6 +224,9 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
                 throw GrammarError("a marked spec must be {\"marker\", \"schema\"}")
             }
             return try JSONSchemaGrammar.markedOrText(schema: schema, marker: marker)
+        case .regex:
+            guard case .string(let pattern) = value else { throw GrammarError("a regex spec must be a string") }
+            return try RegexGrammar.compile(pattern)
         case .choice:
             guard case .array(let items) = value else { throw GrammarError("a choice spec must be an array of strings") }
             return try JSONSchemaGrammar.choice(items.map { item in

@@ -169,7 +169,7 @@ public struct JSONSchemaGrammar {
     }
 
     /// The UTF-8 sequences of the characters beyond ASCII (RFC 3629: no overlongs, no surrogates).
-    private static let multiByte: [[Grammar.Item]] = {
+    static let multiByte: [[Grammar.Item]] = {
         let cont = set(0x80...0xBF)
         return [
             [set(0xC2...0xDF), cont],

@@ -49,7 +49,7 @@ struct GenerationRequest: Equatable {
         "presence_penalty", "frequency_penalty", "logit_bias", "logprobs", "ignore_eos", "mole_experts",
         // vLLM's sampling extensions.
         "repetition_penalty", "min_p", "min_tokens", "stop_token_ids", "response_format", "guided_json", "guided_choice",
-        "structured_outputs",
+        "guided_regex", "structured_outputs",
     ]
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
     private static let chatKeys: Set<String> = [
@@ -210,7 +210,7 @@ struct GenerationRequest: Equatable {
     /// compiled here, so one this server cannot honour is a 400 naming what it uses.
     private static func structuredOutput(_ f: JSONFields) throws -> GrammarSpec? {
         var given: [String] = []
-        for key in ["guided_json", "guided_choice"] where f.fields[key] != nil && f.fields[key] != .null { given.append(key) }
+        for key in ["guided_json", "guided_choice", "guided_regex"] where f.fields[key] != nil && f.fields[key] != .null { given.append(key) }
         var grammar: GrammarSpec?
         if let value = f.fields["response_format"], value != .null {
             guard case .object(let members) = value, let typeValue = members.first(where: { $0.key == "type" })?.value,
@@ -256,6 +256,9 @@ struct GenerationRequest: Equatable {
         if let value = f.fields["guided_choice"], value != .null {
             grammar = try compile(.choice(try choices(value, param: "guided_choice")), param: "guided_choice")
         }
+        if let value = f.fields["guided_regex"], value != .null {
+            grammar = try compile(.regex(try pattern(value, param: "guided_regex")), param: "guided_regex")
+        }
         // vLLM's current spelling (guided_* were removed in its v0.12): {"json" | "choice" | "json_object", options}.
         if let value = f.fields["structured_outputs"], value != .null {
             given.append("structured_outputs")
@@ -272,6 +275,9 @@ struct GenerationRequest: Equatable {
                 case "choice" where v != .null:
                     kinds.append(key)
                     grammar = try compile(.choice(try choices(v, param: "\(param).choice")), param: param)
+                case "regex" where v != .null:
+                    kinds.append(key)
+                    grammar = try compile(.regex(try pattern(v, param: "\(param).regex")), param: param)
                 case "json_object" where v != .null:
                     guard case .bool(let on) = v else { throw APIError.invalid(param, "structured_outputs.json_object must be a boolean") }
                     if on {
@@ -282,20 +288,19 @@ struct GenerationRequest: Equatable {
                 // to unconstrained decoding), or their no-op values.
                 case "disable_additional_properties", "disable_fallback":
                     guard case .bool = v else { throw APIError.invalid(param, "structured_outputs.\(key) must be a boolean") }
-                case "disable_any_whitespace" where v == .bool(false) || v == .null, "json", "choice", "json_object",
-                     "regex" where v == .null, "grammar" where v == .null, "structural_tag" where v == .null,
-                     "whitespace_pattern" where v == .null:
+                case "disable_any_whitespace" where v == .bool(false) || v == .null, "json", "choice", "json_object", "regex",
+                     "grammar" where v == .null, "structural_tag" where v == .null, "whitespace_pattern" where v == .null:
                     break
                 default:
-                    throw APIError.invalid(param, "structured_outputs.\(JSONFields.printable(key)) is not supported (json, choice, json_object)")
+                    throw APIError.invalid(param, "structured_outputs.\(JSONFields.printable(key)) is not supported (json, regex, choice, json_object)")
                 }
             }
             guard kinds.count == 1 else {
-                throw APIError.invalid(param, "structured_outputs must give exactly one of json, choice and json_object")
+                throw APIError.invalid(param, "structured_outputs must give exactly one of json, regex, choice and json_object")
             }
         }
         guard given.count <= 1 else {
-            throw APIError.invalid(given[1], "only one of response_format (json_object, json_schema), guided_json, guided_choice and structured_outputs may be given")
+            throw APIError.invalid(given[1], "only one of response_format (json_object, json_schema), guided_json, guided_choice, guided_regex and structured_outputs may be given")
         }
         return grammar
     }
@@ -308,6 +313,14 @@ struct GenerationRequest: Equatable {
             throw APIError.invalid(param.split(separator: ".").first.map(String.init) ?? param, "\(param) must be a JSON schema (an object, or its JSON text)")
         }
         return parsed
+    }
+
+    /// A regular expression (a string of at most 4,096 bytes).
+    private static func pattern(_ value: ExactJSON, param: String) throws -> String {
+        guard case .string(let p) = value, p.utf8.count <= 4096 else {
+            throw APIError.invalid(param.split(separator: ".").first.map(String.init) ?? param, "\(param) must be a regular expression (a string of at most 4096 bytes)")
+        }
+        return p
     }
 
     /// The strings of a choice (1 to `maxGuidedChoices`, each 1 to 4,096 bytes).

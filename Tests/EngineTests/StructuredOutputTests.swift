@@ -107,6 +107,40 @@ import TestSupport
         #expect(s.after([0x22, 0xED, 0xA0]) == nil)
     }
 
+    /// Regular expressions (structured_outputs.regex): the grammar completes exactly the texts Python's
+    /// `re.fullmatch` (re.ASCII) matches, keeping every prefix of a match alive; the patterns it cannot express are
+    /// refused (Tests/Fixtures/json/regex.json, tools/gen_regex_goldens.py).
+    @Test func regexAgreesWithPython() throws {
+        let data = try Data(contentsOf: FixtureFiles.root.appendingPathComponent("json/regex.json"))
+        let root = try data.withUnsafeBytes { try ExactJSON.parse($0, name: "regex.json") }
+        guard case .object(let top) = root, case .array(let cases)? = top.first(where: { $0.key == "cases" })?.value,
+              case .array(let refused)? = top.first(where: { $0.key == "refused" })?.value else { throw GrammarError("regex.json: malformed") }
+        #expect(cases.count >= 15)
+        var matched = 0
+        for c in cases {
+            guard case .object(let m) = c, case .string(let pattern)? = m.first(where: { $0.key == "pattern" })?.value,
+                  case .array(let texts)? = m.first(where: { $0.key == "texts" })?.value else { throw GrammarError("regex.json: malformed case") }
+            let g = try RegexGrammar.compile(pattern)
+            for t in texts {
+                guard case .object(let tm) = t, case .string(let text)? = tm.first(where: { $0.key == "text" })?.value,
+                      case .bool(let match)? = tm.first(where: { $0.key == "match" })?.value else { throw GrammarError("regex.json: malformed text") }
+                let bytes = Array(text.utf8)
+                #expect((g.after(bytes)?.isComplete == true) == match, "\(pattern) on \(text.debugDescription): Python says \(match)")
+                guard match else { continue }
+                matched += 1
+                for cut in 0..<bytes.count where g.after(bytes[..<cut]) == nil {
+                    Issue.record("\(pattern): prefix \(cut) of \(text.debugDescription) refused")
+                    break
+                }
+            }
+        }
+        #expect(matched > 300)
+        for r in refused {
+            guard case .string(let pattern) = r else { continue }
+            #expect(throws: GrammarError.self, "\(pattern)") { try RegexGrammar.compile(pattern) }
+        }
+    }
+
     /// Parses are bounded: a schema that starts with more parallel parses than `Grammar.maxStacks` is refused when
     /// compiled, a byte that would need more is refused (never expanded without bound at sampling time), and long
     /// lists of values share prefixes (a trie), so an enum of thousands of strings has one parse per next byte.

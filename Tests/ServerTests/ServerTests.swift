@@ -342,6 +342,12 @@ import TestSupport
                 let v = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"max_tokens\":30,\"temperature\":1,\"seed\":\(seed),"
                     + "\"structured_outputs\":{\"choice\":[\"yes\",\"no\",\"maybe so\"],\"disable_fallback\":true}}")
                 #expect(text(v) == text(r), "\(v.1)")
+                // A regex: the whole output matches it (the same check as Python's re.fullmatch, by NSRegularExpression).
+                let x = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"max_tokens\":40,\"temperature\":1,\"seed\":\(seed),"
+                    + "\"structured_outputs\":{\"regex\":\"[A-Z]{2}-\\\\d{3}( ok| no)?\"}}")
+                let out = try #require(text(x), "\(x.1)")
+                let regex = try NSRegularExpression(pattern: "^[A-Z]{2}-\\d{3}( ok| no)?$")
+                #expect(regex.firstMatch(in: out, range: NSRange(out.startIndex..., in: out)) != nil, "\(out.debugDescription)")
             }
         }
         #expect(try await ServerFixtures.waitIdle(server))
@@ -678,7 +684,10 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":5}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"array\",\"maxItems\":100000}}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_choice\":[]}", 400, "guided_choice"),
-            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"regex\":\"a+\"}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"regex\":\"(a)\\\\1\"}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"grammar\":\"root ::= x\"}}", 400, "structured_outputs"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_regex\":\"a(?=b)\"}", 400, "guided_regex"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_regex\":5}", 400, "guided_regex"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"json\":{},\"choice\":[\"a\"]}}", 400, "structured_outputs"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{}}", 400, "structured_outputs"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"structured_outputs\":{\"json\":{\"not\":{}}}}", 400, "structured_outputs"),

@@ -327,6 +327,9 @@ def main():
             v = client.completions.create(model="a-qv-r4", prompt="pick", max_tokens=20, temperature=1, seed=seed,
                                           extra_body={"structured_outputs": {"choice": ["yes", "no", "maybe so"]}})
             assert v.choices[0].text == g.choices[0].text, (v, g)
+            rx = client.completions.create(model="a-qv-r4", prompt="code", max_tokens=30, temperature=1, seed=seed,
+                                           extra_body={"structured_outputs": {"regex": r"[A-Z]{2}-\d{3}( ok| no)?"}})
+            assert re.fullmatch(r"[A-Z]{2}-\d{3}( ok| no)?", rx.choices[0].text), rx
         try:
             client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "x"}], max_tokens=2,
                                            response_format={"type": "json_schema", "json_schema": {"name": "p", "schema": {"type": "string", "pattern": "a+"}}})
