@@ -44,10 +44,27 @@ SCHEMAS = [
     {"oneOf": [{"const": 1}, {"const": "one"}], "title": "t"},
     True,
     {"allOf": [{"type": "object", "properties": {"k": {"enum": [1.5, 2, "2"]}}, "required": ["k"]}]},
+    {"type": "object", "properties": {"code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+                                      "tag": {"type": "string", "pattern": "ab+c?"},
+                                      "quote": {"type": "string", "pattern": "^\"[^\"]*\\\\.$"},
+                                      "id": {"type": "string", "format": "uuid"}, "ip": {"type": "string", "format": "ipv4"},
+                                      "day": {"type": "string", "format": "date"}},
+     "required": ["code", "tag", "quote"]},
 ]
 
+# Values of the pattern and format schemas above, as the model could write them (the instance generator picks one).
+PATTERN_SAMPLES = {
+    "^[A-Z]{2}-\\d{3}$": ["AB-123", "ZZ-000"],
+    "ab+c?": ["ab", "xxabbbc", "abz", "é ab\n"],
+    "^\"[^\"]*\\\\.$": ['"\\x', '"abc\\\\', '"é\\\t'],
+    "uuid": ["123e4567-e89b-12d3-a456-426614174000", "FFFFFFFF-0000-1111-2222-333333333333"],
+    "ipv4": ["192.168.0.1", "255.255.255.255", "0.0.0.0"],
+    "date": ["2024-02-29", "1999-12-31"],
+}
+
 REFUSED = [
-    {"type": "string", "pattern": "^a+$"},
+    {"type": "string", "pattern": "(a)\\1"},
+    {"type": "string", "pattern": "a+", "maxLength": 3},
     {"type": "integer", "minimum": 3},
     {"type": "object", "properties": {"a": {"not": {"type": "string"}}}},
     {"type": "array", "uniqueItems": True},
@@ -127,6 +144,9 @@ def instance(schema, root, rng, depth=0):
         items = [instance(prefix[i] if i < len(prefix) else schema.get("items", True), root, rng, depth + 1) for i in range(n)]
         return "[" + ws(rng) + (ws(rng) + "," + ws(rng)).join(items) + ws(rng) + "]"
     if t == "string":
+        key = schema.get("pattern") or schema.get("format")
+        if key in PATTERN_SAMPLES:
+            return dump(rng.choice(PATTERN_SAMPLES[key]))
         return dump(string_instance(rng, schema.get("minLength", 0), schema.get("maxLength")))
     if t == "integer":
         return str(rng.choice([0, 7, -12, 123456789]))
@@ -155,7 +175,10 @@ def valid(text, schema):
         value = json.loads(text, strict=True, parse_constant=refuse)
     except (ValueError, RecursionError):
         return False
-    return jsonschema.Draft202012Validator(schema).is_valid(value)
+    # Formats asserted where the check is exact (uuid, ipv4); "date" stays an annotation (the grammar shapes it but
+    # does not know month lengths, which Python's date check does).
+    checker = jsonschema.FormatChecker(formats=["uuid", "ipv4"])
+    return jsonschema.Draft202012Validator(schema, format_checker=checker).is_valid(value)
 
 
 def main():

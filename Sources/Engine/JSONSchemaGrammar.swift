@@ -28,7 +28,7 @@ public struct JSONSchemaGrammar {
 
     /// Validation keywords this compiler cannot honour: a schema using them is refused.
     static let refused: Set<String> = [
-        "pattern", "patternProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "patternProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
         "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames",
         "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
         "minProperties", "maxProperties", "$dynamicRef", "$recursiveRef", "additionalItems",
@@ -36,7 +36,7 @@ public struct JSONSchemaGrammar {
     /// Keywords that constrain what this compiler handles.
     static let handled: Set<String> = [
         "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
-        "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength",
+        "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength", "pattern", "format",
     ]
 
     private var rules: [[[Grammar.Item]]] = []
@@ -349,7 +349,7 @@ public struct JSONSchemaGrammar {
                 types = ["object"]
             } else if !constraining.isDisjoint(with: ["items", "prefixItems", "minItems", "maxItems"]) {
                 types = ["array"]
-            } else if !constraining.isDisjoint(with: ["minLength", "maxLength"]) {
+            } else if !constraining.isDisjoint(with: ["minLength", "maxLength", "pattern"]) {
                 types = ["string"]
             }
         }
@@ -381,6 +381,10 @@ public struct JSONSchemaGrammar {
                 alternatives.append([.rule(try object(fields, path: path, depth: depth))])
             case "array": alternatives.append([.rule(try array(fields, path: path, depth: depth))])
             case "string":
+                if let pattern = try Self.pattern(fields, path: path) {
+                    alternatives.append([.rule(try patternString(pattern, path: path))])
+                    continue
+                }
                 let min = try Self.intValue(fields["minLength"], "minLength", path: path) ?? 0
                 let max = try Self.intValue(fields["maxLength"], "maxLength", path: path)
                 if let max, max < min { throw Self.fail(path, "maxLength is less than minLength") }
@@ -546,6 +550,55 @@ public struct JSONSchemaGrammar {
         case .array: return types.contains("array")
         case .object: return types.contains("object")
         }
+    }
+
+    /// The regular expressions of the `format`s given a shape here (RFC 3339's date and time — a day is 01–31
+    /// whatever the month —, RFC 4122's uuid, dotted IPv4); other formats stay annotations.
+    static let formats: [String: String] = {
+        let date = #"\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"#
+        let time = #"([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?"#
+        let offset = #"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)"#
+        let octet = #"(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"#
+        return ["date": "^\(date)$", "time": "^\(time)\(offset)$", "date-time": "^\(date)T\(time)\(offset)$",
+                "uuid": #"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"#,
+                "ipv4": "^(\(octet)\\.){3}\(octet)$"]
+    }()
+
+    /// A string schema's `pattern` (or the pattern of its `format`); with length bounds beside it, refused.
+    private static func pattern(_ fields: [String: ExactJSON], path: String) throws -> String? {
+        var pattern: String?
+        switch fields["pattern"] {
+        case nil, .null?: break
+        case .string(let p)?: pattern = p
+        default: throw fail(path, "'pattern' must be a string")
+        }
+        if pattern == nil, case .string(let format)? = fields["format"] { pattern = formats[format] }
+        guard let pattern else { return nil }
+        guard fields["minLength"] == nil && fields["maxLength"] == nil else {
+            throw fail(path, "'pattern' (or 'format') beside minLength/maxLength is not supported")
+        }
+        return pattern
+    }
+
+    /// A JSON string whose value the pattern matches (JSON Schema's search semantics: anywhere, unless anchored).
+    private mutating func patternString(_ pattern: String, path: String) throws -> Int {
+        if let r = memo["pattern " + pattern] { return r }
+        let (match, start, end) = try { () throws -> (Int, Bool, Bool) in
+            do {
+                return try RegexGrammar.embed(pattern, inJSONString: true, into: &rules)
+            } catch let e as GrammarError {
+                throw Self.fail(path, "pattern: \(e.description)")
+            }
+        }()
+        let chars = try reserve()
+        rules[chars] = [[], [try char(), .rule(chars)]]
+        var items: [Grammar.Item] = [.byte(0x22)]
+        if !start { items.append(.rule(chars)) }
+        items.append(.rule(match))
+        if !end { items.append(.rule(chars)) }
+        let r = try rule([items + [.byte(0x22)]])
+        memo["pattern " + pattern] = r
+        return r
     }
 
     private static func lengthOK(_ v: ExactJSON, _ fields: [String: ExactJSON]) -> Bool {

@@ -13,16 +13,51 @@ public struct RegexGrammar {
     private var rules: [[[Grammar.Item]]] = []
     private let scalars: [Unicode.Scalar]
     private var p = 0
+    /// Characters are written as inside a JSON string (`"`, `\` and control characters escaped as Python's
+    /// json.dumps escapes them; the rest as UTF-8), for a JSON Schema's `pattern`.
+    private let inJSONString: Bool
 
-    private init(_ pattern: String) { scalars = Array(pattern.unicodeScalars) }
+    private init(_ pattern: String, inJSONString: Bool = false, rules: [[[Grammar.Item]]] = []) {
+        scalars = Array(pattern.unicodeScalars)
+        self.inJSONString = inJSONString
+        self.rules = rules
+    }
 
     public static func compile(_ pattern: String) throws -> Grammar {
-        var c = RegexGrammar(pattern)
-        if c.peek == "^" { c.p += 1 }
+        var rules: [[[Grammar.Item]]] = []
+        let (root, _, _) = try embed(pattern, inJSONString: false, into: &rules)
+        return try Grammar(rules: rules, root: root)
+    }
+
+    /// Adds the rules of `pattern` to `rules`: the rule of the texts it matches whole (with `inJSONString`, their
+    /// JSON string encodings), and whether it was anchored at its start (`^`) and end (`$`).
+    static func embed(_ pattern: String, inJSONString: Bool, into rules: inout [[[Grammar.Item]]]) throws -> (rule: Int, start: Bool, end: Bool) {
+        var c = RegexGrammar(pattern, inJSONString: inJSONString, rules: rules)
+        let start = c.peek == "^"
+        if start { c.p += 1 }
         let root = try c.alternation()
-        if c.peek == "$" { c.p += 1 }
+        let end = c.peek == "$"
+        if end { c.p += 1 }
         guard c.p == c.scalars.count else { throw c.fail("unexpected '\(c.scalars[c.p])'") }
-        return try Grammar(rules: c.rules, root: root)
+        rules = c.rules
+        return (root, start, end)
+    }
+
+    /// One character as it is written.
+    private func literal(_ s: Unicode.Scalar) -> [Grammar.Item] {
+        guard inJSONString, s.value < 0x20 || s == "\"" || s == "\\" else { return Grammar.Item.literal(String(s)) }
+        return Grammar.Item.literal(JSONSchemaGrammar.text(.string(String(s))).dropFirst().dropLast().description)
+    }
+
+    /// The ASCII characters of `set` as alternatives: one byte set, and in a JSON string the escaped ones apart.
+    private func ascii(_ set: Grammar.ByteSet) -> [[Grammar.Item]] {
+        var plain = Grammar.ByteSet()
+        var out: [[Grammar.Item]] = []
+        for b in 0..<128 where set.contains(UInt8(b)) {
+            let s = Unicode.Scalar(UInt8(b))
+            if inJSONString && (b < 0x20 || s == "\"" || s == "\\") { out.append(literal(s)) } else { plain.insert(UInt8(b)) }
+        }
+        return plain == Grammar.ByteSet() ? out : [[.bytes(plain)]] + out
     }
 
     private var peek: Unicode.Scalar? { p < scalars.count ? scalars[p] : nil }
@@ -144,7 +179,7 @@ public struct RegexGrammar {
         case "\\": return try escape(inClass: false).items(&self)
         case "*", "+", "?": throw fail("nothing to repeat")
         case "^", "$": throw fail("anchors are supported only at the ends of the pattern")
-        default: return Grammar.Item.literal(String(c))
+        default: return literal(c)
         }
     }
 
@@ -157,8 +192,8 @@ public struct RegexGrammar {
 
         func items(_ c: inout RegexGrammar) throws -> [Grammar.Item] {
             switch self {
-            case .scalar(let s): return Grammar.Item.literal(String(s))
-            case .ascii(let set, false): return [.bytes(set)]
+            case .scalar(let s): return c.literal(s)
+            case .ascii(let set, false): return [.rule(try c.rule(c.ascii(set)))]
             case .ascii(let set, true): return [.rule(try c.anyExcept(ascii: set))]
             }
         }
@@ -259,13 +294,9 @@ public struct RegexGrammar {
             guard others.isEmpty, !allNonASCII else { throw fail("a negated class with characters beyond ASCII is not supported") }
             return try anyExcept(ascii: ascii)
         }
-        var alternatives: [[Grammar.Item]] = []
-        var nonZero = Grammar.ByteSet()
-        for b in 1..<128 where ascii.contains(UInt8(b)) { nonZero.insert(UInt8(b)) }
-        if ascii.contains(0) { nonZero.insert(0) }
-        if nonZero != Grammar.ByteSet() { alternatives.append([.bytes(nonZero)]) }
+        var alternatives = self.ascii(ascii)
         if allNonASCII { alternatives += JSONSchemaGrammar.multiByte }
-        for s in Set(others.map(\.value)).sorted() { alternatives.append(Grammar.Item.literal(String(Unicode.Scalar(s)!))) }
+        for s in Set(others.map(\.value)).sorted() { alternatives.append(literal(Unicode.Scalar(s)!)) }
         guard !alternatives.isEmpty else { throw fail("an empty class matches nothing") }
         return try rule(alternatives)
     }
@@ -274,6 +305,6 @@ public struct RegexGrammar {
     private mutating func anyExcept(ascii excluded: Grammar.ByteSet) throws -> Int {
         var set = Grammar.ByteSet()
         for b in 1..<128 where !excluded.contains(UInt8(b)) { set.insert(UInt8(b)) }
-        return try rule([[.bytes(set)]] + JSONSchemaGrammar.multiByte)
+        return try rule(ascii(set) + JSONSchemaGrammar.multiByte)
     }
 }
