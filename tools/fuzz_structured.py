@@ -4,7 +4,7 @@
 Random JSON schemas (nested objects and arrays, optional properties, enums of awkward strings, anyOf, recursive
 $refs, bounds, and keywords the server must refuse), guided_choice lists and tool definitions, sent with random
 modes (whole, streamed, n), for DURATION seconds. Checks: every answer is 200 or a 400 naming a parameter (never a
-5xx, a hang or a dropped connection); every completed structured answer is valid against its schema by jsonschema,
+5xx, a hang or a dropped connection); every completed structured answer is valid against its schema by jsonschema (formats uuid and ipv4 asserted),
 every guided_choice answer one of the choices, every tool call's arguments valid against the function's
 parameters; the server still answers at the end.
 
@@ -26,7 +26,12 @@ REFUSED = ["pattern", "minimum", "maximum", "multipleOf", "uniqueItems", "not", 
 def schema(rng, depth=0, defs=None):
     r = rng.random()
     if depth > 2 or r < 0.35:
-        kind = rng.choice(["string", "integer", "number", "boolean", "null", "enum", "const", "strbound"])
+        kind = rng.choice(["string", "integer", "number", "boolean", "null", "enum", "const", "strbound", "pattern", "format"])
+        if kind == "pattern":
+            return {"type": "string", "pattern": rng.choice([r"^[A-Z]{2}-\d{3}$", r"ab+c?", r"^\w+(\.\w+)*$", r'^"[^"]*"$', r"x|y{2,3}",
+                                                              r"[é-ë]\s", r"(a)\1"])}
+        if kind == "format":
+            return {"type": "string", "format": rng.choice(["date", "time", "date-time", "uuid", "ipv4", "email"])}
         if kind == "enum":
             return {"enum": rng.sample(WORDS + [1, 2.5, None, True, [1], {"k": "v"}], rng.randint(1, 4))}
         if kind == "const":
@@ -153,7 +158,8 @@ def main():
         for text, calls, finish in choices.values():
             try:
                 if mode in ("json_schema", "guided_json") and finish == "stop":
-                    jsonschema.Draft202012Validator(s).validate(json.loads(text))
+                    checker = jsonschema.FormatChecker(formats=["uuid", "ipv4"])
+                    jsonschema.Draft202012Validator(s, format_checker=checker).validate(json.loads(text))
                     stats["checked"] += 1
                 elif mode == "guided_choice" and finish == "stop":
                     assert text in body["guided_choice"], (text, body["guided_choice"])

@@ -12,6 +12,7 @@ Usage: python3 tools/gen_schema_goldens.py
 """
 import json
 import random
+import re
 from pathlib import Path
 
 import jsonschema
@@ -50,6 +51,7 @@ SCHEMAS = [
                                       "id": {"type": "string", "format": "uuid"}, "ip": {"type": "string", "format": "ipv4"},
                                       "day": {"type": "string", "format": "date"}},
      "required": ["code", "tag", "quote"]},
+    {"type": "array", "items": {"enum": ["a1", "b2", "ab", 3, "x-a"], "pattern": "^a"}},
 ]
 
 # Values of the pattern and format schemas above, as the model could write them (the instance generator picks one).
@@ -65,6 +67,8 @@ PATTERN_SAMPLES = {
 REFUSED = [
     {"type": "string", "pattern": "(a)\\1"},
     {"type": "string", "pattern": "a+", "maxLength": 3},
+    {"enum": ["a"], "pattern": 1},
+    {"enum": ["b"], "pattern": "^a"},
     {"type": "integer", "minimum": 3},
     {"type": "object", "properties": {"a": {"not": {"type": "string"}}}},
     {"type": "array", "uniqueItems": True},
@@ -118,7 +122,8 @@ def instance(schema, root, rng, depth=0):
     if "const" in schema:
         return dump(schema["const"])
     if "enum" in schema:
-        return dump(rng.choice(schema["enum"]))
+        pattern = schema.get("pattern")
+        return dump(rng.choice([v for v in schema["enum"] if not (pattern and isinstance(v, str) and not re.search(pattern, v))]))
     types = schema.get("type")
     if types is None:
         types = ["object"] if "properties" in schema or "additionalProperties" in schema else ["integer"]

@@ -302,6 +302,9 @@ public struct JSONSchemaGrammar {
             if Self.refused.contains(key) { throw Self.fail(path, "the keyword '\(key)' is not supported in structured outputs") }
         }
         let constraining = Set(fields.keys).intersection(Self.handled)
+        if let p = fields["pattern"], !(p == .null || { if case .string = p { true } else { false } }()) {
+            throw Self.fail(path, "'pattern' must be a string")
+        }
 
         if let ref = fields["$ref"] {
             guard constraining == ["$ref"] else {
@@ -343,7 +346,7 @@ public struct JSONSchemaGrammar {
         }
         let known = ["object", "array", "string", "number", "integer", "boolean", "null"]
         for t in types ?? [] where !known.contains(t) { throw Self.fail(path, "unknown type '\(t)'") }
-        if types == nil {
+        if types == nil && fields["enum"] == nil && fields["const"] == nil {
             // Untyped, with one type's keywords: generate that type (the others are valid too, but not what was meant).
             if !constraining.isDisjoint(with: ["properties", "required", "additionalProperties"]) {
                 types = ["object"]
@@ -368,6 +371,15 @@ public struct JSONSchemaGrammar {
             }
             if let types { values = values.filter { Self.matches($0, types: types) } }
             values = values.filter { Self.lengthOK($0, fields) }
+            // A string value must also match the pattern (or format) beside the enum: tested on its own grammar.
+            if fields["pattern"] != nil || fields["format"] != nil {
+                let string = ExactJSON.object([("type", .string("string"))] + ["pattern", "format"].compactMap { k in fields[k].map { (k, $0) } })
+                let check = try Self.compile(schema: string)
+                values = values.filter { v in
+                    guard case .string = v else { return true }
+                    return check.after(Array(Self.text(v).utf8))?.isComplete == true
+                }
+            }
             guard !values.isEmpty else { throw Self.fail(path, "no value of 'enum'/'const' satisfies the schema's other keywords") }
             return try literals(values.map { Array(Self.text($0).utf8) })
         }
