@@ -96,6 +96,17 @@ def replica_pids(proc_pid):
     return [int(p) for p in out.split()]
 
 
+def kill_all(proc, pids):
+    """Stops a server process that is still running, and the replica processes it started, by PID."""
+    if proc.poll() is None:
+        proc.kill()
+    for p in pids:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 40}, "unit": {"enum": ["celsius", "fahrenheit"]}},
            "required": ["city", "unit"]}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather in a city", "parameters": WEATHER}},
@@ -158,13 +169,7 @@ def check_tools(binary, cluster):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-        for p in children:
-            try:
-                os.kill(p, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_all(proc, children)
 
 
 def main():
@@ -391,13 +396,7 @@ def main():
     finally:
         if proc.poll() is None:
             # The cluster's replicas are its children: stop them by PID too, never leave them running.
-            stray = replica_pids(proc.pid) if cluster else []
-            proc.kill()
-            for p in stray:
-                try:
-                    os.kill(p, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            kill_all(proc, replica_pids(proc.pid) if cluster else [])
 
 
 if __name__ == "__main__":
