@@ -183,6 +183,8 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
     public enum Kind: String, Sendable, Codable {
         /// A JSON Schema (`JSONSchemaGrammar.compile`).
         case jsonSchema
+        /// The same, written without whitespace outside strings (vLLM's `disable_any_whitespace`).
+        case compactJSONSchema
         /// A JSON array of strings: the output is exactly one of them.
         case choice
         /// `{"marker": M, "schema": S}`: M then a JSON text valid against S, or any text not starting with M (a chat
@@ -216,8 +218,8 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
     public func compile() throws -> Grammar {
         let value = try Array(source.utf8).withUnsafeBytes { try ExactJSON.parse($0, name: "grammar spec") }
         switch kind {
-        case .jsonSchema:
-            return try JSONSchemaGrammar.compile(schema: value)
+        case .jsonSchema, .compactJSONSchema:
+            return try JSONSchemaGrammar.compile(schema: value, compact: kind == .compactJSONSchema)
         case .markedOrText:
             guard case .object(let m) = value, case .string(let marker)? = m.first(where: { $0.key == "marker" })?.value,
                   let schema = m.first(where: { $0.key == "schema" })?.value else {

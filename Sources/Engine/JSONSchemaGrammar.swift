@@ -45,11 +45,18 @@ public struct JSONSchemaGrammar {
     /// References being resolved without a byte consumed in between (a cycle there is left recursion).
     private var bareRefs: Set<String> = []
 
-    private init(root: ExactJSON) { self.root = root }
+    /// Whitespace allowed per run between tokens (0: compact JSON, vLLM's `disable_any_whitespace`).
+    private let whitespace: Int
 
-    /// The grammar of JSON texts valid against `schema` (an object or a boolean schema), with whitespace around.
-    public static func compile(schema: ExactJSON) throws -> Grammar {
-        var c = JSONSchemaGrammar(root: schema)
+    private init(root: ExactJSON, whitespace: Int = maxWhitespace) {
+        self.root = root
+        self.whitespace = whitespace
+    }
+
+    /// The grammar of JSON texts valid against `schema` (an object or a boolean schema), with whitespace around;
+    /// `compact`: no whitespace outside strings.
+    public static func compile(schema: ExactJSON, compact: Bool = false) throws -> Grammar {
+        var c = JSONSchemaGrammar(root: schema, whitespace: compact ? 0 : maxWhitespace)
         let value = try c.value(schema, path: "#", depth: 0)
         let ws = try c.ws()
         let root = try c.rule([[ws, .rule(value), ws]])
@@ -157,11 +164,11 @@ public struct JSONSchemaGrammar {
 
     private static func set(_ ranges: ClosedRange<UInt8>...) -> Grammar.Item { .bytes(Grammar.ByteSet(ranges: ranges)) }
 
-    /// At most `maxWhitespace` blanks.
+    /// At most `whitespace` blanks.
     private mutating func ws() throws -> Grammar.Item {
         .rule(try shared("ws") { c in
             var next = try c.rule([[]])
-            for _ in 0..<Self.maxWhitespace {
+            for _ in 0..<c.whitespace {
                 next = try c.rule([[], [.bytes(Grammar.ByteSet([0x20, 0x0A, 0x0D, 0x09])), .rule(next)]])
             }
             return next

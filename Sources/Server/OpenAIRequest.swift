@@ -267,11 +267,14 @@ struct GenerationRequest: Equatable {
                 throw APIError.invalid(param, "structured_outputs must be an object (no key twice)")
             }
             var kinds: [String] = []
+            // No whitespace outside strings in JSON (the choice's and regex's texts are as given).
+            let compact = members.first(where: { $0.key == "disable_any_whitespace" })?.value == .bool(true)
             for (key, v) in members {
                 switch key {
                 case "json" where v != .null:
                     kinds.append(key)
-                    grammar = try compile(.jsonSchema(try schemaValue(v, param: "\(param).json")), param: param)
+                    let spec = GrammarSpec.jsonSchema(try schemaValue(v, param: "\(param).json"))
+                    grammar = try compile(compact ? GrammarSpec(kind: .compactJSONSchema, source: spec.source) : spec, param: param)
                 case "choice" where v != .null:
                     kinds.append(key)
                     grammar = try compile(.choice(try choices(v, param: "\(param).choice")), param: param)
@@ -282,13 +285,17 @@ struct GenerationRequest: Equatable {
                     guard case .bool(let on) = v else { throw APIError.invalid(param, "structured_outputs.json_object must be a boolean") }
                     if on {
                         kinds.append(key)
-                        grammar = .jsonSchema(JSONSchemaGrammar.objectSchema)
+                        let spec = GrammarSpec.jsonSchema(JSONSchemaGrammar.objectSchema)
+                        grammar = compact ? GrammarSpec(kind: .compactJSONSchema, source: spec.source) : spec
                     }
-                // Options: what this server does anyway (no undeclared keys when properties are given; no fallback
-                // to unconstrained decoding), or their no-op values.
-                case "disable_additional_properties", "disable_fallback":
-                    guard case .bool = v else { throw APIError.invalid(param, "structured_outputs.\(key) must be a boolean") }
-                case "disable_any_whitespace" where v == .bool(false) || v == .null, "json", "choice", "json_object", "regex",
+                // Options: compact JSON (above), what this server does anyway (no undeclared keys when properties
+                // are given; no fallback to unconstrained decoding).
+                case "disable_additional_properties", "disable_fallback", "disable_any_whitespace":
+                    switch v {
+                    case .bool, .null: break
+                    default: throw APIError.invalid(param, "structured_outputs.\(key) must be a boolean")
+                    }
+                case "json", "choice", "json_object", "regex",
                      "grammar" where v == .null, "structural_tag" where v == .null, "whitespace_pattern" where v == .null:
                     break
                 default:

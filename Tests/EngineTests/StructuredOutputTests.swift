@@ -97,6 +97,12 @@ import TestSupport
         #expect(g.after(Array(digits.utf8)) != nil)
         #expect(g.after(Array((digits + "0").utf8)) == nil)
         #expect(g.after(Array("{\"n\":-0}".utf8))?.isComplete == true)
+        // Compact (disable_any_whitespace): none between tokens, as much as asked inside strings.
+        let compact = try JSONSchemaGrammar.compile(schema: .object([("type", .string("object"))]), compact: true)
+        #expect(compact.after(Array(#"{"a":[1,"x y\n"],"b":{}}"#.utf8))?.isComplete == true)
+        for spaced in [#" {}"#, #"{ }"#, #"{"a" :1}"#, #"{"a": 1}"#, #"{"a":[1 ]}"#, #"{} "#] {
+            #expect(compact.after(Array(spaced.utf8)) == nil || compact.after(Array(spaced.utf8))?.isComplete == false, "\(spaced)")
+        }
         // A surrogate cannot be escaped (a pair would count as two characters); other escapes can.
         let s = try Self.grammar(#"{"type": "string"}"#)
         #expect(s.after(Array(#""\ud83d"#.utf8)) == nil)

@@ -96,6 +96,22 @@ def replica_pids(proc_pid):
     return [int(p) for p in out.split()]
 
 
+def outside_strings(text):
+    """The characters of JSON text that are not inside a string (escapes skipped)."""
+    out, i, inside = [], 0, False
+    while i < len(text):
+        c = text[i]
+        if inside and c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            inside = not inside
+        elif not inside:
+            out.append(c)
+        i += 1
+    return "".join(out)
+
+
 def kill_all(proc, pids):
     """Stops a server process that is still running, and the replica processes it started, by PID."""
     if proc.poll() is None:
@@ -324,6 +340,17 @@ def main():
             assert isinstance(p.choices[0].message.parsed, Item), p
             parsed += 1
         assert parsed >= 3, f"only {parsed} of 8 structured answers completed"
+        # vLLM's disable_any_whitespace: valid, and no whitespace outside strings.
+        compact = 0
+        for seed in range(4):
+            w = client.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "json"}], max_tokens=120, temperature=1,
+                                               seed=seed, extra_body={"structured_outputs": {"json": Item.model_json_schema(), "disable_any_whitespace": True}})
+            t = w.choices[0].message.content
+            if w.choices[0].finish_reason == "stop":
+                jsonschema.validate(_json.loads(t), Item.model_json_schema())
+                assert not any(ch.isspace() for ch in outside_strings(t)), t
+                compact += 1
+        assert compact >= 2, f"only {compact} of 4 compact answers completed"
         for seed in range(3):
             g = client.completions.create(model="a-qv-r4", prompt="pick", max_tokens=20, temperature=1, seed=seed,
                                           extra_body={"guided_choice": ["yes", "no", "maybe so"]})
