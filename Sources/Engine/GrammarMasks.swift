@@ -202,8 +202,13 @@ public struct GrammarSpec: Sendable, Hashable, Codable {
         self.source = source
     }
 
-    /// The spec of a schema (its canonical text).
-    public static func jsonSchema(_ schema: ExactJSON) -> GrammarSpec { GrammarSpec(kind: .jsonSchema, source: JSONSchemaGrammar.text(schema)) }
+    /// The spec of a schema (its canonical text); `compact`: no whitespace outside strings.
+    public static func jsonSchema(_ schema: ExactJSON, compact: Bool = false) -> GrammarSpec {
+        GrammarSpec(kind: compact ? .compactJSONSchema : .jsonSchema, source: JSONSchemaGrammar.text(schema))
+    }
+
+    /// JSON mode: any JSON object.
+    public static func jsonObject(compact: Bool = false) -> GrammarSpec { jsonSchema(JSONSchemaGrammar.objectSchema, compact: compact) }
 
     public static func markedOrText(marker: String, schema: ExactJSON) -> GrammarSpec {
         GrammarSpec(kind: .markedOrText, source: JSONSchemaGrammar.text(.object([("marker", .string(marker)), ("schema", schema)])))

@@ -215,8 +215,7 @@ public struct JSONSchemaGrammar {
                 chars = try c.rule([[]])
                 k = max
             } else {
-                chars = try c.reserve()
-                c.rules[chars] = [[], [ch, .rule(chars)]]
+                chars = try c.anyChars()
                 k = min
             }
             while k > 0 {
@@ -224,6 +223,16 @@ public struct JSONSchemaGrammar {
                 chars = try c.rule(k >= min ? [[], [ch, .rule(chars)]] : [[ch, .rule(chars)]])
             }
             return try c.rule([[.byte(0x22), .rule(chars), .byte(0x22)]])
+        }
+    }
+
+    /// Any number of a JSON string's characters.
+    private mutating func anyChars() throws -> Int {
+        try shared("chars") { c in
+            let ch = try c.char()
+            let r = try c.reserve()
+            c.rules[r] = [[], [ch, .rule(r)]]
+            return r
         }
     }
 
@@ -377,7 +386,11 @@ public struct JSONSchemaGrammar {
                 values = list
             }
             if let types { values = values.filter { Self.matches($0, types: types) } }
-            values = values.filter { Self.lengthOK($0, fields) }
+            let (min, max) = (try Self.intValue(fields["minLength"], "minLength", path: path), try Self.intValue(fields["maxLength"], "maxLength", path: path))
+            values = values.filter { v in
+                guard case .string(let s) = v else { return true }
+                return s.unicodeScalars.count >= min ?? 0 && s.unicodeScalars.count <= max ?? .max
+            }
             // A string value must also match the pattern (or format) beside the enum: tested on its own grammar.
             if fields["pattern"] != nil || fields["format"] != nil {
                 let string = ExactJSON.object([("type", .string("string"))] + ["pattern", "format"].compactMap { k in fields[k].map { (k, $0) } })
@@ -609,8 +622,7 @@ public struct JSONSchemaGrammar {
                 throw Self.fail(path, "pattern: \(e.description)")
             }
         }()
-        let chars = try reserve()
-        rules[chars] = [[], [try char(), .rule(chars)]]
+        let chars = try anyChars()
         var items: [Grammar.Item] = [.byte(0x22)]
         if !start { items.append(.rule(chars)) }
         items.append(.rule(match))
@@ -618,14 +630,6 @@ public struct JSONSchemaGrammar {
         let r = try rule([items + [.byte(0x22)]])
         memo["pattern " + pattern] = r
         return r
-    }
-
-    private static func lengthOK(_ v: ExactJSON, _ fields: [String: ExactJSON]) -> Bool {
-        guard case .string(let s) = v else { return true }
-        let n = s.unicodeScalars.count
-        if case .int(let m)? = fields["minLength"], n < m { return false }
-        if case .int(let m)? = fields["maxLength"], n > m { return false }
-        return true
     }
 
     /// Compact JSON text of a value (strings with JSON's shortest escapes, as Python's json.dumps writes them).

@@ -224,7 +224,7 @@ struct GenerationRequest: Equatable {
             switch type {
             case "text": break
             case "json_object":
-                grammar = .jsonSchema(JSONSchemaGrammar.objectSchema)
+                grammar = .jsonObject()
                 given.append("response_format")
             case "json_schema":
                 guard case .object(let spec)? = members.first(where: { $0.key == "json_schema" })?.value else {
@@ -234,8 +234,7 @@ struct GenerationRequest: Equatable {
                 for (key, _) in spec where !["name", "schema", "strict", "description"].contains(key) {
                     throw APIError.invalid("response_format", "unrecognized json_schema field '\(JSONFields.printable(key))'")
                 }
-                guard let name = try? g.string("name"), (1...64).contains(name.utf8.count),
-                      name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }) else {
+                guard let name = try? g.string("name"), isName(name) else {
                     throw APIError.invalid("response_format", "json_schema.name must be 1 to 64 letters, digits, '_' or '-'")
                 }
                 guard (try? g.bool("strict")) != nil || g.fields["strict"] == nil || g.fields["strict"] == .null else {
@@ -273,8 +272,7 @@ struct GenerationRequest: Equatable {
                 switch key {
                 case "json" where v != .null:
                     kinds.append(key)
-                    let spec = GrammarSpec.jsonSchema(try schemaValue(v, param: "\(param).json"))
-                    grammar = try compile(compact ? GrammarSpec(kind: .compactJSONSchema, source: spec.source) : spec, param: param)
+                    grammar = try compile(.jsonSchema(try schemaValue(v, param: "\(param).json"), compact: compact), param: param)
                 case "choice" where v != .null:
                     kinds.append(key)
                     grammar = try compile(.choice(try choices(v, param: "\(param).choice")), param: param)
@@ -285,8 +283,7 @@ struct GenerationRequest: Equatable {
                     guard case .bool(let on) = v else { throw APIError.invalid(param, "structured_outputs.json_object must be a boolean") }
                     if on {
                         kinds.append(key)
-                        let spec = GrammarSpec.jsonSchema(JSONSchemaGrammar.objectSchema)
-                        grammar = compact ? GrammarSpec(kind: .compactJSONSchema, source: spec.source) : spec
+                        grammar = .jsonObject(compact: compact)
                     }
                 // Options: compact JSON (above), what this server does anyway (no undeclared keys when properties
                 // are given; no fallback to unconstrained decoding).
@@ -344,6 +341,12 @@ struct GenerationRequest: Equatable {
         }
     }
 
+    /// A name as OpenAI allows one for a response format or a function: 1 to 64 ASCII letters, digits, '_' or '-'.
+    private static func isName(_ name: String) -> Bool {
+        (1...64).contains(name.utf8.count)
+            && name.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }
+    }
+
     /// Compiles a spec to check it (the engine compiles it again, once per spec, when it first samples with it).
     private static func compile(_ spec: GrammarSpec, param: String) throws -> GrammarSpec {
         guard spec.source.utf8.count <= maxSchemaBytes else {
@@ -382,8 +385,7 @@ struct GenerationRequest: Equatable {
                 for (key, _) in fm where !["name", "description", "parameters", "strict"].contains(key) {
                     throw APIError.invalid(param, "unrecognized function field '\(JSONFields.printable(key))'")
                 }
-                guard case .string(let name)? = fn.fields["name"], (1...64).contains(name.utf8.count),
-                      name.utf8.allSatisfy({ ($0 >= 0x30 && $0 <= 0x39) || ($0 | 0x20 >= 0x61 && $0 | 0x20 <= 0x7A) || $0 == 0x5F || $0 == 0x2D }) else {
+                guard case .string(let name)? = fn.fields["name"], isName(name) else {
                     throw APIError.invalid(param, "\(param).function.name must be 1 to 64 letters, digits, '_' or '-'")
                 }
                 guard !functions.contains(where: { $0.name == name }) else { throw APIError.invalid(param, "two tools are named '\(name)'") }

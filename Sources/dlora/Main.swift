@@ -67,7 +67,7 @@ extension Generate {
     func outputConstraint() throws -> GrammarSpec? {
         let spec: GrammarSpec
         if json {
-            spec = .jsonSchema(JSONSchemaGrammar.objectSchema)
+            spec = .jsonObject()
         } else if let jsonSchema {
             let url = URL(fileURLWithPath: jsonSchema)
             let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? nil

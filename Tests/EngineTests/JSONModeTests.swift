@@ -62,7 +62,7 @@ import TestSupport
         var ids: [RequestID] = []
         for seed in 0..<12 {
             var params = SamplingParams(temperature: 1, seed: UInt64(seed), maxTokens: 120)
-            params.grammar = .jsonSchema(JSONSchemaGrammar.objectSchema)
+            params.grammar = .jsonObject()
             ids.append(try engine.submit(prompt: tokenizer.encode("data:", addSpecial: true), params: params))
         }
         let events = engine.runToCompletion()
