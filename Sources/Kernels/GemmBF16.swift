@@ -5,6 +5,22 @@ extension Kernels {
     /// portable loop far slower than f32 OpenBLAS, so callers keep f32 products there.
     public static var hasBF16Dot: Bool { dl_has_bf16_dot() != 0 }
 
+    /// Multiply-adds per second of VDPBF16PS over those of an f32 FMA on this core, measured once per process
+    /// (about 10 ms, `dl_bf16_dot_rate_ratio`); 0 without AVX-512 BF16. AMD's Zen 4 gives about 2 (a VDPBF16PS does
+    /// twice an FMA's multiply-adds at the same rate), Intel's Sapphire and Emerald Rapids about 0.5 (half the rate).
+    public static var bf16DotRateRatio: Double { dl_bf16_dot_rate_ratio() }
+
+    /// The rate ratio from which bf16 products outrun the f32 kernels: below it the f32 kernels' FMAs do more
+    /// multiply-adds per second than VDPBF16PS, and measured faster at every batch from 2 and in prefill
+    /// (docs/design/core-engine.md, "Which products `auto` picks").
+    public static let bf16ProductsMinRateRatio = 1.0
+
+    /// Whether bf16 products pay on a core whose VDPBF16PS does `rateRatio` times an FMA's multiply-adds per second.
+    public static func bf16ProductsPay(rateRatio: Double) -> Bool { rateRatio >= bf16ProductsMinRateRatio }
+
+    /// Whether bf16 products pay on this CPU: AVX-512 BF16, at least at the f32 FMA's rate of multiply-adds.
+    public static var bf16ProductsPay: Bool { hasBF16Dot && bf16ProductsPay(rateRatio: bf16DotRateRatio) }
+
     /// A frozen matrix B (k × n) rounded to bf16 and packed once for `gemmBF16`: 32-column panels of
     /// k-pairs, the operand layout of VDPBF16PS. `transposed`: the source is n × k (a weight W, out × in,
     /// read as Wᵀ for y = x·Wᵀ); else it is k × n. `ld` is the source's row stride.

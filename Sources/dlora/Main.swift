@@ -135,7 +135,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let (_, loaded) = try modelOptions.load()
-        try products.apply(to: loaded.model)
+        try products.apply(to: loaded.model, singleSequence: true)
         let tokenizer = loaded.tokenizer
         let ids: [Int]
         if let chat {

@@ -217,30 +217,41 @@ struct KeyOptions: ParsableArguments {
 }
 
 /// `--matmul-precision auto|f32|bf16`, for every command that runs the engine: the base model's products in f32
-/// (the transformers goldens within 1e-3) or in bf16 (`LlamaModel.setBF16Products`: about twice the multiply-adds
-/// per cycle on AVX-512 BF16, on a quantized checkpoint's own codes; docs/design/core-engine.md). `auto`, the
-/// default, picks bf16 where it uses every weight exactly and the CPU has AVX-512 BF16.
+/// (the transformers goldens within 1e-3) or in bf16 (`LlamaModel.setBF16Products`: twice an FMA's multiply-adds per
+/// instruction on AVX-512 BF16, on a quantized checkpoint's own codes; docs/design/core-engine.md). `auto`, the
+/// default, picks bf16 where it uses every weight exactly and the CPU's VDPBF16PS does at least an FMA's multiply-adds
+/// per second (Zen 4: twice; Intel's Sapphire and Emerald Rapids: half, so f32 there).
 struct MatmulPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
         case auto, f32, bf16
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where the CPU has AVX-512 BF16 and every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly), else f32.")
+            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms; `generate`, one sequence: wherever the CPU has AVX-512 BF16), else f32.")
     var matmulPrecision: Choice = .auto
 
-    /// What the flag means for `model` on this CPU.
-    func resolved(for model: LlamaModel) -> Choice {
+    /// What the flag means for `model` on this CPU. `singleSequence`: the command decodes one sequence only
+    /// (`generate`), where bf16 products win on every AVX-512 BF16 core measured (batch-1 decode 1.15–1.40× f32 even
+    /// where VDPBF16PS runs at half the FMA's rate: they read the same bytes with fewer instructions per byte).
+    func resolved(for model: LlamaModel, singleSequence: Bool = false) -> Choice {
         switch matmulPrecision {
         case .f32, .bf16: matmulPrecision
-        case .auto: Kernels.hasBF16Dot && model.weightsExactInBF16Products ? .bf16 : .f32
+        case .auto:
+            (singleSequence ? Kernels.hasBF16Dot : Kernels.bf16ProductsPay) && model.weightsExactInBF16Products ? .bf16 : .f32
         }
+    }
+
+    /// What a server's start line says of the products: bf16, or why `auto` left them in f32 on a CPU with AVX-512 BF16.
+    func note(for model: LlamaModel) -> String {
+        if model.bf16Products { return ", bf16 products" }
+        guard matmulPrecision == .auto, Kernels.hasBF16Dot, model.weightsExactInBF16Products else { return "" }
+        return String(format: ", f32 products (auto: VDPBF16PS does %.2f× an FMA's multiply-adds per second on this CPU)", Kernels.bf16DotRateRatio)
     }
 
     /// Sets the model's products as the flag says; an explicit bf16 on a CPU without AVX-512 BF16 is an error
     /// (its portable loop is far slower than the f32 kernels).
-    func apply(to model: LlamaModel) throws {
-        guard resolved(for: model) == .bf16 else { return }
+    func apply(to model: LlamaModel, singleSequence: Bool = false) throws {
+        guard resolved(for: model, singleSequence: singleSequence) == .bf16 else { return }
         guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16, which this one lacks (kernels: \(Kernels.simdPathName))") }
         model.setBF16Products(true)
     }

@@ -113,6 +113,7 @@ struct Serve: AsyncParsableCommand {
             String(format: ", merges measured at %.2f ns per base element + %.3f ns per multiply-add (the first + %.1f ns per element)",
                    $0.mergeSecondsPerElement * 1e9, $0.mergeSecondsPerMultiplyAdd * 1e9, $0.allocationSecondsPerElement * 1e9)
         } ?? ""
+        let productsNote = engineOptions.products.note(for: loaded.model)
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
         let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),
@@ -120,7 +121,7 @@ struct Serve: AsyncParsableCommand {
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? 0
                 FileHandle.standardError.write(Data(
-                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\(loaded.model.bf16Products ? ", bf16 products" : "")\(switchNote)\n".utf8))
+                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\(productsNote)\(switchNote)\n".utf8))
             }
         )
         // A replica started by `dlora cluster` drains and stops when its supervisor is gone (even one killed with

@@ -159,9 +159,10 @@ import Testing
     }
 
     /// `--matmul-precision auto` (the default) runs bf16 products where they use the weights exactly (Q4_0, Q4_1, Q8_0)
-    /// and the CPU has AVX-512 BF16, f32 otherwise (an f32 or f16 checkpoint, or no AVX-512 BF16); an explicit value wins.
+    /// and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second, f32 otherwise (an f32 or f16 checkpoint,
+    /// no AVX-512 BF16, or a core that issues VDPBF16PS at half the FMA's rate); an explicit value wins.
     @Test func autoProductsFollowTheCheckpointAndTheCPU() async throws {
-        let quantized = Kernels.hasBF16Dot ? "bf16" : "f32"
+        let quantized = Kernels.bf16ProductsPay ? "bf16" : "f32"
         let cases: [(String, [String], String)] = [
             (Self.tiny, [], quantized),
             (Self.tiny, ["--matmul-precision", "auto"], quantized),

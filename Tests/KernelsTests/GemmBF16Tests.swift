@@ -107,6 +107,23 @@ import TestSupport
         if !Kernels.hasBF16Dot { #expect(fast == portable) } else { #expect(maxAbsDiff(fast, portable) < 1e-4) }
     }
 
+    /// The rate `--matmul-precision auto` decides by: 0 without AVX-512 BF16; with it, a measured ratio of
+    /// VDPBF16PS's multiply-adds per second to an FMA's that no 512-bit core can leave (Intel's server cores ≈ 0.5,
+    /// Zen 4 ≈ 2; a VDPBF16PS does 32 multiply-adds, so it cannot beat 16 FMAs' worth by more than the issue rates
+    /// allow), the same on every call (measured once); bf16 pays from a ratio of 1.
+    @Test func bf16RateRatioDecidesAuto() {
+        let r = Kernels.bf16DotRateRatio
+        if Kernels.hasBF16Dot {
+            #expect(r > 0.1 && r < 8, "ratio \(r)")
+            #expect(Kernels.bf16DotRateRatio == r)
+            #expect(Kernels.bf16ProductsPay == (r >= 1))
+        } else {
+            #expect(r == 0 && !Kernels.bf16ProductsPay)
+        }
+        #expect(!Kernels.bf16ProductsPay(rateRatio: 0.5) && !Kernels.bf16ProductsPay(rateRatio: 0.99))
+        #expect(Kernels.bf16ProductsPay(rateRatio: 1) && Kernels.bf16ProductsPay(rateRatio: 2))
+    }
+
     /// Inference's entry point (`matmulBF16`: y = x·Wᵀ, split over W's panels): against the rounded double product
     /// (its first rows), and every row bit-identical whatever rows run beside it — 1, 7, 37 or 300 of them, from
     /// anywhere in the batch — which is the batch invariance the engine's bf16 products rely on.

@@ -186,6 +186,10 @@ int64_t dl_prefetch_trace(const dl_span *spans, int64_t n, int64_t parts, int64_
 // callers then keep their f32 products). dl_gemm_bf16_ref is the portable loop, the parity tests' twin.
 // dl_gemm_bf16 splits its rows over the kernel thread pool.
 int dl_has_bf16_dot(void);
+// Multiply-adds per second of VDPBF16PS over those of an f32 FMA (both 512-bit) on this core, measured once (about
+// 10 ms) and kept; 0 without AVX-512 BF16. Where it is below 1 (Intel's server cores issue VDPBF16PS at half the
+// FMA's rate: 0.5), the f32 products outrun the bf16 ones however few bytes the latter read.
+double dl_bf16_dot_rate_ratio(void);
 int64_t dl_pack_bf16_elements(int64_t K, int64_t N);
 void dl_pack_bf16(const float *src, int64_t ld, int trans, int64_t K, int64_t N, uint16_t *dst);
 void dl_gemm_bf16(int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint16_t *Bp,
