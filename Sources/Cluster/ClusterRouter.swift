@@ -198,6 +198,13 @@ public final class ClusterRouter: Sendable {
         }
         router.post("/v1/completions") { request, _ in try await self.generate(request, endpoint: "completions") }
         router.post("/v1/chat/completions") { request, _ in try await self.generate(request, endpoint: "chat") }
+        router.post("/v1/responses") { request, _ in
+            do {
+                return try await self.generate(request, endpoint: "responses")
+            } catch let e as APIError {
+                throw e.inResponsesTerms  // an error about a chat parameter names the Responses body's
+            }
+        }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/load_lora_adapter") }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/unload_lora_adapter") }
         router.post("/admin/migrate") { request, _ in try await self.adminMigrate(request) }
@@ -322,7 +329,20 @@ public final class ClusterRouter: Sendable {
     private func generate(_ request: Request, endpoint: String) async throws -> Response {
         try Self.authorize(request, key: options.apiKey)
         var request = request
-        let body = try await collect(&request)
+        var body = try await collect(&request)
+        // A Responses body runs as the chat request it translates to (ResponsesRequest), answered in its own shapes.
+        var responses: ResponsesEcho?
+        var endpoint = endpoint
+        if endpoint == "responses" {
+            let translated: ResponsesRequest
+            do {
+                translated = try ResponsesRequest.translate(Data(buffer: body))
+            } catch {
+                metrics.request(status: "400")
+                throw APIError(error)
+            }
+            (body, responses, endpoint) = (ByteBuffer(data: translated.chatBody), translated.echo, "chat")
+        }
         // The router reads only what it needs to carry the request; the replica parses and checks all of it.
         guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
             throw APIError(.badRequest, "the body must be a JSON object")
@@ -341,7 +361,7 @@ public final class ClusterRouter: Sendable {
             throw APIError(.notFound, "the model '\(String(model.prefix(256)))' does not exist", param: "model", code: "model_not_found")
         }
         let chat = endpoint == "chat"
-        let (id, number) = newID(chat ? "chatcmpl-" : "cmpl-")
+        let (id, number) = newID(responses != nil ? "resp_" : chat ? "chatcmpl-" : "cmpl-")
         // A request with n > 1 choices runs as n requests, each dispatched, migrated and resumed on its own (the
         // replica checks n; a value it would refuse goes to it as one request, for its 400).
         let n = (object["n"] as? Int).flatMap { (2...128).contains($0) ? $0 : nil } ?? 1
@@ -362,7 +382,8 @@ public final class ClusterRouter: Sendable {
             } catch let e as ReplicaClient.Rejected {
                 for a in startedAttempts { a.abandon() }
                 metrics.request(status: String(e.status))
-                return Response(status: .init(code: e.status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
+                return Response(status: .init(code: e.status), headers: [.contentType: "application/json"],
+                                body: .init(byteBuffer: ByteBuffer(bytes: responses == nil ? e.body : Self.inResponsesTerms(e.body))))
             } catch {
                 for a in startedAttempts { a.abandon() }
                 throw error
@@ -373,7 +394,7 @@ public final class ClusterRouter: Sendable {
         self.flights.withLock { f in for flight in flights { f[flight.id] = flight } }
         let forget = { @Sendable in self.flights.withLock { f in for flight in flights { f[flight.id] = nil } } }
         let call = RouterCall(router: self, id: id, flights: flights, chat: chat, created: Int(Date().timeIntervalSince1970),
-                              tools: chat ? ToolCallMode.from(body: object) : nil)
+                              tools: chat ? ToolCallMode.from(body: object) : nil, responses: responses)
         // Which replica the request was dispatched to (its index in the router's list, as the dispatch metrics'
         // `replica` label; the first choice's): for logs, load tests, and replaying the router's decisions in
         // `dlora simulate`.
@@ -409,8 +430,12 @@ struct RouterCall: Sendable {
 
     /// A chat answer that is a tool call (the body's `tool_choice`, which the replica checked).
     let tools: ToolCallMode?
+    /// A `/v1/responses` request: answered in the Responses API's shapes.
+    let responses: ResponsesEcho?
 
-    private var render: CompletionRenderer { CompletionRenderer(id: id, created: created, model: flights[0].model, chat: chat, tools: tools) }
+    private var render: CompletionRenderer {
+        CompletionRenderer(id: id, created: created, model: flights[0].model, chat: chat, tools: tools, responses: responses)
+    }
     /// Usage's prompt tokens: each prompt's once (its first choice's flight).
     private var promptTokens: Int { flights.reduce(0) { $0 + (($1.choice ?? 0) == 0 ? $1.promptTokens : 0) } }
 
@@ -420,16 +445,14 @@ struct RouterCall: Sendable {
         var tokens = 0
         var finish: String?
         var failure: (Int, String)?
-        var logprobs = LogprobsCollector(enabled: false)
+        var logprobs = ChoiceRenderState(enabled: false)
 
         /// Takes one relay output; returns the echoed prompt, if this was one.
         mutating func take(_ out: RelayOutput) -> PromptEcho? {
             switch out {
             case .accepted(let asked):
-                // A resumed flight is accepted again: a tool call's text held so far stays.
-                let (held, plain) = (logprobs.heldText, logprobs.plainText)
-                logprobs = LogprobsCollector(enabled: asked)
-                (logprobs.heldText, logprobs.plainText) = (held, plain)
+                // A resumed flight is accepted again: what was rendered so far (a tool call's held text) stays.
+                logprobs = logprobs.resumed(logprobs: asked)
             case .echo(let e):
                 logprobs.add(e)
                 return e
@@ -471,9 +494,9 @@ struct RouterCall: Sendable {
 
     func stream(first: [Attempt], includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
         var choices = [Choice](repeating: Choice(), count: flights.count)
-        if chat {
-            for i in flights.indices { try await send(render.roleChunk(i), &writer) }
-        }
+        var states = choices.map(\.logprobs)
+        for f in render.openingFrames(flights.count, states: &states) { try await write(f, &writer) }
+        for i in choices.indices { choices[i].logprobs = states[i] }
         // The writer is inout: the relays' callbacks cannot capture it, so their outputs pass through one local
         // stream, tagged with their choice; nil marks a relay's end.
         let (events, continuation) = AsyncStream<(Int, RelayOutput?)>.makeStream()
@@ -502,13 +525,13 @@ struct RouterCall: Sendable {
                     continue
                 }
                 if let echo = choices[i].take(out) {
-                    for c in render.chunk(i, text: echo.text, finish: nil, logprobs: &choices[i].logprobs) { try await send(c, &writer) }
+                    for f in render.frames(i, text: echo.text, finish: nil, state: &choices[i].logprobs) { try await write(f, &writer) }
                 }
                 switch out {
                 case .token(_, let t, _) where !t.isEmpty:
-                    for c in render.chunk(i, text: t, finish: nil, logprobs: &choices[i].logprobs) { try await send(c, &writer) }
+                    for f in render.frames(i, text: t, finish: nil, state: &choices[i].logprobs) { try await write(f, &writer) }
                 case .finish(let f):
-                    for c in render.chunk(i, text: nil, finish: f, logprobs: &choices[i].logprobs) { try await send(c, &writer) }
+                    for c in render.frames(i, text: nil, finish: f, state: &choices[i].logprobs) { try await write(c, &writer) }
                 case .failed(let status, let message):
                     failure = (status, message)
                 default:
@@ -521,21 +544,32 @@ struct RouterCall: Sendable {
         }
         if let (status, message) = failure {
             router.metrics.request(status: String(status))
-            try await send(APIError(.init(code: status), message).json, &writer)
-            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            var e = APIError(.init(code: status), message)
+            if responses != nil { e = e.inResponsesTerms }
+            for f in render.errorFrames(e.detail, state: &choices[0].logprobs) { try await write(f, &writer) }
             return
         }
         guard open == 0 else { return }
         router.metrics.request(status: "ok")
-        if includeUsage {
-            let usage = Usage(prompt: promptTokens, completion: choices.reduce(0) { $0 + $1.tokens })
-            try await send(render.usageChunk(usage), &writer)
-        }
-        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+        let usage = Usage(prompt: promptTokens, completion: choices.reduce(0) { $0 + $1.tokens })
+        states = choices.map(\.logprobs)
+        for f in render.closingFrames(usage: usage, includeUsage: includeUsage, states: &states) { try await write(f, &writer) }
     }
 
-    private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {
-        try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
+    private func write(_ frame: String, _ writer: inout any ResponseBodyWriter) async throws {
+        try await writer.write(ByteBuffer(string: frame))
+    }
+}
+
+extension ClusterRouter {
+    /// A replica's error body about a `/v1/responses` request (run as chat), in the Responses body's words.
+    static func inResponsesTerms(_ body: Data) -> Data {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: Any],
+              var error = object["error"] as? [String: Any], let message = error["message"] as? String else { return body }
+        let (param, renamed) = ResponsesRequest.rename(param: error["param"] as? String, message: message)
+        error["message"] = renamed
+        error["param"] = param ?? NSNull()
+        return (try? JSONSerialization.data(withJSONObject: ["error": error], options: [.sortedKeys, .withoutEscapingSlashes])) ?? body
     }
 }
 

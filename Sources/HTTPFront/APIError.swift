@@ -38,8 +38,24 @@ public struct APIError: Error, HTTPResponseError, Equatable, CustomStringConvert
         APIError(.badRequest, message, param: param, code: code)
     }
 
+    /// The same error about a `/v1/responses` request run as chat: the chat parameter it names (and its message)
+    /// in the Responses body's words (`max_tokens` → `max_output_tokens`, …).
+    public var inResponsesTerms: APIError {
+        let (param, message) = ResponsesRequest.rename(param: param, message: message)
+        var e = APIError(status, message, type: type, param: param, code: code)
+        e.retryAfter = retryAfter
+        return e
+    }
+
+    /// A 400 for a `/v1/responses` body that cannot be served.
+    public init(_ e: ResponsesRequestError) {
+        self.init(.badRequest, e.message, param: e.param)
+    }
+
     /// The JSON body (also sent as an SSE event when a stream fails after it started).
-    public var json: String { OpenAIWire.encode(ErrorBody(error: .init(message: message, type: type, param: param, code: code))) }
+    public var json: String { OpenAIWire.encode(ErrorBody(error: detail)) }
+    /// The error's body's `error` member.
+    public var detail: ErrorBody.Detail { .init(message: message, type: type, param: param, code: code) }
 
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers: HTTPFields = [.contentType: "application/json"]

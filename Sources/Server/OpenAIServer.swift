@@ -100,6 +100,7 @@ public final class OpenAIServer: Sendable {
         }
         router.post("/v1/completions") { request, _ in try await self.generate(request, chat: false) }
         router.post("/v1/chat/completions") { request, _ in try await self.generate(request, chat: true) }
+        router.post("/v1/responses") { request, _ in try await self.respond(request) }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.loadAdapter(request) }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.unloadAdapter(request) }
         addReplicaControl(to: router)
@@ -259,6 +260,33 @@ public final class OpenAIServer: Sendable {
         }
     }
 
+    /// `/v1/responses`: the body translated into the chat request it asks for (ResponsesRequest), run as chat, and
+    /// answered in the Responses API's shapes; an error about a chat parameter names the Responses one.
+    private func respond(_ request: Request) async throws -> Response {
+        try authorize(request, key: options.apiKey)
+        var request = request
+        let body = try await collect(&request)
+        let arrival = DispatchTime.now().uptimeNanoseconds
+        do {
+            let translated: ResponsesRequest
+            do {
+                translated = try ResponsesRequest.translate(Data(buffer: body))
+            } catch {
+                throw APIError(error)
+            }
+            let parsed = try GenerationRequest.parse(ByteBuffer(data: translated.chatBody), chat: true)
+            let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
+            do {
+                return try await run(parsed, adapter: adapter, request: request, arrival: arrival, responses: translated.echo)
+            } catch let e as APIError {
+                metrics.request(model: parsed.model, status: String(e.status.code))
+                throw e
+            }
+        } catch let e as APIError {
+            throw e.inResponsesTerms
+        }
+    }
+
     /// A MoLE composition restricted to the experts a request names (`mole_experts`); a 400 when the model is
     /// not a MoLE composition or an expert is not one of its own.
     func restrict(_ adapter: LoRAWeights?, to experts: [String]?) throws -> LoRAWeights? {
@@ -349,9 +377,10 @@ public final class OpenAIServer: Sendable {
         return (prompt, params)
     }
 
-    private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64) async throws -> Response {
+    private func run(_ parsed: GenerationRequest, adapter: LoRAWeights?, request: Request, arrival: UInt64,
+                     responses: ResponsesEcho? = nil) async throws -> Response {
         let promptParam = parsed.isChat ? "messages" : "prompt"
-        let id = newID(parsed.isChat ? "chatcmpl-" : "cmpl-")
+        let id = newID(responses != nil ? "resp_" : parsed.isChat ? "chatcmpl-" : "cmpl-")
         // Every prompt checked before any runs.
         var prepared: [(prompt: [Int], params: SamplingParams)] = []
         for input in parsed.inputs { prepared.append(try await prepare(parsed, input: input)) }
@@ -379,7 +408,7 @@ public final class OpenAIServer: Sendable {
                 streams.append(events)
             }
         }
-        let response = Calls(calls, streams, tools: parsed.tools)
+        let response = Calls(calls, streams, tools: parsed.tools, responses: responses)
         // A client that leaves cancels the request: the connection's close is watched beside the request
         // (ClientConnection), not by reading its inbound stream, so keep-alive, pipelining and a half-close
         // still work (docs/design/server.md, "Disconnects").

@@ -32,7 +32,7 @@ final class Call: Sendable {
         var completionTokens = 0
         /// nil: the stream ended without finishing (cancelled by shutdown or by the client leaving).
         var finish: FinishReason?
-        var logprobs: LogprobsCollector
+        var logprobs: ChoiceRenderState
     }
 
     init(server: OpenAIServer, model: String, chat: Bool, id: String, index: Int = 0, countsPrompt: Bool = true, promptTokens: Int, arrival: UInt64,
@@ -96,7 +96,7 @@ final class Call: Sendable {
         var first = true
 
         init(_ call: Call) {
-            outcome = Outcome(logprobs: LogprobsCollector(enabled: call.logprobs))
+            outcome = Outcome(logprobs: ChoiceRenderState(enabled: call.logprobs))
             clock = Clock(call: call)
         }
 
@@ -153,12 +153,12 @@ struct Calls: Sendable {
     let streams: [RequestStream]
     private let render: CompletionRenderer
 
-    init(_ calls: [Call], _ streams: [RequestStream], tools: ToolCallMode? = nil) {
+    init(_ calls: [Call], _ streams: [RequestStream], tools: ToolCallMode? = nil, responses: ResponsesEcho? = nil) {
         precondition(!calls.isEmpty && calls.count == streams.count)
         self.calls = calls
         self.streams = streams
         render = CompletionRenderer(id: calls[0].id, created: Int(Date().timeIntervalSince1970), model: calls[0].model, chat: calls[0].chat,
-                                    tools: tools)
+                                    tools: tools, responses: responses)
     }
 
     private var lead: Call { calls[0] }
@@ -193,9 +193,9 @@ struct Calls: Sendable {
     func stream(includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
         var progress = calls.map(Call.Progress.init)
         defer { for p in progress { p.clock.end(p.outcome) } }
-        if render.chat {
-            for i in calls.indices { try await send(render.roleChunk(i), &writer) }
-        }
+        var states = progress.map(\.outcome.logprobs)
+        for f in render.openingFrames(calls.count, states: &states) { try await write(f, &writer) }
+        for i in progress.indices { progress[i].outcome.logprobs = states[i] }
         var open = calls.count
         var failure: APIError?
         /// Takes choice i's next event (nil: its stream ended); false once the response must stop reading.
@@ -212,7 +212,7 @@ struct Calls: Sendable {
                 return open > 0
             }
             if let echo = progress[i].echo(e, call) {
-                for c in render.chunk(i, text: echo.text, finish: nil, logprobs: &progress[i].outcome.logprobs) { try await send(c, &writer) }
+                for f in render.frames(i, text: echo.text, finish: nil, state: &progress[i].outcome.logprobs) { try await write(f, &writer) }
             }
             progress[i].take(e, call)
             if e.finish == .error {
@@ -222,10 +222,10 @@ struct Calls: Sendable {
                 return false
             }
             if !e.text.isEmpty {
-                for c in render.chunk(i, text: e.text, finish: nil, logprobs: &progress[i].outcome.logprobs) { try await send(c, &writer) }
+                for f in render.frames(i, text: e.text, finish: nil, state: &progress[i].outcome.logprobs) { try await write(f, &writer) }
             }
             if let f = e.finish {
-                for c in render.chunk(i, text: nil, finish: f.rawValue, logprobs: &progress[i].outcome.logprobs) { try await send(c, &writer) }
+                for c in render.frames(i, text: nil, finish: f.rawValue, state: &progress[i].outcome.logprobs) { try await write(c, &writer) }
             }
             return true
         }
@@ -260,20 +260,17 @@ struct Calls: Sendable {
             }
         }
         if let failure {
-            try await send(failure.json, &writer)
-            try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+            for f in render.errorFrames(failure.detail, state: &progress[0].outcome.logprobs) { try await write(f, &writer) }
             return
         }
         // A client that left is not written to (the task was cancelled).
         guard open == 0 else { return }
-        if includeUsage {
-            let usage = Usage(prompt: promptTokens, completion: progress.reduce(0) { $0 + $1.outcome.completionTokens })
-            try await send(render.usageChunk(usage), &writer)
-        }
-        try await writer.write(ByteBuffer(string: "data: [DONE]\n\n"))
+        let usage = Usage(prompt: promptTokens, completion: progress.reduce(0) { $0 + $1.outcome.completionTokens })
+        states = progress.map(\.outcome.logprobs)
+        for f in render.closingFrames(usage: usage, includeUsage: includeUsage, states: &states) { try await write(f, &writer) }
     }
 
-    private func send(_ json: String, _ writer: inout any ResponseBodyWriter) async throws {
-        try await writer.write(ByteBuffer(string: "data: \(json)\n\n"))
+    private func write(_ frame: String, _ writer: inout any ResponseBodyWriter) async throws {
+        try await writer.write(ByteBuffer(string: frame))
     }
 }

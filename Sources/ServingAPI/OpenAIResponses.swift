@@ -357,16 +357,31 @@ public struct HealthStatus: Encodable {
     public init() {}
 }
 
-/// A response's `logprobs` while it is rendered, for the replica server and the router alike: the tokens'
-/// records in order; a whole response takes them all at the end, a stream those gathered since its last chunk
-/// (a token whose text is still held back — part of a character, a possible stop string — rides with the chunk
-/// that shows it). Nil throughout when the request did not ask for them.
-public struct LogprobsCollector: Sendable {
+/// One choice's state while it is rendered, for the replica server and the router alike. Its `logprobs`: the
+/// tokens' records in order; a whole response takes them all at the end, a stream those gathered since its last
+/// chunk (a token whose text is still held back — part of a character, a possible stop string — rides with the
+/// chunk that shows it); nil throughout when the request did not ask for them. A tool-call answer's text held back
+/// in a stream, and a Responses stream's progress (its events' sequence numbers, whether its message is open, the
+/// text so far).
+public struct ChoiceRenderState: Sendable {
     public let enabled: Bool
     /// A stream's text of a tool-call answer, held back until it is complete (`CompletionRenderer.chunk`).
     public var heldText = ""
     /// An `auto` tool-call answer that turned out to be text: streamed as it comes.
     public var plainText = false
+    /// A Responses stream: the next event's `sequence_number`, whether its message item is open, its text so far and
+    /// how it finished.
+    var sequence = 0
+    var messageOpen = false
+    var text = ""
+    var finish: String?
+
+    /// The state of a resumed flight (the router's): what was rendered so far stays, log-probabilities as now asked.
+    public func resumed(logprobs asked: Bool) -> ChoiceRenderState {
+        var s = ChoiceRenderState(enabled: asked)
+        (s.heldText, s.plainText, s.sequence, s.messageOpen, s.text, s.finish) = (heldText, plainText, sequence, messageOpen, text, finish)
+        return s
+    }
     private var pending: [TokenLogprob] = []
     /// Characters of the completion before `pending` (completions' `text_offset`).
     private var offset = 0
@@ -417,16 +432,20 @@ public struct CompletionRenderer: Sendable {
     /// Chat answers that are tool calls (nil: text).
     public let tools: ToolCallMode?
 
-    public init(id: String, created: Int, model: String, chat: Bool, tools: ToolCallMode? = nil) {
+    /// A `/v1/responses` request (run as chat): its answer in the Responses API's shapes (ResponsesRendering.swift).
+    public let responses: ResponsesEcho?
+
+    public init(id: String, created: Int, model: String, chat: Bool, tools: ToolCallMode? = nil, responses: ResponsesEcho? = nil) {
         self.id = id
         self.created = created
         self.model = model
-        self.chat = chat
-        self.tools = chat ? tools : nil
+        self.chat = chat || responses != nil
+        self.tools = chat || responses != nil ? tools : nil
+        self.responses = responses
     }
 
     /// A choice's answer as a message: its tool calls when it is a complete one, else its text.
-    private func message(_ index: Int, text: String, finish: String) -> (AssistantMessage, String) {
+    func message(_ index: Int, text: String, finish: String) -> (AssistantMessage, String) {
         guard let tools, finish == "stop", let calls = tools.calls(in: text) else { return (AssistantMessage(content: text), finish) }
         return (AssistantMessage(content: nil, toolCalls: calls.enumerated().map { k, c in
             ToolCall(id: callID(index, k), name: c.name, arguments: c.arguments)
@@ -434,17 +453,17 @@ public struct CompletionRenderer: Sendable {
     }
 
     /// Call k of choice `index`: unique within the response, and the same from a replica and the router.
-    private func callID(_ index: Int, _ k: Int) -> String {
-        "call_" + String(id.split(separator: "-").last ?? "") + "_\(index)_\(k)"
+    func callID(_ index: Int, _ k: Int) -> String {
+        "call_" + (id.hasPrefix("resp_") ? String(id.dropFirst(5)) : String(id.split(separator: "-").last ?? "")) + "_\(index)_\(k)"
     }
 
     /// One choice of a whole response.
     public struct Choice: Sendable {
         public var text: String
         public var finish: String
-        public var logprobs: LogprobsCollector
+        public var logprobs: ChoiceRenderState
 
-        public init(text: String, finish: String, logprobs: LogprobsCollector) {
+        public init(text: String, finish: String, logprobs: ChoiceRenderState) {
             self.text = text
             self.finish = finish
             self.logprobs = logprobs
@@ -453,6 +472,7 @@ public struct CompletionRenderer: Sendable {
 
     /// The whole response: its choices in index order, and the usage.
     public func whole(_ choices: [Choice], usage: Usage) -> String {
+        if let responses, let c = choices.first { return responseObject(responses, text: c.text, finish: c.finish, usage: usage) }
         if chat {
             let items = choices.enumerated().map { i, c in
                 var l = c.logprobs
@@ -477,7 +497,7 @@ public struct CompletionRenderer: Sendable {
     /// reason) and the log-probabilities gathered since its last chunk. A tool-call answer's text is held back
     /// (none) until its final chunk, which is preceded by one chunk with its calls (or, if it is not a complete
     /// call, its text).
-    public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> [String] {
+    public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout ChoiceRenderState) -> [String] {
         if let tools, !logprobs.plainText {
             if let text {
                 logprobs.heldText += text
@@ -499,7 +519,7 @@ public struct CompletionRenderer: Sendable {
         return [singleChunk(index, text: text, finish: finish, logprobs: &logprobs)]
     }
 
-    private func singleChunk(_ index: Int, text: String?, finish: String?, logprobs: inout LogprobsCollector) -> String {
+    private func singleChunk(_ index: Int, text: String?, finish: String?, logprobs: inout ChoiceRenderState) -> String {
         if chat { return chatChunk(index, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
                                                 choices: [TextChoice(index: index, text: text ?? "", finishReason: finish,

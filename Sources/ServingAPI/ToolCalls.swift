@@ -80,19 +80,28 @@ public enum ToolCallMode: Sendable, Equatable {
 }
 
 /// Spans of raw JSON text: enough to take `[{"name": …, "parameters": …}, …]` apart while keeping each
-/// `parameters` value exactly as generated.
+/// `parameters` value exactly as generated, and an object's members apart in their order with each value's text as
+/// written (what a `/v1/responses` body passes on to the chat request: a schema's property order is the order its
+/// properties are generated in).
 enum RawJSON {
-    static func calls(_ b: [UInt8]) -> [(name: String, arguments: String)]? {
+    /// A cursor over JSON text that skips whole values without building them.
+    struct Scanner {
+        let b: [UInt8]
         var p = 0
-        func ws() { while p < b.count, [0x20, 0x0A, 0x0D, 0x09].contains(b[p]) { p += 1 } }
-        func expect(_ c: UInt8) -> Bool {
+
+        init(_ b: [UInt8]) { self.b = b }
+
+        mutating func ws() { while p < b.count, [0x20, 0x0A, 0x0D, 0x09].contains(b[p]) { p += 1 } }
+
+        mutating func expect(_ c: UInt8) -> Bool {
             ws()
             guard p < b.count, b[p] == c else { return false }
             p += 1
             return true
         }
+
         /// Skips one value; false if malformed.
-        func skip(_ depth: Int = 0) -> Bool {
+        mutating func skip(_ depth: Int = 0) -> Bool {
             ws()
             guard p < b.count, depth < 256 else { return false }
             switch b[p] {
@@ -117,32 +126,77 @@ enum RawJSON {
                 return p > start
             }
         }
+
+        /// The JSON string at [from, to), decoded (nil: not a string).
         func string(_ from: Int, _ to: Int) -> String? {
             (try? JSONSerialization.jsonObject(with: Data(b[from..<to]), options: .fragmentsAllowed)) as? String
         }
-        guard expect(0x5B) else { return nil }
-        var out: [(String, String)] = []
-        repeat {
+
+        /// An object's members from here: each key and its value's text, in order (nil: not an object).
+        mutating func members() -> [(key: String, value: ArraySlice<UInt8>)]? {
             guard expect(0x7B) else { return nil }
-            var name: String?
-            var arguments: String?
+            var out: [(String, ArraySlice<UInt8>)] = []
+            if expect(0x7D) { return out }
             repeat {
                 ws()
                 let k0 = p
-                guard skip() else { return nil }
-                let key = string(k0, p)
-                guard expect(0x3A) else { return nil }
+                guard skip(), let key = string(k0, p), expect(0x3A) else { return nil }
                 ws()
                 let v0 = p
                 guard skip() else { return nil }
-                if key == "name" { name = string(v0, p) }
-                if key == "parameters" { arguments = String(decoding: b[v0..<p], as: UTF8.self) }
+                out.append((key, b[v0..<p]))
             } while expect(0x2C)
-            guard expect(0x7D), let name, let arguments else { return nil }
+            return expect(0x7D) ? out : nil
+        }
+
+        /// An array's elements from here, each value's text (nil: not an array).
+        mutating func elements() -> [ArraySlice<UInt8>]? {
+            guard expect(0x5B) else { return nil }
+            var out: [ArraySlice<UInt8>] = []
+            if expect(0x5D) { return out }
+            repeat {
+                ws()
+                let v0 = p
+                guard skip() else { return nil }
+                out.append(b[v0..<p])
+            } while expect(0x2C)
+            return expect(0x5D) ? out : nil
+        }
+    }
+
+    /// A whole text that is one JSON object: its members in order (nil: anything else).
+    static func members(_ b: [UInt8]) -> [(key: String, value: ArraySlice<UInt8>)]? {
+        var s = Scanner(b)
+        guard let out = s.members() else { return nil }
+        s.ws()
+        return s.p == b.count ? out : nil
+    }
+
+    /// A whole text that is one JSON array: its elements' texts (nil: anything else).
+    static func elements(_ b: ArraySlice<UInt8>) -> [ArraySlice<UInt8>]? {
+        var s = Scanner(Array(b))
+        guard let out = s.elements() else { return nil }
+        s.ws()
+        return s.p == s.b.count ? out.map { ArraySlice($0) } : nil
+    }
+
+    static func calls(_ b: [UInt8]) -> [(name: String, arguments: String)]? {
+        var s = Scanner(b)
+        guard s.expect(0x5B) else { return nil }
+        var out: [(String, String)] = []
+        repeat {
+            guard let members = s.members() else { return nil }
+            var name: String?
+            var arguments: String?
+            for (key, value) in members {
+                if key == "name" { name = s.string(value.startIndex, value.endIndex) }
+                if key == "parameters" { arguments = String(decoding: value, as: UTF8.self) }
+            }
+            guard let name, let arguments else { return nil }
             out.append((name, arguments))
-        } while expect(0x2C)
-        guard expect(0x5D) else { return nil }
-        ws()
-        return p == b.count ? out : nil
+        } while s.expect(0x2C)
+        guard s.expect(0x5D) else { return nil }
+        s.ws()
+        return s.p == b.count ? out : nil
     }
 }

@@ -49,12 +49,12 @@ import Testing
         let text = OpenAIWire.encode(TextChoice(text: "Hé!", finishReason: "length", logprobs: CompletionLogprobs([a, b], offset: 4)))
         #expect(text == #"{"finish_reason":"length","index":0,"logprobs":{"text_offset":[4,6],"token_logprobs":[-0.25,-9999],"tokens":["Hé","!"],"top_logprobs":[{"Hé":-0.25,"x":-1.5},{"!":-9999,"?":-0.5}]},"text":"Hé!"}"#)
         // The collector: a stream's chunks take what came since the last one, offsets running on.
-        var c = LogprobsCollector(enabled: true)
+        var c = ChoiceRenderState(enabled: true)
         c.add(a)
         let first = c.takeCompletion()
         c.add(b)
         #expect(first?.textOffset == [0] && c.takeCompletion()?.textOffset == [2])
-        var off = LogprobsCollector(enabled: false)
+        var off = ChoiceRenderState(enabled: false)
         off.add(a)
         #expect(off.takeChat() == nil && off.takeCompletion() == nil)
     }
@@ -63,7 +63,7 @@ import Testing
     /// stream's one chunk of calls before the finish; text that is not a complete call stays text.
     @Test func toolCallShapes() {
         let required = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .required)
-        var none = LogprobsCollector(enabled: false)
+        var none = ChoiceRenderState(enabled: false)
         let text = #"[ {"name":"f", "parameters": {"b":[1,"]"], "a":"x\"y"}} ,{"name":"g","parameters":{}}]"#
         let whole = required.whole([.init(text: text, finish: "stop", logprobs: none)], usage: Usage(prompt: 1, completion: 2))
         #expect(whole == #"{"choices":[{"finish_reason":"tool_calls","index":0,"logprobs":null,"message":{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":"{\"b\":[1,\"]\"], \"a\":\"x\\\"y\"}","name":"f"},"id":"call_ab12_0_0","type":"function"},{"function":{"arguments":"{}","name":"g"},"id":"call_ab12_0_1","type":"function"}]}}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion","usage":{"completion_tokens":2,"prompt_tokens":1,"total_tokens":3}}"#)
@@ -85,7 +85,7 @@ import Testing
         let auto = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .auto)
         let call = auto.whole([.init(text: ToolCallMode.marker + #"[{"name":"f","parameters":{}}]"#, finish: "stop", logprobs: none)], usage: Usage(prompt: 1, completion: 1))
         #expect(call.contains(#""tool_calls":[{"function":{"arguments":"{}","name":"f"}"#) && call.contains(#""finish_reason":"tool_calls""#), "\(call)")
-        var plain = LogprobsCollector(enabled: false)
+        var plain = ChoiceRenderState(enabled: false)
         #expect(auto.chunk(0, text: "<tool", finish: nil, logprobs: &plain).isEmpty)
         let out = auto.chunk(0, text: "s are", finish: nil, logprobs: &plain)
         #expect(out.count == 1 && out[0].contains(#""content":"<tools are""#), "\(out)")

@@ -182,10 +182,76 @@ def check_tools(binary, cluster):
             text = "".join(ch.choices[0].delta.content or "" for ch in st if ch.choices)
             names = [d.function.name for ch in st if ch.choices for d in (ch.choices[0].delta.tool_calls or [])]
             assert text == (m.content or "") and names == [c.function.name for c in (m.tool_calls or [])], (st, a)
+        check_responses(client)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         kill_all(proc, children)
+
+
+def check_responses(client):
+    """The Responses API (`client.responses`) as the SDK sends and reads it: the same greedy answer as the chat request
+    it stands for (instructions as the system message), whole and streamed (the events in OpenAI's order, numbered, the
+    deltas adding up to the final text), `max_output_tokens` ending it incomplete, function tools (a call, streamed, and
+    sent back as function_call / function_call_output items), `text.format` through `responses.parse`, and refusals
+    that name the Responses parameter."""
+    import json as _json
+    import jsonschema
+    from pydantic import BaseModel
+    chat = client.chat.completions.create(model="smol", max_tokens=24, temperature=0,
+                                          messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a fruit."}])
+    r = client.responses.create(model="smol", instructions="Answer briefly.", input="Name a fruit.", max_output_tokens=24, temperature=0)
+    assert r.object == "response" and r.id.startswith("resp_") and r.output[0].type == "message", r
+    assert r.output_text == chat.choices[0].message.content, (r.output_text, chat)
+    assert r.usage.input_tokens == chat.usage.prompt_tokens and r.usage.output_tokens == chat.usage.completion_tokens, (r.usage, chat.usage)
+    assert r.status == ("incomplete" if chat.choices[0].finish_reason == "length" else "completed"), r
+    events = list(client.responses.create(model="smol", instructions="Answer briefly.", input=[{"role": "user", "content": "Name a fruit."}],
+                                          max_output_tokens=24, temperature=0, stream=True))
+    types = [e.type for e in events]
+    assert types[:4] == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added"], types
+    assert types[-4:-1] == ["response.output_text.done", "response.content_part.done", "response.output_item.done"], types
+    assert types[-1] == ("response.incomplete" if r.status == "incomplete" else "response.completed"), types
+    assert [e.sequence_number for e in events] == list(range(len(events))), events
+    deltas = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert deltas == r.output_text == events[-1].response.output_text, (deltas, r.output_text)
+    short = client.responses.create(model="smol", input="Tell me a long story.", max_output_tokens=3, temperature=0)
+    assert short.status == "incomplete" and short.incomplete_details.reason == "max_output_tokens" and short.usage.output_tokens == 3, short
+    # Function tools: a call, the same streamed, then the call and its output sent back.
+    tools = [{"type": "function", "name": t["function"]["name"], "description": t["function"]["description"],
+              **({"parameters": t["function"]["parameters"]} if "parameters" in t["function"] else {})} for t in TOOLS]
+    ask = "What is the weather in Paris?"
+    called = client.responses.create(model="smol", input=ask, tools=tools, tool_choice="required", parallel_tool_calls=False,
+                                     max_output_tokens=100, temperature=0)
+    assert [o.type for o in called.output] == ["function_call"] and called.output[0].call_id.startswith("call_"), called
+    call = called.output[0]
+    jsonschema.validate(_json.loads(call.arguments), WEATHER if call.name == "get_weather" else {"type": "object", "maxProperties": 0})
+    streamed = list(client.responses.create(model="smol", input=ask, tools=tools, tool_choice="required", parallel_tool_calls=False,
+                                            max_output_tokens=100, temperature=0, stream=True))
+    done = [e for e in streamed if e.type == "response.function_call_arguments.done"]
+    final = streamed[-1].response.output
+    assert len(done) == 1 and done[0].arguments == call.arguments and final[0].arguments == call.arguments, streamed
+    assert streamed[2].item.call_id == final[0].call_id and done[0].item_id == final[0].id, streamed
+    history = [{"role": "user", "content": ask}, {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
+               {"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees and sunny"}]
+    after = client.responses.create(model="smol", input=history, tools=tools, tool_choice="none", max_output_tokens=20, temperature=0)
+    same = client.chat.completions.create(model="smol", max_tokens=20, temperature=0, tools=TOOLS, tool_choice="none", messages=[
+        {"role": "user", "content": ask},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}]},
+        {"role": "tool", "tool_call_id": call.call_id, "content": "18 degrees and sunny"}])
+    assert after.output_text == same.choices[0].message.content, (after, same)
+
+    class City(BaseModel):
+        name: str
+        population: int
+    parsed = client.responses.parse(model="smol", input="Describe a city.", text_format=City, max_output_tokens=80, temperature=0)
+    assert isinstance(parsed.output_parsed, City), parsed
+    for bad, param in [({"max_output_tokens": 0}, "max_output_tokens"), ({"store": True}, "store"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
+                       ({"tools": [{"type": "web_search"}]}, "tools[0].type"), ({"extra_body": {"best_of": 2}}, "best_of")]:
+        try:
+            client.responses.create(model="smol", input="hi", **bad)
+            raise AssertionError(f"accepted {bad}")
+        except openai.BadRequestError as e:
+            assert e.status_code == 400 and e.body["param"] == param, (bad, e.body)
 
 
 def main():

@@ -1,0 +1,181 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import ServingAPI
+import Testing
+
+@testable import HTTPFront
+@testable import Server
+
+/// `/v1/responses`: translated into the chat request it stands for (ResponsesRequest) and answered in the Responses
+/// API's shapes. The official SDK's side (whole, streamed, tools, `responses.parse`, replica and router) is
+/// Tests/python/test_openai_client.py's `check_responses`; here, the translation's exact text, the events' exact
+/// order, and the tiny model's answers against the chat endpoint's.
+@Suite struct ResponsesAPITests {
+    /// The chat body a Responses body becomes: instructions first, input items as messages (a function call and its
+    /// output as chat's tool call and tool message), flat tools nested, `text.format` as `response_format`, and the
+    /// members whose order matters (a schema's properties, the tools' fields) copied as written.
+    @Test func translatesIntoTheChatBody() throws {
+        let body = #"""
+        {"model":"m","instructions":"Be brief.","max_output_tokens":7,"temperature":0.5,
+         "input":[{"role":"developer","content":"Rules."},{"type":"message","role":"user","content":[{"type":"input_text","text":"Hi "},{"type":"input_text","text":"there"}]},
+                  {"type":"function_call","call_id":"c1","name":"f","arguments":"{\"z\":1}"},{"type":"function_call","call_id":"c2","name":"g","arguments":"{}"},
+                  {"type":"function_call_output","call_id":"c1","output":"ok"}],
+         "tools":[{"type":"function","name":"f","parameters":{"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"}}},"strict":true}],
+         "tool_choice":{"type":"function","name":"f"},
+         "text":{"format":{"type":"json_schema","name":"out","schema":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}}}}}
+        """#
+        let t = try ResponsesRequest.translate(Data(body.utf8))
+        let chat = String(decoding: t.chatBody, as: UTF8.self)
+        #expect(chat.contains(#""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"}}},"strict":true}}]"#), "\(chat)")
+        #expect(chat.contains(#""response_format":{"type":"json_schema","json_schema":{"name":"out","schema":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}}}}"#), "\(chat)")
+        #expect(chat.contains(#""max_tokens":7"#) && chat.contains(#""temperature":0.5"#) && !chat.contains("max_output_tokens"), "\(chat)")
+        let messages = try #require(t.chatObject["messages"] as? [[String: Any]])
+        #expect(messages.map { $0["role"] as? String } == ["system", "system", "user", "assistant", "tool"])
+        #expect(messages[0]["content"] as? String == "Be brief." && messages[1]["content"] as? String == "Rules.")
+        #expect(messages[2]["content"] as? String == "Hi there")
+        let calls = try #require(messages[3]["tool_calls"] as? [[String: Any]])
+        #expect(calls.map { $0["id"] as? String } == ["c1", "c2"] && (calls[0]["function"] as? [String: Any])?["arguments"] as? String == #"{"z":1}"#)
+        #expect(messages[4]["tool_call_id"] as? String == "c1" && messages[4]["content"] as? String == "ok")
+        #expect((t.chatObject["tool_choice"] as? [String: Any]).flatMap { ($0["function"] as? [String: Any])?["name"] as? String } == "f")
+        #expect(!t.stream && t.echo.fields["instructions"] as? String == "Be brief." && t.echo.fields["max_output_tokens"] as? Int == 7)
+    }
+
+    /// What cannot be served is refused before anything runs, naming the parameter.
+    @Test func refusesWhatItCannotServe() {
+        let cases: [(String, String?)] = [
+            (#"{"model":"m"}"#, "input"),
+            (#"{"model":"m","input":"x","store":true}"#, "store"),
+            (#"{"model":"m","input":"x","previous_response_id":"resp_1"}"#, "previous_response_id"),
+            (#"{"model":"m","input":"x","background":true}"#, "background"),
+            (#"{"model":"m","input":"x","reasoning":{"effort":"high"}}"#, "reasoning"),
+            (#"{"model":"m","input":"x","include":["reasoning.encrypted_content"]}"#, "include"),
+            (#"{"model":"m","input":"x","truncation":"auto"}"#, "truncation"),
+            (#"{"model":"m","input":"x","best_of":2}"#, "best_of"),
+            (#"{"model":"m","input":"x","input":"y"}"#, "input"),
+            (#"{"model":"m","input":[]}"#, "input"),
+            (#"{"model":"m","input":[{"role":"robot","content":"x"}]}"#, "input[0].role"),
+            (#"{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"http://x"}]}]}"#, "input[0].content[0].type"),
+            (#"{"model":"m","input":[{"type":"reasoning","summary":[]}]}"#, "input[0].type"),
+            (#"{"model":"m","input":[{"type":"function_call","name":"f"}]}"#, "input[0]"),
+            (#"{"model":"m","input":"x","tools":[{"type":"web_search"}]}"#, "tools[0].type"),
+            (#"{"model":"m","input":"x","tools":[{"type":"function","name":"f","extra":1}]}"#, "tools[0].extra"),
+            (#"{"model":"m","input":"x","tool_choice":{"type":"allowed_tools"}}"#, "tool_choice"),
+            (#"{"model":"m","input":"x","text":{"format":{"type":"grammar"}}}"#, "text.format.type"),
+            (#"{"model":"m","input":"x","text":{"format":"json"}}"#, "text.format"),
+            (#"{"model":"m","input":"x","temperature":1e999}"#, "temperature"),
+            (#"[1]"#, nil),
+        ]
+        for (body, param) in cases {
+            #expect(throws: ResponsesRequestError.self, "\(body)") { try ResponsesRequest.translate(Data(body.utf8)) }
+            do {
+                _ = try ResponsesRequest.translate(Data(body.utf8))
+            } catch {
+                #expect(error.param == param, "\(body): \(error)")
+            }
+        }
+    }
+
+    /// A stream's frames: typed events numbered from 0, the message opened at its first text, a tool-call answer as
+    /// function_call items (held until complete), the whole response last, and no `[DONE]`.
+    @Test func streamsTypedEvents() throws {
+        let echo = ResponsesEcho(fields: ["instructions": "Be brief."])
+        let text = CompletionRenderer(id: "resp_ab", created: 5, model: "m", chat: true, responses: echo)
+        var states = [ChoiceRenderState(enabled: false)]
+        var frames = text.openingFrames(1, states: &states)
+        frames += text.frames(0, text: "Hel", finish: nil, state: &states[0])
+        frames += text.frames(0, text: "lo", finish: nil, state: &states[0])
+        frames += text.frames(0, text: nil, finish: "length", state: &states[0])
+        frames += text.closingFrames(usage: Usage(prompt: 4, completion: 2), includeUsage: false, states: &states)
+        let events = try frames.map(Self.event)
+        #expect(events.map(\.type) == ["response.created", "response.in_progress", "response.output_item.added", "response.content_part.added",
+                                       "response.output_text.delta", "response.output_text.delta", "response.output_text.done",
+                                       "response.content_part.done", "response.output_item.done", "response.incomplete"])
+        #expect(events.map { $0.payload["sequence_number"] as? Int } == Array(0..<10))
+        #expect(events[4].payload["delta"] as? String == "Hel" && events[6].payload["text"] as? String == "Hello")
+        #expect(events[2].payload["item"].flatMap { ($0 as? [String: Any])?["id"] as? String } == "msg_ab")
+        let final = try #require(events[9].payload["response"] as? [String: Any])
+        #expect(final["status"] as? String == "incomplete" && (final["incomplete_details"] as? [String: Any])?["reason"] as? String == "max_output_tokens")
+        #expect(final["instructions"] as? String == "Be brief." && (final["usage"] as? [String: Any])?["total_tokens"] as? Int == 6)
+        let whole = try jsonObject(text.whole([.init(text: "Hello", finish: "length", logprobs: ChoiceRenderState(enabled: false))], usage: Usage(prompt: 4, completion: 2)))
+        #expect(whole["output"] as? NSArray == final["output"] as? NSArray && whole["object"] as? String == "response")
+
+        let tool = CompletionRenderer(id: "resp_cd", created: 5, model: "m", chat: true, tools: .named("f"), responses: echo)
+        var s = [ChoiceRenderState(enabled: false)]
+        var t = tool.openingFrames(1, states: &s)
+        #expect(tool.frames(0, text: "{\"a\":", finish: nil, state: &s[0]).isEmpty)
+        #expect(tool.frames(0, text: " 1}", finish: nil, state: &s[0]).isEmpty)
+        t += tool.frames(0, text: nil, finish: "stop", state: &s[0])
+        t += tool.closingFrames(usage: Usage(prompt: 1, completion: 3), includeUsage: true, states: &s)
+        let te = try t.map(Self.event)
+        #expect(te.map(\.type) == ["response.created", "response.in_progress", "response.output_item.added", "response.function_call_arguments.delta",
+                                   "response.function_call_arguments.done", "response.output_item.done", "response.completed"])
+        let item = try #require(((te[6].payload["response"] as? [String: Any])?["output"] as? [[String: Any]])?.first)
+        #expect(item["type"] as? String == "function_call" && item["name"] as? String == "f" && item["arguments"] as? String == "{\"a\": 1}")
+        #expect(item["call_id"] as? String == "call_cd_0_0" && item["id"] as? String == "fc_cd_0")
+        #expect(!t.joined().contains("[DONE]"))
+    }
+
+    /// One frame as (its `event:` name, its payload), the name checked against the payload's `type`.
+    static func event(_ frame: String) throws -> (type: String, payload: [String: Any]) {
+        let lines = frame.split(separator: "\n")
+        #expect(frame.hasSuffix("\n\n") && lines.count == 2 && lines[0].hasPrefix("event: ") && lines[1].hasPrefix("data: "), "\(frame)")
+        let payload = try jsonObject(String(lines[1].dropFirst(6)))
+        #expect(payload["type"] as? String == String(lines[0].dropFirst(7)), "\(frame)")
+        return (String(lines[0].dropFirst(7)), payload)
+    }
+
+    /// Through the server, on the tiny model: the answer is the chat endpoint's (text, usage, finish), streamed as its
+    /// deltas; a schema's properties come in the order the Responses body lists them; errors name Responses
+    /// parameters (a chat parser's `max_tokens` as `max_output_tokens`).
+    @Test func servesTheChatAnswer() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let chat = try await client.post("/v1/chat/completions", #"{"model":"tiny-llama","max_tokens":9,"temperature":0,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"hello"}]}"#)
+            let c = try jsonObject(chat.1)
+            let choice = try #require((c["choices"] as? [[String: Any]])?.first)
+            let body = #"{"model":"tiny-llama","max_output_tokens":9,"temperature":0,"instructions":"Be brief.","input":"hello""#
+            let r = try await client.post("/v1/responses", body + "}")
+            #expect(r.0 == 200, "\(r.1)")
+            let o = try jsonObject(r.1)
+            let output = try #require((o["output"] as? [[String: Any]])?.first)
+            let text = ((output["content"] as? [[String: Any]])?.first?["text"] as? String)
+            #expect(text != nil && text == (choice["message"] as? [String: Any])?["content"] as? String, "\(r.1)")
+            #expect((o["id"] as? String)?.hasPrefix("resp_") == true && o["status"] as? String == (choice["finish_reason"] as? String == "length" ? "incomplete" : "completed"))
+            let usage = try #require(o["usage"] as? [String: Any]), chatUsage = try #require(c["usage"] as? [String: Any])
+            #expect(usage["input_tokens"] as? Int == chatUsage["prompt_tokens"] as? Int && usage["output_tokens"] as? Int == chatUsage["completion_tokens"] as? Int)
+            // Streamed: the same text as deltas, the whole response last.
+            let s = try await client.post("/v1/responses", body + #","stream":true}"#)
+            #expect(s.0 == 200 && !s.1.contains("[DONE]"))
+            let events = try s.1.components(separatedBy: "\n\n").filter { !$0.isEmpty }.map { try Self.event($0 + "\n\n") }
+            #expect(events.map { $0.payload["sequence_number"] as? Int } == Array(0..<events.count))
+            let deltas = events.filter { $0.type == "response.output_text.delta" }.compactMap { $0.payload["delta"] as? String }.joined()
+            #expect(deltas == text && ["response.completed", "response.incomplete"].contains(events.last?.type), "\(s.1)")
+            // A schema's properties in the body's order (the grammar writes them in schema order): "zz" before "aa".
+            let blanks = try ServerTests.blankBias()
+            var completed = 0
+            for seed in 0..<4 {
+                let j = try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"json","max_output_tokens":120,"temperature":1,"seed":\#(seed),"logit_bias":{\#(blanks)},"text":{"format":{"type":"json_schema","name":"t","schema":{"type":"object","properties":{"zz":{"type":"integer"},"aa":{"type":"integer"}},"required":["zz","aa"]}}}}"#)
+                #expect(j.0 == 200, "\(j.1)")
+                let out = try jsonObject(j.1)
+                guard out["status"] as? String == "completed" else { continue }
+                completed += 1
+                let answer = try #require(((out["output"] as? [[String: Any]])?.first?["content"] as? [[String: Any]])?.first?["text"] as? String)
+                let zz = try #require(answer.range(of: "\"zz\"")), aa = try #require(answer.range(of: "\"aa\""))
+                #expect(zz.lowerBound < aa.lowerBound, "\(answer)")
+            }
+            #expect(completed >= 2, "only \(completed) of 4 answers completed")
+            // Refusals name the Responses parameter, the chat parser's included.
+            try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","max_output_tokens":0}"#), status: 400, param: "max_output_tokens")
+            let zero = try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","max_output_tokens":0}"#)
+            #expect(zero.1.contains("max_output_tokens") && !zero.1.contains("max_tokens"), "\(zero.1)")
+            try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","text":{"format":{"type":"json_schema","name":"t","schema":{"not":{}}}}}"#),
+                            status: 400, param: "text.format")
+            try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","store":true}"#), status: 400, param: "store")
+            try expectError(try await client.post("/v1/responses", #"{"model":"nope","input":"x"}"#), status: 404, param: "model")
+            try expectError(try await client.post("/v1/responses", "{\"model\":\"tiny-llama\",\"input\":\"\(String(repeating: "word ", count: 400))\"}"),
+                            status: 400, param: "input")
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+    }
+}
