@@ -97,39 +97,32 @@ static double dl_seconds(void) {
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
+// `rounds` × RATE_CHAINS instances of STEP (which updates acc[i]), timed; the chains' sum kept live afterwards.
+#define TIME_CHAINS(rounds, STEP)                                     \
+    __m512 acc[RATE_CHAINS];                                          \
+    for (int i = 0; i < RATE_CHAINS; i++) acc[i] = _mm512_setzero_ps(); \
+    const double t0 = dl_seconds();                                   \
+    for (int64_t r = 0; r < (rounds); r++)                            \
+        for (int i = 0; i < RATE_CHAINS; i++) {                       \
+            STEP;                                                     \
+            __asm__ volatile("" : "+v"(acc[i]));                      \
+        }                                                             \
+    const double t = dl_seconds() - t0;                               \
+    __m512 s = acc[0];                                                \
+    for (int i = 1; i < RATE_CHAINS; i++) s = _mm512_add_ps(s, acc[i]); \
+    __asm__ volatile("" : : "v"(s));                                  \
+    return t
+
 DL_AVX512_BF16 static double time_dpbf16(int64_t rounds) {
-    __m512 acc[RATE_CHAINS];
-    for (int i = 0; i < RATE_CHAINS; i++) acc[i] = _mm512_setzero_ps();
     const __m512bh x = (__m512bh)_mm512_set1_epi32(0x3f803f80), y = (__m512bh)_mm512_set1_epi32(0x3c003c00);
-    const double t0 = dl_seconds();
-    for (int64_t r = 0; r < rounds; r++)
-        for (int i = 0; i < RATE_CHAINS; i++) {
-            acc[i] = _mm512_dpbf16_ps(acc[i], x, y);
-            __asm__ volatile("" : "+v"(acc[i]));
-        }
-    const double t = dl_seconds() - t0;
-    __m512 s = acc[0];
-    for (int i = 1; i < RATE_CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
-    __asm__ volatile("" : : "v"(s));
-    return t;
+    TIME_CHAINS(rounds, acc[i] = _mm512_dpbf16_ps(acc[i], x, y));
 }
 
 DL_AVX512 static double time_fma(int64_t rounds) {
-    __m512 acc[RATE_CHAINS];
-    for (int i = 0; i < RATE_CHAINS; i++) acc[i] = _mm512_setzero_ps();
     const __m512 x = _mm512_set1_ps(1.0f), y = _mm512_set1_ps(0x1p-7f);
-    const double t0 = dl_seconds();
-    for (int64_t r = 0; r < rounds; r++)
-        for (int i = 0; i < RATE_CHAINS; i++) {
-            acc[i] = _mm512_fmadd_ps(x, y, acc[i]);
-            __asm__ volatile("" : "+v"(acc[i]));
-        }
-    const double t = dl_seconds() - t0;
-    __m512 s = acc[0];
-    for (int i = 1; i < RATE_CHAINS; i++) s = _mm512_add_ps(s, acc[i]);
-    __asm__ volatile("" : : "v"(s));
-    return t;
+    TIME_CHAINS(rounds, acc[i] = _mm512_fmadd_ps(x, y, acc[i]));
 }
+#undef TIME_CHAINS
 
 static double rate_ratio;
 static pthread_once_t rate_once = PTHREAD_ONCE_INIT;

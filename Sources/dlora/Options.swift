@@ -83,10 +83,11 @@ struct EngineOptions: ParsableArguments {
         guard kvCacheMb <= 1 << 30, hostSwapMb <= 1 << 30 else { throw ValidationError("--kv-cache-mb and --host-swap-mb must be at most 2^30") }
     }
 
-    /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision).
+    /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision:
+    /// a server that runs one sequence at a time decodes at batch 1 only, where `auto` takes bf16 as `generate` does).
     func prepare(_ model: LlamaModel) throws {
         model.mergePrecision = mergePrecision
-        try products.apply(to: model)
+        try products.apply(to: model, singleSequence: maxBatchSequences == 1)
     }
 
     /// The switch-cost prior timed on `model` as it will serve (after `prepare`): nil unless the policy is dLoRA (the
@@ -227,11 +228,11 @@ struct MatmulPrecisionOption: ParsableArguments {
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms; `generate`, one sequence: wherever the CPU has AVX-512 BF16), else f32.")
+            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms; one sequence at a time — `generate`, or `--max-batch-sequences 1` — wherever the CPU has AVX-512 BF16), else f32.")
     var matmulPrecision: Choice = .auto
 
-    /// What the flag means for `model` on this CPU. `singleSequence`: the command decodes one sequence only
-    /// (`generate`), where bf16 products win on every AVX-512 BF16 core measured (batch-1 decode 1.15–1.40× f32 even
+    /// What the flag means for `model` on this CPU. `singleSequence`: the command decodes one sequence at a time
+    /// (`generate`, a server with `--max-batch-sequences 1`), where bf16 products win on every AVX-512 BF16 core measured (batch-1 decode 1.15–1.40× f32 even
     /// where VDPBF16PS runs at half the FMA's rate: they read the same bytes with fewer instructions per byte).
     func resolved(for model: LlamaModel, singleSequence: Bool = false) -> Choice {
         switch matmulPrecision {

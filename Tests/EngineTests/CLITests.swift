@@ -178,6 +178,35 @@ import Testing
         }
     }
 
+    /// `dlora serve` says in its start line which products `auto` picked: on a quantized checkpoint, bf16 where they pay
+    /// (`Kernels.bf16ProductsPay`), and always where the CPU has AVX-512 BF16 if the server runs one sequence at a time
+    /// (`--max-batch-sequences 1`: batch-1 decode, where bf16 wins on every core measured); f32 otherwise.
+    @Test func serveSaysWhichProductsAutoPicked() throws {
+        for single in [false, true] {
+            let p = Process()
+            p.executableURL = Self.binary
+            p.arguments = ["serve", "--model", Self.tiny, "--port", "0", "--kv-cache-mb", "16", "--no-measure-switch-cost"]
+                + (single ? ["--max-batch-sequences", "1"] : [])
+            let err = Pipe()
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            defer { if p.isRunning { p.terminate() }; p.waitUntilExit() }
+            // The start line, within 60 s (the process is stopped by PID either way).
+            var text = ""
+            let deadline = Date().addingTimeInterval(60)
+            while !text.contains("dlora: serving"), Date() < deadline, p.isRunning {
+                let chunk = err.fileHandleForReading.availableData
+                if chunk.isEmpty { break }
+                text += String(decoding: chunk, as: UTF8.self)
+            }
+            let line = try #require(text.split(separator: "\n").first { $0.contains("dlora: serving") }, "\(text)")
+            let bf16 = single ? Kernels.hasBF16Dot : Kernels.bf16ProductsPay
+            #expect(line.contains(", bf16 products") == bf16, "\(line)")
+            #expect(line.contains("f32 products (auto: VDPBF16PS does") == (Kernels.hasBF16Dot && !bf16), "\(line)")
+        }
+    }
+
     /// `--matmul-precision bf16` runs the base model's products in bf16: `bench core` says so, and `generate` gives the
     /// tiny model's greedy text (its margins are wide enough here; ModelGoldenTests holds the logits to transformers).
     @Test func generatesWithBF16Products() async throws {
