@@ -20,6 +20,12 @@ public enum MergePrecision: String, Sendable, CaseIterable {
     /// step's outputs differ from the unmerged path's by Q8_0's rounding of W + s·B·A
     /// (docs/design/merge-precision.md measures it against the PEFT goldens).
     case q8_0
+    /// Dense IEEE half (2 bytes per weight, 3.2× Q4_1's): W + s·B·A rounded once to f16 (11 significant bits, so an
+    /// adapter's update survives where Q8_0's 255 levels per block lose much of a small one). For f32 products, whose
+    /// kernels widen f16 rows with one conversion per 16 weights: a merged step there costs about the base's from
+    /// batch 8 up, where a dense f32 merge costs half again as much (docs/design/merge-precision.md). A matrix whose
+    /// merged values leave f16's range (|x| > 65504) stays f32.
+    case f16
 }
 
 extension LlamaModel {
@@ -37,14 +43,23 @@ extension LlamaModel {
                 guard let m = adapter.module(layer: li, target: t) else { continue }
                 let w = pristineLayers[li].matrix(t)
                 precondition(w.rows == m.outFeatures && w.cols == m.inFeatures, "adapter does not fit the model")
-                let dtype: DType = mergePrecision == .q8_0 && w.cols % DType.q8_0.blockSize == 0 ? .q8_0 : .f32
-                let target = mergeTarget(layer: li, t, dtype: dtype)
-                // The f32 sum: in the target itself when it is f32, else in a staging matrix quantized after.
-                let staging = dtype == .f32 ? UnsafeMutableRawPointer(mutating: target.data)
-                    : mergeStaging.bytes(w.rows * w.cols * MemoryLayout<Float>.stride)
-                let out = staging.assumingMemoryBound(to: Float.self)
+                var dtype: DType = switch mergePrecision {
+                case .q8_0 where w.cols % DType.q8_0.blockSize == 0: .q8_0
+                case .f16: .f16
+                default: .f32
+                }
+                // The f32 sum: in the target itself when it is f32, else in a staging matrix converted after.
+                let count = w.rows * w.cols
+                let out = (dtype == .f32 ? UnsafeMutableRawPointer(mutating: mergeTarget(layer: li, t, dtype: .f32).data)
+                    : mergeStaging.bytes(count * MemoryLayout<Float>.stride)).assumingMemoryBound(to: Float.self)
                 Kernels.dequantize(w, into: out)
                 m.addDelta(scale: s, into: out, scratch: mergeScratch)
+                if dtype == .f16, !Self.fitsF16(out, count: count) {
+                    dtype = .f32  // past f16's range: this matrix stays f32
+                    UnsafeMutableRawPointer(mutating: mergeTarget(layer: li, t, dtype: .f32).data)
+                        .copyMemory(from: out, byteCount: count * MemoryLayout<Float>.stride)
+                }
+                let target = mergeTarget(layer: li, t, dtype: dtype)
                 if dtype != .f32 {
                     Kernels.quantizeRows(out, rows: w.rows, cols: w.cols, to: dtype, into: UnsafeMutableRawPointer(mutating: target.data))
                 }
@@ -57,6 +72,15 @@ extension LlamaModel {
             if bf16Products { attachMergePacks(layer: li) }
         }
         merged = (adapter.name, scale)
+    }
+
+    /// Whether every value is within f16's finite range (|v| ≤ 65504; NaN is not): the largest magnitude's bit
+    /// pattern, an integer maximum over the values' bits with the sign cleared.
+    static func fitsF16(_ x: UnsafePointer<Float>, count: Int) -> Bool {
+        let bits = UnsafeRawPointer(x).assumingMemoryBound(to: UInt32.self)
+        var largest: UInt32 = 0
+        for i in 0..<count { largest = max(largest, bits[i] & 0x7FFF_FFFF) }
+        return largest <= 0x477F_E000  // 65504
     }
 
     /// A fused projection (q|k|v, gate|up) of which the adapter merges some members stays one product only if

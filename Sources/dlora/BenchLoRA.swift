@@ -49,8 +49,10 @@ struct BenchLoRA: ParsableCommand {
               + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); products: \(m.bf16Products ? "bf16" : "f32"). "
               + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
         print()
-        print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | merged f32 ms/step | merged f32 overhead | merged Q8_0 ms/step | merged Q8_0 overhead |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        let mergedNames = MergePrecision.allCases.map { $0 == .q8_0 ? "Q8_0" : $0.rawValue }
+        print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | "
+              + mergedNames.map { "merged \($0) ms/step | merged \($0) overhead" }.joined(separator: " | ") + " |")
+        print("|---:|---:|---:|---:|---:|---:|" + String(repeating: "---:|---:|", count: mergedNames.count))
         var loadRows: [String] = []
         var bandwidthRows: [(batch: Int, rank: Int, bytes: Double, extra: Double)] = []
         // Streamed before and after the timed steps (the better of the two counts), when a batch has an adapter per
@@ -109,12 +111,14 @@ struct BenchLoRA: ParsableCommand {
                 m.mergePrecision = .f32
             }
             let load = try Self.loadTime(config: c, rank: rank, targets: targetSet)
-            loadRows.append(String(format: "| %d | %.1f | %.2f | %.2f | %.3f | %.2f |", rank, Double(pool[0].byteCount) / 1e6, mergeSeconds[0] * 1000,
-                                   mergeSeconds[1] * 1000, unmergeSeconds * 1000, load * 1000))
+            loadRows.append(String(format: "| %d | %.1f | ", rank, Double(pool[0].byteCount) / 1e6)
+                            + mergeSeconds.map { String(format: "%.2f", $0 * 1000) }.joined(separator: " | ")
+                            + String(format: " | %.3f | %.2f |", unmergeSeconds * 1000, load * 1000))
         }
         print()
-        print("| rank | adapter size MB (resident) | merge ms (f32) | merge ms (Q8_0) | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print("| rank | adapter size MB (resident) | " + mergedNames.map { "merge ms (\($0))" }.joined(separator: " | ")
+              + " | unmerge ms | load from disk ms (PEFT safetensors, f32) |")
+        print("|---:|---:|" + String(repeating: "---:|", count: mergedNames.count) + "---:|---:|")
         loadRows.forEach { print($0) }
         guard !bandwidthRows.isEmpty else { return }
         streamed = max(streamed, BenchCore.streamedGBs())

@@ -63,8 +63,8 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "dLoRA's amortization horizon: iterations over which a switch to merged mode must pay for itself.")
     var horizon: Int = Self.defaults.policy.amortizationHorizon
     @Option(name: .customLong("merge-precision"),
-            help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base) or q8_0 (re-quantized, 1.7×; unmerge stays exact).")
-    var mergePrecision: MergePrecision = .f32
+            help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base), q8_0 (re-quantized, 1.7×) or f16 (rounded to half precision, 3.2×); unmerge stays exact. auto: f16 where the products are f32 on a quantized base, else f32 (bf16 products read merged matrices from bf16 packs).")
+    var mergePrecision: MergePrecisionChoice = .auto
     @Flag(name: .customLong("measure-switch-cost"), inversion: .prefixedNo,
           help: "Time a few merges of synthetic adapters on the loaded model at start (dLoRA only; 0.2-2 s on SmolLM2 with 2 cores), so the scheduler prices its first switch at this model's cost, workspace allocation included, rather than one CPU's figure for a Q4_1 base.")
     var measureSwitchCost = true
@@ -86,8 +86,8 @@ struct EngineOptions: ParsableArguments {
     /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision:
     /// a server that runs one sequence at a time decodes at batch 1 only, where `auto` takes bf16 as `generate` does).
     func prepare(_ model: LlamaModel) throws {
-        model.mergePrecision = mergePrecision
         try products.apply(to: model, singleSequence: maxBatchSequences == 1)
+        model.mergePrecision = mergePrecision.resolved(for: model)
     }
 
     /// The switch-cost prior timed on `model` as it will serve (after `prepare`): nil unless the policy is dLoRA (the
@@ -141,8 +141,15 @@ struct KVCacheOption: ParsableArguments {
     }
 }
 
-/// `--merge-precision f32|q8_0` (ArgumentParser lists the cases and refuses others).
-extension MergePrecision: ExpressibleByArgument {}
+/// `--merge-precision auto|f32|q8_0|f16` (ArgumentParser lists the cases and refuses others).
+enum MergePrecisionChoice: String, CaseIterable, ExpressibleByArgument {
+    case auto, f32, q8_0, f16
+
+    /// What the flag means for `model` as its products run (set them first).
+    func resolved(for model: LlamaModel) -> MergePrecision {
+        MergePrecision(rawValue: rawValue) ?? model.preferredMergePrecision
+    }
+}
 
 /// `--policy`: the batching policy of a replica.
 struct PolicyOption: ParsableArguments {

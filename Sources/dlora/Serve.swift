@@ -113,7 +113,7 @@ struct Serve: AsyncParsableCommand {
             String(format: ", merges measured at %.2f ns per base element + %.3f ns per multiply-add (the first + %.1f ns per element)",
                    $0.mergeSecondsPerElement * 1e9, $0.mergeSecondsPerMultiplyAdd * 1e9, $0.allocationSecondsPerElement * 1e9)
         } ?? ""
-        let productsNote = engineOptions.products.note(for: loaded.model)
+        let productsNote = engineOptions.products.note(for: loaded.model) + ", merges in \(loaded.model.mergePrecision.rawValue)"
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
         let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),

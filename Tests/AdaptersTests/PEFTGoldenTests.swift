@@ -1,6 +1,6 @@
 import Foundation
 import Kernels
-import Models
+@testable import Models
 import Testing
 import TestSupport
 
@@ -208,4 +208,49 @@ import TestSupport
 
     /// Logit tolerance of a Q8_0-merged forward against the f32 references (measured 0.15 and 0.19 on the two SmolLM2 adapters).
     static let q8Tolerance: Float = 0.3
+
+    /// Merged mode rounded to f16 (`MergePrecision.f16`) against the same PEFT goldens: one rounding of W + s·B·A to
+    /// 11 significant bits, so the logits move by less than a Q8_0 merge moves them and by far less than the adapter
+    /// does. Unmerging restores the exact weights.
+    @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
+    func smolLM2MergedF16(_ name: String) throws {
+        let (g, model, adapter) = try Self.smolLM2Case(name)
+        model.mergePrecision = .f16
+        let err = Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged, f16)",
+                             tolerance: Self.f16Tolerance, tie: 2 * Self.f16Tolerance)
+        print("merged f16 \(name): max |Δlogit| \(err) (adapter moves the logits by up to \(g.baseMaxAbsDiff))")
+        #expect(err > Self.tolerance, "f16 merging must differ measurably from f32 merging, or the test checks nothing new")
+        #expect(err < g.baseMaxAbsDiff / 20, "the rounding must stay far below what the adapter changes")
+        let target: LoRATarget = name.hasPrefix("s1") ? .q : .k
+        let loaded = model.layers[0].matrix(target).dtype
+        model.merge(adapter, scale: g.scale)
+        #expect(model.layers[0].matrix(target).dtype == .f16)
+        model.unmerge()
+        // An update past f16's range (|x| > 65504) keeps that matrix in f32 instead of turning it into infinities.
+        model.merge(adapter, scale: 1e9)
+        #expect(model.layers[0].matrix(target).dtype == .f32)
+        model.unmerge()
+        #expect(model.layers[0].matrix(target).dtype == loaded)
+        Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged after an f16 merge)")
+    }
+
+    /// `--merge-precision auto`: f16 for f32 products on a quantized base (the default model), f32 once its products
+    /// are bf16 (merged matrices are then read from bf16 packs) and on an f32 base.
+    @Test func preferredMergePrecisionFollowsTheProducts() throws {
+        _ = try DefaultModel.require()
+        let smol = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.smolPath))
+        #expect(!smol.bf16Products && smol.preferredMergePrecision == .f16)
+        if Kernels.hasBF16Dot {
+            smol.setBF16Products(true)
+            #expect(smol.preferredMergePrecision == .f32)
+        }
+        let f32 = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.model("tiny-llama", "F32")))
+        #expect(f32.preferredMergePrecision == .f32)
+        let q8 = try LlamaModel(checkpoint: openCheckpoint(path: Fixtures.model("tiny-llama", "Q8_0")))
+        #expect(q8.preferredMergePrecision == .f16)
+    }
+
+    /// Logit tolerance of an f16-merged forward against the f32 references (measured 0.0051 and 0.0060 on the two
+    /// SmolLM2 adapters, against 0.15–0.19 for Q8_0 merges).
+    static let f16Tolerance: Float = 0.02
 }
