@@ -195,15 +195,7 @@ import TestSupport
     /// that error. Unmerging restores the exact weights.
     @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
     func smolLM2MergedQ8(_ name: String) throws {
-        let (g, model, adapter) = try Self.smolLM2Case(name)
-        model.mergePrecision = .q8_0
-        let err = Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged, Q8_0)",
-                             tolerance: Self.q8Tolerance, tie: 2 * Self.q8Tolerance)
-        print("merged Q8_0 \(name): max |Δlogit| \(err) (adapter moves the logits by up to \(g.baseMaxAbsDiff))")
-        #expect(err > Self.tolerance, "Q8_0 merging must differ measurably from f32 merging, or the test checks nothing new")
-        #expect(err < g.baseMaxAbsDiff / 4, "the rounding must stay well below what the adapter changes")
-        // Unmerged after a Q8_0 merge: the pristine weights, exact again.
-        Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged after a Q8_0 merge)")
+        _ = try Self.checkRoundedMerge(name, .q8_0, tolerance: Self.q8Tolerance, headroom: 4)
     }
 
     /// Logit tolerance of a Q8_0-merged forward against the f32 references (measured 0.15 and 0.19 on the two SmolLM2 adapters).
@@ -211,16 +203,10 @@ import TestSupport
 
     /// Merged mode rounded to f16 (`MergePrecision.f16`) against the same PEFT goldens: one rounding of W + s·B·A to
     /// 11 significant bits, so the logits move by less than a Q8_0 merge moves them and by far less than the adapter
-    /// does. Unmerging restores the exact weights.
+    /// does. Unmerging restores the exact weights; a merge whose values leave f16's range keeps that matrix f32.
     @Test(arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
     func smolLM2MergedF16(_ name: String) throws {
-        let (g, model, adapter) = try Self.smolLM2Case(name)
-        model.mergePrecision = .f16
-        let err = Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged, f16)",
-                             tolerance: Self.f16Tolerance, tie: 2 * Self.f16Tolerance)
-        print("merged f16 \(name): max |Δlogit| \(err) (adapter moves the logits by up to \(g.baseMaxAbsDiff))")
-        #expect(err > Self.tolerance, "f16 merging must differ measurably from f32 merging, or the test checks nothing new")
-        #expect(err < g.baseMaxAbsDiff / 20, "the rounding must stay far below what the adapter changes")
+        let (model, adapter, g) = try Self.checkRoundedMerge(name, .f16, tolerance: Self.f16Tolerance, headroom: 20)
         let target: LoRATarget = name.hasPrefix("s1") ? .q : .k
         let loaded = model.layers[0].matrix(target).dtype
         model.merge(adapter, scale: g.scale)
@@ -231,8 +217,28 @@ import TestSupport
         #expect(model.layers[0].matrix(target).dtype == .f32)
         model.unmerge()
         #expect(model.layers[0].matrix(target).dtype == loaded)
-        Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged after an f16 merge)")
     }
+
+    /// A merge in `precision` on the default model against adapter `name`'s PEFT golden: its max logit error, held to
+    /// `tolerance` (greedy ids compared where the golden's margin exceeds twice it), must exceed f32 merging's (or the
+    /// test checks nothing new) and stay below the adapter's own effect over `headroom`; unmerged afterwards, the
+    /// pristine weights give the golden again.
+    static func checkRoundedMerge(_ name: String, _ precision: MergePrecision, tolerance: Float,
+                                  headroom: Float) throws -> (LlamaModel, LoRAWeights, Golden) {
+        let (g, model, adapter) = try Self.smolLM2Case(name)
+        model.mergePrecision = precision
+        let err = Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged, \(precision))",
+                             tolerance: tolerance, tie: 2 * tolerance)
+        print("merged \(precision) \(name): max |Δlogit| \(err) (adapter moves the logits by up to \(g.baseMaxAbsDiff))")
+        #expect(err > Self.tolerance, "\(precision) merging must differ measurably from f32 merging, or the test checks nothing new")
+        #expect(err < g.baseMaxAbsDiff / headroom, "the rounding must stay well below what the adapter changes")
+        Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged after a \(precision) merge)")
+        return (model, adapter, g)
+    }
+
+    /// Logit tolerance of an f16-merged forward against the f32 references (measured 0.0051 and 0.0060 on the two
+    /// SmolLM2 adapters, against 0.15–0.19 for Q8_0 merges).
+    static let f16Tolerance: Float = 0.02
 
     /// `--merge-precision auto`: f16 for f32 products on a quantized base (the default model), f32 once its products
     /// are bf16 (merged matrices are then read from bf16 packs) and on an f32 base.
@@ -250,7 +256,4 @@ import TestSupport
         #expect(q8.preferredMergePrecision == .f16)
     }
 
-    /// Logit tolerance of an f16-merged forward against the f32 references (measured 0.0051 and 0.0060 on the two
-    /// SmolLM2 adapters, against 0.15–0.19 for Q8_0 merges).
-    static let f16Tolerance: Float = 0.02
 }
