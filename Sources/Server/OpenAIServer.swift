@@ -100,7 +100,13 @@ public final class OpenAIServer: Sendable {
         }
         router.post("/v1/completions") { request, _ in try await self.generate(request, chat: false) }
         router.post("/v1/chat/completions") { request, _ in try await self.generate(request, chat: true) }
-        router.post("/v1/responses") { request, _ in try await self.respond(request) }
+        router.post("/v1/responses") { request, _ in
+            do {
+                return try await self.generate(request, chat: true, responses: true)
+            } catch let e as APIError {
+                throw e.inResponsesTerms  // an error about a chat parameter names the Responses body's
+            }
+        }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.loadAdapter(request) }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.unloadAdapter(request) }
         addReplicaControl(to: router)
@@ -244,46 +250,30 @@ public final class OpenAIServer: Sendable {
         return prefix + String(UInt64(created) << 20 ^ n, radix: 16)
     }
 
-    private func generate(_ request: Request, chat: Bool) async throws -> Response {
+    /// `/v1/completions` and `/v1/chat/completions`; `/v1/responses` (`responses`) as the chat request its body
+    /// translates to (ResponsesRequest), answered in the Responses API's shapes.
+    private func generate(_ request: Request, chat: Bool, responses: Bool = false) async throws -> Response {
         try authorize(request, key: options.apiKey)
         var request = request
-        let body = try await collect(&request)
+        var body = try await collect(&request)
         let arrival = DispatchTime.now().uptimeNanoseconds
+        var echo: ResponsesEcho?
+        if responses {
+            do {
+                let translated = try ResponsesRequest.translate(Data(buffer: body))
+                (body, echo) = (ByteBuffer(data: translated.chatBody), translated.echo)
+            } catch {
+                throw APIError(error)
+            }
+        }
         let parsed = try GenerationRequest.parse(body, chat: chat)
         let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
         let model = parsed.model
         do {
-            return try await run(parsed, adapter: adapter, request: request, arrival: arrival)
+            return try await run(parsed, adapter: adapter, request: request, arrival: arrival, responses: echo)
         } catch let e as APIError {
             metrics.request(model: model, status: String(e.status.code))
             throw e
-        }
-    }
-
-    /// `/v1/responses`: the body translated into the chat request it asks for (ResponsesRequest), run as chat, and
-    /// answered in the Responses API's shapes; an error about a chat parameter names the Responses one.
-    private func respond(_ request: Request) async throws -> Response {
-        try authorize(request, key: options.apiKey)
-        var request = request
-        let body = try await collect(&request)
-        let arrival = DispatchTime.now().uptimeNanoseconds
-        do {
-            let translated: ResponsesRequest
-            do {
-                translated = try ResponsesRequest.translate(Data(buffer: body))
-            } catch {
-                throw APIError(error)
-            }
-            let parsed = try GenerationRequest.parse(ByteBuffer(data: translated.chatBody), chat: true)
-            let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
-            do {
-                return try await run(parsed, adapter: adapter, request: request, arrival: arrival, responses: translated.echo)
-            } catch let e as APIError {
-                metrics.request(model: parsed.model, status: String(e.status.code))
-                throw e
-            }
-        } catch let e as APIError {
-            throw e.inResponsesTerms
         }
     }
 

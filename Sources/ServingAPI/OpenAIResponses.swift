@@ -376,6 +376,16 @@ public struct ChoiceRenderState: Sendable {
     var text = ""
     var finish: String?
 
+    /// A piece of a tool-call answer's text in a stream: nil while the answer may still be a call (held back), else
+    /// the text to send now — everything held so far once an `auto` answer turns out to be text (`plainText` from then).
+    mutating func release(_ text: String, tools: ToolCallMode) -> String? {
+        heldText += text
+        guard !tools.mayBeCall(heldText) else { return nil }
+        plainText = true
+        defer { heldText = "" }
+        return heldText
+    }
+
     /// The state of a resumed flight (the router's): what was rendered so far stays, log-probabilities as now asked.
     public func resumed(logprobs asked: Bool) -> ChoiceRenderState {
         var s = ChoiceRenderState(enabled: asked)
@@ -453,9 +463,10 @@ public struct CompletionRenderer: Sendable {
     }
 
     /// Call k of choice `index`: unique within the response, and the same from a replica and the router.
-    func callID(_ index: Int, _ k: Int) -> String {
-        "call_" + (id.hasPrefix("resp_") ? String(id.dropFirst(5)) : String(id.split(separator: "-").last ?? "")) + "_\(index)_\(k)"
-    }
+    func callID(_ index: Int, _ k: Int) -> String { "call_\(idSuffix)_\(index)_\(k)" }
+
+    /// The id's unique part: after "resp_", or after the last "-" ("chatcmpl-…", "cmpl-…", a choice's "…-k").
+    var idSuffix: String { id.hasPrefix("resp_") ? String(id.dropFirst(5)) : String(id.split(separator: "-").last ?? "") }
 
     /// One choice of a whole response.
     public struct Choice: Sendable {
@@ -500,12 +511,9 @@ public struct CompletionRenderer: Sendable {
     public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout ChoiceRenderState) -> [String] {
         if let tools, !logprobs.plainText {
             if let text {
-                logprobs.heldText += text
-                guard !tools.mayBeCall(logprobs.heldText) else { return [] }
                 // Not a call after all (auto): what was held, then the rest as it comes.
-                logprobs.plainText = true
-                defer { logprobs.heldText = "" }
-                return [singleChunk(index, text: logprobs.heldText, finish: nil, logprobs: &logprobs)]
+                guard let released = logprobs.release(text, tools: tools) else { return [] }
+                return [singleChunk(index, text: released, finish: nil, logprobs: &logprobs)]
             }
             let (message, reason) = message(index, text: logprobs.heldText, finish: finish ?? "")
             let calls = message.toolCalls?.enumerated().map { k, c in

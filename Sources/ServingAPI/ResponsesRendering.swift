@@ -27,11 +27,8 @@ extension CompletionRenderer {
         guard responses != nil else { return chunk(index, text: text, finish: finish, logprobs: &state).map(Self.data) }
         if let text {
             if let tools, !state.plainText {
-                state.heldText += text
-                guard !tools.mayBeCall(state.heldText) else { return [] }
-                state.plainText = true
-                defer { state.heldText = "" }
-                return textFrames(state.heldText, &state)
+                guard let released = state.release(text, tools: tools) else { return [] }
+                return textFrames(released, &state)
             }
             return textFrames(text, &state)
         }
@@ -110,9 +107,7 @@ extension CompletionRenderer {
         return "event: \(type)\ndata: \(Self.json(payload))\n\n"
     }
 
-    /// The id's unique part ("resp_…" → "…").
-    private var suffix: String { id.hasPrefix("resp_") ? String(id.dropFirst(5)) : id }
-    private var messageID: String { "msg_" + suffix }
+    private var messageID: String { "msg_" + idSuffix }
 
     private func openMessage(_ state: inout ChoiceRenderState) -> [String] {
         state.messageOpen = true
@@ -140,7 +135,7 @@ extension CompletionRenderer {
     private func callItems(text: String, finish: String) -> [[String: Any]]? {
         guard let calls = message(0, text: text, finish: finish).0.toolCalls else { return nil }
         return calls.enumerated().map { k, c in
-            ["type": "function_call", "id": "fc_\(suffix)_\(k)", "call_id": c.id, "name": c.function.name, "arguments": c.function.arguments,
+            ["type": "function_call", "id": "fc_\(idSuffix)_\(k)", "call_id": c.id, "name": c.function.name, "arguments": c.function.arguments,
              "status": "completed"]
         }
     }

@@ -31,8 +31,6 @@ public struct ResponsesEcho: @unchecked Sendable {
 public struct ResponsesRequest: @unchecked Sendable {
     /// The equivalent `/v1/chat/completions` body (JSON).
     public let chatBody: Data
-    /// The same body as Foundation objects (the router's view of a chat body).
-    public let chatObject: [String: Any]
     public let stream: Bool
     public let echo: ResponsesEcho
 
@@ -71,6 +69,11 @@ public struct ResponsesRequest: @unchecked Sendable {
             throw ResponsesRequestError(param, "'\(param)' is not valid JSON")
         }
         return v
+    }
+
+    /// The string value of member `key` among an object's members (nil: absent or not a string).
+    private static func string(_ members: [(key: String, value: ArraySlice<UInt8>)], _ key: String) -> String? {
+        members.first { $0.key == key }.flatMap { try? JSONSerialization.jsonObject(with: Data($0.value), options: .fragmentsAllowed) as? String }
     }
 
     /// Foundation's JSON text of a value (messages, a tool choice) whose member order does not matter.
@@ -182,7 +185,7 @@ public struct ResponsesRequest: @unchecked Sendable {
             // Each flat function tool as chat's {"type": "function", "function": {…}}, its members' text kept.
             let converted = try list.enumerated().map { i, t throws(ResponsesRequestError) -> String in
                 guard let fields = RawJSON.members(Array(t)) else { throw ResponsesRequestError("tools[\(i)]", "a tool must be an object") }
-                let type = fields.first { $0.key == "type" }.flatMap { try? JSONSerialization.jsonObject(with: Data($0.value), options: .fragmentsAllowed) as? String }
+                let type = string(fields, "type")
                 guard type == "function" else {
                     throw ResponsesRequestError("tools[\(i)].type", "tool type '\(String((type ?? "?").prefix(64)))' is not supported (function tools only)")
                 }
@@ -220,7 +223,7 @@ public struct ResponsesRequest: @unchecked Sendable {
                 }
             }
             if let format = fields.last(where: { $0.key == "format" })?.value, let members = RawJSON.members(Array(format)) {
-                let type = members.first { $0.key == "type" }.flatMap { try? JSONSerialization.jsonObject(with: Data($0.value), options: .fragmentsAllowed) as? String }
+                let type = string(members, "type")
                 switch type {
                 case "text": break
                 case "json_object": chat.append(("response_format", text(["type": "json_object"])))
@@ -238,11 +241,7 @@ public struct ResponsesRequest: @unchecked Sendable {
         for key in ["temperature", "top_p", "metadata", "parallel_tool_calls", "user"] {
             if let v = object[key], !(v is NSNull) { echo[key] = v }
         }
-        let chatBody = Data(Self.object(chat).utf8)
-        guard let chatObject = (try? JSONSerialization.jsonObject(with: chatBody)) as? [String: Any] else {
-            throw ResponsesRequestError(nil, "the request could not be translated")
-        }
-        return ResponsesRequest(chatBody: chatBody, chatObject: chatObject, stream: (object["stream"] as? Bool) == true, echo: ResponsesEcho(fields: echo))
+        return ResponsesRequest(chatBody: Data(Self.object(chat).utf8), stream: (object["stream"] as? Bool) == true, echo: ResponsesEcho(fields: echo))
     }
 
     /// One input item as chat messages: a message (its text parts joined), a function call (an assistant message's

@@ -30,14 +30,15 @@ import Testing
         #expect(chat.contains(#""tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"z":{"type":"integer"},"a":{"type":"string"}}},"strict":true}}]"#), "\(chat)")
         #expect(chat.contains(#""response_format":{"type":"json_schema","json_schema":{"name":"out","schema":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"integer"}}}}}"#), "\(chat)")
         #expect(chat.contains(#""max_tokens":7"#) && chat.contains(#""temperature":0.5"#) && !chat.contains("max_output_tokens"), "\(chat)")
-        let messages = try #require(t.chatObject["messages"] as? [[String: Any]])
+        let chatObject = try jsonObject(chat)
+        let messages = try #require(chatObject["messages"] as? [[String: Any]])
         #expect(messages.map { $0["role"] as? String } == ["system", "system", "user", "assistant", "tool"])
         #expect(messages[0]["content"] as? String == "Be brief." && messages[1]["content"] as? String == "Rules.")
         #expect(messages[2]["content"] as? String == "Hi there")
         let calls = try #require(messages[3]["tool_calls"] as? [[String: Any]])
         #expect(calls.map { $0["id"] as? String } == ["c1", "c2"] && (calls[0]["function"] as? [String: Any])?["arguments"] as? String == #"{"z":1}"#)
         #expect(messages[4]["tool_call_id"] as? String == "c1" && messages[4]["content"] as? String == "ok")
-        #expect((t.chatObject["tool_choice"] as? [String: Any]).flatMap { ($0["function"] as? [String: Any])?["name"] as? String } == "f")
+        #expect((chatObject["tool_choice"] as? [String: Any]).flatMap { ($0["function"] as? [String: Any])?["name"] as? String } == "f")
         #expect(!t.stream && t.echo.fields["instructions"] as? String == "Be brief." && t.echo.fields["max_output_tokens"] as? Int == 7)
     }
 
