@@ -114,6 +114,9 @@ struct Generate: ParsableCommand {
     var adapterRoot: String?
     @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
     var loraMode: String = "unmerged"
+    @Option(name: .customLong("merge-precision"),
+            help: "With --lora-mode merged: how W + s·B·A is stored: f32, q8_0 or f16; auto: f16 where the products are f32 on a quantized base, else f32 (as serve).")
+    var mergePrecision: MergePrecisionChoice = .auto
     @Flag(name: .customLong("json"), help: "Constrain the output to one JSON object (JSON mode).")
     var json = false
     @Option(name: .customLong("json-schema"), help: "Constrain the output to JSON valid against the JSON Schema in this file (structured outputs).")
@@ -129,6 +132,7 @@ struct Generate: ParsableCommand {
             throw ValidationError("give at most one of --json, --json-schema and --choice")
         }
         guard ["merged", "unmerged"].contains(loraMode) else { throw ValidationError("--lora-mode must be merged or unmerged") }
+        if mergePrecision != .auto && loraMode != "merged" { throw ValidationError("--merge-precision needs --lora-mode merged") }
         guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw ValidationError("--adapter-scale must be a finite number within ±100") }
         if adapter == nil && (adapterScale != 1 || adapterRoot != nil) { throw ValidationError("--adapter-scale and --adapter-root need --adapter") }
     }
@@ -136,6 +140,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         let (_, loaded) = try modelOptions.load()
         try products.apply(to: loaded.model, singleSequence: true)
+        loaded.model.mergePrecision = mergePrecision.resolved(for: loaded.model)
         let tokenizer = loaded.tokenizer
         let ids: [Int]
         if let chat {
@@ -158,6 +163,7 @@ struct Generate: ParsableCommand {
             if loraMode == "merged" {
                 guard weights.mergeable else { throw CLIError("adapter '\(weights.name)' is a MoLE composition: its experts' mix changes per token, so it runs unmerged only") }
                 loaded.model.merge(weights, scale: adapterScale)
+                FileHandle.standardError.write(Data("merged '\(weights.name)' into the weights in \(loaded.model.mergePrecision.rawValue)\n".utf8))
             } else {
                 lora = weights
             }

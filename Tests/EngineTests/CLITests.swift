@@ -316,6 +316,14 @@ import Testing
         #expect(byName.stdout == byPath.stdout)
         #expect(merged.stdout == byPath.stdout)
         #expect(zero.stdout == base.stdout)
+        // The merge's precision: named on stderr, as asked (auto: as the model prefers, what serve picks too).
+        #expect(merged.stderr.contains("merged 'tuned' into the weights in "), "stderr: \(merged.stderr)")
+        for precision in ["f32", "q8_0", "f16"] {
+            let r = try await CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path, "--lora-mode", "merged",
+                                                       "--merge-precision", precision])
+            #expect(r.status == 0 && r.stderr.contains("merged 'tuned' into the weights in \(precision)\n"), "stderr: \(r.stderr)")
+            if precision == "f32" { #expect(r.stdout == byPath.stdout) }
+        }
     }
 
     @Test func badAdaptersAreOneLineErrors() async throws {
@@ -330,7 +338,9 @@ import Testing
                                 // directory, `--adapter` would take it as a path): refused as a name.
                                 (["--adapter", "../dlora-no-such-\(UUID().uuidString)", "--adapter-root", dir.path], "invalid adapter name"),
                                 (["--adapter-scale", "2"], "--adapter"),
-                                (["--adapter", dir.path, "--lora-mode", "fused"], "--lora-mode")] {
+                                (["--adapter", dir.path, "--lora-mode", "fused"], "--lora-mode"),
+                                (["--adapter", dir.path, "--merge-precision", "f16"], "--lora-mode merged"),
+                                (["--adapter", dir.path, "--lora-mode", "merged", "--merge-precision", "bf8"], "--merge-precision")] {
             let r = try await CLITests.dlora(common + args)
             #expect(r.status != 0)
             #expect(r.stderr.split(separator: "\n").count == 1 && r.stderr.contains(mention), "stderr: \(r.stderr)")
