@@ -11,7 +11,8 @@ Measures, median of REPS timed runs after warm-up (CUDA events):
   of the batch per adapter: PEFT-like);
 - prefill of B prompts of P tokens;
 - merge and unmerge of one rank-16 q/v adapter (W += s·B·A over 32 layers, then W −= s·B·A);
-- an adapter's load from pinned and from pageable host memory (rank 16, q/v, 32 layers).
+- an adapter's load from pinned and from pageable host memory (rank 16, q/v, 32 layers); host <-> device rates;
+- a graph-replayed decode step (batch 32, context 512) alone and while K/V streams device -> host beside it.
 
     python3 tools/gpu_profile.py --out DIR        # writes DIR/gpu-profile.json (GPU_PROFILE_MODEL=13b: 13B's shapes)
 """
@@ -160,7 +161,7 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     dev = torch.device("cpu" if SMOKE else "cuda")
     t0 = time.time()
-    res = {"gpu": "cpu smoke" if SMOKE else torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+    res = {"date": time.strftime("%Y-%m-%d"), "gpu": "cpu smoke" if SMOKE else torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
            "python": platform.python_version(), "model": MODEL, "weights": "Llama-2 shapes, random FP16", "rank": RANK,
            "decode": [], "unmerged": [], "prefill": [], "graphs": []}
     print(json.dumps({k: res[k] for k in ("gpu", "torch", "cuda")}), flush=True)
@@ -236,7 +237,50 @@ def main():
         bigd = torch.empty_like(big, device=dev)
         ms = timed(lambda: bigd.copy_(big, non_blocking=True), args.reps)
         res["h2d_GBps"] = big.numel() / (ms / 1e3) / 1e9
-        print("load", res["load_pinned_ms"], res["load_pageable_ms"], "h2d GB/s", res["h2d_GBps"], flush=True)
+        # The other direction (a preempted request's K/V swapped out, a migration's stages leaving the GPU).
+        ms = timed(lambda: big.copy_(bigd, non_blocking=True), args.reps)
+        res["d2h_GBps"] = big.numel() / (ms / 1e3) / 1e9
+        print("load", res["load_pinned_ms"], res["load_pageable_ms"], "h2d GB/s", res["h2d_GBps"], "d2h GB/s", res["d2h_GBps"], flush=True)
+        # A decode step while K/V streams out over PCIe on a side stream (a migration's stages copied while the
+        # request keeps decoding, as Llumnix does): the step's replays timed alone and beside the copies.
+        if not SMOKE:
+            Bsz, C = 32, 512
+            kv = kv_cache(Bsz, C)
+            x = torch.randn(Bsz, 1, H, device=dev, dtype=torch.float16)
+            step = lambda: m.step(x, kv)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    step()
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+
+            def replays(n, copies):
+                torch.cuda.synchronize()
+                if copies:
+                    with torch.cuda.stream(side):
+                        for _ in range(copies):
+                            big.copy_(bigd, non_blocking=True)
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                for _ in range(n):
+                    graph.replay()
+                b.record()
+                b.synchronize()
+                torch.cuda.synchronize()
+                return a.elapsed_time(b) / n
+            n = 20
+            alone, beside = [], []
+            for _ in range(5):
+                alone.append(replays(n, 0))
+                per_copy = big.numel() / (res["d2h_GBps"] * 1e9) * 1e3
+                beside.append(replays(n, int(alone[-1] * n / per_copy) + 2))
+            res["decode_under_d2h"] = {"batch": Bsz, "context": C, "alone_ms": sorted(alone)[2], "beside_copy_ms": sorted(beside)[2]}
+            print("decode under d2h", res["decode_under_d2h"], flush=True)
+            del graph, kv
     res["seconds"] = time.time() - t0
     with open(os.path.join(args.out, "gpu-profile.json"), "w") as f:
         json.dump(res, f, indent=1)

@@ -23,7 +23,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from gpu_profile_report import delta_7b_a800, unmerged_line  # noqa: E402
+from gpu_profile_report import delta_7b_a800, unmerged_line, use_gpu  # noqa: E402
 
 
 def measure(args):
@@ -35,7 +35,7 @@ def measure(args):
     dev = torch.device("cpu" if gp.SMOKE else "cuda")
     L, H = gp.L, gp.H
     kw = dict(split_k=1, block_k=64, block_n=64) if gp.SMOKE else {}
-    res = {"gpu": "cpu smoke" if gp.SMOKE else torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
+    res = {"date": time.strftime("%Y-%m-%d"), "gpu": "cpu smoke" if gp.SMOKE else torch.cuda.get_device_name(0), "torch": torch.__version__, "cuda": torch.version.cuda,
            "model": gp.MODEL, "context": 512, "runs": [], "parity": None}
     t0 = time.time()
 
@@ -128,15 +128,16 @@ def fit(r, how, batch=32, rank=16):
 def report(paths):
     out = []
     p = out.append
-    p("# The unmerged step on one H200 with a multi-adapter LoRA kernel (Punica BGMV-style, in Triton)")
+    first = json.load(open(paths[0]))
+    p(f"# The unmerged step on one {use_gpu(first['gpu'])} with a multi-adapter LoRA kernel (Punica BGMV-style, in Triton)")
     p("")
-    p("Measured by `python3 tools/gpu_profile_lora.py` through the session's device tool, 2026-12-04; this file by")
+    p(f"Measured by `python3 tools/gpu_profile_lora.py` through the session's device tool, {first.get('date', '2026-12-04')}; this file by")
     p("`python3 tools/gpu_profile_lora.py --report`. Llama-2 shapes with random FP16 weights, dense K/V, 512 tokens of")
     p("context per sequence, every step captured in a CUDA graph and replayed; medians of the timed replays, CUDA events.")
     p("\"triton\": tools/lora_triton.py, a shrink and an expand kernel per layer serving q and v in one launch each, each")
     p("token reading its own adapter's A and B in place (the arithmetic and access pattern of Punica's BGMV and vLLM's")
     p("LoRA kernels, our own code). \"gathered\": tools/gpu_profile.py's batched products over gathered copies of each")
-    p("token's A and B (PyTorch's generic ops; what bench/results/gpu-profile-h200.md measured). \"triton, none\": the")
+    p(f"token's A and B (PyTorch's generic ops; what bench/results/gpu-profile-{use_gpu(first['gpu']).lower()}.md measured). \"triton, none\": the")
     p("kernels launched with no token holding an adapter (their launch and masking alone). Adapters: rank 16 (one row")
     p("rank 64) on q and v of every layer; the batch's tokens spread evenly over the distinct adapters.")
     for path in paths:
@@ -193,6 +194,7 @@ def main():
     elif args.knobs:
         r = json.load(open(args.knobs[0]))
         base = json.load(open(args.knobs[1])) if os.path.exists(args.knobs[1]) else {}
+        use_gpu(r["gpu"])
         g, d = fit(r, "triton")
         note = "; γ and δ: tools/gpu_profile_lora.py (Triton BGMV-style kernels) --knobs"
         source = base.get("source", "")

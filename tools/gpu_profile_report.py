@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""bench/results/gpu-profile-h200*.md from a tools/gpu_profile.py JSON: the measured steps beside what the
+"""bench/results/gpu-profile-{h200,h100}*.md from a tools/gpu_profile.py JSON: the measured steps beside what the
 simulator's roofline (docs/design/simulator.md, "GPU replicas"; Sources/Simulator/RooflineCostModel.swift)
-predicts for Llama-2-7B on an H200, with the roofline's constants restated here.
+predicts for the profiled Llama-2 shapes on the profiled GPU, with the roofline's constants restated here.
 
     python3 tools/gpu_profile_report.py bench/results/gpu-profile-h200.json > bench/results/gpu-profile-h200.md
     python3 tools/gpu_profile_report.py PROFILE.json --knobs KNOBS.json   # also: the roofline knobs it measures,
@@ -10,8 +10,11 @@ predicts for Llama-2-7B on an H200, with the roofline's constants restated here.
 import json
 import sys
 
-# The roofline's figures for H200 SXM and Llama-2-7B (FP16), as RooflineCostModel states them.
-HBM, PEAK, PCIE = 4800e9, 989e12, 64e9
+# The roofline's vendor figures per GPU (HBM bytes/s, FP16 dense FLOP/s, PCIe bytes/s per direction), as
+# RooflineCostModel states them; the profile's device name picks the row (an "H100 80GB HBM3" is the SXM5 part).
+GPUS = {"H200": ("H200 SXM", 4800e9, 989e12, 64e9), "H100": ("H100 SXM5", 3350e9, 989e12, 64e9),
+        "A800": ("A800 80GB SXM", 2039e9, 312e12, 32e9), "A100": ("A100 80GB SXM", 2039e9, 312e12, 32e9)}
+GPU_LABEL, HBM, PEAK, PCIE = GPUS["H200"]
 MODELS = {"7b": (6.74e9, 32, 4096), "13b": (13.0e9, 40, 5120)}  # parameters, layers, hidden (Llama-2, no GQA)
 PARAMS, LAYERS, HIDDEN = MODELS["7b"]
 KV_PER_TOKEN = 2 * LAYERS * HIDDEN * 2
@@ -35,9 +38,17 @@ def unmerged_line(merged_seconds, pts):
     return max(0.0, (y_mean - slope * n_mean) / merged_seconds - 1), slope
 
 
+def use_gpu(device_name):
+    """Sets the roofline's figures to the GPU a profile names (H200 when it names none we know)."""
+    global GPU_LABEL, HBM, PEAK, PCIE
+    key = next((k for k in GPUS if k in device_name), "H200")
+    GPU_LABEL, HBM, PEAK, PCIE = GPUS[key]
+    return key
+
+
 def delta_7b_a800(delta, model):
-    """δ measured on an H200 with `model`'s shapes, referred to 7B on an A800 as the roofline scales it (by layers ·
-    hidden, and by HBM bandwidth)."""
+    """δ measured on the profiled GPU (`use_gpu`) with `model`'s shapes, referred to 7B on an A800 as the roofline
+    scales it (by layers · hidden, and by HBM bandwidth)."""
     _, layers, hidden = MODELS[model]
     return delta * (HBM / A800_HBM) / (layers * hidden / (32 * 4096))
 
@@ -63,6 +74,7 @@ def knobs(r, name, elements_ratio):
 def main():
     global PARAMS, LAYERS, HIDDEN, KV_PER_TOKEN
     r = json.load(open(sys.argv[1]))
+    gpu = use_gpu(r["gpu"])
     name = r.get("model", "7b") if r.get("model") in MODELS else "7b"
     PARAMS, LAYERS, HIDDEN = MODELS[name]
     KV_PER_TOKEN = 2 * LAYERS * HIDDEN * 2
@@ -76,15 +88,15 @@ def main():
             f.write("\n")
     out = []
     p = out.append
-    p(f"# A measured GPU profile: Llama-2-{name.upper()} shapes on one H200, beside the simulator's roofline")
+    p(f"# A measured GPU profile: Llama-2-{name.upper()} shapes on one {gpu}, beside the simulator's roofline")
     p("")
     p(f"Measured by `python3 tools/gpu_profile.py` on {r['gpu']} (torch {r['torch']}, CUDA {r['cuda']}) through the")
-    p("session's device tool, 2026-12-04; this file by `python3 tools/gpu_profile_report.py`. Random FP16 weights of")
+    p(f"session's device tool, {r.get('date', '2026-12-04')}; this file by `python3 tools/gpu_profile_report.py`. Random FP16 weights of")
     p(f"Llama-2-{name.upper()}'s shapes ({LAYERS} layers, hidden {HIDDEN}, vocabulary 32000; nothing downloaded), dense K/V")
     p("caches (no paging), PyTorch ops (fused QKV and gate/up products, SDPA). Medians of 20 timed runs after")
     p("warm-up, CUDA events. \"graph\": the step captured in a CUDA graph and replayed (the GPU's own time, as")
     p("vLLM runs decode batches); \"eager\": launched op by op from Python. Roofline: docs/design/simulator.md,")
-    p(f"\"GPU replicas\", with its constants for H200 SXM / {name.upper()} (HBM 4,800 GB/s × 0.8, 989 TFLOPS × 0.6, 1.5 ms fixed).")
+    p(f"\"GPU replicas\", with its constants for {GPU_LABEL} / {name.upper()} (HBM {HBM / 1e9:,.0f} GB/s × 0.8, {PEAK / 1e12:,.0f} TFLOPS × 0.6, 1.5 ms fixed).")
     p("")
     p("## Decode step, base weights only (merged)")
     p("")
@@ -138,6 +150,17 @@ def main():
     p(f"| load {r['adapter_bytes'] / 1e6:.1f} MB from pinned host memory | {r['load_pinned_ms']:.2f} | {load:.2f} |")
     p(f"| load from pageable host memory | {r['load_pageable_ms']:.2f} | |")
     p(f"| host → device, 256 MiB pinned | {r['h2d_GBps']:.1f} GB/s | {0.8 * PCIE / 1e9:.1f} GB/s |")
+    if "d2h_GBps" in r:
+        p(f"| device → host, 256 MiB pinned (K/V swapped out, a migration's stages) | {r['d2h_GBps']:.1f} GB/s | {0.8 * PCIE / 1e9:.1f} GB/s |")
+    u = r.get("decode_under_d2h")
+    if u:
+        p("")
+        p("## A decode step while K/V streams out beside it")
+        p("")
+        p(f"Graph-replayed decode at batch {u['batch']}, context {u['context']}: {u['alone_ms']:.2f} ms alone, {u['beside_copy_ms']:.2f} ms while")
+        p(f"256 MiB device → host copies run back to back on a side stream ({u['beside_copy_ms'] / u['alone_ms'] - 1:+.1%}; medians of")
+        p("5 runs of 20 replays each). The simulator lets a migrating request keep decoding at its replica's step time while")
+        p("its K/V is copied in stages, which this bears out: the copy engine and the HBM it draws on leave the step nearly whole.")
     print("\n".join(out))
 
 
