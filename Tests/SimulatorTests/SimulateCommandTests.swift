@@ -190,6 +190,40 @@ import Testing
         }
     }
 
+    /// The knob files the GPU profilers committed (bench/results/*.knobs.json: tools/gpu_profile_report.py,
+    /// gpu_profile_lora.py and gpu_profile_peft.py --knobs) still load into the GPU models they were measured for, and
+    /// price as they say: a request served unmerged under a measured γ below the assumed 0.6 finishes sooner, and under
+    /// HF PEFT's fixed time per step (tens of ms against the roofline's 1.5) later.
+    @Test func theCommittedKnobFilesLoadAndPriceAsMeasured() async throws {
+        let results = FixtureFiles.root.deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("bench/results")
+        let files = try FileManager.default.contentsOfDirectory(atPath: results.path).filter { $0.hasSuffix(".knobs.json") }.sorted()
+        #expect(files.count >= 6, "\(files)")
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let requests = dir.file("requests.jsonl"), records = dir.file("records.csv")
+        try #"{"arrival": 0.5, "adapter": 0, "prompt_tokens": 64, "output_tokens": 6}"#.write(to: requests, atomically: true, encoding: .utf8)
+        func finish(_ cost: String, _ profile: String?) async throws -> Double {
+            var args = ["--cost", cost, "--requests-file", requests.path, "--policy", "unmerged-only", "--dispatch", "round-robin",
+                        "--records", records.path]
+            if let profile { args += ["--cost-profile", results.appendingPathComponent(profile).path] }
+            let r = try await Self.simulate(args)
+            #expect(r.status == 0, "\(profile ?? cost): \(r.stderr)")
+            let row = try #require(try String(contentsOf: records, encoding: .utf8).split(separator: "\n").dropFirst().first)
+                .split(separator: ",", omittingEmptySubsequences: false)
+            return try #require(Double(row[4]))
+        }
+        for file in files {
+            let gpu = file.contains("h100") ? "h100" : "h200"
+            let model = file.contains("13b") ? "13b" : "7b"
+            let cost = "\(gpu)-\(model)"
+            let assumed = try await finish(cost, nil), measured = try await finish(cost, file)
+            if file.contains("peft") {
+                #expect(measured > assumed + 6 * 0.02, "\(file): \(assumed) → \(measured)")
+            } else {
+                #expect(measured < assumed, "\(file): \(assumed) → \(measured)")
+            }
+        }
+    }
+
     /// `merged_extra_seconds` is signed: at −4 ms a merged iteration costs the fixed 10 ms less 4 ms, so one request
     /// (4-token prompt, 5 tokens) served merged-only finishes after 5 × 6 ms; unmerged-only, after 5 × 10 ms.
     @Test func aNegativeMergedExtraPricesMergedIterationsBelowTheBase() async throws {
