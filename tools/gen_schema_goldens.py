@@ -10,7 +10,9 @@ reordered (valid JSON Schema, not canonical), and deterministic mutations of the
 inserted or deleted). `refused` lists schemas the grammar must refuse (keywords it cannot honour).
 Usage: python3 tools/gen_schema_goldens.py
 """
+import decimal
 import json
+import math
 import random
 import re
 from pathlib import Path
@@ -52,6 +54,19 @@ SCHEMAS = [
                                       "day": {"type": "string", "format": "date"}},
      "required": ["code", "tag", "quote"]},
     {"type": "array", "items": {"enum": ["a1", "b2", "ab", 3, "x-a"], "pattern": "^a"}},
+    # Numeric bounds: inclusive and exclusive, integral and fractional, one-sided, negative, beside enum and other types.
+    {"type": "object", "properties": {"age": {"type": "integer", "minimum": 0, "maximum": 150},
+                                      "score": {"type": "number", "minimum": 0, "maximum": 1},
+                                      "temp": {"type": "number", "exclusiveMinimum": -273.15, "maximum": 1000.5},
+                                      "n": {"type": "integer", "exclusiveMinimum": -5, "exclusiveMaximum": 12}},
+     "required": ["age", "score", "temp", "n"]},
+    {"type": "integer", "minimum": 3},
+    {"type": "array", "items": {"type": "integer", "maximum": -10}, "maxItems": 3},
+    {"type": ["integer", "string"], "minimum": 100, "maximum": 100000, "maxLength": 3},
+    {"type": "number", "minimum": 0.001, "exclusiveMaximum": 0.01},
+    {"type": "number", "exclusiveMinimum": -2.5, "exclusiveMaximum": -0.25},
+    {"type": "integer", "minimum": 2.5, "maximum": 7.5},
+    {"enum": [1, 5, 10.5, "x", 20], "minimum": 4, "exclusiveMaximum": 20},
 ]
 
 # Values of the pattern and format schemas above, as the model could write them (the instance generator picks one).
@@ -69,7 +84,11 @@ REFUSED = [
     {"type": "string", "pattern": "a+", "maxLength": 3},
     {"enum": ["a"], "pattern": 1},
     {"enum": ["b"], "pattern": "^a"},
-    {"type": "integer", "minimum": 3},
+    {"type": "number", "multipleOf": 0.5},
+    {"type": "integer", "minimum": 5, "maximum": 4},
+    {"type": "integer", "exclusiveMinimum": 4, "exclusiveMaximum": 5},
+    {"type": "number", "minimum": 1, "exclusiveMaximum": 1},
+    {"type": "integer", "minimum": "3"},
     {"type": "object", "properties": {"a": {"not": {"type": "string"}}}},
     {"type": "array", "uniqueItems": True},
     {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["b"]},
@@ -123,7 +142,8 @@ def instance(schema, root, rng, depth=0):
         return dump(schema["const"])
     if "enum" in schema:
         pattern = schema.get("pattern")
-        return dump(rng.choice([v for v in schema["enum"] if not (pattern and isinstance(v, str) and not re.search(pattern, v))]))
+        return dump(rng.choice([v for v in schema["enum"] if not (pattern and isinstance(v, str) and not re.search(pattern, v))
+                                and valid(dump(v), schema)]))
     types = schema.get("type")
     if types is None:
         types = ["object"] if "properties" in schema or "additionalProperties" in schema else ["integer"]
@@ -153,13 +173,51 @@ def instance(schema, root, rng, depth=0):
         if key in PATTERN_SAMPLES:
             return dump(rng.choice(PATTERN_SAMPLES[key]))
         return dump(string_instance(rng, schema.get("minLength", 0), schema.get("maxLength")))
+    bounded = any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
+    if t == "integer" and bounded:
+        lo, hi = bounds(schema)
+        lo = -10**6 if lo is None else (math.floor(lo[0]) + 1 if lo[1] else math.ceil(lo[0]))
+        hi = 10**6 if hi is None else (math.ceil(hi[0]) - 1 if hi[1] else math.floor(hi[0]))
+        return str(rng.choice([lo, hi, rng.randint(lo, hi), rng.randint(lo, hi)]))
     if t == "integer":
         return str(rng.choice([0, 7, -12, 123456789]))
+    if t == "number" and bounded:
+        # No exponent: a bounded number is written as integer part and fraction (the grammar's subset).
+        lo, hi = bounds(schema)
+        a = -1e6 if lo is None else lo[0]
+        b = 1e6 if hi is None else hi[0]
+        picks = [f"{rng.uniform(a, b):.{rng.randint(0, 5)}f}" for _ in range(3)]
+        picks += [repr_decimal(lo[0])] if lo is not None and not lo[1] else []
+        picks += [repr_decimal(hi[0])] if hi is not None and not hi[1] else []
+        good = [p for p in picks if valid(p, schema)]
+        return rng.choice(good or [repr_decimal((a + b) / 2)])
     if t == "number":
         return rng.choice(["0", "-1.5", "2e10", "3.25E-2", "10"])
     if t == "boolean":
         return rng.choice(["true", "false"])
     return "null"
+
+
+def bounds(schema):
+    """(value, exclusive) of the lower and the upper bound (None: unbounded); the tighter where two are given."""
+    lo = hi = None
+    if "minimum" in schema:
+        lo = (schema["minimum"], False)
+    if "exclusiveMinimum" in schema and (lo is None or schema["exclusiveMinimum"] >= lo[0]):
+        lo = (schema["exclusiveMinimum"], True)
+    if "maximum" in schema:
+        hi = (schema["maximum"], False)
+    if "exclusiveMaximum" in schema and (hi is None or schema["exclusiveMaximum"] <= hi[0]):
+        hi = (schema["exclusiveMaximum"], True)
+    return lo, hi
+
+
+def repr_decimal(x):
+    """A number's shortest text without an exponent."""
+    if isinstance(x, int):
+        return str(x)
+    text = format(decimal.Decimal(repr(x)), "f")
+    return text[:-2] if text.endswith(".0") else text
 
 
 def reorder(text):

@@ -28,7 +28,7 @@ public struct JSONSchemaGrammar {
 
     /// Validation keywords this compiler cannot honour: a schema using them is refused.
     static let refused: Set<String> = [
-        "patternProperties", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "patternProperties", "multipleOf",
         "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames",
         "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
         "minProperties", "maxProperties", "$dynamicRef", "$recursiveRef", "additionalItems",
@@ -37,6 +37,7 @@ public struct JSONSchemaGrammar {
     static let handled: Set<String> = [
         "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
         "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength", "pattern", "format",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
     ]
 
     /// The rules built so far (`JSONGrammarRules.swift` builds JSON text's own), and the shared ones by name.
@@ -178,8 +179,11 @@ public struct JSONSchemaGrammar {
                 types = ["array"]
             } else if !constraining.isDisjoint(with: ["minLength", "maxLength", "pattern"]) {
                 types = ["string"]
+            } else if !constraining.isDisjoint(with: NumericBounds.keywords) {
+                types = ["number"]
             }
         }
+        let bounds = try NumericBounds.parse(fields, path: path)
 
         if fields["enum"] != nil || fields["const"] != nil {
             var values: [ExactJSON]
@@ -208,6 +212,9 @@ public struct JSONSchemaGrammar {
                     return check.after(Array(Self.text(v).utf8))?.isComplete == true
                 }
             }
+            if let bounds {
+                values = values.filter { v in NumericBounds.Decimal(v).map(bounds.contains) ?? true }
+            }
             guard !values.isEmpty else { throw Self.fail(path, "no value of 'enum'/'const' satisfies the schema's other keywords") }
             return try literals(values.map { Array(Self.text($0).utf8) })
         }
@@ -232,8 +239,25 @@ public struct JSONSchemaGrammar {
                     throw Self.fail(path, "minLength/maxLength above \(Self.maxLengthBound) are not supported")
                 }
                 alternatives.append([.rule(try string(min: min, max: max))])
-            case "number": alternatives.append([.rule(try number())])
-            case "integer": alternatives.append([.rule(try integer())])
+            case "number":
+                guard let bounds else {
+                    alternatives.append([.rule(try number())])
+                    continue
+                }
+                if let l = bounds.lower, let u = bounds.upper {
+                    let c = NumericBounds.Decimal.compare(l.value, u.value)
+                    if c > 0 || (c == 0 && (l.strict || u.strict)) { throw Self.fail(path, "no number satisfies the schema's minimum/maximum") }
+                }
+                alternatives.append([.rule(try boundedNumber(bounds))])
+            case "integer":
+                guard let bounds else {
+                    alternatives.append([.rule(try integer())])
+                    continue
+                }
+                guard let range = bounds.integerRange(maxDigits: Self.maxDigits) else {
+                    throw Self.fail(path, "no integer of at most \(Self.maxDigits) digits satisfies the schema's minimum/maximum")
+                }
+                alternatives.append([.rule(try boundedInteger(range))])
             case "boolean": alternatives += [Grammar.Item.literal("true"), Grammar.Item.literal("false")]
             default: alternatives.append(Grammar.Item.literal("null"))
             }

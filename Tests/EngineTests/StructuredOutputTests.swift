@@ -87,6 +87,68 @@ import TestSupport
         }
     }
 
+    /// Numeric bounds agree with arithmetic on every integer in −30…30 and every decimal in −3…3 written with one to
+    /// three fraction digits, for bounds inclusive and exclusive, whole and fractional, one- and two-sided, across zero:
+    /// a text completes iff its value lies within the bounds (for `integer`, iff it is also written as an integer).
+    @Test func numericBoundsAgreeWithArithmetic() throws {
+        var texts: [String] = ["-0", "-0.0", "0.000"]
+        for i in -30...30 { texts.append(String(i)) }
+        for i in -300...300 {
+            let v = Double(i) / 100
+            texts += [String(format: "%.2f", v), String(format: "%.3f", v)]
+            if i % 10 == 0 { texts.append(String(format: "%.1f", v)) }
+        }
+        let configs: [(String, (Double) -> Bool)] = [
+            (#""minimum": 0, "maximum": 1"#, { $0 >= 0 && $0 <= 1 }),
+            (#""exclusiveMinimum": 0, "exclusiveMaximum": 1"#, { $0 > 0 && $0 < 1 }),
+            (#""minimum": -1.25, "exclusiveMaximum": 2.5"#, { $0 >= -1.25 && $0 < 2.5 }),
+            (#""exclusiveMinimum": -2.05, "maximum": -0.5"#, { $0 > -2.05 && $0 <= -0.5 }),
+            (#""minimum": 0.35"#, { $0 >= 0.35 }),
+            (#""exclusiveMaximum": -0.07"#, { $0 < -0.07 }),
+            (#""maximum": 0"#, { $0 <= 0 }),
+            (#""exclusiveMinimum": 0"#, { $0 > 0 }),
+            (#""minimum": -12, "maximum": 17, "exclusiveMaximum": 9.5"#, { $0 >= -12 && $0 < 9.5 }),
+            (#""minimum": 1.005, "maximum": 1.0051"#, { $0 >= 1.005 && $0 <= 1.0051 }),
+            (#""exclusiveMinimum": -3, "maximum": 2"#, { $0 > -3 && $0 <= 2 }),
+            (#""minimum": -2, "exclusiveMaximum": -1"#, { $0 >= -2 && $0 < -1 }),
+            (#""exclusiveMinimum": 4, "exclusiveMaximum": 7"#, { $0 > 4 && $0 < 7 }),
+        ]
+        for (bounds, within) in configs {
+            for type in ["number", "integer"] {
+                guard let grammar = try? Self.grammar(#"{"type": "\#(type)", \#(bounds)}"#) else {
+                    // Refused only where nothing of the type lies within the bounds.
+                    #expect(type == "integer" && !(-30...30).contains { within(Double($0)) }, "\(type) with \(bounds) refused")
+                    continue
+                }
+                for text in texts {
+                    let value = try #require(Double(text))
+                    let expected = within(value) && (type == "number" || (!text.contains(".") && text != "-0"))
+                    let complete = grammar.after(Array(text.utf8))?.isComplete == true
+                    #expect(complete == expected, "\(type) with \(bounds): \(text) \(complete ? "accepted" : "refused")")
+                }
+            }
+        }
+    }
+
+    /// Bounds past what `maxDigits` digits can write leave that side open (or nothing to write); Draft 4's boolean
+    /// exclusives make `minimum`/`maximum` strict; `enum` values outside the bounds are dropped.
+    @Test func numericBoundsEdges() throws {
+        func completes(_ schema: String, _ text: String) throws -> Bool { try Self.grammar(schema).after(Array(text.utf8))?.isComplete == true }
+        #expect(try completes(#"{"type": "integer", "maximum": 1e300}"#, "9999999999999999"))
+        #expect(try completes(#"{"type": "integer", "minimum": -1e300, "maximum": -3}"#, "-9999999999999999"))
+        #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "integer", "minimum": 1e17}"#) }
+        #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "number", "maximum": -1e17}"#) }
+        #expect(try completes(#"{"type": "integer", "minimum": 3, "exclusiveMinimum": true}"#, "4"))
+        #expect(try !completes(#"{"type": "integer", "minimum": 3, "exclusiveMinimum": true}"#, "3"))
+        #expect(try completes(#"{"type": "number", "maximum": 3, "exclusiveMaximum": false}"#, "3"))
+        #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "number", "exclusiveMaximum": true}"#) }
+        #expect(try completes(#"{"type": "number", "minimum": 1e-5, "maximum": 2e-5}"#, "0.000015"))
+        #expect(try !completes(#"{"type": "number", "minimum": 1e-5, "maximum": 2e-5}"#, "0.0000201"))
+        // Untyped with bounds: a number.
+        #expect(try completes(#"{"minimum": 2}"#, "2.5") && !completes(#"{"minimum": 2}"#, "1"))
+        #expect(try completes(#"{"enum": [1, 2, 3], "exclusiveMinimum": 1}"#, "2") && !completes(#"{"enum": [1, 2, 3], "exclusiveMinimum": 1}"#, "1"))
+    }
+
     /// Whitespace runs and number parts are bounded, so a model cannot run away in them.
     @Test func runsAreBounded() throws {
         let g = try Self.grammar(#"{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}"#)

@@ -294,7 +294,7 @@ import TestSupport
     @Test func structuredOutputs() async throws {
         let server = try ServerFixtures.server()
         try await ServerFixtures.withServer(server) { client in
-            let schema = "{\"type\":\"object\",\"properties\":{\"word\":{\"type\":\"string\",\"maxLength\":3},\"n\":{\"type\":\"integer\"},"
+            let schema = "{\"type\":\"object\",\"properties\":{\"word\":{\"type\":\"string\",\"maxLength\":3},\"n\":{\"type\":\"integer\",\"minimum\":-5,\"exclusiveMaximum\":40},"
                 + "\"mood\":{\"enum\":[\"up\",\"down\"]}},\"required\":[\"word\",\"n\",\"mood\"]}"
             let blanks = try Self.blankBias()
             let chat = "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"json\"}],\"max_tokens\":150,\"temperature\":1,"
@@ -316,7 +316,7 @@ import TestSupport
                 completed += 1
                 let object = try #require(try JSONSerialization.jsonObject(with: Data(content.utf8)) as? [String: Any], "\(content)")
                 #expect(Set(object.keys) == ["word", "n", "mood"], "\(content)")
-                #expect(((object["word"] as? String)?.count ?? 99) <= 3 && object["n"] is Int, "\(content)")
+                #expect(((object["word"] as? String)?.count ?? 99) <= 3 && (-5..<40).contains(object["n"] as? Int ?? 99), "\(content)")
                 #expect(["up", "down"].contains(object["mood"] as? String ?? ""), "\(content)")
             }
             #expect(completed >= 2, "only \(completed) of 4 answers completed")
@@ -685,7 +685,8 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{},\"extra\":1}}}", 400, "response_format"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"$ref\":\"#/nowhere\"}}}}", 400, "response_format"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/a\"}},\"$ref\":\"#/$defs/a\"}}}}", 400, "response_format"),
-            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"integer\",\"minimum\":1}}", 400, "guided_json"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"integer\",\"multipleOf\":2}}", 400, "guided_json"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":\"{not json\"}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":5}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"array\",\"maxItems\":100000}}", 400, "guided_json"),
