@@ -63,6 +63,14 @@ def graph_ms(step, reps):
     replays: the GPU's own time for it, with no Python or launch cost per kernel. On the CPU smoke run: timed as is."""
     if SMOKE:
         return timed(step, reps, warmup=1)
+    graph = capture(step)
+    ms = timed(graph.replay, reps)
+    del graph
+    return ms
+
+
+def capture(step):
+    """`step` captured in a CUDA graph, after two warm-up runs on a side stream (as capture needs)."""
     s_ = torch.cuda.Stream()
     s_.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s_):
@@ -72,9 +80,7 @@ def graph_ms(step, reps):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         step()
-    ms = timed(graph.replay, reps)
-    del graph
-    return ms
+    return graph
 
 
 def rms(x, w):
@@ -247,16 +253,8 @@ def main():
             Bsz, C = 32, 512
             kv = kv_cache(Bsz, C)
             x = torch.randn(Bsz, 1, H, device=dev, dtype=torch.float16)
-            step = lambda: m.step(x, kv)
+            graph = capture(lambda: m.step(x, kv))
             side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                step()
 
             def replays(n, copies):
                 torch.cuda.synchronize()

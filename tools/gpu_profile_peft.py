@@ -33,6 +33,7 @@ CONTEXT, RANK = 512, 16
 
 def measure(args):
     import torch
+    from gpu_profile import timed  # medians of CUDA-event-timed runs (wall clock on the CPU smoke run)
     from peft import LoraConfig, get_peft_model
     from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
     import transformers
@@ -61,26 +62,6 @@ def measure(args):
     model.set_adapter("a")
     model.to(dev)
     model.eval()
-
-    def timed(fn, reps, warmup=2):
-        for _ in range(warmup):
-            fn()
-        out = []
-        for _ in range(reps):
-            if SMOKE:
-                t = time.perf_counter()
-                fn()
-                out.append((time.perf_counter() - t) * 1e3)
-                continue
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            torch.cuda.synchronize()
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b))
-        out.sort()
-        return out[len(out) // 2]
 
     g = torch.Generator(device="cpu").manual_seed(1)
     with torch.inference_mode():
