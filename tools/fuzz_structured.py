@@ -20,7 +20,7 @@ import urllib.request
 import jsonschema
 
 WORDS = ["a", "é", "x\"y", "back\\slash", "tab\t", "😀", "日本", "", " ", "null", "<tool_call>", "\u0001"]
-REFUSED = ["pattern", "multipleOf", "uniqueItems", "not", "minProperties"]
+REFUSED = ["pattern", "uniqueItems", "not", "minProperties", "if"]
 
 
 def schema(rng, depth=0, defs=None):
@@ -28,13 +28,15 @@ def schema(rng, depth=0, defs=None):
     if depth > 2 or r < 0.35:
         kind = rng.choice(["string", "integer", "number", "boolean", "null", "enum", "const", "strbound", "pattern", "format", "numbound"])
         if kind == "numbound":
-            # Numeric bounds, inclusive or exclusive, whole or fractional, one- or two-sided (some impossible: refused).
+            # Numeric bounds, inclusive or exclusive, whole or fractional, one- or two-sided, and steps (some impossible: refused).
             s = {"type": rng.choice(["integer", "number"])}
             lo = rng.choice([-1000, -2.5, -1, 0, 0.001, 3, 7.25, 1e6])
             for key, v in (("minimum", lo), ("exclusiveMinimum", lo), ("maximum", lo + rng.choice([0, 0.5, 1, 4, 100])),
                            ("exclusiveMaximum", lo + rng.choice([0, 0.01, 2, 50]))):
                 if rng.random() < 0.4:
                     s[key] = v
+            if rng.random() < 0.3:
+                s["multipleOf"] = rng.choice([1, 2, 5, 7, 0.5, 1000])  # 0.5: refused (a fractional step)
             return s
         if kind == "pattern":
             return {"type": "string", "pattern": rng.choice([r"^[A-Z]{2}-\d{3}$", r"ab+c?", r"^\w+(\.\w+)*$", r'^"[^"]*"$', r"x|y{2,3}",

@@ -67,6 +67,13 @@ SCHEMAS = [
     {"type": "number", "exclusiveMinimum": -2.5, "exclusiveMaximum": -0.25},
     {"type": "integer", "minimum": 2.5, "maximum": 7.5},
     {"enum": [1, 5, 10.5, "x", 20], "minimum": 4, "exclusiveMaximum": 20},
+    # Whole-number steps (multipleOf), alone, with bounds, on numbers, beside an enum.
+    {"type": "object", "properties": {"qty": {"type": "integer", "multipleOf": 5, "minimum": -100, "maximum": 1000},
+                                      "lucky": {"type": "integer", "multipleOf": 7},
+                                      "even": {"type": "number", "multipleOf": 2, "exclusiveMinimum": 0, "maximum": 31}},
+     "required": ["qty", "lucky", "even"]},
+    {"enum": [3, 6, 7.5, 9, "x"], "multipleOf": 3, "maximum": 8},
+    {"type": "integer", "multipleOf": 250, "minimum": 1, "exclusiveMaximum": 100000},
 ]
 
 # Values of the pattern and format schemas above, as the model could write them (the instance generator picks one).
@@ -85,6 +92,9 @@ REFUSED = [
     {"enum": ["a"], "pattern": 1},
     {"enum": ["b"], "pattern": "^a"},
     {"type": "number", "multipleOf": 0.5},
+    {"type": "integer", "multipleOf": 0},
+    {"type": "integer", "multipleOf": 10000},
+    {"type": "integer", "multipleOf": 7, "minimum": 8, "maximum": 13},
     {"type": "integer", "minimum": 5, "maximum": 4},
     {"type": "integer", "exclusiveMinimum": 4, "exclusiveMaximum": 5},
     {"type": "number", "minimum": 1, "exclusiveMaximum": 1},
@@ -173,12 +183,15 @@ def instance(schema, root, rng, depth=0):
         if key in PATTERN_SAMPLES:
             return dump(rng.choice(PATTERN_SAMPLES[key]))
         return dump(string_instance(rng, schema.get("minLength", 0), schema.get("maxLength")))
-    bounded = any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"))
-    if t == "integer" and bounded:
+    bounded = any(k in schema for k in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"))
+    if (t == "integer" or "multipleOf" in schema) and bounded:
+        # A whole-number step: the grammar writes integers, for number as for integer.
         lo, hi = bounds(schema)
         lo = -10**6 if lo is None else (math.floor(lo[0]) + 1 if lo[1] else math.ceil(lo[0]))
         hi = 10**6 if hi is None else (math.ceil(hi[0]) - 1 if hi[1] else math.floor(hi[0]))
-        return str(rng.choice([lo, hi, rng.randint(lo, hi), rng.randint(lo, hi)]))
+        k = schema.get("multipleOf", 1)
+        lo, hi = -(-lo // k) * k, hi // k * k
+        return str(rng.choice([lo, hi, rng.randint(lo // k, hi // k) * k, rng.randint(lo // k, hi // k) * k]))
     if t == "integer":
         return str(rng.choice([0, 7, -12, 123456789]))
     if t == "number" and bounded:

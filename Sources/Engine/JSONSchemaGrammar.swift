@@ -28,7 +28,7 @@ public struct JSONSchemaGrammar {
 
     /// Validation keywords this compiler cannot honour: a schema using them is refused.
     static let refused: Set<String> = [
-        "patternProperties", "multipleOf",
+        "patternProperties",
         "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames",
         "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
         "minProperties", "maxProperties", "$dynamicRef", "$recursiveRef", "additionalItems",
@@ -37,7 +37,7 @@ public struct JSONSchemaGrammar {
     static let handled: Set<String> = [
         "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
         "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength", "pattern", "format",
-        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
     ]
 
     /// The rules built so far (`JSONGrammarRules.swift` builds JSON text's own), and the shared ones by name.
@@ -101,6 +101,23 @@ public struct JSONSchemaGrammar {
     // MARK: schemas
 
     private static func fail(_ path: String, _ what: String) -> GrammarError { GrammarError("\(path): \(what)") }
+
+    /// `multipleOf`: a whole number from 1 to `maxMultipleOf`. A fractional step is refused: JSON Schema validators
+    /// compare it in floating point (Python's jsonschema finds 0.07 no multiple of 0.01), so its multiples are not
+    /// well defined.
+    static let maxMultipleOf = 1000
+    private static func multipleOf(_ v: ExactJSON?, path: String) throws -> Int? {
+        switch v {
+        case nil, .null?: return nil
+        case .int(let i)? where i >= 1 && i <= maxMultipleOf: return i
+        case .double(let d)? where d >= 1 && d <= Double(maxMultipleOf) && d.rounded() == d: return Int(d)
+        case .int(let i)? where i > maxMultipleOf: throw fail(path, "'multipleOf' above \(maxMultipleOf) is not supported")
+        case .double(let d)? where d > 0 && d.rounded() != d:
+            throw fail(path, "'multipleOf' must be a whole number here: a fractional step is compared in floating point by JSON Schema validators")
+        case .double(let d)? where d > Double(maxMultipleOf): throw fail(path, "'multipleOf' above \(maxMultipleOf) is not supported")
+        default: throw fail(path, "'multipleOf' must be a positive number")
+        }
+    }
 
     private static func intValue(_ v: ExactJSON?, _ name: String, path: String) throws -> Int? {
         switch v {
@@ -179,11 +196,12 @@ public struct JSONSchemaGrammar {
                 types = ["array"]
             } else if !constraining.isDisjoint(with: ["minLength", "maxLength", "pattern"]) {
                 types = ["string"]
-            } else if !constraining.isDisjoint(with: NumericBounds.keywords) {
+            } else if !constraining.isDisjoint(with: NumericBounds.keywords.union(["multipleOf"])) {
                 types = ["number"]
             }
         }
         let bounds = try NumericBounds.parse(fields, path: path)
+        let multiple = try Self.multipleOf(fields["multipleOf"], path: path)
 
         if fields["enum"] != nil || fields["const"] != nil {
             var values: [ExactJSON]
@@ -215,6 +233,12 @@ public struct JSONSchemaGrammar {
             if let bounds {
                 values = values.filter { v in NumericBounds.Decimal(v).map(bounds.contains) ?? true }
             }
+            if let multiple {
+                values = values.filter { v in
+                    guard let d = NumericBounds.Decimal(v) else { return true }
+                    return d.fraction.isEmpty && d.whole.reduce(0) { ($0 * 10 + Int($1)) % multiple } == 0
+                }
+            }
             guard !values.isEmpty else { throw Self.fail(path, "no value of 'enum'/'const' satisfies the schema's other keywords") }
             return try literals(values.map { Array(Self.text($0).utf8) })
         }
@@ -239,6 +263,13 @@ public struct JSONSchemaGrammar {
                     throw Self.fail(path, "minLength/maxLength above \(Self.maxLengthBound) are not supported")
                 }
                 alternatives.append([.rule(try string(min: min, max: max))])
+            case "number" where multiple != nil, "integer" where bounds != nil || multiple != nil:
+                // A whole-number step makes every valid number an integer: generated as one.
+                guard let range = (bounds ?? NumericBounds()).integerRange(maxDigits: Self.maxDigits),
+                      let r = try boundedInteger(range, multipleOf: multiple ?? 1) else {
+                    throw Self.fail(path, "no integer of at most \(Self.maxDigits) digits satisfies the schema's minimum/maximum/multipleOf")
+                }
+                alternatives.append([.rule(r)])
             case "number":
                 guard let bounds else {
                     alternatives.append([.rule(try number())])
@@ -249,15 +280,7 @@ public struct JSONSchemaGrammar {
                     if c > 0 || (c == 0 && (l.strict || u.strict)) { throw Self.fail(path, "no number satisfies the schema's minimum/maximum") }
                 }
                 alternatives.append([.rule(try boundedNumber(bounds))])
-            case "integer":
-                guard let bounds else {
-                    alternatives.append([.rule(try integer())])
-                    continue
-                }
-                guard let range = bounds.integerRange(maxDigits: Self.maxDigits) else {
-                    throw Self.fail(path, "no integer of at most \(Self.maxDigits) digits satisfies the schema's minimum/maximum")
-                }
-                alternatives.append([.rule(try boundedInteger(range))])
+            case "integer": alternatives.append([.rule(try integer())])
             case "boolean": alternatives += [Grammar.Item.literal("true"), Grammar.Item.literal("false")]
             default: alternatives.append(Grammar.Item.literal("null"))
             }

@@ -179,17 +179,17 @@ struct NumericBounds: Equatable {
 }
 
 extension JSONSchemaGrammar {
-    /// Integers (no leading zeros, "-" before negatives) in `range`.
-    mutating func boundedInteger(_ range: ClosedRange<Int>) throws -> Int {
+    /// Integers (no leading zeros, "-" before negatives) in `range` that are multiples of `k` (1: all); nil if none.
+    mutating func boundedInteger(_ range: ClosedRange<Int>, multipleOf k: Int = 1) throws -> Int? {
         var alternatives: [[Grammar.Item]] = []
-        if range.upperBound >= 0 {
-            alternatives.append([.rule(try wholeRange(UInt64(Swift.max(0, range.lowerBound)), UInt64(range.upperBound)))])
+        if range.upperBound >= 0, let r = try wholeRange(UInt64(Swift.max(0, range.lowerBound)), UInt64(range.upperBound), multipleOf: k) {
+            alternatives.append([.rule(r)])
         }
         if range.lowerBound < 0 {
             let low = range.upperBound < 0 ? UInt64(-range.upperBound) : 1
-            alternatives.append([.byte(0x2D), .rule(try wholeRange(low, UInt64(-range.lowerBound)))])
+            if let r = try wholeRange(low, UInt64(-range.lowerBound), multipleOf: k) { alternatives.append([.byte(0x2D), .rule(r)]) }
         }
-        return try rule(alternatives)
+        return alternatives.isEmpty ? nil : try rule(alternatives)
     }
 
     /// Numbers (integer part, optional fraction, no exponent) within `bounds`.
@@ -205,18 +205,60 @@ extension JSONSchemaGrammar {
         return try rule(alternatives)
     }
 
-    /// The decimal texts of the whole numbers in [lo, hi] (at most `maxDigits` digits, no leading zeros).
-    private mutating func wholeRange(_ lo: UInt64, _ hi: UInt64) throws -> Int {
+    /// The decimal texts of the whole numbers in [lo, hi] (at most `maxDigits` digits, no leading zeros) that are
+    /// multiples of `k`; nil if none. Every rule built can still complete (dead ends are left out, so a model is never
+    /// steered into a prefix no digit can finish).
+    private mutating func wholeRange(_ lo: UInt64, _ hi: UInt64, multipleOf k: Int = 1) throws -> Int? {
+        // Lengths whose every number lies in [lo, hi] share one deterministic rule (first digit, then digits that may
+        // stop once long enough), so the parses do not split by length up front; the lengths only partly inside get
+        // their own edge-tracking rule. At most four alternatives: 0, the shortest partial length, the full lengths, the
+        // longest partial length.
         var alternatives: [[Grammar.Item]] = []
+        var full: ClosedRange<Int>?
         var length = 1, low: UInt64 = 0, high: UInt64 = 9
+        if lo == 0 { alternatives.append(Grammar.Item.literal("0")) }
         while length <= Self.maxDigits {
-            let a = Swift.max(lo, low), b = Swift.min(hi, high)
-            if a <= b { alternatives.append([.rule(try fixedLength(Self.digitsOf(a, length), Self.digitsOf(b, length), at: 0, tightLow: true, tightHigh: true))]) }
+            let first = Swift.max(low, 1)  // 0 is written on its own above
+            let a = Swift.max(lo, first), b = Swift.min(hi, high)
+            if a == first && b == high {
+                full = (full?.lowerBound ?? length)...length
+            } else if a <= b, let r = try fixedLength(Self.digitsOf(a, length), Self.digitsOf(b, length), at: 0, tightLow: true, tightHigh: true, remainder: 0, k: k) {
+                alternatives.append([.rule(r)])
+            }
             low = high + 1
             high = high * 10 + 9
             length += 1
         }
-        return try rule(alternatives)
+        if let full, let r = try fullLengths(full, k: k) { alternatives.append([.rule(r)]) }
+        return alternatives.isEmpty ? nil : try rule(alternatives)
+    }
+
+    /// Numbers of `lengths` digits (no leading zero) that are multiples of `k`: a first digit 1–9, then digits that may
+    /// stop once the number is long enough and a multiple; nil if none.
+    private mutating func fullLengths(_ lengths: ClosedRange<Int>, k: Int) throws -> Int? {
+        try remainderGroupsRule(1...9, remainder: 0, k: k) { c, r in try c.digitsUpTo(1, remainder: r, lengths: lengths, k: k) }
+    }
+
+    /// After `count` digits leaving `remainder`: stop (if the length and remainder allow) or another digit.
+    private mutating func digitsUpTo(_ count: Int, remainder: Int, lengths: ClosedRange<Int>, k: Int) throws -> Int? {
+        let key = "digits after \(count) leaving \(remainder) mod \(k), lengths \(lengths.lowerBound)-\(lengths.upperBound)"
+        if let r = memo[key] { return r < 0 ? nil : r }
+        var alternatives: [[Grammar.Item]] = []
+        if remainder == 0 && lengths.contains(count) { alternatives.append([]) }
+        if count < lengths.upperBound {
+            alternatives += try remainderGroups(0...9, remainder: remainder, k: k) { c, r in
+                try c.digitsUpTo(count + 1, remainder: r, lengths: lengths, k: k)
+            }
+        }
+        let result = alternatives.isEmpty ? nil : try rule(alternatives)
+        memo[key] = result ?? -1
+        return result
+    }
+
+    private mutating func remainderGroupsRule(_ digits: ClosedRange<UInt8>, remainder: Int, k: Int,
+                                              _ next: (inout JSONSchemaGrammar, Int) throws -> Int?) throws -> Int? {
+        let alternatives = try remainderGroups(digits, remainder: remainder, k: k, next)
+        return alternatives.isEmpty ? nil : try rule(alternatives)
     }
 
     private static func digitsOf(_ v: UInt64, _ length: Int) -> [UInt8] {
@@ -229,18 +271,23 @@ extension JSONSchemaGrammar {
     }
 
     /// Digits `at`… of a fixed-length number between `a` and `b` (same length), while it still equals `a`'s (`tightLow`)
-    /// or `b`'s (`tightHigh`) digits so far.
-    private mutating func fixedLength(_ a: [UInt8], _ b: [UInt8], at i: Int, tightLow: Bool, tightHigh: Bool) throws -> Int {
-        if i == a.count { return try rule([[]]) }
-        if !tightLow && !tightHigh { return try exactDigits(a.count - i) }
+    /// or `b`'s (`tightHigh`) digits so far, its digits so far leaving `remainder` mod `k`; nil if no completion is a
+    /// multiple of `k`.
+    private mutating func fixedLength(_ a: [UInt8], _ b: [UInt8], at i: Int, tightLow: Bool, tightHigh: Bool, remainder: Int, k: Int) throws -> Int? {
+        if !tightLow && !tightHigh { return try digitsLeaving(a.count - i, remainder: remainder, k: k) }
+        if i == a.count { return remainder == 0 ? try rule([[]]) : nil }
         let lowDigit = tightLow ? a[i] : 0, highDigit = tightHigh ? b[i] : 9
-        guard lowDigit <= highDigit else { return try rule([]) }
+        guard lowDigit <= highDigit else { return nil }
         var alternatives: [[Grammar.Item]] = []
         for (range, tl, th) in Self.splits(lowDigit, highDigit, tightLow, tightHigh) {
-            alternatives.append([.bytes(Grammar.ByteSet(ranges: [(range.lowerBound + 0x30)...(range.upperBound + 0x30)])),
-                                 .rule(try fixedLength(a, b, at: i + 1, tightLow: tl, tightHigh: th))])
+            if !tl && !th {
+                // Between the edges: the digits grouped by the remainder they leave.
+                alternatives += try remainderGroups(range, remainder: remainder, k: k) { c, r in try c.digitsLeaving(a.count - i - 1, remainder: r, k: k) }
+            } else if let next = try fixedLength(a, b, at: i + 1, tightLow: tl, tightHigh: th, remainder: (remainder * 10 + Int(range.lowerBound)) % k, k: k) {
+                alternatives.append([.bytes(Grammar.ByteSet(ranges: [(range.lowerBound + 0x30)...(range.upperBound + 0x30)])), .rule(next)])
+            }
         }
-        return try rule(alternatives)
+        return alternatives.isEmpty ? nil : try rule(alternatives)
     }
 
     /// The digits from `low` to `high` grouped by whether each stays on the low edge, the high edge, or between.
@@ -252,12 +299,35 @@ extension JSONSchemaGrammar {
         return out
     }
 
-    private mutating func exactDigits(_ n: Int) throws -> Int {
-        try shared("exact digits \(n)") { c in
-            var r = try c.rule([[]])
-            for _ in 0..<n { r = try c.rule([[Self.set(0x30...0x39), .rule(r)]]) }
-            return r
+    /// For each remainder mod `k` the digits of `digits` lead to (from `remainder`), the digits as one byte set followed
+    /// by `next`'s rule for that remainder, where it has one.
+    private mutating func remainderGroups(_ digits: ClosedRange<UInt8>, remainder: Int, k: Int,
+                                          _ next: (inout JSONSchemaGrammar, Int) throws -> Int?) throws -> [[Grammar.Item]] {
+        var byRemainder: [(Int, Grammar.ByteSet)] = []
+        for d in digits {
+            let r = (remainder * 10 + Int(d)) % k
+            if let i = byRemainder.firstIndex(where: { $0.0 == r }) { byRemainder[i].1.insert(d + 0x30) } else { byRemainder.append((r, Grammar.ByteSet([d + 0x30]))) }
         }
+        var out: [[Grammar.Item]] = []
+        for (r, set) in byRemainder {
+            if let rest = try next(&self, r) { out.append([.bytes(set), .rule(rest)]) }
+        }
+        return out
+    }
+
+    /// Exactly `n` digits that bring `remainder` to 0 mod `k` (k = 1: any n digits); nil if none do.
+    private mutating func digitsLeaving(_ n: Int, remainder: Int, k: Int) throws -> Int? {
+        let key = "digits \(n) leaving \(remainder) mod \(k)"
+        if let r = memo[key] { return r < 0 ? nil : r }
+        var result: Int?
+        if n == 0 {
+            result = remainder == 0 ? try rule([[]]) : nil
+        } else {
+            let alternatives = try remainderGroups(0...9, remainder: remainder, k: k) { c, r in try c.digitsLeaving(n - 1, remainder: r, k: k) }
+            result = alternatives.isEmpty ? nil : try rule(alternatives)
+        }
+        memo[key] = result ?? -1
+        return result
     }
 
     /// Non-negative decimals (integer part, optional fraction) from `low` to `high` (nil: unbounded); nil if none.
@@ -277,15 +347,15 @@ extension JSONSchemaGrammar {
         let lowFraction = low.map { NumericBounds.Bound(value: D(negative: false, whole: [], fraction: $0.value.fraction), strict: $0.strict) }
         var alternatives: [[Grammar.Item]] = []
         if lowWhole == highWhole {
-            if let f = try fraction(low: lowFraction, high: highFraction) {
-                alternatives.append([.rule(try wholeRange(lowWhole, lowWhole)), .rule(f)])
+            if let f = try fraction(low: lowFraction, high: highFraction), let w = try wholeRange(lowWhole, lowWhole) {
+                alternatives.append([.rule(w), .rule(f)])
             }
         } else {
-            if let f = try fraction(low: lowFraction, high: nil) { alternatives.append([.rule(try wholeRange(lowWhole, lowWhole)), .rule(f)]) }
-            if highWhole - lowWhole >= 2, let f = try fraction(low: nil, high: nil) {
-                alternatives.append([.rule(try wholeRange(lowWhole + 1, highWhole - 1)), .rule(f)])
+            if let f = try fraction(low: lowFraction, high: nil), let w = try wholeRange(lowWhole, lowWhole) { alternatives.append([.rule(w), .rule(f)]) }
+            if highWhole - lowWhole >= 2, let f = try fraction(low: nil, high: nil), let w = try wholeRange(lowWhole + 1, highWhole - 1) {
+                alternatives.append([.rule(w), .rule(f)])
             }
-            if let f = try fraction(low: nil, high: highFraction) { alternatives.append([.rule(try wholeRange(highWhole, highWhole)), .rule(f)]) }
+            if let f = try fraction(low: nil, high: highFraction), let w = try wholeRange(highWhole, highWhole) { alternatives.append([.rule(w), .rule(f)]) }
         }
         return alternatives.isEmpty ? nil : try rule(alternatives)
     }

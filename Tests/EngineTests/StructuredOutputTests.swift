@@ -130,6 +130,35 @@ import TestSupport
         }
     }
 
+    /// Whole-number steps agree with arithmetic: for each step and bounds, every integer in −1,200…1,200 completes iff it
+    /// lies within the bounds and the step divides it; a number with a step is written as an integer; a step, bound
+    /// or mix that leaves nothing is refused, as are fractional, zero and oversized steps.
+    @Test func multipleOfAgreesWithArithmetic() throws {
+        let bounds: [(String, (Int) -> Bool)] = [("", { _ in true }), (#", "minimum": -100, "maximum": 100"#, { (-100...100).contains($0) }),
+                                                 (#", "exclusiveMinimum": -3.5, "maximum": 50"#, { $0 > -4 && $0 <= 50 })]
+        for k in [1, 2, 3, 7, 10, 25, 1000] {
+            for (b, within) in bounds {
+                for type in ["integer", "number"] {
+                    let schema = #"{"type": "\#(type)", "multipleOf": \#(k)\#(b)}"#
+                    guard let grammar = try? Self.grammar(schema) else {
+                        #expect(!(-1200...1200).contains { within($0) && $0 % k == 0 }, "\(schema) refused")
+                        continue
+                    }
+                    for v in -1200...1200 {
+                        let complete = grammar.after(Array(String(v).utf8))?.isComplete == true
+                        #expect(complete == (within(v) && v % k == 0), "\(schema): \(v) \(complete ? "accepted" : "refused")")
+                    }
+                    #expect(grammar.after(Array("\(2 * k).0".utf8))?.isComplete != true, "\(schema): a fraction")
+                }
+            }
+        }
+        for bad in [#"{"type": "integer", "multipleOf": 0.5}"#, #"{"type": "integer", "multipleOf": 0}"#, #"{"type": "integer", "multipleOf": -3}"#,
+                    #"{"type": "integer", "multipleOf": 1001}"#, #"{"type": "integer", "multipleOf": 7, "minimum": 8, "maximum": 13}"#,
+                    #"{"type": "integer", "multipleOf": "2"}"#] {
+            #expect(throws: GrammarError.self, "\(bad)") { try Self.grammar(bad) }
+        }
+    }
+
     /// Bounds past what `maxDigits` digits can write leave that side open (or nothing to write); Draft 4's boolean
     /// exclusives make `minimum`/`maximum` strict; `enum` values outside the bounds are dropped.
     @Test func numericBoundsEdges() throws {

@@ -685,7 +685,7 @@ import TestSupport
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{},\"extra\":1}}}", 400, "response_format"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"$ref\":\"#/nowhere\"}}}}", 400, "response_format"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"a\",\"schema\":{\"$defs\":{\"a\":{\"$ref\":\"#/$defs/a\"}},\"$ref\":\"#/$defs/a\"}}}}", 400, "response_format"),
-            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"integer\",\"multipleOf\":2}}", 400, "guided_json"),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"integer\",\"multipleOf\":0.5}}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":{\"type\":\"integer\",\"minimum\":5,\"maximum\":4}}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":\"{not json\"}", 400, "guided_json"),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"guided_json\":5}", 400, "guided_json"),
