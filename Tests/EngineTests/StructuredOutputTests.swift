@@ -152,6 +152,26 @@ import TestSupport
                 }
             }
         }
+        // No dead ends: every prefix the grammar keeps alive (all of up to three bytes of "-0123456789.") can still be
+        // completed, with a few more digits (and a point) at most.
+        func completable(_ g: Grammar, _ state: Grammar.State, depth: Int) -> Bool {
+            if state.isComplete { return true }
+            guard depth > 0 else { return false }
+            return Array("0123456789.".utf8).contains { b in g.advance(state, b).map { completable(g, $0, depth: depth - 1) } ?? false }
+        }
+        let alphabet = Array("-0123456789.".utf8)
+        for schema in [#"{"type": "integer", "multipleOf": 1000, "minimum": -100, "maximum": 2500}"#, #"{"type": "number", "multipleOf": 7, "exclusiveMinimum": 5}"#,
+                       #"{"type": "integer", "multipleOf": 25, "maximum": -30}"#, #"{"type": "number", "minimum": 0.25, "exclusiveMaximum": 3}"#] {
+            let g = try Self.grammar(schema)
+            var frontier: [(Grammar.State, String)] = [(g.start, "")]
+            for _ in 0..<3 {
+                frontier = frontier.flatMap { state, text in alphabet.compactMap { b in g.advance(state, b).map { ($0, text + String(UnicodeScalar(b))) } } }
+                for (state, text) in frontier {
+                    let ok = completable(g, state, depth: 5)
+                    #expect(ok, "\(schema): the live prefix \(text.debugDescription) has no completion")
+                }
+            }
+        }
         for bad in [#"{"type": "integer", "multipleOf": 0.5}"#, #"{"type": "integer", "multipleOf": 0}"#, #"{"type": "integer", "multipleOf": -3}"#,
                     #"{"type": "integer", "multipleOf": 1001}"#, #"{"type": "integer", "multipleOf": 7, "minimum": 8, "maximum": 13}"#,
                     #"{"type": "integer", "multipleOf": "2"}"#] {
