@@ -279,7 +279,10 @@ public struct JSONSchemaGrammar {
                     let c = NumericBounds.Decimal.compare(l.value, u.value)
                     if c > 0 || (c == 0 && (l.strict || u.strict)) { throw Self.fail(path, "no number satisfies the schema's minimum/maximum") }
                 }
-                alternatives.append([.rule(try boundedNumber(bounds))])
+                guard let r = try boundedNumber(bounds) else {
+                    throw Self.fail(path, "no number of at most \(Self.maxDigits) digits before and after the point satisfies the schema's minimum/maximum")
+                }
+                alternatives.append([.rule(r)])
             case "integer": alternatives.append([.rule(try integer())])
             case "boolean": alternatives += [Grammar.Item.literal("true"), Grammar.Item.literal("false")]
             default: alternatives.append(Grammar.Item.literal("null"))

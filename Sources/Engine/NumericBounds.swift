@@ -192,8 +192,9 @@ extension JSONSchemaGrammar {
         return alternatives.isEmpty ? nil : try rule(alternatives)
     }
 
-    /// Numbers (integer part, optional fraction, no exponent) within `bounds`.
-    mutating func boundedNumber(_ bounds: NumericBounds) throws -> Int {
+    /// Numbers (integer part, optional fraction, no exponent) within `bounds`; nil if none can be written (e.g. every
+    /// number in the bounds needs more than `maxDigits` fraction digits).
+    mutating func boundedNumber(_ bounds: NumericBounds) throws -> Int? {
         var alternatives: [[Grammar.Item]] = []
         if let (low, high) = bounds.magnitudes(negative: false), let r = try magnitude(low: low, high: high) {
             alternatives.append([.rule(r)])
@@ -201,8 +202,7 @@ extension JSONSchemaGrammar {
         if let (low, high) = bounds.magnitudes(negative: true), let r = try magnitude(low: low, high: high) {
             alternatives.append([.byte(0x2D), .rule(r)])
         }
-        guard !alternatives.isEmpty else { throw GrammarError("no number satisfies the bounds") }
-        return try rule(alternatives)
+        return alternatives.isEmpty ? nil : try rule(alternatives)
     }
 
     /// The decimal texts of the whole numbers in [lo, hi] (at most `maxDigits` digits, no leading zeros) that are

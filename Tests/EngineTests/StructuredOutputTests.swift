@@ -187,6 +187,9 @@ import TestSupport
         #expect(try completes(#"{"type": "integer", "minimum": -1e300, "maximum": -3}"#, "-9999999999999999"))
         #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "integer", "minimum": 1e17}"#) }
         #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "number", "maximum": -1e17}"#) }
+        // Numbers exist in the bounds, but none with at most 16 fraction digits: refused, naming where.
+        let tiny = #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "number", "exclusiveMinimum": 0, "maximum": 1e-20}"#) }
+        #expect(tiny.map { "\($0)".contains("#: no number") } == true, "\(String(describing: tiny))")
         #expect(try completes(#"{"type": "integer", "minimum": 3, "exclusiveMinimum": true}"#, "4"))
         #expect(try !completes(#"{"type": "integer", "minimum": 3, "exclusiveMinimum": true}"#, "3"))
         #expect(try completes(#"{"type": "number", "maximum": 3, "exclusiveMaximum": false}"#, "3"))
