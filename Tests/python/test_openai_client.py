@@ -197,7 +197,8 @@ def check_responses(client):
     that name the Responses parameter."""
     import json as _json
     import jsonschema
-    from pydantic import BaseModel
+    from typing import Annotated
+    from pydantic import BaseModel, Field
     chat = client.chat.completions.create(model="smol", max_tokens=24, temperature=0,
                                           messages=[{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a fruit."}])
     r = client.responses.create(model="smol", instructions="Answer briefly.", input="Name a fruit.", max_output_tokens=24, temperature=0)
@@ -242,9 +243,10 @@ def check_responses(client):
 
     class City(BaseModel):
         name: str
-        population: int
+        population: Annotated[int, Field(ge=0, multiple_of=1000)]
     parsed = client.responses.parse(model="smol", input="Describe a city.", text_format=City, max_output_tokens=80, temperature=0)
     assert isinstance(parsed.output_parsed, City), parsed
+    assert parsed.output_parsed.population >= 0 and parsed.output_parsed.population % 1000 == 0, parsed.output_parsed
     for bad, param in [({"max_output_tokens": 0}, "max_output_tokens"), ({"store": True}, "store"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
                        ({"tools": [{"type": "web_search"}]}, "tools[0].type"), ({"extra_body": {"best_of": 2}}, "best_of")]:
         try:
@@ -393,7 +395,7 @@ def main():
 
         class Item(BaseModel):
             word: Annotated[str, Field(max_length=3)]
-            n: int
+            n: Annotated[int, Field(ge=-5, lt=40)]  # numeric bounds: served, and checked by jsonschema below
             mood: Literal["up", "down"]
         parsed = 0
         for seed in range(8):
