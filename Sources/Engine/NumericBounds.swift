@@ -82,11 +82,6 @@ struct NumericBounds: Equatable {
             }
             return 0
         }
-
-        var doubleValue: Double {
-            Double((negative ? "-" : "") + (whole.isEmpty ? "0" : String(decoding: whole.map { $0 + 0x30 }, as: UTF8.self))
-                   + (fraction.isEmpty ? "" : "." + String(decoding: fraction.map { $0 + 0x30 }, as: UTF8.self))) ?? .nan
-        }
     }
 
     struct Bound: Equatable {
