@@ -107,16 +107,13 @@ public struct JSONSchemaGrammar {
     /// well defined.
     static let maxMultipleOf = 1000
     private static func multipleOf(_ v: ExactJSON?, path: String) throws -> Int? {
-        switch v {
-        case nil, .null?: return nil
-        case .int(let i)? where i >= 1 && i <= maxMultipleOf: return i
-        case .double(let d)? where d >= 1 && d <= Double(maxMultipleOf) && d.rounded() == d: return Int(d)
-        case .int(let i)? where i > maxMultipleOf: throw fail(path, "'multipleOf' above \(maxMultipleOf) is not supported")
-        case .double(let d)? where d > 0 && d.rounded() != d:
+        guard let v, v != .null else { return nil }
+        guard let d = NumericBounds.Decimal(v), !d.negative, !d.isZero else { throw fail(path, "'multipleOf' must be a positive number") }
+        guard d.fraction.isEmpty else {
             throw fail(path, "'multipleOf' must be a whole number here: a fractional step is compared in floating point by JSON Schema validators")
-        case .double(let d)? where d > Double(maxMultipleOf): throw fail(path, "'multipleOf' above \(maxMultipleOf) is not supported")
-        default: throw fail(path, "'multipleOf' must be a positive number")
         }
+        guard let w = d.writableWhole, w <= UInt64(maxMultipleOf) else { throw fail(path, "'multipleOf' above \(maxMultipleOf) is not supported") }
+        return Int(w)
     }
 
     private static func intValue(_ v: ExactJSON?, _ name: String, path: String) throws -> Int? {
@@ -196,7 +193,7 @@ public struct JSONSchemaGrammar {
                 types = ["array"]
             } else if !constraining.isDisjoint(with: ["minLength", "maxLength", "pattern"]) {
                 types = ["string"]
-            } else if !constraining.isDisjoint(with: NumericBounds.keywords.union(["multipleOf"])) {
+            } else if !constraining.isDisjoint(with: NumericBounds.keywords) {
                 types = ["number"]
             }
         }
@@ -265,7 +262,7 @@ public struct JSONSchemaGrammar {
                 alternatives.append([.rule(try string(min: min, max: max))])
             case "number" where multiple != nil, "integer" where bounds != nil || multiple != nil:
                 // A whole-number step makes every valid number an integer: generated as one.
-                guard let range = (bounds ?? NumericBounds()).integerRange(maxDigits: Self.maxDigits),
+                guard let range = (bounds ?? NumericBounds()).integerRange(),
                       let r = try boundedInteger(range, multipleOf: multiple ?? 1) else {
                     throw Self.fail(path, "no integer of at most \(Self.maxDigits) digits satisfies the schema's minimum/maximum/multipleOf")
                 }
@@ -275,10 +272,7 @@ public struct JSONSchemaGrammar {
                     alternatives.append([.rule(try number())])
                     continue
                 }
-                if let l = bounds.lower, let u = bounds.upper {
-                    let c = NumericBounds.Decimal.compare(l.value, u.value)
-                    if c > 0 || (c == 0 && (l.strict || u.strict)) { throw Self.fail(path, "no number satisfies the schema's minimum/maximum") }
-                }
+                // Empty bounds (minimum above maximum, or equal with one exclusive) leave no number to write either.
                 guard let r = try boundedNumber(bounds) else {
                     throw Self.fail(path, "no number of at most \(Self.maxDigits) digits before and after the point satisfies the schema's minimum/maximum")
                 }

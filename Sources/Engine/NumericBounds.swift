@@ -16,6 +16,12 @@ struct NumericBounds: Equatable {
 
         var isZero: Bool { whole.isEmpty && fraction.isEmpty }
         var magnitude: Decimal { Decimal(negative: false, whole: whole, fraction: fraction) }
+        /// The whole part's value; nil past `JSONSchemaGrammar.maxDigits` digits, beyond any number a grammar writes.
+        var writableWhole: UInt64? {
+            whole.count <= JSONSchemaGrammar.maxDigits ? whole.reduce(0) { $0 * 10 + UInt64($1) } : nil
+        }
+        /// 10^maxDigits: the first whole number too long to write.
+        static let writableLimit: UInt64 = (0..<JSONSchemaGrammar.maxDigits).reduce(1) { p, _ in p * 10 }
 
         /// From a JSON number: an integer exactly, a double by its shortest round-trip text (what a schema's author
         /// wrote, e.g. 0.1, rather than the binary value's long expansion).
@@ -92,7 +98,8 @@ struct NumericBounds: Equatable {
     var lower: Bound?
     var upper: Bound?
 
-    static let keywords: Set<String> = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]
+    /// The numeric keywords: the bounds, and `multipleOf` (the step, parsed by `JSONSchemaGrammar`).
+    static let keywords: Set<String> = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf"]
 
     /// The bounds a schema's keywords set (nil: none). Numbers only; Draft 4's `exclusiveMinimum: true` makes
     /// `minimum` strict. Where both an inclusive and an exclusive bound are given, the tighter holds.
@@ -127,15 +134,11 @@ struct NumericBounds: Equatable {
     }
 
     /// The integers within the bounds, as an inclusive range clamped to what `maxDigits` digits can write; nil if none.
-    func integerRange(maxDigits: Int) -> ClosedRange<Int>? {
-        var limit = 1
-        for _ in 0..<maxDigits { limit *= 10 }
-        limit -= 1
+    func integerRange() -> ClosedRange<Int>? {
+        let limit = Int(Decimal.writableLimit) - 1
         func int(_ d: Decimal) -> Int? {
             // Past the limit the bound leaves every writable integer on one side.
-            guard d.whole.count <= maxDigits else { return nil }
-            let w = d.whole.reduce(0) { $0 * 10 + Int($1) }
-            return d.negative ? -w : w
+            d.writableWhole.map { d.negative ? -Int($0) : Int($0) }
         }
         var lo = -limit, hi = limit
         if let l = lower {
@@ -231,7 +234,8 @@ extension JSONSchemaGrammar {
     /// Numbers of `lengths` digits (no leading zero) that are multiples of `k`: a first digit 1–9, then digits that may
     /// stop once the number is long enough and a multiple; nil if none.
     private mutating func fullLengths(_ lengths: ClosedRange<Int>, k: Int) throws -> Int? {
-        try remainderGroupsRule(1...9, remainder: 0, k: k) { c, r in try c.digitsUpTo(1, remainder: r, lengths: lengths, k: k) }
+        let alternatives = try remainderGroups(1...9, remainder: 0, k: k) { c, r in try c.digitsUpTo(1, remainder: r, lengths: lengths, k: k) }
+        return alternatives.isEmpty ? nil : try rule(alternatives)
     }
 
     /// After `count` digits leaving `remainder`: stop (if the length and remainder allow) or another digit.
@@ -248,12 +252,6 @@ extension JSONSchemaGrammar {
         let result = alternatives.isEmpty ? nil : try rule(alternatives)
         memo[key] = result ?? -1
         return result
-    }
-
-    private mutating func remainderGroupsRule(_ digits: ClosedRange<UInt8>, remainder: Int, k: Int,
-                                              _ next: (inout JSONSchemaGrammar, Int) throws -> Int?) throws -> Int? {
-        let alternatives = try remainderGroups(digits, remainder: remainder, k: k, next)
-        return alternatives.isEmpty ? nil : try rule(alternatives)
     }
 
     private static func digitsOf(_ v: UInt64, _ length: Int) -> [UInt8] {
@@ -328,13 +326,10 @@ extension JSONSchemaGrammar {
     /// Non-negative decimals (integer part, optional fraction) from `low` to `high` (nil: unbounded); nil if none.
     private mutating func magnitude(low: NumericBounds.Bound?, high: NumericBounds.Bound?) throws -> Int? {
         typealias D = NumericBounds.Decimal
-        var limit: UInt64 = 1
-        for _ in 0..<Self.maxDigits { limit *= 10 }
-        func whole(_ d: D) -> UInt64? { d.whole.count <= Self.maxDigits ? d.whole.reduce(0) { $0 * 10 + UInt64($1) } : nil }
-        let lowWhole: UInt64 = low.flatMap { whole($0.value) } ?? (low == nil ? 0 : limit)
-        var highWhole: UInt64 = limit - 1
+        let lowWhole: UInt64 = low.flatMap { $0.value.writableWhole } ?? (low == nil ? 0 : D.writableLimit)
+        var highWhole: UInt64 = D.writableLimit - 1
         var highFraction: NumericBounds.Bound? = nil  // the fraction bound where the integer part is highWhole
-        if let h = high, let w = whole(h.value) {
+        if let h = high, let w = h.value.writableWhole {
             highWhole = w
             highFraction = NumericBounds.Bound(value: D(negative: false, whole: [], fraction: h.value.fraction), strict: h.strict)
         }

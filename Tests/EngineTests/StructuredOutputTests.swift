@@ -187,6 +187,10 @@ import TestSupport
         #expect(try completes(#"{"type": "integer", "minimum": -1e300, "maximum": -3}"#, "-9999999999999999"))
         #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "integer", "minimum": 1e17}"#) }
         #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "number", "maximum": -1e17}"#) }
+        for empty in [#"{"type": "number", "minimum": 5, "maximum": 3}"#, #"{"type": "number", "minimum": -2.5, "exclusiveMaximum": -2.5}"#,
+                      #"{"type": "number", "exclusiveMinimum": 0.25, "maximum": 0.25}"#] {
+            #expect(throws: GrammarError.self, "\(empty)") { try Self.grammar(empty) }
+        }
         // Numbers exist in the bounds, but none with at most 16 fraction digits: refused, naming where.
         let tiny = #expect(throws: GrammarError.self) { try Self.grammar(#"{"type": "number", "exclusiveMinimum": 0, "maximum": 1e-20}"#) }
         #expect(tiny.map { "\($0)".contains("#: no number") } == true, "\(String(describing: tiny))")
