@@ -106,21 +106,12 @@ def measure(args):
     print("wrote", path, "in", round(res["seconds"], 1), "s", flush=True)
 
 
-def roofline_step_seconds(model, batch, context=CONTEXT, fixed=True):
-    """The simulator's merged decode step (tools/gpu_profile_report.py's `merged`) on the profiled GPU."""
-    import gpu_profile_report as rep
-    params, layers, hidden = rep.MODELS[model]
-    bytes_ = 2 * params + batch * context * 2 * layers * hidden * 2
-    flops = 2 * params * batch + 4 * layers * hidden * batch * context
-    return (rep.FIXED if fixed else 0.0) + max(bytes_ / (rep.HBM * rep.MBU), flops / (rep.PEAK * rep.MFU))
-
-
 def peft_fixed_seconds(r):
     """PEFT's step as the roofline's form: the bytes/FLOPs term of the profiled GPU plus a fixed time, fitted (mean
     over the batches) to the unmerged steps. What HF's eager forward and PEFT's LoRA layers add per step."""
     import gpu_profile_report as rep
     rep.use_gpu(r["gpu"])
-    gaps = [row["unmerged_ms"] / 1e3 - roofline_step_seconds(r["model"], row["batch"], fixed=False) for row in r["decode"]]
+    gaps = [row["unmerged_ms"] / 1e3 - rep.merged(row["batch"], CONTEXT, model=r["model"], fixed=False) for row in r["decode"]]
     return sum(gaps) / len(gaps)
 
 
@@ -147,7 +138,7 @@ def report(paths):
         p("| batch | PEFT, adapter active ms | adapter disabled ms | adapter merged ms | roofline ms | PEFT / roofline |")
         p("|---:|---:|---:|---:|---:|---:|")
         for row in r["decode"]:
-            rl = roofline_step_seconds(r["model"], row["batch"]) * 1e3
+            rl = rep.merged(row["batch"], CONTEXT, model=r["model"]) * 1e3
             p(f"| {row['batch']} | {row['unmerged_ms']:.2f} | {row['base_ms']:.2f} | {row['merged_ms']:.2f} | {rl:.2f} | "
               f"{row['unmerged_ms'] / rl:.2f}× |")
         p("")
@@ -173,12 +164,10 @@ def knobs(paths, out):
     if len({r["model"] for r in runs}) != 1:
         sys.exit("gpu_profile_peft.py --knobs: the runs must profile one model")
     r = runs[0]
-    _, layers, hidden = rep.MODELS[r["model"]]
-    elements_ratio = (layers * hidden * hidden) / (32 * 4096 * 4096)
     k = {"source": f"tools/gpu_profile_peft.py on {r['gpu']} (transformers {r['transformers']}, peft {r['peft']}), "
                    f"Llama-2-{r['model'].upper()} shapes, {len(runs)} run(s); --knobs",
          "fixed_seconds": round(sum(peft_fixed_seconds(x) for x in runs) / len(runs), 6),
-         "switch_seconds_7b_a800": round(sum(x["set_adapter_ms"] for x in runs) / len(runs) / 1e3 / elements_ratio, 6)}
+         "switch_seconds_7b_a800": round(sum(x["set_adapter_ms"] for x in runs) / len(runs) / 1e3 / rep.elements_ratio(r["model"]), 6)}
     with open(out, "w") as f:
         json.dump(k, f, indent=1)
         f.write("\n")

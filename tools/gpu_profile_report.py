@@ -22,11 +22,20 @@ MBU, MFU, FIXED = 0.8, 0.6, 0.0015
 GAMMA, DELTA_7B_A800, SWITCH_7B_A800, A800_HBM = 0.6, 1e-4, 0.020, 2039e9
 
 
-def merged(batch, context, tokens=None):
+def merged(batch, context, tokens=None, model=None, fixed=True):
+    """The roofline's merged step in seconds for `model`'s shapes (default: the report's) on the GPU `use_gpu` set;
+    `fixed=False`: its bytes/FLOPs term alone."""
+    params, layers, hidden = MODELS[model] if model else (PARAMS, LAYERS, HIDDEN)
     tokens = tokens if tokens is not None else batch
-    bytes_ = 2 * PARAMS + batch * context * KV_PER_TOKEN
-    flops = 2 * PARAMS * tokens + 4 * LAYERS * HIDDEN * batch * context
-    return FIXED + max(bytes_ / (HBM * MBU), flops / (PEAK * MFU))
+    bytes_ = 2 * params + batch * context * 2 * layers * hidden * 2
+    flops = 2 * params * tokens + 4 * layers * hidden * batch * context
+    return (FIXED if fixed else 0.0) + max(bytes_ / (HBM * MBU), flops / (PEAK * MFU))
+
+
+def elements_ratio(model):
+    """The elements a q/v merge rewrites at `model`'s shapes over 7B's: how the roofline scales the switch."""
+    _, layers, hidden = MODELS[model]
+    return (layers * hidden * hidden) / (32 * 4096 * 4096)
 
 
 def unmerged_line(merged_seconds, pts):
@@ -53,7 +62,7 @@ def delta_7b_a800(delta, model):
     return delta * (HBM / A800_HBM) / (layers * hidden / (32 * 4096))
 
 
-def knobs(r, name, elements_ratio):
+def knobs(r, name):
     """The roofline knobs this measurement gives (RooflineCostModel.profileKeys), referenced as the model is:
     γ and δ from a least-squares line through the graph-replayed unmerged steps (step = merged·(1 + γ) + δ·n),
     δ and the switch converted back to 7B (and A800) by the roofline's own size and bandwidth scaling, the
@@ -66,7 +75,7 @@ def knobs(r, name, elements_ratio):
         "source": f"tools/gpu_profile.py on {r['gpu']} (torch {r['torch']}), Llama-2-{name.upper()} shapes; tools/gpu_profile_report.py --knobs",
         "unmerged_gamma": round(gamma, 4),
         "per_adapter_seconds_7b": delta_7b_a800(slope, name),
-        "switch_seconds_7b_a800": switch * (HBM / A800_HBM) / elements_ratio,
+        "switch_seconds_7b_a800": switch * (HBM / A800_HBM) / elements_ratio(name),
         "adapter_load_seconds": max(0.0, r["load_pinned_ms"] / 1e3 - r["adapter_bytes"] / (0.8 * PCIE)),
     }
 
@@ -79,12 +88,11 @@ def main():
     PARAMS, LAYERS, HIDDEN = MODELS[name]
     KV_PER_TOKEN = 2 * LAYERS * HIDDEN * 2
     size = LAYERS * HIDDEN / (32 * 4096)  # the roofline scales δ by layers · hidden, the switch by elements rewritten
-    elements_ratio = (LAYERS * HIDDEN * HIDDEN) / (32 * 4096 * 4096)
     delta = DELTA_7B_A800 * size * A800_HBM / HBM
-    half_switch = SWITCH_7B_A800 / 2 * elements_ratio * A800_HBM / HBM
+    half_switch = SWITCH_7B_A800 / 2 * elements_ratio(name) * A800_HBM / HBM
     if "--knobs" in sys.argv:
         with open(sys.argv[sys.argv.index("--knobs") + 1], "w") as f:
-            json.dump(knobs(r, name, elements_ratio), f, indent=1)
+            json.dump(knobs(r, name), f, indent=1)
             f.write("\n")
     out = []
     p = out.append
