@@ -42,13 +42,14 @@ enum ServerFixtures {
     /// `maxSequences`: sequences per iteration (1 makes a second request wait for the first).
     /// `model`: another checkpoint (then served as "model").
     static func server(adapterRoot: String? = ServerFixtures.adapterRoot, kvBlocks: Int = 256, maxSequences: Int = 16, slow: Bool = false,
-                       model path: String? = nil,
+                       model path: String? = nil, policy: BatchPolicyConfig = BatchPolicyConfig(),
                        configure: (inout ServerOptions) -> Void = { _ in },
                        logitsObserver: ((Scheduling.RequestID, UnsafeBufferPointer<Float>) -> Void)? = nil) throws -> OpenAIServer {
         let checkpoint = try openCheckpoint(path: path ?? modelPath)
         let model = try LlamaModel(checkpoint: checkpoint)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
-        let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: maxSequences)
+        let generator = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: kvBlocks, maxBatchTokens: 64, maxSequences: maxSequences,
+                                   policy: policy)
         if slow { generator.logitsObserver = { _, _ in usleep(20_000) } }
         if let logitsObserver { generator.logitsObserver = logitsObserver }
         var options = ServerOptions(modelName: path == nil ? "tiny-llama" : "model")

@@ -69,10 +69,15 @@ import TestSupport
     /// request samples a token every 200 ms until the test has seen what it looks for (≥ 40 s for its 200
     /// tokens), so a loaded machine (the suites share two cooperative threads and one tokenization queue)
     /// only makes the test wait longer, never ends the first request before the second arrives. Both go
-    /// over raw connections and are cancelled by closing them.
+    /// over raw connections and are cancelled by closing them. dLoRA's credits would let the waiting adapter go first
+    /// after `creditBound` iterations (8: about 1.6 s at this pace), a window a loaded machine's scrapes could miss (one
+    /// CI run did); a credit bound past the test's length keeps it waiting until it has been seen.
     @Test func waitingAdapter() async throws {
         let holding = Locked(true)
-        let server = try ServerFixtures.server(maxSequences: 1, logitsObserver: { _, _ in usleep(holding.withLock { $0 } ? 200_000 : 1_000) })
+        var policy = BatchPolicyConfig()
+        policy.creditBound = 1_000_000
+        let server = try ServerFixtures.server(maxSequences: 1, policy: policy,
+                                               logitsObserver: { _, _ in usleep(holding.withLock { $0 } ? 200_000 : 1_000) })
         try await ServerFixtures.withServer(server) { client in
             let port = try #require(client.port)
             let first = try RawConnection(port: port)
