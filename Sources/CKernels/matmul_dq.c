@@ -24,8 +24,9 @@ enum { ROWS_PER_GROUP = 4, TOKEN_BLOCK = 64 };
 // fused_tokens_typed's switch); larger ones dequantize into the panel, whose 4x4 tiles reuse each converted
 // row over 4 tokens (measured crossover: docs/design/core-engine.md, "Small decode batches").
 enum { FUSED_TOKENS = 8 };
-// Blocks whose scales fused_tile converts ahead of its FMA loop (a stack buffer of 8 rows x 2 floats each).
-enum { SCALE_CHUNK = 32 };
+// Blocks whose scales fused_tile converts ahead of its FMA loop (a stack buffer of 8 rows x 2 floats each); a
+// multiple of chunk_scales' groups (6 Q4_1 blocks, 4 Q8_0), so SmolLM2's 18 and 48 blocks per row leave few tails.
+enum { SCALE_CHUNK = 24 };
 // The AVX2 twins take up to FUSED_TOKENS2, 4 at a time (measured: docs/design/core-engine.md, as above).
 enum { FUSED_TOKENS2 = 8 };
 
@@ -133,6 +134,28 @@ void q4_slices(const int type, const uint8_t *row, int64_t b, float d, float m, 
     *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
 }
 
+// The fused kernels' lane order for 4-bit blocks: lane i of a slice holds element e(i) = 4 (i mod 4) + i / 4 of
+// its 16 (a 4x4 transpose, its own inverse). The block's 16 nibble bytes are broadcast to the four 128-bit lanes
+// (a load, no shuffle) and lane i shifted right by 8 (i / 4) bits, which brings byte e(i) to its low 8 bits; so
+// the nibbles are widened by shifts instead of vpmovzxbd, which competes with the two table lookups for the one
+// port that runs 512-bit shuffles. The token's slices are read in the same order (transposed_x) and each
+// accumulator is put back in lane order before its lane sum (transposed_lanes), so every lane sums the same
+// products in the same order as the panel path, and the bits are unchanged.
+DL_AVX512 static inline __m512i transposed_lanes(void) {
+    return _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+}
+
+DL_AVX512 static inline __attribute__((always_inline))
+void q4_slices_transposed(const int type, const uint8_t *row, int64_t b, float d, float m, __m512 *lo, __m512 *hi) {
+    __m512 table = type == DL_Q4_0
+        ? _mm512_mul_ps(_mm512_set1_ps(d), _mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)))
+        : _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), nibble_values()), _mm512_set1_ps(m));
+    const __m512i shift = _mm512_set_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
+    __m512i q = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(row + b * (type == DL_Q4_0 ? 18 : 20) + (type == DL_Q4_0 ? 2 : 4))));
+    *lo = _mm512_permutexvar_ps(_mm512_srlv_epi32(q, shift), table);
+    *hi = _mm512_permutexvar_ps(_mm512_srlv_epi32(q, _mm512_add_epi32(shift, _mm512_set1_epi32(4))), table);
+}
+
 // The scales of block b of a row: d (converted from f16) into dm[0], and for Q4_1 m into dm[1].
 DL_AVX512_F16 static inline __attribute__((always_inline))
 void block_scales(const int type, const uint8_t *row, int64_t b, float *dm) {
@@ -193,6 +216,36 @@ DL_AVX512_F16 static void dequant_blocks512(const int type, const uint8_t *row, 
     }
 }
 
+// The scales of blocks b0..b0+n-1 of a 4-bit row, [d, m] per block, into dm. Q4_1 keeps each block's two f16
+// scales in one dword, 5 dwords apart: six blocks' dwords are gathered from two loads by one vpermt2d and
+// converted by one vcvtph2ps (per block one-by-one, a scalar move and a conversion are two more uops on the
+// shuffle port the table lookups need). The values are the same conversions.
+DL_AVX512_F16 static inline __attribute__((always_inline))
+void chunk_scales(const int type, const uint8_t *row, int64_t b0, int n, float *dm) {
+    int i = 0;
+    if (type == DL_Q4_1) {
+        const __m512i pick = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 25, 20, 15, 10, 5, 0);
+        for (; i + 6 <= n; i += 6) {
+            const int32_t *p = (const int32_t *)(row + (b0 + i) * 20);
+            __m512i a = _mm512_loadu_si512(p), c = _mm512_maskz_loadu_epi32(0x3fff, p + 16);
+            __m512i dms = _mm512_permutex2var_epi32(a, pick, c);
+            _mm512_mask_storeu_ps(dm + i * 2, 0x0fff, _mm512_cvtph_ps(_mm512_castsi512_si256(dms)));
+        }
+    }
+    if (type == DL_Q8_0) {
+        // Q8_0: the f16 scale of block i is word 17 i; four blocks' scales from two loads (the four blocks' own bytes).
+        const __m512i pick = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                              0, 0, 0, 0, 0, 0, 0, 0, 0, 51, 0, 34, 0, 17, 0, 0);
+        for (; i + 4 <= n; i += 4) {
+            const uint8_t *p = row + (b0 + i) * 34;
+            __m512i a = _mm512_loadu_si512(p), c = _mm512_loadu_si512(p + 64);
+            __m512i ds = _mm512_permutex2var_epi16(a, pick, c);
+            _mm256_storeu_ps(dm + i * 2, _mm256_cvtph_ps(_mm512_castsi512_si128(ds)));
+        }
+    }
+    for (; i < n; i++) block_scales(type, row, b0 + i, dm + i * 2);
+}
+
 // NR rows x NT tokens over K = 32·nb columns, rows row_bytes apart, tokens ldx floats apart; NR·NT ≤ 16
 // accumulators. Each block's slices are made once per row and multiplied into all NT tokens, so a small
 // decode batch reads and decodes the weights once, as one token does, instead of dequantizing them into the
@@ -208,18 +261,20 @@ void fused_tile(const int type, const int NR, const int NT, const uint8_t *w, in
                 const float *x, int64_t ldx, float *y, int64_t ldy) {
     __m512 acc[16];
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
-    // 4-bit blocks: the scales of SCALE_CHUNK blocks of the NR rows are converted first, [r][b][d, m], so the
-    // block loop broadcasts them from memory (a load) instead of converting and spreading each in registers
-    // (three shuffles per block and row, a third of the loop's vector work; measured ~1.2x on one thread).
-    const int four_bit = type == DL_Q4_0 || type == DL_Q4_1;
+    // Quantized blocks: the scales of SCALE_CHUNK blocks of the NR rows are converted first (chunk_scales),
+    // [r][b][d, m], so the block loop broadcasts them from memory (a load) instead of converting and spreading
+    // each in registers (three shuffles per block and row, a third of the loop's vector work; measured ~1.2x on
+    // one thread, and the gathered conversion another ~1.2x on the Q4_1 rows and the Q8_0 LM head). 4-bit
+    // blocks run in the transposed lane order (q4_slices_transposed): x comes in that order, and each
+    // accumulator goes back to lane order before its lane sum.
+    const int four_bit = type == DL_Q4_0 || type == DL_Q4_1, scaled = four_bit || type == DL_Q8_0;
     float scales[8 * SCALE_CHUNK * 2];
     const char *next = (const char *)w + NR * row_bytes;
     const int64_t lines = (NR * row_bytes + 63) / 64, lines_per_block = (lines + nb - 1) / nb;
     for (int64_t b0 = 0; b0 < nb; b0 += SCALE_CHUNK) {
         const int n = nb - b0 < SCALE_CHUNK ? (int)(nb - b0) : SCALE_CHUNK;
-        if (four_bit)
-            for (int r = 0; r < NR; r++)
-                for (int i = 0; i < n; i++) block_scales(type, w + r * row_bytes, b0 + i, scales + (r * SCALE_CHUNK + i) * 2);
+        if (scaled)
+            for (int r = 0; r < NR; r++) chunk_scales(type, w + r * row_bytes, b0, n, scales + r * SCALE_CHUNK * 2);
         for (int i = 0; i < n; i++) {
             const int64_t b = b0 + i;
             if (NR > 1)
@@ -228,7 +283,12 @@ void fused_tile(const int type, const int NR, const int NT, const uint8_t *w, in
                 __m512 lo, hi;
                 if (four_bit) {
                     const float *dm = scales + (r * SCALE_CHUNK + i) * 2;
-                    q4_slices(type, w + r * row_bytes, b, dm[0], dm[1], &lo, &hi);
+                    q4_slices_transposed(type, w + r * row_bytes, b, dm[0], dm[1], &lo, &hi);
+                } else if (type == DL_Q8_0) {
+                    const uint8_t *p = w + r * row_bytes + b * 34;
+                    __m512 d = _mm512_set1_ps(scales[(r * SCALE_CHUNK + i) * 2]);
+                    lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
+                    hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
                 } else {
                     block_slices(type, w + r * row_bytes, b, &lo, &hi);
                 }
@@ -240,7 +300,8 @@ void fused_tile(const int type, const int NR, const int NT, const uint8_t *w, in
         }
     }
     for (int r = 0; r < NR; r++)
-        for (int t = 0; t < NT; t++) y[t * ldy + r] = dl_lane_sum(acc[r * NT + t]);
+        for (int t = 0; t < NT; t++)
+            y[t * ldy + r] = dl_lane_sum(four_bit ? _mm512_permutexvar_ps(transposed_lanes(), acc[r * NT + t]) : acc[r * NT + t]);
 }
 
 // Rows [r0, r1) x NT tokens: NR rows at a time (a constant per NT), the last r1 - r0 mod NR one at a time.
@@ -601,6 +662,17 @@ static float *panel_buffer(int64_t floats) {
     return (float *)dl_grow_buffer(&tl_panel, &tl_panel_bytes, floats * (int64_t)sizeof(float), "the dequantized weight panel");
 }
 
+// The tokens' columns in the fused 4-bit kernels' lane order (q4_slices_transposed), per thread.
+static __thread void *tl_xt;
+static __thread int64_t tl_xt_bytes;
+DL_AVX512 static float *transposed_x(const float *X, int64_t ldx, int64_t ntok, int64_t K) {
+    float *xt = (float *)dl_grow_buffer(&tl_xt, &tl_xt_bytes, ntok * K * (int64_t)sizeof(float), "the transposed token columns");
+    for (int64_t t = 0; t < ntok; t++)
+        for (int64_t k = 0; k < K; k += 16)
+            _mm512_storeu_ps(xt + t * K + k, _mm512_permutexvar_ps(transposed_lanes(), _mm512_loadu_ps(X + t * ldx + k)));
+    return xt;
+}
+
 static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
     const dq_ctx *c = (const dq_ctx *)vctx;
     const int64_t K = c->cols;
@@ -608,7 +680,10 @@ static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
 #if defined(__x86_64__)
     if (c->fused) {
         int64_t r1 = g1 * ROWS_PER_GROUP < c->rows ? g1 * ROWS_PER_GROUP : c->rows;
-        if (c->fused == 2) fused_tokens(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
+        if (c->fused == 2 && (c->wtype == DL_Q4_0 || c->wtype == DL_Q4_1)) {
+            float *xt = transposed_x(c->X, c->ldx, c->ntok, K);
+            fused_tokens(c->wtype, c->W, c->row_bytes, K, xt, K, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
+        } else if (c->fused == 2) fused_tokens(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
         else fused_tokens2(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
         return;
     }
