@@ -196,26 +196,6 @@ void block_slices(const int type, const uint8_t *row, int64_t b, __m512 *lo, __m
     }
 }
 
-// The panel's dequantization uses the same decoding as the fused kernels (the 16-entry table for Q4_0/Q4_1):
-// fewer instructions per block than widening and scaling each element, and the same values by construction.
-DL_AVX512_F16 static inline __attribute__((always_inline))
-void dequant_blocks512_typed(const int type, const uint8_t *row, float *dst, int64_t nb) {
-    for (int64_t b = 0; b < nb; b++) {
-        __m512 lo, hi;
-        block_slices(type, row, b, &lo, &hi);
-        _mm512_storeu_ps(dst + b * 32, lo);
-        _mm512_storeu_ps(dst + b * 32 + 16, hi);
-    }
-}
-
-DL_AVX512_F16 static void dequant_blocks512(const int type, const uint8_t *row, float *dst, int64_t nb) {
-    switch (type) {
-    case DL_Q4_0: dequant_blocks512_typed(DL_Q4_0, row, dst, nb); return;
-    case DL_Q4_1: dequant_blocks512_typed(DL_Q4_1, row, dst, nb); return;
-    default: dequant_blocks512_typed(DL_Q8_0, row, dst, nb); return;
-    }
-}
-
 // The scales of blocks b0..b0+n-1 of a 4-bit row, [d, m] per block, into dm. Q4_1 keeps each block's two f16
 // scales in one dword, 5 dwords apart: six blocks' dwords are gathered from two loads by one vpermt2d and
 // converted by one vcvtph2ps (per block one-by-one, a scalar move and a conversion are two more uops on the
@@ -244,6 +224,39 @@ void chunk_scales(const int type, const uint8_t *row, int64_t b0, int n, float *
         }
     }
     for (; i < n; i++) block_scales(type, row, b0 + i, dm + i * 2);
+}
+
+// The panel's dequantization uses the same decoding as the fused kernels (the 16-entry table for Q4_0/Q4_1):
+// fewer instructions per block than widening and scaling each element, and the same values by construction.
+// The scales are converted a chunk at a time (chunk_scales), as in fused_tile: one thread's 16-token products
+// ~10 % faster in the C driver, 32 tokens 2-3 %.
+DL_AVX512_F16 static inline __attribute__((always_inline))
+void dequant_blocks512_typed(const int type, const uint8_t *row, float *dst, int64_t nb) {
+    float dm[SCALE_CHUNK * 2];
+    for (int64_t b0 = 0; b0 < nb; b0 += SCALE_CHUNK) {
+        const int n = nb - b0 < SCALE_CHUNK ? (int)(nb - b0) : SCALE_CHUNK;
+        chunk_scales(type, row, b0, n, dm);
+        for (int i = 0; i < n; i++) {
+            const int64_t b = b0 + i;
+            __m512 lo, hi;
+            if (type == DL_Q8_0) {
+                const uint8_t *p = row + b * 34;
+                __m512 d = _mm512_set1_ps(dm[i * 2]);
+                lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
+                hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
+            } else q4_slices(type, row, b, dm[i * 2], dm[i * 2 + 1], &lo, &hi);
+            _mm512_storeu_ps(dst + b * 32, lo);
+            _mm512_storeu_ps(dst + b * 32 + 16, hi);
+        }
+    }
+}
+
+DL_AVX512_F16 static void dequant_blocks512(const int type, const uint8_t *row, float *dst, int64_t nb) {
+    switch (type) {
+    case DL_Q4_0: dequant_blocks512_typed(DL_Q4_0, row, dst, nb); return;
+    case DL_Q4_1: dequant_blocks512_typed(DL_Q4_1, row, dst, nb); return;
+    default: dequant_blocks512_typed(DL_Q8_0, row, dst, nb); return;
+    }
 }
 
 // NR rows x NT tokens over K = 32·nb columns, rows row_bytes apart, tokens ldx floats apart; NR·NT ≤ 16
