@@ -120,15 +120,21 @@ DL_AVX512 static inline __m512 nibble_values(void) {
     return _mm512_set_ps(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
 }
 
+// Q4_1_EXACT_PRODUCT: a Q4_1 weight is d * q + m with d an f16 value (11 significant bits) and q a nibble (4
+// bits), so d * q has at most 15 significant bits and is exact in f32 (f16's range times 15 stays far inside
+// f32's normal range; an infinite or NaN d gives NaN or infinity either way). The reference rounds d * q, then
+// d * q + m; the first rounding does nothing, so fma(d, q, m), one rounding, gives the same value in one
+// instruction instead of two (QuantParityTests and MatmulDQTests check every path against the reference twin).
+
 // Block b of a 4-bit row (Q4_0: 18 bytes, Q4_1: 20) as two 16-lane slices, lo = elements 0..15, hi = 16..31,
 // from its scales as f32 (d, and m for Q4_1). A 16-entry table of the block's values, d * (j - 8) for Q4_0 and
 // d * j + m for Q4_1, is looked up by nibble (vpermps reads an index's low 4 bits): the same products and sums
-// the reference computes, one multiply (and one add) per block instead of per element.
+// the reference computes, one multiply (Q4_1: a fused multiply-add, Q4_1_EXACT_PRODUCT) per block instead of per element.
 DL_AVX512 static inline __attribute__((always_inline))
 void q4_slices(const int type, const uint8_t *row, int64_t b, float d, float m, __m512 *lo, __m512 *hi) {
     __m512 table = type == DL_Q4_0
         ? _mm512_mul_ps(_mm512_set1_ps(d), _mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)))
-        : _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), nibble_values()), _mm512_set1_ps(m));
+        : _mm512_fmadd_ps(_mm512_set1_ps(d), nibble_values(), _mm512_set1_ps(m));
     __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + b * (type == DL_Q4_0 ? 18 : 20) + (type == DL_Q4_0 ? 2 : 4))));
     *lo = _mm512_permutexvar_ps(q, table);
     *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
@@ -149,7 +155,7 @@ DL_AVX512 static inline __attribute__((always_inline))
 void q4_slices_transposed(const int type, const uint8_t *row, int64_t b, float d, float m, __m512 *lo, __m512 *hi) {
     __m512 table = type == DL_Q4_0
         ? _mm512_mul_ps(_mm512_set1_ps(d), _mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)))
-        : _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(d), nibble_values()), _mm512_set1_ps(m));
+        : _mm512_fmadd_ps(_mm512_set1_ps(d), nibble_values(), _mm512_set1_ps(m));
     const __m512i shift = _mm512_set_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
     __m512i q = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(row + b * (type == DL_Q4_0 ? 18 : 20) + (type == DL_Q4_0 ? 2 : 4))));
     *lo = _mm512_permutexvar_ps(_mm512_srlv_epi32(q, shift), table);
@@ -471,10 +477,11 @@ void block_slices2(const int type, const uint8_t *row, int64_t b, __m256 v[4]) {
             memcpy(&dm_bits, p, 4);
             __m256 dm = _mm256_cvtph_ps(_mm_set1_epi32(dm_bits));
             __m256 d = _mm256_moveldup_ps(dm), m = _mm256_movehdup_ps(dm);
-            v[0] = _mm256_add_ps(_mm256_mul_ps(d, e0), m);
-            v[1] = _mm256_add_ps(_mm256_mul_ps(d, e1), m);
-            v[2] = _mm256_add_ps(_mm256_mul_ps(d, e2), m);
-            v[3] = _mm256_add_ps(_mm256_mul_ps(d, e3), m);
+            // d * q is exact (Q4_1_EXACT_PRODUCT), so one fused multiply-add rounds as d * q + m does.
+            v[0] = _mm256_fmadd_ps(d, e0, m);
+            v[1] = _mm256_fmadd_ps(d, e1, m);
+            v[2] = _mm256_fmadd_ps(d, e2, m);
+            v[3] = _mm256_fmadd_ps(d, e3, m);
         }
         return;
     }
