@@ -16,6 +16,7 @@
 #include "simd.h"
 #include "fatal.h"
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -673,6 +674,8 @@ typedef struct {
     float *Y;
     int64_t ldy;
     int fused; // 2: the AVX-512 fused kernels, 1: the AVX2 ones, 0: the panel (decided once per product)
+    struct dq_part_s *parts; // the fused products' parts (dq_fused_parts)
+    int64_t nparts;
 } dq_ctx;
 
 static __thread void *tl_panel;
@@ -693,21 +696,69 @@ DL_AVX512 static float *transposed_x(const float *X, int64_t ldx, int64_t ntok, 
     return xt;
 }
 
+// Rows [r0, r1) of a fused product (1-8 tokens), x already in the kernel's order (transposed_x for 4-bit rows).
+static void fused_range(const dq_ctx *c, const float *x, int64_t ldx, int64_t r0, int64_t r1) {
+#if defined(__x86_64__)
+    if (c->fused == 2) fused_tokens(c->wtype, c->W, c->row_bytes, c->cols, x, ldx, c->ntok, c->Y, c->ldy, r0, r1);
+    else fused_tokens2(c->wtype, c->W, c->row_bytes, c->cols, x, ldx, c->ntok, c->Y, c->ldy, r0, r1);
+#else
+    (void)c; (void)x; (void)ldx; (void)r0; (void)r1;
+#endif
+}
+
+// The fused products' rows are split into one contiguous part per thread, in units of STEAL_UNIT rows. A part's
+// owner takes its units front to back, STEAL_CLAIM at a time; a thread whose own part is done takes the other
+// parts' units from their backs, as long as any are left. Claims are compare-and-swaps on the part's (front,
+// back) word, so every unit runs exactly once. One part per thread keeps each thread's rows contiguous, so its
+// prefetch of the next rows serves it, and taking the slow part's back means the threads finish together even
+// when one core runs slower than the other (a VM beside a busy neighbour: the engine's batch-1 decode spent
+// ~11 % of its samples with the caller waiting for the worker's part). Which thread computes a row never
+// changes its bits.
+enum { STEAL_UNIT = 8, STEAL_CLAIM = 4, MAX_PARTS = 64 };
+typedef struct dq_part_s {
+    _Alignas(64) _Atomic uint64_t range; // front | back << 32, in units
+} dq_part;
+
+static int claim_units(dq_part *p, int from_back, int64_t *u0, int64_t *u1) {
+    uint64_t v = atomic_load_explicit(&p->range, memory_order_relaxed);
+    for (;;) {
+        const uint32_t lo = (uint32_t)v, hi = (uint32_t)(v >> 32);
+        if (lo >= hi) return 0;
+        const uint32_t n = hi - lo < STEAL_CLAIM ? hi - lo : STEAL_CLAIM;
+        const uint32_t nlo = from_back ? lo : lo + n, nhi = from_back ? hi - n : hi;
+        if (atomic_compare_exchange_weak_explicit(&p->range, &v, (uint64_t)nhi << 32 | nlo, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            *u0 = from_back ? nhi : lo;
+            *u1 = from_back ? hi : nlo;
+            return 1;
+        }
+    }
+}
+
+static void dq_fused_parts(void *vctx, int64_t k0, int64_t k1) {
+    const dq_ctx *c = (const dq_ctx *)vctx;
+    const float *x = c->X;
+    int64_t ldx = c->ldx;
+#if defined(__x86_64__)
+    if (c->fused == 2 && (c->wtype == DL_Q4_0 || c->wtype == DL_Q4_1)) {
+        x = transposed_x(c->X, c->ldx, c->ntok, c->cols);
+        ldx = c->cols;
+    }
+#endif
+    int64_t u0, u1;
+    for (int64_t k = k0; k < k1; k++) {
+        while (claim_units(&c->parts[k], 0, &u0, &u1))
+            fused_range(c, x, ldx, u0 * STEAL_UNIT, u1 * STEAL_UNIT < c->rows ? u1 * STEAL_UNIT : c->rows);
+        for (int64_t j = 1; j < c->nparts; j++)
+            while (claim_units(&c->parts[(k + j) % c->nparts], 1, &u0, &u1))
+                fused_range(c, x, ldx, u0 * STEAL_UNIT, u1 * STEAL_UNIT < c->rows ? u1 * STEAL_UNIT : c->rows);
+    }
+}
+
 static void dq_groups(void *vctx, int64_t g0, int64_t g1) {
     const dq_ctx *c = (const dq_ctx *)vctx;
     const int64_t K = c->cols;
     int use512 = dl_has_avx512(), use256 = !use512 && dl_has_avx2();
-#if defined(__x86_64__)
-    if (c->fused) {
-        int64_t r1 = g1 * ROWS_PER_GROUP < c->rows ? g1 * ROWS_PER_GROUP : c->rows;
-        if (c->fused == 2 && (c->wtype == DL_Q4_0 || c->wtype == DL_Q4_1)) {
-            float *xt = transposed_x(c->X, c->ldx, c->ntok, K);
-            fused_tokens(c->wtype, c->W, c->row_bytes, K, xt, K, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
-        } else if (c->fused == 2) fused_tokens(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
-        else fused_tokens2(c->wtype, c->W, c->row_bytes, K, c->X, c->ldx, c->ntok, c->Y, c->ldy, g0 * ROWS_PER_GROUP, r1);
-        return;
-    }
-#endif
     float *panel = NULL;
     if (c->wtype != DL_F32) {
         panel = panel_buffer(ROWS_PER_GROUP * K);
@@ -767,13 +818,23 @@ void dl_matmul_dq(int wtype, const void *W, int64_t rows, int64_t cols,
         else if (dl_has_avx2()) c.fused = ntok <= FUSED_TOKENS2 ? 1 : 0;
     }
 #endif
-    int64_t groups = (rows + ROWS_PER_GROUP - 1) / ROWS_PER_GROUP;
     // Small products are cheaper on the calling thread than handed to the pool.
-    if (rows * cols * ntok < (1 << 16)) { dq_groups(&c, 0, groups); return; }
-    // The fused kernels (small decode batches) take one contiguous part per thread: each part starts with
-    // rows its prefetch has not fetched and ends with the threads waiting for the slowest part, which at
-    // 4 parts per thread cost ~10 % of a batch-1 step (121 products per token; measured, core-engine.md).
-    // A worker that wakes late still delays nothing: the caller claims its part as well.
-    int64_t threads = dl_num_threads();
-    dl_parallel_for(groups, c.fused ? (groups + threads - 1) / threads : 4, dq_groups, &c);
+    const int small = rows * cols * ntok < (1 << 16);
+    if (c.fused) {
+        const int64_t units = (rows + STEAL_UNIT - 1) / STEAL_UNIT;
+        int64_t parts = small ? 1 : dl_num_threads();
+        if (parts > units) parts = units;
+        if (parts > MAX_PARTS) parts = MAX_PARTS;
+        dq_part part[MAX_PARTS];
+        for (int64_t k = 0; k < parts; k++)
+            atomic_init(&part[k].range, (uint64_t)(units * (k + 1) / parts) << 32 | (uint64_t)(units * k / parts));
+        c.parts = part;
+        c.nparts = parts;
+        if (parts == 1) dq_fused_parts(&c, 0, 1);
+        else dl_parallel_for(parts, 1, dq_fused_parts, &c);
+        return;
+    }
+    int64_t groups = (rows + ROWS_PER_GROUP - 1) / ROWS_PER_GROUP;
+    if (small) { dq_groups(&c, 0, groups); return; }
+    dl_parallel_for(groups, 4, dq_groups, &c);
 }
