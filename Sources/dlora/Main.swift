@@ -139,7 +139,7 @@ struct Generate: ParsableCommand {
 
     func run() throws {
         let (_, loaded) = try modelOptions.load()
-        try products.apply(to: loaded.model, singleSequence: true)
+        try products.apply(to: loaded.model)
         loaded.model.mergePrecision = mergePrecision.resolved(for: loaded.model)
         let tokenizer = loaded.tokenizer
         let ids: [Int]

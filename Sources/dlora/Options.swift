@@ -83,10 +83,9 @@ struct EngineOptions: ParsableArguments {
         guard kvCacheMb <= 1 << 30, hostSwapMb <= 1 << 30 else { throw ValidationError("--kv-cache-mb and --host-swap-mb must be at most 2^30") }
     }
 
-    /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision:
-    /// a server that runs one sequence at a time decodes at batch 1 only, where `auto` takes bf16 as `generate` does).
+    /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision).
     func prepare(_ model: LlamaModel) throws {
-        try products.apply(to: model, singleSequence: maxBatchSequences == 1)
+        try products.apply(to: model)
         model.mergePrecision = mergePrecision.resolved(for: model)
     }
 
@@ -235,17 +234,16 @@ struct MatmulPrecisionOption: ParsableArguments {
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms; one sequence at a time — `generate`, or `--max-batch-sequences 1` — wherever the CPU has AVX-512 BF16), else f32.")
+            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms), else f32.")
     var matmulPrecision: Choice = .auto
 
-    /// What the flag means for `model` on this CPU. `singleSequence`: the command decodes one sequence at a time
-    /// (`generate`, a server with `--max-batch-sequences 1`), where bf16 products win on every AVX-512 BF16 core measured (batch-1 decode 1.15–1.40× f32 even
-    /// where VDPBF16PS runs at half the FMA's rate: they read the same bytes with fewer instructions per byte).
-    func resolved(for model: LlamaModel, singleSequence: Bool = false) -> Choice {
+    /// What the flag means for `model` on this CPU. The same rule at every batch: since the fused f32 kernels' rework
+    /// of 2026-12-06, f32 products also decode a single sequence faster where VDPBF16PS runs at half the FMA's rate
+    /// (batch 1 on the Emerald Rapids VM: bf16/f32 0.73–0.89; docs/design/core-engine.md).
+    func resolved(for model: LlamaModel) -> Choice {
         switch matmulPrecision {
         case .f32, .bf16: matmulPrecision
-        case .auto:
-            (singleSequence ? Kernels.hasBF16Dot : Kernels.bf16ProductsPay) && model.weightsExactInBF16Products ? .bf16 : .f32
+        case .auto: Kernels.bf16ProductsPay && model.weightsExactInBF16Products ? .bf16 : .f32
         }
     }
 
@@ -258,8 +256,8 @@ struct MatmulPrecisionOption: ParsableArguments {
 
     /// Sets the model's products as the flag says; an explicit bf16 on a CPU without AVX-512 BF16 is an error
     /// (its portable loop is far slower than the f32 kernels).
-    func apply(to model: LlamaModel, singleSequence: Bool = false) throws {
-        guard resolved(for: model, singleSequence: singleSequence) == .bf16 else { return }
+    func apply(to model: LlamaModel) throws {
+        guard resolved(for: model) == .bf16 else { return }
         guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16, which this one lacks (kernels: \(Kernels.simdPathName))") }
         model.setBF16Products(true)
     }
