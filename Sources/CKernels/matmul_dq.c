@@ -127,16 +127,26 @@ DL_AVX512 static inline __m512 nibble_values(void) {
 // d * q + m; the first rounding does nothing, so fma(d, q, m), one rounding, gives the same value in one
 // instruction instead of two (QuantParityTests and MatmulDQTests check every path against the reference twin).
 
-// Block b of a 4-bit row (Q4_0: 18 bytes, Q4_1: 20) as two 16-lane slices, lo = elements 0..15, hi = 16..31,
-// from its scales as f32 (d, and m for Q4_1). A 16-entry table of the block's values, d * (j - 8) for Q4_0 and
-// d * j + m for Q4_1, is looked up by nibble (vpermps reads an index's low 4 bits): the same products and sums
-// the reference computes, one multiply (Q4_1: a fused multiply-add, Q4_1_EXACT_PRODUCT) per block instead of per element.
-DL_AVX512 static inline __attribute__((always_inline))
-void q4_slices(const int type, const uint8_t *row, int64_t b, float d, float m, __m512 *lo, __m512 *hi) {
-    __m512 table = type == DL_Q4_0
+// The 16 values a 4-bit block's weights can take, from its scales as f32 (d, and m for Q4_1): d * (j - 8) for Q4_0
+// and d * j + m for Q4_1, the same products and sums the reference computes, one multiply (Q4_1: a fused
+// multiply-add, Q4_1_EXACT_PRODUCT) per block instead of per element.
+DL_AVX512 static inline __attribute__((always_inline)) __m512 q4_table(const int type, float d, float m) {
+    return type == DL_Q4_0
         ? _mm512_mul_ps(_mm512_set1_ps(d), _mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)))
         : _mm512_fmadd_ps(_mm512_set1_ps(d), nibble_values(), _mm512_set1_ps(m));
-    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(row + b * (type == DL_Q4_0 ? 18 : 20) + (type == DL_Q4_0 ? 2 : 4))));
+}
+
+// The 16 nibble bytes of block b of a 4-bit row.
+static inline const __m128i *q4_nibbles(const int type, const uint8_t *row, int64_t b) {
+    return (const __m128i *)(row + b * (type == DL_Q4_0 ? 18 : 20) + (type == DL_Q4_0 ? 2 : 4));
+}
+
+// Block b of a 4-bit row (Q4_0: 18 bytes, Q4_1: 20) as two 16-lane slices, lo = elements 0..15, hi = 16..31: the
+// block's table looked up by nibble (vpermps reads an index's low 4 bits).
+DL_AVX512 static inline __attribute__((always_inline))
+void q4_slices(const int type, const uint8_t *row, int64_t b, float d, float m, __m512 *lo, __m512 *hi) {
+    const __m512 table = q4_table(type, d, m);
+    __m512i q = _mm512_cvtepu8_epi32(_mm_loadu_si128(q4_nibbles(type, row, b)));
     *lo = _mm512_permutexvar_ps(q, table);
     *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(q, 4), table);
 }
@@ -154,11 +164,9 @@ DL_AVX512 static inline __m512i transposed_lanes(void) {
 
 DL_AVX512 static inline __attribute__((always_inline))
 void q4_slices_transposed(const int type, const uint8_t *row, int64_t b, float d, float m, __m512 *lo, __m512 *hi) {
-    __m512 table = type == DL_Q4_0
-        ? _mm512_mul_ps(_mm512_set1_ps(d), _mm512_sub_ps(nibble_values(), _mm512_set1_ps(8.0f)))
-        : _mm512_fmadd_ps(_mm512_set1_ps(d), nibble_values(), _mm512_set1_ps(m));
+    const __m512 table = q4_table(type, d, m);
     const __m512i shift = _mm512_set_epi32(24, 24, 24, 24, 16, 16, 16, 16, 8, 8, 8, 8, 0, 0, 0, 0);
-    __m512i q = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(row + b * (type == DL_Q4_0 ? 18 : 20) + (type == DL_Q4_0 ? 2 : 4))));
+    __m512i q = _mm512_broadcast_i32x4(_mm_loadu_si128(q4_nibbles(type, row, b)));
     *lo = _mm512_permutexvar_ps(_mm512_srlv_epi32(q, shift), table);
     *hi = _mm512_permutexvar_ps(_mm512_srlv_epi32(q, _mm512_add_epi32(shift, _mm512_set1_epi32(4))), table);
 }
