@@ -184,20 +184,18 @@ void block_scales(const int type, const uint8_t *row, int64_t b, float *dm) {
     }
 }
 
-// The 32 weights of block b of a row as two 16-lane slices, lo = elements 0..15, hi = 16..31.
+// The 32 weights of block b of a row as two 16-lane slices, lo = elements 0..15, hi = 16..31, from the block's
+// scales as chunk_scales converts them (dm: d, and m for Q4_1; F16 blocks have none).
 DL_AVX512_F16 static inline __attribute__((always_inline))
-void block_slices(const int type, const uint8_t *row, int64_t b, __m512 *lo, __m512 *hi) {
+void block_slices(const int type, const uint8_t *row, int64_t b, const float *dm, __m512 *lo, __m512 *hi) {
     switch (type) {
     case DL_Q4_0:
-    case DL_Q4_1: {
-        float dm[2] = { 0, 0 };
-        block_scales(type, row, b, dm);
+    case DL_Q4_1:
         q4_slices(type, row, b, dm[0], dm[1], lo, hi);
         return;
-    }
     case DL_Q8_0: {
         const uint8_t *p = row + b * 34;
-        __m512 d = _mm512_set1_ps(_cvtsh_ss((uint16_t)(p[0] | p[1] << 8)));
+        const __m512 d = _mm512_set1_ps(dm[0]);
         *lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
         *hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
         return;
@@ -254,12 +252,7 @@ void dequant_blocks512_typed(const int type, const uint8_t *row, float *dst, int
         for (int i = 0; i < n; i++) {
             const int64_t b = b0 + i;
             __m512 lo, hi;
-            if (type == DL_Q8_0) {
-                const uint8_t *p = row + b * 34;
-                __m512 d = _mm512_set1_ps(dm[i * 2]);
-                lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
-                hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
-            } else q4_slices(type, row, b, dm[i * 2], dm[i * 2 + 1], &lo, &hi);
+            block_slices(type, row, b, dm + i * 2, &lo, &hi);
             _mm512_storeu_ps(dst + b * 32, lo);
             _mm512_storeu_ps(dst + b * 32 + 16, hi);
         }
@@ -309,17 +302,9 @@ void fused_tile(const int type, const int NR, const int NT, const uint8_t *w, in
                 for (int64_t j = 0; j < lines_per_block; j++) _mm_prefetch(next + (b * lines_per_block + j) * 64, _MM_HINT_T0);
             for (int r = 0; r < NR; r++) {
                 __m512 lo, hi;
-                if (four_bit) {
-                    const float *dm = scales + (r * SCALE_CHUNK + i) * 2;
-                    q4_slices_transposed(type, w + r * row_bytes, b, dm[0], dm[1], &lo, &hi);
-                } else if (type == DL_Q8_0) {
-                    const uint8_t *p = w + r * row_bytes + b * 34;
-                    __m512 d = _mm512_set1_ps(scales[(r * SCALE_CHUNK + i) * 2]);
-                    lo = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 2)))));
-                    hi = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(p + 18)))));
-                } else {
-                    block_slices(type, w + r * row_bytes, b, &lo, &hi);
-                }
+                const float *dm = scales + (r * SCALE_CHUNK + i) * 2;
+                if (four_bit) q4_slices_transposed(type, w + r * row_bytes, b, dm[0], dm[1], &lo, &hi);
+                else block_slices(type, w + r * row_bytes, b, dm, &lo, &hi);
                 for (int t = 0; t < NT; t++) {
                     acc[r * NT + t] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(x + t * ldx + b * 32), acc[r * NT + t]);
                     acc[r * NT + t] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(x + t * ldx + b * 32 + 16), acc[r * NT + t]);
