@@ -248,7 +248,44 @@ void group_heads64_kv(const int f16, int G, const float *q, float *scores, float
     float mx[8], mult[8];
     __m512 qv[8][4];
     for (int g = 0; g < G; g++) { mx[g] = -INFINITY; for (int j = 0; j < 4; j++) qv[g][j] = _mm512_loadu_ps(q + g * 64 + 16 * j); }
-    for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++) {
+    int64_t p = p0, blk = p0 / block_size, off = p0 % block_size;
+    // 16 positions at a time: each head's 16 dot products as 16 accumulators (the same FMAs, in the same order, as
+    // one position alone), summed together by dl_lane_sums16 (lane i of the result: dl_lane_sum of accumulator i,
+    // the tree _mm512_reduce_add_ps performs), scaled and maxed as vectors. One reduction tree per position cost
+    // more than its dot product. An f16 cache's 16 rows are widened once into kt for all the heads.
+    __m512 mxv[8];
+    for (int g = 0; g < G; g++) mxv[g] = _mm512_set1_ps(-INFINITY);
+    const __m512 vscale = _mm512_set1_ps(scale);
+    float kt[16 * 64] __attribute__((aligned(64)));
+    for (; p + 16 <= p1; p += 16) {
+        const float *rows[16];
+        for (int i = 0; i < 16; i++) {
+            const void *kr = kv_at(kcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
+            if (++off == block_size) { off = 0; blk++; }
+            if (f16) {
+                for (int j = 0; j < 4; j++) _mm512_store_ps(kt + i * 64 + 16 * j, kv_load16(kr, 16 * j, 1));
+                rows[i] = kt + i * 64;
+            } else {
+                rows[i] = (const float *)kr;
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            __m512 acc[16];
+            for (int i = 0; i < 16; i++) {
+                __m512 a = _mm512_fmadd_ps(qv[g][0], _mm512_loadu_ps(rows[i]), _mm512_setzero_ps());
+                a = _mm512_fmadd_ps(qv[g][1], _mm512_loadu_ps(rows[i] + 16), a);
+                a = _mm512_fmadd_ps(qv[g][2], _mm512_loadu_ps(rows[i] + 32), a);
+                acc[i] = _mm512_fmadd_ps(qv[g][3], _mm512_loadu_ps(rows[i] + 48), a);
+            }
+            const __m512 sc = _mm512_mul_ps(dl_lane_sums16(acc), vscale);
+            _mm512_storeu_ps(scores + g * n + (p - p0), sc);
+            mxv[g] = _mm512_max_ps(sc, mxv[g]); // a NaN score is skipped, as the comparison below skips it
+        }
+    }
+    // The max of the lanes and of the scalar positions after them: the same value in any order (a NaN is never
+    // taken; of +0 and -0 either may stay, and exp(s - max) is the same for both).
+    for (int g = 0; g < G; g++) mx[g] = _mm512_reduce_max_ps(mxv[g]);
+    for (; p < p1; p++) {
         const void *kr = kv_at(kcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
         if (++off == block_size) { off = 0; blk++; }
         __m512 k0 = kv_load16(kr, 0, f16), k1 = kv_load16(kr, 16, f16), k2 = kv_load16(kr, 32, f16), k3 = kv_load16(kr, 48, f16);

@@ -18,11 +18,11 @@
 //
 // lanes(·) is matmul_dq.c's order: 16 lanes (k mod 16) accumulated by FMA in increasing k, then the fixed
 // pairwise tree 16 → 8 → 4 → 2 → 1. The shrink's tile evaluates its 16 (row, token) trees together by a
-// transpose network that performs exactly those additions (lane_sums16). The expand's K is the rank (16 for
+// transpose network that performs exactly those additions (dl_lane_sums16, simd.h). The expand's K is the rank (16 for
 // most adapters), so there a tree per 16 weights would be most of the work: B is held transposed in groups of
 // 32 outputs (dl_lora_b_pack), each lane is a vector over 32 outputs, and the tree is 15 vector additions per
 // 32 outputs in the same association, no transposes (a call of 32 one-token rank-16 segments, 576 → 1536, from cache:
-// 25 µs against 43 for 16-row tiles with lane_sums16; docs/design/lora-kernels.md). So this kernel
+// 25 µs against 43 for 16-row tiles with dl_lane_sums16; docs/design/lora-kernels.md). So this kernel
 // gives the same bits as dl_matmul_dq followed by dl_add_scaled; segments of 9 or more tokens take
 // dl_matmul_dq for the shrink and the same expand (ReferenceOps.loraApplyLanes is the twin).
 // While it works on one segment it prefetches the next segment's A and B (a few lines per 16-weight step)
@@ -171,30 +171,6 @@ DL_AVX512_F16 static inline __attribute__((always_inline)) __m512 load16(const i
 }
 
 
-// lane_sum of 16 vectors at once: lane m of the result is dl_lane_sum(v[m]), bit for bit. Each level adds
-// lane i to lane i + h (h = 8, 4, 2, 1) of every vector, as lane_sum does, with two vectors' halves
-// packed into one register so a level costs half the additions of the one before (15 vector additions
-// for 16 trees instead of 64 scalar-ish ones); IEEE addition is commutative, so operand order is free.
-DL_AVX512 static inline __attribute__((always_inline)) __m512 lane_sums16(const __m512 v[16]) {
-    __m512 s8[8], s4[4], s2[2];
-    // h = 8: s8[m] lanes 0-7 = v[2m] halves summed, lanes 8-15 = v[2m+1]'s.
-    for (int m = 0; m < 8; m++)
-        s8[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44),
-                              _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xee));
-    // h = 4: 128-bit lane q of s4[n] = 4 partial sums of v[4n + q].
-    for (int n = 0; n < 4; n++)
-        s4[n] = _mm512_add_ps(_mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0x88),
-                              _mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0xdd));
-    // h = 2: 128-bit lane q of s2[n] = [v[8n + q] (2 sums), v[8n + 4 + q] (2 sums)].
-    for (int n = 0; n < 2; n++)
-        s2[n] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))),
-                              _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))));
-    // h = 1: lane 4q + r holds v[4r + q]'s sum; the permutation puts it at lane 4r + q.
-    __m512 s1 = _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], 0x88), _mm512_shuffle_ps(s2[0], s2[1], 0xdd));
-    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
-    return _mm512_permutexvar_ps(order, s1);
-}
-
 // R rows (row_bytes apart) x T tokens (x rows ldx apart) over K (a multiple of 16), R * T <= 16: lane
 // r * T + t = lanes(W[r] · x_t) (the other lanes 0). Each 16 weights of a row are converted once for the T
 // tokens. R and T are constants at every call site.
@@ -212,7 +188,7 @@ __m512 tile_rt(const int type, const int R, const int T, const uint8_t *w, int64
             for (int t = 0; t < T; t++) acc[r * T + t] = _mm512_fmadd_ps(wv, xv[t], acc[r * T + t]);
         }
     }
-    return lane_sums16(acc);
+    return dl_lane_sums16(acc);
 }
 
 

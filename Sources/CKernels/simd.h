@@ -77,6 +77,31 @@ DL_AVX512 static inline float dl_lane_sum(__m512 v) {
 }
 
 DL_AVX2 static inline float dl_lane_sum2(__m256 lo, __m256 hi) { return dl_sum8(_mm256_add_ps(lo, hi)); }
+
+// dl_lane_sum of 16 vectors at once: lane m of the result is dl_lane_sum(v[m]), bit for bit (lora.c's shrink
+// tiles, attention.c's scores of 16 positions). Each level adds
+// lane i to lane i + h (h = 8, 4, 2, 1) of every vector, as lane_sum does, with two vectors' halves
+// packed into one register so a level costs half the additions of the one before (15 vector additions
+// for 16 trees instead of 64 scalar-ish ones); IEEE addition is commutative, so operand order is free.
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_sums16(const __m512 v[16]) {
+    __m512 s8[8], s4[4], s2[2];
+    // h = 8: s8[m] lanes 0-7 = v[2m] halves summed, lanes 8-15 = v[2m+1]'s.
+    for (int m = 0; m < 8; m++)
+        s8[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44),
+                              _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xee));
+    // h = 4: 128-bit lane q of s4[n] = 4 partial sums of v[4n + q].
+    for (int n = 0; n < 4; n++)
+        s4[n] = _mm512_add_ps(_mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0x88),
+                              _mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0xdd));
+    // h = 2: 128-bit lane q of s2[n] = [v[8n + q] (2 sums), v[8n + 4 + q] (2 sums)].
+    for (int n = 0; n < 2; n++)
+        s2[n] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))),
+                              _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))));
+    // h = 1: lane 4q + r holds v[4r + q]'s sum; the permutation puts it at lane 4r + q.
+    __m512 s1 = _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], 0x88), _mm512_shuffle_ps(s2[0], s2[1], 0xdd));
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_permutexvar_ps(order, s1);
+}
 #else
 static inline int dl_cpu_simd_level(void) { return 0; }
 static inline int dl_has_avx512(void) { return 0; }

@@ -295,6 +295,52 @@ import TestSupport
                                                      tables: tables, kv: storage, layer: layer)
     }
 
+    /// With AVX-512 and head_dim 64 the heads that share a kv head run together (16 positions' scores summed by
+    /// one transpose network); with AVX2 each head runs alone, one reduction per position. Both spell the same
+    /// FMAs and the same lane tree, so they must agree bit for bit: decodes whose context ends inside, at and just
+    /// past a 16-position block (1 to 300 positions), with an f32 and an f16 cache.
+    @Test(arguments: KVCacheDType.allCases)
+    func groupedHeadsMatchPerHeadPathBitForBit(dtype: KVCacheDType) throws {
+        try #require(Kernels.simdLevel >= 2, "needs AVX-512 beside AVX2")
+        let (nHead, nKV, headDim, blockSize) = (9, 3, 64, 16)
+        var rng = Rng(seed: 5150)
+        let row = nKV * headDim
+        let lengths = [1, 15, 16, 17, 31, 48, 100, 300]
+        let storage = PagedKVStorage(numLayers: 1, numBlocks: 64, blockSize: blockSize, numKVHeads: nKV, headDim: headDim, dtype: dtype)
+        var free = Array(0..<storage.numBlocks).shuffledDeterministically(&rng)
+        var slots: [Int64] = [], positions: [Int32] = [], offsets: [Int64] = [], tables: [Int32] = [], q: [Float] = []
+        for len in lengths {
+            let table = (0..<((len + blockSize - 1) / blockSize)).map { _ in Int32(free.removeLast()) }
+            let offset = Int64(tables.count)
+            tables += table
+            for p in 0..<len {
+                // Scores of either sign and a few large ones, so the max and the exponentials are exercised.
+                let keys = rng.floats(row).map { $0 * (p % 7 == 0 ? 8 : 1) }
+                let slot = Int64(table[p / blockSize]) * Int64(blockSize) + Int64(p % blockSize)
+                [slot].withUnsafeBufferPointer {
+                    Kernels.writeKV(storage, layer: 0, slots: $0, keys: keys, ldk: row, values: rng.floats(row), ldv: row)
+                }
+                if p == len - 1 {
+                    slots.append(slot)
+                    positions.append(Int32(p))
+                    offsets.append(offset)
+                    q += rng.floats(nHead * headDim)
+                }
+            }
+        }
+        let grouped = Kernels.withSIMDLimit(2) {
+            Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: tables, kv: storage, layer: 0)
+        }
+        let perHead = Kernels.withSIMDLimit(1) {
+            Self.attention(q, heads: nHead, positions: positions, slots: slots, offsets: offsets, tables: tables, kv: storage, layer: 0)
+        }
+        for (t, len) in lengths.enumerated() {
+            let width = nHead * headDim
+            #expect(grouped[t * width..<(t + 1) * width].map(\.bitPattern) == perHead[t * width..<(t + 1) * width].map(\.bitPattern),
+                    "\(len) positions")
+        }
+    }
+
     /// The KV write copies each token's rows (strided sources) to exactly its slots.
     @Test func kvWriteMatchesReference() {
         var rng = Rng(seed: 8)
