@@ -804,7 +804,7 @@ void dl_matmul_dq(int wtype, const void *W, int64_t rows, int64_t cols,
                   const float *X, int64_t ldx, int64_t ntok,
                   float *Y, int64_t ldy) {
     if (rows <= 0 || ntok <= 0) return;
-    dq_ctx c = { wtype, (const uint8_t *)W, rows, cols, dl_row_bytes(wtype, cols), X, ldx, ntok, Y, ldy, 0 };
+    dq_ctx c = { wtype, (const uint8_t *)W, rows, cols, dl_row_bytes(wtype, cols), X, ldx, ntok, Y, ldy, .fused = 0 };
 #if defined(__x86_64__)
     if (has_fused_token_kernel(wtype, cols)) {
         if (dl_has_avx512()) c.fused = ntok <= FUSED_TOKENS ? 2 : 0;
