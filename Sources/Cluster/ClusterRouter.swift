@@ -30,6 +30,9 @@ public struct RoutingOptions: Sendable {
     public var migrationConfig = MigrationConfiguration()
     public var maxBodyBytes = 1 << 20
     public var http = HTTPLimits()
+    /// Bytes of stored Responses answers kept at most (`store`, `previous_response_id`; 0: none are stored). The
+    /// router renders Responses answers, so it keeps them; its replicas see chat requests only.
+    public var responsesStoreBytes = 64 << 20
 
     public init() {}
 }
@@ -45,7 +48,7 @@ public enum DispatchKind: String, Sendable, CaseIterable {
 /// stream: it dispatches by a pure policy over the replicas' status, relays tokens, moves running requests
 /// between replicas (K/V copied in stages, or recomputed) and, when a replica dies, resumes its requests
 /// elsewhere with the tokens generated so far. It holds no state a restart would need except the streams it
-/// carries (docs/design/cluster.md).
+/// carries and the stored Responses answers, which a restart forgets (docs/design/cluster.md, server.md).
 public final class ClusterRouter: Sendable {
     public let replicas: ReplicaSet
     public let options: RoutingOptions
@@ -56,10 +59,13 @@ public final class ClusterRouter: Sendable {
     /// Requests per adapter since the last placement update, and the smoothed rates (requests/s).
     private let arrivals = Locked((counts: [String: Int](), rates: [String: Double]()))
     private let created = Int(Date().timeIntervalSince1970)
+    /// The Responses answers this router keeps (nil: `responsesStoreBytes` 0). In memory: a restart forgets them.
+    public let responseStore: ResponseStore?
 
     public init(replicas: ReplicaSet, options: RoutingOptions) {
         self.replicas = replicas
         self.options = options
+        responseStore = options.responsesStoreBytes > 0 ? ResponseStore(capacityBytes: options.responsesStoreBytes) : nil
         let p: any DispatchPolicy = switch options.dispatch {
         case .roundRobin: RoundRobin()
         case .leastLoaded: LeastLoaded()
@@ -205,6 +211,7 @@ public final class ClusterRouter: Sendable {
                 throw e.inResponsesTerms  // an error about a chat parameter names the Responses body's
             }
         }
+        addStoredResponseRoutes(to: router, store: responseStore) { try Self.authorize($0, key: self.options.apiKey) }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/load_lora_adapter") }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/unload_lora_adapter") }
         router.post("/admin/migrate") { request, _ in try await self.adminMigrate(request) }
@@ -323,7 +330,7 @@ public final class ClusterRouter: Sendable {
             s += 1
             return s
         }
-        return (prefix + String(UInt64(created) << 20 ^ n, radix: 16), n)
+        return (prefix + String(UInt64(created) << 20 ^ n, radix: 16) + ResponseStore.unguessable(prefix), n)
     }
 
     private func generate(_ request: Request, endpoint: String) async throws -> Response {
@@ -336,7 +343,7 @@ public final class ClusterRouter: Sendable {
         if endpoint == "responses" {
             let translated: ResponsesRequest
             do {
-                translated = try ResponsesRequest.translate(Data(buffer: body))
+                translated = try ResponsesRequest.translate(Data(buffer: body), store: responseStore)
             } catch {
                 metrics.request(status: "400")
                 throw APIError(error)

@@ -49,7 +49,7 @@ public struct APIError: Error, HTTPResponseError, Equatable, CustomStringConvert
 
     /// A 400 for a `/v1/responses` body that cannot be served.
     public init(_ e: ResponsesRequestError) {
-        self.init(.badRequest, e.message, param: e.param)
+        self.init(.badRequest, e.message, param: e.param, code: e.code)
     }
 
     /// The JSON body (also sent as an SSE event when a stream fails after it started).

@@ -34,6 +34,8 @@ public struct ServerOptions: Sendable {
     public var shutdownDeadline: Duration = .seconds(30)
     /// Connection timeouts and the connection cap (`HTTPLimits`).
     public var http = HTTPLimits()
+    /// Bytes of stored Responses answers kept at most (`store`, `previous_response_id`; 0: none are stored).
+    public var responsesStoreBytes = 64 << 20
 
     public init(modelName: String) { self.modelName = modelName }
 }
@@ -52,6 +54,8 @@ public final class OpenAIServer: Sendable {
     private let state = Locked(State())
     let control = Locked(ReplicaControlState())
     let prompts: PromptTokenizer
+    /// The Responses answers this server keeps (nil: `responsesStoreBytes` 0).
+    public let responseStore: ResponseStore?
 
     private struct State {
         var inFlight = 0
@@ -66,6 +70,7 @@ public final class OpenAIServer: Sendable {
         self.options = options
         contextLimit = engine.contextLimit
         prompts = PromptTokenizer(tokenizer)
+        responseStore = options.responsesStoreBytes > 0 ? ResponseStore(capacityBytes: options.responsesStoreBytes) : nil
     }
 
     /// Requests admitted and not yet finished.
@@ -107,6 +112,7 @@ public final class OpenAIServer: Sendable {
                 throw e.inResponsesTerms  // an error about a chat parameter names the Responses body's
             }
         }
+        addStoredResponseRoutes(to: router, store: responseStore) { try self.authorize($0, key: self.options.apiKey) }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.loadAdapter(request) }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.unloadAdapter(request) }
         addReplicaControl(to: router)
@@ -247,7 +253,7 @@ public final class OpenAIServer: Sendable {
             s.nextID += 1
             return s.nextID
         }
-        return prefix + String(UInt64(created) << 20 ^ n, radix: 16)
+        return prefix + String(UInt64(created) << 20 ^ n, radix: 16) + ResponseStore.unguessable(prefix)
     }
 
     /// `/v1/completions` and `/v1/chat/completions`; `/v1/responses` (`responses`) as the chat request its body
@@ -260,7 +266,7 @@ public final class OpenAIServer: Sendable {
         var echo: ResponsesEcho?
         if responses {
             do {
-                let translated = try ResponsesRequest.translate(Data(buffer: body))
+                let translated = try ResponsesRequest.translate(Data(buffer: body), store: responseStore)
                 (body, echo) = (ByteBuffer(data: translated.chatBody), translated.echo)
             } catch {
                 throw APIError(error)

@@ -9,7 +9,9 @@ import Foundation
 //   per function call: response.output_item.added, response.function_call_arguments.delta and .done,
 //                response.output_item.done;
 //   response.completed | response.incomplete (the whole response object, usage included).
-// A Responses request has one choice (no `n`).
+// A Responses request has one choice (no `n`). A finished answer (completed or incomplete, not failed) is stored
+// before it is sent when the request asked for that (`ResponsesEcho.record`), so a client that reads the final
+// event or body can continue it at once.
 
 extension CompletionRenderer {
     /// The frames that open a stream of `count` choices: chat's role chunks, or a Responses stream's
@@ -78,14 +80,18 @@ extension CompletionRenderer {
             let finish = states[0].finish ?? "stop"
             let object = responseJSON(responses, status: finish == "length" ? "incomplete" : "completed",
                                       output: outputItems(text: states[0].text, finish: finish), usage: usage)
+            responses.record?.save(object)
             return [event(finish == "length" ? "response.incomplete" : "response.completed", ["response": object], &states[0])]
         }
         return (includeUsage ? [Self.data(usageChunk(usage))] : []) + ["data: [DONE]\n\n"]
     }
 
     /// A non-streamed Responses answer: the response object.
+    /// Stored first when the request asked for it (`ResponsesEcho.record`).
     func responseObject(_ echo: ResponsesEcho, text: String, finish: String, usage: Usage) -> String {
-        Self.json(responseJSON(echo, status: finish == "length" ? "incomplete" : "completed", output: outputItems(text: text, finish: finish), usage: usage))
+        let object = responseJSON(echo, status: finish == "length" ? "incomplete" : "completed", output: outputItems(text: text, finish: finish), usage: usage)
+        echo.record?.save(object)
+        return Self.json(object)
     }
 
     // MARK: the Responses shapes

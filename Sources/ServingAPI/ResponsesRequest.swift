@@ -4,17 +4,21 @@ import Foundation
 // generation as a chat body in other words (`input` items for `messages`, `instructions` for a system message,
 // `max_output_tokens`, flat function tools, `text.format` for `response_format`), so the replica server and the
 // router translate it here and run it as chat: the chat parser then checks every value strictly, and the answer is
-// rendered back in the Responses shapes (`CompletionRenderer` with a `ResponsesEcho`). Nothing is stored: a request
-// that needs a stored response (`previous_response_id`, `store: true`) is refused, never half-served.
+// rendered back in the Responses shapes (`CompletionRenderer` with a `ResponsesEcho`). With a `ResponseStore` the answer
+// is kept unless the request says `store: false`, and `previous_response_id` continues a kept one (ResponseStore.swift);
+// without one (`--responses-store-mb 0`) a request that needs the store is refused, never half-served.
 
 /// A `/v1/responses` body that cannot be served: what `param` names, and why (a 400 in OpenAI's error shape).
 public struct ResponsesRequestError: Error, Equatable, Sendable {
     public let param: String?
     public let message: String
+    /// OpenAI's error code where it has one (`previous_response_not_found`).
+    public let code: String?
 
-    init(_ param: String?, _ message: String) {
+    init(_ param: String?, _ message: String, code: String? = nil) {
         self.param = param
         self.message = message
+        self.code = code
     }
 }
 
@@ -23,8 +27,13 @@ public struct ResponsesEcho: @unchecked Sendable {
     /// The request's settings as the response object lists them (instructions, max_output_tokens, temperature, top_p,
     /// tools, tool_choice, text, metadata, parallel_tool_calls, user); JSONSerialization values, never mutated.
     public let fields: [String: Any]
+    /// Where the finished answer is stored (nil: `store: false`, or no store).
+    public let record: ResponseRecord?
 
-    public init(fields: [String: Any]) { self.fields = fields }
+    public init(fields: [String: Any], record: ResponseRecord? = nil) {
+        self.fields = fields
+        self.record = record
+    }
 }
 
 /// A `/v1/responses` body translated: the chat body to run, whether to stream, and what the response echoes.
@@ -90,7 +99,9 @@ public struct ResponsesRequest: @unchecked Sendable {
     /// The chat body's values are taken from the Responses body's text, not re-serialized, where their member order
     /// matters: a schema's properties are generated in the order it lists them (tools' parameters, `text.format`'s
     /// schema), and the functions are listed in the prompt as given.
-    public static func translate(_ body: Data) throws(ResponsesRequestError) -> ResponsesRequest {
+    /// `store`: the responses this process keeps (nil: none), which `previous_response_id` reads and a finished
+    /// answer is added to unless the request says `store: false`.
+    public static func translate(_ body: Data, store: ResponseStore? = nil) throws(ResponsesRequestError) -> ResponsesRequest {
         guard let members = RawJSON.members(Array(body)) else {
             throw ResponsesRequestError(nil, "the request body must be a JSON object")
         }
@@ -105,16 +116,34 @@ public struct ResponsesRequest: @unchecked Sendable {
         func verbatim(_ key: String) -> String { String(decoding: raw[key]!, as: UTF8.self) }
         var chat: [(key: String, value: String)] = []
         var echo: [String: Any] = [:]
+        var storing = store != nil
+        var previous: [[String: Any]] = []
         for (key, _) in members {
             let value = object[key]!
             switch key {
             case _ where passThrough.contains(key): chat.append((key, verbatim(key)))
             case "input", "instructions", "max_output_tokens", "tools", "tool_choice", "text": break  // below
             case "store":
-                guard value is NSNull || (value as? Bool) == false else {
-                    throw ResponsesRequestError("store", "this server does not store responses: send store: false or leave it out")
+                // Read from the text: Foundation would take a number 0 or 1 for a Boolean.
+                let literal = verbatim(key).trimmingCharacters(in: .whitespacesAndNewlines)
+                guard ["true", "false", "null"].contains(literal) else { throw ResponsesRequestError("store", "store must be true or false") }
+                if literal == "true" && store == nil {
+                    throw ResponsesRequestError("store", "this server stores no responses (started with --responses-store-mb 0): send store: false or leave it out")
                 }
-            case "previous_response_id", "conversation", "prompt":
+                if literal == "false" { storing = false }
+            case "previous_response_id":
+                guard !(value is NSNull) else { break }
+                guard let id = value as? String else { throw ResponsesRequestError(key, "previous_response_id must be a string") }
+                guard let store else {
+                    throw ResponsesRequestError(key, "this server stores no responses (started with --responses-store-mb 0): send the whole conversation as input")
+                }
+                guard let stored = store.get(id),
+                      let conversation = (try? JSONSerialization.jsonObject(with: stored.conversation)) as? [[String: Any]] else {
+                    throw ResponsesRequestError(key, "Previous response with id '\(String(id.prefix(128)))' not found.", code: "previous_response_not_found")
+                }
+                previous = conversation
+                echo["previous_response_id"] = id
+            case "conversation", "prompt":
                 guard value is NSNull else {
                     throw ResponsesRequestError(key, "'\(key)' needs a stored response or prompt; this server stores none: send the whole conversation as input")
                 }
@@ -154,27 +183,38 @@ public struct ResponsesRequest: @unchecked Sendable {
             }
         }
 
-        // The conversation: `instructions` first (a system message), then the input items in order.
-        var messages: [[String: Any]] = []
+        // The conversation: `instructions` first (a system message), then a continued response's conversation (whose
+        // own instructions are not carried over, as OpenAI does), then the input items in order.
+        var system: [[String: Any]] = []
         if let instructions = object["instructions"], !(instructions is NSNull) {
             guard let text = instructions as? String else { throw ResponsesRequestError("instructions", "instructions must be a string") }
-            messages.append(["role": "system", "content": text])
+            system.append(["role": "system", "content": text])
             echo["instructions"] = text
         }
+        var messages = previous
+        var inputItems: [[String: Any]] = []
         switch object["input"] {
         case let text as String:
             messages.append(["role": "user", "content": text])
+            inputItems.append(["type": "message", "role": "user", "content": [["type": "input_text", "text": text]]])
         case let items as [Any]:
             guard !items.isEmpty, items.count <= maxInputItems else {
                 throw ResponsesRequestError("input", "input must hold 1 to \(maxInputItems) items")
             }
-            for (i, item) in items.enumerated() { try add(item, at: i, to: &messages) }
+            guard previous.count + items.count <= 4 * maxInputItems else {
+                throw ResponsesRequestError("previous_response_id", "the conversation would hold more than \(4 * maxInputItems) messages")
+            }
+            for (i, item) in items.enumerated() {
+                try add(item, at: i, to: &messages)
+                if storing { inputItems.append(Self.listed(item)) }
+            }
         case nil, is NSNull:
             throw ResponsesRequestError("input", "'input' is required")
         default:
             throw ResponsesRequestError("input", "input must be a string or an array of items")
         }
-        chat.append(("messages", text(messages)))
+        chat.append(("messages", text(system + messages)))
+        echo["store"] = storing
 
         if let max = object["max_output_tokens"], !(max is NSNull) {
             chat.append(("max_tokens", verbatim("max_output_tokens")))
@@ -241,7 +281,21 @@ public struct ResponsesRequest: @unchecked Sendable {
         for key in ["temperature", "top_p", "metadata", "parallel_tool_calls", "user"] {
             if let v = object[key], !(v is NSNull) { echo[key] = v }
         }
-        return ResponsesRequest(chatBody: Data(Self.object(chat).utf8), stream: (object["stream"] as? Bool) == true, echo: ResponsesEcho(fields: echo))
+        let record = storing ? store.map { ResponseRecord(store: $0, conversation: messages, inputItems: inputItems) } : nil
+        return ResponsesRequest(chatBody: Data(Self.object(chat).utf8), stream: (object["stream"] as? Bool) == true,
+                                echo: ResponsesEcho(fields: echo, record: record))
+    }
+
+    /// An input item as `input_items` lists it: a message's string content as one text part (input_text, or
+    /// output_text for the assistant's), anything else as given (`add` has checked it).
+    private static func listed(_ item: Any) -> [String: Any] {
+        guard var o = item as? [String: Any] else { return [:] }
+        let type = o["type"] as? String ?? (o["role"] != nil ? "message" : "")
+        o["type"] = type
+        if type == "message", let text = o["content"] as? String {
+            o["content"] = [["type": o["role"] as? String == "assistant" ? "output_text" : "input_text", "text": text]]
+        }
+        return o
     }
 
     /// One input item as chat messages: a message (its text parts joined), a function call (an assistant message's

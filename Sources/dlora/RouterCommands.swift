@@ -56,6 +56,8 @@ struct RouterFlags: ParsableArguments {
     @OptionGroup var keys: KeyOptions
     @Option(help: "Largest request body, bytes.")
     var maxBodyBytes: Int = 1 << 20
+    @Option(help: "MiB of Responses API answers the router keeps in memory for previous_response_id and GET /v1/responses/{id} (least recently used forgotten first; 0: store none).")
+    var responsesStoreMb: Int = 64
 
     func validate() throws {
         guard DispatchKind(rawValue: dispatch) != nil else {
@@ -67,6 +69,7 @@ struct RouterFlags: ParsableArguments {
         guard migrationRequestExcess >= 1 else { throw ValidationError("--migration-request-excess must be positive") }
         guard pollMs >= 10, pollMs <= 60_000 else { throw ValidationError("--poll-ms must be between 10 and 60000") }
         guard maxBodyBytes >= 1024 else { throw ValidationError("--max-body-bytes must be at least 1024") }
+        guard (0...65_536).contains(responsesStoreMb) else { throw ValidationError("--responses-store-mb must be between 0 and 65536") }
     }
 
     func options(adminKey resolvedAdmin: String?) -> RoutingOptions {
@@ -80,6 +83,7 @@ struct RouterFlags: ParsableArguments {
         o.migrationConfig = MigrationConfiguration(periodSeconds: migrationInterval, kvUsageThreshold: migrationKvThreshold,
                                                    requestExcess: migrationRequestExcess)
         o.maxBodyBytes = maxBodyBytes
+        o.responsesStoreBytes = responsesStoreMb << 20
         return o
     }
 

@@ -31,6 +31,8 @@ struct Serve: AsyncParsableCommand {
     var maxBodyBytes: Int = 1 << 20
     @Option(help: "Requests admitted at once (queued or running); more get 429.")
     var maxQueue: Int = 256
+    @Option(help: "MiB of Responses API answers kept in memory for previous_response_id and GET /v1/responses/{id} (least recently used forgotten first; 0: store none).")
+    var responsesStoreMb: Int = 64
     @Option(help: "Prompt tokens at most (default: the context less one).")
     var maxPromptTokens: Int?
     @Option(help: "max_tokens at most (default: the context).")
@@ -61,6 +63,7 @@ struct Serve: AsyncParsableCommand {
             guard value > 0, value <= 86_400 else { throw ValidationError("\(name) must be between 0 and 86400 seconds") }
         }
         guard maxConnections >= 1 else { throw ValidationError("--max-connections must be positive") }
+        guard (0...65_536).contains(responsesStoreMb) else { throw ValidationError("--responses-store-mb must be between 0 and 65536") }
     }
 
     /// Appends step lines to `path` (created if missing; opened for appending, so the replicas of one `dlora cluster`
@@ -98,6 +101,7 @@ struct Serve: AsyncParsableCommand {
         options.adminKey = keys.resolvedAdminKey
         options.maxBodyBytes = maxBodyBytes
         options.maxQueue = maxQueue
+        options.responsesStoreBytes = responsesStoreMb << 20
         options.maxPromptTokens = maxPromptTokens
         options.maxTokensLimit = maxTokensLimit
         options.shutdownDeadline = .milliseconds(Int64(shutdownDeadline * 1000))

@@ -117,6 +117,74 @@ import Testing
         #expect(!t.joined().contains("[DONE]"))
     }
 
+    /// The store keeps responses up to its bytes, forgetting the least recently used first (a read counts as a use),
+    /// refuses one larger than itself, and deletes.
+    @Test func storeEvictsLeastRecentlyUsed() {
+        func entry(_ n: Int) -> StoredResponse {
+            StoredResponse(object: Data(repeating: 0x61, count: n), conversation: Data(), inputItems: Data())
+        }
+        let store = ResponseStore(capacityBytes: 1000)  // each entry below: 300 bytes + 128 of bookkeeping
+        #expect(store.put("a", entry(300)) && store.put("b", entry(300)))
+        #expect(store.get("a") != nil)  // a is now more recent than b
+        #expect(store.put("c", entry(300)))
+        #expect(store.get("b") == nil && store.get("a") != nil && store.get("c") != nil && store.count == 2)
+        #expect(store.storedBytes == 2 * 428)
+        #expect(!store.put("huge", entry(2000)) && store.get("huge") == nil && store.count == 2)
+        #expect(store.delete("a") && !store.delete("a") && store.get("a") == nil && store.storedBytes == 428)
+        #expect(store.put("c", entry(100)) && store.storedBytes == 228)  // replaced, not added
+    }
+
+    /// With a store, a finished answer is kept (`store` true unless false) with its conversation, and
+    /// `previous_response_id` continues it: the new instructions first (the old ones not carried over, as OpenAI
+    /// does), then the stored conversation (its input and the answer, a tool call as chat's tool call), then the
+    /// new input. An unknown id is OpenAI's `previous_response_not_found`; `store` must be a Boolean.
+    @Test func continuesAStoredResponse() throws {
+        let store = ResponseStore(capacityBytes: 1 << 20)
+        let first = try ResponsesRequest.translate(Data(#"{"model":"m","instructions":"Old rules.","input":"What is 2+2?"}"#.utf8), store: store)
+        #expect(first.echo.fields["store"] as? Bool == true && first.echo.record != nil)
+        let r1 = CompletionRenderer(id: "resp_one", created: 5, model: "m", chat: true, responses: first.echo)
+        let whole = try jsonObject(r1.whole([.init(text: "4", finish: "stop", logprobs: ChoiceRenderState(enabled: false))], usage: Usage(prompt: 9, completion: 1)))
+        #expect(whole["store"] as? Bool == true)
+        let kept = try #require(store.get("resp_one"))
+        #expect(try jsonObject(String(decoding: kept.object, as: UTF8.self))["id"] as? String == "resp_one")
+
+        let second = try ResponsesRequest.translate(Data(#"{"model":"m","instructions":"New rules.","previous_response_id":"resp_one","input":[{"role":"user","content":"And 3+3?"}],"tools":[{"type":"function","name":"add"}]}"#.utf8), store: store)
+        #expect(second.echo.fields["previous_response_id"] as? String == "resp_one")
+        let messages = try #require(try jsonObject(String(decoding: second.chatBody, as: UTF8.self))["messages"] as? [[String: Any]])
+        #expect(messages.map { $0["role"] as? String } == ["system", "user", "assistant", "user"])
+        #expect(messages.map { $0["content"] as? String } == ["New rules.", "What is 2+2?", "4", "And 3+3?"])
+        // Streamed this time, and answered with a tool call: stored as the assistant's tool call.
+        let r2 = CompletionRenderer(id: "resp_two", created: 6, model: "m", chat: true, tools: .named("add"), responses: second.echo)
+        var states = [ChoiceRenderState(enabled: false)]
+        _ = r2.openingFrames(1, states: &states)
+        _ = r2.frames(0, text: #"{"a": 3, "b": 3}"#, finish: nil, state: &states[0])
+        _ = r2.frames(0, text: nil, finish: "stop", state: &states[0])
+        #expect(store.get("resp_two") == nil)  // not before the response is finished
+        _ = r2.closingFrames(usage: Usage(prompt: 20, completion: 8), includeUsage: false, states: &states)
+        let third = try ResponsesRequest.translate(Data(#"{"model":"m","previous_response_id":"resp_two","store":false,"input":[{"type":"function_call_output","call_id":"call_two_0_0","output":"6"}]}"#.utf8), store: store)
+        #expect(third.echo.record == nil && third.echo.fields["store"] as? Bool == false)
+        let m3 = try #require(try jsonObject(String(decoding: third.chatBody, as: UTF8.self))["messages"] as? [[String: Any]])
+        #expect(m3.map { $0["role"] as? String } == ["user", "assistant", "user", "assistant", "tool"])
+        let call = try #require((m3[3]["tool_calls"] as? [[String: Any]])?.first)
+        #expect(call["id"] as? String == "call_two_0_0" && (call["function"] as? [String: Any])?["name"] as? String == "add")
+        #expect(m3[4]["tool_call_id"] as? String == "call_two_0_0" && m3[4]["content"] as? String == "6")
+        // input_items: the request's own items, ids added, newest first by default.
+        let page = try jsonObject(String(decoding: try #require(try store.inputItemsPage("resp_two", order: nil, limit: nil, after: nil)), as: UTF8.self))
+        let items = try #require(page["data"] as? [[String: Any]])
+        #expect(items.count == 1 && items[0]["id"] as? String == "msg_two_in0" && page["has_more"] as? Bool == false)
+        #expect(((items[0]["content"] as? [[String: Any]])?.first)?["type"] as? String == "input_text")
+
+        for (body, param, code) in [(#"{"model":"m","input":"x","previous_response_id":"resp_gone"}"#, "previous_response_id", "previous_response_not_found"),
+                                    (#"{"model":"m","input":"x","store":1}"#, "store", nil), (#"{"model":"m","input":"x","previous_response_id":7}"#, "previous_response_id", nil)] {
+            do {
+                _ = try ResponsesRequest.translate(Data(body.utf8), store: store)
+                Issue.record("accepted \(body)")
+            } catch {
+                #expect(error.param == param && error.code == code, "\(body): \(error)")
+            }
+        }
+    }
+
     /// One frame as (its `event:` name, its payload), the name checked against the payload's `type`.
     static func event(_ frame: String) throws -> (type: String, payload: [String: Any]) {
         let lines = frame.split(separator: "\n")
@@ -172,11 +240,73 @@ import Testing
             #expect(zero.1.contains("max_output_tokens") && !zero.1.contains("max_tokens"), "\(zero.1)")
             try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","text":{"format":{"type":"json_schema","name":"t","schema":{"not":{}}}}}"#),
                             status: 400, param: "text.format")
-            try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","store":true}"#), status: 400, param: "store")
+            try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","previous_response_id":"resp_none"}"#),
+                            status: 400, param: "previous_response_id")
             try expectError(try await client.post("/v1/responses", #"{"model":"nope","input":"x"}"#), status: 404, param: "model")
             try expectError(try await client.post("/v1/responses", "{\"model\":\"tiny-llama\",\"input\":\"\(String(repeating: "word ", count: 400))\"}"),
                             status: 400, param: "input")
         }
         #expect(try await ServerFixtures.waitIdle(server))
+    }
+
+    /// Through the server: an answer is stored (whole or streamed) and read back as it was answered; a request that
+    /// continues it sees the same prompt as one that sends the whole conversation itself (the same input tokens and
+    /// the same greedy answer); `input_items` lists a request's items; a deleted or unknown id is a 404; with the store
+    /// off (`responsesStoreBytes` 0) `store: true` is refused and nothing is kept.
+    @Test func storesAndContinuesResponses() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let r1 = try await client.post("/v1/responses", #"{"model":"tiny-llama","max_output_tokens":6,"temperature":0,"instructions":"Be brief.","input":"hello"}"#)
+            #expect(r1.0 == 200, "\(r1.1)")
+            let o1 = try jsonObject(r1.1)
+            let id1 = try #require(o1["id"] as? String)
+            #expect(o1["store"] as? Bool == true)
+            let got = try await client.send("/v1/responses/\(id1)", .get)
+            let read = try jsonObject(got.1)
+            #expect(got.0 == 200 && NSDictionary(dictionary: read) == NSDictionary(dictionary: o1), "\(got.1)")
+            let answer = try #require(((o1["output"] as? [[String: Any]])?.first?["content"] as? [[String: Any]])?.first?["text"] as? String)
+
+            // Continued, streamed: the same prompt as the conversation sent whole.
+            let chained = try await client.post("/v1/responses", #"{"model":"tiny-llama","max_output_tokens":6,"temperature":0,"stream":true,"previous_response_id":"\#(id1)","input":"again"}"#)
+            #expect(chained.0 == 200, "\(chained.1)")
+            let events = try chained.1.components(separatedBy: "\n\n").filter { !$0.isEmpty }.map { try Self.event($0 + "\n\n") }
+            let final = try #require(events.last?.payload["response"] as? [String: Any])
+            #expect(final["previous_response_id"] as? String == id1)
+            let history = try String(decoding: JSONSerialization.data(withJSONObject: [
+                ["role": "user", "content": "hello"], ["role": "assistant", "content": answer], ["role": "user", "content": "again"]]), as: UTF8.self)
+            let whole = try jsonObject(try await client.post("/v1/responses", #"{"model":"tiny-llama","max_output_tokens":6,"temperature":0,"store":false,"input":\#(history)}"#).1)
+            #expect((final["usage"] as? [String: Any])?["input_tokens"] as? Int == (whole["usage"] as? [String: Any])?["input_tokens"] as? Int)
+            #expect(final["output"] as? NSArray != nil && ((final["output"] as? [[String: Any]])?.first?["content"] as? NSArray)?.firstObject.flatMap { ($0 as? [String: Any])?["text"] as? String }
+                    == ((whole["output"] as? [[String: Any]])?.first?["content"] as? [[String: Any]])?.first?["text"] as? String)
+            let id2 = try #require(final["id"] as? String)
+            #expect(try await client.send("/v1/responses/\(id2)", .get).0 == 200)
+            // store: false keeps nothing.
+            #expect(try await client.send("/v1/responses/\(try #require(whole["id"] as? String))", .get).0 == 404)
+
+            let items = try jsonObject(try await client.send("/v1/responses/\(id2)/input_items?order=asc&limit=5", .get).1)
+            let data = try #require(items["data"] as? [[String: Any]])
+            #expect(data.count == 1 && ((data[0]["content"] as? [[String: Any]])?.first)?["text"] as? String == "again", "\(items)")
+            try expectError(try await client.send("/v1/responses/\(id2)/input_items?limit=0", .get), status: 400, param: "limit")
+
+            let deleted = try await client.send("/v1/responses/\(id1)", .delete)
+            let gone = try jsonObject(deleted.1)
+            #expect(deleted.0 == 200 && gone["deleted"] as? Bool == true && gone["id"] as? String == id1)
+            #expect(try await client.send("/v1/responses/\(id1)", .get).0 == 404)
+            #expect(try await client.send("/v1/responses/\(id1)", .delete).0 == 404)
+            try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","previous_response_id":"\#(id1)"}"#),
+                            status: 400, param: "previous_response_id")
+            // The later turn holds its whole conversation: deleting the first does not break it.
+            #expect(try await client.post("/v1/responses", #"{"model":"tiny-llama","max_output_tokens":2,"previous_response_id":"\#(id2)","input":"more"}"#).0 == 200)
+        }
+        #expect(try await ServerFixtures.waitIdle(server))
+
+        let off = try ServerFixtures.server(configure: { $0.responsesStoreBytes = 0 })
+        try await ServerFixtures.withServer(off) { client in
+            try expectError(try await client.post("/v1/responses", #"{"model":"tiny-llama","input":"x","store":true}"#), status: 400, param: "store")
+            let r = try await client.post("/v1/responses", #"{"model":"tiny-llama","max_output_tokens":2,"input":"x"}"#)
+            let o = try jsonObject(r.1)
+            #expect(r.0 == 200 && o["store"] as? Bool == false)
+            #expect(try await client.send("/v1/responses/\(try #require(o["id"] as? String))", .get).0 == 404)
+        }
     }
 }

@@ -247,7 +247,25 @@ def check_responses(client):
     parsed = client.responses.parse(model="smol", input="Describe a city.", text_format=City, max_output_tokens=80, temperature=0)
     assert isinstance(parsed.output_parsed, City), parsed
     assert parsed.output_parsed.population >= 0 and parsed.output_parsed.population % 1000 == 0, parsed.output_parsed
-    for bad, param in [({"max_output_tokens": 0}, "max_output_tokens"), ({"store": True}, "store"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
+    # Stored responses (the replica keeps them; through the router, the router does): retrieved as answered, continued
+    # by previous_response_id with the same prompt as the conversation sent whole, listed, deleted.
+    first = client.responses.create(model="smol", instructions="Answer briefly.", input="Name a fruit.", max_output_tokens=12, temperature=0)
+    assert first.store is True and client.responses.retrieve(first.id).output_text == first.output_text, first
+    follow = client.responses.create(model="smol", previous_response_id=first.id, input="Another one?", max_output_tokens=12, temperature=0)
+    sent_whole = client.responses.create(model="smol", store=False, max_output_tokens=12, temperature=0, input=[
+        {"role": "user", "content": "Name a fruit."}, {"role": "assistant", "content": first.output_text}, {"role": "user", "content": "Another one?"}])
+    assert follow.previous_response_id == first.id and follow.usage.input_tokens == sent_whole.usage.input_tokens, (follow, sent_whole)
+    assert follow.output_text == sent_whole.output_text, (follow.output_text, sent_whole.output_text)
+    items = client.responses.input_items.list(follow.id)
+    assert [i.type for i in items.data] == ["message"] and items.data[0].content[0].text == "Another one?", items
+    client.responses.delete(first.id)
+    for gone in (first.id, sent_whole.id):
+        try:
+            client.responses.retrieve(gone)
+            raise AssertionError(f"{gone} still stored")
+        except openai.NotFoundError as e:
+            assert e.status_code == 404, e
+    for bad, param in [({"max_output_tokens": 0}, "max_output_tokens"), ({"previous_response_id": "resp_1"}, "previous_response_id"),
                        ({"tools": [{"type": "web_search"}]}, "tools[0].type"), ({"extra_body": {"best_of": 2}}, "best_of")]:
         try:
             client.responses.create(model="smol", input="hi", **bad)
