@@ -32,6 +32,10 @@ public final class ResponseStore: @unchecked Sendable {
     public let capacityBytes: Int
     private let lock = NSLock()
     private var entries: [String: (response: StoredResponse, used: UInt64)] = [:]
+    /// Every use as (id, tick), oldest first from `head`: an entry's last use is the one whose tick it holds, so
+    /// eviction walks from the front past the stale ones (amortized O(1) per use; compacted as it grows).
+    private var uses: [(id: String, tick: UInt64)] = []
+    private var head = 0
     private var tick: UInt64 = 0
     private var bytes = 0
 
@@ -59,23 +63,39 @@ public final class ResponseStore: @unchecked Sendable {
         lock.withLock {
             if let old = entries.removeValue(forKey: id) { bytes -= old.response.bytes }
             guard response.bytes <= capacityBytes else { return false }
-            while bytes + response.bytes > capacityBytes, let oldest = entries.min(by: { $0.value.used < $1.value.used }) {
-                bytes -= oldest.value.response.bytes
-                entries.removeValue(forKey: oldest.key)
+            while bytes + response.bytes > capacityBytes, head < uses.count {
+                let use = uses[head]
+                head += 1
+                guard let e = entries[use.id], e.used == use.tick else { continue }  // used again since, or gone
+                bytes -= e.response.bytes
+                entries.removeValue(forKey: use.id)
             }
-            tick += 1
-            entries[id] = (response, tick)
+            entries[id] = (response, use(id))
             bytes += response.bytes
             return true
         }
+    }
+
+    /// Records a use of `id` now and returns its tick (the lock held).
+    private func use(_ id: String) -> UInt64 {
+        tick += 1
+        uses.append((id, tick))
+        if head > 1024 && head * 2 > uses.count {  // drop the walked-past front
+            uses.removeFirst(head)
+            head = 0
+        }
+        if uses.count - head > 4 * entries.count + 1024 {  // mostly stale: keep each entry's last use only
+            uses = uses[head...].filter { entries[$0.id]?.used == $0.tick || $0.id == id && $0.tick == tick }
+            head = 0
+        }
+        return tick
     }
 
     /// The response stored under `id` (nil: none, or forgotten), marked as used.
     public func get(_ id: String) -> StoredResponse? {
         lock.withLock {
             guard var e = entries[id] else { return nil }
-            tick += 1
-            e.used = tick
+            e.used = use(id)
             entries[id] = e
             return e.response
         }

@@ -132,6 +132,16 @@ import Testing
         #expect(!store.put("huge", entry(2000)) && store.get("huge") == nil && store.count == 2)
         #expect(store.delete("a") && !store.delete("a") && store.get("a") == nil && store.storedBytes == 428)
         #expect(store.put("c", entry(100)) && store.storedBytes == 228)  // replaced, not added
+
+        // Churn: 20,000 puts into room for 10 entries, one kept in use throughout; the accounting stays exact and
+        // the entry in use is never the one forgotten.
+        let churn = ResponseStore(capacityBytes: 10 * 228)
+        churn.put("kept", entry(100))
+        for i in 0..<20_000 {
+            #expect(churn.put("r\(i)", entry(100)))
+            if i % 7 == 0 { #expect(churn.get("kept") != nil, "\(i)") }
+        }
+        #expect(churn.count == 10 && churn.storedBytes == 10 * 228 && churn.get("kept") != nil && churn.get("r19999") != nil && churn.get("r0") == nil)
     }
 
     /// With a store, a finished answer is kept (`store` true unless false) with its conversation, and
