@@ -74,6 +74,12 @@ SCHEMAS = [
      "required": ["qty", "lucky", "even"]},
     {"enum": [3, 6, 7.5, 9, "x"], "multipleOf": 3, "maximum": 8},
     {"type": "integer", "multipleOf": 250, "minimum": 1, "exclusiveMaximum": 100000},
+    # Property counts: optional properties written as the bounds allow; a map with at most two keys, at least one.
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string", "maxLength": 2}, "c": {"type": "boolean"},
+                                      "d": {"type": "null"}}, "required": ["b"], "minProperties": 2, "maxProperties": 3},
+    {"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "minProperties": 1},
+    {"type": "object", "additionalProperties": {"type": "boolean"}, "minProperties": 1, "maxProperties": 2},
+    {"enum": [{"k": 1}, {"k": 1, "j": 2}, {}, [1, 2, 3], [4]], "minProperties": 1, "maxProperties": 1, "maxItems": 2},
 ]
 
 # Values of the pattern and format schemas above, as the model could write them (the instance generator picks one).
@@ -109,6 +115,10 @@ REFUSED = [
     False,
     {"anyOf": [{"type": "string"}], "type": "string"},
     {"$ref": "http://example.com/schema"},
+    {"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 2},
+    {"type": "object", "properties": {"a": {"type": "integer"}}, "minProperties": 2},
+    {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"], "maxProperties": 1},
+    {"type": "object", "minProperties": 3, "maxProperties": 2},
 ]
 
 STRINGS = ["", "a", "ab", "héllo", "x\"y", "back\\slash", "tab\t", "😀", "日本語", "\u0001", "end"]
@@ -162,14 +172,34 @@ def instance(schema, root, rng, depth=0):
     t = rng.choice(types)
     if t == "object":
         props = schema.get("properties")
-        if props is None:
+        counted = "minProperties" in schema or "maxProperties" in schema
+        if props is None and not counted:
             n = rng.randrange(3)
             members = [dump(string_instance(rng)) + ws(rng) + ":" + ws(rng) + instance(schema.get("additionalProperties", True), root, rng, depth + 1)
                        for _ in range(n)]
-        else:
+        elif not counted:
             req = schema.get("required", [])
             members = [dump(k) + ws(rng) + ":" + ws(rng) + instance(v, root, rng, depth + 1)
                        for k, v in props.items() if k in req or (depth < 3 and rng.random() < 0.5)]
+        elif props is None:
+            lo, hi = schema.get("minProperties", 0), schema.get("maxProperties")
+            n, keys = rng.randint(lo, min(2, hi) if hi is not None else 2), []
+            while len(keys) < n:  # distinct keys: a repeated one counts once
+                k = string_instance(rng)
+                if k not in keys:
+                    keys.append(k)
+            members = [dump(k) + ws(rng) + ":" + ws(rng) + instance(schema.get("additionalProperties", True), root, rng, depth + 1)
+                       for k in keys]
+        else:
+            lo, hi = schema.get("minProperties", 0), schema.get("maxProperties")
+            req = schema.get("required", [])
+            chosen = [k for k in props if k in req or (depth < 3 and rng.random() < 0.5)]
+            optional = [k for k in props if k not in chosen]
+            while len(chosen) < lo:  # written in the order properties lists them
+                chosen.append(optional.pop(rng.randrange(len(optional))))
+            while hi is not None and len(chosen) > hi:
+                chosen.remove(rng.choice([k for k in chosen if k not in req]))
+            members = [dump(k) + ws(rng) + ":" + ws(rng) + instance(props[k], root, rng, depth + 1) for k in props if k in chosen]
         return "{" + ws(rng) + (ws(rng) + "," + ws(rng)).join(members) + ws(rng) + "}"
     if t == "array":
         prefix = schema.get("prefixItems", [])
@@ -244,6 +274,23 @@ def reorder(text):
     return dump(rev(json.loads(text)))
 
 
+def members_changed(text, schema):
+    """The same object with one member left out, and with one more of `properties` written (in their order), compact:
+    texts in the grammar's own order whose validity turns on the property counts."""
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        return []
+    out = [dump({k: v for k, v in value.items() if k != drop}) for drop in value]
+    props = schema.get("properties", {})
+    for extra in props:
+        if extra not in value:
+            sample = {"integer": 1, "string": "a", "boolean": True, "null": None}.get(props[extra].get("type"), 1)
+            out.append(dump({k: ({**value, extra: sample})[k] for k in props if k in value or k == extra}))
+    if not props:
+        out.append(dump({**value, "zz": True}))
+    return out
+
+
 def valid(text, schema):
     def refuse(name):
         raise ValueError(name)
@@ -275,6 +322,10 @@ def main():
             assert valid(t, schema), (schema, t)
         for t in canon[:8]:
             add(reorder(t), False)
+        if "minProperties" in json.dumps(schema) or "maxProperties" in json.dumps(schema):
+            for t in canon[:8]:
+                for v in members_changed(t, schema):
+                    add(v, False)
         for t in canon:
             for _ in range(6):
                 add(mutate(t, rng, alphabet), False)

@@ -8,7 +8,9 @@ import Tokenizers
 /// - An object's properties come in the order `properties` lists them; required ones always, optional ones may be
 ///   left out. Without `properties`, `additionalProperties` (a schema, or true / absent: any value) types the values
 ///   of keys the model chooses; with `properties`, no other key is generated (as OpenAI's strict mode and xgrammar's
-///   default do), whatever `additionalProperties` says.
+///   default do), whatever `additionalProperties` says. `minProperties`/`maxProperties` count the members written
+///   (with `properties`, optional ones are written or left out as the bounds allow; a map of the model's keys takes
+///   a minimum of 0 or 1 only, since its keys could repeat and a repeated key counts once).
 /// - `enum` and `const` values are written compactly (no whitespace, strings with JSON's shortest escapes).
 /// - Whitespace between tokens: at most `maxWhitespace` bytes per run; numbers: at most `maxDigits` digits per part.
 /// - Strings are UTF-8 (validated byte by byte); `minLength`/`maxLength` count characters (an escape is one;
@@ -31,13 +33,13 @@ public struct JSONSchemaGrammar {
         "patternProperties",
         "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames",
         "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
-        "minProperties", "maxProperties", "$dynamicRef", "$recursiveRef", "additionalItems",
+        "$dynamicRef", "$recursiveRef", "additionalItems",
     ]
     /// Keywords that constrain what this compiler handles.
     static let handled: Set<String> = [
         "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
         "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength", "pattern", "format",
-        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf",
+        "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minProperties", "maxProperties",
     ]
 
     /// The rules built so far (`JSONGrammarRules.swift` builds JSON text's own), and the shared ones by name.
@@ -187,7 +189,7 @@ public struct JSONSchemaGrammar {
         for t in types ?? [] where !known.contains(t) { throw Self.fail(path, "unknown type '\(t)'") }
         if types == nil && fields["enum"] == nil && fields["const"] == nil {
             // Untyped, with one type's keywords: generate that type (the others are valid too, but not what was meant).
-            if !constraining.isDisjoint(with: ["properties", "required", "additionalProperties"]) {
+            if !constraining.isDisjoint(with: ["properties", "required", "additionalProperties", "minProperties", "maxProperties"]) {
                 types = ["object"]
             } else if !constraining.isDisjoint(with: ["items", "prefixItems", "minItems", "maxItems"]) {
                 types = ["array"]
@@ -229,6 +231,17 @@ public struct JSONSchemaGrammar {
             }
             if let bounds {
                 values = values.filter { v in NumericBounds.Decimal(v).map(bounds.contains) ?? true }
+            }
+            // Objects by their number of (distinct) keys, arrays by their length.
+            let (minP, maxP) = (try Self.intValue(fields["minProperties"], "minProperties", path: path),
+                                try Self.intValue(fields["maxProperties"], "maxProperties", path: path))
+            let (minI, maxI) = (try Self.intValue(fields["minItems"], "minItems", path: path), try Self.intValue(fields["maxItems"], "maxItems", path: path))
+            values = values.filter { v in
+                switch v {
+                case .object(let m): let n = Set(m.map(\.key)).count; return n >= minP ?? 0 && n <= maxP ?? .max
+                case .array(let a): return a.count >= minI ?? 0 && a.count <= maxI ?? .max
+                default: return true
+                }
             }
             if let multiple {
                 values = values.filter { v in
@@ -341,17 +354,35 @@ public struct JSONSchemaGrammar {
             guard case .object(let m) = p else { throw Self.fail(path, "'properties' must be an object") }
             properties = m
         }
+        let minProperties = try Self.intValue(fields["minProperties"], "minProperties", path: path) ?? 0
+        let maxProperties = try Self.intValue(fields["maxProperties"], "maxProperties", path: path)
+        if let maxProperties, maxProperties < minProperties { throw Self.fail(path, "the object's property bounds allow no object") }
+        guard Swift.max(minProperties, maxProperties ?? 0) <= Self.maxItemsBound else {
+            throw Self.fail(path, "minProperties/maxProperties above \(Self.maxItemsBound) are not supported")
+        }
         if properties.isEmpty && required.isEmpty {
             // A map: keys of the model's choosing, values valid against additionalProperties.
             let valueSchema = fields["additionalProperties"] ?? .bool(true)
-            if valueSchema == .bool(false) { return try emptyObject(ws) }
+            if valueSchema == .bool(false) || maxProperties == 0 {
+                guard minProperties == 0 else { throw Self.fail(path, "the object's property bounds allow no object") }
+                return try emptyObject(ws)
+            }
+            // Keys the model writes could repeat, and a repeated key counts once: only a minimum of 0 or 1 holds for
+            // every text.
+            guard minProperties <= 1 else {
+                throw Self.fail(path, "'minProperties' above 1 needs the properties listed in 'properties' (keys of the model's choosing could repeat)")
+            }
             let value = try value(valueSchema, path: path + "/additionalProperties", depth: depth + 1)
             let member = [Grammar.Item.rule(try string(min: 0, max: nil)), ws, .byte(0x3A), ws, .rule(value)]
-            return try container(open: 0x7B, close: 0x7D, item: member)
+            if minProperties == 0 && maxProperties == nil { return try container(open: 0x7B, close: 0x7D, item: member) }
+            return try boundedList(open: 0x7B, close: 0x7D, item: member, min: minProperties, max: maxProperties, ws: ws)
         }
         guard Set(properties.map(\.key)).count == properties.count else { throw Self.fail(path, "'properties' names a property twice") }
         for name in required where !properties.contains(where: { $0.key == name }) {
             throw Self.fail(path, "'required' names '\(name)', which 'properties' does not define")
+        }
+        if minProperties > 0 || maxProperties != nil {
+            return try countedMembers(properties, required: required, min: minProperties, max: maxProperties, path: path, depth: depth, ws: ws)
         }
         // Properties in order; after(i, any) are the members from property i on, `any` whether one was written.
         var tail = [try rule([[]]), try rule([[]])]  // [nothing written yet, something written]
@@ -367,6 +398,49 @@ public struct JSONSchemaGrammar {
             tail = next
         }
         return try rule([[.byte(0x7B), ws, .rule(tail[0]), ws, .byte(0x7D)]])
+    }
+
+    /// `properties` in order with `minProperties`/`maxProperties`: the state after property i is how many members are
+    /// written so far (0 up to the maximum); a state from which the minimum cannot be reached has no rule, and an
+    /// optional property is skipped or written as the count allows.
+    private mutating func countedMembers(_ properties: [(key: String, value: ExactJSON)], required: [String], min: Int, max: Int?,
+                                         path: String, depth: Int, ws: Grammar.Item) throws -> Int {
+        let cap = Swift.min(max ?? properties.count, properties.count)
+        guard required.count <= cap, min <= properties.count else { throw Self.fail(path, "the object's property bounds allow no object") }
+        // tail[c]: the members from the current property on, c written before (nil: none reaches the minimum).
+        var tail: [Int?] = try (0...cap).map { c in c >= min ? try rule([[]]) : nil }
+        for (name, schema) in properties.reversed() {
+            let value = try value(schema, path: path + "/properties/" + name, depth: depth + 1)
+            let member = Grammar.Item.literal(Self.text(.string(name))) + [ws, .byte(0x3A), ws, .rule(value)]
+            let isRequired = required.contains(name)
+            tail = try (0...cap).map { c in
+                var alternatives: [[Grammar.Item]] = []
+                if c < cap, let next = tail[c + 1] { alternatives.append((c > 0 ? [ws, .byte(0x2C), ws] : []) + member + [.rule(next)]) }
+                if !isRequired, let same = tail[c] { alternatives.append([.rule(same)]) }
+                return alternatives.isEmpty ? nil : try rule(alternatives)
+            }
+        }
+        guard let first = tail[0] else { throw Self.fail(path, "the object's property bounds allow no object") }
+        return try rule([[.byte(0x7B), ws, .rule(first), ws, .byte(0x7D)]])
+    }
+
+    /// `open` items… `close` with min to max items (nil: no maximum), comma-separated.
+    private mutating func boundedList(open: UInt8, close: UInt8, item: [Grammar.Item], min: Int, max: Int?, ws: Grammar.Item) throws -> Int {
+        let limit = max ?? Swift.max(min, 1)
+        var tail: Int
+        if max == nil {
+            tail = try reserve()
+            rules[tail] = [[], [ws, .byte(0x2C), ws] + item + [.rule(tail)]]
+        } else {
+            tail = try rule([[]])
+        }
+        var k = limit
+        while k > 0 {
+            k -= 1
+            let write: [Grammar.Item] = (k > 0 ? [ws, .byte(0x2C), ws] : []) + item + [.rule(tail)]
+            tail = try rule(k >= min ? [[], write] : [write])
+        }
+        return try rule([[.byte(open), ws, .rule(tail), ws, .byte(close)]])
     }
 
     private mutating func emptyObject(_ ws: Grammar.Item) throws -> Int {
