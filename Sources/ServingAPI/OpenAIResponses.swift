@@ -147,12 +147,46 @@ public struct ChatChoice: Encodable {
 public struct ChatDelta: Encodable {
     public var role: String?
     public var content: String?
-    public var toolCalls: [ToolCall]?
+    public var toolCalls: [ToolCallDelta]?
 
-    public init(role: String? = nil, content: String? = nil, toolCalls: [ToolCall]? = nil) {
+    public init(role: String? = nil, content: String? = nil, toolCalls: [ToolCallDelta]? = nil) {
         self.role = role
         self.content = content
         self.toolCalls = toolCalls
+    }
+}
+
+/// A stream's piece of a tool call (`delta.tool_calls[]`): the first names the call (`id`, `type`, `function.name`,
+/// arguments so far), the others carry only the next piece of its arguments, as OpenAI streams them.
+public struct ToolCallDelta: Encodable, Equatable, Sendable {
+    public struct Function: Encodable, Equatable, Sendable {
+        public var name: String?
+        public var arguments: String
+    }
+    public let index: Int
+    public var id: String?
+    public var type: String?
+    public var function: Function
+
+    /// The call's first piece.
+    public init(index: Int, id: String, name: String, arguments: String) {
+        self.index = index
+        self.id = id
+        type = "function"
+        function = Function(name: name, arguments: arguments)
+    }
+
+    /// A later piece of call `index`'s arguments.
+    public init(index: Int, arguments: String) {
+        self.index = index
+        function = Function(name: nil, arguments: arguments)
+    }
+
+    /// The same piece with `more` arguments after its own.
+    func appending(_ more: String) -> ToolCallDelta {
+        var d = self
+        d.function.arguments += more
+        return d
     }
 }
 
@@ -365,10 +399,12 @@ public struct HealthStatus: Encodable {
 /// text so far).
 public struct ChoiceRenderState: Sendable {
     public let enabled: Bool
-    /// A stream's text of a tool-call answer, held back until it is complete (`CompletionRenderer.chunk`).
+    /// A stream's text of a tool-call answer so far (`CompletionRenderer.chunk`): read again whole at its end.
     public var heldText = ""
     /// An `auto` tool-call answer that turned out to be text: streamed as it comes.
     public var plainText = false
+    /// A tool-call answer's calls as they stream (nil: none begun reading, or an `auto` answer not yet decided).
+    public var callStream: ToolCallStream?
     /// A Responses stream: the next event's `sequence_number`, whether its message item is open, its text so far and
     /// how it finished.
     var sequence = 0
@@ -376,20 +412,55 @@ public struct ChoiceRenderState: Sendable {
     var text = ""
     var finish: String?
 
-    /// A piece of a tool-call answer's text in a stream: nil while the answer may still be a call (held back), else
-    /// the text to send now — everything held so far once an `auto` answer turns out to be text (`plainText` from then).
-    mutating func release(_ text: String, tools: ToolCallMode) -> String? {
+    /// What a piece of a tool-call answer's text in a stream sends.
+    enum ToolPiece {
+        /// Content: everything held so far once an `auto` answer turns out to be text (`plainText` from then).
+        case text(String)
+        /// The calls' names and argument pieces it completes (none while an `auto` answer may still be either).
+        case calls([ToolCallStream.Event])
+    }
+
+    mutating func toolPiece(_ text: String, tools: ToolCallMode) -> ToolPiece {
         heldText += text
-        guard !tools.mayBeCall(heldText) else { return nil }
-        plainText = true
-        defer { heldText = "" }
-        return heldText
+        if callStream == nil {
+            guard tools.mayBeCall(heldText) else {
+                plainText = true
+                defer { heldText = "" }
+                return .text(heldText)
+            }
+            switch tools {
+            case .named(let name): callStream = ToolCallStream(named: name)
+            case .required: callStream = ToolCallStream(named: nil)
+            case .auto:
+                // The marker whole: the calls start after it.
+                guard heldText.hasPrefix(ToolCallMode.marker) else { return .calls([]) }
+                callStream = ToolCallStream(named: nil)
+                return .calls(callStream!.feed(String(heldText.dropFirst(ToolCallMode.marker.count))))
+            }
+            return .calls(callStream!.feed(heldText))
+        }
+        return .calls(callStream!.feed(text))
+    }
+
+    /// A finished tool-call answer against what its stream sent (nil: nothing was sent, so it is rendered whole): the
+    /// argument pieces still to send and the calls not begun, in order, when `calls` (the whole answer's) continue what
+    /// was sent; empty when they do not (cut short or malformed: the stream ends with what it sent).
+    func remainingCalls(_ calls: [(id: String, name: String, arguments: String)]?) -> (rest: [ToolCallDelta], complete: Bool)? {
+        guard let sent = callStream?.sent, !sent.isEmpty else { return nil }
+        guard let calls, calls.count >= sent.count,
+              zip(sent, calls).allSatisfy({ $0.name == $1.name && $1.arguments.utf8.starts(with: $0.arguments.utf8) }) else { return ([], false) }
+        return (calls.enumerated().compactMap { k, c in
+            guard k < sent.count else { return ToolCallDelta(index: k, id: c.id, name: c.name, arguments: c.arguments) }
+            let rest = String(decoding: c.arguments.utf8.dropFirst(sent[k].arguments.utf8.count), as: UTF8.self)
+            return rest.isEmpty ? nil : ToolCallDelta(index: k, arguments: rest)
+        }, true)
     }
 
     /// The state of a resumed flight (the router's): what was rendered so far stays, log-probabilities as now asked.
     public func resumed(logprobs asked: Bool) -> ChoiceRenderState {
         var s = ChoiceRenderState(enabled: asked)
         (s.heldText, s.plainText, s.sequence, s.messageOpen, s.text, s.finish) = (heldText, plainText, sequence, messageOpen, text, finish)
+        s.callStream = callStream
         return s
     }
     private var pending: [TokenLogprob] = []
@@ -505,19 +576,46 @@ public struct CompletionRenderer: Sendable {
     }
 
     /// The chunks of choice `index` with a piece of text (nil: its final chunk, which carries only the finish
-    /// reason) and the log-probabilities gathered since its last chunk. A tool-call answer's text is held back
-    /// (none) until its final chunk, which is preceded by one chunk with its calls (or, if it is not a complete
-    /// call, its text).
+    /// reason) and the log-probabilities gathered since its last chunk. A tool-call answer streams as OpenAI's do:
+    /// each call's first chunk names it, the next ones carry pieces of its arguments as they are generated
+    /// (`ToolCallStream`; an `auto` answer is held back until it is known to be a call or text). At the end the
+    /// whole answer is read again: what it holds beyond what was sent goes in one more chunk. An answer that never
+    /// began a call and is not a complete one is sent as text; one that began calls and was cut short ends with what
+    /// was sent and its finish reason ("length").
     public func chunk(_ index: Int, text: String?, finish: String?, logprobs: inout ChoiceRenderState) -> [String] {
         if let tools, !logprobs.plainText {
             if let text {
-                // Not a call after all (auto): what was held, then the rest as it comes.
-                guard let released = logprobs.release(text, tools: tools) else { return [] }
-                return [singleChunk(index, text: released, finish: nil, logprobs: &logprobs)]
+                switch logprobs.toolPiece(text, tools: tools) {
+                case .text(let released):  // not a call after all (auto): what was held, then the rest as it comes
+                    return [singleChunk(index, text: released, finish: nil, logprobs: &logprobs)]
+                case .calls(let events):
+                    guard !events.isEmpty else { return [] }
+                    let deltas = events.reduce(into: [ToolCallDelta]()) { out, e in
+                        switch e {
+                        case .begin(let k, let name): out.append(ToolCallDelta(index: k, id: callID(index, k), name: name, arguments: ""))
+                        case .arguments(let k, let piece):
+                            if let last = out.last, last.index == k { out[out.count - 1] = last.appending(piece) } else {
+                                out.append(ToolCallDelta(index: k, arguments: piece))
+                            }
+                        }
+                    }
+                    return [chatChunk(index, delta: ChatDelta(toolCalls: deltas), finish: nil, logprobs: logprobs.takeChat())]
+                }
             }
             let (message, reason) = message(index, text: logprobs.heldText, finish: finish ?? "")
+            let whole = message.toolCalls.map { $0.map { (id: $0.id, name: $0.function.name, arguments: $0.function.arguments) } }
+            if let (rest, complete) = logprobs.remainingCalls(whole) {
+                // Calls were streamed: what the whole answer holds beyond them, then the finish (the answer's own
+                // reason when it was cut short or went wrong after the calls began).
+                logprobs.heldText = ""
+                var out: [String] = []
+                if !rest.isEmpty || !logprobs.isEmpty {
+                    out.append(chatChunk(index, delta: ChatDelta(toolCalls: rest.isEmpty ? nil : rest), finish: nil, logprobs: logprobs.takeChat()))
+                }
+                return out + [chatChunk(index, delta: ChatDelta(), finish: complete ? reason : finish ?? "stop", logprobs: nil)]
+            }
             let calls = message.toolCalls?.enumerated().map { k, c in
-                ToolCall(index: k, id: c.id, name: c.function.name, arguments: c.function.arguments)
+                ToolCallDelta(index: k, id: c.id, name: c.function.name, arguments: c.function.arguments)
             }
             let delta = calls.map { ChatDelta(toolCalls: $0) } ?? ChatDelta(content: logprobs.heldText)
             logprobs.heldText = ""

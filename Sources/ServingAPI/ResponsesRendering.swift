@@ -29,8 +29,10 @@ extension CompletionRenderer {
         guard responses != nil else { return chunk(index, text: text, finish: finish, logprobs: &state).map(Self.data) }
         if let text {
             if let tools, !state.plainText {
-                guard let released = state.release(text, tools: tools) else { return [] }
-                return textFrames(released, &state)
+                switch state.toolPiece(text, tools: tools) {
+                case .text(let released): return textFrames(released, &state)
+                case .calls(let events): return events.flatMap { callFrames($0, &state) }
+                }
             }
             return textFrames(text, &state)
         }
@@ -39,7 +41,25 @@ extension CompletionRenderer {
         if tools != nil, !state.plainText {
             let held = state.heldText
             state.heldText = ""
-            if let items = callItems(text: held, finish: finish ?? "") {
+            let items = callItems(text: held, finish: finish ?? "")
+            let whole = items.map { $0.map { (id: $0["call_id"] as! String, name: $0["name"] as! String, arguments: $0["arguments"] as! String) } }
+            if let (rest, complete) = state.remainingCalls(whole) {
+                // Calls were streamed: the rest of their arguments (and any call not begun), then each call done — as the
+                // whole answer holds it, or (cut short) as far as it was sent.
+                state.text = held
+                for d in rest {
+                    if let name = d.function.name { out += callFrames(.begin(d.index, name), &state) }
+                    if !d.function.arguments.isEmpty { out += callFrames(.arguments(d.index, d.function.arguments), &state) }
+                }
+                let done = complete ? items! : streamedItems(state)
+                for (k, item) in done.enumerated() {
+                    out.append(event("response.function_call_arguments.done",
+                                     ["item_id": item["id"]!, "output_index": k, "arguments": item["arguments"]!, "name": item["name"]!], &state))
+                    out.append(event("response.output_item.done", ["output_index": k, "item": item], &state))
+                }
+                return out
+            }
+            if let items {
                 state.text = held
                 for (k, item) in items.enumerated() {
                     var open = item
@@ -65,6 +85,27 @@ extension CompletionRenderer {
         return out
     }
 
+    /// A streamed call's frames: `output_item.added` when it begins (arguments empty, in progress), then each piece of
+    /// its arguments as `function_call_arguments.delta`.
+    private func callFrames(_ e: ToolCallStream.Event, _ state: inout ChoiceRenderState) -> [String] {
+        switch e {
+        case .begin(let k, let name):
+            let item: [String: Any] = ["type": "function_call", "id": "fc_\(idSuffix)_\(k)", "call_id": callID(0, k), "name": name,
+                                       "arguments": "", "status": "in_progress"]
+            return [event("response.output_item.added", ["output_index": k, "item": item], &state)]
+        case .arguments(let k, let piece):
+            return [event("response.function_call_arguments.delta", ["item_id": "fc_\(idSuffix)_\(k)", "output_index": k, "delta": piece], &state)]
+        }
+    }
+
+    /// The calls a stream sent, as far as it sent them (an answer cut short after its calls began): incomplete items.
+    private func streamedItems(_ state: ChoiceRenderState) -> [[String: Any]] {
+        (state.callStream?.sent ?? []).enumerated().map { k, c in
+            ["type": "function_call", "id": "fc_\(idSuffix)_\(k)", "call_id": callID(0, k), "name": c.name, "arguments": c.arguments,
+             "status": "incomplete"]
+        }
+    }
+
     /// The frames that end a failed stream: the error, then (completions and chat) `data: [DONE]`.
     public func errorFrames(_ error: ErrorBody.Detail, state: inout ChoiceRenderState) -> [String] {
         if responses != nil {
@@ -78,8 +119,10 @@ extension CompletionRenderer {
     public func closingFrames(usage: Usage, includeUsage: Bool, states: inout [ChoiceRenderState]) -> [String] {
         if let responses {
             let finish = states[0].finish ?? "stop"
+            // An answer whose calls were streamed and then cut short lists them as sent.
+            let streamed = states[0].callStream.map { !$0.sent.isEmpty } == true && callItems(text: states[0].text, finish: finish) == nil
             let object = responseJSON(responses, status: finish == "length" ? "incomplete" : "completed",
-                                      output: outputItems(text: states[0].text, finish: finish), usage: usage)
+                                      output: streamed ? streamedItems(states[0]) : outputItems(text: states[0].text, finish: finish), usage: usage)
             responses.record?.save(object)
             return [event(finish == "length" ? "response.incomplete" : "response.completed", ["response": object], &states[0])]
         }

@@ -200,3 +200,207 @@ enum RawJSON {
         return s.p == b.count ? out : nil
     }
 }
+
+/// A tool-call answer read as it is generated, so a stream can send each call's name as soon as it is known and its
+/// arguments piece by piece (as OpenAI streams them) instead of holding the whole answer back. Fed the answer's text
+/// in pieces (for `auto`, the text after the marker); yields, in order, `begin(k, name)` for call k and
+/// `arguments(k, piece)`, the pieces of call k's arguments: their concatenation is exactly the arguments text that
+/// `ToolCallMode.calls(in:)` finds in the whole answer (the `parameters` value as generated; for a named function the
+/// answer trimmed). A call whose `parameters` come before its `name` is sent whole once its object closes. Malformed
+/// text stops the events (`failed`); the renderer then ends the stream with what was sent.
+public struct ToolCallStream: Sendable {
+    public enum Event: Equatable, Sendable {
+        case begin(Int, String)
+        case arguments(Int, String)
+    }
+
+    private enum Phase: Sendable, Equatable {
+        case open, elementStart, key, colon, value, afterMember, afterElement, done
+    }
+
+    /// The named function's (nil: an array of calls).
+    let named: String?
+    private var b: [UInt8] = []
+    private var p = 0
+    private var phase = Phase.open
+    public private(set) var failed = false
+    /// Calls begun, with the arguments sent so far.
+    public private(set) var sent: [(name: String, arguments: String)] = []
+
+    // The element being read: its key, name, and the `parameters` value's bounds.
+    private var key: [UInt8] = []
+    private var keyStart = -1
+    private var name: String?
+    private var paramsStart = -1, paramsEnd = -1
+    // The value being scanned: nesting depth, inside a string, after a backslash, a bare scalar.
+    private var depth = 0, inString = false, escaped = false, scalar = false, valueStart = -1
+    // A named function's arguments: where they start, and how far they were sent.
+    private var argsStart = -1
+    private var emitted = 0
+
+    public init(named: String?) { self.named = named }
+
+    public mutating func feed(_ text: String) -> [Event] {
+        guard !failed, !text.isEmpty else { return [] }
+        b += Array(text.utf8)
+        if let named { return feedNamed(named) }
+        return feedCalls()
+    }
+
+    private static func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 }
+
+    /// A named function: the answer trimmed is its arguments; trailing whitespace is held until more text follows.
+    private mutating func feedNamed(_ name: String) -> [Event] {
+        var out: [Event] = []
+        if argsStart < 0 {
+            while p < b.count, Self.isSpace(b[p]) { p += 1 }
+            guard p < b.count else { return [] }
+            guard b[p] == 0x7B else { failed = true; return [] }
+            argsStart = p
+            emitted = p
+            sent.append((name, ""))
+            out.append(.begin(0, name))
+        }
+        var end = b.count
+        while end > emitted, Self.isSpace(b[end - 1]) { end -= 1 }
+        if end > emitted {
+            let piece = String(decoding: b[emitted..<end], as: UTF8.self)
+            sent[0].arguments += piece
+            emitted = end
+            out.append(.arguments(0, piece))
+        }
+        return out
+    }
+
+    /// An array of `{"name": …, "parameters": …}` objects, scanned byte by byte from where the last piece ended.
+    private mutating func feedCalls() -> [Event] {
+        var out: [Event] = []
+        func fail() { failed = true }
+        scan: while p < b.count, !failed {
+            let c = b[p]
+            switch phase {
+            case .open:
+                if Self.isSpace(c) { p += 1 } else if c == 0x5B { p += 1; phase = .elementStart } else { fail() }
+            case .elementStart:
+                if Self.isSpace(c) { p += 1 } else if c == 0x7B {
+                    p += 1
+                    phase = .key
+                    (name, paramsStart, paramsEnd) = (nil, -1, -1)
+                } else { fail() }
+            case .key:
+                if keyStart < 0 {
+                    if Self.isSpace(c) { p += 1; continue scan }
+                    guard c == 0x22 else { fail(); break scan }
+                    keyStart = p
+                    p += 1
+                    escaped = false
+                    continue scan
+                }
+                // Inside the key string.
+                p += 1
+                if escaped { escaped = false } else if c == 0x5C { escaped = true } else if c == 0x22 {
+                    key = Array(b[keyStart..<p])
+                    keyStart = -1
+                    phase = .colon
+                }
+            case .colon:
+                if Self.isSpace(c) { p += 1 } else if c == 0x3A { p += 1; phase = .value; valueStart = -1 } else { fail() }
+            case .value:
+                if valueStart < 0 {
+                    if Self.isSpace(c) { p += 1; continue scan }
+                    valueStart = p
+                    (depth, inString, escaped, scalar) = (0, false, false, false)
+                    if isParameters {
+                        paramsStart = p
+                        emitted = p
+                    }
+                    switch c {
+                    case 0x7B, 0x5B: depth = 1
+                    case 0x22: inString = true
+                    default: scalar = true
+                    }
+                    p += 1
+                    continue scan
+                }
+                if scalar {
+                    if Self.ends(c) { valueDone(); continue scan }
+                    p += 1
+                    continue scan
+                }
+                p += 1
+                if inString {
+                    if escaped { escaped = false } else if c == 0x5C { escaped = true } else if c == 0x22 {
+                        inString = false
+                        if depth == 0 { valueDone() }
+                    }
+                } else if c == 0x22 {
+                    inString = true
+                } else if c == 0x7B || c == 0x5B {
+                    depth += 1
+                } else if c == 0x7D || c == 0x5D {
+                    depth -= 1
+                    if depth == 0 { valueDone() }
+                }
+            case .afterMember:
+                if Self.isSpace(c) { p += 1 } else if c == 0x2C { p += 1; phase = .key } else if c == 0x7D {
+                    p += 1
+                    guard let name, paramsEnd >= 0 else { fail(); break scan }
+                    let k = sent.count - (begun ? 1 : 0)
+                    if !begun {
+                        sent.append((name, ""))
+                        out.append(.begin(k, name))
+                    }
+                    let rest = String(decoding: b[emitted..<paramsEnd], as: UTF8.self)
+                    if !rest.isEmpty {
+                        sent[k].arguments += rest
+                        out.append(.arguments(k, rest))
+                    }
+                    begun = false
+                    (self.name, paramsStart, paramsEnd) = (nil, -1, -1)  // this call is whole
+                    phase = .afterElement
+                } else { fail() }
+            case .afterElement:
+                if Self.isSpace(c) { p += 1 } else if c == 0x2C { p += 1; phase = .elementStart } else if c == 0x5D { p += 1; phase = .done } else { fail() }
+            case .done:
+                if Self.isSpace(c) { p += 1 } else { fail() }
+            }
+        }
+        // The current call's arguments so far, once its name is known: the parameters value up to here while it is
+        // being read, or whole once it is.
+        let reading = phase == .value && valueStart >= 0 && isParameters
+        if !failed, let name, paramsStart >= 0, reading || paramsEnd >= 0 {
+            if !begun {
+                sent.append((name, ""))
+                out.append(.begin(sent.count - 1, name))
+                begun = true
+            }
+            let end = reading ? p : paramsEnd
+            if end > emitted {
+                let piece = String(decoding: b[emitted..<end], as: UTF8.self)
+                sent[sent.count - 1].arguments += piece
+                emitted = end
+                out.append(.arguments(sent.count - 1, piece))
+            }
+        }
+        return out
+    }
+
+    /// Whether the current element's call was begun (its name came before its parameters).
+    private var begun = false
+
+    private var isParameters: Bool { key == Array(#""parameters""#.utf8) }
+
+    private static func ends(_ c: UInt8) -> Bool { c == 0x2C || c == 0x7D || c == 0x5D || isSpace(c) }
+
+    /// The value just scanned ends at p.
+    private mutating func valueDone() {
+        if key == Array(#""name""#.utf8) {
+            name = (try? JSONSerialization.jsonObject(with: Data(b[valueStart..<p]), options: .fragmentsAllowed)) as? String
+            if name == nil { failed = true }
+        } else if isParameters {
+            paramsEnd = p
+        }
+        valueStart = -1
+        phase = .afterMember
+    }
+}

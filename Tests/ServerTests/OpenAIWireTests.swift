@@ -59,8 +59,9 @@ import Testing
         #expect(off.takeChat() == nil && off.takeCompletion() == nil)
     }
 
-    /// Tool-call answers: content null with the calls (arguments exactly as generated), OpenAI's finish reasons, the
-    /// stream's one chunk of calls before the finish; text that is not a complete call stays text.
+    /// Tool-call answers: content null with the calls (arguments exactly as generated), OpenAI's finish reasons; a
+    /// stream names each call in its first chunk and sends its arguments in pieces as they come; text that never began
+    /// a call stays text.
     @Test func toolCallShapes() {
         let required = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .required)
         var none = ChoiceRenderState(enabled: false)
@@ -72,14 +73,48 @@ import Testing
             let w = required.whole([.init(text: t, finish: finish, logprobs: none)], usage: Usage(prompt: 1, completion: 1))
             #expect(w.contains("\"content\":") && !w.contains("tool_calls") && w.contains("\"finish_reason\":\"\(finish)\""), "\(w)")
         }
-        // Streamed: nothing until the end, then the calls (with their index) and the finish.
+        // Streamed: the call named with its first piece of arguments, then the next pieces (trailing whitespace held
+        // until more follows; the named function's arguments are the answer trimmed), then the finish.
         let named = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .named("f"))
-        #expect(named.chunk(0, text: "{\"a\":", finish: nil, logprobs: &none).isEmpty)
-        #expect(named.chunk(0, text: " 1}", finish: nil, logprobs: &none).isEmpty)
+        #expect(named.chunk(0, text: " ", finish: nil, logprobs: &none).isEmpty)
+        #expect(named.chunk(0, text: "{\"a\": ", finish: nil, logprobs: &none)
+                == [#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\":","name":"f"},"id":"call_ab12_0_0","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
+        #expect(named.chunk(0, text: "1}\n", finish: nil, logprobs: &none)
+                == [#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":" 1}"},"index":0}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
         let end = named.chunk(0, text: nil, finish: "stop", logprobs: &none)
-        #expect(end == [#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\": 1}","name":"f"},"id":"call_ab12_0_0","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#,
-                        #"{"choices":[{"delta":{},"finish_reason":"stop","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
+        #expect(end == [#"{"choices":[{"delta":{},"finish_reason":"stop","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
         #expect(none.heldText.isEmpty)
+
+        // Required, cut into pieces anywhere: the pieces add up to the whole answer's calls, each named first.
+        for cut in stride(from: 1, to: text.utf8.count, by: 3) {
+            var state = ChoiceRenderState(enabled: false)
+            let bytes = Array(text.utf8)
+            var chunks = required.chunk(0, text: String(decoding: bytes[..<cut], as: UTF8.self), finish: nil, logprobs: &state)
+            chunks += required.chunk(0, text: String(decoding: bytes[cut...], as: UTF8.self), finish: nil, logprobs: &state)
+            chunks += required.chunk(0, text: nil, finish: "stop", logprobs: &state)
+            var calls: [(id: String, name: String, arguments: String)] = []
+            var finishes: [String] = []
+            for chunk in chunks {
+                let choice = (try? JSONSerialization.jsonObject(with: Data(chunk.utf8)) as? [String: Any]).flatMap { ($0["choices"] as? [[String: Any]])?.first }
+                if let f = choice?["finish_reason"] as? String { finishes.append(f) }
+                for d in (choice?["delta"] as? [String: Any])?["tool_calls"] as? [[String: Any]] ?? [] {
+                    let f = d["function"] as? [String: Any]
+                    if let id = d["id"] as? String {
+                        #expect(d["index"] as? Int == calls.count)
+                        calls.append((id, f?["name"] as? String ?? "?", ""))
+                    }
+                    calls[calls.count - 1].arguments += f?["arguments"] as? String ?? ""
+                }
+            }
+            #expect(calls.map(\.id) == ["call_ab12_0_0", "call_ab12_0_1"] && calls.map(\.name) == ["f", "g"], "\(chunks)")
+            #expect(calls.map(\.arguments) == [#"{"b":[1,"]"], "a":"x\"y"}"#, "{}"] && finishes == ["tool_calls"], "\(chunks)")
+        }
+        // Cut short after a call began: the stream ends with what it sent and "length".
+        var short = ChoiceRenderState(enabled: false)
+        let begun = required.chunk(0, text: #"[{"name":"f","parameters":{"b":"#, finish: nil, logprobs: &short)
+        #expect(begun.count == 1 && begun[0].contains(#""arguments":"{\"b\":""#), "\(begun)")
+        #expect(required.chunk(0, text: nil, finish: "length", logprobs: &short)
+                == [#"{"choices":[{"delta":{},"finish_reason":"length","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
 
         // auto: a call after the marker; text that leaves the marker streams from then on.
         let auto = CompletionRenderer(id: "chatcmpl-ab12", created: 7, model: "m", chat: true, tools: .auto)
@@ -92,6 +127,13 @@ import Testing
         #expect(auto.chunk(0, text: " fun", finish: nil, logprobs: &plain).first?.contains(#""content":" fun""#) == true)
         let fin = auto.chunk(0, text: nil, finish: "stop", logprobs: &plain)
         #expect(fin.count == 1 && fin[0].contains(#""finish_reason":"stop""#) && !fin[0].contains("tool_calls"), "\(fin)")
+        // auto, a call: held until the marker is whole, then streamed as required's.
+        var marked = ChoiceRenderState(enabled: false)
+        #expect(auto.chunk(0, text: "<tool_ca", finish: nil, logprobs: &marked).isEmpty)
+        let first = auto.chunk(0, text: #"ll>[{"name":"f","parameters":{"#, finish: nil, logprobs: &marked)
+        #expect(first.count == 1 && first[0].contains(#""arguments":"{","name":"f"},"id":"call_ab12_0_0""#), "\(first)")
+        let last = auto.chunk(0, text: "}}]", finish: nil, logprobs: &marked) + auto.chunk(0, text: nil, finish: "stop", logprobs: &marked)
+        #expect(last.count == 2 && last[0].contains(#""arguments":"}""#) && last[1].contains(#""finish_reason":"tool_calls""#), "\(last)")
     }
 
     @Test func modelsListAndErrors() {

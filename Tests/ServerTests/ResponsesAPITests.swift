@@ -78,7 +78,8 @@ import Testing
     }
 
     /// A stream's frames: typed events numbered from 0, the message opened at its first text, a tool-call answer as
-    /// function_call items (held until complete), the whole response last, and no `[DONE]`.
+    /// function_call items (each added when its name is known, its arguments in pieces), the whole response last, and
+    /// no `[DONE]`.
     @Test func streamsTypedEvents() throws {
         let echo = ResponsesEcho(fields: ["instructions": "Be brief."])
         let text = CompletionRenderer(id: "resp_ab", created: 5, model: "m", chat: true, responses: echo)
@@ -104,17 +105,34 @@ import Testing
         let tool = CompletionRenderer(id: "resp_cd", created: 5, model: "m", chat: true, tools: .named("f"), responses: echo)
         var s = [ChoiceRenderState(enabled: false)]
         var t = tool.openingFrames(1, states: &s)
-        #expect(tool.frames(0, text: "{\"a\":", finish: nil, state: &s[0]).isEmpty)
-        #expect(tool.frames(0, text: " 1}", finish: nil, state: &s[0]).isEmpty)
+        t += tool.frames(0, text: "{\"a\":", finish: nil, state: &s[0])
+        t += tool.frames(0, text: " 1}", finish: nil, state: &s[0])
         t += tool.frames(0, text: nil, finish: "stop", state: &s[0])
         t += tool.closingFrames(usage: Usage(prompt: 1, completion: 3), includeUsage: true, states: &s)
         let te = try t.map(Self.event)
         #expect(te.map(\.type) == ["response.created", "response.in_progress", "response.output_item.added", "response.function_call_arguments.delta",
-                                   "response.function_call_arguments.done", "response.output_item.done", "response.completed"])
-        let item = try #require(((te[6].payload["response"] as? [String: Any])?["output"] as? [[String: Any]])?.first)
+                                   "response.function_call_arguments.delta", "response.function_call_arguments.done", "response.output_item.done",
+                                   "response.completed"])
+        #expect(te[3].payload["delta"] as? String == "{\"a\":" && te[4].payload["delta"] as? String == " 1}" && te[3].payload["item_id"] as? String == "fc_cd_0")
+        #expect((te[2].payload["item"] as? [String: Any])?["status"] as? String == "in_progress")
+        #expect(te[5].payload["arguments"] as? String == "{\"a\": 1}" && (te[6].payload["item"] as? [String: Any])?["status"] as? String == "completed")
+        let item = try #require(((te[7].payload["response"] as? [String: Any])?["output"] as? [[String: Any]])?.first)
         #expect(item["type"] as? String == "function_call" && item["name"] as? String == "f" && item["arguments"] as? String == "{\"a\": 1}")
         #expect(item["call_id"] as? String == "call_cd_0_0" && item["id"] as? String == "fc_cd_0")
         #expect(!t.joined().contains("[DONE]"))
+
+        // Cut short after the call began: done as far as it was sent, the response incomplete with that item.
+        let req = CompletionRenderer(id: "resp_ef", created: 5, model: "m", chat: true, tools: .required, responses: echo)
+        var r = [ChoiceRenderState(enabled: false)]
+        var u = req.openingFrames(1, states: &r)
+        u += req.frames(0, text: #"[{"name":"g","parameters":{"q":"#, finish: nil, state: &r[0])
+        u += req.frames(0, text: nil, finish: "length", state: &r[0])
+        u += req.closingFrames(usage: Usage(prompt: 1, completion: 9), includeUsage: false, states: &r)
+        let ue = try u.map(Self.event)
+        #expect(ue.map(\.type) == ["response.created", "response.in_progress", "response.output_item.added", "response.function_call_arguments.delta",
+                                   "response.function_call_arguments.done", "response.output_item.done", "response.incomplete"])
+        let cut = try #require(((ue[6].payload["response"] as? [String: Any])?["output"] as? [[String: Any]])?.first)
+        #expect(cut["type"] as? String == "function_call" && cut["arguments"] as? String == #"{"q":"# && cut["status"] as? String == "incomplete")
     }
 
     /// The store keeps responses up to its bytes, forgetting the least recently used first (a read counts as a use),

@@ -403,8 +403,12 @@ import TestSupport
                 let s = try await client.post("/v1/chat/completions", body + ",\"stream\":true}")
                 let chunks = try sseEvents(s.1).dropLast().map(jsonObject)
                 let deltas = chunks.compactMap { (($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any])?["tool_calls"] as? [[String: Any]] }
-                #expect(deltas.count == 1 && ((deltas.first?.first?["function"] as? [String: Any])?["arguments"] as? String) == arguments, "\(s.1)")
-                #expect(deltas.first?.first?["index"] as? Int == 0)
+                // The call named in its first piece, its arguments in pieces that add up to the whole answer's.
+                let pieces = deltas.joined()
+                let streamed = pieces.compactMap { ($0["function"] as? [String: Any])?["arguments"] as? String }.joined()
+                #expect(streamed == arguments && pieces.allSatisfy { $0["index"] as? Int == 0 }, "\(s.1)")
+                #expect((pieces.first?["id"] as? String)?.hasPrefix("call_") == true && (pieces.first?["function"] as? [String: Any])?["name"] as? String == "get_weather")
+                #expect(pieces.dropFirst().allSatisfy { $0["id"] == nil }, "\(s.1)")
                 #expect((chunks.last?["choices"] as? [[String: Any]])?.first?["finish_reason"] as? String == "stop")
 
                 // Required: finish "tool_calls", known functions (get_time takes no arguments: {}); one call at most
@@ -460,11 +464,11 @@ import TestSupport
                         let text = try #require(message["content"] as? String, "\(r.1)")
                         #expect(!text.hasPrefix(ToolCallMode.marker) && message["tool_calls"] == nil, "\(r.1)")
                     }
-                    // Streamed: the same answer (text as it comes once it is not a call; a call as one chunk).
+                    // Streamed: the same answer (text as it comes once it is not a call; a call named once, then its arguments).
                     let s = try await client.post("/v1/chat/completions", body + ",\"stream\":true}")
                     let deltas = try sseEvents(s.1).dropLast().map(jsonObject).compactMap { ($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any] }
                     let streamedText = deltas.compactMap { $0["content"] as? String }.joined()
-                    let streamedCalls = deltas.compactMap { $0["tool_calls"] as? [[String: Any]] }.joined()
+                    let streamedCalls = deltas.compactMap { $0["tool_calls"] as? [[String: Any]] }.joined().filter { $0["id"] != nil }
                     #expect(streamedText == (message["content"] as? String ?? "") && streamedCalls.count == (message["tool_calls"] as? [[String: Any]])?.count ?? 0,
                             "\(s.1) vs \(r.1)")
                 }

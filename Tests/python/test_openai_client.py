@@ -157,7 +157,9 @@ def check_tools(binary, cluster):
         stream = client.chat.completions.create(model="smol", messages=messages, tools=TOOLS, max_tokens=80, temperature=0, stream=True,
                                                 tool_choice={"type": "function", "function": {"name": "get_weather"}})
         deltas = [d for ch in stream if ch.choices for d in (ch.choices[0].delta.tool_calls or [])]
-        assert len(deltas) == 1 and deltas[0].function.arguments == call.function.arguments and deltas[0].id.startswith("call_"), deltas
+        # The call named in its first piece (id, name), then its arguments in pieces adding up to the whole answer's.
+        assert deltas[0].id.startswith("call_") and deltas[0].function.name == "get_weather" and all(d.id is None for d in deltas[1:]), deltas
+        assert "".join(d.function.arguments or "" for d in deltas) == call.function.arguments and all(d.index == 0 for d in deltas), deltas
         # The answer and the tool's result back as history (the SDK's own message object).
         history = messages + [named.choices[0].message.model_dump(exclude_none=True),
                               {"role": "tool", "tool_call_id": call.id, "content": "18 degrees and sunny"}]
@@ -180,7 +182,7 @@ def check_tools(binary, cluster):
                 assert m.tool_calls is None and m.content and not m.content.startswith("<tool_call>"), a
             st = list(client.chat.completions.create(model="smol", messages=ask, tools=TOOLS, max_tokens=60, temperature=0, stream=True))
             text = "".join(ch.choices[0].delta.content or "" for ch in st if ch.choices)
-            names = [d.function.name for ch in st if ch.choices for d in (ch.choices[0].delta.tool_calls or [])]
+            names = [d.function.name for ch in st if ch.choices for d in (ch.choices[0].delta.tool_calls or []) if d.id]
             assert text == (m.content or "") and names == [c.function.name for c in (m.tool_calls or [])], (st, a)
         check_responses(client)
         proc.send_signal(signal.SIGTERM)
@@ -231,6 +233,8 @@ def check_responses(client):
     done = [e for e in streamed if e.type == "response.function_call_arguments.done"]
     final = streamed[-1].response.output
     assert len(done) == 1 and done[0].arguments == call.arguments and final[0].arguments == call.arguments, streamed
+    pieces = "".join(e.delta for e in streamed if e.type == "response.function_call_arguments.delta")
+    assert pieces == call.arguments, (pieces, call.arguments)
     assert streamed[2].item.call_id == final[0].call_id and done[0].item_id == final[0].id, streamed
     history = [{"role": "user", "content": ask}, {"type": "function_call", "call_id": call.call_id, "name": call.name, "arguments": call.arguments},
                {"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees and sunny"}]
