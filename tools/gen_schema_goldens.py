@@ -80,6 +80,13 @@ SCHEMAS = [
     {"type": "object", "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}}, "minProperties": 1},
     {"type": "object", "additionalProperties": {"type": "boolean"}, "minProperties": 1, "maxProperties": 2},
     {"enum": [{"k": 1}, {"k": 1, "j": 2}, {}, [1, 2, 3], [4]], "minProperties": 1, "maxProperties": 1, "maxItems": 2},
+    # Distinct items from a finite set: an Enum through $ref (Pydantic's set[Color]), Booleans, a bounded enum with a
+    # value equal to another (1 and 1.0) and one the item's type rules out, and arrays of an enum.
+    {"type": "object", "properties": {"colors": {"type": "array", "items": {"$ref": "#/$defs/Color"}, "uniqueItems": True},
+                                      "flags": {"type": "array", "items": {"type": "boolean"}, "uniqueItems": True, "minItems": 1}},
+     "required": ["colors", "flags"], "$defs": {"Color": {"enum": ["red", "green", "blue"], "title": "Color", "type": "string"}}},
+    {"type": "array", "items": {"enum": [1, 1.0, 2, "x", 3], "type": "integer"}, "uniqueItems": True, "minItems": 2, "maxItems": 2},
+    {"enum": [[1, 1], [1, 2], [3]], "uniqueItems": True},
 ]
 
 # Values of the pattern and format schemas above, as the model could write them (the instance generator picks one).
@@ -119,6 +126,10 @@ REFUSED = [
     {"type": "object", "properties": {"a": {"type": "integer"}}, "minProperties": 2},
     {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"], "maxProperties": 1},
     {"type": "object", "minProperties": 3, "maxProperties": 2},
+    {"type": "array", "items": {"type": "string"}, "uniqueItems": True},
+    {"type": "array", "uniqueItems": True},
+    {"type": "array", "items": {"enum": ["a", "b"]}, "uniqueItems": True, "minItems": 3},
+    {"type": "array", "prefixItems": [{"const": 1}], "items": {"const": 2}, "uniqueItems": True},
 ]
 
 STRINGS = ["", "a", "ab", "héllo", "x\"y", "back\\slash", "tab\t", "😀", "日本語", "\u0001", "end"]
@@ -201,6 +212,19 @@ def instance(schema, root, rng, depth=0):
                 chosen.remove(rng.choice([k for k in chosen if k not in req]))
             members = [dump(k) + ws(rng) + ":" + ws(rng) + instance(props[k], root, rng, depth + 1) for k in props if k in chosen]
         return "{" + ws(rng) + (ws(rng) + "," + ws(rng)).join(members) + ws(rng) + "}"
+    if t == "array" and schema.get("uniqueItems") is True:
+        item = schema["items"]
+        while "$ref" in item:
+            item = resolve(root, item["$ref"])
+        domain = item.get("enum", [item["const"]] if "const" in item else [False, True] if item.get("type") == "boolean" else [None])
+        values = []
+        for v in domain:  # the values the item schema allows, each once (1 and 1.0 are one)
+            if valid(dump(v), {**item, "$defs": root.get("$defs", {})}) and not any(v == w and type(v) is not bool and type(w) is not bool or v is w for w in values):
+                values.append(v)
+        lo = schema.get("minItems", 0)
+        hi = min(schema.get("maxItems", len(values)), len(values))
+        chosen = sorted(rng.sample(range(len(values)), rng.randint(lo, hi)))
+        return "[" + ws(rng) + (ws(rng) + "," + ws(rng)).join(dump(values[i]) for i in chosen) + ws(rng) + "]"
     if t == "array":
         prefix = schema.get("prefixItems", [])
         lo = max(schema.get("minItems", 0), 0)
@@ -274,6 +298,36 @@ def reorder(text):
     return dump(rev(json.loads(text)))
 
 
+def items_changed(text):
+    """Every array in the value with its first item repeated at its end, and with its last item left out, compact:
+    texts whose validity turns on uniqueness and the item counts."""
+    value = json.loads(text)
+    out = []
+
+    def arrays(v, path):
+        if isinstance(v, list):
+            yield path
+            for i, x in enumerate(v):
+                yield from arrays(x, path + [i])
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                yield from arrays(x, path + [k])
+
+    def changed(v, path, f):
+        if not path:
+            return f(v)
+        v = json.loads(json.dumps(v))
+        node = v
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = f(node[path[-1]])
+        return v
+    for path in list(arrays(value, [])):
+        out.append(dump(changed(value, path, lambda a: a + a[:1])))
+        out.append(dump(changed(value, path, lambda a: a[:-1])))
+    return out
+
+
 def members_changed(text, schema):
     """The same object with one member left out, and with one more of `properties` written (in their order), compact:
     texts in the grammar's own order whose validity turns on the property counts."""
@@ -322,6 +376,10 @@ def main():
             assert valid(t, schema), (schema, t)
         for t in canon[:8]:
             add(reorder(t), False)
+        if "uniqueItems" in json.dumps(schema):
+            for t in canon[:8]:
+                for v in items_changed(t):
+                    add(v, False)
         if "minProperties" in json.dumps(schema) or "maxProperties" in json.dumps(schema):
             for t in canon[:8]:
                 for v in members_changed(t, schema):

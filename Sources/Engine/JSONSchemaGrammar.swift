@@ -10,7 +10,8 @@ import Tokenizers
 ///   of keys the model chooses; with `properties`, no other key is generated (as OpenAI's strict mode and xgrammar's
 ///   default do), whatever `additionalProperties` says. `minProperties`/`maxProperties` count the members written
 ///   (with `properties`, optional ones are written or left out as the bounds allow; a map of the model's keys takes
-///   a minimum of 0 or 1 only, since its keys could repeat and a repeated key counts once).
+///   a minimum of 0 or 1 only, since its keys could repeat and a repeated key counts once). `uniqueItems` holds for
+///   items from a finite set (each value at most once, in the schema's order); over other items it is refused.
 /// - `enum` and `const` values are written compactly (no whitespace, strings with JSON's shortest escapes).
 /// - Whitespace between tokens: at most `maxWhitespace` bytes per run; numbers: at most `maxDigits` digits per part.
 /// - Strings are UTF-8 (validated byte by byte); `minLength`/`maxLength` count characters (an escape is one;
@@ -32,7 +33,7 @@ public struct JSONSchemaGrammar {
     static let refused: Set<String> = [
         "patternProperties",
         "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "dependencies", "propertyNames",
-        "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains", "uniqueItems",
+        "unevaluatedProperties", "unevaluatedItems", "contains", "minContains", "maxContains",
         "$dynamicRef", "$recursiveRef", "additionalItems",
     ]
     /// Keywords that constrain what this compiler handles.
@@ -40,6 +41,7 @@ public struct JSONSchemaGrammar {
         "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
         "enum", "const", "anyOf", "oneOf", "allOf", "$ref", "minLength", "maxLength", "pattern", "format",
         "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf", "minProperties", "maxProperties",
+        "uniqueItems",
     ]
 
     /// The rules built so far (`JSONGrammarRules.swift` builds JSON text's own), and the shared ones by name.
@@ -191,7 +193,7 @@ public struct JSONSchemaGrammar {
             // Untyped, with one type's keywords: generate that type (the others are valid too, but not what was meant).
             if !constraining.isDisjoint(with: ["properties", "required", "additionalProperties", "minProperties", "maxProperties"]) {
                 types = ["object"]
-            } else if !constraining.isDisjoint(with: ["items", "prefixItems", "minItems", "maxItems"]) {
+            } else if !constraining.isDisjoint(with: ["items", "prefixItems", "minItems", "maxItems", "uniqueItems"]) {
                 types = ["array"]
             } else if !constraining.isDisjoint(with: ["minLength", "maxLength", "pattern"]) {
                 types = ["string"]
@@ -239,7 +241,10 @@ public struct JSONSchemaGrammar {
             values = values.filter { v in
                 switch v {
                 case .object(let m): let n = Set(m.map(\.key)).count; return n >= minP ?? 0 && n <= maxP ?? .max
-                case .array(let a): return a.count >= minI ?? 0 && a.count <= maxI ?? .max
+                case .array(let a):
+                    let distinct = fields["uniqueItems"] != .bool(true)
+                        || a.indices.allSatisfy { i in !a[..<i].contains { Self.equalAsJSON($0, a[i]) } }
+                    return a.count >= minI ?? 0 && a.count <= maxI ?? .max && distinct
                 default: return true
                 }
             }
@@ -453,6 +458,11 @@ public struct JSONSchemaGrammar {
 
     private mutating func arrayBody(_ fields: [String: ExactJSON], path: String, depth: Int) throws -> Int {
         let ws = try ws()
+        switch fields["uniqueItems"] {
+        case nil, .bool(false)?, .null?: break
+        case .bool(true)?: return try uniqueArray(fields, path: path, depth: depth, ws: ws)
+        default: throw Self.fail(path, "'uniqueItems' must be a boolean")
+        }
         var prefix: [Int] = []
         if let p = fields["prefixItems"] {
             guard case .array(let list) = p else { throw Self.fail(path, "'prefixItems' must be an array of schemas") }
@@ -489,6 +499,81 @@ public struct JSONSchemaGrammar {
             tail = try rule(k >= minItems ? [[], write] : [write])
         }
         return try rule([[.byte(0x5B), ws, .rule(tail), ws, .byte(0x5D)]])
+    }
+
+    /// `uniqueItems: true` over items from a finite set (`enum`, `const`, `boolean`, `null`, through local `$ref`s —
+    /// what Pydantic writes for a set of literals or of an Enum): the distinct values the item schema allows, each
+    /// written at most once, in the order the schema lists them (a subset of the orders it allows), as many as
+    /// `minItems`/`maxItems` say. Items of an unbounded kind (strings, numbers, objects) are refused: no grammar of this
+    /// kind keeps them distinct.
+    private mutating func uniqueArray(_ fields: [String: ExactJSON], path: String, depth: Int, ws: Grammar.Item) throws -> Int {
+        guard fields["prefixItems"] == nil else { throw Self.fail(path, "'uniqueItems' beside 'prefixItems' is not supported") }
+        guard let item = fields["items"], item != .bool(true) else {
+            throw Self.fail(path, "'uniqueItems' needs 'items' from a finite set (enum, const, boolean, null)")
+        }
+        // The candidates: the item schema's literals, found through its references.
+        var node = item
+        for _ in 0..<Self.maxSchemaDepth {
+            guard case .object(let m) = node, let ref = m.first(where: { $0.key == "$ref" })?.value, case .string(let target) = ref,
+                  target.hasPrefix("#/") else { break }
+            var next: ExactJSON? = root
+            for raw in target.dropFirst(2).split(separator: "/", omittingEmptySubsequences: false) {
+                let key = raw.replacingOccurrences(of: "~1", with: "/").replacingOccurrences(of: "~0", with: "~")
+                if case .object(let o)? = next { next = o.first(where: { $0.key == key })?.value } else { next = nil }
+            }
+            guard let next else { throw Self.fail(path, "'$ref' '\(target)' names nothing") }
+            node = next
+        }
+        var candidates: [ExactJSON]
+        switch node {
+        case .object(let m) where m.contains(where: { $0.key == "enum" }):
+            guard case .array(let list)? = m.first(where: { $0.key == "enum" })?.value else { throw Self.fail(path, "'enum' must be an array") }
+            candidates = list
+        case .object(let m) where m.contains(where: { $0.key == "const" }):
+            candidates = [m.first(where: { $0.key == "const" })!.value]
+        case .object(let m) where m.first(where: { $0.key == "type" })?.value == .string("boolean"): candidates = [.bool(false), .bool(true)]
+        case .object(let m) where m.first(where: { $0.key == "type" })?.value == .string("null"): candidates = [.null]
+        default: throw Self.fail(path, "'uniqueItems' needs 'items' from a finite set (enum, const, boolean, null)")
+        }
+        // The ones the item schema allows (its own grammar decides, with every keyword beside the enum), each once.
+        var check = JSONSchemaGrammar(root: root, whitespace: 0)
+        let itemRule = try check.value(item, path: path + "/items", depth: depth + 1)
+        let itemGrammar = try Grammar(rules: check.rules, root: itemRule)
+        var values: [ExactJSON] = []
+        for v in candidates where itemGrammar.after(Array(Self.text(v).utf8))?.isComplete == true {
+            if !values.contains(where: { Self.equalAsJSON($0, v) }) { values.append(v) }
+        }
+        guard values.count <= Self.maxItemsBound else { throw Self.fail(path, "'uniqueItems' over more than \(Self.maxItemsBound) values is not supported") }
+        let minItems = try Self.intValue(fields["minItems"], "minItems", path: path) ?? 0
+        let cap = Swift.min(try Self.intValue(fields["maxItems"], "maxItems", path: path) ?? values.count, values.count)
+        guard minItems <= cap else { throw Self.fail(path, "the array's item bounds allow no array of distinct values") }
+        // tail[c]: the values from the current one on, c written before (nil: the minimum is out of reach).
+        var tail: [Int?] = try (0...cap).map { c in c >= minItems ? try rule([[]]) : nil }
+        for v in values.reversed() {
+            let literal = Grammar.Item.literal(Self.text(v))
+            tail = try (0...cap).map { c in
+                var alternatives: [[Grammar.Item]] = []
+                if c < cap, let next = tail[c + 1] { alternatives.append((c > 0 ? [ws, .byte(0x2C), ws] : []) + literal + [.rule(next)]) }
+                if let same = tail[c] { alternatives.append([.rule(same)]) }
+                return alternatives.isEmpty ? nil : try rule(alternatives)
+            }
+        }
+        guard let first = tail[0] else { throw Self.fail(path, "the array's item bounds allow no array of distinct values") }
+        return try rule([[.byte(0x5B), ws, .rule(first), ws, .byte(0x5D)]])
+    }
+
+    /// JSON Schema's equality of two values (as `uniqueItems` compares them): numbers by value (1 and 1.0 are equal),
+    /// Booleans apart from numbers, arrays item by item, objects key by key whatever their order.
+    static func equalAsJSON(_ a: ExactJSON, _ b: ExactJSON) -> Bool {
+        switch (a, b) {
+        case (.int(let x), .int(let y)): return x == y
+        case (.int(let x), .double(let y)), (.double(let y), .int(let x)): return Double(exactly: x).map { $0 == y } ?? false
+        case (.double(let x), .double(let y)): return x == y
+        case (.array(let x), .array(let y)): return x.count == y.count && zip(x, y).allSatisfy { equalAsJSON($0, $1) }
+        case (.object(let x), .object(let y)):
+            return x.count == y.count && x.allSatisfy { m in y.contains { $0.key == m.key && equalAsJSON($0.value, m.value) } }
+        default: return a == b
+        }
     }
 
     private mutating func emptyArrayOrFail(_ ok: Bool, path: String) throws -> Int {

@@ -205,6 +205,23 @@ import TestSupport
         #expect(try completes(#"{"enum": [1, 2, 3], "exclusiveMinimum": 1}"#, "2") && !completes(#"{"enum": [1, 2, 3], "exclusiveMinimum": 1}"#, "1"))
     }
 
+    /// `uniqueItems` over a finite set: each value at most once, values JSON Schema finds equal (1 and 1.0) as one,
+    /// in the schema's order, counted against minItems/maxItems; Pydantic's set of an Enum (items through `$ref`).
+    @Test func uniqueItemsOverAFiniteSet() throws {
+        func completes(_ schema: String, _ text: String) throws -> Bool { try Self.grammar(schema).after(Array(text.utf8))?.isComplete == true }
+        let numbers = #"{"type": "array", "items": {"enum": [1, 1.0, 2]}, "uniqueItems": true}"#
+        #expect(try completes(numbers, "[1,2]") && completes(numbers, "[]") && completes(numbers, "[2]"))
+        #expect(try !completes(numbers, "[1,1.0]") && !completes(numbers, "[1,1]") && !completes(numbers, "[1.0]") && !completes(numbers, "[2,1]"))
+        let pydantic = ##"{"$defs": {"Color": {"enum": ["red", "green"], "type": "string"}}, "type": "array", "items": {"$ref": "#/$defs/Color"}, "uniqueItems": true, "minItems": 1}"##
+        #expect(try completes(pydantic, #"["red", "green"]"#) && !completes(pydantic, #"["red","red"]"#) && !completes(pydantic, "[]"))
+        #expect(try completes(#"{"items": {"type": "boolean"}, "uniqueItems": true, "maxItems": 1}"#, "[true]"))
+        #expect(try !completes(#"{"items": {"type": "boolean"}, "uniqueItems": true, "maxItems": 1}"#, "[false,true]"))
+        for refused in [#"{"type": "array", "items": {"type": "integer"}, "uniqueItems": true}"#, #"{"type": "array", "uniqueItems": true}"#,
+                        #"{"type": "array", "items": {"const": 1}, "uniqueItems": true, "minItems": 2}"#, #"{"type": "array", "uniqueItems": 1}"#] {
+            #expect(throws: GrammarError.self, "\(refused)") { try Self.grammar(refused) }
+        }
+    }
+
     /// Whitespace runs and number parts are bounded, so a model cannot run away in them.
     @Test func runsAreBounded() throws {
         let g = try Self.grammar(#"{"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}"#)

@@ -251,6 +251,24 @@ def check_responses(client):
     parsed = client.responses.parse(model="smol", input="Describe a city.", text_format=City, max_output_tokens=80, temperature=0)
     assert isinstance(parsed.output_parsed, City), parsed
     assert parsed.output_parsed.population >= 0 and parsed.output_parsed.population % 1000 == 0, parsed.output_parsed
+
+    # Pydantic's sets of literals (uniqueItems over an enum) and property counts, as the SDK sends them.
+    from typing import Literal
+    class Palette(BaseModel):
+        colors: Annotated[set[Literal["red", "green", "blue"]], Field(min_length=1)]
+        notes: Annotated[dict[str, bool], Field(max_length=2)]
+    schema = Palette.model_json_schema()
+    assert schema["properties"]["colors"]["uniqueItems"] is True and schema["properties"]["notes"]["maxProperties"] == 2, schema
+    finished = 0
+    for seed in range(4):
+        palette = client.chat.completions.create(model="smol", messages=[{"role": "user", "content": "Pick colors."}], max_tokens=80, temperature=0.8,
+                                                 seed=seed, response_format={"type": "json_schema", "json_schema": {"name": "palette", "schema": schema}})
+        if palette.choices[0].finish_reason == "stop":
+            finished += 1
+            value = _json.loads(palette.choices[0].message.content)
+            jsonschema.validate(value, schema)
+            Palette.model_validate(value)
+    assert finished >= 2, f"only {finished} of 4 palettes finished"
     # Stored responses (the replica keeps them; through the router, the router does): retrieved as answered, continued
     # by previous_response_id with the same prompt as the conversation sent whole, listed, deleted.
     first = client.responses.create(model="smol", instructions="Answer briefly.", input="Name a fruit.", max_output_tokens=12, temperature=0)
