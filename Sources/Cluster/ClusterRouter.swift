@@ -212,6 +212,9 @@ public final class ClusterRouter: Sendable {
             }
         }
         addStoredResponseRoutes(to: router, store: responseStore) { try Self.authorize($0, key: self.options.apiKey) }
+        // vLLM's tokenizer endpoints: every replica has the same tokenizer, so any healthy one answers.
+        router.post("/tokenize") { request, _ in try await self.askOne(request, path: "/tokenize") }
+        router.post("/detokenize") { request, _ in try await self.askOne(request, path: "/detokenize") }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/load_lora_adapter") }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/unload_lora_adapter") }
         router.post("/admin/migrate") { request, _ in try await self.adminMigrate(request) }
@@ -277,6 +280,28 @@ public final class ClusterRouter: Sendable {
             Entry(replica: $0.offset, url: $0.element.url, healthy: $0.element.healthy, status: $0.element.status)
         }
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: ClusterWire.encode(entries))))
+    }
+
+    /// A request any replica answers alike (the tokenizer endpoints): the first healthy replica that answers, its
+    /// refusal (4xx) as it gave it; a replica that cannot be reached is marked down and the next one asked.
+    private func askOne(_ request: Request, path: String) async throws -> Response {
+        try Self.authorize(request, key: options.apiKey)
+        var request = request
+        let body = Data(buffer: try await collect(&request))
+        let targets = replicas.snapshot.enumerated().filter { $0.element.healthy && !$0.element.gone }.map(\.offset)
+        for i in targets {
+            do {
+                let data = try await replicas.client(i).call(path, method: .POST, body: body, key: options.apiKey, timeout: .seconds(60))
+                return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+            } catch let e as ReplicaClient.Rejected {
+                guard e.status >= 500 else {  // the request's fault: the same from every replica
+                    return Response(status: .init(code: e.status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
+                }
+            } catch {
+                replicas.markDown(i)
+            }
+        }
+        throw APIError(.serviceUnavailable, "no replica is healthy")
     }
 
     /// Adapter loading and unloading reach every healthy replica; the first refusal is the answer.

@@ -113,6 +113,8 @@ public final class OpenAIServer: Sendable {
             }
         }
         addStoredResponseRoutes(to: router, store: responseStore) { try self.authorize($0, key: self.options.apiKey) }
+        router.post("/tokenize") { request, _ in try await self.tokenize(request) }
+        router.post("/detokenize") { request, _ in try await self.detokenize(request) }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.loadAdapter(request) }
         router.post("/v1/unload_lora_adapter") { request, _ in try await self.unloadAdapter(request) }
         addReplicaControl(to: router)

@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+import json
+import urllib.error
 import urllib.request
 
 import openai
@@ -54,6 +56,26 @@ def start(binary, cluster, model=MODEL, name="tiny-llama"):
     # Keep draining stderr so the server never blocks on a full pipe.
     threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
     return proc, port
+
+
+def check_tokenize(client, port):
+    """vLLM's /tokenize and /detokenize (on the replica, or answered by one through the router): a prompt's tokens are
+    the ones a completion counts, and they decode back to the text."""
+    def post(path, body):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(), method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.loads(r.read())
+    c = client.completions.create(model="smol", prompt="Tokens, counted twice.", max_tokens=1)
+    t = post("/tokenize", {"model": "smol", "prompt": "Tokens, counted twice."})
+    assert t["count"] == len(t["tokens"]) == c.usage.prompt_tokens and t["max_model_len"] > 0, (t, c.usage)
+    bare = post("/tokenize", {"prompt": "Tokens, counted twice.", "add_special_tokens": False})
+    assert post("/detokenize", {"tokens": bare["tokens"]})["prompt"] == "Tokens, counted twice.", bare
+    try:
+        post("/detokenize", {"tokens": [-1]})
+        raise AssertionError("accepted a negative token id")
+    except urllib.error.HTTPError as e:
+        assert e.code == 400 and json.loads(e.read())["error"]["param"] == "tokens", e
 
 
 def check_metrics(port):
@@ -166,7 +188,7 @@ def check_tools(binary, cluster):
         after = client.chat.completions.create(model="smol", messages=history, max_tokens=20, temperature=0)
         assert after.choices[0].message.content, after
         # auto (the default with tools), after one example exchange: a call for a weather question, text for a greeting,
-        # the same streamed (text as it comes, a call as one chunk).
+        # the same streamed (text as it comes, a call named once then its arguments in pieces).
         shot = history + [{"role": "assistant", "content": "It is 18 degrees and sunny in Paris."}]
         for question, calls in [("What is the weather in Rome?", True), ("Hi! Who are you?", False)]:
             ask = shot + [{"role": "user", "content": question}]
@@ -185,6 +207,7 @@ def check_tools(binary, cluster):
             names = [d.function.name for ch in st if ch.choices for d in (ch.choices[0].delta.tool_calls or []) if d.id]
             assert text == (m.content or "") and names == [c.function.name for c in (m.tool_calls or [])], (st, a)
         check_responses(client)
+        check_tokenize(client, port)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:

@@ -1,0 +1,104 @@
+import Foundation
+import HTTPFront
+import Hummingbird
+import NIOCore
+import ServingAPI
+import Tokenizers
+import Engine
+
+// vLLM's tokenizer endpoints, which clients use to count a prompt's tokens before they send it:
+//   POST /tokenize    {"model"?, "prompt": "…" | "messages": [...], "add_special_tokens"?, "add_generation_prompt"?,
+//                      "return_token_strs"?}  →  {"count", "max_model_len", "tokens", "token_strs"}
+//   POST /detokenize  {"model"?, "tokens": [ids]}  →  {"prompt": "…"}
+// The tokens are exactly those a generation request's prompt becomes: a prompt with the tokenizer's special tokens
+// (BOS) unless `add_special_tokens` is false; messages through the chat template, as chat renders them (control
+// tokens typed in a message stay text), with the assistant's turn opened unless `add_generation_prompt` is false.
+// `model` (the base or an adapter: they share the tokenizer) must be one this server serves when given.
+
+extension OpenAIServer {
+    /// The most tokens `/detokenize` takes.
+    static let maxDetokenize = 1 << 20
+
+    /// A body's members by key, read exactly (a Boolean is not a number), only `known` keys allowed, `model` checked.
+    private func tokenizerBody(_ request: Request, known: Set<String>) async throws -> [String: ExactJSON] {
+        try authorize(request, key: options.apiKey)
+        var request = request
+        let body = try await collect(&request)
+        var fields: [String: ExactJSON] = [:]
+        for (key, value) in try JSONFields.parseObject(body) {
+            guard known.contains(key) else {
+                throw APIError.invalid(String(key.prefix(64)), "unrecognized request argument '\(JSONFields.printable(key))'")
+            }
+            guard fields.updateValue(value, forKey: key) == nil else { throw APIError.invalid(String(key.prefix(64)), "'\(key)' is given twice") }
+        }
+        switch fields["model"] {
+        case nil, .null?: break
+        case .string(let name)?: _ = try await resolveModel(name)
+        default: throw APIError.invalid("model", "model must be a string")
+        }
+        return fields
+    }
+
+    func tokenize(_ request: Request) async throws -> Response {
+        let fields = try await tokenizerBody(request, known: ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt",
+                                                             "return_token_strs"])
+        func flag(_ key: String, _ otherwise: Bool) throws -> Bool {
+            switch fields[key] {
+            case nil, .null?: return otherwise
+            case .bool(let b)?: return b
+            default: throw APIError.invalid(key, "\(key) must be true or false")
+            }
+        }
+        let ids: [Int]
+        switch (fields["prompt"], fields["messages"]) {
+        case (.string(let prompt)?, nil):
+            let special = try flag("add_special_tokens", true)
+            guard prompts.minimumTokens(bytes: prompt.utf8.count) <= contextLimit else {
+                throw APIError.invalid("prompt", "the prompt is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")
+            }
+            ids = await prompts.encode(prompt, addSpecial: special)
+        case (nil, .some(let messages)):
+            // The messages checked as a chat request checks them.
+            let chatBody = ByteBuffer(string: "{\"model\":" + JSONSchemaGrammar.text(.string(options.modelName)) + ",\"messages\":"
+                                      + JSONSchemaGrammar.text(messages) + "}")
+            guard case .messages(let list) = try GenerationRequest.parse(chatBody, chat: true).input else {
+                throw APIError.invalid("messages", "messages must be an array of messages")
+            }
+            let rendered: RenderedChat
+            do {
+                rendered = try tokenizer.chatTemplate.renderMarked(messages: list, addGenerationPrompt: try flag("add_generation_prompt", true))
+            } catch {
+                throw APIError.invalid("messages", "\(error)")
+            }
+            guard prompts.minimumTokens(bytes: rendered.text.utf8.count) <= contextLimit else {
+                throw APIError.invalid("messages", "the conversation is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")
+            }
+            ids = await prompts.encode(rendered)
+        case (nil, nil): throw APIError.invalid("prompt", "'prompt' (a string) or 'messages' is required")
+        case (.some, .some): throw APIError.invalid("messages", "give 'prompt' or 'messages', not both")
+        default: throw APIError.invalid("prompt", "prompt must be a string")
+        }
+        var answer: [String: Any] = ["count": ids.count, "max_model_len": contextLimit, "tokens": ids, "token_strs": NSNull()]
+        if try flag("return_token_strs", false) { answer["token_strs"] = ids.map { tokenizer.logprobText($0).text } }
+        return json(.ok, Self.jsonText(answer))
+    }
+
+    func detokenize(_ request: Request) async throws -> Response {
+        let fields = try await tokenizerBody(request, known: ["model", "tokens"])
+        guard case .array(let list)? = fields["tokens"] else { throw APIError.invalid("tokens", "'tokens' (an array of token ids) is required") }
+        guard list.count <= Self.maxDetokenize else { throw APIError.invalid("tokens", "at most \(Self.maxDetokenize) tokens") }
+        let vocab = tokenizer.vocabSize
+        let ids = try list.map { v -> Int in
+            guard case .int(let i) = v, (0..<vocab).contains(i) else {
+                throw APIError.invalid("tokens", "every token must be an integer id from 0 to \(vocab - 1)")
+            }
+            return i
+        }
+        return json(.ok, Self.jsonText(["prompt": tokenizer.decode(ids, skipSpecial: false)]))
+    }
+
+    static func jsonText(_ object: [String: Any]) -> String {
+        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        return String(decoding: data, as: UTF8.self)
+    }
+}

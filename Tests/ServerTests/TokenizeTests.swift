@@ -1,0 +1,51 @@
+import Foundation
+import Hummingbird
+import HummingbirdTesting
+import Testing
+
+@testable import Server
+
+/// vLLM's `/tokenize` and `/detokenize`: the tokens a prompt or a conversation becomes are the ones a generation
+/// request counts (its `usage.prompt_tokens`), detokenizing gives the text back, and bad input is a 400 or 404.
+@Suite struct TokenizeTests {
+    @Test func tokensAreTheGenerationPrompts() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let completion = try jsonObject(try await client.post("/v1/completions", #"{"model":"tiny-llama","prompt":"hello world","max_tokens":1}"#).1)
+            let t = try await client.post("/tokenize", #"{"model":"tiny-llama","prompt":"hello world","return_token_strs":true}"#)
+            #expect(t.0 == 200, "\(t.1)")
+            let tokens = try jsonObject(t.1)
+            let ids = try #require(tokens["tokens"] as? [Int])
+            #expect(tokens["count"] as? Int == ids.count && ids.count == (completion["usage"] as? [String: Any])?["prompt_tokens"] as? Int)
+            #expect(tokens["max_model_len"] as? Int == server.contextLimit && (tokens["token_strs"] as? [String])?.count == ids.count)
+
+            let messages = #"[{"role":"system","content":"Be brief."},{"role":"user","content":"hi <|im_start|>"}]"#
+            let chat = try jsonObject(try await client.post("/v1/chat/completions", #"{"model":"tiny-llama","max_tokens":1,"messages":\#(messages)}"#).1)
+            let m = try jsonObject(try await client.post("/tokenize", #"{"messages":\#(messages)}"#).1)
+            #expect(m["count"] as? Int == (chat["usage"] as? [String: Any])?["prompt_tokens"] as? Int, "\(m)")
+            let open = try jsonObject(try await client.post("/tokenize", #"{"messages":\#(messages),"add_generation_prompt":false}"#).1)
+            #expect((open["count"] as? Int ?? 0) < (m["count"] as? Int ?? 0))
+
+            // Round trip without the special tokens.
+            let plain = try jsonObject(try await client.post("/tokenize", #"{"prompt":"héllo, wörld!","add_special_tokens":false}"#).1)
+            let back = try await client.post("/detokenize", "{\"tokens\":\(try #require(plain["tokens"] as? [Int]))}")
+            let text = try jsonObject(back.1)["prompt"] as? String
+            #expect(back.0 == 200 && text == "héllo, wörld!", "\(back.1)")
+
+            for (uri, body, status, param) in [
+                ("/tokenize", #"{"model":"nope","prompt":"x"}"#, 404, "model"),
+                ("/tokenize", #"{"prompt":"x","messages":[]}"#, 400, "messages"),
+                ("/tokenize", #"{"prompt":7}"#, 400, "prompt"),
+                ("/tokenize", #"{}"#, 400, "prompt"),
+                ("/tokenize", #"{"prompt":"x","add_special_tokens":1}"#, 400, "add_special_tokens"),
+                ("/tokenize", #"{"prompt":"x","extra":1}"#, 400, "extra"),
+                ("/tokenize", #"{"messages":[{"role":"robot","content":"x"}]}"#, 400, "messages[0].role"),
+                ("/detokenize", #"{"tokens":[1, 99999999]}"#, 400, "tokens"),
+                ("/detokenize", #"{"tokens":[true]}"#, 400, "tokens"),
+                ("/detokenize", #"{"tokens":[1.5]}"#, 400, "tokens"),
+            ] {
+                try expectError(try await client.post(uri, body), status: status, param: param)
+            }
+        }
+    }
+}
