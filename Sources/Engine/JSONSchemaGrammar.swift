@@ -410,23 +410,38 @@ public struct JSONSchemaGrammar {
     /// optional property is skipped or written as the count allows.
     private mutating func countedMembers(_ properties: [(key: String, value: ExactJSON)], required: [String], min: Int, max: Int?,
                                          path: String, depth: Int, ws: Grammar.Item) throws -> Int {
-        let cap = Swift.min(max ?? properties.count, properties.count)
-        guard required.count <= cap, min <= properties.count else { throw Self.fail(path, "the object's property bounds allow no object") }
-        // tail[c]: the members from the current property on, c written before (nil: none reaches the minimum).
-        var tail: [Int?] = try (0...cap).map { c in c >= min ? try rule([[]]) : nil }
-        for (name, schema) in properties.reversed() {
+        guard required.count <= Swift.min(max ?? properties.count, properties.count), min <= properties.count else {
+            throw Self.fail(path, "the object's property bounds allow no object")
+        }
+        let members = try properties.map { name, schema in
             let value = try value(schema, path: path + "/properties/" + name, depth: depth + 1)
-            let member = Grammar.Item.literal(Self.text(.string(name))) + [ws, .byte(0x3A), ws, .rule(value)]
-            let isRequired = required.contains(name)
+            return (items: Grammar.Item.literal(Self.text(.string(name))) + [ws, .byte(0x3A), ws, .rule(value)], required: required.contains(name))
+        }
+        guard let r = try countedChain(open: 0x7B, close: 0x7D, members, min: min, max: max, ws: ws) else {
+            throw Self.fail(path, "the object's property bounds allow no object")
+        }
+        return r
+    }
+
+    /// `open`, then `elements` in order, each written or (if not required) left out, commas between, as long as from
+    /// `min` to `max` (nil: all) are written, then `close`; nil when no choice meets the bounds. The state after an
+    /// element is how many were written so far; a state from which `min` cannot be reached has no rule.
+    private mutating func countedChain(open: UInt8, close: UInt8, _ elements: [(items: [Grammar.Item], required: Bool)], min: Int, max: Int?,
+                                       ws: Grammar.Item) throws -> Int? {
+        let cap = Swift.min(max ?? elements.count, elements.count)
+        guard min <= cap else { return nil }
+        // tail[c]: the elements from the current one on, c written before.
+        var tail: [Int?] = try (0...cap).map { c in c >= min ? try rule([[]]) : nil }
+        for e in elements.reversed() {
             tail = try (0...cap).map { c in
                 var alternatives: [[Grammar.Item]] = []
-                if c < cap, let next = tail[c + 1] { alternatives.append((c > 0 ? [ws, .byte(0x2C), ws] : []) + member + [.rule(next)]) }
-                if !isRequired, let same = tail[c] { alternatives.append([.rule(same)]) }
+                if c < cap, let next = tail[c + 1] { alternatives.append((c > 0 ? [ws, .byte(0x2C), ws] : []) + e.items + [.rule(next)]) }
+                if !e.required, let same = tail[c] { alternatives.append([.rule(same)]) }
                 return alternatives.isEmpty ? nil : try rule(alternatives)
             }
         }
-        guard let first = tail[0] else { throw Self.fail(path, "the object's property bounds allow no object") }
-        return try rule([[.byte(0x7B), ws, .rule(first), ws, .byte(0x7D)]])
+        guard let first = tail[0] else { return nil }
+        return try rule([[.byte(open), ws, .rule(first), ws, .byte(close)]])
     }
 
     /// `open` items… `close` with min to max items (nil: no maximum), comma-separated.
@@ -545,21 +560,11 @@ public struct JSONSchemaGrammar {
         }
         guard values.count <= Self.maxItemsBound else { throw Self.fail(path, "'uniqueItems' over more than \(Self.maxItemsBound) values is not supported") }
         let minItems = try Self.intValue(fields["minItems"], "minItems", path: path) ?? 0
-        let cap = Swift.min(try Self.intValue(fields["maxItems"], "maxItems", path: path) ?? values.count, values.count)
-        guard minItems <= cap else { throw Self.fail(path, "the array's item bounds allow no array of distinct values") }
-        // tail[c]: the values from the current one on, c written before (nil: the minimum is out of reach).
-        var tail: [Int?] = try (0...cap).map { c in c >= minItems ? try rule([[]]) : nil }
-        for v in values.reversed() {
-            let literal = Grammar.Item.literal(Self.text(v))
-            tail = try (0...cap).map { c in
-                var alternatives: [[Grammar.Item]] = []
-                if c < cap, let next = tail[c + 1] { alternatives.append((c > 0 ? [ws, .byte(0x2C), ws] : []) + literal + [.rule(next)]) }
-                if let same = tail[c] { alternatives.append([.rule(same)]) }
-                return alternatives.isEmpty ? nil : try rule(alternatives)
-            }
+        let maxItems = try Self.intValue(fields["maxItems"], "maxItems", path: path)
+        guard let r = try countedChain(open: 0x5B, close: 0x5D, values.map { (Grammar.Item.literal(Self.text($0)), false) }, min: minItems, max: maxItems, ws: ws) else {
+            throw Self.fail(path, "the array's item bounds allow no array of distinct values")
         }
-        guard let first = tail[0] else { throw Self.fail(path, "the array's item bounds allow no array of distinct values") }
-        return try rule([[.byte(0x5B), ws, .rule(first), ws, .byte(0x5D)]])
+        return r
     }
 
     /// JSON Schema's equality of two values (as `uniqueItems` compares them): numbers by value (1 and 1.0 are equal),
