@@ -191,8 +191,9 @@ public final class ClusterRouter: Sendable {
             return Self.json(.ok, OpenAIWire.encode(HealthStatus()))
         }
         router.get("/metrics") { _, _ in
-            Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
-                     body: .init(byteBuffer: ByteBuffer(string: self.metrics.render(replicas: self.replicas.snapshot))))
+            let stored = (self.responseStore?.count ?? 0, self.responseStore?.storedBytes ?? 0)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: self.metrics.render(replicas: self.replicas.snapshot, stored: stored))))
         }
         router.get("/v1/models") { request, _ in
             try Self.authorize(request, key: self.options.apiKey)

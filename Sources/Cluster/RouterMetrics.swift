@@ -36,10 +36,15 @@ final class RouterMetrics: Sendable {
     var redispatches: Int { state.withLock { $0.redispatches } }
     func migrations(mode: MigrationMode) -> Int { state.withLock { $0.migrations[mode.rawValue] ?? 0 } }
 
-    func render(replicas: [ReplicaSet.Entry]) -> String {
+    /// `stored`: the Responses answers the router keeps, and their bytes (`ResponseStore`).
+    func render(replicas: [ReplicaSet.Entry], stored: (count: Int, bytes: Int) = (0, 0)) -> String {
         let s = state.withLock { $0 }
         var out = ""
         func family(_ name: String, _ type: String, _ help: String) { out += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n" }
+        family("dlora_router_responses_stored", "gauge", "Responses API answers the router keeps for previous_response_id.")
+        out += "dlora_router_responses_stored \(stored.count)\n"
+        family("dlora_router_responses_stored_bytes", "gauge", "Bytes of the Responses API answers the router keeps.")
+        out += "dlora_router_responses_stored_bytes \(stored.bytes)\n"
         family("dlora_router_requests_total", "counter", "Client requests by outcome.")
         for (k, v) in s.requests.sorted(by: { $0.key < $1.key }) { out += "dlora_router_requests_total{status=\"\(k)\"} \(v)\n" }
         family("dlora_router_dispatch_total", "counter", "Generations started per replica (first dispatch, migration and failover).")

@@ -152,7 +152,8 @@ public final class OpenAIServer: Sendable {
 
     private func renderMetrics() -> Response {
         let text = metrics.render(engine.snapshot, inFlight: inFlight, hostCache: adapters?.hostBytes ?? 0,
-                                  fileLoads: (adapters?.loadAttempts ?? 0, adapters?.loadSeconds ?? 0))
+                                  fileLoads: (adapters?.loadAttempts ?? 0, adapters?.loadSeconds ?? 0),
+                                  stored: (responseStore?.count ?? 0, responseStore?.storedBytes ?? 0))
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                         body: .init(byteBuffer: ByteBuffer(string: text)))
     }

@@ -22,6 +22,8 @@ public final class ServerMetrics: Sendable {
     private let hostCacheBytes: CoreMetrics.Gauge
     private let hostSwapBytes: CoreMetrics.Gauge
     private let inFlight: CoreMetrics.Gauge
+    private let storedResponses: CoreMetrics.Gauge
+    private let storedResponseBytes: CoreMetrics.Gauge
     // Engine-wide counters, advanced by the difference since the last scrape.
     private let mergedIterations: CoreMetrics.Counter
     private let unmergedIterations: CoreMetrics.Counter
@@ -67,6 +69,8 @@ public final class ServerMetrics: Sendable {
         hostCacheBytes = gauge("dlora_adapter_host_cache_bytes")
         hostSwapBytes = gauge("dlora_host_swap_bytes")
         inFlight = gauge("dlora_requests_in_flight")
+        storedResponses = gauge("dlora_responses_stored")
+        storedResponseBytes = gauge("dlora_responses_stored_bytes")
         mergedIterations = counter("dlora_iterations_total", [("mode", "merged")])
         unmergedIterations = counter("dlora_iterations_total", [("mode", "unmerged")])
         modeSwitches = counter("dlora_mode_switches_total")
@@ -127,7 +131,11 @@ public final class ServerMetrics: Sendable {
     /// vLLM-named series of the inference routers' model-server protocol (`VLLMMetrics`).
     /// `hostCache`: bytes of adapters the registry keeps in host memory; `fileLoads`: the registry's loads so far
     /// and their seconds (`AdapterRegistry.loadAttempts`, `loadSeconds`).
-    func render(_ s: EngineSnapshot, inFlight active: Int, hostCache: Int = 0, fileLoads files: (loads: Int, seconds: Double) = (0, 0)) -> String {
+    /// `stored`: the Responses answers this server keeps, and their bytes (`ResponseStore`).
+    func render(_ s: EngineSnapshot, inFlight active: Int, hostCache: Int = 0, fileLoads files: (loads: Int, seconds: Double) = (0, 0),
+                stored: (count: Int, bytes: Int) = (0, 0)) -> String {
+        storedResponses.record(stored.count)
+        storedResponseBytes.record(stored.bytes)
         waiting.record(s.waiting)
         running.record(s.running)
         kvBlocks.record(s.kvBlocksTotal)

@@ -293,6 +293,10 @@ import Testing
             let read = try jsonObject(got.1)
             #expect(got.0 == 200 && NSDictionary(dictionary: read) == NSDictionary(dictionary: o1), "\(got.1)")
             let answer = try #require(((o1["output"] as? [[String: Any]])?.first?["content"] as? [[String: Any]])?.first?["text"] as? String)
+            // The store's size in the metrics: one answer, its bytes.
+            let metrics = try await client.send("/metrics", .get).1
+            #expect(AdapterLifetimeTests.metric(metrics, "dlora_responses_stored") == 1, "\(metrics)")
+            #expect((AdapterLifetimeTests.metric(metrics, "dlora_responses_stored_bytes") ?? 0) > Double(r1.1.utf8.count), "\(metrics)")
 
             // Continued, streamed: the same prompt as the conversation sent whole.
             let chained = try await client.post("/v1/responses", #"{"model":"tiny-llama","max_output_tokens":6,"temperature":0,"stream":true,"previous_response_id":"\#(id1)","input":"again"}"#)

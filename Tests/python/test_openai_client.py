@@ -208,6 +208,11 @@ def check_tools(binary, cluster):
             assert text == (m.content or "") and names == [c.function.name for c in (m.tool_calls or [])], (st, a)
         check_responses(client)
         check_tokenize(client, port)
+        # The stored answers in the metrics of whoever keeps them (the router in a cluster).
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+            families = {f.name: f for f in text_string_to_metric_families(r.read().decode())}
+        stored = "dlora_router_responses_stored" if cluster else "dlora_responses_stored"
+        assert families[stored].samples[0].value >= 1, families.get(stored)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
