@@ -28,8 +28,7 @@ public func addStoredResponseRoutes(to router: Router<BasicRequestContext>, stor
         try authorize(request)
         let id = id(context)
         guard store?.delete(id) == true else { throw missing(id) }
-        let body: [String: Any] = ["id": id, "object": "response", "deleted": true]
-        return json((try? JSONSerialization.data(withJSONObject: body, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data())
+        return json(OpenAIWire.data(["id": id, "object": "response", "deleted": true] as [String: Any]))
     }
     router.get("/v1/responses/:id/input_items") { request, context in
         try authorize(request)

@@ -339,12 +339,7 @@ public final class OpenAIServer: Sendable {
         case .tokens(let ids):
             prompt = ids
         case .messages(let messages):
-            let rendered: RenderedChat
-            do {
-                rendered = try tokenizer.chatTemplate.renderMarked(messages: messages, addGenerationPrompt: true)
-            } catch {
-                throw APIError.invalid("messages", "\(error)")
-            }
+            let rendered = try renderChat(messages, addGenerationPrompt: true)
             // Control tokens written in a message are text: a user cannot forge a turn of another role.
             try checkBytes(rendered.text)
             prompt = await prompts.encode(rendered)
@@ -427,6 +422,16 @@ public final class OpenAIServer: Sendable {
     }
 
     // MARK: Helpers
+
+    /// A conversation through the model's chat template (control tokens typed in a message marked as text); a template
+    /// error is a 400 about `messages`.
+    func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws -> RenderedChat {
+        do {
+            return try tokenizer.chatTemplate.renderMarked(messages: messages, addGenerationPrompt: addGenerationPrompt)
+        } catch {
+            throw APIError.invalid("messages", "\(error)")
+        }
+    }
 
     /// The parameter a refused submit names: a sampling parameter's own (nil when the error names none), else
     /// `otherwise` (the prompt, or the tokens a resumed request brought).

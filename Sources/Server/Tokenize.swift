@@ -19,40 +19,25 @@ extension OpenAIServer {
     /// The most tokens `/detokenize` takes.
     static let maxDetokenize = 1 << 20
 
-    /// A body's members by key, read exactly (a Boolean is not a number), only `known` keys allowed, `model` checked.
-    private func tokenizerBody(_ request: Request, known: Set<String>) async throws -> [String: ExactJSON] {
+    /// A body's fields, read exactly (a Boolean is not a number), only `known` keys allowed, `model` checked.
+    private func tokenizerBody(_ request: Request, known: Set<String>) async throws -> JSONFields {
         try authorize(request, key: options.apiKey)
         var request = request
-        let body = try await collect(&request)
-        var fields: [String: ExactJSON] = [:]
-        for (key, value) in try JSONFields.parseObject(body) {
-            guard known.contains(key) else {
-                throw APIError.invalid(String(key.prefix(64)), "unrecognized request argument '\(JSONFields.printable(key))'")
-            }
-            guard fields.updateValue(value, forKey: key) == nil else { throw APIError.invalid(String(key.prefix(64)), "'\(key)' is given twice") }
+        let fields = try JSONFields(members: try JSONFields.parseObject(try await collect(&request)))
+        if let key = fields.fields.keys.sorted().first(where: { !known.contains($0) }) {
+            throw APIError.invalid(JSONFields.printable(key), "unrecognized request argument '\(JSONFields.printable(key))'")
         }
-        switch fields["model"] {
-        case nil, .null?: break
-        case .string(let name)?: _ = try await resolveModel(name)
-        default: throw APIError.invalid("model", "model must be a string")
-        }
+        if let name = try fields.string("model") { _ = try await resolveModel(name) }
         return fields
     }
 
     func tokenize(_ request: Request) async throws -> Response {
         let fields = try await tokenizerBody(request, known: ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt",
                                                              "return_token_strs"])
-        func flag(_ key: String, _ otherwise: Bool) throws -> Bool {
-            switch fields[key] {
-            case nil, .null?: return otherwise
-            case .bool(let b)?: return b
-            default: throw APIError.invalid(key, "\(key) must be true or false")
-            }
-        }
         let ids: [Int]
-        switch (fields["prompt"], fields["messages"]) {
+        switch (fields.fields["prompt"], fields.fields["messages"]) {
         case (.string(let prompt)?, nil):
-            let special = try flag("add_special_tokens", true)
+            let special = try fields.bool("add_special_tokens") ?? true
             guard prompts.minimumTokens(bytes: prompt.utf8.count) <= contextLimit else {
                 throw APIError.invalid("prompt", "the prompt is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")
             }
@@ -64,12 +49,7 @@ extension OpenAIServer {
             guard case .messages(let list) = try GenerationRequest.parse(chatBody, chat: true).input else {
                 throw APIError.invalid("messages", "messages must be an array of messages")
             }
-            let rendered: RenderedChat
-            do {
-                rendered = try tokenizer.chatTemplate.renderMarked(messages: list, addGenerationPrompt: try flag("add_generation_prompt", true))
-            } catch {
-                throw APIError.invalid("messages", "\(error)")
-            }
+            let rendered = try renderChat(list, addGenerationPrompt: try fields.bool("add_generation_prompt") ?? true)
             guard prompts.minimumTokens(bytes: rendered.text.utf8.count) <= contextLimit else {
                 throw APIError.invalid("messages", "the conversation is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")
             }
@@ -79,13 +59,13 @@ extension OpenAIServer {
         default: throw APIError.invalid("prompt", "prompt must be a string")
         }
         var answer: [String: Any] = ["count": ids.count, "max_model_len": contextLimit, "tokens": ids, "token_strs": NSNull()]
-        if try flag("return_token_strs", false) { answer["token_strs"] = ids.map { tokenizer.logprobText($0).text } }
-        return json(.ok, Self.jsonText(answer))
+        if try fields.bool("return_token_strs") ?? false { answer["token_strs"] = ids.map { tokenizer.logprobText($0).text } }
+        return json(.ok, OpenAIWire.text(answer))
     }
 
     func detokenize(_ request: Request) async throws -> Response {
         let fields = try await tokenizerBody(request, known: ["model", "tokens"])
-        guard case .array(let list)? = fields["tokens"] else { throw APIError.invalid("tokens", "'tokens' (an array of token ids) is required") }
+        guard case .array(let list)? = fields.fields["tokens"] else { throw APIError.invalid("tokens", "'tokens' (an array of token ids) is required") }
         guard list.count <= Self.maxDetokenize else { throw APIError.invalid("tokens", "at most \(Self.maxDetokenize) tokens") }
         let vocab = tokenizer.vocabSize
         let ids = try list.map { v -> Int in
@@ -94,11 +74,6 @@ extension OpenAIServer {
             }
             return i
         }
-        return json(.ok, Self.jsonText(["prompt": tokenizer.decode(ids, skipSpecial: false)]))
-    }
-
-    static func jsonText(_ object: [String: Any]) -> String {
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
+        return json(.ok, OpenAIWire.text(["prompt": tokenizer.decode(ids, skipSpecial: false)]))
     }
 }

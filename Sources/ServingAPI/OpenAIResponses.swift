@@ -27,6 +27,16 @@ public enum OpenAIWire {
             preconditionFailure("an OpenAI response did not encode: \(error)")
         }
     }
+
+    /// An array or dictionary of Foundation's JSON values (strings, numbers, Booleans, NSNull, arrays, dictionaries) as
+    /// JSON in the same configuration: keys sorted, `/` unescaped. Only such values are passed, so the fallback
+    /// (`null`) is never taken.
+    public static func data(_ value: Any) -> Data {
+        (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("null".utf8)
+    }
+
+    /// `data(value)` as text.
+    public static func text(_ value: Any) -> String { String(decoding: data(value), as: UTF8.self) }
 }
 
 /// Token counts of one request.

@@ -127,23 +127,12 @@ public final class ResponseRecord: @unchecked Sendable {
 
     /// Stores a finished response object (`status` completed or incomplete): the object as answered, the
     /// conversation with its output appended as the assistant's turn, the input items with ids where they had none.
-    func save(_ object: [String: Any]) {
+    /// `idSuffix`: the renderer's (`CompletionRenderer.idSuffix`), which the input items' ids are made from.
+    func save(_ object: [String: Any], idSuffix suffix: String) {
         guard let id = object["id"] as? String, let output = object["output"] as? [[String: Any]] else { return }
+        // The output items read back as the next request's input items would be: the assistant's message, or its calls.
         var messages = conversation
-        var calls: [[String: Any]] = []
-        var text = ""
-        for item in output {
-            switch item["type"] as? String {
-            case "function_call":
-                calls.append(["id": item["call_id"] ?? "", "type": "function",
-                              "function": ["name": item["name"] ?? "", "arguments": item["arguments"] ?? ""]])
-            case "message":
-                for part in item["content"] as? [[String: Any]] ?? [] { text += part["text"] as? String ?? "" }
-            default: break
-            }
-        }
-        messages.append(calls.isEmpty ? ["role": "assistant", "content": text] : ["role": "assistant", "content": NSNull(), "tool_calls": calls])
-        let suffix = id.hasPrefix("resp_") ? String(id.dropFirst(5)) : id
+        for (i, item) in output.enumerated() { try? ResponsesRequest.add(item, at: i, to: &messages) }
         let items = inputItems.enumerated().map { i, item -> [String: Any] in
             var item = item
             if item["id"] == nil {
@@ -152,11 +141,7 @@ public final class ResponseRecord: @unchecked Sendable {
             }
             return item
         }
-        store.put(id, StoredResponse(object: Self.data(object), conversation: Self.data(messages), inputItems: Self.data(items)))
-    }
-
-    static func data(_ value: Any) -> Data {
-        (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("null".utf8)
+        store.put(id, StoredResponse(object: OpenAIWire.data(object), conversation: OpenAIWire.data(messages), inputItems: OpenAIWire.data(items)))
     }
 }
 
@@ -188,6 +173,6 @@ extension ResponseStore {
         let page = Array(items.prefix(count))
         let list: [String: Any] = ["object": "list", "data": page, "first_id": page.first?["id"] ?? NSNull(),
                                    "last_id": page.last?["id"] ?? NSNull(), "has_more": items.count > page.count]
-        return ResponseRecord.data(list)
+        return OpenAIWire.data(list)
     }
 }

@@ -123,7 +123,7 @@ extension CompletionRenderer {
             let streamed = states[0].callStream.map { !$0.sent.isEmpty } == true && callItems(text: states[0].text, finish: finish) == nil
             let object = responseJSON(responses, status: finish == "length" ? "incomplete" : "completed",
                                       output: streamed ? streamedItems(states[0]) : outputItems(text: states[0].text, finish: finish), usage: usage)
-            responses.record?.save(object)
+            responses.record?.save(object, idSuffix: idSuffix)
             return [event(finish == "length" ? "response.incomplete" : "response.completed", ["response": object], &states[0])]
         }
         return (includeUsage ? [Self.data(usageChunk(usage))] : []) + ["data: [DONE]\n\n"]
@@ -133,19 +133,14 @@ extension CompletionRenderer {
     /// Stored first when the request asked for it (`ResponsesEcho.record`).
     func responseObject(_ echo: ResponsesEcho, text: String, finish: String, usage: Usage) -> String {
         let object = responseJSON(echo, status: finish == "length" ? "incomplete" : "completed", output: outputItems(text: text, finish: finish), usage: usage)
-        echo.record?.save(object)
-        return Self.json(object)
+        echo.record?.save(object, idSuffix: idSuffix)
+        return OpenAIWire.text(object)
     }
 
     // MARK: the Responses shapes
 
     private static func data(_ json: String) -> String { "data: \(json)\n\n" }
 
-    private static func json(_ object: Any) -> String {
-        // Only Foundation's JSON values are put in (strings, numbers, booleans, NSNull, arrays, dictionaries).
-        let data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
-        return String(decoding: data, as: UTF8.self)
-    }
 
     /// One typed event: `event: <type>` and its payload with `type` and the next `sequence_number`.
     private func event(_ type: String, _ fields: [String: Any], _ state: inout ChoiceRenderState) -> String {
@@ -153,7 +148,7 @@ extension CompletionRenderer {
         payload["type"] = type
         payload["sequence_number"] = state.sequence
         state.sequence += 1
-        return "event: \(type)\ndata: \(Self.json(payload))\n\n"
+        return "event: \(type)\ndata: \(OpenAIWire.text(payload))\n\n"
     }
 
     private var messageID: String { "msg_" + idSuffix }

@@ -298,10 +298,11 @@ public struct ResponsesRequest: @unchecked Sendable {
         return o
     }
 
-    /// One input item as chat messages: a message (its text parts joined), a function call (an assistant message's
+    /// One input item (or, for a stored answer, an output item) as chat messages: a message (its text parts joined), a
+    /// function call (an assistant message's
     /// tool call; consecutive calls share one message, as parallel calls do), or a function call's output (a tool
     /// message).
-    private static func add(_ item: Any, at i: Int, to messages: inout [[String: Any]]) throws(ResponsesRequestError) {
+    static func add(_ item: Any, at i: Int, to messages: inout [[String: Any]]) throws(ResponsesRequestError) {
         let param = "input[\(i)]"
         guard let o = item as? [String: Any] else { throw ResponsesRequestError(param, "an input item must be an object") }
         let type = o["type"] as? String ?? (o["role"] != nil ? "message" : "")
