@@ -455,13 +455,15 @@ public struct ChoiceRenderState: Sendable {
     /// A finished tool-call answer against what its stream sent (nil: nothing was sent, so it is rendered whole): the
     /// argument pieces still to send and the calls not begun, in order, when `calls` (the whole answer's) continue what
     /// was sent; empty when they do not (cut short or malformed: the stream ends with what it sent).
-    func remainingCalls(_ calls: [(id: String, name: String, arguments: String)]?) -> (rest: [ToolCallDelta], complete: Bool)? {
+    func remainingCalls(_ calls: [ToolCall]?) -> (rest: [ToolCallDelta], complete: Bool)? {
         guard let sent = callStream?.sent, !sent.isEmpty else { return nil }
         guard let calls, calls.count >= sent.count,
-              zip(sent, calls).allSatisfy({ $0.name == $1.name && $1.arguments.utf8.starts(with: $0.arguments.utf8) }) else { return ([], false) }
+              zip(sent, calls).allSatisfy({ $0.name == $1.function.name && $1.function.arguments.utf8.starts(with: $0.arguments.utf8) }) else {
+            return ([], false)
+        }
         return (calls.enumerated().compactMap { k, c in
-            guard k < sent.count else { return ToolCallDelta(index: k, id: c.id, name: c.name, arguments: c.arguments) }
-            let rest = String(decoding: c.arguments.utf8.dropFirst(sent[k].arguments.utf8.count), as: UTF8.self)
+            guard k < sent.count else { return ToolCallDelta(index: k, id: c.id, name: c.function.name, arguments: c.function.arguments) }
+            let rest = String(decoding: c.function.arguments.utf8.dropFirst(sent[k].arguments.utf8.count), as: UTF8.self)
             return rest.isEmpty ? nil : ToolCallDelta(index: k, arguments: rest)
         }, true)
     }
@@ -613,8 +615,7 @@ public struct CompletionRenderer: Sendable {
                 }
             }
             let (message, reason) = message(index, text: logprobs.heldText, finish: finish ?? "")
-            let whole = message.toolCalls.map { $0.map { (id: $0.id, name: $0.function.name, arguments: $0.function.arguments) } }
-            if let (rest, complete) = logprobs.remainingCalls(whole) {
+            if let (rest, complete) = logprobs.remainingCalls(message.toolCalls) {
                 // Calls were streamed: what the whole answer holds beyond them, then the finish (the answer's own
                 // reason when it was cut short or went wrong after the calls began).
                 logprobs.heldText = ""

@@ -41,9 +41,8 @@ extension CompletionRenderer {
         if tools != nil, !state.plainText {
             let held = state.heldText
             state.heldText = ""
-            let items = callItems(text: held, finish: finish ?? "")
-            let whole = items.map { $0.map { (id: $0["call_id"] as! String, name: $0["name"] as! String, arguments: $0["arguments"] as! String) } }
-            if let (rest, complete) = state.remainingCalls(whole) {
+            let calls = message(0, text: held, finish: finish ?? "").0.toolCalls
+            if let (rest, complete) = state.remainingCalls(calls) {
                 // Calls were streamed: the rest of their arguments (and any call not begun), then each call done — as the
                 // whole answer holds it, or (cut short) as far as it was sent.
                 state.text = held
@@ -51,26 +50,15 @@ extension CompletionRenderer {
                     if let name = d.function.name { out += callFrames(.begin(d.index, name), &state) }
                     if !d.function.arguments.isEmpty { out += callFrames(.arguments(d.index, d.function.arguments), &state) }
                 }
-                let done = complete ? items! : streamedItems(state)
-                for (k, item) in done.enumerated() {
-                    out.append(event("response.function_call_arguments.done",
-                                     ["item_id": item["id"]!, "output_index": k, "arguments": item["arguments"]!, "name": item["name"]!], &state))
-                    out.append(event("response.output_item.done", ["output_index": k, "item": item], &state))
-                }
+                for (k, item) in (complete ? callItems(calls!) : streamedItems(state)).enumerated() { out += doneFrames(k, item, &state) }
                 return out
             }
-            if let items {
+            if let calls {
+                // Nothing streamed: each call whole, added, its arguments in one piece, done.
                 state.text = held
-                for (k, item) in items.enumerated() {
-                    var open = item
-                    open["arguments"] = ""
-                    open["status"] = "in_progress"
-                    let id = item["id"] as! String, arguments = item["arguments"] as! String
-                    out.append(event("response.output_item.added", ["output_index": k, "item": open], &state))
-                    out.append(event("response.function_call_arguments.delta", ["item_id": id, "output_index": k, "delta": arguments], &state))
-                    out.append(event("response.function_call_arguments.done",
-                                     ["item_id": id, "output_index": k, "arguments": arguments, "name": item["name"]!], &state))
-                    out.append(event("response.output_item.done", ["output_index": k, "item": item], &state))
+                for (k, item) in callItems(calls).enumerated() {
+                    out += callFrames(.begin(k, calls[k].function.name), &state) + callFrames(.arguments(k, calls[k].function.arguments), &state)
+                    out += doneFrames(k, item, &state)
                 }
                 return out
             }
@@ -90,20 +78,22 @@ extension CompletionRenderer {
     private func callFrames(_ e: ToolCallStream.Event, _ state: inout ChoiceRenderState) -> [String] {
         switch e {
         case .begin(let k, let name):
-            let item: [String: Any] = ["type": "function_call", "id": "fc_\(idSuffix)_\(k)", "call_id": callID(0, k), "name": name,
-                                       "arguments": "", "status": "in_progress"]
-            return [event("response.output_item.added", ["output_index": k, "item": item], &state)]
+            return [event("response.output_item.added", ["output_index": k, "item": callItem(k, name: name, arguments: "", status: "in_progress")], &state)]
         case .arguments(let k, let piece):
             return [event("response.function_call_arguments.delta", ["item_id": "fc_\(idSuffix)_\(k)", "output_index": k, "delta": piece], &state)]
         }
     }
 
+    /// Call k's `function_call_arguments.done` and `output_item.done` (`item`: the call as it ends).
+    private func doneFrames(_ k: Int, _ item: [String: Any], _ state: inout ChoiceRenderState) -> [String] {
+        [event("response.function_call_arguments.done", ["item_id": item["id"]!, "output_index": k, "arguments": item["arguments"]!, "name": item["name"]!],
+               &state),
+         event("response.output_item.done", ["output_index": k, "item": item], &state)]
+    }
+
     /// The calls a stream sent, as far as it sent them (an answer cut short after its calls began): incomplete items.
     private func streamedItems(_ state: ChoiceRenderState) -> [[String: Any]] {
-        (state.callStream?.sent ?? []).enumerated().map { k, c in
-            ["type": "function_call", "id": "fc_\(idSuffix)_\(k)", "call_id": callID(0, k), "name": c.name, "arguments": c.arguments,
-             "status": "incomplete"]
-        }
+        (state.callStream?.sent ?? []).enumerated().map { k, c in callItem(k, name: c.name, arguments: c.arguments, status: "incomplete") }
     }
 
     /// The frames that end a failed stream: the error, then (completions and chat) `data: [DONE]`.
@@ -175,13 +165,19 @@ extension CompletionRenderer {
          "content": [["type": "output_text", "text": text, "annotations": [Any]()]]]
     }
 
+    /// Call k as a `function_call` item (its `call_id` is the one `message` gives the call).
+    private func callItem(_ k: Int, name: String, arguments: String, status: String) -> [String: Any] {
+        ["type": "function_call", "id": "fc_\(idSuffix)_\(k)", "call_id": callID(0, k), "name": name, "arguments": arguments, "status": status]
+    }
+
+    /// A complete tool-call answer's calls as `function_call` items.
+    private func callItems(_ calls: [ToolCall]) -> [[String: Any]] {
+        calls.enumerated().map { k, c in callItem(k, name: c.function.name, arguments: c.function.arguments, status: "completed") }
+    }
+
     /// A complete tool-call answer as `function_call` items (nil: the answer is text).
     private func callItems(text: String, finish: String) -> [[String: Any]]? {
-        guard let calls = message(0, text: text, finish: finish).0.toolCalls else { return nil }
-        return calls.enumerated().map { k, c in
-            ["type": "function_call", "id": "fc_\(idSuffix)_\(k)", "call_id": c.id, "name": c.function.name, "arguments": c.function.arguments,
-             "status": "completed"]
-        }
+        message(0, text: text, finish: finish).0.toolCalls.map(callItems)
     }
 
     private func outputItems(text: String, finish: String) -> [[String: Any]] {

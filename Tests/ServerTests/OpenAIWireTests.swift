@@ -109,6 +109,13 @@ import Testing
             #expect(calls.map(\.id) == ["call_ab12_0_0", "call_ab12_0_1"] && calls.map(\.name) == ["f", "g"], "\(chunks)")
             #expect(calls.map(\.arguments) == [#"{"b":[1,"]"], "a":"x\"y"}"#, "{}"] && finishes == ["tool_calls"], "\(chunks)")
         }
+        // A call the incremental scan could not follow (a leading no-break space, which the whole answer's trim takes):
+        // nothing until the end, then the call whole and the finish.
+        var nbsp = ChoiceRenderState(enabled: false)
+        #expect(named.chunk(0, text: "\u{00A0}{\"a\": 1}", finish: nil, logprobs: &nbsp).isEmpty)
+        #expect(named.chunk(0, text: nil, finish: "stop", logprobs: &nbsp)
+                == [#"{"choices":[{"delta":{"tool_calls":[{"function":{"arguments":"{\"a\": 1}","name":"f"},"id":"call_ab12_0_0","index":0,"type":"function"}]},"finish_reason":null,"index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#,
+                    #"{"choices":[{"delta":{},"finish_reason":"stop","index":0,"logprobs":null}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion.chunk"}"#])
         // Cut short after a call began: the stream ends with what it sent and "length".
         var short = ChoiceRenderState(enabled: false)
         let begun = required.chunk(0, text: #"[{"name":"f","parameters":{"b":"#, finish: nil, logprobs: &short)

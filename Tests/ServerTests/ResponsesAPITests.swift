@@ -133,6 +133,19 @@ import Testing
                                    "response.function_call_arguments.done", "response.output_item.done", "response.incomplete"])
         let cut = try #require(((ue[6].payload["response"] as? [String: Any])?["output"] as? [[String: Any]])?.first)
         #expect(cut["type"] as? String == "function_call" && cut["arguments"] as? String == #"{"q":"# && cut["status"] as? String == "incomplete")
+
+        // A call the incremental scan could not follow (a leading no-break space, which the whole answer's trim takes)
+        // is sent whole at the end: added, its arguments in one piece, done.
+        var w = [ChoiceRenderState(enabled: false)]
+        var v = tool.openingFrames(1, states: &w)
+        v += tool.frames(0, text: "\u{00A0}{\"a\": 1}", finish: nil, state: &w[0])
+        #expect(v.count == 2)
+        v += tool.frames(0, text: nil, finish: "stop", state: &w[0])
+        let ve = try v.map(Self.event)
+        #expect(ve.map(\.type) == ["response.created", "response.in_progress", "response.output_item.added", "response.function_call_arguments.delta",
+                                   "response.function_call_arguments.done", "response.output_item.done"])
+        #expect(ve[3].payload["delta"] as? String == "{\"a\": 1}" && (ve[5].payload["item"] as? [String: Any])?["status"] as? String == "completed")
+        #expect((ve[2].payload["item"] as? [String: Any])?["arguments"] as? String == "" && ve[4].payload["name"] as? String == "f")
     }
 
     /// The store keeps responses up to its bytes, forgetting the least recently used first (a read counts as a use),
