@@ -84,6 +84,12 @@ public enum ToolCallMode: Sendable, Equatable {
 /// written (what a `/v1/responses` body passes on to the chat request: a schema's property order is the order its
 /// properties are generated in).
 enum RawJSON {
+    /// JSON's whitespace (space, line feed, carriage return, tab).
+    static func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 }
+
+    /// A byte that ends a bare value (number, true, false, null): a comma, a closing bracket or brace, whitespace.
+    static func endsScalar(_ c: UInt8) -> Bool { c == 0x2C || c == 0x7D || c == 0x5D || isSpace(c) }
+
     /// A cursor over JSON text that skips whole values without building them.
     struct Scanner {
         let b: [UInt8]
@@ -91,7 +97,7 @@ enum RawJSON {
 
         init(_ b: [UInt8]) { self.b = b }
 
-        mutating func ws() { while p < b.count, [0x20, 0x0A, 0x0D, 0x09].contains(b[p]) { p += 1 } }
+        mutating func ws() { while p < b.count, isSpace(b[p]) { p += 1 } }
 
         mutating func expect(_ c: UInt8) -> Bool {
             ws()
@@ -122,7 +128,7 @@ enum RawJSON {
                 return expect(close)
             default:
                 let start = p
-                while p < b.count, !([0x2C, 0x7D, 0x5D, 0x20, 0x0A, 0x0D, 0x09] as [UInt8]).contains(b[p]) { p += 1 }
+                while p < b.count, !endsScalar(b[p]) { p += 1 }
                 return p > start
             }
         }
@@ -232,6 +238,8 @@ public struct ToolCallStream: Sendable {
     private var keyStart = -1
     private var name: String?
     private var paramsStart = -1, paramsEnd = -1
+    /// Whether the current element's call was begun (its name came before its parameters).
+    private var begun = false
     // The value being scanned: nesting depth, inside a string, after a backslash, a bare scalar.
     private var depth = 0, inString = false, escaped = false, scalar = false, valueStart = -1
     // A named function's arguments: where they start, and how far they were sent.
@@ -247,13 +255,11 @@ public struct ToolCallStream: Sendable {
         return feedCalls()
     }
 
-    private static func isSpace(_ c: UInt8) -> Bool { c == 0x20 || c == 0x0A || c == 0x0D || c == 0x09 }
-
     /// A named function: the answer trimmed is its arguments; trailing whitespace is held until more text follows.
     private mutating func feedNamed(_ name: String) -> [Event] {
         var out: [Event] = []
         if argsStart < 0 {
-            while p < b.count, Self.isSpace(b[p]) { p += 1 }
+            while p < b.count, RawJSON.isSpace(b[p]) { p += 1 }
             guard p < b.count else { return [] }
             guard b[p] == 0x7B else { failed = true; return [] }
             argsStart = p
@@ -262,7 +268,7 @@ public struct ToolCallStream: Sendable {
             out.append(.begin(0, name))
         }
         var end = b.count
-        while end > emitted, Self.isSpace(b[end - 1]) { end -= 1 }
+        while end > emitted, RawJSON.isSpace(b[end - 1]) { end -= 1 }
         if end > emitted {
             let piece = String(decoding: b[emitted..<end], as: UTF8.self)
             sent[0].arguments += piece
@@ -280,16 +286,16 @@ public struct ToolCallStream: Sendable {
             let c = b[p]
             switch phase {
             case .open:
-                if Self.isSpace(c) { p += 1 } else if c == 0x5B { p += 1; phase = .elementStart } else { fail() }
+                if RawJSON.isSpace(c) { p += 1 } else if c == 0x5B { p += 1; phase = .elementStart } else { fail() }
             case .elementStart:
-                if Self.isSpace(c) { p += 1 } else if c == 0x7B {
+                if RawJSON.isSpace(c) { p += 1 } else if c == 0x7B {
                     p += 1
                     phase = .key
                     (name, paramsStart, paramsEnd) = (nil, -1, -1)
                 } else { fail() }
             case .key:
                 if keyStart < 0 {
-                    if Self.isSpace(c) { p += 1; continue scan }
+                    if RawJSON.isSpace(c) { p += 1; continue scan }
                     guard c == 0x22 else { fail(); break scan }
                     keyStart = p
                     p += 1
@@ -304,10 +310,10 @@ public struct ToolCallStream: Sendable {
                     phase = .colon
                 }
             case .colon:
-                if Self.isSpace(c) { p += 1 } else if c == 0x3A { p += 1; phase = .value; valueStart = -1 } else { fail() }
+                if RawJSON.isSpace(c) { p += 1 } else if c == 0x3A { p += 1; phase = .value; valueStart = -1 } else { fail() }
             case .value:
                 if valueStart < 0 {
-                    if Self.isSpace(c) { p += 1; continue scan }
+                    if RawJSON.isSpace(c) { p += 1; continue scan }
                     valueStart = p
                     (depth, inString, escaped, scalar) = (0, false, false, false)
                     if isParameters {
@@ -323,7 +329,7 @@ public struct ToolCallStream: Sendable {
                     continue scan
                 }
                 if scalar {
-                    if Self.ends(c) { valueDone(); continue scan }
+                    if RawJSON.endsScalar(c) { valueDone(); continue scan }
                     p += 1
                     continue scan
                 }
@@ -342,7 +348,7 @@ public struct ToolCallStream: Sendable {
                     if depth == 0 { valueDone() }
                 }
             case .afterMember:
-                if Self.isSpace(c) { p += 1 } else if c == 0x2C { p += 1; phase = .key } else if c == 0x7D {
+                if RawJSON.isSpace(c) { p += 1 } else if c == 0x2C { p += 1; phase = .key } else if c == 0x7D {
                     p += 1
                     guard let name, paramsEnd >= 0 else { fail(); break scan }
                     let k = sent.count - (begun ? 1 : 0)
@@ -360,9 +366,9 @@ public struct ToolCallStream: Sendable {
                     phase = .afterElement
                 } else { fail() }
             case .afterElement:
-                if Self.isSpace(c) { p += 1 } else if c == 0x2C { p += 1; phase = .elementStart } else if c == 0x5D { p += 1; phase = .done } else { fail() }
+                if RawJSON.isSpace(c) { p += 1 } else if c == 0x2C { p += 1; phase = .elementStart } else if c == 0x5D { p += 1; phase = .done } else { fail() }
             case .done:
-                if Self.isSpace(c) { p += 1 } else { fail() }
+                if RawJSON.isSpace(c) { p += 1 } else { fail() }
             }
         }
         // The current call's arguments so far, once its name is known: the parameters value up to here while it is
@@ -385,12 +391,7 @@ public struct ToolCallStream: Sendable {
         return out
     }
 
-    /// Whether the current element's call was begun (its name came before its parameters).
-    private var begun = false
-
     private var isParameters: Bool { key == Array(#""parameters""#.utf8) }
-
-    private static func ends(_ c: UInt8) -> Bool { c == 0x2C || c == 0x7D || c == 0x5D || isSpace(c) }
 
     /// The value just scanned ends at p.
     private mutating func valueDone() {
