@@ -307,6 +307,19 @@ public struct JSONSchemaGrammar {
     private mutating func reference(_ target: String, path: String, depth: Int) throws -> Int {
         guard !bareRefs.contains(target) else { throw Self.fail(path, "'$ref' '\(target)' refers to itself without a value in between") }
         if let r = refRules[target] { return r }
+        let node = try resolve(target, path: path)
+        // Reserve the rule first so recursive schemas (a tree's children) refer back to it.
+        let r = try reserve()
+        refRules[target] = r
+        bareRefs.insert(target)
+        defer { bareRefs.remove(target) }
+        let body = try value(node, path: target, depth: depth + 1)
+        rules[r] = [[.rule(body)]]
+        return r
+    }
+
+    /// The schema a local reference (`#`, `#/…` with JSON Pointer's `~1` and `~0` escapes) names in the root.
+    private func resolve(_ target: String, path: String) throws -> ExactJSON {
         guard target == "#" || target.hasPrefix("#/") else { throw Self.fail(path, "only local references ('#/...') are supported, got '\(target)'") }
         var node = root
         for raw in target.dropFirst(2).split(separator: "/", omittingEmptySubsequences: false) where target != "#" {
@@ -321,14 +334,7 @@ public struct JSONSchemaGrammar {
             default: throw Self.fail(path, "'$ref' '\(target)' names nothing")
             }
         }
-        // Reserve the rule first so recursive schemas (a tree's children) refer back to it.
-        let r = try reserve()
-        refRules[target] = r
-        bareRefs.insert(target)
-        defer { bareRefs.remove(target) }
-        let body = try value(node, path: target, depth: depth + 1)
-        rules[r] = [[.rule(body)]]
-        return r
+        return node
     }
 
     /// Compiles a container's contents: a value inside brackets or braces comes after a byte, so references met
@@ -529,15 +535,8 @@ public struct JSONSchemaGrammar {
         // The candidates: the item schema's literals, found through its references.
         var node = item
         for _ in 0..<Self.maxSchemaDepth {
-            guard case .object(let m) = node, let ref = m.first(where: { $0.key == "$ref" })?.value, case .string(let target) = ref,
-                  target.hasPrefix("#/") else { break }
-            var next: ExactJSON? = root
-            for raw in target.dropFirst(2).split(separator: "/", omittingEmptySubsequences: false) {
-                let key = raw.replacingOccurrences(of: "~1", with: "/").replacingOccurrences(of: "~0", with: "~")
-                if case .object(let o)? = next { next = o.first(where: { $0.key == key })?.value } else { next = nil }
-            }
-            guard let next else { throw Self.fail(path, "'$ref' '\(target)' names nothing") }
-            node = next
+            guard case .object(let m) = node, case .string(let target)? = m.first(where: { $0.key == "$ref" })?.value else { break }
+            node = try resolve(target, path: path)
         }
         var candidates: [ExactJSON]
         switch node {
