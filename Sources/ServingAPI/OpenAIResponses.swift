@@ -166,40 +166,6 @@ public struct ChatDelta: Encodable {
     }
 }
 
-/// A stream's piece of a tool call (`delta.tool_calls[]`): the first names the call (`id`, `type`, `function.name`,
-/// arguments so far), the others carry only the next piece of its arguments, as OpenAI streams them.
-public struct ToolCallDelta: Encodable, Equatable, Sendable {
-    public struct Function: Encodable, Equatable, Sendable {
-        public var name: String?
-        public var arguments: String
-    }
-    public let index: Int
-    public var id: String?
-    public var type: String?
-    public var function: Function
-
-    /// The call's first piece.
-    public init(index: Int, id: String, name: String, arguments: String) {
-        self.index = index
-        self.id = id
-        type = "function"
-        function = Function(name: name, arguments: arguments)
-    }
-
-    /// A later piece of call `index`'s arguments.
-    public init(index: Int, arguments: String) {
-        self.index = index
-        function = Function(name: nil, arguments: arguments)
-    }
-
-    /// The same piece with `more` arguments after its own.
-    func appending(_ more: String) -> ToolCallDelta {
-        var d = self
-        d.function.arguments += more
-        return d
-    }
-}
-
 /// A chat chunk's choice.
 public struct ChatChunkChoice: Encodable {
     public var index = 0
@@ -421,52 +387,6 @@ public struct ChoiceRenderState: Sendable {
     var messageOpen = false
     var text = ""
     var finish: String?
-
-    /// What a piece of a tool-call answer's text in a stream sends.
-    enum ToolPiece {
-        /// Content: everything held so far once an `auto` answer turns out to be text (`plainText` from then).
-        case text(String)
-        /// The calls' names and argument pieces it completes (none while an `auto` answer may still be either).
-        case calls([ToolCallStream.Event])
-    }
-
-    mutating func toolPiece(_ text: String, tools: ToolCallMode) -> ToolPiece {
-        heldText += text
-        if callStream == nil {
-            guard tools.mayBeCall(heldText) else {
-                plainText = true
-                defer { heldText = "" }
-                return .text(heldText)
-            }
-            switch tools {
-            case .named(let name): callStream = ToolCallStream(named: name)
-            case .required: callStream = ToolCallStream(named: nil)
-            case .auto:
-                // The marker whole: the calls start after it.
-                guard heldText.hasPrefix(ToolCallMode.marker) else { return .calls([]) }
-                callStream = ToolCallStream(named: nil)
-                return .calls(callStream!.feed(String(heldText.dropFirst(ToolCallMode.marker.count))))
-            }
-            return .calls(callStream!.feed(heldText))
-        }
-        return .calls(callStream!.feed(text))
-    }
-
-    /// A finished tool-call answer against what its stream sent (nil: nothing was sent, so it is rendered whole): the
-    /// argument pieces still to send and the calls not begun, in order, when `calls` (the whole answer's) continue what
-    /// was sent; empty when they do not (cut short or malformed: the stream ends with what it sent).
-    func remainingCalls(_ calls: [ToolCall]?) -> (rest: [ToolCallDelta], complete: Bool)? {
-        guard let sent = callStream?.sent, !sent.isEmpty else { return nil }
-        guard let calls, calls.count >= sent.count,
-              zip(sent, calls).allSatisfy({ $0.name == $1.function.name && $1.function.arguments.utf8.starts(with: $0.arguments.utf8) }) else {
-            return ([], false)
-        }
-        return (calls.enumerated().compactMap { k, c in
-            guard k < sent.count else { return ToolCallDelta(index: k, id: c.id, name: c.function.name, arguments: c.function.arguments) }
-            let rest = String(decoding: c.function.arguments.utf8.dropFirst(sent[k].arguments.utf8.count), as: UTF8.self)
-            return rest.isEmpty ? nil : ToolCallDelta(index: k, arguments: rest)
-        }, true)
-    }
 
     /// The state of a resumed flight (the router's): what was rendered so far stays, log-probabilities as now asked.
     public func resumed(logprobs asked: Bool) -> ChoiceRenderState {
