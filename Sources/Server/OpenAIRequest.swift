@@ -275,7 +275,7 @@ struct GenerationRequest: Equatable {
         }
     }
 
-    private static func messages(_ f: JSONFields) throws -> [ChatMessage] {
+    static func messages(_ f: JSONFields) throws -> [ChatMessage] {
         guard let value = f.fields["messages"], value != .null else { throw APIError.invalid("messages", "'messages' is required") }
         guard case .array(let items) = value, !items.isEmpty else {
             throw APIError.invalid("messages", "'messages' must be a non-empty array")

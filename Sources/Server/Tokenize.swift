@@ -1,10 +1,8 @@
 import Foundation
 import HTTPFront
 import Hummingbird
-import NIOCore
 import ServingAPI
 import Tokenizers
-import Engine
 
 // vLLM's tokenizer endpoints, which clients use to count a prompt's tokens before they send it:
 //   POST /tokenize    {"model"?, "prompt": "…" | "messages": [...], "add_special_tokens"?, "add_generation_prompt"?,
@@ -42,13 +40,9 @@ extension OpenAIServer {
                 throw APIError.invalid("prompt", "the prompt is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")
             }
             ids = await prompts.encode(prompt, addSpecial: special)
-        case (nil, .some(let messages)):
+        case (nil, .some):
             // The messages checked as a chat request checks them.
-            let chatBody = ByteBuffer(string: "{\"model\":" + JSONSchemaGrammar.text(.string(options.modelName)) + ",\"messages\":"
-                                      + JSONSchemaGrammar.text(messages) + "}")
-            guard case .messages(let list) = try GenerationRequest.parse(chatBody, chat: true).input else {
-                throw APIError.invalid("messages", "messages must be an array of messages")
-            }
+            let list = try GenerationRequest.messages(fields)
             let rendered = try renderChat(list, addGenerationPrompt: try fields.bool("add_generation_prompt") ?? true)
             guard prompts.minimumTokens(bytes: rendered.text.utf8.count) <= contextLimit else {
                 throw APIError.invalid("messages", "the conversation is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")
