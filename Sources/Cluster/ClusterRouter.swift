@@ -289,7 +289,7 @@ public final class ClusterRouter: Sendable {
         try Self.authorize(request, key: options.apiKey)
         var request = request
         let body = Data(buffer: try await collect(&request))
-        let targets = replicas.snapshot.enumerated().filter { $0.element.healthy && !$0.element.gone }.map(\.offset)
+        let targets = replicas.healthyIndices
         for i in targets {
             do {
                 let data = try await replicas.client(i).call(path, method: .POST, body: body, key: options.apiKey, timeout: .seconds(60))
@@ -310,7 +310,7 @@ public final class ClusterRouter: Sendable {
         try authorizeAdmin(request)
         var request = request
         let body = Data(buffer: try await collect(&request))
-        let targets = replicas.snapshot.enumerated().filter { $0.element.healthy && !$0.element.gone }.map(\.offset)
+        let targets = replicas.healthyIndices
         guard !targets.isEmpty else { throw APIError(.serviceUnavailable, "no replica is healthy") }
         var answer: (Int, Data)?
         for i in targets {

@@ -51,7 +51,10 @@ public final class ReplicaSet: @unchecked Sendable {
         return entries[i].client
     }
 
-    public var healthyCount: Int { snapshot.filter { $0.healthy && !$0.gone }.count }
+    public var healthyCount: Int { healthyIndices.count }
+
+    /// The replicas that answer now (healthy, not gone), by index.
+    public var healthyIndices: [Int] { snapshot.enumerated().filter { $0.element.healthy && !$0.element.gone }.map(\.offset) }
 
     /// Closes the HTTP client's connections (call once, when the router stops).
     public func shutdown() async {
