@@ -18,6 +18,10 @@ public enum Kernels {
             matmulBF16(packed, x, ldx: ldx, ntok: ntok, y, ldy: ldy, prefetch: prefetch)
             return
         }
+        if let packed = w.int8 {
+            matmulInt8(packed, x, ldx: ldx, ntok: ntok, y, ldy: ldy)
+            return
+        }
         configureBLASThreads()
         if w.dtype == .f32 && (ntok > smallBatch || w.cols % 16 != 0) {
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, blasint(ntok), blasint(w.rows), blasint(w.cols),

@@ -70,6 +70,7 @@ extension LlamaModel {
             completeFusedGroups(layer: li, adapter)
             layers[li].restack()
             if bf16Products { attachMergePacks(layer: li) }
+            if int8Products { attachInt8Packs(layer: li) }
         }
         merged = (adapter.name, scale)
     }
@@ -127,6 +128,30 @@ extension LlamaModel {
         }
     }
 
+    /// With int8 products on, gives every matrix a merged layer's products read an int8 copy where it has codes, as
+    /// `setInt8Products` gave the loaded ones: a view of a loaded matrix's bytes takes that matrix's copy, or (a
+    /// member a merge took out of its fused projection, whose copy covered it) one of its own, made once and kept (a
+    /// loaded matrix's bytes never change); a Q8_0-merged matrix a copy refilled by every merge. f32- and f16-merged
+    /// matrices run in f32.
+    func attachInt8Packs(layer li: Int) {
+        if int8MergePacks.isEmpty { int8MergePacks = Array(repeating: [:], count: layers.count) }
+        let p = pristineLayers[li]
+        let loaded = [p.q, p.k, p.v, p.o, p.gate, p.up, p.down] + [p.qkv, p.gateUp].compactMap { $0 }
+        layers[li].mapProducts { slot, m in
+            guard m.int8 == nil, [.q4_0, .q4_1, .q8_0].contains(m.dtype) else { return m }
+            let same = loaded.first { $0.storage === m.storage && $0.offset == m.offset && $0.rows == m.rows && $0.dtype == m.dtype }
+            if let packed = same?.int8 { return m.withInt8(packed) }
+            let key = slot.rawValue | Int(m.dtype.rawValue) << 8 | (same != nil ? 1 << 20 : 0)
+            if let cached = int8MergePacks[li][key] {
+                if same == nil { cached.refill(from: m) }
+                return m.withInt8(cached)
+            }
+            let packed = Kernels.PackedInt8(m)
+            int8MergePacks[li][key] = packed
+            return m.withInt8(packed)
+        }
+    }
+
     /// Bytes held by the merge workspace (allocated by the first merge that needs each part, then reused).
     public var mergeWorkspaceBytes: Int { mergeSpace.joined().reduce(0) { $0 + $1.value.byteCount } }
 
@@ -136,6 +161,7 @@ extension LlamaModel {
         mergeSpace = []
         mergeStaging = ScratchArena()
         mergePacks = []
+        int8MergePacks = []
     }
 
     /// The workspace view a merge of `t` in layer `li` writes: a `dtype` matrix of the base matrix's shape.

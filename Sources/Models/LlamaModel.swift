@@ -24,6 +24,9 @@ public final class LlamaModel: @unchecked Sendable {
     /// Per layer, with bf16 products on, the packed copies a merged layer's products read (`attachMergePacks`),
     /// kept across merges like `mergeSpace`.
     var mergePacks: [[Int: Kernels.PackedBF16]] = []
+    /// Per layer, matrix and type, with int8 products on, the int8 copies a merged layer's products read
+    /// (`attachInt8Packs`), kept across merges like `mergePacks`.
+    var int8MergePacks: [[Int: Kernels.PackedInt8]] = []
     /// How the next merge stores its matrices (LlamaMerge.swift).
     public var mergePrecision: MergePrecision = .f32
     let embedding: WeightMatrix
@@ -171,9 +174,12 @@ public final class LlamaModel: @unchecked Sendable {
     /// products a merged matrix is read from a bf16 pack whatever it is stored as, so f32, the exact one. With f32
     /// products on a quantized base a dense f32 merge reads 6.4× a Q4_1 matrix's bytes (+57–75 % a step at batch 8 on
     /// all seven targets) and an f16 one 3.2× (+4 %), at a 30× smaller logit error than Q8_0's
-    /// (docs/design/merge-precision.md), so f16. An f32 or f16 base: f32.
+    /// (docs/design/merge-precision.md), so f16. With int8 products Q8_0, whose codes the merged products read like
+    /// the base's (an f16 merge would run its products in f32): its rounding (0.15–0.19 of a logit on the PEFT goldens)
+    /// is below the int8 activations' own (0.88). An f32 or f16 base: f32.
     public var preferredMergePrecision: MergePrecision {
         guard !bf16Products else { return .f32 }
+        if int8Products { return .q8_0 }
         func quantized(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
         return pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { quantized(l.matrix($0)) } } ? .f16 : .f32
     }
@@ -196,7 +202,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// Every token count goes through the same kernel, so batch invariance holds. LoRA paths stay f32; a merge
     /// packs its matrices too (`merge`). Not while an adapter is merged.
     public func setBF16Products(_ on: Bool) {
-        precondition(merged == nil, "bf16 products switched on a merged model")
+        precondition(merged == nil && !int8Products, "bf16 products switched on a merged model or beside int8 products")
         guard on != bf16Products else { return }
         func pack(_ m: WeightMatrix) -> WeightMatrix { m.withBF16(on ? m.packedBF16() : nil) }
         for i in pristineLayers.indices { pristineLayers[i].mapProducts { pack($1) } }
@@ -205,11 +211,39 @@ public final class LlamaModel: @unchecked Sendable {
         mergePacks = []
     }
 
+    /// Whether the base model's products run with int8 activations (`setInt8Products`).
+    public internal(set) var int8Products = false
+
+    /// Whether int8 products (`setInt8Products`) would cover every product: each matrix of the blocks and the LM head
+    /// is Q4_0, Q4_1 or Q8_0.
+    public var weightsHaveInt8Codes: Bool {
+        func coded(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
+        return coded(output) && pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { coded(l.matrix($0)) } }
+    }
+
+    /// Runs the base model's products on Q4_0, Q4_1 and Q8_0 matrices — the blocks' projections and the LM head —
+    /// with each token's activations quantized to int8 per block of 32 (llama.cpp's Q8 activations) and multiplied
+    /// with the codes exactly on AVX-512 VNNI (`Kernels.matmulInt8`; the codes regrouped into a copy of the
+    /// checkpoint's size); other matrices keep f32 products. Every token count goes through the same kernel, so batch
+    /// invariance holds. LoRA paths stay f32; a merged matrix runs in f32 (the loaded ones a merge leaves alone keep
+    /// their copies). Not while an adapter is merged, nor together with bf16 products.
+    public func setInt8Products(_ on: Bool) {
+        precondition(merged == nil && !bf16Products, "int8 products switched on a merged model or beside bf16 products")
+        precondition(!on || Kernels.hasInt8Dot, "int8 products need AVX-512 VNNI")
+        guard on != int8Products else { return }
+        func pack(_ m: WeightMatrix) -> WeightMatrix { m.withInt8(on ? Kernels.PackedInt8(m) : nil) }
+        for i in pristineLayers.indices { pristineLayers[i].mapProducts { pack($1) } }
+        layers = pristineLayers
+        output = pack(output)
+        int8MergePacks = []
+        int8Products = on
+    }
+
     /// Bytes of weights one decode step reads (every matrix once): the numerator of the memory-bandwidth
     /// bound for batch-1 decode.
     public var weightBytesPerToken: Int {
-        // A matrix's bytes as the products read them: its packed bf16 copy where it has one.
-        func bytes(_ m: WeightMatrix) -> Int { m.bf16?.byteCount ?? m.byteCount }
+        // A matrix's bytes as the products read them: its packed bf16 or int8 copy where it has one.
+        func bytes(_ m: WeightMatrix) -> Int { m.bf16?.byteCount ?? m.int8?.byteCount ?? m.byteCount }
         var n = bytes(output) + config.hiddenSize * 4 * (2 * config.numLayers + 1)
         for l in layers { n += l.products.reduce(0) { $0 + bytes($1.matrix) } }
         return n

@@ -46,7 +46,7 @@ struct BenchLoRA: ParsableCommand {
         let maxAdapters = Self.list(adapters).max()!
 
         print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
-              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); products: \(m.bf16Products ? "bf16" : "f32"). "
+              + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); products: \(MatmulPrecisionOption.name(of: m)). "
               + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
         print()
         let mergedNames = MergePrecision.allCases.map { $0 == .q8_0 ? "Q8_0" : $0.rawValue }

@@ -223,18 +223,21 @@ struct KeyOptions: ParsableArguments {
     }
 }
 
-/// `--matmul-precision auto|f32|bf16`, for every command that runs the engine: the base model's products in f32
-/// (the transformers goldens within 1e-3) or in bf16 (`LlamaModel.setBF16Products`: twice an FMA's multiply-adds per
-/// instruction on AVX-512 BF16, on a quantized checkpoint's own codes; docs/design/core-engine.md). `auto`, the
-/// default, picks bf16 where it uses every weight exactly and the CPU's VDPBF16PS does at least an FMA's multiply-adds
-/// per second (Zen 4: twice; Intel's Sapphire and Emerald Rapids: half, so f32 there).
+/// `--matmul-precision auto|f32|bf16|int8`, for every command that runs the engine: the base model's products in f32
+/// (the transformers goldens within 1e-3), in bf16 (`LlamaModel.setBF16Products`: twice an FMA's multiply-adds per
+/// instruction on AVX-512 BF16, on a quantized checkpoint's own codes; docs/design/core-engine.md) or with int8
+/// activations (`LlamaModel.setInt8Products`: a quantized checkpoint's codes times activations quantized per block
+/// of 32, llama.cpp's arithmetic, exact integer sums on AVX-512 VNNI). `auto`, the default, picks bf16 where it uses
+/// every weight exactly and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second (Zen 4: twice);
+/// else int8 where every matrix is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI (Intel's Sapphire and Emerald
+/// Rapids: batch-1 decode 1.5–1.6× f32's, batch 32 1.3×; docs/design/core-engine.md); else f32.
 struct MatmulPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
-        case auto, f32, bf16
+        case auto, f32, bf16, int8
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32, or bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms), else f32.")
+            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI; other weights stay f32; needs AVX-512 VNNI). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; else f32.")
     var matmulPrecision: Choice = .auto
 
     /// What the flag means for `model` on this CPU. The same rule at every batch: since the fused f32 kernels' rework
@@ -242,23 +245,37 @@ struct MatmulPrecisionOption: ParsableArguments {
     /// (batch 1 on the Emerald Rapids VM: bf16/f32 0.73–0.89; docs/design/core-engine.md).
     func resolved(for model: LlamaModel) -> Choice {
         switch matmulPrecision {
-        case .f32, .bf16: matmulPrecision
-        case .auto: Kernels.bf16ProductsPay && model.weightsExactInBF16Products ? .bf16 : .f32
+        case .f32, .bf16, .int8: matmulPrecision
+        case .auto:
+            if Kernels.bf16ProductsPay && model.weightsExactInBF16Products { .bf16 }
+            else if Kernels.hasInt8Dot && model.weightsHaveInt8Codes { .int8 }
+            else { .f32 }
         }
     }
 
-    /// What a server's start line says of the products: bf16, or why `auto` left them in f32 on a CPU with AVX-512 BF16.
+    /// What a server's start line says of the products: bf16 or int8, or why `auto` left them in f32 on a CPU with
+    /// AVX-512 BF16.
     func note(for model: LlamaModel) -> String {
         if model.bf16Products { return ", bf16 products" }
+        if model.int8Products { return ", int8 activations (--matmul-precision f32 for f32 ones)" }
         guard matmulPrecision == .auto, Kernels.hasBF16Dot, model.weightsExactInBF16Products else { return "" }
         return String(format: ", f32 products (auto: VDPBF16PS does %.2f× an FMA's multiply-adds per second on this CPU)", Kernels.bf16DotRateRatio)
     }
 
-    /// Sets the model's products as the flag says; an explicit bf16 on a CPU without AVX-512 BF16 is an error
-    /// (its portable loop is far slower than the f32 kernels).
+    /// Sets the model's products as the flag says; an explicit bf16 or int8 on a CPU without the instructions is an
+    /// error (their portable loops are far slower than the f32 kernels).
     func apply(to model: LlamaModel) throws {
-        guard resolved(for: model) == .bf16 else { return }
-        guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16, which this one lacks (kernels: \(Kernels.simdPathName))") }
-        model.setBF16Products(true)
+        switch resolved(for: model) {
+        case .bf16:
+            guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16, which this one lacks (kernels: \(Kernels.simdPathName))") }
+            model.setBF16Products(true)
+        case .int8:
+            guard Kernels.hasInt8Dot else { throw CLIError("--matmul-precision int8 needs a CPU with AVX-512 VNNI, which this one lacks (kernels: \(Kernels.simdPathName))") }
+            model.setInt8Products(true)
+        case .auto, .f32: return
+        }
     }
+
+    /// The products' name in benchmark headers.
+    static func name(of model: LlamaModel) -> String { model.bf16Products ? "bf16" : model.int8Products ? "int8" : "f32" }
 }

@@ -198,6 +198,29 @@ import TestSupport
         _ = try Self.checkRoundedMerge(name, .q8_0, tolerance: Self.q8Tolerance, headroom: 4)
     }
 
+    /// With int8 activations (`--matmul-precision int8`, AVX-512 VNNI) on the default model, against the same PEFT
+    /// goldens: unmerged (the adapter's path stays f32) and merged in Q8_0 (`auto`'s merge precision there, whose codes
+    /// the merged products read with int8 activations like the base's), both within the int8 tolerance
+    /// (ModelGoldenTests: the activations' rounding, 0.88 on the base model), and below the adapter's own effect.
+    /// The merged and unmerged forwards differ (a merge's Q8_0 rounding), and unmerging restores the unmerged logits.
+    @Test(.enabled(if: Kernels.hasInt8Dot), arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
+    func smolLM2WithInt8Activations(_ name: String) throws {
+        let (g, model, adapter) = try Self.smolLM2Case(name)
+        model.setInt8Products(true)
+        #expect(model.preferredMergePrecision == .q8_0)
+        model.mergePrecision = model.preferredMergePrecision
+        let tolerance: Float = 1.5
+        let unmerged = Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged, int8)",
+                                  tolerance: tolerance, tie: 2 * tolerance)
+        let merged = Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (merged q8_0, int8)",
+                                tolerance: tolerance, tie: 2 * tolerance)
+        print("int8 activations \(name): max |Δlogit| unmerged \(unmerged), merged \(merged) (adapter moves the logits by up to \(g.baseMaxAbsDiff))")
+        #expect(unmerged > Self.tolerance && merged != unmerged, "int8 activations must differ measurably from f32 products")
+        #expect(max(unmerged, merged) < g.baseMaxAbsDiff, "the rounding must stay below what the adapter changes")
+        #expect(Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (unmerged again, int8)",
+                           tolerance: tolerance, tie: 2 * tolerance) == unmerged)
+    }
+
     /// Logit tolerance of a Q8_0-merged forward against the f32 references (measured 0.15 and 0.19 on the two SmolLM2 adapters).
     static let q8Tolerance: Float = 0.3
 

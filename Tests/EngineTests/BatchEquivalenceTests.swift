@@ -85,6 +85,23 @@ import TestSupport
         #expect(f32 != bf16 && f32 == Self.single(fresh, prompt: Self.prompts[0], feed: Self.feeds[0], kvDType: kvDType))
     }
 
+    /// With int8 activations (`--matmul-precision int8`, AVX-512 VNNI): bit-identical whatever the batch (every token
+    /// count goes through the same kernel, and a token's activations are quantized on their own), and it is the int8
+    /// arithmetic: the f32 products' logits differ, and switching back restores them exactly.
+    @Test(.enabled(if: Kernels.hasInt8Dot), arguments: ["Q4_0", "Q4_1", "Q8_0"], KVCacheDType.allCases)
+    func int8ProductsAreBitIdentical(_ variant: String, kvDType: KVCacheDType) throws {
+        let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: "tiny-llama", variant: variant)))
+        let f32 = Self.single(model, prompt: Self.prompts[0], feed: Self.feeds[0], kvDType: kvDType)
+        model.setInt8Products(true)
+        let batched = Self.batched(model, prompts: Self.prompts, feeds: Self.feeds, kvDType: kvDType)
+        for s in Self.prompts.indices {
+            #expect(batched[s] == Self.single(model, prompt: Self.prompts[s], feed: Self.feeds[s], kvDType: kvDType), "sequence \(s)")
+        }
+        #expect(batched[0] != f32)
+        model.setInt8Products(false)
+        #expect(Self.single(model, prompt: Self.prompts[0], feed: Self.feeds[0], kvDType: kvDType) == f32)
+    }
+
     @Test(arguments: ["tiny-llama", "tiny-qwen2"])
     func f32WithinRounding(_ modelName: String) throws {
         let model = try LlamaModel(checkpoint: openCheckpoint(path: ModelFixtures.checkpointPath(model: modelName, variant: "hf")))

@@ -18,8 +18,10 @@ import Testing
     }
 
     /// Runs the executable and collects its output, on a thread of its own (not the test pool's).
+    /// Runs the CLI to its end, stopped after 300 s (a command that should have failed at once but serves instead
+    /// then fails its test rather than hanging the suite).
     static func dlora(_ args: [String], environment: [String: String] = [:]) async throws -> Run {
-        try await runCommand(binary, args, environment: environment)
+        try await runCommand(binary, args, environment: environment, timeout: 300)
     }
 
     static let tiny = ModelFixtures.checkpointPath(model: "tiny-llama", variant: "Q8_0")
@@ -43,7 +45,7 @@ import Testing
         (["serve", "--model", tiny, "--kv-cache-mb", "0"], "--kv-cache-mb"),
         (["serve", "--model", tiny, "--kv-cache-dtype", "fp8"], "--kv-cache-dtype"),
         (["generate", "--model", tiny, "--prompt", "a", "--kv-cache-dtype", "bf16"], "--kv-cache-dtype"),
-        (["serve", "--model", tiny, "--matmul-precision", "int8"], "--matmul-precision"),
+        (["serve", "--model", tiny, "--matmul-precision", "int4"], "--matmul-precision"),
         (["bench", "core", "--model", tiny, "--matmul-precision", "f16"], "--matmul-precision"),
         (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
         (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
@@ -96,7 +98,7 @@ import Testing
         #expect(dtype.count == 4 && dtype.allSatisfy { $0?.contains("(values: auto, f32, f16; default: auto)") == true } && Set(dtype).count == 1,
                 "\(dtype)")
         let products = helps.filter { $0.0 != ["train", "lora"] }.map { line($0.1, "--matmul-precision") }
-        #expect(products.count == 5 && products.allSatisfy { $0?.contains("(values: auto, f32, bf16; default: auto)") == true } && Set(products).count == 1,
+        #expect(products.count == 5 && products.allSatisfy { $0?.contains("(values: auto, f32, bf16, int8; default: auto)") == true } && Set(products).count == 1,
                 "\(products)")
     }
 
@@ -159,11 +161,12 @@ import Testing
     }
 
     /// `--matmul-precision auto` (the default) runs bf16 products where they use the weights exactly (Q4_0, Q4_1, Q8_0)
-    /// and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second, f32 otherwise (an f32 or f16 checkpoint,
-    /// no AVX-512 BF16, or a core that issues VDPBF16PS at half the FMA's rate); an explicit value wins.
+    /// and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second; else int8 activations where every
+    /// matrix is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; f32 otherwise (an f32 or f16 checkpoint, or neither
+    /// instruction set); an explicit value wins.
     @Test func autoProductsFollowTheCheckpointAndTheCPU() async throws {
-        let quantized = Kernels.bf16ProductsPay ? "bf16" : "f32"
-        let cases: [(String, [String], String)] = [
+        let quantized = Kernels.bf16ProductsPay ? "bf16" : Kernels.hasInt8Dot ? "int8" : "f32"
+        var cases: [(String, [String], String)] = [
             (Self.tiny, [], quantized),
             (Self.tiny, ["--matmul-precision", "auto"], quantized),
             (Self.tiny, ["--matmul-precision", "f32"], "f32"),
@@ -172,6 +175,7 @@ import Testing
             (ModelFixtures.checkpointPath(model: "tiny-llama", variant: "F16"), [], "f32"),
             (ModelFixtures.checkpointPath(model: "tiny-llama", variant: "F32"), [], "f32"),
         ]
+        if Kernels.hasInt8Dot { cases.append((Self.tiny, ["--matmul-precision", "int8"], "int8")) }
         for (model, flags, expected) in cases {
             let r = try await Self.dlora(["bench", "core", "--model", model, "--batches", "1", "--prompt", "8", "--gen", "2"] + flags)
             #expect(r.status == 0 && r.stdout.contains("products: \(expected)."), "\(model) \(flags): \(r.stdout) \(r.stderr)")
@@ -179,8 +183,8 @@ import Testing
     }
 
     /// `dlora serve` says in its start line which products `auto` picked: on a quantized checkpoint, bf16 where they pay
-    /// (`Kernels.bf16ProductsPay`), f32 otherwise, whether the server batches or runs one sequence at a time
-    /// (`--max-batch-sequences 1`: f32's batch-1 decode is the faster where VDPBF16PS runs at half the FMA's rate).
+    /// (`Kernels.bf16ProductsPay`), else int8 activations where the CPU has AVX-512 VNNI, else f32 with the reason,
+    /// whether the server batches or runs one sequence at a time (`--max-batch-sequences 1`).
     @Test func serveSaysWhichProductsAutoPicked() throws {
         for single in [false, true] {
             let p = Process()
@@ -201,9 +205,10 @@ import Testing
                 text += String(decoding: chunk, as: UTF8.self)
             }
             let line = try #require(text.split(separator: "\n").first { $0.contains("dlora: serving") }, "\(text)")
-            let bf16 = Kernels.bf16ProductsPay
+            let bf16 = Kernels.bf16ProductsPay, int8 = !bf16 && Kernels.hasInt8Dot
             #expect(line.contains(", bf16 products") == bf16, "\(line)")
-            #expect(line.contains("f32 products (auto: VDPBF16PS does") == (Kernels.hasBF16Dot && !bf16), "\(line)")
+            #expect(line.contains(", int8 activations") == int8, "\(line)")
+            #expect(line.contains("f32 products (auto: VDPBF16PS does") == (Kernels.hasBF16Dot && !bf16 && !int8), "\(line)")
         }
     }
 
@@ -216,6 +221,17 @@ import Testing
         let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "6", "--temperature", "0"]
         let bf16 = try await Self.dlora(args + ["--matmul-precision", "bf16"])
         #expect(bf16.status == 0 && !bf16.stdout.isEmpty, "stderr: \(bf16.stderr)")
+    }
+
+    /// `--matmul-precision int8` (AVX-512 VNNI): `bench core` says so, and `generate` gives the f32 products' greedy text
+    /// on the tiny model (its margins are wide enough here; ModelGoldenTests holds the logits to transformers).
+    @Test(.enabled(if: Kernels.hasInt8Dot)) func generatesWithInt8Activations() async throws {
+        let r = try await Self.dlora(["bench", "core", "--model", Self.tiny, "--batches", "2", "--prompt", "8", "--gen", "2", "--matmul-precision", "int8"])
+        #expect(r.status == 0 && r.stdout.contains("products: int8."), "\(r.stdout) \(r.stderr)")
+        let args = ["generate", "--model", Self.tiny, "--prompt", "hello world", "--max-tokens", "6", "--temperature", "0"]
+        let int8 = try await Self.dlora(args + ["--matmul-precision", "int8"]), f32 = try await Self.dlora(args + ["--matmul-precision", "f32"])
+        #expect(int8.status == 0 && f32.status == 0 && !int8.stdout.isEmpty, "stderr: \(int8.stderr)")
+        #expect(int8.stdout == f32.stdout)
     }
 
     /// `--no-mmap` copies the model at load: the same greedy text as with the mapping.
@@ -305,7 +321,11 @@ import Testing
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         try Self.writeAdapter(dir, name: "tuned")
-        let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0"]
+        // f32 products: the merged forward is the unmerged one's arithmetic (with int8 activations a dense f32 or f16
+        // merge runs in f32 while the unmerged base does not; generatesWithInt8Activations and the merge test below
+        // cover that mode).
+        let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0",
+                      "--matmul-precision", "f32"]
         let base = try await CLITests.dlora(common)
         let byPath = try await CLITests.dlora(common + ["--adapter", dir.appendingPathComponent("tuned").path])
         let byName = try await CLITests.dlora(common + ["--adapter", "tuned", "--adapter-root", dir.path])
@@ -324,6 +344,21 @@ import Testing
             #expect(r.status == 0 && r.stderr.contains("merged 'tuned' into the weights in \(precision)\n"), "stderr: \(r.stderr)")
             if precision == "f32" { #expect(r.stdout == byPath.stdout) }
         }
+    }
+
+    /// With int8 activations a merge is stored in Q8_0 (`--merge-precision auto`), whose codes the merged products read
+    /// with int8 activations like the base's: stderr names it, and the tiny model's greedy text is the unmerged one's.
+    @Test(.enabled(if: Kernels.hasInt8Dot)) func mergedWithInt8ActivationsIsStoredInQ8_0() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Self.writeAdapter(dir, name: "tuned")
+        let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0",
+                      "--matmul-precision", "int8", "--adapter", "tuned", "--adapter-root", dir.path]
+        let unmerged = try await CLITests.dlora(common)
+        let merged = try await CLITests.dlora(common + ["--lora-mode", "merged"])
+        #expect(unmerged.status == 0 && merged.status == 0, "stderr: \(merged.stderr)")
+        #expect(merged.stderr.contains("merged 'tuned' into the weights in q8_0\n"), "stderr: \(merged.stderr)")
+        #expect(!merged.stdout.isEmpty && merged.stdout == unmerged.stdout)
     }
 
     @Test func badAdaptersAreOneLineErrors() async throws {

@@ -215,6 +215,22 @@ void dl_matmul_q_bf16(int type, int64_t M, int64_t N, int64_t K, const float *A,
 void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float *A, int64_t lda, const uint8_t *Wp,
                           float *C, int64_t ldc);
 
+// ---------------------------------------------------------------- products with int8 activations (matmul_q8.c)
+// y = x · Wᵀ for a Q4_0, Q4_1 or Q8_0 W (N rows of K weights, K a multiple of 32) repacked by dl_pack_q8 into
+// dl_q8_bytes(type, K, N) bytes (-1: not a supported type or shape; the checkpoint's bytes per block, the block
+// count of a row padded to even): each token's activations are quantized per block of 32 to int8 (llama.cpp's
+// Q8 activations) and multiplied with the codes exactly in int32 by AVX-512 VNNI, the block scales applied in f32
+// in a fixed lane order (matmul_q8.c). A row's result does not depend on ntok (batch invariance); rows are split
+// over the kernel thread pool. dl_has_vnni512() says whether the CPU runs it (dl_matmul_q8 needs it);
+// dl_matmul_q8_ref is the portable twin, bit for bit, computed from the checkpoint's own bytes (W, row_bytes).
+int dl_has_vnni512(void);
+int64_t dl_q8_bytes(int type, int64_t K, int64_t N);
+void dl_pack_q8(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst);
+void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
+                  float *Y, int64_t ldy);
+void dl_matmul_q8_ref(int type, const uint8_t *W, int64_t row_bytes, int64_t N, int64_t K, const float *X, int64_t ldx,
+                      int64_t ntok, float *Y, int64_t ldy);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,0 +1,481 @@
+// Products of 4- and 8-bit weights with activations quantized to int8 (llama.cpp's Q8 activations), on AVX-512
+// VNNI's integer dot products (VPDPBUSD: 64 byte products per instruction, summed exactly in int32 lanes).
+//
+// The f32 fused kernels (matmul_dq.c) spend ~7 vector operations per 32-weight block and row (two table lookups on
+// the one 512-bit shuffle port among them): at batch 1 on a CPU whose L3 holds the model they are bound by those
+// instructions, not by memory. Here a row's blocks are repacked (dl_pack_q8, the same bytes per block) so that one
+// 64-byte load holds one dword of each of 16 blocks, and a 16-block group costs per row four loads, twelve
+// operations to split the nibbles and eight VPDPBUSD, then per token one conversion and three multiply-adds: ~1.6
+// operations per block and row.
+//
+// The arithmetic, which every path (the AVX-512 kernel, the portable twin dl_matmul_q8_ref) computes bit for bit:
+// - A token's activations, per block of 32: amax = max |x|, dx = amax / 127, qx = round-half-even(x / dx) (as x ·
+//   (1 / dx)), int8. A block whose amax is below 1e-30 has dx = 0 and qx = 0; one holding an infinity or a NaN has
+//   dx = NaN (its products come out NaN, as the f32 kernels' would).
+// - A row's blocks are taken in groups: of 16 while 16 are left, then of 4, then of 2 (the block count padded to an
+//   even one with a zero block). A group has 16 lanes; lane l belongs to block l mod p of its p blocks and sums
+//   the exact integer products of 4·(8/L) of that block's 32 elements (L = 16/p lanes per block; for p = 2 lanes
+//   8-15 hold nothing: their activations and scales are 0). Per lane: isum (exact: the weights' integer codes times
+//   qx; Q4_0's codes minus 8, Q8_0's signed), then
+//       acc = fma(d · dx, (float)isum, acc)            (d · dx rounded once)
+//       acc = fma(m, dx · (float)Σqx_lane, acc)         (Q4_1's min; Σqx over the lane's elements)
+//   and the row's result is dl_lane_tree16 of the 16 accumulators. Each token's result depends on its own
+//   activations and the weights only, never on the batch: batch invariance by construction.
+#include "ckernels.h"
+#include "fatal.h"
+#include "simd.h"
+#include <float.h>
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+// ---------------------------------------------------------------- groups and layouts
+
+// Bytes of one block in the checkpoint's layout (and the packed one): Q4_0 18, Q4_1 20, Q8_0 34.
+static int q8_block_bytes(int type) { return type == DL_Q4_0 ? 18 : type == DL_Q4_1 ? 20 : 34; }
+
+static int q8_supported(int type) { return type == DL_Q4_0 || type == DL_Q4_1 || type == DL_Q8_0; }
+
+// Group g's size p (16, 4 or 2) of a row of nb blocks padded to even, and its first block.
+typedef struct { int n16, n4, n2; } q8_groups;
+
+static q8_groups groups_of(int64_t nb) {
+    const int64_t nbp = nb + (nb & 1);
+    q8_groups g = { (int)(nbp / 16), (int)(nbp % 16 / 4), (int)(nbp % 4 / 2) };
+    return g;
+}
+
+// Lane l of a group of p blocks, step s of its 8 / L: the block (of the group) and the dword v (elements 4v..4v+3)
+// it covers; -1 for the dead lanes of a 2-block group.
+static inline int lane_block(int p, int l) { return p == 2 && l >= 8 ? -1 : l % p; }
+static inline int lane_dword(int p, int l, int s) {
+    const int L = p == 2 ? 4 : 16 / p;
+    return s * L + l / p;
+}
+static inline int group_steps(int p) { return p == 16 ? 8 : 2; }
+
+// A token's packed activations per group: steps × 64 bytes of qx, then dx[16] (f32), then aux[16]: Q4_1 the lane's
+// dx · Σqx (f32), Q4_0 and Q8_0 the lane's −8·Σqx or −128·Σqx (int32, the starting value of its integer sum).
+static int64_t group_x_bytes(int p) { return group_steps(p) * 64 + 128; }
+
+static int64_t x_pack_bytes(int64_t nb) {
+    const q8_groups g = groups_of(nb);
+    return g.n16 * group_x_bytes(16) + g.n4 * group_x_bytes(4) + g.n2 * group_x_bytes(2);
+}
+
+int64_t dl_q8_bytes(int type, int64_t K, int64_t N) {
+    if (!q8_supported(type) || K <= 0 || K % 32 || N < 0) return -1;
+    const int64_t nb = K / 32;
+    return (nb + (nb & 1)) * q8_block_bytes(type) * N;
+}
+
+// ---------------------------------------------------------------- activations
+
+static inline float half_value(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    uint32_t bits;
+    if (exp == 0) {
+        if (man == 0) bits = sign;
+        else { // subnormal: normalise
+            int e = -1;
+            uint32_t m = man;
+            do { e++; m <<= 1; } while (!(m & 0x400));
+            bits = sign | (uint32_t)(112 - e) << 23 | (m & 0x3ff) << 13;
+        }
+    } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
+    else bits = sign | (exp + 112) << 23 | man << 13;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+// One block's quantization (the portable form): qx[32], returns dx.
+static float quantize_block_scalar(const float *x, int8_t *q) {
+    uint32_t amax_bits = 0;
+    for (int j = 0; j < 32; j++) {
+        uint32_t b;
+        memcpy(&b, x + j, 4);
+        b &= 0x7fffffffu;
+        if (b > amax_bits) amax_bits = b;
+    }
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    if (amax_bits >= 0x7f800000u) { memset(q, 0, 32); return NAN; }
+    if (amax < 1e-30f) { memset(q, 0, 32); return 0.0f; }
+    const float d = amax / 127.0f, id = 1.0f / d;
+    for (int j = 0; j < 32; j++) {
+        float v = nearbyintf(x[j] * id);
+        v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
+        q[j] = (int8_t)v;
+    }
+    return d;
+}
+
+#if defined(__x86_64__)
+#define DL_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+DL_VNNI static float quantize_block_avx512(const float *x, int8_t *q) {
+    const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
+    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
+    const __m512i m = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(a), abs_mask),
+                                       _mm512_and_si512(_mm512_castps_si512(b), abs_mask));
+    const uint32_t amax_bits = _mm512_reduce_max_epu32(m);
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    if (amax_bits >= 0x7f800000u) { memset(q, 0, 32); return NAN; }
+    if (amax < 1e-30f) { memset(q, 0, 32); return 0.0f; }
+    const float d = amax / 127.0f, id = 1.0f / d;
+    const __m512 vid = _mm512_set1_ps(id), lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
+    const __m512 ra = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim);
+    const __m512 rb = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(_mm512_mul_ps(b, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim);
+    _mm_storeu_si128((__m128i *)q, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(ra)));
+    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(rb)));
+    return d;
+}
+#endif
+
+// A token's row of K activations into its packed groups (x_pack_bytes(K / 32) bytes at dst). The quantization
+// per block goes to scratch first (qx[nb·32], dx[nb]), then the lanes are laid out per group.
+static void pack_x(int type, const float *x, int64_t K, int use512, uint8_t *dst, int8_t *qx, float *dx) {
+    const int64_t nb = K / 32, nbp = nb + (nb & 1);
+    for (int64_t b = 0; b < nb; b++) {
+#if defined(__x86_64__)
+        if (use512) { dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32); continue; }
+#endif
+        (void)use512;
+        dx[b] = quantize_block_scalar(x + b * 32, qx + b * 32);
+    }
+    if (nbp > nb) { memset(qx + nb * 32, 0, 32); dx[nb] = 0.0f; }
+    const q8_groups g = groups_of(nb);
+    int64_t b0 = 0;
+    uint8_t *o = dst;
+    for (int gi = 0; gi < g.n16 + g.n4 + g.n2; gi++) {
+        const int p = gi < g.n16 ? 16 : gi < g.n16 + g.n4 ? 4 : 2, S = group_steps(p);
+        int32_t sum[16] = { 0 };
+        for (int s = 0; s < S; s++)
+            for (int l = 0; l < 16; l++) {
+                const int blk = lane_block(p, l);
+                int8_t *lane = (int8_t *)o + s * 64 + l * 4;
+                if (blk < 0) { memset(lane, 0, 4); continue; }
+                const int8_t *src = qx + (b0 + blk) * 32 + 4 * lane_dword(p, l, s);
+                memcpy(lane, src, 4);
+                sum[l] += src[0] + src[1] + src[2] + src[3];
+            }
+        float *dxs = (float *)(o + S * 64);
+        for (int l = 0; l < 16; l++) {
+            const int blk = lane_block(p, l);
+            dxs[l] = blk < 0 ? 0.0f : dx[b0 + blk];
+        }
+        uint8_t *aux = o + S * 64 + 64;
+        for (int l = 0; l < 16; l++) {
+            if (type == DL_Q4_1) {
+                const float v = dxs[l] * (float)sum[l];
+                memcpy(aux + l * 4, &v, 4);
+            } else {
+                const int32_t v = -(type == DL_Q4_0 ? 8 : 128) * sum[l];
+                memcpy(aux + l * 4, &v, 4);
+            }
+        }
+        o += group_x_bytes(p);
+        b0 += p;
+    }
+}
+
+// ---------------------------------------------------------------- weights
+
+// One group of p blocks from blocks[i] (the checkpoint's layout, bb bytes each) to o; returns the end.
+static inline __attribute__((always_inline))
+uint8_t *pack_group(const int type, const int p, const uint8_t *const *blocks, uint8_t *o) {
+    const int four = type != DL_Q8_0, code_off = type == DL_Q4_1 ? 4 : 2;
+    const int L = p == 2 ? 4 : 16 / p, lanes = p == 2 ? 8 : 16, vectors = four ? 8 / L / 2 : 8 / L;
+    const uint32_t flip = four ? 0 : 0x80808080u;
+    for (int i = 0; i < p; i++) memcpy(o + 2 * i, blocks[i], 2);
+    o += 2 * p;
+    if (type == DL_Q4_1) {
+        for (int i = 0; i < p; i++) memcpy(o + 2 * i, blocks[i] + 2, 2);
+        o += 2 * p;
+    }
+    for (int k = 0; k < vectors; k++) {
+        for (int l = 0; l < lanes; l++) {
+            uint32_t v;
+            memcpy(&v, blocks[l % p] + code_off + 4 * (k * L + l / p), 4);
+            v ^= flip;
+            memcpy(o + l * 4, &v, 4);
+        }
+        o += lanes * 4;
+    }
+    return o;
+}
+
+static inline __attribute__((always_inline))
+void pack_rows(const int type, const uint8_t *w, int64_t row_bytes, int64_t nb, int64_t N, uint8_t *dst) {
+    const int64_t bb = q8_block_bytes(type);
+    const q8_groups g = groups_of(nb);
+    static const uint8_t zero[34];
+    const uint8_t *blocks[16];
+    for (int64_t r = 0; r < N; r++) {
+        const uint8_t *row = w + r * row_bytes;
+        uint8_t *o = dst;
+        dst += (nb + (nb & 1)) * bb;
+        int64_t b0 = 0;
+        for (int gi = 0; gi < g.n16 + g.n4 + g.n2; gi++) {
+            const int p = gi < g.n16 ? 16 : gi < g.n16 + g.n4 ? 4 : 2;
+            for (int i = 0; i < p; i++) blocks[i] = b0 + i < nb ? row + (b0 + i) * bb : zero;
+            o = p == 16 ? pack_group(type, 16, blocks, o) : p == 4 ? pack_group(type, 4, blocks, o) : pack_group(type, 2, blocks, o);
+            b0 += p;
+        }
+    }
+}
+
+// Each row's groups in order: the p blocks' f16 d, then (Q4_1) their f16 m, then the codes: a 4-bit group's p·16
+// nibble bytes as 8 / L / 2 vectors of 16 dwords (vector k, lane l: the bytes 4v..4v+3, v = k·L + l / p, of block
+// l mod p; their low nibbles are step k's elements, their high nibbles step k + S / 2's), an 8-bit group's p·32
+// codes as 8 / L vectors (vector s, lane l: dword v = s·L + l / p of block l mod p, each byte XOR 0x80, the
+// unsigned code + 128 VPDPBUSD takes). A 2-block group's vectors are 32 bytes (lanes 0-7). The padding block is
+// zeros.
+void dl_pack_q8(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst) {
+    const int64_t nb = K / 32;
+    switch (type) {
+    case DL_Q4_0: pack_rows(DL_Q4_0, w, row_bytes, nb, N, dst); return;
+    case DL_Q4_1: pack_rows(DL_Q4_1, w, row_bytes, nb, N, dst); return;
+    default: pack_rows(DL_Q8_0, w, row_bytes, nb, N, dst); return;
+    }
+}
+
+// ---------------------------------------------------------------- the portable twin
+
+// From the checkpoint's bytes (not the packed copy), so the tests check the packing too.
+void dl_matmul_q8_ref(int type, const uint8_t *w, int64_t row_bytes, int64_t N, int64_t K, const float *X, int64_t ldx,
+                      int64_t ntok, float *Y, int64_t ldy) {
+    const int64_t nb = K / 32, nbp = nb + (nb & 1), bb = q8_block_bytes(type);
+    int8_t *qx = malloc((size_t)nbp * 32);
+    float *dx = malloc((size_t)nbp * sizeof(float));
+    if (!qx || !dx) dl_fatal_alloc("the q8 reference's activations", (size_t)nbp * 36);
+    const q8_groups g = groups_of(nb);
+    for (int64_t t = 0; t < ntok; t++) {
+        for (int64_t b = 0; b < nb; b++) dx[b] = quantize_block_scalar(X + t * ldx + b * 32, qx + b * 32);
+        if (nbp > nb) { memset(qx + nb * 32, 0, 32); dx[nb] = 0.0f; }
+        for (int64_t r = 0; r < N; r++) {
+            const uint8_t *row = w + r * row_bytes;
+            float acc[16] = { 0 };
+            int64_t b0 = 0;
+            for (int gi = 0; gi < g.n16 + g.n4 + g.n2; gi++) {
+                const int p = gi < g.n16 ? 16 : gi < g.n16 + g.n4 ? 4 : 2, S = group_steps(p);
+                for (int l = 0; l < 16; l++) {
+                    const int blk = lane_block(p, l) < 0 ? l % 2 : l % p; // dead lanes read block l mod 2's scales
+                    const int64_t b = b0 + blk;
+                    const int live = lane_block(p, l) >= 0 && b < nb;
+                    float d = 0.0f, m = 0.0f;
+                    if (b < nb) {
+                        const uint8_t *blkp = row + b * bb;
+                        d = half_value((uint16_t)(blkp[0] | blkp[1] << 8));
+                        if (type == DL_Q4_1) m = half_value((uint16_t)(blkp[2] | blkp[3] << 8));
+                    }
+                    int32_t isum = 0, sq = 0;
+                    if (live) {
+                        const uint8_t *blkp = row + b * bb;
+                        for (int s = 0; s < S; s++) {
+                            const int v = lane_dword(p, l, s);
+                            for (int j = 4 * v; j < 4 * v + 4; j++) {
+                                int code;
+                                if (type == DL_Q8_0) code = (int8_t)blkp[2 + j];
+                                else {
+                                    const uint8_t byte = blkp[(type == DL_Q4_1 ? 4 : 2) + (j & 15)];
+                                    code = j < 16 ? byte & 15 : byte >> 4;
+                                    if (type == DL_Q4_0) code -= 8;
+                                }
+                                isum += code * qx[b * 32 + j];
+                                sq += qx[b * 32 + j];
+                            }
+                        }
+                    }
+                    const float dxl = live ? dx[b] : 0.0f;
+                    acc[l] = fmaf(d * dxl, (float)isum, acc[l]);
+                    if (type == DL_Q4_1) acc[l] = fmaf(m, dxl * (float)sq, acc[l]);
+                }
+                b0 += p;
+            }
+            Y[t * ldy + r] = dl_lane_tree16(acc);
+        }
+    }
+    free(qx);
+    free(dx);
+}
+
+// ---------------------------------------------------------------- the AVX-512 VNNI kernel
+
+#if defined(__x86_64__)
+#ifndef Q8_PREFETCH_TILES
+#define Q8_PREFETCH_TILES 1
+#endif
+int dl_has_vnni512(void) {
+    static int cached = -1;
+    if (cached < 0) cached = __builtin_cpu_supports("avx512vnni") ? 1 : 0;
+    return cached && dl_has_avx512();
+}
+
+// One group of NR rows × NT tokens: w points at row 0's group, rows prow bytes apart; xg at token 0's group,
+// tokens xstride bytes apart.
+DL_VNNI static inline __attribute__((always_inline))
+void group_tile(const int type, const int p, const int NR, const int NT, const uint8_t *w, int64_t prow,
+                const uint8_t *xg, int64_t xstride, __m512 *acc) {
+    const int S = group_steps(p), four = type != DL_Q8_0;
+    const __mmask16 live = p == 2 ? 0x00ff : 0xffff;
+    for (int r = 0; r < NR; r++) {
+        const uint8_t *g = w + r * prow;
+        __m512 d, m = _mm512_setzero_ps();
+        if (p == 16) d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+        else if (p == 4) { int64_t v; memcpy(&v, g, 8); d = _mm512_cvtph_ps(_mm256_set1_epi64x(v)); }
+        else { int32_t v; memcpy(&v, g, 4); d = _mm512_cvtph_ps(_mm256_set1_epi32(v)); }
+        g += 2 * p;
+        if (type == DL_Q4_1) {
+            if (p == 16) m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
+            else if (p == 4) { int64_t v; memcpy(&v, g, 8); m = _mm512_cvtph_ps(_mm256_set1_epi64x(v)); }
+            else { int32_t v; memcpy(&v, g, 4); m = _mm512_cvtph_ps(_mm256_set1_epi32(v)); }
+            g += 2 * p;
+        }
+        __m512i codes[8];
+        const int vbytes = p == 2 ? 32 : 64;
+        if (four) {
+            const __m512i lo4 = _mm512_set1_epi8(0x0f);
+            for (int k = 0; k < S / 2; k++) {
+                const __m512i nib = _mm512_maskz_loadu_epi32(live, g + k * vbytes);
+                codes[k] = _mm512_and_si512(nib, lo4);
+                codes[k + S / 2] = _mm512_and_si512(_mm512_srli_epi16(nib, 4), lo4);
+            }
+        } else {
+            for (int s = 0; s < S; s++) codes[s] = _mm512_maskz_loadu_epi32(live, g + s * vbytes);
+        }
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *x = xg + t * xstride;
+            __m512i isum = type == DL_Q4_1 ? _mm512_setzero_si512() : _mm512_loadu_si512(x + S * 64 + 64);
+            for (int s = 0; s < S; s++) isum = _mm512_dpbusd_epi32(isum, codes[s], _mm512_loadu_si512(x + s * 64));
+            const __m512 dx = _mm512_loadu_ps((const float *)(x + S * 64));
+            __m512 a = _mm512_fmadd_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum), acc[r * NT + t]);
+            if (type == DL_Q4_1) a = _mm512_fmadd_ps(m, _mm512_loadu_ps((const float *)(x + S * 64 + 64)), a);
+            acc[r * NT + t] = a;
+        }
+    }
+}
+
+DL_VNNI static inline __attribute__((always_inline))
+void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
+             const uint8_t *x, int64_t xstride, float *y, int64_t ldy) {
+    __m512 acc[8];
+    for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
+    const uint8_t *wg = w, *xg = x;
+    // The tile's NR rows are read interleaved, NR short streams the hardware prefetcher does not follow; the next
+    // tile's bytes (contiguous) are prefetched here, spread over the groups.
+    const char *next = (const char *)w + Q8_PREFETCH_TILES * NR * prow;
+    const int64_t lines = (NR * prow + 63) / 64, ngroups = gs.n16 + gs.n4 + gs.n2;
+    const int64_t per_group = (lines + ngroups - 1) / ngroups;
+    int64_t line = 0;
+#define PREFETCH_SOME() \
+    for (int64_t j = 0; j < per_group && line < lines; j++, line++) _mm_prefetch(next + line * 64, _MM_HINT_T0)
+    for (int i = 0; i < gs.n16; i++) {
+        PREFETCH_SOME();
+        group_tile(type, 16, NR, NT, wg, prow, xg, xstride, acc);
+        wg += 16 * q8_block_bytes(type);
+        xg += group_x_bytes(16);
+    }
+    for (int i = 0; i < gs.n4; i++) {
+        PREFETCH_SOME();
+        group_tile(type, 4, NR, NT, wg, prow, xg, xstride, acc);
+        wg += 4 * q8_block_bytes(type);
+        xg += group_x_bytes(4);
+    }
+    for (int i = 0; i < gs.n2; i++) {
+        PREFETCH_SOME();
+        group_tile(type, 2, NR, NT, wg, prow, xg, xstride, acc);
+        wg += 2 * q8_block_bytes(type);
+        xg += group_x_bytes(2);
+    }
+#undef PREFETCH_SOME
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) y[t * ldy + r] = dl_lane_sum(acc[r * NT + t]);
+}
+
+DL_VNNI static inline __attribute__((always_inline))
+void q8_rows_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
+                const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    int64_t r = r0;
+    for (; r + NR <= r1; r += NR) q8_tile(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
+    for (; r < r1; r++) q8_tile(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
+}
+
+DL_VNNI static inline __attribute__((always_inline))
+void q8_rows_typed(const int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
+                   int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    switch (ntok) {
+    case 1: q8_rows_nt(type, 8, 1, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    case 2: q8_rows_nt(type, 4, 2, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    case 3: q8_rows_nt(type, 2, 3, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    case 4: q8_rows_nt(type, 2, 4, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    case 5: q8_rows_nt(type, 1, 5, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    case 6: q8_rows_nt(type, 1, 6, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    case 7: q8_rows_nt(type, 1, 7, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    default: q8_rows_nt(type, 1, 8, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    }
+}
+
+// Rows [r0, r1) of up to 8 tokens.
+DL_VNNI static void q8_rows(int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
+                            int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+    switch (type) {
+    case DL_Q4_0: q8_rows_typed(DL_Q4_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1); return;
+    case DL_Q4_1: q8_rows_typed(DL_Q4_1, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1); return;
+    default: q8_rows_typed(DL_Q8_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1); return;
+    }
+}
+#else
+int dl_has_vnni512(void) { return 0; }
+#endif
+
+// ---------------------------------------------------------------- threading
+
+typedef struct {
+    int type;
+    const uint8_t *W;
+    int64_t prow, rows;
+    q8_groups gs;
+    const uint8_t *xp;
+    int64_t xstride, ntok;
+    float *Y;
+    int64_t ldy;
+} q8_ctx;
+
+enum { Q8_UNIT = 16, Q8_TOKENS = 8 };
+
+static void q8_units(void *vctx, int64_t u0, int64_t u1) {
+#if defined(__x86_64__)
+    const q8_ctx *c = (const q8_ctx *)vctx;
+    const int64_t r0 = u0 * Q8_UNIT, r1 = u1 * Q8_UNIT < c->rows ? u1 * Q8_UNIT : c->rows;
+    for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) {
+        const int64_t nt = c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS;
+        q8_rows(c->type, c->W, c->prow, c->gs, c->xp + t * c->xstride, c->xstride, nt, c->Y + t * c->ldy, c->ldy, r0, r1);
+    }
+#else
+    (void)vctx; (void)u0; (void)u1;
+#endif
+}
+
+static __thread void *tl_xq;
+static __thread int64_t tl_xq_bytes;
+
+void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
+                  float *Y, int64_t ldy) {
+    if (N <= 0 || ntok <= 0) return;
+    const int64_t nb = K / 32, nbp = nb + (nb & 1), xstride = x_pack_bytes(nb);
+    if (!dl_has_vnni512()) {
+        fprintf(stderr, "dlora kernels: dl_matmul_q8 needs AVX-512 VNNI (callers check dl_has_vnni512); aborting\n");
+        abort();
+    }
+    uint8_t *buf = dl_grow_buffer(&tl_xq, &tl_xq_bytes, ntok * xstride + nbp * 36, "the quantized activations");
+    int8_t *qx = (int8_t *)(buf + ntok * xstride);
+    float *dx = (float *)(qx + nbp * 32);
+    for (int64_t t = 0; t < ntok; t++) pack_x(type, X + t * ldx, K, 1, buf + t * xstride, qx, dx);
+    q8_ctx c = { type, Wp, nbp * q8_block_bytes(type), N, groups_of(nb), buf, xstride, ntok, Y, ldy };
+    const int64_t units = (N + Q8_UNIT - 1) / Q8_UNIT;
+    if (N * K * ntok < (1 << 16)) q8_units(&c, 0, units);
+    else dl_parallel_for(units, 1, q8_units, &c);
+}
