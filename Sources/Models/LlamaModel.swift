@@ -217,9 +217,15 @@ public final class LlamaModel: @unchecked Sendable {
     /// Whether int8 products (`setInt8Products`) would cover every product: each matrix of the blocks and the LM head
     /// is Q4_0, Q4_1 or Q8_0.
     public var weightsHaveInt8Codes: Bool {
-        func coded(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
-        return coded(output) && pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { coded(l.matrix($0)) } }
+        coded(output) && pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { coded(l.matrix($0)) } }
     }
+
+    /// Whether int8 products would cover any product at all (some matrix is Q4_0, Q4_1 or Q8_0).
+    public var someWeightsHaveInt8Codes: Bool {
+        coded(output) || pristineLayers.contains { l in LoRATarget.allCases.contains { coded(l.matrix($0)) } }
+    }
+
+    private func coded(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
 
     /// Runs the base model's products on Q4_0, Q4_1 and Q8_0 matrices — the blocks' projections and the LM head —
     /// with each token's activations quantized to int8 per block of 32 (llama.cpp's Q8 activations) and multiplied

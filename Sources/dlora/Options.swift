@@ -271,6 +271,9 @@ struct MatmulPrecisionOption: ParsableArguments {
             model.setBF16Products(true)
         case .int8:
             guard Kernels.hasInt8Dot else { throw CLIError("--matmul-precision int8 needs a CPU with AVX-512 VNNI, which this one lacks (kernels: \(Kernels.simdPathName))") }
+            guard model.someWeightsHaveInt8Codes else {
+                throw CLIError("--matmul-precision int8 needs Q4_0, Q4_1 or Q8_0 matrices, and this checkpoint has none (its products stay f32: use --matmul-precision f32)")
+            }
             model.setInt8Products(true)
         case .auto, .f32: return
         }

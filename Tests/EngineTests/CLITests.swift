@@ -47,6 +47,8 @@ import Testing
         (["generate", "--model", tiny, "--prompt", "a", "--kv-cache-dtype", "bf16"], "--kv-cache-dtype"),
         (["serve", "--model", tiny, "--matmul-precision", "int4"], "--matmul-precision"),
         (["bench", "core", "--model", tiny, "--matmul-precision", "f16"], "--matmul-precision"),
+        (["bench", "core", "--model", ModelFixtures.checkpointPath(model: "tiny-llama", variant: "F16"), "--matmul-precision", "int8"],
+         Kernels.hasInt8Dot ? "--matmul-precision int8 needs Q4_0, Q4_1 or Q8_0 matrices" : "--matmul-precision int8 needs a CPU with AVX-512 VNNI"),
         (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
         (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
         (["serve", "--model", tiny, "--step-log", "/nonexistent/dir/steps.jsonl"], "--step-log: cannot write /nonexistent/dir/steps.jsonl"),
