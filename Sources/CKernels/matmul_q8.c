@@ -71,21 +71,10 @@ int64_t dl_q8_bytes(int type, int64_t K, int64_t N) {
 
 // ---------------------------------------------------------------- activations
 
+// A block's f16 scale, exactly (the library's conversion).
 static inline float half_value(uint16_t h) {
-    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
-    uint32_t bits;
-    if (exp == 0) {
-        if (man == 0) bits = sign;
-        else { // subnormal: normalise
-            int e = -1;
-            uint32_t m = man;
-            do { e++; m <<= 1; } while (!(m & 0x400));
-            bits = sign | (uint32_t)(112 - e) << 23 | (m & 0x3ff) << 13;
-        }
-    } else if (exp == 31) bits = sign | 0x7f800000u | man << 13;
-    else bits = sign | (exp + 112) << 23 | man << 13;
     float f;
-    memcpy(&f, &bits, 4);
+    dl_f16_to_f32(&h, &f, 1);
     return f;
 }
 

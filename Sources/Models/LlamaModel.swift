@@ -231,8 +231,8 @@ public final class LlamaModel: @unchecked Sendable {
     /// with each token's activations quantized to int8 per block of 32 (llama.cpp's Q8 activations) and multiplied
     /// with the codes exactly on AVX-512 VNNI (`Kernels.matmulInt8`; the codes regrouped into a copy of the
     /// checkpoint's size); other matrices keep f32 products. Every token count goes through the same kernel, so batch
-    /// invariance holds. LoRA paths stay f32; a merged matrix runs in f32 (the loaded ones a merge leaves alone keep
-    /// their copies). Not while an adapter is merged, nor together with bf16 products.
+    /// invariance holds. LoRA paths stay f32; a Q8_0-merged matrix gets a copy too, an f32- or f16-merged one runs in
+    /// f32 (`attachInt8Packs`). Not while an adapter is merged, nor together with bf16 products.
     public func setInt8Products(_ on: Bool) {
         precondition(merged == nil && !bf16Products, "int8 products switched on a merged model or beside bf16 products")
         precondition(!on || Kernels.hasInt8Dot, "int8 products need AVX-512 VNNI")

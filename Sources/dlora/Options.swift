@@ -230,7 +230,7 @@ struct KeyOptions: ParsableArguments {
 /// of 32, llama.cpp's arithmetic, exact integer sums on AVX-512 VNNI). `auto`, the default, picks bf16 where it uses
 /// every weight exactly and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second (Zen 4: twice);
 /// else int8 where every matrix is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI (Intel's Sapphire and Emerald
-/// Rapids: batch-1 decode 1.5–1.6× f32's, batch 32 1.3×; docs/design/core-engine.md); else f32.
+/// Rapids: batch-1 decode 1.7–2.0× f32's, batch 32 1.16–1.20×; docs/design/core-engine.md); else f32.
 struct MatmulPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
         case auto, f32, bf16, int8
