@@ -5,8 +5,8 @@
 // the one 512-bit shuffle port among them): at batch 1 on a CPU whose L3 holds the model they are bound by those
 // instructions, not by memory. Here a row's blocks are repacked (dl_pack_q8, the same bytes per block) so that one
 // 64-byte load holds one dword of each of 16 blocks, and a 16-block group costs per row four loads, twelve
-// operations to split the nibbles and eight VPDPBUSD, then per token one conversion and three multiply-adds: ~1.6
-// operations per block and row.
+// operations to split the nibbles and eight VPDPBUSD, then per token a conversion, a multiply and one or two
+// multiply-adds: ~1.6 operations per block and row.
 //
 // The arithmetic, which every path (the AVX-512 kernel, the portable twin dl_matmul_q8_ref) computes bit for bit:
 // - A token's activations, per block of 32: amax = max |x|, dx = amax / 127, qx = round-half-even(x / dx) (as x ·
@@ -24,9 +24,7 @@
 #include "ckernels.h"
 #include "fatal.h"
 #include "simd.h"
-#include <float.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdlib.h>
 
 // ---------------------------------------------------------------- groups and layouts
@@ -36,7 +34,7 @@ static int q8_block_bytes(int type) { return type == DL_Q4_0 ? 18 : type == DL_Q
 
 static int q8_supported(int type) { return type == DL_Q4_0 || type == DL_Q4_1 || type == DL_Q8_0; }
 
-// Group g's size p (16, 4 or 2) of a row of nb blocks padded to even, and its first block.
+// How many groups of 16, 4 and 2 blocks a row of nb blocks (padded to even) takes, in that order.
 typedef struct { int n16, n4, n2; } q8_groups;
 
 static q8_groups groups_of(int64_t nb) {
@@ -44,6 +42,11 @@ static q8_groups groups_of(int64_t nb) {
     q8_groups g = { (int)(nbp / 16), (int)(nbp % 16 / 4), (int)(nbp % 4 / 2) };
     return g;
 }
+
+static inline int group_count(q8_groups g) { return g.n16 + g.n4 + g.n2; }
+
+// The size p of group gi.
+static inline int group_size(q8_groups g, int gi) { return gi < g.n16 ? 16 : gi < g.n16 + g.n4 ? 4 : 2; }
 
 // Lane l of a group of p blocks, step s of its 8 / L: the block (of the group) and the dword v (elements 4v..4v+3)
 // it covers; -1 for the dead lanes of a 2-block group.
@@ -125,21 +128,21 @@ DL_VNNI static float quantize_block_avx512(const float *x, int8_t *q) {
 
 // A token's row of K activations into its packed groups (x_pack_bytes(K / 32) bytes at dst). The quantization
 // per block goes to scratch first (qx[nb·32], dx[nb]), then the lanes are laid out per group.
-static void pack_x(int type, const float *x, int64_t K, int use512, uint8_t *dst, int8_t *qx, float *dx) {
+static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx, float *dx) {
     const int64_t nb = K / 32, nbp = nb + (nb & 1);
     for (int64_t b = 0; b < nb; b++) {
 #if defined(__x86_64__)
-        if (use512) { dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32); continue; }
-#endif
-        (void)use512;
+        dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32);
+#else
         dx[b] = quantize_block_scalar(x + b * 32, qx + b * 32);
+#endif
     }
     if (nbp > nb) { memset(qx + nb * 32, 0, 32); dx[nb] = 0.0f; }
     const q8_groups g = groups_of(nb);
     int64_t b0 = 0;
     uint8_t *o = dst;
-    for (int gi = 0; gi < g.n16 + g.n4 + g.n2; gi++) {
-        const int p = gi < g.n16 ? 16 : gi < g.n16 + g.n4 ? 4 : 2, S = group_steps(p);
+    for (int gi = 0; gi < group_count(g); gi++) {
+        const int p = group_size(g, gi), S = group_steps(p);
         int32_t sum[16] = { 0 };
         for (int s = 0; s < S; s++)
             for (int l = 0; l < 16; l++) {
@@ -207,8 +210,8 @@ void pack_rows(const int type, const uint8_t *w, int64_t row_bytes, int64_t nb, 
         uint8_t *o = dst;
         dst += (nb + (nb & 1)) * bb;
         int64_t b0 = 0;
-        for (int gi = 0; gi < g.n16 + g.n4 + g.n2; gi++) {
-            const int p = gi < g.n16 ? 16 : gi < g.n16 + g.n4 ? 4 : 2;
+        for (int gi = 0; gi < group_count(g); gi++) {
+            const int p = group_size(g, gi);
             for (int i = 0; i < p; i++) blocks[i] = b0 + i < nb ? row + (b0 + i) * bb : zero;
             o = p == 16 ? pack_group(type, 16, blocks, o) : p == 4 ? pack_group(type, 4, blocks, o) : pack_group(type, 2, blocks, o);
             b0 += p;
@@ -248,10 +251,10 @@ void dl_matmul_q8_ref(int type, const uint8_t *w, int64_t row_bytes, int64_t N, 
             const uint8_t *row = w + r * row_bytes;
             float acc[16] = { 0 };
             int64_t b0 = 0;
-            for (int gi = 0; gi < g.n16 + g.n4 + g.n2; gi++) {
-                const int p = gi < g.n16 ? 16 : gi < g.n16 + g.n4 ? 4 : 2, S = group_steps(p);
+            for (int gi = 0; gi < group_count(g); gi++) {
+                const int p = group_size(g, gi), S = group_steps(p);
                 for (int l = 0; l < 16; l++) {
-                    const int blk = lane_block(p, l) < 0 ? l % 2 : l % p; // dead lanes read block l mod 2's scales
+                    const int blk = l % p; // a dead lane (p = 2) reads its block's scales, as the broadcast does
                     const int64_t b = b0 + blk;
                     const int live = lane_block(p, l) >= 0 && b < nb;
                     float d = 0.0f, m = 0.0f;
@@ -303,6 +306,15 @@ int dl_has_vnni512(void) {
     return cached && dl_has_avx512();
 }
 
+// A group's p f16 scales spread over the 16 lanes (lane l: block l mod p's), with loads and one conversion.
+DL_VNNI static inline __attribute__((always_inline)) __m512 group_scales(const int p, const uint8_t *h) {
+    if (p == 16) return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)h));
+    if (p == 4) { int64_t v; memcpy(&v, h, 8); return _mm512_cvtph_ps(_mm256_set1_epi64x(v)); }
+    int32_t v;
+    memcpy(&v, h, 4);
+    return _mm512_cvtph_ps(_mm256_set1_epi32(v));
+}
+
 // One group of NR rows × NT tokens: w points at row 0's group, rows prow bytes apart; xg at token 0's group,
 // tokens xstride bytes apart.
 DL_VNNI static inline __attribute__((always_inline))
@@ -312,17 +324,8 @@ void group_tile(const int type, const int p, const int NR, const int NT, const u
     const __mmask16 live = p == 2 ? 0x00ff : 0xffff;
     for (int r = 0; r < NR; r++) {
         const uint8_t *g = w + r * prow;
-        __m512 d, m = _mm512_setzero_ps();
-        if (p == 16) d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-        else if (p == 4) { int64_t v; memcpy(&v, g, 8); d = _mm512_cvtph_ps(_mm256_set1_epi64x(v)); }
-        else { int32_t v; memcpy(&v, g, 4); d = _mm512_cvtph_ps(_mm256_set1_epi32(v)); }
-        g += 2 * p;
-        if (type == DL_Q4_1) {
-            if (p == 16) m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)g));
-            else if (p == 4) { int64_t v; memcpy(&v, g, 8); m = _mm512_cvtph_ps(_mm256_set1_epi64x(v)); }
-            else { int32_t v; memcpy(&v, g, 4); m = _mm512_cvtph_ps(_mm256_set1_epi32(v)); }
-            g += 2 * p;
-        }
+        const __m512 d = group_scales(p, g), m = type == DL_Q4_1 ? group_scales(p, g + 2 * p) : _mm512_setzero_ps();
+        g += (type == DL_Q4_1 ? 4 : 2) * p;
         __m512i codes[8];
         const int vbytes = p == 2 ? 32 : 64;
         if (four) {
@@ -462,7 +465,7 @@ void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float
     uint8_t *buf = dl_grow_buffer(&tl_xq, &tl_xq_bytes, ntok * xstride + nbp * 36, "the quantized activations");
     int8_t *qx = (int8_t *)(buf + ntok * xstride);
     float *dx = (float *)(qx + nbp * 32);
-    for (int64_t t = 0; t < ntok; t++) pack_x(type, X + t * ldx, K, 1, buf + t * xstride, qx, dx);
+    for (int64_t t = 0; t < ntok; t++) pack_x(type, X + t * ldx, K, buf + t * xstride, qx, dx);
     q8_ctx c = { type, Wp, nbp * q8_block_bytes(type), N, groups_of(nb), buf, xstride, ntok, Y, ldy };
     const int64_t units = (N + Q8_UNIT - 1) / Q8_UNIT;
     if (N * K * ntok < (1 << 16)) q8_units(&c, 0, units);

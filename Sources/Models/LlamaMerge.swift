@@ -111,13 +111,11 @@ extension LlamaModel {
     /// loaded matrix's never changes.
     func attachMergePacks(layer li: Int) {
         if mergePacks.isEmpty { mergePacks = Array(repeating: [:], count: layers.count) }
-        let p = pristineLayers[li]
-        let loaded = [p.q, p.k, p.v, p.o, p.gate, p.up, p.down] + [p.qkv, p.gateUp].compactMap { $0 }
         layers[li].mapProducts { slot, m in
             if m.bf16 != nil { return m }
-            let same = loaded.first { $0.storage === m.storage && $0.offset == m.offset && $0.rows == m.rows && $0.dtype == m.dtype }
+            let same = loadedMatrix(viewedBy: m, layer: li)
             if let packed = same?.bf16 { return m.withBF16(packed) }  // a loaded matrix (or fused view) with its pack
-            let key = slot.rawValue | Int(m.dtype.rawValue) << 8 | (same != nil ? 1 << 20 : 0)
+            let key = Self.mergePackKey(slot, m, viewsLoadedBytes: same != nil)
             if let cached = mergePacks[li][key] {
                 if same == nil { cached.refill(from: m, scratch: mergeStaging) }
                 return m.withBF16(cached)
@@ -135,13 +133,11 @@ extension LlamaModel {
     /// matrices run in f32.
     func attachInt8Packs(layer li: Int) {
         if int8MergePacks.isEmpty { int8MergePacks = Array(repeating: [:], count: layers.count) }
-        let p = pristineLayers[li]
-        let loaded = [p.q, p.k, p.v, p.o, p.gate, p.up, p.down] + [p.qkv, p.gateUp].compactMap { $0 }
         layers[li].mapProducts { slot, m in
             guard m.int8 == nil, [.q4_0, .q4_1, .q8_0].contains(m.dtype) else { return m }
-            let same = loaded.first { $0.storage === m.storage && $0.offset == m.offset && $0.rows == m.rows && $0.dtype == m.dtype }
+            let same = loadedMatrix(viewedBy: m, layer: li)
             if let packed = same?.int8 { return m.withInt8(packed) }
-            let key = slot.rawValue | Int(m.dtype.rawValue) << 8 | (same != nil ? 1 << 20 : 0)
+            let key = Self.mergePackKey(slot, m, viewsLoadedBytes: same != nil)
             if let cached = int8MergePacks[li][key] {
                 if same == nil { cached.refill(from: m) }
                 return m.withInt8(cached)
@@ -150,6 +146,19 @@ extension LlamaModel {
             int8MergePacks[li][key] = packed
             return m.withInt8(packed)
         }
+    }
+
+    /// The loaded matrix of layer `li` (a fused view included) whose bytes `m` is, if any: a matrix a merge left alone.
+    func loadedMatrix(viewedBy m: WeightMatrix, layer li: Int) -> WeightMatrix? {
+        let p = pristineLayers[li]
+        let loaded = [p.q, p.k, p.v, p.o, p.gate, p.up, p.down] + [p.qkv, p.gateUp].compactMap { $0 }
+        return loaded.first { $0.storage === m.storage && $0.offset == m.offset && $0.rows == m.rows && $0.dtype == m.dtype }
+    }
+
+    /// The key a merged layer's packed copy is kept under: its slot, its stored type, and whether it views loaded bytes
+    /// (made once) or a merge's (refilled by each merge).
+    static func mergePackKey(_ slot: Layer.ProductSlot, _ m: WeightMatrix, viewsLoadedBytes: Bool) -> Int {
+        slot.rawValue | Int(m.dtype.rawValue) << 8 | (viewsLoadedBytes ? 1 << 20 : 0)
     }
 
     /// Bytes held by the merge workspace (allocated by the first merge that needs each part, then reused).

@@ -180,8 +180,7 @@ public final class LlamaModel: @unchecked Sendable {
     public var preferredMergePrecision: MergePrecision {
         guard !bf16Products else { return .f32 }
         if int8Products { return .q8_0 }
-        func quantized(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
-        return pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { quantized(l.matrix($0)) } } ? .f16 : .f32
+        return pristineLayers.allSatisfy { l in LoRATarget.allCases.allSatisfy { coded(l.matrix($0)) } } ? .f16 : .f32
     }
 
     /// Whether every product the forward pass now runs on the model's own matrices is in bf16 (merged ones
@@ -225,6 +224,7 @@ public final class LlamaModel: @unchecked Sendable {
         coded(output) || pristineLayers.contains { l in LoRATarget.allCases.contains { coded(l.matrix($0)) } }
     }
 
+    /// Whether `m` holds Q4_0, Q4_1 or Q8_0 codes.
     private func coded(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
 
     /// Runs the base model's products on Q4_0, Q4_1 and Q8_0 matrices — the blocks' projections and the LM head —
