@@ -3,7 +3,8 @@
 # SmolLM2-135M's shapes, and one decode step's LoRA calls (30 layers × 7 targets, 32 distinct rank-16 bf16
 # adapters at batch 32) after the Q4_1 bf16 base products, with and without the prefetch plan that names the
 # LoRA bytes to the products. Writes bench/results/lora-kernel.md. THREADS (default: all cores), ROUNDS (default
-# 2: plan off and on alternating). Needs AVX-512 BF16 for the products' figures to mean what they say.
+# 2: plan off and on alternating). Needs AVX-512 BF16 for the products' figures to mean what they say; the int8
+# section (Q8_0 adapters beside int8 products) needs AVX-512 VNNI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
@@ -24,6 +25,14 @@ cc -O3 -I$K/include bench/lora_kernel.c "$tmp"/*.o -o "$tmp/lora_kernel" -lpthre
     echo "LoRA calls (32 distinct rank-16 adapters, one token each, 312.6 MB), best of 5 steps, with no prefetch plan"
     echo "and with the plan the engine passes (docs/design/lora-kernels.md)."
     echo
+    echo "### BF16 adapters, bf16 products"
+    echo
     "$tmp/lora_kernel" "$THREADS" "$ROUNDS"
+    echo
+    echo "### Int8 (Q8_0) adapters, int8 products (\`dl_matmul_q8\`), as serve runs them on AVX-512 VNNI"
+    echo
+    echo "A is packed for \`dl_matmul_q8\`, B in the expand's Q8_0 layout (docs/design/lora-kernels.md, \"int8 adapters\")."
+    echo
+    WTYPE=q8 "$tmp/lora_kernel" "$THREADS" "$ROUNDS"
 } > "$OUT"
 cat "$OUT"

@@ -25,9 +25,10 @@ done
     echo "One decode step = one new token for each of the batch's sequences (each holding 128 tokens of context)."
     echo "Unmerged: base matmuls once for the whole batch, then each adapter's shrink/expand over its tokens."
     echo "Merged: one adapter folded into dense f32 copies of its target matrices (W + s·B·A); only that adapter's"
-    echo "requests can run. Adapter weights are held in BF16, as PEFT saves adapters trained in bf16 (an F16/BF16"
-    echo "adapter file stays half precision in memory; an F32 file stays F32). Overheads are relative to base-only"
-    echo "steps measured in the same run, interleaved."
+    echo "requests can run. Adapter weights are held as serve holds them (each table's Model line says how): in int8"
+    echo "(Q8_0) beside int8 products, else in BF16, as PEFT saves adapters trained in bf16 (an F16/BF16 adapter file"
+    echo "stays half precision in memory; an F32 file stays F32). Overheads are relative to base-only steps measured"
+    echo "in the same run, interleaved."
     echo
     echo "## Targets q_proj, v_proj (PEFT's default for Llama)"
     echo

@@ -12,11 +12,15 @@
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
+// The adapters' type: BF16, or Q8_0 with WTYPE=q8 (A packed for dl_matmul_q8, B in the expand's Q8_0 layout).
+static int WT = DL_BF16;
+static size_t a_bytes(int in, int r) { return WT == DL_Q8_0 ? (size_t)dl_q8_bytes(DL_Q8_0, in, r) : (size_t)r * in * 2; }
+
 static void *fill(size_t bytes, int v) { void *p = aligned_alloc(64, (bytes + 63) / 64 * 64); memset(p, v, bytes); return p; }
 
 static void call(const char *name, int in, int out, int r, int nseg, int per) {
     const int pool = 2048;  // 138 MB of gate adapters at rank 16: well past L3
-    const size_t ab = (size_t)r * in * 2, bb = (size_t)dl_lora_b_bytes(DL_BF16, out, r);
+    const size_t ab = a_bytes(in, r), bb = (size_t)dl_lora_b_bytes(WT, out, r);
     char *A = fill(ab * pool, 0x3c), *B = fill(bb * pool, 0x3c);
     const int tokens = nseg * per;
     float *x = fill(4 * (size_t)tokens * in, 0), *y = fill(4 * (size_t)tokens * out, 0);
@@ -26,7 +30,7 @@ static void call(const char *name, int in, int out, int r, int nseg, int per) {
         const int base = rep * nseg % pool;
         for (int s = 0; s < nseg; s++)
             segs[s] = (dl_lora_seg){ .a = A + (size_t)((base + s) % pool) * ab, .b = B + (size_t)((base + s) % pool) * bb,
-                                     .wtype = DL_BF16, .prank = r, .start = s * per, .count = per, .scale = 1 };
+                                     .wtype = WT, .prank = r, .start = s * per, .count = per, .scale = 1 };
         const double t0 = now();
         dl_lora_apply(segs, nseg, in, out, x, in, y, out);
         const double t1 = now();
@@ -54,13 +58,19 @@ static void step(int rounds) {
             uint8_t *raw = fill(rb * pN[p], 0);
             for (int64_t i = 0; i < rb * pN[p]; i++) raw[i] = (uint8_t)(i * 37 + l);
             for (int64_t r = 0; r < pN[p]; r++) { const uint16_t d = 0x2000; memcpy(raw + r * rb, &d, 2); memcpy(raw + r * rb + 2, &d, 2); }
-            W[l][p] = fill(dl_q_bf16_bytes(DL_Q4_1, pK[p], pN[p]), 0);
-            dl_pack_q_bf16(DL_Q4_1, raw, rb, pK[p], pN[p], W[l][p]);
+            // The products as serve runs them beside such adapters: bf16 products with bf16 adapters, int8 with int8.
+            if (WT == DL_Q8_0) {
+                W[l][p] = fill((size_t)dl_q8_bytes(DL_Q4_1, pK[p], pN[p]), 0);
+                dl_pack_q8(DL_Q4_1, raw, rb, pK[p], pN[p], W[l][p]);
+            } else {
+                W[l][p] = fill(dl_q_bf16_bytes(DL_Q4_1, pK[p], pN[p]), 0);
+                dl_pack_q_bf16(DL_Q4_1, raw, rb, pK[p], pN[p], W[l][p]);
+            }
             free(raw);
             for (int t = 0; t < ntg[p]; t++)
                 for (int s = 0; s < NSEG; s++) {
-                    A[l][p][t][s] = fill((size_t)R * tin[p][t] * 2, 0x3c);
-                    B[l][p][t][s] = fill((size_t)dl_lora_b_bytes(DL_BF16, tout[p][t], R), 0x3c);
+                    A[l][p][t][s] = fill(a_bytes(tin[p][t], R), 0x3c);
+                    B[l][p][t][s] = fill((size_t)dl_lora_b_bytes(WT, tout[p][t], R), 0x3c);
                 }
         }
     float *x = fill(4 * 32 * 1536, 0), *y = fill(4 * 32 * 3072, 0);
@@ -77,15 +87,16 @@ static void step(int rounds) {
                         int n = 0;
                         for (int t = 0; t < ntg[p]; t++)
                             for (int s = 0; s < NSEG; s++) {
-                                spans[n++] = (dl_span){ A[l][p][t][s], (int64_t)R * tin[p][t] * 2 };
-                                spans[n++] = (dl_span){ B[l][p][t][s], dl_lora_b_bytes(DL_BF16, tout[p][t], R) };
+                                spans[n++] = (dl_span){ A[l][p][t][s], (int64_t)a_bytes(tin[p][t], R) };
+                                spans[n++] = (dl_span){ B[l][p][t][s], dl_lora_b_bytes(WT, tout[p][t], R) };
                             }
                         const double t0 = now();
-                        dl_matmul_q_bf16(DL_Q4_1, 32, pN[p], pK[p], x, pK[p], W[l][p], y, pN[p], plan ? spans : NULL, plan ? n : 0);
+                        if (WT == DL_Q8_0) dl_matmul_q8(DL_Q4_1, W[l][p], pN[p], pK[p], x, pK[p], 32, y, pN[p], plan ? spans : NULL, plan ? n : 0);
+                        else dl_matmul_q_bf16(DL_Q4_1, 32, pN[p], pK[p], x, pK[p], W[l][p], y, pN[p], plan ? spans : NULL, plan ? n : 0);
                         const double t1 = now();
                         for (int t = 0; t < ntg[p]; t++) {
                             for (int s = 0; s < NSEG; s++)
-                                segs[s] = (dl_lora_seg){ .a = A[l][p][t][s], .b = B[l][p][t][s], .wtype = DL_BF16, .prank = R,
+                                segs[s] = (dl_lora_seg){ .a = A[l][p][t][s], .b = B[l][p][t][s], .wtype = WT, .prank = R,
                                                          .start = s, .count = 1, .scale = 1 };
                             dl_lora_apply(segs, NSEG, tin[p][t], tout[p][t], x, tin[p][t], y, tout[p][t]);
                         }
@@ -102,6 +113,8 @@ static void step(int rounds) {
 int main(int argc, char **argv) {
     const int threads = argc > 1 ? atoi(argv[1]) : 2, rounds = argc > 2 ? atoi(argv[2]) : 2;
     dl_set_num_threads(threads);
+    const char *wt = getenv("WTYPE");
+    if (wt && !strcmp(wt, "q8")) WT = DL_Q8_0;
     printf("| call | MB | from DRAM µs | GB/s | from cache µs | GB/s |\n|---|---:|---:|---:|---:|---:|\n");
     call("gate 576 → 1536, 32 one-token segments, rank 16", 576, 1536, 16, 32, 1);
     call("down 1536 → 576, 32 × 1, rank 16", 1536, 576, 16, 32, 1);

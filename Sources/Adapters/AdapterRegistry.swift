@@ -59,7 +59,10 @@ public final class AdapterRegistry: @unchecked Sendable {
     private var readSeconds = 0.0
     private let queue = DispatchQueue(label: "dlora.adapter-loader", qos: .utility)
 
-    public init(root: String, base: ModelConfig, hostBudgetBytes: Int = 4 << 30) throws {
+    /// How loaded adapters are held (`AdapterPrecision`; a server passes what its model's products call for).
+    public let precision: AdapterPrecision
+
+    public init(root: String, base: ModelConfig, hostBudgetBytes: Int = 4 << 30, precision: AdapterPrecision = .stored) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue,
               let real = AdapterFiles.realPath(root) else {
@@ -69,6 +72,7 @@ public final class AdapterRegistry: @unchecked Sendable {
         rootRealPath = real
         self.base = base
         self.hostBudgetBytes = hostBudgetBytes
+        self.precision = precision
     }
 
     /// Loads started (each reads and parses the adapter's files), failed ones included.
@@ -306,7 +310,7 @@ public final class AdapterRegistry: @unchecked Sendable {
             lock.unlock()
         }
         return try AdapterLoader.load(path: path, name: name, base: base, id: id, confinedTo: rootRealPath,
-                                      maxFileBytes: max(hostBudgetBytes, 1 << 20))
+                                      maxFileBytes: max(hostBudgetBytes, 1 << 20)).held(as: precision)
     }
 
     /// Loads on the registry's loader queue (or returns the cached copy) without blocking the caller's thread.

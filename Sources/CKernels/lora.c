@@ -32,6 +32,11 @@
 // evicted the current segment's lines (T0 → T1: 12.1-12.5 → 10.4-11.1 ms for one step's 313 MB).
 // Before this kernel a decode token's expand went through dl_matmul_dq with K = prank (16): a panel refill
 // and a scalar dequantization call per row of 16 weights (docs/design/lora-kernels.md).
+// Int8 adapters (wtype Q8_0, AVX-512 VNNI only; AdapterPrecision.int8, the choice beside int8 products): the shrink
+// is dl_matmul_q8's (the token's activations quantized to int8 per 32, A's packed Q8_0 codes, exact int32 sums), a
+// piece's on the calling thread, a long segment's over the pool; the expand (expand_vnni) quantizes u per 16 and
+// takes B's codes with VPDPBUSD, 256 multiply-adds per four instructions. About half a BF16 adapter's bytes per step
+// (docs/design/lora-kernels.md, "int8 adapters").
 // Without AVX-512 the AVX2 twin runs R·T ≤ 8 (row, token) pairs at a time, each 16-lane accumulator held as
 // two 8-lane halves (lo lanes over all of K, then hi), reduced by the same tree (lane_sums8): the same bits.
 #include "ckernels.h"
@@ -50,6 +55,91 @@ static _Thread_local int64_t tl_buf_bytes;
 
 static float *lora_scratch(int64_t floats) {
     return (float *)dl_grow_buffer(&tl_buf, &tl_buf_bytes, floats * (int64_t)sizeof(float), "the LoRA shrink/expand scratch");
+}
+
+static _Thread_local void *tl_qu;
+static _Thread_local int64_t tl_qu_bytes;
+
+// ------------------------------------------------------------------ int8 adapters (Q8_0): B's layout and the expand
+// B (out x prank) in groups of 16 outputs; per block of 16 rank indices (prank / 16 of them) QB_BLOCK bytes: the 16
+// outputs' f16 scales (output l's 16 values quantized as ggml's Q8_0 does: d = max|v| / 127, q = round(v / d)), then
+// 4 vectors of 16 dwords, lane l of vector m holding output l's codes for the block's rank indices 4m..4m+3, each
+// plus 128 (the unsigned bytes VPDPBUSD takes). The expand quantizes the token's u per block of 16 the way
+// matmul_q8.c quantizes activations (du = max|u| / 127, qu = round-half-even(u · (1 / du)); below 1e-30 zero; an
+// infinity or NaN gives du = NaN) and computes, per output o,
+//     acc = fma(d[o, b] · du[b], (float)Σ_j q[o, j] · qu[j], acc)     over the blocks b in order, from +0
+//     y[o] = y[o] + scale · acc                                     (the product and the sum rounded apart)
+// the integer sums exact in int32 (started from −128 · Σ qu to take the +128 back out).
+enum { QB_BLOCK = 32 + 4 * 64 };
+static inline int64_t qb_group_bytes(int64_t prank) { return prank / 16 * QB_BLOCK; }
+static inline int64_t qb_scale_offset(int64_t prank, int64_t o, int64_t j) {
+    return o / 16 * qb_group_bytes(prank) + j / 16 * QB_BLOCK + 2 * (o % 16);
+}
+static inline int64_t qb_code_offset(int64_t prank, int64_t o, int64_t j) {
+    return o / 16 * qb_group_bytes(prank) + j / 16 * QB_BLOCK + 32 + (j % 16) / 4 * 64 + (o % 16) * 4 + j % 4;
+}
+
+// One output's 16 values of a block as ggml quantizes a Q8_0 block (d rounded to f16 after q is formed with the f32
+// d): the f16 scale, and the codes into q.
+static uint16_t quantize_b16(const float *v, int8_t *q) {
+    float amax = 0.0f;
+    for (int i = 0; i < 16; i++) amax = fabsf(v[i]) > amax ? fabsf(v[i]) : amax;
+    const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int i = 0; i < 16; i++) q[i] = (int8_t)roundf(v[i] * id);
+    uint16_t h;
+    dl_f32_to_f16(&d, &h, 1);
+    return h;
+}
+
+static void pack_q8(const float *b, int64_t out, int64_t prank, uint8_t *d) {
+    float v[16];
+    int8_t q[16];
+    for (int64_t o = 0; o < (out + 15) / 16 * 16; o++)
+        for (int64_t j0 = 0; j0 < prank; j0 += 16) {
+            for (int i = 0; i < 16; i++) v[i] = o < out ? b[o * prank + j0 + i] : 0.0f;
+            const uint16_t h = quantize_b16(v, q);
+            memcpy(d + qb_scale_offset(prank, o, j0), &h, 2);
+            for (int i = 0; i < 16; i++) d[qb_code_offset(prank, o, j0 + i)] = (uint8_t)(q[i] + 128);
+        }
+}
+
+// A token's u (prank values) quantized per block of 16: qu[prank], du[prank / 16], and aux[prank / 16] = −128 · Σ qu.
+static void quantize_u(const float *u, int64_t prank, int8_t *qu, float *du, int32_t *aux) {
+    for (int64_t b = 0; b < prank / 16; b++) {
+        const float *x = u + 16 * b;
+        int8_t *q = qu + 16 * b;
+        uint32_t amax_bits = 0;
+        for (int i = 0; i < 16; i++) {
+            uint32_t bits;
+            memcpy(&bits, x + i, 4);
+            bits &= 0x7fffffffu;
+            if (bits > amax_bits) amax_bits = bits;
+        }
+        float amax;
+        memcpy(&amax, &amax_bits, 4);
+        int32_t sum = 0;
+        if (amax_bits >= 0x7f800000u) { memset(q, 0, 16); du[b] = NAN; }
+        else if (amax < 1e-30f) { memset(q, 0, 16); du[b] = 0.0f; }
+        else {
+            const float d = amax / 127.0f, id = 1.0f / d;
+            for (int i = 0; i < 16; i++) {
+                float r = nearbyintf(x[i] * id);
+                r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
+                q[i] = (int8_t)r;
+                sum += q[i];
+            }
+            du[b] = d;
+        }
+        aux[b] = -128 * sum;
+    }
+}
+
+// The scratch for a token's quantized u: prank codes, then prank / 16 scales and integer starts (4-byte aligned).
+typedef struct { int8_t *qu; float *du; int32_t *aux; } qu_scratch;
+
+static qu_scratch qu_buffers(int64_t prank) {
+    uint8_t *p = (uint8_t *)dl_grow_buffer(&tl_qu, &tl_qu_bytes, prank + prank / 2, "the LoRA expand's quantized u");
+    return (qu_scratch){ (int8_t *)p, (float *)(p + prank), (int32_t *)(p + prank + prank / 4) };
 }
 
 typedef struct {
@@ -85,7 +175,8 @@ static inline int64_t lb_offset(int type, int64_t prank, int64_t o, int64_t j) {
 }
 
 int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank) {
-    if ((type != DL_F32 && type != DL_F16 && type != DL_BF16) || out <= 0 || prank <= 0) return -1;
+    if ((type != DL_F32 && type != DL_F16 && type != DL_BF16 && type != DL_Q8_0) || out <= 0 || prank <= 0 || prank % 16) return -1;
+    if (type == DL_Q8_0) return (out + 15) / 16 * qb_group_bytes(prank);
     return (out + 31) / 32 * prank * 32 * lb_elem(type);
 }
 
@@ -95,6 +186,7 @@ void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *d
     uint8_t *d = (uint8_t *)dst;
     const int64_t bytes = dl_lora_b_bytes(type, out, prank);
     if (bytes < 0) return; // not a type or shape the layout holds (the callers check first)
+    if (type == DL_Q8_0) { pack_q8((const float *)b, out, prank, d); return; }
     memset(d, 0, (size_t)bytes); // the last group's padding
     for (int64_t o = 0; o < out; o++)
         for (int64_t j = 0; j < prank; j++) memcpy(d + lb_offset(type, prank, o, j), src + (o * prank + j) * es, (size_t)es);
@@ -102,9 +194,15 @@ void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *d
 
 // The value of B[o, j] from the packed layout, widened exactly.
 static inline float lb_value(int type, const uint8_t *packed, int64_t prank, int64_t o, int64_t j) {
+    uint16_t h;
+    if (type == DL_Q8_0) {
+        memcpy(&h, packed + qb_scale_offset(prank, o, j), 2);
+        float d;
+        dl_f16_to_f32(&h, &d, 1);
+        return d * (float)(packed[qb_code_offset(prank, o, j)] - 128); // exact: an 8-bit code times an f16 scale
+    }
     const uint8_t *p = packed + lb_offset(type, prank, o, j);
     if (type == DL_F32) { float f; memcpy(&f, p, 4); return f; }
-    uint16_t h;
     memcpy(&h, p, 2);
     if (type == DL_BF16) return dl_bf16_value(h);
     float f;
@@ -154,8 +252,10 @@ static inline __attribute__((always_inline)) void prefetch_step(prefetcher *f) {
 static prefetcher next_segment_prefetch(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
     if (!next) return (prefetcher){ 0 };
     const int64_t in = c->in, out = c->out, prank = s->prank;
-    int64_t na = next->prank * dl_row_bytes(next->wtype, in), nb = dl_lora_b_bytes(next->wtype, out, next->prank);
-    int64_t steps = prank / 16 * (in / 16) + (out + 31) / 32 * (prank / 8);
+    int64_t na = next->wtype == DL_Q8_0 ? dl_q8_bytes(DL_Q8_0, in, next->prank) : next->prank * dl_row_bytes(next->wtype, in);
+    int64_t nb = dl_lora_b_bytes(next->wtype, out, next->prank);
+    // A Q8_0 segment prefetches during its expand only (its shrink is dl_matmul_q8's), a step per 16 × 16 block.
+    int64_t steps = s->wtype == DL_Q8_0 ? (out + 15) / 16 * (prank / 16) : prank / 16 * (in / 16) + (out + 31) / 32 * (prank / 8);
     return (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
                          ((na + nb) / 64 + steps - 1) / steps };
 }
@@ -235,6 +335,15 @@ v32 lane32(const int type, const uint8_t *grp, int64_t row, int64_t prank, const
 
 #define LANE_Q(i) v32_add(lane32(type, grp, row, prank, u, (i)), lane32(type, grp, row, prank, u, (i) + 8))
 
+// y[o, o + 32) += scale · t for the outputs of o below out.
+DL_AVX512_F16 static inline __attribute__((always_inline)) void add_scaled32(float *y, int64_t o, int64_t out, __m512 vs, v32 t) {
+    const int64_t n = out - o;
+    const __mmask16 k0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+    const __mmask16 k1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
+    _mm512_mask_storeu_ps(y + o, k0, _mm512_add_ps(_mm512_maskz_loadu_ps(k0, y + o), _mm512_mul_ps(vs, t.lo)));
+    _mm512_mask_storeu_ps(y + o + 16, k1, _mm512_add_ps(_mm512_maskz_loadu_ps(k1, y + o + 16), _mm512_mul_ps(vs, t.hi)));
+}
+
 DL_AVX512_F16 static inline __attribute__((always_inline))
 void expand512(const int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
     const int64_t row = 32 * lb_elem(type);
@@ -243,15 +352,66 @@ void expand512(const int type, const uint8_t *bp, int64_t out, int64_t prank, co
         const uint8_t *grp = bp + o / 32 * prank * row;
         if (f)
             for (int64_t i = 0; i < prank / 8; i++) prefetch_step(f);
-        const v32 t = LANE_TREE(LANE_Q, v32_add);
-        const int64_t n = out - o;
-        const __mmask16 k0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
-        const __mmask16 k1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
-        _mm512_mask_storeu_ps(y + o, k0, _mm512_add_ps(_mm512_maskz_loadu_ps(k0, y + o), _mm512_mul_ps(vs, t.lo)));
-        _mm512_mask_storeu_ps(y + o + 16, k1, _mm512_add_ps(_mm512_maskz_loadu_ps(k1, y + o + 16), _mm512_mul_ps(vs, t.hi)));
+        add_scaled32(y, o, out, vs, LANE_TREE(LANE_Q, v32_add));
     }
 }
 #undef LANE_Q
+
+#define DL_VNNI_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+
+// The expand of a Q8_0 B on AVX-512 VNNI (the specification above): per group of 16 outputs and block of 16 rank
+// indices, four VPDPBUSD of the outputs' codes against the block's qu broadcast a dword at a time, then one FMA with
+// the outputs' scales times du. Needs dl_has_vnni512.
+DL_VNNI_F16 static void expand_vnni(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+    const qu_scratch s = qu_buffers(prank);
+    quantize_u(u, prank, s.qu, s.du, s.aux);
+    const __m512 vs = _mm512_set1_ps(scale);
+    const int64_t nb = prank / 16;
+    // A block's qu as four broadcast dwords and its du and integer start: for the first block (all of a rank-16
+    // adapter's u) held in registers across the groups.
+    __m512i q0[4];
+    for (int m = 0; m < 4; m++) {
+        int32_t q4;
+        memcpy(&q4, s.qu + 4 * m, 4);
+        q0[m] = _mm512_set1_epi32(q4);
+    }
+    const __m512 du0 = _mm512_set1_ps(s.du[0]);
+    const __m512i aux0 = _mm512_set1_epi32(s.aux[0]);
+    for (int64_t o = 0; o < out; o += 16) {
+        const uint8_t *grp = bp + o / 16 * qb_group_bytes(prank);
+        if (f) prefetch_step(f);
+        __m512i isum = aux0;
+        for (int m = 0; m < 4; m++) isum = _mm512_dpbusd_epi32(isum, _mm512_loadu_si512((const void *)(grp + 32 + 64 * m)), q0[m]);
+        __m512 acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)grp)), du0),
+                                     _mm512_cvtepi32_ps(isum), _mm512_setzero_ps());
+        for (int64_t b = 1; b < nb; b++) {
+            const uint8_t *blk = grp + b * QB_BLOCK;
+            if (f) prefetch_step(f);
+            isum = _mm512_set1_epi32(s.aux[b]);
+            for (int m = 0; m < 4; m++) {
+                int32_t q4;
+                memcpy(&q4, s.qu + 16 * b + 4 * m, 4);
+                isum = _mm512_dpbusd_epi32(isum, _mm512_loadu_si512((const void *)(blk + 32 + 64 * m)), _mm512_set1_epi32(q4));
+            }
+            const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk)), _mm512_set1_ps(s.du[b]));
+            acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), acc);
+        }
+        const int64_t n = out - o;
+        const __mmask16 k = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
+        _mm512_mask_storeu_ps(y + o, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + o), _mm512_mul_ps(vs, acc)));
+    }
+}
+
+// A piece of a Q8_0 segment (T <= PIECE tokens from t0): the shrink with int8 activations (dl_matmul_q8's bits),
+// gates, the expand token by token.
+DL_AVX512_F16 static void piece_q8(const lora_ctx *c, const dl_lora_seg *s, int64_t t0, int64_t T, float *u, prefetcher *f) {
+    const float *x = c->x + (s->start + t0) * c->ldx;
+    float *y = c->y + (s->start + t0) * c->ldy;
+    dl_matmul_q8_serial(DL_Q8_0, (const uint8_t *)s->a, s->prank, c->in, x, c->ldx, T, u, s->prank);
+    if (s->gates)
+        for (int64_t t = 0; t < T; t++) gate_columns(s, u + t * s->prank, s->gates + (t0 + t) * s->ldg);
+    for (int64_t t = 0; t < T; t++, f = NULL) expand_vnni((const uint8_t *)s->b, c->out, s->prank, u + t * s->prank, s->scale, y + t * c->ldy, f);
+}
 
 // T tokens (1 or 4) of segment s from its token t0: shrink into u (token t's prank values at u + t * prank),
 // gate, expand into y. The shrink's rows per tile: 16 for one token, 4 for four.
@@ -448,7 +608,13 @@ DL_AVX2 static void expand256_any(int type, const uint8_t *bp, int64_t out, int6
 #endif
 
 static void expand_one(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
+    if (type == DL_Q8_0 && !dl_has_vnni512()) {
+        // (Callers hold adapters in Q8_0 only where the CPU has it: AdapterPrecision, LoRAOperands.)
+        fprintf(stderr, "dlora kernels: a Q8_0 adapter's expand needs AVX-512 VNNI; aborting\n");
+        abort();
+    }
 #if defined(__x86_64__)
+    if (type == DL_Q8_0 && dl_has_vnni512()) { expand_vnni(bp, out, prank, u, scale, y, NULL); return; }
     if (dl_has_avx512()) { expand512_any(type, bp, out, prank, u, scale, y); return; }
     if (dl_has_avx2()) { expand256_any(type, bp, out, prank, u, scale, y); return; }
 #endif
@@ -472,9 +638,14 @@ static void expand_range(void *vctx, int64_t t0, int64_t t1) {
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
+    if (s->wtype == DL_Q8_0 && s->count <= PIECE && dl_has_vnni512()) {
+        prefetcher pf = next_segment_prefetch(c, s, next);
+        piece_q8(c, s, 0, s->count, lora_scratch(PIECE * s->prank), next ? &pf : NULL);
+        return;
+    }
     void (*piece)(const lora_ctx *, const dl_lora_seg *, int64_t, int, float *, prefetcher *) =
         dl_has_avx512() ? piece512 : dl_has_avx2() ? piece256 : NULL;
-    if (s->count <= PIECE && piece) {
+    if (s->count <= PIECE && piece && s->wtype != DL_Q8_0) {
         prefetcher pf = next_segment_prefetch(c, s, next);
         prefetcher *f = next ? &pf : NULL; // the first piece prefetches the next segment
         float *u = lora_scratch(PIECE * s->prank);
@@ -485,9 +656,11 @@ static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_s
         return;
     }
 #endif
-    // The shrink on dl_matmul_dq (A row-major, split over the pool), the expand token by token from B's packed layout.
+    // The shrink on dl_matmul_dq (A row-major, split over the pool; Q8_0: dl_matmul_q8 on A's packed copy), the
+    // expand token by token from B's packed layout.
     float *tmp = lora_scratch(s->count * s->prank);
-    dl_matmul_dq(s->wtype, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
+    if (s->wtype == DL_Q8_0) dl_matmul_q8(DL_Q8_0, (const uint8_t *)s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank, NULL, 0);
+    else dl_matmul_dq(s->wtype, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
     if (s->gates)
         for (int64_t t = 0; t < s->count; t++) gate_columns(s, tmp + t * s->prank, s->gates + t * s->ldg);
     expand_job job = { c, s, tmp };
@@ -509,7 +682,8 @@ typedef struct {
 // A segment's cost in bytes streamed: a piece (grouped kernel) reads its A and B once, with arithmetic
 // growing with its tokens; dl_matmul_dq reads them once per 4-token tile.
 static int64_t segment_cost(const lora_ctx *c, const dl_lora_seg *s) {
-    int64_t bytes = s->prank * dl_row_bytes(s->wtype, c->in) + dl_lora_b_bytes(s->wtype, c->out, s->prank);
+    int64_t bytes = (s->wtype == DL_Q8_0 ? dl_q8_bytes(DL_Q8_0, c->in, s->prank) : s->prank * dl_row_bytes(s->wtype, c->in)) +
+                    dl_lora_b_bytes(s->wtype, c->out, s->prank);
     return s->count <= PIECE ? bytes * (s->count + 1) / 2 : bytes * ((s->count + 3) / 4);
 }
 

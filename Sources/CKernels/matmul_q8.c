@@ -23,6 +23,7 @@
 //   activations and the weights only, never on the batch: batch invariance by construction.
 #include "ckernels.h"
 #include "fatal.h"
+#include "prefetch.h"
 #include "simd.h"
 #include <math.h>
 #include <stdlib.h>
@@ -126,6 +127,26 @@ DL_VNNI static float quantize_block_avx512(const float *x, int8_t *q) {
 }
 #endif
 
+#if defined(__x86_64__)
+// A 16-block group's lanes (pack_x's layout, lane l = block l, step s = its dword s) by gathers, the lanes' Σqx by
+// VPDPBUSD against ones: the scalar loop's bytes (a decode token's shrink of an int8 adapter spent most of its time
+// in that loop).
+DL_VNNI static void pack_group16(int type, const int8_t *q, const float *dx, uint8_t *o) {
+    const __m512i lanes = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(8));
+    const __m512i ones = _mm512_set1_epi8(1);
+    __m512i sum = _mm512_setzero_si512();
+    for (int s = 0; s < 8; s++) {
+        const __m512i v = _mm512_i32gather_epi32(_mm512_add_epi32(lanes, _mm512_set1_epi32(s)), (const void *)q, 4);
+        _mm512_storeu_si512((void *)(o + 64 * s), v);
+        sum = _mm512_dpbusd_epi32(sum, ones, v);
+    }
+    const __m512 d = _mm512_loadu_ps(dx);
+    _mm512_storeu_ps((float *)(o + 512), d);
+    if (type == DL_Q4_1) _mm512_storeu_ps((float *)(o + 576), _mm512_mul_ps(d, _mm512_cvtepi32_ps(sum)));
+    else _mm512_storeu_si512((void *)(o + 576), _mm512_mullo_epi32(sum, _mm512_set1_epi32(type == DL_Q4_0 ? -8 : -128)));
+}
+#endif
+
 // A token's row of K activations into its packed groups (x_pack_bytes(K / 32) bytes at dst). The quantization
 // per block goes to scratch first (qx[nb·32], dx[nb]), then the lanes are laid out per group.
 static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx, float *dx) {
@@ -143,6 +164,14 @@ static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx
     uint8_t *o = dst;
     for (int gi = 0; gi < group_count(g); gi++) {
         const int p = group_size(g, gi), S = group_steps(p);
+#if defined(__x86_64__)
+        if (p == 16) {
+            pack_group16(type, qx + b0 * 32, dx + b0, o);
+            o += group_x_bytes(p);
+            b0 += p;
+            continue;
+        }
+#endif
         int32_t sum[16] = { 0 };
         for (int s = 0; s < S; s++)
             for (int l = 0; l < 16; l++) {
@@ -389,34 +418,40 @@ void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64
 
 DL_VNNI static inline __attribute__((always_inline))
 void q8_rows_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
-                const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+                const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
     int64_t r = r0;
-    for (; r + NR <= r1; r += NR) q8_tile(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
-    for (; r < r1; r++) q8_tile(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
+    for (; r + NR <= r1; r += NR) {
+        q8_tile(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
+        dl_pf_step(f);
+    }
+    for (; r < r1; r++) {
+        q8_tile(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
+        dl_pf_step(f);
+    }
 }
 
 DL_VNNI static inline __attribute__((always_inline))
 void q8_rows_typed(const int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
-                   int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+                   int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
     switch (ntok) {
-    case 1: q8_rows_nt(type, 8, 1, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
-    case 2: q8_rows_nt(type, 4, 2, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
-    case 3: q8_rows_nt(type, 2, 3, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
-    case 4: q8_rows_nt(type, 2, 4, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
-    case 5: q8_rows_nt(type, 1, 5, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
-    case 6: q8_rows_nt(type, 1, 6, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
-    case 7: q8_rows_nt(type, 1, 7, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
-    default: q8_rows_nt(type, 1, 8, W, prow, gs, x, xstride, y, ldy, r0, r1); return;
+    case 1: q8_rows_nt(type, 8, 1, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
+    case 2: q8_rows_nt(type, 4, 2, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
+    case 3: q8_rows_nt(type, 2, 3, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
+    case 4: q8_rows_nt(type, 2, 4, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
+    case 5: q8_rows_nt(type, 1, 5, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
+    case 6: q8_rows_nt(type, 1, 6, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
+    case 7: q8_rows_nt(type, 1, 7, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
+    default: q8_rows_nt(type, 1, 8, W, prow, gs, x, xstride, y, ldy, r0, r1, f); return;
     }
 }
 
 // Rows [r0, r1) of up to 8 tokens.
 DL_VNNI static void q8_rows(int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
-                            int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1) {
+                            int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
     switch (type) {
-    case DL_Q4_0: q8_rows_typed(DL_Q4_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1); return;
-    case DL_Q4_1: q8_rows_typed(DL_Q4_1, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1); return;
-    default: q8_rows_typed(DL_Q8_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1); return;
+    case DL_Q4_0: q8_rows_typed(DL_Q4_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
+    case DL_Q4_1: q8_rows_typed(DL_Q4_1, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
+    default: q8_rows_typed(DL_Q8_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
     }
 }
 #else
@@ -434,17 +469,29 @@ typedef struct {
     int64_t xstride, ntok;
     float *Y;
     int64_t ldy;
+    dl_pf_plan pf;  // spans to prefetch in the products' shadow (none: no spans)
+    int64_t units;
 } q8_ctx;
 
 enum { Q8_UNIT = 16, Q8_TOKENS = 8 };
+
+// The tiles q8_rows_typed runs over `rows` rows of nt tokens (its rows per tile for nt, then single rows).
+static int64_t q8_tiles(int64_t nt, int64_t rows) {
+    const int64_t nr = nt == 1 ? 8 : nt == 2 ? 4 : nt <= 4 ? 2 : 1;
+    return rows / nr + rows % nr;
+}
 
 static void q8_units(void *vctx, int64_t u0, int64_t u1) {
 #if defined(__x86_64__)
     const q8_ctx *c = (const q8_ctx *)vctx;
     const int64_t r0 = u0 * Q8_UNIT, r1 = u1 * Q8_UNIT < c->rows ? u1 * Q8_UNIT : c->rows;
+    // This task's share of the prefetch plan, a step per tile.
+    int64_t tiles = 0;
+    for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) tiles += q8_tiles(c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS, r1 - r0);
+    dl_pf f = dl_pf_share(&c->pf, u0, u1, c->units, tiles);
     for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) {
         const int64_t nt = c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS;
-        q8_rows(c->type, c->W, c->prow, c->gs, c->xp + t * c->xstride, c->xstride, nt, c->Y + t * c->ldy, c->ldy, r0, r1);
+        q8_rows(c->type, c->W, c->prow, c->gs, c->xp + t * c->xstride, c->xstride, nt, c->Y + t * c->ldy, c->ldy, r0, r1, &f);
     }
 #else
     (void)vctx; (void)u0; (void)u1;
@@ -454,8 +501,9 @@ static void q8_units(void *vctx, int64_t u0, int64_t u1) {
 static __thread void *tl_xq;
 static __thread int64_t tl_xq_bytes;
 
-void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
-                  float *Y, int64_t ldy) {
+// Quantizes and packs the tokens' activations, then runs the rows on the pool (parallel) or on the calling thread.
+static void q8_run(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
+                   float *Y, int64_t ldy, int parallel, const dl_span *prefetch, int64_t nprefetch) {
     if (N <= 0 || ntok <= 0) return;
     const int64_t nb = K / 32, nbp = nb + (nb & 1), xstride = x_pack_bytes(nb);
     if (!dl_has_vnni512()) {
@@ -466,8 +514,19 @@ void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float
     int8_t *qx = (int8_t *)(buf + ntok * xstride);
     float *dx = (float *)(qx + nbp * 32);
     for (int64_t t = 0; t < ntok; t++) pack_x(type, X + t * ldx, K, buf + t * xstride, qx, dx);
-    q8_ctx c = { type, Wp, nbp * q8_block_bytes(type), N, groups_of(nb), buf, xstride, ntok, Y, ldy };
     const int64_t units = (N + Q8_UNIT - 1) / Q8_UNIT;
-    if (N * K * ntok < (1 << 16)) q8_units(&c, 0, units);
+    q8_ctx c = { type, Wp, nbp * q8_block_bytes(type), N, groups_of(nb), buf, xstride, ntok, Y, ldy,
+                 dl_pf_plan_of(prefetch, nprefetch), units };
+    if (!parallel || N * K * ntok < (1 << 16)) q8_units(&c, 0, units);
     else dl_parallel_for(units, 1, q8_units, &c);
+}
+
+void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
+                  float *Y, int64_t ldy, const dl_span *prefetch, int64_t nprefetch) {
+    q8_run(type, Wp, N, K, X, ldx, ntok, Y, ldy, 1, prefetch, nprefetch);
+}
+
+void dl_matmul_q8_serial(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
+                         float *Y, int64_t ldy) {
+    q8_run(type, Wp, N, K, X, ldx, ntok, Y, ldy, 0, NULL, 0);
 }

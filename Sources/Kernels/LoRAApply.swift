@@ -10,7 +10,8 @@ extension Kernels {
     /// (or, for a gated MoLE segment, with A_s · x[t] scaled per rank column by its expert's gate for t)
     ///
     /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16, B laid out for
-    /// the expand (`LoRAExpandMatrix`). Decode segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped
+    /// the expand (`LoRAExpandMatrix`); or both Q8_0 (an int8 adapter: the shrink with int8 activations, as
+    /// `matmulInt8`, the expand with the shrunk values quantized per 16 against B's codes; AVX-512 VNNI only). Decode segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped
     /// shrink, longer ones the batch-invariant matmul kernel; every token's expand runs 32 outputs at a time; all
     /// sum in the matmul kernel's lane order, so a token's result never depends on its batch.
     /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
@@ -109,14 +110,16 @@ extension Kernels {
         public let rows: Int, cols: Int
         let storage: Buffer
 
-        /// From a row-major B.
-        public init(_ b: WeightMatrix) {
-            precondition(b.dtype == .f32 || b.dtype == .f16 || b.dtype == .bf16, "LoRA: B is \(b.dtype) (F32, F16 or BF16)")
+        /// From a row-major B; `quantizedToQ8_0`: an f32 B held as Q8_0, each output's values quantized per block of
+        /// 16 rank indices (ggml's rounding; an int8 adapter's B, laid out for VPDPBUSD: lora.c, "int8 adapters").
+        public init(_ b: WeightMatrix, quantizedToQ8_0: Bool = false) {
+            precondition(b.dtype == .f32 || (!quantizedToQ8_0 && (b.dtype == .f16 || b.dtype == .bf16)),
+                         "LoRA: B is \(b.dtype) (F32, F16 or BF16; F32 to quantize)")
             precondition(b.rows > 0 && b.cols > 0 && b.cols % 16 == 0, "LoRA: B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16)")
-            dtype = b.dtype
+            dtype = quantizedToQ8_0 ? .q8_0 : b.dtype
             rows = b.rows
             cols = b.cols
-            let code = Int32(b.dtype.rawValue)
+            let code = Int32(dtype.rawValue)
             storage = Buffer(byteCount: Int(dl_lora_b_bytes(code, Int64(rows), Int64(cols))))
             dl_lora_b_pack(code, b.data, Int64(rows), Int64(cols), storage.base)
         }
@@ -138,19 +141,27 @@ extension Kernels {
         let wtype: Int32
         let prank: Int64
         /// A's and B's bytes (the spans a `PrefetchPlan` names).
-        let aBytes: Int64, bBytes: Int64
+        public let aBytes: Int64, bBytes: Int64
         public let inFeatures: Int, outFeatures: Int
 
+        /// A Q8_0 A must carry its int8 copy (`WeightMatrix.withInt8`), which the kernel reads.
         public init(a: WeightMatrix, b: LoRAExpandMatrix) {
-            precondition(a.dtype == b.dtype && (a.dtype == .f32 || a.dtype == .f16 || a.dtype == .bf16),
-                         "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16 or BF16)")
+            precondition(a.dtype == b.dtype && (a.dtype == .f32 || a.dtype == .f16 || a.dtype == .bf16 || a.dtype == .q8_0),
+                         "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16, BF16 or Q8_0)")
             precondition(a.rows > 0 && a.rows % 16 == 0 && b.cols == a.rows && a.cols > 0 && a.cols % 16 == 0 && b.rows > 0,
                          "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16, in a multiple of 16)")
-            self.a = UnsafeRawPointer(a.data)
+            if a.dtype == .q8_0 {
+                guard let packed = a.int8 else { preconditionFailure("LoRA: a Q8_0 A without its int8 copy") }
+                precondition(Kernels.hasInt8Dot, "LoRA: Q8_0 adapters need AVX-512 VNNI")
+                self.a = UnsafeRawPointer(packed.storage.base)
+                aBytes = Int64(packed.byteCount)
+            } else {
+                self.a = UnsafeRawPointer(a.data)
+                aBytes = Int64(a.byteCount)
+            }
             self.b = b.data
             wtype = Int32(a.dtype.rawValue)
             prank = Int64(a.rows)
-            aBytes = Int64(a.byteCount)
             bBytes = Int64(b.byteCount)
             inFeatures = a.cols
             outFeatures = b.rows

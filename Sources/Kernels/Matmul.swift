@@ -8,8 +8,8 @@ public enum Kernels {
     /// (bit-identical whatever the batch). Dense f32 weights go to OpenBLAS sgemm for prefill-sized batches
     /// and to the same register-tiled kernel for decode-sized ones (≤ `smallBatch` tokens), where it is
     /// faster than sgemm's packing (bench/results/lora.md, merged rows).
-    /// `prefetch`: byte spans the bf16 products pull toward the cache while they compute (`PrefetchPlan`); the
-    /// f32 paths ignore it.
+    /// `prefetch`: byte spans the bf16 and int8 products pull toward the cache while they compute (`PrefetchPlan`);
+    /// the f32 paths ignore it.
     public static func matmul(_ w: WeightMatrix, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
                               _ y: UnsafeMutablePointer<Float>, ldy: Int, scratch: ScratchArena, prefetch: PrefetchPlan? = nil) {
         guard ntok > 0, w.rows > 0 else { return }
@@ -19,7 +19,7 @@ public enum Kernels {
             return
         }
         if let packed = w.int8 {
-            matmulInt8(packed, x, ldx: ldx, ntok: ntok, y, ldy: ldy)
+            matmulInt8(packed, x, ldx: ldx, ntok: ntok, y, ldy: ldy, prefetch: prefetch)
             return
         }
         configureBLASThreads()

@@ -36,11 +36,14 @@ extension Kernels {
 
     /// Y[t, r] = Σ_k W[r, k] · X[t, k] with each token's activations quantized to int8 per block of 32 (llama.cpp's
     /// Q8 activations) and multiplied with the weights' integer codes exactly; the block scales in f32 in a fixed
-    /// order, so a row's result never depends on the batch. Needs `hasInt8Dot`.
+    /// order, so a row's result never depends on the batch. Needs `hasInt8Dot`. `prefetch`: spans pulled toward the
+    /// cache while the product runs, a share per task spread over its tiles (the LoRA call that follows).
     public static func matmulInt8(_ w: PackedInt8, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
-                                  _ y: UnsafeMutablePointer<Float>, ldy: Int) {
+                                  _ y: UnsafeMutablePointer<Float>, ldy: Int, prefetch: PrefetchPlan? = nil) {
         precondition(hasInt8Dot && ntok >= 0 && ldx >= w.k && ldy >= w.n, "matmulInt8: AVX-512 VNNI, strides \(ldx)/\(ldy)")
-        dl_matmul_q8(Int32(w.dtype.rawValue), storage(w), Int64(w.n), Int64(w.k), x, Int64(ldx), Int64(ntok), y, Int64(ldy))
+        PrefetchPlan.withSpans(prefetch) { spans, n in
+            dl_matmul_q8(Int32(w.dtype.rawValue), storage(w), Int64(w.n), Int64(w.k), x, Int64(ldx), Int64(ntok), y, Int64(ldy), spans, n)
+        }
     }
 
     /// The portable twin of `matmulInt8` (bit for bit), from the matrix's own checkpoint bytes: the parity tests'

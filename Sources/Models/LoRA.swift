@@ -64,7 +64,8 @@ public enum LoRATarget: Int, CaseIterable, Sendable, CustomStringConvertible {
 /// One adapted matrix, compute-ready: ΔW = scale · B · A with A (rank × in) and B (out × rank), the rank
 /// padded to a multiple of 16 (zero rows of A, zero columns of B) so both products run on the
 /// batch-invariant matmul kernel. Stored in f32, or in F16/BF16 when the adapter file holds them so (the
-/// kernel upcasts exactly; half the bytes to read per step).
+/// kernel upcasts exactly; half the bytes to read per step), or quantized to Q8_0 (`AdapterPrecision.int8`: a
+/// quarter of f32's bytes and about half of BF16's; the shrink then runs with int8 activations).
 public struct LoRAModule: @unchecked Sendable {
     public let rank: Int
     public let paddedRank: Int
@@ -78,10 +79,12 @@ public struct LoRAModule: @unchecked Sendable {
     public let operands: Kernels.LoRAOperands
 
     /// - Parameters: a: rank × in values (row-major), b: out × rank values (row-major); `dtype` (F32, F16
-    ///   or BF16) is how they are stored (values must be exactly representable for F16/BF16 to be exact).
+    ///   or BF16) is how they are stored (values must be exactly representable for F16/BF16 to be exact); Q8_0
+    ///   quantizes them (A per 32 inputs of a rank row, B per 32 outputs of a rank column; `inFeatures` a multiple
+    ///   of 32 and `Kernels.hasInt8Dot`: `AdapterPrecision.dtype` checks both).
     public init(rank: Int, inFeatures: Int, outFeatures: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, dtype: DType = .f32) {
         precondition(rank > 0 && inFeatures > 0 && outFeatures > 0 && inFeatures % 16 == 0)
-        precondition(dtype == .f32 || dtype == .f16 || dtype == .bf16)
+        precondition(dtype == .f32 || dtype == .f16 || dtype == .bf16 || (dtype == .q8_0 && inFeatures % 32 == 0 && Kernels.hasInt8Dot))
         self.rank = rank
         paddedRank = (rank + 15) / 16 * 16
         self.inFeatures = inFeatures
@@ -93,7 +96,9 @@ public struct LoRAModule: @unchecked Sendable {
             (bF.floats + o * paddedRank).update(from: b + o * rank, count: rank)
         }
         self.a = Self.store(aF, rows: paddedRank, cols: inFeatures, dtype: dtype)
-        self.b = Kernels.LoRAExpandMatrix(Self.store(bF, rows: outFeatures, cols: paddedRank, dtype: dtype))
+        self.b = dtype == .q8_0
+            ? Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .f32, rows: outFeatures, cols: paddedRank, storage: bF), quantizedToQ8_0: true)
+            : Kernels.LoRAExpandMatrix(Self.store(bF, rows: outFeatures, cols: paddedRank, dtype: dtype))
         operands = Kernels.LoRAOperands(a: self.a, b: self.b)
     }
 
@@ -105,13 +110,22 @@ public struct LoRAModule: @unchecked Sendable {
             let dst = h.base.assumingMemoryBound(to: UInt16.self)
             if dtype == .f16 { Kernels.f32ToF16(f.floats, into: dst, count: n) } else { Kernels.f32ToBF16(f.floats, into: dst, count: n) }
             return WeightMatrix(dtype: dtype, rows: rows, cols: cols, storage: h)
+        case .q8_0:
+            // The checkpoint layout (merges, compositions and the twins read it) and the kernel's int8 copy.
+            let q = Buffer(byteCount: rows * DType.q8_0.byteCount(elements: cols)!)
+            Kernels.quantizeRows(f.floats, rows: rows, cols: cols, to: .q8_0, into: q.base)
+            let w = WeightMatrix(dtype: .q8_0, rows: rows, cols: cols, storage: q)
+            return w.withInt8(Kernels.PackedInt8(w))
         default:
             return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: f)
         }
     }
 
     public var dtype: DType { a.dtype }
-    public var byteCount: Int { a.byteCount + b.byteCount }
+    /// What the module holds (a Q8_0 A twice: its checkpoint layout and the kernel's copy).
+    public var byteCount: Int { a.byteCount + (a.int8?.byteCount ?? 0) + b.byteCount }
+    /// What a step reads of it per token segment (the kernel's copies).
+    public var kernelBytes: Int { Int(operands.aBytes + operands.bBytes) }
 
     /// A (rank × in) and B (out × rank) widened to f32, without the rank padding: the factors as trained.
     public var unpaddedFactors: (a: [Float], b: [Float]) {
@@ -344,6 +358,10 @@ public final class LoRAWeights: @unchecked Sendable {
 
     deinit { operands.deallocate() }
 
+    /// What a step reads of it when every module runs (the kernels' copies: a Q8_0 module's packed A, not its
+    /// checkpoint layout too).
+    public var kernelBytes: Int { modules.joined().reduce(0) { $0 + ($1?.kernelBytes ?? 0) } }
+
     /// The flat table of module operands (see `operands`); valid while this adapter lives.
     public var operandTable: UnsafePointer<Kernels.LoRAOperands?> { UnsafePointer(operands.baseAddress!) }
 
@@ -391,4 +409,46 @@ public final class LoRASlots: @unchecked Sendable {
 
     /// The first free slot, if any.
     public var freeSlot: Int? { slots.firstIndex { $0 == nil } }
+}
+
+/// How a server holds the adapters it loads. `stored`: as the file holds them (F16 and BF16 stay so, anything else
+/// f32), the exact arithmetic. `int8`: Q8_0 (int8 codes and an f16 scale per 32 values: 34 bytes per 32 weights
+/// against BF16's 64), the shrink with int8 activations as the base's int8 products compute theirs; the choice
+/// under int8 products (`LlamaModel.int8Products`), where a batch of distinct adapters is bound by their bytes
+/// (docs/design/lora-kernels.md, "int8 adapters"). Needs AVX-512 VNNI; a matrix whose input width is not a multiple
+/// of 32 keeps its stored form.
+public enum AdapterPrecision: String, Sendable, CaseIterable {
+    case stored, int8
+
+    /// What the models' products call for: int8 adapters beside int8 products, else the stored form.
+    public static func matching(_ model: LlamaModel) -> AdapterPrecision { model.int8Products ? .int8 : .stored }
+
+    /// The dtype a module of `inFeatures` inputs, stored as `stored`, is held in.
+    public func dtype(stored: DType, inFeatures: Int) -> DType {
+        self == .int8 && Kernels.hasInt8Dot && inFeatures % 32 == 0 ? .q8_0 : stored
+    }
+}
+
+extension LoRAModule {
+    /// This module held as `precision` says (itself where that changes nothing): made from its own values, so a
+    /// conversion from F16, BF16 or f32 starts from exactly what the adapter file held.
+    public func held(as precision: AdapterPrecision) -> LoRAModule {
+        let target = precision.dtype(stored: dtype, inFeatures: inFeatures)
+        guard target != dtype else { return self }
+        let f = unpaddedFactors
+        return f.a.withUnsafeBufferPointer { a in
+            f.b.withUnsafeBufferPointer { b in
+                LoRAModule(rank: rank, inFeatures: inFeatures, outFeatures: outFeatures, a: a.baseAddress!, b: b.baseAddress!, dtype: target)
+            }
+        }
+    }
+}
+
+extension LoRAWeights {
+    /// These weights held as `precision` says: the same identity, name, scale and gates (itself for `stored`).
+    public func held(as precision: AdapterPrecision) -> LoRAWeights {
+        guard precision != .stored else { return self }
+        let converted = modules.map { row in row.map { $0?.held(as: precision) } }
+        return LoRAWeights(name: name, scale: scale, modules: converted, id: id, gating: gating)
+    }
 }

@@ -22,8 +22,8 @@ struct BenchLoRA: ParsableCommand {
     var targets: String = "qv"
     @OptionGroup var timing: StepTimingOptions
     @OptionGroup var products: MatmulPrecisionOption
-    @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them) or f32.")
-    var adapterDtype: String = "bf16"
+    @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them), f32, or int8 (Q8_0, as serve holds them beside int8 products; needs AVX-512 VNNI). auto: as serve would hold them (int8 beside int8 products, else bf16).")
+    var adapterDtype: String = "auto"
 
     static func list(_ s: String) -> [Int] { s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
@@ -32,7 +32,8 @@ struct BenchLoRA: ParsableCommand {
             throw ValidationError("\(name) must be a comma-separated list of numbers in 1...1024")
         }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
-        guard ["bf16", "f32"].contains(adapterDtype) else { throw ValidationError("--adapter-dtype must be bf16 or f32") }
+        guard ["auto", "bf16", "f32", "int8"].contains(adapterDtype) else { throw ValidationError("--adapter-dtype must be auto, bf16, f32 or int8") }
+        if adapterDtype == "int8" && !Kernels.hasInt8Dot { throw ValidationError("--adapter-dtype int8 needs a CPU with AVX-512 VNNI") }
     }
 
     func run() throws {
@@ -44,10 +45,12 @@ struct BenchLoRA: ParsableCommand {
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
         let maxBatch = Self.list(batches).max()!
         let maxAdapters = Self.list(adapters).max()!
+        let heldName = adapterDtype != "auto" ? adapterDtype : AdapterPrecision.matching(m) == .int8 ? "int8" : "bf16"
+        let dtype: DType = heldName == "int8" ? .q8_0 : heldName == "bf16" ? .bf16 : .f32
 
         print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
               + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); products: \(MatmulPrecisionOption.name(of: m)). "
-              + "Adapters held in \(adapterDtype); sizes count the rank padded to a multiple of 16.")
+              + "Adapters held in \(heldName == "int8" ? "int8 (Q8_0)" : heldName); sizes count the rank padded to a multiple of 16 (and what a step reads).")
         print()
         let mergedNames = MergePrecision.allCases.map { $0 == .q8_0 ? "Q8_0" : $0.rawValue }
         print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | "
@@ -60,7 +63,6 @@ struct BenchLoRA: ParsableCommand {
         let adapterPerSequence = Self.list(batches).contains { $0 >= 8 && Self.list(adapters).contains($0) }
         var streamed = adapterPerSequence ? BenchCore.streamedGBs() : 0
         for rank in Self.list(ranks) {
-            let dtype: DType = adapterDtype == "bf16" ? .bf16 : .f32
             let pool = (0..<maxAdapters).map { Self.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: dtype, seed: UInt64(rank * 1000 + $0)) }
             let slots = LoRASlots(capacity: maxAdapters)
             for (i, a) in pool.enumerated() { slots[i] = a }
@@ -91,7 +93,7 @@ struct BenchLoRA: ParsableCommand {
                 // each, read once per step) over the time the step gained; only for batches where every sequence
                 // has its own adapter, where the bytes, not the arithmetic, set the cost.
                 for (i, k) in ks.enumerated() where k == b && b >= 8 {
-                    bandwidthRows.append((b, rank, Double(pool.prefix(k).reduce(0) { $0 + $1.byteCount }), unmerged[i] - base))
+                    bandwidthRows.append((b, rank, Double(pool.prefix(k).map(\.kernelBytes).reduce(0, +)), unmerged[i] - base))
                 }
                 FileHandle.standardError.write(Data("bench lora: rank \(rank) batch \(b) done\n".utf8))
             }
@@ -163,7 +165,9 @@ struct BenchLoRA: ParsableCommand {
                 let (rows, cols) = t.shape(c)
                 let a = (0..<(rank * cols)).map { _ in uniform() * 0.1 }
                 let b = (0..<(rows * rank)).map { _ in uniform() * 0.1 }
-                return LoRAModule(rank: rank, inFeatures: cols, outFeatures: rows, a: a, b: b, dtype: dtype)
+                // Q8_0 where the input width allows (else bf16, as serve would keep such a matrix).
+                let held = dtype == .q8_0 ? AdapterPrecision.int8.dtype(stored: .bf16, inFeatures: cols) : dtype
+                return LoRAModule(rank: rank, inFeatures: cols, outFeatures: rows, a: a, b: b, dtype: held)
             }
         }
         return LoRAWeights(name: "bench-\(seed)", scale: 2, modules: modules)

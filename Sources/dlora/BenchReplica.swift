@@ -67,11 +67,12 @@ struct BenchReplica: ParsableCommand {
         try engineOptions.prepare(m)
         var rng = SamplerRNG(seed: seed)
 
-        // Adapters: ranks 8–64, bf16, random.
+        // Adapters: ranks 8–64, bf16, random; held as serve holds them (int8 beside int8 products).
         let ranks = [8, 16, 32, 64]
         let modules: [LoRATarget] = targets == "all" ? LoRATarget.allCases : [.q, .v]
         let weights = (0..<adapters).map { i in
             BenchLoRA.randomAdapter(config: c, rank: ranks[i % ranks.count], targets: modules, dtype: .bf16, seed: seed &* 7919 &+ UInt64(i))
+                .held(as: .matching(m))
         }
         // Popularity: P(k) ∝ (k+1)^-alpha.
         let weightsK = (0..<adapters).map { pow(Double($0 + 1), -alpha) }

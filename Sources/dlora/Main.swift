@@ -159,7 +159,7 @@ struct Generate: ParsableCommand {
                 let root = adapterRoot ?? ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"] ?? FileManager.default.currentDirectoryPath
                 path = try AdapterRegistry(root: root, base: config).path(for: adapter)
             }
-            let weights = try AdapterLoader.load(path: path, base: config)
+            let weights = try AdapterLoader.load(path: path, base: config).held(as: .matching(loaded.model))
             if loraMode == "merged" {
                 guard weights.mergeable else { throw CLIError("adapter '\(weights.name)' is a MoLE composition: its experts' mix changes per token, so it runs unmerged only") }
                 loaded.model.merge(weights, scale: adapterScale)

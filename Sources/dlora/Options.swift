@@ -237,7 +237,7 @@ struct MatmulPrecisionOption: ParsableArguments {
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI; other weights stay f32; needs AVX-512 VNNI). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; else f32.")
+            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI; other weights stay f32; a server then holds its LoRA adapters in Q8_0 too, their shrink with int8 activations; needs AVX-512 VNNI). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; else f32.")
     var matmulPrecision: Choice = .auto
 
     /// What the flag means for `model` on this CPU. The same rule at every batch: since the fused f32 kernels' rework
@@ -253,11 +253,11 @@ struct MatmulPrecisionOption: ParsableArguments {
         }
     }
 
-    /// What a server's start line says of the products: bf16 or int8, or why `auto` left them in f32 on a CPU with
-    /// AVX-512 BF16.
+    /// What a server's start line says of the products: bf16 or int8 (whose server holds its adapters in int8 too,
+    /// `AdapterPrecision.matching`), or why `auto` left them in f32 on a CPU with AVX-512 BF16.
     func note(for model: LlamaModel) -> String {
         if model.bf16Products { return ", bf16 products" }
-        if model.int8Products { return ", int8 activations (--matmul-precision f32 for f32 ones)" }
+        if model.int8Products { return ", int8 activations and adapters (--matmul-precision f32 for f32 ones)" }
         guard matmulPrecision == .auto, Kernels.hasBF16Dot, model.weightsExactInBF16Products else { return "" }
         return String(format: ", f32 products (auto: VDPBF16PS does %.2f× an FMA's multiply-adds per second on this CPU)", Kernels.bf16DotRateRatio)
     }

@@ -84,10 +84,10 @@ struct Serve: AsyncParsableCommand {
     func run() async throws {
         let (path, loaded) = try modelOptions.load()
         let config = loaded.model.config
-        let registry = try adapters.map { try AdapterRegistry(root: $0, base: config) }
-
-        // The model as it will serve (merge precision, products) before the configuration, which may time merges on it.
+        // The model as it will serve (merge precision, products) before the configuration, which may time merges on it;
+        // adapters are held as its products call for (int8 beside int8 products).
         try engineOptions.prepare(loaded.model)
+        let registry = try adapters.map { try AdapterRegistry(root: $0, base: config, precision: .matching(loaded.model)) }
         let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind,
                                                        switchPrior: engineOptions.switchPrior(for: loaded.model, policy: policyOption.kind))
         let blocks = engineConfig.kvBlocks

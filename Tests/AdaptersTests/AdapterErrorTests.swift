@@ -1,4 +1,5 @@
 import Foundation
+import Kernels
 import Models
 import Testing
 import TestSupport
@@ -151,5 +152,41 @@ import TestSupport
         _ = try registry.load("c")
         #expect(registry.cached("b") == nil && registry.cached("a") != nil && registry.cached("c") != nil)
         #expect(registry.hostBytes <= 2 * one)
+    }
+
+    /// A registry made with `precision: .int8` (serve's beside int8 products) holds what it loads in Q8_0: every module,
+    /// the same name and scale, fewer bytes than the stored adapter, and the factors within half a quantization step of
+    /// the stored ones (A's blocks of 32 inputs, B's blocks of 16 rank indices), plus the f16 scale's rounding (up to
+    /// 127 codes times 2⁻¹¹ of the step).
+    @Test(.enabled(if: Kernels.hasInt8Dot)) func int8RegistryHoldsQ8Modules() throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("a"), config: Self.config)
+        let stored = try AdapterLoader.load(path: dir.path("a"), base: Self.config)
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config, precision: .int8)
+        let held = try registry.load("a")
+        #expect(held.name == stored.name && held.scale == stored.scale && held.byteCount < stored.byteCount)
+        var checked = 0
+        for (layer, row) in stored.modules.enumerated() {
+            for (t, m) in row.enumerated() {
+                guard let m else { #expect(held.modules[layer][t] == nil); continue }
+                let q = try #require(held.modules[layer][t])
+                #expect(q.dtype == .q8_0 && q.rank == m.rank && q.paddedRank == m.paddedRank)
+                let (a, b) = m.unpaddedFactors, (qa, qb) = q.unpaddedFactors
+                for r in 0..<m.rank {
+                    for k0 in stride(from: 0, to: m.inFeatures, by: 32) {
+                        let block = (k0..<(k0 + 32)).map { r * m.inFeatures + $0 }
+                        let step = block.map { abs(a[$0]) }.max()! / 127
+                        #expect(block.allSatisfy { abs(qa[$0] - a[$0]) <= step * (0.5 + 127 / 2048) + 1e-12 })
+                    }
+                }
+                for o in 0..<m.outFeatures {
+                    let row = (0..<m.rank).map { o * m.rank + $0 }
+                    let step = row.map { abs(b[$0]) }.max()! / 127
+                    #expect(row.allSatisfy { abs(qb[$0] - b[$0]) <= step * (0.5 + 127 / 2048) + 1e-12 })
+                }
+                checked += 1
+            }
+        }
+        #expect(checked > 0)
     }
 }

@@ -221,6 +221,32 @@ import TestSupport
                            tolerance: tolerance, tie: 2 * tolerance) == unmerged)
     }
 
+    /// Int8 adapters (`AdapterPrecision.int8`, what serve holds beside int8 products): A and B quantized to Q8_0 and the
+    /// shrink with int8 activations. Against the PEFT goldens within the int8 tolerance and below the adapter's own
+    /// effect; measurably not the stored adapter's forward (or nothing new ran); every module held Q8_0, at less than
+    /// 0.6× the stored bytes a step reads; merged (Q8_0, from the held values) within the same tolerance.
+    @Test(.enabled(if: Kernels.hasInt8Dot), arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
+    func smolLM2WithInt8Adapters(_ name: String) throws {
+        let (g, model, stored) = try Self.smolLM2Case(name)
+        model.setInt8Products(true)
+        model.mergePrecision = model.preferredMergePrecision
+        let adapter = stored.held(as: .matching(model))
+        let modules = adapter.modules.joined().compactMap { $0 }
+        #expect(!modules.isEmpty && modules.allSatisfy { $0.dtype == .q8_0 })
+        #expect(adapter.id == stored.id && adapter.scale == stored.scale && adapter.name == stored.name)
+        #expect(Double(adapter.kernelBytes) < 0.6 * Double(stored.kernelBytes), "\(adapter.kernelBytes) of \(stored.kernelBytes) bytes")
+        let tolerance: Float = 1.5
+        let asStored = Self.check(g, model: model, adapter: stored, merged: false, label: "SmolLM2 + \(name) (stored adapter, int8)",
+                                  tolerance: tolerance, tie: 2 * tolerance)
+        let unmerged = Self.check(g, model: model, adapter: adapter, merged: false, label: "SmolLM2 + \(name) (int8 adapter, int8)",
+                                  tolerance: tolerance, tie: 2 * tolerance)
+        let merged = Self.check(g, model: model, adapter: adapter, merged: true, label: "SmolLM2 + \(name) (int8 adapter merged q8_0)",
+                                tolerance: tolerance, tie: 2 * tolerance)
+        print("int8 adapter \(name): max |Δlogit| unmerged \(unmerged) (stored adapter \(asStored)), merged \(merged) (adapter moves the logits by up to \(g.baseMaxAbsDiff))")
+        #expect(unmerged != asStored, "the int8 adapter's forward must differ from the stored one's")
+        #expect(max(unmerged, merged) < g.baseMaxAbsDiff, "the rounding must stay below what the adapter changes")
+    }
+
     /// Logit tolerance of a Q8_0-merged forward against the f32 references (measured 0.15 and 0.19 on the two SmolLM2 adapters).
     static let q8Tolerance: Float = 0.3
 

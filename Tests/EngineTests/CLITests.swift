@@ -209,7 +209,7 @@ import Testing
             let line = try #require(text.split(separator: "\n").first { $0.contains("dlora: serving") }, "\(text)")
             let bf16 = Kernels.bf16ProductsPay, int8 = !bf16 && Kernels.hasInt8Dot
             #expect(line.contains(", bf16 products") == bf16, "\(line)")
-            #expect(line.contains(", int8 activations") == int8, "\(line)")
+            #expect(line.contains(", int8 activations and adapters") == int8, "\(line)")
             #expect(line.contains("f32 products (auto: VDPBF16PS does") == (Kernels.hasBF16Dot && !bf16 && !int8), "\(line)")
         }
     }

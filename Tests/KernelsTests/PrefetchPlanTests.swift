@@ -80,4 +80,36 @@ import TestSupport
         plan.removeAll()
         #expect(plan.isEmpty && run(plan) == without)
     }
+
+    /// The products with int8 activations take the same plan (a share per task, a step per tile): the same bits with
+    /// it as without, at a decode batch (32 tokens) and a single token, on more rows than one task takes.
+    @Test(.enabled(if: Kernels.hasInt8Dot), arguments: [DType.q4_1, .q8_0])
+    func int8ProductsWithAPlanGiveTheSameBits(type: DType) throws {
+        var rng = Rng(seed: 29)
+        let (n, k) = (200, 576)
+        let bytes = MatmulDQTests.randomMatrix(type, rows: n, cols: k, rng: &rng)
+        let storage = Buffer(byteCount: bytes.count)
+        bytes.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        let packed = try #require(Kernels.PackedInt8(WeightMatrix(dtype: type, rows: n, cols: k, storage: storage)))
+        // 16 rank-16 bf16 modules (1024 → 1024), kept alive while the plan names them.
+        let modules = (0..<16).map { _ in
+            (WeightMatrix(dtype: .bf16, rows: 16, cols: 1024, storage: Buffer(byteCount: 16 * 1024 * 2)),
+             Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .bf16, rows: 1024, cols: 16, storage: Buffer(byteCount: 1024 * 16 * 2))))
+        }
+        let plan = Kernels.PrefetchPlan()
+        for (a, b) in modules { plan.append(Kernels.LoRAOperands(a: a, b: b)) }
+        for m in [32, 1] {
+            let x = rng.floats(m * k)
+            func run(_ plan: Kernels.PrefetchPlan?) -> [Float] {
+                var y = [Float](repeating: .nan, count: m * n)
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { Kernels.matmulInt8(packed, xp.baseAddress!, ldx: k, ntok: m, $0.baseAddress!, ldy: n, prefetch: plan) }
+                }
+                return y
+            }
+            let without = run(nil), with = run(plan)
+            #expect(with.map(\.bitPattern) == without.map(\.bitPattern) && !without.contains { $0.isNaN }, "\(m) tokens")
+        }
+        withExtendedLifetime(modules) {}
+    }
 }

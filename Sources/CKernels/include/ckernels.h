@@ -132,7 +132,10 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
 // ---------------------------------------------------------------- LoRA over adapter segments (lora.c)
 // One segment: batch tokens [start, start + count) use A (prank x in, row-major, rank zero-padded to prank, a
 // multiple of 16) and B (out x prank, held as dl_lora_b_pack lays it out), both of type `wtype` (F32, F16 or
-// BF16), with scaling `scale`.
+// BF16), with scaling `scale`. Q8_0 (an int8 adapter, AVX-512 VNNI only): A is packed by dl_pack_q8 (K = in,
+// N = prank) and its shrink is dl_matmul_q8's (the token's activations quantized to int8); B is held as int8 codes
+// with an f16 scale per output and block of 16 rank indices, and the expand quantizes the shrunk values per block
+// of 16 and sums the integer products exactly (lora.c, "int8 adapters").
 // Gated (MoLE) segments also give per-token gates: column j of the rank belongs to expert gate_col[j]
 // (-1: padding), and token i of the segment (batch token start + i) weighs it by gates[i * ldg + gate_col[j]].
 typedef struct {
@@ -159,8 +162,9 @@ void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t ou
 // B (out x prank, row-major, type F32, F16 or BF16) in the expand's layout: groups of 32 outputs (the last
 // zero-padded), per rank index j the group's 32 values side by side (BF16 interleaving the group's two halves),
 // dl_lora_b_bytes(type, out, prank) bytes (-1: not a supported type or shape, which dl_lora_b_pack leaves
-// untouched). dl_lora_b_unpack widens it back
-// to row-major f32 (merges, compositions).
+// untouched). Q8_0: b is row-major f32, each output's values quantized per block of 16 rank indices with ggml's
+// Q8_0 rounding, in groups of 16 outputs laid out for VPDPBUSD (lora.c); 18 bytes per 16 values. dl_lora_b_unpack
+// widens it back to row-major f32, the values d·q (merges, compositions).
 int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank);
 void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *dst);
 void dl_lora_b_unpack(int type, const void *packed, int64_t out, int64_t prank, float *dst);
@@ -223,11 +227,15 @@ void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float
 // in a fixed lane order (matmul_q8.c). A row's result does not depend on ntok (batch invariance); rows are split
 // over the kernel thread pool. dl_has_vnni512() says whether the CPU runs it (dl_matmul_q8 needs it);
 // dl_matmul_q8_ref is the portable twin, bit for bit, computed from the checkpoint's own bytes (W, row_bytes).
+// `prefetch` (n spans; NULL, 0: none): bytes pulled toward the cache in the product's shadow, as dl_matmul_q_bf16's.
 int dl_has_vnni512(void);
 int64_t dl_q8_bytes(int type, int64_t K, int64_t N);
 void dl_pack_q8(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst);
 void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
-                  float *Y, int64_t ldy);
+                  float *Y, int64_t ldy, const dl_span *prefetch, int64_t nprefetch);
+// dl_matmul_q8 on the calling thread only (lora.c's shrink of a Q8_0 adapter, inside its own split over the pool).
+void dl_matmul_q8_serial(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
+                         float *Y, int64_t ldy);
 void dl_matmul_q8_ref(int type, const uint8_t *W, int64_t row_bytes, int64_t N, int64_t K, const float *X, int64_t ldx,
                       int64_t ntok, float *Y, int64_t ldy);
 
