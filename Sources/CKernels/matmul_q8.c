@@ -381,14 +381,17 @@ void group_tile(const int type, const int p, const int NR, const int NT, const u
 
 DL_VNNI static inline __attribute__((always_inline))
 void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
-             const uint8_t *x, int64_t xstride, float *y, int64_t ldy) {
+             const uint8_t *x, int64_t xstride, float *y, int64_t ldy, const uint8_t *wend) {
     __m512 acc[8];
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
     const uint8_t *wg = w, *xg = x;
     // The tile's NR rows are read interleaved, NR short streams the hardware prefetcher does not follow; the next
-    // tile's bytes (contiguous) are prefetched here, spread over the groups.
+    // tile's bytes (contiguous) are prefetched here, spread over the groups, up to the end of the rows this task runs
+    // (a small matrix's last tile, a LoRA adapter's A, would otherwise pull half as many bytes again of whatever lies
+    // beyond it).
     const char *next = (const char *)w + Q8_PREFETCH_TILES * NR * prow;
-    const int64_t lines = (NR * prow + 63) / 64, ngroups = gs.n16 + gs.n4 + gs.n2;
+    const int64_t ahead = (const char *)wend > next ? ((const char *)wend - next + 63) / 64 : 0;
+    const int64_t lines = (NR * prow + 63) / 64 < ahead ? (NR * prow + 63) / 64 : ahead, ngroups = gs.n16 + gs.n4 + gs.n2;
     const int64_t per_group = (lines + ngroups - 1) / ngroups;
     int64_t line = 0;
 #define PREFETCH_SOME() \
@@ -421,11 +424,11 @@ void q8_rows_nt(const int type, const int NR, const int NT, const uint8_t *W, in
                 const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
     int64_t r = r0;
     for (; r + NR <= r1; r += NR) {
-        q8_tile(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
+        q8_tile(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
         dl_pf_step(f);
     }
     for (; r < r1; r++) {
-        q8_tile(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy);
+        q8_tile(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
         dl_pf_step(f);
     }
 }
