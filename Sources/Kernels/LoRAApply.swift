@@ -10,10 +10,11 @@ extension Kernels {
     /// (or, for a gated MoLE segment, with A_s · x[t] scaled per rank column by its expert's gate for t)
     ///
     /// A and B are F32, F16 or BF16 (both the same) with the rank zero-padded to a multiple of 16, B laid out for
-    /// the expand (`LoRAExpandMatrix`); or both Q8_0 (an int8 adapter: the shrink with int8 activations, as
-    /// `matmulInt8`, the expand with the shrunk values quantized per 16 against B's codes; AVX-512 VNNI only). Decode segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped
+    /// the expand (`LoRAExpandMatrix`). Decode segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped
     /// shrink, longer ones the batch-invariant matmul kernel; every token's expand runs 32 outputs at a time; all
-    /// sum in the matmul kernel's lane order, so a token's result never depends on its batch.
+    /// sum in the matmul kernel's lane order, so a token's result never depends on its batch. Or both are Q8_0 (an
+    /// int8 adapter, AVX-512 VNNI only): the shrink with int8 activations as `matmulInt8` computes it, the expand
+    /// with the shrunk values quantized per 16 against B's codes; every segment length computes a token alike.
     /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
     /// Reference twins: `ReferenceOps.loraApply` (double precision) and `ReferenceOps.loraApplyLanes` (the
     /// kernels' f32 summation order, bit for bit).

@@ -80,7 +80,7 @@ public struct LoRAModule: @unchecked Sendable {
 
     /// - Parameters: a: rank × in values (row-major), b: out × rank values (row-major); `dtype` (F32, F16
     ///   or BF16) is how they are stored (values must be exactly representable for F16/BF16 to be exact); Q8_0
-    ///   quantizes them (A per 32 inputs of a rank row, B per 32 outputs of a rank column; `inFeatures` a multiple
+    ///   quantizes them (A per 32 inputs of a rank row, B per 16 rank indices of an output; `inFeatures` a multiple
     ///   of 32 and `Kernels.hasInt8Dot`: `AdapterPrecision.dtype` checks both).
     public init(rank: Int, inFeatures: Int, outFeatures: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, dtype: DType = .f32) {
         precondition(rank > 0 && inFeatures > 0 && outFeatures > 0 && inFeatures % 16 == 0)
