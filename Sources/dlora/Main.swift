@@ -125,6 +125,7 @@ struct Generate: ParsableCommand {
     var choice: [String] = []
     @OptionGroup var kvCache: KVCacheOption
     @OptionGroup var products: MatmulPrecisionOption
+    @OptionGroup var adapterPrecision: AdapterPrecisionOption
 
     func validate() throws {
         if (prompt == nil) == (chat == nil) { throw ValidationError("give exactly one of --prompt and --chat") }
@@ -159,13 +160,15 @@ struct Generate: ParsableCommand {
                 let root = adapterRoot ?? ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"] ?? FileManager.default.currentDirectoryPath
                 path = try AdapterRegistry(root: root, base: config).path(for: adapter)
             }
-            let weights = try AdapterLoader.load(path: path, base: config).held(as: .matching(loaded.model))
+            let weights = try AdapterLoader.load(path: path, base: config).held(as: adapterPrecision.resolved(for: loaded.model))
             if loraMode == "merged" {
                 guard weights.mergeable else { throw CLIError("adapter '\(weights.name)' is a MoLE composition: its experts' mix changes per token, so it runs unmerged only") }
                 loaded.model.merge(weights, scale: adapterScale)
                 FileHandle.standardError.write(Data("merged '\(weights.name)' into the weights in \(loaded.model.mergePrecision.rawValue)\n".utf8))
             } else {
                 lora = weights
+                let int8 = weights.modules.joined().contains { $0?.dtype == .q8_0 }
+                FileHandle.standardError.write(Data("adapter '\(weights.name)' held \(int8 ? "in int8 (Q8_0)" : "as stored")\n".utf8))
             }
         }
         // KV blocks for the whole request, plus the adapter's share of the same budget (unmerged).

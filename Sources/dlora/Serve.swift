@@ -18,6 +18,7 @@ struct Serve: AsyncParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
     @OptionGroup var engineOptions: EngineOptions
     @OptionGroup var policyOption: PolicyOption
+    @OptionGroup var adapterPrecision: AdapterPrecisionOption
     @Option(help: "Adapter root: every PEFT directory or GGUF LoRA under it is served by its name; load_lora_adapter paths are confined to it.")
     var adapters: String?
     @Option(help: "Address to bind (default: loopback only).")
@@ -85,9 +86,10 @@ struct Serve: AsyncParsableCommand {
         let (path, loaded) = try modelOptions.load()
         let config = loaded.model.config
         // The model as it will serve (merge precision, products) before the configuration, which may time merges on it;
-        // adapters are held as its products call for (int8 beside int8 products).
+        // adapters are held as --adapter-precision says (auto: int8 beside int8 products).
         try engineOptions.prepare(loaded.model)
-        let registry = try adapters.map { try AdapterRegistry(root: $0, base: config, precision: .matching(loaded.model)) }
+        let held = try adapterPrecision.resolved(for: loaded.model)
+        let registry = try adapters.map { try AdapterRegistry(root: $0, base: config, precision: held) }
         let engineConfig = engineOptions.configuration(for: loaded.model, policy: policyOption.kind,
                                                        switchPrior: engineOptions.switchPrior(for: loaded.model, policy: policyOption.kind))
         let blocks = engineConfig.kvBlocks
@@ -117,7 +119,7 @@ struct Serve: AsyncParsableCommand {
             String(format: ", merges measured at %.2f ns per base element + %.3f ns per multiply-add (the first + %.1f ns per element)",
                    $0.mergeSecondsPerElement * 1e9, $0.mergeSecondsPerMultiplyAdd * 1e9, $0.allocationSecondsPerElement * 1e9)
         } ?? ""
-        let productsNote = engineOptions.products.note(for: loaded.model) + ", merges in \(loaded.model.mergePrecision.rawValue)"
+        let productsNote = engineOptions.products.note(for: loaded.model, adapters: held) + ", merges in \(loaded.model.mergePrecision.rawValue)"
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
         let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),

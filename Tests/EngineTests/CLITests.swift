@@ -363,6 +363,30 @@ import Testing
         #expect(!merged.stdout.isEmpty && merged.stdout == unmerged.stdout)
     }
 
+    /// `--adapter-precision`: auto holds the adapter in int8 beside int8 products and as stored beside f32 ones (the same
+    /// text as the explicit choice), stored and int8 override that (stderr says how it is held, each run gives a text);
+    /// an unknown value is a one-line error.
+    @Test(.enabled(if: Kernels.hasInt8Dot)) func adapterPrecisionChoosesHowAdaptersAreHeld() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Self.writeAdapter(dir, name: "tuned")
+        let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0",
+                      "--adapter", "tuned", "--adapter-root", dir.path]
+        let runs = [("int8", "auto", true), ("int8", "int8", true), ("int8", "stored", false),
+                    ("f32", "auto", false), ("f32", "stored", false), ("f32", "int8", true)]
+        var texts: [String: String] = [:]
+        for (products, held, int8) in runs {
+            let r = try await CLITests.dlora(common + ["--matmul-precision", products, "--adapter-precision", held])
+            #expect(r.status == 0 && !r.stdout.isEmpty, "stderr: \(r.stderr)")
+            #expect(r.stderr.contains("adapter 'tuned' held \(int8 ? "in int8 (Q8_0)" : "as stored")\n"), "\(products)/\(held): \(r.stderr)")
+            texts[products + "/" + held] = r.stdout
+        }
+        #expect(texts["int8/auto"] == texts["int8/int8"] && texts["f32/auto"] == texts["f32/stored"])
+        let bad = try await CLITests.dlora(common + ["--adapter-precision", "int4"])
+        #expect(bad.status != 0)
+        #expect(bad.stderr.split(separator: "\n").count == 1 && bad.stderr.contains("--adapter-precision"), "stderr: \(bad.stderr)")
+    }
+
     @Test func badAdaptersAreOneLineErrors() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
