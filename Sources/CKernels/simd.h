@@ -102,6 +102,25 @@ DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_sums16(con
     const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     return _mm512_permutexvar_ps(order, s1);
 }
+
+// dl_lane_sum of 8 vectors at once: lane m of the result is dl_lane_sum(v[m]), bit for bit (matmul_q8.c's tiles of
+// 8 row-token pairs). dl_lane_sums16's network on half as many vectors: at h = 2 the one vector is paired with
+// itself, so lanes 4q + 2, 4q + 3 repeat lanes 4q, 4q + 1 and the permutation reads only the first.
+DL_AVX512 static inline __attribute__((always_inline)) __m256 dl_lane_sums8(const __m512 v[8]) {
+    __m512 s8[4], s4[2];
+    for (int m = 0; m < 4; m++)
+        s8[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44),
+                              _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xee));
+    for (int n = 0; n < 2; n++)
+        s4[n] = _mm512_add_ps(_mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0x88),
+                              _mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0xdd));
+    const __m512 s2 = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s4[0]), _mm512_castps_pd(s4[1]))),
+                                    _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s4[0]), _mm512_castps_pd(s4[1]))));
+    // lane 4q + r (r < 2) holds v[4r + q]'s sum.
+    const __m512 s1 = _mm512_add_ps(_mm512_shuffle_ps(s2, s2, 0x88), _mm512_shuffle_ps(s2, s2, 0xdd));
+    const __m512i order = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 13, 9, 5, 1, 12, 8, 4, 0);
+    return _mm512_castps512_ps256(_mm512_permutexvar_ps(order, s1));
+}
 #else
 static inline int dl_cpu_simd_level(void) { return 0; }
 static inline int dl_has_avx512(void) { return 0; }
