@@ -103,33 +103,14 @@ static void pack_q8(const float *b, int64_t out, int64_t prank, uint8_t *d) {
         }
 }
 
-// A token's u (prank values) quantized per block of 16: qu[prank], du[prank / 16], and aux[prank / 16] = −128 · Σ qu.
+// A token's u (prank values) quantized per block of 16 as the activations are (dl_quantize_i8_block): qu[prank],
+// du[prank / 16], and aux[prank / 16] = −128 · Σ qu.
 static void quantize_u(const float *u, int64_t prank, int8_t *qu, float *du, int32_t *aux) {
     for (int64_t b = 0; b < prank / 16; b++) {
-        const float *x = u + 16 * b;
         int8_t *q = qu + 16 * b;
-        uint32_t amax_bits = 0;
-        for (int i = 0; i < 16; i++) {
-            uint32_t bits;
-            memcpy(&bits, x + i, 4);
-            bits &= 0x7fffffffu;
-            if (bits > amax_bits) amax_bits = bits;
-        }
-        float amax;
-        memcpy(&amax, &amax_bits, 4);
+        du[b] = dl_quantize_i8_block(u + 16 * b, 16, q);
         int32_t sum = 0;
-        if (amax_bits >= 0x7f800000u) { memset(q, 0, 16); du[b] = NAN; }
-        else if (amax < 1e-30f) { memset(q, 0, 16); du[b] = 0.0f; }
-        else {
-            const float d = amax / 127.0f, id = 1.0f / d;
-            for (int i = 0; i < 16; i++) {
-                float r = nearbyintf(x[i] * id);
-                r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r;
-                q[i] = (int8_t)r;
-                sum += q[i];
-            }
-            du[b] = d;
-        }
+        for (int i = 0; i < 16; i++) sum += q[i];
         aux[b] = -128 * sum;
     }
 }

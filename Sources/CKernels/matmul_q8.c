@@ -82,10 +82,12 @@ static inline float half_value(uint16_t h) {
     return f;
 }
 
-// One block's quantization (the portable form): qx[32], returns dx.
-static float quantize_block_scalar(const float *x, int8_t *q) {
+// n activations quantized as one block (the portable form; matmul_q8.c's blocks of 32, lora.c's expand's of 16): q[n],
+// returns the scale d. amax = max |x|; an infinity or NaN gives d = NaN and q = 0, amax below 1e-30 gives d = 0 and
+// q = 0; else d = amax / 127 and q = round-half-even(x · (1 / d)), clamped to ±127.
+float dl_quantize_i8_block(const float *x, int n, int8_t *q) {
     uint32_t amax_bits = 0;
-    for (int j = 0; j < 32; j++) {
+    for (int j = 0; j < n; j++) {
         uint32_t b;
         memcpy(&b, x + j, 4);
         b &= 0x7fffffffu;
@@ -93,10 +95,10 @@ static float quantize_block_scalar(const float *x, int8_t *q) {
     }
     float amax;
     memcpy(&amax, &amax_bits, 4);
-    if (amax_bits >= 0x7f800000u) { memset(q, 0, 32); return NAN; }
-    if (amax < 1e-30f) { memset(q, 0, 32); return 0.0f; }
+    if (amax_bits >= 0x7f800000u) { memset(q, 0, (size_t)n); return NAN; }
+    if (amax < 1e-30f) { memset(q, 0, (size_t)n); return 0.0f; }
     const float d = amax / 127.0f, id = 1.0f / d;
-    for (int j = 0; j < 32; j++) {
+    for (int j = 0; j < n; j++) {
         float v = nearbyintf(x[j] * id);
         v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
         q[j] = (int8_t)v;
@@ -155,7 +157,7 @@ static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx
 #if defined(__x86_64__)
         dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32);
 #else
-        dx[b] = quantize_block_scalar(x + b * 32, qx + b * 32);
+        dx[b] = dl_quantize_i8_block(x + b * 32, 32, qx + b * 32);
 #endif
     }
     if (nbp > nb) { memset(qx + nb * 32, 0, 32); dx[nb] = 0.0f; }
@@ -274,7 +276,7 @@ void dl_matmul_q8_ref(int type, const uint8_t *w, int64_t row_bytes, int64_t N, 
     if (!qx || !dx) dl_fatal_alloc("the q8 reference's activations", (size_t)nbp * 36);
     const q8_groups g = groups_of(nb);
     for (int64_t t = 0; t < ntok; t++) {
-        for (int64_t b = 0; b < nb; b++) dx[b] = quantize_block_scalar(X + t * ldx + b * 32, qx + b * 32);
+        for (int64_t b = 0; b < nb; b++) dx[b] = dl_quantize_i8_block(X + t * ldx + b * 32, 32, qx + b * 32);
         if (nbp > nb) { memset(qx + nb * 32, 0, 32); dx[nb] = 0.0f; }
         for (int64_t r = 0; r < N; r++) {
             const uint8_t *row = w + r * row_bytes;

@@ -233,6 +233,9 @@ int64_t dl_q8_bytes(int type, int64_t K, int64_t N);
 void dl_pack_q8(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst);
 void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
                   float *Y, int64_t ldy, const dl_span *prefetch, int64_t nprefetch);
+// n activations quantized to int8 as one block (the products' blocks of 32, the LoRA expand's of 16): q[n], returns
+// the scale d = max |x| / 127 (q = round-half-even(x · (1 / d)); below 1e-30: d = 0, q = 0; an infinity or NaN: d = NaN).
+float dl_quantize_i8_block(const float *x, int n, int8_t *q);
 // dl_matmul_q8 on the calling thread only (lora.c's shrink of a Q8_0 adapter, inside its own split over the pool).
 void dl_matmul_q8_serial(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
                          float *Y, int64_t ldy);
