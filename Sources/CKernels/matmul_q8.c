@@ -153,12 +153,16 @@ DL_VNNI static void pack_group16(int type, const int8_t *q, const float *dx, uin
 // per block goes to scratch first (qx[nb·32], dx[nb]), then the lanes are laid out per group.
 static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx, float *dx) {
     const int64_t nb = K / 32, nbp = nb + (nb & 1);
+#if defined(__x86_64__)
+    const int vnni = dl_has_vnni512();  // else the AVX2 kernel's activations, packed the portable way (the same bytes)
+#else
+    const int vnni = 0;
+#endif
     for (int64_t b = 0; b < nb; b++) {
 #if defined(__x86_64__)
-        dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32);
-#else
-        dx[b] = dl_quantize_i8_block(x + b * 32, 32, qx + b * 32);
+        if (vnni) { dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32); continue; }
 #endif
+        dx[b] = dl_quantize_i8_block(x + b * 32, 32, qx + b * 32);
     }
     if (nbp > nb) { memset(qx + nb * 32, 0, 32); dx[nb] = 0.0f; }
     const q8_groups g = groups_of(nb);
@@ -167,7 +171,7 @@ static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx
     for (int gi = 0; gi < group_count(g); gi++) {
         const int p = group_size(g, gi), S = group_steps(p);
 #if defined(__x86_64__)
-        if (p == 16) {
+        if (p == 16 && vnni) {
             pack_group16(type, qx + b0 * 32, dx + b0, o);
             o += group_x_bytes(p);
             b0 += p;
@@ -467,8 +471,174 @@ DL_VNNI static void q8_rows(int type, const uint8_t *W, int64_t prow, q8_groups 
     default: q8_rows_typed(DL_Q8_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
     }
 }
+
+// ---------------------------------------------------------------- the AVX2 twin (same bits)
+// For CPUs without AVX-512 VNNI: each 64-byte vector of the packed layout as two 32-byte halves (lanes 0-7, 8-15), the
+// accumulators as dl_lane_sum2's lo/hi pairs, so the lane tree is the AVX-512 kernel's. VPDPBUSD becomes VPMADDUBSW then
+// VPMADDWD against ones, whose pairwise 16-bit sums are exact here: Q4_0/Q4_1 codes are 0-15 (a pair at most
+// 2·15·127); Q8_0's are taken back to signed (the layout's +128 removed) and multiplied as |w| times x with w's sign (a
+// pair at most 2·128·127 < 2^15), so its integer sum starts from 0 instead of −128·Σqx: the same Σ w·qx.
+#define DL_AVX2_Q8 __attribute__((target("avx2,fma,f16c")))
+
+DL_AVX2_Q8 static inline __attribute__((always_inline)) void group_scales2(const int p, const uint8_t *h, __m256 *lo, __m256 *hi) {
+    if (p == 16) {
+        *lo = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+        *hi = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 16)));
+        return;
+    }
+    if (p == 4) {
+        int64_t v;
+        memcpy(&v, h, 8);
+        *lo = *hi = _mm256_cvtph_ps(_mm_set1_epi64x(v));
+        return;
+    }
+    int32_t v;
+    memcpy(&v, h, 4);
+    *lo = *hi = _mm256_cvtph_ps(_mm_set1_epi32(v));
+}
+
+// Σ over each dword's 4 bytes of codes · x, exact (see above).
+DL_AVX2_Q8 static inline __attribute__((always_inline)) __m256i dot4(const int type, __m256i codes, __m256i x) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    if (type == DL_Q8_0) {
+        const __m256i w = _mm256_xor_si256(codes, _mm256_set1_epi8((char)0x80));
+        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+    }
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), ones);
+}
+
+DL_AVX2_Q8 static inline __attribute__((always_inline))
+void group_tile2(const int type, const int p, const int NR, const int NT, const uint8_t *w, int64_t prow,
+                 const uint8_t *xg, int64_t xstride, __m256 *acc) {
+    const int S = group_steps(p), four = type != DL_Q8_0, vbytes = p == 2 ? 32 : 64;
+    for (int r = 0; r < NR; r++) {
+        const uint8_t *g = w + r * prow;
+        __m256 dlo, dhi, mlo = _mm256_setzero_ps(), mhi = _mm256_setzero_ps();
+        group_scales2(p, g, &dlo, &dhi);
+        if (type == DL_Q4_1) group_scales2(p, g + 2 * p, &mlo, &mhi);
+        g += (type == DL_Q4_1 ? 4 : 2) * p;
+        __m256i codes[8][2];
+        const __m256i lo4 = _mm256_set1_epi8(0x0f);
+        for (int k = 0; k < (four ? S / 2 : S); k++) {
+            const __m256i v0 = _mm256_loadu_si256((const __m256i *)(g + k * vbytes));
+            const __m256i v1 = p == 2 ? _mm256_setzero_si256() : _mm256_loadu_si256((const __m256i *)(g + k * vbytes + 32));
+            if (four) {
+                codes[k][0] = _mm256_and_si256(v0, lo4);
+                codes[k][1] = _mm256_and_si256(v1, lo4);
+                codes[k + S / 2][0] = _mm256_and_si256(_mm256_srli_epi16(v0, 4), lo4);
+                codes[k + S / 2][1] = _mm256_and_si256(_mm256_srli_epi16(v1, 4), lo4);
+            } else {
+                codes[k][0] = v0;
+                codes[k][1] = v1;
+            }
+        }
+        for (int t = 0; t < NT; t++) {
+            const uint8_t *x = xg + t * xstride;
+            __m256i s0, s1;
+            if (type == DL_Q4_0) {
+                s0 = _mm256_loadu_si256((const __m256i *)(x + S * 64 + 64));
+                s1 = _mm256_loadu_si256((const __m256i *)(x + S * 64 + 96));
+            } else {
+                s0 = s1 = _mm256_setzero_si256();
+            }
+            for (int k = 0; k < S; k++) {
+                s0 = _mm256_add_epi32(s0, dot4(type, codes[k][0], _mm256_loadu_si256((const __m256i *)(x + k * 64))));
+                s1 = _mm256_add_epi32(s1, dot4(type, codes[k][1], _mm256_loadu_si256((const __m256i *)(x + k * 64 + 32))));
+            }
+            const __m256 dx0 = _mm256_loadu_ps((const float *)(x + S * 64)), dx1 = _mm256_loadu_ps((const float *)(x + S * 64 + 32));
+            __m256 a0 = _mm256_fmadd_ps(_mm256_mul_ps(dlo, dx0), _mm256_cvtepi32_ps(s0), acc[2 * (r * NT + t)]);
+            __m256 a1 = _mm256_fmadd_ps(_mm256_mul_ps(dhi, dx1), _mm256_cvtepi32_ps(s1), acc[2 * (r * NT + t) + 1]);
+            if (type == DL_Q4_1) {
+                a0 = _mm256_fmadd_ps(mlo, _mm256_loadu_ps((const float *)(x + S * 64 + 64)), a0);
+                a1 = _mm256_fmadd_ps(mhi, _mm256_loadu_ps((const float *)(x + S * 64 + 96)), a1);
+            }
+            acc[2 * (r * NT + t)] = a0;
+            acc[2 * (r * NT + t) + 1] = a1;
+        }
+    }
+}
+
+DL_AVX2_Q8 static inline __attribute__((always_inline))
+void q8_tile2(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
+              const uint8_t *x, int64_t xstride, float *y, int64_t ldy, const uint8_t *wend) {
+    __m256 acc[8];
+    for (int i = 0; i < 2 * NR * NT; i++) acc[i] = _mm256_setzero_ps();
+    const uint8_t *wg = w, *xg = x;
+    // The next tile's bytes prefetched over the groups, up to the task's rows (as q8_tile).
+    const char *next = (const char *)w + NR * prow;
+    const int64_t ahead = (const char *)wend > next ? ((const char *)wend - next + 63) / 64 : 0;
+    const int64_t lines = (NR * prow + 63) / 64 < ahead ? (NR * prow + 63) / 64 : ahead, ngroups = gs.n16 + gs.n4 + gs.n2;
+    const int64_t per_group = (lines + ngroups - 1) / ngroups;
+    int64_t line = 0;
+#define PREFETCH_SOME() \
+    for (int64_t j = 0; j < per_group && line < lines; j++, line++) _mm_prefetch(next + line * 64, _MM_HINT_T0)
+    for (int i = 0; i < gs.n16; i++) {
+        PREFETCH_SOME();
+        group_tile2(type, 16, NR, NT, wg, prow, xg, xstride, acc);
+        wg += 16 * q8_block_bytes(type);
+        xg += group_x_bytes(16);
+    }
+    for (int i = 0; i < gs.n4; i++) {
+        PREFETCH_SOME();
+        group_tile2(type, 4, NR, NT, wg, prow, xg, xstride, acc);
+        wg += 4 * q8_block_bytes(type);
+        xg += group_x_bytes(4);
+    }
+    for (int i = 0; i < gs.n2; i++) {
+        PREFETCH_SOME();
+        group_tile2(type, 2, NR, NT, wg, prow, xg, xstride, acc);
+        wg += 2 * q8_block_bytes(type);
+        xg += group_x_bytes(2);
+    }
+#undef PREFETCH_SOME
+    for (int r = 0; r < NR; r++)
+        for (int t = 0; t < NT; t++) y[t * ldy + r] = dl_lane_sum2(acc[2 * (r * NT + t)], acc[2 * (r * NT + t) + 1]);
+}
+
+DL_AVX2_Q8 static inline __attribute__((always_inline))
+void q8_rows2_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
+                 const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
+    int64_t r = r0;
+    for (; r + NR <= r1; r += NR) {
+        q8_tile2(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
+        dl_pf_step(f);
+    }
+    for (; r < r1; r++) {
+        q8_tile2(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
+        dl_pf_step(f);
+    }
+}
+
+// Up to 8 tokens a call: 4 at a time (4 row-token pairs: 8 accumulators, the 16 registers' half).
+DL_AVX2_Q8 static inline __attribute__((always_inline))
+void q8_rows2_typed(const int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
+                    int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
+    for (int64_t t = 0; t < ntok; t += 4) {
+        const int64_t nt = ntok - t < 4 ? ntok - t : 4;
+        const uint8_t *xt = x + t * xstride;
+        float *yt = y + t * ldy;
+        switch (nt) {
+        case 1: q8_rows2_nt(type, 4, 1, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        case 2: q8_rows2_nt(type, 2, 2, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        case 3: q8_rows2_nt(type, 1, 3, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        default: q8_rows2_nt(type, 1, 4, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        }
+    }
+}
+
+DL_AVX2_Q8 static void q8_rows2(int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
+                                int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
+    switch (type) {
+    case DL_Q4_0: q8_rows2_typed(DL_Q4_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
+    case DL_Q4_1: q8_rows2_typed(DL_Q4_1, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
+    default: q8_rows2_typed(DL_Q8_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
+    }
+}
+
+int dl_has_int8(void) { return dl_has_vnni512() ? 2 : dl_has_avx2() ? 1 : 0; }
 #else
 int dl_has_vnni512(void) { return 0; }
+int dl_has_int8(void) { return 0; }
 #endif
 
 // ---------------------------------------------------------------- threading
@@ -502,9 +672,11 @@ static void q8_units(void *vctx, int64_t u0, int64_t u1) {
     int64_t tiles = 0;
     for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) tiles += q8_tiles(c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS, r1 - r0);
     dl_pf f = dl_pf_share(&c->pf, u0, u1, c->units, tiles);
+    void (*rows)(int, const uint8_t *, int64_t, q8_groups, const uint8_t *, int64_t, int64_t, float *, int64_t, int64_t, int64_t,
+                 dl_pf *) = dl_has_vnni512() ? q8_rows : q8_rows2;
     for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) {
         const int64_t nt = c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS;
-        q8_rows(c->type, c->W, c->prow, c->gs, c->xp + t * c->xstride, c->xstride, nt, c->Y + t * c->ldy, c->ldy, r0, r1, &f);
+        rows(c->type, c->W, c->prow, c->gs, c->xp + t * c->xstride, c->xstride, nt, c->Y + t * c->ldy, c->ldy, r0, r1, &f);
     }
 #else
     (void)vctx; (void)u0; (void)u1;
@@ -519,8 +691,8 @@ static void q8_run(int type, const uint8_t *Wp, int64_t N, int64_t K, const floa
                    float *Y, int64_t ldy, int parallel, const dl_span *prefetch, int64_t nprefetch) {
     if (N <= 0 || ntok <= 0) return;
     const int64_t nb = K / 32, nbp = nb + (nb & 1), xstride = x_pack_bytes(nb);
-    if (!dl_has_vnni512()) {
-        fprintf(stderr, "dlora kernels: dl_matmul_q8 needs AVX-512 VNNI (callers check dl_has_vnni512); aborting\n");
+    if (!dl_has_int8()) {
+        fprintf(stderr, "dlora kernels: dl_matmul_q8 needs AVX-512 VNNI or AVX2 (callers check dl_has_int8); aborting\n");
         abort();
     }
     uint8_t *buf = dl_grow_buffer(&tl_xq, &tl_xq_bytes, ntok * xstride + nbp * 36, "the quantized activations");

@@ -1,8 +1,14 @@
 import CKernels
 
 extension Kernels {
-    /// Whether the CPU runs products with int8 activations (`matmulInt8`): AVX-512 with VNNI's integer dot products.
+    /// Whether the CPU has AVX-512 VNNI's integer dot products: what `--matmul-precision auto` picks int8 products on,
+    /// and what int8 adapters need (their expand is AVX-512 only).
     public static var hasInt8Dot: Bool { dl_has_vnni512() != 0 }
+
+    /// Whether products with int8 activations run at all (`matmulInt8`): on AVX-512 VNNI, or on AVX2 by the twin that
+    /// emulates VPDPBUSD with VPMADDUBSW/VPMADDWD (the same bits; matmul_q8.c). Without VNNI they are an explicit choice
+    /// (`--matmul-precision int8`), not `auto`'s: the AVX2 kernel has not been measured on an AVX2-only machine.
+    public static var hasInt8Products: Bool { dl_has_int8() != 0 }
 
     /// A Q4_0, Q4_1 or Q8_0 matrix's codes and block scales regrouped for `matmulInt8` (matmul_q8.c: one 64-byte
     /// load holds a dword of each of 16 blocks): the checkpoint's bytes per block, a row's block count padded to
@@ -36,11 +42,11 @@ extension Kernels {
 
     /// Y[t, r] = Σ_k W[r, k] · X[t, k] with each token's activations quantized to int8 per block of 32 (llama.cpp's
     /// Q8 activations) and multiplied with the weights' integer codes exactly; the block scales in f32 in a fixed
-    /// order, so a row's result never depends on the batch. Needs `hasInt8Dot`. `prefetch`: spans pulled toward the
+    /// order, so a row's result never depends on the batch. Needs `hasInt8Products`. `prefetch`: spans pulled toward the
     /// cache while the product runs, a share per task spread over its tiles (the LoRA call that follows).
     public static func matmulInt8(_ w: PackedInt8, _ x: UnsafePointer<Float>, ldx: Int, ntok: Int,
                                   _ y: UnsafeMutablePointer<Float>, ldy: Int, prefetch: PrefetchPlan? = nil) {
-        precondition(hasInt8Dot && ntok >= 0 && ldx >= w.k && ldy >= w.n, "matmulInt8: AVX-512 VNNI, strides \(ldx)/\(ldy)")
+        precondition(hasInt8Products && ntok >= 0 && ldx >= w.k && ldy >= w.n, "matmulInt8: AVX-512 VNNI or AVX2, strides \(ldx)/\(ldy)")
         PrefetchPlan.withSpans(prefetch) { spans, n in
             dl_matmul_q8(Int32(w.dtype.rawValue), storage(w), Int64(w.n), Int64(w.k), x, Int64(ldx), Int64(ntok), y, Int64(ldy), spans, n)
         }

@@ -235,7 +235,7 @@ public final class LlamaModel: @unchecked Sendable {
     /// f32 (`attachInt8Packs`). Not while an adapter is merged, nor together with bf16 products.
     public func setInt8Products(_ on: Bool) {
         precondition(merged == nil && !bf16Products, "int8 products switched on a merged model or beside bf16 products")
-        precondition(!on || Kernels.hasInt8Dot, "int8 products need AVX-512 VNNI")
+        precondition(!on || Kernels.hasInt8Products, "int8 products need AVX-512 VNNI or AVX2")
         guard on != int8Products else { return }
         func pack(_ m: WeightMatrix) -> WeightMatrix { m.withInt8(on ? Kernels.PackedInt8(m) : nil) }
         for i in pristineLayers.indices { pristineLayers[i].mapProducts { pack($1) } }

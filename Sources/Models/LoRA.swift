@@ -420,8 +420,9 @@ public final class LoRASlots: @unchecked Sendable {
 public enum AdapterPrecision: String, Sendable, CaseIterable {
     case stored, int8
 
-    /// What the models' products call for: int8 adapters beside int8 products, else the stored form.
-    public static func matching(_ model: LlamaModel) -> AdapterPrecision { model.int8Products ? .int8 : .stored }
+    /// What the models' products call for: int8 adapters beside int8 products on AVX-512 VNNI (the int8 adapters'
+    /// kernels), else the stored form (int8 products on AVX2 keep stored adapters).
+    public static func matching(_ model: LlamaModel) -> AdapterPrecision { model.int8Products && Kernels.hasInt8Dot ? .int8 : .stored }
 
     /// The dtype a module of `inFeatures` inputs, stored as `stored`, is held in.
     public func dtype(stored: DType, inFeatures: Int) -> DType {

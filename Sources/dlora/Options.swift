@@ -237,7 +237,7 @@ struct MatmulPrecisionOption: ParsableArguments {
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI; other weights stay f32; a server then holds its LoRA adapters in Q8_0 too, their shrink with int8 activations; needs AVX-512 VNNI). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; else f32.")
+            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI; other weights stay f32; a server then holds its LoRA adapters in Q8_0 too, their shrink with int8 activations; needs AVX-512 VNNI, or AVX2, which runs the products' twin, same bits, and keeps adapters as stored). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; else f32 (on AVX2, int8 is yours to ask for).")
     var matmulPrecision: Choice = .auto
 
     /// What the flag means for `model` on this CPU. The same rule at every batch: since the fused f32 kernels' rework
@@ -275,7 +275,7 @@ struct MatmulPrecisionOption: ParsableArguments {
             guard Kernels.hasBF16Dot else { throw CLIError("--matmul-precision bf16 needs a CPU with AVX-512 BF16, which this one lacks (kernels: \(Kernels.simdPathName))") }
             model.setBF16Products(true)
         case .int8:
-            guard Kernels.hasInt8Dot else { throw CLIError("--matmul-precision int8 needs a CPU with AVX-512 VNNI, which this one lacks (kernels: \(Kernels.simdPathName))") }
+            guard Kernels.hasInt8Products else { throw CLIError("--matmul-precision int8 needs a CPU with AVX-512 VNNI or AVX2, which this one lacks (kernels: \(Kernels.simdPathName))") }
             guard model.someWeightsHaveInt8Codes else {
                 throw CLIError("--matmul-precision int8 needs Q4_0, Q4_1 or Q8_0 matrices, and this checkpoint has none (its products stay f32: use --matmul-precision f32)")
             }

@@ -48,7 +48,7 @@ import Testing
         (["serve", "--model", tiny, "--matmul-precision", "int4"], "--matmul-precision"),
         (["bench", "core", "--model", tiny, "--matmul-precision", "f16"], "--matmul-precision"),
         (["bench", "core", "--model", ModelFixtures.checkpointPath(model: "tiny-llama", variant: "F16"), "--matmul-precision", "int8"],
-         Kernels.hasInt8Dot ? "--matmul-precision int8 needs Q4_0, Q4_1 or Q8_0 matrices" : "--matmul-precision int8 needs a CPU with AVX-512 VNNI"),
+         Kernels.hasInt8Products ? "--matmul-precision int8 needs Q4_0, Q4_1 or Q8_0 matrices" : "--matmul-precision int8 needs a CPU with AVX-512 VNNI or AVX2"),
         (["serve", "--model", tiny, "--block-size", "0"], "--block-size"),
         (["serve", "--model", tiny, "--host-swap-mb", "-1"], "--host-swap-mb"),
         (["serve", "--model", tiny, "--step-log", "/nonexistent/dir/steps.jsonl"], "--step-log: cannot write /nonexistent/dir/steps.jsonl"),

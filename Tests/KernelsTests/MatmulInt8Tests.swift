@@ -65,6 +65,38 @@ import TestSupport
         }
     }
 
+    /// The AVX2 twin (VPMADDUBSW/VPMADDWD in place of VPDPBUSD, the 64-byte vectors as 32-byte halves; what CPUs without
+    /// AVX-512 VNNI run) gives the AVX-512 kernel's bits, run here under the AVX2 limit: every shape and token count,
+    /// each token alone and batched, and Q8_0 codes of −128 (which the sign trick must still take exactly: a GGUF may
+    /// hold them though ggml's quantizer does not write them).
+    @Test(.enabled(if: Kernels.simdLevel >= 2), arguments: [DType.q4_0, .q4_1, .q8_0])
+    func avx2TwinGivesTheSameBits(type: DType) throws {
+        var rng = Rng(seed: UInt64(type.rawValue) &+ 777)
+        for (rows, cols, ntok) in Self.shapes {
+            let w = Self.matrix(type, rows: rows, cols: cols, rng: &rng)
+            if type == .q8_0 {
+                // Some codes −128 (byte 0x80) in every row.
+                let b = UnsafeMutableRawPointer(mutating: w.data).assumingMemoryBound(to: UInt8.self)
+                for r in 0..<rows { for blk in 0..<(cols / 32) where (r + blk) % 3 == 0 { b[r * w.rowBytes + blk * 34 + 2 + (r + blk) % 32] = 0x80 } }
+            }
+            let p = try #require(Kernels.PackedInt8(w))
+            let ldx = cols + 32, ldy = rows + 2
+            let x = Self.activations(ntok * ldx, rng: &rng)
+            let ref = Self.twin(w, x, ldx: ldx, ntok: ntok, ldy: ldy)
+            let (y, alone, level) = Kernels.withSIMDLimit(1) {
+                (Self.run(p, x, ldx: ldx, ntok: ntok, ldy: ldy),
+                 (0..<ntok).map { t in Self.run(p, Array(x[(t * ldx)..<((t + 1) * ldx)]), ldx: ldx, ntok: 1, ldy: rows) },
+                 (Kernels.hasInt8Dot, Kernels.hasInt8Products))
+            }
+            #expect(level == (false, true), "the AVX2 limit must select the twin")
+            for t in 0..<ntok {
+                let rowsOf = { (v: [Float]) in Array(v[(t * ldy)..<(t * ldy + rows)]) }
+                #expect(rowsOf(y).map(\.bitPattern) == rowsOf(ref).map(\.bitPattern), "\(type) \(rows)x\(cols) token \(t): AVX2 != twin")
+                #expect(rowsOf(y).map(\.bitPattern) == alone[t].map(\.bitPattern), "\(type) \(rows)x\(cols) token \(t): AVX2 batched != alone")
+            }
+        }
+    }
+
     @Test(arguments: [DType.q4_0, .q4_1, .q8_0])
     func matchesTheSpecificationAndTheQuantizationBound(type: DType) throws {
         var rng = Rng(seed: UInt64(type.rawValue) &+ 99)

@@ -229,6 +229,8 @@ void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float
 // dl_matmul_q8_ref is the portable twin, bit for bit, computed from the checkpoint's own bytes (W, row_bytes).
 // `prefetch` (n spans; NULL, 0: none): bytes pulled toward the cache in the product's shadow, as dl_matmul_q_bf16's.
 int dl_has_vnni512(void);
+// Which int8-product kernel this thread may run: 2 AVX-512 VNNI, 1 AVX2 (its twin, the same bits), 0 none.
+int dl_has_int8(void);
 int64_t dl_q8_bytes(int type, int64_t K, int64_t N);
 void dl_pack_q8(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst);
 void dl_matmul_q8(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
