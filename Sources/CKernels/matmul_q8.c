@@ -385,42 +385,49 @@ void group_tile(const int type, const int p, const int NR, const int NT, const u
     }
 }
 
+// The next tile's lines, prefetched over a tile's groups (both ISA paths): the tile's NR rows are read interleaved, NR
+// short streams the hardware prefetcher does not follow, while the next tile's bytes are contiguous. Up to the end of
+// the rows this task runs (a small matrix's last tile, a LoRA adapter's A, would otherwise pull half as many bytes
+// again of whatever lies beyond it).
+typedef struct { const char *next; int64_t lines, per_group, line; } tile_prefetch;
+
+static inline tile_prefetch tile_prefetch_of(const uint8_t *w, int NR, int64_t prow, const uint8_t *wend, q8_groups gs) {
+    const char *next = (const char *)w + Q8_PREFETCH_TILES * NR * prow;
+    const int64_t ahead = (const char *)wend > next ? ((const char *)wend - next + 63) / 64 : 0;
+    const int64_t lines = (NR * prow + 63) / 64 < ahead ? (NR * prow + 63) / 64 : ahead;
+    return (tile_prefetch){ next, lines, (lines + group_count(gs) - 1) / group_count(gs), 0 };
+}
+
+static inline __attribute__((always_inline)) void tile_prefetch_some(tile_prefetch *f) {
+    for (int64_t j = 0; j < f->per_group && f->line < f->lines; j++, f->line++) _mm_prefetch(f->next + f->line * 64, _MM_HINT_T0);
+}
+
+// A tile's groups in order (of 16, 4, then 2 blocks), each GROUP(p) at wg (row 0's group) and xg (token 0's), the
+// prefetch spread over them.
+#define Q8_GROUPS_OF(P, COUNT, GROUP)                                                     \
+    for (int i = 0; i < (COUNT); i++) {                                                   \
+        tile_prefetch_some(&pf);                                                          \
+        GROUP(P);                                                                         \
+        wg += (P) * q8_block_bytes(type);                                                 \
+        xg += group_x_bytes(P);                                                           \
+    }
+#define Q8_FOR_GROUPS(GROUP)                                                              \
+    do {                                                                                  \
+        tile_prefetch pf = tile_prefetch_of(w, NR, prow, wend, gs);                       \
+        const uint8_t *wg = w, *xg = x;                                                   \
+        Q8_GROUPS_OF(16, gs.n16, GROUP)                                                   \
+        Q8_GROUPS_OF(4, gs.n4, GROUP)                                                     \
+        Q8_GROUPS_OF(2, gs.n2, GROUP)                                                     \
+    } while (0)
+
 DL_VNNI static inline __attribute__((always_inline))
 void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
              const uint8_t *x, int64_t xstride, float *y, int64_t ldy, const uint8_t *wend) {
     __m512 acc[8];
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
-    const uint8_t *wg = w, *xg = x;
-    // The tile's NR rows are read interleaved, NR short streams the hardware prefetcher does not follow; the next
-    // tile's bytes (contiguous) are prefetched here, spread over the groups, up to the end of the rows this task runs
-    // (a small matrix's last tile, a LoRA adapter's A, would otherwise pull half as many bytes again of whatever lies
-    // beyond it).
-    const char *next = (const char *)w + Q8_PREFETCH_TILES * NR * prow;
-    const int64_t ahead = (const char *)wend > next ? ((const char *)wend - next + 63) / 64 : 0;
-    const int64_t lines = (NR * prow + 63) / 64 < ahead ? (NR * prow + 63) / 64 : ahead, ngroups = gs.n16 + gs.n4 + gs.n2;
-    const int64_t per_group = (lines + ngroups - 1) / ngroups;
-    int64_t line = 0;
-#define PREFETCH_SOME() \
-    for (int64_t j = 0; j < per_group && line < lines; j++, line++) _mm_prefetch(next + line * 64, _MM_HINT_T0)
-    for (int i = 0; i < gs.n16; i++) {
-        PREFETCH_SOME();
-        group_tile(type, 16, NR, NT, wg, prow, xg, xstride, acc);
-        wg += 16 * q8_block_bytes(type);
-        xg += group_x_bytes(16);
-    }
-    for (int i = 0; i < gs.n4; i++) {
-        PREFETCH_SOME();
-        group_tile(type, 4, NR, NT, wg, prow, xg, xstride, acc);
-        wg += 4 * q8_block_bytes(type);
-        xg += group_x_bytes(4);
-    }
-    for (int i = 0; i < gs.n2; i++) {
-        PREFETCH_SOME();
-        group_tile(type, 2, NR, NT, wg, prow, xg, xstride, acc);
-        wg += 2 * q8_block_bytes(type);
-        xg += group_x_bytes(2);
-    }
-#undef PREFETCH_SOME
+#define GROUP512(P) group_tile(type, P, NR, NT, wg, prow, xg, xstride, acc)
+    Q8_FOR_GROUPS(GROUP512);
+#undef GROUP512
     if (NR * NT == 8) {
         // The eight trees together (dl_lane_sums8, the same bits): a third of the shuffles and additions.
         float s[8];
@@ -563,34 +570,9 @@ void q8_tile2(const int type, const int NR, const int NT, const uint8_t *w, int6
               const uint8_t *x, int64_t xstride, float *y, int64_t ldy, const uint8_t *wend) {
     __m256 acc[8];
     for (int i = 0; i < 2 * NR * NT; i++) acc[i] = _mm256_setzero_ps();
-    const uint8_t *wg = w, *xg = x;
-    // The next tile's bytes prefetched over the groups, up to the task's rows (as q8_tile).
-    const char *next = (const char *)w + NR * prow;
-    const int64_t ahead = (const char *)wend > next ? ((const char *)wend - next + 63) / 64 : 0;
-    const int64_t lines = (NR * prow + 63) / 64 < ahead ? (NR * prow + 63) / 64 : ahead, ngroups = gs.n16 + gs.n4 + gs.n2;
-    const int64_t per_group = (lines + ngroups - 1) / ngroups;
-    int64_t line = 0;
-#define PREFETCH_SOME() \
-    for (int64_t j = 0; j < per_group && line < lines; j++, line++) _mm_prefetch(next + line * 64, _MM_HINT_T0)
-    for (int i = 0; i < gs.n16; i++) {
-        PREFETCH_SOME();
-        group_tile2(type, 16, NR, NT, wg, prow, xg, xstride, acc);
-        wg += 16 * q8_block_bytes(type);
-        xg += group_x_bytes(16);
-    }
-    for (int i = 0; i < gs.n4; i++) {
-        PREFETCH_SOME();
-        group_tile2(type, 4, NR, NT, wg, prow, xg, xstride, acc);
-        wg += 4 * q8_block_bytes(type);
-        xg += group_x_bytes(4);
-    }
-    for (int i = 0; i < gs.n2; i++) {
-        PREFETCH_SOME();
-        group_tile2(type, 2, NR, NT, wg, prow, xg, xstride, acc);
-        wg += 2 * q8_block_bytes(type);
-        xg += group_x_bytes(2);
-    }
-#undef PREFETCH_SOME
+#define GROUP256(P) group_tile2(type, P, NR, NT, wg, prow, xg, xstride, acc)
+    Q8_FOR_GROUPS(GROUP256);
+#undef GROUP256
     for (int r = 0; r < NR; r++)
         for (int t = 0; t < NT; t++) y[t * ldy + r] = dl_lane_sum2(acc[2 * (r * NT + t)], acc[2 * (r * NT + t) + 1]);
 }
