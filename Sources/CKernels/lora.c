@@ -230,11 +230,15 @@ static inline __attribute__((always_inline)) void prefetch_step(prefetcher *f) {
 // The prefetch of `next`'s A then B (nothing when next is NULL), spread over the 16-weight steps of s's
 // first token as the AVX-512 kernel counts them (the AVX2 kernel, which takes twice the steps, finishes it
 // halfway through).
+// A segment's A bytes as the kernel reads them (Q8_0: dl_pack_q8's copy, its row blocks padded to even).
+static int64_t seg_a_bytes(const dl_lora_seg *s, int64_t in) {
+    return s->wtype == DL_Q8_0 ? dl_q8_bytes(DL_Q8_0, in, s->prank) : s->prank * dl_row_bytes(s->wtype, in);
+}
+
 static prefetcher next_segment_prefetch(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
     if (!next) return (prefetcher){ 0 };
     const int64_t in = c->in, out = c->out, prank = s->prank;
-    int64_t na = next->wtype == DL_Q8_0 ? dl_q8_bytes(DL_Q8_0, in, next->prank) : next->prank * dl_row_bytes(next->wtype, in);
-    int64_t nb = dl_lora_b_bytes(next->wtype, out, next->prank);
+    int64_t na = seg_a_bytes(next, in), nb = dl_lora_b_bytes(next->wtype, out, next->prank);
     // A Q8_0 segment prefetches during its expand only (its shrink is dl_matmul_q8's), a step per 16 × 16 block.
     int64_t steps = s->wtype == DL_Q8_0 ? (out + 15) / 16 * (prank / 16) : prank / 16 * (in / 16) + (out + 31) / 32 * (prank / 8);
     return (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
@@ -316,13 +320,17 @@ v32 lane32(const int type, const uint8_t *grp, int64_t row, int64_t prank, const
 
 #define LANE_Q(i) v32_add(lane32(type, grp, row, prank, u, (i)), lane32(type, grp, row, prank, u, (i) + 8))
 
+// y[o, o + 16) += scale · p for the outputs of o below out (the product and the sum rounded apart).
+DL_AVX512_F16 static inline __attribute__((always_inline)) void add_scaled16(float *y, int64_t o, int64_t out, __m512 vs, __m512 p) {
+    const int64_t n = out - o;
+    const __mmask16 k = n >= 16 ? 0xffff : n <= 0 ? 0 : (__mmask16)((1u << n) - 1);
+    _mm512_mask_storeu_ps(y + o, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + o), _mm512_mul_ps(vs, p)));
+}
+
 // y[o, o + 32) += scale · t for the outputs of o below out.
 DL_AVX512_F16 static inline __attribute__((always_inline)) void add_scaled32(float *y, int64_t o, int64_t out, __m512 vs, v32 t) {
-    const int64_t n = out - o;
-    const __mmask16 k0 = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
-    const __mmask16 k1 = n >= 32 ? 0xffff : n <= 16 ? 0 : (__mmask16)((1u << (n - 16)) - 1);
-    _mm512_mask_storeu_ps(y + o, k0, _mm512_add_ps(_mm512_maskz_loadu_ps(k0, y + o), _mm512_mul_ps(vs, t.lo)));
-    _mm512_mask_storeu_ps(y + o + 16, k1, _mm512_add_ps(_mm512_maskz_loadu_ps(k1, y + o + 16), _mm512_mul_ps(vs, t.hi)));
+    add_scaled16(y, o, out, vs, t.lo);
+    add_scaled16(y, o + 16, out, vs, t.hi);
 }
 
 DL_AVX512_F16 static inline __attribute__((always_inline))
@@ -338,48 +346,47 @@ void expand512(const int type, const uint8_t *bp, int64_t out, int64_t prank, co
 }
 #undef LANE_Q
 
-#define DL_VNNI_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
+// A block of the token's quantized u as the expand takes it: its 16 codes as four broadcast dwords, du, the integer start.
+typedef struct { __m512i q[4]; __m512 du; __m512i aux; } qu_block;
+
+DL_VNNI static inline __attribute__((always_inline)) qu_block qu_block_of(qu_scratch s, int64_t b) {
+    qu_block k;
+    for (int m = 0; m < 4; m++) {
+        int32_t q4;
+        memcpy(&q4, s.qu + 16 * b + 4 * m, 4);
+        k.q[m] = _mm512_set1_epi32(q4);
+    }
+    k.du = _mm512_set1_ps(s.du[b]);
+    k.aux = _mm512_set1_epi32(s.aux[b]);
+    return k;
+}
+
+// acc + (d · du) · Σ q·qu for one block of 16 outputs (blk: its scales, then its four code vectors).
+DL_VNNI static inline __attribute__((always_inline)) __m512 qb_block_fma(const uint8_t *blk, qu_block k, __m512 acc) {
+    __m512i isum = k.aux;
+    for (int m = 0; m < 4; m++) isum = _mm512_dpbusd_epi32(isum, _mm512_loadu_si512((const void *)(blk + 32 + 64 * m)), k.q[m]);
+    const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk)), k.du);
+    return _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), acc);
+}
 
 // The expand of a Q8_0 B on AVX-512 VNNI (the specification above): per group of 16 outputs and block of 16 rank
 // indices, four VPDPBUSD of the outputs' codes against the block's qu broadcast a dword at a time, then one FMA with
 // the outputs' scales times du. Needs dl_has_vnni512.
-DL_VNNI_F16 static void expand_vnni(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+DL_VNNI static void expand_vnni(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
     const qu_scratch s = qu_buffers(prank);
     quantize_u(u, prank, s.qu, s.du, s.aux);
     const __m512 vs = _mm512_set1_ps(scale);
     const int64_t nb = prank / 16;
-    // A block's qu as four broadcast dwords and its du and integer start: for the first block (all of a rank-16
-    // adapter's u) held in registers across the groups.
-    __m512i q0[4];
-    for (int m = 0; m < 4; m++) {
-        int32_t q4;
-        memcpy(&q4, s.qu + 4 * m, 4);
-        q0[m] = _mm512_set1_epi32(q4);
-    }
-    const __m512 du0 = _mm512_set1_ps(s.du[0]);
-    const __m512i aux0 = _mm512_set1_epi32(s.aux[0]);
+    // The first block's qu (all of a rank-16 adapter's u) broadcast once for every group; the others' per group.
+    const qu_block first = qu_block_of(s, 0);
     for (int64_t o = 0; o < out; o += 16) {
         const uint8_t *grp = bp + o / 16 * qb_group_bytes(prank);
-        if (f) prefetch_step(f);
-        __m512i isum = aux0;
-        for (int m = 0; m < 4; m++) isum = _mm512_dpbusd_epi32(isum, _mm512_loadu_si512((const void *)(grp + 32 + 64 * m)), q0[m]);
-        __m512 acc = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)grp)), du0),
-                                     _mm512_cvtepi32_ps(isum), _mm512_setzero_ps());
-        for (int64_t b = 1; b < nb; b++) {
-            const uint8_t *blk = grp + b * QB_BLOCK;
+        __m512 acc = _mm512_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
             if (f) prefetch_step(f);
-            isum = _mm512_set1_epi32(s.aux[b]);
-            for (int m = 0; m < 4; m++) {
-                int32_t q4;
-                memcpy(&q4, s.qu + 16 * b + 4 * m, 4);
-                isum = _mm512_dpbusd_epi32(isum, _mm512_loadu_si512((const void *)(blk + 32 + 64 * m)), _mm512_set1_epi32(q4));
-            }
-            const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk)), _mm512_set1_ps(s.du[b]));
-            acc = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), acc);
+            acc = qb_block_fma(grp + b * QB_BLOCK, b == 0 ? first : qu_block_of(s, b), acc);
         }
-        const int64_t n = out - o;
-        const __mmask16 k = n >= 16 ? 0xffff : (__mmask16)((1u << n) - 1);
-        _mm512_mask_storeu_ps(y + o, k, _mm512_add_ps(_mm512_maskz_loadu_ps(k, y + o), _mm512_mul_ps(vs, acc)));
+        add_scaled16(y, o, out, vs, acc);
     }
 }
 
@@ -595,7 +602,7 @@ static void expand_one(int type, const uint8_t *bp, int64_t out, int64_t prank, 
         abort();
     }
 #if defined(__x86_64__)
-    if (type == DL_Q8_0 && dl_has_vnni512()) { expand_vnni(bp, out, prank, u, scale, y, NULL); return; }
+    if (type == DL_Q8_0) { expand_vnni(bp, out, prank, u, scale, y, NULL); return; }
     if (dl_has_avx512()) { expand512_any(type, bp, out, prank, u, scale, y); return; }
     if (dl_has_avx2()) { expand256_any(type, bp, out, prank, u, scale, y); return; }
 #endif
@@ -663,8 +670,7 @@ typedef struct {
 // A segment's cost in bytes streamed: a piece (grouped kernel) reads its A and B once, with arithmetic
 // growing with its tokens; dl_matmul_dq reads them once per 4-token tile.
 static int64_t segment_cost(const lora_ctx *c, const dl_lora_seg *s) {
-    int64_t bytes = (s->wtype == DL_Q8_0 ? dl_q8_bytes(DL_Q8_0, c->in, s->prank) : s->prank * dl_row_bytes(s->wtype, c->in)) +
-                    dl_lora_b_bytes(s->wtype, c->out, s->prank);
+    int64_t bytes = seg_a_bytes(s, c->in) + dl_lora_b_bytes(s->wtype, c->out, s->prank);
     return s->count <= PIECE ? bytes * (s->count + 1) / 2 : bytes * ((s->count + 3) / 4);
 }
 

@@ -107,7 +107,6 @@ float dl_quantize_i8_block(const float *x, int n, int8_t *q) {
 }
 
 #if defined(__x86_64__)
-#define DL_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 
 DL_VNNI static float quantize_block_avx512(const float *x, int8_t *q) {
     const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
@@ -440,18 +439,25 @@ void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64
         for (int t = 0; t < NT; t++) y[t * ldy + r] = dl_lane_sum(acc[r * NT + t]);
 }
 
+// Rows [r0, r1) in tiles of NR rows, then single rows, a prefetch-plan step per tile (both ISA paths; TILE is q8_tile or
+// q8_tile2).
+#define Q8_ROW_WALK(TILE)                                                                         \
+    do {                                                                                          \
+        int64_t r = r0;                                                                           \
+        for (; r + NR <= r1; r += NR) {                                                           \
+            TILE(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);    \
+            dl_pf_step(f);                                                                        \
+        }                                                                                         \
+        for (; r < r1; r++) {                                                                     \
+            TILE(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);     \
+            dl_pf_step(f);                                                                        \
+        }                                                                                         \
+    } while (0)
+
 DL_VNNI static inline __attribute__((always_inline))
 void q8_rows_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
                 const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
-    int64_t r = r0;
-    for (; r + NR <= r1; r += NR) {
-        q8_tile(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
-        dl_pf_step(f);
-    }
-    for (; r < r1; r++) {
-        q8_tile(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
-        dl_pf_step(f);
-    }
+    Q8_ROW_WALK(q8_tile);
 }
 
 DL_VNNI static inline __attribute__((always_inline))
@@ -580,15 +586,7 @@ void q8_tile2(const int type, const int NR, const int NT, const uint8_t *w, int6
 DL_AVX2_Q8 static inline __attribute__((always_inline))
 void q8_rows2_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
                  const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
-    int64_t r = r0;
-    for (; r + NR <= r1; r += NR) {
-        q8_tile2(type, NR, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
-        dl_pf_step(f);
-    }
-    for (; r < r1; r++) {
-        q8_tile2(type, 1, NT, W + r * prow, prow, gs, x, xstride, y + r, ldy, W + r1 * prow);
-        dl_pf_step(f);
-    }
+    Q8_ROW_WALK(q8_tile2);
 }
 
 // Up to 8 tokens a call: 4 at a time (4 row-token pairs: 8 accumulators, the 16 registers' half).
@@ -640,10 +638,19 @@ typedef struct {
 
 enum { Q8_UNIT = 16, Q8_TOKENS = 8 };
 
-// The tiles q8_rows_typed runs over `rows` rows of nt tokens (its rows per tile for nt, then single rows).
-static int64_t q8_tiles(int64_t nt, int64_t rows) {
-    const int64_t nr = nt == 1 ? 8 : nt == 2 ? 4 : nt <= 4 ? 2 : 1;
-    return rows / nr + rows % nr;
+// The tiles q8_rows_typed (vnni) or q8_rows2_typed runs over `rows` rows of nt tokens: their rows per tile for the
+// token count (the AVX2 kernel's in chunks of 4 tokens), then single rows.
+static int64_t q8_tiles(int vnni, int64_t nt, int64_t rows) {
+    if (vnni) {
+        const int64_t nr = nt == 1 ? 8 : nt == 2 ? 4 : nt <= 4 ? 2 : 1;
+        return rows / nr + rows % nr;
+    }
+    int64_t tiles = 0;
+    for (int64_t t = 0; t < nt; t += 4) {
+        const int64_t n = nt - t < 4 ? nt - t : 4, nr = n == 1 ? 4 : n == 2 ? 2 : 1;
+        tiles += rows / nr + rows % nr;
+    }
+    return tiles;
 }
 
 static void q8_units(void *vctx, int64_t u0, int64_t u1) {
@@ -651,11 +658,12 @@ static void q8_units(void *vctx, int64_t u0, int64_t u1) {
     const q8_ctx *c = (const q8_ctx *)vctx;
     const int64_t r0 = u0 * Q8_UNIT, r1 = u1 * Q8_UNIT < c->rows ? u1 * Q8_UNIT : c->rows;
     // This task's share of the prefetch plan, a step per tile.
+    const int vnni = dl_has_vnni512();
     int64_t tiles = 0;
-    for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) tiles += q8_tiles(c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS, r1 - r0);
+    for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) tiles += q8_tiles(vnni, c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS, r1 - r0);
     dl_pf f = dl_pf_share(&c->pf, u0, u1, c->units, tiles);
     void (*rows)(int, const uint8_t *, int64_t, q8_groups, const uint8_t *, int64_t, int64_t, float *, int64_t, int64_t, int64_t,
-                 dl_pf *) = dl_has_vnni512() ? q8_rows : q8_rows2;
+                 dl_pf *) = vnni ? q8_rows : q8_rows2;
     for (int64_t t = 0; t < c->ntok; t += Q8_TOKENS) {
         const int64_t nt = c->ntok - t < Q8_TOKENS ? c->ntok - t : Q8_TOKENS;
         rows(c->type, c->W, c->prow, c->gs, c->xp + t * c->xstride, c->xstride, nt, c->Y + t * c->ldy, c->ldy, r0, r1, &f);

@@ -43,6 +43,8 @@ extern _Thread_local int dl_simd_thread_limit;
 #include <immintrin.h>
 #define DL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma")))
 #define DL_AVX512_F16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,fma,f16c")))
+// AVX-512 with VNNI's integer dot products (VPDPBUSD): matmul_q8.c's kernel and lora.c's int8 expand.
+#define DL_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 #define DL_AVX2 __attribute__((target("avx2,fma,f16c")))
 static inline int dl_cpu_simd_level(void) {
     static int cached = -1;

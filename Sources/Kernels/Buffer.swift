@@ -55,7 +55,7 @@ public struct WeightMatrix: @unchecked Sendable {
     /// The matrix rounded to bf16 and packed for VDPBF16PS (`packedBF16()`): when set, `Kernels.matmul` runs
     /// bf16 products on it (`--matmul-precision bf16`) instead of the f32 kernels on `storage`.
     public var bf16: Kernels.PackedBF16?
-    /// The matrix's codes regrouped for products with int8 activations (`Kernels.PackedInt8`, AVX-512 VNNI): when
+    /// The matrix's codes regrouped for products with int8 activations (`Kernels.PackedInt8`, AVX-512 VNNI or AVX2): when
     /// set, `Kernels.matmul` runs them (`--matmul-precision int8`) instead of the f32 kernels on `storage`.
     public var int8: Kernels.PackedInt8?
 

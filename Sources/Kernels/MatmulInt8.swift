@@ -26,8 +26,7 @@ extension Kernels {
             k = w.cols
             n = w.rows
             storage = Buffer(byteCount: max(Int(bytes), 1))
-            dl_pack_q8(Int32(w.dtype.rawValue), w.data.assumingMemoryBound(to: UInt8.self), Int64(w.rowBytes),
-                       Int64(w.cols), Int64(w.rows), storage.base.assumingMemoryBound(to: UInt8.self))
+            refill(from: w)
         }
 
         public var byteCount: Int { storage.byteCount }

@@ -134,7 +134,7 @@ extension LlamaModel {
     func attachInt8Packs(layer li: Int) {
         if int8MergePacks.isEmpty { int8MergePacks = Array(repeating: [:], count: layers.count) }
         layers[li].mapProducts { slot, m in
-            guard m.int8 == nil, [.q4_0, .q4_1, .q8_0].contains(m.dtype) else { return m }
+            guard m.int8 == nil, coded(m) else { return m }
             let same = loadedMatrix(viewedBy: m, layer: li)
             if let packed = same?.int8 { return m.withInt8(packed) }
             let key = Self.mergePackKey(slot, m, viewsLoadedBytes: same != nil)

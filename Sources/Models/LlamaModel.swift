@@ -225,14 +225,15 @@ public final class LlamaModel: @unchecked Sendable {
     }
 
     /// Whether `m` holds Q4_0, Q4_1 or Q8_0 codes.
-    private func coded(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
+    func coded(_ m: WeightMatrix) -> Bool { [.q4_0, .q4_1, .q8_0].contains(m.dtype) }
 
     /// Runs the base model's products on Q4_0, Q4_1 and Q8_0 matrices — the blocks' projections and the LM head —
     /// with each token's activations quantized to int8 per block of 32 (llama.cpp's Q8 activations) and multiplied
-    /// with the codes exactly on AVX-512 VNNI (`Kernels.matmulInt8`; the codes regrouped into a copy of the
-    /// checkpoint's size); other matrices keep f32 products. Every token count goes through the same kernel, so batch
-    /// invariance holds. LoRA paths stay f32; a Q8_0-merged matrix gets a copy too, an f32- or f16-merged one runs in
-    /// f32 (`attachInt8Packs`). Not while an adapter is merged, nor together with bf16 products.
+    /// with the codes exactly on AVX-512 VNNI or its AVX2 twin (`Kernels.matmulInt8`; the codes regrouped into a copy
+    /// of the checkpoint's size); other matrices keep f32 products. Every token count goes through the same kernel, so
+    /// batch invariance holds. Adapters keep the form they were loaded in (`AdapterPrecision.matching` holds them in
+    /// int8 beside these products); a Q8_0-merged matrix gets a copy too, an f32- or f16-merged one runs in f32
+    /// (`attachInt8Packs`). Not while an adapter is merged, nor together with bf16 products.
     public func setInt8Products(_ on: Bool) {
         precondition(merged == nil && !bf16Products, "int8 products switched on a merged model or beside bf16 products")
         precondition(!on || Kernels.hasInt8Products, "int8 products need AVX-512 VNNI or AVX2")

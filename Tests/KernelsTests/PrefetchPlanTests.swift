@@ -49,24 +49,35 @@ import TestSupport
         #expect(empty.withUnsafeBufferPointer { dl_prefetch_trace($0.baseAddress, 2, 3, 3, nil, 0) } == 0)
     }
 
+    /// A random n × k matrix of `type`, as a checkpoint would hold it.
+    static func matrix(_ type: DType, rows n: Int, cols k: Int, rng: inout Rng) -> WeightMatrix {
+        let bytes = MatmulDQTests.randomMatrix(type, rows: n, cols: k, rng: &rng)
+        let storage = Buffer(byteCount: bytes.count)
+        bytes.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
+        return WeightMatrix(dtype: type, rows: n, cols: k, storage: storage)
+    }
+
+    /// A plan naming 16 rank-16 adapter modules (1024 → 1024, bf16) as the next LoRA call's would be: A, then B; the
+    /// modules are returned too, to be kept alive while the plan names them.
+    static func sixteenModules() -> (plan: Kernels.PrefetchPlan, modules: [(WeightMatrix, Kernels.LoRAExpandMatrix)]) {
+        let modules = (0..<16).map { _ in
+            (WeightMatrix(dtype: .bf16, rows: 16, cols: 1024, storage: Buffer(byteCount: 16 * 1024 * 2)),
+             Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .bf16, rows: 1024, cols: 16, storage: Buffer(byteCount: 1024 * 16 * 2))))
+        }
+        let plan = Kernels.PrefetchPlan()
+        for (a, b) in modules { plan.append(Kernels.LoRAOperands(a: a, b: b)) }
+        return (plan, modules)
+    }
+
     /// The plan only warms caches: with it, the quantized-code and the dense bf16 products give the same bits.
     @Test(arguments: [DType.q4_1, .q8_0, .f32])
     func productsWithAPlanGiveTheSameBits(type: DType) {
         var rng = Rng(seed: 23)
         let (m, n, k) = (32, 200, 576)
-        let bytes = MatmulDQTests.randomMatrix(type, rows: n, cols: k, rng: &rng)
-        let storage = Buffer(byteCount: bytes.count)
-        bytes.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        let packed = WeightMatrix(dtype: type, rows: n, cols: k, storage: storage).packedBF16()
+        let packed = Self.matrix(type, rows: n, cols: k, rng: &rng).packedBF16()
         let x = rng.floats(m * k)
-        // The plan names 16 rank-16 adapter modules (1024 → 1024, bf16) as the next LoRA call's would be: A, then B.
-        let plan = Kernels.PrefetchPlan()
-        let modules = (0..<16).map { _ in
-            (WeightMatrix(dtype: .bf16, rows: 16, cols: 1024, storage: Buffer(byteCount: 16 * 1024 * 2)),
-             WeightMatrix(dtype: .bf16, rows: 1024, cols: 16, storage: Buffer(byteCount: 1024 * 16 * 2)))
-        }
-        let expands = modules.map { Kernels.LoRAExpandMatrix($0.1) }
-        for (m, b) in zip(modules, expands) { plan.append(Kernels.LoRAOperands(a: m.0, b: b)) }
+        let (plan, modules) = Self.sixteenModules()
+        defer { withExtendedLifetime(modules) {} }
         #expect(plan.count == 32 && plan.bytes == 16 * 2 * 16 * 1024 * 2)
         func run(_ plan: Kernels.PrefetchPlan?) -> [Float] {
             var y = [Float](repeating: .nan, count: m * n)
@@ -87,17 +98,10 @@ import TestSupport
     func int8ProductsWithAPlanGiveTheSameBits(type: DType) throws {
         var rng = Rng(seed: 29)
         let (n, k) = (200, 576)
-        let bytes = MatmulDQTests.randomMatrix(type, rows: n, cols: k, rng: &rng)
-        let storage = Buffer(byteCount: bytes.count)
-        bytes.withUnsafeBytes { storage.base.copyMemory(from: $0.baseAddress!, byteCount: bytes.count) }
-        let packed = try #require(Kernels.PackedInt8(WeightMatrix(dtype: type, rows: n, cols: k, storage: storage)))
-        // 16 rank-16 bf16 modules (1024 → 1024), kept alive while the plan names them.
-        let modules = (0..<16).map { _ in
-            (WeightMatrix(dtype: .bf16, rows: 16, cols: 1024, storage: Buffer(byteCount: 16 * 1024 * 2)),
-             Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .bf16, rows: 1024, cols: 16, storage: Buffer(byteCount: 1024 * 16 * 2))))
-        }
-        let plan = Kernels.PrefetchPlan()
-        for (a, b) in modules { plan.append(Kernels.LoRAOperands(a: a, b: b)) }
+        let packed = try #require(Kernels.PackedInt8(Self.matrix(type, rows: n, cols: k, rng: &rng)))
+        let (plan, modules) = Self.sixteenModules()
+        defer { withExtendedLifetime(modules) {} }
+        #expect(plan.count == 32)
         for m in [32, 1] {
             let x = rng.floats(m * k)
             func run(_ plan: Kernels.PrefetchPlan?) -> [Float] {
@@ -110,6 +114,5 @@ import TestSupport
             let without = run(nil), with = run(plan)
             #expect(with.map(\.bitPattern) == without.map(\.bitPattern) && !without.contains { $0.isNaN }, "\(m) tokens")
         }
-        withExtendedLifetime(modules) {}
     }
 }
