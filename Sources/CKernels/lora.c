@@ -390,17 +390,6 @@ DL_VNNI static void expand_vnni(const uint8_t *bp, int64_t out, int64_t prank, c
     }
 }
 
-// A piece of a Q8_0 segment (T <= PIECE tokens from t0): the shrink with int8 activations (dl_matmul_q8's bits),
-// gates, the expand token by token.
-DL_AVX512_F16 static void piece_q8(const lora_ctx *c, const dl_lora_seg *s, int64_t t0, int64_t T, float *u, prefetcher *f) {
-    const float *x = c->x + (s->start + t0) * c->ldx;
-    float *y = c->y + (s->start + t0) * c->ldy;
-    dl_matmul_q8_serial(DL_Q8_0, (const uint8_t *)s->a, s->prank, c->in, x, c->ldx, T, u, s->prank);
-    if (s->gates)
-        for (int64_t t = 0; t < T; t++) gate_columns(s, u + t * s->prank, s->gates + (t0 + t) * s->ldg);
-    for (int64_t t = 0; t < T; t++, f = NULL) expand_vnni((const uint8_t *)s->b, c->out, s->prank, u + t * s->prank, s->scale, y + t * c->ldy, f);
-}
-
 // T tokens (1 or 4) of segment s from its token t0: shrink into u (token t's prank values at u + t * prank),
 // gate, expand into y. The shrink's rows per tile: 16 for one token, 4 for four.
 DL_AVX512_F16 static inline __attribute__((always_inline))
@@ -574,7 +563,76 @@ DL_AVX2 static void piece256(const lora_ctx *c, const dl_lora_seg *s, int64_t t0
     default: if (T == PIECE) piece2_typed(DL_F32, PIECE, c, s, t0, u, f); else piece2_typed(DL_F32, 1, c, s, t0, u, f); return;
     }
 }
+
+// expand_vnni's twin on AVX-VNNI (the same bits): a group's 16 outputs as two halves of 8 (the first and second 32
+// bytes of each 64-byte code vector, the scales' first and second 8), VPDPBUSD's 256-bit VEX form.
+DL_AVX2_VNNI static void expand_avxvnni(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y,
+                                        prefetcher *f) {
+    const qu_scratch s = qu_buffers(prank);
+    quantize_u(u, prank, s.qu, s.du, s.aux);
+    const __m256 vs = _mm256_set1_ps(scale);
+    const int64_t nb = prank / 16;
+    for (int64_t o = 0; o < out; o += 16) {
+        const uint8_t *grp = bp + o / 16 * qb_group_bytes(prank);
+        __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+        for (int64_t b = 0; b < nb; b++) {
+            if (f) prefetch_step(f);
+            const uint8_t *blk = grp + b * QB_BLOCK;
+            __m256i ilo = _mm256_set1_epi32(s.aux[b]), ihi = ilo;
+            for (int m = 0; m < 4; m++) {
+                int32_t q4;
+                memcpy(&q4, s.qu + 16 * b + 4 * m, 4);
+                const __m256i qm = _mm256_set1_epi32(q4);
+                ilo = _mm256_dpbusd_avx_epi32(ilo, _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * m)), qm);
+                ihi = _mm256_dpbusd_avx_epi32(ihi, _mm256_loadu_si256((const __m256i *)(blk + 64 + 64 * m)), qm);
+            }
+            const __m256 du = _mm256_set1_ps(s.du[b]);
+            const __m256 dlo = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), du);
+            const __m256 dhi = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(blk + 16))), du);
+            lo = _mm256_fmadd_ps(dlo, _mm256_cvtepi32_ps(ilo), lo);
+            hi = _mm256_fmadd_ps(dhi, _mm256_cvtepi32_ps(ihi), hi);
+        }
+        add_scaled8(y, o, out, vs, lo);
+        add_scaled8(y, o + 8, out, vs, hi);
+    }
+}
 #endif
+
+// Whether this thread can run a Q8_0 adapter's expand: AVX-512 VNNI, or AVX-VNNI on the AVX2 path.
+static int q8_expand_path(void) {
+#if defined(__x86_64__)
+    return dl_has_vnni512() ? 2 : dl_has_avxvnni() ? 1 : 0;
+#else
+    return 0;
+#endif
+}
+
+int dl_has_int8_adapters(void) { return q8_expand_path() != 0; }
+
+// A Q8_0 B's expand of one token on the path this thread may use (the same bits on each).
+static void expand_q8(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+#if defined(__x86_64__)
+    switch (q8_expand_path()) {
+    case 2: expand_vnni(bp, out, prank, u, scale, y, f); return;
+    case 1: expand_avxvnni(bp, out, prank, u, scale, y, f); return;
+    }
+#endif
+    (void)bp; (void)out; (void)prank; (void)u; (void)scale; (void)y; (void)f;
+    // (Callers hold adapters in Q8_0 only where the CPU can: AdapterPrecision, LoRAOperands.)
+    fprintf(stderr, "dlora kernels: a Q8_0 adapter's expand needs AVX-512 VNNI or AVX-VNNI; aborting\n");
+    abort();
+}
+
+// A piece of a Q8_0 segment (T <= PIECE tokens from t0): the shrink with int8 activations (dl_matmul_q8's bits),
+// gates, the expand token by token.
+static void piece_q8(const lora_ctx *c, const dl_lora_seg *s, int64_t t0, int64_t T, float *u, prefetcher *f) {
+    const float *x = c->x + (s->start + t0) * c->ldx;
+    float *y = c->y + (s->start + t0) * c->ldy;
+    dl_matmul_q8_serial(DL_Q8_0, (const uint8_t *)s->a, s->prank, c->in, x, c->ldx, T, u, s->prank);
+    if (s->gates)
+        for (int64_t t = 0; t < T; t++) gate_columns(s, u + t * s->prank, s->gates + (t0 + t) * s->ldg);
+    for (int64_t t = 0; t < T; t++, f = NULL) expand_q8((const uint8_t *)s->b, c->out, s->prank, u + t * s->prank, s->scale, y + t * c->ldy, f);
+}
 
 // One token's expand on the best path this thread may use (the same bits on each).
 #if defined(__x86_64__)
@@ -596,13 +654,8 @@ DL_AVX2 static void expand256_any(int type, const uint8_t *bp, int64_t out, int6
 #endif
 
 static void expand_one(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
-    if (type == DL_Q8_0 && !dl_has_vnni512()) {
-        // (Callers hold adapters in Q8_0 only where the CPU has it: AdapterPrecision, LoRAOperands.)
-        fprintf(stderr, "dlora kernels: a Q8_0 adapter's expand needs AVX-512 VNNI; aborting\n");
-        abort();
-    }
+    if (type == DL_Q8_0) { expand_q8(bp, out, prank, u, scale, y, NULL); return; }
 #if defined(__x86_64__)
-    if (type == DL_Q8_0) { expand_vnni(bp, out, prank, u, scale, y, NULL); return; }
     if (dl_has_avx512()) { expand512_any(type, bp, out, prank, u, scale, y); return; }
     if (dl_has_avx2()) { expand256_any(type, bp, out, prank, u, scale, y); return; }
 #endif
@@ -626,7 +679,7 @@ static void expand_range(void *vctx, int64_t t0, int64_t t1) {
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
-    if (s->wtype == DL_Q8_0 && s->count <= PIECE && dl_has_vnni512()) {
+    if (s->wtype == DL_Q8_0 && s->count <= PIECE) {
         prefetcher pf = next_segment_prefetch(c, s, next);
         piece_q8(c, s, 0, s->count, lora_scratch(PIECE * s->prank), next ? &pf : NULL);
         return;

@@ -487,10 +487,12 @@ DL_VNNI static void q8_rows(int type, const uint8_t *W, int64_t prow, q8_groups 
 
 // ---------------------------------------------------------------- the AVX2 twin (same bits)
 // For CPUs without AVX-512 VNNI: each 64-byte vector of the packed layout as two 32-byte halves (lanes 0-7, 8-15), the
-// accumulators as dl_lane_sum2's lo/hi pairs, so the lane tree is the AVX-512 kernel's. VPDPBUSD becomes VPMADDUBSW then
-// VPMADDWD against ones, whose pairwise 16-bit sums are exact here: Q4_0/Q4_1 codes are 0-15 (a pair at most
-// 2·15·127); Q8_0's are taken back to signed (the layout's +128 removed) and multiplied as |w| times x with w's sign (a
-// pair at most 2·128·127 < 2^15), so its integer sum starts from 0 instead of −128·Σqx: the same Σ w·qx.
+// accumulators as dl_lane_sum2's lo/hi pairs, so the lane tree is the AVX-512 kernel's. Where the CPU has AVX-VNNI
+// (Alder Lake, Sapphire Rapids, Sierra Forest and later) the integer sums are VPDPBUSD's 256-bit VEX form, the AVX-512
+// kernel's arithmetic on half the lanes. Elsewhere VPDPBUSD becomes VPMADDUBSW then VPMADDWD against ones, whose
+// pairwise 16-bit sums are exact here: Q4_0/Q4_1 codes are 0-15 (a pair at most 2·15·127); Q8_0's are taken back to
+// signed (the layout's +128 removed) and multiplied as |w| times x with w's sign (a pair at most 2·128·127 < 2^15), so
+// its integer sum starts from 0 instead of −128·Σqx: the same Σ w·qx.
 #define DL_AVX2_Q8 __attribute__((target("avx2,fma,f16c")))
 
 DL_AVX2_Q8 static inline __attribute__((always_inline)) void group_scales2(const int p, const uint8_t *h, __m256 *lo, __m256 *hi) {
@@ -510,18 +512,24 @@ DL_AVX2_Q8 static inline __attribute__((always_inline)) void group_scales2(const
     *lo = *hi = _mm256_cvtph_ps(_mm_set1_epi32(v));
 }
 
-// Σ over each dword's 4 bytes of codes · x, exact (see above).
-DL_AVX2_Q8 static inline __attribute__((always_inline)) __m256i dot4(const int type, __m256i codes, __m256i x) {
+// acc + Σ over each dword's 4 bytes of codes · x, exact (see above). vnni: AVX-VNNI's VPDPBUSD, written as an
+// instruction so that these functions need no target beyond AVX2 (the caller checks dl_has_avxvnni).
+DL_AVX2_Q8 static inline __attribute__((always_inline)) __m256i dot4_add(const int type, const int vnni, __m256i acc,
+                                                                          __m256i codes, __m256i x) {
+    if (vnni) {
+        __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(codes), "x"(x));
+        return acc;
+    }
     const __m256i ones = _mm256_set1_epi16(1);
     if (type == DL_Q8_0) {
         const __m256i w = _mm256_xor_si256(codes, _mm256_set1_epi8((char)0x80));
-        return _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones);
+        return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w)), ones));
     }
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), ones);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(codes, x), ones));
 }
 
 DL_AVX2_Q8 static inline __attribute__((always_inline))
-void group_tile2(const int type, const int p, const int NR, const int NT, const uint8_t *w, int64_t prow,
+void group_tile2(const int type, const int vnni, const int p, const int NR, const int NT, const uint8_t *w, int64_t prow,
                  const uint8_t *xg, int64_t xstride, __m256 *acc) {
     const int S = group_steps(p), four = type != DL_Q8_0, vbytes = p == 2 ? 32 : 64;
     for (int r = 0; r < NR; r++) {
@@ -548,15 +556,15 @@ void group_tile2(const int type, const int p, const int NR, const int NT, const 
         for (int t = 0; t < NT; t++) {
             const uint8_t *x = xg + t * xstride;
             __m256i s0, s1;
-            if (type == DL_Q4_0) {
+            if (type == DL_Q4_0 || (type == DL_Q8_0 && vnni)) { // the −8·Σqx or −128·Σqx the unsigned codes need
                 s0 = _mm256_loadu_si256((const __m256i *)(x + S * 64 + 64));
                 s1 = _mm256_loadu_si256((const __m256i *)(x + S * 64 + 96));
             } else {
                 s0 = s1 = _mm256_setzero_si256();
             }
             for (int k = 0; k < S; k++) {
-                s0 = _mm256_add_epi32(s0, dot4(type, codes[k][0], _mm256_loadu_si256((const __m256i *)(x + k * 64))));
-                s1 = _mm256_add_epi32(s1, dot4(type, codes[k][1], _mm256_loadu_si256((const __m256i *)(x + k * 64 + 32))));
+                s0 = dot4_add(type, vnni, s0, codes[k][0], _mm256_loadu_si256((const __m256i *)(x + k * 64)));
+                s1 = dot4_add(type, vnni, s1, codes[k][1], _mm256_loadu_si256((const __m256i *)(x + k * 64 + 32)));
             }
             const __m256 dx0 = _mm256_loadu_ps((const float *)(x + S * 64)), dx1 = _mm256_loadu_ps((const float *)(x + S * 64 + 32));
             __m256 a0 = _mm256_fmadd_ps(_mm256_mul_ps(dlo, dx0), _mm256_cvtepi32_ps(s0), acc[2 * (r * NT + t)]);
@@ -572,11 +580,11 @@ void group_tile2(const int type, const int p, const int NR, const int NT, const 
 }
 
 DL_AVX2_Q8 static inline __attribute__((always_inline))
-void q8_tile2(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
+void q8_tile2(const int type, const int vnni, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
               const uint8_t *x, int64_t xstride, float *y, int64_t ldy, const uint8_t *wend) {
     __m256 acc[8];
     for (int i = 0; i < 2 * NR * NT; i++) acc[i] = _mm256_setzero_ps();
-#define GROUP256(P) group_tile2(type, P, NR, NT, wg, prow, xg, xstride, acc)
+#define GROUP256(P) group_tile2(type, vnni, P, NR, NT, wg, prow, xg, xstride, acc)
     Q8_FOR_GROUPS(GROUP256);
 #undef GROUP256
     for (int r = 0; r < NR; r++)
@@ -584,35 +592,40 @@ void q8_tile2(const int type, const int NR, const int NT, const uint8_t *w, int6
 }
 
 DL_AVX2_Q8 static inline __attribute__((always_inline))
-void q8_rows2_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
+void q8_rows2_nt(const int type, const int vnni, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
                  const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
-    Q8_ROW_WALK(q8_tile2);
+#define TILE2(type, ...) q8_tile2(type, vnni, __VA_ARGS__)
+    Q8_ROW_WALK(TILE2);
+#undef TILE2
 }
 
 // Up to 8 tokens a call: 4 at a time (4 row-token pairs: 8 accumulators, the 16 registers' half).
 DL_AVX2_Q8 static inline __attribute__((always_inline))
-void q8_rows2_typed(const int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
-                    int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
+void q8_rows2_typed(const int type, const int vnni, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x,
+                    int64_t xstride, int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
     for (int64_t t = 0; t < ntok; t += 4) {
         const int64_t nt = ntok - t < 4 ? ntok - t : 4;
         const uint8_t *xt = x + t * xstride;
         float *yt = y + t * ldy;
         switch (nt) {
-        case 1: q8_rows2_nt(type, 4, 1, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
-        case 2: q8_rows2_nt(type, 2, 2, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
-        case 3: q8_rows2_nt(type, 1, 3, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
-        default: q8_rows2_nt(type, 1, 4, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        case 1: q8_rows2_nt(type, vnni, 4, 1, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        case 2: q8_rows2_nt(type, vnni, 2, 2, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        case 3: q8_rows2_nt(type, vnni, 1, 3, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
+        default: q8_rows2_nt(type, vnni, 1, 4, W, prow, gs, xt, xstride, yt, ldy, r0, r1, f); break;
         }
     }
 }
 
 DL_AVX2_Q8 static void q8_rows2(int type, const uint8_t *W, int64_t prow, q8_groups gs, const uint8_t *x, int64_t xstride,
                                 int64_t ntok, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
+#define Q8_ROWS2(T, V) q8_rows2_typed(T, V, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f)
+    const int vnni = dl_has_avxvnni();
     switch (type) {
-    case DL_Q4_0: q8_rows2_typed(DL_Q4_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
-    case DL_Q4_1: q8_rows2_typed(DL_Q4_1, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
-    default: q8_rows2_typed(DL_Q8_0, W, prow, gs, x, xstride, ntok, y, ldy, r0, r1, f); return;
+    case DL_Q4_0: if (vnni) Q8_ROWS2(DL_Q4_0, 1); else Q8_ROWS2(DL_Q4_0, 0); return;
+    case DL_Q4_1: if (vnni) Q8_ROWS2(DL_Q4_1, 1); else Q8_ROWS2(DL_Q4_1, 0); return;
+    default: if (vnni) Q8_ROWS2(DL_Q8_0, 1); else Q8_ROWS2(DL_Q8_0, 0); return;
     }
+#undef Q8_ROWS2
 }
 
 int dl_has_int8(void) { return dl_has_vnni512() ? 2 : dl_has_avx2() ? 1 : 0; }

@@ -17,6 +17,25 @@ _Thread_local int dl_simd_thread_limit = 2;
 
 void dl_set_thread_simd_limit(int n) { dl_simd_thread_limit = n < 0 ? 0 : n; }
 
+int dl_avxvnni_limit = 1;
+_Thread_local int dl_avxvnni_thread_limit = 1;
+
+// DLORA_AVX_VNNI=0 keeps the AVX2 path off AVX-VNNI for a whole process (benchmarks compare the two forms with it).
+__attribute__((constructor)) static void avxvnni_from_environment(void) {
+    const char *v = getenv("DLORA_AVX_VNNI");
+    if (v && v[0] == '0' && v[1] == 0) dl_avxvnni_limit = 0;
+}
+
+void dl_set_thread_avxvnni(int on) { dl_avxvnni_thread_limit = on ? 1 : 0; }
+
+int dl_avxvnni_active(void) {
+#if defined(__x86_64__)
+    return dl_has_avxvnni();
+#else
+    return 0;
+#endif
+}
+
 int dl_simd_level(void) {
     int level = dl_cpu_simd_level();
     if (dl_simd_limit < level) level = dl_simd_limit;

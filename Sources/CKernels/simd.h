@@ -38,6 +38,11 @@ static inline float dl_bf16_value(uint16_t h) {
 // kernels that run beside them).
 extern int dl_simd_limit;
 extern _Thread_local int dl_simd_thread_limit;
+// AVX-VNNI (the VEX-coded 256-bit VPDPBUSD of Alder Lake, Sapphire Rapids and later) on the AVX2 path: dl_avxvnni_limit
+// for the process (DLORA_AVX_VNNI=0 turns it off), dl_avxvnni_thread_limit for the calling thread and its pool chunks
+// (tests run the AVX2 path with and without it on a machine that has it).
+extern int dl_avxvnni_limit;
+extern _Thread_local int dl_avxvnni_thread_limit;
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -46,6 +51,7 @@ extern _Thread_local int dl_simd_thread_limit;
 // AVX-512 with VNNI's integer dot products (VPDPBUSD): matmul_q8.c's kernel and lora.c's int8 expand.
 #define DL_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,fma,f16c")))
 #define DL_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define DL_AVX2_VNNI __attribute__((target("avx2,fma,f16c,avxvnni")))
 static inline int dl_cpu_simd_level(void) {
     static int cached = -1;
     if (cached < 0) {
@@ -61,6 +67,13 @@ static inline int dl_cpu_simd_level(void) {
 }
 static inline int dl_has_avx512(void) { return dl_cpu_simd_level() >= 2 && dl_simd_limit >= 2 && dl_simd_thread_limit >= 2; }
 static inline int dl_has_avx2(void) { return dl_cpu_simd_level() >= 1 && dl_simd_limit >= 1 && dl_simd_thread_limit >= 1; }
+// Whether the AVX2 path may use AVX-VNNI's VPDPBUSD (the int8 products and the int8 LoRA expand; the same bits as
+// without it). Off on the AVX-512 path, which has its own.
+static inline int dl_has_avxvnni(void) {
+    static int cached = -1;
+    if (cached < 0) cached = dl_cpu_simd_level() >= 1 && __builtin_cpu_supports("avxvnni") ? 1 : 0;
+    return cached && !dl_has_avx512() && dl_has_avx2() && dl_avxvnni_limit && dl_avxvnni_thread_limit;
+}
 
 // The fixed lane-sum order every kernel shares (matmul_dq.c's and lora.c's outputs are bit-identical because
 // they reduce a vector the same way): pairwise halves 16 -> 8 -> 4 -> 2 -> 1. dl_sum8 is the tree from 8

@@ -24,6 +24,7 @@ typedef struct {
     void *ctx;
     int64_t n, chunk;
     int simd_limit; // the caller's dl_simd_thread_limit, which its chunks run under on every thread
+    int avxvnni_limit; // and its dl_avxvnni_thread_limit
 } job_t;
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER; // guards (re)configuration and sleeping
@@ -65,12 +66,14 @@ static void run_chunks(void) {
         int64_t begin = (int64_t)(v & 0xffffffffu) * current.chunk;
         int64_t end = begin + current.chunk;
         if (end > current.n) end = current.n;
-        int own_limit = dl_simd_thread_limit;
+        int own_limit = dl_simd_thread_limit, own_vnni = dl_avxvnni_thread_limit;
         dl_simd_thread_limit = current.simd_limit;
+        dl_avxvnni_thread_limit = current.avxvnni_limit;
         inside_task = 1;
         current.fn(current.ctx, begin, end);
         inside_task = 0;
         dl_simd_thread_limit = own_limit;
+        dl_avxvnni_thread_limit = own_vnni;
         atomic_fetch_add_explicit(&done, 1, memory_order_release);
         v = atomic_load_explicit(&claim, memory_order_acquire);
     }
@@ -163,7 +166,7 @@ void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx) {
     int64_t chunk = (n + (int64_t)n_threads * CHUNKS_PER_THREAD - 1) / ((int64_t)n_threads * CHUNKS_PER_THREAD);
     if (chunk < grain) chunk = grain;
     int64_t chunks = (n + chunk - 1) / chunk;
-    current = (job_t){ fn, ctx, n, chunk, dl_simd_thread_limit };
+    current = (job_t){ fn, ctx, n, chunk, dl_simd_thread_limit, dl_avxvnni_thread_limit };
     atomic_store_explicit(&done, 0, memory_order_relaxed);
     atomic_store_explicit(&claim, (uint64_t)chunks << 32, memory_order_release);
     pthread_mutex_lock(&pool_lock);

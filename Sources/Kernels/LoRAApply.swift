@@ -13,7 +13,7 @@ extension Kernels {
     /// the expand (`LoRAExpandMatrix`). Decode segments (up to 8 tokens, in pieces of up to 4) run lora.c's grouped
     /// shrink, longer ones the batch-invariant matmul kernel; every token's expand runs 32 outputs at a time; all
     /// sum in the matmul kernel's lane order, so a token's result never depends on its batch. Or both are Q8_0 (an
-    /// int8 adapter, AVX-512 VNNI only): the shrink with int8 activations as `matmulInt8` computes it, the expand
+    /// int8 adapter, on AVX-512 VNNI or AVX-VNNI): the shrink with int8 activations as `matmulInt8` computes it, the expand
     /// with the shrunk values quantized per 16 against B's codes; every segment length computes a token alike.
     /// Reused across steps: `reset` keeps capacity, so the step loop does not allocate once warm.
     /// Reference twins: `ReferenceOps.loraApply` (double precision) and `ReferenceOps.loraApplyLanes` (the
@@ -153,7 +153,7 @@ extension Kernels {
                          "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16, in a multiple of 16)")
             if a.dtype == .q8_0 {
                 guard let packed = a.int8 else { preconditionFailure("LoRA: a Q8_0 A without its int8 copy") }
-                precondition(Kernels.hasInt8Dot, "LoRA: Q8_0 adapters need AVX-512 VNNI")
+                precondition(Kernels.hasInt8Dot, "LoRA: Q8_0 adapters need AVX-512 VNNI or AVX-VNNI")
                 self.a = UnsafeRawPointer(packed.storage.base)
                 aBytes = Int64(packed.byteCount)
             } else {

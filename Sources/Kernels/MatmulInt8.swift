@@ -1,13 +1,15 @@
 import CKernels
 
 extension Kernels {
-    /// Whether the CPU has AVX-512 VNNI's integer dot products: what `--matmul-precision auto` picks int8 products on,
-    /// and what int8 adapters need (their expand is AVX-512 only).
-    public static var hasInt8Dot: Bool { dl_has_vnni512() != 0 }
+    /// Whether the CPU has integer dot products (VPDPBUSD): AVX-512 VNNI, or AVX-VNNI's 256-bit form on the AVX2 path
+    /// (Alder Lake and later clients, Sierra Forest). What `--matmul-precision auto` picks int8 products on, and what
+    /// int8 adapters need (their expand has those two forms, the same bits).
+    public static var hasInt8Dot: Bool { dl_has_int8_adapters() != 0 }
 
-    /// Whether products with int8 activations run at all (`matmulInt8`): on AVX-512 VNNI, or on AVX2 by the twin that
-    /// emulates VPDPBUSD with VPMADDUBSW/VPMADDWD (the same bits; matmul_q8.c). Without VNNI they are an explicit choice
-    /// (`--matmul-precision int8`), not `auto`'s: the AVX2 kernel has not been measured on an AVX2-only machine.
+    /// Whether products with int8 activations run at all (`matmulInt8`): on AVX-512 VNNI, AVX-VNNI, or plain AVX2 by
+    /// the twin that emulates VPDPBUSD with VPMADDUBSW/VPMADDWD (the same bits; matmul_q8.c). Without either VNNI they
+    /// are an explicit choice (`--matmul-precision int8`), not `auto`'s: that form has not been measured on an AVX2-only
+    /// machine.
     public static var hasInt8Products: Bool { dl_has_int8() != 0 }
 
     /// A Q4_0, Q4_1 or Q8_0 matrix's codes and block scales regrouped for `matmulInt8` (matmul_q8.c: one 64-byte

@@ -22,4 +22,19 @@ extension Kernels {
         defer { dl_set_thread_simd_limit(2) }
         return try body()
     }
+
+    /// Whether the CPU has AVX-VNNI (the 256-bit VEX form of VPDPBUSD: Alder Lake, Sapphire Rapids, Sierra Forest and
+    /// later), which the AVX2 path's int8 kernels use where it is there (`DLORA_AVX_VNNI=0` turns that off).
+    public static var cpuHasAVXVNNI: Bool { withSIMDLimit(1) { dl_avxvnni_active() != 0 } }
+
+    /// Whether this thread's AVX2 int8 kernels use AVX-VNNI now (on the AVX-512 path they never do: it has its own).
+    public static var avxVNNIActive: Bool { dl_avxvnni_active() != 0 }
+
+    /// Runs `body` with the AVX2 path's int8 kernels on this thread, and the pool work they hand out, kept off
+    /// AVX-VNNI (their VPMADDUBSW form, the same bits), then restores it. Tests run both forms on a CPU that has it.
+    public static func withoutAVXVNNI<T>(_ body: () throws -> T) rethrows -> T {
+        dl_set_thread_avxvnni(0)
+        defer { dl_set_thread_avxvnni(1) }
+        return try body()
+    }
 }

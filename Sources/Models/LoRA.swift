@@ -415,13 +415,13 @@ public final class LoRASlots: @unchecked Sendable {
 /// f32), the exact arithmetic. `int8`: Q8_0 (int8 codes and an f16 scale per 32 values: 34 bytes per 32 weights
 /// against BF16's 64), the shrink with int8 activations as the base's int8 products compute theirs; the choice
 /// under int8 products (`LlamaModel.int8Products`), where a batch of distinct adapters is bound by their bytes
-/// (docs/design/lora-kernels.md, "int8 adapters"). Needs AVX-512 VNNI; a matrix whose input width is not a multiple
+/// (docs/design/lora-kernels.md, "int8 adapters"). Needs AVX-512 VNNI or AVX-VNNI; a matrix whose input width is not a multiple
 /// of 32 keeps its stored form.
 public enum AdapterPrecision: String, Sendable, CaseIterable {
     case stored, int8
 
-    /// What the models' products call for: int8 adapters beside int8 products on AVX-512 VNNI (the int8 adapters'
-    /// kernels), else the stored form (int8 products on AVX2 keep stored adapters).
+    /// What the models' products call for: int8 adapters beside int8 products on AVX-512 VNNI or AVX-VNNI (the int8
+    /// adapters' kernels), else the stored form (int8 products on plain AVX2 keep stored adapters).
     public static func matching(_ model: LlamaModel) -> AdapterPrecision { model.int8Products && Kernels.hasInt8Dot ? .int8 : .stored }
 
     /// The dtype a module of `inFeatures` inputs, stored as `stored`, is held in.

@@ -22,7 +22,7 @@ struct BenchLoRA: ParsableCommand {
     var targets: String = "qv"
     @OptionGroup var timing: StepTimingOptions
     @OptionGroup var products: MatmulPrecisionOption
-    @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them), f32, or int8 (Q8_0, as serve holds them beside int8 products; needs AVX-512 VNNI). auto: as serve would hold them (int8 beside int8 products, else bf16).")
+    @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them), f32, or int8 (Q8_0, as serve holds them beside int8 products; needs AVX-512 VNNI or AVX-VNNI). auto: as serve would hold them (int8 beside int8 products, else bf16).")
     var adapterDtype: String = "auto"
 
     static func list(_ s: String) -> [Int] { s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
@@ -33,7 +33,7 @@ struct BenchLoRA: ParsableCommand {
         }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
         guard ["auto", "bf16", "f32", "int8"].contains(adapterDtype) else { throw ValidationError("--adapter-dtype must be auto, bf16, f32 or int8") }
-        if adapterDtype == "int8" && !Kernels.hasInt8Dot { throw ValidationError("--adapter-dtype int8 needs a CPU with AVX-512 VNNI") }
+        if adapterDtype == "int8" && !Kernels.hasInt8Dot { throw ValidationError("--adapter-dtype int8 needs a CPU with AVX-512 VNNI or AVX-VNNI") }
     }
 
     func run() throws {

@@ -227,17 +227,18 @@ struct KeyOptions: ParsableArguments {
 /// (the transformers goldens within 1e-3), in bf16 (`LlamaModel.setBF16Products`: twice an FMA's multiply-adds per
 /// instruction on AVX-512 BF16, on a quantized checkpoint's own codes; docs/design/core-engine.md) or with int8
 /// activations (`LlamaModel.setInt8Products`: a quantized checkpoint's codes times activations quantized per block
-/// of 32, llama.cpp's arithmetic, exact integer sums on AVX-512 VNNI). `auto`, the default, picks bf16 where it uses
-/// every weight exactly and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second (Zen 4: twice);
-/// else int8 where every matrix is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI (Intel's Sapphire and Emerald
-/// Rapids: batch-1 decode 1.7–2.0× f32's, batch 32 1.16–1.20×; docs/design/core-engine.md); else f32.
+/// of 32, llama.cpp's arithmetic, exact integer sums on AVX-512 VNNI or AVX-VNNI). `auto`, the default, picks bf16
+/// where it uses every weight exactly and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second (Zen 4:
+/// twice); else int8 where every matrix is Q4_0, Q4_1 or Q8_0 and the CPU has integer dot products: AVX-512 VNNI
+/// (Intel's Sapphire and Emerald Rapids: batch-1 decode 1.7–2.0× f32's, batch 32 1.16–1.20×) or AVX-VNNI (Alder Lake
+/// and later, Sierra Forest; docs/design/core-engine.md); else f32.
 struct MatmulPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
         case auto, f32, bf16, int8
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI; other weights stay f32; a server then holds its LoRA adapters in Q8_0 too, their shrink with int8 activations; needs AVX-512 VNNI, or AVX2, which runs the products' twin, same bits, and keeps adapters as stored). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; else f32 (on AVX2, int8 is yours to ask for).")
+            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI or AVX-VNNI; other weights stay f32; a server then holds its LoRA adapters in Q8_0 too, their shrink with int8 activations; needs AVX-512 VNNI, AVX-VNNI, or AVX2, which runs the products' twin, same bits, and keeps adapters as stored). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI or AVX-VNNI; else f32 (on AVX2 without VNNI, int8 is yours to ask for).")
     var matmulPrecision: Choice = .auto
 
     /// What the flag means for `model` on this CPU. The same rule at every batch: since the fused f32 kernels' rework
@@ -292,14 +293,14 @@ struct MatmulPrecisionOption: ParsableArguments {
 /// they are held (`AdapterPrecision`). `auto`, the default, follows the products: int8 (Q8_0, the shrink with int8
 /// activations, about half a bf16 adapter's bytes per step; docs/design/lora-kernels.md "int8 adapters") beside int8
 /// products, else as the file stores them. `stored` keeps the file's values and the exact arithmetic under any products;
-/// `int8` asks for int8 adapters under any products (AVX-512 VNNI only).
+/// `int8` asks for int8 adapters under any products (AVX-512 VNNI or AVX-VNNI only).
 struct AdapterPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
         case auto, stored, int8
     }
 
     @Option(name: .customLong("adapter-precision"),
-            help: "How LoRA adapters are held: stored (as the file holds them: F16 and BF16 stay so, else f32; the exact arithmetic), or int8 (Q8_0 codes, the shrink with int8 activations and the expand on integer dot products: about half a bf16 adapter's bytes per step; needs AVX-512 VNNI). auto: int8 beside int8 products (--matmul-precision), else stored.")
+            help: "How LoRA adapters are held: stored (as the file holds them: F16 and BF16 stay so, else f32; the exact arithmetic), or int8 (Q8_0 codes, the shrink with int8 activations and the expand on integer dot products: about half a bf16 adapter's bytes per step; needs AVX-512 VNNI or AVX-VNNI). auto: int8 beside int8 products (--matmul-precision), else stored.")
     var adapterPrecision: Choice = .auto
 
     /// The precision for `model` (whose products are set): an explicit int8 on a CPU without VNNI is an error.
@@ -309,7 +310,7 @@ struct AdapterPrecisionOption: ParsableArguments {
         case .stored: return .stored
         case .int8:
             guard Kernels.hasInt8Dot else {
-                throw CLIError("--adapter-precision int8 needs a CPU with AVX-512 VNNI, which this one lacks (kernels: \(Kernels.simdPathName))")
+                throw CLIError("--adapter-precision int8 needs a CPU with AVX-512 VNNI or AVX-VNNI, which this one lacks (kernels: \(Kernels.simdPathName))")
             }
             return .int8
         }

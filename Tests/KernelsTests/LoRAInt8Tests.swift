@@ -213,7 +213,20 @@ import TestSupport
 
     /// Decode-sized segments of 1–8 tokens (pieces of up to 4 on the grouped path), a long one (the threaded shrink),
     /// ranks 1–64, shapes off the 32-output groups and with odd block counts (96 inputs: 3 blocks, padded to 4).
-    @Test func kernelEqualsTwinOnEveryPath() {
+    /// The instruction-set paths the int8 adapters' kernels run on here: the machine's best, and AVX-VNNI on the AVX2 path
+    /// where the CPU has it beside AVX-512 VNNI.
+    static let paths: [Int] = Kernels.simdLevel == 2 && Kernels.cpuHasAVXVNNI ? [2, 1] : [Kernels.simdLevel]
+
+    /// Runs `body` on `level` (`paths`), checking that it has the int8 kernels it names.
+    static func on(_ level: Int, _ body: () -> Void) {
+        Kernels.withSIMDLimit(level) {
+            #expect(Kernels.hasInt8Dot && (level == 2) == (Kernels.simdLevel == 2) && (level == 1) == Kernels.avxVNNIActive,
+                    "path \(level): not the int8 kernels it names")
+            body()
+        }
+    }
+
+    @Test(arguments: paths) func kernelEqualsTwinOnEveryPath(level: Int) { Self.on(level) {
         var rng = Rng(seed: 8800)
         for (inFeatures, outFeatures) in [(576, 192), (1536, 576), (96, 200), (64, 7)] {
             let ranks = [1, 8, 16, 24, 64, 16, 16]
@@ -226,10 +239,10 @@ import TestSupport
             }
             Self.check(adapters, segments, tokens: t, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng)
         }
-    }
+    } }
 
     /// MoLE: gated segments (three experts stacked in a rank-24 adapter) between plain ones.
-    @Test func gatedSegments() {
+    @Test(arguments: paths) func gatedSegments(level: Int) { Self.on(level) {
         var rng = Rng(seed: 8810)
         let inFeatures = 128, outFeatures = 40
         let adapters = [24, 8].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng) }
@@ -246,7 +259,7 @@ import TestSupport
         let gating = [1: Gating(gates: gates(5), columns: columns), 3: Gating(gates: gates(1), columns: columns),
                       4: Gating(gates: gates(12), columns: columns)]
         Self.check(adapters, segments, tokens: 22, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng, gating: gating)
-    }
+    } }
 
     /// B's Q8_0 layout holds, for every output and block of 16 rank indices, exactly the values d·q of that block
     /// quantized as ggml's Q8_0 (`quantized16`; the padding's zeros included), in 18 bytes per 16 values of groups of

@@ -83,16 +83,24 @@ import TestSupport
             let ldx = cols + 32, ldy = rows + 2
             let x = Self.activations(ntok * ldx, rng: &rng)
             let ref = Self.twin(w, x, ldx: ldx, ntok: ntok, ldy: ldy)
-            let (y, alone, level) = Kernels.withSIMDLimit(1) {
-                (Self.run(p, x, ldx: ldx, ntok: ntok, ldy: ldy),
-                 (0..<ntok).map { t in Self.run(p, Array(x[(t * ldx)..<((t + 1) * ldx)]), ldx: ldx, ntok: 1, ldy: rows) },
-                 (Kernels.hasInt8Dot, Kernels.hasInt8Products))
-            }
-            #expect(level == (false, true), "the AVX2 limit must select the twin")
-            for t in 0..<ntok {
-                let rowsOf = { (v: [Float]) in Array(v[(t * ldy)..<(t * ldy + rows)]) }
-                #expect(rowsOf(y).map(\.bitPattern) == rowsOf(ref).map(\.bitPattern), "\(type) \(rows)x\(cols) token \(t): AVX2 != twin")
-                #expect(rowsOf(y).map(\.bitPattern) == alone[t].map(\.bitPattern), "\(type) \(rows)x\(cols) token \(t): AVX2 batched != alone")
+            // Both AVX2 forms where the CPU has AVX-VNNI (VPDPBUSD's 256-bit form, and VPMADDUBSW + VPMADDWD); the second alone
+            // elsewhere.
+            for vnni in Kernels.cpuHasAVXVNNI ? [true, false] : [false] {
+                let form = vnni ? "AVX-VNNI" : "AVX2"
+                let (y, alone, level) = Kernels.withSIMDLimit(1) {
+                    let run = {
+                        (Self.run(p, x, ldx: ldx, ntok: ntok, ldy: ldy),
+                         (0..<ntok).map { t in Self.run(p, Array(x[(t * ldx)..<((t + 1) * ldx)]), ldx: ldx, ntok: 1, ldy: rows) },
+                         (Kernels.hasInt8Dot, Kernels.hasInt8Products, Kernels.avxVNNIActive))
+                    }
+                    return vnni ? run() : Kernels.withoutAVXVNNI(run)
+                }
+                #expect(level == (vnni, true, vnni), "the AVX2 limit must select the twin's \(form) form")
+                for t in 0..<ntok {
+                    let rowsOf = { (v: [Float]) in Array(v[(t * ldy)..<(t * ldy + rows)]) }
+                    #expect(rowsOf(y).map(\.bitPattern) == rowsOf(ref).map(\.bitPattern), "\(type) \(rows)x\(cols) token \(t): \(form) != twin")
+                    #expect(rowsOf(y).map(\.bitPattern) == alone[t].map(\.bitPattern), "\(type) \(rows)x\(cols) token \(t): \(form) batched != alone")
+                }
             }
         }
     }

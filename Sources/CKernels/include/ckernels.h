@@ -35,6 +35,11 @@ void dl_parallel_for(int64_t n, int64_t grain, dl_range_fn fn, void *ctx);
 // calling thread's path.
 void dl_set_thread_simd_limit(int n);
 int dl_simd_level(void);
+// AVX-VNNI (256-bit VPDPBUSD) inside the AVX2 path, for the calling thread and its pool work (1 allowed, the default;
+// 0 the plain AVX2 form, the same bits); DLORA_AVX_VNNI=0 turns it off for the process. dl_avxvnni_active(): whether
+// this thread's AVX2 kernels use it now.
+void dl_set_thread_avxvnni(int on);
+int dl_avxvnni_active(void);
 
 // ---------------------------------------------------------------- dtypes (ggml type ids)
 enum {
@@ -229,7 +234,10 @@ void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float
 // dl_matmul_q8_ref is the portable twin, bit for bit, computed from the checkpoint's own bytes (W, row_bytes).
 // `prefetch` (n spans; NULL, 0: none): bytes pulled toward the cache in the product's shadow, as dl_matmul_q_bf16's.
 int dl_has_vnni512(void);
-// Which int8-product kernel this thread may run: 2 AVX-512 VNNI, 1 AVX2 (its twin, the same bits), 0 none.
+// Whether this thread can run Q8_0 adapters (lora.c's int8 expand): AVX-512 VNNI, or AVX-VNNI on the AVX2 path.
+int dl_has_int8_adapters(void);
+// Which int8-product kernel this thread may run: 2 AVX-512 VNNI, 1 AVX2 (its twin, the same bits: VPDPBUSD's 256-bit
+// form where the CPU has AVX-VNNI, else VPMADDUBSW and VPMADDWD), 0 none.
 int dl_has_int8(void);
 int64_t dl_q8_bytes(int type, int64_t K, int64_t N);
 void dl_pack_q8(int type, const uint8_t *w, int64_t row_bytes, int64_t K, int64_t N, uint8_t *dst);
