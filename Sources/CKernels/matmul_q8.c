@@ -148,18 +148,70 @@ DL_VNNI static void pack_group16(int type, const int8_t *q, const float *dx, uin
 }
 #endif
 
+#if defined(__x86_64__)
+// quantize_block_avx512's twin on AVX2 (the same bytes and scale: the same amax, d, 1 / d, products and rounding).
+DL_AVX2 static float quantize_block_avx2(const float *x, int8_t *q) {
+    const __m256i abs_mask = _mm256_set1_epi32(0x7fffffff);
+    __m256 v[4];
+    __m256i m = _mm256_setzero_si256();
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_epu32(m, _mm256_and_si256(_mm256_castps_si256(v[i]), abs_mask));
+    }
+    __m128i h = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0xb1));
+    const uint32_t amax_bits = (uint32_t)_mm_cvtsi128_si32(h);
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    if (amax_bits >= 0x7f800000u) { memset(q, 0, 32); return NAN; }
+    if (amax < 1e-30f) { memset(q, 0, 32); return 0.0f; }
+    const float d = amax / 127.0f, id = 1.0f / d;
+    const __m256 vid = _mm256_set1_ps(id), lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
+    __m256i c[4];
+    for (int i = 0; i < 4; i++)
+        c[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_round_ps(_mm256_mul_ps(v[i], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim));
+    // packs work within 128-bit halves: bytes come out as dwords 0 4 1 5 2 6 3 7 of the wanted order.
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    return d;
+}
+
+// pack_group16's twin on AVX2: each 64-byte step as two gathers of 8 lanes, the lanes' Σqx by VPMADDUBSW and VPMADDWD
+// against ones (exact: a pair of codes at most 254).
+DL_AVX2 static void pack_group16_avx2(int type, const int8_t *q, const float *dx, uint8_t *o) {
+    const __m256i lanes = _mm256_setr_epi32(0, 8, 16, 24, 32, 40, 48, 56);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    __m256i sum[2] = { _mm256_setzero_si256(), _mm256_setzero_si256() };
+    for (int s = 0; s < 8; s++)
+        for (int h = 0; h < 2; h++) {
+            const __m256i v = _mm256_i32gather_epi32((const int *)(const void *)(q + 256 * h), _mm256_add_epi32(lanes, _mm256_set1_epi32(s)), 4);
+            _mm256_storeu_si256((__m256i *)(o + 64 * s + 32 * h), v);
+            sum[h] = _mm256_add_epi32(sum[h], _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, v), ones16));
+        }
+    for (int h = 0; h < 2; h++) {
+        const __m256 d = _mm256_loadu_ps(dx + 8 * h);
+        _mm256_storeu_ps((float *)(o + 512 + 32 * h), d);
+        if (type == DL_Q4_1) _mm256_storeu_ps((float *)(o + 576 + 32 * h), _mm256_mul_ps(d, _mm256_cvtepi32_ps(sum[h])));
+        else _mm256_storeu_si256((__m256i *)(o + 576 + 32 * h), _mm256_mullo_epi32(sum[h], _mm256_set1_epi32(type == DL_Q4_0 ? -8 : -128)));
+    }
+}
+#endif
+
 // A token's row of K activations into its packed groups (x_pack_bytes(K / 32) bytes at dst). The quantization
 // per block goes to scratch first (qx[nb·32], dx[nb]), then the lanes are laid out per group.
 static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx, float *dx) {
     const int64_t nb = K / 32, nbp = nb + (nb & 1);
 #if defined(__x86_64__)
-    const int vnni = dl_has_vnni512();  // else the AVX2 kernel's activations, packed the portable way (the same bytes)
+    // The AVX-512 VNNI kernel's activations by AVX-512, the AVX2 kernel's by AVX2 (the same bytes as the portable way).
+    const int vnni = dl_has_vnni512(), avx2 = !vnni && dl_has_avx2();
 #else
-    const int vnni = 0;
+    const int vnni = 0, avx2 = 0;
 #endif
     for (int64_t b = 0; b < nb; b++) {
 #if defined(__x86_64__)
         if (vnni) { dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32); continue; }
+        if (avx2) { dx[b] = quantize_block_avx2(x + b * 32, qx + b * 32); continue; }
 #endif
         dx[b] = dl_quantize_i8_block(x + b * 32, 32, qx + b * 32);
     }
@@ -170,8 +222,9 @@ static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx
     for (int gi = 0; gi < group_count(g); gi++) {
         const int p = group_size(g, gi), S = group_steps(p);
 #if defined(__x86_64__)
-        if (p == 16 && vnni) {
-            pack_group16(type, qx + b0 * 32, dx + b0, o);
+        if (p == 16 && (vnni || avx2)) {
+            if (vnni) pack_group16(type, qx + b0 * 32, dx + b0, o);
+            else pack_group16_avx2(type, qx + b0 * 32, dx + b0, o);
             o += group_x_bytes(p);
             b0 += p;
             continue;

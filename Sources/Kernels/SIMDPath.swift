@@ -9,7 +9,7 @@ extension Kernels {
     public static var simdPathName: String {
         switch simdLevel {
         case 2: "AVX-512"
-        case 1: "AVX2"
+        case 1: avxVNNIActive ? "AVX2 with AVX-VNNI" : "AVX2"
         default: "portable C"
         }
     }

@@ -22,17 +22,20 @@ import TestSupport
         return x
     }
 
+    /// On every instruction-set path this machine has (Q8_0 has AVX-512 and AVX2 forms).
     @Test(arguments: types) func quantizeMatchesReference(type: DType) {
         var rng = Rng(seed: 300 + UInt64(type.rawValue))
         for n in [32, 96, 576, 1536] {
             let x = Self.values(n, rng: &rng)
-            var got = [UInt8](repeating: 0, count: type.byteCount(elements: n)!)
-            got.withUnsafeMutableBytes { Kernels.quantize(x, count: n, to: type, into: $0.baseAddress!) }
-            #expect(got == ReferenceOps.quantize(x, to: type), "\(type) n=\(n)")
+            for level in 0...Kernels.simdLevel {
+                var got = [UInt8](repeating: 0, count: type.byteCount(elements: n)!)
+                Kernels.withSIMDLimit(level) { got.withUnsafeMutableBytes { Kernels.quantize(x, count: n, to: type, into: $0.baseAddress!) } }
+                #expect(got == ReferenceOps.quantize(x, to: type), "\(type) n=\(n) path \(level)")
+            }
         }
     }
 
-    /// The threaded row quantizer (merged matrices stored as Q8_0) writes the reference's bytes for every row,
+    /// The threaded row quantizer (merged matrices stored as Q8_0) writes the reference's bytes for every row, on every path,
     /// on a matrix big enough to be split over the threads, including Q8_0 blocks whose scale is exactly 1
     /// with values on and next to the halfway points (round half away from zero).
     @Test(arguments: types) func quantizeRowsMatchesReference(type: DType) {
@@ -41,12 +44,16 @@ import TestSupport
         var x = Self.values(rows * cols, rng: &rng)
         let ties: [Float] = [127, 2.5, -2.5, 0.5, -0.5, 0.49999997, -0.49999997, 126.5, -126.5, 1.5, -1.5, 3.4999998, 0, -0.0]
         for (j, v) in ties.enumerated() { x[cols + j] = v }  // row 1's first block: amax 127, so d = 1
-        var got = [UInt8](repeating: 0, count: rows * type.byteCount(elements: cols)!)
-        x.withUnsafeBufferPointer { src in
-            got.withUnsafeMutableBytes { Kernels.quantizeRows(src.baseAddress!, rows: rows, cols: cols, to: type, into: $0.baseAddress!) }
-        }
         let want = (0..<rows).flatMap { ReferenceOps.quantize(Array(x[($0 * cols)..<(($0 + 1) * cols)]), to: type) }
-        #expect(got == want, "\(type)")
+        for level in 0...Kernels.simdLevel {
+            var got = [UInt8](repeating: 0, count: rows * type.byteCount(elements: cols)!)
+            Kernels.withSIMDLimit(level) {
+                x.withUnsafeBufferPointer { src in
+                    got.withUnsafeMutableBytes { Kernels.quantizeRows(src.baseAddress!, rows: rows, cols: cols, to: type, into: $0.baseAddress!) }
+                }
+            }
+            #expect(got == want, "\(type) path \(level)")
+        }
     }
 
     @Test(arguments: types) func dequantizeMatchesReference(type: DType) {
