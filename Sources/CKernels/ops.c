@@ -17,6 +17,17 @@ _Thread_local int dl_simd_thread_limit = 2;
 
 void dl_set_thread_simd_limit(int n) { dl_simd_thread_limit = n < 0 ? 0 : n; }
 
+// OpenBLAS's name (OPENBLAS_CORETYPE) for the kernels this CPU's vector instructions run: AVX-512 with BF16
+// "Cooperlake", AVX-512 "SkylakeX", AVX2 with FMA "Haswell"; NULL on other CPUs.
+const char *dl_blas_core_for_cpu(void) {
+#if defined(__x86_64__)
+    if (dl_cpu_simd_level() >= 2 && __builtin_cpu_supports("avx512cd"))
+        return __builtin_cpu_supports("avx512bf16") ? "Cooperlake" : "SkylakeX";
+    if (dl_cpu_simd_level() >= 1) return "Haswell";
+#endif
+    return NULL;
+}
+
 int dl_avxvnni_limit = 1;
 _Thread_local int dl_avxvnni_thread_limit = 1;
 

@@ -58,7 +58,7 @@ struct BenchCore: ParsableCommand {
             FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
         }
         bestGBs = max(bestGBs, Self.streamedGBs())
-        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); KV cache: \(kvCacheDType); products: \(MatmulPrecisionOption.name(of: m)).")
+        print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); BLAS: \(Kernels.blasCoreName); KV cache: \(kvCacheDType); products: \(MatmulPrecisionOption.name(of: m)).")
         print()
         print("| batch | prompt | gen | prefill tok/s | decode tok/s | decode ms/step |")
         print("|---:|---:|---:|---:|---:|---:|")

@@ -16,6 +16,8 @@ struct Dlora: AsyncParsableCommand {
 
     /// Parses and runs; any failure is one line on stderr and a non-zero exit status.
     static func main() async {
+        // Before anything else: OpenBLAS on a CPU newer than the library runs its generic SSE3 kernels (Kernels.blasCoreToAdopt).
+        Kernels.adoptBLASCoreForThisCPU()
         do {
             var command = try parseAsRoot()
             if var asyncCommand = command as? any AsyncParsableCommand {

@@ -162,6 +162,23 @@ import Testing
         #expect(auto.status == 0 && full.status == 0 && !auto.stdout.isEmpty && auto.stdout == full.stdout, "stderr: \(auto.stderr)")
     }
 
+    /// OpenBLAS picks its kernels by CPU model at load and falls back to its generic SSE3 ones ("Prescott") on a model
+    /// newer than the library; `dlora` then runs itself again with OPENBLAS_CORETYPE naming the kernels of the CPU's
+    /// vector instructions (`Kernels.blasCoreToAdopt`), and `bench core` names the core it ran. A core the library chose
+    /// itself, or one the user names, stays.
+    @Test func blasRunsTheKernelsOfThisCPU() async throws {
+        let args = ["bench", "core", "--model", Self.tiny, "--batches", "1", "--prompt", "8", "--gen", "2"]
+        // This test process's own detection, without the variable (a child with the variable removed).
+        let own = try await runCommand(URL(fileURLWithPath: "/usr/bin/env"), ["-u", "OPENBLAS_CORETYPE", Self.binary.path] + args)
+        let expected = Kernels.blasCoreToAdopt ?? Kernels.blasCoreName
+        if ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"] == nil {
+            #expect(own.status == 0 && own.stdout.contains("BLAS: \(expected);"), "\(own.stdout) \(own.stderr)")
+            if Kernels.blasCoreName == "Prescott", let core = Kernels.blasCoreForCPU { #expect(expected == core) }
+        }
+        let named = try await Self.dlora(args, environment: ["OPENBLAS_CORETYPE": "Haswell"])
+        #expect(named.status == 0 && named.stdout.contains("BLAS: Haswell;"), "\(named.stdout) \(named.stderr)")
+    }
+
     /// `--matmul-precision auto` (the default) runs bf16 products where they use the weights exactly (Q4_0, Q4_1, Q8_0)
     /// and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second; else int8 activations where every
     /// matrix is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; f32 otherwise (an f32 or f16 checkpoint, or neither

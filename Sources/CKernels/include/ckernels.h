@@ -39,6 +39,9 @@ int dl_simd_level(void);
 // 0 the plain AVX2 form, the same bits); DLORA_AVX_VNNI=0 turns it off for the process. dl_avxvnni_active(): whether
 // this thread's AVX2 kernels use it now.
 void dl_set_thread_avxvnni(int on);
+// OpenBLAS's core name (OPENBLAS_CORETYPE) for this CPU's vector instructions: "Cooperlake" (AVX-512 with BF16),
+// "SkylakeX" (AVX-512), "Haswell" (AVX2 with FMA), or NULL.
+const char *dl_blas_core_for_cpu(void);
 int dl_avxvnni_active(void);
 
 // ---------------------------------------------------------------- dtypes (ggml type ids)
