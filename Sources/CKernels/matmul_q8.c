@@ -82,6 +82,19 @@ static inline float half_value(uint16_t h) {
     return f;
 }
 
+// A block's scale from the bits of its max |x| (sign cleared), the rule every quantizer of int8 activations shares:
+// an infinity or NaN gives d = NaN, below 1e-30 d = 0 (both with q zeroed: returns 0), else d = amax / 127 and its
+// reciprocal id (returns 1: q still to be formed).
+static inline int i8_block_scale(uint32_t amax_bits, int8_t *q, int n, float *d, float *id) {
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    if (amax_bits >= 0x7f800000u) { memset(q, 0, (size_t)n); *d = NAN; return 0; }
+    if (amax < 1e-30f) { memset(q, 0, (size_t)n); *d = 0.0f; return 0; }
+    *d = amax / 127.0f;
+    *id = 1.0f / *d;
+    return 1;
+}
+
 // n activations quantized as one block (the portable form; matmul_q8.c's blocks of 32, lora.c's expand's of 16): q[n],
 // returns the scale d. amax = max |x|; an infinity or NaN gives d = NaN and q = 0, amax below 1e-30 gives d = 0 and
 // q = 0; else d = amax / 127 and q = round-half-even(x · (1 / d)), clamped to ±127.
@@ -93,11 +106,8 @@ float dl_quantize_i8_block(const float *x, int n, int8_t *q) {
         b &= 0x7fffffffu;
         if (b > amax_bits) amax_bits = b;
     }
-    float amax;
-    memcpy(&amax, &amax_bits, 4);
-    if (amax_bits >= 0x7f800000u) { memset(q, 0, (size_t)n); return NAN; }
-    if (amax < 1e-30f) { memset(q, 0, (size_t)n); return 0.0f; }
-    const float d = amax / 127.0f, id = 1.0f / d;
+    float d, id;
+    if (!i8_block_scale(amax_bits, q, n, &d, &id)) return d;
     for (int j = 0; j < n; j++) {
         float v = nearbyintf(x[j] * id);
         v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v;
@@ -113,12 +123,8 @@ DL_VNNI static float quantize_block_avx512(const float *x, int8_t *q) {
     const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
     const __m512i m = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(a), abs_mask),
                                        _mm512_and_si512(_mm512_castps_si512(b), abs_mask));
-    const uint32_t amax_bits = _mm512_reduce_max_epu32(m);
-    float amax;
-    memcpy(&amax, &amax_bits, 4);
-    if (amax_bits >= 0x7f800000u) { memset(q, 0, 32); return NAN; }
-    if (amax < 1e-30f) { memset(q, 0, 32); return 0.0f; }
-    const float d = amax / 127.0f, id = 1.0f / d;
+    float d, id;
+    if (!i8_block_scale(_mm512_reduce_max_epu32(m), q, 32, &d, &id)) return d;
     const __m512 vid = _mm512_set1_ps(id), lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
     const __m512 ra = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim);
     const __m512 rb = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(_mm512_mul_ps(b, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim);
@@ -161,12 +167,8 @@ DL_AVX2 static float quantize_block_avx2(const float *x, int8_t *q) {
     __m128i h = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
     h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0x4e));
     h = _mm_max_epu32(h, _mm_shuffle_epi32(h, 0xb1));
-    const uint32_t amax_bits = (uint32_t)_mm_cvtsi128_si32(h);
-    float amax;
-    memcpy(&amax, &amax_bits, 4);
-    if (amax_bits >= 0x7f800000u) { memset(q, 0, 32); return NAN; }
-    if (amax < 1e-30f) { memset(q, 0, 32); return 0.0f; }
-    const float d = amax / 127.0f, id = 1.0f / d;
+    float d, id;
+    if (!i8_block_scale((uint32_t)_mm_cvtsi128_si32(h), q, 32, &d, &id)) return d;
     const __m256 vid = _mm256_set1_ps(id), lim = _mm256_set1_ps(127.0f), nlim = _mm256_set1_ps(-127.0f);
     __m256i c[4];
     for (int i = 0; i < 4; i++)
