@@ -404,6 +404,34 @@ import Testing
         #expect(bad.stderr.split(separator: "\n").count == 1 && bad.stderr.contains("--adapter-precision"), "stderr: \(bad.stderr)")
     }
 
+    /// The AVX2 path as a CPU without AVX-512 sees it (`DLORA_SIMD_LIMIT=1`): with AVX-VNNI, `auto` picks int8 products and
+    /// holds the adapter in int8 there too; without it (`DLORA_AVX_VNNI=0`: plain AVX2) `auto` stays f32, int8 products
+    /// keep the adapter as stored, and asking for int8 adapters is a one-line error. The greedy text is the same on every
+    /// path that holds the adapter in int8 (the kernels' forms give the same bits).
+    @Test(.enabled(if: Kernels.simdLevel >= 1 && Kernels.hasInt8Dot)) func avx2PathsChooseAndRefuseInt8Adapters() async throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Self.writeAdapter(dir, name: "tuned")
+        let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0",
+                      "--adapter", "tuned", "--adapter-root", dir.path]
+        let plain = ["DLORA_SIMD_LIMIT": "1", "DLORA_AVX_VNNI": "0"]
+        let native = try await CLITests.dlora(common + ["--matmul-precision", "int8", "--adapter-precision", "int8"])
+        #expect(native.status == 0 && !native.stdout.isEmpty, "stderr: \(native.stderr)")
+        if Kernels.cpuHasAVXVNNI {
+            let vnni = try await CLITests.dlora(common, environment: ["DLORA_SIMD_LIMIT": "1"])
+            #expect(vnni.status == 0 && vnni.stderr.contains("adapter 'tuned' held in int8 (Q8_0)\n"), "AVX-VNNI: \(vnni.stderr)")
+            #expect(vnni.stdout == native.stdout, "AVX-VNNI's text differs from the native path's")
+        }
+        let auto = try await CLITests.dlora(common, environment: plain)
+        #expect(auto.status == 0 && auto.stderr.contains("adapter 'tuned' held as stored\n"), "plain AVX2, auto: \(auto.stderr)")
+        let products = try await CLITests.dlora(common + ["--matmul-precision", "int8"], environment: plain)
+        #expect(products.status == 0 && products.stderr.contains("adapter 'tuned' held as stored\n"), "plain AVX2, int8 products: \(products.stderr)")
+        let refused = try await CLITests.dlora(common + ["--adapter-precision", "int8"], environment: plain)
+        #expect(refused.status != 0 && refused.stdout.isEmpty)
+        #expect(refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("--adapter-precision int8 needs a CPU with AVX-512 VNNI or AVX-VNNI"),
+                "plain AVX2, int8 adapters: \(refused.stderr)")
+    }
+
     @Test func badAdaptersAreOneLineErrors() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
