@@ -2,6 +2,7 @@
 // re-quantization has an AVX-512 path; whole-matrix dequantization uses matmul_dq.c's SIMD conversions).
 // The hot path (matmul_dq.c) decodes blocks in its own loops.
 #include "ckernels.h"
+#include "fatal.h"
 #include "simd.h"
 #include <math.h>
 #include <string.h>
@@ -272,4 +273,110 @@ void dl_dequantize_rows(int type, const void *src, int64_t row_bytes, float *dst
     dequant_ctx c = { type, (const uint8_t *)src, row_bytes, cols, dst };
     if (rows * cols < 65536) dequant_range(&c, 0, rows);
     else dl_parallel_for(rows, 16, dequant_range, &c);
+}
+
+// ------------------------------------------------------------------ merging (dl_merge_rows)
+// out[r] = store_otype(w[r] + scale · Σ_j b[r, j] · a[j, :]) row by row: w dequantized (dl_dequantize_row_simd's
+// values), the sum per column by FMA in increasing j from the first product, then the product with scale and the sum
+// with w rounded apart (sgemm's alpha · A·B + beta · C with beta 1), then the row stored as otype (dl_quantize_row).
+// Each row is dequantized, updated and stored while it sits in L1, instead of three passes over a dense f32 copy.
+
+// acc[c] = Σ_j b[j] · a[j·cols + c] (FMA, j increasing), then y[c] = w[c] + scale · acc[c]; y may be w.
+static void merge_row_scalar(const float *b, const float *a, int64_t rank, int64_t cols, float scale, const float *w,
+                             float *y, int64_t c0) {
+    for (int64_t c = c0; c < cols; c++) {
+        float acc = b[0] * a[c];
+        for (int64_t j = 1; j < rank; j++) acc = fmaf(b[j], a[j * cols + c], acc);
+        y[c] = w[c] + scale * acc;
+    }
+}
+
+#if defined(__x86_64__)
+DL_AVX512 static void merge_row_avx512(const float *b, const float *a, int64_t rank, int64_t cols, float scale,
+                                       const float *w, float *y) {
+    const __m512 vs = _mm512_set1_ps(scale);
+    int64_t c = 0;
+    // Four vectors of columns at a time: four independent FMA chains per broadcast (one chain's latency would
+    // otherwise bound the loop).
+    for (; c + 64 <= cols; c += 64) {
+        __m512 acc[4];
+        const __m512 b0 = _mm512_set1_ps(b[0]);
+        for (int v = 0; v < 4; v++) acc[v] = _mm512_mul_ps(b0, _mm512_loadu_ps(a + c + 16 * v));
+        for (int64_t j = 1; j < rank; j++) {
+            const __m512 bj = _mm512_set1_ps(b[j]);
+            for (int v = 0; v < 4; v++) acc[v] = _mm512_fmadd_ps(bj, _mm512_loadu_ps(a + j * cols + c + 16 * v), acc[v]);
+        }
+        for (int v = 0; v < 4; v++)
+            _mm512_storeu_ps(y + c + 16 * v, _mm512_add_ps(_mm512_loadu_ps(w + c + 16 * v), _mm512_mul_ps(vs, acc[v])));
+    }
+    for (; c + 16 <= cols; c += 16) {
+        __m512 acc = _mm512_mul_ps(_mm512_set1_ps(b[0]), _mm512_loadu_ps(a + c));
+        for (int64_t j = 1; j < rank; j++) acc = _mm512_fmadd_ps(_mm512_set1_ps(b[j]), _mm512_loadu_ps(a + j * cols + c), acc);
+        _mm512_storeu_ps(y + c, _mm512_add_ps(_mm512_loadu_ps(w + c), _mm512_mul_ps(vs, acc)));
+    }
+    merge_row_scalar(b, a, rank, cols, scale, w, y, c);
+}
+
+DL_AVX2 static void merge_row_avx2(const float *b, const float *a, int64_t rank, int64_t cols, float scale,
+                                   const float *w, float *y) {
+    const __m256 vs = _mm256_set1_ps(scale);
+    int64_t c = 0;
+    for (; c + 32 <= cols; c += 32) {  // four chains, as merge_row_avx512
+        __m256 acc[4];
+        const __m256 b0 = _mm256_set1_ps(b[0]);
+        for (int v = 0; v < 4; v++) acc[v] = _mm256_mul_ps(b0, _mm256_loadu_ps(a + c + 8 * v));
+        for (int64_t j = 1; j < rank; j++) {
+            const __m256 bj = _mm256_set1_ps(b[j]);
+            for (int v = 0; v < 4; v++) acc[v] = _mm256_fmadd_ps(bj, _mm256_loadu_ps(a + j * cols + c + 8 * v), acc[v]);
+        }
+        for (int v = 0; v < 4; v++)
+            _mm256_storeu_ps(y + c + 8 * v, _mm256_add_ps(_mm256_loadu_ps(w + c + 8 * v), _mm256_mul_ps(vs, acc[v])));
+    }
+    for (; c + 8 <= cols; c += 8) {
+        __m256 acc = _mm256_mul_ps(_mm256_set1_ps(b[0]), _mm256_loadu_ps(a + c));
+        for (int64_t j = 1; j < rank; j++) acc = _mm256_fmadd_ps(_mm256_set1_ps(b[j]), _mm256_loadu_ps(a + j * cols + c), acc);
+        _mm256_storeu_ps(y + c, _mm256_add_ps(_mm256_loadu_ps(w + c), _mm256_mul_ps(vs, acc)));
+    }
+    merge_row_scalar(b, a, rank, cols, scale, w, y, c);
+}
+#endif
+
+typedef struct {
+    int wtype, otype;
+    const uint8_t *w;
+    int64_t w_row_bytes, cols, rank;
+    const float *b, *a;
+    float scale;
+    uint8_t *out;
+    int64_t out_row_bytes;
+} merge_ctx;
+
+static _Thread_local void *tl_merge_row;
+static _Thread_local int64_t tl_merge_row_bytes;
+
+static void merge_range(void *vctx, int64_t r0, int64_t r1) {
+    const merge_ctx *c = (const merge_ctx *)vctx;
+    float *row = (float *)dl_grow_buffer(&tl_merge_row, &tl_merge_row_bytes, c->cols * (int64_t)sizeof(float), "a merged row");
+    for (int64_t r = r0; r < r1; r++) {
+        float *y = c->otype == DL_F32 ? (float *)(c->out + r * c->out_row_bytes) : row;
+        dl_dequantize_row_simd(c->wtype, c->w + r * c->w_row_bytes, y, c->cols);
+        const float *br = c->b + r * c->rank;
+        if (c->rank > 0) {
+#if defined(__x86_64__)
+            if (dl_has_avx512()) merge_row_avx512(br, c->a, c->rank, c->cols, c->scale, y, y);
+            else if (dl_has_avx2()) merge_row_avx2(br, c->a, c->rank, c->cols, c->scale, y, y);
+            else
+#endif
+                merge_row_scalar(br, c->a, c->rank, c->cols, c->scale, y, y, 0);
+        }
+        if (c->otype != DL_F32) dl_quantize_row(c->otype, y, c->out + r * c->out_row_bytes, c->cols);
+    }
+}
+
+void dl_merge_rows(int wtype, const void *w, int64_t w_row_bytes, int64_t rows, int64_t cols, const float *b, const float *a,
+                   int64_t rank, float scale, int otype, void *out, int64_t out_row_bytes) {
+    if (rows <= 0 || cols <= 0) return;
+    merge_ctx c = { wtype, otype, (const uint8_t *)w, w_row_bytes, cols, rank > 0 ? rank : 0, b, a, scale, (uint8_t *)out, out_row_bytes };
+    if (rows * cols * (rank > 0 ? rank : 1) < (1 << 16)) merge_range(&c, 0, rows);
+    else dl_parallel_for(rows, 16, merge_range, &c);
 }

@@ -42,14 +42,15 @@ public enum Kernels {
         dl_matmul_dq(Int32(w.dtype.rawValue), w.data, Int64(w.rows), Int64(w.cols), x, Int64(ldx), Int64(ntok), y, Int64(ldy))
     }
 
-    /// W[r, c] += scale · Σ_j B[r, j] · A[j, c] on OpenBLAS: W (rows × cols), B (rows × rank) and A (rank × cols)
-    /// dense row-major f32. Folding a LoRA adapter into its base matrices is one such rank-k update each.
-    public static func addLowRankProduct(_ w: UnsafeMutablePointer<Float>, rows: Int, cols: Int, b: UnsafePointer<Float>,
-                                         a: UnsafePointer<Float>, rank: Int, scale: Float) {
-        guard rows > 0, cols > 0, rank > 0 else { return }
-        configureBLASThreads()
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, blasint(rows), blasint(cols), blasint(rank),
-                    scale, b, blasint(rank), a, blasint(cols), 1, w, blasint(cols))
+    /// W + scale · B·A row by row (dl_merge_rows) into `destination` (rows `rowBytes` apart): W dequantized as
+    /// `dequantize` does, per column the sum over the rank by FMA in increasing j, then W + scale · sum rounded apart,
+    /// stored as `dtype` (f32 or one `quantizeRows` writes) while the row sits in cache; rows split over the kernel
+    /// threads. B (W.rows × rank) and A (rank × W.cols) dense row-major f32.
+    public static func mergeRows(_ w: WeightMatrix, b: UnsafePointer<Float>, a: UnsafePointer<Float>, rank: Int, scale: Float,
+                                 as dtype: DType, into destination: UnsafeMutableRawPointer, rowBytes: Int) {
+        precondition(rowBytes >= dtype.byteCount(elements: w.cols) ?? .max, "mergeRows: \(rowBytes) bytes per row of \(w.cols) \(dtype) values")
+        dl_merge_rows(Int32(w.dtype.rawValue), w.data, Int64(w.rowBytes), Int64(w.rows), Int64(w.cols), b, a, Int64(rank), scale,
+                      Int32(dtype.rawValue), destination, Int64(rowBytes))
     }
 
     /// A matrix dequantized into dense row-major floats (rows × cols), split by rows over the kernel threads.

@@ -32,8 +32,9 @@ extension LlamaModel {
     /// Folds an adapter into the weights: every matrix it targets becomes W + s·B·A (W dequantized exactly
     /// from its stored form, the update in f32), stored as `mergePrecision` says, so requests of that adapter
     /// run with no LoRA work. Only one adapter can be merged at a time. The merged matrices live in a workspace
-    /// kept across merges (`mergeWorkspaceBytes`), so a switch costs a dequantization, a rank-k update and (for
-    /// Q8_0) a quantization per matrix, not fresh allocations.
+    /// kept across merges (`mergeWorkspaceBytes`), so a switch costs one pass per matrix (`Kernels.mergeRows`: each
+    /// row dequantized, updated by its rank-k sum and stored, f32 or Q8_0, while it sits in cache; f16 through an f32
+    /// staging copy, whose range it checks), not fresh allocations.
     public func merge(_ adapter: LoRAWeights, scale: Float = 1) {
         precondition(merged == nil, "unmerge the current adapter first")
         let s = adapter.scale * scale
@@ -48,13 +49,21 @@ extension LlamaModel {
                 case .f16: .f16
                 default: .f32
                 }
-                // The f32 sum: in the target itself when it is f32, else in a staging matrix converted after.
+                if dtype != .f16 {
+                    // f32 or Q8_0: each row dequantized, updated and stored while it sits in cache (one pass).
+                    let target = mergeTarget(layer: li, t, dtype: dtype)
+                    m.merge(w, scale: s, as: dtype, into: UnsafeMutableRawPointer(mutating: target.data), rowBytes: target.rowBytes,
+                            scratch: mergeScratch)
+                    layers[li].replace(t, with: target)
+                    replaced = true
+                    continue
+                }
+                // f16: the f32 sum in a staging matrix, whose range decides whether it can be f16, converted after.
                 let count = w.rows * w.cols
-                let out = (dtype == .f32 ? UnsafeMutableRawPointer(mutating: mergeTarget(layer: li, t, dtype: .f32).data)
-                    : mergeStaging.bytes(count * MemoryLayout<Float>.stride)).assumingMemoryBound(to: Float.self)
-                Kernels.dequantize(w, into: out)
-                m.addDelta(scale: s, into: out, scratch: mergeScratch)
-                if dtype == .f16, !Self.fitsF16(out, count: count) {
+                let staging = mergeStaging.bytes(count * MemoryLayout<Float>.stride)
+                m.merge(w, scale: s, as: .f32, into: staging, rowBytes: w.cols * MemoryLayout<Float>.stride, scratch: mergeScratch)
+                let out = staging.assumingMemoryBound(to: Float.self)
+                if !Self.fitsF16(out, count: count) {
                     dtype = .f32  // past f16's range: this matrix stays f32
                     UnsafeMutableRawPointer(mutating: mergeTarget(layer: li, t, dtype: .f32).data)
                         .copyMemory(from: out, byteCount: count * MemoryLayout<Float>.stride)

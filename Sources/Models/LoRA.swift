@@ -136,14 +136,24 @@ public struct LoRAModule: @unchecked Sendable {
                 (0..<outFeatures).flatMap { o in UnsafeBufferPointer(start: pb.floats + o * paddedRank, count: rank) })
     }
 
-    /// W += scale · B·A on a dense out × in f32 matrix (merging); A and B are widened to f32 in `scratch`.
-    public func addDelta(scale: Float, into w: UnsafeMutablePointer<Float>, scratch: ScratchArena) {
+    /// A (paddedRank × in) and B (out × paddedRank) widened to f32 in `scratch`.
+    func widenedFactors(_ scratch: ScratchArena) -> (a: UnsafeMutablePointer<Float>, b: UnsafeMutablePointer<Float>) {
         let na = paddedRank * inFeatures, nb = outFeatures * paddedRank
         let af = scratch.bytes((na + nb) * MemoryLayout<Float>.stride).assumingMemoryBound(to: Float.self)
         let bf = af + na
         Kernels.dequantize(a.dtype, a.data, count: na, into: af)
         b.unpack(into: bf)
-        Kernels.addLowRankProduct(w, rows: outFeatures, cols: inFeatures, b: bf, a: af, rank: paddedRank, scale: scale)
+        return (af, bf)
+    }
+
+    /// W + scale · B·A (merging) into `destination`, rows `rowBytes` apart, stored as `dtype` (f32 or a type
+    /// `Kernels.quantizeRows` writes): `Kernels.mergeRows`, each row dequantized, updated and stored while it sits in
+    /// cache. A and B are widened to f32 in `scratch`.
+    public func merge(_ w: WeightMatrix, scale: Float, as dtype: DType, into destination: UnsafeMutableRawPointer, rowBytes: Int,
+                      scratch: ScratchArena) {
+        precondition(w.rows == outFeatures && w.cols == inFeatures, "merge: a \(w.rows)×\(w.cols) matrix for a \(outFeatures)×\(inFeatures) module")
+        let (af, bf) = widenedFactors(scratch)
+        Kernels.mergeRows(w, b: bf, a: af, rank: paddedRank, scale: scale, as: dtype, into: destination, rowBytes: rowBytes)
     }
 }
 

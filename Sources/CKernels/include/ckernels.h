@@ -79,6 +79,13 @@ void dl_quantize_row(int type, const float *src, void *dst, int64_t n);
 // dl_quantize_row over `rows` rows of `cols` (src row-major f32; dst rows `row_bytes` apart), split over the
 // kernel threads.
 void dl_quantize_rows(int type, const float *src, int64_t rows, int64_t cols, void *dst, int64_t row_bytes);
+// A LoRA merge row by row over the pool: out[r] = W[r] + scale · Σ_j b[r·rank + j] · a[j·cols + :], W (rows × cols of
+// wtype, w_row_bytes apart) dequantized as dl_dequantize_row_simd does, the sum per column by FMA in increasing j from
+// the first product, then the product with scale and the sum with W rounded apart (sgemm's alpha·BA + C), stored as
+// otype (F32, or any type dl_quantize_row writes; out_row_bytes apart). Each row is dequantized, updated and stored
+// while it sits in cache, instead of three passes over a dense f32 copy. The same values on every path.
+void dl_merge_rows(int wtype, const void *w, int64_t w_row_bytes, int64_t rows, int64_t cols, const float *b, const float *a,
+                   int64_t rank, float scale, int otype, void *out, int64_t out_row_bytes);
 
 // ---------------------------------------------------------------- matmul with f32 activations (matmul_dq.c)
 // The default, exact path: weights are dequantized on the fly (a few rows at a time into per-thread
