@@ -173,9 +173,7 @@ DL_AVX2 static float quantize_block_avx2(const float *x, int8_t *q) {
     __m256i c[4];
     for (int i = 0; i < 4; i++)
         c[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_round_ps(_mm256_mul_ps(v[i], vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim));
-    // packs work within 128-bit halves: bytes come out as dwords 0 4 1 5 2 6 3 7 of the wanted order.
-    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
-    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    dl_store_i8x32(q, c);
     return d;
 }
 

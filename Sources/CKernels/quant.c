@@ -172,11 +172,9 @@ DL_AVX512 static void quantize_q8_0_avx512(const float *src, uint8_t *p, int64_t
     }
 }
 
-// The same on AVX2 (the same bytes: the same operations on half-width vectors; the packs narrow within 128-bit halves,
-// so the bytes come out as dwords 0 4 1 5 2 6 3 7 and are put back in order).
+// The same on AVX2 (the same bytes: the same operations on half-width vectors, narrowed by dl_store_i8x32).
 DL_AVX2 static void quantize_q8_0_avx2(const float *src, uint8_t *p, int64_t nb) {
     const __m256 sign = _mm256_set1_ps(-0.0f), half = _mm256_set1_ps(0.49999997f);
-    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     for (int64_t b = 0; b < nb; b++, p += 34) {
         const float *x = src + b * 32;
         __m256 v[4], m = _mm256_setzero_ps();
@@ -196,8 +194,7 @@ DL_AVX2 static void quantize_q8_0_avx2(const float *src, uint8_t *p, int64_t nb)
             const __m256 w = _mm256_mul_ps(v[k], vid);
             q[k] = _mm256_cvttps_epi32(_mm256_add_ps(w, _mm256_or_ps(_mm256_and_ps(w, sign), half)));
         }
-        const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(q[0], q[1]), _mm256_packs_epi32(q[2], q[3]));
-        _mm256_storeu_si256((__m256i *)(p + 2), _mm256_permutevar8x32_epi32(bytes, order));
+        dl_store_i8x32((int8_t *)(p + 2), q);
     }
 }
 #endif

@@ -80,6 +80,13 @@ static inline int dl_has_avxvnni(void) {
 // lanes down; dl_lane_sum adds an AVX-512 vector's halves first, dl_lane_sum2 a 16-lane accumulator held
 // as two AVX2 registers (lo = lanes 0-7, hi = lanes 8-15), which is the same first level (lane i + lane
 // i + 8), so the AVX2 kernels that keep such pairs give the AVX-512 kernels' bits.
+// 32 int32 values in [-128, 127] (four vectors, in order) narrowed to 32 bytes at q, in order: the packs work within
+// 128-bit halves, so their bytes come out as dwords 0 4 1 5 2 6 3 7 and one permutation puts them back.
+DL_AVX2 static inline __attribute__((always_inline)) void dl_store_i8x32(int8_t *q, const __m256i c[4]) {
+    const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
+    _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
 DL_AVX2 static inline float dl_sum8(__m256 a) {
     __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));

@@ -44,33 +44,16 @@ extension LlamaModel {
                 guard let m = adapter.module(layer: li, target: t) else { continue }
                 let w = pristineLayers[li].matrix(t)
                 precondition(w.rows == m.outFeatures && w.cols == m.inFeatures, "adapter does not fit the model")
-                var dtype: DType = switch mergePrecision {
-                case .q8_0 where w.cols % DType.q8_0.blockSize == 0: .q8_0
-                case .f16: .f16
-                default: .f32
-                }
-                if dtype != .f16 {
-                    // f32 or Q8_0: each row dequantized, updated and stored while it sits in cache (one pass).
-                    let target = mergeTarget(layer: li, t, dtype: dtype)
+                let target: WeightMatrix
+                if mergePrecision == .f16 {
+                    target = mergeHalf(layer: li, t, w, m, scale: s)
+                } else {
+                    // f32 or Q8_0 (a width off Q8_0's blocks stays f32): each row dequantized, updated and stored
+                    // while it sits in cache (one pass).
+                    let dtype: DType = mergePrecision == .q8_0 && w.cols % DType.q8_0.blockSize == 0 ? .q8_0 : .f32
+                    target = mergeTarget(layer: li, t, dtype: dtype)
                     m.merge(w, scale: s, as: dtype, into: UnsafeMutableRawPointer(mutating: target.data), rowBytes: target.rowBytes,
                             scratch: mergeScratch)
-                    layers[li].replace(t, with: target)
-                    replaced = true
-                    continue
-                }
-                // f16: the f32 sum in a staging matrix, whose range decides whether it can be f16, converted after.
-                let count = w.rows * w.cols
-                let staging = mergeStaging.bytes(count * MemoryLayout<Float>.stride)
-                m.merge(w, scale: s, as: .f32, into: staging, rowBytes: w.cols * MemoryLayout<Float>.stride, scratch: mergeScratch)
-                let out = staging.assumingMemoryBound(to: Float.self)
-                if !Self.fitsF16(out, count: count) {
-                    dtype = .f32  // past f16's range: this matrix stays f32
-                    UnsafeMutableRawPointer(mutating: mergeTarget(layer: li, t, dtype: .f32).data)
-                        .copyMemory(from: out, byteCount: count * MemoryLayout<Float>.stride)
-                }
-                let target = mergeTarget(layer: li, t, dtype: dtype)
-                if dtype != .f32 {
-                    Kernels.quantizeRows(out, rows: w.rows, cols: w.cols, to: dtype, into: UnsafeMutableRawPointer(mutating: target.data))
                 }
                 layers[li].replace(t, with: target)
                 replaced = true
@@ -82,6 +65,23 @@ extension LlamaModel {
             if int8Products { attachInt8Packs(layer: li) }
         }
         merged = (adapter.name, scale)
+    }
+
+    /// An f16 merge of target t: W + s·B·A computed in f32 into the staging matrix (`Kernels.mergeRows`), whose range
+    /// decides the stored type: f16 (rounded once), or f32 where a value is past f16's range.
+    func mergeHalf(layer li: Int, _ t: LoRATarget, _ w: WeightMatrix, _ m: LoRAModule, scale s: Float) -> WeightMatrix {
+        let count = w.rows * w.cols
+        let staging = mergeStaging.bytes(count * MemoryLayout<Float>.stride)
+        m.merge(w, scale: s, as: .f32, into: staging, rowBytes: w.cols * MemoryLayout<Float>.stride, scratch: mergeScratch)
+        let out = staging.assumingMemoryBound(to: Float.self)
+        let fits = Self.fitsF16(out, count: count)
+        let target = mergeTarget(layer: li, t, dtype: fits ? .f16 : .f32)
+        if fits {
+            Kernels.quantizeRows(out, rows: w.rows, cols: w.cols, to: .f16, into: UnsafeMutableRawPointer(mutating: target.data))
+        } else {
+            UnsafeMutableRawPointer(mutating: target.data).copyMemory(from: out, byteCount: count * MemoryLayout<Float>.stride)
+        }
+        return target
     }
 
     /// Whether every value is within f16's finite range (|v| ≤ 65504; NaN is not): the largest magnitude's bit
