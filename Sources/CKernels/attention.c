@@ -208,6 +208,56 @@ DL_AVX2 static void weighted_values64_avx2(float *o, const float *w, float inv, 
     for (int j = 0; j < 8; j++) _mm256_storeu_ps(o + 8 * j, acc[j]);
 }
 
+// A head's softmax terms in place: e_p = exp(s_p − mx) for p < n by simd.h's polynomial (a score more than 87.3 below
+// mx, or −∞, gives 0; NaN stays NaN, as expf keeps it), 16 positions at a time, the last ones masked; returns Σ e_p
+// summed in double in two accumulators of 8 lanes, then across the lanes: an order set by n alone, so a head's bits
+// do not depend on its batch. (A scalar expf per position, and a double sum carried from one position to the next,
+// cost more than the head's dot products.)
+DL_AVX512 static double softmax_terms_avx512(float *sc, int64_t n, float mx) {
+    const __m512 mv = _mm512_set1_ps(mx), lo = _mm512_set1_ps(-87.3f);
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 y = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + i), mv);
+        const __m512 e = _mm512_maskz_mov_ps(_mm512_mask_cmp_ps_mask(m, y, lo, _CMP_NLT_UQ), dl_exp_neg16(y));
+        _mm512_mask_storeu_ps(sc + i, m, e);
+        a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
+        a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+}
+
+// sc[p] *= inv for p < n (the weights' normalisation, the same float product the weighted sum took per position).
+DL_AVX512 static void scale_avx512(float *sc, int64_t n, float inv) {
+    const __m512 v = _mm512_set1_ps(inv);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(sc + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sc + i), v));
+    }
+}
+
+// softmax_terms_avx512's AVX2 form: 8 positions at a time (the last ones through a padded copy), two accumulators of
+// 4 lanes.
+DL_AVX2 static double softmax_terms_avx2(float *sc, int64_t n, float mx) {
+    const __m256 mv = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.3f);
+    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    for (int64_t i = 0; i < n; i += 8) {
+        float pad[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
+        const int64_t k = n - i < 8 ? n - i : 8;
+        float *x = k == 8 ? sc + i : pad;
+        if (k < 8) memcpy(pad, sc + i, (size_t)k * sizeof(float));
+        const __m256 y = _mm256_sub_ps(_mm256_loadu_ps(x), mv);
+        const __m256 e = _mm256_and_ps(dl_exp_neg8(y), _mm256_cmp_ps(y, lo, _CMP_NLT_UQ));
+        _mm256_storeu_ps(x, e);
+        if (k < 8) memcpy(sc + i, pad, (size_t)k * sizeof(float));
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(a0, a1));
+    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+}
+
 // head_dim 64 or 128 only.
 DL_AVX512 static void weighted_values_avx512(int64_t head_dim, float *o, const float *w, float inv, int64_t n,
                                              const int32_t *table, int64_t block_size, const void *vcache, int kv_f16,
@@ -235,17 +285,16 @@ static int64_t position_parts(int64_t n) { return n <= SPLIT_POSITIONS ? 1 : (n 
 
 // Positions [p0, p1) for the G (≤ 8) query heads that share one kv head, head_dim 64: each position's K row
 // is loaded once and dotted with each head's query, each V row once and added into each head's accumulators.
-// Per head: the scores and their max, e_p = exp(s_p - max) summed in double, then Σ e_p·V in position order.
-// With out, the whole range ([0, n)) of a token: e_p is scaled by 1 / Σ e before it meets V, the per-head
-// path's operations in its order (scores_avx512, weighted_values_regs), and the result goes to out. With res,
-// one part of a split token: Σ e_p·V, the max and Σ e go to res for merge_parts (the factor 1 is exact, so
-// both cases share the loop).
+// Per head: the scores and their max, e_p = exp(s_p - max) and their sum (softmax_terms_avx512), then Σ e_p·V in
+// position order. With out, the whole range ([0, n)) of a token: e_p is scaled by 1 / Σ e before it meets V, the
+// per-head path's operations in its order (scores_avx512, weighted_values_regs), and the result goes to out. With
+// res, one part of a split token: Σ e_p·V, the max and Σ e go to res for merge_parts.
 DL_AVX512 static inline __attribute__((always_inline))
 void group_heads64_kv(const int f16, int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
                       const int32_t *table, int64_t block_size, const void *kcache,
                       const void *vcache, int64_t row, int64_t offset, float *out, part_t *res) {
     const int64_t n = p1 - p0;
-    float mx[8], mult[8];
+    float mx[8];
     __m512 qv[8][4];
     for (int g = 0; g < G; g++) { mx[g] = -INFINITY; for (int j = 0; j < 4; j++) qv[g][j] = _mm512_loadu_ps(q + g * 64 + 16 * j); }
     int64_t p = p0, blk = p0 / block_size, off = p0 % block_size;
@@ -257,9 +306,18 @@ void group_heads64_kv(const int f16, int G, const float *q, float *scores, float
     for (int g = 0; g < G; g++) mxv[g] = _mm512_set1_ps(-INFINITY);
     const __m512 vscale = _mm512_set1_ps(scale);
     float kt[16 * 64] __attribute__((aligned(64)));
+    // The next 16 positions' K rows are prefetched while these are dotted (pp, pblk, poff: 16 positions ahead): the
+    // rows of a block are a kv head's slice of each slot, 128 of every n_kv · 128 bytes, which the hardware
+    // prefetcher did not keep ahead of the loads.
+    int64_t pp = p + 16, pblk = pp / block_size, poff = pp % block_size;
     for (; p + 16 <= p1; p += 16) {
         const float *rows[16];
-        for (int i = 0; i < 16; i++) {
+        for (int i = 0; i < 16; i++, pp++) {
+            if (pp < p1) {
+                const char *next = (const char *)kv_at(kcache, ((int64_t)table[pblk] * block_size + poff) * row + offset, f16);
+                for (int l = 0; l < (f16 ? 2 : 4); l++) _mm_prefetch(next + 64 * l, _MM_HINT_T0);
+                if (++poff == block_size) { poff = 0; pblk++; }
+            }
             const void *kr = kv_at(kcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
             if (++off == block_size) { off = 0; blk++; }
             if (f16) {
@@ -300,24 +358,30 @@ void group_heads64_kv(const int f16, int G, const float *q, float *scores, float
     }
     for (int g = 0; g < G; g++) {
         float *sc = scores + g * n;
-        double sum = 0;
-        for (int64_t i = 0; i < n; i++) { sc[i] = expf(sc[i] - mx[g]); sum += sc[i]; }
+        const double sum = softmax_terms_avx512(sc, n, mx[g]);
         if (out) {
-            mult[g] = (float)(1.0 / sum);
+            scale_avx512(sc, n, (float)(1.0 / sum));
         } else {
-            mult[g] = 1.0f;
             res[g].m = mx[g];
             res[g].l = sum;
         }
     }
     __m512 acc[8][4];
     for (int g = 0; g < G; g++) for (int j = 0; j < 4; j++) acc[g][j] = _mm512_setzero_ps();
-    for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++) {
+    // V rows likewise, VNEXT positions ahead.
+    enum { VNEXT = 8 };
+    int64_t vp = p0 + VNEXT, vblk = vp / block_size, voff = vp % block_size;
+    for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++, vp++) {
+        if (vp < p1) {
+            const char *next = (const char *)kv_at(vcache, ((int64_t)table[vblk] * block_size + voff) * row + offset, f16);
+            for (int l = 0; l < (f16 ? 2 : 4); l++) _mm_prefetch(next + 64 * l, _MM_HINT_T0);
+            if (++voff == block_size) { voff = 0; vblk++; }
+        }
         const void *vr = kv_at(vcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
         if (++off == block_size) { off = 0; blk++; }
         __m512 v0 = kv_load16(vr, 0, f16), v1 = kv_load16(vr, 16, f16), v2 = kv_load16(vr, 32, f16), v3 = kv_load16(vr, 48, f16);
         for (int g = 0; g < G; g++) {
-            __m512 a = _mm512_set1_ps(scores[g * n + (p - p0)] * mult[g]);
+            __m512 a = _mm512_set1_ps(scores[g * n + (p - p0)]);
             acc[g][0] = _mm512_fmadd_ps(a, v0, acc[g][0]); acc[g][1] = _mm512_fmadd_ps(a, v1, acc[g][1]);
             acc[g][2] = _mm512_fmadd_ps(a, v2, acc[g][2]); acc[g][3] = _mm512_fmadd_ps(a, v3, acc[g][3]);
         }
@@ -330,8 +394,18 @@ void group_heads64_kv(const int f16, int G, const float *q, float *scores, float
 DL_AVX512 static void group_heads64(int kv_f16, int G, const float *q, float *scores, float scale, int64_t p0, int64_t p1,
                                     const int32_t *table, int64_t block_size, const void *kcache,
                                     const void *vcache, int64_t row, int64_t offset, float *out, part_t *res) {
-    if (kv_f16) group_heads64_kv(1, G, q, scores, scale, p0, p1, table, block_size, kcache, vcache, row, offset, out, res);
-    else group_heads64_kv(0, G, q, scores, scale, p0, p1, table, block_size, kcache, vcache, row, offset, out, res);
+#define GROUP_HEADS(F, N) group_heads64_kv(F, N, q, scores, scale, p0, p1, table, block_size, kcache, vcache, row, offset, out, res)
+#define GROUP_HEADS_OF(F)                                                                                   \
+    switch (G) {                                                                                            \
+    case 1: GROUP_HEADS(F, 1); return;                                                                      \
+    case 2: GROUP_HEADS(F, 2); return;                                                                      \
+    case 3: GROUP_HEADS(F, 3); return;                                                                      \
+    case 4: GROUP_HEADS(F, 4); return;                                                                      \
+    default: GROUP_HEADS(F, G); return;                                                                     \
+    }
+    if (kv_f16) GROUP_HEADS_OF(1) else GROUP_HEADS_OF(0)
+#undef GROUP_HEADS_OF
+#undef GROUP_HEADS
 }
 #endif
 
@@ -391,6 +465,11 @@ static void attention_range(void *vctx, int64_t begin, int64_t end) {
             if (s > mx) mx = s;
         }
         double sum = 0;
+#if defined(__x86_64__)
+        if (use512) sum = softmax_terms_avx512(scores, n, mx);
+        else if (use256) sum = softmax_terms_avx2(scores, n, mx);
+        else
+#endif
         for (int64_t p = 0; p < n; p++) { scores[p] = expf(scores[p] - mx); sum += scores[p]; }
         float inv = (float)(1.0 / sum);
 #if defined(__x86_64__)

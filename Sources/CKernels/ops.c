@@ -179,10 +179,9 @@ double dl_stream_sum(const float *x, int64_t n) {
 
 // ---- Σ exp(x[i] − m): the normaliser of a log-softmax (log-probabilities over a vocabulary) ----
 //
-// exp(y) for y = x − m ≤ 0 as 2^k · p(r): k = round(y · log2 e), r = y − k · ln 2 in two parts (Cody–Waite), p the
-// degree-6 Taylor polynomial of e^r on |r| ≤ ln2 / 2 (relative error < 2e-7 there, below f32's rounding of the
-// terms); y below −87.3 (e^y under f32's smallest normal, and −∞) gives 0. Terms are summed in double per lane.
-// The portable path is the reference twin: expf and a double sum.
+// exp(y) for y = x − m ≤ 0 by simd.h's polynomial (dl_exp_neg16, dl_exp_neg8); y below −87.3 (e^y under f32's smallest
+// normal, and −∞) gives 0. Terms are summed in double per lane. The portable path is the reference twin: expf and a
+// double sum.
 
 double dl_sum_exp_ref(const float *x, int64_t n, float m) {
     double s = 0;
@@ -194,22 +193,10 @@ double dl_sum_exp_ref(const float *x, int64_t n, float m) {
 }
 
 #if defined(__x86_64__)
+// simd.h's exp, with lanes below −87.3, −∞ and NaN set to 0 (the reference's test skips them).
 DL_AVX512 static inline __m512 exp_neg_avx512(__m512 y) {
-    const __m512 lo = _mm512_set1_ps(-87.3f);
-    const __mmask16 live = _mm512_cmp_ps_mask(y, lo, _CMP_GE_OQ);  // also false for NaN and −∞
-    y = _mm512_max_ps(y, lo);
-    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), y);
-    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 720);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    const __m512 e = _mm512_scalef_ps(p, k);
-    return _mm512_maskz_mov_ps(live, e);
+    const __mmask16 live = _mm512_cmp_ps_mask(y, _mm512_set1_ps(-87.3f), _CMP_GE_OQ);  // also false for NaN and −∞
+    return _mm512_maskz_mov_ps(live, dl_exp_neg16(y));
 }
 
 DL_AVX512 static double sum_exp_avx512(const float *x, int64_t n, float m) {
@@ -232,23 +219,8 @@ DL_AVX512 static double sum_exp_avx512(const float *x, int64_t n, float m) {
 }
 
 DL_AVX2 static inline __m256 exp_neg_avx2(__m256 y) {
-    const __m256 lo = _mm256_set1_ps(-87.3f);
-    const __m256 live = _mm256_cmp_ps(y, lo, _CMP_GE_OQ);
-    y = _mm256_max_ps(y, lo);
-    const __m256 k = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), y);
-    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.0f / 720);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 120));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 24));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f / 6));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    // 2^k: k in [−126, 0] here, so (k + 127) << 23 is a normal float's bits.
-    const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-    const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
-    return _mm256_and_ps(e, live);
+    const __m256 live = _mm256_cmp_ps(y, _mm256_set1_ps(-87.3f), _CMP_GE_OQ);
+    return _mm256_and_ps(dl_exp_neg8(y), live);
 }
 
 DL_AVX2 static double sum_exp_avx2(const float *x, int64_t n, float m) {

@@ -154,6 +154,63 @@ import TestSupport
         }
     }
 
+    /// The softmax at its edges, on every instruction-set path: one decode per context length from 1 to 40 (the
+    /// vector paths' tails of 16 and 8), queries scaled so that scores spread far past e^-87 (terms that flush to 0),
+    /// and a NaN in one position's K row of one kv head, which makes exactly that kv head's query heads NaN (as expf
+    /// keeps NaN; a vector exp that dropped NaN terms would hide the corrupt row and give finite values).
+    @Test(arguments: KVCacheDType.allCases)
+    func pagedAttentionSoftmaxEdges(dtype: KVCacheDType) {
+        let (nHead, nKV, headDim, blockSize) = (6, 2, 64, 16)
+        let row = nKV * headDim, group = nHead / nKV, width = nHead * headDim
+        var rng = Rng(seed: 4242)
+        for n in 1...40 {
+            let storage = PagedKVStorage(numLayers: 1, numBlocks: 4, blockSize: blockSize, numKVHeads: nKV, headDim: headDim, dtype: dtype)
+            let table: [Int32] = [3, 1, 0, 2]
+            let keys = (0..<n).map { _ in rng.floats(row) }, values = (0..<n).map { _ in rng.floats(row) }
+            for p in 0..<n {
+                [Int64(table[p / blockSize]) * Int64(blockSize) + Int64(p % blockSize)].withUnsafeBufferPointer {
+                    Kernels.writeKV(storage, layer: 0, slots: $0, keys: keys[p], ldk: row, values: values[p], ldv: row)
+                }
+            }
+            let q = rng.floats(width).map { $0 * 60 }
+            let slot = Int64(table[(n - 1) / blockSize]) * Int64(blockSize) + Int64((n - 1) % blockSize)
+            let stored = (0..<n).map { p in
+                (0..<row).map { storage.value(layer: 0, key: true, index: (Int(table[p / blockSize]) * blockSize + p % blockSize) * row + $0) }
+            }
+            let storedV = (0..<n).map { p in
+                (0..<row).map { storage.value(layer: 0, key: false, index: (Int(table[p / blockSize]) * blockSize + p % blockSize) * row + $0) }
+            }
+            let ref = ReferenceOps.attention(query: q, keys: stored, values: storedV, position: n - 1, nHead: nHead, nKV: nKV,
+                                             headDim: headDim, scale: 1 / Float(headDim).squareRoot())
+            for level in 0...Kernels.simdLevel {
+                let out = Kernels.withSIMDLimit(level) {
+                    Self.attention(q, heads: nHead, positions: [Int32(n - 1)], slots: [slot], offsets: [0], tables: table, kv: storage, layer: 0)
+                }
+                #expect(Self.maxRelError(out, ref) < 1e-5, "n \(n), SIMD path \(level)")
+            }
+            // A NaN in kv head 1's K row at a position inside the context.
+            let bad = (n * 7) % n
+            var poisoned = keys[bad]
+            poisoned[headDim + 5] = .nan
+            [Int64(table[bad / blockSize]) * Int64(blockSize) + Int64(bad % blockSize)].withUnsafeBufferPointer {
+                Kernels.writeKV(storage, layer: 0, slots: $0, keys: poisoned, ldk: row, values: values[bad], ldv: row)
+            }
+            for level in 0...Kernels.simdLevel {
+                let out = Kernels.withSIMDLimit(level) {
+                    Self.attention(q, heads: nHead, positions: [Int32(n - 1)], slots: [slot], offsets: [0], tables: table, kv: storage, layer: 0)
+                }
+                for h in 0..<nHead {
+                    let head = out[(h * headDim)..<((h + 1) * headDim)]
+                    if h / group == 1 {
+                        #expect(head.allSatisfy { $0.isNaN }, "n \(n), SIMD path \(level), head \(h): a NaN K row must give NaN")
+                    } else {
+                        #expect(head.allSatisfy { $0.isFinite }, "n \(n), SIMD path \(level), head \(h)")
+                    }
+                }
+            }
+        }
+    }
+
     /// Each token of a flat batch's attention output `out` against the double reference over its visible
     /// positions (1e-5), and against the same token computed alone, bit for bit.
     static func expectEachTokenMatchesReferenceAndAlone(_ out: [Float], q: [Float], heads nHead: Int, positions: [Int32],
