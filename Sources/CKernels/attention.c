@@ -209,10 +209,16 @@ DL_AVX2 static void weighted_values64_avx2(float *o, const float *w, float inv, 
 }
 
 // A head's softmax terms in place: e_p = exp(s_p − mx) for p < n by simd.h's polynomial (a score more than 87.3 below
-// mx, or −∞, gives 0; NaN stays NaN, as expf keeps it), 16 positions at a time, the last ones masked; returns Σ e_p
-// summed in double in two accumulators of 8 lanes, then across the lanes: an order set by n alone, so a head's bits
-// do not depend on its batch. (A scalar expf per position, and a double sum carried from one position to the next,
-// cost more than the head's dot products.)
+// mx, or −∞, gives 0; NaN stays NaN, as expf keeps it), returning Σ e_p in double: per block of 16 positions, lane l
+// of a0 takes position l and lane l of a1 position 8 + l (a short last block adds zeros), then v = a0 + a1 is summed
+// by softmax_lanes' tree. An order set by n alone, so a head's bits do not depend on its batch, and the AVX2 form
+// below keeps the same order, so the paths agree bit for bit. (A scalar expf per position, and a double sum carried
+// from one position to the next, cost more than the head's dot products.)
+static inline double softmax_lanes(const double v[8]) {
+    const double w0 = v[0] + v[4], w1 = v[1] + v[5], w2 = v[2] + v[6], w3 = v[3] + v[7];
+    return (w0 + w2) + (w1 + w3);
+}
+
 DL_AVX512 static double softmax_terms_avx512(float *sc, int64_t n, float mx) {
     const __m512 mv = _mm512_set1_ps(mx), lo = _mm512_set1_ps(-87.3f);
     __m512d a0 = _mm512_setzero_pd(), a1 = a0;
@@ -224,7 +230,9 @@ DL_AVX512 static double softmax_terms_avx512(float *sc, int64_t n, float mx) {
         a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));
         a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
     }
-    return _mm512_reduce_add_pd(_mm512_add_pd(a0, a1));
+    double v[8];
+    _mm512_storeu_pd(v, _mm512_add_pd(a0, a1));
+    return softmax_lanes(v);
 }
 
 // sc[p] *= inv for p < n (the weights' normalisation, the same float product the weighted sum took per position).
@@ -236,11 +244,11 @@ DL_AVX512 static void scale_avx512(float *sc, int64_t n, float inv) {
     }
 }
 
-// softmax_terms_avx512's AVX2 form: 8 positions at a time (the last ones through a padded copy), two accumulators of
-// 4 lanes.
+// softmax_terms_avx512 in AVX2 registers: eight positions at a time (the last ones through a copy padded with −∞,
+// whose terms are 0), accumulated into the lanes the AVX-512 form uses (a0 = lanes 0-7 as lo0, hi0; a1 as lo1, hi1).
 DL_AVX2 static double softmax_terms_avx2(float *sc, int64_t n, float mx) {
     const __m256 mv = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.3f);
-    __m256d a0 = _mm256_setzero_pd(), a1 = a0;
+    __m256d acc[4] = { _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd() };
     for (int64_t i = 0; i < n; i += 8) {
         float pad[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
         const int64_t k = n - i < 8 ? n - i : 8;
@@ -250,12 +258,14 @@ DL_AVX2 static double softmax_terms_avx2(float *sc, int64_t n, float mx) {
         const __m256 e = _mm256_and_ps(dl_exp_neg8(y), _mm256_cmp_ps(y, lo, _CMP_NLT_UQ));
         _mm256_storeu_ps(x, e);
         if (k < 8) memcpy(sc + i, pad, (size_t)k * sizeof(float));
-        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
-        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+        const int half = (int)((i / 8) & 1) * 2;  // positions 0-7 of a block of 16 feed a0, 8-15 feed a1
+        acc[half] = _mm256_add_pd(acc[half], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        acc[half + 1] = _mm256_add_pd(acc[half + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
     }
-    double lanes[4];
-    _mm256_storeu_pd(lanes, _mm256_add_pd(a0, a1));
-    return (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    double v[8];
+    _mm256_storeu_pd(v, _mm256_add_pd(acc[0], acc[2]));
+    _mm256_storeu_pd(v + 4, _mm256_add_pd(acc[1], acc[3]));
+    return softmax_lanes(v);
 }
 
 // head_dim 64 or 128 only.

@@ -67,10 +67,40 @@ void dl_rmsnorm(const float *x, const float *w, float *out, int64_t n, int64_t n
     }
 }
 
+// SiLU(g) · u = g / (1 + e^−g) · u. The vector paths take e^−g from simd.h's exp with −g held to [−87.3, 88.3]: below,
+// 1 + e^−g rounds to 1 either way; above (g < −88.3), g / (1 + e^−g) is under 4e-37 in magnitude where expf's would
+// be −0, both nothing beside the layer's other terms. NaN stays NaN. (A scalar expf per element was 7 % of a batch-32
+// decode step.)
+#if defined(__x86_64__)
+DL_AVX512 static void silu_mul_avx512(const float *g, const float *u, float *o, int64_t n) {
+    const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f), one = _mm512_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
+        const __m512 e = dl_exp16(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(_mm512_setzero_ps(), x))));
+        _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(m, u + i)));
+    }
+}
+
+DL_AVX2 static void silu_mul_avx2(const float *g, const float *u, float *o, int64_t n) {
+    const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f), one = _mm256_set1_ps(1.0f);
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i < 8 ? n - i : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256 x = _mm256_maskload_ps(g + i, m);
+        const __m256 e = dl_exp8(_mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_sub_ps(_mm256_setzero_ps(), x))));
+        _mm256_maskstore_ps(o + i, m, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_maskload_ps(u + i, m)));
+    }
+}
+#endif
+
 void dl_silu_mul(const float *gate, const float *up, int64_t ldgu, float *out, int64_t n, int64_t ntok) {
     for (int64_t t = 0; t < ntok; t++) {
         const float *g = gate + t * ldgu, *u = up + t * ldgu;
         float *o = out + t * n;
+#if defined(__x86_64__)
+        if (dl_has_avx512()) { silu_mul_avx512(g, u, o, n); continue; }
+        if (dl_has_avx2()) { silu_mul_avx2(g, u, o, n); continue; }
+#endif
         for (int64_t i = 0; i < n; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }

@@ -143,12 +143,12 @@ DL_AVX512 static inline __attribute__((always_inline)) __m256 dl_lane_sums8(cons
     const __m512i order = _mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 13, 9, 5, 1, 12, 8, 4, 0);
     return _mm512_castps512_ps256(_mm512_permutexvar_ps(order, s1));
 }
-// exp(y) for y ≤ 0 as 2^k · p(r): k = round(y · log2 e), r = y − k · ln 2 in two parts (Cody–Waite), p the degree-6
-// Taylor polynomial of e^r on |r| ≤ ln2 / 2 (relative error < 2e-7 there, below f32's rounding of the terms); y is
-// first raised to −87.3 (e^y under f32's smallest normal), so callers mask those lanes (and −∞) to 0 themselves. NaN
-// stays NaN (max returns its second operand, y, on NaN). The AVX2 form does the same operations, so the same bits.
-DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_exp_neg16(__m512 y) {
-    y = _mm512_max_ps(_mm512_set1_ps(-87.3f), y);
+// exp(y) for y in [−87.3, 88.3] (or NaN, which stays NaN) as 2^k · p(r): k = round(y · log2 e), in [−126, 127], r =
+// y − k · ln 2 in two parts (Cody–Waite), p the degree-6 Taylor polynomial of e^r on |r| ≤ ln2 / 2 (relative error
+// < 2e-7 there, below f32's rounding of the terms). The AVX2 form does the same operations, so the same bits.
+// dl_exp_neg16 (dl_exp_neg8): y ≤ 0, first raised to −87.3 (e^y under f32's smallest normal), so callers mask those
+// lanes (and −∞) to 0 themselves; NaN stays NaN (max returns its second operand, y, on NaN).
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_exp16(__m512 y) {
     const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693359375f), y);
     r = _mm512_fnmadd_ps(k, _mm512_set1_ps(-2.12194440e-4f), r);
@@ -162,8 +162,11 @@ DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_exp_neg16(__m51
     return _mm512_scalef_ps(p, k);
 }
 
-DL_AVX2 static inline __attribute__((always_inline)) __m256 dl_exp_neg8(__m256 y) {
-    y = _mm256_max_ps(_mm256_set1_ps(-87.3f), y);
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_exp_neg16(__m512 y) {
+    return dl_exp16(_mm512_max_ps(_mm512_set1_ps(-87.3f), y));
+}
+
+DL_AVX2 static inline __attribute__((always_inline)) __m256 dl_exp8(__m256 y) {
     const __m256 k = _mm256_round_ps(_mm256_mul_ps(y, _mm256_set1_ps(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0.693359375f), y);
     r = _mm256_fnmadd_ps(k, _mm256_set1_ps(-2.12194440e-4f), r);
@@ -174,10 +177,14 @@ DL_AVX2 static inline __attribute__((always_inline)) __m256 dl_exp_neg8(__m256 y
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
-    // 2^k: k in [−126, 0] here, so (k + 127) << 23 is a normal float's bits (a NaN lane's k converts to INT_MIN: its
+    // 2^k: k in [−126, 127] here, so (k + 127) << 23 is a normal float's bits (a NaN lane's k converts to INT_MIN: its
     // bits are garbage, and p, NaN, keeps the product NaN).
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+}
+
+DL_AVX2 static inline __attribute__((always_inline)) __m256 dl_exp_neg8(__m256 y) {
+    return dl_exp8(_mm256_max_ps(_mm256_set1_ps(-87.3f), y));
 }
 #else
 static inline int dl_cpu_simd_level(void) { return 0; }
