@@ -417,6 +417,8 @@ struct JSONFields {
         let root: ExactJSON
         do {
             root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body") }
+        } catch let error as TokenizerError {
+            throw APIError.invalid(nil, error.description)  // "invalid JSON: request body: ... at byte n"
         } catch {
             throw APIError.invalid(nil, "invalid JSON: \(error)")
         }

@@ -19,7 +19,7 @@ public enum TokenizerError: Error, Equatable, CustomStringConvertible, Sendable 
     public var description: String {
         switch self {
         case .unreadableFile(let m): "tokenizer: cannot read \(m)"
-        case .invalidJSON(let m): "tokenizer: invalid JSON: \(m)"
+        case .invalidJSON(let m): "invalid JSON: \(m)"  // m names its source (ExactJSON parses more than tokenizer files)
         case .missingField(let m): "tokenizer: missing \(m)"
         case .unsupported(let m): "tokenizer: unsupported \(m)"
         case .invalidVocabulary(let m): "tokenizer: invalid vocabulary: \(m)"

@@ -759,6 +759,12 @@ import TestSupport
                 let r = try await client.post(uri, body)
                 try expectError(r, status: status, param: param)
             }
+            // A parse error says what and where, once, in the request's own terms.
+            for (body, message) in [(deep, "invalid JSON: request body: nesting too deep at byte 256"),
+                                    ("{\"model\":\"tiny-llama\",\"prompt\":\"hi\"", "invalid JSON: request body: unexpected end at byte 35")] {
+                let error = try jsonObject(try await client.post("/v1/completions", body).1)["error"] as? [String: Any]
+                #expect(error?["message"] as? String == message)
+            }
             // Invalid UTF-8, inside a string and outside.
             for bytes: [UInt8] in [[0x7B, 0xFF, 0xFE, 0x7D], Array("{\"model\":\"tiny-llama\",\"prompt\":\"".utf8) + [0xC3, 0x28] + Array("\"}".utf8)] {
                 try expectError(try await client.send("/v1/completions", .post, body: ByteBuffer(bytes: bytes)), status: 400)
