@@ -7,12 +7,6 @@
 
 int dl_simd_limit = 2;
 
-// DLORA_SIMD_LIMIT=0|1|2 caps the path for a whole process (benchmarks compare the paths with it).
-__attribute__((constructor)) static void simd_limit_from_environment(void) {
-    const char *v = getenv("DLORA_SIMD_LIMIT");
-    if (v && v[0] >= '0' && v[0] <= '2' && v[1] == 0) dl_simd_limit = v[0] - '0';
-}
-
 _Thread_local int dl_simd_thread_limit = 2;
 
 void dl_set_thread_simd_limit(int n) { dl_simd_thread_limit = n < 0 ? 0 : n; }
@@ -31,9 +25,12 @@ const char *dl_blas_core_for_cpu(void) {
 int dl_avxvnni_limit = 1;
 _Thread_local int dl_avxvnni_thread_limit = 1;
 
-// DLORA_AVX_VNNI=0 keeps the AVX2 path off AVX-VNNI for a whole process (benchmarks compare the two forms with it).
-__attribute__((constructor)) static void avxvnni_from_environment(void) {
-    const char *v = getenv("DLORA_AVX_VNNI");
+// The process-wide switches benchmarks compare paths with, read once at load: DLORA_SIMD_LIMIT=0|1|2 caps the
+// instruction-set path; DLORA_AVX_VNNI=0 keeps the AVX2 path off AVX-VNNI. Anything else leaves the defaults.
+__attribute__((constructor)) static void switches_from_environment(void) {
+    const char *v = getenv("DLORA_SIMD_LIMIT");
+    if (v && v[0] >= '0' && v[0] <= '2' && v[1] == 0) dl_simd_limit = v[0] - '0';
+    v = getenv("DLORA_AVX_VNNI");
     if (v && v[0] == '0' && v[1] == 0) dl_avxvnni_limit = 0;
 }
 
