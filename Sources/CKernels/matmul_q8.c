@@ -472,14 +472,21 @@ static inline __attribute__((always_inline)) void tile_prefetch_some(tile_prefet
         Q8_GROUPS_OF(2, gs.n2, GROUP)                                                     \
     } while (0)
 
+// A tile's NR × NT accumulators (lane l: block group lane l's partial sums).
 DL_VNNI static inline __attribute__((always_inline))
-void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
-             const uint8_t *x, int64_t xstride, float *y, int64_t ldy, const uint8_t *wend) {
-    __m512 acc[8];
+void q8_tile_acc(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
+                 const uint8_t *x, int64_t xstride, const uint8_t *wend, __m512 acc[8]) {
     for (int i = 0; i < NR * NT; i++) acc[i] = _mm512_setzero_ps();
 #define GROUP512(P) group_tile(type, P, NR, NT, wg, prow, xg, xstride, acc)
     Q8_FOR_GROUPS(GROUP512);
 #undef GROUP512
+}
+
+DL_VNNI static inline __attribute__((always_inline))
+void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64_t prow, q8_groups gs,
+             const uint8_t *x, int64_t xstride, float *y, int64_t ldy, const uint8_t *wend) {
+    __m512 acc[8];
+    q8_tile_acc(type, NR, NT, w, prow, gs, x, xstride, wend, acc);
     if (NR * NT == 8) {
         // The eight trees together (dl_lane_sums8, the same bits): a third of the shuffles and additions.
         float s[8];
@@ -507,9 +514,43 @@ void q8_tile(const int type, const int NR, const int NT, const uint8_t *w, int64
         }                                                                                         \
     } while (0)
 
+// An 8 × 8 transpose: row i of the result is lane i of every input, in order.
+DL_VNNI static inline __attribute__((always_inline)) void transpose8(__m256 v[8]) {
+    __m256 a[8], b[8];
+    for (int i = 0; i < 8; i += 2) {
+        a[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+        a[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+    }
+    for (int i = 0; i < 8; i += 4) {
+        b[i] = _mm256_shuffle_ps(a[i], a[i + 2], 0x44);
+        b[i + 1] = _mm256_shuffle_ps(a[i], a[i + 2], 0xee);
+        b[i + 2] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0x44);
+        b[i + 3] = _mm256_shuffle_ps(a[i + 1], a[i + 3], 0xee);
+    }
+    for (int i = 0; i < 4; i++) {
+        v[i] = _mm256_permute2f128_ps(b[i], b[i + 4], 0x20);
+        v[i + 4] = _mm256_permute2f128_ps(b[i], b[i + 4], 0x31);
+    }
+}
+
 DL_VNNI static inline __attribute__((always_inline))
 void q8_rows_nt(const int type, const int NR, const int NT, const uint8_t *W, int64_t prow, q8_groups gs,
                 const uint8_t *x, int64_t xstride, float *y, int64_t ldy, int64_t r0, int64_t r1, dl_pf *f) {
+    if (NR == 1 && NT == 8) {
+        // Eight rows' sums (dl_lane_sums8 per row, the same bits), transposed in registers so that each token's eight
+        // outputs go out as one vector instead of eight scalar stores.
+        for (; r0 + 8 <= r1; r0 += 8) {
+            __m256 rows[8];
+            for (int i = 0; i < 8; i++) {
+                __m512 acc[8];
+                q8_tile_acc(type, 1, 8, W + (r0 + i) * prow, prow, gs, x, xstride, W + r1 * prow, acc);
+                rows[i] = dl_lane_sums8(acc);
+                dl_pf_step(f);
+            }
+            transpose8(rows);
+            for (int t = 0; t < 8; t++) _mm256_storeu_ps(y + t * ldy + r0, rows[t]);
+        }
+    }
     Q8_ROW_WALK(q8_tile);
 }
 
