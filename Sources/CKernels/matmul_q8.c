@@ -780,8 +780,26 @@ static void q8_units(void *vctx, int64_t u0, int64_t u1) {
 #endif
 }
 
-static __thread void *tl_xq;
-static __thread int64_t tl_xq_bytes;
+static __thread void *tl_xq, *tl_pack_scratch;
+static __thread int64_t tl_xq_bytes, tl_pack_scratch_bytes;
+
+// Tokens [t0, t1) of a product's activations packed (pack_x), with this thread's own quantization scratch: the pool
+// packs a prefill chunk's or a large batch's tokens in parallel, where the calling thread alone took them one by one
+// while the others waited for the rows.
+typedef struct {
+    int type;
+    const float *X;
+    int64_t ldx, K, xstride;
+    uint8_t *dst;
+} pack_ctx;
+
+static void pack_range(void *vctx, int64_t t0, int64_t t1) {
+    const pack_ctx *c = (const pack_ctx *)vctx;
+    const int64_t nb = c->K / 32, nbp = nb + (nb & 1);
+    int8_t *qx = (int8_t *)dl_grow_buffer(&tl_pack_scratch, &tl_pack_scratch_bytes, nbp * 36, "the activations' quantization scratch");
+    float *dx = (float *)(qx + nbp * 32);
+    for (int64_t t = t0; t < t1; t++) pack_x(c->type, c->X + t * c->ldx, c->K, c->dst + t * c->xstride, qx, dx);
+}
 
 // Quantizes and packs the tokens' activations, then runs the rows on the pool (parallel) or on the calling thread.
 static void q8_run(int type, const uint8_t *Wp, int64_t N, int64_t K, const float *X, int64_t ldx, int64_t ntok,
@@ -792,10 +810,10 @@ static void q8_run(int type, const uint8_t *Wp, int64_t N, int64_t K, const floa
         fprintf(stderr, "dlora kernels: dl_matmul_q8 needs AVX-512 VNNI or AVX2 (callers check dl_has_int8); aborting\n");
         abort();
     }
-    uint8_t *buf = dl_grow_buffer(&tl_xq, &tl_xq_bytes, ntok * xstride + nbp * 36, "the quantized activations");
-    int8_t *qx = (int8_t *)(buf + ntok * xstride);
-    float *dx = (float *)(qx + nbp * 32);
-    for (int64_t t = 0; t < ntok; t++) pack_x(type, X + t * ldx, K, buf + t * xstride, qx, dx);
+    uint8_t *buf = dl_grow_buffer(&tl_xq, &tl_xq_bytes, ntok * xstride, "the quantized activations");
+    pack_ctx pc = { type, X, ldx, K, xstride, buf };
+    if (parallel && ntok >= 16) dl_parallel_for(ntok, 4, pack_range, &pc);
+    else pack_range(&pc, 0, ntok);
     const int64_t units = (N + Q8_UNIT - 1) / Q8_UNIT;
     q8_ctx c = { type, Wp, nbp * q8_block_bytes(type), N, groups_of(nb), buf, xstride, ntok, Y, ldy,
                  dl_pf_plan_of(prefetch, nprefetch), units };

@@ -52,11 +52,88 @@ int dl_simd_level(void) {
 }
 
 // out = x / sqrt(mean(x^2) + eps) * w. The sum of squares runs in double: n <= 16k, and it keeps the
-// result close to PyTorch's float32 reduction whatever its internal order.
+// result close to PyTorch's float32 reduction whatever its internal order. The vector paths sum in eight double
+// lanes (per block of 16 values, lane l of a0 takes value l and lane l of a1 value 8 + l; a short last block adds
+// zeros), then v = a0 + a1 by a fixed tree: one order for a given n on both paths, so a token's bits do not depend
+// on its batch or on AVX-512 against AVX2. (The portable loop's one double carried across the row, 4 cycles per
+// value, was most of a norm; the norms run on the calling thread between the pooled products.)
+static inline double sum_lanes8(const double v[8]) {
+    const double w0 = v[0] + v[4], w1 = v[1] + v[5], w2 = v[2] + v[6], w3 = v[3] + v[7];
+    return (w0 + w2) + (w1 + w3);
+}
+
+#if defined(__x86_64__)
+DL_AVX512 static void rmsnorm_row_avx512(const float *x, const float *w, float *o, int64_t n, float eps) {
+    __m512d a0 = _mm512_setzero_pd(), a1 = a0;
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
+        a0 = _mm512_add_pd(a0, _mm512_mul_pd(lo, lo));
+        a1 = _mm512_add_pd(a1, _mm512_mul_pd(hi, hi));
+    }
+    double lanes[8];
+    _mm512_storeu_pd(lanes, _mm512_add_pd(a0, a1));
+    const __m512 inv = _mm512_set1_ps((float)(1.0 / sqrt(sum_lanes8(lanes) / (double)n + (double)eps)));
+    for (int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv), _mm512_maskz_loadu_ps(m, w + i)));
+    }
+}
+
+DL_AVX2 static void rmsnorm_row_avx2(const float *x, const float *w, float *o, int64_t n, float eps) {
+    __m256d acc[4] = { _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd() };
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i < 8 ? n - i : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256 v = _mm256_maskload_ps(x + i, m);
+        const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
+        const int half = (int)((i / 8) & 1) * 2;  // values 0-7 of a block of 16 feed a0 (acc 0, 1), 8-15 feed a1 (acc 2, 3)
+        acc[half] = _mm256_add_pd(acc[half], _mm256_mul_pd(lo, lo));
+        acc[half + 1] = _mm256_add_pd(acc[half + 1], _mm256_mul_pd(hi, hi));
+    }
+    double lanes[8];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(acc[0], acc[2]));
+    _mm256_storeu_pd(lanes + 4, _mm256_add_pd(acc[1], acc[3]));
+    const __m256 inv = _mm256_set1_ps((float)(1.0 / sqrt(sum_lanes8(lanes) / (double)n + (double)eps)));
+    for (int64_t i = 0; i < n; i += 8) {
+        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i < 8 ? n - i : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        _mm256_maskstore_ps(o + i, m, _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv), _mm256_maskload_ps(w + i, m)));
+    }
+}
+#endif
+
+// Elementwise kernels over many tokens (a prefill chunk, a large batch) run over the pool, a token range per task (a
+// token's arithmetic is the same on any thread); a few tokens stay on the calling thread, where a hand-off costs more.
+enum { POOL_TOKENS = 16 };
+
+typedef struct {
+    const float *x, *w;
+    float *out;
+    int64_t n;
+    float eps;
+} rmsnorm_ctx;
+
+static void rmsnorm_range(void *vctx, int64_t t0, int64_t t1);
+
 void dl_rmsnorm(const float *x, const float *w, float *out, int64_t n, int64_t ntok, float eps) {
-    for (int64_t t = 0; t < ntok; t++) {
+    rmsnorm_ctx c = { x, w, out, n, eps };
+    if (ntok >= POOL_TOKENS) dl_parallel_for(ntok, 4, rmsnorm_range, &c);
+    else rmsnorm_range(&c, 0, ntok);
+}
+
+static void rmsnorm_range(void *vctx, int64_t t0, int64_t t1) {
+    const rmsnorm_ctx *c = (const rmsnorm_ctx *)vctx;
+    const float *x = c->x, *w = c->w;
+    float *out = c->out;
+    const int64_t n = c->n;
+    const float eps = c->eps;
+    for (int64_t t = t0; t < t1; t++) {
         const float *xr = x + t * n;
         float *o = out + t * n;
+#if defined(__x86_64__)
+        if (dl_has_avx512()) { rmsnorm_row_avx512(xr, w, o, n, eps); continue; }
+        if (dl_has_avx2()) { rmsnorm_row_avx2(xr, w, o, n, eps); continue; }
+#endif
         double ss = 0;
         for (int64_t i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
         float inv = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
@@ -90,10 +167,27 @@ DL_AVX2 static void silu_mul_avx2(const float *g, const float *u, float *o, int6
 }
 #endif
 
+typedef struct {
+    const float *gate, *up;
+    int64_t ldgu;
+    float *out;
+    int64_t n;
+} silu_ctx;
+
+static void silu_range(void *vctx, int64_t t0, int64_t t1);
+
 void dl_silu_mul(const float *gate, const float *up, int64_t ldgu, float *out, int64_t n, int64_t ntok) {
-    for (int64_t t = 0; t < ntok; t++) {
-        const float *g = gate + t * ldgu, *u = up + t * ldgu;
-        float *o = out + t * n;
+    silu_ctx c = { gate, up, ldgu, out, n };
+    if (ntok >= POOL_TOKENS) dl_parallel_for(ntok, 4, silu_range, &c);
+    else silu_range(&c, 0, ntok);
+}
+
+static void silu_range(void *vctx, int64_t t0, int64_t t1) {
+    const silu_ctx *c = (const silu_ctx *)vctx;
+    const int64_t n = c->n;
+    for (int64_t t = t0; t < t1; t++) {
+        const float *g = c->gate + t * c->ldgu, *u = c->up + t * c->ldgu;
+        float *o = c->out + t * n;
 #if defined(__x86_64__)
         if (dl_has_avx512()) { silu_mul_avx512(g, u, o, n); continue; }
         if (dl_has_avx2()) { silu_mul_avx2(g, u, o, n); continue; }

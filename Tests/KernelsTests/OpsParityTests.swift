@@ -18,17 +18,21 @@ import TestSupport
         return zip(a, b).map { abs($0 - $1) }.max()! / scale
     }
 
+    /// On every instruction-set path, with widths that leave every tail of the vector paths' blocks of 16 and 8, and
+    /// one batch large enough to be split over the threads.
     @Test func rmsnormMatchesReference() {
         var rng = Rng(seed: 1)
-        for n in [1, 7, 64, 576, 1000] {
-            let ntok = 3
+        for n in [1, 7, 8, 15, 16, 17, 24, 64, 576, 1000] {
+            let ntok = n == 576 ? 37 : 3  // 37: over the kernel threads, in ranges of tokens
             let x = rng.floats(n * ntok).map { $0 * 5 }
             let w = rng.floats(n)
-            var out = [Float](repeating: 0, count: n * ntok)
-            Kernels.rmsNorm(x, weight: w, into: &out, width: n, tokens: ntok, eps: 1e-5)
-            for t in 0..<ntok {
-                let ref = ReferenceOps.rmsnorm(Array(x[t * n..<(t + 1) * n]), weight: w, eps: 1e-5)
-                #expect(Self.maxRelError(Array(out[t * n..<(t + 1) * n]), ref) < 1e-6)
+            for level in 0...Kernels.simdLevel {
+                var out = [Float](repeating: .nan, count: n * ntok)
+                Kernels.withSIMDLimit(level) { Kernels.rmsNorm(x, weight: w, into: &out, width: n, tokens: ntok, eps: 1e-5) }
+                for t in 0..<ntok {
+                    let ref = ReferenceOps.rmsnorm(Array(x[t * n..<(t + 1) * n]), weight: w, eps: 1e-5)
+                    #expect(Self.maxRelError(Array(out[t * n..<(t + 1) * n]), ref) < 1e-6, "width \(n), SIMD path \(level)")
+                }
             }
         }
     }
@@ -37,10 +41,10 @@ import TestSupport
     /// (where e^−g under- or overflows) and a NaN gate, which stays NaN.
     @Test func siluMulMatchesReference() {
         var rng = Rng(seed: 2)
-        let n = 101, ntok = 4
+        let n = 101, ntok = 21  // over the kernel threads, in ranges of tokens
         var gu = rng.floats(2 * n * ntok).map { $0 * 8 }
         for (i, g) in [Float(87), -87, 88.5, -88.5, 95, -95, 200, -200, 0, -0.0].enumerated() { gu[2 * n + 3 * i] = g }
-        gu[3 * 2 * n + n - 1] = .nan  // the last token's last gate: in the vector paths' tail
+        gu[3 * 2 * n + n - 1] = .nan  // token 3's last gate: in the vector paths' tail
         for level in 0...Kernels.simdLevel {
             var out = [Float](repeating: 0, count: n * ntok)
             Kernels.withSIMDLimit(level) {
