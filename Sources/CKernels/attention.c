@@ -211,19 +211,15 @@ DL_AVX2 static void weighted_values64_avx2(float *o, const float *w, float inv, 
 // A head's softmax terms in place: e_p = exp(s_p − mx) for p < n by simd.h's polynomial (a score more than 87.3 below
 // mx, or −∞, gives 0; NaN stays NaN, as expf keeps it), returning Σ e_p in double: per block of 16 positions, lane l
 // of a0 takes position l and lane l of a1 position 8 + l (a short last block adds zeros), then v = a0 + a1 is summed
-// by softmax_lanes' tree. An order set by n alone, so a head's bits do not depend on its batch, and the AVX2 form
+// by dl_sum_lanes8's tree. An order set by n alone, so a head's bits do not depend on its batch, and the AVX2 form
 // below keeps the same order, so the paths agree bit for bit. (A scalar expf per position, and a double sum carried
 // from one position to the next, cost more than the head's dot products.)
-static inline double softmax_lanes(const double v[8]) {
-    const double w0 = v[0] + v[4], w1 = v[1] + v[5], w2 = v[2] + v[6], w3 = v[3] + v[7];
-    return (w0 + w2) + (w1 + w3);
-}
 
 DL_AVX512 static double softmax_terms_avx512(float *sc, int64_t n, float mx) {
     const __m512 mv = _mm512_set1_ps(mx), lo = _mm512_set1_ps(-87.3f);
     __m512d a0 = _mm512_setzero_pd(), a1 = a0;
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = dl_mask16(n - i);
         const __m512 y = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, sc + i), mv);
         const __m512 e = _mm512_maskz_mov_ps(_mm512_mask_cmp_ps_mask(m, y, lo, _CMP_NLT_UQ), dl_exp_neg16(y));
         _mm512_mask_storeu_ps(sc + i, m, e);
@@ -232,32 +228,29 @@ DL_AVX512 static double softmax_terms_avx512(float *sc, int64_t n, float mx) {
     }
     double v[8];
     _mm512_storeu_pd(v, _mm512_add_pd(a0, a1));
-    return softmax_lanes(v);
+    return dl_sum_lanes8(v);
 }
 
 // sc[p] *= inv for p < n (the weights' normalisation, the same float product the weighted sum took per position).
 DL_AVX512 static void scale_avx512(float *sc, int64_t n, float inv) {
     const __m512 v = _mm512_set1_ps(inv);
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = dl_mask16(n - i);
         _mm512_mask_storeu_ps(sc + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, sc + i), v));
     }
 }
 
-// softmax_terms_avx512 in AVX2 registers: eight positions at a time (the last ones through a copy padded with −∞,
-// whose terms are 0), accumulated into the lanes the AVX-512 form uses (a0 = lanes 0-7 as lo0, hi0; a1 as lo1, hi1).
+// softmax_terms_avx512 in AVX2 registers: eight positions at a time (the last ones masked, their terms 0), accumulated
+// into the lanes the AVX-512 form uses (a0 = lanes 0-7 as lo0, hi0; a1 as lo1, hi1).
 DL_AVX2 static double softmax_terms_avx2(float *sc, int64_t n, float mx) {
     const __m256 mv = _mm256_set1_ps(mx), lo = _mm256_set1_ps(-87.3f);
     __m256d acc[4] = { _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd() };
     for (int64_t i = 0; i < n; i += 8) {
-        float pad[8] = { -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY, -INFINITY };
-        const int64_t k = n - i < 8 ? n - i : 8;
-        float *x = k == 8 ? sc + i : pad;
-        if (k < 8) memcpy(pad, sc + i, (size_t)k * sizeof(float));
-        const __m256 y = _mm256_sub_ps(_mm256_loadu_ps(x), mv);
-        const __m256 e = _mm256_and_ps(dl_exp_neg8(y), _mm256_cmp_ps(y, lo, _CMP_NLT_UQ));
-        _mm256_storeu_ps(x, e);
-        if (k < 8) memcpy(sc + i, pad, (size_t)k * sizeof(float));
+        const __m256i m = dl_mask8(n - i);
+        const __m256 y = _mm256_sub_ps(_mm256_maskload_ps(sc + i, m), mv);
+        const __m256 live = _mm256_and_ps(_mm256_cmp_ps(y, lo, _CMP_NLT_UQ), _mm256_castsi256_ps(m));
+        const __m256 e = _mm256_and_ps(dl_exp_neg8(y), live);
+        _mm256_maskstore_ps(sc + i, m, e);
         const int half = (int)((i / 8) & 1) * 2;  // positions 0-7 of a block of 16 feed a0, 8-15 feed a1
         acc[half] = _mm256_add_pd(acc[half], _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
         acc[half + 1] = _mm256_add_pd(acc[half + 1], _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
@@ -265,7 +258,7 @@ DL_AVX2 static double softmax_terms_avx2(float *sc, int64_t n, float mx) {
     double v[8];
     _mm256_storeu_pd(v, _mm256_add_pd(acc[0], acc[2]));
     _mm256_storeu_pd(v + 4, _mm256_add_pd(acc[1], acc[3]));
-    return softmax_lanes(v);
+    return dl_sum_lanes8(v);
 }
 
 // head_dim 64 or 128 only.
@@ -292,6 +285,16 @@ DL_AVX512 static void weighted_values_avx512(int64_t head_dim, float *o, const f
 enum { SPLIT_POSITIONS = 1024 };
 
 static int64_t position_parts(int64_t n) { return n <= SPLIT_POSITIONS ? 1 : (n + SPLIT_POSITIONS - 1) / SPLIT_POSITIONS; }
+
+// Prefetches a kv head's 64-value slice of the K or V row at (block *blk, offset *off) of a block table, then steps
+// (blk, off) to the next position, as the loops below count theirs.
+static inline __attribute__((always_inline))
+void prefetch_kv_row(const void *cache, const int f16, const int32_t *table, int64_t block_size, int64_t *blk, int64_t *off,
+                     int64_t row, int64_t offset) {
+    const char *next = (const char *)kv_at(cache, ((int64_t)table[*blk] * block_size + *off) * row + offset, f16);
+    for (int l = 0; l < (f16 ? 2 : 4); l++) _mm_prefetch(next + 64 * l, _MM_HINT_T0);
+    if (++*off == block_size) { *off = 0; ++*blk; }
+}
 
 // Positions [p0, p1) for the G (≤ 8) query heads that share one kv head, head_dim 64: each position's K row
 // is loaded once and dotted with each head's query, each V row once and added into each head's accumulators.
@@ -323,11 +326,7 @@ void group_heads64_kv(const int f16, int G, const float *q, float *scores, float
     for (; p + 16 <= p1; p += 16) {
         const float *rows[16];
         for (int i = 0; i < 16; i++, pp++) {
-            if (pp < p1) {
-                const char *next = (const char *)kv_at(kcache, ((int64_t)table[pblk] * block_size + poff) * row + offset, f16);
-                for (int l = 0; l < (f16 ? 2 : 4); l++) _mm_prefetch(next + 64 * l, _MM_HINT_T0);
-                if (++poff == block_size) { poff = 0; pblk++; }
-            }
+            if (pp < p1) prefetch_kv_row(kcache, f16, table, block_size, &pblk, &poff, row, offset);
             const void *kr = kv_at(kcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
             if (++off == block_size) { off = 0; blk++; }
             if (f16) {
@@ -382,11 +381,7 @@ void group_heads64_kv(const int f16, int G, const float *q, float *scores, float
     enum { VNEXT = 8 };
     int64_t vp = p0 + VNEXT, vblk = vp / block_size, voff = vp % block_size;
     for (int64_t p = p0, blk = p0 / block_size, off = p0 % block_size; p < p1; p++, vp++) {
-        if (vp < p1) {
-            const char *next = (const char *)kv_at(vcache, ((int64_t)table[vblk] * block_size + voff) * row + offset, f16);
-            for (int l = 0; l < (f16 ? 2 : 4); l++) _mm_prefetch(next + 64 * l, _MM_HINT_T0);
-            if (++voff == block_size) { voff = 0; vblk++; }
-        }
+        if (vp < p1) prefetch_kv_row(vcache, f16, table, block_size, &vblk, &voff, row, offset);
         const void *vr = kv_at(vcache, ((int64_t)table[blk] * block_size + off) * row + offset, f16);
         if (++off == block_size) { off = 0; blk++; }
         __m512 v0 = kv_load16(vr, 0, f16), v1 = kv_load16(vr, 16, f16), v2 = kv_load16(vr, 32, f16), v3 = kv_load16(vr, 48, f16);

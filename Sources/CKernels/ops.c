@@ -54,19 +54,15 @@ int dl_simd_level(void) {
 // out = x / sqrt(mean(x^2) + eps) * w. The sum of squares runs in double: n <= 16k, and it keeps the
 // result close to PyTorch's float32 reduction whatever its internal order. The vector paths sum in eight double
 // lanes (per block of 16 values, lane l of a0 takes value l and lane l of a1 value 8 + l; a short last block adds
-// zeros), then v = a0 + a1 by a fixed tree: one order for a given n on both paths, so a token's bits do not depend
+// zeros), then v = a0 + a1 by dl_sum_lanes8's tree: one order for a given n on both paths, so a token's bits do not depend
 // on its batch or on AVX-512 against AVX2. (The portable loop's one double carried across the row, 4 cycles per
 // value, was most of a norm; the norms run on the calling thread between the pooled products.)
-static inline double sum_lanes8(const double v[8]) {
-    const double w0 = v[0] + v[4], w1 = v[1] + v[5], w2 = v[2] + v[6], w3 = v[3] + v[7];
-    return (w0 + w2) + (w1 + w3);
-}
 
 #if defined(__x86_64__)
 DL_AVX512 static void rmsnorm_row_avx512(const float *x, const float *w, float *o, int64_t n, float eps) {
     __m512d a0 = _mm512_setzero_pd(), a1 = a0;
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = dl_mask16(n - i);
         const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
         const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), hi = _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1));
         a0 = _mm512_add_pd(a0, _mm512_mul_pd(lo, lo));
@@ -74,9 +70,9 @@ DL_AVX512 static void rmsnorm_row_avx512(const float *x, const float *w, float *
     }
     double lanes[8];
     _mm512_storeu_pd(lanes, _mm512_add_pd(a0, a1));
-    const __m512 inv = _mm512_set1_ps((float)(1.0 / sqrt(sum_lanes8(lanes) / (double)n + (double)eps)));
+    const __m512 inv = _mm512_set1_ps((float)(1.0 / sqrt(dl_sum_lanes8(lanes) / (double)n + (double)eps)));
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = dl_mask16(n - i);
         _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv), _mm512_maskz_loadu_ps(m, w + i)));
     }
 }
@@ -84,7 +80,7 @@ DL_AVX512 static void rmsnorm_row_avx512(const float *x, const float *w, float *
 DL_AVX2 static void rmsnorm_row_avx2(const float *x, const float *w, float *o, int64_t n, float eps) {
     __m256d acc[4] = { _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd() };
     for (int64_t i = 0; i < n; i += 8) {
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i < 8 ? n - i : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i m = dl_mask8(n - i);
         const __m256 v = _mm256_maskload_ps(x + i, m);
         const __m256d lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v)), hi = _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1));
         const int half = (int)((i / 8) & 1) * 2;  // values 0-7 of a block of 16 feed a0 (acc 0, 1), 8-15 feed a1 (acc 2, 3)
@@ -94,9 +90,9 @@ DL_AVX2 static void rmsnorm_row_avx2(const float *x, const float *w, float *o, i
     double lanes[8];
     _mm256_storeu_pd(lanes, _mm256_add_pd(acc[0], acc[2]));
     _mm256_storeu_pd(lanes + 4, _mm256_add_pd(acc[1], acc[3]));
-    const __m256 inv = _mm256_set1_ps((float)(1.0 / sqrt(sum_lanes8(lanes) / (double)n + (double)eps)));
+    const __m256 inv = _mm256_set1_ps((float)(1.0 / sqrt(dl_sum_lanes8(lanes) / (double)n + (double)eps)));
     for (int64_t i = 0; i < n; i += 8) {
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i < 8 ? n - i : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i m = dl_mask8(n - i);
         _mm256_maskstore_ps(o + i, m, _mm256_mul_ps(_mm256_mul_ps(_mm256_maskload_ps(x + i, m), inv), _mm256_maskload_ps(w + i, m)));
     }
 }
@@ -149,7 +145,7 @@ static void rmsnorm_range(void *vctx, int64_t t0, int64_t t1) {
 DL_AVX512 static void silu_mul_avx512(const float *g, const float *u, float *o, int64_t n) {
     const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f), one = _mm512_set1_ps(1.0f);
     for (int64_t i = 0; i < n; i += 16) {
-        const __mmask16 m = n - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 m = dl_mask16(n - i);
         const __m512 x = _mm512_maskz_loadu_ps(m, g + i);
         const __m512 e = dl_exp16(_mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_sub_ps(_mm512_setzero_ps(), x))));
         _mm512_mask_storeu_ps(o + i, m, _mm512_mul_ps(_mm512_div_ps(x, _mm512_add_ps(one, e)), _mm512_maskz_loadu_ps(m, u + i)));
@@ -159,7 +155,7 @@ DL_AVX512 static void silu_mul_avx512(const float *g, const float *u, float *o, 
 DL_AVX2 static void silu_mul_avx2(const float *g, const float *u, float *o, int64_t n) {
     const __m256 lo = _mm256_set1_ps(-87.3f), hi = _mm256_set1_ps(88.3f), one = _mm256_set1_ps(1.0f);
     for (int64_t i = 0; i < n; i += 8) {
-        const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n - i < 8 ? n - i : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        const __m256i m = dl_mask8(n - i);
         const __m256 x = _mm256_maskload_ps(g + i, m);
         const __m256 e = dl_exp8(_mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_sub_ps(_mm256_setzero_ps(), x))));
         _mm256_maskstore_ps(o + i, m, _mm256_mul_ps(_mm256_div_ps(x, _mm256_add_ps(one, e)), _mm256_maskload_ps(u + i, m)));
@@ -330,7 +326,7 @@ DL_AVX512 static double sum_exp_avx512(const float *x, int64_t n, float m) {
         a1 = _mm512_add_pd(a1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(e, 1)));
     }
     if (i < n) {
-        const __mmask16 tail = (__mmask16)((1u << (n - i)) - 1);
+        const __mmask16 tail = dl_mask16(n - i);
         const __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, x + i);
         const __m512 e = exp_neg_avx512(_mm512_sub_ps(v, mv));
         a0 = _mm512_add_pd(a0, _mm512_cvtps_pd(_mm512_castps512_ps256(e)));

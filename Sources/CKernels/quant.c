@@ -339,118 +339,97 @@ static void merge_row_scalar(const float *b, const float *a, int64_t rank, int64
 }
 
 #if defined(__x86_64__)
-DL_AVX512 static void merge_row_avx512(const float *b, const float *a, int64_t rank, int64_t cols, float scale,
-                                       const float *w, float *y) {
-    const __m512 vs = _mm512_set1_ps(scale);
-    int64_t c = 0;
-    // Four vectors of columns at a time: four independent FMA chains per broadcast (one chain's latency would
-    // otherwise bound the loop).
-    for (; c + 64 <= cols; c += 64) {
-        __m512 acc[4];
-        const __m512 b0 = _mm512_set1_ps(b[0]);
-        for (int v = 0; v < 4; v++) acc[v] = _mm512_mul_ps(b0, _mm512_loadu_ps(a + c + 16 * v));
-        for (int64_t j = 1; j < rank; j++) {
-            const __m512 bj = _mm512_set1_ps(b[j]);
-            for (int v = 0; v < 4; v++) acc[v] = _mm512_fmadd_ps(bj, _mm512_loadu_ps(a + j * cols + c + 16 * v), acc[v]);
-        }
-        for (int v = 0; v < 4; v++)
-            _mm512_storeu_ps(y + c + 16 * v, _mm512_add_ps(_mm512_loadu_ps(w + c + 16 * v), _mm512_mul_ps(vs, acc[v])));
-    }
-    for (; c + 16 <= cols; c += 16) {
-        __m512 acc = _mm512_mul_ps(_mm512_set1_ps(b[0]), _mm512_loadu_ps(a + c));
-        for (int64_t j = 1; j < rank; j++) acc = _mm512_fmadd_ps(_mm512_set1_ps(b[j]), _mm512_loadu_ps(a + j * cols + c), acc);
-        _mm512_storeu_ps(y + c, _mm512_add_ps(_mm512_loadu_ps(w + c), _mm512_mul_ps(vs, acc)));
-    }
-    merge_row_scalar(b, a, rank, cols, scale, w, y, c);
-}
-
-DL_AVX2 static void merge_row_avx2(const float *b, const float *a, int64_t rank, int64_t cols, float scale,
-                                   const float *w, float *y) {
-    const __m256 vs = _mm256_set1_ps(scale);
-    int64_t c = 0;
-    for (; c + 32 <= cols; c += 32) {  // four chains, as merge_row_avx512
-        __m256 acc[4];
-        const __m256 b0 = _mm256_set1_ps(b[0]);
-        for (int v = 0; v < 4; v++) acc[v] = _mm256_mul_ps(b0, _mm256_loadu_ps(a + c + 8 * v));
-        for (int64_t j = 1; j < rank; j++) {
-            const __m256 bj = _mm256_set1_ps(b[j]);
-            for (int v = 0; v < 4; v++) acc[v] = _mm256_fmadd_ps(bj, _mm256_loadu_ps(a + j * cols + c + 8 * v), acc[v]);
-        }
-        for (int v = 0; v < 4; v++)
-            _mm256_storeu_ps(y + c + 8 * v, _mm256_add_ps(_mm256_loadu_ps(w + c + 8 * v), _mm256_mul_ps(vs, acc[v])));
-    }
-    for (; c + 8 <= cols; c += 8) {
-        __m256 acc = _mm256_mul_ps(_mm256_set1_ps(b[0]), _mm256_loadu_ps(a + c));
-        for (int64_t j = 1; j < rank; j++) acc = _mm256_fmadd_ps(_mm256_set1_ps(b[j]), _mm256_loadu_ps(a + j * cols + c), acc);
-        _mm256_storeu_ps(y + c, _mm256_add_ps(_mm256_loadu_ps(w + c), _mm256_mul_ps(vs, acc)));
-    }
-    merge_row_scalar(b, a, rank, cols, scale, w, y, c);
-}
-
-// Four rows at once (MERGE_ROWS): each a[j] vector loaded once for the four rows' FMAs, so the loads of a (rank ×
-// cols floats, from L2 once cols · rank passes L1) are a quarter of merge_row's. Per element the same operations in
-// the same order as merge_row_avx512, so the same bits.
+// NR rows at once (1, or MERGE_ROWS where a task has them): each a[j] vector loaded once for the NR rows' FMAs, so the
+// loads of a (rank × cols floats, from L2 once cols · rank passes L1) are 1 / NR of a row's; per element the same
+// operations in the same order as merge_row_scalar, whatever NR and the column blocking, so the same bits. Each y[r]
+// holds row r's w on entry and its merged values on return.
 enum { MERGE_ROWS = 4 };
 
-DL_AVX512 static void merge_rows4_avx512(const float *b, const float *a, int64_t rank, int64_t cols, float scale, float *const y[4]) {
+DL_AVX512 static inline __attribute__((always_inline))
+void merge_rows_avx512(const int NR, const float *b, const float *a, int64_t rank, int64_t cols, float scale, float *const y[]) {
     const __m512 vs = _mm512_set1_ps(scale);
     int64_t c = 0;
+    // Four vectors of columns at a time: four independent FMA chains per row and broadcast (one chain's latency would
+    // otherwise bound the loop).
     for (; c + 64 <= cols; c += 64) {
-        __m512 acc[4][4];
-        for (int r = 0; r < 4; r++) {
+        __m512 acc[MERGE_ROWS][4];
+        for (int r = 0; r < NR; r++) {
             const __m512 b0 = _mm512_set1_ps(b[r * rank]);
             for (int v = 0; v < 4; v++) acc[r][v] = _mm512_mul_ps(b0, _mm512_loadu_ps(a + c + 16 * v));
         }
         for (int64_t j = 1; j < rank; j++) {
-            const float *aj = a + j * cols + c;
-            const __m512 a0 = _mm512_loadu_ps(aj), a1 = _mm512_loadu_ps(aj + 16), a2 = _mm512_loadu_ps(aj + 32), a3 = _mm512_loadu_ps(aj + 48);
-            for (int r = 0; r < 4; r++) {
+            __m512 aj[4];
+            for (int v = 0; v < 4; v++) aj[v] = _mm512_loadu_ps(a + j * cols + c + 16 * v);
+            for (int r = 0; r < NR; r++) {
                 const __m512 bj = _mm512_set1_ps(b[r * rank + j]);
-                acc[r][0] = _mm512_fmadd_ps(bj, a0, acc[r][0]);
-                acc[r][1] = _mm512_fmadd_ps(bj, a1, acc[r][1]);
-                acc[r][2] = _mm512_fmadd_ps(bj, a2, acc[r][2]);
-                acc[r][3] = _mm512_fmadd_ps(bj, a3, acc[r][3]);
+                for (int v = 0; v < 4; v++) acc[r][v] = _mm512_fmadd_ps(bj, aj[v], acc[r][v]);
             }
         }
-        for (int r = 0; r < 4; r++)
+        for (int r = 0; r < NR; r++)
             for (int v = 0; v < 4; v++)
                 _mm512_storeu_ps(y[r] + c + 16 * v, _mm512_add_ps(_mm512_loadu_ps(y[r] + c + 16 * v), _mm512_mul_ps(vs, acc[r][v])));
     }
     for (; c + 16 <= cols; c += 16) {
-        __m512 acc[4];
-        for (int r = 0; r < 4; r++) acc[r] = _mm512_mul_ps(_mm512_set1_ps(b[r * rank]), _mm512_loadu_ps(a + c));
+        __m512 acc[MERGE_ROWS];
+        for (int r = 0; r < NR; r++) acc[r] = _mm512_mul_ps(_mm512_set1_ps(b[r * rank]), _mm512_loadu_ps(a + c));
         for (int64_t j = 1; j < rank; j++) {
             const __m512 aj = _mm512_loadu_ps(a + j * cols + c);
-            for (int r = 0; r < 4; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(b[r * rank + j]), aj, acc[r]);
+            for (int r = 0; r < NR; r++) acc[r] = _mm512_fmadd_ps(_mm512_set1_ps(b[r * rank + j]), aj, acc[r]);
         }
-        for (int r = 0; r < 4; r++) _mm512_storeu_ps(y[r] + c, _mm512_add_ps(_mm512_loadu_ps(y[r] + c), _mm512_mul_ps(vs, acc[r])));
+        for (int r = 0; r < NR; r++) _mm512_storeu_ps(y[r] + c, _mm512_add_ps(_mm512_loadu_ps(y[r] + c), _mm512_mul_ps(vs, acc[r])));
     }
-    for (int r = 0; r < 4; r++) merge_row_scalar(b + r * rank, a, rank, cols, scale, y[r], y[r], c);
+    for (int r = 0; r < NR; r++) merge_row_scalar(b + r * rank, a, rank, cols, scale, y[r], y[r], c);
 }
 
-DL_AVX2 static void merge_rows4_avx2(const float *b, const float *a, int64_t rank, int64_t cols, float scale, float *const y[4]) {
+// The same in AVX2 registers (16 of them): blocks of V = 8 / NR vectors of columns (four rows × two, or one row × four),
+// then single vectors.
+DL_AVX2 static inline __attribute__((always_inline))
+void merge_rows_avx2(const int NR, const float *b, const float *a, int64_t rank, int64_t cols, float scale, float *const y[]) {
+    enum { VMAX = 4 };
+    const int V = NR == 1 ? 4 : 2;
     const __m256 vs = _mm256_set1_ps(scale);
     int64_t c = 0;
-    for (; c + 16 <= cols; c += 16) {  // four rows × two vectors: 8 accumulators of 16 registers
-        __m256 acc[4][2];
-        for (int r = 0; r < 4; r++) {
+    for (; c + 8 * V <= cols; c += 8 * V) {
+        __m256 acc[MERGE_ROWS][VMAX];
+        for (int r = 0; r < NR; r++) {
             const __m256 b0 = _mm256_set1_ps(b[r * rank]);
-            for (int v = 0; v < 2; v++) acc[r][v] = _mm256_mul_ps(b0, _mm256_loadu_ps(a + c + 8 * v));
+            for (int v = 0; v < V; v++) acc[r][v] = _mm256_mul_ps(b0, _mm256_loadu_ps(a + c + 8 * v));
         }
         for (int64_t j = 1; j < rank; j++) {
-            const __m256 a0 = _mm256_loadu_ps(a + j * cols + c), a1 = _mm256_loadu_ps(a + j * cols + c + 8);
-            for (int r = 0; r < 4; r++) {
+            __m256 aj[VMAX];
+            for (int v = 0; v < V; v++) aj[v] = _mm256_loadu_ps(a + j * cols + c + 8 * v);
+            for (int r = 0; r < NR; r++) {
                 const __m256 bj = _mm256_set1_ps(b[r * rank + j]);
-                acc[r][0] = _mm256_fmadd_ps(bj, a0, acc[r][0]);
-                acc[r][1] = _mm256_fmadd_ps(bj, a1, acc[r][1]);
+                for (int v = 0; v < V; v++) acc[r][v] = _mm256_fmadd_ps(bj, aj[v], acc[r][v]);
             }
         }
-        for (int r = 0; r < 4; r++)
-            for (int v = 0; v < 2; v++)
+        for (int r = 0; r < NR; r++)
+            for (int v = 0; v < V; v++)
                 _mm256_storeu_ps(y[r] + c + 8 * v, _mm256_add_ps(_mm256_loadu_ps(y[r] + c + 8 * v), _mm256_mul_ps(vs, acc[r][v])));
     }
-    for (int r = 0; r < 4; r++) merge_row_scalar(b + r * rank, a, rank, cols, scale, y[r], y[r], c);
+    for (; c + 8 <= cols; c += 8) {
+        __m256 acc[MERGE_ROWS];
+        for (int r = 0; r < NR; r++) acc[r] = _mm256_mul_ps(_mm256_set1_ps(b[r * rank]), _mm256_loadu_ps(a + c));
+        for (int64_t j = 1; j < rank; j++) {
+            const __m256 aj = _mm256_loadu_ps(a + j * cols + c);
+            for (int r = 0; r < NR; r++) acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(b[r * rank + j]), aj, acc[r]);
+        }
+        for (int r = 0; r < NR; r++) _mm256_storeu_ps(y[r] + c, _mm256_add_ps(_mm256_loadu_ps(y[r] + c), _mm256_mul_ps(vs, acc[r])));
+    }
+    for (int r = 0; r < NR; r++) merge_row_scalar(b + r * rank, a, rank, cols, scale, y[r], y[r], c);
 }
+
+DL_AVX512 static void merge_rows_avx512_n(int nr, const float *b, const float *a, int64_t rank, int64_t cols, float scale, float *const y[]) {
+    if (nr == MERGE_ROWS) merge_rows_avx512(MERGE_ROWS, b, a, rank, cols, scale, y);
+    else merge_rows_avx512(1, b, a, rank, cols, scale, y);
+}
+
+DL_AVX2 static void merge_rows_avx2_n(int nr, const float *b, const float *a, int64_t rank, int64_t cols, float scale, float *const y[]) {
+    if (nr == MERGE_ROWS) merge_rows_avx2(MERGE_ROWS, b, a, rank, cols, scale, y);
+    else merge_rows_avx2(1, b, a, rank, cols, scale, y);
+}
+#else
+enum { MERGE_ROWS = 4 };
 #endif
 
 typedef struct {
@@ -471,34 +450,28 @@ static void merge_range(void *vctx, int64_t r0, int64_t r1) {
     float *rows = (float *)dl_grow_buffer(&tl_merge_row, &tl_merge_row_bytes, MERGE_ROWS * c->cols * (int64_t)sizeof(float),
                                           "merged rows");
 #if defined(__x86_64__)
-    // Groups of four rows where a vector path runs, then the rest one by one.
     const int simd = c->rank > 0 ? (dl_has_avx512() ? 2 : dl_has_avx2() ? 1 : 0) : 0;
-    for (; simd && r0 + MERGE_ROWS <= r1; r0 += MERGE_ROWS) {
+#else
+    const int simd = 0;
+#endif
+    // Groups of four rows where a vector path runs, else (and for a task's last rows) one at a time: each dequantized
+    // into its output (f32) or a row buffer, updated, and stored as otype.
+    for (int64_t r = r0, nr; r < r1; r += nr) {
+        nr = simd && r1 - r >= MERGE_ROWS ? MERGE_ROWS : 1;
         float *y[MERGE_ROWS];
-        for (int i = 0; i < MERGE_ROWS; i++) {
-            y[i] = c->otype == DL_F32 ? (float *)(c->out + (r0 + i) * c->out_row_bytes) : rows + i * c->cols;
-            dl_dequantize_row_simd(c->wtype, c->w + (r0 + i) * c->w_row_bytes, y[i], c->cols);
+        for (int i = 0; i < nr; i++) {
+            y[i] = c->otype == DL_F32 ? (float *)(c->out + (r + i) * c->out_row_bytes) : rows + i * c->cols;
+            dl_dequantize_row_simd(c->wtype, c->w + (r + i) * c->w_row_bytes, y[i], c->cols);
         }
-        if (simd == 2) merge_rows4_avx512(c->b + r0 * c->rank, c->a, c->rank, c->cols, c->scale, y);
-        else merge_rows4_avx2(c->b + r0 * c->rank, c->a, c->rank, c->cols, c->scale, y);
-        if (c->otype != DL_F32)
-            for (int i = 0; i < MERGE_ROWS; i++) dl_quantize_row(c->otype, y[i], c->out + (r0 + i) * c->out_row_bytes, c->cols);
-    }
-#endif
-    float *row = rows;
-    for (int64_t r = r0; r < r1; r++) {
-        float *y = c->otype == DL_F32 ? (float *)(c->out + r * c->out_row_bytes) : row;
-        dl_dequantize_row_simd(c->wtype, c->w + r * c->w_row_bytes, y, c->cols);
         const float *br = c->b + r * c->rank;
-        if (c->rank > 0) {
 #if defined(__x86_64__)
-            if (dl_has_avx512()) merge_row_avx512(br, c->a, c->rank, c->cols, c->scale, y, y);
-            else if (dl_has_avx2()) merge_row_avx2(br, c->a, c->rank, c->cols, c->scale, y, y);
-            else
+        if (simd == 2) merge_rows_avx512_n((int)nr, br, c->a, c->rank, c->cols, c->scale, y);
+        else if (simd == 1) merge_rows_avx2_n((int)nr, br, c->a, c->rank, c->cols, c->scale, y);
+        else
 #endif
-                merge_row_scalar(br, c->a, c->rank, c->cols, c->scale, y, y, 0);
-        }
-        if (c->otype != DL_F32) dl_quantize_row(c->otype, y, c->out + r * c->out_row_bytes, c->cols);
+        if (c->rank > 0) merge_row_scalar(br, c->a, c->rank, c->cols, c->scale, y[0], y[0], 0);
+        if (c->otype != DL_F32)
+            for (int i = 0; i < nr; i++) dl_quantize_row(c->otype, y[i], c->out + (r + i) * c->out_row_bytes, c->cols);
     }
 }
 

@@ -15,6 +15,13 @@ static inline float dl_lane_tree16(const float lanes[16]) {
     return c[0] + c[1];
 }
 
+// Eight double lanes summed by one fixed tree ((v0 + v4) + (v2 + v6)) + ((v1 + v5) + (v3 + v7)): the order the
+// vector paths' double sums end in (attention's softmax terms, RMSNorm's sum of squares), so AVX-512 and AVX2 agree.
+static inline double dl_sum_lanes8(const double v[8]) {
+    const double w0 = v[0] + v[4], w1 = v[1] + v[5], w2 = v[2] + v[6], w3 = v[3] + v[7];
+    return (w0 + w2) + (w1 + w3);
+}
+
 // bf16 by hand, for the portable paths and packing: f32 rounded to nearest even (a NaN stays a quiet NaN), and
 // bf16 widened back (exact).
 static inline uint16_t dl_bf16_round(float f) {
@@ -85,6 +92,13 @@ static inline int dl_has_avxvnni(void) {
 DL_AVX2 static inline __attribute__((always_inline)) void dl_store_i8x32(int8_t *q, const __m256i c[4]) {
     const __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(c[0], c[1]), _mm256_packs_epi32(c[2], c[3]));
     _mm256_storeu_si256((__m256i *)q, _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+}
+
+// The lanes of a row's block that hold values, `left` being how many remain from the block's start: every lane of a
+// full block (16, or 8 for AVX2), the first `left` of the last one (masked loads and stores for a row's tail).
+static inline __mmask16 dl_mask16(int64_t left) { return left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1); }
+DL_AVX2 static inline __m256i dl_mask8(int64_t left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(left < 8 ? left : 8)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 DL_AVX2 static inline float dl_sum8(__m256 a) {
