@@ -117,7 +117,7 @@ struct Generate: ParsableCommand {
     @Option(name: .customLong("lora-mode"), help: "unmerged (LoRA path beside the base weights) or merged (folded into the weights).")
     var loraMode: String = "unmerged"
     @Option(name: .customLong("merge-precision"),
-            help: "With --lora-mode merged: how W + s·B·A is stored: f32, q8_0 or f16; auto: f16 where the products are f32 on a quantized base, else f32 (as serve).")
+            help: "With --lora-mode merged: how W + s·B·A is stored: f32, q8_0 or f16; auto: q8_0 beside int8 products, f16 where the products are f32 on a quantized base, else f32 (as serve).")
     var mergePrecision: MergePrecisionChoice = .auto
     @Flag(name: .customLong("json"), help: "Constrain the output to one JSON object (JSON mode).")
     var json = false

@@ -63,7 +63,7 @@ struct EngineOptions: ParsableArguments {
     @Option(help: "dLoRA's amortization horizon: iterations over which a switch to merged mode must pay for itself.")
     var horizon: Int = Self.defaults.policy.amortizationHorizon
     @Option(name: .customLong("merge-precision"),
-            help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base), q8_0 (re-quantized, 1.7×) or f16 (rounded to half precision, 3.2×); unmerge stays exact. auto: f16 where the products are f32 on a quantized base, else f32 (bf16 products read merged matrices from bf16 packs).")
+            help: "How merged mode stores W + s·B·A: f32 (exact; 6.4× the bytes of a Q4_1 base), q8_0 (re-quantized, 1.7×) or f16 (rounded to half precision, 3.2×); unmerge stays exact. auto: q8_0 beside int8 products (the merged codes run through the same int8 kernel), f16 where the products are f32 on a quantized base, else f32 (bf16 products read merged matrices from bf16 packs).")
     var mergePrecision: MergePrecisionChoice = .auto
     @Flag(name: .customLong("measure-switch-cost"), inversion: .prefixedNo,
           help: "Time a few merges of synthetic adapters on the loaded model at start (dLoRA only; 0.2-2 s on SmolLM2 with 2 cores), so the scheduler prices its first switch at this model's cost, workspace allocation included, rather than one CPU's figure for a Q4_1 base.")
@@ -227,18 +227,19 @@ struct KeyOptions: ParsableArguments {
 /// (the transformers goldens within 1e-3), in bf16 (`LlamaModel.setBF16Products`: twice an FMA's multiply-adds per
 /// instruction on AVX-512 BF16, on a quantized checkpoint's own codes; docs/design/core-engine.md) or with int8
 /// activations (`LlamaModel.setInt8Products`: a quantized checkpoint's codes times activations quantized per block
-/// of 32, llama.cpp's arithmetic, exact integer sums on AVX-512 VNNI or AVX-VNNI). `auto`, the default, picks bf16
+/// of 32, llama.cpp's arithmetic, exact integer sums on AVX-512 VNNI or AVX-VNNI). `auto`, the default, picks int8
+/// where every matrix is Q4_0, Q4_1 or Q8_0 and the CPU has integer dot products: AVX-512 VNNI (Intel's Sapphire and
+/// Emerald Rapids: batch-1 decode 1.7–2.0× f32's, batch 32 1.16–1.20×; Zen 4: from batch 4 up 1.1–1.7× bf16's, prefill
+/// 1.2–1.5×, batches 1–2 level) or AVX-VNNI (Alder Lake and later, Sierra Forest; docs/design/core-engine.md); else bf16
 /// where it uses every weight exactly and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second (Zen 4:
-/// twice); else int8 where every matrix is Q4_0, Q4_1 or Q8_0 and the CPU has integer dot products: AVX-512 VNNI
-/// (Intel's Sapphire and Emerald Rapids: batch-1 decode 1.7–2.0× f32's, batch 32 1.16–1.20×) or AVX-VNNI (Alder Lake
-/// and later, Sierra Forest; docs/design/core-engine.md); else f32.
+/// twice; a BF16 checkpoint); else f32.
 struct MatmulPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
         case auto, f32, bf16, int8
     }
 
     @Option(name: .customLong("matmul-precision"),
-            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI or AVX-VNNI; other weights stay f32; a server then holds its LoRA adapters in Q8_0 too, their shrink with int8 activations; needs AVX-512 VNNI, AVX-VNNI, or AVX2, which runs the products' twin, same bits, and keeps adapters as stored). auto: bf16 where every weight is Q4_0, Q4_1, Q8_0 or BF16 (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI or AVX-VNNI; else f32 (on AVX2 without VNNI, int8 is yours to ask for).")
+            help: "The base model's products: f32; bf16 (activations rounded to bf16 per product, sums in f32, on AVX-512 BF16's dot products; Q4_0, Q4_1 and Q8_0 weights keep their codes, used exactly at about the checkpoint's bytes per weight; other weights are rounded to a 2-byte bf16 copy; needs AVX-512 BF16); or int8 (Q4_0, Q4_1 and Q8_0 weights' codes times activations quantized to int8 per block of 32, as llama.cpp computes them, exact integer sums on AVX-512 VNNI or AVX-VNNI; other weights stay f32; a server then holds its LoRA adapters in Q8_0 too, their shrink with int8 activations; needs AVX-512 VNNI, AVX-VNNI, or AVX2, which runs the products' twin, same bits, and keeps adapters as stored). auto: int8 where every weight is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI or AVX-VNNI; else bf16 where every weight is BF16 or one of those codes (used exactly) and the CPU has AVX-512 BF16 whose dot product does at least an f32 FMA's multiply-adds per second (measured at start, ~10 ms); else f32 (on AVX2 without VNNI, int8 is yours to ask for).")
     var matmulPrecision: Choice = .auto
 
     /// What the flag means for `model` on this CPU. The same rule at every batch: since the fused f32 kernels' rework
@@ -248,8 +249,8 @@ struct MatmulPrecisionOption: ParsableArguments {
         switch matmulPrecision {
         case .f32, .bf16, .int8: matmulPrecision
         case .auto:
-            if Kernels.bf16ProductsPay && model.weightsExactInBF16Products { .bf16 }
-            else if Kernels.hasInt8Dot && model.weightsHaveInt8Codes { .int8 }
+            if Kernels.hasInt8Dot && model.weightsHaveInt8Codes { .int8 }
+            else if Kernels.bf16ProductsPay && model.weightsExactInBF16Products { .bf16 }
             else { .f32 }
         }
     }

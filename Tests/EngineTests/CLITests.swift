@@ -179,12 +179,12 @@ import Testing
         #expect(named.status == 0 && named.stdout.contains("BLAS: Haswell;"), "\(named.stdout) \(named.stderr)")
     }
 
-    /// `--matmul-precision auto` (the default) runs bf16 products where they use the weights exactly (Q4_0, Q4_1, Q8_0)
-    /// and the CPU's VDPBF16PS does at least an FMA's multiply-adds per second; else int8 activations where every
-    /// matrix is Q4_0, Q4_1 or Q8_0 and the CPU has AVX-512 VNNI; f32 otherwise (an f32 or f16 checkpoint, or neither
+    /// `--matmul-precision auto` (the default) runs int8 activations where every matrix is Q4_0, Q4_1 or Q8_0 and the
+    /// CPU has AVX-512 VNNI or AVX-VNNI; else bf16 products where they use the weights exactly and the CPU's VDPBF16PS
+    /// does at least an FMA's multiply-adds per second; f32 otherwise (an f32 or f16 checkpoint, or neither
     /// instruction set); an explicit value wins.
     @Test func autoProductsFollowTheCheckpointAndTheCPU() async throws {
-        let quantized = Kernels.bf16ProductsPay ? "bf16" : Kernels.hasInt8Dot ? "int8" : "f32"
+        let quantized = Kernels.hasInt8Dot ? "int8" : Kernels.bf16ProductsPay ? "bf16" : "f32"
         var cases: [(String, [String], String)] = [
             (Self.tiny, [], quantized),
             (Self.tiny, ["--matmul-precision", "auto"], quantized),
@@ -201,8 +201,8 @@ import Testing
         }
     }
 
-    /// `dlora serve` says in its start line which products `auto` picked: on a quantized checkpoint, bf16 where they pay
-    /// (`Kernels.bf16ProductsPay`), else int8 activations where the CPU has AVX-512 VNNI, else f32 with the reason,
+    /// `dlora serve` says in its start line which products `auto` picked: on a quantized checkpoint, int8 activations
+    /// where the CPU has AVX-512 VNNI or AVX-VNNI, else bf16 where they pay (`Kernels.bf16ProductsPay`), else f32 with the reason,
     /// whether the server batches or runs one sequence at a time (`--max-batch-sequences 1`).
     @Test func serveSaysWhichProductsAutoPicked() throws {
         for single in [false, true] {
@@ -224,7 +224,7 @@ import Testing
                 text += String(decoding: chunk, as: UTF8.self)
             }
             let line = try #require(text.split(separator: "\n").first { $0.contains("dlora: serving") }, "\(text)")
-            let bf16 = Kernels.bf16ProductsPay, int8 = !bf16 && Kernels.hasInt8Dot
+            let int8 = Kernels.hasInt8Dot, bf16 = !int8 && Kernels.bf16ProductsPay
             #expect(line.contains(", bf16 products") == bf16, "\(line)")
             #expect(line.contains(", int8 activations and adapters") == int8, "\(line)")
             #expect(line.contains("f32 products (auto: VDPBF16PS does") == (Kernels.hasBF16Dot && !bf16 && !int8), "\(line)")
