@@ -154,23 +154,10 @@ void dl_dequantize_row(int type, const void *src, float *dst, int64_t n) {
 // re-quantized to Q8_0 at every merge, ~100 M values for an all-layer adapter): the block's |max| is exact in
 // any order; d, 1/d and the f16 scale are the scalar code's; v = x·(1/d), v + copysign(0.5 − 2⁻²⁵, v) and its
 // truncation are the same IEEE operations lane by lane, and |v| ≤ 127.5 so the int8 narrowing never saturates.
-// Sixteen blocks at a time, their scales as one vector: each block's |max| vector folded into lane i of amax by a
-// max network (exact in any order), d = amax / 127 and 1 / d as vector divisions (IEEE, so the scalar code's values),
+// Sixteen blocks at a time, their scales as one vector: each block's |max| vector folded into lane i of amax by
+// dl_lane_maxes16 (exact in any order), d = amax / 127 and 1 / d as vector divisions (IEEE, so the scalar code's values),
 // the f16 scales by F16C (round to nearest even, as f32_to_f16 for finite values). A block's scalar divisions and
 // conversion had made each block a chain of ~60 cycles; merges quantize ~100 M values.
-DL_AVX512 static inline __attribute__((always_inline)) __m512 lane_max16(const __m512 v[16]) {
-    __m512 s8[8], s4[4], s2[2];
-    for (int m = 0; m < 8; m++)
-        s8[m] = _mm512_max_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44), _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xee));
-    for (int n = 0; n < 4; n++)
-        s4[n] = _mm512_max_ps(_mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0x88), _mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0xdd));
-    for (int n = 0; n < 2; n++)
-        s2[n] = _mm512_max_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))),
-                              _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))));
-    const __m512 s1 = _mm512_max_ps(_mm512_shuffle_ps(s2[0], s2[1], 0x88), _mm512_shuffle_ps(s2[0], s2[1], 0xdd));
-    return _mm512_permutexvar_ps(_mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0), s1);
-}
-
 DL_AVX512 static void quantize_q8_0_avx512(const float *src, uint8_t *p, int64_t nb) {
     const __m512 sign = _mm512_set1_ps(-0.0f), half = _mm512_set1_ps(0.49999997f);
     for (int64_t b = 0; b < nb; b += 16) {
@@ -181,7 +168,7 @@ DL_AVX512 static void quantize_q8_0_avx512(const float *src, uint8_t *p, int64_t
             m[i] = i < count ? _mm512_max_ps(_mm512_andnot_ps(sign, _mm512_loadu_ps(x)), _mm512_andnot_ps(sign, _mm512_loadu_ps(x + 16)))
                              : _mm512_setzero_ps();
         }
-        const __m512 d = _mm512_div_ps(lane_max16(m), _mm512_set1_ps(127.0f));
+        const __m512 d = _mm512_div_ps(dl_lane_maxes16(m), _mm512_set1_ps(127.0f));
         const __m512 id = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(d, _mm512_setzero_ps(), _CMP_NEQ_UQ), _mm512_set1_ps(1.0f), d);
         uint16_t dh[16];
         float ids[16];

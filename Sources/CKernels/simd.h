@@ -119,25 +119,34 @@ DL_AVX2 static inline float dl_lane_sum2(__m256 lo, __m256 hi) { return dl_sum8(
 // lane i to lane i + h (h = 8, 4, 2, 1) of every vector, as lane_sum does, with two vectors' halves
 // packed into one register so a level costs half the additions of the one before (15 vector additions
 // for 16 trees instead of 64 scalar-ish ones); IEEE addition is commutative, so operand order is free.
-DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_sums16(const __m512 v[16]) {
+// The network itself, combining by addition (max 0) or by max (max 1): lane m of the result is v[m]'s sixteen lanes
+// folded, by max in any order (exact) or by addition in dl_lane_sum's order. `max` is a constant where it is inlined.
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_network16(const __m512 v[16], const int max) {
+#define DL_COMBINE(a, b) (max ? _mm512_max_ps((a), (b)) : _mm512_add_ps((a), (b)))
     __m512 s8[8], s4[4], s2[2];
     // h = 8: s8[m] lanes 0-7 = v[2m] halves summed, lanes 8-15 = v[2m+1]'s.
     for (int m = 0; m < 8; m++)
-        s8[m] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44),
-                              _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xee));
+        s8[m] = DL_COMBINE(_mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0x44),
+                           _mm512_shuffle_f32x4(v[2 * m], v[2 * m + 1], 0xee));
     // h = 4: 128-bit lane q of s4[n] = 4 partial sums of v[4n + q].
     for (int n = 0; n < 4; n++)
-        s4[n] = _mm512_add_ps(_mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0x88),
-                              _mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0xdd));
+        s4[n] = DL_COMBINE(_mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0x88),
+                           _mm512_shuffle_f32x4(s8[2 * n], s8[2 * n + 1], 0xdd));
     // h = 2: 128-bit lane q of s2[n] = [v[8n + q] (2 sums), v[8n + 4 + q] (2 sums)].
     for (int n = 0; n < 2; n++)
-        s2[n] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))),
-                              _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))));
+        s2[n] = DL_COMBINE(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))),
+                           _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(s4[2 * n]), _mm512_castps_pd(s4[2 * n + 1]))));
     // h = 1: lane 4q + r holds v[4r + q]'s sum; the permutation puts it at lane 4r + q.
-    __m512 s1 = _mm512_add_ps(_mm512_shuffle_ps(s2[0], s2[1], 0x88), _mm512_shuffle_ps(s2[0], s2[1], 0xdd));
+    __m512 s1 = DL_COMBINE(_mm512_shuffle_ps(s2[0], s2[1], 0x88), _mm512_shuffle_ps(s2[0], s2[1], 0xdd));
+#undef DL_COMBINE
     const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     return _mm512_permutexvar_ps(order, s1);
 }
+
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_sums16(const __m512 v[16]) { return dl_lane_network16(v, 0); }
+
+// Lane m of the result is the largest of v[m]'s lanes (quant.c's Q8_0 scales, sixteen blocks at a time).
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_maxes16(const __m512 v[16]) { return dl_lane_network16(v, 1); }
 
 // dl_lane_sum of 8 vectors at once: lane m of the result is dl_lane_sum(v[m]), bit for bit (matmul_q8.c's tiles of
 // 8 row-token pairs). dl_lane_sums16's network on half as many vectors: at h = 2 the one vector is paired with
