@@ -115,6 +115,23 @@ static void quantize_u(const float *u, int64_t prank, int8_t *qu, float *du, int
     }
 }
 
+#if defined(__x86_64__)
+// quantize_u on AVX-512 (expand_vnni's; the same bytes, scales and sums): a block of 16 is one vector, its max |u| bits
+// by an unsigned reduction, the scale by the shared rule (dl_i8_scales16), the codes rounded as the portable form does.
+DL_VNNI static void quantize_u_avx512(const float *u, int64_t prank, int8_t *qu, float *du, int32_t *aux) {
+    for (int64_t b = 0; b < prank / 16; b++) {
+        const __m512 v = _mm512_loadu_ps(u + 16 * b);
+        const uint32_t bits = _mm512_reduce_max_epu32(_mm512_and_si512(_mm512_castps_si512(v), _mm512_set1_epi32(0x7fffffff)));
+        __m512 id;
+        __mmask16 zero;
+        du[b] = _mm512_cvtss_f32(dl_i8_scales16(_mm512_set1_epi32((int)bits), &id, &zero));
+        const __m512i c = zero ? _mm512_setzero_si512() : dl_i8_codes16(v, id);
+        _mm_storeu_si128((__m128i *)(qu + 16 * b), _mm512_cvtsepi32_epi8(c));
+        aux[b] = -128 * _mm512_reduce_add_epi32(c);
+    }
+}
+#endif
+
 // The scratch for a token's quantized u: prank codes, then prank / 16 scales and integer starts (4-byte aligned).
 typedef struct { int8_t *qu; float *du; int32_t *aux; } qu_scratch;
 
@@ -374,7 +391,7 @@ DL_VNNI static inline __attribute__((always_inline)) __m512 qb_block_fma(const u
 // the outputs' scales times du. Needs dl_has_vnni512.
 DL_VNNI static void expand_vnni(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
     const qu_scratch s = qu_buffers(prank);
-    quantize_u(u, prank, s.qu, s.du, s.aux);
+    quantize_u_avx512(u, prank, s.qu, s.du, s.aux);
     const __m512 vs = _mm512_set1_ps(scale);
     const int64_t nb = prank / 16;
     // The first block's qu (all of a rank-16 adapter's u) broadcast once for every group; the others' per group.

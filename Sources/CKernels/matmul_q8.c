@@ -118,19 +118,36 @@ float dl_quantize_i8_block(const float *x, int n, int8_t *q) {
 
 #if defined(__x86_64__)
 
-DL_VNNI static float quantize_block_avx512(const float *x, int8_t *q) {
+// nb blocks of 32 activations (x[32·nb]) into qx and dx, sixteen blocks at a time: the blocks' max |x| bits by
+// dl_lane_umaxes16 (an unsigned max, exact in any order, so an infinity or NaN wins as in the scalar rule), the scales
+// by dl_i8_scales16 (vector divisions: the scalar rule's values), then per block the codes as the portable form rounds
+// them (dl_i8_codes16). A block's scalar reduction and two divisions had made each block a chain of ~40 cycles, and a
+// one-token LoRA shrink quantizes its token's row for every target.
+DL_VNNI static void quantize_blocks_avx512(const float *x, int64_t nb, int8_t *qx, float *dx) {
     const __m512i abs_mask = _mm512_set1_epi32(0x7fffffff);
-    const __m512 a = _mm512_loadu_ps(x), b = _mm512_loadu_ps(x + 16);
-    const __m512i m = _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(a), abs_mask),
-                                       _mm512_and_si512(_mm512_castps_si512(b), abs_mask));
-    float d, id;
-    if (!i8_block_scale(_mm512_reduce_max_epu32(m), q, 32, &d, &id)) return d;
-    const __m512 vid = _mm512_set1_ps(id), lim = _mm512_set1_ps(127.0f), nlim = _mm512_set1_ps(-127.0f);
-    const __m512 ra = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(_mm512_mul_ps(a, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim);
-    const __m512 rb = _mm512_min_ps(_mm512_max_ps(_mm512_roundscale_ps(_mm512_mul_ps(b, vid), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), nlim), lim);
-    _mm_storeu_si128((__m128i *)q, _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(ra)));
-    _mm_storeu_si128((__m128i *)(q + 16), _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(rb)));
-    return d;
+    for (int64_t b0 = 0; b0 < nb; b0 += 16) {
+        const int count = nb - b0 < 16 ? (int)(nb - b0) : 16;  // the missing blocks' lanes are 0: never read
+        __m512i m[16];
+        for (int i = 0; i < 16; i++) {
+            const float *xb = x + (b0 + i) * 32;
+            m[i] = i < count ? _mm512_max_epu32(_mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(xb)), abs_mask),
+                                                _mm512_and_si512(_mm512_castps_si512(_mm512_loadu_ps(xb + 16)), abs_mask))
+                             : _mm512_setzero_si512();
+        }
+        __m512 idv;
+        __mmask16 zero;
+        const __m512 d = dl_i8_scales16(dl_lane_umaxes16(m), &idv, &zero);
+        _mm512_mask_storeu_ps(dx + b0, (__mmask16)((1u << count) - 1), d);
+        float ids[16];
+        _mm512_storeu_ps(ids, idv);
+        for (int i = 0; i < count; i++) {
+            int8_t *q = qx + (b0 + i) * 32;
+            if ((unsigned)zero >> i & 1) { memset(q, 0, 32); continue; }
+            const float *xb = x + (b0 + i) * 32;
+            const __m512 id = _mm512_set1_ps(ids[i]);
+            for (int h = 0; h < 2; h++) _mm_storeu_si128((__m128i *)(q + 16 * h), _mm512_cvtsepi32_epi8(dl_i8_codes16(_mm512_loadu_ps(xb + 16 * h), id)));
+        }
+    }
 }
 #endif
 
@@ -208,13 +225,12 @@ static void pack_x(int type, const float *x, int64_t K, uint8_t *dst, int8_t *qx
 #else
     const int vnni = 0, avx2 = 0;
 #endif
-    for (int64_t b = 0; b < nb; b++) {
 #if defined(__x86_64__)
-        if (vnni) { dx[b] = quantize_block_avx512(x + b * 32, qx + b * 32); continue; }
-        if (avx2) { dx[b] = quantize_block_avx2(x + b * 32, qx + b * 32); continue; }
+    if (vnni) quantize_blocks_avx512(x, nb, qx, dx);
+    else if (avx2) for (int64_t b = 0; b < nb; b++) dx[b] = quantize_block_avx2(x + b * 32, qx + b * 32);
+    else
 #endif
-        dx[b] = dl_quantize_i8_block(x + b * 32, 32, qx + b * 32);
-    }
+        for (int64_t b = 0; b < nb; b++) dx[b] = dl_quantize_i8_block(x + b * 32, 32, qx + b * 32);
     if (nbp > nb) { memset(qx + nb * 32, 0, 32); dx[nb] = 0.0f; }
     const q8_groups g = groups_of(nb);
     int64_t b0 = 0;

@@ -119,10 +119,16 @@ DL_AVX2 static inline float dl_lane_sum2(__m256 lo, __m256 hi) { return dl_sum8(
 // lane i to lane i + h (h = 8, 4, 2, 1) of every vector, as lane_sum does, with two vectors' halves
 // packed into one register so a level costs half the additions of the one before (15 vector additions
 // for 16 trees instead of 64 scalar-ish ones); IEEE addition is commutative, so operand order is free.
-// The network itself, combining by addition (max 0) or by max (max 1): lane m of the result is v[m]'s sixteen lanes
-// folded, by max in any order (exact) or by addition in dl_lane_sum's order. `max` is a constant where it is inlined.
-DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_network16(const __m512 v[16], const int max) {
-#define DL_COMBINE(a, b) (max ? _mm512_max_ps((a), (b)) : _mm512_add_ps((a), (b)))
+// The network itself, combining by addition (DL_FOLD_ADD), by max (DL_FOLD_MAX) or by the unsigned max of the lanes'
+// bits (DL_FOLD_UMAX: matmul_q8.c's |x| bits, where an infinity or NaN must win): lane m of the result is v[m]'s
+// sixteen lanes folded, by a max in any order (exact; the shuffles move bits unchanged) or by addition in
+// dl_lane_sum's order. `fold` is a constant where it is inlined.
+enum { DL_FOLD_ADD, DL_FOLD_MAX, DL_FOLD_UMAX };
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_network16(const __m512 v[16], const int fold) {
+#define DL_COMBINE(a, b)                                                                                                  \
+    (fold == DL_FOLD_UMAX ? _mm512_castsi512_ps(_mm512_max_epu32(_mm512_castps_si512(a), _mm512_castps_si512(b)))          \
+     : fold == DL_FOLD_MAX ? _mm512_max_ps((a), (b))                                                                      \
+                           : _mm512_add_ps((a), (b)))
     __m512 s8[8], s4[4], s2[2];
     // h = 8: s8[m] lanes 0-7 = v[2m] halves summed, lanes 8-15 = v[2m+1]'s.
     for (int m = 0; m < 8; m++)
@@ -143,10 +149,38 @@ DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_network16(
     return _mm512_permutexvar_ps(order, s1);
 }
 
-DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_sums16(const __m512 v[16]) { return dl_lane_network16(v, 0); }
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_sums16(const __m512 v[16]) { return dl_lane_network16(v, DL_FOLD_ADD); }
 
 // Lane m of the result is the largest of v[m]'s lanes (quant.c's Q8_0 scales, sixteen blocks at a time).
-DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_maxes16(const __m512 v[16]) { return dl_lane_network16(v, 1); }
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_lane_maxes16(const __m512 v[16]) { return dl_lane_network16(v, DL_FOLD_MAX); }
+
+// Lane m of the result is the largest of v[m]'s lanes as unsigned 32-bit integers (matmul_q8.c's activation blocks'
+// max |x|, sixteen blocks at a time).
+DL_AVX512 static inline __attribute__((always_inline)) __m512i dl_lane_umaxes16(const __m512i v[16]) {
+    __m512 f[16];
+    for (int i = 0; i < 16; i++) f[i] = _mm512_castsi512_ps(v[i]);
+    return _mm512_castps_si512(dl_lane_network16(f, DL_FOLD_UMAX));
+}
+
+// The int8 activations' scale rule (matmul_q8.c) on 16 lanes of max |x| bits: d = amax / 127 and *id = 1 / d as IEEE
+// divisions (the scalar rule's values); a lane holding an infinity or NaN gets d = NaN and one below 1e-30 d = 0, and
+// both are set in *zero (their codes are all 0).
+DL_AVX512 static inline __attribute__((always_inline)) __m512 dl_i8_scales16(__m512i bits, __m512 *id, __mmask16 *zero) {
+    const __mmask16 bad = _mm512_cmpge_epu32_mask(bits, _mm512_set1_epi32(0x7f800000));
+    const __m512 amax = _mm512_castsi512_ps(bits);
+    const __mmask16 tiny = _mm512_cmp_ps_mask(amax, _mm512_set1_ps(1e-30f), _CMP_LT_OQ) & (__mmask16)~bad;
+    const __m512 d = _mm512_div_ps(amax, _mm512_set1_ps(127.0f));
+    *id = _mm512_div_ps(_mm512_set1_ps(1.0f), d);
+    *zero = bad | tiny;
+    return _mm512_mask_mov_ps(_mm512_mask_mov_ps(d, bad, _mm512_set1_ps(__builtin_nanf(""))), tiny, _mm512_setzero_ps());
+}
+
+// 16 activations' int8 codes for the reciprocal scale id: round-half-even(x · id) as int32 lanes. |x · id| never
+// rounds past 127 (|x| ≤ amax and three roundings of 127 stay below 127.5), so no clamp is needed, and the
+// narrowing (VPMOVSDB) saturates anyway.
+DL_AVX512 static inline __attribute__((always_inline)) __m512i dl_i8_codes16(__m512 x, __m512 id) {
+    return _mm512_cvt_roundps_epi32(_mm512_mul_ps(x, id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
 
 // dl_lane_sum of 8 vectors at once: lane m of the result is dl_lane_sum(v[m]), bit for bit (matmul_q8.c's tiles of
 // 8 row-token pairs). dl_lane_sums16's network on half as many vectors: at h = 2 the one vector is paired with

@@ -165,6 +165,33 @@ import TestSupport
         #expect(Array(y[0..<rows]) == Array(ref[0..<rows]))
     }
 
+    /// The activations' quantization at its edges, kernel against twin bit for bit (the kernel quantizes sixteen blocks
+    /// at a time with vector divisions; the twin block by block): ties after scaling round half to even (amax 127 gives
+    /// d = 1, so ±0.5, 1.5, 2.5 are exact ties), blocks below the 1e-30 floor (subnormal and tiny normal values) are
+    /// zero with d = 0 — a token of only such blocks comes out exactly 0 — a block at the floor is kept, −0 and the
+    /// 18-block rows (16 + 2) cover a partial second set of sixteen.
+    @Test func quantizationEdgesMatchTheTwin() throws {
+        var rng = Rng(seed: 11)
+        let (rows, cols) = (24, 576)
+        for type in [DType.q4_1, .q8_0] {
+            let w = Self.matrix(type, rows: rows, cols: cols, rng: &rng)
+            let p = try #require(Kernels.PackedInt8(w))
+            var x = Self.activations(4 * cols, rng: &rng)
+            // Token 0: ties in every block.
+            let ties: [Float] = [127, 0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 3.5, 4.5, -126.5, 126.5, 0, -0.0, 5.5, -5.5, 6.5]
+            for i in 0..<cols { x[i] = ties[i % 16] }
+            // Token 1: every block below the floor (subnormal or tiny normal).
+            for i in 0..<cols { x[cols + i] = (i % 2 == 0 ? 1 : -1) * (i % 64 < 32 ? 1e-35 : Float.leastNonzeroMagnitude * Float(i % 7 + 1)) }
+            // Token 2: one block at the floor, one of −0, one tiny, the rest random.
+            for i in 0..<32 { x[2 * cols + i] = i == 3 ? 1e-30 : 1e-31 }
+            for i in 32..<64 { x[2 * cols + i] = -0.0 }
+            for i in 544..<576 { x[2 * cols + i] = 1e-33 }
+            let y = Self.run(p, x, ldx: cols, ntok: 4, ldy: rows), ref = Self.twin(w, x, ldx: cols, ntok: 4, ldy: rows)
+            #expect(y.map(\.bitPattern) == ref.map(\.bitPattern), "\(type): kernel != twin at the quantization's edges")
+            #expect(y[rows..<(2 * rows)].allSatisfy { $0 == 0 }, "\(type): a token below the floor must come out 0")
+        }
+    }
+
     /// Only 4- and 8-bit codes with whole blocks are packed.
     @Test func packsOnlyQuantizedCodes() {
         var rng = Rng(seed: 3)
