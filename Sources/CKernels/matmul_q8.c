@@ -472,14 +472,17 @@ void group_tile(const int type, const int p, const int NR, const int NT, const u
     }
 }
 
-// The next tile's lines, prefetched over a tile's groups (both ISA paths): the tile's NR rows are read interleaved, NR
-// short streams the hardware prefetcher does not follow, while the next tile's bytes are contiguous. Up to the end of
-// the rows this task runs (a small matrix's last tile, a LoRA adapter's A, would otherwise pull half as many bytes
-// again of whatever lies beyond it).
+// The next tile's lines, prefetched over a tile's groups (both ISA paths; tiles of NR > 1 rows): the tile's NR rows are
+// read interleaved, NR short streams the hardware prefetcher does not follow, while the next tile's bytes are
+// contiguous. Up to the end of the rows this task runs (a small matrix's last tile, a LoRA adapter's A, would
+// otherwise pull half as many bytes again of whatever lies beyond it).
 typedef struct { const char *next; int64_t lines, per_group, line; } tile_prefetch;
 
 static inline tile_prefetch tile_prefetch_of(const uint8_t *w, int NR, int64_t prow, const uint8_t *wend, q8_groups gs) {
     const char *next = (const char *)w + Q8_PREFETCH_TILES * NR * prow;
+    // A tile of one row (5 to 8 tokens) reads its rows as one contiguous stream, which the hardware prefetcher follows:
+    // the prefetches only took load slots (a Q8_0 product of 32 tokens 9 % slower with them; docs/design/core-engine.md).
+    if (NR == 1) return (tile_prefetch){ next, 0, 0, 0 };
     const int64_t ahead = (const char *)wend > next ? ((const char *)wend - next + 63) / 64 : 0;
     const int64_t lines = (NR * prow + 63) / 64 < ahead ? (NR * prow + 63) / 64 : ahead;
     return (tile_prefetch){ next, lines, (lines + group_count(gs) - 1) / group_count(gs), 0 };
