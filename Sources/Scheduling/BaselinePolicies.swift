@@ -18,7 +18,7 @@ public struct FCFSUnmergedPolicy: BatchingPolicy {
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
-        creditTable.charge(queue: queue, ran: ran.runs)
+        creditTable.charge(queue: queue, ran: ran.runs, config: config)
     }
 
     public mutating func forget(adapter: Int) {}
@@ -43,7 +43,7 @@ public struct MergedOnlyPolicy: BatchingPolicy {
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
-        creditTable.charge(queue: queue, ran: ran.runs)
+        creditTable.charge(queue: queue, ran: ran.runs, config: config)
         countSwitch(ran, mode: &mode, switches: &switches)
     }
 
@@ -74,7 +74,7 @@ public struct PEFTLikePolicy: BatchingPolicy {
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
-        creditTable.charge(queue: queue, ran: ran.runs)
+        creditTable.charge(queue: queue, ran: ran.runs, config: config)
         countSwitch(ran, mode: &mode, switches: &switches)
     }
 

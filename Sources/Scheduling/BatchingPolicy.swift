@@ -160,17 +160,31 @@ struct Credits: Equatable, Sendable {
 
     func credit(_ adapter: Int) -> Int { values[adapter] ?? 0 }
 
-    mutating func charge(queue: [QueuedRequest], ran: [PolicyRun]) {
+    /// After an executed iteration: an adapter that ran is reset; one that was *passed over* — a request of it that
+    /// FCFS would have run this iteration (`fcfs`: the queue's first requests within the budgets, as `fillBatch`
+    /// takes them without credits) did not run, because the mode, a starving adapter or memory put others first —
+    /// gains one credit; one that only waits its turn behind the batch keeps its credit (the dLoRA artifact's rule:
+    /// credit moves to a request displaced from FCFS order, not to every request queued behind a full batch).
+    mutating func charge(queue: [QueuedRequest], ran: [PolicyRun], config: BatchPolicyConfig) {
+        let fcfs = fillBatch(queue, starving: [], credits: self, config: config)
         let s = PolicyScratch.current
         s.pointee.ranIDs.removeAll()
+        s.pointee.fcfsIDs.removeAll()
         s.pointee.served.removeAll()
         s.pointee.waiting.removeAll()
+        s.pointee.passed.removeAll()
         for r in ran { s.pointee.ranIDs.add(r.id.rawValue) }
+        for r in fcfs { s.pointee.fcfsIDs.add(r.id.rawValue) }
         for r in queue {
-            if s.pointee.ranIDs.contains(r.id.rawValue) { s.pointee.served.add(r.adapter) } else { s.pointee.waiting.add(r.adapter) }
+            if s.pointee.ranIDs.contains(r.id.rawValue) {
+                s.pointee.served.add(r.adapter)
+            } else {
+                s.pointee.waiting.add(r.adapter)
+                if s.pointee.fcfsIDs.contains(r.id.rawValue) { s.pointee.passed.add(r.adapter) }
+            }
         }
         for a in s.pointee.served.keys { values[a] = 0 }
-        for a in s.pointee.waiting.keys where !s.pointee.served.contains(a) { values[a, default: 0] += 1 }
+        for a in s.pointee.passed.keys where !s.pointee.served.contains(a) { values[a, default: 0] += 1 }
         // Adapters with no queued request left drop out.
         s.pointee.gone.removeAll(keepingCapacity: true)
         for a in values.keys where !s.pointee.served.contains(a) && !s.pointee.waiting.contains(a) { s.pointee.gone.append(a) }

@@ -65,7 +65,7 @@ public struct DLoRAPolicy: BatchingPolicy {
     }
 
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
-        creditTable.charge(queue: queue, ran: ran.runs)
+        creditTable.charge(queue: queue, ran: ran.runs, config: config)
         guard !ran.runs.isEmpty else { return }
         if ran.mode != mode {
             adapt(leaving: mode, entering: ran.mode)

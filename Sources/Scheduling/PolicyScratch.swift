@@ -15,8 +15,9 @@ struct PolicyScratch {
     /// `DLoRAPolicy`: the queue's requests per adapter, the executed runs' ids, each run's adapter, tokens per
     /// adapter, the distinct adapters of a window.
     var counts = IntTable(), runIDs = IntTable(), adapterOf = IntTable(), perAdapter = IntTable(), distinct = IntTable()
-    /// `Credits.charge`: the ids that ran, the adapters served and those that waited, adapters to drop.
-    var ranIDs = IntTable(), served = IntTable(), waiting = IntTable()
+    /// `Credits.charge`: the ids that ran and those FCFS would have run, the adapters served, those that waited and
+    /// those passed over, adapters to drop.
+    var ranIDs = IntTable(), fcfsIDs = IntTable(), served = IntTable(), waiting = IntTable(), passed = IntTable()
     var gone: [Int] = []
 
     /// This thread's tables. A caller uses them within one call and does not keep the pointer.

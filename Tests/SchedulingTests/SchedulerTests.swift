@@ -215,8 +215,8 @@ import Testing
         if kind == .dlora { #expect(s.stats.modeSwitches > 0, "the skewed workload should make dLoRA merge at times") }
     }
 
-    /// A run the policy proposed but memory could not hold does not count as served: its adapter's credit
-    /// keeps growing until it goes first.
+    /// A run the policy proposed but memory could not hold does not count as served: once FCFS would run it, its
+    /// adapter's credit grows each iteration it does not run, until it goes first.
     @Test func creditsCountOnlyExecutedRuns() throws {
         var c = Self.config(.dlora, hostSwapBlocks: 64)
         c.numBlocks = 20
@@ -229,13 +229,22 @@ import Testing
         for i in 0..<3 { try s.add(RequestID(i), adapter: 1, promptCount: 12, maxNewTokens: 40) }
         try s.add(RequestID(10), adapter: 0, promptCount: 4, maxNewTokens: 2)
         var sawZeroRun = false
+        var charged = 0
         for _ in 0..<40 where s.request(RequestID(10)) != nil {
+            let queue = s.liveRequests.map { QueuedRequest(id: $0.id, adapter: $0.adapter, pendingTokens: $0.pendingTokens) }
+            let before = s.policy.credits[0] ?? 0
             let out = s.schedule()
             let ran0 = out.runs.contains { $0.adapter == 0 }
-            if !ran0 { #expect(s.policy.credits[0] ?? 0 > 0 || out.runs.isEmpty) } else { sawZeroRun = true }
+            if ran0 {
+                sawZeroRun = true
+            } else if BatchPolicyTests.fcfsSet(queue, c.policy).contains(RequestID(10)) && !out.runs.isEmpty {
+                #expect(s.policy.credits[0] ?? 0 == before + 1, "FCFS would have run adapter 0's request: its credit must grow")
+                charged += 1
+            }
             _ = s.update(out, sampled: out.runs.filter(\.samples).map { SampledToken(request: $0.request) }, report: ExecutionReport(forwardSeconds: 0.01))
             _ = s.takeActions()
         }
+        #expect(charged > 0, "memory should have refused adapter 0's request at least once")
         #expect(sawZeroRun, "adapter 0's request must run within the bound")
         #expect(s.stats.recomputes == 0, "older requests give way to a starving adapter only by swapping")
         #expect(s.request(RequestID(10)) == nil, "adapter 0's request finished")

@@ -393,12 +393,15 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
     @Test(arguments: [
         // Re-pinned 2026-12-05 (was 0x6dd2_e9dd_407c_8789) when the simulated CPU replicas began to report the adapter
         // load time `dlora serve` reports (1 ms, not the modelled 0.06 ms), which dLoRA dispatch weighs; the rows whose
-        // dispatch does not read it kept their hashes.
-        (BatchingPolicyKind.dlora, SimDispatch.dlora, SimMigration.kv, UInt64(0xa5f0_82a6_1ac0_85ee)),
-        (.dlora, .roundRobin, .recompute, 0x90f9_f01d_7a7c_0552),
-        (.unmergedOnly, .leastLoaded, .recompute, 0x5028_400c_5756_3ba3),
-        (.mergedOnly, .loraAffinity, .off, 0x6b94_7d9e_4b7d_e14d),
-        (.peftLike, .roundRobin, .kv, 0x22de_bef1_46bc_7c4d),
+        // dispatch does not read it kept their hashes. All five re-pinned 2026-12-07 (were 0xa5f0_82a6_1ac0_85ee,
+        // 0x90f9_f01d_7a7c_0552, 0x5028_400c_5756_3ba3, 0x6b94_7d9e_4b7d_e14d, 0x22de_bef1_46bc_7c4d) when credits began
+        // to count displacement from FCFS order instead of every wait (docs/design/scheduler.md): dLoRA's order changes,
+        // and every policy's memory decisions read the credits (a starving adapter's request may swap others out).
+        (BatchingPolicyKind.dlora, SimDispatch.dlora, SimMigration.kv, UInt64(0x2f19_b62b_31a3_db68)),
+        (.dlora, .roundRobin, .recompute, 0x7a8d_ed64_bad1_6b6d),
+        (.unmergedOnly, .leastLoaded, .recompute, 0x0111_9dfe_9921_6c81),
+        (.mergedOnly, .loraAffinity, .off, 0xd7e1_e94e_5e9f_7be4),
+        (.peftLike, .roundRobin, .kv, 0x680d_2cd6_75d6_8a59),
     ])
     func eventLogHashIsUnchanged(policy: BatchingPolicyKind, dispatch: SimDispatch, migration: SimMigration, hash: UInt64) {
         var config = SimulationConfig(replicas: 4, cost: CPUCostModel(kvCacheMegabytes: 24), policy: policy, dispatch: dispatch,
