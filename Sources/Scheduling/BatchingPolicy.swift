@@ -161,8 +161,8 @@ struct Credits: Equatable, Sendable {
     func credit(_ adapter: Int) -> Int { values[adapter] ?? 0 }
 
     /// After an executed iteration: an adapter that ran is reset; one that was *passed over* — a request of it that
-    /// FCFS would have run this iteration (`fcfs`: the queue's first requests within the budgets, as `fillBatch`
-    /// takes them without credits) did not run, because the mode, a starving adapter or memory put others first —
+    /// FCFS would have run this iteration (the queue's first requests within the budgets, as `fillBatch` takes them
+    /// without credits) did not run, because the mode, a starving adapter or memory put others first —
     /// gains one credit; one that only waits its turn behind the batch keeps its credit (the dLoRA artifact's rule:
     /// credit moves to a request displaced from FCFS order, not to every request queued behind a full batch).
     mutating func charge(queue: [QueuedRequest], ran: [PolicyRun], config: BatchPolicyConfig) {
