@@ -81,7 +81,8 @@ public struct BatchPolicyConfig: Equatable, Sendable {
     public var maxBatchSequences = 32
     /// Distinct adapters an unmerged iteration may hold (LoRA slots).
     public var maxAdapters = 32
-    /// Iterations an adapter with queued requests may be passed over before its requests go first.
+    /// Iterations an adapter may be passed over (a request of it that FCFS would run left waiting) before its
+    /// requests go first.
     public var creditBound = 8
     /// Iterations over which a switch to merged mode must pay for itself.
     public var amortizationHorizon = 16

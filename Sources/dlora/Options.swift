@@ -58,7 +58,7 @@ struct EngineOptions: ParsableArguments {
     var adapterSlots: Int = Self.defaults.adapterSlots
     @Option(name: .customLong("host-swap-mb"), help: "Host memory for swapped-out KV, MiB; beyond it, preempted requests recompute.")
     var hostSwapMb: Int = Self.defaults.hostSwapBytes >> 20
-    @Option(name: .customLong("credit-bound"), help: "dLoRA's credit bound: iterations an adapter with queued requests may be passed over.")
+    @Option(name: .customLong("credit-bound"), help: "dLoRA's credit bound: iterations an adapter may be passed over (a request of it that FCFS would run left waiting: merged mode, memory) before its requests go first.")
     var creditBound: Int = Self.defaults.policy.creditBound
     @Option(help: "dLoRA's amortization horizon: iterations over which a switch to merged mode must pay for itself.")
     var horizon: Int = Self.defaults.policy.amortizationHorizon
