@@ -93,7 +93,7 @@ for dispatch in [SimDispatch.dlora, .leastLoaded] {
     var config = SimulationConfig(replicas: 16, cost: RooflineCostModel.named("a800-7b")!, policy: .dlora, dispatch: dispatch, migration: .kv)
     config.adapterRanks = [8, 16]
     config.pollInterval = 0
-    config.dloraFractionalLeftovers = false
+    config.dloraDispatch.fractionalLeftovers = false
     run("medium-nopoll-floor dlora \(dispatch.rawValue) kv", config, medium)
 }
 print("parallel replicas: \(parallelChecked) runs checked against one thread, \(parallelDiffering.isEmpty ? "all the same" : "differing: " + parallelDiffering.joined(separator: ", "))")

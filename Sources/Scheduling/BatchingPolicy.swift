@@ -138,8 +138,8 @@ public func makeBatchingPolicy(_ config: BatchPolicyConfig) -> any BatchingPolic
     }
 }
 
-/// dLoRA's credits, shared by the policies that use them: an adapter with queued requests of which none
-/// ran in an executed iteration gains a credit; one that ran goes back to zero.
+/// dLoRA's credits, shared by the policies that use them: an adapter passed over in an executed iteration (a
+/// request of it that FCFS would have run did not run) gains a credit; one that ran goes back to zero (`charge`).
 struct Credits: Equatable, Sendable {
     private(set) var values: [Int: Int] = [:]
     // (`charge`'s tables are this thread's `PolicyScratch`.)
@@ -167,15 +167,14 @@ struct Credits: Equatable, Sendable {
     /// gains one credit; one that only waits its turn behind the batch keeps its credit (the dLoRA artifact's rule:
     /// credit moves to a request displaced from FCFS order, not to every request queued behind a full batch).
     mutating func charge(queue: [QueuedRequest], ran: [PolicyRun], config: BatchPolicyConfig) {
-        let fcfs = fillBatch(queue, starving: [], credits: self, config: config)
         let s = PolicyScratch.current
         s.pointee.ranIDs.removeAll()
         s.pointee.fcfsIDs.removeAll()
+        fillBatch(queue, starving: [], credits: self, config: config) { i, _ in s.pointee.fcfsIDs.add(queue[i].id.rawValue) }
         s.pointee.served.removeAll()
         s.pointee.waiting.removeAll()
         s.pointee.passed.removeAll()
         for r in ran { s.pointee.ranIDs.add(r.id.rawValue) }
-        for r in fcfs { s.pointee.fcfsIDs.add(r.id.rawValue) }
         for r in queue {
             if s.pointee.ranIDs.contains(r.id.rawValue) {
                 s.pointee.served.add(r.adapter)
@@ -199,33 +198,48 @@ struct Credits: Equatable, Sendable {
 /// request whose adapter finds no free slot is skipped). Returns the runs.
 func fillBatch(_ pool: [QueuedRequest], starving: Set<Int>, credits: Credits, config c: BatchPolicyConfig) -> [PolicyRun] {
     var runs: [PolicyRun] = []
-    // Requests are taken by position in the pool (ids are unique), adapters among the ≤ maxAdapters taken.
-    var taken = [Bool](repeating: false, count: pool.count)
+    runs.reserveCapacity(min(pool.count, c.maxBatchSequences))
+    fillBatch(pool, starving: starving, credits: credits, config: c) { i, n in runs.append(PolicyRun(id: pool[i].id, tokens: n)) }
+    return runs
+}
+
+/// `fillBatch`'s selection, each run handed to `take` as (its position in the pool, its tokens) in the order
+/// taken. Its own tables are this thread's `PolicyScratch` (`batchAdapters`, `takenAt`), so a caller that only
+/// needs the ids (`Credits.charge`) allocates nothing.
+func fillBatch(_ pool: [QueuedRequest], starving: Set<Int>, credits: Credits, config c: BatchPolicyConfig,
+               take emit: (_ position: Int, _ tokens: Int) -> Void) {
+    let s = PolicyScratch.current
+    // Adapters among the ≤ maxAdapters taken; positions taken for starving adapters, which the FCFS pass skips
+    // (requests are taken by position in the pool: ids are unique).
+    s.pointee.batchAdapters.removeAll(keepingCapacity: true)
+    s.pointee.takenAt.removeAll(keepingCapacity: true)
     var budget = c.maxBatchTokens
-    var adapters: [Int] = []
+    var count = 0
     func take(_ i: Int, limit: Int) {
         let r = pool[i]
-        guard budget > 0, runs.count < c.maxBatchSequences, !taken[i] else { return }
-        if r.adapter != QueuedRequest.base && !adapters.contains(r.adapter) {
-            guard adapters.count < c.maxAdapters else { return }
-            adapters.append(r.adapter)
+        guard budget > 0, count < c.maxBatchSequences else { return }
+        if r.adapter != QueuedRequest.base && !s.pointee.batchAdapters.contains(r.adapter) {
+            guard s.pointee.batchAdapters.count < c.maxAdapters else { return }
+            s.pointee.batchAdapters.append(r.adapter)
         }
         let n = min(r.pendingTokens, budget, limit)
-        runs.append(PolicyRun(id: r.id, tokens: n))
-        taken[i] = true
+        emit(i, n)
+        count += 1
         budget -= n
     }
     if !starving.isEmpty {
         let order = starving.sorted { (credits.credit($0), -$0) > (credits.credit($1), -$1) }
-        for (i, a) in order.enumerated() {
+        for (k, a) in order.enumerated() {
             guard let oldest = pool.firstIndex(where: { $0.adapter == a }) else { continue }
-            take(oldest, limit: max(1, budget / (order.count - i)))
+            let before = count
+            take(oldest, limit: max(1, budget / (order.count - k)))
+            if count > before { s.pointee.takenAt.append(oldest) }
         }
     }
     // (Once the token or sequence budget is spent, nothing more can be taken.)
     for i in pool.indices {
-        guard budget > 0, runs.count < c.maxBatchSequences else { break }
+        guard budget > 0, count < c.maxBatchSequences else { break }
+        if !s.pointee.takenAt.isEmpty && s.pointee.takenAt.contains(i) { continue }
         take(i, limit: .max)
     }
-    return runs
 }

@@ -19,6 +19,8 @@ struct PolicyScratch {
     /// those passed over, adapters to drop.
     var ranIDs = IntTable(), fcfsIDs = IntTable(), served = IntTable(), waiting = IntTable(), passed = IntTable()
     var gone: [Int] = []
+    /// `fillBatch`: the adapters a batch has taken, and the pool positions taken for starving adapters.
+    var batchAdapters: [Int] = [], takenAt: [Int] = []
 
     /// This thread's tables. A caller uses them within one call and does not keep the pointer.
     static var current: UnsafeMutablePointer<PolicyScratch> {
