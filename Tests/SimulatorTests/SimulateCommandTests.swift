@@ -353,4 +353,17 @@ import Testing
         let both = try await Self.simulate(["--requests-file", requests.path, "--requests", "5"])
         #expect(both.status != 0 && both.stderr.contains("--requests-file replaces"))
     }
+
+    /// A workload past `WorkloadSpec.maxRequests` is refused before anything is generated: a huge rate over a short
+    /// duration used to generate arrivals until memory ran out (each gap ~0 s, so the duration never passed).
+    @Test func anOversizedWorkloadIsAOneLineError() async throws {
+        for (args, message) in [(["--rate", "1e308", "--duration", "1"], "at most 20000000"),
+                                (["--rate", "30000", "--duration", "1000"], "about 30000000"),
+                                (["--requests", "1000000000000"], "at most 20000000 requests")] {
+            let r = try await Self.simulate(args)
+            #expect(r.status != 0)
+            #expect(r.stderr.contains(message), "\(args): \(r.stderr)")
+            #expect(r.stderr.split(separator: "\n").count == 1, "\(args): \(r.stderr)")
+        }
+    }
 }
