@@ -301,6 +301,10 @@ public struct DLoRAProactive: DispatchPolicy {
         var used = [Int](repeating: 0, count: hosts.count)
         var load = [Double](repeating: 0, count: hosts.count)
         var holds = [[Int]](repeating: [], count: placedAdapters.count)
+        // The adapter (its index) whose copy a host took last. `items` holds each adapter's copies side by side (they
+        // share its load and name, the sort's keys), so while one adapter's copies are laid out, the hosts marked
+        // with its index are exactly those already holding it: no re-marking per copy, which was quadratic in an
+        // adapter's copies (10,000 hosts × a few hot adapters took seconds per placement).
         var held = [Int](repeating: -1, count: hosts.count)
         // The hosts with a free slot by (expected load, position), so a copy finds its host without a scan of all
         // of them (1,000 hosts × their slots' copies was most of a placement at the simulator's scale). A host's
@@ -309,8 +313,18 @@ public struct DLoRAProactive: DispatchPolicy {
         var version = [Int](repeating: 0, count: hosts.count)
         for h in hosts.indices where slots[h] > 0 { free.push(HostLoad(load: 0, host: h, version: 0)) }
         var passed: [HostLoad] = []
-        for (n, item) in items.enumerated() {
-            for h in holds[item.index] { held[h] = n }
+        // A host that takes a copy re-enters the heap only once the next adapter's copies begin: while this adapter's
+        // are laid out it cannot take another, and left in the heap it would surface and be passed over again for every
+        // later copy (quadratic in the copies, as the hosts that hold the adapter are the least loaded).
+        var deferred: [HostLoad] = []
+        var current = -1
+        for item in items {
+            let n = item.index
+            if n != current {
+                for e in deferred { free.push(e) }
+                deferred.removeAll(keepingCapacity: true)
+                current = n
+            }
             // The least loaded host with a free slot not holding the adapter; among equal loads the first where
             // the adapter is resident, else the first.
             passed.removeAll(keepingCapacity: true)
@@ -337,8 +351,9 @@ public struct DLoRAProactive: DispatchPolicy {
             used[h] += 1
             load[h] += item.load
             version[h] += 1
-            if used[h] < slots[h] { free.push(HostLoad(load: load[h], host: h, version: version[h])) }
+            if used[h] < slots[h] { deferred.append(HostLoad(load: load[h], host: h, version: version[h])) }
             holds[item.index].append(h)
+            held[h] = n
         }
         var result: [String: Set<Int>] = [:]
         for (i, entry) in placedAdapters.enumerated() where !holds[i].isEmpty {
