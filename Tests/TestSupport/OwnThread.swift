@@ -38,15 +38,30 @@ public func runCommand(_ executable: URL, _ args: [String], environment: [String
         p.standardOutput = out
         p.standardError = err
         try p.run()
+        // The timeout and the stderr reader are threads of their own, not dispatch's global queue: that queue's
+        // threads are the ones Swift concurrency runs tests on (two in CI), and with them busy a timer there never
+        // fired, so a command that hung held its test forever (found by a mutant of `dlora simulate`'s workload
+        // bound: the child ran on for minutes past its 60 s).
+        let finished = DispatchSemaphore(value: 0)
         if let timeout {
-            DispatchQueue.global().asyncAfter(deadline: .now() + timeout) { if p.isRunning { p.terminate() } }
+            let pid = p.processIdentifier
+            Thread {
+                guard finished.wait(timeout: .now() + timeout) == .timedOut else { return }
+                kill(pid, SIGTERM)
+                if finished.wait(timeout: .now() + 10) == .timedOut { kill(pid, SIGKILL) }
+            }.start()
         }
         let errText = Mutex(Data())
-        let drained = DispatchGroup()
-        DispatchQueue.global().async(group: drained) { let d = err.fileHandleForReading.readDataToEndOfFile(); errText.withLock { $0 = d } }
+        let drained = DispatchSemaphore(value: 0)
+        Thread {
+            let d = err.fileHandleForReading.readDataToEndOfFile()
+            errText.withLock { $0 = d }
+            drained.signal()
+        }.start()
         let o = out.fileHandleForReading.readDataToEndOfFile()
         drained.wait()
         p.waitUntilExit()
+        finished.signal()
         return CommandRun(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self),
                           stderr: String(decoding: errText.withLock { $0 }, as: UTF8.self))
     }
