@@ -145,7 +145,9 @@ public struct ResponsesRequest: @unchecked Sendable {
                 echo["previous_response_id"] = id
             case "conversation", "prompt":
                 guard value is NSNull else {
-                    throw ResponsesRequestError(key, "'\(key)' needs a stored response or prompt; this server stores none: send the whole conversation as input")
+                    throw ResponsesRequestError(key, key == "conversation"
+                        ? "'conversation' names a conversation object, and this server keeps none (no /v1/conversations): send the whole conversation as input, or continue a stored response with 'previous_response_id'"
+                        : "'prompt' names a stored prompt template, and this server keeps none: send the prompt's text as input")
                 }
             case "include":
                 guard value is NSNull || (value as? [Any])?.isEmpty == true else {

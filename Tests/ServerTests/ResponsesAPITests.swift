@@ -66,6 +66,8 @@ import Testing
             (#"{"model":"m","input":"x","text":{"format":"json"}}"#, "text.format"),
             (#"{"model":"m","input":"x","temperature":1e999}"#, "temperature"),
             (#"[1]"#, nil),
+            (#"{"model":"m","input":"x","conversation":"conv_1"}"#, "conversation"),
+            (#"{"model":"m","input":"x","prompt":{"id":"pmpt_1"}}"#, "prompt"),
         ]
         for (body, param) in cases {
             #expect(throws: ResponsesRequestError.self, "\(body)") { try ResponsesRequest.translate(Data(body.utf8)) }
@@ -73,6 +75,15 @@ import Testing
                 _ = try ResponsesRequest.translate(Data(body.utf8))
             } catch {
                 #expect(error.param == param, "\(body): \(error)")
+            }
+        }
+        // The two that need state this server does not keep say what to send instead.
+        for (body, advice) in [(#"{"model":"m","input":"x","conversation":"conv_1"}"#, "previous_response_id"),
+                               (#"{"model":"m","input":"x","prompt":{"id":"pmpt_1"}}"#, "the prompt's text")] {
+            do {
+                _ = try ResponsesRequest.translate(Data(body.utf8))
+            } catch {
+                #expect(error.message.contains(advice), "\(body): \(error.message)")
             }
         }
     }
