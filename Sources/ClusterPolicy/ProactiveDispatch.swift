@@ -312,10 +312,10 @@ public struct DLoRAProactive: DispatchPolicy {
         var free = PlacementHeap<HostLoad>()
         var version = [Int](repeating: 0, count: hosts.count)
         for h in hosts.indices where slots[h] > 0 { free.push(HostLoad(load: 0, host: h, version: 0)) }
-        var passed: [HostLoad] = []
         // A host that takes a copy re-enters the heap only once the next adapter's copies begin: while this adapter's
-        // are laid out it cannot take another, and left in the heap it would surface and be passed over again for every
-        // later copy (quadratic in the copies, as the hosts that hold the adapter are the least loaded).
+        // are laid out it cannot take another, so the heap's current entries are exactly the hosts that may (left in
+        // the heap, the holders would surface and be passed over again for every later copy: quadratic in the copies,
+        // as they are the least loaded).
         var deferred: [HostLoad] = []
         var current = -1
         for item in items {
@@ -327,21 +327,9 @@ public struct DLoRAProactive: DispatchPolicy {
             }
             // The least loaded host with a free slot not holding the adapter; among equal loads the first where
             // the adapter is resident, else the first.
-            passed.removeAll(keepingCapacity: true)
-            var first: HostLoad?
-            while let top = free.first {
-                if top.version != version[top.host] {
-                    free.popFirst()
-                } else if held[top.host] == n {
-                    passed.append(top)
-                    free.popFirst()
-                } else {
-                    first = top
-                    break
-                }
-            }
-            for e in passed { free.push(e) }
-            guard let first else { continue }
+            // (An entry whose version is behind its host's is stale: the host has taken a copy since.)
+            while let top = free.first, top.version != version[top.host] { free.popFirst() }
+            guard let first = free.first else { continue }
             var h = first.host
             // (`first` is the least (load, position) of those hosts, so a resident one of equal load comes after it.)
             for r in residentOn[item.index] where used[r] < slots[r] && held[r] != n && load[r] == first.load {

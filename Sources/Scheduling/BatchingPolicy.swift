@@ -239,7 +239,7 @@ func fillBatch(_ pool: [QueuedRequest], starving: Set<Int>, credits: Credits, co
     // (Once the token or sequence budget is spent, nothing more can be taken.)
     for i in pool.indices {
         guard budget > 0, count < c.maxBatchSequences else { break }
-        if !s.pointee.takenAt.isEmpty && s.pointee.takenAt.contains(i) { continue }
+        if s.pointee.takenAt.contains(i) { continue }
         take(i, limit: .max)
     }
 }
