@@ -30,7 +30,11 @@ static inline void dl_spin_pause(void) {}
 // rule, lasted 5.5 µs there, and the worker slept before 9 % of the mixed-adapter LoRA calls (docs/design/core-engine.md).
 #define SPIN_NS 100000
 #define SPIN_CHECK 64
-#define CHUNKS_PER_THREAD 4
+// Chunks per thread of a dl_parallel_for (DLORA_POOL_CHUNKS in the environment sets it, 1-64, for side-by-side
+// measurements). Two, not four: each chunk is a claim on a shared cache line and a kernel's setup, and with the workers
+// spinning through a step's gaps (SPIN_NS) a late worker is rare. Side by side on the 2-core EPYC VM (six rounds, 4 → 2):
+// batch-1 decode 277.9 → 299.6 tok/s, batch 8 846.0 → 870.7, prefill 1660 → 1732 (docs/design/core-engine.md).
+static int CHUNKS_PER_THREAD = 2;
 
 typedef struct {
     dl_range_fn fn;
@@ -136,11 +140,16 @@ static void stop_pool(void) {
 }
 
 static void start_pool(int n) {
-    const char *us = getenv("DLORA_SPIN_US");
+    const char *us = getenv("DLORA_SPIN_US"), *chunks = getenv("DLORA_POOL_CHUNKS");
     if (us) {
         char *end;
         const long v = strtol(us, &end, 10);
         if (end != us && *end == '\0' && v >= 0 && v <= 1000000) spin_ns = (int64_t)v * 1000;
+    }
+    if (chunks) {
+        char *end;
+        const long v = strtol(chunks, &end, 10);
+        if (end != chunks && *end == '\0' && v >= 1 && v <= 64) CHUNKS_PER_THREAD = (int)v;
     }
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
