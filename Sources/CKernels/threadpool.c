@@ -24,10 +24,12 @@ static inline void dl_spin_pause(void) {}
 
 #define MAX_THREADS 64
 // An idle worker spins for SPIN_NS before it sleeps on the condition variable (DLORA_SPIN_US in the environment
-// sets it, 0-1000000 µs, for side-by-side measurements), reading the clock every SPIN_CHECK spins. Sleeping costs
-// the next job a wake-up (10-30 µs on the 2-core VM), so the spin must outlast the gaps inside a step: the serial
-// Swift work between two products, a chunk's worth of imbalance at a product's end. 20,000 plain spins, the earlier
-// rule, lasted 5.5 µs there, and the worker slept before 9 % of the mixed-adapter LoRA calls (docs/design/core-engine.md).
+// sets it, 0-1000000 µs, for side-by-side measurements), reading the clock and yielding its core every SPIN_CHECK
+// spins. Sleeping costs the next job a wake-up (10-30 µs on the 2-core VM), so the spin must outlast the gaps inside a
+// step: the serial Swift work between two products, a chunk's worth of imbalance at a product's end. 20,000 plain
+// spins, the earlier rule, lasted 5.5 µs there, and the worker slept before 9 % of the mixed-adapter LoRA calls. The
+// yield matters on a busy machine: a 100 µs spin that never yields took the core from the caller when the two shared
+// it, 10-18 % off decode beside a CPU hog (docs/design/core-engine.md).
 #define SPIN_NS 100000
 #define SPIN_CHECK 64
 // Chunks per thread of a dl_parallel_for (DLORA_POOL_CHUNKS in the environment sets it, 1-64, for side-by-side
@@ -115,6 +117,7 @@ static void *worker_main(void *arg) {
             if (atomic_load(&stop_workers)) return NULL;
             dl_spin_pause();
             if ((++spins & (SPIN_CHECK - 1)) != 0) continue;
+            sched_yield();  // every SPIN_CHECK spins: a thread waiting for this core (the caller, on a busy machine) runs
             const int64_t t = monotonic_ns();
             if (since == 0) { since = t; continue; }
             if (t - since < spin_ns) continue;
