@@ -104,7 +104,7 @@ static int64_t monotonic_ns(void) {
     return (int64_t)t.tv_sec * 1000000000 + t.tv_nsec;
 }
 
-// How long an idle worker spins before it sleeps (set before the workers start).
+// How long an idle worker spins before it sleeps (set at load, before any worker starts).
 static int64_t spin_ns = SPIN_NS;
 
 static void *worker_main(void *arg) {
@@ -142,18 +142,26 @@ static void stop_pool(void) {
     atomic_store(&stop_workers, 0);
 }
 
+// Environment variable `name` as a decimal integer in [lo, hi] into *out; anything else leaves *out as it is.
+static void env_integer(const char *name, long lo, long hi, long *out) {
+    const char *s = getenv(name);
+    if (!s) return;
+    char *end;
+    const long v = strtol(s, &end, 10);
+    if (end != s && *end == '\0' && v >= lo && v <= hi) *out = v;
+}
+
+// The pool's switches for side-by-side measurements, read once at load (as ops.c reads DLORA_SIMD_LIMIT), before any
+// worker starts.
+__attribute__((constructor)) static void pool_switches_from_environment(void) {
+    long us = SPIN_NS / 1000, chunks = CHUNKS_PER_THREAD;
+    env_integer("DLORA_SPIN_US", 0, 1000000, &us);
+    env_integer("DLORA_POOL_CHUNKS", 1, 64, &chunks);
+    spin_ns = (int64_t)us * 1000;
+    CHUNKS_PER_THREAD = (int)chunks;
+}
+
 static void start_pool(int n) {
-    const char *us = getenv("DLORA_SPIN_US"), *chunks = getenv("DLORA_POOL_CHUNKS");
-    if (us) {
-        char *end;
-        const long v = strtol(us, &end, 10);
-        if (end != us && *end == '\0' && v >= 0 && v <= 1000000) spin_ns = (int64_t)v * 1000;
-    }
-    if (chunks) {
-        char *end;
-        const long v = strtol(chunks, &end, 10);
-        if (end != chunks && *end == '\0' && v >= 1 && v <= 64) CHUNKS_PER_THREAD = (int)v;
-    }
     if (n < 1) n = 1;
     if (n > MAX_THREADS) n = MAX_THREADS;
     n_threads = n;
