@@ -234,21 +234,30 @@ public final class OpenAIServer: Sendable {
         deinit { server.state.withLock { $0.inFlight -= 1 } }
     }
 
-    func admit() throws -> Admission {
+    func admit() throws -> Admission { try admit(count: 1)[0] }
+
+    /// Queue places for `count` sequences at once (a request's prompts × n), all or none: a request never runs part of
+    /// its choices. A count the queue could never hold (above `--max-queue`) is the request's own error (400), not the
+    /// server's load (429, worth retrying).
+    func admit(count: Int, parameter: String? = nil) throws -> [Admission] {
+        guard count <= options.maxQueue else {
+            throw APIError.invalid(parameter, "this request asks for \(count) sequences (prompts × n); this server queues at most "
+                                   + "\(options.maxQueue) at a time (--max-queue)")
+        }
         try state.withLock { s in
             guard !s.draining else {
                 var e = APIError(.serviceUnavailable, "the server is shutting down")
                 e.retryAfter = 5
                 throw e
             }
-            guard s.inFlight < options.maxQueue else {
+            guard s.inFlight + count <= options.maxQueue else {
                 var e = APIError(.tooManyRequests, "the server's queue is full (\(options.maxQueue) requests); retry later", code: "queue_full")
                 e.retryAfter = 1
                 throw e
             }
-            s.inFlight += 1
+            s.inFlight += count
         }
-        return Admission(self)
+        return (0..<count).map { _ in Admission(self) }
     }
 
     private func newID(_ prefix: String) -> String {
@@ -383,12 +392,13 @@ public final class OpenAIServer: Sendable {
         // a seed of its own.
         var calls: [Call] = []
         var streams: [RequestStream] = []
+        var admissions = try admit(count: parsed.inputs.count * parsed.n, parameter: parsed.n > 1 ? "n" : promptParam)
         for (k, (input, (prompt, params))) in zip(parsed.inputs, prepared).enumerated() {
             let echo = parsed.echo ? (echoText(input, prompt: prompt), prompt[0]) : nil
             for i in 0..<parsed.n {
                 var p = params
                 p.seed = params.seed.map { $0 &+ UInt64(i) }
-                let admission = try admit()
+                let admission = admissions.removeLast()
                 let ticket: Scheduling.RequestID
                 let events: RequestStream
                 do {

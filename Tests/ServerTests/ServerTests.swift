@@ -242,8 +242,8 @@ import TestSupport
 
     /// `n` choices: each its own engine request; a seeded request's choice i is the single request with seed + i
     /// (choice 0 is what n = 1 gives); streamed, every chunk names its choice and each choice ends with its own
-    /// finish chunk; usage counts the prompt once and every choice's tokens. More choices than queue places: 429,
-    /// and nothing is left running.
+    /// finish chunk; usage counts the prompt once and every choice's tokens. More choices than the queue could ever
+    /// hold: 400 naming n (not a 429: retrying could never succeed), and nothing is left running.
     @Test func severalChoices() async throws {
         let server = try ServerFixtures.server { $0.maxQueue = 4 }
         try await ServerFixtures.withServer(server) { client in
@@ -283,8 +283,12 @@ import TestSupport
             }
             #expect(roles == [0, 1])
 
-            // Five choices, four queue places.
-            try expectError(try await client.post("/v1/completions", body + ",\"n\":5}"), status: 429)
+            // Five choices, four queue places; two prompts of n = 3 likewise.
+            try expectError(try await client.post("/v1/completions", body + ",\"n\":5}"), status: 400, param: "n")
+            try expectError(try await client.post("/v1/completions", body.replacingOccurrences(of: "\"hello there\"", with: "[\"a\",\"b\"]") + ",\"n\":3}"),
+                            status: 400, param: "n")
+            // Exactly the queue's size is admitted.
+            #expect(try await client.post("/v1/completions", body + ",\"n\":4}").0 == 200)
         }
         #expect(try await ServerFixtures.waitIdle(server))
     }
