@@ -457,12 +457,30 @@ public struct CompletionRenderer: Sendable {
         self.responses = responses
     }
 
-    /// A choice's answer as a message: its tool calls when it is a complete one, else its text.
+    /// A choice's answer as a message: its tool calls when it is a complete one, else its text. A tool-call answer cut
+    /// short (by max_tokens, a stop string or the context) is what a stream of it sends (`toolPiece`): the calls begun,
+    /// each with its arguments so far, and the finish reason it had (OpenAI's shape for a call cut by the length
+    /// limit); never the call syntax as content.
     func message(_ index: Int, text: String, finish: String) -> (AssistantMessage, String) {
-        guard let tools, finish == "stop", let calls = tools.calls(in: text) else { return (AssistantMessage(content: text), finish) }
-        return (AssistantMessage(content: nil, toolCalls: calls.enumerated().map { k, c in
+        guard let tools else { return (AssistantMessage(content: text), finish) }
+        if finish == "stop", let calls = tools.calls(in: text) {
+            return (AssistantMessage(content: nil, toolCalls: calls.enumerated().map { k, c in
+                ToolCall(id: callID(index, k), name: c.name, arguments: c.arguments)
+            }), tools.finishReason)
+        }
+        guard finish != "stop" else { return (AssistantMessage(content: text), finish) }
+        var state = ChoiceRenderState(enabled: false)
+        if case .text(let plain) = state.toolPiece(text, tools: tools) { return (AssistantMessage(content: plain), finish) }
+        let sent = state.callStream?.sent ?? []
+        guard !sent.isEmpty else {
+            // Nothing of a call was complete enough to send: an `auto` answer still undecided is its text; a forced
+            // call's answer has none.
+            if case .auto = tools, !text.hasPrefix(ToolCallMode.marker) { return (AssistantMessage(content: text), finish) }
+            return (AssistantMessage(content: nil), finish)
+        }
+        return (AssistantMessage(content: nil, toolCalls: sent.enumerated().map { k, c in
             ToolCall(id: callID(index, k), name: c.name, arguments: c.arguments)
-        }), tools.finishReason)
+        }), finish)
     }
 
     /// Call k of choice `index`: unique within the response, and the same from a replica and the router.

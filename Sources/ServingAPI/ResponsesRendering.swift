@@ -175,9 +175,12 @@ extension CompletionRenderer {
         calls.enumerated().map { k, c in callItem(k, name: c.function.name, arguments: c.function.arguments, status: "completed") }
     }
 
-    /// A complete tool-call answer as `function_call` items (nil: the answer is text).
+    /// A tool-call answer as `function_call` items (nil: the answer is text): complete ones, or, cut short, the calls as
+    /// far as a stream sends them (`message`), incomplete.
     private func callItems(text: String, finish: String) -> [[String: Any]]? {
-        message(0, text: text, finish: finish).0.toolCalls.map(callItems)
+        guard let calls = message(0, text: text, finish: finish).0.toolCalls else { return nil }
+        let status = finish == "stop" ? "completed" : "incomplete"
+        return calls.enumerated().map { k, c in callItem(k, name: c.function.name, arguments: c.function.arguments, status: status) }
     }
 
     private func outputItems(text: String, finish: String) -> [[String: Any]] {

@@ -68,10 +68,21 @@ import Testing
         let text = #"[ {"name":"f", "parameters": {"b":[1,"]"], "a":"x\"y"}} ,{"name":"g","parameters":{}}]"#
         let whole = required.whole([.init(text: text, finish: "stop", logprobs: none)], usage: Usage(prompt: 1, completion: 2))
         #expect(whole == #"{"choices":[{"finish_reason":"tool_calls","index":0,"logprobs":null,"message":{"content":null,"role":"assistant","tool_calls":[{"function":{"arguments":"{\"b\":[1,\"]\"], \"a\":\"x\\\"y\"}","name":"f"},"id":"call_ab12_0_0","type":"function"},{"function":{"arguments":"{}","name":"g"},"id":"call_ab12_0_1","type":"function"}]}}],"created":7,"id":"chatcmpl-ab12","model":"m","object":"chat.completion","usage":{"completion_tokens":2,"prompt_tokens":1,"total_tokens":3}}"#)
-        // Cut short, or not the shape: the text, as it is.
-        for (t, finish) in [(text, "length"), ("[{\"name\":\"f\"}]", "stop"), ("[]", "stop"), (text + "x", "stop")] {
+        // Not the shape, though finished: the text, as it is.
+        for (t, finish) in [("[{\"name\":\"f\"}]", "stop"), ("[]", "stop"), (text + "x", "stop")] {
             let w = required.whole([.init(text: t, finish: finish, logprobs: none)], usage: Usage(prompt: 1, completion: 1))
             #expect(w.contains("\"content\":") && !w.contains("tool_calls") && w.contains("\"finish_reason\":\"\(finish)\""), "\(w)")
+        }
+        // Cut short: what a stream of it sends — the calls begun, each with its arguments so far — with its finish reason;
+        // never the call syntax as content.
+        for (t, calls) in [(text, [#"{"function":{"arguments":"{\"b\":[1,\"]\"], \"a\":\"x\\\"y\"}","name":"f"},"id":"call_ab12_0_0","type":"function"}"#,
+                                   #"{"function":{"arguments":"{}","name":"g"},"id":"call_ab12_0_1","type":"function"}"#]),
+                           (#"[{"name":"f","parameters":{"b":[1,"#, [#"{"function":{"arguments":"{\"b\":[1,","name":"f"},"id":"call_ab12_0_0","type":"function"}"#]),
+                           (#"[{"name":"#, [])] {
+            let w = required.whole([.init(text: t, finish: "length", logprobs: none)], usage: Usage(prompt: 1, completion: 1))
+            let message = calls.isEmpty ? #""message":{"content":null,"role":"assistant"}"#
+                : #""message":{"content":null,"role":"assistant","tool_calls":["# + calls.joined(separator: ",") + "]}"
+            #expect(w.contains(message) && w.contains(#""finish_reason":"length""#), "\(w)")
         }
         // Streamed: the call named with its first piece of arguments, then the next pieces (trailing whitespace held
         // until more follows; the named function's arguments are the answer trimmed), then the finish.

@@ -436,6 +436,30 @@ import TestSupport
                 }
             }
 
+            // Required, cut short by max_tokens: the calls the stream sends (each begun call's arguments so far), finish
+            // "length", never the call syntax as content.
+            for maxTokens in [6, 14, 30] {
+                let cut = base.replacingOccurrences(of: "\"max_tokens\":80", with: "\"max_tokens\":\(maxTokens)") + ",\"temperature\":0,\"tool_choice\":\"required\""
+                let whole = try await client.post("/v1/chat/completions", cut + "}")
+                let c = try #require((try jsonObject(whole.1))["choices"] as? [[String: Any]]).first
+                #expect(c?["finish_reason"] as? String == "length", "\(whole.1)")
+                let message = try #require(c?["message"] as? [String: Any])
+                #expect(message["content"] is NSNull, "\(whole.1)")
+                let calls = (message["tool_calls"] as? [[String: Any]] ?? []).map {
+                    (($0["function"] as? [String: Any])?["name"] as? String ?? "", ($0["function"] as? [String: Any])?["arguments"] as? String ?? "")
+                }
+                let s = try await client.post("/v1/chat/completions", cut + ",\"stream\":true}")
+                let chunks = try sseEvents(s.1).dropLast().map(jsonObject)
+                var streamed: [(String, String)] = []
+                for piece in chunks.compactMap({ (($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any])?["tool_calls"] as? [[String: Any]] }).joined() {
+                    let i = try #require(piece["index"] as? Int), f = piece["function"] as? [String: Any]
+                    if i == streamed.count { streamed.append((f?["name"] as? String ?? "", "")) }
+                    streamed[i].1 += f?["arguments"] as? String ?? ""
+                }
+                #expect(calls.map(\.0) == streamed.map(\.0) && calls.map(\.1) == streamed.map(\.1), "max_tokens \(maxTokens): \(whole.1) against \(streamed)")
+                if maxTokens == 30 { #expect(!calls.isEmpty, "\(whole.1)") }
+            }
+
             // History: an answer's calls and the tool's result, then a plain answer.
             let history = "[{\"role\":\"user\",\"content\":\"weather?\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
                 + "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Rome\\\"}\"}}]},"
