@@ -348,6 +348,11 @@ public struct ResponsesRequest: @unchecked Sendable {
             }
         case "function_call_output":
             guard let callID = o["call_id"] as? String else { throw ResponsesRequestError("\(param).call_id", "a function_call_output item needs a call_id") }
+            // The output of a call made earlier in the conversation (this input, or the continued response's), as OpenAI
+            // requires: an orphan would put a tool's answer to a question never asked into the prompt.
+            guard messages.contains(where: { ($0["tool_calls"] as? [[String: Any]])?.contains { $0["id"] as? String == callID } == true }) else {
+                throw ResponsesRequestError("\(param).call_id", "No tool call found for function call output with call_id \(String(callID.prefix(128))).")
+            }
             let output: String
             switch o["output"] {
             case let s as String: output = s

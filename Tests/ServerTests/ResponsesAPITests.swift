@@ -59,6 +59,12 @@ import Testing
             (#"{"model":"m","input":[{"role":"user","content":[{"type":"input_image","image_url":"http://x"}]}]}"#, "input[0].content[0].type"),
             (#"{"model":"m","input":[{"type":"reasoning","summary":[]}]}"#, "input[0].type"),
             (#"{"model":"m","input":[{"type":"function_call","name":"f"}]}"#, "input[0]"),
+            // The output of a call the conversation never made (OpenAI: "No tool call found ..."); and one before its call.
+            (#"{"model":"m","input":[{"type":"function_call_output","call_id":"c1","output":"42"}]}"#, "input[0].call_id"),
+            (#"{"model":"m","input":[{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"},{"type":"function_call_output","call_id":"c2","output":"4"}]}"#,
+             "input[1].call_id"),
+            (#"{"model":"m","input":[{"type":"function_call_output","call_id":"c1","output":"4"},{"type":"function_call","call_id":"c1","name":"f","arguments":"{}"}]}"#,
+             "input[0].call_id"),
             (#"{"model":"m","input":"x","tools":[{"type":"web_search"}]}"#, "tools[0].type"),
             (#"{"model":"m","input":"x","tools":[{"type":"function","name":"f","extra":1}]}"#, "tools[0].extra"),
             (#"{"model":"m","input":"x","tool_choice":{"type":"allowed_tools"}}"#, "tool_choice"),
