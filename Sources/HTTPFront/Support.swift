@@ -32,6 +32,33 @@ public struct ErrorMiddleware: RouterMiddleware {
     }
 }
 
+/// HEAD wherever GET is served (RFC 9110 §9.3.2; load balancers and health checkers probe with it), around a router
+/// (routing picks a route by method, so this runs before it): the request runs as a GET, and the answer — an error's
+/// too — keeps its status and headers (Content-Length included) without the body.
+public struct HeadResponder<Base: HTTPResponder>: HTTPResponder where Base.Context == BasicRequestContext {
+    public typealias Context = BasicRequestContext
+    let base: Base
+
+    public init(_ base: Base) { self.base = base }
+
+    public func respond(to request: Request, context: Context) async throws -> Response {
+        guard request.method == .head else { return try await base.respond(to: request, context: context) }
+        var head = request.head
+        head.method = .get
+        let get = Request(head: head, body: request.body)
+        var response: Response
+        do {
+            response = try await base.respond(to: get, context: context)
+        } catch let e as any HTTPResponseError {
+            response = try e.response(from: get, context: context)
+        }
+        // The head says GET's length; nothing of the body is written.
+        let length = response.body.contentLength ?? response.headers[.contentLength].flatMap { Int($0) }
+        response.body = ResponseBody(contentLength: length) { writer in try await writer.finish(nil) }
+        return response
+    }
+}
+
 /// `GET /v1/models/{id}` (OpenAI's models.retrieve) over a server's model list: the card named `id` (as it appears
 /// in the path, percent-encoding undone), or the 404 a generation request naming an unknown model gets.
 public func modelResponse(_ cards: [ModelCard], id rawID: String) throws -> Response {

@@ -321,6 +321,43 @@ extension RawHTTPClient: @unchecked Sendable {}
         }
     }
 
+    /// HEAD wherever GET is served: GET's status and headers (its Content-Length too), no body — the next response on
+    /// the connection starts right after the head; the API key still applies; a POST-only path is no route.
+    @Test func headAnswersLikeGetWithoutBody() async throws {
+        let server = try ServerFixtures.server { $0.apiKey = "sk-test" }
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let c = try RawHTTPClient(port: port)
+            let auth = ["Authorization: Bearer sk-test"]
+            let answers = await blocking { () -> [(RawHTTPClient.Response?, RawHTTPClient.Response?)] in
+                ["/health", "/v1/models", "/v1/models/tiny-llama"].map { path in
+                    c.send(RawHTTPClient.request("HEAD", path, headers: auth))
+                    let head = c.readResponse(timeout: .seconds(5), bodyless: true)
+                    c.send(RawHTTPClient.request("GET", path, headers: auth))
+                    return (head, c.readResponse(timeout: .seconds(5)))
+                }
+            }
+            for (head, get) in answers {
+                let h = try #require(head), g = try #require(get)
+                #expect(h.status == 200 && g.status == 200, "\(h.status) \(g.status) \(g.body)")
+                #expect(h.headers["content-length"] == String(g.body.utf8.count) && h.headers["content-type"] == g.headers["content-type"],
+                        "HEAD \(h.headers) against GET \(g.headers)")
+            }
+            let (unauthorized, post) = await blocking { () -> (RawHTTPClient.Response?, RawHTTPClient.Response?) in
+                c.send(RawHTTPClient.request("HEAD", "/v1/models"))
+                let u = c.readResponse(timeout: .seconds(5), bodyless: true)
+                c.send(RawHTTPClient.request("HEAD", "/v1/completions", headers: auth))
+                return (u, c.readResponse(timeout: .seconds(5), bodyless: true))
+            }
+            #expect(unauthorized?.status == 401 && post?.status == 404, "\(unauthorized?.status ?? 0) \(post?.status ?? 0)")
+            let after = await blocking { () -> RawHTTPClient.Response? in
+                c.send(RawHTTPClient.request("GET", "/health"))
+                return c.readResponse(timeout: .seconds(5))
+            }
+            #expect(after?.status == 200 && after?.body == "{\"status\":\"ok\"}", "\(after?.body ?? "no response")")
+        }
+    }
+
     /// At the connection cap a new connection replaces the oldest idle one (silent clients cannot lock out a
     /// normal one); when every connection is busy it is closed at once.
     @Test func connectionCap() async throws {

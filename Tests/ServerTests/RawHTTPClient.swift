@@ -79,8 +79,9 @@ final class RawHTTPClient {
         let complete: Bool
     }
 
-    /// Parses the next response (status line, headers, then a Content-Length, chunked or until-EOF body).
-    func readResponse(timeout: Duration = .seconds(10), interim: Bool = false) -> Response? {
+    /// Parses the next response (status line, headers, then a Content-Length, chunked or until-EOF body; none when
+    /// `bodyless`: the answer to a HEAD request).
+    func readResponse(timeout: Duration = .seconds(10), interim: Bool = false, bodyless: Bool = false) -> Response? {
         let deadline = ContinuousClock.now + timeout
         func find(_ pattern: [UInt8], from: Int) -> Int? {
             guard buffer.count >= pattern.count + from else { return nil }
@@ -110,7 +111,9 @@ final class RawHTTPClient {
         }
         var body: [UInt8] = []
         var complete = false
-        if let lengthText = headers["content-length"], let length = Int(lengthText) {
+        if bodyless {
+            complete = true
+        } else if let lengthText = headers["content-length"], let length = Int(lengthText) {
             while buffer.count < length && fill(until: deadline) {}
             let n = min(length, buffer.count)
             body = Array(buffer[0..<n])
