@@ -166,8 +166,10 @@ public final class AdapterRegistry: @unchecked Sendable {
         return real
     }
 
-    /// Names of the adapters served: those registered, and those under the root (less any unregistered).
-    /// Entries whose names could not be requested (not NFC, invalid) are not listed.
+    /// Names of the adapters served, exactly those a request may name: those registered, those under the root (less
+    /// any unregistered) whose files resolve inside it, and those found there before and still held in memory (served
+    /// even after their files moved). Entries whose names could not be requested (not NFC, invalid), and links that
+    /// lead outside the root, are not listed.
     public func available() -> [String] {
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: root.path)) ?? []
         let found = entries.compactMap { entry -> String? in
@@ -184,12 +186,13 @@ public final class AdapterRegistry: @unchecked Sendable {
                 guard entry.hasSuffix(".gguf") else { return nil }
                 name = String(entry.dropLast(5))
             }
-            return (try? Self.checkName(name)) != nil ? name : nil
+            guard (try? Self.checkName(name)) != nil, confined(p) != nil else { return nil }
+            return name
         }
         lock.lock()
         defer { lock.unlock() }
-        let registered = self.entries.filter(\.value.registered).keys.map { String(decoding: $0.bytes, as: UTF8.self) }
-        return Set(found.filter { !removed.contains(Key($0)) } + registered).sorted()
+        let held = self.entries.filter { $0.value.registered || $0.value.weights != nil }.keys.map { String(decoding: $0.bytes, as: UTF8.self) }
+        return Set(found.filter { !removed.contains(Key($0)) } + held).sorted()
     }
 
     // MARK: Registration

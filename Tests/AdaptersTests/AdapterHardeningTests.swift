@@ -213,6 +213,33 @@ import TestSupport
         #expect(throws: AdapterError.self) { try registry.load("d") }
     }
 
+    /// The model list names exactly what a request may use: not a link that leads out of the root (a request for it
+    /// is refused), and still an adapter held in memory whose directory moved away (a request for it is served).
+    @Test func availableNamesWhatIsServed() throws {
+        let dir = try TempDir(), outside = try TempDir()
+        try Self.good.writePEFT(to: outside.path("evil"), config: Self.config)
+        try Self.good.writePEFT(to: dir.path("a"), config: Self.config)
+        try Self.good.writePEFT(to: dir.path("b"), config: Self.config)
+        try Self.good.writeGGUF(to: outside.path("evil.gguf"), config: Self.config)
+        let fm = FileManager.default
+        try fm.createSymbolicLink(atPath: dir.path("out"), withDestinationPath: outside.path("evil"))
+        try fm.createSymbolicLink(atPath: dir.path("outg.gguf"), withDestinationPath: outside.path("evil.gguf"))
+        // A link inside the root is fine.
+        try fm.createSymbolicLink(atPath: dir.path("alias"), withDestinationPath: dir.path("b"))
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        #expect(registry.available() == ["a", "alias", "b"])
+        #expect(!registry.serves("out") && !registry.serves("outg"))
+        _ = try registry.load("a")
+        try fm.moveItem(atPath: dir.path("a"), toPath: outside.path("moved"))
+        #expect(registry.serves("a"))
+        #expect(registry.available() == ["a", "alias", "b"])
+        // Out of memory too, it is no longer served once a load finds its files gone.
+        registry.evict("a")
+        #expect(registry.available() == ["alias", "b"])
+        #expect(throws: AdapterError.self) { try registry.load("a") }
+        #expect(!registry.serves("a"))
+    }
+
     /// A broken adapter is parsed once, then answered from memory until one of its files changes.
     @Test func failuresAreRememberedUntilTheFilesChange() throws {
         let dir = try TempDir()
