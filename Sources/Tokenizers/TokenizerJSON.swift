@@ -1,9 +1,15 @@
 import Foundation
 
 /// Loading an HF tokenizer directory: `tokenizer.json` (the `tokenizers` serialization), plus the optional
-/// `tokenizer_config.json` (chat template, BOS/EOS names, `add_bos_token`) and `generation_config.json` (extra EOS ids).
+/// `tokenizer_config.json` (chat template, BOS/EOS names, `add_bos_token`), `generation_config.json` (extra EOS ids) and
+/// the chat template's own file, `chat_template.jinja` (or `chat_template.json`), where transformers 4.43 and later save
+/// it; as transformers loads them, that file's template takes precedence over tokenizer_config.json's.
 extension Tokenizer {
-    /// Loads `tokenizer.json` (required), `tokenizer_config.json` and `generation_config.json` from a directory.
+    /// The largest chat template file read (a template is a few KB; the file is untrusted).
+    static let maxChatTemplateBytes = 1 << 20
+
+    /// Loads `tokenizer.json` (required), `tokenizer_config.json`, `generation_config.json` and `chat_template.jinja` or
+    /// `chat_template.json` from a directory.
     public convenience init(directory: URL) throws {
         func read(_ name: String, required: Bool) throws -> Data? {
             let url = directory.appendingPathComponent(name)
@@ -13,19 +19,40 @@ extension Tokenizer {
             }
             do { return try Data(contentsOf: url) } catch { throw TokenizerError.unreadableFile("\(url.path): \(error)") }
         }
+        func template(_ name: String) throws -> Data? {
+            let url = directory.appendingPathComponent(name)
+            guard let size = (try? FileManager.default.attributesOfItem(atPath: url.path))?[.size] as? Int else { return nil }
+            guard size <= Tokenizer.maxChatTemplateBytes else {
+                throw TokenizerError.invalidJSON("\(name) is \(size) bytes (a chat template of at most \(Tokenizer.maxChatTemplateBytes))")
+            }
+            return try read(name, required: false)
+        }
+        var chatTemplate: String?
+        if let jinja = try template("chat_template.jinja") {
+            guard let text = String(data: jinja, encoding: .utf8) else { throw TokenizerError.invalidJSON("chat_template.jinja is not UTF-8 text") }
+            chatTemplate = text
+        } else if let json = try template("chat_template.json") {
+            guard let text = try TokenizerJSONLoader.chatTemplate(ExactJSONObject.parse(json, name: "chat_template.json")) else {
+                throw TokenizerError.invalidJSON("chat_template.json has no chat_template")
+            }
+            chatTemplate = text
+        }
         try self.init(
             tokenizerJSON: read("tokenizer.json", required: true)!,
             config: read("tokenizer_config.json", required: false),
-            generationConfig: read("generation_config.json", required: false))
+            generationConfig: read("generation_config.json", required: false),
+            chatTemplate: chatTemplate)
     }
 
     /// Builds a tokenizer from the contents of `tokenizer.json` and, optionally, `tokenizer_config.json` and
-    /// `generation_config.json`.
-    public convenience init(tokenizerJSON: Data, config: Data? = nil, generationConfig: Data? = nil) throws {
+    /// `generation_config.json`; `chatTemplate` (a template file's) replaces the config's.
+    public convenience init(tokenizerJSON: Data, config: Data? = nil, generationConfig: Data? = nil, chatTemplate: String? = nil) throws {
         let root = try ExactJSONObject.parse(tokenizerJSON, name: "tokenizer.json")
         let configObject = try config.map { try ExactJSONObject.parse($0, name: "tokenizer_config.json") }
         let generation = try generationConfig.map { try ExactJSONObject.parse($0, name: "generation_config.json") }
-        try self.init(spec: TokenizerJSONLoader.spec(root: root, config: configObject, generation: generation))
+        var spec = try TokenizerJSONLoader.spec(root: root, config: configObject, generation: generation)
+        if let chatTemplate { spec.chatTemplate = chatTemplate }
+        try self.init(spec: spec)
     }
 }
 

@@ -103,6 +103,43 @@ import Testing
                 == "<|user|>\nHi</s>\n<|assistant|>\n")
     }
 
+    /// A directory laid out as transformers 4.43 and later save it: the template in `chat_template.jinja` (or
+    /// `chat_template.json`), none in tokenizer_config.json — and, as transformers loads it, that file's template
+    /// wins over one tokenizer_config.json still carries. An oversized template file is refused.
+    @Test func templateFromItsOwnFile() throws {
+        let source = TokenizerFixtures.directory("tiny-llama3")
+        let configData = try Data(contentsOf: source.appendingPathComponent("tokenizer_config.json"))
+        var config = try #require(try JSONSerialization.jsonObject(with: configData) as? [String: Any])
+        let llama3 = try #require(config["chat_template"] as? String)
+        let expected = "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        let fm = FileManager.default
+        let dir = fm.temporaryDirectory.appendingPathComponent("dlora-template-\(UInt64.random(in: 0 ... .max))")
+        try fm.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? fm.removeItem(at: dir) }
+        try fm.copyItem(at: source.appendingPathComponent("tokenizer.json"), to: dir.appendingPathComponent("tokenizer.json"))
+        func write(config template: String?) throws {
+            config["chat_template"] = template
+            try JSONSerialization.data(withJSONObject: config).write(to: dir.appendingPathComponent("tokenizer_config.json"))
+        }
+        func rendered() throws -> String {
+            try Tokenizer(directory: dir).chatTemplate.render(messages: [ChatMessage(role: "user", content: " Hi ")], addGenerationPrompt: true)
+        }
+        try write(config: nil)
+        #expect(try rendered() != expected, "without any template the tokenizer rendered Llama 3's")
+        try Data(llama3.utf8).write(to: dir.appendingPathComponent("chat_template.jinja"))
+        #expect(try rendered() == expected)
+        // The file over the config's (a Zephyr template there).
+        try write(config: "{% for message in messages %}{{ '<|' + message['role'] + '|>\n' + message['content'] + eos_token + '\n' }}{% endfor %}")
+        #expect(try rendered() == expected)
+        // chat_template.json (a processor's layout).
+        try fm.removeItem(at: dir.appendingPathComponent("chat_template.jinja"))
+        try JSONSerialization.data(withJSONObject: ["chat_template": llama3]).write(to: dir.appendingPathComponent("chat_template.json"))
+        try write(config: nil)
+        #expect(try rendered() == expected)
+        try Data(repeating: 0x20, count: Tokenizer.maxChatTemplateBytes + 1).write(to: dir.appendingPathComponent("chat_template.jinja"))
+        #expect(throws: TokenizerError.self) { try Tokenizer(directory: dir) }
+    }
+
     /// The marked rendering is the same text, and its content ranges cover exactly the messages' text.
     @Test func markedRenderingMatchesAndMarksContent() throws {
         let goldens = try TokenizerFixtures.chatTemplates()
