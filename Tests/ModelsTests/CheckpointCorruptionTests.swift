@@ -182,6 +182,8 @@ import TestSupport
         #expect(err(w)?.problem.contains("overlaps") == true)
         w.headerOverride = #"{"a":{"dtype":"F32","shape":[-2,2],"data_offsets":[0,16]}}"#
         #expect(err(w)?.problem.contains("invalid shape") == true)
+        w.headerOverride = #"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#
+        #expect(err(w)?.problem.contains("names it twice") == true, "\(String(describing: err(w)))")
         var huge = good.bytes()
         huge.replaceSubrange(0..<8, with: GGUFWriter.le(UInt64(1) << 50))
         try Data(huge).write(to: dir.file("h.safetensors"))

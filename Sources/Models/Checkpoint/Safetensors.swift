@@ -35,6 +35,11 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard let json = try? JSONSerialization.jsonObject(with: Data(header)), let entries = json as? [String: Any] else {
             throw r.error("header is not a JSON object")
         }
+        // A name given twice would be read as whichever entry the parser kept: refused, as the safetensors library does.
+        if case .object(let members)? = try? Data(header).withUnsafeBytes({ try ExactJSON.parse($0, name: "safetensors header") }) {
+            var names = Set<String>()
+            for (name, _) in members where !names.insert(name).inserted { throw r.error("the header names it twice", tensor: name) }
+        }
         var tensors: [String: SafetensorsTensorInfo] = [:]
         for (name, value) in entries where name != "__metadata__" {
             guard let entry = value as? [String: Any], let dtypeName = entry["dtype"] as? String,
