@@ -121,6 +121,16 @@ struct Serve: AsyncParsableCommand {
         } ?? ""
         let productsNote = engineOptions.products.note(for: loaded.model, adapters: held) + ", merges in \(loaded.model.mergePrecision.rawValue)"
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
+        // Chat prompts rendered without the model's own template are worth a line at startup: answers may differ from
+        // what the model was trained on (and from transformers and vLLM, which refuse chat then).
+        switch loaded.tokenizer.chatTemplate.kind {
+        case .defaultChatML:
+            FileHandle.standardError.write(Data("dlora: note: the model has no chat template (GGUF tokenizer.chat_template, chat_template.jinja or tokenizer_config.json); chat requests are rendered as plain ChatML\n".utf8))
+        case .unrecognizedChatML:
+            FileHandle.standardError.write(Data("dlora: note: the model's chat template is not one dlora renders (ChatML, Llama 2, Llama 3, Zephyr); chat requests are rendered as plain ChatML instead\n".utf8))
+        default:
+            break
+        }
         let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),
             logger: logger,
