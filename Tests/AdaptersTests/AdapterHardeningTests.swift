@@ -178,11 +178,7 @@ import TestSupport
     /// swapped for a symbolic link out of the root after registration is refused.
     @Test func swappedSymlinkIsRefusedAtReload() throws {
         let dir = try TempDir(), outside = try TempDir()
-        try Self.good.writePEFT(to: dir.path("a"), config: Self.config)
-        try Self.good.writePEFT(to: dir.path("sub"), config: Self.config)
-        try Self.good.writeGGUF(to: dir.path("g.gguf"), config: Self.config)
-        try Self.good.writePEFT(to: outside.path("evil"), config: Self.config)
-        try Self.good.writeGGUF(to: outside.path("evil.gguf"), config: Self.config)
+        try Self.writeGood(peft: [dir.path("a"), dir.path("sub"), outside.path("evil")], gguf: [dir.path("g.gguf"), outside.path("evil.gguf")])
         let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
         _ = try registry.load("a")
         _ = try registry.register(name: "reg", relativePath: "sub")
@@ -213,14 +209,17 @@ import TestSupport
         #expect(throws: AdapterError.self) { try registry.load("d") }
     }
 
+    /// The good adapter as PEFT directories and as GGUF LoRA files at these paths.
+    static func writeGood(peft: [String], gguf: [String]) throws {
+        for path in peft { try good.writePEFT(to: path, config: config) }
+        for path in gguf { try good.writeGGUF(to: path, config: config) }
+    }
+
     /// The model list names exactly what a request may use: not a link that leads out of the root (a request for it
     /// is refused), and still an adapter held in memory whose directory moved away (a request for it is served).
     @Test func availableNamesWhatIsServed() throws {
         let dir = try TempDir(), outside = try TempDir()
-        try Self.good.writePEFT(to: outside.path("evil"), config: Self.config)
-        try Self.good.writePEFT(to: dir.path("a"), config: Self.config)
-        try Self.good.writePEFT(to: dir.path("b"), config: Self.config)
-        try Self.good.writeGGUF(to: outside.path("evil.gguf"), config: Self.config)
+        try Self.writeGood(peft: [outside.path("evil"), dir.path("a"), dir.path("b")], gguf: [outside.path("evil.gguf")])
         let fm = FileManager.default
         try fm.createSymbolicLink(atPath: dir.path("out"), withDestinationPath: outside.path("evil"))
         try fm.createSymbolicLink(atPath: dir.path("outg.gguf"), withDestinationPath: outside.path("evil.gguf"))
