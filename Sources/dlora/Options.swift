@@ -81,6 +81,12 @@ struct EngineOptions: ParsableArguments {
         guard creditBound >= 1, horizon >= 1 else { throw ValidationError("--credit-bound and --horizon must be positive") }
         // Shifted into bytes below: keep the products far from overflow.
         guard kvCacheMb <= 1 << 30, hostSwapMb <= 1 << 30 else { throw ValidationError("--kv-cache-mb and --host-swap-mb must be at most 2^30") }
+        // The KV budget is allocated (and zeroed) at start: one the machine cannot hold would stop the process with an
+        // allocation failure, or have it killed for memory, instead of this message.
+        let memoryMb = Int(ProcessInfo.processInfo.physicalMemory >> 20)
+        guard kvCacheMb < memoryMb else {
+            throw ValidationError("--kv-cache-mb \(kvCacheMb) is not less than this machine's memory (\(memoryMb) MiB)")
+        }
     }
 
     /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision).
