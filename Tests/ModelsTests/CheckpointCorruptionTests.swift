@@ -127,6 +127,8 @@ import TestSupport
         try Self.expectError(with("general.alignment", .u32(3)), mentions: "power of two")
         try Self.expectError(with("general.alignment", .u32(0)), mentions: "power of two")
         try Self.expectError(with("llama.rope.freq_base", .f32(.nan)), mentions: "RoPE base")
+        try Self.expectError(with("llama.rope.dimension_count", .u32(7)), mentions: "partial rotary embeddings are not supported")
+        try Self.expectError(with("llama.attention.value_length", .u32(7)), mentions: "value_length 7")
         try Self.expectError(with("llama.block_count", .u32(2)), tensor: "blk.1.attn_norm.weight", mentions: "required tensor is missing")
         var dup = GGUFWriter.tinyLlama()
         dup.kv.append(("llama.block_count", .u32(1)))

@@ -89,6 +89,12 @@ import Testing
         #expect(Self.problem(["num_key_value_heads": 3]) == "attention head count 4 is not a multiple of the KV head count 3")
         #expect(Self.problem(["rms_norm_eps": 2])?.contains("RMSNorm epsilon") == true)
         #expect(Self.problem(["bos_token_id": 320]) == "BOS token id 320 is outside the vocabulary")
+        // An MLP this engine does not compute is refused, not run as SwiGLU.
+        #expect(Self.problem(["hidden_act": "gelu"]) == "unsupported hidden_act 'gelu' (supported: silu)")
+        #expect(Self.problem(["hidden_act": 3]) == "hidden_act must be a string")
+        #expect(Self.problem(["mlp_bias": true])?.contains("mlp_bias") == true)
+        #expect(Self.problem(["hidden_act": "silu", "mlp_bias": false]) == nil)
+        #expect(Self.problem(["hidden_act": NSNull()]) == nil)
     }
 
     @Test func notAnObject() throws {

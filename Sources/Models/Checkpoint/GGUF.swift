@@ -326,6 +326,14 @@ public final class GGUFCheckpoint: ModelCheckpoint, @unchecked Sendable {
             bosTokenID: gguf.int("tokenizer.ggml.bos_token_id"),
             eosTokenIDs: eos.map { [$0] } ?? [])
         try config.validate(file: path)
+        // Rotary positions over the whole head (llama.cpp's rope.dimension_count defaults to the head size): a partial
+        // rotation would load and run as a full one, with wrong numbers.
+        if let ropeDims = gguf.int("\(archName).rope.dimension_count"), ropeDims != config.headDim {
+            throw fail("\(archName).rope.dimension_count \(ropeDims) is not the head size \(config.headDim) (partial rotary embeddings are not supported)")
+        }
+        if let valueLength = gguf.int("\(archName).attention.value_length"), valueLength != config.headDim {
+            throw fail("\(archName).attention.value_length \(valueLength) is not the key length \(config.headDim)")
+        }
         if hidden != heads * config.headDim && gguf.int("\(archName).attention.key_length") == nil {
             throw fail("embedding length \(hidden) is not a multiple of the head count \(heads)")
         }

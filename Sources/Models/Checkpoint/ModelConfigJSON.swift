@@ -31,6 +31,8 @@ extension ModelConfig: Decodable {
         case attentionBias = "attention_bias"
         case bosTokenID = "bos_token_id"
         case eosTokenID = "eos_token_id"
+        case hiddenAct = "hidden_act"
+        case mlpBias = "mlp_bias"
     }
 
     /// `rope_scaling` (4.x) or `rope_parameters` (5.x, which also carries `rope_theta`).
@@ -56,6 +58,16 @@ extension ModelConfig: Decodable {
         guard let typeName else { throw ModelConfigProblem("missing model_type") }
         guard let arch = Architecture(rawValue: typeName) else {
             throw ModelConfigProblem("unsupported architecture '\(typeName)' (supported: llama, mistral, qwen2)")
+        }
+        // The MLP this engine computes: SwiGLU (SiLU) without biases. Another activation or biased projections would
+        // load and run as that MLP, giving wrong numbers without a word, so they are refused.
+        if let act = try? json.decodeIfPresent(String.self, forKey: .hiddenAct) {
+            guard act == "silu" || act == "swish" else { throw ModelConfigProblem("unsupported hidden_act '\(act.prefix(64))' (supported: silu)") }
+        } else if json.contains(.hiddenAct), !((try? json.decodeNil(forKey: .hiddenAct)) ?? false) {
+            throw ModelConfigProblem("hidden_act must be a string")
+        }
+        if (try? json.decodeIfPresent(Bool.self, forKey: .mlpBias)) == true {
+            throw ModelConfigProblem("mlp_bias true is not supported (the MLP's projections have no biases here)")
         }
         let hidden = try required(.hiddenSize)
         let heads = try required(.numAttentionHeads)
