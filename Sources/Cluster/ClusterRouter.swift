@@ -73,6 +73,7 @@ public final class ClusterRouter: Sendable {
         case .dlora: options.dloraDispatch
         }
         policy = Locked(p)
+        replicas.onRejoin = { [weak self] i, status in await self?.replayAdapterChanges(on: i, status: status) }
     }
 
     /// Background work: status polling, and the migration loop when migration is on. Runs until cancelled.
@@ -323,10 +324,39 @@ public final class ClusterRouter: Sendable {
                 replicas.markDown(i)
             }
         }
+        if answer?.0 == 200, let name = Self.adapterName(body) {
+            adapterChanges.withLock { $0[name] = (path: path, body: body) }
+        }
         await replicas.pollOnce()
         guard let (status, data) = answer else { throw APIError(.serviceUnavailable, "no replica answered") }
         return Response(status: .init(code: status), headers: [.contentType: status == 200 ? "text/plain; charset=utf-8" : "application/json"],
                         body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+
+    /// The last adapter load or unload made through this router, per adapter name (the endpoint and the body it was
+    /// sent with). A replica that was down for it, or restarted since (its catalog is its adapter root again), gets it
+    /// replayed when it rejoins: otherwise a restarted replica would lack the adapters loaded at run time and serve
+    /// again those unloaded, and the router's catalog would change under the clients (a probe lost a stream of a
+    /// loaded adapter when the one replica that still had it died).
+    let adapterChanges = Locked([String: (path: String, body: Data)]())
+
+    static func adapterName(_ body: Data) -> String? {
+        (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["lora_name"] as? String
+    }
+
+    /// Replays on replica i what its catalog (`status.adapters`) contradicts: loads of adapters it lacks, unloads of
+    /// adapters it serves. A replay that fails is left as it is; the replica's next rejoin tries again.
+    func replayAdapterChanges(on i: Int, status: ReplicaStatus) async {
+        let changes = adapterChanges.withLock { $0 }
+        var replayed = false
+        for (name, change) in changes.sorted(by: { $0.key < $1.key }) {
+            let serves = status.adapters.contains(name)
+            let isLoad = change.path == "/v1/load_lora_adapter"
+            guard isLoad != serves else { continue }
+            _ = try? await replicas.client(i).call(change.path, method: .POST, body: change.body, timeout: .seconds(120))
+            replayed = true
+        }
+        if replayed { await replicas.pollOnce() }
     }
 
     private func adminMigrate(_ request: Request) async throws -> Response {

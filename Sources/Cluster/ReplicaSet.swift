@@ -75,29 +75,39 @@ public final class ReplicaSet: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// Called after a poll for each replica that answered healthy after not being so (its first answer, or back from
+    /// down: restarted, or reachable again), with that status, before the next poll. The router replays the adapter
+    /// loads and unloads made through it that the replica's catalog lacks. Set once, before polling starts.
+    public var onRejoin: (@Sendable (Int, ReplicaStatus) async -> Void)?
+
     /// Polls every replica once, concurrently.
     public func pollOnce(timeout: TimeAmount = .seconds(2)) async {
         let targets = snapshot.enumerated().filter { !$0.element.gone }.map { ($0.offset, $0.element.client) }
+        var rejoined: [(Int, ReplicaStatus)] = []
         await withTaskGroup(of: (Int, ReplicaStatus?).self) { group in
             for (i, c) in targets {
                 group.addTask { (i, try? await c.status(timeout: timeout)) }
             }
-            for await (i, status) in group { record(i, status) }
+            for await (i, status) in group where record(i, status) { rejoined.append((i, status!)) }
         }
+        if let onRejoin { for (i, status) in rejoined { await onRejoin(i, status) } }
     }
 
-    private func record(_ i: Int, _ status: ReplicaStatus?) {
-                lock.lock()
-                if let status {
-                    entries[i].status = status
-                    entries[i].healthy = !status.draining
-                    entries[i].failures = 0
-                    entries[i].dispatchedSinceStatus = [:]
-                } else {
-                    entries[i].failures += 1
-                    if entries[i].failures >= failuresToMarkDown { entries[i].healthy = false }
-                }
-                lock.unlock()
+    /// Records a poll's answer; true when it made the replica healthy again.
+    private func record(_ i: Int, _ status: ReplicaStatus?) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        let was = entries[i].healthy
+        if let status {
+            entries[i].status = status
+            entries[i].healthy = !status.draining
+            entries[i].failures = 0
+            entries[i].dispatchedSinceStatus = [:]
+        } else {
+            entries[i].failures += 1
+            if entries[i].failures >= failuresToMarkDown { entries[i].healthy = false }
+        }
+        return !was && entries[i].healthy
     }
 
     /// Polls until cancelled.

@@ -101,6 +101,9 @@ import Glibc
             let http = HTTPClient.shared
             let router = "http://127.0.0.1:\(cluster.routerPort)"
             let model = try await Self.baseModel(http, router)
+            // An adapter loaded through the router at run time (a copy of s1 under another name).
+            let load = try await Self.post(http, router + "/v1/load_lora_adapter", #"{"lora_name":"rt-copy","lora_path":"s1-qv-r4"}"#, key: Self.admin)
+            #expect(load.0 == 200, "\(load.1)")
             let bodies = [
                 Self.body(model: model, prompt: "Tell me about the sea.", maxTokens: 120, temperature: 0, seed: nil),
                 Self.body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: 120, temperature: 0.9, seed: 5),
@@ -113,6 +116,7 @@ import Glibc
             // All four streaming; once each has produced a few tokens, kill the replica serving the first one.
             let started = Locked(0)
             let killed = Locked(false)
+            let victim = Locked(-1)
             let results = try await withThrowingTaskGroup(of: (Int, StreamResult).self) { group in
                 for (i, b) in bodies.enumerated() {
                     group.addTask {
@@ -125,6 +129,7 @@ import Glibc
                             let pid = try #require(cluster.replicaPID(replica))
                             kill(pid, SIGKILL)
                             killed.withLock { $0 = true }
+                            victim.withLock { $0 = replica }
                         })
                     }
                 }
@@ -141,6 +146,9 @@ import Glibc
             let redispatches = metrics.split(separator: "\n").first { $0.hasPrefix("dlora_router_redispatches_total ") }
                 .flatMap { Int($0.split(separator: " ").last ?? "") } ?? 0
             #expect(redispatches >= 1, "the router counts the re-dispatches")
+            // An adapter under the root unloaded through the router while the replica is down.
+            let unload = try await Self.post(http, router + "/v1/unload_lora_adapter", #"{"lora_name":"s2-ko-r8-rslora"}"#, key: Self.admin)
+            #expect(unload.0 == 200, "\(unload.1)")
             // The supervisor restarts the replica; the router's health polls put it back (bounded wait).
             var rejoined = false
             for _ in 0..<600 where !rejoined {
@@ -150,6 +158,18 @@ import Glibc
             }
             #expect(rejoined, "the restarted replica rejoined")
             #expect(cluster.log.contains("restarting"))
+            // The restarted replica got the adapter changes made through the router replayed: it serves rt-copy again
+            // and not the unloaded s2 (its adapter root would have it back), so the router's catalog holds.
+            let port = try #require(cluster.replicaPorts[victim.withLock { $0 }])
+            var catalog: [String] = []
+            for _ in 0..<100 where !(catalog.contains("rt-copy") && !catalog.contains("s2-ko-r8-rslora")) {
+                let text = (try? await Self.get(http, "http://127.0.0.1:\(port)/v1/models")) ?? "{}"
+                let data = (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])?["data"] as? [[String: Any]] ?? []
+                catalog = data.compactMap { $0["id"] as? String }
+                try await Task.sleep(for: .milliseconds(100))
+            }
+            #expect(catalog.contains("rt-copy") && !catalog.contains("s2-ko-r8-rslora"), "restarted replica's catalog: \(catalog)")
+            #expect(try await Self.complete(http, router, Self.body(model: "rt-copy", prompt: "Hi", maxTokens: 4, temperature: 0, seed: nil)).count > 0)
         }
     }
 
