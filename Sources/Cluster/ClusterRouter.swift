@@ -33,6 +33,9 @@ public struct RoutingOptions: Sendable {
     /// Bytes of stored Responses answers kept at most (`store`, `previous_response_id`; 0: none are stored). The
     /// router renders Responses answers, so it keeps them; its replicas see chat requests only.
     public var responsesStoreBytes = 64 << 20
+    /// How long a request whose replica failed waits for one that can resume it, when none can now (every replica
+    /// down at once, or the only one restarting): it resumes where one comes back, with the tokens it has.
+    public var resumeWait: Duration = .seconds(30)
 
     public init() {}
 }

@@ -64,6 +64,28 @@ extension ClusterRouter {
         throw APIError(.serviceUnavailable, "no replica can take the request now", code: "no_replica")
     }
 
+    /// `startAttempt` for a request that must go on (its replica failed, or it is moving): when no replica can take it
+    /// now, it waits for one (every `pollInterval`, at most `resumeWait`), then tries again over all replicas — the
+    /// one that failed included, back as a new process — instead of failing the client's stream at once.
+    func resumeAttempt(_ f: Flight, preferred: Int?, migration: String?, excluding: Set<Int>) async throws -> Attempt {
+        let deadline = ContinuousClock.now + options.resumeWait
+        var (preferred, migration, excluded) = (preferred, migration, excluding)
+        while true {
+            do {
+                return try await startAttempt(f, preferred: preferred, migration: migration, excluding: excluded)
+            } catch let e as ReplicaClient.Rejected {
+                throw e
+            } catch is CancellationError {
+                throw CancellationError()
+            } catch {
+                guard ContinuousClock.now < deadline else { throw error }
+                try await Task.sleep(for: options.pollInterval)
+                // Whichever replica the polls find healthy again may take it (a failed one is down until then).
+                (preferred, migration, excluded) = (nil, nil, [])
+            }
+        }
+    }
+
     /// Carries a request to its end: relays its replica's tokens to `emit`, carries out migrations handed to
     /// it (a `Cut`), and when its replica fails resumes it elsewhere with the tokens generated so far. Each
     /// token reaches `emit` exactly once and in order, whichever replica produced it.
@@ -94,7 +116,7 @@ extension ClusterRouter {
                     return
                 }
                 do {
-                    a = try await startAttempt(f, preferred: resumeOn, migration: resumeMigration, excluding: excluded)
+                    a = try await resumeAttempt(f, preferred: resumeOn, migration: resumeMigration, excluding: excluded)
                 } catch let e as ReplicaClient.Rejected {
                     let message = (try? JSONSerialization.jsonObject(with: e.body) as? [String: Any])
                         .flatMap { ($0["error"] as? [String: Any])?["message"] as? String } ?? e.description

@@ -58,6 +58,8 @@ struct RouterFlags: ParsableArguments {
     var maxBodyBytes: Int = 1 << 20
     @Option(help: "MiB of Responses API answers the router keeps in memory for previous_response_id and GET /v1/responses/{id} (least recently used forgotten first; 0: store none).")
     var responsesStoreMb: Int = 64
+    @Option(help: "Seconds a request whose replica failed waits for one that can resume it when none can now (every replica down at once); 0: fail it at once.")
+    var resumeWait: Double = 30
 
     func validate() throws {
         guard DispatchKind(rawValue: dispatch) != nil else {
@@ -70,6 +72,7 @@ struct RouterFlags: ParsableArguments {
         guard pollMs >= 10, pollMs <= 60_000 else { throw ValidationError("--poll-ms must be between 10 and 60000") }
         guard maxBodyBytes >= 1024 else { throw ValidationError("--max-body-bytes must be at least 1024") }
         guard (0...65_536).contains(responsesStoreMb) else { throw ValidationError("--responses-store-mb must be between 0 and 65536") }
+        guard resumeWait >= 0, resumeWait <= 3600 else { throw ValidationError("--resume-wait must be between 0 and 3600 seconds") }
     }
 
     func options(adminKey resolvedAdmin: String?) -> RoutingOptions {
@@ -84,6 +87,7 @@ struct RouterFlags: ParsableArguments {
                                                    requestExcess: migrationRequestExcess)
         o.maxBodyBytes = maxBodyBytes
         o.responsesStoreBytes = responsesStoreMb << 20
+        o.resumeWait = .milliseconds(Int64(resumeWait * 1000))
         return o
     }
 

@@ -173,6 +173,42 @@ import Glibc
         }
     }
 
+    /// Every replica killed at once with streams in flight: the router holds the streams (`--resume-wait`) until the
+    /// supervisor's restarts rejoin, and each resumes there with the tokens it has: the same texts as undisturbed.
+    @Test func everyReplicaKilledAtOnceLosesNoStream() async throws {
+        try await ClusterProcess.with(extra: Self.cluster) { cluster in
+            let http = HTTPClient.shared
+            let router = "http://127.0.0.1:\(cluster.routerPort)"
+            let model = try await Self.baseModel(http, router)
+            let bodies = [
+                Self.body(model: model, prompt: "Tell me about the sea.", maxTokens: 60, temperature: 0, seed: nil),
+                Self.body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: 60, temperature: 0.9, seed: 5),
+            ]
+            var references: [String] = []
+            for b in bodies { references.append(try await Self.complete(http, router, b)) }
+            let started = Locked(0)
+            let killed = Locked(0)
+            let results = try await withThrowingTaskGroup(of: (Int, StreamResult).self) { group in
+                for (i, b) in bodies.enumerated() {
+                    group.addTask {
+                        (i, try await Self.stream(http, router, b) { _, tokens in
+                            guard tokens == 6, started.withLock({ s -> Int in s += 1; return s }) == bodies.count else { return }
+                            for r in 0..<2 { if let pid = cluster.replicaPID(r) { kill(pid, SIGKILL); killed.withLock { $0 += 1 } } }
+                        })
+                    }
+                }
+                var out = [StreamResult?](repeating: nil, count: bodies.count)
+                for try await (i, r) in group { out[i] = r }
+                return out.compactMap { $0 }
+            }
+            #expect(killed.withLock { $0 } == 2)
+            #expect(results.count == bodies.count)
+            for (i, r) in results.enumerated() {
+                #expect(r.text == references[i] && r.finish == "length", "stream \(i): \(r.finish ?? "no finish") after every replica died")
+            }
+        }
+    }
+
     // MARK: Helpers
 
     static func body(model: String, prompt: String, maxTokens: Int, temperature: Double, seed: Int?) -> String {
