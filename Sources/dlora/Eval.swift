@@ -76,6 +76,7 @@ struct Eval: ParsableCommand {
     }
 
     func run() throws {
+        if let out { try OutputPath.check(out, option: "--out") }
         let (path, loaded) = try modelOptions.load()
         let model = loaded.model, tokenizer = loaded.tokenizer, c = model.config
         var taskNames: [String]
@@ -158,6 +159,6 @@ struct Eval: ParsableCommand {
         let report: [String: Any] = ["model": path, "tasks_dir": tasks, "tasks": taskNames, "limit": limit,
                                      "threads": Kernels.threadCount, "results": results]
         let json = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
-        if let out { try json.write(to: URL(fileURLWithPath: out), options: .atomic) } else { FileHandle.standardOutput.write(json) }
+        if let out { try OutputPath.write(json, to: out, option: "--out") } else { try StandardOutput.write(json) }
     }
 }

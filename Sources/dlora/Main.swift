@@ -25,6 +25,11 @@ struct Dlora: AsyncParsableCommand {
             } else {
                 try command.run()
             }
+            // What `print` buffered: a write that failed (a full disk) makes the run a failure, not a silent loss. (All
+            // streams: Swift 6 will not name C's `stdout`; stderr is unbuffered, so this is standard output's flush.)
+            if fflush(nil) != 0 {
+                throw CLIError("cannot write to standard output: \(OutputPath.reason(errno))")
+            }
         } catch {
             let code = exitCode(for: error)
             if code == .success {
@@ -184,11 +189,13 @@ struct Generate: ParsableCommand {
         let engine = EngineCore(model: loaded.model, tokenizer: tokenizer,
                                 kvBlocks: EngineConfiguration.kvBlocks(tokens: need, blockSize: blockSize) + adapterBlocks, kvCacheDType: dtype)
         try engine.submit(prompt: ids, params: params, adapter: lora, adapterScale: adapterScale)
-        let out = FileHandle.standardOutput
+        var writeError: (any Error)?
         let results = engine.runToCompletion { event in
-            if !event.text.isEmpty { out.write(Data(event.text.utf8)) }
+            guard !event.text.isEmpty, writeError == nil else { return }
+            do { try StandardOutput.write(Data(event.text.utf8)) } catch { writeError = error }
         }
-        out.write(Data("\n".utf8))
+        if let writeError { throw writeError }
+        try StandardOutput.write(Data("\n".utf8))
         if let failed = results.last, failed.finish == .error {
             throw CLIError("generation failed after \(results.count - 1) tokens: \(failed.message ?? "the engine could not continue")")
         }

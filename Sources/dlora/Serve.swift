@@ -75,10 +75,20 @@ struct Serve: AsyncParsableCommand {
         guard fd >= 0 else { throw CLIError("--step-log: cannot write \(path): \(String(cString: strerror(errno)))") }
         let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
         let pid = Int(getpid())
+        final class Once { var said = false }  // the engine's step loop is the one caller
+        let warned = Once()
         return { step, action, forward, whole in
             let now = Date().timeIntervalSince1970
             let line = step.jsonLine(replica: pid, start: now - whole, actionSeconds: action, forwardSeconds: forward, stepSeconds: whole)
-            try? handle.write(contentsOf: Data((line + "\n").utf8))  // a full disk loses log lines, not the server
+            // A full disk loses log lines, not the server; the first loss is said once on stderr.
+            do {
+                try handle.write(contentsOf: Data((line + "\n").utf8))
+            } catch {
+                if !warned.said {
+                    warned.said = true
+                    FileHandle.standardError.write(Data("dlora: --step-log \(path): \(OutputPath.reason(error)); step lines are being lost\n".utf8))
+                }
+            }
         }
     }
 

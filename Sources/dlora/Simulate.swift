@@ -162,6 +162,7 @@ struct Simulate: ParsableCommand {
     }
 
     func run() throws {
+        if let records { try OutputPath.check(records, option: "--records") }
         var model = RooflineCostModel.named(cost, adapterSlots: adapterSlots, maxBatchSequences: maxBatchSequences)!
         var profiledOverhead = 0.0
         var profiledFiles: AdapterFileModel?
@@ -409,11 +410,7 @@ struct Simulate: ParsableCommand {
             text += "\(r.id),\(r.adapter),\(r.arrival),\(r.firstToken.map { "\($0)" } ?? ""),\(r.finish.map { "\($0)" } ?? ""),"
                 + "\(r.tokens),\(r.replica.map(String.init) ?? ""),\(r.migrations)\n"
         }
-        do {
-            try text.write(toFile: path, atomically: true, encoding: .utf8)
-        } catch {
-            throw CLIError("\(path): cannot write the records")
-        }
+        try OutputPath.write(Data(text.utf8), to: path, option: "--records")
     }
 }
 
@@ -427,10 +424,8 @@ final class StepLogWriter {
 
     init(path: String) throws {
         self.path = path
-        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
-            throw CLIError("\(path): cannot write the step log")
-        }
-        handle = h
+        // (Opened in place, not created by FileManager, which writes a new file over the path: over a device too.)
+        handle = try OutputPath.openStream(path, option: "--step-log")
         buffer.reserveCapacity(1 << 20)
     }
 

@@ -34,6 +34,8 @@ struct TrainingSetup {
             }
         }
         guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
+        // The output directory now, not after the training: one that cannot be made or written fails before the run.
+        try OutputPath.prepareDirectory(out, option: "--out")
         checkpoint = try openCheckpoint(path: path)
         tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
         guard maxLength <= checkpoint.config.maxPositionEmbeddings else {

@@ -56,6 +56,10 @@ import Testing
         (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--horizon", "0"], "--horizon"),
         (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--policies", "dlora,fcfs"], "fcfs"),
         (["bench", "core", "--model", tiny, "--threads", "2000"], "--threads"),
+        // Budgets the machine cannot hold, and output paths that cannot be written, before any work.
+        (["serve", "--model", tiny, "--kv-cache-mb", "1000000000"], "--kv-cache-mb 1000000000 is not less than this machine's memory"),
+        (["simulate", "--requests", "5", "--records", "/nonexistent/dir/r.csv"], "--records /nonexistent/dir/r.csv: the directory /nonexistent/dir does not exist"),
+        (["simulate", "--requests", "5", "--records", NSTemporaryDirectory()], "is a directory"),
     ])
     func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) async throws {
         let r = try await Self.dlora(args)
@@ -64,6 +68,28 @@ import Testing
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 1, "stderr: \(r.stderr)")
         #expect(r.stderr.contains(mention), "stderr: \(r.stderr)")
+    }
+
+    /// A write that fails (standard output or a file on a full device) is a one-line error and exit 1, not a crash
+    /// (generate's stream wrote through `FileHandle.write`, which traps) or a silent loss (exit 0); and a device given
+    /// as an output file is written, not replaced by a regular file (an atomic write renames over the path).
+    @Test(.enabled(if: CLITests.fullDevice)) func failedWritesAreErrors() async throws {
+        let sh = URL(fileURLWithPath: "/bin/sh")
+        for args in [["generate", "--model", Self.tiny, "--prompt", "hi", "--max-tokens", "5"], ["simulate", "--requests", "20"]] {
+            let r = try await runCommand(sh, ["-c", "exec \"$0\" \"$@\" > /dev/full", Self.binary.path] + args, timeout: 300)
+            #expect(r.status == 1 && r.stderr == "dlora: cannot write to standard output: No space left on device\n", "\(args[0]): \(r.status) \(r.stderr)")
+        }
+        for (option, mention) in [("--records", "--records /dev/full: No space left on device"), ("--step-log", "/dev/full")] {
+            let r = try await Self.dlora(["simulate", "--requests", "20", option, "/dev/full"])
+            #expect(r.status == 1 && r.stderr.contains(mention), "\(option): \(r.status) \(r.stderr)")
+            #expect(Self.fullDevice, "\(option) replaced /dev/full")
+        }
+    }
+
+    /// /dev/full is the character device that refuses writes (checked, since a test that replaced it would pass later).
+    static var fullDevice: Bool {
+        var st = stat()
+        return stat("/dev/full", &st) == 0 && st.st_mode & S_IFMT == S_IFCHR
     }
 
     /// The shared option groups: every command takes the model flags, the engine commands the engine flags,
