@@ -11,7 +11,7 @@ struct Simulate: ParsableCommand {
 
     @Option(help: "Replicas.")
     var replicas: Int = 1
-    @Option(help: "Adapters (popularity P(k) ∝ (k+1)^-alpha).")
+    @Option(help: "Adapters of a generated workload (popularity P(k) ∝ (k+1)^-alpha); a --requests-file brings its own (the indices it names).")
     var adapters: Int = 8
     @Option(help: "Power-law skew of adapter popularity.")
     var alpha: Double = 1.0
@@ -116,6 +116,13 @@ struct Simulate: ParsableCommand {
         guard requests == nil || duration == nil else { throw ValidationError("give --requests or --duration, not both") }
         if let requests { guard requests >= 1 else { throw ValidationError("--requests must be >= 1") } }
         if let duration { guard duration > 0, duration.isFinite else { throw ValidationError("--duration must be positive") } }
+        // The simulated span: status polls and placement periods tick through it, so a span of centuries (a rate of
+        // 1e-300) would run for ever.
+        if let duration {
+            guard duration <= Self.maxSpanSeconds else { throw ValidationError("--duration must be at most \(Int(Self.maxSpanSeconds)) seconds") }
+        } else if requestsFile == nil, requests ?? 200 <= WorkloadSpec.maxRequests, Double(requests ?? 200) / rate > Self.maxSpanSeconds {
+            throw ValidationError("--rate \(rate) spreads \(requests ?? 200) requests over more than \(Int(Self.maxSpanSeconds)) simulated seconds")
+        }
         guard !rankList.isEmpty, rankList.count == ranks.split(separator: ",").count, rankList.allSatisfy({ $0 >= 1 && $0 <= 1024 }) else {
             throw ValidationError("--ranks must be a comma-separated list of ranks in 1...1024")
         }
@@ -185,7 +192,9 @@ struct Simulate: ParsableCommand {
             guard let text = try? String(contentsOfFile: trace, encoding: .utf8) else { throw CLIError("\(trace): cannot read the trace") }
             let parsed = Workload.azureTrace(csv: text)
             let gaps = Workload.gaps(parsed.times)
-            guard gaps.contains(where: { $0 > 0 }) else { throw CLIError("\(trace): no arrival times (TIMESTAMP column) found") }
+            guard gaps.contains(where: { $0 > 0 }) else {
+                throw CLIError("\(trace): no arrival gaps (a TIMESTAMP column with at least two distinct times is needed)")
+            }
             arrivals = .traceGaps(gaps)
             if traceLengths { lengths = .pairs(parsed.lengths) }
         }
@@ -324,6 +333,9 @@ struct Simulate: ParsableCommand {
         return out
     }
 
+    /// The longest simulated span a run may cover (115 days).
+    static let maxSpanSeconds = 1e7
+
     /// The requests of a JSONL file, in arrival order (ids are their line order): every line an object with a
     /// finite `arrival` ≥ 0 (seconds), an `adapter` index in 0..<1,000,000, and `prompt_tokens`/`output_tokens` ≥ 1
     /// whose sum fits the replica's context. Anything else is an error naming the line.
@@ -335,8 +347,8 @@ struct Simulate: ParsableCommand {
             guard rows.count < 10_000_000 else { throw CLIError("\(path): more than 10,000,000 requests") }
             func bad(_ why: String) -> CLIError { CLIError("\(path):\(n + 1): \(why)") }
             guard let obj = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { throw bad("not a JSON object") }
-            guard let arrival = (obj["arrival"] as? NSNumber)?.doubleValue, arrival.isFinite, arrival >= 0 else {
-                throw bad("\"arrival\" must be a finite number of seconds >= 0")
+            guard let arrival = (obj["arrival"] as? NSNumber)?.doubleValue, arrival.isFinite, arrival >= 0, arrival <= maxSpanSeconds else {
+                throw bad("\"arrival\" must be a number of seconds in 0...\(Int(maxSpanSeconds))")
             }
             func integer(_ key: String, _ range: ClosedRange<Int>) throws -> Int {
                 guard let v = obj[key] as? NSNumber, let i = Int(exactly: v.doubleValue), range.contains(i) else {
@@ -364,8 +376,8 @@ struct Simulate: ParsableCommand {
     /// non-positive bandwidths are refused in one line.
     static func profileValues<M>(_ path: String, keys: [String: WritableKeyPath<M, Double>], signed: Set<String> = [],
                                  into model: inout M) throws {
-        guard let data = FileManager.default.contents(atPath: path),
-              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+        guard let data = FileManager.default.contents(atPath: path) else { throw CLIError("\(path): cannot read the cost profile") }
+        guard let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
             throw CLIError("\(path): not a JSON object")
         }
         for (key, value) in obj where key != "source" {

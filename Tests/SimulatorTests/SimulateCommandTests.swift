@@ -328,6 +328,8 @@ import Testing
         let cases: [(String, String)] = [
             (#"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"# + "\nnot json\n", "requests.jsonl:2: not a JSON object"),
             (#"{"arrival": -1, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#, "\"arrival\" must be"),
+            // An arrival centuries out reported a makespan of 1e-12 s and 5e12 tok/s.
+            (#"{"arrival": 1e300, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#, "\"arrival\" must be a number of seconds in 0...10000000"),
             (#"{"arrival": 0, "adapter": 0.5, "prompt_tokens": 4, "output_tokens": 5}"#, "\"adapter\" must be an integer"),
             (#"{"arrival": 0, "adapter": 0, "prompt_tokens": 0, "output_tokens": 5}"#, "\"prompt_tokens\" must be an integer"),
             (#"{"arrival": 0, "adapter": 0, "prompt_tokens": 9000, "output_tokens": 5}"#, "do not fit"),
@@ -350,6 +352,8 @@ import Testing
             #expect(r.status != 0)
             #expect(r.stderr.contains(message), "\(message): \(r.stderr)")
         }
+        let missing = try await Self.simulate(["--requests-file", requests.path, "--cost-profile", dir.file("none.json").path])
+        #expect(missing.status != 0 && missing.stderr.contains("none.json: cannot read the cost profile"), "\(missing.stderr)")
         let both = try await Self.simulate(["--requests-file", requests.path, "--requests", "5"])
         #expect(both.status != 0 && both.stderr.contains("--requests-file replaces"))
     }
@@ -359,7 +363,10 @@ import Testing
     @Test func anOversizedWorkloadIsAOneLineError() async throws {
         for (args, message) in [(["--rate", "1e308", "--duration", "1"], "at most 20000000"),
                                 (["--rate", "30000", "--duration", "1000"], "about 30000000"),
-                                (["--requests", "1000000000000"], "at most 20000000 requests")] {
+                                (["--requests", "1000000000000"], "at most 20000000 requests"),
+                                // A span the polls would tick through for ever (the probe's --rate 1e-300 never ended).
+                                (["--rate", "1e-300", "--requests", "10"], "more than 10000000 simulated seconds"),
+                                (["--duration", "1e9"], "--duration must be at most 10000000 seconds")] {
             let r = try await Self.simulate(args)
             #expect(r.status != 0)
             #expect(r.stderr.contains(message), "\(args): \(r.stderr)")
