@@ -137,6 +137,14 @@ struct RouterCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
         guard (replicas != nil) != (replicasDns != nil) else { throw ValidationError("give exactly one of --replicas and --replicas-dns") }
         for u in urls { guard URL(string: u)?.host != nil, u.hasPrefix("http://") else { throw ValidationError("'\(u)' is not an http:// URL") } }
+        if replicas != nil {
+            guard !urls.isEmpty else { throw ValidationError("--replicas names no replica (comma-separated http:// URLs)") }
+            // One replica twice would count as two: twice its share of the traffic, and its failure taken for two.
+            let normalized = urls.map { $0.hasSuffix("/") ? String($0.dropLast()) : $0 }
+            if let twice = normalized.first(where: { u in normalized.filter { $0 == u }.count > 1 }) {
+                throw ValidationError("--replicas names \(twice) twice")
+            }
+        }
         if let d = replicasDns, d.lastIndex(of: ":").flatMap({ Int(d[d.index(after: $0)...]) }) == nil {
             throw ValidationError("--replicas-dns must be HOST:PORT")
         }

@@ -60,6 +60,8 @@ import Testing
         (["serve", "--model", tiny, "--kv-cache-mb", "1000000000"], "--kv-cache-mb 1000000000 is not less than this machine's memory"),
         (["simulate", "--requests", "5", "--records", "/nonexistent/dir/r.csv"], "--records /nonexistent/dir/r.csv: the directory /nonexistent/dir does not exist"),
         (["simulate", "--requests", "5", "--records", NSTemporaryDirectory()], "is a directory"),
+        (["router", "--replicas", ","], "--replicas names no replica"),
+        (["router", "--replicas", "http://127.0.0.1:1,http://127.0.0.1:1/"], "--replicas names http://127.0.0.1:1 twice"),
     ])
     func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) async throws {
         let r = try await Self.dlora(args)
