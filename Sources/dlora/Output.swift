@@ -60,11 +60,16 @@ enum OutputPath {
 
     /// A directory for output files: created with its parents when missing, and writable.
     static func prepareDirectory(_ path: String, option: String) throws {
-        do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-        } catch {
-            throw CLIError("\(option) \(path): cannot create the directory (\(reason(error)))")
+        // mkdir -p, component by component, so that the error names the component and the system's reason.
+        var prefix = path.hasPrefix("/") ? "/" : ""
+        for component in path.split(separator: "/") {
+            prefix += (prefix.isEmpty || prefix.hasSuffix("/") ? "" : "/") + component
+            if mkdir(prefix, 0o755) != 0 && errno != EEXIST {
+                throw CLIError("\(option) \(path): cannot create \(prefix) (\(reason(errno)))")
+            }
         }
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR else { throw CLIError("\(option) \(path): not a directory") }
         guard access(path, W_OK | X_OK) == 0 else { throw CLIError("\(option) \(path): not writable (\(reason(errno)))") }
     }
 

@@ -44,6 +44,18 @@ struct TrainingSetup {
     }
 }
 
+/// A written adapter read back as `serve` and `generate` read it (AdapterLoader: every bound they hold it to). One they
+/// would refuse — a run whose weights grew past what the loader accepts, a learning rate too high for the scaling — is
+/// an error here and its files are removed, rather than "adapter written" and a refusal later.
+func checkWritten(_ out: String, base: ModelConfig, outputs: [String]) throws {
+    do {
+        _ = try AdapterLoader.load(path: out, base: base)
+    } catch {
+        for f in outputs { try? FileManager.default.removeItem(atPath: out + "/" + f) }
+        throw CLIError("the trained adapter would be refused where it is used (\(error)); nothing was written: lower --lr or --alpha")
+    }
+}
+
 /// How `train lora` and `train mole` run the frozen base's products.
 struct PrecisionOptions: ParsableArguments {
     @Option(help: "The frozen base's products (projections and vocabulary, forward and input gradient): f32, or bf16 with f32 sums as torch's bf16 autocast runs them (needs AVX-512 BF16; elsewhere training stays f32 and says so). Gradients, the LoRA path, attention and the optimizer stay f32.")
@@ -211,6 +223,7 @@ struct TrainLoRA: ParsableCommand {
             }
         }
         try PEFTAdapterWriter.write(trainer.lora, to: out, baseModelName: path)
+        try checkWritten(out, base: setup.config, outputs: ["adapter_config.json", "adapter_model.safetensors"])
         err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; adapter written to %@\n",
                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
     }
@@ -396,6 +409,7 @@ struct TrainLoRAHub: ParsableCommand {
         let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
         guard result.loss.isFinite else { throw CLIError("the few-shot loss is not finite under every composition tried") }
         try PEFTAdapterWriter.write(hub.composed, to: out, baseModelName: path)
+        try checkWritten(out, base: setup.config, outputs: ["adapter_config.json", "adapter_model.safetensors"])
         let summary: [String: Any] = [
             "method": "lorahub", "search": "separable CMA-ES, bounds [-1.5, 1.5], start 0", "evaluations": evaluations, "l1": l1,
             "experts": zip(written, result.weights).map { ["name": $0.0.name, "path": $0.0.path, "weight": $0.1] },

@@ -131,6 +131,10 @@ extension TrainingSuites {
             (["--granularity", "neuron"], "block, layer, network or matrix"),
             (["--temperature", "0"], "--temperature must be between"),
             (["--out", out], "already holds"),
+            // Checked before the run, not after it.
+            (["--out", "/proc/dlora-no/adapter"], "--out /proc/dlora-no/adapter: cannot create /proc/dlora-no"),
+            // A run whose weights grow past what the loader accepts: refused, nothing left behind as if valid.
+            (["--lr", "0.99", "--alpha", "1024", "--rank", "1", "--steps", "5"], "the trained adapter would be refused where it is used"),
         ] {
             var full = ["train", "mole", "--model", model, "--experts", "a-qv-r4,c-kod-r2", "--adapter-root", root, "--data", data,
                         "--steps", "1", "--out", dir.path("other")]
@@ -139,6 +143,7 @@ extension TrainingSuites {
             }
             let bad = try await run(full)
             #expect(bad.status != 0)
+            #expect(!FileManager.default.fileExists(atPath: dir.path("other/adapter_model.safetensors")), "\(args) left an adapter behind")
             let lines = bad.stderr.split(separator: "\n")
             #expect(lines.count == 1 && lines[0].hasPrefix("dlora: ") && lines[0].contains(expected), "\(args): \(bad.stderr)")
         }
