@@ -31,7 +31,7 @@ struct BenchCore: ParsableCommand {
 
     func validate() throws {
         guard prompt >= 1, gen >= 1, ubatch >= 1 else { throw ValidationError("--prompt, --gen and --ubatch must be >= 1") }
-        guard !batchSizes.isEmpty, batchSizes.allSatisfy({ $0 >= 1 && $0 <= 1024 }) else {
+        guard !batchSizes.isEmpty, batchSizes.count == batches.split(separator: ",").count, batchSizes.allSatisfy({ $0 >= 1 && $0 <= 1024 }) else {
             throw ValidationError("--batches must be a comma-separated list of sizes in 1...1024")
         }
     }

@@ -28,7 +28,7 @@ struct BenchLoRA: ParsableCommand {
     static func list(_ s: String) -> [Int] { s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
 
     func validate() throws {
-        for (name, l) in [("--batches", batches), ("--adapters", adapters), ("--ranks", ranks)] where Self.list(l).isEmpty || Self.list(l).contains(where: { $0 < 1 || $0 > 1024 }) {
+        for (name, l) in [("--batches", batches), ("--adapters", adapters), ("--ranks", ranks)] where Self.list(l).isEmpty || Self.list(l).count != l.split(separator: ",").count || Self.list(l).contains(where: { $0 < 1 || $0 > 1024 }) {
             throw ValidationError("\(name) must be a comma-separated list of numbers in 1...1024")
         }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
@@ -42,6 +42,7 @@ struct BenchLoRA: ParsableCommand {
         try products.apply(to: m)
         let c = m.config
         let (context, steps, rounds) = (timing.context, timing.steps, timing.rounds)
+        try timing.check(against: c)
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
         let maxBatch = Self.list(batches).max()!
         let maxAdapters = Self.list(adapters).max()!
@@ -229,6 +230,13 @@ struct StepTimingOptions: ParsableArguments {
 
     func validate() throws {
         guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
+    }
+
+    /// The context and the token each timed step decodes must fit the model.
+    func check(against c: ModelConfig) throws {
+        guard context < c.maxPositionEmbeddings else {
+            throw CLIError("--context \(context) does not fit the model's context length \(c.maxPositionEmbeddings)")
+        }
     }
 }
 

@@ -39,6 +39,7 @@ struct BenchMoLE: ParsableCommand {
         let (path, loaded) = try modelOptions.load()
         let m = loaded.model, c = m.config
         let (context, steps, rounds) = (timing.context, timing.steps, timing.rounds)
+        try timing.check(against: m.config)
         let targetSet: [LoRATarget] = targets == "qv" ? [.q, .v] : LoRATarget.allCases
         let pool = (0..<experts).map { BenchLoRA.randomAdapter(config: c, rank: rank, targets: targetSet, dtype: .f32, seed: UInt64(7000 + $0)) }
         let cat = try LoRAComposition.cat(pool.map { ($0, 1) }, name: "cat", id: .next())

@@ -61,6 +61,9 @@ import Testing
         (["simulate", "--requests", "5", "--records", "/nonexistent/dir/r.csv"], "--records /nonexistent/dir/r.csv: the directory /nonexistent/dir does not exist"),
         (["simulate", "--requests", "5", "--records", NSTemporaryDirectory()], "is a directory"),
         (["router", "--replicas", ","], "--replicas names no replica"),
+        (["bench", "core", "--model", tiny, "--batches", "1,x"], "--batches"),
+        (["bench", "lora", "--model", tiny, "--batches", "1,x"], "--batches"),
+        (["bench", "lora", "--model", tiny, "--context", "100000"], "--context 100000 does not fit the model's context length 256"),
         (["router", "--replicas", "http://127.0.0.1:1,http://127.0.0.1:1/"], "--replicas names http://127.0.0.1:1 twice"),
     ])
     func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) async throws {
