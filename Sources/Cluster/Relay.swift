@@ -246,7 +246,8 @@ extension ClusterRouter {
         let from = f.replica
         guard from >= 0, from != to else { return .notMoved(from == to ? "the request already runs there" : "the request is not running") }
         let entries = replicas.snapshot
-        guard to >= 0, to < entries.count, entries[to].healthy else { return .notMoved("replica \(to) is not healthy") }
+        guard to >= 0, to < entries.count else { return .notMoved("there is no replica \(to) (replicas 0...\(entries.count - 1))") }
+        guard entries[to].healthy else { return .notMoved("replica \(to) is not healthy") }
         guard f.beginMigration() else { return .notMoved("the request is already moving") }
         defer { f.endMigration() }
         var migration: String?

@@ -101,7 +101,8 @@ struct Eval: ParsableCommand {
 
         var results: [[String: Any]] = []
         let err = FileHandle.standardError
-        for spec in adapters.split(separator: ",").map(String.init) {
+        // Every adapter loaded (and checked) before any is scored: a bad one fails the run at once, not after the others.
+        let resolved = try adapters.split(separator: ",").map(String.init).map { spec -> (String, LoRAWeights?) in
             let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
             var weights: LoRAWeights?
             if parts[0] != "base" {
@@ -112,6 +113,9 @@ struct Eval: ParsableCommand {
                 guard let w = weights, let gating = w.gating else { throw CLIError("'\(spec.prefix(64))': only a MoLE composition takes an expert subset") }
                 weights = w.restricted(toExperts: try MoLEComposition.mask(parts[1].split(separator: "+").map(String.init), of: gating, adapter: w.name))
             }
+            return (spec, weights)
+        }
+        for (spec, weights) in resolved {
             var seconds = 0.0, generated = 0
             var scores: [Double] = []
             var gates: [String: [Double]] = [:]

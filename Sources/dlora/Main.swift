@@ -77,6 +77,10 @@ extension Generate {
             spec = .jsonObject()
         } else if let jsonSchema {
             let url = URL(fileURLWithPath: jsonSchema)
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
+                throw CLIError("--json-schema: '\(jsonSchema)' is a directory, not a schema file")
+            }
             let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? nil
             guard let size else { throw CLIError("--json-schema: cannot read '\(jsonSchema)'") }
             guard size <= 1 << 20 else { throw CLIError("--json-schema: '\(jsonSchema)' is larger than 1 MiB") }
@@ -163,6 +167,10 @@ struct Generate: ParsableCommand {
             let path: String
             if FileManager.default.fileExists(atPath: adapter) {
                 path = adapter
+            } else if adapter.contains("/") && adapterRoot == nil && ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"] == nil {
+                // A path (no adapter root to name one in, and a name is one path component): say what is missing
+                // rather than that the name is invalid.
+                throw CLIError("--adapter \(adapter): no such file or directory")
             } else {
                 let root = adapterRoot ?? ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"] ?? FileManager.default.currentDirectoryPath
                 path = try AdapterRegistry(root: root, base: config).path(for: adapter)

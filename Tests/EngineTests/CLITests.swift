@@ -61,6 +61,8 @@ import Testing
         (["simulate", "--requests", "5", "--records", "/nonexistent/dir/r.csv"], "--records /nonexistent/dir/r.csv: the directory /nonexistent/dir does not exist"),
         (["simulate", "--requests", "5", "--records", NSTemporaryDirectory()], "is a directory"),
         (["router", "--replicas", ","], "--replicas names no replica"),
+        (["generate", "--model", tiny, "--prompt", "a", "--adapter", "/nonexistent/adapter"], "--adapter /nonexistent/adapter: no such file or directory"),
+        (["generate", "--model", tiny, "--prompt", "a", "--json-schema", NSTemporaryDirectory()], "is a directory, not a schema file"),
         (["bench", "core", "--model", tiny, "--batches", "1,x"], "--batches"),
         (["bench", "lora", "--model", tiny, "--batches", "1,x"], "--batches"),
         (["bench", "lora", "--model", tiny, "--context", "100000"], "--context 100000 does not fit the model's context length 256"),
