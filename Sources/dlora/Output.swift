@@ -31,10 +31,7 @@ enum OutputPath {
     static func write(_ data: Data, to path: String, option: String) throws {
         var st = stat()
         if stat(path, &st) == 0, st.st_mode & S_IFMT != S_IFREG {
-            guard st.st_mode & S_IFMT != S_IFDIR else { throw CLIError("\(option) \(path): is a directory") }
-            let fd = open(path, O_WRONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw CLIError("\(option) \(path): \(reason(errno))") }
-            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
+            let handle = try openStream(path, option: option)  // (a directory is refused there)
             do {
                 try handle.write(contentsOf: data)
             } catch {
