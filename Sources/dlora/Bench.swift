@@ -31,12 +31,12 @@ struct BenchCore: ParsableCommand {
 
     func validate() throws {
         guard prompt >= 1, gen >= 1, ubatch >= 1 else { throw ValidationError("--prompt, --gen and --ubatch must be >= 1") }
-        guard !batchSizes.isEmpty, batchSizes.count == batches.split(separator: ",").count, batchSizes.allSatisfy({ $0 >= 1 && $0 <= 1024 }) else {
+        guard intList(batches, in: 1...1024) != nil else {
             throw ValidationError("--batches must be a comma-separated list of sizes in 1...1024")
         }
     }
 
-    var batchSizes: [Int] { batches.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+    var batchSizes: [Int] { intList(batches, in: 1...1024) ?? [] }
 
     func run() throws {
         let (path, loaded) = try modelOptions.load()

@@ -25,10 +25,10 @@ struct BenchLoRA: ParsableCommand {
     @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them), f32, or int8 (Q8_0, as serve holds them beside int8 products; needs AVX-512 VNNI or AVX-VNNI). auto: as serve would hold them (int8 beside int8 products, else bf16).")
     var adapterDtype: String = "auto"
 
-    static func list(_ s: String) -> [Int] { s.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+    static func list(_ s: String) -> [Int] { intList(s, in: 1...1024) ?? [] }
 
     func validate() throws {
-        for (name, l) in [("--batches", batches), ("--adapters", adapters), ("--ranks", ranks)] where Self.list(l).isEmpty || Self.list(l).count != l.split(separator: ",").count || Self.list(l).contains(where: { $0 < 1 || $0 > 1024 }) {
+        for (name, l) in [("--batches", batches), ("--adapters", adapters), ("--ranks", ranks)] where intList(l, in: 1...1024) == nil {
             throw ValidationError("\(name) must be a comma-separated list of numbers in 1...1024")
         }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }

@@ -323,3 +323,14 @@ struct AdapterPrecisionOption: ParsableArguments {
         }
     }
 }
+
+/// A comma-separated list of integers in `range` ("1,8, 32"; empty entries skipped); nil when it has none or any entry is
+/// not such an integer (an entry that is not a number is an error, never dropped).
+func intList(_ s: String, in range: ClosedRange<Int>) -> [Int]? {
+    var out: [Int] = []
+    for part in s.split(separator: ",") {
+        guard let v = Int(part.trimmingCharacters(in: .whitespaces)), range.contains(v) else { return nil }
+        out.append(v)
+    }
+    return out.isEmpty ? nil : out
+}

@@ -105,7 +105,7 @@ struct Simulate: ParsableCommand {
             help: "Threads simulating the replicas between status polls (needs --poll-ms > 0, migration off and no --step-log; other runs use one). The same records and summary as one thread; the event count and log hash are the parallel run's own.")
     var simThreads = 1
 
-    var rankList: [Int] { ranks.split(separator: ",").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) } }
+    var rankList: [Int] { intList(ranks, in: 1...1024) ?? [] }
 
     func validate() throws {
         guard replicas >= 1, replicas <= 100_000 else { throw ValidationError("--replicas must be in 1...100000") }
@@ -123,7 +123,7 @@ struct Simulate: ParsableCommand {
         } else if requestsFile == nil, requests ?? 200 <= WorkloadSpec.maxRequests, Double(requests ?? 200) / rate > Self.maxSpanSeconds {
             throw ValidationError("--rate \(rate) spreads \(requests ?? 200) requests over more than \(Int(Self.maxSpanSeconds)) simulated seconds")
         }
-        guard !rankList.isEmpty, rankList.count == ranks.split(separator: ",").count, rankList.allSatisfy({ $0 >= 1 && $0 <= 1024 }) else {
+        guard intList(ranks, in: 1...1024) != nil else {
             throw ValidationError("--ranks must be a comma-separated list of ranks in 1...1024")
         }
         guard maxPrompt >= 1, maxOutput >= 1, promptMedian >= 1, outputMedian >= 1 else {
