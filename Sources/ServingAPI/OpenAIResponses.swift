@@ -463,11 +463,10 @@ public struct CompletionRenderer: Sendable {
     /// limit); never the call syntax as content.
     func message(_ index: Int, text: String, finish: String) -> (AssistantMessage, String) {
         guard let tools else { return (AssistantMessage(content: text), finish) }
-        if finish == "stop", let calls = tools.calls(in: text) {
-            return (AssistantMessage(content: nil, toolCalls: calls.enumerated().map { k, c in
-                ToolCall(id: callID(index, k), name: c.name, arguments: c.arguments)
-            }), tools.finishReason)
+        func callMessage(_ calls: [(name: String, arguments: String)]) -> AssistantMessage {
+            AssistantMessage(content: nil, toolCalls: calls.enumerated().map { k, c in ToolCall(id: callID(index, k), name: c.name, arguments: c.arguments) })
         }
+        if finish == "stop", let calls = tools.calls(in: text) { return (callMessage(calls), tools.finishReason) }
         guard finish != "stop" else { return (AssistantMessage(content: text), finish) }
         var state = ChoiceRenderState(enabled: false)
         if case .text(let plain) = state.toolPiece(text, tools: tools) { return (AssistantMessage(content: plain), finish) }
@@ -478,9 +477,7 @@ public struct CompletionRenderer: Sendable {
             if case .auto = tools, !text.hasPrefix(ToolCallMode.marker) { return (AssistantMessage(content: text), finish) }
             return (AssistantMessage(content: nil), finish)
         }
-        return (AssistantMessage(content: nil, toolCalls: sent.enumerated().map { k, c in
-            ToolCall(id: callID(index, k), name: c.name, arguments: c.arguments)
-        }), finish)
+        return (callMessage(sent), finish)
     }
 
     /// Call k of choice `index`: unique within the response, and the same from a replica and the router.

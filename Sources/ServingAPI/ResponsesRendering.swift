@@ -171,16 +171,14 @@ extension CompletionRenderer {
     }
 
     /// A complete tool-call answer's calls as `function_call` items.
-    private func callItems(_ calls: [ToolCall]) -> [[String: Any]] {
-        calls.enumerated().map { k, c in callItem(k, name: c.function.name, arguments: c.function.arguments, status: "completed") }
+    private func callItems(_ calls: [ToolCall], status: String = "completed") -> [[String: Any]] {
+        calls.enumerated().map { k, c in callItem(k, name: c.function.name, arguments: c.function.arguments, status: status) }
     }
 
     /// A tool-call answer as `function_call` items (nil: the answer is text): complete ones, or, cut short, the calls as
     /// far as a stream sends them (`message`), incomplete.
     private func callItems(text: String, finish: String) -> [[String: Any]]? {
-        guard let calls = message(0, text: text, finish: finish).0.toolCalls else { return nil }
-        let status = finish == "stop" ? "completed" : "incomplete"
-        return calls.enumerated().map { k, c in callItem(k, name: c.function.name, arguments: c.function.arguments, status: status) }
+        message(0, text: text, finish: finish).0.toolCalls.map { callItems($0, status: finish == "stop" ? "completed" : "incomplete") }
     }
 
     private func outputItems(text: String, finish: String) -> [[String: Any]] {
