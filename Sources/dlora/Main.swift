@@ -165,14 +165,15 @@ struct Generate: ParsableCommand {
         var lora: LoRAWeights?
         if let adapter {
             let path: String
+            let configuredRoot = adapterRoot ?? ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"]
             if FileManager.default.fileExists(atPath: adapter) {
                 path = adapter
-            } else if adapter.contains("/") && adapterRoot == nil && ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"] == nil {
+            } else if adapter.contains("/") && configuredRoot == nil {
                 // A path (no adapter root to name one in, and a name is one path component): say what is missing
                 // rather than that the name is invalid.
                 throw CLIError("--adapter \(adapter): no such file or directory")
             } else {
-                let root = adapterRoot ?? ProcessInfo.processInfo.environment["DLORA_ADAPTER_ROOT"] ?? FileManager.default.currentDirectoryPath
+                let root = configuredRoot ?? FileManager.default.currentDirectoryPath
                 path = try AdapterRegistry(root: root, base: config).path(for: adapter)
             }
             let weights = try AdapterLoader.load(path: path, base: config).held(as: adapterPrecision.resolved(for: loaded.model))
