@@ -4,7 +4,7 @@
 # adapters at batch 32) after the Q4_1 bf16 base products, with and without the prefetch plan that names the
 # LoRA bytes to the products. Writes bench/results/lora-kernel.md. THREADS (default: all cores), ROUNDS (default
 # 2: plan off and on alternating). Needs AVX-512 BF16 for the products' figures to mean what they say; the int8
-# section (Q8_0 adapters beside int8 products) needs AVX-512 VNNI.
+# and int4 sections (Q8_0 and Q4_0 adapters beside int8 products) need AVX-512 VNNI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 THREADS=${THREADS:-$(nproc)}
@@ -34,5 +34,11 @@ cc -O3 -I$K/include bench/lora_kernel.c "$tmp"/*.o -o "$tmp/lora_kernel" -lpthre
     echo "A is packed for \`dl_matmul_q8\`, B in the expand's Q8_0 layout (docs/design/lora-kernels.md, \"int8 adapters\")."
     echo
     WTYPE=q8 "$tmp/lora_kernel" "$THREADS" "$ROUNDS"
+    echo
+    echo "### Int4 (Q4_0) adapters, int8 products, as serve runs them with \`--adapter-precision int4\`"
+    echo
+    echo "A in Q4_0 packed for \`dl_matmul_q8\`, B's codes in nibbles (docs/design/lora-kernels.md, \"int4 adapters\")."
+    echo
+    WTYPE=q4 "$tmp/lora_kernel" "$THREADS" "$ROUNDS"
 } > "$OUT"
 cat "$OUT"

@@ -12,9 +12,11 @@
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9; }
 
-// The adapters' type: BF16, or Q8_0 with WTYPE=q8 (A packed for dl_matmul_q8, B in the expand's Q8_0 layout).
+// The adapters' type: BF16, Q8_0 with WTYPE=q8 or Q4_0 with WTYPE=q4 (A packed for dl_matmul_q8, B in the expand's
+// quantized layout).
 static int WT = DL_BF16;
-static size_t a_bytes(int in, int r) { return WT == DL_Q8_0 ? (size_t)dl_q8_bytes(DL_Q8_0, in, r) : (size_t)r * in * 2; }
+static int quantized(void) { return WT == DL_Q8_0 || WT == DL_Q4_0; }
+static size_t a_bytes(int in, int r) { return quantized() ? (size_t)dl_q8_bytes(WT, in, r) : (size_t)r * in * 2; }
 
 static void *fill(size_t bytes, int v) { void *p = aligned_alloc(64, (bytes + 63) / 64 * 64); memset(p, v, bytes); return p; }
 
@@ -58,8 +60,8 @@ static void step(int rounds) {
             uint8_t *raw = fill(rb * pN[p], 0);
             for (int64_t i = 0; i < rb * pN[p]; i++) raw[i] = (uint8_t)(i * 37 + l);
             for (int64_t r = 0; r < pN[p]; r++) { const uint16_t d = 0x2000; memcpy(raw + r * rb, &d, 2); memcpy(raw + r * rb + 2, &d, 2); }
-            // The products as serve runs them beside such adapters: bf16 products with bf16 adapters, int8 with int8.
-            if (WT == DL_Q8_0) {
+            // The products as serve runs them beside such adapters: bf16 products with bf16 adapters, int8 with int8 or int4.
+            if (quantized()) {
                 W[l][p] = fill((size_t)dl_q8_bytes(DL_Q4_1, pK[p], pN[p]), 0);
                 dl_pack_q8(DL_Q4_1, raw, rb, pK[p], pN[p], W[l][p]);
             } else {
@@ -91,7 +93,7 @@ static void step(int rounds) {
                                 spans[n++] = (dl_span){ B[l][p][t][s], dl_lora_b_bytes(WT, tout[p][t], R) };
                             }
                         const double t0 = now();
-                        if (WT == DL_Q8_0) dl_matmul_q8(DL_Q4_1, W[l][p], pN[p], pK[p], x, pK[p], 32, y, pN[p], plan ? spans : NULL, plan ? n : 0);
+                        if (quantized()) dl_matmul_q8(DL_Q4_1, W[l][p], pN[p], pK[p], x, pK[p], 32, y, pN[p], plan ? spans : NULL, plan ? n : 0);
                         else dl_matmul_q_bf16(DL_Q4_1, 32, pN[p], pK[p], x, pK[p], W[l][p], y, pN[p], plan ? spans : NULL, plan ? n : 0);
                         const double t1 = now();
                         for (int t = 0; t < ntg[p]; t++) {
@@ -115,6 +117,7 @@ int main(int argc, char **argv) {
     dl_set_num_threads(threads);
     const char *wt = getenv("WTYPE");
     if (wt && !strcmp(wt, "q8")) WT = DL_Q8_0;
+    if (wt && !strcmp(wt, "q4")) WT = DL_Q4_0;
     printf("| call | MB | from DRAM µs | GB/s | from cache µs | GB/s |\n|---|---:|---:|---:|---:|---:|\n");
     call("gate 576 → 1536, 32 one-token segments, rank 16", 576, 1536, 16, 32, 1);
     call("down 1536 → 576, 32 × 1, rank 16", 1536, 576, 16, 32, 1);

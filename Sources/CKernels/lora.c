@@ -36,7 +36,8 @@
 // is dl_matmul_q8's (the token's activations quantized to int8 per 32, A's packed Q8_0 codes, exact int32 sums), a
 // piece's on the calling thread, a long segment's over the pool; the expand (expand_vnni) quantizes u per 16 and
 // takes B's codes with VPDPBUSD, 256 multiply-adds per four instructions. About half a BF16 adapter's bytes per step
-// (docs/design/lora-kernels.md, "int8 adapters").
+// (docs/design/lora-kernels.md, "int8 adapters"). Int4 adapters (wtype Q4_0, AdapterPrecision.int4) take the same
+// paths with A in Q4_0 and B's codes in nibbles: 0.54× an int8 adapter's bytes ("int4 adapters" below and in the doc).
 // Without AVX-512 the AVX2 twin runs R·T ≤ 8 (row, token) pairs at a time, each 16-lane accumulator held as
 // two 8-lane halves (lo lanes over all of K, then hi), reduced by the same tree (lane_sums8): the same bits.
 #include "ckernels.h"
@@ -61,7 +62,7 @@ static _Thread_local void *tl_qu;
 static _Thread_local int64_t tl_qu_bytes;
 
 // ------------------------------------------------------------------ int8 adapters (Q8_0): B's layout and the expand
-// B (out x prank) in groups of 16 outputs; per block of 16 rank indices (prank / 16 of them) QB_BLOCK bytes: the 16
+// B (out x prank) in groups of 16 outputs; per block of 16 rank indices (prank / 16 of them) qb_block_bytes(Q8_0) bytes: the 16
 // outputs' f16 scales (output l's 16 values quantized as ggml's Q8_0 does: d = max|v| / 127, q = round(v / d)), then
 // 4 vectors of 16 dwords, lane l of vector m holding output l's codes for the block's rank indices 4m..4m+3, each
 // plus 128 (the unsigned bytes VPDPBUSD takes). The expand quantizes the token's u per block of 16 the way
@@ -70,13 +71,29 @@ static _Thread_local int64_t tl_qu_bytes;
 //     acc = fma(d[o, b] · du[b], (float)Σ_j q[o, j] · qu[j], acc)     over the blocks b in order, from +0
 //     y[o] = y[o] + scale · acc                                     (the product and the sum rounded apart)
 // the integer sums exact in int32 (started from −128 · Σ qu to take the +128 back out).
-enum { QB_BLOCK = 32 + 4 * 64 };
-static inline int64_t qb_group_bytes(int64_t prank) { return prank / 16 * QB_BLOCK; }
-static inline int64_t qb_scale_offset(int64_t prank, int64_t o, int64_t j) {
-    return o / 16 * qb_group_bytes(prank) + j / 16 * QB_BLOCK + 2 * (o % 16);
+//
+// Int4 adapters (wtype Q4_0; AdapterPrecision.int4): A is Q4_0 (ggml's rounding per 32 inputs), packed by dl_pack_q8
+// for dl_matmul_q8's shrink; B is quantized per output and block of 16 rank indices by ggml's Q4_0 rule (d = m / −8
+// where m is the value of largest magnitude, q = min(15, ⌊v / d + 8.5⌋) − 8, the f16 scale), in the same groups of 16
+// outputs: per block the 16 scales, then two vectors of 16 dwords whose lane l holds output l's codes plus 8, rank
+// indices 8h + i (i < 4) in byte i's low nibble and 8h + 4 + i in its high nibble. The expand is the same
+// specification with q in −8..7 (the integer sums started from −8 · Σ qu). 10 bytes per 16 values instead of 18.
+static inline int qb_is_quantized(int type) { return type == DL_Q8_0 || type == DL_Q4_0; }
+static inline int64_t qb_block_bytes(int type) { return type == DL_Q4_0 ? 32 + 2 * 64 : 32 + 4 * 64; }
+static inline int64_t qb_group_bytes(int type, int64_t prank) { return prank / 16 * qb_block_bytes(type); }
+static inline int64_t qb_scale_offset(int type, int64_t prank, int64_t o, int64_t j) {
+    return o / 16 * qb_group_bytes(type, prank) + j / 16 * qb_block_bytes(type) + 2 * (o % 16);
 }
-static inline int64_t qb_code_offset(int64_t prank, int64_t o, int64_t j) {
-    return o / 16 * qb_group_bytes(prank) + j / 16 * QB_BLOCK + 32 + (j % 16) / 4 * 64 + (o % 16) * 4 + j % 4;
+// The byte holding B[o, j]'s code (Q4_0: in the low nibble when (j mod 8) < 4, else the high one).
+static inline int64_t qb_code_offset(int type, int64_t prank, int64_t o, int64_t j) {
+    const int64_t vec = type == DL_Q4_0 ? (j % 16) / 8 : (j % 16) / 4;
+    return o / 16 * qb_group_bytes(type, prank) + j / 16 * qb_block_bytes(type) + 32 + vec * 64 + (o % 16) * 4 + j % 4;
+}
+// B[o, j]'s signed code.
+static inline int qb_code(int type, const uint8_t *packed, int64_t prank, int64_t o, int64_t j) {
+    const uint8_t c = packed[qb_code_offset(type, prank, o, j)];
+    if (type == DL_Q4_0) return ((j % 8) < 4 ? c & 15 : c >> 4) - 8;
+    return c - 128;
 }
 
 // One output's 16 values of a block as ggml quantizes a Q8_0 block (d rounded to f16 after q is formed with the f32
@@ -91,15 +108,35 @@ static uint16_t quantize_b16(const float *v, int8_t *q) {
     return h;
 }
 
-static void pack_q8(const float *b, int64_t out, int64_t prank, uint8_t *d) {
+// The same for ggml's Q4_0 rule over 16 values: q in −8..7.
+static uint16_t quantize_b16_q4(const float *v, int8_t *q) {
+    float amax = 0.0f, max = 0.0f;
+    for (int i = 0; i < 16; i++)
+        if (fabsf(v[i]) > amax) { amax = fabsf(v[i]); max = v[i]; }
+    const float d = max / -8.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+    for (int i = 0; i < 16; i++) {
+        const int c = (int)(v[i] * id + 8.5f);
+        q[i] = (int8_t)((c > 15 ? 15 : c) - 8);
+    }
+    uint16_t h;
+    dl_f32_to_f16(&d, &h, 1);
+    return h;
+}
+
+static void pack_quantized(int type, const float *b, int64_t out, int64_t prank, uint8_t *d) {
     float v[16];
     int8_t q[16];
+    memset(d, 0, (size_t)((out + 15) / 16 * qb_group_bytes(type, prank))); // Q4_0's nibbles are OR-ed in
     for (int64_t o = 0; o < (out + 15) / 16 * 16; o++)
         for (int64_t j0 = 0; j0 < prank; j0 += 16) {
             for (int i = 0; i < 16; i++) v[i] = o < out ? b[o * prank + j0 + i] : 0.0f;
-            const uint16_t h = quantize_b16(v, q);
-            memcpy(d + qb_scale_offset(prank, o, j0), &h, 2);
-            for (int i = 0; i < 16; i++) d[qb_code_offset(prank, o, j0 + i)] = (uint8_t)(q[i] + 128);
+            const uint16_t h = type == DL_Q4_0 ? quantize_b16_q4(v, q) : quantize_b16(v, q);
+            memcpy(d + qb_scale_offset(type, prank, o, j0), &h, 2);
+            for (int i = 0; i < 16; i++) {
+                uint8_t *c = d + qb_code_offset(type, prank, o, j0 + i);
+                if (type == DL_Q4_0) *c |= (uint8_t)((q[i] + 8) << (i % 8 < 4 ? 0 : 4));
+                else *c = (uint8_t)(q[i] + 128);
+            }
         }
 }
 
@@ -173,8 +210,8 @@ static inline int64_t lb_offset(int type, int64_t prank, int64_t o, int64_t j) {
 }
 
 int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank) {
-    if ((type != DL_F32 && type != DL_F16 && type != DL_BF16 && type != DL_Q8_0) || out <= 0 || prank <= 0 || prank % 16) return -1;
-    if (type == DL_Q8_0) return (out + 15) / 16 * qb_group_bytes(prank);
+    if ((type != DL_F32 && type != DL_F16 && type != DL_BF16 && !qb_is_quantized(type)) || out <= 0 || prank <= 0 || prank % 16) return -1;
+    if (qb_is_quantized(type)) return (out + 15) / 16 * qb_group_bytes(type, prank);
     return (out + 31) / 32 * prank * 32 * lb_elem(type);
 }
 
@@ -184,7 +221,7 @@ void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *d
     uint8_t *d = (uint8_t *)dst;
     const int64_t bytes = dl_lora_b_bytes(type, out, prank);
     if (bytes < 0) return; // not a type or shape the layout holds (the callers check first)
-    if (type == DL_Q8_0) { pack_q8((const float *)b, out, prank, d); return; }
+    if (qb_is_quantized(type)) { pack_quantized(type, (const float *)b, out, prank, d); return; }
     memset(d, 0, (size_t)bytes); // the last group's padding
     for (int64_t o = 0; o < out; o++)
         for (int64_t j = 0; j < prank; j++) memcpy(d + lb_offset(type, prank, o, j), src + (o * prank + j) * es, (size_t)es);
@@ -193,11 +230,11 @@ void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *d
 // The value of B[o, j] from the packed layout, widened exactly.
 static inline float lb_value(int type, const uint8_t *packed, int64_t prank, int64_t o, int64_t j) {
     uint16_t h;
-    if (type == DL_Q8_0) {
-        memcpy(&h, packed + qb_scale_offset(prank, o, j), 2);
+    if (qb_is_quantized(type)) {
+        memcpy(&h, packed + qb_scale_offset(type, prank, o, j), 2);
         float d;
         dl_f16_to_f32(&h, &d, 1);
-        return d * (float)(packed[qb_code_offset(prank, o, j)] - 128); // exact: an 8-bit code times an f16 scale
+        return d * (float)qb_code(type, packed, prank, o, j); // exact: an 8-bit code times an f16 scale
     }
     const uint8_t *p = packed + lb_offset(type, prank, o, j);
     if (type == DL_F32) { float f; memcpy(&f, p, 4); return f; }
@@ -247,17 +284,17 @@ static inline __attribute__((always_inline)) void prefetch_step(prefetcher *f) {
 // The prefetch of `next`'s A then B (nothing when next is NULL), spread over the 16-weight steps of s's
 // first token as the AVX-512 kernel counts them (the AVX2 kernel, which takes twice the steps, finishes it
 // halfway through).
-// A segment's A bytes as the kernel reads them (Q8_0: dl_pack_q8's copy, its row blocks padded to even).
+// A segment's A bytes as the kernel reads them (Q8_0, Q4_0: dl_pack_q8's copy, its row blocks padded to even).
 static int64_t seg_a_bytes(const dl_lora_seg *s, int64_t in) {
-    return s->wtype == DL_Q8_0 ? dl_q8_bytes(DL_Q8_0, in, s->prank) : s->prank * dl_row_bytes(s->wtype, in);
+    return qb_is_quantized(s->wtype) ? dl_q8_bytes(s->wtype, in, s->prank) : s->prank * dl_row_bytes(s->wtype, in);
 }
 
 static prefetcher next_segment_prefetch(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
     if (!next) return (prefetcher){ 0 };
     const int64_t in = c->in, out = c->out, prank = s->prank;
     int64_t na = seg_a_bytes(next, in), nb = dl_lora_b_bytes(next->wtype, out, next->prank);
-    // A Q8_0 segment prefetches during its expand only (its shrink is dl_matmul_q8's), a step per 16 × 16 block.
-    int64_t steps = s->wtype == DL_Q8_0 ? (out + 15) / 16 * (prank / 16) : prank / 16 * (in / 16) + (out + 31) / 32 * (prank / 8);
+    // A Q8_0 or Q4_0 segment prefetches during its expand only (its shrink is dl_matmul_q8's), a step per 16 × 16 block.
+    int64_t steps = qb_is_quantized(s->wtype) ? (out + 15) / 16 * (prank / 16) : prank / 16 * (in / 16) + (out + 31) / 32 * (prank / 8);
     return (prefetcher){ (const char *)next->a, (const char *)next->a + na, (const char *)next->b, (const char *)next->b + nb,
                          ((na + nb) / 64 + steps - 1) / steps };
 }
@@ -366,7 +403,8 @@ void expand512(const int type, const uint8_t *bp, int64_t out, int64_t prank, co
 // A block of the token's quantized u as the expand takes it: its 16 codes as four broadcast dwords, du, the integer start.
 typedef struct { __m512i q[4]; __m512 du; __m512i aux; } qu_block;
 
-DL_VNNI static inline __attribute__((always_inline)) qu_block qu_block_of(qu_scratch s, int64_t b) {
+// type Q8_0 or Q4_0: the integer start takes out the codes' offset (128, or 8: −128 · Σ qu / 16, exact).
+DL_VNNI static inline __attribute__((always_inline)) qu_block qu_block_of(const int type, qu_scratch s, int64_t b) {
     qu_block k;
     for (int m = 0; m < 4; m++) {
         int32_t q4;
@@ -374,14 +412,24 @@ DL_VNNI static inline __attribute__((always_inline)) qu_block qu_block_of(qu_scr
         k.q[m] = _mm512_set1_epi32(q4);
     }
     k.du = _mm512_set1_ps(s.du[b]);
-    k.aux = _mm512_set1_epi32(s.aux[b]);
+    k.aux = _mm512_set1_epi32(type == DL_Q4_0 ? s.aux[b] / 16 : s.aux[b]);
     return k;
 }
 
-// acc + (d · du) · Σ q·qu for one block of 16 outputs (blk: its scales, then its four code vectors).
-DL_VNNI static inline __attribute__((always_inline)) __m512 qb_block_fma(const uint8_t *blk, qu_block k, __m512 acc) {
+// acc + (d · du) · Σ q·qu for one block of 16 outputs (blk: its scales, then its code vectors: four of bytes for
+// Q8_0, two of nibbles for Q4_0).
+DL_VNNI static inline __attribute__((always_inline)) __m512 qb_block_fma(const int type, const uint8_t *blk, qu_block k, __m512 acc) {
     __m512i isum = k.aux;
-    for (int m = 0; m < 4; m++) isum = _mm512_dpbusd_epi32(isum, _mm512_loadu_si512((const void *)(blk + 32 + 64 * m)), k.q[m]);
+    if (type == DL_Q4_0) {
+        const __m512i low = _mm512_set1_epi8(15);
+        for (int h = 0; h < 2; h++) {
+            const __m512i v = _mm512_loadu_si512((const void *)(blk + 32 + 64 * h));
+            isum = _mm512_dpbusd_epi32(isum, _mm512_and_si512(v, low), k.q[2 * h]);
+            isum = _mm512_dpbusd_epi32(isum, _mm512_and_si512(_mm512_srli_epi16(v, 4), low), k.q[2 * h + 1]);
+        }
+    } else {
+        for (int m = 0; m < 4; m++) isum = _mm512_dpbusd_epi32(isum, _mm512_loadu_si512((const void *)(blk + 32 + 64 * m)), k.q[m]);
+    }
     const __m512 dd = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)blk)), k.du);
     return _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(isum), acc);
 }
@@ -389,22 +437,29 @@ DL_VNNI static inline __attribute__((always_inline)) __m512 qb_block_fma(const u
 // The expand of a Q8_0 B on AVX-512 VNNI (the specification above): per group of 16 outputs and block of 16 rank
 // indices, four VPDPBUSD of the outputs' codes against the block's qu broadcast a dword at a time, then one FMA with
 // the outputs' scales times du. Needs dl_has_vnni512.
-DL_VNNI static void expand_vnni(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+DL_VNNI static inline __attribute__((always_inline))
+void expand_vnni_typed(const int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y,
+                       prefetcher *f) {
     const qu_scratch s = qu_buffers(prank);
     quantize_u_avx512(u, prank, s.qu, s.du, s.aux);
     const __m512 vs = _mm512_set1_ps(scale);
-    const int64_t nb = prank / 16;
+    const int64_t nb = prank / 16, block = qb_block_bytes(type);
     // The first block's qu (all of a rank-16 adapter's u) broadcast once for every group; the others' per group.
-    const qu_block first = qu_block_of(s, 0);
+    const qu_block first = qu_block_of(type, s, 0);
     for (int64_t o = 0; o < out; o += 16) {
-        const uint8_t *grp = bp + o / 16 * qb_group_bytes(prank);
+        const uint8_t *grp = bp + o / 16 * qb_group_bytes(type, prank);
         __m512 acc = _mm512_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             if (f) prefetch_step(f);
-            acc = qb_block_fma(grp + b * QB_BLOCK, b == 0 ? first : qu_block_of(s, b), acc);
+            acc = qb_block_fma(type, grp + b * block, b == 0 ? first : qu_block_of(type, s, b), acc);
         }
         add_scaled16(y, o, out, vs, acc);
     }
+}
+
+DL_VNNI static void expand_vnni(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+    if (type == DL_Q4_0) expand_vnni_typed(DL_Q4_0, bp, out, prank, u, scale, y, f);
+    else expand_vnni_typed(DL_Q8_0, bp, out, prank, u, scale, y, f);
 }
 
 // T tokens (1 or 4) of segment s from its token t0: shrink into u (token t's prank values at u + t * prank),
@@ -583,25 +638,41 @@ DL_AVX2 static void piece256(const lora_ctx *c, const dl_lora_seg *s, int64_t t0
 
 // expand_vnni's twin on AVX-VNNI (the same bits): a group's 16 outputs as two halves of 8 (the first and second 32
 // bytes of each 64-byte code vector, the scales' first and second 8), VPDPBUSD's 256-bit VEX form.
-DL_AVX2_VNNI static void expand_avxvnni(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y,
-                                        prefetcher *f) {
+DL_AVX2_VNNI static inline __attribute__((always_inline))
+void expand_avxvnni_typed(const int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y,
+                          prefetcher *f) {
     const qu_scratch s = qu_buffers(prank);
     quantize_u(u, prank, s.qu, s.du, s.aux);
     const __m256 vs = _mm256_set1_ps(scale);
-    const int64_t nb = prank / 16;
+    const int64_t nb = prank / 16, block = qb_block_bytes(type);
     for (int64_t o = 0; o < out; o += 16) {
-        const uint8_t *grp = bp + o / 16 * qb_group_bytes(prank);
+        const uint8_t *grp = bp + o / 16 * qb_group_bytes(type, prank);
         __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
         for (int64_t b = 0; b < nb; b++) {
             if (f) prefetch_step(f);
-            const uint8_t *blk = grp + b * QB_BLOCK;
-            __m256i ilo = _mm256_set1_epi32(s.aux[b]), ihi = ilo;
+            const uint8_t *blk = grp + b * block;
+            __m256i ilo = _mm256_set1_epi32(type == DL_Q4_0 ? s.aux[b] / 16 : s.aux[b]), ihi = ilo;
+            __m256i qm[4];
             for (int m = 0; m < 4; m++) {
                 int32_t q4;
                 memcpy(&q4, s.qu + 16 * b + 4 * m, 4);
-                const __m256i qm = _mm256_set1_epi32(q4);
-                ilo = _mm256_dpbusd_avx_epi32(ilo, _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * m)), qm);
-                ihi = _mm256_dpbusd_avx_epi32(ihi, _mm256_loadu_si256((const __m256i *)(blk + 64 + 64 * m)), qm);
+                qm[m] = _mm256_set1_epi32(q4);
+            }
+            if (type == DL_Q4_0) {
+                const __m256i low = _mm256_set1_epi8(15);
+                for (int h = 0; h < 2; h++) {
+                    const __m256i vl = _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * h));
+                    const __m256i vh = _mm256_loadu_si256((const __m256i *)(blk + 64 + 64 * h));
+                    ilo = _mm256_dpbusd_avx_epi32(ilo, _mm256_and_si256(vl, low), qm[2 * h]);
+                    ilo = _mm256_dpbusd_avx_epi32(ilo, _mm256_and_si256(_mm256_srli_epi16(vl, 4), low), qm[2 * h + 1]);
+                    ihi = _mm256_dpbusd_avx_epi32(ihi, _mm256_and_si256(vh, low), qm[2 * h]);
+                    ihi = _mm256_dpbusd_avx_epi32(ihi, _mm256_and_si256(_mm256_srli_epi16(vh, 4), low), qm[2 * h + 1]);
+                }
+            } else {
+                for (int m = 0; m < 4; m++) {
+                    ilo = _mm256_dpbusd_avx_epi32(ilo, _mm256_loadu_si256((const __m256i *)(blk + 32 + 64 * m)), qm[m]);
+                    ihi = _mm256_dpbusd_avx_epi32(ihi, _mm256_loadu_si256((const __m256i *)(blk + 64 + 64 * m)), qm[m]);
+                }
             }
             const __m256 du = _mm256_set1_ps(s.du[b]);
             const __m256 dlo = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)blk)), du);
@@ -613,9 +684,15 @@ DL_AVX2_VNNI static void expand_avxvnni(const uint8_t *bp, int64_t out, int64_t 
         add_scaled8(y, o + 8, out, vs, hi);
     }
 }
+
+DL_AVX2_VNNI static void expand_avxvnni(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale,
+                                        float *y, prefetcher *f) {
+    if (type == DL_Q4_0) expand_avxvnni_typed(DL_Q4_0, bp, out, prank, u, scale, y, f);
+    else expand_avxvnni_typed(DL_Q8_0, bp, out, prank, u, scale, y, f);
+}
 #endif
 
-// Whether this thread can run a Q8_0 adapter's expand: AVX-512 VNNI, or AVX-VNNI on the AVX2 path.
+// Whether this thread can run a Q8_0 or Q4_0 adapter's expand: AVX-512 VNNI, or AVX-VNNI on the AVX2 path.
 static int q8_expand_path(void) {
 #if defined(__x86_64__)
     return dl_has_vnni512() ? 2 : dl_has_avxvnni() ? 1 : 0;
@@ -626,29 +703,29 @@ static int q8_expand_path(void) {
 
 int dl_has_int8_adapters(void) { return q8_expand_path() != 0; }
 
-// A Q8_0 B's expand of one token on the path this thread may use (the same bits on each).
-static void expand_q8(const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
+// A Q8_0 or Q4_0 B's expand of one token on the path this thread may use (the same bits on each).
+static void expand_q8(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y, prefetcher *f) {
 #if defined(__x86_64__)
     switch (q8_expand_path()) {
-    case 2: expand_vnni(bp, out, prank, u, scale, y, f); return;
-    case 1: expand_avxvnni(bp, out, prank, u, scale, y, f); return;
+    case 2: expand_vnni(type, bp, out, prank, u, scale, y, f); return;
+    case 1: expand_avxvnni(type, bp, out, prank, u, scale, y, f); return;
     }
 #endif
-    (void)bp; (void)out; (void)prank; (void)u; (void)scale; (void)y; (void)f;
+    (void)type; (void)bp; (void)out; (void)prank; (void)u; (void)scale; (void)y; (void)f;
     // (Callers hold adapters in Q8_0 only where the CPU can: AdapterPrecision, LoRAOperands.)
-    fprintf(stderr, "dlora kernels: a Q8_0 adapter's expand needs AVX-512 VNNI or AVX-VNNI; aborting\n");
+    fprintf(stderr, "dlora kernels: a quantized adapter's expand needs AVX-512 VNNI or AVX-VNNI; aborting\n");
     abort();
 }
 
-// A piece of a Q8_0 segment (T <= PIECE tokens from t0): the shrink with int8 activations (dl_matmul_q8's bits),
+// A piece of a Q8_0 or Q4_0 segment (T <= PIECE tokens from t0): the shrink with int8 activations (dl_matmul_q8's bits),
 // gates, the expand token by token.
 static void piece_q8(const lora_ctx *c, const dl_lora_seg *s, int64_t t0, int64_t T, float *u, prefetcher *f) {
     const float *x = c->x + (s->start + t0) * c->ldx;
     float *y = c->y + (s->start + t0) * c->ldy;
-    dl_matmul_q8_serial(DL_Q8_0, (const uint8_t *)s->a, s->prank, c->in, x, c->ldx, T, u, s->prank);
+    dl_matmul_q8_serial(s->wtype, (const uint8_t *)s->a, s->prank, c->in, x, c->ldx, T, u, s->prank);
     if (s->gates)
         for (int64_t t = 0; t < T; t++) gate_columns(s, u + t * s->prank, s->gates + (t0 + t) * s->ldg);
-    for (int64_t t = 0; t < T; t++, f = NULL) expand_q8((const uint8_t *)s->b, c->out, s->prank, u + t * s->prank, s->scale, y + t * c->ldy, f);
+    for (int64_t t = 0; t < T; t++, f = NULL) expand_q8(s->wtype, (const uint8_t *)s->b, c->out, s->prank, u + t * s->prank, s->scale, y + t * c->ldy, f);
 }
 
 // One token's expand on the best path this thread may use (the same bits on each).
@@ -671,7 +748,7 @@ DL_AVX2 static void expand256_any(int type, const uint8_t *bp, int64_t out, int6
 #endif
 
 static void expand_one(int type, const uint8_t *bp, int64_t out, int64_t prank, const float *u, float scale, float *y) {
-    if (type == DL_Q8_0) { expand_q8(bp, out, prank, u, scale, y, NULL); return; }
+    if (qb_is_quantized(type)) { expand_q8(type, bp, out, prank, u, scale, y, NULL); return; }
 #if defined(__x86_64__)
     if (dl_has_avx512()) { expand512_any(type, bp, out, prank, u, scale, y); return; }
     if (dl_has_avx2()) { expand256_any(type, bp, out, prank, u, scale, y); return; }
@@ -696,14 +773,14 @@ static void expand_range(void *vctx, int64_t t0, int64_t t1) {
 
 static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_seg *next) {
 #if defined(__x86_64__)
-    if (s->wtype == DL_Q8_0 && s->count <= PIECE) {
+    if (qb_is_quantized(s->wtype) && s->count <= PIECE) {
         prefetcher pf = next_segment_prefetch(c, s, next);
         piece_q8(c, s, 0, s->count, lora_scratch(PIECE * s->prank), next ? &pf : NULL);
         return;
     }
     void (*piece)(const lora_ctx *, const dl_lora_seg *, int64_t, int, float *, prefetcher *) =
         dl_has_avx512() ? piece512 : dl_has_avx2() ? piece256 : NULL;
-    if (s->count <= PIECE && piece && s->wtype != DL_Q8_0) {
+    if (s->count <= PIECE && piece && !qb_is_quantized(s->wtype)) {
         prefetcher pf = next_segment_prefetch(c, s, next);
         prefetcher *f = next ? &pf : NULL; // the first piece prefetches the next segment
         float *u = lora_scratch(PIECE * s->prank);
@@ -717,7 +794,7 @@ static void one_segment(const lora_ctx *c, const dl_lora_seg *s, const dl_lora_s
     // The shrink on dl_matmul_dq (A row-major, split over the pool; Q8_0: dl_matmul_q8 on A's packed copy), the
     // expand token by token from B's packed layout.
     float *tmp = lora_scratch(s->count * s->prank);
-    if (s->wtype == DL_Q8_0) dl_matmul_q8(DL_Q8_0, (const uint8_t *)s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank, NULL, 0);
+    if (qb_is_quantized(s->wtype)) dl_matmul_q8(s->wtype, (const uint8_t *)s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank, NULL, 0);
     else dl_matmul_dq(s->wtype, s->a, s->prank, c->in, c->x + s->start * c->ldx, c->ldx, s->count, tmp, s->prank);
     if (s->gates)
         for (int64_t t = 0; t < s->count; t++) gate_columns(s, tmp + t * s->prank, s->gates + t * s->ldg);

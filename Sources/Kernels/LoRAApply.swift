@@ -111,13 +111,14 @@ extension Kernels {
         public let rows: Int, cols: Int
         let storage: Buffer
 
-        /// From a row-major B; `quantizedToQ8_0`: an f32 B held as Q8_0, each output's values quantized per block of
-        /// 16 rank indices (ggml's rounding; an int8 adapter's B, laid out for VPDPBUSD: lora.c, "int8 adapters").
-        public init(_ b: WeightMatrix, quantizedToQ8_0: Bool = false) {
-            precondition(b.dtype == .f32 || (!quantizedToQ8_0 && (b.dtype == .f16 || b.dtype == .bf16)),
+        /// From a row-major B; `quantizedTo` Q8_0 or Q4_0: an f32 B held so, each output's values quantized per block of
+        /// 16 rank indices (ggml's rounding; an int8 or int4 adapter's B, laid out for VPDPBUSD: lora.c, "int8 adapters").
+        public init(_ b: WeightMatrix, quantizedTo quantized: DType? = nil) {
+            precondition(quantized == nil || quantized == .q8_0 || quantized == .q4_0, "LoRA: B quantized to \(quantized!) (Q8_0 or Q4_0)")
+            precondition(b.dtype == .f32 || (quantized == nil && (b.dtype == .f16 || b.dtype == .bf16)),
                          "LoRA: B is \(b.dtype) (F32, F16 or BF16; F32 to quantize)")
             precondition(b.rows > 0 && b.cols > 0 && b.cols % 16 == 0, "LoRA: B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16)")
-            dtype = quantizedToQ8_0 ? .q8_0 : b.dtype
+            dtype = quantized ?? b.dtype
             rows = b.rows
             cols = b.cols
             let code = Int32(dtype.rawValue)
@@ -145,15 +146,15 @@ extension Kernels {
         public let aBytes: Int64, bBytes: Int64
         public let inFeatures: Int, outFeatures: Int
 
-        /// A Q8_0 A must carry its int8 copy (`WeightMatrix.withInt8`), which the kernel reads.
+        /// A Q8_0 or Q4_0 A must carry its int8 copy (`WeightMatrix.withInt8`), which the kernel reads.
         public init(a: WeightMatrix, b: LoRAExpandMatrix) {
-            precondition(a.dtype == b.dtype && (a.dtype == .f32 || a.dtype == .f16 || a.dtype == .bf16 || a.dtype == .q8_0),
-                         "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16, BF16 or Q8_0)")
+            precondition(a.dtype == b.dtype && [.f32, .f16, .bf16, .q8_0, .q4_0].contains(a.dtype),
+                         "LoRA: A is \(a.dtype), B is \(b.dtype) (both F32, F16, BF16, Q8_0 or Q4_0)")
             precondition(a.rows > 0 && a.rows % 16 == 0 && b.cols == a.rows && a.cols > 0 && a.cols % 16 == 0 && b.rows > 0,
                          "LoRA: A is \(a.rows)×\(a.cols), B is \(b.rows)×\(b.cols) (rank padded to a multiple of 16, in a multiple of 16)")
-            if a.dtype == .q8_0 {
-                guard let packed = a.int8 else { preconditionFailure("LoRA: a Q8_0 A without its int8 copy") }
-                precondition(Kernels.hasInt8Dot, "LoRA: Q8_0 adapters need AVX-512 VNNI or AVX-VNNI")
+            if a.dtype == .q8_0 || a.dtype == .q4_0 {
+                guard let packed = a.int8 else { preconditionFailure("LoRA: a \(a.dtype) A without its int8 copy") }
+                precondition(Kernels.hasInt8Dot, "LoRA: \(a.dtype) adapters need AVX-512 VNNI or AVX-VNNI")
                 self.a = UnsafeRawPointer(packed.storage.base)
                 aBytes = Int64(packed.byteCount)
             } else {

@@ -65,7 +65,8 @@ public enum LoRATarget: Int, CaseIterable, Sendable, CustomStringConvertible {
 /// padded to a multiple of 16 (zero rows of A, zero columns of B) so both products run on the
 /// batch-invariant matmul kernel. Stored in f32, or in F16/BF16 when the adapter file holds them so (the
 /// kernel upcasts exactly; half the bytes to read per step), or quantized to Q8_0 (`AdapterPrecision.int8`: a
-/// quarter of f32's bytes and about half of BF16's; the shrink then runs with int8 activations).
+/// quarter of f32's bytes and about half of BF16's; the shrink then runs with int8 activations), or to Q4_0
+/// (`AdapterPrecision.int4`: about 0.55× Q8_0's bytes, the same kernels).
 public struct LoRAModule: @unchecked Sendable {
     public let rank: Int
     public let paddedRank: Int
@@ -84,7 +85,8 @@ public struct LoRAModule: @unchecked Sendable {
     ///   of 32 and `Kernels.hasInt8Dot`: `AdapterPrecision.dtype` checks both).
     public init(rank: Int, inFeatures: Int, outFeatures: Int, a: UnsafePointer<Float>, b: UnsafePointer<Float>, dtype: DType = .f32) {
         precondition(rank > 0 && inFeatures > 0 && outFeatures > 0 && inFeatures % 16 == 0)
-        precondition(dtype == .f32 || dtype == .f16 || dtype == .bf16 || (dtype == .q8_0 && inFeatures % 32 == 0 && Kernels.hasInt8Dot))
+        precondition(dtype == .f32 || dtype == .f16 || dtype == .bf16
+                     || ((dtype == .q8_0 || dtype == .q4_0) && inFeatures % 32 == 0 && Kernels.hasInt8Dot))
         self.rank = rank
         paddedRank = (rank + 15) / 16 * 16
         self.inFeatures = inFeatures
@@ -96,8 +98,8 @@ public struct LoRAModule: @unchecked Sendable {
             (bF.floats + o * paddedRank).update(from: b + o * rank, count: rank)
         }
         self.a = Self.store(aF, rows: paddedRank, cols: inFeatures, dtype: dtype)
-        self.b = dtype == .q8_0
-            ? Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .f32, rows: outFeatures, cols: paddedRank, storage: bF), quantizedToQ8_0: true)
+        self.b = dtype == .q8_0 || dtype == .q4_0
+            ? Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .f32, rows: outFeatures, cols: paddedRank, storage: bF), quantizedTo: dtype)
             : Kernels.LoRAExpandMatrix(Self.store(bF, rows: outFeatures, cols: paddedRank, dtype: dtype))
         operands = Kernels.LoRAOperands(a: self.a, b: self.b)
     }
@@ -110,11 +112,11 @@ public struct LoRAModule: @unchecked Sendable {
             let dst = h.base.assumingMemoryBound(to: UInt16.self)
             if dtype == .f16 { Kernels.f32ToF16(f.floats, into: dst, count: n) } else { Kernels.f32ToBF16(f.floats, into: dst, count: n) }
             return WeightMatrix(dtype: dtype, rows: rows, cols: cols, storage: h)
-        case .q8_0:
+        case .q8_0, .q4_0:
             // The checkpoint layout (merges, compositions and the twins read it) and the kernel's int8 copy.
-            let q = Buffer(byteCount: rows * DType.q8_0.byteCount(elements: cols)!)
-            Kernels.quantizeRows(f.floats, rows: rows, cols: cols, to: .q8_0, into: q.base)
-            let w = WeightMatrix(dtype: .q8_0, rows: rows, cols: cols, storage: q)
+            let q = Buffer(byteCount: rows * dtype.byteCount(elements: cols)!)
+            Kernels.quantizeRows(f.floats, rows: rows, cols: cols, to: dtype, into: q.base)
+            let w = WeightMatrix(dtype: dtype, rows: rows, cols: cols, storage: q)
             return w.withInt8(Kernels.PackedInt8(w))
         default:
             return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: f)
@@ -122,7 +124,7 @@ public struct LoRAModule: @unchecked Sendable {
     }
 
     public var dtype: DType { a.dtype }
-    /// What the module holds (a Q8_0 A twice: its checkpoint layout and the kernel's copy).
+    /// What the module holds (a Q8_0 or Q4_0 A twice: its checkpoint layout and the kernel's copy).
     public var byteCount: Int { a.byteCount + (a.int8?.byteCount ?? 0) + b.byteCount }
     /// What a step reads of it per token segment (the kernel's copies).
     public var kernelBytes: Int { Int(operands.aBytes + operands.bBytes) }
@@ -425,10 +427,12 @@ public final class LoRASlots: @unchecked Sendable {
 /// f32), the exact arithmetic. `int8`: Q8_0 (int8 codes and an f16 scale per 32 values: 34 bytes per 32 weights
 /// against BF16's 64), the shrink with int8 activations as the base's int8 products compute theirs; the choice
 /// under int8 products (`LlamaModel.int8Products`), where a batch of distinct adapters is bound by their bytes
-/// (docs/design/lora-kernels.md, "int8 adapters"). Needs AVX-512 VNNI or AVX-VNNI; a matrix whose input width is not a multiple
-/// of 32 keeps its stored form.
+/// (docs/design/lora-kernels.md, "int8 adapters"). `int4`: Q4_0 (4-bit codes, an f16 scale per 32 values of A and per
+/// 16 of B: about 0.55× an int8 adapter's bytes), the same kernels; opt-in, since it moves the adapter's effect by
+/// more than int8 does (docs/design/lora-kernels.md, "int4 adapters"). Both need AVX-512 VNNI or AVX-VNNI; a matrix
+/// whose input width is not a multiple of 32 keeps its stored form.
 public enum AdapterPrecision: String, Sendable, CaseIterable {
-    case stored, int8
+    case stored, int8, int4
 
     /// What the models' products call for: int8 adapters beside int8 products on AVX-512 VNNI or AVX-VNNI (the int8
     /// adapters' kernels), else the stored form (int8 products on plain AVX2 keep stored adapters).
@@ -436,7 +440,8 @@ public enum AdapterPrecision: String, Sendable, CaseIterable {
 
     /// The dtype a module of `inFeatures` inputs, stored as `stored`, is held in.
     public func dtype(stored: DType, inFeatures: Int) -> DType {
-        self == .int8 && Kernels.hasInt8Dot && inFeatures % 32 == 0 ? .q8_0 : stored
+        guard self != .stored, Kernels.hasInt8Dot, inFeatures % 32 == 0 else { return stored }
+        return self == .int8 ? .q8_0 : .q4_0
     }
 }
 

@@ -22,7 +22,7 @@ struct BenchLoRA: ParsableCommand {
     var targets: String = "qv"
     @OptionGroup var timing: StepTimingOptions
     @OptionGroup var products: MatmulPrecisionOption
-    @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them), f32, or int8 (Q8_0, as serve holds them beside int8 products; needs AVX-512 VNNI or AVX-VNNI). auto: as serve would hold them (int8 beside int8 products, else bf16).")
+    @Option(name: .customLong("adapter-dtype"), help: "How adapter weights are held: bf16 (as PEFT training usually saves them), f32, int8 (Q8_0, as serve holds them beside int8 products) or int4 (Q4_0, serve --adapter-precision int4); int8 and int4 need AVX-512 VNNI or AVX-VNNI. auto: as serve would hold them (int8 beside int8 products, else bf16).")
     var adapterDtype: String = "auto"
 
     static func list(_ s: String) -> [Int] { intList(s, in: 1...1024) ?? [] }
@@ -32,8 +32,10 @@ struct BenchLoRA: ParsableCommand {
             throw ValidationError("\(name) must be a comma-separated list of numbers in 1...1024")
         }
         guard ["qv", "all"].contains(targets) else { throw ValidationError("--targets must be qv or all") }
-        guard ["auto", "bf16", "f32", "int8"].contains(adapterDtype) else { throw ValidationError("--adapter-dtype must be auto, bf16, f32 or int8") }
-        if adapterDtype == "int8" && !Kernels.hasInt8Dot { throw ValidationError("--adapter-dtype int8 needs a CPU with AVX-512 VNNI or AVX-VNNI") }
+        guard ["auto", "bf16", "f32", "int8", "int4"].contains(adapterDtype) else { throw ValidationError("--adapter-dtype must be auto, bf16, f32, int8 or int4") }
+        if (adapterDtype == "int8" || adapterDtype == "int4") && !Kernels.hasInt8Dot {
+            throw ValidationError("--adapter-dtype \(adapterDtype) needs a CPU with AVX-512 VNNI or AVX-VNNI")
+        }
     }
 
     func run() throws {
@@ -47,11 +49,11 @@ struct BenchLoRA: ParsableCommand {
         let maxBatch = Self.list(batches).max()!
         let maxAdapters = Self.list(adapters).max()!
         let heldName = adapterDtype != "auto" ? adapterDtype : AdapterPrecision.matching(m) == .int8 ? "int8" : "bf16"
-        let dtype: DType = heldName == "int8" ? .q8_0 : heldName == "bf16" ? .bf16 : .f32
+        let dtype: DType = heldName == "int8" ? .q8_0 : heldName == "int4" ? .q4_0 : heldName == "bf16" ? .bf16 : .f32
 
         print("Model: `\((path as NSString).lastPathComponent)`; targets: \(targetSet.map(\.peftName).joined(separator: ", ")); "
               + "context \(context) tokens; best of \(rounds) interleaved rounds of \(steps) decode steps per cell; threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); products: \(MatmulPrecisionOption.name(of: m)). "
-              + "Adapters held in \(heldName == "int8" ? "int8 (Q8_0)" : heldName); sizes count the rank padded to a multiple of 16 (and what a step reads).")
+              + "Adapters held in \(heldName == "int8" ? "int8 (Q8_0)" : heldName == "int4" ? "int4 (Q4_0)" : heldName); sizes count the rank padded to a multiple of 16 (and what a step reads).")
         print()
         let mergedNames = MergePrecision.allCases.map { $0 == .q8_0 ? "Q8_0" : $0.rawValue }
         print("| batch | distinct adapters | rank | base ms/step | unmerged ms/step | unmerged overhead | "
@@ -166,8 +168,9 @@ struct BenchLoRA: ParsableCommand {
                 let (rows, cols) = t.shape(c)
                 let a = (0..<(rank * cols)).map { _ in uniform() * 0.1 }
                 let b = (0..<(rows * rank)).map { _ in uniform() * 0.1 }
-                // Q8_0 where the input width allows (else bf16, as serve would keep such a matrix).
-                let held = dtype == .q8_0 ? AdapterPrecision.int8.dtype(stored: .bf16, inFeatures: cols) : dtype
+                // Q8_0 or Q4_0 where the input width allows (else bf16, as serve would keep such a matrix).
+                let held = dtype == .q8_0 ? AdapterPrecision.int8.dtype(stored: .bf16, inFeatures: cols)
+                    : dtype == .q4_0 ? AdapterPrecision.int4.dtype(stored: .bf16, inFeatures: cols) : dtype
                 return LoRAModule(rank: rank, inFeatures: cols, outFeatures: rows, a: a, b: b, dtype: held)
             }
         }

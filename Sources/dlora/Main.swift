@@ -183,8 +183,9 @@ struct Generate: ParsableCommand {
                 FileHandle.standardError.write(Data("merged '\(weights.name)' into the weights in \(loaded.model.mergePrecision.rawValue)\n".utf8))
             } else {
                 lora = weights
-                let int8 = weights.modules.joined().contains { $0?.dtype == .q8_0 }
-                FileHandle.standardError.write(Data("adapter '\(weights.name)' held \(int8 ? "in int8 (Q8_0)" : "as stored")\n".utf8))
+                let dtypes = Set(weights.modules.joined().compactMap { $0?.dtype })
+                let held = dtypes.contains(.q8_0) ? "in int8 (Q8_0)" : dtypes.contains(.q4_0) ? "in int4 (Q4_0)" : "as stored"
+                FileHandle.standardError.write(Data("adapter '\(weights.name)' held \(held)\n".utf8))
             }
         }
         // KV blocks for the whole request, plus the adapter's share of the same budget (unmerged).

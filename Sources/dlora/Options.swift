@@ -264,11 +264,14 @@ struct MatmulPrecisionOption: ParsableArguments {
     /// What a server's start line says of the products: bf16 or int8 (and whether its adapters are held in int8,
     /// `adapters`), or why `auto` left them in f32 on a CPU with AVX-512 BF16.
     func note(for model: LlamaModel, adapters: AdapterPrecision = .stored) -> String {
-        let int8Adapters = adapters == .int8 && !model.int8Products ? ", int8 adapters" : ""
+        let int8Adapters = adapters != .stored && !model.int8Products ? ", \(adapters.rawValue) adapters" : ""
         if model.bf16Products { return ", bf16 products" + int8Adapters }
         if model.int8Products {
-            return adapters == .int8 ? ", int8 activations and adapters (--matmul-precision f32 for f32 ones)"
-                                     : ", int8 activations (--matmul-precision f32 for f32 ones), adapters as stored"
+            switch adapters {
+            case .int8: return ", int8 activations and adapters (--matmul-precision f32 for f32 ones)"
+            case .int4: return ", int8 activations (--matmul-precision f32 for f32 ones), int4 adapters"
+            case .stored: return ", int8 activations (--matmul-precision f32 for f32 ones), adapters as stored"
+            }
         }
         if !int8Adapters.isEmpty { return int8Adapters }
         guard matmulPrecision == .auto, Kernels.hasBF16Dot, model.weightsExactInBF16Products else { return "" }
@@ -296,18 +299,19 @@ struct MatmulPrecisionOption: ParsableArguments {
     static func name(of model: LlamaModel) -> String { model.bf16Products ? "bf16" : model.int8Products ? "int8" : "f32" }
 }
 
-/// `--adapter-precision auto|stored|int8`, for the commands that load adapters to serve them (serve, generate): how
+/// `--adapter-precision auto|stored|int8|int4`, for the commands that load adapters to serve them (serve, generate): how
 /// they are held (`AdapterPrecision`). `auto`, the default, follows the products: int8 (Q8_0, the shrink with int8
 /// activations, about half a bf16 adapter's bytes per step; docs/design/lora-kernels.md "int8 adapters") beside int8
 /// products, else as the file stores them. `stored` keeps the file's values and the exact arithmetic under any products;
-/// `int8` asks for int8 adapters under any products (AVX-512 VNNI or AVX-VNNI only).
+/// `int8` asks for int8 adapters under any products (AVX-512 VNNI or AVX-VNNI only); `int4` for Q4_0 ones (the same kernels,
+/// about 0.55× int8's bytes per step, and more of the adapter's effect lost: docs/design/lora-kernels.md "int4 adapters").
 struct AdapterPrecisionOption: ParsableArguments {
     enum Choice: String, CaseIterable, ExpressibleByArgument {
-        case auto, stored, int8
+        case auto, stored, int8, int4
     }
 
     @Option(name: .customLong("adapter-precision"),
-            help: "How LoRA adapters are held: stored (as the file holds them: F16 and BF16 stay so, else f32; the exact arithmetic), or int8 (Q8_0 codes, the shrink with int8 activations and the expand on integer dot products: about half a bf16 adapter's bytes per step; needs AVX-512 VNNI or AVX-VNNI). auto: int8 beside int8 products (--matmul-precision), else stored.")
+            help: "How LoRA adapters are held: stored (as the file holds them: F16 and BF16 stay so, else f32; the exact arithmetic), or int8 (Q8_0 codes, the shrink with int8 activations and the expand on integer dot products: about half a bf16 adapter's bytes per step; needs AVX-512 VNNI or AVX-VNNI), or int4 (Q4_0 codes, the same kernels: about 0.55× int8's bytes, at a larger accuracy cost). auto: int8 beside int8 products (--matmul-precision), else stored.")
     var adapterPrecision: Choice = .auto
 
     /// The precision for `model` (whose products are set): an explicit int8 on a CPU without VNNI is an error.
@@ -315,11 +319,11 @@ struct AdapterPrecisionOption: ParsableArguments {
         switch adapterPrecision {
         case .auto: return .matching(model)
         case .stored: return .stored
-        case .int8:
+        case .int8, .int4:
             guard Kernels.hasInt8Dot else {
-                throw CLIError("--adapter-precision int8 needs a CPU with AVX-512 VNNI or AVX-VNNI, which this one lacks (kernels: \(Kernels.simdPathName))")
+                throw CLIError("--adapter-precision \(adapterPrecision.rawValue) needs a CPU with AVX-512 VNNI or AVX-VNNI, which this one lacks (kernels: \(Kernels.simdPathName))")
             }
-            return .int8
+            return adapterPrecision == .int8 ? .int8 : .int4
         }
     }
 }

@@ -12,16 +12,19 @@ import TestSupport
 /// One batch across many adapters: requests for 4 different adapters (mixed ranks and targets, one with a
 /// per-request scale) plus base-model requests, all submitted together, give per request exactly the tokens
 /// of that request run alone. Unmerged execution (the policy never merges here) is bit-exact; "smollm2-int8" runs
-/// the default model as serve does on a CPU with AVX-512 VNNI: int8 products and int8 (Q8_0) adapters.
+/// the default model as serve does on a CPU with AVX-512 VNNI: int8 products and int8 (Q8_0) adapters; "smollm2-int4"
+/// the same with `--adapter-precision int4` (Q4_0 adapters).
 @Suite struct MixedBatchTests {
-    @Test(arguments: ["tiny", "smollm2", "smollm2-int8"])
+    @Test(arguments: ["tiny", "smollm2", "smollm2-int8", "smollm2-int4"])
     func mixedBatchEqualsEachAlone(_ which: String) throws {
-        if which.hasSuffix("int8") && !Kernels.hasInt8Dot { return }
+        let quantized = which.hasSuffix("int8") || which.hasSuffix("int4")
+        if quantized && !Kernels.hasInt8Dot { return }
         let path = which == "tiny" ? Fixtures.model("tiny-llama", "Q4_1") : Fixtures.smolPath
         try #require(FileManager.default.fileExists(atPath: path), "default model missing: run scripts/fetch-model.sh")
         let checkpoint = try openCheckpoint(path: path)
         let model = try LlamaModel(checkpoint: checkpoint)
-        if which.hasSuffix("int8") { model.setInt8Products(true) }
+        if quantized { model.setInt8Products(true) }
+        let precision: AdapterPrecision = which.hasSuffix("int4") ? .int4 : .matching(model)
         let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
         let c = model.config
         let dir = try TempDir()
@@ -29,8 +32,10 @@ import TestSupport
         var adapters: [LoRAWeights] = []
         for (i, (rank, alpha, targets)) in specs.enumerated() {
             try TestAdapter(config: c, rank: rank, alpha: which == "tiny" ? alpha : alpha * 8, targets: targets, seed: UInt64(20 + i)).writePEFT(to: dir.path("a\(i)"), config: c)
-            adapters.append(try AdapterLoader.load(path: dir.path("a\(i)"), base: c).held(as: .matching(model)))
-            if which.hasSuffix("int8") { #expect(adapters[i].modules.joined().compactMap { $0 }.allSatisfy { $0.dtype == .q8_0 }) }
+            adapters.append(try AdapterLoader.load(path: dir.path("a\(i)"), base: c).held(as: precision))
+            if quantized {
+                #expect(adapters[i].modules.joined().compactMap { $0 }.allSatisfy { $0.dtype == (which.hasSuffix("int4") ? .q4_0 : .q8_0) })
+            }
         }
         let texts = ["The capital of France is", "1, 2, 3, 4,", "def fibonacci(n):", "Once upon a time", "The quick brown fox", "Water boils at"]
         // (prompt, adapter index or nil for base, scale)

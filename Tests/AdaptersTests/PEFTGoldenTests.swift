@@ -247,6 +247,36 @@ import TestSupport
         #expect(max(unmerged, merged) < g.baseMaxAbsDiff, "the rounding must stay below what the adapter changes")
     }
 
+    /// Int4 adapters (`AdapterPrecision.int4`, opt-in): A and B quantized to Q4_0, the same kernels as int8 ones. Their
+    /// cost is measured where nothing else rounds (f32 products) and where serve runs them (int8 products): against the
+    /// PEFT goldens within `int4Tolerance` of the adapter's own effect under f32 products, more than an int8 adapter
+    /// loses (or nothing new ran) and below the adapter's effect under int8 products; at most 0.6× an int8 adapter's
+    /// bytes per step.
+    @Test(.enabled(if: Kernels.hasInt8Dot), arguments: ["s1-qv-r4", "s2-ko-r8-rslora"])
+    func smolLM2WithInt4Adapters(_ name: String) throws {
+        let (g, model, stored) = try Self.smolLM2Case(name)
+        let int8 = stored.held(as: .int8), int4 = stored.held(as: .int4)
+        let modules = int4.modules.joined().compactMap { $0 }
+        #expect(!modules.isEmpty && modules.allSatisfy { $0.dtype == .q4_0 })
+        #expect(int4.id == stored.id && int4.scale == stored.scale && int4.name == stored.name)
+        #expect(Double(int4.kernelBytes) < 0.6 * Double(int8.kernelBytes), "\(int4.kernelBytes) of int8's \(int8.kernelBytes) bytes")
+        let effect = g.baseMaxAbsDiff, loose = effect
+        let f32Int8 = Self.check(g, model: model, adapter: int8, merged: false, label: "SmolLM2 + \(name) (int8 adapter, f32)",
+                                 tolerance: loose, tie: 2 * loose)
+        let f32Int4 = Self.check(g, model: model, adapter: int4, merged: false, label: "SmolLM2 + \(name) (int4 adapter, f32)",
+                                 tolerance: Self.int4Tolerance * effect, tie: 2 * Self.int4Tolerance * effect)
+        model.setInt8Products(true)
+        let int8Int4 = Self.check(g, model: model, adapter: int4, merged: false, label: "SmolLM2 + \(name) (int4 adapter, int8)",
+                                  tolerance: loose, tie: 2 * loose)
+        print("int4 adapter \(name): max |Δlogit| under f32 products \(f32Int4) (int8 adapter \(f32Int8)), under int8 products \(int8Int4); the adapter moves the logits by up to \(effect)")
+        #expect(f32Int4 > f32Int8, "the int4 adapter must lose more than the int8 one, or the test checks nothing new")
+        #expect(int8Int4 < effect, "the rounding must stay below what the adapter changes")
+    }
+
+    /// What an int4 adapter may move the logits by under f32 products, as a share of what the adapter itself moves them
+    /// (measured: see docs/design/lora-kernels.md, "int4 adapters").
+    static let int4Tolerance: Float = 0.25
+
     /// Logit tolerance of a Q8_0-merged forward against the f32 references (measured 0.15 and 0.19 on the two SmolLM2 adapters).
     static let q8Tolerance: Float = 0.3
 

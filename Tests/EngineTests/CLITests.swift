@@ -414,25 +414,26 @@ import Testing
     }
 
     /// `--adapter-precision`: auto holds the adapter in int8 beside int8 products and as stored beside f32 ones (the same
-    /// text as the explicit choice), stored and int8 override that (stderr says how it is held, each run gives a text);
-    /// an unknown value is a one-line error.
+    /// text as the explicit choice), stored, int8 and int4 override that (stderr says how it is held, each run gives a
+    /// text); an unknown value is a one-line error.
     @Test(.enabled(if: Kernels.hasInt8Dot)) func adapterPrecisionChoosesHowAdaptersAreHeld() async throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("dlora-cli-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(at: dir) }
         try Self.writeAdapter(dir, name: "tuned")
         let common = ["generate", "--model", Self.tinyGGUF, "--prompt", "hello world", "--max-tokens", "16", "--temperature", "0",
                       "--adapter", "tuned", "--adapter-root", dir.path]
-        let runs = [("int8", "auto", true), ("int8", "int8", true), ("int8", "stored", false),
-                    ("f32", "auto", false), ("f32", "stored", false), ("f32", "int8", true)]
+        let runs = [("int8", "auto", "in int8 (Q8_0)"), ("int8", "int8", "in int8 (Q8_0)"), ("int8", "stored", "as stored"),
+                    ("int8", "int4", "in int4 (Q4_0)"), ("f32", "auto", "as stored"), ("f32", "stored", "as stored"),
+                    ("f32", "int8", "in int8 (Q8_0)"), ("f32", "int4", "in int4 (Q4_0)")]
         var texts: [String: String] = [:]
-        for (products, held, int8) in runs {
+        for (products, held, how) in runs {
             let r = try await CLITests.dlora(common + ["--matmul-precision", products, "--adapter-precision", held])
             #expect(r.status == 0 && !r.stdout.isEmpty, "stderr: \(r.stderr)")
-            #expect(r.stderr.contains("adapter 'tuned' held \(int8 ? "in int8 (Q8_0)" : "as stored")\n"), "\(products)/\(held): \(r.stderr)")
+            #expect(r.stderr.contains("adapter 'tuned' held \(how)\n"), "\(products)/\(held): \(r.stderr)")
             texts[products + "/" + held] = r.stdout
         }
         #expect(texts["int8/auto"] == texts["int8/int8"] && texts["f32/auto"] == texts["f32/stored"])
-        let bad = try await CLITests.dlora(common + ["--adapter-precision", "int4"])
+        let bad = try await CLITests.dlora(common + ["--adapter-precision", "int2"])
         #expect(bad.status != 0)
         #expect(bad.stderr.split(separator: "\n").count == 1 && bad.stderr.contains("--adapter-precision"), "stderr: \(bad.stderr)")
     }
@@ -459,10 +460,13 @@ import Testing
         #expect(auto.status == 0 && auto.stderr.contains("adapter 'tuned' held as stored\n"), "plain AVX2, auto: \(auto.stderr)")
         let products = try await CLITests.dlora(common + ["--matmul-precision", "int8"], environment: plain)
         #expect(products.status == 0 && products.stderr.contains("adapter 'tuned' held as stored\n"), "plain AVX2, int8 products: \(products.stderr)")
-        let refused = try await CLITests.dlora(common + ["--adapter-precision", "int8"], environment: plain)
-        #expect(refused.status != 0 && refused.stdout.isEmpty)
-        #expect(refused.stderr.split(separator: "\n").count == 1 && refused.stderr.contains("--adapter-precision int8 needs a CPU with AVX-512 VNNI or AVX-VNNI"),
-                "plain AVX2, int8 adapters: \(refused.stderr)")
+        for held in ["int8", "int4"] {
+            let refused = try await CLITests.dlora(common + ["--adapter-precision", held], environment: plain)
+            #expect(refused.status != 0 && refused.stdout.isEmpty)
+            #expect(refused.stderr.split(separator: "\n").count == 1
+                    && refused.stderr.contains("--adapter-precision \(held) needs a CPU with AVX-512 VNNI or AVX-VNNI"),
+                    "plain AVX2, \(held) adapters: \(refused.stderr)")
+        }
     }
 
     @Test func badAdaptersAreOneLineErrors() async throws {

@@ -3,11 +3,11 @@ import Testing
 import TestSupport
 @testable import Kernels
 
-/// Int8 adapters (Q8_0 A and B, `AdapterPrecision.int8`) through `Kernels.LoRABatch` (lora.c):
+/// Int8 and int4 adapters (Q8_0 or Q4_0 A and B, `AdapterPrecision.int8` and `.int4`) through `Kernels.LoRABatch` (lora.c):
 /// - the kernel equals a twin written here from the specification bit for bit — the shrink as `matmulInt8Reference`
 ///   computes it from A's checkpoint bytes (matmul_q8.c's portable twin), the gates, and the expand with u quantized
 ///   per block of 16 rank indices (du = max|u| / 127, qu = round-half-even(u · (1 / du))), exact integer sums against
-///   B's codes (each output's 16 values of a block quantized as ggml's Q8_0, by `quantized16` below), then per block
+///   B's codes (each output's 16 values of a block quantized as ggml's Q8_0 or Q4_0, by `quantized16` below), then per block
 ///   acc = fma(d · du, Σ, acc) and y + s · acc — for decode pieces, split segments and long (prefill) ones, on both
 ///   schedules (many segments split over the pool; few segments with threaded products), so a token's result does
 ///   not depend on its batch;
@@ -19,13 +19,14 @@ import TestSupport
 
     struct Adapter {
         var a: [Float], b: [Float], rank: Int, paddedRank: Int
+        var dtype: DType
         var aMatrix: WeightMatrix, expand: Kernels.LoRAExpandMatrix
         var operands: Kernels.LoRAOperands { Kernels.LoRAOperands(a: aMatrix, b: expand) }
         /// B's codes and f16 scales per output and block of 16 rank indices, from the specification (not from lora.c).
         var bCodes: [Int8], bScales: [Float]
         /// A (paddedRank × in) and B (out × paddedRank) as held: the values d·q.
         var heldA: [Float] {
-            ReferenceOps.dequantize(.q8_0, aMatrix.data, count: aMatrix.rows * aMatrix.cols)
+            ReferenceOps.dequantize(dtype, aMatrix.data, count: aMatrix.rows * aMatrix.cols)
         }
         var heldB: [Float] {
             var v = [Float](repeating: .nan, count: expand.rows * expand.cols)
@@ -34,8 +35,8 @@ import TestSupport
         }
     }
 
-    /// Random factors with spread (a few large values), A rank × in and B out × rank, held as Q8_0.
-    static func adapter(rank: Int, inFeatures: Int, outFeatures: Int, rng: inout Rng) -> Adapter {
+    /// Random factors with spread (a few large values), A rank × in and B out × rank, held as `dtype` (Q8_0 or Q4_0).
+    static func adapter(rank: Int, inFeatures: Int, outFeatures: Int, dtype: DType, rng: inout Rng) -> Adapter {
         let padded = (rank + 15) / 16 * 16
         var a = rng.floats(rank * inFeatures).map { $0 * 0.1 }
         for i in stride(from: 0, to: a.count, by: 29) { a[i] *= 7 }
@@ -45,28 +46,36 @@ import TestSupport
         aPadded.replaceSubrange(0..<a.count, with: a)
         var bPadded = [Float](repeating: 0, count: outFeatures * padded)
         for o in 0..<outFeatures { bPadded.replaceSubrange((o * padded)..<(o * padded + rank), with: b[(o * rank)..<((o + 1) * rank)]) }
-        let aBytes = ReferenceOps.quantize(aPadded, to: .q8_0)
+        let aBytes = ReferenceOps.quantize(aPadded, to: dtype)
         let aBuffer = Buffer(byteCount: aBytes.count)
         aBytes.withUnsafeBytes { aBuffer.base.copyMemory(from: $0.baseAddress!, byteCount: aBytes.count) }
-        let aq = WeightMatrix(dtype: .q8_0, rows: padded, cols: inFeatures, storage: aBuffer)
+        let aq = WeightMatrix(dtype: dtype, rows: padded, cols: inFeatures, storage: aBuffer)
         let bBuffer = Buffer(floats: bPadded.count)
         bBuffer.floats.update(from: bPadded, count: bPadded.count)
-        let expand = Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .f32, rows: outFeatures, cols: padded, storage: bBuffer), quantizedToQ8_0: true)
+        let expand = Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .f32, rows: outFeatures, cols: padded, storage: bBuffer), quantizedTo: dtype)
         var codes = [Int8](), scales = [Float]()
         for o in 0..<outFeatures {
             for j0 in stride(from: 0, to: padded, by: 16) {
-                let (d, q) = quantized16(Array(bPadded[(o * padded + j0)..<(o * padded + j0 + 16)]))
+                let (d, q) = quantized16(Array(bPadded[(o * padded + j0)..<(o * padded + j0 + 16)]), dtype)
                 codes += q
                 scales.append(d)
             }
         }
-        return Adapter(a: a, b: b, rank: rank, paddedRank: padded, aMatrix: aq.withInt8(Kernels.PackedInt8(aq)), expand: expand,
+        return Adapter(a: a, b: b, rank: rank, paddedRank: padded, dtype: dtype, aMatrix: aq.withInt8(Kernels.PackedInt8(aq)), expand: expand,
                        bCodes: codes, bScales: scales)
     }
 
     /// 16 values as ggml quantizes a Q8_0 block: d = max|v| / 127, q = round-half-away(v / d) (with the f32 d), the
-    /// scale then rounded to f16.
-    static func quantized16(_ v: [Float]) -> (Float, [Int8]) {
+    /// scale then rounded to f16. Q4_0: m the value of largest magnitude (the first such), d = m / −8,
+    /// q = min(15, ⌊v · (1 / d) + 8.5⌋) − 8.
+    static func quantized16(_ v: [Float], _ dtype: DType) -> (Float, [Int8]) {
+        if dtype == .q4_0 {
+            var m: Float = 0
+            for x in v where abs(x) > abs(m) { m = x }
+            let d = m / -8, id: Float = d != 0 ? 1 / d : 0
+            let q = v.map { Int8(min(15, Int(($0 * id + 8.5).rounded(.down))) - 8) }
+            return (ReferenceOps.f16ToFloat(ReferenceOps.floatToF16(d)), q)
+        }
         let amax = v.map { abs($0) }.max()!
         let d = amax / 127, id: Float = d != 0 ? 1 / d : 0
         let q = v.map { Int8(($0 * id).rounded(.toNearestOrAwayFromZero)) }
@@ -226,11 +235,14 @@ import TestSupport
         }
     }
 
-    @Test(arguments: paths) func kernelEqualsTwinOnEveryPath(level: Int) { Self.on(level) {
+    /// The adapters' types: int8 and int4.
+    static let dtypes: [DType] = [.q8_0, .q4_0]
+
+    @Test(arguments: paths, dtypes) func kernelEqualsTwinOnEveryPath(level: Int, dtype: DType) { Self.on(level) {
         var rng = Rng(seed: 8800)
         for (inFeatures, outFeatures) in [(576, 192), (1536, 576), (96, 200), (64, 7)] {
             let ranks = [1, 8, 16, 24, 64, 16, 16]
-            let adapters = ranks.map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng) }
+            let adapters = ranks.map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
             var segments: [(Int, Range<Int>, Float)] = []
             var t = 0
             for (i, count) in [1, 2, 4, 5, 1, 3, 8, 1, 12, 1].enumerated() {
@@ -242,10 +254,10 @@ import TestSupport
     } }
 
     /// MoLE: gated segments (three experts stacked in a rank-24 adapter) between plain ones.
-    @Test(arguments: paths) func gatedSegments(level: Int) { Self.on(level) {
+    @Test(arguments: paths, dtypes) func gatedSegments(level: Int, dtype: DType) { Self.on(level) {
         var rng = Rng(seed: 8810)
         let inFeatures = 128, outFeatures = 40
-        let adapters = [24, 8].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng) }
+        let adapters = [24, 8].map { Self.adapter(rank: $0, inFeatures: inFeatures, outFeatures: outFeatures, dtype: dtype, rng: &rng) }
         let columns: [Int32] = Array(repeating: 0, count: 8) + Array(repeating: 1, count: 10) + Array(repeating: 2, count: 6)
             + Array(repeating: -1, count: 8)
         func gates(_ n: Int) -> [[Float]] {
@@ -261,15 +273,15 @@ import TestSupport
         Self.check(adapters, segments, tokens: 22, inFeatures: inFeatures, outFeatures: outFeatures, rng: &rng, gating: gating)
     } }
 
-    /// B's Q8_0 layout holds, for every output and block of 16 rank indices, exactly the values d·q of that block
-    /// quantized as ggml's Q8_0 (`quantized16`; the padding's zeros included), in 18 bytes per 16 values of groups of
-    /// 16 outputs.
-    @Test func expandLayoutHoldsTheQ8Blocks() {
+    /// B's Q8_0 (Q4_0) layout holds, for every output and block of 16 rank indices, exactly the values d·q of that block
+    /// quantized as ggml's Q8_0 (Q4_0) (`quantized16`; the padding's zeros included), in 18 (10) bytes per 16 values of
+    /// groups of 16 outputs.
+    @Test(arguments: dtypes) func expandLayoutHoldsTheBlocks(dtype: DType) {
         var rng = Rng(seed: 8820)
         for (out, rank) in [(1, 16), (7, 16), (16, 16), (33, 32), (200, 48)] {
-            let ad = Self.adapter(rank: rank, inFeatures: 32, outFeatures: out, rng: &rng)
+            let ad = Self.adapter(rank: rank, inFeatures: 32, outFeatures: out, dtype: dtype, rng: &rng)
             let blocks = ad.paddedRank / 16
-            #expect(ad.expand.byteCount == (out + 15) / 16 * blocks * 288 && ad.expand.dtype == .q8_0)
+            #expect(ad.expand.byteCount == (out + 15) / 16 * blocks * (dtype == .q4_0 ? 160 : 288) && ad.expand.dtype == dtype)
             let held = ad.heldB
             var differing = 0
             for o in 0..<out {

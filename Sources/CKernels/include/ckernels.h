@@ -150,7 +150,8 @@ void dl_attention(const float *q, int64_t ldq, int64_t ntok, const int32_t *posi
 // BF16), with scaling `scale`. Q8_0 (an int8 adapter, AVX-512 VNNI only): A is packed by dl_pack_q8 (K = in,
 // N = prank) and its shrink is dl_matmul_q8's (the token's activations quantized to int8); B is held as int8 codes
 // with an f16 scale per output and block of 16 rank indices, and the expand quantizes the shrunk values per block
-// of 16 and sums the integer products exactly (lora.c, "int8 adapters").
+// of 16 and sums the integer products exactly (lora.c, "int8 adapters"). Q4_0 (an int4 adapter): the same, with A in
+// Q4_0 and B's codes 4-bit (lora.c, "int4 adapters").
 // Gated (MoLE) segments also give per-token gates: column j of the rank belongs to expert gate_col[j]
 // (-1: padding), and token i of the segment (batch token start + i) weighs it by gates[i * ldg + gate_col[j]].
 typedef struct {
@@ -178,7 +179,8 @@ void dl_lora_apply(const dl_lora_seg *segs, int64_t nseg, int64_t in, int64_t ou
 // zero-padded), per rank index j the group's 32 values side by side (BF16 interleaving the group's two halves),
 // dl_lora_b_bytes(type, out, prank) bytes (-1: not a supported type or shape, which dl_lora_b_pack leaves
 // untouched). Q8_0: b is row-major f32, each output's values quantized per block of 16 rank indices with ggml's
-// Q8_0 rounding, in groups of 16 outputs laid out for VPDPBUSD (lora.c); 18 bytes per 16 values. dl_lora_b_unpack
+// Q8_0 rounding, in groups of 16 outputs laid out for VPDPBUSD (lora.c); 18 bytes per 16 values. Q4_0: the same with
+// ggml's Q4_0 rule over 16 values and 4-bit codes, 10 bytes per 16 values. dl_lora_b_unpack
 // widens it back to row-major f32, the values d·q (merges, compositions).
 int64_t dl_lora_b_bytes(int type, int64_t out, int64_t prank);
 void dl_lora_b_pack(int type, const void *b, int64_t out, int64_t prank, void *dst);
@@ -244,7 +246,7 @@ void dl_matmul_q_bf16_ref(int type, int64_t M, int64_t N, int64_t K, const float
 // dl_matmul_q8_ref is the portable twin, bit for bit, computed from the checkpoint's own bytes (W, row_bytes).
 // `prefetch` (n spans; NULL, 0: none): bytes pulled toward the cache in the product's shadow, as dl_matmul_q_bf16's.
 int dl_has_vnni512(void);
-// Whether this thread can run Q8_0 adapters (lora.c's int8 expand): AVX-512 VNNI, or AVX-VNNI on the AVX2 path.
+// Whether this thread can run Q8_0 and Q4_0 adapters (lora.c's int8 expand): AVX-512 VNNI, or AVX-VNNI on the AVX2 path.
 int dl_has_int8_adapters(void);
 // Which int8-product kernel this thread may run: 2 AVX-512 VNNI, 1 AVX2 (its twin, the same bits: VPDPBUSD's 256-bit
 // form where the CPU has AVX-VNNI, else VPMADDUBSW and VPMADDWD), 0 none.
