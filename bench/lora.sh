@@ -18,6 +18,26 @@ for targets in qv all; do
     echo "bench: lora, targets $targets" >&2
     .build/release/dlora bench lora --model "$MODEL" --targets "$targets" --threads "$THREADS" > "$tmp/$targets.md"
 done
+# Int4 adapters (serve --adapter-precision int4) where the int8 kernels run: the batch-32 cell of 32 distinct rank-16
+# adapters, int8 and int4 side by side (alternating, the order rotated each round), since this host's speed drifts
+# between the sections of one run by more than the difference.
+ROUNDS4=${ROUNDS4:-3}
+if grep -qwE 'avx512_vnni|avx_vnni' /proc/cpuinfo; then
+    for targets in all qv; do
+        for round in $(seq 1 "$ROUNDS4"); do
+            order="int8 int4"; [ $((round % 2)) -eq 0 ] && order="int4 int8"
+            for dtype in $order; do
+                echo "bench: lora, targets $targets, $dtype adapters, round $round" >&2
+                .build/release/dlora bench lora --model "$MODEL" --targets "$targets" --threads "$THREADS" --adapter-dtype "$dtype" \
+                    --batches 32 --adapters 32 --ranks 16 > "$tmp/cell.md"
+                # The timing row, then the bandwidth row (the two tables' lines for this cell).
+                grep '^| 32 | 32 | 16 |' "$tmp/cell.md" | awk -F'|' -v t="$targets" -v r="$round" -v d="$dtype" '
+                    NR == 1 { base = $5; step = $6; over = $7 }
+                    NR == 2 { printf "| %s | %s | %s |%s|%s|%s|%s|%s|%s|\n", t, r, d, base, step, over, $5, $6, $8 }' >> "$tmp/int4.md"
+            done
+        done
+    done
+fi
 {
     echo "# Multi-LoRA execution costs"
     echo
@@ -37,5 +57,18 @@ done
     echo "## All seven linear layers (q, k, v, o, gate, up, down)"
     echo
     cat "$tmp/all.md"
+    if [ -s "$tmp/int4.md" ]; then
+        echo
+        echo "## Int4 adapters (\`--adapter-precision int4\`) beside int8 ones: batch 32, 32 distinct rank-16 adapters"
+        echo
+        echo "Opt-in: Q4_0 adapters, 0.54× an int8 adapter's bytes, at a larger accuracy cost (docs/design/lora-kernels.md,"
+        echo "\"int4 adapters\"). One \`dlora bench lora --batches 32 --adapters 32 --ranks 16\` per row (best of 3 rounds of 8"
+        echo "steps), int8 and int4 alternating, the order rotated each round; \"of streamed\" is the share of the bandwidth that"
+        echo "row's own run measured."
+        echo
+        echo "| targets | round | adapters | base ms/step | unmerged ms/step | unmerged overhead | adapter MB read per step | extra ms per step | of streamed |"
+        echo "|---|---:|---|---:|---:|---:|---:|---:|---:|"
+        cat "$tmp/int4.md"
+    fi
 } > "$OUT"
 cat "$OUT"

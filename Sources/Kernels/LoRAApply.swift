@@ -189,8 +189,10 @@ extension Kernels {
 
         public func removeAll() { spans.removeAll(keepingCapacity: true) }
 
-        /// A module's A, then its B.
+        /// A module's A, then its B. An int4 (Q4_0) module is left out: at its bytes the prefetch cost the products more
+        /// than it saved the LoRA calls (8 of 8 alternating rounds, docs/design/lora-kernels.md "int4 adapters").
         public func append(_ m: LoRAOperands) {
+            guard m.wtype != Int32(DType.q4_0.rawValue) else { return }
             spans.append(dl_span(p: m.a, bytes: m.aBytes))
             spans.append(dl_span(p: m.b, bytes: m.bBytes))
         }

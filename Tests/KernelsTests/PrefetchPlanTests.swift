@@ -115,4 +115,26 @@ import TestSupport
             #expect(with.map(\.bitPattern) == without.map(\.bitPattern) && !without.contains { $0.isNaN }, "\(m) tokens")
         }
     }
+
+    /// The plan names an int8 module's A and B, and leaves an int4 module out (measured not to pay at its bytes).
+    @Test(.enabled(if: Kernels.hasInt8Dot)) func int4ModulesAreNotNamed() {
+        let a = [Float](repeating: 0.5, count: 16 * 64), b = [Float](repeating: 0.25, count: 32 * 16)
+        func operands(_ dtype: DType) -> (Kernels.LoRAOperands, [Any]) {
+            let q = Buffer(byteCount: 16 * dtype.byteCount(elements: 64)!)
+            a.withUnsafeBufferPointer { Kernels.quantizeRows($0.baseAddress!, rows: 16, cols: 64, to: dtype, into: q.base) }
+            let w = WeightMatrix(dtype: dtype, rows: 16, cols: 64, storage: q)
+            let packed = Kernels.PackedInt8(w)
+            let bf = Buffer(floats: b.count)
+            bf.floats.update(from: b, count: b.count)
+            let expand = Kernels.LoRAExpandMatrix(WeightMatrix(dtype: .f32, rows: 32, cols: 16, storage: bf), quantizedTo: dtype)
+            return (Kernels.LoRAOperands(a: w.withInt8(packed), b: expand), [q, packed as Any, expand])
+        }
+        let (int8, keep8) = operands(.q8_0), (int4, keep4) = operands(.q4_0)
+        let plan = Kernels.PrefetchPlan()
+        plan.append(int4)
+        #expect(plan.isEmpty)
+        plan.append(int8)
+        #expect(plan.count == 2 && plan.bytes == Int(int8.aBytes + int8.bBytes))
+        withExtendedLifetime((keep8, keep4)) {}
+    }
 }
