@@ -304,7 +304,7 @@ public func makeHardenedApplication(router: Router<BasicRequestContext>, limits:
         HardenedHTTP1Channel(responder: responder, limits: limits, maxBodyBytes: maxBodyBytes, tracker: tracker)
     }
     return Application(
-        responder: HeadResponder(router.buildResponder()), server: server, configuration: configuration,
+        responder: MethodResponder(HeadResponder(router.buildResponder()), routes: router.routes), server: server, configuration: configuration,
         onServerRunning: { channel in
             try? await channel.eventLoop.submit {
                 try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler(logger: log), position: .first)

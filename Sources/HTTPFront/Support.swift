@@ -59,6 +59,49 @@ public struct HeadResponder<Base: HTTPResponder>: HTTPResponder where Base.Conte
     }
 }
 
+/// The methods a path is served with, around a router (RFC 9110 §15.5.6 and §9.3.7): a known path asked with another
+/// method is a 405 (OpenAI's JSON, code `method_not_allowed`) with `Allow`, and `OPTIONS` on it a 204 with `Allow`, where
+/// the router alone would answer "no route" (404). Unknown paths, and every method a path is served with, pass through.
+/// HEAD counts as served wherever GET is (`HeadResponder` answers it).
+public struct MethodResponder<Base: HTTPResponder>: HTTPResponder where Base.Context == BasicRequestContext {
+    public typealias Context = BasicRequestContext
+    let base: Base
+    let routes: [(path: [RouterPath.Element], method: HTTPRequest.Method)]
+
+    public init(_ base: Base, routes: [Router<BasicRequestContext>.RouteDescription]) {
+        self.base = base
+        self.routes = routes.map { ($0.path.components, $0.method) }
+    }
+
+    /// The methods served on `path` (sorted; HEAD beside GET), empty for a path no route matches.
+    public func allowedMethods(path: String) -> [HTTPRequest.Method] {
+        let segments = path.split(separator: "/", omittingEmptySubsequences: true)
+        var methods = Set<String>()
+        for route in routes where Self.matches(route.path, segments) { methods.insert(route.method.rawValue) }
+        if methods.contains(HTTPRequest.Method.get.rawValue) { methods.insert(HTTPRequest.Method.head.rawValue) }
+        return methods.sorted().compactMap { HTTPRequest.Method($0) }
+    }
+
+    static func matches(_ pattern: [RouterPath.Element], _ segments: [Substring]) -> Bool {
+        for (i, element) in pattern.enumerated() {
+            if element == .recursiveWildcard { return segments.count > i }
+            guard i < segments.count, element ~= segments[i] else { return false }
+        }
+        return pattern.count == segments.count
+    }
+
+    public func respond(to request: Request, context: Context) async throws -> Response {
+        let allowed = allowedMethods(path: request.uri.path)
+        guard !allowed.isEmpty, !allowed.contains(request.method) else { return try await base.respond(to: request, context: context) }
+        let allow = allowed.map(\.rawValue).joined(separator: ", ")
+        if request.method == .options { return Response(status: .noContent, headers: [.allow: allow]) }
+        var response = try APIError(.methodNotAllowed, "\(printable(request.method.rawValue, limit: 32)) is not allowed on \(printable(request.uri.path, limit: 128)) (allowed: \(allow))",
+                                    code: "method_not_allowed").response(from: request, context: context)
+        response.headers[.allow] = allow
+        return response
+    }
+}
+
 /// `GET /v1/models/{id}` (OpenAI's models.retrieve) over a server's model list: the card named `id` (as it appears
 /// in the path, percent-encoding undone), or the 404 a generation request naming an unknown model gets.
 public func modelResponse(_ cards: [ModelCard], id rawID: String) throws -> Response {

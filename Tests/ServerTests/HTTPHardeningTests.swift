@@ -322,7 +322,7 @@ extension RawHTTPClient: @unchecked Sendable {}
     }
 
     /// HEAD wherever GET is served: GET's status and headers (its Content-Length too), no body — the next response on
-    /// the connection starts right after the head; the API key still applies; a POST-only path is no route.
+    /// the connection starts right after the head; the API key still applies; on a POST-only path it is a 405.
     @Test func headAnswersLikeGetWithoutBody() async throws {
         let server = try ServerFixtures.server { $0.apiKey = "sk-test" }
         try await ServerFixtures.withServer(server) { client in
@@ -349,12 +349,50 @@ extension RawHTTPClient: @unchecked Sendable {}
                 c.send(RawHTTPClient.request("HEAD", "/v1/completions", headers: auth))
                 return (u, c.readResponse(timeout: .seconds(5), bodyless: true))
             }
-            #expect(unauthorized?.status == 401 && post?.status == 404, "\(unauthorized?.status ?? 0) \(post?.status ?? 0)")
+            #expect(unauthorized?.status == 401 && post?.status == 405 && post?.headers["allow"] == "POST",
+                    "\(unauthorized?.status ?? 0) \(post?.status ?? 0) \(post?.headers ?? [:])")
             let after = await blocking { () -> RawHTTPClient.Response? in
                 c.send(RawHTTPClient.request("GET", "/health"))
                 return c.readResponse(timeout: .seconds(5))
             }
             #expect(after?.status == 200 && after?.body == "{\"status\":\"ok\"}", "\(after?.body ?? "no response")")
+        }
+    }
+
+    /// A known path asked with a method it is not served with: 405, OpenAI's JSON error and `Allow` (RFC 9110); OPTIONS
+    /// on it a 204 with `Allow`; an unknown path stays a 404 whatever the method; a served method passes through.
+    @Test func otherMethodsOnKnownPathsAre405WithAllow() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let c = try RawHTTPClient(port: port)
+            let cases: [(String, String, Int, String?)] = [
+                ("GET", "/v1/chat/completions", 405, "POST"), ("PUT", "/v1/completions", 405, "POST"),
+                ("DELETE", "/v1/models", 405, "GET, HEAD"), ("POST", "/v1/models/tiny-llama", 405, "GET, HEAD"),
+                ("POST", "/v1/responses/resp_1", 405, "DELETE, GET, HEAD"), ("GET", "/health/", 200, nil),
+                ("GET", "/v1/nothing", 404, nil), ("DELETE", "/nothing/at/all", 404, nil)]
+            let answers = await blocking { () -> [RawHTTPClient.Response?] in
+                cases.map { method, path, _, _ in
+                    c.send(RawHTTPClient.request(method, path, body: method == "GET" || method == "DELETE" ? nil : "{}"))
+                    return c.readResponse(timeout: .seconds(5))
+                }
+            }
+            for ((method, path, status, allow), answer) in zip(cases, answers) {
+                let r = try #require(answer, "\(method) \(path): no answer")
+                #expect(r.status == status && r.headers["allow"] == allow, "\(method) \(path): \(r.status) \(r.headers)")
+                if status == 405 {
+                    let error = try #require(try JSONSerialization.jsonObject(with: Data(r.body.utf8)) as? [String: Any])["error"] as? [String: Any]
+                    #expect(error?["code"] as? String == "method_not_allowed" && (error?["message"] as? String)?.contains(method) == true, "\(r.body)")
+                }
+            }
+            let options = await blocking { () -> (RawHTTPClient.Response?, RawHTTPClient.Response?) in
+                c.send(RawHTTPClient.request("OPTIONS", "/v1/chat/completions"))
+                let known = c.readResponse(timeout: .seconds(5), bodyless: true)
+                c.send(RawHTTPClient.request("OPTIONS", "/v1/nothing"))
+                return (known, c.readResponse(timeout: .seconds(5)))
+            }
+            #expect(options.0?.status == 204 && options.0?.headers["allow"] == "POST", "\(options.0?.status ?? 0) \(options.0?.headers ?? [:])")
+            #expect(options.1?.status == 404, "\(options.1?.status ?? 0)")
         }
     }
 
