@@ -184,6 +184,13 @@ import TestSupport
         #expect(err(w)?.problem.contains("overlaps") == true)
         w.headerOverride = #"{"a":{"dtype":"F32","shape":[-2,2],"data_offsets":[0,16]}}"#
         #expect(err(w)?.problem.contains("invalid shape") == true)
+        // Integers only, as the safetensors library's unsigned fields: not 2.0, 2e0, true or "2".
+        for shape in ["[2.0,2]", "[2e0,2]", "[true,2]", "[\"2\",2]"] {
+            w.headerOverride = #"{"a":{"dtype":"F32","shape":"# + shape + #","data_offsets":[0,16]}}"#
+            #expect(err(w)?.problem.contains("invalid shape") == true, "\(shape): \(String(describing: err(w)))")
+        }
+        w.headerOverride = #"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16.0]}}"#
+        #expect(err(w)?.problem.contains("invalid data_offsets") == true)
         w.headerOverride = #"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#
         #expect(err(w)?.problem.contains("names it twice") == true, "\(String(describing: err(w)))")
         var huge = good.bytes()

@@ -32,18 +32,19 @@ public final class SafetensorsFile: @unchecked Sendable {
         let header = try r.bytes(Int(headerLength), "header")
         let dataStart = r.offset
         let dataSize = file.count - dataStart
-        guard let json = try? JSONSerialization.jsonObject(with: Data(header)), let entries = json as? [String: Any] else {
+        // Parsed once, exactly: integers stay integers (a shape of 16.0 is refused, as the safetensors library's
+        // unsigned fields refuse it), and the members stay in order with any repeated name.
+        guard case .object(let members)? = try? Data(header).withUnsafeBytes({ try ExactJSON.parse($0, name: "safetensors header") }) else {
             throw r.error("header is not a JSON object")
         }
-        // A name given twice would be read as whichever entry the parser kept: refused, as the safetensors library does.
-        if case .object(let members)? = try? Data(header).withUnsafeBytes({ try ExactJSON.parse($0, name: "safetensors header") }) {
-            var names = Set<String>()
-            for (name, _) in members where !names.insert(name).inserted { throw r.error("the header names it twice", tensor: name) }
-        }
+        // A name given twice would be read as whichever entry a parser kept: refused, as the safetensors library does.
+        var names = Set<String>()
+        for (name, _) in members where !names.insert(name).inserted { throw r.error("the header names it twice", tensor: name) }
         var tensors: [String: SafetensorsTensorInfo] = [:]
-        for (name, value) in entries where name != "__metadata__" {
-            guard let entry = value as? [String: Any], let dtypeName = entry["dtype"] as? String,
-                  let shape = entry["shape"] as? [Any], let offsets = entry["data_offsets"] as? [Any], offsets.count == 2 else {
+        for (name, value) in members where name != "__metadata__" {
+            guard case .object(let fields) = value, let dtypeName = Self.field(fields, "dtype").flatMap(Self.string),
+                  case .array(let shape)? = Self.field(fields, "shape"), case .array(let offsets)? = Self.field(fields, "data_offsets"),
+                  offsets.count == 2 else {
                 throw r.error("header entry must have dtype, shape and data_offsets [begin, end]", tensor: name)
             }
             let dtype: DType
@@ -55,10 +56,10 @@ public final class SafetensorsFile: @unchecked Sendable {
             }
             let dims = shape.compactMap(Self.integer)
             guard dims.count == shape.count, dims.count <= 8, dims.allSatisfy({ $0 >= 0 && $0 <= 1 << 32 }) else {
-                throw r.error("invalid shape \(shape)", tensor: name)
+                throw r.error("invalid shape \(Self.text(shape))", tensor: name)
             }
             guard let begin = Self.integer(offsets[0]), let end = Self.integer(offsets[1]), begin >= 0, end >= begin else {
-                throw r.error("invalid data_offsets \(offsets)", tensor: name)
+                throw r.error("invalid data_offsets \(Self.text(offsets))", tensor: name)
             }
             guard end <= dataSize else {
                 throw r.error("data_offsets [\(begin), \(end)] run past the end of the data (\(dataSize) bytes)", tensor: name)
@@ -81,16 +82,37 @@ public final class SafetensorsFile: @unchecked Sendable {
         self.tensors = tensors
     }
 
-    /// JSONSerialization returns booleans as NSNumber too; they have the `char` type code.
-    static func isJSONBool(_ n: NSNumber) -> Bool { String(cString: n.objCType) == "c" }
+    /// The first member named `key` (the header's entries are checked for repeated names, not their fields: a
+    /// repeated field is read as its first).
+    static func field(_ members: [(key: String, value: ExactJSON)], _ key: String) -> ExactJSON? {
+        members.first { $0.key == key }?.value
+    }
 
-    static func integer(_ v: Any) -> Int? {
-        if let n = v as? NSNumber, !isJSONBool(n) {
-            let d = n.doubleValue
-            guard d == d.rounded(), abs(d) < 1e15 else { return nil }
-            return n.intValue
-        }
+    static func string(_ v: ExactJSON) -> String? {
+        if case .string(let s) = v { return s }
         return nil
+    }
+
+    /// A JSON integer literal (not a fraction, exponent or boolean).
+    static func integer(_ v: ExactJSON) -> Int? {
+        if case .int(let i) = v { return i }
+        return nil
+    }
+
+    /// Values for a message, cut short.
+    static func text(_ values: [ExactJSON]) -> String {
+        let parts = values.prefix(9).map { v -> String in
+            switch v {
+            case .int(let i): String(i)
+            case .double(let d): String(d)
+            case .string(let s): "\"\(s.prefix(32))\""
+            case .bool(let b): String(b)
+            case .null: "null"
+            case .array: "[…]"
+            case .object: "{…}"
+            }
+        }
+        return "[" + parts.joined(separator: ", ") + (values.count > 9 ? ", …]" : "]")
     }
 }
 
