@@ -132,6 +132,8 @@ public final class EngineCore {
         let scale: UInt32
     }
     private var keyOf: [AdapterKey: Int] = [:]
+    /// Adapters unloaded (`retire`): a request naming one is served and the adapter dropped again once unused.
+    private var retiredIDs: Set<AdapterID> = []
     private var adapterWeights: [Int: (weights: LoRAWeights, scale: Float, key: AdapterKey)] = [:]
     private var nextAdapterKey = 0
 
@@ -246,6 +248,8 @@ public final class EngineCore {
             performPending()
             throw EngineError("\(error)")
         }
+        // Submitted after its adapter's unload: served, and the adapter dropped again once unused.
+        if let id = adapter?.id, retiredIDs.contains(id) { scheduler.retire(adapter: key) }
         sequences[rid] = Sequence(tokens: tokens, promptCount: promptCount, sampler: sampler, params: params, adapter: key)
         return rid
     }
@@ -274,8 +278,11 @@ public final class EngineCore {
 
     public func cancel(_ id: RequestID) { finish(id, reason: .cancelled) }
 
-    /// The adapter is no longer served (unloaded): its weights are dropped once no request needs them.
+    /// The adapter is no longer served (unloaded): its weights are dropped once no request needs them. A request
+    /// handed its weights before the unload and submitted after it still runs (registries never give an unloaded
+    /// adapter's id out again), and the weights go when it finishes.
     public func retire(adapter id: AdapterID) {
+        retiredIDs.insert(id)
         for (k, key) in keyOf where k.id == id { scheduler.retire(adapter: key) }
         performPending()
     }

@@ -139,7 +139,9 @@ public struct Scheduler: Sendable {
         if adapter == Request.base {
             bytes = 0
         } else {
-            guard let a = adapters[adapter], !a.retired else { throw SchedulerError("adapter \(adapter) is not known (addAdapter first)") }
+            // A retired adapter still takes requests (one its weights were handed to before it was unloaded); it is
+            // dropped once none needs it.
+            guard let a = adapters[adapter] else { throw SchedulerError("adapter \(adapter) is not known (addAdapter first)") }
             bytes = a.profile.bytes
         }
         let count = tokenCount ?? promptCount

@@ -33,6 +33,8 @@ final class Call: Sendable {
         /// nil: the stream ended without finishing (cancelled by shutdown or by the client leaving).
         var finish: FinishReason?
         var logprobs: ChoiceRenderState
+        /// With finish `.error`: the engine's reason when it could not start the request (nil: non-finite logits).
+        var failure: String? = nil
     }
 
     init(server: OpenAIServer, model: String, chat: Bool, id: String, index: Int = 0, countsPrompt: Bool = true, promptTokens: Int, arrival: UInt64,
@@ -118,6 +120,7 @@ final class Call: Sendable {
                 clock.token()
             }
             if let f = e.finish { outcome.finish = f }
+            if e.finish == .error { outcome.failure = e.message }
             outcome.logprobs.add(e.logprobs.map(call.server.tokenizer.render))
         }
     }
@@ -137,8 +140,17 @@ final class Call: Sendable {
 
     func markFinished() { finished.withLock { $0 = true } }
 
-    /// A request the engine ended with `.error`: its logits held NaN or +∞, which the adapters' validation at
-    /// load is meant to rule out, so it is the server's (or the adapter's) fault, not the request's — a 500.
+    /// A request the engine ended with `.error`: it could not start it (`failure`: the budget or the adapter changed
+    /// between the request's checks and its start; a 503 worth retrying), or its logits held NaN or +∞, which the
+    /// adapters' validation at load is meant to rule out, so it is the server's (or the adapter's) fault, not the
+    /// request's — a 500.
+    func failed(_ failure: String?) -> APIError {
+        guard let failure else { return nonFiniteLogits }
+        var e = APIError(.serviceUnavailable, "the request could not be started: \(String(failure.prefix(256)))", code: "not_started")
+        e.retryAfter = 1
+        return e
+    }
+
     var nonFiniteLogits: APIError {
         let what = model == server.options.modelName ? "the model" : "the adapter '\(model)'"
         return APIError(.internalServerError, "\(what) produced non-finite logits (NaN or infinity); the request was stopped",
@@ -180,7 +192,7 @@ struct Calls: Sendable {
         }
         for (call, o) in zip(calls, outcomes) {
             guard let finish = o.finish else { throw shutdown }
-            if finish == .error { throw call.nonFiniteLogits }
+            if finish == .error { throw call.failed(o.failure) }
         }
         let usage = Usage(prompt: promptTokens, completion: outcomes.reduce(0) { $0 + $1.completionTokens })
         return render.whole(outcomes.map { CompletionRenderer.Choice(text: $0.text, finish: $0.finish!.rawValue, logprobs: $0.logprobs) },
@@ -217,8 +229,9 @@ struct Calls: Sendable {
             progress[i].take(e, call)
             if e.finish == .error {
                 call.markFinished()
-                lead.server.metrics.request(model: lead.model, status: "500")
-                failure = call.nonFiniteLogits
+                let error = call.failed(progress[i].outcome.failure)
+                lead.server.metrics.request(model: lead.model, status: String(error.status.code))
+                failure = error
                 return false
             }
             if !e.text.isEmpty {

@@ -257,4 +257,37 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         #expect(throws: EngineError.self) { try g.submit(prompt: [1, 2, 3], params: .greedy, adapter: big) }
         #expect(!g.hasWork)
     }
+
+    /// A request handed an adapter's weights before the adapter was unloaded, and submitted after the engine was told
+    /// (the server's race between a lookup and an unload): it is served, token for token as on an engine that never saw
+    /// the unload, whether the adapter was unknown to the engine or serving another request at the time; and the
+    /// unloaded adapter's weights are dropped once its requests end.
+    @Test func requestSubmittedAfterItsAdaptersUnloadIsServed() throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let dir = try TempDir()
+        try TestAdapter(config: model.config, rank: 4, alpha: 8, targets: [.q, .v], seed: 31).writePEFT(to: dir.path("a"), config: model.config)
+        let w = try AdapterLoader.load(path: dir.path("a"), base: model.config)
+        let params = SamplingParams(temperature: 0, maxTokens: 6, ignoreEOS: true)
+        let prompt = tokenizer.encode("hello world", addSpecial: true)
+        let reference = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16)
+        let rid = try reference.submit(prompt: prompt, params: params, adapter: w)
+        let want = reference.runToCompletion().filter { $0.requestID == rid }.compactMap(\.token)
+        #expect(want.count == 6)
+        for runningFirst in [false, true] {
+            let g = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 32)
+            var ids: [RequestID] = []
+            var got: [RequestID: [Int]] = [:]
+            if runningFirst {
+                ids.append(try g.submit(prompt: prompt, params: params, adapter: w))
+                for e in g.step() { if let t = e.token { got[e.requestID, default: []].append(t) } }
+            }
+            g.retire(adapter: w.id)
+            ids.append(try g.submit(prompt: prompt, params: params, adapter: w))
+            for e in g.runToCompletion() { if let t = e.token { got[e.requestID, default: []].append(t) } }
+            for id in ids { #expect(got[id] == want, "running first: \(runningFirst)") }
+            #expect(g.heldAdapterCount == 0, "running first: \(runningFirst): the unloaded adapter's weights outlived its requests")
+        }
+    }
 }

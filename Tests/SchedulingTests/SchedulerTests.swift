@@ -265,7 +265,8 @@ import Testing
     }
 
     /// An idle resident adapter stays cached until the budget needs it; a retired one leaves at once, or
-    /// when its last request ends.
+    /// when its last request ends — a request added after the retirement (its weights were handed out before the
+    /// unload) included.
     @Test func retiredAdaptersLeaveWhenUnused() throws {
         var s = Scheduler(config: Self.config(.unmergedOnly, hostSwapBlocks: 0))
         s.addAdapter(AdapterProfile(key: 7, bytes: 5_000, loraParameters: 1, mergeElements: 1))
@@ -274,8 +275,12 @@ import Testing
         #expect(out.actions.contains(.loadAdapter(7)) && out.runs.count == 1 && out.loraSlots == [7])
         s.retire(adapter: 7)
         #expect(s.knows(adapter: 7), "a request still needs it")
-        #expect(throws: SchedulerError.self) { try s.add(2, adapter: 7, promptCount: 3, maxNewTokens: 1) }
+        try s.add(2, adapter: 7, promptCount: 3, maxNewTokens: 1)
         _ = s.update(out, sampled: [SampledToken(request: 1)], report: ExecutionReport(forwardSeconds: 0.01))
+        #expect(s.knows(adapter: 7) && !s.takeActions().contains(.dropAdapter(7)), "request 2 still needs it")
+        let late = s.schedule()
+        #expect(late.runs.map(\.request) == [2] && late.loraSlots == [7])
+        _ = s.update(late, sampled: [SampledToken(request: 2)], report: ExecutionReport(forwardSeconds: 0.01))
         let actions = s.takeActions()
         #expect(actions.contains(.evictAdapter(7)) && actions.contains(.dropAdapter(7)))
         #expect(!s.knows(adapter: 7) && s.pool.freeCount == s.pool.numBlocks)

@@ -801,8 +801,8 @@ import TestSupport
             let big = "{\"model\":\"tiny-llama\",\"prompt\":\"" + String(repeating: "x", count: 70 << 10) + "\"}"
             try expectError(try await client.post("/v1/completions", big), status: 413)
             try expectError(try await client.send("/v1/nothing", .get), status: 404)
-            try expectError(try await client.send("/v1/completions", .get), status: 404)
-            try expectError(try await client.send("/v1/models", .delete), status: 404)
+            try expectError(try await client.send("/v1/completions", .get), status: 405)
+            try expectError(try await client.send("/v1/models", .delete), status: 405)
             // Still healthy, and still serving.
             #expect(try await client.send("/health", .get).0 == 200)
             #expect(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"max_tokens\":3}").0 == 200)
