@@ -252,7 +252,9 @@ public struct Sampler: Sendable {
         func apply(_ t: Int) {
             guard t >= 0 && t < vocab && marks[t] != mark else { return }
             marks[t] = mark
-            a[t] = a[t] > 0 ? a[t] / penalty : a[t] * penalty
+            // A penalty near 0 would send x / penalty past the largest float (then every probability is NaN): the
+            // quotient stops at the largest finite value, so such a token still ranks first, as the rule says it should.
+            a[t] = a[t] > 0 ? min(a[t] / penalty, .greatestFiniteMagnitude) : a[t] * penalty
         }
         for t in tokens { apply(t) }
         for t in generated { apply(t) }

@@ -42,6 +42,20 @@ import Testing
         #expect(logits.withUnsafeBufferPointer { k1.sample($0) } == 5)
     }
 
+    /// A repetition penalty near 0 (in range: (0, 10]) divides a positive logit past the largest float; it stops there,
+    /// so the repeated token ranks first and nothing turns NaN (a 500 before), greedy or sampled.
+    @Test func tinyRepetitionPenaltyStaysFinite() {
+        for penalty in [1e-38, 1e-40, 1e-45] {
+            for temperature in [0.0, 1.0] {
+                var params = SamplingParams(temperature: temperature, seed: 1)
+                params.repetitionPenalty = penalty
+                var s = Sampler(params: params)
+                let pick = logits.withUnsafeBufferPointer { s.sample($0, position: 0, generated: [1, 4]) }
+                #expect(pick == 1, "penalty \(penalty), temperature \(temperature): \(String(describing: pick))")
+            }
+        }
+    }
+
     @Test func temperatureMatchesSoftmax() {
         let n = 40000
         for t in [0.5, 1.0, 2.0] {
