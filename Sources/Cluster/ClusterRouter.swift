@@ -77,6 +77,12 @@ public final class ClusterRouter: Sendable {
         }
         policy = Locked(p)
         replicas.onRejoin = { [weak self] i, status in await self?.replayAdapterChanges(on: i, status: status) }
+        // A replica that stops answering its polls (hung: its connections stay open) gives up its requests, which
+        // resume elsewhere with the tokens they have, as when a replica dies.
+        replicas.onDown = { [weak self] i in
+            guard let self else { return }
+            self.flights.withLock { f in for flight in f.values { _ = flight.abandon(replica: i) } }
+        }
     }
 
     /// Background work: status polling, and the migration loop when migration is on. Runs until cancelled.

@@ -89,6 +89,16 @@ final class Flight: @unchecked Sendable {
 
     func endMigration() { locked { _migrating = false } }
 
+    /// Ends the attempt on `replica` as if its stream had broken, so the relay resumes the request elsewhere with the
+    /// tokens it has (the replica stopped answering its status polls: hung, not dead, its connection open); false when
+    /// the request is not running there.
+    func abandon(replica: Int) -> Bool {
+        let target = locked { _replica == replica ? input : nil }
+        guard let target else { return false }
+        if case .terminated = target.yield(.ended(ReplicaUnresponsive(replica: replica))) { return false }
+        return true
+    }
+
     /// Hands a cut to the relay of the replica it was planned on; false when the request is no longer running
     /// there (finished, failed over).
     func deliver(_ cut: Cut) -> Bool {
@@ -97,6 +107,12 @@ final class Flight: @unchecked Sendable {
         if case .terminated = target.yield(.cut(cut)) { return false }
         return true
     }
+}
+
+/// Why a relay left a replica whose stream was still open: the replica's status polls failed.
+struct ReplicaUnresponsive: Error, CustomStringConvertible {
+    let replica: Int
+    var description: String { "replica \(replica) stopped answering its status polls" }
 }
 
 /// What the relay of one attempt reads: the replica's events, the end of its stream, or a migration's cut.

@@ -79,22 +79,36 @@ public final class ReplicaSet: @unchecked Sendable {
     /// down: restarted, or reachable again), with that status, before the next poll. The router replays the adapter
     /// loads and unloads made through it that the replica's catalog lacks. Set once, before polling starts.
     public var onRejoin: (@Sendable (Int, ReplicaStatus) async -> Void)?
+    /// Called with a replica the polls have just marked down (it was healthy before): the router moves the requests
+    /// still streaming from it, which a hung replica would otherwise hold for as long as it hangs. Set once, before
+    /// polling starts.
+    public var onDown: (@Sendable (Int) async -> Void)?
 
     /// Polls every replica once, concurrently.
     public func pollOnce(timeout: TimeAmount = .seconds(2)) async {
         let targets = snapshot.enumerated().filter { !$0.element.gone }.map { ($0.offset, $0.element.client) }
         var rejoined: [(Int, ReplicaStatus)] = []
+        var down: [Int] = []
         await withTaskGroup(of: (Int, ReplicaStatus?).self) { group in
             for (i, c) in targets {
                 group.addTask { (i, try? await c.status(timeout: timeout)) }
             }
-            for await (i, status) in group where record(i, status) { rejoined.append((i, status!)) }
+            for await (i, status) in group {
+                switch record(i, status) {
+                case .rejoined: rejoined.append((i, status!))
+                case .down: down.append(i)
+                case .same: break
+                }
+            }
         }
+        if let onDown { for i in down { await onDown(i) } }
         if let onRejoin { for (i, status) in rejoined { await onRejoin(i, status) } }
     }
 
-    /// Records a poll's answer; true when it made the replica healthy again.
-    private func record(_ i: Int, _ status: ReplicaStatus?) -> Bool {
+    private enum Change { case same, rejoined, down }
+
+    /// Records a poll's answer, and whether it made the replica healthy again or marked it down.
+    private func record(_ i: Int, _ status: ReplicaStatus?) -> Change {
         lock.lock()
         defer { lock.unlock() }
         let was = entries[i].healthy
@@ -106,8 +120,9 @@ public final class ReplicaSet: @unchecked Sendable {
         } else {
             entries[i].failures += 1
             if entries[i].failures >= failuresToMarkDown { entries[i].healthy = false }
+            if was && !entries[i].healthy { return .down }
         }
-        return !was && entries[i].healthy
+        return !was && entries[i].healthy ? .rejoined : .same
     }
 
     /// Polls until cancelled.

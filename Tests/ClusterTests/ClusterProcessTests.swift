@@ -173,6 +173,52 @@ import Glibc
         }
     }
 
+    /// A replica that hangs (SIGSTOP: its process and connections stay, it answers nothing) with streams in flight:
+    /// once its status polls fail the router moves them elsewhere with the tokens they have, so they end as the
+    /// undisturbed runs do instead of waiting out the hang; SIGCONT afterwards (always).
+    @Test func aHungReplicaGivesUpItsStreams() async throws {
+        try await ClusterProcess.with(extra: Self.cluster) { cluster in
+            let http = HTTPClient.shared
+            let router = "http://127.0.0.1:\(cluster.routerPort)"
+            let model = try await Self.baseModel(http, router)
+            let bodies = [
+                Self.body(model: model, prompt: "Tell me about the sea.", maxTokens: 100, temperature: 0, seed: nil),
+                Self.body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: 100, temperature: 0.9, seed: 5),
+            ]
+            var references: [String] = []
+            for b in bodies { references.append(try await Self.complete(http, router, b)) }
+            let stopped = Locked(Int32(0))
+            defer { if stopped.withLock({ $0 }) > 0 { kill(stopped.withLock { $0 }, SIGCONT) } }
+            let started = Locked(0)
+            let clock = ContinuousClock()
+            let begin = clock.now
+            let results = try await withThrowingTaskGroup(of: (Int, StreamResult).self) { group in
+                for (i, b) in bodies.enumerated() {
+                    group.addTask {
+                        (i, try await Self.stream(http, router, b) { id, tokens in
+                            guard tokens == 6 else { return }
+                            guard started.withLock({ s -> Int in s += 1; return s }) == bodies.count else { return }
+                            let pid = try #require(cluster.replicaPID(try await Self.replicaOf(http, router, id)))
+                            kill(pid, SIGSTOP)
+                            stopped.withLock { $0 = pid }
+                        })
+                    }
+                }
+                var out = [StreamResult?](repeating: nil, count: bodies.count)
+                for try await (i, r) in group { out[i] = r }
+                return out.compactMap { $0 }
+            }
+            let took = clock.now - begin
+            #expect(stopped.withLock { $0 } > 0, "no replica was stopped")
+            for (i, r) in results.enumerated() {
+                #expect(r.text == references[i], "stream \(i) differs from the undisturbed run")
+                #expect(r.finish == "length")
+            }
+            // The replica stays stopped throughout: the streams ended without it.
+            #expect(kill(stopped.withLock { $0 }, 0) == 0 && took < .seconds(90), "took \(took)")
+        }
+    }
+
     /// Every replica killed at once with streams in flight: the router holds the streams (`--resume-wait`) until the
     /// supervisor's restarts rejoin, and each resumes there with the tokens it has: the same texts as undisturbed.
     @Test func everyReplicaKilledAtOnceLosesNoStream() async throws {
