@@ -69,6 +69,34 @@ struct AdapterFiles {
     /// The identity of every file the loader may read for the adapter at `path` — device, inode, size,
     /// modification and change times, or the error that stat(2) gives — so that a failed load is retried only
     /// once something changed, and a reload after a host-cache eviction can tell whether it reads the same files.
+    /// The identity of what a load of `path` reads: its own files, and for a composition (a `composition.json` or
+    /// `mole_config.json` directory without an `adapter_config.json`) also its parts' — a failed composition whose
+    /// expert is fixed must load again. A manifest that does not parse names no parts (its own stamp covers it).
+    static func identity(of path: String, base: ModelConfig) -> [FileStamp] {
+        let own = identity(of: path)
+        let parent = (path as NSString).deletingLastPathComponent
+        return own + compositionParts(at: path, base: base).flatMap { identity(of: parent + "/" + $0) }
+    }
+
+    /// The sibling adapters the composition at `path` names (none for a plain adapter or an unreadable manifest).
+    static func compositionParts(at path: String, base: ModelConfig) -> [String] {
+        let fm = FileManager.default
+        guard !fm.fileExists(atPath: path + "/adapter_config.json") else { return [] }
+        func read(_ file: String) -> Data? {
+            guard let a = try? fm.attributesOfItem(atPath: path + "/" + file), let size = a[.size] as? Int, size <= 1 << 20 else { return nil }
+            return fm.contents(atPath: path + "/" + file)
+        }
+        if let data = read(LoRAComposition.manifestFile),
+           let m = try? data.withUnsafeBytes({ try LoRAComposition.parse($0, adapter: "") }) {
+            return m.parts.map(\.name).filter(LoRAComposition.isPlainName)
+        }
+        if let data = read(MoLEComposition.configFile),
+           let c = try? data.withUnsafeBytes({ try MoLEComposition.parse($0, adapter: "", base: base) }) {
+            return c.experts.filter(LoRAComposition.isPlainName)
+        }
+        return []
+    }
+
     static func identity(of path: String) -> [FileStamp] {
         var st = stat()
         guard stat(path, &st) == 0 else { return [FileStamp(errno: errno)] }

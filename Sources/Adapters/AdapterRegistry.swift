@@ -39,7 +39,7 @@ public final class AdapterRegistry: @unchecked Sendable {
         var lastUse: UInt64 = 0
         /// The identity of the files the weights (of this id) were loaded from.
         var loadedFrom: [FileStamp]?
-        /// The last failed load and the identity of the files it read.
+        /// The last failed load and the identity of the files it read (a composition's parts' too).
         var failure: (error: AdapterError, files: [FileStamp])?
         var loading = false
     }
@@ -272,7 +272,9 @@ public final class AdapterRegistry: @unchecked Sendable {
         if let w = cached(name) { return w }
         let e = try entry(name)
         let files = AdapterFiles.identity(of: e.path)
-        if let f = e.failure, f.files == files { throw f.error }
+        // Taken before the read, so a change during it is seen on the next request.
+        let stamps = AdapterFiles.identity(of: e.path, base: base)
+        if let f = e.failure, f.files == stamps { throw f.error }
         // Same files as the weights this id was loaded from (or the first load): same id. Changed: a new one.
         let id = e.loadedFrom.map { $0 == files } ?? true ? e.id : AdapterID.next()
         do {
@@ -294,7 +296,7 @@ public final class AdapterRegistry: @unchecked Sendable {
                 if !e.registered, files.first?.errno == ENOENT {
                     entries[Key(name)] = nil
                 } else {
-                    entries[Key(name)]?.failure = (failure, files)
+                    entries[Key(name)]?.failure = (failure, stamps)
                 }
             }
             throw failure
@@ -348,7 +350,7 @@ public final class AdapterRegistry: @unchecked Sendable {
         if let w = cached(name) { return .ready(w) }
         let e: Entry
         do { e = try entry(name) } catch { return .failed(error as? AdapterError ?? AdapterError(adapter: name, problem: "\(error)")) }
-        if let f = e.failure, f.files == AdapterFiles.identity(of: e.path) { return .failed(f.error) }
+        if let f = e.failure, f.files == AdapterFiles.identity(of: e.path, base: base) { return .failed(f.error) }
         lock.lock()
         if entries[Key(name)]?.loading == true {
             lock.unlock()

@@ -78,6 +78,26 @@ import TestSupport
         #expect(AdapterFiles.identity(of: dir.path("mix")) != before)
     }
 
+    /// A composition that failed because of one of its parts is remembered as failed only while the parts' files are
+    /// unchanged too: fixing the part (the manifest untouched) makes the composition load on the next request.
+    @Test func aFailedCompositionLoadsOnceItsPartIsFixed() throws {
+        let dir = try Self.root()
+        let c = try Self.config()
+        try FileManager.default.createDirectory(at: dir.file("mix"), withIntermediateDirectories: true)
+        try Data(#"{"adapters": [{"name": "a-qv-r4", "weight": 1}, {"name": "c-kod-r2", "weight": 1}]}"#.utf8)
+            .write(to: dir.file("mix/composition.json"))
+        let tensors = dir.file("c-kod-r2/adapter_model.safetensors")
+        let good = try Data(contentsOf: tensors)
+        try Data([16, 0, 0, 0, 0, 0, 0, 0] + Array("{}".utf8)).write(to: tensors)
+        let registry = try AdapterRegistry(root: dir.url.path, base: c)
+        #expect(throws: AdapterError.self) { try registry.load("mix") }
+        let attempts = registry.loadAttempts
+        #expect(throws: AdapterError.self) { try registry.load("mix") }
+        #expect(registry.loadAttempts == attempts, "the failure is remembered while nothing changed")
+        try good.write(to: tensors)
+        #expect(try registry.load("mix").targets == [.q, .k, .v, .o, .down])
+    }
+
     /// cat: ranks add up per module, scaling 1, A rows = w·s·Aᵢ, B columns = Bᵢ; normalize divides by Σw.
     @Test func catStacksScaledPartsAndNormalizes() throws {
         let dir = try Self.root()
