@@ -220,7 +220,11 @@ public final class AdapterRegistry: @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: path) else {
             throw AdapterError(adapter: name, problem: "path '\(relativePath)' not found under the adapter root")
         }
-        guard let real = confined(path) else { throw AdapterError(adapter: name, problem: "resolves outside the adapter root") }
+        guard let real = confined(path) else {
+            let problem = AdapterFiles.realPath(path) == rootRealPath ? "path '\(relativePath)' is the adapter root itself, not an adapter directory under it"
+                : "resolves outside the adapter root"
+            throw AdapterError(adapter: name, problem: problem)
+        }
         let id = AdapterID.next()
         let files = AdapterFiles.identity(of: real)
         let weights = try read(path: real, name: name, id: id)

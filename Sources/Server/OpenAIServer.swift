@@ -178,6 +178,7 @@ public final class OpenAIServer: Sendable {
             throw APIError.invalid(key, "unrecognized request argument '\(JSONFields.printable(key))'")
         }
         guard name != options.modelName else { throw APIError.invalid("lora_name", "'\(name)' is the base model's name") }
+        do { try AdapterRegistry.checkName(name) } catch { throw APIError.invalid("lora_name", "\(error)") }
         let replace = try fields.bool("load_inplace") ?? false
         let previous = registry.id(for: name)
         // The registry loads and validates the files before it serves them under the name; on any failure
