@@ -38,6 +38,7 @@ struct Eval: ParsableCommand {
     var maxSequences: Int = 32
     @Option(help: "Where to write the results (JSON).")
     var out: String?
+    @OptionGroup var adapterPrecision: AdapterPrecisionOption
 
     static let maxPrompts = 100_000
 
@@ -95,7 +96,8 @@ struct Eval: ParsableCommand {
             let longest = item.references.map { tokenizer.encode($0, addSpecial: false).count }.max() ?? 1
             budget[item.task] = max(budget[item.task] ?? 0, maxTokens ?? (longest + 8))
         }
-        let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c) }
+        let held = try adapterPrecision.resolved(for: model)
+        let registry = try adapterRoot.map { try AdapterRegistry(root: $0, base: c, precision: held) }
         let longestPrompt = prompts.map(\.count).max() ?? 1
         let perSequence = EngineConfiguration.kvBlocks(tokens: longestPrompt + (budget.values.max() ?? 1) + 1)
 
@@ -161,7 +163,7 @@ struct Eval: ParsableCommand {
             results.append(entry)
         }
         let report: [String: Any] = ["model": path, "tasks_dir": tasks, "tasks": taskNames, "limit": limit,
-                                     "threads": Kernels.threadCount, "results": results]
+                                     "threads": Kernels.threadCount, "adapter_precision": held.rawValue, "results": results]
         let json = try JSONSerialization.data(withJSONObject: report, options: [.prettyPrinted, .sortedKeys])
         if let out { try OutputPath.write(json, to: out, option: "--out") } else { try StandardOutput.write(json) }
     }
