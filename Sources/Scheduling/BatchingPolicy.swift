@@ -112,6 +112,8 @@ public protocol BatchingPolicy: Sendable {
     mutating func estimateLoRACost(adapter: Int, relative: Double)
     /// Drops what the policy keeps about an adapter the scheduler no longer knows.
     mutating func forget(adapter: Int)
+    /// The queue emptied while merged and the scheduler unmerged the weights: the next merge is a new switch.
+    mutating func unmergedWhileIdle()
 }
 
 extension BatchingPolicy {
@@ -125,6 +127,7 @@ extension BatchingPolicy {
     public mutating func observeSwitch(adapter: Int, seconds: Double) {}
     public mutating func estimateLoRACost(adapter: Int, relative: Double) {}
     public mutating func observe(_ ran: BatchDecision, adapters: Int, seconds: Double) {}
+    public mutating func unmergedWhileIdle() {}
 }
 
 /// The policy a configuration names.

@@ -129,6 +129,16 @@ public struct DLoRAPolicy: BatchingPolicy {
         loraWeights[adapter] = nil
     }
 
+    /// The merged stretch ended when the queue emptied (the scheduler unmerged the weights): back to unmerged, so the
+    /// next request of that adapter merges again only if the amortization test says it pays. Before, the policy stayed
+    /// merged across the idle gap, and every lone request of the adapter paid a merge and an unmerge it never weighed.
+    public mutating func unmergedWhileIdle() {
+        guard mode != .unmerged else { return }
+        adapt(leaving: mode, entering: .unmerged)
+        switches += 1
+        mode = .unmerged
+    }
+
     /// What the other mode would have done with this iteration, by the cost model: while unmerged, a merged
     /// step on the batch's dominant adapter serves only that adapter's tokens; while merged, an unmerged step
     /// serves the FCFS window (its tokens within the token budget, its distinct adapters).

@@ -580,6 +580,7 @@ public struct Scheduler: Sendable {
         guard order.isEmpty, let m = merged else { return }
         actions.append(.unmerge)
         merged = nil
+        policy.unmergedWhileIdle()
         dropIfUnused(m, into: &actions)
     }
 }

@@ -293,6 +293,32 @@ import Testing
         #expect(s.residentAdapters == [8])
     }
 
+    /// dLoRA leaves merged mode when the queue empties and the scheduler unmerges the weights: a lone request of the
+    /// adapter that was merged is weighed afresh, and with these prices (a switch costs more than a lone request's
+    /// LoRA work saves) it runs unmerged. Before, the policy stayed merged across the gap, and every lone request
+    /// paid a merge and an unmerge it never weighed (a probe saw one per request after a burst, and greedy text that
+    /// changed with the traffic before it).
+    @Test func anIdleUnmergeEndsTheMergedStretch() throws {
+        var c = Self.config(.dlora, hostSwapBlocks: 0)
+        c.switchPrior = SwitchPrior(mergeSecondsPerElement: 1e-7, mergeSecondsPerMultiplyAdd: 0, unmergeSeconds: 0)
+        var s = Scheduler(config: c)
+        // LoRA work per token as the cost model's reference adapter's (1.2 ms a token, 0.5 ms per adapter).
+        s.addAdapter(AdapterProfile(key: 7, bytes: 1_000, loraParameters: Int(c.policy.costs.referenceLoRAParameters), mergeElements: 1_000_000))
+        for i in 1...6 { try s.add(RequestID(i), adapter: 7, promptCount: 2, maxNewTokens: 4) }
+        var merges = 0, mergedRuns = 0, unmerges = 0
+        for _ in 0..<40 where s.hasWork {
+            let out = s.schedule()
+            merges += out.actions.filter { $0 == .merge(7) }.count
+            if out.mode != .unmerged { mergedRuns += out.runs.count }
+            _ = s.update(out, sampled: out.runs.map { SampledToken(request: $0.request) }, report: ExecutionReport(forwardSeconds: 0.01))
+            unmerges += s.takeActions().filter { $0 == .unmerge }.count
+        }
+        #expect(!s.hasWork && merges == 1 && mergedRuns > 0 && unmerges == 1, "merges \(merges), merged runs \(mergedRuns), unmerges \(unmerges)")
+        try s.add(100, adapter: 7, promptCount: 2, maxNewTokens: 4)
+        let out = s.schedule()
+        #expect(out.mode == .unmerged && !out.actions.contains(.merge(7)), "\(out.mode) \(out.actions)")
+    }
+
     /// A merge is priced by the base elements it rewrites plus its update's multiply-adds (rank-dependent), and a
     /// timed merge moves both terms halfway to what it measured; without a rank term the update is per element,
     /// as before.
