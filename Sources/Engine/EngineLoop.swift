@@ -319,6 +319,8 @@ public struct EngineSnapshot: Sendable, Equatable {
     public var kvCacheDType: KVCacheDType
     /// Blocks of the shared budget held by resident adapters, and how many adapters are resident.
     public var adapterBlocks: Int
+    /// Of them, the blocks of adapters no live request needs (the scheduler evicts them for room on demand).
+    public var idleAdapterBlocks: Int
     public var residentAdapters: Int
     /// Distinct adapters one unmerged iteration may hold (the scheduler's LoRA slots; vLLM's `max_lora`).
     public var adapterSlots: Int
@@ -352,6 +354,7 @@ public struct EngineSnapshot: Sendable, Equatable {
         blockSize = e.schedulerConfig.blockSize
         kvCacheDType = e.runner.kv.dtype
         adapterBlocks = s.residentAdapterBlocks
+        idleAdapterBlocks = s.idleAdapterBlocks
         residentKeys = s.residentAdapters
         residentAdapters = residentKeys.count
         adapterSlots = e.schedulerConfig.policy.maxAdapters

@@ -92,6 +92,13 @@ public struct Scheduler: Sendable {
     /// Blocks held by resident adapters (counted as they are allocated and released: the simulator reads it
     /// every step, and summing over the adapters showed in its profile).
     public private(set) var residentAdapterBlocks = 0
+    /// Blocks of resident adapters no live request needs (evictable on demand: what a router should count as free).
+    /// Summed on each call (the server's metrics read it; the simulator does not).
+    public var idleAdapterBlocks: Int {
+        var n = 0
+        for (key, a) in adapters where a.resident && a.refs == 0 && merged != key { n += residentBlocks[key]?.count ?? 0 }
+        return n
+    }
     /// Adapters (ascending, the base excluded) that live requests holding no KV blocks wait for: queued,
     /// preempted or swapped out. Sorted so that callers can compare it with an earlier answer.
     public var waitingAdapters: [Int] {

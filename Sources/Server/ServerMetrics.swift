@@ -136,7 +136,10 @@ public final class ServerMetrics: Sendable {
                 stored: (count: Int, bytes: Int) = (0, 0)) -> String {
         storedResponses.record(stored.count)
         storedResponseBytes.record(stored.bytes)
-        waiting.record(s.waiting)
+        // The snapshot is taken between steps, so during a long step (a chunked prefill: 1-2 s here) it misses requests
+        // admitted since; the server's own count of admitted sequences does not. Waiting is whichever is larger.
+        let waitingNow = max(s.waiting, active - s.running)
+        waiting.record(waitingNow)
         running.record(s.running)
         kvBlocks.record(s.kvBlocksTotal)
         kvUsage.record(s.kvBlocksTotal > 0 ? Double(s.kvBlocksTotal - s.kvBlocksFree) / Double(s.kvBlocksTotal) : 0)
@@ -177,7 +180,7 @@ public final class ServerMetrics: Sendable {
         }
         var text = registry.emitToString()
         if !text.isEmpty && !text.hasSuffix("\n") { text += "\n" }
-        return text + VLLMMetrics.render(s, now: Date().timeIntervalSince1970)
+        return text + VLLMMetrics.render(s, waiting: waitingNow, now: Date().timeIntervalSince1970)
     }
 }
 

@@ -9,9 +9,9 @@ import Foundation
 ///
 /// | series | value |
 /// |---|---|
-/// | `vllm:num_requests_waiting` | requests holding no KV blocks (queued, preempted, swapped) |
+/// | `vllm:num_requests_waiting` | requests holding no KV blocks (queued, preempted, swapped), and those admitted since the engine's last step (the server's count of admitted sequences less the running ones, when larger) |
 /// | `vllm:num_requests_running` | requests holding KV blocks |
-/// | `vllm:kv_cache_usage_perc`, `vllm:gpu_cache_usage_perc` | used ÷ total KV blocks, 0…1 (adapters' blocks count as used: one budget) |
+/// | `vllm:kv_cache_usage_perc`, `vllm:gpu_cache_usage_perc` | used ÷ total KV blocks, 0…1: requests' blocks and the blocks of adapters live requests need (one budget); an idle resident adapter's blocks count as free, since the scheduler evicts it for room on demand (an idle replica holding 62 adapters read 0.33 before, and a router reading it took the idle replica for a loaded one) |
 /// | `vllm:cache_config_info{block_size, num_gpu_blocks, cache_dtype}` | 1 (cache_dtype: f32 or f16) |
 /// | `vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}` | the current Unix time, s |
 ///
@@ -19,8 +19,9 @@ import Foundation
 /// lists are comma-separated names. A name containing a comma is left out of them: the list has no
 /// escape for it, and it would read as two other adapters.
 enum VLLMMetrics {
-    static func render(_ s: EngineSnapshot, now: Double) -> String {
-        let used = s.kvBlocksTotal > 0 ? Double(s.kvBlocksTotal - s.kvBlocksFree) / Double(s.kvBlocksTotal) : 0
+    /// `waiting`: the requests waiting now (the snapshot's, or more: those admitted since it was taken).
+    static func render(_ s: EngineSnapshot, waiting: Int, now: Double) -> String {
+        let used = s.kvBlocksTotal > 0 ? Double(s.kvBlocksTotal - s.kvBlocksFree - s.idleAdapterBlocks) / Double(s.kvBlocksTotal) : 0
         var out = ""
         func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Double) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n\(name)"
@@ -29,7 +30,7 @@ enum VLLMMetrics {
             }
             out += " \(format(value))\n"
         }
-        gauge("vllm:num_requests_waiting", "Requests waiting to be processed (queued, preempted or swapped out).", [], Double(s.waiting))
+        gauge("vllm:num_requests_waiting", "Requests waiting to be processed (queued, preempted or swapped out).", [], Double(waiting))
         gauge("vllm:num_requests_running", "Requests holding KV-cache blocks (being processed).", [], Double(s.running))
         gauge("vllm:kv_cache_usage_perc", "KV-cache usage: 1 means 100 percent of the blocks in use.", [], used)
         gauge("vllm:gpu_cache_usage_perc", "KV-cache usage: 1 means 100 percent of the blocks in use (vLLM's older name for vllm:kv_cache_usage_perc).", [], used)

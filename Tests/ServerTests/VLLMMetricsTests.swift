@@ -45,8 +45,12 @@ import TestSupport
             #expect(m.sample("vllm:num_requests_running")?.value == 0)
             let usage = try #require(m.sample("vllm:kv_cache_usage_perc")?.value)
             #expect(usage >= 0 && usage <= 1)
-            #expect(usage == Double(s.kvBlocksTotal - s.kvBlocksFree) / Double(s.kvBlocksTotal))
-            #expect(usage > 0, "the resident adapter's blocks count as used")
+            // Idle: the resident adapter's blocks are evictable on demand, so they count as free here (a router reads
+            // an idle replica as idle), and as held in dlora's own occupancy gauge.
+            #expect(s.idleAdapterBlocks > 0 && s.idleAdapterBlocks == s.adapterBlocks)
+            #expect(usage == Double(s.kvBlocksTotal - s.kvBlocksFree - s.idleAdapterBlocks) / Double(s.kvBlocksTotal))
+            #expect(usage == 0, "an idle replica's usage")
+            #expect((m.sample("dlora_kv_cache_usage_ratio")?.value ?? 0) > 0, "dlora's occupancy counts the resident adapter")
             #expect(m.sample("vllm:gpu_cache_usage_perc")?.value == usage)
 
             let cache = try #require(m.sample("vllm:cache_config_info"))
@@ -100,7 +104,47 @@ import TestSupport
             let m = try #require(seen, "the second adapter was never reported waiting; last: \(last.split(separator: "\n").filter { $0.hasPrefix("vllm:") })")
             #expect(m.sample("vllm:num_requests_waiting")?.value == 1)
             #expect(m.sample("vllm:num_requests_running")?.value == 1)
+            #expect((m.sample("vllm:kv_cache_usage_perc")?.value ?? 0) > 0, "a running request and its adapter's blocks count as used")
             #expect(m.sample("vllm:lora_requests_info")?.labels["running_lora_adapters"]?.split(separator: ",").contains("a-qv-r4") == true)
+            first.closeNow()
+            second.closeNow()
+            #expect(try await ServerFixtures.waitIdle(server))
+        }
+    }
+
+    /// A request admitted while the engine is inside a long step is reported waiting at once, not when the step ends
+    /// (the engine's snapshot is taken between steps; the server's count of admitted sequences is current). Steps take
+    /// 3 s here; the second request is sent just after a step began, and must show within 1.5 s.
+    @Test func admittedDuringALongStepIsWaiting() async throws {
+        let stepStarted = Locked(ContinuousClock.now - .seconds(100))
+        let holding = Locked(true)
+        let server = try ServerFixtures.server(maxSequences: 1, logitsObserver: { _, _ in
+            stepStarted.withLock { $0 = ContinuousClock.now }
+            usleep(holding.withLock { $0 } ? 3_000_000 : 1_000)
+        })
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let first = try RawConnection(port: port)
+            defer { first.closeNow() }
+            first.send(RawConnection.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[5,6,7],\"max_tokens\":20,\"ignore_eos\":true}"))
+            let deadline = ContinuousClock.now + .seconds(30)
+            // Wait until the first request runs (after its first step), then for a step that has just begun (its
+            // observer ran less than 0.2 s ago).
+            while ContinuousClock.now < deadline && server.engine.snapshot.running != 1 { try await Task.sleep(for: .milliseconds(5)) }
+            while ContinuousClock.now < deadline && ContinuousClock.now - stepStarted.withLock({ $0 }) > .milliseconds(200) {
+                try await Task.sleep(for: .milliseconds(5))
+            }
+            let second = try RawConnection(port: port)
+            defer { second.closeNow() }
+            second.send(RawConnection.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[5,6],\"max_tokens\":2,\"ignore_eos\":true}"))
+            let sent = ContinuousClock.now
+            var waiting: Double?
+            while waiting != 1 && ContinuousClock.now - sent < .milliseconds(1500) {
+                waiting = try PrometheusText(try await client.send("/metrics", .get).1).sample("vllm:num_requests_waiting")?.value
+                if waiting != 1 { try await Task.sleep(for: .milliseconds(20)) }
+            }
+            holding.withLock { $0 = false }
+            #expect(waiting == 1, "the second request was not reported waiting within 1.5 s of its admission")
             first.closeNow()
             second.closeNow()
             #expect(try await ServerFixtures.waitIdle(server))
@@ -115,7 +159,7 @@ import TestSupport
         var s = server.engine.snapshot
         s.residentAdapterNames = ["back\\slash", "com,ma", "new\nline", "plain", "quo\"te"]
         s.waitingAdapterNames = ["w"]
-        let text = VLLMMetrics.render(s, now: 1_764_700_000.25)
+        let text = VLLMMetrics.render(s, waiting: s.waiting, now: 1_764_700_000.25)
         #expect(text.contains(#"running_lora_adapters="back\\slash,new\nline,plain,quo\"te""#), "\(text)")
         let lora = try #require(try PrometheusText(text).sample("vllm:lora_requests_info"))
         #expect(lora.labels["running_lora_adapters"] == "back\\slash,new\nline,plain,quo\"te")
