@@ -587,7 +587,9 @@ public struct Scheduler: Sendable {
         guard order.isEmpty, let m = merged else { return }
         actions.append(.unmerge)
         merged = nil
+        let switchesBefore = policy.switches
         policy.unmergedWhileIdle()
+        stats.modeSwitches += policy.switches - switchesBefore
         dropIfUnused(m, into: &actions)
     }
 }
