@@ -114,6 +114,10 @@ public final class EngineLoop: @unchecked Sendable {
         lock.unlock()
     }
 
+    /// How the message of a request the engine could not start begins (its `.error` event; other errors are the
+    /// model's non-finite logits).
+    public static let notStarted = "the request could not be started: "
+
     /// Runs `body` on the engine thread between steps and returns its result (waits at most one step).
     public func perform<T: Sendable>(_ body: @escaping @Sendable (EngineCore) -> T) async -> T {
         await withCheckedContinuation { (c: CheckedContinuation<T, Never>) in
@@ -234,7 +238,7 @@ public final class EngineLoop: @unchecked Sendable {
                                       generated: p.generated, kv: p.kv)
                     streams[p.id] = p.continuation
                 } catch {
-                    yields.append((p.continuation, EngineEvent(requestID: p.id, token: nil, finish: .error, message: "\(error)")))
+                    yields.append((p.continuation, EngineEvent(requestID: p.id, token: nil, finish: .error, message: Self.notStarted + "\(error)")))
                     finished.append(p.continuation)
                 }
             }

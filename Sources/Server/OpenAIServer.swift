@@ -285,8 +285,22 @@ public final class OpenAIServer: Sendable {
                 throw APIError(error)
             }
         }
-        let parsed = try GenerationRequest.parse(body, chat: chat)
-        let adapter = try restrict(try await resolveModel(parsed.model), to: parsed.moleExperts)
+        // Every answer counts in dlora_requests_total, an invalid request's too (its model may be unknown).
+        let parsed: GenerationRequest
+        do {
+            parsed = try GenerationRequest.parse(body, chat: chat)
+        } catch let e as APIError {
+            metrics.request(model: "_unknown", status: String(e.status.code))
+            throw e
+        }
+        let resolved = try await resolveModel(parsed.model)
+        let adapter: LoRAWeights?
+        do {
+            adapter = try restrict(resolved, to: parsed.moleExperts)
+        } catch let e as APIError {
+            metrics.request(model: parsed.model, status: String(e.status.code))
+            throw e
+        }
         let model = parsed.model
         do {
             return try await run(parsed, adapter: adapter, request: request, arrival: arrival, responses: echo)

@@ -145,8 +145,8 @@ final class Call: Sendable {
     /// adapters' validation at load is meant to rule out, so it is the server's (or the adapter's) fault, not the
     /// request's — a 500.
     func failed(_ failure: String?) -> APIError {
-        guard let failure else { return nonFiniteLogits }
-        var e = APIError(.serviceUnavailable, "the request could not be started: \(String(failure.prefix(256)))", code: "not_started")
+        guard let failure, failure.hasPrefix(EngineLoop.notStarted) else { return nonFiniteLogits }
+        var e = APIError(.serviceUnavailable, String(failure.prefix(256)), code: "not_started")
         e.retryAfter = 1
         return e
     }

@@ -888,6 +888,11 @@ import TestSupport
             #expect(try await client.post("/v1/completions", "{\"model\":\"a-qv-r4\",\"prompt\":[5,6,7],\"max_tokens\":16,\"ignore_eos\":true}").0 == 200)
             #expect(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":[5,6,7],\"max_tokens\":4,\"ignore_eos\":true}").0 == 200)
             #expect(try await client.post("/v1/completions", "{\"model\":\"nope\",\"prompt\":\"x\"}").0 == 404)
+            // Invalid requests count too, under "_unknown" (the model field may be what is wrong), and an invalid
+            // mole_experts under the model it names.
+            #expect(try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"x\",\"top_p\":0}").0 == 400)
+            #expect(try await client.post("/v1/completions", "{\"prompt\":\"x\"}").0 == 400)
+            #expect(try await client.post("/v1/completions", "{\"model\":\"a-qv-r4\",\"prompt\":\"x\",\"mole_experts\":[\"e\"]}").0 == 400)
             let r = try await client.send("/metrics", .get)
             #expect(r.0 == 200)
             #expect(r.2[.contentType]?.hasPrefix("text/plain") == true)
@@ -896,6 +901,8 @@ import TestSupport
                 "dlora_requests_total{model=\"a-qv-r4\",status=\"ok\"} 1",
                 "dlora_requests_total{model=\"tiny-llama\",status=\"ok\"} 1",
                 "dlora_requests_total{model=\"_unknown\",status=\"404\"} 1",
+                "dlora_requests_total{model=\"_unknown\",status=\"400\"} 2",
+                "dlora_requests_total{model=\"a-qv-r4\",status=\"400\"} 1",
                 "dlora_generation_tokens_total{model=\"a-qv-r4\"} 16",
                 "dlora_prompt_tokens_total{model=\"tiny-llama\"} 3",
                 "dlora_time_to_first_token_seconds_count{model=\"a-qv-r4\"} 1",
