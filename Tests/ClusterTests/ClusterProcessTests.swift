@@ -180,13 +180,7 @@ import Glibc
         try await ClusterProcess.with(extra: Self.cluster) { cluster in
             let http = HTTPClient.shared
             let router = "http://127.0.0.1:\(cluster.routerPort)"
-            let model = try await Self.baseModel(http, router)
-            let bodies = [
-                Self.body(model: model, prompt: "Tell me about the sea.", maxTokens: 100, temperature: 0, seed: nil),
-                Self.body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: 100, temperature: 0.9, seed: 5),
-            ]
-            var references: [String] = []
-            for b in bodies { references.append(try await Self.complete(http, router, b)) }
+            let (bodies, references) = try await Self.faultRequests(http, router, maxTokens: 100)
             let stopped = Locked(Int32(0))
             defer { if stopped.withLock({ $0 }) > 0 { kill(stopped.withLock { $0 }, SIGCONT) } }
             let started = Locked(0)
@@ -225,13 +219,7 @@ import Glibc
         try await ClusterProcess.with(extra: Self.cluster) { cluster in
             let http = HTTPClient.shared
             let router = "http://127.0.0.1:\(cluster.routerPort)"
-            let model = try await Self.baseModel(http, router)
-            let bodies = [
-                Self.body(model: model, prompt: "Tell me about the sea.", maxTokens: 60, temperature: 0, seed: nil),
-                Self.body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: 60, temperature: 0.9, seed: 5),
-            ]
-            var references: [String] = []
-            for b in bodies { references.append(try await Self.complete(http, router, b)) }
+            let (bodies, references) = try await Self.faultRequests(http, router, maxTokens: 60)
             let started = Locked(0)
             let killed = Locked(0)
             let results = try await withThrowingTaskGroup(of: (Int, StreamResult).self) { group in
@@ -256,6 +244,19 @@ import Glibc
     }
 
     // MARK: Helpers
+
+    /// The two requests the fault tests stream (the base model greedy, s1 seeded at T = 0.9), and their undisturbed
+    /// texts through the router.
+    static func faultRequests(_ http: HTTPClient, _ router: String, maxTokens: Int) async throws -> (bodies: [String], references: [String]) {
+        let model = try await baseModel(http, router)
+        let bodies = [
+            body(model: model, prompt: "Tell me about the sea.", maxTokens: maxTokens, temperature: 0, seed: nil),
+            body(model: "s1-qv-r4", prompt: "Tell me about mountains.", maxTokens: maxTokens, temperature: 0.9, seed: 5),
+        ]
+        var references: [String] = []
+        for b in bodies { references.append(try await complete(http, router, b)) }
+        return (bodies, references)
+    }
 
     static func body(model: String, prompt: String, maxTokens: Int, temperature: Double, seed: Int?) -> String {
         let seedPart = seed.map { ", \"seed\": \($0)" } ?? ""
