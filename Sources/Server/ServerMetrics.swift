@@ -180,7 +180,7 @@ public final class ServerMetrics: Sendable {
         }
         var text = registry.emitToString()
         if !text.isEmpty && !text.hasSuffix("\n") { text += "\n" }
-        return text + VLLMMetrics.render(s, waiting: waitingNow, now: Date().timeIntervalSince1970)
+        return text + VLLMMetrics.render(s, waiting: waitingNow, now: Date().timeIntervalSince1970) + VLLMMetrics.aliases(of: text)
     }
 }
 

@@ -42,6 +42,44 @@ enum VLLMMetrics {
         return out
     }
 
+    /// The per-model latency histograms and token counters vLLM's dashboards read, as copies of our own families under
+    /// vLLM's names, the `model` label named `model_name` as vLLM's is (same buckets, same values).
+    static let aliased = [("dlora_time_to_first_token_seconds", "vllm:time_to_first_token_seconds"),
+                          ("dlora_inter_token_latency_seconds", "vllm:inter_token_latency_seconds"),
+                          ("dlora_e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds"),
+                          ("dlora_prompt_tokens_total", "vllm:prompt_tokens_total"),
+                          ("dlora_generation_tokens_total", "vllm:generation_tokens_total")]
+
+    /// `aliased`'s families out of `text` (Prometheus text format), renamed; each family's lines kept together.
+    static func aliases(of text: String) -> String {
+        var families = [[Substring]](repeating: [], count: aliased.count)
+        for line in text.split(separator: "\n") {
+            for (i, (ours, _)) in aliased.enumerated() {
+                let name: Substring
+                if line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") {
+                    name = line.dropFirst(7).prefix { $0 != " " }
+                } else {
+                    name = line.prefix { $0 != "{" && $0 != " " }
+                }
+                guard name == ours || name == ours + "_bucket" || name == ours + "_sum" || name == ours + "_count" else { continue }
+                families[i].append(line)
+                break
+            }
+        }
+        var out = ""
+        for (i, (ours, theirs)) in aliased.enumerated() {
+            for line in families[i] {
+                // A label value cannot hold an unescaped quote, so `{model="` and `,model="` only start the label.
+                let comment = line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ")
+                let head = comment ? line.prefix(7) : "", rest = line.dropFirst(head.count + ours.count)
+                let renamed = (head + theirs + rest).replacingOccurrences(of: "{model=\"", with: "{model_name=\"")
+                    .replacingOccurrences(of: ",model=\"", with: ",model_name=\"")
+                out += renamed + "\n"
+            }
+        }
+        return out
+    }
+
     /// Comma-separated, names with a comma left out.
     static func list(_ names: [String]) -> String { names.filter { !$0.contains(",") }.joined(separator: ",") }
 

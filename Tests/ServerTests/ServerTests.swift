@@ -908,6 +908,13 @@ import TestSupport
                 "dlora_time_to_first_token_seconds_count{model=\"a-qv-r4\"} 1",
                 "dlora_inter_token_latency_seconds_count{model=\"a-qv-r4\"} 15",
                 "dlora_e2e_request_latency_seconds_count{model=\"tiny-llama\"} 1",
+                // The same families under vLLM's names and label (its dashboards read these).
+                "# TYPE vllm:time_to_first_token_seconds histogram",
+                "vllm:time_to_first_token_seconds_count{model_name=\"a-qv-r4\"} 1",
+                "vllm:inter_token_latency_seconds_count{model_name=\"a-qv-r4\"} 15",
+                "vllm:e2e_request_latency_seconds_count{model_name=\"tiny-llama\"} 1",
+                "vllm:prompt_tokens_total{model_name=\"tiny-llama\"} 3",
+                "vllm:generation_tokens_total{model_name=\"a-qv-r4\"} 16",
                 "dlora_requests_running 0",
                 "dlora_requests_waiting 0",
                 "dlora_requests_in_flight 0",
