@@ -66,16 +66,18 @@ struct AdapterFiles {
         return String(cString: p)
     }
 
-    /// The identity of every file the loader may read for the adapter at `path` — device, inode, size,
-    /// modification and change times, or the error that stat(2) gives — so that a failed load is retried only
-    /// once something changed, and a reload after a host-cache eviction can tell whether it reads the same files.
-    /// The identity of what a load of `path` reads: its own files, and for a composition (a `composition.json` or
-    /// `mole_config.json` directory without an `adapter_config.json`) also its parts' — a failed composition whose
-    /// expert is fixed must load again. A manifest that does not parse names no parts (its own stamp covers it).
+    /// The identity of what a load of `path` reads: its own files (`identity(of:)`), and for a composition (a
+    /// `composition.json` or `mole_config.json` directory without an `adapter_config.json`) also its parts' — a failed
+    /// composition whose expert is fixed must load again. A manifest that does not parse names no parts (its own stamp
+    /// covers it).
     static func identity(of path: String, base: ModelConfig) -> [FileStamp] {
-        let own = identity(of: path)
+        identity(of: path) + partsIdentity(of: path, base: base)
+    }
+
+    /// The identity of the parts' files of the composition at `path` (none for a plain adapter).
+    static func partsIdentity(of path: String, base: ModelConfig) -> [FileStamp] {
         let parent = (path as NSString).deletingLastPathComponent
-        return own + compositionParts(at: path, base: base).flatMap { identity(of: parent + "/" + $0) }
+        return compositionParts(at: path, base: base).flatMap { identity(of: parent + "/" + $0) }
     }
 
     /// The sibling adapters the composition at `path` names (none for a plain adapter or an unreadable manifest).
@@ -97,6 +99,9 @@ struct AdapterFiles {
         return []
     }
 
+    /// The identity of every file the loader may read for the adapter at `path` — device, inode, size,
+    /// modification and change times, or the error that stat(2) gives — so that a failed load is retried only
+    /// once something changed, and a reload after a host-cache eviction can tell whether it reads the same files.
     static func identity(of path: String) -> [FileStamp] {
         var st = stat()
         guard stat(path, &st) == 0 else { return [FileStamp(errno: errno)] }

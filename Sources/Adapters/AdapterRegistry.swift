@@ -276,8 +276,9 @@ public final class AdapterRegistry: @unchecked Sendable {
         if let w = cached(name) { return w }
         let e = try entry(name)
         let files = AdapterFiles.identity(of: e.path)
-        // Taken before the read, so a change during it is seen on the next request.
-        let stamps = AdapterFiles.identity(of: e.path, base: base)
+        // With a composition's parts (the failure memo's key); taken before the read, so a change during it is seen
+        // on the next request.
+        let stamps = files + AdapterFiles.partsIdentity(of: e.path, base: base)
         if let f = e.failure, f.files == stamps { throw f.error }
         // Same files as the weights this id was loaded from (or the first load): same id. Changed: a new one.
         let id = e.loadedFrom.map { $0 == files } ?? true ? e.id : AdapterID.next()

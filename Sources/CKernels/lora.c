@@ -89,6 +89,10 @@ static inline int64_t qb_code_offset(int type, int64_t prank, int64_t o, int64_t
     const int64_t vec = type == DL_Q4_0 ? (j % 16) / 8 : (j % 16) / 4;
     return o / 16 * qb_group_bytes(type, prank) + j / 16 * qb_block_bytes(type) + 32 + vec * 64 + (o % 16) * 4 + j % 4;
 }
+// The integer sum's start for a block of u whose −128 · Σ qu is `aux`: it takes the codes' offset back out (128 for
+// Q8_0; 8 for Q4_0, −8 · Σ qu = aux / 16, exact).
+static inline int32_t qb_start(int type, int32_t aux) { return type == DL_Q4_0 ? aux / 16 : aux; }
+
 // B[o, j]'s signed code.
 static inline int qb_code(int type, const uint8_t *packed, int64_t prank, int64_t o, int64_t j) {
     const uint8_t c = packed[qb_code_offset(type, prank, o, j)];
@@ -403,7 +407,7 @@ void expand512(const int type, const uint8_t *bp, int64_t out, int64_t prank, co
 // A block of the token's quantized u as the expand takes it: its 16 codes as four broadcast dwords, du, the integer start.
 typedef struct { __m512i q[4]; __m512 du; __m512i aux; } qu_block;
 
-// type Q8_0 or Q4_0: the integer start takes out the codes' offset (128, or 8: −128 · Σ qu / 16, exact).
+// type Q8_0 or Q4_0: the integer start as qb_start gives it.
 DL_VNNI static inline __attribute__((always_inline)) qu_block qu_block_of(const int type, qu_scratch s, int64_t b) {
     qu_block k;
     for (int m = 0; m < 4; m++) {
@@ -412,7 +416,7 @@ DL_VNNI static inline __attribute__((always_inline)) qu_block qu_block_of(const 
         k.q[m] = _mm512_set1_epi32(q4);
     }
     k.du = _mm512_set1_ps(s.du[b]);
-    k.aux = _mm512_set1_epi32(type == DL_Q4_0 ? s.aux[b] / 16 : s.aux[b]);
+    k.aux = _mm512_set1_epi32(qb_start(type, s.aux[b]));
     return k;
 }
 
@@ -651,7 +655,7 @@ void expand_avxvnni_typed(const int type, const uint8_t *bp, int64_t out, int64_
         for (int64_t b = 0; b < nb; b++) {
             if (f) prefetch_step(f);
             const uint8_t *blk = grp + b * block;
-            __m256i ilo = _mm256_set1_epi32(type == DL_Q4_0 ? s.aux[b] / 16 : s.aux[b]), ihi = ilo;
+            __m256i ilo = _mm256_set1_epi32(qb_start(type, s.aux[b])), ihi = ilo;
             __m256i qm[4];
             for (int m = 0; m < 4; m++) {
                 int32_t q4;
@@ -712,7 +716,7 @@ static void expand_q8(int type, const uint8_t *bp, int64_t out, int64_t prank, c
     }
 #endif
     (void)type; (void)bp; (void)out; (void)prank; (void)u; (void)scale; (void)y; (void)f;
-    // (Callers hold adapters in Q8_0 only where the CPU can: AdapterPrecision, LoRAOperands.)
+    // (Callers hold adapters in Q8_0 or Q4_0 only where the CPU can: AdapterPrecision, LoRAOperands.)
     fprintf(stderr, "dlora kernels: a quantized adapter's expand needs AVX-512 VNNI or AVX-VNNI; aborting\n");
     abort();
 }

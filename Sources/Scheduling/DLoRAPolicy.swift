@@ -67,11 +67,7 @@ public struct DLoRAPolicy: BatchingPolicy {
     public mutating func executed(_ ran: BatchDecision, queue: [QueuedRequest]) {
         creditTable.charge(queue: queue, ran: ran.runs, config: config)
         guard !ran.runs.isEmpty else { return }
-        if ran.mode != mode {
-            adapt(leaving: mode, entering: ran.mode)
-            switches += 1
-            mode = ran.mode
-        }
+        if ran.mode != mode { switchMode(to: ran.mode) }
         // Each run's adapter, from its queue entry (the base model if it has none).
         let s = PolicyScratch.current
         s.pointee.runIDs.removeAll()
@@ -134,9 +130,14 @@ public struct DLoRAPolicy: BatchingPolicy {
     /// merged across the idle gap, and every lone request of the adapter paid a merge and an unmerge it never weighed.
     public mutating func unmergedWhileIdle() {
         guard mode != .unmerged else { return }
-        adapt(leaving: mode, entering: .unmerged)
+        switchMode(to: .unmerged)
+    }
+
+    /// A switch that happened: the thresholds adapt to the stretch it ends, and it is counted.
+    private mutating func switchMode(to new: ExecutionMode) {
+        adapt(leaving: mode, entering: new)
         switches += 1
-        mode = .unmerged
+        mode = new
     }
 
     /// What the other mode would have done with this iteration, by the cost model: while unmerged, a merged

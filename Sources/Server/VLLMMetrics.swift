@@ -54,30 +54,19 @@ enum VLLMMetrics {
     static func aliases(of text: String) -> String {
         var families = [[Substring]](repeating: [], count: aliased.count)
         for line in text.split(separator: "\n") {
-            for (i, (ours, _)) in aliased.enumerated() {
-                let name: Substring
-                if line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") {
-                    name = line.dropFirst(7).prefix { $0 != " " }
-                } else {
-                    name = line.prefix { $0 != "{" && $0 != " " }
-                }
-                guard name == ours || name == ours + "_bucket" || name == ours + "_sum" || name == ours + "_count" else { continue }
-                families[i].append(line)
-                break
-            }
+            let head = line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") ? line.prefix(7) : ""
+            let name = line.dropFirst(head.count).prefix { $0 != "{" && $0 != " " }
+            guard let i = aliased.firstIndex(where: { ours, _ in
+                name == ours || name == ours + "_bucket" || name == ours + "_sum" || name == ours + "_count"
+            }) else { continue }
+            let (ours, theirs) = aliased[i]
+            // A label value cannot hold an unescaped quote, so `{model="` and `,model="` only start the label.
+            let renamed = (head + theirs + line.dropFirst(head.count + ours.count))
+                .replacingOccurrences(of: "{model=\"", with: "{model_name=\"")
+                .replacingOccurrences(of: ",model=\"", with: ",model_name=\"")
+            families[i].append(Substring(renamed))
         }
-        var out = ""
-        for (i, (ours, theirs)) in aliased.enumerated() {
-            for line in families[i] {
-                // A label value cannot hold an unescaped quote, so `{model="` and `,model="` only start the label.
-                let comment = line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ")
-                let head = comment ? line.prefix(7) : "", rest = line.dropFirst(head.count + ours.count)
-                let renamed = (head + theirs + rest).replacingOccurrences(of: "{model=\"", with: "{model_name=\"")
-                    .replacingOccurrences(of: ",model=\"", with: ",model_name=\"")
-                out += renamed + "\n"
-            }
-        }
-        return out
+        return families.joined().map { $0 + "\n" }.joined()
     }
 
     /// Comma-separated, names with a comma left out.

@@ -169,8 +169,8 @@ struct BenchLoRA: ParsableCommand {
                 let a = (0..<(rank * cols)).map { _ in uniform() * 0.1 }
                 let b = (0..<(rows * rank)).map { _ in uniform() * 0.1 }
                 // Q8_0 or Q4_0 where the input width allows (else bf16, as serve would keep such a matrix).
-                let held = dtype == .q8_0 ? AdapterPrecision.int8.dtype(stored: .bf16, inFeatures: cols)
-                    : dtype == .q4_0 ? AdapterPrecision.int4.dtype(stored: .bf16, inFeatures: cols) : dtype
+                let quantized: AdapterPrecision? = dtype == .q8_0 ? .int8 : dtype == .q4_0 ? .int4 : nil
+                let held = quantized?.dtype(stored: .bf16, inFeatures: cols) ?? dtype
                 return LoRAModule(rank: rank, inFeatures: cols, outFeatures: rows, a: a, b: b, dtype: held)
             }
         }
