@@ -83,6 +83,8 @@ struct RouterCall: Sendable {
     }
 
     func stream(first: [Attempt], includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+        var render = self.render
+        render.usageChunkFollows = includeUsage
         var choices = [Choice](repeating: Choice(), count: flights.count)
         var states = choices.map(\.logprobs)
         for f in render.openingFrames(flights.count, states: &states) { try await write(f, &writer) }

@@ -60,6 +60,7 @@ public final class OpenAIServer: Sendable {
     private struct State {
         var inFlight = 0
         var draining = false
+        var drainCutShort = false
         var nextID: UInt64 = 0
     }
 
@@ -129,7 +130,7 @@ public final class OpenAIServer: Sendable {
         state.withLock { $0.draining = true }
         let clock = ContinuousClock()
         let end = clock.now.advanced(by: options.shutdownDeadline)
-        while inFlight > 0 && clock.now < end {
+        while inFlight > 0 && clock.now < end && !state.withLock({ $0.drainCutShort }) {
             try? await Task.sleep(for: .milliseconds(20))
         }
         guard inFlight > 0 else { return }
@@ -143,6 +144,9 @@ public final class OpenAIServer: Sendable {
 
     public var isDraining: Bool { state.withLock { $0.draining } }
 
+    /// Ends a drain's wait for running requests now (a second SIGTERM): they are cancelled as at its deadline.
+    public func endDrainNow() { state.withLock { $0.drainCutShort = true } }
+
     // MARK: Endpoints
 
     private func health() throws -> Response {
@@ -151,7 +155,7 @@ public final class OpenAIServer: Sendable {
     }
 
     private func renderMetrics() -> Response {
-        let text = metrics.render(engine.snapshot, inFlight: inFlight, hostCache: adapters?.hostBytes ?? 0,
+        let text = metrics.render(engine.snapshot, modelName: options.modelName, inFlight: inFlight, hostCache: adapters?.hostBytes ?? 0,
                                   fileLoads: (adapters?.loadAttempts ?? 0, adapters?.loadSeconds ?? 0),
                                   stored: (responseStore?.count ?? 0, responseStore?.storedBytes ?? 0))
         return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

@@ -246,7 +246,10 @@ extension OpenAIServer {
             }
             echoed = true
             try await writeLine(line, &writer)
-            if e.finish != nil { finished = true }
+            if let f = e.finish {
+                finished = true
+                if f != .error { metrics.finished(model: model, reason: f == .cancelled ? "abort" : f.rawValue) }
+            }
         }
         metrics.tokens(model: model, prompt: promptTokens, generated: generated)
         if finished {

@@ -82,11 +82,13 @@ final class Call: Sendable {
             m.tokens(model: call.model, prompt: call.countsPrompt ? call.promptTokens : 0, generated: o.completionTokens)
             if o.finish == .error {
                 return  // counted where the 500 is rendered (the handler's catch, or the stream's error event)
-            } else if o.finish != nil {
+            } else if let f = o.finish {
                 m.endToEnd(model: call.model, nanoseconds: DispatchTime.now().uptimeNanoseconds &- call.arrival)
+                m.finished(model: call.model, reason: f == .cancelled ? "abort" : f.rawValue)
                 if call.index == 0 { m.request(model: call.model, status: "ok") }
-            } else if call.index == 0 {
-                m.request(model: call.model, status: "cancelled")
+            } else {
+                m.finished(model: call.model, reason: "abort")
+                if call.index == 0 { m.request(model: call.model, status: "cancelled") }
             }
         }
     }
@@ -203,6 +205,8 @@ struct Calls: Sendable {
     /// chunk with its finish reason; the usage chunk when asked for, then `data: [DONE]`. A failed or cancelled
     /// choice ends the whole stream with an error event.
     func stream(includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+        var render = self.render
+        render.usageChunkFollows = includeUsage
         var progress = calls.map(Call.Progress.init)
         defer { for p in progress { p.clock.end(p.outcome) } }
         var states = progress.map(\.outcome.logprobs)

@@ -93,6 +93,12 @@ public final class ServerMetrics: Sendable {
         CoreMetrics.Counter(label: "dlora_requests_total", dimensions: [("model", model), ("status", status)], factory: factory).increment()
     }
 
+    /// A sequence (one choice) that ended: `reason` is vLLM's `finished_reason` — "stop", "length", or "abort" for one
+    /// cancelled before its finish (client gone, shutdown).
+    func finished(model: String, reason: String) {
+        CoreMetrics.Counter(label: "dlora_request_success_total", dimensions: [("model", model), ("finished_reason", reason)], factory: factory).increment()
+    }
+
     func tokens(model: String, prompt: Int, generated: Int) {
         CoreMetrics.Counter(label: "dlora_prompt_tokens_total", dimensions: [("model", model)], factory: factory).increment(by: prompt)
         CoreMetrics.Counter(label: "dlora_generation_tokens_total", dimensions: [("model", model)], factory: factory).increment(by: generated)
@@ -116,6 +122,9 @@ public final class ServerMetrics: Sendable {
         for label in ["dlora_prompt_tokens_total", "dlora_generation_tokens_total"] {
             CoreMetrics.Counter(label: label, dimensions: dims, factory: factory).destroy()
         }
+        for reason in ["stop", "length", "abort"] {
+            CoreMetrics.Counter(label: "dlora_request_success_total", dimensions: [("model", model), ("finished_reason", reason)], factory: factory).destroy()
+        }
         // Every status a request can end with (ok, cancelled, and the HTTP codes of errors).
         for status in ["ok", "cancelled"] + (400...599).map(String.init) {
             let c = CoreMetrics.Counter(label: "dlora_requests_total", dimensions: [("model", model), ("status", status)], factory: factory)
@@ -132,7 +141,8 @@ public final class ServerMetrics: Sendable {
     /// `hostCache`: bytes of adapters the registry keeps in host memory; `fileLoads`: the registry's loads so far
     /// and their seconds (`AdapterRegistry.loadAttempts`, `loadSeconds`).
     /// `stored`: the Responses answers this server keeps, and their bytes (`ResponseStore`).
-    func render(_ s: EngineSnapshot, inFlight active: Int, hostCache: Int = 0, fileLoads files: (loads: Int, seconds: Double) = (0, 0),
+    /// `modelName`: the served base model's name, the `model_name` label of the vLLM-named engine gauges.
+    func render(_ s: EngineSnapshot, modelName: String, inFlight active: Int, hostCache: Int = 0, fileLoads files: (loads: Int, seconds: Double) = (0, 0),
                 stored: (count: Int, bytes: Int) = (0, 0)) -> String {
         storedResponses.record(stored.count)
         storedResponseBytes.record(stored.bytes)
@@ -180,7 +190,8 @@ public final class ServerMetrics: Sendable {
         }
         var text = registry.emitToString()
         if !text.isEmpty && !text.hasSuffix("\n") { text += "\n" }
-        return text + VLLMMetrics.render(s, waiting: waitingNow, now: Date().timeIntervalSince1970) + VLLMMetrics.aliases(of: text)
+        return text + VLLMMetrics.render(s, waiting: waitingNow, now: Date().timeIntervalSince1970, modelName: modelName)
+            + VLLMMetrics.aliases(of: text)
     }
 }
 

@@ -15,19 +15,19 @@ import Foundation
 /// | `vllm:cache_config_info{block_size, num_gpu_blocks, cache_dtype}` | 1 (cache_dtype: f32 or f16) |
 /// | `vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}` | the current Unix time, s |
 ///
+/// Each carries vLLM's `model_name` label: the served base model (`--served-model-name`).
 /// "running" LoRA adapters are the *resident* ones (what the protocol means: loaded and ready to serve);
 /// lists are comma-separated names. A name containing a comma is left out of them: the list has no
 /// escape for it, and it would read as two other adapters.
 enum VLLMMetrics {
     /// `waiting`: the requests waiting now (the snapshot's, or more: those admitted since it was taken).
-    static func render(_ s: EngineSnapshot, waiting: Int, now: Double) -> String {
+    /// `modelName`: the served base model, every series' `model_name` label (as vLLM's).
+    static func render(_ s: EngineSnapshot, waiting: Int, now: Double, modelName: String) -> String {
         let used = s.kvBlocksTotal > 0 ? Double(s.kvBlocksTotal - s.kvBlocksFree - s.idleAdapterBlocks) / Double(s.kvBlocksTotal) : 0
         var out = ""
         func gauge(_ name: String, _ help: String, _ labels: [(String, String)] = [], _ value: Double) {
             out += "# HELP \(name) \(help)\n# TYPE \(name) gauge\n\(name)"
-            if !labels.isEmpty {
-                out += "{" + labels.map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",") + "}"
-            }
+            out += "{" + ([("model_name", modelName)] + labels).map { "\($0.0)=\"\(escape($0.1))\"" }.joined(separator: ",") + "}"
             out += " \(format(value))\n"
         }
         gauge("vllm:num_requests_waiting", "Requests waiting to be processed (queued, preempted or swapped out).", [], Double(waiting))
@@ -48,7 +48,8 @@ enum VLLMMetrics {
                           ("dlora_inter_token_latency_seconds", "vllm:inter_token_latency_seconds"),
                           ("dlora_e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds"),
                           ("dlora_prompt_tokens_total", "vllm:prompt_tokens_total"),
-                          ("dlora_generation_tokens_total", "vllm:generation_tokens_total")]
+                          ("dlora_generation_tokens_total", "vllm:generation_tokens_total"),
+                          ("dlora_request_success_total", "vllm:request_success_total")]
 
     /// `aliased`'s families out of `text` (Prometheus text format), renamed; each family's lines kept together.
     static func aliases(of text: String) -> String {

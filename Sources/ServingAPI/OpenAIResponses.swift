@@ -53,8 +53,8 @@ public struct Usage: Encodable, Equatable {
 }
 
 /// The envelope shared by `text_completion`, `chat.completion` and `chat.completion.chunk` objects (a
-/// completion chunk is a `text_completion` too). `usage` is left out where OpenAI leaves it out (chunks
-/// before the usage chunk).
+/// completion chunk is a `text_completion` too). Without usage, `usage` is left out, or (`nullUsage`) written as
+/// null: OpenAI's chunks before the usage chunk of a stream that asked for one (`stream_options.include_usage`).
 public struct CompletionObject<Choice: Encodable>: Encodable {
     public let id: String
     public let object: String
@@ -62,14 +62,29 @@ public struct CompletionObject<Choice: Encodable>: Encodable {
     public let model: String
     public let choices: [Choice]
     public var usage: Usage?
+    /// Without usage: `"usage": null` rather than no key.
+    public var nullUsage: Bool
 
-    public init(id: String, object: String, created: Int, model: String, choices: [Choice], usage: Usage? = nil) {
+    public init(id: String, object: String, created: Int, model: String, choices: [Choice], usage: Usage? = nil, nullUsage: Bool = false) {
         self.id = id
         self.object = object
         self.created = created
         self.model = model
         self.choices = choices
         self.usage = usage
+        self.nullUsage = nullUsage
+    }
+
+    private enum CodingKeys: String, CodingKey { case id, object, created, model, choices, usage }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(object, forKey: .object)
+        try c.encode(created, forKey: .created)
+        try c.encode(model, forKey: .model)
+        try c.encode(choices, forKey: .choices)
+        if let usage { try c.encode(usage, forKey: .usage) } else if nullUsage { try c.encodeNil(forKey: .usage) }
     }
 }
 
@@ -448,6 +463,9 @@ public struct CompletionRenderer: Sendable {
     /// A `/v1/responses` request (run as chat): its answer in the Responses API's shapes (ResponsesRendering.swift).
     public let responses: ResponsesEcho?
 
+    /// A stream that ends with a usage chunk: its other chunks carry `"usage": null`, as OpenAI's do.
+    public var usageChunkFollows = false
+
     public init(id: String, created: Int, model: String, chat: Bool, tools: ToolCallMode? = nil, responses: ResponsesEcho? = nil) {
         self.id = id
         self.created = created
@@ -575,7 +593,8 @@ public struct CompletionRenderer: Sendable {
         if chat { return chatChunk(index, delta: ChatDelta(content: text), finish: finish, logprobs: logprobs.takeChat()) }
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
                                                 choices: [TextChoice(index: index, text: text ?? "", finishReason: finish,
-                                                                     logprobs: logprobs.takeCompletion())]))
+                                                                     logprobs: logprobs.takeCompletion())],
+                                                nullUsage: usageChunkFollows))
     }
 
     /// The usage chunk (no choices) that ends a stream which asked for it.
@@ -586,6 +605,7 @@ public struct CompletionRenderer: Sendable {
 
     private func chatChunk(_ index: Int, delta: ChatDelta, finish: String?, logprobs: ChatLogprobs?) -> String {
         OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
-                                              choices: [ChatChunkChoice(index: index, delta: delta, finishReason: finish, logprobs: logprobs)]))
+                                              choices: [ChatChunkChoice(index: index, delta: delta, finishReason: finish, logprobs: logprobs)],
+                                              nullUsage: usageChunkFollows))
     }
 }

@@ -95,7 +95,10 @@ struct RouterFlags: ParsableArguments {
 }
 
 /// Runs a router until SIGTERM/SIGINT.
-func runRouter(_ router: ClusterRouter, host: String, port: Int, label: String, onReady: @escaping @Sendable (Int) -> Void) async throws {
+/// A second signal ends the process at once (the router holds no work of its own; streams in flight resume on a
+/// client's retry), after `beforeExit`.
+func runRouter(_ router: ClusterRouter, host: String, port: Int, label: String, beforeExit: @escaping @Sendable () -> Void = {},
+               onReady: @escaping @Sendable (Int) -> Void) async throws {
     var logger = Logger(label: "dlora.router")
     logger.logLevel = .info
     let app = router.makeApplication(configuration: .init(address: .hostname(host, port: port), serverName: "dlora-router"), logger: logger,
@@ -107,7 +110,9 @@ func runRouter(_ router: ClusterRouter, host: String, port: Int, label: String, 
     let background = Task { await router.replicas.pollOnce(); await router.runBackground() }
     defer { background.cancel() }
     let group = ServiceGroup(configuration: .init(services: [.init(service: app)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+    let second = SecondSignal(grace: 0, beforeExit: beforeExit)
     do {
+        defer { withExtendedLifetime(second) {} }
         try await group.run()
     } catch {
         background.cancel()
@@ -241,7 +246,8 @@ struct ClusterCommand: AsyncParsableCommand {
         }
         let router = ClusterRouter(replicas: set, options: flags.options(adminKey: admin))
         try await runRouter(router, host: host, port: port,
-                            label: "\(replicas) replicas × \(perReplica) threads, dispatch \(flags.dispatch), migration \(flags.migration)") { _ in }
+                            label: "\(replicas) replicas × \(perReplica) threads, dispatch \(flags.dispatch), migration \(flags.migration)",
+                            beforeExit: { supervisor.killAll() }) { _ in }
     }
 
     private func executablePath() throws -> String {
@@ -338,6 +344,15 @@ final class ReplicaSupervisor: @unchecked Sendable {
         lock.lock()
         defer { lock.unlock() }
         return body()
+    }
+
+    /// SIGKILL to every replica (a second signal to the cluster: stop now).
+    func killAll() {
+        let all = locked { () -> [Process] in
+            stopping = true
+            return processes.compactMap { $0 }
+        }
+        for p in all where p.isRunning { kill(p.processIdentifier, SIGKILL) }
     }
 
     /// SIGTERM to every replica, up to 10 s for them to drain, then SIGKILL.

@@ -168,6 +168,8 @@ struct Serve: AsyncParsableCommand {
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         ))
+        let second = SecondSignal { server.endDrainNow() }
+        defer { withExtendedLifetime(second) {} }
         try await group.run()
     }
 

@@ -319,12 +319,14 @@ import Glibc
         var finish: String?
         /// The router's `x-dlora-replica` header: the replica it dispatched the request to.
         var replica: Int?
+        /// Usage chunks received (the stream asks for one).
+        var usageChunks = 0
     }
 
     /// Streams a completion; `onToken(id, count)` runs after each content chunk (count = chunks so far).
     static func stream(_ http: HTTPClient, _ base: String, _ body: String,
                        onToken: @Sendable (String, Int) async throws -> Void = { _, _ in }) async throws -> StreamResult {
-        let streamed = body.dropLast() + ", \"stream\": true}"
+        let streamed = body.dropLast() + ", \"stream\": true, \"stream_options\": {\"include_usage\": true}}"
         var req = HTTPClientRequest(url: base + "/v1/completions")
         req.method = .POST
         req.headers.add(name: "Content-Type", value: "application/json")
@@ -350,6 +352,13 @@ import Glibc
                 let object = try #require(try JSONSerialization.jsonObject(with: Data(payload.utf8)) as? [String: Any])
                 #expect(object["error"] == nil, "error event: \(payload)")
                 result.id = object["id"] as? String ?? result.id
+                // OpenAI's shape: `"usage": null` in every chunk before the usage chunk, which has no choices.
+                if let usage = object["usage"] as? [String: Any] {
+                    #expect((object["choices"] as? [Any])?.isEmpty == true && usage["completion_tokens"] is Int, "usage chunk: \(payload)")
+                    result.usageChunks += 1
+                    continue
+                }
+                #expect(object["usage"] is NSNull, "a chunk before the usage chunk: \(payload)")
                 guard let choice = (object["choices"] as? [[String: Any]])?.first else { continue }
                 if let f = choice["finish_reason"] as? String { result.finish = f }
                 result.logprobs += ((choice["logprobs"] as? [String: Any])?["token_logprobs"] as? [Any] ?? []).compactMap { $0 as? Double }
@@ -361,6 +370,7 @@ import Glibc
             }
         }
         #expect(done, "the stream ended with [DONE]")
+        #expect(result.usageChunks == 1, "usage chunks: \(result.usageChunks)")
         return result
     }
 

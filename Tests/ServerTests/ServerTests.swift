@@ -56,6 +56,11 @@ import TestSupport
             let usageChunk = try #require(chunks.last)
             #expect((usageChunk["choices"] as? [Any])?.isEmpty == true)
             #expect((usageChunk["usage"] as? [String: Any])?["completion_tokens"] as? Int == c.greedyIds.count)
+            // OpenAI's: the chunks before the usage chunk say `"usage": null`; a stream that did not ask has no usage key.
+            #expect(chunks.dropLast().allSatisfy { $0["usage"] is NSNull })
+            let plain = try await client.post("/v1/completions", String(body.dropLast()) + ",\"stream\":true}")
+            let plainChunks = try sseEvents(plain.1).dropLast().map(jsonObject)
+            #expect(!plainChunks.isEmpty && plainChunks.allSatisfy { $0.keys.contains("usage") == false })
 
             // The base model (transformers' greedy continuation).
             let bids = b.promptIds.map(String.init).joined(separator: ",")
@@ -913,6 +918,8 @@ import TestSupport
                 "vllm:time_to_first_token_seconds_count{model_name=\"a-qv-r4\"} 1",
                 "vllm:inter_token_latency_seconds_count{model_name=\"a-qv-r4\"} 15",
                 "vllm:e2e_request_latency_seconds_count{model_name=\"tiny-llama\"} 1",
+                "dlora_request_success_total{model=\"a-qv-r4\",finished_reason=\"length\"} 1",
+                "vllm:request_success_total{model_name=\"tiny-llama\",finished_reason=\"length\"} 1",
                 "vllm:prompt_tokens_total{model_name=\"tiny-llama\"} 3",
                 "vllm:generation_tokens_total{model_name=\"a-qv-r4\"} 16",
                 "dlora_requests_running 0",

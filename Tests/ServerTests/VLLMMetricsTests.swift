@@ -40,6 +40,7 @@ import TestSupport
                 #expect(m.types[g] == "gauge", "\(g)")
                 #expect(m.help[g]?.isEmpty == false, "\(g) has no help")
                 #expect(m.samples(g).count == 1, "\(g)")
+                #expect(m.sample(g)?.labels["model_name"] == server.options.modelName, "\(g): vLLM's model_name label")
             }
             #expect(m.sample("vllm:num_requests_waiting")?.value == 0)
             #expect(m.sample("vllm:num_requests_running")?.value == 0)
@@ -55,11 +56,12 @@ import TestSupport
 
             let cache = try #require(m.sample("vllm:cache_config_info"))
             #expect(cache.value == 1)
-            #expect(cache.labels == ["block_size": String(blockSize), "num_gpu_blocks": String(kvBlocks), "cache_dtype": dtype.rawValue])
+            #expect(cache.labels == ["model_name": server.options.modelName, "block_size": String(blockSize), "num_gpu_blocks": String(kvBlocks),
+                                     "cache_dtype": dtype.rawValue])
             #expect(s.kvBlocksTotal == kvBlocks)
 
             let lora = try #require(m.sample("vllm:lora_requests_info"))
-            #expect(Set(lora.labels.keys) == ["max_lora", "running_lora_adapters", "waiting_lora_adapters"])
+            #expect(Set(lora.labels.keys) == ["model_name", "max_lora", "running_lora_adapters", "waiting_lora_adapters"])
             #expect(lora.labels["max_lora"] == String(slots))
             #expect(lora.labels["running_lora_adapters"]?.split(separator: ",").map(String.init) == [name])
             #expect(lora.labels["waiting_lora_adapters"] == "")
@@ -159,7 +161,7 @@ import TestSupport
         var s = server.engine.snapshot
         s.residentAdapterNames = ["back\\slash", "com,ma", "new\nline", "plain", "quo\"te"]
         s.waitingAdapterNames = ["w"]
-        let text = VLLMMetrics.render(s, waiting: s.waiting, now: 1_764_700_000.25)
+        let text = VLLMMetrics.render(s, waiting: s.waiting, now: 1_764_700_000.25, modelName: "m")
         #expect(text.contains(#"running_lora_adapters="back\\slash,new\nline,plain,quo\"te""#), "\(text)")
         let lora = try #require(try PrometheusText(text).sample("vllm:lora_requests_info"))
         #expect(lora.labels["running_lora_adapters"] == "back\\slash,new\nline,plain,quo\"te")

@@ -28,8 +28,8 @@ ADAPTERS = os.path.join(ROOT, "Tests/Fixtures/lora/tiny-llama")
 KEY = "sk-dlora-test"
 
 
-def start(binary, cluster, model=MODEL, name="tiny-llama"):
-    serve_flags = ["--kv-cache-mb", "64", "--shutdown-deadline", "5", "--served-model-name", name]
+def start(binary, cluster, model=MODEL, name="tiny-llama", shutdown_deadline=5):
+    serve_flags = ["--kv-cache-mb", "64", "--shutdown-deadline", str(shutdown_deadline), "--served-model-name", name]
     if cluster:
         command = [binary, "cluster", "--replicas", "2", "--threads", "2", "--model", model, "--adapters", ADAPTERS, "--port", "0",
                    "--api-key", KEY, "--admin-key", "admin-test", "--"] + serve_flags
@@ -223,6 +223,44 @@ def check_tools(binary, cluster):
         kill_all(proc, children)
 
 
+def check_second_signal(binary, cluster):
+    """A second SIGTERM while the first one's drain waits for a long stream: the server cancels it and exits within
+    seconds with status 1 (the cluster: its replicas killed, none left), instead of waiting out the drain deadline."""
+    smol = subprocess.run([os.path.join(ROOT, "scripts/fetch-model.sh")], capture_output=True, text=True, check=True).stdout.strip()
+    proc, port = start(binary, cluster, model=smol, name="smol", shutdown_deadline=300)
+    children = replica_pids(proc.pid) if cluster else []
+    try:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=120)
+        started, ended, failures = threading.Event(), threading.Event(), []
+
+        def read():
+            try:
+                for _ in client.completions.create(model="smol", prompt="Once upon a time", max_tokens=2000, temperature=0,
+                                                   stream=True, extra_body={"ignore_eos": True}):
+                    started.set()
+            except Exception as e:
+                failures.append(e)
+            ended.set()
+        threading.Thread(target=read, daemon=True).start()
+        assert started.wait(60), f"the long stream never started: {failures}"
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(1.5)
+        assert proc.poll() is None and not ended.is_set(), "the first SIGTERM must wait for the stream (drain)"
+        t0 = time.time()
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(timeout=20)
+        assert rc == 1, f"exit status {rc} after a second SIGTERM"
+        assert time.time() - t0 < 10, f"{time.time() - t0:.1f} s from the second SIGTERM to the exit"
+        assert ended.wait(5), "the stream did not end"
+        if cluster:
+            time.sleep(0.2)
+            alive = [p for p in children if os.path.exists(f"/proc/{p}") and "zombie" not in open(f"/proc/{p}/status").read()]
+            assert not alive, f"replicas still running after a second SIGTERM: {alive}"
+    finally:
+        if proc.poll() is None:
+            kill_all(proc, children)
+
+
 def check_responses(client):
     """The Responses API (`client.responses`) as the SDK sends and reads it: the same greedy answer as the chat request
     it stands for (instructions as the system message), whole and streamed (the events in OpenAI's order, numbered, the
@@ -332,6 +370,7 @@ def main():
     binary = sys.argv[1]
     cluster = "--cluster" in sys.argv[2:]
     check_tools(binary, cluster)
+    check_second_signal(binary, cluster)
     proc, port = start(binary, cluster)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, max_retries=0, timeout=60)

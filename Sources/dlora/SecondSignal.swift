@@ -1,0 +1,50 @@
+import Dispatch
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A second SIGTERM or SIGINT while the first one's graceful shutdown runs: `cutShort` ends the wait at once (the
+/// server cancels its running requests, which end as they would at the drain's deadline), and a process still there
+/// `grace` seconds later exits with status 1 without waiting further (grace 0: at once, after `beforeExit`) — as a
+/// second Ctrl-C does in uvicorn and vLLM.
+/// The first signal is the service group's (it starts the graceful shutdown); this only counts. Armed just before the
+/// group runs: a signal in between is counted here, and a second one still ends the process.
+final class SecondSignal: @unchecked Sendable {
+    private let queue = DispatchQueue(label: "dlora.second-signal")
+    private var sources: [any DispatchSourceSignal] = []
+    private var count = 0
+    private var fired = false
+
+    init(grace: Double = 5, beforeExit: @escaping @Sendable () -> Void = {}, cutShort: @escaping @Sendable () -> Void = {}) {
+        for sig in [SIGTERM, SIGINT] {
+            // Delivered to the dispatch sources only (the service group ignores them the same way).
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+            source.setEventHandler { [unowned self] in
+                count += Int(source.data)
+                guard count >= 2, !fired else { return }
+                fired = true
+                let exit: @Sendable () -> Void = {
+                    FileHandle.standardError.write(Data("dlora: second signal: exiting without waiting further\n".utf8))
+                    beforeExit()
+                    _exit(1)
+                }
+                guard grace > 0 else { return exit() }
+                FileHandle.standardError.write(Data("dlora: second signal: cancelling running requests; exiting in \(grace) s at the latest\n".utf8))
+                cutShort()
+                queue.asyncAfter(deadline: .now() + grace, execute: exit)
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+
+    deinit {
+        for s in sources {
+            s.setEventHandler(handler: nil)  // the handler holds its source
+            s.cancel()
+        }
+    }
+}
