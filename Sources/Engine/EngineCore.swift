@@ -469,11 +469,22 @@ public final class EngineCore {
         timing.unmergeSeconds += times.unmergeTotalSeconds
     }
 
+    /// Whether adapter weights were dropped since the last `takeReleasedAdapterMemory()`: the engine loop then returns
+    /// the freed heap to the system (`returnFreeHeap`).
+    private var releasedAdapterMemory = false
+
+    /// True once after adapter weights were dropped.
+    public func takeReleasedAdapterMemory() -> Bool {
+        defer { releasedAdapterMemory = false }
+        return releasedAdapterMemory
+    }
+
     private func handleDrops(_ actions: [SchedulerAction]) {
         for a in actions {
             switch a {
             case .dropAdapter(let key):
                 if let entry = adapterWeights.removeValue(forKey: key), keyOf[entry.key] == key { keyOf[entry.key] = nil }
+                releasedAdapterMemory = true
             case .free(let id, _):
                 sequences[id] = nil
             default:

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// A block of raw memory that a tensor views: either owned (allocated here, 64-byte aligned) or borrowed
@@ -80,4 +81,11 @@ public struct WeightMatrix: @unchecked Sendable {
         values.withUnsafeBufferPointer { buf.floats.update(from: $0.baseAddress!, count: values.count) }
         return WeightMatrix(dtype: .f32, rows: rows, cols: cols, storage: buf)
     }
+}
+
+/// Returns the heap's free pages to the system (glibc's `malloc_trim(0)`; nothing elsewhere). Tensors below glibc's
+/// mmap threshold (an adapter's, most of them) come from the heap, and their freed pages stay in the process's RSS
+/// until this runs.
+extension Kernels {
+    public static func returnFreeHeap() { _ = dl_return_free_heap() }
 }

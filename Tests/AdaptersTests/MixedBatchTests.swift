@@ -290,4 +290,30 @@ final class ManagedAtomicCounter: @unchecked Sendable {
             #expect(g.heldAdapterCount == 0, "running first: \(runningFirst): the unloaded adapter's weights outlived its requests")
         }
     }
+
+    /// An unloaded adapter's weights, once dropped, go back to the system: the loop returns the freed heap when it
+    /// goes idle (glibc keeps freed small allocations in the process's RSS otherwise), and not before anything was
+    /// dropped.
+    @Test func aDroppedAdaptersHeapIsReturnedWhenIdle() async throws {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let dir = try TempDir()
+        try TestAdapter(config: model.config, rank: 4, alpha: 8, targets: [.q, .v], seed: 32).writePEFT(to: dir.path("a"), config: model.config)
+        let w = try AdapterLoader.load(path: dir.path("a"), base: model.config)
+        let loop = EngineLoop(engine: EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 32))
+        defer { loop.shutdown() }
+        let (_, events) = try loop.submit(prompt: [1, 2, 3], params: SamplingParams(temperature: 0, maxTokens: 4, ignoreEOS: true), adapter: w)
+        for await _ in events {}
+        try await Task.sleep(for: .milliseconds(50))
+        #expect(loop.heapReturnCount == 0, "nothing was dropped yet")
+        loop.retire(adapter: w.id)
+        var returned = 0
+        for _ in 0..<500 where returned == 0 {
+            try await Task.sleep(for: .milliseconds(10))
+            returned = loop.heapReturnCount
+        }
+        #expect(returned == 1)
+        #expect(loop.inspect { $0.heldAdapterCount } == 0)
+    }
 }

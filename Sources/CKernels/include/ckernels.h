@@ -264,6 +264,9 @@ void dl_matmul_q8_serial(int type, const uint8_t *Wp, int64_t N, int64_t K, cons
 void dl_matmul_q8_ref(int type, const uint8_t *W, int64_t row_bytes, int64_t N, int64_t K, const float *X, int64_t ldx,
                       int64_t ntok, float *Y, int64_t ldy);
 
+// glibc's malloc_trim(0): the heap's free pages returned to the system (1 if any were); 0 elsewhere.
+int dl_return_free_heap(void);
+
 #ifdef __cplusplus
 }
 #endif
