@@ -181,6 +181,9 @@ public enum AdapterLoader {
                 throw fail("layer \(layer) does not exist (the base model has \(base.numLayers) layers)", tensor: stem)
             }
             guard let a = pair.a, let b = pair.b else { throw fail("has lora_\(pair.a == nil ? "A" : "B") but not the other", tensor: stem) }
+            if let why = config.untargeted(stem, layer: layer) {
+                throw fail("adapter_config.json does not target this module (\(why)); PEFT would ignore its tensors. Remove them, or correct the config", tensor: stem)
+            }
             let own = config.module(stem)
             guard a.shape.count == 2, a.shape[0] == own.rank else {
                 let source = own.rankKey.map { "rank_pattern '\($0.prefix(64))'" } ?? "r"
@@ -203,6 +206,26 @@ public enum AdapterLoader {
         /// PEFT's rank_pattern and alpha_pattern, in the file's order (the first key that matches a module wins).
         var rankPattern: [(key: String, rank: Int)] = []
         var alphaPattern: [(key: String, alpha: Double)] = []
+        /// target_modules as module names (nil: not a list — "all-linear", a regular expression, or absent).
+        var targetModules: [String]?
+        /// exclude_modules as module names (nil: none, or a regular expression).
+        var excludeModules: [String]?
+        /// layers_to_transform (nil: every layer).
+        var layers: Set<Int>?
+
+        /// Why PEFT would build no LoRA module at `stem` in `layer` under this config (nil: it would build one): PEFT
+        /// creates modules only where the config says, and loads only their tensors, so a tensor elsewhere is one the
+        /// file and its config disagree about. Regular-expression forms are not evaluated (see `isModuleName`).
+        func untargeted(_ stem: String, layer: Int) -> String? {
+            let name = stem.hasPrefix("base_model.model.") ? String(stem.dropFirst("base_model.model.".count)) : stem
+            func suffix(_ key: String) -> Bool { name == key || name.hasSuffix("." + key) }
+            if let targetModules, !targetModules.contains(where: suffix) {
+                return "target_modules \(targetModules.prefix(8).map { "'\($0.prefix(64))'" }.joined(separator: ", ")) does not name it"
+            }
+            if let key = excludeModules?.first(where: suffix) { return "exclude_modules names it ('\(key.prefix(64))')" }
+            if let layers, !layers.contains(layer) { return "layers_to_transform does not include layer \(layer)" }
+            return nil
+        }
 
         /// A module's rank and scaling: PEFT's `get_pattern_key` on its name (the tensor stem less PEFT's
         /// `base_model.model.` prefix), then alpha / r (or alpha / √r with rsLoRA).
@@ -240,8 +263,10 @@ public enum AdapterLoader {
     static func peftConfig(_ file: MappedFile, name: String) throws -> PEFTConfig {
         func fail(_ problem: String) -> AdapterError { AdapterError(adapter: name, problem: "adapter_config.json: " + problem) }
         let json: ExactJSON
+        let bytes = UnsafeRawBufferPointer(start: file.base, count: file.count)
+        guard String(validating: bytes.bindMemory(to: UInt8.self), as: UTF8.self) != nil else { throw fail("not valid UTF-8") }
         do {
-            json = try ExactJSON.parse(UnsafeRawBufferPointer(start: file.base, count: file.count), name: "adapter_config.json")
+            json = try ExactJSON.parse(bytes, name: "adapter_config.json")
         } catch {
             throw fail("not valid JSON (\(error))")
         }
@@ -293,16 +318,67 @@ public enum AdapterLoader {
             default: throw fail("alpha_pattern '\(entry.key.prefix(64))' must be a finite number")
             }
         }
-        // PiSSA, OLoRA, CorDA and LoftQ start from the base's principal or quantization residual: saved as trained, the
+        // PiSSA, OLoRA, CorDA, LoftQ and LoRA-GA start from a modified base (its principal part, its quantization residual, W less the initial B·A): saved as trained, the
         // adapter needs that modified base, not the original one (PEFT's save_pretrained with
         // path_initial_model_for_weight_conversion turns it into a plain LoRA of twice the rank, init_lora_weights true).
         if case .string(let initName)? = config["init_lora_weights"] {
             let lower = initName.lowercased()
-            if let method = ["pissa", "olora", "corda", "loftq"].first(where: { lower.hasPrefix($0) }) {
-                throw fail("init_lora_weights '\(initName.prefix(64))': a \(method == "loftq" ? "LoftQ" : method == "olora" ? "OLoRA" : method == "corda" ? "CorDA" : "PiSSA") adapter saved as trained needs the modified base it was trained on; save it with PEFT's path_initial_model_for_weight_conversion to serve it on the original base")
+            let methods = ["pissa": "PiSSA", "olora": "OLoRA", "corda": "CorDA", "loftq": "LoftQ", "lora_ga": "LoRA-GA"]
+            if let method = methods.keys.sorted().first(where: { lower.hasPrefix($0) }) {
+                throw fail("init_lora_weights '\(initName.prefix(64))': a \(methods[method]!) adapter saved as trained needs the modified base it was trained on; save it with PEFT's path_initial_model_for_weight_conversion to serve it on the original base")
             }
         }
+        // PEFT's LoRA variants, each a different forward pass than W x + s·B·A x (peft.tuners.lora.layer's lora_variants):
+        // served as plain LoRA they would be silently wrong.
+        for (key, what) in [("alora_invocation_tokens", "Activated LoRA (alora_invocation_tokens: the adapter applies from its invocation tokens on)"),
+                            ("arrow_config", "Arrow routing (arrow_config)"), ("use_bdlora", "block-diagonal LoRA (use_bdlora)"),
+                            ("velora_config", "VeLoRA (velora_config)"), ("monteclora_config", "MonteCLoRA (monteclora_config)"),
+                            ("kasa_config", "KaSA (kasa_config)"), ("use_qalora", "QA-LoRA (use_qalora: pooled inputs)")] {
+            switch config[key] {
+            case nil, .null?, .bool(false)?: continue
+            case .array(let a)? where a.isEmpty: continue
+            default: throw fail("\(what) is not supported")
+            }
+        }
+        if case .string(let initName)? = config["init_lora_weights"], initName.lowercased() == "mica" {
+            throw fail("init_lora_weights 'mica' (a MiCA adapter, PEFT's MiCALinearVariant) is not supported")
+        }
         if try bool("fan_in_fan_out") { throw fail("fan_in_fan_out (Conv1D-style weights) is not supported") }
+        switch config["bias"] {
+        case nil, .null?: break
+        case .string(let b)? where ["none", "all", "lora_only"].contains(b): break  // bias tensors themselves are refused
+        default: throw fail("bias must be \"none\", \"all\" or \"lora_only\"")
+        }
+        // Which modules the adapter targets: module-name lists are checked against the file's tensors; a string is
+        // "all-linear" or a regular expression (not evaluated: Python's `re` on an untrusted pattern).
+        func names(_ key: String) throws -> [String]? {
+            switch config[key] {
+            case nil, .null?, .string?: return nil
+            case .array(let a)?:
+                return try a.map { v in
+                    guard case .string(let n) = v else { throw fail("\(key) must be a string or a list of strings") }
+                    return n
+                }
+            default: throw fail("\(key) must be a string or a list of strings")
+            }
+        }
+        let targetModules = try names("target_modules"), excludeModules = try names("exclude_modules")
+        var layers: Set<Int>?
+        switch config["layers_to_transform"] {
+        case nil, .null?: break
+        case .int(let l)?: layers = [l]
+        case .array(let a)?:
+            layers = Set(try a.map { v in
+                guard case .int(let l) = v else { throw fail("layers_to_transform must be an integer or a list of integers") }
+                return l
+            })
+        default: throw fail("layers_to_transform must be an integer or a list of integers")
+        }
+        switch config["layers_pattern"] {
+        case nil, .null?, .string?: break
+        case .array(let a)? where a.allSatisfy({ if case .string = $0 { return true } else { return false } }): break
+        default: throw fail("layers_pattern must be a string or a list of strings")
+        }
         if try bool("lora_bias") { throw fail("lora_bias (a bias on lora_B) is not supported") }
         for key in ["layer_replication", "trainable_token_indices", "target_parameters"] {
             if let v = config[key], v != .null { throw fail("\(key) is not supported") }
@@ -316,7 +392,8 @@ public enum AdapterLoader {
         default: throw fail("lora_alpha must be a number")
         }
         guard alpha.isFinite else { throw fail("lora_alpha is not a finite number") }
-        return PEFTConfig(rank: r, alpha: alpha, rslora: try bool("use_rslora"), rankPattern: rankPattern, alphaPattern: alphaPattern)
+        return PEFTConfig(rank: r, alpha: alpha, rslora: try bool("use_rslora"), rankPattern: rankPattern, alphaPattern: alphaPattern,
+                          targetModules: targetModules, excludeModules: excludeModules, layers: layers)
     }
 
     /// The adapter's scaling must be finite and within ±`maxScale`.

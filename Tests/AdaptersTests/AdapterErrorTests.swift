@@ -77,6 +77,50 @@ import TestSupport
         #expect(e?.problem.contains("r must be") == true)
     }
 
+    /// A config that contradicts the file's tensors (PEFT would build no module for them and ignore them, so serving
+    /// them would differ from PEFT), PEFT's LoRA variants (a different forward pass), base-modifying inits, and loose
+    /// types are refused; the forms PEFT accepts with these tensors load.
+    @Test func peftConfigContradictionsAndVariants() throws {
+        let c = Self.config
+        func configWith(_ edit: String) -> String { Self.good.peftConfig.replacingOccurrences(of: "\"bias\"", with: edit + ", \"bias\"") }
+        func refusal(_ config: String) throws -> AdapterError? { try Self.error { try Self.good.writePEFT(to: $0, config: c, adapterConfig: config) } }
+        let targets = Self.good.peftConfig.replacingOccurrences(of: #""target_modules": ["q_proj", "v_proj"]"#, with: #""target_modules": ["q_proj"]"#)
+        #expect(targets != Self.good.peftConfig)
+        var e = try refusal(targets)
+        #expect(e?.tensor?.hasSuffix("self_attn.v_proj") == true && e?.problem.contains("does not target this module") == true, "\(String(describing: e))")
+        e = try refusal(configWith(#""exclude_modules": ["v_proj"]"#))
+        #expect(e?.problem.contains("exclude_modules names it ('v_proj')") == true, "\(String(describing: e))")
+        e = try refusal(configWith(#""layers_to_transform": [1]"#))
+        #expect(e?.tensor?.contains("layers.0.") == true && e?.problem.contains("layers_to_transform does not include layer 0") == true, "\(String(describing: e))")
+        for fine in [configWith(#""layers_to_transform": [0, 1], "layers_pattern": "layers""#), configWith(#""exclude_modules": ["k_proj"]"#),
+                     Self.good.peftConfig.replacingOccurrences(of: #"["q_proj", "v_proj"]"#, with: #""all-linear""#),
+                     Self.good.peftConfig.replacingOccurrences(of: #"["q_proj", "v_proj"]"#, with: #"".*\\.(q|v)_proj""#),
+                     Self.good.peftConfig.replacingOccurrences(of: #"["q_proj", "v_proj"]"#, with: #"["self_attn.q_proj", "v_proj", "o_proj"]"#),
+                     configWith(#""alora_invocation_tokens": null, "use_qalora": false, "arrow_config": null"#)] {
+            #expect(try refusal(fine) == nil, "\(fine)")
+        }
+        for (edit, mention) in [(#""alora_invocation_tokens": [190, 4]"#, "Activated LoRA"), (#""use_qalora": true"#, "QA-LoRA"),
+                                (#""arrow_config": {"top_k": 2}"#, "Arrow"), (#""use_bdlora": {"nblocks": 2}"#, "block-diagonal"),
+                                (#""kasa_config": {}"#, "KaSA"), (#""init_lora_weights": "lora_ga""#, "LoRA-GA"),
+                                (#""init_lora_weights": "mica""#, "MiCA"), (#""layers_to_transform": "0""#, "layers_to_transform must be"),
+                                (#""layers_pattern": 3"#, "layers_pattern must be"), (#""exclude_modules": 5"#, "exclude_modules must be")] {
+            e = try refusal(configWith(edit))
+            #expect(e?.problem.contains(mention) == true, "\(edit): \(String(describing: e))")
+        }
+        e = try refusal(Self.good.peftConfig.replacingOccurrences(of: #""bias": "none""#, with: #""bias": 5"#))
+        #expect(e?.problem.contains("bias must be") == true, "\(String(describing: e))")
+        e = try refusal(Self.good.peftConfig.replacingOccurrences(of: #"["q_proj", "v_proj"]"#, with: "5"))
+        #expect(e?.problem.contains("target_modules must be") == true, "\(String(describing: e))")
+        // Not UTF-8 (a Latin-1 é in a string).
+        e = try Self.error { dir in
+            try Self.good.writePEFT(to: dir, config: c)
+            var bytes = [UInt8](configWith(#""base_model_name_or_path": "caf_""#).utf8)
+            bytes[bytes.firstIndex(of: UInt8(ascii: "_"))!] = 0xE9
+            try Data(bytes).write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
+        }
+        #expect(e?.problem.contains("not valid UTF-8") == true, "\(String(describing: e))")
+    }
+
     @Test func ggufLoRAProblems() throws {
         let c = Self.config
         // A base GGUF is not an adapter.

@@ -193,6 +193,18 @@ import TestSupport
         #expect(err(w)?.problem.contains("invalid data_offsets") == true)
         w.headerOverride = #"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#
         #expect(err(w)?.problem.contains("names it twice") == true, "\(String(describing: err(w)))")
+        // The tensors must cover the data exactly, as the safetensors library requires: no bytes after the last one
+        // (4 KiB appended to a good file, or a tensor the header leaves out) and no gap between two.
+        try Data(good.bytes() + [UInt8](repeating: 0, count: 4096)).write(to: dir.file("t.safetensors"))
+        #expect(throws: CheckpointError.self) { try SafetensorsFile(path: dir.file("t.safetensors").path) }
+        #expect((try? SafetensorsFile(path: dir.file("t.safetensors").path)) == nil)
+        do { _ = try SafetensorsFile(path: dir.file("t.safetensors").path) } catch let e as CheckpointError {
+            #expect(e.problem.contains("4096 bytes after the last tensor"), "\(e)")
+        }
+        w.headerOverride = #"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#
+        #expect(err(w)?.problem.contains("not fully covered") == true, "\(String(describing: err(w)))")
+        w.headerOverride = #"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[2],"data_offsets":[18,22]}}"#
+        #expect(err(w)?.problem.contains("2 bytes before it") == true, "\(String(describing: err(w)))")
         var huge = good.bytes()
         huge.replaceSubrange(0..<8, with: GGUFWriter.le(UInt64(1) << 50))
         try Data(huge).write(to: dir.file("h.safetensors"))

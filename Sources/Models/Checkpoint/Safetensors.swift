@@ -79,6 +79,19 @@ public final class SafetensorsFile: @unchecked Sendable {
         for (a, b) in zip(sorted, sorted.dropFirst()) where a.offset + a.byteCount > b.offset {
             throw r.error("data overlaps tensor '\(a.name)'", tensor: b.name)
         }
+        // The tensors cover the data exactly, one after another from its start to the file's end, as the safetensors
+        // library requires ("file not fully covered"): bytes no tensor names are refused, not carried (a file padded to
+        // gigabytes with 8 KB of tensors was read whole and served).
+        var covered = dataStart
+        for t in sorted {
+            guard t.offset == covered else {
+                throw r.error("data_offsets leave \(t.offset - covered) bytes before it that no tensor covers", tensor: t.name)
+            }
+            covered += t.byteCount
+        }
+        guard covered == file.count else {
+            throw r.error("\(file.count - covered) bytes after the last tensor's data: the file is not fully covered by its tensors")
+        }
         self.tensors = tensors
     }
 
