@@ -266,7 +266,7 @@ public enum AdapterLoader {
         let bytes = UnsafeRawBufferPointer(start: file.base, count: file.count)
         guard String(validating: bytes.bindMemory(to: UInt8.self), as: UTF8.self) != nil else { throw fail("not valid UTF-8") }
         do {
-            json = try ExactJSON.parse(bytes, name: "adapter_config.json")
+            json = try ExactJSON.parse(bytes, name: "adapter_config.json", strict: true)
         } catch {
             throw fail("not valid JSON (\(error))")
         }

@@ -47,7 +47,7 @@ public enum LoRAComposition {
     public static func parse(_ bytes: UnsafeRawBufferPointer, adapter: String) throws -> Manifest {
         func fail(_ problem: String) -> AdapterError { AdapterError(adapter: adapter, problem: "\(manifestFile): " + problem) }
         let json: ExactJSON
-        do { json = try ExactJSON.parse(bytes, name: manifestFile) } catch { throw fail("not valid JSON (\(error))") }
+        do { json = try ExactJSON.parse(bytes, name: manifestFile, strict: true) } catch { throw fail("not valid JSON (\(error))") }
         guard case .object(let members) = json else { throw fail("not a JSON object") }
         var combination = "cat", normalize = false
         var density: Float?, signMethod: String?, seed: UInt64?

@@ -27,7 +27,7 @@ public enum MoLEComposition {
     public static func parse(_ bytes: UnsafeRawBufferPointer, adapter: String, base: ModelConfig) throws -> Config {
         func fail(_ problem: String) -> AdapterError { AdapterError(adapter: adapter, problem: "\(configFile): " + problem) }
         let json: ExactJSON
-        do { json = try ExactJSON.parse(bytes, name: configFile) } catch { throw fail("not valid JSON (\(error))") }
+        do { json = try ExactJSON.parse(bytes, name: configFile, strict: true) } catch { throw fail("not valid JSON (\(error))") }
         guard case .object(let members) = json else { throw fail("not a JSON object") }
         var seen = Set<String>()
         var experts: [String]?, layers: Int?, hidden: Int?, format: String?

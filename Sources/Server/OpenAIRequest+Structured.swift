@@ -120,7 +120,7 @@ extension GenerationRequest {
     private static func schemaValue(_ value: ExactJSON, param: String) throws -> ExactJSON {
         guard case .string(let text) = value else { return value }
         guard text.utf8.count <= maxSchemaBytes,
-              let parsed = try? Array(text.utf8).withUnsafeBytes({ try ExactJSON.parse($0, name: param) }) else {
+              let parsed = try? Array(text.utf8).withUnsafeBytes({ try ExactJSON.parse($0, name: param, strict: true) }) else {
             throw APIError.invalid(param.split(separator: ".").first.map(String.init) ?? param, "\(param) must be a JSON schema (an object, or its JSON text)")
         }
         return parsed

@@ -34,6 +34,8 @@ struct GenerationRequest: Equatable {
     var n = 1
     /// Chat's tool calls: what the answer is (the output is constrained to it; `params.grammar`).
     var tools: ToolCallMode?
+    /// The parameter that set `params.maxTokens`, for errors about it ("max_tokens", or chat's "max_completion_tokens").
+    var maxTokensParam = "max_tokens"
 
     /// The most choices one request may ask for (OpenAI's limit).
     static let maxChoices = 128
@@ -77,10 +79,12 @@ struct GenerationRequest: Equatable {
 
         var params = SamplingParams()
         params.maxTokens = try f.int("max_tokens", in: 1...Int(Int32.max))
+        var maxTokensParam = "max_tokens"
         if chat, let m = try f.int("max_completion_tokens", in: 1...Int(Int32.max)) {
             guard params.maxTokens == nil || params.maxTokens == m else {
                 throw APIError.invalid("max_completion_tokens", "max_tokens and max_completion_tokens disagree")
             }
+            if params.maxTokens == nil { maxTokensParam = "max_completion_tokens" }
             params.maxTokens = m
         }
         params.temperature = try f.number("temperature", in: 0...2) ?? 1
@@ -166,7 +170,7 @@ struct GenerationRequest: Equatable {
             throw APIError.invalid("n", "\(inputs.count) prompts × n = \(n) asks for \(inputs.count * n) completions; at most \(maxChoices * 8)")
         }
         return GenerationRequest(model: model, inputs: inputs, params: params, stream: stream, includeUsage: includeUsage, user: user,
-                                 moleExperts: moleExperts, echo: echo, n: n, tools: tools)
+                                 moleExperts: moleExperts, echo: echo, n: n, tools: tools, maxTokensParam: maxTokensParam)
     }
 
     /// `logit_bias`: token ids (as JSON keys, decimal) to biases in −100…100. Ids beyond the vocabulary are refused
@@ -416,7 +420,7 @@ struct JSONFields {
         }
         let root: ExactJSON
         do {
-            root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body") }
+            root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body", strict: true) }
         } catch let error as TokenizerError {
             throw APIError.invalid(nil, error.description)  // "invalid JSON: request body: ... at byte n"
         } catch {

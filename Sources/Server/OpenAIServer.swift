@@ -383,11 +383,12 @@ public final class OpenAIServer: Sendable {
             throw APIError.invalid("min_tokens", "min_tokens (\(params.minTokens)) does not fit in the context after the prompt")
         }
         if let m = params.maxTokens {
+            let name = parsed.maxTokensParam
             guard m <= tokenLimit else {
-                throw APIError.invalid("max_tokens", "max_tokens is \(m); this server allows at most \(tokenLimit)")
+                throw APIError.invalid(name, "\(name) is \(m); this server allows at most \(tokenLimit)")
             }
             guard prompt.count + m <= contextLimit else {
-                throw APIError.invalid("max_tokens", "this model's maximum context length is \(contextLimit) tokens; the request asks for "
+                throw APIError.invalid(name, "this model's maximum context length is \(contextLimit) tokens; the request asks for "
                                        + "\(prompt.count + m) (\(prompt.count) in the prompt, \(m) to generate)", code: "context_length_exceeded")
             }
         } else {

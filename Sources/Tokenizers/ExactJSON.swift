@@ -12,8 +12,13 @@ public enum ExactJSON: Sendable, Equatable {
     case array([ExactJSON])
     case object([(key: String, value: ExactJSON)])
 
-    public static func parse(_ bytes: UnsafeRawBufferPointer, name: String) throws -> ExactJSON {
+    /// `strict` (request bodies, adapter configs): a key repeated in any nested object (the outermost object's keys are
+    /// the caller's to check, which names them as parameters), and a lone UTF-16
+    /// surrogate escape (`\ud800`, which no Unicode scalar can hold) are errors, not merged or repaired to U+FFFD —
+    /// a proxy that keeps the first of two keys would see another request than the one served.
+    public static func parse(_ bytes: UnsafeRawBufferPointer, name: String, strict: Bool = false) throws -> ExactJSON {
         var parser = Parser(bytes: bytes, name: name)
+        parser.strict = strict
         parser.skipWhitespace()
         let value = try parser.value(depth: 0)
         parser.skipWhitespace()
@@ -25,6 +30,7 @@ public enum ExactJSON: Sendable, Equatable {
         let bytes: UnsafeRawBufferPointer
         let name: String
         var p = 0
+        var strict = false
 
         init(bytes: UnsafeRawBufferPointer, name: String) {
             self.bytes = bytes
@@ -64,12 +70,18 @@ public enum ExactJSON: Sendable, Equatable {
         mutating func object(depth: Int) throws -> ExactJSON {
             p += 1
             var members: [(key: String, value: ExactJSON)] = []
+            var keys = Set<String>()
             skipWhitespace()
             if p < bytes.count, bytes[p] == 0x7D { p += 1; return .object(members) }
             while true {
                 skipWhitespace()
                 guard p < bytes.count, bytes[p] == 0x22 else { throw error("expected a key") }
+                let at = p
                 let key = try string()
+                if strict && depth > 0 && !keys.insert(key).inserted {
+                    p = at
+                    throw error("duplicate key '\(String(key.unicodeScalars.prefix(64).map { $0.value < 0x20 ? "?" : Character($0) }))'")
+                }
                 skipWhitespace()
                 guard p < bytes.count, bytes[p] == 0x3A else { throw error("expected ':'") }
                 p += 1
@@ -178,8 +190,13 @@ public enum ExactJSON: Sendable, Equatable {
                             p = save
                         }
                     }
-                    // A lone surrogate cannot be a Swift scalar: it becomes U+FFFD, as in a lossy decode.
-                    appendUTF8Scalar(Unicode.Scalar(v) ?? "\u{FFFD}", to: &out)
+                    // A lone surrogate cannot be a Swift scalar: it becomes U+FFFD, as in a lossy decode (strict: an error).
+                    guard let scalar = Unicode.Scalar(v) else {
+                        if strict { throw error("lone surrogate \\u\(String(v, radix: 16)) (not a Unicode scalar)") }
+                        appendUTF8Scalar("\u{FFFD}", to: &out)
+                        continue
+                    }
+                    appendUTF8Scalar(scalar, to: &out)
                 default:
                     throw error("invalid escape")
                 }

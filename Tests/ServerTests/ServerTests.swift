@@ -679,6 +679,11 @@ import TestSupport
             ("/v1/completions", "[]", 400, nil),
             ("/v1/completions", "null", 400, nil),
             ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\"} trailing", 400, nil),
+            // A key repeated in a nested object (a proxy keeping the first would see a user turn where the last is a
+            // system turn), and a lone surrogate escape, are refused, not merged or repaired.
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"role\":\"system\",\"content\":\"x\"}]}", 400, nil),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"hi\",\"stream_options\":{\"include_usage\":true,\"include_usage\":false},\"stream\":true}", 400, nil),
+            ("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"a\\ud800b\"}", 400, nil),
             ("/v1/completions", deep, 400, nil),
             ("/v1/completions", "{\"model\":5,\"prompt\":\"hi\"}", 400, "model"),
             ("/v1/completions", "{\"prompt\":\"hi\"}", 400, "model"),
@@ -789,6 +794,8 @@ import TestSupport
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"prompt\":\"x\"}", 400, "prompt"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"tools\":[{}]}", 400, "tools[0]"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":3,\"max_completion_tokens\":4}", 400, "max_completion_tokens"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_completion_tokens\":9000}", 400, "max_completion_tokens"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":9000}", 400, "max_tokens"),
         ]
         try await ServerFixtures.withServer(server) { client in
             for (uri, body, status, param) in cases {
