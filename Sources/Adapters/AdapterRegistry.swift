@@ -57,7 +57,13 @@ public final class AdapterRegistry: @unchecked Sendable {
     private var clock: UInt64 = 0
     private var attempts = 0
     private var readSeconds = 0.0
-    private let queue = DispatchQueue(label: "dlora.adapter-loader", qos: .utility)
+    /// Loads in flight or waiting (`startLoad`): each name's callers share one load; up to `maxConcurrentLoads` run at
+    /// once, the rest wait in arrival order. One serial loader queue let a slow file (a header of 60 MB takes seconds to
+    /// parse and refuse) hold up every other adapter's first load behind it.
+    private var waiters: [Key: [@Sendable (Result<LoRAWeights, any Error>) -> Void]] = [:]
+    private var queued: [String] = []
+    private var runningLoads = 0
+    public static let maxConcurrentLoads = 4
 
     /// How loaded adapters are held (`AdapterPrecision`; a server passes what its model's products call for).
     public let precision: AdapterPrecision
@@ -238,11 +244,11 @@ public final class AdapterRegistry: @unchecked Sendable {
         return weights
     }
 
-    /// `register` on the loader queue.
+    /// `register` off the caller's thread (an administrator's call: not queued behind request loads).
     @discardableResult
     public func registerAsync(name: String, relativePath: String, replace: Bool = false) async throws -> LoRAWeights {
         try await withCheckedThrowingContinuation { continuation in
-            queue.async { [self] in
+            DispatchQueue.global(qos: .utility).async { [self] in
                 continuation.resume(with: Result { try register(name: name, relativePath: relativePath, replace: replace) })
             }
         }
@@ -327,9 +333,44 @@ public final class AdapterRegistry: @unchecked Sendable {
     public func loadAsync(_ name: String) async throws -> LoRAWeights {
         if let w = cached(name) { return w }
         return try await withCheckedThrowingContinuation { continuation in
-            queue.async { [self] in
-                continuation.resume(with: Result { try load(name) })
-            }
+            startLoad(name) { continuation.resume(with: $0) }
+        }
+    }
+
+    /// Runs `load(name)` off the caller's thread and hands its result to `done`; a load of the same name already
+    /// waiting or running is joined instead of repeated.
+    private func startLoad(_ name: String, then done: @escaping @Sendable (Result<LoRAWeights, any Error>) -> Void) {
+        lock.lock()
+        let key = Key(name)
+        if waiters[key] != nil {
+            waiters[key]!.append(done)
+            lock.unlock()
+            return
+        }
+        waiters[key] = [done]
+        queued.append(name)
+        let next = nextLoadLocked()
+        lock.unlock()
+        if let next { runLoad(next) }
+    }
+
+    /// The next waiting load, when a slot is free (taken). Lock held.
+    private func nextLoadLocked() -> String? {
+        guard runningLoads < Self.maxConcurrentLoads, !queued.isEmpty else { return nil }
+        runningLoads += 1
+        return queued.removeFirst()
+    }
+
+    private func runLoad(_ name: String) {
+        DispatchQueue.global(qos: .utility).async { [self] in
+            let result = Result { try load(name) }
+            lock.lock()
+            let done = waiters.removeValue(forKey: Key(name)) ?? []
+            runningLoads -= 1
+            let next = nextLoadLocked()
+            lock.unlock()
+            if let next { runLoad(next) }
+            for d in done { d(result) }
         }
     }
 
@@ -363,8 +404,7 @@ public final class AdapterRegistry: @unchecked Sendable {
         }
         entries[Key(name)]?.loading = true
         lock.unlock()
-        queue.async { [self] in
-            _ = try? load(name)
+        startLoad(name) { [self] _ in
             lock.lock()
             entries[Key(name)]?.loading = false
             lock.unlock()

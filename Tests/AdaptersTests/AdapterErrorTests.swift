@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import Kernels
 import Models
 import Testing
@@ -119,6 +120,27 @@ import TestSupport
             try Data(bytes).write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
         }
         #expect(e?.problem.contains("not valid UTF-8") == true, "\(String(describing: e))")
+    }
+
+    /// A slow load (a header of a few hundred thousand entries to parse, then refuse) does not hold up another
+    /// adapter's first load: loads run side by side (they ran one at a time, the good one after the slow one), and
+    /// callers of one name share its load.
+    @Test func aSlowLoadDoesNotHoldUpOthers() async throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("good"), config: Self.config)
+        let entries = (0..<300_000).map { "\"t\($0)\":{\"dtype\":\"F32\",\"shape\":[0],\"data_offsets\":[0,0]}" }
+        try Self.good.writePEFT(to: dir.path("slow"), config: Self.config, header: "{" + entries.joined(separator: ",") + "}")
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        let slowDone = Mutex(false)
+        let slow = Task {
+            defer { slowDone.withLock { $0 = true } }
+            return try await registry.loadAsync("slow")
+        }
+        try await Task.sleep(for: .milliseconds(20))  // the slow load is running
+        let (a, b) = try await (registry.loadAsync("good"), registry.loadAsync("good"))
+        #expect(!slowDone.withLock { $0 }, "the good adapter waited for the slow one")
+        #expect(a === b && registry.loadAttempts <= 2, "two callers of one name share its load (\(registry.loadAttempts) reads)")
+        await #expect(throws: AdapterError.self) { try await slow.value }
     }
 
     @Test func ggufLoRAProblems() throws {
