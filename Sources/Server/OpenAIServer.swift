@@ -53,6 +53,9 @@ public final class OpenAIServer: Sendable {
     private let created = Int(Date().timeIntervalSince1970)
     private let state = Locked(State())
     let control = Locked(ReplicaControlState())
+    /// This process's identity in the router's status polls (`ReplicaStatus.instance`): random, so a restart on the
+    /// same address is told apart from the process before it.
+    let instance = UUID().uuidString
     let prompts: PromptTokenizer
     /// The Responses answers this server keeps (nil: `responsesStoreBytes` 0).
     public let responseStore: ResponseStore?

@@ -92,7 +92,7 @@ extension OpenAIServer {
             adapterSlots: snapshot.adapterSlots, residentAdapters: snapshot.resident, perAdapter: snapshot.perAdapter,
             decodeStepSeconds: snapshot.decodeStepSeconds, prefillTokenSeconds: snapshot.prefillTokenSeconds,
             mergedFactor: snapshot.mergedFactor, adapterLoadSeconds: AdapterResidency.reportedLoadSeconds, maxBatch: snapshot.maxBatch,
-            requests: snapshot.requests, draining: isDraining)
+            requests: snapshot.requests, draining: isDraining, instance: instance)
     }
 
     /// What the status reads from the engine, built on the engine thread between steps.
