@@ -226,8 +226,8 @@ public final class ClusterRouter: Sendable {
         // vLLM's tokenizer endpoints: every replica has the same tokenizer, so any healthy one answers.
         router.post("/tokenize") { request, _ in try await self.askOne(request, path: "/tokenize") }
         router.post("/detokenize") { request, _ in try await self.askOne(request, path: "/detokenize") }
-        router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/load_lora_adapter") }
-        router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/unload_lora_adapter") }
+        router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: Self.loadPath) }
+        router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: Self.unloadPath) }
         router.post("/admin/migrate") { request, _ in try await self.adminMigrate(request) }
         router.get("/admin/status") { request, _ in
             try self.authorizeAdmin(request)
@@ -315,31 +315,72 @@ public final class ClusterRouter: Sendable {
         throw APIError(.serviceUnavailable, "no replica is healthy")
     }
 
-    /// Adapter loading and unloading reach every healthy replica; the first refusal is the answer.
+    static let loadPath = "/v1/load_lora_adapter"
+    static let unloadPath = "/v1/unload_lora_adapter"
+
+    /// Adapter loading and unloading reach every healthy replica and leave them alike. A load is all or nothing: at the
+    /// first replica that refuses it, the replicas that took it unload it again and the refusal is the answer (before,
+    /// a load one replica refused stayed on those that took it — listed and served while the client was told it failed,
+    /// and every retry refused as `adapter_exists`). An unload succeeds when it removed the adapter from some replica
+    /// (those that did not have it answer 404); it fails, with the first refusal, only when it removed it nowhere. A
+    /// replica that cannot be reached is marked down; a change that succeeded is replayed on it when it rejoins.
     private func fanOut(_ request: Request, path: String) async throws -> Response {
         try authorizeAdmin(request)
         var request = request
         let body = Data(buffer: try await collect(&request))
         let targets = replicas.healthyIndices
         guard !targets.isEmpty else { throw APIError(.serviceUnavailable, "no replica is healthy") }
-        var answer: (Int, Data)?
+        let isLoad = path == Self.loadPath
+        var done: [(replica: Int, answer: Data)] = []
+        var refusal: ReplicaClient.Rejected?
         for i in targets {
             do {
-                let data = try await replicas.client(i).call(path, method: .POST, body: body, timeout: .seconds(120))
-                if answer == nil { answer = (200, data) }
+                done.append((i, try await replicas.client(i).call(path, method: .POST, body: body, timeout: .seconds(120))))
             } catch let e as ReplicaClient.Rejected {
-                if answer?.0 ?? 200 == 200 { answer = (e.status, e.body) }
+                refusal = refusal ?? e
+                if isLoad { break }
             } catch {
                 replicas.markDown(i)
             }
         }
-        if answer?.0 == 200, let name = Self.adapterName(body) {
+        if isLoad, let refusal {
+            await rollBack(load: body, on: done.map(\.replica))
+            await replicas.pollOnce()
+            return Self.rejection(refusal)
+        }
+        guard let first = done.first else {
+            await replicas.pollOnce()
+            if let refusal { return Self.rejection(refusal) }
+            throw APIError(.serviceUnavailable, "no replica answered")
+        }
+        if let name = Self.adapterName(body) {
             adapterChanges.withLock { $0[name] = (path: path, body: body) }
         }
         await replicas.pollOnce()
-        guard let (status, data) = answer else { throw APIError(.serviceUnavailable, "no replica answered") }
-        return Response(status: .init(code: status), headers: [.contentType: status == 200 ? "text/plain; charset=utf-8" : "application/json"],
-                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: first.answer)))
+    }
+
+    /// Unloads a load's adapter again from the replicas that took it (another replica refused the load). One that
+    /// cannot be reached for it is marked down.
+    private func rollBack(load body: Data, on targets: [Int]) async {
+        guard let name = Self.adapterName(body), !targets.isEmpty,
+              let unload = try? JSONSerialization.data(withJSONObject: ["lora_name": name]) else { return }
+        for i in targets {
+            do {
+                _ = try await replicas.client(i).call(Self.unloadPath, method: .POST, body: unload, timeout: .seconds(120))
+            } catch is ReplicaClient.Rejected {
+                continue  // gone already
+            } catch {
+                replicas.markDown(i)
+            }
+        }
+    }
+
+    /// A replica's refusal, answered to the client as the replica gave it.
+    static func rejection(_ e: ReplicaClient.Rejected) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retryAfter = e.retryAfter { headers[.retryAfter] = String(retryAfter) }
+        return Response(status: .init(code: e.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
     }
 
     /// The last adapter load or unload made through this router, per adapter name (the endpoint and the body it was
@@ -360,7 +401,7 @@ public final class ClusterRouter: Sendable {
         var replayed = false
         for (name, change) in changes.sorted(by: { $0.key < $1.key }) {
             let serves = status.adapters.contains(name)
-            let isLoad = change.path == "/v1/load_lora_adapter"
+            let isLoad = change.path == Self.loadPath
             guard isLoad != serves else { continue }
             _ = try? await replicas.client(i).call(change.path, method: .POST, body: change.body, timeout: .seconds(120))
             replayed = true

@@ -38,6 +38,34 @@ import Testing
         }
     }
 
+    @Test func aLoadOneReplicaRefusesChangesNoReplicaAndAnUnloadAnyReplicaMadeSucceeds() async throws {
+        // Replica 1's adapter root lacks the path: it refuses the load after replica 0 took it.
+        let replicas = [FakeReplica(adapters: ["s1", "s2"]), FakeReplica(adapters: ["s1"], missingPaths: ["s2"])]
+        try await RouterHarness.with(replicas) { h in
+            let load = #"{"lora_name":"dyn2","lora_path":"s2"}"#
+            let refused = try await h.post("/v1/load_lora_adapter", load, key: Self.admin)
+            #expect(refused.0 == 400, "\(refused.1)")
+            let refusedCode = try Self.errorCode(refused.1)
+            #expect(refusedCode == "adapter_not_found")
+            #expect(replicas.allSatisfy { !$0.adapters.contains("dyn2") }, "dyn2 stayed on \(replicas.map(\.adapters))")
+            let models = try await h.get("/v1/models")
+            #expect(!models.1.contains("dyn2"), "\(models.1)")
+            // Once replica 1 has the path, the retry succeeds (not adapter_exists) and both serve it.
+            replicas[1].state.withLock { $0.missingPaths = [] }
+            let retried = try await h.post("/v1/load_lora_adapter", load, key: Self.admin)
+            #expect(retried.0 == 200, "\(retried.1)")
+            #expect(replicas.allSatisfy { $0.adapters.contains("dyn2") })
+            // An unload that removed the adapter from some replica succeeds, though another did not have it (404).
+            replicas[0].state.withLock { _ = $0.adapters.remove("dyn2") }
+            let unload = try await h.post("/v1/unload_lora_adapter", #"{"lora_name":"dyn2"}"#, key: Self.admin)
+            #expect(unload.0 == 200, "\(unload.1)")
+            #expect(replicas.allSatisfy { !$0.adapters.contains("dyn2") })
+            // One that removed it nowhere is the replicas' 404.
+            let again = try await h.post("/v1/unload_lora_adapter", #"{"lora_name":"dyn2"}"#, key: Self.admin)
+            #expect(again.0 == 404, "\(again.1)")
+        }
+    }
+
     static func errorCode(_ body: String) throws -> String? {
         let object = try #require(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
         return (object["error"] as? [String: Any])?["code"] as? String
