@@ -223,7 +223,7 @@ public final class ClusterRouter: Sendable {
             }
         }
         addStoredResponseRoutes(to: router, store: responseStore) { try Self.authorize($0, key: self.options.apiKey) }
-        // vLLM's tokenizer endpoints: every replica has the same tokenizer, so any healthy one answers.
+        // vLLM's tokenizer endpoints: every replica has the same tokenizer, so any healthy one that serves the model answers.
         router.post("/tokenize") { request, _ in try await self.askOne(request, path: "/tokenize") }
         router.post("/detokenize") { request, _ in try await self.askOne(request, path: "/detokenize") }
         router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: Self.loadPath) }
@@ -293,21 +293,29 @@ public final class ClusterRouter: Sendable {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: ClusterWire.encode(entries))))
     }
 
-    /// A request any replica answers alike (the tokenizer endpoints): the first healthy replica that answers, its
-    /// refusal (4xx) as it gave it; a replica that cannot be reached is marked down and the next one asked.
+    /// A request any replica serving its `model` answers alike (the tokenizer endpoints): the first healthy replica that
+    /// serves the model and answers, its refusal (4xx) as it gave it; a replica that cannot be reached is marked down and
+    /// the next one asked. Replicas that do not serve the model are asked last, so a model none serves gets a replica's
+    /// own 404 (before, only the first replica was asked, and a model only another one serves was a 404 here while its
+    /// completions worked).
     private func askOne(_ request: Request, path: String) async throws -> Response {
         try Self.authorize(request, key: options.apiKey)
         var request = request
         let body = Data(buffer: try await collect(&request))
-        let targets = replicas.healthyIndices
+        let model = (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["model"] as? String
+        let entries = replicas.snapshot
+        let healthy = replicas.healthyIndices
+        let serving = healthy.filter { i in
+            guard let model else { return true }
+            return entries[i].status.map { $0.model == model || $0.adapters.contains(model) } ?? false
+        }
+        let targets = serving + healthy.filter { !serving.contains($0) }
         for i in targets {
             do {
                 let data = try await replicas.client(i).call(path, method: .POST, body: body, key: options.apiKey, timeout: .seconds(60))
                 return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
             } catch let e as ReplicaClient.Rejected {
-                guard e.status >= 500 else {  // the request's fault: the same from every replica
-                    return Response(status: .init(code: e.status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
-                }
+                guard e.status >= 500 else { return Self.rejection(e) }  // the request's fault: the same from every replica
             } catch {
                 replicas.markDown(i)
             }

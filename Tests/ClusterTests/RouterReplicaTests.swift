@@ -66,6 +66,20 @@ import Testing
         }
     }
 
+    @Test func tokenizerEndpointsAskAReplicaThatServesTheModel() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1", "s2"])]
+        try await RouterHarness.with(replicas) { h in
+            let tokenize = try await h.post("/tokenize", #"{"model":"s2","prompt":"hi"}"#)
+            #expect(tokenize.0 == 200, "\(tokenize.1)")
+            let detokenize = try await h.post("/detokenize", #"{"model":"s2","tokens":[1]}"#)
+            #expect(detokenize.0 == 200, "\(detokenize.1)")
+            // A model no replica serves: a replica's own 404.
+            let none = try await h.post("/tokenize", #"{"model":"s9","prompt":"hi"}"#)
+            let noneCode = try Self.errorCode(none.1)
+            #expect(none.0 == 404 && noneCode == "model_not_found", "\(none.1)")
+        }
+    }
+
     static func errorCode(_ body: String) throws -> String? {
         let object = try #require(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
         return (object["error"] as? [String: Any])?["code"] as? String
