@@ -501,10 +501,13 @@ public final class ClusterRouter: Sendable {
             do {
                 startedAttempts.append(try await startAttempt(flight, preferred: nil, migration: nil, excluding: []))
             } catch let e as ReplicaClient.Rejected {
+                // A replica's refusal of the request itself (a 4xx not about its capacity) is the client's answer, as the
+                // replica gave it; the choices already started are given up (the replicas cancel them).
                 for a in startedAttempts { a.abandon() }
                 metrics.request(status: String(e.status))
-                return Response(status: .init(code: e.status), headers: [.contentType: "application/json"],
-                                body: .init(byteBuffer: ByteBuffer(bytes: responses == nil ? e.body : Self.inResponsesTerms(e.body))))
+                var refused = Self.rejection(e)
+                if responses != nil { refused.body = .init(byteBuffer: ByteBuffer(bytes: Self.inResponsesTerms(e.body))) }
+                return refused
             } catch {
                 for a in startedAttempts { a.abandon() }
                 throw error

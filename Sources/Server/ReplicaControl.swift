@@ -179,6 +179,7 @@ extension OpenAIServer {
         guard parsed.inputs.indices.contains(promptIndex) else {
             throw APIError.invalid("prompt", "prompt \(promptIndex) is outside 0..<\(parsed.inputs.count)")
         }
+        try checkSequences(parsed.inputs.count * parsed.n, parameter: parsed.n > 1 ? "n" : parsed.isChat ? "messages" : "prompt")
         let input = parsed.inputs[promptIndex]
         var (prompt, params) = try await prepare(parsed, input: input)
         let seed = g.seed ?? params.seed.map { $0 &+ UInt64(choice) } ?? UInt64.random(in: .min ... .max)

@@ -80,6 +80,38 @@ import Testing
         }
     }
 
+    @Test func fullReplicasAnswer429WithTheirRetryAfterAndARefusalIsPassedThrough() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas) { h in
+            let body = "{\"model\": \"\(Self.base)\", \"prompt\": \"hi\", \"max_tokens\": 2}"
+            let ok = try await h.post("/v1/completions", body)
+            #expect(ok.0 == 200, "\(ok.1)")
+            // Every replica's queue is full: the replicas' 429 with their Retry-After, not a 503.
+            for r in replicas { r.state.withLock { $0.full = true } }
+            let full = try await h.post("/v1/completions", body)
+            #expect(full.0 == 429, "\(full.1)")
+            #expect(full.2.first(name: "Retry-After") == "3")
+            let fullCode = try Self.errorCode(full.1)
+            #expect(fullCode == "queue_full")
+            // n = 2: the first choice is refused everywhere; nothing runs.
+            let two = try await h.post("/v1/completions", String(body.dropLast()) + ", \"n\": 2}")
+            #expect(two.0 == 429, "\(two.1)")
+            // One full, the other shutting down: still full (429), the client retries.
+            replicas[1].state.withLock { $0.full = false; $0.refuseAll = 503 }
+            let oneFull = try await h.post("/v1/completions", body)
+            #expect(oneFull.0 == 429, "\(oneFull.1)")
+            // Neither full: the router's own 503, with a Retry-After.
+            replicas[0].state.withLock { $0.full = false; $0.refuseAll = 503 }
+            let none = try await h.post("/v1/completions", body)
+            #expect(none.0 == 503 && none.2.first(name: "Retry-After") == "1", "\(none.1)")
+            // A refusal about the request (not capacity) is the client's answer as the replica gave it; nothing runs.
+            for r in replicas { r.state.withLock { $0.refuseAll = nil; $0.maxSequences = 3 } }
+            let seven = try await h.post("/v1/completions", String(body.dropLast()) + ", \"n\": 7}")
+            #expect(seven.0 == 400 && seven.1.contains("\"param\":\"n\""), "\(seven.1)")
+            #expect(replicas.reduce(0) { $0 + $1.state.withLock { $0.accepted } } == 1)
+        }
+    }
+
     static func errorCode(_ body: String) throws -> String? {
         let object = try #require(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
         return (object["error"] as? [String: Any])?["code"] as? String
