@@ -447,7 +447,20 @@ public final class ClusterRouter: Sendable {
         return (prefix + String(UInt64(created) << 20 ^ n, radix: 16) + ResponseStore.unguessable(prefix), n)
     }
 
+    /// A generation request, counted in `dlora_router_requests_total` by the status it is answered with: an error
+    /// thrown before the response starts (the router's own — a key, a body, no replica, every replica full — or a
+    /// collected answer's failure) is counted here, a replica's refusal and a relayed outcome where they are known
+    /// (before, the router's own errors were not counted at all: a probe's 503s left no series).
     private func generate(_ request: Request, endpoint: String) async throws -> Response {
+        do {
+            return try await startGeneration(request, endpoint: endpoint)
+        } catch let e as any HTTPResponseError {
+            metrics.request(status: String(e.status.code))
+            throw e
+        }
+    }
+
+    private func startGeneration(_ request: Request, endpoint: String) async throws -> Response {
         try Self.authorize(request, key: options.apiKey)
         var request = request
         var body = try await collect(&request)
@@ -459,7 +472,6 @@ public final class ClusterRouter: Sendable {
             do {
                 translated = try ResponsesRequest.translate(Data(buffer: body), store: responseStore)
             } catch {
-                metrics.request(status: "400")
                 throw APIError(error)
             }
             (body, responses, endpoint) = (ByteBuffer(data: translated.chatBody), translated.echo, "chat")
@@ -468,7 +480,10 @@ public final class ClusterRouter: Sendable {
         guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
             throw APIError(.badRequest, "the body must be a JSON object")
         }
-        guard let model = object["model"] as? String else { throw APIError.invalid("model", "'model' is required") }
+        guard let model = object["model"] as? String else {
+            // The replica's words (JSONFields.string): a model of another type is not a missing one.
+            throw APIError.invalid("model", object["model"] == nil || object["model"] is NSNull ? "'model' is required" : "'model' must be a string")
+        }
         let stream = object["stream"] as? Bool ?? false
         let includeUsage = ((object["stream_options"] as? [String: Any])?["include_usage"] as? Bool) ?? false
         let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
@@ -478,7 +493,6 @@ public final class ClusterRouter: Sendable {
             throw e
         }
         guard statuses.contains(where: { $0.model == model || $0.adapters.contains(model) }) else {
-            metrics.request(status: "404")
             throw APIError(.notFound, "the model '\(String(model.prefix(256)))' does not exist", param: "model", code: "model_not_found")
         }
         let chat = endpoint == "chat"

@@ -112,6 +112,27 @@ import Testing
         }
     }
 
+    @Test func everyAnsweredRequestIsCountedWithItsStatus() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas) { h in
+            let body = "{\"model\": \"\(Self.base)\", \"prompt\": \"hi\", \"max_tokens\": 2}"
+            #expect(try await h.send("/v1/completions", method: .POST, body: body, key: nil).0 == 200)
+            replicas[0].state.withLock { $0.full = true }
+            #expect(try await h.send("/v1/completions", method: .POST, body: body, key: nil).0 == 429)
+            replicas[0].state.withLock { $0.full = false; $0.refuseAll = 503 }
+            #expect(try await h.send("/v1/completions", method: .POST, body: body, key: nil).0 == 503)
+            #expect(try await h.send("/v1/completions", method: .POST, body: "[1]", key: nil).0 == 400)
+            #expect(try await h.send("/v1/completions", method: .POST, body: #"{"model": "s9", "prompt": "hi"}"#, key: nil).0 == 404)
+            // A model that is not a string is worded as the replica words it.
+            let notString = try await h.post("/v1/completions", #"{"model": 5, "prompt": "hi"}"#)
+            #expect(notString.0 == 400 && notString.1.contains("'model' must be a string"), "\(notString.1)")
+            let metrics = try await h.get("/metrics").1
+            for line in ["{status=\"ok\"} 1", "{status=\"429\"} 1", "{status=\"503\"} 1", "{status=\"400\"} 2", "{status=\"404\"} 1"] {
+                #expect(metrics.contains("dlora_router_requests_total" + line), "no \(line) in \(metrics)")
+            }
+        }
+    }
+
     static func errorCode(_ body: String) throws -> String? {
         let object = try #require(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
         return (object["error"] as? [String: Any])?["code"] as? String
