@@ -128,9 +128,12 @@ let package = Package(
         .testTarget(name: "SchedulingTests", dependencies: ["Scheduling", "TestSupport"], swiftSettings: strictSwift),
         .testTarget(name: "ClusterPolicyTests", dependencies: ["ClusterPolicy"], swiftSettings: strictSwift),
         .testTarget(name: "SimulatorTests", dependencies: ["Simulator", "Scheduling", "ClusterPolicy", "TestSupport"], swiftSettings: strictSwift),
-        // Multi-process: `dlora cluster` (router + replicas) on loopback, driven over HTTP.
+        // Multi-process: `dlora cluster` (router + replicas) on loopback, driven over HTTP; and the router in process in
+        // front of scripted replicas (Hummingbird apps on loopback).
         .testTarget(name: "ClusterTests", dependencies: ["TestSupport", "ServingAPI", "Cluster", "ClusterPolicy",
                                                           .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                          .product(name: "Hummingbird", package: "hummingbird"),
+                                                          .product(name: "Logging", package: "swift-log"),
                                                           .product(name: "NIOCore", package: "swift-nio"),
                                                           .product(name: "NIOHTTP1", package: "swift-nio")],
                     swiftSettings: strictSwift),

@@ -223,11 +223,11 @@ public final class ClusterRouter: Sendable {
             }
         }
         addStoredResponseRoutes(to: router, store: responseStore) { try Self.authorize($0, key: self.options.apiKey) }
-        // vLLM's tokenizer endpoints: every replica has the same tokenizer, so any healthy one answers.
+        // vLLM's tokenizer endpoints: every replica has the same tokenizer, so any healthy one that serves the model answers.
         router.post("/tokenize") { request, _ in try await self.askOne(request, path: "/tokenize") }
         router.post("/detokenize") { request, _ in try await self.askOne(request, path: "/detokenize") }
-        router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/load_lora_adapter") }
-        router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: "/v1/unload_lora_adapter") }
+        router.post("/v1/load_lora_adapter") { request, _ in try await self.fanOut(request, path: Self.loadPath) }
+        router.post("/v1/unload_lora_adapter") { request, _ in try await self.fanOut(request, path: Self.unloadPath) }
         router.post("/admin/migrate") { request, _ in try await self.adminMigrate(request) }
         router.get("/admin/status") { request, _ in
             try self.authorizeAdmin(request)
@@ -293,21 +293,29 @@ public final class ClusterRouter: Sendable {
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: ClusterWire.encode(entries))))
     }
 
-    /// A request any replica answers alike (the tokenizer endpoints): the first healthy replica that answers, its
-    /// refusal (4xx) as it gave it; a replica that cannot be reached is marked down and the next one asked.
+    /// A request any replica serving its `model` answers alike (the tokenizer endpoints): the first healthy replica that
+    /// serves the model and answers, its refusal (4xx) as it gave it; a replica that cannot be reached is marked down and
+    /// the next one asked. Replicas that do not serve the model are asked last, so a model none serves gets a replica's
+    /// own 404 (before, only the first replica was asked, and a model only another one serves was a 404 here while its
+    /// completions worked).
     private func askOne(_ request: Request, path: String) async throws -> Response {
         try Self.authorize(request, key: options.apiKey)
         var request = request
         let body = Data(buffer: try await collect(&request))
-        let targets = replicas.healthyIndices
+        let model = (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["model"] as? String
+        let entries = replicas.snapshot
+        let healthy = replicas.healthyIndices
+        let serving = healthy.filter { i in
+            guard let model else { return true }
+            return entries[i].status.map { $0.model == model || $0.adapters.contains(model) } ?? false
+        }
+        let targets = serving + healthy.filter { !serving.contains($0) }
         for i in targets {
             do {
                 let data = try await replicas.client(i).call(path, method: .POST, body: body, key: options.apiKey, timeout: .seconds(60))
                 return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
             } catch let e as ReplicaClient.Rejected {
-                guard e.status >= 500 else {  // the request's fault: the same from every replica
-                    return Response(status: .init(code: e.status), headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
-                }
+                guard e.status >= 500 else { return Self.rejection(e) }  // the request's fault: the same from every replica
             } catch {
                 replicas.markDown(i)
             }
@@ -315,31 +323,72 @@ public final class ClusterRouter: Sendable {
         throw APIError(.serviceUnavailable, "no replica is healthy")
     }
 
-    /// Adapter loading and unloading reach every healthy replica; the first refusal is the answer.
+    static let loadPath = "/v1/load_lora_adapter"
+    static let unloadPath = "/v1/unload_lora_adapter"
+
+    /// Adapter loading and unloading reach every healthy replica and leave them alike. A load is all or nothing: at the
+    /// first replica that refuses it, the replicas that took it unload it again and the refusal is the answer (before,
+    /// a load one replica refused stayed on those that took it — listed and served while the client was told it failed,
+    /// and every retry refused as `adapter_exists`). An unload succeeds when it removed the adapter from some replica
+    /// (those that did not have it answer 404); it fails, with the first refusal, only when it removed it nowhere. A
+    /// replica that cannot be reached is marked down; a change that succeeded is replayed on it when it rejoins.
     private func fanOut(_ request: Request, path: String) async throws -> Response {
         try authorizeAdmin(request)
         var request = request
         let body = Data(buffer: try await collect(&request))
         let targets = replicas.healthyIndices
         guard !targets.isEmpty else { throw APIError(.serviceUnavailable, "no replica is healthy") }
-        var answer: (Int, Data)?
+        let isLoad = path == Self.loadPath
+        var done: [(replica: Int, answer: Data)] = []
+        var refusal: ReplicaClient.Rejected?
         for i in targets {
             do {
-                let data = try await replicas.client(i).call(path, method: .POST, body: body, timeout: .seconds(120))
-                if answer == nil { answer = (200, data) }
+                done.append((i, try await replicas.client(i).call(path, method: .POST, body: body, timeout: .seconds(120))))
             } catch let e as ReplicaClient.Rejected {
-                if answer?.0 ?? 200 == 200 { answer = (e.status, e.body) }
+                refusal = refusal ?? e
+                if isLoad { break }
             } catch {
                 replicas.markDown(i)
             }
         }
-        if answer?.0 == 200, let name = Self.adapterName(body) {
+        if isLoad, let refusal {
+            await rollBack(load: body, on: done.map(\.replica))
+            await replicas.pollOnce()
+            return Self.rejection(refusal)
+        }
+        guard let first = done.first else {
+            await replicas.pollOnce()
+            if let refusal { return Self.rejection(refusal) }
+            throw APIError(.serviceUnavailable, "no replica answered")
+        }
+        if let name = Self.adapterName(body) {
             adapterChanges.withLock { $0[name] = (path: path, body: body) }
         }
         await replicas.pollOnce()
-        guard let (status, data) = answer else { throw APIError(.serviceUnavailable, "no replica answered") }
-        return Response(status: .init(code: status), headers: [.contentType: status == 200 ? "text/plain; charset=utf-8" : "application/json"],
-                        body: .init(byteBuffer: ByteBuffer(bytes: data)))
+        return Response(status: .ok, headers: [.contentType: "text/plain; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(bytes: first.answer)))
+    }
+
+    /// Unloads a load's adapter again from the replicas that took it (another replica refused the load). One that
+    /// cannot be reached for it is marked down.
+    private func rollBack(load body: Data, on targets: [Int]) async {
+        guard let name = Self.adapterName(body), !targets.isEmpty,
+              let unload = try? JSONSerialization.data(withJSONObject: ["lora_name": name]) else { return }
+        for i in targets {
+            do {
+                _ = try await replicas.client(i).call(Self.unloadPath, method: .POST, body: unload, timeout: .seconds(120))
+            } catch is ReplicaClient.Rejected {
+                continue  // gone already
+            } catch {
+                replicas.markDown(i)
+            }
+        }
+    }
+
+    /// A replica's refusal, answered to the client as the replica gave it.
+    static func rejection(_ e: ReplicaClient.Rejected) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retryAfter = e.retryAfter { headers[.retryAfter] = String(retryAfter) }
+        return Response(status: .init(code: e.status), headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: e.body)))
     }
 
     /// The last adapter load or unload made through this router, per adapter name (the endpoint and the body it was
@@ -360,7 +409,7 @@ public final class ClusterRouter: Sendable {
         var replayed = false
         for (name, change) in changes.sorted(by: { $0.key < $1.key }) {
             let serves = status.adapters.contains(name)
-            let isLoad = change.path == "/v1/load_lora_adapter"
+            let isLoad = change.path == Self.loadPath
             guard isLoad != serves else { continue }
             _ = try? await replicas.client(i).call(change.path, method: .POST, body: change.body, timeout: .seconds(120))
             replayed = true
@@ -398,7 +447,20 @@ public final class ClusterRouter: Sendable {
         return (prefix + String(UInt64(created) << 20 ^ n, radix: 16) + ResponseStore.unguessable(prefix), n)
     }
 
+    /// A generation request, counted in `dlora_router_requests_total` by the status it is answered with: an error
+    /// thrown before the response starts (the router's own — a key, a body, no replica, every replica full — or a
+    /// collected answer's failure) is counted here, a replica's refusal and a relayed outcome where they are known
+    /// (before, the router's own errors were not counted at all: a probe's 503s left no series).
     private func generate(_ request: Request, endpoint: String) async throws -> Response {
+        do {
+            return try await startGeneration(request, endpoint: endpoint)
+        } catch let e as any HTTPResponseError {
+            metrics.request(status: String(e.status.code))
+            throw e
+        }
+    }
+
+    private func startGeneration(_ request: Request, endpoint: String) async throws -> Response {
         try Self.authorize(request, key: options.apiKey)
         var request = request
         var body = try await collect(&request)
@@ -410,7 +472,6 @@ public final class ClusterRouter: Sendable {
             do {
                 translated = try ResponsesRequest.translate(Data(buffer: body), store: responseStore)
             } catch {
-                metrics.request(status: "400")
                 throw APIError(error)
             }
             (body, responses, endpoint) = (ByteBuffer(data: translated.chatBody), translated.echo, "chat")
@@ -419,7 +480,10 @@ public final class ClusterRouter: Sendable {
         guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
             throw APIError(.badRequest, "the body must be a JSON object")
         }
-        guard let model = object["model"] as? String else { throw APIError.invalid("model", "'model' is required") }
+        guard let model = object["model"] as? String else {
+            // The replica's words (JSONFields.string): a model of another type is not a missing one.
+            throw APIError.invalid("model", object["model"] == nil || object["model"] is NSNull ? "'model' is required" : "'model' must be a string")
+        }
         let stream = object["stream"] as? Bool ?? false
         let includeUsage = ((object["stream_options"] as? [String: Any])?["include_usage"] as? Bool) ?? false
         let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
@@ -429,7 +493,6 @@ public final class ClusterRouter: Sendable {
             throw e
         }
         guard statuses.contains(where: { $0.model == model || $0.adapters.contains(model) }) else {
-            metrics.request(status: "404")
             throw APIError(.notFound, "the model '\(String(model.prefix(256)))' does not exist", param: "model", code: "model_not_found")
         }
         let chat = endpoint == "chat"
@@ -452,10 +515,13 @@ public final class ClusterRouter: Sendable {
             do {
                 startedAttempts.append(try await startAttempt(flight, preferred: nil, migration: nil, excluding: []))
             } catch let e as ReplicaClient.Rejected {
+                // A replica's refusal of the request itself (a 4xx not about its capacity) is the client's answer, as the
+                // replica gave it; the choices already started are given up (the replicas cancel them).
                 for a in startedAttempts { a.abandon() }
                 metrics.request(status: String(e.status))
-                return Response(status: .init(code: e.status), headers: [.contentType: "application/json"],
-                                body: .init(byteBuffer: ByteBuffer(bytes: responses == nil ? e.body : Self.inResponsesTerms(e.body))))
+                var refused = Self.rejection(e)
+                if responses != nil { refused.body = .init(byteBuffer: ByteBuffer(bytes: Self.inResponsesTerms(e.body))) }
+                return refused
             } catch {
                 for a in startedAttempts { a.abandon() }
                 throw error

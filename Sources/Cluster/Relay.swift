@@ -31,10 +31,13 @@ extension ClusterRouter {
     /// Starts a request (or resumes it, with the tokens it has) on `preferred`, else on the replica the dispatch
     /// policy picks among the healthy ones not in `excluding`. A replica that is full (429), shutting down
     /// (503), failing (5xx) or unreachable is skipped; a refusal of the request itself (another 4xx) is thrown
-    /// as `ReplicaClient.Rejected`, to be answered to the client as the replica worded it.
+    /// as `ReplicaClient.Rejected`, to be answered to the client as the replica worded it. When no replica took it,
+    /// the error is the client's to retry: 429 `queue_full` with the replicas' longest `Retry-After` when some replica
+    /// was only full (what a full replica answers; a 503 would say the cluster is down), else 503 `no_replica`.
     func startAttempt(_ f: Flight, preferred: Int?, migration: String?, excluding: Set<Int>) async throws -> Attempt {
         var excluded = excluding
         var preferred = preferred
+        var fullRetryAfter: Int?
         var tries = 0
         while tries < 2 * max(1, replicas.snapshot.count) + 2 {
             try Task.checkCancellation()
@@ -49,6 +52,7 @@ extension ClusterRouter {
                 metrics.dispatched(replica: r)
                 return Attempt(replica: r, events: events)
             } catch let e as ReplicaClient.Rejected {
+                if e.status == 429 { fullRetryAfter = max(fullRetryAfter ?? 1, e.retryAfter ?? 1) }
                 if e.status == 429 || e.status == 503 || e.status >= 500 {
                     excluded.insert(r)
                     continue
@@ -61,7 +65,14 @@ extension ClusterRouter {
                 excluded.insert(r)
             }
         }
-        throw APIError(.serviceUnavailable, "no replica can take the request now", code: "no_replica")
+        if let fullRetryAfter {
+            var e = APIError(.tooManyRequests, "every replica's queue is full; retry later", code: "queue_full")
+            e.retryAfter = fullRetryAfter
+            throw e
+        }
+        var e = APIError(.serviceUnavailable, "no replica can take the request now", code: "no_replica")
+        e.retryAfter = 1
+        throw e
     }
 
     /// `startAttempt` for a request that must go on (its replica failed, or it is moving): when no replica can take it

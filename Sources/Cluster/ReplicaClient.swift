@@ -25,6 +25,8 @@ public struct ReplicaClient: Sendable {
     public struct Rejected: Error, CustomStringConvertible, Sendable {
         public let status: Int
         public let body: Data
+        /// The reply's `Retry-After` seconds (a full queue's 429, a draining replica's 503).
+        public var retryAfter: Int? = nil
         public var description: String { "replica answered \(status): \(String(decoding: body.prefix(300), as: UTF8.self))" }
     }
 
@@ -46,8 +48,14 @@ public struct ReplicaClient: Sendable {
         let response = try await http.execute(request(path, method: method, body: body, contentType: contentType, key: key), timeout: timeout)
         let bytes = try await response.body.collect(upTo: limit)
         let data = Data(buffer: bytes)
-        guard (200..<300).contains(Int(response.status.code)) else { throw Rejected(status: Int(response.status.code), body: data) }
+        guard (200..<300).contains(Int(response.status.code)) else {
+            throw Rejected(status: Int(response.status.code), body: data, retryAfter: Self.retryAfter(response))
+        }
         return data
+    }
+
+    static func retryAfter(_ response: HTTPClientResponse) -> Int? {
+        response.headers.first(name: "Retry-After").flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
     }
 
     public func status(timeout: TimeAmount = .seconds(2)) async throws -> ReplicaStatus {
@@ -61,7 +69,7 @@ public struct ReplicaClient: Sendable {
                                               timeout: .hours(24))
         guard response.status == .ok else {
             let body = try await response.body.collect(upTo: 1 << 20)
-            throw Rejected(status: Int(response.status.code), body: Data(buffer: body))
+            throw Rejected(status: Int(response.status.code), body: Data(buffer: body), retryAfter: Self.retryAfter(response))
         }
         let (stream, continuation) = AsyncThrowingStream<ReplicaEvent, any Error>.makeStream()
         let reader = Task {

@@ -76,8 +76,9 @@ public final class ReplicaSet: @unchecked Sendable {
     }
 
     /// Called after a poll for each replica that answered healthy after not being so (its first answer, or back from
-    /// down: restarted, or reachable again), with that status, before the next poll. The router replays the adapter
-    /// loads and unloads made through it that the replica's catalog lacks. Set once, before polling starts.
+    /// down: restarted, or reachable again), or that answered as another process than the poll before (restarted
+    /// between two polls: `ReplicaStatus.instance`), with that status, before the next poll. The router replays the
+    /// adapter loads and unloads made through it that the replica's catalog lacks. Set once, before polling starts.
     public var onRejoin: (@Sendable (Int, ReplicaStatus) async -> Void)?
     /// Called with a replica the polls have just marked down (it was healthy before): the router moves the requests
     /// still streaming from it, which a hung replica would otherwise hold for as long as it hangs. Set once, before
@@ -107,22 +108,27 @@ public final class ReplicaSet: @unchecked Sendable {
 
     private enum Change { case same, rejoined, down }
 
-    /// Records a poll's answer, and whether it made the replica healthy again or marked it down.
+    /// Records a poll's answer, and whether it made the replica healthy again (or showed it restarted) or marked it down.
+    /// A restart is told by the replica's instance identity, not by failed polls: a replica restarted within a poll
+    /// interval, or whose failed polls were fewer than `failuresToMarkDown`, never looks down, yet it came back with its
+    /// startup adapter set (a probe's `dlora cluster` restarted a killed replica in about a second, and the adapters
+    /// loaded and unloaded through the router were never replayed on it).
     private func record(_ i: Int, _ status: ReplicaStatus?) -> Change {
         lock.lock()
         defer { lock.unlock() }
         let was = entries[i].healthy
-        if let status {
-            entries[i].status = status
-            entries[i].healthy = !status.draining
-            entries[i].failures = 0
-            entries[i].dispatchedSinceStatus = [:]
-        } else {
+        guard let status else {
             entries[i].failures += 1
             if entries[i].failures >= failuresToMarkDown { entries[i].healthy = false }
-            if was && !entries[i].healthy { return .down }
+            return was && !entries[i].healthy ? .down : .same
         }
-        return !was && entries[i].healthy ? .rejoined : .same
+        let previous = entries[i].status?.instance
+        let restarted = previous != nil && status.instance != nil && previous != status.instance
+        entries[i].status = status
+        entries[i].healthy = !status.draining
+        entries[i].failures = 0
+        entries[i].dispatchedSinceStatus = [:]
+        return (!was || restarted) && entries[i].healthy ? .rejoined : .same
     }
 
     /// Polls until cancelled.

@@ -73,8 +73,7 @@ struct RouterCall: Sendable {
             return out
         }
         if let (status, message) = results.compactMap(\.failure).first {
-            router.metrics.request(status: String(status))
-            throw APIError(.init(code: status), message)
+            throw APIError(.init(code: status), message)  // counted by the router's handler, as every error thrown there
         }
         guard results.allSatisfy({ $0.finish != nil }) else { throw CancellationError() }
         router.metrics.request(status: "ok")

@@ -53,6 +53,9 @@ public final class OpenAIServer: Sendable {
     private let created = Int(Date().timeIntervalSince1970)
     private let state = Locked(State())
     let control = Locked(ReplicaControlState())
+    /// This process's identity in the router's status polls (`ReplicaStatus.instance`): random, so a restart on the
+    /// same address is told apart from the process before it.
+    let instance = UUID().uuidString
     let prompts: PromptTokenizer
     /// The Responses answers this server keeps (nil: `responsesStoreBytes` 0).
     public let responseStore: ResponseStore?
@@ -245,10 +248,7 @@ public final class OpenAIServer: Sendable {
     /// its choices. A count the queue could never hold (above `--max-queue`) is the request's own error (400), not the
     /// server's load (429, worth retrying).
     func admit(count: Int, parameter: String? = nil) throws -> [Admission] {
-        guard count <= options.maxQueue else {
-            throw APIError.invalid(parameter, "this request asks for \(count) sequences (prompts × n); this server queues at most "
-                                   + "\(options.maxQueue) at a time (--max-queue)")
-        }
+        try checkSequences(count, parameter: parameter)
         try state.withLock { s in
             guard !s.draining else {
                 var e = APIError(.serviceUnavailable, "the server is shutting down")
@@ -263,6 +263,17 @@ public final class OpenAIServer: Sendable {
             s.inFlight += count
         }
         return (0..<count).map { _ in Admission(self) }
+    }
+
+    /// A request of `count` sequences (prompts × n) that the queue could never hold is refused as the request's own
+    /// error (400). `/internal/generate` checks it too, for the whole request each part belongs to: the router splits
+    /// such a request into one generation per prompt and choice, and without the check it ran there (spread over the
+    /// replicas) although each replica refuses it on `/v1`, or failed part-way with a retryable 503.
+    func checkSequences(_ count: Int, parameter: String?) throws {
+        guard count <= options.maxQueue else {
+            throw APIError.invalid(parameter, "this request asks for \(count) sequences (prompts × n); this server queues at most "
+                                   + "\(options.maxQueue) at a time (--max-queue)")
+        }
     }
 
     private func newID(_ prefix: String) -> String {

@@ -92,7 +92,7 @@ extension OpenAIServer {
             adapterSlots: snapshot.adapterSlots, residentAdapters: snapshot.resident, perAdapter: snapshot.perAdapter,
             decodeStepSeconds: snapshot.decodeStepSeconds, prefillTokenSeconds: snapshot.prefillTokenSeconds,
             mergedFactor: snapshot.mergedFactor, adapterLoadSeconds: AdapterResidency.reportedLoadSeconds, maxBatch: snapshot.maxBatch,
-            requests: snapshot.requests, draining: isDraining)
+            requests: snapshot.requests, draining: isDraining, instance: instance)
     }
 
     /// What the status reads from the engine, built on the engine thread between steps.
@@ -179,6 +179,7 @@ extension OpenAIServer {
         guard parsed.inputs.indices.contains(promptIndex) else {
             throw APIError.invalid("prompt", "prompt \(promptIndex) is outside 0..<\(parsed.inputs.count)")
         }
+        try checkSequences(parsed.inputs.count * parsed.n, parameter: parsed.n > 1 ? "n" : parsed.isChat ? "messages" : "prompt")
         let input = parsed.inputs[promptIndex]
         var (prompt, params) = try await prepare(parsed, input: input)
         let seed = g.seed ?? params.seed.map { $0 &+ UInt64(choice) } ?? UInt64.random(in: .min ... .max)

@@ -69,6 +69,11 @@ public struct ReplicaStatus: Codable, Sendable, Equatable {
     public var requests: [LiveRequest]
     /// Shutting down: admits nothing new.
     public var draining: Bool
+    /// This replica process's identity, random at every start (nil from a replica that predates it). The router
+    /// compares it poll to poll: a replica restarted between two polls (a supervisor brings one back within a
+    /// second) answers healthy both times, and only its new identity says its adapter catalog is its adapter root
+    /// again, so the loads and unloads made through the router must be replayed on it.
+    public var instance: String?
 
     public struct AdapterCounts: Codable, Sendable, Equatable {
         public var waiting: Int
@@ -102,7 +107,7 @@ public struct ReplicaStatus: Codable, Sendable, Equatable {
     public init(model: String, adapters: [String], maxModelLen: Int, waiting: Int, running: Int, swapped: Int, kvBlocksTotal: Int, kvBlocksFree: Int,
                 blockSize: Int, adapterSlots: Int, residentAdapters: [String], perAdapter: [String: AdapterCounts],
                 decodeStepSeconds: Double, prefillTokenSeconds: Double, mergedFactor: Double, adapterLoadSeconds: Double,
-                maxBatch: Int, requests: [LiveRequest], draining: Bool) {
+                maxBatch: Int, requests: [LiveRequest], draining: Bool, instance: String? = nil) {
         self.model = model
         self.adapters = adapters
         self.maxModelLen = maxModelLen
@@ -122,6 +127,7 @@ public struct ReplicaStatus: Codable, Sendable, Equatable {
         self.maxBatch = maxBatch
         self.requests = requests
         self.draining = draining
+        self.instance = instance
     }
 }
 

@@ -168,4 +168,30 @@ import Testing
             try expectError(huge, status: 400)
         }
     }
+
+    /// A request of more sequences (prompts × n) than the replica queues is refused by `/internal/generate` as by `/v1`
+    /// (400 naming n), for every choice the router sends of it: the router splits n into one generation per choice,
+    /// and without the check a cluster ran the choices spread over its replicas although each replica refuses it, or
+    /// failed part-way with a retryable 503. The status carries this process's identity, the same poll to poll.
+    @Test func generationsOfARequestTheQueueCouldNeverHoldAreRefused() async throws {
+        let server = try ServerFixtures.server(configure: { $0.adminKey = Self.admin; $0.maxQueue = 3 })
+        try await ServerFixtures.withServer(server) { client in
+            let four = "{\"model\": \"tiny-llama\", \"prompt\": \"hi\", \"max_tokens\": 2, \"n\": 4}"
+            try expectError(try await client.post("/v1/completions", four), status: 400, param: "n")
+            for choice in [0, 3] {
+                let g = String(decoding: ClusterWire.encode(ReplicaGenerate(id: "n\(choice)", endpoint: "completions", body: four, choice: choice)),
+                               as: UTF8.self)
+                try expectError(try await client.post("/internal/generate", g, key: Self.admin), status: 400, param: "n")
+            }
+            #expect(server.inFlight == 0)
+            // Three sequences fit: a choice of n = 3 runs.
+            let three = "{\"model\": \"tiny-llama\", \"prompt\": \"hi\", \"max_tokens\": 2, \"n\": 3}"
+            let g = String(decoding: ClusterWire.encode(ReplicaGenerate(id: "n3", endpoint: "completions", body: three, choice: 1)), as: UTF8.self)
+            let ok = try await client.post("/internal/generate", g, key: Self.admin)
+            #expect(ok.0 == 200, "\(ok.1)")
+            let first = try ClusterWire.decode(ReplicaStatus.self, from: Data(try await client.send("/internal/status", .get, key: Self.admin).1.utf8))
+            let second = try ClusterWire.decode(ReplicaStatus.self, from: Data(try await client.send("/internal/status", .get, key: Self.admin).1.utf8))
+            #expect(first.instance != nil && first.instance == second.instance)
+        }
+    }
 }

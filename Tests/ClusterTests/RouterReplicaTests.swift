@@ -1,0 +1,340 @@
+import AsyncHTTPClient
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import NIOHTTP1
+import ServingAPI
+import Testing
+
+@testable import Cluster
+
+/// The router in process, in front of scripted replicas (Hummingbird apps on loopback that speak the replica's side of
+/// ClusterWire: status, adapter loads and unloads, the tokenizer endpoints, generations), so that a restart, a refused
+/// load or a full queue is set up exactly and in milliseconds. Polls are driven by the test (`pollOnce`), not a timer.
+@Suite struct RouterReplicaTests {
+    static let admin = "adm"
+    static let base = "base-model"
+
+    @Test func aReplicaRestartedBetweenTwoPollsGetsTheAdapterChangesReplayed() async throws {
+        let replicas = [FakeReplica(adapters: ["s1", "s2"]), FakeReplica(adapters: ["s1", "s2"])]
+        try await RouterHarness.with(replicas) { h in
+            let r1 = try await h.post("/v1/unload_lora_adapter", #"{"lora_name":"s1"}"#, key: Self.admin)
+            #expect(r1.0 == 200)
+            let r2 = try await h.post("/v1/load_lora_adapter", #"{"lora_name":"dynX","lora_path":"s2"}"#, key: Self.admin)
+            #expect(r2.0 == 200)
+            #expect(replicas.allSatisfy { $0.adapters == ["s2", "dynX"] })
+            // Replica 1 restarts between two polls (a supervisor brings it back within a second): it answers healthy
+            // both times, with its startup adapter set and a new identity.
+            replicas[1].restart()
+            #expect(replicas[1].adapters == ["s1", "s2"])
+            await h.router.replicas.pollOnce()
+            #expect(replicas[1].adapters == ["s2", "dynX"], "the restarted replica serves \(replicas[1].adapters)")
+            #expect(replicas[0].adapters == ["s2", "dynX"])
+            // The same identity again replays nothing.
+            let calls = replicas[1].adminCalls
+            await h.router.replicas.pollOnce()
+            #expect(replicas[1].adminCalls == calls)
+        }
+    }
+
+    @Test func aLoadOneReplicaRefusesChangesNoReplicaAndAnUnloadAnyReplicaMadeSucceeds() async throws {
+        // Replica 1's adapter root lacks the path: it refuses the load after replica 0 took it.
+        let replicas = [FakeReplica(adapters: ["s1", "s2"]), FakeReplica(adapters: ["s1"], missingPaths: ["s2"])]
+        try await RouterHarness.with(replicas) { h in
+            let load = #"{"lora_name":"dyn2","lora_path":"s2"}"#
+            let refused = try await h.post("/v1/load_lora_adapter", load, key: Self.admin)
+            #expect(refused.0 == 400, "\(refused.1)")
+            let refusedCode = try Self.errorCode(refused.1)
+            #expect(refusedCode == "adapter_not_found")
+            #expect(replicas.allSatisfy { !$0.adapters.contains("dyn2") }, "dyn2 stayed on \(replicas.map(\.adapters))")
+            let models = try await h.get("/v1/models")
+            #expect(!models.1.contains("dyn2"), "\(models.1)")
+            // Once replica 1 has the path, the retry succeeds (not adapter_exists) and both serve it.
+            replicas[1].state.withLock { $0.missingPaths = [] }
+            let retried = try await h.post("/v1/load_lora_adapter", load, key: Self.admin)
+            #expect(retried.0 == 200, "\(retried.1)")
+            #expect(replicas.allSatisfy { $0.adapters.contains("dyn2") })
+            // An unload that removed the adapter from some replica succeeds, though another did not have it (404).
+            replicas[0].state.withLock { _ = $0.adapters.remove("dyn2") }
+            let unload = try await h.post("/v1/unload_lora_adapter", #"{"lora_name":"dyn2"}"#, key: Self.admin)
+            #expect(unload.0 == 200, "\(unload.1)")
+            #expect(replicas.allSatisfy { !$0.adapters.contains("dyn2") })
+            // One that removed it nowhere is the replicas' 404.
+            let again = try await h.post("/v1/unload_lora_adapter", #"{"lora_name":"dyn2"}"#, key: Self.admin)
+            #expect(again.0 == 404, "\(again.1)")
+        }
+    }
+
+    @Test func tokenizerEndpointsAskAReplicaThatServesTheModel() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1", "s2"])]
+        try await RouterHarness.with(replicas) { h in
+            let tokenize = try await h.post("/tokenize", #"{"model":"s2","prompt":"hi"}"#)
+            #expect(tokenize.0 == 200, "\(tokenize.1)")
+            let detokenize = try await h.post("/detokenize", #"{"model":"s2","tokens":[1]}"#)
+            #expect(detokenize.0 == 200, "\(detokenize.1)")
+            // A model no replica serves: a replica's own 404.
+            let none = try await h.post("/tokenize", #"{"model":"s9","prompt":"hi"}"#)
+            let noneCode = try Self.errorCode(none.1)
+            #expect(none.0 == 404 && noneCode == "model_not_found", "\(none.1)")
+        }
+    }
+
+    @Test func fullReplicasAnswer429WithTheirRetryAfterAndARefusalIsPassedThrough() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas) { h in
+            let body = "{\"model\": \"\(Self.base)\", \"prompt\": \"hi\", \"max_tokens\": 2}"
+            let ok = try await h.post("/v1/completions", body)
+            #expect(ok.0 == 200, "\(ok.1)")
+            // Every replica's queue is full: the replicas' 429 with their Retry-After, not a 503.
+            for r in replicas { r.state.withLock { $0.full = true } }
+            let full = try await h.post("/v1/completions", body)
+            #expect(full.0 == 429, "\(full.1)")
+            #expect(full.2.first(name: "Retry-After") == "3")
+            let fullCode = try Self.errorCode(full.1)
+            #expect(fullCode == "queue_full")
+            // n = 2: the first choice is refused everywhere; nothing runs.
+            let two = try await h.post("/v1/completions", String(body.dropLast()) + ", \"n\": 2}")
+            #expect(two.0 == 429, "\(two.1)")
+            // One full, the other shutting down: still full (429), the client retries.
+            replicas[1].state.withLock { $0.full = false; $0.refuseAll = 503 }
+            let oneFull = try await h.post("/v1/completions", body)
+            #expect(oneFull.0 == 429, "\(oneFull.1)")
+            // Neither full: the router's own 503, with a Retry-After.
+            replicas[0].state.withLock { $0.full = false; $0.refuseAll = 503 }
+            let none = try await h.post("/v1/completions", body)
+            #expect(none.0 == 503 && none.2.first(name: "Retry-After") == "1", "\(none.1)")
+            // A refusal about the request (not capacity) is the client's answer as the replica gave it; nothing runs.
+            for r in replicas { r.state.withLock { $0.refuseAll = nil; $0.maxSequences = 3 } }
+            let seven = try await h.post("/v1/completions", String(body.dropLast()) + ", \"n\": 7}")
+            #expect(seven.0 == 400 && seven.1.contains("\"param\":\"n\""), "\(seven.1)")
+            #expect(replicas.reduce(0) { $0 + $1.state.withLock { $0.accepted } } == 1)
+        }
+    }
+
+    @Test func everyAnsweredRequestIsCountedWithItsStatus() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas) { h in
+            let body = "{\"model\": \"\(Self.base)\", \"prompt\": \"hi\", \"max_tokens\": 2}"
+            #expect(try await h.send("/v1/completions", method: .POST, body: body, key: nil).0 == 200)
+            replicas[0].state.withLock { $0.full = true }
+            #expect(try await h.send("/v1/completions", method: .POST, body: body, key: nil).0 == 429)
+            replicas[0].state.withLock { $0.full = false; $0.refuseAll = 503 }
+            #expect(try await h.send("/v1/completions", method: .POST, body: body, key: nil).0 == 503)
+            #expect(try await h.send("/v1/completions", method: .POST, body: "[1]", key: nil).0 == 400)
+            #expect(try await h.send("/v1/completions", method: .POST, body: #"{"model": "s9", "prompt": "hi"}"#, key: nil).0 == 404)
+            // A model that is not a string is worded as the replica words it.
+            let notString = try await h.post("/v1/completions", #"{"model": 5, "prompt": "hi"}"#)
+            #expect(notString.0 == 400 && notString.1.contains("'model' must be a string"), "\(notString.1)")
+            let metrics = try await h.get("/metrics").1
+            for line in ["{status=\"ok\"} 1", "{status=\"429\"} 1", "{status=\"503\"} 1", "{status=\"400\"} 2", "{status=\"404\"} 1"] {
+                #expect(metrics.contains("dlora_router_requests_total" + line), "no \(line) in \(metrics)")
+            }
+        }
+    }
+
+    static func errorCode(_ body: String) throws -> String? {
+        let object = try #require(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
+        return (object["error"] as? [String: Any])?["code"] as? String
+    }
+}
+
+/// A replica as the router sees it: its status (with an identity a restart changes), adapter catalog, tokenizer
+/// endpoints and generations (one token, then a finish), scripted by the test.
+final class FakeReplica: Sendable {
+    struct State {
+        var instance = UUID().uuidString
+        var adapters: Set<String>
+        let startup: Set<String>
+        /// Adapter paths this replica's root lacks: their loads are refused (400).
+        var missingPaths: Set<String>
+        /// Generations answered 429 `queue_full`, Retry-After 3.
+        var full = false
+        /// Every generation answered with this status (a draining replica's 503).
+        var refuseAll: Int?
+        /// Sequences (prompts × n) the queue could ever hold: above, a generation is refused as the request's fault.
+        var maxSequences = 256
+        var accepted = 0
+        var adminCalls = 0
+    }
+    let state: Locked<State>
+
+    init(adapters: Set<String>, missingPaths: Set<String> = []) {
+        state = Locked(State(adapters: adapters, startup: adapters, missingPaths: missingPaths))
+    }
+
+    var adapters: Set<String> { state.withLock { $0.adapters } }
+    var adminCalls: Int { state.withLock { $0.adminCalls } }
+
+    /// A new process on the same address: its startup adapters, another identity.
+    func restart() {
+        state.withLock {
+            $0.instance = UUID().uuidString
+            $0.adapters = $0.startup
+        }
+    }
+
+    static func json(_ status: HTTPResponse.Status, _ text: String, retryAfter: Int? = nil) -> Response {
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if let retryAfter { headers[.retryAfter] = String(retryAfter) }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    static func error(_ status: HTTPResponse.Status, _ message: String, param: String? = nil, code: String, retryAfter: Int? = nil) -> Response {
+        let p = param.map { "\"\($0)\"" } ?? "null"
+        return json(status, "{\"error\":{\"message\":\"\(message)\",\"type\":\"invalid_request_error\",\"param\":\(p),\"code\":\"\(code)\"}}",
+                    retryAfter: retryAfter)
+    }
+
+    static func object(_ request: Request) async throws -> [String: Any] {
+        var request = request
+        let body = try await request.collectBody(upTo: 1 << 20)
+        return (try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any]) ?? [:]
+    }
+
+    func serves(_ model: String?) -> Bool { model == RouterReplicaTests.base || state.withLock { s in model.map(s.adapters.contains) ?? false } }
+
+    func makeRouter() -> Router<BasicRequestContext> {
+        let router = Router()
+        router.get("/internal/status") { _, _ in
+            let s = self.state.withLock { $0 }
+            let status = ReplicaStatus(model: RouterReplicaTests.base, adapters: s.adapters.sorted(), maxModelLen: 2048, waiting: 0, running: 0,
+                                       swapped: 0, kvBlocksTotal: 100, kvBlocksFree: 100, blockSize: 16, adapterSlots: 4, residentAdapters: [],
+                                       perAdapter: [:], decodeStepSeconds: 0.01, prefillTokenSeconds: 0.001, mergedFactor: 1,
+                                       adapterLoadSeconds: 0.1, maxBatch: 8, requests: [], draining: false, instance: s.instance)
+            return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: ClusterWire.encode(status))))
+        }
+        router.post("/v1/load_lora_adapter") { request, _ in
+            let o = try await Self.object(request)
+            let name = o["lora_name"] as? String ?? "", path = o["lora_path"] as? String ?? ""
+            return self.state.withLock { s -> Response in
+                s.adminCalls += 1
+                if s.adapters.contains(name) { return Self.error(.badRequest, "the adapter '\(name)' is already loaded", param: "lora_name", code: "adapter_exists") }
+                if s.missingPaths.contains(path) { return Self.error(.badRequest, "no adapter at '\(path)'", param: "lora_path", code: "adapter_not_found") }
+                s.adapters.insert(name)
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' added successfully.")))
+            }
+        }
+        router.post("/v1/unload_lora_adapter") { request, _ in
+            let name = try await Self.object(request)["lora_name"] as? String ?? ""
+            return self.state.withLock { s -> Response in
+                s.adminCalls += 1
+                guard s.adapters.remove(name) != nil else {
+                    return Self.error(.notFound, "the adapter '\(name)' is not loaded", param: "lora_name", code: "model_not_found")
+                }
+                return Response(status: .ok, body: .init(byteBuffer: ByteBuffer(string: "Success: LoRA adapter '\(name)' removed successfully.")))
+            }
+        }
+        for path in ["/tokenize", "/detokenize"] {
+            router.post(RouterPath(stringLiteral: path)) { request, _ in
+                let model = try await Self.object(request)["model"] as? String
+                guard self.serves(model) else {
+                    return Self.error(.notFound, "the model '\(model ?? "")' does not exist", param: "model", code: "model_not_found")
+                }
+                return Self.json(.ok, path == "/tokenize" ? #"{"tokens":[1],"count":1,"max_model_len":2048}"# : #"{"prompt":"x"}"#)
+            }
+        }
+        router.post("/internal/generate") { request, _ in
+            var request = request
+            let g = try ClusterWire.decode(ReplicaGenerate.self, from: Data(buffer: try await request.collectBody(upTo: 1 << 20)))
+            let body = (try? JSONSerialization.jsonObject(with: Data(g.body.utf8)) as? [String: Any]) ?? [:]
+            let n = body["n"] as? Int ?? 1
+            let s = self.state.withLock { $0 }
+            if let status = s.refuseAll { return Self.error(.init(code: status), "refused", code: "refused", retryAfter: 5) }
+            if n > s.maxSequences { return Self.error(.badRequest, "this request asks for \(n) sequences", param: "n", code: "invalid") }
+            if s.full { return Self.error(.tooManyRequests, "the server's queue is full", code: "queue_full", retryAfter: 3) }
+            self.state.withLock { $0.accepted += 1 }
+            let lines = [ReplicaEvent(accepted: .init(promptTokens: 1, seed: 7, adoptedPositions: 0)),
+                         ReplicaEvent(token: 5, text: "x", finish: "stop")]
+            var out = Data()
+            for e in lines { out.append(ClusterWire.encode(e)); out.append(0x0A) }
+            return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
+        }
+        return router
+    }
+}
+
+/// The router and its scripted replicas on loopback ports, each app run in a task that is cancelled at the end.
+struct RouterHarness {
+    let router: ClusterRouter
+    let port: Int
+    let http: HTTPClient
+
+    /// The servers' own logs (a start line each, an error line at each cancelled stop) are noise here.
+    static var quiet: Logger {
+        var logger = Logger(label: "router-replica-tests")
+        logger.logLevel = .critical
+        return logger
+    }
+
+    static func with(_ replicas: [FakeReplica], _ body: (RouterHarness) async throws -> Void) async throws {
+        var tasks: [Task<Void, any Error>] = []
+        defer { for t in tasks { t.cancel() } }
+        var urls: [String] = []
+        for r in replicas {
+            let (task, port) = try await start {
+                Application(router: r.makeRouter(), configuration: .init(address: .hostname("127.0.0.1", port: 0)), onServerRunning: $0,
+                            logger: quiet)
+            }
+            tasks.append(task)
+            urls.append("http://127.0.0.1:\(port)")
+        }
+        let http = HTTPClient(eventLoopGroupProvider: .singleton)
+        var options = RoutingOptions()
+        options.adminKey = RouterReplicaTests.admin
+        options.resumeWait = .zero
+        let router = ClusterRouter(replicas: ReplicaSet(urls: urls, http: http, adminKey: RouterReplicaTests.admin), options: options)
+        let (task, port) = try await start {
+            router.makeApplication(configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: quiet, onServerRunning: $0)
+        }
+        tasks.append(task)
+        await router.replicas.pollOnce()
+        #expect(router.replicas.healthyCount == replicas.count)
+        let client = HTTPClient(eventLoopGroupProvider: .singleton)
+        do {
+            try await body(RouterHarness(router: router, port: port, http: client))
+        } catch {
+            try? await client.shutdown()
+            try? await http.shutdown()
+            throw error
+        }
+        try await client.shutdown()
+        try await http.shutdown()
+        for t in tasks {
+            t.cancel()
+            _ = await t.result
+        }
+    }
+
+    /// Runs an app built with its `onServerRunning` and returns its task and bound port (within 10 s).
+    static func start<A: ApplicationProtocol>(_ make: (@escaping @Sendable (any Channel) async -> Void) -> A) async throws -> (Task<Void, any Error>, Int) {
+        let bound = Locked(0)
+        let app = make { channel in bound.withLock { $0 = channel.localAddress?.port ?? 0 } }
+        let task = Task { try await app.run() }
+        for _ in 0..<1000 {
+            if case let p = bound.withLock({ $0 }), p > 0 { return (task, p) }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        task.cancel()
+        throw CancellationError()
+    }
+
+    func post(_ path: String, _ json: String, key: String? = nil) async throws -> (Int, String, HTTPHeaders) {
+        try await send(path, method: .POST, body: json, key: key)
+    }
+
+    func get(_ path: String) async throws -> (Int, String, HTTPHeaders) { try await send(path, method: .GET, body: nil, key: nil) }
+
+    func send(_ path: String, method: HTTPMethod, body: String?, key: String?) async throws -> (Int, String, HTTPHeaders) {
+        var r = HTTPClientRequest(url: "http://127.0.0.1:\(port)\(path)")
+        r.method = method
+        if let key { r.headers.add(name: "Authorization", value: "Bearer \(key)") }
+        if let body {
+            r.headers.add(name: "Content-Type", value: "application/json")
+            r.body = .bytes(ByteBuffer(string: body))
+        }
+        let response = try await http.execute(r, timeout: .seconds(10))
+        let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
+        return (Int(response.status.code), text, response.headers)
+    }
+}
