@@ -153,13 +153,14 @@ public final class AdapterRegistry: @unchecked Sendable {
         return e
     }
 
-    /// `<root>/<name>/` (or a `<root>/<name>` that is a file named *.gguf), else `<root>/<name>.gguf`, resolved
-    /// and confined; nil when neither exists or it resolves outside the root.
+    /// `<root>/<name>/`, else `<root>/<name>.gguf`, resolved and confined; nil when neither exists or it resolves
+    /// outside the root. A GGUF file is served by its name less `.gguf` only, as listed: its file name as a second name
+    /// would load it twice, under a name `/v1/models` does not show.
     private func discover(_ name: String) -> String? {
         let fm = FileManager.default
         let dir = root.appendingPathComponent(name).path
         var isDirectory: ObjCBool = false
-        if fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue || name.hasSuffix(".gguf") {
+        if fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue {
             return confined(dir)
         }
         let gguf = dir + ".gguf"

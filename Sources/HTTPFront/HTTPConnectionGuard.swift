@@ -39,6 +39,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     /// Responses owed: request heads passed on less responses finished.
     private var outstanding = 0
+    /// Whether each request owed a response is HTTP/1.0, oldest first: its response is HTTP/1.0 too, never chunked
+    /// (RFC 9112 §6.1: a 1.0 client cannot read chunked framing; the body ends when the connection closes).
+    private var owedHTTP10: [Bool] = []
     /// A request head was passed on and its end has not arrived yet.
     private var readingRequest = false
     /// Body bytes of the request being read.
@@ -116,6 +119,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 return
             }
             outstanding += 1
+            owedHTTP10.append(head.version.major == 1 && head.version.minor == 0)
             readingRequest = true
             bodyBytes = 0
             // HTTP/1.0 closes after its response even when it asks for keep-alive: its clients cannot read
@@ -207,6 +211,10 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             }
             headWritten = true
             eventStream = head.headers.first(name: "content-type")?.hasPrefix("text/event-stream") ?? false
+            if owedHTTP10.first == true {
+                head.version = .http1_0
+                head.headers.remove(name: "transfer-encoding")
+            }
             if outstanding <= 1 && (closeWhenDone || inputClosed || pendingRefusal != nil) {
                 head.headers.replaceOrAdd(name: "connection", value: "close")
             }
@@ -224,6 +232,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             }
             context.write(data, promise: promise)
             outstanding -= 1
+            if !owedHTTP10.isEmpty { owedHTTP10.removeFirst() }
             headWritten = false
             probeArmed = false
             eventStream = false
@@ -269,9 +278,11 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         headWritten = true
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: "application/json")
-        headers.add(name: "transfer-encoding", value: "chunked")
+        let http10 = owedHTTP10.first == true
+        if !http10 { headers.add(name: "transfer-encoding", value: "chunked") }
         headers.add(name: "connection", value: "close")
-        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: .ok, headers: headers))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.head(HTTPResponseHead(version: http10 ? .http1_0 : .http1_1, status: .ok, headers: headers))),
+                              promise: nil)
     }
 
     // MARK: Refusals and closing

@@ -186,6 +186,8 @@ import TestSupport
         }
         #expect(throws: AdapterError.self) { try registry.path(for: "missing") }
         #expect(try registry.path(for: "beta").hasSuffix("beta.gguf"))
+        // A GGUF file answers to the one name listed (less .gguf), not to its file name too (a second load of it).
+        #expect(throws: AdapterError.self) { try registry.path(for: "beta.gguf") }
 
         #expect(registry.prefetch("alpha") == .loading)
         var status = registry.prefetch("alpha")

@@ -323,6 +323,29 @@ extension RawHTTPClient: @unchecked Sendable {}
 
     /// HEAD wherever GET is served: GET's status and headers (its Content-Length too), no body — the next response on
     /// the connection starts right after the head; the API key still applies; on a POST-only path it is a 405.
+    /// An HTTP/1.0 request is answered in HTTP/1.0, never chunked (RFC 9112 §6.1; a 1.0 client reads chunk sizes as
+    /// body): a stream's events go unframed and the close ends them; a whole answer keeps its Content-Length.
+    @Test func http10IsAnsweredWithoutChunks() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let port = try #require(client.port)
+            let streamed = String(Self.ask.dropLast()) + ",\"stream\":true}"
+            let (stream, whole) = await blocking { () -> (RawHTTPClient.Response?, RawHTTPClient.Response?) in
+                func ask(_ body: String) -> RawHTTPClient.Response? {
+                    guard let c = try? RawHTTPClient(port: port) else { return nil }
+                    c.send("POST /v1/completions HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: \(body.utf8.count)\r\n\r\n" + body)
+                    return c.readResponse(timeout: .seconds(20))
+                }
+                return (ask(streamed), ask(Self.ask))
+            }
+            let s = try #require(stream), w = try #require(whole)
+            #expect(s.status == 200 && s.version == "HTTP/1.0" && s.headers["transfer-encoding"] == nil, "\(s.version) \(s.headers)")
+            #expect(s.complete && s.body.hasPrefix("data: {") && s.body.hasSuffix("data: [DONE]\n\n"), "\(s.body.prefix(200))")
+            #expect(w.status == 200 && w.version == "HTTP/1.0" && w.headers["content-length"] == String(w.body.utf8.count), "\(w.version) \(w.headers)")
+            #expect(((try? jsonObject(w.body)) ?? [:]).keys.contains("choices"))
+        }
+    }
+
     @Test func headAnswersLikeGetWithoutBody() async throws {
         let server = try ServerFixtures.server { $0.apiKey = "sk-test" }
         try await ServerFixtures.withServer(server) { client in

@@ -72,6 +72,8 @@ final class RawHTTPClient {
     }
 
     struct Response {
+        /// The status line's protocol ("HTTP/1.1").
+        var version = ""
         let status: Int
         let headers: [String: String]
         let body: String
@@ -139,7 +141,9 @@ final class RawHTTPClient {
             buffer.removeAll()
             complete = sawEOF
         }
-        return Response(status: status, headers: headers, body: String(decoding: body, as: UTF8.self), complete: complete)
+        var response = Response(status: status, headers: headers, body: String(decoding: body, as: UTF8.self), complete: complete)
+        response.version = String(statusLine[0])
+        return response
     }
 
     static func request(_ method: String, _ uri: String, body: String? = nil, headers: [String] = []) -> String {

@@ -34,9 +34,13 @@ public final class SafetensorsFile: @unchecked Sendable {
         let dataSize = file.count - dataStart
         // Parsed once, exactly: integers stay integers (a shape of 16.0 is refused, as the safetensors library's
         // unsigned fields refuse it), and the members stay in order with any repeated name.
-        guard case .object(let members)? = try? Data(header).withUnsafeBytes({ try ExactJSON.parse($0, name: "safetensors header") }) else {
-            throw r.error("header is not a JSON object")
+        let parsed: ExactJSON
+        do {
+            parsed = try Data(header).withUnsafeBytes { try ExactJSON.parse($0, name: "safetensors header") }
+        } catch {
+            throw r.error("header is not a JSON object (\(error))")
         }
+        guard case .object(let members) = parsed else { throw r.error("header is not a JSON object") }
         // A name given twice would be read as whichever entry a parser kept: refused, as the safetensors library does.
         var names = Set<String>()
         for (name, _) in members where !names.insert(name).inserted { throw r.error("the header names it twice", tensor: name) }
