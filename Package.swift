@@ -70,7 +70,7 @@ let package = Package(
         .target(
             name: "HTTPFront",
             dependencies: [
-                "ServingAPI",
+                "ServingAPI", "Tokenizers",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -476,7 +476,9 @@ public final class ClusterRouter: Sendable {
             }
             (body, responses, endpoint) = (ByteBuffer(data: translated.chatBody), translated.echo, "chat")
         }
-        // The router reads only what it needs to carry the request; the replica parses and checks all of it.
+        // The router reads only what it needs to carry the request; the replica parses and checks all of it. A body
+        // that is not one well-formed JSON object is refused here in the replica's words (`RequestJSON`).
+        _ = try RequestJSON.object(body)
         guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
             throw APIError(.badRequest, "the body must be a JSON object")
         }

@@ -410,25 +410,8 @@ struct JSONFields {
         self.fields = fields
     }
 
-    /// Parses a request body that must be one JSON object. JSON text is UTF-8 (RFC 8259): anything else is
-    /// refused rather than repaired.
-    static func parseObject(_ body: ByteBuffer) throws -> [(key: String, value: ExactJSON)] {
-        let bytes = body.readableBytesView
-        guard !bytes.isEmpty else { throw APIError.invalid(nil, "the request body is empty; expected a JSON object") }
-        guard String(validating: bytes, as: UTF8.self) != nil else {
-            throw APIError.invalid(nil, "the request body is not valid UTF-8")
-        }
-        let root: ExactJSON
-        do {
-            root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body", strict: true) }
-        } catch let error as TokenizerError {
-            throw APIError.invalid(nil, error.description)  // "invalid JSON: request body: ... at byte n"
-        } catch {
-            throw APIError.invalid(nil, "invalid JSON: \(error)")
-        }
-        guard case .object(let members) = root else { throw APIError.invalid(nil, "the request body must be a JSON object") }
-        return members
-    }
+    /// Parses a request body that must be one JSON object (`RequestJSON.object`: the router refuses in the same words).
+    static func parseObject(_ body: ByteBuffer) throws -> [(key: String, value: ExactJSON)] { try RequestJSON.object(body) }
 
     /// A key as it may appear in an error message (bounded, control characters escaped).
     static func printable(_ key: String) -> String { HTTPFront.printable(key, limit: 64) }

@@ -133,6 +133,31 @@ import Testing
         }
     }
 
+    /// A malformed body is refused by the router in the replica's words (the replica's own sweep,
+    /// `ServerTests.malformedInputSweep`, checks the same messages), and none reaches a replica.
+    @Test func malformedBodiesAreRefusedInTheReplicasWords() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas) { h in
+            let deep = String(repeating: "[", count: 10_000)
+            for (body, message) in [("", "the request body is empty; expected a JSON object"),
+                                    (deep, "invalid JSON: request body: nesting too deep at byte 256"),
+                                    ("{\"model\": \"\(Self.base)\", \"max_tokens\": 1e400, \"prompt\": \"hi\"}", "invalid JSON: request body: invalid number '1e400'"),
+                                    ("{\"model\": \"\(Self.base)\", \"prompt\": \"a\\ud800b\"}", "invalid JSON: request body: lone surrogate"),
+                                    ("{\"model\": \"\(Self.base)\", \"messages\": [{\"role\": \"user\", \"role\": \"system\"}]}", "duplicate key 'role'"),
+                                    ("{\"model\": \"\(Self.base)\", \"model\": \"s1\", \"prompt\": \"hi\"}", "duplicate key 'model'")] {
+                let r = try await h.post("/v1/completions", body)
+                #expect(r.0 == 400 && r.1.contains(message), "\(body.prefix(60)): \(r.1)")
+            }
+            var bad = HTTPClientRequest(url: "http://127.0.0.1:\(h.port)/v1/completions")
+            bad.method = .POST
+            bad.body = .bytes(ByteBuffer(bytes: Array("{\"model\": \"x\", \"prompt\": \"".utf8) + [0xC3, 0x28] + Array("\"}".utf8)))
+            let r = try await h.http.execute(bad, timeout: .seconds(10))
+            let text = String(buffer: try await r.body.collect(upTo: 1 << 16))
+            #expect(r.status == .badRequest && text.contains("not valid UTF-8"), "\(text)")
+            #expect(replicas[0].state.withLock { $0.accepted } == 0)
+        }
+    }
+
     static func errorCode(_ body: String) throws -> String? {
         let object = try #require(JSONSerialization.jsonObject(with: Data(body.utf8)) as? [String: Any])
         return (object["error"] as? [String: Any])?["code"] as? String
