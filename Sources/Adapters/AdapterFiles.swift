@@ -17,7 +17,9 @@ struct AdapterFiles {
 
     /// Opens `path/component` (or `path` itself when `component` is nil); nil when it does not exist.
     /// Throws when it resolves outside the root, is not a regular file, or has more than `maxBytes` bytes.
-    func open(_ component: String?, maxBytes: Int) throws -> MappedFile? {
+    /// `precheck(fd, size, path)` runs on a regular file within `maxBytes` before it is read (a safetensors header
+    /// checked against the file's size: `SafetensorsFile.checkHeader`).
+    func open(_ component: String?, maxBytes: Int, precheck: ((Int32, Int, String) throws -> Void)? = nil) throws -> MappedFile? {
         let full = component.map { path + "/" + $0 } ?? path
         let shown = component ?? (path as NSString).lastPathComponent
         // O_NONBLOCK: opening a FIFO must not hang; MappedFile refuses it as not a regular file.
@@ -30,6 +32,12 @@ struct AdapterFiles {
         if let root = rootRealPath {
             guard let real = Self.realPath(of: fd), real.hasPrefix(root + "/") else {
                 throw AdapterError(adapter: name, problem: "\(shown) resolves outside the adapter root")
+            }
+        }
+        if let precheck {
+            var st = stat()
+            if fstat(fd, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG, Int(st.st_size) <= maxBytes {
+                try precheck(fd, Int(st.st_size), full)
             }
         }
         return try MappedFile(descriptor: fd, path: full, loading: .copy, maxBytes: maxBytes)

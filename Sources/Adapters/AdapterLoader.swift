@@ -116,7 +116,7 @@ public enum AdapterLoader {
                          maxFileBytes: Int) throws -> LoRAWeights {
         let config = try MoLEComposition.parse(UnsafeRawBufferPointer(start: configFile.base, count: configFile.count),
                                                adapter: files.name, base: base)
-        guard let gatesFile = try files.open(MoLEComposition.gatesFile, maxBytes: maxFileBytes) else {
+        guard let gatesFile = try files.open(MoLEComposition.gatesFile, maxBytes: maxFileBytes, precheck: SafetensorsFile.checkHeader) else {
             throw AdapterError(adapter: files.name, problem: "missing \(MoLEComposition.gatesFile)")
         }
         let experts = try siblings(config.experts, of: files, manifest: MoLEComposition.configFile, base: base, root: root,
@@ -137,7 +137,7 @@ public enum AdapterLoader {
             throw fail("missing adapter_config.json (not a PEFT adapter directory)")
         }
         let config = try peftConfig(configFile, name: name)
-        guard let weightsFile = try files.open("adapter_model.safetensors", maxBytes: maxFileBytes) else {
+        guard let weightsFile = try files.open("adapter_model.safetensors", maxBytes: maxFileBytes, precheck: SafetensorsFile.checkHeader) else {
             if files.exists("adapter_model.bin") {
                 throw fail("adapter_model.bin is a pickle; convert it to safetensors (e.g. with peft: model.save_pretrained(dir, safe_serialization=True))")
             }

@@ -143,6 +143,21 @@ import TestSupport
         await #expect(throws: AdapterError.self) { try await slow.value }
     }
 
+    /// A safetensors file padded (sparse) to 4 GiB around a few kilobytes of tensors is refused from its header, before
+    /// its data is read: in milliseconds, not the seconds (and 4 GiB of memory) of reading it whole first.
+    @Test func aPaddedWeightsFileIsRefusedBeforeItIsRead() throws {
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("padded"), config: Self.config)
+        let file = dir.path("padded") + "/adapter_model.safetensors"
+        #expect(truncate(file, 4 << 30) == 0)
+        let start = ContinuousClock.now
+        var e: AdapterError?
+        do { _ = try AdapterLoader.load(path: dir.path("padded"), base: Self.config) } catch let error as AdapterError { e = error }
+        let elapsed = ContinuousClock.now - start
+        #expect(e?.problem.contains("not fully covered") == true, "\(String(describing: e))")
+        #expect(elapsed < .seconds(1), "\(elapsed) to refuse it")
+    }
+
     @Test func ggufLoRAProblems() throws {
         let c = Self.config
         // A base GGUF is not an adapter.

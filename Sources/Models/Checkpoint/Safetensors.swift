@@ -1,6 +1,15 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Kernels
 import Tokenizers
+
+/// Errors about a safetensors header, naming its file.
+private struct HeaderErrors {
+    let path: String
+    func error(_ problem: String, tensor: String? = nil) -> CheckpointError { CheckpointError(file: path, tensor: tensor, problem: problem) }
+}
 
 /// One tensor of a safetensors file.
 public struct SafetensorsTensorInfo: Sendable, Equatable {
@@ -30,8 +39,39 @@ public final class SafetensorsFile: @unchecked Sendable {
             throw r.error("header length \(headerLength) exceeds the file (\(file.count) bytes) or 100 MB")
         }
         let header = try r.bytes(Int(headerLength), "header")
-        let dataStart = r.offset
-        let dataSize = file.count - dataStart
+        tensors = try Self.tensors(header: Array(header), fileSize: file.count, path: file.path)
+    }
+
+    /// Checks a safetensors file open on `fd` (`size` bytes) from its header alone, read with two `pread`s, before its
+    /// data is read: a file its tensors do not cover exactly (a few kilobytes of tensors in a file padded to gigabytes)
+    /// is refused without reading it.
+    public static func checkHeader(fd: Int32, size: Int, path: String) throws {
+        func fail(_ problem: String) -> CheckpointError { CheckpointError(file: path, problem: problem) }
+        func read(_ count: Int, at offset: Int) throws -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: count)
+            var done = 0
+            while done < count {
+                let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw fail(n < 0 ? "cannot read: \(String(cString: strerror(errno)))" : "the file ended at byte \(offset + done)") }
+                done += n
+            }
+            return out
+        }
+        guard size >= 8 else { throw fail("too short for a safetensors header (\(size) bytes)") }
+        let length = try read(8, at: 0).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        guard length <= UInt64(size - 8), length <= 100 << 20 else {
+            throw fail("header length \(length) exceeds the file (\(size) bytes) or 100 MB")
+        }
+        _ = try tensors(header: try read(Int(length), at: 8), fileSize: size, path: path)
+    }
+
+    /// The tensors a header (the bytes after the 8-byte length) declares, each range checked against a file of
+    /// `fileSize` bytes, which they must cover exactly.
+    static func tensors(header: [UInt8], fileSize: Int, path: String) throws -> [String: SafetensorsTensorInfo] {
+        let r = HeaderErrors(path: path)
+        let dataStart = 8 + header.count
+        let dataSize = fileSize - dataStart
         // Parsed once, exactly: integers stay integers (a shape of 16.0 is refused, as the safetensors library's
         // unsigned fields refuse it), and the members stay in order with any repeated name.
         let parsed: ExactJSON
@@ -93,10 +133,10 @@ public final class SafetensorsFile: @unchecked Sendable {
             }
             covered += t.byteCount
         }
-        guard covered == file.count else {
-            throw r.error("\(file.count - covered) bytes after the last tensor's data: the file is not fully covered by its tensors")
+        guard covered == fileSize else {
+            throw r.error("\(fileSize - covered) bytes after the last tensor's data: the file is not fully covered by its tensors")
         }
-        self.tensors = tensors
+        return tensors
     }
 
     /// The first member named `key` (the header's entries are checked for repeated names, not their fields: a
