@@ -258,17 +258,22 @@ final class ManagedAtomicCounter: @unchecked Sendable {
         #expect(!g.hasWork)
     }
 
+    /// The tiny Q4_1 model, its tokenizer, and a rank-4 q/v adapter written and loaded as PEFT.
+    static func tinyWithAdapter(seed: UInt64) throws -> (LlamaModel, Tokenizer, LoRAWeights) {
+        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
+        let model = try LlamaModel(checkpoint: checkpoint)
+        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
+        let dir = try TempDir()
+        try TestAdapter(config: model.config, rank: 4, alpha: 8, targets: [.q, .v], seed: seed).writePEFT(to: dir.path("a"), config: model.config)
+        return (model, tokenizer, try AdapterLoader.load(path: dir.path("a"), base: model.config))
+    }
+
     /// A request handed an adapter's weights before the adapter was unloaded, and submitted after the engine was told
     /// (the server's race between a lookup and an unload): it is served, token for token as on an engine that never saw
     /// the unload, whether the adapter was unknown to the engine or serving another request at the time; and the
     /// unloaded adapter's weights are dropped once its requests end.
     @Test func requestSubmittedAfterItsAdaptersUnloadIsServed() throws {
-        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
-        let model = try LlamaModel(checkpoint: checkpoint)
-        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
-        let dir = try TempDir()
-        try TestAdapter(config: model.config, rank: 4, alpha: 8, targets: [.q, .v], seed: 31).writePEFT(to: dir.path("a"), config: model.config)
-        let w = try AdapterLoader.load(path: dir.path("a"), base: model.config)
+        let (model, tokenizer, w) = try Self.tinyWithAdapter(seed: 31)
         let params = SamplingParams(temperature: 0, maxTokens: 6, ignoreEOS: true)
         let prompt = tokenizer.encode("hello world", addSpecial: true)
         let reference = EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 16)
@@ -295,12 +300,7 @@ final class ManagedAtomicCounter: @unchecked Sendable {
     /// goes idle (glibc keeps freed small allocations in the process's RSS otherwise), and not before anything was
     /// dropped.
     @Test func aDroppedAdaptersHeapIsReturnedWhenIdle() async throws {
-        let checkpoint = try openCheckpoint(path: Fixtures.model("tiny-llama", "Q4_1"))
-        let model = try LlamaModel(checkpoint: checkpoint)
-        let tokenizer = try Tokenizer(metadata: #require(checkpoint.metadata))
-        let dir = try TempDir()
-        try TestAdapter(config: model.config, rank: 4, alpha: 8, targets: [.q, .v], seed: 32).writePEFT(to: dir.path("a"), config: model.config)
-        let w = try AdapterLoader.load(path: dir.path("a"), base: model.config)
+        let (model, tokenizer, w) = try Self.tinyWithAdapter(seed: 32)
         let loop = EngineLoop(engine: EngineCore(model: model, tokenizer: tokenizer, kvBlocks: 32))
         defer { loop.shutdown() }
         let (_, events) = try loop.submit(prompt: [1, 2, 3], params: SamplingParams(temperature: 0, maxTokens: 4, ignoreEOS: true), adapter: w)
