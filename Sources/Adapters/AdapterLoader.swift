@@ -50,7 +50,7 @@ public enum AdapterLoader {
     /// The files of a PEFT directory the loader looks at.
     static let peftFiles = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
     /// The manifests that make a directory without adapter_config.json a composition (static, MoLE).
-    static let compositionManifests = [LoRAComposition.manifestFile, MoLEComposition.configFile]
+    public static let compositionManifests = [LoRAComposition.manifestFile, MoLEComposition.configFile]
 
     /// Loads the adapter at `path` for `base`. `name` is how errors and the registry call it; `id` the
     /// identity the weights carry. With `confinedTo` (the adapter root's real path) every file must resolve

@@ -96,6 +96,11 @@ public struct WorkloadSpec: Sendable, Equatable {
     public static let maxRequests = 20_000_000
 
     /// Why the spec cannot generate a workload, or nil.
+    /// Largest median of the log-normal lengths (a draw is a few medians at most, far inside Int).
+    public static let maxMedian = 1e9
+    /// Largest length limit (prompt or output tokens).
+    public static let maxLength = 100_000_000
+
     public var problem: String? {
         if requests == nil && duration == nil { return "give a number of requests or a duration" }
         if let n = requests, n < 1 { return "the number of requests must be at least 1" }
@@ -111,7 +116,12 @@ public struct WorkloadSpec: Sendable, Equatable {
         if case .traceGaps(let g) = arrivals, g.isEmpty || !(g.reduce(0, +) > 0) { return "the trace has no usable gaps" }
         if case .pairs(let p) = lengths, p.isEmpty { return "the length pairs are empty" }
         if !(burstSigma >= 0 && burstSigma <= 10) { return "the burst sigma must be between 0 and 10" }
-        if !(burstWindow > 0 && burstWindow.isFinite) { return "the burst window must be positive" }
+        // Window indices are Ints of arrival time / window: a window of 1e-300 s overflowed them.
+        if !(burstWindow >= 1e-3 && burstWindow.isFinite) { return "the burst window must be at least 0.001 s" }
+        if case .logNormal(let pm, let om) = lengths, !(pm >= 1 && pm <= Self.maxMedian && om >= 1 && om <= Self.maxMedian) {
+            return "the median lengths must be in 1...\(Int(Self.maxMedian)) tokens"
+        }
+        if maxPrompt > Self.maxLength || maxOutput > Self.maxLength { return "the length limits must be at most \(Self.maxLength) tokens" }
         return nil
     }
 }
@@ -171,8 +181,9 @@ public enum Workload {
             case .pairs(let pairs): (p, o) = (pairs[i % pairs.count].prompt, pairs[i % pairs.count].output)
             case .fixed(let fp, let fo): (p, o) = (fp, fo)
             case .logNormal(let pm, let om):
-                p = Int((pm * exponential(lengthRNG.normal())).rounded())
-                o = Int((om * exponential(lengthRNG.normal())).rounded())
+                // Clamped before the conversion: a draw far in the tail must not leave Int's range.
+                p = Int(min(Double(spec.maxPrompt), max(1, (pm * exponential(lengthRNG.normal())).rounded())))
+                o = Int(min(Double(spec.maxOutput), max(1, (om * exponential(lengthRNG.normal())).rounded())))
             }
             out.append(SimRequest(id: i, arrival: t, adapter: drawAdapter(at: t), promptTokens: min(spec.maxPrompt, max(1, p)),
                                   outputTokens: min(spec.maxOutput, max(1, o))))

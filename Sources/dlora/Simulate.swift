@@ -129,11 +129,22 @@ struct Simulate: ParsableCommand {
         guard maxPrompt >= 1, maxOutput >= 1, promptMedian >= 1, outputMedian >= 1 else {
             throw ValidationError("--max-prompt, --max-output, --prompt-median and --output-median must be >= 1")
         }
-        guard placementPeriod > 0, placementPeriod.isFinite else { throw ValidationError("--placement-period must be a positive number") }
-        guard slo > 0, migrationPeriod > 0, pollMs >= 0 else { throw ValidationError("--slo and --migration-period must be positive, --poll-ms >= 0") }
-        guard requestOverheadMs >= 0, requestOverheadMs.isFinite else { throw ValidationError("--request-overhead-ms must be a finite number >= 0") }
-        if let v = adapterFileLoadMs { guard v >= 0, v.isFinite else { throw ValidationError("--adapter-file-load-ms must be a finite number >= 0") } }
-        if let v = adapterFileGBps { guard v > 0, v.isFinite else { throw ValidationError("--adapter-file-gbps must be a finite number > 0") } }
+        guard maxPrompt <= WorkloadSpec.maxLength, maxOutput <= WorkloadSpec.maxLength else {
+            throw ValidationError("--max-prompt and --max-output must be at most \(WorkloadSpec.maxLength)")
+        }
+        guard promptMedian <= WorkloadSpec.maxMedian, outputMedian <= WorkloadSpec.maxMedian else {
+            throw ValidationError("--prompt-median and --output-median must be at most \(Int(WorkloadSpec.maxMedian))")
+        }
+        guard adapterBurstWindow >= 1e-3, adapterBurstWindow.isFinite else { throw ValidationError("--adapter-burst-window must be at least 0.001 s") }
+        // Periods tick through the whole simulated span, and delays push requests along it: below these floors and above
+        // these ceilings a run of a few requests would take hours of wall time (or never end).
+        guard placementPeriod >= 1e-2, placementPeriod.isFinite else { throw ValidationError("--placement-period must be at least 0.01 s") }
+        guard slo > 0, slo.isFinite else { throw ValidationError("--slo must be positive") }
+        guard migrationPeriod >= 1e-2, migrationPeriod.isFinite else { throw ValidationError("--migration-period must be at least 0.01 s") }
+        guard pollMs == 0 || (pollMs >= 1 && pollMs <= 3_600_000) else { throw ValidationError("--poll-ms must be 0 or in 1...3600000") }
+        guard requestOverheadMs >= 0, requestOverheadMs <= 60_000 else { throw ValidationError("--request-overhead-ms must be in 0...60000") }
+        if let v = adapterFileLoadMs { guard v >= 0, v <= 60_000 else { throw ValidationError("--adapter-file-load-ms must be in 0...60000") } }
+        if let v = adapterFileGBps { guard v >= 1e-3, v.isFinite else { throw ValidationError("--adapter-file-gbps must be a finite number >= 0.001") } }
         if let v = adapterHostCacheMb { guard v >= 1e-6, v <= 1e9 else { throw ValidationError("--adapter-host-cache-mb must be in [0.000001, 1e9] (at least a byte)") } }
         guard adapterFileLoadMs != nil || (adapterFileGBps == nil && adapterHostCacheMb == nil) || costProfile != nil else {
             throw ValidationError("--adapter-file-gbps and --adapter-host-cache-mb need --adapter-file-load-ms (or a profile that has it)")
@@ -219,7 +230,7 @@ struct Simulate: ParsableCommand {
             spec.burstWindow = adapterBurstWindow
             if let problem = spec.problem { throw CLIError(problem) }
             requestsList = Workload.generate(spec)
-            guard maxPrompt + 1 < limit else { throw CLIError("--max-prompt \(maxPrompt) does not fit the \(model.name) replica's \(limit)-token limit") }
+            guard maxPrompt < limit - 1 else { throw CLIError("--max-prompt \(maxPrompt) does not fit the \(model.name) replica's \(limit)-token limit") }
         }
 
         var config = SimulationConfig(replicas: replicas, cost: model, policy: BatchingPolicyKind(rawValue: policy)!,

@@ -16,11 +16,14 @@ struct Train: ParsableCommand {
 /// What every `train` command does first: threads and mmap from the model options, the model path, a refusal
 /// to overwrite earlier outputs in `out` (before the time is spent), the checkpoint, its tokenizer and a check
 /// of `maxLength` against the model's context.
-struct TrainingSetup {
+final class TrainingSetup {
     let path: String
     let checkpoint: any ModelCheckpoint
     let tokenizer: Tokenizer
     var config: ModelConfig { checkpoint.config }
+    /// `out` when this run made it: a run that fails (or is refused) before writing into it removes it again, rather
+    /// than leaving an empty directory that a later `train mole --adapter-root` reads as a broken adapter.
+    private let created: String?
 
     init(_ modelOptions: ModelOptions, out: String, outputs: [String], maxLength: Int) throws {
         if let threads = modelOptions.threads { Kernels.setThreads(threads) }
@@ -35,12 +38,35 @@ struct TrainingSetup {
         }
         guard FileManager.default.fileExists(atPath: path) else { throw CLIError("\(path): no such file or directory") }
         // The output directory now, not after the training: one that cannot be made or written fails before the run.
+        let existed = FileManager.default.fileExists(atPath: out)
         try OutputPath.prepareDirectory(out, option: "--out")
-        checkpoint = try openCheckpoint(path: path)
-        tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
-        guard maxLength <= checkpoint.config.maxPositionEmbeddings else {
-            throw CLIError("--max-length \(maxLength) exceeds the model's context length \(checkpoint.config.maxPositionEmbeddings)")
+        let created = existed ? nil : out
+        do {
+            checkpoint = try openCheckpoint(path: path)
+            tokenizer = try checkpoint.metadata.map { try Tokenizer(metadata: $0) } ?? Tokenizer(directory: URL(fileURLWithPath: path))
+            guard checkpoint.config.maxPositionEmbeddings >= maxLength else {
+                throw CLIError("--max-length \(maxLength) exceeds the model's context length \(checkpoint.config.maxPositionEmbeddings)")
+            }
+        } catch {
+            Self.removeIfEmpty(created)
+            throw error
         }
+        self.created = created
+    }
+
+    /// Runs the rest of the command; if it fails, the output directory this run made goes again when it is empty.
+    func guarding<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch {
+            Self.removeIfEmpty(created)
+            throw error
+        }
+    }
+
+    static func removeIfEmpty(_ directory: String?) {
+        guard let directory, (try? FileManager.default.contentsOfDirectory(atPath: directory))?.isEmpty == true else { return }
+        rmdir(directory)
     }
 }
 
@@ -106,13 +132,24 @@ struct ExpertOptions: ParsableArguments {
         var weights: [LoRAWeights] = []
         var written: [MoLEWriter.Expert] = []
         for name in names {
+            let path: String
             if let registry {
-                weights.append(try registry.load(name))
-                written.append(.init(name: name, path: try registry.path(for: name)))
+                path = try registry.path(for: name)
             } else {
                 guard FileManager.default.fileExists(atPath: name) else {
                     throw CLIError("--experts: \(name.prefix(256)): no such adapter (give a path, or a name with --adapter-root)")
                 }
+                path = name
+            }
+            // A composition (static or MoLE) is not an expert: said as such, not as the ranks its parts happen to have.
+            if !FileManager.default.fileExists(atPath: path + "/adapter_config.json"),
+               let manifest = AdapterLoader.compositionManifests.first(where: { FileManager.default.fileExists(atPath: path + "/" + $0) }) {
+                throw CLIError("--experts: \(name.prefix(256)) is a composition (\(manifest)); experts must be plain LoRA adapters")
+            }
+            if let registry {
+                weights.append(try registry.load(name))
+                written.append(.init(name: name, path: path))
+            } else {
                 weights.append(try AdapterLoader.load(path: name, base: c))
                 written.append(.init(name: URL(fileURLWithPath: name).lastPathComponent, path: name))
             }
@@ -191,41 +228,43 @@ struct TrainLoRA: ParsableCommand {
 
     func run() throws {
         let setup = try TrainingSetup(modelOptions, out: out, outputs: ["adapter_config.json", "adapter_model.safetensors"], maxLength: maxLength)
-        let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
-        let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
-        // The frozen f32 weights and the activations kept for the backward (they grow with batch × length²,
-        // the attention probabilities) must fit: refuse a run that cannot before loading anything large.
-        let targetList = try Self.parseTargets(targets)
-        let longest = data.examples.map(\.tokens.count).max() ?? maxLength
-        let need = FrozenBase.bytes(config: c) + precisionOptions.extraBytes(config: c)
-            + LoRATrainingModel.workspaceBytes(config: c, rank: rank, targets: targetList.count, batch: batch, length: longest)
-        let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
-        guard need < physical / 10 * 8 else {
-            throw CLIError("training needs about \(need >> 20) MiB (f32 weights and activations for --batch \(batch) × \(longest) tokens); this machine has \(physical >> 20) MiB: lower --batch or --max-length")
-        }
-        let base = try FrozenBase(checkpoint: setup.checkpoint)
-        let config = LoRATrainingConfiguration(
-            targets: targetList, rank: rank, alpha: alpha, steps: steps, batchSize: batch, maxLength: maxLength,
-            seed: seed, optimizer: AdamWConfiguration(learningRate: lr, weightDecay: weightDecay))
-        let products = precisionOptions.apply(to: base, command: "train lora")
-        let trainer = LoRATrainer(base: base, data: data, configuration: config)
-        let err = FileHandle.standardError
-        err.write(Data("train lora: \(data.examples.count) examples (\(data.dropped) dropped), \(trainer.lora.parameterCount) trainable parameters, \(Kernels.threadCount) threads, \(products)\n".utf8))
-        var tokens = 0, seconds = 0.0
-        var lastLoss = Double.nan
-        try trainer.runChecked { r in
-            tokens += r.tokens
-            seconds += r.seconds
-            lastLoss = r.loss
-            guard r.loss.isFinite else { throw CLIError("step \(r.step): the loss is not finite (\(r.loss)); lower --lr") }
-            if r.step % logEvery == 0 || r.step == steps {
-                err.write(Data(String(format: "step %d  loss %.4f  %.0f tok/s\n", r.step, r.loss, Double(r.tokens) / r.seconds).utf8))
+        try setup.guarding {
+            let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
+            let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
+            // The frozen f32 weights and the activations kept for the backward (they grow with batch × length²,
+            // the attention probabilities) must fit: refuse a run that cannot before loading anything large.
+            let targetList = try Self.parseTargets(targets)
+            let longest = data.examples.map(\.tokens.count).max() ?? maxLength
+            let need = FrozenBase.bytes(config: c) + precisionOptions.extraBytes(config: c)
+                + LoRATrainingModel.workspaceBytes(config: c, rank: rank, targets: targetList.count, batch: batch, length: longest)
+            let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+            guard need < physical / 10 * 8 else {
+                throw CLIError("training needs about \(need >> 20) MiB (f32 weights and activations for --batch \(batch) × \(longest) tokens); this machine has \(physical >> 20) MiB: lower --batch or --max-length")
             }
+            let base = try FrozenBase(checkpoint: setup.checkpoint)
+            let config = LoRATrainingConfiguration(
+                targets: targetList, rank: rank, alpha: alpha, steps: steps, batchSize: batch, maxLength: maxLength,
+                seed: seed, optimizer: AdamWConfiguration(learningRate: lr, weightDecay: weightDecay))
+            let products = precisionOptions.apply(to: base, command: "train lora")
+            let trainer = LoRATrainer(base: base, data: data, configuration: config)
+            let err = FileHandle.standardError
+            err.write(Data("train lora: \(data.examples.count) examples (\(data.dropped) dropped), \(trainer.lora.parameterCount) trainable parameters, \(Kernels.threadCount) threads, \(products)\n".utf8))
+            var tokens = 0, seconds = 0.0
+            var lastLoss = Double.nan
+            try trainer.runChecked { r in
+                tokens += r.tokens
+                seconds += r.seconds
+                lastLoss = r.loss
+                guard r.loss.isFinite else { throw CLIError("step \(r.step): the loss is not finite (\(r.loss)); lower --lr") }
+                if r.step % logEvery == 0 || r.step == steps {
+                    err.write(Data(String(format: "step %d  loss %.4f  %.0f tok/s\n", r.step, r.loss, Double(r.tokens) / r.seconds).utf8))
+                }
+            }
+            try PEFTAdapterWriter.write(trainer.lora, to: out, baseModelName: path)
+            try checkWritten(out, base: setup.config, outputs: ["adapter_config.json", "adapter_model.safetensors"])
+            err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; adapter written to %@\n",
+                                  lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
         }
-        try PEFTAdapterWriter.write(trainer.lora, to: out, baseModelName: path)
-        try checkWritten(out, base: setup.config, outputs: ["adapter_config.json", "adapter_model.safetensors"])
-        err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; adapter written to %@\n",
-                              lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
     }
 }
 
@@ -284,50 +323,64 @@ struct TrainMoLE: ParsableCommand {
         guard !out.isEmpty else { throw ValidationError("--out must name a directory") }
     }
 
+    /// The directory holding `path`, symbolic links resolved.
+    static func directory(of path: String) -> String {
+        URL(fileURLWithPath: path).deletingLastPathComponent().resolvingSymlinksInPath().standardizedFileURL.path
+    }
+
     func run() throws {
         let setup = try TrainingSetup(modelOptions, out: out, outputs: ["mole_config.json", "gates.safetensors"], maxLength: maxLength)
-        let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
-        let (weights, written) = try expertOptions.load(base: c)
-        let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
-        let longest = data.examples.map(\.tokens.count).max() ?? maxLength
-        let maxRank = weights.map(\.maxPaddedRank).max() ?? 1
-        let need = FrozenBase.bytes(config: c) + precisionOptions.extraBytes(config: c)
-            + LoRATrainingModel.workspaceBytes(config: c, rank: maxRank, targets: 7, batch: batch, length: longest) * 2
-        let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
-        guard need < physical / 10 * 8 else {
-            throw CLIError("training needs about \(need >> 20) MiB for --batch \(batch) × \(longest) tokens; this machine has \(physical >> 20) MiB: lower --batch or --max-length")
-        }
-        let base = try FrozenBase(checkpoint: setup.checkpoint)
-        let products = precisionOptions.apply(to: base, command: "train mole")
-        let expertParameters = weights.map { LoRAParameters(weights: $0, config: c) }
-        let mole = MoLEMixture(config: c, experts: expertParameters, granularity: MoLEGranularity(rawValue: granularity)!,
-                               balanceWeight: balance, temperature: temperature)
-        let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
-        let model = LoRATrainingModel(base: base, lora: none, mole: mole)
-        let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
-        var sampler = BatchSampler(data: data, size: batch, seed: seed)
-        let err = FileHandle.standardError
-        err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.inUse.filter { $0 }.count) \(granularity) gates, \(Kernels.threadCount) threads, \(products)\n".utf8))
-        var lastLoss = Double.nan
-        var tokens = 0, seconds = 0.0
-        for step in 1...steps {
-            let b = sampler.nextBatch()
-            let start = DispatchTime.now().uptimeNanoseconds
-            mole.zeroGradients()
-            let loss = model.lossAndGradients(b)
-            optimizer.update()
-            mole.clampTemperatures()
-            seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-            tokens += b.realTokens
-            lastLoss = loss
-            guard loss.isFinite else { throw CLIError("step \(step): the loss is not finite (\(loss)); lower --lr") }
-            if step % logEvery == 0 || step == steps {
-                err.write(Data(String(format: "step %d  loss %.4f  gates %@\n", step, loss, Self.meanGates(mole)).utf8))
+        try setup.guarding {
+            let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
+            let (weights, written) = try expertOptions.load(base: c)
+            let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
+            let longest = data.examples.map(\.tokens.count).max() ?? maxLength
+            let maxRank = weights.map(\.maxPaddedRank).max() ?? 1
+            let need = FrozenBase.bytes(config: c) + precisionOptions.extraBytes(config: c)
+                + LoRATrainingModel.workspaceBytes(config: c, rank: maxRank, targets: 7, batch: batch, length: longest) * 2
+            let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+            guard need < physical / 10 * 8 else {
+                throw CLIError("training needs about \(need >> 20) MiB for --batch \(batch) × \(longest) tokens; this machine has \(physical >> 20) MiB: lower --batch or --max-length")
             }
+            // A MoLE composition loads its experts from beside it, by name (mole_config.json's `path` is informational):
+            // written elsewhere, it loads only once moved there. Said before the training, not at the first load.
+            let home = Self.directory(of: out)
+            let away = Set(written.map { Self.directory(of: $0.path) }.filter { $0 != home })
+            if let place = away.sorted().first {
+                FileHandle.standardError.write(Data("dlora: note: a MoLE composition finds its experts beside it: \(away.count == 1 ? "move \(out) into \(place)" : "its experts are in \(away.count) directories; put them and \(out) in one") before serving it\n".utf8))
+            }
+            let base = try FrozenBase(checkpoint: setup.checkpoint)
+            let products = precisionOptions.apply(to: base, command: "train mole")
+            let expertParameters = weights.map { LoRAParameters(weights: $0, config: c) }
+            let mole = MoLEMixture(config: c, experts: expertParameters, granularity: MoLEGranularity(rawValue: granularity)!,
+                                   balanceWeight: balance, temperature: temperature)
+            let none = LoRAParameters(config: c, rank: 1, alpha: 1, targets: [], seed: 0)
+            let model = LoRATrainingModel(base: base, lora: none, mole: mole)
+            let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
+            var sampler = BatchSampler(data: data, size: batch, seed: seed)
+            let err = FileHandle.standardError
+            err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.inUse.filter { $0 }.count) \(granularity) gates, \(Kernels.threadCount) threads, \(products)\n".utf8))
+            var lastLoss = Double.nan
+            var tokens = 0, seconds = 0.0
+            for step in 1...steps {
+                let b = sampler.nextBatch()
+                let start = DispatchTime.now().uptimeNanoseconds
+                mole.zeroGradients()
+                let loss = model.lossAndGradients(b)
+                optimizer.update()
+                mole.clampTemperatures()
+                seconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+                tokens += b.realTokens
+                lastLoss = loss
+                guard loss.isFinite else { throw CLIError("step \(step): the loss is not finite (\(loss)); lower --lr") }
+                if step % logEvery == 0 || step == steps {
+                    err.write(Data(String(format: "step %d  loss %.4f  gates %@\n", step, loss, Self.meanGates(mole)).utf8))
+                }
+            }
+            try MoLEWriter.write(mole, experts: written, to: out, baseModel: path)
+            err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; gates written to %@\n",
+                                  lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
         }
-        try MoLEWriter.write(mole, experts: written, to: out, baseModel: path)
-        err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; gates written to %@\n",
-                              lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
     }
 
     /// Each expert's gate weight averaged over the gate units and real tokens of the last batch.
@@ -380,44 +433,46 @@ struct TrainLoRAHub: ParsableCommand {
 
     func run() throws {
         let setup = try TrainingSetup(modelOptions, out: out, outputs: ["adapter_config.json", "adapter_model.safetensors", "lorahub.json"], maxLength: maxLength)
-        let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
-        let (weights, written) = try expertOptions.load(base: c)
-        let ranks = weights.map { w in w.modules.joined().compactMap { $0 }.first?.rank ?? 0 }
-        guard Set(ranks).count == 1 else {
-            throw CLIError("--experts: LoRAHub composes A and B element by element, so the experts must share one rank (got \(ranks.map(String.init).joined(separator: ", ")))")
+        try setup.guarding {
+            let (path, tokenizer, c) = (setup.path, setup.tokenizer, setup.config)
+            let (weights, written) = try expertOptions.load(base: c)
+            let ranks = weights.map { w in w.modules.joined().compactMap { $0 }.first?.rank ?? 0 }
+            guard Set(ranks).count == 1 else {
+                throw CLIError("--experts: LoRAHub composes A and B element by element, so the experts must share one rank (got \(ranks.map(String.init).joined(separator: ", ")))")
+            }
+            let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
+            guard data.examples.count <= 256 else { throw CLIError("\(self.data): \(data.examples.count) examples; LoRAHub takes a few (at most 256)") }
+            let longest = data.examples.map(\.tokens.count).max() ?? maxLength
+            let need = FrozenBase.bytes(config: c)
+                + LoRATrainingModel.workspaceBytes(config: c, rank: ranks[0], targets: 7, batch: data.examples.count, length: longest)
+            let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+            guard need < physical / 10 * 8 else {
+                throw CLIError("the search needs about \(need >> 20) MiB for \(data.examples.count) × \(longest) tokens; this machine has \(physical >> 20) MiB")
+            }
+            let base = try FrozenBase(checkpoint: setup.checkpoint)
+            let hub = try LoRAHub(base: base, experts: weights.map { LoRAParameters(weights: $0, config: c) }, l1: l1)
+            let batch = TrainingData.batch(data.examples)
+            let err = FileHandle.standardError
+            let baseLoss = hub.objective([Double](repeating: 0, count: weights.count), batch: batch).loss
+            err.write(Data(String(format: "train lorahub: %d examples, %d experts; base model loss %.4f\n", data.examples.count, weights.count, baseLoss).utf8))
+            let start = DispatchTime.now().uptimeNanoseconds
+            let result = hub.search(batch: batch, evaluations: evaluations, seed: seed) { n, best, f in
+                err.write(Data(String(format: "evaluations %d  best objective %.4f  weights %@\n", n, f,
+                                      best.map { String(format: "%.3f", $0) }.joined(separator: " ")).utf8))
+            }
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+            guard result.loss.isFinite else { throw CLIError("the few-shot loss is not finite under every composition tried") }
+            try PEFTAdapterWriter.write(hub.composed, to: out, baseModelName: path)
+            try checkWritten(out, base: setup.config, outputs: ["adapter_config.json", "adapter_model.safetensors"])
+            let summary: [String: Any] = [
+                "method": "lorahub", "search": "separable CMA-ES, bounds [-1.5, 1.5], start 0", "evaluations": evaluations, "l1": l1,
+                "experts": zip(written, result.weights).map { ["name": $0.0.name, "path": $0.0.path, "weight": $0.1] },
+                "few_shot_examples": data.examples.count, "loss": result.loss, "base_loss": baseLoss, "objective": result.objective,
+            ]
+            try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
+                .write(to: URL(fileURLWithPath: out + "/lorahub.json"))
+            err.write(Data(String(format: "loss %.4f (base %.4f) after %d evaluations in %.1f s; adapter written to %@\n",
+                                  result.loss, baseLoss, evaluations, seconds, out).utf8))
         }
-        let data = try TrainingData(path: self.data, tokenizer: tokenizer, maxLength: maxLength)
-        guard data.examples.count <= 256 else { throw CLIError("\(self.data): \(data.examples.count) examples; LoRAHub takes a few (at most 256)") }
-        let longest = data.examples.map(\.tokens.count).max() ?? maxLength
-        let need = FrozenBase.bytes(config: c)
-            + LoRATrainingModel.workspaceBytes(config: c, rank: ranks[0], targets: 7, batch: data.examples.count, length: longest)
-        let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
-        guard need < physical / 10 * 8 else {
-            throw CLIError("the search needs about \(need >> 20) MiB for \(data.examples.count) × \(longest) tokens; this machine has \(physical >> 20) MiB")
-        }
-        let base = try FrozenBase(checkpoint: setup.checkpoint)
-        let hub = try LoRAHub(base: base, experts: weights.map { LoRAParameters(weights: $0, config: c) }, l1: l1)
-        let batch = TrainingData.batch(data.examples)
-        let err = FileHandle.standardError
-        let baseLoss = hub.objective([Double](repeating: 0, count: weights.count), batch: batch).loss
-        err.write(Data(String(format: "train lorahub: %d examples, %d experts; base model loss %.4f\n", data.examples.count, weights.count, baseLoss).utf8))
-        let start = DispatchTime.now().uptimeNanoseconds
-        let result = hub.search(batch: batch, evaluations: evaluations, seed: seed) { n, best, f in
-            err.write(Data(String(format: "evaluations %d  best objective %.4f  weights %@\n", n, f,
-                                  best.map { String(format: "%.3f", $0) }.joined(separator: " ")).utf8))
-        }
-        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
-        guard result.loss.isFinite else { throw CLIError("the few-shot loss is not finite under every composition tried") }
-        try PEFTAdapterWriter.write(hub.composed, to: out, baseModelName: path)
-        try checkWritten(out, base: setup.config, outputs: ["adapter_config.json", "adapter_model.safetensors"])
-        let summary: [String: Any] = [
-            "method": "lorahub", "search": "separable CMA-ES, bounds [-1.5, 1.5], start 0", "evaluations": evaluations, "l1": l1,
-            "experts": zip(written, result.weights).map { ["name": $0.0.name, "path": $0.0.path, "weight": $0.1] },
-            "few_shot_examples": data.examples.count, "loss": result.loss, "base_loss": baseLoss, "objective": result.objective,
-        ]
-        try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
-            .write(to: URL(fileURLWithPath: out + "/lorahub.json"))
-        err.write(Data(String(format: "loss %.4f (base %.4f) after %d evaluations in %.1f s; adapter written to %@\n",
-                              result.loss, baseLoss, evaluations, seconds, out).utf8))
     }
 }

@@ -123,6 +123,26 @@ import Testing
         }
     }
 
+    /// Extreme values are refused in one line, before a run that would crash (a length median of 1e19 converted to
+    /// Int, `--max-prompt` at Int.max overflowing, a burst window of 1e-300 s) or never end (delays of 1e10 ms, periods
+    /// of 1e-6 s, a load bandwidth of 1e-300 GB/s): each exited by a signal or ran past 30 s for 20 requests before.
+    /// A large median inside the bound runs, its draws clamped to the length limits.
+    @Test func extremeValuesAreRefusedInOneLine() async throws {
+        for (args, flag) in [(["--prompt-median", "1e19"], "--prompt-median"), (["--output-median", "inf"], "--prompt-median"),
+                             (["--max-prompt", "9223372036854775807"], "--max-prompt"),
+                             (["--adapter-burst-sigma", "10", "--adapter-burst-window", "1e-300"], "--adapter-burst-window"),
+                             (["--request-overhead-ms", "1e10"], "--request-overhead-ms"), (["--adapter-file-load-ms", "1e12"], "--adapter-file-load-ms"),
+                             (["--adapter-file-load-ms", "1", "--adapter-file-gbps", "1e-300"], "--adapter-file-gbps"),
+                             (["--replicas", "2", "--poll-ms", "1e-3"], "--poll-ms"), (["--migration", "kv", "--migration-period", "1e-6"], "--migration-period"),
+                             (["--placement-period", "1e-300"], "--placement-period")] {
+            let r = try await Self.simulate(["--requests", "20"] + args)
+            #expect(r.status == 64 && r.stderr.contains(flag) && !r.stderr.contains("Fatal") && r.stderr.split(separator: "\n").count <= 3,
+                    "\(args): \(r.status) \(r.stderr.prefix(300))")
+        }
+        let large = try await Self.simulate(["--requests", "20", "--prompt-median", "1e9", "--output-median", "1e9", "--json"])
+        #expect(large.status == 0, "\(large.stderr.prefix(300))")
+    }
+
     /// A profile's `per_context_token_seconds` prices each decode run's attention by the positions it attends
     /// (start + 1), and only decode runs: a 4-token prompt's iteration costs the fixed 10 ms (its first token at
     /// 0.01), then the four decodes at starts 4…7 attend 5…8 positions, 1 ms each: 0.01 + 0.04 + 0.026 = 0.076.

@@ -97,6 +97,8 @@ extension TrainingSuites {
         let ok = try await run(["train", "mole", "--model", model, "--experts", experts.joined(separator: ","), "--adapter-root", root,
                                 "--data", data, "--steps", "15", "--lr", "5e-2", "--batch", "8", "--balance", "0.1", "--out", out])
         #expect(ok.status == 0, "\(ok.stderr)")
+        // Written away from its experts: it says where the composition must go to load.
+        #expect(ok.stderr.contains("finds its experts beside it: move \(out) into"), "\(ok.stderr)")
         let losses = ok.stderr.split(separator: "\n").filter { $0.hasPrefix("step ") }
             .compactMap { line in line.split(separator: " ").firstIndex(of: "loss").flatMap { Double(line.split(separator: " ")[$0 + 1]) } }
         #expect(losses.count == 15)
@@ -128,6 +130,9 @@ extension TrainingSuites {
             (["--experts", "a-qv-r4,a-qv-r4"], "appears twice"),
             (["--experts", "a-qv-r4,../etc"], "invalid adapter name"),
             (["--experts", "a-qv-r4,nope"], "nope"),
+            (["--experts", "a-qv-r4,mole-abc"], "mole-abc is a composition (mole_config.json); experts must be plain LoRA adapters"),
+            (["--experts", "a-qv-r4,mix-cat"], "mix-cat is a composition"),
+            (["--data", dir.path("missing.jsonl")], "missing.jsonl"),
             (["--granularity", "neuron"], "block, layer, network or matrix"),
             (["--temperature", "0"], "--temperature must be between"),
             (["--out", out], "already holds"),
@@ -143,6 +148,8 @@ extension TrainingSuites {
             #expect(bad.status != 0)
             let lines = bad.stderr.split(separator: "\n")
             #expect(lines.count == 1 && lines[0].hasPrefix("dlora: ") && lines[0].contains(expected), "\(args): \(bad.stderr)")
+            // A failed run leaves no empty output directory behind.
+            #expect(!FileManager.default.fileExists(atPath: dir.path("other")), "\(args): --out was left behind")
         }
     }
 
