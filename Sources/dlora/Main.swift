@@ -146,7 +146,9 @@ struct Generate: ParsableCommand {
         guard ["merged", "unmerged"].contains(loraMode) else { throw ValidationError("--lora-mode must be merged or unmerged") }
         if mergePrecision != .auto && loraMode != "merged" { throw ValidationError("--merge-precision needs --lora-mode merged") }
         guard adapterScale.isFinite, abs(adapterScale) <= 100 else { throw ValidationError("--adapter-scale must be a finite number within ±100") }
-        if adapter == nil && (adapterScale != 1 || adapterRoot != nil) { throw ValidationError("--adapter-scale and --adapter-root need --adapter") }
+        if adapter == nil && (adapterScale != 1 || adapterRoot != nil || loraMode != "unmerged") {
+            throw ValidationError("--adapter-scale, --adapter-root and --lora-mode need --adapter")
+        }
     }
 
     func run() throws {

@@ -481,6 +481,7 @@ import Testing
                                 // directory, `--adapter` would take it as a path): refused as a name.
                                 (["--adapter", "../dlora-no-such-\(UUID().uuidString)", "--adapter-root", dir.path], "invalid adapter name"),
                                 (["--adapter-scale", "2"], "--adapter"),
+                                (["--lora-mode", "merged"], "--lora-mode need --adapter"),
                                 (["--adapter", dir.path, "--lora-mode", "fused"], "--lora-mode"),
                                 (["--adapter", dir.path, "--merge-precision", "f16"], "--lora-mode merged"),
                                 (["--adapter", dir.path, "--lora-mode", "merged", "--merge-precision", "bf8"], "--merge-precision")] {
