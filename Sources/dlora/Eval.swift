@@ -70,6 +70,13 @@ struct Eval: ParsableCommand {
             guard let name = object["metric"] as? String, let metric = TaskMetric(rawValue: name) else {
                 throw bad("\"metric\" must be one of \(TaskMetric.allCases.map(\.rawValue).joined(separator: ", "))")
             }
+            // The task builder's choices (tools/build_mole_tasks.py), when a line has them, must hold its references: a
+            // reference outside them is a broken line, not one to score.
+            if let choices = object["choices"], !(choices is NSNull) {
+                guard let list = choices as? [String], !list.isEmpty else { throw bad("\"choices\" must be a non-empty list of strings") }
+                let norm = { (s: String) in s.trimmingCharacters(in: .whitespacesAndNewlines).lowercased() }
+                guard refs.allSatisfy({ r in list.contains { norm($0) == norm(r) } }) else { throw bad("a reference is not among its \"choices\"") }
+            }
             out.append(Item(task: task, prompt: prompt, references: refs, metric: metric))
         }
         guard !out.isEmpty else { throw CLIError("\(path): no prompts") }
@@ -104,8 +111,14 @@ struct Eval: ParsableCommand {
         var results: [[String: Any]] = []
         let err = FileHandle.standardError
         // Every adapter loaded (and checked) before any is scored: a bad one fails the run at once, not after the others.
-        let resolved = try adapters.split(separator: ",").map(String.init).map { spec -> (String, LoRAWeights?) in
-            let parts = spec.split(separator: ":", maxSplits: 1).map(String.init)
+        let specs = adapters.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        if let twice = Dictionary(grouping: specs, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
+            throw CLIError("--adapters names '\(twice.prefix(64))' twice")
+        }
+        let resolved = try specs.map { spec -> (String, LoRAWeights?) in
+            guard !spec.isEmpty else { throw CLIError("--adapters: an empty name") }
+            let parts = spec.split(separator: ":", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+            guard parts.count == 1 || !parts[1].isEmpty else { throw CLIError("'\(spec.prefix(64))': an expert subset names no expert (give name:expert+expert)") }
             var weights: LoRAWeights?
             if parts[0] != "base" {
                 guard let registry else { throw CLIError("adapter '\(parts[0].prefix(64))' needs --adapter-root") }

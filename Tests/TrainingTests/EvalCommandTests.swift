@@ -42,6 +42,11 @@ extension TrainingSuites {
         #expect(masked.values.allSatisfy { $0[1] == 0 && abs($0.reduce(0, +) - 1) < 1e-4 }, "\(masked)")
         #expect(results[0]["gates"] == nil)
 
+        // A reference outside its line's choices is a broken line.
+        try Data(#"{"prompt": "x", "references": [" red"], "metric": "choice_accuracy", "choices": [" blue"]}"#.utf8)
+            .write(to: URL(fileURLWithPath: tasks + "/mood/test_eval.jsonl"))
+        let outside = try await run(["eval", "--model", model, "--tasks", tasks, "--adapter-root", root, "--max-tokens", "2", "--adapters", "base"])
+        #expect(outside.status != 0 && outside.stderr.contains("not among its \"choices\""), "\(outside.stderr)")
         try Data(#"{"prompt": "x", "references": [" y"], "metric": "bleu"}"#.utf8).write(to: URL(fileURLWithPath: tasks + "/mood/test_eval.jsonl"))
         for (args, expected) in [
             (["--adapters", "base", "--tasks", dir.path("none")], "no task directories"),
@@ -51,6 +56,9 @@ extension TrainingSuites {
             (["--adapters", "mole-abc:x", "--only", "count"], "'x' is not one of its experts"),
             (["--adapters", "base", "--only", "../count"], "not a plain directory name"),
             (["--adapters", "base", "--limit", "0"], "--limit must be between"),
+            (["--adapters", "base,base", "--only", "count"], "names 'base' twice"),
+            (["--adapters", "mole-abc:", "--only", "count"], "names no expert"),
+            (["--adapters", "base,", "--only", "count"], "an empty name"),
         ] {
             var full = ["eval", "--model", model, "--tasks", tasks, "--adapter-root", root, "--max-tokens", "2"]
             for i in stride(from: 0, to: args.count, by: 2) {
