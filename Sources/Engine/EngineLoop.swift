@@ -294,8 +294,9 @@ public final class EngineLoop: @unchecked Sendable {
 
     /// Returns the heap's free pages to the system (glibc's `malloc_trim`). An adapter's tensors are many allocations
     /// below glibc's mmap threshold, so when it is dropped its memory stays in the heap, counted in the process's
-    /// RSS: a server that loaded and unloaded a few hundred adapters kept their gigabytes. A few milliseconds per
-    /// call; counted in `heapReturns`.
+    /// RSS: a server that loaded and unloaded a few hundred adapters kept their gigabytes. Run when the loop is idle
+    /// (or at most once per `heapReturnDelay` of steady work), so its walk of the heap does not lengthen steps; counted
+    /// in `heapReturns`.
     private func returnFreeHeap() {
         Kernels.returnFreeHeap()
         lock.lock()
