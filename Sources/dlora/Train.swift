@@ -24,6 +24,8 @@ final class TrainingSetup {
     /// `out` when this run made it: a run that fails (or is refused) before writing into it removes it again, rather
     /// than leaving an empty directory that a later `train mole --adapter-root` reads as a broken adapter.
     private let created: String?
+    /// SIGINT/SIGTERM during the run: the directory goes as on a failure, then the process exits (130 / 143).
+    private var interrupts: [any DispatchSourceSignal] = []
 
     init(_ modelOptions: ModelOptions, out: String, outputs: [String], maxLength: Int) throws {
         if let threads = modelOptions.threads { Kernels.setThreads(threads) }
@@ -52,6 +54,17 @@ final class TrainingSetup {
             throw error
         }
         self.created = created
+        for sig in [SIGINT, SIGTERM] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                let removed = Self.removeIfEmpty(created)
+                FileHandle.standardError.write(Data("dlora: interrupted\(removed ? "; the empty --out \(created!) was removed" : "")\n".utf8))
+                _exit(128 + sig)
+            }
+            source.resume()
+            interrupts.append(source)
+        }
     }
 
     /// Runs the rest of the command; if it fails, the output directory this run made goes again when it is empty.
@@ -64,9 +77,10 @@ final class TrainingSetup {
         }
     }
 
-    static func removeIfEmpty(_ directory: String?) {
-        guard let directory, (try? FileManager.default.contentsOfDirectory(atPath: directory))?.isEmpty == true else { return }
-        rmdir(directory)
+    @discardableResult
+    static func removeIfEmpty(_ directory: String?) -> Bool {
+        guard let directory, (try? FileManager.default.contentsOfDirectory(atPath: directory))?.isEmpty == true else { return false }
+        return rmdir(directory) == 0
     }
 }
 

@@ -1,6 +1,9 @@
 import Adapters
 import Engine
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Kernels
 import Models
 import Testing
@@ -151,6 +154,40 @@ extension TrainingSuites {
             // A failed run leaves no empty output directory behind.
             #expect(!FileManager.default.fileExists(atPath: dir.path("other")), "\(args): --out was left behind")
         }
+    }
+
+    /// SIGINT during `train lora`: the process exits 130 at once, saying so, and the output directory it made (empty:
+    /// nothing is written before the end) is gone; it was left behind before.
+    @Test func anInterruptedTrainingLeavesNoDirectory() throws {
+        let exe = try #require(BuiltExecutables.dlora, "build the dlora executable first (swift build --build-tests)")
+        let dir = try TemporaryDirectory()
+        let data = dir.path("train.jsonl")
+        try Data((0..<6).map { #"{"prompt": "item \#($0) is", "completion": " number \#($0)"}"# }.joined(separator: "\n").utf8)
+            .write(to: URL(fileURLWithPath: data))
+        let out = dir.path("adapter")
+        let process = Process()
+        process.executableURL = exe
+        process.arguments = ["train", "lora", "--model", FixtureFiles.checkpoint(model: "tiny-llama", variant: "Q8_0"), "--data", data,
+                             "--rank", "4", "--steps", "1000000", "--batch", "2", "--max-length", "16", "--out", out]
+        let stderr = PipeLog()
+        process.standardError = stderr.pipe
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        stderr.startReading()
+        defer { if process.isRunning { kill(process.processIdentifier, SIGKILL) } }
+        var stepped = false
+        for _ in 0..<600 where !stepped && process.isRunning {
+            Thread.sleep(forTimeInterval: 0.05)
+            stepped = stderr.text.contains("step 1 ")
+        }
+        kill(process.processIdentifier, SIGINT)
+        for _ in 0..<200 where process.isRunning { Thread.sleep(forTimeInterval: 0.05) }
+        let exited = !process.isRunning
+        #expect(stepped, "training never started: \(stderr.text.suffix(500))")
+        #expect(exited, "still running 10 s after SIGINT")
+        if exited { #expect(process.terminationStatus == 130 && process.terminationReason == .exit, "\(process.terminationStatus)") }
+        #expect(stderr.text.contains("dlora: interrupted; the empty --out"), "\(stderr.text.suffix(500))")
+        #expect(!FileManager.default.fileExists(atPath: out))
     }
 
     /// `dlora train lora` end to end on the tiny model: trains, writes the adapter, and the adapter loads.
