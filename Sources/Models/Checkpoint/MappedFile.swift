@@ -89,16 +89,11 @@ public final class MappedFile: @unchecked Sendable {
             mapped = true
         case .copy:
             let memory = UnsafeMutableRawPointer.allocate(byteCount: count, alignment: 64)
-            var done = 0
-            while done < count {
-                let n = pread(fd, memory + done, count - done, off_t(done))
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else {
-                    let why = n < 0 ? String(cString: strerror(errno)) : "the file ended at byte \(done) of \(count) (truncated while reading?)"
-                    memory.deallocate()
-                    throw CheckpointError(file: path, problem: "cannot read: \(why)")
-                }
-                done += n
+            do {
+                try Self.readFully(fd, into: memory, count: count, at: 0, path: path)
+            } catch {
+                memory.deallocate()
+                throw error
             }
             base = UnsafeRawPointer(memory)
             mapped = false
@@ -107,6 +102,22 @@ public final class MappedFile: @unchecked Sendable {
 
     deinit {
         if mapped { munmap(UnsafeMutableRawPointer(mutating: base), count) } else { base.deallocate() }
+    }
+
+    /// `count` bytes of the file open on `fd` from byte `offset` into `buffer` (pread, retried on EINTR); a file that
+    /// ends first (truncated while reading) or a failed read is a CheckpointError naming `path`.
+    static func readFully(_ fd: Int32, into buffer: UnsafeMutableRawPointer, count: Int, at offset: Int, path: String) throws {
+        var done = 0
+        while done < count {
+            let n = pread(fd, buffer + done, count - done, off_t(offset + done))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else {
+                let why = n < 0 ? String(cString: strerror(errno))
+                    : "the file ended at byte \(offset + done) of \(offset + count) (truncated while reading?)"
+                throw CheckpointError(file: path, problem: "cannot read: \(why)")
+            }
+            done += n
+        }
     }
 }
 

@@ -1,7 +1,4 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#endif
 import Kernels
 import Tokenizers
 
@@ -38,8 +35,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         guard headerLength <= UInt64(r.remaining), headerLength <= 100 << 20 else {
             throw r.error("header length \(headerLength) exceeds the file (\(file.count) bytes) or 100 MB")
         }
-        let header = try r.bytes(Int(headerLength), "header")
-        tensors = try Self.tensors(header: Array(header), fileSize: file.count, path: file.path)
+        tensors = try Self.tensors(header: try r.bytes(Int(headerLength), "header"), fileSize: file.count, path: file.path)
     }
 
     /// Checks a safetensors file open on `fd` (`size` bytes) from its header alone, read with two `pread`s, before its
@@ -47,28 +43,21 @@ public final class SafetensorsFile: @unchecked Sendable {
     /// is refused without reading it.
     public static func checkHeader(fd: Int32, size: Int, path: String) throws {
         func fail(_ problem: String) -> CheckpointError { CheckpointError(file: path, problem: problem) }
-        func read(_ count: Int, at offset: Int) throws -> [UInt8] {
-            var out = [UInt8](repeating: 0, count: count)
-            var done = 0
-            while done < count {
-                let n = out.withUnsafeMutableBytes { pread(fd, $0.baseAddress! + done, count - done, off_t(offset + done)) }
-                if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw fail(n < 0 ? "cannot read: \(String(cString: strerror(errno)))" : "the file ended at byte \(offset + done)") }
-                done += n
-            }
-            return out
-        }
         guard size >= 8 else { throw fail("too short for a safetensors header (\(size) bytes)") }
-        let length = try read(8, at: 0).enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << (8 * UInt64($1.offset)) }
+        var length: UInt64 = 0
+        try MappedFile.readFully(fd, into: &length, count: 8, at: 0, path: path)
+        length = UInt64(littleEndian: length)
         guard length <= UInt64(size - 8), length <= 100 << 20 else {
             throw fail("header length \(length) exceeds the file (\(size) bytes) or 100 MB")
         }
-        _ = try tensors(header: try read(Int(length), at: 8), fileSize: size, path: path)
+        var header = [UInt8](repeating: 0, count: Int(length))
+        try header.withUnsafeMutableBytes { try MappedFile.readFully(fd, into: $0.baseAddress!, count: $0.count, at: 8, path: path) }
+        _ = try header.withUnsafeBytes { try tensors(header: $0, fileSize: size, path: path) }
     }
 
     /// The tensors a header (the bytes after the 8-byte length) declares, each range checked against a file of
     /// `fileSize` bytes, which they must cover exactly.
-    static func tensors(header: [UInt8], fileSize: Int, path: String) throws -> [String: SafetensorsTensorInfo] {
+    static func tensors(header: UnsafeRawBufferPointer, fileSize: Int, path: String) throws -> [String: SafetensorsTensorInfo] {
         let r = HeaderErrors(path: path)
         let dataStart = 8 + header.count
         let dataSize = fileSize - dataStart
@@ -76,7 +65,7 @@ public final class SafetensorsFile: @unchecked Sendable {
         // unsigned fields refuse it), and the members stay in order with any repeated name.
         let parsed: ExactJSON
         do {
-            parsed = try Data(header).withUnsafeBytes { try ExactJSON.parse($0, name: "safetensors header") }
+            parsed = try ExactJSON.parse(header, name: "safetensors header")
         } catch {
             throw r.error("header is not a JSON object (\(error))")
         }
@@ -119,19 +108,18 @@ public final class SafetensorsFile: @unchecked Sendable {
             }
             tensors[name] = SafetensorsTensorInfo(name: name, dtype: dtype, shape: dims, offset: dataStart + begin, byteCount: end - begin)
         }
-        let sorted = tensors.values.sorted { ($0.offset, $0.name) < ($1.offset, $1.name) }
-        for (a, b) in zip(sorted, sorted.dropFirst()) where a.offset + a.byteCount > b.offset {
-            throw r.error("data overlaps tensor '\(a.name)'", tensor: b.name)
-        }
         // The tensors cover the data exactly, one after another from its start to the file's end, as the safetensors
-        // library requires ("file not fully covered"): bytes no tensor names are refused, not carried (a file padded to
-        // gigabytes with 8 KB of tensors was read whole and served).
+        // library requires ("file not fully covered"): no two overlap, and bytes no tensor names are refused, not
+        // carried (a file padded to gigabytes with 8 KB of tensors was read whole and served).
         var covered = dataStart
-        for t in sorted {
+        var previous: SafetensorsTensorInfo?
+        for t in tensors.values.sorted(by: { ($0.offset, $0.name) < ($1.offset, $1.name) }) {
+            if t.offset < covered, let previous { throw r.error("data overlaps tensor '\(previous.name)'", tensor: t.name) }
             guard t.offset == covered else {
                 throw r.error("data_offsets leave \(t.offset - covered) bytes before it that no tensor covers", tensor: t.name)
             }
             covered += t.byteCount
+            previous = t
         }
         guard covered == fileSize else {
             throw r.error("\(fileSize - covered) bytes after the last tensor's data: the file is not fully covered by its tensors")
