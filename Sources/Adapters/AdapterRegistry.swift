@@ -41,7 +41,6 @@ public final class AdapterRegistry: @unchecked Sendable {
         var loadedFrom: [FileStamp]?
         /// The last failed load and the identity of the files it read (a composition's parts' too).
         var failure: (error: AdapterError, files: [FileStamp])?
-        var loading = false
     }
 
     /// A name compared and hashed by its exact UTF-8 bytes (`String` compares by canonical equivalence).
@@ -398,18 +397,11 @@ public final class AdapterRegistry: @unchecked Sendable {
         let e: Entry
         do { e = try entry(name) } catch { return .failed(error as? AdapterError ?? AdapterError(adapter: name, problem: "\(error)")) }
         if let f = e.failure, f.files == AdapterFiles.identity(of: e.path, base: base) { return .failed(f.error) }
+        // A load of it already waiting or running (`waiters`) is left to finish; polls add nothing to it.
         lock.lock()
-        if entries[Key(name)]?.loading == true {
-            lock.unlock()
-            return .loading
-        }
-        entries[Key(name)]?.loading = true
+        let inFlight = waiters[Key(name)] != nil
         lock.unlock()
-        startLoad(name) { [self] _ in
-            lock.lock()
-            entries[Key(name)]?.loading = false
-            lock.unlock()
-        }
+        if !inFlight { startLoad(name) { _ in } }
         return .loading
     }
 
