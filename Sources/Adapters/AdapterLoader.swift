@@ -50,7 +50,14 @@ public enum AdapterLoader {
     /// The files of a PEFT directory the loader looks at.
     static let peftFiles = ["adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"]
     /// The manifests that make a directory without adapter_config.json a composition (static, MoLE).
-    public static let compositionManifests = [LoRAComposition.manifestFile, MoLEComposition.configFile]
+    static let compositionManifests = [LoRAComposition.manifestFile, MoLEComposition.configFile]
+
+    /// The manifest that makes the directory at `path` a composition (static or MoLE), nil for a plain adapter.
+    public static func compositionManifest(at path: String) -> String? {
+        let fm = FileManager.default
+        guard !fm.fileExists(atPath: path + "/adapter_config.json") else { return nil }
+        return compositionManifests.first { fm.fileExists(atPath: path + "/" + $0) }
+    }
 
     /// Loads the adapter at `path` for `base`. `name` is how errors and the registry call it; `id` the
     /// identity the weights carry. With `confinedTo` (the adapter root's real path) every file must resolve
@@ -100,7 +107,7 @@ public enum AdapterLoader {
         return try names.map { name in
             let path = parent + "/" + name
             let sibling = AdapterFiles(path: path, name: name, rootRealPath: files.rootRealPath)
-            if !sibling.exists("adapter_config.json") && compositionManifests.contains(where: sibling.exists) {
+            if compositionManifest(at: sibling.path) != nil {
                 throw AdapterError(adapter: files.name, problem: "\(manifest): '\(name)' is itself a composition (not supported)")
             }
             do {

@@ -156,8 +156,7 @@ struct ExpertOptions: ParsableArguments {
                 path = name
             }
             // A composition (static or MoLE) is not an expert: said as such, not as the ranks its parts happen to have.
-            if !FileManager.default.fileExists(atPath: path + "/adapter_config.json"),
-               let manifest = AdapterLoader.compositionManifests.first(where: { FileManager.default.fileExists(atPath: path + "/" + $0) }) {
+            if let manifest = AdapterLoader.compositionManifest(at: path) {
                 throw CLIError("--experts: \(name.prefix(256)) is a composition (\(manifest)); experts must be plain LoRA adapters")
             }
             if let registry {
