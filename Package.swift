@@ -103,7 +103,7 @@ let package = Package(
         .target(
             name: "Cluster",
             dependencies: [
-                "ServingAPI", "HTTPFront", "ClusterPolicy",
+                "ServingAPI", "HTTPFront", "ClusterPolicy", "Tokenizers",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),
