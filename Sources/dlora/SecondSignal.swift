@@ -18,33 +18,34 @@ final class SecondSignal: @unchecked Sendable {
     private var fired = false
 
     init(grace: Double = 5, beforeExit: @escaping @Sendable () -> Void = {}, cutShort: @escaping @Sendable () -> Void = {}) {
-        for sig in [SIGTERM, SIGINT] {
-            // Delivered to the dispatch sources only (the service group ignores them the same way).
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
-            source.setEventHandler { [unowned self] in
-                count += Int(source.data)
-                guard count >= 2, !fired else { return }
-                fired = true
-                let exit: @Sendable () -> Void = {
-                    FileHandle.standardError.write(Data("dlora: second signal: exiting without waiting further\n".utf8))
-                    beforeExit()
-                    _exit(1)
-                }
-                guard grace > 0 else { return exit() }
-                FileHandle.standardError.write(Data("dlora: second signal: cancelling running requests; exiting in \(grace) s at the latest\n".utf8))
-                cutShort()
-                queue.asyncAfter(deadline: .now() + grace, execute: exit)
+        sources = watchTerminationSignals(on: queue) { [unowned self] _, arrived in
+            count += arrived
+            guard count >= 2, !fired else { return }
+            fired = true
+            let exit: @Sendable () -> Void = {
+                FileHandle.standardError.write(Data("dlora: second signal: exiting without waiting further\n".utf8))
+                beforeExit()
+                _exit(1)
             }
-            source.resume()
-            sources.append(source)
+            guard grace > 0 else { return exit() }
+            FileHandle.standardError.write(Data("dlora: second signal: cancelling running requests; exiting in \(grace) s at the latest\n".utf8))
+            cutShort()
+            queue.asyncAfter(deadline: .now() + grace, execute: exit)
         }
     }
 
-    deinit {
-        for s in sources {
-            s.setEventHandler(handler: nil)  // the handler holds its source
-            s.cancel()
-        }
+    deinit { for s in sources { s.cancel() } }
+}
+
+/// SIGTERM and SIGINT delivered to `handler` on `queue` (the signal, and how many of it arrived since the handler last
+/// ran) instead of their default action; watched while the returned sources live (cancel them to stop). The service
+/// group ignores the signals and watches them the same way, so both see each one.
+func watchTerminationSignals(on queue: DispatchQueue, _ handler: @escaping (Int32, Int) -> Void) -> [any DispatchSourceSignal] {
+    [SIGTERM, SIGINT].map { sig in
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+        source.setEventHandler { handler(sig, Int(source.data)) }  // released when the source is cancelled
+        source.resume()
+        return source
     }
 }

@@ -25,7 +25,7 @@ final class TrainingSetup {
     /// than leaving an empty directory that a later `train mole --adapter-root` reads as a broken adapter.
     private let created: String?
     /// SIGINT/SIGTERM during the run: the directory goes as on a failure, then the process exits (130 / 143).
-    private var interrupts: [any DispatchSourceSignal] = []
+    private let interrupts: [any DispatchSourceSignal]
 
     init(_ modelOptions: ModelOptions, out: String, outputs: [String], maxLength: Int) throws {
         if let threads = modelOptions.threads { Kernels.setThreads(threads) }
@@ -54,16 +54,10 @@ final class TrainingSetup {
             throw error
         }
         self.created = created
-        for sig in [SIGINT, SIGTERM] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler {
-                let removed = Self.removeIfEmpty(created)
-                FileHandle.standardError.write(Data("dlora: interrupted\(removed ? "; the empty --out \(created!) was removed" : "")\n".utf8))
-                _exit(128 + sig)
-            }
-            source.resume()
-            interrupts.append(source)
+        interrupts = watchTerminationSignals(on: .global()) { sig, _ in
+            let removed = Self.removeIfEmpty(created)
+            FileHandle.standardError.write(Data("dlora: interrupted\(removed ? "; the empty --out \(created!) was removed" : "")\n".utf8))
+            _exit(128 + sig)
         }
     }
 
