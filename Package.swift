@@ -103,7 +103,7 @@ let package = Package(
         .target(
             name: "Cluster",
             dependencies: [
-                "ServingAPI", "HTTPFront", "ClusterPolicy", "Tokenizers",
+                "ServingAPI", "HTTPFront", "ClusterPolicy",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

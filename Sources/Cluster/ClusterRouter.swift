@@ -7,7 +7,6 @@ import Hummingbird
 import Logging
 import NIOCore
 import ServingAPI
-import Tokenizers
 
 /// The router's settings.
 public struct RoutingOptions: Sendable {
@@ -479,16 +478,16 @@ public final class ClusterRouter: Sendable {
         }
         // The router reads only what it needs to carry the request; the replica parses and checks all of it. A body
         // that is not one well-formed JSON object is refused here in the replica's words (`RequestJSON`).
-        let object = Dictionary(try RequestJSON.object(body), uniquingKeysWith: { first, _ in first })
-        guard case .string(let model)? = object["model"] else {
-            // The replica's words (JSONFields.string): a model of another type is not a missing one.
-            throw APIError.invalid("model", object["model"] == nil || object["model"] == .null ? "'model' is required" : "'model' must be a string")
+        _ = try RequestJSON.object(body)
+        guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else {
+            throw APIError(.badRequest, "the body must be a JSON object")
         }
-        let stream = object["stream"] == .bool(true)
-        let includeUsage: Bool = {
-            guard case .object(let options)? = object["stream_options"] else { return false }
-            return options.contains { $0.key == "include_usage" && $0.value == .bool(true) }
-        }()
+        guard let model = object["model"] as? String else {
+            // The replica's words (JSONFields.string): a model of another type is not a missing one.
+            throw APIError.invalid("model", object["model"] == nil || object["model"] is NSNull ? "'model' is required" : "'model' must be a string")
+        }
+        let stream = object["stream"] as? Bool ?? false
+        let includeUsage = ((object["stream_options"] as? [String: Any])?["include_usage"] as? Bool) ?? false
         let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
         guard !statuses.isEmpty else {
             var e = APIError(.serviceUnavailable, "no replica is healthy")
@@ -502,17 +501,12 @@ public final class ClusterRouter: Sendable {
         let (id, number) = newID(responses != nil ? "resp_" : chat ? "chatcmpl-" : "cmpl-")
         // A request with n > 1 choices runs as n requests, each dispatched, migrated and resumed on its own (the
         // replica checks n; a value it would refuse goes to it as one request, for its 400).
-        let n: Int = {
-            guard case .int(let n)? = object["n"], (2...128).contains(n) else { return 1 }
-            return n
-        }()
+        let n = (object["n"] as? Int).flatMap { (2...128).contains($0) ? $0 : nil } ?? 1
         // A completions batch (an array of prompts: strings, or token-id arrays) likewise runs one flight per prompt
         // and choice, choice index prompt · n + choice.
         let prompts: Int = {
-            guard endpoint == "completions", case .array(let items)? = object["prompt"], (2...256).contains(items.count) else { return 1 }
-            let strings = items.allSatisfy { if case .string = $0 { true } else { false } }
-            let arrays = items.allSatisfy { if case .array = $0 { true } else { false } }
-            return strings || arrays ? items.count : 1
+            guard endpoint == "completions", let items = object["prompt"] as? [Any], (2...256).contains(items.count) else { return 1 }
+            return items.allSatisfy({ $0 is String }) || items.allSatisfy({ $0 is [Any] }) ? items.count : 1
         }()
         let bodyText = String(buffer: body)
         var started: [Flight] = []
