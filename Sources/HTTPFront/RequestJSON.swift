@@ -15,7 +15,7 @@ public enum RequestJSON {
         }
         let root: ExactJSON
         do {
-            root = try Array(bytes).withUnsafeBytes { try ExactJSON.parse($0, name: "request body", strict: true) }
+            root = try body.withUnsafeReadableBytes { try ExactJSON.parse($0, name: "request body", strict: true) }
         } catch let error as TokenizerError {
             throw APIError.invalid(nil, error.description)  // "invalid JSON: request body: ... at byte n"
         } catch {
