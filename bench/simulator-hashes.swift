@@ -20,7 +20,7 @@ var line: UnsafeMutablePointer<CChar>?
 var capacity = 0
 while getline(&line, &capacity, file) > 0 { text += String(cString: line!) }
 fclose(file)
-let trace = Workload.azureTrace(csv: text)
+let trace = try! Workload.azureTrace(csv: text)
 
 func recordsHash(_ records: [RequestRecord]) -> UInt64 {
     var h = EventLogHash()

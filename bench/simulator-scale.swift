@@ -30,7 +30,7 @@ var line: UnsafeMutablePointer<CChar>?
 var capacity = 0
 while getline(&line, &capacity, file) > 0 { text += String(cString: line!) }
 fclose(file)
-let trace = Workload.azureTrace(csv: text)
+let trace = try! Workload.azureTrace(csv: text)
 let t0 = wallSeconds()
 let w = Workload.generate(WorkloadSpec(requests: nil, duration: seconds, rate: rate, adapters: adapters, alpha: 1,
                                        arrivals: .traceGaps(Workload.gaps(trace.times)), lengths: .pairs(trace.lengths),

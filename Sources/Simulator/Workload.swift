@@ -198,16 +198,22 @@ public enum Workload {
 
     /// Arrival times (seconds, any origin) and token columns from the Azure LLM inference trace 2023 CSV
     /// (`TIMESTAMP,ContextTokens,GeneratedTokens`, timestamps like `2023-11-16 18:15:46.6805900`, UTC). Rows that
-    /// do not parse are skipped; at most `limit` rows are read.
-    public static func azureTrace(csv: String, limit: Int = .max) -> (times: [Double], lengths: [(prompt: Int, output: Int)]) {
+    /// do not parse are skipped (a header, a blank line); at most `limit` rows are read. A zero token count is taken
+    /// as 1 (the trace has rows that generated nothing); a negative one is an error naming its line.
+    public static func azureTrace(csv: String, limit: Int = .max) throws -> (times: [Double], lengths: [(prompt: Int, output: Int)]) {
         var times: [Double] = []
         var lengths: [(prompt: Int, output: Int)] = []
-        for line in csv.split(whereSeparator: \.isNewline) {
+        var lineNumber = 0
+        for line in csv.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline) {
+            lineNumber += 1
             if times.count >= limit { break }
             let fields = line.split(separator: ",", omittingEmptySubsequences: false)
             guard fields.count >= 1, let t = parseTimestamp(fields[0]) else { continue }
             times.append(t)
             if fields.count >= 3, let p = Int(fields[1].trimmingSpaces), let o = Int(fields[2].trimmingSpaces) {
+                guard p >= 0 && o >= 0 else {
+                    throw WorkloadError("line \(lineNumber): negative token count (ContextTokens \(p), GeneratedTokens \(o))")
+                }
                 lengths.append((max(1, p), max(1, o)))
             }
         }
@@ -245,4 +251,10 @@ extension Substring {
         while let l = s.last, l == " " || l == "\t" || l == "\"" { s = s.dropLast() }
         return s
     }
+}
+
+/// A workload file that cannot be used, with what is wrong and where.
+public struct WorkloadError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
 }

@@ -201,7 +201,8 @@ struct Simulate: ParsableCommand {
         var lengths = LengthSource.logNormal(promptMedian: promptMedian, outputMedian: outputMedian)
         if let trace {
             guard let text = try? String(contentsOfFile: trace, encoding: .utf8) else { throw CLIError("\(trace): cannot read the trace") }
-            let parsed = Workload.azureTrace(csv: text)
+            let parsed: (times: [Double], lengths: [(prompt: Int, output: Int)])
+            do { parsed = try Workload.azureTrace(csv: text) } catch { throw CLIError("\(trace): \(error)") }
             let gaps = Workload.gaps(parsed.times)
             guard gaps.contains(where: { $0 > 0 }) else {
                 throw CLIError("\(trace): no arrival gaps (a TIMESTAMP column with at least two distinct times is needed)")

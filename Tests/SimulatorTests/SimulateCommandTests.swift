@@ -143,6 +143,18 @@ import Testing
         #expect(large.status == 0, "\(large.stderr.prefix(300))")
     }
 
+    /// A trace row with a negative token count is refused in one line naming the file and the line (it was taken as
+    /// one token).
+    @Test func aTraceWithNegativeLengthsIsRefused() async throws {
+        let dir = try TemporaryDirectory(prefix: "dlora-simulate")
+        let trace = dir.file("trace.csv")
+        try "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,30,4\n2023-11-16 18:15:47,12,-6\n2023-11-16 18:15:48,5,6\n"
+            .write(to: trace, atomically: true, encoding: .utf8)
+        let r = try await Self.simulate(["--requests", "20", "--trace", trace.path, "--trace-lengths"])
+        #expect(r.status != 0 && r.stderr.contains("line 3: negative token count") && r.stderr.contains(trace.path)
+                && r.stderr.split(separator: "\n").count <= 2, "\(r.status) \(r.stderr.prefix(300))")
+    }
+
     /// A profile's `per_context_token_seconds` prices each decode run's attention by the positions it attends
     /// (start + 1), and only decode runs: a 4-token prompt's iteration costs the fixed 10 ms (its first token at
     /// 0.01), then the four decodes at starts 4…7 attend 5…8 positions, 1 ms each: 0.01 + 0.04 + 0.026 = 0.076.

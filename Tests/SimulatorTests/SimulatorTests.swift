@@ -43,7 +43,7 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
 }
 
 @Suite struct WorkloadTests {
-    @Test func parsesTheAzureTrace() {
+    @Test func parsesTheAzureTrace() throws {
         let csv = """
         TIMESTAMP,ContextTokens,GeneratedTokens
         2023-11-16 18:15:46.6805900,374,44
@@ -51,16 +51,27 @@ private func pressured(seed: UInt64, dispatch: SimDispatch = .dlora, migration: 
         garbage
         2023-11-17 00:00:00,10,1
         """
-        let (times, lengths) = Workload.azureTrace(csv: csv)
+        let (times, lengths) = try Workload.azureTrace(csv: csv)
         #expect(times.count == 3)
         #expect(abs((times[1] - times[0]) - 4.314579) < 1e-6)
         #expect(abs((times[2] - times[0]) - (86_400 - (18 * 3600 + 15 * 60 + 46.68059))) < 1e-6)
         #expect(lengths.count == 3 && lengths[0].prompt == 374 && lengths[1].output == 109)
         // The trace file ends its lines with CR LF (one Character in Swift).
-        let crlf = Workload.azureTrace(csv: "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.5,3,4\r\n2023-11-16 18:15:47,5,6\r\n")
+        let crlf = try Workload.azureTrace(csv: "TIMESTAMP,ContextTokens,GeneratedTokens\r\n2023-11-16 18:15:46.5,3,4\r\n2023-11-16 18:15:47,5,6\r\n")
         #expect(crlf.times.count == 2 && crlf.lengths.count == 2 && abs(crlf.times[1] - crlf.times[0] - 0.5) < 1e-9)
         // 1970-01-01 is day 0.
         #expect(Workload.parseTimestamp("1970-01-02 00:00:01") == 86_401)
+        // A row that generated nothing counts as one token; a negative count is refused, naming its line.
+        let zero = try Workload.azureTrace(csv: "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,3,0\n")
+        #expect(zero.lengths.count == 1 && zero.lengths[0].output == 1)
+        #expect(throws: WorkloadError.self) {
+            try Workload.azureTrace(csv: "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,3,4\n\n2023-11-16 18:15:47,-5,6\n")
+        }
+        do {
+            _ = try Workload.azureTrace(csv: "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.5,3,4\n\n2023-11-16 18:15:47,-5,6\n")
+        } catch {
+            #expect("\(error)".hasPrefix("line 4: negative token count"))
+        }
     }
 
     @Test func poissonRateAndPowerLawPopularity() {
