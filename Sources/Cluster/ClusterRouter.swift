@@ -36,6 +36,9 @@ public struct RoutingOptions: Sendable {
     /// How long a request whose replica failed waits for one that can resume it, when none can now (every replica
     /// down at once, or the only one restarting): it resumes where one comes back, with the tokens it has.
     public var resumeWait: Duration = .seconds(30)
+    /// How long after a replay of adapter changes failed on a replica the router tries again (while its polls still
+    /// show the replica's catalog contradicting them); doubled at each further failure, up to 64 times.
+    public var replayRetry: Duration = .seconds(1)
 
     public init() {}
 }
@@ -77,6 +80,7 @@ public final class ClusterRouter: Sendable {
         }
         policy = Locked(p)
         replicas.onRejoin = { [weak self] i, status in await self?.replayAdapterChanges(on: i, status: status) }
+        replicas.onHealthy = { [weak self] i, status in self?.retryReplay(on: i, status: status) }
         // A replica that stops answering its polls (hung: its connections stay open) gives up its requests, which
         // resume elsewhere with the tokens they have, as when a replica dies.
         replicas.onDown = { [weak self] i in
@@ -334,6 +338,9 @@ public final class ClusterRouter: Sendable {
     /// replica that cannot be reached is marked down; a change that succeeded is replayed on it when it rejoins.
     private func fanOut(_ request: Request, path: String) async throws -> Response {
         try authorizeAdmin(request)
+        // While a change is under way, the replicas' catalogs run ahead of `adapterChanges`: no retry may act on them.
+        replays.withLock { $0.adminInFlight += 1 }
+        defer { replays.withLock { $0.adminInFlight -= 1 } }
         var request = request
         let body = Data(buffer: try await collect(&request))
         let targets = replicas.healthyIndices
@@ -402,19 +409,89 @@ public final class ClusterRouter: Sendable {
         (try? JSONSerialization.jsonObject(with: body) as? [String: Any])?["lora_name"] as? String
     }
 
-    /// Replays on replica i what its catalog (`status.adapters`) contradicts: loads of adapters it lacks, unloads of
-    /// adapters it serves. A replay that fails is left as it is; the replica's next rejoin tries again.
-    func replayAdapterChanges(on i: Int, status: ReplicaStatus) async {
-        let changes = adapterChanges.withLock { $0 }
-        var replayed = false
-        for (name, change) in changes.sorted(by: { $0.key < $1.key }) {
-            let serves = status.adapters.contains(name)
-            let isLoad = change.path == Self.loadPath
-            guard isLoad != serves else { continue }
-            _ = try? await replicas.client(i).call(change.path, method: .POST, body: change.body, timeout: .seconds(120))
-            replayed = true
+    /// Per replica, the replay's retry state: whether one is running, how many have failed in a row, and when the next
+    /// may start; and how many adapter loads or unloads through the router are under way.
+    struct ReplayState {
+        var running: Set<Int> = []
+        var failures: [Int: Int] = [:]
+        var notBefore: [Int: ContinuousClock.Instant] = [:]
+        var adminInFlight = 0
+    }
+    let replays = Locked(ReplayState())
+
+    /// The changes of `changes` that a replica whose catalog is `adapters` contradicts, by name.
+    static func contradicted(_ changes: [String: (path: String, body: Data)], by adapters: [String]) -> [(name: String, path: String, body: Data)] {
+        let serving = Set(adapters)
+        return changes.sorted(by: { $0.key < $1.key }).compactMap { name, change in
+            (change.path == loadPath) != serving.contains(name) ? (name, change.path, change.body) : nil
         }
-        if replayed { await replicas.pollOnce() }
+    }
+
+    /// Replays on replica i what its catalog (`status.adapters`) contradicts: loads of adapters it lacks, unloads of
+    /// adapters it serves. One that fails (the replica refused it, or did not answer) is tried again at the polls that
+    /// follow, after `replayRetry`, doubled at each failure (`retryReplay`); before, only the replica's next rejoin did.
+    /// A load it refuses as `adapter_exists`, or an unload as not found (its status was older than the change), made
+    /// no difference and counts as done.
+    func replayAdapterChanges(on i: Int, status: ReplicaStatus) async {
+        guard replays.withLock({ $0.running.insert(i).inserted }) else { return }
+        defer { replays.withLock { _ = $0.running.remove(i) } }
+        await replay(on: i, status: status)
+    }
+
+    /// The replay itself (the caller holds replica i's place in `running`).
+    private func replay(on i: Int, status: ReplicaStatus) async {
+        let work = Self.contradicted(adapterChanges.withLock { $0 }, by: status.adapters)
+        guard !work.isEmpty else {
+            replays.withLock { $0.failures[i] = nil; $0.notBefore[i] = nil }
+            return
+        }
+        var failed = false
+        for change in work {
+            do {
+                _ = try await replicas.client(i).call(change.path, method: .POST, body: change.body, timeout: .seconds(120))
+            } catch let e as ReplicaClient.Rejected {
+                let code = (try? JSONSerialization.jsonObject(with: e.body) as? [String: Any])
+                    .flatMap { $0["error"] as? [String: Any] }?["code"] as? String
+                let moot = change.path == Self.loadPath ? code == "adapter_exists" : e.status == 404
+                if !moot { failed = true }
+            } catch {
+                failed = true
+            }
+        }
+        let delay = options.replayRetry
+        replays.withLock { s in
+            if failed {
+                let n = (s.failures[i] ?? 0) + 1
+                s.failures[i] = n
+                s.notBefore[i] = .now + delay * (1 << min(n - 1, 6))
+            } else {
+                s.failures[i] = nil
+                s.notBefore[i] = nil
+            }
+        }
+        await replicas.pollOnce()
+    }
+
+    /// After a poll that found replica i healthy: when its catalog still contradicts the changes made through this
+    /// router, no replay is running there, no change is under way, and the last failure's wait is over, replays them
+    /// (in a task of its own, so that polling goes on).
+    func retryReplay(on i: Int, status: ReplicaStatus) {
+        let changes = adapterChanges.withLock { $0 }
+        guard !changes.isEmpty, !Self.contradicted(changes, by: status.adapters).isEmpty else { return }
+        let start = replays.withLock { s -> Bool in
+            guard s.adminInFlight == 0, !s.running.contains(i), s.notBefore[i].map({ ContinuousClock.now >= $0 }) ?? true else { return false }
+            s.running.insert(i)
+            return true
+        }
+        guard start else { return }
+        Task {
+            // Read again: the status that showed the contradiction may be older than a change made since.
+            if let fresh = try? await replicas.client(i).status(timeout: .seconds(2)), !fresh.draining,
+               replays.withLock({ $0.adminInFlight == 0 }) {
+                await replay(on: i, status: fresh)
+            }
+            replays.withLock { _ = $0.running.remove(i) }
+        }
     }
 
     private func adminMigrate(_ request: Request) async throws -> Response {

@@ -80,6 +80,10 @@ public final class ReplicaSet: @unchecked Sendable {
     /// between two polls: `ReplicaStatus.instance`), with that status, before the next poll. The router replays the
     /// adapter loads and unloads made through it that the replica's catalog lacks. Set once, before polling starts.
     public var onRejoin: (@Sendable (Int, ReplicaStatus) async -> Void)?
+    /// Called after a poll with each other replica that answered healthy, and its status: the router retries there the
+    /// adapter changes a replay could not make. Must return at once (it starts any slow work on its own). Set once,
+    /// before polling starts.
+    public var onHealthy: (@Sendable (Int, ReplicaStatus) -> Void)?
     /// Called with a replica the polls have just marked down (it was healthy before): the router moves the requests
     /// still streaming from it, which a hung replica would otherwise hold for as long as it hangs. Set once, before
     /// polling starts.
@@ -89,6 +93,7 @@ public final class ReplicaSet: @unchecked Sendable {
     public func pollOnce(timeout: TimeAmount = .seconds(2)) async {
         let targets = snapshot.enumerated().filter { !$0.element.gone }.map { ($0.offset, $0.element.client) }
         var rejoined: [(Int, ReplicaStatus)] = []
+        var healthy: [(Int, ReplicaStatus)] = []
         var down: [Int] = []
         await withTaskGroup(of: (Int, ReplicaStatus?).self) { group in
             for (i, c) in targets {
@@ -98,10 +103,11 @@ public final class ReplicaSet: @unchecked Sendable {
                 switch record(i, status) {
                 case .rejoined: rejoined.append((i, status!))
                 case .down: down.append(i)
-                case .same: break
+                case .same: if let status, !status.draining { healthy.append((i, status)) }
                 }
             }
         }
+        if let onHealthy { for (i, status) in healthy { onHealthy(i, status) } }
         if let onDown { for i in down { await onDown(i) } }
         if let onRejoin { for (i, status) in rejoined { await onRejoin(i, status) } }
     }

@@ -45,7 +45,7 @@ final class RouterMetrics: Sendable {
         out += "dlora_router_responses_stored \(stored.count)\n"
         family("dlora_router_responses_stored_bytes", "gauge", "Bytes of the Responses API answers the router keeps.")
         out += "dlora_router_responses_stored_bytes \(stored.bytes)\n"
-        family("dlora_router_requests_total", "counter", "Client requests by outcome.")
+        family("dlora_router_requests_total", "counter", "Generation requests (completions, chat, responses) by outcome: ok or the HTTP status.")
         for (k, v) in s.requests.sorted(by: { $0.key < $1.key }) { out += "dlora_router_requests_total{status=\"\(k)\"} \(v)\n" }
         family("dlora_router_dispatch_total", "counter", "Generations started per replica (first dispatch, migration and failover).")
         for (k, v) in s.dispatch.sorted(by: { $0.key < $1.key }) { out += "dlora_router_dispatch_total{replica=\"\(k)\"} \(v)\n" }

@@ -38,6 +38,37 @@ import Testing
         }
     }
 
+    /// A replay the replica fails is tried again at a later poll, after `replayRetry` (before, only at its next rejoin:
+    /// a replica that failed it once served without the adapter until it restarted again).
+    @Test func aReplayTheReplicaFailsIsRetriedAtLaterPolls() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas, configure: { $0.replayRetry = .milliseconds(400) }) { h in
+            let load = try await h.post("/v1/load_lora_adapter", #"{"lora_name":"dynX","lora_path":"s1"}"#, key: Self.admin)
+            #expect(load.0 == 200)
+            replicas[1].restart()
+            replicas[1].state.withLock { $0.failLoads = 1 }
+            await h.router.replicas.pollOnce()
+            #expect(replicas[1].adapters == ["s1"] && replicas[1].state.withLock { $0.failLoads } == 0, "the rejoin's replay was not tried")
+            // Within the wait, a poll does not try again.
+            let calls = replicas[1].adminCalls
+            await h.router.replicas.pollOnce()
+            try await Task.sleep(for: .milliseconds(100))
+            #expect(replicas[1].adminCalls == calls)
+            // After it, one does, without a rejoin.
+            try await Task.sleep(for: .milliseconds(400))
+            await h.router.replicas.pollOnce()
+            for _ in 0..<100 where !replicas[1].adapters.contains("dynX") { try await Task.sleep(for: .milliseconds(50)) }
+            #expect(replicas[1].adapters == ["s1", "dynX"], "replica 1 serves \(replicas[1].adapters)")
+            // Once it agrees, polls replay nothing.
+            let settled = replicas[1].adminCalls
+            try await Task.sleep(for: .milliseconds(500))
+            await h.router.replicas.pollOnce()
+            await h.router.replicas.pollOnce()
+            #expect(replicas[1].adminCalls == settled)
+            #expect(replicas[0].adapters == ["s1", "dynX"])
+        }
+    }
+
     @Test func aLoadOneReplicaRefusesChangesNoReplicaAndAnUnloadAnyReplicaMadeSucceeds() async throws {
         // Replica 1's adapter root lacks the path: it refuses the load after replica 0 took it.
         let replicas = [FakeReplica(adapters: ["s1", "s2"]), FakeReplica(adapters: ["s1"], missingPaths: ["s2"])]
@@ -181,6 +212,8 @@ final class FakeReplica: Sendable {
         var maxSequences = 256
         var accepted = 0
         var adminCalls = 0
+        /// Adapter loads still to answer with a 500 (a replica that fails them for a while).
+        var failLoads = 0
     }
     let state: Locked<State>
 
@@ -234,6 +267,10 @@ final class FakeReplica: Sendable {
             let name = o["lora_name"] as? String ?? "", path = o["lora_path"] as? String ?? ""
             return self.state.withLock { s -> Response in
                 s.adminCalls += 1
+                if s.failLoads > 0 {
+                    s.failLoads -= 1
+                    return Self.error(.internalServerError, "the load failed", code: "internal_error")
+                }
                 if s.adapters.contains(name) { return Self.error(.badRequest, "the adapter '\(name)' is already loaded", param: "lora_name", code: "adapter_exists") }
                 if s.missingPaths.contains(path) { return Self.error(.badRequest, "no adapter at '\(path)'", param: "lora_path", code: "adapter_not_found") }
                 s.adapters.insert(name)
@@ -292,7 +329,8 @@ struct RouterHarness {
         return logger
     }
 
-    static func with(_ replicas: [FakeReplica], _ body: (RouterHarness) async throws -> Void) async throws {
+    static func with(_ replicas: [FakeReplica], configure: (inout RoutingOptions) -> Void = { _ in },
+                     _ body: (RouterHarness) async throws -> Void) async throws {
         var tasks: [Task<Void, any Error>] = []
         defer { for t in tasks { t.cancel() } }
         var urls: [String] = []
@@ -308,6 +346,7 @@ struct RouterHarness {
         var options = RoutingOptions()
         options.adminKey = RouterReplicaTests.admin
         options.resumeWait = .zero
+        configure(&options)
         let router = ClusterRouter(replicas: ReplicaSet(urls: urls, http: http, adminKey: RouterReplicaTests.admin), options: options)
         let (task, port) = try await start {
             router.makeApplication(configuration: .init(address: .hostname("127.0.0.1", port: 0)), logger: quiet, onServerRunning: $0)
