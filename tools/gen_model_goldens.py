@@ -152,6 +152,20 @@ SPECS = {
         gguf_types=["F32"],
         prefill_all_variant="hf",
     ),
+    # Llama's attention_bias: biases on q, k, v AND o_proj (transformers' LlamaAttention), which Qwen2 lacks on o_proj.
+    "tiny-llama-bias": dict(
+        arch="llama", seed=4004, hf_dtype="float32",
+        config=dict(
+            architectures=["LlamaForCausalLM"], model_type="llama",
+            hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, vocab_size=256,
+            max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=10000.0, rope_scaling=None,
+            tie_word_embeddings=False, hidden_act="silu", attention_bias=True, mlp_bias=False,
+            initializer_range=0.02, use_cache=True, torch_dtype="float32",
+        ),
+        gguf_types=[],
+        prefill_all_variant="hf",
+    ),
 }
 
 FTYPE = {"F32": LlamaFileType.ALL_F32, "F16": LlamaFileType.MOSTLY_F16, "Q8_0": LlamaFileType.MOSTLY_Q8_0,
@@ -181,11 +195,13 @@ def make_weights(spec) -> dict[str, torch.Tensor]:
         sd[p + "self_attn.q_proj.weight"] = mat(nh * hd, H, 0.15)
         sd[p + "self_attn.k_proj.weight"] = mat(nkv * hd, H, 0.15)
         sd[p + "self_attn.v_proj.weight"] = mat(nkv * hd, H, 0.4)
-        if spec["arch"] == "qwen2":
+        if spec["arch"] == "qwen2" or c.get("attention_bias"):
             sd[p + "self_attn.q_proj.bias"] = 0.2 * torch.randn(nh * hd, generator=g)
             sd[p + "self_attn.k_proj.bias"] = 0.2 * torch.randn(nkv * hd, generator=g)
             sd[p + "self_attn.v_proj.bias"] = 0.2 * torch.randn(nkv * hd, generator=g)
         sd[p + "self_attn.o_proj.weight"] = mat(H, nh * hd, 0.4)
+        if spec["arch"] == "llama" and c.get("attention_bias"):
+            sd[p + "self_attn.o_proj.bias"] = 0.5 * torch.randn(H, generator=g)
         sd[p + "post_attention_layernorm.weight"] = norm(H)
         sd[p + "mlp.gate_proj.weight"] = mat(I, H, 0.25)
         sd[p + "mlp.up_proj.weight"] = mat(I, H, 0.25)

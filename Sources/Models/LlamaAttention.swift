@@ -58,5 +58,8 @@ extension LlamaModel {
         // Output projection back to the residual width.
         Kernels.matmul(layer.o, attn, ldx: qDim, ntok: n, xn, ldy: h, scratch: scratch, prefetch: loraPrefetch(.o, through: .o, layer: li, p))
         if let lora = p.lora { applyLoRA(.o, layer: li, attn, ldx: qDim, xn, ldy: h, p.workspace, lora) }
+        if let bias = layer.oBias {
+            for t in 0..<n { Kernels.add(bias.floats, into: xn + t * h, count: h) }
+        }
     }
 }

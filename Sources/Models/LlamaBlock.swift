@@ -32,6 +32,8 @@ extension LlamaModel {
         var q: WeightMatrix, k: WeightMatrix, v: WeightMatrix
         let qkvBias: Buffer?
         var o: WeightMatrix
+        /// The output projection's bias (`ModelConfig.outputBias`).
+        let oBias: Buffer?
         var gateUp: WeightMatrix?
         var gate: WeightMatrix, up: WeightMatrix
         var down: WeightMatrix

@@ -82,7 +82,7 @@ public final class LlamaModel: @unchecked Sendable {
                 attnNorm: try vector(.attnNorm(i), count: c.hiddenSize),
                 ffnNorm: try vector(.ffnNorm(i), count: c.hiddenSize),
                 qkv: Self.stack([q, k, v]), q: q, k: k, v: v, qkvBias: bias,
-                o: try required(.o(i)),
+                o: try required(.o(i)), oBias: c.outputBias ? try vector(.oBias(i), count: c.hiddenSize) : nil,
                 gateUp: Self.stack([gate, up]), gate: gate, up: up,
                 down: try required(.down(i))))
         }

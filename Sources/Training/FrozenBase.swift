@@ -19,6 +19,7 @@ public final class FrozenBase: @unchecked Sendable {
         public let qkv: Buffer           // (nH·D + 2·nKV·D, H): Wq, Wk, Wv stacked
         public let qkvBias: Buffer?      // (nH·D + 2·nKV·D) when the model has Q/K/V biases
         public let o: Buffer             // (H, nH·D)
+        public let oBias: Buffer?        // (H) when the output projection has a bias (ModelConfig.outputBias)
         public let gateUp: Buffer        // (2F, H): Wgate, Wup stacked
         public let down: Buffer          // (H, F)
     }
@@ -76,6 +77,7 @@ public final class FrozenBase: @unchecked Sendable {
                   qkv: try dense([.q(i), .k(i), .v(i)], rows: [qDim, kvDim, kvDim], cols: h),
                   qkvBias: c.attentionBias ? try vector([.qBias(i), .kBias(i), .vBias(i)], counts: [qDim, kvDim, kvDim]) : nil,
                   o: try dense([.o(i)], rows: [h], cols: qDim),
+                  oBias: c.outputBias ? try vector([.oBias(i)], counts: [h]) : nil,
                   gateUp: try dense([.gate(i), .up(i)], rows: [f, f], cols: h),
                   down: try dense([.down(i)], rows: [h], cols: f))
         }

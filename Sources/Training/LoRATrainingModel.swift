@@ -124,6 +124,9 @@ public final class LoRATrainingModel: @unchecked Sendable {
                                      out: s.attn.floats, ldo: qDim, slots: ws.dScoresSlots)
         TrainingOps.linearForward(s.attn.floats, ldx: qDim, weight: w.o.floats, out: h, in: qDim, tokens: n, ws.tmp.floats, ldy: h, bf16: b?.o)
         loraForward(l, .o, x: s.attn.floats, ldx: qDim, y: ws.tmp.floats, ldy: h, tokens: n)
+        if let bias = w.oBias {
+            for t in 0..<n { Kernels.add(bias.floats, into: ws.tmp.floats + t * h, count: h) }
+        }
         for i in 0..<(n * h) { s.h.floats[i] = s.x.floats[i] + ws.tmp.floats[i] }
 
         // MLP.

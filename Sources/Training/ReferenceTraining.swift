@@ -121,6 +121,7 @@ public enum ReferenceTraining {
         public struct Layer: Sendable {
             public var attnNorm, ffnNorm, q, k, v, o, gate, up, down: [Double]
             public var qkvBias: [Double]?
+            public var oBias: [Double]?
         }
         public var config: ModelConfig
         public var layers: [Layer]
@@ -138,7 +139,7 @@ public enum ReferenceTraining {
                       q: values(w.qkv.floats, qDim * h), k: values(w.qkv.floats + qDim * h, kvDim * h),
                       v: values(w.qkv.floats + (qDim + kvDim) * h, kvDim * h), o: values(w.o.floats, h * qDim),
                       gate: values(w.gateUp.floats, f * h), up: values(w.gateUp.floats + f * h, f * h), down: values(w.down.floats, h * f),
-                      qkvBias: w.qkvBias.map { values($0.floats, qDim + 2 * kvDim) })
+                      qkvBias: w.qkvBias.map { values($0.floats, qDim + 2 * kvDim) }, oBias: w.oBias.map { values($0.floats, h) })
             }
             embedding = values(base.embedding.floats, c.vocabSize * h)
             output = values(base.output.floats, c.vocabSize * h)
@@ -273,7 +274,10 @@ public enum ReferenceTraining {
         k = rope(k, rows: n, ld: kvDim, heads: c.numKVHeads, headDim: c.headDim, positions: positions,
                  inverseFrequencies: model.inverseFrequencies, halves: halves)
         let a = attention(q: q, k: k, v: v, batch: batch, length: length, heads: c.numHeads, kvHeads: c.numKVHeads, headDim: c.headDim)
-        let o = project(a, w.o, .o)
+        var o = project(a, w.o, .o)
+        if let bias = w.oBias {
+            for t in 0..<n { for i in 0..<h { o[t * h + i] += bias[i] } }
+        }
         let hid = zip(x, o).map { $0 + $1 }
 
         let xn2 = rmsNorm(hid, weight: w.ffnNorm, eps: eps, rows: n, width: h)

@@ -52,6 +52,7 @@ enum ModelFixtures {
         ("tiny-llama", "Q4_0"), ("tiny-llama", "Q4_1"),
         ("tiny-qwen2", "hf"), ("tiny-qwen2", "F32"), ("tiny-qwen2", "Q8_0"),
         ("tiny-llama3", "hf"), ("tiny-llama3", "F32"),
+        ("tiny-llama-bias", "hf"),
     ]
 
     // SmolLM2-135M-Instruct goldens (the model file lives in the user cache, not in the repo).

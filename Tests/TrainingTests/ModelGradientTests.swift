@@ -8,10 +8,11 @@ import TestSupport
 
 /// The whole block and the whole model against central differences of the f64 reference model, on the
 /// tiny fixtures: tiny-llama (GQA 4/2, tied embeddings) as a Hugging Face directory (rotate-half RoPE) and
-/// as a llama.cpp GGUF (Q/K rows permuted, adjacent-pair RoPE), tiny-qwen2 (GQA 4/1, Q/K/V biases, untied).
+/// as a llama.cpp GGUF (Q/K rows permuted, adjacent-pair RoPE), tiny-qwen2 (GQA 4/1, Q/K/V biases, untied), tiny-llama-bias
+/// (Q/K/V and O biases).
 extension TrainingSuites {
 @Suite struct ModelGradientTests {
-    static let fixtures: [(String, String)] = [("tiny-llama", "hf"), ("tiny-llama", "F32"), ("tiny-qwen2", "hf")]
+    static let fixtures: [(String, String)] = [("tiny-llama", "hf"), ("tiny-llama", "F32"), ("tiny-qwen2", "hf"), ("tiny-llama-bias", "hf")]
 
     static func base(_ model: String, _ variant: String) throws -> FrozenBase {
         try FrozenBase(path: FixtureFiles.checkpoint(model: model, variant: variant))

@@ -38,6 +38,9 @@ public struct ModelConfig: Sendable, Equatable {
     public var tieWordEmbeddings: Bool
     /// Q/K/V projections carry biases (Qwen2 always; Llama when `attention_bias`).
     public var attentionBias: Bool
+    /// The output projection carries a bias too: Llama's `attention_bias` puts one on all four projections (Qwen2's
+    /// and Mistral's o_proj have none; transformers ignores one a checkpoint carries there).
+    public var outputBias: Bool { attentionBias && architecture == .llama }
     public var bosTokenID: Int?
     public var eosTokenIDs: [Int]
 
@@ -84,7 +87,7 @@ public struct ModelConfig: Sendable, Equatable {
 /// The tensors of a Llama-family checkpoint, independent of how a format names them.
 public enum LlamaTensor: Hashable, Sendable, CustomStringConvertible {
     case tokenEmbedding, outputNorm, output
-    case attnNorm(Int), q(Int), k(Int), v(Int), o(Int), qBias(Int), kBias(Int), vBias(Int)
+    case attnNorm(Int), q(Int), k(Int), v(Int), o(Int), qBias(Int), kBias(Int), vBias(Int), oBias(Int)
     case ffnNorm(Int), gate(Int), up(Int), down(Int)
 
     /// The GGUF name (llama.cpp's convention).
@@ -101,6 +104,7 @@ public enum LlamaTensor: Hashable, Sendable, CustomStringConvertible {
         case .qBias(let i): "blk.\(i).attn_q.bias"
         case .kBias(let i): "blk.\(i).attn_k.bias"
         case .vBias(let i): "blk.\(i).attn_v.bias"
+        case .oBias(let i): "blk.\(i).attn_output.bias"
         case .ffnNorm(let i): "blk.\(i).ffn_norm.weight"
         case .gate(let i): "blk.\(i).ffn_gate.weight"
         case .up(let i): "blk.\(i).ffn_up.weight"
@@ -122,6 +126,7 @@ public enum LlamaTensor: Hashable, Sendable, CustomStringConvertible {
         case .qBias(let i): "model.layers.\(i).self_attn.q_proj.bias"
         case .kBias(let i): "model.layers.\(i).self_attn.k_proj.bias"
         case .vBias(let i): "model.layers.\(i).self_attn.v_proj.bias"
+        case .oBias(let i): "model.layers.\(i).self_attn.o_proj.bias"
         case .ffnNorm(let i): "model.layers.\(i).post_attention_layernorm.weight"
         case .gate(let i): "model.layers.\(i).mlp.gate_proj.weight"
         case .up(let i): "model.layers.\(i).mlp.up_proj.weight"
@@ -140,6 +145,7 @@ public enum LlamaTensor: Hashable, Sendable, CustomStringConvertible {
             out += [(.attnNorm(i), [h]), (.q(i), [q, h]), (.k(i), [kv, h]), (.v(i), [kv, h]), (.o(i), [h, q]),
                     (.ffnNorm(i), [h]), (.gate(i), [f, h]), (.up(i), [f, h]), (.down(i), [h, f])]
             if c.attentionBias { out += [(.qBias(i), [q]), (.kBias(i), [kv]), (.vBias(i), [kv])] }
+            if c.outputBias { out.append((.oBias(i), [h])) }
         }
         return out
     }
@@ -153,6 +159,9 @@ public enum LlamaTensor: Hashable, Sendable, CustomStringConvertible {
         if c.tieWordEmbeddings { out.append((.output, [c.vocabSize, c.hiddenSize])) }
         if !c.attentionBias {
             for i in 0..<c.numLayers { out += [(.qBias(i), [q]), (.kBias(i), [kv]), (.vBias(i), [kv])] }
+        }
+        if !c.outputBias {
+            for i in 0..<c.numLayers { out.append((.oBias(i), [c.hiddenSize])) }
         }
         return out
     }
