@@ -141,6 +141,9 @@ struct Serve: AsyncParsableCommand {
         default:
             break
         }
+        if let window = loaded.model.config.slidingWindowCap {
+            FileHandle.standardError.write(Data("dlora: note: the model's attention slides over a window of \(window) positions; contexts are served up to that length (max_model_len \(window)), where full attention equals it\n".utf8))
+        }
         let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),
             logger: logger,

@@ -143,4 +143,33 @@ enum CheckpointFixtures {
         json["sliding_window"] = NSNull()
         #expect(try HFCheckpoint.parseConfig(JSONSerialization.data(withJSONObject: json), file: "config.json").maxPositionEmbeddings == 256)
     }
+
+    /// Which configs slide, as transformers reads them (checked there: MistralConfig, Qwen2Config.layer_types): Mistral
+    /// without the key slides over 4096 (its default) and ignores use_sliding_window; Qwen2 slides only with
+    /// use_sliding_window, on the layers from max_window_layers (default 28) or those layer_types names; Llama never.
+    @Test func whichConfigsSlide() throws {
+        let src = URL(fileURLWithPath: CheckpointFixtures.hf("tiny-llama"))
+        let base = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: src.appendingPathComponent("config.json"))) as? [String: Any])
+        func limit(_ changes: [String: Any], positions: Int = 100_000) throws -> (Int, Int?) {
+            var json = base
+            json["max_position_embeddings"] = positions
+            json.removeValue(forKey: "sliding_window")
+            for (k, v) in changes { json[k] = v }
+            let c = try HFCheckpoint.parseConfig(JSONSerialization.data(withJSONObject: json), file: "config.json")
+            return (c.maxPositionEmbeddings, c.slidingWindowCap)
+        }
+        #expect(try limit(["model_type": "mistral"]) == (4096, 4096))
+        #expect(try limit(["model_type": "mistral", "sliding_window": 64, "use_sliding_window": false]) == (64, 64))
+        #expect(try limit(["model_type": "mistral", "sliding_window": 64], positions: 32) == (32, nil))
+        #expect(try limit(["model_type": "llama", "sliding_window": 64]) == (100_000, nil))
+        // Qwen2: the tiny model has 2 layers.
+        #expect(try limit(["model_type": "qwen2", "sliding_window": 64]) == (100_000, nil))
+        #expect(try limit(["model_type": "qwen2", "sliding_window": 64, "use_sliding_window": true]) == (100_000, nil))  // from layer 28
+        #expect(try limit(["model_type": "qwen2", "sliding_window": 64, "use_sliding_window": true, "max_window_layers": 1]) == (64, 64))
+        #expect(try limit(["model_type": "qwen2", "sliding_window": 64, "use_sliding_window": true, "max_window_layers": 1,
+                           "layer_types": ["full_attention", "full_attention"]]) == (100_000, nil))
+        #expect(try limit(["model_type": "qwen2", "sliding_window": 64, "use_sliding_window": true,
+                           "layer_types": ["full_attention", "sliding_attention"]]) == (64, 64))
+        #expect(try limit(["model_type": "qwen2", "use_sliding_window": true, "max_window_layers": 0]) == (4096, 4096))
+    }
 }

@@ -43,6 +43,9 @@ public struct ModelConfig: Sendable, Equatable {
     public var outputBias: Bool { attentionBias && architecture == .llama }
     public var bosTokenID: Int?
     public var eosTokenIDs: [Int]
+    /// The sliding window that capped `maxPositionEmbeddings` (the model attends over a window that short; this engine
+    /// attends over the whole context, which is the same up to the window), nil when none did.
+    public var slidingWindowCap: Int? = nil
 
     /// Checks that the numbers are usable together; the error names `file` and the offending value.
     public func validate(file: String) throws {

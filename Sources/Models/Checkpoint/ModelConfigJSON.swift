@@ -27,6 +27,8 @@ extension ModelConfig: Decodable {
         case maxPositionEmbeddings = "max_position_embeddings"
         case slidingWindow = "sliding_window"
         case useSlidingWindow = "use_sliding_window"
+        case maxWindowLayers = "max_window_layers"
+        case layerTypes = "layer_types"
         case tieWordEmbeddings = "tie_word_embeddings"
         case attentionBias = "attention_bias"
         case bosTokenID = "bos_token_id"
@@ -96,12 +98,36 @@ extension ModelConfig: Decodable {
                 throw ModelConfigProblem("unsupported rope_scaling type '\(type)' (supported: linear, llama3)")
             }
         }
-        // Mistral's sliding-window attention equals full attention up to the window: serve contexts up to
-        // there, so results are never silently wrong beyond it.
+        // Sliding-window attention equals full attention up to the window: serve contexts up to there, so results are
+        // never silently wrong beyond it. Which layers slide is transformers' reading of the config:
+        // - Mistral: every layer, with `sliding_window` (4096 when the key is absent, none when null);
+        // - Qwen2: only with `use_sliding_window` (default false), the layers from `max_window_layers` (default 28) on, or
+        //   those `layer_types` names "sliding_attention" (a model whose sliding layers start past its last has none);
+        // - Llama: none.
         var maxPositions = try Self.int(json, .maxPositionEmbeddings) ?? 2048
-        if let window = try Self.int(json, .slidingWindow), window > 0,
-           (try? json.decodeIfPresent(Bool.self, forKey: .useSlidingWindow)) ?? true {
-            maxPositions = min(maxPositions, window)
+        let layers = try required(.numHiddenLayers)
+        var window: Int?
+        switch arch {
+        case .mistral:
+            window = json.contains(.slidingWindow) ? try Self.int(json, .slidingWindow) : 4096
+        case .qwen2:
+            if (try? json.decodeIfPresent(Bool.self, forKey: .useSlidingWindow)) ?? false {
+                let w = json.contains(.slidingWindow) ? try Self.int(json, .slidingWindow) : 4096
+                let sliding: Bool
+                if let types = try? json.decodeIfPresent([String].self, forKey: .layerTypes) {
+                    sliding = types.contains("sliding_attention")
+                } else {
+                    sliding = (try Self.int(json, .maxWindowLayers) ?? 28) < layers
+                }
+                window = sliding ? w : nil
+            }
+        case .llama:
+            window = nil
+        }
+        var cappedBy: Int?
+        if let window, window > 0, window < maxPositions {
+            maxPositions = window
+            cappedBy = window
         }
         // One id or a list of ids (entries that are not integers are ignored, as transformers does).
         var eos: [Int] = []
@@ -116,7 +142,7 @@ extension ModelConfig: Decodable {
             architecture: arch,
             hiddenSize: hidden,
             intermediateSize: try required(.intermediateSize),
-            numLayers: try required(.numHiddenLayers),
+            numLayers: layers,
             numHeads: heads,
             numKVHeads: try Self.int(json, .numKeyValueHeads) ?? heads,
             headDim: explicitHeadDim ?? hidden / heads,
@@ -130,6 +156,7 @@ extension ModelConfig: Decodable {
             attentionBias: arch == .qwen2 || ((try? json.decodeIfPresent(Bool.self, forKey: .attentionBias)) ?? false),
             bosTokenID: try Self.int(json, .bosTokenID),
             eosTokenIDs: eos)
+        slidingWindowCap = cappedBy
         try validateValues()
     }
 
