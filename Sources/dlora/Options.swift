@@ -133,7 +133,7 @@ struct KVCacheOption: ParsableArguments {
     }
 
     @Option(name: .customLong("kv-cache-dtype"),
-            help: "What the KV cache stores: f32, or f16 (half the bytes per position: twice the positions in --kv-cache-mb, half the bytes attention reads; K/V rounded to f16). auto: f16 for a quantized or half-precision checkpoint (llama.cpp's cache type; vLLM's auto, the model's own precision), f32 for an f32 one.")
+            help: "What the KV cache stores: f32, or f16 (half the bytes per position: twice the positions in --kv-cache-mb, half the bytes attention reads; K/V rounded to f16). auto: f16 where the weights are held quantized or in half precision (a quantized or F16/BF16 GGUF: llama.cpp's cache type), f32 where they are held in f32 (an f32 checkpoint, and Hugging Face safetensors of any precision, which are widened to f32 at load).")
     var kvCacheDType: Choice = .auto
 
     /// The cache type for `model`: `auto` keeps K/V at the precision of the weights (f32 only for an f32 checkpoint).

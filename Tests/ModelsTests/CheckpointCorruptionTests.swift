@@ -261,5 +261,15 @@ import TestSupport
         let twice = open(config: config, index: index, extra: ["extra.safetensors": shard("model.norm.weight", [64])])
         #expect(twice?.tensor == "model.norm.weight" && twice?.problem.contains("another shard") == true)
         #expect(open(config: config, index: index)?.problem.contains("cannot open") == true, "a shard named by the index is missing")
+        // PyTorch's pickled weights alone: named as such, not as a missing model.safetensors.
+        try FileManager.default.removeItem(at: dir.file("model.safetensors"))
+        try FileManager.default.removeItem(at: dir.file("model.safetensors.index.json"))
+        try Data([0x80, 0x02]).write(to: dir.file("pytorch_model.bin"))
+        do {
+            _ = try openCheckpoint(path: dir.url.path)
+            Issue.record("a directory with pytorch_model.bin only opened")
+        } catch let e as CheckpointError {
+            #expect(e.file.hasSuffix("pytorch_model.bin") && e.problem.contains("safetensors"), "\(e)")
+        }
     }
 }

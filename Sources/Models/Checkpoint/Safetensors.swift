@@ -191,6 +191,12 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
             for name in shardNames where name.isEmpty || name.contains("/") || name.hasPrefix(".") {
                 throw CheckpointError(file: indexPath, problem: "shard name '\(name)' must be a plain file name inside the model directory")
             }
+        } else if !FileManager.default.fileExists(atPath: dir.appendingPathComponent("model.safetensors").path),
+                  let pickled = ["pytorch_model.bin", "pytorch_model.bin.index.json"].first(where: {
+                      FileManager.default.fileExists(atPath: dir.appendingPathComponent($0).path) }) {
+            // PyTorch's pickle format runs code when loaded: not read here (transformers' save_pretrained writes safetensors).
+            throw CheckpointError(file: dir.appendingPathComponent(pickled).path,
+                                  problem: "PyTorch .bin weights are not read (pickle); save the model as safetensors (save_pretrained(safe_serialization=True))")
         }
         var files: [SafetensorsFile] = []
         var location: [String: (file: Int, info: SafetensorsTensorInfo)] = [:]
