@@ -63,6 +63,11 @@ public final class EngineLoop: @unchecked Sendable {
 
     /// The longest sequence one request may reach.
     public var contextLimit: Int { engine.contextLimit }
+    /// The longest a sequence may grow beside `adapter` (the context, or less where the adapter's resident bytes leave
+    /// the budget fewer blocks); any thread may call it.
+    public func lengthLimit(adapter: LoRAWeights?) -> Int {
+        engine.schedulerConfig.lengthLimit(adapterBytes: adapter?.byteCount ?? 0)
+    }
 
     /// Validates and queues a request; its events arrive on the returned stream, which ends after the event
     /// that carries a finish reason (or when the request is cancelled).

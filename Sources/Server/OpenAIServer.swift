@@ -356,7 +356,7 @@ public final class OpenAIServer: Sendable {
 
     /// The prompt's tokens and the sampling parameters of a parsed request, checked against this server's
     /// limits (text too long by its byte length alone is refused before tokenizing); `max_tokens` filled in.
-    func prepare(_ parsed: GenerationRequest, input: GenerationRequest.Input) async throws -> (prompt: [Int], params: SamplingParams) {
+    func prepare(_ parsed: GenerationRequest, input: GenerationRequest.Input, adapter: LoRAWeights?) async throws -> (prompt: [Int], params: SamplingParams) {
         let prompt: [Int]
         let promptParam = parsed.isChat ? "messages" : "prompt"
         let maxPrompt = min(options.maxPromptTokens ?? contextLimit - 1, contextLimit - 1)
@@ -389,8 +389,12 @@ public final class OpenAIServer: Sendable {
                                    code: "context_length_exceeded")
         }
         let tokenLimit = min(options.maxTokensLimit ?? contextLimit, contextLimit)
+        // A sequence beside a large adapter in a small budget holds fewer tokens than the context (the adapter's blocks
+        // come out of the same budget): an explicit max_tokens past that is refused like one past the context, not cut
+        // short with finish_reason "length" (a probe got 68 of 100 tokens); a defaulted one stops there.
+        let room = min(contextLimit, engine.lengthLimit(adapter: adapter))
         var params = parsed.params
-        if params.minTokens > min(contextLimit - prompt.count, tokenLimit) {
+        if params.minTokens > min(room - prompt.count, tokenLimit) {
             throw APIError.invalid("min_tokens", "min_tokens (\(params.minTokens)) does not fit in the context after the prompt")
         }
         if let m = params.maxTokens {
@@ -402,8 +406,13 @@ public final class OpenAIServer: Sendable {
                 throw APIError.invalid(name, "this model's maximum context length is \(contextLimit) tokens; the request asks for "
                                        + "\(prompt.count + m) (\(prompt.count) in the prompt, \(m) to generate)", code: "context_length_exceeded")
             }
+            guard prompt.count + m <= room || prompt.count >= room else {
+                throw APIError.invalid(name, "beside adapter '\(parsed.model)' a sequence holds at most \(room) tokens in this server's KV budget "
+                                       + "(the adapter's weights take the rest); the request asks for \(prompt.count + m) (\(prompt.count) in the "
+                                       + "prompt, \(m) to generate)", code: "context_length_exceeded")
+            }
         } else {
-            let left = contextLimit - prompt.count
+            let left = max(1, room - prompt.count)
             // At least min_tokens, where they fit.
             params.maxTokens = max(min(parsed.isChat ? left : options.defaultCompletionTokens, left, tokenLimit),
                                    min(params.minTokens, left, tokenLimit))
@@ -417,7 +426,7 @@ public final class OpenAIServer: Sendable {
         let id = newID(responses != nil ? "resp_" : parsed.isChat ? "chatcmpl-" : "cmpl-")
         // Every prompt checked before any runs.
         var prepared: [(prompt: [Int], params: SamplingParams)] = []
-        for input in parsed.inputs { prepared.append(try await prepare(parsed, input: input)) }
+        for input in parsed.inputs { prepared.append(try await prepare(parsed, input: input, adapter: adapter)) }
         // One engine request per prompt and choice, each with its own queue place (choice index: prompt · n + choice);
         // a seeded request's choice i samples with seed + i (so choice 0 is what n = 1 gives), an unseeded one's with
         // a seed of its own.

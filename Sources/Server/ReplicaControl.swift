@@ -181,7 +181,7 @@ extension OpenAIServer {
         }
         try checkSequences(parsed.inputs.count * parsed.n, parameter: parsed.n > 1 ? "n" : parsed.isChat ? "messages" : "prompt")
         let input = parsed.inputs[promptIndex]
-        var (prompt, params) = try await prepare(parsed, input: input)
+        var (prompt, params) = try await prepare(parsed, input: input, adapter: adapter)
         let seed = g.seed ?? params.seed.map { $0 &+ UInt64(choice) } ?? UInt64.random(in: .min ... .max)
         params.seed = seed
         var kv: KVBlocks?
