@@ -47,7 +47,11 @@ extension ClusterRouter {
                                     migration: preferred == r ? migration : nil, choice: f.choice, prompt: f.prompt)
             preferred = nil
             do {
-                let events = try await replicas.client(r).generate(g)
+                guard let events = try await generate(g, on: r) else {
+                    // The replica stopped answering its polls before it answered this call: try another.
+                    excluded.insert(r)
+                    continue
+                }
                 replicas.noteDispatch(r, model: f.model)
                 metrics.dispatched(replica: r)
                 return Attempt(replica: r, events: events)
@@ -73,6 +77,25 @@ extension ClusterRouter {
         var e = APIError(.serviceUnavailable, "no replica can take the request now", code: "no_replica")
         e.retryAfter = 1
         throw e
+    }
+
+    /// Sends a generation to replica r and waits for its answer's head, unless the replica's polls find it unreachable
+    /// first (nil then, and the call is cancelled): a frozen replica keeps its connections open and answers nothing,
+    /// and a request sent to it just before the polls noticed would otherwise wait for as long as it stays frozen (a
+    /// probe's eight requests waited the full 60 s of a SIGSTOP while the other replica idled).
+    func generate(_ g: ReplicaGenerate, on r: Int) async throws -> AsyncThrowingStream<ReplicaEvent, any Error>? {
+        let client = replicas.client(r)
+        let interval = options.pollInterval
+        return try await withThrowingTaskGroup(of: AsyncThrowingStream<ReplicaEvent, any Error>?.self) { group in
+            group.addTask { try await client.generate(g) }
+            group.addTask { [replicas] in
+                while !replicas.isUnreachable(r) { try await Task.sleep(for: interval) }
+                return nil
+            }
+            defer { group.cancelAll() }
+            guard let first = try await group.next() else { return nil }
+            return first
+        }
     }
 
     /// `startAttempt` for a request that must go on (its replica failed, or it is moving): when no replica can take it

@@ -62,6 +62,13 @@ public final class ReplicaSet: @unchecked Sendable {
     }
 
     /// A transport failure on a stream or call: out until a poll succeeds again.
+    /// Whether replica i is down for failing (its polls, or a call): not a draining replica, which still answers.
+    public func isUnreachable(_ i: Int) -> Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return entries.indices.contains(i) && entries[i].failures >= failuresToMarkDown
+    }
+
     public func markDown(_ i: Int) {
         lock.lock()
         entries[i].healthy = false
@@ -108,7 +115,12 @@ public final class ReplicaSet: @unchecked Sendable {
             }
         }
         if let onHealthy { for (i, status) in healthy { onHealthy(i, status) } }
-        if let onDown { for i in down { await onDown(i) } }
+        // Every replica down for failing, at every poll, not only the one that just went down: a replica marked down
+        // by a failed call (not by its polls) never makes that transition here, and a request that attached to it
+        // after it did would wait on it for as long as it hangs (a probe's SIGSTOPped replica held its streams 45 s).
+        if let onDown {
+            for i in Set(down).union(snapshot.indices.filter { !snapshot[$0].gone && isUnreachable($0) }).sorted() { await onDown(i) }
+        }
         if let onRejoin { for (i, status) in rejoined { await onRejoin(i, status) } }
     }
 

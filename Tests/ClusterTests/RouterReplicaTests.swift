@@ -143,6 +143,35 @@ import Testing
         }
     }
 
+    /// A replica frozen (SIGSTOP: its connections open, nothing answered) after the router's last poll: a request sent
+    /// to it resumes on the other one once the polls find it unreachable, instead of waiting for as long as it stays
+    /// frozen (a probe's requests waited the full 60 s while the other replica idled).
+    @Test func aRequestSentToAFrozenReplicaGoesElsewhereOnceThePollsNoticeIt() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas, configure: { $0.dispatch = .roundRobin; $0.pollInterval = .milliseconds(50) }) { h in
+            replicas[0].state.withLock { $0.frozen = true }
+            defer { replicas[0].state.withLock { $0.frozen = false } }
+            let body = "{\"model\": \"\(Self.base)\", \"prompt\": \"hi\", \"max_tokens\": 2}"
+            let start = ContinuousClock.now
+            // Round-robin sends one of these to replica 0; the test drives the polls, which time out on it.
+            let polls = Task {
+                for _ in 0..<100 where !Task.isCancelled {
+                    await h.router.replicas.pollOnce(timeout: .milliseconds(200))
+                    try? await Task.sleep(for: .milliseconds(50))
+                }
+            }
+            defer { polls.cancel() }
+            async let a = h.post("/v1/completions", body)
+            async let b = h.post("/v1/completions", body)
+            let (ra, rb) = try await (a, b)
+            let elapsed = ContinuousClock.now - start
+            #expect(ra.0 == 200 && rb.0 == 200, "\(ra.1) \(rb.1)")
+            #expect(replicas[0].state.withLock { $0.generations } >= 1, "nothing was sent to the frozen replica: the case tests nothing")
+            #expect(elapsed < .seconds(8), "the requests took \(elapsed) (the replica stays frozen 20 s)")
+            #expect(replicas[1].state.withLock { $0.accepted } == 2)
+        }
+    }
+
     @Test func everyAnsweredRequestIsCountedWithItsStatus() async throws {
         let replicas = [FakeReplica(adapters: ["s1"])]
         try await RouterHarness.with(replicas) { h in
@@ -214,6 +243,15 @@ final class FakeReplica: Sendable {
         var adminCalls = 0
         /// Adapter loads still to answer with a 500 (a replica that fails them for a while).
         var failLoads = 0
+        /// A SIGSTOPped process: status polls and generations get no answer (their connections stay open) until this
+        /// is cleared, at most 20 s.
+        var frozen = false
+        var generations = 0
+    }
+
+    /// Waits while the replica is frozen (bounded).
+    func thaw() async {
+        for _ in 0..<400 where state.withLock({ $0.frozen }) { try? await Task.sleep(for: .milliseconds(50)) }
     }
     let state: Locked<State>
 
@@ -255,6 +293,7 @@ final class FakeReplica: Sendable {
     func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
         router.get("/internal/status") { _, _ in
+            await self.thaw()
             let s = self.state.withLock { $0 }
             let status = ReplicaStatus(model: RouterReplicaTests.base, adapters: s.adapters.sorted(), maxModelLen: 2048, waiting: 0, running: 0,
                                        swapped: 0, kvBlocksTotal: 100, kvBlocksFree: 100, blockSize: 16, adapterSlots: 4, residentAdapters: [],
@@ -297,6 +336,8 @@ final class FakeReplica: Sendable {
             }
         }
         router.post("/internal/generate") { request, _ in
+            self.state.withLock { $0.generations += 1 }
+            await self.thaw()
             var request = request
             let g = try ClusterWire.decode(ReplicaGenerate.self, from: Data(buffer: try await request.collectBody(upTo: 1 << 20)))
             let body = (try? JSONSerialization.jsonObject(with: Data(g.body.utf8)) as? [String: Any]) ?? [:]
