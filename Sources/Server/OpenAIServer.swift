@@ -256,7 +256,7 @@ public final class OpenAIServer: Sendable {
                 throw e
             }
             guard s.inFlight + count <= options.maxQueue else {
-                var e = APIError(.tooManyRequests, "the server's queue is full (\(options.maxQueue) requests); retry later", code: "queue_full")
+                var e = APIError(.tooManyRequests, "the server's queue is full (\(options.maxQueue) sequences: prompts × n per request); retry later", code: "queue_full")
                 e.retryAfter = 1
                 throw e
             }

@@ -30,7 +30,7 @@ struct Serve: AsyncParsableCommand {
     var servedModelName: String?
     @Option(help: "Largest request body, bytes.")
     var maxBodyBytes: Int = 1 << 20
-    @Option(help: "Requests admitted at once (queued or running); more get 429.")
+    @Option(help: "Sequences admitted at once, queued or running (a request takes one per prompt and choice: prompts × n); more get 429.")
     var maxQueue: Int = 256
     @Option(help: "MiB of Responses API answers kept in memory for previous_response_id and GET /v1/responses/{id} (least recently used forgotten first; 0: store none).")
     var responsesStoreMb: Int = 64
