@@ -333,7 +333,10 @@ extension OpenAIServer {
         // The adapter moves with its request: loaded (and validated) here before the request arrives.
         _ = try await resolveModel(r.model)
         let need = (r.tokens + engine.blockSize - 1) / engine.blockSize
-        let free = engine.snapshot.kvBlocksFree
+        // Resident adapters no request needs are evicted on demand when the request's K/V is adopted: free for this
+        // (a probe's idle replica, 176 of its 182 blocks held by 8 idle adapters, refused every K/V migration).
+        let snapshot = engine.snapshot
+        let free = snapshot.kvBlocksFree + snapshot.idleAdapterBlocks
         guard need <= free else {
             throw APIError(.conflict, "no room for \(need) KV blocks here (\(free) free)", code: "no_kv_room")
         }

@@ -169,6 +169,32 @@ import Testing
         }
     }
 
+    /// A K/V migration's reservation counts the blocks of resident adapters no request needs as free (they are evicted
+    /// when the request's K/V is adopted), as the router's planner counts them: an idle replica whose budget idle
+    /// adapters filled refused every K/V migration (409 no_kv_room, a probe).
+    @Test func aMigrationsReservationCountsIdleAdaptersAsFree() async throws {
+        let server = try ServerFixtures.server(kvBlocks: 24, configure: { $0.adminKey = Self.admin })
+        try await ServerFixtures.withServer(server) { client in
+            for model in ["b-all-r8-rslora"] {
+                let r = try await client.post("/v1/completions", "{\"model\": \"\(model)\", \"prompt\": \"the fox\", \"max_tokens\": 2}")
+                #expect(r.0 == 200, "\(r.1)")
+            }
+            #expect(try await ServerFixtures.waitIdle(server))
+            let s = server.engine.snapshot
+            #expect(s.idleAdapterBlocks >= 16, "idle adapter blocks: \(s.idleAdapterBlocks) (the case needs them)")
+            func reserve(blocks: Int) async throws -> (Int, String, HTTPFields) {
+                try await client.post("/internal/migrations",
+                                      String(decoding: ClusterWire.encode(MigrationReserve(model: "tiny-llama", tokens: blocks * 16)), as: UTF8.self),
+                                      key: Self.admin)
+            }
+            // More than the free blocks, within free + idle and the context (16 blocks).
+            let blocks = s.kvBlocksFree + 4
+            #expect(blocks <= min(15, s.kvBlocksFree + s.idleAdapterBlocks), "free \(s.kvBlocksFree), idle \(s.idleAdapterBlocks)")
+            let fits = try await reserve(blocks: blocks)
+            #expect(fits.0 == 200, "\(fits.1)")
+        }
+    }
+
     /// A request of more sequences (prompts × n) than the replica queues is refused by `/internal/generate` as by `/v1`
     /// (400 naming n), for every choice the router sends of it: the router splits n into one generation per choice,
     /// and without the check a cluster ran the choices spread over its replicas although each replica refuses it, or
