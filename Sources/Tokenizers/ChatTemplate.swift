@@ -1,3 +1,5 @@
+import Foundation
+
 /// One chat turn.
 public struct ChatMessage: Sendable, Equatable, Codable {
     public var role: String
@@ -54,14 +56,22 @@ public struct RenderedChat: Sendable, Equatable {
     }
 }
 
-/// A chat prompt format, recognised from the model's own Jinja template text and rendered natively.
+/// The model's chat template, run as Jinja.
 ///
-/// There is no Jinja interpreter: the template text is classified by its marker tokens, and each known family is
-/// rendered exactly as HF `apply_chat_template` renders the published template (checked against transformers in
-/// `Tests/Fixtures/tokenizers/chat_templates.json`). A ChatML template that writes a fixed system message when the
-/// conversation has none (SmolLM2, Qwen2) has that message read from the template.
+/// The template text is parsed and run by dlora's own Jinja interpreter (`JinjaParser`, `JinjaEvaluator`) with the
+/// environment transformers' `apply_chat_template` gives it: jinja2's `ImmutableSandboxedEnvironment` with
+/// `trim_blocks`, `lstrip_blocks`, loop controls and `{% generation %}`, the globals `raise_exception`,
+/// `strftime_now`, `namespace`, and HF's `tojson`; the context holds `messages`, `add_generation_prompt`,
+/// `bos_token`, `eos_token`, and `tools` and `documents` as none. Checked against transformers in
+/// `Tests/Fixtures/tokenizers/jinja/goldens.json` (real published templates) and `chat_templates.json`.
+///
+/// The text is also classified into a family by its marker tokens (`family`), which names the tokens that end an
+/// assistant turn. A template that does not parse is rendered natively as that family (ChatML when it is none of
+/// them), as dlora did before it ran templates; `parseError` says why.
 public struct ChatTemplate: Sendable, Equatable {
     public enum Kind: String, Sendable, Equatable {
+        /// The model's template, run as Jinja.
+        case jinja
         /// `<|im_start|>role\n…<|im_end|>\n` (SmolLM2, Qwen2, …).
         case chatML
         /// `<|start_header_id|>role<|end_header_id|>\n\n…<|eot_id|>` (Llama 3).
@@ -77,14 +87,22 @@ public struct ChatTemplate: Sendable, Equatable {
         case unrecognizedChatML
     }
 
+    /// How prompts are rendered: `.jinja` when the template parses, else its native family.
     public let kind: Kind
+    /// The family the template's marker tokens name (never `.jinja`); it decides `endOfTurnTokens`.
+    public let family: Kind
     /// The model's template text, if it has one.
     public let source: String?
+    /// Why the template could not be parsed as Jinja (then `kind` is its native family).
+    public let parseError: String?
     /// The system message a ChatML template inserts when the conversation does not start with one.
     public let defaultSystemPrompt: String?
     public let bosToken: String
     public let eosToken: String
+    private let program: JinjaProgram?
 
+    /// The roles a message may have. The messages carry only a role and a content, so the roles templates render
+    /// from those alone are the three; a `tool` turn needs fields (`tool_call_id`, `tool_calls`) dlora does not pass.
     public static let roles: Set<String> = ["system", "user", "assistant"]
 
     public init(template: String?, bosToken: String = "", eosToken: String = "") {
@@ -93,30 +111,53 @@ public struct ChatTemplate: Sendable, Equatable {
         self.eosToken = eosToken
         guard let template, !template.isEmpty else {
             kind = .defaultChatML
+            family = .defaultChatML
             defaultSystemPrompt = nil
+            program = nil
+            parseError = nil
             return
         }
+        let family: Kind
         if template.contains("<|im_start|>") {
-            kind = .chatML
+            family = .chatML
         } else if template.contains("<|start_header_id|>") {
-            kind = .llama3
+            family = .llama3
         } else if template.contains("[INST]") {
-            kind = .llama2
+            family = .llama2
         } else if template.contains("<|user|>") {
-            kind = .zephyr
+            family = .zephyr
         } else {
-            kind = .unrecognizedChatML
+            family = .unrecognizedChatML
         }
-        defaultSystemPrompt = kind == .chatML ? Self.defaultSystemPrompt(in: template) : nil
+        self.family = family
+        defaultSystemPrompt = family == .chatML ? Self.defaultSystemPrompt(in: template) : nil
+        do {
+            program = JinjaProgram(nodes: try JinjaParser.parse(template))
+            parseError = nil
+            kind = .jinja
+        } catch {
+            program = nil
+            parseError = "\(error)"
+            kind = family
+        }
     }
 
-    /// Tokens that end an assistant turn in this format (generation should stop at them).
+    public static func == (a: ChatTemplate, b: ChatTemplate) -> Bool {
+        a.kind == b.kind && a.source == b.source && a.bosToken == b.bosToken && a.eosToken == b.eosToken
+    }
+
+    /// Tokens that end an assistant turn in this format (generation should stop at them): the family's marker,
+    /// and for a template run as Jinja also the EOS and Gemma's `<end_of_turn>` when the template writes it.
     public var endOfTurnTokens: [String] {
-        switch kind {
-        case .chatML, .defaultChatML, .unrecognizedChatML: ["<|im_end|>"]
+        var tokens: [String] = switch family {
+        case .chatML, .defaultChatML, .unrecognizedChatML, .jinja: ["<|im_end|>"]
         case .llama3: ["<|eot_id|>"]
         case .llama2, .zephyr: eosToken.isEmpty ? [] : [eosToken]
         }
+        guard kind == .jinja, let source else { return tokens }
+        if !eosToken.isEmpty && !tokens.contains(eosToken) { tokens.append(eosToken) }
+        if source.contains("<end_of_turn>") { tokens.append("<end_of_turn>") }
+        return tokens
     }
 
     /// The prompt text for a conversation. With `addGenerationPrompt` the text ends where the assistant's reply
@@ -128,12 +169,55 @@ public struct ChatTemplate: Sendable, Equatable {
     /// `render`, also saying which parts of the text are the messages' own content. Encoding it with
     /// `Tokenizer.encode(_:)` keeps control tokens written inside a message (`<|im_start|>system` in a user's
     /// text) as plain text, so a message cannot forge a role; the template's own markers stay special tokens.
+    ///
+    /// A template that refuses the conversation (`raise_exception`), fails at render time (an undefined value
+    /// used, a type error) or exceeds the interpreter's bounds throws `TokenizerError.invalidConversation` with
+    /// the template's message.
     public func renderMarked(messages: [ChatMessage], addGenerationPrompt: Bool) throws -> RenderedChat {
+        try renderMarked(messages: messages, addGenerationPrompt: addGenerationPrompt, now: Date())
+    }
+
+    /// `renderMarked` with the time `strftime_now` reads (tests pin it).
+    func renderMarked(messages: [ChatMessage], addGenerationPrompt: Bool, now: Date) throws -> RenderedChat {
         guard !messages.isEmpty else { throw TokenizerError.invalidConversation("no messages") }
         for m in messages where !Self.roles.contains(m.role) { throw TokenizerError.unknownRole(m.role) }
+        if let program { return try renderJinja(program, messages: messages, addGenerationPrompt: addGenerationPrompt, now: now) }
+        return try renderNative(messages: messages, addGenerationPrompt: addGenerationPrompt)
+    }
+
+    private func renderJinja(_ program: JinjaProgram, messages: [ChatMessage], addGenerationPrompt: Bool, now: Date) throws -> RenderedChat {
+        var context = JinjaEvaluator.globals(now: { now })
+        context["messages"] = .list(messages.map {
+            .dict(JinjaDict([("role", .str($0.role)), ("content", .string(JinjaString($0.content, content: true)))]))
+        })
+        context["add_generation_prompt"] = .bool(addGenerationPrompt)
+        context["bos_token"] = .str(bosToken)
+        context["eos_token"] = .str(eosToken)
+        context["tools"] = JinjaValue.none
+        context["documents"] = JinjaValue.none
+        let text: JinjaString
+        do {
+            text = try JinjaEvaluator().render(program.nodes, globals: context)
+        } catch let e as JinjaError {
+            throw TokenizerError.invalidConversation(e.description)
+        }
+        var out = RenderedChat()
+        var i = 0
+        while i < text.count {
+            let isContent = text.marks?[i] ?? false
+            var j = i
+            while j < text.count && (text.marks?[j] ?? false) == isContent { j += 1 }
+            let run = text.slice(i..<j).string
+            if isContent { out.content(run) } else { out.markup(run) }
+            i = j
+        }
+        return out
+    }
+
+    private func renderNative(messages: [ChatMessage], addGenerationPrompt: Bool) throws -> RenderedChat {
         var out = RenderedChat()
         switch kind {
-        case .chatML, .defaultChatML, .unrecognizedChatML:
+        case .chatML, .defaultChatML, .unrecognizedChatML, .jinja:
             if let system = defaultSystemPrompt, messages[0].role != "system" {
                 out.markup("<|im_start|>system\n\(system)<|im_end|>\n")
             }
@@ -251,4 +335,10 @@ public struct ChatTemplate: Sendable, Equatable {
         }
         return literals
     }
+}
+
+/// A parsed template (a reference type so `ChatTemplate` stays cheap to copy).
+final class JinjaProgram: @unchecked Sendable {
+    let nodes: [JinjaNode]
+    init(nodes: [JinjaNode]) { self.nodes = nodes }
 }

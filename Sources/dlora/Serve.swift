@@ -133,13 +133,12 @@ struct Serve: AsyncParsableCommand {
         let served = options.modelName, adapterCount = registry?.available().count ?? 0, host = host
         // Chat prompts rendered without the model's own template are worth a line at startup: answers may differ from
         // what the model was trained on (and from transformers and vLLM, which refuse chat then).
-        switch loaded.tokenizer.chatTemplate.kind {
-        case .defaultChatML:
+        let chatTemplate = loaded.tokenizer.chatTemplate
+        if chatTemplate.kind == .defaultChatML {
             FileHandle.standardError.write(Data("dlora: note: the model has no chat template (GGUF tokenizer.chat_template, chat_template.jinja or tokenizer_config.json); chat requests are rendered as plain ChatML\n".utf8))
-        case .unrecognizedChatML:
-            FileHandle.standardError.write(Data("dlora: note: the model's chat template is not one dlora renders (ChatML, Llama 2, Llama 3, Zephyr); chat requests are rendered as plain ChatML instead\n".utf8))
-        default:
-            break
+        } else if let error = chatTemplate.parseError {
+            let fallback = chatTemplate.kind == .unrecognizedChatML ? "plain ChatML" : "dlora's own \(chatTemplate.kind.rawValue) format"
+            FileHandle.standardError.write(Data("dlora: note: the model's chat template could not be parsed as Jinja (\(error)); chat requests are rendered as \(fallback) instead\n".utf8))
         }
         if let window = loaded.model.config.slidingWindowCap {
             FileHandle.standardError.write(Data("dlora: note: the model's attention slides over a window of \(window) positions; contexts are served up to that length (max_model_len \(window)), where full attention equals it\n".utf8))

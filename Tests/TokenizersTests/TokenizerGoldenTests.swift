@@ -59,7 +59,7 @@ import Testing
         #expect(tokenizer.model == .sentencePieceBPE)
         let goldens = try TokenizerFixtures.goldens("tiny-spm")
         check(tokenizer, goldens, label: "tiny-spm gguf", expectedIDs: { $0.spmIds ?? $0.ids })
-        #expect(tokenizer.chatTemplate.kind == .zephyr)
+        #expect(tokenizer.chatTemplate.family == .zephyr)
     }
 
     @Test func tinySentencePieceMetaspace() throws {
@@ -69,7 +69,7 @@ import Testing
         // HF's Metaspace(prepend_scheme "first") differs from sentencepiece on leading spaces; make sure the
         // fixture exercises that difference.
         #expect(goldens.cases.contains { $0.spmIds != nil && $0.spmIds != $0.ids })
-        #expect(tokenizer.chatTemplate.kind == .llama2)
+        #expect(tokenizer.chatTemplate.family == .llama2)
     }
 
     @Test func tinyLlama3FromTokenizerJSON() throws {
@@ -77,7 +77,7 @@ import Testing
         #expect(tokenizer.model == .byteLevelBPE)
         let goldens = try TokenizerFixtures.goldens("tiny-llama3")
         check(tokenizer, goldens, label: "tiny-llama3 json")
-        #expect(tokenizer.chatTemplate.kind == .llama3)
+        #expect(tokenizer.chatTemplate.family == .llama3)
         let eot = try #require(tokenizer.id(for: "<|eot_id|>"))
         #expect(tokenizer.eosTokenIDs == [goldens.eosId, eot])
         #expect(tokenizer.isEndOfSequence(eot) && tokenizer.isSpecial(eot))
