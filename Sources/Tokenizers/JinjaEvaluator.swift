@@ -50,6 +50,21 @@ final class JinjaEvaluator {
         }
     }
 
+    /// An indentation of n spaces (none for n ≤ 0), within the size bound.
+    func spaces(_ n: Int) throws -> Int {
+        try checkSize(n)
+        return max(n, 0)
+    }
+
+    /// How many copies `x * n` makes of a string or list of `length` (Python: none for n ≤ 0), within the size bound:
+    /// an empty one repeated 10^18 times is empty at once, not a loop of 10^18 steps; a product past Int throws.
+    func repetitions(_ n: Int, of length: Int) throws -> Int {
+        guard n > 0, length > 0 else { return 0 }
+        let (total, overflow) = length.multipliedReportingOverflow(by: n)
+        try checkSize(overflow ? .max : total)
+        return n
+    }
+
     private func emit(_ s: JinjaString, into out: inout JinjaString) throws {
         produced += s.count
         try checkSize(produced)
@@ -400,14 +415,12 @@ final class JinjaEvaluator {
             return .tuple(x + y)
         case ("*", .string(let s), _), ("*", _, .string(let s)):
             guard let n = (a.intValue ?? b.intValue) else { break }
-            try checkSize(s.count * max(n, 0))
             var r = JinjaString("")
-            for _ in 0..<max(n, 0) { r.append(s) }
+            for _ in 0..<(try repetitions(n, of: s.count)) { r.append(s) }
             return .string(r)
         case ("*", .list(let l), _), ("*", _, .list(let l)):
             guard let n = (a.intValue ?? b.intValue) else { break }
-            try checkSize(l.count * max(n, 0))
-            return .list(Array([[JinjaValue]](repeating: l, count: max(n, 0)).joined()))
+            return .list(Array([[JinjaValue]](repeating: l, count: try repetitions(n, of: l.count)).joined()))
         default: break
         }
         if let x = a.intValue, let y = b.intValue {
@@ -422,6 +435,7 @@ final class JinjaEvaluator {
                 return .double(Double(x) / Double(y))
             case "//", "%":
                 guard y != 0 else { throw JinjaError("integer division or modulo by zero") }
+                guard !(x == .min && y == -1) else { throw JinjaError("integer overflow in '\(op)'") }
                 var q = x / y, r = x % y
                 if r != 0 && ((r < 0) != (y < 0)) { q -= 1; r += y }
                 return .int(op == "//" ? q : r)

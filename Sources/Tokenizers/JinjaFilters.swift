@@ -139,12 +139,21 @@ extension JinjaEvaluator {
             case "find", "rfind", "index", "count":
                 guard let a = args.first else { throw JinjaError("\(name) takes an argument") }
                 let needle = try string(a, name).scalars
+                // Python's optional start and end, negative from the end, clamped; a start past the end finds nothing.
+                func bound(_ i: Int, _ fallback: Int) throws -> Int {
+                    guard args.count > i else { return fallback }
+                    if case .none = args[i] { return fallback }
+                    guard let v = args[i].intValue else { throw JinjaError("slice indices must be integers") }
+                    return v < 0 ? max(0, s.count + max(v, -s.count)) : min(v, s.count + 1)
+                }
+                let lo = try bound(1, 0), hi = min(try bound(2, s.count), s.count)
+                let haystack = lo <= hi ? Array(s.scalars[min(lo, s.count)..<hi]) : []
                 var hits: [Int] = []
                 var start = 0
-                while let i = Self.find(needle, in: s.scalars, from: start) {
-                    hits.append(i)
+                while lo <= hi, let i = Self.find(needle, in: haystack, from: start) {
+                    hits.append(lo + i)
                     start = i + max(needle.count, 1)
-                    if name == "find" || name == "index" || start > s.count { break }
+                    if name == "find" || name == "index" || start > haystack.count { break }
                 }
                 if name == "count" { return .int(hits.count) }
                 if name == "index" && hits.isEmpty { throw JinjaError("substring not found") }
@@ -301,7 +310,7 @@ extension JinjaEvaluator {
         case "tojson":
             var indent: String?
             if let i = arg(1, "indent") ?? arg(0, "indent_pos") {
-                if case .string(let s) = i { indent = s.string } else if let n = i.intValue { indent = String(repeating: " ", count: max(n, 0)) }
+                if case .string(let s) = i { indent = s.string } else if let n = i.intValue { indent = String(repeating: " ", count: try spaces(n)) }
             }
             var itemSeparator = indent == nil ? ", " : ",", keySeparator = ": "
             if let separators = keyword(kwargs, "separators"), let seps = try? iterate(separators), seps.count == 2 {
@@ -314,7 +323,7 @@ extension JinjaEvaluator {
             return .string(JinjaString(text, content: value.containsContent))
         case "indent":
             let width = arg(0, "width") ?? .int(4)
-            let pad: String = if case .string(let w) = width { w.string } else { String(repeating: " ", count: width.intValue ?? 4) }
+            let pad: String = if case .string(let w) = width { w.string } else { String(repeating: " ", count: try spaces(width.intValue ?? 4)) }
             let first = arg(1, "first")?.truthy ?? false, blank = arg(2, "blank")?.truthy ?? false
             let s = value.pyStr
             var lines = s.string.components(separatedBy: "\n")
@@ -324,7 +333,9 @@ extension JinjaEvaluator {
             return .string(s.derived(lines.joined(separator: "\n")))
         case "abs":
             switch value {
-            case .int(let i): return .int(abs(i))
+            case .int(let i):
+                guard i != .min else { throw JinjaError("integer overflow in abs()") }
+                return .int(abs(i))
             case .bool(let b): return .int(b ? 1 : 0)
             case .double(let d): return .double(abs(d))
             default: throw JinjaError("bad operand type for abs(): '\(value.typeName)'")
@@ -339,11 +350,11 @@ extension JinjaEvaluator {
             let fallback = arg(0, "default") ?? .int(0)
             switch value {
             case .int, .bool: return .int(value.intValue!)
-            case .double(let d): return d.isFinite ? .int(Int(d)) : fallback
+            case .double(let d): return Int(exactly: d.rounded(.towardZero)).map { .int($0) } ?? fallback  // past Int's range too
             case .string(let s):
                 let t = s.string.trimmingCharacters(in: .whitespaces).replacingOccurrences(of: "_", with: "")
                 if let i = Int(t) { return .int(i) }
-                if let d = Double(t), d.isFinite { return .int(Int(d)) }
+                if let d = Double(t), let i = Int(exactly: d.rounded(.towardZero)) { return .int(i) }
                 return fallback
             default: return fallback
             }
@@ -466,11 +477,20 @@ extension JinjaEvaluator {
                     guard let i = a.intValue else { throw JinjaError("range() expects integers") }
                     return i
                 }
-                let (start, stop, step) = ints.count == 1 ? (0, ints[0], 1) : (ints[0], ints.count > 1 ? ints[1] : 0, ints.count > 2 ? ints[2] : 1)
+                guard (1...3).contains(ints.count) else { throw JinjaError("range expected 1 to 3 arguments, got \(ints.count)") }
+                let (start, stop, step) = ints.count == 1 ? (0, ints[0], 1) : (ints[0], ints[1], ints.count > 2 ? ints[2] : 1)
                 guard step != 0 else { throw JinjaError("range() arg 3 must not be zero") }
-                let n = step > 0 ? max(0, (stop - start + step - 1) / step) : max(0, (start - stop - step - 1) / -step)
-                guard n <= 100_000 else { throw JinjaError("range too big") }
-                return .list((0..<n).map { .int(start + $0 * step) })
+                // Stepped with overflow checks (the ends may be anywhere in Int), at most 100,000 values.
+                var out: [JinjaValue] = []
+                var v = start
+                while step > 0 ? v < stop : v > stop {
+                    guard out.count < 100_000 else { throw JinjaError("range too big") }
+                    out.append(.int(v))
+                    let (next, overflow) = v.addingReportingOverflow(step)
+                    if overflow { break }
+                    v = next
+                }
+                return .list(out)
             }),
         ]
     }

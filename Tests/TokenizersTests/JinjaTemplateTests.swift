@@ -137,6 +137,31 @@ struct JinjaGoldens: Decodable {
         }
     }
 
+    /// Expressions at the edges of Swift's integers and Python's semantics render or throw; none traps (the process
+    /// would die: this test passing at all is the check). Those that render give jinja2's text (checked in Python).
+    @Test func edgeExpressionsRenderOrThrowNeverTrap() throws {
+        let cases: [(String, String?)] = [
+            ("{{ 1e300|int }}", nil), ("{{ '9e99'|int }}", nil), ("{{ -1e300|int }}", nil), ("{{ 2.9|int }}", "2"), ("{{ '-3.7'|int }}", "-3"),
+            ("{{ 9223372036854775807 + 1 }}", nil), ("{{ -9223372036854775807 - 2 }}", nil), ("{{ 2 ** 100 }}", nil),
+            ("{{ 99999999999999999999 }}", nil), ("{{ (-9223372036854775807 - 1) // -1 }}", nil), ("{{ 1 % 0 }}", nil), ("{{ 1 // 0 }}", nil),
+            ("{{ 1 / 0 }}", nil), ("{{ 'a' * 100000000000 }}", nil), ("{{ 'ab' * -1 }}", ""), ("{{ [1] * 100000000000 }}", nil),
+            ("{{ [1, 2, 3][9223372036854775807] }}", ""), ("{{ 'abc'[-9223372036854775807] }}", ""), ("{{ 'abc'[::-1] }}", "cba"),
+            ("{{ 'abc'[::0] }}", nil), ("{{ 'abcdef'[1:9223372036854775807:2] }}", "bdf"), ("{{ 'abc'[-9223372036854775807:] }}", "abc"),
+            ("{{ range(9223372036854775807)|length }}", nil), ("{{ range(0, 10, 0)|list }}", nil), ("{{ 'x'|indent(100000000000) }}", nil),
+            ("{{ 'a b'.split('') }}", nil), ("{{ 'abc'.replace('', '-') }}", "-a-b-c-"), ("{{ 'abc'.count('') }}", "4"),
+            ("{{ 'abc'.find('', 100) }}", "-1"), ("{{ 'abcabc'.find('b', 2) }}", "4"), ("{{ 'abcabc'.find('b', -2) }}", "4"),
+            ("{{ 'abcabc'.count('b', 0, 4) }}", "1"), ("{{ 'abcabc'.rfind('c', 0, -1) }}", "2"), ("{{ 'abc'.find('', 3) }}", "3"),
+            ("{{ (-9223372036854775807 - 1)|abs }}", nil), ("{{ 'x'|indent(-5) }}", "x"), ("{{ range() }}", nil), ("{{ [1, 2]|tojson(indent=100000000000) }}", nil), ("{{ {}|dictsort }}", "[]"),
+            ("{{ 1.5|round(400) }}", nil), ("{{ 1|string * 3 }}", "111"), ("{{ x.__class__ }}", ""),
+        ]
+        for (text, want) in cases {
+            let template = ChatTemplate(template: text)
+            guard template.kind == .jinja else { continue }  // refused at parse: fine
+            let out = try? template.render(messages: [ChatMessage(role: "user", content: "x")], addGenerationPrompt: false)
+            if let want, let out { #expect(out == want, "\(text): \(out)") }
+        }
+    }
+
     /// Malformed templates throw at parse (never trap) and fall back to the family's native rendering.
     @Test func malformedTemplatesFallBack() throws {
         for text in ["{% if %}", "{{ 'open", "{% for x in y %}", "{{ (((( }}", "{% endif %}", "{{ }}", "{%", "{{ a.}}", "{{ x[ }}",
