@@ -75,7 +75,10 @@ struct RouterCall: Sendable {
         if let (status, message) = results.compactMap(\.failure).first {
             throw APIError(.init(code: status), message)  // counted by the router's handler, as every error thrown there
         }
-        guard results.allSatisfy({ $0.finish != nil }) else { throw CancellationError() }
+        guard results.allSatisfy({ $0.finish != nil }) else {
+            router.metrics.request(status: "cancelled")
+            throw CancellationError()
+        }
         router.metrics.request(status: "ok")
         let usage = Usage(prompt: promptTokens, completion: results.reduce(0) { $0 + $1.tokens })
         return render.whole(results.map { CompletionRenderer.Choice(text: $0.text, finish: $0.finish!, logprobs: $0.logprobs) }, usage: usage)
@@ -105,6 +108,11 @@ struct RouterCall: Sendable {
             continuation.finish()
         }
         defer { relays.cancel() }
+        // A stream that ends without an outcome — the client left (the write failed, or the task was cancelled) — counts
+        // as cancelled, as `dlora serve` counts a client's disconnect (a probe's 16 disconnects through the router left
+        // no series on the router or its replicas).
+        var counted = false
+        defer { if !counted { router.metrics.request(status: "cancelled") } }
         var open = flights.count
         var failure: (Int, String)?
         try await withTaskCancellationHandler {
@@ -134,6 +142,7 @@ struct RouterCall: Sendable {
             relays.cancel()
         }
         if let (status, message) = failure {
+            counted = true
             router.metrics.request(status: String(status))
             var e = APIError(.init(code: status), message)
             if responses != nil { e = e.inResponsesTerms }
@@ -141,6 +150,7 @@ struct RouterCall: Sendable {
             return
         }
         guard open == 0 else { return }
+        counted = true
         router.metrics.request(status: "ok")
         let usage = Usage(prompt: promptTokens, completion: choices.reduce(0) { $0 + $1.tokens })
         states = choices.map(\.logprobs)

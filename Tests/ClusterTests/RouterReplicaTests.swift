@@ -172,6 +172,29 @@ import Testing
         }
     }
 
+    /// A client that leaves a stream through the router is counted as cancelled (it was counted nowhere).
+    @Test func aClientThatLeavesAStreamIsCountedAsCancelled() async throws {
+        let replicas = [FakeReplica(adapters: ["s1"])]
+        try await RouterHarness.with(replicas) { h in
+            replicas[0].state.withLock { $0.holdAfterAccept = true }
+            let body = "{\"model\": \"\(Self.base)\", \"prompt\": \"hi\", \"max_tokens\": 2, \"stream\": true}"
+            let client = Task { try await h.post("/v1/completions", body) }
+            try await Task.sleep(for: .milliseconds(300))
+            client.cancel()
+            _ = await client.result
+            try await Task.sleep(for: .milliseconds(200))
+            replicas[0].state.withLock { $0.holdAfterAccept = false }
+            var metrics = ""
+            for _ in 0..<100 {
+                metrics = try await h.get("/metrics").1
+                if metrics.contains("dlora_router_requests_total{status=\"cancelled\"} 1") { break }
+                try await Task.sleep(for: .milliseconds(50))
+            }
+            #expect(metrics.contains("dlora_router_requests_total{status=\"cancelled\"} 1"), "\(metrics)")
+            #expect(!metrics.contains("dlora_router_requests_total{status=\"ok\"}"), "\(metrics)")
+        }
+    }
+
     @Test func everyAnsweredRequestIsCountedWithItsStatus() async throws {
         let replicas = [FakeReplica(adapters: ["s1"])]
         try await RouterHarness.with(replicas) { h in
@@ -247,6 +270,8 @@ final class FakeReplica: Sendable {
         /// is cleared, at most 20 s.
         var frozen = false
         var generations = 0
+        /// Generations send their accepted line, then wait while this is set (at most 20 s) before their token.
+        var holdAfterAccept = false
     }
 
     /// Waits while the replica is frozen (bounded).
@@ -349,6 +374,18 @@ final class FakeReplica: Sendable {
             self.state.withLock { $0.accepted += 1 }
             let lines = [ReplicaEvent(accepted: .init(promptTokens: 1, seed: 7, adoptedPositions: 0)),
                          ReplicaEvent(token: 5, text: "x", finish: "stop")]
+            if s.holdAfterAccept {
+                return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init { writer in
+                    var first = ClusterWire.encode(lines[0])
+                    first.append(0x0A)
+                    try await writer.write(ByteBuffer(bytes: first))
+                    for _ in 0..<400 where self.state.withLock({ $0.holdAfterAccept }) { try await Task.sleep(for: .milliseconds(50)) }
+                    var rest = ClusterWire.encode(lines[1])
+                    rest.append(0x0A)
+                    try await writer.write(ByteBuffer(bytes: rest))
+                    try await writer.finish(nil)
+                })
+            }
             var out = Data()
             for e in lines { out.append(ClusterWire.encode(e)); out.append(0x0A) }
             return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
