@@ -203,27 +203,7 @@ extension JSONSchemaGrammar {
         case .bool(let b): return b ? "true" : "false"
         case .int(let i): return String(i)
         case .double(let d): return d.rounded() == d && abs(d) < 1e15 ? String(Int(d)) + ".0" : "\(d)"
-        case .string(let s):
-            var out = "\""
-            for u in s.unicodeScalars {
-                switch u {
-                case "\"": out += "\\\""
-                case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
-                case "\u{08}": out += "\\b"
-                case "\u{0C}": out += "\\f"
-                default:
-                    if u.value < 0x20 {
-                        let hex = String(u.value, radix: 16)
-                        out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                    } else {
-                        out.unicodeScalars.append(u)
-                    }
-                }
-            }
-            return out + "\""
+        case .string(let s): return ExactJSON.quoted(s)
         case .array(let a): return "[" + a.map(text).joined(separator: ",") + "]"
         case .object(let m): return "{" + m.map { text(.string($0.key)) + ":" + text($0.value) }.joined(separator: ",") + "}"
         }

@@ -239,3 +239,31 @@ extension ExactJSON {
         }
     }
 }
+
+extension ExactJSON {
+    /// A string as Python's `json.dumps(s, ensure_ascii=False)` writes it: `"` and `\` escaped, \n \r \t \b \f by name,
+    /// other control characters as \u00xx, everything else as it is. (Jinja's `tojson` and the structured-output
+    /// goldens' literals both follow Python's json.)
+    public static func quoted(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case "\u{08}": out += "\\b"
+            case "\u{0C}": out += "\\f"
+            default:
+                if u.value < 0x20 {
+                    let hex = String(u.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(u)
+                }
+            }
+        }
+        return out + "\""
+    }
+}

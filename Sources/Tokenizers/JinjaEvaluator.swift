@@ -58,9 +58,11 @@ final class JinjaEvaluator {
 
     /// How many copies `x * n` makes of a string or list of `length` (Python: none for n ≤ 0), within the size bound:
     /// an empty one repeated 10^18 times is empty at once, not a loop of 10^18 steps; a product past Int throws.
-    func repetitions(_ n: Int, of length: Int) throws -> Int {
+    /// A list is bounded at a million items (ten million took a debug build past 12 s to build and join).
+    func repetitions(_ n: Int, of length: Int, isList: Bool = false) throws -> Int {
         guard n > 0, length > 0 else { return 0 }
         let (total, overflow) = length.multipliedReportingOverflow(by: n)
+        if isList, overflow || total > 1_000_000 { throw JinjaError("a list of more than 1,000,000 items") }
         try checkSize(overflow ? .max : total)
         return n
     }
@@ -267,7 +269,9 @@ final class JinjaEvaluator {
         case .negate(let e):
             let v = try evaluate(e, scope)
             switch v {
-            case .int(let i): return .int(0 &- i)
+            case .int(let i):
+                guard i != .min else { throw JinjaError("integer overflow in unary '-'") }
+                return .int(-i)
             case .bool(let b): return .int(b ? -1 : 0)
             case .double(let d): return .double(-d)
             default: throw JinjaError("bad operand type for unary -: '\(v.typeName)'")
@@ -296,6 +300,12 @@ final class JinjaEvaluator {
 
     /// `obj.name`: jinja2 tries the Python attribute, then the item.
     func attribute(_ object: JinjaValue, _ name: String) throws -> JinjaValue {
+        // The sandbox: an attribute starting with "_" is unsafe, and reads as undefined (even on an undefined value, whose
+        // dunder attributes exist in Python) unless a dict has it as a key.
+        if name.hasPrefix("_") {
+            if case .dict(let d) = object, let v = d[name] { return v }
+            return .undefined("access to attribute '\(name)' is unsafe")
+        }
         switch object {
         case .undefined(let hint): throw JinjaError(hint)
         case .dict(let d):
@@ -351,7 +361,8 @@ final class JinjaEvaluator {
         case .list(let l), .tuple(let l): n = l.count
         case .string(let s): n = s.count
         case .undefined(let hint): throw JinjaError(hint)
-        default: throw JinjaError("'\(object.typeName)' object is not subscriptable")
+        // The sandbox's getitem turns Python's TypeError into an undefined value, as it does for `none[0]`.
+        default: return .undefined("'\(object.typeName)' object is not subscriptable")
         }
         func clamp(_ i: Int?, _ defaultValue: Int) -> Int {
             guard var i else { return defaultValue }
@@ -409,7 +420,7 @@ final class JinjaEvaluator {
             try checkSize(x.count + y.count)
             return .string(x + y)
         case ("+", .list(let x), .list(let y)):
-            try checkSize(x.count + y.count)
+            _ = try repetitions(1, of: x.count + y.count, isList: true)
             return .list(x + y)
         case ("+", .tuple(let x), .tuple(let y)):
             return .tuple(x + y)
@@ -420,7 +431,7 @@ final class JinjaEvaluator {
             return .string(r)
         case ("*", .list(let l), _), ("*", _, .list(let l)):
             guard let n = (a.intValue ?? b.intValue) else { break }
-            return .list(Array([[JinjaValue]](repeating: l, count: try repetitions(n, of: l.count)).joined()))
+            return .list(Array([[JinjaValue]](repeating: l, count: try repetitions(n, of: l.count, isList: true)).joined()))
         default: break
         }
         if let x = a.intValue, let y = b.intValue {
@@ -440,7 +451,10 @@ final class JinjaEvaluator {
                 if r != 0 && ((r < 0) != (y < 0)) { q -= 1; r += y }
                 return .int(op == "//" ? q : r)
             case "**":
-                guard y >= 0 else { return .double(pow(Double(x), Double(y))) }
+                guard y >= 0 else {
+                    guard x != 0 else { throw JinjaError("0.0 cannot be raised to a negative power") }
+                    return .double(pow(Double(x), Double(y)))
+                }
                 var result = 1
                 for _ in 0..<min(y, 64) {
                     let (r, overflow) = result.multipliedReportingOverflow(by: x)

@@ -343,9 +343,15 @@ extension JinjaEvaluator {
         case "round":
             guard let x = value.number else { throw JinjaError("round expects a number") }
             let precision = arg(0, "precision")?.intValue ?? 0, method = arg(1, "method")?.pyStr.string ?? "common"
-            let scale = pow(10, Double(precision))
             let rule: FloatingPointRoundingRule = method == "ceil" ? .up : method == "floor" ? .down : .toNearestOrEven
-            return .double((x * scale).rounded(rule) / scale)
+            // Python's round of an int is an int; digits past a double's range leave the value as it is, or make it 0.
+            let isInt: Bool = if case .int = value, method == "common" { true } else { false }
+            if precision > 308 || (isInt && precision >= 0) { return isInt ? value : .double(x) }
+            if precision < -308 { return isInt ? .int(0) : .double(0) }
+            let scale = pow(10, Double(precision))
+            let rounded = (x * scale).rounded(rule) / scale
+            if isInt, let i = Int(exactly: rounded) { return .int(i) }
+            return .double(rounded)
         case "int":
             let fallback = arg(0, "default") ?? .int(0)
             switch value {
@@ -425,7 +431,7 @@ extension JinjaEvaluator {
         case "none": if case .none = value { return true } else { return false }
         case "string": if case .string = value { return true } else { return false }
         case "number": switch value { case .int, .double, .bool: return true default: return false }
-        case "integer": switch value { case .int, .bool: return true default: return false }
+        case "integer": switch value { case .int: return true default: return false }  // jinja2: True and False are not
         case "float": if case .double = value { return true } else { return false }
         case "boolean": if case .bool = value { return true } else { return false }
         case "true": if case .bool(true) = value { return true } else { return false }

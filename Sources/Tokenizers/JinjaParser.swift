@@ -47,6 +47,16 @@ struct JinjaParser {
     private var depth = 0
     /// Nesting of expressions and blocks a template may use (a parse of deeply nested brackets must not exhaust the stack).
     static let maxDepth = 200
+    /// Operations (unary, binary, filters, tests, attributes, subscripts, calls) in one tag's expressions. A chain of them
+    /// nests as deep as it is long, in the parse and in the evaluation: 2,000 `-` signs or `|trim`s crashed the process
+    /// on its stack (a fuzz against jinja2 found it); no real template comes near this.
+    static let maxLinks = 256
+    private var links = 0
+
+    private mutating func link() throws {
+        links += 1
+        guard links <= Self.maxLinks else { throw fail("expression too long (over \(Self.maxLinks) operations in one tag)") }
+    }
 
     static func parse(_ template: String) throws -> [JinjaNode] {
         var parser = JinjaParser(pieces: try JinjaLexer.lex(template))
@@ -92,6 +102,7 @@ struct JinjaParser {
     private mutating func load(_ toks: [JinjaLexer.Token], _ l: Int) {
         tokens = toks
         pos = 0
+        links = 0
         line = l
     }
 
@@ -289,18 +300,18 @@ struct JinjaParser {
 
     private mutating func or() throws -> JinjaExpr {
         var left = try and()
-        while acceptName("or") { left = .or(left, try and()) }
+        while acceptName("or") { try link(); left = .or(left, try and()) }
         return left
     }
 
     private mutating func and() throws -> JinjaExpr {
         var left = try not()
-        while acceptName("and") { left = .and(left, try not()) }
+        while acceptName("and") { try link(); left = .and(left, try not()) }
         return left
     }
 
     private mutating func not() throws -> JinjaExpr {
-        if acceptName("not") { return .not(try not()) }
+        if acceptName("not") { try link(); return .not(try not()) }
         return try compare()
     }
 
@@ -320,6 +331,7 @@ struct JinjaParser {
             } else {
                 break
             }
+            try link()
             operands.append(try math1())
         }
         guard !ops.isEmpty else { return left }
@@ -332,6 +344,7 @@ struct JinjaParser {
         var left = try concat()
         while case .op(let o) = peek, o == "+" || o == "-" {
             pos += 1
+            try link()
             left = .binary(o, left, try concat())
         }
         return left
@@ -339,7 +352,7 @@ struct JinjaParser {
 
     private mutating func concat() throws -> JinjaExpr {
         var left = try math2()
-        while accept("~") { left = .binary("~", left, try math2()) }
+        while accept("~") { try link(); left = .binary("~", left, try math2()) }
         return left
     }
 
@@ -347,6 +360,7 @@ struct JinjaParser {
         var left = try power()
         while case .op(let o) = peek, ["*", "/", "//", "%"].contains(o) {
             pos += 1
+            try link()
             left = .binary(o, left, try power())
         }
         return left
@@ -354,16 +368,19 @@ struct JinjaParser {
 
     private mutating func power() throws -> JinjaExpr {
         var left = try unary(withFilter: true)
-        while accept("**") { left = .binary("**", left, try unary(withFilter: true)) }
+        while accept("**") { try link(); left = .binary("**", left, try unary(withFilter: true)) }
         return left
     }
 
     private mutating func unary(withFilter: Bool) throws -> JinjaExpr {
         var node: JinjaExpr
         if accept("-") {
+            try link()
             node = .negate(try unary(withFilter: false))
         } else if accept("+") {
-            node = try unary(withFilter: false)
+            try link()
+            // Python's unary plus: numbers only (`+'a'` is a TypeError), as 0 + x computes it.
+            node = .binary("+", .literal(.int(0)), try unary(withFilter: false))
         } else {
             node = try postfix(try primary())
         }
@@ -374,9 +391,11 @@ struct JinjaParser {
         var node = start
         while true {
             if accept("|") {
+                try link()
                 let (n, args, kwargs) = try filterCall()
                 node = .filter(node, n, args, kwargs)
             } else if acceptName("is") {
+                try link()
                 let negated = acceptName("not")
                 let testName = try name()
                 var args: [JinjaExpr] = []
@@ -388,6 +407,7 @@ struct JinjaParser {
                 node = .test(node, testName, args, negated: negated)
             } else if peek == .op("(") {
                 pos += 1
+                try link()
                 let (args, kwargs) = try callArguments()
                 node = .call(node, args, kwargs)
             } else {
@@ -494,6 +514,7 @@ struct JinjaParser {
         var node = start
         while true {
             if accept(".") {
+                try link()
                 guard let t = peek else { throw fail("expected an attribute") }
                 pos += 1
                 switch t {
@@ -502,9 +523,11 @@ struct JinjaParser {
                 default: throw fail("expected an attribute")
                 }
             } else if accept("[") {
+                try link()
                 node = try subscriptOrSlice(node)
             } else if peek == .op("(") {
                 pos += 1
+                try link()
                 let (args, kwargs) = try callArguments()
                 node = .call(node, args, kwargs)
             } else {
