@@ -307,6 +307,48 @@ extension JinjaEvaluator {
                            caseSensitive: arg(1, "case_sensitive")?.truthy ?? false)
             return .list((arg(0, "reverse")?.truthy ?? false) ? items.reversed() : items)
         case "safe": return value
+        case "sum":
+            // sum(iterable, attribute=None, start=0)
+            let attribute = arg(0, "attribute")
+            var total = arg(1, "start") ?? .int(0)
+            for item in try iterate(value) {
+                total = try binary("+", total, try attribute.map { try attributePath(item, $0) } ?? item)
+            }
+            return total
+        case "min", "max":
+            let items = try iterate(value)
+            guard var best = items.first else { return .undefined("No aggregated item, sequence was empty.") }
+            let attribute = keyword(kwargs, "attribute") ?? arg(1, "attribute")
+            let caseSensitive = arg(0, "case_sensitive")?.truthy ?? false
+            func key(_ v: JinjaValue) throws -> JinjaValue {
+                let k = try attribute.map { try attributePath(v, $0) } ?? v
+                return caseSensitive ? k : folded(k)
+            }
+            // Python's min and max: the first of equal items.
+            for item in items.dropFirst() {
+                let (a, b) = (try key(item), try key(best))
+                if name == "min" ? try JinjaValue.less(a, b) : try JinjaValue.less(b, a) { best = item }
+            }
+            return best
+        case "attr":
+            // The sandbox's getattr: an object's attribute, never a dict's key (jinja2 gives undefined for those).
+            guard let n = arg(0, "name") else { throw JinjaError("attr takes a name") }
+            if case .dict = value { return .undefined("'dict object' has no attribute '\(n.pyStr.string)'") }
+            return try attribute(value, n.pyStr.string)
+        case "e", "escape":
+            // HTML escaping (MarkupSafe): & < > ' " as entities.
+            var out = ""
+            for c in value.pyStr.string.unicodeScalars {
+                switch c {
+                case "&": out += "&amp;"
+                case "<": out += "&lt;"
+                case ">": out += "&gt;"
+                case "'": out += "&#39;"
+                case "\"": out += "&#34;"
+                default: out.unicodeScalars.append(c)
+                }
+            }
+            return .string(value.pyStr.derived(out))
         case "tojson":
             var indent: String?
             if let i = arg(1, "indent") ?? arg(0, "indent_pos") {
