@@ -230,10 +230,12 @@ extension OpenAIServer {
                        writer: inout any ResponseBodyWriter) async throws {
         var finished = false
         var generated = 0
+        metrics.began(model: model)
         defer {
             // Dropped before its end (router gone): free the request now.
             if !finished { engine.cancel(ticket) }
             withExtendedLifetime(admission) {}
+            metrics.ended(model: model)
         }
         try await writeLine(first, &writer)
         var echoed = echo == nil

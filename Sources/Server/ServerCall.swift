@@ -51,6 +51,7 @@ final class Call: Sendable {
         self.admission = admission
         self.logprobs = logprobs
         self.echo = echo
+        server.metrics.began(model: model)
     }
 
     /// Set once the engine reported the request's finish: then there is nothing to cancel.
@@ -59,6 +60,7 @@ final class Call: Sendable {
     deinit {
         // A request dropped before it finished (client gone, handler cancelled) frees its KV and adapter now.
         if !finished.withLock({ $0 }) { server.engine.cancel(ticket) }
+        server.metrics.ended(model: model)
     }
 
     /// Latency bookkeeping shared by both response styles. The request itself (its status) is counted by its first

@@ -112,9 +112,42 @@ public final class ServerMetrics: Sendable {
         CoreMetrics.Timer(label: "dlora_inter_token_latency_seconds", dimensions: [("model", model)], factory: factory).recordNanoseconds(nanoseconds)
     }
 
+    /// Requests (choices) under way per model, and the models whose series wait for theirs to end before they go.
+    private let live = Locked((counts: [String: Int](), forgetting: Set<String>()))
+
+    /// A choice of `model` started (`Call`'s life, a replica generation's relay).
+    func began(model: String) {
+        live.withLock {
+            $0.counts[model, default: 0] += 1
+            $0.forgetting.remove(model)  // served again (reloaded under the name): its series go on
+        }
+    }
+
+    /// A choice of `model` ended, after its metrics were recorded: the last one of an unloaded adapter removes its series.
+    func ended(model: String) {
+        let forgetNow = live.withLock { s -> Bool in
+            let n = (s.counts[model] ?? 1) - 1
+            guard n <= 0 else { s.counts[model] = n; return false }
+            s.counts[model] = nil
+            return s.forgetting.remove(model) != nil
+        }
+        if forgetNow { destroySeries(model: model) }
+    }
+
     /// Removes an unloaded adapter's per-model series, so a server that loads and unloads adapters for months
-    /// does not keep a histogram family for every name it ever served (its counts restart if it comes back).
+    /// does not keep a histogram family for every name it ever served (its counts restart if it comes back) — once its
+    /// requests under way have ended: removed while they ran, their counts came back from zero and the series went
+    /// backwards (a probe's requests_total 3 → 1).
     func forget(model: String) {
+        let now = live.withLock { s -> Bool in
+            guard (s.counts[model] ?? 0) > 0 else { return true }
+            s.forgetting.insert(model)
+            return false
+        }
+        if now { destroySeries(model: model) }
+    }
+
+    private func destroySeries(model: String) {
         let dims = [("model", model)]
         for label in ["dlora_time_to_first_token_seconds", "dlora_inter_token_latency_seconds", "dlora_e2e_request_latency_seconds"] {
             CoreMetrics.Timer(label: label, dimensions: dims, factory: factory).destroy()
