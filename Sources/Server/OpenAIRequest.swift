@@ -140,12 +140,7 @@ struct GenerationRequest: Equatable {
             guard params.logprobs == nil else { throw APIError.invalid("logprobs", "logprobs cannot be combined with a tool call") }
             tools = call.mode
             params.grammar = call.grammar
-            // The functions, and what to answer, in the system message.
-            if messages[0].role == "system" {
-                messages[0].content += "\n\n" + call.prompt
-            } else {
-                messages.insert(ChatMessage(role: "system", content: call.prompt), at: 0)
-            }
+            messages = Self.withToolPrompt(messages, call.prompt)
             inputs = [.messages(messages)]
         }
         try f.noOp("store") { $0 == .bool(false) }
@@ -277,6 +272,18 @@ struct GenerationRequest: Equatable {
             }
             return id
         }
+    }
+
+    /// The functions, and what to answer, in the system message (appended to the client's, or a new one first): what a
+    /// chat request with tools renders, and what `/tokenize` counts for one.
+    static func withToolPrompt(_ messages: [ChatMessage], _ prompt: String) -> [ChatMessage] {
+        var messages = messages
+        if messages.first?.role == "system" {
+            messages[0].content += "\n\n" + prompt
+        } else {
+            messages.insert(ChatMessage(role: "system", content: prompt), at: 0)
+        }
+        return messages
     }
 
     static func messages(_ f: JSONFields) throws -> [ChatMessage] {

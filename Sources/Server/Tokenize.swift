@@ -31,7 +31,8 @@ extension OpenAIServer {
 
     func tokenize(_ request: Request) async throws -> Response {
         let fields = try await tokenizerBody(request, known: ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt",
-                                                             "return_token_strs"])
+                                                             "return_token_strs", "tools", "tool_choice", "parallel_tool_calls"])
+        if fields.fields["prompt"] != nil, fields.fields["tools"] != nil { throw APIError.invalid("tools", "tools go with 'messages'") }
         let ids: [Int]
         switch (fields.fields["prompt"], fields.fields["messages"]) {
         case (.string(let prompt)?, nil):
@@ -41,8 +42,10 @@ extension OpenAIServer {
             }
             ids = await prompts.encode(prompt, addSpecial: special)
         case (nil, .some):
-            // The messages checked as a chat request checks them.
-            let list = try GenerationRequest.messages(fields)
+            // The messages checked as a chat request checks them; with tools, their description in the system message
+            // as chat writes it (vLLM's /tokenize takes `tools` too).
+            var list = try GenerationRequest.messages(fields)
+            if let call = try GenerationRequest.toolCalls(fields) { list = GenerationRequest.withToolPrompt(list, call.prompt) }
             let rendered = try renderChat(list, addGenerationPrompt: try fields.bool("add_generation_prompt") ?? true)
             guard prompts.minimumTokens(bytes: rendered.text.utf8.count) <= contextLimit else {
                 throw APIError.invalid("messages", "the conversation is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")

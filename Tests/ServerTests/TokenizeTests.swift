@@ -1,6 +1,7 @@
 import Foundation
 import Hummingbird
 import HummingbirdTesting
+import Models
 import Testing
 
 @testable import Server
@@ -39,12 +40,33 @@ import Testing
                 ("/tokenize", #"{}"#, 400, "prompt"),
                 ("/tokenize", #"{"prompt":"x","add_special_tokens":1}"#, 400, "add_special_tokens"),
                 ("/tokenize", #"{"prompt":"x","extra":1}"#, 400, "extra"),
+                ("/tokenize", #"{"prompt":"x","tools":[]}"#, 400, "tools"),
+                ("/tokenize", #"{"messages":[{"role":"user","content":"x"}],"tools":5}"#, 400, "tools"),
                 ("/tokenize", #"{"messages":[{"role":"robot","content":"x"}]}"#, 400, "messages[0].role"),
                 ("/detokenize", #"{"tokens":[1, 99999999]}"#, 400, "tokens"),
                 ("/detokenize", #"{"tokens":[true]}"#, 400, "tokens"),
                 ("/detokenize", #"{"tokens":[1.5]}"#, 400, "tokens"),
             ] {
                 try expectError(try await client.post(uri, body), status: status, param: param)
+            }
+        }
+    }
+
+    /// With tools, a conversation counts the functions' description as chat writes it into the system message (vLLM's
+    /// /tokenize takes `tools` too; here it was refused). On SmolLM2, whose context holds the description.
+    @Test func toolsAreCountedAsChatWritesThem() async throws {
+        let server = try ServerFixtures.server(adapterRoot: nil, kvBlocks: 512, model: try DefaultModel.require())
+        try await ServerFixtures.withServer(server) { client in
+            let messages = #"[{"role":"system","content":"Be brief."},{"role":"user","content":"Weather in Oslo?"}]"#
+            let tools = #""tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]"#
+            let plain = try jsonObject(try await client.post("/tokenize", #"{"messages":\#(messages)}"#).1)
+            for choice in ["", #","tool_choice":"required""#] {
+                let chat = try jsonObject(try await client.post("/v1/chat/completions",
+                                                                #"{"model":"model","max_tokens":1,"messages":\#(messages),\#(tools)\#(choice)}"#).1)
+                let counted = try jsonObject(try await client.post("/tokenize", #"{"messages":\#(messages),\#(tools)\#(choice)}"#).1)
+                let prompt = (chat["usage"] as? [String: Any])?["prompt_tokens"] as? Int
+                #expect(prompt != nil && counted["count"] as? Int == prompt, "\(counted["count"] ?? "none") \(chat)")
+                #expect((prompt ?? 0) > (plain["count"] as? Int ?? 0))
             }
         }
     }
