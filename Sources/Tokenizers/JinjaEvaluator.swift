@@ -374,7 +374,9 @@ final class JinjaEvaluator {
         var i = lo
         while step > 0 ? i < hi : i > hi {
             indices.append(i)
-            i += step
+            let (next, overflow) = i.addingReportingOverflow(step)
+            if overflow { break }  // a step near Int's limit: past either end
+            i = next
         }
         switch object {
         case .list(let l): return .list(indices.map { l[$0] })
