@@ -91,9 +91,11 @@ public final class ReplicaSet: @unchecked Sendable {
     /// adapter changes a replay could not make. Must return at once (it starts any slow work on its own). Set once,
     /// before polling starts.
     public var onHealthy: (@Sendable (Int, ReplicaStatus) -> Void)?
-    /// Called with a replica the polls have just marked down (it was healthy before): the router moves the requests
-    /// still streaming from it, which a hung replica would otherwise hold for as long as it hangs. Set once, before
-    /// polling starts.
+    /// Called after every poll with each replica down for failing (its polls, or a call): the router moves the requests
+    /// still streaming from it, which a hung replica would otherwise hold for as long as it hangs. Every poll, not only
+    /// the one that marked it down: a replica marked down by a failed call never makes that transition in a poll, and a
+    /// request that attached to it after it did would wait on it (a probe's SIGSTOPped replica held its streams 45 s).
+    /// Set once, before polling starts.
     public var onDown: (@Sendable (Int) async -> Void)?
 
     /// Polls every replica once, concurrently.
@@ -101,44 +103,39 @@ public final class ReplicaSet: @unchecked Sendable {
         let targets = snapshot.enumerated().filter { !$0.element.gone }.map { ($0.offset, $0.element.client) }
         var rejoined: [(Int, ReplicaStatus)] = []
         var healthy: [(Int, ReplicaStatus)] = []
-        var down: [Int] = []
         await withTaskGroup(of: (Int, ReplicaStatus?).self) { group in
             for (i, c) in targets {
                 group.addTask { (i, try? await c.status(timeout: timeout)) }
             }
             for await (i, status) in group {
-                switch record(i, status) {
-                case .rejoined: rejoined.append((i, status!))
-                case .down: down.append(i)
-                case .same: if let status, !status.draining { healthy.append((i, status)) }
+                if record(i, status) {
+                    rejoined.append((i, status!))
+                } else if let status, !status.draining {
+                    healthy.append((i, status))
                 }
             }
         }
         if let onHealthy { for (i, status) in healthy { onHealthy(i, status) } }
-        // Every replica down for failing, at every poll, not only the one that just went down: a replica marked down
-        // by a failed call (not by its polls) never makes that transition here, and a request that attached to it
-        // after it did would wait on it for as long as it hangs (a probe's SIGSTOPped replica held its streams 45 s).
         if let onDown {
-            for i in Set(down).union(snapshot.indices.filter { !snapshot[$0].gone && isUnreachable($0) }).sorted() { await onDown(i) }
+            let now = snapshot
+            for i in now.indices where !now[i].gone && now[i].failures >= failuresToMarkDown { await onDown(i) }
         }
         if let onRejoin { for (i, status) in rejoined { await onRejoin(i, status) } }
     }
 
-    private enum Change { case same, rejoined, down }
-
-    /// Records a poll's answer, and whether it made the replica healthy again (or showed it restarted) or marked it down.
+    /// Records a poll's answer; true when it made the replica healthy again (or showed it restarted).
     /// A restart is told by the replica's instance identity, not by failed polls: a replica restarted within a poll
     /// interval, or whose failed polls were fewer than `failuresToMarkDown`, never looks down, yet it came back with its
     /// startup adapter set (a probe's `dlora cluster` restarted a killed replica in about a second, and the adapters
     /// loaded and unloaded through the router were never replayed on it).
-    private func record(_ i: Int, _ status: ReplicaStatus?) -> Change {
+    private func record(_ i: Int, _ status: ReplicaStatus?) -> Bool {
         lock.lock()
         defer { lock.unlock() }
         let was = entries[i].healthy
         guard let status else {
             entries[i].failures += 1
             if entries[i].failures >= failuresToMarkDown { entries[i].healthy = false }
-            return was && !entries[i].healthy ? .down : .same
+            return false
         }
         let previous = entries[i].status?.instance
         let restarted = previous != nil && status.instance != nil && previous != status.instance
@@ -146,7 +143,7 @@ public final class ReplicaSet: @unchecked Sendable {
         entries[i].healthy = !status.draining
         entries[i].failures = 0
         entries[i].dispatchedSinceStatus = [:]
-        return (!was || restarted) && entries[i].healthy ? .rejoined : .same
+        return (!was || restarted) && entries[i].healthy
     }
 
     /// Polls until cancelled.

@@ -405,15 +405,19 @@ struct JinjaParser {
                     args = [try postfix(try primary())]
                 }
                 node = .test(node, testName, args, negated: negated)
-            } else if peek == .op("(") {
-                pos += 1
-                try link()
-                let (args, kwargs) = try callArguments()
-                node = .call(node, args, kwargs)
+            } else if accept("(") {
+                node = try call(node)
             } else {
                 return node
             }
         }
+    }
+
+    /// `node(...)`, after its opening `(`.
+    private mutating func call(_ node: JinjaExpr) throws -> JinjaExpr {
+        try link()
+        let (args, kwargs) = try callArguments()
+        return .call(node, args, kwargs)
     }
 
     private static func startsArgument(_ t: JinjaLexer.Token) -> Bool {
@@ -525,11 +529,8 @@ struct JinjaParser {
             } else if accept("[") {
                 try link()
                 node = try subscriptOrSlice(node)
-            } else if peek == .op("(") {
-                pos += 1
-                try link()
-                let (args, kwargs) = try callArguments()
-                node = .call(node, args, kwargs)
+            } else if accept("(") {
+                node = try call(node)
             } else {
                 return node
             }
