@@ -40,36 +40,34 @@ extension Tokenizer {
         try self.init(
             tokenizerJSON: read("tokenizer.json", required: true)!,
             config: read("tokenizer_config.json", required: false),
-            generationConfig: read("generation_config.json", required: false) ?? Self.generationConfig(fromModelConfig: read("config.json", required: false)),
+            generationConfig: read("generation_config.json", required: false),
+            modelConfig: read("config.json", required: false),
             chatTemplate: chatTemplate)
-    }
-
-    /// Without a `generation_config.json`, transformers generates with the model config's own (`GenerationConfig
-    /// .from_model_config`): its `eos_token_id`, one id or a list, stops generation (a list's entries that are not
-    /// integers are ignored, as the model config's reader ignores them). The probe's model with `eos_token_id: [1, 258]`
-    /// in config.json alone ran on to max_tokens past 258. Nil when the config names none or is not a JSON object.
-    /// (Ids outside the tokenizer's vocabulary are dropped, not refused: the model config is the model's file.)
-    static func generationConfig(fromModelConfig data: Data?) -> Data? {
-        guard let data, let object = try? ExactJSONObject.parse(data, name: "config.json") else { return nil }
-        let ids: [Int]
-        if let one = try? object.int("eos_token_id") {
-            ids = [one]
-        } else if let list = try? object.array("eos_token_id") {
-            ids = list.compactMap(ExactJSONObject.integer)
-        } else {
-            return nil
-        }
-        guard !ids.isEmpty else { return nil }
-        return try? JSONSerialization.data(withJSONObject: ["eos_token_id": ids, TokenizerJSONLoader.fromModelConfigKey: true])
     }
 
     /// Builds a tokenizer from the contents of `tokenizer.json` and, optionally, `tokenizer_config.json` and
     /// `generation_config.json`; `chatTemplate` (a template file's) replaces the config's.
-    public convenience init(tokenizerJSON: Data, config: Data? = nil, generationConfig: Data? = nil, chatTemplate: String? = nil) throws {
+    ///
+    /// Without a `generation_config.json`, transformers generates with the model config's own (`GenerationConfig
+    /// .from_model_config`): `modelConfig`'s (config.json's) `eos_token_id`, one id or a list, stops generation then
+    /// (entries that are not integers ignored, as the model config's reader ignores them; ids outside the vocabulary
+    /// dropped, not refused: the model config is the model's file). The probe's model with `eos_token_id: [1, 258]`
+    /// in config.json alone ran on to max_tokens past 258.
+    public convenience init(tokenizerJSON: Data, config: Data? = nil, generationConfig: Data? = nil, modelConfig: Data? = nil,
+                            chatTemplate: String? = nil) throws {
         let root = try ExactJSONObject.parse(tokenizerJSON, name: "tokenizer.json")
         let configObject = try config.map { try ExactJSONObject.parse($0, name: "tokenizer_config.json") }
         let generation = try generationConfig.map { try ExactJSONObject.parse($0, name: "generation_config.json") }
         var spec = try TokenizerJSONLoader.spec(root: root, config: configObject, generation: generation)
+        if generation == nil, let model = modelConfig.flatMap({ try? ExactJSONObject.parse($0, name: "config.json") }) {
+            var ids: [Int] = []
+            if let one = try? model.int("eos_token_id") {
+                ids = [one]
+            } else if let list = try? model.array("eos_token_id") {
+                ids = list.compactMap(ExactJSONObject.integer)
+            }
+            spec.eosIDs += ids.filter { spec.tokens.indices.contains($0) }
+        }
         if let chatTemplate { spec.chatTemplate = chatTemplate }
         try self.init(spec: spec)
     }
@@ -307,23 +305,17 @@ enum TokenizerJSONLoader {
         }
         if spec.bosID == nil, spec.prefixIDs.count == 1 { spec.bosID = spec.prefixIDs[0] }
         if let generation {
-            // The model config's ids (no generation_config.json) that the vocabulary lacks are dropped, not refused.
-            let lenient = (try? generation.bool(fromModelConfigKey)) == true
-            func add(_ id: Int) { if !lenient || (0..<tokens.count).contains(id) { spec.eosIDs.append(id) } }
             if let one = try? generation.int("eos_token_id") {
-                add(one)
+                spec.eosIDs.append(one)
             } else if let many = try generation.array("eos_token_id") {
                 for v in many {
                     guard let id = ExactJSONObject.integer(v) else { throw TokenizerError.invalidJSON("generation_config.json eos_token_id") }
-                    add(id)
+                    spec.eosIDs.append(id)
                 }
             }
         }
         return spec
     }
-
-    /// Marks a generation config made from the model's config.json (`Tokenizer.generationConfig(fromModelConfig:)`).
-    static let fromModelConfigKey = "dlora.from_model_config"
 
     /// `chat_template`: a string, or a list of named templates (the one named "default" is used).
     static func chatTemplate(_ config: ExactJSONObject) throws -> String? {
