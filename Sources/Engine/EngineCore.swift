@@ -504,7 +504,7 @@ public final class EngineCore {
         var out: [GenerationEvent] = []
         while hasWork {
             for (id, s) in sequences where processors[id] == nil {
-                var p = OutputProcessor(tokenizer: tokenizer, stop: s.params.stop)
+                var p = OutputProcessor(tokenizer: tokenizer, stop: s.params.stop, stopExemptPrefix: s.params.stopExemptPrefix)
                 p.prime(s.tokens[s.promptCount...])
                 processors[id] = p
             }

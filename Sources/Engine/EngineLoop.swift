@@ -88,7 +88,7 @@ public final class EngineLoop: @unchecked Sendable {
         continuation.onTermination = { [weak self] reason in
             if case .cancelled = reason { self?.cancel(id) }
         }
-        var processor = OutputProcessor(tokenizer: tokenizer, stop: params.stop)
+        var processor = OutputProcessor(tokenizer: tokenizer, stop: params.stop, stopExemptPrefix: params.stopExemptPrefix)
         processor.prime(generated)
         return (id, RequestStream(id: id, raw: stream, processor: processor, onStop: { [weak self] in self?.finish(id, reason: .stop) }))
     }

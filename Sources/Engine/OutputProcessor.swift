@@ -42,16 +42,48 @@ public struct OutputProcessor: Sendable {
     private var detokenizer: StreamingDetokenizer
     private var stopMatcher: StopMatcher
     public private(set) var done = false
+    /// `SamplingParams.stopExemptPrefix`, while undecided: the output so far, a proper prefix of it.
+    private var exemptPrefix: String?
+    private var held = ""
+    /// The output began with the exempt prefix: stop strings no longer apply.
+    private var exempt = false
 
-    public init(tokenizer: Tokenizer, stop: [String]) {
+    public init(tokenizer: Tokenizer, stop: [String], stopExemptPrefix: String? = nil) {
         detokenizer = StreamingDetokenizer(tokenizer: tokenizer, skipSpecial: true, startsSequence: false)
         stopMatcher = StopMatcher(stops: stop)
+        exemptPrefix = stop.isEmpty || stopExemptPrefix?.isEmpty != false ? nil : stopExemptPrefix
     }
 
     /// Replays tokens generated before (an imported request), so streaming resumes where it stopped; the
     /// text they make is not emitted again.
     public mutating func prime(_ generated: some Sequence<Int>) {
-        for t in generated { _ = stopMatcher.append(detokenizer.append(t)) }
+        for t in generated { _ = matched(detokenizer.append(t)) }
+    }
+
+    /// New output text through the stop strings, unless the output begins with the exempt prefix: held while it
+    /// may still, passed as it is once it does, through the stop matcher (what was held first) once it cannot.
+    private mutating func matched(_ text: String) -> (emit: String, stopped: Bool) {
+        if exempt { return (text, false) }
+        guard let prefix = exemptPrefix else { return stopMatcher.append(text) }
+        held += text
+        if held.hasPrefix(prefix) {
+            exempt = true
+            exemptPrefix = nil
+            defer { held = "" }
+            return (held, false)
+        }
+        if prefix.hasPrefix(held) { return ("", false) }
+        exemptPrefix = nil
+        defer { held = "" }
+        return stopMatcher.append(held)
+    }
+
+    /// The text still held at the end of the output (a proper prefix of the exempt one is text like any other).
+    private mutating func flushed() -> (emit: String, stopped: Bool) {
+        guard exemptPrefix != nil, !held.isEmpty else { return ("", false) }
+        exemptPrefix = nil
+        defer { held = "" }
+        return stopMatcher.append(held)
     }
 
     /// The text event for an engine event. After a finishing event, `done` is true.
@@ -68,18 +100,29 @@ public struct OutputProcessor: Sendable {
             return GenerationEvent(requestID: e.requestID, token: nil, text: "", finish: e.finish ?? .error, message: e.message)
         }
         if e.finish == .stop {
-            // The end-of-sequence token itself is not text.
+            // The end-of-sequence token itself is not text; what it leaves (the detokenizer's tail, text held as a
+            // possible exempt prefix) still goes through the stop strings.
             done = true
-            return GenerationEvent(requestID: e.requestID, token: token, text: detokenizer.finish() + stopMatcher.finish(), finish: .stop)
+            var rest = matched(detokenizer.finish())
+            if !rest.stopped {
+                let last = flushed()
+                rest = (rest.emit + last.emit, last.stopped)
+            }
+            let text = rest.stopped ? rest.emit : rest.emit + stopMatcher.finish()
+            return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: .stop)
         }
-        let (text, stopped) = stopMatcher.append(detokenizer.append(token))
+        let (text, stopped) = matched(detokenizer.append(token))
         if stopped {
             done = true
             return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: .stop, logprobs: e.logprobs)
         }
         if let f = e.finish {
             done = true
-            let rest = stopMatcher.append(detokenizer.finish())
+            var rest = matched(detokenizer.finish())
+            if !rest.stopped {
+                let last = flushed()
+                rest = (rest.emit + last.emit, last.stopped)
+            }
             let tail = rest.stopped ? rest.emit : rest.emit + stopMatcher.finish()
             return GenerationEvent(requestID: e.requestID, token: token, text: text + tail, finish: rest.stopped ? .stop : f,
                                    message: e.message, logprobs: e.logprobs)

@@ -14,6 +14,10 @@ public struct SamplingParams: Sendable, Equatable, Codable {
     public var maxTokens: Int? = nil
     /// Generation stops before the first occurrence of any of these strings (not included in the output).
     public var stop: [String] = []
+    /// Stop strings do not apply to an output that begins with this text: an "auto" tool choice's tag, after which
+    /// the output is a call its grammar constrains and ends (a stop string matched inside it would cut the call's
+    /// syntax short). While the output is still a prefix of it, its text is held.
+    public var stopExemptPrefix: String? = nil
     /// Keep generating past the end-of-sequence token.
     public var ignoreEOS = false
     /// OpenAI's penalties (−2…2), on the tokens this request generated so far (as vLLM applies them): a token's

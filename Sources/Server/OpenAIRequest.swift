@@ -140,6 +140,12 @@ struct GenerationRequest: Equatable {
             guard params.logprobs == nil else { throw APIError.invalid("logprobs", "logprobs cannot be combined with a tool call") }
             tools = call.mode
             params.grammar = call.grammar
+            // A call is its grammar's to end: stop strings apply to an "auto" answer's text only, never inside a call
+            // (a stop matched there returned the call's syntax cut short as content).
+            switch call.mode {
+            case .auto: params.stopExemptPrefix = ToolCallMode.marker
+            case .named, .required: params.stop = []
+            }
             messages = Self.withToolPrompt(messages, call.prompt)
             inputs = [.messages(messages)]
         }

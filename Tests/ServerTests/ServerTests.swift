@@ -465,6 +465,32 @@ import TestSupport
                 if maxTokens == 30 { #expect(!calls.isEmpty, "\(whole.1)") }
             }
 
+            // A stop string never cuts a call: named and required answers with stops that match inside the call's syntax
+            // are the answers without them, whole and streamed (they returned the call cut short as content).
+            func calls(_ body: String) throws -> ([String], String?) {
+                let c = try #require((try jsonObject(body))["choices"] as? [[String: Any]]).first
+                let message = try #require(c?["message"] as? [String: Any])
+                #expect(message["content"] is NSNull, "\(body)")
+                let functions = (message["tool_calls"] as? [[String: Any]] ?? []).compactMap { $0["function"] as? [String: Any] }
+                return (functions.map { "\($0["name"] as? String ?? "?") \($0["arguments"] as? String ?? "?")" }, c?["finish_reason"] as? String)
+            }
+            for choice in ["{\"type\":\"function\",\"function\":{\"name\":\"get_weather\"}}", "\"required\""] {
+                let plain = base + ",\"temperature\":0,\"tool_choice\":\(choice)"
+                let expected = try calls(try await client.post("/v1/chat/completions", plain + "}").1)
+                #expect(!expected.0.isEmpty)
+                for stop in ["[\"\\\"}\"]", "[\"weather\",\"city\",\"[\"]"] {
+                    let r = try await client.post("/v1/chat/completions", plain + ",\"stop\":\(stop)}")
+                    #expect(r.0 == 200, "\(r.1)")
+                    let got = try calls(r.1)
+                    #expect(got.0 == expected.0 && got.1 == expected.1, "stop \(stop): \(r.1)")
+                    let s = try await client.post("/v1/chat/completions", plain + ",\"stop\":\(stop),\"stream\":true}")
+                    let chunks = try sseEvents(s.1).dropLast().map(jsonObject)
+                    let args = chunks.compactMap { (($0["choices"] as? [[String: Any]])?.first?["delta"] as? [String: Any])?["tool_calls"] as? [[String: Any]] }
+                        .joined().compactMap { ($0["function"] as? [String: Any])?["arguments"] as? String }.joined()
+                    #expect(args == expected.0.map { String($0.drop { $0 != " " }.dropFirst()) }.joined(), "stop \(stop), streamed: \(s.1)")
+                }
+            }
+
             // History: an answer's calls and the tool's result, then a plain answer.
             let history = "[{\"role\":\"user\",\"content\":\"weather?\"},{\"role\":\"assistant\",\"content\":null,\"tool_calls\":[{\"id\":\"call_1\","
                 + "\"type\":\"function\",\"function\":{\"name\":\"get_weather\",\"arguments\":\"{\\\"city\\\":\\\"Rome\\\"}\"}}]},"
