@@ -209,10 +209,15 @@ public final class ClusterRouter: Sendable {
     public func makeRouter() -> Router<BasicRequestContext> {
         let router = Router()
         router.add(middleware: ErrorMiddleware())
-        router.get("/health") { _, _ in
+        let health: @Sendable (Request, BasicRequestContext) async throws -> Response = { _, _ in
             guard self.replicas.healthyCount > 0 else { throw APIError(.serviceUnavailable, "no replica is healthy") }
             return Self.json(.ok, OpenAIWire.encode(HealthStatus()))
         }
+        router.get("/health", use: health)
+        // vLLM's liveness alias (SageMaker's /ping: GET and POST) and version.
+        router.get("/ping", use: health)
+        router.post("/ping", use: health)
+        router.get("/version") { _, _ in Self.json(.ok, OpenAIWire.encode(VersionInfo())) }
         router.get("/metrics") { _, _ in
             let stored = (self.responseStore?.count ?? 0, self.responseStore?.storedBytes ?? 0)
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],

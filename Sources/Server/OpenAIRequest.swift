@@ -54,6 +54,11 @@ struct GenerationRequest: Equatable {
         "guided_regex", "structured_outputs",
     ]
     private static let completionKeys: Set<String> = ["prompt", "echo", "best_of", "suffix"]
+    /// OpenAI chat parameters not implemented here: a 400 with a value, nothing when null.
+    private static let openAIUnimplementedKeys: Set<String> = [
+        "reasoning_effort", "modalities", "prediction", "audio", "web_search_options", "verbosity", "prompt_cache_key",
+        "safety_identifier", "function_call", "functions",
+    ]
     private static let chatKeys: Set<String> = [
         "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
         "parallel_tool_calls", "store", "metadata", "service_tier",
@@ -64,7 +69,10 @@ struct GenerationRequest: Equatable {
         let members = try JSONFields.parseObject(body)
         let f = try JSONFields(members: members)
         let allowed = commonKeys.union(chat ? chatKeys : completionKeys)
-        for key in members.map(\.key) where !allowed.contains(key) {
+        for (key, value) in members where !allowed.contains(key) {
+            // OpenAI's own parameters that this server does not implement are accepted as null (the SDKs and some
+            // clients send every parameter, unset ones as null), and refused with any value.
+            if value == .null && openAIUnimplementedKeys.contains(key) { continue }
             throw APIError.invalid(key, "unrecognized request argument '\(JSONFields.printable(key))'")
         }
         guard let model = try f.string("model") else { throw APIError.invalid("model", "'model' is required") }
@@ -303,7 +311,7 @@ struct GenerationRequest: Equatable {
             let param = "messages[\(i)]"
             guard case .object(let members) = item else { throw APIError.invalid(param, "\(param) must be an object") }
             var role: String?
-            var content: String?
+            var contentValue: ExactJSON?
             var echoed: String?
             var calls: [(id: String, name: String, arguments: String)] = []
             var callID: String?
@@ -315,7 +323,7 @@ struct GenerationRequest: Equatable {
                 case "content" where v == .null:
                     break
                 case "content":
-                    content = try messageContent(v, param: "\(param).content")
+                    contentValue = v
                 case "name":
                     guard case .string = v else { throw APIError.invalid("\(param).name", "\(param).name must be a string") }
                 case "tool_calls" where v != .null && v != .array([]):
@@ -336,6 +344,7 @@ struct GenerationRequest: Equatable {
                 }
             }
             guard var r = role else { throw APIError.invalid("\(param).role", "\(param).role is required") }
+            let content = try contentValue.map { try messageContent($0, param: "\(param).content", assistant: r == "assistant") }
             if let key = echoed, r != "assistant" {
                 throw APIError.invalid("\(param).\(key)", "unsupported message field '\(key)'")
             }
@@ -364,7 +373,7 @@ struct GenerationRequest: Equatable {
     }
 
     /// A message's content: a string, or an array of `{"type": "text", "text": …}` parts (joined).
-    private static func messageContent(_ v: ExactJSON, param: String) throws -> String {
+    private static func messageContent(_ v: ExactJSON, param: String, assistant: Bool) throws -> String {
         switch v {
         case .string(let s):
             return s
@@ -373,14 +382,20 @@ struct GenerationRequest: Equatable {
                 guard case .object(let m) = part else { throw APIError.invalid(param, "content parts must be objects") }
                 var type: String?
                 var text: String?
+                var refusal: String?
                 for (key, value) in m {
                     switch (key, value) {
                     case ("type", .string(let t)): type = t
                     case ("text", .string(let t)): text = t
+                    case ("refusal", .string(let t)): refusal = t
                     default: throw APIError.invalid(param, "unsupported content part field '\(JSONFields.printable(key))'")
                     }
                 }
-                guard type == "text", let text else { throw APIError.invalid(param, "only text content parts are supported") }
+                // An assistant's refusal part (OpenAI's answers carry one where the model declined) is its text.
+                if type == "refusal", assistant, let refusal, text == nil { return refusal }
+                guard type == "text", let text, refusal == nil else {
+                    throw APIError.invalid(param, assistant ? "only text and refusal content parts are supported" : "only text content parts are supported")
+                }
                 return text
             }.joined()
         default:

@@ -97,6 +97,10 @@ public final class OpenAIServer: Sendable {
         let router = Router()
         router.add(middleware: ErrorMiddleware())
         router.get("/health") { _, _ in try self.health() }
+        // vLLM's liveness alias (SageMaker's /ping: GET and POST) and version.
+        router.get("/ping") { _, _ in try self.health() }
+        router.post("/ping") { _, _ in try self.health() }
+        router.get("/version") { _, _ in self.json(.ok, OpenAIWire.encode(VersionInfo())) }
         router.get("/metrics") { _, _ in self.renderMetrics() }
         router.get("/v1/models") { request, _ in
             try self.authorize(request, key: self.options.apiKey)
@@ -400,7 +404,7 @@ public final class OpenAIServer: Sendable {
         if let m = params.maxTokens {
             let name = parsed.maxTokensParam
             guard m <= tokenLimit else {
-                throw APIError.invalid(name, "\(name) is \(m); this server allows at most \(tokenLimit)")
+                throw APIError.invalid(name, "\(name) is \(m); this server allows at most \(tokenLimit)", code: "context_length_exceeded")
             }
             guard prompt.count + m <= contextLimit else {
                 throw APIError.invalid(name, "this model's maximum context length is \(contextLimit) tokens; the request asks for "

@@ -381,3 +381,12 @@ public struct HealthStatus: Encodable {
 
     public init() {}
 }
+
+/// `GET /version` (vLLM's): the server's version.
+public struct VersionInfo: Encodable {
+    /// dlora's release; bumped with the API's user-visible changes.
+    public static let current = "0.1.0"
+    public var version = VersionInfo.current
+
+    public init() {}
+}

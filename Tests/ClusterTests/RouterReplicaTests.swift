@@ -111,6 +111,17 @@ import Testing
         }
     }
 
+    /// vLLM's /version and the /ping liveness alias (GET and POST), as a replica answers them.
+    @Test func versionAndPing() async throws {
+        try await RouterHarness.with([FakeReplica(adapters: ["s1"])]) { h in
+            let version = try await h.get("/version")
+            let object = try JSONSerialization.jsonObject(with: Data(version.1.utf8)) as? [String: Any]
+            #expect(version.0 == 200 && object?["version"] as? String == VersionInfo.current, "\(version.1)")
+            let pingGet = try await h.get("/ping"), pingPost = try await h.post("/ping", "")
+            #expect(pingGet.0 == 200 && pingPost.0 == 200, "\(pingGet.1) \(pingPost.1)")
+        }
+    }
+
     @Test func fullReplicasAnswer429WithTheirRetryAfterAndARefusalIsPassedThrough() async throws {
         let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1"])]
         try await RouterHarness.with(replicas) { h in

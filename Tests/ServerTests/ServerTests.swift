@@ -822,12 +822,34 @@ import TestSupport
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":3,\"max_completion_tokens\":4}", 400, "max_completion_tokens"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_completion_tokens\":9000}", 400, "max_completion_tokens"),
             ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":9000}", 400, "max_tokens"),
+            // OpenAI parameters not implemented: refused with a value (accepted as null: below).
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"reasoning_effort\":\"low\"}", 400, "reasoning_effort"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"modalities\":[\"text\"]}", 400, "modalities"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"wizardry\":null}", 400, "wizardry"),
+            // A refusal part is an assistant's only.
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"refusal\",\"refusal\":\"no\"}]}]}", 400, "messages[0].content"),
+            ("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"assistant\",\"content\":[{\"type\":\"refusal\",\"text\":\"no\"}]}]}", 400, "messages[0].content"),
         ]
         try await ServerFixtures.withServer(server) { client in
             for (uri, body, status, param) in cases {
                 let r = try await client.post(uri, body)
                 try expectError(r, status: status, param: param)
             }
+            // A limit on max_tokens says context_length_exceeded, as the context's own limit does (clients trim on it).
+            try expectError(try await client.post("/v1/chat/completions", "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":9000}"),
+                            status: 400, code: "context_length_exceeded")
+            // Accepted: unimplemented OpenAI parameters sent as null; an assistant's refusal part (as text in the history).
+            for body in ["{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"max_tokens\":2,\"reasoning_effort\":null,\"modalities\":null,\"prediction\":null,\"audio\":null}",
+                         "{\"model\":\"tiny-llama\",\"messages\":[{\"role\":\"user\",\"content\":\"x\"},{\"role\":\"assistant\",\"content\":[{\"type\":\"refusal\",\"refusal\":\"I cannot.\"}]},{\"role\":\"user\",\"content\":\"y\"}],\"max_tokens\":2}"] {
+                let r = try await client.post("/v1/chat/completions", body)
+                #expect(r.0 == 200, "\(body): \(r.1)")
+            }
+            // vLLM's /version and the /ping liveness alias (GET and POST).
+            let version = try await client.send("/version", .get)
+            let versionJSON = try jsonObject(version.1)
+            #expect(version.0 == 200 && versionJSON["version"] as? String == VersionInfo.current, "\(version.1)")
+            let pingGet = try await client.send("/ping", .get), pingPost = try await client.post("/ping", "")
+            #expect(pingGet.0 == 200 && pingPost.0 == 200)
             // A parse error says what and where, once, in the request's own terms.
             for (body, message) in [(deep, "invalid JSON: request body: nesting too deep at byte 256"),
                                     ("{\"model\":\"tiny-llama\",\"prompt\":\"hi\"", "invalid JSON: request body: unexpected end at byte 35")] {
