@@ -60,12 +60,38 @@ CONVERSATIONS = [
 ]
 
 
-def render(template, messages, add_generation_prompt, bos, eos):
+# Conversations continued with continue_final_message (vLLM's and apply_chat_template's): the text ends inside the final
+# message, which the model then continues. A trailing space the template keeps or trims, an empty final message, a
+# final user message, and the final message's text also written earlier in the conversation.
+CONTINUE = [
+    [m("user", "Hi"), m("assistant", "The answer is")],
+    [m("system", "Sys"), m("user", "Count"), m("assistant", "1, 2, ")],
+    [m("user", "Hi"), m("assistant", "  padded  ")],
+    [m("user", "Hi"), m("assistant", "")],
+    [m("user", "Complete this")],
+    [m("user", "Say ok"), m("assistant", "ok"), m("user", "Again"), m("assistant", "ok")],
+]
+
+# Templates given more variables (vLLM's chat_template_kwargs, apply_chat_template's **kwargs): JSON values as Jinja
+# sees them, and a Qwen3-style switch.
+KWARGS = [
+    ("{{ greeting }} {% if flags.think %}T{% endif %}{{ items | length }} {{ n + 1 }} {{ nothing is none }} {{ flags | tojson }}",
+     {"greeting": "Hello", "flags": {"think": True, "depth": [1, "x"]}, "items": [1, 2, 3], "n": 1.5, "nothing": None}),
+    ("{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}{{ messages[0].content }}",
+     {"enable_thinking": False}),
+    ("{%- if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{%- endif %}{{ messages[0].content }}",
+     {"enable_thinking": True}),
+    ("{{ raise_exception('custom') if strict else 'lenient' }}", {"strict": False}),
+]
+
+
+def render(template, messages, add_generation_prompt, bos, eos, continue_final_message=False, kwargs=None):
     try:
         compiled = _compile_jinja_template(template)
         compiled.globals["strftime_now"] = lambda fmt: NOW.strftime(fmt)
         text = render_jinja_template(conversations=[messages], chat_template=template,
-                                     add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos)[0][0]
+                                     add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos,
+                                     continue_final_message=continue_final_message, **(kwargs or {}))[0][0]
         return {"rendered": text}
     except jinja2.exceptions.TemplateError as e:
         return {"error": str(e)}
@@ -174,10 +200,19 @@ def main():
                 case = {"messages": messages, "add_generation_prompt": gen}
                 case.update(render(template, messages, gen, bos, eos))
                 cases.append(case)
+        for messages in CONTINUE:
+            case = {"messages": messages, "add_generation_prompt": False, "continue_final_message": True}
+            case.update(render(template, messages, False, bos, eos, continue_final_message=True))
+            cases.append(case)
         goldens["templates"].append({"name": name, "file": f"{name}.jinja", "bos_token": bos, "eos_token": eos, "cases": cases})
     for snippet in SNIPPETS:
         case = {"template": snippet, "messages": [m("user", "Hi there")]}
         case.update(render(snippet, case["messages"], True, "<s>", "</s>"))
+        goldens["snippets"].append(case)
+    for snippet, kwargs in KWARGS:
+        # The variables as a JSON text (the Swift side parses it as a request body's chat_template_kwargs).
+        case = {"template": snippet, "messages": [m("user", "Hi there")], "kwargs": json.dumps(kwargs)}
+        case.update(render(snippet, case["messages"], True, "<s>", "</s>", kwargs=kwargs))
         goldens["snippets"].append(case)
     out = DIR / "goldens.json"
     out.write_text(json.dumps(goldens, ensure_ascii=False, indent=1, sort_keys=True) + "\n")

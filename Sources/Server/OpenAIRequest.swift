@@ -36,6 +36,21 @@ struct GenerationRequest: Equatable {
     var tools: ToolCallMode?
     /// The parameter that set `params.maxTokens`, for errors about it ("max_tokens", or chat's "max_completion_tokens").
     var maxTokensParam = "max_tokens"
+    /// Chat's template controls (vLLM's): open the assistant's turn, or continue the final (assistant) message, and
+    /// the template's own variables (`chat_template_kwargs`).
+    var chat = ChatOptions()
+
+    struct ChatOptions: Equatable {
+        var addGenerationPrompt = true
+        var continueFinalMessage = false
+        var templateArguments: [(key: String, value: ExactJSON)] = []
+
+        static func == (a: ChatOptions, b: ChatOptions) -> Bool {
+            a.addGenerationPrompt == b.addGenerationPrompt && a.continueFinalMessage == b.continueFinalMessage
+                && a.templateArguments.map(\.key) == b.templateArguments.map(\.key)
+                && a.templateArguments.map(\.value) == b.templateArguments.map(\.value)
+        }
+    }
 
     /// The most choices one request may ask for (OpenAI's limit).
     static let maxChoices = 128
@@ -62,6 +77,8 @@ struct GenerationRequest: Equatable {
     private static let chatKeys: Set<String> = [
         "messages", "max_completion_tokens", "top_logprobs", "tools", "tool_choice",
         "parallel_tool_calls", "store", "metadata", "service_tier",
+        // vLLM's chat-template controls.
+        "add_generation_prompt", "continue_final_message", "chat_template_kwargs", "skip_special_tokens",
     ]
 
     /// Parses a body. `chat` selects the endpoint's shape.
@@ -175,11 +192,41 @@ struct GenerationRequest: Equatable {
             }
         }
 
+        var chatOptions = ChatOptions()
+        if chat, case .messages(let messages) = inputs[0] {
+            chatOptions = try Self.chatOptions(f, messages: messages)
+        }
+        // The text leaves out special tokens (vLLM's default); keeping them is not implemented.
+        try f.noOp("skip_special_tokens") { $0 == .bool(true) }
+
         guard inputs.count * n <= maxChoices * 8 else {
             throw APIError.invalid("n", "\(inputs.count) prompts × n = \(n) asks for \(inputs.count * n) completions; at most \(maxChoices * 8)")
         }
         return GenerationRequest(model: model, inputs: inputs, params: params, stream: stream, includeUsage: includeUsage, user: user,
-                                 moleExperts: moleExperts, echo: echo, n: n, tools: tools, maxTokensParam: maxTokensParam)
+                                 moleExperts: moleExperts, echo: echo, n: n, tools: tools, maxTokensParam: maxTokensParam, chat: chatOptions)
+    }
+
+    /// vLLM's chat-template controls: `add_generation_prompt` (default true), `continue_final_message` (default false:
+    /// the prompt ends inside the final message, which the model continues — a prefilled answer; add_generation_prompt
+    /// must then be false, its default there), `chat_template_kwargs` (an object of the template's own variables; not
+    /// one the template is given).
+    static func chatOptions(_ f: JSONFields, messages: [ChatMessage]) throws -> ChatOptions {
+        var o = ChatOptions()
+        o.continueFinalMessage = try f.bool("continue_final_message") ?? false
+        o.addGenerationPrompt = try f.bool("add_generation_prompt") ?? !o.continueFinalMessage
+        if o.continueFinalMessage && o.addGenerationPrompt {
+            throw APIError.invalid("continue_final_message", "continue_final_message and add_generation_prompt cannot both be true")
+        }
+        if let value = f.fields["chat_template_kwargs"], value != .null {
+            guard case .object(let members) = value else {
+                throw APIError.invalid("chat_template_kwargs", "chat_template_kwargs must be an object")
+            }
+            for (key, _) in members where ChatTemplate.reservedArguments.contains(key) {
+                throw APIError.invalid("chat_template_kwargs", "chat_template_kwargs cannot set '\(key)', which the template is given")
+            }
+            o.templateArguments = members
+        }
+        return o
     }
 
     /// `logit_bias`: token ids (as JSON keys, decimal) to biases in −100…100. Ids beyond the vocabulary are refused

@@ -382,7 +382,7 @@ public final class OpenAIServer: Sendable {
         case .tokens(let ids):
             prompt = ids
         case .messages(let messages):
-            let rendered = try renderChat(messages, addGenerationPrompt: true)
+            let rendered = try renderChat(messages, parsed.chat)
             // Control tokens written in a message are text: a user cannot forge a turn of another role.
             try checkBytes(rendered.text)
             prompt = await prompts.encode(rendered)
@@ -479,9 +479,11 @@ public final class OpenAIServer: Sendable {
 
     /// A conversation through the model's chat template (control tokens typed in a message marked as text); a template
     /// error is a 400 about `messages`.
-    func renderChat(_ messages: [ChatMessage], addGenerationPrompt: Bool) throws -> RenderedChat {
+    func renderChat(_ messages: [ChatMessage], _ options: GenerationRequest.ChatOptions) throws -> RenderedChat {
         do {
-            return try tokenizer.chatTemplate.renderMarked(messages: messages, addGenerationPrompt: addGenerationPrompt)
+            return try tokenizer.chatTemplate.renderMarked(messages: messages, addGenerationPrompt: options.addGenerationPrompt,
+                                                           continueFinalMessage: options.continueFinalMessage,
+                                                           arguments: options.templateArguments)
         } catch {
             throw APIError.invalid("messages", "\(error)")
         }

@@ -31,7 +31,8 @@ extension OpenAIServer {
 
     func tokenize(_ request: Request) async throws -> Response {
         let fields = try await tokenizerBody(request, known: ["model", "prompt", "messages", "add_special_tokens", "add_generation_prompt",
-                                                             "return_token_strs", "tools", "tool_choice", "parallel_tool_calls"])
+                                                             "return_token_strs", "tools", "tool_choice", "parallel_tool_calls",
+                                                             "continue_final_message", "chat_template_kwargs"])
         if fields.fields["prompt"] != nil, fields.fields["tools"] != nil { throw APIError.invalid("tools", "tools go with 'messages'") }
         let ids: [Int]
         switch (fields.fields["prompt"], fields.fields["messages"]) {
@@ -46,7 +47,7 @@ extension OpenAIServer {
             // as chat writes it (vLLM's /tokenize takes `tools` too).
             var list = try GenerationRequest.messages(fields)
             if let call = try GenerationRequest.toolCalls(fields) { list = GenerationRequest.withToolPrompt(list, call.prompt) }
-            let rendered = try renderChat(list, addGenerationPrompt: try fields.bool("add_generation_prompt") ?? true)
+            let rendered = try renderChat(list, try GenerationRequest.chatOptions(fields, messages: list))
             guard prompts.minimumTokens(bytes: rendered.text.utf8.count) <= contextLimit else {
                 throw APIError.invalid("messages", "the conversation is longer than the context (\(contextLimit) tokens)", code: "context_length_exceeded")
             }

@@ -26,6 +26,14 @@ public struct RenderedChat: Sendable, Equatable {
         count += s.unicodeScalars.count
     }
 
+    /// The first `n` scalars of the text (content ranges cut there).
+    mutating func truncate(toScalars n: Int) {
+        guard n < count else { return }
+        text = String(String.UnicodeScalarView(text.unicodeScalars.prefix(n)))
+        count = n
+        contentRanges = contentRanges.compactMap { $0.lowerBound >= n ? nil : $0.lowerBound..<min($0.upperBound, n) }
+    }
+
     mutating func content(_ s: String) {
         let n = s.unicodeScalars.count
         guard n > 0 else { return }
@@ -173,19 +181,101 @@ public struct ChatTemplate: Sendable, Equatable {
     /// A template that refuses the conversation (`raise_exception`), fails at render time (an undefined value
     /// used, a type error) or exceeds the interpreter's bounds throws `TokenizerError.invalidConversation` with
     /// the template's message.
-    public func renderMarked(messages: [ChatMessage], addGenerationPrompt: Bool) throws -> RenderedChat {
-        try renderMarked(messages: messages, addGenerationPrompt: addGenerationPrompt, now: Date())
+    ///
+    /// `continueFinalMessage` (vLLM's `continue_final_message`; the conversation ends with an assistant message, and
+    /// `addGenerationPrompt` is false): the text ends right after that message's content, so the model continues it (a
+    /// prefilled answer) instead of the template closing its turn. `arguments` are more variables for a Jinja template
+    /// (vLLM's `chat_template_kwargs`, e.g. `enable_thinking`), JSON values as Jinja's; they cannot rebind the
+    /// variables the template is given (`reservedArguments`).
+    public func renderMarked(messages: [ChatMessage], addGenerationPrompt: Bool, continueFinalMessage: Bool = false,
+                             arguments: [(key: String, value: ExactJSON)] = []) throws -> RenderedChat {
+        try renderMarked(messages: messages, addGenerationPrompt: addGenerationPrompt, continueFinalMessage: continueFinalMessage,
+                         arguments: arguments, now: Date())
     }
 
+    /// The variables a template is given, which `arguments` cannot rebind.
+    public static let reservedArguments: Set<String> = ["messages", "add_generation_prompt", "bos_token", "eos_token", "tools", "documents"]
+
     /// `renderMarked` with the time `strftime_now` reads (tests pin it).
-    func renderMarked(messages: [ChatMessage], addGenerationPrompt: Bool, now: Date) throws -> RenderedChat {
+    func renderMarked(messages: [ChatMessage], addGenerationPrompt: Bool, continueFinalMessage: Bool = false,
+                      arguments: [(key: String, value: ExactJSON)] = [], now: Date) throws -> RenderedChat {
         guard !messages.isEmpty else { throw TokenizerError.invalidConversation("no messages") }
         for m in messages where !Self.roles.contains(m.role) { throw TokenizerError.unknownRole(m.role) }
-        if let program { return try renderJinja(program, messages: messages, addGenerationPrompt: addGenerationPrompt, now: now) }
+        for (key, _) in arguments where Self.reservedArguments.contains(key) {
+            throw TokenizerError.invalidConversation("the template argument '\(key)' is the template's own variable")
+        }
+        guard continueFinalMessage else { return try render(messages, addGenerationPrompt, arguments, now) }
+        // As transformers' apply_chat_template continues it (what vLLM runs): the final message's content is rendered
+        // with a tag after it, and the text is cut where the tag begins (and trailing whitespace dropped where the
+        // template trimmed the tag's own space, i.e. trims the message).
+        guard !addGenerationPrompt else {
+            throw TokenizerError.invalidConversation("continue_final_message and add_generation_prompt are not compatible")
+        }
+        if let source, !source.contains("content") {
+            throw TokenizerError.invalidConversation("continue_final_message is set to \"content\" but this is not an accepted field in the chat_template")
+        }
+        var tagged = messages
+        let final = tagged[tagged.count - 1].content
+        tagged[tagged.count - 1] = ChatMessage(role: tagged[tagged.count - 1].role, content: final + Self.continueTag)
+        var out = try render(tagged, false, arguments, now)
+        let text = Array(out.text.unicodeScalars), tag = Array(Self.continueTag.unicodeScalars)
+        let strippedFinal = Array(Self.pyStrip(final).unicodeScalars), strippedTag = Array(tag.dropLast())
+        guard Self.lastIndex(of: strippedFinal, in: text) != nil, let at = Self.lastIndex(of: strippedTag, in: text) else {
+            throw TokenizerError.invalidConversation("continue_final_message is set but the final message does not appear in the chat after "
+                                                     + "applying the chat template (the template deletes part of it)")
+        }
+        var end = at
+        if !(at + tag.count <= text.count && Array(text[at..<(at + tag.count)]) == tag) {
+            while end > 0 && Self.isSpace(text[end - 1]) { end -= 1 }
+        }
+        out.truncate(toScalars: end)
+        return out
+    }
+
+    /// What transformers appends to the final message's content to find where it ends in the rendered text.
+    static let continueTag = "CONTINUE_FINAL_MESSAGE_TAG "
+
+    /// Python's `str.strip()`.
+    static func pyStrip(_ s: String) -> String {
+        let scalars = Array(s.unicodeScalars)
+        guard let first = scalars.firstIndex(where: { !isSpace($0) }), let last = scalars.lastIndex(where: { !isSpace($0) }) else { return "" }
+        return String(String.UnicodeScalarView(scalars[first...last]))
+    }
+
+    /// Python's `str.rindex` over scalars (an empty needle is found at the end).
+    static func lastIndex(of needle: [Unicode.Scalar], in hay: [Unicode.Scalar]) -> Int? {
+        guard needle.count <= hay.count else { return nil }
+        var i = hay.count - needle.count
+        while i >= 0 {
+            if hay[i..<(i + needle.count)].elementsEqual(needle) { return i }
+            i -= 1
+        }
+        return nil
+    }
+
+    private func render(_ messages: [ChatMessage], _ addGenerationPrompt: Bool, _ arguments: [(key: String, value: ExactJSON)],
+                        _ now: Date) throws -> RenderedChat {
+        if let program {
+            return try renderJinja(program, messages: messages, addGenerationPrompt: addGenerationPrompt, arguments: arguments, now: now)
+        }
         return try renderNative(messages: messages, addGenerationPrompt: addGenerationPrompt)
     }
 
-    private func renderJinja(_ program: JinjaProgram, messages: [ChatMessage], addGenerationPrompt: Bool, now: Date) throws -> RenderedChat {
+    /// A JSON value as Jinja sees it (Python's json.loads then jinja2).
+    static func jinjaValue(_ v: ExactJSON) -> JinjaValue {
+        switch v {
+        case .null: .none
+        case .bool(let b): .bool(b)
+        case .int(let i): .int(i)
+        case .double(let d): .double(d)
+        case .string(let s): .str(s)
+        case .array(let items): .list(items.map(jinjaValue))
+        case .object(let members): .dict(JinjaDict(members.map { ($0.key, jinjaValue($0.value)) }))
+        }
+    }
+
+    private func renderJinja(_ program: JinjaProgram, messages: [ChatMessage], addGenerationPrompt: Bool,
+                             arguments: [(key: String, value: ExactJSON)], now: Date) throws -> RenderedChat {
         var context = JinjaEvaluator.globals(now: { now })
         context["messages"] = .list(messages.map {
             .dict(JinjaDict([("role", .str($0.role)), ("content", .string(JinjaString($0.content, content: true)))]))
@@ -195,6 +285,7 @@ public struct ChatTemplate: Sendable, Equatable {
         context["eos_token"] = .str(eosToken)
         context["tools"] = JinjaValue.none
         context["documents"] = JinjaValue.none
+        for (key, value) in arguments { context[key] = Self.jinjaValue(value) }
         let text: JinjaString
         do {
             text = try JinjaEvaluator().render(program.nodes, globals: context)

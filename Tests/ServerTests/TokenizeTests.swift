@@ -52,6 +52,43 @@ import Testing
         }
     }
 
+    /// vLLM's chat-template controls. `continue_final_message` ends the prompt inside the final message (a prefilled
+    /// answer the model continues): the closed conversation's tokens with the turn's end left off, the tokens a chat
+    /// request with it counts. `chat_template_kwargs` are the template's own variables (JinjaTemplateTests checks their
+    /// values against transformers); the variables the template is given cannot be rebound. `skip_special_tokens` is
+    /// accepted at its default only.
+    @Test func chatTemplateControls() async throws {
+        let server = try ServerFixtures.server()
+        try await ServerFixtures.withServer(server) { client in
+            let messages = #"[{"role":"user","content":"Hi"},{"role":"assistant","content":"The answer is"}]"#
+            let closed = try #require(try jsonObject(try await client.post("/tokenize", #"{"messages":\#(messages),"add_generation_prompt":false}"#).1)["tokens"] as? [Int])
+            let continued = try #require(try jsonObject(try await client.post("/tokenize", #"{"messages":\#(messages),"continue_final_message":true}"#).1)["tokens"] as? [Int])
+            #expect(continued.count < closed.count && closed.starts(with: continued), "\(continued) against \(closed)")
+            let text = try jsonObject(try await client.post("/detokenize", "{\"tokens\":\(continued)}").1)["prompt"] as? String
+            #expect(text?.hasSuffix("The answer is") == true, "\(text ?? "")")
+            let chat = try await client.post("/v1/chat/completions", #"{"model":"tiny-llama","max_tokens":2,"continue_final_message":true,"messages":\#(messages)}"#)
+            let usage = try jsonObject(chat.1)["usage"] as? [String: Any]
+            #expect(chat.0 == 200 && usage?["prompt_tokens"] as? Int == continued.count, "\(chat.1)")
+            for body in [#"{"model":"tiny-llama","max_tokens":2,"chat_template_kwargs":{"enable_thinking":false,"x":[1,{"y":null}]},"messages":\#(messages)}"#,
+                         #"{"model":"tiny-llama","max_tokens":2,"skip_special_tokens":true,"add_generation_prompt":true,"messages":\#(messages)}"#] {
+                let r = try await client.post("/v1/chat/completions", body)
+                #expect(r.0 == 200, "\(body): \(r.1)")
+            }
+            for (uri, body, param) in [
+                ("/v1/chat/completions", #"{"model":"tiny-llama","continue_final_message":true,"add_generation_prompt":true,"messages":\#(messages)}"#, "continue_final_message"),
+                ("/tokenize", #"{"continue_final_message":true,"add_generation_prompt":true,"messages":\#(messages)}"#, "continue_final_message"),
+                ("/v1/chat/completions", #"{"model":"tiny-llama","continue_final_message":1,"messages":\#(messages)}"#, "continue_final_message"),
+                ("/v1/chat/completions", #"{"model":"tiny-llama","chat_template_kwargs":5,"messages":\#(messages)}"#, "chat_template_kwargs"),
+                ("/v1/chat/completions", #"{"model":"tiny-llama","chat_template_kwargs":{"messages":[]},"messages":\#(messages)}"#, "chat_template_kwargs"),
+                ("/tokenize", #"{"chat_template_kwargs":{"add_generation_prompt":true},"messages":\#(messages)}"#, "chat_template_kwargs"),
+                ("/v1/chat/completions", #"{"model":"tiny-llama","skip_special_tokens":false,"messages":\#(messages)}"#, "skip_special_tokens"),
+                ("/v1/completions", #"{"model":"tiny-llama","continue_final_message":true,"prompt":"x"}"#, "continue_final_message"),
+            ] {
+                try expectError(try await client.post(uri, body), status: 400, param: param)
+            }
+        }
+    }
+
     /// With tools, a conversation counts the functions' description as chat writes it into the system message (vLLM's
     /// /tokenize takes `tools` too; here it was refused). On SmolLM2, whose context holds the description.
     @Test func toolsAreCountedAsChatWritesThem() async throws {

@@ -8,6 +8,8 @@ struct JinjaGoldens: Decodable {
     struct Case: Decodable {
         let messages: [ChatMessage]
         let addGenerationPrompt: Bool
+        /// Rendered with continue_final_message (transformers' apply_chat_template, as vLLM runs it).
+        let continueFinalMessage: Bool?
         let rendered: String?
         let error: String?
     }
@@ -21,6 +23,8 @@ struct JinjaGoldens: Decodable {
     struct Snippet: Decodable {
         let template: String
         let messages: [ChatMessage]
+        /// More variables for the template (vLLM's chat_template_kwargs), as a JSON text.
+        let kwargs: String?
         let rendered: String?
         let error: String?
     }
@@ -61,14 +65,17 @@ struct JinjaGoldens: Decodable {
             let template = ChatTemplate(template: text, bosToken: entry.bosToken, eosToken: entry.eosToken)
             #expect(template.kind == .jinja, "\(entry.name): \(template.parseError ?? "")")
             for c in entry.cases {
-                let context = "\(entry.name) \(c.messages.map(\.role)) gen=\(c.addGenerationPrompt)"
+                let continued = c.continueFinalMessage ?? false
+                let context = "\(entry.name) \(c.messages.map(\.role)) gen=\(c.addGenerationPrompt) continue=\(continued)"
                 if let rendered = c.rendered {
-                    let got = try? template.renderMarked(messages: c.messages, addGenerationPrompt: c.addGenerationPrompt, now: JinjaGoldens.now)
+                    let got = try? template.renderMarked(messages: c.messages, addGenerationPrompt: c.addGenerationPrompt,
+                                                         continueFinalMessage: continued, now: JinjaGoldens.now)
                     #expect(got?.text == rendered, "\(context)")
                     if got?.text == rendered { passed += 1 }
                 } else {
                     do {
-                        _ = try template.renderMarked(messages: c.messages, addGenerationPrompt: c.addGenerationPrompt, now: JinjaGoldens.now)
+                        _ = try template.renderMarked(messages: c.messages, addGenerationPrompt: c.addGenerationPrompt,
+                                                      continueFinalMessage: continued, now: JinjaGoldens.now)
                         Issue.record("\(context) should fail: \(c.error ?? "")")
                     } catch {
                         #expect(error is TokenizerError)
@@ -107,7 +114,17 @@ struct JinjaGoldens: Decodable {
         #expect(goldens.snippets.count >= 40)
         for s in goldens.snippets {
             let template = ChatTemplate(template: s.template, bosToken: "<s>", eosToken: "</s>")
-            let result = Result { try template.renderMarked(messages: s.messages, addGenerationPrompt: true, now: JinjaGoldens.now).text }
+            var arguments: [(key: String, value: ExactJSON)] = []
+            if let kwargs = s.kwargs {
+                guard case .object(let members) = try Array(kwargs.utf8).withUnsafeBytes({ try ExactJSON.parse($0, name: "kwargs") }) else {
+                    Issue.record("kwargs \(kwargs) is not an object")
+                    continue
+                }
+                arguments = members
+            }
+            let result = Result {
+                try template.renderMarked(messages: s.messages, addGenerationPrompt: true, arguments: arguments, now: JinjaGoldens.now).text
+            }
             if let rendered = s.rendered {
                 #expect(template.kind == .jinja, "\(s.template): \(template.parseError ?? "")")
                 #expect((try? result.get()) == rendered, "\(s.template) -> \(result)")
