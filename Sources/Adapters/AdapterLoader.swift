@@ -162,7 +162,12 @@ public enum AdapterLoader {
         let file = try SafetensorsFile(file: weightsFile)
         var modules = Array(repeating: [LoRAModule?](repeating: nil, count: LoRATarget.allCases.count), count: base.numLayers)
         var pairs: [String: (a: SafetensorsTensorInfo?, b: SafetensorsTensorInfo?)] = [:]
-        for (tensorName, info) in file.tensors {
+        for (stored, info) in file.tensors {
+            // PEFT's in-memory names carry the adapter's name ("default"), which some tools save: the same tensor.
+            var tensorName = stored
+            for half in ["A", "B"] where stored.hasSuffix(".lora_\(half).default.weight") {
+                tensorName = String(stored.dropLast(".default.weight".count)) + ".weight"
+            }
             let isA = tensorName.hasSuffix(".lora_A.weight"), isB = tensorName.hasSuffix(".lora_B.weight")
             guard isA || isB else {
                 if tensorName.contains("lora_embedding") || tensorName.contains("embed_tokens") || tensorName.contains("lm_head") {
@@ -173,21 +178,28 @@ public enum AdapterLoader {
             }
             let stem = String(tensorName.dropLast(".lora_A.weight".count))
             var pair = pairs[stem] ?? (nil, nil)
+            guard (isA ? pair.a : pair.b) == nil else {
+                throw fail("holds lora_\(isA ? "A" : "B") twice (with and without PEFT's adapter name 'default')", tensor: stem)
+            }
             if isA { pair.a = info } else { pair.b = info }
             pairs[stem] = pair
         }
         guard !pairs.isEmpty else { throw fail("adapter_model.safetensors holds no LoRA tensors") }
+        // The module each stem names, once: two stems for one module (PEFT's prefixed names beside unprefixed copies,
+        // `layers.00` beside `layers.0`) would have left whichever came last.
+        var seen: [Int: String] = [:]
         for (stem, pair) in pairs.sorted(by: { $0.key < $1.key }) {
-            // …layers.<N>.(self_attn|mlp).<module>
-            let parts = stem.split(separator: ".")
-            guard parts.count >= 3, let li = parts.firstIndex(of: "layers"), li + 1 < parts.count, let layer = Int(parts[li + 1]),
-                  let target = LoRATarget.allCases.first(where: { $0.peftName == parts.last.map(String.init) }) else {
-                throw fail("cannot map to a base layer (expected …layers.N.self_attn.q_proj, …)", tensor: stem)
+            guard let (layer, target) = Self.peftModule(stem) else {
+                throw fail("cannot map to a base layer (expected [base_model.model.][model.]layers.N.self_attn.{q,k,v,o}_proj or "
+                           + "…layers.N.mlp.{gate,up,down}_proj)", tensor: stem)
             }
-            guard layer >= 0, layer < base.numLayers else {
+            guard layer < base.numLayers else {
                 throw fail("layer \(layer) does not exist (the base model has \(base.numLayers) layers)", tensor: stem)
             }
-            guard let a = pair.a, let b = pair.b else { throw fail("has lora_\(pair.a == nil ? "A" : "B") but not the other", tensor: stem) }
+            if let other = seen.updateValue(stem, forKey: layer * LoRATarget.allCases.count + target.rawValue) {
+                throw fail("names the same module as '\(other.prefix(128))' (layer \(layer) \(target.peftName))", tensor: stem)
+            }
+            guard let a = pair.a, let b = pair.b else { throw fail("has lora_\(pair.a == nil ? "B" : "A") but not the other", tensor: stem) }
             if let why = config.untargeted(stem, layer: layer) {
                 throw fail("adapter_config.json does not target this module (\(why)); PEFT would ignore its tensors. Remove them, or correct the config", tensor: stem)
             }
@@ -204,6 +216,22 @@ public enum AdapterLoader {
             modules[layer][target.rawValue] = m
         }
         return LoRAWeights(name: name, scale: Float(weightScale), modules: modules, id: id)
+    }
+
+    /// The layer and target a PEFT tensor stem names: `[base_model.model.][model.]layers.<N>.self_attn.<q|k|v|o>_proj` or
+    /// `….mlp.<gate|up|down>_proj`, N in plain decimal (no sign, no leading zero). Anything else (a nested `layers`, a
+    /// projection under the wrong block) is no module of a Llama base.
+    static func peftModule(_ stem: String) -> (layer: Int, target: LoRATarget)? {
+        var name = Substring(stem)
+        if name.hasPrefix("base_model.model.") { name = name.dropFirst("base_model.model.".count) }
+        if name.hasPrefix("model.") { name = name.dropFirst("model.".count) }
+        let parts = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard parts.count == 4, parts[0] == "layers", let n = parts[1].first, n.isASCII, n.isNumber,
+              parts[1] == "0" || n != "0", parts[1].count <= 6, parts[1].allSatisfy({ $0.isASCII && $0.isNumber }),
+              let layer = Int(parts[1]),
+              let target = LoRATarget.allCases.first(where: { $0.peftName == parts[3] }) else { return nil }
+        let block: Substring = [.q, .k, .v, .o].contains(target) ? "self_attn" : "mlp"
+        return parts[2] == block ? (layer, target) : nil
     }
 
     struct PEFTConfig {

@@ -159,11 +159,18 @@ public final class AdapterRegistry: @unchecked Sendable {
         let fm = FileManager.default
         let dir = root.appendingPathComponent(name).path
         var isDirectory: ObjCBool = false
-        if fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue {
+        // A directory is the adapter when it holds one (as `available` lists it); a plain directory beside X.gguf
+        // does not hide the file (it made X listed but unloadable).
+        if fm.fileExists(atPath: dir, isDirectory: &isDirectory), isDirectory.boolValue, Self.holdsAdapter(dir) {
             return confined(dir)
         }
         let gguf = dir + ".gguf"
         return fm.fileExists(atPath: gguf) ? confined(gguf) : nil
+    }
+
+    /// Whether a directory holds an adapter: a PEFT config or a composition manifest.
+    static func holdsAdapter(_ dir: String) -> Bool {
+        (["adapter_config.json"] + AdapterLoader.compositionManifests).contains { FileManager.default.fileExists(atPath: dir + "/" + $0) }
     }
 
     /// `path` with symbolic links resolved, if that lies under the root.
@@ -184,9 +191,7 @@ public final class AdapterRegistry: @unchecked Sendable {
             guard FileManager.default.fileExists(atPath: p, isDirectory: &isDirectory) else { return nil }
             let name: String
             if isDirectory.boolValue {
-                guard (["adapter_config.json"] + AdapterLoader.compositionManifests).contains(where: {
-                    FileManager.default.fileExists(atPath: p + "/" + $0)
-                }) else { return nil }
+                guard Self.holdsAdapter(p) else { return nil }
                 name = entry
             } else {
                 guard entry.hasSuffix(".gguf") else { return nil }

@@ -397,6 +397,14 @@ public final class OpenAIServer: Sendable {
         // come out of the same budget): an explicit max_tokens past that is refused like one past the context, not cut
         // short with finish_reason "length" (a probe got 68 of 100 tokens); a defaulted one stops there.
         let room = min(contextLimit, engine.lengthLimit(adapter: adapter))
+        // A prompt that fits the context but not beside the adapter (whose weights take part of the budget) is refused
+        // for that, not for a min_tokens the client never sent.
+        if prompt.count >= room && room < contextLimit {
+            throw APIError.invalid(promptParam, room == 0
+                ? "adapter '\(parsed.model)' takes this server's whole KV budget, so no request can run beside it"
+                : "beside adapter '\(parsed.model)' a sequence holds at most \(room) tokens in this server's KV budget (the adapter's "
+                    + "weights take the rest); the prompt has \(prompt.count)", code: "context_length_exceeded")
+        }
         var params = parsed.params
         if params.minTokens > min(room - prompt.count, tokenLimit) {
             throw APIError.invalid("min_tokens", "min_tokens (\(params.minTokens)) does not fit in the context after the prompt")

@@ -78,6 +78,65 @@ import TestSupport
         #expect(e?.problem.contains("r must be") == true)
     }
 
+    /// Tensor names map to one module each, strictly: `[base_model.model.][model.]layers.N.<block>.<module>`. A second
+    /// name for a module that is already filled (an unprefixed copy), a signed or padded layer number (`layers.00`), a
+    /// projection under the wrong block and a nested `layers` are refused (each had loaded, the last tensor read winning,
+    /// up to 12 logprob from PEFT); PEFT's `.default.` names are the plain ones; a half-missing pair names the half it has.
+    @Test func peftTensorNamesMapToOneModuleEach() throws {
+        let c = Self.config
+        let plain = Self.good.peftTensors(c)
+        func refusal(_ tensors: [(String, [Int], [Float])]) throws -> AdapterError? {
+            try Self.error { try Self.good.writePEFT(to: $0, config: c, tensors: tensors) }
+        }
+        func renamed(_ from: String, _ to: String) -> [(String, [Int], [Float])] {
+            plain.map { ($0.0.replacingOccurrences(of: from, with: to), $0.1, $0.2) }
+        }
+        // Unprefixed copies (other values) beside PEFT's names, and a padded duplicate of layer 0.
+        var e = try refusal(plain + plain.map { ($0.0.replacingOccurrences(of: "base_model.model.", with: ""), $0.1, $0.2.map { $0 * 2 }) })
+        #expect(e?.problem.contains("names the same module as") == true, "\(String(describing: e))")
+        e = try refusal(plain + plain.filter { $0.0.contains("layers.0.") }.map { ($0.0.replacingOccurrences(of: "base_model.model.model.", with: ""), $0.1, $0.2) })
+        #expect(e?.problem.contains("names the same module as") == true, "\(String(describing: e))")
+        e = try refusal(plain + plain.filter { $0.0.contains("layers.0.") }.map { ($0.0.replacingOccurrences(of: "layers.0.", with: "layers.00."), $0.1, $0.2) })
+        #expect(e?.problem.contains("cannot map to a base layer") == true, "\(String(describing: e))")
+        for (from, to) in [("layers.1.", "layers.+1."), ("layers.1.", "layers.01."), ("self_attn.q_proj", "mlp.q_proj"),
+                           ("model.layers.1.", "model.layers.0.vision.layers.1."), ("layers.1.self_attn", "layers.1.attn")] {
+            e = try refusal(renamed(from, to))
+            #expect(e?.problem.contains("cannot map to a base layer") == true, "\(to): \(String(describing: e))")
+        }
+        // The plain forms load: PEFT's prefix, transformers' model.layers…, and bare layers….
+        for (from, to) in [("base_model.model.", ""), ("base_model.model.model.", "")] {
+            #expect(try refusal(renamed(from, to)) == nil, "\(to)")
+        }
+        // `.default.` names: the same adapter as the plain ones (every module's A and B bit for bit).
+        let dir = try TempDir()
+        try Self.good.writePEFT(to: dir.path("plain"), config: c, tensors: plain)
+        try Self.good.writePEFT(to: dir.path("named"), config: c,
+                                tensors: plain.map { ($0.0.replacingOccurrences(of: ".weight", with: ".default.weight"), $0.1, $0.2) })
+        let a = try AdapterLoader.load(path: dir.path("plain"), base: c), b = try AdapterLoader.load(path: dir.path("named"), base: c)
+        var compared = 0
+        for (ma, mb) in zip(a.modules.joined(), b.modules.joined()) {
+            #expect((ma == nil) == (mb == nil))
+            guard let ma, let mb else { continue }
+            func aBytes(_ m: LoRAModule) -> [UInt8] { Array(UnsafeRawBufferPointer(start: m.a.data, count: m.a.byteCount)) }
+            func bValues(_ m: LoRAModule) -> [UInt32] {
+                var v = [Float](repeating: 0, count: m.outFeatures * m.paddedRank)
+                v.withUnsafeMutableBufferPointer { m.b.unpack(into: $0.baseAddress!) }
+                return v.map(\.bitPattern)
+            }
+            #expect(aBytes(ma) == aBytes(mb) && bValues(ma) == bValues(mb))
+            compared += 1
+        }
+        #expect(compared == plain.count / 2)
+        // Both spellings of one tensor: refused.
+        e = try refusal(plain + plain.prefix(1).map { ($0.0.replacingOccurrences(of: ".weight", with: ".default.weight"), $0.1, $0.2) })
+        #expect(e?.problem.contains("twice") == true, "\(String(describing: e))")
+        // A pair missing its B names the A it has, and the other way round.
+        for (drop, has) in [("lora_B", "lora_A"), ("lora_A", "lora_B")] {
+            e = try refusal(plain.filter { !$0.0.hasSuffix("layers.1.self_attn.q_proj.\(drop).weight") })
+            #expect(e?.problem.contains("has \(has) but not the other") == true, "\(String(describing: e))")
+        }
+    }
+
     /// A config that contradicts the file's tensors (PEFT would build no module for them and ignore them, so serving
     /// them would differ from PEFT), PEFT's LoRA variants (a different forward pass), base-modifying inits, and loose
     /// types are refused; the forms PEFT accepts with these tensors load.
@@ -120,6 +179,19 @@ import TestSupport
             try Data(bytes).write(to: URL(fileURLWithPath: dir + "/adapter_config.json"))
         }
         #expect(e?.problem.contains("not valid UTF-8") == true, "\(String(describing: e))")
+    }
+
+    /// A plain directory `x/` (no adapter in it) beside `x.gguf` does not hide the file: `x` is listed and loads from
+    /// the GGUF (it was listed, then refused with "missing adapter_config.json").
+    @Test func aPlainDirectoryDoesNotHideAGGUFOfTheSameName() throws {
+        let dir = try TempDir()
+        try FileManager.default.copyItem(at: FixtureFiles.lora.appendingPathComponent("tiny-llama/a-qv-r4.gguf"), to: URL(fileURLWithPath: dir.path("x.gguf")))
+        try FileManager.default.createDirectory(atPath: dir.path("x"), withIntermediateDirectories: false)
+        try Data("notes".utf8).write(to: URL(fileURLWithPath: dir.path("x/README")))
+        let registry = try AdapterRegistry(root: dir.url.path, base: Self.config)
+        #expect(registry.available() == ["x"])
+        let loaded = try registry.load("x")
+        #expect(loaded.modules.joined().contains { $0 != nil })
     }
 
     /// A slow load (a header of a few hundred thousand entries to parse, then refuse) does not hold up another

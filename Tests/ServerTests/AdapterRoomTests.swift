@@ -35,6 +35,18 @@ import TestSupport
             #expect(fits.0 == 200, "\(fits.1)")
             let usage = try #require(try JSONSerialization.jsonObject(with: Data(fits.1.utf8)) as? [String: Any])["usage"] as? [String: Any]
             #expect(usage?["completion_tokens"] as? Int == room - promptTokens, "\(fits.1)")
+
+            // A prompt that fits the context but not beside the adapter: refused for that (it was refused for a
+            // min_tokens the client never sent), and the base model takes it.
+            var long = prompt
+            while server.tokenizer.encode(long, addSpecial: true).count < room { long += " " + prompt }
+            let longTokens = server.tokenizer.encode(long, addSpecial: true).count
+            #expect(longTokens < server.contextLimit - 1, "the prompt must fit the context: \(longTokens) of \(server.contextLimit)")
+            let tooLong = try await client.post("/v1/completions", "{\"model\":\"b-all-r8-rslora\",\"prompt\":\"\(long)\",\"max_tokens\":1}")
+            try expectError(tooLong, status: 400, param: "prompt", code: "context_length_exceeded")
+            #expect(tooLong.1.contains("b-all-r8-rslora") && tooLong.1.contains("at most \(room) tokens"), "\(tooLong.1)")
+            let baseLong = try await client.post("/v1/completions", "{\"model\":\"tiny-llama\",\"prompt\":\"\(long)\",\"max_tokens\":1}")
+            #expect(baseLong.0 == 200, "\(baseLong.1)")
         }
     }
 }
