@@ -82,7 +82,8 @@ struct BenchLoRA: ParsableCommand {
                     for (i, k) in ks.enumerated() {
                         unmerged[i] = min(unmerged[i], runner.time(steps: steps, lora: slots, assign: { Int32($0 % k) }))
                     }
-                    for (i, precision) in MergePrecision.allCases.enumerated() {
+                    // Merged steps run one adapter's requests: timed only where a row of one adapter shows them.
+                    for (i, precision) in MergePrecision.allCases.enumerated() where ks.contains(1) {
                         Self.merged(m, pool[0], precision) { merged[i] = min(merged[i], runner.time(steps: steps, lora: nil, assign: { _ in -1 })) }
                     }
                 }
