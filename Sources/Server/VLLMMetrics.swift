@@ -14,6 +14,7 @@ import Foundation
 /// | `vllm:kv_cache_usage_perc`, `vllm:gpu_cache_usage_perc` | used ÷ total KV blocks, 0…1: requests' blocks and the blocks of adapters live requests need (one budget); an idle resident adapter's blocks count as free, since the scheduler evicts it for room on demand (an idle replica holding 62 adapters read 0.33 before, and a router reading it took the idle replica for a loaded one) |
 /// | `vllm:cache_config_info{block_size, num_gpu_blocks, cache_dtype}` | 1 (cache_dtype: f32 or f16) |
 /// | `vllm:lora_requests_info{max_lora, running_lora_adapters, waiting_lora_adapters}` | the current Unix time, s |
+/// | `vllm:num_preemptions_total` | requests preempted so far (a counter) |
 ///
 /// Each carries vLLM's `model_name` label: the served base model (`--served-model-name`).
 /// "running" LoRA adapters are the *resident* ones (what the protocol means: loaded and ready to serve);
@@ -39,6 +40,9 @@ enum VLLMMetrics {
         gauge("vllm:lora_requests_info", "Running (resident) and waiting LoRA adapters; the value is the time of this report (Unix seconds).",
               [("max_lora", String(s.adapterSlots)), ("running_lora_adapters", list(s.residentAdapterNames)),
                ("waiting_lora_adapters", list(s.waitingAdapterNames))], now)
+        out += "# HELP vllm:num_preemptions_total Cumulative number of preemptions (requests that gave up their KV blocks).\n"
+            + "# TYPE vllm:num_preemptions_total counter\n"
+            + "vllm:num_preemptions_total{model_name=\"\(escape(modelName))\"} \(s.stats.preemptions)\n"
         return out
     }
 
@@ -46,6 +50,8 @@ enum VLLMMetrics {
     /// vLLM's names, the `model` label named `model_name` as vLLM's is (same buckets, same values).
     static let aliased = [("dlora_time_to_first_token_seconds", "vllm:time_to_first_token_seconds"),
                           ("dlora_inter_token_latency_seconds", "vllm:inter_token_latency_seconds"),
+                          // vLLM's older name for the same histogram, which its published dashboards still read.
+                          ("dlora_inter_token_latency_seconds", "vllm:time_per_output_token_seconds"),
                           ("dlora_e2e_request_latency_seconds", "vllm:e2e_request_latency_seconds"),
                           ("dlora_prompt_tokens_total", "vllm:prompt_tokens_total"),
                           ("dlora_generation_tokens_total", "vllm:generation_tokens_total"),
@@ -57,15 +63,14 @@ enum VLLMMetrics {
         for line in text.split(separator: "\n") {
             let head = line.hasPrefix("# HELP ") || line.hasPrefix("# TYPE ") ? line.prefix(7) : ""
             let name = line.dropFirst(head.count).prefix { $0 != "{" && $0 != " " }
-            guard let i = aliased.firstIndex(where: { ours, _ in
-                name == ours || name == ours + "_bucket" || name == ours + "_sum" || name == ours + "_count"
-            }) else { continue }
-            let (ours, theirs) = aliased[i]
-            // A label value cannot hold an unescaped quote, so `{model="` and `,model="` only start the label.
-            let renamed = (head + theirs + line.dropFirst(head.count + ours.count))
-                .replacingOccurrences(of: "{model=\"", with: "{model_name=\"")
-                .replacingOccurrences(of: ",model=\"", with: ",model_name=\"")
-            families[i].append(Substring(renamed))
+            for (i, (ours, theirs)) in aliased.enumerated()
+            where name == ours || name == ours + "_bucket" || name == ours + "_sum" || name == ours + "_count" {
+                // A label value cannot hold an unescaped quote, so `{model="` and `,model="` only start the label.
+                let renamed = (head + theirs + line.dropFirst(head.count + ours.count))
+                    .replacingOccurrences(of: "{model=\"", with: "{model_name=\"")
+                    .replacingOccurrences(of: ",model=\"", with: ",model_name=\"")
+                families[i].append(Substring(renamed))
+            }
         }
         return families.joined().map { $0 + "\n" }.joined()
     }

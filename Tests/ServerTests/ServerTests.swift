@@ -972,7 +972,12 @@ import TestSupport
                 "# TYPE vllm:time_to_first_token_seconds histogram",
                 "vllm:time_to_first_token_seconds_count{model_name=\"a-qv-r4\"} 1",
                 "vllm:inter_token_latency_seconds_count{model_name=\"a-qv-r4\"} 15",
+                // vLLM's older name for it, which its published dashboards read.
+                "# TYPE vllm:time_per_output_token_seconds histogram",
+                "vllm:time_per_output_token_seconds_count{model_name=\"a-qv-r4\"} 15",
                 "vllm:e2e_request_latency_seconds_count{model_name=\"tiny-llama\"} 1",
+                "# TYPE vllm:num_preemptions_total counter",
+                "vllm:num_preemptions_total{model_name=\"tiny-llama\"} 0",
                 "dlora_request_success_total{model=\"a-qv-r4\",finished_reason=\"length\"} 1",
                 "vllm:request_success_total{model_name=\"tiny-llama\",finished_reason=\"length\"} 1",
                 "vllm:prompt_tokens_total{model_name=\"tiny-llama\"} 3",
