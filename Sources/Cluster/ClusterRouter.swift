@@ -412,6 +412,7 @@ public final class ClusterRouter: Sendable {
         }
         let stream = object["stream"] as? Bool ?? false
         let includeUsage = ((object["stream_options"] as? [String: Any])?["include_usage"] as? Bool) ?? false
+        let continuousUsage = includeUsage && ((object["stream_options"] as? [String: Any])?["continuous_usage_stats"] as? Bool) ?? false
         let statuses = replicas.snapshot.filter { $0.healthy && !$0.gone }.compactMap(\.status)
         guard !statuses.isEmpty else {
             var e = APIError(.serviceUnavailable, "no replica is healthy")
@@ -468,7 +469,7 @@ public final class ClusterRouter: Sendable {
                             body: .init { writer in
                                 defer { forget() }
                                 try await ClientConnection.cancellingOnDisconnect {
-                                    try await call.stream(first: attempts, includeUsage: includeUsage, writer: &writer)
+                                    try await call.stream(first: attempts, includeUsage: includeUsage, continuousUsage: continuousUsage, writer: &writer)
                                 }
                                 try await writer.finish(nil)
                             })

@@ -84,10 +84,16 @@ struct RouterCall: Sendable {
         return render.whole(results.map { CompletionRenderer.Choice(text: $0.text, finish: $0.finish!, logprobs: $0.logprobs) }, usage: usage)
     }
 
-    func stream(first: [Attempt], includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+    func stream(first: [Attempt], includeUsage: Bool, continuousUsage: Bool = false, writer: inout any ResponseBodyWriter) async throws {
         var render = self.render
         render.usageChunkFollows = includeUsage
         var choices = [Choice](repeating: Choice(), count: flights.count)
+        /// With continuous_usage_stats, the usage so far for the chunks rendered next (the prompt's tokens as the replicas
+        /// counted them, once they have).
+        func refreshUsage() {
+            if continuousUsage { render.runningUsage = Usage(prompt: self.promptTokens, completion: choices.reduce(0) { $0 + $1.tokens }) }
+        }
+        refreshUsage()
         var states = choices.map(\.logprobs)
         for f in render.openingFrames(flights.count, states: &states) { try await write(f, &writer) }
         for i in choices.indices { choices[i].logprobs = states[i] }
@@ -123,7 +129,9 @@ struct RouterCall: Sendable {
                     if open == 0 { break }
                     continue
                 }
-                if let echo = choices[i].take(out) {
+                let echo = choices[i].take(out)
+                refreshUsage()
+                if let echo {
                     for f in render.frames(i, text: echo.text, finish: nil, state: &choices[i].logprobs) { try await write(f, &writer) }
                 }
                 switch out {

@@ -25,6 +25,8 @@ struct GenerationRequest: Equatable {
     var params: SamplingParams
     var stream = false
     var includeUsage = false
+    /// vLLM's `stream_options.continuous_usage_stats` (with `include_usage`): every chunk carries the usage so far.
+    var continuousUsage = false
     var user: String?
     /// dlora's extension for MoLE compositions: the experts to use (the others' gates are 0, the rest renormalise).
     var moleExperts: [String]?
@@ -125,15 +127,15 @@ struct GenerationRequest: Equatable {
         if let user, user.utf8.count > 256 { throw APIError.invalid("user", "'user' must be at most 256 bytes") }
         params.ignoreEOS = try f.bool("ignore_eos") ?? false  // vLLM's extension: generate past end-of-sequence
         let stream = try f.bool("stream") ?? false
-        var includeUsage = false
+        var includeUsage = false, continuousUsage = false
         if let options = f.fields["stream_options"], options != .null {
             guard case .object(let o) = options else { throw APIError.invalid("stream_options", "stream_options must be an object") }
             for (key, value) in o {
-                guard key == "include_usage" else {
+                guard key == "include_usage" || key == "continuous_usage_stats" else {
                     throw APIError.invalid("stream_options", "unrecognized stream option '\(JSONFields.printable(key))'")
                 }
-                guard case .bool(let b) = value else { throw APIError.invalid("stream_options", "include_usage must be a boolean") }
-                includeUsage = b
+                guard case .bool(let b) = value else { throw APIError.invalid("stream_options", "\(key) must be a boolean") }
+                if key == "include_usage" { includeUsage = b } else { continuousUsage = b }
             }
             guard stream else { throw APIError.invalid("stream_options", "stream_options is only allowed with stream = true") }
         }
@@ -202,7 +204,8 @@ struct GenerationRequest: Equatable {
         guard inputs.count * n <= maxChoices * 8 else {
             throw APIError.invalid("n", "\(inputs.count) prompts × n = \(n) asks for \(inputs.count * n) completions; at most \(maxChoices * 8)")
         }
-        return GenerationRequest(model: model, inputs: inputs, params: params, stream: stream, includeUsage: includeUsage, user: user,
+        return GenerationRequest(model: model, inputs: inputs, params: params, stream: stream, includeUsage: includeUsage,
+                                 continuousUsage: includeUsage && continuousUsage, user: user,
                                  moleExperts: moleExperts, echo: echo, n: n, tools: tools, maxTokensParam: maxTokensParam, chat: chatOptions)
     }
 

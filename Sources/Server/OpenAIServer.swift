@@ -469,11 +469,11 @@ public final class OpenAIServer: Sendable {
         // (ClientConnection), not by reading its inbound stream, so keep-alive, pipelining and a half-close
         // still work (docs/design/server.md, "Disconnects").
         if parsed.stream {
-            let includeUsage = parsed.includeUsage
+            let includeUsage = parsed.includeUsage, continuousUsage = parsed.continuousUsage
             return Response(status: .ok, headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
                             body: .init { writer in
                                 try await ClientConnection.cancellingOnDisconnect {
-                                    try await response.stream(includeUsage: includeUsage, writer: &writer)
+                                    try await response.stream(includeUsage: includeUsage, continuousUsage: continuousUsage, writer: &writer)
                                 }
                                 try await writer.finish(nil)
                             })

@@ -206,11 +206,17 @@ struct Calls: Sendable {
     /// Streams server-sent events: per choice, its pieces of text as they come (choices interleaved), then a
     /// chunk with its finish reason; the usage chunk when asked for, then `data: [DONE]`. A failed or cancelled
     /// choice ends the whole stream with an error event.
-    func stream(includeUsage: Bool, writer: inout any ResponseBodyWriter) async throws {
+    func stream(includeUsage: Bool, continuousUsage: Bool = false, writer: inout any ResponseBodyWriter) async throws {
         var render = self.render
         render.usageChunkFollows = includeUsage
         var progress = calls.map(Call.Progress.init)
         defer { for p in progress { p.clock.end(p.outcome) } }
+        let promptTokens = self.promptTokens
+        /// With continuous_usage_stats, the usage so far for the chunks rendered next.
+        func refreshUsage() {
+            if continuousUsage { render.runningUsage = Usage(prompt: promptTokens, completion: progress.reduce(0) { $0 + $1.outcome.completionTokens }) }
+        }
+        refreshUsage()
         var states = progress.map(\.outcome.logprobs)
         for f in render.openingFrames(calls.count, states: &states) { try await write(f, &writer) }
         for i in progress.indices { progress[i].outcome.logprobs = states[i] }
@@ -233,6 +239,7 @@ struct Calls: Sendable {
                 for f in render.frames(i, text: echo.text, finish: nil, state: &progress[i].outcome.logprobs) { try await write(f, &writer) }
             }
             progress[i].take(e, call)
+            refreshUsage()
             if e.finish == .error {
                 call.markFinished()
                 let error = call.failed(progress[i].outcome.failure)

@@ -88,6 +88,10 @@ public struct CompletionRenderer: Sendable {
     /// A stream that ends with a usage chunk: its other chunks carry `"usage": null`, as OpenAI's do.
     public var usageChunkFollows = false
 
+    /// vLLM's `stream_options.continuous_usage_stats`: the usage so far, which every chunk then carries (set by the
+    /// caller before it renders each piece).
+    public var runningUsage: Usage?
+
     public init(id: String, created: Int, model: String, chat: Bool, tools: ToolCallMode? = nil, responses: ResponsesEcho? = nil) {
         self.id = id
         self.created = created
@@ -216,7 +220,7 @@ public struct CompletionRenderer: Sendable {
         return OpenAIWire.encode(TextCompletion(id: id, object: "text_completion", created: created, model: model,
                                                 choices: [TextChoice(index: index, text: text ?? "", finishReason: finish,
                                                                      logprobs: logprobs.takeCompletion())],
-                                                nullUsage: usageChunkFollows))
+                                                usage: runningUsage, nullUsage: usageChunkFollows))
     }
 
     /// The usage chunk (no choices) that ends a stream which asked for it.
@@ -228,6 +232,6 @@ public struct CompletionRenderer: Sendable {
     private func chatChunk(_ index: Int, delta: ChatDelta, finish: String?, logprobs: ChatLogprobs?) -> String {
         OpenAIWire.encode(ChatCompletionChunk(id: id, object: "chat.completion.chunk", created: created, model: model,
                                               choices: [ChatChunkChoice(index: index, delta: delta, finishReason: finish, logprobs: logprobs)],
-                                              nullUsage: usageChunkFollows))
+                                              usage: runningUsage, nullUsage: usageChunkFollows))
     }
 }

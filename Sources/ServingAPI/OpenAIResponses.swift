@@ -40,7 +40,7 @@ public enum OpenAIWire {
 }
 
 /// Token counts of one request.
-public struct Usage: Encodable, Equatable {
+public struct Usage: Encodable, Equatable, Sendable {
     public let promptTokens: Int
     public let completionTokens: Int
     public let totalTokens: Int

@@ -122,6 +122,21 @@ import Testing
         }
     }
 
+    /// vLLM's continuous_usage_stats through the router: every chunk carries the usage so far (the replica's prompt count).
+    @Test func continuousUsageStats() async throws {
+        try await RouterHarness.with([FakeReplica(adapters: ["s1"])]) { h in
+            let body = "{\"model\": \"\(Self.base)\", \"prompt\": \"hi\", \"max_tokens\": 2, \"stream\": true, "
+                + "\"stream_options\": {\"include_usage\": true, \"continuous_usage_stats\": true}}"
+            let r = try await h.post("/v1/completions", body)
+            let events = r.1.components(separatedBy: "\n\n").filter { $0.hasPrefix("data: ") && $0 != "data: [DONE]" }
+            let usages = try events.map { e -> [String: Any]? in
+                (try JSONSerialization.jsonObject(with: Data(e.dropFirst(6).utf8)) as? [String: Any])?["usage"] as? [String: Any]
+            }
+            #expect(r.0 == 200 && usages.count >= 2 && usages.allSatisfy { $0 != nil }, "\(r.1)")
+            #expect(usages.last??["completion_tokens"] as? Int == 1 && usages.allSatisfy { $0?["prompt_tokens"] as? Int == 1 }, "\(r.1)")
+        }
+    }
+
     @Test func fullReplicasAnswer429WithTheirRetryAfterAndARefusalIsPassedThrough() async throws {
         let replicas = [FakeReplica(adapters: ["s1"]), FakeReplica(adapters: ["s1"])]
         try await RouterHarness.with(replicas) { h in

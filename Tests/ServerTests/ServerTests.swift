@@ -61,6 +61,24 @@ import TestSupport
             let plain = try await client.post("/v1/completions", String(body.dropLast()) + ",\"stream\":true}")
             let plainChunks = try sseEvents(plain.1).dropLast().map(jsonObject)
             #expect(!plainChunks.isEmpty && plainChunks.allSatisfy { $0.keys.contains("usage") == false })
+            // vLLM's continuous_usage_stats: every chunk carries the usage so far (the prompt's tokens, the completion's
+            // so far, never decreasing, each text chunk counting its tokens), the last one the whole answer's.
+            for endpoint in ["/v1/completions", "/v1/chat/completions"] {
+                let request = endpoint == "/v1/completions" ? String(body.dropLast())
+                    : "{\"model\":\"a-qv-r4\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"max_tokens\":6,\"temperature\":0,\"ignore_eos\":true"
+                let running = try await client.post(endpoint, request + ",\"stream\":true,\"stream_options\":{\"include_usage\":true,\"continuous_usage_stats\":true}}")
+                let runningChunks = try sseEvents(running.1).dropLast().map(jsonObject)
+                let usages = runningChunks.compactMap { $0["usage"] as? [String: Any] }
+                #expect(usages.count == runningChunks.count && usages.count >= 3, "\(endpoint): \(running.1)")
+                let completions = usages.compactMap { $0["completion_tokens"] as? Int }
+                let prompts = Set(usages.compactMap { $0["prompt_tokens"] as? Int })
+                #expect(completions.count == usages.count && zip(completions, completions.dropFirst()).allSatisfy { $0 <= $1 }, "\(completions)")
+                #expect(prompts.count == 1 && usages.allSatisfy { ($0["total_tokens"] as? Int) == ($0["prompt_tokens"] as? Int ?? 0) + ($0["completion_tokens"] as? Int ?? -1) })
+                #expect(completions.last == (endpoint == "/v1/completions" ? c.greedyIds.count : 6), "\(endpoint): \(completions)")
+                // Without include_usage it changes nothing (as vLLM's).
+                let alone = try await client.post(endpoint, request + ",\"stream\":true,\"stream_options\":{\"continuous_usage_stats\":true}}")
+                #expect(try sseEvents(alone.1).dropLast().map(jsonObject).allSatisfy { $0.keys.contains("usage") == false }, "\(alone.1)")
+            }
 
             // The base model (transformers' greedy continuation).
             let bids = b.promptIds.map(String.init).joined(separator: ",")
