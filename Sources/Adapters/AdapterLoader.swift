@@ -258,7 +258,11 @@ public enum AdapterLoader {
                 return "target_modules \(targetModules.prefix(8).map { "'\($0.prefix(64))'" }.joined(separator: ", ")) does not name it"
             }
             if let key = excludeModules?.first(where: suffix) { return "exclude_modules names it ('\(key.prefix(64))')" }
-            if let layers, !layers.contains(layer) { return "layers_to_transform does not include layer \(layer)" }
+            // PEFT applies layers_to_transform to modules target_modules names by suffix, not to one it names by its whole
+            // path (and an empty list to none).
+            if let layers, !layers.contains(layer), targetModules?.contains(name) != true {
+                return "layers_to_transform does not include layer \(layer)"
+            }
             return nil
         }
 
@@ -407,6 +411,7 @@ public enum AdapterLoader {
                 guard case .int(let l) = v else { throw fail("layers_to_transform must be an integer or a list of integers") }
                 return l
             })
+            if layers == [] { layers = nil }  // PEFT: an empty list transforms every layer
         default: throw fail("layers_to_transform must be an integer or a list of integers")
         }
         switch config["layers_pattern"] {

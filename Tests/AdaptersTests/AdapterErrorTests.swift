@@ -152,6 +152,16 @@ import TestSupport
         #expect(e?.problem.contains("exclude_modules names it ('v_proj')") == true, "\(String(describing: e))")
         e = try refusal(configWith(#""layers_to_transform": [1]"#))
         #expect(e?.tensor?.contains("layers.0.") == true && e?.problem.contains("layers_to_transform does not include layer 0") == true, "\(String(describing: e))")
+        // PEFT: an empty layers_to_transform transforms every layer, and a module target_modules names by its whole path
+        // is not filtered by layer (both were refused). The tiny adapter has q and v in layers 0 and 1.
+        let wholePaths = Self.good.peftConfig.replacingOccurrences(
+            of: #""target_modules": ["q_proj", "v_proj"]"#,
+            with: #""target_modules": ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.v_proj", "q_proj", "v_proj"], "layers_to_transform": [1]"#)
+        #expect(wholePaths != Self.good.peftConfig)
+        for fine in [configWith(#""layers_to_transform": []"#), wholePaths] {
+            let e = try refusal(fine)
+            #expect(e == nil, "\(fine): \(String(describing: e))")
+        }
         for fine in [configWith(#""layers_to_transform": [0, 1], "layers_pattern": "layers""#), configWith(#""exclude_modules": ["k_proj"]"#),
                      Self.good.peftConfig.replacingOccurrences(of: #"["q_proj", "v_proj"]"#, with: #""all-linear""#),
                      Self.good.peftConfig.replacingOccurrences(of: #"["q_proj", "v_proj"]"#, with: #"".*\\.(q|v)_proj""#),
