@@ -30,7 +30,10 @@ struct BenchCore: ParsableCommand {
     @OptionGroup var products: MatmulPrecisionOption
 
     func validate() throws {
-        guard prompt >= 1, gen >= 1, ubatch >= 1 else { throw ValidationError("--prompt, --gen and --ubatch must be >= 1") }
+        // Bounded so that sums of them cannot overflow (a trap at --gen 9223372036854775807); the context bounds them further.
+        guard (1...(1 << 24)).contains(prompt), (1...(1 << 24)).contains(gen), (1...(1 << 24)).contains(ubatch) else {
+            throw ValidationError("--prompt, --gen and --ubatch must be in 1...\(1 << 24)")
+        }
         guard intList(batches, in: 1...1024) != nil else {
             throw ValidationError("--batches must be a comma-separated list of sizes in 1...1024")
         }
@@ -55,7 +58,7 @@ struct BenchCore: ParsableCommand {
         for b in batchSizes {
             let r = run(model: m, batch: b, kvCacheDType: kvCacheDType)
             rows.append(String(format: "| %d | %d | %d | %.1f | %.1f | %.2f |", b, prompt, gen, r.prefill, r.decode, r.msPerStep))
-            FileHandle.standardError.write(Data("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n".utf8))
+            StandardError.write("bench core: batch \(b): prefill \(Int(r.prefill)) tok/s, decode \(Int(r.decode)) tok/s\n")
         }
         bestGBs = max(bestGBs, Self.streamedGBs())
         print("Model: `\((path as NSString).lastPathComponent)` (\(c.architecture.rawValue), \(c.numLayers) layers, hidden \(c.hiddenSize)); threads: \(Kernels.threadCount); kernels: \(Kernels.simdPathName); BLAS: \(Kernels.blasCoreName); KV cache: \(kvCacheDType); products: \(MatmulPrecisionOption.name(of: m)).")
@@ -155,8 +158,8 @@ struct BenchCore: ParsableCommand {
             var sxy = 0.0, sxx = 0.0
             for (x, y) in zip(xs, stepSeconds) { sxy += (x - mx) * (y - my); sxx += (x - mx) * (x - mx) }
             let perPosition = sxy / sxx / Double(b)
-            FileHandle.standardError.write(Data(String(format: "bench core: batch %d: decode step + %.0f ns per position attended per sequence (least squares over %d steps, positions %d–%d)\n",
-                                                       b, perPosition * 1e9, gen, prompt + 1, prompt + gen).utf8))
+            StandardError.write(String(format: "bench core: batch %d: decode step + %.0f ns per position attended per sequence (least squares over %d steps, positions %d–%d)\n",
+                                               b, perPosition * 1e9, gen, prompt + 1, prompt + gen))
         }
         return Result(prefill: Double(b * prompt) / prefillSeconds, decode: Double(b * gen) / decodeSeconds,
                       msPerStep: decodeSeconds * 1000 / Double(gen))

@@ -99,7 +99,7 @@ struct BenchLoRA: ParsableCommand {
                 for (i, k) in ks.enumerated() where k == b && b >= 8 {
                     bandwidthRows.append((b, rank, Double(pool.prefix(k).map(\.kernelBytes).reduce(0, +)), unmerged[i] - base))
                 }
-                FileHandle.standardError.write(Data("bench lora: rank \(rank) batch \(b) done\n".utf8))
+                StandardError.write("bench lora: rank \(rank) batch \(b) done\n")
             }
             // Merge/unmerge cost and load time from disk.
             var mergeSeconds = [Double](repeating: 0, count: MergePrecision.allCases.count), unmergeSeconds = 0.0
@@ -233,7 +233,9 @@ struct StepTimingOptions: ParsableArguments {
     var rounds: Int = 3
 
     func validate() throws {
-        guard context >= 1, steps >= 1, rounds >= 1 else { throw ValidationError("--context, --steps and --rounds must be >= 1") }
+        guard context >= 1, context <= 1 << 20, (1...100_000).contains(steps), (1...1000).contains(rounds) else {
+            throw ValidationError("--context (1...1048576), --steps (1...100000) and --rounds (1...1000) out of range")
+        }
     }
 
     /// The context and the token each timed step decodes must fit the model.

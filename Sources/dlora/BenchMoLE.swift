@@ -78,7 +78,7 @@ struct BenchMoLE: ParsableCommand {
             func cell(_ x: Double) -> String { String(format: "%.2f (%+.1f %%)", x * 1000, (x / t[0] - 1) * 100) }
             print(String(format: "| %d | %.2f | %@ | %@ | %@ | %+.1f %% | %@ |", b, t[0] * 1000, cell(t[1]), cell(t[2]), cell(t[3]),
                          (t[3] / t[2] - 1) * 100, cell(t[4])))
-            FileHandle.standardError.write(Data("bench mole: batch \(b) done\n".utf8))
+            StandardError.write("bench mole: batch \(b) done\n")
         }
     }
 }

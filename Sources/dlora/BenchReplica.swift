@@ -45,13 +45,21 @@ struct BenchReplica: ParsableCommand {
     var stepLog: String?
 
     func validate() throws {
-        guard adapters >= 1, adapters <= 1024, requests >= 1, rate > 0, maxPrompt >= 1, maxOutput >= 1, slo > 0, alpha >= 0 else {
-            throw ValidationError("--adapters, --requests, --rate, --max-prompt, --max-output, --slo must be positive")
+        guard adapters >= 1, adapters <= 1024, requests >= 1, requests <= 1_000_000, maxPrompt >= 1, maxPrompt <= 1 << 20,
+              maxOutput >= 1, maxOutput <= 1 << 20 else {
+            throw ValidationError("--adapters (1...1024), --requests (1...1000000), --max-prompt and --max-output (1...1048576) out of range")
         }
+        // The run is in real time: a rate of 1e-300 requests/s waited forever.
+        guard rate.isFinite, rate >= 0.001, rate <= 100_000 else { throw ValidationError("--rate must be in 0.001...100000 requests/s") }
+        guard slo.isFinite, slo > 0 else { throw ValidationError("--slo must be a positive number of seconds") }
+        guard alpha.isFinite, alpha >= 0 else { throw ValidationError("--alpha must be a finite number >= 0") }
         guard repeats >= 1, repeats <= 100 else { throw ValidationError("--repeats must be in 1...100") }
         guard targets == "qv" || targets == "all" else { throw ValidationError("--targets must be qv or all") }
-        guard !policies.isEmpty else { throw ValidationError("--policies must name at least one policy (\(PolicyOption.names))") }
-        for p in policies.split(separator: ",") { _ = try PolicyOption.parse(String(p), flag: "policy") }
+        let named = policies.split(separator: ",", omittingEmptySubsequences: false)
+        guard !named.isEmpty, !named.contains(where: \.isEmpty) else {
+            throw ValidationError("--policies must be a comma-separated list of policies (\(PolicyOption.names)), none empty")
+        }
+        for p in named { _ = try PolicyOption.parse(String(p), flag: "policy") }
     }
 
     struct Request {
@@ -109,7 +117,7 @@ struct BenchReplica: ParsableCommand {
             for i in kinds.indices {
                 let kind = kinds[(i + round) % kinds.count]
                 outcomes[kind, default: []].append(try serve(reqs, model: m, tokenizer: loaded.tokenizer, weights: weights, policy: kind))
-                FileHandle.standardError.write(Data("bench replica: \(kind.rawValue) done (\(adapters) adapters, alpha \(alpha), round \(round + 1))\n".utf8))
+                StandardError.write("bench replica: \(kind.rawValue) done (\(adapters) adapters, alpha \(alpha), round \(round + 1))\n")
             }
         }
         print("| policy | throughput tok/s | avg latency per token s | P90 latency s | SLO attainment | mode switches | throughput min–max |")

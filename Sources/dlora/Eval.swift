@@ -109,7 +109,6 @@ struct Eval: ParsableCommand {
         let perSequence = EngineConfiguration.kvBlocks(tokens: longestPrompt + (budget.values.max() ?? 1) + 1)
 
         var results: [[String: Any]] = []
-        let err = FileHandle.standardError
         // Every adapter loaded (and checked) before any is scored: a bad one fails the run at once, not after the others.
         let specs = adapters.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
         if let twice = Dictionary(grouping: specs, by: { $0 }).first(where: { $0.value.count > 1 })?.key {
@@ -164,8 +163,8 @@ struct Eval: ParsableCommand {
             }
             let mean = scores.reduce(0, +) / Double(scores.count)
             let line = taskNames.enumerated().map { String(format: "%@ %.3f", $1, scores[$0]) }.joined(separator: "  ")
-            err.write(Data(String(format: "eval %@: %@  mean %.3f  (%d prompts in %.1f s, %d tokens generated)\n",
-                                  spec, line, mean, items.count, seconds, generated).utf8))
+            StandardError.write(String(format: "eval %@: %@  mean %.3f  (%d prompts in %.1f s, %d tokens generated)\n",
+                                               spec, line, mean, items.count, seconds, generated))
             var entry: [String: Any] = ["adapter": spec, "mean": mean, "seconds": seconds, "prompts": items.count,
                                         "generated_tokens": generated, "samples": samples]
             entry["tasks"] = Dictionary(uniqueKeysWithValues: zip(taskNames, scores))

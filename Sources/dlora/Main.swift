@@ -39,8 +39,22 @@ struct Dlora: AsyncParsableCommand {
             }
             let message = Self.message(for: error)
             let line = message.split(separator: "\n", omittingEmptySubsequences: true).first.map(String.init) ?? "\(error)"
-            FileHandle.standardError.write(Data("dlora: \(line)\n".utf8))
+            StandardError.write("dlora: \(line)\n")
             Foundation.exit(code == .success ? 1 : code.rawValue)
+        }
+    }
+}
+
+/// Standard error as the CLI writes it: a closed or unwritable stream is ignored (`FileHandle.write` trapped on one:
+/// `dlora generate … 2>&-` died of SIGILL on its first note or error).
+enum StandardError {
+    static func write(_ text: String) {
+        var bytes = Array(text.utf8)[...]
+        while !bytes.isEmpty {
+            let n = bytes.withUnsafeBytes { Foundation.write(2, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { return }
+            bytes = bytes.dropFirst(n)
         }
     }
 }
@@ -182,12 +196,12 @@ struct Generate: ParsableCommand {
             if loraMode == "merged" {
                 guard weights.mergeable else { throw CLIError("adapter '\(weights.name)' is a MoLE composition: its experts' mix changes per token, so it runs unmerged only") }
                 loaded.model.merge(weights, scale: adapterScale)
-                FileHandle.standardError.write(Data("merged '\(weights.name)' into the weights in \(loaded.model.mergePrecision.rawValue)\n".utf8))
+                StandardError.write("merged '\(weights.name)' into the weights in \(loaded.model.mergePrecision.rawValue)\n")
             } else {
                 lora = weights
                 let dtypes = Set(weights.modules.joined().compactMap { $0?.dtype })
                 let held = dtypes.contains(.q8_0) ? "in int8 (Q8_0)" : dtypes.contains(.q4_0) ? "in int4 (Q4_0)" : "as stored"
-                FileHandle.standardError.write(Data("adapter '\(weights.name)' held \(held)\n".utf8))
+                StandardError.write("adapter '\(weights.name)' held \(held)\n")
             }
         }
         // KV blocks for the whole request, plus the adapter's share of the same budget (unmerged).
@@ -213,12 +227,12 @@ struct Generate: ParsableCommand {
         }
         let s = engine.stats
         if params.grammar != nil, results.last?.finish == .length {
-            FileHandle.standardError.write(Data("the output is incomplete: --max-tokens ran out before it was complete\n".utf8))
+            StandardError.write("the output is incomplete: --max-tokens ran out before it was complete\n")
         }
         let promptRate = s.promptSeconds > 0 ? Double(s.promptTokens) / s.promptSeconds : 0
         let genRate = s.decodeSeconds > 0 ? Double(s.decodeTokens) / s.decodeSeconds : 0
-        FileHandle.standardError.write(Data(String(
+        StandardError.write(String(
             format: "prompt: %d tokens, %.1f tok/s; generation: %d tokens, %.1f tok/s\n",
-            s.promptTokens, promptRate, s.generatedTokens, genRate).utf8))
+            s.promptTokens, promptRate, s.generatedTokens, genRate))
     }
 }

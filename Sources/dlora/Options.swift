@@ -87,6 +87,10 @@ struct EngineOptions: ParsableArguments {
         guard kvCacheMb < memoryMb else {
             throw ValidationError("--kv-cache-mb \(kvCacheMb) is not less than this machine's memory (\(memoryMb) MiB)")
         }
+        // Both are held at once (the swap space is host memory too): each below the memory, their sum not, ran out.
+        guard kvCacheMb + hostSwapMb < memoryMb else {
+            throw ValidationError("--kv-cache-mb \(kvCacheMb) + --host-swap-mb \(hostSwapMb) is not less than this machine's memory (\(memoryMb) MiB)")
+        }
     }
 
     /// Sets what the options say of the model itself (how merged mode stores its matrices, the products' precision).
@@ -203,6 +207,8 @@ struct SamplingOptions: ParsableArguments {
 
     /// `SamplingParams.validate`, with the parameters named as the flags spell them.
     func validate() throws {
+        // Sums with the prompt's length must not overflow (a trap at --max-tokens 9223372036854775807).
+        guard (1...Int(Int32.max)).contains(maxTokens) else { throw ValidationError("--max-tokens must be in 1...\(Int32.max)") }
         do { try params.validate() } catch let e as SamplingError {
             throw ValidationError(e.description.replacingOccurrences(of: "max_tokens", with: "--max-tokens")
                 .replacingOccurrences(of: "top_p", with: "--top-p").replacingOccurrences(of: "top_k", with: "--top-k")
@@ -223,6 +229,12 @@ struct KeyOptions: ParsableArguments {
 
     var resolvedAPIKey: String? { apiKey ?? Self.environment("DLORA_API_KEY") }
     var resolvedAdminKey: String? { adminKey ?? Self.environment("DLORA_ADMIN_KEY") }
+
+    /// An empty key would be required and never matched (every request refused 401).
+    func validate() throws {
+        if apiKey?.isEmpty == true { throw ValidationError("--api-key is empty (leave it out for no key)") }
+        if adminKey?.isEmpty == true { throw ValidationError("--admin-key is empty (leave it out to disable the admin endpoints)") }
+    }
 
     static func environment(_ name: String) -> String? {
         ProcessInfo.processInfo.environment[name].flatMap { $0.isEmpty ? nil : $0 }

@@ -104,7 +104,7 @@ func runRouter(_ router: ClusterRouter, host: String, port: Int, label: String, 
     let app = router.makeApplication(configuration: .init(address: .hostname(host, port: port), serverName: "dlora-router"), logger: logger,
                                      onServerRunning: { channel in
                                          let bound = channel.localAddress?.port ?? 0
-                                         FileHandle.standardError.write(Data("dlora: router on http://\(host):\(bound) — \(label)\n".utf8))
+                                         StandardError.write("dlora: router on http://\(host):\(bound) — \(label)\n")
                                          onReady(bound)
                                      })
     let background = Task { await router.replicas.pollOnce(); await router.runBackground() }
@@ -141,7 +141,11 @@ struct RouterCommand: AsyncParsableCommand {
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
         guard (replicas != nil) != (replicasDns != nil) else { throw ValidationError("give exactly one of --replicas and --replicas-dns") }
-        for u in urls { guard URL(string: u)?.host != nil, u.hasPrefix("http://") else { throw ValidationError("'\(u)' is not an http:// URL") } }
+        for u in urls {
+            guard let url = URL(string: u), url.host != nil, u.hasPrefix("http://") else { throw ValidationError("'\(u)' is not an http:// URL") }
+            // A port past 65535 trapped in the HTTP client at the first poll.
+            if let port = url.port, !(1...65535).contains(port) { throw ValidationError("'\(u)': port \(port) is not in 1...65535") }
+        }
         if replicas != nil {
             guard !urls.isEmpty else { throw ValidationError("--replicas names no replica (comma-separated http:// URLs)") }
             // One replica twice would count as two: twice its share of the traffic, and its failure taken for two.
@@ -150,15 +154,19 @@ struct RouterCommand: AsyncParsableCommand {
                 throw ValidationError("--replicas names \(twice) twice")
             }
         }
-        if let d = replicasDns, d.lastIndex(of: ":").flatMap({ Int(d[d.index(after: $0)...]) }) == nil {
-            throw ValidationError("--replicas-dns must be HOST:PORT")
+        if let d = replicasDns, d.lastIndex(of: ":").flatMap({ Int(d[d.index(after: $0)...]) }).map({ (1...65535).contains($0) }) != true {
+            throw ValidationError("--replicas-dns must be HOST:PORT (port 1...65535)")
         }
     }
 
     var urls: [String] { (replicas ?? "").split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
 
     func run() async throws {
-        let admin = flags.resolvedAdminKey
+        // The router reaches its replicas' control API (/internal/*) with the admin key; without one it started and then
+        // answered every request "no replica is healthy".
+        guard let admin = flags.resolvedAdminKey else {
+            throw CLIError("router needs --admin-key (or DLORA_ADMIN_KEY): the key its replicas were started with, which it reaches their control API with")
+        }
         let set = ReplicaSet(urls: urls, http: makeRouterHTTPClient(), adminKey: admin)
         let router = ClusterRouter(replicas: set, options: flags.options(adminKey: admin))
         let dnsTask = replicasDns.map { name in Task { await set.discover(dns: name, every: .seconds(5)) } }
@@ -304,9 +312,9 @@ final class ReplicaSupervisor: @unchecked Sendable {
         p.environment = environment
         do {
             try p.run()
-            FileHandle.standardError.write(Data("dlora: replica \(i) started (pid \(p.processIdentifier), port \(ports[i]))\n".utf8))
+            StandardError.write("dlora: replica \(i) started (pid \(p.processIdentifier), port \(ports[i]))\n")
         } catch {
-            FileHandle.standardError.write(Data("dlora: replica \(i) failed to start: \(error)\n".utf8))
+            StandardError.write("dlora: replica \(i) failed to start: \(error)\n")
         }
         lock.lock()
         processes[i] = p
@@ -333,7 +341,7 @@ final class ReplicaSupervisor: @unchecked Sendable {
                     restarts[i] += 1
                     return restarts[i]
                 }
-                FileHandle.standardError.write(Data("dlora: replica \(i) exited; restarting (restart \(n))\n".utf8))
+                StandardError.write("dlora: replica \(i) exited; restarting (restart \(n))\n")
                 start(i)
                 nextTry[i] = Date().addingTimeInterval(min(30, pow(2, Double(min(n, 5)) - 1)))
             }

@@ -23,12 +23,12 @@ final class SecondSignal: @unchecked Sendable {
             guard count >= 2, !fired else { return }
             fired = true
             let exit: @Sendable () -> Void = {
-                FileHandle.standardError.write(Data("dlora: second signal: exiting without waiting further\n".utf8))
+                StandardError.write("dlora: second signal: exiting without waiting further\n")
                 beforeExit()
                 _exit(1)
             }
             guard grace > 0 else { return exit() }
-            FileHandle.standardError.write(Data("dlora: second signal: cancelling running requests; exiting in \(grace) s at the latest\n".utf8))
+            StandardError.write("dlora: second signal: cancelling running requests; exiting in \(grace) s at the latest\n")
             cutShort()
             queue.asyncAfter(deadline: .now() + grace, execute: exit)
         }

@@ -86,7 +86,7 @@ struct Serve: AsyncParsableCommand {
             } catch {
                 if !warned.said {
                     warned.said = true
-                    FileHandle.standardError.write(Data("dlora: --step-log \(path): \(OutputPath.reason(error)); step lines are being lost\n".utf8))
+                    StandardError.write("dlora: --step-log \(path): \(OutputPath.reason(error)); step lines are being lost\n")
                 }
             }
         }
@@ -135,21 +135,21 @@ struct Serve: AsyncParsableCommand {
         // what the model was trained on (and from transformers and vLLM, which refuse chat then).
         let chatTemplate = loaded.tokenizer.chatTemplate
         if chatTemplate.kind == .defaultChatML {
-            FileHandle.standardError.write(Data("dlora: note: the model has no chat template (GGUF tokenizer.chat_template, chat_template.jinja or tokenizer_config.json); chat requests are rendered as plain ChatML\n".utf8))
+            StandardError.write("dlora: note: the model has no chat template (GGUF tokenizer.chat_template, chat_template.jinja or tokenizer_config.json); chat requests are rendered as plain ChatML\n")
         } else if let error = chatTemplate.parseError {
             let fallback = chatTemplate.kind == .unrecognizedChatML ? "plain ChatML" : "dlora's own \(chatTemplate.kind.rawValue) format"
-            FileHandle.standardError.write(Data("dlora: note: the model's chat template could not be parsed as Jinja (\(error)); chat requests are rendered as \(fallback) instead\n".utf8))
+            StandardError.write("dlora: note: the model's chat template could not be parsed as Jinja (\(error)); chat requests are rendered as \(fallback) instead\n")
         }
         if let window = loaded.model.config.slidingWindowCap {
-            FileHandle.standardError.write(Data("dlora: note: the model's attention slides over a window of \(window) positions; contexts are served up to that length (max_model_len \(window)), where full attention equals it\n".utf8))
+            StandardError.write("dlora: note: the model's attention slides over a window of \(window) positions; contexts are served up to that length (max_model_len \(window)), where full attention equals it\n")
         }
         let app = server.makeApplication(
             configuration: .init(address: .hostname(host, port: port), serverName: "dlora"),
             logger: logger,
             onServerRunning: { channel in
                 let bound = channel.localAddress?.port ?? 0
-                FileHandle.standardError.write(Data(
-                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\(productsNote)\(switchNote)\n".utf8))
+                StandardError.write(
+                    "dlora: serving \(served) (+\(adapterCount) adapters) on http://\(host):\(bound) — \(blocks) KV blocks (\(engineConfig.kvCacheDType))\(productsNote)\(switchNote)\n")
             }
         )
         // A replica started by `dlora cluster` drains and stops when its supervisor is gone (even one killed with

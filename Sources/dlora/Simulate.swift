@@ -400,7 +400,16 @@ struct Simulate: ParsableCommand {
             guard let number = value as? NSNumber, case let x = number.doubleValue, x.isFinite, isSigned || x >= 0 else {
                 throw CLIError("\(path): \"\(key)\" must be a finite number\(isSigned ? "" : " >= 0")")
             }
-            if key.hasSuffix("bytes_per_second") && x <= 0 { throw CLIError("\(path): \"\(key)\" must be positive") }
+            if key.hasSuffix("bytes_per_second") {
+                // Huge is harmless (a transfer costs nothing); tiny would price a transfer at years of simulated time.
+                guard x >= 1000 else { throw CLIError("\(path): \"\(key)\" must be at least 1000 bytes per second") }
+            } else if key.contains("second") || key.contains("latency") {
+                // Simulated time runs as far as the costs take it, and the router's polls with it: an iteration priced
+                // at 1e6 s ran for hours of wall time.
+                guard abs(x) <= 3600 else { throw CLIError("\(path): \"\(key)\" must be at most 3600 seconds in magnitude") }
+            } else {
+                guard abs(x) <= 1e6 else { throw CLIError("\(path): \"\(key)\" must be at most 1e6 in magnitude") }
+            }
             model[keyPath: keyPath] = x
         }
     }

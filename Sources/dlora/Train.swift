@@ -56,7 +56,7 @@ final class TrainingSetup {
         self.created = created
         interrupts = watchTerminationSignals(on: .global()) { sig, _ in
             let removed = Self.removeIfEmpty(created)
-            FileHandle.standardError.write(Data("dlora: interrupted\(removed ? "; the empty --out \(created!) was removed" : "")\n".utf8))
+            StandardError.write("dlora: interrupted\(removed ? "; the empty --out \(created!) was removed" : "")\n")
             _exit(128 + sig)
         }
     }
@@ -106,7 +106,7 @@ struct PrecisionOptions: ParsableArguments {
     func apply(to base: FrozenBase, command: String) -> String {
         guard precision == "bf16" else { return "f32 products" }
         guard let bytes = base.useBF16Products() else {
-            FileHandle.standardError.write(Data("\(command): --precision bf16 needs AVX-512 BF16, which this CPU lacks; the products stay f32\n".utf8))
+            StandardError.write("\(command): --precision bf16 needs AVX-512 BF16, which this CPU lacks; the products stay f32\n")
             return "f32 products"
         }
         // What is left on OpenBLAS (attention per head, the LoRA path) runs one product per thread instead,
@@ -254,8 +254,7 @@ struct TrainLoRA: ParsableCommand {
                 seed: seed, optimizer: AdamWConfiguration(learningRate: lr, weightDecay: weightDecay))
             let products = precisionOptions.apply(to: base, command: "train lora")
             let trainer = LoRATrainer(base: base, data: data, configuration: config)
-            let err = FileHandle.standardError
-            err.write(Data("train lora: \(data.examples.count) examples (\(data.dropped) dropped), \(trainer.lora.parameterCount) trainable parameters, \(Kernels.threadCount) threads, \(products)\n".utf8))
+            StandardError.write("train lora: \(data.examples.count) examples (\(data.dropped) dropped), \(trainer.lora.parameterCount) trainable parameters, \(Kernels.threadCount) threads, \(products)\n")
             var tokens = 0, seconds = 0.0
             var lastLoss = Double.nan
             try trainer.runChecked { r in
@@ -264,13 +263,13 @@ struct TrainLoRA: ParsableCommand {
                 lastLoss = r.loss
                 guard r.loss.isFinite else { throw CLIError("step \(r.step): the loss is not finite (\(r.loss)); lower --lr") }
                 if r.step % logEvery == 0 || r.step == steps {
-                    err.write(Data(String(format: "step %d  loss %.4f  %.0f tok/s\n", r.step, r.loss, Double(r.tokens) / r.seconds).utf8))
+                    StandardError.write(String(format: "step %d  loss %.4f  %.0f tok/s\n", r.step, r.loss, Double(r.tokens) / r.seconds))
                 }
             }
             try PEFTAdapterWriter.write(trainer.lora, to: out, baseModelName: path)
             try checkWritten(out, base: setup.config, outputs: ["adapter_config.json", "adapter_model.safetensors"])
-            err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; adapter written to %@\n",
-                                  lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
+            StandardError.write(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; adapter written to %@\n",
+                                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out))
         }
     }
 }
@@ -354,7 +353,7 @@ struct TrainMoLE: ParsableCommand {
             let home = Self.directory(of: out)
             let away = Set(written.map { Self.directory(of: $0.path) }.filter { $0 != home })
             if let place = away.sorted().first {
-                FileHandle.standardError.write(Data("dlora: note: a MoLE composition finds its experts beside it: \(away.count == 1 ? "move \(out) into \(place)" : "its experts are in \(away.count) directories; put them and \(out) in one") before serving it\n".utf8))
+                StandardError.write("dlora: note: a MoLE composition finds its experts beside it: \(away.count == 1 ? "move \(out) into \(place)" : "its experts are in \(away.count) directories; put them and \(out) in one") before serving it\n")
             }
             let base = try FrozenBase(checkpoint: setup.checkpoint)
             let products = precisionOptions.apply(to: base, command: "train mole")
@@ -365,8 +364,7 @@ struct TrainMoLE: ParsableCommand {
             let model = LoRATrainingModel(base: base, lora: none, mole: mole)
             let optimizer = AdamW(configuration: AdamWConfiguration(learningRate: lr), mole: mole)
             var sampler = BatchSampler(data: data, size: batch, seed: seed)
-            let err = FileHandle.standardError
-            err.write(Data("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.inUse.filter { $0 }.count) \(granularity) gates, \(Kernels.threadCount) threads, \(products)\n".utf8))
+            StandardError.write("train mole: \(data.examples.count) examples (\(data.dropped) dropped), \(expertOptions.names.count) experts, \(mole.inUse.filter { $0 }.count) \(granularity) gates, \(Kernels.threadCount) threads, \(products)\n")
             var lastLoss = Double.nan
             var tokens = 0, seconds = 0.0
             for step in 1...steps {
@@ -381,12 +379,12 @@ struct TrainMoLE: ParsableCommand {
                 lastLoss = loss
                 guard loss.isFinite else { throw CLIError("step \(step): the loss is not finite (\(loss)); lower --lr") }
                 if step % logEvery == 0 || step == steps {
-                    err.write(Data(String(format: "step %d  loss %.4f  gates %@\n", step, loss, Self.meanGates(mole)).utf8))
+                    StandardError.write(String(format: "step %d  loss %.4f  gates %@\n", step, loss, Self.meanGates(mole)))
                 }
             }
             try MoLEWriter.write(mole, experts: written, to: out, baseModel: path)
-            err.write(Data(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; gates written to %@\n",
-                                  lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out).utf8))
+            StandardError.write(String(format: "final loss %.4f; %d tokens in %.1f s: %.1f tok/s; gates written to %@\n",
+                                               lastLoss, tokens, seconds, Double(tokens) / max(seconds, 1e-9), out))
         }
     }
 
@@ -459,13 +457,12 @@ struct TrainLoRAHub: ParsableCommand {
             let base = try FrozenBase(checkpoint: setup.checkpoint)
             let hub = try LoRAHub(base: base, experts: weights.map { LoRAParameters(weights: $0, config: c) }, l1: l1)
             let batch = TrainingData.batch(data.examples)
-            let err = FileHandle.standardError
             let baseLoss = hub.objective([Double](repeating: 0, count: weights.count), batch: batch).loss
-            err.write(Data(String(format: "train lorahub: %d examples, %d experts; base model loss %.4f\n", data.examples.count, weights.count, baseLoss).utf8))
+            StandardError.write(String(format: "train lorahub: %d examples, %d experts; base model loss %.4f\n", data.examples.count, weights.count, baseLoss))
             let start = DispatchTime.now().uptimeNanoseconds
             let result = hub.search(batch: batch, evaluations: evaluations, seed: seed) { n, best, f in
-                err.write(Data(String(format: "evaluations %d  best objective %.4f  weights %@\n", n, f,
-                                      best.map { String(format: "%.3f", $0) }.joined(separator: " ")).utf8))
+                StandardError.write(String(format: "evaluations %d  best objective %.4f  weights %@\n", n, f,
+                                                   best.map { String(format: "%.3f", $0) }.joined(separator: " ")))
             }
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
             guard result.loss.isFinite else { throw CLIError("the few-shot loss is not finite under every composition tried") }
@@ -478,8 +475,8 @@ struct TrainLoRAHub: ParsableCommand {
             ]
             try JSONSerialization.data(withJSONObject: summary, options: [.prettyPrinted, .sortedKeys])
                 .write(to: URL(fileURLWithPath: out + "/lorahub.json"))
-            err.write(Data(String(format: "loss %.4f (base %.4f) after %d evaluations in %.1f s; adapter written to %@\n",
-                                  result.loss, baseLoss, evaluations, seconds, out).utf8))
+            StandardError.write(String(format: "loss %.4f (base %.4f) after %d evaluations in %.1f s; adapter written to %@\n",
+                                               result.loss, baseLoss, evaluations, seconds, out))
         }
     }
 }

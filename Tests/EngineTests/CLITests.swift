@@ -67,6 +67,17 @@ import Testing
         (["bench", "lora", "--model", tiny, "--batches", "1,x"], "--batches"),
         (["bench", "lora", "--model", tiny, "--context", "100000"], "--context 100000 does not fit the model's context length 256"),
         (["router", "--replicas", "http://127.0.0.1:1,http://127.0.0.1:1/"], "--replicas names http://127.0.0.1:1 twice"),
+        // A black-box probe's: values that overflowed (traps), ran forever, or were accepted and then refused everything.
+        (["generate", "--model", tiny, "--prompt", "a", "--max-tokens", "9223372036854775807"], "--max-tokens must be in 1...2147483647"),
+        (["bench", "core", "--model", tiny, "--gen", "9223372036854775807"], "--prompt, --gen and --ubatch must be in"),
+        (["bench", "lora", "--model", tiny, "--rounds", "9223372036854775807"], "--rounds (1...1000)"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--rate", "1e-300"], "--rate must be in 0.001...100000"),
+        (["bench", "replica", "--model", tiny, "--workload", "w", "--trace", "t", "--policies", ","], "--policies must be a comma-separated list"),
+        (["router", "--replicas", "http://127.0.0.1:99999"], "port 99999 is not in 1...65535"),
+        (["router", "--replicas-dns", "localhost:99999"], "--replicas-dns must be HOST:PORT"),
+        (["serve", "--model", tiny, "--api-key", ""], "--api-key is empty"),
+        (["router", "--replicas", "http://127.0.0.1:1"], "router needs --admin-key"),
+        (["serve", "--model", tiny, "--kv-cache-mb", "100", "--host-swap-mb", "1000000000"], "is not less than this machine's memory"),
     ])
     func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) async throws {
         let r = try await Self.dlora(args)
@@ -75,6 +86,19 @@ import Testing
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 1, "stderr: \(r.stderr)")
         #expect(r.stderr.contains(mention), "stderr: \(r.stderr)")
+    }
+
+    /// With standard error closed, a failing command still exits 1 and a working one 0 (writing to it trapped: SIGILL).
+    @Test func aClosedStandardErrorIsNotACrash() throws {
+        for (args, status) in [(["generate", "--model", "/nonexistent/model.gguf", "--prompt", "a"], Int32(1)),
+                               (["generate", "--model", Self.tiny, "--prompt", "a", "--max-tokens", "2"], Int32(0))] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "exec \"$0\" \"$@\" >/dev/null 2>&-", Self.binary.path] + args
+            try p.run()
+            p.waitUntilExit()
+            #expect(p.terminationReason == .exit && p.terminationStatus == status, "\(args): \(p.terminationReason) \(p.terminationStatus)")
+        }
     }
 
     /// A write that fails (standard output or a file on a full device) is a one-line error and exit 1, not a crash

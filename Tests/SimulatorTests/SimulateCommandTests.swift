@@ -375,7 +375,11 @@ import Testing
         }
         try #"{"arrival": 0, "adapter": 0, "prompt_tokens": 4, "output_tokens": 5}"#.write(to: requests, atomically: true, encoding: .utf8)
         for (text, message) in [(#"{"fixed_secs": 0.01}"#, "unknown coefficient \"fixed_secs\""), (#"{"fixed_seconds": -1}"#, "must be a finite number"),
-                                (#"{"memory_bytes_per_second": 0}"#, "must be positive"), ("[1]", "not a JSON object"),
+                                (#"{"memory_bytes_per_second": 0}"#, "must be at least 1000 bytes per second"), ("[1]", "not a JSON object"),
+                                // Prices that would run the simulation for hours of wall time (an iteration of 1e6 s).
+                                (#"{"fixed_seconds": 1e6}"#, "\"fixed_seconds\" must be at most 3600 seconds"),
+                                (#"{"adapter_load_seconds": 1e9}"#, "\"adapter_load_seconds\" must be at most 3600 seconds"),
+                                (#"{"transfer_bytes_per_second": 10}"#, "must be at least 1000 bytes per second"),
                                 (#"{"fixed_seconds": 0.01, "merged_extra_seconds": -0.02}"#, "below -\"fixed_seconds\""),
                                 (#"{"fixed_seconds": 0.01, "merged_extra_seconds": -0.006, "single_token_seconds": -0.006}"#, "below -\"fixed_seconds\""),
                                 (#"{"merged_extra_seconds": "x"}"#, "\"merged_extra_seconds\" must be a finite number")] {
