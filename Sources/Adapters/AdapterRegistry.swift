@@ -67,11 +67,16 @@ public final class AdapterRegistry: @unchecked Sendable {
     /// How loaded adapters are held (`AdapterPrecision`; a server passes what its model's products call for).
     public let precision: AdapterPrecision
 
+    /// The root given is not a directory (said as that, not as an adapter's problem).
+    public struct RootError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
     public init(root: String, base: ModelConfig, hostBudgetBytes: Int = 4 << 30, precision: AdapterPrecision = .stored) throws {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory), isDirectory.boolValue,
               let real = AdapterFiles.realPath(root) else {
-            throw AdapterError(adapter: root, problem: "adapter root is not a directory")
+            throw RootError(description: "the adapter root '\(root)' is not a directory")
         }
         self.root = URL(fileURLWithPath: root)
         rootRealPath = real

@@ -17,7 +17,8 @@ extension Tokenizer {
                 if required { throw TokenizerError.unreadableFile(url.path) }
                 return nil
             }
-            do { return try Data(contentsOf: url) } catch { throw TokenizerError.unreadableFile("\(url.path): \(error)") }
+            if let problem = FileKind(path: url.path).problem { throw TokenizerError.unreadableFile("\(url.path): it \(problem)") }
+            do { return try Data(contentsOf: url) } catch { throw TokenizerError.unreadableFile("\(url.path): \(error.localizedDescription)") }
         }
         func template(_ name: String) throws -> Data? {
             let url = directory.appendingPathComponent(name)

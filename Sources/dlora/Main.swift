@@ -37,11 +37,21 @@ struct Dlora: AsyncParsableCommand {
                 print(fullMessage(for: error))
                 Foundation.exit(0)
             }
-            let message = Self.message(for: error)
+            let message = Self.listenFailure(error) ?? Self.message(for: error)
             let line = message.split(separator: "\n", omittingEmptySubsequences: true).first.map(String.init) ?? "\(error)"
             StandardError.write("dlora: \(line)\n")
             Foundation.exit(code == .success ? 1 : code.rawValue)
         }
+    }
+}
+
+extension Dlora {
+    /// A server that cannot take its port, said as that (NIO's own text was "bind(descriptor:ptr:bytes:): Address
+    /// already in use) (errno: 98)").
+    static func listenFailure(_ error: any Error) -> String? {
+        let text = "\(error)"
+        guard text.contains("bind("), text.contains("Address already in use") else { return nil }
+        return "cannot listen on the --port asked for: the address is already in use (another server on it?)"
     }
 }
 
@@ -91,9 +101,10 @@ extension Generate {
             spec = .jsonObject()
         } else if let jsonSchema {
             let url = URL(fileURLWithPath: jsonSchema)
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-                throw CLIError("--json-schema: '\(jsonSchema)' is a directory, not a schema file")
+            switch FileKind(path: url.path) {
+            case .directory: throw CLIError("--json-schema: '\(jsonSchema)' is a directory, not a schema file")
+            case .other: throw CLIError("--json-schema: '\(jsonSchema)' is not a regular file (a FIFO, socket or device)")
+            case .regular, .missing: break
             }
             let size = (try? FileManager.default.attributesOfItem(atPath: url.path)[.size] as? Int) ?? nil
             guard let size else { throw CLIError("--json-schema: cannot read '\(jsonSchema)'") }
@@ -172,6 +183,11 @@ struct Generate: ParsableCommand {
         let tokenizer = loaded.tokenizer
         let ids: [Int]
         if let chat {
+            // As serve says at start: a template that does not parse is not what renders the prompt.
+            if let error = tokenizer.chatTemplate.parseError {
+                let fallback = tokenizer.chatTemplate.kind == .unrecognizedChatML ? "plain ChatML" : "dlora's own \(tokenizer.chatTemplate.kind.rawValue) format"
+                StandardError.write("dlora: note: the model's chat template could not be parsed as Jinja (\(error)); the prompt is rendered as \(fallback) instead\n")
+            }
             let text = try tokenizer.chatTemplate.render(messages: [ChatMessage(role: "user", content: chat)], addGenerationPrompt: true)
             ids = tokenizer.encode(text, addSpecial: false)
         } else {

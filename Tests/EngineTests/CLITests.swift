@@ -77,6 +77,9 @@ import Testing
         (["router", "--replicas-dns", "localhost:99999"], "--replicas-dns must be HOST:PORT"),
         (["serve", "--model", tiny, "--api-key", ""], "--api-key is empty"),
         (["router", "--replicas", "http://127.0.0.1:1"], "router needs --admin-key"),
+        (["generate", "--model", tiny, "--prompt", "a", "--json-schema", "/dev/zero"], "'/dev/zero' is not a regular file"),
+        (["generate", "--model", tiny, "--prompt", "a", "--adapter", "x", "--adapter-root", "/nonexistent/root"],
+         "the adapter root '/nonexistent/root' is not a directory"),
         (["serve", "--model", tiny, "--kv-cache-mb", "100", "--host-swap-mb", "1000000000"], "is not less than this machine's memory"),
     ])
     func badInputIsOneLineAndNonZeroExit(_ args: [String], _ mention: String) async throws {

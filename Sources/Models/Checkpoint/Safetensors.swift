@@ -174,6 +174,7 @@ public final class HFCheckpoint: ModelCheckpoint, @unchecked Sendable {
         path = directory
         let dir = URL(fileURLWithPath: directory)
         let configPath = dir.appendingPathComponent("config.json").path
+        if let problem = FileKind(path: configPath).problem { throw CheckpointError(file: configPath, problem: problem) }
         guard let configData = FileManager.default.contents(atPath: configPath) else {
             throw CheckpointError(file: configPath, problem: "missing (a Hugging Face model directory needs config.json)")
         }
