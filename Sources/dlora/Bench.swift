@@ -49,6 +49,15 @@ struct BenchCore: ParsableCommand {
 
         try products.apply(to: m)
         let kvCacheDType = kvCache.resolved(for: m)
+        // The largest batch's K/V is allocated whole: one the machine cannot hold stopped the process with an allocation
+        // failure (--batches 1024 --prompt 4000 --gen 4000) instead of this message.
+        let blocks = (batchSizes.max() ?? 1) * ((prompt + gen + 15) / 16)
+        let kvBytes = Double(blocks) * Double(EngineConfiguration.bytesPerBlock(c, blockSize: 16, dtype: kvCacheDType))
+        let memory = Double(ProcessInfo.processInfo.physicalMemory)
+        guard kvBytes < memory / 2 else {
+            throw CLIError(String(format: "the largest batch's K/V cache needs %.1f GiB, more than half this machine's %.1f GiB: lower --batches, --prompt or --gen",
+                                  kvBytes / Double(1 << 30), memory / Double(1 << 30)))
+        }
         // Measured before and after the runs, the higher counting: on a shared host one measurement can fall into
         // a neighbour's burst (16.5 GB/s once, against 28-33 on either side), and a low bound flatters the ratio.
         var bestGBs = Self.streamedGBs()

@@ -2,6 +2,7 @@ import ArgumentParser
 import AsyncHTTPClient
 import Cluster
 import ClusterPolicy
+import Engine
 import Foundation
 import Hummingbird
 import Logging
@@ -215,6 +216,13 @@ struct ClusterCommand: AsyncParsableCommand {
         guard replicas >= 1, replicas <= 64 else { throw ValidationError("--replicas must be between 1 and 64") }
         guard (0...65535).contains(port) else { throw ValidationError("--port must be between 0 and 65535") }
         if let threads, threads < 1 { throw ValidationError("--threads must be positive") }
+        // Every replica holds its own budget: each one's below the memory, all of them not, had the replicas fail at
+        // start and restart in a loop.
+        let perReplica = kvCacheMb ?? EngineConfiguration.defaultKVCacheMegabytes
+        let memoryMb = Int(ProcessInfo.processInfo.physicalMemory >> 20)
+        guard perReplica >= 1, perReplica <= 1 << 30, perReplica * replicas < memoryMb else {
+            throw ValidationError("--replicas \(replicas) × --kv-cache-mb \(perReplica) is not less than this machine's memory (\(memoryMb) MiB)")
+        }
     }
 
     func run() async throws {

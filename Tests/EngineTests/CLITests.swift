@@ -77,6 +77,7 @@ import Testing
         (["router", "--replicas-dns", "localhost:99999"], "--replicas-dns must be HOST:PORT"),
         (["serve", "--model", tiny, "--api-key", ""], "--api-key is empty"),
         (["router", "--replicas", "http://127.0.0.1:1"], "router needs --admin-key"),
+        (["cluster", "--replicas", "64", "--kv-cache-mb", "100000000"], "is not less than this machine's memory"),
         (["generate", "--model", tiny, "--prompt", "a", "--json-schema", "/dev/zero"], "'/dev/zero' is not a regular file"),
         (["generate", "--model", tiny, "--prompt", "a", "--adapter", "x", "--adapter-root", "/nonexistent/root"],
          "the adapter root '/nonexistent/root' is not a directory"),
@@ -324,6 +325,15 @@ import Testing
 
     /// The README's main job, shortened: a chat prompt on the default model, greedy, matches transformers'
     /// continuation (the chat case of the SmolLM2 goldens) and stops at the end-of-turn token.
+    /// A benchmark whose largest batch's K/V the machine cannot hold is refused before it allocates (it stopped with an
+    /// allocation failure); on the default model, whose context admits it (8,000 tokens × 1,024 sequences, ~360 GiB).
+    @Test func aBenchTooLargeForTheMachineIsRefused() async throws {
+        _ = try DefaultModel.require()
+        let r = try await Self.dlora(["bench", "core", "--batches", "1024", "--prompt", "4000", "--gen", "4000"])
+        #expect(r.status == 1 && r.stderr.split(separator: "\n").count == 1, "stderr: \(r.stderr)")
+        #expect(r.stderr.contains("the largest batch's K/V cache needs"), "stderr: \(r.stderr)")
+    }
+
     @Test func chatOnTheDefaultModelMatchesTheReference() async throws {
         _ = try DefaultModel.require()
         let golden = try #require(try ModelFixtures.smolGoldens().cases.first { $0.kind == "chat" })
