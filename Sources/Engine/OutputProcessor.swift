@@ -78,12 +78,17 @@ public struct OutputProcessor: Sendable {
         return stopMatcher.append(held)
     }
 
-    /// The text still held at the end of the output (a proper prefix of the exempt one is text like any other).
-    private mutating func flushed() -> (emit: String, stopped: Bool) {
-        guard exemptPrefix != nil, !held.isEmpty else { return ("", false) }
-        exemptPrefix = nil
-        defer { held = "" }
-        return stopMatcher.append(held)
+    /// What the output still holds when it ends, through the stop strings: the detokenizer's tail, text held as a
+    /// possible exempt prefix (a proper prefix of it is text like any other), then what the stop matcher held back.
+    private mutating func remainder() -> (text: String, stopped: Bool) {
+        var rest = matched(detokenizer.finish())
+        if !rest.stopped, exemptPrefix != nil, !held.isEmpty {
+            exemptPrefix = nil
+            let last = stopMatcher.append(held)
+            held = ""
+            rest = (rest.emit + last.emit, last.stopped)
+        }
+        return rest.stopped ? (rest.emit, true) : (rest.emit + stopMatcher.finish(), false)
     }
 
     /// The text event for an engine event. After a finishing event, `done` is true.
@@ -100,16 +105,9 @@ public struct OutputProcessor: Sendable {
             return GenerationEvent(requestID: e.requestID, token: nil, text: "", finish: e.finish ?? .error, message: e.message)
         }
         if e.finish == .stop {
-            // The end-of-sequence token itself is not text; what it leaves (the detokenizer's tail, text held as a
-            // possible exempt prefix) still goes through the stop strings.
+            // The end-of-sequence token itself is not text; what the output still holds goes through the stop strings.
             done = true
-            var rest = matched(detokenizer.finish())
-            if !rest.stopped {
-                let last = flushed()
-                rest = (rest.emit + last.emit, last.stopped)
-            }
-            let text = rest.stopped ? rest.emit : rest.emit + stopMatcher.finish()
-            return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: .stop)
+            return GenerationEvent(requestID: e.requestID, token: token, text: remainder().text, finish: .stop)
         }
         let (text, stopped) = matched(detokenizer.append(token))
         if stopped {
@@ -118,13 +116,8 @@ public struct OutputProcessor: Sendable {
         }
         if let f = e.finish {
             done = true
-            var rest = matched(detokenizer.finish())
-            if !rest.stopped {
-                let last = flushed()
-                rest = (rest.emit + last.emit, last.stopped)
-            }
-            let tail = rest.stopped ? rest.emit : rest.emit + stopMatcher.finish()
-            return GenerationEvent(requestID: e.requestID, token: token, text: text + tail, finish: rest.stopped ? .stop : f,
+            let rest = remainder()
+            return GenerationEvent(requestID: e.requestID, token: token, text: text + rest.text, finish: rest.stopped ? .stop : f,
                                    message: e.message, logprobs: e.logprobs)
         }
         return GenerationEvent(requestID: e.requestID, token: token, text: text, finish: nil, logprobs: e.logprobs)

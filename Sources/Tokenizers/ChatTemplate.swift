@@ -219,7 +219,7 @@ public struct ChatTemplate: Sendable, Equatable {
         tagged[tagged.count - 1] = ChatMessage(role: tagged[tagged.count - 1].role, content: final + Self.continueTag)
         var out = try render(tagged, false, arguments, now)
         let text = Array(out.text.unicodeScalars), tag = Array(Self.continueTag.unicodeScalars)
-        let strippedFinal = Array(Self.pyStrip(final).unicodeScalars), strippedTag = Array(tag.dropLast())
+        let strippedFinal = Array(Self.strip(final).unicodeScalars), strippedTag = Array(tag.dropLast())
         guard Self.lastIndex(of: strippedFinal, in: text) != nil, let at = Self.lastIndex(of: strippedTag, in: text) else {
             throw TokenizerError.invalidConversation("continue_final_message is set but the final message does not appear in the chat after "
                                                      + "applying the chat template (the template deletes part of it)")
@@ -234,13 +234,6 @@ public struct ChatTemplate: Sendable, Equatable {
 
     /// What transformers appends to the final message's content to find where it ends in the rendered text.
     static let continueTag = "CONTINUE_FINAL_MESSAGE_TAG "
-
-    /// Python's `str.strip()`.
-    static func pyStrip(_ s: String) -> String {
-        let scalars = Array(s.unicodeScalars)
-        guard let first = scalars.firstIndex(where: { !isSpace($0) }), let last = scalars.lastIndex(where: { !isSpace($0) }) else { return "" }
-        return String(String.UnicodeScalarView(scalars[first...last]))
-    }
 
     /// Python's `str.rindex` over scalars (an empty needle is found at the end).
     static func lastIndex(of needle: [Unicode.Scalar], in hay: [Unicode.Scalar]) -> Int? {
